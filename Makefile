@@ -1,0 +1,68 @@
+# One entry point for everything: `make run` starts a local farm, `make test` runs every check.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+
+PROTO_SRC := $(wildcard protos/boruta/v1/*.proto)
+PROTO_OUT := protos/python/src
+PACKAGES := protos/python services/scheduler services/dryad clients/python
+PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
+SRC_DIRS := services/scheduler/src services/dryad/src clients/python/src
+
+.PHONY: help venv proto proto-check proto-lint lint typecheck test unit run bench clean
+
+help:
+	@echo "make run      start a local farm (scheduler on SQLite) and print where it listens"
+	@echo "make test     every check CI runs: generated code, lint, types, tests"
+	@echo "make proto    regenerate Python code and type stubs from protos/"
+	@echo "make bench    run the benchmarks and write docs/benchmarks.md"
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements/dev.txt $(PYPROJECTS)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements/dev.txt $(addprefix -e ,$(PACKAGES))
+	touch $@
+
+# Generated code is committed so that `pip install` needs no protoc; proto-check keeps it honest.
+proto: venv
+	$(BIN)/python -m grpc_tools.protoc -I protos \
+		--python_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) \
+		--mypy_out=$(PROTO_OUT) --mypy_grpc_out=$(PROTO_OUT) $(PROTO_SRC)
+
+proto-check: venv
+	@rm -rf .proto-check && mkdir -p .proto-check
+	@$(BIN)/python -m grpc_tools.protoc -I protos \
+		--python_out=.proto-check --grpc_python_out=.proto-check \
+		--mypy_out=.proto-check --mypy_grpc_out=.proto-check $(PROTO_SRC)
+	@diff -r -x __init__.py -x py.typed -x __pycache__ .proto-check/boruta/v1 $(PROTO_OUT)/boruta/v1 \
+		|| (echo "generated code is stale: run 'make proto' and commit the result" >&2; exit 1)
+	@rm -rf .proto-check
+	@echo "generated code is up to date"
+
+proto-lint: venv
+	cd protos && $(BIN)/buf lint
+
+lint: venv proto-lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest services clients
+
+test: venv proto-check lint typecheck
+	$(BIN)/pytest
+
+run: venv
+	$(BIN)/boruta-scheduler --data-dir $(or $(BORUTA_DATA_DIR),.farm) --listen $(or $(BORUTA_LISTEN),127.0.0.1:50051)
+
+bench: venv
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .proto-check .farm .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,224 @@
+"""Mutable records the core keeps for live requests, their jobs and registered workers."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from boruta_scheduler.types import (
+    Access,
+    CapPair,
+    HostStatus,
+    JobView,
+    RequestState,
+    RequestView,
+    WorkerState,
+    WorkerView,
+)
+
+if TYPE_CHECKING:
+    from boruta_scheduler.core.queue import Bucket
+
+
+def groups_compatible(worker_groups: frozenset[str], owner_groups: frozenset[str]) -> bool:
+    """A worker serves an owner if it has no groups or shares at least one with them."""
+    return not worker_groups or not worker_groups.isdisjoint(owner_groups)
+
+
+class Job:
+    """The reservation of one worker for one request."""
+
+    __slots__ = (
+        "access",
+        "max_timeout_at",
+        "prolong_count",
+        "ssh_address",
+        "started_at",
+        "timeout_at",
+        "worker_uuid",
+    )
+
+    def __init__(
+        self,
+        worker_uuid: str,
+        started_at: float,
+        timeout_at: float,
+        max_timeout_at: float,
+        ssh_address: str,
+        access: Access | None,
+        prolong_count: int = 0,
+    ) -> None:
+        self.worker_uuid = worker_uuid
+        self.started_at = started_at
+        self.timeout_at = timeout_at
+        self.max_timeout_at = max_timeout_at
+        self.ssh_address = ssh_address
+        self.access = access
+        self.prolong_count = prolong_count
+
+    def view(self) -> JobView:
+        return JobView(
+            worker_uuid=self.worker_uuid,
+            started_at=self.started_at,
+            timeout_at=self.timeout_at,
+            max_timeout_at=self.max_timeout_at,
+            prolong_count=self.prolong_count,
+            ssh_address=self.ssh_address,
+            access=self.access,
+        )
+
+    @classmethod
+    def from_view(cls, view: JobView) -> Job:
+        return cls(
+            view.worker_uuid,
+            view.started_at,
+            view.timeout_at,
+            view.max_timeout_at,
+            view.ssh_address,
+            view.access,
+            view.prolong_count,
+        )
+
+
+class Request:
+    """A live (WAITING or IN_PROGRESS) request. Its caps are an interned frozenset of pairs."""
+
+    __slots__ = (
+        "bucket",
+        "created_at",
+        "deadline",
+        "id",
+        "job",
+        "owner",
+        "owner_groups",
+        "priority",
+        "ready",
+        "reason",
+        "sig",
+        "state",
+        "updated_at",
+        "valid_after",
+    )
+
+    def __init__(
+        self,
+        id: int,
+        owner: str,
+        owner_groups: frozenset[str],
+        sig: frozenset[CapPair],
+        priority: int,
+        valid_after: float,
+        deadline: float,
+        created_at: float,
+    ) -> None:
+        self.id = id
+        self.owner = owner
+        self.owner_groups = owner_groups
+        self.sig = sig
+        self.priority = priority
+        self.valid_after = valid_after
+        self.deadline = deadline
+        self.created_at = created_at
+        self.updated_at = created_at
+        self.state = RequestState.WAITING
+        self.reason = ""
+        self.job: Job | None = None
+        # ready: valid_after has come, so the request sits in its bucket's ready heap.
+        self.ready = False
+        self.bucket: Bucket | None = None
+
+    def view(self) -> RequestView:
+        return RequestView(
+            id=self.id,
+            priority=self.priority,
+            owner=self.owner,
+            owner_groups=self.owner_groups,
+            caps=MappingProxyType(dict(self.sig)),
+            valid_after=self.valid_after,
+            deadline=self.deadline,
+            state=self.state,
+            reason=self.reason,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            job=self.job.view() if self.job else None,
+        )
+
+
+class Worker:
+    """A registered worker (one board)."""
+
+    __slots__ = (
+        "caps_sig",
+        "dryad_address",
+        "dryad_version",
+        "failures",
+        "groups",
+        "hb_armed",
+        "host_status",
+        "instance_id",
+        "jobs_done",
+        "last_seen",
+        "pending_op",
+        "prepared",
+        "rank",
+        "reason",
+        "registered_at",
+        "request_id",
+        "ssh_address",
+        "state",
+        "uuid",
+    )
+
+    def __init__(
+        self,
+        uuid: str,
+        caps_sig: frozenset[CapPair],
+        groups: frozenset[str],
+        state: WorkerState,
+        dryad_address: str,
+        ssh_address: str,
+        registered_at: float,
+    ) -> None:
+        self.uuid = uuid
+        self.caps_sig = caps_sig
+        self.groups = groups
+        self.state = state
+        self.dryad_address = dryad_address
+        self.ssh_address = ssh_address
+        self.registered_at = registered_at
+        self.last_seen = registered_at
+        self.instance_id = ""
+        self.dryad_version = ""
+        self.reason = ""
+        self.request_id = 0
+        self.jobs_done = 0
+        self.failures = 0
+        self.prepared: Access | None = None
+        self.pending_op = 0
+        self.host_status: HostStatus | None = None
+        self.hb_armed = False
+        self.rank = self.compute_rank()
+
+    def compute_rank(self) -> tuple[int, str]:
+        """Order among matching idle workers: least capable first, then by UUID."""
+        return (len(self.caps_sig) + len(self.groups), self.uuid)
+
+    def view(self) -> WorkerView:
+        return WorkerView(
+            uuid=self.uuid,
+            state=self.state,
+            groups=self.groups,
+            caps=MappingProxyType(dict(self.caps_sig)),
+            dryad_address=self.dryad_address,
+            ssh_address=self.ssh_address,
+            instance_id=self.instance_id,
+            dryad_version=self.dryad_version,
+            reason=self.reason,
+            request_id=self.request_id,
+            registered_at=self.registered_at,
+            last_seen=self.last_seen,
+            jobs_done=self.jobs_done,
+            failures=self.failures,
+            prepared=self.prepared,
+            host_status=self.host_status,
+        )

@@ -1,0 +1,98 @@
+"""What the core hands out: changed records to store and publish, and dryad calls to make."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from boruta_scheduler.core.model import Request, Worker
+from boruta_scheduler.types import HistoryEntry, RequestView, WorkerView
+
+
+class DryadCallKind(enum.Enum):
+    """Which Dryad RPC the scheduler should make."""
+
+    PREPARE = "Prepare"
+    PUT_IN_MAINTENANCE = "PutInMaintenance"
+    HEALTHCHECK = "Healthcheck"
+
+
+@dataclass(frozen=True, slots=True)
+class DryadCall:
+    """A request to call a worker's dryad; the result comes back as a core command."""
+
+    op_id: int
+    worker_uuid: str
+    kind: DryadCallKind
+    address: str
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """Everything that changed since the last drain, in the order it happened."""
+
+    requests: list[RequestView] = field(default_factory=list)
+    workers: list[WorkerView] = field(default_factory=list)
+    removed_workers: list[str] = field(default_factory=list)
+    history: list[HistoryEntry] = field(default_factory=list)
+    last_seen: dict[str, float] = field(default_factory=dict)
+    calls: list[DryadCall] = field(default_factory=list)
+    last_request_id: int = 0
+
+    @property
+    def durable(self) -> bool:
+        """Whether anything here must reach the store before callers hear of it."""
+        return bool(
+            self.requests or self.workers or self.removed_workers or self.history or self.last_seen
+        )
+
+
+class Outbox:
+    """Collects dirty records; views are taken only at drain, once per record."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._requests: dict[int, Request] = {}
+        self._workers: dict[str, Worker] = {}
+        self._removed: list[str] = []
+        self._history: list[HistoryEntry] = []
+        self._seen: dict[str, float] = {}
+        self._calls: list[DryadCall] = []
+
+    def request(self, request: Request) -> None:
+        self._requests[request.id] = request
+
+    def worker(self, worker: Worker) -> None:
+        self._workers[worker.uuid] = worker
+
+    def removed(self, worker: Worker) -> None:
+        self._workers.pop(worker.uuid, None)
+        self._seen.pop(worker.uuid, None)
+        self._removed.append(worker.uuid)
+
+    def history(self, entry: HistoryEntry) -> None:
+        self._history.append(entry)
+
+    def seen(self, worker: Worker) -> None:
+        self._seen[worker.uuid] = worker.last_seen
+
+    def call(self, call: DryadCall) -> None:
+        self._calls.append(call)
+
+    def drain(self, last_request_id: int) -> Changes:
+        workers = [w.view() for w in self._workers.values()]
+        seen = {u: t for u, t in self._seen.items() if u not in self._workers}
+        changes = Changes(
+            requests=[r.view() for r in self._requests.values()],
+            workers=workers,
+            removed_workers=self._removed,
+            history=self._history,
+            last_seen=seen,
+            calls=self._calls,
+            last_request_id=last_request_id,
+        )
+        self._reset()
+        return changes

@@ -1,0 +1,125 @@
+"""Tunable rules of the core: defaults, timeouts, prolong limits and input size limits."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from boruta_scheduler.errors import InvalidArgument
+from boruta_scheduler.types import UUID_CAP
+
+HOUR = 3600.0
+
+MIN_PRIORITY = 1
+MAX_PRIORITY = 16
+
+_NAME = re.compile(r"[A-Za-z0-9._:/-]+")
+_UUID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Scheduling rules; every duration is in seconds."""
+
+    default_priority: int = 8
+    default_deadline: float = 24 * HOUR
+    job_timeout: float = 1 * HOUR
+    prolong_step: float = 1 * HOUR
+    max_prolongs: int = 1000
+    max_job_duration: float = 24 * HOUR
+    heartbeat_timeout: float = 30.0
+    max_caps: int = 32
+    max_cap_key_len: int = 64
+    max_cap_value_len: int = 256
+    max_groups: int = 32
+    max_group_len: int = 64
+    max_reason_len: int = 1024
+
+    def __post_init__(self) -> None:
+        if not MIN_PRIORITY <= self.default_priority <= MAX_PRIORITY:
+            raise ValueError("default_priority must be between 1 and 16")
+        for name in ("default_deadline", "job_timeout", "prolong_step", "heartbeat_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.max_job_duration < self.job_timeout:
+            raise ValueError("max_job_duration must be at least job_timeout")
+
+    def check_priority(self, priority: int) -> int:
+        """Return the priority to use for a requested one (0 means the default)."""
+        if priority == 0:
+            return self.default_priority
+        if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+            raise InvalidArgument(
+                f"priority must be between {MIN_PRIORITY} (most important) and "
+                f"{MAX_PRIORITY} (least important), got {priority}"
+            )
+        return priority
+
+    def check_caps(self, caps: Mapping[str, str], *, what: str = "caps") -> None:
+        """Refuse caps over the size limits or with unprintable keys and values."""
+        if len(caps) > self.max_caps:
+            raise InvalidArgument(f"{what} has {len(caps)} entries; at most {self.max_caps}")
+        for key, value in caps.items():
+            if not 0 < len(key) <= self.max_cap_key_len or not _NAME.fullmatch(key):
+                raise InvalidArgument(
+                    f"{what} key {key[:80]!r} must be 1 to {self.max_cap_key_len} characters "
+                    "of letters, digits and . _ : / -"
+                )
+            if not 0 < len(value) <= self.max_cap_value_len or not value.isprintable():
+                raise InvalidArgument(
+                    f"{what} value of {key!r} must be 1 to {self.max_cap_value_len} "
+                    "printable characters"
+                )
+
+    def check_groups(self, groups: Iterable[str]) -> frozenset[str]:
+        """Return groups as a set, refusing too many, too long or malformed names."""
+        result = frozenset(groups)
+        if len(result) > self.max_groups:
+            raise InvalidArgument(f"{len(result)} groups given; at most {self.max_groups}")
+        for group in result:
+            if not 0 < len(group) <= self.max_group_len or not _NAME.fullmatch(group):
+                raise InvalidArgument(
+                    f"group {group[:80]!r} must be 1 to {self.max_group_len} characters "
+                    "of letters, digits and . _ : / -"
+                )
+        return result
+
+    def check_reason(self, reason: str) -> str:
+        """Refuse a reason text that is too long to keep in a history."""
+        if len(reason) > self.max_reason_len:
+            raise InvalidArgument(
+                f"reason is {len(reason)} characters long; at most {self.max_reason_len}"
+            )
+        return reason
+
+
+def check_worker_uuid(caps: Mapping[str, str]) -> str:
+    """Return the worker UUID carried in caps, refusing a missing or malformed one."""
+    uuid = caps.get(UUID_CAP)
+    if uuid is None:
+        raise InvalidArgument(f"caps must contain the worker's UUID under the key {UUID_CAP!r}")
+    if not _UUID.fullmatch(uuid):
+        raise InvalidArgument(
+            f"worker UUID {uuid[:80]!r} must be 1 to 64 characters of letters, digits and . _ : -"
+        )
+    return uuid
+
+
+def check_dial_address(address: str, *, what: str) -> str:
+    """Refuse an address that a scheduler could not dial: no port, or a wildcard host."""
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidArgument(f"{what} must be host:port, got {address[:120]!r}")
+    if host in ("0.0.0.0", "::", "*"):
+        raise InvalidArgument(
+            f"{what} {address!r} is a wildcard; advertise a host the scheduler can dial"
+        )
+    return address
+
+
+def format_caps(caps: Iterable[tuple[str, str]]) -> str:
+    """Render caps for messages as 'k=v, k2=v2', sorted."""
+    text = ", ".join(f"{k}={v}" for k, v in sorted(caps))
+    return text or "(none)"

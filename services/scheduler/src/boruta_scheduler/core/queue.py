@@ -1,0 +1,182 @@
+"""Waiting requests, indexed so that a freed worker finds its best request without a scan.
+
+Requests with the same caps and the same owner groups share a bucket; each bucket keeps a
+heap of its ready requests ordered by (priority, id). A worker finds the buckets whose caps
+it has through a pair index, so the cost depends on the number of distinct cap sets and
+group sets, not on the number of waiting requests.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Generic, TypeVar
+
+from boruta_scheduler.core.model import Request, groups_compatible
+from boruta_scheduler.types import CapPair, RequestState
+
+T = TypeVar("T")
+BucketKey = tuple[frozenset[CapPair], frozenset[str]]
+HeapEntry = tuple[int, int, Request]
+
+
+class Interner(Generic[T]):
+    """Hands out one shared instance per value while some bucket holds it."""
+
+    def __init__(self) -> None:
+        self._shared: dict[T, T] = {}
+        self._holders: dict[T, int] = {}
+
+    def get(self, value: T) -> T:
+        return self._shared.get(value, value)
+
+    def hold(self, value: T) -> T:
+        shared = self._shared.setdefault(value, value)
+        self._holders[shared] = self._holders.get(shared, 0) + 1
+        return shared
+
+    def release(self, value: T) -> None:
+        left = self._holders[value] - 1
+        if left:
+            self._holders[value] = left
+        else:
+            del self._holders[value]
+            del self._shared[value]
+
+
+class Bucket:
+    """Waiting requests that share caps and owner groups."""
+
+    __slots__ = ("groups", "heap", "key", "ready_count", "sig", "waiting")
+
+    def __init__(self, sig: frozenset[CapPair], groups: frozenset[str]) -> None:
+        self.sig = sig
+        self.groups = groups
+        self.key: BucketKey = (sig, groups)
+        self.waiting: set[Request] = set()
+        # Lazy-deletion heap: entries whose request left, changed priority or is not ready
+        # any more are dropped when they reach the top.
+        self.heap: list[HeapEntry] = []
+        self.ready_count = 0
+
+    def _valid(self, entry: HeapEntry) -> bool:
+        request = entry[2]
+        return (
+            request.state is RequestState.WAITING
+            and request.ready
+            and request.bucket is self
+            and request.priority == entry[0]
+        )
+
+    def peek(self) -> Request | None:
+        """The ready request this bucket would serve next, or None."""
+        heap = self.heap
+        while heap and not self._valid(heap[0]):
+            heapq.heappop(heap)
+        return heap[0][2] if heap else None
+
+    def push(self, request: Request) -> None:
+        heapq.heappush(self.heap, (request.priority, request.id, request))
+        if len(self.heap) > 2 * self.ready_count + 32:
+            self.heap = [entry for entry in self.heap if self._valid(entry)]
+            heapq.heapify(self.heap)
+
+
+class RequestQueue:
+    """All WAITING requests, ready or not, grouped into buckets."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[BucketKey, Bucket] = {}
+        self._by_pair: dict[CapPair, set[Bucket]] = {}
+        self._no_caps: set[Bucket] = set()
+        self._sigs: Interner[frozenset[CapPair]] = Interner()
+        self._groups: Interner[frozenset[str]] = Interner()
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def intern(
+        self, sig: frozenset[CapPair], groups: frozenset[str]
+    ) -> tuple[frozenset[CapPair], frozenset[str]]:
+        """Share one frozenset among requests with equal caps or groups, to save memory."""
+        return self._sigs.get(sig), self._groups.get(groups)
+
+    def add(self, request: Request) -> None:
+        """Put a WAITING request into its bucket (not ready yet)."""
+        key = (request.sig, request.owner_groups)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = Bucket(self._sigs.hold(request.sig), self._groups.hold(request.owner_groups))
+            self._buckets[key] = bucket
+            if request.sig:
+                for pair in request.sig:
+                    self._by_pair.setdefault(pair, set()).add(bucket)
+            else:
+                self._no_caps.add(bucket)
+        bucket.waiting.add(request)
+        request.bucket = bucket
+        request.ready = False
+        self._size += 1
+
+    def set_ready(self, request: Request, ready: bool) -> None:
+        """Move a queued request into or out of its bucket's ready heap."""
+        bucket = request.bucket
+        assert bucket is not None
+        if ready == request.ready:
+            return
+        request.ready = ready
+        if ready:
+            bucket.ready_count += 1
+            bucket.push(request)
+        else:
+            bucket.ready_count -= 1
+
+    def reprioritize(self, request: Request) -> None:
+        """Re-heap a request after its priority changed."""
+        if request.ready and request.bucket is not None:
+            request.bucket.push(request)
+
+    def remove(self, request: Request) -> None:
+        """Take a request out of the queue (matched, closed, timed out or invalid)."""
+        bucket = request.bucket
+        if bucket is None:
+            return
+        if request.ready:
+            bucket.ready_count -= 1
+            request.ready = False
+        bucket.waiting.discard(request)
+        request.bucket = None
+        self._size -= 1
+        if not bucket.waiting:
+            del self._buckets[bucket.key]
+            if bucket.sig:
+                for pair in bucket.sig:
+                    holders = self._by_pair[pair]
+                    holders.discard(bucket)
+                    if not holders:
+                        del self._by_pair[pair]
+            else:
+                self._no_caps.discard(bucket)
+            self._sigs.release(bucket.sig)
+            self._groups.release(bucket.groups)
+
+    def buckets_servable_by(self, caps: frozenset[CapPair], groups: frozenset[str]) -> list[Bucket]:
+        """Buckets whose requests a worker with these caps and groups could serve."""
+        hits: dict[Bucket, int] = {}
+        for pair in caps:
+            for bucket in self._by_pair.get(pair, ()):
+                hits[bucket] = hits.get(bucket, 0) + 1
+        result = [b for b, n in hits.items() if n == len(b.sig)]
+        result.extend(self._no_caps)
+        return [b for b in result if groups_compatible(groups, b.groups)]
+
+    def best_for(self, caps: frozenset[CapPair], groups: frozenset[str]) -> Request | None:
+        """The ready request a worker with these caps and groups should serve next."""
+        best: Request | None = None
+        for bucket in self.buckets_servable_by(caps, groups):
+            top = bucket.peek()
+            if top is not None and (
+                best is None or (top.priority, top.id) < (best.priority, best.id)
+            ):
+                best = top
+        return best

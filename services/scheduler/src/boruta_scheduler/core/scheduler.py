@@ -1,0 +1,702 @@
+"""The core state machine: every command of the Requests, Workers and Superviser services.
+
+Each public method is one command. It either raises a :class:`BorutaError` and changes
+nothing, or applies its change completely. Invariant after every command: no ready
+WAITING request could be served by an IDLE worker (so matching is event driven).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from boruta_scheduler.core.model import Job, Request, Worker
+from boruta_scheduler.core.outbox import Changes, DryadCall, DryadCallKind, Outbox
+from boruta_scheduler.core.policy import (
+    Policy,
+    check_dial_address,
+    check_worker_uuid,
+    format_caps,
+)
+from boruta_scheduler.core.queue import Bucket, RequestQueue
+from boruta_scheduler.core.timers import Target, TimerKind, TimerQueue
+from boruta_scheduler.core.workers import WorkerIndex
+from boruta_scheduler.errors import (
+    InvalidArgument,
+    NoCapableWorker,
+    ProlongLimitReached,
+    RequestNotFound,
+    WorkerNotFound,
+    WrongRequestState,
+    WrongWorkerState,
+)
+from boruta_scheduler.types import (
+    Access,
+    HistoryEntry,
+    HostStatus,
+    JobView,
+    RequestState,
+    RequestView,
+    WorkerState,
+    WorkerView,
+)
+
+HEARTBEAT_LOST = "heartbeat lost"
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What the store holds for the core: live requests, all workers and the id counter."""
+
+    requests: Sequence[RequestView]
+    workers: Sequence[WorkerView]
+    last_request_id: int
+
+
+class Core:
+    """Owns all scheduling state. Not thread safe: one owner applies commands in order."""
+
+    def __init__(self, policy: Policy | None = None) -> None:
+        self.policy = policy or Policy()
+        self._requests: dict[int, Request] = {}
+        self._workers: dict[str, Worker] = {}
+        self._queue = RequestQueue()
+        self._registered = WorkerIndex()
+        self._idle = WorkerIndex()
+        self._timers = TimerQueue()
+        self._out = Outbox()
+        self._last_request_id = 0
+        self._last_op_id = 0
+        # Heartbeat silence is counted from here at the earliest: a worker cannot be
+        # blamed for not reaching a scheduler that was down.
+        self._heartbeat_epoch = 0.0
+
+    # ----------------------------------------------------------------- restore
+
+    @classmethod
+    def restore(cls, snapshot: Snapshot, now: float, policy: Policy | None = None) -> Core:
+        """Rebuild the core from stored state; overdue timers fire and free workers match."""
+        core = cls(policy)
+        core._last_request_id = snapshot.last_request_id
+        core._heartbeat_epoch = now
+        for wv in snapshot.workers:
+            core._restore_worker(wv)
+        for rv in snapshot.requests:
+            core._restore_request(rv, now)
+        for worker in list(core._workers.values()):
+            core._resume_worker(worker, now)
+        core.tick(now)
+        for worker in list(core._idle):
+            if worker.state is WorkerState.IDLE:
+                core._match_worker(worker, now)
+        return core
+
+    def _restore_worker(self, view: WorkerView) -> None:
+        worker = Worker(
+            view.uuid,
+            frozenset(view.caps.items()),
+            view.groups,
+            view.state,
+            view.dryad_address,
+            view.ssh_address,
+            view.registered_at,
+        )
+        worker.last_seen = view.last_seen
+        worker.instance_id = view.instance_id
+        worker.dryad_version = view.dryad_version
+        worker.reason = view.reason
+        worker.request_id = view.request_id
+        worker.jobs_done = view.jobs_done
+        worker.failures = view.failures
+        worker.prepared = view.prepared
+        self._workers[worker.uuid] = worker
+        self._registered.add(worker)
+        if worker.state is WorkerState.IDLE:
+            self._idle.add(worker)
+
+    def _restore_request(self, view: RequestView, now: float) -> None:
+        sig, groups = self._queue.intern(frozenset(view.caps.items()), view.owner_groups)
+        request = Request(
+            view.id,
+            view.owner,
+            groups,
+            sig,
+            view.priority,
+            view.valid_after,
+            view.deadline,
+            view.created_at,
+        )
+        request.updated_at = view.updated_at
+        request.reason = view.reason
+        request.state = view.state
+        self._requests[request.id] = request
+        if request.state is RequestState.WAITING:
+            self._enqueue(request, now)
+            return
+        assert view.job is not None, f"request {view.id} is IN_PROGRESS without a job"
+        request.job = Job.from_view(view.job)
+        worker = self._workers.get(request.job.worker_uuid)
+        if worker is None or worker.request_id != request.id:
+            self._finish(request, RequestState.FAILED, now, "its worker was lost")
+            return
+        self._push_timer(request.job.timeout_at, TimerKind.JOB_TIMEOUT, request)
+
+    def _resume_worker(self, worker: Worker, now: float) -> None:
+        """Re-issue the dryad call a worker was waiting for, and check stored consistency."""
+        if worker.state is WorkerState.RUNNING and worker.request_id not in self._requests:
+            worker.request_id = 0
+            self._transition(worker, WorkerState.PREPARE, now, "its job was lost")
+        if worker.state is WorkerState.IDLE and worker.prepared is None:
+            self._transition(worker, WorkerState.PREPARE, now, "no prepared access")
+        if worker.state is WorkerState.PREPARE:
+            self._issue(worker, DryadCallKind.PREPARE)
+        elif worker.state is WorkerState.BUSY:
+            self._issue(worker, DryadCallKind.PUT_IN_MAINTENANCE, worker.reason)
+        self._arm_heartbeat(worker)
+
+    # ------------------------------------------------------------------- reads
+
+    def request(self, request_id: int) -> RequestView:
+        """A live request; terminal requests live only in the store."""
+        return self._live_request(request_id).view()
+
+    def live_requests(self) -> Iterator[RequestView]:
+        return (r.view() for r in self._requests.values())
+
+    def worker(self, uuid: str) -> WorkerView:
+        return self._known_worker(uuid).view()
+
+    def workers(self) -> list[WorkerView]:
+        return [w.view() for w in self._workers.values()]
+
+    @property
+    def waiting_count(self) -> int:
+        return len(self._queue)
+
+    @property
+    def idle_count(self) -> int:
+        return len(self._idle)
+
+    def next_timer(self) -> float | None:
+        """When tick() next has work to do, or None."""
+        return self._timers.next_due()
+
+    def drain(self) -> Changes:
+        """Hand out and forget everything that changed since the last drain."""
+        return self._out.drain(self._last_request_id)
+
+    # ---------------------------------------------------------- request commands
+
+    def new_request(
+        self,
+        now: float,
+        owner: str,
+        owner_groups: frozenset[str],
+        caps: Mapping[str, str],
+        *,
+        priority: int = 0,
+        valid_after: float | None = None,
+        deadline: float | None = None,
+        accept_unsatisfiable: bool = False,
+    ) -> RequestView:
+        """Queue a request; it is matched at once if a worker is free."""
+        policy = self.policy
+        policy.check_caps(caps)
+        priority = policy.check_priority(priority)
+        valid_after = now if valid_after is None else valid_after
+        if deadline is None:
+            deadline = max(now, valid_after) + policy.default_deadline
+        self._check_times(now, valid_after, deadline)
+        sig, groups = self._queue.intern(frozenset(caps.items()), owner_groups)
+        if not accept_unsatisfiable and not self._registered.any_capable(sig, groups):
+            shown = ", ".join(sorted(groups)) or "none"
+            raise NoCapableWorker(
+                f"no registered worker has caps {format_caps(sig)} and is open to your "
+                f"groups ({shown}); check the caps, or set accept_unsatisfiable to queue anyway"
+            )
+        self._last_request_id += 1
+        request = Request(
+            self._last_request_id, owner, groups, sig, priority, valid_after, deadline, now
+        )
+        self._requests[request.id] = request
+        self._out.request(request)
+        self._enqueue(request, now)
+        if request.ready:
+            self._match_request(request, now)
+        return request.view()
+
+    def close_request(self, now: float, request_id: int) -> RequestView:
+        """Cancel a waiting request or end a running job."""
+        request = self._live_request(request_id)
+        if request.state is RequestState.WAITING:
+            self._finish(request, RequestState.CANCELLED, now, "closed by its owner")
+        else:
+            self._end_job(request, now, RequestState.DONE, "closed by its owner")
+        return request.view()
+
+    def update_request(
+        self,
+        now: float,
+        request_id: int,
+        *,
+        priority: int | None = None,
+        valid_after: float | None = None,
+        deadline: float | None = None,
+    ) -> RequestView:
+        """Change priority, valid_after or deadline of a WAITING request."""
+        request = self._live_request(request_id)
+        if request.state is not RequestState.WAITING:
+            raise WrongRequestState(
+                f"request {request_id} is {request.state.name}; "
+                "only WAITING requests can be updated"
+            )
+        new_priority = request.priority if priority is None else priority
+        if priority is not None:
+            if priority == 0:
+                raise InvalidArgument("priority must be between 1 and 16, got 0")
+            self.policy.check_priority(priority)
+        new_valid_after = request.valid_after if valid_after is None else valid_after
+        new_deadline = request.deadline if deadline is None else deadline
+        self._check_times(now, new_valid_after, new_deadline)
+
+        if new_priority != request.priority:
+            request.priority = new_priority
+            self._queue.reprioritize(request)
+        if new_deadline != request.deadline:
+            request.deadline = new_deadline
+            self._push_timer(new_deadline, TimerKind.DEADLINE, request)
+        if new_valid_after != request.valid_after:
+            request.valid_after = new_valid_after
+            ready = new_valid_after <= now
+            self._queue.set_ready(request, ready)
+            if not ready:
+                self._push_timer(new_valid_after, TimerKind.VALID_AFTER, request)
+        request.updated_at = now
+        self._out.request(request)
+        if request.ready:
+            self._match_request(request, now)
+        return request.view()
+
+    def prolong_access(self, now: float, request_id: int) -> JobView:
+        """Push the job's timeout to now + prolong_step, within the prolong limits."""
+        request = self._live_request(request_id)
+        job = request.job
+        if request.state is not RequestState.IN_PROGRESS or job is None:
+            raise WrongRequestState(
+                f"request {request_id} is {request.state.name}; only a request IN_PROGRESS "
+                "has a job to prolong"
+            )
+        if job.prolong_count >= self.policy.max_prolongs:
+            raise ProlongLimitReached(
+                f"the job of request {request_id} was prolonged {job.prolong_count} times, "
+                "the most allowed; open a new request to go on"
+            )
+        new_timeout = min(now + self.policy.prolong_step, job.max_timeout_at)
+        if new_timeout <= job.timeout_at:
+            if job.timeout_at < job.max_timeout_at:
+                # The job already runs longer than a prolong would give; nothing to do.
+                return job.view()
+            raise ProlongLimitReached(
+                f"the job of request {request_id} already runs until its limit of "
+                f"{self.policy.max_job_duration:.0f} s after it started; open a new request "
+                "to go on"
+            )
+        job.timeout_at = new_timeout
+        job.prolong_count += 1
+        request.updated_at = now
+        self._push_timer(new_timeout, TimerKind.JOB_TIMEOUT, request)
+        self._out.request(request)
+        return job.view()
+
+    # ----------------------------------------------------------- worker commands
+
+    def register(
+        self,
+        now: float,
+        caps: Mapping[str, str],
+        dryad_address: str,
+        ssh_address: str,
+        *,
+        instance_id: str = "",
+        dryad_version: str = "",
+    ) -> WorkerView:
+        """Add a worker in MAINTENANCE, or update a known one (see the Superviser API)."""
+        self.policy.check_caps(caps)
+        uuid = check_worker_uuid(caps)
+        check_dial_address(dryad_address, what="dryad_address")
+        check_dial_address(ssh_address, what="ssh_address")
+        if len(instance_id) > 128 or len(dryad_version) > 128:
+            raise InvalidArgument("instance_id and dryad_version must be at most 128 characters")
+        sig = frozenset(caps.items())
+        worker = self._workers.get(uuid)
+        if worker is None:
+            worker = Worker(
+                uuid, sig, frozenset(), WorkerState.MAINTENANCE, dryad_address, ssh_address, now
+            )
+            worker.instance_id = instance_id
+            worker.dryad_version = dryad_version
+            worker.reason = "registered"
+            self._workers[uuid] = worker
+            self._registered.add(worker)
+            self._out.history(HistoryEntry(uuid, now, None, worker.state, worker.reason))
+            self._out.worker(worker)
+            self._arm_heartbeat(worker)
+            return worker.view()
+
+        orphan_candidates: list[Bucket] = []
+        if sig != worker.caps_sig:
+            orphan_candidates = self._queue.buckets_servable_by(worker.caps_sig, worker.groups)
+            self._reindex(worker, sig, worker.groups)
+        worker.dryad_address = dryad_address
+        worker.ssh_address = ssh_address
+        worker.dryad_version = dryad_version
+        worker.last_seen = now
+        restarted = not instance_id or instance_id != worker.instance_id
+        worker.instance_id = instance_id
+        self._out.worker(worker)
+        if restarted:
+            self._dryad_restarted(worker, now)
+        self._invalidate_orphans(
+            orphan_candidates, now, f"worker {uuid} registered again with other caps"
+        )
+        if worker.state is WorkerState.IDLE:
+            self._match_worker(worker, now)
+        self._arm_heartbeat(worker)
+        return worker.view()
+
+    def heartbeat(self, now: float, uuid: str, host_status: HostStatus | None = None) -> None:
+        """Note that the worker's dryad is alive."""
+        worker = self._known_worker(uuid)
+        worker.last_seen = now
+        if host_status is not None:
+            worker.host_status = host_status
+        self._out.seen(worker)
+        self._arm_heartbeat(worker)
+
+    def set_fail(self, now: float, uuid: str, reason: str) -> None:
+        """The dryad reports its worker failed."""
+        reason = self.policy.check_reason(reason) or "failure reported by the dryad"
+        self._fail_worker(self._known_worker(uuid), now, reason)
+
+    def set_state(self, now: float, uuid: str, state: WorkerState, reason: str = "") -> WorkerView:
+        """Admin puts a worker into service (IDLE) or takes it out (MAINTENANCE)."""
+        self.policy.check_reason(reason)
+        worker = self._known_worker(uuid)
+        current = worker.state
+        if state is WorkerState.IDLE:
+            if current in (WorkerState.IDLE, WorkerState.PREPARE):
+                return worker.view()
+            if current is WorkerState.RUNNING:
+                raise WrongWorkerState(
+                    f"worker {uuid} is RUNNING the job of request {worker.request_id}; "
+                    "it becomes IDLE by itself when the job ends"
+                )
+            if current is WorkerState.BUSY:
+                raise WrongWorkerState(
+                    f"worker {uuid} is entering MAINTENANCE; set it IDLE once it is there"
+                )
+            self._transition(worker, WorkerState.PREPARE, now, reason or "put into service")
+            self._issue(worker, DryadCallKind.PREPARE)
+            self._arm_heartbeat(worker)
+        elif state is WorkerState.MAINTENANCE:
+            if current in (WorkerState.MAINTENANCE, WorkerState.BUSY):
+                return worker.view()
+            reason = reason or "put into maintenance by an admin"
+            if current is WorkerState.RUNNING:
+                request = self._requests[worker.request_id]
+                self._end_job(
+                    request,
+                    now,
+                    RequestState.FAILED,
+                    f"worker {uuid} put into maintenance: {reason}",
+                )
+            worker.prepared = None
+            self._transition(worker, WorkerState.BUSY, now, reason)
+            self._issue(worker, DryadCallKind.PUT_IN_MAINTENANCE, reason)
+            self._arm_heartbeat(worker)
+        else:
+            raise InvalidArgument(
+                f"a worker can be set only to IDLE or MAINTENANCE, not {state.name}"
+            )
+        return worker.view()
+
+    def set_groups(self, now: float, uuid: str, groups: frozenset[str]) -> WorkerView:
+        """Replace a worker's groups; requests that lose their last worker become INVALID."""
+        groups = self.policy.check_groups(groups)
+        worker = self._known_worker(uuid)
+        if groups != worker.groups:
+            before = self._queue.buckets_servable_by(worker.caps_sig, worker.groups)
+            self._reindex(worker, worker.caps_sig, groups)
+            self._out.worker(worker)
+            self._invalidate_orphans(before, now, f"worker {uuid} changed groups")
+            if worker.state is WorkerState.IDLE:
+                self._match_worker(worker, now)
+        return worker.view()
+
+    def deregister(self, now: float, uuid: str) -> None:
+        """Remove a worker in MAINTENANCE or FAILED."""
+        worker = self._known_worker(uuid)
+        if worker.state not in (WorkerState.MAINTENANCE, WorkerState.FAILED):
+            raise WrongWorkerState(
+                f"worker {uuid} is {worker.state.name}; put it in MAINTENANCE before "
+                "deregistering it"
+            )
+        before = self._queue.buckets_servable_by(worker.caps_sig, worker.groups)
+        self._registered.remove(worker)
+        del self._workers[uuid]
+        self._out.removed(worker)
+        self._invalidate_orphans(before, now, f"worker {uuid} was deregistered")
+
+    def dryad_call_succeeded(
+        self, now: float, call: DryadCall, access: Access | None = None
+    ) -> None:
+        """A dryad call finished; results of superseded calls are ignored."""
+        worker = self._workers.get(call.worker_uuid)
+        if worker is None or worker.pending_op != call.op_id:
+            return
+        worker.pending_op = 0
+        if call.kind is DryadCallKind.PREPARE and worker.state is WorkerState.PREPARE:
+            if access is None:
+                self._fail_worker(worker, now, "Prepare returned no access")
+                return
+            worker.prepared = access
+            self._transition(worker, WorkerState.IDLE, now, "prepared")
+            self._match_worker(worker, now)
+        elif call.kind is DryadCallKind.PUT_IN_MAINTENANCE and worker.state is WorkerState.BUSY:
+            self._transition(worker, WorkerState.MAINTENANCE, now, worker.reason)
+
+    def dryad_call_failed(self, now: float, call: DryadCall, error: str) -> None:
+        """A dryad call failed: the worker becomes FAILED, unless the call was superseded."""
+        worker = self._workers.get(call.worker_uuid)
+        if worker is None or worker.pending_op != call.op_id:
+            return
+        worker.pending_op = 0
+        reason = f"{call.kind.value} failed: {error}"
+        self._fail_worker(worker, now, reason[: self.policy.max_reason_len])
+
+    def tick(self, now: float) -> None:
+        """Fire every timer due at or before now."""
+        newly_ready: list[Request] = []
+        while (item := self._timers.pop_due(now)) is not None:
+            due, kind, target = item
+            if kind is TimerKind.HEARTBEAT:
+                assert isinstance(target, Worker)
+                if self._workers.get(target.uuid) is target:
+                    self._check_heartbeat(target, now)
+                continue
+            assert isinstance(target, Request)
+            if not self._timer_applies(due, kind, target):
+                continue
+            if kind is TimerKind.DEADLINE:
+                self._finish(target, RequestState.TIMEOUT, now, "deadline passed while waiting")
+            elif kind is TimerKind.VALID_AFTER:
+                self._queue.set_ready(target, True)
+                newly_ready.append(target)
+            elif kind is TimerKind.JOB_TIMEOUT:
+                self._end_job(target, now, RequestState.DONE, "job timed out")
+        # Requests that became ready together are matched most important first.
+        newly_ready.sort(key=lambda r: (r.priority, r.id))
+        for request in newly_ready:
+            if request.state is RequestState.WAITING and request.ready:
+                self._match_request(request, now)
+
+    # ----------------------------------------------------------------- helpers
+
+    def _live_request(self, request_id: int) -> Request:
+        request = self._requests.get(request_id)
+        if request is None:
+            raise RequestNotFound(request_id)
+        return request
+
+    def _known_worker(self, uuid: str) -> Worker:
+        worker = self._workers.get(uuid)
+        if worker is None:
+            raise WorkerNotFound(uuid)
+        return worker
+
+    @staticmethod
+    def _check_times(now: float, valid_after: float, deadline: float) -> None:
+        if deadline <= now:
+            raise InvalidArgument("deadline is in the past; give a later deadline or none")
+        if valid_after > deadline:
+            raise InvalidArgument("valid_after is after the deadline; the request could never run")
+
+    def _enqueue(self, request: Request, now: float) -> None:
+        self._queue.add(request)
+        self._push_timer(request.deadline, TimerKind.DEADLINE, request)
+        if request.valid_after <= now:
+            self._queue.set_ready(request, True)
+        else:
+            self._push_timer(request.valid_after, TimerKind.VALID_AFTER, request)
+
+    def _match_request(self, request: Request, now: float) -> None:
+        worker = self._idle.best(request.sig, request.owner_groups)
+        if worker is not None:
+            self._start_job(request, worker, now)
+
+    def _match_worker(self, worker: Worker, now: float) -> None:
+        request = self._queue.best_for(worker.caps_sig, worker.groups)
+        if request is not None:
+            self._start_job(request, worker, now)
+
+    def _start_job(self, request: Request, worker: Worker, now: float) -> None:
+        self._queue.remove(request)
+        timeout = now + self.policy.job_timeout
+        request.job = Job(
+            worker.uuid,
+            now,
+            timeout,
+            now + self.policy.max_job_duration,
+            worker.ssh_address,
+            worker.prepared,
+        )
+        worker.prepared = None
+        request.state = RequestState.IN_PROGRESS
+        request.updated_at = now
+        worker.request_id = request.id
+        self._transition(worker, WorkerState.RUNNING, now, f"running request {request.id}")
+        self._push_timer(timeout, TimerKind.JOB_TIMEOUT, request)
+        self._out.request(request)
+
+    def _finish(self, request: Request, state: RequestState, now: float, reason: str) -> None:
+        """Move a live request to a terminal state; the core forgets it after the drain."""
+        if request.state is RequestState.WAITING:
+            self._queue.remove(request)
+        request.state = state
+        request.reason = reason
+        request.updated_at = now
+        if request.job is not None:
+            request.job.access = None
+        del self._requests[request.id]
+        self._out.request(request)
+
+    def _end_job(self, request: Request, now: float, state: RequestState, reason: str) -> None:
+        """End a running job; after a normal end (DONE) its worker is prepared again."""
+        assert request.job is not None
+        worker = self._workers.get(request.job.worker_uuid)
+        self._finish(request, state, now, reason)
+        if worker is None or worker.request_id != request.id:
+            return
+        worker.request_id = 0
+        worker.jobs_done += 1
+        if state is RequestState.DONE:
+            self._transition(worker, WorkerState.PREPARE, now, f"job of request {request.id} ended")
+            self._issue(worker, DryadCallKind.PREPARE)
+        else:
+            self._out.worker(worker)
+
+    def _fail_worker(self, worker: Worker, now: float, reason: str) -> None:
+        if worker.state is WorkerState.FAILED:
+            return
+        if worker.state is WorkerState.RUNNING:
+            request = self._requests[worker.request_id]
+            self._end_job(
+                request, now, RequestState.FAILED, f"worker {worker.uuid} failed: {reason}"
+            )
+        worker.prepared = None
+        worker.pending_op = 0
+        self._transition(worker, WorkerState.FAILED, now, reason)
+
+    def _dryad_restarted(self, worker: Worker, now: float) -> None:
+        """The dryad lost its job users: a running job fails and the worker is prepared again."""
+        state = worker.state
+        if state is WorkerState.RUNNING:
+            request = self._requests[worker.request_id]
+            self._end_job(
+                request, now, RequestState.FAILED, f"the dryad of worker {worker.uuid} restarted"
+            )
+            worker.prepared = None
+            self._transition(worker, WorkerState.PREPARE, now, "dryad restarted")
+            self._issue(worker, DryadCallKind.PREPARE)
+        elif state in (WorkerState.IDLE, WorkerState.PREPARE):
+            worker.prepared = None
+            if state is WorkerState.IDLE:
+                self._transition(worker, WorkerState.PREPARE, now, "dryad restarted")
+            self._issue(worker, DryadCallKind.PREPARE)
+        elif state is WorkerState.BUSY:
+            self._issue(worker, DryadCallKind.PUT_IN_MAINTENANCE, worker.reason)
+
+    def _transition(self, worker: Worker, state: WorkerState, now: float, reason: str) -> None:
+        old = worker.state
+        if old is WorkerState.IDLE:
+            self._idle.remove(worker)
+        worker.state = state
+        worker.reason = reason
+        if state is WorkerState.IDLE:
+            self._idle.add(worker)
+        elif state is WorkerState.FAILED:
+            worker.failures += 1
+        self._out.history(HistoryEntry(worker.uuid, now, old, state, reason))
+        self._out.worker(worker)
+
+    def _reindex(
+        self, worker: Worker, sig: frozenset[tuple[str, str]], groups: frozenset[str]
+    ) -> None:
+        idle = worker in self._idle
+        self._registered.remove(worker)
+        if idle:
+            self._idle.remove(worker)
+        worker.caps_sig = sig
+        worker.groups = groups
+        worker.rank = worker.compute_rank()
+        self._registered.add(worker)
+        if idle:
+            self._idle.add(worker)
+
+    def _invalidate_orphans(self, buckets: list[Bucket], now: float, why: str) -> None:
+        """Requests of these buckets that no registered worker can serve become INVALID."""
+        for bucket in buckets:
+            if not bucket.waiting or self._registered.any_capable(bucket.sig, bucket.groups):
+                continue
+            reason = f"no registered worker can satisfy it any more: {why}"
+            for request in sorted(bucket.waiting, key=lambda r: r.id):
+                self._finish(request, RequestState.INVALID, now, reason)
+
+    def _issue(self, worker: Worker, kind: DryadCallKind, message: str = "") -> None:
+        self._last_op_id += 1
+        worker.pending_op = self._last_op_id
+        self._out.call(
+            DryadCall(self._last_op_id, worker.uuid, kind, worker.dryad_address, message)
+        )
+
+    def _arm_heartbeat(self, worker: Worker) -> None:
+        if worker.hb_armed or worker.state is WorkerState.FAILED:
+            return
+        due = max(worker.last_seen, self._heartbeat_epoch) + self.policy.heartbeat_timeout
+        worker.hb_armed = True
+        self._push_timer(due, TimerKind.HEARTBEAT, worker)
+
+    def _check_heartbeat(self, worker: Worker, now: float) -> None:
+        worker.hb_armed = False
+        if worker.state is WorkerState.FAILED:
+            return
+        heard = max(worker.last_seen, self._heartbeat_epoch)
+        if heard + self.policy.heartbeat_timeout > now:
+            self._arm_heartbeat(worker)
+        else:
+            self._fail_worker(
+                worker, now, f"{HEARTBEAT_LOST}: nothing heard for {now - heard:.0f} s"
+            )
+
+    def _push_timer(self, due: float, kind: TimerKind, target: Target) -> None:
+        self._timers.push(due, kind, target)
+        if len(self._timers) > 4 * (len(self._requests) + len(self._workers)) + 4096:
+            self._timers.compact(self._timer_applies)
+
+    def _timer_applies(self, due: float, kind: TimerKind, target: Target) -> bool:
+        if isinstance(target, Worker):
+            return target.hb_armed and self._workers.get(target.uuid) is target
+        if self._requests.get(target.id) is not target:
+            return False
+        if kind is TimerKind.DEADLINE:
+            return target.state is RequestState.WAITING and target.deadline == due
+        if kind is TimerKind.VALID_AFTER:
+            return (
+                target.state is RequestState.WAITING
+                and not target.ready
+                and target.valid_after == due
+            )
+        job = target.job
+        return (
+            target.state is RequestState.IN_PROGRESS and job is not None and job.timeout_at == due
+        )

@@ -1,0 +1,144 @@
+"""Shared value types of the scheduler: states, identities and immutable views of records.
+
+Times are float seconds since the Unix epoch (UTC); adapters convert at the edges.
+The enum numbers equal those of the ``boruta.v1`` protobuf enums.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+CapPair = tuple[str, str]
+Caps = Mapping[str, str]
+
+UUID_CAP = "UUID"
+"""Key of the capability that carries a worker's UUID, as in Boruta."""
+
+
+class RequestState(enum.IntEnum):
+    """Where a request is in its life; every state but WAITING and IN_PROGRESS is terminal."""
+
+    WAITING = 1
+    IN_PROGRESS = 2
+    CANCELLED = 3
+    TIMEOUT = 4
+    INVALID = 5
+    DONE = 6
+    FAILED = 7
+
+    @property
+    def is_terminal(self) -> bool:
+        return self not in (RequestState.WAITING, RequestState.IN_PROGRESS)
+
+
+class WorkerState(enum.IntEnum):
+    """Where a worker is in its life."""
+
+    MAINTENANCE = 1
+    IDLE = 2
+    RUNNING = 3
+    FAILED = 4
+    PREPARE = 5
+    BUSY = 6
+
+
+class Role(enum.Enum):
+    """What kind of caller an identity is."""
+
+    USER = "user"
+    ADMIN = "admin"
+    DRYAD = "dryad"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who is calling, as established by the channel (never by request fields)."""
+
+    user: str
+    groups: frozenset[str] = frozenset()
+    role: Role = Role.USER
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """Login for one job: the per-job Unix user and the private half of its RSA key."""
+
+    username: str
+    private_key_pem: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class HostStatus:
+    """Resource usage a dryad reports with its heartbeats."""
+
+    load_1m: float = 0.0
+    memory_total_bytes: int = 0
+    memory_available_bytes: int = 0
+    disk_free_bytes: int = 0
+    uptime_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class JobView:
+    """The job of a request: its worker, times and, while it runs, its access secret."""
+
+    worker_uuid: str
+    started_at: float
+    timeout_at: float
+    max_timeout_at: float
+    prolong_count: int
+    ssh_address: str
+    access: Access | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestView:
+    """An immutable snapshot of a request."""
+
+    id: int
+    priority: int
+    owner: str
+    owner_groups: frozenset[str]
+    caps: Mapping[str, str]
+    valid_after: float
+    deadline: float
+    state: RequestState
+    reason: str
+    created_at: float
+    updated_at: float
+    job: JobView | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerView:
+    """An immutable snapshot of a worker."""
+
+    uuid: str
+    state: WorkerState
+    groups: frozenset[str]
+    caps: Mapping[str, str]
+    dryad_address: str
+    ssh_address: str
+    instance_id: str
+    dryad_version: str
+    reason: str
+    request_id: int
+    registered_at: float
+    last_seen: float
+    jobs_done: int
+    failures: int
+    prepared: Access | None = field(default=None, repr=False)
+    host_status: HostStatus | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One change of a worker's state; from_state is None for the first registration."""
+
+    worker_uuid: str
+    time: float
+    from_state: WorkerState | None
+    to_state: WorkerState
+    reason: str

@@ -1,0 +1,81 @@
+"""Helpers for unit tests of the pure core: a farm of workers driven without any dryad."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from boruta_scheduler.core import Changes, Core, DryadCall, DryadCallKind, Policy
+from boruta_scheduler.types import Access, WorkerState
+
+T0 = 1_700_000_000.0
+
+
+def caps_of(uuid: str, **caps: str) -> dict[str, str]:
+    return {"UUID": uuid, **caps}
+
+
+class CoreKit:
+    """A core plus the bookkeeping a test needs: pending dryad calls and a clock."""
+
+    def __init__(self, policy: Policy | None = None) -> None:
+        self.core = Core(policy)
+        self.now = T0
+        self.pending: list[DryadCall] = []
+        self.changes: list[Changes] = []
+        self.keys = 0
+        self.silent: set[str] = set()
+
+    def drain(self) -> Changes:
+        changes = self.core.drain()
+        self.pending.extend(changes.calls)
+        self.changes.append(changes)
+        return changes
+
+    def add_worker(
+        self,
+        uuid: str,
+        caps: Mapping[str, str] | None = None,
+        groups: frozenset[str] = frozenset(),
+        *,
+        idle: bool = True,
+    ) -> None:
+        self.core.register(
+            self.now,
+            caps_of(uuid, **(caps or {})),
+            f"{uuid}.lab:7175",
+            f"{uuid}.lab:22",
+            instance_id="i1",
+        )
+        if groups:
+            self.core.set_groups(self.now, uuid, groups)
+        if idle:
+            self.core.set_state(self.now, uuid, WorkerState.IDLE)
+            self.answer_calls()
+
+    def answer_calls(self, *, fail: bool = False) -> None:
+        """Let every dryad call made so far succeed (or fail)."""
+        self.drain()
+        while self.pending:
+            call = self.pending.pop(0)
+            if fail:
+                self.core.dryad_call_failed(self.now, call, "connection refused")
+            elif call.kind is DryadCallKind.PREPARE:
+                self.keys += 1
+                access = Access(f"job{self.keys}", f"KEY-{self.keys}")
+                self.core.dryad_call_succeeded(self.now, call, access)
+            else:
+                self.core.dryad_call_succeeded(self.now, call)
+            self.drain()
+
+    def advance(self, seconds: float, *, heartbeats: bool = True) -> None:
+        """Move the clock, firing timers on the way; live dryads heartbeat as they should."""
+        step = self.core.policy.heartbeat_timeout / 3 if heartbeats else seconds
+        end = self.now + seconds
+        while self.now < end:
+            self.now = min(end, self.now + step)
+            if heartbeats:
+                for worker in self.core.workers():
+                    if worker.uuid not in self.silent:
+                        self.core.heartbeat(self.now, worker.uuid)
+            self.core.tick(self.now)
+        self.drain()

@@ -1,0 +1,539 @@
+"""Unit tests of the pure core: queue order, matching, request and worker life, limits."""
+
+from __future__ import annotations
+
+import pytest
+from boruta_scheduler.core import Core, DryadCallKind, Policy, Snapshot
+from boruta_scheduler.errors import (
+    InvalidArgument,
+    NoCapableWorker,
+    ProlongLimitReached,
+    RequestNotFound,
+    WorkerNotFound,
+    WrongRequestState,
+    WrongWorkerState,
+)
+from boruta_scheduler.types import RequestState, WorkerState
+from core_kit import T0, CoreKit, caps_of
+
+NOBODY = frozenset[str]()
+
+
+@pytest.fixture
+def kit() -> CoreKit:
+    return CoreKit()
+
+
+def state_of(kit: CoreKit, request_id: int) -> RequestState:
+    for changes in reversed([*kit.changes, kit.drain()]):
+        for view in reversed(changes.requests):
+            if view.id == request_id:
+                return view.state
+    raise AssertionError(f"request {request_id} never changed")
+
+
+def worker_state(kit: CoreKit, uuid: str) -> WorkerState:
+    return kit.core.worker(uuid).state
+
+
+# ------------------------------------------------------------------ queue order
+
+
+def test_priority_then_fifo_when_a_worker_frees(kit: CoreKit) -> None:
+    kit.add_worker("w1", {"board": "rpi4"})
+    first = kit.core.new_request(kit.now, "u", NOBODY, {"board": "rpi4"})
+    assert first.state is RequestState.IN_PROGRESS
+    low_early = kit.core.new_request(kit.now, "u", NOBODY, {"board": "rpi4"}, priority=9)
+    high_a = kit.core.new_request(kit.now, "u", NOBODY, {"board": "rpi4"}, priority=3)
+    high_b = kit.core.new_request(kit.now, "u", NOBODY, {"board": "rpi4"}, priority=3)
+    order = []
+    for _ in range(3):
+        running = next(r for r in kit.core.live_requests() if r.state is RequestState.IN_PROGRESS)
+        kit.core.close_request(kit.now, running.id)
+        kit.answer_calls()
+        nxt = next(r for r in kit.core.live_requests() if r.state is RequestState.IN_PROGRESS)
+        order.append(nxt.id)
+    assert order == [high_a.id, high_b.id, low_early.id]
+
+
+def test_unmatchable_request_does_not_block_later_ones(kit: CoreKit) -> None:
+    kit.add_worker("w1", {"board": "rpi4"})
+    kit.add_worker("w2", {"board": "odroid"}, idle=False)
+    blocked = kit.core.new_request(kit.now, "u", NOBODY, {"board": "odroid"}, priority=1)
+    later = kit.core.new_request(kit.now, "u", NOBODY, {"board": "rpi4"}, priority=16)
+    assert blocked.state is RequestState.WAITING
+    assert later.state is RequestState.IN_PROGRESS
+
+
+def test_least_capable_worker_wins_and_ties_break_by_uuid(kit: CoreKit) -> None:
+    kit.add_worker("w-rich", {"board": "rpi4", "camera": "yes", "wifi": "yes"})
+    kit.add_worker("w-b", {"board": "rpi4", "camera": "yes"})
+    kit.add_worker("w-a", {"board": "rpi4", "camera": "yes"})
+    r = kit.core.new_request(kit.now, "u", NOBODY, {"camera": "yes"})
+    assert r.job is not None and r.job.worker_uuid == "w-a"
+    r = kit.core.new_request(kit.now, "u", NOBODY, {"camera": "yes"})
+    assert r.job is not None and r.job.worker_uuid == "w-b"
+    r = kit.core.new_request(kit.now, "u", NOBODY, {})
+    assert r.job is not None and r.job.worker_uuid == "w-rich"
+
+
+def test_groups_count_towards_capability(kit: CoreKit) -> None:
+    kit.add_worker("w-a", {"board": "x"}, groups=frozenset({"lab"}))
+    kit.add_worker("w-b", {"board": "x"})
+    r = kit.core.new_request(kit.now, "u", frozenset({"lab"}), {"board": "x"})
+    assert r.job is not None and r.job.worker_uuid == "w-b"
+
+
+def test_worker_needs_every_cap_with_equal_value(kit: CoreKit) -> None:
+    kit.add_worker("w1", {"board": "rpi4", "camera": "no"})
+    with pytest.raises(NoCapableWorker):
+        kit.core.new_request(kit.now, "u", NOBODY, {"board": "rpi4", "camera": "yes"})
+    with pytest.raises(NoCapableWorker):
+        kit.core.new_request(kit.now, "u", NOBODY, {"board": "rpi4", "hdmi": "yes"})
+
+
+def test_groups_restrict_workers(kit: CoreKit) -> None:
+    kit.add_worker("team", {"board": "x"}, groups=frozenset({"team-a"}))
+    with pytest.raises(NoCapableWorker, match="team-b"):
+        kit.core.new_request(kit.now, "bob", frozenset({"team-b"}), {"board": "x"})
+    r = kit.core.new_request(kit.now, "ann", frozenset({"team-a", "other"}), {"board": "x"})
+    assert r.state is RequestState.IN_PROGRESS
+
+
+def test_worker_without_groups_is_open_to_all(kit: CoreKit) -> None:
+    kit.add_worker("open", {"board": "x"})
+    r = kit.core.new_request(kit.now, "bob", frozenset({"any"}), {"board": "x"})
+    assert r.state is RequestState.IN_PROGRESS
+    r = kit.core.new_request(kit.now, "eve", NOBODY, {"board": "x"}, accept_unsatisfiable=True)
+    assert r.state is RequestState.WAITING
+
+
+def test_freed_worker_skips_requests_of_other_groups(kit: CoreKit) -> None:
+    kit.add_worker("w1", {"board": "x"}, groups=frozenset({"a"}))
+    kit.add_worker("w2", {"board": "x"}, groups=frozenset({"b"}), idle=False)
+    kit.core.new_request(kit.now, "ua", frozenset({"a"}), {"board": "x"})
+    other = kit.core.new_request(kit.now, "ub", frozenset({"b"}), {"board": "x"}, priority=1)
+    mine = kit.core.new_request(kit.now, "ua", frozenset({"a"}), {"board": "x"}, priority=9)
+    running = [r for r in kit.core.live_requests() if r.state is RequestState.IN_PROGRESS]
+    kit.core.close_request(kit.now, running[0].id)
+    kit.answer_calls()
+    assert kit.core.request(mine.id).state is RequestState.IN_PROGRESS
+    assert kit.core.request(other.id).state is RequestState.WAITING
+
+
+# ------------------------------------------------------------- request fields
+
+
+def test_valid_after_delays_matching(kit: CoreKit) -> None:
+    kit.add_worker("w1")
+    r = kit.core.new_request(kit.now, "u", NOBODY, {}, valid_after=kit.now + 60)
+    assert r.state is RequestState.WAITING
+    kit.advance(59)
+    assert kit.core.request(r.id).state is RequestState.WAITING
+    kit.advance(1)
+    assert kit.core.request(r.id).state is RequestState.IN_PROGRESS
+
+
+def test_requests_ready_together_match_by_priority(kit: CoreKit) -> None:
+    kit.add_worker("w1")
+    low = kit.core.new_request(kit.now, "u", NOBODY, {}, valid_after=kit.now + 10, priority=9)
+    high = kit.core.new_request(kit.now, "u", NOBODY, {}, valid_after=kit.now + 10, priority=2)
+    kit.advance(10)
+    assert kit.core.request(high.id).state is RequestState.IN_PROGRESS
+    assert kit.core.request(low.id).state is RequestState.WAITING
+
+
+def test_deadline_times_out_waiting_request(kit: CoreKit) -> None:
+    kit.add_worker("w1", idle=False)
+    r = kit.core.new_request(kit.now, "u", NOBODY, {}, deadline=kit.now + 30)
+    kit.advance(29)
+    assert kit.core.request(r.id).state is RequestState.WAITING
+    kit.advance(1)
+    with pytest.raises(RequestNotFound):
+        kit.core.request(r.id)
+    assert state_of(kit, r.id) is RequestState.TIMEOUT
+
+
+def test_defaults_for_priority_and_times() -> None:
+    kit = CoreKit(Policy(default_priority=5, default_deadline=100))
+    kit.add_worker("w1", idle=False)
+    r = kit.core.new_request(kit.now, "u", NOBODY, {})
+    assert (r.priority, r.valid_after, r.deadline) == (5, kit.now, kit.now + 100)
+    later = kit.core.new_request(kit.now, "u", NOBODY, {}, valid_after=kit.now + 50)
+    assert later.deadline == kit.now + 150
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"priority": 17}, "priority must be between 1"),
+        ({"deadline": T0 - 1}, "deadline is in the past"),
+        ({"deadline": T0}, "deadline is in the past"),
+        ({"valid_after": T0 + 20, "deadline": T0 + 10}, "valid_after is after the deadline"),
+        ({"caps": {f"k{i}": "v" for i in range(33)}}, "at most 32"),
+        ({"caps": {"k" * 65: "v"}}, "key"),
+        ({"caps": {"": "v"}}, "key"),
+        ({"caps": {"bad key": "v"}}, "key"),
+        ({"caps": {"k": "v" * 257}}, "value"),
+        ({"caps": {"k": ""}}, "value"),
+        ({"caps": {"k": "line\nbreak"}}, "value"),
+    ],
+)
+def test_bad_request_fields_are_refused_and_change_nothing(
+    kit: CoreKit, kwargs: dict[str, object], message: str
+) -> None:
+    kit.add_worker("w1")
+    kit.drain()
+    caps = kwargs.pop("caps", {})
+    with pytest.raises(InvalidArgument, match=message):
+        kit.core.new_request(kit.now, "u", NOBODY, caps, **kwargs)  # type: ignore[arg-type]
+    assert not kit.drain().durable
+    assert kit.core.new_request(kit.now, "u", NOBODY, {}).id == 1
+
+
+def test_unsatisfiable_request_refused_unless_accepted(kit: CoreKit) -> None:
+    kit.add_worker("w1", {"board": "rpi4"})
+    kit.drain()
+    with pytest.raises(NoCapableWorker, match="board=rpi5"):
+        kit.core.new_request(kit.now, "u", NOBODY, {"board": "rpi5"})
+    assert not kit.drain().durable
+    r = kit.core.new_request(kit.now, "u", NOBODY, {"board": "rpi5"}, accept_unsatisfiable=True)
+    assert r.state is RequestState.WAITING
+
+
+def test_worker_in_maintenance_still_makes_request_satisfiable(kit: CoreKit) -> None:
+    kit.add_worker("w1", {"board": "rpi4"}, idle=False)
+    r = kit.core.new_request(kit.now, "u", NOBODY, {"board": "rpi4"})
+    assert r.state is RequestState.WAITING
+
+
+# ------------------------------------------------------------------ update
+
+
+def test_update_priority_takes_effect_in_next_match(kit: CoreKit) -> None:
+    kit.add_worker("w1")
+    running = kit.core.new_request(kit.now, "u", NOBODY, {})
+    a = kit.core.new_request(kit.now, "u", NOBODY, {}, priority=5)
+    b = kit.core.new_request(kit.now, "u", NOBODY, {}, priority=5)
+    kit.core.update_request(kit.now, b.id, priority=4)
+    kit.core.close_request(kit.now, running.id)
+    kit.answer_calls()
+    assert kit.core.request(b.id).state is RequestState.IN_PROGRESS
+    assert kit.core.request(a.id).state is RequestState.WAITING
+
+
+def test_update_valid_after_to_now_matches_at_once(kit: CoreKit) -> None:
+    kit.add_worker("w1")
+    r = kit.core.new_request(kit.now, "u", NOBODY, {}, valid_after=kit.now + 100)
+    updated = kit.core.update_request(kit.now, r.id, valid_after=kit.now)
+    assert updated.state is RequestState.IN_PROGRESS
+
+
+def test_update_valid_after_later_unreadies(kit: CoreKit) -> None:
+    kit.add_worker("w1", idle=False)
+    r = kit.core.new_request(kit.now, "u", NOBODY, {})
+    kit.core.update_request(kit.now, r.id, valid_after=kit.now + 100)
+    kit.core.set_state(kit.now, "w1", WorkerState.IDLE)
+    kit.answer_calls()
+    assert kit.core.request(r.id).state is RequestState.WAITING
+    kit.advance(100)
+    assert kit.core.request(r.id).state is RequestState.IN_PROGRESS
+
+
+def test_update_deadline_moves_timeout(kit: CoreKit) -> None:
+    kit.add_worker("w1", idle=False)
+    r = kit.core.new_request(kit.now, "u", NOBODY, {}, deadline=kit.now + 10)
+    kit.core.update_request(kit.now, r.id, deadline=kit.now + 100)
+    kit.advance(50)
+    assert kit.core.request(r.id).state is RequestState.WAITING
+    kit.advance(50)
+    assert state_of(kit, r.id) is RequestState.TIMEOUT
+
+
+def test_update_refused_unless_waiting_or_valid(kit: CoreKit) -> None:
+    kit.add_worker("w1")
+    r = kit.core.new_request(kit.now, "u", NOBODY, {})
+    with pytest.raises(WrongRequestState, match="IN_PROGRESS"):
+        kit.core.update_request(kit.now, r.id, priority=3)
+    w = kit.core.new_request(kit.now, "u", NOBODY, {})
+    kit.drain()
+    for kwargs in (
+        {"priority": 0},
+        {"priority": 20},
+        {"deadline": kit.now - 5},
+        {"valid_after": kit.now + 10**9},
+    ):
+        with pytest.raises(InvalidArgument):
+            kit.core.update_request(kit.now, w.id, **kwargs)  # type: ignore[arg-type]
+    assert not kit.drain().durable
+    with pytest.raises(RequestNotFound):
+        kit.core.update_request(kit.now, 999, priority=3)
+
+
+# ------------------------------------------------------------------- jobs
+
+
+def test_close_waiting_cancels_and_close_running_is_done(kit: CoreKit) -> None:
+    kit.add_worker("w1")
+    run = kit.core.new_request(kit.now, "u", NOBODY, {})
+    wait = kit.core.new_request(kit.now, "u", NOBODY, {})
+    assert kit.core.close_request(kit.now, wait.id).state is RequestState.CANCELLED
+    done = kit.core.close_request(kit.now, run.id)
+    assert done.state is RequestState.DONE
+    assert done.job is not None and done.job.access is None
+    assert worker_state(kit, "w1") is WorkerState.PREPARE
+    with pytest.raises(RequestNotFound):
+        kit.core.close_request(kit.now, run.id)
+
+
+def test_job_timeout_ends_job_and_reprepares_worker(kit: CoreKit) -> None:
+    kit.add_worker("w1")
+    r = kit.core.new_request(kit.now, "u", NOBODY, {})
+    first_key = r.job.access if r.job else None
+    kit.advance(kit.core.policy.job_timeout)
+    assert state_of(kit, r.id) is RequestState.DONE
+    assert worker_state(kit, "w1") is WorkerState.PREPARE
+    kit.answer_calls()
+    assert worker_state(kit, "w1") is WorkerState.IDLE
+    r2 = kit.core.new_request(kit.now, "u", NOBODY, {})
+    assert r2.job is not None and r2.job.access is not None
+    assert r2.job.access != first_key
+    assert kit.core.worker("w1").jobs_done == 1
+
+
+def test_prolong_extends_by_step_up_to_limits() -> None:
+    kit = CoreKit(Policy(job_timeout=100, prolong_step=100, max_prolongs=10, max_job_duration=250))
+    kit.add_worker("w1")
+    r = kit.core.new_request(kit.now, "u", NOBODY, {})
+    kit.advance(50)
+    job = kit.core.prolong_access(kit.now, r.id)
+    assert (job.timeout_at, job.prolong_count) == (T0 + 150, 1)
+    kit.advance(90)
+    job = kit.core.prolong_access(kit.now, r.id)
+    assert job.timeout_at == T0 + 240
+    kit.advance(20)
+    job = kit.core.prolong_access(kit.now, r.id)
+    assert job.timeout_at == T0 + 250  # now + step = 260, capped by max_job_duration
+    kit.advance(5)
+    with pytest.raises(ProlongLimitReached, match="limit of 250 s"):
+        kit.core.prolong_access(kit.now, r.id)
+    kit.advance(80)  # now T0 + 245
+    assert kit.core.request(r.id).state is RequestState.IN_PROGRESS
+    kit.advance(5)
+    assert state_of(kit, r.id) is RequestState.DONE
+
+
+def test_prolong_count_limit() -> None:
+    kit = CoreKit(Policy(job_timeout=100, prolong_step=100, max_prolongs=2))
+    kit.add_worker("w1")
+    r = kit.core.new_request(kit.now, "u", NOBODY, {})
+    for _ in range(2):
+        kit.advance(10)
+        kit.core.prolong_access(kit.now, r.id)
+    kit.advance(10)
+    with pytest.raises(ProlongLimitReached, match="2 times"):
+        kit.core.prolong_access(kit.now, r.id)
+
+
+def test_prolong_with_more_time_left_than_a_step_changes_nothing() -> None:
+    kit = CoreKit(Policy(job_timeout=1000, prolong_step=100))
+    kit.add_worker("w1")
+    r = kit.core.new_request(kit.now, "u", NOBODY, {})
+    job = kit.core.prolong_access(kit.now, r.id)
+    assert (job.timeout_at, job.prolong_count) == (T0 + 1000, 0)
+
+
+def test_prolong_refused_for_waiting_request(kit: CoreKit) -> None:
+    kit.add_worker("w1", idle=False)
+    r = kit.core.new_request(kit.now, "u", NOBODY, {})
+    with pytest.raises(WrongRequestState, match="WAITING"):
+        kit.core.prolong_access(kit.now, r.id)
+
+
+# ----------------------------------------------------------------- workers
+
+
+def test_register_new_worker_in_maintenance(kit: CoreKit) -> None:
+    view = kit.core.register(kit.now, caps_of("w1", board="x"), "h:1", "h:22")
+    assert view.state is WorkerState.MAINTENANCE
+    history = kit.drain().history
+    assert [(h.from_state, h.to_state) for h in history] == [(None, WorkerState.MAINTENANCE)]
+
+
+@pytest.mark.parametrize(
+    ("caps", "dryad", "ssh", "message"),
+    [
+        ({"board": "x"}, "h:1", "h:22", "UUID"),
+        ({"UUID": "has space"}, "h:1", "h:22", "UUID"),
+        ({"UUID": "w"}, "0.0.0.0:1", "h:22", "wildcard"),
+        ({"UUID": "w"}, "h:1", "[::]:22", "wildcard"),
+        ({"UUID": "w"}, "h", "h:22", "host:port"),
+        ({"UUID": "w"}, "h:1", "h:99999", "host:port"),
+    ],
+)
+def test_register_refuses_bad_fields(
+    kit: CoreKit, caps: dict[str, str], dryad: str, ssh: str, message: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        kit.core.register(kit.now, caps, dryad, ssh)
+    assert not kit.drain().durable
+
+
+def test_set_idle_prepares_then_idles(kit: CoreKit) -> None:
+    kit.add_worker("w1", idle=False)
+    kit.core.set_state(kit.now, "w1", WorkerState.IDLE)
+    assert worker_state(kit, "w1") is WorkerState.PREPARE
+    calls = kit.drain().calls
+    assert [(c.kind, c.worker_uuid, c.address) for c in calls] == [
+        (DryadCallKind.PREPARE, "w1", "w1.lab:7175")
+    ]
+    kit.answer_calls()
+    assert worker_state(kit, "w1") is WorkerState.IDLE
+
+
+def test_failed_dryad_call_fails_worker_with_reason(kit: CoreKit) -> None:
+    kit.add_worker("w1", idle=False)
+    kit.core.set_state(kit.now, "w1", WorkerState.IDLE)
+    kit.answer_calls(fail=True)
+    w = kit.core.worker("w1")
+    assert (w.state, w.reason, w.failures) == (
+        WorkerState.FAILED,
+        "Prepare failed: connection refused",
+        1,
+    )
+
+
+def test_maintenance_of_running_worker_fails_its_request(kit: CoreKit) -> None:
+    kit.add_worker("w1")
+    r = kit.core.new_request(kit.now, "u", NOBODY, {})
+    kit.core.set_state(kit.now, "w1", WorkerState.MAINTENANCE, "reflash")
+    assert state_of(kit, r.id) is RequestState.FAILED
+    assert worker_state(kit, "w1") is WorkerState.BUSY
+    calls = [c for c in kit.pending]
+    assert [(c.kind, c.message) for c in calls] == [(DryadCallKind.PUT_IN_MAINTENANCE, "reflash")]
+    kit.answer_calls()
+    assert worker_state(kit, "w1") is WorkerState.MAINTENANCE
+
+
+def test_set_state_rules(kit: CoreKit) -> None:
+    kit.add_worker("w1")
+    kit.core.new_request(kit.now, "u", NOBODY, {})
+    with pytest.raises(WrongWorkerState, match="RUNNING"):
+        kit.core.set_state(kit.now, "w1", WorkerState.IDLE)
+    with pytest.raises(InvalidArgument, match="only to IDLE or MAINTENANCE"):
+        kit.core.set_state(kit.now, "w1", WorkerState.RUNNING)
+    kit.core.set_state(kit.now, "w1", WorkerState.MAINTENANCE)
+    with pytest.raises(WrongWorkerState, match="entering MAINTENANCE"):
+        kit.core.set_state(kit.now, "w1", WorkerState.IDLE)
+    with pytest.raises(WorkerNotFound):
+        kit.core.set_state(kit.now, "nope", WorkerState.IDLE)
+
+
+def test_stale_dryad_result_is_ignored(kit: CoreKit) -> None:
+    kit.add_worker("w1", idle=False)
+    kit.core.set_state(kit.now, "w1", WorkerState.IDLE)
+    prepare = kit.drain().calls[0]
+    kit.core.set_state(kit.now, "w1", WorkerState.MAINTENANCE)
+    kit.core.dryad_call_failed(kit.now, prepare, "too late")
+    assert worker_state(kit, "w1") is WorkerState.BUSY
+
+
+def test_heartbeat_loss_fails_worker_and_job(kit: CoreKit) -> None:
+    kit.add_worker("w1")
+    r = kit.core.new_request(kit.now, "u", NOBODY, {})
+    kit.advance(60)
+    assert worker_state(kit, "w1") is WorkerState.RUNNING
+    kit.silent.add("w1")
+    kit.advance(kit.core.policy.heartbeat_timeout + 1)
+    w = kit.core.worker("w1")
+    assert w.state is WorkerState.FAILED
+    assert w.reason.startswith("heartbeat lost")
+    assert state_of(kit, r.id) is RequestState.FAILED
+
+
+def test_set_fail_keeps_reason_and_counts(kit: CoreKit) -> None:
+    kit.add_worker("w1")
+    kit.core.set_fail(kit.now, "w1", "USB hub died")
+    w = kit.core.worker("w1")
+    assert (w.state, w.reason, w.failures) == (WorkerState.FAILED, "USB hub died", 1)
+    history = [(h.to_state, h.reason) for c in [*kit.changes, kit.drain()] for h in c.history]
+    assert history[-1] == (WorkerState.FAILED, "USB hub died")
+
+
+def test_reregister_same_instance_keeps_state_and_groups(kit: CoreKit) -> None:
+    kit.add_worker("w1", {"board": "x"}, groups=frozenset({"g"}))
+    r = kit.core.new_request(kit.now, "u", frozenset({"g"}), {})
+    kit.core.register(
+        kit.now, caps_of("w1", board="x"), "w1.lab:7175", "w1.lab:22", instance_id="i1"
+    )
+    w = kit.core.worker("w1")
+    assert (w.state, w.groups, w.request_id) == (WorkerState.RUNNING, frozenset({"g"}), r.id)
+
+
+def test_reregister_after_dryad_restart_fails_job_and_reprepares(kit: CoreKit) -> None:
+    kit.add_worker("w1")
+    r = kit.core.new_request(kit.now, "u", NOBODY, {})
+    kit.core.register(kit.now, caps_of("w1"), "w1.lab:7175", "w1.lab:22", instance_id="i2")
+    assert state_of(kit, r.id) is RequestState.FAILED
+    assert worker_state(kit, "w1") is WorkerState.PREPARE
+    kit.answer_calls()
+    assert worker_state(kit, "w1") is WorkerState.IDLE
+
+
+def test_deregister_only_out_of_service(kit: CoreKit) -> None:
+    kit.add_worker("w1")
+    with pytest.raises(WrongWorkerState, match="IDLE"):
+        kit.core.deregister(kit.now, "w1")
+    kit.core.set_state(kit.now, "w1", WorkerState.MAINTENANCE)
+    kit.answer_calls()
+    kit.core.deregister(kit.now, "w1")
+    assert kit.drain().removed_workers == ["w1"]
+    with pytest.raises(WorkerNotFound):
+        kit.core.worker("w1")
+
+
+def test_deregistering_last_capable_worker_invalidates_waiting_requests(kit: CoreKit) -> None:
+    kit.add_worker("w1", {"board": "x"}, idle=False)
+    kit.add_worker("w2", {"board": "x", "cam": "y"}, idle=False)
+    plain = kit.core.new_request(kit.now, "u", NOBODY, {"board": "x"})
+    cam = kit.core.new_request(kit.now, "u", NOBODY, {"board": "x", "cam": "y"})
+    kit.core.deregister(kit.now, "w2")
+    assert state_of(kit, cam.id) is RequestState.INVALID
+    assert kit.core.request(plain.id).state is RequestState.WAITING
+    kit.core.deregister(kit.now, "w1")
+    assert state_of(kit, plain.id) is RequestState.INVALID
+
+
+def test_set_groups_can_invalidate_and_can_match(kit: CoreKit) -> None:
+    kit.add_worker("w1", {"board": "x"})
+    kit.core.set_state(kit.now, "w1", WorkerState.MAINTENANCE)
+    kit.answer_calls()
+    r = kit.core.new_request(kit.now, "u", frozenset({"a"}), {"board": "x"})
+    kit.core.set_groups(kit.now, "w1", frozenset({"b"}))
+    assert state_of(kit, r.id) is RequestState.INVALID
+    kit.core.set_groups(kit.now, "w1", frozenset({"a"}))
+    kit.core.set_state(kit.now, "w1", WorkerState.IDLE)
+    kit.answer_calls()
+    r2 = kit.core.new_request(kit.now, "u", frozenset({"a"}), {"board": "x"})
+    assert r2.state is RequestState.IN_PROGRESS
+
+
+def test_restore_rebuilds_state_and_timers(kit: CoreKit) -> None:
+    kit.add_worker("w1", {"board": "x"})
+    kit.add_worker("w2", {"board": "x"}, idle=False)
+    run = kit.core.new_request(kit.now, "u", NOBODY, {"board": "x"})
+    wait = kit.core.new_request(kit.now, "u", NOBODY, {"board": "x"}, deadline=kit.now + 500)
+    kit.drain()
+    snapshot = Snapshot(list(kit.core.live_requests()), kit.core.workers(), 2)
+    restored = Core.restore(snapshot, kit.now + 10, kit.core.policy)
+    assert restored.request(run.id) == kit.core.request(run.id)
+    assert restored.request(wait.id) == kit.core.request(wait.id)
+    assert restored.worker("w1") == kit.core.worker("w1")
+    assert restored.new_request(kit.now + 10, "u", NOBODY, {}).id == 3
+    restored.tick(kit.now + 501)
+    with pytest.raises(RequestNotFound):
+        restored.request(wait.id)
+    # The job timer came back too (the worker heartbeat grace starts at restore).
+    restored.tick(kit.now + kit.core.policy.job_timeout + 1)
+    with pytest.raises(RequestNotFound):
+        restored.request(run.id)
