@@ -487,7 +487,7 @@ def test_deregister_only_out_of_service(kit: CoreKit) -> None:
     kit.core.set_state(kit.now, "w1", WorkerState.MAINTENANCE)
     kit.answer_calls()
     kit.core.deregister(kit.now, "w1")
-    assert kit.drain().removed_workers == ["w1"]
+    assert [w.uuid for w in kit.drain().removed_workers] == ["w1"]
     with pytest.raises(WorkerNotFound):
         kit.core.worker("w1")
 

@@ -34,7 +34,7 @@ class Changes:
 
     requests: list[RequestView] = field(default_factory=list)
     workers: list[WorkerView] = field(default_factory=list)
-    removed_workers: list[str] = field(default_factory=list)
+    removed_workers: list[WorkerView] = field(default_factory=list)
     history: list[HistoryEntry] = field(default_factory=list)
     last_seen: dict[str, float] = field(default_factory=dict)
     calls: list[DryadCall] = field(default_factory=list)
@@ -57,7 +57,7 @@ class Outbox:
     def _reset(self) -> None:
         self._requests: dict[int, Request] = {}
         self._workers: dict[str, Worker] = {}
-        self._removed: list[str] = []
+        self._removed: list[WorkerView] = []
         self._history: list[HistoryEntry] = []
         self._seen: dict[str, float] = {}
         self._calls: list[DryadCall] = []
@@ -71,7 +71,7 @@ class Outbox:
     def removed(self, worker: Worker) -> None:
         self._workers.pop(worker.uuid, None)
         self._seen.pop(worker.uuid, None)
-        self._removed.append(worker.uuid)
+        self._removed.append(worker.view())
 
     def history(self, entry: HistoryEntry) -> None:
         self._history.append(entry)

@@ -1,0 +1,294 @@
+"""A stub dryad: the Dryad service and the dryad's side of Superviser for simulated boards.
+
+It answers Prepare with a real RSA key but creates no Unix user, so it needs no root and
+no sshd. Tests and benchmarks use it to drive a real scheduler over real gRPC; boards can
+be told to fail their calls. One process serves any number of boards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import sys
+import uuid as uuidlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from boruta.v1 import dryad_pb2, dryad_pb2_grpc, superviser_pb2, superviser_pb2_grpc, types_pb2
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+if TYPE_CHECKING:
+    from boruta.v1.superviser_pb2_grpc import SuperviserAsyncStub
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def generate_key_pem(bits: int = 2048) -> str:
+    """A fresh RSA private key in PKCS#8 PEM."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+class KeySource:
+    """Where Prepare's keys come from: fresh ones, or (for benchmarks) a reused pool."""
+
+    def __init__(self, bits: int = 2048, pool_size: int = 0) -> None:
+        self.bits = bits
+        self._pool = [generate_key_pem(bits) for _ in range(pool_size)]
+        self._cycle = itertools.cycle(self._pool) if self._pool else None
+
+    async def next_key(self) -> str:
+        if self._cycle is not None:
+            return next(self._cycle)
+        return await asyncio.to_thread(generate_key_pem, self.bits)
+
+
+@dataclass
+class StubBoard:
+    """One simulated board; set fail_* to make the next calls fail with that message."""
+
+    uuid: str
+    caps: dict[str, str]
+    fail_prepare: str | None = None
+    fail_maintenance: str | None = None
+    unhealthy: str | None = None
+    silent: bool = False
+    prepared: int = 0
+    maintenance_messages: list[str] = field(default_factory=list)
+    last_username: str = ""
+
+
+class StubDryadServicer(dryad_pb2_grpc.DryadServicer):
+    """Serves the Dryad API for a set of stub boards."""
+
+    def __init__(self, boards: Mapping[str, StubBoard], keys: KeySource) -> None:
+        self._boards = boards
+        self._keys = keys
+        self._jobs = itertools.count(1)
+
+    async def _board(self, uuid: str, context: Context) -> StubBoard:
+        board = self._boards.get(uuid)
+        if board is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"this dryad has no board {uuid!r}")
+        assert board is not None
+        return board
+
+    async def Prepare(
+        self, request: dryad_pb2.PrepareRequest, context: Context
+    ) -> dryad_pb2.PrepareResponse:
+        board = await self._board(request.worker_uuid, context)
+        if board.fail_prepare is not None:
+            await context.abort(grpc.StatusCode.INTERNAL, board.fail_prepare)
+        key = await self._keys.next_key()
+        board.prepared += 1
+        board.last_username = f"boruta-job-{next(self._jobs)}"
+        return dryad_pb2.PrepareResponse(username=board.last_username, private_key_pem=key)
+
+    async def PutInMaintenance(
+        self, request: dryad_pb2.PutInMaintenanceRequest, context: Context
+    ) -> dryad_pb2.PutInMaintenanceResponse:
+        board = await self._board(request.worker_uuid, context)
+        if board.fail_maintenance is not None:
+            await context.abort(grpc.StatusCode.INTERNAL, board.fail_maintenance)
+        board.maintenance_messages.append(request.message)
+        return dryad_pb2.PutInMaintenanceResponse()
+
+    async def Healthcheck(
+        self, request: dryad_pb2.HealthcheckRequest, context: Context
+    ) -> dryad_pb2.HealthcheckResponse:
+        board = await self._board(request.worker_uuid, context)
+        check = dryad_pb2.CheckResult(
+            name="stub", ok=board.unhealthy is None, detail=board.unhealthy or "fine"
+        )
+        return dryad_pb2.HealthcheckResponse(healthy=check.ok, checks=[check])
+
+
+class StubDryad:
+    """A running stub dryad: serves Dryad, registers its boards and keeps them alive."""
+
+    def __init__(
+        self,
+        scheduler_address: str,
+        boards: Sequence[StubBoard],
+        *,
+        listen: str = "127.0.0.1:0",
+        ssh_address: str = "127.0.0.1:22",
+        keys: KeySource | None = None,
+        metadata: Sequence[tuple[str, str]] = (("x-boruta-role", "dryad"),),
+        instance_id: str | None = None,
+    ) -> None:
+        self.scheduler_address = scheduler_address
+        self.boards = {b.uuid: b for b in boards}
+        self.listen = listen
+        self.ssh_address = ssh_address
+        self.keys = keys or KeySource()
+        self.metadata = tuple(metadata)
+        self.instance_id = instance_id or uuidlib.uuid4().hex
+        self.address = ""
+        self.registered: set[str] = set()
+        self._server: grpc.aio.Server | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> str:
+        """Serve Dryad and start registering; returns the advertised address."""
+        server = grpc.aio.server()
+        dryad_pb2_grpc.add_DryadServicer_to_server(
+            StubDryadServicer(self.boards, self.keys), server
+        )
+        host = self.listen.rpartition(":")[0]
+        port = server.add_insecure_port(self.listen)
+        await server.start()
+        self._server = server
+        self.address = f"{host}:{port}"
+        self._channel = grpc.aio.insecure_channel(self.scheduler_address)
+        stub = superviser_pb2_grpc.SuperviserStub(self._channel)
+        for board in self.boards.values():
+            self._tasks.append(asyncio.create_task(self._keep_alive(stub, board)))
+        return self.address
+
+    async def wait_registered(self, timeout: float = 30.0) -> None:
+        async def all_in() -> None:
+            while len(self.registered) < len(self.boards):
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(all_in(), timeout)
+
+    async def _keep_alive(self, stub: SuperviserAsyncStub, board: StubBoard) -> None:
+        """Register, then heartbeat; register again whenever the scheduler forgets us."""
+        backoff = 0.05
+        interval = 10.0
+        while True:
+            try:
+                if board.uuid not in self.registered:
+                    reply = await stub.Register(
+                        superviser_pb2.RegisterRequest(
+                            caps={**board.caps, "UUID": board.uuid},
+                            dryad_address=self.address,
+                            ssh_address=self.ssh_address,
+                            instance_id=self.instance_id,
+                            dryad_version="stub",
+                        ),
+                        metadata=self.metadata,
+                        timeout=10,
+                    )
+                    interval = reply.heartbeat_interval.ToNanoseconds() / 1e9 or interval
+                    self.registered.add(board.uuid)
+                    backoff = 0.05
+                elif not board.silent:
+                    await stub.Heartbeat(
+                        superviser_pb2.HeartbeatRequest(
+                            worker_uuid=board.uuid, host_status=types_pb2.HostStatus(load_1m=0.1)
+                        ),
+                        metadata=self.metadata,
+                        timeout=10,
+                    )
+                await asyncio.sleep(interval)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is grpc.StatusCode.NOT_FOUND:
+                    self.registered.discard(board.uuid)
+                    continue
+                log.debug("scheduler unreachable", extra={"code": exc.code().name})
+                self.registered.discard(board.uuid)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.stop(0)
+        if self._channel is not None:
+            await self._channel.close()
+
+
+def boards_from_args(count: int, caps: Sequence[str], prefix: str) -> list[StubBoard]:
+    parsed = dict(item.split("=", 1) for item in caps)
+    return [StubBoard(f"{prefix}{i}", dict(parsed)) for i in range(count)]
+
+
+async def _main(args: argparse.Namespace) -> None:
+    keys = KeySource(args.key_bits, args.key_pool)
+    dryad = StubDryad(
+        args.scheduler,
+        boards_from_args(args.boards, args.caps, args.prefix),
+        listen=args.listen,
+        ssh_address=args.ssh_address,
+        keys=keys,
+    )
+    address = await dryad.start()
+    print(f"boruta-stub-dryad listening on {address}", flush=True)
+    await dryad.wait_registered(timeout=600)
+    print(f"boruta-stub-dryad registered {len(dryad.boards)} boards", flush=True)
+    await asyncio.Event().wait()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(
+        prog="boruta-stub-dryad", description="Serve simulated boards to a boruta scheduler."
+    )
+    parser.add_argument(
+        "--scheduler",
+        default=env("BORUTA_SCHEDULER", "127.0.0.1:50051"),
+        help="scheduler address [env: BORUTA_SCHEDULER]",
+    )
+    parser.add_argument(
+        "--listen",
+        default=env("BORUTA_LISTEN", "127.0.0.1:0"),
+        help="host:port to serve Dryad on [env: BORUTA_LISTEN]",
+    )
+    parser.add_argument(
+        "--boards",
+        type=int,
+        default=int(env("BORUTA_BOARDS", "1")),
+        help="number of boards [env: BORUTA_BOARDS]",
+    )
+    parser.add_argument(
+        "--prefix",
+        default=env("BORUTA_PREFIX", "stub-"),
+        help="UUID prefix of the boards [env: BORUTA_PREFIX]",
+    )
+    parser.add_argument(
+        "--caps", nargs="*", default=[], metavar="KEY=VALUE", help="caps of every board"
+    )
+    parser.add_argument(
+        "--ssh-address",
+        default=env("BORUTA_SSH_ADDRESS", "127.0.0.1:22"),
+        help="SSH address to advertise [env: BORUTA_SSH_ADDRESS]",
+    )
+    parser.add_argument(
+        "--key-bits",
+        type=int,
+        default=int(env("BORUTA_KEY_BITS", "2048")),
+        help="RSA key size [env: BORUTA_KEY_BITS]",
+    )
+    parser.add_argument(
+        "--key-pool",
+        type=int,
+        default=int(env("BORUTA_KEY_POOL", "0")),
+        help="reuse this many pre-generated keys instead of fresh ones "
+        "(benchmarks only) [env: BORUTA_KEY_POOL]",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    main()

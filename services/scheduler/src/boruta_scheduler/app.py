@@ -1,0 +1,94 @@
+"""Wires the parts of a scheduler together: store, core, engine, service, gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import grpc
+from boruta.v1 import requests_pb2_grpc, superviser_pb2_grpc, workers_pb2_grpc
+
+from boruta_scheduler.config import SchedulerConfig
+from boruta_scheduler.core import Core
+from boruta_scheduler.dryads import DryadPool
+from boruta_scheduler.engine import Engine
+from boruta_scheduler.rpc.calls import CallInterceptor
+from boruta_scheduler.rpc.requests import RequestsServicer
+from boruta_scheduler.rpc.superviser import SuperviserServicer
+from boruta_scheduler.rpc.workers import WorkersServicer
+from boruta_scheduler.service import SchedulerService, ServiceSettings
+from boruta_scheduler.store import Store, open_store
+from boruta_scheduler.watch import WatchHub
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 1 << 20
+
+
+class Scheduler:
+    """A running scheduler; start() restores state from the store and begins serving."""
+
+    def __init__(self, config: SchedulerConfig, store: Store | None = None) -> None:
+        self.config = config
+        self.store = store or open_store(config.server.store_url)
+        self.hub = WatchHub()
+        self.dryads = DryadPool(timeout=config.server.dryad_call_timeout)
+        self.engine: Engine | None = None
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        """Restore, then serve; returns the port bound."""
+        started = time.time()
+        snapshot = await asyncio.to_thread(self.store.load)
+        core = Core.restore(snapshot, time.time(), self.config.policy)
+        self.engine = Engine(core, self.store, self.dryads, self.hub)
+        self.engine.start(core.drain())
+        log.info(
+            "state restored",
+            extra={
+                "live_requests": len(snapshot.requests),
+                "workers": len(snapshot.workers),
+                "seconds": round(time.time() - started, 3),
+            },
+        )
+        service = SchedulerService(
+            self.engine,
+            self.store,
+            self.hub,
+            ServiceSettings(heartbeat_interval=self.config.server.heartbeat_interval),
+        )
+        server = grpc.aio.server(
+            interceptors=[CallInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        requests_pb2_grpc.add_RequestsServicer_to_server(RequestsServicer(service), server)
+        workers_pb2_grpc.add_WorkersServicer_to_server(WorkersServicer(service), server)
+        superviser_pb2_grpc.add_SuperviserServicer_to_server(SuperviserServicer(service), server)
+        self.port = server.add_insecure_port(self.config.server.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.config.server.listen}")
+        await server.start()
+        self.server = server
+        return self.port
+
+    async def stop(self, grace: float = 2.0) -> None:
+        if self.server is not None:
+            await self.server.stop(grace)
+        if self.engine is not None:
+            await self.engine.stop()
+        await self.dryads.close()
+        self.store.close()
+
+    async def wait(self) -> None:
+        """Return when the server stops or the engine fails."""
+        assert self.server is not None and self.engine is not None
+        server_done = asyncio.ensure_future(self.server.wait_for_termination())
+        engine_done = asyncio.ensure_future(self.engine.wait_closed())
+        await asyncio.wait({server_done, engine_done}, return_when=asyncio.FIRST_COMPLETED)
+        server_done.cancel()
+        engine_done.cancel()

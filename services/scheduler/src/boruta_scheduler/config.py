@@ -1,0 +1,143 @@
+"""Scheduler configuration: frozen dataclasses filled from defaults, a TOML file,
+BORUTA_* environment variables and command-line options, in rising precedence."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from boruta_scheduler.core import Policy
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds from '90', '90s', '15m', '1.5h', '2d' or a number."""
+    if isinstance(text, int | float):
+        return float(text)
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration; write e.g. 90s, 15m, 1h or 2d")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Where the scheduler listens and keeps its state."""
+
+    listen: str = "127.0.0.1:50051"
+    store: str = ""
+    data_dir: str = "/var/lib/boruta"
+    heartbeat_interval: float = 10.0
+    dryad_call_timeout: float = 60.0
+    log_level: str = "INFO"
+
+    @property
+    def store_url(self) -> str:
+        return self.store or f"sqlite://{Path(self.data_dir).absolute() / 'boruta.db'}"
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    """Everything the scheduler process needs."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    policy: Policy = field(default_factory=Policy)
+
+
+@dataclass(frozen=True, slots=True)
+class _Option:
+    name: str
+    section: str
+    kind: str  # "str", "int" or "duration"
+    help: str
+
+
+_OPTIONS = [
+    _Option("listen", "server", "str", "host:port to serve gRPC on (port 0 picks a free one)"),
+    _Option("store", "server", "str", "store URL: sqlite:///path/boruta.db or memory:"),
+    _Option("data_dir", "server", "str", "directory of the default SQLite store"),
+    _Option("heartbeat_interval", "server", "duration", "how often dryads should heartbeat"),
+    _Option("dryad_call_timeout", "server", "duration", "timeout of one call to a dryad"),
+    _Option("log_level", "server", "str", "DEBUG, INFO, WARNING or ERROR"),
+    _Option("default_priority", "policy", "int", "priority of requests that give none (1-16)"),
+    _Option("default_deadline", "policy", "duration", "deadline of requests that give none"),
+    _Option("job_timeout", "policy", "duration", "how long a job runs unless prolonged"),
+    _Option("prolong_step", "policy", "duration", "how far ProlongAccess pushes the timeout"),
+    _Option("max_prolongs", "policy", "int", "most ProlongAccess calls per job"),
+    _Option("max_job_duration", "policy", "duration", "longest total time of one job"),
+    _Option("heartbeat_timeout", "policy", "duration", "silence after which a worker FAILS"),
+]
+
+
+def env_name(option: str) -> str:
+    return "BORUTA_" + option.upper()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="boruta-scheduler",
+        description="The boruta scheduler. Every option can also be set with the "
+        "environment variable shown, or in the TOML file given with --config.",
+    )
+    parser.add_argument(
+        "--config", default=os.environ.get("BORUTA_CONFIG"), help="TOML file [env: BORUTA_CONFIG]"
+    )
+    for opt in _OPTIONS:
+        parser.add_argument(
+            "--" + opt.name.replace("_", "-"),
+            dest=opt.name,
+            default=None,
+            help=f"{opt.help} [env: {env_name(opt.name)}]",
+        )
+    return parser
+
+
+def _convert(opt: _Option, value: Any) -> Any:
+    if opt.kind == "duration":
+        return parse_duration(value)
+    if opt.kind == "int":
+        return int(value)
+    return str(value)
+
+
+def load_config(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> SchedulerConfig:
+    """Config from defaults < TOML file < environment < command line."""
+    environ = os.environ if environ is None else environ
+    args = build_parser().parse_args(argv)
+    values: dict[str, dict[str, Any]] = {"server": {}, "policy": {}}
+    if args.config:
+        with open(args.config, "rb") as f:
+            data = tomllib.load(f)
+        for section in values:
+            values[section].update(data.get(section, {}))
+        unknown = set(data) - set(values)
+        if unknown:
+            raise ValueError(f"unknown sections in {args.config}: {', '.join(sorted(unknown))}")
+    for opt in _OPTIONS:
+        if env_name(opt.name) in environ:
+            values[opt.section][opt.name] = environ[env_name(opt.name)]
+        if getattr(args, opt.name) is not None:
+            values[opt.section][opt.name] = getattr(args, opt.name)
+    known = {opt.name: opt for opt in _OPTIONS}
+    converted: dict[str, dict[str, Any]] = {"server": {}, "policy": {}}
+    for section, entries in values.items():
+        allowed = {f.name for f in fields(ServerConfig if section == "server" else Policy)}
+        for name, value in entries.items():
+            if name not in allowed:
+                raise ValueError(f"unknown setting {section}.{name}")
+            spec = known.get(name)
+            converted[section][name] = _convert(spec, value) if spec else value
+    return SchedulerConfig(
+        server=replace(ServerConfig(), **converted["server"]),
+        policy=replace(Policy(), **converted["policy"]),
+    )

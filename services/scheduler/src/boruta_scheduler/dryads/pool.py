@@ -1,0 +1,90 @@
+"""One gRPC channel per dryad address, with timeouts and retries for the idempotent calls."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import grpc
+from boruta.v1 import dryad_pb2, dryad_pb2_grpc
+
+from boruta_scheduler.core import DryadCall, DryadCallKind
+from boruta_scheduler.types import Access
+
+if TYPE_CHECKING:
+    from boruta.v1.dryad_pb2_grpc import DryadAsyncStub
+
+log = logging.getLogger(__name__)
+
+# Every Dryad call is idempotent, so a call that never reached the dryad is retried.
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+
+
+class DryadCallError(Exception):
+    """A Dryad call failed; the message becomes part of the worker's FAILED reason."""
+
+
+class DryadPool:
+    """Dials dryads at their advertised addresses and makes the calls the core asks for."""
+
+    def __init__(self, *, timeout: float = 60.0, retries: int = 2, backoff: float = 0.5) -> None:
+        self._timeout = timeout
+        self._retries = retries
+        self._backoff = backoff
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, DryadAsyncStub] = {}
+
+    def _stub(self, address: str) -> DryadAsyncStub:
+        stub = self._stubs.get(address)
+        if stub is None:
+            channel = grpc.aio.insecure_channel(address)
+            self._channels[address] = channel
+            stub = self._stubs[address] = dryad_pb2_grpc.DryadStub(channel)
+        return stub
+
+    async def call(self, call: DryadCall) -> Access | None:
+        stub = self._stub(call.address)
+        attempt = 0
+        while True:
+            try:
+                return await self._once(stub, call)
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                if code in _RETRYABLE and attempt < self._retries:
+                    attempt += 1
+                    await asyncio.sleep(self._backoff * attempt)
+                    continue
+                detail = exc.details() or ""
+                message = f"{code.name} from {call.address}: {detail}".rstrip(": ")
+                raise DryadCallError(message) from None
+
+    async def _once(self, stub: DryadAsyncStub, call: DryadCall) -> Access | None:
+        timeout = self._timeout
+        if call.kind is DryadCallKind.PREPARE:
+            reply = await stub.Prepare(
+                dryad_pb2.PrepareRequest(worker_uuid=call.worker_uuid), timeout=timeout
+            )
+            if not reply.username or not reply.private_key_pem:
+                raise DryadCallError(f"Prepare on {call.address} returned no username or key")
+            return Access(reply.username, reply.private_key_pem)
+        if call.kind is DryadCallKind.PUT_IN_MAINTENANCE:
+            await stub.PutInMaintenance(
+                dryad_pb2.PutInMaintenanceRequest(
+                    worker_uuid=call.worker_uuid, message=call.message
+                ),
+                timeout=timeout,
+            )
+            return None
+        health = await stub.Healthcheck(
+            dryad_pb2.HealthcheckRequest(worker_uuid=call.worker_uuid), timeout=timeout
+        )
+        if not health.healthy:
+            failed = "; ".join(f"{c.name}: {c.detail}" for c in health.checks if not c.ok)
+            raise DryadCallError(f"healthcheck failed: {failed or 'no detail'}")
+        return None
+
+    async def close(self) -> None:
+        await asyncio.gather(*(ch.close() for ch in self._channels.values()))
+        self._channels.clear()
+        self._stubs.clear()

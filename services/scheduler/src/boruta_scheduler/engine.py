@@ -1,0 +1,250 @@
+"""The one owner of scheduling state: applies commands to the core in order, commits, replies.
+
+Commands queue up while a commit is on disk, so the next batch commits them together
+(group commit). Replies, watch events and dryad calls go out only after the batch that
+produced them is durable. Any failure to apply or commit is fatal: the process must
+restart and rebuild the core from the store, which never holds half a batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+from boruta_scheduler.core import Changes, Core, DryadCall
+from boruta_scheduler.errors import BorutaError, Unavailable
+from boruta_scheduler.store import Store
+from boruta_scheduler.types import Access, RequestState, RequestView
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Command = Callable[[Core, float], T]
+
+MAX_BATCH = 2000
+
+
+class DryadCaller(Protocol):
+    """Makes the dryad calls the core asks for; raises DryadCallError on failure."""
+
+    async def call(self, call: DryadCall) -> Access | None: ...
+
+
+class Publisher(Protocol):
+    """Receives every committed change, e.g. to feed watch streams."""
+
+    def publish(self, changes: Changes) -> None: ...
+
+
+@dataclass(slots=True)
+class _Pending(Generic[T]):
+    command: Command[T]
+    future: asyncio.Future[T] | None
+
+
+class EngineStopped(Unavailable):
+    """The engine is not running; the scheduler is shutting down or failed."""
+
+
+class Engine:
+    """Runs the command loop; everything that touches the core goes through execute()."""
+
+    def __init__(
+        self,
+        core: Core,
+        store: Store,
+        dryads: DryadCaller,
+        publisher: Publisher | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.core = core
+        self._store = store
+        self._dryads = dryads
+        self._publisher = publisher
+        self._clock = clock
+        self._pending: deque[_Pending[Any]] = deque()
+        self._wakeup = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
+        self._background: set[asyncio.Task[None]] = set()
+        self._acquire_waiters: dict[int, set[asyncio.Future[RequestView]]] = {}
+        self._stopping = False
+        self.failure: BaseException | None = None
+        self.batches = 0
+        self.commands = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, initial: Changes | None = None) -> None:
+        """Start the loop; initial holds what restoring the core produced, committed first."""
+        self._task = asyncio.get_running_loop().create_task(self._run(initial), name="engine")
+
+    async def stop(self) -> None:
+        """Finish queued commands, then stop; in-flight dryad calls are abandoned."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._writer.shutdown(wait=True)
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def wait_closed(self) -> None:
+        """Return when the loop ends (after stop() or a fatal failure)."""
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    # -------------------------------------------------------------------- commands
+
+    async def execute(self, command: Command[T]) -> T:
+        """Apply a command; returns once its effects are durable. BorutaErrors propagate."""
+        if self._stopping or not self.running:
+            raise EngineStopped("the scheduler is shutting down; retry against the new instance")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(command, future))
+        self._wakeup.set()
+        return await future
+
+    def submit(self, command: Command[Any]) -> None:
+        """Queue a command whose result nobody waits for (e.g. a dryad call's outcome)."""
+        if not self._stopping:
+            self._pending.append(_Pending(command, None))
+            self._wakeup.set()
+
+    async def wait_for_job(self, request_id: int, timeout: float | None) -> RequestView:
+        """The request once it is IN_PROGRESS or terminal; raises TimeoutError after timeout."""
+        future: asyncio.Future[RequestView] = asyncio.get_running_loop().create_future()
+
+        def check(core: Core, now: float) -> RequestView | None:
+            view = core.request(request_id)
+            if view.state is RequestState.IN_PROGRESS:
+                return view
+            self._acquire_waiters.setdefault(request_id, set()).add(future)
+            return None
+
+        view = await self.execute(check)
+        if view is not None:
+            return view
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            waiters = self._acquire_waiters.get(request_id)
+            if waiters is not None:
+                waiters.discard(future)
+                if not waiters:
+                    del self._acquire_waiters[request_id]
+
+    # ------------------------------------------------------------------------ loop
+
+    async def _run(self, initial: Changes | None) -> None:
+        try:
+            if initial is not None:
+                await self._commit_and_publish(initial, [])
+            while True:
+                if not self._pending:
+                    if self._stopping:
+                        return
+                    self._arm_timer()
+                    await self._wakeup.wait()
+                    self._wakeup.clear()
+                await self._run_batch()
+        except BaseException as exc:
+            self.failure = exc
+            log.critical("engine failed; the scheduler must restart", exc_info=exc)
+            self._fail_all(exc)
+            raise
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        due = self.core.next_timer()
+        if due is not None:
+            delay = max(0.0, due - self._clock())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._wakeup.set)
+
+    async def _run_batch(self) -> None:
+        now = self._clock()
+        core = self.core
+        core.tick(now)
+        done: list[tuple[_Pending[Any], Any, BaseException | None]] = []
+        count = min(len(self._pending), MAX_BATCH)
+        for _ in range(count):
+            pending = self._pending.popleft()
+            try:
+                result = pending.command(core, now)
+            except BorutaError as exc:
+                done.append((pending, None, exc))
+            else:
+                done.append((pending, result, None))
+        self.batches += 1
+        self.commands += count
+        await self._commit_and_publish(core.drain(), done)
+
+    async def _commit_and_publish(
+        self, changes: Changes, done: list[tuple[_Pending[Any], Any, BaseException | None]]
+    ) -> None:
+        if changes.durable:
+            await asyncio.get_running_loop().run_in_executor(
+                self._writer, self._store.commit, changes
+            )
+        for pending, result, error in done:
+            future = pending.future
+            if future is None or future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+        self._wake_acquirers(changes)
+        if self._publisher is not None:
+            self._publisher.publish(changes)
+        for call in changes.calls:
+            task = asyncio.get_running_loop().create_task(self._call_dryad(call))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    def _wake_acquirers(self, changes: Changes) -> None:
+        if not self._acquire_waiters:
+            return
+        for view in changes.requests:
+            if view.state is RequestState.WAITING:
+                continue
+            for future in self._acquire_waiters.pop(view.id, ()):
+                if not future.done():
+                    future.set_result(view)
+
+    async def _call_dryad(self, call: DryadCall) -> None:
+        try:
+            access = await self._dryads.call(call)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # every failure of a dryad call fails the worker
+            error = str(exc) or exc.__class__.__name__
+            self.submit(lambda core, now: core.dryad_call_failed(now, call, error))
+        else:
+            self.submit(lambda core, now: core.dryad_call_succeeded(now, call, access))
+
+    def _fail_all(self, exc: BaseException) -> None:
+        error = EngineStopped(f"the scheduler failed and must restart: {exc}")
+        while self._pending:
+            future = self._pending.popleft().future
+            if future is not None and not future.done():
+                future.set_exception(error)
+        for waiters in self._acquire_waiters.values():
+            for future in waiters:
+                if not future.done():
+                    future.set_exception(error)
+        self._acquire_waiters.clear()

@@ -1,0 +1,51 @@
+"""The boruta-scheduler command: read config, restore state, serve until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from boruta_scheduler import logs
+from boruta_scheduler.app import Scheduler
+from boruta_scheduler.config import SchedulerConfig, load_config
+
+log = logging.getLogger(__name__)
+
+
+async def serve(config: SchedulerConfig) -> int:
+    scheduler = Scheduler(config)
+    port = await scheduler.start()
+    host = config.server.listen.rpartition(":")[0] or "0.0.0.0"
+    # The readiness line: tests and scripts wait for it and read the port from it.
+    print(f"boruta-scheduler listening on {host}:{port}", flush=True)
+    log.info("serving", extra={"address": f"{host}:{port}", "store": config.server.store_url})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.ensure_future(scheduler.wait())
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    failed = scheduler.engine is not None and scheduler.engine.failure is not None
+    waiter.cancel()
+    stopper.cancel()
+    log.info("stopping")
+    await scheduler.stop()
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        config = load_config(argv)
+    except (ValueError, OSError) as exc:
+        print(f"boruta-scheduler: {exc}", file=sys.stderr)
+        sys.exit(2)
+    logs.configure(config.server.log_level)
+    sys.exit(asyncio.run(serve(config)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""gRPC adapters: servicers for the public services, the call interceptor and the status table."""

@@ -1,0 +1,106 @@
+"""Server interceptor: establishes who is calling and turns scheduler errors into statuses.
+
+Until TLS lands, identity comes from call metadata (x-boruta-user, x-boruta-groups,
+x-boruta-role); the servicers read it with current_identity().
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from boruta_scheduler.errors import BorutaError
+from boruta_scheduler.rpc.status import status_of
+from boruta_scheduler.types import Identity, Role
+
+log = logging.getLogger(__name__)
+
+USER_KEY = "x-boruta-user"
+GROUPS_KEY = "x-boruta-groups"
+ROLE_KEY = "x-boruta-role"
+ANONYMOUS = Identity("anonymous")
+
+_identity: contextvars.ContextVar[Identity] = contextvars.ContextVar("identity", default=ANONYMOUS)
+
+
+def current_identity() -> Identity:
+    """Identity of the caller of the RPC being served."""
+    return _identity.get()
+
+
+def identity_from_metadata(metadata: Any) -> Identity:
+    values = {key: value for key, value in (metadata or ()) if isinstance(value, str)}
+    user = values.get(USER_KEY, "").strip() or ANONYMOUS.user
+    groups = frozenset(g.strip() for g in values.get(GROUPS_KEY, "").split(",") if g.strip())
+    try:
+        role = Role(values.get(ROLE_KEY, Role.USER.value))
+    except ValueError:
+        role = Role.USER
+    return Identity(user, groups, role)
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: BorutaError) -> None:
+    await context.abort(status_of(error), str(error))
+
+
+def _unary(
+    behavior: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]],
+) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
+    async def serve(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        # Each RPC runs in its own task and context, so the value needs no reset.
+        _identity.set(identity_from_metadata(context.invocation_metadata()))
+        try:
+            return await behavior(request, context)
+        except BorutaError as error:
+            await _abort(context, error)
+
+    return serve
+
+
+def _stream(
+    behavior: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]],
+) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
+    async def serve(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        _identity.set(identity_from_metadata(context.invocation_metadata()))
+        try:
+            async for item in behavior(request, context):
+                yield item
+        except BorutaError as error:
+            await _abort(context, error)
+
+    return serve
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every handler so identity is set and BorutaErrors become gRPC statuses."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        # The handlers of an aio server are coroutine functions and async generators.
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _unary(handler.unary_unary),  # type: ignore[arg-type]
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _stream(handler.unary_stream),  # type: ignore[arg-type]
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

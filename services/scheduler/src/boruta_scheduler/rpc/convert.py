@@ -1,0 +1,232 @@
+"""Conversions between boruta.v1 messages and the scheduler's domain values."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Iterable
+from typing import TypeVar
+
+from boruta.v1 import requests_pb2, types_pb2, workers_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from boruta_scheduler.errors import InvalidArgument
+from boruta_scheduler.listing import (
+    RequestQuery,
+    RequestSort,
+    WorkerQuery,
+    WorkerSort,
+    decode_token,
+    page_size,
+)
+from boruta_scheduler.types import (
+    HostStatus,
+    JobView,
+    RequestState,
+    RequestView,
+    WorkerState,
+    WorkerView,
+)
+
+E = TypeVar("E", RequestState, WorkerState)
+
+_REQUEST_SORT = {
+    requests_pb2.REQUEST_SORT_FIELD_UNSPECIFIED: RequestSort.ID,
+    requests_pb2.REQUEST_SORT_FIELD_ID: RequestSort.ID,
+    requests_pb2.REQUEST_SORT_FIELD_PRIORITY: RequestSort.PRIORITY,
+    requests_pb2.REQUEST_SORT_FIELD_STATE: RequestSort.STATE,
+    requests_pb2.REQUEST_SORT_FIELD_VALID_AFTER: RequestSort.VALID_AFTER,
+    requests_pb2.REQUEST_SORT_FIELD_DEADLINE: RequestSort.DEADLINE,
+    requests_pb2.REQUEST_SORT_FIELD_UPDATED_AT: RequestSort.UPDATED_AT,
+}
+_WORKER_SORT = {
+    workers_pb2.WORKER_SORT_FIELD_UNSPECIFIED: WorkerSort.UUID,
+    workers_pb2.WORKER_SORT_FIELD_UUID: WorkerSort.UUID,
+    workers_pb2.WORKER_SORT_FIELD_STATE: WorkerSort.STATE,
+    workers_pb2.WORKER_SORT_FIELD_REGISTERED_AT: WorkerSort.REGISTERED_AT,
+    workers_pb2.WORKER_SORT_FIELD_LAST_SEEN: WorkerSort.LAST_SEEN,
+}
+
+
+def timestamp(seconds: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(round(seconds * 1e9))
+    return ts
+
+
+def seconds(ts: Timestamp) -> float:
+    return ts.ToNanoseconds() / 1e9
+
+
+def optional_seconds(message: object, field: str) -> float | None:
+    """The time in a Timestamp field, or None when the field is unset."""
+    if not message.HasField(field):  # type: ignore[attr-defined]
+        return None
+    return seconds(getattr(message, field))
+
+
+def enum_values(kind: type[E], values: Iterable[int], what: str) -> frozenset[E]:
+    """Known, specified enum values; anything else is refused."""
+    result = set()
+    for value in values:
+        try:
+            result.add(kind(value))
+        except ValueError:
+            raise InvalidArgument(f"{what} has unknown value {value}") from None
+    return frozenset(result)
+
+
+def request_sort(value: int) -> RequestSort:
+    try:
+        return _REQUEST_SORT[value]  # type: ignore[index]
+    except KeyError:
+        raise InvalidArgument(f"sort_by has unknown value {value}") from None
+
+
+def worker_sort(value: int) -> WorkerSort:
+    try:
+        return _WORKER_SORT[value]  # type: ignore[index]
+    except KeyError:
+        raise InvalidArgument(f"sort_by has unknown value {value}") from None
+
+
+def _scope(*parts: object) -> str:
+    """Ties a page token to the list's filter and order."""
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def request_query(msg: requests_pb2.ListRequestsRequest) -> tuple[RequestQuery, str]:
+    f = msg.filter
+    sort = request_sort(msg.sort_by)
+    query = RequestQuery(
+        ids=frozenset(f.ids),
+        states=enum_values(RequestState, f.states, "filter.states"),
+        priorities=frozenset(f.priorities),
+        owners=frozenset(f.owners),
+        sort=sort,
+        descending=msg.descending,
+        limit=page_size(msg.page_size),
+    )
+    scope = _scope(
+        "requests",
+        sorted(query.ids),
+        sorted(query.states),
+        sorted(query.priorities),
+        sorted(query.owners),
+        sort.value,
+        query.descending,
+    )
+    return dataclasses.replace(query, after=decode_token(scope, msg.page_token)), scope
+
+
+def request_filter(f: requests_pb2.RequestFilter) -> RequestQuery:
+    return RequestQuery(
+        ids=frozenset(f.ids),
+        states=enum_values(RequestState, f.states, "filter.states"),
+        priorities=frozenset(f.priorities),
+        owners=frozenset(f.owners),
+    )
+
+
+def worker_filter(f: workers_pb2.WorkerFilter) -> WorkerQuery:
+    return WorkerQuery(
+        uuids=frozenset(f.uuids),
+        states=enum_values(WorkerState, f.states, "filter.states"),
+        groups=frozenset(f.groups),
+        caps=dict(f.caps),
+    )
+
+
+def worker_query(msg: workers_pb2.ListWorkersRequest) -> tuple[WorkerQuery, str]:
+    base = worker_filter(msg.filter)
+    sort = worker_sort(msg.sort_by)
+    query = WorkerQuery(
+        uuids=base.uuids,
+        states=base.states,
+        groups=base.groups,
+        caps=base.caps,
+        sort=sort,
+        descending=msg.descending,
+        limit=page_size(msg.page_size),
+    )
+    scope = _scope(
+        "workers",
+        sorted(query.uuids),
+        sorted(query.states),
+        sorted(query.groups),
+        sorted(query.caps.items()),
+        sort.value,
+        query.descending,
+    )
+    return dataclasses.replace(query, after=decode_token(scope, msg.page_token)), scope
+
+
+def job_info(job: JobView) -> types_pb2.JobInfo:
+    return types_pb2.JobInfo(
+        worker_uuid=job.worker_uuid,
+        started_at=timestamp(job.started_at),
+        timeout_at=timestamp(job.timeout_at),
+        prolong_count=job.prolong_count,
+        max_timeout_at=timestamp(job.max_timeout_at),
+    )
+
+
+def request_info(r: RequestView) -> types_pb2.RequestInfo:
+    info = types_pb2.RequestInfo(
+        id=r.id,
+        priority=r.priority,
+        owner=r.owner,
+        owner_groups=sorted(r.owner_groups),
+        caps=dict(r.caps),
+        valid_after=timestamp(r.valid_after),
+        deadline=timestamp(r.deadline),
+        state=int(r.state),  # type: ignore[arg-type]
+        reason=r.reason,
+        created_at=timestamp(r.created_at),
+        updated_at=timestamp(r.updated_at),
+    )
+    if r.job is not None:
+        info.job.CopyFrom(job_info(r.job))
+    return info
+
+
+def host_status_info(s: HostStatus) -> types_pb2.HostStatus:
+    info = types_pb2.HostStatus(
+        load_1m=s.load_1m,
+        memory_total_bytes=s.memory_total_bytes,
+        memory_available_bytes=s.memory_available_bytes,
+        disk_free_bytes=s.disk_free_bytes,
+    )
+    info.uptime.FromNanoseconds(round(s.uptime_seconds * 1e9))
+    return info
+
+
+def host_status(info: types_pb2.HostStatus) -> HostStatus:
+    return HostStatus(
+        load_1m=info.load_1m,
+        memory_total_bytes=info.memory_total_bytes,
+        memory_available_bytes=info.memory_available_bytes,
+        disk_free_bytes=info.disk_free_bytes,
+        uptime_seconds=info.uptime.ToNanoseconds() / 1e9,
+    )
+
+
+def worker_info(w: WorkerView) -> types_pb2.WorkerInfo:
+    info = types_pb2.WorkerInfo(
+        uuid=w.uuid,
+        state=int(w.state),  # type: ignore[arg-type]
+        groups=sorted(w.groups),
+        caps=dict(w.caps),
+        dryad_address=w.dryad_address,
+        ssh_address=w.ssh_address,
+        reason=w.reason,
+        request_id=w.request_id,
+        registered_at=timestamp(w.registered_at),
+        last_seen=timestamp(w.last_seen),
+        jobs_done=w.jobs_done,
+        failures=w.failures,
+        dryad_version=w.dryad_version,
+    )
+    if w.host_status is not None:
+        info.host_status.CopyFrom(host_status_info(w.host_status))
+    return info

@@ -1,0 +1,100 @@
+"""Servicer of boruta.v1.Requests: converts messages and calls the service."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from boruta.v1 import requests_pb2, requests_pb2_grpc, types_pb2
+
+from boruta_scheduler.listing import encode_token
+from boruta_scheduler.rpc import convert
+from boruta_scheduler.rpc.calls import current_identity
+from boruta_scheduler.service import SchedulerService
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class RequestsServicer(requests_pb2_grpc.RequestsServicer):
+    def __init__(self, service: SchedulerService) -> None:
+        self._service = service
+
+    async def NewRequest(
+        self, request: requests_pb2.NewRequestRequest, context: Context
+    ) -> requests_pb2.NewRequestResponse:
+        view = await self._service.new_request(
+            current_identity(),
+            request.caps,
+            priority=request.priority,
+            valid_after=convert.optional_seconds(request, "valid_after"),
+            deadline=convert.optional_seconds(request, "deadline"),
+            accept_unsatisfiable=request.accept_unsatisfiable,
+        )
+        return requests_pb2.NewRequestResponse(request=convert.request_info(view))
+
+    async def CloseRequest(
+        self, request: requests_pb2.CloseRequestRequest, context: Context
+    ) -> requests_pb2.CloseRequestResponse:
+        view = await self._service.close_request(current_identity(), request.request_id)
+        return requests_pb2.CloseRequestResponse(request=convert.request_info(view))
+
+    async def UpdateRequest(
+        self, request: requests_pb2.UpdateRequestRequest, context: Context
+    ) -> requests_pb2.UpdateRequestResponse:
+        view = await self._service.update_request(
+            current_identity(),
+            request.request_id,
+            priority=request.priority if request.HasField("priority") else None,
+            valid_after=convert.optional_seconds(request, "valid_after"),
+            deadline=convert.optional_seconds(request, "deadline"),
+        )
+        return requests_pb2.UpdateRequestResponse(request=convert.request_info(view))
+
+    async def GetRequestInfo(
+        self, request: requests_pb2.GetRequestInfoRequest, context: Context
+    ) -> requests_pb2.GetRequestInfoResponse:
+        view = await self._service.get_request(current_identity(), request.request_id)
+        return requests_pb2.GetRequestInfoResponse(request=convert.request_info(view))
+
+    async def ListRequests(
+        self, request: requests_pb2.ListRequestsRequest, context: Context
+    ) -> requests_pb2.ListRequestsResponse:
+        query, scope = convert.request_query(request)
+        page = await self._service.list_requests(current_identity(), query)
+        return requests_pb2.ListRequestsResponse(
+            requests=[convert.request_info(v) for v in page.items],
+            next_page_token=encode_token(scope, page.next_after),
+        )
+
+    async def AcquireWorker(
+        self, request: requests_pb2.AcquireWorkerRequest, context: Context
+    ) -> requests_pb2.AcquireWorkerResponse:
+        view = await self._service.acquire_worker(
+            current_identity(), request.request_id, context.time_remaining()
+        )
+        job = view.job
+        assert job is not None and job.access is not None
+        host, _, port = job.ssh_address.rpartition(":")
+        access = types_pb2.AccessInfo(
+            host=host.strip("[]"),
+            port=int(port),
+            username=job.access.username,
+            private_key_pem=job.access.private_key_pem,
+        )
+        return requests_pb2.AcquireWorkerResponse(access=access, job=convert.job_info(job))
+
+    async def ProlongAccess(
+        self, request: requests_pb2.ProlongAccessRequest, context: Context
+    ) -> requests_pb2.ProlongAccessResponse:
+        job = await self._service.prolong_access(current_identity(), request.request_id)
+        return requests_pb2.ProlongAccessResponse(job=convert.job_info(job))
+
+    async def WatchRequests(
+        self, request: requests_pb2.WatchRequestsRequest, context: Context
+    ) -> AsyncIterator[requests_pb2.WatchRequestsResponse]:
+        query = convert.request_filter(request.filter)
+        async for view in self._service.watch_requests(
+            current_identity(), query, request.include_current
+        ):
+            yield requests_pb2.WatchRequestsResponse(request=convert.request_info(view))

@@ -1,0 +1,103 @@
+"""Servicer of boruta.v1.Workers: converts messages and calls the service."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from boruta.v1 import types_pb2, workers_pb2, workers_pb2_grpc
+
+from boruta_scheduler.errors import InvalidArgument
+from boruta_scheduler.listing import decode_token, encode_token, page_size
+from boruta_scheduler.rpc import convert
+from boruta_scheduler.rpc.calls import current_identity
+from boruta_scheduler.service import SchedulerService
+from boruta_scheduler.types import WorkerState
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class WorkersServicer(workers_pb2_grpc.WorkersServicer):
+    def __init__(self, service: SchedulerService) -> None:
+        self._service = service
+
+    async def ListWorkers(
+        self, request: workers_pb2.ListWorkersRequest, context: Context
+    ) -> workers_pb2.ListWorkersResponse:
+        query, scope = convert.worker_query(request)
+        page = await self._service.list_workers(current_identity(), query)
+        return workers_pb2.ListWorkersResponse(
+            workers=[convert.worker_info(w) for w in page.items],
+            next_page_token=encode_token(scope, page.next_after),
+        )
+
+    async def GetWorkerInfo(
+        self, request: workers_pb2.GetWorkerInfoRequest, context: Context
+    ) -> workers_pb2.GetWorkerInfoResponse:
+        view = await self._service.get_worker(current_identity(), request.worker_uuid)
+        return workers_pb2.GetWorkerInfoResponse(worker=convert.worker_info(view))
+
+    async def ListWorkerHistory(
+        self, request: workers_pb2.ListWorkerHistoryRequest, context: Context
+    ) -> workers_pb2.ListWorkerHistoryResponse:
+        scope = f"history:{request.worker_uuid}"
+        after = decode_token(scope, request.page_token)
+        if after is not None and not isinstance(after[0], int):
+            raise InvalidArgument("page_token is malformed; pass a next_page_token unchanged")
+        page = await self._service.worker_history(
+            current_identity(),
+            request.worker_uuid,
+            page_size(request.page_size),
+            int(after[0]) if after else None,
+        )
+        entries = [
+            types_pb2.WorkerHistoryEntry(
+                time=convert.timestamp(e.time),
+                from_state=int(e.from_state) if e.from_state is not None else 0,  # type: ignore[arg-type]
+                to_state=int(e.to_state),  # type: ignore[arg-type]
+                reason=e.reason,
+            )
+            for e in page.entries
+        ]
+        token = encode_token(scope, (page.next_before, 0) if page.next_before else None)
+        return workers_pb2.ListWorkerHistoryResponse(entries=entries, next_page_token=token)
+
+    async def SetState(
+        self, request: workers_pb2.SetStateRequest, context: Context
+    ) -> workers_pb2.SetStateResponse:
+        try:
+            state = WorkerState(request.state)
+        except ValueError:
+            raise InvalidArgument(
+                f"state must be WORKER_STATE_IDLE or WORKER_STATE_MAINTENANCE, got {request.state}"
+            ) from None
+        view = await self._service.set_state(
+            current_identity(), request.worker_uuid, state, request.reason
+        )
+        return workers_pb2.SetStateResponse(worker=convert.worker_info(view))
+
+    async def SetGroups(
+        self, request: workers_pb2.SetGroupsRequest, context: Context
+    ) -> workers_pb2.SetGroupsResponse:
+        view = await self._service.set_groups(
+            current_identity(), request.worker_uuid, frozenset(request.groups)
+        )
+        return workers_pb2.SetGroupsResponse(worker=convert.worker_info(view))
+
+    async def Deregister(
+        self, request: workers_pb2.DeregisterRequest, context: Context
+    ) -> workers_pb2.DeregisterResponse:
+        await self._service.deregister(current_identity(), request.worker_uuid)
+        return workers_pb2.DeregisterResponse()
+
+    async def WatchWorkers(
+        self, request: workers_pb2.WatchWorkersRequest, context: Context
+    ) -> AsyncIterator[workers_pb2.WatchWorkersResponse]:
+        query = convert.worker_filter(request.filter)
+        async for event in self._service.watch_workers(
+            current_identity(), query, request.include_current
+        ):
+            yield workers_pb2.WatchWorkersResponse(
+                worker=convert.worker_info(event.view), removed=event.removed
+            )

@@ -1,0 +1,256 @@
+"""Operations of the scheduler in domain terms, for the gRPC servicers (and tests) to call.
+
+Writes go through the engine (durable before they return); request reads go to the
+store, which holds exactly what has been committed; worker reads ask the core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from boruta_scheduler.core import Core
+from boruta_scheduler.engine import Engine
+from boruta_scheduler.errors import (
+    DeadlineExceeded,
+    RequestNotFound,
+    WrongRequestState,
+)
+from boruta_scheduler.listing import (
+    Page,
+    RequestQuery,
+    WorkerQuery,
+    page_of,
+    worker_sort_key,
+)
+from boruta_scheduler.store import HistoryPage, Store
+from boruta_scheduler.types import (
+    HostStatus,
+    Identity,
+    JobView,
+    RequestState,
+    RequestView,
+    WorkerState,
+    WorkerView,
+)
+from boruta_scheduler.watch import Subscription, WatchHub, WorkerEvent
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    """What the service tells dryads and how long it lets calls wait."""
+
+    heartbeat_interval: float = 10.0
+
+
+class SchedulerService:
+    """The scheduler's use cases; identity is passed in, never read from request fields."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: Store,
+        hub: WatchHub,
+        settings: ServiceSettings | None = None,
+        readers: ThreadPoolExecutor | None = None,
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.hub = hub
+        self.settings = settings or ServiceSettings()
+        self._readers = readers or ThreadPoolExecutor(4, thread_name_prefix="store-reader")
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._readers, fn, *args)
+
+    async def _explain_missing(self, error: RequestNotFound) -> Exception:
+        """A request the core no longer holds may be terminal in the store: say which state."""
+        view = await self._read(self.store.get_request, error.request_id)
+        if view is None:
+            return error
+        detail = f" ({view.reason})" if view.reason else ""
+        return WrongRequestState(f"request {view.id} is {view.state.name}{detail}")
+
+    # -------------------------------------------------------------------- requests
+
+    async def new_request(
+        self,
+        who: Identity,
+        caps: Mapping[str, str],
+        *,
+        priority: int = 0,
+        valid_after: float | None = None,
+        deadline: float | None = None,
+        accept_unsatisfiable: bool = False,
+    ) -> RequestView:
+        caps = dict(caps)
+        return await self.engine.execute(
+            lambda core, now: core.new_request(
+                now,
+                who.user,
+                who.groups,
+                caps,
+                priority=priority,
+                valid_after=valid_after,
+                deadline=deadline,
+                accept_unsatisfiable=accept_unsatisfiable,
+            )
+        )
+
+    async def close_request(self, who: Identity, request_id: int) -> RequestView:
+        try:
+            return await self.engine.execute(lambda core, now: core.close_request(now, request_id))
+        except RequestNotFound as exc:
+            raise await self._explain_missing(exc) from None
+
+    async def update_request(
+        self,
+        who: Identity,
+        request_id: int,
+        *,
+        priority: int | None = None,
+        valid_after: float | None = None,
+        deadline: float | None = None,
+    ) -> RequestView:
+        try:
+            return await self.engine.execute(
+                lambda core, now: core.update_request(
+                    now, request_id, priority=priority, valid_after=valid_after, deadline=deadline
+                )
+            )
+        except RequestNotFound as exc:
+            raise await self._explain_missing(exc) from None
+
+    async def get_request(self, who: Identity, request_id: int) -> RequestView:
+        view = await self._read(self.store.get_request, request_id)
+        if view is None:
+            raise RequestNotFound(request_id)
+        return view
+
+    async def list_requests(self, who: Identity, query: RequestQuery) -> Page[RequestView]:
+        return await self._read(self.store.list_requests, query)
+
+    async def acquire_worker(
+        self, who: Identity, request_id: int, timeout: float | None
+    ) -> RequestView:
+        """Wait until the request runs; returns it with its job's access."""
+        try:
+            view = await self.engine.wait_for_job(request_id, timeout)
+        except RequestNotFound as exc:
+            raise await self._explain_missing(exc) from None
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"request {request_id} was still WAITING when the call's deadline passed; "
+                "call AcquireWorker again to keep waiting"
+            ) from None
+        if view.state is not RequestState.IN_PROGRESS:
+            detail = f" ({view.reason})" if view.reason else ""
+            raise WrongRequestState(f"request {request_id} is {view.state.name}{detail}")
+        return view
+
+    async def prolong_access(self, who: Identity, request_id: int) -> JobView:
+        try:
+            return await self.engine.execute(lambda core, now: core.prolong_access(now, request_id))
+        except RequestNotFound as exc:
+            raise await self._explain_missing(exc) from None
+
+    async def watch_requests(
+        self, who: Identity, query: RequestQuery, include_current: bool
+    ) -> AsyncIterator[RequestView]:
+        def subscribe(
+            core: Core, now: float
+        ) -> tuple[list[RequestView], Subscription[RequestView]]:
+            sub = self.hub.watch_requests(query.matches)
+            current = (
+                [v for v in core.live_requests() if query.matches(v)] if include_current else []
+            )
+            return sorted(current, key=lambda v: v.id), sub
+
+        current, sub = await self.engine.execute(subscribe)
+        for view in current:
+            yield view
+        async for view in sub:
+            yield view
+
+    # --------------------------------------------------------------------- workers
+
+    async def list_workers(self, who: Identity, query: WorkerQuery) -> Page[WorkerView]:
+        views = await self.engine.execute(lambda core, now: core.workers())
+        return page_of(
+            (w for w in views if query.matches(w)),
+            lambda w: worker_sort_key(query.sort, w),
+            descending=query.descending,
+            after=query.after,
+            limit=query.limit,
+        )
+
+    async def get_worker(self, who: Identity, uuid: str) -> WorkerView:
+        return await self.engine.execute(lambda core, now: core.worker(uuid))
+
+    async def worker_history(
+        self, who: Identity, uuid: str, limit: int, before: int | None
+    ) -> HistoryPage:
+        await self.get_worker(who, uuid)
+        return await self._read(self.store.worker_history, uuid, limit, before)
+
+    async def set_state(
+        self, who: Identity, uuid: str, state: WorkerState, reason: str
+    ) -> WorkerView:
+        return await self.engine.execute(lambda core, now: core.set_state(now, uuid, state, reason))
+
+    async def set_groups(self, who: Identity, uuid: str, groups: frozenset[str]) -> WorkerView:
+        return await self.engine.execute(lambda core, now: core.set_groups(now, uuid, groups))
+
+    async def deregister(self, who: Identity, uuid: str) -> None:
+        await self.engine.execute(lambda core, now: core.deregister(now, uuid))
+
+    async def watch_workers(
+        self, who: Identity, query: WorkerQuery, include_current: bool
+    ) -> AsyncIterator[WorkerEvent]:
+        def accepts(event: WorkerEvent) -> bool:
+            return query.matches(event.view)
+
+        def subscribe(core: Core, now: float) -> tuple[list[WorkerView], Subscription[WorkerEvent]]:
+            sub = self.hub.watch_workers(accepts)
+            current = [w for w in core.workers() if query.matches(w)] if include_current else []
+            return sorted(current, key=lambda w: w.uuid), sub
+
+        current, sub = await self.engine.execute(subscribe)
+        for view in current:
+            yield WorkerEvent(view)
+        async for event in sub:
+            yield event
+
+    # ------------------------------------------------------------------ superviser
+
+    async def register(
+        self,
+        who: Identity,
+        caps: Mapping[str, str],
+        dryad_address: str,
+        ssh_address: str,
+        instance_id: str,
+        dryad_version: str,
+    ) -> WorkerView:
+        caps = dict(caps)
+        return await self.engine.execute(
+            lambda core, now: core.register(
+                now,
+                caps,
+                dryad_address,
+                ssh_address,
+                instance_id=instance_id,
+                dryad_version=dryad_version,
+            )
+        )
+
+    async def heartbeat(self, who: Identity, uuid: str, status: HostStatus | None) -> None:
+        await self.engine.execute(lambda core, now: core.heartbeat(now, uuid, status))
+
+    async def set_fail(self, who: Identity, uuid: str, reason: str) -> None:
+        await self.engine.execute(lambda core, now: core.set_fail(now, uuid, reason))

@@ -1,0 +1,50 @@
+"""The storage contract: what the scheduler needs to survive a crash and to answer reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from boruta_scheduler.core import Changes, Snapshot
+from boruta_scheduler.listing import Page, RequestQuery
+from boruta_scheduler.types import HistoryEntry, RequestView
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """Entries of a worker's history, newest first; next_before continues the list."""
+
+    entries: list[HistoryEntry]
+    next_before: int | None
+
+
+class Store(Protocol):
+    """Durable scheduler state. commit() is atomic; reads see only committed state.
+
+    Calls block; the engine runs them off the event loop. commit() is called from one
+    thread at a time, reads from any thread.
+    """
+
+    def load(self) -> Snapshot:
+        """Live requests, every worker and the last request id, to rebuild the core."""
+        ...
+
+    def commit(self, changes: Changes) -> None:
+        """Make every change durable at once, or raise and keep none."""
+        ...
+
+    def get_request(self, request_id: int) -> RequestView | None:
+        """One request in any state, or None."""
+        ...
+
+    def list_requests(self, query: RequestQuery) -> Page[RequestView]:
+        """Requests in any state that pass the query, one page."""
+        ...
+
+    def worker_history(self, uuid: str, limit: int, before: int | None = None) -> HistoryPage:
+        """A worker's state changes, newest first, older than the cursor before."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and files."""
+        ...

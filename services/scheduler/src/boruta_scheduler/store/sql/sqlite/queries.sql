@@ -1,0 +1,57 @@
+-- Named queries of the SQLite store; each starts with a "-- name:" line.
+
+-- name: upsert_request
+INSERT OR REPLACE INTO requests (
+    id, owner, owner_groups, caps, priority, valid_after, deadline, state, reason,
+    created_at, updated_at, job_worker_uuid, job_started_at, job_timeout_at,
+    job_max_timeout_at, job_prolong_count, job_ssh_address, access_username, access_key
+) VALUES (
+    :id, :owner, :owner_groups, :caps, :priority, :valid_after, :deadline, :state, :reason,
+    :created_at, :updated_at, :job_worker_uuid, :job_started_at, :job_timeout_at,
+    :job_max_timeout_at, :job_prolong_count, :job_ssh_address, :access_username, :access_key
+);
+
+-- name: upsert_worker
+INSERT OR REPLACE INTO workers (
+    uuid, state, groups_json, caps, dryad_address, ssh_address, instance_id, dryad_version,
+    reason, request_id, registered_at, last_seen, jobs_done, failures, prepared_username,
+    prepared_key
+) VALUES (
+    :uuid, :state, :groups_json, :caps, :dryad_address, :ssh_address, :instance_id,
+    :dryad_version, :reason, :request_id, :registered_at, :last_seen, :jobs_done, :failures,
+    :prepared_username, :prepared_key
+);
+
+-- name: touch_worker
+UPDATE workers SET last_seen = :last_seen WHERE uuid = :uuid;
+
+-- name: delete_worker
+DELETE FROM workers WHERE uuid = :uuid;
+
+-- name: delete_worker_history
+DELETE FROM worker_history WHERE worker_uuid = :uuid;
+
+-- name: insert_history
+INSERT INTO worker_history (worker_uuid, time, from_state, to_state, reason)
+VALUES (:worker_uuid, :time, :from_state, :to_state, :reason);
+
+-- name: set_last_request_id
+UPDATE counters SET value = MAX(value, :value) WHERE name = 'last_request_id';
+
+-- name: get_last_request_id
+SELECT value FROM counters WHERE name = 'last_request_id';
+
+-- name: live_requests
+SELECT * FROM requests WHERE state IN (1, 2) ORDER BY id;
+
+-- name: all_workers
+SELECT * FROM workers ORDER BY uuid;
+
+-- name: get_request
+SELECT * FROM requests WHERE id = :id;
+
+-- name: worker_history
+SELECT * FROM worker_history
+WHERE worker_uuid = :uuid AND seq < :before
+ORDER BY seq DESC
+LIMIT :limit;

@@ -1,0 +1,173 @@
+"""The embedded default store: one SQLite file in WAL mode, synchronous=FULL by default."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+from boruta_scheduler.core import Changes, Snapshot
+from boruta_scheduler.listing import Page, RequestQuery, RequestSort
+from boruta_scheduler.store.base import HistoryPage
+from boruta_scheduler.store.codec import (
+    history_entry,
+    history_row,
+    request_row,
+    request_view,
+    worker_row,
+    worker_view,
+)
+from boruta_scheduler.store.sqlfile import load_migrations, load_queries
+from boruta_scheduler.types import RequestView
+
+log = logging.getLogger(__name__)
+
+_Q = load_queries("sqlite")
+_SORT_COLUMNS = {sort: sort.value for sort in RequestSort}
+
+
+class SQLiteStore:
+    """Implements the Store contract on one SQLite file.
+
+    One connection writes (from the engine's writer thread); each reading thread gets its
+    own connection, which WAL lets read while a commit is in progress.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL") -> None:
+        if synchronous not in ("FULL", "NORMAL", "EXTRA"):
+            raise ValueError("synchronous must be FULL, NORMAL or EXTRA")
+        self.path = Path(path)
+        self._synchronous = synchronous
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # The file holds private keys: create it readable by the owner only.
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        os.close(fd)
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._writer = self._connect()
+        self._migrate()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute("PRAGMA busy_timeout=10000")
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    def _migrate(self) -> None:
+        conn = self._writer
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        for number, script in load_migrations("sqlite"):
+            if number <= version:
+                continue
+            log.info("applying migration", extra={"store": str(self.path), "version": number})
+            try:
+                conn.executescript(
+                    f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version={number};\nCOMMIT;"
+                )
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def load(self) -> Snapshot:
+        conn = self._writer
+        requests = [request_view(row) for row in conn.execute(_Q["live_requests"])]
+        workers = [worker_view(row) for row in conn.execute(_Q["all_workers"])]
+        (last_id,) = conn.execute(_Q["get_last_request_id"]).fetchone()
+        return Snapshot(requests, workers, last_id)
+
+    def commit(self, changes: Changes) -> None:
+        conn = self._writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if changes.requests:
+                conn.executemany(_Q["upsert_request"], map(request_row, changes.requests))
+            if changes.workers:
+                conn.executemany(_Q["upsert_worker"], map(worker_row, changes.workers))
+            if changes.last_seen:
+                conn.executemany(
+                    _Q["touch_worker"],
+                    ({"uuid": u, "last_seen": t} for u, t in changes.last_seen.items()),
+                )
+            for removed in changes.removed_workers:
+                uuid = removed.uuid
+                conn.execute(_Q["delete_worker"], {"uuid": uuid})
+                conn.execute(_Q["delete_worker_history"], {"uuid": uuid})
+            if changes.history:
+                conn.executemany(_Q["insert_history"], map(history_row, changes.history))
+            conn.execute(_Q["set_last_request_id"], {"value": changes.last_request_id})
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def get_request(self, request_id: int) -> RequestView | None:
+        row = self._reader().execute(_Q["get_request"], {"id": request_id}).fetchone()
+        return request_view(row) if row else None
+
+    def list_requests(self, query: RequestQuery) -> Page[RequestView]:
+        where: list[str] = []
+        params: list[Any] = []
+        for column, values in (
+            ("id", query.ids),
+            ("state", {int(s) for s in query.states}),
+            ("priority", query.priorities),
+            ("owner", query.owners),
+        ):
+            if values:
+                where.append(f"{column} IN ({','.join('?' * len(values))})")
+                params.extend(sorted(values))
+        column = _SORT_COLUMNS[query.sort]
+        direction = "DESC" if query.descending else "ASC"
+        if query.after is not None:
+            where.append(f"({column}, id) {'<' if query.descending else '>'} (?, ?)")
+            params.extend(query.after)
+        sql = "SELECT * FROM requests"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY {column} {direction}, id {direction} LIMIT ?"
+        params.append(query.limit + 1)
+        rows = self._reader().execute(sql, params).fetchall()
+        items = [request_view(row) for row in rows[: query.limit]]
+        next_after = None
+        if len(rows) > query.limit:
+            last = rows[query.limit - 1]
+            next_after = (last[column], last["id"])
+        return Page(items, next_after)
+
+    def worker_history(self, uuid: str, limit: int, before: int | None = None) -> HistoryPage:
+        rows = (
+            self._reader()
+            .execute(
+                _Q["worker_history"],
+                {
+                    "uuid": uuid,
+                    "before": before if before is not None else 2**62,
+                    "limit": limit + 1,
+                },
+            )
+            .fetchall()
+        )
+        entries = [history_entry(row) for row in rows[:limit]]
+        return HistoryPage(entries, rows[limit - 1]["seq"] if len(rows) > limit else None)
+
+    def close(self) -> None:
+        self._writer.close()
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()

@@ -1,0 +1,227 @@
+"""One contract suite for every store: what goes in comes out, atomically and in order."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from boruta_scheduler.core import Changes, Core, Snapshot
+from boruta_scheduler.listing import RequestQuery, RequestSort
+from boruta_scheduler.store import MemoryStore, SQLiteStore, Store
+from boruta_scheduler.types import HistoryEntry, RequestState, WorkerState
+from core_kit import CoreKit
+
+NOBODY = frozenset[str]()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    made: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "b.db")
+    yield made
+    made.close()
+
+
+def farm_changes(kit: CoreKit) -> None:
+    """Two idle workers, one running job, one waiting, one cancelled, one of another owner."""
+    kit.add_worker("w1", {"board": "x"})
+    kit.add_worker("w2", {"board": "y"}, groups=frozenset({"lab"}))
+    kit.core.new_request(kit.now, "ann", NOBODY, {"board": "x"}, priority=3)  # 1 runs
+    kit.core.new_request(kit.now, "ann", NOBODY, {"board": "x"}, priority=5)  # 2 waits
+    kit.core.new_request(kit.now, "bob", NOBODY, {"board": "x"}, priority=5)  # 3 cancelled
+    kit.core.close_request(kit.now, 3)
+    kit.core.new_request(kit.now + 1, "bob", frozenset({"lab"}), {"board": "y"}, priority=1)
+
+
+def commit_all(store: Store, kit: CoreKit) -> None:
+    kit.drain()
+    for changes in kit.changes:
+        store.commit(changes)
+    kit.changes.clear()
+
+
+def test_empty_store_loads_empty(store: Store) -> None:
+    assert store.load() == Snapshot([], [], 0)
+    assert store.get_request(1) is None
+    assert store.list_requests(RequestQuery()).items == []
+
+
+def test_load_returns_live_requests_and_all_workers(store: Store) -> None:
+    kit = CoreKit()
+    farm_changes(kit)
+    commit_all(store, kit)
+    snapshot = store.load()
+    assert sorted(r.id for r in snapshot.requests) == [1, 2, 4]
+    assert {w.uuid for w in snapshot.workers} == {"w1", "w2"}
+    assert snapshot.last_request_id == 4
+    for view in snapshot.requests:
+        assert view == kit.core.request(view.id)
+    for wv in snapshot.workers:
+        expected = kit.core.worker(wv.uuid)
+        assert wv == expected.__class__(**{**_fields(expected), "host_status": None})
+
+
+def _fields(view: object) -> dict[str, object]:
+    return {name: getattr(view, name) for name in view.__slots__}  # type: ignore[attr-defined]
+
+
+def test_core_restored_from_store_equals_original(store: Store) -> None:
+    kit = CoreKit()
+    farm_changes(kit)
+    commit_all(store, kit)
+    restored = Core.restore(store.load(), kit.now, kit.core.policy)
+    assert sorted(map(_fields, restored.live_requests()), key=lambda f: f["id"]) == sorted(
+        map(_fields, kit.core.live_requests()), key=lambda f: f["id"]
+    )
+    running = restored.request(1)
+    assert running.job is not None and running.job.access is not None
+
+
+def test_terminal_requests_stay_readable_without_secrets(store: Store) -> None:
+    kit = CoreKit()
+    farm_changes(kit)
+    kit.core.close_request(kit.now, 1)
+    commit_all(store, kit)
+    done = store.get_request(1)
+    assert done is not None and done.state is RequestState.DONE
+    assert done.job is not None and done.job.access is None
+    cancelled = store.get_request(3)
+    assert cancelled is not None and cancelled.state is RequestState.CANCELLED
+
+
+def test_prepared_access_survives_for_idle_workers(store: Store) -> None:
+    kit = CoreKit()
+    kit.add_worker("w1")
+    commit_all(store, kit)
+    (worker,) = store.load().workers
+    assert worker.state is WorkerState.IDLE and worker.prepared is not None
+
+
+def test_last_seen_and_removal(store: Store) -> None:
+    kit = CoreKit()
+    kit.add_worker("w1", idle=False)
+    kit.add_worker("w2", idle=False)
+    commit_all(store, kit)
+    kit.core.heartbeat(kit.now + 7, "w1")
+    kit.core.deregister(kit.now + 7, "w2")
+    commit_all(store, kit)
+    (worker,) = store.load().workers
+    assert (worker.uuid, worker.last_seen) == ("w1", kit.now + 7)
+    assert store.worker_history("w2", 10).entries == []
+
+
+def test_history_newest_first_and_paged(store: Store) -> None:
+    kit = CoreKit()
+    kit.add_worker("w1")  # MAINTENANCE, PREPARE, IDLE
+    kit.add_worker("w2")
+    for _ in range(3):
+        kit.core.set_state(kit.now, "w1", WorkerState.MAINTENANCE)
+        kit.answer_calls()
+        kit.core.set_state(kit.now, "w1", WorkerState.IDLE)
+        kit.answer_calls()
+    commit_all(store, kit)
+    seen: list[HistoryEntry] = []
+    page = store.worker_history("w1", 4)
+    seen.extend(page.entries)
+    while page.next_before is not None:
+        page = store.worker_history("w1", 4, page.next_before)
+        seen.extend(page.entries)
+    states = [e.to_state for e in reversed(seen)]
+    assert states[:3] == [WorkerState.MAINTENANCE, WorkerState.PREPARE, WorkerState.IDLE]
+    assert len(states) == 3 + 3 * 4
+    assert all(e.worker_uuid == "w1" for e in seen)
+    assert seen[-1].from_state is None
+
+
+@pytest.mark.parametrize("sort", list(RequestSort))
+@pytest.mark.parametrize("descending", [False, True])
+def test_list_pages_cover_everything_once_in_order(
+    store: Store, sort: RequestSort, descending: bool
+) -> None:
+    kit = CoreKit()
+    kit.add_worker("w1", idle=False)
+    for i in range(23):
+        kit.core.new_request(
+            kit.now + i % 4,
+            f"user{i % 3}",
+            NOBODY,
+            {},
+            priority=1 + i % 5,
+            valid_after=kit.now + 100 - i % 7,
+        )
+    kit.core.close_request(kit.now, 5)
+    commit_all(store, kit)
+    ids: list[int] = []
+    query = RequestQuery(sort=sort, descending=descending, limit=4)
+    while True:
+        page = store.list_requests(query)
+        ids.extend(r.id for r in page.items)
+        if page.next_after is None:
+            break
+        query = RequestQuery(sort=sort, descending=descending, limit=4, after=page.next_after)
+    assert sorted(ids) == list(range(1, 24))
+    views = [store.get_request(i) for i in ids]
+    keys = [
+        (int(getattr(v, sort.value)), v.id)
+        if sort is RequestSort.STATE
+        else (getattr(v, sort.value), v.id)
+        for v in views
+        if v
+    ]
+    assert keys == sorted(keys, reverse=descending)
+
+
+def test_list_filters(store: Store) -> None:
+    kit = CoreKit()
+    farm_changes(kit)
+    commit_all(store, kit)
+
+    def ids(**kw: object) -> list[int]:
+        return [r.id for r in store.list_requests(RequestQuery(**kw)).items]  # type: ignore[arg-type]
+
+    assert ids() == [1, 2, 3, 4]
+    assert ids(owners=frozenset({"bob"})) == [3, 4]
+    assert ids(states=frozenset({RequestState.WAITING, RequestState.CANCELLED})) == [2, 3]
+    assert ids(priorities=frozenset({5})) == [2, 3]
+    assert ids(ids=frozenset({4, 1, 99})) == [1, 4]
+    assert ids(owners=frozenset({"ann"}), priorities=frozenset({3})) == [1]
+
+
+def test_last_request_id_never_goes_back(store: Store) -> None:
+    store.commit(Changes(last_request_id=7))
+    store.commit(Changes(last_request_id=3))
+    assert store.load().last_request_id == 7
+
+
+def test_sqlite_survives_reopen_and_is_private(tmp_path: Path) -> None:
+    kit = CoreKit()
+    farm_changes(kit)
+    path = tmp_path / "state" / "boruta.db"
+    first = SQLiteStore(path)
+    commit_all(first, kit)
+    before = first.load()
+    first.close()
+    second = SQLiteStore(path)
+    assert second.load() == before
+    second.close()
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert os.stat(path.parent).st_mode & 0o777 == 0o700
+
+
+def test_sqlite_commit_is_atomic(tmp_path: Path) -> None:
+    kit = CoreKit()
+    farm_changes(kit)
+    kit.drain()
+    store = SQLiteStore(tmp_path / "b.db")
+    good = kit.changes[0]
+    broken = Changes(
+        requests=good.requests,
+        history=[HistoryEntry("w1", 1.0, None, None, "x")],  # type: ignore[arg-type]
+        last_request_id=99,
+    )
+    with pytest.raises((TypeError, sqlite3.IntegrityError)):
+        store.commit(broken)
+    assert store.load() == Snapshot([], [], 0)
+    store.close()

@@ -1,0 +1,44 @@
+"""Fixtures of the integration tests: a real scheduler on loopback and a farm around it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from boruta_scheduler.app import Scheduler
+from boruta_scheduler.config import SchedulerConfig, ServerConfig
+from boruta_scheduler.core import Policy
+from farm_kit import Farm
+
+
+async def start_scheduler(tmp_path: Path, policy: Policy | None = None) -> Scheduler:
+    config = SchedulerConfig(
+        server=ServerConfig(
+            listen="127.0.0.1:0",
+            data_dir=str(tmp_path / "state"),
+            heartbeat_interval=0.2,
+            dryad_call_timeout=10,
+        ),
+        policy=policy or Policy(),
+    )
+    scheduler = Scheduler(config)
+    await scheduler.start()
+    return scheduler
+
+
+@pytest.fixture
+def policy() -> Policy:
+    """Override in a test module to run the scheduler with other rules."""
+    return Policy()
+
+
+@pytest.fixture
+async def farm(tmp_path: Path, policy: Policy) -> AsyncIterator[Farm]:
+    """An in-process scheduler (real gRPC on loopback, SQLite in tmp_path) and its farm."""
+    scheduler = await start_scheduler(tmp_path, policy)
+    farm = Farm(f"127.0.0.1:{scheduler.port}")
+    farm.scheduler = scheduler  # type: ignore[attr-defined]
+    yield farm
+    await farm.close()
+    await scheduler.stop(grace=0)

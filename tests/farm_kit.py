@@ -1,0 +1,235 @@
+"""Helpers for integration tests: real schedulers on port 0, stub dryads, clients by identity."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from boruta.v1 import (
+    requests_pb2,
+    requests_pb2_grpc,
+    superviser_pb2_grpc,
+    types_pb2,
+    workers_pb2,
+    workers_pb2_grpc,
+)
+from boruta_dryad.stub import KeySource, StubBoard, StubDryad
+
+READY = "boruta-scheduler listening on "
+SCHEDULER = [sys.executable, "-m", "boruta_scheduler.main"]
+
+
+class SchedulerProcess:
+    """A boruta-scheduler process; its port is read from the readiness line."""
+
+    def __init__(self, data_dir: Path, *options: str) -> None:
+        self.data_dir = data_dir
+        self.options = list(options)
+        self.proc: subprocess.Popen[str] | None = None
+        self.address = ""
+        self.log_path = data_dir / "scheduler.log"
+
+    def start(self, listen: str = "127.0.0.1:0") -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "a")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(
+            [*SCHEDULER, "--listen", listen, "--data-dir", str(self.data_dir), *self.options],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith(READY):
+            self.proc.kill()
+            raise RuntimeError(f"scheduler did not start: {line!r}\n{self.log_path.read_text()}")
+        self.address = line[len(READY) :].strip()
+        return self.address
+
+    def kill(self) -> None:
+        """kill -9: no chance to flush or say goodbye."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@dataclass
+class Client:
+    """Stubs of the public services, calling as one identity."""
+
+    channel: grpc.aio.Channel
+    metadata: tuple[tuple[str, str], ...]
+
+    @property
+    def requests(self) -> requests_pb2_grpc.RequestsStub:
+        return requests_pb2_grpc.RequestsStub(self.channel)
+
+    @property
+    def workers(self) -> workers_pb2_grpc.WorkersStub:
+        return workers_pb2_grpc.WorkersStub(self.channel)
+
+    @property
+    def superviser(self) -> superviser_pb2_grpc.SuperviserStub:
+        return superviser_pb2_grpc.SuperviserStub(self.channel)
+
+    async def new(
+        self, caps: dict[str, str] | None = None, **fields: object
+    ) -> types_pb2.RequestInfo:
+        reply = await self.requests.NewRequest(
+            requests_pb2.NewRequestRequest(caps=caps or {}, **fields),  # type: ignore[arg-type]
+            metadata=self.metadata,
+        )
+        return reply.request
+
+    async def info(self, request_id: int) -> types_pb2.RequestInfo:
+        reply = await self.requests.GetRequestInfo(
+            requests_pb2.GetRequestInfoRequest(request_id=request_id), metadata=self.metadata
+        )
+        return reply.request
+
+    async def close(self, request_id: int) -> types_pb2.RequestInfo:
+        reply = await self.requests.CloseRequest(
+            requests_pb2.CloseRequestRequest(request_id=request_id), metadata=self.metadata
+        )
+        return reply.request
+
+    async def acquire(
+        self, request_id: int, timeout: float | None = 30
+    ) -> requests_pb2.AcquireWorkerResponse:
+        return await self.requests.AcquireWorker(
+            requests_pb2.AcquireWorkerRequest(request_id=request_id),
+            metadata=self.metadata,
+            timeout=timeout,
+        )
+
+    async def worker(self, uuid: str) -> types_pb2.WorkerInfo:
+        reply = await self.workers.GetWorkerInfo(
+            workers_pb2.GetWorkerInfoRequest(worker_uuid=uuid), metadata=self.metadata
+        )
+        return reply.worker
+
+    async def set_state(self, uuid: str, state: int, reason: str = "") -> types_pb2.WorkerInfo:
+        reply = await self.workers.SetState(
+            workers_pb2.SetStateRequest(worker_uuid=uuid, state=state, reason=reason),  # type: ignore[arg-type]
+            metadata=self.metadata,
+        )
+        return reply.worker
+
+    async def wait_worker(self, uuid: str, state: int, timeout: float = 30) -> types_pb2.WorkerInfo:
+        """Watch until the worker reaches state (no polling sleeps)."""
+        stream = self.workers.WatchWorkers(
+            workers_pb2.WatchWorkersRequest(
+                filter=workers_pb2.WorkerFilter(uuids=[uuid]), include_current=True
+            ),
+            metadata=self.metadata,
+            timeout=timeout,
+        )
+        async for event in stream:
+            if event.worker.state == state:
+                stream.cancel()
+                return event.worker
+        raise AssertionError(f"worker {uuid} never reached state {state}")
+
+    async def wait_request(
+        self, request_id: int, state: int, timeout: float = 30
+    ) -> types_pb2.RequestInfo:
+        """Watch until the request reaches state (no polling sleeps)."""
+        stream = self.requests.WatchRequests(
+            requests_pb2.WatchRequestsRequest(
+                filter=requests_pb2.RequestFilter(ids=[request_id]), include_current=True
+            ),
+            metadata=self.metadata,
+            timeout=timeout,
+        )
+        current = await self.info(request_id)
+        if current.state == state:
+            stream.cancel()
+            return current
+        async for event in stream:
+            if event.request.state == state:
+                stream.cancel()
+                return event.request
+        raise AssertionError(f"request {request_id} never reached state {state}")
+
+
+def identity(
+    user: str, groups: Sequence[str] = (), role: str = "user"
+) -> tuple[tuple[str, str], ...]:
+    meta = [("x-boruta-user", user), ("x-boruta-role", role)]
+    if groups:
+        meta.append(("x-boruta-groups", ",".join(groups)))
+    return tuple(meta)
+
+
+class Farm:
+    """A scheduler address plus clients and stub dryads attached to it."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.channel = grpc.aio.insecure_channel(address)
+        self.dryads: list[StubDryad] = []
+
+    def client(self, user: str = "alice", groups: Sequence[str] = (), role: str = "user") -> Client:
+        return Client(self.channel, identity(user, groups, role))
+
+    @property
+    def admin(self) -> Client:
+        return self.client("root", role="admin")
+
+    async def add_dryad(
+        self,
+        boards: Sequence[StubBoard],
+        *,
+        idle: bool = True,
+        keys: KeySource | None = None,
+        instance_id: str | None = None,
+    ) -> StubDryad:
+        dryad = StubDryad(self.address, boards, keys=keys or SHARED_KEYS, instance_id=instance_id)
+        await dryad.start()
+        await dryad.wait_registered()
+        self.dryads.append(dryad)
+        if idle:
+            admin = self.admin
+            for board in boards:
+                await admin.set_state(board.uuid, types_pb2.WORKER_STATE_IDLE)
+            for board in boards:
+                await admin.wait_worker(board.uuid, types_pb2.WORKER_STATE_IDLE)
+        return dryad
+
+    async def close(self) -> None:
+        for dryad in self.dryads:
+            await dryad.stop()
+        await self.channel.close()
+
+
+# Fresh 2048-bit keys cost tens of milliseconds each; tests that do not look at keys share
+# this source, which still generates a real, fresh key for every Prepare.
+SHARED_KEYS = KeySource(bits=2048)
+
+
+def board(uuid: str, **caps: str) -> StubBoard:
+    return StubBoard(uuid, dict(caps))
+
+
+async def settle() -> None:
+    """Let queued callbacks run once (not a wait for time to pass)."""
+    await asyncio.sleep(0)
