@@ -67,6 +67,7 @@ class StubBoard:
     unhealthy: str | None = None
     silent: bool = False
     prepared: int = 0
+    heartbeats: int = 0
     maintenance_messages: list[str] = field(default_factory=list)
     last_username: str = ""
 
@@ -142,6 +143,7 @@ class StubDryad:
         self._server: grpc.aio.Server | None = None
         self._channel: grpc.aio.Channel | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._beat = asyncio.Event()
 
     async def start(self) -> str:
         """Serve Dryad and start registering; returns the advertised address."""
@@ -166,6 +168,16 @@ class StubDryad:
                 await asyncio.sleep(0.01)
 
         await asyncio.wait_for(all_in(), timeout)
+
+    async def wait_heartbeats(self, uuid: str, count: int, timeout: float = 30.0) -> None:
+        """Return once the scheduler has acknowledged count heartbeats of the board."""
+
+        async def enough() -> None:
+            while self.boards[uuid].heartbeats < count:
+                self._beat.clear()
+                await self._beat.wait()
+
+        await asyncio.wait_for(enough(), timeout)
 
     async def _keep_alive(self, stub: SuperviserAsyncStub, board: StubBoard) -> None:
         """Register, then heartbeat; register again whenever the scheduler forgets us."""
@@ -196,6 +208,8 @@ class StubDryad:
                         metadata=self.metadata,
                         timeout=10,
                     )
+                    board.heartbeats += 1
+                    self._beat.set()
                 await asyncio.sleep(interval)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() is grpc.StatusCode.NOT_FOUND:

@@ -7,7 +7,7 @@ store, which holds exactly what has been committed; worker reads ask the core.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -161,7 +161,9 @@ class SchedulerService:
 
     async def watch_requests(
         self, who: Identity, query: RequestQuery, include_current: bool
-    ) -> AsyncIterator[RequestView]:
+    ) -> tuple[list[RequestView], Subscription[RequestView]]:
+        """Subscribe, atomically with a snapshot of the live requests that pass the query."""
+
         def subscribe(
             core: Core, now: float
         ) -> tuple[list[RequestView], Subscription[RequestView]]:
@@ -171,11 +173,7 @@ class SchedulerService:
             )
             return sorted(current, key=lambda v: v.id), sub
 
-        current, sub = await self.engine.execute(subscribe)
-        for view in current:
-            yield view
-        async for view in sub:
-            yield view
+        return await self.engine.execute(subscribe)
 
     # --------------------------------------------------------------------- workers
 
@@ -211,7 +209,9 @@ class SchedulerService:
 
     async def watch_workers(
         self, who: Identity, query: WorkerQuery, include_current: bool
-    ) -> AsyncIterator[WorkerEvent]:
+    ) -> tuple[list[WorkerView], Subscription[WorkerEvent]]:
+        """Subscribe, atomically with a snapshot of the workers that pass the query."""
+
         def accepts(event: WorkerEvent) -> bool:
             return query.matches(event.view)
 
@@ -220,11 +220,7 @@ class SchedulerService:
             current = [w for w in core.workers() if query.matches(w)] if include_current else []
             return sorted(current, key=lambda w: w.uuid), sub
 
-        current, sub = await self.engine.execute(subscribe)
-        for view in current:
-            yield WorkerEvent(view)
-        async for event in sub:
-            yield event
+        return await self.engine.execute(subscribe)
 
     # ------------------------------------------------------------------ superviser
 

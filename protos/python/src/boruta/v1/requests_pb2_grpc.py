@@ -139,6 +139,7 @@ class RequestsServicer:
 
     def WatchRequests(self, request, context):
         """WatchRequests streams each change of a request that passes the filter, as it happens.
+        The server sends initial metadata once the watch is in place: no later change is missed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

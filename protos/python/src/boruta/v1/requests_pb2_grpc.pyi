@@ -58,7 +58,9 @@ class RequestsStub:
     configured limits on count and total time; past them it fails with FAILED_PRECONDITION.
     """
     WatchRequests: _grpc.UnaryStreamMultiCallable[_requests_pb2.WatchRequestsRequest, _requests_pb2.WatchRequestsResponse]
-    """WatchRequests streams each change of a request that passes the filter, as it happens."""
+    """WatchRequests streams each change of a request that passes the filter, as it happens.
+    The server sends initial metadata once the watch is in place: no later change is missed.
+    """
 
 @_typing.type_check_only
 class RequestsAsyncStub(RequestsStub):
@@ -90,7 +92,9 @@ class RequestsAsyncStub(RequestsStub):
     configured limits on count and total time; past them it fails with FAILED_PRECONDITION.
     """
     WatchRequests: _aio.UnaryStreamMultiCallable[_requests_pb2.WatchRequestsRequest, _requests_pb2.WatchRequestsResponse]  # type: ignore[assignment]
-    """WatchRequests streams each change of a request that passes the filter, as it happens."""
+    """WatchRequests streams each change of a request that passes the filter, as it happens.
+    The server sends initial metadata once the watch is in place: no later change is missed.
+    """
 
 class RequestsServicer(metaclass=_abc_1.ABCMeta):
     """Requests is how users and CI systems ask for a board, wait for it, use it and give it back.
@@ -167,6 +171,8 @@ class RequestsServicer(metaclass=_abc_1.ABCMeta):
         request: _requests_pb2.WatchRequestsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_requests_pb2.WatchRequestsResponse], _abc.AsyncIterator[_requests_pb2.WatchRequestsResponse]]:
-        """WatchRequests streams each change of a request that passes the filter, as it happens."""
+        """WatchRequests streams each change of a request that passes the filter, as it happens.
+        The server sends initial metadata once the watch is in place: no later change is missed.
+        """
 
 def add_RequestsServicer_to_server(servicer: RequestsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -122,6 +122,7 @@ class WorkersServicer:
 
     def WatchWorkers(self, request, context):
         """WatchWorkers streams each change of a worker that passes the filter, as it happens.
+        The server sends initial metadata once the watch is in place: no later change is missed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

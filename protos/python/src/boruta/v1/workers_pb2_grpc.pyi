@@ -50,7 +50,9 @@ class WorkersStub:
     registered worker could satisfy become INVALID. Admins only.
     """
     WatchWorkers: _grpc.UnaryStreamMultiCallable[_workers_pb2.WatchWorkersRequest, _workers_pb2.WatchWorkersResponse]
-    """WatchWorkers streams each change of a worker that passes the filter, as it happens."""
+    """WatchWorkers streams each change of a worker that passes the filter, as it happens.
+    The server sends initial metadata once the watch is in place: no later change is missed.
+    """
 
 @_typing.type_check_only
 class WorkersAsyncStub(WorkersStub):
@@ -74,7 +76,9 @@ class WorkersAsyncStub(WorkersStub):
     registered worker could satisfy become INVALID. Admins only.
     """
     WatchWorkers: _aio.UnaryStreamMultiCallable[_workers_pb2.WatchWorkersRequest, _workers_pb2.WatchWorkersResponse]  # type: ignore[assignment]
-    """WatchWorkers streams each change of a worker that passes the filter, as it happens."""
+    """WatchWorkers streams each change of a worker that passes the filter, as it happens.
+    The server sends initial metadata once the watch is in place: no later change is missed.
+    """
 
 class WorkersServicer(metaclass=_abc_1.ABCMeta):
     """Workers lets users see the boards of the farm and lets admins run them."""
@@ -137,6 +141,8 @@ class WorkersServicer(metaclass=_abc_1.ABCMeta):
         request: _workers_pb2.WatchWorkersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_workers_pb2.WatchWorkersResponse], _abc.AsyncIterator[_workers_pb2.WatchWorkersResponse]]:
-        """WatchWorkers streams each change of a worker that passes the filter, as it happens."""
+        """WatchWorkers streams each change of a worker that passes the filter, as it happens.
+        The server sends initial metadata once the watch is in place: no later change is missed.
+        """
 
 def add_WorkersServicer_to_server(servicer: WorkersServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -94,7 +94,12 @@ class RequestsServicer(requests_pb2_grpc.RequestsServicer):
         self, request: requests_pb2.WatchRequestsRequest, context: Context
     ) -> AsyncIterator[requests_pb2.WatchRequestsResponse]:
         query = convert.request_filter(request.filter)
-        async for view in self._service.watch_requests(
+        current, changes = await self._service.watch_requests(
             current_identity(), query, request.include_current
-        ):
+        )
+        # Initial metadata tells the client the watch is in place: no later change is missed.
+        await context.send_initial_metadata(())
+        for view in current:
+            yield requests_pb2.WatchRequestsResponse(request=convert.request_info(view))
+        async for view in changes:
             yield requests_pb2.WatchRequestsResponse(request=convert.request_info(view))

@@ -1,0 +1,361 @@
+"""The Requests service over real gRPC on loopback, against a scheduler on SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+from boruta.v1 import requests_pb2, types_pb2, workers_pb2
+from boruta_scheduler.core import Policy
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from farm_kit import Client, Farm, board
+from google.protobuf.timestamp_pb2 import Timestamp
+
+S = types_pb2
+WAITING, IN_PROGRESS = S.REQUEST_STATE_WAITING, S.REQUEST_STATE_IN_PROGRESS
+
+
+def ts(seconds: float) -> Timestamp:
+    t = Timestamp()
+    t.FromNanoseconds(int(seconds * 1e9))
+    return t
+
+
+async def all_requests(client: Client) -> list[types_pb2.RequestInfo]:
+    reply = await client.requests.ListRequests(
+        requests_pb2.ListRequestsRequest(page_size=1000), metadata=client.metadata
+    )
+    return list(reply.requests)
+
+
+async def expect_error(call: object, code: grpc.StatusCode, *fragments: str) -> str:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call  # type: ignore[misc]
+    assert info.value.code() is code, info.value.details()
+    details = info.value.details() or ""
+    for fragment in fragments:
+        assert fragment in details, details
+    return details
+
+
+async def test_full_cycle_hands_out_a_real_key_and_reprepares(farm: Farm) -> None:
+    dryad = await farm.add_dryad([board("w1", board="rpi4")])
+    alice = farm.client("alice", ["lab"])
+    created = await alice.new({"board": "rpi4"}, priority=4)
+    assert created.state == IN_PROGRESS
+    assert (created.owner, list(created.owner_groups), created.priority) == ("alice", ["lab"], 4)
+    acquired = await alice.acquire(created.id)
+    key = serialization.load_pem_private_key(acquired.access.private_key_pem.encode(), None)
+    assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 2048
+    assert acquired.access.username == dryad.boards["w1"].last_username
+    assert (acquired.access.host, acquired.access.port) == ("127.0.0.1", 22)
+    assert acquired.job.worker_uuid == "w1"
+    done = await alice.close(created.id)
+    assert done.state == S.REQUEST_STATE_DONE
+    await farm.admin.wait_worker("w1", S.WORKER_STATE_IDLE)
+    assert dryad.boards["w1"].prepared == 2
+    second = await alice.new({"board": "rpi4"})
+    again = await alice.acquire(second.id)
+    assert again.access.private_key_pem != acquired.access.private_key_pem
+
+
+async def test_acquire_blocks_until_a_worker_frees(farm: Farm) -> None:
+    await farm.add_dryad([board("w1")])
+    alice, bob = farm.client("alice"), farm.client("bob")
+    first = await alice.new()
+    second = await bob.new()
+    assert second.state == WAITING
+    # The caller's deadline bounds the wait.
+    await expect_error(bob.acquire(second.id, timeout=0.3), grpc.StatusCode.DEADLINE_EXCEEDED)
+    waiting = asyncio.ensure_future(bob.acquire(second.id))
+    assert (await bob.info(second.id)).state == WAITING
+    assert not waiting.done()
+    await alice.close(first.id)
+    acquired = await asyncio.wait_for(waiting, 30)
+    assert acquired.job.worker_uuid == "w1"
+    assert (await bob.info(second.id)).state == IN_PROGRESS
+
+
+async def test_many_blocked_acquirers_each_get_their_own_worker(farm: Farm) -> None:
+    await farm.add_dryad([board(f"w{i}") for i in range(3)], idle=False)
+    client = farm.client("ci")
+    requests = [await client.new() for _ in range(3)]
+    waiters = [asyncio.ensure_future(client.acquire(r.id)) for r in requests]
+    for i in range(3):
+        await farm.admin.set_state(f"w{i}", S.WORKER_STATE_IDLE)
+    results = await asyncio.wait_for(asyncio.gather(*waiters), 30)
+    assert sorted(r.job.worker_uuid for r in results) == ["w0", "w1", "w2"]
+
+
+async def test_acquire_on_terminal_request_names_the_state(farm: Farm) -> None:
+    await farm.add_dryad([board("w1")], idle=False)
+    alice = farm.client()
+    r = await alice.new()
+    waiting = asyncio.ensure_future(alice.acquire(r.id))
+    assert (await alice.info(r.id)).state == WAITING
+    await alice.close(r.id)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await waiting
+    assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "CANCELLED" in (info.value.details() or "")
+    await expect_error(alice.acquire(r.id), grpc.StatusCode.FAILED_PRECONDITION, "CANCELLED")
+
+
+async def test_priority_and_fifo_over_grpc(farm: Farm) -> None:
+    await farm.add_dryad([board("w1")])
+    c = farm.client()
+    running = await c.new()
+    low = await c.new(priority=10)
+    high1 = await c.new(priority=2)
+    high2 = await c.new(priority=2)
+    order = []
+    current = running.id
+    for _ in range(3):
+        await c.close(current)
+        # The freed worker is prepared again (PREPARE), then takes the best waiting request.
+        worker = await farm.admin.wait_worker("w1", S.WORKER_STATE_RUNNING)
+        current = worker.request_id
+        order.append(current)
+    assert order == [high1.id, high2.id, low.id]
+
+
+@pytest.mark.parametrize(
+    ("fields", "fragment"),
+    [
+        ({"priority": 17}, "priority must be between 1"),
+        ({"deadline": ts(time.time() - 60)}, "deadline is in the past"),
+        (
+            {"valid_after": ts(time.time() + 7200), "deadline": ts(time.time() + 3600)},
+            "valid_after is after the deadline",
+        ),
+        ({"caps": {f"k{i}": "v" for i in range(40)}}, "at most 32"),
+        ({"caps": {"k" * 100: "v"}}, "key"),
+        ({"caps": {"board": "x" * 300}}, "value"),
+        ({"caps": {"bad key": "v"}}, "key"),
+    ],
+)
+async def test_bad_new_request_is_invalid_argument_and_changes_nothing(
+    farm: Farm, fields: dict[str, object], fragment: str
+) -> None:
+    await farm.add_dryad([board("w1")], idle=False)
+    c = farm.client()
+    before = await all_requests(c)
+    caps = fields.pop("caps", {})
+    await expect_error(c.new(caps, **fields), grpc.StatusCode.INVALID_ARGUMENT, fragment)  # type: ignore[arg-type]
+    assert await all_requests(c) == before
+
+
+async def test_unsatisfiable_request_is_refused_at_once_unless_accepted(farm: Farm) -> None:
+    await farm.add_dryad([board("w1", board="rpi4")])
+    c = farm.client()
+    await expect_error(
+        c.new({"board": "rpi5"}),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "no registered worker has caps board=rpi5",
+    )
+    assert await all_requests(c) == []
+    queued = await c.new({"board": "rpi5"}, accept_unsatisfiable=True)
+    assert queued.state == WAITING
+
+
+async def test_deregistering_last_worker_makes_waiting_request_invalid(farm: Farm) -> None:
+    await farm.add_dryad([board("w1", board="rpi4")], idle=False)
+    c = farm.client()
+    r = await c.new({"board": "rpi4"})
+    admin = farm.admin
+    await admin.workers.Deregister(
+        workers_pb2.DeregisterRequest(worker_uuid="w1"), metadata=admin.metadata
+    )
+    info = await c.info(r.id)
+    assert info.state == S.REQUEST_STATE_INVALID
+    assert "w1 was deregistered" in info.reason
+
+
+async def test_close_update_prolong_errors(farm: Farm) -> None:
+    await farm.add_dryad([board("w1")])
+    c = farm.client()
+    running = await c.new()
+    waiting = await c.new()
+    not_found = grpc.StatusCode.NOT_FOUND
+    precondition = grpc.StatusCode.FAILED_PRECONDITION
+    await expect_error(c.close(999), not_found, "request 999 does not exist")
+    await expect_error(c.info(999), not_found)
+    await expect_error(c.acquire(999), not_found)
+    await expect_error(
+        c.requests.UpdateRequest(
+            requests_pb2.UpdateRequestRequest(request_id=running.id, priority=3),
+            metadata=c.metadata,
+        ),
+        precondition,
+        "IN_PROGRESS",
+        "only WAITING",
+    )
+    await expect_error(
+        c.requests.ProlongAccess(
+            requests_pb2.ProlongAccessRequest(request_id=waiting.id), metadata=c.metadata
+        ),
+        precondition,
+        "WAITING",
+    )
+    await expect_error(
+        c.requests.UpdateRequest(
+            requests_pb2.UpdateRequestRequest(request_id=waiting.id, deadline=ts(time.time() - 5)),
+            metadata=c.metadata,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "deadline is in the past",
+    )
+    await c.close(waiting.id)
+    await expect_error(c.close(waiting.id), precondition, "CANCELLED")
+    await expect_error(
+        c.requests.UpdateRequest(
+            requests_pb2.UpdateRequestRequest(request_id=waiting.id, priority=3),
+            metadata=c.metadata,
+        ),
+        precondition,
+        "CANCELLED",
+    )
+
+
+async def test_update_takes_effect_in_next_match(farm: Farm) -> None:
+    await farm.add_dryad([board("w1")])
+    c = farm.client()
+    running = await c.new()
+    first = await c.new(priority=8)
+    second = await c.new(priority=8)
+    updated = await c.requests.UpdateRequest(
+        requests_pb2.UpdateRequestRequest(request_id=second.id, priority=1),
+        metadata=c.metadata,
+    )
+    assert updated.request.priority == 1
+    await c.close(running.id)
+    await c.wait_request(second.id, IN_PROGRESS)
+    assert (await c.info(first.id)).state == WAITING
+
+
+async def test_list_filters_sorts_and_pages(farm: Farm) -> None:
+    await farm.add_dryad([board("w1")], idle=False)
+    ann, bob = farm.client("ann"), farm.client("bob")
+    made = []
+    for i in range(7):
+        made.append(await (ann if i % 2 else bob).new(priority=1 + i % 3))
+    await ann.close(made[1].id)
+
+    async def listing(**fields: object) -> list[int]:
+        ids: list[int] = []
+        token = ""
+        while True:
+            reply = await ann.requests.ListRequests(
+                requests_pb2.ListRequestsRequest(page_size=2, page_token=token, **fields),  # type: ignore[arg-type]
+                metadata=ann.metadata,
+            )
+            ids.extend(r.id for r in reply.requests)
+            token = reply.next_page_token
+            if not token:
+                return ids
+
+    assert await listing() == [r.id for r in made]
+    assert await listing(descending=True) == [r.id for r in reversed(made)]
+    by_priority = await listing(sort_by=requests_pb2.REQUEST_SORT_FIELD_PRIORITY)
+    assert by_priority == [r.id for r in sorted(made, key=lambda r: (r.priority, r.id))]
+    assert await listing(filter=requests_pb2.RequestFilter(owners=["ann"])) == [
+        made[1].id,
+        made[3].id,
+        made[5].id,
+    ]
+    assert await listing(filter=requests_pb2.RequestFilter(states=[S.REQUEST_STATE_CANCELLED])) == [
+        made[1].id
+    ]
+    assert await listing(filter=requests_pb2.RequestFilter(priorities=[1])) == [
+        made[0].id,
+        made[3].id,
+        made[6].id,
+    ]
+    first_page = await ann.requests.ListRequests(
+        requests_pb2.ListRequestsRequest(page_size=2), metadata=ann.metadata
+    )
+    await expect_error(
+        ann.requests.ListRequests(
+            requests_pb2.ListRequestsRequest(
+                page_size=2, page_token=first_page.next_page_token, descending=True
+            ),
+            metadata=ann.metadata,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "another filter or order",
+    )
+    await expect_error(
+        ann.requests.ListRequests(
+            requests_pb2.ListRequestsRequest(page_token="garbage!"), metadata=ann.metadata
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "page_token is malformed",
+    )
+    await expect_error(
+        ann.requests.ListRequests(
+            requests_pb2.ListRequestsRequest(filter=requests_pb2.RequestFilter(states=[42])),  # type: ignore[list-item]
+            metadata=ann.metadata,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "unknown value 42",
+    )
+
+
+async def test_watch_requests_streams_changes_in_order(farm: Farm) -> None:
+    await farm.add_dryad([board("w1")])
+    c = farm.client()
+    stream = c.requests.WatchRequests(requests_pb2.WatchRequestsRequest(), metadata=c.metadata)
+    seen: list[tuple[int, int]] = []
+
+    async def collect() -> None:
+        async for event in stream:
+            seen.append((event.request.id, event.request.state))
+            if len(seen) == 4:
+                return
+
+    await stream.initial_metadata()  # the watch is in place
+    collector = asyncio.ensure_future(collect())
+    r1 = await c.new()
+    r2 = await c.new()
+    await c.close(r2.id)
+    await c.close(r1.id)
+    await asyncio.wait_for(collector, 30)
+    stream.cancel()
+    assert seen == [
+        (r1.id, IN_PROGRESS),
+        (r2.id, WAITING),
+        (r2.id, S.REQUEST_STATE_CANCELLED),
+        (r1.id, S.REQUEST_STATE_DONE),
+    ]
+
+
+class TestJobLimits:
+    @pytest.fixture
+    def policy(self) -> Policy:
+        return Policy(job_timeout=1.0, prolong_step=1.0, max_prolongs=2, max_job_duration=10)
+
+    async def test_job_timeout_ends_job_and_worker_is_prepared_again(self, farm: Farm) -> None:
+        dryad = await farm.add_dryad([board("w1")])
+        c = farm.client()
+        r = await c.new()
+        done = await c.wait_request(r.id, S.REQUEST_STATE_DONE)
+        assert done.reason == "job timed out"
+        await farm.admin.wait_worker("w1", S.WORKER_STATE_IDLE)
+        assert dryad.boards["w1"].prepared == 2
+
+    async def test_prolong_limit_is_failed_precondition(self, farm: Farm) -> None:
+        await farm.add_dryad([board("w1")])
+        c = farm.client()
+        r = await c.new()
+        prolong = requests_pb2.ProlongAccessRequest(request_id=r.id)
+        for count in (1, 2):
+            reply = await c.requests.ProlongAccess(prolong, metadata=c.metadata)
+            assert reply.job.prolong_count == count
+        await expect_error(
+            c.requests.ProlongAccess(prolong, metadata=c.metadata),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "prolonged 2 times",
+        )
