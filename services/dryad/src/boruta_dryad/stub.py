@@ -230,16 +230,24 @@ class StubDryad:
             await self._channel.close()
 
 
-def boards_from_args(count: int, caps: Sequence[str], prefix: str) -> list[StubBoard]:
-    parsed = dict(item.split("=", 1) for item in caps)
-    return [StubBoard(f"{prefix}{i}", dict(parsed)) for i in range(count)]
+def boards_from_args(
+    count: int, caps: Sequence[str], round_robin: Sequence[str], prefix: str
+) -> list[StubBoard]:
+    """Boards with the same caps, plus caps whose values go round robin over the boards."""
+    fixed = dict(item.split("=", 1) for item in caps)
+    cycling = {k: v.split(",") for k, v in (item.split("=", 1) for item in round_robin)}
+    boards = []
+    for i in range(count):
+        own = {**fixed, **{k: values[i % len(values)] for k, values in cycling.items()}}
+        boards.append(StubBoard(f"{prefix}{i}", own))
+    return boards
 
 
 async def _main(args: argparse.Namespace) -> None:
     keys = KeySource(args.key_bits, args.key_pool)
     dryad = StubDryad(
         args.scheduler,
-        boards_from_args(args.boards, args.caps, args.prefix),
+        boards_from_args(args.boards, args.caps, args.round_robin, args.prefix),
         listen=args.listen,
         ssh_address=args.ssh_address,
         keys=keys,
@@ -279,6 +287,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument(
         "--caps", nargs="*", default=[], metavar="KEY=VALUE", help="caps of every board"
+    )
+    parser.add_argument(
+        "--round-robin",
+        nargs="*",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="caps whose values go round robin over the boards",
     )
     parser.add_argument(
         "--ssh-address",

@@ -7,13 +7,20 @@ import logging
 import time
 
 import grpc
-from boruta.v1 import requests_pb2_grpc, superviser_pb2_grpc, workers_pb2_grpc
+from boruta.v1 import (
+    requests_pb2,
+    requests_pb2_grpc,
+    superviser_pb2,
+    superviser_pb2_grpc,
+    workers_pb2,
+    workers_pb2_grpc,
+)
 
 from boruta_scheduler.config import SchedulerConfig
 from boruta_scheduler.core import Core
 from boruta_scheduler.dryads import DryadPool
 from boruta_scheduler.engine import Engine
-from boruta_scheduler.rpc.calls import CallInterceptor
+from boruta_scheduler.rpc.calls import wrap_servicer
 from boruta_scheduler.rpc.requests import RequestsServicer
 from boruta_scheduler.rpc.superviser import SuperviserServicer
 from boruta_scheduler.rpc.workers import WorkersServicer
@@ -60,15 +67,30 @@ class Scheduler:
             ServiceSettings(heartbeat_interval=self.config.server.heartbeat_interval),
         )
         server = grpc.aio.server(
-            interceptors=[CallInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
             ],
         )
-        requests_pb2_grpc.add_RequestsServicer_to_server(RequestsServicer(service), server)
-        workers_pb2_grpc.add_WorkersServicer_to_server(WorkersServicer(service), server)
-        superviser_pb2_grpc.add_SuperviserServicer_to_server(SuperviserServicer(service), server)
+        requests_pb2_grpc.add_RequestsServicer_to_server(
+            wrap_servicer(
+                RequestsServicer(service), requests_pb2.DESCRIPTOR.services_by_name["Requests"]
+            ),
+            server,
+        )
+        workers_pb2_grpc.add_WorkersServicer_to_server(
+            wrap_servicer(
+                WorkersServicer(service), workers_pb2.DESCRIPTOR.services_by_name["Workers"]
+            ),
+            server,
+        )
+        superviser_pb2_grpc.add_SuperviserServicer_to_server(
+            wrap_servicer(
+                SuperviserServicer(service),
+                superviser_pb2.DESCRIPTOR.services_by_name["Superviser"],
+            ),
+            server,
+        )
         self.port = server.add_insecure_port(self.config.server.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.server.listen}")

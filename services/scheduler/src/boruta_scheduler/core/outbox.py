@@ -48,6 +48,29 @@ class Changes:
         )
 
 
+def merge(batches: list[Changes]) -> Changes:
+    """One Changes equal to applying the batches in order (later views win)."""
+    if len(batches) == 1:
+        return batches[0]
+    merged = Changes()
+    for changes in batches:
+        merged.requests.extend(changes.requests)
+        merged.workers.extend(changes.workers)
+        merged.removed_workers.extend(changes.removed_workers)
+        merged.history.extend(changes.history)
+        merged.last_seen.update(changes.last_seen)
+        merged.calls.extend(changes.calls)
+    return Changes(
+        requests=merged.requests,
+        workers=merged.workers,
+        removed_workers=merged.removed_workers,
+        history=merged.history,
+        last_seen=merged.last_seen,
+        calls=merged.calls,
+        last_request_id=max(c.last_request_id for c in batches),
+    )
+
+
 class Outbox:
     """Collects dirty records; views are taken only at drain, once per record."""
 

@@ -1,4 +1,4 @@
-"""Server interceptor: establishes who is calling and turns scheduler errors into statuses.
+"""Call wrapping: establishes who is calling and turns scheduler errors into statuses.
 
 Until TLS lands, identity comes from call metadata (x-boruta-user, x-boruta-groups,
 x-boruta-role); the servicers read it with current_identity().
@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 
 from boruta_scheduler.errors import BorutaError
 from boruta_scheduler.rpc.status import status_of
@@ -77,30 +78,11 @@ def _stream(
     return serve
 
 
-class CallInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every handler so identity is set and BorutaErrors become gRPC statuses."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        # The handlers of an aio server are coroutine functions and async generators.
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _unary(handler.unary_unary),  # type: ignore[arg-type]
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _stream(handler.unary_stream),  # type: ignore[arg-type]
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+def wrap_servicer(servicer: Any, service: ServiceDescriptor) -> Any:
+    """Wrap each RPC method of a servicer once, so every call has its caller's identity and
+    BorutaErrors become gRPC statuses (per-call interceptors would cost more per RPC)."""
+    for method in service.methods:
+        behavior = getattr(servicer, method.name)
+        wrapped = _stream(behavior) if method.server_streaming else _unary(behavior)
+        setattr(servicer, method.name, wrapped)
+    return servicer
