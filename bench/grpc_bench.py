@@ -29,6 +29,8 @@ from boruta.v1 import (
     workers_pb2_grpc,
 )
 
+from bench import baseline
+
 USER = (("x-boruta-user", "bench"), ("x-boruta-role", "user"))
 ADMIN = (("x-boruta-user", "root"), ("x-boruta-role", "admin"))
 BOARD_TYPES = 10
@@ -79,26 +81,36 @@ def spawn(args: list[str], ready: str, log: Path) -> Proc:
 
 
 @asynccontextmanager
-async def farm(boards: int, *, idle: bool) -> AsyncIterator[tuple[Proc, grpc.aio.Channel]]:
-    """A scheduler with `boards` stub boards (board=boardN), IDLE or in MAINTENANCE."""
+async def farm(
+    boards: int, *, idle: bool, bare: bool = False
+) -> AsyncIterator[tuple[Proc, grpc.aio.Channel]]:
+    """A scheduler with `boards` stub boards (board=boardN), IDLE or in MAINTENANCE.
+
+    With bare=True the server is bench.baseline's canned-reply server instead.
+    """
     workdir = Path(tempfile.mkdtemp(prefix="boruta-bench-"))
-    scheduler = spawn(
-        [
-            sys.executable,
-            "-m",
-            "boruta_scheduler.main",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            str(workdir),
-            "--log-level",
-            "WARNING",
-            "--heartbeat-interval",
-            "10s",
-        ],
-        "boruta-scheduler listening on ",
-        workdir / "scheduler.log",
-    )
+    if bare:
+        scheduler = spawn(
+            [sys.executable, "-m", "bench.baseline"], baseline.READY, workdir / "bare.log"
+        )
+    else:
+        scheduler = spawn(
+            [
+                sys.executable,
+                "-m",
+                "boruta_scheduler.main",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                str(workdir),
+                "--log-level",
+                "WARNING",
+                "--heartbeat-interval",
+                "10s",
+            ],
+            "boruta-scheduler listening on ",
+            workdir / "scheduler.log",
+        )
     dryad = spawn(
         [
             sys.executable,
@@ -123,7 +135,7 @@ async def farm(boards: int, *, idle: bool) -> AsyncIterator[tuple[Proc, grpc.aio
     assert "registered" in line, line
     channel = grpc.aio.insecure_channel(scheduler.address)
     try:
-        if idle:
+        if idle and not bare:
             await set_all_idle(channel, boards)
         yield scheduler, channel
     finally:
@@ -159,9 +171,11 @@ async def set_all_idle(channel: grpc.aio.Channel, boards: int) -> None:
             return
 
 
-async def new_request_rate(seconds: float = 5.0, concurrency: int = 32) -> dict[str, float]:
+async def new_request_rate(
+    seconds: float = 5.0, concurrency: int = 32, bare: bool = False
+) -> dict[str, float]:
     """NewRequest calls per second; the boards are in MAINTENANCE, so requests queue."""
-    async with farm(100, idle=False) as (scheduler, channel):
+    async with farm(100, idle=False, bare=bare) as (scheduler, channel):
         stub = requests_pb2_grpc.RequestsStub(channel)
         rss_before = scheduler.rss_bytes()
         count = 0
@@ -191,10 +205,10 @@ async def new_request_rate(seconds: float = 5.0, concurrency: int = 32) -> dict[
 
 
 async def cycle_rate(
-    seconds: float = 10.0, concurrency: int = 8, boards: int = 1000
+    seconds: float = 10.0, concurrency: int = 8, boards: int = 1000, bare: bool = False
 ) -> dict[str, float]:
     """Full cycles per second: NewRequest -> (matched) -> AcquireWorker -> CloseRequest."""
-    async with farm(boards, idle=True) as (scheduler, channel):
+    async with farm(boards, idle=True, bare=bare) as (scheduler, channel):
         stub = requests_pb2_grpc.RequestsStub(channel)
         latencies: list[float] = []
         cpu_at_start = 0.0

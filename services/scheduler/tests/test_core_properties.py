@@ -1,0 +1,574 @@
+"""Property test of the pure core: a random farm driven through every command.
+
+A hypothesis state machine registers, serves, fails and removes workers from a small pool,
+opens, updates, prolongs and closes requests, answers dryad calls in any order (stale ones
+too), moves the clock and now and then restarts the scheduler from what it drained
+(``Core.restore``). After every single command it checks the scheduling invariants against
+the core's reads and against a model built only from what ``Core.drain`` handed out:
+
+1. a worker runs at most one job;
+2. RUNNING workers and IN_PROGRESS requests point at each other, one to one;
+3. a request is only ever matched, once ready, to a worker with its caps and open to its owner;
+4. a match never passes over a more important ready request the worker could serve;
+5. terminal requests never change again and are gone from the core;
+6. no ready WAITING request could be served by an IDLE worker;
+
+plus some bookkeeping the store relies on: every change is drained (the drained views equal
+the core's), worker histories chain, timers fire on time, a job gets a fresh access that is
+dropped when it ends, a request satisfiable when queued is invalidated rather than left
+waiting once no registered worker can serve it, and a command that raises a BorutaError
+changes nothing at all.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TypeVar
+
+import pytest
+from boruta_scheduler.core import Changes, Core, DryadCall, DryadCallKind, Policy, Snapshot
+from boruta_scheduler.errors import BorutaError, RequestNotFound
+from boruta_scheduler.types import (
+    Access,
+    RequestState,
+    RequestView,
+    WorkerState,
+    WorkerView,
+)
+from core_kit import T0, caps_of
+from hypothesis import note, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    MultipleResults,
+    RuleBasedStateMachine,
+    initialize,
+    multiple,
+    precondition,
+    rule,
+)
+
+T = TypeVar("T")
+
+# Short durations, so that job timeouts, prolong limits (by count and by duration),
+# heartbeat loss and deadlines all happen within a few steps.
+POLICY = Policy(
+    job_timeout=50,
+    prolong_step=30,
+    max_prolongs=2,
+    max_job_duration=75,
+    heartbeat_timeout=40,
+    default_deadline=200,
+)
+
+POOL = tuple(f"w{i}" for i in range(6))
+GROUP_SETS = (
+    frozenset[str](),
+    frozenset({"g1"}),
+    frozenset({"g2"}),
+    frozenset({"g1", "g2"}),
+)
+boards = st.sampled_from(("a", "b"))
+cams = st.sampled_from(("y", "n"))
+worker_caps = st.fixed_dictionaries({"board": boards}, optional={"cam": cams})
+# One request in four names its worker by UUID, as Boruta users may.
+uuid_pins = st.sampled_from((None, None, None) * len(POOL) + POOL)
+request_caps = st.builds(
+    lambda caps, uuid: caps if uuid is None else {**caps, "UUID": uuid},
+    st.fixed_dictionaries({}, optional={"board": boards, "cam": cams}),
+    uuid_pins,
+)
+group_sets = st.sampled_from(GROUP_SETS)
+# Mostly the same dryad registering again; "" counts as a restart every time.
+instance_ids = st.sampled_from(("i1", "i1", "i1", "i2", ""))
+request_picks = st.integers(0, 1000)
+stale_picks = st.sampled_from((False, False, False, True))
+# Times relative to now; few distinct values, so that timers often fall due together.
+valid_afters = st.sampled_from((None, None, None, None, -5, 0, 5, 10, 30))
+deadlines = st.sampled_from((None, None, None, None, 5, 10, 30, 60, 120, 0))  # 0 is refused
+
+
+def can_serve(worker: WorkerView, request: RequestView) -> bool:
+    """Whether the worker has every cap of the request and is open to its owner's groups."""
+    has_caps = all(worker.caps.get(key) == value for key, value in request.caps.items())
+    open_to = not worker.groups or not worker.groups.isdisjoint(request.owner_groups)
+    return has_caps and open_to
+
+
+def rank(request: RequestView) -> tuple[int, int]:
+    return (request.priority, request.id)
+
+
+class CoreMachine(RuleBasedStateMachine):
+    """Random commands against one Core, checked after each against a drained model."""
+
+    workers = Bundle("workers")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.core = Core(POLICY)
+        self.now = T0
+        self.pending: list[DryadCall] = []
+        self.keys = 0
+        self.issued: set[Access] = set()  # accesses our Prepare answers handed to the core
+        self.job_access: dict[Access, int] = {}  # access -> the request whose job got it
+        # The model: what drain() said, and nothing else.
+        self.requests: dict[int, RequestView] = {}  # live requests
+        self.terminal: dict[int, RequestState] = {}
+        self.worker_views: dict[str, WorkerView] = {}
+        self.history_state: dict[str, WorkerState] = {}
+        self.last_request_id = 0
+        self.heartbeat_epoch = T0  # silence counts from here at the earliest
+        # Requests no registered worker could serve when they were queued.
+        self.unsatisfiable_at_birth: set[int] = set()
+
+    # ------------------------------------------------------------ the driver
+
+    def _command(self, what: str, fn: Callable[[], T], *, tick: bool = False) -> T | None:
+        """Run one command, absorb what it drained and check every invariant."""
+        core = self.core
+        before_requests = {v.id: v for v in core.live_requests()}
+        before_workers = {w.uuid: w for w in core.workers()}
+        before_counts = (core.waiting_count, core.idle_count)
+        try:
+            result = fn()
+        except BorutaError as error:
+            assert core is self.core
+            note(f"t+{self.now - T0:g} {what}: {type(error).__name__}: {error}")
+            changes = core.drain()
+            assert not changes.durable, f"{what} failed but drained changes: {changes}"
+            assert not changes.calls, f"{what} failed but asked for dryad calls"
+            assert changes.last_request_id == self.last_request_id, f"{what} used up an id"
+            assert {v.id: v for v in core.live_requests()} == before_requests, what
+            assert {w.uuid: w for w in core.workers()} == before_workers, what
+            assert (core.waiting_count, core.idle_count) == before_counts, what
+            self._check_core()
+            return None
+        note(f"t+{self.now - T0:g} {what}")
+        self._absorb(self.core.drain())  # a restart replaces the core
+        self._check_core(ticked=tick)
+        return result
+
+    def _pick_request(self, index: int, stale: bool, state: RequestState | None = None) -> int:
+        """A live request id (in the given state, if any), or when stale any id at all."""
+        live = sorted(r.id for r in self.requests.values() if state in (None, r.state))
+        if live and not stale:
+            return live[index % len(live)]
+        return index % (self.last_request_id + 2)  # finished, live, unknown or 0
+
+    def _has(self, state: RequestState | None = None) -> bool:
+        return any(state in (None, r.state) for r in self.requests.values())
+
+    def _answer(self, call: DryadCall, outcome: str) -> None:
+        core, now = self.core, self.now
+        if outcome == "fail":
+            fn: Callable[[], None] = functools.partial(
+                core.dryad_call_failed, now, call, "connection refused"
+            )
+        elif call.kind is DryadCallKind.PREPARE and outcome == "ok":
+            self.keys += 1
+            access = Access(f"job{self.keys}", f"KEY-{self.keys}")
+            self.issued.add(access)
+            fn = functools.partial(core.dryad_call_succeeded, now, call, access)
+        else:  # PutInMaintenance, or a Prepare that returned no access
+            fn = functools.partial(core.dryad_call_succeeded, now, call)
+        self._command(f"answer {call.kind.value}#{call.op_id} {call.worker_uuid}: {outcome}", fn)
+
+    def _answer_all(self) -> None:
+        while self.pending:
+            self._answer(self.pending.pop(0), "ok")
+
+    # ------------------------------------------------------------ worker rules
+
+    @initialize(
+        target=workers,
+        farm=st.lists(
+            st.tuples(st.sampled_from(POOL), worker_caps, group_sets),
+            min_size=1,
+            max_size=4,
+            unique_by=lambda spec: spec[0],
+        ),
+    )
+    def start_farm(
+        self, farm: list[tuple[str, dict[str, str], frozenset[str]]]
+    ) -> MultipleResults[str]:
+        for uuid, caps, groups in farm:
+            self.register(uuid, caps, "i1")
+            if groups:
+                self.set_groups(uuid, groups)
+            self.set_state(uuid, WorkerState.IDLE)
+        self._answer_all()
+        return multiple(*(uuid for uuid, _, _ in farm))
+
+    @rule(target=workers, uuid=st.sampled_from(POOL), caps=worker_caps, instance=instance_ids)
+    def register(self, uuid: str, caps: dict[str, str], instance: str) -> str:
+        self._command(
+            f"register {uuid} {caps} instance={instance!r}",
+            lambda: self.core.register(
+                self.now,
+                caps_of(uuid, **caps),
+                f"{uuid}{instance}.lab:7175",  # a restarted dryad may move
+                f"{uuid}{instance}.lab:22",
+                instance_id=instance,
+            ),
+        )
+        return uuid
+
+    @rule(
+        uuid=workers,
+        action=st.sampled_from(("IDLE", "IDLE", "MAINTENANCE", "deregister", "RUNNING")),
+    )
+    def admin(self, uuid: str, action: str) -> None:
+        """An admin puts a worker into service or out of it (RUNNING is refused), or removes it."""
+        if action == "deregister":
+            self._command(f"deregister {uuid}", lambda: self.core.deregister(self.now, uuid))
+        else:
+            self.set_state(uuid, WorkerState[action])
+
+    def set_state(self, uuid: str, state: WorkerState) -> None:
+        self._command(
+            f"set_state {uuid} {state.name}",
+            lambda: self.core.set_state(self.now, uuid, state, "by the test"),
+        )
+
+    @rule(uuid=workers, groups=group_sets)
+    def set_groups(self, uuid: str, groups: frozenset[str]) -> None:
+        self._command(
+            f"set_groups {uuid} {sorted(groups)}",
+            lambda: self.core.set_groups(self.now, uuid, groups),
+        )
+
+    @rule(uuid=workers, failed=st.sampled_from((False,) * 5 + (True,)))
+    def dryad_reports(self, uuid: str, failed: bool) -> None:
+        """A dryad heartbeats, or (less often) reports its worker failed."""
+        if failed:
+            self._command(f"set_fail {uuid}", lambda: self.core.set_fail(self.now, uuid, "smoke"))
+        else:
+            self._command(f"heartbeat {uuid}", lambda: self.core.heartbeat(self.now, uuid))
+
+    @precondition(lambda self: bool(self.pending))
+    @rule(
+        index=st.integers(0, 1000),
+        outcome=st.sampled_from(("ok",) * 6 + ("fail", "empty")),
+        forget=st.sampled_from((True, True, True, False)),
+    )
+    def answer_call(self, index: int, outcome: str, forget: bool) -> None:
+        """Answer any pending call; one not forgotten may be answered again later (stale)."""
+        index %= len(self.pending)
+        call = self.pending.pop(index) if forget else self.pending[index]
+        self._answer(call, outcome)
+
+    @precondition(lambda self: bool(self.pending))
+    @rule()
+    def answer_all_calls(self) -> None:
+        """Healthy dryads: every pending call succeeds, oldest first."""
+        self._answer_all()
+
+    # ----------------------------------------------------------- request rules
+
+    @rule(
+        owner_groups=group_sets,
+        caps=request_caps,
+        priorities=st.lists(st.integers(0, 17), min_size=1, max_size=4),
+        valid_after=valid_afters,
+        deadline=deadlines,
+        accept_unsatisfiable=st.booleans(),
+    )
+    def new_requests(
+        self,
+        owner_groups: frozenset[str],
+        caps: dict[str, str],
+        priorities: list[int],
+        valid_after: int | None,
+        deadline: int | None,
+        accept_unsatisfiable: bool,
+    ) -> None:
+        """An owner queues a burst of alike requests, one per priority (0: the default)."""
+        now = self.now
+        for priority in priorities:
+            view = self._command(
+                f"new_request caps={caps} groups={sorted(owner_groups)} priority={priority} "
+                f"valid_after={valid_after} deadline={deadline} accept={accept_unsatisfiable}",
+                functools.partial(
+                    self.core.new_request,
+                    now,
+                    "owner",
+                    owner_groups,
+                    caps,
+                    priority=priority,
+                    valid_after=None if valid_after is None else now + valid_after,
+                    deadline=None if deadline is None else now + deadline,
+                    accept_unsatisfiable=accept_unsatisfiable,
+                ),
+            )
+            if view is not None:
+                assert view.id == self.last_request_id
+                assert self.requests.get(view.id) == view
+
+    @precondition(lambda self: self._has())
+    @rule(index=request_picks, stale=stale_picks)
+    def close_request(self, index: int, stale: bool) -> None:
+        rid = self._pick_request(index, stale)
+        self._command(f"close_request {rid}", lambda: self.core.close_request(self.now, rid))
+
+    @precondition(lambda self: self._has(RequestState.WAITING))
+    @rule(
+        index=request_picks,
+        stale=stale_picks,
+        priority=st.none() | st.integers(0, 17),
+        valid_after=valid_afters,
+        deadline=deadlines,
+    )
+    def update_request(
+        self,
+        index: int,
+        stale: bool,
+        priority: int | None,
+        valid_after: int | None,
+        deadline: int | None,
+    ) -> None:
+        rid = self._pick_request(index, stale, RequestState.WAITING)
+        now = self.now
+        self._command(
+            f"update_request {rid} priority={priority} valid_after={valid_after} "
+            f"deadline={deadline}",
+            lambda: self.core.update_request(
+                now,
+                rid,
+                priority=priority,
+                valid_after=None if valid_after is None else now + valid_after,
+                deadline=None if deadline is None else now + deadline,
+            ),
+        )
+
+    @precondition(lambda self: self._has(RequestState.IN_PROGRESS))
+    @rule(index=request_picks, stale=stale_picks)
+    def prolong_access(self, index: int, stale: bool) -> None:
+        rid = self._pick_request(index, stale, RequestState.IN_PROGRESS)
+        self._command(f"prolong_access {rid}", lambda: self.core.prolong_access(self.now, rid))
+
+    # ------------------------------------------------------------------ clock
+
+    @rule(
+        seconds=st.sampled_from((1, 5, 10, 20, 30, 45, 60)),
+        heartbeats=st.sampled_from((True,) * 5 + (False,)),
+        prolongs=st.sampled_from((False, False, True)),
+        answers=st.booleans(),
+    )
+    def advance(self, seconds: int, heartbeats: bool, prolongs: bool, answers: bool) -> None:
+        """Move the clock, firing timers on the way; dryads may heartbeat and answer calls.
+
+        With heartbeats every dryad reports in at least every 20 s (half the timeout);
+        without, they all stay silent. With prolongs every owner of a running job tries to
+        prolong it on the way too. Every command runs at a time whose timers have fired, as
+        the service ensures.
+        """
+        end = self.now + seconds
+        while self.now < end:
+            self.now = min(end, self.now + 20) if heartbeats else end
+            self._command("tick", functools.partial(self.core.tick, self.now), tick=True)
+            if heartbeats:
+                for uuid in sorted(self.worker_views):
+                    self._command(
+                        f"heartbeat {uuid}", functools.partial(self.core.heartbeat, self.now, uuid)
+                    )
+            if prolongs:
+                for rid in sorted(self.requests):
+                    if self.requests[rid].state is RequestState.IN_PROGRESS:
+                        self._command(
+                            f"prolong_access {rid}",
+                            functools.partial(self.core.prolong_access, self.now, rid),
+                        )
+        if answers:
+            self._answer_all()
+
+    @rule(downtime=st.sampled_from((0, 1, 30, 60)))
+    def restart(self, downtime: int) -> None:
+        """The scheduler restarts from what it stored (the drained model) after downtime.
+
+        Dryad calls in flight are lost with the old process; the new core issues its own.
+        """
+        snapshot = Snapshot(
+            list(self.requests.values()), list(self.worker_views.values()), self.last_request_id
+        )
+        self.now += downtime
+        self.heartbeat_epoch = self.now
+        self.pending.clear()
+
+        def restore() -> None:
+            self.core = Core.restore(snapshot, self.now, POLICY)
+
+        self._command(f"restart after {downtime} s", restore, tick=True)
+
+    # ------------------------------------------------------- the drained model
+
+    def _absorb(self, changes: Changes) -> None:
+        """Fold one drain into the model, checking each match it reveals (invariants 3-5)."""
+        now = self.now
+        assert changes.last_request_id >= self.last_request_id
+        self.last_request_id = changes.last_request_id
+
+        for gone in changes.removed_workers:
+            assert gone.uuid in self.worker_views, f"removed unknown worker {gone.uuid}"
+            # Only a worker out of service may be removed.
+            assert gone.state in (WorkerState.MAINTENANCE, WorkerState.FAILED), gone
+            del self.worker_views[gone.uuid]
+            del self.history_state[gone.uuid]
+        for entry in changes.history:
+            # Histories chain: each entry starts where the last one of that worker ended.
+            assert entry.from_state == self.history_state.get(entry.worker_uuid), entry
+            assert entry.time == now, entry
+            self.history_state[entry.worker_uuid] = entry.to_state
+        drained_workers = {w.uuid: w for w in changes.workers}
+        self.worker_views.update(drained_workers)
+        for uuid, seen in changes.last_seen.items():
+            self.worker_views[uuid] = replace(self.worker_views[uuid], last_seen=seen)
+
+        matched: list[RequestView] = []
+        for view in changes.requests:
+            old_terminal = self.terminal.get(view.id)
+            # 5. A terminal state never changes.
+            assert old_terminal is None or old_terminal is view.state, (
+                f"request {view.id} was {old_terminal!r}, now drained as {view.state!r}"
+            )
+            before = self.requests.get(view.id)
+            if before is None and old_terminal is None:
+                assert view.id <= self.last_request_id
+                if not any(can_serve(w, view) for w in self.worker_views.values()):
+                    self.unsatisfiable_at_birth.add(view.id)
+            if view.job is not None and (before is None or before.state is RequestState.WAITING):
+                matched.append(view)
+            if before is not None and before.job is not None:
+                assert view.job is not None
+                assert view.job.worker_uuid == before.job.worker_uuid
+                assert view.job.started_at == before.job.started_at
+            if view.state.is_terminal:
+                self.terminal[view.id] = view.state
+                self.requests.pop(view.id, None)
+                # A finished job's login secret is not kept.
+                assert view.job is None or view.job.access is None, view
+            else:
+                self.requests[view.id] = view
+
+        for view in matched:
+            assert view.job is not None
+            uuid = view.job.worker_uuid
+            # The worker became RUNNING in this step, so it was drained with it.
+            assert uuid in drained_workers, f"request {view.id} matched to undrained {uuid}"
+            worker = drained_workers[uuid]
+            assert view.job.started_at == now
+            assert view.job.ssh_address == worker.ssh_address
+            assert view.valid_after <= now, f"request {view.id} matched before valid_after"
+            # 3. Only to a worker with every cap and open to the owner's groups.
+            assert can_serve(worker, view), (
+                f"request {view.id} (caps {dict(view.caps)}, groups {set(view.owner_groups)}) "
+                f"matched to {uuid} (caps {dict(worker.caps)}, groups {set(worker.groups)})"
+            )
+            # A fresh access of ours, never handed to another job.
+            access = view.job.access
+            if view.state is RequestState.IN_PROGRESS:
+                assert access is not None and access in self.issued, view
+                assert self.job_access.setdefault(access, view.id) == view.id, (
+                    f"request {view.id} got the access of request {self.job_access[access]}"
+                )
+            # 4. No more important request, still waiting and ready, that the worker could
+            # serve. (One matched in this same step is no longer WAITING, so it is skipped.)
+            for other in self.requests.values():
+                if (
+                    other.state is RequestState.WAITING
+                    and other.valid_after <= now
+                    and can_serve(worker, other)
+                ):
+                    assert rank(view) < rank(other), (
+                        f"request {view.id} {rank(view)} matched to {uuid} while request "
+                        f"{other.id} {rank(other)} was ready and waiting for it"
+                    )
+
+        for call in changes.calls:
+            callee = self.worker_views.get(call.worker_uuid)
+            assert callee is not None, f"call to unknown worker: {call}"
+            assert call.address == callee.dryad_address, call
+        self.pending.extend(changes.calls)
+
+    # ------------------------------------------------------------ invariants
+
+    def _check_core(self, *, ticked: bool = False) -> None:
+        core, now = self.core, self.now
+        live = {v.id: v for v in core.live_requests()}
+        workers = {w.uuid: w for w in core.workers()}
+
+        # Everything that changed was drained: the model equals the core.
+        assert live.keys() == self.requests.keys(), (sorted(live), sorted(self.requests))
+        for rid, view in live.items():
+            assert view == self.requests[rid], f"request {rid} changed without being drained"
+            assert core.request(rid) == view
+        assert workers.keys() == self.worker_views.keys()
+        for uuid, worker in workers.items():
+            assert worker == self.worker_views[uuid], f"{uuid} changed without being drained"
+            assert core.worker(uuid) == worker
+            assert self.history_state[uuid] is worker.state, uuid
+
+        # 5. Terminal requests are gone from the core.
+        for rid in self.terminal:
+            assert rid not in live
+            with pytest.raises(RequestNotFound):
+                core.request(rid)
+
+        # 1 and 2. One job per worker; RUNNING workers and IN_PROGRESS requests pair up.
+        job_of: dict[str, int] = {}
+        for view in live.values():
+            if view.state is RequestState.WAITING:
+                assert view.job is None, view
+                # Timers fire on time: a waiting request is before its deadline.
+                assert view.deadline > now, view
+                continue
+            assert view.state is RequestState.IN_PROGRESS, view
+            assert view.job is not None, view
+            assert view.job.timeout_at > now, view
+            assert view.job.timeout_at <= view.job.max_timeout_at, view
+            uuid = view.job.worker_uuid
+            assert uuid not in job_of, f"{uuid} runs requests {job_of[uuid]} and {view.id}"
+            job_of[uuid] = view.id
+            runner = workers.get(uuid)
+            assert runner is not None, f"request {view.id} runs on unknown worker {uuid}"
+            assert runner.state is WorkerState.RUNNING, (view.id, runner.state)
+            assert runner.request_id == view.id, (view.id, runner.request_id)
+        for worker in workers.values():
+            if worker.state is WorkerState.RUNNING:
+                assert job_of.get(worker.uuid) == worker.request_id != 0, worker
+            else:
+                assert worker.request_id == 0, worker
+            # Only an IDLE worker holds a prepared access.
+            assert (worker.state is WorkerState.IDLE) == (worker.prepared is not None), worker
+            # Heartbeat timers fire on time. (A command may arm one that is already due,
+            # e.g. putting a long silent worker back into service; the next tick fires it.)
+            if ticked and worker.state is not WorkerState.FAILED:
+                heard = max(worker.last_seen, self.heartbeat_epoch)
+                assert heard + POLICY.heartbeat_timeout > now, worker
+
+        # 6. No ready WAITING request could be served by an IDLE worker.
+        idle = [w for w in workers.values() if w.state is WorkerState.IDLE]
+        for view in live.values():
+            if view.state is not RequestState.WAITING:
+                continue
+            if view.valid_after <= now:
+                for worker in idle:
+                    assert not can_serve(worker, view), (
+                        f"ready request {view.id} waits while {worker.uuid} is IDLE"
+                    )
+            # A request some worker could serve when queued is invalidated once none can.
+            if view.id not in self.unsatisfiable_at_birth:
+                assert any(can_serve(w, view) for w in workers.values()), (
+                    f"request {view.id} waits but no registered worker can serve it"
+                )
+        assert core.waiting_count == sum(v.state is RequestState.WAITING for v in live.values())
+        assert core.idle_count == len(idle)
+        if ticked:
+            next_timer = core.next_timer()
+            assert next_timer is None or next_timer > now, "tick left a timer due"
+
+
+CoreMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=60, deadline=None)
+TestCoreProperties = CoreMachine.TestCase
