@@ -316,6 +316,8 @@ if __name__ == "__main__":
         "new": new_request_rate,
         "cycles": cycle_rate,
         "latency": acquire_latency,
+        "bare-new": lambda: new_request_rate(bare=True),
+        "bare-cycles": lambda: cycle_rate(bare=True),
         "all": run_all,
     }
     print(json.dumps(asyncio.run(runners[which]()), indent=2))  # type: ignore[operator]

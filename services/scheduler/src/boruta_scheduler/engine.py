@@ -1,9 +1,11 @@
 """The one owner of scheduling state: applies commands to the core in order, commits, replies.
 
-Commands queue up while a commit is on disk, so the next batch commits them together
-(group commit). Replies, watch events and dryad calls go out only after the batch that
-produced them is durable. Any failure to apply or commit is fatal: the process must
-restart and rebuild the core from the store, which never holds half a batch.
+Commands are applied in batches without waiting for earlier batches to reach the disk;
+the store writer merges batches that queue up into one transaction (group commit).
+Replies, watch events and dryad calls of a batch go out only after its commit, in batch
+order, so nobody hears of a change before it is durable. Any failure to apply or commit
+is fatal: the process must restart and rebuild the core from the store, which never
+holds half a batch.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -21,6 +22,7 @@ from boruta_scheduler.core import Changes, Core, DryadCall
 from boruta_scheduler.errors import BorutaError, Unavailable
 from boruta_scheduler.store import Store
 from boruta_scheduler.types import Access, RequestState, RequestView
+from boruta_scheduler.writer import StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,8 @@ T = TypeVar("T")
 Command = Callable[[Core, float], T]
 
 MAX_BATCH = 2000
+# Applied batches allowed to wait for the disk before the engine waits too.
+MAX_UNPUBLISHED = 1000
 
 
 class DryadCaller(Protocol):
@@ -46,6 +50,10 @@ class Publisher(Protocol):
 class _Pending(Generic[T]):
     command: Command[T]
     future: asyncio.Future[T] | None
+
+
+_Reply = tuple[_Pending[Any], Any, BaseException | None]
+_Batch = tuple[asyncio.Future[None] | None, Changes, list[_Reply]]
 
 
 class EngineStopped(Unavailable):
@@ -72,7 +80,10 @@ class Engine:
         self._wakeup = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
+        self._writer: StoreWriter | None = None
+        # Batches applied but not yet published: (commit to wait for, changes, replies).
+        self._unpublished: deque[_Batch] = deque()
+        self._last_commit: asyncio.Future[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._acquire_waiters: dict[int, set[asyncio.Future[RequestView]]] = {}
         self._stopping = False
@@ -84,7 +95,11 @@ class Engine:
 
     def start(self, initial: Changes | None = None) -> None:
         """Start the loop; initial holds what restoring the core produced, committed first."""
-        self._task = asyncio.get_running_loop().create_task(self._run(initial), name="engine")
+        loop = asyncio.get_running_loop()
+        self._writer = StoreWriter(self._store, loop)
+        if initial is not None:
+            self._finish_batch(initial, [])
+        self._task = loop.create_task(self._run(), name="engine")
 
     async def stop(self) -> None:
         """Finish queued commands, then stop; in-flight dryad calls are abandoned."""
@@ -95,7 +110,8 @@ class Engine:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        self._writer.shutdown(wait=True)
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.close)
 
     @property
     def running(self) -> bool:
@@ -148,22 +164,27 @@ class Engine:
 
     # ------------------------------------------------------------------------ loop
 
-    async def _run(self, initial: Changes | None) -> None:
+    async def _run(self) -> None:
         try:
-            if initial is not None:
-                await self._commit_and_publish(initial, [])
             while True:
-                if not self._pending:
-                    if self._stopping:
-                        return
-                    self._arm_timer()
-                    await self._wakeup.wait()
-                    self._wakeup.clear()
-                await self._run_batch()
+                if self.failure is not None:
+                    raise self.failure
+                if self._pending:
+                    if len(self._unpublished) >= MAX_UNPUBLISHED and self._last_commit:
+                        await asyncio.shield(self._last_commit)
+                    self._run_batch()
+                    # Let the loop serve I/O before the next batch.
+                    await asyncio.sleep(0)
+                    continue
+                if self._stopping:
+                    break
+                self._arm_timer()
+                await self._wakeup.wait()
+                self._wakeup.clear()
+            if self._last_commit is not None:
+                await asyncio.shield(self._last_commit)
         except BaseException as exc:
-            self.failure = exc
-            log.critical("engine failed; the scheduler must restart", exc_info=exc)
-            self._fail_all(exc)
+            self._fail(exc)
             raise
 
     def _arm_timer(self) -> None:
@@ -175,11 +196,11 @@ class Engine:
             delay = max(0.0, due - self._clock())
             self._timer = asyncio.get_running_loop().call_later(delay, self._wakeup.set)
 
-    async def _run_batch(self) -> None:
+    def _run_batch(self) -> None:
         now = self._clock()
         core = self.core
         core.tick(now)
-        done: list[tuple[_Pending[Any], Any, BaseException | None]] = []
+        done: list[_Reply] = []
         count = min(len(self._pending), MAX_BATCH)
         for _ in range(count):
             pending = self._pending.popleft()
@@ -191,15 +212,37 @@ class Engine:
                 done.append((pending, result, None))
         self.batches += 1
         self.commands += count
-        await self._commit_and_publish(core.drain(), done)
+        self._finish_batch(core.drain(), done)
 
-    async def _commit_and_publish(
-        self, changes: Changes, done: list[tuple[_Pending[Any], Any, BaseException | None]]
-    ) -> None:
+    def _finish_batch(self, changes: Changes, done: list[_Reply]) -> None:
+        """Queue the batch for publication once it (and every batch before it) is durable."""
+        assert self._writer is not None
+        commit: asyncio.Future[None] | None
         if changes.durable:
-            await asyncio.get_running_loop().run_in_executor(
-                self._writer, self._store.commit, changes
-            )
+            commit = self._writer.submit(changes)
+            self._last_commit = commit
+            commit.add_done_callback(self._publish_ready)
+        else:
+            last = self._last_commit
+            commit = last if last is not None and not last.done() else None
+        self._unpublished.append((commit, changes, done))
+        if commit is None:
+            self._publish_ready()
+
+    def _publish_ready(self, _: object = None) -> None:
+        while self._unpublished:
+            commit, changes, done = self._unpublished[0]
+            if commit is not None:
+                if not commit.done():
+                    return
+                error = commit.exception()
+                if error is not None:
+                    self._fail(error)
+                    return
+            self._unpublished.popleft()
+            self._publish(changes, done)
+
+    def _publish(self, changes: Changes, done: list[_Reply]) -> None:
         for pending, result, error in done:
             future = pending.future
             if future is None or future.done():
@@ -237,8 +280,19 @@ class Engine:
         else:
             self.submit(lambda core, now: core.dryad_call_succeeded(now, call, access))
 
-    def _fail_all(self, exc: BaseException) -> None:
+    def _fail(self, exc: BaseException) -> None:
+        """Stop for good: nothing more is applied, and every waiting caller hears why."""
+        if self.failure is None:
+            self.failure = exc
+            log.critical("engine failed; the scheduler must restart", exc_info=exc)
+        self._stopping = True
+        self._wakeup.set()
         error = EngineStopped(f"the scheduler failed and must restart: {exc}")
+        for _, _, done in self._unpublished:
+            for pending, _, _ in done:
+                if pending.future is not None and not pending.future.done():
+                    pending.future.set_exception(error)
+        self._unpublished.clear()
         while self._pending:
             future = self._pending.popleft().future
             if future is not None and not future.done():
