@@ -202,8 +202,15 @@ class Farm:
         idle: bool = True,
         keys: KeySource | None = None,
         instance_id: str | None = None,
+        ssh_address: str = "127.0.0.1:22",
     ) -> StubDryad:
-        dryad = StubDryad(self.address, boards, keys=keys or SHARED_KEYS, instance_id=instance_id)
+        dryad = StubDryad(
+            self.address,
+            boards,
+            keys=keys or SHARED_KEYS,
+            instance_id=instance_id,
+            ssh_address=ssh_address,
+        )
         await dryad.start()
         await dryad.wait_registered()
         self.dryads.append(dryad)

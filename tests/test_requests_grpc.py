@@ -41,8 +41,22 @@ async def expect_error(call: object, code: grpc.StatusCode, *fragments: str) -> 
     return details
 
 
-async def test_full_cycle_hands_out_a_real_key_and_reprepares(farm: Farm) -> None:
-    dryad = await farm.add_dryad([board("w1", board="rpi4")])
+async def fake_sshd() -> asyncio.Server:
+    """Stands in for a board's SSH server: sends a banner to whoever connects."""
+
+    async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-2.0-board\r\n")
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    return await asyncio.start_server(greet, "127.0.0.1", 0)
+
+
+async def test_full_cycle_hands_out_a_real_key_and_a_tunnel(farm: Farm) -> None:
+    sshd = await fake_sshd()
+    ssh_port = sshd.sockets[0].getsockname()[1]
+    dryad = await farm.add_dryad([board("w1", board="rpi4")], ssh_address=f"127.0.0.1:{ssh_port}")
     alice = farm.client("alice", ["lab"])
     created = await alice.new({"board": "rpi4"}, priority=4)
     assert created.state == IN_PROGRESS
@@ -51,9 +65,19 @@ async def test_full_cycle_hands_out_a_real_key_and_reprepares(farm: Farm) -> Non
     key = serialization.load_pem_private_key(acquired.access.private_key_pem.encode(), None)
     assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 2048
     assert acquired.access.username == dryad.boards["w1"].last_username
-    assert (acquired.access.host, acquired.access.port) == ("127.0.0.1", 22)
+    assert acquired.access.host == "127.0.0.1"
+    assert acquired.access.port not in (0, ssh_port)
     assert acquired.job.worker_uuid == "w1"
+    # The tunnel leads to the board's SSH server.
+    reader, writer = await asyncio.open_connection("127.0.0.1", acquired.access.port)
+    assert await reader.readline() == b"SSH-2.0-board\r\n"
     done = await alice.close(created.id)
+    # Closing the job cut the open connection and the tunnel refuses new ones.
+    assert await reader.read() == b""
+    writer.close()
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", acquired.access.port)
+    sshd.close()
     assert done.state == S.REQUEST_STATE_DONE
     await farm.admin.wait_worker("w1", S.WORKER_STATE_IDLE)
     assert dryad.boards["w1"].prepared == 2
@@ -313,7 +337,7 @@ async def test_watch_requests_streams_changes_in_order(farm: Farm) -> None:
     async def collect() -> None:
         async for event in stream:
             seen.append((event.request.id, event.request.state))
-            if len(seen) == 4:
+            if event.request.state == S.REQUEST_STATE_DONE:
                 return
 
     await stream.initial_metadata()  # the watch is in place
@@ -324,12 +348,20 @@ async def test_watch_requests_streams_changes_in_order(farm: Farm) -> None:
     await c.close(r1.id)
     await asyncio.wait_for(collector, 30)
     stream.cancel()
-    assert seen == [
-        (r1.id, IN_PROGRESS),
-        (r2.id, WAITING),
-        (r2.id, S.REQUEST_STATE_CANCELLED),
-        (r1.id, S.REQUEST_STATE_DONE),
-    ]
+
+    def states(request_id: int) -> list[int]:
+        # Every change is streamed (the job's tunnel opening too); states come in order.
+        result: list[int] = []
+        for rid, state in seen:
+            if rid == request_id and (not result or result[-1] != state):
+                result.append(state)
+        return result
+
+    assert states(r1.id) == [IN_PROGRESS, S.REQUEST_STATE_DONE]
+    assert states(r2.id) == [WAITING, S.REQUEST_STATE_CANCELLED]
+    assert seen.index((r2.id, S.REQUEST_STATE_CANCELLED)) < seen.index(
+        (r1.id, S.REQUEST_STATE_DONE)
+    )
 
 
 class TestJobLimits:

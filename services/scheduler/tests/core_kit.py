@@ -52,12 +52,12 @@ class CoreKit:
             self.core.set_state(self.now, uuid, WorkerState.IDLE)
             self.answer_calls()
 
-    def answer_calls(self, *, fail: bool = False) -> None:
-        """Let every dryad call made so far succeed (or fail)."""
+    def answer_calls(self, *, fail: bool | DryadCallKind = False) -> None:
+        """Let every dryad call made so far succeed, or fail (all, or those of one kind)."""
         self.drain()
         while self.pending:
             call = self.pending.pop(0)
-            if fail:
+            if fail is True or fail == call.kind:
                 self.core.dryad_call_failed(self.now, call, "connection refused")
             elif call.kind is DryadCallKind.PREPARE:
                 self.keys += 1

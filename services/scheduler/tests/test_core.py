@@ -384,9 +384,14 @@ def test_set_idle_prepares_then_idles(kit: CoreKit) -> None:
     kit.core.set_state(kit.now, "w1", WorkerState.IDLE)
     assert worker_state(kit, "w1") is WorkerState.PREPARE
     calls = kit.drain().calls
+    # A healthcheck first, then Prepare.
     assert [(c.kind, c.worker_uuid, c.address) for c in calls] == [
-        (DryadCallKind.PREPARE, "w1", "w1.lab:7175")
+        (DryadCallKind.HEALTHCHECK, "w1", "w1.lab:7175")
     ]
+    kit.pending.clear()
+    kit.core.dryad_call_succeeded(kit.now, calls[0])
+    assert [c.kind for c in kit.drain().calls] == [DryadCallKind.PREPARE]
+    assert worker_state(kit, "w1") is WorkerState.PREPARE
     kit.answer_calls()
     assert worker_state(kit, "w1") is WorkerState.IDLE
 
@@ -394,13 +399,105 @@ def test_set_idle_prepares_then_idles(kit: CoreKit) -> None:
 def test_failed_dryad_call_fails_worker_with_reason(kit: CoreKit) -> None:
     kit.add_worker("w1", idle=False)
     kit.core.set_state(kit.now, "w1", WorkerState.IDLE)
-    kit.answer_calls(fail=True)
+    kit.answer_calls(fail=DryadCallKind.PREPARE)
     w = kit.core.worker("w1")
     assert (w.state, w.reason, w.failures) == (
         WorkerState.FAILED,
         "Prepare failed: connection refused",
         1,
     )
+
+
+def test_failed_healthcheck_after_a_job_keeps_the_worker_out_of_service(kit: CoreKit) -> None:
+    kit.add_worker("w1")
+    r = kit.core.new_request(kit.now, "u", NOBODY, {})
+    kit.core.close_request(kit.now, r.id)
+    assert [c.kind for c in kit.drain().calls] == [DryadCallKind.HEALTHCHECK]
+    kit.answer_calls(fail=DryadCallKind.HEALTHCHECK)
+    w = kit.core.worker("w1")
+    assert (w.state, w.reason) == (WorkerState.FAILED, "Healthcheck failed: connection refused")
+
+
+def test_healthcheck_before_prepare_can_be_turned_off() -> None:
+    kit = CoreKit(Policy(healthcheck_before_prepare=False))
+    kit.add_worker("w1", idle=False)
+    kit.core.set_state(kit.now, "w1", WorkerState.IDLE)
+    assert [c.kind for c in kit.drain().calls] == [DryadCallKind.PREPARE]
+
+
+def test_idle_worker_is_healthchecked_periodically() -> None:
+    kit = CoreKit(Policy(healthcheck_interval=100))
+    kit.add_worker("w1")
+    kit.add_worker("w2")
+    kit.advance(99)
+    assert kit.pending == []
+    kit.core.tick(kit.now + 1)
+    kit.drain()
+    assert sorted((c.kind, c.worker_uuid) for c in kit.pending) == [
+        (DryadCallKind.HEALTHCHECK, "w1"),
+        (DryadCallKind.HEALTHCHECK, "w2"),
+    ]
+    w1_check = next(c for c in kit.pending if c.worker_uuid == "w1")
+    w2_check = next(c for c in kit.pending if c.worker_uuid == "w2")
+    kit.pending.clear()
+    kit.core.dryad_call_succeeded(kit.now, w1_check)
+    kit.core.dryad_call_failed(kit.now, w2_check, "disk: 1 MB free")
+    assert worker_state(kit, "w1") is WorkerState.IDLE
+    assert kit.core.worker("w2").reason == "Healthcheck failed: disk: 1 MB free"
+    # A running worker is not checked; the next check comes an interval after it is idle.
+    kit.core.new_request(kit.now, "u", NOBODY, {})
+    kit.advance(150)
+    assert [c for c in kit.pending if c.kind is DryadCallKind.HEALTHCHECK] == []
+
+
+def test_periodic_check_result_after_maintenance_is_ignored() -> None:
+    kit = CoreKit(Policy(healthcheck_interval=10))
+    kit.add_worker("w1")
+    kit.advance(10)
+    (check,) = kit.pending
+    kit.pending.clear()
+    kit.core.set_state(kit.now, "w1", WorkerState.MAINTENANCE)
+    kit.answer_calls()
+    kit.core.dryad_call_failed(kit.now, check, "late")
+    assert worker_state(kit, "w1") is WorkerState.MAINTENANCE
+
+
+def test_job_tunnel_opens_on_match_and_closes_when_the_job_ends(kit: CoreKit) -> None:
+    from boruta_scheduler.core import CloseTunnel, OpenTunnel
+
+    kit.add_worker("w1")
+    r = kit.core.new_request(kit.now, "u", NOBODY, {})
+    assert kit.drain().tunnels == [OpenTunnel(r.id, "w1.lab:22", 0)]
+    kit.core.tunnel_opened(kit.now, r.id, 40022)
+    view = kit.core.request(r.id)
+    assert view.job is not None and view.job.tunnel_port == 40022
+    kit.core.close_request(kit.now, r.id)
+    assert kit.drain().tunnels == [CloseTunnel(r.id)]
+    # A tunnel that opens after its job ended is closed again.
+    kit.core.tunnel_opened(kit.now, r.id, 40023)
+    assert kit.drain().tunnels == [CloseTunnel(r.id)]
+
+
+def test_failed_tunnel_fails_the_job_and_reprepares_the_worker(kit: CoreKit) -> None:
+    kit.add_worker("w1")
+    r = kit.core.new_request(kit.now, "u", NOBODY, {})
+    kit.core.tunnel_failed(kit.now, r.id, "address in use")
+    assert state_of(kit, r.id) is RequestState.FAILED
+    assert worker_state(kit, "w1") is WorkerState.PREPARE
+    kit.answer_calls()
+    assert worker_state(kit, "w1") is WorkerState.IDLE
+
+
+def test_restore_reopens_tunnels_on_their_ports(kit: CoreKit) -> None:
+    from boruta_scheduler.core import OpenTunnel
+
+    kit.add_worker("w1")
+    r = kit.core.new_request(kit.now, "u", NOBODY, {})
+    kit.core.tunnel_opened(kit.now, r.id, 40022)
+    kit.drain()
+    snapshot = Snapshot(list(kit.core.live_requests()), kit.core.workers(), 1)
+    restored = Core.restore(snapshot, kit.now, kit.core.policy)
+    assert restored.drain().tunnels == [OpenTunnel(r.id, "w1.lab:22", 40022)]
 
 
 def test_maintenance_of_running_worker_fails_its_request(kit: CoreKit) -> None:

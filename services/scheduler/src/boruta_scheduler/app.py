@@ -26,6 +26,8 @@ from boruta_scheduler.rpc.superviser import SuperviserServicer
 from boruta_scheduler.rpc.workers import WorkersServicer
 from boruta_scheduler.service import SchedulerService, ServiceSettings
 from boruta_scheduler.store import Store, open_store
+from boruta_scheduler.tunnels import Tunnels
+from boruta_scheduler.tunnels.forwarder import parse_ports
 from boruta_scheduler.watch import WatchHub
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,9 @@ class Scheduler:
         self.store = store or open_store(config.server.store_url)
         self.hub = WatchHub()
         self.dryads = DryadPool(timeout=config.server.dryad_call_timeout)
+        self.tunnels = Tunnels(
+            config.server.tunnel_bind_host, parse_ports(config.server.tunnel_ports)
+        )
         self.engine: Engine | None = None
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -50,7 +55,7 @@ class Scheduler:
         started = time.time()
         snapshot = await asyncio.to_thread(self.store.load)
         core = Core.restore(snapshot, time.time(), self.config.policy)
-        self.engine = Engine(core, self.store, self.dryads, self.hub)
+        self.engine = Engine(core, self.store, self.dryads, self.hub, tunnels=self.tunnels)
         self.engine.start(core.drain())
         log.info(
             "state restored",
@@ -64,7 +69,10 @@ class Scheduler:
             self.engine,
             self.store,
             self.hub,
-            ServiceSettings(heartbeat_interval=self.config.server.heartbeat_interval),
+            ServiceSettings(
+                heartbeat_interval=self.config.server.heartbeat_interval,
+                public_host=self.config.server.public_host,
+            ),
         )
         server = grpc.aio.server(
             options=[

@@ -33,11 +33,21 @@ class ServerConfig:
     """Where the scheduler listens and keeps its state."""
 
     listen: str = "127.0.0.1:50051"
+    # Host users dial for their SSH tunnels; it goes into AccessInfo as is.
+    public_host: str = "127.0.0.1"
+    # Address the tunnels listen on (default: public_host).
+    tunnel_bind: str = ""
+    # "0": any free port; "LOW-HIGH": a range the firewall lets through.
+    tunnel_ports: str = "0"
     store: str = ""
     data_dir: str = "/var/lib/boruta"
     heartbeat_interval: float = 10.0
     dryad_call_timeout: float = 60.0
     log_level: str = "INFO"
+
+    @property
+    def tunnel_bind_host(self) -> str:
+        return self.tunnel_bind or self.public_host
 
     @property
     def store_url(self) -> str:
@@ -56,12 +66,15 @@ class SchedulerConfig:
 class _Option:
     name: str
     section: str
-    kind: str  # "str", "int" or "duration"
+    kind: str  # "str", "int", "bool" or "duration"
     help: str
 
 
 _OPTIONS = [
     _Option("listen", "server", "str", "host:port to serve gRPC on (port 0 picks a free one)"),
+    _Option("public_host", "server", "str", "host users dial for job SSH tunnels (AccessInfo)"),
+    _Option("tunnel_bind", "server", "str", "address tunnels listen on (default: public host)"),
+    _Option("tunnel_ports", "server", "str", "tunnel ports: 0 (any free) or LOW-HIGH"),
     _Option("store", "server", "str", "store URL: sqlite:///path/boruta.db or memory:"),
     _Option("data_dir", "server", "str", "directory of the default SQLite store"),
     _Option("heartbeat_interval", "server", "duration", "how often dryads should heartbeat"),
@@ -74,7 +87,12 @@ _OPTIONS = [
     _Option("max_prolongs", "policy", "int", "most ProlongAccess calls per job"),
     _Option("max_job_duration", "policy", "duration", "longest total time of one job"),
     _Option("heartbeat_timeout", "policy", "duration", "silence after which a worker FAILS"),
+    _Option("healthcheck_interval", "policy", "duration", "how often IDLE workers are checked"),
+    _Option("healthcheck_before_prepare", "policy", "bool", "check a worker before each Prepare"),
 ]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
 
 
 def env_name(option: str) -> str:
@@ -105,6 +123,13 @@ def _convert(opt: _Option, value: Any) -> Any:
         return parse_duration(value)
     if opt.kind == "int":
         return int(value)
+    if opt.kind == "bool":
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text not in _TRUE | _FALSE:
+            raise ValueError(f"{opt.name} must be true or false, got {value!r}")
+        return text in _TRUE
     return str(value)
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from boruta_scheduler.core import Changes, Core, DryadCall
+from boruta_scheduler.core import Changes, CloseTunnel, Core, DryadCall, TunnelCall
 from boruta_scheduler.errors import BorutaError, Unavailable
 from boruta_scheduler.store import Store
 from boruta_scheduler.types import Access, RequestState, RequestView
@@ -38,6 +38,16 @@ class DryadCaller(Protocol):
     """Makes the dryad calls the core asks for; raises DryadCallError on failure."""
 
     async def call(self, call: DryadCall) -> Access | None: ...
+
+
+class TunnelKeeper(Protocol):
+    """Opens and closes the per-job SSH tunnels; open() raises on failure."""
+
+    async def open(self, request_id: int, ssh_address: str, port: int = 0) -> int: ...
+
+    async def close(self, request_id: int) -> None: ...
+
+    async def close_all(self) -> None: ...
 
 
 class Publisher(Protocol):
@@ -70,11 +80,14 @@ class Engine:
         dryads: DryadCaller,
         publisher: Publisher | None = None,
         clock: Callable[[], float] = time.time,
+        tunnels: TunnelKeeper | None = None,
     ) -> None:
         self.core = core
         self._store = store
         self._dryads = dryads
         self._publisher = publisher
+        self._tunnels = tunnels
+        self._tunnel_ops: dict[int, asyncio.Task[None]] = {}
         self._clock = clock
         self._pending: deque[_Pending[Any]] = deque()
         self._wakeup = asyncio.Event()
@@ -110,6 +123,9 @@ class Engine:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*self._tunnel_ops.values(), return_exceptions=True)
+        if self._tunnels is not None:
+            await self._tunnels.close_all()
         if self._writer is not None:
             await asyncio.to_thread(self._writer.close)
 
@@ -145,7 +161,7 @@ class Engine:
 
         def check(core: Core, now: float) -> RequestView | None:
             view = core.request(request_id)
-            if view.state is RequestState.IN_PROGRESS:
+            if self._job_ready(view):
                 return view
             self._acquire_waiters.setdefault(request_id, set()).add(future)
             return None
@@ -254,6 +270,8 @@ class Engine:
         self._wake_acquirers(changes)
         if self._publisher is not None:
             self._publisher.publish(changes)
+        for tunnel_call in changes.tunnels:
+            self._run_tunnel_call(tunnel_call)
         for call in changes.calls:
             task = asyncio.get_running_loop().create_task(self._call_dryad(call))
             self._background.add(task)
@@ -263,11 +281,50 @@ class Engine:
         if not self._acquire_waiters:
             return
         for view in changes.requests:
-            if view.state is RequestState.WAITING:
+            if view.state is RequestState.WAITING or (
+                view.state is RequestState.IN_PROGRESS and not self._job_ready(view)
+            ):
                 continue
             for future in self._acquire_waiters.pop(view.id, ()):
                 if not future.done():
                     future.set_result(view)
+
+    def _job_ready(self, view: RequestView) -> bool:
+        """A running job can be handed out once its tunnel is open (if tunnels are used)."""
+        if view.state is not RequestState.IN_PROGRESS:
+            return False
+        return self._tunnels is None or (view.job is not None and view.job.tunnel_port != 0)
+
+    def _run_tunnel_call(self, call: TunnelCall) -> None:
+        """Start a tunnel call after the previous one for the same job, so they never race."""
+        if self._tunnels is None:
+            return
+        request_id = call.request_id
+        previous = self._tunnel_ops.get(request_id)
+        task = asyncio.get_running_loop().create_task(self._tunnel_call(call, previous))
+        self._tunnel_ops[request_id] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._tunnel_ops.get(request_id) is done:
+                del self._tunnel_ops[request_id]
+
+        task.add_done_callback(forget)
+
+    async def _tunnel_call(self, call: TunnelCall, previous: asyncio.Task[None] | None) -> None:
+        assert self._tunnels is not None
+        if previous is not None:
+            await asyncio.wait([previous])
+        request_id = call.request_id
+        if isinstance(call, CloseTunnel):
+            await self._tunnels.close(request_id)
+            return
+        try:
+            port = await self._tunnels.open(request_id, call.ssh_address, call.port)
+        except Exception as exc:  # any failure to open fails the job, not the scheduler
+            error = str(exc) or exc.__class__.__name__
+            self.submit(lambda core, now: core.tunnel_failed(now, request_id, error))
+        else:
+            self.submit(lambda core, now: core.tunnel_opened(now, request_id, port))
 
     async def _call_dryad(self, call: DryadCall) -> None:
         try:

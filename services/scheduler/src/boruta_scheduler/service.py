@@ -46,6 +46,7 @@ class ServiceSettings:
     """What the service tells dryads and how long it lets calls wait."""
 
     heartbeat_interval: float = 10.0
+    public_host: str = "127.0.0.1"
 
 
 class SchedulerService:

@@ -91,6 +91,7 @@ class JobView:
     prolong_count: int
     ssh_address: str
     access: Access | None = field(default=None, repr=False)
+    tunnel_port: int = 0
 
 
 @dataclass(frozen=True, slots=True)

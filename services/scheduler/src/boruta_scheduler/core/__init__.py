@@ -5,8 +5,25 @@ Commands are the methods of :class:`Core`; what they change, and the dryad calls
 want made, are collected and handed out by :meth:`Core.drain`.
 """
 
-from boruta_scheduler.core.outbox import Changes, DryadCall, DryadCallKind
+from boruta_scheduler.core.outbox import (
+    Changes,
+    CloseTunnel,
+    DryadCall,
+    DryadCallKind,
+    OpenTunnel,
+    TunnelCall,
+)
 from boruta_scheduler.core.policy import Policy
 from boruta_scheduler.core.scheduler import Core, Snapshot
 
-__all__ = ["Changes", "Core", "DryadCall", "DryadCallKind", "Policy", "Snapshot"]
+__all__ = [
+    "Changes",
+    "CloseTunnel",
+    "Core",
+    "DryadCall",
+    "DryadCallKind",
+    "OpenTunnel",
+    "Policy",
+    "Snapshot",
+    "TunnelCall",
+]

@@ -35,6 +35,7 @@ class Job:
         "ssh_address",
         "started_at",
         "timeout_at",
+        "tunnel_port",
         "worker_uuid",
     )
 
@@ -47,6 +48,7 @@ class Job:
         ssh_address: str,
         access: Access | None,
         prolong_count: int = 0,
+        tunnel_port: int = 0,
     ) -> None:
         self.worker_uuid = worker_uuid
         self.started_at = started_at
@@ -55,6 +57,8 @@ class Job:
         self.ssh_address = ssh_address
         self.access = access
         self.prolong_count = prolong_count
+        # Port of the job's tunnel on the scheduler; 0 until the tunnel is open.
+        self.tunnel_port = tunnel_port
 
     def view(self) -> JobView:
         return JobView(
@@ -65,6 +69,7 @@ class Job:
             prolong_count=self.prolong_count,
             ssh_address=self.ssh_address,
             access=self.access,
+            tunnel_port=self.tunnel_port,
         )
 
     @classmethod
@@ -77,6 +82,7 @@ class Job:
             view.ssh_address,
             view.access,
             view.prolong_count,
+            view.tunnel_port,
         )
 
 
@@ -154,6 +160,8 @@ class Worker:
         "failures",
         "groups",
         "hb_armed",
+        "health_due",
+        "health_op",
         "host_status",
         "instance_id",
         "jobs_done",
@@ -197,6 +205,9 @@ class Worker:
         self.pending_op = 0
         self.host_status: HostStatus | None = None
         self.hb_armed = False
+        # Periodic healthcheck: when the next is due (0: none planned) and the one in flight.
+        self.health_due = 0.0
+        self.health_op = 0
         self.rank = self.compute_rank()
 
     def compute_rank(self) -> tuple[int, str]:

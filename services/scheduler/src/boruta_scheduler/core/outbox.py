@@ -29,6 +29,25 @@ class DryadCall:
 
 
 @dataclass(frozen=True, slots=True)
+class OpenTunnel:
+    """Open a job's tunnel to the board's SSH address, on port if it is free (0: any)."""
+
+    request_id: int
+    ssh_address: str
+    port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CloseTunnel:
+    """Close a job's tunnel and cut its open connections."""
+
+    request_id: int
+
+
+TunnelCall = OpenTunnel | CloseTunnel
+
+
+@dataclass(frozen=True, slots=True)
 class Changes:
     """Everything that changed since the last drain, in the order it happened."""
 
@@ -38,6 +57,7 @@ class Changes:
     history: list[HistoryEntry] = field(default_factory=list)
     last_seen: dict[str, float] = field(default_factory=dict)
     calls: list[DryadCall] = field(default_factory=list)
+    tunnels: list[TunnelCall] = field(default_factory=list)
     last_request_id: int = 0
 
     @property
@@ -60,6 +80,7 @@ def merge(batches: list[Changes]) -> Changes:
         merged.history.extend(changes.history)
         merged.last_seen.update(changes.last_seen)
         merged.calls.extend(changes.calls)
+        merged.tunnels.extend(changes.tunnels)
     return Changes(
         requests=merged.requests,
         workers=merged.workers,
@@ -67,6 +88,7 @@ def merge(batches: list[Changes]) -> Changes:
         history=merged.history,
         last_seen=merged.last_seen,
         calls=merged.calls,
+        tunnels=merged.tunnels,
         last_request_id=max(c.last_request_id for c in batches),
     )
 
@@ -84,6 +106,7 @@ class Outbox:
         self._history: list[HistoryEntry] = []
         self._seen: dict[str, float] = {}
         self._calls: list[DryadCall] = []
+        self._tunnels: list[TunnelCall] = []
 
     def request(self, request: Request) -> None:
         self._requests[request.id] = request
@@ -105,6 +128,9 @@ class Outbox:
     def call(self, call: DryadCall) -> None:
         self._calls.append(call)
 
+    def tunnel(self, call: TunnelCall) -> None:
+        self._tunnels.append(call)
+
     def drain(self, last_request_id: int) -> Changes:
         workers = [w.view() for w in self._workers.values()]
         seen = {u: t for u, t in self._seen.items() if u not in self._workers}
@@ -115,6 +141,7 @@ class Outbox:
             history=self._history,
             last_seen=seen,
             calls=self._calls,
+            tunnels=self._tunnels,
             last_request_id=last_request_id,
         )
         self._reset()

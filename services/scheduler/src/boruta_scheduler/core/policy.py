@@ -29,6 +29,10 @@ class Policy:
     max_prolongs: int = 1000
     max_job_duration: float = 24 * HOUR
     heartbeat_timeout: float = 30.0
+    # Healthcheck a worker before each Prepare (so after every job and before it goes
+    # into service), and every healthcheck_interval while it is IDLE (0: never).
+    healthcheck_before_prepare: bool = True
+    healthcheck_interval: float = 300.0
     max_caps: int = 32
     max_cap_key_len: int = 64
     max_cap_value_len: int = 256
@@ -42,6 +46,8 @@ class Policy:
         for name in ("default_deadline", "job_timeout", "prolong_step", "heartbeat_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.healthcheck_interval < 0:
+            raise ValueError("healthcheck_interval must not be negative")
         if self.max_job_duration < self.job_timeout:
             raise ValueError("max_job_duration must be at least job_timeout")
 

@@ -11,7 +11,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from boruta_scheduler.core.model import Job, Request, Worker
-from boruta_scheduler.core.outbox import Changes, DryadCall, DryadCallKind, Outbox
+from boruta_scheduler.core.outbox import (
+    Changes,
+    CloseTunnel,
+    DryadCall,
+    DryadCallKind,
+    OpenTunnel,
+    Outbox,
+)
 from boruta_scheduler.core.policy import (
     Policy,
     check_dial_address,
@@ -140,6 +147,7 @@ class Core:
             self._finish(request, RequestState.FAILED, now, "its worker was lost")
             return
         self._push_timer(request.job.timeout_at, TimerKind.JOB_TIMEOUT, request)
+        self._out.tunnel(OpenTunnel(request.id, request.job.ssh_address, request.job.tunnel_port))
 
     def _resume_worker(self, worker: Worker, now: float) -> None:
         """Re-issue the dryad call a worker was waiting for, and check stored consistency."""
@@ -149,9 +157,11 @@ class Core:
         if worker.state is WorkerState.IDLE and worker.prepared is None:
             self._transition(worker, WorkerState.PREPARE, now, "no prepared access")
         if worker.state is WorkerState.PREPARE:
-            self._issue(worker, DryadCallKind.PREPARE)
+            self._issue_prepare(worker)
         elif worker.state is WorkerState.BUSY:
             self._issue(worker, DryadCallKind.PUT_IN_MAINTENANCE, worker.reason)
+        elif worker.state is WorkerState.IDLE:
+            self._arm_healthcheck(worker, now)
         self._arm_heartbeat(worker)
 
     # ------------------------------------------------------------------- reads
@@ -396,7 +406,7 @@ class Core:
                     f"worker {uuid} is entering MAINTENANCE; set it IDLE once it is there"
                 )
             self._transition(worker, WorkerState.PREPARE, now, reason or "put into service")
-            self._issue(worker, DryadCallKind.PREPARE)
+            self._issue_prepare(worker)
             self._arm_heartbeat(worker)
         elif state is WorkerState.MAINTENANCE:
             if current in (WorkerState.MAINTENANCE, WorkerState.BUSY):
@@ -452,10 +462,17 @@ class Core:
     ) -> None:
         """A dryad call finished; results of superseded calls are ignored."""
         worker = self._workers.get(call.worker_uuid)
-        if worker is None or worker.pending_op != call.op_id:
+        if worker is None:
+            return
+        if call.op_id == worker.health_op:
+            worker.health_op = 0
+            return
+        if worker.pending_op != call.op_id:
             return
         worker.pending_op = 0
-        if call.kind is DryadCallKind.PREPARE and worker.state is WorkerState.PREPARE:
+        if call.kind is DryadCallKind.HEALTHCHECK and worker.state is WorkerState.PREPARE:
+            self._issue(worker, DryadCallKind.PREPARE)
+        elif call.kind is DryadCallKind.PREPARE and worker.state is WorkerState.PREPARE:
             if access is None:
                 self._fail_worker(worker, now, "Prepare returned no access")
                 return
@@ -468,11 +485,41 @@ class Core:
     def dryad_call_failed(self, now: float, call: DryadCall, error: str) -> None:
         """A dryad call failed: the worker becomes FAILED, unless the call was superseded."""
         worker = self._workers.get(call.worker_uuid)
-        if worker is None or worker.pending_op != call.op_id:
+        if worker is None:
             return
-        worker.pending_op = 0
+        if call.op_id == worker.health_op:
+            worker.health_op = 0
+        elif worker.pending_op == call.op_id:
+            worker.pending_op = 0
+        else:
+            return
         reason = f"{call.kind.value} failed: {error}"
         self._fail_worker(worker, now, reason[: self.policy.max_reason_len])
+
+    def tunnel_opened(self, now: float, request_id: int, port: int) -> None:
+        """The job's tunnel listens on port; AcquireWorker can now answer."""
+        request = self._requests.get(request_id)
+        if request is None or request.job is None or request.state is not RequestState.IN_PROGRESS:
+            # The job ended while its tunnel was being opened.
+            self._out.tunnel(CloseTunnel(request_id))
+            return
+        if request.job.tunnel_port != port:
+            request.job.tunnel_port = port
+            request.updated_at = now
+            self._out.request(request)
+
+    def tunnel_failed(self, now: float, request_id: int, error: str) -> None:
+        """The job's tunnel could not be opened: the job fails, its board is prepared again."""
+        request = self._requests.get(request_id)
+        if request is None or request.job is None or request.state is not RequestState.IN_PROGRESS:
+            return
+        worker = self._workers.get(request.job.worker_uuid)
+        self._end_job(
+            request, now, RequestState.FAILED, f"the job's SSH tunnel could not be opened: {error}"
+        )
+        if worker is not None and worker.state is WorkerState.RUNNING:
+            self._transition(worker, WorkerState.PREPARE, now, "its job's tunnel failed")
+            self._issue_prepare(worker)
 
     def tick(self, now: float) -> None:
         """Fire every timer due at or before now."""
@@ -483,6 +530,11 @@ class Core:
                 assert isinstance(target, Worker)
                 if self._workers.get(target.uuid) is target:
                     self._check_heartbeat(target, now)
+                continue
+            if kind is TimerKind.HEALTHCHECK:
+                assert isinstance(target, Worker)
+                if self._timer_applies(due, kind, target):
+                    self._periodic_healthcheck(target, now)
                 continue
             assert isinstance(target, Request)
             if not self._timer_applies(due, kind, target):
@@ -557,11 +609,14 @@ class Core:
         self._transition(worker, WorkerState.RUNNING, now, f"running request {request.id}")
         self._push_timer(timeout, TimerKind.JOB_TIMEOUT, request)
         self._out.request(request)
+        self._out.tunnel(OpenTunnel(request.id, worker.ssh_address))
 
     def _finish(self, request: Request, state: RequestState, now: float, reason: str) -> None:
         """Move a live request to a terminal state; the core forgets it after the drain."""
         if request.state is RequestState.WAITING:
             self._queue.remove(request)
+        elif request.state is RequestState.IN_PROGRESS:
+            self._out.tunnel(CloseTunnel(request.id))
         request.state = state
         request.reason = reason
         request.updated_at = now
@@ -581,7 +636,7 @@ class Core:
         worker.jobs_done += 1
         if state is RequestState.DONE:
             self._transition(worker, WorkerState.PREPARE, now, f"job of request {request.id} ended")
-            self._issue(worker, DryadCallKind.PREPARE)
+            self._issue_prepare(worker)
         else:
             self._out.worker(worker)
 
@@ -607,12 +662,12 @@ class Core:
             )
             worker.prepared = None
             self._transition(worker, WorkerState.PREPARE, now, "dryad restarted")
-            self._issue(worker, DryadCallKind.PREPARE)
+            self._issue_prepare(worker)
         elif state in (WorkerState.IDLE, WorkerState.PREPARE):
             worker.prepared = None
             if state is WorkerState.IDLE:
                 self._transition(worker, WorkerState.PREPARE, now, "dryad restarted")
-            self._issue(worker, DryadCallKind.PREPARE)
+            self._issue_prepare(worker)
         elif state is WorkerState.BUSY:
             self._issue(worker, DryadCallKind.PUT_IN_MAINTENANCE, worker.reason)
 
@@ -622,8 +677,12 @@ class Core:
             self._idle.remove(worker)
         worker.state = state
         worker.reason = reason
+        if state not in (WorkerState.IDLE, WorkerState.RUNNING):
+            # A periodic check of an idle board says nothing about it in its new state.
+            worker.health_op = 0
         if state is WorkerState.IDLE:
             self._idle.add(worker)
+            self._arm_healthcheck(worker, now)
         elif state is WorkerState.FAILED:
             worker.failures += 1
         self._out.history(HistoryEntry(worker.uuid, now, old, state, reason))
@@ -659,6 +718,33 @@ class Core:
             DryadCall(self._last_op_id, worker.uuid, kind, worker.dryad_address, message)
         )
 
+    def _issue_prepare(self, worker: Worker) -> None:
+        """Start the PREPARE calls: a healthcheck first (if configured), then Prepare."""
+        if self.policy.healthcheck_before_prepare:
+            self._issue(worker, DryadCallKind.HEALTHCHECK)
+        else:
+            self._issue(worker, DryadCallKind.PREPARE)
+
+    def _arm_healthcheck(self, worker: Worker, now: float) -> None:
+        interval = self.policy.healthcheck_interval
+        if interval > 0:
+            worker.health_due = now + interval
+            self._push_timer(worker.health_due, TimerKind.HEALTHCHECK, worker)
+
+    def _periodic_healthcheck(self, worker: Worker, now: float) -> None:
+        worker.health_due = 0.0
+        if worker.state is not WorkerState.IDLE:
+            return
+        if not worker.health_op:
+            self._last_op_id += 1
+            worker.health_op = self._last_op_id
+            self._out.call(
+                DryadCall(
+                    self._last_op_id, worker.uuid, DryadCallKind.HEALTHCHECK, worker.dryad_address
+                )
+            )
+        self._arm_healthcheck(worker, now)
+
     def _arm_heartbeat(self, worker: Worker) -> None:
         if worker.hb_armed or worker.state is WorkerState.FAILED:
             return
@@ -685,7 +771,11 @@ class Core:
 
     def _timer_applies(self, due: float, kind: TimerKind, target: Target) -> bool:
         if isinstance(target, Worker):
-            return target.hb_armed and self._workers.get(target.uuid) is target
+            if self._workers.get(target.uuid) is not target:
+                return False
+            if kind is TimerKind.HEALTHCHECK:
+                return target.health_due == due
+            return target.hb_armed
         if self._requests.get(target.id) is not target:
             return False
         if kind is TimerKind.DEADLINE:

@@ -16,7 +16,8 @@ class TimerKind(enum.IntEnum):
     DEADLINE = 0
     JOB_TIMEOUT = 1
     HEARTBEAT = 2
-    VALID_AFTER = 3
+    HEALTHCHECK = 3
+    VALID_AFTER = 4
 
 
 Target = Request | Worker

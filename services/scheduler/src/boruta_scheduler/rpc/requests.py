@@ -75,10 +75,9 @@ class RequestsServicer(requests_pb2_grpc.RequestsServicer):
         )
         job = view.job
         assert job is not None and job.access is not None
-        host, _, port = job.ssh_address.rpartition(":")
         access = types_pb2.AccessInfo(
-            host=host.strip("[]"),
-            port=int(port),
+            host=self._service.settings.public_host,
+            port=job.tunnel_port,
             username=job.access.username,
             private_key_pem=job.access.private_key_pem,
         )

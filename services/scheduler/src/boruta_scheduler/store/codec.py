@@ -51,6 +51,7 @@ def request_row(r: RequestView) -> dict[str, Any]:
         "job_ssh_address": job.ssh_address if job else None,
         "access_username": access.username if access else None,
         "access_key": access.private_key_pem if access else None,
+        "job_tunnel_port": job.tunnel_port if job else None,
     }
 
 
@@ -68,6 +69,7 @@ def request_view(row: Row) -> RequestView:
             prolong_count=row["job_prolong_count"],
             ssh_address=row["job_ssh_address"],
             access=access,
+            tunnel_port=row["job_tunnel_port"] or 0,
         )
     return RequestView(
         id=row["id"],

@@ -4,11 +4,13 @@
 INSERT OR REPLACE INTO requests (
     id, owner, owner_groups, caps, priority, valid_after, deadline, state, reason,
     created_at, updated_at, job_worker_uuid, job_started_at, job_timeout_at,
-    job_max_timeout_at, job_prolong_count, job_ssh_address, access_username, access_key
+    job_max_timeout_at, job_prolong_count, job_ssh_address, access_username, access_key,
+    job_tunnel_port
 ) VALUES (
     :id, :owner, :owner_groups, :caps, :priority, :valid_after, :deadline, :state, :reason,
     :created_at, :updated_at, :job_worker_uuid, :job_started_at, :job_timeout_at,
-    :job_max_timeout_at, :job_prolong_count, :job_ssh_address, :access_username, :access_key
+    :job_max_timeout_at, :job_prolong_count, :job_ssh_address, :access_username, :access_key,
+    :job_tunnel_port
 );
 
 -- name: upsert_worker

@@ -1,0 +1,162 @@
+"""A TCP forwarder per job: opened when the job starts, closed (cutting every open
+connection) when it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 64 * 1024
+
+
+class TunnelError(Exception):
+    """A tunnel could not be opened; the message says why."""
+
+
+@dataclass
+class _Tunnel:
+    server: asyncio.Server
+    target: tuple[str, int]
+    writers: set[asyncio.StreamWriter] = field(default_factory=set)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+def parse_ports(spec: str) -> range | None:
+    """'0' (any free port) or 'LOW-HIGH' (a range a firewall lets through)."""
+    spec = spec.strip()
+    if spec in ("", "0"):
+        return None
+    low, sep, high = spec.partition("-")
+    try:
+        first, last = int(low), int(high if sep else low)
+    except ValueError:
+        raise ValueError(f"tunnel ports {spec!r}: write 0 or LOW-HIGH, e.g. 30000-30999") from None
+    if not 0 < first <= last < 65536:
+        raise ValueError(f"tunnel ports {spec!r} are out of 1-65535")
+    return range(first, last + 1)
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class Tunnels:
+    """Opens and closes the tunnels of jobs, keyed by request id."""
+
+    def __init__(self, bind_host: str, ports: range | None = None) -> None:
+        self.bind_host = bind_host
+        self._ports = ports
+        self._tunnels: dict[int, _Tunnel] = {}
+
+    def __len__(self) -> int:
+        return len(self._tunnels)
+
+    async def open(self, request_id: int, ssh_address: str, port: int = 0) -> int:
+        """Listen for the job and return the port; tries `port` first if given."""
+        old = self._tunnels.get(request_id)
+        if old is not None:
+            if old.target == _split(ssh_address):
+                return int(old.server.sockets[0].getsockname()[1])
+            await self.close(request_id)
+        target = _split(ssh_address)
+        tunnel_ref: list[_Tunnel] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self._forward(tunnel_ref[0], reader, writer)
+
+        server = await self._listen(serve, port)
+        tunnel = _Tunnel(server, target)
+        tunnel_ref.append(tunnel)
+        self._tunnels[request_id] = tunnel
+        bound = int(server.sockets[0].getsockname()[1])
+        log.info("tunnel opened", extra={"request": request_id, "port": bound, "to": ssh_address})
+        return bound
+
+    async def _listen(
+        self,
+        serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+        port: int,
+    ) -> asyncio.Server:
+        candidates: list[int] = []
+        if port:
+            candidates.append(port)
+        if self._ports is None:
+            candidates.append(0)
+        else:
+            used = {int(t.server.sockets[0].getsockname()[1]) for t in self._tunnels.values()}
+            candidates.extend(p for p in self._ports if p not in used and p != port)
+        last_error: OSError | None = None
+        for candidate in candidates:
+            try:
+                return await asyncio.start_server(
+                    serve, self.bind_host, candidate, reuse_address=True
+                )
+            except OSError as exc:
+                last_error = exc
+        raise TunnelError(f"no free port on {self.bind_host}: {last_error}")
+
+    async def _forward(
+        self, tunnel: _Tunnel, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tunnel.tasks.add(task)
+        tunnel.writers.add(writer)
+        try:
+            try:
+                board_reader, board_writer = await asyncio.wait_for(
+                    asyncio.open_connection(*tunnel.target), 10
+                )
+            except (OSError, TimeoutError) as exc:
+                log.warning("board unreachable", extra={"to": tunnel.target, "error": str(exc)})
+                return
+            tunnel.writers.add(board_writer)
+            try:
+                await asyncio.gather(
+                    _pipe(reader, board_writer),
+                    _pipe(board_reader, writer),
+                    return_exceptions=True,
+                )
+            finally:
+                board_writer.close()
+                tunnel.writers.discard(board_writer)
+        finally:
+            writer.close()
+            tunnel.writers.discard(writer)
+            tunnel.tasks.discard(task)
+
+    async def close(self, request_id: int) -> None:
+        """Stop listening and cut every connection of the job's tunnel."""
+        tunnel = self._tunnels.pop(request_id, None)
+        if tunnel is None:
+            return
+        tunnel.server.close()
+        for writer in tunnel.writers:
+            writer.transport.abort()
+        for task in tunnel.tasks:
+            task.cancel()
+        await asyncio.gather(*tunnel.tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await tunnel.server.wait_closed()
+        log.info("tunnel closed", extra={"request": request_id})
+
+    async def close_all(self) -> None:
+        for request_id in list(self._tunnels):
+            await self.close(request_id)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(_CHUNK):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        if writer.can_write_eof():
+            with contextlib.suppress(OSError):
+                writer.write_eof()
