@@ -95,7 +95,7 @@ async def test_kill_9_loses_nothing_and_farm_carries_on(process: SchedulerProces
     timed_out = await alice.wait_request(expiring.id, S.REQUEST_STATE_TIMEOUT)
     assert timed_out.reason == "deadline passed while waiting"
     # The dryads came back by themselves and kept their state (same dryad instance).
-    await dryad.wait_heartbeats("w1", dryad.boards["w1"].heartbeats + 2)
+    await dryad.wait_heartbeats("w1", dryad.heartbeats("w1") + 2)
     assert (await admin.worker("spare")).state == S.WORKER_STATE_MAINTENANCE
     await farm.close()
 

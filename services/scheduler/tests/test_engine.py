@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 from boruta_scheduler.core import Changes, Core
 from boruta_scheduler.engine import Engine, EngineStopped
 from boruta_scheduler.errors import InvalidArgument
 from boruta_scheduler.store import MemoryStore
-from boruta_scheduler.types import Access
+from boruta_scheduler.types import Access, RequestState
 
 
 class Dryads:
@@ -57,6 +58,41 @@ async def test_reply_waits_for_commit() -> None:
     view = await reply
     assert view.id == 1 and await read == 1
     assert [r.id for c in store.committed for r in c.requests] == [1]
+    await engine.stop()
+
+
+class Recorder:
+    """A publisher that lets a test wait for a committed change."""
+
+    def __init__(self) -> None:
+        self.changes: list[Changes] = []
+        self.event = asyncio.Event()
+
+    def publish(self, changes: Changes) -> None:
+        self.changes.append(changes)
+        self.event.set()
+
+
+async def test_timers_fire_with_no_commands_coming_in() -> None:
+    store = GatedStore()
+    store.gate.set()
+    recorder = Recorder()
+    engine = Engine(Core(), store, Dryads(), recorder)
+    engine.start()
+    now = time.time()
+    view = await engine.execute(
+        lambda core, t: core.new_request(
+            t, "u", frozenset(), {}, deadline=now + 0.3, accept_unsatisfiable=True
+        )
+    )
+    # Nothing else is sent: only the engine's own timer can time the request out.
+    while not any(
+        r.id == view.id and r.state is RequestState.TIMEOUT
+        for c in recorder.changes
+        for r in c.requests
+    ):
+        recorder.event.clear()
+        await asyncio.wait_for(recorder.event.wait(), 10)
     await engine.stop()
 
 

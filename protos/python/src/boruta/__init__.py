@@ -1,1 +1,2 @@
-"""Generated code of the boruta API; the messages and stubs live in ``boruta.v1``."""
+"""The boruta API: generated messages and stubs in ``boruta.v1``, and small helpers shared
+by the boruta processes (``boruta.logs``)."""

@@ -17,15 +17,14 @@ import sys
 import uuid as uuidlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
-from boruta.v1 import dryad_pb2, dryad_pb2_grpc, superviser_pb2, superviser_pb2_grpc, types_pb2
+from boruta.v1 import dryad_pb2, dryad_pb2_grpc, types_pb2
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-if TYPE_CHECKING:
-    from boruta.v1.superviser_pb2_grpc import SuperviserAsyncStub
+from boruta_dryad.agent import BoardRegistration, SchedulerLink
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,6 @@ class StubBoard:
     unhealthy: str | None = None
     silent: bool = False
     prepared: int = 0
-    heartbeats: int = 0
     maintenance_messages: list[str] = field(default_factory=list)
     last_username: str = ""
 
@@ -139,11 +137,8 @@ class StubDryad:
         self.metadata = tuple(metadata)
         self.instance_id = instance_id or uuidlib.uuid4().hex
         self.address = ""
-        self.registered: set[str] = set()
+        self.link: SchedulerLink | None = None
         self._server: grpc.aio.Server | None = None
-        self._channel: grpc.aio.Channel | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._beat = asyncio.Event()
 
     async def start(self) -> str:
         """Serve Dryad and start registering; returns the advertised address."""
@@ -156,78 +151,43 @@ class StubDryad:
         await server.start()
         self._server = server
         self.address = f"{host}:{port}"
-        self._channel = grpc.aio.insecure_channel(self.scheduler_address)
-        stub = superviser_pb2_grpc.SuperviserStub(self._channel)
-        for board in self.boards.values():
-            self._tasks.append(asyncio.create_task(self._keep_alive(stub, board)))
+        self.link = SchedulerLink(
+            self.scheduler_address,
+            self.address,
+            [
+                BoardRegistration(b.uuid, {**b.caps, "UUID": b.uuid}, self.ssh_address)
+                for b in self.boards.values()
+            ],
+            instance_id=self.instance_id,
+            version="stub",
+            host_status=lambda: types_pb2.HostStatus(load_1m=0.1),
+            metadata=self.metadata,
+            silent=lambda uuid: self.boards[uuid].silent,
+        )
+        self.link.start()
         return self.address
 
-    async def wait_registered(self, timeout: float = 30.0) -> None:
-        async def all_in() -> None:
-            while len(self.registered) < len(self.boards):
-                await asyncio.sleep(0.01)
+    @property
+    def registered(self) -> set[str]:
+        return self.link.registered if self.link else set()
 
-        await asyncio.wait_for(all_in(), timeout)
+    async def wait_registered(self, timeout: float = 30.0) -> None:
+        assert self.link is not None
+        await self.link.wait_registered(timeout)
 
     async def wait_heartbeats(self, uuid: str, count: int, timeout: float = 30.0) -> None:
         """Return once the scheduler has acknowledged count heartbeats of the board."""
+        assert self.link is not None
+        await self.link.wait_heartbeats(uuid, count, timeout)
 
-        async def enough() -> None:
-            while self.boards[uuid].heartbeats < count:
-                self._beat.clear()
-                await self._beat.wait()
-
-        await asyncio.wait_for(enough(), timeout)
-
-    async def _keep_alive(self, stub: SuperviserAsyncStub, board: StubBoard) -> None:
-        """Register, then heartbeat; register again whenever the scheduler forgets us."""
-        backoff = 0.05
-        interval = 10.0
-        while True:
-            try:
-                if board.uuid not in self.registered:
-                    reply = await stub.Register(
-                        superviser_pb2.RegisterRequest(
-                            caps={**board.caps, "UUID": board.uuid},
-                            dryad_address=self.address,
-                            ssh_address=self.ssh_address,
-                            instance_id=self.instance_id,
-                            dryad_version="stub",
-                        ),
-                        metadata=self.metadata,
-                        timeout=10,
-                    )
-                    interval = reply.heartbeat_interval.ToNanoseconds() / 1e9 or interval
-                    self.registered.add(board.uuid)
-                    backoff = 0.05
-                elif not board.silent:
-                    await stub.Heartbeat(
-                        superviser_pb2.HeartbeatRequest(
-                            worker_uuid=board.uuid, host_status=types_pb2.HostStatus(load_1m=0.1)
-                        ),
-                        metadata=self.metadata,
-                        timeout=10,
-                    )
-                    board.heartbeats += 1
-                    self._beat.set()
-                await asyncio.sleep(interval)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() is grpc.StatusCode.NOT_FOUND:
-                    self.registered.discard(board.uuid)
-                    continue
-                log.debug("scheduler unreachable", extra={"code": exc.code().name})
-                self.registered.discard(board.uuid)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+    def heartbeats(self, uuid: str) -> int:
+        return self.link.heartbeats[uuid] if self.link else 0
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.link is not None:
+            await self.link.stop()
         if self._server is not None:
             await self._server.stop(0)
-        if self._channel is not None:
-            await self._channel.close()
 
 
 def boards_from_args(

@@ -185,7 +185,10 @@ class Engine:
             while True:
                 if self.failure is not None:
                     raise self.failure
-                if self._pending:
+                due = self.core.next_timer()
+                if self._pending or (due is not None and due <= self._clock()):
+                    # A batch runs for queued commands and for due timers alike: a quiet
+                    # scheduler must still time out jobs and notice silent workers.
                     if len(self._unpublished) >= MAX_UNPUBLISHED and self._last_commit:
                         await asyncio.shield(self._last_commit)
                     self._run_batch()

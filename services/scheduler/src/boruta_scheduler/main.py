@@ -8,7 +8,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from boruta_scheduler import logs
+from boruta import logs
+
 from boruta_scheduler.app import Scheduler
 from boruta_scheduler.config import SchedulerConfig, load_config
 

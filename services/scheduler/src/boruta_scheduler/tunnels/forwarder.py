@@ -137,11 +137,11 @@ class Tunnels:
         if tunnel is None:
             return
         tunnel.server.close()
-        for writer in tunnel.writers:
+        # Aborting the transports ends every forwarding task: their reads fail at once.
+        for writer in list(tunnel.writers):
             writer.transport.abort()
-        for task in tunnel.tasks:
-            task.cancel()
-        await asyncio.gather(*tunnel.tasks, return_exceptions=True)
+        if tunnel.tasks:
+            await asyncio.wait(tunnel.tasks, timeout=5)
         with contextlib.suppress(Exception):
             await tunnel.server.wait_closed()
         log.info("tunnel closed", extra={"request": request_id})

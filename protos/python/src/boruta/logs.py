@@ -1,4 +1,7 @@
-"""Log formatting for the scheduler's main(): one line per event with key=value fields."""
+"""Log formatting shared by the boruta processes: one line per event with key=value fields.
+
+Only a main() configures logging; modules just use logging.getLogger(__name__).
+"""
 
 from __future__ import annotations
 
@@ -26,3 +29,5 @@ def configure(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(KeyValueFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    # grpc logs every event-loop hand-off at DEBUG; that drowns everything else.
+    logging.getLogger("grpc").setLevel(max(logging.INFO, logging.getLogger().level))

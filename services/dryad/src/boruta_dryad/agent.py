@@ -1,0 +1,149 @@
+"""The dryad's side of the Superviser service: register each board, then keep it alive.
+
+If the scheduler is down or restarts, the link retries with backoff and registers again;
+it never gives up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import grpc
+from boruta.v1 import superviser_pb2, superviser_pb2_grpc, types_pb2
+
+if TYPE_CHECKING:
+    from boruta.v1.superviser_pb2_grpc import SuperviserAsyncStub
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 30.0
+
+
+@dataclass(frozen=True)
+class BoardRegistration:
+    """What the scheduler learns about one board."""
+
+    uuid: str
+    caps: Mapping[str, str]
+    ssh_address: str
+
+
+class SchedulerLink:
+    """Registers boards with the scheduler and sends their heartbeats."""
+
+    def __init__(
+        self,
+        scheduler_address: str,
+        dryad_address: str,
+        boards: Sequence[BoardRegistration],
+        *,
+        instance_id: str,
+        version: str,
+        host_status: Callable[[], types_pb2.HostStatus] | None = None,
+        metadata: Sequence[tuple[str, str]] = (("x-boruta-role", "dryad"),),
+        silent: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.scheduler_address = scheduler_address
+        self.dryad_address = dryad_address
+        self.boards = {b.uuid: b for b in boards}
+        self.instance_id = instance_id
+        self.version = version
+        self._host_status = host_status
+        self._metadata = tuple(metadata)
+        self._silent = silent or (lambda uuid: False)
+        self.registered: set[str] = set()
+        self.heartbeats: dict[str, int] = dict.fromkeys(self.boards, 0)
+        self._changed = asyncio.Event()
+        self._channel: grpc.aio.Channel | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._channel = grpc.aio.insecure_channel(self.scheduler_address)
+        stub = superviser_pb2_grpc.SuperviserStub(self._channel)
+        for board in self.boards.values():
+            self._tasks.append(asyncio.create_task(self._keep_alive(stub, board)))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._channel is not None:
+            await self._channel.close()
+
+    async def _wait_until(self, done: Callable[[], bool], timeout: float) -> None:
+        async def loop() -> None:
+            while not done():
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(loop(), timeout)
+
+    async def wait_registered(self, timeout: float = 30.0) -> None:
+        """Return once every board is registered."""
+        await self._wait_until(lambda: len(self.registered) == len(self.boards), timeout)
+
+    async def wait_heartbeats(self, uuid: str, count: int, timeout: float = 30.0) -> None:
+        """Return once the scheduler has acknowledged count heartbeats of the board."""
+        await self._wait_until(lambda: self.heartbeats[uuid] >= count, timeout)
+
+    async def set_fail(self, uuid: str, reason: str) -> None:
+        """Tell the scheduler a board has failed."""
+        assert self._channel is not None
+        stub = superviser_pb2_grpc.SuperviserStub(self._channel)
+        await stub.SetFail(
+            superviser_pb2.SetFailRequest(worker_uuid=uuid, reason=reason),
+            metadata=self._metadata,
+            timeout=10,
+        )
+
+    async def _keep_alive(self, stub: SuperviserAsyncStub, board: BoardRegistration) -> None:
+        backoff = 0.05
+        interval = 10.0
+        while True:
+            try:
+                if board.uuid not in self.registered:
+                    reply = await stub.Register(
+                        superviser_pb2.RegisterRequest(
+                            caps=dict(board.caps),
+                            dryad_address=self.dryad_address,
+                            ssh_address=board.ssh_address,
+                            instance_id=self.instance_id,
+                            dryad_version=self.version,
+                        ),
+                        metadata=self._metadata,
+                        timeout=10,
+                    )
+                    interval = reply.heartbeat_interval.ToNanoseconds() / 1e9 or interval
+                    self.registered.add(board.uuid)
+                    self._changed.set()
+                    backoff = 0.05
+                    log.info("registered", extra={"worker": board.uuid})
+                elif not self._silent(board.uuid):
+                    status = self._host_status() if self._host_status else None
+                    reply_hb = await stub.Heartbeat(
+                        superviser_pb2.HeartbeatRequest(worker_uuid=board.uuid, host_status=status),
+                        metadata=self._metadata,
+                        timeout=10,
+                    )
+                    interval = reply_hb.heartbeat_interval.ToNanoseconds() / 1e9 or interval
+                    self.heartbeats[board.uuid] += 1
+                    self._changed.set()
+                await asyncio.sleep(interval)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is grpc.StatusCode.NOT_FOUND:
+                    # The scheduler forgot the worker (e.g. it was deregistered): register again.
+                    self.registered.discard(board.uuid)
+                    continue
+                if board.uuid in self.registered:
+                    log.warning(
+                        "scheduler unreachable; will register again",
+                        extra={"worker": board.uuid, "code": exc.code().name},
+                    )
+                self.registered.discard(board.uuid)
+                self._changed.set()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)

@@ -1,0 +1,261 @@
+"""Dryad configuration: a TOML file (default /etc/boruta/dryad.toml) plus BORUTA_* variables
+and command-line options, validated before anything runs. Names of users and groups come
+only from here, and only in shapes that are safe to pass to useradd."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG = "/etc/boruta/dryad.toml"
+MIN_KEY_BITS = 2048
+
+# A safe Unix name: what useradd accepts by default, and nothing a shell would expand.
+_UNIX_NAME = re.compile(r"[a-z_][a-z0-9_-]*")
+_BOARD_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_UUID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_FORBIDDEN_GROUPS = {"root", "sudo", "wheel", "admin", "adm", "shadow", "disk", "docker"}
+# Job user names get a number appended; Linux allows 32 characters.
+_MAX_PREFIX = 24
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the setting and what to fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChecksConfig:
+    """Health checks of one board, beyond sshd and the backend."""
+
+    disk_path: str = "/home"
+    min_disk_free_mb: int = 200
+    commands: tuple[tuple[str, ...], ...] = ()
+    timeout: float = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class BoardConfig:
+    """One board (worker) served by this dryad."""
+
+    name: str
+    caps: Mapping[str, str]
+    ssh_address: str
+    uuid: str = ""
+    backend: str = "simulated"
+    backend_options: Mapping[str, Any] = field(default_factory=dict)
+    user_prefix: str = "boruta-job"
+    user_groups: tuple[str, ...] = ()
+    user_shell: str = "/bin/bash"
+    checks: ChecksConfig = field(default_factory=ChecksConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class DryadConfig:
+    """Everything a dryad process needs."""
+
+    scheduler: str
+    boards: tuple[BoardConfig, ...]
+    listen: str = "0.0.0.0:7175"
+    advertise: str = ""
+    state_dir: str = "/var/lib/boruta-dryad"
+    key_bits: int = 3072
+    log_level: str = "INFO"
+
+
+def _host_port(value: str, what: str, *, port_zero: bool = False) -> str:
+    host, sep, port = value.rpartition(":")
+    ok = sep and host and port.isdigit() and (port_zero or int(port) > 0) and int(port) < 65536
+    if not ok:
+        raise ConfigError(f"{what} must be host:port, got {value!r}")
+    return value
+
+
+def _is_wildcard(host: str) -> bool:
+    return host.strip("[]") in ("0.0.0.0", "::", "", "*")
+
+
+def _board(index: int, data: Mapping[str, Any]) -> BoardConfig:
+    name = str(data.get("name", f"board{index}"))
+    where = f"board {name!r}"
+    if not _BOARD_NAME.fullmatch(name):
+        raise ConfigError(f"{where}: name must be 1-64 letters, digits, '.', '_' or '-'")
+    known = {
+        "name",
+        "uuid",
+        "caps",
+        "ssh_address",
+        "backend",
+        "backend_options",
+        "user_prefix",
+        "user_groups",
+        "user_shell",
+        "checks",
+    }
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown settings {', '.join(sorted(unknown))}")
+    caps = data.get("caps", {})
+    if not isinstance(caps, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in caps.items()
+    ):
+        raise ConfigError(f'{where}: caps must be a table of strings, e.g. {{ board = "rpi4" }}')
+    if "UUID" in caps:
+        raise ConfigError(f"{where}: set the UUID with uuid = ..., not in caps")
+    uuid = str(data.get("uuid", ""))
+    if uuid and not _UUID.fullmatch(uuid):
+        raise ConfigError(f"{where}: uuid must be 1-64 letters, digits, '.', '_', ':' or '-'")
+    ssh_address = data.get("ssh_address")
+    if not isinstance(ssh_address, str):
+        raise ConfigError(f"{where}: ssh_address (host:port the scheduler can dial) is required")
+    _host_port(ssh_address, f"{where}: ssh_address")
+    if _is_wildcard(ssh_address.rpartition(":")[0]):
+        raise ConfigError(f"{where}: ssh_address must not be a wildcard address")
+    backend = str(data.get("backend", "simulated"))
+    if backend not in ("simulated", "muxpi"):
+        raise ConfigError(f"{where}: backend must be 'simulated' or 'muxpi', got {backend!r}")
+    prefix = str(data.get("user_prefix", "boruta-job"))
+    if not _UNIX_NAME.fullmatch(prefix) or len(prefix) > _MAX_PREFIX:
+        raise ConfigError(
+            f"{where}: user_prefix must be up to {_MAX_PREFIX} of a-z 0-9 _ - "
+            f"starting with a letter or _, got {prefix!r}"
+        )
+    groups = tuple(str(g) for g in data.get("user_groups", ()))
+    for group in groups:
+        if not _UNIX_NAME.fullmatch(group) or len(group) > 32:
+            raise ConfigError(f"{where}: user group {group!r} is not a valid group name")
+        if group in _FORBIDDEN_GROUPS:
+            raise ConfigError(f"{where}: job users must not be in group {group!r}")
+    shell = str(data.get("user_shell", "/bin/bash"))
+    if not shell.startswith("/") or any(c.isspace() for c in shell):
+        raise ConfigError(f"{where}: user_shell must be an absolute path")
+    checks_data = data.get("checks", {})
+    commands = tuple(tuple(str(a) for a in argv) for argv in checks_data.get("commands", ()))
+    if any(not argv for argv in commands):
+        raise ConfigError(f"{where}: each check command must be a non-empty list of arguments")
+    checks = ChecksConfig(
+        disk_path=str(checks_data.get("disk_path", "/home")),
+        min_disk_free_mb=int(checks_data.get("min_disk_free_mb", 200)),
+        commands=commands,
+        timeout=float(checks_data.get("timeout", 20.0)),
+    )
+    return BoardConfig(
+        name=name,
+        caps=dict(caps),
+        ssh_address=ssh_address,
+        uuid=uuid,
+        backend=backend,
+        backend_options=dict(data.get("backend_options", {})),
+        user_prefix=prefix,
+        user_groups=groups,
+        user_shell=shell,
+        checks=checks,
+    )
+
+
+def parse_config(data: Mapping[str, Any]) -> DryadConfig:
+    """Validate a parsed TOML document."""
+    known = {"scheduler", "listen", "advertise", "state_dir", "key_bits", "log_level", "board"}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"unknown settings {', '.join(sorted(unknown))}")
+    scheduler = data.get("scheduler")
+    if not isinstance(scheduler, str):
+        raise ConfigError("scheduler (host:port of the boruta scheduler) is required")
+    _host_port(scheduler, "scheduler")
+    listen = _host_port(str(data.get("listen", "0.0.0.0:7175")), "listen", port_zero=True)
+    advertise = str(data.get("advertise", ""))
+    if advertise:
+        host = advertise.rpartition(":")[0] if ":" in advertise else advertise
+        if _is_wildcard(host):
+            raise ConfigError("advertise must be a host the scheduler can dial, not a wildcard")
+    elif _is_wildcard(listen.rpartition(":")[0]):
+        raise ConfigError(
+            "listen is a wildcard address: set advertise to the host:port the scheduler "
+            "should dial (it is never guessed)"
+        )
+    key_bits = int(data.get("key_bits", 3072))
+    if key_bits < MIN_KEY_BITS or key_bits > 8192:
+        raise ConfigError(f"key_bits must be {MIN_KEY_BITS} to 8192, got {key_bits}")
+    boards_data = data.get("board", [])
+    if not isinstance(boards_data, list) or not boards_data:
+        raise ConfigError("at least one [[board]] table is required")
+    boards = tuple(_board(i, b) for i, b in enumerate(boards_data))
+    names = [b.name for b in boards]
+    prefixes = [b.user_prefix for b in boards]
+    if len(set(names)) != len(names):
+        raise ConfigError("board names must be unique")
+    if len(set(prefixes)) != len(prefixes):
+        raise ConfigError("each board needs its own user_prefix")
+    return DryadConfig(
+        scheduler=scheduler,
+        boards=boards,
+        listen=listen,
+        advertise=advertise,
+        state_dir=str(data.get("state_dir", "/var/lib/boruta-dryad")),
+        key_bits=key_bits,
+        log_level=str(data.get("log_level", "INFO")),
+    )
+
+
+_CLI = [
+    ("scheduler", "host:port of the scheduler"),
+    ("listen", "host:port to serve the Dryad service on"),
+    ("advertise", "host:port the scheduler dials to reach this dryad"),
+    ("state_dir", "where board UUIDs and job counters are kept"),
+    ("log_level", "DEBUG, INFO, WARNING or ERROR"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dryad",
+        description="The boruta dryad: prepares job users and keys on a board's host. "
+        "Settings come from the TOML file; the options and BORUTA_* variables override it.",
+    )
+    parser.add_argument(
+        "--config",
+        default=os.environ.get("BORUTA_CONFIG", DEFAULT_CONFIG),
+        help=f"TOML file [env: BORUTA_CONFIG] (default {DEFAULT_CONFIG})",
+    )
+    for name, text in _CLI:
+        env = "BORUTA_" + name.upper()
+        parser.add_argument(
+            "--" + name.replace("_", "-"), dest=name, default=None, help=f"{text} [env: {env}]"
+        )
+    return parser
+
+
+def load_config(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> DryadConfig:
+    """The file's settings, overridden by environment variables, overridden by options."""
+    environ = os.environ if environ is None else environ
+    args = build_parser().parse_args(argv)
+    path = Path(args.config)
+    try:
+        data: dict[str, Any] = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; see deploy/dryad.toml") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    for name, _ in _CLI:
+        env = "BORUTA_" + name.upper()
+        if env in environ:
+            data[name] = environ[env]
+        if getattr(args, name) is not None:
+            data[name] = getattr(args, name)
+    return parse_config(data)
+
+
+def with_uuids(config: DryadConfig, uuids: Mapping[str, str]) -> DryadConfig:
+    """The config with every board's UUID filled in from uuids (by board name)."""
+    return replace(
+        config,
+        boards=tuple(replace(b, uuid=b.uuid or uuids[b.name]) for b in config.boards),
+    )

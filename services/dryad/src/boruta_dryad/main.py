@@ -1,0 +1,122 @@
+"""The dryad command: clean up after a crash, serve Dryad, register with the scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import uuid as uuidlib
+from collections.abc import Sequence
+
+import grpc
+from boruta import logs
+from boruta.v1 import dryad_pb2_grpc
+
+from boruta_dryad import __version__
+from boruta_dryad.agent import BoardRegistration, SchedulerLink
+from boruta_dryad.backends import make_backend
+from boruta_dryad.config import ConfigError, DryadConfig, load_config
+from boruta_dryad.hoststatus import host_status
+from boruta_dryad.servicer import Board, DryadServicer
+from boruta_dryad.state import ensure_uuids
+from boruta_dryad.users import JobUsers
+
+log = logging.getLogger(__name__)
+
+READY = "boruta-dryad listening on "
+
+
+class Dryad:
+    """A running dryad process."""
+
+    def __init__(self, config: DryadConfig) -> None:
+        os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
+        self.config = ensure_uuids(config)
+        self.boards = {
+            b.uuid: Board(
+                b,
+                make_backend(b.backend, b.backend_options),
+                JobUsers(b, self.config.key_bits, self.config.state_dir),
+            )
+            for b in self.config.boards
+        }
+        self.address = ""
+        self.link: SchedulerLink | None = None
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> str:
+        """Remove job users left from before, serve, and start registering."""
+        for board in self.boards.values():
+            stale = await board.users.remove_all()
+            if stale:
+                log.warning(
+                    "removed job users left from before",
+                    extra={"board": board.config.name, "users": ",".join(stale)},
+                )
+        server = grpc.aio.server()
+        dryad_pb2_grpc.add_DryadServicer_to_server(DryadServicer(self.boards), server)
+        port = server.add_insecure_port(self.config.listen)
+        if port == 0:
+            raise OSError(f"cannot listen on {self.config.listen}")
+        await server.start()
+        self._server = server
+        self.address = self._advertised(port)
+        disk = self.config.boards[0].checks.disk_path
+        self.link = SchedulerLink(
+            self.config.scheduler,
+            self.address,
+            [
+                BoardRegistration(b.uuid, {**b.caps, "UUID": b.uuid}, b.ssh_address)
+                for b in self.config.boards
+            ],
+            instance_id=uuidlib.uuid4().hex,
+            version=__version__,
+            host_status=lambda: host_status(disk),
+        )
+        self.link.start()
+        return self.address
+
+    def _advertised(self, port: int) -> str:
+        advertise = self.config.advertise
+        if not advertise:
+            return f"{self.config.listen.rpartition(':')[0]}:{port}"
+        host, sep, configured = advertise.rpartition(":")
+        if not sep:
+            return f"{advertise}:{port}"
+        return advertise if configured not in ("", "0") else f"{host}:{port}"
+
+    async def stop(self) -> None:
+        if self.link is not None:
+            await self.link.stop()
+        if self._server is not None:
+            await self._server.stop(2)
+
+
+async def serve(config: DryadConfig) -> None:
+    dryad = Dryad(config)
+    address = await dryad.start()
+    print(f"{READY}{address}", flush=True)
+    log.info("serving", extra={"address": address, "scheduler": config.scheduler})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    await dryad.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        config = load_config(argv)
+    except ConfigError as exc:
+        print(f"dryad: {exc}", file=sys.stderr)
+        sys.exit(2)
+    logs.configure(config.log_level)
+    asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    main()

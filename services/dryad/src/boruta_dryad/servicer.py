@@ -1,0 +1,94 @@
+"""The Dryad service: Prepare, PutInMaintenance and Healthcheck for the boards of this host."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from boruta.v1 import dryad_pb2, dryad_pb2_grpc
+
+from boruta_dryad.backends import BackendError, BoardBackend
+from boruta_dryad.config import BoardConfig
+from boruta_dryad.health import run_checks
+from boruta_dryad.users import JobUsers, UserError
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+# The one table from the dryad's errors to gRPC codes. UNAVAILABLE is never used for
+# these: the scheduler retries UNAVAILABLE, and these failures do not go away by retrying.
+STATUS_OF_ERROR: dict[type[Exception], grpc.StatusCode] = {
+    BackendError: grpc.StatusCode.FAILED_PRECONDITION,
+    UserError: grpc.StatusCode.INTERNAL,
+    OSError: grpc.StatusCode.INTERNAL,
+}
+_CALL_ERRORS = (BackendError, UserError, OSError)
+
+
+@dataclass
+class Board:
+    """A board at run time: its configuration, hardware and job users."""
+
+    config: BoardConfig
+    backend: BoardBackend
+    users: JobUsers
+
+
+class DryadServicer(dryad_pb2_grpc.DryadServicer):
+    def __init__(self, boards: Mapping[str, Board]) -> None:
+        self._boards = boards
+
+    async def _board(self, uuid: str, context: Context) -> Board:
+        board = self._boards.get(uuid)
+        if board is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"this dryad serves no board {uuid!r}")
+        assert board is not None
+        return board
+
+    async def _fail(self, context: Context, what: str, error: Exception) -> None:
+        code = next(
+            (c for t, c in STATUS_OF_ERROR.items() if isinstance(error, t)),
+            grpc.StatusCode.INTERNAL,
+        )
+        log.error("dryad call failed", extra={"call": what, "error": str(error)})
+        await context.abort(code, f"{what}: {error}")
+
+    async def Prepare(
+        self, request: dryad_pb2.PrepareRequest, context: Context
+    ) -> dryad_pb2.PrepareResponse:
+        board = await self._board(request.worker_uuid, context)
+        try:
+            await board.backend.prepare()
+            prepared = await board.users.prepare()
+        except _CALL_ERRORS as exc:
+            await self._fail(context, "prepare", exc)
+            raise AssertionError("unreachable") from exc
+        return dryad_pb2.PrepareResponse(
+            username=prepared.username, private_key_pem=prepared.private_key_pem
+        )
+
+    async def PutInMaintenance(
+        self, request: dryad_pb2.PutInMaintenanceRequest, context: Context
+    ) -> dryad_pb2.PutInMaintenanceResponse:
+        board = await self._board(request.worker_uuid, context)
+        try:
+            # Nobody may keep using the board: the job user goes with its processes.
+            await board.users.remove_all()
+            await board.backend.maintenance(request.message)
+        except _CALL_ERRORS as exc:
+            await self._fail(context, "maintenance", exc)
+        return dryad_pb2.PutInMaintenanceResponse()
+
+    async def Healthcheck(
+        self, request: dryad_pb2.HealthcheckRequest, context: Context
+    ) -> dryad_pb2.HealthcheckResponse:
+        board = await self._board(request.worker_uuid, context)
+        checks = await run_checks(board.config, board.backend)
+        return dryad_pb2.HealthcheckResponse(
+            healthy=all(c.ok for c in checks),
+            checks=[dryad_pb2.CheckResult(name=c.name, ok=c.ok, detail=c.detail) for c in checks],
+        )

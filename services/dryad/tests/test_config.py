@@ -1,0 +1,114 @@
+"""Dryad configuration: what is accepted, what is refused and why, and UUID persistence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from boruta_dryad.config import ConfigError, load_config, parse_config
+from boruta_dryad.state import ensure_uuids
+
+
+def minimal(**overrides: Any) -> dict[str, Any]:
+    board = {"name": "b0", "caps": {"board": "rpi4"}, "ssh_address": "board0.lab:22"}
+    board.update(overrides.pop("board", {}))
+    data: dict[str, Any] = {
+        "scheduler": "sched.lab:50051",
+        "listen": "0.0.0.0:7175",
+        "advertise": "board0.lab:7175",
+        "board": [board],
+    }
+    data.update(overrides)
+    return data
+
+
+def test_defaults() -> None:
+    config = parse_config(minimal())
+    (board,) = config.boards
+    assert (config.key_bits, config.state_dir) == (3072, "/var/lib/boruta-dryad")
+    assert (board.backend, board.user_prefix, board.user_groups) == ("simulated", "boruta-job", ())
+    assert board.checks.min_disk_free_mb == 200
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"scheduler": None}, "scheduler"),
+        ({"advertise": ""}, "listen is a wildcard address: set advertise"),
+        ({"advertise": "0.0.0.0:7175"}, "not a wildcard"),
+        ({"key_bits": 1024}, "key_bits must be 2048"),
+        ({"board": {"ssh_address": None}}, "ssh_address"),
+        ({"board": {"ssh_address": "0.0.0.0:22"}}, "wildcard"),
+        ({"board": {"user_prefix": "Bad;rm -rf"}}, "user_prefix"),
+        ({"board": {"user_prefix": "x" * 30}}, "user_prefix"),
+        ({"board": {"user_groups": ["sudo"]}}, "must not be in group 'sudo'"),
+        ({"board": {"user_groups": ["dial out"]}}, "not a valid group name"),
+        ({"board": {"backend": "lego"}}, "backend must be"),
+        ({"board": {"caps": {"UUID": "x"}}}, "set the UUID with uuid"),
+        ({"board": {"uuid": "has space"}}, "uuid must be"),
+        ({"board": {"colour": "red"}}, "unknown settings colour"),
+        ({"board": {"user_shell": "bash"}}, "absolute path"),
+        ({"bogus": 1}, "unknown settings bogus"),
+        ({"board": []}, "at least one"),
+    ],
+)
+def test_refused(overrides: dict[str, Any], message: str) -> None:
+    data = minimal()
+    for key, value in overrides.items():
+        if key == "board" and isinstance(value, dict):
+            for k, v in value.items():
+                if v is None:
+                    del data["board"][0][k]
+                else:
+                    data["board"][0][k] = v
+        elif value is None:
+            del data[key]
+        else:
+            data[key] = value
+    with pytest.raises(ConfigError, match=message):
+        parse_config(data)
+
+
+def test_boards_need_distinct_names_and_prefixes() -> None:
+    data = minimal()
+    data["board"].append(dict(data["board"][0]))
+    with pytest.raises(ConfigError, match="names must be unique"):
+        parse_config(data)
+    data["board"][1]["name"] = "b1"
+    with pytest.raises(ConfigError, match="own user_prefix"):
+        parse_config(data)
+    data["board"][1]["user_prefix"] = "job-b1-"
+    assert len(parse_config(data).boards) == 2
+
+
+def test_file_environment_and_options(tmp_path: Path) -> None:
+    path = tmp_path / "dryad.toml"
+    path.write_text(
+        'scheduler = "a:1"\nlisten = "127.0.0.1:0"\n'
+        '[[board]]\nssh_address = "b:22"\ncaps = { board = "x" }\n'
+    )
+    config = load_config(["--config", str(path)], environ={})
+    assert config.scheduler == "a:1"
+    config = load_config(["--config", str(path)], environ={"BORUTA_SCHEDULER": "env:2"})
+    assert config.scheduler == "env:2"
+    config = load_config(
+        ["--config", str(path), "--scheduler", "cli:3"], environ={"BORUTA_SCHEDULER": "env:2"}
+    )
+    assert config.scheduler == "cli:3"
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(["--config", str(tmp_path / "none.toml")], environ={})
+
+
+def test_uuids_are_generated_once_and_kept(tmp_path: Path) -> None:
+    data = minimal(state_dir=str(tmp_path))
+    data["board"].append(
+        {"name": "b1", "ssh_address": "h:22", "user_prefix": "j1-", "uuid": "fixed-uuid"}
+    )
+    first = ensure_uuids(parse_config(data))
+    generated = first.boards[0].uuid
+    assert generated and first.boards[1].uuid == "fixed-uuid"
+    assert json.loads((tmp_path / "uuids.json").read_text()) == {"b0": generated}
+    again = ensure_uuids(parse_config(data))
+    assert again.boards[0].uuid == generated

@@ -1,0 +1,144 @@
+"""Per-job Unix users, for real: created, keyed, and removed with processes and home."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from boruta_dryad.config import BoardConfig
+from boruta_dryad.users import MARKER_PREFIX, JobUsers, job_users
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from system_kit import processes_of, remove_users, require_root, unique_prefix, users_with_prefix
+
+
+@pytest.fixture
+def board(tmp_path: Path) -> Iterator[BoardConfig]:
+    require_root()
+    prefix = unique_prefix()
+    yield BoardConfig(
+        name="b0",
+        caps={},
+        ssh_address="h:22",
+        uuid=f"uuid-{prefix}",
+        user_prefix=prefix,
+        user_groups=("dialout",),
+    )
+    remove_users(prefix)
+
+
+def public_line_of(private_pem: str) -> str:
+    key = serialization.load_pem_private_key(private_pem.encode(), None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
+
+
+async def test_prepare_creates_a_keyed_user_as_sshd_demands(
+    board: BoardConfig, tmp_path: Path
+) -> None:
+    users = JobUsers(board, 2048, str(tmp_path))
+    prepared = await users.prepare()
+    entry = pwd.getpwnam(prepared.username)
+    assert prepared.username == f"{board.user_prefix}1"
+    assert entry.pw_gecos == MARKER_PREFIX + board.uuid
+    assert entry.pw_shell == "/bin/bash"
+    ssh_dir = Path(entry.pw_dir) / ".ssh"
+    keys = ssh_dir / "authorized_keys"
+    for path, mode in ((ssh_dir, 0o700), (keys, 0o600)):
+        info = os.stat(path)
+        assert stat.S_IMODE(info.st_mode) == mode
+        assert (info.st_uid, info.st_gid) == (entry.pw_uid, entry.pw_gid)
+    assert keys.read_text().startswith(public_line_of(prepared.private_key_pem))
+    shadow = subprocess.run(
+        ["getent", "shadow", prepared.username], capture_output=True, text=True, check=True
+    ).stdout
+    assert shadow.split(":")[1] == "*"  # no password login, not locked for keys
+    groups = subprocess.run(
+        ["id", "-Gn", prepared.username], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "dialout" in groups and "sudo" not in groups
+    key = serialization.load_pem_private_key(prepared.private_key_pem.encode(), None)
+    assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 2048
+    # The dryad keeps no copy of the private key anywhere it wrote.
+    body = prepared.private_key_pem.splitlines()[1]
+    for path in [*tmp_path.rglob("*"), *Path(entry.pw_dir).rglob("*")]:
+        if path.is_file():
+            assert body not in path.read_text(errors="replace")
+
+
+async def test_next_prepare_removes_the_previous_user_and_its_processes(
+    board: BoardConfig, tmp_path: Path
+) -> None:
+    users = JobUsers(board, 2048, str(tmp_path))
+    first = await users.prepare()
+    entry = pwd.getpwnam(first.username)
+    sleeper = subprocess.Popen(
+        ["sleep", "600"], user=entry.pw_uid, group=entry.pw_gid, start_new_session=True
+    )
+    assert processes_of(entry.pw_uid)
+    second = await users.prepare()
+    assert second.username != first.username
+    assert second.private_key_pem != first.private_key_pem
+    assert sleeper.wait(10) == -9
+    assert processes_of(entry.pw_uid) == []
+    assert not Path(entry.pw_dir).exists()
+    assert job_users(board.uuid) == [second.username]
+
+
+async def test_files_left_in_shared_directories_go_with_the_user(
+    board: BoardConfig, tmp_path: Path
+) -> None:
+    users = JobUsers(board, 2048, str(tmp_path))
+    first = await users.prepare()
+    entry = pwd.getpwnam(first.username)
+    leftovers = [Path("/tmp") / f"{first.username}-secret", Path("/dev/shm") / first.username]
+    subprocess.run(
+        ["sh", "-c", f"echo s > {leftovers[0]}; mkdir {leftovers[1]}; echo s > {leftovers[1]}/x"],
+        user=entry.pw_uid,
+        group=entry.pw_gid,
+        check=True,
+    )
+    mine = Path("/tmp") / f"{first.username}-root-owned"
+    mine.write_text("kept")
+    try:
+        second = await users.prepare()
+        # The next user may get the same uid; it must not inherit the old user's files.
+        assert not any(p.exists() for p in leftovers)
+        assert mine.read_text() == "kept"
+        assert pwd.getpwnam(second.username)
+    finally:
+        mine.unlink()
+
+
+async def test_one_user_at_a_time(board: BoardConfig, tmp_path: Path) -> None:
+    users = JobUsers(board, 2048, str(tmp_path))
+    await users.prepare()
+    second = await users.prepare()
+    assert job_users(board.uuid) == [second.username]
+
+
+async def test_remove_all_after_a_crash_finds_users_by_their_marker(
+    board: BoardConfig, tmp_path: Path
+) -> None:
+    await JobUsers(board, 2048, str(tmp_path / "lost")).prepare()
+    # A new dryad with no memory of the old state still finds the user.
+    again = JobUsers(board, 2048, str(tmp_path / "fresh"))
+    removed = await again.remove_all()
+    assert len(removed) == 1
+    assert users_with_prefix(board.user_prefix) == []
+
+
+async def test_prepare_twice_is_safe(board: BoardConfig, tmp_path: Path) -> None:
+    users = JobUsers(board, 2048, str(tmp_path))
+    await users.prepare()
+    await users.prepare()
+    assert len(job_users(board.uuid)) == 1

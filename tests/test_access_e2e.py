@@ -1,0 +1,266 @@
+"""End to end with real parts: a scheduler, a dryad creating real Unix users, OpenSSH sshd,
+and users logging in through the scheduler's tunnel with paramiko and the ssh client."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+from access_kit import DryadProcess, Login, dryad_toml
+from boruta.v1 import types_pb2, workers_pb2
+from boruta_dryad.config import parse_config
+from boruta_dryad.devsshd import DevSshd
+from boruta_dryad.main import Dryad
+from boruta_scheduler.core import Policy
+from farm_kit import Farm, SchedulerProcess
+from system_kit import processes_of, remove_users, require_sshd, unique_prefix, users_with_prefix
+
+S = types_pb2
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[DevSshd]:
+    require_sshd()
+    server = DevSshd(workdir=str(tmp_path / "sshd"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    chosen = unique_prefix()
+    yield chosen
+    remove_users(chosen)
+
+
+@pytest.fixture
+async def dryad(farm: Farm, sshd: DevSshd, prefix: str, tmp_path: Path) -> AsyncIterator[Dryad]:
+    config = parse_config(
+        {
+            "scheduler": farm.address,
+            "listen": "127.0.0.1:0",
+            "state_dir": str(tmp_path / "dryad"),
+            "board": [
+                {
+                    "name": "b0",
+                    "caps": {"board": "rpi4"},
+                    "ssh_address": sshd.address,
+                    "user_prefix": prefix,
+                }
+            ],
+        }
+    )
+    running = Dryad(config)  # default key size: 3072 bits
+    await running.start()
+    assert running.link is not None
+    await running.link.wait_registered()
+    uuid = running.config.boards[0].uuid
+    await farm.admin.set_state(uuid, S.WORKER_STATE_IDLE)
+    await farm.admin.wait_worker(uuid, S.WORKER_STATE_IDLE)
+    yield running
+    await running.stop()
+
+
+def uuid_of(dryad: Dryad) -> str:
+    return dryad.config.boards[0].uuid
+
+
+async def test_shell_on_a_real_board_and_everything_torn_down(farm: Farm, dryad: Dryad) -> None:
+    alice = farm.client("alice")
+    request = await alice.new({"board": "rpi4"})
+    login = Login.of((await alice.acquire(request.id)).access)
+    assert (login.host, login.username.startswith(dryad.config.boards[0].user_prefix)) == (
+        "127.0.0.1",
+        True,
+    )
+    assert "BEGIN RSA PRIVATE KEY" in login.private_key_pem
+
+    assert (await login.paramiko_run("id -un")).strip() == login.username
+    result = await login.openssh_run("id -un")
+    assert (result.returncode, result.stdout.strip()) == (0, login.username), result.stderr
+    # Something the user leaves running after logging out.
+    await login.paramiko_run("setsid sleep 600 </dev/null >/dev/null 2>&1 &")
+    entry = pwd.getpwnam(login.username)
+    assert processes_of(entry.pw_uid)
+
+    await alice.close(request.id)
+    await farm.admin.wait_worker(uuid_of(dryad), S.WORKER_STATE_IDLE)
+    with pytest.raises(KeyError):
+        pwd.getpwnam(login.username)
+    assert not os.path.exists(entry.pw_dir)
+    assert processes_of(entry.pw_uid) == []
+    with pytest.raises(OSError):
+        await asyncio.open_connection(login.host, login.port)
+
+    second = await alice.new({"board": "rpi4"})
+    next_login = Login.of((await alice.acquire(second.id)).access)
+    assert next_login.username != login.username
+    assert next_login.private_key_pem != login.private_key_pem
+    # The old key does not open the new user's account.
+    stale = Login(next_login.host, next_login.port, next_login.username, login.private_key_pem)
+    refused = await stale.openssh_run("true")
+    assert refused.returncode == 255 and "Permission denied" in refused.stderr
+
+
+async def test_the_dryad_healthchecks_the_real_sshd(
+    farm: Farm, dryad: Dryad, sshd: DevSshd
+) -> None:
+    reasons = []
+    alice = farm.client()
+    request = await alice.new({"board": "rpi4"})
+    await alice.acquire(request.id)
+    sshd.stop()  # the board's sshd dies during the job
+    await alice.close(request.id)
+    failed = await farm.admin.wait_worker(uuid_of(dryad), S.WORKER_STATE_FAILED)
+    reasons.append(failed.reason)
+    assert failed.reason.startswith("Healthcheck failed:")
+    assert "sshd: cannot reach sshd" in failed.reason
+
+
+class TestJobTimeout:
+    @pytest.fixture
+    def policy(self) -> Policy:
+        return Policy(job_timeout=3.0, max_job_duration=3.0)
+
+    async def test_job_timeout_cuts_an_open_ssh_session(self, farm: Farm, dryad: Dryad) -> None:
+        alice = farm.client()
+        request = await alice.new({"board": "rpi4"})
+        login = Login.of((await alice.acquire(request.id)).access)
+
+        def open_shell_and_wait_for_cut() -> tuple[bytes, float]:
+            client = login.client()
+            channel = client.invoke_shell()
+            channel.settimeout(30)
+            channel.send(b"echo still here\n")
+            seen = b""
+            while b"still here" not in seen:
+                seen += channel.recv(4096)
+            started = time.monotonic()
+            rest = b""
+            while chunk := channel.recv(4096):
+                rest += chunk
+            client.close()
+            return rest, time.monotonic() - started
+
+        _, waited = await asyncio.to_thread(open_shell_and_wait_for_cut)
+        done = await alice.info(request.id)
+        assert (done.state, done.reason) == (S.REQUEST_STATE_DONE, "job timed out")
+        assert waited < 30
+
+
+@asynccontextmanager
+async def farm_processes(
+    tmp_path: Path, sshd: DevSshd, prefix: str, *options: str
+) -> AsyncIterator[tuple[SchedulerProcess, DryadProcess, Farm, str]]:
+    """A scheduler and a dryad, each its own process, with the board IDLE."""
+    scheduler = SchedulerProcess(tmp_path / "scheduler", *options)
+    address = scheduler.start()
+    config = tmp_path / "dryad.toml"
+    config.write_text(
+        dryad_toml(
+            address, sshd.address, tmp_path / "dryad", prefix, uuid=f"board-{prefix.strip('-')}"
+        )
+    )
+    dryad = DryadProcess(config)
+    dryad.start()
+    farm = Farm(address)
+    uuid = f"board-{prefix.strip('-')}"
+    admin = farm.admin
+    stream_ready = False
+    while not stream_ready:
+        try:
+            await admin.worker(uuid)
+            stream_ready = True
+        except grpc.aio.AioRpcError:
+            await asyncio.sleep(0.05)
+    try:
+        await admin.set_state(uuid, S.WORKER_STATE_IDLE)
+        await admin.wait_worker(uuid, S.WORKER_STATE_IDLE)
+        yield scheduler, dryad, farm, uuid
+    finally:
+        await farm.close()
+        dryad.stop()
+        scheduler.stop()
+
+
+async def test_killed_dryad_fails_its_worker_and_job(
+    sshd: DevSshd, prefix: str, tmp_path: Path
+) -> None:
+    async with farm_processes(
+        tmp_path, sshd, prefix, "--heartbeat-interval", "0.3s", "--heartbeat-timeout", "2s"
+    ) as (_, dryad, farm, uuid):
+        alice = farm.client()
+        request = await alice.new({"board": "rpi4"})
+        await alice.acquire(request.id)
+        dryad.kill()
+        failed = await farm.admin.wait_worker(uuid, S.WORKER_STATE_FAILED)
+        assert failed.reason.startswith("heartbeat lost")
+        info = await alice.info(request.id)
+        assert info.state == S.REQUEST_STATE_FAILED and "heartbeat lost" in info.reason
+
+
+async def test_restarted_scheduler_gets_its_dryads_back(
+    sshd: DevSshd, prefix: str, tmp_path: Path
+) -> None:
+    async with farm_processes(
+        tmp_path, sshd, prefix, "--heartbeat-interval", "0.3s", "--heartbeat-timeout", "3s"
+    ) as (scheduler, _, farm, uuid):
+        scheduler.kill()
+        await farm.channel.close()
+        restarted_at = time.time()
+        scheduler.start(listen=farm.address)
+        farm.channel = grpc.aio.insecure_channel(farm.address)
+        admin = farm.admin
+        # Nobody touches the dryad: it reconnects and heartbeats by itself.
+        for _ in range(300):
+            worker = await admin.worker(uuid)
+            if worker.last_seen.ToNanoseconds() / 1e9 > restarted_at:
+                break
+            await asyncio.sleep(0.05)
+        assert worker.last_seen.ToNanoseconds() / 1e9 > restarted_at
+        assert worker.state == S.WORKER_STATE_IDLE
+        # And the whole path works again.
+        alice = farm.client()
+        request = await alice.new({"board": "rpi4"})
+        login = Login.of((await alice.acquire(request.id)).access)
+        assert (await login.paramiko_run("id -un")).strip() == login.username
+        await alice.close(request.id)
+        await admin.wait_worker(uuid, S.WORKER_STATE_IDLE)
+
+
+async def test_restarted_dryad_leaves_no_stale_users(
+    sshd: DevSshd, prefix: str, tmp_path: Path
+) -> None:
+    async with farm_processes(tmp_path, sshd, prefix) as (_, dryad, farm, uuid):
+        (before,) = users_with_prefix(prefix)  # the prepared user of the idle board
+        dryad.kill()
+        dryad.start()
+        # By the time the new dryad serves, the old job user is gone.
+        assert before not in users_with_prefix(prefix)
+        # The scheduler saw a new dryad instance and prepared the board again.
+        admin = farm.admin
+        stream = admin.workers.WatchWorkers(
+            workers_pb2.WatchWorkersRequest(filter=workers_pb2.WorkerFilter(uuids=[uuid])),
+            metadata=admin.metadata,
+        )
+        worker = await admin.worker(uuid)
+        if "dryad restarted" not in worker.reason and worker.reason != "prepared":
+            async for event in stream:
+                if event.worker.state == S.WORKER_STATE_PREPARE:
+                    break
+        stream.cancel()
+        await admin.wait_worker(uuid, S.WORKER_STATE_IDLE)
+        (after,) = users_with_prefix(prefix)
+        assert after != before
+        alice = farm.client()
+        request = await alice.new({"board": "rpi4"})
+        login = Login.of((await alice.acquire(request.id)).access)
+        assert login.username == after
