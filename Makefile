@@ -8,12 +8,11 @@ PROTO_SRC := $(wildcard protos/boruta/v1/*.proto)
 PROTO_OUT := protos/python/src
 PACKAGES := protos/python services/scheduler services/dryad clients/python
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
-SRC_DIRS := services/scheduler/src services/dryad/src clients/python/src
 
 .PHONY: help venv proto proto-check proto-lint lint typecheck test unit run bench clean
 
 help:
-	@echo "make run      start a local farm (scheduler on SQLite) and print where it listens"
+	@echo "make run      start a local farm (scheduler, dryads, sshd; needs root) and print what to try"
 	@echo "make test     every check CI runs: generated code, lint, types, tests"
 	@echo "make proto    regenerate Python code and type stubs from protos/"
 	@echo "make bench    run the benchmarks and write docs/benchmarks.md"
@@ -58,8 +57,10 @@ unit: venv
 test: venv proto-check lint typecheck
 	$(BIN)/pytest
 
+# A real farm on this machine: scheduler, dryads with real job users, a private sshd.
 run: venv
-	$(BIN)/boruta-scheduler --data-dir $(or $(BORUTA_DATA_DIR),.farm) --listen $(or $(BORUTA_LISTEN),127.0.0.1:50051)
+	bash tools/setup-system
+	$(BIN)/python tools/local_farm.py
 
 bench: venv
 	$(BIN)/python -m bench

@@ -161,32 +161,25 @@ async def farm_processes(
     tmp_path: Path, sshd: DevSshd, prefix: str, *options: str
 ) -> AsyncIterator[tuple[SchedulerProcess, DryadProcess, Farm, str]]:
     """A scheduler and a dryad, each its own process, with the board IDLE."""
-    scheduler = SchedulerProcess(tmp_path / "scheduler", *options)
-    address = scheduler.start()
-    config = tmp_path / "dryad.toml"
-    config.write_text(
-        dryad_toml(
-            address, sshd.address, tmp_path / "dryad", prefix, uuid=f"board-{prefix.strip('-')}"
-        )
-    )
-    dryad = DryadProcess(config)
-    dryad.start()
-    farm = Farm(address)
     uuid = f"board-{prefix.strip('-')}"
-    admin = farm.admin
-    stream_ready = False
-    while not stream_ready:
-        try:
-            await admin.worker(uuid)
-            stream_ready = True
-        except grpc.aio.AioRpcError:
-            await asyncio.sleep(0.05)
+    scheduler = SchedulerProcess(tmp_path / "scheduler", *options)
+    config = tmp_path / "dryad.toml"
+    dryad = DryadProcess(config)
+    farm: Farm | None = None
     try:
+        address = scheduler.start()
+        config.write_text(dryad_toml(address, sshd.address, tmp_path / "dryad", prefix, uuid=uuid))
+        dryad.start()
+        farm = Farm(address)
+        admin = farm.admin
+        # The watch includes the current state, so it sees the registration whenever it came.
+        await admin.wait_worker(uuid, S.WORKER_STATE_MAINTENANCE)
         await admin.set_state(uuid, S.WORKER_STATE_IDLE)
         await admin.wait_worker(uuid, S.WORKER_STATE_IDLE)
         yield scheduler, dryad, farm, uuid
     finally:
-        await farm.close()
+        if farm is not None:
+            await farm.close()
         dryad.stop()
         scheduler.stop()
 
@@ -241,23 +234,25 @@ async def test_restarted_dryad_leaves_no_stale_users(
 ) -> None:
     async with farm_processes(tmp_path, sshd, prefix) as (_, dryad, farm, uuid):
         (before,) = users_with_prefix(prefix)  # the prepared user of the idle board
-        dryad.kill()
-        dryad.start()
-        # By the time the new dryad serves, the old job user is gone.
-        assert before not in users_with_prefix(prefix)
-        # The scheduler saw a new dryad instance and prepared the board again.
         admin = farm.admin
         stream = admin.workers.WatchWorkers(
             workers_pb2.WatchWorkersRequest(filter=workers_pb2.WorkerFilter(uuids=[uuid])),
             metadata=admin.metadata,
+            timeout=60,
         )
-        worker = await admin.worker(uuid)
-        if "dryad restarted" not in worker.reason and worker.reason != "prepared":
-            async for event in stream:
-                if event.worker.state == S.WORKER_STATE_PREPARE:
-                    break
+        await stream.initial_metadata()  # from here on no change is missed
+        dryad.kill()
+        dryad.start()
+        # By the time the new dryad serves, the old job user is gone.
+        assert before not in users_with_prefix(prefix)
+        # The scheduler sees a new dryad instance and prepares the board again.
+        states = []
+        async for event in stream:
+            states.append((event.worker.state, event.worker.reason))
+            if event.worker.state == S.WORKER_STATE_IDLE:
+                break
         stream.cancel()
-        await admin.wait_worker(uuid, S.WORKER_STATE_IDLE)
+        assert states[0] == (S.WORKER_STATE_PREPARE, "dryad restarted")
         (after,) = users_with_prefix(prefix)
         assert after != before
         alice = farm.client()

@@ -88,10 +88,13 @@ class Dryad:
         return advertise if configured not in ("", "0") else f"{host}:{port}"
 
     async def stop(self) -> None:
+        """Stop serving and remove the job users: nobody may use a board without its dryad."""
         if self.link is not None:
             await self.link.stop()
         if self._server is not None:
             await self._server.stop(2)
+        for board in self.boards.values():
+            await board.users.remove_all()
 
 
 async def serve(config: DryadConfig) -> None:
