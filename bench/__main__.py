@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from bench import core_bench, grpc_bench
+from bench import access_bench, core_bench, grpc_bench
 
 REPORT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -37,7 +37,43 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
-def render(core: dict[str, Any], rpc: dict[str, dict[str, float]], when: str) -> str:
+def render_access(access: dict[str, dict[str, float]] | None) -> list[str]:
+    lines = ["## Access: from a request to a command on the board", ""]
+    if access is None:
+        return [
+            *lines,
+            "Not measured on this run: it needs root and OpenSSH (`bench/access_bench.py`).",
+            "",
+        ]
+    a = access["access"]
+    lines += [
+        "`bench/access_bench.py`, with real parts: the scheduler (SQLite), a dryad making",
+        "real Unix users and keys, OpenSSH sshd, paramiko. *Access*: NewRequest for an idle,",
+        "prepared board, AcquireWorker, SSH login through the scheduler's tunnel and the",
+        "first line of `echo ready`. *Prepare*: one Dryad.Prepare (remove the last job user",
+        "and its processes, create a new one, generate and install its RSA key); it runs",
+        "after each job, before the board is IDLE again, so users do not wait for it.",
+        "",
+        "| measure | median (ms) | p95 (ms) | target |",
+        "|---|---|---|---|",
+        f"| access, request to first output line ({a['n']:.0f} runs) | {a['median_ms']:.0f} | "
+        f"{a['p95_ms']:.0f} | median < 300 ms: {verdict(a['median_ms'] < 300)} |",
+    ]
+    for key in ("prepare_3072", "prepare_2048"):
+        p = access[key]
+        lines.append(
+            f"| prepare, {p['key_bits']:.0f}-bit key ({p['n']:.0f} runs) | "
+            f"{p['median_ms']:.0f} | {p['p95_ms']:.0f} | |"
+        )
+    return [*lines, ""]
+
+
+def render(
+    core: dict[str, Any],
+    rpc: dict[str, dict[str, float]],
+    access: dict[str, dict[str, float]] | None,
+    when: str,
+) -> str:
     scales = core["scales"]
     mid = next(s for s in scales if s["workers"] == 1000)
     base_arrive = scales[0]["arrive"]["p50"]
@@ -46,14 +82,16 @@ def render(core: dict[str, Any], rpc: dict[str, dict[str, float]], when: str) ->
         "# Benchmarks",
         "",
         f"Measured {when} on {machine()}.",
-        "Run them again with `make bench` (about two minutes); this file is rewritten.",
+        "Run them again with `make bench` (about two minutes; as root for the access figures);",
+        "this file is rewritten.",
         "",
         "## Core: cost of one scheduling event",
         "",
         "`bench/core_bench.py`. Every worker runs a job and the queue holds the waiting",
         "requests, with 10 board types, 5 optional features, some workers and owners in",
         "groups, priorities 1-16. *Arrive*: a request arrives (checked, queued). *Free*: a",
-        "job closes, its worker is prepared again and takes the best waiting request.",
+        "job closes, its worker is checked and prepared again and takes the best waiting",
+        "request.",
         "Times in microseconds; the last columns compare p50 with the smallest farm.",
         "",
         "| workers x waiting | arrive p50 | arrive p99 | free p50 | free p99 "
@@ -89,7 +127,7 @@ def render(core: dict[str, Any], rpc: dict[str, dict[str, float]], when: str) ->
         "synchronous=FULL), one stub dryad serving every board (Prepare answers at once with",
         "keys from a pre-generated pool), and the clients. Beside each figure, the same",
         "client against `bench/baseline.py`: a bare gRPC server with the same messages and",
-        "call pattern (including the Prepare call after each close) but no scheduling,",
+        "call pattern (including Healthcheck and Prepare after each close) but no scheduling,",
         "store or engine; the ratio is the share of plain Python gRPC's ceiling on this",
         "machine that boruta reaches.",
         "",
@@ -119,17 +157,20 @@ def render(core: dict[str, Any], rpc: dict[str, dict[str, float]], when: str) ->
         f"{verdict(lat['ms_p50'] < 5)} |",
         "",
         "A full cycle is NewRequest (matched at once to an idle board), AcquireWorker,",
-        "CloseRequest; after the close the scheduler calls Dryad.Prepare, and the board is",
-        "IDLE again when that answers. The latency figure runs from the client calling",
+        "CloseRequest; after the close the scheduler calls Dryad.Healthcheck and",
+        "Dryad.Prepare, and the board is IDLE again when they answer. The latency figure",
+        "runs from the client calling",
         "CloseRequest on the job holding the only matching board to AcquireWorker returning",
-        "for the priority-1 request blocked behind it: close, commit, Prepare call, match",
-        "among the waiting requests, commit, reply.",
+        "for the priority-1 request blocked behind it: close, commit, Healthcheck and",
+        "Prepare calls, match among the waiting requests, tunnel opened, commit, reply.",
         "",
+        *render_access(access),
         "## Reading the figures",
         "",
         f"On this machine the three processes share {os.cpu_count()} cores, and a full cycle",
-        "is four gRPC calls for the scheduler (three served, one Prepare made). The bare",
-        f"server, which does nothing but answer, reaches {bare_cyc['per_second']:,.0f} cycles",
+        "is five gRPC calls for the scheduler (three served; Healthcheck and Prepare made).",
+        f"The bare server, which does nothing but answer, reaches "
+        f"{bare_cyc['per_second']:,.0f} cycles",
         "per second here: the 1,000-cycle target is above what Python gRPC itself gives on",
         "this hardware, before any scheduling. Of boruta's scheduler CPU per cycle, the",
         "engine, core and SQLite commit take about 0.3 ms (measured in-process without",
@@ -157,7 +198,9 @@ def main() -> None:
     core = core_bench.run()
     print("gRPC benchmarks ...", file=sys.stderr)
     rpc = asyncio.run(run_rpc())
-    report = render(core, rpc, when)
+    print("access benchmark ...", file=sys.stderr)
+    access = access_bench.run()
+    report = render(core, rpc, access, when)
     REPORT.write_text(report)
     print(report)
 

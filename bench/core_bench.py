@@ -42,9 +42,13 @@ class EventTimes:
 
 
 def answer_prepares(core: Core, now: float) -> None:
-    for call in core.drain().calls:
-        if call.kind is DryadCallKind.PREPARE:
-            core.dryad_call_succeeded(now, call, ACCESS)
+    """Answer the dryad calls at once, like a dryad would: Healthcheck, then Prepare."""
+    calls = core.drain().calls
+    while calls:
+        for call in calls:
+            access = ACCESS if call.kind is DryadCallKind.PREPARE else None
+            core.dryad_call_succeeded(now, call, access)
+        calls = core.drain().calls
 
 
 def build_farm(workers: int, waiting: int) -> tuple[Core, list[int]]:

@@ -92,6 +92,7 @@ class Engine:
         self._pending: deque[_Pending[Any]] = deque()
         self._wakeup = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_due: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._writer: StoreWriter | None = None
         # Batches applied but not yet published: (commit to wait for, changes, replies).
@@ -207,13 +208,21 @@ class Engine:
             raise
 
     def _arm_timer(self) -> None:
+        due = self.core.next_timer()
+        if due == self._timer_due and self._timer is not None:
+            return  # already armed for that time
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        due = self.core.next_timer()
+        self._timer_due = due
         if due is not None:
             delay = max(0.0, due - self._clock())
-            self._timer = asyncio.get_running_loop().call_later(delay, self._wakeup.set)
+            self._timer = asyncio.get_running_loop().call_later(delay, self._fire_timer)
+
+    def _fire_timer(self) -> None:
+        self._timer = None
+        self._timer_due = None
+        self._wakeup.set()
 
     def _run_batch(self) -> None:
         now = self._clock()

@@ -7,6 +7,7 @@ x-boruta-role); the servicers read it with current_identity().
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -34,14 +35,26 @@ def current_identity() -> Identity:
 
 
 def identity_from_metadata(metadata: Any) -> Identity:
-    values = {key: value for key, value in (metadata or ()) if isinstance(value, str)}
-    user = values.get(USER_KEY, "").strip() or ANONYMOUS.user
-    groups = frozenset(g.strip() for g in values.get(GROUPS_KEY, "").split(",") if g.strip())
+    user = groups = role = ""
+    for key, value in metadata or ():
+        if key == USER_KEY:
+            user = value
+        elif key == GROUPS_KEY:
+            groups = value
+        elif key == ROLE_KEY:
+            role = value
+    return _identity_of(user, groups, role)
+
+
+@functools.lru_cache(maxsize=4096)
+def _identity_of(user: str, groups: str, role: str) -> Identity:
+    """Identities repeat call after call; parse each combination once."""
     try:
-        role = Role(values.get(ROLE_KEY, Role.USER.value))
+        parsed_role = Role(role) if role else Role.USER
     except ValueError:
-        role = Role.USER
-    return Identity(user, groups, role)
+        parsed_role = Role.USER
+    names = frozenset(g.strip() for g in groups.split(",") if g.strip())
+    return Identity(user.strip() or ANONYMOUS.user, names, parsed_role)
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: BorutaError) -> None:
