@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import os
 import platform
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,7 @@ def render(
         "# Benchmarks",
         "",
         f"Measured {when} on {machine()}.",
-        "Run them again with `make bench` (about two minutes; as root for the access figures);",
+        "Run them again with `make bench` (about five minutes; as root for the access figures);",
         "this file is rewritten.",
         "",
         "## Core: cost of one scheduling event",
@@ -129,7 +130,9 @@ def render(
         "client against `bench/baseline.py`: a bare gRPC server with the same messages and",
         "call pattern (including Healthcheck and Prepare after each close) but no scheduling,",
         "store or engine; the ratio is the share of plain Python gRPC's ceiling on this",
-        "machine that boruta reaches.",
+        "machine that boruta reaches. Throughput runs three times, boruta and bare taking",
+        "turns; the table gives the median and, in brackets, the range of the three runs",
+        "(this shared machine varies by 10-20 % from minute to minute).",
         "",
         "| measure | boruta | bare gRPC | ratio | target |",
         "|---|---|---|---|---|",
@@ -137,14 +140,18 @@ def render(
     new, bare_new = rpc["new_request"], rpc["bare_new_request"]
     cyc, bare_cyc = rpc["cycles"], rpc["bare_cycles"]
     lat = rpc["acquire_latency"]
+
+    def rate(r: dict[str, float]) -> str:
+        return f"{r['per_second']:,.0f} ({r['per_second_min']:,.0f}-{r['per_second_max']:,.0f})"
+
     lines += [
         f"| NewRequest per second ({new['concurrency']:.0f} client tasks) | "
-        f"{new['per_second']:,.0f} | {bare_new['per_second']:,.0f} | "
+        f"{rate(new)} | {rate(bare_new)} | "
         f"{new['per_second'] / bare_new['per_second']:.2f} | >= 2,000: "
         f"{verdict(new['per_second'] >= 2000)} |",
         f"| full cycles per second ({cyc['concurrency']:.0f} tasks, "
-        f"{cyc['workers']:,.0f} workers) | {cyc['per_second']:,.0f} | "
-        f"{bare_cyc['per_second']:,.0f} | {cyc['per_second'] / bare_cyc['per_second']:.2f} | "
+        f"{cyc['workers']:,.0f} workers) | {rate(cyc)} | "
+        f"{rate(bare_cyc)} | {cyc['per_second'] / bare_cyc['per_second']:.2f} | "
         f">= 1,000: {verdict(cyc['per_second'] >= 1000)} |",
         f"| cycle latency p50 / p99 (ms) | {cyc['cycle_ms_p50']:.1f} / {cyc['cycle_ms_p99']:.1f}"
         f" | {bare_cyc['cycle_ms_p50']:.1f} / {bare_cyc['cycle_ms_p99']:.1f} | | |",
@@ -155,14 +162,18 @@ def render(
         f"| worker frees -> blocked AcquireWorker returns, {lat['waiting']:,.0f} waiting: "
         f"p50 / p99 (ms) | {lat['ms_p50']:.2f} / {lat['ms_p99']:.2f} | | | median < 5 ms: "
         f"{verdict(lat['ms_p50'] < 5)} |",
+        f"| the same from the client's CloseRequest (adds Healthcheck and Prepare): p50 / p99"
+        f" (ms) | {lat['from_close_ms_p50']:.2f} / {lat['from_close_ms_p99']:.2f} | | | |",
         "",
         "A full cycle is NewRequest (matched at once to an idle board), AcquireWorker,",
         "CloseRequest; after the close the scheduler calls Dryad.Healthcheck and",
-        "Dryad.Prepare, and the board is IDLE again when they answer. The latency figure",
-        "runs from the client calling",
-        "CloseRequest on the job holding the only matching board to AcquireWorker returning",
-        "for the priority-1 request blocked behind it: close, commit, Healthcheck and",
-        "Prepare calls, match among the waiting requests, tunnel opened, commit, reply.",
+        "Dryad.Prepare, and the board is IDLE again when they answer.",
+        "",
+        "A worker frees when its dryad answers Prepare after the previous job. The latency",
+        "figure runs from that moment (stamped by the stub dryad, which runs in the client's",
+        "process: one clock) to AcquireWorker returning for the priority-1 request blocked",
+        "behind the 10,000 others: Prepare result committed, match, tunnel opened, commit,",
+        "reply. The row below it starts earlier, when the client closes the previous job.",
         "",
         *render_access(access),
         "## Reading the figures",
@@ -182,14 +193,35 @@ def render(
     return "\n".join(lines)
 
 
+REPEATS = 3
+
+
+def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each field's median over the runs, plus the range of per_second."""
+    merged = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    if "per_second" in merged:
+        merged["per_second_min"] = min(run["per_second"] for run in runs)
+        merged["per_second_max"] = max(run["per_second"] for run in runs)
+    return merged
+
+
 async def run_rpc() -> dict[str, dict[str, float]]:
-    return {
-        "new_request": await grpc_bench.new_request_rate(),
-        "bare_new_request": await grpc_bench.new_request_rate(bare=True),
-        "cycles": await grpc_bench.cycle_rate(),
-        "bare_cycles": await grpc_bench.cycle_rate(bare=True),
-        "acquire_latency": await grpc_bench.acquire_latency(),
+    """Throughput runs REPEATS times, boruta and bare interleaved so that each pair meets
+    the same machine; the report gives medians and ranges."""
+    runs: dict[str, list[dict[str, float]]] = {
+        "new_request": [],
+        "bare_new_request": [],
+        "cycles": [],
+        "bare_cycles": [],
     }
+    for _ in range(REPEATS):
+        runs["new_request"].append(await grpc_bench.new_request_rate())
+        runs["bare_new_request"].append(await grpc_bench.new_request_rate(bare=True))
+        runs["cycles"].append(await grpc_bench.cycle_rate())
+        runs["bare_cycles"].append(await grpc_bench.cycle_rate(bare=True))
+    results = {name: median_of(values) for name, values in runs.items()}
+    results["acquire_latency"] = await grpc_bench.acquire_latency()
+    return results
 
 
 def main() -> None:

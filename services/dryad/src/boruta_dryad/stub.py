@@ -14,6 +14,7 @@ import itertools
 import logging
 import os
 import sys
+import time
 import uuid as uuidlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,6 +67,8 @@ class StubBoard:
     unhealthy: str | None = None
     silent: bool = False
     prepared: int = 0
+    # When the last Prepare answer left (time.time()): the moment the board became free.
+    prepared_at: float = 0.0
     maintenance_messages: list[str] = field(default_factory=list)
     last_username: str = ""
 
@@ -94,6 +97,7 @@ class StubDryadServicer(dryad_pb2_grpc.DryadServicer):
         key = await self._keys.next_key()
         board.prepared += 1
         board.last_username = f"boruta-job-{next(self._jobs)}"
+        board.prepared_at = time.time()
         return dryad_pb2.PrepareResponse(username=board.last_username, private_key_pem=key)
 
     async def PutInMaintenance(
