@@ -185,6 +185,52 @@ async def test_unsatisfiable_request_is_refused_at_once_unless_accepted(farm: Fa
     assert queued.state == WAITING
 
 
+def reason_of(error: grpc.aio.AioRpcError) -> str:
+    return dict(error.trailing_metadata() or ()).get("boruta-error-reason", "")  # type: ignore[arg-type]
+
+
+async def test_errors_carry_a_stable_reason(farm: Farm) -> None:
+    await farm.add_dryad([board("w1", board="rpi4")])
+    c = farm.client()
+    for call, reason in [
+        (c.new({"board": "rpi5"}), "NO_CAPABLE_WORKER"),
+        (c.info(999), "REQUEST_NOT_FOUND"),
+        (c.new({"board": "rpi4"}, priority=99), "INVALID_ARGUMENT"),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert reason_of(info.value) == reason, info.value.details()
+
+
+async def test_no_wait_is_busy_when_no_worker_is_free(farm: Farm) -> None:
+    await farm.add_dryad([board("w1", board="rpi4")])
+    c = farm.client()
+    running = await c.new({"board": "rpi4"}, no_wait=True)
+    assert running.state == IN_PROGRESS
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await c.new({"board": "rpi4"}, no_wait=True)
+    assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert reason_of(info.value) == "BUSY"
+    assert "busy" in (info.value.details() or "")
+    assert [r.id for r in await all_requests(c)] == [running.id]
+
+
+async def test_get_request_info_tells_the_queue_position(farm: Farm) -> None:
+    await farm.add_dryad([board("w1", board="rpi4")])
+    c = farm.client()
+    running = await c.new({"board": "rpi4"})
+    low = await c.new({"board": "rpi4"}, priority=9)
+    high = await c.new({"board": "rpi4"}, priority=2)
+
+    async def position(request_id: int) -> int | None:
+        reply = await c.requests.GetRequestInfo(
+            requests_pb2.GetRequestInfoRequest(request_id=request_id), metadata=c.metadata
+        )
+        return reply.queue_position if reply.HasField("queue_position") else None
+
+    assert [await position(r.id) for r in (running, low, high)] == [None, 1, 0]
+
+
 async def test_deregistering_last_worker_makes_waiting_request_invalid(farm: Farm) -> None:
     await farm.add_dryad([board("w1", board="rpi4")], idle=False)
     c = farm.client()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from boruta_scheduler.core import Core, DryadCallKind, Policy, Snapshot
 from boruta_scheduler.errors import (
+    Busy,
     InvalidArgument,
     NoCapableWorker,
     ProlongLimitReached,
@@ -199,6 +200,42 @@ def test_unsatisfiable_request_refused_unless_accepted(kit: CoreKit) -> None:
     assert not kit.drain().durable
     r = kit.core.new_request(kit.now, "u", NOBODY, {"board": "rpi5"}, accept_unsatisfiable=True)
     assert r.state is RequestState.WAITING
+
+
+def test_no_wait_runs_at_once_or_is_busy_and_changes_nothing(kit: CoreKit) -> None:
+    kit.add_worker("w1", {"board": "rpi4"})
+    kit.drain()
+    first = kit.core.new_request(kit.now, "u", NOBODY, {"board": "rpi4"}, no_wait=True)
+    assert first.state is RequestState.IN_PROGRESS
+    kit.drain()
+    with pytest.raises(Busy, match="board=rpi4"):
+        kit.core.new_request(kit.now, "u", NOBODY, {"board": "rpi4"}, no_wait=True)
+    assert not kit.drain().durable
+    assert kit.core.waiting_count == 0
+    with pytest.raises(NoCapableWorker):
+        kit.core.new_request(kit.now, "u", NOBODY, {"board": "rpi5"}, no_wait=True)
+    with pytest.raises(InvalidArgument, match="valid_after"):
+        kit.core.new_request(kit.now, "u", NOBODY, {}, no_wait=True, valid_after=kit.now + 60)
+    assert kit.core.new_request(kit.now, "u", NOBODY, {}).id == first.id + 1
+
+
+def test_queue_position_follows_priority_then_age(kit: CoreKit) -> None:
+    kit.add_worker("w1", {"board": "rpi4"}, idle=False)
+    a = kit.core.new_request(kit.now, "u", NOBODY, {"board": "rpi4"}, priority=8)
+    b = kit.core.new_request(kit.now, "u", NOBODY, {}, priority=8)
+    c = kit.core.new_request(kit.now, "u", NOBODY, {"board": "rpi4"}, priority=2)
+    later = kit.core.new_request(kit.now, "u", NOBODY, {}, priority=1, valid_after=kit.now + 600)
+    positions = [kit.core.queue_position(r.id) for r in (a, b, c, later)]
+    assert positions == [2, 3, 1, 0]
+    kit.core.update_request(kit.now, later.id, priority=16)
+    assert [kit.core.queue_position(r.id) for r in (a, b, c, later)] == [1, 2, 0, 3]
+    kit.core.close_request(kit.now, c.id)
+    assert kit.core.queue_position(a.id) == 0
+    assert kit.core.queue_position(c.id) is None
+    kit.core.set_state(kit.now, "w1", WorkerState.IDLE)
+    kit.answer_calls()
+    assert kit.core.queue_position(a.id) is None  # running now
+    assert kit.core.queue_position(b.id) == 0
 
 
 def test_worker_in_maintenance_still_makes_request_satisfiable(kit: CoreKit) -> None:

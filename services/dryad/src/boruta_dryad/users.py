@@ -22,9 +22,10 @@ from boruta_dryad.keys import generate_job_key
 log = logging.getLogger(__name__)
 
 MARKER_PREFIX = "boruta-dryad job user of "
-# Directories every user can write to. A removed job user's uid is reused for the next
-# one, so whatever the old user left here must go with it.
-SHARED_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+# Directories every user can write to, and the crontab spool (userdel leaves crontabs).
+# A removed job user's uid is reused for the next one, so whatever the old user left here
+# must go with it.
+SHARED_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/var/spool/cron/crontabs")
 _USERDEL_NO_SUCH_USER = 6
 _USERDEL_HOME_NOT_REMOVED = 12
 _USERADD_NAME_IN_USE = 9

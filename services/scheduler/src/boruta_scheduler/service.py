@@ -88,6 +88,7 @@ class SchedulerService:
         valid_after: float | None = None,
         deadline: float | None = None,
         accept_unsatisfiable: bool = False,
+        no_wait: bool = False,
     ) -> RequestView:
         caps = dict(caps)
         return await self.engine.execute(
@@ -100,6 +101,7 @@ class SchedulerService:
                 valid_after=valid_after,
                 deadline=deadline,
                 accept_unsatisfiable=accept_unsatisfiable,
+                no_wait=no_wait,
             )
         )
 
@@ -132,6 +134,10 @@ class SchedulerService:
         if view is None:
             raise RequestNotFound(request_id)
         return view
+
+    def queue_position(self, request_id: int) -> int | None:
+        """Advisory: read straight from the core, which may be a batch ahead of the store."""
+        return self.engine.core.queue_position(request_id)
 
     async def list_requests(self, who: Identity, query: RequestQuery) -> Page[RequestView]:
         return await self._read(self.store.list_requests, query)

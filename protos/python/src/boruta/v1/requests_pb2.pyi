@@ -92,10 +92,15 @@ class NewRequestRequest(_message.Message):
     VALID_AFTER_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
     ACCEPT_UNSATISFIABLE_FIELD_NUMBER: _builtins.int
+    NO_WAIT_FIELD_NUMBER: _builtins.int
     priority: _builtins.int
     """1 (most important) to 16 (least); 0 means the scheduler's default priority."""
     accept_unsatisfiable: _builtins.bool
     """Queue the request even if no registered worker could satisfy it now (e.g. boards not yet registered)."""
+    no_wait: _builtins.bool
+    """Do not queue: start the job at once on a free worker, or fail with RESOURCE_EXHAUSTED
+    (error reason BUSY) and create nothing. valid_after must then be unset or not in the future.
+    """
     @_builtins.property
     def caps(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Capabilities the worker must have, each with an equal value. Empty means any worker."""
@@ -116,10 +121,11 @@ class NewRequestRequest(_message.Message):
         valid_after: _timestamp_pb2.Timestamp | None = ...,
         deadline: _timestamp_pb2.Timestamp | None = ...,
         accept_unsatisfiable: _builtins.bool = ...,
+        no_wait: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "valid_after", b"valid_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_unsatisfiable", b"accept_unsatisfiable", "caps", b"caps", "deadline", b"deadline", "priority", b"priority", "valid_after", b"valid_after"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_unsatisfiable", b"accept_unsatisfiable", "caps", b"caps", "deadline", b"deadline", "no_wait", b"no_wait", "priority", b"priority", "valid_after", b"valid_after"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -288,6 +294,11 @@ class GetRequestInfoResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_FIELD_NUMBER: _builtins.int
+    QUEUE_POSITION_FIELD_NUMBER: _builtins.int
+    queue_position: _builtins.int
+    """For a WAITING request: how many waiting requests (of any caps) the scheduler would
+    serve before it, by priority and then age; 0 means it is first. Unset otherwise.
+    """
     @_builtins.property
     def request(self) -> _types_pb2.RequestInfo:
         """The request."""
@@ -296,12 +307,15 @@ class GetRequestInfoResponse(_message.Message):
         self,
         *,
         request: _types_pb2.RequestInfo | None = ...,
+        queue_position: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_queue_position", b"_queue_position", "queue_position", b"queue_position", "request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_queue_position", b"_queue_position", "queue_position", b"queue_position", "request", b"request"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__queue_position: _TypeAlias = _typing.Literal["queue_position"]  # noqa: Y015
+    _WhichOneofArgType__queue_position: _TypeAlias = _typing.Literal["_queue_position", b"_queue_position"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__queue_position) -> _WhichOneofReturnType__queue_position | None: ...
 
 Global___GetRequestInfoResponse: _TypeAlias = GetRequestInfoResponse  # noqa: Y015
 

@@ -28,6 +28,9 @@ if _version_not_supported:
 class RequestsStub:
     """Requests is how users and CI systems ask for a board, wait for it, use it and give it back.
     The caller's identity comes from the channel; the creator of a request is its owner.
+    A failed call carries, besides its status code, the trailing metadata key
+    "boruta-error-reason" with a stable name of the error (e.g. NO_CAPABLE_WORKER, BUSY,
+    PROLONG_LIMIT_REACHED, WRONG_REQUEST_STATE); see docs/api.md for the list.
     """
 
     def __init__(self, channel):
@@ -81,6 +84,9 @@ class RequestsStub:
 class RequestsServicer:
     """Requests is how users and CI systems ask for a board, wait for it, use it and give it back.
     The caller's identity comes from the channel; the creator of a request is its owner.
+    A failed call carries, besides its status code, the trailing metadata key
+    "boruta-error-reason" with a stable name of the error (e.g. NO_CAPABLE_WORKER, BUSY,
+    PROLONG_LIMIT_REACHED, WRONG_REQUEST_STATE); see docs/api.md for the list.
     """
 
     def NewRequest(self, request, context):
@@ -199,6 +205,9 @@ def add_RequestsServicer_to_server(servicer, server):
 class Requests:
     """Requests is how users and CI systems ask for a board, wait for it, use it and give it back.
     The caller's identity comes from the channel; the creator of a request is its owner.
+    A failed call carries, besides its status code, the trailing metadata key
+    "boruta-error-reason" with a stable name of the error (e.g. NO_CAPABLE_WORKER, BUSY,
+    PROLONG_LIMIT_REACHED, WRONG_REQUEST_STATE); see docs/api.md for the list.
     """
 
     @staticmethod

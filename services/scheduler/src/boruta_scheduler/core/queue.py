@@ -11,6 +11,8 @@ from __future__ import annotations
 import heapq
 from typing import Generic, TypeVar
 
+from sortedcontainers import SortedList
+
 from boruta_scheduler.core.model import Request, groups_compatible
 from boruta_scheduler.types import CapPair, RequestState
 
@@ -90,10 +92,17 @@ class RequestQueue:
         self._no_caps: set[Bucket] = set()
         self._sigs: Interner[frozenset[CapPair]] = Interner()
         self._groups: Interner[frozenset[str]] = Interner()
+        # Every waiting request in serving order, so a request's place in the queue costs
+        # O(log n) to tell.
+        self._order: SortedList[tuple[int, int]] = SortedList()
         self._size = 0
 
     def __len__(self) -> int:
         return self._size
+
+    def position(self, request: Request) -> int:
+        """How many waiting requests (of any caps) come before this one in serving order."""
+        return int(self._order.bisect_left((request.priority, request.id)))
 
     def intern(
         self, sig: frozenset[CapPair], groups: frozenset[str]
@@ -116,6 +125,7 @@ class RequestQueue:
         bucket.waiting.add(request)
         request.bucket = bucket
         request.ready = False
+        self._order.add((request.priority, request.id))
         self._size += 1
 
     def set_ready(self, request: Request, ready: bool) -> None:
@@ -131,9 +141,13 @@ class RequestQueue:
         else:
             bucket.ready_count -= 1
 
-    def reprioritize(self, request: Request) -> None:
-        """Re-heap a request after its priority changed."""
-        if request.ready and request.bucket is not None:
+    def reprioritize(self, request: Request, old_priority: int) -> None:
+        """Re-order a request after its priority changed."""
+        if request.bucket is None:
+            return
+        self._order.remove((old_priority, request.id))
+        self._order.add((request.priority, request.id))
+        if request.ready:
             request.bucket.push(request)
 
     def remove(self, request: Request) -> None:
@@ -146,6 +160,7 @@ class RequestQueue:
             request.ready = False
         bucket.waiting.discard(request)
         request.bucket = None
+        self._order.remove((request.priority, request.id))
         self._size -= 1
         if not bucket.waiting:
             del self._buckets[bucket.key]

@@ -29,6 +29,7 @@ from boruta_scheduler.core.queue import Bucket, RequestQueue
 from boruta_scheduler.core.timers import Target, TimerKind, TimerQueue
 from boruta_scheduler.core.workers import WorkerIndex
 from boruta_scheduler.errors import (
+    Busy,
     InvalidArgument,
     NoCapableWorker,
     ProlongLimitReached,
@@ -170,6 +171,13 @@ class Core:
         """A live request; terminal requests live only in the store."""
         return self._live_request(request_id).view()
 
+    def queue_position(self, request_id: int) -> int | None:
+        """How many waiting requests would be served before this one; None if not waiting."""
+        request = self._requests.get(request_id)
+        if request is None or request.state is not RequestState.WAITING:
+            return None
+        return self._queue.position(request)
+
     def live_requests(self) -> Iterator[RequestView]:
         return (r.view() for r in self._requests.values())
 
@@ -208,8 +216,10 @@ class Core:
         valid_after: float | None = None,
         deadline: float | None = None,
         accept_unsatisfiable: bool = False,
+        no_wait: bool = False,
     ) -> RequestView:
-        """Queue a request; it is matched at once if a worker is free."""
+        """Queue a request; it is matched at once if a worker is free. With no_wait it is
+        matched at once or refused (Busy) and nothing changes."""
         policy = self.policy
         policy.check_caps(caps)
         priority = policy.check_priority(priority)
@@ -224,6 +234,14 @@ class Core:
                 f"no registered worker has caps {format_caps(sig)} and is open to your "
                 f"groups ({shown}); check the caps, or set accept_unsatisfiable to queue anyway"
             )
+        if no_wait:
+            if valid_after > now:
+                raise InvalidArgument("no_wait asks for a board now; leave valid_after unset")
+            if self._idle.best(sig, groups) is None:
+                raise Busy(
+                    f"every worker with caps {format_caps(sig)} open to your groups is busy; "
+                    "try again later, or queue the request without no_wait"
+                )
         self._last_request_id += 1
         request = Request(
             self._last_request_id, owner, groups, sig, priority, valid_after, deadline, now
@@ -270,8 +288,8 @@ class Core:
         self._check_times(now, new_valid_after, new_deadline)
 
         if new_priority != request.priority:
-            request.priority = new_priority
-            self._queue.reprioritize(request)
+            old_priority, request.priority = request.priority, new_priority
+            self._queue.reprioritize(request, old_priority)
         if new_deadline != request.deadline:
             request.deadline = new_deadline
             self._push_timer(new_deadline, TimerKind.DEADLINE, request)

@@ -57,7 +57,11 @@ def _identity_of(user: str, groups: str, role: str) -> Identity:
     return Identity(user.strip() or ANONYMOUS.user, names, parsed_role)
 
 
+ERROR_REASON_KEY = "boruta-error-reason"
+
+
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: BorutaError) -> None:
+    context.set_trailing_metadata(((ERROR_REASON_KEY, error.reason),))
     await context.abort(status_of(error), str(error))
 
 

@@ -12,6 +12,7 @@ from boruta_scheduler.listing import encode_token
 from boruta_scheduler.rpc import convert
 from boruta_scheduler.rpc.calls import current_identity
 from boruta_scheduler.service import SchedulerService
+from boruta_scheduler.types import RequestState
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -30,6 +31,7 @@ class RequestsServicer(requests_pb2_grpc.RequestsServicer):
             valid_after=convert.optional_seconds(request, "valid_after"),
             deadline=convert.optional_seconds(request, "deadline"),
             accept_unsatisfiable=request.accept_unsatisfiable,
+            no_wait=request.no_wait,
         )
         return requests_pb2.NewRequestResponse(request=convert.request_info(view))
 
@@ -55,7 +57,12 @@ class RequestsServicer(requests_pb2_grpc.RequestsServicer):
         self, request: requests_pb2.GetRequestInfoRequest, context: Context
     ) -> requests_pb2.GetRequestInfoResponse:
         view = await self._service.get_request(current_identity(), request.request_id)
-        return requests_pb2.GetRequestInfoResponse(request=convert.request_info(view))
+        reply = requests_pb2.GetRequestInfoResponse(request=convert.request_info(view))
+        if view.state is RequestState.WAITING:
+            position = self._service.queue_position(view.id)
+            if position is not None:
+                reply.queue_position = position
+        return reply
 
     async def ListRequests(
         self, request: requests_pb2.ListRequestsRequest, context: Context
