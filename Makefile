@@ -8,6 +8,7 @@ PROTO_SRC := $(wildcard protos/boruta/v1/*.proto)
 PROTO_OUT := protos/python/src
 PACKAGES := protos/python services/scheduler services/dryad clients/python
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
+INSTALL := protos/python services/scheduler services/dryad clients/python[cli]
 
 .PHONY: help venv proto proto-check proto-lint lint typecheck test unit run bench clean
 
@@ -22,7 +23,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: requirements/dev.txt $(PYPROJECTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements/dev.txt $(addprefix -e ,$(PACKAGES))
+	$(BIN)/pip install --quiet -r requirements/dev.txt $(addprefix -e ,$(INSTALL))
 	touch $@
 
 # Generated code is committed so that `pip install` needs no protoc; proto-check keeps it honest.

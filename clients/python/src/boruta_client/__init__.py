@@ -1,0 +1,96 @@
+"""Python client for the boruta device-farm scheduler.
+
+from boruta_client import Client
+
+with Client("sched.lab:50051", user="alice") as client:
+    with client.lease({"board": "rpi4"}) as board:
+        print(board.ssh.run("uname -a").output)
+"""
+
+from boruta_client.aio import AsyncBoard, AsyncBoardSSH, AsyncClient, AsyncLease, AsyncWatch
+from boruta_client.client import Client, Watch
+from boruta_client.errors import (
+    BorutaError,
+    Busy,
+    CommandTimeout,
+    FailedPrecondition,
+    InvalidArgument,
+    NoSuchWorker,
+    NotFound,
+    PermissionDenied,
+    ProlongLimitReached,
+    RequestEnded,
+    RequestNotFound,
+    ResourceExhausted,
+    ScheduleTimeout,
+    SSHError,
+    Unauthenticated,
+    Unavailable,
+    WorkerNotFound,
+    WrongRequestState,
+    WrongWorkerState,
+)
+from boruta_client.lease import Board, Lease
+from boruta_client.ssh import BoardSSH, CommandResult, PortForward
+from boruta_client.types import (
+    Access,
+    Acquired,
+    HistoryEntry,
+    HostStatus,
+    Job,
+    Request,
+    RequestSort,
+    RequestState,
+    Worker,
+    WorkerChange,
+    WorkerSort,
+    WorkerState,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Access",
+    "Acquired",
+    "AsyncBoard",
+    "AsyncBoardSSH",
+    "AsyncClient",
+    "AsyncLease",
+    "AsyncWatch",
+    "Board",
+    "BoardSSH",
+    "BorutaError",
+    "Busy",
+    "Client",
+    "CommandResult",
+    "CommandTimeout",
+    "FailedPrecondition",
+    "HistoryEntry",
+    "HostStatus",
+    "InvalidArgument",
+    "Job",
+    "Lease",
+    "NoSuchWorker",
+    "NotFound",
+    "PermissionDenied",
+    "PortForward",
+    "ProlongLimitReached",
+    "Request",
+    "RequestEnded",
+    "RequestNotFound",
+    "RequestSort",
+    "RequestState",
+    "ResourceExhausted",
+    "SSHError",
+    "ScheduleTimeout",
+    "Unauthenticated",
+    "Unavailable",
+    "Watch",
+    "Worker",
+    "WorkerChange",
+    "WorkerNotFound",
+    "WorkerSort",
+    "WorkerState",
+    "WrongRequestState",
+    "WrongWorkerState",
+]

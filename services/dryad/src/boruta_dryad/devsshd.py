@@ -38,6 +38,7 @@ AuthorizedKeysFile .ssh/authorized_keys
 StrictModes yes
 X11Forwarding no
 AllowTcpForwarding yes
+Subsystem sftp internal-sftp
 PrintMotd no
 LogLevel {log_level}
 """

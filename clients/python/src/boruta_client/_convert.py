@@ -1,0 +1,220 @@
+"""Between protobuf messages and the client's types; nothing outside the client sees protobuf."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+
+from boruta.v1 import requests_pb2, types_pb2, workers_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from boruta_client.errors import InvalidArgument
+from boruta_client.types import (
+    Access,
+    Acquired,
+    HistoryEntry,
+    HostStatus,
+    Job,
+    Request,
+    RequestSort,
+    RequestState,
+    Worker,
+    WorkerChange,
+    WorkerSort,
+    WorkerState,
+)
+
+EPOCH = datetime.fromtimestamp(0, UTC)
+
+
+def when(ts: Timestamp) -> datetime:
+    return datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, UTC)
+
+
+def timestamp(moment: datetime) -> Timestamp:
+    """A protobuf timestamp; naive datetimes are refused, since their zone is a guess."""
+    if moment.tzinfo is None:
+        raise InvalidArgument(f"{moment.isoformat()} has no time zone; use an aware datetime")
+    ts = Timestamp()
+    ts.FromDatetime(moment.astimezone(UTC))
+    return ts
+
+
+def job(info: types_pb2.JobInfo) -> Job:
+    return Job(
+        worker_uuid=info.worker_uuid,
+        started_at=when(info.started_at),
+        timeout_at=when(info.timeout_at),
+        max_timeout_at=when(info.max_timeout_at),
+        prolong_count=info.prolong_count,
+    )
+
+
+def request(info: types_pb2.RequestInfo, queue_position: int | None = None) -> Request:
+    return Request(
+        id=info.id,
+        priority=info.priority,
+        owner=info.owner,
+        owner_groups=frozenset(info.owner_groups),
+        caps=dict(info.caps),
+        valid_after=when(info.valid_after),
+        deadline=when(info.deadline),
+        state=RequestState(info.state),
+        reason=info.reason,
+        created_at=when(info.created_at),
+        updated_at=when(info.updated_at),
+        job=job(info.job) if info.HasField("job") else None,
+        queue_position=queue_position,
+    )
+
+
+def request_reply(reply: requests_pb2.GetRequestInfoResponse) -> Request:
+    position = reply.queue_position if reply.HasField("queue_position") else None
+    return request(reply.request, position)
+
+
+def acquired(reply: requests_pb2.AcquireWorkerResponse) -> Acquired:
+    a = reply.access
+    return Acquired(Access(a.host, a.port, a.username, a.private_key_pem), job(reply.job))
+
+
+def worker(info: types_pb2.WorkerInfo) -> Worker:
+    status = None
+    if info.HasField("host_status"):
+        s = info.host_status
+        status = HostStatus(
+            load_1m=s.load_1m,
+            memory_total_bytes=s.memory_total_bytes,
+            memory_available_bytes=s.memory_available_bytes,
+            disk_free_bytes=s.disk_free_bytes,
+            uptime=timedelta(seconds=s.uptime.seconds, microseconds=s.uptime.nanos // 1000),
+        )
+    return Worker(
+        uuid=info.uuid,
+        state=WorkerState(info.state),
+        groups=frozenset(info.groups),
+        caps=dict(info.caps),
+        dryad_address=info.dryad_address,
+        ssh_address=info.ssh_address,
+        reason=info.reason,
+        request_id=info.request_id or None,
+        registered_at=when(info.registered_at),
+        last_seen=when(info.last_seen),
+        jobs_done=info.jobs_done,
+        failures=info.failures,
+        dryad_version=info.dryad_version,
+        host_status=status,
+    )
+
+
+def worker_change(reply: workers_pb2.WatchWorkersResponse) -> WorkerChange:
+    return WorkerChange(worker(reply.worker), reply.removed)
+
+
+def history_entry(entry: types_pb2.WorkerHistoryEntry) -> HistoryEntry:
+    return HistoryEntry(
+        time=when(entry.time),
+        from_state=WorkerState(entry.from_state) if entry.from_state else None,
+        to_state=WorkerState(entry.to_state),
+        reason=entry.reason,
+    )
+
+
+# --------------------------------------------------------------- request messages
+
+
+def new_request(
+    caps: Mapping[str, str],
+    priority: int,
+    valid_after: datetime | None,
+    deadline: datetime | None,
+    accept_unsatisfiable: bool,
+    no_wait: bool,
+) -> requests_pb2.NewRequestRequest:
+    message = requests_pb2.NewRequestRequest(
+        caps=dict(caps),
+        priority=priority,
+        accept_unsatisfiable=accept_unsatisfiable,
+        no_wait=no_wait,
+    )
+    if valid_after is not None:
+        message.valid_after.CopyFrom(timestamp(valid_after))
+    if deadline is not None:
+        message.deadline.CopyFrom(timestamp(deadline))
+    return message
+
+
+def update_request(
+    request_id: int,
+    priority: int | None,
+    valid_after: datetime | None,
+    deadline: datetime | None,
+) -> requests_pb2.UpdateRequestRequest:
+    message = requests_pb2.UpdateRequestRequest(request_id=request_id)
+    if priority is not None:
+        message.priority = priority
+    if valid_after is not None:
+        message.valid_after.CopyFrom(timestamp(valid_after))
+    if deadline is not None:
+        message.deadline.CopyFrom(timestamp(deadline))
+    return message
+
+
+def request_filter(
+    ids: Iterable[int] = (),
+    states: Iterable[RequestState] = (),
+    priorities: Iterable[int] = (),
+    owners: Iterable[str] = (),
+) -> requests_pb2.RequestFilter:
+    return requests_pb2.RequestFilter(
+        ids=list(ids),
+        states=[s.value for s in states],  # type: ignore[misc]
+        priorities=list(priorities),
+        owners=list(owners),
+    )
+
+
+def list_requests(
+    flt: requests_pb2.RequestFilter, sort_by: RequestSort, descending: bool, page_size: int
+) -> requests_pb2.ListRequestsRequest:
+    return requests_pb2.ListRequestsRequest(
+        filter=flt,
+        sort_by=sort_by.value,  # type: ignore[arg-type]
+        descending=descending,
+        page_size=page_size,
+    )
+
+
+def worker_filter(
+    uuids: Iterable[str] = (),
+    states: Iterable[WorkerState] = (),
+    groups: Iterable[str] = (),
+    caps: Mapping[str, str] | None = None,
+) -> workers_pb2.WorkerFilter:
+    return workers_pb2.WorkerFilter(
+        uuids=list(uuids),
+        states=[s.value for s in states],  # type: ignore[misc]
+        groups=list(groups),
+        caps=dict(caps or {}),
+    )
+
+
+def list_workers(
+    flt: workers_pb2.WorkerFilter, sort_by: WorkerSort, descending: bool, page_size: int
+) -> workers_pb2.ListWorkersRequest:
+    return workers_pb2.ListWorkersRequest(
+        filter=flt,
+        sort_by=sort_by.value,  # type: ignore[arg-type]
+        descending=descending,
+        page_size=page_size,
+    )
+
+
+def set_state(uuid: str, state: WorkerState, reason: str) -> workers_pb2.SetStateRequest:
+    if state not in (WorkerState.IDLE, WorkerState.MAINTENANCE):
+        raise InvalidArgument(f"a worker can be set IDLE or MAINTENANCE, not {state.name}")
+    return workers_pb2.SetStateRequest(
+        worker_uuid=uuid,
+        state=state.value,
+        reason=reason,
+    )

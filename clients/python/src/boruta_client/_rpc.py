@@ -1,0 +1,82 @@
+"""gRPC plumbing shared by Client and AsyncClient: identity metadata and error mapping."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from boruta_client import errors
+
+ERROR_REASON_KEY = "boruta-error-reason"
+
+_BY_REASON: dict[str, type[errors.BorutaError]] = {
+    "INVALID_ARGUMENT": errors.InvalidArgument,
+    "NOT_FOUND": errors.NotFound,
+    "REQUEST_NOT_FOUND": errors.RequestNotFound,
+    "WORKER_NOT_FOUND": errors.WorkerNotFound,
+    "FAILED_PRECONDITION": errors.FailedPrecondition,
+    "NO_CAPABLE_WORKER": errors.NoSuchWorker,
+    "WRONG_REQUEST_STATE": errors.WrongRequestState,
+    "WRONG_WORKER_STATE": errors.WrongWorkerState,
+    "PROLONG_LIMIT_REACHED": errors.ProlongLimitReached,
+    "RESOURCE_EXHAUSTED": errors.ResourceExhausted,
+    "BUSY": errors.Busy,
+    "PERMISSION_DENIED": errors.PermissionDenied,
+    "UNAUTHENTICATED": errors.Unauthenticated,
+    "UNAVAILABLE": errors.Unavailable,
+}
+
+_BY_CODE: dict[grpc.StatusCode, type[errors.BorutaError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.OUT_OF_RANGE: errors.InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
+    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
+    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who the client calls as. Until the scheduler authenticates channels (TLS or tokens),
+    it is sent as call metadata and trusted as given."""
+
+    user: str
+    groups: tuple[str, ...] = ()
+    admin: bool = False
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        pairs = [("x-boruta-user", self.user), ("x-boruta-groups", ",".join(self.groups))]
+        if self.admin:
+            pairs.append(("x-boruta-role", "admin"))
+        return tuple(pairs)
+
+
+def code_of(error: grpc.RpcError) -> grpc.StatusCode:
+    # Sync errors are grpc.Call, async ones AioRpcError: both have code() and details().
+    code = getattr(error, "code", None)
+    return code() if callable(code) else grpc.StatusCode.UNKNOWN
+
+
+def reason_of(error: grpc.RpcError) -> str:
+    trailing = getattr(error, "trailing_metadata", None)
+    for key, value in (trailing() if callable(trailing) else None) or ():
+        if key == ERROR_REASON_KEY:
+            return str(value)
+    return ""
+
+
+def translate(error: grpc.RpcError, target: str) -> errors.BorutaError:
+    """The client's exception for a failed call, with the scheduler's message."""
+    code = code_of(error)
+    get_details = getattr(error, "details", None)
+    details = (get_details() if callable(get_details) else None) or code.name
+    cls = _BY_REASON.get(reason_of(error)) or _BY_CODE.get(code, errors.BorutaError)
+    if code is grpc.StatusCode.UNAVAILABLE and not reason_of(error):
+        details = f"cannot reach the scheduler at {target}: {details}"
+    elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        details = f"the scheduler at {target} did not answer in time: {details}"
+    return cls(details)

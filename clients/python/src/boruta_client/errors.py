@@ -1,0 +1,84 @@
+"""The client's one exception hierarchy; every error carries the scheduler's message."""
+
+from __future__ import annotations
+
+
+class BorutaError(Exception):
+    """Base of every error the client raises; ``str(error)`` says what went wrong."""
+
+
+class InvalidArgument(BorutaError):
+    """A value in the call is malformed or out of range; nothing was changed."""
+
+
+class NotFound(BorutaError):
+    """The named request or worker does not exist."""
+
+
+class RequestNotFound(NotFound):
+    """No request has this id."""
+
+
+class WorkerNotFound(NotFound):
+    """No registered worker has this UUID."""
+
+
+class FailedPrecondition(BorutaError):
+    """The call is well formed but the farm is not in a state that allows it."""
+
+
+class NoSuchWorker(FailedPrecondition):
+    """No registered worker could ever satisfy the request: check the caps."""
+
+
+class WrongRequestState(FailedPrecondition):
+    """The request's state does not allow the call (e.g. it has already ended)."""
+
+
+class WrongWorkerState(FailedPrecondition):
+    """The worker's state does not allow the call."""
+
+
+class ProlongLimitReached(FailedPrecondition):
+    """The job cannot be prolonged any more."""
+
+
+class ResourceExhausted(BorutaError):
+    """A limit on size or count was hit."""
+
+
+class Busy(ResourceExhausted):
+    """No matching worker is free now and the caller asked not to wait."""
+
+
+class PermissionDenied(BorutaError):
+    """The caller is known but may not do this."""
+
+
+class Unauthenticated(BorutaError):
+    """The caller did not prove who they are."""
+
+
+class Unavailable(BorutaError):
+    """The scheduler cannot be reached or is restarting; retry later."""
+
+
+class ScheduleTimeout(BorutaError):
+    """The request was still waiting when the caller's time to wait ran out."""
+
+
+class RequestEnded(WrongRequestState):
+    """The request reached a terminal state (e.g. TIMEOUT, INVALID, FAILED) before it ran;
+    ``state`` names it."""
+
+    def __init__(self, message: str, state: str = "") -> None:
+        super().__init__(message)
+        self.state = state
+
+
+class CommandTimeout(BorutaError):
+    """A command on the board did not finish in the time given; it was cut off."""
+
+
+class SSHError(BorutaError):
+    """Logging in to the board, or a transfer to or from it, failed."""

@@ -1,0 +1,171 @@
+"""Leases: queue for a board, wait, keep the job alive while the block runs, give it back."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from boruta_client.errors import (
+    BorutaError,
+    NotFound,
+    Unavailable,
+    WrongRequestState,
+)
+from boruta_client.ssh import BoardSSH
+from boruta_client.types import Access, Acquired, Job, Request, RequestState
+
+if TYPE_CHECKING:
+    from boruta_client.client import Client
+
+log = logging.getLogger(__name__)
+
+# Prolong when this share of the job's first time slice is left (at most MAX_LEAD).
+LEAD_SHARE = 1 / 3
+MAX_LEAD = timedelta(seconds=60)
+
+
+def prolong_lead(job: Job) -> timedelta:
+    """How long before the job's timeout the lease prolongs it."""
+    first_slice = job.timeout_at - job.started_at
+    return max(min(first_slice * LEAD_SHARE, MAX_LEAD), timedelta(milliseconds=200))
+
+
+def next_prolong_delay(job: Job, now: datetime, lead: timedelta, moved: bool) -> float:
+    """Seconds to sleep before the next ProlongAccess; 0 when it is due."""
+    delay = (job.timeout_at - now - lead).total_seconds()
+    if not moved:
+        # The last prolong changed nothing (the scheduler allows no more yet): back off.
+        delay = max(delay, lead.total_seconds() / 2)
+    return max(delay, 0.0)
+
+
+def should_retry_prolong(error: BorutaError) -> bool:
+    """A scheduler that cannot be reached may come back in time; a limit reached or a job
+    that ended will not change."""
+    return isinstance(error, Unavailable)
+
+
+class Board:
+    """A board leased for a job: its access, its current job and a lazy SSH connection."""
+
+    def __init__(self, request: Request, acquired: Acquired) -> None:
+        self.request = request
+        self.access: Access = acquired.access
+        self.job: Job = acquired.job
+        self.prolong_error: BorutaError | None = None
+        self._ssh: BoardSSH | None = None
+
+    @property
+    def worker_uuid(self) -> str:
+        return self.job.worker_uuid
+
+    @property
+    def ssh(self) -> BoardSSH:
+        """The SSH connection to the board, opened on first use."""
+        if self._ssh is None:
+            self._ssh = BoardSSH(self.access)
+        return self._ssh
+
+    def close(self) -> None:
+        if self._ssh is not None:
+            self._ssh.close()
+            self._ssh = None
+
+
+class Lease:
+    """``with client.lease(caps) as board:`` queues, waits, keeps the job alive with
+    ProlongAccess while the block runs, and closes the request on any way out."""
+
+    def __init__(
+        self,
+        client: Client,
+        caps: Mapping[str, str],
+        *,
+        priority: int = 0,
+        valid_after: datetime | None = None,
+        deadline: datetime | None = None,
+        wait_timeout: float | None = None,
+        no_wait: bool = False,
+        accept_unsatisfiable: bool = False,
+        on_wait: Callable[[Request], None] | None = None,
+        auto_prolong: bool = True,
+    ) -> None:
+        self._client = client
+        self._caps = dict(caps)
+        self._new = dict(
+            priority=priority,
+            valid_after=valid_after,
+            deadline=deadline,
+            accept_unsatisfiable=accept_unsatisfiable,
+            no_wait=no_wait,
+        )
+        self._wait_timeout = wait_timeout
+        self._on_wait = on_wait
+        self._auto_prolong = auto_prolong
+        self.request: Request | None = None
+        self.board: Board | None = None
+        self._stop = threading.Event()
+        self._prolonger: threading.Thread | None = None
+
+    def __enter__(self) -> Board:
+        client = self._client
+        self.request = request = client.new_request(self._caps, **self._new)  # type: ignore[arg-type]
+        try:
+            if self._on_wait is not None and request.state is RequestState.WAITING:
+                self._on_wait(client.get_request(request.id))
+            acquired = client.acquire_worker(
+                request.id, timeout=self._wait_timeout, on_wait=self._on_wait
+            )
+            self.board = Board(request, acquired)
+            if self._auto_prolong:
+                self._prolonger = threading.Thread(
+                    target=self._keep_alive, name=f"boruta-prolong-{request.id}", daemon=True
+                )
+                self._prolonger.start()
+        except BaseException:
+            self._give_back()
+            raise
+        return self.board
+
+    def __exit__(self, *exc: object) -> None:
+        self._give_back()
+
+    def _give_back(self) -> None:
+        self._stop.set()
+        if self._prolonger is not None:
+            self._prolonger.join()
+        if self.board is not None:
+            self.board.close()
+        if self.request is not None:
+            # It may have ended on its own (timeout, failure) or been closed elsewhere.
+            with contextlib.suppress(WrongRequestState, NotFound):
+                self.request = self._client.close_request(self.request.id)
+
+    def _keep_alive(self) -> None:
+        board = self.board
+        assert board is not None
+        lead = prolong_lead(board.job)
+        moved = True
+        while True:
+            delay = next_prolong_delay(board.job, datetime.now(UTC), lead, moved)
+            if self._stop.wait(delay):
+                return
+            try:
+                job = self._client.prolong_access(board.request.id)
+            except BorutaError as error:
+                if not should_retry_prolong(error):
+                    board.prolong_error = error
+                    log.warning(
+                        "job not prolonged",
+                        extra={"request": board.request.id, "why": str(error)},
+                    )
+                    return
+                if self._stop.wait(1.0):
+                    return
+                continue
+            moved = job.timeout_at > board.job.timeout_at
+            board.job = job

@@ -1,0 +1,322 @@
+"""SSH to a job's board with paramiko: commands with streamed output, a shell, SFTP copies
+and port forwards, all with the job's key and through the scheduler's tunnel."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import select
+import shlex
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import paramiko
+
+from boruta_client.errors import CommandTimeout, SSHError
+from boruta_client.types import Access
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[bytes], None]
+_CHUNK = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    """How a command on the board ended and what it printed."""
+
+    command: str
+    exit_status: int
+    stdout: bytes
+    stderr: bytes
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+    @property
+    def output(self) -> str:
+        """Standard output as text (undecodable bytes replaced)."""
+        return self.stdout.decode(errors="replace")
+
+
+class _AcceptBoardHostKey(paramiko.MissingHostKeyPolicy):
+    """Boards' host keys are not distributed (AccessInfo carries none), and a job user's
+    fresh key is what authenticates the session; so any host key is accepted."""
+
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
+        log.debug("accepting board host key", extra={"host": hostname, "type": key.get_name()})
+
+
+def command_line(command: str | Sequence[str]) -> str:
+    """A command for the remote shell; a sequence is quoted word by word."""
+    return command if isinstance(command, str) else shlex.join(command)
+
+
+class BoardSSH:
+    """One SSH connection to a job's board; close it (or use ``with``) when done."""
+
+    def __init__(self, access: Access, *, connect_timeout: float = 15.0) -> None:
+        self.access = access
+        try:
+            key = paramiko.RSAKey.from_private_key(io.StringIO(access.private_key_pem))
+        except paramiko.SSHException as exc:
+            raise SSHError(f"the job's private key cannot be read: {exc}") from None
+        self._client = paramiko.SSHClient()
+        self._client.set_missing_host_key_policy(_AcceptBoardHostKey())
+        try:
+            self._client.connect(
+                access.host,
+                access.port,
+                access.username,
+                pkey=key,
+                timeout=connect_timeout,
+                banner_timeout=connect_timeout,
+                auth_timeout=connect_timeout,
+                look_for_keys=False,
+                allow_agent=False,
+            )
+        except (OSError, paramiko.SSHException) as exc:
+            raise SSHError(
+                f"cannot log in as {access.username} at {access.host}:{access.port}: {exc}"
+            ) from None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._forwards: list[PortForward] = []
+
+    @property
+    def transport(self) -> paramiko.Transport:
+        transport = self._client.get_transport()
+        if transport is None or not transport.is_active():
+            raise SSHError("the SSH connection to the board is closed (did the job end?)")
+        return transport
+
+    def close(self) -> None:
+        for forward in self._forwards:
+            forward.close()
+        if self._sftp is not None:
+            self._sftp.close()
+        self._client.close()
+
+    def __enter__(self) -> BoardSSH:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- commands
+
+    def run(
+        self,
+        command: str | Sequence[str],
+        *,
+        stdout: Sink | None = None,
+        stderr: Sink | None = None,
+        input: bytes | None = None,
+        timeout: float | None = None,
+        pty: bool = False,
+    ) -> CommandResult:
+        """Run a command, streaming its output to the sinks as it comes; never raises for a
+        non-zero exit status (see ``CommandResult.ok``). CommandTimeout after ``timeout``."""
+        line = command_line(command)
+        started = time.monotonic()
+        give_up = None if timeout is None else started + timeout
+        try:
+            channel = self.transport.open_session()
+            if pty:
+                channel.get_pty()
+            channel.exec_command(line)
+            if input:
+                channel.sendall(input)
+            channel.shutdown_write()
+        except (OSError, paramiko.SSHException) as exc:
+            raise SSHError(f"cannot start {line!r} on the board: {exc}") from None
+        out, err = bytearray(), bytearray()
+        with channel:
+            while True:
+                if channel.recv_ready():
+                    data = channel.recv(_CHUNK)
+                    out += data
+                    if stdout is not None:
+                        stdout(data)
+                elif channel.recv_stderr_ready():
+                    data = channel.recv_stderr(_CHUNK)
+                    err += data
+                    if stderr is not None:
+                        stderr(data)
+                elif channel.exit_status_ready():
+                    break
+                elif give_up is not None and time.monotonic() > give_up:
+                    raise CommandTimeout(f"{line!r} did not finish within {timeout:g} s")
+                else:
+                    # The channel's fileno only wakes for stdout; the timeout catches stderr.
+                    select.select([channel], [], [], 0.05)
+            status = channel.recv_exit_status()
+        return CommandResult(line, status, bytes(out), bytes(err), time.monotonic() - started)
+
+    def shell(self, stdin: IO[Any] | None = None, stdout: IO[Any] | None = None) -> int:
+        """An interactive shell bridged to this terminal; returns its exit status."""
+        import termios
+        import tty
+
+        stdin = stdin or sys.stdin
+        stdout = stdout or sys.stdout
+        in_fd, out_fd = stdin.fileno(), stdout.fileno()
+        channel = self.transport.open_session()
+        interactive = os.isatty(in_fd)
+        if interactive:
+            cols, rows = os.get_terminal_size(out_fd if os.isatty(out_fd) else in_fd)
+            channel.get_pty(os.environ.get("TERM", "xterm"), cols, rows)
+        channel.invoke_shell()
+        saved = termios.tcgetattr(in_fd) if interactive else None
+        old_handler = None
+        if interactive:
+            tty.setraw(in_fd)
+
+            def resize(*_: object) -> None:
+                cols, rows = os.get_terminal_size(in_fd)
+                channel.resize_pty(cols, rows)
+
+            old_handler = signal.signal(signal.SIGWINCH, resize)
+        try:
+            with channel:
+                while True:
+                    ready, _, _ = select.select([channel, in_fd], [], [], 0.1)
+                    if channel in ready or channel.recv_ready():
+                        data = channel.recv(_CHUNK)
+                        if not data:
+                            break
+                        os.write(out_fd, data)
+                    if channel.recv_stderr_ready():
+                        os.write(out_fd, channel.recv_stderr(_CHUNK))
+                    if in_fd in ready:
+                        data = os.read(in_fd, _CHUNK)
+                        if data:
+                            channel.sendall(data)
+                        else:
+                            channel.shutdown_write()
+                    if channel.exit_status_ready() and not channel.recv_ready():
+                        break
+                return channel.recv_exit_status()
+        finally:
+            if saved is not None:
+                termios.tcsetattr(in_fd, termios.TCSADRAIN, saved)
+            if old_handler is not None:
+                signal.signal(signal.SIGWINCH, old_handler)
+
+    # ----------------------------------------------------------------- transfers
+
+    @property
+    def sftp(self) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            self._sftp = self._client.open_sftp()
+        return self._sftp
+
+    def put(self, local: str | os.PathLike[str], remote: str) -> None:
+        """Copy a local file to the board, keeping its mode bits."""
+        path = Path(local)
+        if not path.is_file():
+            raise SSHError(f"{path} is not a file; only files can be copied")
+        try:
+            self.sftp.put(str(path), remote)
+            self.sftp.chmod(remote, path.stat().st_mode & 0o777)
+        except (OSError, paramiko.SSHException) as exc:
+            raise SSHError(f"cannot copy {path} to the board's {remote}: {exc}") from None
+
+    def get(self, remote: str, local: str | os.PathLike[str]) -> Path:
+        """Copy a file from the board; local directories are created as needed."""
+        path = Path(local)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.sftp.get(remote, str(path))
+        except (OSError, paramiko.SSHException) as exc:
+            raise SSHError(f"cannot copy the board's {remote} to {path}: {exc}") from None
+        return path
+
+    # ----------------------------------------------------------------- forwards
+
+    def forward(
+        self, remote_port: int, *, remote_host: str = "127.0.0.1", local_port: int = 0
+    ) -> PortForward:
+        """Listen on a loopback port here and carry each connection to remote_host:remote_port
+        as seen from the board; ``local_port`` 0 picks a free one."""
+        forward = PortForward(self.transport, remote_host, remote_port, local_port)
+        self._forwards.append(forward)
+        return forward
+
+
+class PortForward:
+    """A local listener whose connections are carried to a port on the board's side."""
+
+    def __init__(
+        self, transport: paramiko.Transport, remote_host: str, remote_port: int, local_port: int
+    ) -> None:
+        self._transport = transport
+        self.remote = (remote_host, remote_port)
+        self._server = socket.create_server(("127.0.0.1", local_port))
+        self.local_port: int = self._server.getsockname()[1]
+        self._closed = threading.Event()
+        self._links: list[tuple[socket.socket, paramiko.Channel]] = []
+        threading.Thread(target=self._accept, name="boruta-forward", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, peer = self._server.accept()
+            except OSError:
+                return
+            try:
+                channel = self._transport.open_channel("direct-tcpip", self.remote, peer)
+            except (OSError, paramiko.SSHException) as exc:
+                log.warning(
+                    "forward refused by the board", extra={"remote": self.remote, "why": str(exc)}
+                )
+                conn.close()
+                continue
+            self._links.append((conn, channel))
+            threading.Thread(target=_pump, args=(conn, channel), daemon=True).start()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._server.close()
+        for conn, channel in self._links:
+            channel.close()
+            conn.close()
+
+    def __enter__(self) -> PortForward:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _pump(conn: socket.socket, channel: paramiko.Channel) -> None:
+    """Copy bytes both ways until either side closes."""
+    try:
+        while True:
+            ready, _, _ = select.select([conn.fileno(), channel.fileno()], [], [])
+            if conn.fileno() in ready:
+                data = conn.recv(_CHUNK)
+                if not data:
+                    break
+                channel.sendall(data)
+            if channel.fileno() in ready:
+                data = channel.recv(_CHUNK)
+                if not data:
+                    break
+                conn.sendall(data)
+    except (OSError, ValueError):
+        pass  # closed under our feet by PortForward.close()
+    finally:
+        channel.close()
+        conn.close()

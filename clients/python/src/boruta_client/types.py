@@ -1,0 +1,152 @@
+"""Typed values the client returns: frozen dataclasses, enums and UTC datetimes."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+
+class RequestState(enum.Enum):
+    """Where a request is in its life; WAITING and IN_PROGRESS are live, the rest terminal."""
+
+    WAITING = 1
+    IN_PROGRESS = 2
+    CANCELLED = 3
+    TIMEOUT = 4
+    INVALID = 5
+    DONE = 6
+    FAILED = 7
+
+    @property
+    def live(self) -> bool:
+        return self in (RequestState.WAITING, RequestState.IN_PROGRESS)
+
+
+class WorkerState(enum.Enum):
+    """Where a worker (one board) is in its life."""
+
+    MAINTENANCE = 1
+    IDLE = 2
+    RUNNING = 3
+    FAILED = 4
+    PREPARE = 5
+    BUSY = 6
+
+
+class RequestSort(enum.Enum):
+    """Fields a request list can be sorted by."""
+
+    ID = 1
+    PRIORITY = 2
+    STATE = 3
+    VALID_AFTER = 4
+    DEADLINE = 5
+    UPDATED_AT = 6
+
+
+class WorkerSort(enum.Enum):
+    """Fields a worker list can be sorted by."""
+
+    UUID = 1
+    STATE = 2
+    REGISTERED_AT = 3
+    LAST_SEEN = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """The job of a matched request: its worker and how long it may run."""
+
+    worker_uuid: str
+    started_at: datetime
+    timeout_at: datetime
+    max_timeout_at: datetime
+    prolong_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A request as the scheduler knows it (queue_position only from get_request)."""
+
+    id: int
+    priority: int
+    owner: str
+    owner_groups: frozenset[str]
+    caps: Mapping[str, str]
+    valid_after: datetime
+    deadline: datetime
+    state: RequestState
+    reason: str
+    created_at: datetime
+    updated_at: datetime
+    job: Job | None = None
+    queue_position: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """How to log in to a job's board over SSH; private_key_pem is secret."""
+
+    host: str
+    port: int
+    username: str
+    private_key_pem: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Acquired:
+    """What AcquireWorker returns: the access and the job."""
+
+    access: Access
+    job: Job
+
+
+@dataclass(frozen=True, slots=True)
+class HostStatus:
+    """Resource usage of a board's host, from its latest heartbeat."""
+
+    load_1m: float
+    memory_total_bytes: int
+    memory_available_bytes: int
+    disk_free_bytes: int
+    uptime: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class Worker:
+    """A worker (one board) as the scheduler knows it."""
+
+    uuid: str
+    state: WorkerState
+    groups: frozenset[str]
+    caps: Mapping[str, str]
+    dryad_address: str
+    ssh_address: str
+    reason: str
+    request_id: int | None
+    registered_at: datetime
+    last_seen: datetime
+    jobs_done: int
+    failures: int
+    dryad_version: str
+    host_status: HostStatus | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerChange:
+    """One change of a worker seen by a watch; removed means it was deregistered."""
+
+    worker: Worker
+    removed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One state change of a worker; from_state is None for its first registration."""
+
+    time: datetime
+    from_state: WorkerState | None
+    to_state: WorkerState
+    reason: str

@@ -1,0 +1,95 @@
+"""A whole farm in processes, for tests that drive it the way users do (client library,
+schedctl): a scheduler process, one dryad process with several boards, and a real sshd."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from access_kit import DryadProcess
+from boruta_client import Client, WorkerState
+from boruta_dryad.devsshd import DevSshd
+from farm_kit import SchedulerProcess
+from system_kit import remove_users, require_sshd, unique_prefix
+
+
+def boards_toml(
+    scheduler: str, sshd: str, state: Path, prefix: str, boards: Mapping[str, Mapping[str, str]]
+) -> str:
+    text = f'scheduler = "{scheduler}"\nlisten = "127.0.0.1:0"\nstate_dir = "{state}"\n'
+    text += "key_bits = 2048\n"
+    for i, (uuid, caps) in enumerate(boards.items()):
+        caps_toml = ", ".join(f'{k} = "{v}"' for k, v in caps.items())
+        text += (
+            f'\n[[board]]\nname = "b{i}"\nuuid = "{uuid}"\ncaps = {{ {caps_toml} }}\n'
+            f'ssh_address = "{sshd}"\nuser_prefix = "{prefix}{i}x"\n'
+            f'backend_options = {{ record_file = "{state}/b{i}.record" }}\n'
+        )
+    return text
+
+
+class LiveFarm:
+    """Addresses and clients of a running farm."""
+
+    def __init__(self, address: str, boards: Sequence[str], sshd: DevSshd) -> None:
+        self.address = address
+        self.boards = list(boards)
+        self.sshd = sshd
+
+    def client(self, user: str = "alice", groups: Sequence[str] = ()) -> Client:
+        return Client(self.address, user=user, groups=groups)
+
+    def admin(self) -> Client:
+        return Client(self.address, user="root", admin=True)
+
+    def wait_idle(self, timeout: float = 60) -> None:
+        """Until every board is IDLE again (e.g. after the previous test's jobs)."""
+        give_up = time.monotonic() + timeout
+        with self.admin() as admin:
+            while True:
+                states = {w.uuid: w.state for w in admin.list_workers(uuids=self.boards)}
+                if all(states.get(b) is WorkerState.IDLE for b in self.boards):
+                    return
+                if time.monotonic() > give_up:
+                    raise AssertionError(f"boards not IDLE: {states}")
+                time.sleep(0.05)
+
+
+@contextmanager
+def live_farm(
+    tmp: Path, boards: Mapping[str, Mapping[str, str]], *scheduler_options: str
+) -> Iterator[LiveFarm]:
+    """Start the farm, put every board into service, and tear it all down afterwards."""
+    require_sshd()
+    prefix = unique_prefix()
+    sshd = DevSshd(workdir=str(tmp / "sshd"))
+    sshd.start()
+    scheduler = SchedulerProcess(
+        tmp / "scheduler", "--public-host", "127.0.0.1", *scheduler_options
+    )
+    dryad: DryadProcess | None = None
+    try:
+        address = scheduler.start()
+        config = tmp / "dryad.toml"
+        config.write_text(boards_toml(address, sshd.address, tmp / "dryad", prefix, boards))
+        dryad = DryadProcess(config)
+        dryad.start()
+        farm = LiveFarm(address, list(boards), sshd)
+        with farm.admin() as admin:
+            give_up = time.monotonic() + 30
+            while {w.uuid for w in admin.list_workers()} < set(boards):
+                assert time.monotonic() < give_up, "the dryad did not register its boards"
+                time.sleep(0.05)
+            for uuid in boards:
+                admin.set_worker_state(uuid, WorkerState.IDLE, "test farm")
+        farm.wait_idle()
+        yield farm
+    finally:
+        if dryad is not None:
+            dryad.stop()
+        if scheduler.proc is not None:
+            scheduler.stop()
+        sshd.stop()
+        remove_users(prefix)

@@ -1,0 +1,246 @@
+"""The Python client against a real farm: leases, SSH through the tunnel, auto-prolong."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from boruta_client import (
+    AsyncClient,
+    Busy,
+    Client,
+    NoSuchWorker,
+    RequestEnded,
+    RequestState,
+    ScheduleTimeout,
+)
+from live_farm import LiveFarm, live_farm
+
+BOARDS = {"rpi-a": {"board": "rpi4", "camera": "yes"}, "rpi-b": {"board": "rpi4"}}
+# Short jobs, so that a lease has to prolong several times within a test.
+JOB_TIMEOUT = 1.5
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveFarm]:
+    with live_farm(
+        tmp_path_factory.mktemp("farm"),
+        BOARDS,
+        "--job-timeout",
+        f"{JOB_TIMEOUT}s",
+        "--prolong-step",
+        f"{JOB_TIMEOUT}s",
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+def client(farm: LiveFarm) -> Iterator[Client]:
+    farm.wait_idle()
+    with farm.client() as c:
+        yield c
+
+
+def test_lease_runs_commands_streams_output_and_copies_files(
+    client: Client, tmp_path: Path
+) -> None:
+    chunks: list[bytes] = []
+    with client.lease({"board": "rpi4", "camera": "yes"}) as board:
+        assert board.worker_uuid == "rpi-a"
+        whoami = board.ssh.run("id -un")
+        assert whoami.ok and whoami.output.strip() == board.access.username
+        failing = board.ssh.run("echo out; echo err >&2; exit 3", stdout=chunks.append)
+        assert (failing.exit_status, failing.stdout, failing.stderr) == (3, b"out\n", b"err\n")
+        assert b"".join(chunks) == b"out\n"
+        assert board.ssh.run(["printf", "%s", "a b"]).stdout == b"a b"
+        assert board.ssh.run("cat", input=b"piped").stdout == b"piped"
+
+        local = tmp_path / "up.txt"
+        local.write_text("hello board\n")
+        board.ssh.put(local, "up.txt")
+        assert board.ssh.run("cat up.txt").output == "hello board\n"
+        back = board.ssh.get("up.txt", tmp_path / "down" / "back.txt")
+        assert back.read_text() == "hello board\n"
+        request_id = board.request.id
+    closed = client.get_request(request_id)
+    assert closed.state is RequestState.DONE
+
+
+def test_port_forward_reaches_a_port_on_the_board_side(client: Client, farm: LiveFarm) -> None:
+    sshd_port = int(farm.sshd.address.rsplit(":", 1)[1])
+    with (
+        client.lease({"board": "rpi4"}) as board,
+        board.ssh.forward(sshd_port) as forward,
+        socket.create_connection(("127.0.0.1", forward.local_port), timeout=10) as conn,
+    ):
+        assert conn.recv(64).startswith(b"SSH-2.0-")
+
+
+def test_lease_outlives_several_job_timeouts_by_prolonging(client: Client) -> None:
+    with client.lease({"board": "rpi4"}) as board:
+        time.sleep(JOB_TIMEOUT * 4)
+        info = client.get_request(board.request.id)
+        assert info.state is RequestState.IN_PROGRESS
+        assert info.job is not None and info.job.prolong_count >= 3
+        assert board.ssh.run("true").ok
+        assert board.prolong_error is None
+
+
+def test_without_auto_prolong_the_job_times_out(client: Client) -> None:
+    with client.lease({"board": "rpi4"}, auto_prolong=False) as board:
+        time.sleep(JOB_TIMEOUT * 3)
+        info = client.get_request(board.request.id)
+    assert info.state is RequestState.DONE and info.reason == "job timed out"
+
+
+def test_exception_in_the_block_closes_the_request(client: Client) -> None:
+    with pytest.raises(RuntimeError, match="test failed"), client.lease() as board:
+        request_id = board.request.id
+        raise RuntimeError("test failed")
+    assert client.get_request(request_id).state is RequestState.DONE
+
+
+def test_sigint_in_the_block_closes_the_request(farm: LiveFarm, client: Client) -> None:
+    script = textwrap.dedent(
+        f"""
+        import time
+        from boruta_client import Client
+        with Client({farm.address!r}, user="alice") as client:
+            with client.lease({{"board": "rpi4"}}) as board:
+                print(board.request.id, flush=True)
+                time.sleep(60)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    request_id = int(child.stdout.readline())
+    assert client.get_request(request_id).state is RequestState.IN_PROGRESS
+    child.send_signal(signal.SIGINT)
+    assert child.wait(30) != 0
+    assert client.get_request(request_id).state is RequestState.DONE
+
+
+def test_busy_no_such_worker_and_schedule_timeout(client: Client) -> None:
+    with pytest.raises(NoSuchWorker, match="board=rpi5"):
+        client.lease({"board": "rpi5"}).__enter__()
+    with client.lease({"camera": "yes"}):
+        with pytest.raises(Busy, match="busy"):
+            client.lease({"camera": "yes"}, no_wait=True).__enter__()
+        seen = []
+        with pytest.raises(ScheduleTimeout):
+            client.lease({"camera": "yes"}, wait_timeout=1.0, on_wait=seen.append).__enter__()
+        assert seen and seen[0].state is RequestState.WAITING
+        assert seen[0].queue_position == 0
+    timed_out = client.get_request(seen[0].id)
+    assert timed_out.state is RequestState.CANCELLED
+
+
+def test_request_that_ends_while_waiting_raises_request_ended(client: Client) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    with client.lease({"camera": "yes"}):
+        soon = datetime.now(UTC) + timedelta(seconds=1)
+        with pytest.raises(RequestEnded) as info:
+            client.lease({"camera": "yes"}, deadline=soon).__enter__()
+    assert info.value.state == "TIMEOUT"
+
+
+def test_async_client_lease_prolongs_and_closes_on_cancel(farm: LiveFarm) -> None:
+    farm.wait_idle()
+
+    async def scenario() -> None:
+        async with AsyncClient(farm.address, user="bob") as client:
+            async with client.lease({"board": "rpi4"}) as board:
+                ssh = await board.ssh()
+                result = await ssh.run("id -un")
+                assert result.output.strip() == board.access.username
+                await asyncio.sleep(JOB_TIMEOUT * 3)
+                info = await client.get_request(board.request.id)
+                assert info.state is RequestState.IN_PROGRESS
+                assert info.job is not None and info.job.prolong_count >= 2
+            assert (await client.get_request(board.request.id)).state is RequestState.DONE
+
+            started = asyncio.Event()
+            ids: list[int] = []
+
+            async def hold() -> None:
+                async with client.lease({"board": "rpi4"}) as held:
+                    ids.append(held.request.id)
+                    started.set()
+                    await asyncio.sleep(60)
+
+            task = asyncio.create_task(hold())
+            await started.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert (await client.get_request(ids[0])).state is RequestState.DONE
+
+    asyncio.run(scenario())
+
+
+def test_public_api_is_pinned() -> None:
+    import boruta_client
+
+    assert sorted(boruta_client.__all__) == sorted(
+        name
+        for name in vars(boruta_client)
+        if not name.startswith("_")
+        and name not in {"aio", "client", "errors", "lease", "ssh", "types"}
+    )
+    assert boruta_client.__all__ == EXPECTED_ALL
+
+
+EXPECTED_ALL = [
+    "Access",
+    "Acquired",
+    "AsyncBoard",
+    "AsyncBoardSSH",
+    "AsyncClient",
+    "AsyncLease",
+    "AsyncWatch",
+    "Board",
+    "BoardSSH",
+    "BorutaError",
+    "Busy",
+    "Client",
+    "CommandResult",
+    "CommandTimeout",
+    "FailedPrecondition",
+    "HistoryEntry",
+    "HostStatus",
+    "InvalidArgument",
+    "Job",
+    "Lease",
+    "NoSuchWorker",
+    "NotFound",
+    "PermissionDenied",
+    "PortForward",
+    "ProlongLimitReached",
+    "Request",
+    "RequestEnded",
+    "RequestNotFound",
+    "RequestSort",
+    "RequestState",
+    "ResourceExhausted",
+    "SSHError",
+    "ScheduleTimeout",
+    "Unauthenticated",
+    "Unavailable",
+    "Watch",
+    "Worker",
+    "WorkerChange",
+    "WorkerNotFound",
+    "WorkerSort",
+    "WorkerState",
+    "WrongRequestState",
+    "WrongWorkerState",
+]
