@@ -21,6 +21,7 @@ from boruta.v1 import types_pb2, workers_pb2, workers_pb2_grpc
 from boruta_dryad.devsshd import DevSshd
 
 ADMIN = (("x-boruta-user", "admin"), ("x-boruta-role", "admin"))
+DEFAULT_SCHEDULER = "127.0.0.1:50051"
 BOARD_CAPS = [
     {"board": "rpi4", "camera": "yes"},
     {"board": "rpi4"},
@@ -101,7 +102,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--listen",
-        default=os.environ.get("BORUTA_LISTEN", "127.0.0.1:50051"),
+        default=os.environ.get("BORUTA_LISTEN", DEFAULT_SCHEDULER),
         help="scheduler address [env: BORUTA_LISTEN]",
     )
     parser.add_argument(
@@ -158,13 +159,17 @@ def main() -> None:
             + " ".join(f"{k}={v}" for k, v in BOARD_CAPS[i % len(BOARD_CAPS)].items())
             for i in range(args.boards)
         )
+        where = "" if address == DEFAULT_SCHEDULER else f" -s {address}"
         print(
             f"\nboruta farm is up: scheduler on {address}, {args.boards} boards IDLE "
             f"(state and logs in {args.data_dir}/)\n{boards}\n\n"
-            "Get a shell on any rpi4 with a camera (in another terminal):\n"
-            f"    .venv/bin/python tools/shell.py --scheduler {address} board=rpi4 camera=yes\n"
-            "Run one command on any board and print its output:\n"
-            f"    .venv/bin/python tools/shell.py --scheduler {address} -- uname -a\n\n"
+            "Try, in another terminal:\n"
+            f"    .venv/bin/schedctl{where} ssh --caps board=rpi4,camera=yes   "
+            "# a shell on any rpi4 with a camera\n"
+            f"    .venv/bin/schedctl{where} run -- uname -a                    "
+            "# one command on any board\n"
+            f"    .venv/bin/schedctl{where} status                             "
+            "# the farm at a glance\n\n"
             "Ctrl-C stops the farm.",
             flush=True,
         )

@@ -9,6 +9,7 @@ with Client("sched.lab:50051", user="alice") as client:
 
 from boruta_client.aio import AsyncBoard, AsyncBoardSSH, AsyncClient, AsyncLease, AsyncWatch
 from boruta_client.client import Client, Watch
+from boruta_client.config import ClientConfig, Context, load_config
 from boruta_client.errors import (
     BorutaError,
     Busy,
@@ -31,6 +32,16 @@ from boruta_client.errors import (
     WrongWorkerState,
 )
 from boruta_client.lease import Board, Lease
+from boruta_client.runner import (
+    JobResult,
+    JobSpec,
+    JobStatus,
+    Phase,
+    Transfer,
+    load_job,
+    parse_job,
+    run_job,
+)
 from boruta_client.ssh import BoardSSH, CommandResult, PortForward
 from boruta_client.types import (
     Access,
@@ -62,17 +73,23 @@ __all__ = [
     "BorutaError",
     "Busy",
     "Client",
+    "ClientConfig",
     "CommandResult",
     "CommandTimeout",
+    "Context",
     "FailedPrecondition",
     "HistoryEntry",
     "HostStatus",
     "InvalidArgument",
     "Job",
+    "JobResult",
+    "JobSpec",
+    "JobStatus",
     "Lease",
     "NoSuchWorker",
     "NotFound",
     "PermissionDenied",
+    "Phase",
     "PortForward",
     "ProlongLimitReached",
     "Request",
@@ -83,6 +100,7 @@ __all__ = [
     "ResourceExhausted",
     "SSHError",
     "ScheduleTimeout",
+    "Transfer",
     "Unauthenticated",
     "Unavailable",
     "Watch",
@@ -93,4 +111,8 @@ __all__ = [
     "WorkerState",
     "WrongRequestState",
     "WrongWorkerState",
+    "load_config",
+    "load_job",
+    "parse_job",
+    "run_job",
 ]

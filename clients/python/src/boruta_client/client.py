@@ -245,6 +245,11 @@ class Client:
             auto_prolong=auto_prolong,
         )
 
+    def attach(self, request_id: int, *, auto_prolong: bool = True) -> Lease:
+        """``with client.attach(42) as board:``: a lease on a request that already exists;
+        it waits and prolongs like any lease but leaves the request open on exit."""
+        return Lease(self, {}, auto_prolong=auto_prolong, existing=request_id)
+
     def watch_requests(
         self,
         *,

@@ -93,8 +93,11 @@ class Lease:
         accept_unsatisfiable: bool = False,
         on_wait: Callable[[Request], None] | None = None,
         auto_prolong: bool = True,
+        existing: int | None = None,
     ) -> None:
         self._client = client
+        # An existing request is attached to, not created, and left open on exit.
+        self._existing = existing
         self._caps = dict(caps)
         self._new = dict(
             priority=priority,
@@ -113,7 +116,11 @@ class Lease:
 
     def __enter__(self) -> Board:
         client = self._client
-        self.request = request = client.new_request(self._caps, **self._new)  # type: ignore[arg-type]
+        if self._existing is not None:
+            self.request = request = client.get_request(self._existing)
+        else:
+            self.request = client.new_request(self._caps, **self._new)  # type: ignore[arg-type]
+            request = self.request
         try:
             if self._on_wait is not None and request.state is RequestState.WAITING:
                 self._on_wait(client.get_request(request.id))
@@ -140,7 +147,7 @@ class Lease:
             self._prolonger.join()
         if self.board is not None:
             self.board.close()
-        if self.request is not None:
+        if self.request is not None and self._existing is None:
             # It may have ended on its own (timeout, failure) or been closed elsewhere.
             with contextlib.suppress(WrongRequestState, NotFound):
                 self.request = self._client.close_request(self.request.id)

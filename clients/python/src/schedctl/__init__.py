@@ -1,0 +1,1 @@
+"""schedctl: the command-line tool for boruta's users and admins."""

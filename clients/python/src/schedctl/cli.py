@@ -1,0 +1,136 @@
+"""What every schedctl command shares: the connection settings, options, parsing helpers
+and the progress line shown while a request waits."""
+
+from __future__ import annotations
+
+import getpass
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import click
+from boruta_client import Client, Request
+from boruta_client.config import ClientConfig, Context
+
+from schedctl.output import FORMATS, span
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class State:
+    """The resolved connection settings of this run, and the client made from them."""
+
+    config: ClientConfig
+    context: Context
+    _client: Client | None = None
+
+    def client(self) -> Client:
+        if self._client is None:
+            ctx = self.context
+            self._client = Client(
+                ctx.scheduler,
+                user=ctx.user or getpass.getuser(),
+                groups=ctx.groups,
+                admin=ctx.admin,
+            )
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+def option(*names: str, **kwargs: Any) -> Callable[[F], F]:
+    """click.option that shows its BORUTA_* environment variable in --help."""
+    kwargs.setdefault("show_envvar", True)
+    return click.option(*names, **kwargs)
+
+
+def output_option(fn: F) -> F:
+    return option(
+        "-o",
+        "--output",
+        "fmt",
+        type=click.Choice(FORMATS),
+        default="table",
+        envvar="BORUTA_OUTPUT",
+        help="How to print data.",
+    )(fn)
+
+
+def parse_caps(items: Iterable[str]) -> dict[str, str]:
+    """KEY=VALUE words (or comma-separated lists of them) into a caps mapping."""
+    caps: dict[str, str] = {}
+    for item in items:
+        for pair in item.split(","):
+            if not pair.strip():
+                continue
+            key, sep, value = pair.partition("=")
+            if not sep or not key.strip():
+                raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="caps")
+            caps[key.strip()] = value.strip()
+    return caps
+
+
+_RELATIVE = re.compile(r"^\+(\d+(?:\.\d+)?)([smhd])$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class TimeParam(click.ParamType):  # type: ignore[type-arg]
+    """A moment: ISO 8601 (UTC unless it names a zone) or +N[s|m|h|d] from now."""
+
+    name = "TIME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, datetime):
+            return value
+        text = str(value).strip()
+        match = _RELATIVE.match(text)
+        if match:
+            seconds = float(match.group(1)) * _UNIT[match.group(2)]
+            return datetime.now(UTC) + timedelta(seconds=seconds)
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(f"{text!r} is neither ISO 8601 nor +N[s|m|h|d]", param, ctx)
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+TIME = TimeParam()
+
+
+def request_id_arg(fn: F) -> F:
+    return click.argument("request_id", type=click.IntRange(min=1), metavar="REQ")(fn)
+
+
+class Progress:
+    """The live line on stderr while a request waits: state, queue position, time waited."""
+
+    def __init__(self, request_id: int) -> None:
+        self.request_id = request_id
+        self.started = time.monotonic()
+        self.tty = sys.stderr.isatty()
+        self._last = ""
+
+    def __call__(self, request: Request) -> None:
+        position = "" if request.queue_position is None else f", {request.queue_position} ahead"
+        waited = span(timedelta(seconds=time.monotonic() - self.started))
+        line = f"request {request.id} {request.state.name}{position}, waiting {waited}"
+        if self.tty:
+            click.echo(f"\r\033[K{line}", nl=False, err=True)
+        elif line.split(", waiting")[0] != self._last.split(", waiting")[0]:
+            click.echo(line, err=True)
+        self._last = line
+
+    def done(self, message: str) -> None:
+        if self.tty:
+            click.echo("\r\033[K", nl=False, err=True)
+        click.echo(message, err=True)

@@ -1,0 +1,282 @@
+"""schedctl run, ssh and status: the commands a user lives in."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import TextIO
+
+import click
+from boruta_client import Board, Request, RequestState, WorkerState
+from boruta_client.runner import JobSpec, JobStatus, Phase, Transfer, load_job, run_job
+
+from schedctl.cli import Progress, State, option, output_option, parse_caps, pass_state
+from schedctl.output import emit, span, table
+
+
+def write_to(stream: TextIO) -> Callable[[bytes], None]:
+    """A sink that passes the board's bytes straight on, as they come."""
+
+    def write(data: bytes) -> None:
+        stream.buffer.write(data)
+        stream.flush()
+
+    return write
+
+
+def remote_command(words: tuple[str, ...]) -> str:
+    """One word is a shell command line ("make -j4 && ./test"); several are quoted one by
+    one, so that arguments with spaces survive."""
+    return words[0] if len(words) == 1 else shlex.join(words)
+
+
+def _transfers(items: tuple[str, ...], what: str) -> tuple[Transfer, ...]:
+    found = []
+    for item in items:
+        src, sep, dest = item.partition(":")
+        if not sep or not src or not dest:
+            raise click.BadParameter(f"{item!r} is not SRC:DEST", param_hint=what)
+        found.append(Transfer(src, dest))
+    return tuple(found)
+
+
+@click.command("run")
+@click.argument("args", nargs=-1, metavar="JOBFILE.toml | -- CMD...")
+@option("--caps", multiple=True, metavar="KEY=VALUE", help="Caps of the board (command mode).")
+@option("--profile", help="Runner profile from the config file to start from.")
+@option("-p", "--priority", type=click.IntRange(0, 16), help="1 (most important) to 16.")
+@option(
+    "--wait-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds to wait for a board at most.",
+)
+@option(
+    "--command-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds each command may run.",
+)
+@option("--upload", multiple=True, metavar="LOCAL:REMOTE", help="Copy a file to the board first.")
+@option("--fetch", multiple=True, metavar="REMOTE:LOCAL", help="Copy a file back at the end.")
+@output_option
+@pass_state
+def run(
+    state: State,
+    args: tuple[str, ...],
+    caps: tuple[str, ...],
+    profile: str | None,
+    priority: int | None,
+    wait_timeout: float | None,
+    command_timeout: float | None,
+    upload: tuple[str, ...],
+    fetch: tuple[str, ...],
+    fmt: str,
+) -> None:
+    """Queue, wait for a board, run, stream the output, give the board back; exit with the
+    remote command's status.
+
+    Either a job file (recognised by its .toml suffix) or, after --, one command to run
+    on a board with the given --caps.
+    """
+    profiles = state.config.profiles
+    if len(args) == 1 and args[0].endswith(".toml"):
+        spec = load_job(args[0], profiles)
+    elif args:
+        base = dict(profiles.get(profile, {})) if profile else {}
+        if profile and profile not in profiles:
+            raise click.BadParameter(f"no runner profile {profile!r}", param_hint="--profile")
+        spec = JobSpec(
+            commands=(remote_command(args),),
+            caps=parse_caps(caps) or dict(base.get("caps", {})),
+            priority=int(base.get("priority", 0)),
+            wait_timeout=base.get("wait_timeout"),
+            command_timeout=base.get("command_timeout"),
+        )
+    else:
+        raise click.UsageError("give a job file (JOB.toml) or a command after --")
+    spec = replace(
+        spec,
+        priority=spec.priority if priority is None else priority,
+        wait_timeout=wait_timeout or spec.wait_timeout,
+        command_timeout=command_timeout or spec.command_timeout,
+        upload=spec.upload + _transfers(upload, "--upload"),
+        fetch=spec.fetch + _transfers(fetch, "--fetch"),
+    )
+    streaming = fmt == "table"
+    progress: list[Progress] = []
+
+    def waiting(request: Request) -> None:
+        if not progress:
+            progress.append(Progress(request.id))
+        progress[0](request)
+
+    def on_status(status: JobStatus) -> None:
+        request = status.request
+        if status.phase is Phase.RUNNING and request is not None:
+            message = f"request {request.id} running on {status.worker_uuid}"
+            if progress:
+                progress[0].done(message)
+            else:
+                click.echo(message, err=True)
+        elif status.phase in (Phase.DONE, Phase.FAILED):
+            why = f": {status.message}" if status.message else ""
+            click.echo(f"job {status.phase.value}{why}", err=True)
+
+    result = run_job(
+        state.client(),
+        spec,
+        on_status=on_status if streaming else None,
+        stdout=write_to(sys.stdout) if streaming else None,
+        stderr=write_to(sys.stderr) if streaming else None,
+        on_wait=waiting if streaming else None,
+    )
+    if not streaming:
+        emit(fmt, result, lambda: "")
+    raise click.exceptions.Exit(result.exit_status)
+
+
+def _openssh(board: Board, command: tuple[str, ...]) -> int:
+    """Log in with the OpenSSH client: the best terminal handling there is."""
+    access = board.access
+    with tempfile.TemporaryDirectory(prefix="boruta-") as tmp:
+        key = os.path.join(tmp, "job.pem")
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(access.private_key_pem)
+        argv = [
+            "ssh",
+            "-i", key,
+            "-p", str(access.port),
+            "-o", "IdentitiesOnly=yes",
+            "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "LogLevel=ERROR",
+            f"{access.username}@{access.host}",
+        ]  # fmt: skip
+        if command:
+            argv += ["--", remote_command(command)]
+        return subprocess.call(argv)
+
+
+@click.command("ssh")
+@click.argument("args", nargs=-1, metavar="[REQ] [-- CMD...]")
+@option(
+    "--caps",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Lease a board with these caps for the session instead of REQ.",
+)
+@option("-p", "--priority", type=click.IntRange(0, 16), default=0, help="Priority of that lease.")
+@option(
+    "--paramiko",
+    "use_paramiko",
+    is_flag=True,
+    help="Use the built-in SSH client even if OpenSSH is installed.",
+)
+@pass_state
+def ssh(
+    state: State,
+    args: tuple[str, ...],
+    caps: tuple[str, ...],
+    priority: int,
+    use_paramiko: bool,
+) -> None:
+    """A shell (or one command) on the board of request REQ, or of a new lease with --caps.
+
+    The job is prolonged while the session lasts; a lease made with --caps is closed at
+    the end, an existing request is left running. One command word is a shell command
+    line; several are quoted one by one.
+    """
+    client = state.client()
+    request_id: int | None = None
+    command = args
+    if not caps:
+        if not args or not args[0].isdigit():
+            raise click.UsageError("give a request id, or --caps for a new lease")
+        request_id, command = int(args[0]), args[1:]
+    progress: list[Progress] = []
+
+    def waiting(request: Request) -> None:
+        if not progress:
+            progress.append(Progress(request.id))
+        progress[0](request)
+
+    if request_id is not None:
+        lease = client.attach(request_id)
+    else:
+        lease = client.lease(parse_caps(caps), priority=priority, on_wait=waiting)
+    with lease as board:
+        message = f"request {board.request.id} on {board.worker_uuid} as {board.access.username}"
+        if progress:
+            progress[0].done(message)
+        else:
+            click.echo(message, err=True)
+        if shutil.which("ssh") and not use_paramiko:
+            status = _openssh(board, command)
+        elif command:
+            result = board.ssh.run(
+                remote_command(command),
+                stdout=write_to(sys.stdout),
+                stderr=write_to(sys.stderr),
+            )
+            status = result.exit_status
+        else:
+            status = board.ssh.shell()
+    raise click.exceptions.Exit(status if status >= 0 else 255)
+
+
+@click.command("status")
+@output_option
+@pass_state
+def status(state: State, fmt: str) -> None:
+    """The farm at a glance: boards by state, the queue, and your live requests."""
+    client = state.client()
+    workers = client.list_workers()
+    live = client.list_requests(states=[RequestState.WAITING, RequestState.IN_PROGRESS])
+    me = client.identity.user
+    by_state = Counter(w.state.name for w in workers)
+    mine = [r for r in live if r.owner == me]
+    data = {
+        "scheduler": client.target,
+        "user": me,
+        "workers": {s.name: by_state.get(s.name, 0) for s in WorkerState},
+        "requests": {
+            "waiting": sum(r.state is RequestState.WAITING for r in live),
+            "in_progress": sum(r.state is RequestState.IN_PROGRESS for r in live),
+        },
+        "mine": mine,
+    }
+
+    def human() -> str:
+        now = datetime.now(UTC)
+        counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(by_state.items())) or "none"
+        lines = [
+            f"scheduler {client.target}, you are {me}",
+            f"boards:   {len(workers)} ({counts})",
+            f"requests: {data['requests']['waiting']} waiting, "  # type: ignore[index]
+            f"{data['requests']['in_progress']} in progress",  # type: ignore[index]
+        ]
+        if mine:
+            lines.append("\nyour live requests:")
+            lines.append(
+                table(
+                    mine,
+                    [
+                        ("ID", lambda r: r.id),
+                        ("STATE", lambda r: r.state),
+                        ("WORKER", lambda r: r.job.worker_uuid if r.job else None),
+                        ("AGE", lambda r: span(now - r.created_at)),
+                        ("TIMEOUT IN", lambda r: span(r.job.timeout_at - now) if r.job else None),
+                    ],
+                )
+            )
+        return "\n".join(lines)
+
+    emit(fmt, data, human)

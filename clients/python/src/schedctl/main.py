@@ -1,0 +1,132 @@
+"""schedctl's entry point: the root command, its connection options and error handling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from boruta_client import BorutaError
+from boruta_client.config import load_config
+
+from schedctl import exits
+from schedctl.cli import State, option
+from schedctl.jobs_cmd import run, ssh, status
+from schedctl.requests_cmd import requests_group
+from schedctl.workers_cmd import workers_group
+
+
+class _Root(click.Group):
+    """Turns the client's errors into one line on stderr and a documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BorutaError as error:
+            click.echo(f"schedctl: {error}", err=True)
+            raise click.exceptions.Exit(exits.exit_code_of(error)) from None
+        except KeyboardInterrupt:
+            click.echo("", err=True)
+            raise click.exceptions.Exit(130) from None
+
+
+@click.group(
+    cls=_Root,
+    context_settings={"auto_envvar_prefix": "BORUTA", "help_option_names": ["-h", "--help"]},
+)
+@option(
+    "--config",
+    "config_path",
+    envvar="BORUTA_CONFIG",
+    type=click.Path(dir_okay=False),
+    help="Config file with contexts and runner profiles [default: ~/.config/boruta/config.toml].",
+)
+@option("-c", "--context", envvar="BORUTA_CONTEXT", help="Named context from the config file.")
+@option(
+    "-s",
+    "--scheduler",
+    envvar="BORUTA_SCHEDULER",
+    metavar="HOST:PORT",
+    help="Scheduler address (overrides the context).",
+)
+@option(
+    "-u",
+    "--user",
+    envvar="BORUTA_USER",
+    help="Who you are (overrides the context; default: your login).",
+)
+@option(
+    "-g",
+    "--groups",
+    envvar="BORUTA_GROUPS",
+    help="Your groups, comma-separated (overrides the context).",
+)
+@option(
+    "--admin/--no-admin",
+    default=None,
+    envvar="BORUTA_ADMIN",
+    help="Call as an admin (overrides the context).",
+)
+@click.version_option(package_name="boruta-client", prog_name="schedctl")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    config_path: str | None,
+    context: str | None,
+    scheduler: str | None,
+    user: str | None,
+    groups: str | None,
+    admin: bool | None,
+) -> None:
+    """Use and run a boruta device farm: get a board by its caps, a shell on it, run jobs;
+    admins put boards into service and out of it.
+
+    Exit codes: 0 ok, 1 error, 2 usage, 64 invalid argument, 65 no such board, 66 not
+    found, 69 scheduler unavailable, 73 wrong state, 74 request ended or waited too long,
+    75 busy (try later), 77 permission denied; `run` and `ssh` exit with the remote status.
+    """
+    try:
+        config = load_config(config_path)
+        chosen = config.context(context or "")
+    except BorutaError as error:
+        click.echo(f"schedctl: {error}", err=True)
+        raise click.exceptions.Exit(exits.exit_code_of(error)) from None
+    from dataclasses import replace
+
+    overrides: dict[str, Any] = {}
+    if scheduler:
+        overrides["scheduler"] = scheduler
+    if user:
+        overrides["user"] = user
+    if groups is not None:
+        overrides["groups"] = tuple(g.strip() for g in groups.split(",") if g.strip())
+    if admin is not None:
+        overrides["admin"] = admin
+    state = State(config, replace(chosen, **overrides))
+    ctx.obj = state
+    ctx.call_on_close(state.close)
+
+
+@cli.command("completion")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script: eval "$(schedctl completion bash)"."""
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    assert cls is not None
+    click.echo(cls(cli, {}, "schedctl", "_SCHEDCTL_COMPLETE").source())
+
+
+cli.add_command(requests_group)
+cli.add_command(workers_group)
+cli.add_command(run)
+cli.add_command(ssh)
+cli.add_command(status)
+
+
+def main() -> None:
+    cli(prog_name="schedctl")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,327 @@
+"""schedctl requests ...: queue, inspect, change and watch requests."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+from boruta_client import Acquired, Request, RequestSort, RequestState
+
+from schedctl.cli import (
+    TIME,
+    Progress,
+    State,
+    option,
+    output_option,
+    parse_caps,
+    pass_state,
+    request_id_arg,
+)
+from schedctl.output import Column, ago, caps_text, details, emit, emit_event, table, when
+
+REQUEST_COLUMNS: list[Column] = [
+    ("ID", lambda r: r.id),
+    ("STATE", lambda r: r.state),
+    ("PRI", lambda r: r.priority),
+    ("OWNER", lambda r: r.owner),
+    ("CAPS", lambda r: caps_text(r.caps)),
+    ("WORKER", lambda r: r.job.worker_uuid if r.job else None),
+    ("AGE", lambda r: ago(r.created_at)),
+    ("REASON", lambda r: r.reason),
+]
+
+
+def request_details(r: Request) -> str:
+    job = r.job
+    now = datetime.now(UTC)
+    pairs: list[tuple[str, object]] = [
+        ("id", r.id),
+        ("state", r.state.name + (f" ({r.reason})" if r.reason else "")),
+        ("priority", r.priority),
+        ("owner", r.owner),
+        ("groups", r.owner_groups),
+        ("caps", caps_text(r.caps)),
+        ("created", f"{when(r.created_at)} ({ago(r.created_at, now)} ago)"),
+        ("valid after", when(r.valid_after)),
+        ("deadline", when(r.deadline)),
+    ]
+    if r.queue_position is not None:
+        pairs.append(("queue position", f"{r.queue_position} ahead"))
+    if job is not None:
+        pairs += [
+            ("worker", job.worker_uuid),
+            ("job started", when(job.started_at)),
+            ("job timeout", when(job.timeout_at)),
+            ("prolonged", f"{job.prolong_count} times (until {when(job.max_timeout_at)} at most)"),
+        ]
+    return details(pairs)
+
+
+def request_line(r: Request) -> str:
+    """One change of a request, for a person watching."""
+    line = f"{when(datetime.now(UTC))}  {r.id:>6}  {r.state.name:<11}  {r.owner}  "
+    line += caps_text(r.caps)
+    if r.job is not None:
+        line += f"  on {r.job.worker_uuid}"
+    return line + (f"  ({r.reason})" if r.reason else "")
+
+
+@click.group("requests")
+def requests_group() -> None:
+    """Ask for boards, look at requests, change and close them."""
+
+
+@requests_group.command("new")
+@click.argument("caps", nargs=-1, metavar="KEY=VALUE...")
+@option(
+    "-p",
+    "--priority",
+    type=click.IntRange(0, 16),
+    default=0,
+    help="1 (most important) to 16; 0: the scheduler's default.",
+)
+@option("--valid-after", type=TIME, help="Not before this time (ISO 8601 or +10m).")
+@option("--deadline", type=TIME, help="Give up waiting at this time (ISO 8601 or +2h).")
+@option(
+    "--accept-unsatisfiable", is_flag=True, help="Queue even if no registered board could serve it."
+)
+@option("--no-wait", is_flag=True, help="Run now or fail with 'busy' (exit 75); never queue.")
+@output_option
+@pass_state
+def new_request(
+    state: State,
+    caps: tuple[str, ...],
+    priority: int,
+    valid_after: datetime | None,
+    deadline: datetime | None,
+    accept_unsatisfiable: bool,
+    no_wait: bool,
+    fmt: str,
+) -> None:
+    """Queue a request for a board with these caps (none: any board)."""
+    request = state.client().new_request(
+        parse_caps(caps),
+        priority=priority,
+        valid_after=valid_after,
+        deadline=deadline,
+        accept_unsatisfiable=accept_unsatisfiable,
+        no_wait=no_wait,
+    )
+    emit(fmt, request, lambda: table([request], REQUEST_COLUMNS))
+
+
+@requests_group.command("list")
+@option(
+    "-s",
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice([s.name for s in RequestState], case_sensitive=False),
+    help="Only these states (repeat for more).",
+)
+@option("--owner", "owners", multiple=True, help="Only requests of these users.")
+@option("--mine", is_flag=True, help="Only my requests.")
+@option("--live", is_flag=True, help="Only WAITING and IN_PROGRESS requests.")
+@option(
+    "--sort",
+    type=click.Choice([s.name.lower() for s in RequestSort]),
+    default="id",
+    help="Field to sort by.",
+)
+@option("--asc/--desc", "ascending", default=False, help="Sort order (default: newest first).")
+@option("-n", "--limit", type=click.IntRange(min=1), default=50, help="At most this many.")
+@output_option
+@pass_state
+def list_requests(
+    state: State,
+    states: tuple[str, ...],
+    owners: tuple[str, ...],
+    mine: bool,
+    live: bool,
+    sort: str,
+    ascending: bool,
+    limit: int,
+    fmt: str,
+) -> None:
+    """List requests, newest first."""
+    client = state.client()
+    wanted = {RequestState[s.upper()] for s in states}
+    if live:
+        wanted |= {RequestState.WAITING, RequestState.IN_PROGRESS}
+    who = list(owners) + ([client.identity.user] if mine else [])
+    found = client.list_requests(
+        states=sorted(wanted, key=lambda s: s.value),
+        owners=who,
+        sort_by=RequestSort[sort.upper()],
+        descending=not ascending,
+        limit=limit,
+    )
+    emit(fmt, found, lambda: table(found, REQUEST_COLUMNS))
+
+
+@requests_group.command("show")
+@request_id_arg
+@output_option
+@pass_state
+def show_request(state: State, request_id: int, fmt: str) -> None:
+    """Everything about one request (a waiting one with its queue position)."""
+    request = state.client().get_request(request_id)
+    emit(fmt, request, lambda: request_details(request))
+
+
+@requests_group.command("update")
+@request_id_arg
+@option("-p", "--priority", type=click.IntRange(1, 16), help="New priority.")
+@option("--valid-after", type=TIME, help="New not-before time.")
+@option("--deadline", type=TIME, help="New deadline.")
+@output_option
+@pass_state
+def update_request(
+    state: State,
+    request_id: int,
+    priority: int | None,
+    valid_after: datetime | None,
+    deadline: datetime | None,
+    fmt: str,
+) -> None:
+    """Change a WAITING request."""
+    if priority is None and valid_after is None and deadline is None:
+        raise click.UsageError("nothing to change: give --priority, --valid-after or --deadline")
+    request = state.client().update_request(
+        request_id, priority=priority, valid_after=valid_after, deadline=deadline
+    )
+    emit(fmt, request, lambda: table([request], REQUEST_COLUMNS))
+
+
+@requests_group.command("close")
+@request_id_arg
+@output_option
+@pass_state
+def close_request(state: State, request_id: int, fmt: str) -> None:
+    """Cancel a waiting request, or end its job and give the board back."""
+    request = state.client().close_request(request_id)
+    emit(fmt, request, lambda: table([request], REQUEST_COLUMNS))
+
+
+@requests_group.command("prolong")
+@request_id_arg
+@output_option
+@pass_state
+def prolong_request(state: State, request_id: int, fmt: str) -> None:
+    """Push a running job's timeout further."""
+    job = state.client().prolong_access(request_id)
+    emit(
+        fmt,
+        job,
+        lambda: (
+            f"request {request_id} now times out at {when(job.timeout_at)} "
+            f"(prolonged {job.prolong_count} times)"
+        ),
+    )
+
+
+def key_path(request_id: int, chosen: str | None) -> Path:
+    if chosen:
+        return Path(chosen)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "boruta" / "keys" / f"request-{request_id}.pem"
+
+
+def save_key(acquired: Acquired, path: Path) -> None:
+    """Write the job's private key readable by its owner only, and never print it."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(acquired.access.private_key_pem)
+
+
+def ssh_command(acquired: Acquired, key: Path) -> str:
+    a = acquired.access
+    return (
+        f"ssh -i {key} -p {a.port} -o IdentitiesOnly=yes -o StrictHostKeyChecking=no "
+        f"-o UserKnownHostsFile=/dev/null {a.username}@{a.host}"
+    )
+
+
+@requests_group.command("acquire")
+@request_id_arg
+@option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds to wait at most (default: until the request ends).",
+)
+@option(
+    "--key-file",
+    type=click.Path(dir_okay=False),
+    help="Where to save the job's private key (default: ~/.cache/boruta/keys/request-REQ.pem).",
+)
+@output_option
+@pass_state
+def acquire(
+    state: State, request_id: int, timeout: float | None, key_file: str | None, fmt: str
+) -> None:
+    """Wait until the request runs, save its key and print how to log in."""
+    progress = Progress(request_id)
+    acquired = state.client().acquire_worker(
+        request_id, timeout=timeout, on_wait=progress, poll_interval=1.0
+    )
+    progress.done(f"request {request_id} runs on {acquired.job.worker_uuid}")
+    path = key_path(request_id, key_file)
+    save_key(acquired, path)
+    data = {
+        "host": acquired.access.host,
+        "port": acquired.access.port,
+        "username": acquired.access.username,
+        "key_file": str(path),
+        "job": acquired.job,
+    }
+    emit(
+        fmt,
+        data,
+        lambda: details(
+            [
+                *((k, v) for k, v in data.items() if k != "job"),
+                ("timeout", when(acquired.job.timeout_at)),
+                ("login", ssh_command(acquired, path)),
+            ]
+        ),
+    )
+
+
+@requests_group.command("watch")
+@option("--id", "ids", multiple=True, type=int, help="Only these requests.")
+@option(
+    "-s",
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice([s.name for s in RequestState], case_sensitive=False),
+    help="Only changes into these states.",
+)
+@option("--owner", "owners", multiple=True, help="Only requests of these users.")
+@option(
+    "--current/--no-current", default=True, help="First show the live requests as they are now."
+)
+@output_option
+@pass_state
+def watch_requests(
+    state: State,
+    ids: tuple[int, ...],
+    states: tuple[str, ...],
+    owners: tuple[str, ...],
+    current: bool,
+    fmt: str,
+) -> None:
+    """Print each change of a request as it happens, until Ctrl-C."""
+    watch = state.client().watch_requests(
+        ids=ids,
+        states=[RequestState[s.upper()] for s in states],
+        owners=owners,
+        include_current=current,
+    )
+    with watch:
+        for request in watch:
+            emit_event(fmt, request, request_line(request))

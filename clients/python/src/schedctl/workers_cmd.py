@@ -1,0 +1,227 @@
+"""schedctl workers ...: see the boards; admins put them into service and out of it."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import click
+from boruta_client import BorutaError, Worker, WorkerSort, WorkerState
+
+from schedctl.cli import State, option, output_option, parse_caps, pass_state
+from schedctl.output import Column, ago, caps_text, details, emit, emit_event, span, table, when
+
+WORKER_COLUMNS: list[Column] = [
+    ("UUID", lambda w: w.uuid),
+    ("STATE", lambda w: w.state),
+    ("GROUPS", lambda w: w.groups),
+    ("CAPS", lambda w: caps_text(w.caps)),
+    ("REQUEST", lambda w: w.request_id),
+    ("JOBS", lambda w: w.jobs_done),
+    ("SEEN", lambda w: ago(w.last_seen) + " ago"),
+    ("REASON", lambda w: w.reason),
+]
+SETTLED = {WorkerState.IDLE, WorkerState.MAINTENANCE, WorkerState.FAILED}
+
+
+def worker_details(w: Worker) -> str:
+    pairs: list[tuple[str, object]] = [
+        ("uuid", w.uuid),
+        ("state", w.state.name + (f" ({w.reason})" if w.reason else "")),
+        ("groups", w.groups),
+        ("caps", caps_text(w.caps)),
+        ("request", w.request_id),
+        ("dryad", f"{w.dryad_address} (version {w.dryad_version or '?'})"),
+        ("ssh", w.ssh_address),
+        ("registered", when(w.registered_at)),
+        ("last seen", f"{when(w.last_seen)} ({ago(w.last_seen)} ago)"),
+        ("jobs done", w.jobs_done),
+        ("failures", w.failures),
+    ]
+    s = w.host_status
+    if s is not None:
+        gib = 1024**3
+        pairs += [
+            ("load", f"{s.load_1m:.2f}"),
+            ("memory free", f"{s.memory_available_bytes / gib:.1f} GiB"),
+            ("memory total", f"{s.memory_total_bytes / gib:.1f} GiB"),
+            ("disk free", f"{s.disk_free_bytes / gib:.1f} GiB"),
+            ("uptime", span(s.uptime)),
+        ]
+    return details(pairs)
+
+
+@click.group("workers")
+def workers_group() -> None:
+    """See the boards of the farm; admins run them."""
+
+
+@workers_group.command("list")
+@option(
+    "-s",
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice([s.name for s in WorkerState], case_sensitive=False),
+    help="Only these states (repeat for more).",
+)
+@option("-g", "--group", "groups", multiple=True, help="Only boards in one of these groups.")
+@option("--caps", "caps", multiple=True, metavar="KEY=VALUE", help="Only boards with these caps.")
+@option(
+    "--sort",
+    type=click.Choice([s.name.lower() for s in WorkerSort]),
+    default="uuid",
+    help="Field to sort by.",
+)
+@output_option
+@pass_state
+def list_workers(
+    state: State,
+    states: tuple[str, ...],
+    groups: tuple[str, ...],
+    caps: tuple[str, ...],
+    sort: str,
+    fmt: str,
+) -> None:
+    """List the boards."""
+    found = state.client().list_workers(
+        states=[WorkerState[s.upper()] for s in states],
+        groups=groups,
+        caps=parse_caps(caps),
+        sort_by=WorkerSort[sort.upper()],
+    )
+    emit(fmt, found, lambda: table(found, WORKER_COLUMNS))
+
+
+@workers_group.command("show")
+@click.argument("uuid")
+@output_option
+@pass_state
+def show_worker(state: State, uuid: str, fmt: str) -> None:
+    """Everything about one board, with its host's resource usage."""
+    worker = state.client().get_worker(uuid)
+    emit(fmt, worker, lambda: worker_details(worker))
+
+
+@workers_group.command("history")
+@click.argument("uuid")
+@option(
+    "-n", "--limit", type=click.IntRange(1, 1000), default=20, help="At most this many entries."
+)
+@output_option
+@pass_state
+def worker_history(state: State, uuid: str, limit: int, fmt: str) -> None:
+    """A board's state changes, newest first."""
+    entries = state.client().worker_history(uuid, limit=limit)
+    columns: list[Column] = [
+        ("TIME", lambda e: when(e.time)),
+        ("FROM", lambda e: e.from_state),
+        ("TO", lambda e: e.to_state),
+        ("REASON", lambda e: e.reason),
+    ]
+    emit(fmt, entries, lambda: table(entries, columns))
+
+
+def wait_settled(state: State, uuid: str, timeout: float) -> Worker:
+    """Until the board leaves PREPARE or BUSY (the dryad has answered), or timeout."""
+    client = state.client()
+    give_up = time.monotonic() + timeout
+    with client.watch_workers(uuids=[uuid], include_current=True) as watch:
+        for change in watch:
+            if change.removed or change.worker.state in SETTLED:
+                return change.worker
+            if time.monotonic() > give_up:
+                break
+    worker = client.get_worker(uuid)
+    if worker.state not in SETTLED:
+        raise BorutaError(f"{uuid} is still {worker.state.name} after {timeout:g} s")
+    return worker
+
+
+def _set_state(
+    state: State, uuid: str, target: WorkerState, reason: str, wait: bool, fmt: str
+) -> None:
+    worker = state.client().set_worker_state(uuid, target, reason)
+    if wait and worker.state not in SETTLED:
+        worker = wait_settled(state, uuid, 120)
+    emit(fmt, worker, lambda: table([worker], WORKER_COLUMNS))
+    if wait and worker.state is not target:
+        raise click.exceptions.Exit(1)
+
+
+_WAIT = option("--wait/--no-wait", default=True, help="Wait until the board's dryad has done it.")
+
+
+@workers_group.command("maintenance")
+@click.argument("uuid")
+@option("-r", "--reason", default="", help="Why; shown on the board and kept in its history.")
+@_WAIT
+@output_option
+@pass_state
+def maintenance(state: State, uuid: str, reason: str, wait: bool, fmt: str) -> None:
+    """Take a board out of service (a running job on it FAILS). Admins only."""
+    _set_state(state, uuid, WorkerState.MAINTENANCE, reason, wait, fmt)
+
+
+@workers_group.command("idle")
+@click.argument("uuid")
+@option("-r", "--reason", default="", help="Why, for the board's history.")
+@_WAIT
+@output_option
+@pass_state
+def idle(state: State, uuid: str, reason: str, wait: bool, fmt: str) -> None:
+    """Put a board into service: prepare it, then IDLE. Admins only."""
+    _set_state(state, uuid, WorkerState.IDLE, reason, wait, fmt)
+
+
+@workers_group.command("groups")
+@click.argument("uuid")
+@click.argument("groups", nargs=-1)
+@option("--none", "clear", is_flag=True, help="Remove every group: the board is open to all.")
+@output_option
+@pass_state
+def set_groups(state: State, uuid: str, groups: tuple[str, ...], clear: bool, fmt: str) -> None:
+    """Replace a board's groups (only their members may use it). Admins only."""
+    if not groups and not clear:
+        raise click.UsageError("name the groups, or give --none to open the board to all")
+    if groups and clear:
+        raise click.UsageError("give groups or --none, not both")
+    worker = state.client().set_worker_groups(uuid, groups)
+    emit(fmt, worker, lambda: table([worker], WORKER_COLUMNS))
+
+
+@workers_group.command("deregister")
+@click.argument("uuid")
+@option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_state
+def deregister(state: State, uuid: str, yes: bool) -> None:
+    """Remove a board in MAINTENANCE or FAILED from the farm. Admins only."""
+    if not yes:
+        click.confirm(f"remove {uuid} from the farm?", abort=True, err=True)
+    state.client().deregister_worker(uuid)
+    click.echo(f"{uuid} deregistered")
+
+
+@workers_group.command("watch")
+@option(
+    "-s",
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice([s.name for s in WorkerState], case_sensitive=False),
+    help="Only changes into these states.",
+)
+@option("--current/--no-current", default=True, help="First show every board as it is now.")
+@output_option
+@pass_state
+def watch_workers(state: State, states: tuple[str, ...], current: bool, fmt: str) -> None:
+    """Print each change of a board as it happens, until Ctrl-C."""
+    with state.client().watch_workers(
+        states=[WorkerState[s.upper()] for s in states], include_current=current
+    ) as watch:
+        for change in watch:
+            w = change.worker
+            line = f"{when(datetime.now(UTC))}  {w.uuid}  " + (
+                "DEREGISTERED" if change.removed else f"{w.state.name:<11}"
+            )
+            emit_event(fmt, change, line + (f"  ({w.reason})" if w.reason else ""))

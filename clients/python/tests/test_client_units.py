@@ -1,0 +1,167 @@
+"""Unit tests of the client's pure parts: the public API, error mapping, config, job files,
+lease timing and schedctl's exit codes and output."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import boruta_client
+import grpc
+import pytest
+from boruta_client import errors
+from boruta_client._rpc import translate
+from boruta_client.config import Context, load_config, parse_config
+from boruta_client.lease import next_prolong_delay, prolong_lead, should_retry_prolong
+from boruta_client.runner import Transfer, load_job, parse_job
+from boruta_client.types import Job, RequestState
+from schedctl import exits
+from schedctl.cli import TIME, parse_caps
+from schedctl.output import jsonable, span, table
+
+EXPECTED_ALL = [
+    "Access", "Acquired", "AsyncBoard", "AsyncBoardSSH", "AsyncClient", "AsyncLease",
+    "AsyncWatch", "Board", "BoardSSH", "BorutaError", "Busy", "Client", "ClientConfig",
+    "CommandResult", "CommandTimeout", "Context", "FailedPrecondition", "HistoryEntry",
+    "HostStatus", "InvalidArgument", "Job", "JobResult", "JobSpec", "JobStatus", "Lease",
+    "NoSuchWorker", "NotFound", "PermissionDenied", "Phase", "PortForward",
+    "ProlongLimitReached", "Request", "RequestEnded", "RequestNotFound", "RequestSort",
+    "RequestState", "ResourceExhausted", "SSHError", "ScheduleTimeout", "Transfer",
+    "Unauthenticated", "Unavailable", "Watch", "Worker", "WorkerChange", "WorkerNotFound",
+    "WorkerSort", "WorkerState", "WrongRequestState", "WrongWorkerState", "load_config",
+    "load_job", "parse_job", "run_job",
+]  # fmt: skip
+
+
+def test_public_api_is_pinned() -> None:
+    assert boruta_client.__all__ == EXPECTED_ALL
+    for name in EXPECTED_ALL:
+        assert getattr(boruta_client, name) is not None
+
+
+class FakeCallError(grpc.RpcError):
+    """Stands in for a failed call: only the three accessors the client reads."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, reason: str = "") -> None:
+        self._code, self._details = code, details
+        self._trailing = (("boruta-error-reason", reason),) if reason else ()
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> Any:
+        return self._trailing
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "expected"),
+    [
+        (grpc.StatusCode.FAILED_PRECONDITION, "NO_CAPABLE_WORKER", errors.NoSuchWorker),
+        (grpc.StatusCode.FAILED_PRECONDITION, "PROLONG_LIMIT_REACHED", errors.ProlongLimitReached),
+        (grpc.StatusCode.FAILED_PRECONDITION, "WRONG_REQUEST_STATE", errors.WrongRequestState),
+        (grpc.StatusCode.FAILED_PRECONDITION, "", errors.FailedPrecondition),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "BUSY", errors.Busy),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "", errors.ResourceExhausted),
+        (grpc.StatusCode.NOT_FOUND, "REQUEST_NOT_FOUND", errors.RequestNotFound),
+        (grpc.StatusCode.INVALID_ARGUMENT, "", errors.InvalidArgument),
+        (grpc.StatusCode.PERMISSION_DENIED, "", errors.PermissionDenied),
+        (grpc.StatusCode.UNAVAILABLE, "", errors.Unavailable),
+        (grpc.StatusCode.INTERNAL, "", errors.BorutaError),
+    ],
+)
+def test_errors_map_by_reason_then_code(
+    code: grpc.StatusCode, reason: str, expected: type[errors.BorutaError]
+) -> None:
+    error = translate(FakeCallError(code, "what to fix", reason), "sched:1")
+    assert type(error) is expected
+    assert "what to fix" in str(error)
+
+
+def test_unreachable_scheduler_names_the_address() -> None:
+    error = translate(FakeCallError(grpc.StatusCode.UNAVAILABLE, "connection refused"), "s:9")
+    assert "cannot reach the scheduler at s:9" in str(error)
+
+
+def test_exit_codes_are_distinct_and_specific() -> None:
+    codes = [code for _, code in exits.EXIT_CODES]
+    assert exits.exit_code_of(errors.NoSuchWorker("x")) == exits.NO_SUCH_BOARD
+    assert exits.exit_code_of(errors.Busy("x")) == exits.BUSY
+    assert exits.exit_code_of(errors.RequestEnded("x", "TIMEOUT")) == exits.NOT_SCHEDULED
+    assert exits.exit_code_of(errors.WrongRequestState("x")) == exits.WRONG_STATE
+    assert exits.exit_code_of(errors.BorutaError("x")) == exits.FAILURE
+    assert len({exits.NO_SUCH_BOARD, exits.BUSY, exits.NOT_FOUND, exits.UNAVAILABLE}) == 4
+    assert all(0 < c < 256 for c in codes)
+
+
+def test_config_contexts_and_errors(tmp_path: Path) -> None:
+    config = parse_config(
+        {
+            "context": "lab",
+            "contexts": {"lab": {"scheduler": "s:1", "user": "u", "groups": "a, b"}},
+            "profiles": {"rpi": {"caps": {"board": "rpi4"}}},
+        }
+    )
+    assert config.context() == Context("s:1", "u", ("a", "b"), False)
+    with pytest.raises(errors.InvalidArgument, match="no context 'x'"):
+        config.context("x")
+    with pytest.raises(errors.InvalidArgument, match="unknown keys"):
+        parse_config({"contxt": "lab"})
+    assert load_config(None).contexts is not None  # a missing default file is fine
+    with pytest.raises(errors.InvalidArgument, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_job_file_with_profile_and_relative_paths(tmp_path: Path) -> None:
+    job = tmp_path / "ci" / "job.toml"
+    job.parent.mkdir()
+    job.write_text(
+        'profile = "rpi"\npriority = 2\ncommands = ["make test"]\n'
+        '[[upload]]\nsrc = "fw.bin"\ndest = "/tmp/fw.bin"\n'
+        '[[fetch]]\nsrc = "log.txt"\ndest = "out/log.txt"\n'
+    )
+    spec = load_job(job, {"rpi": {"caps": {"board": "rpi4"}, "priority": 9, "wait_timeout": 60}})
+    assert spec.caps == {"board": "rpi4"} and spec.priority == 2 and spec.wait_timeout == 60
+    assert spec.upload == (Transfer(str(job.parent / "fw.bin"), "/tmp/fw.bin"),)
+    assert spec.fetch == (Transfer("log.txt", str(job.parent / "out/log.txt")),)
+    with pytest.raises(errors.InvalidArgument, match="no runner profile 'x'"):
+        parse_job({"profile": "x", "commands": []})
+    with pytest.raises(errors.InvalidArgument, match="unknown keys cmds"):
+        parse_job({"cmds": []})
+    with pytest.raises(errors.InvalidArgument, match="wait_timeout must be a positive"):
+        parse_job({"commands": [], "wait_timeout": -1})
+
+
+def test_prolong_timing() -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    job = Job("w", t0, t0 + timedelta(seconds=90), t0 + timedelta(hours=1), 0)
+    lead = prolong_lead(job)
+    assert lead == timedelta(seconds=30)
+    assert next_prolong_delay(job, t0, lead, moved=True) == 60
+    assert next_prolong_delay(job, t0 + timedelta(seconds=80), lead, moved=True) == 0
+    assert next_prolong_delay(job, t0 + timedelta(seconds=80), lead, moved=False) == 15
+    hour_job = Job("w", t0, t0 + timedelta(hours=1), t0 + timedelta(hours=2), 0)
+    assert prolong_lead(hour_job) == timedelta(seconds=60)
+    assert should_retry_prolong(errors.Unavailable("x"))
+    assert not should_retry_prolong(errors.ProlongLimitReached("x"))
+
+
+def test_schedctl_helpers() -> None:
+    assert parse_caps(["board=rpi4,camera=yes", "x=a=b"]) == {
+        "board": "rpi4",
+        "camera": "yes",
+        "x": "a=b",
+    }
+    soon = TIME.convert("+5m", None, None)
+    assert timedelta(minutes=4) < soon - datetime.now(UTC) <= timedelta(minutes=5)
+    assert TIME.convert("2026-01-01T10:00:00", None, None).tzinfo is UTC
+    assert span(timedelta(seconds=3725)) == "1h02m"
+    assert table([1, 22], [("N", lambda n: n)]) == "N\n1\n22"
+    data = jsonable(
+        {"s": RequestState.DONE, "t": datetime(2026, 1, 1, tzinfo=UTC), "g": {"b", "a"}}
+    )
+    assert json.dumps(data) == '{"s": "DONE", "t": "2026-01-01T00:00:00Z", "g": ["a", "b"]}'

@@ -1,0 +1,216 @@
+"""schedctl as a subprocess against a real farm: users run jobs and get shells, admins run
+boards, watches stream, and every -o json output parses and matches the API."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from boruta_client import Client, RequestState, WorkerState
+from live_farm import LiveFarm, live_farm
+from schedctl import exits
+from schedctl.output import jsonable
+
+BOARDS = {"sc-a": {"board": "rpi4", "camera": "yes"}, "sc-b": {"board": "rpi4"}}
+SCHEDCTL = [sys.executable, "-m", "schedctl.main"]
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveFarm]:
+    with live_farm(tmp_path_factory.mktemp("farm"), BOARDS) as running:
+        yield running
+
+
+@pytest.fixture
+def env(farm: LiveFarm, tmp_path: Path) -> dict[str, str]:
+    farm.wait_idle()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BORUTA_")}
+    return {
+        **clean,
+        "BORUTA_SCHEDULER": farm.address,
+        "BORUTA_USER": "alice",
+        "HOME": str(tmp_path),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+    }
+
+
+def schedctl(
+    env: dict[str, str], *args: str, check: int | None = 0
+) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([*SCHEDCTL, *args], env=env, capture_output=True, text=True, timeout=120)
+    if check is not None:
+        assert done.returncode == check, (done.returncode, done.stdout, done.stderr)
+    return done
+
+
+def as_json(env: dict[str, str], *args: str) -> object:
+    return json.loads(schedctl(env, *args, "-o", "json").stdout)
+
+
+def test_run_streams_output_and_exits_with_the_remote_status(env: dict[str, str]) -> None:
+    done = schedctl(
+        env, "run", "--caps", "board=rpi4", "--", "sh", "-c", "echo hello; echo oops >&2; exit 7",
+        check=7,
+    )  # fmt: skip
+    assert done.stdout == "hello\n"
+    assert "oops" in done.stderr and "running on sc-" in done.stderr
+    assert "job failed" in done.stderr
+
+
+def test_run_job_file_uploads_runs_and_fetches(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "input.txt").write_text("from the runner\n")
+    job = tmp_path / "job.toml"
+    job.write_text(
+        'caps = { board = "rpi4", camera = "yes" }\npriority = 3\n'
+        'commands = ["cat input.txt > result.txt", "echo $((6 * 7)) >> result.txt", "id -un"]\n'
+        '[[upload]]\nsrc = "input.txt"\ndest = "input.txt"\n'
+        '[[fetch]]\nsrc = "result.txt"\ndest = "out/result.txt"\n'
+    )
+    done = schedctl(env, "run", str(job))
+    assert (tmp_path / "out" / "result.txt").read_text() == "from the runner\n42\n"
+    user = done.stdout.strip()
+    result = as_json(env, "run", str(job))
+    assert isinstance(result, dict)
+    assert result["phase"] == "DONE" and result["worker_uuid"] == "sc-a"
+    assert [c["exit_status"] for c in result["commands"]] == [0, 0, 0]
+    assert result["commands"][2]["stdout"].strip() != user  # a fresh job user each time
+
+
+def test_errors_have_distinct_exit_codes(env: dict[str, str], farm: LiveFarm) -> None:
+    done = schedctl(env, "requests", "new", "board=rpi5", check=exits.NO_SUCH_BOARD)
+    assert "no registered worker has caps board=rpi5" in done.stderr
+    schedctl(env, "requests", "show", "999999", check=exits.NOT_FOUND)
+    first = as_json(env, "requests", "new", "camera=yes", "--no-wait")
+    waited = schedctl(
+        env, "run", "--wait-timeout", "1", "--caps", "camera=yes", "--", "true",
+        check=exits.NOT_SCHEDULED,
+    )  # fmt: skip
+    assert "still waiting after 1 s" in waited.stderr
+    done = schedctl(env, "requests", "new", "camera=yes", "--no-wait", check=exits.BUSY)
+    assert "busy" in done.stderr
+    assert isinstance(first, dict)
+    schedctl(env, "requests", "close", str(first["id"]))
+    schedctl(env, "requests", "update", str(first["id"]), "-p", "3", check=exits.WRONG_STATE)
+    schedctl(env, "requests", "new", "-p", "99", check=exits.USAGE)
+    schedctl(env, "--scheduler", "127.0.0.1:1", "status", check=exits.UNAVAILABLE)
+
+
+def test_request_lifecycle_and_json_matches_the_api(env: dict[str, str], farm: LiveFarm) -> None:
+    created = as_json(env, "requests", "new", "board=rpi4", "-p", "4")
+    assert isinstance(created, dict) and created["state"] == "IN_PROGRESS"
+    rid = created["id"]
+    with Client(farm.address, user="alice") as client:
+        assert as_json(env, "requests", "show", str(rid)) == jsonable(client.get_request(rid))
+        listed = as_json(env, "requests", "list", "--mine", "--live")
+        assert listed == jsonable(
+            client.list_requests(
+                owners=["alice"],
+                states=[RequestState.WAITING, RequestState.IN_PROGRESS],
+                descending=True,
+            )
+        )
+        workers = as_json(env, "workers", "list")
+        assert isinstance(workers, list)
+        assert [(w["uuid"], w["state"], w["caps"]) for w in workers] == [
+            (w.uuid, w.state.name, dict(w.caps)) for w in client.list_workers()
+        ]
+    prolonged = as_json(env, "requests", "prolong", str(rid))
+    assert isinstance(prolonged, dict) and "timeout_at" in prolonged
+    access = as_json(env, "requests", "acquire", str(rid))
+    assert isinstance(access, dict) and access["port"] > 0
+    key = Path(access["key_file"])
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert "PRIVATE KEY" in key.read_text()
+    table = schedctl(env, "requests", "acquire", str(rid)).stdout
+    assert f"ssh -i {key}" in table and "PRIVATE KEY" not in table
+    who = schedctl(env, "ssh", str(rid), "--", "id", "-un")
+    assert who.stdout.strip() == access["username"]
+    who = schedctl(env, "ssh", "--paramiko", str(rid), "--", "id", "-un")
+    assert who.stdout.strip() == access["username"]
+    schedctl(env, "ssh", str(rid), "--", "exit 5", check=5)
+    status = schedctl(env, "status").stdout
+    assert "your live requests" in status and str(rid) in status
+    closed = as_json(env, "requests", "close", str(rid))
+    assert isinstance(closed, dict) and closed["state"] == "DONE"
+
+
+def test_ssh_with_caps_leases_a_board_for_the_session(env: dict[str, str], farm: LiveFarm) -> None:
+    done = schedctl(env, "ssh", "--caps", "camera=yes", "--", "echo", "on the board")
+    assert done.stdout == "on the board\n"
+    with Client(farm.address, user="alice") as client:
+        mine = client.list_requests(owners=["alice"], descending=True, limit=1)
+    assert mine[0].state is RequestState.DONE and mine[0].caps == {"camera": "yes"}
+
+
+def test_admin_takes_a_board_out_of_service_and_back(env: dict[str, str]) -> None:
+    admin = {**env, "BORUTA_USER": "root", "BORUTA_ADMIN": "1"}
+    out = schedctl(admin, "workers", "maintenance", "sc-b", "-r", "swap the SD card").stdout
+    assert "MAINTENANCE" in out and "swap the SD card" in out
+    shown = as_json(admin, "workers", "show", "sc-b")
+    assert isinstance(shown, dict)
+    assert (shown["state"], shown["reason"]) == ("MAINTENANCE", "swap the SD card")
+    assert "MAINTENANCE" in schedctl(admin, "workers", "list", "-s", "maintenance").stdout
+    back = as_json(admin, "workers", "idle", "sc-b", "-r", "new card")
+    assert isinstance(back, dict) and back["state"] == WorkerState.IDLE.name
+    history = as_json(admin, "workers", "history", "sc-b", "-n", "6")
+    assert isinstance(history, list)
+    assert [h["to_state"] for h in history[:4]] == ["IDLE", "PREPARE", "MAINTENANCE", "BUSY"]
+    grouped = as_json(admin, "workers", "groups", "sc-b", "lab", "ci")
+    assert isinstance(grouped, dict) and grouped["groups"] == ["ci", "lab"]
+    assert as_json(admin, "workers", "groups", "sc-b", "--none")["groups"] == []  # type: ignore[index]
+
+
+def test_watch_shows_changes_as_they_happen(env: dict[str, str]) -> None:
+    created = as_json(env, "requests", "new", "board=rpi4")
+    assert isinstance(created, dict)
+    rid = created["id"]
+    watch = subprocess.Popen(
+        [*SCHEDCTL, "requests", "watch", "-o", "json", "--owner", "alice"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watch.stdout is not None
+        # --current (the default) first shows the live request: the watch is in place.
+        first = json.loads(watch.stdout.readline())
+        assert (first["id"], first["state"]) == (rid, "IN_PROGRESS")
+        schedctl(env, "requests", "close", str(rid))
+        second = json.loads(watch.stdout.readline())
+        assert (second["id"], second["state"], second["reason"]) == (
+            rid,
+            "DONE",
+            "closed by its owner",
+        )
+    finally:
+        watch.terminate()
+        watch.wait(10)
+
+
+def test_help_shows_environment_variables_and_completion_works(env: dict[str, str]) -> None:
+    top = schedctl(env, "--help").stdout
+    assert "BORUTA_SCHEDULER" in top and "75 busy" in top
+    new = schedctl(env, "requests", "new", "--help").stdout
+    assert "BORUTA_REQUESTS_NEW_PRIORITY" in new and "BORUTA_OUTPUT" in new
+    assert "_SCHEDCTL_COMPLETE" in schedctl(env, "completion", "bash").stdout
+
+
+def test_contexts_from_the_config_file(env: dict[str, str], farm: LiveFarm, tmp_path: Path) -> None:
+    config = tmp_path / "config" / "boruta" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(
+        f'context = "lab"\n[contexts.lab]\nscheduler = "{farm.address}"\nuser = "carol"\n'
+        '[contexts.nowhere]\nscheduler = "127.0.0.1:1"\n'
+    )
+    plain = {k: v for k, v in env.items() if k not in ("BORUTA_SCHEDULER", "BORUTA_USER")}
+    assert json.loads(schedctl(plain, "status", "-o", "json").stdout)["user"] == "carol"
+    schedctl(plain, "-c", "nowhere", "status", check=exits.UNAVAILABLE)
+    done = schedctl(plain, "-c", "missing", "status", check=exits.INVALID)
+    assert "no context 'missing'" in done.stderr
