@@ -208,9 +208,55 @@ def test_contexts_from_the_config_file(env: dict[str, str], farm: LiveFarm, tmp_
     config.write_text(
         f'context = "lab"\n[contexts.lab]\nscheduler = "{farm.address}"\nuser = "carol"\n'
         '[contexts.nowhere]\nscheduler = "127.0.0.1:1"\n'
+        '[profiles.cam]\ncaps = { camera = "yes" }\npriority = 2\n'
     )
     plain = {k: v for k, v in env.items() if k not in ("BORUTA_SCHEDULER", "BORUTA_USER")}
     assert json.loads(schedctl(plain, "status", "-o", "json").stdout)["user"] == "carol"
     schedctl(plain, "-c", "nowhere", "status", check=exits.UNAVAILABLE)
     done = schedctl(plain, "-c", "missing", "status", check=exits.INVALID)
     assert "no context 'missing'" in done.stderr
+    ran = json.loads(schedctl(plain, "run", "--profile", "cam", "-o", "json", "--", "true").stdout)
+    assert ran["worker_uuid"] == "sc-a"
+    schedctl(plain, "run", "--profile", "nope", "--", "true", check=exits.USAGE)
+
+
+def test_builtin_shell_reads_commands_from_stdin(env: dict[str, str]) -> None:
+    done = subprocess.run(
+        [*SCHEDCTL, "ssh", "--paramiko", "--caps", "board=rpi4"],
+        env=env,
+        input="echo from the shell\nexit 4\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 4, done.stderr
+    assert "from the shell" in done.stdout
+
+
+def test_workers_watch_yaml_and_deregister_errors(env: dict[str, str]) -> None:
+    import yaml
+
+    admin = {**env, "BORUTA_USER": "root", "BORUTA_ADMIN": "1"}
+    watch = subprocess.Popen(
+        [*SCHEDCTL, "workers", "watch", "-o", "json"], env=admin, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert watch.stdout is not None
+        current = [json.loads(watch.stdout.readline()) for _ in BOARDS]
+        assert sorted(c["worker"]["uuid"] for c in current) == sorted(BOARDS)
+        schedctl(admin, "workers", "maintenance", "sc-b", "--no-wait")
+        states = []
+        while "MAINTENANCE" not in states:
+            change = json.loads(watch.stdout.readline())
+            assert change["worker"]["uuid"] == "sc-b" and not change["removed"]
+            states.append(change["worker"]["state"])
+        assert states == ["BUSY", "MAINTENANCE"]
+    finally:
+        watch.terminate()
+        watch.wait(10)
+        schedctl(admin, "workers", "idle", "sc-b")
+    listed = yaml.safe_load(schedctl(admin, "workers", "list", "-o", "yaml").stdout)
+    assert sorted(w["uuid"] for w in listed) == sorted(BOARDS)
+    schedctl(admin, "workers", "deregister", "-y", "no-such-board", check=exits.NOT_FOUND)
+    done = schedctl(admin, "workers", "deregister", "-y", "sc-a", check=exits.WRONG_STATE)
+    assert "IDLE" in done.stderr
