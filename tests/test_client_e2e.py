@@ -16,6 +16,11 @@ import pytest
 from boruta_client import (
     AsyncClient,
     Busy,
+    CommandTimeout,
+    JobSpec,
+    Phase,
+    Transfer,
+    run_job,
     Client,
     NoSuchWorker,
     RequestEnded,
@@ -74,6 +79,33 @@ def test_lease_runs_commands_streams_output_and_copies_files(
     assert closed.state is RequestState.DONE
 
 
+def test_large_output_arrives_whole_every_time(client: Client) -> None:
+    expected = "".join(f"{i}\n" for i in range(1, 50001)).encode()
+    with client.lease({"board": "rpi4"}) as board:
+        for _ in range(10):
+            result = board.ssh.run("seq 1 50000; echo done >&2")
+            assert (result.stdout, result.stderr) == (expected, b"done\n")
+
+
+def test_command_timeout_and_the_runner_carries_on(client: Client, tmp_path: Path) -> None:
+    with client.lease({"board": "rpi4"}) as board:
+        with pytest.raises(CommandTimeout, match="did not finish within 0.5 s"):
+            board.ssh.run("sleep 30", timeout=0.5)
+        assert board.ssh.run("echo still here").output == "still here\n"
+    spec = JobSpec(
+        commands=("echo partial > log.txt; sleep 30", "echo never"),
+        caps={"board": "rpi4"},
+        command_timeout=1.0,
+        fetch=(Transfer("log.txt", str(tmp_path / "log.txt")),),
+    )
+    statuses: list[Phase] = []
+    result = run_job(client, spec, on_status=lambda s: statuses.append(s.phase))
+    assert result.phase is Phase.FAILED and "did not finish" in result.error
+    assert result.exit_status == 255 and result.commands == ()
+    assert (tmp_path / "log.txt").read_text() == "partial\n"  # fetched after the timeout
+    assert statuses == [Phase.RUNNING, Phase.FAILED]
+
+
 def test_port_forward_reaches_a_port_on_the_board_side(client: Client, farm: LiveFarm) -> None:
     sshd_port = int(farm.sshd.address.rsplit(":", 1)[1])
     with (
@@ -126,6 +158,27 @@ def test_sigint_in_the_block_closes_the_request(farm: LiveFarm, client: Client) 
     child.send_signal(signal.SIGINT)
     assert child.wait(30) != 0
     assert client.get_request(request_id).state is RequestState.DONE
+
+
+def test_sigint_while_waiting_in_the_queue_cancels_the_request(
+    farm: LiveFarm, client: Client
+) -> None:
+    script = textwrap.dedent(
+        f"""
+        from boruta_client import Client
+        with Client({farm.address!r}, user="alice") as client:
+            with client.lease({{"camera": "yes"}}, on_wait=lambda r: print(r.id, flush=True)):
+                pass
+        """
+    )
+    with client.lease({"camera": "yes"}):
+        child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        assert child.stdout is not None
+        request_id = int(child.stdout.readline())
+        assert client.get_request(request_id).state is RequestState.WAITING
+        child.send_signal(signal.SIGINT)
+        assert child.wait(30) != 0
+        assert client.get_request(request_id).state is RequestState.CANCELLED
 
 
 def test_busy_no_such_worker_and_schedule_timeout(client: Client) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import stat
 import subprocess
 import sys
@@ -48,6 +49,14 @@ def schedctl(
     if check is not None:
         assert done.returncode == check, (done.returncode, done.stdout, done.stderr)
     return done
+
+
+def read_line(proc: subprocess.Popen[str], timeout: float = 60) -> str:
+    """The next line of a watch, or a failure (not a hung suite) if none comes."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, f"no line from {proc.args} within {timeout} s"
+    return proc.stdout.readline()
 
 
 def as_json(env: dict[str, str], *args: str) -> object:
@@ -180,10 +189,10 @@ def test_watch_shows_changes_as_they_happen(env: dict[str, str]) -> None:
     try:
         assert watch.stdout is not None
         # --current (the default) first shows the live request: the watch is in place.
-        first = json.loads(watch.stdout.readline())
+        first = json.loads(read_line(watch))
         assert (first["id"], first["state"]) == (rid, "IN_PROGRESS")
         schedctl(env, "requests", "close", str(rid))
-        second = json.loads(watch.stdout.readline())
+        second = json.loads(read_line(watch))
         assert (second["id"], second["state"], second["reason"]) == (
             rid,
             "DONE",
@@ -217,7 +226,8 @@ def test_contexts_from_the_config_file(env: dict[str, str], farm: LiveFarm, tmp_
     assert "no context 'missing'" in done.stderr
     ran = json.loads(schedctl(plain, "run", "--profile", "cam", "-o", "json", "--", "true").stdout)
     assert ran["worker_uuid"] == "sc-a"
-    schedctl(plain, "run", "--profile", "nope", "--", "true", check=exits.USAGE)
+    done = schedctl(plain, "run", "--profile", "nope", "--", "true", check=exits.INVALID)
+    assert "no runner profile 'nope' (known: cam)" in done.stderr
 
 
 def test_builtin_shell_reads_commands_from_stdin(env: dict[str, str]) -> None:
@@ -242,12 +252,12 @@ def test_workers_watch_yaml_and_deregister_errors(env: dict[str, str]) -> None:
     )
     try:
         assert watch.stdout is not None
-        current = [json.loads(watch.stdout.readline()) for _ in BOARDS]
+        current = [json.loads(read_line(watch)) for _ in BOARDS]
         assert sorted(c["worker"]["uuid"] for c in current) == sorted(BOARDS)
         schedctl(admin, "workers", "maintenance", "sc-b", "--no-wait")
         states = []
         while "MAINTENANCE" not in states:
-            change = json.loads(watch.stdout.readline())
+            change = json.loads(read_line(watch))
             assert change["worker"]["uuid"] == "sc-b" and not change["removed"]
             states.append(change["worker"]["state"])
         assert states == ["BUSY", "MAINTENANCE"]

@@ -13,7 +13,7 @@ import grpc
 import pytest
 from boruta_client import errors
 from boruta_client._rpc import translate
-from boruta_client.config import Context, load_config, parse_config
+from boruta_client.config import ClientConfig, Context, load_config, parse_config
 from boruta_client.lease import next_prolong_delay, prolong_lead, should_retry_prolong
 from boruta_client.runner import Transfer, load_job, parse_job
 from boruta_client.types import Job, RequestState
@@ -24,7 +24,7 @@ from schedctl.output import jsonable, span, table
 EXPECTED_ALL = [
     "Access", "Acquired", "AsyncBoard", "AsyncBoardSSH", "AsyncClient", "AsyncLease",
     "AsyncWatch", "Board", "BoardSSH", "BorutaError", "Busy", "Client", "ClientConfig",
-    "CommandResult", "CommandTimeout", "Context", "FailedPrecondition", "HistoryEntry",
+    "CommandResult", "CommandTimeout", "Context", "DeadlineExceeded", "FailedPrecondition", "HistoryEntry",
     "HostStatus", "InvalidArgument", "Job", "JobResult", "JobSpec", "JobStatus", "Lease",
     "NoSuchWorker", "NotFound", "PermissionDenied", "Phase", "PortForward",
     "ProlongLimitReached", "Request", "RequestEnded", "RequestNotFound", "RequestSort",
@@ -87,18 +87,32 @@ def test_unreachable_scheduler_names_the_address() -> None:
     assert "cannot reach the scheduler at s:9" in str(error)
 
 
-def test_exit_codes_are_distinct_and_specific() -> None:
-    codes = [code for _, code in exits.EXIT_CODES]
-    assert exits.exit_code_of(errors.NoSuchWorker("x")) == exits.NO_SUCH_BOARD
-    assert exits.exit_code_of(errors.Busy("x")) == exits.BUSY
-    assert exits.exit_code_of(errors.RequestEnded("x", "TIMEOUT")) == exits.NOT_SCHEDULED
-    assert exits.exit_code_of(errors.WrongRequestState("x")) == exits.WRONG_STATE
-    assert exits.exit_code_of(errors.BorutaError("x")) == exits.FAILURE
-    assert len({exits.NO_SUCH_BOARD, exits.BUSY, exits.NOT_FOUND, exits.UNAVAILABLE}) == 4
-    assert all(0 < c < 256 for c in codes)
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (errors.NoSuchWorker("x"), 65),
+        (errors.Busy("x"), 75),
+        (errors.RequestEnded("x", "TIMEOUT"), 74),
+        (errors.ScheduleTimeout("x"), 74),
+        (errors.InvalidArgument("x"), 64),
+        (errors.RequestNotFound("x"), 66),
+        (errors.WorkerNotFound("x"), 66),
+        (errors.WrongRequestState("x"), 73),
+        (errors.ProlongLimitReached("x"), 73),
+        (errors.PermissionDenied("x"), 77),
+        (errors.Unauthenticated("x"), 77),
+        (errors.Unavailable("x"), 69),
+        (errors.SSHError("x"), 255),
+        (errors.ResourceExhausted("x"), 1),
+        (errors.BorutaError("x"), 1),
+    ],
+)
+def test_exit_codes_as_documented(error: errors.BorutaError, code: int) -> None:
+    assert exits.exit_code_of(error) == code
 
 
-def test_config_contexts_and_errors(tmp_path: Path) -> None:
+def test_config_contexts_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "empty"))
     config = parse_config(
         {
             "context": "lab",
@@ -111,7 +125,7 @@ def test_config_contexts_and_errors(tmp_path: Path) -> None:
         config.context("x")
     with pytest.raises(errors.InvalidArgument, match="unknown keys"):
         parse_config({"contxt": "lab"})
-    assert load_config(None).contexts is not None  # a missing default file is fine
+    assert load_config(None) == ClientConfig()  # a missing default file is fine
     with pytest.raises(errors.InvalidArgument, match="does not exist"):
         load_config(tmp_path / "nope.toml")
 
@@ -139,15 +153,39 @@ def test_job_file_with_profile_and_relative_paths(tmp_path: Path) -> None:
 def test_prolong_timing() -> None:
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     job = Job("w", t0, t0 + timedelta(seconds=90), t0 + timedelta(hours=1), 0)
-    lead = prolong_lead(job)
+    lead = prolong_lead(job, t0)
     assert lead == timedelta(seconds=30)
     assert next_prolong_delay(job, t0, lead, moved=True) == 60
     assert next_prolong_delay(job, t0 + timedelta(seconds=80), lead, moved=True) == 0
     assert next_prolong_delay(job, t0 + timedelta(seconds=80), lead, moved=False) == 15
     hour_job = Job("w", t0, t0 + timedelta(hours=1), t0 + timedelta(hours=2), 0)
-    assert prolong_lead(hour_job) == timedelta(seconds=60)
-    assert should_retry_prolong(errors.Unavailable("x"))
-    assert not should_retry_prolong(errors.ProlongLimitReached("x"))
+    assert prolong_lead(hour_job, t0) == timedelta(seconds=60)
+
+
+def test_a_short_prolong_step_does_not_cause_a_prolong_storm() -> None:
+    """A 1 h job on a scheduler that prolongs by 30 s: after each prolong the lease waits
+    most of the 30 s, instead of prolonging again at once with the first slice's lead."""
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    job = Job("w", t0, t0 + timedelta(hours=1), t0 + timedelta(hours=24), 0)
+    now = job.timeout_at - prolong_lead(job, t0)
+    for _ in range(5):
+        prolonged = Job("w", t0, now + timedelta(seconds=30), job.max_timeout_at, 1)
+        lead = prolong_lead(prolonged, now)
+        delay = next_prolong_delay(prolonged, now, lead, moved=True)
+        assert delay == 20
+        now += timedelta(seconds=delay)
+
+
+def test_prolong_retries_only_what_may_pass() -> None:
+    for passing in (errors.Unavailable("x"), errors.DeadlineExceeded("x"), errors.BorutaError("x")):
+        assert should_retry_prolong(passing)
+    for final in (
+        errors.ProlongLimitReached("x"),
+        errors.WrongRequestState("x"),
+        errors.RequestNotFound("x"),
+        errors.PermissionDenied("x"),
+    ):
+        assert not should_retry_prolong(final)
 
 
 def test_schedctl_helpers() -> None:

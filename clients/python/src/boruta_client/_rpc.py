@@ -25,6 +25,7 @@ _BY_REASON: dict[str, type[errors.BorutaError]] = {
     "PERMISSION_DENIED": errors.PermissionDenied,
     "UNAUTHENTICATED": errors.Unauthenticated,
     "UNAVAILABLE": errors.Unavailable,
+    "DEADLINE_EXCEEDED": errors.DeadlineExceeded,
 }
 
 _BY_CODE: dict[grpc.StatusCode, type[errors.BorutaError]] = {
@@ -36,6 +37,7 @@ _BY_CODE: dict[grpc.StatusCode, type[errors.BorutaError]] = {
     grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
     grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
     grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -39,6 +40,7 @@ from boruta_client.types import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class AsyncWatch(Generic[T]):
@@ -48,6 +50,7 @@ class AsyncWatch(Generic[T]):
         self._call = call
         self._convert = convert_item
         self._target = target
+        self._closed = False
 
     async def __aiter__(self) -> AsyncIterator[T]:
         try:
@@ -55,12 +58,18 @@ class AsyncWatch(Generic[T]):
                 yield self._convert(item)
         except asyncio.CancelledError:
             self._call.cancel()
+            task = asyncio.current_task()
+            # close() from elsewhere ends the stream like the sync Watch; only a
+            # cancellation of this task itself propagates.
+            if self._closed and task is not None and not task.cancelling():
+                return
             raise
         except grpc.RpcError as error:
             if code_of(error) is not grpc.StatusCode.CANCELLED:
                 raise translate(error, self._target) from None
 
     def close(self) -> None:
+        self._closed = True
         self._call.cancel()
 
     async def __aenter__(self) -> AsyncWatch[T]:
@@ -420,7 +429,17 @@ class AsyncLease:
 
     async def __aenter__(self) -> AsyncBoard:
         client = self._client
-        self.request = request = await client.new_request(self._caps, **self._new)
+        # Shielded: if this task is cancelled while NewRequest is in flight, the answer is
+        # still awaited so that the request it created gets closed.
+        creating = asyncio.ensure_future(client.new_request(self._caps, **self._new))
+        try:
+            request = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            with contextlib.suppress(BorutaError):
+                self.request = await creating
+                await self._give_back()
+            raise
+        self.request = request
         try:
             if self._on_wait is not None and request.state is RequestState.WAITING:
                 self._on_wait(await client.get_request(request.id))
@@ -443,8 +462,12 @@ class AsyncLease:
     async def _give_back(self) -> None:
         if self._prolonger is not None:
             self._prolonger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._prolonger
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # a dead prolonger must not keep the request open
+                log.exception("prolonging failed", extra={"request": self.request})
             self._prolonger = None
         if self.board is not None:
             await asyncio.to_thread(self.board._board.close)
@@ -453,7 +476,7 @@ class AsyncLease:
                 self.request = await self._client.close_request(self.request.id)
 
     async def _keep_alive(self, board: Board) -> None:
-        lead = prolong_lead(board.job)
+        lead = prolong_lead(board.job, datetime.now(UTC))
         moved = True
         while True:
             await asyncio.sleep(next_prolong_delay(board.job, datetime.now(UTC), lead, moved))
@@ -467,3 +490,5 @@ class AsyncLease:
                 continue
             moved = job.timeout_at > board.job.timeout_at
             board.job = job
+            if moved:
+                lead = prolong_lead(job, datetime.now(UTC))

@@ -43,11 +43,12 @@ class Watch(Generic[T]):
         self._target = target
 
     def __iter__(self) -> Iterator[T]:
+        """Changes as they come; ends when closed or when the watch's timeout passes."""
         try:
             for item in self._call:
                 yield self._convert(item)
         except grpc.RpcError as error:
-            if code_of(error) is grpc.StatusCode.CANCELLED:
+            if code_of(error) in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED):
                 return
             raise translate(error, self._target) from None
 
@@ -124,6 +125,35 @@ class Client:
             caps or {}, priority, valid_after, deadline, accept_unsatisfiable, no_wait
         )
         return convert.request(self._call(self._requests.NewRequest, message).request)
+
+    def _new_request_shielded(
+        self, caps: Mapping[str, str], **fields: Any
+    ) -> tuple[Request, BaseException | None]:
+        """NewRequest that, if interrupted (Ctrl-C), still waits for the answer, so that
+        the caller can close what was created; returns the interrupt to re-raise."""
+        message = convert.new_request(
+            caps,
+            fields.get("priority", 0),
+            fields.get("valid_after"),
+            fields.get("deadline"),
+            fields.get("accept_unsatisfiable", False),
+            fields.get("no_wait", False),
+        )
+        future = self._requests.NewRequest.future(
+            message, timeout=self.call_timeout, metadata=self._metadata
+        )
+        interrupt: BaseException | None = None
+        while True:
+            try:
+                reply = future.result()
+                break
+            except grpc.RpcError as error:
+                if interrupt is not None:
+                    raise interrupt from None
+                raise translate(error, self.target) from None
+            except KeyboardInterrupt as exc:
+                interrupt = exc
+        return convert.request(reply.request), interrupt
 
     def get_request(self, request_id: int) -> Request:
         """One request; a WAITING one comes with its queue position."""
@@ -258,13 +288,15 @@ class Client:
         priorities: Iterable[int] = (),
         owners: Iterable[str] = (),
         include_current: bool = False,
+        timeout: float | None = None,
     ) -> Watch[Request]:
-        """Stream each change of a request that passes the filter; it is in place on return."""
+        """Stream each change of a request that passes the filter; it is in place on return
+        and ends after ``timeout`` seconds if one is given."""
         message = requests_pb2.WatchRequestsRequest(
             filter=convert.request_filter(ids, states, priorities, owners),
             include_current=include_current,
         )
-        call = self._requests.WatchRequests(message, metadata=self._metadata)
+        call = self._requests.WatchRequests(message, metadata=self._metadata, timeout=timeout)
         self._wait_in_place(call)
         return Watch(call, lambda item: convert.request(item.request), self.target)
 
@@ -331,12 +363,14 @@ class Client:
         groups: Iterable[str] = (),
         caps: Mapping[str, str] | None = None,
         include_current: bool = False,
+        timeout: float | None = None,
     ) -> Watch[WorkerChange]:
-        """Stream each change of a worker that passes the filter; it is in place on return."""
+        """Stream each change of a worker that passes the filter; it is in place on return
+        and ends after ``timeout`` seconds if one is given."""
         message = workers_pb2.WatchWorkersRequest(
             filter=convert.worker_filter(uuids, states, groups, caps),
             include_current=include_current,
         )
-        call = self._workers.WatchWorkers(message, metadata=self._metadata)
+        call = self._workers.WatchWorkers(message, metadata=self._metadata, timeout=timeout)
         self._wait_in_place(call)
         return Watch(call, convert.worker_change, self.target)

@@ -63,6 +63,10 @@ class Unavailable(BorutaError):
     """The scheduler cannot be reached or is restarting; retry later."""
 
 
+class DeadlineExceeded(BorutaError):
+    """The scheduler did not answer within the call's time limit."""
+
+
 class ScheduleTimeout(BorutaError):
     """The request was still waiting when the caller's time to wait ran out."""
 

@@ -11,8 +11,11 @@ from typing import TYPE_CHECKING
 
 from boruta_client.errors import (
     BorutaError,
+    FailedPrecondition,
+    InvalidArgument,
     NotFound,
-    Unavailable,
+    PermissionDenied,
+    Unauthenticated,
     WrongRequestState,
 )
 from boruta_client.ssh import BoardSSH
@@ -28,10 +31,12 @@ LEAD_SHARE = 1 / 3
 MAX_LEAD = timedelta(seconds=60)
 
 
-def prolong_lead(job: Job) -> timedelta:
-    """How long before the job's timeout the lease prolongs it."""
-    first_slice = job.timeout_at - job.started_at
-    return max(min(first_slice * LEAD_SHARE, MAX_LEAD), timedelta(milliseconds=200))
+def prolong_lead(job: Job, now: datetime) -> timedelta:
+    """How long before the job's timeout the lease prolongs it: a share of the time left
+    now, which right after a prolong is the scheduler's prolong step, so the lead never
+    outgrows the step (that would prolong again at once, and use up the prolong limit)."""
+    left = job.timeout_at - now
+    return max(min(left * LEAD_SHARE, MAX_LEAD), timedelta(milliseconds=200))
 
 
 def next_prolong_delay(job: Job, now: datetime, lead: timedelta, moved: bool) -> float:
@@ -44,9 +49,10 @@ def next_prolong_delay(job: Job, now: datetime, lead: timedelta, moved: bool) ->
 
 
 def should_retry_prolong(error: BorutaError) -> bool:
-    """A scheduler that cannot be reached may come back in time; a limit reached or a job
-    that ended will not change."""
-    return isinstance(error, Unavailable)
+    """A scheduler that is unreachable or slow may answer in time; a limit reached, a job
+    that ended or a refusal will not change."""
+    final = (FailedPrecondition, NotFound, InvalidArgument, PermissionDenied, Unauthenticated)
+    return not isinstance(error, final)
 
 
 class Board:
@@ -119,8 +125,12 @@ class Lease:
         if self._existing is not None:
             self.request = request = client.get_request(self._existing)
         else:
-            self.request = client.new_request(self._caps, **self._new)  # type: ignore[arg-type]
-            request = self.request
+            # Ctrl-C while NewRequest is in flight must not leave a request nobody closes.
+            created, interrupt = client._new_request_shielded(self._caps, **self._new)
+            self.request = request = created
+            if interrupt is not None:
+                self._give_back()
+                raise interrupt
         try:
             if self._on_wait is not None and request.state is RequestState.WAITING:
                 self._on_wait(client.get_request(request.id))
@@ -155,7 +165,7 @@ class Lease:
     def _keep_alive(self) -> None:
         board = self.board
         assert board is not None
-        lead = prolong_lead(board.job)
+        lead = prolong_lead(board.job, datetime.now(UTC))
         moved = True
         while True:
             delay = next_prolong_delay(board.job, datetime.now(UTC), lead, moved)
@@ -176,3 +186,5 @@ class Lease:
                 continue
             moved = job.timeout_at > board.job.timeout_at
             board.job = job
+            if moved:
+                lead = prolong_lead(job, datetime.now(UTC))

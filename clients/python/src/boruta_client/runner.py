@@ -3,6 +3,7 @@ commands to run and the files to fetch back; the runner does it all and reports.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import tomllib
 from collections.abc import Callable, Mapping
@@ -11,12 +12,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from boruta_client.errors import BorutaError, InvalidArgument
+from boruta_client.errors import BorutaError, CommandTimeout, InvalidArgument
 from boruta_client.ssh import CommandResult, Sink
 from boruta_client.types import Request
 
 if TYPE_CHECKING:
     from boruta_client.client import Client
+    from boruta_client.lease import Board
 
 _JOB_KEYS = {
     "profile",
@@ -162,17 +164,31 @@ def parse_job(
     )
 
 
+def read_job_file(path: str | Path) -> dict[str, Any]:
+    """The raw contents of a job file (TOML)."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise InvalidArgument(f"job file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgument(f"{path} is not valid TOML: {exc}") from None
+
+
 def load_job(path: str | Path, profiles: Mapping[str, Mapping[str, Any]] | None = None) -> JobSpec:
     """Read a job file (TOML)."""
     job_file = Path(path)
-    try:
-        with open(job_file, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise InvalidArgument(f"job file {job_file} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InvalidArgument(f"{job_file} is not valid TOML: {exc}") from None
+    data = read_job_file(job_file)
     return parse_job(data, profiles=profiles, base=job_file.parent, source=str(job_file))
+
+
+def stop_job_processes(board: Board) -> None:
+    """Kill whatever the job user still runs (a timed-out command keeps running when its
+    channel closes). That ends our own SSH session too, so the next use reconnects."""
+    board.close()
+    with contextlib.suppress(BorutaError):
+        board.ssh.run('pkill -KILL -u "$(id -un)"', timeout=30)
+    board.close()
 
 
 def run_job(
@@ -224,6 +240,9 @@ def run_job(
                 results.append(result)
                 if not result.ok and not spec.keep_going:
                     break
+        except CommandTimeout as exc:
+            error = str(exc)
+            stop_job_processes(board)
         except BorutaError as exc:
             error = str(exc)
         # Fetch even after a failure: logs matter most then. A missing file is an error.

@@ -3,6 +3,7 @@ and port forwards, all with the job's key and through the scheduler's tunnel."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -88,6 +89,7 @@ class BoardSSH:
                 allow_agent=False,
             )
         except (OSError, paramiko.SSHException) as exc:
+            self._client.close()  # paramiko keeps the transport of a failed login open
             raise SSHError(
                 f"cannot log in as {access.username} at {access.host}:{access.port}: {exc}"
             ) from None
@@ -144,33 +146,45 @@ class BoardSSH:
         out, err = bytearray(), bytearray()
         with channel:
             while True:
+                moved = False
                 if channel.recv_ready():
                     data = channel.recv(_CHUNK)
                     out += data
+                    moved = True
                     if stdout is not None:
                         stdout(data)
-                elif channel.recv_stderr_ready():
+                if channel.recv_stderr_ready():
                     data = channel.recv_stderr(_CHUNK)
                     err += data
+                    moved = True
                     if stderr is not None:
                         stderr(data)
-                elif channel.exit_status_ready():
+                if give_up is not None and time.monotonic() > give_up:
+                    raise CommandTimeout(
+                        f"{line!r} did not finish within {timeout:g} s; its channel was closed"
+                    )
+                if moved:
+                    continue
+                # The exit status may come before the last output: done only at end of file.
+                ended = channel.exit_status_ready() and (channel.eof_received or channel.closed)
+                if ended and not (channel.recv_ready() or channel.recv_stderr_ready()):
                     break
-                elif give_up is not None and time.monotonic() > give_up:
-                    raise CommandTimeout(f"{line!r} did not finish within {timeout:g} s")
-                else:
-                    # The channel's fileno only wakes for stdout; the timeout catches stderr.
-                    select.select([channel], [], [], 0.05)
+                # The channel's fileno only wakes for stdout; the timeout catches stderr.
+                select.select([channel], [], [], 0.05)
             status = channel.recv_exit_status()
         return CommandResult(line, status, bytes(out), bytes(err), time.monotonic() - started)
 
     def shell(self, stdin: IO[Any] | None = None, stdout: IO[Any] | None = None) -> int:
         """An interactive shell bridged to this terminal; returns its exit status."""
+        try:
+            return self._shell(stdin or sys.stdin, stdout or sys.stdout)
+        except (OSError, paramiko.SSHException) as exc:
+            raise SSHError(f"the shell on the board broke off: {exc}") from None
+
+    def _shell(self, stdin: IO[Any], stdout: IO[Any]) -> int:
         import termios
         import tty
 
-        stdin = stdin or sys.stdin
-        stdout = stdout or sys.stdout
         in_fd, out_fd = stdin.fileno(), stdout.fileno()
         channel = self.transport.open_session()
         interactive = os.isatty(in_fd)
@@ -190,8 +204,9 @@ class BoardSSH:
             old_handler = signal.signal(signal.SIGWINCH, resize)
         try:
             with channel:
+                sources: list[Any] = [channel, in_fd]
                 while True:
-                    ready, _, _ = select.select([channel, in_fd], [], [], 0.1)
+                    ready, _, _ = select.select(sources, [], [], 0.1)
                     if channel in ready or channel.recv_ready():
                         data = channel.recv(_CHUNK)
                         if not data:
@@ -205,6 +220,7 @@ class BoardSSH:
                             channel.sendall(data)
                         else:
                             channel.shutdown_write()
+                            sources.remove(in_fd)  # at end of file it would wake select forever
                     if channel.exit_status_ready() and not channel.recv_ready():
                         break
                 return channel.recv_exit_status()
@@ -266,6 +282,7 @@ class PortForward:
         self._server = socket.create_server(("127.0.0.1", local_port))
         self.local_port: int = self._server.getsockname()[1]
         self._closed = threading.Event()
+        self._lock = threading.Lock()
         self._links: list[tuple[socket.socket, paramiko.Channel]] = []
         threading.Thread(target=self._accept, name="boruta-forward", daemon=True).start()
 
@@ -283,13 +300,19 @@ class PortForward:
                 )
                 conn.close()
                 continue
-            self._links.append((conn, channel))
+            with self._lock:
+                self._links.append((conn, channel))
             threading.Thread(target=_pump, args=(conn, channel), daemon=True).start()
 
     def close(self) -> None:
         self._closed.set()
+        # close() alone does not wake a thread blocked in accept(); shutdown() does.
+        with contextlib.suppress(OSError):
+            self._server.shutdown(socket.SHUT_RDWR)
         self._server.close()
-        for conn, channel in self._links:
+        with self._lock:
+            links, self._links = self._links, []
+        for conn, channel in links:
             channel.close()
             conn.close()
 
@@ -301,20 +324,29 @@ class PortForward:
 
 
 def _pump(conn: socket.socket, channel: paramiko.Channel) -> None:
-    """Copy bytes both ways until either side closes."""
+    """Copy bytes both ways; an end of file on one side is passed on as a half-close, so
+    a service that answers after reading everything still gets to answer."""
+    local_open = remote_open = True
     try:
-        while True:
-            ready, _, _ = select.select([conn.fileno(), channel.fileno()], [], [])
-            if conn.fileno() in ready:
+        while local_open or remote_open:
+            watched = [
+                s.fileno() for s, is_open in ((conn, local_open), (channel, remote_open)) if is_open
+            ]
+            ready, _, _ = select.select(watched, [], [])
+            if local_open and conn.fileno() in ready:
                 data = conn.recv(_CHUNK)
-                if not data:
-                    break
-                channel.sendall(data)
-            if channel.fileno() in ready:
+                if data:
+                    channel.sendall(data)
+                else:
+                    local_open = False
+                    channel.shutdown_write()
+            if remote_open and channel.fileno() in ready:
                 data = channel.recv(_CHUNK)
-                if not data:
-                    break
-                conn.sendall(data)
+                if data:
+                    conn.sendall(data)
+                else:
+                    remote_open = False
+                    conn.shutdown(socket.SHUT_WR)
     except (OSError, ValueError):
         pass  # closed under our feet by PortForward.close()
     finally:

@@ -10,13 +10,13 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TextIO
 
 import click
 from boruta_client import Board, Request, RequestState, WorkerState
-from boruta_client.runner import JobSpec, JobStatus, Phase, Transfer, load_job, run_job
+from boruta_client.runner import JobStatus, Phase, Transfer, parse_job, read_job_file, run_job
 
 from schedctl.cli import Progress, State, option, output_option, parse_caps, pass_state
 from schedctl.output import emit, span, table
@@ -85,30 +85,35 @@ def run(
     Either a job file (recognised by its .toml suffix) or, after --, one command to run
     on a board with the given --caps.
     """
-    profiles = state.config.profiles
     if len(args) == 1 and args[0].endswith(".toml"):
-        spec = load_job(args[0], profiles)
+        data = read_job_file(args[0])
+        base, source = Path(args[0]).parent, args[0]
     elif args:
-        base = dict(profiles.get(profile, {})) if profile else {}
-        if profile and profile not in profiles:
-            raise click.BadParameter(f"no runner profile {profile!r}", param_hint="--profile")
-        spec = JobSpec(
-            commands=(remote_command(args),),
-            caps=parse_caps(caps) or dict(base.get("caps", {})),
-            priority=int(base.get("priority", 0)),
-            wait_timeout=base.get("wait_timeout"),
-            command_timeout=base.get("command_timeout"),
-        )
+        data = {"commands": [remote_command(args)]}
+        base, source = Path("."), "the command line"
     else:
         raise click.UsageError("give a job file (JOB.toml) or a command after --")
-    spec = replace(
-        spec,
-        priority=spec.priority if priority is None else priority,
-        wait_timeout=wait_timeout or spec.wait_timeout,
-        command_timeout=command_timeout or spec.command_timeout,
-        upload=spec.upload + _transfers(upload, "--upload"),
-        fetch=spec.fetch + _transfers(fetch, "--fetch"),
-    )
+    # Options override the job file, which overrides its profile.
+    given = {
+        "profile": profile,
+        "caps": parse_caps(caps) or None,
+        "priority": priority,
+        "wait_timeout": wait_timeout,
+        "command_timeout": command_timeout,
+    }
+    data.update({k: v for k, v in given.items() if v is not None})
+    # Local paths given here are relative to the working directory, not to the job file.
+    ups = _transfers(upload, "--upload")
+    downs = _transfers(fetch, "--fetch")
+    data["upload"] = [
+        *data.get("upload", []),
+        *({"src": str(Path(t.src).absolute()), "dest": t.dest} for t in ups),
+    ]
+    data["fetch"] = [
+        *data.get("fetch", []),
+        *({"src": t.src, "dest": str(Path(t.dest).absolute())} for t in downs),
+    ]
+    spec = parse_job(data, profiles=state.config.profiles, base=base, source=source)
     streaming = fmt == "table"
     progress: list[Progress] = []
 

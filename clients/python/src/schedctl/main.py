@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import click
@@ -27,6 +28,9 @@ class _Root(click.Group):
         except KeyboardInterrupt:
             click.echo("", err=True)
             raise click.exceptions.Exit(130) from None
+        except OSError as error:
+            click.echo(f"schedctl: {error}", err=True)
+            raise click.exceptions.Exit(exits.FAILURE) from None
 
 
 @click.group(
@@ -124,7 +128,13 @@ cli.add_command(ssh)
 cli.add_command(status)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    # CI systems cancel with SIGTERM: treat it like Ctrl-C, so leases close their requests.
+    signal.signal(signal.SIGTERM, _interrupt)
     cli(prog_name="schedctl")
 
 

@@ -232,7 +232,8 @@ def key_path(request_id: int, chosen: str | None) -> Path:
 def save_key(acquired: Acquired, path: Path) -> None:
     """Write the job's private key readable by its owner only, and never print it."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # O_NOFOLLOW: a planted symlink must not redirect the key elsewhere.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         os.fchmod(f.fileno(), 0o600)
         f.write(acquired.access.private_key_pem)

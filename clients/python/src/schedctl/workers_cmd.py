@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 
 import click
@@ -122,18 +121,23 @@ def worker_history(state: State, uuid: str, limit: int, fmt: str) -> None:
     emit(fmt, entries, lambda: table(entries, columns))
 
 
-def wait_settled(state: State, uuid: str, timeout: float) -> Worker:
-    """Until the board leaves PREPARE or BUSY (the dryad has answered), or timeout."""
+def settled(worker: Worker, target: WorkerState) -> bool:
+    """The dryad has answered: the board left PREPARE or BUSY (a board put into service
+    may already run a waiting request's job)."""
+    return worker.state in SETTLED or (
+        target is WorkerState.IDLE and worker.state is WorkerState.RUNNING
+    )
+
+
+def wait_settled(state: State, uuid: str, target: WorkerState, timeout: float) -> Worker:
+    """Until the board has settled, or timeout."""
     client = state.client()
-    give_up = time.monotonic() + timeout
-    with client.watch_workers(uuids=[uuid], include_current=True) as watch:
+    with client.watch_workers(uuids=[uuid], include_current=True, timeout=timeout) as watch:
         for change in watch:
-            if change.removed or change.worker.state in SETTLED:
+            if change.removed or settled(change.worker, target):
                 return change.worker
-            if time.monotonic() > give_up:
-                break
     worker = client.get_worker(uuid)
-    if worker.state not in SETTLED:
+    if not settled(worker, target):
         raise BorutaError(f"{uuid} is still {worker.state.name} after {timeout:g} s")
     return worker
 
@@ -142,10 +146,10 @@ def _set_state(
     state: State, uuid: str, target: WorkerState, reason: str, wait: bool, fmt: str
 ) -> None:
     worker = state.client().set_worker_state(uuid, target, reason)
-    if wait and worker.state not in SETTLED:
-        worker = wait_settled(state, uuid, 120)
+    if wait and not settled(worker, target):
+        worker = wait_settled(state, uuid, target, 120)
     emit(fmt, worker, lambda: table([worker], WORKER_COLUMNS))
-    if wait and worker.state is not target:
+    if wait and worker.state not in (target, WorkerState.RUNNING):
         raise click.exceptions.Exit(1)
 
 
