@@ -16,16 +16,16 @@ import pytest
 from boruta_client import (
     AsyncClient,
     Busy,
+    Client,
     CommandTimeout,
     JobSpec,
-    Phase,
-    Transfer,
-    run_job,
-    Client,
     NoSuchWorker,
+    Phase,
     RequestEnded,
     RequestState,
     ScheduleTimeout,
+    Transfer,
+    run_job,
 )
 from live_farm import LiveFarm, live_farm
 
@@ -89,7 +89,7 @@ def test_large_output_arrives_whole_every_time(client: Client) -> None:
 
 def test_command_timeout_and_the_runner_carries_on(client: Client, tmp_path: Path) -> None:
     with client.lease({"board": "rpi4"}) as board:
-        with pytest.raises(CommandTimeout, match="did not finish within 0.5 s"):
+        with pytest.raises(CommandTimeout, match=r"did not finish within 0\.5 s"):
             board.ssh.run("sleep 30", timeout=0.5)
         assert board.ssh.run("echo still here").output == "still here\n"
     spec = JobSpec(

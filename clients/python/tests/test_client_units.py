@@ -24,7 +24,8 @@ from schedctl.output import jsonable, span, table
 EXPECTED_ALL = [
     "Access", "Acquired", "AsyncBoard", "AsyncBoardSSH", "AsyncClient", "AsyncLease",
     "AsyncWatch", "Board", "BoardSSH", "BorutaError", "Busy", "Client", "ClientConfig",
-    "CommandResult", "CommandTimeout", "Context", "DeadlineExceeded", "FailedPrecondition", "HistoryEntry",
+    "CommandResult", "CommandTimeout", "Context", "DeadlineExceeded", "FailedPrecondition",
+    "HistoryEntry",
     "HostStatus", "InvalidArgument", "Job", "JobResult", "JobSpec", "JobStatus", "Lease",
     "NoSuchWorker", "NotFound", "PermissionDenied", "Phase", "PortForward",
     "ProlongLimitReached", "Request", "RequestEnded", "RequestNotFound", "RequestSort",
