@@ -214,25 +214,24 @@ def verify_issued_by(cert: x509.Certificate, ca_cert: x509.Certificate, now: dt.
         )
 
 
-def write_secret(path: Path, data: bytes) -> None:
-    """Write a private key readable by its owner only; never over an existing file."""
+def _write_new(path: Path, data: bytes, mode: int) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
     try:
-        fd = os.open(path, flags, 0o600)
+        fd = os.open(path, flags, mode)
     except FileExistsError:
         raise PkiError(f"{path} exists; remove it first to replace it") from None
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+
+
+def write_secret(path: Path, data: bytes) -> None:
+    """Write a private key readable by its owner only; never over an existing file."""
+    _write_new(path, data, 0o600)
 
 
 def write_public(path: Path, data: bytes) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-    try:
-        fd = os.open(path, flags, 0o644)
-    except FileExistsError:
-        raise PkiError(f"{path} exists; remove it first to replace it") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    """Write a certificate; never over an existing file."""
+    _write_new(path, data, 0o644)
 
 
 def load_pem_cert(path: str | Path) -> x509.Certificate:
