@@ -19,6 +19,7 @@ async def start_scheduler(tmp_path: Path, policy: Policy | None = None) -> Sched
             data_dir=str(tmp_path / "state"),
             heartbeat_interval=0.2,
             dryad_call_timeout=10,
+            plaintext=True,
         ),
         policy=policy or Policy(),
     )

@@ -23,7 +23,7 @@ from boruta.v1 import (
 from boruta_dryad.stub import KeySource, StubBoard, StubDryad
 
 READY = "boruta-scheduler listening on "
-SCHEDULER = [sys.executable, "-m", "boruta_scheduler.main"]
+SCHEDULER = [sys.executable, "-m", "boruta_scheduler.main", "--plaintext", "yes"]
 
 
 class SchedulerProcess:

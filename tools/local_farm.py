@@ -125,6 +125,8 @@ def main() -> None:
             sys.executable,
             "-m",
             "boruta_scheduler.main",
+            "--plaintext",
+            "yes",
             "--listen",
             args.listen,
             "--data-dir",

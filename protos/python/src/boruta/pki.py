@@ -203,10 +203,18 @@ def identity_of(cert: x509.Certificate) -> CertIdentity:
 
 def verify_issued_by(cert: x509.Certificate, ca_cert: x509.Certificate, now: dt.datetime) -> None:
     """Raise PkiError unless cert was signed by ca_cert and is valid at now."""
+    check_signature(cert, ca_cert)
+    check_validity(cert, now)
+
+
+def check_signature(cert: x509.Certificate, ca_cert: x509.Certificate) -> None:
     try:
         cert.verify_directly_issued_by(ca_cert)
     except (InvalidSignature, ValueError, TypeError) as exc:
         raise PkiError(f"the certificate was not issued by the farm's CA: {exc}") from None
+
+
+def check_validity(cert: x509.Certificate, now: dt.datetime) -> None:
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
         raise PkiError(
             f"the certificate is valid from {cert.not_valid_before_utc:%Y-%m-%d} to "

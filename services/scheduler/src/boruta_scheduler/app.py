@@ -7,6 +7,8 @@ import logging
 import time
 
 import grpc
+from boruta.pki import PkiError
+from boruta.tls import TlsFiles, channel_credentials, is_loopback, server_credentials
 from boruta.v1 import (
     requests_pb2,
     requests_pb2_grpc,
@@ -16,11 +18,16 @@ from boruta.v1 import (
     workers_pb2_grpc,
 )
 
-from boruta_scheduler.config import SchedulerConfig
+from boruta_scheduler.config import SchedulerConfig, ServerConfig
 from boruta_scheduler.core import Core
 from boruta_scheduler.dryads import DryadPool
 from boruta_scheduler.engine import Engine
-from boruta_scheduler.rpc.calls import wrap_servicer
+from boruta_scheduler.rpc.calls import (
+    CertificateIdentities,
+    IdentitySource,
+    metadata_identities,
+    wrap_servicer,
+)
 from boruta_scheduler.rpc.requests import RequestsServicer
 from boruta_scheduler.rpc.superviser import SuperviserServicer
 from boruta_scheduler.rpc.workers import WorkersServicer
@@ -35,14 +42,46 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 1 << 20
 
 
+def transport_security(server: ServerConfig) -> TlsFiles | None:
+    """The TLS files to serve with, or None for plaintext, which is allowed only when asked
+    for and only on loopback: there, anyone on the machine can claim to be anyone."""
+    try:
+        files = TlsFiles.given(server.tls_ca, server.tls_cert, server.tls_key, "scheduler")
+    except PkiError as error:
+        raise ValueError(str(error)) from None
+    if files is not None:
+        if server.plaintext:
+            raise ValueError("plaintext = true and TLS files are both set; choose one")
+        return files
+    if not server.plaintext:
+        raise ValueError(
+            "no TLS: set tls_ca, tls_cert and tls_key (see schedctl pki), "
+            "or plaintext = true for a demo on loopback"
+        )
+    if not is_loopback(server.listen):
+        raise ValueError(
+            f"plaintext is only allowed on a loopback address, not {server.listen}; "
+            "configure TLS to serve other machines"
+        )
+    log.warning(
+        "PLAINTEXT: no TLS; every caller is trusted to say who it is. Demo and tests only.",
+        extra={"listen": server.listen},
+    )
+    return None
+
+
 class Scheduler:
     """A running scheduler; start() restores state from the store and begins serving."""
 
     def __init__(self, config: SchedulerConfig, store: Store | None = None) -> None:
         self.config = config
+        self.tls = transport_security(config.server)
         self.store = store or open_store(config.server.store_url)
         self.hub = WatchHub()
-        self.dryads = DryadPool(timeout=config.server.dryad_call_timeout)
+        self.dryads = DryadPool(
+            timeout=config.server.dryad_call_timeout,
+            credentials=None if self.tls is None else channel_credentials(self.tls),
+        )
         self.tunnels = Tunnels(
             config.server.tunnel_bind_host, parse_ports(config.server.tunnel_ports)
         )
@@ -80,15 +119,24 @@ class Scheduler:
                 ("grpc.so_reuseport", 0),
             ],
         )
+        identify: IdentitySource
+        if self.tls is None:
+            identify = metadata_identities
+        else:
+            identify = CertificateIdentities(self.tls.read()[0])
         requests_pb2_grpc.add_RequestsServicer_to_server(
             wrap_servicer(
-                RequestsServicer(service), requests_pb2.DESCRIPTOR.services_by_name["Requests"]
+                RequestsServicer(service),
+                requests_pb2.DESCRIPTOR.services_by_name["Requests"],
+                identify,
             ),
             server,
         )
         workers_pb2_grpc.add_WorkersServicer_to_server(
             wrap_servicer(
-                WorkersServicer(service), workers_pb2.DESCRIPTOR.services_by_name["Workers"]
+                WorkersServicer(service),
+                workers_pb2.DESCRIPTOR.services_by_name["Workers"],
+                identify,
             ),
             server,
         )
@@ -96,10 +144,15 @@ class Scheduler:
             wrap_servicer(
                 SuperviserServicer(service),
                 superviser_pb2.DESCRIPTOR.services_by_name["Superviser"],
+                identify,
             ),
             server,
         )
-        self.port = server.add_insecure_port(self.config.server.listen)
+        listen = self.config.server.listen
+        if self.tls is None:
+            self.port = server.add_insecure_port(listen)
+        else:
+            self.port = server.add_secure_port(listen, server_credentials(self.tls))
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.server.listen}")
         await server.start()

@@ -16,6 +16,7 @@ from boruta_scheduler.core import Core
 from boruta_scheduler.engine import Engine
 from boruta_scheduler.errors import (
     DeadlineExceeded,
+    PermissionDenied,
     RequestNotFound,
     WrongRequestState,
 )
@@ -33,6 +34,7 @@ from boruta_scheduler.types import (
     JobView,
     RequestState,
     RequestView,
+    Role,
     WorkerState,
     WorkerView,
 )
@@ -241,6 +243,7 @@ class SchedulerService:
         dryad_version: str,
     ) -> WorkerView:
         caps = dict(caps)
+        _check_dryad(who, caps.get("UUID", ""))
         return await self.engine.execute(
             lambda core, now: core.register(
                 now,
@@ -253,7 +256,20 @@ class SchedulerService:
         )
 
     async def heartbeat(self, who: Identity, uuid: str, status: HostStatus | None) -> None:
+        _check_dryad(who, uuid)
         await self.engine.execute(lambda core, now: core.heartbeat(now, uuid, status))
 
     async def set_fail(self, who: Identity, uuid: str, reason: str) -> None:
+        _check_dryad(who, uuid)
         await self.engine.execute(lambda core, now: core.set_fail(now, uuid, reason))
+
+
+def _check_dryad(who: Identity, uuid: str) -> None:
+    """A dryad speaks only for the workers its certificate names."""
+    if not who.may_speak_for(uuid):
+        if who.role is Role.DRYAD:
+            raise PermissionDenied(
+                f"dryad {who.user} may not speak for worker {uuid!r}: its certificate names "
+                f"{', '.join(sorted(who.workers or ())) or 'no workers'}"
+            )
+        raise PermissionDenied(f"only dryads may call the Superviser service, not {who.user}")

@@ -59,6 +59,15 @@ class Identity:
     user: str
     groups: frozenset[str] = frozenset()
     role: Role = Role.USER
+    # The workers a dryad's certificate names; None on a plaintext channel, where
+    # identities are taken as given and nothing can be checked.
+    workers: frozenset[str] | None = None
+
+    def may_speak_for(self, worker_uuid: str) -> bool:
+        """Whether this caller may register, heartbeat or fail this worker."""
+        if self.workers is None:
+            return True
+        return self.role is Role.DRYAD and worker_uuid in self.workers
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,17 @@ class DryadCallError(Exception):
 class DryadPool:
     """Dials dryads at their advertised addresses and makes the calls the core asks for."""
 
-    def __init__(self, *, timeout: float = 60.0, retries: int = 2, backoff: float = 0.5) -> None:
+    def __init__(
+        self,
+        *,
+        timeout: float = 60.0,
+        retries: int = 2,
+        backoff: float = 0.5,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        # With credentials, a dryad must show a certificate from the farm's CA that names
+        # its advertised host, and sees ours: neither side can be impersonated.
+        self._credentials = credentials
         self._timeout = timeout
         self._retries = retries
         self._backoff = backoff
@@ -38,7 +48,10 @@ class DryadPool:
     def _stub(self, address: str) -> DryadAsyncStub:
         stub = self._stubs.get(address)
         if stub is None:
-            channel = grpc.aio.insecure_channel(address)
+            if self._credentials is None:
+                channel = grpc.aio.insecure_channel(address)
+            else:
+                channel = grpc.aio.secure_channel(address, self._credentials)
             self._channels[address] = channel
             stub = self._stubs[address] = dryad_pb2_grpc.DryadStub(channel)
         return stub

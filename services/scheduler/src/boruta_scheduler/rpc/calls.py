@@ -1,7 +1,8 @@
 """Call wrapping: establishes who is calling and turns scheduler errors into statuses.
 
-Until TLS lands, identity comes from call metadata (x-boruta-user, x-boruta-groups,
-x-boruta-role); the servicers read it with current_identity().
+Who is calling comes from the channel: the client certificate on a TLS port
+(CertificateIdentities), or, on a plaintext loopback port for demos and tests, call
+metadata taken as given (MetadataIdentities). Servicers read it with current_identity().
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ import contextvars
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
+from boruta import pki
+from boruta.tls import PeerCertificates
 from google.protobuf.descriptor import ServiceDescriptor
 
-from boruta_scheduler.errors import BorutaError
+from boruta_scheduler.errors import BorutaError, PermissionDenied, Unauthenticated
 from boruta_scheduler.rpc.status import status_of
 from boruta_scheduler.types import Identity, Role
 
@@ -24,9 +27,17 @@ log = logging.getLogger(__name__)
 USER_KEY = "x-boruta-user"
 GROUPS_KEY = "x-boruta-groups"
 ROLE_KEY = "x-boruta-role"
+ERROR_REASON_KEY = "boruta-error-reason"
 ANONYMOUS = Identity("anonymous")
 
+Context = grpc.aio.ServicerContext[Any, Any]
 _identity: contextvars.ContextVar[Identity] = contextvars.ContextVar("identity", default=ANONYMOUS)
+
+
+class IdentitySource(Protocol):
+    """Tells who is calling from the call's context; raises BorutaError to refuse."""
+
+    def __call__(self, context: Context) -> Identity: ...
 
 
 def current_identity() -> Identity:
@@ -57,21 +68,49 @@ def _identity_of(user: str, groups: str, role: str) -> Identity:
     return Identity(user.strip() or ANONYMOUS.user, names, parsed_role)
 
 
-ERROR_REASON_KEY = "boruta-error-reason"
+def metadata_identities(context: Context) -> Identity:
+    """Plaintext loopback only: the caller says who it is."""
+    return identity_from_metadata(context.invocation_metadata())
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: BorutaError) -> None:
+_ROLE_OF_CERT = {pki.Role.USER: Role.USER, pki.Role.ADMIN: Role.ADMIN, pki.Role.DRYAD: Role.DRYAD}
+
+
+class CertificateIdentities:
+    """TLS: the caller is who its client certificate from the farm's CA says."""
+
+    def __init__(self, ca_pem: bytes) -> None:
+        self._peers = PeerCertificates(ca_pem)
+
+    def __call__(self, context: Context) -> Identity:
+        try:
+            cert = self._peers.identity(context)
+        except pki.PkiError as error:
+            raise Unauthenticated(str(error)) from None
+        return self._identity(cert)
+
+    @staticmethod
+    @functools.lru_cache(maxsize=1024)
+    def _identity(cert: pki.CertIdentity) -> Identity:
+        role = _ROLE_OF_CERT.get(cert.role)
+        if role is None:
+            raise PermissionDenied(f"a {cert.role.value} certificate cannot call the scheduler")
+        workers = cert.workers if role is Role.DRYAD else frozenset()
+        return Identity(cert.name, cert.groups, role, workers)
+
+
+async def _abort(context: Context, error: BorutaError) -> None:
     context.set_trailing_metadata(((ERROR_REASON_KEY, error.reason),))
     await context.abort(status_of(error), str(error))
 
 
 def _unary(
-    behavior: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]],
-) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
-    async def serve(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        # Each RPC runs in its own task and context, so the value needs no reset.
-        _identity.set(identity_from_metadata(context.invocation_metadata()))
+    behavior: Callable[[Any, Context], Awaitable[Any]], identify: IdentitySource
+) -> Callable[[Any, Context], Awaitable[Any]]:
+    async def serve(request: Any, context: Context) -> Any:
         try:
+            # Each RPC runs in its own task and context, so the value needs no reset.
+            _identity.set(identify(context))
             return await behavior(request, context)
         except BorutaError as error:
             await _abort(context, error)
@@ -80,13 +119,11 @@ def _unary(
 
 
 def _stream(
-    behavior: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]],
-) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
-    async def serve(
-        request: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[Any]:
-        _identity.set(identity_from_metadata(context.invocation_metadata()))
+    behavior: Callable[[Any, Context], AsyncIterator[Any]], identify: IdentitySource
+) -> Callable[[Any, Context], AsyncIterator[Any]]:
+    async def serve(request: Any, context: Context) -> AsyncIterator[Any]:
         try:
+            _identity.set(identify(context))
             async for item in behavior(request, context):
                 yield item
         except BorutaError as error:
@@ -95,11 +132,15 @@ def _stream(
     return serve
 
 
-def wrap_servicer(servicer: Any, service: ServiceDescriptor) -> Any:
+def wrap_servicer(
+    servicer: Any, service: ServiceDescriptor, identify: IdentitySource = metadata_identities
+) -> Any:
     """Wrap each RPC method of a servicer once, so every call has its caller's identity and
     BorutaErrors become gRPC statuses (per-call interceptors would cost more per RPC)."""
     for method in service.methods:
         behavior = getattr(servicer, method.name)
-        wrapped = _stream(behavior) if method.server_streaming else _unary(behavior)
+        wrapped: Any = (
+            _stream(behavior, identify) if method.server_streaming else _unary(behavior, identify)
+        )
         setattr(servicer, method.name, wrapped)
     return servicer

@@ -1,0 +1,100 @@
+"""TLS for every boruta link, in one place: credentials from the farm's PKI files, the
+peer's certificate identity, and the loopback rule for plaintext."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography import x509
+
+from boruta import pki
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """The CA certificate every party trusts, and this party's certificate and key."""
+
+    ca: str
+    cert: str
+    key: str
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        try:
+            return (
+                Path(self.ca).read_bytes(),
+                Path(self.cert).read_bytes(),
+                Path(self.key).read_bytes(),
+            )
+        except OSError as exc:
+            raise pki.PkiError(f"cannot read TLS files: {exc}") from None
+
+    @classmethod
+    def given(cls, ca: str, cert: str, key: str, what: str) -> TlsFiles | None:
+        """TlsFiles when all three are set, None when none is; half a set is an error."""
+        if not (ca or cert or key):
+            return None
+        if not (ca and cert and key):
+            raise pki.PkiError(f"{what}: set all of tls_ca, tls_cert and tls_key, or none")
+        return cls(ca, cert, key)
+
+
+def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
+    """Server TLS that requires a client certificate from the farm's CA."""
+    ca, cert, key = files.read()
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=True
+    )
+
+
+def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
+    """Client TLS that checks the server against the farm's CA and shows our certificate."""
+    ca, cert, key = files.read()
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca, private_key=key, certificate_chain=cert
+    )
+
+
+def is_loopback(address: str) -> bool:
+    """Whether host:port (or [v6]:port) names this machine only."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class PeerCertificates:
+    """Identities of callers from the client certificates gRPC has verified; each one is
+    checked again against the CA and for expiry (cheap: parsing is cached)."""
+
+    def __init__(self, ca_pem: bytes) -> None:
+        self._ca = x509.load_pem_x509_certificate(ca_pem)
+
+    def identity(self, context: Any, now: dt.datetime | None = None) -> pki.CertIdentity:
+        """The caller's identity; PkiError when the channel carries no valid farm certificate."""
+        pems = context.auth_context().get("x509_pem_cert")
+        if not pems:
+            raise pki.PkiError("no client certificate: this port needs one from the farm's CA")
+        cert, found = self._parse(bytes(pems[0]))
+        if isinstance(found, pki.PkiError):
+            raise found
+        pki.check_validity(cert, now or dt.datetime.now(dt.UTC))
+        return found
+
+    @functools.lru_cache(maxsize=1024)  # noqa: B019 - one instance per process
+    def _parse(self, pem: bytes) -> tuple[x509.Certificate, pki.CertIdentity | pki.PkiError]:
+        """Signature and identity, once per certificate (a verify costs ~0.1 ms)."""
+        cert = x509.load_pem_x509_certificate(pem)
+        try:
+            pki.check_signature(cert, self._ca)
+            return cert, pki.identity_of(cert)
+        except pki.PkiError as error:
+            return cert, error

@@ -1,0 +1,148 @@
+"""TLS on the scheduler: identities come from client certificates only; a foreign CA, an
+expired certificate, no certificate and plaintext are refused; a dryad speaks only for
+the workers its certificate names; plaintext is allowed only when asked and on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from boruta import pki
+from boruta.tls import TlsFiles, channel_credentials
+from boruta.v1 import requests_pb2, requests_pb2_grpc, superviser_pb2, superviser_pb2_grpc
+from boruta_scheduler.app import Scheduler, transport_security
+from boruta_scheduler.config import SchedulerConfig, ServerConfig
+from boruta_scheduler.listing import RequestQuery
+from pki_kit import FarmPki
+
+ALL = RequestQuery()
+SPOOF = (("x-boruta-user", "mallory"), ("x-boruta-role", "admin"))
+
+
+@pytest.fixture
+def farm_pki(tmp_path: Path) -> FarmPki:
+    return FarmPki(tmp_path / "pki")
+
+
+@pytest.fixture
+async def scheduler(tmp_path: Path, farm_pki: FarmPki) -> AsyncIterator[Scheduler]:
+    files = farm_pki.scheduler()
+    config = SchedulerConfig(
+        server=ServerConfig(
+            listen="127.0.0.1:0",
+            data_dir=str(tmp_path / "state"),
+            tls_ca=files.ca,
+            tls_cert=files.cert,
+            tls_key=files.key,
+        )
+    )
+    running = Scheduler(config)
+    await running.start()
+    yield running
+    await running.stop()
+
+
+def channel(scheduler: Scheduler, files: TlsFiles | None) -> grpc.aio.Channel:
+    address = f"127.0.0.1:{scheduler.port}"
+    if files is None:
+        return grpc.aio.insecure_channel(address)
+    return grpc.aio.secure_channel(address, channel_credentials(files))
+
+
+async def new_request(ch: grpc.aio.Channel) -> requests_pb2.NewRequestResponse:
+    stub = requests_pb2_grpc.RequestsStub(ch)
+    message = requests_pb2.NewRequestRequest(caps={"board": "x"}, accept_unsatisfiable=True)
+    return await stub.NewRequest(message, metadata=SPOOF, timeout=10)
+
+
+async def test_identity_comes_from_the_certificate_not_the_metadata(
+    scheduler: Scheduler, farm_pki: FarmPki
+) -> None:
+    async with channel(scheduler, farm_pki.user("alice", "lab")) as ch:
+        reply = await new_request(ch)
+    assert reply.request.owner == "alice"
+    assert list(reply.request.owner_groups) == ["lab"]
+
+
+@pytest.mark.parametrize("who", ["foreign CA", "expired", "no certificate", "plaintext"])
+async def test_bad_credentials_are_refused(
+    scheduler: Scheduler, farm_pki: FarmPki, who: str
+) -> None:
+    address = f"127.0.0.1:{scheduler.port}"
+    ca = Path(farm_pki.scheduler().ca).read_bytes()
+    if who == "plaintext":
+        ch = grpc.aio.insecure_channel(address)
+    elif who == "no certificate":
+        ch = grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=ca))
+    else:
+        # The client trusts the farm's CA; only its own certificate is bad.
+        files = farm_pki.files(
+            "eve", pki.Role.ADMIN, foreign=who == "foreign CA", expired=who == "expired"
+        )
+        ch = channel(scheduler, TlsFiles(files.ca, files.cert, files.key))
+    async with ch:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await new_request(ch)
+    assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+    async with channel(scheduler, farm_pki.user("alice")) as good:
+        assert (await new_request(good)).request.owner == "alice"
+    assert [r.owner for r in scheduler.store.list_requests(ALL).items] == ["alice"]
+
+
+async def test_a_dryad_speaks_only_for_its_own_workers(
+    scheduler: Scheduler, farm_pki: FarmPki
+) -> None:
+    def register(uuid: str) -> superviser_pb2.RegisterRequest:
+        return superviser_pb2.RegisterRequest(
+            caps={"UUID": uuid},
+            dryad_address="127.0.0.1:7175",
+            ssh_address="127.0.0.1:22",
+            instance_id="i1",
+        )
+
+    async with channel(scheduler, farm_pki.dryad("lab-pc", "w1")) as ch:
+        stub = superviser_pb2_grpc.SuperviserStub(ch)
+        reply = await stub.Register(register("w1"), timeout=10)
+        assert reply.worker.uuid == "w1"
+        for call in (
+            stub.Register(register("w2"), timeout=10),
+            stub.Heartbeat(superviser_pb2.HeartbeatRequest(worker_uuid="w2"), timeout=10),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call
+            assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+            assert "may not speak for worker 'w2'" in (info.value.details() or "")
+    async with channel(scheduler, farm_pki.user("alice")) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await superviser_pb2_grpc.SuperviserStub(ch).Register(register("w1"), timeout=10)
+        assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_scheduler_certificate_cannot_call_the_scheduler(
+    scheduler: Scheduler, farm_pki: FarmPki
+) -> None:
+    async with channel(scheduler, farm_pki.scheduler()) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await new_request(ch)
+    assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_plaintext_only_when_asked_and_only_on_loopback(farm_pki: FarmPki) -> None:
+    files = farm_pki.scheduler()
+    with pytest.raises(ValueError, match="no TLS"):
+        transport_security(ServerConfig(listen="127.0.0.1:0"))
+    with pytest.raises(ValueError, match="only allowed on a loopback address"):
+        transport_security(ServerConfig(listen="0.0.0.0:50051", plaintext=True))
+    with pytest.raises(ValueError, match="set all of tls_ca, tls_cert and tls_key"):
+        transport_security(ServerConfig(tls_ca=files.ca))
+    with pytest.raises(ValueError, match="choose one"):
+        transport_security(
+            ServerConfig(tls_ca=files.ca, tls_cert=files.cert, tls_key=files.key, plaintext=True)
+        )
+    assert transport_security(ServerConfig(listen="[::1]:0", plaintext=True)) is None
+    assert (
+        transport_security(ServerConfig(tls_ca=files.ca, tls_cert=files.cert, tls_key=files.key))
+        == files
+    )
