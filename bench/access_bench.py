@@ -53,7 +53,8 @@ def spawn(argv: list[str], ready: str, log: Path) -> tuple[subprocess.Popen[str]
 
 def dryad_toml(scheduler: str, sshd: str, state: Path, bits: int, prefix: str) -> str:
     return (
-        f'scheduler = "{scheduler}"\nlisten = "127.0.0.1:0"\nstate_dir = "{state}"\n'
+        f'scheduler = "{scheduler}"\nlisten = "127.0.0.1:0"\n'
+        f'plaintext = true\nstate_dir = "{state}"\n'
         f'key_bits = {bits}\nlog_level = "WARNING"\n\n[[board]]\nname = "b0"\n'
         f'uuid = "bench-{prefix}"\ncaps = {{ board = "rpi4" }}\nssh_address = "{sshd}"\n'
         f'user_prefix = "{prefix}"\n'

@@ -30,7 +30,8 @@ def dryad_toml(
 ) -> str:
     uuid_line = f'uuid = "{uuid}"\n' if uuid else ""
     return (
-        f'scheduler = "{scheduler}"\nlisten = "127.0.0.1:0"\nstate_dir = "{state_dir}"\n'
+        f'scheduler = "{scheduler}"\nlisten = "127.0.0.1:0"\n'
+        f'plaintext = true\nstate_dir = "{state_dir}"\n'
         f'key_bits = {key_bits}\nlog_level = "DEBUG"\n\n'
         f'[[board]]\nname = "{name}"\n{uuid_line}caps = {{ {caps} }}\n'
         f'ssh_address = "{ssh_address}"\nuser_prefix = "{prefix}"\n'

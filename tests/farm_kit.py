@@ -23,7 +23,7 @@ from boruta.v1 import (
 from boruta_dryad.stub import KeySource, StubBoard, StubDryad
 
 READY = "boruta-scheduler listening on "
-SCHEDULER = [sys.executable, "-m", "boruta_scheduler.main", "--plaintext", "yes"]
+SCHEDULER = [sys.executable, "-m", "boruta_scheduler.main"]
 
 
 class SchedulerProcess:
@@ -31,7 +31,9 @@ class SchedulerProcess:
 
     def __init__(self, data_dir: Path, *options: str) -> None:
         self.data_dir = data_dir
-        self.options = list(options)
+        # Plaintext on loopback unless the options configure TLS.
+        tls = any(o.startswith("--tls-") for o in options)
+        self.options = list(options) if tls else ["--plaintext", "yes", *options]
         self.proc: subprocess.Popen[str] | None = None
         self.address = ""
         self.log_path = data_dir / "scheduler.log"

@@ -9,16 +9,27 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from access_kit import DryadProcess
+from boruta.tls import TlsFiles
 from boruta_client import Client, WorkerState
 from boruta_dryad.devsshd import DevSshd
 from farm_kit import SchedulerProcess
+from pki_kit import FarmPki
 from system_kit import remove_users, require_sshd, unique_prefix
 
 
 def boards_toml(
-    scheduler: str, sshd: str, state: Path, prefix: str, boards: Mapping[str, Mapping[str, str]]
+    scheduler: str,
+    sshd: str,
+    state: Path,
+    prefix: str,
+    boards: Mapping[str, Mapping[str, str]],
+    tls: TlsFiles | None = None,
 ) -> str:
     text = f'scheduler = "{scheduler}"\nlisten = "127.0.0.1:0"\nstate_dir = "{state}"\n'
+    if tls is None:
+        text += "plaintext = true\n"
+    else:
+        text += f'tls_ca = "{tls.ca}"\ntls_cert = "{tls.cert}"\ntls_key = "{tls.key}"\n'
     text += "key_bits = 2048\n"
     for i, (uuid, caps) in enumerate(boards.items()):
         caps_toml = ", ".join(f'{k} = "{v}"' for k, v in caps.items())
@@ -33,15 +44,22 @@ def boards_toml(
 class LiveFarm:
     """Addresses and clients of a running farm."""
 
-    def __init__(self, address: str, boards: Sequence[str], sshd: DevSshd) -> None:
+    def __init__(
+        self, address: str, boards: Sequence[str], sshd: DevSshd, pki: FarmPki | None = None
+    ) -> None:
         self.address = address
         self.boards = list(boards)
         self.sshd = sshd
+        self.pki = pki
 
     def client(self, user: str = "alice", groups: Sequence[str] = ()) -> Client:
+        if self.pki is not None:
+            return Client(self.address, tls=self.pki.user(user, *groups))
         return Client(self.address, user=user, groups=groups)
 
     def admin(self) -> Client:
+        if self.pki is not None:
+            return Client(self.address, tls=self.pki.admin())
         return Client(self.address, user="root", admin=True)
 
     def wait_idle(self, timeout: float = 60) -> None:
@@ -59,24 +77,36 @@ class LiveFarm:
 
 @contextmanager
 def live_farm(
-    tmp: Path, boards: Mapping[str, Mapping[str, str]], *scheduler_options: str
+    tmp: Path,
+    boards: Mapping[str, Mapping[str, str]],
+    *scheduler_options: str,
+    pki: FarmPki | None = None,
 ) -> Iterator[LiveFarm]:
-    """Start the farm, put every board into service, and tear it all down afterwards."""
+    """Start the farm, put every board into service, and tear it all down afterwards.
+    With a PKI, every link is TLS: the scheduler, the dryad and the clients get certificates."""
     require_sshd()
     prefix = unique_prefix()
     sshd = DevSshd(workdir=str(tmp / "sshd"))
     sshd.start()
+    tls_options: list[str] = []
+    dryad_tls = None
+    if pki is not None:
+        files = pki.scheduler()
+        tls_options = ["--tls-ca", files.ca, "--tls-cert", files.cert, "--tls-key", files.key]
+        dryad_tls = pki.dryad("lab-pc", *boards)
     scheduler = SchedulerProcess(
-        tmp / "scheduler", "--public-host", "127.0.0.1", *scheduler_options
+        tmp / "scheduler", "--public-host", "127.0.0.1", *tls_options, *scheduler_options
     )
     dryad: DryadProcess | None = None
     try:
         address = scheduler.start()
         config = tmp / "dryad.toml"
-        config.write_text(boards_toml(address, sshd.address, tmp / "dryad", prefix, boards))
+        config.write_text(
+            boards_toml(address, sshd.address, tmp / "dryad", prefix, boards, dryad_tls)
+        )
         dryad = DryadProcess(config)
         dryad.start()
-        farm = LiveFarm(address, list(boards), sshd)
+        farm = LiveFarm(address, list(boards), sshd, pki)
         with farm.admin() as admin:
             give_up = time.monotonic() + 30
             while {w.uuid for w in admin.list_workers()} < set(boards):

@@ -47,6 +47,7 @@ async def dryad(farm: Farm, sshd: DevSshd, prefix: str, tmp_path: Path) -> Async
         {
             "scheduler": farm.address,
             "listen": "127.0.0.1:0",
+            "plaintext": True,
             "state_dir": str(tmp_path / "dryad"),
             "board": [
                 {

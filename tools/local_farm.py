@@ -50,7 +50,8 @@ def dryad_config(scheduler: str, sshd: str, state: Path, index: int) -> str:
     caps = BOARD_CAPS[index % len(BOARD_CAPS)]
     caps_toml = ", ".join(f'{k} = "{v}"' for k, v in caps.items())
     return (
-        f'scheduler = "{scheduler}"\nlisten = "127.0.0.1:0"\nstate_dir = "{state}"\n\n'
+        f'scheduler = "{scheduler}"\nlisten = "127.0.0.1:0"\n'
+        f'plaintext = true\nstate_dir = "{state}"\n\n'
         f'[[board]]\nname = "farm-{index}"\nuuid = "farm-{index}"\ncaps = {{ {caps_toml} }}\n'
         f'ssh_address = "{sshd}"\nuser_prefix = "farm{index}-job"\n'
         f'backend_options = {{ record_file = "{state}/board.record" }}\n'

@@ -18,6 +18,9 @@ def minimal(**overrides: Any) -> dict[str, Any]:
         "scheduler": "sched.lab:50051",
         "listen": "0.0.0.0:7175",
         "advertise": "board0.lab:7175",
+        "tls_ca": "/etc/boruta/pki/ca.pem",
+        "tls_cert": "/etc/boruta/pki/board0.pem",
+        "tls_key": "/etc/boruta/pki/board0.key",
         "board": [board],
     }
     data.update(overrides)
@@ -83,10 +86,30 @@ def test_boards_need_distinct_names_and_prefixes() -> None:
     assert len(parse_config(data).boards) == 2
 
 
+def test_tls_or_plaintext_on_loopback_only() -> None:
+    config = parse_config(minimal())
+    assert config.tls is not None and config.tls.ca == "/etc/boruta/pki/ca.pem"
+    bare = {k: v for k, v in minimal().items() if not k.startswith("tls_")}
+    with pytest.raises(ConfigError, match="no TLS"):
+        parse_config(bare)
+    with pytest.raises(ConfigError, match="plaintext is only allowed on loopback; listen"):
+        parse_config({**bare, "plaintext": True})
+    local = {**bare, "plaintext": True, "listen": "127.0.0.1:0", "scheduler": "sched.lab:1"}
+    with pytest.raises(ConfigError, match="plaintext is only allowed on loopback; scheduler"):
+        parse_config(local)
+    demo = parse_config({**local, "scheduler": "localhost:50051"})
+    assert demo.plaintext and demo.tls is None
+    with pytest.raises(ConfigError, match="set all of tls_ca"):
+        parse_config({**bare, "tls_ca": "ca.pem"})
+    with pytest.raises(ConfigError, match="choose one"):
+        parse_config(minimal(plaintext=True))
+
+
 def test_file_environment_and_options(tmp_path: Path) -> None:
     path = tmp_path / "dryad.toml"
     path.write_text(
         'scheduler = "a:1"\nlisten = "127.0.0.1:0"\n'
+        'tls_ca = "ca.pem"\ntls_cert = "d.pem"\ntls_key = "d.key"\n'
         '[[board]]\nssh_address = "b:22"\ncaps = { board = "x" }\n'
     )
     config = load_config(["--config", str(path)], environ={})

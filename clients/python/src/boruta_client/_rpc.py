@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 from dataclasses import dataclass
 
 import grpc
@@ -55,6 +56,10 @@ class Identity:
         if self.admin:
             pairs.append(("x-boruta-role", "admin"))
         return tuple(pairs)
+
+
+def login_name() -> str:
+    return getpass.getuser()
 
 
 def code_of(error: grpc.RpcError) -> grpc.StatusCode:

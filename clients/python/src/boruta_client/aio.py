@@ -11,10 +11,12 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 import grpc
+from boruta.tls import TlsFiles, channel_credentials
 from boruta.v1 import requests_pb2, requests_pb2_grpc, workers_pb2, workers_pb2_grpc
 
 from boruta_client import _convert as convert
 from boruta_client._rpc import Identity, code_of, translate
+from boruta_client._rpc import login_name as _login_name
 from boruta_client.client import ACQUIRE_SLICE, PAGE_SIZE
 from boruta_client.errors import (
     BorutaError,
@@ -86,16 +88,23 @@ class AsyncClient:
         self,
         target: str,
         *,
-        user: str,
+        user: str = "",
         groups: Iterable[str] = (),
         admin: bool = False,
+        tls: TlsFiles | None = None,
         call_timeout: float = 30.0,
     ) -> None:
         self.target = target
-        self.identity = Identity(user, tuple(groups), admin)
+        # With TLS the scheduler knows the caller by its certificate, and user, groups
+        # and admin are ignored; without, it takes them as given (loopback demos only).
+        self.identity = Identity(user or _login_name(), tuple(groups), admin)
+        self.tls = tls
         self.call_timeout = call_timeout
         self._metadata = self.identity.metadata()
-        self._channel = grpc.aio.insecure_channel(target)
+        if tls is None:
+            self._channel = grpc.aio.insecure_channel(target)
+        else:
+            self._channel = grpc.aio.secure_channel(target, channel_credentials(tls))
         self._requests = requests_pb2_grpc.RequestsStub(self._channel)
         self._workers = workers_pb2_grpc.WorkersStub(self._channel)
 

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from boruta.pki import PkiError
+from boruta.tls import TlsFiles
+
 from boruta_client.errors import InvalidArgument
 
 DEFAULT_SCHEDULER = "127.0.0.1:50051"
@@ -28,6 +31,17 @@ class Context:
     user: str = ""
     groups: tuple[str, ...] = ()
     admin: bool = False
+    # TLS: the farm's CA, and your certificate and key (schedctl pki issue).
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+
+    def tls(self) -> TlsFiles | None:
+        """The TLS files of this context; None means plaintext (a loopback demo)."""
+        try:
+            return TlsFiles.given(self.ca, self.cert, self.key, "context")
+        except PkiError as exc:
+            raise InvalidArgument(f"{exc} (ca, cert and key)") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,13 +71,23 @@ def _strings(value: Any, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def parse_config(data: Mapping[str, Any], source: str = "config") -> ClientConfig:
+def _path(value: Any, base: Path | None) -> str:
+    """Paths in the config file are relative to the file."""
+    text = str(value)
+    if text and base is not None and not os.path.isabs(os.path.expanduser(text)):
+        return str(base / text)
+    return os.path.expanduser(text) if text else ""
+
+
+def parse_config(
+    data: Mapping[str, Any], source: str = "config", base: Path | None = None
+) -> ClientConfig:
     unknown = set(data) - {"context", "contexts", "profiles"}
     if unknown:
         raise InvalidArgument(f"{source}: unknown keys {', '.join(sorted(unknown))}")
     contexts = {}
     for name, entry in dict(data.get("contexts", {})).items():
-        extra = set(entry) - {"scheduler", "user", "groups", "admin"}
+        extra = set(entry) - {"scheduler", "user", "groups", "admin", "ca", "cert", "key"}
         if extra:
             raise InvalidArgument(f"{source}: context {name}: unknown keys {sorted(extra)}")
         contexts[name] = Context(
@@ -71,6 +95,9 @@ def parse_config(data: Mapping[str, Any], source: str = "config") -> ClientConfi
             user=str(entry.get("user", "")),
             groups=_strings(entry.get("groups", []), f"{source}: context {name}: groups"),
             admin=bool(entry.get("admin", False)),
+            ca=_path(entry.get("ca", ""), base),
+            cert=_path(entry.get("cert", ""), base),
+            key=_path(entry.get("key", ""), base),
         )
     profiles = dict(data.get("profiles", {}))
     for name, profile in profiles.items():
@@ -94,4 +121,4 @@ def load_config(path: str | os.PathLike[str] | None = None) -> ClientConfig:
         return ClientConfig()
     except tomllib.TOMLDecodeError as exc:
         raise InvalidArgument(f"{chosen} is not valid TOML: {exc}") from None
-    return parse_config(data, str(chosen))
+    return parse_config(data, str(chosen), chosen.parent)

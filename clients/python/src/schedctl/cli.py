@@ -37,6 +37,7 @@ class State:
                 user=ctx.user or getpass.getuser(),
                 groups=ctx.groups,
                 admin=ctx.admin,
+                tls=ctx.tls(),
             )
         return self._client
 

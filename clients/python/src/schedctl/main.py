@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 from typing import Any
 
 import click
@@ -57,19 +58,38 @@ class _Root(click.Group):
     "-u",
     "--user",
     envvar="BORUTA_USER",
-    help="Who you are (overrides the context; default: your login).",
+    help="Who you are on a plaintext scheduler (overrides the context; default: your "
+    "login). With TLS, your certificate says who you are.",
 )
 @option(
     "-g",
     "--groups",
     envvar="BORUTA_GROUPS",
-    help="Your groups, comma-separated (overrides the context).",
+    help="Your groups, comma-separated (overrides the context; plaintext only).",
 )
 @option(
     "--admin/--no-admin",
     default=None,
     envvar="BORUTA_ADMIN",
-    help="Call as an admin (overrides the context).",
+    help="Call as an admin (overrides the context; plaintext only).",
+)
+@option(
+    "--ca",
+    envvar="BORUTA_CA",
+    type=click.Path(dir_okay=False),
+    help="The farm's CA certificate (overrides the context).",
+)
+@option(
+    "--cert",
+    envvar="BORUTA_CERT",
+    type=click.Path(dir_okay=False),
+    help="Your certificate (overrides the context).",
+)
+@option(
+    "--key",
+    envvar="BORUTA_KEY",
+    type=click.Path(dir_okay=False),
+    help="Your private key (overrides the context).",
 )
 @click.version_option(package_name="boruta-client", prog_name="schedctl")
 @click.pass_context
@@ -81,6 +101,9 @@ def cli(
     user: str | None,
     groups: str | None,
     admin: bool | None,
+    ca: str | None,
+    cert: str | None,
+    key: str | None,
 ) -> None:
     """Use and run a boruta device farm: get a board by its caps, a shell on it, run jobs;
     admins put boards into service and out of it.
@@ -106,6 +129,9 @@ def cli(
         overrides["groups"] = tuple(g.strip() for g in groups.split(",") if g.strip())
     if admin is not None:
         overrides["admin"] = admin
+    for name, value in (("ca", ca), ("cert", cert), ("key", key)):
+        if value:
+            overrides[name] = str(Path(value).absolute())
     state = State(config, replace(chosen, **overrides))
     ctx.obj = state
     ctx.call_on_close(state.close)

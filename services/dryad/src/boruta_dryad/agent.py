@@ -46,7 +46,9 @@ class SchedulerLink:
         host_status: Callable[[], types_pb2.HostStatus] | None = None,
         metadata: Sequence[tuple[str, str]] = (("x-boruta-role", "dryad"),),
         silent: Callable[[str], bool] | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
+        self._credentials = credentials
         self.scheduler_address = scheduler_address
         self.dryad_address = dryad_address
         self.boards = {b.uuid: b for b in boards}
@@ -62,7 +64,10 @@ class SchedulerLink:
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self.scheduler_address)
+        if self._credentials is None:
+            self._channel = grpc.aio.insecure_channel(self.scheduler_address)
+        else:
+            self._channel = grpc.aio.secure_channel(self.scheduler_address, self._credentials)
         stub = superviser_pb2_grpc.SuperviserStub(self._channel)
         for board in self.boards.values():
             self._tasks.append(asyncio.create_task(self._keep_alive(stub, board)))

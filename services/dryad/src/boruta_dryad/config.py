@@ -13,6 +13,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from boruta.pki import PkiError
+from boruta.tls import TlsFiles, is_loopback
+
 DEFAULT_CONFIG = "/etc/boruta/dryad.toml"
 MIN_KEY_BITS = 2048
 
@@ -66,6 +69,9 @@ class DryadConfig:
     state_dir: str = "/var/lib/boruta-dryad"
     key_bits: int = 3072
     log_level: str = "INFO"
+    # Mutual TLS with the scheduler (schedctl pki issue DIR dryad NAME -H HOST -w UUID...).
+    tls: TlsFiles | None = None
+    plaintext: bool = False
 
 
 def _host_port(value: str, what: str, *, port_zero: bool = False) -> str:
@@ -160,7 +166,19 @@ def _board(index: int, data: Mapping[str, Any]) -> BoardConfig:
 
 def parse_config(data: Mapping[str, Any]) -> DryadConfig:
     """Validate a parsed TOML document."""
-    known = {"scheduler", "listen", "advertise", "state_dir", "key_bits", "log_level", "board"}
+    known = {
+        "scheduler",
+        "listen",
+        "advertise",
+        "state_dir",
+        "key_bits",
+        "log_level",
+        "board",
+        "tls_ca",
+        "tls_cert",
+        "tls_key",
+        "plaintext",
+    }
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"unknown settings {', '.join(sorted(unknown))}")
@@ -192,6 +210,7 @@ def parse_config(data: Mapping[str, Any]) -> DryadConfig:
         raise ConfigError("board names must be unique")
     if len(set(prefixes)) != len(prefixes):
         raise ConfigError("each board needs its own user_prefix")
+    tls, plaintext = _transport(data, scheduler, listen)
     return DryadConfig(
         scheduler=scheduler,
         boards=boards,
@@ -200,7 +219,39 @@ def parse_config(data: Mapping[str, Any]) -> DryadConfig:
         state_dir=str(data.get("state_dir", "/var/lib/boruta-dryad")),
         key_bits=key_bits,
         log_level=str(data.get("log_level", "INFO")),
+        tls=tls,
+        plaintext=plaintext,
     )
+
+
+def _transport(
+    data: Mapping[str, Any], scheduler: str, listen: str
+) -> tuple[TlsFiles | None, bool]:
+    """TLS files, or plaintext: only when asked for and only on loopback both ways, since
+    without TLS anyone who reaches the dryad could have it create users."""
+    plaintext = str(data.get("plaintext", False)).strip().lower() in ("1", "true", "yes", "on")
+    try:
+        tls = TlsFiles.given(
+            str(data.get("tls_ca", "")),
+            str(data.get("tls_cert", "")),
+            str(data.get("tls_key", "")),
+            "dryad",
+        )
+    except PkiError as exc:
+        raise ConfigError(str(exc)) from None
+    if tls is not None:
+        if plaintext:
+            raise ConfigError("plaintext = true and TLS files are both set; choose one")
+        return tls, False
+    if not plaintext:
+        raise ConfigError(
+            "no TLS: set tls_ca, tls_cert and tls_key (see schedctl pki), or plaintext = true "
+            "for a demo with scheduler and dryad on loopback"
+        )
+    for what, address in (("listen", listen), ("scheduler", scheduler)):
+        if not is_loopback(address):
+            raise ConfigError(f"plaintext is only allowed on loopback; {what} is {address}")
+    return None, True
 
 
 _CLI = [
@@ -209,6 +260,10 @@ _CLI = [
     ("advertise", "host:port the scheduler dials to reach this dryad"),
     ("state_dir", "where board UUIDs and job counters are kept"),
     ("log_level", "DEBUG, INFO, WARNING or ERROR"),
+    ("tls_ca", "the farm's CA certificate (PEM)"),
+    ("tls_cert", "this dryad's certificate (PEM)"),
+    ("tls_key", "this dryad's private key (PEM)"),
+    ("plaintext", "no TLS (loopback only: demos and tests)"),
 ]
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import grpc
 from boruta import logs
+from boruta.tls import PeerCertificates, channel_credentials, server_credentials
 from boruta.v1 import dryad_pb2_grpc
 
 from boruta_dryad import __version__
@@ -56,8 +57,14 @@ class Dryad:
                     extra={"board": board.config.name, "users": ",".join(stale)},
                 )
         server = grpc.aio.server()
-        dryad_pb2_grpc.add_DryadServicer_to_server(DryadServicer(self.boards), server)
-        port = server.add_insecure_port(self.config.listen)
+        tls = self.config.tls
+        peers = None if tls is None else PeerCertificates(tls.read()[0])
+        dryad_pb2_grpc.add_DryadServicer_to_server(DryadServicer(self.boards, peers), server)
+        if tls is None:
+            log.warning("PLAINTEXT: no TLS; anyone on this machine can call this dryad")
+            port = server.add_insecure_port(self.config.listen)
+        else:
+            port = server.add_secure_port(self.config.listen, server_credentials(tls))
         if port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
         await server.start()
@@ -74,6 +81,7 @@ class Dryad:
             instance_id=uuidlib.uuid4().hex,
             version=__version__,
             host_status=lambda: host_status(disk),
+            credentials=None if tls is None else channel_credentials(tls),
         )
         self.link.start()
         return self.address

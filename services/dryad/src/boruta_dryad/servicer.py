@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from boruta.pki import PkiError, Role
+from boruta.tls import PeerCertificates
 from boruta.v1 import dryad_pb2, dryad_pb2_grpc
 
 from boruta_dryad.backends import BackendError, BoardBackend
@@ -39,10 +41,27 @@ class Board:
 
 
 class DryadServicer(dryad_pb2_grpc.DryadServicer):
-    def __init__(self, boards: Mapping[str, Board]) -> None:
+    def __init__(self, boards: Mapping[str, Board], peers: PeerCertificates | None = None) -> None:
         self._boards = boards
+        # With TLS, only the scheduler's certificate may have users created or boards
+        # taken out of service; None on a plaintext loopback demo.
+        self._peers = peers
 
     async def _board(self, uuid: str, context: Context) -> Board:
+        if self._peers is not None:
+            try:
+                caller = self._peers.identity(context)
+            except PkiError as exc:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+                raise AssertionError("unreachable") from exc
+            if caller.role is not Role.SCHEDULER:
+                log.warning(
+                    "refused a caller", extra={"caller": caller.name, "role": caller.role.value}
+                )
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"only the scheduler may call a dryad, not {caller.role.value} {caller.name}",
+                )
         board = self._boards.get(uuid)
         if board is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"this dryad serves no board {uuid!r}")

@@ -208,12 +208,15 @@ class SchedulerService:
     async def set_state(
         self, who: Identity, uuid: str, state: WorkerState, reason: str
     ) -> WorkerView:
+        _require_admin(who, "change a worker's state")
         return await self.engine.execute(lambda core, now: core.set_state(now, uuid, state, reason))
 
     async def set_groups(self, who: Identity, uuid: str, groups: frozenset[str]) -> WorkerView:
+        _require_admin(who, "change a worker's groups")
         return await self.engine.execute(lambda core, now: core.set_groups(now, uuid, groups))
 
     async def deregister(self, who: Identity, uuid: str) -> None:
+        _require_admin(who, "deregister a worker")
         await self.engine.execute(lambda core, now: core.deregister(now, uuid))
 
     async def watch_workers(
@@ -273,3 +276,8 @@ def _check_dryad(who: Identity, uuid: str) -> None:
                 f"{', '.join(sorted(who.workers or ())) or 'no workers'}"
             )
         raise PermissionDenied(f"only dryads may call the Superviser service, not {who.user}")
+
+
+def _require_admin(who: Identity, what: str) -> None:
+    if who.role is not Role.ADMIN:
+        raise PermissionDenied(f"only admins may {what}; {who.user} is a {who.role.value}")

@@ -1,0 +1,90 @@
+"""A whole farm over TLS: scheduler, dryad and users each with a certificate from the
+farm's CA. A user runs a job with schedctl; identity comes from the certificate; nobody
+but the scheduler may call the dryad."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from boruta.tls import channel_credentials
+from boruta.v1 import dryad_pb2, dryad_pb2_grpc
+from boruta_client import Client, RequestState
+from live_farm import LiveFarm, live_farm
+from pki_kit import FarmPki
+
+BOARDS = {"tls-a": {"board": "rpi4"}}
+SCHEDCTL = [sys.executable, "-m", "schedctl.main"]
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveFarm]:
+    tmp = tmp_path_factory.mktemp("tlsfarm")
+    with live_farm(tmp, BOARDS, pki=FarmPki(tmp / "pki")) as running:
+        yield running
+
+
+def test_a_user_runs_a_job_over_tls_as_their_certificate_says(
+    farm: LiveFarm, tmp_path: Path
+) -> None:
+    assert farm.pki is not None
+    alice = farm.pki.user("alice", "lab")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("BORUTA_")},
+        "BORUTA_SCHEDULER": farm.address,
+        "BORUTA_CA": alice.ca,
+        "BORUTA_CERT": alice.cert,
+        "BORUTA_KEY": alice.key,
+        "BORUTA_USER": "mallory",  # ignored: the certificate says who this is
+        "BORUTA_ADMIN": "1",
+        "HOME": str(tmp_path),
+    }
+    done = subprocess.run(
+        [*SCHEDCTL, "run", "-o", "json", "--caps", "board=rpi4", "--", "id -un"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["phase"] == "DONE" and result["worker_uuid"] == "tls-a"
+    with farm.client("alice") as client:
+        request = client.get_request(result["request_id"])
+    assert (request.owner, request.owner_groups) == ("alice", frozenset({"lab"}))
+    assert request.state is RequestState.DONE
+    denied = subprocess.run(
+        [*SCHEDCTL, "workers", "maintenance", "tls-a"], env=env, capture_output=True, text=True
+    )
+    # A user's certificate is not an admin's, whatever BORUTA_ADMIN says.
+    assert denied.returncode == 77, denied.stderr
+    assert "only admins may change a worker's state; alice is a user" in denied.stderr
+
+
+def test_only_the_scheduler_may_call_the_dryad(farm: LiveFarm) -> None:
+    assert farm.pki is not None
+    with farm.admin() as admin:
+        dryad_address = admin.get_worker("tls-a").dryad_address
+    for files, code in (
+        (farm.pki.admin(), grpc.StatusCode.PERMISSION_DENIED),
+        (farm.pki.dryad("other-pc", "tls-a"), grpc.StatusCode.PERMISSION_DENIED),
+    ):
+        with grpc.secure_channel(dryad_address, channel_credentials(files)) as channel:
+            stub = dryad_pb2_grpc.DryadStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Prepare(dryad_pb2.PrepareRequest(worker_uuid="tls-a"), timeout=10)
+        assert info.value.code() is code  # type: ignore[attr-defined]
+    with grpc.insecure_channel(dryad_address) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            dryad_pb2_grpc.DryadStub(channel).Prepare(
+                dryad_pb2.PrepareRequest(worker_uuid="tls-a"), timeout=10
+            )
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    with Client(farm.address, tls=farm.pki.user("bob")) as bob:
+        assert bob.get_worker("tls-a").state.name == "IDLE"
