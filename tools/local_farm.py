@@ -2,13 +2,17 @@
 
 The scheduler (SQLite in .farm/), one dryad per board (simulated backend, real job users),
 and a private OpenSSH server the boards' job users log in to. Needs root, like a dryad.
-Stops cleanly on Ctrl-C, removing its job users; state survives for the next run.
+Secure by default: a local CA in .farm/pki gives the scheduler, every dryad, you and an
+admin certificates, and every link is TLS. Stops cleanly on Ctrl-C, removing its job
+users; state (and the CA) survive for the next run.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,11 +20,11 @@ import threading
 import time
 from pathlib import Path
 
-import grpc
-from boruta.v1 import types_pb2, workers_pb2, workers_pb2_grpc
+from boruta import pki
+from boruta.tls import TlsFiles
+from boruta_client import Client, WorkerState
 from boruta_dryad.devsshd import DevSshd
 
-ADMIN = (("x-boruta-user", "admin"), ("x-boruta-role", "admin"))
 DEFAULT_SCHEDULER = "127.0.0.1:50051"
 BOARD_CAPS = [
     {"board": "rpi4", "camera": "yes"},
@@ -46,51 +50,85 @@ def spawn(argv: list[str], ready: str, log: Path) -> tuple[subprocess.Popen[str]
     return proc, line[len(ready) :].strip()
 
 
-def dryad_config(scheduler: str, sshd: str, state: Path, index: int) -> str:
+def dryad_config(scheduler: str, sshd: str, state: Path, index: int, tls: TlsFiles) -> str:
     caps = BOARD_CAPS[index % len(BOARD_CAPS)]
     caps_toml = ", ".join(f'{k} = "{v}"' for k, v in caps.items())
     return (
-        f'scheduler = "{scheduler}"\nlisten = "127.0.0.1:0"\n'
-        f'plaintext = true\nstate_dir = "{state}"\n\n'
+        f'scheduler = "{scheduler}"\nlisten = "127.0.0.1:0"\nstate_dir = "{state}"\n'
+        f'tls_ca = "{tls.ca}"\ntls_cert = "{tls.cert}"\ntls_key = "{tls.key}"\n\n'
         f'[[board]]\nname = "farm-{index}"\nuuid = "farm-{index}"\ncaps = {{ {caps_toml} }}\n'
         f'ssh_address = "{sshd}"\nuser_prefix = "farm{index}-job"\n'
         f'backend_options = {{ record_file = "{state}/board.record" }}\n'
     )
 
 
-def wait_idle(channel: grpc.Channel, uuids: list[str], timeout: float = 120) -> None:
-    workers = workers_pb2_grpc.WorkersStub(channel)
+def wait_idle(admin: Client, uuids: list[str], timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
-    known: set[str] = set()
-    while len(known) < len(uuids):  # dryads register by themselves
+    while {w.uuid for w in admin.list_workers()} < set(uuids):  # dryads register by themselves
         if time.monotonic() > deadline:
             sys.exit("the dryads did not register; see .farm/*.log")
-        reply = workers.ListWorkers(workers_pb2.ListWorkersRequest(), metadata=ADMIN)
-        known = {w.uuid for w in reply.workers} & set(uuids)
         time.sleep(0.1)
     for uuid in uuids:
-        workers.SetState(
-            workers_pb2.SetStateRequest(
-                worker_uuid=uuid, state=types_pb2.WORKER_STATE_IDLE, reason="local farm"
-            ),
-            metadata=ADMIN,
-        )
-    stream = workers.WatchWorkers(
-        workers_pb2.WatchWorkersRequest(
-            filter=workers_pb2.WorkerFilter(uuids=uuids), include_current=True
-        ),
-        metadata=ADMIN,
-        timeout=timeout,
-    )
+        admin.set_worker_state(uuid, WorkerState.IDLE, "local farm")
     idle: set[str] = set()
-    for event in stream:
-        if event.worker.state == types_pb2.WORKER_STATE_IDLE:
-            idle.add(event.worker.uuid)
-        elif event.worker.state == types_pb2.WORKER_STATE_FAILED:
-            sys.exit(f"board {event.worker.uuid} failed: {event.worker.reason}")
-        if idle == set(uuids):
-            stream.cancel()
-            return
+    with admin.watch_workers(uuids=uuids, include_current=True, timeout=timeout) as watch:
+        for change in watch:
+            worker = change.worker
+            if worker.state is WorkerState.IDLE:
+                idle.add(worker.uuid)
+            elif worker.state is WorkerState.FAILED:
+                sys.exit(f"board {worker.uuid} failed: {worker.reason}")
+            if idle == set(uuids):
+                return
+    sys.exit("the boards did not become IDLE; see .farm/*.log")
+
+
+class LocalPki:
+    """The demo farm's CA and certificates in .farm/pki, made once and kept."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not (directory / "ca.pem").exists():
+            key, cert = pki.create_ca("boruta local farm CA")
+            pki.write_secret(directory / "ca.key", key)
+            pki.write_public(directory / "ca.pem", cert)
+
+    def files(self, identity: pki.CertIdentity) -> TlsFiles:
+        pem, key = self.dir / f"{identity.name}.pem", self.dir / f"{identity.name}.key"
+        if not pem.exists():
+            key_pem, cert_pem = pki.issue(
+                (self.dir / "ca.key").read_bytes(), (self.dir / "ca.pem").read_bytes(), identity
+            )
+            key.unlink(missing_ok=True)
+            pki.write_secret(key, key_pem)
+            pki.write_public(pem, cert_pem)
+        return TlsFiles(str(self.dir / "ca.pem"), str(pem), str(key))
+
+
+def client_config(data: Path, address: str, farm_pki: LocalPki, user: str) -> Path:
+    """Contexts for schedctl: you (the default) and an admin. When run with sudo, the files
+    are handed to the user who ran it, so schedctl works without root."""
+    client_dir = data / "client"
+    client_dir.mkdir(exist_ok=True, mode=0o700)
+    mine = farm_pki.files(pki.CertIdentity(user, pki.Role.USER))
+    admin = farm_pki.files(pki.CertIdentity("admin", pki.Role.ADMIN))
+    for source in (mine.ca, mine.cert, mine.key, admin.cert, admin.key):
+        shutil.copyfile(source, client_dir / Path(source).name)
+        os.chmod(client_dir / Path(source).name, 0o600)
+    config = client_dir / "schedctl.toml"
+    config.write_text(
+        f'context = "farm"\n\n[contexts.farm]\nscheduler = "{address}"\n'
+        f'ca = "ca.pem"\ncert = "{user}.pem"\nkey = "{user}.key"\n\n'
+        f'[contexts.farm-admin]\nscheduler = "{address}"\n'
+        'ca = "ca.pem"\ncert = "admin.pem"\nkey = "admin.key"\n'
+    )
+    uid, gid = os.environ.get("SUDO_UID"), os.environ.get("SUDO_GID")
+    if uid and gid:
+        os.chmod(data, 0o711)  # the user may pass through .farm to their own files only
+        for path in [client_dir, *client_dir.iterdir()]:
+            os.chown(path, int(uid), int(gid))
+    return config
 
 
 def main() -> None:
@@ -119,6 +157,9 @@ def main() -> None:
         )
     data = Path(args.data_dir).absolute()
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    farm_pki = LocalPki(data / "pki")
+    host = args.listen.rsplit(":", 1)[0]
+    sched_tls = farm_pki.files(pki.CertIdentity("scheduler", pki.Role.SCHEDULER, hosts=(host,)))
     sshd = DevSshd(workdir=str(data / "sshd"))
     sshd.start()
     scheduler, address = spawn(
@@ -126,8 +167,12 @@ def main() -> None:
             sys.executable,
             "-m",
             "boruta_scheduler.main",
-            "--plaintext",
-            "yes",
+            "--tls-ca",
+            sched_tls.ca,
+            "--tls-cert",
+            sched_tls.cert,
+            "--tls-key",
+            sched_tls.key,
             "--listen",
             args.listen,
             "--data-dir",
@@ -143,7 +188,12 @@ def main() -> None:
     for i in range(args.boards):
         state = data / f"dryad-{i}"
         config = data / f"dryad-{i}.toml"
-        config.write_text(dryad_config(address, sshd.address, state, i))
+        dryad_tls = farm_pki.files(
+            pki.CertIdentity(
+                f"dryad-{i}", pki.Role.DRYAD, workers=frozenset({f"farm-{i}"}), hosts=("127.0.0.1",)
+            )
+        )
+        config.write_text(dryad_config(address, sshd.address, state, i, dryad_tls))
         proc, _ = spawn(
             [sys.executable, "-m", "boruta_dryad.main", "--config", str(config)],
             "boruta-dryad listening on ",
@@ -155,24 +205,29 @@ def main() -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        with grpc.insecure_channel(address) as channel:
-            wait_idle(channel, uuids)
+        admin_tls = farm_pki.files(pki.CertIdentity("admin", pki.Role.ADMIN))
+        with Client(address, tls=admin_tls) as admin:
+            wait_idle(admin, uuids)
+        user = os.environ.get("SUDO_USER") or getpass.getuser()
+        config = client_config(data, address, farm_pki, user)
         boards = "\n".join(
             f"    farm-{i}  "
             + " ".join(f"{k}={v}" for k, v in BOARD_CAPS[i % len(BOARD_CAPS)].items())
             for i in range(args.boards)
         )
-        where = "" if address == DEFAULT_SCHEDULER else f" -s {address}"
         print(
-            f"\nboruta farm is up: scheduler on {address}, {args.boards} boards IDLE "
+            f"\nboruta farm is up: scheduler on {address} (TLS), {args.boards} boards IDLE "
             f"(state and logs in {args.data_dir}/)\n{boards}\n\n"
-            "Try, in another terminal:\n"
-            f"    .venv/bin/schedctl{where} ssh --caps board=rpi4,camera=yes   "
+            "Try, in another terminal (your certificate is in the config file):\n"
+            f"    export BORUTA_CONFIG={config}\n"
+            "    .venv/bin/schedctl ssh --caps board=rpi4,camera=yes   "
             "# a shell on any rpi4 with a camera\n"
-            f"    .venv/bin/schedctl{where} run -- uname -a                    "
+            "    .venv/bin/schedctl run -- uname -a                    "
             "# one command on any board\n"
-            f"    .venv/bin/schedctl{where} status                             "
-            "# the farm at a glance\n\n"
+            "    .venv/bin/schedctl status                             "
+            "# the farm at a glance\n"
+            "    .venv/bin/schedctl -c farm-admin workers list         "
+            "# as the admin\n\n"
             "Ctrl-C stops the farm.",
             flush=True,
         )
