@@ -6,6 +6,7 @@ import getpass
 from dataclasses import dataclass
 
 import grpc
+from boruta import pki
 
 from boruta_client import errors
 
@@ -50,6 +51,15 @@ class Identity:
     user: str
     groups: tuple[str, ...] = ()
     admin: bool = False
+
+    @classmethod
+    def of_certificate(cls, path: str) -> Identity:
+        """Who the scheduler will take us for, read from our certificate."""
+        try:
+            found = pki.identity_of(pki.load_pem_cert(path))
+        except pki.PkiError as exc:
+            raise errors.InvalidArgument(f"{path}: {exc}") from None
+        return cls(found.name, tuple(sorted(found.groups)), found.role is pki.Role.ADMIN)
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         pairs = [("x-boruta-user", self.user), ("x-boruta-groups", ",".join(self.groups))]

@@ -97,7 +97,11 @@ class AsyncClient:
         self.target = target
         # With TLS the scheduler knows the caller by its certificate, and user, groups
         # and admin are ignored; without, it takes them as given (loopback demos only).
-        self.identity = Identity(user or _login_name(), tuple(groups), admin)
+        self.identity = (
+            Identity(user or _login_name(), tuple(groups), admin)
+            if tls is None
+            else Identity.of_certificate(tls.cert)
+        )
         self.tls = tls
         self.call_timeout = call_timeout
         self._metadata = self.identity.metadata()
