@@ -306,6 +306,39 @@ async def test_update_takes_effect_in_next_match(farm: Farm) -> None:
     assert (await c.info(first.id)).state == WAITING
 
 
+async def test_users_see_and_change_only_their_own_requests(farm: Farm) -> None:
+    await farm.add_dryad([board("w1")])
+    ann, bob, admin = farm.client("ann"), farm.client("bob"), farm.admin
+    running = await ann.new()
+    waiting = await ann.new()
+    bobs = await bob.new()
+    for call in (
+        bob.info(running.id),
+        bob.close(waiting.id),
+        bob.acquire(running.id),
+        bob.requests.ProlongAccess(
+            requests_pb2.ProlongAccessRequest(request_id=running.id), metadata=bob.metadata
+        ),
+        bob.requests.UpdateRequest(
+            requests_pb2.UpdateRequestRequest(request_id=waiting.id, priority=1),
+            metadata=bob.metadata,
+        ),
+        bob.requests.ListRequests(
+            requests_pb2.ListRequestsRequest(filter=requests_pb2.RequestFilter(owners=["ann"])),
+            metadata=bob.metadata,
+        ),
+    ):
+        await expect_error(call, grpc.StatusCode.PERMISSION_DENIED, "only")
+    assert [r.id for r in await all_requests(bob)] == [bobs.id]
+    assert [r.id for r in await all_requests(ann)] == [running.id, waiting.id]
+    assert (await admin.info(waiting.id)).state == WAITING
+    closed = await admin.close(waiting.id)
+    assert closed.state == S.REQUEST_STATE_CANCELLED
+    # A finished request of someone else is no business of bob's either.
+    await expect_error(bob.close(waiting.id), grpc.StatusCode.PERMISSION_DENIED, "not yours")
+    await expect_error(ann.close(waiting.id), grpc.StatusCode.FAILED_PRECONDITION, "CANCELLED")
+
+
 async def test_list_filters_sorts_and_pages(farm: Farm) -> None:
     await farm.add_dryad([board("w1")], idle=False)
     ann, bob = farm.client("ann"), farm.client("bob")
@@ -314,13 +347,15 @@ async def test_list_filters_sorts_and_pages(farm: Farm) -> None:
         made.append(await (ann if i % 2 else bob).new(priority=1 + i % 3))
     await ann.close(made[1].id)
 
+    admin = farm.admin  # admins list everyone's requests
+
     async def listing(**fields: object) -> list[int]:
         ids: list[int] = []
         token = ""
         while True:
-            reply = await ann.requests.ListRequests(
+            reply = await admin.requests.ListRequests(
                 requests_pb2.ListRequestsRequest(page_size=2, page_token=token, **fields),  # type: ignore[arg-type]
-                metadata=ann.metadata,
+                metadata=admin.metadata,
             )
             ids.extend(r.id for r in reply.requests)
             token = reply.next_page_token

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from boruta_scheduler.core import Core
@@ -71,11 +71,22 @@ class SchedulerService:
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._readers, fn, *args)
 
-    async def _explain_missing(self, error: RequestNotFound) -> Exception:
+    def _check_mine(self, who: Identity, request_id: int) -> None:
+        """Only a live request's owner and admins may act on it (terminal requests are
+        checked by _explain_missing)."""
+        view = self.engine.core.live_request(request_id)
+        if view is not None:
+            _check_owner(who, view)
+
+    async def _explain_missing(self, who: Identity, error: RequestNotFound) -> Exception:
         """A request the core no longer holds may be terminal in the store: say which state."""
         view = await self._read(self.store.get_request, error.request_id)
         if view is None:
             return error
+        try:
+            _check_owner(who, view)
+        except PermissionDenied as denied:
+            return denied
         detail = f" ({view.reason})" if view.reason else ""
         return WrongRequestState(f"request {view.id} is {view.state.name}{detail}")
 
@@ -108,10 +119,11 @@ class SchedulerService:
         )
 
     async def close_request(self, who: Identity, request_id: int) -> RequestView:
+        self._check_mine(who, request_id)
         try:
             return await self.engine.execute(lambda core, now: core.close_request(now, request_id))
         except RequestNotFound as exc:
-            raise await self._explain_missing(exc) from None
+            raise await self._explain_missing(who, exc) from None
 
     async def update_request(
         self,
@@ -122,6 +134,7 @@ class SchedulerService:
         valid_after: float | None = None,
         deadline: float | None = None,
     ) -> RequestView:
+        self._check_mine(who, request_id)
         try:
             return await self.engine.execute(
                 lambda core, now: core.update_request(
@@ -129,12 +142,13 @@ class SchedulerService:
                 )
             )
         except RequestNotFound as exc:
-            raise await self._explain_missing(exc) from None
+            raise await self._explain_missing(who, exc) from None
 
     async def get_request(self, who: Identity, request_id: int) -> RequestView:
         view = await self._read(self.store.get_request, request_id)
         if view is None:
             raise RequestNotFound(request_id)
+        _check_owner(who, view)
         return view
 
     def queue_position(self, request_id: int) -> int | None:
@@ -142,16 +156,17 @@ class SchedulerService:
         return self.engine.core.queue_position(request_id)
 
     async def list_requests(self, who: Identity, query: RequestQuery) -> Page[RequestView]:
-        return await self._read(self.store.list_requests, query)
+        return await self._read(self.store.list_requests, _own_query(who, query))
 
     async def acquire_worker(
         self, who: Identity, request_id: int, timeout: float | None
     ) -> RequestView:
         """Wait until the request runs; returns it with its job's access."""
+        self._check_mine(who, request_id)
         try:
             view = await self.engine.wait_for_job(request_id, timeout)
         except RequestNotFound as exc:
-            raise await self._explain_missing(exc) from None
+            raise await self._explain_missing(who, exc) from None
         except TimeoutError:
             raise DeadlineExceeded(
                 f"request {request_id} was still WAITING when the call's deadline passed; "
@@ -163,15 +178,17 @@ class SchedulerService:
         return view
 
     async def prolong_access(self, who: Identity, request_id: int) -> JobView:
+        self._check_mine(who, request_id)
         try:
             return await self.engine.execute(lambda core, now: core.prolong_access(now, request_id))
         except RequestNotFound as exc:
-            raise await self._explain_missing(exc) from None
+            raise await self._explain_missing(who, exc) from None
 
     async def watch_requests(
         self, who: Identity, query: RequestQuery, include_current: bool
     ) -> tuple[list[RequestView], Subscription[RequestView]]:
         """Subscribe, atomically with a snapshot of the live requests that pass the query."""
+        query = _own_query(who, query)
 
         def subscribe(
             core: Core, now: float
@@ -281,3 +298,19 @@ def _check_dryad(who: Identity, uuid: str) -> None:
 def _require_admin(who: Identity, what: str) -> None:
     if who.role is not Role.ADMIN:
         raise PermissionDenied(f"only admins may {what}; {who.user} is a {who.role.value}")
+
+
+def _check_owner(who: Identity, view: RequestView) -> None:
+    if who.role is not Role.ADMIN and view.owner != who.user:
+        raise PermissionDenied(
+            f"request {view.id} is not yours; only its owner and admins may see or change it"
+        )
+
+
+def _own_query(who: Identity, query: RequestQuery) -> RequestQuery:
+    """Users list and watch their own requests only; admins everyone's."""
+    if who.role is Role.ADMIN:
+        return query
+    if query.owners - {who.user}:
+        raise PermissionDenied("you may list and watch only your own requests")
+    return replace(query, owners=frozenset({who.user}))

@@ -171,6 +171,11 @@ class Core:
         """A live request; terminal requests live only in the store."""
         return self._live_request(request_id).view()
 
+    def live_request(self, request_id: int) -> RequestView | None:
+        """A live request, or None if it is terminal or unknown."""
+        request = self._requests.get(request_id)
+        return None if request is None else request.view()
+
     def queue_position(self, request_id: int) -> int | None:
         """How many waiting requests would be served before this one; None if not waiting."""
         request = self._requests.get(request_id)
