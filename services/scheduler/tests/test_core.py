@@ -7,6 +7,7 @@ from boruta_scheduler.core import Core, DryadCallKind, Policy, Snapshot
 from boruta_scheduler.errors import (
     Busy,
     InvalidArgument,
+    PermissionDenied,
     NoCapableWorker,
     ProlongLimitReached,
     RequestNotFound,
@@ -200,6 +201,25 @@ def test_unsatisfiable_request_refused_unless_accepted(kit: CoreKit) -> None:
     assert not kit.drain().durable
     r = kit.core.new_request(kit.now, "u", NOBODY, {"board": "rpi5"}, accept_unsatisfiable=True)
     assert r.state is RequestState.WAITING
+
+
+def test_priority_limits_per_group() -> None:
+    kit = CoreKit(Policy(default_priority=2, max_priority=4, group_max_priority={"release": 1}))
+    kit.add_worker("w1", idle=False)
+    kit.drain()
+    core = kit.core
+    with pytest.raises(PermissionDenied, match="priority 2 is reserved; your groups may use 4"):
+        core.new_request(kit.now, "u", NOBODY, {}, priority=2)
+    assert not kit.drain().durable
+    assert core.new_request(kit.now, "u", NOBODY, {}).priority == 4  # the default, capped
+    ci = core.new_request(kit.now, "u", frozenset({"ci"}), {}, priority=5)
+    assert core.new_request(kit.now, "r", frozenset({"release", "ci"}), {}, priority=1)
+    assert core.new_request(kit.now, "admin", NOBODY, {}, priority=1, privileged=True)
+    with pytest.raises(PermissionDenied):
+        core.update_request(kit.now, ci.id, priority=3)
+    assert core.update_request(kit.now, ci.id, priority=3, privileged=True).priority == 3
+    with pytest.raises(ValueError, match="between 1 and 16"):
+        Policy(group_max_priority={"x": 0})
 
 
 def test_no_wait_runs_at_once_or_is_busy_and_changes_nothing(kit: CoreKit) -> None:

@@ -91,6 +91,7 @@ _OPTIONS = [
     _Option("tls_key", "server", "str", "this scheduler's private key (PEM)"),
     _Option("plaintext", "server", "bool", "no TLS, identities taken as given (loopback only)"),
     _Option("default_priority", "policy", "int", "priority of requests that give none (1-16)"),
+    _Option("max_priority", "policy", "int", "most important priority users may use (1-16)"),
     _Option("default_deadline", "policy", "duration", "deadline of requests that give none"),
     _Option("job_timeout", "policy", "duration", "how long a job runs unless prolonged"),
     _Option("prolong_step", "policy", "duration", "how far ProlongAccess pushes the timeout"),

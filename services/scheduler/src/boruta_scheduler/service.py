@@ -115,6 +115,7 @@ class SchedulerService:
                 deadline=deadline,
                 accept_unsatisfiable=accept_unsatisfiable,
                 no_wait=no_wait,
+                privileged=who.role is Role.ADMIN,
             )
         )
 
@@ -138,7 +139,12 @@ class SchedulerService:
         try:
             return await self.engine.execute(
                 lambda core, now: core.update_request(
-                    now, request_id, priority=priority, valid_after=valid_after, deadline=deadline
+                    now,
+                    request_id,
+                    priority=priority,
+                    valid_after=valid_after,
+                    deadline=deadline,
+                    privileged=who.role is Role.ADMIN,
                 )
             )
         except RequestNotFound as exc:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from boruta_scheduler.errors import InvalidArgument
+from boruta_scheduler.errors import InvalidArgument, PermissionDenied
 from boruta_scheduler.types import UUID_CAP
 
 HOUR = 3600.0
@@ -39,6 +39,11 @@ class Policy:
     max_groups: int = 32
     max_group_len: int = 64
     max_reason_len: int = 1024
+    # Who may use the most important priorities (Boruta's TODO): users may ask for
+    # max_priority or less important, members of a group in group_max_priority for that
+    # group's value. Admins may use any priority.
+    max_priority: int = MIN_PRIORITY
+    group_max_priority: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not MIN_PRIORITY <= self.default_priority <= MAX_PRIORITY:
@@ -50,16 +55,37 @@ class Policy:
             raise ValueError("healthcheck_interval must not be negative")
         if self.max_job_duration < self.job_timeout:
             raise ValueError("max_job_duration must be at least job_timeout")
+        for name, value in [("max_priority", self.max_priority), *self.group_max_priority.items()]:
+            if not MIN_PRIORITY <= value <= MAX_PRIORITY:
+                raise ValueError(f"the priority limit of {name} must be between 1 and 16")
 
-    def check_priority(self, priority: int) -> int:
-        """Return the priority to use for a requested one (0 means the default)."""
+    def best_priority_for(self, groups: Iterable[str]) -> int:
+        """The most important priority members of these groups may use."""
+        limits = [self.group_max_priority[g] for g in groups if g in self.group_max_priority]
+        return min([self.max_priority, *limits])
+
+    def check_allowed_priority(self, priority: int, groups: frozenset[str]) -> None:
+        best = self.best_priority_for(groups)
+        if priority < best:
+            raise PermissionDenied(
+                f"priority {priority} is reserved; your groups may use {best} to "
+                f"{MAX_PRIORITY} (ask an admin, or leave the priority out)"
+            )
+
+    def check_priority(self, priority: int, groups: frozenset[str] | None = None) -> int:
+        """Return the priority to use for a requested one (0 means the default, but never
+        more important than the groups may use); groups None means no limit (admins)."""
         if priority == 0:
-            return self.default_priority
+            if groups is None:
+                return self.default_priority
+            return max(self.default_priority, self.best_priority_for(groups))
         if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
             raise InvalidArgument(
                 f"priority must be between {MIN_PRIORITY} (most important) and "
                 f"{MAX_PRIORITY} (least important), got {priority}"
             )
+        if groups is not None:
+            self.check_allowed_priority(priority, groups)
         return priority
 
     def check_caps(self, caps: Mapping[str, str], *, what: str = "caps") -> None:

@@ -222,12 +222,13 @@ class Core:
         deadline: float | None = None,
         accept_unsatisfiable: bool = False,
         no_wait: bool = False,
+        privileged: bool = False,
     ) -> RequestView:
         """Queue a request; it is matched at once if a worker is free. With no_wait it is
         matched at once or refused (Busy) and nothing changes."""
         policy = self.policy
         policy.check_caps(caps)
-        priority = policy.check_priority(priority)
+        priority = policy.check_priority(priority, None if privileged else owner_groups)
         valid_after = now if valid_after is None else valid_after
         if deadline is None:
             deadline = max(now, valid_after) + policy.default_deadline
@@ -275,6 +276,7 @@ class Core:
         priority: int | None = None,
         valid_after: float | None = None,
         deadline: float | None = None,
+        privileged: bool = False,
     ) -> RequestView:
         """Change priority, valid_after or deadline of a WAITING request."""
         request = self._live_request(request_id)
@@ -287,7 +289,7 @@ class Core:
         if priority is not None:
             if priority == 0:
                 raise InvalidArgument("priority must be between 1 and 16, got 0")
-            self.policy.check_priority(priority)
+            self.policy.check_priority(priority, None if privileged else request.owner_groups)
         new_valid_after = request.valid_after if valid_after is None else valid_after
         new_deadline = request.deadline if deadline is None else deadline
         self._check_times(now, new_valid_after, new_deadline)
