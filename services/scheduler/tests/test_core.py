@@ -7,8 +7,8 @@ from boruta_scheduler.core import Core, DryadCallKind, Policy, Snapshot
 from boruta_scheduler.errors import (
     Busy,
     InvalidArgument,
-    PermissionDenied,
     NoCapableWorker,
+    PermissionDenied,
     ProlongLimitReached,
     RequestNotFound,
     WorkerNotFound,
