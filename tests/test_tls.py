@@ -92,7 +92,7 @@ async def test_bad_credentials_are_refused(
 
 
 async def test_a_dryad_speaks_only_for_its_own_workers(
-    scheduler: Scheduler, farm_pki: FarmPki
+    scheduler: Scheduler, farm_pki: FarmPki, caplog: pytest.LogCaptureFixture
 ) -> None:
     def register(uuid: str) -> superviser_pb2.RegisterRequest:
         return superviser_pb2.RegisterRequest(
@@ -118,6 +118,13 @@ async def test_a_dryad_speaks_only_for_its_own_workers(
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await superviser_pb2_grpc.SuperviserStub(ch).Register(register("w1"), timeout=10)
         assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    refusals = [
+        (r.call, r.caller)
+        for r in caplog.records
+        if r.getMessage() == "call refused"  # type: ignore[attr-defined]
+    ]
+    assert ("boruta.v1.Superviser.Register", "lab-pc") in refusals
+    assert ("boruta.v1.Superviser.Register", "alice") in refusals
 
 
 async def test_scheduler_certificate_cannot_call_the_scheduler(

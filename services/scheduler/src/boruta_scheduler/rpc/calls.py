@@ -99,35 +99,49 @@ class CertificateIdentities:
         return Identity(cert.name, cert.groups, role, workers)
 
 
-async def _abort(context: Context, error: BorutaError) -> None:
+async def _abort(context: Context, error: BorutaError, call: str) -> None:
+    if isinstance(error, PermissionDenied | Unauthenticated):
+        who = _identity.get()
+        log.warning(
+            "call refused",
+            extra={
+                "call": call,
+                "caller": who.user,
+                "role": who.role.value,
+                "peer": context.peer(),
+                "why": str(error),
+            },
+        )
     context.set_trailing_metadata(((ERROR_REASON_KEY, error.reason),))
     await context.abort(status_of(error), str(error))
 
 
 def _unary(
-    behavior: Callable[[Any, Context], Awaitable[Any]], identify: IdentitySource
+    behavior: Callable[[Any, Context], Awaitable[Any]], identify: IdentitySource, call: str
 ) -> Callable[[Any, Context], Awaitable[Any]]:
     async def serve(request: Any, context: Context) -> Any:
+        # Each RPC runs in its own task and context, so the value needs no reset.
+        _identity.set(ANONYMOUS)
         try:
-            # Each RPC runs in its own task and context, so the value needs no reset.
             _identity.set(identify(context))
             return await behavior(request, context)
         except BorutaError as error:
-            await _abort(context, error)
+            await _abort(context, error, call)
 
     return serve
 
 
 def _stream(
-    behavior: Callable[[Any, Context], AsyncIterator[Any]], identify: IdentitySource
+    behavior: Callable[[Any, Context], AsyncIterator[Any]], identify: IdentitySource, call: str
 ) -> Callable[[Any, Context], AsyncIterator[Any]]:
     async def serve(request: Any, context: Context) -> AsyncIterator[Any]:
+        _identity.set(ANONYMOUS)
         try:
             _identity.set(identify(context))
             async for item in behavior(request, context):
                 yield item
         except BorutaError as error:
-            await _abort(context, error)
+            await _abort(context, error, call)
 
     return serve
 
@@ -139,8 +153,7 @@ def wrap_servicer(
     BorutaErrors become gRPC statuses (per-call interceptors would cost more per RPC)."""
     for method in service.methods:
         behavior = getattr(servicer, method.name)
-        wrapped: Any = (
-            _stream(behavior, identify) if method.server_streaming else _unary(behavior, identify)
-        )
+        wrap = _stream if method.server_streaming else _unary
+        wrapped: Any = wrap(behavior, identify, method.full_name)
         setattr(servicer, method.name, wrapped)
     return servicer
