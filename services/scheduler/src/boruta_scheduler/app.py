@@ -23,6 +23,7 @@ from boruta_scheduler.core import Core
 from boruta_scheduler.dryads import DryadPool
 from boruta_scheduler.engine import Engine
 from boruta_scheduler.rpc.calls import (
+    DRYADS,
     CertificateIdentities,
     IdentitySource,
     metadata_identities,
@@ -145,6 +146,7 @@ class Scheduler:
                 SuperviserServicer(service),
                 superviser_pb2.DESCRIPTOR.services_by_name["Superviser"],
                 identify,
+                DRYADS,
             ),
             server,
         )

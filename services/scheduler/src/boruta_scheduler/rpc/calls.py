@@ -146,11 +146,33 @@ def _stream(
     return serve
 
 
+PEOPLE = frozenset({Role.USER, Role.ADMIN})
+DRYADS = frozenset({Role.DRYAD})
+
+
+def gate(identify: IdentitySource, roles: frozenset[Role], service: str) -> IdentitySource:
+    """An identity source that also refuses roles that have no business with a service:
+    dryads use only Superviser, people only Requests and Workers."""
+
+    def identify_and_check(context: Context) -> Identity:
+        who = identify(context)
+        if who.role not in roles:
+            _identity.set(who)
+            raise PermissionDenied(f"a {who.role.value} may not call {service}")
+        return who
+
+    return identify_and_check
+
+
 def wrap_servicer(
-    servicer: Any, service: ServiceDescriptor, identify: IdentitySource = metadata_identities
+    servicer: Any,
+    service: ServiceDescriptor,
+    identify: IdentitySource = metadata_identities,
+    roles: frozenset[Role] = PEOPLE,
 ) -> Any:
     """Wrap each RPC method of a servicer once, so every call has its caller's identity and
     BorutaErrors become gRPC statuses (per-call interceptors would cost more per RPC)."""
+    identify = gate(identify, roles, service.full_name)
     for method in service.methods:
         behavior = getattr(servicer, method.name)
         wrap = _stream if method.server_streaming else _unary
