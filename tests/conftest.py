@@ -12,7 +12,9 @@ from boruta_scheduler.core import Policy
 from farm_kit import Farm
 
 
-async def start_scheduler(tmp_path: Path, policy: Policy | None = None) -> Scheduler:
+async def start_scheduler(
+    tmp_path: Path, policy: Policy | None = None, **server: object
+) -> Scheduler:
     config = SchedulerConfig(
         server=ServerConfig(
             listen="127.0.0.1:0",
@@ -20,6 +22,7 @@ async def start_scheduler(tmp_path: Path, policy: Policy | None = None) -> Sched
             heartbeat_interval=0.2,
             dryad_call_timeout=10,
             plaintext=True,
+            **server,  # type: ignore[arg-type]
         ),
         policy=policy or Policy(),
     )

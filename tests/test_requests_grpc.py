@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import grpc
 import pytest
 from boruta.v1 import requests_pb2, types_pb2, workers_pb2
 from boruta_scheduler.core import Policy
+from conftest import start_scheduler
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from farm_kit import Client, Farm, board
@@ -304,6 +306,47 @@ async def test_update_takes_effect_in_next_match(farm: Farm) -> None:
     await c.close(running.id)
     await c.wait_request(second.id, IN_PROGRESS)
     assert (await c.info(first.id)).state == WAITING
+
+
+async def test_watches_per_user_are_limited_and_freed_when_a_client_leaves(
+    tmp_path: Path,
+) -> None:
+    scheduler = await start_scheduler(tmp_path, max_watches_per_user=2)
+    farm = Farm(f"127.0.0.1:{scheduler.port}")
+    try:
+        ann = farm.client("ann")
+
+        def watch() -> object:
+            return ann.requests.WatchRequests(
+                requests_pb2.WatchRequestsRequest(), metadata=ann.metadata
+            )
+
+        first, second = watch(), watch()
+        for call in (first, second):
+            await call.initial_metadata()  # type: ignore[attr-defined]
+        third = watch()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await third.read()  # type: ignore[attr-defined]
+        assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "ann already has 2 watches open" in (info.value.details() or "")
+        bob = farm.client("bob")
+        other = bob.requests.WatchRequests(
+            requests_pb2.WatchRequestsRequest(), metadata=bob.metadata
+        )
+        await other.initial_metadata()
+        first.cancel()  # type: ignore[attr-defined]
+        for _ in range(100):  # the server notices the cancel asynchronously
+            if scheduler.hub.open_of("ann") < 2:
+                break
+            await asyncio.sleep(0.02)
+        again = watch()
+        await again.initial_metadata()  # type: ignore[attr-defined]
+        assert scheduler.hub.open_of("ann") == 2
+        for call in (second, again, other):
+            call.cancel()  # type: ignore[attr-defined]
+    finally:
+        await farm.channel.close()
+        await scheduler.stop()
 
 
 async def test_users_see_and_change_only_their_own_requests(farm: Farm) -> None:

@@ -11,6 +11,7 @@ from boruta_scheduler.errors import (
     PermissionDenied,
     ProlongLimitReached,
     RequestNotFound,
+    ResourceExhausted,
     WorkerNotFound,
     WrongRequestState,
     WrongWorkerState,
@@ -220,6 +221,21 @@ def test_priority_limits_per_group() -> None:
     assert core.update_request(kit.now, ci.id, priority=3, privileged=True).priority == 3
     with pytest.raises(ValueError, match="between 1 and 16"):
         Policy(group_max_priority={"x": 0})
+
+
+def test_waiting_requests_per_user_are_limited() -> None:
+    kit = CoreKit(Policy(max_waiting_per_user=2))
+    kit.add_worker("w1", idle=False)
+    kit.drain()
+    first = kit.core.new_request(kit.now, "u", NOBODY, {})
+    kit.core.new_request(kit.now, "u", NOBODY, {})
+    kit.drain()
+    with pytest.raises(ResourceExhausted, match="u already has 2 waiting requests"):
+        kit.core.new_request(kit.now, "u", NOBODY, {})
+    assert not kit.drain().durable
+    assert kit.core.new_request(kit.now, "other", NOBODY, {})
+    kit.core.close_request(kit.now, first.id)
+    assert kit.core.new_request(kit.now, "u", NOBODY, {})
 
 
 def test_no_wait_runs_at_once_or_is_busy_and_changes_nothing(kit: CoreKit) -> None:

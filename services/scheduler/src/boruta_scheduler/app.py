@@ -112,6 +112,7 @@ class Scheduler:
             ServiceSettings(
                 heartbeat_interval=self.config.server.heartbeat_interval,
                 public_host=self.config.server.public_host,
+                max_watches_per_user=self.config.server.max_watches_per_user,
             ),
         )
         server = grpc.aio.server(

@@ -46,6 +46,7 @@ class ServerConfig:
     log_level: str = "INFO"
     # TLS: the farm's CA, this scheduler's certificate and key (schedctl pki). Without
     # them the scheduler serves plaintext only if told so, and only on loopback.
+    max_watches_per_user: int = 32
     tls_ca: str = ""
     tls_cert: str = ""
     tls_key: str = ""
@@ -86,12 +87,14 @@ _OPTIONS = [
     _Option("heartbeat_interval", "server", "duration", "how often dryads should heartbeat"),
     _Option("dryad_call_timeout", "server", "duration", "timeout of one call to a dryad"),
     _Option("log_level", "server", "str", "DEBUG, INFO, WARNING or ERROR"),
+    _Option("max_watches_per_user", "server", "int", "most watch streams one caller may hold"),
     _Option("tls_ca", "server", "str", "the farm's CA certificate (PEM)"),
     _Option("tls_cert", "server", "str", "this scheduler's certificate (PEM)"),
     _Option("tls_key", "server", "str", "this scheduler's private key (PEM)"),
     _Option("plaintext", "server", "bool", "no TLS, identities taken as given (loopback only)"),
     _Option("default_priority", "policy", "int", "priority of requests that give none (1-16)"),
     _Option("max_priority", "policy", "int", "most important priority users may use (1-16)"),
+    _Option("max_waiting_per_user", "policy", "int", "most waiting requests of one user"),
     _Option("default_deadline", "policy", "duration", "deadline of requests that give none"),
     _Option("job_timeout", "policy", "duration", "how long a job runs unless prolonged"),
     _Option("prolong_step", "policy", "duration", "how far ProlongAccess pushes the timeout"),

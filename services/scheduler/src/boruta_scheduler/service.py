@@ -18,6 +18,7 @@ from boruta_scheduler.errors import (
     DeadlineExceeded,
     PermissionDenied,
     RequestNotFound,
+    ResourceExhausted,
     WrongRequestState,
 )
 from boruta_scheduler.listing import (
@@ -49,6 +50,8 @@ class ServiceSettings:
 
     heartbeat_interval: float = 10.0
     public_host: str = "127.0.0.1"
+    # Watches are streams held open in memory: one caller may not hold more than this.
+    max_watches_per_user: int = 32
 
 
 class SchedulerService:
@@ -70,6 +73,13 @@ class SchedulerService:
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._readers, fn, *args)
+
+    def _check_watches(self, who: Identity) -> None:
+        limit = self.settings.max_watches_per_user
+        if self.hub.open_of(who.user) >= limit:
+            raise ResourceExhausted(
+                f"{who.user} already has {limit} watches open, the most allowed; close one"
+            )
 
     def _check_mine(self, who: Identity, request_id: int) -> None:
         """Only a live request's owner and admins may act on it (terminal requests are
@@ -195,11 +205,12 @@ class SchedulerService:
     ) -> tuple[list[RequestView], Subscription[RequestView]]:
         """Subscribe, atomically with a snapshot of the live requests that pass the query."""
         query = _own_query(who, query)
+        self._check_watches(who)
 
         def subscribe(
             core: Core, now: float
         ) -> tuple[list[RequestView], Subscription[RequestView]]:
-            sub = self.hub.watch_requests(query.matches)
+            sub = self.hub.watch_requests(query.matches, who.user)
             current = (
                 [v for v in core.live_requests() if query.matches(v)] if include_current else []
             )
@@ -250,8 +261,10 @@ class SchedulerService:
         def accepts(event: WorkerEvent) -> bool:
             return query.matches(event.view)
 
+        self._check_watches(who)
+
         def subscribe(core: Core, now: float) -> tuple[list[WorkerView], Subscription[WorkerEvent]]:
-            sub = self.hub.watch_workers(accepts)
+            sub = self.hub.watch_workers(accepts, who.user)
             current = [w for w in core.workers() if query.matches(w)] if include_current else []
             return sorted(current, key=lambda w: w.uuid), sub
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -32,8 +33,11 @@ _OVERFLOW = _Overflow()
 class Subscription(Generic[T]):
     """One watch stream's queue of events that passed its filter."""
 
-    def __init__(self, hub: WatchHub, accepts: Callable[[T], bool], capacity: int) -> None:
+    def __init__(
+        self, hub: WatchHub, accepts: Callable[[T], bool], capacity: int, owner: str
+    ) -> None:
         self._hub = hub
+        self.owner = owner
         self._accepts = accepts
         self._queue: asyncio.Queue[T | _Overflow] = asyncio.Queue(capacity + 1)
         self._capacity = capacity
@@ -61,7 +65,12 @@ class Subscription(Generic[T]):
                     )
                 yield item
         finally:
-            self._hub.unsubscribe(self)
+            self.close()
+
+    def close(self) -> None:
+        """Stop the subscription (idempotent); the stream's server side calls it always, since
+        a client that leaves early may never start iterating."""
+        self._hub.unsubscribe(self)
 
 
 class WatchHub:
@@ -71,20 +80,35 @@ class WatchHub:
         self.capacity = capacity
         self._requests: set[Subscription[RequestView]] = set()
         self._workers: set[Subscription[WorkerEvent]] = set()
+        self._per_owner: Counter[str] = Counter()
 
-    def watch_requests(self, accepts: Callable[[RequestView], bool]) -> Subscription[RequestView]:
-        sub = Subscription(self, accepts, self.capacity)
+    def watch_requests(
+        self, accepts: Callable[[RequestView], bool], owner: str = ""
+    ) -> Subscription[RequestView]:
+        sub = Subscription(self, accepts, self.capacity, owner)
         self._requests.add(sub)
+        self._per_owner[owner] += 1
         return sub
 
-    def watch_workers(self, accepts: Callable[[WorkerEvent], bool]) -> Subscription[WorkerEvent]:
-        sub = Subscription(self, accepts, self.capacity)
+    def watch_workers(
+        self, accepts: Callable[[WorkerEvent], bool], owner: str = ""
+    ) -> Subscription[WorkerEvent]:
+        sub = Subscription(self, accepts, self.capacity, owner)
         self._workers.add(sub)
+        self._per_owner[owner] += 1
         return sub
 
     def unsubscribe(self, sub: Subscription[Any]) -> None:
-        self._requests.discard(sub)
-        self._workers.discard(sub)
+        if sub in self._requests or sub in self._workers:
+            self._requests.discard(sub)
+            self._workers.discard(sub)
+            self._per_owner[sub.owner] -= 1
+            if not self._per_owner[sub.owner]:
+                del self._per_owner[sub.owner]
+
+    def open_of(self, owner: str) -> int:
+        """How many watches this caller has open."""
+        return self._per_owner.get(owner, 0)
 
     @property
     def open_count(self) -> int:

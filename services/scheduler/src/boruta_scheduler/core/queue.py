@@ -95,10 +95,15 @@ class RequestQueue:
         # Every waiting request in serving order, so a request's place in the queue costs
         # O(log n) to tell.
         self._order: SortedList[tuple[int, int]] = SortedList()
+        self._per_owner: dict[str, int] = {}
         self._size = 0
 
     def __len__(self) -> int:
         return self._size
+
+    def waiting_of(self, owner: str) -> int:
+        """How many waiting requests this owner has."""
+        return self._per_owner.get(owner, 0)
 
     def position(self, request: Request) -> int:
         """How many waiting requests (of any caps) come before this one in serving order."""
@@ -126,6 +131,7 @@ class RequestQueue:
         request.bucket = bucket
         request.ready = False
         self._order.add((request.priority, request.id))
+        self._per_owner[request.owner] = self._per_owner.get(request.owner, 0) + 1
         self._size += 1
 
     def set_ready(self, request: Request, ready: bool) -> None:
@@ -161,6 +167,11 @@ class RequestQueue:
         bucket.waiting.discard(request)
         request.bucket = None
         self._order.remove((request.priority, request.id))
+        left = self._per_owner[request.owner] - 1
+        if left:
+            self._per_owner[request.owner] = left
+        else:
+            del self._per_owner[request.owner]
         self._size -= 1
         if not bucket.waiting:
             del self._buckets[bucket.key]

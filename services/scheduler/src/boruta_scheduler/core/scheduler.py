@@ -34,6 +34,7 @@ from boruta_scheduler.errors import (
     NoCapableWorker,
     ProlongLimitReached,
     RequestNotFound,
+    ResourceExhausted,
     WorkerNotFound,
     WrongRequestState,
     WrongWorkerState,
@@ -239,6 +240,11 @@ class Core:
             raise NoCapableWorker(
                 f"no registered worker has caps {format_caps(sig)} and is open to your "
                 f"groups ({shown}); check the caps, or set accept_unsatisfiable to queue anyway"
+            )
+        if self._queue.waiting_of(owner) >= policy.max_waiting_per_user:
+            raise ResourceExhausted(
+                f"{owner} already has {policy.max_waiting_per_user} waiting requests, the most "
+                "allowed; close some or wait for them to run"
             )
         if no_wait:
             if valid_after > now:

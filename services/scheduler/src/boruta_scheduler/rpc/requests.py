@@ -103,9 +103,12 @@ class RequestsServicer(requests_pb2_grpc.RequestsServicer):
         current, changes = await self._service.watch_requests(
             current_identity(), query, request.include_current
         )
-        # Initial metadata tells the client the watch is in place: no later change is missed.
-        await context.send_initial_metadata(())
-        for view in current:
-            yield requests_pb2.WatchRequestsResponse(request=convert.request_info(view))
-        async for view in changes:
-            yield requests_pb2.WatchRequestsResponse(request=convert.request_info(view))
+        try:
+            # Initial metadata tells the client the watch is in place: no change is missed.
+            await context.send_initial_metadata(())
+            for view in current:
+                yield requests_pb2.WatchRequestsResponse(request=convert.request_info(view))
+            async for view in changes:
+                yield requests_pb2.WatchRequestsResponse(request=convert.request_info(view))
+        finally:
+            changes.close()

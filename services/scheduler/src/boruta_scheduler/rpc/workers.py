@@ -98,11 +98,14 @@ class WorkersServicer(workers_pb2_grpc.WorkersServicer):
         current, changes = await self._service.watch_workers(
             current_identity(), query, request.include_current
         )
-        # Initial metadata tells the client the watch is in place: no later change is missed.
-        await context.send_initial_metadata(())
-        for view in current:
-            yield workers_pb2.WatchWorkersResponse(worker=convert.worker_info(view))
-        async for event in changes:
-            yield workers_pb2.WatchWorkersResponse(
-                worker=convert.worker_info(event.view), removed=event.removed
-            )
+        try:
+            # Initial metadata tells the client the watch is in place: no change is missed.
+            await context.send_initial_metadata(())
+            for view in current:
+                yield workers_pb2.WatchWorkersResponse(worker=convert.worker_info(view))
+            async for event in changes:
+                yield workers_pb2.WatchWorkersResponse(
+                    worker=convert.worker_info(event.view), removed=event.removed
+                )
+        finally:
+            changes.close()
