@@ -9,14 +9,7 @@ import time
 import grpc
 from boruta.pki import PkiError
 from boruta.tls import TlsFiles, channel_credentials, is_loopback, server_credentials
-from boruta.v1 import (
-    requests_pb2,
-    requests_pb2_grpc,
-    superviser_pb2,
-    superviser_pb2_grpc,
-    workers_pb2,
-    workers_pb2_grpc,
-)
+from boruta.v1 import requests_pb2, superviser_pb2, workers_pb2
 
 from boruta_scheduler.config import SchedulerConfig, ServerConfig
 from boruta_scheduler.core import Core
@@ -26,8 +19,8 @@ from boruta_scheduler.rpc.calls import (
     DRYADS,
     CertificateIdentities,
     IdentitySource,
+    add_service,
     metadata_identities,
-    wrap_servicer,
 )
 from boruta_scheduler.rpc.requests import RequestsServicer
 from boruta_scheduler.rpc.superviser import SuperviserServicer
@@ -126,30 +119,24 @@ class Scheduler:
             identify = metadata_identities
         else:
             identify = CertificateIdentities(self.tls.read()[0])
-        requests_pb2_grpc.add_RequestsServicer_to_server(
-            wrap_servicer(
-                RequestsServicer(service),
-                requests_pb2.DESCRIPTOR.services_by_name["Requests"],
-                identify,
-            ),
+        add_service(
             server,
+            RequestsServicer(service),
+            requests_pb2.DESCRIPTOR.services_by_name["Requests"],
+            identify,
         )
-        workers_pb2_grpc.add_WorkersServicer_to_server(
-            wrap_servicer(
-                WorkersServicer(service),
-                workers_pb2.DESCRIPTOR.services_by_name["Workers"],
-                identify,
-            ),
+        add_service(
             server,
+            WorkersServicer(service),
+            workers_pb2.DESCRIPTOR.services_by_name["Workers"],
+            identify,
         )
-        superviser_pb2_grpc.add_SuperviserServicer_to_server(
-            wrap_servicer(
-                SuperviserServicer(service),
-                superviser_pb2.DESCRIPTOR.services_by_name["Superviser"],
-                identify,
-                DRYADS,
-            ),
+        add_service(
             server,
+            SuperviserServicer(service),
+            superviser_pb2.DESCRIPTOR.services_by_name["Superviser"],
+            identify,
+            DRYADS,
         )
         listen = self.config.server.listen
         if self.tls is None:

@@ -130,6 +130,7 @@ class SchedulerService:
         )
 
     async def close_request(self, who: Identity, request_id: int) -> RequestView:
+        _check_id(request_id)
         self._check_mine(who, request_id)
         try:
             return await self.engine.execute(lambda core, now: core.close_request(now, request_id))
@@ -145,6 +146,7 @@ class SchedulerService:
         valid_after: float | None = None,
         deadline: float | None = None,
     ) -> RequestView:
+        _check_id(request_id)
         self._check_mine(who, request_id)
         try:
             return await self.engine.execute(
@@ -161,6 +163,7 @@ class SchedulerService:
             raise await self._explain_missing(who, exc) from None
 
     async def get_request(self, who: Identity, request_id: int) -> RequestView:
+        _check_id(request_id)
         view = await self._read(self.store.get_request, request_id)
         if view is None:
             raise RequestNotFound(request_id)
@@ -178,6 +181,7 @@ class SchedulerService:
         self, who: Identity, request_id: int, timeout: float | None
     ) -> RequestView:
         """Wait until the request runs; returns it with its job's access."""
+        _check_id(request_id)
         self._check_mine(who, request_id)
         try:
             view = await self.engine.wait_for_job(request_id, timeout)
@@ -194,6 +198,7 @@ class SchedulerService:
         return view
 
     async def prolong_access(self, who: Identity, request_id: int) -> JobView:
+        _check_id(request_id)
         self._check_mine(who, request_id)
         try:
             return await self.engine.execute(lambda core, now: core.prolong_access(now, request_id))
@@ -333,3 +338,9 @@ def _own_query(who: Identity, query: RequestQuery) -> RequestQuery:
     if query.owners - {who.user}:
         raise PermissionDenied("you may list and watch only your own requests")
     return replace(query, owners=frozenset({who.user}))
+
+
+def _check_id(request_id: int) -> None:
+    """Ids are signed 64-bit in the store: a larger one names no request."""
+    if not 0 < request_id < 2**63:
+        raise RequestNotFound(request_id)

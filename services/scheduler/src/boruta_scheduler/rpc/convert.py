@@ -57,11 +57,23 @@ def seconds(ts: Timestamp) -> float:
     return ts.ToNanoseconds() / 1e9
 
 
+# The range protobuf defines for Timestamp: 0001-01-01 to 9999-12-31.
+_MIN_SECONDS = -62_135_596_800
+_MAX_SECONDS = 253_402_300_799
+
+
 def optional_seconds(message: object, field: str) -> float | None:
-    """The time in a Timestamp field, or None when the field is unset."""
+    """The time in a Timestamp field, or None when the field is unset; a timestamp out of
+    protobuf's range is refused rather than misread."""
     if not message.HasField(field):  # type: ignore[attr-defined]
         return None
-    return seconds(getattr(message, field))
+    ts = getattr(message, field)
+    if not (_MIN_SECONDS <= ts.seconds <= _MAX_SECONDS and 0 <= ts.nanos <= 999_999_999):
+        raise InvalidArgument(
+            f"{field} is not a valid timestamp (seconds {ts.seconds}, nanos {ts.nanos}); "
+            "use years 1 to 9999 and nanos 0 to 999999999"
+        )
+    return seconds(ts)
 
 
 def enum_values(kind: type[E], values: Iterable[int], what: str) -> frozenset[E]:
@@ -118,7 +130,13 @@ def request_query(msg: requests_pb2.ListRequestsRequest) -> tuple[RequestQuery, 
     return dataclasses.replace(query, after=decode_token(scope, msg.page_token)), scope
 
 
+MAX_REQUEST_ID = 2**63 - 1  # ids are stored as signed 64-bit integers
+
+
 def request_filter(f: requests_pb2.RequestFilter) -> RequestQuery:
+    too_big = [i for i in f.ids if i > MAX_REQUEST_ID]
+    if too_big:
+        raise InvalidArgument(f"filter.ids: {too_big[0]} is no request id (at most 2^63-1)")
     return RequestQuery(
         ids=frozenset(f.ids),
         states=enum_values(RequestState, f.states, "filter.states"),
