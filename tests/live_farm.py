@@ -30,7 +30,7 @@ def boards_toml(
         text += "plaintext = true\n"
     else:
         text += f'tls_ca = "{tls.ca}"\ntls_cert = "{tls.cert}"\ntls_key = "{tls.key}"\n'
-    text += "key_bits = 2048\n"
+    text += 'key_bits = 2048\nlog_level = "DEBUG"\n'
     for i, (uuid, caps) in enumerate(boards.items()):
         caps_toml = ", ".join(f'{k} = "{v}"' for k, v in caps.items())
         text += (
@@ -51,6 +51,7 @@ class LiveFarm:
         self.boards = list(boards)
         self.sshd = sshd
         self.pki = pki
+        self.log_files: list[Path] = []
 
     def client(self, user: str = "alice", groups: Sequence[str] = ()) -> Client:
         if self.pki is not None:
@@ -107,6 +108,7 @@ def live_farm(
         dryad = DryadProcess(config)
         dryad.start()
         farm = LiveFarm(address, list(boards), sshd, pki)
+        farm.log_files = [scheduler.log_path, dryad.log]
         with farm.admin() as admin:
             give_up = time.monotonic() + 30
             while {w.uuid for w in admin.list_workers()} < set(boards):

@@ -26,7 +26,7 @@ SCHEDCTL = [sys.executable, "-m", "schedctl.main"]
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveFarm]:
     tmp = tmp_path_factory.mktemp("tlsfarm")
-    with live_farm(tmp, BOARDS, pki=FarmPki(tmp / "pki")) as running:
+    with live_farm(tmp, BOARDS, "--log-level", "DEBUG", pki=FarmPki(tmp / "pki")) as running:
         yield running
 
 
@@ -86,5 +86,24 @@ def test_only_the_scheduler_may_call_the_dryad(farm: LiveFarm) -> None:
                 dryad_pb2.PrepareRequest(worker_uuid="tls-a"), timeout=10
             )
         assert info.value.code() is grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    farm.wait_idle()
     with Client(farm.address, tls=farm.pki.user("bob")) as bob:
         assert bob.get_worker("tls-a").state.name == "IDLE"
+
+
+def secret_lines(pem: str) -> list[str]:
+    """The base64 lines of a PEM private key: any of them in a log would leak it."""
+    return [line for line in pem.splitlines() if line and not line.startswith("-----")]
+
+
+def test_no_private_key_in_any_log_of_a_full_run(farm: LiveFarm) -> None:
+    assert farm.pki is not None
+    farm.wait_idle()
+    with farm.client("carol") as client, client.lease({"board": "rpi4"}) as board:
+        assert board.ssh.run("true").ok
+        job_key = board.access.private_key_pem
+    keys = [job_key] + [Path(f).read_text() for f in Path(farm.pki.dir).glob("*.key")]
+    logs = "\n".join(path.read_text() for path in farm.log_files)
+    assert "prepared" in logs and "DEBUG" in logs  # the logs are the verbose ones
+    leaked = [line for key in keys for line in secret_lines(key) if line in logs]
+    assert leaked == []
