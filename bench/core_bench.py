@@ -21,7 +21,13 @@ from bench.farmgen import request_specs, worker_specs
 
 T0 = 1_800_000_000.0
 ACCESS = Access("job", "KEY")
-POLICY = Policy(default_deadline=1e9, heartbeat_timeout=1e9, job_timeout=1e8, max_job_duration=1e8)
+POLICY = Policy(
+    default_deadline=1e9,
+    heartbeat_timeout=1e9,
+    job_timeout=1e8,
+    max_job_duration=1e8,
+    max_waiting_per_user=10**9,  # one user queues everything here
+)
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,8 @@ async def farm(
                 "WARNING",
                 "--heartbeat-interval",
                 "10s",
+                "--max-waiting-per-user",
+                "1000000000",  # the benchmark queues everything as one user
             ],
             "boruta-scheduler listening on ",
             workdir / "scheduler.log",

@@ -44,7 +44,7 @@ class Policy:
     # group's value. Admins may use any priority.
     max_priority: int = MIN_PRIORITY
     # One user's share of the queue, so that a runaway script cannot fill memory.
-    max_waiting_per_user: int = 10_000
+    max_waiting_per_user: int = 100_000
     group_max_priority: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
