@@ -11,7 +11,7 @@ import pytest
 from boruta_scheduler.core import Changes, Core, Snapshot
 from boruta_scheduler.listing import RequestQuery, RequestSort
 from boruta_scheduler.store import MemoryStore, SQLiteStore, Store
-from boruta_scheduler.types import HistoryEntry, RequestState, WorkerState
+from boruta_scheduler.types import HistoryEntry, NewToken, RequestState, WorkerState
 from core_kit import CoreKit
 
 NOBODY = frozenset[str]()
@@ -225,3 +225,22 @@ def test_sqlite_commit_is_atomic(tmp_path: Path) -> None:
         store.commit(broken)
     assert store.load() == Snapshot([], [], 0)
     store.close()
+
+
+def test_tokens_are_kept_listed_and_revoked_once(store: Store) -> None:
+    def new(user: str) -> NewToken:
+        return NewToken(
+            user, frozenset({"lab"}), False, b"h-" + user.encode(), 1.0, 99.0, "root", "ci"
+        )
+
+    first = store.add_token(new("ci-bot"))
+    second = store.add_token(new("alice"))
+    assert (first.id, second.id) == (1, 2)
+    assert store.get_token(1) == first and first.revoked_at is None
+    assert first.groups == {"lab"} and first.secret_hash == b"h-ci-bot"
+    assert [t.user for t in store.tokens()] == ["ci-bot", "alice"]
+    revoked = store.revoke_token(1, 50.0)
+    assert revoked is not None and revoked.revoked_at == 50.0
+    again = store.revoke_token(1, 60.0)
+    assert again is not None and again.revoked_at == 50.0
+    assert store.revoke_token(7, 1.0) is None and store.get_token(2**64) is None

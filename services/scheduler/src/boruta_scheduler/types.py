@@ -152,3 +152,33 @@ class HistoryEntry:
     from_state: WorkerState | None
     to_state: WorkerState
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """A bearer token as the store keeps it: the identity it carries and a hash of it."""
+
+    id: int
+    user: str
+    groups: frozenset[str]
+    admin: bool
+    secret_hash: bytes = field(repr=False)
+    created_at: float
+    expires_at: float
+    revoked_at: float | None
+    issued_by: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewToken:
+    """What an admin asks a token to carry."""
+
+    user: str
+    groups: frozenset[str]
+    admin: bool
+    secret_hash: bytes = field(repr=False)
+    created_at: float
+    expires_at: float
+    issued_by: str
+    description: str

@@ -7,7 +7,7 @@ from typing import Protocol
 
 from boruta_scheduler.core import Changes, Snapshot
 from boruta_scheduler.listing import Page, RequestQuery
-from boruta_scheduler.types import HistoryEntry, RequestView
+from boruta_scheduler.types import HistoryEntry, NewToken, RequestView, TokenRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +43,20 @@ class Store(Protocol):
 
     def worker_history(self, uuid: str, limit: int, before: int | None = None) -> HistoryPage:
         """A worker's state changes, newest first, older than the cursor before."""
+        ...
+
+    def add_token(self, token: NewToken) -> TokenRecord:
+        """Keep a new token durably; returns it with its id."""
+        ...
+
+    def tokens(self) -> list[TokenRecord]:
+        """Every token ever issued, oldest first."""
+        ...
+
+    def get_token(self, token_id: int) -> TokenRecord | None: ...
+
+    def revoke_token(self, token_id: int, now: float) -> TokenRecord | None:
+        """Mark a token revoked (once; a second revoke keeps the first time)."""
         ...
 
     def close(self) -> None:

@@ -8,7 +8,7 @@ import threading
 from boruta_scheduler.core import Changes, Snapshot
 from boruta_scheduler.listing import Page, RequestQuery, page_of, request_sort_key
 from boruta_scheduler.store.base import HistoryPage
-from boruta_scheduler.types import HistoryEntry, RequestView, WorkerView
+from boruta_scheduler.types import HistoryEntry, NewToken, RequestView, TokenRecord, WorkerView
 
 
 class MemoryStore:
@@ -20,6 +20,7 @@ class MemoryStore:
         self._workers: dict[str, WorkerView] = {}
         self._history: list[tuple[int, HistoryEntry]] = []
         self._last_request_id = 0
+        self._tokens: list[TokenRecord] = []
 
     def load(self) -> Snapshot:
         with self._lock:
@@ -71,6 +72,43 @@ class MemoryStore:
         more = len(page) > limit
         page = page[:limit]
         return HistoryPage([e for _, e in page], page[-1][0] if more else None)
+
+    def add_token(self, token: NewToken) -> TokenRecord:
+        with self._lock:
+            return self._add_token(token)
+
+    def _add_token(self, token: NewToken) -> TokenRecord:
+        record = TokenRecord(
+            len(self._tokens) + 1,
+            token.user,
+            token.groups,
+            token.admin,
+            token.secret_hash,
+            token.created_at,
+            token.expires_at,
+            None,
+            token.issued_by,
+            token.description,
+        )
+        self._tokens.append(record)
+        return record
+
+    def tokens(self) -> list[TokenRecord]:
+        return list(self._tokens)
+
+    def get_token(self, token_id: int) -> TokenRecord | None:
+        return self._tokens[token_id - 1] if 0 < token_id <= len(self._tokens) else None
+
+    def revoke_token(self, token_id: int, now: float) -> TokenRecord | None:
+        with self._lock:
+            return self._revoke_token(token_id, now)
+
+    def _revoke_token(self, token_id: int, now: float) -> TokenRecord | None:
+        record = self.get_token(token_id)
+        if record is not None and record.revoked_at is None:
+            record = dataclasses.replace(record, revoked_at=now)
+            self._tokens[token_id - 1] = record
+        return record
 
     def close(self) -> None:
         pass

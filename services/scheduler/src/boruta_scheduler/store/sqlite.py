@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -21,7 +22,7 @@ from boruta_scheduler.store.codec import (
     worker_view,
 )
 from boruta_scheduler.store.sqlfile import load_migrations, load_queries
-from boruta_scheduler.types import RequestView
+from boruta_scheduler.types import NewToken, RequestView, TokenRecord
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +166,60 @@ class SQLiteStore:
         entries = [history_entry(row) for row in rows[:limit]]
         return HistoryPage(entries, rows[limit - 1]["seq"] if len(rows) > limit else None)
 
+    def add_token(self, token: NewToken) -> TokenRecord:
+        # Tokens are not scheduling state: they are written here, beside the engine's
+        # writer; WAL and busy_timeout serialize the two.
+        conn = self._reader()
+        cursor = conn.execute(
+            _Q["insert_token"],
+            {
+                "user": token.user,
+                "groups_json": json.dumps(sorted(token.groups)),
+                "admin": int(token.admin),
+                "secret_hash": token.secret_hash,
+                "created_at": token.created_at,
+                "expires_at": token.expires_at,
+                "issued_by": token.issued_by,
+                "description": token.description,
+            },
+        )
+        record = self.get_token(int(cursor.lastrowid or 0))
+        assert record is not None
+        return record
+
+    def tokens(self) -> list[TokenRecord]:
+        return [_token(row) for row in self._reader().execute(_Q["select_tokens"])]
+
+    def get_token(self, token_id: int) -> TokenRecord | None:
+        if not 0 < token_id < 2**63:
+            return None
+        row = self._reader().execute(_Q["select_token"], {"id": token_id}).fetchone()
+        return None if row is None else _token(row)
+
+    def revoke_token(self, token_id: int, now: float) -> TokenRecord | None:
+        if not 0 < token_id < 2**63:
+            return None
+        self._reader().execute(_Q["revoke_token"], {"id": token_id, "now": now})
+        return self.get_token(token_id)
+
     def close(self) -> None:
         self._writer.close()
         with self._readers_lock:
             for conn in self._readers:
                 conn.close()
             self._readers.clear()
+
+
+def _token(row: sqlite3.Row) -> TokenRecord:
+    return TokenRecord(
+        id=row["id"],
+        user=row["user"],
+        groups=frozenset(json.loads(row["groups_json"])),
+        admin=bool(row["admin"]),
+        secret_hash=bytes(row["secret_hash"]),
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        revoked_at=row["revoked_at"],
+        issued_by=row["issued_by"],
+        description=row["description"],
+    )

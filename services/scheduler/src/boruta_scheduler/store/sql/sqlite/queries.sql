@@ -57,3 +57,21 @@ SELECT * FROM worker_history
 WHERE worker_uuid = :uuid AND seq < :before
 ORDER BY seq DESC
 LIMIT :limit;
+
+-- name: insert_token
+INSERT INTO tokens (
+    user, groups_json, admin, secret_hash, created_at, expires_at, revoked_at, issued_by,
+    description
+) VALUES (
+    :user, :groups_json, :admin, :secret_hash, :created_at, :expires_at, NULL, :issued_by,
+    :description
+);
+
+-- name: select_tokens
+SELECT * FROM tokens ORDER BY id;
+
+-- name: select_token
+SELECT * FROM tokens WHERE id = :id;
+
+-- name: revoke_token
+UPDATE tokens SET revoked_at = :now WHERE id = :id AND revoked_at IS NULL;
