@@ -68,11 +68,13 @@ class LiveFarm:
         give_up = time.monotonic() + timeout
         with self.admin() as admin:
             while True:
-                states = {w.uuid: w.state for w in admin.list_workers(uuids=self.boards)}
+                workers = admin.list_workers(uuids=self.boards)
+                states = {w.uuid: w.state for w in workers}
                 if all(states.get(b) is WorkerState.IDLE for b in self.boards):
                     return
                 if time.monotonic() > give_up:
-                    raise AssertionError(f"boards not IDLE: {states}")
+                    why = {w.uuid: f"{w.state.name} ({w.reason})" for w in workers}
+                    raise AssertionError(f"boards not IDLE: {why}")
                 time.sleep(0.05)
 
 

@@ -16,6 +16,8 @@ from boruta.v1 import (
     requests_pb2_grpc,
     superviser_pb2,
     superviser_pb2_grpc,
+    tokens_pb2,
+    tokens_pb2_grpc,
     types_pb2,
     workers_pb2,
     workers_pb2_grpc,
@@ -43,6 +45,7 @@ class Stubs:
         self.requests = requests_pb2_grpc.RequestsStub(channel)
         self.workers = workers_pb2_grpc.WorkersStub(channel)
         self.superviser = superviser_pb2_grpc.SuperviserStub(channel)
+        self.tokens = tokens_pb2_grpc.TokensStub(channel)
 
 
 Call = Callable[[Stubs, int], Awaitable[Any]]
@@ -65,6 +68,7 @@ def register(uuid: str) -> superviser_pb2.RegisterRequest:
 
 
 R = requests_pb2
+T = tokens_pb2
 W = workers_pb2
 # (name, expected per caller, call with the id of a fresh WAITING request of alice's)
 MATRIX: list[tuple[str, dict[str, str], Call]] = [
@@ -145,6 +149,9 @@ MATRIX: list[tuple[str, dict[str, str], Call]] = [
         ADMIN,
         lambda s, r: s.workers.Deregister(W.DeregisterRequest(worker_uuid="no-such-worker")),
     ),
+    ("IssueToken", ADMIN, lambda s, r: s.tokens.IssueToken(T.IssueTokenRequest(user="ci"))),
+    ("ListTokens", ADMIN, lambda s, r: s.tokens.ListTokens(T.ListTokensRequest())),
+    ("RevokeToken", ADMIN, lambda s, r: s.tokens.RevokeToken(T.RevokeTokenRequest(token_id=99))),
     ("Register", DRYAD, lambda s, r: s.superviser.Register(register("w1"))),
     (
         "Heartbeat",
@@ -225,4 +232,4 @@ async def test_authorization_matrix(
         await ch.close()
     wrong = {cell: seen[cell] for cell in expected if seen[cell] != expected[cell]}
     assert wrong == {}, f"cells that differ from the rules (got): {wrong}"
-    assert len(seen) == len(MATRIX) * len(CALLERS) == 18 * 6
+    assert len(seen) == len(MATRIX) * len(CALLERS) == 21 * 6

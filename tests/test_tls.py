@@ -11,10 +11,21 @@ import grpc
 import pytest
 from boruta import pki
 from boruta.tls import TlsFiles, channel_credentials
-from boruta.v1 import requests_pb2, requests_pb2_grpc, superviser_pb2, superviser_pb2_grpc
+from boruta.v1 import (
+    requests_pb2,
+    requests_pb2_grpc,
+    superviser_pb2,
+    superviser_pb2_grpc,
+    tokens_pb2,
+    tokens_pb2_grpc,
+)
 from boruta_scheduler.app import Scheduler, transport_security
 from boruta_scheduler.config import SchedulerConfig, ServerConfig
+from boruta_scheduler.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from boruta_scheduler.listing import RequestQuery
+from boruta_scheduler.store import MemoryStore
+from boruta_scheduler.tokens import TokenAuthority
+from boruta_scheduler.types import Identity, Role
 from pki_kit import FarmPki
 
 ALL = RequestQuery()
@@ -36,6 +47,7 @@ async def scheduler(tmp_path: Path, farm_pki: FarmPki) -> AsyncIterator[Schedule
             tls_ca=files.ca,
             tls_cert=files.cert,
             tls_key=files.key,
+            listen_tokens="127.0.0.1:0",
         )
     )
     running = Scheduler(config)
@@ -153,3 +165,68 @@ def test_plaintext_only_when_asked_and_only_on_loopback(farm_pki: FarmPki) -> No
         transport_security(ServerConfig(tls_ca=files.ca, tls_cert=files.cert, tls_key=files.key))
         == files
     )
+
+
+async def test_bearer_tokens_on_the_token_port(scheduler: Scheduler, farm_pki: FarmPki) -> None:
+    ca = Path(farm_pki.scheduler().ca).read_bytes()
+    async with channel(scheduler, farm_pki.admin()) as admin_ch:
+        tokens = tokens_pb2_grpc.TokensStub(admin_ch)
+        issued = await tokens.IssueToken(
+            tokens_pb2.IssueTokenRequest(user="ci-bot", groups=["lab"], description="nightly"),
+            timeout=10,
+        )
+    secret = issued.secret
+    assert secret.startswith(f"{issued.token.id}.")
+
+    def token_channel(token: str | None) -> grpc.aio.Channel:
+        creds = grpc.ssl_channel_credentials(root_certificates=ca)
+        if token is not None:
+            creds = grpc.composite_channel_credentials(
+                creds, grpc.access_token_call_credentials(token)
+            )
+        return grpc.aio.secure_channel(f"127.0.0.1:{scheduler.token_port}", creds)
+
+    async with token_channel(secret) as ch:
+        reply = await new_request(ch)
+        assert (reply.request.owner, list(reply.request.owner_groups)) == ("ci-bot", ["lab"])
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await tokens_pb2_grpc.TokensStub(ch).ListTokens(tokens_pb2.ListTokensRequest())
+        assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    for bad, why in (
+        (None, "needs a bearer token"),
+        (secret[:-2] + "xx", "not valid"),
+        ("42.nope", "not valid"),
+    ):
+        async with token_channel(bad) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await new_request(ch)
+            assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            assert why in (info.value.details() or "")
+    async with channel(scheduler, farm_pki.admin()) as admin_ch:
+        tokens = tokens_pb2_grpc.TokensStub(admin_ch)
+        await tokens.RevokeToken(tokens_pb2.RevokeTokenRequest(token_id=issued.token.id))
+        listed = await tokens.ListTokens(tokens_pb2.ListTokensRequest())
+        assert listed.tokens[0].HasField("revoked_at")
+        assert all(secret not in str(t) for t in listed.tokens)
+    async with token_channel(secret) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await new_request(ch)
+        assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert "was revoked" in (info.value.details() or "")
+
+
+async def test_token_expiry_and_validation() -> None:
+    now = [1000.0]
+    authority = TokenAuthority(MemoryStore(), clock=lambda: now[0])
+    admin = Identity("root", role=Role.ADMIN)
+    record, secret = await authority.issue(admin, "ci", ["lab"], False, 60.0, "")
+    assert authority.identify(secret) == Identity("ci", frozenset({"lab"}), Role.USER)
+    now[0] += 61
+    with pytest.raises(Unauthenticated, match="has expired"):
+        authority.identify(secret)
+    with pytest.raises(PermissionDenied):
+        await authority.issue(Identity("bob"), "x", [], False, None, "")
+    for user, ttl in (("a b", None), ("ok", 0.0), ("ok", 3651 * 86400.0)):
+        with pytest.raises(InvalidArgument):
+            await authority.issue(admin, user, [], False, ttl, "")
+    assert [t.id for t in authority.list(admin)] == [record.id]

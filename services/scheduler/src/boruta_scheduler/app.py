@@ -9,7 +9,7 @@ import time
 import grpc
 from boruta.pki import PkiError
 from boruta.tls import TlsFiles, channel_credentials, is_loopback, server_credentials
-from boruta.v1 import requests_pb2, superviser_pb2, workers_pb2
+from boruta.v1 import requests_pb2, superviser_pb2, tokens_pb2, workers_pb2
 
 from boruta_scheduler.config import SchedulerConfig, ServerConfig
 from boruta_scheduler.core import Core
@@ -18,15 +18,18 @@ from boruta_scheduler.engine import Engine
 from boruta_scheduler.rpc.calls import (
     DRYADS,
     CertificateIdentities,
+    CertificateOrToken,
     IdentitySource,
     add_service,
     metadata_identities,
 )
 from boruta_scheduler.rpc.requests import RequestsServicer
 from boruta_scheduler.rpc.superviser import SuperviserServicer
+from boruta_scheduler.rpc.tokens import TokensServicer
 from boruta_scheduler.rpc.workers import WorkersServicer
 from boruta_scheduler.service import SchedulerService, ServiceSettings
 from boruta_scheduler.store import Store, open_store
+from boruta_scheduler.tokens import TokenAuthority
 from boruta_scheduler.tunnels import Tunnels
 from boruta_scheduler.tunnels.forwarder import parse_ports
 from boruta_scheduler.watch import WatchHub
@@ -43,6 +46,8 @@ def transport_security(server: ServerConfig) -> TlsFiles | None:
         files = TlsFiles.given(server.tls_ca, server.tls_cert, server.tls_key, "scheduler")
     except PkiError as error:
         raise ValueError(str(error)) from None
+    if server.listen_tokens and files is None:
+        raise ValueError("listen_tokens needs TLS: bearer tokens must never cross plaintext")
     if files is not None:
         if server.plaintext:
             raise ValueError("plaintext = true and TLS files are both set; choose one")
@@ -82,6 +87,7 @@ class Scheduler:
         self.engine: Engine | None = None
         self.server: grpc.aio.Server | None = None
         self.port = 0
+        self.token_port = 0
 
     async def start(self) -> int:
         """Restore, then serve; returns the port bound."""
@@ -114,11 +120,12 @@ class Scheduler:
                 ("grpc.so_reuseport", 0),
             ],
         )
+        self.tokens = TokenAuthority(self.store)
         identify: IdentitySource
         if self.tls is None:
             identify = metadata_identities
         else:
-            identify = CertificateIdentities(self.tls.read()[0])
+            identify = CertificateOrToken(CertificateIdentities(self.tls.read()[0]), self.tokens)
         add_service(
             server,
             RequestsServicer(service),
@@ -138,11 +145,23 @@ class Scheduler:
             identify,
             DRYADS,
         )
+        add_service(
+            server,
+            TokensServicer(self.tokens),
+            tokens_pb2.DESCRIPTOR.services_by_name["Tokens"],
+            identify,
+        )
         listen = self.config.server.listen
         if self.tls is None:
             self.port = server.add_insecure_port(listen)
         else:
             self.port = server.add_secure_port(listen, server_credentials(self.tls))
+        if self.config.server.listen_tokens:
+            assert self.tls is not None  # checked by transport_security
+            _, cert, key = self.tls.read()
+            self.token_port = server.add_secure_port(
+                self.config.server.listen_tokens, grpc.ssl_server_credentials([(key, cert)])
+            )
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.server.listen}")
         await server.start()

@@ -21,7 +21,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from boruta_scheduler.core import Changes, CloseTunnel, Core, DryadCall, TunnelCall
 from boruta_scheduler.errors import BorutaError, Unavailable
 from boruta_scheduler.store import Store
-from boruta_scheduler.types import Access, RequestState, RequestView
+from boruta_scheduler.types import Access, RequestState, RequestView, WorkerState
 from boruta_scheduler.writer import StoreWriter
 
 log = logging.getLogger(__name__)
@@ -280,6 +280,10 @@ class Engine:
             else:
                 future.set_result(result)
         self._wake_acquirers(changes)
+        for worker in changes.workers:
+            if worker.state is WorkerState.FAILED:
+                # An admin must act on a FAILED board: say so where admins look.
+                log.warning("worker failed", extra={"worker": worker.uuid, "why": worker.reason})
         if self._publisher is not None:
             self._publisher.publish(changes)
         for tunnel_call in changes.tunnels:

@@ -23,6 +23,10 @@ async def serve(config: SchedulerConfig) -> int:
     host = config.server.listen.rpartition(":")[0] or "0.0.0.0"
     # The readiness line: tests and scripts wait for it and read the port from it.
     print(f"boruta-scheduler listening on {host}:{port}", flush=True)
+    if scheduler.token_port:
+        # Both ports are bound already; this line follows the readiness line.
+        tokens_host = config.server.listen_tokens.rpartition(":")[0]
+        print(f"boruta-scheduler tokens on {tokens_host}:{scheduler.token_port}", flush=True)
     log.info("serving", extra={"address": f"{host}:{port}", "store": config.server.store_url})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -27,6 +27,7 @@ from boruta_scheduler.errors import (
     Unauthenticated,
 )
 from boruta_scheduler.rpc.status import status_of
+from boruta_scheduler.tokens import TokenAuthority
 from boruta_scheduler.types import Identity, Role
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,30 @@ class CertificateIdentities:
             raise PermissionDenied(f"a {cert.role.value} certificate cannot call the scheduler")
         workers = cert.workers if role is Role.DRYAD else frozenset()
         return Identity(cert.name, cert.groups, role, workers)
+
+
+class CertificateOrToken:
+    """Both ports of a TLS scheduler at once: the certificate port requires a client
+    certificate; the token port requests none (gRPC Python cannot ask for an optional
+    one), so there a caller shows "authorization: Bearer <token>" instead."""
+
+    def __init__(self, certificates: CertificateIdentities, tokens: TokenAuthority) -> None:
+        self._certificates = certificates
+        self._tokens = tokens
+
+    def __call__(self, context: Context) -> Identity:
+        if context.auth_context().get("x509_pem_cert"):
+            return self._certificates(context)
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                scheme, _, token = str(value).partition(" ")
+                if scheme.lower() != "bearer" or not token:
+                    break
+                return self._tokens.identify(token.strip())
+        raise Unauthenticated(
+            "this port needs a bearer token (authorization: Bearer <token>); ask an admin "
+            "for one with schedctl tokens issue"
+        )
 
 
 async def _abort(context: Context, error: BorutaError, call: str) -> None:

@@ -1,0 +1,99 @@
+"""Bearer tokens: issued and revoked by admins, checked on every call on the token port.
+
+A token reads "<id>.<secret>"; the store keeps only sha256(secret). Tokens are held in
+memory too, so that checking one costs a dict lookup and a hash, never a store read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable
+
+from boruta_scheduler.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from boruta_scheduler.store import Store
+from boruta_scheduler.types import Identity, NewToken, Role, TokenRecord
+
+DEFAULT_TTL = 90 * 86400.0
+MAX_TTL = 3650 * 86400.0
+_USER = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+_GROUP = re.compile(r"[A-Za-z0-9._:/-]{1,64}")
+
+
+def _hash(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+class TokenAuthority:
+    """Issues, lists and revokes tokens, and tells who a presented token belongs to."""
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._clock = clock
+        self._tokens = {t.id: t for t in store.tokens()}
+
+    @staticmethod
+    def _require_admin(who: Identity) -> None:
+        if who.role is not Role.ADMIN:
+            raise PermissionDenied(
+                f"only admins may manage tokens; {who.user} is a {who.role.value}"
+            )
+
+    async def issue(
+        self,
+        who: Identity,
+        user: str,
+        groups: Iterable[str],
+        admin: bool,
+        ttl: float | None,
+        description: str,
+    ) -> tuple[TokenRecord, str]:
+        """A new token and its secret, which is never stored or shown again."""
+        self._require_admin(who)
+        if not _USER.fullmatch(user):
+            raise InvalidArgument("user must be 1 to 64 letters, digits and . _ - @")
+        names = frozenset(groups)
+        if len(names) > 32 or not all(_GROUP.fullmatch(g) for g in names):
+            raise InvalidArgument(
+                "groups: at most 32 names of 1 to 64 letters, digits and . _ : / -"
+            )
+        if len(description) > 200:
+            raise InvalidArgument("description: at most 200 characters")
+        ttl = DEFAULT_TTL if ttl is None else ttl
+        if not 0 < ttl <= MAX_TTL:
+            raise InvalidArgument("ttl must be more than 0 and at most 3650 days")
+        secret = secrets.token_urlsafe(32)
+        now = self._clock()
+        token = NewToken(user, names, admin, _hash(secret), now, now + ttl, who.user, description)
+        record = await asyncio.to_thread(self._store.add_token, token)
+        self._tokens[record.id] = record
+        return record, f"{record.id}.{secret}"
+
+    def list(self, who: Identity) -> list[TokenRecord]:
+        self._require_admin(who)
+        return sorted(self._tokens.values(), key=lambda t: t.id)
+
+    async def revoke(self, who: Identity, token_id: int) -> TokenRecord:
+        self._require_admin(who)
+        if token_id not in self._tokens:
+            raise InvalidArgument(f"no token {token_id}; see ListTokens")
+        record = await asyncio.to_thread(self._store.revoke_token, token_id, self._clock())
+        assert record is not None
+        self._tokens[token_id] = record
+        return record
+
+    def identify(self, bearer: str) -> Identity:
+        """The identity of a presented token; Unauthenticated for anything else."""
+        token_id, _, secret = bearer.partition(".")
+        record = self._tokens.get(int(token_id)) if token_id.isdigit() else None
+        if record is None or not hmac.compare_digest(record.secret_hash, _hash(secret)):
+            raise Unauthenticated("the bearer token is not valid")
+        if record.revoked_at is not None:
+            raise Unauthenticated(f"token {record.id} was revoked")
+        if self._clock() > record.expires_at:
+            raise Unauthenticated(f"token {record.id} has expired; ask an admin for a new one")
+        return Identity(record.user, record.groups, Role.ADMIN if record.admin else Role.USER)
