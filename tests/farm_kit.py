@@ -36,6 +36,7 @@ class SchedulerProcess:
         self.options = list(options) if tls else ["--plaintext", "yes", *options]
         self.proc: subprocess.Popen[str] | None = None
         self.address = ""
+        self.token_address = ""
         self.log_path = data_dir / "scheduler.log"
 
     def start(self, listen: str = "127.0.0.1:0") -> str:
@@ -54,6 +55,9 @@ class SchedulerProcess:
             self.proc.kill()
             raise RuntimeError(f"scheduler did not start: {line!r}\n{self.log_path.read_text()}")
         self.address = line[len(READY) :].strip()
+        if "--listen-tokens" in self.options:
+            tokens = self.proc.stdout.readline()
+            self.token_address = tokens.rpartition(" on ")[2].strip()
         return self.address
 
     def kill(self) -> None:

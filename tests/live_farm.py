@@ -52,6 +52,7 @@ class LiveFarm:
         self.sshd = sshd
         self.pki = pki
         self.log_files: list[Path] = []
+        self.token_address = ""
 
     def client(self, user: str = "alice", groups: Sequence[str] = ()) -> Client:
         if self.pki is not None:
@@ -96,6 +97,7 @@ def live_farm(
     if pki is not None:
         files = pki.scheduler()
         tls_options = ["--tls-ca", files.ca, "--tls-cert", files.cert, "--tls-key", files.key]
+        tls_options += ["--listen-tokens", "127.0.0.1:0"]
         dryad_tls = pki.dryad("lab-pc", *boards)
     scheduler = SchedulerProcess(
         tmp / "scheduler", "--public-host", "127.0.0.1", *tls_options, *scheduler_options
@@ -111,6 +113,7 @@ def live_farm(
         dryad.start()
         farm = LiveFarm(address, list(boards), sshd, pki)
         farm.log_files = [scheduler.log_path, dryad.log]
+        farm.token_address = scheduler.token_address
         with farm.admin() as admin:
             give_up = time.monotonic() + 30
             while {w.uuid for w in admin.list_workers()} < set(boards):

@@ -107,3 +107,48 @@ def test_no_private_key_in_any_log_of_a_full_run(farm: LiveFarm) -> None:
     assert "prepared" in logs and "DEBUG" in logs  # the logs are the verbose ones
     leaked = [line for key in keys for line in secret_lines(key) if line in logs]
     assert leaked == []
+
+
+def test_a_ci_system_works_with_a_token_until_it_is_revoked(farm: LiveFarm, tmp_path: Path) -> None:
+    assert farm.pki is not None and farm.token_address
+    admin = farm.pki.admin()
+    base = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("BORUTA_")},
+        "HOME": str(tmp_path),
+    }
+    as_admin = {
+        **base,
+        "BORUTA_SCHEDULER": farm.address,
+        "BORUTA_CA": admin.ca,
+        "BORUTA_CERT": admin.cert,
+        "BORUTA_KEY": admin.key,
+    }
+
+    def schedctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*SCHEDCTL, *args], env=env, capture_output=True, text=True, timeout=120
+        )
+
+    issued = schedctl(
+        as_admin, "tokens", "issue", "ci-bot", "-g", "lab", "-d", "nightly", "-o", "json"
+    )
+    assert issued.returncode == 0, issued.stderr
+    token = json.loads(issued.stdout)
+    as_ci = {
+        **base,
+        "BORUTA_SCHEDULER": farm.token_address,
+        "BORUTA_CA": admin.ca,
+        "BORUTA_TOKEN": token["secret"],
+    }
+    farm.wait_idle()
+    ran = schedctl(as_ci, "run", "-o", "json", "--caps", "board=rpi4", "--", "true")
+    assert ran.returncode == 0, ran.stderr
+    with farm.admin() as client:
+        request = client.get_request(json.loads(ran.stdout)["request_id"])
+    assert (request.owner, request.owner_groups) == ("ci-bot", frozenset({"lab"}))
+    listed = schedctl(as_admin, "tokens", "list")
+    assert "ci-bot" in listed.stdout and "nightly" in listed.stdout
+    assert token["secret"] not in listed.stdout
+    assert schedctl(as_admin, "tokens", "revoke", str(token["token"]["id"])).returncode == 0
+    refused = schedctl(as_ci, "status")
+    assert refused.returncode == 77 and "was revoked" in refused.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 
-from boruta.v1 import requests_pb2, types_pb2, workers_pb2
+from boruta.v1 import requests_pb2, tokens_pb2, types_pb2, workers_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from boruta_client.errors import InvalidArgument
@@ -18,6 +18,7 @@ from boruta_client.types import (
     Request,
     RequestSort,
     RequestState,
+    Token,
     Worker,
     WorkerChange,
     WorkerSort,
@@ -217,4 +218,18 @@ def set_state(uuid: str, state: WorkerState, reason: str) -> workers_pb2.SetStat
         worker_uuid=uuid,
         state=state.value,
         reason=reason,
+    )
+
+
+def token(info: tokens_pb2.TokenInfo) -> Token:
+    return Token(
+        id=info.id,
+        user=info.user,
+        groups=frozenset(info.groups),
+        admin=info.admin,
+        created_at=when(info.created_at),
+        expires_at=when(info.expires_at),
+        revoked_at=when(info.revoked_at) if info.HasField("revoked_at") else None,
+        issued_by=info.issued_by,
+        description=info.description,
     )

@@ -11,13 +11,13 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 import grpc
-from boruta.tls import TlsFiles, channel_credentials
+from boruta.tls import TlsFiles
 from boruta.v1 import requests_pb2, requests_pb2_grpc, workers_pb2, workers_pb2_grpc
 
 from boruta_client import _convert as convert
 from boruta_client._rpc import Identity, code_of, translate
 from boruta_client._rpc import login_name as _login_name
-from boruta_client.client import ACQUIRE_SLICE, PAGE_SIZE
+from boruta_client.client import ACQUIRE_SLICE, PAGE_SIZE, _credentials
 from boruta_client.errors import (
     BorutaError,
     NotFound,
@@ -92,6 +92,8 @@ class AsyncClient:
         groups: Iterable[str] = (),
         admin: bool = False,
         tls: TlsFiles | None = None,
+        token: str | None = None,
+        ca: str | None = None,
         call_timeout: float = 30.0,
     ) -> None:
         self.target = target
@@ -105,10 +107,11 @@ class AsyncClient:
         self.tls = tls
         self.call_timeout = call_timeout
         self._metadata = self.identity.metadata()
-        if tls is None:
+        credentials = _credentials(tls, token, ca)
+        if credentials is None:
             self._channel = grpc.aio.insecure_channel(target)
         else:
-            self._channel = grpc.aio.secure_channel(target, channel_credentials(tls))
+            self._channel = grpc.aio.secure_channel(target, credentials)
         self._requests = requests_pb2_grpc.RequestsStub(self._channel)
         self._workers = workers_pb2_grpc.WorkersStub(self._channel)
 

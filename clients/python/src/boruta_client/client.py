@@ -9,20 +9,34 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 from boruta.tls import TlsFiles, channel_credentials
-from boruta.v1 import requests_pb2, requests_pb2_grpc, workers_pb2, workers_pb2_grpc
+from boruta.v1 import (
+    requests_pb2,
+    requests_pb2_grpc,
+    tokens_pb2,
+    tokens_pb2_grpc,
+    workers_pb2,
+    workers_pb2_grpc,
+)
 
 from boruta_client import _convert as convert
 from boruta_client._rpc import Identity, code_of, translate
 from boruta_client._rpc import login_name as _login_name
-from boruta_client.errors import RequestEnded, ScheduleTimeout, WrongRequestState
+from boruta_client.errors import (
+    InvalidArgument,
+    RequestEnded,
+    ScheduleTimeout,
+    WrongRequestState,
+)
 from boruta_client.lease import Lease
 from boruta_client.types import (
     Acquired,
     HistoryEntry,
+    IssuedToken,
     Job,
     Request,
     RequestSort,
     RequestState,
+    Token,
     Worker,
     WorkerChange,
     WorkerSort,
@@ -64,6 +78,25 @@ class Watch(Generic[T]):
         self.close()
 
 
+def _credentials(
+    tls: TlsFiles | None, token: str | None, ca: str | None
+) -> grpc.ChannelCredentials | None:
+    """TLS with our certificate, or TLS plus a bearer token (the scheduler's token port),
+    or None for a plaintext demo scheduler."""
+    if tls is not None:
+        return channel_credentials(tls)
+    if token is None:
+        return None
+    try:
+        roots = open(ca, "rb").read() if ca else None  # noqa: SIM115 - read at once
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read the CA certificate {ca}: {exc}") from None
+    return grpc.composite_channel_credentials(
+        grpc.ssl_channel_credentials(root_certificates=roots),
+        grpc.access_token_call_credentials(token),
+    )
+
+
 class Client:
     """A connection to the scheduler; methods block and return the client's typed values.
 
@@ -78,25 +111,29 @@ class Client:
         groups: Iterable[str] = (),
         admin: bool = False,
         tls: TlsFiles | None = None,
+        token: str | None = None,
+        ca: str | None = None,
         call_timeout: float = 30.0,
     ) -> None:
         self.target = target
         # With TLS the scheduler knows the caller by its certificate, and user, groups
         # and admin are ignored; without, it takes them as given (loopback demos only).
         self.identity = (
-            Identity(user or _login_name(), tuple(groups), admin)
-            if tls is None
-            else Identity.of_certificate(tls.cert)
+            Identity.of_certificate(tls.cert)
+            if tls is not None
+            else Identity(user or _login_name(), tuple(groups), admin)
         )
         self.tls = tls
         self.call_timeout = call_timeout
         self._metadata = self.identity.metadata()
-        if tls is None:
+        credentials = _credentials(tls, token, ca)
+        if credentials is None:
             self._channel = grpc.insecure_channel(target)
         else:
-            self._channel = grpc.secure_channel(target, channel_credentials(tls))
+            self._channel = grpc.secure_channel(target, credentials)
         self._requests = requests_pb2_grpc.RequestsStub(self._channel)
         self._workers = workers_pb2_grpc.WorkersStub(self._channel)
+        self._tokens = tokens_pb2_grpc.TokensStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -320,6 +357,34 @@ class Client:
             raise translate(error, self.target) from None
         if call.done() and call.code() is not grpc.StatusCode.OK:
             raise translate(call, self.target)
+
+    # ------------------------------------------------------------------- tokens
+
+    def issue_token(
+        self,
+        user: str,
+        *,
+        groups: Iterable[str] = (),
+        admin: bool = False,
+        ttl: float | None = None,
+        description: str = "",
+    ) -> IssuedToken:
+        """A bearer token for user (admins only); its secret is shown this once."""
+        message = tokens_pb2.IssueTokenRequest(
+            user=user, groups=list(groups), admin=admin, description=description
+        )
+        if ttl is not None:
+            message.ttl.FromNanoseconds(round(ttl * 1e9))
+        reply = self._call(self._tokens.IssueToken, message)
+        return IssuedToken(convert.token(reply.token), reply.secret)
+
+    def list_tokens(self) -> list[Token]:
+        reply = self._call(self._tokens.ListTokens, tokens_pb2.ListTokensRequest())
+        return [convert.token(t) for t in reply.tokens]
+
+    def revoke_token(self, token_id: int) -> Token:
+        message = tokens_pb2.RevokeTokenRequest(token_id=token_id)
+        return convert.token(self._call(self._tokens.RevokeToken, message).token)
 
     # ------------------------------------------------------------------ workers
 

@@ -35,9 +35,22 @@ class Context:
     ca: str = ""
     cert: str = ""
     key: str = ""
+    # A bearer token for the scheduler's token port, read from this file (keep it 0600).
+    token_file: str = ""
+
+    def token(self) -> str | None:
+        if not self.token_file:
+            return None
+        try:
+            return open(self.token_file).read().strip()
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read the token file {self.token_file}: {exc}") from None
 
     def tls(self) -> TlsFiles | None:
-        """The TLS files of this context; None means plaintext (a loopback demo)."""
+        """The TLS files of this context; None means plaintext (a loopback demo), or a
+        token with only the CA to check the scheduler by."""
+        if not (self.cert or self.key):
+            return None
         try:
             return TlsFiles.given(self.ca, self.cert, self.key, "context")
         except PkiError as exc:
@@ -87,7 +100,8 @@ def parse_config(
         raise InvalidArgument(f"{source}: unknown keys {', '.join(sorted(unknown))}")
     contexts = {}
     for name, entry in dict(data.get("contexts", {})).items():
-        extra = set(entry) - {"scheduler", "user", "groups", "admin", "ca", "cert", "key"}
+        known = {"scheduler", "user", "groups", "admin", "ca", "cert", "key", "token_file"}
+        extra = set(entry) - known
         if extra:
             raise InvalidArgument(f"{source}: context {name}: unknown keys {sorted(extra)}")
         contexts[name] = Context(
@@ -98,6 +112,7 @@ def parse_config(
             ca=_path(entry.get("ca", ""), base),
             cert=_path(entry.get("cert", ""), base),
             key=_path(entry.get("key", ""), base),
+            token_file=_path(entry.get("token_file", ""), base),
         )
     profiles = dict(data.get("profiles", {}))
     for name, profile in profiles.items():

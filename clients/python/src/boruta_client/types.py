@@ -150,3 +150,26 @@ class HistoryEntry:
     from_state: WorkerState | None
     to_state: WorkerState
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """A bearer token as admins see it; never its secret."""
+
+    id: int
+    user: str
+    groups: frozenset[str]
+    admin: bool
+    created_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None
+    issued_by: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    """A new token and its secret, shown this once."""
+
+    token: Token
+    secret: str = field(repr=False)

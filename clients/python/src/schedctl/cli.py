@@ -27,6 +27,7 @@ class State:
 
     config: ClientConfig
     context: Context
+    token: str | None = None
     _client: Client | None = None
 
     def client(self) -> Client:
@@ -38,6 +39,8 @@ class State:
                 groups=ctx.groups,
                 admin=ctx.admin,
                 tls=ctx.tls(),
+                token=self.token or ctx.token(),
+                ca=ctx.ca or None,
             )
         return self._client
 

@@ -15,6 +15,7 @@ from schedctl.cli import State, option
 from schedctl.jobs_cmd import run, ssh, status
 from schedctl.pki_cmd import pki_group
 from schedctl.requests_cmd import requests_group
+from schedctl.tokens_cmd import tokens_group
 from schedctl.workers_cmd import workers_group
 
 
@@ -91,6 +92,11 @@ class _Root(click.Group):
     type=click.Path(dir_okay=False),
     help="Your private key (overrides the context).",
 )
+@option(
+    "--token",
+    envvar="BORUTA_TOKEN",
+    help="A bearer token, for the scheduler's token port (overrides the context's token_file).",
+)
 @click.version_option(package_name="boruta-client", prog_name="schedctl")
 @click.pass_context
 def cli(
@@ -104,6 +110,7 @@ def cli(
     ca: str | None,
     cert: str | None,
     key: str | None,
+    token: str | None,
 ) -> None:
     """Use and run a boruta device farm: get a board by its caps, a shell on it, run jobs;
     admins put boards into service and out of it.
@@ -132,7 +139,7 @@ def cli(
     for name, value in (("ca", ca), ("cert", cert), ("key", key)):
         if value:
             overrides[name] = str(Path(value).absolute())
-    state = State(config, replace(chosen, **overrides))
+    state = State(config, replace(chosen, **overrides), token or None)
     ctx.obj = state
     ctx.call_on_close(state.close)
 
@@ -154,6 +161,7 @@ cli.add_command(run)
 cli.add_command(ssh)
 cli.add_command(status)
 cli.add_command(pki_group)
+cli.add_command(tokens_group)
 
 
 def _interrupt(signum: int, frame: object) -> None:
