@@ -11,7 +11,7 @@ import pytest
 from boruta_scheduler.core import Changes, Core, Snapshot
 from boruta_scheduler.listing import RequestQuery, RequestSort
 from boruta_scheduler.store import MemoryStore, SQLiteStore, Store
-from boruta_scheduler.types import HistoryEntry, NewToken, RequestState, WorkerState
+from boruta_scheduler.types import AuditEvent, HistoryEntry, NewToken, RequestState, WorkerState
 from core_kit import CoreKit
 
 NOBODY = frozenset[str]()
@@ -244,3 +244,15 @@ def test_tokens_are_kept_listed_and_revoked_once(store: Store) -> None:
     again = store.revoke_token(1, 60.0)
     assert again is not None and again.revoked_at == 50.0
     assert store.revoke_token(7, 1.0) is None and store.get_token(2**64) is None
+
+
+def test_audit_events_newest_first_and_paged(store: Store) -> None:
+    store.add_audit(
+        [AuditEvent(float(i), "u", "user", "NewRequest", f"request {i}") for i in (1, 2, 3)]
+    )
+    store.add_audit([AuditEvent(4.0, "root", "admin", "SetState", "worker w1", "IDLE")])
+    newest = store.audit(2)
+    assert [(e.id, e.target) for e in newest] == [(4, "worker w1"), (3, "request 3")]
+    assert newest[0].detail == "IDLE" and newest[0].role == "admin"
+    assert [e.id for e in store.audit(10, before=3)] == [2, 1]
+    assert store.audit(10, before=1) == []

@@ -182,3 +182,16 @@ class NewToken:
     expires_at: float
     issued_by: str
     description: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One thing someone did or was refused; id is 0 until the store keeps it."""
+
+    time: float
+    actor: str
+    role: str
+    action: str
+    target: str
+    detail: str = ""
+    id: int = 0

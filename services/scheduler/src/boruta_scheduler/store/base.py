@@ -7,7 +7,7 @@ from typing import Protocol
 
 from boruta_scheduler.core import Changes, Snapshot
 from boruta_scheduler.listing import Page, RequestQuery
-from boruta_scheduler.types import HistoryEntry, NewToken, RequestView, TokenRecord
+from boruta_scheduler.types import AuditEvent, HistoryEntry, NewToken, RequestView, TokenRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +57,14 @@ class Store(Protocol):
 
     def revoke_token(self, token_id: int, now: float) -> TokenRecord | None:
         """Mark a token revoked (once; a second revoke keeps the first time)."""
+        ...
+
+    def add_audit(self, events: list[AuditEvent]) -> None:
+        """Keep audit events, in order."""
+        ...
+
+    def audit(self, limit: int, before: int | None = None) -> list[AuditEvent]:
+        """Audit events older than the id before, newest first."""
         ...
 
     def close(self) -> None:

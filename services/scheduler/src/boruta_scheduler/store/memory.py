@@ -8,7 +8,14 @@ import threading
 from boruta_scheduler.core import Changes, Snapshot
 from boruta_scheduler.listing import Page, RequestQuery, page_of, request_sort_key
 from boruta_scheduler.store.base import HistoryPage
-from boruta_scheduler.types import HistoryEntry, NewToken, RequestView, TokenRecord, WorkerView
+from boruta_scheduler.types import (
+    AuditEvent,
+    HistoryEntry,
+    NewToken,
+    RequestView,
+    TokenRecord,
+    WorkerView,
+)
 
 
 class MemoryStore:
@@ -21,6 +28,7 @@ class MemoryStore:
         self._history: list[tuple[int, HistoryEntry]] = []
         self._last_request_id = 0
         self._tokens: list[TokenRecord] = []
+        self._audit: list[AuditEvent] = []
 
     def load(self) -> Snapshot:
         with self._lock:
@@ -109,6 +117,15 @@ class MemoryStore:
             record = dataclasses.replace(record, revoked_at=now)
             self._tokens[token_id - 1] = record
         return record
+
+    def add_audit(self, events: list[AuditEvent]) -> None:
+        with self._lock:
+            for event in events:
+                self._audit.append(dataclasses.replace(event, id=len(self._audit) + 1))
+
+    def audit(self, limit: int, before: int | None = None) -> list[AuditEvent]:
+        end = len(self._audit) if before is None else min(before - 1, len(self._audit))
+        return list(reversed(self._audit[max(0, end - limit) : end]))
 
     def close(self) -> None:
         pass

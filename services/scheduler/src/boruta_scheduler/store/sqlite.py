@@ -22,7 +22,7 @@ from boruta_scheduler.store.codec import (
     worker_view,
 )
 from boruta_scheduler.store.sqlfile import load_migrations, load_queries
-from boruta_scheduler.types import NewToken, RequestView, TokenRecord
+from boruta_scheduler.types import AuditEvent, NewToken, RequestView, TokenRecord
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +201,35 @@ class SQLiteStore:
             return None
         self._reader().execute(_Q["revoke_token"], {"id": token_id, "now": now})
         return self.get_token(token_id)
+
+    def add_audit(self, events: list[AuditEvent]) -> None:
+        conn = self._reader()
+        rows = [
+            {
+                "time": e.time,
+                "actor": e.actor,
+                "role": e.role,
+                "action": e.action,
+                "target": e.target,
+                "detail": e.detail,
+            }
+            for e in events
+        ]
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(_Q["insert_audit"], rows)
+
+    def audit(self, limit: int, before: int | None = None) -> list[AuditEvent]:
+        rows = self._reader().execute(
+            _Q["select_audit"],
+            {"before": before if before is not None else 2**63 - 1, "limit": limit},
+        )
+        return [
+            AuditEvent(
+                r["time"], r["actor"], r["role"], r["action"], r["target"], r["detail"], r["id"]
+            )
+            for r in rows
+        ]
 
     def close(self) -> None:
         self._writer.close()

@@ -75,3 +75,10 @@ SELECT * FROM tokens WHERE id = :id;
 
 -- name: revoke_token
 UPDATE tokens SET revoked_at = :now WHERE id = :id AND revoked_at IS NULL;
+
+-- name: insert_audit
+INSERT INTO audit (time, actor, role, action, target, detail)
+VALUES (:time, :actor, :role, :action, :target, :detail);
+
+-- name: select_audit
+SELECT * FROM audit WHERE id < :before ORDER BY id DESC LIMIT :limit;
