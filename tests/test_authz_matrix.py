@@ -12,6 +12,8 @@ import grpc
 import pytest
 from boruta.tls import TlsFiles, channel_credentials
 from boruta.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
     requests_pb2,
     requests_pb2_grpc,
     superviser_pb2,
@@ -46,6 +48,7 @@ class Stubs:
         self.workers = workers_pb2_grpc.WorkersStub(channel)
         self.superviser = superviser_pb2_grpc.SuperviserStub(channel)
         self.tokens = tokens_pb2_grpc.TokensStub(channel)
+        self.audit = audit_pb2_grpc.AuditStub(channel)
 
 
 Call = Callable[[Stubs, int], Awaitable[Any]]
@@ -67,6 +70,7 @@ def register(uuid: str) -> superviser_pb2.RegisterRequest:
     )
 
 
+AU = audit_pb2
 R = requests_pb2
 T = tokens_pb2
 W = workers_pb2
@@ -152,6 +156,7 @@ MATRIX: list[tuple[str, dict[str, str], Call]] = [
     ("IssueToken", ADMIN, lambda s, r: s.tokens.IssueToken(T.IssueTokenRequest(user="ci"))),
     ("ListTokens", ADMIN, lambda s, r: s.tokens.ListTokens(T.ListTokensRequest())),
     ("RevokeToken", ADMIN, lambda s, r: s.tokens.RevokeToken(T.RevokeTokenRequest(token_id=99))),
+    ("ListAuditEvents", ADMIN, lambda s, r: s.audit.ListAuditEvents(AU.ListAuditEventsRequest())),
     ("Register", DRYAD, lambda s, r: s.superviser.Register(register("w1"))),
     (
         "Heartbeat",
@@ -232,4 +237,4 @@ async def test_authorization_matrix(
         await ch.close()
     wrong = {cell: seen[cell] for cell in expected if seen[cell] != expected[cell]}
     assert wrong == {}, f"cells that differ from the rules (got): {wrong}"
-    assert len(seen) == len(MATRIX) * len(CALLERS) == 21 * 6
+    assert len(seen) == len(MATRIX) * len(CALLERS) == 22 * 6

@@ -10,7 +10,14 @@ from typing import Any
 
 import grpc
 import pytest
-from boruta.v1 import requests_pb2, superviser_pb2, tokens_pb2, types_pb2, workers_pb2
+from boruta.v1 import (
+    audit_pb2,
+    requests_pb2,
+    superviser_pb2,
+    tokens_pb2,
+    types_pb2,
+    workers_pb2,
+)
 from farm_kit import SchedulerProcess
 from google.protobuf import descriptor as pbd
 from google.protobuf.message import Message
@@ -22,6 +29,7 @@ SERVICES = [
     workers_pb2.DESCRIPTOR.services_by_name["Workers"],
     superviser_pb2.DESCRIPTOR.services_by_name["Superviser"],
     tokens_pb2.DESCRIPTOR.services_by_name["Tokens"],
+    audit_pb2.DESCRIPTOR.services_by_name["Audit"],
 ]
 METHODS = [m for s in SERVICES for m in s.methods]
 # What a refused input may be answered with. UNKNOWN or INTERNAL would mean a crash.

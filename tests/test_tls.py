@@ -12,6 +12,8 @@ import pytest
 from boruta import pki
 from boruta.tls import TlsFiles, channel_credentials
 from boruta.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
     requests_pb2,
     requests_pb2_grpc,
     superviser_pb2,
@@ -230,3 +232,35 @@ async def test_token_expiry_and_validation() -> None:
         with pytest.raises(InvalidArgument):
             await authority.issue(admin, user, [], False, ttl, "")
     assert [t.id for t in authority.list(admin)] == [record.id]
+
+
+async def test_the_audit_log_says_who_did_what(scheduler: Scheduler, farm_pki: FarmPki) -> None:
+    async with channel(scheduler, farm_pki.user("alice")) as alice_ch:
+        made = await new_request(alice_ch)
+        await requests_pb2_grpc.RequestsStub(alice_ch).CloseRequest(
+            requests_pb2.CloseRequestRequest(request_id=made.request.id)
+        )
+    async with channel(scheduler, farm_pki.user("bob")) as bob_ch:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await requests_pb2_grpc.RequestsStub(bob_ch).GetRequestInfo(
+                requests_pb2.GetRequestInfoRequest(request_id=made.request.id)
+            )
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await audit_pb2_grpc.AuditStub(bob_ch).ListAuditEvents(
+                audit_pb2.ListAuditEventsRequest()
+            )
+        assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    async with channel(scheduler, farm_pki.admin()) as admin_ch:
+        audit = audit_pb2_grpc.AuditStub(admin_ch)
+        events = (await audit.ListAuditEvents(audit_pb2.ListAuditEventsRequest())).events
+        seen = [(e.actor, e.action, e.target) for e in reversed(events)]
+        rid = f"request {made.request.id}"
+        assert seen[0] == ("alice", "NewRequest", rid)
+        assert ("alice", "CloseRequest", rid) in seen
+        assert ("bob", "refused", "GetRequestInfo") in seen
+        assert ("bob", "refused", "ListAuditEvents") in seen
+        first = await audit.ListAuditEvents(audit_pb2.ListAuditEventsRequest(page_size=2))
+        rest = await audit.ListAuditEvents(
+            audit_pb2.ListAuditEventsRequest(page_token=first.next_page_token)
+        )
+        assert [e.id for e in [*first.events, *rest.events]] == [e.id for e in events]

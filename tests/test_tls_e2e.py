@@ -152,3 +152,9 @@ def test_a_ci_system_works_with_a_token_until_it_is_revoked(farm: LiveFarm, tmp_
     assert schedctl(as_admin, "tokens", "revoke", str(token["token"]["id"])).returncode == 0
     refused = schedctl(as_ci, "status")
     assert refused.returncode == 77 and "was revoked" in refused.stderr
+    audit = json.loads(schedctl(as_admin, "audit", "-o", "json").stdout)
+    seen = {(e["actor"], e["action"]) for e in audit}
+    assert {("root", "IssueToken"), ("root", "RevokeToken"), ("ci-bot", "NewRequest")} <= seen
+    assert ("ci-bot", "AcquireWorker") in seen  # who was given access to which board
+    denied = schedctl(as_ci, "audit")
+    assert denied.returncode == 77

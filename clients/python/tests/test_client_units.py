@@ -23,7 +23,8 @@ from schedctl.output import jsonable, span, table
 
 EXPECTED_ALL = [
     "Access", "Acquired", "AsyncBoard", "AsyncBoardSSH", "AsyncClient", "AsyncLease",
-    "AsyncWatch", "Board", "BoardSSH", "BorutaError", "Busy", "Client", "ClientConfig",
+    "AsyncWatch", "AuditEvent", "Board", "BoardSSH", "BorutaError", "Busy", "Client",
+    "ClientConfig",
     "CommandResult", "CommandTimeout", "Context", "DeadlineExceeded", "FailedPrecondition",
     "HistoryEntry",
     "HostStatus", "InvalidArgument", "IssuedToken", "Job", "JobResult", "JobSpec", "JobStatus",

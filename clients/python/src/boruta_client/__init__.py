@@ -47,6 +47,7 @@ from boruta_client.ssh import BoardSSH, CommandResult, PortForward
 from boruta_client.types import (
     Access,
     Acquired,
+    AuditEvent,
     HistoryEntry,
     HostStatus,
     IssuedToken,
@@ -71,6 +72,7 @@ __all__ = [
     "AsyncClient",
     "AsyncLease",
     "AsyncWatch",
+    "AuditEvent",
     "Board",
     "BoardSSH",
     "BorutaError",

@@ -10,6 +10,8 @@ from typing import Any, Generic, TypeVar
 import grpc
 from boruta.tls import TlsFiles, channel_credentials
 from boruta.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
     requests_pb2,
     requests_pb2_grpc,
     tokens_pb2,
@@ -30,6 +32,7 @@ from boruta_client.errors import (
 from boruta_client.lease import Lease
 from boruta_client.types import (
     Acquired,
+    AuditEvent,
     HistoryEntry,
     IssuedToken,
     Job,
@@ -134,6 +137,7 @@ class Client:
         self._requests = requests_pb2_grpc.RequestsStub(self._channel)
         self._workers = workers_pb2_grpc.WorkersStub(self._channel)
         self._tokens = tokens_pb2_grpc.TokensStub(self._channel)
+        self._audit = audit_pb2_grpc.AuditStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -357,6 +361,25 @@ class Client:
             raise translate(error, self.target) from None
         if call.done() and call.code() is not grpc.StatusCode.OK:
             raise translate(call, self.target)
+
+    # -------------------------------------------------------------------- audit
+
+    def audit_events(self, limit: int = 100) -> list[AuditEvent]:
+        """The latest audit events, newest first (admins only)."""
+        message = audit_pb2.ListAuditEventsRequest(page_size=min(limit, 1000))
+        found: list[AuditEvent] = []
+        while len(found) < limit:
+            reply = self._call(self._audit.ListAuditEvents, message)
+            found.extend(
+                AuditEvent(
+                    e.id, convert.when(e.time), e.actor, e.role, e.action, e.target, e.detail
+                )
+                for e in reply.events
+            )
+            if not reply.next_page_token:
+                break
+            message.page_token = reply.next_page_token
+        return found[:limit]
 
     # ------------------------------------------------------------------- tokens
 

@@ -173,3 +173,16 @@ class IssuedToken:
 
     token: Token
     secret: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One thing someone did, or was refused, as the audit log keeps it."""
+
+    id: int
+    time: datetime
+    actor: str
+    role: str
+    action: str
+    target: str
+    detail: str

@@ -19,7 +19,7 @@ from boruta_client import Board, Request, RequestState, WorkerState
 from boruta_client.runner import JobStatus, Phase, Transfer, parse_job, read_job_file, run_job
 
 from schedctl.cli import Progress, State, option, output_option, parse_caps, pass_state
-from schedctl.output import emit, span, table
+from schedctl.output import Column, emit, span, table, when
 
 
 def write_to(stream: TextIO) -> Callable[[bytes], None]:
@@ -285,3 +285,23 @@ def status(state: State, fmt: str) -> None:
         return "\n".join(lines)
 
     emit(fmt, data, human)
+
+
+@click.command("audit")
+@option(
+    "-n", "--limit", type=click.IntRange(1, 10000), default=50, help="At most this many events."
+)
+@output_option
+@pass_state
+def audit(state: State, limit: int, fmt: str) -> None:
+    """Who did what, newest first: requests, boards, tokens, access handed out, refusals.
+    Admins only."""
+    events = state.client().audit_events(limit)
+    columns: list[Column] = [
+        ("TIME", lambda e: when(e.time)),
+        ("WHO", lambda e: f"{e.actor} ({e.role})"),
+        ("ACTION", lambda e: e.action),
+        ("TARGET", lambda e: e.target),
+        ("DETAIL", lambda e: e.detail),
+    ]
+    emit(fmt, events, lambda: table(events, columns))

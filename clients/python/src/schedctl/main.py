@@ -12,7 +12,7 @@ from boruta_client.config import load_config
 
 from schedctl import exits
 from schedctl.cli import State, option
-from schedctl.jobs_cmd import run, ssh, status
+from schedctl.jobs_cmd import audit, run, ssh, status
 from schedctl.pki_cmd import pki_group
 from schedctl.requests_cmd import requests_group
 from schedctl.tokens_cmd import tokens_group
@@ -160,6 +160,7 @@ cli.add_command(workers_group)
 cli.add_command(run)
 cli.add_command(ssh)
 cli.add_command(status)
+cli.add_command(audit)
 cli.add_command(pki_group)
 cli.add_command(tokens_group)
 

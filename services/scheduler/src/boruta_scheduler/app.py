@@ -9,12 +9,14 @@ import time
 import grpc
 from boruta.pki import PkiError
 from boruta.tls import TlsFiles, channel_credentials, is_loopback, server_credentials
-from boruta.v1 import requests_pb2, superviser_pb2, tokens_pb2, workers_pb2
+from boruta.v1 import audit_pb2, requests_pb2, superviser_pb2, tokens_pb2, workers_pb2
 
+from boruta_scheduler.audit import AuditLog
 from boruta_scheduler.config import SchedulerConfig, ServerConfig
 from boruta_scheduler.core import Core
 from boruta_scheduler.dryads import DryadPool
 from boruta_scheduler.engine import Engine
+from boruta_scheduler.rpc.audit import AuditServicer
 from boruta_scheduler.rpc.calls import (
     DRYADS,
     CertificateIdentities,
@@ -32,6 +34,7 @@ from boruta_scheduler.store import Store, open_store
 from boruta_scheduler.tokens import TokenAuthority
 from boruta_scheduler.tunnels import Tunnels
 from boruta_scheduler.tunnels.forwarder import parse_ports
+from boruta_scheduler.types import Identity
 from boruta_scheduler.watch import WatchHub
 
 log = logging.getLogger(__name__)
@@ -88,6 +91,7 @@ class Scheduler:
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.token_port = 0
+        self.audit: AuditLog | None = None
 
     async def start(self) -> int:
         """Restore, then serve; returns the port bound."""
@@ -120,7 +124,12 @@ class Scheduler:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        self.tokens = TokenAuthority(self.store)
+        audit = self.audit = service.audit
+        self.tokens = TokenAuthority(self.store, audit=audit)
+
+        def refused(who: Identity, call: str, why: str) -> None:
+            audit.record(who, "refused", call.rpartition(".")[2], why)
+
         identify: IdentitySource
         if self.tls is None:
             identify = metadata_identities
@@ -131,12 +140,14 @@ class Scheduler:
             RequestsServicer(service),
             requests_pb2.DESCRIPTOR.services_by_name["Requests"],
             identify,
+            refused=refused,
         )
         add_service(
             server,
             WorkersServicer(service),
             workers_pb2.DESCRIPTOR.services_by_name["Workers"],
             identify,
+            refused=refused,
         )
         add_service(
             server,
@@ -144,12 +155,21 @@ class Scheduler:
             superviser_pb2.DESCRIPTOR.services_by_name["Superviser"],
             identify,
             DRYADS,
+            refused=refused,
+        )
+        add_service(
+            server,
+            AuditServicer(self.audit),
+            audit_pb2.DESCRIPTOR.services_by_name["Audit"],
+            identify,
+            refused=refused,
         )
         add_service(
             server,
             TokensServicer(self.tokens),
             tokens_pb2.DESCRIPTOR.services_by_name["Tokens"],
             identify,
+            refused=refused,
         )
         listen = self.config.server.listen
         if self.tls is None:
@@ -171,6 +191,8 @@ class Scheduler:
     async def stop(self, grace: float = 2.0) -> None:
         if self.server is not None:
             await self.server.stop(grace)
+        if self.audit is not None:
+            await self.audit.flush()
         if self.engine is not None:
             await self.engine.stop()
         await self.dryads.close()

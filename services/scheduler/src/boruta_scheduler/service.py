@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from boruta_scheduler.audit import AuditLog
 from boruta_scheduler.core import Core
 from boruta_scheduler.engine import Engine
 from boruta_scheduler.errors import (
@@ -64,7 +65,9 @@ class SchedulerService:
         hub: WatchHub,
         settings: ServiceSettings | None = None,
         readers: ThreadPoolExecutor | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
+        self.audit = audit or AuditLog(store)
         self.engine = engine
         self.store = store
         self.hub = hub
@@ -114,7 +117,7 @@ class SchedulerService:
         no_wait: bool = False,
     ) -> RequestView:
         caps = dict(caps)
-        return await self.engine.execute(
+        view = await self.engine.execute(
             lambda core, now: core.new_request(
                 now,
                 who.user,
@@ -128,14 +131,20 @@ class SchedulerService:
                 privileged=who.role is Role.ADMIN,
             )
         )
+        shown = " ".join(f"{k}={v}" for k, v in sorted(caps.items()))
+        detail = f"caps {shown or '(any)'}, priority {view.priority}, {view.state.name}"
+        self.audit.record(who, "NewRequest", f"request {view.id}", detail)
+        return view
 
     async def close_request(self, who: Identity, request_id: int) -> RequestView:
         _check_id(request_id)
         self._check_mine(who, request_id)
         try:
-            return await self.engine.execute(lambda core, now: core.close_request(now, request_id))
+            view = await self.engine.execute(lambda core, now: core.close_request(now, request_id))
         except RequestNotFound as exc:
             raise await self._explain_missing(who, exc) from None
+        self.audit.record(who, "CloseRequest", f"request {request_id}", view.state.name)
+        return view
 
     async def update_request(
         self,
@@ -149,7 +158,7 @@ class SchedulerService:
         _check_id(request_id)
         self._check_mine(who, request_id)
         try:
-            return await self.engine.execute(
+            view = await self.engine.execute(
                 lambda core, now: core.update_request(
                     now,
                     request_id,
@@ -161,6 +170,10 @@ class SchedulerService:
             )
         except RequestNotFound as exc:
             raise await self._explain_missing(who, exc) from None
+        self.audit.record(
+            who, "UpdateRequest", f"request {request_id}", f"priority {view.priority}"
+        )
+        return view
 
     async def get_request(self, who: Identity, request_id: int) -> RequestView:
         _check_id(request_id)
@@ -195,15 +208,25 @@ class SchedulerService:
         if view.state is not RequestState.IN_PROGRESS:
             detail = f" ({view.reason})" if view.reason else ""
             raise WrongRequestState(f"request {request_id} is {view.state.name}{detail}")
+        job = view.job
+        assert job is not None and job.access is not None
+        self.audit.record(
+            who,
+            "AcquireWorker",
+            f"request {request_id}",
+            f"access to worker {job.worker_uuid} as {job.access.username}",
+        )
         return view
 
     async def prolong_access(self, who: Identity, request_id: int) -> JobView:
         _check_id(request_id)
         self._check_mine(who, request_id)
         try:
-            return await self.engine.execute(lambda core, now: core.prolong_access(now, request_id))
+            job = await self.engine.execute(lambda core, now: core.prolong_access(now, request_id))
         except RequestNotFound as exc:
             raise await self._explain_missing(who, exc) from None
+        self.audit.record(who, "ProlongAccess", f"request {request_id}", f"{job.prolong_count}")
+        return job
 
     async def watch_requests(
         self, who: Identity, query: RequestQuery, include_current: bool
@@ -248,15 +271,20 @@ class SchedulerService:
         self, who: Identity, uuid: str, state: WorkerState, reason: str
     ) -> WorkerView:
         _require_admin(who, "change a worker's state")
-        return await self.engine.execute(lambda core, now: core.set_state(now, uuid, state, reason))
+        view = await self.engine.execute(lambda core, now: core.set_state(now, uuid, state, reason))
+        self.audit.record(who, "SetState", f"worker {uuid}", f"{state.name}: {reason}".rstrip(": "))
+        return view
 
     async def set_groups(self, who: Identity, uuid: str, groups: frozenset[str]) -> WorkerView:
         _require_admin(who, "change a worker's groups")
-        return await self.engine.execute(lambda core, now: core.set_groups(now, uuid, groups))
+        view = await self.engine.execute(lambda core, now: core.set_groups(now, uuid, groups))
+        self.audit.record(who, "SetGroups", f"worker {uuid}", ",".join(sorted(groups)) or "(none)")
+        return view
 
     async def deregister(self, who: Identity, uuid: str) -> None:
         _require_admin(who, "deregister a worker")
         await self.engine.execute(lambda core, now: core.deregister(now, uuid))
+        self.audit.record(who, "Deregister", f"worker {uuid}")
 
     async def watch_workers(
         self, who: Identity, query: WorkerQuery, include_current: bool

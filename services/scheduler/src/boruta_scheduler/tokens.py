@@ -14,6 +14,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 
+from boruta_scheduler.audit import AuditLog
 from boruta_scheduler.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from boruta_scheduler.store import Store
 from boruta_scheduler.types import Identity, NewToken, Role, TokenRecord
@@ -31,7 +32,13 @@ def _hash(secret: str) -> bytes:
 class TokenAuthority:
     """Issues, lists and revokes tokens, and tells who a presented token belongs to."""
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], float] = time.time,
+        audit: AuditLog | None = None,
+    ) -> None:
+        self._audit = audit
         self._store = store
         self._clock = clock
         self._tokens = {t.id: t for t in store.tokens()}
@@ -71,6 +78,9 @@ class TokenAuthority:
         token = NewToken(user, names, admin, _hash(secret), now, now + ttl, who.user, description)
         record = await asyncio.to_thread(self._store.add_token, token)
         self._tokens[record.id] = record
+        if self._audit is not None:
+            kind = "admin" if admin else "user"
+            self._audit.record(who, "IssueToken", f"token {record.id}", f"for {kind} {user}")
         return record, f"{record.id}.{secret}"
 
     def list(self, who: Identity) -> list[TokenRecord]:
@@ -84,6 +94,8 @@ class TokenAuthority:
         record = await asyncio.to_thread(self._store.revoke_token, token_id, self._clock())
         assert record is not None
         self._tokens[token_id] = record
+        if self._audit is not None:
+            self._audit.record(who, "RevokeToken", f"token {token_id}", f"of {record.user}")
         return record
 
     def identify(self, bearer: str) -> Identity:

@@ -131,9 +131,14 @@ class CertificateOrToken:
         )
 
 
-async def _abort(context: Context, error: BorutaError, call: str) -> None:
+Refusals = Callable[[Identity, str, str], None]
+
+
+async def _abort(context: Context, error: BorutaError, call: str, refused: Refusals | None) -> None:
     if isinstance(error, PermissionDenied | Unauthenticated):
         who = _identity.get()
+        if refused is not None:
+            refused(who, call, str(error))
         log.warning(
             "call refused",
             extra={
@@ -154,7 +159,10 @@ def _check_parsed(request: Any) -> None:
 
 
 def _unary(
-    behavior: Callable[[Any, Context], Awaitable[Any]], identify: IdentitySource, call: str
+    behavior: Callable[[Any, Context], Awaitable[Any]],
+    identify: IdentitySource,
+    call: str,
+    refused: Refusals | None,
 ) -> Callable[[Any, Context], Awaitable[Any]]:
     async def serve(request: Any, context: Context) -> Any:
         # Each RPC runs in its own task and context, so the value needs no reset.
@@ -164,13 +172,16 @@ def _unary(
             _check_parsed(request)
             return await behavior(request, context)
         except BorutaError as error:
-            await _abort(context, error, call)
+            await _abort(context, error, call, refused)
 
     return serve
 
 
 def _stream(
-    behavior: Callable[[Any, Context], AsyncIterator[Any]], identify: IdentitySource, call: str
+    behavior: Callable[[Any, Context], AsyncIterator[Any]],
+    identify: IdentitySource,
+    call: str,
+    refused: Refusals | None,
 ) -> Callable[[Any, Context], AsyncIterator[Any]]:
     async def serve(request: Any, context: Context) -> AsyncIterator[Any]:
         _identity.set(ANONYMOUS)
@@ -180,7 +191,7 @@ def _stream(
             async for item in behavior(request, context):
                 yield item
         except BorutaError as error:
-            await _abort(context, error, call)
+            await _abort(context, error, call, refused)
 
     return serve
 
@@ -228,6 +239,7 @@ def add_service(
     service: ServiceDescriptor,
     identify: IdentitySource = metadata_identities,
     roles: frozenset[Role] = PEOPLE,
+    refused: Refusals | None = None,
 ) -> None:
     """Serve a servicer: every call gets its caller's identity (refused if its role has no
     business here), malformed requests are INVALID_ARGUMENT, and BorutaErrors become
@@ -240,13 +252,13 @@ def add_service(
         serialize = message_factory.GetMessageClass(method.output_type).SerializeToString
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _stream(behavior, identify, method.full_name),
+                _stream(behavior, identify, method.full_name, refused),
                 request_deserializer=parse,
                 response_serializer=serialize,
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary(behavior, identify, method.full_name),
+                _unary(behavior, identify, method.full_name, refused),
                 request_deserializer=parse,
                 response_serializer=serialize,
             )
