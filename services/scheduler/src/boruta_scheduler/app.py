@@ -10,6 +10,7 @@ import grpc
 from boruta.pki import PkiError
 from boruta.tls import TlsFiles, channel_credentials, is_loopback, server_credentials
 from boruta.v1 import audit_pb2, requests_pb2, superviser_pb2, tokens_pb2, workers_pb2
+from google.protobuf.descriptor import ServiceDescriptor
 
 from boruta_scheduler.audit import AuditLog
 from boruta_scheduler.config import SchedulerConfig, ServerConfig
@@ -19,6 +20,7 @@ from boruta_scheduler.engine import Engine
 from boruta_scheduler.rpc.audit import AuditServicer
 from boruta_scheduler.rpc.calls import (
     DRYADS,
+    PEOPLE,
     CertificateIdentities,
     CertificateOrToken,
     IdentitySource,
@@ -34,7 +36,7 @@ from boruta_scheduler.store import Store, open_store
 from boruta_scheduler.tokens import TokenAuthority
 from boruta_scheduler.tunnels import Tunnels
 from boruta_scheduler.tunnels.forwarder import parse_ports
-from boruta_scheduler.types import Identity
+from boruta_scheduler.types import Identity, Role
 from boruta_scheduler.watch import WatchHub
 
 log = logging.getLogger(__name__)
@@ -135,42 +137,23 @@ class Scheduler:
             identify = metadata_identities
         else:
             identify = CertificateOrToken(CertificateIdentities(self.tls.read()[0]), self.tokens)
-        add_service(
-            server,
-            RequestsServicer(service),
-            requests_pb2.DESCRIPTOR.services_by_name["Requests"],
-            identify,
-            refused=refused,
-        )
-        add_service(
-            server,
-            WorkersServicer(service),
-            workers_pb2.DESCRIPTOR.services_by_name["Workers"],
-            identify,
-            refused=refused,
-        )
-        add_service(
-            server,
-            SuperviserServicer(service),
-            superviser_pb2.DESCRIPTOR.services_by_name["Superviser"],
-            identify,
-            DRYADS,
-            refused=refused,
-        )
-        add_service(
-            server,
-            AuditServicer(self.audit),
-            audit_pb2.DESCRIPTOR.services_by_name["Audit"],
-            identify,
-            refused=refused,
-        )
-        add_service(
-            server,
-            TokensServicer(self.tokens),
-            tokens_pb2.DESCRIPTOR.services_by_name["Tokens"],
-            identify,
-            refused=refused,
-        )
+        services: list[tuple[object, ServiceDescriptor, frozenset[Role]]] = [
+            (
+                RequestsServicer(service),
+                requests_pb2.DESCRIPTOR.services_by_name["Requests"],
+                PEOPLE,
+            ),
+            (WorkersServicer(service), workers_pb2.DESCRIPTOR.services_by_name["Workers"], PEOPLE),
+            (
+                SuperviserServicer(service),
+                superviser_pb2.DESCRIPTOR.services_by_name["Superviser"],
+                DRYADS,
+            ),
+            (AuditServicer(audit), audit_pb2.DESCRIPTOR.services_by_name["Audit"], PEOPLE),
+            (TokensServicer(self.tokens), tokens_pb2.DESCRIPTOR.services_by_name["Tokens"], PEOPLE),
+        ]
+        for servicer, descriptor, roles in services:
+            add_service(server, servicer, descriptor, identify, roles, refused=refused)
         listen = self.config.server.listen
         if self.tls is None:
             self.port = server.add_insecure_port(listen)
