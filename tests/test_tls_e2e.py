@@ -158,3 +158,5 @@ def test_a_ci_system_works_with_a_token_until_it_is_revoked(farm: LiveFarm, tmp_
     assert ("ci-bot", "AcquireWorker") in seen  # who was given access to which board
     denied = schedctl(as_ci, "audit")
     assert denied.returncode == 77
+    logs = "\n".join(path.read_text() for path in farm.log_files)
+    assert token["secret"].partition(".")[2] not in logs  # the token never reaches a log
