@@ -10,6 +10,8 @@ import grpc
 import pytest
 from boruta.v1 import requests_pb2, types_pb2, workers_pb2
 from boruta_scheduler.core import Policy
+from boruta_scheduler.errors import PermissionDenied, RequestNotFound
+from boruta_scheduler.types import Identity
 from conftest import start_scheduler
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -380,6 +382,34 @@ async def test_users_see_and_change_only_their_own_requests(farm: Farm) -> None:
     # A finished request of someone else is no business of bob's either.
     await expect_error(bob.close(waiting.id), grpc.StatusCode.PERMISSION_DENIED, "not yours")
     await expect_error(ann.close(waiting.id), grpc.StatusCode.FAILED_PRECONDITION, "CANCELLED")
+
+
+async def test_no_race_lets_a_user_act_on_a_request_created_in_the_same_batch(
+    farm: Farm,
+) -> None:
+    """bob guesses the id alice's request is about to get and calls at the same moment:
+    the owner check runs in order with the creation, so it always sees alice's request."""
+    await farm.add_dryad([board("w1")])
+    service = farm.scheduler.service  # type: ignore[attr-defined]
+    alice, bob = Identity("alice"), Identity("bob")
+    for round_ in range(20):
+        known = await service.new_request(alice, {}, accept_unsatisfiable=True)
+        guess = known.id + 1
+        attempts = [
+            lambda guess=guess: service.close_request(bob, guess),
+            lambda guess=guess: service.prolong_access(bob, guess),
+            lambda guess=guess: service.update_request(bob, guess, priority=3),
+            lambda guess=guess: service.acquire_worker(bob, guess, 0.2),
+        ]
+        created, bobs = await asyncio.gather(
+            service.new_request(alice, {}), attempts[round_ % 4](), return_exceptions=True
+        )
+        assert not isinstance(created, BaseException) and created.id == guess
+        assert isinstance(bobs, PermissionDenied | RequestNotFound), bobs
+        view = await service.get_request(alice, guess)
+        assert view.owner == "alice" and view.state.name in ("WAITING", "IN_PROGRESS")
+        await service.close_request(alice, guess)
+        await service.close_request(alice, known.id)
 
 
 async def test_list_filters_sorts_and_pages(farm: Farm) -> None:

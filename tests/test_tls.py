@@ -222,16 +222,25 @@ async def test_token_expiry_and_validation() -> None:
     authority = TokenAuthority(MemoryStore(), clock=lambda: now[0])
     admin = Identity("root", role=Role.ADMIN)
     record, secret = await authority.issue(admin, "ci", ["lab"], False, 60.0, "")
-    assert authority.identify(secret) == Identity("ci", frozenset({"lab"}), Role.USER)
+    who = authority.identify(secret)
+    assert who == Identity("ci", frozenset({"lab"}), Role.USER, token_id=record.id)
+    for odd in ("²." + secret.partition(".")[2], "9" * 5000 + ".x", "", "."):
+        with pytest.raises(Unauthenticated, match="not valid"):
+            authority.identify(odd)
+    authority.revalidate(who)
+    await authority.revoke(admin, record.id)
+    with pytest.raises(Unauthenticated, match="was revoked"):
+        authority.revalidate(who)  # e.g. before AcquireWorker hands out a key
+    record, secret = await authority.issue(admin, "ci", ["lab"], False, 60.0, "")
     now[0] += 61
     with pytest.raises(Unauthenticated, match="has expired"):
         authority.identify(secret)
     with pytest.raises(PermissionDenied):
         await authority.issue(Identity("bob"), "x", [], False, None, "")
-    for user, ttl in (("a b", None), ("ok", 0.0), ("ok", 3651 * 86400.0)):
+    for user, ttl in (("a b", None), ("ok", 0.0), ("ok", 3651 * 86400.0), ("anonymous", None)):
         with pytest.raises(InvalidArgument):
             await authority.issue(admin, user, [], False, ttl, "")
-    assert [t.id for t in authority.list(admin)] == [record.id]
+    assert [t.id for t in authority.list(admin)] == [1, record.id]
 
 
 async def test_the_audit_log_says_who_did_what(scheduler: Scheduler, farm_pki: FarmPki) -> None:

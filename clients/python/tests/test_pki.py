@@ -11,6 +11,7 @@ import pytest
 from boruta import pki
 from click.testing import CliRunner
 from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from schedctl.main import cli
 
 
@@ -58,3 +59,20 @@ def test_names_that_are_not_user_names_are_refused() -> None:
     ca_key, ca_pem = pki.create_ca("farm")
     with pytest.raises(pki.PkiError, match="must be 1 to 64"):
         pki.issue(ca_key, ca_pem, pki.CertIdentity("a b", pki.Role.USER))
+    with pytest.raises(pki.PkiError, match="cannot identify"):
+        pki.issue(ca_key, ca_pem, pki.CertIdentity("anonymous", pki.Role.USER))
+
+
+def test_only_servers_get_server_certificates() -> None:
+    ca_key, ca_pem = pki.create_ca("farm")
+    with pytest.raises(pki.PkiError, match="serves nothing"):
+        pki.issue(ca_key, ca_pem, pki.CertIdentity("bob", pki.Role.USER, hosts=("sched",)))
+    _, user = pki.issue(ca_key, ca_pem, pki.CertIdentity("bob", pki.Role.USER))
+    _, dryad = pki.issue(ca_key, ca_pem, pki.CertIdentity("pc", pki.Role.DRYAD, hosts=("pc",)))
+
+    def usages(pem: bytes) -> set[x509.ObjectIdentifier]:
+        cert = x509.load_pem_x509_certificate(pem)
+        return set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+
+    assert usages(user) == {ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert usages(dryad) == {ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH}

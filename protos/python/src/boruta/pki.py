@@ -131,6 +131,14 @@ def issue(
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise PkiError("the CA key is not an EC key made by schedctl pki init")
     check_name(identity.name)
+    serves = identity.role in (Role.SCHEDULER, Role.DRYAD)
+    if identity.hosts and not serves:
+        raise PkiError(f"a {identity.role.value} certificate serves nothing: give no hosts")
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    if serves:
+        # Only servers may present it as a server: a user's certificate cannot stand in
+        # for the scheduler to collect others' tokens.
+        usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
     key = ec.generate_private_key(ec.SECP256R1())
     builder = (
         x509.CertificateBuilder()
@@ -142,9 +150,7 @@ def issue(
         .not_valid_after(min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
-            ),
+            x509.ExtendedKeyUsage(usages),
             critical=False,
         )
         .add_extension(
@@ -160,7 +166,13 @@ def issue(
 
 
 def check_name(name: str) -> None:
-    if not name or len(name) > 64 or not all(c.isalnum() or c in "._-@" for c in name):
+    if name == "anonymous":
+        raise PkiError("'anonymous' is what the scheduler calls callers it cannot identify")
+    if (
+        not name
+        or len(name) > 64
+        or not all(c.isascii() and (c.isalnum() or c in "._-@") for c in name)
+    ):
         raise PkiError(
             f"name {name!r} must be 1 to 64 letters, digits and . _ - @ (it becomes the "
             "identity's user name)"

@@ -19,6 +19,7 @@ from boruta_scheduler.dryads import DryadPool
 from boruta_scheduler.engine import Engine
 from boruta_scheduler.rpc.audit import AuditServicer
 from boruta_scheduler.rpc.calls import (
+    ANONYMOUS,
     DRYADS,
     PEOPLE,
     CertificateIdentities,
@@ -94,6 +95,7 @@ class Scheduler:
         self.port = 0
         self.token_port = 0
         self.audit: AuditLog | None = None
+        self.service: SchedulerService | None = None
 
     async def start(self) -> int:
         """Restore, then serve; returns the port bound."""
@@ -110,7 +112,7 @@ class Scheduler:
                 "seconds": round(time.time() - started, 3),
             },
         )
-        service = SchedulerService(
+        service = self.service = SchedulerService(
             self.engine,
             self.store,
             self.hub,
@@ -128,9 +130,13 @@ class Scheduler:
         )
         audit = self.audit = service.audit
         self.tokens = TokenAuthority(self.store, audit=audit)
+        service.revalidate = self.tokens.revalidate
 
         def refused(who: Identity, call: str, why: str) -> None:
-            audit.record(who, "refused", call.rpartition(".")[2], why)
+            # Callers who proved no identity are only logged: anyone who can reach the
+            # token port could otherwise grow the audit table without limit.
+            if who.user != ANONYMOUS.user:
+                audit.record(who, "refused", call.rpartition(".")[2], why)
 
         identify: IdentitySource
         if self.tls is None:

@@ -156,12 +156,21 @@ class Engine:
             self._pending.append(_Pending(command, None))
             self._wakeup.set()
 
-    async def wait_for_job(self, request_id: int, timeout: float | None) -> RequestView:
-        """The request once it is IN_PROGRESS or terminal; raises TimeoutError after timeout."""
+    async def wait_for_job(
+        self,
+        request_id: int,
+        timeout: float | None,
+        authorize: Callable[[RequestView], None] | None = None,
+    ) -> RequestView:
+        """The request once it is IN_PROGRESS or terminal; raises TimeoutError after timeout.
+        authorize sees the request inside the engine, in order with every other command, so
+        no request created after a check can slip past it."""
         future: asyncio.Future[RequestView] = asyncio.get_running_loop().create_future()
 
         def check(core: Core, now: float) -> RequestView | None:
             view = core.request(request_id)
+            if authorize is not None:
+                authorize(view)
             if self._job_ready(view):
                 return view
             self._acquire_waiters.setdefault(request_id, set()).add(future)

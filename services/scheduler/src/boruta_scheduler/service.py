@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from boruta_scheduler.audit import AuditLog
 from boruta_scheduler.core import Core
-from boruta_scheduler.engine import Engine
+from boruta_scheduler.engine import Command, Engine
 from boruta_scheduler.errors import (
     DeadlineExceeded,
     PermissionDenied,
@@ -68,6 +68,9 @@ class SchedulerService:
         audit: AuditLog | None = None,
     ) -> None:
         self.audit = audit or AuditLog(store)
+        # Checks again, before a secret is handed out, that the caller's credential still
+        # holds (set when tokens are in use).
+        self.revalidate: Callable[[Identity], None] = lambda who: None
         self.engine = engine
         self.store = store
         self.hub = hub
@@ -83,13 +86,6 @@ class SchedulerService:
             raise ResourceExhausted(
                 f"{who.user} already has {limit} watches open, the most allowed; close one"
             )
-
-    def _check_mine(self, who: Identity, request_id: int) -> None:
-        """Only a live request's owner and admins may act on it (terminal requests are
-        checked by _explain_missing)."""
-        view = self.engine.core.live_request(request_id)
-        if view is not None:
-            _check_owner(who, view)
 
     async def _explain_missing(self, who: Identity, error: RequestNotFound) -> Exception:
         """A request the core no longer holds may be terminal in the store: say which state."""
@@ -138,9 +134,10 @@ class SchedulerService:
 
     async def close_request(self, who: Identity, request_id: int) -> RequestView:
         _check_id(request_id)
-        self._check_mine(who, request_id)
         try:
-            view = await self.engine.execute(lambda core, now: core.close_request(now, request_id))
+            view = await self.engine.execute(
+                _as_owner(who, request_id, lambda core, now: core.close_request(now, request_id))
+            )
         except RequestNotFound as exc:
             raise await self._explain_missing(who, exc) from None
         self.audit.record(who, "CloseRequest", f"request {request_id}", view.state.name)
@@ -156,16 +153,19 @@ class SchedulerService:
         deadline: float | None = None,
     ) -> RequestView:
         _check_id(request_id)
-        self._check_mine(who, request_id)
         try:
             view = await self.engine.execute(
-                lambda core, now: core.update_request(
-                    now,
+                _as_owner(
+                    who,
                     request_id,
-                    priority=priority,
-                    valid_after=valid_after,
-                    deadline=deadline,
-                    privileged=who.role is Role.ADMIN,
+                    lambda core, now: core.update_request(
+                        now,
+                        request_id,
+                        priority=priority,
+                        valid_after=valid_after,
+                        deadline=deadline,
+                        privileged=who.role is Role.ADMIN,
+                    ),
                 )
             )
         except RequestNotFound as exc:
@@ -195,9 +195,10 @@ class SchedulerService:
     ) -> RequestView:
         """Wait until the request runs; returns it with its job's access."""
         _check_id(request_id)
-        self._check_mine(who, request_id)
         try:
-            view = await self.engine.wait_for_job(request_id, timeout)
+            view = await self.engine.wait_for_job(
+                request_id, timeout, lambda live: _check_owner(who, live)
+            )
         except RequestNotFound as exc:
             raise await self._explain_missing(who, exc) from None
         except TimeoutError:
@@ -208,6 +209,7 @@ class SchedulerService:
         if view.state is not RequestState.IN_PROGRESS:
             detail = f" ({view.reason})" if view.reason else ""
             raise WrongRequestState(f"request {request_id} is {view.state.name}{detail}")
+        self.revalidate(who)
         job = view.job
         assert job is not None and job.access is not None
         self.audit.record(
@@ -220,9 +222,10 @@ class SchedulerService:
 
     async def prolong_access(self, who: Identity, request_id: int) -> JobView:
         _check_id(request_id)
-        self._check_mine(who, request_id)
         try:
-            job = await self.engine.execute(lambda core, now: core.prolong_access(now, request_id))
+            job = await self.engine.execute(
+                _as_owner(who, request_id, lambda core, now: core.prolong_access(now, request_id))
+            )
         except RequestNotFound as exc:
             raise await self._explain_missing(who, exc) from None
         self.audit.record(who, "ProlongAccess", f"request {request_id}", f"{job.prolong_count}")
@@ -350,6 +353,20 @@ def _check_dryad(who: Identity, uuid: str) -> None:
 def _require_admin(who: Identity, what: str) -> None:
     if who.role is not Role.ADMIN:
         raise PermissionDenied(f"only admins may {what}; {who.user} is a {who.role.value}")
+
+
+def _as_owner(who: Identity, request_id: int, action: Command[T]) -> Command[T]:
+    """The action as an engine command that first checks the caller owns the request: the
+    check runs in order with every other command, so it sees every request created before
+    it. (A check before queueing would miss one created in the same batch.)"""
+
+    def command(core: Core, now: float) -> T:
+        view = core.live_request(request_id)
+        if view is not None:
+            _check_owner(who, view)
+        return action(core, now)
+
+    return command
 
 
 def _check_owner(who: Identity, view: RequestView) -> None:

@@ -23,6 +23,7 @@ DEFAULT_TTL = 90 * 86400.0
 MAX_TTL = 3650 * 86400.0
 _USER = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 _GROUP = re.compile(r"[A-Za-z0-9._:/-]{1,64}")
+_TOKEN_ID = re.compile(r"[0-9]{1,19}")  # ASCII digits only: str.isdigit() also takes "²"
 
 
 def _hash(secret: str) -> bytes:
@@ -61,8 +62,10 @@ class TokenAuthority:
     ) -> tuple[TokenRecord, str]:
         """A new token and its secret, which is never stored or shown again."""
         self._require_admin(who)
-        if not _USER.fullmatch(user):
-            raise InvalidArgument("user must be 1 to 64 letters, digits and . _ - @")
+        if not _USER.fullmatch(user) or user == "anonymous":
+            raise InvalidArgument(
+                "user must be 1 to 64 letters, digits and . _ - @, and not 'anonymous'"
+            )
         names = frozenset(groups)
         if len(names) > 32 or not all(_GROUP.fullmatch(g) for g in names):
             raise InvalidArgument(
@@ -101,11 +104,23 @@ class TokenAuthority:
     def identify(self, bearer: str) -> Identity:
         """The identity of a presented token; Unauthenticated for anything else."""
         token_id, _, secret = bearer.partition(".")
-        record = self._tokens.get(int(token_id)) if token_id.isdigit() else None
+        record = self._tokens.get(int(token_id)) if _TOKEN_ID.fullmatch(token_id) else None
         if record is None or not hmac.compare_digest(record.secret_hash, _hash(secret)):
             raise Unauthenticated("the bearer token is not valid")
         if record.revoked_at is not None:
             raise Unauthenticated(f"token {record.id} was revoked")
         if self._clock() > record.expires_at:
             raise Unauthenticated(f"token {record.id} has expired; ask an admin for a new one")
-        return Identity(record.user, record.groups, Role.ADMIN if record.admin else Role.USER)
+        role = Role.ADMIN if record.admin else Role.USER
+        return Identity(record.user, record.groups, role, token_id=record.id)
+
+    def revalidate(self, who: Identity) -> None:
+        """Raise Unauthenticated if who came with a token that was revoked or has expired
+        since the call began (a long AcquireWorker must not hand out a key after that)."""
+        if who.token_id is None:
+            return
+        record = self._tokens.get(who.token_id)
+        if record is None or record.revoked_at is not None:
+            raise Unauthenticated(f"token {who.token_id} was revoked")
+        if self._clock() > record.expires_at:
+            raise Unauthenticated(f"token {who.token_id} has expired")

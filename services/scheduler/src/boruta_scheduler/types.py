@@ -62,6 +62,8 @@ class Identity:
     # The workers a dryad's certificate names; None on a plaintext channel, where
     # identities are taken as given and nothing can be checked.
     workers: frozenset[str] | None = None
+    # The bearer token the caller came with, to check again before handing out secrets.
+    token_id: int | None = None
 
     def may_speak_for(self, worker_uuid: str) -> bool:
         """Whether this caller may register, heartbeat or fail this worker."""
