@@ -128,6 +128,12 @@ async def test_a_dryad_speaks_only_for_its_own_workers(
                 await call
             assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
             assert "may not speak for worker 'w2'" in (info.value.details() or "")
+    async with channel(scheduler, farm_pki.dryad("pc-2", "w3", host="10.1.2.3")) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            # Its certificate names 10.1.2.3; it may not aim tunnels at 127.0.0.1.
+            await superviser_pb2_grpc.SuperviserStub(ch).Register(register("w3"), timeout=10)
+        assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert "is not on a host the dryad's certificate names" in (info.value.details() or "")
     async with channel(scheduler, farm_pki.user("alice")) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await superviser_pb2_grpc.SuperviserStub(ch).Register(register("w1"), timeout=10)

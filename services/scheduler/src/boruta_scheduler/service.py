@@ -319,6 +319,15 @@ class SchedulerService:
     ) -> WorkerView:
         caps = dict(caps)
         _check_dryad(who, caps.get("UUID", ""))
+        for what, address in (("dryad_address", dryad_address), ("ssh_address", ssh_address)):
+            host = address.rpartition(":")[0].strip("[]")
+            if who.hosts is not None and host not in who.hosts:
+                # Else a stolen dryad certificate could aim users' tunnels (and the
+                # scheduler's calls) at any host the scheduler can reach, itself included.
+                raise PermissionDenied(
+                    f"{what} {address} is not on a host the dryad's certificate names "
+                    f"({', '.join(sorted(who.hosts)) or 'none'}); issue it with -H {host}"
+                )
         return await self.engine.execute(
             lambda core, now: core.register(
                 now,

@@ -64,6 +64,9 @@ class Identity:
     workers: frozenset[str] | None = None
     # The bearer token the caller came with, to check again before handing out secrets.
     token_id: int | None = None
+    # The hosts a dryad's certificate names: the only ones it may send the scheduler's
+    # calls and users' tunnels to. None where nothing is known (plaintext).
+    hosts: frozenset[str] | None = None
 
     def may_speak_for(self, worker_uuid: str) -> bool:
         """Whether this caller may register, heartbeat or fail this worker."""

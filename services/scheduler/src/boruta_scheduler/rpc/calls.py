@@ -104,7 +104,8 @@ class CertificateIdentities:
         if role is None:
             raise PermissionDenied(f"a {cert.role.value} certificate cannot call the scheduler")
         workers = cert.workers if role is Role.DRYAD else frozenset()
-        return Identity(cert.name, cert.groups, role, workers)
+        hosts = frozenset(cert.hosts) if role is Role.DRYAD else frozenset()
+        return Identity(cert.name, cert.groups, role, workers, hosts=hosts)
 
 
 class CertificateOrToken:
