@@ -84,17 +84,17 @@ class PeerCertificates:
         if not pems:
             raise pki.PkiError("no client certificate: this port needs one from the farm's CA")
         cert, found = self._parse(bytes(pems[0]))
-        if isinstance(found, pki.PkiError):
-            raise found
+        if isinstance(found, str):
+            raise pki.PkiError(found)  # a fresh error: a cached one would grow its traceback
         pki.check_validity(cert, now or dt.datetime.now(dt.UTC))
         return found
 
     @functools.lru_cache(maxsize=1024)  # noqa: B019 - one instance per process
-    def _parse(self, pem: bytes) -> tuple[x509.Certificate, pki.CertIdentity | pki.PkiError]:
+    def _parse(self, pem: bytes) -> tuple[x509.Certificate, pki.CertIdentity | str]:
         """Signature and identity, once per certificate (a verify costs ~0.1 ms)."""
         cert = x509.load_pem_x509_certificate(pem)
         try:
             pki.check_signature(cert, self._ca)
             return cert, pki.identity_of(cert)
         except pki.PkiError as error:
-            return cert, error
+            return cert, str(error)
