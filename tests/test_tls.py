@@ -197,6 +197,12 @@ async def test_bearer_tokens_on_the_token_port(scheduler: Scheduler, farm_pki: F
     async with token_channel(secret) as ch:
         reply = await new_request(ch)
         assert (reply.request.owner, list(reply.request.owner_groups)) == ("ci-bot", ["lab"])
+    watcher = token_channel(secret)
+    watch = requests_pb2_grpc.RequestsStub(watcher).WatchRequests(
+        requests_pb2.WatchRequestsRequest()
+    )
+    await watch.initial_metadata()
+    async with token_channel(secret) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await tokens_pb2_grpc.TokensStub(ch).ListTokens(tokens_pb2.ListTokensRequest())
         assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
@@ -216,6 +222,15 @@ async def test_bearer_tokens_on_the_token_port(scheduler: Scheduler, farm_pki: F
         listed = await tokens.ListTokens(tokens_pb2.ListTokensRequest())
         assert listed.tokens[0].HasField("revoked_at")
         assert all(secret not in str(t) for t in listed.tokens)
+    # The watch opened before the revocation ends at its next event: a new request of
+    # ci-bot's (made with a certificate of the same name) is one.
+    async with channel(scheduler, farm_pki.user("ci-bot", "lab")) as same_user:
+        await new_request(same_user)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in watch:
+            pass
+    assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    await watcher.close()
     async with token_channel(secret) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await new_request(ch)

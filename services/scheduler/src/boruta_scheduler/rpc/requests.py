@@ -100,15 +100,15 @@ class RequestsServicer(requests_pb2_grpc.RequestsServicer):
         self, request: requests_pb2.WatchRequestsRequest, context: Context
     ) -> AsyncIterator[requests_pb2.WatchRequestsResponse]:
         query = convert.request_filter(request.filter)
-        current, changes = await self._service.watch_requests(
-            current_identity(), query, request.include_current
-        )
+        who = current_identity()
+        current, changes = await self._service.watch_requests(who, query, request.include_current)
         try:
             # Initial metadata tells the client the watch is in place: no change is missed.
             await context.send_initial_metadata(())
             for view in current:
                 yield requests_pb2.WatchRequestsResponse(request=convert.request_info(view))
             async for view in changes:
+                self._service.revalidate(who)  # a revoked token ends its watches
                 yield requests_pb2.WatchRequestsResponse(request=convert.request_info(view))
         finally:
             changes.close()

@@ -95,15 +95,15 @@ class WorkersServicer(workers_pb2_grpc.WorkersServicer):
         self, request: workers_pb2.WatchWorkersRequest, context: Context
     ) -> AsyncIterator[workers_pb2.WatchWorkersResponse]:
         query = convert.worker_filter(request.filter)
-        current, changes = await self._service.watch_workers(
-            current_identity(), query, request.include_current
-        )
+        who = current_identity()
+        current, changes = await self._service.watch_workers(who, query, request.include_current)
         try:
             # Initial metadata tells the client the watch is in place: no change is missed.
             await context.send_initial_metadata(())
             for view in current:
                 yield workers_pb2.WatchWorkersResponse(worker=convert.worker_info(view))
             async for event in changes:
+                self._service.revalidate(who)  # a revoked token ends its watches
                 yield workers_pb2.WatchWorkersResponse(
                     worker=convert.worker_info(event.view), removed=event.removed
                 )
