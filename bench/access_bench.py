@@ -12,7 +12,6 @@ import io
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,24 +30,10 @@ from boruta.v1 import (
 )
 from boruta_dryad.devsshd import DevSshd
 
+from bench.grpc_bench import spawn
+
 USER = (("x-boruta-user", "bench"),)
 ADMIN = (("x-boruta-user", "root"), ("x-boruta-role", "admin"))
-
-
-def spawn(argv: list[str], ready: str, log: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=open(log, "w"),  # noqa: SIM115 - lives as long as the process
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith(ready):
-        proc.kill()
-        raise RuntimeError(f"{argv} did not start; see {log}")
-    return proc, line[len(ready) :].strip()
 
 
 def dryad_toml(scheduler: str, sshd: str, state: Path, bits: int, prefix: str) -> str:
@@ -106,7 +91,7 @@ def first_line_over_ssh(access: types_pb2.AccessInfo) -> str:
 
 
 def access_latency(workdir: Path, sshd: DevSshd, rounds: int = 30) -> dict[str, float]:
-    scheduler, address = spawn(
+    scheduler = spawn(
         [
             sys.executable,
             "-m",
@@ -123,9 +108,10 @@ def access_latency(workdir: Path, sshd: DevSshd, rounds: int = 30) -> dict[str, 
         "boruta-scheduler listening on ",
         workdir / "scheduler.log",
     )
+    address = scheduler.address
     config = workdir / "dryad.toml"
     config.write_text(dryad_toml(address, sshd.address, workdir / "dryad", 3072, "bacc-"))
-    dryad, _ = spawn(
+    dryad = spawn(
         [sys.executable, "-m", "boruta_dryad.main", "--config", str(config)],
         "boruta-dryad listening on ",
         workdir / "dryad.log",
@@ -160,10 +146,8 @@ def access_latency(workdir: Path, sshd: DevSshd, rounds: int = 30) -> dict[str, 
                 )
         return summary(samples)
     finally:
-        dryad.terminate()
-        scheduler.terminate()
-        dryad.wait(30)
-        scheduler.wait(30)
+        dryad.stop()
+        scheduler.stop()
 
 
 def prepare_time(workdir: Path, sshd: DevSshd, bits: int, rounds: int = 15) -> dict[str, float]:
@@ -174,13 +158,13 @@ def prepare_time(workdir: Path, sshd: DevSshd, bits: int, rounds: int = 15) -> d
     config.write_text(
         dryad_toml(f"127.0.0.1:{unused}", sshd.address, workdir / f"d{bits}", bits, prefix)
     )
-    dryad, address = spawn(
+    dryad = spawn(
         [sys.executable, "-m", "boruta_dryad.main", "--config", str(config)],
         "boruta-dryad listening on ",
         workdir / f"dryad-{bits}.log",
     )
     try:
-        with grpc.insecure_channel(address) as channel:
+        with grpc.insecure_channel(dryad.address) as channel:
             stub = dryad_pb2_grpc.DryadStub(channel)
             samples = []
             for _ in range(rounds):
@@ -189,8 +173,7 @@ def prepare_time(workdir: Path, sshd: DevSshd, bits: int, rounds: int = 15) -> d
                 samples.append(time.perf_counter() - started)
         return {**summary(samples), "key_bits": bits}
     finally:
-        dryad.terminate()
-        dryad.wait(30)
+        dryad.stop()
 
 
 def socket_port() -> int:
