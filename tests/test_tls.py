@@ -160,7 +160,7 @@ def test_plaintext_only_when_asked_and_only_on_loopback(farm_pki: FarmPki) -> No
     files = farm_pki.scheduler()
     with pytest.raises(ValueError, match="no TLS"):
         transport_security(ServerConfig(listen="127.0.0.1:0"))
-    with pytest.raises(ValueError, match="only allowed on a loopback address"):
+    with pytest.raises(ValueError, match="only allowed on loopback; listen is 0"):
         transport_security(ServerConfig(listen="0.0.0.0:50051", plaintext=True))
     with pytest.raises(ValueError, match="set all of tls_ca, tls_cert and tls_key"):
         transport_security(ServerConfig(tls_ca=files.ca))

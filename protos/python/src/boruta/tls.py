@@ -44,6 +44,29 @@ class TlsFiles:
         return cls(ca, cert, key)
 
 
+def choose_transport(
+    files: TlsFiles | None, plaintext: bool, addresses: dict[str, str]
+) -> TlsFiles | None:
+    """The TLS files to use, or None for plaintext, which is allowed only when asked for
+    and only if every one of addresses (by what they are) is on loopback: without TLS,
+    anyone who reaches a port can claim to be anyone. PkiError says what to fix."""
+    if files is not None:
+        if plaintext:
+            raise pki.PkiError("plaintext = true and TLS files are both set; choose one")
+        return files
+    if not plaintext:
+        raise pki.PkiError(
+            "no TLS: set tls_ca, tls_cert and tls_key (see schedctl pki), "
+            "or plaintext = true for a demo on loopback"
+        )
+    for what, address in addresses.items():
+        if not is_loopback(address):
+            raise pki.PkiError(
+                f"plaintext is only allowed on loopback; {what} is {address}: configure TLS"
+            )
+    return None
+
+
 def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
     """Server TLS that requires a client certificate from the farm's CA."""
     ca, cert, key = files.read()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from boruta.pki import PkiError
-from boruta.tls import TlsFiles, is_loopback
+from boruta.tls import TlsFiles, choose_transport
 
 DEFAULT_CONFIG = "/etc/boruta/dryad.toml"
 MIN_KEY_BITS = 2048
@@ -237,21 +237,10 @@ def _transport(
             str(data.get("tls_key", "")),
             "dryad",
         )
+        chosen = choose_transport(tls, plaintext, {"listen": listen, "scheduler": scheduler})
     except PkiError as exc:
         raise ConfigError(str(exc)) from None
-    if tls is not None:
-        if plaintext:
-            raise ConfigError("plaintext = true and TLS files are both set; choose one")
-        return tls, False
-    if not plaintext:
-        raise ConfigError(
-            "no TLS: set tls_ca, tls_cert and tls_key (see schedctl pki), or plaintext = true "
-            "for a demo with scheduler and dryad on loopback"
-        )
-    for what, address in (("listen", listen), ("scheduler", scheduler)):
-        if not is_loopback(address):
-            raise ConfigError(f"plaintext is only allowed on loopback; {what} is {address}")
-    return None, True
+    return chosen, chosen is None
 
 
 _CLI = [

@@ -8,7 +8,7 @@ import time
 
 import grpc
 from boruta.pki import PkiError
-from boruta.tls import TlsFiles, channel_credentials, is_loopback, server_credentials
+from boruta.tls import TlsFiles, channel_credentials, choose_transport, server_credentials
 from boruta.v1 import audit_pb2, requests_pb2, superviser_pb2, tokens_pb2, workers_pb2
 from google.protobuf.descriptor import ServiceDescriptor
 
@@ -50,24 +50,13 @@ def transport_security(server: ServerConfig) -> TlsFiles | None:
     for and only on loopback: there, anyone on the machine can claim to be anyone."""
     try:
         files = TlsFiles.given(server.tls_ca, server.tls_cert, server.tls_key, "scheduler")
+        chosen = choose_transport(files, server.plaintext, {"listen": server.listen})
     except PkiError as error:
         raise ValueError(str(error)) from None
-    if server.listen_tokens and files is None:
+    if server.listen_tokens and chosen is None:
         raise ValueError("listen_tokens needs TLS: bearer tokens must never cross plaintext")
-    if files is not None:
-        if server.plaintext:
-            raise ValueError("plaintext = true and TLS files are both set; choose one")
-        return files
-    if not server.plaintext:
-        raise ValueError(
-            "no TLS: set tls_ca, tls_cert and tls_key (see schedctl pki), "
-            "or plaintext = true for a demo on loopback"
-        )
-    if not is_loopback(server.listen):
-        raise ValueError(
-            f"plaintext is only allowed on a loopback address, not {server.listen}; "
-            "configure TLS to serve other machines"
-        )
+    if chosen is not None:
+        return chosen
     log.warning(
         "PLAINTEXT: no TLS; every caller is trusted to say who it is. Demo and tests only.",
         extra={"listen": server.listen},
