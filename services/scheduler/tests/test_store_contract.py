@@ -11,7 +11,7 @@ import pytest
 from boruta_scheduler.core import Changes, Core, Snapshot
 from boruta_scheduler.listing import RequestQuery, RequestSort
 from boruta_scheduler.store import MemoryStore, SQLiteStore, Store
-from boruta_scheduler.types import AuditEvent, HistoryEntry, NewToken, RequestState, WorkerState
+from boruta_scheduler.types import AuditEvent, HistoryEntry, RequestState, TokenRecord, WorkerState
 from core_kit import CoreKit
 
 NOBODY = frozenset[str]()
@@ -228,8 +228,8 @@ def test_sqlite_commit_is_atomic(tmp_path: Path) -> None:
 
 
 def test_tokens_are_kept_listed_and_revoked_once(store: Store) -> None:
-    def new(user: str) -> NewToken:
-        return NewToken(
+    def new(user: str) -> TokenRecord:
+        return TokenRecord(
             user, frozenset({"lab"}), False, b"h-" + user.encode(), 1.0, 99.0, "root", "ci"
         )
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from boruta_scheduler.audit import AuditLog
 from boruta_scheduler.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from boruta_scheduler.store import Store
-from boruta_scheduler.types import Identity, NewToken, Role, TokenRecord
+from boruta_scheduler.types import Identity, Role, TokenRecord
 
 DEFAULT_TTL = 90 * 86400.0
 MAX_TTL = 3650 * 86400.0
@@ -78,7 +78,9 @@ class TokenAuthority:
             raise InvalidArgument("ttl must be more than 0 and at most 3650 days")
         secret = secrets.token_urlsafe(32)
         now = self._clock()
-        token = NewToken(user, names, admin, _hash(secret), now, now + ttl, who.user, description)
+        token = TokenRecord(
+            user, names, admin, _hash(secret), now, now + ttl, who.user, description
+        )
         record = await asyncio.to_thread(self._store.add_token, token)
         self._tokens[record.id] = record
         if self._audit is not None:

@@ -161,23 +161,8 @@ class HistoryEntry:
 
 @dataclass(frozen=True, slots=True)
 class TokenRecord:
-    """A bearer token as the store keeps it: the identity it carries and a hash of it."""
-
-    id: int
-    user: str
-    groups: frozenset[str]
-    admin: bool
-    secret_hash: bytes = field(repr=False)
-    created_at: float
-    expires_at: float
-    revoked_at: float | None
-    issued_by: str
-    description: str
-
-
-@dataclass(frozen=True, slots=True)
-class NewToken:
-    """What an admin asks a token to carry."""
+    """A bearer token as the store keeps it: the identity it carries and a hash of it;
+    id is 0 until the store keeps it."""
 
     user: str
     groups: frozenset[str]
@@ -187,6 +172,8 @@ class NewToken:
     expires_at: float
     issued_by: str
     description: str
+    revoked_at: float | None = None
+    id: int = 0
 
 
 @dataclass(frozen=True, slots=True)

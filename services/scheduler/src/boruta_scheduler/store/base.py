@@ -7,7 +7,7 @@ from typing import Protocol
 
 from boruta_scheduler.core import Changes, Snapshot
 from boruta_scheduler.listing import Page, RequestQuery
-from boruta_scheduler.types import AuditEvent, HistoryEntry, NewToken, RequestView, TokenRecord
+from boruta_scheduler.types import AuditEvent, HistoryEntry, RequestView, TokenRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,7 @@ class Store(Protocol):
         """A worker's state changes, newest first, older than the cursor before."""
         ...
 
-    def add_token(self, token: NewToken) -> TokenRecord:
+    def add_token(self, token: TokenRecord) -> TokenRecord:
         """Keep a new token durably; returns it with its id."""
         ...
 

@@ -11,7 +11,6 @@ from boruta_scheduler.store.base import HistoryPage
 from boruta_scheduler.types import (
     AuditEvent,
     HistoryEntry,
-    NewToken,
     RequestView,
     TokenRecord,
     WorkerView,
@@ -81,23 +80,12 @@ class MemoryStore:
         page = page[:limit]
         return HistoryPage([e for _, e in page], page[-1][0] if more else None)
 
-    def add_token(self, token: NewToken) -> TokenRecord:
+    def add_token(self, token: TokenRecord) -> TokenRecord:
         with self._lock:
             return self._add_token(token)
 
-    def _add_token(self, token: NewToken) -> TokenRecord:
-        record = TokenRecord(
-            len(self._tokens) + 1,
-            token.user,
-            token.groups,
-            token.admin,
-            token.secret_hash,
-            token.created_at,
-            token.expires_at,
-            None,
-            token.issued_by,
-            token.description,
-        )
+    def _add_token(self, token: TokenRecord) -> TokenRecord:
+        record = dataclasses.replace(token, id=len(self._tokens) + 1, revoked_at=None)
         self._tokens.append(record)
         return record
 

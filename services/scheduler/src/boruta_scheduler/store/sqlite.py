@@ -22,7 +22,7 @@ from boruta_scheduler.store.codec import (
     worker_view,
 )
 from boruta_scheduler.store.sqlfile import load_migrations, load_queries
-from boruta_scheduler.types import AuditEvent, NewToken, RequestView, TokenRecord
+from boruta_scheduler.types import AuditEvent, RequestView, TokenRecord
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class SQLiteStore:
         entries = [history_entry(row) for row in rows[:limit]]
         return HistoryPage(entries, rows[limit - 1]["seq"] if len(rows) > limit else None)
 
-    def add_token(self, token: NewToken) -> TokenRecord:
+    def add_token(self, token: TokenRecord) -> TokenRecord:
         # Tokens are not scheduling state: they are written here, beside the engine's
         # writer; WAL and busy_timeout serialize the two.
         conn = self._reader()
