@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 
-from boruta.v1 import requests_pb2, tokens_pb2, types_pb2, workers_pb2
+from boruta.v1 import audit_pb2, requests_pb2, tokens_pb2, types_pb2, workers_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from boruta_client.errors import InvalidArgument
 from boruta_client.types import (
     Access,
     Acquired,
+    AuditEvent,
     HistoryEntry,
     HostStatus,
     Job,
@@ -233,3 +234,7 @@ def token(info: tokens_pb2.TokenInfo) -> Token:
         issued_by=info.issued_by,
         description=info.description,
     )
+
+
+def audit_event(e: audit_pb2.AuditEvent) -> AuditEvent:
+    return AuditEvent(e.id, when(e.time), e.actor, e.role, e.action, e.target, e.detail)

@@ -132,6 +132,16 @@ class AsyncClient:
         except grpc.RpcError as error:
             raise translate(error, self.target) from None
 
+    async def _pages(self, method: Any, message: Any, field: str, limit: int | None) -> list[Any]:
+        """The items of every page a list call returns, up to limit."""
+        found: list[Any] = []
+        while True:
+            reply = await self._call(method, message)
+            found.extend(getattr(reply, field))
+            if not reply.next_page_token or (limit is not None and len(found) >= limit):
+                return found[:limit]
+            message.page_token = reply.next_page_token
+
     # ----------------------------------------------------------------- requests
 
     async def new_request(
@@ -166,13 +176,8 @@ class AsyncClient:
     ) -> list[Request]:
         flt = convert.request_filter(ids, states, priorities, owners)
         message = convert.list_requests(flt, sort_by, descending, PAGE_SIZE)
-        found: list[Request] = []
-        while True:
-            reply = await self._call(self._requests.ListRequests, message)
-            found.extend(convert.request(r) for r in reply.requests)
-            if not reply.next_page_token or (limit is not None and len(found) >= limit):
-                return found[:limit]
-            message.page_token = reply.next_page_token
+        found = await self._pages(self._requests.ListRequests, message, "requests", limit)
+        return [convert.request(r) for r in found]
 
     async def update_request(
         self,
@@ -298,13 +303,8 @@ class AsyncClient:
     ) -> list[Worker]:
         flt = convert.worker_filter(uuids, states, groups, caps)
         message = convert.list_workers(flt, sort_by, descending, PAGE_SIZE)
-        found: list[Worker] = []
-        while True:
-            reply = await self._call(self._workers.ListWorkers, message)
-            found.extend(convert.worker(w) for w in reply.workers)
-            if not reply.next_page_token:
-                return found
-            message.page_token = reply.next_page_token
+        found = await self._pages(self._workers.ListWorkers, message, "workers", None)
+        return [convert.worker(w) for w in found]
 
     async def get_worker(self, uuid: str) -> Worker:
         message = workers_pb2.GetWorkerInfoRequest(worker_uuid=uuid)

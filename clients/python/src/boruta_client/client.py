@@ -162,6 +162,16 @@ class Client:
         except grpc.RpcError as error:
             raise translate(error, self.target) from None
 
+    def _pages(self, method: Any, message: Any, field: str, limit: int | None) -> list[Any]:
+        """The items of every page a list call returns, up to limit."""
+        found: list[Any] = []
+        while True:
+            reply = self._call(method, message)
+            found.extend(getattr(reply, field))
+            if not reply.next_page_token or (limit is not None and len(found) >= limit):
+                return found[:limit]
+            message.page_token = reply.next_page_token
+
     # ----------------------------------------------------------------- requests
 
     def new_request(
@@ -228,13 +238,8 @@ class Client:
         """Requests that pass the filter, sorted; every page is fetched up to ``limit``."""
         flt = convert.request_filter(ids, states, priorities, owners)
         message = convert.list_requests(flt, sort_by, descending, PAGE_SIZE)
-        found: list[Request] = []
-        while True:
-            reply = self._call(self._requests.ListRequests, message)
-            found.extend(convert.request(r) for r in reply.requests)
-            if not reply.next_page_token or (limit is not None and len(found) >= limit):
-                return found[:limit]
-            message.page_token = reply.next_page_token
+        found = self._pages(self._requests.ListRequests, message, "requests", limit)
+        return [convert.request(r) for r in found]
 
     def update_request(
         self,
@@ -367,19 +372,8 @@ class Client:
     def audit_events(self, limit: int = 100) -> list[AuditEvent]:
         """The latest audit events, newest first (admins only)."""
         message = audit_pb2.ListAuditEventsRequest(page_size=min(limit, 1000))
-        found: list[AuditEvent] = []
-        while len(found) < limit:
-            reply = self._call(self._audit.ListAuditEvents, message)
-            found.extend(
-                AuditEvent(
-                    e.id, convert.when(e.time), e.actor, e.role, e.action, e.target, e.detail
-                )
-                for e in reply.events
-            )
-            if not reply.next_page_token:
-                break
-            message.page_token = reply.next_page_token
-        return found[:limit]
+        found = self._pages(self._audit.ListAuditEvents, message, "events", limit)
+        return [convert.audit_event(e) for e in found]
 
     # ------------------------------------------------------------------- tokens
 
@@ -424,13 +418,8 @@ class Client:
         """Every worker that passes the filter, sorted."""
         flt = convert.worker_filter(uuids, states, groups, caps)
         message = convert.list_workers(flt, sort_by, descending, PAGE_SIZE)
-        found: list[Worker] = []
-        while True:
-            reply = self._call(self._workers.ListWorkers, message)
-            found.extend(convert.worker(w) for w in reply.workers)
-            if not reply.next_page_token:
-                return found
-            message.page_token = reply.next_page_token
+        found = self._pages(self._workers.ListWorkers, message, "workers", None)
+        return [convert.worker(w) for w in found]
 
     def get_worker(self, uuid: str) -> Worker:
         message = workers_pb2.GetWorkerInfoRequest(worker_uuid=uuid)
