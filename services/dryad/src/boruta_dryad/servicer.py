@@ -21,14 +21,34 @@ log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
+
+class CallerRefused(Exception):
+    """The caller is not the scheduler (with TLS, only its certificate may call)."""
+
+
+class UnknownBoard(Exception):
+    """This dryad serves no board with the UUID named."""
+
+
 # The one table from the dryad's errors to gRPC codes. UNAVAILABLE is never used for
 # these: the scheduler retries UNAVAILABLE, and these failures do not go away by retrying.
 STATUS_OF_ERROR: dict[type[Exception], grpc.StatusCode] = {
+    PkiError: grpc.StatusCode.UNAUTHENTICATED,
+    CallerRefused: grpc.StatusCode.PERMISSION_DENIED,
+    UnknownBoard: grpc.StatusCode.NOT_FOUND,
     BackendError: grpc.StatusCode.FAILED_PRECONDITION,
     UserError: grpc.StatusCode.INTERNAL,
     OSError: grpc.StatusCode.INTERNAL,
 }
 _CALL_ERRORS = (BackendError, UserError, OSError)
+
+
+async def _abort(context: Context, error: Exception, message: str) -> None:
+    code = next(
+        (c for t, c in STATUS_OF_ERROR.items() if isinstance(error, t)),
+        grpc.StatusCode.INTERNAL,
+    )
+    await context.abort(code, message)
 
 
 @dataclass
@@ -47,34 +67,30 @@ class DryadServicer(dryad_pb2_grpc.DryadServicer):
         # taken out of service; None on a plaintext loopback demo.
         self._peers = peers
 
+    def _check_caller(self, context: Context) -> None:
+        if self._peers is None:
+            return
+        caller = self._peers.identity(context)
+        if caller.role is not Role.SCHEDULER:
+            raise CallerRefused(
+                f"only the scheduler may call a dryad, not {caller.role.value} {caller.name}"
+            )
+
     async def _board(self, uuid: str, context: Context) -> Board:
-        if self._peers is not None:
-            try:
-                caller = self._peers.identity(context)
-            except PkiError as exc:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
-                raise AssertionError("unreachable") from exc
-            if caller.role is not Role.SCHEDULER:
-                log.warning(
-                    "refused a caller", extra={"caller": caller.name, "role": caller.role.value}
-                )
-                await context.abort(
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    f"only the scheduler may call a dryad, not {caller.role.value} {caller.name}",
-                )
-        board = self._boards.get(uuid)
-        if board is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"this dryad serves no board {uuid!r}")
-        assert board is not None
-        return board
+        try:
+            self._check_caller(context)
+            board = self._boards.get(uuid)
+            if board is None:
+                raise UnknownBoard(f"this dryad serves no board {uuid!r}")
+            return board
+        except (PkiError, CallerRefused, UnknownBoard) as exc:
+            log.warning("call refused", extra={"why": str(exc)})
+            await _abort(context, exc, str(exc))
+            raise AssertionError("unreachable") from exc
 
     async def _fail(self, context: Context, what: str, error: Exception) -> None:
-        code = next(
-            (c for t, c in STATUS_OF_ERROR.items() if isinstance(error, t)),
-            grpc.StatusCode.INTERNAL,
-        )
         log.error("dryad call failed", extra={"call": what, "error": str(error)})
-        await context.abort(code, f"{what}: {error}")
+        await _abort(context, error, f"{what}: {error}")
 
     async def Prepare(
         self, request: dryad_pb2.PrepareRequest, context: Context
