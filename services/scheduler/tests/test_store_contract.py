@@ -247,10 +247,9 @@ def test_tokens_are_kept_listed_and_revoked_once(store: Store) -> None:
 
 
 def test_audit_events_newest_first_and_paged(store: Store) -> None:
-    store.add_audit(
-        [AuditEvent(float(i), "u", "user", "NewRequest", f"request {i}") for i in (1, 2, 3)]
-    )
-    store.add_audit([AuditEvent(4.0, "root", "admin", "SetState", "worker w1", "IDLE")])
+    events = [AuditEvent(float(i), "u", "user", "NewRequest", f"request {i}") for i in (1, 2, 3)]
+    store.commit(Changes(audit=events))
+    store.commit(Changes(audit=[AuditEvent(4.0, "root", "admin", "SetState", "worker w1", "IDLE")]))
     newest = store.audit(2)
     assert [(e.id, e.target) for e in newest] == [(4, "worker w1"), (3, "request 3")]
     assert newest[0].detail == "IDLE" and newest[0].role == "admin"

@@ -169,8 +169,6 @@ class Scheduler:
     async def stop(self, grace: float = 2.0) -> None:
         if self.server is not None:
             await self.server.stop(grace)
-        if self.audit is not None:
-            await self.audit.flush()
         if self.engine is not None:
             await self.engine.stop()
         await self.dryads.close()

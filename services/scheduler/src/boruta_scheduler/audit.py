@@ -1,53 +1,38 @@
 """The audit log: who did what to which request or worker, who was given access to which
-board, and who was refused. Events are written in the background, in order, in batches,
-so that recording one never slows the call it records."""
+board, and who was refused. Events ride in the engine's batches and commit in the same
+transaction as the change they record: no extra writes, and never a change without its
+event."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from boruta_scheduler.errors import PermissionDenied
 from boruta_scheduler.store import Store
 from boruta_scheduler.types import AuditEvent, Identity, Role
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from boruta_scheduler.engine import Engine
 
 
 class AuditLog:
-    """Records events; admins read them back (newest first)."""
+    """Records events through the engine; admins read them back (newest first)."""
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, engine: Engine, store: Store) -> None:
+        self._engine = engine
         self._store = store
-        self._clock = clock
-        self._pending: list[AuditEvent] = []
-        self._writer: asyncio.Task[None] | None = None
 
     def record(self, who: Identity, action: str, target: str, detail: str = "") -> None:
-        event = AuditEvent(self._clock(), who.user, who.role.value, action, target, detail)
-        self._pending.append(event)
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._write())
-
-    async def _write(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                await asyncio.to_thread(self._store.add_audit, batch)
-            except Exception:
-                log.exception("audit events could not be stored", extra={"count": len(batch)})
-
-    async def flush(self) -> None:
-        """Wait until every event recorded so far is stored."""
-        while self._writer is not None and not self._writer.done():
-            await asyncio.shield(self._writer)
+        """Call inside an engine command to commit with it; elsewhere it joins the next batch."""
+        now = self._engine.now()
+        self._engine.audit(AuditEvent(now, who.user, who.role.value, action, target, detail))
 
     async def events(self, who: Identity, limit: int, before: int | None) -> list[AuditEvent]:
         if who.role is not Role.ADMIN:
             raise PermissionDenied(
                 f"only admins may read the audit log; {who.user} is a {who.role.value}"
             )
-        await self.flush()
+        # A batch of its own commits every event recorded so far, so reads see them.
+        await self._engine.execute(lambda core, now: None)
         return await asyncio.to_thread(self._store.audit, limit, before)

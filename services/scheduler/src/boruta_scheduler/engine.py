@@ -21,7 +21,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from boruta_scheduler.core import Changes, CloseTunnel, Core, DryadCall, TunnelCall
 from boruta_scheduler.errors import BorutaError, Unavailable
 from boruta_scheduler.store import Store
-from boruta_scheduler.types import Access, RequestState, RequestView, WorkerState
+from boruta_scheduler.types import Access, AuditEvent, RequestState, RequestView, WorkerState
 from boruta_scheduler.writer import StoreWriter
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,9 @@ class Engine:
         self._last_commit: asyncio.Future[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._acquire_waiters: dict[int, set[asyncio.Future[RequestView]]] = {}
+        # Audit events for the next batch: they commit in its transaction, so an event
+        # recorded by a command is durable exactly when the change it records is.
+        self._audit: list[AuditEvent] = []
         self._stopping = False
         self.failure: BaseException | None = None
         self.batches = 0
@@ -150,6 +153,14 @@ class Engine:
         self._wakeup.set()
         return await future
 
+    def now(self) -> float:
+        return self._clock()
+
+    def audit(self, event: AuditEvent) -> None:
+        """Record an event with the current batch (from a command) or the next one."""
+        self._audit.append(event)
+        self._wakeup.set()
+
     def submit(self, command: Command[Any]) -> None:
         """Queue a command whose result nobody waits for (e.g. a dryad call's outcome)."""
         if not self._stopping:
@@ -196,7 +207,7 @@ class Engine:
                 if self.failure is not None:
                     raise self.failure
                 due = self.core.next_timer()
-                if self._pending or (due is not None and due <= self._clock()):
+                if self._pending or self._audit or (due is not None and due <= self._clock()):
                     # A batch runs for queued commands and for due timers alike: a quiet
                     # scheduler must still time out jobs and notice silent workers.
                     if len(self._unpublished) >= MAX_UNPUBLISHED and self._last_commit:
@@ -249,7 +260,11 @@ class Engine:
                 done.append((pending, result, None))
         self.batches += 1
         self.commands += count
-        self._finish_batch(core.drain(), done)
+        changes = core.drain()
+        if self._audit:
+            changes.audit.extend(self._audit)
+            self._audit = []
+        self._finish_batch(changes, done)
 
     def _finish_batch(self, changes: Changes, done: list[_Reply]) -> None:
         """Queue the batch for publication once it (and every batch before it) is durable."""

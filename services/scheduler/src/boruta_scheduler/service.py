@@ -67,7 +67,7 @@ class SchedulerService:
         readers: ThreadPoolExecutor | None = None,
         audit: AuditLog | None = None,
     ) -> None:
-        self.audit = audit or AuditLog(store)
+        self.audit = audit or AuditLog(engine, store)
         # Checks again, before a secret is handed out, that the caller's credential still
         # holds (set when tokens are in use).
         self.revalidate: Callable[[Identity], None] = lambda who: None
@@ -79,6 +79,24 @@ class SchedulerService:
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._readers, fn, *args)
+
+    def _recorded(
+        self,
+        who: Identity,
+        action: str,
+        describe: Callable[[T], tuple[str, str]],
+        command: Command[T],
+    ) -> Command[T]:
+        """The command, recording an audit event of what it did in the same batch (so in
+        the same transaction); a command that fails records nothing."""
+
+        def run(core: Core, now: float) -> T:
+            result = command(core, now)
+            target, detail = describe(result)
+            self.audit.record(who, action, target, detail)
+            return result
+
+        return run
 
     def _check_watches(self, who: Identity) -> None:
         limit = self.settings.max_watches_per_user
@@ -113,35 +131,45 @@ class SchedulerService:
         no_wait: bool = False,
     ) -> RequestView:
         caps = dict(caps)
-        view = await self.engine.execute(
-            lambda core, now: core.new_request(
-                now,
-                who.user,
-                who.groups,
-                caps,
-                priority=priority,
-                valid_after=valid_after,
-                deadline=deadline,
-                accept_unsatisfiable=accept_unsatisfiable,
-                no_wait=no_wait,
-                privileged=who.role is Role.ADMIN,
+        shown = " ".join(f"{k}={v}" for k, v in sorted(caps.items())) or "(any)"
+        return await self.engine.execute(
+            self._recorded(
+                who,
+                "NewRequest",
+                lambda v: (
+                    f"request {v.id}",
+                    f"caps {shown}, priority {v.priority}, {v.state.name}",
+                ),
+                lambda core, now: core.new_request(
+                    now,
+                    who.user,
+                    who.groups,
+                    caps,
+                    priority=priority,
+                    valid_after=valid_after,
+                    deadline=deadline,
+                    accept_unsatisfiable=accept_unsatisfiable,
+                    no_wait=no_wait,
+                    privileged=who.role is Role.ADMIN,
+                ),
             )
         )
-        shown = " ".join(f"{k}={v}" for k, v in sorted(caps.items()))
-        detail = f"caps {shown or '(any)'}, priority {view.priority}, {view.state.name}"
-        self.audit.record(who, "NewRequest", f"request {view.id}", detail)
-        return view
 
     async def close_request(self, who: Identity, request_id: int) -> RequestView:
         _check_id(request_id)
         try:
-            view = await self.engine.execute(
-                _as_owner(who, request_id, lambda core, now: core.close_request(now, request_id))
+            return await self.engine.execute(
+                self._recorded(
+                    who,
+                    "CloseRequest",
+                    lambda v: (f"request {request_id}", v.state.name),
+                    _as_owner(
+                        who, request_id, lambda core, now: core.close_request(now, request_id)
+                    ),
+                )
             )
         except RequestNotFound as exc:
             raise await self._explain_missing(who, exc) from None
-        self.audit.record(who, "CloseRequest", f"request {request_id}", view.state.name)
-        return view
 
     async def update_request(
         self,
@@ -154,26 +182,27 @@ class SchedulerService:
     ) -> RequestView:
         _check_id(request_id)
         try:
-            view = await self.engine.execute(
-                _as_owner(
+            return await self.engine.execute(
+                self._recorded(
                     who,
-                    request_id,
-                    lambda core, now: core.update_request(
-                        now,
+                    "UpdateRequest",
+                    lambda v: (f"request {request_id}", f"priority {v.priority}"),
+                    _as_owner(
+                        who,
                         request_id,
-                        priority=priority,
-                        valid_after=valid_after,
-                        deadline=deadline,
-                        privileged=who.role is Role.ADMIN,
+                        lambda core, now: core.update_request(
+                            now,
+                            request_id,
+                            priority=priority,
+                            valid_after=valid_after,
+                            deadline=deadline,
+                            privileged=who.role is Role.ADMIN,
+                        ),
                     ),
                 )
             )
         except RequestNotFound as exc:
             raise await self._explain_missing(who, exc) from None
-        self.audit.record(
-            who, "UpdateRequest", f"request {request_id}", f"priority {view.priority}"
-        )
-        return view
 
     async def get_request(self, who: Identity, request_id: int) -> RequestView:
         _check_id(request_id)
@@ -223,13 +252,18 @@ class SchedulerService:
     async def prolong_access(self, who: Identity, request_id: int) -> JobView:
         _check_id(request_id)
         try:
-            job = await self.engine.execute(
-                _as_owner(who, request_id, lambda core, now: core.prolong_access(now, request_id))
+            return await self.engine.execute(
+                self._recorded(
+                    who,
+                    "ProlongAccess",
+                    lambda j: (f"request {request_id}", f"prolonged {j.prolong_count} times"),
+                    _as_owner(
+                        who, request_id, lambda core, now: core.prolong_access(now, request_id)
+                    ),
+                )
             )
         except RequestNotFound as exc:
             raise await self._explain_missing(who, exc) from None
-        self.audit.record(who, "ProlongAccess", f"request {request_id}", f"{job.prolong_count}")
-        return job
 
     async def watch_requests(
         self, who: Identity, query: RequestQuery, include_current: bool
@@ -274,20 +308,38 @@ class SchedulerService:
         self, who: Identity, uuid: str, state: WorkerState, reason: str
     ) -> WorkerView:
         _require_admin(who, "change a worker's state")
-        view = await self.engine.execute(lambda core, now: core.set_state(now, uuid, state, reason))
-        self.audit.record(who, "SetState", f"worker {uuid}", f"{state.name}: {reason}".rstrip(": "))
-        return view
+        detail = f"{state.name}: {reason}".rstrip(": ")
+        return await self.engine.execute(
+            self._recorded(
+                who,
+                "SetState",
+                lambda _: (f"worker {uuid}", detail),
+                lambda core, now: core.set_state(now, uuid, state, reason),
+            )
+        )
 
     async def set_groups(self, who: Identity, uuid: str, groups: frozenset[str]) -> WorkerView:
         _require_admin(who, "change a worker's groups")
-        view = await self.engine.execute(lambda core, now: core.set_groups(now, uuid, groups))
-        self.audit.record(who, "SetGroups", f"worker {uuid}", ",".join(sorted(groups)) or "(none)")
-        return view
+        shown = ",".join(sorted(groups)) or "(none)"
+        return await self.engine.execute(
+            self._recorded(
+                who,
+                "SetGroups",
+                lambda _: (f"worker {uuid}", shown),
+                lambda core, now: core.set_groups(now, uuid, groups),
+            )
+        )
 
     async def deregister(self, who: Identity, uuid: str) -> None:
         _require_admin(who, "deregister a worker")
-        await self.engine.execute(lambda core, now: core.deregister(now, uuid))
-        self.audit.record(who, "Deregister", f"worker {uuid}")
+        await self.engine.execute(
+            self._recorded(
+                who,
+                "Deregister",
+                lambda _: (f"worker {uuid}", ""),
+                lambda core, now: core.deregister(now, uuid),
+            )
+        )
 
     async def watch_workers(
         self, who: Identity, query: WorkerQuery, include_current: bool

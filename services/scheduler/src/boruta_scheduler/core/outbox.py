@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 
 from boruta_scheduler.core.model import Request, Worker
-from boruta_scheduler.types import HistoryEntry, RequestView, WorkerView
+from boruta_scheduler.types import AuditEvent, HistoryEntry, RequestView, WorkerView
 
 
 class DryadCallKind(enum.Enum):
@@ -59,12 +59,19 @@ class Changes:
     calls: list[DryadCall] = field(default_factory=list)
     tunnels: list[TunnelCall] = field(default_factory=list)
     last_request_id: int = 0
+    # Who did what, added by the engine: it commits with the changes it records.
+    audit: list[AuditEvent] = field(default_factory=list)
 
     @property
     def durable(self) -> bool:
         """Whether anything here must reach the store before callers hear of it."""
         return bool(
-            self.requests or self.workers or self.removed_workers or self.history or self.last_seen
+            self.requests
+            or self.workers
+            or self.removed_workers
+            or self.history
+            or self.last_seen
+            or self.audit
         )
 
 
@@ -81,6 +88,7 @@ def merge(batches: list[Changes]) -> Changes:
         merged.last_seen.update(changes.last_seen)
         merged.calls.extend(changes.calls)
         merged.tunnels.extend(changes.tunnels)
+        merged.audit.extend(changes.audit)
     return Changes(
         requests=merged.requests,
         workers=merged.workers,
@@ -90,6 +98,7 @@ def merge(batches: list[Changes]) -> Changes:
         calls=merged.calls,
         tunnels=merged.tunnels,
         last_request_id=max(c.last_request_id for c in batches),
+        audit=merged.audit,
     )
 
 

@@ -59,10 +59,6 @@ class Store(Protocol):
         """Mark a token revoked (once; a second revoke keeps the first time)."""
         ...
 
-    def add_audit(self, events: list[AuditEvent]) -> None:
-        """Keep audit events, in order."""
-        ...
-
     def audit(self, limit: int, before: int | None = None) -> list[AuditEvent]:
         """Audit events older than the id before, newest first."""
         ...

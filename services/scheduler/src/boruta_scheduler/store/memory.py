@@ -52,6 +52,8 @@ class MemoryStore:
                 seq += 1
                 self._history.append((seq, entry))
             self._last_request_id = max(self._last_request_id, changes.last_request_id)
+            for event in changes.audit:
+                self._audit.append(dataclasses.replace(event, id=len(self._audit) + 1))
 
     def get_request(self, request_id: int) -> RequestView | None:
         with self._lock:
@@ -105,11 +107,6 @@ class MemoryStore:
             record = dataclasses.replace(record, revoked_at=now)
             self._tokens[token_id - 1] = record
         return record
-
-    def add_audit(self, events: list[AuditEvent]) -> None:
-        with self._lock:
-            for event in events:
-                self._audit.append(dataclasses.replace(event, id=len(self._audit) + 1))
 
     def audit(self, limit: int, before: int | None = None) -> list[AuditEvent]:
         end = len(self._audit) if before is None else min(before - 1, len(self._audit))

@@ -110,6 +110,8 @@ class SQLiteStore:
                 conn.execute(_Q["delete_worker_history"], {"uuid": uuid})
             if changes.history:
                 conn.executemany(_Q["insert_history"], map(history_row, changes.history))
+            if changes.audit:
+                conn.executemany(_Q["insert_audit"], map(audit_row, changes.audit))
             conn.execute(_Q["set_last_request_id"], {"value": changes.last_request_id})
             conn.execute("COMMIT")
         except BaseException:
@@ -202,23 +204,6 @@ class SQLiteStore:
         self._reader().execute(_Q["revoke_token"], {"id": token_id, "now": now})
         return self.get_token(token_id)
 
-    def add_audit(self, events: list[AuditEvent]) -> None:
-        conn = self._reader()
-        rows = [
-            {
-                "time": e.time,
-                "actor": e.actor,
-                "role": e.role,
-                "action": e.action,
-                "target": e.target,
-                "detail": e.detail,
-            }
-            for e in events
-        ]
-        with conn:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(_Q["insert_audit"], rows)
-
     def audit(self, limit: int, before: int | None = None) -> list[AuditEvent]:
         rows = self._reader().execute(
             _Q["select_audit"],
@@ -252,3 +237,14 @@ def _token(row: sqlite3.Row) -> TokenRecord:
         issued_by=row["issued_by"],
         description=row["description"],
     )
+
+
+def audit_row(e: AuditEvent) -> dict[str, object]:
+    return {
+        "time": e.time,
+        "actor": e.actor,
+        "role": e.role,
+        "action": e.action,
+        "target": e.target,
+        "detail": e.detail,
+    }
