@@ -69,10 +69,18 @@ class DryadProcess:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(20)
+    def stop(self, timeout: float = 60) -> None:
+        """SIGTERM, as systemd stops it; a dryad that will not stop is killed, and the
+        test fails saying so (its job users are then left for the caller to remove)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"dryad did not stop within {timeout} s; see {self.log}") from None
 
 
 @dataclass

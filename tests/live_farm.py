@@ -3,6 +3,7 @@ schedctl): a scheduler process, one dryad process with several boards, and a rea
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from access_kit import DryadProcess
 from boruta.tls import TlsFiles
-from boruta_client import Client, WorkerState
+from boruta_client import BorutaError, Client, RequestState, WorkerState
 from boruta_dryad.devsshd import DevSshd
 from farm_kit import SchedulerProcess
 from pki_kit import FarmPki
@@ -63,6 +64,16 @@ class LiveFarm:
         if self.pki is not None:
             return Client(self.address, tls=self.pki.admin())
         return Client(self.address, user="root", admin=True)
+
+    def reset(self) -> None:
+        """End whatever a test left open (a failed test may leave a job RUNNING), so the
+        next test starts on idle boards instead of waiting for a job timeout."""
+        live = (RequestState.WAITING, RequestState.IN_PROGRESS)
+        with self.admin() as admin:
+            for request in admin.list_requests(states=live):
+                with contextlib.suppress(BorutaError):
+                    admin.close_request(request.id)
+        self.wait_idle()
 
     def wait_idle(self, timeout: float = 60) -> None:
         """Until every board is IDLE again (e.g. after the previous test's jobs)."""
@@ -124,9 +135,12 @@ def live_farm(
         farm.wait_idle()
         yield farm
     finally:
-        if dryad is not None:
-            dryad.stop()
-        if scheduler.proc is not None:
-            scheduler.stop()
-        sshd.stop()
-        remove_users(prefix)
+        # Each part is stopped even if stopping another failed, so no process outlives
+        # the test run.
+        with contextlib.ExitStack() as teardown:
+            teardown.callback(remove_users, prefix)
+            teardown.callback(sshd.stop)
+            if scheduler.proc is not None:
+                teardown.callback(scheduler.stop)
+            if dryad is not None:
+                teardown.callback(dryad.stop)

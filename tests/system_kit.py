@@ -11,6 +11,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import subprocess
 
 import pytest
@@ -66,3 +67,14 @@ def processes_of(uid: int) -> list[int]:
             if state != "Z":
                 pids.append(int(entry))
     return pids
+
+
+def unique_uuid(name: str) -> str:
+    """A board UUID no other test run on this host uses, readable in logs by its name."""
+    return f"{name}-{secrets.token_hex(4)}"
+
+
+def default_sigint() -> None:
+    """preexec_fn for a child the test will interrupt: a suite run as a background job
+    inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -28,8 +28,10 @@ from boruta_client import (
     run_job,
 )
 from live_farm import LiveFarm, live_farm
+from system_kit import default_sigint, unique_uuid
 
-BOARDS = {"rpi-a": {"board": "rpi4", "camera": "yes"}, "rpi-b": {"board": "rpi4"}}
+CAMERA_BOARD = unique_uuid("rpi-a")
+BOARDS = {CAMERA_BOARD: {"board": "rpi4", "camera": "yes"}, unique_uuid("rpi-b"): {"board": "rpi4"}}
 # Short jobs, so that a lease has to prolong several times within a test.
 JOB_TIMEOUT = 1.5
 
@@ -49,7 +51,7 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveFarm]:
 
 @pytest.fixture
 def client(farm: LiveFarm) -> Iterator[Client]:
-    farm.wait_idle()
+    farm.reset()
     with farm.client() as c:
         yield c
 
@@ -59,7 +61,7 @@ def test_lease_runs_commands_streams_output_and_copies_files(
 ) -> None:
     chunks: list[bytes] = []
     with client.lease({"board": "rpi4", "camera": "yes"}) as board:
-        assert board.worker_uuid == "rpi-a"
+        assert board.worker_uuid == CAMERA_BOARD
         whoami = board.ssh.run("id -un")
         assert whoami.ok and whoami.output.strip() == board.access.username
         failing = board.ssh.run("echo out; echo err >&2; exit 3", stdout=chunks.append)
@@ -151,7 +153,9 @@ def test_sigint_in_the_block_closes_the_request(farm: LiveFarm, client: Client) 
                 time.sleep(60)
         """
     )
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
     assert child.stdout is not None
     request_id = int(child.stdout.readline())
     assert client.get_request(request_id).state is RequestState.IN_PROGRESS
@@ -172,7 +176,12 @@ def test_sigint_while_waiting_in_the_queue_cancels_the_request(
         """
     )
     with client.lease({"camera": "yes"}):
-        child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        child = subprocess.Popen(
+            [sys.executable, "-c", script],
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=default_sigint,
+        )
         assert child.stdout is not None
         request_id = int(child.stdout.readline())
         assert client.get_request(request_id).state is RequestState.WAITING
@@ -207,7 +216,7 @@ def test_request_that_ends_while_waiting_raises_request_ended(client: Client) ->
 
 
 def test_async_client_lease_prolongs_and_closes_on_cancel(farm: LiveFarm) -> None:
-    farm.wait_idle()
+    farm.reset()
 
     async def scenario() -> None:
         async with AsyncClient(farm.address, user="bob") as client:
