@@ -23,6 +23,7 @@ def dryad_toml(
     state_dir: Path,
     prefix: str,
     *,
+    host_keys: Path,
     name: str = "b0",
     caps: str = 'board = "rpi4"',
     key_bits: int = 2048,
@@ -34,7 +35,8 @@ def dryad_toml(
         f'plaintext = true\nstate_dir = "{state_dir}"\n'
         f'key_bits = {key_bits}\nlog_level = "DEBUG"\n\n'
         f'[[board]]\nname = "{name}"\n{uuid_line}caps = {{ {caps} }}\n'
-        f'ssh_address = "{ssh_address}"\nuser_prefix = "{prefix}"\n'
+        f'ssh_address = "{ssh_address}"\nssh_host_keys = ["{host_keys}"]\n'
+        f'user_prefix = "{prefix}"\n'
         f'backend_options = {{ record_file = "{state_dir}/{name}.record" }}\n'
     )
 
@@ -77,20 +79,38 @@ class DryadProcess:
 
 @dataclass
 class Login:
+    """What AccessInfo says; logins check the board's host keys as users' clients do."""
+
     host: str
     port: int
     username: str
     private_key_pem: str
+    host_keys: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, access: types_pb2.AccessInfo) -> Login:
-        return cls(access.host, access.port, access.username, access.private_key_pem)
+        return cls(
+            access.host,
+            access.port,
+            access.username,
+            access.private_key_pem,
+            tuple(access.ssh_host_keys),
+        )
+
+    def known_hosts(self) -> str:
+        return "".join(f"[{self.host}]:{self.port} {key}\n" for key in self.host_keys)
 
     def client(self) -> paramiko.SSHClient:
-        """A connected paramiko client (blocking: call it from a thread)."""
+        """A connected paramiko client that accepts only the board's host keys (blocking:
+        call it from a thread)."""
+        assert self.host_keys, "AccessInfo carries no host keys"
         key = paramiko.RSAKey.from_private_key(io.StringIO(self.private_key_pem))
         client = paramiko.SSHClient()
-        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        for line in self.known_hosts().splitlines():
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
+            assert entry is not None and entry.key is not None, line
+            client.get_host_keys().add(entry.hostnames[0], entry.key.get_name(), entry.key)
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
         client.connect(
             self.host,
             self.port,
@@ -114,9 +134,13 @@ class Login:
         return await asyncio.to_thread(run)
 
     async def openssh_run(self, command: str) -> subprocess.CompletedProcess[str]:
+        """ssh in batch mode, checking the host key against AccessInfo's only."""
+        assert self.host_keys, "AccessInfo carries no host keys"
         with tempfile.NamedTemporaryFile("w", suffix=".key", delete=False) as f:
             f.write(self.private_key_pem)
         os.chmod(f.name, 0o600)
+        with tempfile.NamedTemporaryFile("w", suffix=".known_hosts", delete=False) as hosts:
+            hosts.write(self.known_hosts())
         try:
             return await asyncio.to_thread(
                 subprocess.run,
@@ -129,9 +153,11 @@ class Login:
                     "-o",
                     "BatchMode=yes",
                     "-o",
-                    "StrictHostKeyChecking=no",
+                    "StrictHostKeyChecking=yes",
                     "-o",
-                    "UserKnownHostsFile=/dev/null",
+                    f"UserKnownHostsFile={hosts.name}",
+                    "-o",
+                    "GlobalKnownHostsFile=/dev/null",
                     "-o",
                     "IdentitiesOnly=yes",
                     "-o",
@@ -147,3 +173,4 @@ class Login:
             )
         finally:
             os.unlink(f.name)
+            os.unlink(hosts.name)

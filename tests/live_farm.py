@@ -23,6 +23,7 @@ def boards_toml(
     state: Path,
     prefix: str,
     boards: Mapping[str, Mapping[str, str]],
+    host_keys: Path,
     tls: TlsFiles | None = None,
 ) -> str:
     text = f'scheduler = "{scheduler}"\nlisten = "127.0.0.1:0"\nstate_dir = "{state}"\n'
@@ -35,7 +36,8 @@ def boards_toml(
         caps_toml = ", ".join(f'{k} = "{v}"' for k, v in caps.items())
         text += (
             f'\n[[board]]\nname = "b{i}"\nuuid = "{uuid}"\ncaps = {{ {caps_toml} }}\n'
-            f'ssh_address = "{sshd}"\nuser_prefix = "{prefix}{i}x"\n'
+            f'ssh_address = "{sshd}"\nssh_host_keys = ["{host_keys}"]\n'
+            f'user_prefix = "{prefix}{i}x"\n'
             f'backend_options = {{ record_file = "{state}/b{i}.record" }}\n'
         )
     return text
@@ -107,7 +109,15 @@ def live_farm(
         address = scheduler.start()
         config = tmp / "dryad.toml"
         config.write_text(
-            boards_toml(address, sshd.address, tmp / "dryad", prefix, boards, dryad_tls)
+            boards_toml(
+                address,
+                sshd.address,
+                tmp / "dryad",
+                prefix,
+                boards,
+                sshd.host_key_public,
+                dryad_tls,
+            )
         )
         dryad = DryadProcess(config)
         dryad.start()
