@@ -3,6 +3,9 @@ schedctl): a scheduler process, one dryad process with several boards, and a rea
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -79,6 +82,26 @@ class LiveFarm:
                     why = {w.uuid: f"{w.state.name} ({w.reason})" for w in workers}
                     raise AssertionError(f"boards not IDLE: {why}")
                 time.sleep(0.05)
+
+
+def lease_holder(address: str, lease_options: str = "") -> tuple[subprocess.Popen[str], int]:
+    """A client process (alice) that leases a board with caps board=rpi4 and the given
+    keyword arguments of client.lease (Python source), then holds it until it is stopped
+    or killed; returns it and its request id."""
+    script = textwrap.dedent(
+        f"""
+        import threading
+        from datetime import timedelta
+        from boruta_client import Client
+        with Client({address!r}, user="alice") as client:
+            with client.lease({{"board": "rpi4"}}, {lease_options}) as board:
+                print(board.request.id, flush=True)
+                threading.Event().wait()
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    return child, int(child.stdout.readline())
 
 
 @contextmanager

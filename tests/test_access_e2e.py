@@ -4,7 +4,6 @@ and users logging in through the scheduler's tunnel with paramiko and the ssh cl
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import pwd
@@ -18,7 +17,6 @@ from pathlib import Path
 from uuid import uuid4
 
 import grpc
-import paramiko
 import pytest
 from access_kit import DryadProcess, Login, dryad_toml
 from boruta.v1 import types_pb2, workers_pb2
@@ -29,7 +27,7 @@ from boruta_dryad.hostkeys import read_host_keys
 from boruta_dryad.main import Dryad
 from boruta_dryad.stub import StubDryad
 from boruta_scheduler.core import Policy
-from farm_kit import Farm, SchedulerProcess, board
+from farm_kit import Farm, SchedulerProcess, board, schedctl_env
 from system_kit import processes_of, remove_users, require_sshd, unique_prefix, users_with_prefix
 
 S = types_pb2
@@ -51,26 +49,31 @@ def prefix() -> Iterator[str]:
     remove_users(chosen)
 
 
-@pytest.fixture
-async def dryad(farm: Farm, sshd: DevSshd, prefix: str, tmp_path: Path) -> AsyncIterator[Dryad]:
+def one_board_dryad(farm: Farm, sshd: DevSshd, prefix: str, state: Path, host_keys: Path) -> Dryad:
+    """An in-process dryad with one board behind sshd, handing out host_keys."""
     config = parse_config(
         {
             "scheduler": farm.address,
             "listen": "127.0.0.1:0",
             "plaintext": True,
-            "state_dir": str(tmp_path / "dryad"),
+            "state_dir": str(state),
             "board": [
                 {
                     "name": "b0",
                     "caps": {"board": "rpi4"},
                     "ssh_address": sshd.address,
-                    "ssh_host_keys": [str(sshd.host_key_public)],
+                    "ssh_host_keys": [str(host_keys)],
                     "user_prefix": prefix,
                 }
             ],
         }
     )
-    running = Dryad(config)  # default key size: 3072 bits
+    return Dryad(config)  # default key size: 3072 bits
+
+
+@pytest.fixture
+async def dryad(farm: Farm, sshd: DevSshd, prefix: str, tmp_path: Path) -> AsyncIterator[Dryad]:
+    running = one_board_dryad(farm, sshd, prefix, tmp_path / "dryad", sshd.host_key_public)
     await running.start()
     assert running.link is not None
     await running.link.wait_registered()
@@ -291,18 +294,6 @@ async def test_restarted_dryad_leaves_no_stale_users(
 # ------------------------------------------------------------------- host keys
 
 
-def schedctl_env(farm: Farm, home: Path) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("BORUTA_")}
-    return {
-        **clean,
-        "BORUTA_SCHEDULER": farm.address,
-        "BORUTA_USER": "alice",
-        "HOME": str(home),
-        "XDG_CONFIG_HOME": str(home / "config"),
-        "XDG_CACHE_HOME": str(home / "cache"),
-    }
-
-
 async def schedctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(
         subprocess.run,
@@ -340,7 +331,7 @@ async def test_access_carries_the_boards_host_keys_and_every_client_checks_them(
     assert (result.returncode, result.stdout.strip()) == (0, login.username), result.stderr
     access = client_access(login)
     assert (await run_with_client_library(access, "id -un")).strip() == login.username
-    env = schedctl_env(farm, tmp_path)
+    env = schedctl_env(farm.address, tmp_path)
     for mode in ([], ["--paramiko"]):
         done = await schedctl(env, "ssh", *mode, str(request.id), "--", "id", "-un")
         assert (done.returncode, done.stdout.strip()) == (0, login.username), done.stderr
@@ -380,14 +371,14 @@ async def test_an_impostor_at_the_boards_address_is_refused(
     # /tmp, not the test's directories).
     trace = Path(f"/tmp/boruta-impostor-{uuid4().hex}")
     try:
-        unchecked = await asyncio.to_thread(unchecked_login, login)
+        unchecked = await login.paramiko_run("id -un", check_host_key=False)
         assert unchecked.strip() == login.username  # it would work without the check
 
         with pytest.raises(HostKeyMismatch, match="not one the board's dryad reported"):
             await run_with_client_library(client_access(login), "id -un")
         refused = await login.openssh_run("id -un")
         assert refused.returncode == 255 and "Host key verification failed" in refused.stderr
-        env = schedctl_env(farm, tmp_path)
+        env = schedctl_env(farm.address, tmp_path)
         done = await schedctl(env, "ssh", str(request.id), "--", "touch", str(trace))
         assert done.returncode == 255 and "Host key verification failed" in done.stderr
         assert not trace.exists()
@@ -399,27 +390,6 @@ async def test_an_impostor_at_the_boards_address_is_refused(
         trace.unlink(missing_ok=True)
 
 
-def unchecked_login(login: Login) -> str:
-    """A login that takes any host key, as clients did before host keys were handed out."""
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    key = paramiko.RSAKey.from_private_key(io.StringIO(login.private_key_pem))
-    client.connect(
-        login.host,
-        login.port,
-        username=login.username,
-        pkey=key,
-        allow_agent=False,
-        look_for_keys=False,
-        timeout=20,
-    )
-    try:
-        _, out, _ = client.exec_command("id -un", timeout=20)
-        return str(out.read().decode())
-    finally:
-        client.close()
-
-
 async def test_host_keys_of_another_sshd_fail_the_boards_healthcheck(
     farm: Farm, sshd: DevSshd, prefix: str, tmp_path: Path
 ) -> None:
@@ -427,24 +397,7 @@ async def test_host_keys_of_another_sshd_fail_the_boards_healthcheck(
     board's sshd is another) takes the board out of service instead of locking users out."""
     other = tmp_path / "other_host_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
-    config = parse_config(
-        {
-            "scheduler": farm.address,
-            "listen": "127.0.0.1:0",
-            "plaintext": True,
-            "state_dir": str(tmp_path / "dryad"),
-            "board": [
-                {
-                    "name": "b0",
-                    "caps": {"board": "rpi4"},
-                    "ssh_address": sshd.address,
-                    "ssh_host_keys": [f"{other}.pub"],
-                    "user_prefix": prefix,
-                }
-            ],
-        }
-    )
-    running = Dryad(config)
+    running = one_board_dryad(farm, sshd, prefix, tmp_path / "dryad", Path(f"{other}.pub"))
     await running.start()
     try:
         assert running.link is not None

@@ -27,7 +27,7 @@ from boruta_client import (
     Transfer,
     run_job,
 )
-from live_farm import LiveFarm, live_farm
+from live_farm import LiveFarm, lease_holder, live_farm
 
 BOARDS = {"rpi-a": {"board": "rpi4", "camera": "yes"}, "rpi-b": {"board": "rpi4"}}
 # Short jobs, so that a lease has to prolong several times within a test.
@@ -141,19 +141,7 @@ def test_exception_in_the_block_closes_the_request(client: Client) -> None:
 
 
 def test_sigint_in_the_block_closes_the_request(farm: LiveFarm, client: Client) -> None:
-    script = textwrap.dedent(
-        f"""
-        import time
-        from boruta_client import Client
-        with Client({farm.address!r}, user="alice") as client:
-            with client.lease({{"board": "rpi4"}}) as board:
-                print(board.request.id, flush=True)
-                time.sleep(60)
-        """
-    )
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert child.stdout is not None
-    request_id = int(child.stdout.readline())
+    child, request_id = lease_holder(farm.address)
     assert client.get_request(request_id).state is RequestState.IN_PROGRESS
     child.send_signal(signal.SIGINT)
     assert child.wait(30) != 0

@@ -5,9 +5,6 @@ The scheduler keeps its default job timeout of an hour for everything else."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -15,7 +12,7 @@ from uuid import uuid4
 
 import pytest
 from boruta_client import LEASE_JOB_TIMEOUT, Client, RequestState, WorkerState
-from live_farm import LiveFarm, live_farm
+from live_farm import LiveFarm, lease_holder, live_farm
 
 # Unique: a dryad removes the job users of its boards' UUIDs, whichever run made them.
 BOARD = f"lt-{uuid4().hex[:12]}"
@@ -60,22 +57,10 @@ def wait_until(what: str, check: Callable[[], bool]) -> None:
 def test_a_killed_client_frees_its_board_within_one_prolong_step(
     farm: LiveFarm, client: Client
 ) -> None:
-    script = textwrap.dedent(
-        f"""
-        import threading
-        from datetime import timedelta
-        from boruta_client import Client
-        with Client({farm.address!r}, user="alice") as client:
-            step = timedelta(seconds={STEP.total_seconds()})
-            with client.lease({{"board": "rpi4"}}, job_timeout=step) as board:
-                print(board.request.id, flush=True)
-                threading.Event().wait()
-        """
+    child, request_id = lease_holder(
+        farm.address, f"job_timeout=timedelta(seconds={STEP.total_seconds()})"
     )
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
-        assert child.stdout is not None
-        request_id = int(child.stdout.readline())
 
         def prolonged_twice() -> bool:
             job = client.get_request(request_id).job
