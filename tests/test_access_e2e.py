@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import pwd
 import shlex
@@ -413,14 +414,22 @@ async def test_host_keys_of_another_sshd_fail_the_boards_healthcheck(
         await running.stop()
 
 
+@pytest.mark.parametrize("with_host_keys", [True, False], ids=["host-keys", "old-dryad"])
 async def test_a_stub_prepared_key_logs_in_with_paramiko(
-    farm: Farm, sshd: DevSshd, prefix: str
+    farm: Farm,
+    sshd: DevSshd,
+    prefix: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    with_host_keys: bool,
 ) -> None:
     """The stub dryad's keys are the real dryad's: a user given one logs in with the
-    client library (paramiko), checking the host keys the stub hands out."""
+    client library (paramiko), checking the host keys the stub hands out. A board whose
+    dryad hands out none (older than host keys) is still usable, with a warning."""
     uuid = f"stub-{uuid4().hex}"
     stub_board = board(uuid, board="stub")
-    stub_board.ssh_host_keys = read_host_keys([str(sshd.host_key_public)])
+    if with_host_keys:
+        stub_board.ssh_host_keys = read_host_keys([str(sshd.host_key_public)])
     dryad = StubDryad(farm.address, [stub_board], ssh_address=sshd.address, user_prefix=prefix)
     await dryad.start()
     try:
@@ -431,10 +440,18 @@ async def test_a_stub_prepared_key_logs_in_with_paramiko(
         request = await alice.new({"UUID": uuid})
         login = Login.of((await alice.acquire(request.id)).access)
         assert login.username == stub_board.last_username
+        assert bool(login.host_keys) is with_host_keys
         # What the real dryad does for the job user, done by hand.
         await asyncio.to_thread(add_job_user, login.username, stub_board.last_public_key)
-        output = await run_with_client_library(client_access(login), "id -un")
+        with caplog.at_level(logging.WARNING, logger="boruta_client.ssh"):
+            output = await run_with_client_library(client_access(login), "id -un")
         assert output.strip() == login.username
+        unchecked = "the board's host key is not checked"
+        assert any(unchecked in r.getMessage() for r in caplog.records) is not with_host_keys
+        env = schedctl_env(farm.address, tmp_path)
+        done = await schedctl(env, "ssh", str(request.id), "--", "id", "-un")
+        assert (done.returncode, done.stdout.strip()) == (0, login.username), done.stderr
+        assert ("reported no SSH host keys" in done.stderr) is not with_host_keys
     finally:
         await dryad.stop()
 

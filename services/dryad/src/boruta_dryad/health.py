@@ -40,6 +40,17 @@ async def check_sshd(address: str, timeout: float) -> Check:
     return Check("sshd", True, banner.decode(errors="replace").strip())
 
 
+# ssh-keyscan's name for a key type; it opens one connection per type asked for, so only
+# one type, the first of these the files hold, is asked for.
+_SCAN_TYPES = {"ssh-ed25519": "ed25519", "ecdsa-sha2-nistp256": "ecdsa", "ssh-rsa": "rsa"}
+
+
+def _scan_type(keys: set[str]) -> list[str]:
+    held = {key.partition(" ")[0] for key in keys}
+    chosen = next((t for kind, t in _SCAN_TYPES.items() if kind in held), None)
+    return ["-t", chosen] if chosen else []
+
+
 async def check_host_keys(address: str, patterns: Sequence[str], timeout: float) -> Check:
     """The host key files can be read, and the sshd at address shows one of their keys:
     with keys of another sshd, every client would refuse the board."""
@@ -51,10 +62,10 @@ async def check_host_keys(address: str, patterns: Sequence[str], timeout: float)
     if scanner is None:
         return Check("host_keys", True, f"{len(keys)} keys (no ssh-keyscan to compare them)")
     host, _, port = address.rpartition(":")
+    argv = [scanner, "-T", str(max(1, round(timeout))), *_scan_type(keys), "-p", port]
     proc = await asyncio.create_subprocess_exec(
-        scanner, "-T", str(max(1, round(timeout))), "-p", port, host.strip("[]"),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+        *argv, host.strip("[]"), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+    )
     try:
         output, _ = await asyncio.wait_for(proc.communicate(), timeout + 5)
     except TimeoutError:
@@ -70,7 +81,9 @@ async def check_host_keys(address: str, patterns: Sequence[str], timeout: float)
             except ValueError:
                 continue
     if not shown:
-        return Check("host_keys", False, f"the sshd at {address} showed no host key")
+        return Check(
+            "host_keys", False, f"the sshd at {address} showed no host key of the files' types"
+        )
     if shown.isdisjoint(keys):
         return Check(
             "host_keys",
