@@ -36,13 +36,13 @@ USER = (("x-boruta-user", "bench"),)
 ADMIN = (("x-boruta-user", "root"), ("x-boruta-role", "admin"))
 
 
-def dryad_toml(scheduler: str, sshd: str, state: Path, bits: int, prefix: str) -> str:
+def dryad_toml(scheduler: str, sshd: DevSshd, state: Path, bits: int, prefix: str) -> str:
     return (
         f'scheduler = "{scheduler}"\nlisten = "127.0.0.1:0"\n'
         f'plaintext = true\nstate_dir = "{state}"\n'
         f'key_bits = {bits}\nlog_level = "WARNING"\n\n[[board]]\nname = "b0"\n'
-        f'uuid = "bench-{prefix}"\ncaps = {{ board = "rpi4" }}\nssh_address = "{sshd}"\n'
-        f'user_prefix = "{prefix}"\n'
+        f'uuid = "bench-{prefix}"\ncaps = {{ board = "rpi4" }}\nssh_address = "{sshd.address}"\n'
+        f'ssh_host_keys = ["{sshd.host_key_public}"]\nuser_prefix = "{prefix}"\n'
     )
 
 
@@ -110,7 +110,7 @@ def access_latency(workdir: Path, sshd: DevSshd, rounds: int = 30) -> dict[str, 
     )
     address = scheduler.address
     config = workdir / "dryad.toml"
-    config.write_text(dryad_toml(address, sshd.address, workdir / "dryad", 3072, "bacc-"))
+    config.write_text(dryad_toml(address, sshd, workdir / "dryad", 3072, "bacc-"))
     dryad = spawn(
         [sys.executable, "-m", "boruta_dryad.main", "--config", str(config)],
         "boruta-dryad listening on ",
@@ -155,9 +155,7 @@ def prepare_time(workdir: Path, sshd: DevSshd, bits: int, rounds: int = 15) -> d
     unused = socket_port()
     prefix = f"bpr{bits}-"
     config = workdir / f"dryad-{bits}.toml"
-    config.write_text(
-        dryad_toml(f"127.0.0.1:{unused}", sshd.address, workdir / f"d{bits}", bits, prefix)
-    )
+    config.write_text(dryad_toml(f"127.0.0.1:{unused}", sshd, workdir / f"d{bits}", bits, prefix))
     dryad = spawn(
         [sys.executable, "-m", "boruta_dryad.main", "--config", str(config)],
         "boruta-dryad listening on ",

@@ -23,6 +23,7 @@ def dryad_toml(
     state_dir: Path,
     prefix: str,
     *,
+    host_keys: Path,
     name: str = "b0",
     caps: str = 'board = "rpi4"',
     key_bits: int = 2048,
@@ -34,7 +35,8 @@ def dryad_toml(
         f'plaintext = true\nstate_dir = "{state_dir}"\n'
         f'key_bits = {key_bits}\nlog_level = "DEBUG"\n\n'
         f'[[board]]\nname = "{name}"\n{uuid_line}caps = {{ {caps} }}\n'
-        f'ssh_address = "{ssh_address}"\nuser_prefix = "{prefix}"\n'
+        f'ssh_address = "{ssh_address}"\nssh_host_keys = ["{host_keys}"]\n'
+        f'user_prefix = "{prefix}"\n'
         f'backend_options = {{ record_file = "{state_dir}/{name}.record" }}\n'
     )
 
@@ -85,20 +87,42 @@ class DryadProcess:
 
 @dataclass
 class Login:
+    """What AccessInfo says; logins check the board's host keys as users' clients do."""
+
     host: str
     port: int
     username: str
     private_key_pem: str
+    host_keys: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, access: types_pb2.AccessInfo) -> Login:
-        return cls(access.host, access.port, access.username, access.private_key_pem)
+        return cls(
+            access.host,
+            access.port,
+            access.username,
+            access.private_key_pem,
+            tuple(access.ssh_host_keys),
+        )
 
-    def client(self) -> paramiko.SSHClient:
-        """A connected paramiko client (blocking: call it from a thread)."""
+    def known_hosts(self) -> str:
+        return "".join(f"[{self.host}]:{self.port} {key}\n" for key in self.host_keys)
+
+    def client(self, *, check_host_key: bool = True) -> paramiko.SSHClient:
+        """A connected paramiko client that accepts only the board's host keys, or any
+        (as clients did before host keys were handed out) (blocking: call it from a
+        thread)."""
         key = paramiko.RSAKey.from_private_key(io.StringIO(self.private_key_pem))
         client = paramiko.SSHClient()
-        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        if check_host_key:
+            assert self.host_keys, "AccessInfo carries no host keys"
+            for line in self.known_hosts().splitlines():
+                entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
+                assert entry is not None and entry.key is not None, line
+                client.get_host_keys().add(entry.hostnames[0], entry.key.get_name(), entry.key)
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        else:
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
         client.connect(
             self.host,
             self.port,
@@ -110,9 +134,9 @@ class Login:
         )
         return client
 
-    async def paramiko_run(self, command: str) -> str:
+    async def paramiko_run(self, command: str, *, check_host_key: bool = True) -> str:
         def run() -> str:
-            client = self.client()
+            client = self.client(check_host_key=check_host_key)
             try:
                 _, out, _ = client.exec_command(command, timeout=20)
                 return str(out.read().decode())
@@ -122,9 +146,13 @@ class Login:
         return await asyncio.to_thread(run)
 
     async def openssh_run(self, command: str) -> subprocess.CompletedProcess[str]:
+        """ssh in batch mode, checking the host key against AccessInfo's only."""
+        assert self.host_keys, "AccessInfo carries no host keys"
         with tempfile.NamedTemporaryFile("w", suffix=".key", delete=False) as f:
             f.write(self.private_key_pem)
         os.chmod(f.name, 0o600)
+        with tempfile.NamedTemporaryFile("w", suffix=".known_hosts", delete=False) as hosts:
+            hosts.write(self.known_hosts())
         try:
             return await asyncio.to_thread(
                 subprocess.run,
@@ -137,9 +165,11 @@ class Login:
                     "-o",
                     "BatchMode=yes",
                     "-o",
-                    "StrictHostKeyChecking=no",
+                    "StrictHostKeyChecking=yes",
                     "-o",
-                    "UserKnownHostsFile=/dev/null",
+                    f"UserKnownHostsFile={hosts.name}",
+                    "-o",
+                    "GlobalKnownHostsFile=/dev/null",
                     "-o",
                     "IdentitiesOnly=yes",
                     "-o",
@@ -155,3 +185,4 @@ class Login:
             )
         finally:
             os.unlink(f.name)
+            os.unlink(hosts.name)

@@ -26,6 +26,20 @@ READY = "boruta-scheduler listening on "
 SCHEDULER = [sys.executable, "-m", "boruta_scheduler.main"]
 
 
+def schedctl_env(address: str, home: Path, user: str = "alice") -> dict[str, str]:
+    """Environment for schedctl as a user of the scheduler at address, with a home (config,
+    cache, saved keys) of its own and no BORUTA_* settings from outside the test."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BORUTA_")}
+    return {
+        **clean,
+        "BORUTA_SCHEDULER": address,
+        "BORUTA_USER": user,
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / "config"),
+        "XDG_CACHE_HOME": str(home / "cache"),
+    }
+
+
 class SchedulerProcess:
     """A boruta-scheduler process; its port is read from the readiness line."""
 

@@ -4,6 +4,9 @@ schedctl): a scheduler process, one dryad process with several boards, and a rea
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -15,7 +18,7 @@ from boruta_client import BorutaError, Client, RequestState, WorkerState
 from boruta_dryad.devsshd import DevSshd
 from farm_kit import SchedulerProcess
 from pki_kit import FarmPki
-from system_kit import remove_users, require_sshd, unique_prefix
+from system_kit import default_sigint, remove_users, require_sshd, unique_prefix
 
 
 def boards_toml(
@@ -24,6 +27,7 @@ def boards_toml(
     state: Path,
     prefix: str,
     boards: Mapping[str, Mapping[str, str]],
+    host_keys: Path,
     tls: TlsFiles | None = None,
 ) -> str:
     text = f'scheduler = "{scheduler}"\nlisten = "127.0.0.1:0"\nstate_dir = "{state}"\n'
@@ -36,7 +40,8 @@ def boards_toml(
         caps_toml = ", ".join(f'{k} = "{v}"' for k, v in caps.items())
         text += (
             f'\n[[board]]\nname = "b{i}"\nuuid = "{uuid}"\ncaps = {{ {caps_toml} }}\n'
-            f'ssh_address = "{sshd}"\nuser_prefix = "{prefix}{i}x"\n'
+            f'ssh_address = "{sshd}"\nssh_host_keys = ["{host_keys}"]\n'
+            f'user_prefix = "{prefix}{i}x"\n'
             f'backend_options = {{ record_file = "{state}/b{i}.record" }}\n'
         )
     return text
@@ -90,6 +95,29 @@ class LiveFarm:
                 time.sleep(0.05)
 
 
+def lease_holder(address: str, lease_options: str = "") -> tuple[subprocess.Popen[str], int]:
+    """A client process (alice) that leases a board with caps board=rpi4 and the given
+    keyword arguments of client.lease (Python source), then holds it until it is stopped
+    or killed; returns it and its request id."""
+    script = textwrap.dedent(
+        f"""
+        import threading
+        from datetime import timedelta
+        from boruta_client import Client
+        with Client({address!r}, user="alice") as client:
+            with client.lease({{"board": "rpi4"}}, {lease_options}) as board:
+                print(board.request.id, flush=True)
+                threading.Event().wait()
+        """
+    )
+    # A suite run as a background job inherits SIGINT ignored; the tests interrupt this child.
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
+    assert child.stdout is not None
+    return child, int(child.stdout.readline())
+
+
 @contextmanager
 def live_farm(
     tmp: Path,
@@ -118,7 +146,15 @@ def live_farm(
         address = scheduler.start()
         config = tmp / "dryad.toml"
         config.write_text(
-            boards_toml(address, sshd.address, tmp / "dryad", prefix, boards, dryad_tls)
+            boards_toml(
+                address,
+                sshd.address,
+                tmp / "dryad",
+                prefix,
+                boards,
+                sshd.host_key_public,
+                dryad_tls,
+            )
         )
         dryad = DryadProcess(config)
         dryad.start()

@@ -4,22 +4,31 @@ and users logging in through the scheduler's tunnel with paramiko and the ssh cl
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import pwd
+import shlex
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from uuid import uuid4
 
 import grpc
 import pytest
 from access_kit import DryadProcess, Login, dryad_toml
 from boruta.v1 import types_pb2, workers_pb2
+from boruta_client import Access, BoardSSH, HostKeyMismatch
 from boruta_dryad.config import parse_config
 from boruta_dryad.devsshd import DevSshd
+from boruta_dryad.hostkeys import read_host_keys
 from boruta_dryad.main import Dryad
+from boruta_dryad.stub import StubDryad
 from boruta_scheduler.core import Policy
-from farm_kit import Farm, SchedulerProcess
+from farm_kit import Farm, SchedulerProcess, board, schedctl_env
 from system_kit import processes_of, remove_users, require_sshd, unique_prefix, users_with_prefix
 
 S = types_pb2
@@ -41,25 +50,31 @@ def prefix() -> Iterator[str]:
     remove_users(chosen)
 
 
-@pytest.fixture
-async def dryad(farm: Farm, sshd: DevSshd, prefix: str, tmp_path: Path) -> AsyncIterator[Dryad]:
+def one_board_dryad(farm: Farm, sshd: DevSshd, prefix: str, state: Path, host_keys: Path) -> Dryad:
+    """An in-process dryad with one board behind sshd, handing out host_keys."""
     config = parse_config(
         {
             "scheduler": farm.address,
             "listen": "127.0.0.1:0",
             "plaintext": True,
-            "state_dir": str(tmp_path / "dryad"),
+            "state_dir": str(state),
             "board": [
                 {
                     "name": "b0",
                     "caps": {"board": "rpi4"},
                     "ssh_address": sshd.address,
+                    "ssh_host_keys": [str(host_keys)],
                     "user_prefix": prefix,
                 }
             ],
         }
     )
-    running = Dryad(config)  # default key size: 3072 bits
+    return Dryad(config)  # default key size: 3072 bits
+
+
+@pytest.fixture
+async def dryad(farm: Farm, sshd: DevSshd, prefix: str, tmp_path: Path) -> AsyncIterator[Dryad]:
+    running = one_board_dryad(farm, sshd, prefix, tmp_path / "dryad", sshd.host_key_public)
     await running.start()
     assert running.link is not None
     await running.link.wait_registered()
@@ -106,7 +121,13 @@ async def test_shell_on_a_real_board_and_everything_torn_down(farm: Farm, dryad:
     assert next_login.username != login.username
     assert next_login.private_key_pem != login.private_key_pem
     # The old key does not open the new user's account.
-    stale = Login(next_login.host, next_login.port, next_login.username, login.private_key_pem)
+    stale = Login(
+        next_login.host,
+        next_login.port,
+        next_login.username,
+        login.private_key_pem,
+        next_login.host_keys,
+    )
     refused = await stale.openssh_run("true")
     assert refused.returncode == 255 and "Permission denied" in refused.stderr
 
@@ -169,7 +190,16 @@ async def farm_processes(
     farm: Farm | None = None
     try:
         address = scheduler.start()
-        config.write_text(dryad_toml(address, sshd.address, tmp_path / "dryad", prefix, uuid=uuid))
+        config.write_text(
+            dryad_toml(
+                address,
+                sshd.address,
+                tmp_path / "dryad",
+                prefix,
+                uuid=uuid,
+                host_keys=sshd.host_key_public,
+            )
+        )
         dryad.start()
         farm = Farm(address)
         admin = farm.admin
@@ -260,3 +290,180 @@ async def test_restarted_dryad_leaves_no_stale_users(
         request = await alice.new({"board": "rpi4"})
         login = Login.of((await alice.acquire(request.id)).access)
         assert login.username == after
+
+
+# ------------------------------------------------------------------- host keys
+
+
+async def schedctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "schedctl.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def client_access(login: Login) -> Access:
+    return Access(login.host, login.port, login.username, login.private_key_pem, login.host_keys)
+
+
+async def run_with_client_library(access: Access, command: str) -> str:
+    def run() -> str:
+        with BoardSSH(access) as ssh:
+            return ssh.run(command).output
+
+    return await asyncio.to_thread(run)
+
+
+async def test_access_carries_the_boards_host_keys_and_every_client_checks_them(
+    farm: Farm, dryad: Dryad, tmp_path: Path
+) -> None:
+    alice = farm.client("alice")
+    request = await alice.new({"board": "rpi4"})
+    login = Login.of((await alice.acquire(request.id)).access)
+    sshd_key = dryad.config.boards[0].ssh_host_keys[0]
+    assert login.host_keys == (" ".join(Path(sshd_key).read_text().split()[:2]),)
+    # The tunnel's port is not 22: OpenSSH needs [host]:port, and checks it strictly.
+    assert login.known_hosts().startswith(f"[127.0.0.1]:{login.port} ssh-ed25519 ")
+    result = await login.openssh_run("id -un")
+    assert (result.returncode, result.stdout.strip()) == (0, login.username), result.stderr
+    access = client_access(login)
+    assert (await run_with_client_library(access, "id -un")).strip() == login.username
+    env = schedctl_env(farm.address, tmp_path)
+    for mode in ([], ["--paramiko"]):
+        done = await schedctl(env, "ssh", *mode, str(request.id), "--", "id", "-un")
+        assert (done.returncode, done.stdout.strip()) == (0, login.username), done.stderr
+        assert "warning" not in done.stderr
+    acquired = await schedctl(env, "requests", "acquire", str(request.id), "-o", "json")
+    files = json.loads(acquired.stdout)
+    assert Path(files["known_hosts_file"]).read_text() == login.known_hosts()
+    # The login line schedctl prints works as it stands, in batch mode, host key checked.
+    table = await schedctl(env, "requests", "acquire", str(request.id))
+    (line,) = [x for x in table.stdout.splitlines() if x.strip().startswith("login:")]
+    argv = shlex.split(line.partition("login:")[2])
+    assert "StrictHostKeyChecking=yes" in argv
+    batch = await asyncio.to_thread(
+        subprocess.run,
+        [*argv[:-1], "-o", "BatchMode=yes", argv[-1], "id -un"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (batch.returncode, batch.stdout.strip()) == (0, login.username), batch.stderr
+
+
+async def test_an_impostor_at_the_boards_address_is_refused(
+    farm: Farm, dryad: Dryad, sshd: DevSshd, tmp_path: Path
+) -> None:
+    alice = farm.client("alice")
+    request = await alice.new({"board": "rpi4"})
+    login = Login.of((await alice.acquire(request.id)).access)
+    assert (await login.paramiko_run("id -un")).strip() == login.username
+    # Someone takes the board's address: the tunnel now leads to their sshd, which knows
+    # the same users and would let the job's key in.
+    port = int(sshd.address.rpartition(":")[2])
+    sshd.stop()
+    impostor = DevSshd(port=port, workdir=str(tmp_path / "impostor"))
+    impostor.start()
+    # Where a command that reached the impostor would leave its mark (the job user can write
+    # /tmp, not the test's directories).
+    trace = Path(f"/tmp/boruta-impostor-{uuid4().hex}")
+    try:
+        unchecked = await login.paramiko_run("id -un", check_host_key=False)
+        assert unchecked.strip() == login.username  # it would work without the check
+
+        with pytest.raises(HostKeyMismatch, match="not one the board's dryad reported"):
+            await run_with_client_library(client_access(login), "id -un")
+        refused = await login.openssh_run("id -un")
+        assert refused.returncode == 255 and "Host key verification failed" in refused.stderr
+        env = schedctl_env(farm.address, tmp_path)
+        done = await schedctl(env, "ssh", str(request.id), "--", "touch", str(trace))
+        assert done.returncode == 255 and "Host key verification failed" in done.stderr
+        assert not trace.exists()
+        done = await schedctl(env, "ssh", "--paramiko", str(request.id), "--", "id", "-un")
+        assert done.returncode == 255 and "not one the board's dryad reported" in done.stderr
+        assert done.stdout == ""
+    finally:
+        impostor.stop()
+        trace.unlink(missing_ok=True)
+
+
+async def test_host_keys_of_another_sshd_fail_the_boards_healthcheck(
+    farm: Farm, sshd: DevSshd, prefix: str, tmp_path: Path
+) -> None:
+    """A dryad that would hand out the wrong host keys (here its host's own, while the
+    board's sshd is another) takes the board out of service instead of locking users out."""
+    other = tmp_path / "other_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    running = one_board_dryad(farm, sshd, prefix, tmp_path / "dryad", Path(f"{other}.pub"))
+    await running.start()
+    try:
+        assert running.link is not None
+        await running.link.wait_registered()
+        uuid = running.config.boards[0].uuid
+        await farm.admin.set_state(uuid, S.WORKER_STATE_IDLE)
+        failed = await farm.admin.wait_worker(uuid, S.WORKER_STATE_FAILED)
+        assert failed.reason.startswith("Healthcheck failed:")
+        assert f"host_keys: the sshd at {sshd.address} shows none of the host keys" in (
+            failed.reason
+        )
+    finally:
+        await running.stop()
+
+
+@pytest.mark.parametrize("with_host_keys", [True, False], ids=["host-keys", "old-dryad"])
+async def test_a_stub_prepared_key_logs_in_with_paramiko(
+    farm: Farm,
+    sshd: DevSshd,
+    prefix: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    with_host_keys: bool,
+) -> None:
+    """The stub dryad's keys are the real dryad's: a user given one logs in with the
+    client library (paramiko), checking the host keys the stub hands out. A board whose
+    dryad hands out none (older than host keys) is still usable, with a warning."""
+    uuid = f"stub-{uuid4().hex}"
+    stub_board = board(uuid, board="stub")
+    if with_host_keys:
+        stub_board.ssh_host_keys = read_host_keys([str(sshd.host_key_public)])
+    dryad = StubDryad(farm.address, [stub_board], ssh_address=sshd.address, user_prefix=prefix)
+    await dryad.start()
+    try:
+        await dryad.wait_registered()
+        await farm.admin.set_state(uuid, S.WORKER_STATE_IDLE)
+        await farm.admin.wait_worker(uuid, S.WORKER_STATE_IDLE)
+        alice = farm.client("alice")
+        request = await alice.new({"UUID": uuid})
+        login = Login.of((await alice.acquire(request.id)).access)
+        assert login.username == stub_board.last_username
+        assert bool(login.host_keys) is with_host_keys
+        # What the real dryad does for the job user, done by hand.
+        await asyncio.to_thread(add_job_user, login.username, stub_board.last_public_key)
+        with caplog.at_level(logging.WARNING, logger="boruta_client.ssh"):
+            output = await run_with_client_library(client_access(login), "id -un")
+        assert output.strip() == login.username
+        unchecked = "the board's host key is not checked"
+        assert any(unchecked in r.getMessage() for r in caplog.records) is not with_host_keys
+        env = schedctl_env(farm.address, tmp_path)
+        done = await schedctl(env, "ssh", str(request.id), "--", "id", "-un")
+        assert (done.returncode, done.stdout.strip()) == (0, login.username), done.stderr
+        assert ("reported no SSH host keys" in done.stderr) is not with_host_keys
+    finally:
+        await dryad.stop()
+
+
+def add_job_user(name: str, public_key: str) -> None:
+    # "*": no password, yet not locked (sshd refuses locked accounts even with a key).
+    subprocess.run(
+        ["useradd", "--create-home", "--shell", "/bin/sh", "--password", "*", name], check=True
+    )
+    entry = pwd.getpwnam(name)
+    ssh_dir = Path(entry.pw_dir) / ".ssh"
+    ssh_dir.mkdir(mode=0o700)
+    (ssh_dir / "authorized_keys").write_text(public_key + "\n")
+    for path in (ssh_dir, ssh_dir / "authorized_keys"):
+        os.chown(path, entry.pw_uid, entry.pw_gid)

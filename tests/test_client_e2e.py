@@ -9,7 +9,8 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -27,26 +28,31 @@ from boruta_client import (
     Transfer,
     run_job,
 )
-from live_farm import LiveFarm, live_farm
+from live_farm import LiveFarm, lease_holder, live_farm
 from system_kit import default_sigint, unique_uuid
 
 CAMERA_BOARD = unique_uuid("rpi-a")
 BOARDS = {CAMERA_BOARD: {"board": "rpi4", "camera": "yes"}, unique_uuid("rpi-b"): {"board": "rpi4"}}
-# Short jobs, so that a lease has to prolong several times within a test.
+# Short jobs, asked for by the tests about prolonging, so that a lease prolongs several times
+# within a test; the other tests get the lease's default, so a loaded machine cannot time
+# their jobs out under them.
 JOB_TIMEOUT = 1.5
+SHORT_JOB = timedelta(seconds=JOB_TIMEOUT)
 
 
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveFarm]:
     with live_farm(
-        tmp_path_factory.mktemp("farm"),
-        BOARDS,
-        "--job-timeout",
-        f"{JOB_TIMEOUT}s",
-        "--prolong-step",
-        f"{JOB_TIMEOUT}s",
+        tmp_path_factory.mktemp("farm"), BOARDS, "--min-job-timeout", f"{JOB_TIMEOUT}s"
     ) as running:
         yield running
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
+    give_up = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < give_up, f"{what} did not happen within {timeout} s"
+        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -119,18 +125,26 @@ def test_port_forward_reaches_a_port_on_the_board_side(client: Client, farm: Liv
 
 
 def test_lease_outlives_several_job_timeouts_by_prolonging(client: Client) -> None:
-    with client.lease({"board": "rpi4"}) as board:
-        time.sleep(JOB_TIMEOUT * 4)
+    with client.lease({"board": "rpi4"}, job_timeout=SHORT_JOB) as board:
+
+        def prolonged_three_times() -> bool:
+            job = client.get_request(board.request.id).job
+            return job is not None and job.prolong_count >= 3
+
+        wait_for("three prolongs", prolonged_three_times)
         info = client.get_request(board.request.id)
         assert info.state is RequestState.IN_PROGRESS
-        assert info.job is not None and info.job.prolong_count >= 3
+        assert info.job is not None and info.job.timeout_at > info.job.started_at + SHORT_JOB
         assert board.ssh.run("true").ok
         assert board.prolong_error is None
 
 
 def test_without_auto_prolong_the_job_times_out(client: Client) -> None:
-    with client.lease({"board": "rpi4"}, auto_prolong=False) as board:
-        time.sleep(JOB_TIMEOUT * 3)
+    with client.lease({"board": "rpi4"}, auto_prolong=False, job_timeout=SHORT_JOB) as board:
+        wait_for(
+            "the job's timeout",
+            lambda: client.get_request(board.request.id).state is not RequestState.IN_PROGRESS,
+        )
         info = client.get_request(board.request.id)
     assert info.state is RequestState.DONE and info.reason == "job timed out"
 
@@ -143,21 +157,7 @@ def test_exception_in_the_block_closes_the_request(client: Client) -> None:
 
 
 def test_sigint_in_the_block_closes_the_request(farm: LiveFarm, client: Client) -> None:
-    script = textwrap.dedent(
-        f"""
-        import time
-        from boruta_client import Client
-        with Client({farm.address!r}, user="alice") as client:
-            with client.lease({{"board": "rpi4"}}) as board:
-                print(board.request.id, flush=True)
-                time.sleep(60)
-        """
-    )
-    child = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, preexec_fn=default_sigint
-    )
-    assert child.stdout is not None
-    request_id = int(child.stdout.readline())
+    child, request_id = lease_holder(farm.address)
     assert client.get_request(request_id).state is RequestState.IN_PROGRESS
     child.send_signal(signal.SIGINT)
     assert child.wait(30) != 0
@@ -220,14 +220,19 @@ def test_async_client_lease_prolongs_and_closes_on_cancel(farm: LiveFarm) -> Non
 
     async def scenario() -> None:
         async with AsyncClient(farm.address, user="bob") as client:
-            async with client.lease({"board": "rpi4"}) as board:
+            async with client.lease({"board": "rpi4"}, job_timeout=SHORT_JOB) as board:
                 ssh = await board.ssh()
                 result = await ssh.run("id -un")
                 assert result.output.strip() == board.access.username
-                await asyncio.sleep(JOB_TIMEOUT * 3)
-                info = await client.get_request(board.request.id)
-                assert info.state is RequestState.IN_PROGRESS
-                assert info.job is not None and info.job.prolong_count >= 2
+                give_up = time.monotonic() + 60
+                while True:
+                    info = await client.get_request(board.request.id)
+                    assert info.state is RequestState.IN_PROGRESS
+                    assert info.job is not None
+                    if info.job.prolong_count >= 2:
+                        break
+                    assert time.monotonic() < give_up, "the lease did not prolong twice"
+                    await asyncio.sleep(0.05)
             assert (await client.get_request(board.request.id)).state is RequestState.DONE
 
             started = asyncio.Event()

@@ -16,6 +16,7 @@ from conftest import start_scheduler
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from farm_kit import Client, Farm, board
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 S = types_pb2
@@ -88,6 +89,30 @@ async def test_full_cycle_hands_out_a_real_key_and_a_tunnel(farm: Farm) -> None:
     second = await alice.new({"board": "rpi4"})
     again = await alice.acquire(second.id)
     assert again.access.private_key_pem != acquired.access.private_key_pem
+
+
+async def test_access_hands_out_the_boards_host_keys_and_the_asked_job_timeout(
+    farm: Farm,
+) -> None:
+    host_keys = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyOfW1", "ssh-rsa AAAAB3NzaC1yc2E")
+    w1 = board("w1", board="rpi4")
+    w1.ssh_host_keys = host_keys
+    await farm.add_dryad([w1])
+    alice = farm.client("alice")
+    before = time.time()
+    created = await alice.new({"board": "rpi4"}, job_timeout=Duration(seconds=90))
+    assert created.job_timeout.ToSeconds() == 90
+    assert (await alice.info(created.id)).job_timeout.ToSeconds() == 90
+    acquired = await alice.acquire(created.id)
+    assert tuple(acquired.access.ssh_host_keys) == host_keys
+    started = acquired.job.started_at.ToNanoseconds() / 1e9
+    assert before - 1 < started and acquired.job.timeout_at.ToNanoseconds() / 1e9 == (
+        pytest.approx(started + 90)
+    )
+    await alice.close(created.id)
+    # Without one, the scheduler's job timeout applies and RequestInfo says none was asked.
+    plain = await alice.new({"board": "rpi4"})
+    assert not plain.HasField("job_timeout")
 
 
 async def test_acquire_blocks_until_a_worker_frees(farm: Farm) -> None:
@@ -163,6 +188,9 @@ async def test_priority_and_fifo_over_grpc(farm: Farm) -> None:
         ({"caps": {"k" * 100: "v"}}, "key"),
         ({"caps": {"board": "x" * 300}}, "value"),
         ({"caps": {"bad key": "v"}}, "key"),
+        ({"job_timeout": Duration(seconds=2)}, "job_timeout must be at least 10 s"),
+        ({"job_timeout": Duration(seconds=-60)}, "job_timeout must be at least 10 s"),
+        ({"job_timeout": Duration(seconds=5, nanos=-1)}, "job_timeout is not a valid duration"),
     ],
 )
 async def test_bad_new_request_is_invalid_argument_and_changes_nothing(

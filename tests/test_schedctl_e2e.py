@@ -4,7 +4,6 @@ boards, watches stream, and every -o json output parses and matches the API."""
 from __future__ import annotations
 
 import json
-import os
 import select
 import stat
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from boruta_client import Client, RequestState, WorkerState
+from farm_kit import schedctl_env
 from live_farm import LiveFarm, live_farm
 from schedctl import exits
 from schedctl.output import jsonable
@@ -35,15 +35,7 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveFarm]:
 @pytest.fixture
 def env(farm: LiveFarm, tmp_path: Path) -> dict[str, str]:
     farm.reset()
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("BORUTA_")}
-    return {
-        **clean,
-        "BORUTA_SCHEDULER": farm.address,
-        "BORUTA_USER": "alice",
-        "HOME": str(tmp_path),
-        "XDG_CONFIG_HOME": str(tmp_path / "config"),
-        "XDG_CACHE_HOME": str(tmp_path / "cache"),
-    }
+    return schedctl_env(farm.address, tmp_path)
 
 
 def schedctl(

@@ -7,7 +7,9 @@ import asyncio
 import grpc
 import pytest
 from boruta.v1 import superviser_pb2, types_pb2, workers_pb2
+from boruta_dryad.backends import BackendError
 from boruta_dryad.stub import StubDryad
+from boruta_dryad.users import UserError
 from boruta_scheduler.core import Policy
 from farm_kit import Client, Farm, board
 from test_requests_grpc import expect_error
@@ -64,13 +66,25 @@ async def test_new_worker_registers_into_maintenance_and_is_put_into_service(far
 
 async def test_failed_prepare_fails_the_worker_with_the_reason(farm: Farm) -> None:
     dryad = await farm.add_dryad([board("w1")], idle=False)
-    dryad.boards["w1"].fail_prepare = "useradd: disk full"
+    dryad.boards["w1"].fail_prepare = UserError("useradd: disk full")
     admin = farm.admin
     await admin.set_state("w1", S.WORKER_STATE_IDLE)
     failed = await admin.wait_worker("w1", S.WORKER_STATE_FAILED)
     assert failed.reason.startswith("Prepare failed: INTERNAL")
     assert "useradd: disk full" in failed.reason
     assert failed.failures == 1
+
+
+async def test_stub_boards_fail_with_the_real_dryads_status_codes(farm: Farm) -> None:
+    dryad = await farm.add_dryad([board("w1")])
+    dryad.boards["w1"].fail_maintenance = BackendError("STM does not answer")
+    admin = farm.admin
+    await admin.set_state("w1", S.WORKER_STATE_MAINTENANCE, "reflash")
+    failed = await admin.wait_worker("w1", S.WORKER_STATE_FAILED)
+    # The dryad's one table: a backend that refuses is FAILED_PRECONDITION, never a code
+    # the stub picks for itself.
+    assert failed.reason.startswith("PutInMaintenance failed: FAILED_PRECONDITION")
+    assert "STM does not answer" in failed.reason
 
 
 async def test_maintenance_reaches_the_board_and_fails_the_running_request(farm: Farm) -> None:

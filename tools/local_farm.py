@@ -50,14 +50,15 @@ def spawn(argv: list[str], ready: str, log: Path) -> tuple[subprocess.Popen[str]
     return proc, line[len(ready) :].strip()
 
 
-def dryad_config(scheduler: str, sshd: str, state: Path, index: int, tls: TlsFiles) -> str:
+def dryad_config(scheduler: str, sshd: DevSshd, state: Path, index: int, tls: TlsFiles) -> str:
     caps = BOARD_CAPS[index % len(BOARD_CAPS)]
     caps_toml = ", ".join(f'{k} = "{v}"' for k, v in caps.items())
     return (
         f'scheduler = "{scheduler}"\nlisten = "127.0.0.1:0"\nstate_dir = "{state}"\n'
         f'tls_ca = "{tls.ca}"\ntls_cert = "{tls.cert}"\ntls_key = "{tls.key}"\n\n'
         f'[[board]]\nname = "farm-{index}"\nuuid = "farm-{index}"\ncaps = {{ {caps_toml} }}\n'
-        f'ssh_address = "{sshd}"\nuser_prefix = "farm{index}-job"\n'
+        f'ssh_address = "{sshd.address}"\nssh_host_keys = ["{sshd.host_key_public}"]\n'
+        f'user_prefix = "farm{index}-job"\n'
         f'backend_options = {{ record_file = "{state}/board.record" }}\n'
     )
 
@@ -193,7 +194,7 @@ def main() -> None:
                 f"dryad-{i}", pki.Role.DRYAD, workers=frozenset({f"farm-{i}"}), hosts=("127.0.0.1",)
             )
         )
-        config.write_text(dryad_config(address, sshd.address, state, i, dryad_tls))
+        config.write_text(dryad_config(address, sshd, state, i, dryad_tls))
         proc, _ = spawn(
             [sys.executable, "-m", "boruta_dryad.main", "--config", str(config)],
             "boruta-dryad listening on ",

@@ -9,24 +9,32 @@ from pathlib import Path
 from typing import Any
 
 import boruta_client
+import click
 import grpc
 import pytest
 from boruta_client import errors
 from boruta_client._rpc import translate
 from boruta_client.config import ClientConfig, Context, load_config, parse_config
-from boruta_client.lease import next_prolong_delay, prolong_lead, should_retry_prolong
+from boruta_client.lease import (
+    LEASE_JOB_TIMEOUT,
+    lease_job_timeout,
+    next_prolong_delay,
+    prolong_lead,
+    should_retry_prolong,
+)
 from boruta_client.runner import Transfer, load_job, parse_job
-from boruta_client.types import Job, RequestState
+from boruta_client.types import Access, Job, RequestState
 from schedctl import exits
-from schedctl.cli import TIME, parse_caps
+from schedctl.cli import DURATION, TIME, parse_caps
 from schedctl.output import jsonable, span, table
 
 EXPECTED_ALL = [
+    "LEASE_JOB_TIMEOUT",
     "Access", "Acquired", "AsyncBoard", "AsyncBoardSSH", "AsyncClient", "AsyncLease",
     "AsyncWatch", "AuditEvent", "Board", "BoardSSH", "BorutaError", "Busy", "Client",
     "ClientConfig",
     "CommandResult", "CommandTimeout", "Context", "DeadlineExceeded", "FailedPrecondition",
-    "HistoryEntry",
+    "HistoryEntry", "HostKeyMismatch",
     "HostStatus", "InvalidArgument", "IssuedToken", "Job", "JobResult", "JobSpec", "JobStatus",
     "Lease",
     "NoSuchWorker", "NotFound", "PermissionDenied", "Phase", "PortForward",
@@ -179,6 +187,28 @@ def test_a_short_prolong_step_does_not_cause_a_prolong_storm() -> None:
         now += timedelta(seconds=delay)
 
 
+def test_a_lease_asks_for_a_short_job_timeout_only_while_it_prolongs() -> None:
+    # Minutes, not the scheduler's hour: a dead client's board comes free this soon.
+    assert timedelta(minutes=1) <= LEASE_JOB_TIMEOUT <= timedelta(minutes=10)
+    assert lease_job_timeout(None, auto_prolong=True) == LEASE_JOB_TIMEOUT
+    assert lease_job_timeout(None, auto_prolong=False) is None
+    given = timedelta(seconds=30)
+    assert lease_job_timeout(given, auto_prolong=True) == given
+    assert lease_job_timeout(given, auto_prolong=False) == given
+
+
+def test_known_hosts_lines_name_the_port_as_openssh_does() -> None:
+    keys = ("ssh-ed25519 AAAAC3Nz", "ssh-rsa AAAAB3Nz")
+    tunnel = Access("sched.lab", 40022, "job1", "PEM", keys)
+    assert tunnel.known_hosts() == (
+        "[sched.lab]:40022 ssh-ed25519 AAAAC3Nz\n[sched.lab]:40022 ssh-rsa AAAAB3Nz\n"
+    )
+    assert Access("board.lab", 22, "job1", "PEM", keys[:1]).known_hosts() == (
+        "board.lab ssh-ed25519 AAAAC3Nz\n"
+    )
+    assert Access("board.lab", 22, "job1", "PEM").known_hosts() == ""
+
+
 def test_prolong_retries_only_what_may_pass() -> None:
     for passing in (errors.Unavailable("x"), errors.DeadlineExceeded("x"), errors.BorutaError("x")):
         assert should_retry_prolong(passing)
@@ -200,6 +230,10 @@ def test_schedctl_helpers() -> None:
     soon = TIME.convert("+5m", None, None)
     assert timedelta(minutes=4) < soon - datetime.now(UTC) <= timedelta(minutes=5)
     assert TIME.convert("2026-01-01T10:00:00", None, None).tzinfo is UTC
+    assert DURATION.convert("90s", None, None) == timedelta(seconds=90)
+    assert DURATION.convert("5m", None, None) == timedelta(minutes=5)
+    with pytest.raises(click.BadParameter, match="not N"):
+        DURATION.convert("5 minutes", None, None)
     assert span(timedelta(seconds=3725)) == "1h02m"
     assert table([1, 22], [("N", lambda n: n)]) == "N\n1\n22"
     data = jsonable(

@@ -7,7 +7,14 @@ from pathlib import Path
 
 from boruta_dryad.backends import SimulatedBackend
 from boruta_dryad.config import BoardConfig, ChecksConfig
-from boruta_dryad.health import check_command, check_disk, check_sshd, run_checks
+from boruta_dryad.health import (
+    check_command,
+    check_disk,
+    check_host_keys,
+    check_sshd,
+    run_checks,
+)
+from boruta_dryad.keys import generate_job_key
 
 
 async def banner_server(banner: bytes) -> tuple[asyncio.Server, str]:
@@ -52,6 +59,23 @@ async def test_command_checks(tmp_path: Path) -> None:
     assert not missing.ok and "cannot run" in missing.detail
 
 
+def host_key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "ssh_host_rsa_key.pub"
+    path.write_text(generate_job_key(2048, "root@board").public_openssh + "\n")
+    return path
+
+
+async def test_host_key_check_needs_readable_keys_that_the_sshd_shows(tmp_path: Path) -> None:
+    server, address = await banner_server(b"SSH-2.0-x\r\n")
+    missing = await check_host_keys(address, [str(tmp_path / "none.pub")], 2)
+    assert (missing.name, missing.ok) == ("host_keys", False)
+    assert "cannot read host key" in missing.detail
+    # A server that shows no key at all (a real sshd's is compared in tests/).
+    silent = await check_host_keys(address, [str(host_key_file(tmp_path))], 2)
+    assert not silent.ok and f"the sshd at {address} showed no host key of" in silent.detail
+    server.close()
+
+
 async def test_run_checks_names_every_failure(tmp_path: Path) -> None:
     server, address = await banner_server(b"SSH-2.0-x\r\n")
     (tmp_path / "fail").write_text("USB hub gone")
@@ -59,15 +83,17 @@ async def test_run_checks_names_every_failure(tmp_path: Path) -> None:
         name="b0",
         caps={},
         ssh_address=address,
+        ssh_host_keys=(str(host_key_file(tmp_path)),),
         uuid="u",
         checks=ChecksConfig(disk_path=str(tmp_path), min_disk_free_mb=1, commands=(("false",),)),
     )
     checks = await run_checks(board, SimulatedBackend(fail_file=str(tmp_path / "fail")))
     assert [(c.name, c.ok) for c in checks] == [
         ("sshd", True),
+        ("host_keys", False),
         ("disk", True),
         ("backend", False),
         ("false", False),
     ]
-    assert checks[2].detail == "USB hub gone"
+    assert checks[3].detail == "USB hub gone"
     server.close()

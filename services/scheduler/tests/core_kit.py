@@ -61,7 +61,9 @@ class CoreKit:
                 self.core.dryad_call_failed(self.now, call, "connection refused")
             elif call.kind is DryadCallKind.PREPARE:
                 self.keys += 1
-                access = Access(f"job{self.keys}", f"KEY-{self.keys}")
+                access = Access(
+                    f"job{self.keys}", f"KEY-{self.keys}", (f"ssh-ed25519 HOST{self.keys}",)
+                )
                 self.core.dryad_call_succeeded(self.now, call, access)
             else:
                 self.core.dryad_call_succeeded(self.now, call)

@@ -416,6 +416,38 @@ def test_prolong_with_more_time_left_than_a_step_changes_nothing() -> None:
     assert (job.timeout_at, job.prolong_count) == (T0 + 1000, 0)
 
 
+def test_a_request_may_shorten_its_job_timeout_and_prolong_step() -> None:
+    kit = CoreKit(Policy(job_timeout=3600, prolong_step=1800, min_job_timeout=10))
+    kit.add_worker("w1")
+    r = kit.core.new_request(kit.now, "u", NOBODY, {}, job_timeout=60)
+    assert r.job_timeout == 60
+    assert r.job is not None and r.job.timeout_at == T0 + 60
+    kit.advance(40)
+    job = kit.core.prolong_access(kit.now, r.id)
+    assert job.timeout_at == T0 + 100  # the request's step, not the policy's 1800 s
+    # Nobody prolongs any more (the client died): the board comes free one step later.
+    kit.advance(60)
+    assert state_of(kit, r.id) is RequestState.DONE
+    assert worker_state(kit, "w1") is WorkerState.PREPARE
+
+
+def test_a_longer_job_timeout_than_the_policys_is_shortened_to_it() -> None:
+    kit = CoreKit(Policy(job_timeout=100, prolong_step=50))
+    kit.add_worker("w1")
+    r = kit.core.new_request(kit.now, "u", NOBODY, {}, job_timeout=10_000)
+    assert r.job is not None and r.job.timeout_at == T0 + 100
+    kit.advance(90)
+    assert kit.core.prolong_access(kit.now, r.id).timeout_at == T0 + 140
+
+
+@pytest.mark.parametrize("asked", [5.0, -1.0, float("nan")])
+def test_job_timeout_below_the_minimum_is_refused(kit: CoreKit, asked: float) -> None:
+    kit.add_worker("w1")
+    with pytest.raises(InvalidArgument, match="job_timeout must be at least 10 s"):
+        kit.core.new_request(kit.now, "u", NOBODY, {}, job_timeout=asked)
+    assert kit.drain().requests == []
+
+
 def test_prolong_refused_for_waiting_request(kit: CoreKit) -> None:
     kit.add_worker("w1", idle=False)
     r = kit.core.new_request(kit.now, "u", NOBODY, {})

@@ -11,6 +11,8 @@ import pytest
 from boruta_scheduler.core import Changes, Core, Snapshot
 from boruta_scheduler.listing import RequestQuery, RequestSort
 from boruta_scheduler.store import MemoryStore, SQLiteStore, Store
+from boruta_scheduler.store.codec import request_row, worker_row
+from boruta_scheduler.store.sqlfile import load_migrations
 from boruta_scheduler.types import AuditEvent, HistoryEntry, RequestState, TokenRecord, WorkerState
 from core_kit import CoreKit
 
@@ -29,7 +31,7 @@ def farm_changes(kit: CoreKit) -> None:
     kit.add_worker("w1", {"board": "x"})
     kit.add_worker("w2", {"board": "y"}, groups=frozenset({"lab"}))
     kit.core.new_request(kit.now, "ann", NOBODY, {"board": "x"}, priority=3)  # 1 runs
-    kit.core.new_request(kit.now, "ann", NOBODY, {"board": "x"}, priority=5)  # 2 waits
+    kit.core.new_request(kit.now, "ann", NOBODY, {"board": "x"}, priority=5, job_timeout=90)  # 2
     kit.core.new_request(kit.now, "bob", NOBODY, {"board": "x"}, priority=5)  # 3 cancelled
     kit.core.close_request(kit.now, 3)
     kit.core.new_request(kit.now + 1, "bob", frozenset({"lab"}), {"board": "y"}, priority=1)
@@ -97,6 +99,64 @@ def test_prepared_access_survives_for_idle_workers(store: Store) -> None:
     commit_all(store, kit)
     (worker,) = store.load().workers
     assert worker.state is WorkerState.IDLE and worker.prepared is not None
+    assert worker.prepared.host_keys == ("ssh-ed25519 HOST1",)
+
+
+def test_host_keys_and_job_timeout_survive_a_restart(store: Store) -> None:
+    kit = CoreKit()
+    kit.add_worker("w1")
+    kit.add_worker("w2")
+    kit.core.new_request(kit.now, "ann", NOBODY, {"UUID": "w1"}, job_timeout=90)
+    commit_all(store, kit)
+    restored = Core.restore(store.load(), kit.now, kit.core.policy)
+    running = restored.request(1)
+    assert running.job_timeout == 90
+    assert running.job is not None and running.job.access is not None
+    assert running.job.access.host_keys == ("ssh-ed25519 HOST1",)
+    prepared = restored.worker("w2").prepared
+    assert prepared is not None and prepared.host_keys == ("ssh-ed25519 HOST2",)
+
+
+def test_a_store_from_before_host_keys_migrates_and_reads_them_as_none(tmp_path: Path) -> None:
+    """A file written at schema version 4 (no host keys, no job timeouts) is migrated, and
+    its rows read as no host keys and the policy's job timeout."""
+    kit = CoreKit()
+    kit.add_worker("w1")
+    kit.add_worker("w2")
+    kit.core.new_request(kit.now, "ann", NOBODY, {"UUID": "w1"})
+    kit.drain()
+    path = tmp_path / "v4.db"
+    with sqlite3.connect(path) as conn:
+        for number, script in load_migrations("sqlite"):
+            if number <= 4:
+                conn.executescript(script)
+        conn.execute("PRAGMA user_version=4")
+        for changes in kit.changes:
+            for table, rows in (
+                ("workers", [worker_row(w) for w in changes.workers]),
+                ("requests", [request_row(r) for r in changes.requests]),
+            ):
+                for row in rows:
+                    old = {k: v for k, v in row.items() if k not in NEW_COLUMNS}
+                    marks = ", ".join(f":{k}" for k in old)
+                    conn.execute(
+                        f"INSERT OR REPLACE INTO {table} ({', '.join(old)}) VALUES ({marks})", old
+                    )
+    conn.close()
+    store = SQLiteStore(path)
+    try:
+        snapshot = store.load()
+    finally:
+        store.close()
+    (running,) = snapshot.requests
+    assert running.job is not None and running.job.access is not None
+    assert (running.job.access.username, running.job.access.host_keys) == ("job1", ())
+    assert running.job_timeout == 0.0
+    prepared = {w.uuid: w.prepared for w in snapshot.workers}["w2"]
+    assert prepared is not None and (prepared.username, prepared.host_keys) == ("job2", ())
+
+
+NEW_COLUMNS = {"prepared_host_keys", "access_host_keys", "job_timeout"}
 
 
 def test_last_seen_and_removal(store: Store) -> None:

@@ -16,6 +16,7 @@ from boruta_client.errors import (
     CommandTimeout,
     DeadlineExceeded,
     FailedPrecondition,
+    HostKeyMismatch,
     InvalidArgument,
     NoSuchWorker,
     NotFound,
@@ -32,7 +33,7 @@ from boruta_client.errors import (
     WrongRequestState,
     WrongWorkerState,
 )
-from boruta_client.lease import Board, Lease
+from boruta_client.lease import LEASE_JOB_TIMEOUT, Board, Lease
 from boruta_client.runner import (
     JobResult,
     JobSpec,
@@ -65,6 +66,7 @@ from boruta_client.types import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "LEASE_JOB_TIMEOUT",
     "Access",
     "Acquired",
     "AsyncBoard",
@@ -85,6 +87,7 @@ __all__ = [
     "DeadlineExceeded",
     "FailedPrecondition",
     "HistoryEntry",
+    "HostKeyMismatch",
     "HostStatus",
     "InvalidArgument",
     "IssuedToken",

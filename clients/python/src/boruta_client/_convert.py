@@ -67,6 +67,7 @@ def request(info: types_pb2.RequestInfo, queue_position: int | None = None) -> R
         updated_at=when(info.updated_at),
         job=job(info.job) if info.HasField("job") else None,
         queue_position=queue_position,
+        job_timeout=info.job_timeout.ToTimedelta() if info.HasField("job_timeout") else None,
     )
 
 
@@ -77,7 +78,8 @@ def request_reply(reply: requests_pb2.GetRequestInfoResponse) -> Request:
 
 def acquired(reply: requests_pb2.AcquireWorkerResponse) -> Acquired:
     a = reply.access
-    return Acquired(Access(a.host, a.port, a.username, a.private_key_pem), job(reply.job))
+    access = Access(a.host, a.port, a.username, a.private_key_pem, tuple(a.ssh_host_keys))
+    return Acquired(access, job(reply.job))
 
 
 def worker(info: types_pb2.WorkerInfo) -> Worker:
@@ -132,6 +134,7 @@ def new_request(
     deadline: datetime | None,
     accept_unsatisfiable: bool,
     no_wait: bool,
+    job_timeout: timedelta | None = None,
 ) -> requests_pb2.NewRequestRequest:
     message = requests_pb2.NewRequestRequest(
         caps=dict(caps),
@@ -143,6 +146,8 @@ def new_request(
         message.valid_after.CopyFrom(timestamp(valid_after))
     if deadline is not None:
         message.deadline.CopyFrom(timestamp(deadline))
+    if job_timeout is not None:
+        message.job_timeout.FromTimedelta(job_timeout)
     return message
 
 

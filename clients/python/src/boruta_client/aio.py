@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -25,7 +25,13 @@ from boruta_client.errors import (
     ScheduleTimeout,
     WrongRequestState,
 )
-from boruta_client.lease import Board, next_prolong_delay, prolong_lead, should_retry_prolong
+from boruta_client.lease import (
+    Board,
+    lease_job_timeout,
+    next_prolong_delay,
+    prolong_lead,
+    should_retry_prolong,
+)
 from boruta_client.ssh import BoardSSH, CommandResult, Sink
 from boruta_client.types import (
     Access,
@@ -153,9 +159,10 @@ class AsyncClient:
         deadline: datetime | None = None,
         accept_unsatisfiable: bool = False,
         no_wait: bool = False,
+        job_timeout: timedelta | None = None,
     ) -> Request:
         message = convert.new_request(
-            caps or {}, priority, valid_after, deadline, accept_unsatisfiable, no_wait
+            caps or {}, priority, valid_after, deadline, accept_unsatisfiable, no_wait, job_timeout
         )
         return convert.request((await self._call(self._requests.NewRequest, message)).request)
 
@@ -244,8 +251,9 @@ class AsyncClient:
         accept_unsatisfiable: bool = False,
         on_wait: Callable[[Request], None] | None = None,
         auto_prolong: bool = True,
+        job_timeout: timedelta | None = None,
     ) -> AsyncLease:
-        """``async with client.lease({"board": "rpi4"}) as board:``."""
+        """``async with client.lease({"board": "rpi4"}) as board:``; see Client.lease."""
         return AsyncLease(
             self,
             caps or {},
@@ -255,6 +263,7 @@ class AsyncClient:
                 deadline=deadline,
                 accept_unsatisfiable=accept_unsatisfiable,
                 no_wait=no_wait,
+                job_timeout=lease_job_timeout(job_timeout, auto_prolong),
             ),
             wait_timeout,
             on_wait,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -183,10 +183,12 @@ class Client:
         deadline: datetime | None = None,
         accept_unsatisfiable: bool = False,
         no_wait: bool = False,
+        job_timeout: timedelta | None = None,
     ) -> Request:
-        """Queue a request for a board with these caps (``no_wait``: run now or raise Busy)."""
+        """Queue a request for a board with these caps (``no_wait``: run now or raise Busy);
+        ``job_timeout``: how long its job may go without a prolong (None: the scheduler's)."""
         message = convert.new_request(
-            caps or {}, priority, valid_after, deadline, accept_unsatisfiable, no_wait
+            caps or {}, priority, valid_after, deadline, accept_unsatisfiable, no_wait, job_timeout
         )
         return convert.request(self._call(self._requests.NewRequest, message).request)
 
@@ -202,6 +204,7 @@ class Client:
             fields.get("deadline"),
             fields.get("accept_unsatisfiable", False),
             fields.get("no_wait", False),
+            fields.get("job_timeout"),
         )
         future = self._requests.NewRequest.future(
             message, timeout=self.call_timeout, metadata=self._metadata
@@ -319,8 +322,11 @@ class Client:
         accept_unsatisfiable: bool = False,
         on_wait: Callable[[Request], None] | None = None,
         auto_prolong: bool = True,
+        job_timeout: timedelta | None = None,
     ) -> Lease:
-        """``with client.lease({"board": "rpi4"}) as board:``: a board for the block's run."""
+        """``with client.lease({"board": "rpi4"}) as board:``: a board for the block's run.
+        ``job_timeout`` defaults to LEASE_JOB_TIMEOUT while the lease prolongs by itself
+        (see lease_job_timeout)."""
         return Lease(
             self,
             caps or {},
@@ -332,6 +338,7 @@ class Client:
             accept_unsatisfiable=accept_unsatisfiable,
             on_wait=on_wait,
             auto_prolong=auto_prolong,
+            job_timeout=job_timeout,
         )
 
     def attach(self, request_id: int, *, auto_prolong: bool = True) -> Lease:

@@ -86,3 +86,8 @@ class CommandTimeout(BorutaError):
 
 class SSHError(BorutaError):
     """Logging in to the board, or a transfer to or from it, failed."""
+
+
+class HostKeyMismatch(SSHError):
+    """The SSH server reached through the job's tunnel showed a host key the board's dryad
+    did not report: it is not the board (or the board's host keys changed). Not logged in."""

@@ -29,6 +29,19 @@ log = logging.getLogger(__name__)
 # Prolong when this share of the job's first time slice is left (at most MAX_LEAD).
 LEAD_SHARE = 1 / 3
 MAX_LEAD = timedelta(seconds=60)
+# The job timeout a lease asks for while it prolongs by itself: the board of a client that
+# died (kill -9, a machine gone) comes free this long after its last prolong at the latest,
+# instead of after the scheduler's job_timeout (an hour by default). The price: a live
+# client that cannot reach the scheduler for longer than its prolong lead loses its board.
+LEASE_JOB_TIMEOUT = timedelta(minutes=5)
+
+
+def lease_job_timeout(asked: timedelta | None, auto_prolong: bool) -> timedelta | None:
+    """The job timeout a lease asks for: the one given, else LEASE_JOB_TIMEOUT when it
+    prolongs by itself, else the scheduler's (None), since nobody would prolong a short one."""
+    if asked is not None:
+        return asked
+    return LEASE_JOB_TIMEOUT if auto_prolong else None
 
 
 def prolong_lead(job: Job, now: datetime) -> timedelta:
@@ -100,6 +113,7 @@ class Lease:
         on_wait: Callable[[Request], None] | None = None,
         auto_prolong: bool = True,
         existing: int | None = None,
+        job_timeout: timedelta | None = None,
     ) -> None:
         self._client = client
         # An existing request is attached to, not created, and left open on exit.
@@ -111,6 +125,7 @@ class Lease:
             deadline=deadline,
             accept_unsatisfiable=accept_unsatisfiable,
             no_wait=no_wait,
+            job_timeout=lease_job_timeout(job_timeout, auto_prolong),
         )
         self._wait_timeout = wait_timeout
         self._on_wait = on_wait

@@ -3,7 +3,10 @@ and port forwards, all with the job's key and through the scheduler's tunnel."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
+import hashlib
 import io
 import logging
 import os
@@ -21,7 +24,7 @@ from typing import IO, Any
 
 import paramiko
 
-from boruta_client.errors import CommandTimeout, SSHError
+from boruta_client.errors import CommandTimeout, HostKeyMismatch, SSHError
 from boruta_client.types import Access
 
 log = logging.getLogger(__name__)
@@ -50,14 +53,55 @@ class CommandResult:
         return self.stdout.decode(errors="replace")
 
 
-class _AcceptBoardHostKey(paramiko.MissingHostKeyPolicy):
-    """Boards' host keys are not distributed (AccessInfo carries none), and a job user's
-    fresh key is what authenticates the session; so any host key is accepted."""
+def _fingerprint(key: paramiko.PKey) -> str:
+    digest = base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+    return f"{key.get_name()} SHA256:{digest}"
+
+
+def _not_the_board(where: str, key: paramiko.PKey) -> HostKeyMismatch:
+    return HostKeyMismatch(
+        f"the SSH server at {where} showed host key {_fingerprint(key)}, which is not "
+        "one the board's dryad reported: it is not the board (or the board's host keys "
+        "changed without its dryad knowing); not logging in"
+    )
+
+
+class _RefuseUnlistedHostKey(paramiko.MissingHostKeyPolicy):
+    """Called for a host key of a type none of the board's has: not the board."""
 
     def missing_host_key(
         self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
     ) -> None:
-        log.debug("accepting board host key", extra={"host": hostname, "type": key.get_name()})
+        raise _not_the_board(hostname, key)
+
+
+class _AcceptUncheckedHostKey(paramiko.MissingHostKeyPolicy):
+    """For boards whose dryad predates host keys: nothing to check against, so the key is
+    taken, and the connection logs a warning saying so."""
+
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
+        log.warning(
+            "the board's host key is not checked: its dryad reported none (upgrade the dryad)",
+            extra={"host": hostname, "host_key": _fingerprint(key)},
+        )
+
+
+def _trust_board_host_keys(client: paramiko.SSHClient, access: Access) -> None:
+    """Make the board's reported host keys the only ones the client accepts for it."""
+    if not access.host_keys:
+        client.set_missing_host_key_policy(_AcceptUncheckedHostKey())
+        return
+    known = client.get_host_keys()
+    for line in access.host_keys:
+        kind, _, encoded = line.partition(" ")
+        try:
+            key = paramiko.PKey.from_type_string(kind, base64.b64decode(encoded))
+        except (ValueError, binascii.Error, paramiko.SSHException) as exc:
+            raise SSHError(f"the board's host key {kind} cannot be read: {exc}") from None
+        known.add(access.known_hosts_name, key.get_name(), key)
+    client.set_missing_host_key_policy(_RefuseUnlistedHostKey())
 
 
 def command_line(command: str | Sequence[str]) -> str:
@@ -75,7 +119,7 @@ class BoardSSH:
         except paramiko.SSHException as exc:
             raise SSHError(f"the job's private key cannot be read: {exc}") from None
         self._client = paramiko.SSHClient()
-        self._client.set_missing_host_key_policy(_AcceptBoardHostKey())
+        _trust_board_host_keys(self._client, access)
         try:
             self._client.connect(
                 access.host,
@@ -88,6 +132,13 @@ class BoardSSH:
                 look_for_keys=False,
                 allow_agent=False,
             )
+        except HostKeyMismatch:
+            self._client.close()
+            raise
+        except paramiko.BadHostKeyException as exc:
+            # A key of a type the board has, but not the board's key of that type.
+            self._client.close()
+            raise _not_the_board(access.known_hosts_name, exc.key) from None
         except (OSError, paramiko.SSHException) as exc:
             self._client.close()  # paramiko keeps the transport of a failed login open
             raise SSHError(

@@ -83,16 +83,29 @@ class Request:
     updated_at: datetime
     job: Job | None = None
     queue_position: int | None = None
+    # The job timeout the request asked for; None: the scheduler's.
+    job_timeout: timedelta | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Access:
-    """How to log in to a job's board over SSH; private_key_pem is secret."""
+    """How to log in to a job's board over SSH; private_key_pem is secret. host_keys are the
+    board's SSH host keys (OpenSSH public key lines), empty when its dryad reported none."""
 
     host: str
     port: int
     username: str
     private_key_pem: str = field(repr=False)
+    host_keys: tuple[str, ...] = ()
+
+    @property
+    def known_hosts_name(self) -> str:
+        """The host as OpenSSH's known_hosts names it: [host]:port unless the port is 22."""
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+    def known_hosts(self) -> str:
+        """known_hosts lines for the board, one per host key ("" when there are none)."""
+        return "".join(f"{self.known_hosts_name} {key}\n" for key in self.host_keys)
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,7 +85,25 @@ def parse_caps(items: Iterable[str]) -> dict[str, str]:
 
 
 _RELATIVE = re.compile(r"^\+(\d+(?:\.\d+)?)([smhd])$")
+_SPAN = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class DurationParam(click.ParamType):  # type: ignore[type-arg]
+    """A length of time: N[s|m|h|d], e.g. 90s or 5m."""
+
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, timedelta):
+            return value
+        match = _SPAN.match(str(value).strip())
+        if not match:
+            self.fail(f"{value!r} is not N[s|m|h|d], e.g. 90s or 5m", param, ctx)
+        return timedelta(seconds=float(match.group(1)) * _UNIT[match.group(2)])
+
+
+DURATION = DurationParam()
 
 
 class TimeParam(click.ParamType):  # type: ignore[type-arg]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 import click
-from boruta_client import Board, Request, RequestState, WorkerState
+from boruta_client import Access, Board, Request, RequestState, WorkerState
 from boruta_client.runner import JobStatus, Phase, Transfer, parse_job, read_job_file, run_job
 
 from schedctl.cli import Progress, State, option, output_option, parse_caps, pass_state
@@ -147,21 +147,46 @@ def run(
     raise click.exceptions.Exit(result.exit_status)
 
 
+def openssh_host_key_options(access: Access, known_hosts: str) -> list[str]:
+    """ssh options that check the board's host key against the keys its dryad reported
+    (written to the known_hosts file given), or, when it reported none, say so and skip
+    the check instead of failing on a host key nobody can vouch for."""
+    if not access.host_keys:
+        return ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+    return [
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={known_hosts}",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "CheckHostIP=no",
+    ]  # fmt: skip
+
+
+def warn_if_unchecked(access: Access) -> None:
+    if not access.host_keys:
+        click.echo(
+            "warning: the board's dryad reported no SSH host keys, so nothing checks that "
+            "the board is the real one (upgrade the dryad)",
+            err=True,
+        )
+
+
 def _openssh(board: Board, command: tuple[str, ...]) -> int:
-    """Log in with the OpenSSH client: the best terminal handling there is."""
+    """Log in with the OpenSSH client: the best terminal handling there is. The job's key
+    and the board's host keys live in a directory of their own, removed afterwards."""
     access = board.access
     with tempfile.TemporaryDirectory(prefix="boruta-") as tmp:
         key = os.path.join(tmp, "job.pem")
         fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(access.private_key_pem)
+        known_hosts = os.path.join(tmp, "known_hosts")
+        Path(known_hosts).write_text(access.known_hosts())
         argv = [
             "ssh",
             "-i", key,
             "-p", str(access.port),
             "-o", "IdentitiesOnly=yes",
-            "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null",
+            *openssh_host_key_options(access, known_hosts),
             "-o", "LogLevel=ERROR",
             f"{access.username}@{access.host}",
         ]  # fmt: skip
@@ -223,6 +248,7 @@ def ssh(
             progress[0].done(message)
         else:
             click.echo(message, err=True)
+        warn_if_unchecked(board.access)
         if shutil.which("ssh") and not use_paramiko:
             status = _openssh(board, command)
         elif command:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
+import shlex
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
 from boruta_client import Acquired, Request, RequestSort, RequestState
 
 from schedctl.cli import (
+    DURATION,
     TIME,
     Progress,
     State,
@@ -19,7 +21,8 @@ from schedctl.cli import (
     pass_state,
     request_id_arg,
 )
-from schedctl.output import Column, ago, caps_text, details, emit, emit_event, table, when
+from schedctl.jobs_cmd import openssh_host_key_options, warn_if_unchecked
+from schedctl.output import Column, ago, caps_text, details, emit, emit_event, span, table, when
 
 REQUEST_COLUMNS: list[Column] = [
     ("ID", lambda r: r.id),
@@ -47,6 +50,8 @@ def request_details(r: Request) -> str:
         ("valid after", when(r.valid_after)),
         ("deadline", when(r.deadline)),
     ]
+    if r.job_timeout is not None:
+        pairs.append(("job timeout asked", span(r.job_timeout)))
     if r.queue_position is not None:
         pairs.append(("queue position", f"{r.queue_position} ahead"))
     if job is not None:
@@ -88,6 +93,12 @@ def requests_group() -> None:
     "--accept-unsatisfiable", is_flag=True, help="Queue even if no registered board could serve it."
 )
 @option("--no-wait", is_flag=True, help="Run now or fail with 'busy' (exit 75); never queue.")
+@option(
+    "--job-timeout",
+    type=DURATION,
+    help="End the job this long after it starts or was last prolonged (e.g. 5m); "
+    "default: the scheduler's.",
+)
 @output_option
 @pass_state
 def new_request(
@@ -98,6 +109,7 @@ def new_request(
     deadline: datetime | None,
     accept_unsatisfiable: bool,
     no_wait: bool,
+    job_timeout: timedelta | None,
     fmt: str,
 ) -> None:
     """Queue a request for a board with these caps (none: any board)."""
@@ -108,6 +120,7 @@ def new_request(
         deadline=deadline,
         accept_unsatisfiable=accept_unsatisfiable,
         no_wait=no_wait,
+        job_timeout=job_timeout,
     )
     emit(fmt, request, lambda: table([request], REQUEST_COLUMNS))
 
@@ -229,21 +242,33 @@ def key_path(request_id: int, chosen: str | None) -> Path:
     return Path(cache) / "boruta" / "keys" / f"request-{request_id}.pem"
 
 
-def save_key(acquired: Acquired, path: Path) -> None:
-    """Write the job's private key readable by its owner only, and never print it."""
+def known_hosts_path(key: Path) -> Path:
+    """The board's host keys are kept beside the job's key: request-7.pem, request-7.known_hosts."""
+    return key.with_name(key.stem + ".known_hosts")
+
+
+def _write_private(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # O_NOFOLLOW: a planted symlink must not redirect the key elsewhere.
+    # O_NOFOLLOW: a planted symlink must not redirect the file elsewhere.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         os.fchmod(f.fileno(), 0o600)
-        f.write(acquired.access.private_key_pem)
+        f.write(text)
+
+
+def save_key(acquired: Acquired, path: Path) -> None:
+    """Write the job's private key readable by its owner only, and never print it; and
+    the board's host keys beside it, for ssh to check the board with."""
+    _write_private(path, acquired.access.private_key_pem)
+    _write_private(known_hosts_path(path), acquired.access.known_hosts())
 
 
 def ssh_command(acquired: Acquired, key: Path) -> str:
     a = acquired.access
-    return (
-        f"ssh -i {key} -p {a.port} -o IdentitiesOnly=yes -o StrictHostKeyChecking=no "
-        f"-o UserKnownHostsFile=/dev/null {a.username}@{a.host}"
+    options = openssh_host_key_options(a, str(known_hosts_path(key)))
+    login = f"{a.username}@{a.host}"
+    return shlex.join(
+        ["ssh", "-i", str(key), "-p", str(a.port), "-o", "IdentitiesOnly=yes", *options, login]
     )
 
 
@@ -270,6 +295,7 @@ def acquire(
         request_id, timeout=timeout, on_wait=progress, poll_interval=1.0
     )
     progress.done(f"request {request_id} runs on {acquired.job.worker_uuid}")
+    warn_if_unchecked(acquired.access)
     path = key_path(request_id, key_file)
     save_key(acquired, path)
     data = {
@@ -277,6 +303,7 @@ def acquire(
         "port": acquired.access.port,
         "username": acquired.access.username,
         "key_file": str(path),
+        "known_hosts_file": str(known_hosts_path(path)),
         "job": acquired.job,
     }
     emit(

@@ -16,6 +16,8 @@ from typing import Any
 from boruta.pki import PkiError
 from boruta.tls import TlsFiles, choose_transport
 
+from boruta_dryad.hostkeys import DEFAULT_HOST_KEYS
+
 DEFAULT_CONFIG = "/etc/boruta/dryad.toml"
 MIN_KEY_BITS = 2048
 
@@ -50,6 +52,8 @@ class BoardConfig:
     caps: Mapping[str, str]
     ssh_address: str
     uuid: str = ""
+    # Public host key files (globs allowed) of the sshd at ssh_address.
+    ssh_host_keys: tuple[str, ...] = DEFAULT_HOST_KEYS
     backend: str = "simulated"
     backend_options: Mapping[str, Any] = field(default_factory=dict)
     user_prefix: str = "boruta-job"
@@ -96,6 +100,7 @@ def _board(index: int, data: Mapping[str, Any]) -> BoardConfig:
         "uuid",
         "caps",
         "ssh_address",
+        "ssh_host_keys",
         "backend",
         "backend_options",
         "user_prefix",
@@ -122,6 +127,17 @@ def _board(index: int, data: Mapping[str, Any]) -> BoardConfig:
     _host_port(ssh_address, f"{where}: ssh_address")
     if _is_wildcard(ssh_address.rpartition(":")[0]):
         raise ConfigError(f"{where}: ssh_address must not be a wildcard address")
+    host_keys = data.get("ssh_host_keys", list(DEFAULT_HOST_KEYS))
+    if (
+        not isinstance(host_keys, list)
+        or not host_keys
+        or not all(isinstance(p, str) and p.startswith("/") for p in host_keys)
+    ):
+        raise ConfigError(
+            f"{where}: ssh_host_keys must be a non-empty list of absolute paths (globs "
+            "allowed) of the host public keys of the sshd at ssh_address, e.g. "
+            '["/etc/ssh/ssh_host_*_key.pub"]'
+        )
     backend = str(data.get("backend", "simulated"))
     if backend not in ("simulated", "muxpi"):
         raise ConfigError(f"{where}: backend must be 'simulated' or 'muxpi', got {backend!r}")
@@ -154,6 +170,7 @@ def _board(index: int, data: Mapping[str, Any]) -> BoardConfig:
         name=name,
         caps=dict(caps),
         ssh_address=ssh_address,
+        ssh_host_keys=tuple(host_keys),
         uuid=uuid,
         backend=backend,
         backend_options=dict(data.get("backend_options", {})),

@@ -69,6 +69,8 @@ class DevSshd:
             subprocess.run(
                 ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True
             )
+        # What a dryad hands out for a board behind this sshd (its ssh_host_keys).
+        self.host_key_public = Path(f"{host_key}.pub")
         self.config = self.workdir / "sshd_config"
         self.config.write_text(_CONFIG.format(host_key=host_key, log_level=log_level))
         # sshd insists on its privilege separation directory.

@@ -15,6 +15,7 @@ from boruta.v1 import dryad_pb2, dryad_pb2_grpc
 from boruta_dryad.backends import BackendError, BoardBackend
 from boruta_dryad.config import BoardConfig
 from boruta_dryad.health import run_checks
+from boruta_dryad.hostkeys import HostKeyError, read_host_keys
 from boruta_dryad.users import JobUsers, UserError
 
 log = logging.getLogger(__name__)
@@ -37,13 +38,15 @@ STATUS_OF_ERROR: dict[type[Exception], grpc.StatusCode] = {
     CallerRefused: grpc.StatusCode.PERMISSION_DENIED,
     UnknownBoard: grpc.StatusCode.NOT_FOUND,
     BackendError: grpc.StatusCode.FAILED_PRECONDITION,
+    HostKeyError: grpc.StatusCode.FAILED_PRECONDITION,
     UserError: grpc.StatusCode.INTERNAL,
     OSError: grpc.StatusCode.INTERNAL,
 }
-_CALL_ERRORS = (BackendError, UserError, OSError)
+_CALL_ERRORS = (BackendError, HostKeyError, UserError, OSError)
 
 
-async def _abort(context: Context, error: Exception, message: str) -> None:
+async def abort_for_error(context: Context, error: Exception, message: str) -> None:
+    """End the call with the status the table gives the error."""
     code = next(
         (c for t, c in STATUS_OF_ERROR.items() if isinstance(error, t)),
         grpc.StatusCode.INTERNAL,
@@ -85,25 +88,30 @@ class DryadServicer(dryad_pb2_grpc.DryadServicer):
             return board
         except (PkiError, CallerRefused, UnknownBoard) as exc:
             log.warning("call refused", extra={"why": str(exc)})
-            await _abort(context, exc, str(exc))
+            await abort_for_error(context, exc, str(exc))
             raise AssertionError("unreachable") from exc
 
     async def _fail(self, context: Context, what: str, error: Exception) -> None:
         log.error("dryad call failed", extra={"call": what, "error": str(error)})
-        await _abort(context, error, f"{what}: {error}")
+        await abort_for_error(context, error, f"{what}: {error}")
 
     async def Prepare(
         self, request: dryad_pb2.PrepareRequest, context: Context
     ) -> dryad_pb2.PrepareResponse:
         board = await self._board(request.worker_uuid, context)
         try:
+            # Read at every Prepare, so that rotated host keys reach the next job; first,
+            # since a board whose identity cannot be shown must not be handed out.
+            host_keys = read_host_keys(board.config.ssh_host_keys)
             await board.backend.prepare()
             prepared = await board.users.prepare()
         except _CALL_ERRORS as exc:
             await self._fail(context, "prepare", exc)
             raise AssertionError("unreachable") from exc
         return dryad_pb2.PrepareResponse(
-            username=prepared.username, private_key_pem=prepared.private_key_pem
+            username=prepared.username,
+            private_key_pem=prepared.private_key_pem,
+            ssh_host_keys=host_keys,
         )
 
     async def PutInMaintenance(

@@ -1,8 +1,9 @@
 """A stub dryad: the Dryad service and the dryad's side of Superviser for simulated boards.
 
-It answers Prepare with a real RSA key but creates no Unix user, so it needs no root and
-no sshd. Tests and benchmarks use it to drive a real scheduler over real gRPC; boards can
-be told to fail their calls. One process serves any number of boards.
+It answers Prepare with a key made as the real dryad makes it, but creates no Unix user, so
+it needs no root and no sshd. Tests and benchmarks use it to drive a real scheduler over
+real gRPC; boards can be told to fail their calls, which then end with the real dryad's
+status codes. One process serves any number of boards.
 """
 
 from __future__ import annotations
@@ -22,24 +23,19 @@ from typing import Any
 
 import grpc
 from boruta.v1 import dryad_pb2, dryad_pb2_grpc, types_pb2
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from boruta_dryad.agent import BoardRegistration, SchedulerLink
+from boruta_dryad.hostkeys import read_host_keys
+from boruta_dryad.keys import JobKey, generate_job_key
+from boruta_dryad.servicer import UnknownBoard, abort_for_error
 
 log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def generate_key_pem(bits: int = 2048) -> str:
-    """A fresh RSA private key in PKCS#8 PEM."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
+def _stub_key(bits: int) -> JobKey:
+    return generate_job_key(bits, "boruta stub job")
 
 
 class KeySource:
@@ -47,23 +43,24 @@ class KeySource:
 
     def __init__(self, bits: int = 2048, pool_size: int = 0) -> None:
         self.bits = bits
-        self._pool = [generate_key_pem(bits) for _ in range(pool_size)]
+        self._pool = [_stub_key(bits) for _ in range(pool_size)]
         self._cycle = itertools.cycle(self._pool) if self._pool else None
 
-    async def next_key(self) -> str:
+    async def next_key(self) -> JobKey:
         if self._cycle is not None:
             return next(self._cycle)
-        return await asyncio.to_thread(generate_key_pem, self.bits)
+        return await asyncio.to_thread(_stub_key, self.bits)
 
 
 @dataclass
 class StubBoard:
-    """One simulated board; set fail_* to make the next calls fail with that message."""
+    """One simulated board; set fail_* to an error of the real dryad (e.g. UserError,
+    BackendError) to make the next calls fail as the real dryad would."""
 
     uuid: str
     caps: dict[str, str]
-    fail_prepare: str | None = None
-    fail_maintenance: str | None = None
+    fail_prepare: Exception | None = None
+    fail_maintenance: Exception | None = None
     unhealthy: str | None = None
     silent: bool = False
     prepared: int = 0
@@ -71,20 +68,29 @@ class StubBoard:
     prepared_at: float = 0.0
     maintenance_messages: list[str] = field(default_factory=list)
     last_username: str = ""
+    # Public key of the last key handed out (to install it where a test logs in).
+    last_public_key: str = ""
+    # Host keys handed out with each Prepare (OpenSSH public key lines); none by default,
+    # since a stub board has no sshd of its own.
+    ssh_host_keys: tuple[str, ...] = ()
 
 
 class StubDryadServicer(dryad_pb2_grpc.DryadServicer):
     """Serves the Dryad API for a set of stub boards."""
 
-    def __init__(self, boards: Mapping[str, StubBoard], keys: KeySource) -> None:
+    def __init__(
+        self, boards: Mapping[str, StubBoard], keys: KeySource, user_prefix: str = "boruta-job-"
+    ) -> None:
         self._boards = boards
         self._keys = keys
+        self._user_prefix = user_prefix
         self._jobs = itertools.count(1)
 
     async def _board(self, uuid: str, context: Context) -> StubBoard:
         board = self._boards.get(uuid)
         if board is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"this dryad has no board {uuid!r}")
+            error = UnknownBoard(f"this dryad serves no board {uuid!r}")
+            await abort_for_error(context, error, str(error))
         assert board is not None
         return board
 
@@ -93,19 +99,25 @@ class StubDryadServicer(dryad_pb2_grpc.DryadServicer):
     ) -> dryad_pb2.PrepareResponse:
         board = await self._board(request.worker_uuid, context)
         if board.fail_prepare is not None:
-            await context.abort(grpc.StatusCode.INTERNAL, board.fail_prepare)
+            await abort_for_error(context, board.fail_prepare, f"prepare: {board.fail_prepare}")
         key = await self._keys.next_key()
         board.prepared += 1
-        board.last_username = f"boruta-job-{next(self._jobs)}"
+        board.last_username = f"{self._user_prefix}{next(self._jobs)}"
+        board.last_public_key = key.public_openssh
         board.prepared_at = time.time()
-        return dryad_pb2.PrepareResponse(username=board.last_username, private_key_pem=key)
+        return dryad_pb2.PrepareResponse(
+            username=board.last_username,
+            private_key_pem=key.private_pem,
+            ssh_host_keys=board.ssh_host_keys,
+        )
 
     async def PutInMaintenance(
         self, request: dryad_pb2.PutInMaintenanceRequest, context: Context
     ) -> dryad_pb2.PutInMaintenanceResponse:
         board = await self._board(request.worker_uuid, context)
         if board.fail_maintenance is not None:
-            await context.abort(grpc.StatusCode.INTERNAL, board.fail_maintenance)
+            error = board.fail_maintenance
+            await abort_for_error(context, error, f"maintenance: {error}")
         board.maintenance_messages.append(request.message)
         return dryad_pb2.PutInMaintenanceResponse()
 
@@ -132,6 +144,7 @@ class StubDryad:
         keys: KeySource | None = None,
         metadata: Sequence[tuple[str, str]] = (("x-boruta-role", "dryad"),),
         instance_id: str | None = None,
+        user_prefix: str = "boruta-job-",
     ) -> None:
         self.scheduler_address = scheduler_address
         self.boards = {b.uuid: b for b in boards}
@@ -140,6 +153,7 @@ class StubDryad:
         self.keys = keys or KeySource()
         self.metadata = tuple(metadata)
         self.instance_id = instance_id or uuidlib.uuid4().hex
+        self.user_prefix = user_prefix
         self.address = ""
         self.link: SchedulerLink | None = None
         self._server: grpc.aio.Server | None = None
@@ -148,7 +162,7 @@ class StubDryad:
         """Serve Dryad and start registering; returns the advertised address."""
         server = grpc.aio.server()
         dryad_pb2_grpc.add_DryadServicer_to_server(
-            StubDryadServicer(self.boards, self.keys), server
+            StubDryadServicer(self.boards, self.keys, self.user_prefix), server
         )
         host = self.listen.rpartition(":")[0]
         port = server.add_insecure_port(self.listen)
@@ -209,9 +223,14 @@ def boards_from_args(
 
 async def _main(args: argparse.Namespace) -> None:
     keys = KeySource(args.key_bits, args.key_pool)
+    boards = boards_from_args(args.boards, args.caps, args.round_robin, args.prefix)
+    if args.ssh_host_keys:
+        host_keys = read_host_keys(args.ssh_host_keys)
+        for board in boards:
+            board.ssh_host_keys = host_keys
     dryad = StubDryad(
         args.scheduler,
-        boards_from_args(args.boards, args.caps, args.round_robin, args.prefix),
+        boards,
         listen=args.listen,
         ssh_address=args.ssh_address,
         keys=keys,
@@ -263,6 +282,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--ssh-address",
         default=env("BORUTA_SSH_ADDRESS", "127.0.0.1:22"),
         help="SSH address to advertise [env: BORUTA_SSH_ADDRESS]",
+    )
+    parser.add_argument(
+        "--ssh-host-keys",
+        nargs="*",
+        default=env("BORUTA_SSH_HOST_KEYS", "").split(),
+        metavar="FILE",
+        help="public host key files of the sshd at the SSH address, handed out with each "
+        "Prepare (default none) [env: BORUTA_SSH_HOST_KEYS]",
     )
     parser.add_argument(
         "--key-bits",

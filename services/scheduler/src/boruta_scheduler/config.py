@@ -102,6 +102,7 @@ _OPTIONS = [
     _Option("default_deadline", "policy", "duration", "deadline of requests that give none"),
     _Option("job_timeout", "policy", "duration", "how long a job runs unless prolonged"),
     _Option("prolong_step", "policy", "duration", "how far ProlongAccess pushes the timeout"),
+    _Option("min_job_timeout", "policy", "duration", "shortest job timeout a request may ask"),
     _Option("max_prolongs", "policy", "int", "most ProlongAccess calls per job"),
     _Option("max_job_duration", "policy", "duration", "longest total time of one job"),
     _Option("heartbeat_timeout", "policy", "duration", "silence after which a worker FAILS"),

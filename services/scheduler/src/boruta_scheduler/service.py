@@ -129,6 +129,7 @@ class SchedulerService:
         deadline: float | None = None,
         accept_unsatisfiable: bool = False,
         no_wait: bool = False,
+        job_timeout: float = 0.0,
     ) -> RequestView:
         caps = dict(caps)
         shown = " ".join(f"{k}={v}" for k, v in sorted(caps.items())) or "(any)"
@@ -151,6 +152,7 @@ class SchedulerService:
                     accept_unsatisfiable=accept_unsatisfiable,
                     no_wait=no_wait,
                     privileged=who.role is Role.ADMIN,
+                    job_timeout=job_timeout,
                 ),
             )
         )

@@ -77,10 +77,12 @@ class Identity:
 
 @dataclass(frozen=True, slots=True)
 class Access:
-    """Login for one job: the per-job Unix user and the private half of its RSA key."""
+    """Login for one job: the per-job Unix user, the private half of its RSA key, and the
+    host keys (OpenSSH public key lines) the board's sshd shows; none from old dryads."""
 
     username: str
     private_key_pem: str = field(repr=False)
+    host_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +126,8 @@ class RequestView:
     created_at: float
     updated_at: float
     job: JobView | None
+    # Seconds the job may go without a prolong, as asked for; 0: the policy's.
+    job_timeout: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,19 +48,28 @@ class PrepareResponse(_message.Message):
 
     USERNAME_FIELD_NUMBER: _builtins.int
     PRIVATE_KEY_PEM_FIELD_NUMBER: _builtins.int
+    SSH_HOST_KEYS_FIELD_NUMBER: _builtins.int
     username: _builtins.str
     """Login name of the fresh job user."""
     private_key_pem: _builtins.str
     """Private half of the fresh RSA key, PEM encoded. The dryad keeps no copy."""
+    @_builtins.property
+    def ssh_host_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Public host keys of the SSH server at the board's ssh_address, one OpenSSH public key
+        line each ("ssh-ed25519 AAAA..."), without comments. Clients check the board's host
+        key against them. Empty from dryads that predate this field.
+        """
+
     def __init__(
         self,
         *,
         username: _builtins.str = ...,
         private_key_pem: _builtins.str = ...,
+        ssh_host_keys: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["private_key_pem", b"private_key_pem", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["private_key_pem", b"private_key_pem", "ssh_host_keys", b"ssh_host_keys", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -37,7 +37,8 @@ class DryadStub:
     def __new__(cls, channel: _aio.Channel) -> DryadAsyncStub: ...
     Prepare: _grpc.UnaryUnaryMultiCallable[_dryad_pb2.PrepareRequest, _dryad_pb2.PrepareResponse]
     """Prepare removes the previous job user of the board, creates a fresh one with a new
-    RSA key, installs the public half for SSH and returns the private half. Idempotent.
+    RSA key, installs the public half for SSH and returns the private half, with the host
+    keys of the board's SSH server. Idempotent.
     """
     PutInMaintenance: _grpc.UnaryUnaryMultiCallable[_dryad_pb2.PutInMaintenanceRequest, _dryad_pb2.PutInMaintenanceResponse]
     """PutInMaintenance readies the board for administrative work and shows the message on it."""
@@ -53,7 +54,8 @@ class DryadAsyncStub(DryadStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Prepare: _aio.UnaryUnaryMultiCallable[_dryad_pb2.PrepareRequest, _dryad_pb2.PrepareResponse]  # type: ignore[assignment]
     """Prepare removes the previous job user of the board, creates a fresh one with a new
-    RSA key, installs the public half for SSH and returns the private half. Idempotent.
+    RSA key, installs the public half for SSH and returns the private half, with the host
+    keys of the board's SSH server. Idempotent.
     """
     PutInMaintenance: _aio.UnaryUnaryMultiCallable[_dryad_pb2.PutInMaintenanceRequest, _dryad_pb2.PutInMaintenanceResponse]  # type: ignore[assignment]
     """PutInMaintenance readies the board for administrative work and shows the message on it."""
@@ -72,7 +74,8 @@ class DryadServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_dryad_pb2.PrepareResponse, _abc.Awaitable[_dryad_pb2.PrepareResponse]]:
         """Prepare removes the previous job user of the board, creates a fresh one with a new
-        RSA key, installs the public half for SSH and returns the private half. Idempotent.
+        RSA key, installs the public half for SSH and returns the private half, with the host
+        keys of the board's SSH server. Idempotent.
         """
 
     @_abc_1.abstractmethod

@@ -6,6 +6,7 @@ isort:skip_file
 from boruta.v1 import types_pb2 as _types_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -93,6 +94,7 @@ class NewRequestRequest(_message.Message):
     DEADLINE_FIELD_NUMBER: _builtins.int
     ACCEPT_UNSATISFIABLE_FIELD_NUMBER: _builtins.int
     NO_WAIT_FIELD_NUMBER: _builtins.int
+    JOB_TIMEOUT_FIELD_NUMBER: _builtins.int
     priority: _builtins.int
     """1 (most important) to 16 (least); 0 means the scheduler's default priority."""
     accept_unsatisfiable: _builtins.bool
@@ -113,6 +115,15 @@ class NewRequestRequest(_message.Message):
     def deadline(self) -> _timestamp_pb2.Timestamp:
         """Give up (TIMEOUT) if still waiting at this time; unset means now plus the scheduler's default."""
 
+    @_builtins.property
+    def job_timeout(self) -> _duration_pb2.Duration:
+        """How long the job may go without a ProlongAccess: its first timeout and how far each
+        ProlongAccess pushes it, at most the scheduler's job_timeout and prolong_step (a longer
+        one is shortened to them) and at least its min_job_timeout (INVALID_ARGUMENT below).
+        Unset: the scheduler's job_timeout and prolong_step. A client that prolongs by itself
+        asks for a few minutes, so that the board of a client that died comes free soon.
+        """
+
     def __init__(
         self,
         *,
@@ -122,10 +133,11 @@ class NewRequestRequest(_message.Message):
         deadline: _timestamp_pb2.Timestamp | None = ...,
         accept_unsatisfiable: _builtins.bool = ...,
         no_wait: _builtins.bool = ...,
+        job_timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "valid_after", b"valid_after"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "job_timeout", b"job_timeout", "valid_after", b"valid_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_unsatisfiable", b"accept_unsatisfiable", "caps", b"caps", "deadline", b"deadline", "no_wait", b"no_wait", "priority", b"priority", "valid_after", b"valid_after"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_unsatisfiable", b"accept_unsatisfiable", "caps", b"caps", "deadline", b"deadline", "job_timeout", b"job_timeout", "no_wait", b"no_wait", "priority", b"priority", "valid_after", b"valid_after"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -136,8 +136,9 @@ class RequestsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ProlongAccess(self, request, context):
-        """ProlongAccess pushes the job's timeout to now plus the configured step, within the
-        configured limits on count and total time; past them it fails with FAILED_PRECONDITION.
+        """ProlongAccess pushes the job's timeout to now plus the step (the request's job_timeout,
+        or the configured prolong_step), within the configured limits on count and total time;
+        past them it fails with FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -57,8 +57,9 @@ class RequestsStub:
     with FAILED_PRECONDITION naming the state.
     """
     ProlongAccess: _grpc.UnaryUnaryMultiCallable[_requests_pb2.ProlongAccessRequest, _requests_pb2.ProlongAccessResponse]
-    """ProlongAccess pushes the job's timeout to now plus the configured step, within the
-    configured limits on count and total time; past them it fails with FAILED_PRECONDITION.
+    """ProlongAccess pushes the job's timeout to now plus the step (the request's job_timeout,
+    or the configured prolong_step), within the configured limits on count and total time;
+    past them it fails with FAILED_PRECONDITION.
     """
     WatchRequests: _grpc.UnaryStreamMultiCallable[_requests_pb2.WatchRequestsRequest, _requests_pb2.WatchRequestsResponse]
     """WatchRequests streams each change of a request that passes the filter, as it happens.
@@ -94,8 +95,9 @@ class RequestsAsyncStub(RequestsStub):
     with FAILED_PRECONDITION naming the state.
     """
     ProlongAccess: _aio.UnaryUnaryMultiCallable[_requests_pb2.ProlongAccessRequest, _requests_pb2.ProlongAccessResponse]  # type: ignore[assignment]
-    """ProlongAccess pushes the job's timeout to now plus the configured step, within the
-    configured limits on count and total time; past them it fails with FAILED_PRECONDITION.
+    """ProlongAccess pushes the job's timeout to now plus the step (the request's job_timeout,
+    or the configured prolong_step), within the configured limits on count and total time;
+    past them it fails with FAILED_PRECONDITION.
     """
     WatchRequests: _aio.UnaryStreamMultiCallable[_requests_pb2.WatchRequestsRequest, _requests_pb2.WatchRequestsResponse]  # type: ignore[assignment]
     """WatchRequests streams each change of a request that passes the filter, as it happens.
@@ -170,8 +172,9 @@ class RequestsServicer(metaclass=_abc_1.ABCMeta):
         request: _requests_pb2.ProlongAccessRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_requests_pb2.ProlongAccessResponse, _abc.Awaitable[_requests_pb2.ProlongAccessResponse]]:
-        """ProlongAccess pushes the job's timeout to now plus the configured step, within the
-        configured limits on count and total time; past them it fails with FAILED_PRECONDITION.
+        """ProlongAccess pushes the job's timeout to now plus the step (the request's job_timeout,
+        or the configured prolong_step), within the configured limits on count and total time;
+        past them it fails with FAILED_PRECONDITION.
         """
 
     @_abc_1.abstractmethod

@@ -191,6 +191,7 @@ class RequestInfo(_message.Message):
     JOB_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    JOB_TIMEOUT_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Identifier given by the scheduler; larger for later requests."""
     priority: _builtins.int
@@ -229,6 +230,12 @@ class RequestInfo(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """When the request last changed."""
 
+    @_builtins.property
+    def job_timeout(self) -> _duration_pb2.Duration:
+        """The job timeout asked for in NewRequest; unset when the request asked for none and
+        the scheduler's job_timeout and prolong_step apply.
+        """
+
     def __init__(
         self,
         *,
@@ -244,10 +251,11 @@ class RequestInfo(_message.Message):
         job: Global___JobInfo | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        job_timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline", "job", b"job", "updated_at", b"updated_at", "valid_after", b"valid_after"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline", "job", b"job", "job_timeout", b"job_timeout", "updated_at", b"updated_at", "valid_after", b"valid_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caps", b"caps", "created_at", b"created_at", "deadline", b"deadline", "id", b"id", "job", b"job", "owner", b"owner", "owner_groups", b"owner_groups", "priority", b"priority", "reason", b"reason", "state", b"state", "updated_at", b"updated_at", "valid_after", b"valid_after"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caps", b"caps", "created_at", b"created_at", "deadline", b"deadline", "id", b"id", "job", b"job", "job_timeout", b"job_timeout", "owner", b"owner", "owner_groups", b"owner_groups", "priority", b"priority", "reason", b"reason", "state", b"state", "updated_at", b"updated_at", "valid_after", b"valid_after"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -263,6 +271,7 @@ class AccessInfo(_message.Message):
     PORT_FIELD_NUMBER: _builtins.int
     USERNAME_FIELD_NUMBER: _builtins.int
     PRIVATE_KEY_PEM_FIELD_NUMBER: _builtins.int
+    SSH_HOST_KEYS_FIELD_NUMBER: _builtins.int
     host: _builtins.str
     """Host name or address to connect to with SSH; always one a client can dial."""
     port: _builtins.int
@@ -271,6 +280,15 @@ class AccessInfo(_message.Message):
     """Login name of the per-job Unix user on the board."""
     private_key_pem: _builtins.str
     """Private half of the per-job RSA key, PEM encoded. Secret: given only to the request's owner."""
+    @_builtins.property
+    def ssh_host_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Host keys the board's SSH server may show, one OpenSSH public key line each
+        ("ssh-ed25519 AAAA..."). A client must refuse any other host key: the tunnel's port
+        is reached over the network, and only these keys prove the board is the real one.
+        Empty when the board's dryad predates host keys; nothing then proves the board's
+        identity, and clients should say so.
+        """
+
     def __init__(
         self,
         *,
@@ -278,10 +296,11 @@ class AccessInfo(_message.Message):
         port: _builtins.int = ...,
         username: _builtins.str = ...,
         private_key_pem: _builtins.str = ...,
+        ssh_host_keys: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "port", b"port", "private_key_pem", b"private_key_pem", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "port", b"port", "private_key_pem", b"private_key_pem", "ssh_host_keys", b"ssh_host_keys", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

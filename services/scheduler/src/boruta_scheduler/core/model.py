@@ -95,6 +95,7 @@ class Request:
         "deadline",
         "id",
         "job",
+        "job_timeout",
         "owner",
         "owner_groups",
         "priority",
@@ -116,6 +117,7 @@ class Request:
         valid_after: float,
         deadline: float,
         created_at: float,
+        job_timeout: float = 0.0,
     ) -> None:
         self.id = id
         self.owner = owner
@@ -126,6 +128,8 @@ class Request:
         self.deadline = deadline
         self.created_at = created_at
         self.updated_at = created_at
+        # Seconds the job may go without a prolong, as asked; 0: the policy's.
+        self.job_timeout = job_timeout
         self.state = RequestState.WAITING
         self.reason = ""
         self.job: Job | None = None
@@ -147,6 +151,7 @@ class Request:
             created_at=self.created_at,
             updated_at=self.updated_at,
             job=self.job.view() if self.job else None,
+            job_timeout=self.job_timeout,
         )
 
 

@@ -26,6 +26,8 @@ class Policy:
     default_deadline: float = 24 * HOUR
     job_timeout: float = 1 * HOUR
     prolong_step: float = 1 * HOUR
+    # The shortest job timeout a request may ask for (see job_timeouts).
+    min_job_timeout: float = 10.0
     max_prolongs: int = 1000
     max_job_duration: float = 24 * HOUR
     heartbeat_timeout: float = 30.0
@@ -50,7 +52,13 @@ class Policy:
     def __post_init__(self) -> None:
         if not MIN_PRIORITY <= self.default_priority <= MAX_PRIORITY:
             raise ValueError("default_priority must be between 1 and 16")
-        for name in ("default_deadline", "job_timeout", "prolong_step", "heartbeat_timeout"):
+        for name in (
+            "default_deadline",
+            "job_timeout",
+            "prolong_step",
+            "min_job_timeout",
+            "heartbeat_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.healthcheck_interval < 0:
@@ -60,6 +68,23 @@ class Policy:
         for name, value in [("max_priority", self.max_priority), *self.group_max_priority.items()]:
             if not MIN_PRIORITY <= value <= MAX_PRIORITY:
                 raise ValueError(f"the priority limit of {name} must be between 1 and 16")
+
+    def check_job_timeout(self, asked: float) -> float:
+        """The job timeout a request may keep: 0 (none asked) or at least min_job_timeout."""
+        if asked != 0 and not asked >= self.min_job_timeout:
+            raise InvalidArgument(
+                f"job_timeout must be at least {self.min_job_timeout:g} s, got {asked:g} s; "
+                "leave it unset for the scheduler's default"
+            )
+        return asked
+
+    def job_timeouts(self, asked: float) -> tuple[float, float]:
+        """(first timeout, prolong step) of a job whose request asked for this job timeout:
+        a request may shorten the leash (so that a dead client's board comes free soon),
+        never lengthen it."""
+        if asked == 0:
+            return self.job_timeout, self.prolong_step
+        return min(asked, self.job_timeout), min(asked, self.prolong_step)
 
     def best_priority_for(self, groups: Iterable[str]) -> int:
         """The most important priority members of these groups may use."""

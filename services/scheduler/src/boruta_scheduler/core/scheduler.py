@@ -134,6 +134,7 @@ class Core:
             view.valid_after,
             view.deadline,
             view.created_at,
+            view.job_timeout,
         )
         request.updated_at = view.updated_at
         request.reason = view.reason
@@ -224,11 +225,13 @@ class Core:
         accept_unsatisfiable: bool = False,
         no_wait: bool = False,
         privileged: bool = False,
+        job_timeout: float = 0.0,
     ) -> RequestView:
         """Queue a request; it is matched at once if a worker is free. With no_wait it is
         matched at once or refused (Busy) and nothing changes."""
         policy = self.policy
         policy.check_caps(caps)
+        job_timeout = policy.check_job_timeout(job_timeout)
         priority = policy.check_priority(priority, None if privileged else owner_groups)
         valid_after = now if valid_after is None else valid_after
         if deadline is None:
@@ -256,7 +259,15 @@ class Core:
                 )
         self._last_request_id += 1
         request = Request(
-            self._last_request_id, owner, groups, sig, priority, valid_after, deadline, now
+            self._last_request_id,
+            owner,
+            groups,
+            sig,
+            priority,
+            valid_after,
+            deadline,
+            now,
+            job_timeout,
         )
         self._requests[request.id] = request
         self._out.request(request)
@@ -319,7 +330,7 @@ class Core:
         return request.view()
 
     def prolong_access(self, now: float, request_id: int) -> JobView:
-        """Push the job's timeout to now + prolong_step, within the prolong limits."""
+        """Push the job's timeout to now + its step, within the prolong limits."""
         request = self._live_request(request_id)
         job = request.job
         if request.state is not RequestState.IN_PROGRESS or job is None:
@@ -332,7 +343,8 @@ class Core:
                 f"the job of request {request_id} was prolonged {job.prolong_count} times, "
                 "the most allowed; open a new request to go on"
             )
-        new_timeout = min(now + self.policy.prolong_step, job.max_timeout_at)
+        step = self.policy.job_timeouts(request.job_timeout)[1]
+        new_timeout = min(now + step, job.max_timeout_at)
         if new_timeout <= job.timeout_at:
             if job.timeout_at < job.max_timeout_at:
                 # The job already runs longer than a prolong would give; nothing to do.
@@ -624,7 +636,7 @@ class Core:
 
     def _start_job(self, request: Request, worker: Worker, now: float) -> None:
         self._queue.remove(request)
-        timeout = now + self.policy.job_timeout
+        timeout = now + self.policy.job_timeouts(request.job_timeout)[0]
         request.job = Job(
             worker.uuid,
             now,

@@ -80,7 +80,13 @@ class DryadPool:
             )
             if not reply.username or not reply.private_key_pem:
                 raise DryadCallError(f"Prepare on {call.address} returned no username or key")
-            return Access(reply.username, reply.private_key_pem)
+            if not reply.ssh_host_keys:
+                # A dryad older than host keys: jobs on it work, but nothing proves the board.
+                log.warning(
+                    "dryad sent no SSH host keys; clients cannot check the board's identity",
+                    extra={"worker": call.worker_uuid, "dryad": call.address},
+                )
+            return Access(reply.username, reply.private_key_pem, tuple(reply.ssh_host_keys))
         if call.kind is DryadCallKind.PUT_IN_MAINTENANCE:
             await stub.PutInMaintenance(
                 dryad_pb2.PutInMaintenanceRequest(

@@ -76,6 +76,19 @@ def optional_seconds(message: object, field: str) -> float | None:
     return seconds(ts)
 
 
+def optional_duration(message: object, field: str) -> float | None:
+    """Seconds in a Duration field, or None when the field is unset; a duration protobuf
+    would not accept (nanos of the wrong sign or size) is refused."""
+    if not message.HasField(field):  # type: ignore[attr-defined]
+        return None
+    d = getattr(message, field)
+    if not -999_999_999 <= d.nanos <= 999_999_999 or d.seconds * d.nanos < 0:
+        raise InvalidArgument(
+            f"{field} is not a valid duration (seconds {d.seconds}, nanos {d.nanos})"
+        )
+    return float(d.seconds + d.nanos / 1e9)
+
+
 def enum_values(kind: type[E], values: Iterable[int], what: str) -> frozenset[E]:
     """Known, specified enum values; anything else is refused."""
     result = set()
@@ -204,7 +217,22 @@ def request_info(r: RequestView) -> types_pb2.RequestInfo:
     )
     if r.job is not None:
         info.job.CopyFrom(job_info(r.job))
+    if r.job_timeout:
+        info.job_timeout.FromNanoseconds(round(r.job_timeout * 1e9))
     return info
+
+
+def access_info(job: JobView, public_host: str) -> types_pb2.AccessInfo:
+    """How the owner logs in: through the job's tunnel, checking the board's host keys."""
+    access = job.access
+    assert access is not None
+    return types_pb2.AccessInfo(
+        host=public_host,
+        port=job.tunnel_port,
+        username=access.username,
+        private_key_pem=access.private_key_pem,
+        ssh_host_keys=access.host_keys,
+    )
 
 
 def host_status_info(s: HostStatus) -> types_pb2.HostStatus:

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from boruta.v1 import requests_pb2, requests_pb2_grpc, types_pb2
+from boruta.v1 import requests_pb2, requests_pb2_grpc
 
 from boruta_scheduler.listing import encode_token
 from boruta_scheduler.rpc import convert
@@ -32,6 +32,7 @@ class RequestsServicer(requests_pb2_grpc.RequestsServicer):
             deadline=convert.optional_seconds(request, "deadline"),
             accept_unsatisfiable=request.accept_unsatisfiable,
             no_wait=request.no_wait,
+            job_timeout=convert.optional_duration(request, "job_timeout") or 0.0,
         )
         return requests_pb2.NewRequestResponse(request=convert.request_info(view))
 
@@ -81,13 +82,8 @@ class RequestsServicer(requests_pb2_grpc.RequestsServicer):
             current_identity(), request.request_id, context.time_remaining()
         )
         job = view.job
-        assert job is not None and job.access is not None
-        access = types_pb2.AccessInfo(
-            host=self._service.settings.public_host,
-            port=job.tunnel_port,
-            username=job.access.username,
-            private_key_pem=job.access.private_key_pem,
-        )
+        assert job is not None
+        access = convert.access_info(job, self._service.settings.public_host)
         return requests_pb2.AcquireWorkerResponse(access=access, job=convert.job_info(job))
 
     async def ProlongAccess(

@@ -28,6 +28,17 @@ def _json_caps(caps: Mapping[str, str]) -> str:
     return json.dumps(dict(caps), sort_keys=True)
 
 
+def _json_keys(access: Access | None) -> str | None:
+    return json.dumps(list(access.host_keys)) if access else None
+
+
+def _access(username: str | None, key: str | None, host_keys: str | None) -> Access | None:
+    """The stored access; host_keys is NULL in rows written before host keys were kept."""
+    if username is None:
+        return None
+    return Access(username, key or "", tuple(json.loads(host_keys or "[]")))
+
+
 def request_row(r: RequestView) -> dict[str, Any]:
     job = r.job
     access = job.access if job else None
@@ -51,16 +62,16 @@ def request_row(r: RequestView) -> dict[str, Any]:
         "job_ssh_address": job.ssh_address if job else None,
         "access_username": access.username if access else None,
         "access_key": access.private_key_pem if access else None,
+        "access_host_keys": _json_keys(access),
         "job_tunnel_port": job.tunnel_port if job else None,
+        "job_timeout": r.job_timeout,
     }
 
 
 def request_view(row: Row) -> RequestView:
     job = None
     if row["job_worker_uuid"] is not None:
-        access = None
-        if row["access_username"] is not None:
-            access = Access(row["access_username"], row["access_key"])
+        access = _access(row["access_username"], row["access_key"], row["access_host_keys"])
         job = JobView(
             worker_uuid=row["job_worker_uuid"],
             started_at=row["job_started_at"],
@@ -84,6 +95,7 @@ def request_view(row: Row) -> RequestView:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         job=job,
+        job_timeout=row["job_timeout"],
     )
 
 
@@ -106,13 +118,12 @@ def worker_row(w: WorkerView) -> dict[str, Any]:
         "failures": w.failures,
         "prepared_username": prepared.username if prepared else None,
         "prepared_key": prepared.private_key_pem if prepared else None,
+        "prepared_host_keys": _json_keys(prepared),
     }
 
 
 def worker_view(row: Row) -> WorkerView:
-    prepared = None
-    if row["prepared_username"] is not None:
-        prepared = Access(row["prepared_username"], row["prepared_key"])
+    prepared = _access(row["prepared_username"], row["prepared_key"], row["prepared_host_keys"])
     return WorkerView(
         uuid=row["uuid"],
         state=WorkerState(row["state"]),

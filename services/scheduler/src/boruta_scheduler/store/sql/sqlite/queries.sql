@@ -5,23 +5,23 @@ INSERT OR REPLACE INTO requests (
     id, owner, owner_groups, caps, priority, valid_after, deadline, state, reason,
     created_at, updated_at, job_worker_uuid, job_started_at, job_timeout_at,
     job_max_timeout_at, job_prolong_count, job_ssh_address, access_username, access_key,
-    job_tunnel_port
+    access_host_keys, job_tunnel_port, job_timeout
 ) VALUES (
     :id, :owner, :owner_groups, :caps, :priority, :valid_after, :deadline, :state, :reason,
     :created_at, :updated_at, :job_worker_uuid, :job_started_at, :job_timeout_at,
     :job_max_timeout_at, :job_prolong_count, :job_ssh_address, :access_username, :access_key,
-    :job_tunnel_port
+    :access_host_keys, :job_tunnel_port, :job_timeout
 );
 
 -- name: upsert_worker
 INSERT OR REPLACE INTO workers (
     uuid, state, groups_json, caps, dryad_address, ssh_address, instance_id, dryad_version,
     reason, request_id, registered_at, last_seen, jobs_done, failures, prepared_username,
-    prepared_key
+    prepared_key, prepared_host_keys
 ) VALUES (
     :uuid, :state, :groups_json, :caps, :dryad_address, :ssh_address, :instance_id,
     :dryad_version, :reason, :request_id, :registered_at, :last_seen, :jobs_done, :failures,
-    :prepared_username, :prepared_key
+    :prepared_username, :prepared_key, :prepared_host_keys
 );
 
 -- name: touch_worker
