@@ -4,7 +4,6 @@ boards, watches stream, and every -o json output parses and matches the API."""
 from __future__ import annotations
 
 import json
-import select
 import stat
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 from boruta_client import Client, RequestState, WorkerState
 from farm_kit import schedctl_env
 from live_farm import LiveFarm, live_farm
+from pipe_kit import LineReader
 from schedctl import exits
 from schedctl.output import jsonable
 from system_kit import unique_uuid
@@ -45,14 +45,6 @@ def schedctl(
     if check is not None:
         assert done.returncode == check, (done.returncode, done.stdout, done.stderr)
     return done
-
-
-def read_line(proc: subprocess.Popen[str], timeout: float = 60) -> str:
-    """The next line of a watch, or a failure (not a hung suite) if none comes."""
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    assert ready, f"no line from {proc.args} within {timeout} s"
-    return proc.stdout.readline()
 
 
 def as_json(env: dict[str, str], *args: str) -> object:
@@ -180,15 +172,15 @@ def test_watch_shows_changes_as_they_happen(env: dict[str, str]) -> None:
         [*SCHEDCTL, "requests", "watch", "-o", "json", "--owner", "alice"],
         env=env,
         stdout=subprocess.PIPE,
-        text=True,
     )
     try:
         assert watch.stdout is not None
+        lines = LineReader(watch.stdout)
         # --current (the default) first shows the live request: the watch is in place.
-        first = json.loads(read_line(watch))
+        first = json.loads(lines.next_line())
         assert (first["id"], first["state"]) == (rid, "IN_PROGRESS")
         schedctl(env, "requests", "close", str(rid))
-        second = json.loads(read_line(watch))
+        second = json.loads(lines.next_line())
         assert (second["id"], second["state"], second["reason"]) == (
             rid,
             "DONE",
@@ -244,16 +236,18 @@ def test_workers_watch_yaml_and_deregister_errors(env: dict[str, str]) -> None:
 
     admin = {**env, "BORUTA_USER": "root", "BORUTA_ADMIN": "1"}
     watch = subprocess.Popen(
-        [*SCHEDCTL, "workers", "watch", "-o", "json"], env=admin, stdout=subprocess.PIPE, text=True
+        [*SCHEDCTL, "workers", "watch", "-o", "json"], env=admin, stdout=subprocess.PIPE
     )
     try:
         assert watch.stdout is not None
-        current = [json.loads(read_line(watch)) for _ in BOARDS]
+        lines = LineReader(watch.stdout)
+        current = [json.loads(lines.next_line()) for _ in BOARDS]
         assert sorted(c["worker"]["uuid"] for c in current) == sorted(BOARDS)
+        # BUSY and MAINTENANCE often both come before the first is read.
         schedctl(admin, "workers", "maintenance", PLAIN_BOARD, "--no-wait")
         states = []
         while "MAINTENANCE" not in states:
-            change = json.loads(read_line(watch))
+            change = json.loads(lines.next_line())
             assert change["worker"]["uuid"] == PLAIN_BOARD and not change["removed"]
             states.append(change["worker"]["state"])
         assert states == ["BUSY", "MAINTENANCE"]
