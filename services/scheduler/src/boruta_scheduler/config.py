@@ -99,6 +99,12 @@ _OPTIONS = [
     _Option("default_priority", "policy", "int", "priority of requests that give none (1-16)"),
     _Option("max_priority", "policy", "int", "most important priority users may use (1-16)"),
     _Option("max_waiting_per_user", "policy", "int", "most waiting requests of one user"),
+    _Option(
+        "max_waiting_caps_bytes_per_user",
+        "policy",
+        "int",
+        "most bytes of caps one user's waiting requests may carry in all",
+    ),
     _Option("default_deadline", "policy", "duration", "deadline of requests that give none"),
     _Option("job_timeout", "policy", "duration", "how long a job runs unless prolonged"),
     _Option("prolong_step", "policy", "duration", "how far ProlongAccess pushes the timeout"),
