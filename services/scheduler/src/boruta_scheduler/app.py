@@ -110,6 +110,7 @@ class Scheduler:
                 public_host=self.config.server.public_host,
                 max_watches_per_user=self.config.server.max_watches_per_user,
             ),
+            audit=AuditLog(self.engine, self.store, self.config.server.audit_refusals_per_minute),
         )
         server = grpc.aio.server(
             options=[
@@ -125,7 +126,7 @@ class Scheduler:
             # Callers who proved no identity are only logged: anyone who can reach the
             # token port could otherwise grow the audit table without limit.
             if who.user != ANONYMOUS.user:
-                audit.record(who, "refused", call.rpartition(".")[2], why)
+                audit.refused(who, call.rpartition(".")[2], why)
 
         identify: IdentitySource
         if self.tls is None:
@@ -169,6 +170,8 @@ class Scheduler:
     async def stop(self, grace: float = 2.0) -> None:
         if self.server is not None:
             await self.server.stop(grace)
+        if self.audit is not None:
+            self.audit.close()
         if self.engine is not None:
             await self.engine.stop()
         await self.dryads.close()

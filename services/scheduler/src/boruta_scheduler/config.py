@@ -47,6 +47,9 @@ class ServerConfig:
     # TLS: the farm's CA, this scheduler's certificate and key (schedctl pki). Without
     # them the scheduler serves plaintext only if told so, and only on loopback.
     max_watches_per_user: int = 32
+    # Refused calls of one caller recorded one by one in the audit log; the rest are
+    # counted and summed up in one event a minute.
+    audit_refusals_per_minute: int = 60
     # A second port for callers with bearer tokens instead of client certificates
     # (server-only TLS); empty means none.
     listen_tokens: str = ""
@@ -91,6 +94,12 @@ _OPTIONS = [
     _Option("dryad_call_timeout", "server", "duration", "timeout of one call to a dryad"),
     _Option("log_level", "server", "str", "DEBUG, INFO, WARNING or ERROR"),
     _Option("max_watches_per_user", "server", "int", "most watch streams one caller may hold"),
+    _Option(
+        "audit_refusals_per_minute",
+        "server",
+        "int",
+        "refusals of one caller audited one by one per minute; the rest are counted",
+    ),
     _Option("listen_tokens", "server", "str", "host:port for callers with bearer tokens (TLS)"),
     _Option("tls_ca", "server", "str", "the farm's CA certificate (PEM)"),
     _Option("tls_cert", "server", "str", "this scheduler's certificate (PEM)"),

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from boruta_scheduler.audit import AuditLog
+from boruta_scheduler.audit import AuditLog, clip
 from boruta_scheduler.core import Core
 from boruta_scheduler.engine import Command, Engine
 from boruta_scheduler.errors import (
@@ -43,6 +43,9 @@ from boruta_scheduler.types import (
 from boruta_scheduler.watch import Subscription, WatchHub, WorkerEvent
 
 T = TypeVar("T")
+
+# How much of a new request's caps its audit event shows.
+CAPS_SHOWN = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,14 +134,15 @@ class SchedulerService:
         no_wait: bool = False,
     ) -> RequestView:
         caps = dict(caps)
-        shown = " ".join(f"{k}={v}" for k, v in sorted(caps.items())) or "(any)"
+        # The request keeps its caps; its event needs only enough of them to recognize it.
+        shown = clip(" ".join(f"{k}={v}" for k, v in sorted(caps.items())), CAPS_SHOWN)
         return await self.engine.execute(
             self._recorded(
                 who,
                 "NewRequest",
                 lambda v: (
                     f"request {v.id}",
-                    f"caps {shown}, priority {v.priority}, {v.state.name}",
+                    f"caps {shown or '(any)'}, priority {v.priority}, {v.state.name}",
                 ),
                 lambda core, now: core.new_request(
                     now,
