@@ -91,7 +91,14 @@ class Scheduler:
         started = time.time()
         snapshot = await asyncio.to_thread(self.store.load)
         core = Core.restore(snapshot, time.time(), self.config.policy)
-        self.engine = Engine(core, self.store, self.dryads, self.hub, tunnels=self.tunnels)
+        self.engine = Engine(
+            core,
+            self.store,
+            self.dryads,
+            self.hub,
+            tunnels=self.tunnels,
+            retention=self.config.server.retention,
+        )
         self.engine.start(core.drain())
         log.info(
             "state restored",
@@ -109,6 +116,7 @@ class Scheduler:
                 heartbeat_interval=self.config.server.heartbeat_interval,
                 public_host=self.config.server.public_host,
                 max_watches_per_user=self.config.server.max_watches_per_user,
+                retention=self.config.server.retention,
             ),
             audit=AuditLog(self.engine, self.store, self.config.server.audit_refusals_per_minute),
         )

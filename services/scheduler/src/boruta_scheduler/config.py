@@ -41,6 +41,9 @@ class ServerConfig:
     tunnel_ports: str = "0"
     store: str = ""
     data_dir: str = "/var/lib/boruta"
+    # Finished requests, worker history and audit events are deleted this long after
+    # they were last written (0: kept for ever).
+    retention: float = 90 * 86400.0
     heartbeat_interval: float = 10.0
     dryad_call_timeout: float = 60.0
     log_level: str = "INFO"
@@ -90,6 +93,12 @@ _OPTIONS = [
     _Option("tunnel_ports", "server", "str", "tunnel ports: 0 (any free) or LOW-HIGH"),
     _Option("store", "server", "str", "store URL: sqlite:///path/boruta.db or memory:"),
     _Option("data_dir", "server", "str", "directory of the default SQLite store"),
+    _Option(
+        "retention",
+        "server",
+        "duration",
+        "age after which finished requests, worker history and audit events are deleted (0: never)",
+    ),
     _Option("heartbeat_interval", "server", "duration", "how often dryads should heartbeat"),
     _Option("dryad_call_timeout", "server", "duration", "timeout of one call to a dryad"),
     _Option("log_level", "server", "str", "DEBUG, INFO, WARNING or ERROR"),

@@ -195,6 +195,11 @@ class Core:
         return [w.view() for w in self._workers.values()]
 
     @property
+    def last_request_id(self) -> int:
+        """The id of the newest request; every id up to it was given out."""
+        return self._last_request_id
+
+    @property
     def waiting_count(self) -> int:
         return len(self._queue)
 
