@@ -96,3 +96,33 @@ async def test_caps_of_waiting_requests_are_limited_per_user_and_events_stay_sma
     new_requests = [e for e in events if e.action == "NewRequest"]
     assert new_requests and all(len(e.detail) < 400 for e in new_requests)
     assert dict((await bob.info(after.id)).caps) == largest
+
+
+PEM_BEGIN = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+
+
+async def test_after_many_jobs_the_store_files_hold_only_the_keys_in_use(
+    farm: Farm, tmp_path: Path
+) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    boards = [board(f"keys-{suffix}-{n}", lab=suffix) for n in range(2)]
+    await farm.add_dryad(boards)
+    alice = farm.client(f"alice-{suffix}")
+    handed_out = []
+    for _ in range(10):
+        jobs = [await alice.new({"lab": suffix}) for _ in boards]
+        for job in jobs:
+            handed_out.append((await alice.acquire(job.id)).access.private_key_pem)
+            await alice.close(job.id)
+        for b in boards:
+            await farm.admin.wait_worker(b.uuid, types_pb2.WORKER_STATE_IDLE)
+    # One round of what the scheduler does every few seconds by itself (if its own round
+    # came first, this one waits for it).
+    await farm.scheduler.engine.housekeep()  # type: ignore[attr-defined]
+    files = [tmp_path / "state" / name for name in ("boruta.db", "boruta.db-wal")]
+    data = b"".join(f.read_bytes() for f in files if f.exists())
+    # Each idle board's next key, once; none of the twenty keys of ended jobs.
+    assert len(PEM_BEGIN.findall(data)) == len(boards)
+    for pem in handed_out:
+        body = pem.splitlines()[1].encode()
+        assert body not in data

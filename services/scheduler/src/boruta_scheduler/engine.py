@@ -129,6 +129,7 @@ class Engine:
         self._retention = retention
         self._upkeep_interval = upkeep_interval
         self._next_purge = 0.0
+        self._upkeep_lock = asyncio.Lock()  # one round at a time, whoever starts it
         # Whether a commit since the last scrub may have dropped a key (so may a restart).
         self._scrub_wanted = True
         self._stopping = False
@@ -237,6 +238,10 @@ class Engine:
         """One round of store upkeep, run by the writer between commits: purge one batch of
         what is older than the retention (when due), and scrub the store's files if a
         commit since the last scrub may have dropped a key."""
+        async with self._upkeep_lock:
+            return await self._housekeep()
+
+    async def _housekeep(self) -> Upkeep:
         assert self._writer is not None
         now = self._clock()
         purged = Purged()
