@@ -9,16 +9,15 @@ section of docs/benchmarks.md (`python -m bench` rewrites the whole file).
 from __future__ import annotations
 
 import datetime
-import gc
 import random
 import string
-import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
 from boruta.v1 import requests_pb2
 from boruta_scheduler.core import Core, Policy
 
+from bench.core_bench import traced_bytes
 from bench.machine import machine
 
 REPORT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -74,17 +73,16 @@ def bytes_per_request(shape: Shape, count: int = COUNT) -> float:
     ]
     core = Core(POLICY)
     parse = requests_pb2.NewRequestRequest.FromString
-    gc.collect()
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    for data in wire:
-        core.new_request(T0, "user", frozenset(), dict(parse(data).caps), accept_unsatisfiable=True)
-    core.drain()
-    gc.collect()
-    after = tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
+
+    def queue_all() -> None:
+        for data in wire:
+            caps = dict(parse(data).caps)
+            core.new_request(T0, "user", frozenset(), caps, accept_unsatisfiable=True)
+        core.drain()
+
+    held = traced_bytes(queue_all)
     assert core.waiting_count == count
-    return (after - before) / count
+    return held / count
 
 
 def run() -> dict[str, float]:
