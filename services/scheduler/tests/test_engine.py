@@ -246,3 +246,39 @@ async def test_a_purged_request_is_explained_as_such() -> None:
     with pytest.raises(RequestNotFound, match=r"^request 99 does not exist$"):
         await service.get_request(who, 99)
     await engine.stop()
+
+
+class GatedScrub(MemoryStore):
+    """A memory store whose scrub waits until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scrubbing = threading.Event()
+        self.gate = threading.Event()
+
+    def scrub(self) -> bool:
+        self.scrubbing.set()
+        self.gate.wait(10)
+        return True
+
+
+async def test_a_commit_during_a_scrub_gets_a_scrub_of_its_own() -> None:
+    store = GatedScrub()
+    engine = Engine(Core(), store, Dryads(), upkeep_interval=0)
+    engine.start()
+    round_one = asyncio.ensure_future(engine.housekeep())
+    await asyncio.to_thread(store.scrubbing.wait, 10)
+    batches = engine.batches
+    created = asyncio.ensure_future(
+        engine.execute(
+            lambda core, now: core.new_request(now, "u", frozenset(), {}, accept_unsatisfiable=True)
+        )
+    )
+    while engine.batches == batches:  # until the engine applied it (its commit waits)
+        await asyncio.sleep(0)
+    store.gate.set()
+    assert (await round_one).scrubbed
+    await created
+    # The scrub that was running started before that commit: another one must follow.
+    assert (await engine.housekeep()).scrubbed
+    await engine.stop()

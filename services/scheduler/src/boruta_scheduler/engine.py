@@ -264,7 +264,8 @@ class Engine:
         if self._scrub_wanted:
             self._scrub_wanted = False
             scrubbed = await self._writer.run(lambda store: store.scrub())
-            self._scrub_wanted = not scrubbed
+            if not scrubbed:
+                self._scrub_wanted = True  # (commits meanwhile have set it already)
         return Upkeep(purged, scrubbed)
 
     async def _upkeep_loop(self) -> None:
