@@ -51,7 +51,7 @@ def test_many_callers_do_not_grow_the_limiter_for_ever() -> None:
     for n in range(100_000):
         limiter.admit((f"user{n}", "user"), "X", T0 + n)
     # Callers whose bucket filled up again were forgotten along the way.
-    assert len(limiter._callers) < 3000
+    assert len(limiter) < 3000
 
 
 def test_clip_bounds_text_and_says_how_long_it_was() -> None:

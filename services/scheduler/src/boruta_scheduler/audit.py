@@ -75,6 +75,10 @@ class RefusalLimiter:
         self._callers: dict[Caller, _Allowance] = {}
         self._sweep_at = 1024
 
+    def __len__(self) -> int:
+        """How many callers it keeps an allowance for."""
+        return len(self._callers)
+
     @property
     def pending(self) -> bool:
         """Whether some refusals wait to be summed up."""
