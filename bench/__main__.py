@@ -5,33 +5,15 @@ from __future__ import annotations
 import asyncio
 import datetime
 import os
-import platform
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from bench import access_bench, core_bench, grpc_bench
+from bench import access_bench, caps_memory_bench, core_bench, grpc_bench
+from bench.machine import machine
 
 REPORT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return (
-        f"{model}, {os.cpu_count()} cores; {platform.system()} {platform.release()}; "
-        f"Python {platform.python_version()}, grpcio {grpc.__version__}"
-    )
 
 
 def verdict(ok: bool) -> str:
@@ -73,6 +55,7 @@ def render(
     core: dict[str, Any],
     rpc: dict[str, dict[str, float]],
     access: dict[str, dict[str, float]] | None,
+    caps_memory: dict[str, float],
     when: str,
 ) -> str:
     scales = core["scales"]
@@ -122,6 +105,7 @@ def render(
         f"{rpc['new_request']['rss_bytes_per_waiting_request']:.0f} bytes each (includes the "
         "allocator's and gRPC's own growth).",
         "",
+        *caps_memory_bench.render(caps_memory, when),
         "## Over gRPC on loopback, durable SQLite store",
         "",
         "`bench/grpc_bench.py`. Three processes: the scheduler (SQLite, WAL,",
@@ -228,11 +212,12 @@ def main() -> None:
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print("core benchmark ...", file=sys.stderr)
     core = core_bench.run()
+    caps_memory = caps_memory_bench.run()
     print("gRPC benchmarks ...", file=sys.stderr)
     rpc = asyncio.run(run_rpc())
     print("access benchmark ...", file=sys.stderr)
     access = access_bench.run()
-    report = render(core, rpc, access, when)
+    report = render(core, rpc, access, caps_memory, when)
     REPORT.write_text(report)
     print(report)
 

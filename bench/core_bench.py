@@ -12,12 +12,13 @@ import gc
 import statistics
 import time
 import tracemalloc
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from boruta_scheduler.core import Core, DryadCallKind, Policy
 from boruta_scheduler.types import Access, RequestState, WorkerState
 
-from bench.farmgen import request_specs, worker_specs
+from bench.farmgen import RequestSpec, request_specs, worker_specs
 
 T0 = 1_800_000_000.0
 ACCESS = Access("job", "KEY")
@@ -71,17 +72,22 @@ def build_farm(workers: int, waiting: int) -> tuple[Core, list[int]]:
     for view in core.workers():
         r = core.new_request(now, "owner", view.groups, {"UUID": view.uuid}, priority=1)
         running.append(r.id)
-    for rspec in request_specs(waiting):
+    queue_requests(core, now, request_specs(waiting))
+    return core, running
+
+
+def queue_requests(core: Core, now: float, specs: list[RequestSpec]) -> None:
+    """Queue requests of these specs (satisfiable or not) and drain the core."""
+    for spec in specs:
         core.new_request(
             now,
-            rspec.owner,
-            rspec.owner_groups,
-            rspec.caps,
-            priority=rspec.priority,
+            spec.owner,
+            spec.owner_groups,
+            spec.caps,
+            priority=spec.priority,
             accept_unsatisfiable=True,
         )
     core.drain()
-    return core, running
 
 
 def measure(workers: int, waiting: int, events: int = 2000) -> EventTimes:
@@ -130,28 +136,27 @@ def measure(workers: int, waiting: int, events: int = 2000) -> EventTimes:
     return EventTimes(workers, waiting, arrive, free)
 
 
+def traced_bytes(work: Callable[[], object]) -> int:
+    """Bytes allocated by work() and still held after it, as tracemalloc counts them."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        work()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
 def memory_per_waiting_request(count: int = 100_000) -> float:
     """Bytes the core holds per waiting request (tracemalloc; farm of 1,000 busy workers)."""
     core, _ = build_farm(1000, 0)
     specs = request_specs(count, seed=7)
-    gc.collect()
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    for spec in specs:
-        core.new_request(
-            T0,
-            spec.owner,
-            spec.owner_groups,
-            spec.caps,
-            priority=spec.priority,
-            accept_unsatisfiable=True,
-        )
-    core.drain()
-    gc.collect()
-    after = tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
+
+    held = traced_bytes(lambda: queue_requests(core, T0, specs))
     assert core.waiting_count == count
-    return (after - before) / count
+    return held / count
 
 
 SCALES = [(100, 1_000), (1_000, 10_000), (10_000, 100_000)]

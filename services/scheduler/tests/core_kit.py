@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from boruta_scheduler.core import Changes, Core, DryadCall, DryadCallKind, Policy
 from boruta_scheduler.types import Access, WorkerState
@@ -17,8 +17,11 @@ def caps_of(uuid: str, **caps: str) -> dict[str, str]:
 class CoreKit:
     """A core plus the bookkeeping a test needs: pending dryad calls and a clock."""
 
-    def __init__(self, policy: Policy | None = None) -> None:
+    def __init__(
+        self, policy: Policy | None = None, key: Callable[[int], str] = lambda n: f"KEY-{n}"
+    ) -> None:
         self.core = Core(policy)
+        self.key = key
         self.now = T0
         self.pending: list[DryadCall] = []
         self.changes: list[Changes] = []
@@ -62,7 +65,7 @@ class CoreKit:
             elif call.kind is DryadCallKind.PREPARE:
                 self.keys += 1
                 access = Access(
-                    f"job{self.keys}", f"KEY-{self.keys}", (f"ssh-ed25519 HOST{self.keys}",)
+                    f"job{self.keys}", self.key(self.keys), (f"ssh-ed25519 HOST{self.keys}",)
                 )
                 self.core.dryad_call_succeeded(self.now, call, access)
             else:

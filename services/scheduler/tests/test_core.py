@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+import statistics
+import sys
+import tracemalloc
+
 import pytest
 from boruta_scheduler.core import Core, DryadCallKind, Policy, Snapshot
 from boruta_scheduler.errors import (
@@ -236,6 +241,66 @@ def test_waiting_requests_per_user_are_limited() -> None:
     assert kit.core.new_request(kit.now, "other", NOBODY, {})
     kit.core.close_request(kit.now, first.id)
     assert kit.core.new_request(kit.now, "u", NOBODY, {})
+
+
+def test_bytes_of_caps_of_waiting_requests_per_user_are_limited() -> None:
+    kit = CoreKit(Policy(max_waiting_caps_bytes_per_user=1000))
+    kit.add_worker("w1", idle=False)
+    kit.drain()
+    long = {"serial": "é" * 150}  # 6 + 300 bytes: the limit counts UTF-8, not characters
+    first = kit.core.new_request(kit.now, "u", NOBODY, long, accept_unsatisfiable=True)
+    kit.core.new_request(kit.now, "u", NOBODY, long, accept_unsatisfiable=True)
+    other = {"serial": "x" * 250, "lot": "y" * 47}
+    kit.core.new_request(kit.now, "u", NOBODY, other, accept_unsatisfiable=True)
+    kit.drain()
+    with pytest.raises(
+        ResourceExhausted,
+        match=r"carry 918 bytes of caps and this one 306, over the limit of 1,000 .*"
+        r"max_waiting_caps_bytes_per_user.* fewer or shorter caps",
+    ):
+        kit.core.new_request(kit.now, "u", NOBODY, long, accept_unsatisfiable=True)
+    assert not kit.drain().durable and kit.core.waiting_count == 3
+    assert kit.core.new_request(kit.now, "u", NOBODY, {"k": "v"}, accept_unsatisfiable=True)
+    assert kit.core.new_request(kit.now, "other", NOBODY, long, accept_unsatisfiable=True)
+    # A restored core counts what its owners' waiting requests carry, as before.
+    snapshot = Snapshot(list(kit.core.live_requests()), kit.core.workers(), 99)
+    restored = Core.restore(snapshot, kit.now, kit.core.policy)
+    with pytest.raises(ResourceExhausted, match="carry 920 bytes"):
+        restored.new_request(kit.now, "u", NOBODY, long, accept_unsatisfiable=True)
+    # Bytes of requests that leave the queue are free again.
+    kit.core.close_request(kit.now, first.id)
+    assert kit.core.new_request(kit.now, "u", NOBODY, long, accept_unsatisfiable=True)
+    with pytest.raises(ValueError, match="positive"):
+        Policy(max_waiting_caps_bytes_per_user=0)
+
+
+def test_the_core_keeps_little_beyond_the_values_of_unique_caps() -> None:
+    """A waiting request with 32 long values of its own costs those values and little more:
+    keys are interned (shared by every request) and its bucket is indexed once, not per cap.
+    (It cost 17 KiB more than its values before.)"""
+    kit = CoreKit()
+    keys = [f"feature-{i:02d}-".ljust(64, "k") for i in range(32)]
+    count = 300
+    beyond: list[int] = []
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for n in range(count):
+            before = tracemalloc.get_traced_memory()[0]
+            # Fresh strings for every request, as parsing its message makes them.
+            caps = {"".join(list(k)): f"{n:04d}{i:02d}".ljust(255, "v") for i, k in enumerate(keys)}
+            values = sum(sys.getsizeof(v) for v in caps.values())
+            kit.core.new_request(kit.now, "u", NOBODY, caps, accept_unsatisfiable=True)
+            kit.drain()
+            del caps
+            beyond.append(tracemalloc.get_traced_memory()[0] - before - values)
+    finally:
+        tracemalloc.stop()
+    assert kit.core.waiting_count == count
+    # The median: a request that happens to resize a shared table (the interpreter's table
+    # of interned strings holds every name of the process) pays for everyone's entries.
+    typical = statistics.median(beyond)
+    assert typical < 8 * 1024, f"{typical:.0f} bytes per request beyond its values"
 
 
 def test_no_wait_runs_at_once_or_is_busy_and_changes_nothing(kit: CoreKit) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 from boruta_scheduler.core import Changes, Core, Snapshot
 from boruta_scheduler.listing import RequestQuery, RequestSort
-from boruta_scheduler.store import MemoryStore, SQLiteStore, Store
+from boruta_scheduler.store import MemoryStore, Purged, SQLiteStore, Store
 from boruta_scheduler.store.codec import request_row, worker_row
 from boruta_scheduler.store.sqlfile import load_migrations
 from boruta_scheduler.types import AuditEvent, HistoryEntry, RequestState, TokenRecord, WorkerState
@@ -315,3 +317,141 @@ def test_audit_events_newest_first_and_paged(store: Store) -> None:
     assert newest[0].detail == "IDLE" and newest[0].role == "admin"
     assert [e.id for e in store.audit(10, before=3)] == [2, 1]
     assert store.audit(10, before=1) == []
+
+
+def test_purge_takes_old_finished_rows_in_batches_and_keeps_live_and_recent_ones(
+    store: Store,
+) -> None:
+    kit = CoreKit()
+    kit.add_worker("w1")
+    running = kit.core.new_request(kit.now, "ann", NOBODY, {})
+    waiting = kit.core.new_request(kit.now, "ann", NOBODY, {}, priority=9)
+    old = [kit.core.new_request(kit.now, "bob", NOBODY, {}, priority=9).id for _ in range(5)]
+    for request_id in old:
+        kit.core.close_request(kit.now, request_id)
+    commit_all(store, kit)
+    store.commit(Changes(audit=[AuditEvent(kit.now, "bob", "user", "x", "") for _ in range(5)]))
+    # A thousand seconds later: a new worker, a request finished now and two events.
+    kit.now += 1000
+    kit.add_worker("w2")
+    recent = kit.core.new_request(kit.now, "bob", NOBODY, {}, priority=9).id
+    kit.core.close_request(kit.now, recent)
+    commit_all(store, kit)
+    store.commit(Changes(audit=[AuditEvent(kit.now, "bob", "user", "y", "") for _ in range(2)]))
+    w1_history = len(store.worker_history("w1", 100).entries)
+    w2_history = len(store.worker_history("w2", 100).entries)
+    cutoff = kit.now - 500
+
+    first = store.purge(cutoff, 2)
+    assert (first.requests, first.history, first.audit) == (2, 2, 2) and first.reached(2)
+    while store.purge(cutoff, 2).reached(2):
+        pass
+
+    left = {r.id for r in store.list_requests(RequestQuery(limit=100)).items}
+    assert left == {running.id, waiting.id, recent}
+    assert all(store.get_request(i) is None for i in old)
+    assert sorted(r.id for r in store.load().requests) == [running.id, waiting.id]
+    assert {w.uuid for w in store.load().workers} == {"w1", "w2"}
+    assert store.worker_history("w1", 100).entries == []  # all of it was older
+    assert w1_history > 0 and len(store.worker_history("w2", 100).entries) == w2_history
+    assert [(e.id, e.action) for e in store.audit(100)] == [(7, "y"), (6, "y")]
+    # Ids are never reused, and paging still works after a purge.
+    store.commit(Changes(audit=[AuditEvent(kit.now, "bob", "user", "z", "")]))
+    assert [e.id for e in store.audit(100)] == [8, 7, 6]
+    assert [e.id for e in store.audit(1, before=8)] == [7]
+    assert store.purge(cutoff, 2) == Purged(0, 0, 0)
+
+
+PEM_BEGIN = b"-----BEGIN RSA PRIVATE KEY-----"
+PEM_KEY = re.compile(rb"-----BEGIN RSA PRIVATE KEY-----\n([A-Za-z0-9+/=\n]+?)\n-----END")
+
+
+def pem_key(n: int) -> str:
+    """A private key as a dryad hands it over (random bytes: only the form matters here)."""
+    body = base64.encodebytes(os.urandom(1200)).decode().strip()
+    return f"-----BEGIN RSA PRIVATE KEY-----\n{body}\n-----END RSA PRIVATE KEY-----\n"
+
+
+def keys_in_files(path: Path) -> tuple[int, set[bytes]]:
+    """Private-key markers, and the keys whole enough to read, in the file and its log."""
+    markers, keys = 0, set()
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-journal")):
+        if name.exists():
+            data = name.read_bytes()
+            markers += data.count(PEM_BEGIN)
+            keys.update(PEM_KEY.findall(data))
+    return markers, keys
+
+
+def run_jobs(store: SQLiteStore) -> set[str]:
+    """Jobs end and boards are prepared again many times, each change in a commit of its
+    own; returns the keys still in use."""
+    kit = CoreKit(key=pem_key)
+    # Long caps make rows larger than a page, so that keys also land in overflow pages,
+    # which go to the free list when their row changes.
+    caps = {f"feature{i}": f"{i}".ljust(250, "x") for i in range(12)}
+    for uuid in ("w1", "w2", "w3"):
+        kit.add_worker(uuid, caps)
+        commit_all(store, kit)
+    for _ in range(40):
+        jobs = [kit.core.new_request(kit.now, "ann", NOBODY, caps) for _ in range(3)]
+        commit_all(store, kit)
+        for job in jobs:
+            kit.core.prolong_access(kit.now, job.id)  # a running job's row is rewritten
+            commit_all(store, kit)
+            kit.core.close_request(kit.now, job.id)
+            commit_all(store, kit)
+        kit.answer_calls()  # each board gets a new key for its next job
+        commit_all(store, kit)
+    running = kit.core.new_request(kit.now, "ann", NOBODY, caps)
+    commit_all(store, kit)
+    # A board taken out of service drops the key it was prepared with.
+    idle = next(w.uuid for w in kit.core.workers() if w.state is WorkerState.IDLE)
+    kit.core.set_state(kit.now, idle, WorkerState.MAINTENANCE)
+    kit.answer_calls()
+    commit_all(store, kit)
+    assert running.job is not None and running.job.access is not None
+    snapshot = store.load()
+    live = {w.prepared.private_key_pem for w in snapshot.workers if w.prepared}
+    live.add(running.job.access.private_key_pem)
+    assert len(live) == 2
+    return live
+
+
+def assert_only_live_keys(path: Path, live: set[str]) -> None:
+    markers, keys = keys_in_files(path)
+    assert keys == {PEM_KEY.findall(k.encode())[0] for k in live}
+    assert markers == len(live)
+
+
+def test_sqlite_files_keep_no_key_of_an_ended_job(tmp_path: Path) -> None:
+    """After many jobs, the file and its log hold exactly the keys still in use, once each
+    (no copies in free space or in old frames of the log)."""
+    path = tmp_path / "keys.db"
+    store = SQLiteStore(path)
+    live = run_jobs(store)
+    assert store.scrub()  # what the engine's upkeep does after such commits
+    assert_only_live_keys(path, live)
+    store.close()
+
+
+def test_a_store_from_before_secure_delete_is_cleared_of_dead_keys_once(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    store = SQLiteStore(path)
+    # As a version-4 store wrote it: deleted content left where it was.
+    store._writer.execute("PRAGMA secure_delete=OFF")
+    live = run_jobs(store)
+    # Undo migrations 5 and 6, so that opening it again runs them as an upgrade would.
+    for statement in (
+        "DROP INDEX requests_finished",
+        "ALTER TABLE workers DROP COLUMN prepared_host_keys",
+        "ALTER TABLE requests DROP COLUMN access_host_keys",
+        "ALTER TABLE requests DROP COLUMN job_timeout",
+        "PRAGMA user_version=4",
+    ):
+        store._writer.execute(statement)
+    store.close()
+    markers, _ = keys_in_files(path)
+    assert markers > len(live)  # dead keys in free space: what an upgrade finds
+    SQLiteStore(path).close()
+    assert_only_live_keys(path, live)

@@ -91,7 +91,14 @@ class Scheduler:
         started = time.time()
         snapshot = await asyncio.to_thread(self.store.load)
         core = Core.restore(snapshot, time.time(), self.config.policy)
-        self.engine = Engine(core, self.store, self.dryads, self.hub, tunnels=self.tunnels)
+        self.engine = Engine(
+            core,
+            self.store,
+            self.dryads,
+            self.hub,
+            tunnels=self.tunnels,
+            retention=self.config.server.retention,
+        )
         self.engine.start(core.drain())
         log.info(
             "state restored",
@@ -109,7 +116,9 @@ class Scheduler:
                 heartbeat_interval=self.config.server.heartbeat_interval,
                 public_host=self.config.server.public_host,
                 max_watches_per_user=self.config.server.max_watches_per_user,
+                retention=self.config.server.retention,
             ),
+            audit=AuditLog(self.engine, self.store, self.config.server.audit_refusals_per_minute),
         )
         server = grpc.aio.server(
             options=[
@@ -125,7 +134,7 @@ class Scheduler:
             # Callers who proved no identity are only logged: anyone who can reach the
             # token port could otherwise grow the audit table without limit.
             if who.user != ANONYMOUS.user:
-                audit.record(who, "refused", call.rpartition(".")[2], why)
+                audit.refused(who, call.rpartition(".")[2], why)
 
         identify: IdentitySource
         if self.tls is None:
@@ -169,6 +178,8 @@ class Scheduler:
     async def stop(self, grace: float = 2.0) -> None:
         if self.server is not None:
             await self.server.stop(grace)
+        if self.audit is not None:
+            self.audit.close()
         if self.engine is not None:
             await self.engine.stop()
         await self.dryads.close()

@@ -41,12 +41,18 @@ class ServerConfig:
     tunnel_ports: str = "0"
     store: str = ""
     data_dir: str = "/var/lib/boruta"
+    # Finished requests, worker history and audit events are deleted this long after
+    # they were last written (0: kept for ever).
+    retention: float = 90 * 86400.0
     heartbeat_interval: float = 10.0
     dryad_call_timeout: float = 60.0
     log_level: str = "INFO"
     # TLS: the farm's CA, this scheduler's certificate and key (schedctl pki). Without
     # them the scheduler serves plaintext only if told so, and only on loopback.
     max_watches_per_user: int = 32
+    # Refused calls of one caller recorded one by one in the audit log; the rest are
+    # counted and summed up in one event a minute.
+    audit_refusals_per_minute: int = 60
     # A second port for callers with bearer tokens instead of client certificates
     # (server-only TLS); empty means none.
     listen_tokens: str = ""
@@ -87,10 +93,22 @@ _OPTIONS = [
     _Option("tunnel_ports", "server", "str", "tunnel ports: 0 (any free) or LOW-HIGH"),
     _Option("store", "server", "str", "store URL: sqlite:///path/boruta.db or memory:"),
     _Option("data_dir", "server", "str", "directory of the default SQLite store"),
+    _Option(
+        "retention",
+        "server",
+        "duration",
+        "age after which finished requests, worker history and audit events are deleted (0: never)",
+    ),
     _Option("heartbeat_interval", "server", "duration", "how often dryads should heartbeat"),
     _Option("dryad_call_timeout", "server", "duration", "timeout of one call to a dryad"),
     _Option("log_level", "server", "str", "DEBUG, INFO, WARNING or ERROR"),
     _Option("max_watches_per_user", "server", "int", "most watch streams one caller may hold"),
+    _Option(
+        "audit_refusals_per_minute",
+        "server",
+        "int",
+        "refusals of one caller audited one by one per minute; the rest are counted",
+    ),
     _Option("listen_tokens", "server", "str", "host:port for callers with bearer tokens (TLS)"),
     _Option("tls_ca", "server", "str", "the farm's CA certificate (PEM)"),
     _Option("tls_cert", "server", "str", "this scheduler's certificate (PEM)"),
@@ -99,6 +117,12 @@ _OPTIONS = [
     _Option("default_priority", "policy", "int", "priority of requests that give none (1-16)"),
     _Option("max_priority", "policy", "int", "most important priority users may use (1-16)"),
     _Option("max_waiting_per_user", "policy", "int", "most waiting requests of one user"),
+    _Option(
+        "max_waiting_caps_bytes_per_user",
+        "policy",
+        "int",
+        "most bytes of caps one user's waiting requests may carry in all",
+    ),
     _Option("default_deadline", "policy", "duration", "deadline of requests that give none"),
     _Option("job_timeout", "policy", "duration", "how long a job runs unless prolonged"),
     _Option("prolong_step", "policy", "duration", "how far ProlongAccess pushes the timeout"),

@@ -6,6 +6,10 @@ Replies, watch events and dryad calls of a batch go out only after its commit, i
 order, so nobody hears of a change before it is durable. Any failure to apply or commit
 is fatal: the process must restart and rebuild the core from the store, which never
 holds half a batch.
+
+Between commits, at a low rate, the same writer keeps the store small and clean: it purges
+what is older than the retention in small batches and scrubs the store's files of keys
+that are gone from its tables (see housekeep()).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from boruta_scheduler.core import Changes, CloseTunnel, Core, DryadCall, TunnelCall
 from boruta_scheduler.errors import BorutaError, Unavailable
-from boruta_scheduler.store import Store
+from boruta_scheduler.store import Purged, Store
 from boruta_scheduler.types import Access, AuditEvent, RequestState, RequestView, WorkerState
 from boruta_scheduler.writer import StoreWriter
 
@@ -32,6 +36,13 @@ Command = Callable[[Core, float], T]
 MAX_BATCH = 2000
 # Applied batches allowed to wait for the disk before the engine waits too.
 MAX_UNPUBLISHED = 1000
+# Store upkeep: rows of each kind one purge deletes (one short transaction), how often a
+# purge runs while a backlog lasts and when there is none, and how often the files are
+# scrubbed of dropped keys (if any may have been dropped).
+PURGE_BATCH = 500
+PURGE_PAUSE = 1.0
+PURGE_INTERVAL = 600.0
+UPKEEP_INTERVAL = 10.0
 
 
 class DryadCaller(Protocol):
@@ -70,6 +81,14 @@ class EngineStopped(Unavailable):
     """The engine is not running; the scheduler is shutting down or failed."""
 
 
+@dataclass(frozen=True, slots=True)
+class Upkeep:
+    """What one round of store upkeep did."""
+
+    purged: Purged
+    scrubbed: bool
+
+
 class Engine:
     """Runs the command loop; everything that touches the core goes through execute()."""
 
@@ -81,6 +100,9 @@ class Engine:
         publisher: Publisher | None = None,
         clock: Callable[[], float] = time.time,
         tunnels: TunnelKeeper | None = None,
+        *,
+        retention: float = 0.0,
+        upkeep_interval: float = UPKEEP_INTERVAL,
     ) -> None:
         self.core = core
         self._store = store
@@ -103,6 +125,13 @@ class Engine:
         # Audit events for the next batch: they commit in its transaction, so an event
         # recorded by a command is durable exactly when the change it records is.
         self._audit: list[AuditEvent] = []
+        # Finished requests, history and audit events older than this are purged (0: never).
+        self._retention = retention
+        self._upkeep_interval = upkeep_interval
+        self._next_purge = 0.0
+        self._upkeep_lock = asyncio.Lock()  # one round at a time, whoever starts it
+        # Whether a commit since the last scrub may have dropped a key (so may a restart).
+        self._scrub_wanted = True
         self._stopping = False
         self.failure: BaseException | None = None
         self.batches = 0
@@ -117,6 +146,10 @@ class Engine:
         if initial is not None:
             self._finish_batch(initial, [])
         self._task = loop.create_task(self._run(), name="engine")
+        if self._upkeep_interval > 0:
+            upkeep = loop.create_task(self._upkeep_loop(), name="store-upkeep")
+            self._background.add(upkeep)
+            upkeep.add_done_callback(self._background.discard)
 
     async def stop(self) -> None:
         """Finish queued commands, then stop; in-flight dryad calls are abandoned."""
@@ -199,6 +232,53 @@ class Engine:
                 if not waiters:
                     del self._acquire_waiters[request_id]
 
+    # ---------------------------------------------------------------------- upkeep
+
+    async def housekeep(self) -> Upkeep:
+        """One round of store upkeep, run by the writer between commits: purge one batch of
+        what is older than the retention (when due), and scrub the store's files if a
+        commit since the last scrub may have dropped a key."""
+        async with self._upkeep_lock:
+            return await self._housekeep()
+
+    async def _housekeep(self) -> Upkeep:
+        assert self._writer is not None
+        now = self._clock()
+        purged = Purged()
+        if self._retention > 0 and now >= self._next_purge:
+            before, retention = now - self._retention, self._retention
+            purged = await self._writer.run(lambda store: store.purge(before, PURGE_BATCH))
+            more = purged.reached(PURGE_BATCH)
+            self._next_purge = now + (PURGE_PAUSE if more else PURGE_INTERVAL)
+            if purged != Purged():
+                log.info(
+                    "purged what is older than the retention",
+                    extra={
+                        "retention_days": round(retention / 86400, 2),
+                        "requests": purged.requests,
+                        "history": purged.history,
+                        "audit": purged.audit,
+                    },
+                )
+        scrubbed = False
+        if self._scrub_wanted:
+            self._scrub_wanted = False
+            scrubbed = await self._writer.run(lambda store: store.scrub())
+            if not scrubbed:
+                self._scrub_wanted = True  # (commits meanwhile have set it already)
+        return Upkeep(purged, scrubbed)
+
+    async def _upkeep_loop(self) -> None:
+        while not self._stopping:
+            try:
+                await self.housekeep()
+            except Exception:  # a failed purge or scrub is retried; commits decide fatality
+                log.warning("store upkeep failed; retrying later", exc_info=True)
+            wait = self._upkeep_interval
+            if self._retention > 0:
+                wait = min(wait, max(PURGE_PAUSE, self._next_purge - self._clock()))
+            await asyncio.sleep(wait)
+
     # ------------------------------------------------------------------------ loop
 
     async def _run(self) -> None:
@@ -271,6 +351,9 @@ class Engine:
         assert self._writer is not None
         commit: asyncio.Future[None] | None
         if changes.durable:
+            if changes.requests or changes.workers or changes.removed_workers:
+                # A job's end or a new prepared key drops the key the rows held before.
+                self._scrub_wanted = True
             commit = self._writer.submit(changes)
             self._last_commit = commit
             commit.add_done_callback(self._publish_ready)

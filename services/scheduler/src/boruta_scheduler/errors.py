@@ -29,8 +29,8 @@ class RequestNotFound(NotFound):
 
     reason = "REQUEST_NOT_FOUND"
 
-    def __init__(self, request_id: int) -> None:
-        super().__init__(f"request {request_id} does not exist")
+    def __init__(self, request_id: int, why: str = "") -> None:
+        super().__init__(f"request {request_id} does not exist" + (f" ({why})" if why else ""))
         self.request_id = request_id
 
 

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from boruta_scheduler.audit import AuditLog
+from boruta_scheduler.audit import AuditLog, clip
 from boruta_scheduler.core import Core
 from boruta_scheduler.engine import Command, Engine
 from boruta_scheduler.errors import (
@@ -44,6 +44,9 @@ from boruta_scheduler.watch import Subscription, WatchHub, WorkerEvent
 
 T = TypeVar("T")
 
+# How much of a new request's caps its audit event shows.
+CAPS_SHOWN = 200
+
 
 @dataclass(frozen=True, slots=True)
 class ServiceSettings:
@@ -53,6 +56,8 @@ class ServiceSettings:
     public_host: str = "127.0.0.1"
     # Watches are streams held open in memory: one caller may not hold more than this.
     max_watches_per_user: int = 32
+    # How long finished requests are kept (0: for ever), to explain where old ones went.
+    retention: float = 0.0
 
 
 class SchedulerService:
@@ -105,11 +110,21 @@ class SchedulerService:
                 f"{who.user} already has {limit} watches open, the most allowed; close one"
             )
 
+    def _missing(self, request_id: int) -> RequestNotFound:
+        """Not found in the store: an id that was given out belonged to a purged request."""
+        retention = self.settings.retention
+        if retention > 0 and request_id <= self.engine.core.last_request_id:
+            days = f"{retention / 86400:g}"
+            return RequestNotFound(
+                request_id, f"finished requests are deleted {days} days after they end"
+            )
+        return RequestNotFound(request_id)
+
     async def _explain_missing(self, who: Identity, error: RequestNotFound) -> Exception:
         """A request the core no longer holds may be terminal in the store: say which state."""
         view = await self._read(self.store.get_request, error.request_id)
         if view is None:
-            return error
+            return self._missing(error.request_id)
         try:
             _check_owner(who, view)
         except PermissionDenied as denied:
@@ -132,14 +147,15 @@ class SchedulerService:
         job_timeout: float = 0.0,
     ) -> RequestView:
         caps = dict(caps)
-        shown = " ".join(f"{k}={v}" for k, v in sorted(caps.items())) or "(any)"
+        # The request keeps its caps; its event needs only enough of them to recognize it.
+        shown = clip(" ".join(f"{k}={v}" for k, v in sorted(caps.items())), CAPS_SHOWN)
         return await self.engine.execute(
             self._recorded(
                 who,
                 "NewRequest",
                 lambda v: (
                     f"request {v.id}",
-                    f"caps {shown}, priority {v.priority}, {v.state.name}",
+                    f"caps {shown or '(any)'}, priority {v.priority}, {v.state.name}",
                 ),
                 lambda core, now: core.new_request(
                     now,
@@ -210,7 +226,7 @@ class SchedulerService:
         _check_id(request_id)
         view = await self._read(self.store.get_request, request_id)
         if view is None:
-            raise RequestNotFound(request_id)
+            raise self._missing(request_id)
         _check_owner(who, view)
         return view
 

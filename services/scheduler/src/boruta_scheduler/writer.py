@@ -6,6 +6,8 @@ import asyncio
 import logging
 import queue
 import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from boruta_scheduler.core import Changes
 from boruta_scheduler.core.outbox import merge
@@ -13,7 +15,10 @@ from boruta_scheduler.store import Store
 
 log = logging.getLogger(__name__)
 
-_Item = tuple[Changes, asyncio.Future[None]]
+T = TypeVar("T")
+# Store work that is not a commit (purges, scrubs): it runs alone, in order with commits.
+Task = Callable[[Store], Any]
+_Item = tuple[Changes | Task, asyncio.Future[Any]]
 
 
 class StoreWriter:
@@ -37,17 +42,29 @@ class StoreWriter:
         self._queue.put((changes, future))
         return future
 
+    def run(self, task: Callable[[Store], T]) -> asyncio.Future[T]:
+        """Run task(store) on the writer thread after the commits submitted before it."""
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._queue.put((task, future))
+        return future
+
     def close(self) -> None:
         """Commit what is queued, then stop the thread."""
         self._queue.put(None)
         self._thread.join()
 
     def _run(self) -> None:
+        carried: _Item | None = None
         while True:
-            item = self._queue.get()
+            item = carried or self._queue.get()
+            carried = None
             if item is None:
                 return
-            items = [item]
+            work, future = item
+            if not isinstance(work, Changes):
+                self._run_task(work, future)
+                continue
+            items = [(work, future)]
             stop = False
             while True:
                 try:
@@ -57,7 +74,10 @@ class StoreWriter:
                 if more is None:
                     stop = True
                     break
-                items.append(more)
+                if not isinstance(more[0], Changes):
+                    carried = more  # runs after this commit
+                    break
+                items.append((more[0], more[1]))
             error: BaseException | None = None
             try:
                 self._store.commit(merge([changes for changes, _ in items]))
@@ -65,16 +85,25 @@ class StoreWriter:
                 error = exc
             self.commits += 1
             self.batches += len(items)
-            self._loop.call_soon_threadsafe(_resolve, [f for _, f in items], error)
+            self._loop.call_soon_threadsafe(_resolve, [f for _, f in items], None, error)
             if stop:
                 return
 
+    def _run_task(self, task: Task, future: asyncio.Future[Any]) -> None:
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = task(self._store)
+        except BaseException as exc:  # reported to the caller, who decides what it means
+            error = exc
+        self._loop.call_soon_threadsafe(_resolve, [future], result, error)
 
-def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+
+def _resolve(futures: list[asyncio.Future[Any]], result: Any, error: BaseException | None) -> None:
     for future in futures:
         if future.done():
             continue
         if error is None:
-            future.set_result(None)
+            future.set_result(result)
         else:
             future.set_exception(error)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -18,6 +20,14 @@ from boruta_scheduler.types import (
 
 if TYPE_CHECKING:
     from boruta_scheduler.core.queue import Bucket
+
+
+def cap_pairs(caps: Mapping[str, str]) -> frozenset[CapPair]:
+    """Caps as a set of pairs with interned keys and values, so that every request and
+    worker with a key or value in common shares one string of it. (Interned strings are
+    freed with their last user: the interpreter's table does not keep them alive.)"""
+    intern = sys.intern
+    return frozenset((intern(key), intern(value)) for key, value in caps.items())
 
 
 def groups_compatible(worker_groups: frozenset[str], owner_groups: frozenset[str]) -> bool:

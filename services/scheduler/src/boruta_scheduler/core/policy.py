@@ -10,6 +10,7 @@ from boruta_scheduler.errors import InvalidArgument, PermissionDenied
 from boruta_scheduler.types import UUID_CAP
 
 HOUR = 3600.0
+MIB = 1 << 20
 
 MIN_PRIORITY = 1
 MAX_PRIORITY = 16
@@ -45,8 +46,10 @@ class Policy:
     # max_priority or less important, members of a group in group_max_priority for that
     # group's value. Admins may use any priority.
     max_priority: int = MIN_PRIORITY
-    # One user's share of the queue, so that a runaway script cannot fill memory.
+    # One user's share of the queue, so that a runaway script cannot fill memory: a number
+    # of waiting requests, and the bytes of caps they carry in all (keys and values, UTF-8).
     max_waiting_per_user: int = 100_000
+    max_waiting_caps_bytes_per_user: int = 16 * MIB
     group_max_priority: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -59,6 +62,9 @@ class Policy:
             "min_job_timeout",
             "heartbeat_timeout",
         ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        for name in ("max_waiting_per_user", "max_waiting_caps_bytes_per_user"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.healthcheck_interval < 0:
@@ -151,6 +157,14 @@ class Policy:
                 f"reason is {len(reason)} characters long; at most {self.max_reason_len}"
             )
         return reason
+
+
+def caps_size(pairs: Iterable[tuple[str, str]]) -> int:
+    """Bytes of caps as a user's quota counts them: their keys and values in UTF-8."""
+    return sum(
+        (len(k) if k.isascii() else len(k.encode())) + (len(v) if v.isascii() else len(v.encode()))
+        for k, v in pairs
+    )
 
 
 def check_worker_uuid(caps: Mapping[str, str]) -> str:

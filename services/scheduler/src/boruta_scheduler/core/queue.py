@@ -3,7 +3,9 @@
 Requests with the same caps and the same owner groups share a bucket; each bucket keeps a
 heap of its ready requests ordered by (priority, id). A worker finds the buckets whose caps
 it has through a pair index, so the cost depends on the number of distinct cap sets and
-group sets, not on the number of waiting requests.
+group sets, not on the number of waiting requests. Each bucket is indexed under one of its
+pairs only (any one will do: a worker that can serve the bucket has them all), which keeps
+the index to one entry per bucket however many caps it has.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Generic, TypeVar
 from sortedcontainers import SortedList
 
 from boruta_scheduler.core.model import Request, groups_compatible
+from boruta_scheduler.core.policy import caps_size
 from boruta_scheduler.types import CapPair, RequestState
 
 T = TypeVar("T")
@@ -48,12 +51,24 @@ class Interner(Generic[T]):
 class Bucket:
     """Waiting requests that share caps and owner groups."""
 
-    __slots__ = ("groups", "heap", "key", "ready_count", "sig", "waiting")
+    __slots__ = (
+        "caps_bytes",
+        "groups",
+        "heap",
+        "index_pair",
+        "key",
+        "ready_count",
+        "sig",
+        "waiting",
+    )
 
     def __init__(self, sig: frozenset[CapPair], groups: frozenset[str]) -> None:
         self.sig = sig
         self.groups = groups
         self.key: BucketKey = (sig, groups)
+        self.caps_bytes = caps_size(sig)
+        # The pair of sig the queue indexes this bucket under (None for no caps).
+        self.index_pair: CapPair | None = None
         self.waiting: set[Request] = set()
         # Lazy-deletion heap: entries whose request left, changed priority or is not ready
         # any more are dropped when they reach the top.
@@ -96,6 +111,7 @@ class RequestQueue:
         # O(log n) to tell.
         self._order: SortedList[tuple[int, int]] = SortedList()
         self._per_owner: dict[str, int] = {}
+        self._caps_bytes_per_owner: dict[str, int] = {}
         self._size = 0
 
     def __len__(self) -> int:
@@ -104,6 +120,10 @@ class RequestQueue:
     def waiting_of(self, owner: str) -> int:
         """How many waiting requests this owner has."""
         return self._per_owner.get(owner, 0)
+
+    def caps_bytes_of(self, owner: str) -> int:
+        """Bytes of caps this owner's waiting requests carry in all."""
+        return self._caps_bytes_per_owner.get(owner, 0)
 
     def position(self, request: Request) -> int:
         """How many waiting requests (of any caps) come before this one in serving order."""
@@ -123,15 +143,20 @@ class RequestQueue:
             bucket = Bucket(self._sigs.hold(request.sig), self._groups.hold(request.owner_groups))
             self._buckets[key] = bucket
             if request.sig:
-                for pair in request.sig:
-                    self._by_pair.setdefault(pair, set()).add(bucket)
+                by_pair = self._by_pair
+                # The pair fewest buckets are indexed under, so that workers walk short lists.
+                pair = min(request.sig, key=lambda p: len(by_pair.get(p, ())))
+                bucket.index_pair = pair
+                by_pair.setdefault(pair, set()).add(bucket)
             else:
                 self._no_caps.add(bucket)
         bucket.waiting.add(request)
         request.bucket = bucket
         request.ready = False
         self._order.add((request.priority, request.id))
-        self._per_owner[request.owner] = self._per_owner.get(request.owner, 0) + 1
+        owner = request.owner
+        self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
+        self._caps_bytes_per_owner[owner] = self.caps_bytes_of(owner) + bucket.caps_bytes
         self._size += 1
 
     def set_ready(self, request: Request, ready: bool) -> None:
@@ -167,20 +192,23 @@ class RequestQueue:
         bucket.waiting.discard(request)
         request.bucket = None
         self._order.remove((request.priority, request.id))
-        left = self._per_owner[request.owner] - 1
+        owner = request.owner
+        left = self._per_owner[owner] - 1
         if left:
-            self._per_owner[request.owner] = left
+            self._per_owner[owner] = left
+            self._caps_bytes_per_owner[owner] -= bucket.caps_bytes
         else:
-            del self._per_owner[request.owner]
+            del self._per_owner[owner]
+            del self._caps_bytes_per_owner[owner]
         self._size -= 1
         if not bucket.waiting:
             del self._buckets[bucket.key]
-            if bucket.sig:
-                for pair in bucket.sig:
-                    holders = self._by_pair[pair]
-                    holders.discard(bucket)
-                    if not holders:
-                        del self._by_pair[pair]
+            pair = bucket.index_pair
+            if pair is not None:
+                holders = self._by_pair[pair]
+                holders.discard(bucket)
+                if not holders:
+                    del self._by_pair[pair]
             else:
                 self._no_caps.discard(bucket)
             self._sigs.release(bucket.sig)
@@ -188,11 +216,8 @@ class RequestQueue:
 
     def buckets_servable_by(self, caps: frozenset[CapPair], groups: frozenset[str]) -> list[Bucket]:
         """Buckets whose requests a worker with these caps and groups could serve."""
-        hits: dict[Bucket, int] = {}
-        for pair in caps:
-            for bucket in self._by_pair.get(pair, ()):
-                hits[bucket] = hits.get(bucket, 0) + 1
-        result = [b for b, n in hits.items() if n == len(b.sig)]
+        by_pair = self._by_pair
+        result = [b for pair in caps for b in by_pair.get(pair, ()) if b.sig <= caps]
         result.extend(self._no_caps)
         return [b for b in result if groups_compatible(groups, b.groups)]
 

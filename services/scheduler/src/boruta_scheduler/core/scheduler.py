@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from boruta_scheduler.core.model import Job, Request, Worker
+from boruta_scheduler.core.model import Job, Request, Worker, cap_pairs
 from boruta_scheduler.core.outbox import (
     Changes,
     CloseTunnel,
@@ -21,6 +21,7 @@ from boruta_scheduler.core.outbox import (
 )
 from boruta_scheduler.core.policy import (
     Policy,
+    caps_size,
     check_dial_address,
     check_worker_uuid,
     format_caps,
@@ -103,7 +104,7 @@ class Core:
     def _restore_worker(self, view: WorkerView) -> None:
         worker = Worker(
             view.uuid,
-            frozenset(view.caps.items()),
+            cap_pairs(view.caps),
             view.groups,
             view.state,
             view.dryad_address,
@@ -124,7 +125,7 @@ class Core:
             self._idle.add(worker)
 
     def _restore_request(self, view: RequestView, now: float) -> None:
-        sig, groups = self._queue.intern(frozenset(view.caps.items()), view.owner_groups)
+        sig, groups = self._queue.intern(cap_pairs(view.caps), view.owner_groups)
         request = Request(
             view.id,
             view.owner,
@@ -195,6 +196,11 @@ class Core:
         return [w.view() for w in self._workers.values()]
 
     @property
+    def last_request_id(self) -> int:
+        """The id of the newest request; every id up to it was given out."""
+        return self._last_request_id
+
+    @property
     def waiting_count(self) -> int:
         return len(self._queue)
 
@@ -237,7 +243,7 @@ class Core:
         if deadline is None:
             deadline = max(now, valid_after) + policy.default_deadline
         self._check_times(now, valid_after, deadline)
-        sig, groups = self._queue.intern(frozenset(caps.items()), owner_groups)
+        sig, groups = self._queue.intern(cap_pairs(caps), owner_groups)
         if not accept_unsatisfiable and not self._registered.any_capable(sig, groups):
             shown = ", ".join(sorted(groups)) or "none"
             raise NoCapableWorker(
@@ -248,6 +254,14 @@ class Core:
             raise ResourceExhausted(
                 f"{owner} already has {policy.max_waiting_per_user} waiting requests, the most "
                 "allowed; close some or wait for them to run"
+            )
+        size, used = caps_size(sig), self._queue.caps_bytes_of(owner)
+        if used + size > policy.max_waiting_caps_bytes_per_user:
+            raise ResourceExhausted(
+                f"{owner}'s waiting requests already carry {used:,} bytes of caps and this one "
+                f"{size:,}, over the limit of {policy.max_waiting_caps_bytes_per_user:,} bytes "
+                "per user (max_waiting_caps_bytes_per_user); close waiting requests you no "
+                "longer need, or ask for fewer or shorter caps"
             )
         if no_wait:
             if valid_after > now:
@@ -380,7 +394,7 @@ class Core:
         check_dial_address(ssh_address, what="ssh_address")
         if len(instance_id) > 128 or len(dryad_version) > 128:
             raise InvalidArgument("instance_id and dryad_version must be at most 128 characters")
-        sig = frozenset(caps.items())
+        sig = cap_pairs(caps)
         worker = self._workers.get(uuid)
         if worker is None:
             worker = Worker(

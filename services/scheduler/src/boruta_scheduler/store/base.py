@@ -18,6 +18,19 @@ class HistoryPage:
     next_before: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class Purged:
+    """Rows one purge deleted, per kind."""
+
+    requests: int = 0
+    history: int = 0
+    audit: int = 0
+
+    def reached(self, limit: int) -> bool:
+        """Whether some kind hit the limit, so that more may be left to purge."""
+        return max(self.requests, self.history, self.audit) >= limit
+
+
 class Store(Protocol):
     """Durable scheduler state. commit() is atomic; reads see only committed state.
 
@@ -61,6 +74,17 @@ class Store(Protocol):
 
     def audit(self, limit: int, before: int | None = None) -> list[AuditEvent]:
         """Audit events older than the id before, newest first."""
+        ...
+
+    def purge(self, before: float, limit: int) -> Purged:
+        """Delete up to limit rows of each kind older than before, in one transaction:
+        finished requests (with their jobs) last changed before it, worker history
+        entries and audit events. Live requests and workers are never purged."""
+        ...
+
+    def scrub(self) -> bool:
+        """Make what was deleted or overwritten unreadable from the store's files too (no
+        old copies of keys left in free space or journals); False if it must be retried."""
         ...
 
     def close(self) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import threading
 
 from boruta_scheduler.core import Changes, Snapshot
 from boruta_scheduler.listing import Page, RequestQuery, page_of, request_sort_key
-from boruta_scheduler.store.base import HistoryPage
+from boruta_scheduler.store.base import HistoryPage, Purged
 from boruta_scheduler.types import (
     AuditEvent,
     HistoryEntry,
@@ -27,7 +28,9 @@ class MemoryStore:
         self._history: list[tuple[int, HistoryEntry]] = []
         self._last_request_id = 0
         self._tokens: list[TokenRecord] = []
+        # Events in id order; ids are never reused, also after a purge.
         self._audit: list[AuditEvent] = []
+        self._last_audit_id = 0
 
     def load(self) -> Snapshot:
         with self._lock:
@@ -53,7 +56,8 @@ class MemoryStore:
                 self._history.append((seq, entry))
             self._last_request_id = max(self._last_request_id, changes.last_request_id)
             for event in changes.audit:
-                self._audit.append(dataclasses.replace(event, id=len(self._audit) + 1))
+                self._last_audit_id += 1
+                self._audit.append(dataclasses.replace(event, id=self._last_audit_id))
 
     def get_request(self, request_id: int) -> RequestView | None:
         with self._lock:
@@ -109,8 +113,35 @@ class MemoryStore:
         return record
 
     def audit(self, limit: int, before: int | None = None) -> list[AuditEvent]:
-        end = len(self._audit) if before is None else min(before - 1, len(self._audit))
-        return list(reversed(self._audit[max(0, end - limit) : end]))
+        with self._lock:
+            events = self._audit
+            end = len(events) if before is None else bisect.bisect_left(events, before, key=_id)
+            return list(reversed(events[max(0, end - limit) : end]))
+
+    def purge(self, before: float, limit: int) -> Purged:
+        with self._lock:
+            old = [
+                r.id
+                for r in self._requests.values()
+                if r.state.is_terminal and r.updated_at < before
+            ][:limit]
+            for request_id in old:
+                del self._requests[request_id]
+            # Like the SQL store: the oldest entries first, by when they were added.
+            history = sum(1 for _, e in self._history[:limit] if e.time < before)
+            self._history = [
+                (s, e) for i, (s, e) in enumerate(self._history) if i >= limit or e.time >= before
+            ]
+            audit = sum(1 for e in self._audit[:limit] if e.time < before)
+            self._audit = [e for i, e in enumerate(self._audit) if i >= limit or e.time >= before]
+        return Purged(len(old), history, audit)
+
+    def scrub(self) -> bool:
+        return True  # nothing outlives its Python objects here
 
     def close(self) -> None:
         pass
+
+
+def _id(event: AuditEvent) -> int:
+    return event.id

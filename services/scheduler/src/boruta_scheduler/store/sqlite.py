@@ -1,4 +1,9 @@
-"""The embedded default store: one SQLite file in WAL mode, synchronous=FULL by default."""
+"""The embedded default store: one SQLite file in WAL mode, synchronous=FULL by default.
+
+The file holds private keys (see docs/security.md, "Keys at rest"): deleted content is
+overwritten (secure_delete), and scrub() checkpoints and truncates the write-ahead log,
+whose old frames would otherwise keep copies of keys long gone from the tables.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from typing import Any
 
 from boruta_scheduler.core import Changes, Snapshot
 from boruta_scheduler.listing import Page, RequestQuery, RequestSort
-from boruta_scheduler.store.base import HistoryPage
+from boruta_scheduler.store.base import HistoryPage, Purged
 from boruta_scheduler.store.codec import (
     history_entry,
     history_row,
@@ -28,6 +33,11 @@ log = logging.getLogger(__name__)
 
 _Q = load_queries("sqlite")
 _SORT_COLUMNS = {sort: sort.value for sort in RequestSort}
+# Files written before this version may hold deleted keys in free space: rewrite them once.
+_SECURE_DELETE_VERSION = 5
+BUSY_TIMEOUT_MS = 10_000
+# How long a scrub waits for readers to leave the log before it gives up for this time.
+SCRUB_WAIT_MS = 200
 
 
 class SQLiteStore:
@@ -57,7 +67,9 @@ class SQLiteStore:
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
-        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        # Deleted and overwritten rows (keys among them) are zeroed, not left in free space.
+        conn.execute("PRAGMA secure_delete=ON")
         return conn
 
     def _reader(self) -> sqlite3.Connection:
@@ -83,6 +95,12 @@ class SQLiteStore:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+        if 0 < version < _SECURE_DELETE_VERSION:
+            log.info(
+                "rewriting the store once to clear deleted keys", extra={"store": str(self.path)}
+            )
+            conn.execute("VACUUM")
+            self.scrub()
 
     def load(self) -> Snapshot:
         conn = self._writer
@@ -216,12 +234,37 @@ class SQLiteStore:
             for r in rows
         ]
 
+    def purge(self, before: float, limit: int) -> Purged:
+        conn = self._writer
+        params = {"before": before, "limit": limit}
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            counts = [conn.execute(_Q[name], params).rowcount for name in _PURGES]
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return Purged(*counts)
+
+    def scrub(self) -> bool:
+        conn = self._writer
+        # Readers hold the log only for a query; waiting longer would hold up commits.
+        conn.execute(f"PRAGMA busy_timeout={SCRUB_WAIT_MS}")
+        try:
+            (busy, _, _) = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        return not busy
+
     def close(self) -> None:
         self._writer.close()
         with self._readers_lock:
             for conn in self._readers:
                 conn.close()
             self._readers.clear()
+
+
+_PURGES = ("purge_requests", "purge_history", "purge_audit")
 
 
 def _token(row: sqlite3.Row) -> TokenRecord:

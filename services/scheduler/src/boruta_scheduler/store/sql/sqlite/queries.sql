@@ -82,3 +82,22 @@ VALUES (:time, :actor, :role, :action, :target, :detail);
 
 -- name: select_audit
 SELECT * FROM audit WHERE id < :before ORDER BY id DESC LIMIT :limit;
+
+-- name: purge_requests
+DELETE FROM requests WHERE id IN (
+    SELECT id FROM requests WHERE state > 2 AND updated_at < :before LIMIT :limit
+);
+
+-- name: purge_history
+-- Entries are added in time order, so the oldest are the first by seq (and by id): only
+-- the first :limit rows are looked at, however long the table.
+DELETE FROM worker_history WHERE seq IN (
+    SELECT seq FROM (SELECT seq, time FROM worker_history ORDER BY seq LIMIT :limit)
+    WHERE time < :before
+);
+
+-- name: purge_audit
+DELETE FROM audit WHERE id IN (
+    SELECT id FROM (SELECT id, time FROM audit ORDER BY id LIMIT :limit)
+    WHERE time < :before
+);
