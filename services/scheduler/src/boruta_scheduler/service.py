@@ -21,6 +21,7 @@ from boruta_scheduler.errors import (
     RequestNotFound,
     ResourceExhausted,
     WrongRequestState,
+    shown,
 )
 from boruta_scheduler.listing import (
     Page,
@@ -377,8 +378,8 @@ class SchedulerService:
                 # Else a stolen dryad certificate could aim users' tunnels (and the
                 # scheduler's calls) at any host the scheduler can reach, itself included.
                 raise PermissionDenied(
-                    f"{what} {address} is not on a host the dryad's certificate names "
-                    f"({', '.join(sorted(who.hosts)) or 'none'}); issue it with -H {host}"
+                    f"{what} {shown(address)} is not on a host the dryad's certificate names "
+                    f"({', '.join(sorted(who.hosts)) or 'none'}); issue it with -H {shown(host)}"
                 )
         return await self.engine.execute(
             lambda core, now: core.register(
@@ -405,7 +406,7 @@ def _check_dryad(who: Identity, uuid: str) -> None:
     if not who.may_speak_for(uuid):
         if who.role is Role.DRYAD:
             raise PermissionDenied(
-                f"dryad {who.user} may not speak for worker {uuid!r}: its certificate names "
+                f"dryad {who.user} may not speak for worker {shown(uuid)}: its certificate names "
                 f"{', '.join(sorted(who.workers or ())) or 'no workers'}"
             )
         raise PermissionDenied(f"only dryads may call the Superviser service, not {who.user}")

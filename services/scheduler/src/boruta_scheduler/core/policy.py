@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from boruta_scheduler.errors import InvalidArgument, PermissionDenied
+from boruta_scheduler.errors import InvalidArgument, PermissionDenied, shown
 from boruta_scheduler.types import UUID_CAP
 
 HOUR = 3600.0
@@ -144,11 +144,13 @@ def check_dial_address(address: str, *, what: str) -> str:
     """Refuse an address that a scheduler could not dial: no port, or a wildcard host."""
     host, sep, port = address.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise InvalidArgument(f"{what} must be host:port, got {address[:120]!r}")
+    # ASCII digits only, and few: int() refuses thousands of digits, and "²" isdigit().
+    port_ok = port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536
+    if not sep or not host or not port_ok:
+        raise InvalidArgument(f"{what} must be host:port, got {shown(address)}")
     if host in ("0.0.0.0", "::", "*"):
         raise InvalidArgument(
-            f"{what} {address!r} is a wildcard; advertise a host the scheduler can dial"
+            f"{what} {shown(address)} is a wildcard; advertise a host the scheduler can dial"
         )
     return address
 
