@@ -126,6 +126,11 @@ class StoreUnavailable(Unavailable):
     """The store refuses writes (disk full, read-only, failing); nothing of the call was kept.
     The scheduler keeps answering reads and retries by itself."""
 
+    def __init__(self, message: str, cause: str = "") -> None:
+        super().__init__(message)
+        # In a few words, for callers (e.g. "disk full"); the message also names the file.
+        self.cause = cause or message
+
 
 class InternalError(BorutaError):
     """Something failed that no caller's input explains: a bug. The caller gets only the

@@ -6,6 +6,9 @@ import asyncio
 import logging
 import queue
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from boruta_scheduler.core import Changes
 from boruta_scheduler.core.outbox import merge
@@ -13,28 +16,54 @@ from boruta_scheduler.store import Store
 
 log = logging.getLogger(__name__)
 
-_Item = tuple[Changes, asyncio.Future[None]]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Commit:
+    changes: Changes
+    future: asyncio.Future[None]
+    # Commit even after a failed commit, and on success accept commits again.
+    resume: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    fn: Callable[[], Any]
+    future: asyncio.Future[Any]
+
+
+_Item = _Commit | _Call
 
 
 class StoreWriter:
     """Runs Store.commit on its own thread so the event loop goes on while a commit syncs.
 
     Batches submitted while a commit is on disk are merged into the next transaction:
-    the more load, the fewer syncs per change. Futures resolve in submission order.
+    the more load, the fewer syncs per change. Futures resolve in submission order. Once a
+    commit fails, every later one fails with the same error without touching the store
+    (each was built on the lost one) until a commit submitted with resume succeeds.
     """
 
     def __init__(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
         self._store = store
         self._loop = loop
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._failed: BaseException | None = None  # owned by the writer thread
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._thread.start()
         self.commits = 0
         self.batches = 0
 
-    def submit(self, changes: Changes) -> asyncio.Future[None]:
+    def submit(self, changes: Changes, *, resume: bool = False) -> asyncio.Future[None]:
         future: asyncio.Future[None] = self._loop.create_future()
-        self._queue.put((changes, future))
+        self._queue.put(_Commit(changes, future, resume))
+        return future
+
+    def run(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Call fn on the writer thread, in order with the commits (e.g. Store.load)."""
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._queue.put(_Call(fn, future))
         return future
 
     def close(self) -> None:
@@ -43,38 +72,57 @@ class StoreWriter:
         self._thread.join()
 
     def _run(self) -> None:
+        held: list[_Item | None] = []  # taken from the queue while merging, not handled yet
         while True:
-            item = self._queue.get()
+            item = held.pop() if held else self._queue.get()
             if item is None:
                 return
-            items = [item]
-            stop = False
-            while True:
+            if isinstance(item, _Call):
+                self._call(item)
+                continue
+            commits = [item]
+            while not item.resume:
                 try:
                     more = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if more is None:
-                    stop = True
+                if not isinstance(more, _Commit) or more.resume:
+                    held.append(more)
                     break
-                items.append(more)
-            error: BaseException | None = None
+                commits.append(more)
+            self._commit(commits)
+
+    def _commit(self, commits: list[_Commit]) -> None:
+        error = self._failed
+        if error is None or commits[0].resume:
             try:
-                self._store.commit(merge([changes for changes, _ in items]))
-            except BaseException as exc:  # reported to every waiter; the engine stops
-                error = exc
+                self._store.commit(merge([c.changes for c in commits]))
+            except BaseException as exc:  # reported to every waiter; the engine recovers
+                error = self._failed = exc
+            else:
+                error = self._failed = None
             self.commits += 1
-            self.batches += len(items)
-            self._loop.call_soon_threadsafe(_resolve, [f for _, f in items], error)
-            if stop:
-                return
+            self.batches += len(commits)
+        self._loop.call_soon_threadsafe(_resolve, [c.future for c in commits], error)
+
+    def _call(self, call: _Call) -> None:
+        try:
+            result = call.fn()
+        except BaseException as exc:
+            self._loop.call_soon_threadsafe(_settle, call.future, None, exc)
+        else:
+            self._loop.call_soon_threadsafe(_settle, call.future, result, None)
 
 
 def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
     for future in futures:
-        if future.done():
-            continue
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error)
+        _settle(future, None, error)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)

@@ -117,7 +117,8 @@ class SQLiteStore:
         try:
             yield
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"{_cause(exc)}: cannot write {self.path} ({exc})") from exc
+            cause = _cause(exc)
+            raise StoreUnavailable(f"{cause}: cannot write {self.path} ({exc})", cause) from exc
 
     def commit(self, changes: Changes) -> None:
         with self._writing():
