@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import subprocess
+import sys
 
 import grpc
 import pytest
@@ -83,4 +85,48 @@ async def test_a_watch_its_client_cancels_is_an_info_line(
     cancelled = [r for r in caplog.records if r.getMessage() == "stream cancelled"]
     assert len(cancelled) == 3 and all(r.levelno == logging.INFO for r in cancelled)
     assert cancelled[0].call == "boruta.v1.Requests.WatchRequests"  # type: ignore[attr-defined]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# Opens a watch of every live request, reads one message and waits to be killed.
+WATCHER = """
+import sys, grpc
+from boruta.v1 import requests_pb2
+channel = grpc.insecure_channel(sys.argv[1])
+watch = channel.unary_stream(
+    "/boruta.v1.Requests/WatchRequests",
+    request_serializer=requests_pb2.WatchRequestsRequest.SerializeToString,
+    response_deserializer=requests_pb2.WatchRequestsResponse.FromString,
+)(requests_pb2.WatchRequestsRequest(include_current=True), metadata=(("x-boruta-user", "bob"),))
+next(iter(watch))
+print("reading", flush=True)
+sys.stdin.read()
+"""
+
+
+async def test_a_watch_whose_client_is_killed_is_an_info_line(
+    farm: Farm, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Killed while megabytes of its first answer are still on their way to it."""
+    caplog.set_level(logging.INFO)
+    bob = farm.client("bob")
+    caps = {f"k{i}": "v" * 250 for i in range(30)}
+    for _ in range(200):
+        await bob.new(caps, accept_unsatisfiable=True)
+    watcher = subprocess.Popen(
+        [sys.executable, "-c", WATCHER, farm.address],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watcher.stdout is not None
+        assert await asyncio.to_thread(watcher.stdout.readline) == "reading\n"
+    finally:
+        watcher.kill()
+        watcher.wait()
+    while farm.scheduler.hub.open_of("bob"):  # type: ignore[attr-defined]
+        await asyncio.sleep(0.01)
+    cancelled = [r for r in caplog.records if r.getMessage() == "stream cancelled"]
+    assert [r.levelno for r in cancelled] == [logging.INFO]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -223,7 +223,8 @@ def _stream(
                 yield item
         except BorutaError as error:
             await _abort(context, error, call, refused)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
+            # GeneratorExit: gRPC closed the stream while a message of it was on its way.
             _cancelled(call)
             raise
         except grpc.aio.AbortError:
