@@ -7,12 +7,16 @@ skipped system test as passing.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import pwd
 import secrets
 import shutil
 import signal
 import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +82,46 @@ def default_sigint() -> None:
     """preexec_fn for a child the test will interrupt: a suite run as a background job
     inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A file system of its own at path, size bytes large (e.g. "8m"): a disk a test may
+    fill or make read-only. Unmounted afterwards, whatever happened."""
+    require_root()
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        _missing(f"cannot mount a tmpfs at {path}: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+            # Still busy (a process of a failed test): detach it now, freed when unused.
+            subprocess.run(["umount", "--lazy", str(path)], check=False)
+
+
+def remount_read_only(path: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
+
+
+def fill(disk: Path) -> Path:
+    """Write a file until the disk has no byte left; delete it to free the space."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for chunk in (1 << 20, 1 << 12, 1):
+            while True:
+                try:
+                    os.write(fd, b"\0" * chunk)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    break
+    finally:
+        os.close(fd)
+    return filler

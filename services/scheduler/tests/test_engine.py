@@ -1,5 +1,5 @@
-"""The engine's guarantees: nobody hears of a change before it is committed, in order, and
-a failed commit stops everything."""
+"""The engine's guarantees: nobody hears of a change before it is committed, in order; a
+failed commit costs only the batches it lost, and the engine goes on from the store."""
 
 from __future__ import annotations
 
@@ -9,12 +9,18 @@ import time
 from pathlib import Path
 
 import pytest
-from boruta_scheduler.core import Changes, Core
-from boruta_scheduler.engine import PURGE_BATCH, PURGE_PAUSE, Command, Engine, EngineStopped
-from boruta_scheduler.errors import InvalidArgument, RequestNotFound
+from boruta_scheduler.core import Changes, Core, Policy
+from boruta_scheduler.engine import PURGE_BATCH, PURGE_PAUSE, Command, Engine
+from boruta_scheduler.errors import (
+    InternalError,
+    InvalidArgument,
+    RequestNotFound,
+    StoreUnavailable,
+    Unavailable,
+)
 from boruta_scheduler.service import SchedulerService, ServiceSettings
 from boruta_scheduler.store import MemoryStore, Purged, SQLiteStore
-from boruta_scheduler.types import Access, AuditEvent, Identity, RequestState
+from boruta_scheduler.types import Access, AuditEvent, Identity, RequestState, WorkerState
 from boruta_scheduler.watch import WatchHub
 
 
@@ -37,9 +43,31 @@ class GatedStore(MemoryStore):
         self.committed.append(changes)
 
 
-class BrokenStore(MemoryStore):
+class FillingStore(GatedStore):
+    """A gated memory store whose disk the test can fill: commits then fail as SQLite's do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.full = False
+
     def commit(self, changes: Changes) -> None:
-        raise OSError("disk full")
+        self.gate.wait(10)
+        if self.full:
+            raise StoreUnavailable("disk full: cannot write /test/boruta.db")
+        super().commit(changes)
+        self.committed.append(changes)
+
+
+def new_request(owner: str = "u") -> object:
+    return lambda core, now: core.new_request(
+        now, owner, frozenset(), {}, accept_unsatisfiable=True
+    )
+
+
+async def settle(engine: Engine) -> None:
+    """Let the engine apply what is queued (its commits may still wait)."""
+    for _ in range(20):
+        await asyncio.sleep(0)
 
 
 async def test_reply_waits_for_commit() -> None:
@@ -112,17 +140,110 @@ async def test_errors_are_replied_without_changes() -> None:
     await engine.stop()
 
 
-async def test_failed_commit_is_fatal_and_reported() -> None:
-    engine = Engine(Core(), BrokenStore(), Dryads())
+async def test_a_failed_commit_costs_only_the_batches_it_lost() -> None:
+    store = FillingStore()
+    store.gate.set()
+    recorder = Recorder()
+    engine = Engine(Core(), store, Dryads(), recorder)
     engine.start()
-    with pytest.raises(EngineStopped, match="disk full"):
-        await engine.execute(
-            lambda core, now: core.new_request(now, "u", frozenset(), {}, accept_unsatisfiable=True)
-        )
-    await engine.wait_closed()
-    assert isinstance(engine.failure, OSError)
-    with pytest.raises(EngineStopped):
-        await engine.execute(lambda core, now: core.waiting_count)
+    first = await engine.execute(new_request())  # acknowledged: must survive everything
+    # The next commit is held; meanwhile two more batches are applied on top of it.
+    store.gate.clear()
+    lost_new = asyncio.ensure_future(engine.execute(new_request()))
+    await settle(engine)
+    lost_close = asyncio.ensure_future(engine.execute(lambda c, t: c.close_request(t, first.id)))
+    closed_subs: list[str] = []
+    watch = asyncio.ensure_future(
+        engine.read(lambda c, t: sorted(r.id for r in c.live_requests()), closed_subs.append)
+    )
+    await settle(engine)
+    assert engine.core.live_request(first.id) is None  # applied, not yet stored
+    store.full = True
+    store.gate.set()
+    for lost in (lost_new, lost_close):
+        with pytest.raises(StoreUnavailable, match="disk full"):
+            await lost
+    # The read applied on top of the lost batches was thrown away and answered again
+    # from the core rebuilt from the store: the close and the second request never were.
+    assert await watch == [first.id]
+    assert len(closed_subs) == 1
+    assert engine.outage is not None and "disk full" in engine.outage
+    with pytest.raises(StoreUnavailable, match="disk full"):
+        await engine.execute(new_request())
+    assert await engine.read(lambda c, t: c.waiting_count) == 1
+    assert engine.running
+    # Space comes back: the engine notices by itself and writes go through again.
+    store.full = False
+    while engine.outage is not None:
+        await asyncio.sleep(0.01)
+    second = await engine.execute(new_request())
+    assert second.id == first.id + 1  # the lost request's id was never acknowledged
+    await engine.stop()
+    stored = {r.id: r.state for r in store.load().requests}
+    assert stored == {first.id: RequestState.WAITING, second.id: RequestState.WAITING}
+    published = [(r.id, r.state) for c in recorder.changes for r in c.requests]
+    assert published == [(first.id, RequestState.WAITING), (second.id, RequestState.WAITING)]
+    outages = [e for e in store.audit(10) if e.action == "StoreOutage"]
+    assert len(outages) == 1 and "disk full" in outages[0].detail
+
+
+async def test_silence_during_an_outage_fails_no_worker() -> None:
+    """Dryads cannot be heard while nothing can be stored; the engine counts their silence
+    from its recovery, as it does from a restart."""
+    clock = [1_700_000_000.0]
+    store = FillingStore()
+    store.gate.set()
+    policy = Policy(heartbeat_timeout=30)
+    engine = Engine(Core(policy), store, Dryads(), clock=lambda: clock[0])
+    engine.start()
+    caps = {"UUID": "w1"}
+    await engine.execute(lambda c, t: c.register(t, caps, "127.0.0.1:1", "127.0.0.1:2"))
+    store.full = True
+    with pytest.raises(StoreUnavailable):
+        await engine.execute(lambda c, t: c.heartbeat(t, "w1"))
+    clock[0] += 10 * policy.heartbeat_timeout  # a long outage
+    store.full = False
+    while engine.outage is not None:
+        await asyncio.sleep(0.01)
+    worker = await engine.execute(lambda c, t: c.worker("w1"))
+    assert worker.state is WorkerState.MAINTENANCE
+    clock[0] += policy.heartbeat_timeout + 1  # silence after the recovery still counts
+    worker = await engine.execute(lambda c, t: c.worker("w1"))
+    assert worker.state is WorkerState.FAILED
+    await engine.stop()
+
+
+async def test_a_command_that_raises_a_bug_costs_only_its_batch() -> None:
+    store = GatedStore()
+    store.gate.set()
+    engine = Engine(Core(), store, Dryads())
+    engine.start()
+    first = await engine.execute(new_request())
+
+    def bug(core: Core, now: float) -> None:
+        core.close_request(now, first.id)  # half done, then:
+        raise KeyError("a bug")
+
+    store.gate.clear()
+    held = asyncio.ensure_future(engine.execute(new_request()))  # commits before the bug
+    await settle(engine)
+    neighbour = asyncio.ensure_future(engine.execute(new_request()))
+    failing = asyncio.ensure_future(engine.execute(bug))
+    after = asyncio.ensure_future(engine.execute(new_request()))
+    await settle(engine)
+    store.gate.set()
+    with pytest.raises(InternalError, match=r"internal error \(id [0-9a-f]{8}\)"):
+        await failing
+    with pytest.raises(Unavailable, match="retry"):
+        await neighbour
+    assert (await held).id == first.id + 1
+    # Commands queued behind the bug run on the core rebuilt from the store.
+    assert (await after).state is RequestState.WAITING
+    assert engine.running and engine.outage is None
+    assert engine.core.live_request(first.id) is not None  # the half-done close is gone
+    await engine.stop()
+    stored = {r.id for r in store.load().requests}
+    assert stored == {first.id, first.id + 1, (await after).id}
 
 
 DAY = 86400.0

@@ -198,6 +198,7 @@ class AuditLog:
             raise PermissionDenied(
                 f"only admins may read the audit log; {who.user} is a {who.role.value}"
             )
-        # A batch of its own commits every event recorded so far, so reads see them.
-        await self._engine.execute(lambda core, now: None)
+        # A batch of its own commits every event recorded so far, so reads see them
+        # (while the store refuses writes, those wait, and the store has the rest).
+        await self._engine.read(lambda core, now: None)
         return await asyncio.to_thread(self._store.audit, limit, before)

@@ -3,9 +3,15 @@
 Commands are applied in batches without waiting for earlier batches to reach the disk;
 the store writer merges batches that queue up into one transaction (group commit).
 Replies, watch events and dryad calls of a batch go out only after its commit, in batch
-order, so nobody hears of a change before it is durable. Any failure to apply or commit
-is fatal: the process must restart and rebuild the core from the store, which never
-holds half a batch.
+order, so nobody hears of a change before it is durable.
+
+When a commit fails (disk full, read-only, I/O error), that batch and every batch applied
+after it are lost: their callers get UNAVAILABLE with the cause, and nothing of them goes
+out. The engine then does in-process what a restart would do: it rebuilds the core from
+the store, which holds exactly what was acknowledged, and commits what restoring produced.
+Until that commit succeeds (it is retried with backoff), writes are refused at once and
+reads are answered from the rebuilt core. A command that fails with an exception that is
+no BorutaError (a bug) costs its batch the same way, but the store is not blamed.
 
 Between commits, at a low rate, the same writer keeps the store small and clean: it purges
 what is older than the retention in small batches and scrubs the store's files of keys
@@ -15,15 +21,21 @@ that are gone from its tables (see housekeep()).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from boruta_scheduler.core import Changes, CloseTunnel, Core, DryadCall, TunnelCall
-from boruta_scheduler.errors import BorutaError, Unavailable
+from boruta_scheduler.errors import (
+    BorutaError,
+    InternalError,
+    StoreUnavailable,
+    Unavailable,
+)
 from boruta_scheduler.store import Purged, Store
 from boruta_scheduler.types import Access, AuditEvent, RequestState, RequestView, WorkerState
 from boruta_scheduler.writer import StoreWriter
@@ -43,6 +55,11 @@ PURGE_BATCH = 500
 PURGE_PAUSE = 1.0
 PURGE_INTERVAL = 600.0
 UPKEEP_INTERVAL = 10.0
+# Backoff between attempts to write to a store that refused a commit, in seconds.
+RETRY_FIRST = 0.1
+RETRY_MAX = 5.0
+# Who the audit log names for what the scheduler did by itself.
+SCHEDULER_ACTOR = "boruta-scheduler"
 
 
 class DryadCaller(Protocol):
@@ -71,10 +88,39 @@ class Publisher(Protocol):
 class _Pending(Generic[T]):
     command: Command[T]
     future: asyncio.Future[T] | None
+    # Releases what a result holds outside the core (e.g. a watch's subscription) when
+    # the result is thrown away because its batch was lost.
+    discard: Callable[[T], None] | None = None
 
 
 _Reply = tuple[_Pending[Any], Any, BaseException | None]
-_Batch = tuple[asyncio.Future[None] | None, Changes, list[_Reply]]
+
+
+@dataclass(slots=True)
+class _Batch:
+    commit: asyncio.Future[None] | None  # the commit to wait for, if any
+    changes: Changes
+    replies: list[_Reply]
+    # Audit events recorded outside any command (e.g. access handed out, refusals): facts
+    # that stand even if the batch is lost, so they go with the next one then.
+    carried: list[AuditEvent]
+
+
+@dataclass(slots=True)
+class _Outage:
+    """The store refuses writes: why, since when, and whether reads may use the core yet."""
+
+    cause: str  # for callers, e.g. "disk full"
+    detail: str  # for admins: with the file and the store's own words
+    since: float
+    refused: int = 0
+    rebuilt: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def error(self) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"the scheduler cannot store changes now ({self.cause}); nothing of this call "
+            "was kept. It keeps answering reads and retries by itself: retry later"
+        )
 
 
 class EngineStopped(Unavailable):
@@ -117,8 +163,12 @@ class Engine:
         self._timer_due: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._writer: StoreWriter | None = None
-        # Batches applied but not yet published: (commit to wait for, changes, replies).
+        # Batches applied but not yet published, oldest first.
         self._unpublished: deque[_Batch] = deque()
+        self._outage: _Outage | None = None
+        # A command failed with a bug: the core must be rebuilt before the next batch.
+        self._rebuild = False
+        self._stop_requested = asyncio.Event()
         self._last_commit: asyncio.Future[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._acquire_waiters: dict[int, set[asyncio.Future[RequestView]]] = {}
@@ -144,7 +194,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         self._writer = StoreWriter(self._store, loop)
         if initial is not None:
-            self._finish_batch(initial, [])
+            self._finish_batch(initial, [], [])
         self._task = loop.create_task(self._run(), name="engine")
         if self._upkeep_interval > 0:
             upkeep = loop.create_task(self._upkeep_loop(), name="store-upkeep")
@@ -154,6 +204,9 @@ class Engine:
     async def stop(self) -> None:
         """Finish queued commands, then stop; in-flight dryad calls are abandoned."""
         self._stopping = True
+        self._stop_requested.set()
+        if self._outage is not None:
+            self._outage.rebuilt.set()  # readers waiting for a core hear that we stop
         self._wakeup.set()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
@@ -177,14 +230,41 @@ class Engine:
 
     # -------------------------------------------------------------------- commands
 
-    async def execute(self, command: Command[T]) -> T:
-        """Apply a command; returns once its effects are durable. BorutaErrors propagate."""
+    async def execute(self, command: Command[T], discard: Callable[[T], None] | None = None) -> T:
+        """Apply a command; returns once its effects are durable. BorutaErrors propagate;
+        while the store refuses writes, StoreUnavailable at once. discard releases what a
+        result holds outside the core if its batch is lost."""
         if self._stopping or not self.running:
             raise EngineStopped("the scheduler is shutting down; retry against the new instance")
+        if self._outage is not None:
+            self._outage.refused += 1
+            raise self._outage.error()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(command, future))
+        self._pending.append(_Pending(command, future, discard))
         self._wakeup.set()
         return await future
+
+    async def read(self, query: Command[T], discard: Callable[[T], None] | None = None) -> T:
+        """Answer a query that changes nothing in the core: in order with the commands, or,
+        while the store refuses writes, from the core rebuilt from the store."""
+        while True:
+            outage = self._outage
+            if self._stopping or not self.running:
+                raise EngineStopped("the scheduler is shutting down; retry against the new one")
+            if outage is None:
+                try:
+                    return await self.execute(query, discard)
+                except StoreUnavailable:
+                    continue  # its batch was lost: answer from the rebuilt core
+            elif outage.rebuilt.is_set():
+                return query(self.core, self._clock())
+            else:
+                await outage.rebuilt.wait()
+
+    @property
+    def outage(self) -> str | None:
+        """Why the store refuses writes, or None while it accepts them."""
+        return None if self._outage is None else self._outage.cause
 
     def now(self) -> float:
         return self._clock()
@@ -195,8 +275,9 @@ class Engine:
         self._wakeup.set()
 
     def submit(self, command: Command[Any]) -> None:
-        """Queue a command whose result nobody waits for (e.g. a dryad call's outcome)."""
-        if not self._stopping:
+        """Queue a command whose result nobody waits for (e.g. a dryad call's outcome).
+        While the store refuses writes it is dropped: the rebuilt core asks again."""
+        if not self._stopping and self._outage is None:
             self._pending.append(_Pending(command, None))
             self._wakeup.set()
 
@@ -220,17 +301,24 @@ class Engine:
             self._acquire_waiters.setdefault(request_id, set()).add(future)
             return None
 
-        view = await self.execute(check)
+        try:
+            view = await self.execute(check)
+        except BaseException:
+            self._forget_waiter(request_id, future)
+            raise
         if view is not None:
             return view
         try:
             return await asyncio.wait_for(future, timeout)
         finally:
-            waiters = self._acquire_waiters.get(request_id)
-            if waiters is not None:
-                waiters.discard(future)
-                if not waiters:
-                    del self._acquire_waiters[request_id]
+            self._forget_waiter(request_id, future)
+
+    def _forget_waiter(self, request_id: int, future: asyncio.Future[RequestView]) -> None:
+        waiters = self._acquire_waiters.get(request_id)
+        if waiters is not None:
+            waiters.discard(future)
+            if not waiters:
+                del self._acquire_waiters[request_id]
 
     # ---------------------------------------------------------------------- upkeep
 
@@ -284,14 +372,20 @@ class Engine:
     async def _run(self) -> None:
         try:
             while True:
-                if self.failure is not None:
-                    raise self.failure
+                if self._outage is not None or self._rebuild:
+                    if self._stopping:
+                        break
+                    await self._recover()
+                    continue
                 due = self.core.next_timer()
                 if self._pending or self._audit or (due is not None and due <= self._clock()):
                     # A batch runs for queued commands and for due timers alike: a quiet
                     # scheduler must still time out jobs and notice silent workers.
                     if len(self._unpublished) >= MAX_UNPUBLISHED and self._last_commit:
-                        await asyncio.shield(self._last_commit)
+                        # Its callbacks run before this wait returns; a failure among them
+                        # starts a recovery, seen at the top of the loop.
+                        await asyncio.wait([self._last_commit])
+                        continue
                     self._run_batch()
                     # Let the loop serve I/O before the next batch.
                     await asyncio.sleep(0)
@@ -302,7 +396,7 @@ class Engine:
                 await self._wakeup.wait()
                 self._wakeup.clear()
             if self._last_commit is not None:
-                await asyncio.shield(self._last_commit)
+                await asyncio.wait([self._last_commit])
         except BaseException as exc:
             self._fail(exc)
             raise
@@ -327,26 +421,35 @@ class Engine:
     def _run_batch(self) -> None:
         now = self._clock()
         core = self.core
-        core.tick(now)
+        carried, self._audit = self._audit, []
         done: list[_Reply] = []
         count = min(len(self._pending), MAX_BATCH)
-        for _ in range(count):
-            pending = self._pending.popleft()
-            try:
-                result = pending.command(core, now)
-            except BorutaError as exc:
-                done.append((pending, None, exc))
-            else:
-                done.append((pending, result, None))
+        current: _Pending[Any] | None = None
+        try:
+            core.tick(now)
+            for _ in range(count):
+                current = self._pending.popleft()
+                try:
+                    result = current.command(core, now)
+                except BorutaError as exc:
+                    done.append((current, None, exc))
+                else:
+                    done.append((current, result, None))
+                current = None
+        except Exception as exc:  # a bug: the core may be half changed
+            self._drop_batch(exc, current, done, carried)
+            return
         self.batches += 1
         self.commands += count
         changes = core.drain()
-        if self._audit:
-            changes.audit.extend(self._audit)
-            self._audit = []
-        self._finish_batch(changes, done)
+        changes.audit[:0] = carried
+        changes.audit.extend(self._audit)
+        self._audit = []
+        self._finish_batch(changes, done, carried)
 
-    def _finish_batch(self, changes: Changes, done: list[_Reply]) -> None:
+    def _finish_batch(
+        self, changes: Changes, done: list[_Reply], carried: list[AuditEvent]
+    ) -> None:
         """Queue the batch for publication once it (and every batch before it) is durable."""
         assert self._writer is not None
         commit: asyncio.Future[None] | None
@@ -360,22 +463,23 @@ class Engine:
         else:
             last = self._last_commit
             commit = last if last is not None and not last.done() else None
-        self._unpublished.append((commit, changes, done))
+        self._unpublished.append(_Batch(commit, changes, done, carried))
         if commit is None:
             self._publish_ready()
 
     def _publish_ready(self, _: object = None) -> None:
         while self._unpublished:
-            commit, changes, done = self._unpublished[0]
+            batch = self._unpublished[0]
+            commit = batch.commit
             if commit is not None:
                 if not commit.done():
                     return
-                error = commit.exception()
+                error = None if commit.cancelled() else commit.exception()
                 if error is not None:
-                    self._fail(error)
+                    self._store_failed(error)
                     return
             self._unpublished.popleft()
-            self._publish(changes, done)
+            self._publish(batch.changes, batch.replies)
 
     def _publish(self, changes: Changes, done: list[_Reply]) -> None:
         for pending, result, error in done:
@@ -460,6 +564,167 @@ class Engine:
         else:
             self.submit(lambda core, now: core.dryad_call_succeeded(now, call, access))
 
+    # ------------------------------------------------------------------ recovery
+
+    def _store_failed(self, error: BaseException) -> None:
+        """A commit failed: it and every batch applied after it are lost. Their callers
+        hear why, nothing of them goes out, and writes are refused until recovery."""
+        if self._outage is None:
+            cause, detail = self._cause_of(error)
+            log.error(
+                "the store refuses writes; refusing them too until it accepts them again, "
+                "answering reads meanwhile",
+                extra={"cause": detail},
+            )
+            self._outage = _Outage(cause, detail, self._clock())
+        outage = self._outage
+        self._lose_batches(outage.error())
+        while self._pending:
+            future = self._pending.popleft().future
+            if future is not None and not future.done():
+                outage.refused += 1
+                future.set_exception(outage.error())
+        self._wakeup.set()
+
+    def _lose_batches(self, error: BorutaError) -> None:
+        """Answer every unpublished batch with error, oldest first; keep their carried
+        audit events for the next batch."""
+        carried: list[AuditEvent] = []
+        for batch in self._unpublished:
+            carried.extend(batch.carried)
+            if batch.commit is not None:
+                batch.commit.add_done_callback(_seen)
+            self._refuse(batch.replies, error)
+        self._unpublished.clear()
+        self._last_commit = None
+        self._audit[:0] = carried
+
+    def _refuse(self, replies: list[_Reply], error: BorutaError) -> None:
+        for pending, result, failure in replies:
+            if failure is None and pending.discard is not None:
+                pending.discard(result)
+            if pending.future is not None and not pending.future.done():
+                if self._outage is not None:
+                    self._outage.refused += 1
+                pending.future.set_exception(error)
+
+    def _drop_batch(
+        self,
+        exc: Exception,
+        culprit: _Pending[Any] | None,
+        done: list[_Reply],
+        carried: list[AuditEvent],
+    ) -> None:
+        """A command (or a timer) failed with a bug: its batch is dropped and the core,
+        which may be half changed, is rebuilt from the store before the next batch."""
+        internal = InternalError.logged(log, "a command failed; rebuilding the core", exc)
+        if culprit is not None and culprit.future is not None:
+            culprit.future.set_exception(internal)
+        self._refuse(
+            done,
+            Unavailable(
+                f"nothing of this call was kept: another call applied with it hit an "
+                f"internal error (id {internal.error_id}); retry"
+            ),
+        )
+        self._audit = carried  # events recorded by the dropped commands are void
+        self._rebuild = True
+        self._wakeup.set()
+
+    async def _recover(self) -> None:
+        """Rebuild the core from the store, as a restart would, and commit what restoring
+        produced; while the store refuses that, try again with backoff."""
+        assert self._writer is not None
+        if self._last_commit is not None and not self._last_commit.done():
+            # Batches applied before a failed command are sound: let them commit first.
+            await asyncio.wait([self._last_commit])
+        delay = RETRY_FIRST
+        while not self._stopping:
+            try:
+                snapshot = await self._writer.run(lambda store: store.load())
+                core = Core.restore(snapshot, self._clock(), self.core.policy)
+            except Exception as exc:
+                self._still_refused(exc)
+            else:
+                self._replace_core(core)
+                restored = core.drain()
+                outage = self._outage
+                if outage is not None:
+                    # A real write, and the admins' record of the outage.
+                    restored.audit.append(self._outage_event(outage))
+                try:
+                    await self._writer.submit(restored, resume=True)
+                except Exception as exc:
+                    self._still_refused(exc)
+                else:
+                    self._recovered(restored)
+                    return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_requested.wait(), delay)
+            delay = min(delay * 2, RETRY_MAX)
+
+    def _still_refused(self, exc: Exception) -> None:
+        if self._outage is None:
+            self._store_failed(exc)  # the store refused the rebuild after a bug
+            return
+        cause, detail = self._cause_of(exc)
+        if detail != self._outage.detail:
+            log.warning("the store still refuses writes", extra={"cause": detail})
+        self._outage.cause, self._outage.detail = cause, detail
+
+    @staticmethod
+    def _cause_of(error: BaseException) -> tuple[str, str]:
+        """(for callers, for admins): why the store refused. Anything but StoreUnavailable
+        is a bug, logged with its traceback under an error id."""
+        if isinstance(error, StoreUnavailable):
+            return error.cause, str(error)
+        if isinstance(error, BorutaError):
+            return str(error), str(error)
+        internal = str(InternalError.logged(log, "the store failed", error))
+        return internal, internal
+
+    def _replace_core(self, core: Core) -> None:
+        """Serve from core, rebuilt from the store: what was in flight for the old one is
+        void (the new one asks for its dryad calls and tunnels itself)."""
+        self.core = core
+        for task in self._background:
+            task.cancel()
+        kept = [p for p in self._pending if p.future is not None]
+        self._pending = deque(kept)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._timer_due = None
+        if self._outage is not None:
+            self._outage.rebuilt.set()
+
+    def _outage_event(self, outage: _Outage) -> AuditEvent:
+        now = self._clock()
+        return AuditEvent(
+            now,
+            SCHEDULER_ACTOR,
+            "scheduler",
+            "StoreOutage",
+            "store",
+            f"refused writes for {now - outage.since:.0f} s ({outage.detail}); "
+            f"{outage.refused} calls were answered UNAVAILABLE",
+        )
+
+    def _recovered(self, restored: Changes) -> None:
+        outage, self._outage = self._outage, None
+        self._rebuild = False
+        if outage is not None:
+            log.warning(
+                "the store accepts writes again",
+                extra={
+                    "seconds": round(self._clock() - outage.since, 1),
+                    "cause": outage.detail,
+                    "refused_calls": outage.refused,
+                },
+            )
+        self._publish(restored, [])
+        self._wakeup.set()
+
     def _fail(self, exc: BaseException) -> None:
         """Stop for good: nothing more is applied, and every waiting caller hears why."""
         if self.failure is None:
@@ -467,9 +732,9 @@ class Engine:
             log.critical("engine failed; the scheduler must restart", exc_info=exc)
         self._stopping = True
         self._wakeup.set()
-        error = EngineStopped(f"the scheduler failed and must restart: {exc}")
-        for _, _, done in self._unpublished:
-            for pending, _, _ in done:
+        error = EngineStopped("the scheduler failed and must restart; retry against the new one")
+        for batch in self._unpublished:
+            for pending, _, _ in batch.replies:
                 if pending.future is not None and not pending.future.done():
                     pending.future.set_exception(error)
         self._unpublished.clear()
@@ -482,3 +747,9 @@ class Engine:
                 if not future.done():
                     future.set_exception(error)
         self._acquire_waiters.clear()
+
+
+def _seen(future: asyncio.Future[Any]) -> None:
+    """Mark a lost commit's error as handled, so asyncio does not log it as forgotten."""
+    if not future.cancelled():
+        future.exception()

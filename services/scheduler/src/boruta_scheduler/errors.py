@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+import logging
+import secrets
+from typing import Any, ClassVar
+
+# Longest piece of a caller's input quoted in a message: a 500 KB name must not come back.
+SHOWN_CHARS = 64
+
+
+def shown(text: str, limit: int = SHOWN_CHARS) -> str:
+    """text quoted for an error message, cut to limit characters with an ellipsis."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text)} characters)"
 
 
 class BorutaError(Exception):
@@ -40,7 +52,7 @@ class WorkerNotFound(NotFound):
     reason = "WORKER_NOT_FOUND"
 
     def __init__(self, worker_uuid: str) -> None:
-        super().__init__(f"worker {worker_uuid!r} is not registered")
+        super().__init__(f"worker {shown(worker_uuid)} is not registered")
         self.worker_uuid = worker_uuid
 
 
@@ -108,3 +120,33 @@ class Unavailable(BorutaError):
     """The scheduler cannot serve the call right now; retry with backoff."""
 
     reason = "UNAVAILABLE"
+
+
+class StoreUnavailable(Unavailable):
+    """The store refuses writes (disk full, read-only, failing); nothing of the call was kept.
+    The scheduler keeps answering reads and retries by itself."""
+
+    def __init__(self, message: str, cause: str = "") -> None:
+        super().__init__(message)
+        # In a few words, for callers (e.g. "disk full"); the message also names the file.
+        self.cause = cause or message
+
+
+class InternalError(BorutaError):
+    """Something failed that no caller's input explains: a bug. The caller gets only the
+    error id; the log line with that id holds the traceback."""
+
+    reason = "INTERNAL"
+
+    def __init__(self, error_id: str) -> None:
+        super().__init__(f"internal error (id {error_id}); the scheduler's log has the details")
+        self.error_id = error_id
+
+    @classmethod
+    def logged(
+        cls, logger: logging.Logger, what: str, error: BaseException, **fields: Any
+    ) -> InternalError:
+        """Log error with its traceback under a fresh id; the InternalError to answer with."""
+        error_id = secrets.token_hex(4)
+        logger.error(what, exc_info=error, extra={"error_id": error_id, **fields})
+        return cls(error_id)

@@ -6,6 +6,7 @@ import base64
 import binascii
 import enum
 import json
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -18,6 +19,8 @@ SortKey = tuple[float | int | str, int | str]
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+# Keys are stored as signed 64-bit integers; a larger one is no key of any list.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 class RequestSort(enum.Enum):
@@ -138,20 +141,35 @@ def encode_token(scope: str, after: SortKey | None) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_token(scope: str, token: str) -> SortKey | None:
-    """The sort key a page token continues from; refuses tokens of another list."""
+def decode_token(
+    scope: str,
+    token: str,
+    first: tuple[type, ...] = (int, float, str),
+    second: tuple[type, ...] = (int, str),
+) -> SortKey | None:
+    """The sort key a page token continues from; refuses tokens of another list, and keys
+    of other types than the list's (first, second) or out of int64."""
     if not token:
         return None
+    malformed = InvalidArgument("page_token is malformed; pass a next_page_token unchanged")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         token_scope, after = json.loads(raw)
-        first, second = after
+        key, tie = after
     except (binascii.Error, ValueError, TypeError) as exc:
-        raise InvalidArgument("page_token is malformed; pass a next_page_token unchanged") from exc
+        raise malformed from exc
     if token_scope != scope:
         raise InvalidArgument(
             "page_token belongs to a list with another filter or order; start again without it"
         )
-    if not isinstance(first, int | float | str) or not isinstance(second, int | str):
-        raise InvalidArgument("page_token is malformed; pass a next_page_token unchanged")
-    return (first, second)
+    if not (_key_part(key, first) and _key_part(tie, second)):
+        raise malformed
+    return (key, tie)
+
+
+def _key_part(value: object, kinds: tuple[type, ...]) -> bool:
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        return False
+    if isinstance(value, int):
+        return INT64_MIN <= value <= INT64_MAX
+    return not isinstance(value, float) or math.isfinite(value)

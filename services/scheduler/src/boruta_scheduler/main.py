@@ -13,13 +13,25 @@ from boruta import logs
 
 from boruta_scheduler.app import Scheduler
 from boruta_scheduler.config import SchedulerConfig, load_config
+from boruta_scheduler.store import CannotOpenStore
 
 log = logging.getLogger(__name__)
+
+# Exit codes (docs/install.md): a unit should restart the scheduler only after FAILED.
+EXIT_STOPPED = 0  # stopped by SIGTERM or SIGINT
+EXIT_FAILED = 1  # the engine failed; a restart rebuilds the state from the store
+EXIT_USAGE = 2  # bad options or configuration
+EXIT_CANNOT_WRITE = 73  # the store cannot be opened for writing (read-only, permissions)
 
 
 async def serve(config: SchedulerConfig) -> int:
     scheduler = Scheduler(config)
     port = await scheduler.start()
+    # Before the readiness line: whoever reads it may stop us at once, and cleanly.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     host = config.server.listen.rpartition(":")[0] or "0.0.0.0"
     # The readiness line: tests and scripts wait for it and read the port from it.
     print(f"boruta-scheduler listening on {host}:{port}", flush=True)
@@ -28,10 +40,6 @@ async def serve(config: SchedulerConfig) -> int:
         tokens_host = config.server.listen_tokens.rpartition(":")[0]
         print(f"boruta-scheduler tokens on {tokens_host}:{scheduler.token_port}", flush=True)
     log.info("serving", extra={"address": f"{host}:{port}", "store": config.server.store_url})
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     waiter = asyncio.ensure_future(scheduler.wait())
     stopper = asyncio.ensure_future(stop.wait())
     await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -40,7 +48,7 @@ async def serve(config: SchedulerConfig) -> int:
     stopper.cancel()
     log.info("stopping")
     await scheduler.stop()
-    return 1 if failed else 0
+    return EXIT_FAILED if failed else EXIT_STOPPED
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -48,9 +56,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = load_config(argv)
     except (ValueError, OSError) as exc:
         print(f"boruta-scheduler: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
     logs.configure(config.server.log_level)
-    sys.exit(run(serve(config)))
+    try:
+        code = run(serve(config))
+    except CannotOpenStore as exc:
+        # One line that says which path and why; a traceback would add nothing.
+        print(f"boruta-scheduler: {exc}", file=sys.stderr)
+        code = EXIT_CANNOT_WRITE
+    sys.exit(code)
 
 
 def run(main: Coroutine[Any, Any, int]) -> int:

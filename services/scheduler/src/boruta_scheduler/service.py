@@ -20,7 +20,9 @@ from boruta_scheduler.errors import (
     PermissionDenied,
     RequestNotFound,
     ResourceExhausted,
+    StoreUnavailable,
     WrongRequestState,
+    shown,
 )
 from boruta_scheduler.listing import (
     Page,
@@ -299,12 +301,12 @@ class SchedulerService:
             )
             return sorted(current, key=lambda v: v.id), sub
 
-        return await self.engine.execute(subscribe)
+        return await self.engine.read(subscribe, _close_subscription)
 
     # --------------------------------------------------------------------- workers
 
     async def list_workers(self, who: Identity, query: WorkerQuery) -> Page[WorkerView]:
-        views = await self.engine.execute(lambda core, now: core.workers())
+        views = await self.engine.read(lambda core, now: core.workers())
         return page_of(
             (w for w in views if query.matches(w)),
             lambda w: worker_sort_key(query.sort, w),
@@ -314,7 +316,7 @@ class SchedulerService:
         )
 
     async def get_worker(self, who: Identity, uuid: str) -> WorkerView:
-        return await self.engine.execute(lambda core, now: core.worker(uuid))
+        return await self.engine.read(lambda core, now: core.worker(uuid))
 
     async def worker_history(
         self, who: Identity, uuid: str, limit: int, before: int | None
@@ -374,7 +376,7 @@ class SchedulerService:
             current = [w for w in core.workers() if query.matches(w)] if include_current else []
             return sorted(current, key=lambda w: w.uuid), sub
 
-        return await self.engine.execute(subscribe)
+        return await self.engine.read(subscribe, _close_subscription)
 
     # ------------------------------------------------------------------ superviser
 
@@ -395,8 +397,8 @@ class SchedulerService:
                 # Else a stolen dryad certificate could aim users' tunnels (and the
                 # scheduler's calls) at any host the scheduler can reach, itself included.
                 raise PermissionDenied(
-                    f"{what} {address} is not on a host the dryad's certificate names "
-                    f"({', '.join(sorted(who.hosts)) or 'none'}); issue it with -H {host}"
+                    f"{what} {shown(address)} is not on a host the dryad's certificate names "
+                    f"({', '.join(sorted(who.hosts)) or 'none'}); issue it with -H {shown(host)}"
                 )
         return await self.engine.execute(
             lambda core, now: core.register(
@@ -411,11 +413,24 @@ class SchedulerService:
 
     async def heartbeat(self, who: Identity, uuid: str, status: HostStatus | None) -> None:
         _check_dryad(who, uuid)
-        await self.engine.execute(lambda core, now: core.heartbeat(now, uuid, status))
+        if self.engine.outage is None:
+            try:
+                await self.engine.execute(lambda core, now: core.heartbeat(now, uuid, status))
+                return
+            except StoreUnavailable:
+                pass
+        # While the store refuses writes no timer runs, and after it the engine counts
+        # silence from its recovery: hearing the dryad is all a heartbeat must do now, and
+        # an error would only send it to register again.
+        await self.engine.read(lambda core, now: core.worker(uuid))
 
     async def set_fail(self, who: Identity, uuid: str, reason: str) -> None:
         _check_dryad(who, uuid)
         await self.engine.execute(lambda core, now: core.set_fail(now, uuid, reason))
+
+
+def _close_subscription(result: tuple[object, Subscription[Any]]) -> None:
+    result[1].close()
 
 
 def _check_dryad(who: Identity, uuid: str) -> None:
@@ -423,7 +438,7 @@ def _check_dryad(who: Identity, uuid: str) -> None:
     if not who.may_speak_for(uuid):
         if who.role is Role.DRYAD:
             raise PermissionDenied(
-                f"dryad {who.user} may not speak for worker {uuid!r}: its certificate names "
+                f"dryad {who.user} may not speak for worker {shown(uuid)}: its certificate names "
                 f"{', '.join(sorted(who.workers or ())) or 'no workers'}"
             )
         raise PermissionDenied(f"only dryads may call the Superviser service, not {who.user}")

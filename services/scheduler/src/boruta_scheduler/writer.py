@@ -7,6 +7,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from boruta_scheduler.core import Changes
@@ -16,36 +17,54 @@ from boruta_scheduler.store import Store
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# Store work that is not a commit (purges, scrubs): it runs alone, in order with commits.
-Task = Callable[[Store], Any]
-_Item = tuple[Changes | Task, asyncio.Future[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Commit:
+    changes: Changes
+    future: asyncio.Future[None]
+    # Commit even after a failed commit, and on success accept commits again.
+    resume: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    fn: Callable[[Store], Any]
+    future: asyncio.Future[Any]
+
+
+_Item = _Commit | _Call
 
 
 class StoreWriter:
     """Runs Store.commit on its own thread so the event loop goes on while a commit syncs.
 
     Batches submitted while a commit is on disk are merged into the next transaction:
-    the more load, the fewer syncs per change. Futures resolve in submission order.
+    the more load, the fewer syncs per change. Futures resolve in submission order. Once a
+    commit fails, every later one fails with the same error without touching the store
+    (each was built on the lost one) until a commit submitted with resume succeeds.
     """
 
     def __init__(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
         self._store = store
         self._loop = loop
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._failed: BaseException | None = None  # owned by the writer thread
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._thread.start()
         self.commits = 0
         self.batches = 0
 
-    def submit(self, changes: Changes) -> asyncio.Future[None]:
+    def submit(self, changes: Changes, *, resume: bool = False) -> asyncio.Future[None]:
         future: asyncio.Future[None] = self._loop.create_future()
-        self._queue.put((changes, future))
+        self._queue.put(_Commit(changes, future, resume))
         return future
 
-    def run(self, task: Callable[[Store], T]) -> asyncio.Future[T]:
-        """Run task(store) on the writer thread after the commits submitted before it."""
+    def run(self, fn: Callable[[Store], T]) -> asyncio.Future[T]:
+        """Call fn(store) on the writer thread, in order with the commits: work that is no
+        commit (Store.load after a failed commit, purges, scrubs)."""
         future: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put((task, future))
+        self._queue.put(_Call(fn, future))
         return future
 
     def close(self) -> None:
@@ -54,56 +73,57 @@ class StoreWriter:
         self._thread.join()
 
     def _run(self) -> None:
-        carried: _Item | None = None
+        held: list[_Item | None] = []  # taken from the queue while merging, not handled yet
         while True:
-            item = carried or self._queue.get()
-            carried = None
+            item = held.pop() if held else self._queue.get()
             if item is None:
                 return
-            work, future = item
-            if not isinstance(work, Changes):
-                self._run_task(work, future)
+            if isinstance(item, _Call):
+                self._call(item)
                 continue
-            items = [(work, future)]
-            stop = False
-            while True:
+            commits = [item]
+            while not item.resume:
                 try:
                     more = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if more is None:
-                    stop = True
+                if not isinstance(more, _Commit) or more.resume:
+                    held.append(more)
                     break
-                if not isinstance(more[0], Changes):
-                    carried = more  # runs after this commit
-                    break
-                items.append((more[0], more[1]))
-            error: BaseException | None = None
+                commits.append(more)
+            self._commit(commits)
+
+    def _commit(self, commits: list[_Commit]) -> None:
+        error = self._failed
+        if error is None or commits[0].resume:
             try:
-                self._store.commit(merge([changes for changes, _ in items]))
-            except BaseException as exc:  # reported to every waiter; the engine stops
-                error = exc
+                self._store.commit(merge([c.changes for c in commits]))
+            except BaseException as exc:  # reported to every waiter; the engine recovers
+                error = self._failed = exc
+            else:
+                error = self._failed = None
             self.commits += 1
-            self.batches += len(items)
-            self._loop.call_soon_threadsafe(_resolve, [f for _, f in items], None, error)
-            if stop:
-                return
+            self.batches += len(commits)
+        self._loop.call_soon_threadsafe(_resolve, [c.future for c in commits], error)
 
-    def _run_task(self, task: Task, future: asyncio.Future[Any]) -> None:
-        result: Any = None
-        error: BaseException | None = None
+    def _call(self, call: _Call) -> None:
         try:
-            result = task(self._store)
-        except BaseException as exc:  # reported to the caller, who decides what it means
-            error = exc
-        self._loop.call_soon_threadsafe(_resolve, [future], result, error)
-
-
-def _resolve(futures: list[asyncio.Future[Any]], result: Any, error: BaseException | None) -> None:
-    for future in futures:
-        if future.done():
-            continue
-        if error is None:
-            future.set_result(result)
+            result = call.fn(self._store)
+        except BaseException as exc:
+            self._loop.call_soon_threadsafe(_settle, call.future, None, exc)
         else:
-            future.set_exception(error)
+            self._loop.call_soon_threadsafe(_settle, call.future, result, None)
+
+
+def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for future in futures:
+        _settle(future, None, error)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)

@@ -35,11 +35,15 @@ class AuditEvent(_message.Message):
     id: _builtins.int
     """Identifier; larger for later events."""
     actor: _builtins.str
-    """Who did it: the caller's user name."""
+    """Who did it: the caller's user name, or "boruta-scheduler" for what the scheduler
+    did by itself.
+    """
     role: _builtins.str
-    """The caller's role: user, admin or dryad."""
+    """The caller's role: user, admin or dryad; "scheduler" for the scheduler itself."""
     action: _builtins.str
-    """What was done, e.g. "NewRequest", "AcquireWorker", "SetState", "refused"."""
+    """What was done, e.g. "NewRequest", "AcquireWorker", "SetState", "refused", or
+    "StoreOutage" (the store refused writes for a while; detail says how long and why).
+    """
     target: _builtins.str
     """What it was done to, e.g. "request 12", "worker rpi-3", "token 4"."""
     detail: _builtins.str

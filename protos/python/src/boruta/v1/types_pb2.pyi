@@ -232,8 +232,8 @@ class RequestInfo(_message.Message):
 
     @_builtins.property
     def job_timeout(self) -> _duration_pb2.Duration:
-        """The job timeout asked for in NewRequest; unset when the request asked for none and
-        the scheduler's job_timeout and prolong_step apply.
+        """The job timeout asked for in NewRequest, cut down to the longer of the scheduler's
+        job_timeout and prolong_step; unset when the request asked for none and those apply.
         """
 
     def __init__(

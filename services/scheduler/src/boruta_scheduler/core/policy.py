@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from boruta_scheduler.errors import InvalidArgument, PermissionDenied
+from boruta_scheduler.errors import InvalidArgument, PermissionDenied, shown
 from boruta_scheduler.types import UUID_CAP
 
 HOUR = 3600.0
@@ -76,13 +76,14 @@ class Policy:
                 raise ValueError(f"the priority limit of {name} must be between 1 and 16")
 
     def check_job_timeout(self, asked: float) -> float:
-        """The job timeout a request may keep: 0 (none asked) or at least min_job_timeout."""
+        """The job timeout a request keeps: 0 (none asked), or what it asked (at least
+        min_job_timeout) cut down to the longest the policy gives, so it is stored bounded."""
         if asked != 0 and not asked >= self.min_job_timeout:
             raise InvalidArgument(
                 f"job_timeout must be at least {self.min_job_timeout:g} s, got {asked:g} s; "
                 "leave it unset for the scheduler's default"
             )
-        return asked
+        return min(asked, max(self.job_timeout, self.prolong_step))
 
     def job_timeouts(self, asked: float) -> tuple[float, float]:
         """(first timeout, prolong step) of a job whose request asked for this job timeout:
@@ -183,11 +184,13 @@ def check_dial_address(address: str, *, what: str) -> str:
     """Refuse an address that a scheduler could not dial: no port, or a wildcard host."""
     host, sep, port = address.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise InvalidArgument(f"{what} must be host:port, got {address[:120]!r}")
+    # ASCII digits only, and few: int() refuses thousands of digits, and "²" isdigit().
+    port_ok = port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536
+    if not sep or not host or not port_ok:
+        raise InvalidArgument(f"{what} must be host:port, got {shown(address)}")
     if host in ("0.0.0.0", "::", "*"):
         raise InvalidArgument(
-            f"{what} {address!r} is a wildcard; advertise a host the scheduler can dial"
+            f"{what} {shown(address)} is a wildcard; advertise a host the scheduler can dial"
         )
     return address
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import grpc
@@ -9,12 +10,14 @@ from boruta.v1 import audit_pb2, audit_pb2_grpc
 
 from boruta_scheduler.audit import AuditLog
 from boruta_scheduler.errors import InvalidArgument
+from boruta_scheduler.listing import INT64_MAX
 from boruta_scheduler.rpc import convert
 from boruta_scheduler.rpc.calls import current_identity
 
 Context = grpc.aio.ServicerContext[Any, Any]
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
+_EVENT_ID = re.compile(r"[0-9]{1,19}")
 
 
 class AuditServicer(audit_pb2_grpc.AuditServicer):
@@ -27,7 +30,8 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
         limit = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
         before = None
         if request.page_token:
-            if not request.page_token.isdigit() or len(request.page_token) > 19:
+            # ASCII digits only (str.isdigit() also takes "²"), and an id fits in int64.
+            if not _EVENT_ID.fullmatch(request.page_token) or int(request.page_token) > INT64_MAX:
                 raise InvalidArgument("page_token is not one this call returned")
             before = int(request.page_token)
         events = await self._audit.events(current_identity(), limit, before)

@@ -7,6 +7,7 @@ metadata taken as given (MetadataIdentities). Servicers read it with current_ide
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import logging
@@ -22,6 +23,7 @@ from google.protobuf.message import DecodeError, Message
 
 from boruta_scheduler.errors import (
     BorutaError,
+    InternalError,
     InvalidArgument,
     PermissionDenied,
     Unauthenticated,
@@ -37,6 +39,8 @@ GROUPS_KEY = "x-boruta-groups"
 ROLE_KEY = "x-boruta-role"
 ERROR_REASON_KEY = "boruta-error-reason"
 ANONYMOUS = Identity("anonymous")
+# Messages travel in a trailer, which clients refuse past 16 KiB; ours stay far below.
+MAX_MESSAGE_CHARS = 1000
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _identity: contextvars.ContextVar[Identity] = contextvars.ContextVar("identity", default=ANONYMOUS)
@@ -150,8 +154,30 @@ async def _abort(context: Context, error: BorutaError, call: str, refused: Refus
                 "why": str(error),
             },
         )
+    message = str(error)
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[: MAX_MESSAGE_CHARS - 20] + "… (message cut)"
     context.set_trailing_metadata(((ERROR_REASON_KEY, error.reason),))
-    await context.abort(status_of(error), str(error))
+    await context.abort(status_of(error), message)
+
+
+def _unexpected(error: Exception, context: Context, call: str) -> BorutaError:
+    """What to answer for an exception that is no BorutaError: the input did not explain
+    it, so the caller gets INTERNAL and an id, and the log the traceback under that id."""
+    return InternalError.logged(
+        log,
+        "internal error",
+        error,
+        call=call,
+        caller=_identity.get().user,
+        peer=context.peer(),
+    )
+
+
+def _cancelled(call: str) -> None:
+    """The client cancelled the stream or went away (or the server is stopping): a
+    normal end of a watch, not a failure."""
+    log.info("stream cancelled", extra={"call": call, "caller": _identity.get().user})
 
 
 def _check_parsed(request: Any) -> None:
@@ -174,6 +200,10 @@ def _unary(
             return await behavior(request, context)
         except BorutaError as error:
             await _abort(context, error, call, refused)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await _abort(context, _unexpected(error, context, call), call, refused)
 
     return serve
 
@@ -193,6 +223,17 @@ def _stream(
                 yield item
         except BorutaError as error:
             await _abort(context, error, call, refused)
+        except (asyncio.CancelledError, GeneratorExit):
+            # GeneratorExit: gRPC closed the stream while a message of it was on its way.
+            _cancelled(call)
+            raise
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            if context.cancelled() or context.done():
+                _cancelled(call)  # e.g. sending to a client that has gone
+                return
+            await _abort(context, _unexpected(error, context, call), call, refused)
 
     return serve
 
@@ -243,8 +284,9 @@ def add_service(
     refused: Refusals | None = None,
 ) -> None:
     """Serve a servicer: every call gets its caller's identity (refused if its role has no
-    business here), malformed requests are INVALID_ARGUMENT, and BorutaErrors become
-    statuses. Handlers are wrapped once, not per call as interceptors would be."""
+    business here), malformed requests are INVALID_ARGUMENT, BorutaErrors become statuses
+    and any other exception INTERNAL with an error id. Handlers are wrapped once, not per
+    call as interceptors would be."""
     identify = gate(identify, roles, service.full_name)
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:

@@ -12,6 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from boruta_scheduler.errors import InvalidArgument
 from boruta_scheduler.listing import (
+    INT64_MAX,
     RequestQuery,
     RequestSort,
     WorkerQuery,
@@ -76,15 +77,24 @@ def optional_seconds(message: object, field: str) -> float | None:
     return seconds(ts)
 
 
+# The range protobuf defines for Duration: about 10,000 years either way.
+_MAX_DURATION = 315_576_000_000
+
+
 def optional_duration(message: object, field: str) -> float | None:
     """Seconds in a Duration field, or None when the field is unset; a duration protobuf
     would not accept (nanos of the wrong sign or size) is refused."""
     if not message.HasField(field):  # type: ignore[attr-defined]
         return None
     d = getattr(message, field)
-    if not -999_999_999 <= d.nanos <= 999_999_999 or d.seconds * d.nanos < 0:
+    if (
+        not -_MAX_DURATION <= d.seconds <= _MAX_DURATION
+        or not -999_999_999 <= d.nanos <= 999_999_999
+        or d.seconds * d.nanos < 0
+    ):
         raise InvalidArgument(
-            f"{field} is not a valid duration (seconds {d.seconds}, nanos {d.nanos})"
+            f"{field} is not a valid duration (seconds {d.seconds}, nanos {d.nanos}); "
+            f"protobuf's Duration holds at most {_MAX_DURATION} seconds either way"
         )
     return float(d.seconds + d.nanos / 1e9)
 
@@ -120,13 +130,9 @@ def _scope(*parts: object) -> str:
 
 
 def request_query(msg: requests_pb2.ListRequestsRequest) -> tuple[RequestQuery, str]:
-    f = msg.filter
     sort = request_sort(msg.sort_by)
-    query = RequestQuery(
-        ids=frozenset(f.ids),
-        states=enum_values(RequestState, f.states, "filter.states"),
-        priorities=frozenset(f.priorities),
-        owners=frozenset(f.owners),
+    query = dataclasses.replace(
+        request_filter(msg.filter),
         sort=sort,
         descending=msg.descending,
         limit=page_size(msg.page_size),
@@ -140,10 +146,12 @@ def request_query(msg: requests_pb2.ListRequestsRequest) -> tuple[RequestQuery, 
         sort.value,
         query.descending,
     )
-    return dataclasses.replace(query, after=decode_token(scope, msg.page_token)), scope
+    # Every request sort key is a number, and ties are ordered by id.
+    after = decode_token(scope, msg.page_token, first=(int, float), second=(int,))
+    return dataclasses.replace(query, after=after), scope
 
 
-MAX_REQUEST_ID = 2**63 - 1  # ids are stored as signed 64-bit integers
+MAX_REQUEST_ID = INT64_MAX  # ids are stored as signed 64-bit integers
 
 
 def request_filter(f: requests_pb2.RequestFilter) -> RequestQuery:
@@ -188,7 +196,10 @@ def worker_query(msg: workers_pb2.ListWorkersRequest) -> tuple[WorkerQuery, str]
         sort.value,
         query.descending,
     )
-    return dataclasses.replace(query, after=decode_token(scope, msg.page_token)), scope
+    # Workers are ordered by uuid, or by a number with ties ordered by uuid.
+    first = (str,) if sort is WorkerSort.UUID else (int, float)
+    after = decode_token(scope, msg.page_token, first=first, second=(str,))
+    return dataclasses.replace(query, after=after), scope
 
 
 def job_info(job: JobView) -> types_pb2.JobInfo:
@@ -246,7 +257,16 @@ def host_status_info(s: HostStatus) -> types_pb2.HostStatus:
     return info
 
 
+# The range protobuf defines for Duration: about 10,000 years either way.
+_MAX_DURATION_SECONDS = 315_576_000_000
+
+
 def host_status(info: types_pb2.HostStatus) -> HostStatus:
+    if not 0 <= info.uptime.seconds <= _MAX_DURATION_SECONDS:
+        raise InvalidArgument(
+            f"host_status.uptime must be 0 to {_MAX_DURATION_SECONDS} seconds, "
+            f"got {info.uptime.seconds}"
+        )
     return HostStatus(
         load_1m=info.load_1m,
         memory_total_bytes=info.memory_total_bytes,

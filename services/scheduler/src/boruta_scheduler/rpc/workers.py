@@ -42,9 +42,7 @@ class WorkersServicer(workers_pb2_grpc.WorkersServicer):
         self, request: workers_pb2.ListWorkerHistoryRequest, context: Context
     ) -> workers_pb2.ListWorkerHistoryResponse:
         scope = f"history:{request.worker_uuid}"
-        after = decode_token(scope, request.page_token)
-        if after is not None and not isinstance(after[0], int):
-            raise InvalidArgument("page_token is malformed; pass a next_page_token unchanged")
+        after = decode_token(scope, request.page_token, first=(int,), second=(int,))
         page = await self._service.worker_history(
             current_identity(),
             request.worker_uuid,

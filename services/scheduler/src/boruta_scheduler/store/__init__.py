@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from boruta_scheduler.store.base import HistoryPage, Purged, Store
+from boruta_scheduler.store.base import CannotOpenStore, HistoryPage, Purged, Store
 from boruta_scheduler.store.memory import MemoryStore
 from boruta_scheduler.store.sqlite import SQLiteStore
 
-__all__ = ["HistoryPage", "MemoryStore", "Purged", "SQLiteStore", "Store", "open_store"]
+__all__ = [
+    "CannotOpenStore",
+    "HistoryPage",
+    "MemoryStore",
+    "Purged",
+    "SQLiteStore",
+    "Store",
+    "open_store",
+]
 
 
 def open_store(url: str) -> Store:

@@ -10,6 +10,10 @@ from boruta_scheduler.listing import Page, RequestQuery
 from boruta_scheduler.types import AuditEvent, HistoryEntry, RequestView, TokenRecord
 
 
+class CannotOpenStore(Exception):
+    """The store cannot be opened for writing at start; the message names the path and why."""
+
+
 @dataclass(frozen=True, slots=True)
 class HistoryPage:
     """Entries of a worker's history, newest first; next_before continues the list."""
@@ -43,7 +47,8 @@ class Store(Protocol):
         ...
 
     def commit(self, changes: Changes) -> None:
-        """Make every change durable at once, or raise and keep none."""
+        """Make every change durable at once, or raise and keep none (StoreUnavailable
+        when the store refuses writes: disk full, read-only, I/O errors)."""
         ...
 
     def get_request(self, request_id: int) -> RequestView | None:

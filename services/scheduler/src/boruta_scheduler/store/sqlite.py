@@ -7,17 +7,21 @@ whose old frames would otherwise keep copies of keys long gone from the tables.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sqlite3
+import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from boruta_scheduler.core import Changes, Snapshot
+from boruta_scheduler.errors import StoreUnavailable
 from boruta_scheduler.listing import Page, RequestQuery, RequestSort
-from boruta_scheduler.store.base import HistoryPage, Purged
+from boruta_scheduler.store.base import CannotOpenStore, HistoryPage, Purged
 from boruta_scheduler.store.codec import (
     history_entry,
     history_row,
@@ -52,15 +56,31 @@ class SQLiteStore:
             raise ValueError("synchronous must be FULL, NORMAL or EXTRA")
         self.path = Path(path)
         self._synchronous = synchronous
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # The file holds private keys: create it readable by the owner only.
-        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
-        os.close(fd)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
-        self._writer = self._connect()
-        self._migrate()
+        folder = self.path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # SQLite creates its -wal and -shm files beside the database: try as it would.
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            raise CannotOpenStore(
+                f"cannot write the store's directory {folder}: {exc.strerror or exc}"
+            ) from None
+        try:
+            # The file holds private keys: create it readable by the owner only.
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+            os.close(fd)
+            self._writer = self._connect()
+            self._migrate()
+        except OSError as exc:
+            raise CannotOpenStore(f"cannot open the store {self.path}: {exc.strerror}") from None
+        except sqlite3.Error as exc:
+            raise CannotOpenStore(
+                f"cannot open the store {self.path}: {_cause(exc)} ({exc})"
+            ) from None
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -109,7 +129,20 @@ class SQLiteStore:
         (last_id,) = conn.execute(_Q["get_last_request_id"]).fetchone()
         return Snapshot(requests, workers, last_id)
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Turn SQLite's refusal to write into StoreUnavailable naming the cause and path."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            cause = _cause(exc)
+            raise StoreUnavailable(f"{cause}: cannot write {self.path} ({exc})", cause) from exc
+
     def commit(self, changes: Changes) -> None:
+        with self._writing():
+            self._commit(changes)
+
+    def _commit(self, changes: Changes) -> None:
         conn = self._writer
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -133,7 +166,9 @@ class SQLiteStore:
             conn.execute(_Q["set_last_request_id"], {"value": changes.last_request_id})
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # On a full disk or an I/O error SQLite may have rolled back by itself.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
 
     def get_request(self, request_id: int) -> RequestView | None:
@@ -190,19 +225,20 @@ class SQLiteStore:
         # Tokens are not scheduling state: they are written here, beside the engine's
         # writer; WAL and busy_timeout serialize the two.
         conn = self._reader()
-        cursor = conn.execute(
-            _Q["insert_token"],
-            {
-                "user": token.user,
-                "groups_json": json.dumps(sorted(token.groups)),
-                "admin": int(token.admin),
-                "secret_hash": token.secret_hash,
-                "created_at": token.created_at,
-                "expires_at": token.expires_at,
-                "issued_by": token.issued_by,
-                "description": token.description,
-            },
-        )
+        with self._writing():
+            cursor = conn.execute(
+                _Q["insert_token"],
+                {
+                    "user": token.user,
+                    "groups_json": json.dumps(sorted(token.groups)),
+                    "admin": int(token.admin),
+                    "secret_hash": token.secret_hash,
+                    "created_at": token.created_at,
+                    "expires_at": token.expires_at,
+                    "issued_by": token.issued_by,
+                    "description": token.description,
+                },
+            )
         record = self.get_token(int(cursor.lastrowid or 0))
         assert record is not None
         return record
@@ -219,7 +255,8 @@ class SQLiteStore:
     def revoke_token(self, token_id: int, now: float) -> TokenRecord | None:
         if not 0 < token_id < 2**63:
             return None
-        self._reader().execute(_Q["revoke_token"], {"id": token_id, "now": now})
+        with self._writing():
+            self._reader().execute(_Q["revoke_token"], {"id": token_id, "now": now})
         return self.get_token(token_id)
 
     def audit(self, limit: int, before: int | None = None) -> list[AuditEvent]:
@@ -265,6 +302,22 @@ class SQLiteStore:
 
 
 _PURGES = ("purge_requests", "purge_history", "purge_audit")
+
+
+def _cause(exc: sqlite3.Error) -> str:
+    """What an operator should look at, in a few words."""
+    name = getattr(exc, "sqlite_errorname", "")
+    if name == "SQLITE_FULL":
+        return "disk full"
+    if name.startswith("SQLITE_READONLY"):
+        return "read-only"
+    if name.startswith("SQLITE_IOERR"):
+        return "I/O error"
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return "locked by another process"
+    if name.startswith("SQLITE_CANTOPEN"):
+        return "cannot open the file"
+    return "store error"
 
 
 def _token(row: sqlite3.Row) -> TokenRecord:
