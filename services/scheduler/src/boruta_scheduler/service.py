@@ -368,7 +368,8 @@ class SchedulerService:
         ssh_address: str,
         instance_id: str,
         dryad_version: str,
-    ) -> WorkerView:
+    ) -> tuple[WorkerView, tuple[str, ...] | None]:
+        """The worker as registered, and the job users its dryad may keep (see heartbeat)."""
         caps = dict(caps)
         _check_dryad(who, caps.get("UUID", ""))
         for what, address in (("dryad_address", dryad_address), ("ssh_address", ssh_address)):
@@ -380,8 +381,9 @@ class SchedulerService:
                     f"{what} {address} is not on a host the dryad's certificate names "
                     f"({', '.join(sorted(who.hosts)) or 'none'}); issue it with -H {host}"
                 )
-        return await self.engine.execute(
-            lambda core, now: core.register(
+
+        def command(core: Core, now: float) -> tuple[WorkerView, tuple[str, ...] | None]:
+            view = core.register(
                 now,
                 caps,
                 dryad_address,
@@ -389,11 +391,22 @@ class SchedulerService:
                 instance_id=instance_id,
                 dryad_version=dryad_version,
             )
-        )
+            return view, core.live_job_users(view.uuid)
 
-    async def heartbeat(self, who: Identity, uuid: str, status: HostStatus | None) -> None:
+        return await self.engine.execute(command)
+
+    async def heartbeat(
+        self, who: Identity, uuid: str, status: HostStatus | None
+    ) -> tuple[str, ...] | None:
+        """Note the dryad is alive; return the worker's job users it may keep (None: no
+        verdict now), decided in the same step, so in order with every state change."""
         _check_dryad(who, uuid)
-        await self.engine.execute(lambda core, now: core.heartbeat(now, uuid, status))
+
+        def command(core: Core, now: float) -> tuple[str, ...] | None:
+            core.heartbeat(now, uuid, status)
+            return core.live_job_users(uuid)
+
+        return await self.engine.execute(command)
 
     async def set_fail(self, who: Identity, uuid: str, reason: str) -> None:
         _check_dryad(who, uuid)
