@@ -14,6 +14,7 @@ import shutil
 import subprocess
 
 import pytest
+from boruta_dryad import remains, sessions
 
 
 def _missing(reason: str) -> None:
@@ -47,8 +48,25 @@ def users_with_prefix(prefix: str) -> list[str]:
 def remove_users(prefix: str) -> None:
     """Clean up after a test, whatever it left."""
     for name in users_with_prefix(prefix):
-        subprocess.run(["pkill", "-KILL", "-u", name], check=False)
+        remove_everything_of(pwd.getpwnam(name).pw_uid)
         subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
+    for name in sessions.registered():
+        if name.startswith(prefix):
+            sessions.unregister(name)
+
+
+def remove_everything_of(uid: int) -> None:
+    """Processes, System V IPC objects and files in shared directories of uid."""
+    end_every_process_of(uid)
+    remains.remove_sysv_ipc_of(uid)
+    remains.remove_files_of(uid)
+
+
+def end_every_process_of(uid: int) -> None:
+    """Kill every process of uid, even one that keeps forking: kill(-1) sent as that uid
+    reaches all of them at once (a fork racing it fails)."""
+    while processes_of(uid) or processes_of(uid):
+        remains.kill_processes_of(uid, uid)
 
 
 def processes_of(uid: int) -> list[int]:
