@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -199,6 +200,44 @@ async def test_killed_dryad_fails_its_worker_and_job(
         assert failed.reason.startswith("heartbeat lost")
         info = await alice.info(request.id)
         assert info.state == S.REQUEST_STATE_FAILED and "heartbeat lost" in info.reason
+
+
+async def test_a_dryad_back_from_a_pause_removes_the_user_of_its_failed_job(
+    sshd: DevSshd, prefix: str, tmp_path: Path
+) -> None:
+    async with farm_processes(
+        tmp_path, sshd, prefix, "--heartbeat-interval", "0.3s", "--heartbeat-timeout", "2s"
+    ) as (_, dryad, farm, uuid):
+        alice = farm.client()
+        request = await alice.new({"board": "rpi4"})
+        access = (await alice.acquire(request.id)).access
+        # Straight to the board's sshd, as anyone on the lab network could, not the tunnel.
+        host, _, port = sshd.address.rpartition(":")
+        direct = Login(host, int(port), access.username, access.private_key_pem)
+        started = await direct.openssh_run("setsid sleep 600 </dev/null >/dev/null 2>&1 & id -un")
+        assert started.stdout.strip() == access.username, started.stderr
+        uid = pwd.getpwnam(access.username).pw_uid
+        assert dryad.proc is not None
+        dryad.proc.send_signal(signal.SIGSTOP)
+        try:
+            failed = await farm.admin.wait_worker(uuid, S.WORKER_STATE_FAILED)
+            assert failed.reason.startswith("heartbeat lost")
+            assert (await alice.info(request.id)).state == S.REQUEST_STATE_FAILED
+        finally:
+            resumed = (await farm.admin.worker(uuid)).last_seen.ToNanoseconds()
+            dryad.proc.send_signal(signal.SIGCONT)
+        # The dryad handles each reply before it sends the next call: two calls seen after
+        # the pause mean the verdict of the first is carried out.
+        seen = {resumed}
+        while len(seen) < 3:
+            seen.add((await farm.admin.worker(uuid)).last_seen.ToNanoseconds())
+            await asyncio.sleep(0.05)
+        with pytest.raises(KeyError):
+            pwd.getpwnam(access.username)
+        assert processes_of(uid) == []
+        refused = await direct.openssh_run("id -un")
+        assert refused.returncode == 255 and "Permission denied" in refused.stderr
+        assert (await farm.admin.worker(uuid)).state == S.WORKER_STATE_FAILED
 
 
 async def test_restarted_scheduler_gets_its_dryads_back(
