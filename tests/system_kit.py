@@ -58,7 +58,7 @@ def remove_users(prefix: str) -> None:
 def remove_everything_of(uid: int) -> None:
     """Processes, System V IPC objects and files in shared directories of uid."""
     end_every_process_of(uid)
-    remains.remove_sysv_ipc_of(uid)
+    remains.remove_sysv_ipc_of(uid, uid)
     remains.remove_files_of(uid)
 
 

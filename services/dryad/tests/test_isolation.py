@@ -23,6 +23,7 @@ from system_kit import (
     processes_of,
     remove_everything_of,
     remove_users,
+    require_root,
     require_sshd,
     unique_prefix,
 )
@@ -293,3 +294,11 @@ async def test_jobs_of_two_boards_on_one_host_cannot_reach_each_other(
         assert remaining(left_by_b) == []
     finally:
         remove_users(other.user_prefix)
+
+
+def test_people_who_are_no_job_users_pass_the_session_hook() -> None:
+    require_root()
+    before = Path("/proc/self/cgroup").read_text()
+    assert sessions.open_session("root", os.getpid()) is None
+    assert sessions.open_session("no-such-user-here", os.getpid()) is None
+    assert Path("/proc/self/cgroup").read_text() == before

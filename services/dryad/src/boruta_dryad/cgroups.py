@@ -37,12 +37,14 @@ class CgroupHost:
     mount: Path | None
     own: str
     systemd: bool
+    # cgroup v1 hierarchies mounted too (v2 then usually at /sys/fs/cgroup/unified).
+    hybrid: bool = False
 
     @property
     def kind(self) -> str:
         if self.mount is None:
             return "none"
-        return "unified" if self.mount == Path("/sys/fs/cgroup") else "hybrid"
+        return "hybrid" if self.hybrid else "unified"
 
     def describe(self) -> str:
         if self.mount is None:
@@ -62,19 +64,21 @@ def detect(
             if line.startswith("0::"):
                 own = line[3:].strip()
     mounts: list[Path] = []
+    hybrid = False
     with contextlib.suppress(OSError), open(mountinfo) as f:
         for line in f:
             fields = line.split()
             # Optional fields end at "-"; the file system type follows it.
-            dash = fields.index("-")
-            if fields[dash + 1] == "cgroup2":
+            fstype = fields[fields.index("-") + 1]
+            if fstype == "cgroup2":
                 mounts.append(Path(fields[4]))
+            hybrid = hybrid or fstype == "cgroup"
     if not own:
-        return CgroupHost(None, "", systemd)
+        return CgroupHost(None, "", systemd, hybrid)
     for mount in mounts:
         if (mount / own.lstrip("/")).is_dir():
-            return CgroupHost(mount, own, systemd)
-    return CgroupHost(None, own, systemd)
+            return CgroupHost(mount, own, systemd, hybrid)
+    return CgroupHost(None, own, systemd, hybrid)
 
 
 def _populated(cgroup: Path) -> bool:

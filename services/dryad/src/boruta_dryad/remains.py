@@ -83,13 +83,16 @@ def sysv_ipc_of(uid: int) -> list[tuple[str, str]]:
     return found
 
 
-def remove_sysv_ipc_of(uid: int) -> None:
+def remove_sysv_ipc_of(uid: int, gid: int) -> None:
+    """Remove them as uid, their owner or creator: root would need CAP_SYS_ADMIN."""
     objects = sysv_ipc_of(uid)
     if objects:
         argv = ["ipcrm"]
         for option, ident in objects:
             argv += [option, ident]
-        subprocess.run(argv, check=False, capture_output=True)
+        subprocess.run(
+            argv, user=uid, group=gid, extra_groups=[], cwd="/", check=False, capture_output=True
+        )
 
 
 def remove_files_of(uid: int, roots: tuple[str, ...] = SHARED_DIRS) -> None:

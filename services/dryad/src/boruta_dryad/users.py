@@ -177,7 +177,7 @@ class JobUsers:
             # sshd refuses an expired account before it runs anything for it.
             await _run("usermod", "--expiredate", "1", "--", name)
             await self._end_processes(name, entry.pw_uid, entry.pw_gid)
-            await asyncio.to_thread(remains.remove_sysv_ipc_of, entry.pw_uid)
+            await asyncio.to_thread(remains.remove_sysv_ipc_of, entry.pw_uid, entry.pw_gid)
             await asyncio.to_thread(remains.remove_files_of, entry.pw_uid)
         elif self.host.cgroups is not None:
             await self._end_cgroup(self.host.cgroups, name)
