@@ -9,12 +9,16 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
 from boruta.v1 import types_pb2
+from boruta_dryad.devsshd import DevSshd
 from boruta_dryad.main import READY as DRYAD_READY
+from system_kit import require_sshd
 
 
 def dryad_toml(
@@ -37,6 +41,18 @@ def dryad_toml(
         f'ssh_address = "{ssh_address}"\nuser_prefix = "{prefix}"\n'
         f'backend_options = {{ record_file = "{state_dir}/{name}.record" }}\n'
     )
+
+
+@contextmanager
+def running_sshd(workdir: Path) -> Iterator[DevSshd]:
+    """A private sshd for the test, stopped afterwards."""
+    require_sshd()
+    server = DevSshd(workdir=str(workdir))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 class DryadProcess:

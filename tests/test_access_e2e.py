@@ -14,25 +14,22 @@ from pathlib import Path
 
 import grpc
 import pytest
-from access_kit import DryadProcess, Login, dryad_toml
+from access_kit import DryadProcess, Login, dryad_toml, running_sshd
 from boruta.v1 import types_pb2, workers_pb2
 from boruta_dryad.config import parse_config
 from boruta_dryad.devsshd import DevSshd
 from boruta_dryad.main import Dryad
 from boruta_scheduler.core import Policy
 from farm_kit import Farm, SchedulerProcess
-from system_kit import processes_of, remove_users, require_sshd, unique_prefix, users_with_prefix
+from system_kit import processes_of, remove_users, unique_prefix, users_with_prefix
 
 S = types_pb2
 
 
 @pytest.fixture
 def sshd(tmp_path: Path) -> Iterator[DevSshd]:
-    require_sshd()
-    server = DevSshd(workdir=str(tmp_path / "sshd"))
-    server.start()
-    yield server
-    server.stop()
+    with running_sshd(tmp_path / "sshd") as server:
+        yield server
 
 
 @pytest.fixture
@@ -186,28 +183,32 @@ async def farm_processes(
         scheduler.stop()
 
 
+# A dryad silent for 2 s has lost its board.
+FAST_HEARTBEATS = ("--heartbeat-interval", "0.3s", "--heartbeat-timeout", "2s")
+
+
+async def expect_heartbeat_lost(farm: Farm, uuid: str, request_id: int) -> None:
+    failed = await farm.admin.wait_worker(uuid, S.WORKER_STATE_FAILED)
+    assert failed.reason.startswith("heartbeat lost")
+    info = await farm.admin.info(request_id)
+    assert info.state == S.REQUEST_STATE_FAILED and "heartbeat lost" in info.reason
+
+
 async def test_killed_dryad_fails_its_worker_and_job(
     sshd: DevSshd, prefix: str, tmp_path: Path
 ) -> None:
-    async with farm_processes(
-        tmp_path, sshd, prefix, "--heartbeat-interval", "0.3s", "--heartbeat-timeout", "2s"
-    ) as (_, dryad, farm, uuid):
+    async with farm_processes(tmp_path, sshd, prefix, *FAST_HEARTBEATS) as (_, dryad, farm, uuid):
         alice = farm.client()
         request = await alice.new({"board": "rpi4"})
         await alice.acquire(request.id)
         dryad.kill()
-        failed = await farm.admin.wait_worker(uuid, S.WORKER_STATE_FAILED)
-        assert failed.reason.startswith("heartbeat lost")
-        info = await alice.info(request.id)
-        assert info.state == S.REQUEST_STATE_FAILED and "heartbeat lost" in info.reason
+        await expect_heartbeat_lost(farm, uuid, request.id)
 
 
 async def test_a_dryad_back_from_a_pause_removes_the_user_of_its_failed_job(
     sshd: DevSshd, prefix: str, tmp_path: Path
 ) -> None:
-    async with farm_processes(
-        tmp_path, sshd, prefix, "--heartbeat-interval", "0.3s", "--heartbeat-timeout", "2s"
-    ) as (_, dryad, farm, uuid):
+    async with farm_processes(tmp_path, sshd, prefix, *FAST_HEARTBEATS) as (_, dryad, farm, uuid):
         alice = farm.client()
         request = await alice.new({"board": "rpi4"})
         access = (await alice.acquire(request.id)).access
@@ -220,9 +221,7 @@ async def test_a_dryad_back_from_a_pause_removes_the_user_of_its_failed_job(
         assert dryad.proc is not None
         dryad.proc.send_signal(signal.SIGSTOP)
         try:
-            failed = await farm.admin.wait_worker(uuid, S.WORKER_STATE_FAILED)
-            assert failed.reason.startswith("heartbeat lost")
-            assert (await alice.info(request.id)).state == S.REQUEST_STATE_FAILED
+            await expect_heartbeat_lost(farm, uuid, request.id)
         finally:
             resumed = (await farm.admin.worker(uuid)).last_seen.ToNanoseconds()
             dryad.proc.send_signal(signal.SIGCONT)

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from access_kit import Login
+from access_kit import Login, running_sshd
 from boruta_dryad import sessions
 from boruta_dryad.config import BoardConfig
 from boruta_dryad.devsshd import DevSshd
@@ -24,7 +24,6 @@ from system_kit import (
     remove_everything_of,
     remove_users,
     require_root,
-    require_sshd,
     unique_prefix,
 )
 from users_kit import job_host
@@ -85,11 +84,8 @@ def witness() -> Iterator[Witness]:
 
 @pytest.fixture
 def sshd(tmp_path: Path) -> Iterator[DevSshd]:
-    require_sshd()
-    server = DevSshd(workdir=str(tmp_path / "sshd"))
-    server.start()
-    yield server
-    server.stop()
+    with running_sshd(tmp_path / "sshd") as server:
+        yield server
 
 
 @pytest.fixture
@@ -99,12 +95,6 @@ def uids() -> Iterator[list[int]]:
     yield seen
     for uid in seen:
         remove_everything_of(uid)
-
-
-@pytest.fixture
-def host() -> Iterator[JobHost]:
-    with job_host() as made:
-        yield made
 
 
 @pytest.fixture
