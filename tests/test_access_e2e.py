@@ -222,8 +222,8 @@ async def test_a_dryad_back_from_a_pause_removes_the_user_of_its_failed_job(
         dryad.proc.send_signal(signal.SIGSTOP)
         try:
             await expect_heartbeat_lost(farm, uuid, request.id)
-        finally:
             resumed = (await farm.admin.worker(uuid)).last_seen.ToNanoseconds()
+        finally:
             dryad.proc.send_signal(signal.SIGCONT)
         # The dryad handles each reply before it sends the next call: two calls seen after
         # the pause mean the verdict of the first is carried out.

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 # Markers written by dryads before they had an id of their own; found by board only.
 LEGACY_MARKER = "boruta-dryad job user of "
 _USERDEL_NO_SUCH_USER = 6
+_USERDEL_USER_BUSY = 8
 _USERDEL_HOME_NOT_REMOVED = 12
 _ID_IN_USE = 4  # useradd: uid taken; groupadd: gid taken
 _NAME_IN_USE = 9
@@ -190,6 +191,9 @@ class JobUsers:
             if code == _USERDEL_HOME_NOT_REMOVED and not self._exists(name):
                 log.warning("job user removed, home left", extra={"user": name, "why": output})
                 return
+            if code == _USERDEL_USER_BUSY and entry is not None:
+                # Started since the sweep by something other than sshd (cron, at).
+                await self._end_processes(name, entry.pw_uid, entry.pw_gid)
             await asyncio.sleep(0.05)
         raise UserError(f"cannot remove job user {name}: userdel said {output!r}")
 
