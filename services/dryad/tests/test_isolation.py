@@ -98,6 +98,12 @@ def uids() -> Iterator[list[int]]:
 
 
 @pytest.fixture
+def host() -> Iterator[JobHost]:
+    with job_host() as made:
+        yield made
+
+
+@pytest.fixture
 def board(sshd: DevSshd) -> Iterator[BoardConfig]:
     prefix = unique_prefix()
     yield BoardConfig(

@@ -16,6 +16,7 @@ from boruta_dryad.users import LEGACY_MARKER, JobHost, JobUsers, job_users, mark
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from system_kit import processes_of, remove_users, require_root, unique_prefix, users_with_prefix
+from users_kit import job_host
 
 
 @pytest.fixture
@@ -31,6 +32,12 @@ def board(tmp_path: Path) -> Iterator[BoardConfig]:
         user_groups=("dialout",),
     )
     remove_users(prefix)
+
+
+@pytest.fixture
+def host() -> Iterator[JobHost]:
+    with job_host() as made:
+        yield made
 
 
 @pytest.fixture
