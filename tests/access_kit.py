@@ -16,9 +16,10 @@ from pathlib import Path
 
 import paramiko
 from boruta.v1 import types_pb2
+from boruta_dryad.config import load_config
 from boruta_dryad.devsshd import DevSshd
 from boruta_dryad.main import READY as DRYAD_READY
-from system_kit import require_sshd
+from system_kit import remove_job_cgroups, require_sshd
 
 
 def dryad_toml(
@@ -89,6 +90,8 @@ class DryadProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(20)
+        # A killed dryad leaves its job cgroups (a restarted one would remove them).
+        remove_job_cgroups(load_config(["--config", str(self.config)], environ={}).state_dir)
 
 
 @dataclass

@@ -7,14 +7,16 @@ skipped system test as passing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import secrets
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
-from boruta_dryad import remains, sessions
+from boruta_dryad import cgroups, remains, sessions
 
 
 def _missing(reason: str) -> None:
@@ -53,6 +55,25 @@ def remove_users(prefix: str) -> None:
     for name in sessions.registered():
         if name.startswith(prefix):
             sessions.unregister(name)
+
+
+def remove_job_cgroups(state_dir: str) -> None:
+    """Kill and remove the job cgroups of the dryad with this state directory, if any."""
+    try:
+        identity = (Path(state_dir) / "dryad-id").read_text().strip()
+    except FileNotFoundError:
+        return
+    host = cgroups.detect()
+    if host.mount is None:
+        return
+    root = host.mount / host.own.lstrip("/") / f"boruta-dryad-{identity}"
+    for job in [p for p in root.glob("*") if p.is_dir()]:
+        while job.exists():
+            with contextlib.suppress(OSError):  # gone meanwhile, or not yet empty
+                (job / "cgroup.kill").write_text("1")
+                job.rmdir()
+    with contextlib.suppress(FileNotFoundError):
+        root.rmdir()
 
 
 def remove_everything_of(uid: int) -> None:
