@@ -25,6 +25,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from boruta_dryad.sessions import pam_line
+
 log = logging.getLogger(__name__)
 
 READY = "boruta-devsshd listening on "
@@ -53,7 +55,7 @@ _PAM = """\
 # PAM service of boruta-devsshd in {workdir}; removed when it stops.
 auth     required pam_deny.so
 account  required pam_unix.so
-session  required pam_exec.so type=open_session log={workdir}/session-hook.log {hook}
+{session}
 password required pam_deny.so
 """
 PAM_DIR = Path("/etc/pam.d")
@@ -95,8 +97,9 @@ class DevSshd:
             raise RuntimeError(f"sshd refuses its configuration: {check.stderr.strip()}")
         self._listener = socket.create_server((listen_host, port))
         self.pam_service = f"boruta-devsshd-{secrets.token_hex(4)}"
-        hook = f"{sys.executable} -m boruta_dryad.sessions"
-        (PAM_DIR / self.pam_service).write_text(_PAM.format(workdir=self.workdir, hook=hook))
+        # The line a board's /etc/pam.d/sshd gets, with a log of the hook's complaints.
+        session = pam_line().replace(" type=", f" log={self.workdir}/session-hook.log type=")
+        (PAM_DIR / self.pam_service).write_text(_PAM.format(workdir=self.workdir, session=session))
         self.address = f"{listen_host}:{self._listener.getsockname()[1]}"
         self._children: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()

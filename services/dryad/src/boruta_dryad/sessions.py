@@ -9,7 +9,9 @@ job users pass untouched.
 
 The dryad keeps one entry per live job user in SESSIONS_DIR (root only): a file named
 after the user holding the path of its cgroup, or nothing on a host without cgroup v2.
-Kept light (standard library only): it runs at every SSH login of the host.
+It runs at every SSH login of the host, so it uses the standard library only and runs as
+a file with `python -I -S` (no site, no environment): `boruta-job-session --pam-line`
+prints the PAM line that does so.
 """
 
 from __future__ import annotations
@@ -99,8 +101,17 @@ def open_session(username: str, parent: int, directory: Path = SESSIONS_DIR) -> 
     return None
 
 
+def pam_line() -> str:
+    """The session line for sshd's PAM service that runs this hook."""
+    hook = f"{sys.executable} -I -S {Path(__file__).resolve()}"
+    return f"session required pam_exec.so type=open_session {hook}"
+
+
 def main() -> None:
     """The PAM hook (pam_exec): exit 0 lets the session open, anything else refuses it."""
+    if sys.argv[1:] == ["--pam-line"]:
+        print(pam_line())
+        sys.exit(0)
     if os.environ.get("PAM_TYPE") != "open_session":
         sys.exit(0)
     refusal = open_session(os.environ.get("PAM_USER", ""), os.getppid())
