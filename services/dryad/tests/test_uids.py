@@ -23,8 +23,7 @@ def test_a_range_is_first_to_last_and_goes_round() -> None:
 
 def test_uids_come_in_turn_and_are_shared_through_the_mark(tmp_path: Path) -> None:
     uids = UidRange(2_000_000_000, 2_000_000_002)
-    mark = str(tmp_path / "mark")
-    first, second = UidAllocator(uids, mark), UidAllocator(uids, mark)
+    first, second = UidAllocator(uids, str(tmp_path)), UidAllocator(uids, str(tmp_path))
     assert [first.allocate(), second.allocate(), first.allocate()] == [
         2000000000,
         2000000001,
@@ -32,13 +31,17 @@ def test_uids_come_in_turn_and_are_shared_through_the_mark(tmp_path: Path) -> No
     ]
     # Round again, with another dryad's mark as the start.
     assert second.allocate() == 2000000000
-    assert (tmp_path / "mark").read_text() == "2000000000\n"
+    assert first.mark_file.read_text() == "2000000000\n"
+    # A dryad with another range keeps a mark of its own and moves nobody else's.
+    other = UidAllocator(UidRange(2_000_000_010, 2_000_000_019), str(tmp_path))
+    assert other.allocate() == 2_000_000_010
+    assert first.allocate() == 2_000_000_001
 
 
 def test_uids_of_accounts_groups_and_processes_are_skipped(tmp_path: Path) -> None:
     require_root()
     # 65534 is nobody (and nogroup) on every Debian system.
-    allocator = UidAllocator(UidRange(65533, 65535), str(tmp_path / "mark"))
+    allocator = UidAllocator(UidRange(65533, 65535), str(tmp_path))
     assert [allocator.allocate(), allocator.allocate()] == [65533, 65535]
     sleeper = subprocess.Popen(["sleep", "600"], user=65533, group=65533, extra_groups=[])
     try:
@@ -51,4 +54,4 @@ def test_uids_of_accounts_groups_and_processes_are_skipped(tmp_path: Path) -> No
 
 def test_a_full_range_says_so(tmp_path: Path) -> None:
     with pytest.raises(UidsExhausted, match="65534-65534"):
-        UidAllocator(UidRange(65534, 65534), str(tmp_path / "mark")).allocate()
+        UidAllocator(UidRange(65534, 65534), str(tmp_path)).allocate()

@@ -16,7 +16,7 @@ from typing import Any
 from boruta.pki import PkiError
 from boruta.tls import TlsFiles, choose_transport
 
-from boruta_dryad.uids import DEFAULT_MARK_FILE, UidRange
+from boruta_dryad.uids import DEFAULT_MARK_DIR, UidRange
 
 DEFAULT_CONFIG = "/etc/boruta/dryad.toml"
 MIN_KEY_BITS = 2048
@@ -79,7 +79,7 @@ class DryadConfig:
     plaintext: bool = False
     # Uids (and gids) of job users, handed out in turn by every dryad of the host.
     job_uids: UidRange = field(default_factory=lambda: UidRange.parse(DEFAULT_JOB_UIDS))
-    uid_mark_file: str = DEFAULT_MARK_FILE
+    uid_mark_dir: str = DEFAULT_MARK_DIR
 
 
 def _host_port(value: str, what: str, *, port_zero: bool = False) -> str:

@@ -147,7 +147,7 @@ def job_host(config: DryadConfig) -> JobHost:
             "NO JOB CGROUPS: jobs are ended by killing their uid's processes only",
             extra={"cgroups": host.describe(), "why": str(exc)},
         )
-    return JobHost(identity, UidAllocator(config.job_uids, config.uid_mark_file), cgroups)
+    return JobHost(identity, UidAllocator(config.job_uids, config.uid_mark_dir), cgroups)
 
 
 async def serve(config: DryadConfig) -> None:

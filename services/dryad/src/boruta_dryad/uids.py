@@ -1,8 +1,9 @@
 """Uids for job users: taken in turn from a configured range, never the one just freed.
 
-Every dryad of a host draws from one high-water mark (a file, under flock), so a uid comes
-back only after the whole range has gone round, and never while a process or account of
-its last owner remains. Group ids are the same numbers.
+Every dryad of a host with the same range draws from one high-water mark (a file per
+range, under flock), so a uid comes back only after the whole range has gone round, and
+never while a process or account of its last owner remains. Group ids are the same
+numbers.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-# Where every dryad of the host keeps the last uid handed out.
-DEFAULT_MARK_FILE = "/var/lib/boruta-dryad/job-uid-mark"
+# Where the dryads of the host keep the last uid handed out of each range.
+DEFAULT_MARK_DIR = "/var/lib/boruta-dryad"
 
 
 class UidsExhausted(Exception):
@@ -93,9 +94,10 @@ def _taken(uid: int, running: set[int]) -> bool:
 class UidAllocator:
     """Hands out uids of a range in turn, shared by every dryad that uses the mark file."""
 
-    def __init__(self, uid_range: UidRange, mark_file: str = DEFAULT_MARK_FILE) -> None:
+    def __init__(self, uid_range: UidRange, mark_dir: str = DEFAULT_MARK_DIR) -> None:
         self.range = uid_range
-        self.mark_file = Path(mark_file)
+        # One mark per range: a dryad with another range must not move this one's.
+        self.mark_file = Path(mark_dir) / f"job-uids-{uid_range}.mark"
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -108,6 +110,7 @@ class UidAllocator:
             os.close(lock)
 
     def _mark(self) -> int:
+        """The last uid handed out (before the range's first if none yet)."""
         try:
             return int(self.mark_file.read_text().strip())
         except (FileNotFoundError, ValueError):
