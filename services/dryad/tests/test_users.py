@@ -152,13 +152,15 @@ async def test_users_of_an_older_dryad_go_at_start_only(
     board: BoardConfig, users: JobUsers
 ) -> None:
     """Job users made before dryads had ids carry the board's UUID alone; a dryad of that
-    board removes them when it starts (remove_all with legacy), and at no other time."""
-    name = f"{board.user_prefix}old"
+    board removes them when it starts (remove_all with legacy), and at no other time, and
+    only those with names its configuration gives (another dryad's have other prefixes)."""
     comment = LEGACY_MARKER + board.uuid
-    subprocess.run(["useradd", "--comment", comment, "--", name], check=True)
+    name, elses = f"{board.user_prefix}7", f"{board.user_prefix}x7"
+    for made in (name, elses):
+        subprocess.run(["useradd", "--comment", comment, "--", made], check=True)
     assert await users.remove_all() == []
     assert await users.remove_all(legacy=True) == [name]
-    assert users_with_prefix(board.user_prefix) == []
+    assert users_with_prefix(board.user_prefix) == [elses]
 
 
 async def test_keep_only_removes_what_the_scheduler_no_longer_counts_on(

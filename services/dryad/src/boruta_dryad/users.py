@@ -104,12 +104,19 @@ class JobUsers:
         self._counter = Path(state_dir) / f"{board.name}.next-job"
         self._lock = asyncio.Lock()
 
-    def _mine(self, gecos: str, *, legacy: bool = False) -> bool:
-        owner = _owner(gecos)
-        ours = {(self.host.dryad_id, self.board.uuid)}
-        if legacy:
-            ours.add(("", self.board.uuid))
-        return owner in ours
+    def _mine(self, entry: pwd.struct_passwd, *, legacy: bool = False) -> bool:
+        owner = _owner(entry.pw_gecos)
+        if owner == (self.host.dryad_id, self.board.uuid):
+            return True
+        # An older dryad marked the board's UUID alone: taken as this board's only if the
+        # name is one this board's configuration gives, too.
+        number = entry.pw_name.removeprefix(self.board.user_prefix)
+        return (
+            legacy
+            and owner == ("", self.board.uuid)
+            and entry.pw_name.startswith(self.board.user_prefix)
+            and number.isdigit()
+        )
 
     async def prepare(self) -> PreparedUser:
         """Remove the previous job user, create a fresh one with a fresh key. Idempotent."""
@@ -138,7 +145,7 @@ class JobUsers:
 
     def snapshot(self) -> UserSnapshot:
         """The board's job users now, by name and uid (to pass to keep_only later)."""
-        return frozenset((e.pw_name, e.pw_uid) for e in pwd.getpwall() if self._mine(e.pw_gecos))
+        return frozenset((e.pw_name, e.pw_uid) for e in pwd.getpwall() if self._mine(e))
 
     async def keep_only(self, before: UserSnapshot, live: Collection[str]) -> list[str]:
         """Remove the users of before that live does not name (and that still are the
@@ -155,13 +162,13 @@ class JobUsers:
                     entry = pwd.getpwnam(name)
                 except KeyError:
                     continue
-                if entry.pw_uid == uid and self._mine(entry.pw_gecos):
+                if entry.pw_uid == uid and self._mine(entry):
                     await self._remove(name)
                     removed.append(name)
         return removed
 
     async def _remove_all(self, *, legacy: bool = False) -> list[str]:
-        names = sorted(e.pw_name for e in pwd.getpwall() if self._mine(e.pw_gecos, legacy=legacy))
+        names = sorted(e.pw_name for e in pwd.getpwall() if self._mine(e, legacy=legacy))
         for name in names:
             await self._remove(name)
         return names
