@@ -13,6 +13,7 @@ import pwd
 import secrets
 import shutil
 import subprocess
+import uuid as uuidlib
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,11 @@ def require_sshd() -> None:
 def unique_prefix() -> str:
     """A job user prefix no other test run uses."""
     return f"bt{secrets.token_hex(3)}-"
+
+
+def unique_uuid(label: str) -> str:
+    """A board UUID no other test run uses (dryads on one host must never meet twice)."""
+    return f"{label}-{uuidlib.uuid4()}"
 
 
 def users_with_prefix(prefix: str) -> list[str]:

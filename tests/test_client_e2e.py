@@ -28,8 +28,10 @@ from boruta_client import (
     run_job,
 )
 from live_farm import LiveFarm, live_farm
+from system_kit import unique_uuid
 
-BOARDS = {"rpi-a": {"board": "rpi4", "camera": "yes"}, "rpi-b": {"board": "rpi4"}}
+RPI_A = unique_uuid("rpi-a")
+BOARDS = {RPI_A: {"board": "rpi4", "camera": "yes"}, unique_uuid("rpi-b"): {"board": "rpi4"}}
 # Short jobs, so that a lease has to prolong several times within a test.
 JOB_TIMEOUT = 1.5
 
@@ -59,7 +61,7 @@ def test_lease_runs_commands_streams_output_and_copies_files(
 ) -> None:
     chunks: list[bytes] = []
     with client.lease({"board": "rpi4", "camera": "yes"}) as board:
-        assert board.worker_uuid == "rpi-a"
+        assert board.worker_uuid == RPI_A
         whoami = board.ssh.run("id -un")
         assert whoami.ok and whoami.output.strip() == board.access.username
         failing = board.ssh.run("echo out; echo err >&2; exit 3", stdout=chunks.append)

@@ -17,8 +17,10 @@ from boruta_client import Client, RequestState, WorkerState
 from live_farm import LiveFarm, live_farm
 from schedctl import exits
 from schedctl.output import jsonable
+from system_kit import unique_uuid
 
-BOARDS = {"sc-a": {"board": "rpi4", "camera": "yes"}, "sc-b": {"board": "rpi4"}}
+SC_A, SC_B = unique_uuid("sc-a"), unique_uuid("sc-b")
+BOARDS = {SC_A: {"board": "rpi4", "camera": "yes"}, SC_B: {"board": "rpi4"}}
 SCHEDCTL = [sys.executable, "-m", "schedctl.main"]
 
 
@@ -87,7 +89,7 @@ def test_run_job_file_uploads_runs_and_fetches(env: dict[str, str], tmp_path: Pa
     user = done.stdout.strip()
     result = as_json(env, "run", str(job))
     assert isinstance(result, dict)
-    assert result["phase"] == "DONE" and result["worker_uuid"] == "sc-a"
+    assert result["phase"] == "DONE" and result["worker_uuid"] == SC_A
     assert [c["exit_status"] for c in result["commands"]] == [0, 0, 0]
     assert result["commands"][2]["stdout"].strip() != user  # a fresh job user each time
 
@@ -160,20 +162,20 @@ def test_ssh_with_caps_leases_a_board_for_the_session(env: dict[str, str], farm:
 
 def test_admin_takes_a_board_out_of_service_and_back(env: dict[str, str]) -> None:
     admin = {**env, "BORUTA_USER": "root", "BORUTA_ADMIN": "1"}
-    out = schedctl(admin, "workers", "maintenance", "sc-b", "-r", "swap the SD card").stdout
+    out = schedctl(admin, "workers", "maintenance", SC_B, "-r", "swap the SD card").stdout
     assert "MAINTENANCE" in out and "swap the SD card" in out
-    shown = as_json(admin, "workers", "show", "sc-b")
+    shown = as_json(admin, "workers", "show", SC_B)
     assert isinstance(shown, dict)
     assert (shown["state"], shown["reason"]) == ("MAINTENANCE", "swap the SD card")
     assert "MAINTENANCE" in schedctl(admin, "workers", "list", "-s", "maintenance").stdout
-    back = as_json(admin, "workers", "idle", "sc-b", "-r", "new card")
+    back = as_json(admin, "workers", "idle", SC_B, "-r", "new card")
     assert isinstance(back, dict) and back["state"] == WorkerState.IDLE.name
-    history = as_json(admin, "workers", "history", "sc-b", "-n", "6")
+    history = as_json(admin, "workers", "history", SC_B, "-n", "6")
     assert isinstance(history, list)
     assert [h["to_state"] for h in history[:4]] == ["IDLE", "PREPARE", "MAINTENANCE", "BUSY"]
-    grouped = as_json(admin, "workers", "groups", "sc-b", "lab", "ci")
+    grouped = as_json(admin, "workers", "groups", SC_B, "lab", "ci")
     assert isinstance(grouped, dict) and grouped["groups"] == ["ci", "lab"]
-    assert as_json(admin, "workers", "groups", "sc-b", "--none")["groups"] == []  # type: ignore[index]
+    assert as_json(admin, "workers", "groups", SC_B, "--none")["groups"] == []  # type: ignore[index]
 
 
 def test_watch_shows_changes_as_they_happen(env: dict[str, str]) -> None:
@@ -225,7 +227,7 @@ def test_contexts_from_the_config_file(env: dict[str, str], farm: LiveFarm, tmp_
     done = schedctl(plain, "-c", "missing", "status", check=exits.INVALID)
     assert "no context 'missing'" in done.stderr
     ran = json.loads(schedctl(plain, "run", "--profile", "cam", "-o", "json", "--", "true").stdout)
-    assert ran["worker_uuid"] == "sc-a"
+    assert ran["worker_uuid"] == SC_A
     done = schedctl(plain, "run", "--profile", "nope", "--", "true", check=exits.INVALID)
     assert "no runner profile 'nope' (known: cam)" in done.stderr
 
@@ -254,19 +256,19 @@ def test_workers_watch_yaml_and_deregister_errors(env: dict[str, str]) -> None:
         assert watch.stdout is not None
         current = [json.loads(read_line(watch)) for _ in BOARDS]
         assert sorted(c["worker"]["uuid"] for c in current) == sorted(BOARDS)
-        schedctl(admin, "workers", "maintenance", "sc-b", "--no-wait")
+        schedctl(admin, "workers", "maintenance", SC_B, "--no-wait")
         states = []
         while "MAINTENANCE" not in states:
             change = json.loads(read_line(watch))
-            assert change["worker"]["uuid"] == "sc-b" and not change["removed"]
+            assert change["worker"]["uuid"] == SC_B and not change["removed"]
             states.append(change["worker"]["state"])
         assert states == ["BUSY", "MAINTENANCE"]
     finally:
         watch.terminate()
         watch.wait(10)
-        schedctl(admin, "workers", "idle", "sc-b")
+        schedctl(admin, "workers", "idle", SC_B)
     listed = yaml.safe_load(schedctl(admin, "workers", "list", "-o", "yaml").stdout)
     assert sorted(w["uuid"] for w in listed) == sorted(BOARDS)
     schedctl(admin, "workers", "deregister", "-y", "no-such-board", check=exits.NOT_FOUND)
-    done = schedctl(admin, "workers", "deregister", "-y", "sc-a", check=exits.WRONG_STATE)
+    done = schedctl(admin, "workers", "deregister", "-y", SC_A, check=exits.WRONG_STATE)
     assert "IDLE" in done.stderr

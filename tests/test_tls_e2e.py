@@ -18,8 +18,10 @@ from boruta.v1 import dryad_pb2, dryad_pb2_grpc
 from boruta_client import Client, RequestState
 from live_farm import LiveFarm, live_farm
 from pki_kit import FarmPki
+from system_kit import unique_uuid
 
-BOARDS = {"tls-a": {"board": "rpi4"}}
+TLS_A = unique_uuid("tls-a")
+BOARDS = {TLS_A: {"board": "rpi4"}}
 SCHEDCTL = [sys.executable, "-m", "schedctl.main"]
 
 
@@ -54,13 +56,13 @@ def test_a_user_runs_a_job_over_tls_as_their_certificate_says(
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result["phase"] == "DONE" and result["worker_uuid"] == "tls-a"
+    assert result["phase"] == "DONE" and result["worker_uuid"] == TLS_A
     with farm.client("alice") as client:
         request = client.get_request(result["request_id"])
     assert (request.owner, request.owner_groups) == ("alice", frozenset({"lab"}))
     assert request.state is RequestState.DONE
     denied = subprocess.run(
-        [*SCHEDCTL, "workers", "maintenance", "tls-a"], env=env, capture_output=True, text=True
+        [*SCHEDCTL, "workers", "maintenance", TLS_A], env=env, capture_output=True, text=True
     )
     # A user's certificate is not an admin's, whatever BORUTA_ADMIN says.
     assert denied.returncode == 77, denied.stderr
@@ -70,25 +72,25 @@ def test_a_user_runs_a_job_over_tls_as_their_certificate_says(
 def test_only_the_scheduler_may_call_the_dryad(farm: LiveFarm) -> None:
     assert farm.pki is not None
     with farm.admin() as admin:
-        dryad_address = admin.get_worker("tls-a").dryad_address
+        dryad_address = admin.get_worker(TLS_A).dryad_address
     for files, code in (
         (farm.pki.admin(), grpc.StatusCode.PERMISSION_DENIED),
-        (farm.pki.dryad("other-pc", "tls-a"), grpc.StatusCode.PERMISSION_DENIED),
+        (farm.pki.dryad("other-pc", TLS_A), grpc.StatusCode.PERMISSION_DENIED),
     ):
         with grpc.secure_channel(dryad_address, channel_credentials(files)) as channel:
             stub = dryad_pb2_grpc.DryadStub(channel)
             with pytest.raises(grpc.RpcError) as info:
-                stub.Prepare(dryad_pb2.PrepareRequest(worker_uuid="tls-a"), timeout=10)
+                stub.Prepare(dryad_pb2.PrepareRequest(worker_uuid=TLS_A), timeout=10)
         assert info.value.code() is code  # type: ignore[attr-defined]
     with grpc.insecure_channel(dryad_address) as channel:
         with pytest.raises(grpc.RpcError) as info:
             dryad_pb2_grpc.DryadStub(channel).Prepare(
-                dryad_pb2.PrepareRequest(worker_uuid="tls-a"), timeout=10
+                dryad_pb2.PrepareRequest(worker_uuid=TLS_A), timeout=10
             )
         assert info.value.code() is grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
     farm.wait_idle()
     with Client(farm.address, tls=farm.pki.user("bob")) as bob:
-        assert bob.get_worker("tls-a").state.name == "IDLE"
+        assert bob.get_worker(TLS_A).state.name == "IDLE"
 
 
 def secret_lines(pem: str) -> list[str]:
