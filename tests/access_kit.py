@@ -9,12 +9,17 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
 from boruta.v1 import types_pb2
+from boruta_dryad.config import load_config
+from boruta_dryad.devsshd import DevSshd
 from boruta_dryad.main import READY as DRYAD_READY
+from system_kit import remove_job_cgroups, require_sshd
 
 
 def dryad_toml(
@@ -39,6 +44,18 @@ def dryad_toml(
         f'user_prefix = "{prefix}"\n'
         f'backend_options = {{ record_file = "{state_dir}/{name}.record" }}\n'
     )
+
+
+@contextmanager
+def running_sshd(workdir: Path) -> Iterator[DevSshd]:
+    """A private sshd for the test, stopped afterwards."""
+    require_sshd()
+    server = DevSshd(workdir=str(workdir))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 class DryadProcess:
@@ -74,15 +91,21 @@ class DryadProcess:
     def stop(self, timeout: float = 60) -> None:
         """SIGTERM, as systemd stops it; a dryad that will not stop is killed, and the
         test fails saying so (its job users are then left for the caller to remove)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
         try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"dryad did not stop within {timeout} s; see {self.log}") from None
+            if self.proc is None or self.proc.poll() is not None:
+                return
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(
+                    f"dryad did not stop within {timeout} s; see {self.log}"
+                ) from None
+        finally:
+            # A killed dryad leaves its job cgroups (a restarted one would remove them).
+            remove_job_cgroups(load_config(["--config", str(self.config)], environ={}).state_dir)
 
 
 @dataclass

@@ -15,10 +15,12 @@ import secrets
 import shutil
 import signal
 import subprocess
+import uuid as uuidlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from boruta_dryad import cgroups, remains, sessions
 
 
 def _missing(reason: str) -> None:
@@ -45,6 +47,11 @@ def unique_prefix() -> str:
     return f"bt{secrets.token_hex(3)}-"
 
 
+def unique_uuid(label: str) -> str:
+    """A board UUID no other test run uses (dryads on one host must never meet twice)."""
+    return f"{label}-{uuidlib.uuid4()}"
+
+
 def users_with_prefix(prefix: str) -> list[str]:
     return sorted(e.pw_name for e in pwd.getpwall() if e.pw_name.startswith(prefix))
 
@@ -52,8 +59,44 @@ def users_with_prefix(prefix: str) -> list[str]:
 def remove_users(prefix: str) -> None:
     """Clean up after a test, whatever it left."""
     for name in users_with_prefix(prefix):
-        subprocess.run(["pkill", "-KILL", "-u", name], check=False)
+        remove_everything_of(pwd.getpwnam(name).pw_uid)
         subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
+    for name in sessions.registered():
+        if name.startswith(prefix):
+            sessions.unregister(name)
+
+
+def remove_job_cgroups(state_dir: str) -> None:
+    """Kill and remove the job cgroups of the dryad with this state directory, if any."""
+    try:
+        identity = (Path(state_dir) / "dryad-id").read_text().strip()
+    except FileNotFoundError:
+        return
+    host = cgroups.detect()
+    if host.mount is None:
+        return
+    root = host.mount / host.own.lstrip("/") / f"boruta-dryad-{identity}"
+    for job in [p for p in root.glob("*") if p.is_dir()]:
+        while job.exists():
+            with contextlib.suppress(OSError):  # gone meanwhile, or not yet empty
+                (job / "cgroup.kill").write_text("1")
+                job.rmdir()
+    with contextlib.suppress(FileNotFoundError):
+        root.rmdir()
+
+
+def remove_everything_of(uid: int) -> None:
+    """Processes, System V IPC objects and files in shared directories of uid."""
+    end_every_process_of(uid)
+    remains.remove_sysv_ipc_of(uid, uid)
+    remains.remove_files_of(uid)
+
+
+def end_every_process_of(uid: int) -> None:
+    """Kill every process of uid, even one that keeps forking: kill(-1) sent as that uid
+    reaches all of them at once (a fork racing it fails)."""
+    while processes_of(uid) or processes_of(uid):
+        remains.kill_processes_of(uid, uid)
 
 
 def processes_of(uid: int) -> list[int]:
@@ -71,11 +114,6 @@ def processes_of(uid: int) -> list[int]:
             if state != "Z":
                 pids.append(int(entry))
     return pids
-
-
-def unique_uuid(name: str) -> str:
-    """A board UUID no other test run on this host uses, readable in logs by its name."""
-    return f"{name}-{secrets.token_hex(4)}"
 
 
 def default_sigint() -> None:

@@ -9,6 +9,7 @@ import logging
 import os
 import pwd
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ from uuid import uuid4
 
 import grpc
 import pytest
-from access_kit import DryadProcess, Login, dryad_toml
+from access_kit import DryadProcess, Login, dryad_toml, running_sshd
 from boruta.v1 import types_pb2, workers_pb2
 from boruta_client import Access, BoardSSH, HostKeyMismatch
 from boruta_dryad.config import parse_config
@@ -29,18 +30,15 @@ from boruta_dryad.main import Dryad
 from boruta_dryad.stub import StubDryad
 from boruta_scheduler.core import Policy
 from farm_kit import Farm, SchedulerProcess, board, schedctl_env
-from system_kit import processes_of, remove_users, require_sshd, unique_prefix, users_with_prefix
+from system_kit import processes_of, remove_users, unique_prefix, users_with_prefix
 
 S = types_pb2
 
 
 @pytest.fixture
 def sshd(tmp_path: Path) -> Iterator[DevSshd]:
-    require_sshd()
-    server = DevSshd(workdir=str(tmp_path / "sshd"))
-    server.start()
-    yield server
-    server.stop()
+    with running_sshd(tmp_path / "sshd") as server:
+        yield server
 
 
 @pytest.fixture
@@ -215,20 +213,62 @@ async def farm_processes(
         scheduler.stop()
 
 
+# A dryad silent for 2 s has lost its board.
+FAST_HEARTBEATS = ("--heartbeat-interval", "0.3s", "--heartbeat-timeout", "2s")
+
+
+async def expect_heartbeat_lost(farm: Farm, uuid: str, request_id: int) -> None:
+    failed = await farm.admin.wait_worker(uuid, S.WORKER_STATE_FAILED)
+    assert failed.reason.startswith("heartbeat lost")
+    info = await farm.admin.info(request_id)
+    assert info.state == S.REQUEST_STATE_FAILED and "heartbeat lost" in info.reason
+
+
 async def test_killed_dryad_fails_its_worker_and_job(
     sshd: DevSshd, prefix: str, tmp_path: Path
 ) -> None:
-    async with farm_processes(
-        tmp_path, sshd, prefix, "--heartbeat-interval", "0.3s", "--heartbeat-timeout", "2s"
-    ) as (_, dryad, farm, uuid):
+    async with farm_processes(tmp_path, sshd, prefix, *FAST_HEARTBEATS) as (_, dryad, farm, uuid):
         alice = farm.client()
         request = await alice.new({"board": "rpi4"})
         await alice.acquire(request.id)
         dryad.kill()
-        failed = await farm.admin.wait_worker(uuid, S.WORKER_STATE_FAILED)
-        assert failed.reason.startswith("heartbeat lost")
-        info = await alice.info(request.id)
-        assert info.state == S.REQUEST_STATE_FAILED and "heartbeat lost" in info.reason
+        await expect_heartbeat_lost(farm, uuid, request.id)
+
+
+async def test_a_dryad_back_from_a_pause_removes_the_user_of_its_failed_job(
+    sshd: DevSshd, prefix: str, tmp_path: Path
+) -> None:
+    async with farm_processes(tmp_path, sshd, prefix, *FAST_HEARTBEATS) as (_, dryad, farm, uuid):
+        alice = farm.client()
+        request = await alice.new({"board": "rpi4"})
+        access = (await alice.acquire(request.id)).access
+        # Straight to the board's sshd, as anyone on the lab network could, not the tunnel.
+        host, _, port = sshd.address.rpartition(":")
+        direct = Login(
+            host, int(port), access.username, access.private_key_pem, tuple(access.ssh_host_keys)
+        )
+        started = await direct.openssh_run("setsid sleep 600 </dev/null >/dev/null 2>&1 & id -un")
+        assert started.stdout.strip() == access.username, started.stderr
+        uid = pwd.getpwnam(access.username).pw_uid
+        assert dryad.proc is not None
+        dryad.proc.send_signal(signal.SIGSTOP)
+        try:
+            await expect_heartbeat_lost(farm, uuid, request.id)
+            resumed = (await farm.admin.worker(uuid)).last_seen.ToNanoseconds()
+        finally:
+            dryad.proc.send_signal(signal.SIGCONT)
+        # The dryad handles each reply before it sends the next call: two calls seen after
+        # the pause mean the verdict of the first is carried out.
+        seen = {resumed}
+        while len(seen) < 3:
+            seen.add((await farm.admin.worker(uuid)).last_seen.ToNanoseconds())
+            await asyncio.sleep(0.05)
+        with pytest.raises(KeyError):
+            pwd.getpwnam(access.username)
+        assert processes_of(uid) == []
+        refused = await direct.openssh_run("id -un")
+        assert refused.returncode == 255 and "Permission denied" in refused.stderr
+        assert (await farm.admin.worker(uuid)).state == S.WORKER_STATE_FAILED
 
 
 async def test_restarted_scheduler_gets_its_dryads_back(

@@ -248,6 +248,39 @@ async def test_reregister_after_dryad_restart_fails_the_job(farm: Farm) -> None:
     await farm.admin.wait_worker("w1", S.WORKER_STATE_IDLE)
 
 
+async def test_heartbeat_and_register_replies_name_the_job_users_to_keep(farm: Farm) -> None:
+    dryad = await farm.add_dryad([board("w1")])
+    sup = farm.client("dryad", role="dryad")
+    c = farm.client()
+    r = await c.new()
+    access = (await c.acquire(r.id)).access
+
+    async def verdict() -> superviser_pb2.HeartbeatResponse:
+        return await sup.superviser.Heartbeat(
+            superviser_pb2.HeartbeatRequest(worker_uuid="w1"), metadata=sup.metadata
+        )
+
+    running = await verdict()
+    assert running.HasField("live_job_users")
+    assert list(running.live_job_users.usernames) == [access.username]
+    await sup.superviser.SetFail(
+        superviser_pb2.SetFailRequest(worker_uuid="w1", reason="cable"), metadata=sup.metadata
+    )
+    failed = await verdict()
+    assert failed.HasField("live_job_users") and not failed.live_job_users.usernames
+    worker = await farm.admin.worker("w1")
+    again = await sup.superviser.Register(
+        superviser_pb2.RegisterRequest(
+            caps=dict(worker.caps),
+            dryad_address=worker.dryad_address,
+            ssh_address=worker.ssh_address,
+            instance_id=dryad.instance_id,
+        ),
+        metadata=sup.metadata,
+    )
+    assert again.HasField("live_job_users") and not again.live_job_users.usernames
+
+
 async def test_heartbeat_carries_host_status(farm: Farm) -> None:
     dryad = await farm.add_dryad([board("w1")], idle=False)
     await dryad.wait_heartbeats("w1", 1)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from boruta_dryad.config import ConfigError, load_config, parse_config
-from boruta_dryad.state import ensure_uuids
+from boruta_dryad.state import dryad_id, ensure_uuids
 
 
 def minimal(**overrides: Any) -> dict[str, Any]:
@@ -55,6 +55,9 @@ def test_defaults() -> None:
         ({"board": {"user_shell": "bash"}}, "absolute path"),
         ({"bogus": 1}, "unknown settings bogus"),
         ({"board": []}, "at least one"),
+        ({"job_uids": "70000"}, "job_uids: a uid range is FIRST-LAST"),
+        ({"job_uids": "10-99"}, "job_uids: not a usable uid range"),
+        ({"job_uids": "70000-70000"}, "too small"),
     ],
 )
 def test_refused(overrides: dict[str, Any], message: str) -> None:
@@ -120,8 +123,21 @@ def test_file_environment_and_options(tmp_path: Path) -> None:
         ["--config", str(path), "--scheduler", "cli:3"], environ={"BORUTA_SCHEDULER": "env:2"}
     )
     assert config.scheduler == "cli:3"
+    config = load_config(["--config", str(path)], environ={"BORUTA_JOB_UIDS": "80000-80999"})
+    assert (config.job_uids.first, config.job_uids.last) == (80000, 80999)
+    assert str(load_config(["--config", str(path)], environ={}).job_uids) == "70000-99999"
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(["--config", str(tmp_path / "none.toml")], environ={})
+
+
+def test_the_dryad_id_is_made_once_and_kept(tmp_path: Path) -> None:
+    made = dryad_id(str(tmp_path))
+    assert len(made) == 32 and dryad_id(str(tmp_path)) == made
+    assert dryad_id(str(tmp_path / "other")) != made
+    (tmp_path / "dryad-id").write_text("garbage\n")
+    # A new id would orphan the users marked with the old one.
+    with pytest.raises(ValueError, match="damaged"):
+        dryad_id(str(tmp_path))
 
 
 def test_uuids_are_generated_once_and_kept(tmp_path: Path) -> None:

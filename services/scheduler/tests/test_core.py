@@ -718,6 +718,31 @@ def test_heartbeat_loss_fails_worker_and_job(kit: CoreKit) -> None:
     assert state_of(kit, r.id) is RequestState.FAILED
 
 
+def test_live_job_users_follow_the_worker_through_its_life(kit: CoreKit) -> None:
+    """What a heartbeat tells the dryad to keep: only a user some live job may still use."""
+    kit.add_worker("w1", idle=False)
+    assert kit.core.live_job_users("w1") == ()  # MAINTENANCE: nobody
+    kit.core.set_state(kit.now, "w1", WorkerState.IDLE)
+    assert kit.core.live_job_users("w1") is None  # PREPARE: a user may be in the making
+    kit.answer_calls()
+    assert kit.core.live_job_users("w1") == ("job1",)  # IDLE: the prepared one
+    r = kit.core.new_request(kit.now, "u", NOBODY, {})
+    assert kit.core.live_job_users("w1") == ("job1",)  # RUNNING: the job's
+    kit.core.close_request(kit.now, r.id)
+    assert kit.core.live_job_users("w1") is None  # PREPARE again
+    kit.answer_calls()
+    kit.core.new_request(kit.now, "u", NOBODY, {})
+    assert kit.core.live_job_users("w1") == ("job2",)
+    kit.silent.add("w1")
+    kit.advance(kit.core.policy.heartbeat_timeout + 1)
+    assert worker_state(kit, "w1") is WorkerState.FAILED
+    assert kit.core.live_job_users("w1") == ()  # the job FAILED: its user must go
+    kit.core.set_state(kit.now, "w1", WorkerState.MAINTENANCE)
+    assert kit.core.live_job_users("w1") is None  # BUSY: PutInMaintenance removes them
+    with pytest.raises(WorkerNotFound):
+        kit.core.live_job_users("ghost")
+
+
 def test_set_fail_keeps_reason_and_counts(kit: CoreKit) -> None:
     kit.add_worker("w1")
     kit.core.set_fail(kit.now, "w1", "USB hub died")

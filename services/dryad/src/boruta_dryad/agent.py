@@ -1,16 +1,18 @@
 """The dryad's side of the Superviser service: register each board, then keep it alive.
 
 If the scheduler is down or restarts, the link retries with backoff and registers again;
-it never gives up.
+it never gives up. Each reply may carry the scheduler's verdict on the board's job users;
+the link has users it no longer counts on removed (e.g. after the dryad was cut off long
+enough for the scheduler to fail the board and its job).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 from boruta.v1 import superviser_pb2, superviser_pb2_grpc, types_pb2
@@ -32,6 +34,16 @@ class BoardRegistration:
     ssh_address: str
 
 
+class JobUserKeeper(Protocol):
+    """The job users of one board, as the link sees them."""
+
+    def snapshot(self) -> frozenset[tuple[str, int]]: ...
+
+    async def keep_only(
+        self, before: frozenset[tuple[str, int]], live: Collection[str]
+    ) -> list[str]: ...
+
+
 class SchedulerLink:
     """Registers boards with the scheduler and sends their heartbeats."""
 
@@ -47,8 +59,10 @@ class SchedulerLink:
         metadata: Sequence[tuple[str, str]] = (("x-boruta-role", "dryad"),),
         silent: Callable[[str], bool] | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        keepers: Mapping[str, JobUserKeeper] | None = None,
     ) -> None:
         self._credentials = credentials
+        self._keepers = dict(keepers or {})
         self.scheduler_address = scheduler_address
         self.dryad_address = dryad_address
         self.boards = {b.uuid: b for b in boards}
@@ -109,7 +123,11 @@ class SchedulerLink:
         backoff = 0.05
         interval = 10.0
         while True:
+            keeper = self._keepers.get(board.uuid)
             try:
+                # Taken before the call: the verdict in its reply is about these users
+                # only, never about one a Prepare makes meanwhile.
+                before = keeper.snapshot() if keeper is not None else frozenset()
                 if board.uuid not in self.registered:
                     reply = await stub.Register(
                         superviser_pb2.RegisterRequest(
@@ -127,6 +145,8 @@ class SchedulerLink:
                     self._changed.set()
                     backoff = 0.05
                     log.info("registered", extra={"worker": board.uuid})
+                    if reply.HasField("live_job_users"):
+                        await _reconcile(board.uuid, keeper, before, reply.live_job_users)
                 elif not self._silent(board.uuid):
                     status = self._host_status() if self._host_status else None
                     reply_hb = await stub.Heartbeat(
@@ -135,6 +155,8 @@ class SchedulerLink:
                         timeout=10,
                     )
                     interval = reply_hb.heartbeat_interval.ToNanoseconds() / 1e9 or interval
+                    if reply_hb.HasField("live_job_users"):
+                        await _reconcile(board.uuid, keeper, before, reply_hb.live_job_users)
                     self.heartbeats[board.uuid] += 1
                     self._changed.set()
                 await asyncio.sleep(interval)
@@ -152,3 +174,28 @@ class SchedulerLink:
                 self._changed.set()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
+
+
+async def _reconcile(
+    uuid: str,
+    keeper: JobUserKeeper | None,
+    before: frozenset[tuple[str, int]],
+    live: superviser_pb2.LiveJobUsers,
+) -> None:
+    """Remove the board's job users the scheduler no longer counts on; a failure is
+    logged and tried again with the next heartbeat (the user is still in the snapshot)."""
+    if keeper is None:
+        return
+    try:
+        removed = await keeper.keep_only(before, set(live.usernames))
+    except Exception as exc:
+        log.error(
+            "cannot remove job users the scheduler no longer counts on",
+            extra={"worker": uuid, "error": str(exc)},
+        )
+        return
+    if removed:
+        log.warning(
+            "removed job users the scheduler no longer counts on",
+            extra={"worker": uuid, "users": ",".join(removed)},
+        )

@@ -17,9 +17,13 @@ from boruta.pki import PkiError
 from boruta.tls import TlsFiles, choose_transport
 
 from boruta_dryad.hostkeys import DEFAULT_HOST_KEYS
+from boruta_dryad.uids import DEFAULT_MARK_DIR, UidRange
 
 DEFAULT_CONFIG = "/etc/boruta/dryad.toml"
 MIN_KEY_BITS = 2048
+# Above the uids of people (and Debian's 60000-64999), below the subordinate ranges that
+# useradd hands out from 100000: a uid comes back after 30000 jobs on the host.
+DEFAULT_JOB_UIDS = "70000-99999"
 
 # A safe Unix name: what useradd accepts by default, and nothing a shell would expand.
 _UNIX_NAME = re.compile(r"[a-z_][a-z0-9_-]*")
@@ -76,6 +80,9 @@ class DryadConfig:
     # Mutual TLS with the scheduler (schedctl pki issue DIR dryad NAME -H HOST -w UUID...).
     tls: TlsFiles | None = None
     plaintext: bool = False
+    # Uids (and gids) of job users, handed out in turn by every dryad of the host.
+    job_uids: UidRange = field(default_factory=lambda: UidRange.parse(DEFAULT_JOB_UIDS))
+    uid_mark_dir: str = DEFAULT_MARK_DIR
 
 
 def _host_port(value: str, what: str, *, port_zero: bool = False) -> str:
@@ -195,6 +202,7 @@ def parse_config(data: Mapping[str, Any]) -> DryadConfig:
         "tls_cert",
         "tls_key",
         "plaintext",
+        "job_uids",
     }
     unknown = set(data) - known
     if unknown:
@@ -228,6 +236,12 @@ def parse_config(data: Mapping[str, Any]) -> DryadConfig:
     if len(set(prefixes)) != len(prefixes):
         raise ConfigError("each board needs its own user_prefix")
     tls, plaintext = _transport(data, scheduler, listen)
+    try:
+        job_uids = UidRange.parse(str(data.get("job_uids", DEFAULT_JOB_UIDS)))
+    except ValueError as exc:
+        raise ConfigError(f"job_uids: {exc} (first at least 1000)") from None
+    if len(job_uids) < 2 * len(boards):
+        raise ConfigError(f"job_uids {job_uids} is too small for {len(boards)} boards")
     return DryadConfig(
         scheduler=scheduler,
         boards=boards,
@@ -238,6 +252,7 @@ def parse_config(data: Mapping[str, Any]) -> DryadConfig:
         log_level=str(data.get("log_level", "INFO")),
         tls=tls,
         plaintext=plaintext,
+        job_uids=job_uids,
     )
 
 
@@ -264,12 +279,13 @@ _CLI = [
     ("scheduler", "host:port of the scheduler"),
     ("listen", "host:port to serve the Dryad service on"),
     ("advertise", "host:port the scheduler dials to reach this dryad"),
-    ("state_dir", "where board UUIDs and job counters are kept"),
+    ("state_dir", "where board UUIDs, job counters and the dryad's id are kept"),
     ("log_level", "DEBUG, INFO, WARNING or ERROR"),
     ("tls_ca", "the farm's CA certificate (PEM)"),
     ("tls_cert", "this dryad's certificate (PEM)"),
     ("tls_key", "this dryad's private key (PEM)"),
     ("plaintext", "no TLS (loopback only: demos and tests)"),
+    ("job_uids", f"FIRST-LAST uids of job users, taken in turn (default {DEFAULT_JOB_UIDS})"),
 ]
 
 

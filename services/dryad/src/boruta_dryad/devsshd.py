@@ -2,8 +2,10 @@
 
 It listens on a port of its own choosing (port 0 is allowed, unlike sshd's own listener)
 and hands each connection to `sshd -i` with a generated host key and a strict
-configuration: keys only, no passwords, no root. Needs root, as sshd does to switch users.
-Boards in a lab use their system sshd instead.
+configuration: keys only, no passwords, no root. Its PAM service (sshd takes the name from
+its program name) is one of its own, with the dryad's session hook, so that job logins go
+through the same path as on a board: into their job's cgroup, or refused. Needs root, as
+sshd does to switch users. Boards in a lab use their system sshd instead.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -22,6 +25,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from boruta_dryad.sessions import pam_line
+
 log = logging.getLogger(__name__)
 
 READY = "boruta-devsshd listening on "
@@ -29,7 +34,7 @@ READY = "boruta-devsshd listening on "
 _CONFIG = """\
 HostKey {host_key}
 PidFile none
-UsePAM no
+UsePAM yes
 PermitRootLogin no
 PasswordAuthentication no
 KbdInteractiveAuthentication no
@@ -42,6 +47,18 @@ Subsystem sftp internal-sftp
 PrintMotd no
 LogLevel {log_level}
 """
+
+
+# Accounts are checked (an expired job user is refused); sessions go through the dryad's
+# hook; nothing authenticates through PAM (keys only).
+_PAM = """\
+# PAM service of boruta-devsshd in {workdir}; removed when it stops.
+auth     required pam_deny.so
+account  required pam_unix.so
+{session}
+password required pam_deny.so
+"""
+PAM_DIR = Path("/etc/pam.d")
 
 
 def find_sshd() -> str:
@@ -81,6 +98,10 @@ class DevSshd:
         if check.returncode != 0:
             raise RuntimeError(f"sshd refuses its configuration: {check.stderr.strip()}")
         self._listener = socket.create_server((listen_host, port))
+        self.pam_service = f"boruta-devsshd-{secrets.token_hex(4)}"
+        # The line a board's /etc/pam.d/sshd gets, with a log of the hook's complaints.
+        session = pam_line().replace(" type=", f" log={self.workdir}/session-hook.log type=")
+        (PAM_DIR / self.pam_service).write_text(_PAM.format(workdir=self.workdir, session=session))
         self.address = f"{listen_host}:{self._listener.getsockname()[1]}"
         self._children: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
@@ -100,7 +121,8 @@ class DevSshd:
                 return
             with conn:
                 child = subprocess.Popen(
-                    [self.sshd, "-i", "-e", "-f", str(self.config)],
+                    [self.pam_service, "-i", "-e", "-f", str(self.config)],
+                    executable=self.sshd,
                     stdin=conn.fileno(),
                     stdout=conn.fileno(),
                     stderr=stderr,
@@ -126,6 +148,8 @@ class DevSshd:
             for child in self._children:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     child.wait(5)
+        with contextlib.suppress(FileNotFoundError):
+            (PAM_DIR / self.pam_service).unlink()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

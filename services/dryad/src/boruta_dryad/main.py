@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pwd
 import signal
 import sys
 import uuid as uuidlib
@@ -15,14 +16,16 @@ from boruta import logs
 from boruta.tls import PeerCertificates, channel_credentials, server_credentials
 from boruta.v1 import dryad_pb2_grpc
 
-from boruta_dryad import __version__
+from boruta_dryad import __version__, sessions
 from boruta_dryad.agent import BoardRegistration, SchedulerLink
 from boruta_dryad.backends import make_backend
+from boruta_dryad.cgroups import CgroupError, JobCgroups, detect
 from boruta_dryad.config import ConfigError, DryadConfig, load_config
 from boruta_dryad.hoststatus import host_status
 from boruta_dryad.servicer import Board, DryadServicer
-from boruta_dryad.state import ensure_uuids
-from boruta_dryad.users import JobUsers
+from boruta_dryad.state import dryad_id, ensure_uuids
+from boruta_dryad.uids import UidAllocator
+from boruta_dryad.users import JobHost, JobUsers, UserError
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +38,12 @@ class Dryad:
     def __init__(self, config: DryadConfig) -> None:
         os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
         self.config = ensure_uuids(config)
+        self.host = job_host(self.config)
         self.boards = {
             b.uuid: Board(
                 b,
                 make_backend(b.backend, b.backend_options),
-                JobUsers(b, self.config.key_bits, self.config.state_dir),
+                JobUsers(b, self.config.key_bits, self.config.state_dir, self.host),
             )
             for b in self.config.boards
         }
@@ -50,12 +54,13 @@ class Dryad:
     async def start(self) -> str:
         """Remove job users left from before, serve, and start registering."""
         for board in self.boards.values():
-            stale = await board.users.remove_all()
+            stale = await board.users.remove_all(legacy=True)
             if stale:
                 log.warning(
                     "removed job users left from before",
                     extra={"board": board.config.name, "users": ",".join(stale)},
                 )
+        await self._remove_orphans()
         server = grpc.aio.server()
         tls = self.config.tls
         peers = None if tls is None else PeerCertificates(tls.read()[0])
@@ -82,6 +87,7 @@ class Dryad:
             version=__version__,
             host_status=lambda: host_status(disk),
             credentials=None if tls is None else channel_credentials(tls),
+            keepers={uuid: board.users for uuid, board in self.boards.items()},
         )
         self.link.start()
         return self.address
@@ -103,6 +109,45 @@ class Dryad:
             await self._server.stop(2)
         for board in self.boards.values():
             await board.users.remove_all()
+        if self.host.cgroups is not None:
+            self.host.cgroups.close()
+
+    async def _remove_orphans(self) -> None:
+        """Job cgroups whose user is gone (a crash between the two) are killed and removed;
+        session entries of users that no longer exist are dropped."""
+        cgroups = self.host.cgroups
+        for name in cgroups.leftovers() if cgroups is not None else []:
+            assert cgroups is not None
+            try:
+                await cgroups.kill(name)
+                cgroups.remove(name)
+            except CgroupError as exc:
+                raise UserError(f"cannot end a job left from before: {exc}") from None
+            log.warning("removed a job cgroup left from before", extra={"cgroup": name})
+        for name in sessions.registered():
+            try:
+                pwd.getpwnam(name)
+            except KeyError:
+                sessions.unregister(name)
+
+
+def job_host(config: DryadConfig) -> JobHost:
+    """The dryad's id, the host's job uids and, where the host offers them, job cgroups."""
+    identity = dryad_id(config.state_dir)
+    host = detect()
+    cgroups: JobCgroups | None = None
+    try:
+        cgroups = JobCgroups.open(host, identity)
+        log.info(
+            "jobs run in cgroups of their own",
+            extra={"cgroups": host.describe(), "root": str(cgroups.root)},
+        )
+    except CgroupError as exc:
+        log.warning(
+            "NO JOB CGROUPS: jobs are ended by killing their uid's processes only",
+            extra={"cgroups": host.describe(), "why": str(exc)},
+        )
+    return JobHost(identity, UidAllocator(config.job_uids, config.uid_mark_dir), cgroups)
 
 
 async def serve(config: DryadConfig) -> None:

@@ -388,7 +388,8 @@ class SchedulerService:
         ssh_address: str,
         instance_id: str,
         dryad_version: str,
-    ) -> WorkerView:
+    ) -> tuple[WorkerView, tuple[str, ...] | None]:
+        """The worker as registered, and the job users its dryad may keep (see heartbeat)."""
         caps = dict(caps)
         _check_dryad(who, caps.get("UUID", ""))
         for what, address in (("dryad_address", dryad_address), ("ssh_address", ssh_address)):
@@ -400,8 +401,9 @@ class SchedulerService:
                     f"{what} {shown(address)} is not on a host the dryad's certificate names "
                     f"({', '.join(sorted(who.hosts)) or 'none'}); issue it with -H {shown(host)}"
                 )
-        return await self.engine.execute(
-            lambda core, now: core.register(
+
+        def command(core: Core, now: float) -> tuple[WorkerView, tuple[str, ...] | None]:
+            view = core.register(
                 now,
                 caps,
                 dryad_address,
@@ -409,20 +411,32 @@ class SchedulerService:
                 instance_id=instance_id,
                 dryad_version=dryad_version,
             )
-        )
+            return view, core.live_job_users(view.uuid)
 
-    async def heartbeat(self, who: Identity, uuid: str, status: HostStatus | None) -> None:
+        return await self.engine.execute(command)
+
+    async def heartbeat(
+        self, who: Identity, uuid: str, status: HostStatus | None
+    ) -> tuple[str, ...] | None:
+        """Note the dryad is alive; return the worker's job users it may keep (None: no
+        verdict now), decided in the same step, so in order with every state change."""
         _check_dryad(who, uuid)
+
+        def command(core: Core, now: float) -> tuple[str, ...] | None:
+            core.heartbeat(now, uuid, status)
+            return core.live_job_users(uuid)
+
         if self.engine.outage is None:
             try:
-                await self.engine.execute(lambda core, now: core.heartbeat(now, uuid, status))
-                return
+                return await self.engine.execute(command)
             except StoreUnavailable:
                 pass
         # While the store refuses writes no timer runs, and after it the engine counts
         # silence from its recovery: hearing the dryad is all a heartbeat must do now, and
-        # an error would only send it to register again.
+        # an error would only send it to register again. No verdict on its job users: the
+        # next heartbeat after the recovery gives one.
         await self.engine.read(lambda core, now: core.worker(uuid))
+        return None
 
     async def set_fail(self, who: Identity, uuid: str, reason: str) -> None:
         _check_dryad(who, uuid)

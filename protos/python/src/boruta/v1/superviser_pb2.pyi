@@ -90,6 +90,7 @@ class RegisterResponse(_message.Message):
 
     WORKER_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
+    LIVE_JOB_USERS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def worker(self) -> _types_pb2.WorkerInfo:
         """The registered worker."""
@@ -98,15 +99,20 @@ class RegisterResponse(_message.Message):
     def heartbeat_interval(self) -> _duration_pb2.Duration:
         """How often the dryad should send heartbeats."""
 
+    @_builtins.property
+    def live_job_users(self) -> Global___LiveJobUsers:
+        """The worker's job users the scheduler still counts on; unset when it has no verdict."""
+
     def __init__(
         self,
         *,
         worker: _types_pb2.WorkerInfo | None = ...,
         heartbeat_interval: _duration_pb2.Duration | None = ...,
+        live_job_users: Global___LiveJobUsers | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "worker", b"worker"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "live_job_users", b"live_job_users", "worker", b"worker"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "live_job_users", b"live_job_users", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -147,22 +153,57 @@ class HeartbeatResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
+    LIVE_JOB_USERS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:
         """How often the dryad should send heartbeats."""
+
+    @_builtins.property
+    def live_job_users(self) -> Global___LiveJobUsers:
+        """The worker's job users the scheduler still counts on; unset when it has no verdict."""
 
     def __init__(
         self,
         *,
         heartbeat_interval: _duration_pb2.Duration | None = ...,
+        live_job_users: Global___LiveJobUsers | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "live_job_users", b"live_job_users"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "live_job_users", b"live_job_users"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HeartbeatResponse: _TypeAlias = HeartbeatResponse  # noqa: Y015
+
+@_typing.final
+class LiveJobUsers(_message.Message):
+    """LiveJobUsers is the scheduler's verdict on a worker's job users. The dryad removes (with
+    all their processes) every job user of the worker that existed before it sent the call
+    and is not named here. The scheduler names the prepared user of an IDLE worker and the
+    job's user of a RUNNING one, and none for MAINTENANCE or FAILED; while a call to the
+    dryad may be creating or removing users (PREPARE, BUSY) it gives no verdict.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USERNAMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def usernames(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Unix names of the job users that must be kept."""
+
+    def __init__(
+        self,
+        *,
+        usernames: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["usernames", b"usernames"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LiveJobUsers: _TypeAlias = LiveJobUsers  # noqa: Y015
 
 @_typing.final
 class SetFailRequest(_message.Message):

@@ -69,7 +69,9 @@ class SuperviserServicer:
 
     def Heartbeat(self, request, context):
         """Heartbeat tells the scheduler the worker's dryad is alive. A worker silent for longer
-        than the configured timeout becomes FAILED. NOT_FOUND means: register again.
+        than the configured timeout becomes FAILED. NOT_FOUND means: register again. The reply
+        says which job users may still exist, so that a dryad that was cut off removes the
+        users of jobs that ended (e.g. FAILED) meanwhile.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

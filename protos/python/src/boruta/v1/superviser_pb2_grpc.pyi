@@ -42,7 +42,9 @@ class SuperviserStub:
     """
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_superviser_pb2.HeartbeatRequest, _superviser_pb2.HeartbeatResponse]
     """Heartbeat tells the scheduler the worker's dryad is alive. A worker silent for longer
-    than the configured timeout becomes FAILED. NOT_FOUND means: register again.
+    than the configured timeout becomes FAILED. NOT_FOUND means: register again. The reply
+    says which job users may still exist, so that a dryad that was cut off removes the
+    users of jobs that ended (e.g. FAILED) meanwhile.
     """
     SetFail: _grpc.UnaryUnaryMultiCallable[_superviser_pb2.SetFailRequest, _superviser_pb2.SetFailResponse]
     """SetFail reports that the worker has failed; a running job fails with it."""
@@ -61,7 +63,9 @@ class SuperviserAsyncStub(SuperviserStub):
     """
     Heartbeat: _aio.UnaryUnaryMultiCallable[_superviser_pb2.HeartbeatRequest, _superviser_pb2.HeartbeatResponse]  # type: ignore[assignment]
     """Heartbeat tells the scheduler the worker's dryad is alive. A worker silent for longer
-    than the configured timeout becomes FAILED. NOT_FOUND means: register again.
+    than the configured timeout becomes FAILED. NOT_FOUND means: register again. The reply
+    says which job users may still exist, so that a dryad that was cut off removes the
+    users of jobs that ended (e.g. FAILED) meanwhile.
     """
     SetFail: _aio.UnaryUnaryMultiCallable[_superviser_pb2.SetFailRequest, _superviser_pb2.SetFailResponse]  # type: ignore[assignment]
     """SetFail reports that the worker has failed; a running job fails with it."""
@@ -89,7 +93,9 @@ class SuperviserServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_superviser_pb2.HeartbeatResponse, _abc.Awaitable[_superviser_pb2.HeartbeatResponse]]:
         """Heartbeat tells the scheduler the worker's dryad is alive. A worker silent for longer
-        than the configured timeout becomes FAILED. NOT_FOUND means: register again.
+        than the configured timeout becomes FAILED. NOT_FOUND means: register again. The reply
+        says which job users may still exist, so that a dryad that was cut off removes the
+        users of jobs that ended (e.g. FAILED) meanwhile.
         """
 
     @_abc_1.abstractmethod

@@ -440,6 +440,20 @@ class Core:
         self._out.seen(worker)
         self._arm_heartbeat(worker)
 
+    def live_job_users(self, uuid: str) -> tuple[str, ...] | None:
+        """The job users of the worker that must stay, or None while a dryad call in flight
+        may be making or removing them (the dryad removes every other user it has)."""
+        worker = self._known_worker(uuid)
+        if worker.state is WorkerState.IDLE:
+            return () if worker.prepared is None else (worker.prepared.username,)
+        if worker.state is WorkerState.RUNNING:
+            request = self._requests.get(worker.request_id)
+            access = None if request is None or request.job is None else request.job.access
+            return None if access is None else (access.username,)
+        if worker.state in (WorkerState.MAINTENANCE, WorkerState.FAILED):
+            return ()
+        return None
+
     def set_fail(self, now: float, uuid: str, reason: str) -> None:
         """The dryad reports its worker failed."""
         reason = self.policy.check_reason(reason) or "failure reported by the dryad"

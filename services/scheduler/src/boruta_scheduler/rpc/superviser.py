@@ -27,7 +27,7 @@ class SuperviserServicer(superviser_pb2_grpc.SuperviserServicer):
     async def Register(
         self, request: superviser_pb2.RegisterRequest, context: Context
     ) -> superviser_pb2.RegisterResponse:
-        view = await self._service.register(
+        view, live = await self._service.register(
             current_identity(),
             request.caps,
             request.dryad_address,
@@ -36,7 +36,9 @@ class SuperviserServicer(superviser_pb2_grpc.SuperviserServicer):
             request.dryad_version,
         )
         return superviser_pb2.RegisterResponse(
-            worker=convert.worker_info(view), heartbeat_interval=self._interval()
+            worker=convert.worker_info(view),
+            heartbeat_interval=self._interval(),
+            live_job_users=_verdict(live),
         )
 
     async def Heartbeat(
@@ -45,11 +47,18 @@ class SuperviserServicer(superviser_pb2_grpc.SuperviserServicer):
         status = (
             convert.host_status(request.host_status) if request.HasField("host_status") else None
         )
-        await self._service.heartbeat(current_identity(), request.worker_uuid, status)
-        return superviser_pb2.HeartbeatResponse(heartbeat_interval=self._interval())
+        live = await self._service.heartbeat(current_identity(), request.worker_uuid, status)
+        return superviser_pb2.HeartbeatResponse(
+            heartbeat_interval=self._interval(), live_job_users=_verdict(live)
+        )
 
     async def SetFail(
         self, request: superviser_pb2.SetFailRequest, context: Context
     ) -> superviser_pb2.SetFailResponse:
         await self._service.set_fail(current_identity(), request.worker_uuid, request.reason)
         return superviser_pb2.SetFailResponse()
+
+
+def _verdict(live: tuple[str, ...] | None) -> superviser_pb2.LiveJobUsers | None:
+    """Unset (no verdict) for None; an empty message means: keep no job user."""
+    return None if live is None else superviser_pb2.LiveJobUsers(usernames=live)
