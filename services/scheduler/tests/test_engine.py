@@ -405,16 +405,8 @@ async def test_a_commit_during_a_scrub_gets_a_scrub_of_its_own() -> None:
     await engine.stop()
 
 
-class FillingScrubCounter(FillingStore):
+class FillingScrubCounter(FillingStore, ScrubCounter):
     """A store whose disk the test can fill, counting its scrubs."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.scrubs = 0
-
-    def scrub(self) -> bool:
-        self.scrubs += 1
-        return True
 
 
 async def test_upkeep_goes_on_after_an_outage() -> None:
