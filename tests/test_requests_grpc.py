@@ -184,6 +184,9 @@ async def test_priority_and_fifo_over_grpc(farm: Farm) -> None:
             {"valid_after": ts(time.time() + 7200), "deadline": ts(time.time() + 3600)},
             "valid_after is after the deadline",
         ),
+        # The default deadline (a day later) would be a time no Timestamp can hold: every
+        # client that read the request back (a user's, an admin's list) would fail on it.
+        ({"valid_after": Timestamp(seconds=253_402_300_799)}, "give a deadline"),
         ({"caps": {f"k{i}": "v" for i in range(40)}}, "at most 32"),
         ({"caps": {"k" * 100: "v"}}, "key"),
         ({"caps": {"board": "x" * 300}}, "value"),

@@ -12,6 +12,9 @@ from pathlib import Path
 import grpc
 import pytest
 from boruta.v1 import requests_pb2, types_pb2, workers_pb2
+from boruta_scheduler.core import Core
+from boruta_scheduler.errors import StoreUnavailable
+from boruta_scheduler.store import Purged, SQLiteStore
 from farm_kit import READY, SCHEDULER, Client, Farm, SchedulerProcess, board
 from system_kit import fill, remount_read_only, tmpfs
 
@@ -152,3 +155,23 @@ def test_a_read_only_data_dir_is_one_line_and_exit_73(tmp_path: Path, state: str
             "Read-only file system"
         ], errors
         assert "Traceback" not in errors
+
+
+def test_a_purge_on_a_full_disk_names_the_cause(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "disk", "4m") as disk:
+        store = SQLiteStore(disk / "boruta.db")
+        try:
+            core = Core()
+            for _ in range(200):
+                view = core.new_request(1000.0, "u", frozenset(), {}, accept_unsatisfiable=True)
+                core.close_request(1000.0, view.id)
+            store.commit(core.drain())
+            assert store.scrub()  # an empty log: the purge needs new space for its pages
+            filler = fill(disk)
+            with pytest.raises(StoreUnavailable, match="disk full") as info:
+                store.purge(2000.0, 500)
+            assert info.value.cause == "disk full"
+            filler.unlink()
+            assert store.purge(2000.0, 500) == Purged(requests=200)
+        finally:
+            store.close()

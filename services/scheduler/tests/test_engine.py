@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from boruta_scheduler.core import Changes, Core, Policy
-from boruta_scheduler.engine import PURGE_BATCH, PURGE_PAUSE, Command, Engine
+from boruta_scheduler.engine import PURGE_BATCH, PURGE_PAUSE, Command, Engine, Upkeep
 from boruta_scheduler.errors import (
     InternalError,
     InvalidArgument,
@@ -402,4 +402,67 @@ async def test_a_commit_during_a_scrub_gets_a_scrub_of_its_own() -> None:
     await created
     # The scrub that was running started before that commit: another one must follow.
     assert (await engine.housekeep()).scrubbed
+    await engine.stop()
+
+
+class FillingScrubCounter(FillingStore, ScrubCounter):
+    """A store whose disk the test can fill, counting its scrubs."""
+
+
+async def test_upkeep_goes_on_after_an_outage() -> None:
+    store = FillingScrubCounter()
+    store.gate.set()
+    engine = Engine(Core(), store, Dryads(), upkeep_interval=0.01)
+    engine.start()
+    view = await engine.execute(new_request())
+    store.full = True
+    with pytest.raises(StoreUnavailable):
+        await engine.execute(lambda core, now: core.close_request(now, view.id))
+    store.full = False
+    while engine.outage is not None:
+        await asyncio.sleep(0.01)
+    scrubs = store.scrubs
+    # A job's end may drop a key: the upkeep that runs on its own must scrub for it.
+    await engine.execute(lambda core, now: core.close_request(now, view.id))
+    while store.scrubs == scrubs:
+        await asyncio.sleep(0.01)
+    await engine.stop()
+
+
+class FillingUpkeepCounter(FillingScrubCounter):
+    """A store whose disk the test can fill; its purges fail then, as SQLite's would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.purges = 0
+
+    def purge(self, before: float, limit: int) -> Purged:
+        self.purges += 1
+        if self.full:
+            raise StoreUnavailable("disk full: cannot write /test/boruta.db", "disk full")
+        return super().purge(before, limit)
+
+
+async def test_upkeep_leaves_a_store_that_refuses_writes_alone() -> None:
+    clock = [T0]
+    store = FillingUpkeepCounter()
+    store.gate.set()
+    engine = Engine(
+        Core(), store, Dryads(), clock=lambda: clock[0], retention=90 * DAY, upkeep_interval=0
+    )
+    engine.start()
+    store.full = True
+    with pytest.raises(StoreUnavailable):
+        await engine.execute(new_request())
+    while engine.outage is None:
+        await asyncio.sleep(0)
+    # Purges and scrubs are writes too: during the outage a round does nothing (and
+    # so has nothing to warn about, every second, for as long as the outage lasts).
+    assert await engine.housekeep() == Upkeep(Purged(), scrubbed=False)
+    assert (store.purges, store.scrubs) == (0, 0)
+    store.full = False
+    while engine.outage is not None:
+        await asyncio.sleep(0.01)
+    upkeep = await engine.housekeep()
+    assert upkeep.scrubbed and store.purges == 1
     await engine.stop()

@@ -170,7 +170,9 @@ class Engine:
         self._rebuild = False
         self._stop_requested = asyncio.Event()
         self._last_commit: asyncio.Future[None] | None = None
+        # Dryad calls in flight: void, and cancelled, when the core is rebuilt.
         self._background: set[asyncio.Task[None]] = set()
+        self._upkeep: asyncio.Task[None] | None = None
         self._acquire_waiters: dict[int, set[asyncio.Future[RequestView]]] = {}
         # Audit events for the next batch: they commit in its transaction, so an event
         # recorded by a command is durable exactly when the change it records is.
@@ -197,9 +199,7 @@ class Engine:
             self._finish_batch(initial, [], [])
         self._task = loop.create_task(self._run(), name="engine")
         if self._upkeep_interval > 0:
-            upkeep = loop.create_task(self._upkeep_loop(), name="store-upkeep")
-            self._background.add(upkeep)
-            upkeep.add_done_callback(self._background.discard)
+            self._upkeep = loop.create_task(self._upkeep_loop(), name="store-upkeep")
 
     async def stop(self) -> None:
         """Finish queued commands, then stop; in-flight dryad calls are abandoned."""
@@ -210,9 +210,10 @@ class Engine:
         self._wakeup.set()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
-        for task in list(self._background):
+        background = [*self._background, *([self._upkeep] if self._upkeep else [])]
+        for task in background:
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*background, return_exceptions=True)
         await asyncio.gather(*self._tunnel_ops.values(), return_exceptions=True)
         if self._tunnels is not None:
             await self._tunnels.close_all()
@@ -331,6 +332,8 @@ class Engine:
 
     async def _housekeep(self) -> Upkeep:
         assert self._writer is not None
+        if self._outage is not None:
+            return Upkeep(Purged(), scrubbed=False)  # purges and scrubs are writes too
         now = self._clock()
         purged = Purged()
         if self._retention > 0 and now >= self._next_purge:

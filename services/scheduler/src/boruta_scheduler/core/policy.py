@@ -12,6 +12,8 @@ from boruta_scheduler.types import UUID_CAP
 HOUR = 3600.0
 MIB = 1 << 20
 
+# The last second the API can carry (protobuf's Timestamp ends with 9999-12-31).
+LATEST_TIME = 253_402_300_799.0
 MIN_PRIORITY = 1
 MAX_PRIORITY = 16
 

@@ -20,6 +20,7 @@ from boruta_scheduler.core.outbox import (
     Outbox,
 )
 from boruta_scheduler.core.policy import (
+    LATEST_TIME,
     Policy,
     caps_size,
     check_dial_address,
@@ -242,6 +243,11 @@ class Core:
         valid_after = now if valid_after is None else valid_after
         if deadline is None:
             deadline = max(now, valid_after) + policy.default_deadline
+            if deadline > LATEST_TIME:
+                raise InvalidArgument(
+                    f"valid_after leaves no room for the default deadline "
+                    f"({policy.default_deadline:g} s later) before the year 10000; give a deadline"
+                )
         self._check_times(now, valid_after, deadline)
         sig, groups = self._queue.intern(cap_pairs(caps), owner_groups)
         if not accept_unsatisfiable and not self._registered.any_capable(sig, groups):

@@ -272,6 +272,10 @@ class SQLiteStore:
         ]
 
     def purge(self, before: float, limit: int) -> Purged:
+        with self._writing():
+            return self._purge(before, limit)
+
+    def _purge(self, before: float, limit: int) -> Purged:
         conn = self._writer
         params = {"before": before, "limit": limit}
         conn.execute("BEGIN IMMEDIATE")
@@ -279,7 +283,9 @@ class SQLiteStore:
             counts = [conn.execute(_Q[name], params).rowcount for name in _PURGES]
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # On a full disk SQLite may have rolled back by itself.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
         return Purged(*counts)
 
