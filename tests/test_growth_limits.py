@@ -5,6 +5,7 @@ limited per user, and audit events stay small whatever a request carries."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import re
 import time
@@ -25,9 +26,10 @@ REFUSED_CALLS = 3000
 RATE = 20
 
 
-async def test_a_flood_of_refused_calls_makes_a_bounded_number_of_audit_rows(
-    tmp_path: Path,
+async def test_a_flood_of_refused_calls_makes_a_bounded_number_of_audit_rows_and_log_lines(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="boruta_scheduler.rpc.calls")
     scheduler = await start_scheduler(tmp_path, audit_refusals_per_minute=RATE)
     farm = Farm(f"127.0.0.1:{scheduler.port}")
     user = f"mallory-{uuid.uuid4().hex[:8]}"
@@ -70,6 +72,14 @@ async def test_a_flood_of_refused_calls_makes_a_bounded_number_of_audit_rows(
         counted += int(match.group(1))
         assert event.target == "SetState" and "SetState" in event.detail
     assert len(one_by_one) + counted == REFUSED_CALLS
+    # The log has the same bound: a line per refusal up to the rate, then one line per
+    # interval with the count of those left out.
+    mine = [r for r in caplog.records if getattr(r, "caller", None) == user]
+    lines = [r for r in mine if r.getMessage() == "call refused"]
+    left_out = [r for r in mine if r.getMessage() == "refused calls not logged"]
+    assert RATE <= len(lines) <= RATE + refilled, (len(lines), took)
+    assert 1 <= len(left_out) <= 2 + took / SUMMARY_INTERVAL
+    assert len(lines) + sum(r.count for r in left_out) == REFUSED_CALLS  # type: ignore[attr-defined]
 
 
 @pytest.fixture

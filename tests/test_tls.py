@@ -4,6 +4,11 @@ the workers its certificate names; plaintext is allowed only when asked and on l
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import math
+import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -236,6 +241,38 @@ async def test_bearer_tokens_on_the_token_port(scheduler: Scheduler, farm_pki: F
             await new_request(ch)
         assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
         assert "was revoked" in (info.value.details() or "")
+
+
+async def test_unauthenticated_callers_share_one_bounded_run_of_log_lines(
+    scheduler: Scheduler, farm_pki: FarmPki, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="boruta_scheduler.rpc.calls")
+    ca = Path(farm_pki.scheduler().ca).read_bytes()
+    creds = grpc.ssl_channel_credentials(root_certificates=ca)
+    calls = 600  # ten times the default rate, each with a token of its own
+    async with grpc.aio.secure_channel(f"127.0.0.1:{scheduler.token_port}", creds) as ch:
+        stub = requests_pb2_grpc.RequestsStub(ch)
+
+        async def refused(n: int) -> None:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.NewRequest(
+                    requests_pb2.NewRequestRequest(caps={"board": "x"}),
+                    metadata=(("authorization", f"Bearer {n}.forged-{uuid.uuid4().hex}"),),
+                    timeout=10,
+                )
+            assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+        started = time.monotonic()
+        for first in range(0, calls, 100):
+            await asyncio.gather(*(refused(n) for n in range(first, first + 100)))
+        took = time.monotonic() - started
+    assert scheduler.refusal_log is not None
+    scheduler.refusal_log.close()  # what stopping does: log the counts still pending
+    lines = [r for r in caplog.records if r.getMessage() == "call refused"]
+    left_out = [r for r in caplog.records if r.getMessage() == "refused calls not logged"]
+    assert 60 <= len(lines) <= 60 + math.ceil(took), (len(lines), took)
+    assert [r.caller for r in left_out] == ["(unauthenticated)"]  # type: ignore[attr-defined]
+    assert len(lines) + left_out[0].count == calls  # type: ignore[attr-defined]
 
 
 async def test_token_expiry_and_validation() -> None:

@@ -4,7 +4,13 @@ one, and no event carries unbounded text."""
 from __future__ import annotations
 
 import pytest
-from boruta_scheduler.audit import MAX_DETAIL, SUMMARY_INTERVAL, RefusalLimiter, clip
+from boruta_scheduler.audit import (
+    MAX_DETAIL,
+    OTHER_CALLERS,
+    SUMMARY_INTERVAL,
+    RefusalLimiter,
+    clip,
+)
 
 T0 = 1_700_000_000.0
 ALICE = ("alice", "user")
@@ -52,6 +58,17 @@ def test_many_callers_do_not_grow_the_limiter_for_ever() -> None:
         limiter.admit((f"user{n}", "user"), "X", T0 + n)
     # Callers whose bucket filled up again were forgotten along the way.
     assert len(limiter) < 3000
+
+
+def test_callers_past_the_bound_at_once_share_one_allowance() -> None:
+    limiter = RefusalLimiter(per_minute=5, max_callers=100)
+    admitted = [limiter.admit((f"user{n}", "user"), "X", T0) for n in range(100_000)]
+    assert len(limiter) <= 101
+    # The first 100 callers had a bucket each, then all others shared one of 5.
+    assert admitted.count(True) == 100 + 5
+    summaries = limiter.due(T0 + SUMMARY_INTERVAL)
+    assert [s.caller for s in summaries] == [OTHER_CALLERS]
+    assert summaries[0].count == 100_000 - 100 - 5
 
 
 def test_clip_bounds_text_and_says_how_long_it_was() -> None:

@@ -25,6 +25,7 @@ from boruta_scheduler.rpc.calls import (
     CertificateIdentities,
     CertificateOrToken,
     IdentitySource,
+    RefusalLog,
     add_service,
     metadata_identities,
 )
@@ -84,6 +85,7 @@ class Scheduler:
         self.port = 0
         self.token_port = 0
         self.audit: AuditLog | None = None
+        self.refusal_log: RefusalLog | None = None
         self.service: SchedulerService | None = None
 
     async def start(self) -> int:
@@ -127,6 +129,7 @@ class Scheduler:
             ],
         )
         audit = self.audit = service.audit
+        self.refusal_log = RefusalLog(self.config.server.audit_refusals_per_minute)
         self.tokens = TokenAuthority(self.store, audit=audit)
         service.revalidate = self.tokens.revalidate
 
@@ -157,7 +160,7 @@ class Scheduler:
             (TokensServicer(self.tokens), tokens_pb2.DESCRIPTOR.services_by_name["Tokens"], PEOPLE),
         ]
         for servicer, descriptor, roles in services:
-            add_service(server, servicer, descriptor, identify, roles, refused=refused)
+            add_service(server, servicer, descriptor, identify, roles, refused, self.refusal_log)
         listen = self.config.server.listen
         if self.tls is None:
             self.port = server.add_insecure_port(listen)
@@ -178,6 +181,8 @@ class Scheduler:
     async def stop(self, grace: float = 2.0) -> None:
         if self.server is not None:
             await self.server.stop(grace)
+        if self.refusal_log is not None:
+            self.refusal_log.close()
         if self.audit is not None:
             self.audit.close()
         if self.engine is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,10 @@ MAX_DETAIL = 1000
 SUMMARY_INTERVAL = 60.0
 
 Caller = tuple[str, str]  # (user, role)
+# Callers past the limiter's bound share this one allowance, so memory stays bounded
+# whatever names callers make up.
+OTHER_CALLERS: Caller = ("(other callers)", "")
+MAX_CALLERS = 4096
 
 
 def clip(text: str, limit: int) -> str:
@@ -64,16 +69,21 @@ class Suppressed:
 class RefusalLimiter:
     """Which refusals to record one by one: per caller, up to per_minute at once and then
     per_minute a minute (a token bucket); the rest are counted and handed out as one
-    Suppressed per caller once SUMMARY_INTERVAL has passed since the first of them."""
+    Suppressed per caller once SUMMARY_INTERVAL has passed since the first of them.
+    Beyond max_callers callers at once, new ones share the allowance OTHER_CALLERS."""
 
-    def __init__(self, per_minute: int, interval: float = SUMMARY_INTERVAL) -> None:
+    def __init__(
+        self, per_minute: int, interval: float = SUMMARY_INTERVAL, max_callers: int = MAX_CALLERS
+    ) -> None:
         if per_minute < 0:
             raise ValueError("the refusal audit rate must not be negative")
         self._capacity = float(per_minute)
         self._rate = per_minute / 60.0
         self._interval = interval
+        self._max_callers = max_callers
         self._callers: dict[Caller, _Allowance] = {}
-        self._sweep_at = 1024
+        self._sweep_at = min(1024, max_callers)
+        self._full_until = float("-inf")
 
     def __len__(self) -> int:
         """How many callers it keeps an allowance for."""
@@ -88,9 +98,13 @@ class RefusalLimiter:
         """Whether to record this refusal; if not, it is counted."""
         allowance = self._callers.get(caller)
         if allowance is None:
-            if len(self._callers) >= self._sweep_at:
+            if len(self._callers) >= self._sweep_at and now >= self._full_until:
                 self._sweep(now)
-            allowance = self._callers[caller] = _Allowance(self._capacity, now)
+            if len(self._callers) >= self._max_callers:
+                caller = OTHER_CALLERS
+                allowance = self._callers.get(caller)
+            if allowance is None:
+                allowance = self._callers[caller] = _Allowance(self._capacity, now)
         allowance.tokens = min(
             self._capacity, allowance.tokens + max(0.0, now - allowance.last) * self._rate
         )
@@ -119,7 +133,46 @@ class RefusalLimiter:
             for caller, a in self._callers.items()
             if a.suppressed or a.tokens + (now - a.last) * self._rate < self._capacity
         }
-        self._sweep_at = max(1024, 2 * len(self._callers))
+        self._sweep_at = min(self._max_callers, max(1024, 2 * len(self._callers)))
+        # Still full: sweep again only a second later, not once per new caller.
+        self._full_until = now + 1.0 if len(self._callers) >= self._max_callers else now
+
+
+class ThrottledRefusals:
+    """A RefusalLimiter on a clock whose summaries go to `write` when due, by a timer on
+    the running event loop."""
+
+    def __init__(
+        self,
+        per_minute: int,
+        clock: Callable[[], float],
+        write: Callable[[list[Suppressed]], None],
+    ) -> None:
+        self._limiter = RefusalLimiter(per_minute)
+        self._clock = clock
+        self._write = write
+        self._flush: asyncio.TimerHandle | None = None
+
+    def admit(self, caller: Caller, call: str) -> bool:
+        """Whether to record this refusal one by one; if not, it is counted."""
+        if self._limiter.admit(caller, call, self._clock()):
+            return True
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(SUMMARY_INTERVAL, self.flush)
+        return False
+
+    def flush(self, *, everything: bool = False) -> None:
+        """Write the summaries that are due (all of them with everything, e.g. on stop)."""
+        self._flush = None
+        self._write(self._limiter.due(self._clock(), everything=everything))
+        if self._limiter.pending and not everything:
+            self._flush = asyncio.get_running_loop().call_later(SUMMARY_INTERVAL / 4, self.flush)
+
+    def close(self) -> None:
+        """Write every pending summary and stop the timer."""
+        if self._flush is not None:
+            self._flush.cancel()
+        self.flush(everything=True)
 
 
 class AuditLog:
@@ -128,9 +181,8 @@ class AuditLog:
     def __init__(self, engine: Engine, store: Store, refusals_per_minute: int = 60) -> None:
         self._engine = engine
         self._store = store
-        self._refusals = RefusalLimiter(refusals_per_minute)
+        self._refusals = ThrottledRefusals(refusals_per_minute, engine.now, self._write)
         self._rate = refusals_per_minute
-        self._flush: asyncio.TimerHandle | None = None
 
     def record(self, who: Identity, action: str, target: str, detail: str = "") -> None:
         """Call inside an engine command to commit with it; elsewhere it joins the next batch."""
@@ -149,28 +201,12 @@ class AuditLog:
     def refused(self, who: Identity, call: str, why: str) -> None:
         """Record a refused call, unless this caller is over its rate: then it is counted,
         and one event per caller and interval says how many were left out."""
-        now = self._engine.now()
-        if self._refusals.admit((who.user, who.role.value), call, now):
+        if self._refusals.admit((who.user, who.role.value), call):
             self.record(who, "refused", call, why)
-        elif self._flush is None:
-            self._flush = asyncio.get_running_loop().call_later(
-                SUMMARY_INTERVAL, self.flush_refusals
-            )
-
-    def flush_refusals(self, *, everything: bool = False) -> None:
-        """Write the summaries that are due (all of them with everything, e.g. on stop)."""
-        self._flush = None
-        self._write(self._refusals.due(self._engine.now(), everything=everything))
-        if self._refusals.pending and not everything:
-            self._flush = asyncio.get_running_loop().call_later(
-                SUMMARY_INTERVAL / 4, self.flush_refusals
-            )
 
     def close(self) -> None:
         """Write every pending summary and stop the timer; call before the engine stops."""
-        if self._flush is not None:
-            self._flush.cancel()
-        self.flush_refusals(everything=True)
+        self._refusals.close()
 
     def _write(self, summaries: list[Suppressed]) -> None:
         for summary in summaries:

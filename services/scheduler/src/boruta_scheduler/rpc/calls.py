@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
@@ -21,6 +22,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from boruta_scheduler.audit import Suppressed, ThrottledRefusals
 from boruta_scheduler.errors import (
     BorutaError,
     InternalError,
@@ -137,22 +139,65 @@ class CertificateOrToken:
 
 
 Refusals = Callable[[Identity, str, str], None]
+# Every caller that proved no identity counts against this one allowance.
+UNAUTHENTICATED = ("(unauthenticated)", "")
 
 
-async def _abort(context: Context, error: BorutaError, call: str, refused: Refusals | None) -> None:
+class RefusalLog:
+    """Logs refused calls, per caller up to per_minute lines at once and then per_minute a
+    minute; the rest are counted, and one line per caller and interval says how many were
+    left out. Anyone who can reach a port could otherwise write a line per call."""
+
+    def __init__(self, per_minute: int = 60) -> None:
+        self._refusals = ThrottledRefusals(per_minute, time.monotonic, self._write)
+
+    def refused(self, who: Identity, call: str, why: str, peer: str, *, proven: bool) -> None:
+        caller = (who.user, who.role.value) if proven else UNAUTHENTICATED
+        if self._refusals.admit(caller, call):
+            log.warning(
+                "call refused",
+                extra={
+                    "call": call,
+                    "caller": who.user,
+                    "role": who.role.value,
+                    "peer": peer,
+                    "why": why,
+                },
+            )
+
+    def close(self) -> None:
+        """Log every pending count and stop the timer."""
+        self._refusals.close()
+
+    @staticmethod
+    def _write(summaries: list[Suppressed]) -> None:
+        for summary in summaries:
+            user, role = summary.caller
+            log.warning(
+                "refused calls not logged",
+                extra={
+                    "caller": user,
+                    "role": role,
+                    "count": summary.count,
+                    "seconds": round(summary.until - summary.since),
+                    "calls": dict(summary.calls.most_common(20)),
+                },
+            )
+
+
+async def _abort(
+    context: Context,
+    error: BorutaError,
+    call: str,
+    refused: Refusals | None,
+    refusal_log: RefusalLog,
+) -> None:
     if isinstance(error, PermissionDenied | Unauthenticated):
         who = _identity.get()
         if refused is not None:
             refused(who, call, str(error))
-        log.warning(
-            "call refused",
-            extra={
-                "call": call,
-                "caller": who.user,
-                "role": who.role.value,
-                "peer": context.peer(),
-                "why": str(error),
-            },
+        refusal_log.refused(
+            who, call, str(error), context.peer(), proven=not isinstance(error, Unauthenticated)
         )
     message = str(error)
     if len(message) > MAX_MESSAGE_CHARS:
@@ -190,6 +235,7 @@ def _unary(
     identify: IdentitySource,
     call: str,
     refused: Refusals | None,
+    refusal_log: RefusalLog,
 ) -> Callable[[Any, Context], Awaitable[Any]]:
     async def serve(request: Any, context: Context) -> Any:
         # Each RPC runs in its own task and context, so the value needs no reset.
@@ -199,11 +245,11 @@ def _unary(
             _check_parsed(request)
             return await behavior(request, context)
         except BorutaError as error:
-            await _abort(context, error, call, refused)
+            await _abort(context, error, call, refused, refusal_log)
         except grpc.aio.AbortError:
             raise
         except Exception as error:
-            await _abort(context, _unexpected(error, context, call), call, refused)
+            await _abort(context, _unexpected(error, context, call), call, refused, refusal_log)
 
     return serve
 
@@ -213,6 +259,7 @@ def _stream(
     identify: IdentitySource,
     call: str,
     refused: Refusals | None,
+    refusal_log: RefusalLog,
 ) -> Callable[[Any, Context], AsyncIterator[Any]]:
     async def serve(request: Any, context: Context) -> AsyncIterator[Any]:
         _identity.set(ANONYMOUS)
@@ -222,7 +269,7 @@ def _stream(
             async for item in behavior(request, context):
                 yield item
         except BorutaError as error:
-            await _abort(context, error, call, refused)
+            await _abort(context, error, call, refused, refusal_log)
         except (asyncio.CancelledError, GeneratorExit):
             # GeneratorExit: gRPC closed the stream while a message of it was on its way.
             _cancelled(call)
@@ -233,7 +280,7 @@ def _stream(
             if context.cancelled() or context.done():
                 _cancelled(call)  # e.g. sending to a client that has gone
                 return
-            await _abort(context, _unexpected(error, context, call), call, refused)
+            await _abort(context, _unexpected(error, context, call), call, refused, refusal_log)
 
     return serve
 
@@ -282,12 +329,15 @@ def add_service(
     identify: IdentitySource = metadata_identities,
     roles: frozenset[Role] = PEOPLE,
     refused: Refusals | None = None,
+    refusal_log: RefusalLog | None = None,
 ) -> None:
     """Serve a servicer: every call gets its caller's identity (refused if its role has no
     business here), malformed requests are INVALID_ARGUMENT, BorutaErrors become statuses
     and any other exception INTERNAL with an error id. Handlers are wrapped once, not per
-    call as interceptors would be."""
+    call as interceptors would be. Refusals are logged through refusal_log (by default one
+    of this service's own)."""
     identify = gate(identify, roles, service.full_name)
+    refusal_log = refusal_log or RefusalLog()
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         behavior = getattr(servicer, method.name)
@@ -295,13 +345,13 @@ def add_service(
         serialize = message_factory.GetMessageClass(method.output_type).SerializeToString
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _stream(behavior, identify, method.full_name, refused),
+                _stream(behavior, identify, method.full_name, refused, refusal_log),
                 request_deserializer=parse,
                 response_serializer=serialize,
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary(behavior, identify, method.full_name, refused),
+                _unary(behavior, identify, method.full_name, refused, refusal_log),
                 request_deserializer=parse,
                 response_serializer=serialize,
             )
