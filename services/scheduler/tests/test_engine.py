@@ -466,3 +466,31 @@ async def test_upkeep_leaves_a_store_that_refuses_writes_alone() -> None:
     upkeep = await engine.housekeep()
     assert upkeep.scrubbed and store.purges == 1
     await engine.stop()
+
+
+async def test_a_recovery_that_rewrites_rows_asks_for_a_scrub() -> None:
+    clock = [T0]
+    store = FillingScrubCounter()
+    store.gate.set()
+    engine = Engine(Core(), store, Dryads(), clock=lambda: clock[0], upkeep_interval=0)
+    engine.start()
+    await engine.execute(
+        lambda core, now: core.new_request(
+            now, "u", frozenset(), {}, deadline=T0 + 60, accept_unsatisfiable=True
+        )
+    )
+    assert (await engine.housekeep()).scrubbed
+    assert not (await engine.housekeep()).scrubbed
+    # The batch the full disk refuses holds only an event: no row that may drop a key.
+    store.full = True
+    engine.audit(AuditEvent(T0, "u", "user", "Test", "x", ""))
+    with pytest.raises(StoreUnavailable):
+        await engine.execute(lambda core, now: None)
+    clock[0] += 120  # the request's deadline passes during the outage
+    store.full = False
+    while engine.outage is not None:
+        await asyncio.sleep(0.01)
+    # Restoring timed the request out, rewriting its row: the old copy must be scrubbed.
+    scrubs = store.scrubs
+    assert (await engine.housekeep()).scrubbed and store.scrubs == scrubs + 1
+    await engine.stop()

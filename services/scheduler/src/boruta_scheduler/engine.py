@@ -457,9 +457,7 @@ class Engine:
         assert self._writer is not None
         commit: asyncio.Future[None] | None
         if changes.durable:
-            if changes.requests or changes.workers or changes.removed_workers:
-                # A job's end or a new prepared key drops the key the rows held before.
-                self._scrub_wanted = True
+            self._note_dropped_keys(changes)
             commit = self._writer.submit(changes)
             self._last_commit = commit
             commit.add_done_callback(self._publish_ready)
@@ -469,6 +467,12 @@ class Engine:
         self._unpublished.append(_Batch(commit, changes, done, carried))
         if commit is None:
             self._publish_ready()
+
+    def _note_dropped_keys(self, changes: Changes) -> None:
+        """Want a scrub if committing changes may leave a dropped key in the files."""
+        if changes.requests or changes.workers or changes.removed_workers:
+            # A job's end or a new prepared key drops the key the rows held before.
+            self._scrub_wanted = True
 
     def _publish_ready(self, _: object = None) -> None:
         while self._unpublished:
@@ -655,6 +659,7 @@ class Engine:
                 if outage is not None:
                     # A real write, and the admins' record of the outage.
                     restored.audit.append(self._outage_event(outage))
+                self._note_dropped_keys(restored)
                 try:
                     await self._writer.submit(restored, resume=True)
                 except Exception as exc:
