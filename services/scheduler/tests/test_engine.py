@@ -4,6 +4,8 @@ failed commit costs only the batches it lost, and the engine goes on from the st
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -493,4 +495,56 @@ async def test_a_recovery_that_rewrites_rows_asks_for_a_scrub() -> None:
     # Restoring timed the request out, rewriting its row: the old copy must be scrubbed.
     scrubs = store.scrubs
     assert (await engine.housekeep()).scrubbed and store.scrubs == scrubs + 1
+    await engine.stop()
+
+
+class BrokenPurge(ScrubCounter):
+    """A memory store whose purge fails (as a damaged database's would) until mended."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.purges = 0
+        self.broken = True
+
+    def purge(self, before: float, limit: int) -> Purged:
+        self.purges += 1
+        if self.broken:
+            raise sqlite3.DatabaseError("database disk image is malformed")
+        return super().purge(before, limit)
+
+
+async def test_a_failing_purge_backs_off_and_warns_once_per_run_of_failures(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="boruta_scheduler.engine")
+    clock = [T0]
+    store = BrokenPurge()
+    engine = Engine(
+        Core(), store, Dryads(), clock=lambda: clock[0], retention=90 * DAY, upkeep_interval=0
+    )
+    engine.start()
+    rounds = []
+    for _ in range(1200):  # twenty minutes of rounds a second apart, the most the loop runs
+        rounds.append(await engine.housekeep())
+        clock[0] += 1
+    # The scrub a start asks for does not wait for the purge.
+    assert rounds[0].scrubbed and "database disk image is malformed" in rounds[0].purge_error
+    assert 5 <= store.purges <= 12, store.purges
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in warnings] == [
+        "purging what is older than the retention failed; retrying with backoff"
+    ]
+    assert "malformed" in warnings[0].cause and warnings[0].exc_info is None  # type: ignore[attr-defined]
+    store.broken = False
+    failed = store.purges
+    while store.purges == failed:
+        upkeep = await engine.housekeep()
+        clock[0] += 1
+    assert upkeep.purge_error == ""
+    assert [r.getMessage() for r in caplog.records][-1] == "purging works again"
+    # Back to the normal interval: the next purge is ten minutes away.
+    purges = store.purges
+    clock[0] += 60
+    await engine.housekeep()
+    assert store.purges == purges
     await engine.stop()

@@ -133,6 +133,7 @@ class Upkeep:
 
     purged: Purged
     scrubbed: bool
+    purge_error: str = ""  # why the purge failed, if it did
 
 
 class Engine:
@@ -181,6 +182,7 @@ class Engine:
         self._retention = retention
         self._upkeep_interval = upkeep_interval
         self._next_purge = 0.0
+        self._purge_failures = 0  # in a row
         self._upkeep_lock = asyncio.Lock()  # one round at a time, whoever starts it
         # Whether a commit since the last scrub may have dropped a key (so may a restart).
         self._scrub_wanted = True
@@ -336,11 +338,17 @@ class Engine:
             return Upkeep(Purged(), scrubbed=False)  # purges and scrubs are writes too
         now = self._clock()
         purged = Purged()
+        purge_error = ""
         if self._retention > 0 and now >= self._next_purge:
             before, retention = now - self._retention, self._retention
-            purged = await self._writer.run(lambda store: store.purge(before, PURGE_BATCH))
-            more = purged.reached(PURGE_BATCH)
-            self._next_purge = now + (PURGE_PAUSE if more else PURGE_INTERVAL)
+            try:
+                purged = await self._writer.run(lambda store: store.purge(before, PURGE_BATCH))
+            except Exception as exc:  # retried later; the scrub below does not depend on it
+                purge_error = self._purge_failed(exc, now)
+            else:
+                self._purge_worked()
+                more = purged.reached(PURGE_BATCH)
+                self._next_purge = now + (PURGE_PAUSE if more else PURGE_INTERVAL)
             if purged != Purged():
                 log.info(
                     "purged what is older than the retention",
@@ -357,7 +365,26 @@ class Engine:
             scrubbed = await self._writer.run(lambda store: store.scrub())
             if not scrubbed:
                 self._scrub_wanted = True  # (commits meanwhile have set it already)
-        return Upkeep(purged, scrubbed)
+        return Upkeep(purged, scrubbed, purge_error)
+
+    def _purge_failed(self, exc: Exception, now: float) -> str:
+        """Retry a failed purge later and later (up to the normal interval), and warn once
+        per run of failures rather than every round; returns the cause."""
+        self._purge_failures += 1
+        delay = min(PURGE_PAUSE * 2**self._purge_failures, PURGE_INTERVAL)
+        self._next_purge = now + delay
+        cause = f"{type(exc).__name__}: {exc}"
+        if self._purge_failures == 1:
+            log.warning(
+                "purging what is older than the retention failed; retrying with backoff",
+                extra={"cause": cause, "retry_in": delay},
+            )
+        return cause
+
+    def _purge_worked(self) -> None:
+        if self._purge_failures:
+            log.warning("purging works again", extra={"failures": self._purge_failures})
+            self._purge_failures = 0
 
     async def _upkeep_loop(self) -> None:
         while not self._stopping:
