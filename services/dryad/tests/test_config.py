@@ -51,6 +51,10 @@ def test_defaults() -> None:
         ({"board": {"backend": "lego"}}, "backend must be"),
         ({"board": {"caps": {"UUID": "x"}}}, "set the UUID with uuid"),
         ({"board": {"uuid": "has space"}}, "uuid must be"),
+        # The UUID goes into the job users' GECOS field, whose fields ':' separates.
+        ({"board": {"uuid": "rack:7"}}, "uuid must be 1-64 letters, digits, '.', '_' or '-'"),
+        ({"board": {"uuid": "a,b"}}, "uuid must be"),
+        ({"board": {"uuid": "a\nb"}}, "uuid must be"),
         ({"board": {"colour": "red"}}, "unknown settings colour"),
         ({"board": {"user_shell": "bash"}}, "absolute path"),
         ({"bogus": 1}, "unknown settings bogus"),
@@ -151,3 +155,9 @@ def test_uuids_are_generated_once_and_kept(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "uuids.json").read_text()) == {"b0": generated}
     again = ensure_uuids(parse_config(data))
     assert again.boards[0].uuid == generated
+    # A UUID edited into the state file is checked like a configured one.
+    (tmp_path / "uuids.json").write_text(json.dumps({"b0": "rack:7"}))
+    with pytest.raises(
+        ConfigError, match=r"board 'b0' \(saved in uuids.json\): uuid must be 1-64 letters"
+    ):
+        ensure_uuids(parse_config(data))

@@ -28,7 +28,9 @@ DEFAULT_JOB_UIDS = "70000-99999"
 # A safe Unix name: what useradd accepts by default, and nothing a shell would expand.
 _UNIX_NAME = re.compile(r"[a-z_][a-z0-9_-]*")
 _BOARD_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_UUID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+# A board's UUID goes into its job users' GECOS field (useradd --comment), which cannot
+# hold ':' and splits its subfields at ','.
+_UUID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _FORBIDDEN_GROUPS = {"root", "sudo", "wheel", "admin", "adm", "shadow", "disk", "docker"}
 # Job user names get a number appended; Linux allows 32 characters.
 _MAX_PREFIX = 24
@@ -126,8 +128,8 @@ def _board(index: int, data: Mapping[str, Any]) -> BoardConfig:
     if "UUID" in caps:
         raise ConfigError(f"{where}: set the UUID with uuid = ..., not in caps")
     uuid = str(data.get("uuid", ""))
-    if uuid and not _UUID.fullmatch(uuid):
-        raise ConfigError(f"{where}: uuid must be 1-64 letters, digits, '.', '_', ':' or '-'")
+    if uuid:
+        _check_uuid(where, uuid)
     ssh_address = data.get("ssh_address")
     if not isinstance(ssh_address, str):
         raise ConfigError(f"{where}: ssh_address (host:port the scheduler can dial) is required")
@@ -330,9 +332,22 @@ def load_config(
     return parse_config(data)
 
 
+def _check_uuid(where: str, uuid: str) -> None:
+    if not _UUID.fullmatch(uuid):
+        raise ConfigError(
+            f"{where}: uuid must be 1-64 letters, digits, '.', '_' or '-' (it marks the "
+            f"board's job users, whose GECOS field cannot hold ':', ',' or a newline); "
+            f"got {uuid!r}"
+        )
+
+
 def with_uuids(config: DryadConfig, uuids: Mapping[str, str]) -> DryadConfig:
     """The config with every board's UUID filled in from uuids (by board name)."""
-    return replace(
-        config,
-        boards=tuple(replace(b, uuid=b.uuid or uuids[b.name]) for b in config.boards),
-    )
+    boards = []
+    for board in config.boards:
+        if not board.uuid:
+            # The state file may have been edited by hand since it was made.
+            _check_uuid(f"board {board.name!r} (saved in uuids.json)", uuids[board.name])
+            board = replace(board, uuid=uuids[board.name])
+        boards.append(board)
+    return replace(config, boards=tuple(boards))

@@ -171,7 +171,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"dryad: {exc}", file=sys.stderr)
         sys.exit(2)
     logs.configure(config.log_level)
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except ConfigError as exc:  # e.g. a bad UUID in the state directory's uuids.json
+        print(f"dryad: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
