@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -111,11 +112,21 @@ def lease_holder(address: str, lease_options: str = "") -> tuple[subprocess.Pope
         """
     )
     # A suite run as a background job inherits SIGINT ignored; the tests interrupt this child.
+    errors = tempfile.TemporaryFile("w+")  # noqa: SIM115 - read below if the child fails
     child = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, preexec_fn=default_sigint
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=errors,
+        text=True,
+        preexec_fn=default_sigint,
     )
     assert child.stdout is not None
-    return child, int(child.stdout.readline())
+    line = child.stdout.readline()
+    if not line.strip():
+        child.wait()
+        errors.seek(0)
+        raise AssertionError(f"the lease holder ended ({child.returncode}): {errors.read()}")
+    return child, int(line)
 
 
 @contextmanager

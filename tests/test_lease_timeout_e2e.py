@@ -17,8 +17,10 @@ from live_farm import LiveFarm, lease_holder, live_farm
 # Unique: a dryad removes the job users of its boards' UUIDs, whichever run made them.
 BOARD = f"lt-{uuid4().hex[:12]}"
 BOARDS = {BOARD: {"board": "rpi4"}}
-# What a test's lease asks for, so that a dead client is seen without waiting minutes.
-STEP = timedelta(seconds=3)
+# What a test's lease asks for, so that a dead client is seen without waiting minutes. A
+# lease prolongs when a third of the step is left: 2 s, which a loaded machine must not eat
+# (with 3 s, a CI run beside other work lost the job before its first prolong).
+STEP = timedelta(seconds=6)
 
 
 @pytest.fixture(scope="module")
