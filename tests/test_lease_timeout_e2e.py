@@ -18,8 +18,9 @@ from live_farm import LiveFarm, lease_holder, live_farm
 BOARD = f"lt-{uuid4().hex[:12]}"
 BOARDS = {BOARD: {"board": "rpi4"}}
 # What a test's lease asks for, so that a dead client is seen without waiting minutes. A
-# lease prolongs when a third of the step is left: 2 s, which a loaded machine must not eat
-# (with 3 s, a CI run beside other work lost the job before its first prolong).
+# lease prolongs when a third of the step is left: 2 s here, a margin a loaded machine
+# should not eat (with 3 s, one CI run beside other work saw the lease holder end before
+# it printed its request id; lease_holder now shows such a child's stderr).
 STEP = timedelta(seconds=6)
 
 
