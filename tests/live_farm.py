@@ -19,7 +19,7 @@ from boruta_client import BorutaError, Client, RequestState, WorkerState
 from boruta_dryad.devsshd import DevSshd
 from farm_kit import SchedulerProcess
 from pki_kit import FarmPki
-from system_kit import default_sigint, remove_users, require_sshd, unique_prefix
+from system_kit import INTERRUPTIBLE, remove_users, require_sshd, unique_prefix
 
 
 def boards_toml(
@@ -114,11 +114,10 @@ def lease_holder(address: str, lease_options: str = "") -> tuple[subprocess.Pope
     # A suite run as a background job inherits SIGINT ignored; the tests interrupt this child.
     errors = tempfile.TemporaryFile("w+")  # noqa: SIM115 - read below if the child fails
     child = subprocess.Popen(
-        [sys.executable, "-c", script],
+        [sys.executable, "-c", INTERRUPTIBLE + script],
         stdout=subprocess.PIPE,
         stderr=errors,
         text=True,
-        preexec_fn=default_sigint,
     )
     assert child.stdout is not None
     line = child.stdout.readline()

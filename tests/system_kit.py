@@ -13,7 +13,6 @@ import os
 import pwd
 import secrets
 import shutil
-import signal
 import subprocess
 import uuid as uuidlib
 from collections.abc import Iterator
@@ -116,10 +115,11 @@ def processes_of(uid: int) -> list[int]:
     return pids
 
 
-def default_sigint() -> None:
-    """preexec_fn for a child the test will interrupt: a suite run as a background job
-    inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# The first line of a Python child the test will interrupt: a suite run as a background job
+# hands its children SIGINT ignored, and Python then never raises KeyboardInterrupt. (Not a
+# preexec_fn: that makes subprocess fork() the test process, whose gRPC threads grpcio
+# restarts in the child, where closing the inherited descriptors before exec can abort it.)
+INTERRUPTIBLE = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
 
 
 @contextlib.contextmanager

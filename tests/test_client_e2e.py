@@ -29,7 +29,7 @@ from boruta_client import (
     run_job,
 )
 from live_farm import LiveFarm, lease_holder, live_farm
-from system_kit import default_sigint, unique_uuid
+from system_kit import INTERRUPTIBLE, unique_uuid
 
 CAMERA_BOARD = unique_uuid("rpi-a")
 BOARDS = {CAMERA_BOARD: {"board": "rpi4", "camera": "yes"}, unique_uuid("rpi-b"): {"board": "rpi4"}}
@@ -177,10 +177,7 @@ def test_sigint_while_waiting_in_the_queue_cancels_the_request(
     )
     with client.lease({"camera": "yes"}):
         child = subprocess.Popen(
-            [sys.executable, "-c", script],
-            stdout=subprocess.PIPE,
-            text=True,
-            preexec_fn=default_sigint,
+            [sys.executable, "-c", INTERRUPTIBLE + script], stdout=subprocess.PIPE, text=True
         )
         assert child.stdout is not None
         request_id = int(child.stdout.readline())

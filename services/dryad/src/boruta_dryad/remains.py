@@ -48,14 +48,19 @@ def processes_of(uid: int) -> list[int]:
     return pids
 
 
+def as_user(uid: int, gid: int) -> list[str]:
+    """The argv prefix that runs a command as uid:gid with no other groups. setpriv switches
+    after exec; subprocess's own user= would fork() the dryad, whose gRPC threads grpcio
+    restarts in the child, where closing descriptors before exec can abort it (the kill
+    would then silently not happen)."""
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
+
+
 def kill_processes_of(uid: int, gid: int) -> None:
     """SIGKILL every process uid may signal, at once: kill(-1) sent as that uid, which no
     fork can escape (a fork racing it fails). The shell's built-in kill sends it."""
     subprocess.run(
-        ["/bin/sh", "-c", "kill -9 -1"],
-        user=uid,
-        group=gid,
-        extra_groups=[],
+        [*as_user(uid, gid), "/bin/sh", "-c", "kill -9 -1"],
         env={},
         cwd="/",
         check=False,
@@ -90,9 +95,7 @@ def remove_sysv_ipc_of(uid: int, gid: int) -> None:
         argv = ["ipcrm"]
         for option, ident in objects:
             argv += [option, ident]
-        subprocess.run(
-            argv, user=uid, group=gid, extra_groups=[], cwd="/", check=False, capture_output=True
-        )
+        subprocess.run([*as_user(uid, gid), *argv], cwd="/", check=False, capture_output=True)
 
 
 def remove_files_of(uid: int, roots: tuple[str, ...] = SHARED_DIRS) -> None:
