@@ -3,10 +3,12 @@ that an account, a group or a process still has."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
+from boruta_dryad import remains
 from boruta_dryad.uids import UidAllocator, UidRange, UidsExhausted
 from system_kit import require_root
 
@@ -55,3 +57,21 @@ def test_uids_of_accounts_groups_and_processes_are_skipped(tmp_path: Path) -> No
 def test_a_full_range_says_so(tmp_path: Path) -> None:
     with pytest.raises(UidsExhausted, match="65534-65534"):
         UidAllocator(UidRange(65534, 65534), str(tmp_path)).allocate()
+
+
+def test_files_are_looked_for_only_where_the_uid_could_write(tmp_path: Path) -> None:
+    """A job user can make files only in directories writable by group or others (or its
+    own): the sweep walks those and skips other users' private trees, however big."""
+    uid = 65533
+    shared = tmp_path / "shared"
+    private = tmp_path / "private"
+    for directory, mode in ((shared, 0o1777), (private, 0o755)):
+        directory.mkdir()
+        directory.chmod(mode)
+        leftover = directory / "left"
+        leftover.write_text("x")
+        os.chown(leftover, uid, uid)
+    remains.remove_files_of(uid, (str(tmp_path),))
+    assert not (shared / "left").exists()
+    # Only root could have put it there; walking such trees is what made sweeps slow.
+    assert (private / "left").exists()

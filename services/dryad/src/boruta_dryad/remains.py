@@ -118,7 +118,11 @@ def _remove_owned(entry: os.DirEntry[str], uid: int) -> None:
             if info.st_uid == uid:
                 shutil.rmtree(entry.path, ignore_errors=True)
                 return
-            # Another user's directory (e.g. a shared one): look inside it.
+            if not info.st_mode & 0o022:
+                # Another user's directory that only its owner may write to: the job user
+                # made nothing in it, so do not walk it (e.g. a big tree under /tmp).
+                return
+            # A shared directory (writable by group or others): look inside it.
             with os.scandir(entry.path) as inner:
                 children = list(inner)
             for child in children:
