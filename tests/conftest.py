@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from boruta_scheduler.app import Scheduler
 from boruta_scheduler.config import SchedulerConfig, ServerConfig
 from boruta_scheduler.core import Policy
+from boruta_scheduler.rpc.server import Scheduler
 from farm_kit import Farm
 
 

@@ -205,7 +205,12 @@ class Farm:
 
     def __init__(self, address: str) -> None:
         self.address = address
-        self.channel = grpc.aio.insecure_channel(address)
+        # A subchannel of its own: grpc shares subchannels between channels to one address,
+        # and one left in reconnect backoff by a killed scheduler would fail this farm's first
+        # call with the old "connection refused" although the new scheduler is listening.
+        self.channel = grpc.aio.insecure_channel(
+            address, options=[("grpc.use_local_subchannel_pool", 1)]
+        )
         self.dryads: list[StubDryad] = []
 
     def client(self, user: str = "alice", groups: Sequence[str] = (), role: str = "user") -> Client:

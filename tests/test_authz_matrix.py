@@ -24,8 +24,8 @@ from boruta.v1 import (
     workers_pb2,
     workers_pb2_grpc,
 )
-from boruta_scheduler.app import Scheduler
 from boruta_scheduler.config import SchedulerConfig, ServerConfig
+from boruta_scheduler.rpc.server import Scheduler
 from pki_kit import FarmPki
 
 CALLERS = ["anonymous", "alice", "bob", "admin", "dryad", "other dryad"]

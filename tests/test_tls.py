@@ -26,12 +26,12 @@ from boruta.v1 import (
     tokens_pb2,
     tokens_pb2_grpc,
 )
-from boruta_scheduler.app import Scheduler, transport_security
+from boruta_scheduler.app.tokens import TokenAuthority
 from boruta_scheduler.config import SchedulerConfig, ServerConfig
 from boruta_scheduler.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from boruta_scheduler.listing import RequestQuery
+from boruta_scheduler.rpc.server import Scheduler, transport_security
 from boruta_scheduler.store import MemoryStore
-from boruta_scheduler.tokens import TokenAuthority
 from boruta_scheduler.types import Identity, Role
 from pki_kit import FarmPki
 

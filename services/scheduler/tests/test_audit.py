@@ -4,7 +4,7 @@ one, and no event carries unbounded text."""
 from __future__ import annotations
 
 import pytest
-from boruta_scheduler.audit import (
+from boruta_scheduler.app.audit import (
     MAX_DETAIL,
     OTHER_CALLERS,
     SUMMARY_INTERVAL,

@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from boruta_scheduler.app.engine import PURGE_BATCH, PURGE_PAUSE, Command, Engine, Upkeep
+from boruta_scheduler.app.service import SchedulerService, ServiceSettings
+from boruta_scheduler.app.watch import WatchHub
 from boruta_scheduler.core import Changes, Core, Policy
-from boruta_scheduler.engine import PURGE_BATCH, PURGE_PAUSE, Command, Engine, Upkeep
 from boruta_scheduler.errors import (
     InternalError,
     InvalidArgument,
@@ -20,10 +22,8 @@ from boruta_scheduler.errors import (
     StoreUnavailable,
     Unavailable,
 )
-from boruta_scheduler.service import SchedulerService, ServiceSettings
 from boruta_scheduler.store import MemoryStore, Purged, SQLiteStore
 from boruta_scheduler.types import Access, AuditEvent, Identity, RequestState, WorkerState
-from boruta_scheduler.watch import WatchHub
 
 
 class Dryads:
@@ -516,7 +516,7 @@ class BrokenPurge(ScrubCounter):
 async def test_a_failing_purge_backs_off_and_warns_once_per_run_of_failures(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="boruta_scheduler.engine")
+    caplog.set_level(logging.INFO, logger="boruta_scheduler.app.engine")
     clock = [T0]
     store = BrokenPurge()
     engine = Engine(

@@ -11,8 +11,8 @@ from typing import Any
 
 from boruta import logs
 
-from boruta_scheduler.app import Scheduler
 from boruta_scheduler.config import SchedulerConfig, load_config
+from boruta_scheduler.rpc.server import Scheduler
 from boruta_scheduler.store import CannotOpenStore
 
 log = logging.getLogger(__name__)

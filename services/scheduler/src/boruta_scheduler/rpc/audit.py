@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 from boruta.v1 import audit_pb2, audit_pb2_grpc
 
-from boruta_scheduler.audit import AuditLog
+from boruta_scheduler.app.audit import AuditLog
 from boruta_scheduler.errors import InvalidArgument
 from boruta_scheduler.listing import INT64_MAX
 from boruta_scheduler.rpc import convert

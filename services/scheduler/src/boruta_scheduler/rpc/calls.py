@@ -22,7 +22,8 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from boruta_scheduler.audit import Suppressed, ThrottledRefusals
+from boruta_scheduler.app.audit import Suppressed, ThrottledRefusals
+from boruta_scheduler.app.tokens import TokenAuthority
 from boruta_scheduler.errors import (
     BorutaError,
     InternalError,
@@ -31,7 +32,6 @@ from boruta_scheduler.errors import (
     Unauthenticated,
 )
 from boruta_scheduler.rpc.status import status_of
-from boruta_scheduler.tokens import TokenAuthority
 from boruta_scheduler.types import Identity, Role
 
 log = logging.getLogger(__name__)

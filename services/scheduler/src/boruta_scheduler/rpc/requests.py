@@ -8,10 +8,10 @@ from typing import Any
 import grpc
 from boruta.v1 import requests_pb2, requests_pb2_grpc
 
+from boruta_scheduler.app.service import SchedulerService
 from boruta_scheduler.listing import encode_token
 from boruta_scheduler.rpc import convert
 from boruta_scheduler.rpc.calls import current_identity
-from boruta_scheduler.service import SchedulerService
 from boruta_scheduler.types import RequestState
 
 Context = grpc.aio.ServicerContext[Any, Any]

@@ -8,9 +8,9 @@ import grpc
 from boruta.v1 import superviser_pb2, superviser_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
 
+from boruta_scheduler.app.service import SchedulerService
 from boruta_scheduler.rpc import convert
 from boruta_scheduler.rpc.calls import current_identity
-from boruta_scheduler.service import SchedulerService
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

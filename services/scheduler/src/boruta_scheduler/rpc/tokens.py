@@ -7,9 +7,9 @@ from typing import Any
 import grpc
 from boruta.v1 import tokens_pb2, tokens_pb2_grpc
 
+from boruta_scheduler.app.tokens import TokenAuthority
 from boruta_scheduler.rpc import convert
 from boruta_scheduler.rpc.calls import current_identity
-from boruta_scheduler.tokens import TokenAuthority
 from boruta_scheduler.types import TokenRecord
 
 Context = grpc.aio.ServicerContext[Any, Any]

@@ -8,11 +8,11 @@ from typing import Any
 import grpc
 from boruta.v1 import types_pb2, workers_pb2, workers_pb2_grpc
 
+from boruta_scheduler.app.service import SchedulerService
 from boruta_scheduler.errors import InvalidArgument
 from boruta_scheduler.listing import decode_token, encode_token, page_size
 from boruta_scheduler.rpc import convert
 from boruta_scheduler.rpc.calls import current_identity
-from boruta_scheduler.service import SchedulerService
 from boruta_scheduler.types import WorkerState
 
 Context = grpc.aio.ServicerContext[Any, Any]

@@ -17,7 +17,7 @@ from boruta_scheduler.store import Store
 from boruta_scheduler.types import AuditEvent, Identity, Role
 
 if TYPE_CHECKING:
-    from boruta_scheduler.engine import Engine
+    from boruta_scheduler.app.engine import Engine
 
 log = logging.getLogger(__name__)
 

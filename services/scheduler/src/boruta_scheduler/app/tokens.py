@@ -14,7 +14,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 
-from boruta_scheduler.audit import AuditLog
+from boruta_scheduler.app.audit import AuditLog
 from boruta_scheduler.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from boruta_scheduler.store import Store
 from boruta_scheduler.types import Identity, Role, TokenRecord

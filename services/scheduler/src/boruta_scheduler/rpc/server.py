@@ -1,4 +1,4 @@
-"""Wires the parts of a scheduler together: store, core, engine, service, gRPC server."""
+"""Wires the parts of a scheduler together and serves them over gRPC."""
 
 from __future__ import annotations
 
@@ -12,11 +12,14 @@ from boruta.tls import TlsFiles, channel_credentials, choose_transport, server_c
 from boruta.v1 import audit_pb2, requests_pb2, superviser_pb2, tokens_pb2, workers_pb2
 from google.protobuf.descriptor import ServiceDescriptor
 
-from boruta_scheduler.audit import AuditLog
+from boruta_scheduler.app.audit import AuditLog
+from boruta_scheduler.app.engine import Engine
+from boruta_scheduler.app.service import SchedulerService, ServiceSettings
+from boruta_scheduler.app.tokens import TokenAuthority
+from boruta_scheduler.app.watch import WatchHub
 from boruta_scheduler.config import SchedulerConfig, ServerConfig
 from boruta_scheduler.core import Core
 from boruta_scheduler.dryads import DryadPool
-from boruta_scheduler.engine import Engine
 from boruta_scheduler.rpc.audit import AuditServicer
 from boruta_scheduler.rpc.calls import (
     ANONYMOUS,
@@ -33,13 +36,10 @@ from boruta_scheduler.rpc.requests import RequestsServicer
 from boruta_scheduler.rpc.superviser import SuperviserServicer
 from boruta_scheduler.rpc.tokens import TokensServicer
 from boruta_scheduler.rpc.workers import WorkersServicer
-from boruta_scheduler.service import SchedulerService, ServiceSettings
 from boruta_scheduler.store import Store, open_store
-from boruta_scheduler.tokens import TokenAuthority
 from boruta_scheduler.tunnels import Tunnels
 from boruta_scheduler.tunnels.forwarder import parse_ports
 from boruta_scheduler.types import Identity, Role
-from boruta_scheduler.watch import WatchHub
 
 log = logging.getLogger(__name__)
 

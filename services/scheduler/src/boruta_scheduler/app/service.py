@@ -12,9 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from boruta_scheduler.audit import AuditLog, clip
+from boruta_scheduler.app.audit import AuditLog, clip
+from boruta_scheduler.app.engine import Command, Engine
+from boruta_scheduler.app.watch import Subscription, WatchHub, WorkerEvent
 from boruta_scheduler.core import Core
-from boruta_scheduler.engine import Command, Engine
 from boruta_scheduler.errors import (
     DeadlineExceeded,
     PermissionDenied,
@@ -42,7 +43,6 @@ from boruta_scheduler.types import (
     WorkerState,
     WorkerView,
 )
-from boruta_scheduler.watch import Subscription, WatchHub, WorkerEvent
 
 T = TypeVar("T")
 

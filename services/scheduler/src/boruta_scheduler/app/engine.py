@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+from boruta_scheduler.app.writer import StoreWriter
 from boruta_scheduler.core import Changes, CloseTunnel, Core, DryadCall, TunnelCall
 from boruta_scheduler.errors import (
     BorutaError,
@@ -38,7 +39,6 @@ from boruta_scheduler.errors import (
 )
 from boruta_scheduler.store import Purged, Store
 from boruta_scheduler.types import Access, AuditEvent, RequestState, RequestView, WorkerState
-from boruta_scheduler.writer import StoreWriter
 
 log = logging.getLogger(__name__)
 
