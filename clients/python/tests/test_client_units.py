@@ -35,7 +35,8 @@ EXPECTED_ALL = [
     "ClientConfig",
     "CommandResult", "CommandTimeout", "Context", "DeadlineExceeded", "FailedPrecondition",
     "HistoryEntry", "HostKeyMismatch",
-    "HostStatus", "InvalidArgument", "IssuedToken", "Job", "JobResult", "JobSpec", "JobStatus",
+    "HostStatus", "InternalError", "InvalidArgument", "IssuedToken", "Job", "JobResult",
+    "JobSpec", "JobStatus",
     "Lease",
     "NoSuchWorker", "NotFound", "PermissionDenied", "Phase", "PortForward",
     "ProlongLimitReached", "Request", "RequestEnded", "RequestNotFound", "RequestSort",
@@ -82,7 +83,8 @@ class FakeCallError(grpc.RpcError):
         (grpc.StatusCode.INVALID_ARGUMENT, "", errors.InvalidArgument),
         (grpc.StatusCode.PERMISSION_DENIED, "", errors.PermissionDenied),
         (grpc.StatusCode.UNAVAILABLE, "", errors.Unavailable),
-        (grpc.StatusCode.INTERNAL, "", errors.BorutaError),
+        (grpc.StatusCode.INTERNAL, "", errors.InternalError),
+        (grpc.StatusCode.UNKNOWN, "NOT_A_REASON", errors.BorutaError),
     ],
 )
 def test_errors_map_by_reason_then_code(

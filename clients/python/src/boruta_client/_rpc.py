@@ -7,28 +7,9 @@ from dataclasses import dataclass
 
 import grpc
 from boruta import pki
+from boruta.reasons import ERROR_REASON_KEY
 
 from boruta_client import errors
-
-ERROR_REASON_KEY = "boruta-error-reason"
-
-_BY_REASON: dict[str, type[errors.BorutaError]] = {
-    "INVALID_ARGUMENT": errors.InvalidArgument,
-    "NOT_FOUND": errors.NotFound,
-    "REQUEST_NOT_FOUND": errors.RequestNotFound,
-    "WORKER_NOT_FOUND": errors.WorkerNotFound,
-    "FAILED_PRECONDITION": errors.FailedPrecondition,
-    "NO_CAPABLE_WORKER": errors.NoSuchWorker,
-    "WRONG_REQUEST_STATE": errors.WrongRequestState,
-    "WRONG_WORKER_STATE": errors.WrongWorkerState,
-    "PROLONG_LIMIT_REACHED": errors.ProlongLimitReached,
-    "RESOURCE_EXHAUSTED": errors.ResourceExhausted,
-    "BUSY": errors.Busy,
-    "PERMISSION_DENIED": errors.PermissionDenied,
-    "UNAUTHENTICATED": errors.Unauthenticated,
-    "UNAVAILABLE": errors.Unavailable,
-    "DEADLINE_EXCEEDED": errors.DeadlineExceeded,
-}
 
 _BY_CODE: dict[grpc.StatusCode, type[errors.BorutaError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
@@ -40,6 +21,7 @@ _BY_CODE: dict[grpc.StatusCode, type[errors.BorutaError]] = {
     grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
     grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
+    grpc.StatusCode.INTERNAL: errors.InternalError,
 }
 
 
@@ -91,7 +73,7 @@ def translate(error: grpc.RpcError, target: str) -> errors.BorutaError:
     code = code_of(error)
     get_details = getattr(error, "details", None)
     details = (get_details() if callable(get_details) else None) or code.name
-    cls = _BY_REASON.get(reason_of(error)) or _BY_CODE.get(code, errors.BorutaError)
+    cls = errors.for_reason(reason_of(error)) or _BY_CODE.get(code, errors.BorutaError)
     if code is grpc.StatusCode.UNAVAILABLE and not reason_of(error):
         details = f"cannot reach the scheduler at {target}: {details}"
     elif code is grpc.StatusCode.DEADLINE_EXCEEDED:

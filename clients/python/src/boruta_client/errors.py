@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from boruta.reasons import Reason, from_wire
+from boruta.v1.errors_pb2 import ErrorReason
+
 
 class BorutaError(Exception):
     """Base of every error the client raises; ``str(error)`` says what went wrong."""
@@ -80,6 +83,10 @@ class RequestEnded(WrongRequestState):
         self.state = state
 
 
+class InternalError(BorutaError):
+    """A bug in the scheduler; the message has an id that finds the traceback in its log."""
+
+
 class CommandTimeout(BorutaError):
     """A command on the board did not finish in the time given; it was cut off."""
 
@@ -91,3 +98,36 @@ class SSHError(BorutaError):
 class HostKeyMismatch(SSHError):
     """The SSH server reached through the job's tunnel showed a host key the board's dryad
     did not report: it is not the board (or the board's host keys changed). Not logged in."""
+
+
+# The exception for each ErrorReason (boruta/v1/errors.proto) a scheduler sends; a test
+# checks that it names every reason and that the scheduler's classes agree.
+BY_REASON: dict[Reason, type[BorutaError]] = {
+    ErrorReason.ERROR_REASON_INVALID_ARGUMENT: InvalidArgument,
+    ErrorReason.ERROR_REASON_NOT_FOUND: NotFound,
+    ErrorReason.ERROR_REASON_REQUEST_NOT_FOUND: RequestNotFound,
+    ErrorReason.ERROR_REASON_WORKER_NOT_FOUND: WorkerNotFound,
+    ErrorReason.ERROR_REASON_FAILED_PRECONDITION: FailedPrecondition,
+    ErrorReason.ERROR_REASON_NO_CAPABLE_WORKER: NoSuchWorker,
+    ErrorReason.ERROR_REASON_WRONG_REQUEST_STATE: WrongRequestState,
+    ErrorReason.ERROR_REASON_WRONG_WORKER_STATE: WrongWorkerState,
+    ErrorReason.ERROR_REASON_PROLONG_LIMIT_REACHED: ProlongLimitReached,
+    ErrorReason.ERROR_REASON_PERMISSION_DENIED: PermissionDenied,
+    ErrorReason.ERROR_REASON_UNAUTHENTICATED: Unauthenticated,
+    ErrorReason.ERROR_REASON_RESOURCE_EXHAUSTED: ResourceExhausted,
+    ErrorReason.ERROR_REASON_BUSY: Busy,
+    ErrorReason.ERROR_REASON_DEADLINE_EXCEEDED: DeadlineExceeded,
+    ErrorReason.ERROR_REASON_UNAVAILABLE: Unavailable,
+    ErrorReason.ERROR_REASON_INTERNAL: InternalError,
+}
+
+# Raised by the client itself, never named by a scheduler's reason.
+CLIENT_SIDE: frozenset[type[BorutaError]] = frozenset(
+    {ScheduleTimeout, RequestEnded, CommandTimeout, SSHError, HostKeyMismatch}
+)
+
+
+def for_reason(wire: str) -> type[BorutaError] | None:
+    """The exception for the text of a boruta-error-reason trailer; None if it names no
+    reason this client knows (then the status code decides)."""
+    return BY_REASON.get(from_wire(wire))

@@ -6,6 +6,9 @@ import logging
 import secrets
 from typing import Any, ClassVar
 
+from boruta.reasons import Reason
+from boruta.v1.errors_pb2 import ErrorReason
+
 # Longest piece of a caller's input quoted in a message: a 500 KB name must not come back.
 SHOWN_CHARS = 64
 
@@ -20,26 +23,27 @@ def shown(text: str, limit: int = SHOWN_CHARS) -> str:
 class BorutaError(Exception):
     """Base of every error the scheduler reports to a caller; the message says what to fix."""
 
-    # Stable name sent to clients beside the status code (trailing metadata).
-    reason: ClassVar[str] = "UNKNOWN"
+    # Sent to clients beside the status code (boruta.reasons); every class that can be
+    # raised names its ErrorReason, and tests/test_error_reasons.py checks the client agrees.
+    reason: ClassVar[Reason] = ErrorReason.ERROR_REASON_UNSPECIFIED
 
 
 class InvalidArgument(BorutaError):
     """A field of the call is malformed or out of range; nothing was changed."""
 
-    reason = "INVALID_ARGUMENT"
+    reason = ErrorReason.ERROR_REASON_INVALID_ARGUMENT
 
 
 class NotFound(BorutaError):
     """The named request or worker does not exist."""
 
-    reason = "NOT_FOUND"
+    reason = ErrorReason.ERROR_REASON_NOT_FOUND
 
 
 class RequestNotFound(NotFound):
     """No request has this id."""
 
-    reason = "REQUEST_NOT_FOUND"
+    reason = ErrorReason.ERROR_REASON_REQUEST_NOT_FOUND
 
     def __init__(self, request_id: int, why: str = "") -> None:
         super().__init__(f"request {request_id} does not exist" + (f" ({why})" if why else ""))
@@ -49,7 +53,7 @@ class RequestNotFound(NotFound):
 class WorkerNotFound(NotFound):
     """No registered worker has this UUID."""
 
-    reason = "WORKER_NOT_FOUND"
+    reason = ErrorReason.ERROR_REASON_WORKER_NOT_FOUND
 
     def __init__(self, worker_uuid: str) -> None:
         super().__init__(f"worker {shown(worker_uuid)} is not registered")
@@ -59,67 +63,67 @@ class WorkerNotFound(NotFound):
 class FailedPrecondition(BorutaError):
     """The call is well formed but the farm is not in a state that allows it."""
 
-    reason = "FAILED_PRECONDITION"
+    reason = ErrorReason.ERROR_REASON_FAILED_PRECONDITION
 
 
 class NoCapableWorker(FailedPrecondition):
     """No registered worker could ever satisfy the request."""
 
-    reason = "NO_CAPABLE_WORKER"
+    reason = ErrorReason.ERROR_REASON_NO_CAPABLE_WORKER
 
 
 class WrongRequestState(FailedPrecondition):
     """The request is not in a state that allows the call."""
 
-    reason = "WRONG_REQUEST_STATE"
+    reason = ErrorReason.ERROR_REASON_WRONG_REQUEST_STATE
 
 
 class WrongWorkerState(FailedPrecondition):
     """The worker is not in a state that allows the call."""
 
-    reason = "WRONG_WORKER_STATE"
+    reason = ErrorReason.ERROR_REASON_WRONG_WORKER_STATE
 
 
 class ProlongLimitReached(FailedPrecondition):
     """The job cannot be prolonged any more."""
 
-    reason = "PROLONG_LIMIT_REACHED"
+    reason = ErrorReason.ERROR_REASON_PROLONG_LIMIT_REACHED
 
 
 class PermissionDenied(BorutaError):
     """The caller is known but may not do this."""
 
-    reason = "PERMISSION_DENIED"
+    reason = ErrorReason.ERROR_REASON_PERMISSION_DENIED
 
 
 class Unauthenticated(BorutaError):
     """The caller did not prove who they are."""
 
-    reason = "UNAUTHENTICATED"
+    reason = ErrorReason.ERROR_REASON_UNAUTHENTICATED
 
 
 class ResourceExhausted(BorutaError):
     """A limit on size or count was hit; retry later or with less."""
 
-    reason = "RESOURCE_EXHAUSTED"
+    reason = ErrorReason.ERROR_REASON_RESOURCE_EXHAUSTED
 
 
 class Busy(ResourceExhausted):
     """No worker for the request is free now and the caller asked not to wait."""
 
-    reason = "BUSY"
+    reason = ErrorReason.ERROR_REASON_BUSY
 
 
 class DeadlineExceeded(BorutaError):
     """The call's deadline passed before the awaited change happened."""
 
-    reason = "DEADLINE_EXCEEDED"
+    reason = ErrorReason.ERROR_REASON_DEADLINE_EXCEEDED
 
 
 class Unavailable(BorutaError):
     """The scheduler cannot serve the call right now; retry with backoff."""
 
-    reason = "UNAVAILABLE"
+    reason = ErrorReason.ERROR_REASON_UNAVAILABLE
 
 
 class StoreUnavailable(Unavailable):
@@ -136,7 +140,7 @@ class InternalError(BorutaError):
     """Something failed that no caller's input explains: a bug. The caller gets only the
     error id; the log line with that id holds the traceback."""
 
-    reason = "INTERNAL"
+    reason = ErrorReason.ERROR_REASON_INTERNAL
 
     def __init__(self, error_id: str) -> None:
         super().__init__(f"internal error (id {error_id}); the scheduler's log has the details")

@@ -101,7 +101,7 @@ class NewRequestRequest(_message.Message):
     """Queue the request even if no registered worker could satisfy it now (e.g. boards not yet registered)."""
     no_wait: _builtins.bool
     """Do not queue: start the job at once on a free worker, or fail with RESOURCE_EXHAUSTED
-    (error reason BUSY) and create nothing. valid_after must then be unset or not in the future.
+    (error reason ERROR_REASON_BUSY) and create nothing. valid_after must then be unset or not in the future.
     """
     @_builtins.property
     def caps(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:

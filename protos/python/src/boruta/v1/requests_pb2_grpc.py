@@ -28,9 +28,8 @@ if _version_not_supported:
 class RequestsStub:
     """Requests is how users and CI systems ask for a board, wait for it, use it and give it back.
     The caller's identity comes from the channel; the creator of a request is its owner.
-    A failed call carries, besides its status code, the trailing metadata key
-    "boruta-error-reason" with a stable name of the error (e.g. NO_CAPABLE_WORKER, BUSY,
-    PROLONG_LIMIT_REACHED, WRONG_REQUEST_STATE); see docs/api.md for the list.
+    A failed call carries, besides its status code, an ErrorReason (errors.proto) in the
+    trailing metadata key "boruta-error-reason".
     """
 
     def __init__(self, channel):
@@ -84,9 +83,8 @@ class RequestsStub:
 class RequestsServicer:
     """Requests is how users and CI systems ask for a board, wait for it, use it and give it back.
     The caller's identity comes from the channel; the creator of a request is its owner.
-    A failed call carries, besides its status code, the trailing metadata key
-    "boruta-error-reason" with a stable name of the error (e.g. NO_CAPABLE_WORKER, BUSY,
-    PROLONG_LIMIT_REACHED, WRONG_REQUEST_STATE); see docs/api.md for the list.
+    A failed call carries, besides its status code, an ErrorReason (errors.proto) in the
+    trailing metadata key "boruta-error-reason".
     """
 
     def NewRequest(self, request, context):
@@ -206,9 +204,8 @@ def add_RequestsServicer_to_server(servicer, server):
 class Requests:
     """Requests is how users and CI systems ask for a board, wait for it, use it and give it back.
     The caller's identity comes from the channel; the creator of a request is its owner.
-    A failed call carries, besides its status code, the trailing metadata key
-    "boruta-error-reason" with a stable name of the error (e.g. NO_CAPABLE_WORKER, BUSY,
-    PROLONG_LIMIT_REACHED, WRONG_REQUEST_STATE); see docs/api.md for the list.
+    A failed call carries, besides its status code, an ErrorReason (errors.proto) in the
+    trailing metadata key "boruta-error-reason".
     """
 
     @staticmethod

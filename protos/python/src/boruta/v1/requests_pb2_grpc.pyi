@@ -29,9 +29,8 @@ GRPC_VERSION: str
 class RequestsStub:
     """Requests is how users and CI systems ask for a board, wait for it, use it and give it back.
     The caller's identity comes from the channel; the creator of a request is its owner.
-    A failed call carries, besides its status code, the trailing metadata key
-    "boruta-error-reason" with a stable name of the error (e.g. NO_CAPABLE_WORKER, BUSY,
-    PROLONG_LIMIT_REACHED, WRONG_REQUEST_STATE); see docs/api.md for the list.
+    A failed call carries, besides its status code, an ErrorReason (errors.proto) in the
+    trailing metadata key "boruta-error-reason".
     """
 
     @_typing.overload
@@ -70,9 +69,8 @@ class RequestsStub:
 class RequestsAsyncStub(RequestsStub):
     """Requests is how users and CI systems ask for a board, wait for it, use it and give it back.
     The caller's identity comes from the channel; the creator of a request is its owner.
-    A failed call carries, besides its status code, the trailing metadata key
-    "boruta-error-reason" with a stable name of the error (e.g. NO_CAPABLE_WORKER, BUSY,
-    PROLONG_LIMIT_REACHED, WRONG_REQUEST_STATE); see docs/api.md for the list.
+    A failed call carries, besides its status code, an ErrorReason (errors.proto) in the
+    trailing metadata key "boruta-error-reason".
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -107,9 +105,8 @@ class RequestsAsyncStub(RequestsStub):
 class RequestsServicer(metaclass=_abc_1.ABCMeta):
     """Requests is how users and CI systems ask for a board, wait for it, use it and give it back.
     The caller's identity comes from the channel; the creator of a request is its owner.
-    A failed call carries, besides its status code, the trailing metadata key
-    "boruta-error-reason" with a stable name of the error (e.g. NO_CAPABLE_WORKER, BUSY,
-    PROLONG_LIMIT_REACHED, WRONG_REQUEST_STATE); see docs/api.md for the list.
+    A failed call carries, besides its status code, an ErrorReason (errors.proto) in the
+    trailing metadata key "boruta-error-reason".
     """
 
     @_abc_1.abstractmethod

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import grpc
 from boruta import pki
+from boruta.reasons import ERROR_REASON_KEY, wire_name
 from boruta.tls import PeerCertificates
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 USER_KEY = "x-boruta-user"
 GROUPS_KEY = "x-boruta-groups"
 ROLE_KEY = "x-boruta-role"
-ERROR_REASON_KEY = "boruta-error-reason"
 ANONYMOUS = Identity("anonymous")
 # Messages travel in a trailer, which clients refuse past 16 KiB; ours stay far below.
 MAX_MESSAGE_CHARS = 1000
@@ -202,7 +202,7 @@ async def _abort(
     message = str(error)
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[: MAX_MESSAGE_CHARS - 20] + "… (message cut)"
-    context.set_trailing_metadata(((ERROR_REASON_KEY, error.reason),))
+    context.set_trailing_metadata(((ERROR_REASON_KEY, wire_name(error.reason)),))
     await context.abort(status_of(error), message)
 
 
