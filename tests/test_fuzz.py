@@ -21,7 +21,7 @@ from boruta.v1 import (
     types_pb2,
     workers_pb2,
 )
-from boruta_scheduler.listing import encode_token
+from boruta_scheduler.listing import PageTokens
 from boruta_scheduler.rpc import convert
 from farm_kit import SchedulerProcess
 from google.protobuf import descriptor as pbd
@@ -85,9 +85,11 @@ MAX_DETAILS = 1024
 
 @pytest.fixture(scope="module")
 def scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, grpc.Channel]]:
-    process = SchedulerProcess(
-        tmp_path_factory.mktemp("fuzz"), "--heartbeat-timeout", "1h", "--healthcheck-interval", "0"
-    )
+    data_dir = tmp_path_factory.mktemp("fuzz")
+    # The scheduler signs page tokens with this key, so the forged ones below pass the
+    # signature and reach the checks of the sort key inside.
+    (data_dir / PageTokens.KEY_FILE).write_text(FUZZ_KEY.hex())
+    process = SchedulerProcess(data_dir, "--heartbeat-timeout", "1h", "--healthcheck-interval", "0")
     address = process.start()
     channel = grpc.insecure_channel(address)
     # Something to aim at: a worker (in MAINTENANCE, no dryad behind it) and requests.
@@ -290,16 +292,24 @@ def test_unknown_enum_values_are_refused(scheduler: tuple[str, grpc.Channel]) ->
     assert types_pb2.WORKER_STATE_IDLE  # the enum the refusal is about
 
 
+FUZZ_KEY = bytes(range(32))
+
+
 def _page_tokens() -> tuple[list[str], list[str]]:
     """Tokens a client could forge for each list: (those every list must refuse, others).
     Sort keys are ints for requests and history, strings for workers sorted by uuid."""
-    requests_scope = convert.request_query(requests_pb2.ListRequestsRequest())[1]
-    workers_scope = convert.worker_query(workers_pb2.ListWorkersRequest())[1]
+    signer = PageTokens(FUZZ_KEY)
+    encode_token = signer.encode
+    requests_scope = convert.request_query(requests_pb2.ListRequestsRequest(), signer)[1]
+    workers_scope = convert.worker_query(workers_pb2.ListWorkersRequest(), signer)[1]
+    history_scope = PageTokens.scope("ListWorkerHistory", "w1")
+    audit_scope = PageTokens.scope("ListAuditEvents")
     outside: list[Any] = [2**63, 2**64, -(2**63) - 1, 10**30, float("nan"), float("inf")]
     inside: list[Any] = [2**63 - 1, -(2**63), 0]
-    bad = [str(2**63), "9" * 19, "9" * 20, "\u0661\u0662", "\u00b2"]
-    other = ["0", "-1", "9" * 18, str(2**63 - 1)]
-    for scope in (requests_scope, workers_scope, "history:w1"):
+    # Unsigned: every list refuses them (the audit log's tokens were bare ids once).
+    bad = [str(2**63), "9" * 19, "9" * 20, "\u0661\u0662", "\u00b2", "0", "-1", "9" * 18, "a.b"]
+    other: list[str] = []
+    for scope in (requests_scope, workers_scope, history_scope, audit_scope):
         for key in outside:
             bad += [encode_token(scope, (key, key)), encode_token(scope, (key, 1))]
         for key in inside:

@@ -1,18 +1,27 @@
-"""Filtering, ordering and keyset paging of lists, shared by the stores and the worker list."""
+"""Filtering, ordering and keyset paging of lists, shared by the stores and the worker list,
+and the page tokens of every list."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import enum
+import hashlib
+import hmac
 import json
+import logging
 import math
+import os
+import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Generic, TypeVar
 
 from boruta_scheduler.errors import InvalidArgument
 from boruta_scheduler.types import RequestState, RequestView, WorkerState, WorkerView
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 SortKey = tuple[float | int | str, int | str]
@@ -133,38 +142,114 @@ def page_size(requested: int) -> int:
     return min(requested, MAX_PAGE_SIZE)
 
 
-def encode_token(scope: str, after: SortKey | None) -> str:
-    """An opaque page token; scope ties it to the list's filter and order."""
-    if after is None:
-        return ""
-    raw = json.dumps([scope, list(after)], separators=(",", ":")).encode()
+class PageTokens:
+    """The one page-token scheme of every list: the sort key to continue after, the list's
+    name and a hash of its filter and order, signed with HMAC-SHA256. A token is refused
+    (INVALID_ARGUMENT) if it was edited or forged, comes from another list, or from the same
+    list with another filter or order. The key lives in a file so a restart keeps tokens good."""
+
+    KEY_FILE = "page-token.key"
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    @classmethod
+    def in_directory(cls, directory: str | Path) -> PageTokens:
+        """Tokens signed with the key kept in directory, made on first use; if it cannot be
+        kept there, a key of this process only (tokens then die with it)."""
+        path = Path(directory) / cls.KEY_FILE
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass
+            else:
+                with os.fdopen(fd, "w") as out:
+                    out.write(secrets.token_hex(32))
+            return cls(bytes.fromhex(path.read_text().strip()))
+        except (OSError, ValueError) as exc:
+            log.warning(
+                "page-token key not kept; page tokens will not outlive this process",
+                extra={"path": str(path), "error": str(exc)},
+            )
+            return cls(secrets.token_bytes(32))
+
+    @staticmethod
+    def scope(list_name: str, *parts: object) -> Scope:
+        """What a token is bound to: the list and everything that selects or orders it
+        (not the page size, which may change from page to page)."""
+        return Scope(list_name, hashlib.sha256(repr(parts).encode()).hexdigest()[:16])
+
+    def encode(self, scope: Scope, after: SortKey | None) -> str:
+        """The token for the page after the key after; empty at the end of the list."""
+        if after is None:
+            return ""
+        body = json.dumps([scope.list_name, scope.digest, *after], separators=(",", ":"))
+        raw = body.encode()
+        return f"{_b64(raw)}.{_b64(self._mac(raw))}"
+
+    def decode(
+        self,
+        scope: Scope,
+        token: str,
+        first: tuple[type, ...] = (int, float, str),
+        second: tuple[type, ...] = (int, str),
+    ) -> SortKey | None:
+        """The sort key a token continues after (None for no token); refuses tokens that
+        are malformed, not signed here, of another list or query, or whose key parts are
+        not of the list's types (first, second) or out of int64."""
+        if not token:
+            return None
+        malformed = InvalidArgument(
+            "page_token is malformed; pass a next_page_token unchanged, or none to start again"
+        )
+        body, dot, mac = token.partition(".")
+        try:
+            raw, signature = _unb64(body), _unb64(mac)
+        except (binascii.Error, ValueError) as exc:
+            raise malformed from exc
+        if not dot or not hmac.compare_digest(signature, self._mac(raw)):
+            raise InvalidArgument(
+                "page_token was not issued by this scheduler or was altered; pass a "
+                "next_page_token unchanged, or none to start again"
+            )
+        try:
+            list_name, digest, key, tie = json.loads(raw)
+        except (ValueError, TypeError) as exc:
+            raise malformed from exc
+        if list_name != scope.list_name:
+            raise InvalidArgument(
+                f"page_token belongs to {list_name}, not {scope.list_name}; start again without it"
+            )
+        if digest != scope.digest:
+            raise InvalidArgument(
+                "page_token belongs to a list with another filter or order; start again without it"
+            )
+        if not (_key_part(key, first) and _key_part(tie, second)):
+            raise malformed
+        return (key, tie)
+
+    def _mac(self, raw: bytes) -> bytes:
+        return hmac.new(self._key, raw, hashlib.sha256).digest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What a page token is bound to: the list by name and a digest of its query."""
+
+    list_name: str
+    digest: str
+
+
+def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_token(
-    scope: str,
-    token: str,
-    first: tuple[type, ...] = (int, float, str),
-    second: tuple[type, ...] = (int, str),
-) -> SortKey | None:
-    """The sort key a page token continues from; refuses tokens of another list, and keys
-    of other types than the list's (first, second) or out of int64."""
-    if not token:
-        return None
-    malformed = InvalidArgument("page_token is malformed; pass a next_page_token unchanged")
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        token_scope, after = json.loads(raw)
-        key, tie = after
-    except (binascii.Error, ValueError, TypeError) as exc:
-        raise malformed from exc
-    if token_scope != scope:
-        raise InvalidArgument(
-            "page_token belongs to a list with another filter or order; start again without it"
-        )
-    if not (_key_part(key, first) and _key_part(tie, second)):
-        raise malformed
-    return (key, tie)
+def _unb64(text: str) -> bytes:
+    if not text.isascii():
+        raise ValueError("not base64")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def _key_part(value: object, kinds: tuple[type, ...]) -> bool:

@@ -3,28 +3,31 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Iterable
 from typing import TypeVar
 
-from boruta.v1 import requests_pb2, types_pb2, workers_pb2
+from boruta.v1 import audit_pb2, requests_pb2, tokens_pb2, types_pb2, workers_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from boruta_scheduler.errors import InvalidArgument
 from boruta_scheduler.listing import (
     INT64_MAX,
+    PageTokens,
     RequestQuery,
     RequestSort,
+    Scope,
     WorkerQuery,
     WorkerSort,
-    decode_token,
     page_size,
 )
 from boruta_scheduler.types import (
+    AuditEvent,
+    HistoryEntry,
     HostStatus,
     JobView,
     RequestState,
     RequestView,
+    TokenRecord,
     WorkerState,
     WorkerView,
 )
@@ -124,12 +127,10 @@ def worker_sort(value: int) -> WorkerSort:
         raise InvalidArgument(f"sort_by has unknown value {value}") from None
 
 
-def _scope(*parts: object) -> str:
-    """Ties a page token to the list's filter and order."""
-    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
-
-
-def request_query(msg: requests_pb2.ListRequestsRequest) -> tuple[RequestQuery, str]:
+def request_query(
+    msg: requests_pb2.ListRequestsRequest, tokens: PageTokens
+) -> tuple[RequestQuery, Scope]:
+    """The query a ListRequests call asks for, and the scope of its page tokens."""
     sort = request_sort(msg.sort_by)
     query = dataclasses.replace(
         request_filter(msg.filter),
@@ -137,8 +138,8 @@ def request_query(msg: requests_pb2.ListRequestsRequest) -> tuple[RequestQuery, 
         descending=msg.descending,
         limit=page_size(msg.page_size),
     )
-    scope = _scope(
-        "requests",
+    scope = PageTokens.scope(
+        "ListRequests",
         sorted(query.ids),
         sorted(query.states),
         sorted(query.priorities),
@@ -147,7 +148,7 @@ def request_query(msg: requests_pb2.ListRequestsRequest) -> tuple[RequestQuery, 
         query.descending,
     )
     # Every request sort key is a number, and ties are ordered by id.
-    after = decode_token(scope, msg.page_token, first=(int, float), second=(int,))
+    after = tokens.decode(scope, msg.page_token, first=(int, float), second=(int,))
     return dataclasses.replace(query, after=after), scope
 
 
@@ -175,20 +176,19 @@ def worker_filter(f: workers_pb2.WorkerFilter) -> WorkerQuery:
     )
 
 
-def worker_query(msg: workers_pb2.ListWorkersRequest) -> tuple[WorkerQuery, str]:
-    base = worker_filter(msg.filter)
+def worker_query(
+    msg: workers_pb2.ListWorkersRequest, tokens: PageTokens
+) -> tuple[WorkerQuery, Scope]:
+    """The query a ListWorkers call asks for, and the scope of its page tokens."""
     sort = worker_sort(msg.sort_by)
-    query = WorkerQuery(
-        uuids=base.uuids,
-        states=base.states,
-        groups=base.groups,
-        caps=base.caps,
+    query = dataclasses.replace(
+        worker_filter(msg.filter),
         sort=sort,
         descending=msg.descending,
         limit=page_size(msg.page_size),
     )
-    scope = _scope(
-        "workers",
+    scope = PageTokens.scope(
+        "ListWorkers",
         sorted(query.uuids),
         sorted(query.states),
         sorted(query.groups),
@@ -198,8 +198,31 @@ def worker_query(msg: workers_pb2.ListWorkersRequest) -> tuple[WorkerQuery, str]
     )
     # Workers are ordered by uuid, or by a number with ties ordered by uuid.
     first = (str,) if sort is WorkerSort.UUID else (int, float)
-    after = decode_token(scope, msg.page_token, first=first, second=(str,))
+    after = tokens.decode(scope, msg.page_token, first=first, second=(str,))
     return dataclasses.replace(query, after=after), scope
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewestFirst:
+    """A page of a list that runs newest first by a numeric id: how many, and the id to
+    continue below (None for the first page)."""
+
+    limit: int
+    before: int | None
+    scope: Scope
+
+    def next_token(self, tokens: PageTokens, last_id: int | None) -> str:
+        """The token for the page after one that ended at last_id (None: the list ended)."""
+        return tokens.encode(self.scope, None if last_id is None else (last_id, 0))
+
+
+def newest_first(
+    tokens: PageTokens, page_token: str, requested_size: int, list_name: str, *scope: object
+) -> NewestFirst:
+    """Where a newest-first list (a worker's history, the audit log) continues."""
+    bound = PageTokens.scope(list_name, *scope)
+    after = tokens.decode(bound, page_token, first=(int,), second=(int,))
+    return NewestFirst(page_size(requested_size), int(after[0]) if after else None, bound)
 
 
 def job_info(job: JobView) -> types_pb2.JobInfo:
@@ -257,15 +280,10 @@ def host_status_info(s: HostStatus) -> types_pb2.HostStatus:
     return info
 
 
-# The range protobuf defines for Duration: about 10,000 years either way.
-_MAX_DURATION_SECONDS = 315_576_000_000
-
-
 def host_status(info: types_pb2.HostStatus) -> HostStatus:
-    if not 0 <= info.uptime.seconds <= _MAX_DURATION_SECONDS:
+    if not 0 <= info.uptime.seconds <= _MAX_DURATION:
         raise InvalidArgument(
-            f"host_status.uptime must be 0 to {_MAX_DURATION_SECONDS} seconds, "
-            f"got {info.uptime.seconds}"
+            f"host_status.uptime must be 0 to {_MAX_DURATION} seconds, got {info.uptime.seconds}"
         )
     return HostStatus(
         load_1m=info.load_1m,
@@ -294,4 +312,41 @@ def worker_info(w: WorkerView) -> types_pb2.WorkerInfo:
     )
     if w.host_status is not None:
         info.host_status.CopyFrom(host_status_info(w.host_status))
+    return info
+
+
+def history_entry(e: HistoryEntry) -> types_pb2.WorkerHistoryEntry:
+    return types_pb2.WorkerHistoryEntry(
+        time=timestamp(e.time),
+        from_state=int(e.from_state) if e.from_state is not None else 0,  # type: ignore[arg-type]
+        to_state=int(e.to_state),  # type: ignore[arg-type]
+        reason=e.reason,
+    )
+
+
+def audit_event(e: AuditEvent) -> audit_pb2.AuditEvent:
+    return audit_pb2.AuditEvent(
+        id=e.id,
+        time=timestamp(e.time),
+        actor=e.actor,
+        role=e.role,
+        action=e.action,
+        target=e.target,
+        detail=e.detail,
+    )
+
+
+def token_info(t: TokenRecord) -> tokens_pb2.TokenInfo:
+    info = tokens_pb2.TokenInfo(
+        id=t.id,
+        user=t.user,
+        groups=sorted(t.groups),
+        admin=t.admin,
+        created_at=timestamp(t.created_at),
+        expires_at=timestamp(t.expires_at),
+        issued_by=t.issued_by,
+        description=t.description,
+    )
+    if t.revoked_at is not None:
+        info.revoked_at.CopyFrom(timestamp(t.revoked_at))
     return info

@@ -9,7 +9,7 @@ import grpc
 from boruta.v1 import requests_pb2, requests_pb2_grpc
 
 from boruta_scheduler.app.service import SchedulerService
-from boruta_scheduler.listing import encode_token
+from boruta_scheduler.listing import PageTokens
 from boruta_scheduler.rpc import convert
 from boruta_scheduler.rpc.calls import current_identity
 from boruta_scheduler.types import RequestState
@@ -18,8 +18,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class RequestsServicer(requests_pb2_grpc.RequestsServicer):
-    def __init__(self, service: SchedulerService) -> None:
+    def __init__(self, service: SchedulerService, tokens: PageTokens) -> None:
         self._service = service
+        self._tokens = tokens
 
     async def NewRequest(
         self, request: requests_pb2.NewRequestRequest, context: Context
@@ -68,11 +69,11 @@ class RequestsServicer(requests_pb2_grpc.RequestsServicer):
     async def ListRequests(
         self, request: requests_pb2.ListRequestsRequest, context: Context
     ) -> requests_pb2.ListRequestsResponse:
-        query, scope = convert.request_query(request)
+        query, scope = convert.request_query(request, self._tokens)
         page = await self._service.list_requests(current_identity(), query)
         return requests_pb2.ListRequestsResponse(
             requests=[convert.request_info(v) for v in page.items],
-            next_page_token=encode_token(scope, page.next_after),
+            next_page_token=self._tokens.encode(scope, page.next_after),
         )
 
     async def AcquireWorker(

@@ -20,6 +20,7 @@ from boruta_scheduler.app.watch import WatchHub
 from boruta_scheduler.config import SchedulerConfig, ServerConfig
 from boruta_scheduler.core import Core
 from boruta_scheduler.dryads import DryadPool
+from boruta_scheduler.listing import PageTokens
 from boruta_scheduler.rpc.audit import AuditServicer
 from boruta_scheduler.rpc.calls import (
     ANONYMOUS,
@@ -144,19 +145,29 @@ class Scheduler:
             identify = metadata_identities
         else:
             identify = CertificateOrToken(CertificateIdentities(self.tls.read()[0]), self.tokens)
+        # Kept beside the default store, so that a restart leaves clients' page tokens good.
+        page_tokens = PageTokens.in_directory(self.config.server.data_dir)
         services: list[tuple[object, ServiceDescriptor, frozenset[Role]]] = [
             (
-                RequestsServicer(service),
+                RequestsServicer(service, page_tokens),
                 requests_pb2.DESCRIPTOR.services_by_name["Requests"],
                 PEOPLE,
             ),
-            (WorkersServicer(service), workers_pb2.DESCRIPTOR.services_by_name["Workers"], PEOPLE),
+            (
+                WorkersServicer(service, page_tokens),
+                workers_pb2.DESCRIPTOR.services_by_name["Workers"],
+                PEOPLE,
+            ),
             (
                 SuperviserServicer(service),
                 superviser_pb2.DESCRIPTOR.services_by_name["Superviser"],
                 DRYADS,
             ),
-            (AuditServicer(audit), audit_pb2.DESCRIPTOR.services_by_name["Audit"], PEOPLE),
+            (
+                AuditServicer(audit, page_tokens),
+                audit_pb2.DESCRIPTOR.services_by_name["Audit"],
+                PEOPLE,
+            ),
             (TokensServicer(self.tokens), tokens_pb2.DESCRIPTOR.services_by_name["Tokens"], PEOPLE),
         ]
         for servicer, descriptor, roles in services:

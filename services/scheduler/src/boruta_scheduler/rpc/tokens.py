@@ -10,25 +10,8 @@ from boruta.v1 import tokens_pb2, tokens_pb2_grpc
 from boruta_scheduler.app.tokens import TokenAuthority
 from boruta_scheduler.rpc import convert
 from boruta_scheduler.rpc.calls import current_identity
-from boruta_scheduler.types import TokenRecord
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def token_info(t: TokenRecord) -> tokens_pb2.TokenInfo:
-    info = tokens_pb2.TokenInfo(
-        id=t.id,
-        user=t.user,
-        groups=sorted(t.groups),
-        admin=t.admin,
-        created_at=convert.timestamp(t.created_at),
-        expires_at=convert.timestamp(t.expires_at),
-        issued_by=t.issued_by,
-        description=t.description,
-    )
-    if t.revoked_at is not None:
-        info.revoked_at.CopyFrom(convert.timestamp(t.revoked_at))
-    return info
 
 
 class TokensServicer(tokens_pb2_grpc.TokensServicer):
@@ -38,7 +21,7 @@ class TokensServicer(tokens_pb2_grpc.TokensServicer):
     async def IssueToken(
         self, request: tokens_pb2.IssueTokenRequest, context: Context
     ) -> tokens_pb2.IssueTokenResponse:
-        ttl = request.ttl.ToNanoseconds() / 1e9 if request.HasField("ttl") else None
+        ttl = convert.optional_duration(request, "ttl")
         record, secret = await self._authority.issue(
             current_identity(),
             request.user,
@@ -47,16 +30,16 @@ class TokensServicer(tokens_pb2_grpc.TokensServicer):
             ttl,
             request.description,
         )
-        return tokens_pb2.IssueTokenResponse(token=token_info(record), secret=secret)
+        return tokens_pb2.IssueTokenResponse(token=convert.token_info(record), secret=secret)
 
     async def ListTokens(
         self, request: tokens_pb2.ListTokensRequest, context: Context
     ) -> tokens_pb2.ListTokensResponse:
         records = self._authority.list(current_identity())
-        return tokens_pb2.ListTokensResponse(tokens=[token_info(t) for t in records])
+        return tokens_pb2.ListTokensResponse(tokens=[convert.token_info(t) for t in records])
 
     async def RevokeToken(
         self, request: tokens_pb2.RevokeTokenRequest, context: Context
     ) -> tokens_pb2.RevokeTokenResponse:
         record = await self._authority.revoke(current_identity(), request.token_id)
-        return tokens_pb2.RevokeTokenResponse(token=token_info(record))
+        return tokens_pb2.RevokeTokenResponse(token=convert.token_info(record))

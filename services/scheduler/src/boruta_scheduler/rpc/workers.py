@@ -6,11 +6,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from boruta.v1 import types_pb2, workers_pb2, workers_pb2_grpc
+from boruta.v1 import workers_pb2, workers_pb2_grpc
 
 from boruta_scheduler.app.service import SchedulerService
 from boruta_scheduler.errors import InvalidArgument
-from boruta_scheduler.listing import decode_token, encode_token, page_size
+from boruta_scheduler.listing import PageTokens
 from boruta_scheduler.rpc import convert
 from boruta_scheduler.rpc.calls import current_identity
 from boruta_scheduler.types import WorkerState
@@ -19,17 +19,18 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class WorkersServicer(workers_pb2_grpc.WorkersServicer):
-    def __init__(self, service: SchedulerService) -> None:
+    def __init__(self, service: SchedulerService, tokens: PageTokens) -> None:
         self._service = service
+        self._tokens = tokens
 
     async def ListWorkers(
         self, request: workers_pb2.ListWorkersRequest, context: Context
     ) -> workers_pb2.ListWorkersResponse:
-        query, scope = convert.worker_query(request)
+        query, scope = convert.worker_query(request, self._tokens)
         page = await self._service.list_workers(current_identity(), query)
         return workers_pb2.ListWorkersResponse(
             workers=[convert.worker_info(w) for w in page.items],
-            next_page_token=encode_token(scope, page.next_after),
+            next_page_token=self._tokens.encode(scope, page.next_after),
         )
 
     async def GetWorkerInfo(
@@ -41,24 +42,18 @@ class WorkersServicer(workers_pb2_grpc.WorkersServicer):
     async def ListWorkerHistory(
         self, request: workers_pb2.ListWorkerHistoryRequest, context: Context
     ) -> workers_pb2.ListWorkerHistoryResponse:
-        scope = f"history:{request.worker_uuid}"
-        after = decode_token(scope, request.page_token, first=(int,), second=(int,))
-        page = await self._service.worker_history(
-            current_identity(),
+        at = convert.newest_first(
+            self._tokens,
+            request.page_token,
+            request.page_size,
+            "ListWorkerHistory",
             request.worker_uuid,
-            page_size(request.page_size),
-            int(after[0]) if after else None,
         )
-        entries = [
-            types_pb2.WorkerHistoryEntry(
-                time=convert.timestamp(e.time),
-                from_state=int(e.from_state) if e.from_state is not None else 0,  # type: ignore[arg-type]
-                to_state=int(e.to_state),  # type: ignore[arg-type]
-                reason=e.reason,
-            )
-            for e in page.entries
-        ]
-        token = encode_token(scope, (page.next_before, 0) if page.next_before else None)
+        page = await self._service.worker_history(
+            current_identity(), request.worker_uuid, at.limit, at.before
+        )
+        entries = [convert.history_entry(e) for e in page.entries]
+        token = at.next_token(self._tokens, page.next_before or None)
         return workers_pb2.ListWorkerHistoryResponse(entries=entries, next_page_token=token)
 
     async def SetState(
