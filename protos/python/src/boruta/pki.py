@@ -174,7 +174,9 @@ def check_name(name: str) -> None:
         or not all(c.isascii() and (c.isalnum() or c in "._-@") for c in name)
     ):
         raise PkiError(
-            f"name {name!r} must be 1 to 64 letters, digits and . _ - @ (it becomes the "
+            # At most 64 characters of it quoted: a huge name must not come back whole.
+            f"name {name[:64]!r}{'…' if len(name) > 64 else ''} must be 1 to 64 letters, "
+            "digits and . _ - @ (it becomes the "
             "identity's user name)"
         )
 

@@ -14,15 +14,18 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 
+from boruta import pki
+
 from boruta_scheduler.app.audit import AuditLog
+from boruta_scheduler.core import Policy
 from boruta_scheduler.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from boruta_scheduler.store import Store
 from boruta_scheduler.types import Identity, Role, TokenRecord
 
 DEFAULT_TTL = 90 * 86400.0
 MAX_TTL = 3650 * 86400.0
-_USER = re.compile(r"[A-Za-z0-9._@-]{1,64}")
-_GROUP = re.compile(r"[A-Za-z0-9._:/-]{1,64}")
+# Only its name rules are used; they do not depend on the farm's scheduling policy.
+NAME_RULES = Policy()
 _TOKEN_ID = re.compile(r"[0-9]{1,19}")  # ASCII digits only: str.isdigit() also takes "²"
 
 
@@ -62,15 +65,12 @@ class TokenAuthority:
     ) -> tuple[TokenRecord, str]:
         """A new token and its secret, which is never stored or shown again."""
         self._require_admin(who)
-        if not _USER.fullmatch(user) or user == "anonymous":
-            raise InvalidArgument(
-                "user must be 1 to 64 letters, digits and . _ - @, and not 'anonymous'"
-            )
-        names = frozenset(groups)
-        if len(names) > 32 or not all(_GROUP.fullmatch(g) for g in names):
-            raise InvalidArgument(
-                "groups: at most 32 names of 1 to 64 letters, digits and . _ : / -"
-            )
+        # The same rules as a certificate's name and a worker's groups, defined there once.
+        try:
+            pki.check_name(user)
+        except pki.PkiError as exc:
+            raise InvalidArgument(f"user: {exc}") from None
+        names = NAME_RULES.check_groups(groups)
         if len(description) > 200:
             raise InvalidArgument("description: at most 200 characters")
         ttl = DEFAULT_TTL if ttl is None else ttl
