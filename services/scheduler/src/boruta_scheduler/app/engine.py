@@ -13,6 +13,12 @@ Until that commit succeeds (it is retried with backoff), writes are refused at o
 reads are answered from the rebuilt core. A command that fails with an exception that is
 no BorutaError (a bug) costs its batch the same way, but the store is not blamed.
 
+A heartbeat changes nothing durable but a worker's last-seen time: those are kept in
+memory and stored with at most one commit per LAST_SEEN_FLUSH (riding on a batch that
+commits anyway when there is one), so an idle farm's heartbeats cost no commit each. A
+stale stored time is harmless: after a restart or a recovery, silence is counted from the
+rebuild at the earliest, never from the stored time.
+
 Between commits, at a low rate, the same writer keeps the store small and clean: it purges
 what is older than the retention in small batches and scrubs the store's files of keys
 that are gone from its tables (see housekeep()).
@@ -55,6 +61,8 @@ PURGE_BATCH = 500
 PURGE_PAUSE = 1.0
 PURGE_INTERVAL = 600.0
 UPKEEP_INTERVAL = 10.0
+# How often heartbeats' last-seen times are stored at most, in seconds.
+LAST_SEEN_FLUSH = 60.0
 # Backoff between attempts to write to a store that refused a commit, in seconds.
 RETRY_FIRST = 0.1
 RETRY_MAX = 5.0
@@ -150,6 +158,7 @@ class Engine:
         *,
         retention: float = 0.0,
         upkeep_interval: float = UPKEEP_INTERVAL,
+        last_seen_flush: float = LAST_SEEN_FLUSH,
     ) -> None:
         self.core = core
         self._store = store
@@ -187,6 +196,10 @@ class Engine:
         # Whether a commit since the last scrub may have dropped a key (so may a restart).
         self._scrub_wanted = True
         self._stopping = False
+        # Last-seen times heard since they were last stored, and when they are stored next.
+        self._seen: dict[str, float] = {}
+        self._seen_flush = last_seen_flush
+        self._next_seen_flush = 0.0
         self.failure: BaseException | None = None
         self.batches = 0
         self.commands = 0
@@ -425,6 +438,11 @@ class Engine:
                 self._arm_timer()
                 await self._wakeup.wait()
                 self._wakeup.clear()
+            if self._seen and self._outage is None and not self._rebuild and self.failure is None:
+                # What was heard last is stored at a clean stop, so a restart starts from it.
+                changes = self.core.drain()
+                self._flush_last_seen(changes, self._clock())
+                self._finish_batch(changes, [], [])
             if self._last_commit is not None:
                 await asyncio.wait([self._last_commit])
         except BaseException as exc:
@@ -475,7 +493,28 @@ class Engine:
         changes.audit[:0] = carried
         changes.audit.extend(self._audit)
         self._audit = []
+        self._hold_last_seen(changes, now)
         self._finish_batch(changes, done, carried)
+
+    def _hold_last_seen(self, changes: Changes, now: float) -> None:
+        """Keep the batch's last-seen times in memory, and hand every time held back to
+        the batch when a flush is due and it commits anyway (or on its own when due)."""
+        seen = self._seen
+        seen.update(changes.last_seen)
+        changes.last_seen.clear()
+        if not seen:
+            return
+        for view in changes.workers:  # a stored view carries its own, newer time
+            seen.pop(view.uuid, None)
+        for view in changes.removed_workers:
+            seen.pop(view.uuid, None)
+        if now >= self._next_seen_flush:
+            self._flush_last_seen(changes, now)
+
+    def _flush_last_seen(self, changes: Changes, now: float) -> None:
+        changes.last_seen.update(self._seen)
+        self._seen = {}
+        self._next_seen_flush = now + self._seen_flush
 
     def _finish_batch(
         self, changes: Changes, done: list[_Reply], carried: list[AuditEvent]
