@@ -224,7 +224,6 @@ async def test_heartbeats_cost_no_commit_each_and_are_stored_in_batches() -> Non
     for uuid in ("w1", "w2"):
         caps = {"UUID": uuid}
         await engine.execute(lambda c, t, caps=caps: c.register(t, caps, "h:1", "h:2"))
-    await engine.execute(lambda c, t: c.heartbeat(t, "w1"))  # the first flush is due
     commits = len(store.committed)
     for _ in range(5):
         clock[0] += 10
@@ -257,7 +256,7 @@ async def test_restart_from_a_stale_last_seen_fails_dead_workers_only() -> None:
     for uuid in ("live", "dead"):
         caps = {"UUID": uuid}
         await engine.execute(lambda c, t, caps=caps: c.register(t, caps, "h:1", "h:2"))
-    for _ in range(5):  # heard, but stored only the first time (a flush was due)
+    for _ in range(5):  # heard, but not stored: no flush is due yet
         clock[0] += 10
         await engine.execute(lambda c, t: c.heartbeat(t, "live"))
         await engine.execute(lambda c, t: c.heartbeat(t, "dead"))
@@ -277,6 +276,44 @@ async def test_restart_from_a_stale_last_seen_fails_dead_workers_only() -> None:
     states = await restarted.execute(lambda c, t: {u: c.worker(u).state for u in ("live", "dead")})
     assert states == {"live": WorkerState.MAINTENANCE, "dead": WorkerState.FAILED}
     await restarted.stop()
+
+
+class Tunnels:
+    async def open(self, request_id: int, ssh_address: str, port: int = 0) -> int:
+        return 40000 + request_id
+
+    async def close(self, request_id: int) -> None:
+        pass
+
+    async def close_all(self) -> None:
+        pass
+
+
+async def test_a_tunnel_port_rides_with_the_next_commit() -> None:
+    """The port a tunnel opened on is handed out at once, but costs no commit of its own:
+    a restart opens the tunnel again. It is stored with the next batch that commits."""
+    store = GatedStore()
+    store.gate.set()
+    engine = Engine(Core(), store, Dryads(), tunnels=Tunnels())
+    engine.start()
+    caps = {"UUID": "w1"}
+    await engine.execute(lambda c, t: c.register(t, caps, "h:1", "h:2"))
+    await engine.execute(lambda c, t: c.set_state(t, "w1", WorkerState.IDLE))
+    while (await engine.execute(lambda c, t: c.worker("w1"))).state is not WorkerState.IDLE:
+        await asyncio.sleep(0.01)
+    request = await engine.execute(new_request())
+    commits = len(store.committed)
+    running = await engine.wait_for_job(request.id, 10)
+    assert running.job is not None and running.job.tunnel_port == 40000 + request.id
+    assert len(store.committed) == commits
+    stored = store.get_request(request.id)
+    assert stored is not None and stored.job is not None and stored.job.tunnel_port == 0
+    await engine.execute(new_request())  # any batch that commits takes it along
+    assert len(store.committed) == commits + 1
+    stored = store.get_request(request.id)
+    assert stored is not None and stored.job is not None
+    assert stored.job.tunnel_port == 40000 + request.id
+    await engine.stop()
 
 
 async def test_a_command_that_raises_a_bug_costs_only_its_batch() -> None:
