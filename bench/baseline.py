@@ -22,6 +22,7 @@ from boruta.v1 import (
     superviser_pb2_grpc,
     types_pb2,
 )
+from boruta_scheduler.main import run
 from google.protobuf.timestamp_pb2 import Timestamp
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -122,7 +123,14 @@ async def serve(listen: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--listen", default="127.0.0.1:0")
-    asyncio.run(serve(parser.parse_args().listen))
+    # The scheduler's own runner, so both servers run on the same event loop (uvloop
+    # where it is installed): a loop's speed must not show up as a ratio.
+    run(_served(parser.parse_args().listen))
+
+
+async def _served(listen: str) -> int:
+    await serve(listen)
+    return 0
 
 
 if __name__ == "__main__":

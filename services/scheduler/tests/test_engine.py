@@ -202,7 +202,7 @@ async def test_silence_during_an_outage_fails_no_worker() -> None:
     await engine.execute(lambda c, t: c.register(t, caps, "127.0.0.1:1", "127.0.0.1:2"))
     store.full = True
     with pytest.raises(StoreUnavailable):
-        await engine.execute(lambda c, t: c.heartbeat(t, "w1"))
+        await engine.execute(new_request())
     clock[0] += 10 * policy.heartbeat_timeout  # a long outage
     store.full = False
     while engine.outage is not None:
@@ -212,6 +212,107 @@ async def test_silence_during_an_outage_fails_no_worker() -> None:
     clock[0] += policy.heartbeat_timeout + 1  # silence after the recovery still counts
     worker = await engine.execute(lambda c, t: c.worker("w1"))
     assert worker.state is WorkerState.FAILED
+    await engine.stop()
+
+
+async def test_heartbeats_cost_no_commit_each_and_are_stored_in_batches() -> None:
+    clock = [1_700_000_000.0]
+    store = GatedStore()
+    store.gate.set()
+    engine = Engine(Core(), store, Dryads(), clock=lambda: clock[0], last_seen_flush=60)
+    engine.start()
+    for uuid in ("w1", "w2"):
+        caps = {"UUID": uuid}
+        await engine.execute(lambda c, t, caps=caps: c.register(t, caps, "h:1", "h:2"))
+    commits = len(store.committed)
+    for _ in range(5):
+        clock[0] += 10
+        await engine.execute(lambda c, t: c.heartbeat(t, "w1"))
+        await engine.execute(lambda c, t: c.heartbeat(t, "w2"))
+    assert len(store.committed) == commits  # nothing durable changed
+    clock[0] += 15  # 65 s after the last flush
+    await engine.execute(lambda c, t: c.heartbeat(t, "w1"))
+    assert len(store.committed) == commits + 1
+    assert store.committed[-1].last_seen == {"w1": clock[0], "w2": clock[0] - 15}
+    clock[0] += 1
+    await engine.execute(lambda c, t: c.heartbeat(t, "w2"))
+    await engine.stop()  # a clean stop stores what was heard since
+    assert store.committed[-1].last_seen == {"w2": clock[0]}
+    assert {w.uuid: w.last_seen for w in store.load().workers} == {
+        "w1": clock[0] - 1,
+        "w2": clock[0],
+    }
+
+
+async def test_restart_from_a_stale_last_seen_fails_dead_workers_only() -> None:
+    """The stored last-seen time may be up to LAST_SEEN_FLUSH old after a kill: silence
+    is counted from the restart, so a live worker has a full timeout to be heard, and a
+    dead one fails one timeout after the restart."""
+    clock = [1_700_000_000.0]
+    policy = Policy(heartbeat_timeout=30)
+    store = MemoryStore()
+    engine = Engine(Core(policy), store, Dryads(), clock=lambda: clock[0], last_seen_flush=60)
+    engine.start()
+    for uuid in ("live", "dead"):
+        caps = {"UUID": uuid}
+        await engine.execute(lambda c, t, caps=caps: c.register(t, caps, "h:1", "h:2"))
+    for _ in range(5):  # heard, but not stored: no flush is due yet
+        clock[0] += 10
+        await engine.execute(lambda c, t: c.heartbeat(t, "live"))
+        await engine.execute(lambda c, t: c.heartbeat(t, "dead"))
+    left = store.load()  # what a kill -9 now leaves
+    await engine.stop()
+    stored = {w.uuid: w.last_seen for w in left.workers}
+    assert stored["live"] < clock[0] - policy.heartbeat_timeout  # stale beyond a timeout
+    clock[0] += 5
+    core = Core.restore(left, clock[0], policy)
+    assert core.worker("live").state is WorkerState.MAINTENANCE
+    store = MemoryStore()
+    restarted = Engine(core, store, Dryads(), clock=lambda: clock[0], last_seen_flush=60)
+    restarted.start(core.drain())
+    clock[0] += policy.heartbeat_timeout - 1
+    await restarted.execute(lambda c, t: c.heartbeat(t, "live"))
+    clock[0] += 2  # a timeout after the restart: only the silent worker has failed
+    states = await restarted.execute(lambda c, t: {u: c.worker(u).state for u in ("live", "dead")})
+    assert states == {"live": WorkerState.MAINTENANCE, "dead": WorkerState.FAILED}
+    await restarted.stop()
+
+
+class Tunnels:
+    async def open(self, request_id: int, ssh_address: str, port: int = 0) -> int:
+        return 40000 + request_id
+
+    async def close(self, request_id: int) -> None:
+        pass
+
+    async def close_all(self) -> None:
+        pass
+
+
+async def test_a_tunnel_port_rides_with_the_next_commit() -> None:
+    """The port a tunnel opened on is handed out at once, but costs no commit of its own:
+    a restart opens the tunnel again. It is stored with the next batch that commits."""
+    store = GatedStore()
+    store.gate.set()
+    engine = Engine(Core(), store, Dryads(), tunnels=Tunnels())
+    engine.start()
+    caps = {"UUID": "w1"}
+    await engine.execute(lambda c, t: c.register(t, caps, "h:1", "h:2"))
+    await engine.execute(lambda c, t: c.set_state(t, "w1", WorkerState.IDLE))
+    while (await engine.execute(lambda c, t: c.worker("w1"))).state is not WorkerState.IDLE:
+        await asyncio.sleep(0.01)
+    request = await engine.execute(new_request())
+    commits = len(store.committed)
+    running = await engine.wait_for_job(request.id, 10)
+    assert running.job is not None and running.job.tunnel_port == 40000 + request.id
+    assert len(store.committed) == commits
+    stored = store.get_request(request.id)
+    assert stored is not None and stored.job is not None and stored.job.tunnel_port == 0
+    await engine.execute(new_request())  # any batch that commits takes it along
+    assert len(store.committed) == commits + 1
+    stored = store.get_request(request.id)
+    assert stored is not None and stored.job is not None
+    assert stored.job.tunnel_port == 40000 + request.id
     await engine.stop()
 
 

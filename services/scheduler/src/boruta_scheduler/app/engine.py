@@ -13,6 +13,13 @@ Until that commit succeeds (it is retried with backoff), writes are refused at o
 reads are answered from the rebuilt core. A command that fails with an exception that is
 no BorutaError (a bug) costs its batch the same way, but the store is not blamed.
 
+Facts a restart rebuilds cost no commit of their own. A heartbeat changes nothing but a
+worker's last-seen time: those are kept in memory and stored at most once per
+LAST_SEEN_FLUSH, so an idle farm's heartbeats cost no commit each; a stale stored time is
+harmless, since after a restart or a recovery silence is counted from the rebuild. The
+port a job's tunnel opened on rides with the next batch that commits anyway: a restart
+opens every tunnel again (on the stored port when it is free).
+
 Between commits, at a low rate, the same writer keeps the store small and clean: it purges
 what is older than the retention in small batches and scrubs the store's files of keys
 that are gone from its tables (see housekeep()).
@@ -31,6 +38,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from boruta_scheduler.app.writer import StoreWriter
 from boruta_scheduler.core import Changes, CloseTunnel, Core, DryadCall, TunnelCall
+from boruta_scheduler.core.outbox import merge
 from boruta_scheduler.errors import (
     BorutaError,
     InternalError,
@@ -55,6 +63,8 @@ PURGE_BATCH = 500
 PURGE_PAUSE = 1.0
 PURGE_INTERVAL = 600.0
 UPKEEP_INTERVAL = 10.0
+# How often heartbeats' last-seen times are stored at most, in seconds.
+LAST_SEEN_FLUSH = 60.0  # and tunnel ports, if no batch commits meanwhile
 # Backoff between attempts to write to a store that refused a commit, in seconds.
 RETRY_FIRST = 0.1
 RETRY_MAX = 5.0
@@ -150,6 +160,7 @@ class Engine:
         *,
         retention: float = 0.0,
         upkeep_interval: float = UPKEEP_INTERVAL,
+        last_seen_flush: float = LAST_SEEN_FLUSH,
     ) -> None:
         self.core = core
         self._store = store
@@ -187,6 +198,11 @@ class Engine:
         # Whether a commit since the last scrub may have dropped a key (so may a restart).
         self._scrub_wanted = True
         self._stopping = False
+        # Last-seen times heard since they were last stored, and when they are stored next.
+        self._seen: dict[str, float] = {}
+        self._held: dict[int, RequestView] = {}
+        self._seen_flush = last_seen_flush
+        self._next_seen_flush = clock() + last_seen_flush
         self.failure: BaseException | None = None
         self.batches = 0
         self.commands = 0
@@ -198,7 +214,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         self._writer = StoreWriter(self._store, loop)
         if initial is not None:
-            self._finish_batch(initial, [], [])
+            self._finish_batch(initial, [], [], initial if initial.durable else None)
         self._task = loop.create_task(self._run(), name="engine")
         if self._upkeep_interval > 0:
             self._upkeep = loop.create_task(self._upkeep_loop(), name="store-upkeep")
@@ -425,6 +441,11 @@ class Engine:
                 self._arm_timer()
                 await self._wakeup.wait()
                 self._wakeup.clear()
+            if self._outage is None and not self._rebuild and self.failure is None:
+                # What was held back is stored at a clean stop, so a restart starts from it.
+                changes = self.core.drain()
+                stored = self._to_store(changes, self._clock(), flush=True)
+                self._finish_batch(changes, [], [], stored)
             if self._last_commit is not None:
                 await asyncio.wait([self._last_commit])
         except BaseException as exc:
@@ -475,17 +496,54 @@ class Engine:
         changes.audit[:0] = carried
         changes.audit.extend(self._audit)
         self._audit = []
-        self._finish_batch(changes, done, carried)
+        self._finish_batch(changes, done, carried, self._to_store(changes, now))
+
+    def _to_store(self, changes: Changes, now: float, *, flush: bool = False) -> Changes | None:
+        """What of a batch to commit, if anything: facts a restart rebuilds (last-seen
+        times, tunnel ports) are held back, and stored with the next batch that commits
+        anyway, or on their own once LAST_SEEN_FLUSH has passed (or flush is set)."""
+        seen, held = self._seen, self._held
+        seen.update(changes.last_seen)
+        changes.last_seen.clear()
+        if changes.durable:
+            for view in changes.requests:  # the batch stores a newer view of its own
+                held.pop(view.id, None)
+            for worker in (*changes.workers, *changes.removed_workers):
+                seen.pop(worker.uuid, None)
+        else:
+            for view in changes.requests:
+                if view.id in changes.rebuildable:
+                    held[view.id] = view
+        flush = (flush or now >= self._next_seen_flush) and bool(seen or held)
+        if not changes.durable and not flush:
+            return None
+        if not held and not (flush and seen):
+            return changes
+        extra = Changes(
+            requests=list(held.values()),
+            last_seen=dict(seen) if flush else {},
+            last_request_id=changes.last_request_id,
+        )
+        held.clear()
+        if flush:
+            seen.clear()
+            self._next_seen_flush = now + self._seen_flush
+        return merge([extra, changes])
 
     def _finish_batch(
-        self, changes: Changes, done: list[_Reply], carried: list[AuditEvent]
+        self,
+        changes: Changes,
+        done: list[_Reply],
+        carried: list[AuditEvent],
+        stored: Changes | None,
     ) -> None:
-        """Queue the batch for publication once it (and every batch before it) is durable."""
+        """Commit stored (what of the batch goes to the store, if anything), and queue the
+        batch for publication once it (and every batch before it) is durable."""
         assert self._writer is not None
         commit: asyncio.Future[None] | None
-        if changes.durable:
-            self._note_dropped_keys(changes)
-            commit = self._writer.submit(changes)
+        if stored is not None:
+            self._note_dropped_keys(stored)
+            commit = self._writer.submit(stored)
             self._last_commit = commit
             commit.add_done_callback(self._publish_ready)
         else:
@@ -722,6 +780,7 @@ class Engine:
         """Serve from core, rebuilt from the store: what was in flight for the old one is
         void (the new one asks for its dryad calls and tunnels itself)."""
         self.core = core
+        self._held.clear()  # the new core opens its tunnels again
         for task in self._background:
             task.cancel()
         kept = [p for p in self._pending if p.future is not None]

@@ -59,6 +59,9 @@ class Changes:
     calls: list[DryadCall] = field(default_factory=list)
     tunnels: list[TunnelCall] = field(default_factory=list)
     last_request_id: int = 0
+    # Requests (by id) among `requests` whose only change is a fact a restart rebuilds (the
+    # port their tunnel opened on): published like the rest, but no reason for a commit.
+    rebuildable: set[int] = field(default_factory=set)
     # Who did what, added by the engine: it commits with the changes it records.
     audit: list[AuditEvent] = field(default_factory=list)
 
@@ -66,7 +69,7 @@ class Changes:
     def durable(self) -> bool:
         """Whether anything here must reach the store before callers hear of it."""
         return bool(
-            self.requests
+            len(self.requests) > len(self.rebuildable)
             or self.workers
             or self.removed_workers
             or self.history
@@ -110,6 +113,7 @@ class Outbox:
 
     def _reset(self) -> None:
         self._requests: dict[int, Request] = {}
+        self._rebuildable: dict[int, Request] = {}
         self._workers: dict[str, Worker] = {}
         self._removed: list[WorkerView] = []
         self._history: list[HistoryEntry] = []
@@ -119,6 +123,10 @@ class Outbox:
 
     def request(self, request: Request) -> None:
         self._requests[request.id] = request
+
+    def rebuildable(self, request: Request) -> None:
+        """The request changed only in what a restart rebuilds (see Changes.rebuildable)."""
+        self._rebuildable[request.id] = request
 
     def worker(self, worker: Worker) -> None:
         self._workers[worker.uuid] = worker
@@ -143,8 +151,14 @@ class Outbox:
     def drain(self, last_request_id: int) -> Changes:
         workers = [w.view() for w in self._workers.values()]
         seen = {u: t for u, t in self._seen.items() if u not in self._workers}
+        requests = [r.view() for r in self._requests.values()]
+        rebuildable = set()
+        for request_id, request in self._rebuildable.items():
+            if request_id not in self._requests:
+                rebuildable.add(request_id)
+                requests.append(request.view())
         changes = Changes(
-            requests=[r.view() for r in self._requests.values()],
+            requests=requests,
             workers=workers,
             removed_workers=self._removed,
             history=self._history,
@@ -152,6 +166,7 @@ class Outbox:
             calls=self._calls,
             tunnels=self._tunnels,
             last_request_id=last_request_id,
+            rebuildable=rebuildable,
         )
         self._reset()
         return changes

@@ -583,7 +583,8 @@ class Core:
         if request.job.tunnel_port != port:
             request.job.tunnel_port = port
             request.updated_at = now
-            self._out.request(request)
+            # A restart opens the tunnel again (on this port if it is stored and free).
+            self._out.rebuildable(request)
 
     def tunnel_failed(self, now: float, request_id: int, error: str) -> None:
         """The job's tunnel could not be opened: the job fails, its board is prepared again."""
