@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from boruta_client import Client, RequestState, WorkerState
+from boruta_client import Busy, Client, RequestState, WorkerState
 from farm_kit import schedctl_env
 from live_farm import LiveFarm, live_farm
 from pipe_kit import LineReader
@@ -97,6 +97,46 @@ def test_errors_have_distinct_exit_codes(env: dict[str, str], farm: LiveFarm) ->
     schedctl(env, "requests", "update", str(first["id"]), "-p", "3", check=exits.WRONG_STATE)
     schedctl(env, "requests", "new", "-p", "99", check=exits.USAGE)
     schedctl(env, "--scheduler", "127.0.0.1:1", "status", check=exits.UNAVAILABLE)
+
+
+def test_messages_name_options_not_api_fields(env: dict[str, str], tmp_path: Path) -> None:
+    done = schedctl(env, "requests", "new", "board=rpi5", check=exits.NO_SUCH_BOARD)
+    assert "or set --accept-unsatisfiable to queue anyway" in done.stderr, done.stderr
+    done = schedctl(
+        env, "requests", "new", "camera=yes", "--no-wait", "--valid-after", "+1h",
+        check=exits.INVALID,
+    )  # fmt: skip
+    assert "--no-wait asks for a board now; leave --valid-after unset" in done.stderr
+    done = schedctl(env, "requests", "new", "--job-timeout", "1s", check=exits.INVALID)
+    assert "--job-timeout must be at least 10 s, got 1 s" in done.stderr, done.stderr
+    held = as_json(env, "requests", "new", "camera=yes", "--no-wait")
+    assert isinstance(held, dict)
+    done = schedctl(env, "requests", "new", "camera=yes", "--no-wait", check=exits.BUSY)
+    assert "or queue the request without --no-wait" in done.stderr, done.stderr
+    # The library's users get the API's names, which are its keyword arguments too.
+    with (
+        Client(env["BORUTA_SCHEDULER"], user="alice") as client,
+        pytest.raises(Busy, match="without no_wait"),
+    ):
+        client.new_request({"camera": "yes"}, no_wait=True)
+    schedctl(env, "requests", "close", str(held["id"]))
+
+
+def test_zero_is_not_a_priority_or_a_job_timeout(env: dict[str, str], tmp_path: Path) -> None:
+    for args in (
+        ["requests", "new", "-p", "0", "board=rpi4"],
+        ["requests", "update", "1", "-p", "0"],
+        ["run", "-p", "0", "--caps", "board=rpi4", "--", "true"],
+        ["ssh", "-p", "0", "--caps", "board=rpi4"],
+    ):
+        done = schedctl(env, *args, check=exits.USAGE)
+        assert "'-p' / '--priority': 0 is not in the range 1<=x<=16" in done.stderr, args
+    done = schedctl(env, "requests", "new", "--job-timeout", "0s", check=exits.USAGE)
+    assert "must be longer than 0; leave the option out for the default" in done.stderr
+    job = tmp_path / "job.toml"
+    job.write_text('priority = 0\ncommands = ["true"]\n')
+    done = schedctl(env, "run", str(job), check=exits.INVALID)
+    assert f"{job}: priority must be a whole number from 1 to 16" in done.stderr, done.stderr
 
 
 def test_request_lifecycle_and_json_matches_the_api(env: dict[str, str], farm: LiveFarm) -> None:

@@ -154,7 +154,7 @@ def parse_job(
     return JobSpec(
         commands=tuple(commands),
         caps={str(k): str(v) for k, v in caps.items()},
-        priority=int(merged.get("priority", 0)),
+        priority=_priority(merged.get("priority"), source),
         wait_timeout=seconds("wait_timeout"),
         command_timeout=seconds("command_timeout"),
         keep_going=bool(merged.get("keep_going", False)),
@@ -267,3 +267,13 @@ def run_job(
         ended_at,
         error,
     )
+
+
+def _priority(value: object, source: str) -> int:
+    """1 (most important) to 16, or 0 when not given: 0 means the scheduler's default, so
+    a job file that says 0 is refused rather than quietly given the default."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 16:
+        raise InvalidArgument(f"{source}: priority must be a whole number from 1 to 16")
+    return value

@@ -16,6 +16,7 @@ import click
 from boruta_client import Client, Request
 from boruta_client.config import ClientConfig, Context
 
+from schedctl.flags import records_command
 from schedctl.output import FORMATS, span
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -49,7 +50,9 @@ class State:
             self._client.close()
 
 
-pass_state = click.make_pass_decorator(State)
+def pass_state(f: F) -> F:
+    """click's pass decorator for State that also notes which command runs (for flags.py)."""
+    return records_command(click.make_pass_decorator(State)(f))  # type: ignore[return-value]
 
 
 def option(*names: str, **kwargs: Any) -> Callable[[F], F]:
@@ -90,7 +93,8 @@ _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class DurationParam(click.ParamType):  # type: ignore[type-arg]
-    """A length of time: N[s|m|h|d], e.g. 90s or 5m."""
+    """A length of time longer than zero: N[s|m|h|d], e.g. 90s or 5m. Zero is refused: on
+    the wire it means "not given", which would quietly become the scheduler's default."""
 
     name = "DURATION"
 
@@ -100,10 +104,18 @@ class DurationParam(click.ParamType):  # type: ignore[type-arg]
         match = _SPAN.match(str(value).strip())
         if not match:
             self.fail(f"{value!r} is not N[s|m|h|d], e.g. 90s or 5m", param, ctx)
-        return timedelta(seconds=float(match.group(1)) * _UNIT[match.group(2)])
+        span = timedelta(seconds=float(match.group(1)) * _UNIT[match.group(2)])
+        if not span:
+            self.fail("must be longer than 0; leave the option out for the default", param, ctx)
+        return span
 
 
 DURATION = DurationParam()
+
+# 1 is the most important; 0 is not a priority but the API's "not given" (the scheduler's
+# default), so the option refuses it rather than silently meaning the default.
+PRIORITY = click.IntRange(1, 16)
+UNSET_PRIORITY = 0
 
 
 class TimeParam(click.ParamType):  # type: ignore[type-arg]

@@ -18,7 +18,16 @@ import click
 from boruta_client import Access, Board, Request, RequestState, WorkerState
 from boruta_client.runner import JobStatus, Phase, Transfer, parse_job, read_job_file, run_job
 
-from schedctl.cli import Progress, State, option, output_option, parse_caps, pass_state
+from schedctl.cli import (
+    PRIORITY,
+    UNSET_PRIORITY,
+    Progress,
+    State,
+    option,
+    output_option,
+    parse_caps,
+    pass_state,
+)
 from schedctl.output import Column, emit, span, table, when
 
 
@@ -52,7 +61,7 @@ def _transfers(items: tuple[str, ...], what: str) -> tuple[Transfer, ...]:
 @click.argument("args", nargs=-1, metavar="JOBFILE.toml | -- CMD...")
 @option("--caps", multiple=True, metavar="KEY=VALUE", help="Caps of the board (command mode).")
 @option("--profile", help="Runner profile from the config file to start from.")
-@option("-p", "--priority", type=click.IntRange(0, 16), help="1 (most important) to 16.")
+@option("-p", "--priority", type=PRIORITY, help="1 (most important) to 16.")
 @option(
     "--wait-timeout",
     type=click.FloatRange(min=0, min_open=True),
@@ -203,7 +212,7 @@ def _openssh(board: Board, command: tuple[str, ...]) -> int:
     metavar="KEY=VALUE",
     help="Lease a board with these caps for the session instead of REQ.",
 )
-@option("-p", "--priority", type=click.IntRange(0, 16), default=0, help="Priority of that lease.")
+@option("-p", "--priority", type=PRIORITY, help="Priority of that lease: 1 (most important) to 16.")
 @option(
     "--paramiko",
     "use_paramiko",
@@ -215,7 +224,7 @@ def ssh(
     state: State,
     args: tuple[str, ...],
     caps: tuple[str, ...],
-    priority: int,
+    priority: int | None,
     use_paramiko: bool,
 ) -> None:
     """A shell (or one command) on the board of request REQ, or of a new lease with --caps.
@@ -241,7 +250,7 @@ def ssh(
     if request_id is not None:
         lease = client.attach(request_id)
     else:
-        lease = client.lease(parse_caps(caps), priority=priority, on_wait=waiting)
+        lease = client.lease(parse_caps(caps), priority=priority or UNSET_PRIORITY, on_wait=waiting)
     with lease as board:
         message = f"request {board.request.id} on {board.worker_uuid} as {board.access.username}"
         if progress:

@@ -12,6 +12,7 @@ from boruta_client.config import load_config
 
 from schedctl import exits
 from schedctl.cli import State, option
+from schedctl.flags import command_options, name_options
 from schedctl.jobs_cmd import audit, run, ssh, status
 from schedctl.pki_cmd import pki_group
 from schedctl.requests_cmd import requests_group
@@ -26,7 +27,8 @@ class _Root(click.Group):
         try:
             return super().invoke(ctx)
         except BorutaError as error:
-            click.echo(f"schedctl: {error}", err=True)
+            message = name_options(str(error), command_options(ctx))
+            click.echo(f"schedctl: {message}", err=True)
             raise click.exceptions.Exit(exits.exit_code_of(error)) from None
         except KeyboardInterrupt:
             click.echo("", err=True)

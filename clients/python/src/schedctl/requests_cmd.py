@@ -12,7 +12,9 @@ from boruta_client import Acquired, Request, RequestSort, RequestState
 
 from schedctl.cli import (
     DURATION,
+    PRIORITY,
     TIME,
+    UNSET_PRIORITY,
     Progress,
     State,
     option,
@@ -83,9 +85,8 @@ def requests_group() -> None:
 @option(
     "-p",
     "--priority",
-    type=click.IntRange(0, 16),
-    default=0,
-    help="1 (most important) to 16; 0: the scheduler's default.",
+    type=PRIORITY,
+    help="1 (most important) to 16; default: the scheduler's.",
 )
 @option("--valid-after", type=TIME, help="Not before this time (ISO 8601 or +10m).")
 @option("--deadline", type=TIME, help="Give up waiting at this time (ISO 8601 or +2h).")
@@ -104,7 +105,7 @@ def requests_group() -> None:
 def new_request(
     state: State,
     caps: tuple[str, ...],
-    priority: int,
+    priority: int | None,
     valid_after: datetime | None,
     deadline: datetime | None,
     accept_unsatisfiable: bool,
@@ -115,7 +116,7 @@ def new_request(
     """Queue a request for a board with these caps (none: any board)."""
     request = state.client().new_request(
         parse_caps(caps),
-        priority=priority,
+        priority=priority or UNSET_PRIORITY,
         valid_after=valid_after,
         deadline=deadline,
         accept_unsatisfiable=accept_unsatisfiable,
@@ -186,7 +187,7 @@ def show_request(state: State, request_id: int, fmt: str) -> None:
 
 @requests_group.command("update")
 @request_id_arg
-@option("-p", "--priority", type=click.IntRange(1, 16), help="New priority.")
+@option("-p", "--priority", type=PRIORITY, help="New priority: 1 (most important) to 16.")
 @option("--valid-after", type=TIME, help="New not-before time.")
 @option("--deadline", type=TIME, help="New deadline.")
 @output_option

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import grpc
 from boruta import logs
+from boruta.ports import CannotListen, add_port
 from boruta.tls import PeerCertificates, channel_credentials, server_credentials
 from boruta.v1 import dryad_pb2_grpc
 
@@ -67,11 +68,12 @@ class Dryad:
         dryad_pb2_grpc.add_DryadServicer_to_server(DryadServicer(self.boards, peers), server)
         if tls is None:
             log.warning("PLAINTEXT: no TLS; anyone on this machine can call this dryad")
-            port = server.add_insecure_port(self.config.listen)
-        else:
-            port = server.add_secure_port(self.config.listen, server_credentials(tls))
-        if port == 0:
-            raise OSError(f"cannot listen on {self.config.listen}")
+        port = add_port(
+            server,
+            self.config.listen,
+            None if tls is None else server_credentials(tls),
+            "listen in the config file, --listen or BORUTA_LISTEN",
+        )
         await server.start()
         self._server = server
         self.address = self._advertised(port)
@@ -152,7 +154,11 @@ def job_host(config: DryadConfig) -> JobHost:
 
 async def serve(config: DryadConfig) -> None:
     dryad = Dryad(config)
-    address = await dryad.start()
+    try:
+        address = await dryad.start()
+    except CannotListen:
+        await dryad.stop()
+        raise
     print(f"{READY}{address}", flush=True)
     log.info("serving", extra={"address": address, "scheduler": config.scheduler})
     stop = asyncio.Event()
@@ -173,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logs.configure(config.log_level)
     try:
         asyncio.run(serve(config))
-    except ConfigError as exc:  # e.g. a bad UUID in the state directory's uuids.json
+    except (ConfigError, CannotListen) as exc:  # e.g. a bad UUID in uuids.json, a busy port
         print(f"dryad: {exc}", file=sys.stderr)
         sys.exit(2)
 

@@ -10,6 +10,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from boruta import logs
+from boruta.ports import CannotListen
 
 from boruta_scheduler.config import SchedulerConfig, load_config
 from boruta_scheduler.rpc.server import Scheduler
@@ -20,13 +21,22 @@ log = logging.getLogger(__name__)
 # Exit codes (docs/install.md): a unit should restart the scheduler only after FAILED.
 EXIT_STOPPED = 0  # stopped by SIGTERM or SIGINT
 EXIT_FAILED = 1  # the engine failed; a restart rebuilds the state from the store
-EXIT_USAGE = 2  # bad options or configuration
+EXIT_USAGE = 2  # bad options or configuration, or a port that cannot be bound
 EXIT_CANNOT_WRITE = 73  # the store cannot be opened for writing (read-only, permissions)
 
 
 async def serve(config: SchedulerConfig) -> int:
-    scheduler = Scheduler(config)
-    port = await scheduler.start()
+    try:
+        scheduler = Scheduler(config)
+    except ValueError as exc:  # e.g. plaintext asked for on an address other than loopback
+        return usage_error(exc)
+    try:
+        port = await scheduler.start()
+    except CannotListen as exc:
+        # A restart would find the port as busy as now, so this is a configuration error;
+        # the engine has started, and is stopped cleanly rather than torn down as a crash.
+        await scheduler.stop()
+        return usage_error(exc)
     # Before the readiness line: whoever reads it may stop us at once, and cleanly.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -51,12 +61,17 @@ async def serve(config: SchedulerConfig) -> int:
     return EXIT_FAILED if failed else EXIT_STOPPED
 
 
+def usage_error(error: Exception) -> int:
+    """One line on stderr for what only the operator can fix; a traceback would add nothing."""
+    print(f"boruta-scheduler: {error}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     try:
         config = load_config(argv)
     except (ValueError, OSError) as exc:
-        print(f"boruta-scheduler: {exc}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+        sys.exit(usage_error(exc))
     logs.configure(config.server.log_level)
     try:
         code = run(serve(config))

@@ -8,6 +8,7 @@ import time
 
 import grpc
 from boruta.pki import PkiError
+from boruta.ports import add_port
 from boruta.tls import TlsFiles, channel_credentials, choose_transport, server_credentials
 from boruta.v1 import audit_pb2, requests_pb2, superviser_pb2, tokens_pb2, workers_pb2
 from google.protobuf.descriptor import ServiceDescriptor
@@ -172,19 +173,22 @@ class Scheduler:
         ]
         for servicer, descriptor, roles in services:
             add_service(server, servicer, descriptor, identify, roles, refused, self.refusal_log)
-        listen = self.config.server.listen
-        if self.tls is None:
-            self.port = server.add_insecure_port(listen)
-        else:
-            self.port = server.add_secure_port(listen, server_credentials(self.tls))
+        tls = self.tls
+        self.port = add_port(
+            server,
+            self.config.server.listen,
+            None if tls is None else server_credentials(tls),
+            "--listen or BORUTA_LISTEN",
+        )
         if self.config.server.listen_tokens:
-            assert self.tls is not None  # checked by transport_security
-            _, cert, key = self.tls.read()
-            self.token_port = server.add_secure_port(
-                self.config.server.listen_tokens, grpc.ssl_server_credentials([(key, cert)])
+            assert tls is not None  # checked by transport_security
+            _, cert, key = tls.read()
+            self.token_port = add_port(
+                server,
+                self.config.server.listen_tokens,
+                grpc.ssl_server_credentials([(key, cert)]),
+                "--listen-tokens or BORUTA_LISTEN_TOKENS",
             )
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self.config.server.listen}")
         await server.start()
         self.server = server
         return self.port
