@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from boruta_client.config import CONFIG_VARIABLE, CONTEXT_VARIABLE, VARIABLES
 from boruta_scheduler.config import SchedulerConfig, ServerConfig
 from boruta_scheduler.core import Policy
 from boruta_scheduler.rpc.server import Scheduler
 from farm_kit import Farm
+
+# Client() reads schedctl's settings (the BORUTA_* variables, the config file): the tests,
+# and the clients they start, must not find the farm of whoever runs them.
+for _variable in (CONFIG_VARIABLE, CONTEXT_VARIABLE, *VARIABLES.values()):
+    os.environ.pop(_variable, None)
+os.environ["XDG_CONFIG_HOME"] = os.path.join(tempfile.gettempdir(), "boruta-tests-no-config")
 
 
 async def start_scheduler(

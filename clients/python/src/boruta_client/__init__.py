@@ -2,13 +2,13 @@
 
 from boruta_client import Client
 
-with Client("sched.lab:50051", user="alice") as client:
+with Client() as client:  # the farm of schedctl's config (BORUTA_CONFIG, contexts, BORUTA_*)
     with client.lease({"board": "rpi4"}) as board:
         print(board.ssh.run("uname -a").output)
 """
 
 from boruta_client.aio import AsyncBoard, AsyncBoardSSH, AsyncClient, AsyncLease, AsyncWatch
-from boruta_client.client import Client, Watch
+from boruta_client.client import Board, Client, Lease, Watch
 from boruta_client.config import ClientConfig, Context, load_config
 from boruta_client.errors import (
     BorutaError,
@@ -34,7 +34,7 @@ from boruta_client.errors import (
     WrongRequestState,
     WrongWorkerState,
 )
-from boruta_client.lease import LEASE_JOB_TIMEOUT, Board, Lease
+from boruta_client.lease import LEASE_JOB_TIMEOUT
 from boruta_client.runner import (
     JobResult,
     JobSpec,

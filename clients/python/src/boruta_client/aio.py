@@ -1,63 +1,91 @@
-"""AsyncClient: the asyncio way to use the farm, with the same methods as Client."""
+"""AsyncClient: the client's one implementation, for asyncio code; Client is a blocking
+facade over it (see _bridge)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Generic, Protocol, TypeVar
 
 import grpc
-from boruta.tls import TlsFiles
-from boruta.v1 import requests_pb2, requests_pb2_grpc, workers_pb2, workers_pb2_grpc
+from boruta.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    requests_pb2,
+    requests_pb2_grpc,
+    tokens_pb2,
+    tokens_pb2_grpc,
+    workers_pb2,
+    workers_pb2_grpc,
+)
 
 from boruta_client import _convert as convert
-from boruta_client._rpc import Identity, code_of, translate
-from boruta_client._rpc import login_name as _login_name
-from boruta_client.client import ACQUIRE_SLICE, PAGE_SIZE, _credentials
+from boruta_client._base import ClientBase
+from boruta_client._diagnose import explain
+from boruta_client._rpc import code_of, translate
 from boruta_client.errors import (
     BorutaError,
-    NotFound,
     RequestEnded,
     ScheduleTimeout,
+    Unavailable,
     WrongRequestState,
 )
-from boruta_client.lease import (
-    Board,
-    lease_job_timeout,
-    next_prolong_delay,
-    prolong_lead,
-    should_retry_prolong,
-)
-from boruta_client.ssh import BoardSSH, CommandResult, Sink
+from boruta_client.lease import AsyncBoard, AsyncBoardSSH, AsyncLease, LeaseTerms
 from boruta_client.types import (
-    Access,
     Acquired,
+    AuditEvent,
     HistoryEntry,
+    IssuedToken,
     Job,
     Request,
     RequestSort,
     RequestState,
+    Token,
     Worker,
     WorkerChange,
     WorkerSort,
     WorkerState,
 )
 
+__all__ = ["AsyncBoard", "AsyncBoardSSH", "AsyncClient", "AsyncLease", "AsyncWatch"]
+
 T = TypeVar("T")
-log = logging.getLogger(__name__)
+Ask = TypeVar("Ask")
+Reply = TypeVar("Reply")
+PAGE_SIZE = 500
+# AcquireWorker is called in slices so that a dead connection is noticed and the caller's
+# progress callback runs between them.
+ACQUIRE_SLICE = 30.0
+
+
+class _PageAsk(Protocol):
+    page_token: str
+
+
+class _Page(Protocol):
+    @property
+    def next_page_token(self) -> str: ...
+
+
+PageAsk = TypeVar("PageAsk", bound=_PageAsk)
+Page = TypeVar("Page", bound=_Page)
 
 
 class AsyncWatch(Generic[T]):
-    """A stream of changes; ``async for`` over it, and close it when done."""
+    """A stream of changes; ``async for`` over it, and close it (or ``async with``) when
+    done. It ends when closed or when the watch's timeout passes."""
 
-    def __init__(self, call: Any, convert_item: Callable[[Any], T], target: str) -> None:
+    def __init__(
+        self,
+        call: grpc.aio.UnaryStreamCall[Ask, Reply],
+        convert_item: Callable[[Reply], T],
+        failure: Callable[[grpc.RpcError], Awaitable[BorutaError]],
+    ) -> None:
         self._call = call
         self._convert = convert_item
-        self._target = target
+        self._failure = failure
         self._closed = False
 
     async def __aiter__(self) -> AsyncIterator[T]:
@@ -67,14 +95,15 @@ class AsyncWatch(Generic[T]):
         except asyncio.CancelledError:
             self._call.cancel()
             task = asyncio.current_task()
-            # close() from elsewhere ends the stream like the sync Watch; only a
-            # cancellation of this task itself propagates.
+            # close() from elsewhere ends the stream; only a cancellation of this task
+            # itself propagates.
             if self._closed and task is not None and not task.cancelling():
                 return
             raise
         except grpc.RpcError as error:
-            if code_of(error) is not grpc.StatusCode.CANCELLED:
-                raise translate(error, self._target) from None
+            if code_of(error) in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return
+            raise await self._failure(error) from None
 
     def close(self) -> None:
         self._closed = True
@@ -87,42 +116,42 @@ class AsyncWatch(Generic[T]):
         self.close()
 
 
-class AsyncClient:
-    """A connection to the scheduler for asyncio code; see Client for each method."""
+class _Stubs:
+    """The typed stubs of one channel."""
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        user: str = "",
-        groups: Iterable[str] = (),
-        admin: bool = False,
-        tls: TlsFiles | None = None,
-        token: str | None = None,
-        ca: str | None = None,
-        call_timeout: float = 30.0,
-    ) -> None:
-        self.target = target
-        # With TLS the scheduler knows the caller by its certificate, and user, groups
-        # and admin are ignored; without, it takes them as given (loopback demos only).
-        self.identity = (
-            Identity(user or _login_name(), tuple(groups), admin)
-            if tls is None
-            else Identity.of_certificate(tls.cert)
-        )
-        self.tls = tls
-        self.call_timeout = call_timeout
-        self._metadata = self.identity.metadata()
-        credentials = _credentials(tls, token, ca)
-        if credentials is None:
-            self._channel = grpc.aio.insecure_channel(target)
-        else:
-            self._channel = grpc.aio.secure_channel(target, credentials)
-        self._requests = requests_pb2_grpc.RequestsStub(self._channel)
-        self._workers = workers_pb2_grpc.WorkersStub(self._channel)
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+        self.requests: requests_pb2_grpc.RequestsAsyncStub = requests_pb2_grpc.RequestsStub(channel)
+        self.workers: workers_pb2_grpc.WorkersAsyncStub = workers_pb2_grpc.WorkersStub(channel)
+        self.tokens: tokens_pb2_grpc.TokensAsyncStub = tokens_pb2_grpc.TokensStub(channel)
+        self.audit: audit_pb2_grpc.AuditAsyncStub = audit_pb2_grpc.AuditStub(channel)
+
+
+class AsyncClient(ClientBase):
+    """A connection to the scheduler for asyncio code; its coroutines return the client's
+    typed values. ``AsyncClient()`` finds the farm as schedctl does (see ClientBase).
+
+    Errors are :class:`boruta_client.BorutaError` subclasses carrying the scheduler's message.
+    """
+
+    def _open(self) -> None:
+        # The channel is opened in the loop of the first call: grpc.aio binds it to a loop.
+        self._stubs: _Stubs | None = None
+
+    @property
+    def _rpc(self) -> _Stubs:
+        if self._stubs is None:
+            credentials = self._credentials()
+            if credentials is None:
+                channel = grpc.aio.insecure_channel(self.target)
+            else:
+                channel = grpc.aio.secure_channel(self.target, credentials)
+            self._stubs = _Stubs(channel)
+        return self._stubs
 
     async def close(self) -> None:
-        await self._channel.close()
+        if self._stubs is not None:
+            await self._stubs.channel.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -130,23 +159,53 @@ class AsyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _call(self, method: Any, message: Any, timeout: float | None = None) -> Any:
+    async def _failure(self, error: grpc.RpcError) -> BorutaError:
+        """The client's exception for a failed call; an unreachable scheduler that is there
+        but speaks another TLS than we do is named as such."""
+        failure = translate(error, self.target)
+        if type(failure) is Unavailable:
+            why = await asyncio.to_thread(explain, self.target, self.context)
+            if why is not None:
+                return type(failure)(why)
+        return failure
+
+    async def _call(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[Ask, Reply],
+        message: Ask,
+        timeout: float | None = None,
+    ) -> Reply:
         try:
             return await method(
-                message, timeout=timeout or self.call_timeout, metadata=self._metadata
+                message, timeout=timeout or self.call_timeout, metadata=self.identity.metadata()
             )
         except grpc.RpcError as error:
-            raise translate(error, self.target) from None
+            raise await self._failure(error) from None
 
-    async def _pages(self, method: Any, message: Any, field: str, limit: int | None) -> list[Any]:
+    async def _pages(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[PageAsk, Page],
+        message: PageAsk,
+        items: Callable[[Page], Sequence[T]],
+        limit: int | None,
+    ) -> list[T]:
         """The items of every page a list call returns, up to limit."""
-        found: list[Any] = []
+        found: list[T] = []
         while True:
             reply = await self._call(method, message)
-            found.extend(getattr(reply, field))
+            found.extend(items(reply))
             if not reply.next_page_token or (limit is not None and len(found) >= limit):
                 return found[:limit]
             message.page_token = reply.next_page_token
+
+    async def _in_place(self, call: grpc.aio.UnaryStreamCall[Ask, Reply]) -> None:
+        """Wait until the watch is in place (the server's initial metadata)."""
+        try:
+            await call.initial_metadata()
+            if call.done() and await call.code() is not grpc.StatusCode.OK:
+                await call.read()
+        except grpc.RpcError as error:
+            raise await self._failure(error) from None
 
     # ----------------------------------------------------------------- requests
 
@@ -161,14 +220,17 @@ class AsyncClient:
         no_wait: bool = False,
         job_timeout: timedelta | None = None,
     ) -> Request:
+        """Queue a request for a board with these caps (``no_wait``: run now or raise Busy);
+        ``job_timeout``: how long its job may go without a prolong (None: the scheduler's)."""
         message = convert.new_request(
             caps or {}, priority, valid_after, deadline, accept_unsatisfiable, no_wait, job_timeout
         )
-        return convert.request((await self._call(self._requests.NewRequest, message)).request)
+        return convert.request((await self._call(self._rpc.requests.NewRequest, message)).request)
 
     async def get_request(self, request_id: int) -> Request:
+        """One request; a WAITING one comes with its queue position."""
         message = requests_pb2.GetRequestInfoRequest(request_id=request_id)
-        return convert.request_reply(await self._call(self._requests.GetRequestInfo, message))
+        return convert.request_reply(await self._call(self._rpc.requests.GetRequestInfo, message))
 
     async def list_requests(
         self,
@@ -181,9 +243,12 @@ class AsyncClient:
         descending: bool = False,
         limit: int | None = None,
     ) -> list[Request]:
+        """Requests that pass the filter, sorted; every page is fetched up to ``limit``."""
         flt = convert.request_filter(ids, states, priorities, owners)
         message = convert.list_requests(flt, sort_by, descending, PAGE_SIZE)
-        found = await self._pages(self._requests.ListRequests, message, "requests", limit)
+        found = await self._pages(
+            self._rpc.requests.ListRequests, message, lambda r: r.requests, limit
+        )
         return [convert.request(r) for r in found]
 
     async def update_request(
@@ -194,16 +259,21 @@ class AsyncClient:
         valid_after: datetime | None = None,
         deadline: datetime | None = None,
     ) -> Request:
+        """Change a WAITING request; fields left None stay as they are."""
         message = convert.update_request(request_id, priority, valid_after, deadline)
-        return convert.request((await self._call(self._requests.UpdateRequest, message)).request)
+        reply = await self._call(self._rpc.requests.UpdateRequest, message)
+        return convert.request(reply.request)
 
     async def close_request(self, request_id: int) -> Request:
+        """Cancel a waiting request or end its job; returns it in its final state."""
         message = requests_pb2.CloseRequestRequest(request_id=request_id)
-        return convert.request((await self._call(self._requests.CloseRequest, message)).request)
+        reply = await self._call(self._rpc.requests.CloseRequest, message)
+        return convert.request(reply.request)
 
     async def prolong_access(self, request_id: int) -> Job:
+        """Push the job's timeout further, within the scheduler's limits."""
         message = requests_pb2.ProlongAccessRequest(request_id=request_id)
-        return convert.job((await self._call(self._requests.ProlongAccess, message)).job)
+        return convert.job((await self._call(self._rpc.requests.ProlongAccess, message)).job)
 
     async def acquire_worker(
         self,
@@ -213,6 +283,12 @@ class AsyncClient:
         on_wait: Callable[[Request], None] | None = None,
         poll_interval: float = 3.0,
     ) -> Acquired:
+        """Wait until the request runs and return how to log in to its board.
+
+        Raises ScheduleTimeout after ``timeout`` seconds of waiting and RequestEnded if the
+        request ends first. ``on_wait`` gets the request (with its queue position) every
+        ``poll_interval`` seconds while it waits (for a Client, in the client's thread).
+        """
         give_up = None if timeout is None else time.monotonic() + timeout
         message = requests_pb2.AcquireWorkerRequest(request_id=request_id)
         while True:
@@ -225,13 +301,13 @@ class AsyncClient:
                     )
                 slice_ = min(slice_, left)
             try:
-                reply = await self._requests.AcquireWorker(
-                    message, timeout=slice_, metadata=self._metadata
+                reply = await self._rpc.requests.AcquireWorker(
+                    message, timeout=slice_, metadata=self.identity.metadata()
                 )
                 return convert.acquired(reply)
             except grpc.RpcError as error:
                 if code_of(error) is not grpc.StatusCode.DEADLINE_EXCEEDED:
-                    failure = translate(error, self.target)
+                    failure = await self._failure(error)
                     if isinstance(failure, WrongRequestState):
                         state = (await self.get_request(request_id)).state
                         raise RequestEnded(str(failure), state.name) from None
@@ -253,22 +329,26 @@ class AsyncClient:
         auto_prolong: bool = True,
         job_timeout: timedelta | None = None,
     ) -> AsyncLease:
-        """``async with client.lease({"board": "rpi4"}) as board:``; see Client.lease."""
-        return AsyncLease(
-            self,
-            caps or {},
-            dict(
-                priority=priority,
-                valid_after=valid_after,
-                deadline=deadline,
-                accept_unsatisfiable=accept_unsatisfiable,
-                no_wait=no_wait,
-                job_timeout=lease_job_timeout(job_timeout, auto_prolong),
-            ),
-            wait_timeout,
-            on_wait,
-            auto_prolong,
+        """``async with client.lease({"board": "rpi4"}) as board:`` (``with`` for a Client):
+        a board for the block's run. ``job_timeout`` defaults to LEASE_JOB_TIMEOUT while the
+        lease prolongs by itself (see lease_job_timeout)."""
+        terms = LeaseTerms(
+            priority=priority,
+            valid_after=valid_after,
+            deadline=deadline,
+            accept_unsatisfiable=accept_unsatisfiable,
+            no_wait=no_wait,
+            job_timeout=job_timeout,
+            wait_timeout=wait_timeout,
+            on_wait=on_wait,
+            auto_prolong=auto_prolong,
         )
+        return AsyncLease(self, caps or {}, terms)
+
+    def attach(self, request_id: int, *, auto_prolong: bool = True) -> AsyncLease:
+        """``async with client.attach(42) as board:``: a lease on a request that already
+        exists; it waits and prolongs like any lease but leaves the request open on exit."""
+        return AsyncLease(self, {}, LeaseTerms(auto_prolong=auto_prolong), existing=request_id)
 
     async def watch_requests(
         self,
@@ -278,25 +358,59 @@ class AsyncClient:
         priorities: Iterable[int] = (),
         owners: Iterable[str] = (),
         include_current: bool = False,
+        timeout: float | None = None,
     ) -> AsyncWatch[Request]:
+        """Stream each change of a request that passes the filter; it is in place on return
+        and ends after ``timeout`` seconds if one is given."""
         message = requests_pb2.WatchRequestsRequest(
             filter=convert.request_filter(ids, states, priorities, owners),
             include_current=include_current,
         )
-        call = self._requests.WatchRequests(message, metadata=self._metadata)
-        await self._wait_in_place(call)
-        return AsyncWatch(call, lambda item: convert.request(item.request), self.target)
+        call = self._rpc.requests.WatchRequests(
+            message, metadata=self.identity.metadata(), timeout=timeout
+        )
+        await self._in_place(call)
+        return AsyncWatch(call, lambda item: convert.request(item.request), self._failure)
 
-    async def _wait_in_place(self, call: Any) -> None:
-        try:
-            await call.initial_metadata()
-        except grpc.RpcError as error:
-            raise translate(error, self.target) from None
-        if call.done() and await call.code() is not grpc.StatusCode.OK:
-            try:
-                await call.read()
-            except grpc.RpcError as error:
-                raise translate(error, self.target) from None
+    # -------------------------------------------------------------------- audit
+
+    async def audit_events(self, limit: int = 100) -> list[AuditEvent]:
+        """The latest audit events, newest first (admins only)."""
+        message = audit_pb2.ListAuditEventsRequest(page_size=min(limit, 1000))
+        found = await self._pages(
+            self._rpc.audit.ListAuditEvents, message, lambda r: r.events, limit
+        )
+        return [convert.audit_event(e) for e in found]
+
+    # ------------------------------------------------------------------- tokens
+
+    async def issue_token(
+        self,
+        user: str,
+        *,
+        groups: Iterable[str] = (),
+        admin: bool = False,
+        ttl: float | None = None,
+        description: str = "",
+    ) -> IssuedToken:
+        """A bearer token for user (admins only); its secret is shown this once."""
+        message = tokens_pb2.IssueTokenRequest(
+            user=user, groups=list(groups), admin=admin, description=description
+        )
+        if ttl is not None:
+            message.ttl.FromNanoseconds(round(ttl * 1e9))
+        reply = await self._call(self._rpc.tokens.IssueToken, message)
+        return IssuedToken(convert.token(reply.token), reply.secret)
+
+    async def list_tokens(self) -> list[Token]:
+        """Every token, revoked ones too, without their secrets (admins only)."""
+        reply = await self._call(self._rpc.tokens.ListTokens, tokens_pb2.ListTokensRequest())
+        return [convert.token(t) for t in reply.tokens]
+
+    async def revoke_token(self, token_id: int) -> Token:
+        """Revoke a token at once; calls made with it are refused from now on (admins only)."""
+        message = tokens_pb2.RevokeTokenRequest(token_id=token_id)
+        return convert.token((await self._call(self._rpc.tokens.RevokeToken, message)).token)
 
     # ------------------------------------------------------------------ workers
 
@@ -310,31 +424,37 @@ class AsyncClient:
         sort_by: WorkerSort = WorkerSort.UUID,
         descending: bool = False,
     ) -> list[Worker]:
+        """Every worker that passes the filter, sorted."""
         flt = convert.worker_filter(uuids, states, groups, caps)
         message = convert.list_workers(flt, sort_by, descending, PAGE_SIZE)
-        found = await self._pages(self._workers.ListWorkers, message, "workers", None)
+        found = await self._pages(self._rpc.workers.ListWorkers, message, lambda r: r.workers, None)
         return [convert.worker(w) for w in found]
 
     async def get_worker(self, uuid: str) -> Worker:
+        """One worker, by its UUID."""
         message = workers_pb2.GetWorkerInfoRequest(worker_uuid=uuid)
-        return convert.worker((await self._call(self._workers.GetWorkerInfo, message)).worker)
+        return convert.worker((await self._call(self._rpc.workers.GetWorkerInfo, message)).worker)
 
     async def worker_history(self, uuid: str, *, limit: int = 100) -> list[HistoryEntry]:
+        """The worker's latest state changes, newest first."""
         message = workers_pb2.ListWorkerHistoryRequest(worker_uuid=uuid, page_size=limit)
-        reply = await self._call(self._workers.ListWorkerHistory, message)
+        reply = await self._call(self._rpc.workers.ListWorkerHistory, message)
         return [convert.history_entry(e) for e in reply.entries]
 
     async def set_worker_state(self, uuid: str, state: WorkerState, reason: str = "") -> Worker:
+        """Put a worker into service (IDLE) or take it out (MAINTENANCE). Admins only."""
         message = convert.set_state(uuid, state, reason)
-        return convert.worker((await self._call(self._workers.SetState, message)).worker)
+        return convert.worker((await self._call(self._rpc.workers.SetState, message)).worker)
 
     async def set_worker_groups(self, uuid: str, groups: Iterable[str]) -> Worker:
+        """Replace the worker's groups; none opens it to everyone. Admins only."""
         message = workers_pb2.SetGroupsRequest(worker_uuid=uuid, groups=list(groups))
-        return convert.worker((await self._call(self._workers.SetGroups, message)).worker)
+        return convert.worker((await self._call(self._rpc.workers.SetGroups, message)).worker)
 
     async def deregister_worker(self, uuid: str) -> None:
+        """Remove a worker in MAINTENANCE or FAILED. Admins only."""
         message = workers_pb2.DeregisterRequest(worker_uuid=uuid)
-        await self._call(self._workers.Deregister, message)
+        await self._call(self._rpc.workers.Deregister, message)
 
     async def watch_workers(
         self,
@@ -344,176 +464,16 @@ class AsyncClient:
         groups: Iterable[str] = (),
         caps: Mapping[str, str] | None = None,
         include_current: bool = False,
+        timeout: float | None = None,
     ) -> AsyncWatch[WorkerChange]:
+        """Stream each change of a worker that passes the filter; it is in place on return
+        and ends after ``timeout`` seconds if one is given."""
         message = workers_pb2.WatchWorkersRequest(
             filter=convert.worker_filter(uuids, states, groups, caps),
             include_current=include_current,
         )
-        call = self._workers.WatchWorkers(message, metadata=self._metadata)
-        await self._wait_in_place(call)
-        return AsyncWatch(call, convert.worker_change, self.target)
-
-
-class AsyncBoardSSH:
-    """BoardSSH for asyncio: each operation runs in a thread; sinks run in the event loop."""
-
-    def __init__(self, ssh: BoardSSH) -> None:
-        self.sync = ssh
-
-    async def run(
-        self,
-        command: str | Sequence[str],
-        *,
-        stdout: Sink | None = None,
-        stderr: Sink | None = None,
-        input: bytes | None = None,
-        timeout: float | None = None,
-    ) -> CommandResult:
-        loop = asyncio.get_running_loop()
-
-        def in_loop(sink: Sink | None) -> Sink | None:
-            if sink is None:
-                return None
-
-            def forward(data: bytes) -> None:
-                loop.call_soon_threadsafe(sink, data)
-
-            return forward
-
-        return await asyncio.to_thread(
-            self.sync.run,
-            command,
-            stdout=in_loop(stdout),
-            stderr=in_loop(stderr),
-            input=input,
-            timeout=timeout,
+        call = self._rpc.workers.WatchWorkers(
+            message, metadata=self.identity.metadata(), timeout=timeout
         )
-
-    async def put(self, local: str, remote: str) -> None:
-        await asyncio.to_thread(self.sync.put, local, remote)
-
-    async def get(self, remote: str, local: str) -> None:
-        await asyncio.to_thread(self.sync.get, remote, local)
-
-
-class AsyncBoard:
-    """A board leased for a job, for asyncio code."""
-
-    def __init__(self, board: Board) -> None:
-        self._board = board
-        self._ssh: AsyncBoardSSH | None = None
-
-    @property
-    def request(self) -> Request:
-        return self._board.request
-
-    @property
-    def access(self) -> Access:
-        return self._board.access
-
-    @property
-    def job(self) -> Job:
-        return self._board.job
-
-    @property
-    def worker_uuid(self) -> str:
-        return self._board.worker_uuid
-
-    @property
-    def prolong_error(self) -> BorutaError | None:
-        return self._board.prolong_error
-
-    async def ssh(self) -> AsyncBoardSSH:
-        """The SSH connection to the board, opened on first use."""
-        if self._ssh is None:
-            self._ssh = AsyncBoardSSH(await asyncio.to_thread(lambda: self._board.ssh))
-        return self._ssh
-
-
-class AsyncLease:
-    """``async with client.lease(caps) as board:``; see Lease."""
-
-    def __init__(
-        self,
-        client: AsyncClient,
-        caps: Mapping[str, str],
-        new: dict[str, Any],
-        wait_timeout: float | None,
-        on_wait: Callable[[Request], None] | None,
-        auto_prolong: bool,
-    ) -> None:
-        self._client = client
-        self._caps = dict(caps)
-        self._new = new
-        self._wait_timeout = wait_timeout
-        self._on_wait = on_wait
-        self._auto_prolong = auto_prolong
-        self.request: Request | None = None
-        self.board: AsyncBoard | None = None
-        self._prolonger: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> AsyncBoard:
-        client = self._client
-        # Shielded: if this task is cancelled while NewRequest is in flight, the answer is
-        # still awaited so that the request it created gets closed.
-        creating = asyncio.ensure_future(client.new_request(self._caps, **self._new))
-        try:
-            request = await asyncio.shield(creating)
-        except asyncio.CancelledError:
-            with contextlib.suppress(BorutaError):
-                self.request = await creating
-                await self._give_back()
-            raise
-        self.request = request
-        try:
-            if self._on_wait is not None and request.state is RequestState.WAITING:
-                self._on_wait(await client.get_request(request.id))
-            acquired = await client.acquire_worker(
-                request.id, timeout=self._wait_timeout, on_wait=self._on_wait
-            )
-            board = Board(request, acquired)
-            self.board = AsyncBoard(board)
-            if self._auto_prolong:
-                self._prolonger = asyncio.create_task(self._keep_alive(board))
-        except BaseException:
-            await asyncio.shield(self._give_back())
-            raise
-        return self.board
-
-    async def __aexit__(self, *exc: object) -> None:
-        # Shielded: a cancelled task still gives its board back.
-        await asyncio.shield(self._give_back())
-
-    async def _give_back(self) -> None:
-        if self._prolonger is not None:
-            self._prolonger.cancel()
-            try:
-                await self._prolonger
-            except asyncio.CancelledError:
-                pass
-            except Exception:  # a dead prolonger must not keep the request open
-                log.exception("prolonging failed", extra={"request": self.request})
-            self._prolonger = None
-        if self.board is not None:
-            await asyncio.to_thread(self.board._board.close)
-        if self.request is not None:
-            with contextlib.suppress(WrongRequestState, NotFound):
-                self.request = await self._client.close_request(self.request.id)
-
-    async def _keep_alive(self, board: Board) -> None:
-        lead = prolong_lead(board.job, datetime.now(UTC))
-        moved = True
-        while True:
-            await asyncio.sleep(next_prolong_delay(board.job, datetime.now(UTC), lead, moved))
-            try:
-                job = await self._client.prolong_access(board.request.id)
-            except BorutaError as error:
-                if not should_retry_prolong(error):
-                    board.prolong_error = error
-                    return
-                await asyncio.sleep(1.0)
-                continue
-            moved = job.timeout_at > board.job.timeout_at
-            board.job = job
-            if moved:
-                lead = prolong_lead(job, datetime.now(UTC))
+        await self._in_place(call)
+        return AsyncWatch(call, convert.worker_change, self._failure)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,12 @@ class Context:
     key: str = ""
     # A bearer token for the scheduler's token port, read from this file (keep it 0600).
     token_file: str = ""
+    # A bearer token given as such (BORUTA_TOKEN, --token, Client(token=...)); never in a file.
+    bearer: str = ""
 
     def token(self) -> str | None:
+        if self.bearer:
+            return self.bearer
         if not self.token_file:
             return None
         try:
@@ -137,3 +141,72 @@ def load_config(path: str | os.PathLike[str] | None = None) -> ClientConfig:
     except tomllib.TOMLDecodeError as exc:
         raise InvalidArgument(f"{chosen} is not valid TOML: {exc}") from None
     return parse_config(data, str(chosen), chosen.parent)
+
+
+# Where the client looks for its settings, as schedctl does; each variable overrides the
+# context's field of the same name.
+CONFIG_VARIABLE = "BORUTA_CONFIG"
+CONTEXT_VARIABLE = "BORUTA_CONTEXT"
+VARIABLES = {
+    "scheduler": "BORUTA_SCHEDULER",
+    "user": "BORUTA_USER",
+    "groups": "BORUTA_GROUPS",
+    "admin": "BORUTA_ADMIN",
+    "ca": "BORUTA_CA",
+    "cert": "BORUTA_CERT",
+    "key": "BORUTA_KEY",
+    "bearer": "BORUTA_TOKEN",
+}
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f", ""}
+
+
+def _setting(name: str, value: Any) -> Any:
+    """A context field from an option or a variable: groups split at commas, admin a
+    boolean, paths made absolute (they are relative to where you are, not to a file)."""
+    if name == "groups":
+        return _strings(value, VARIABLES[name]) if isinstance(value, str) else tuple(value)
+    if name == "admin" and isinstance(value, str):
+        if value.strip().lower() not in _TRUE | _FALSE:
+            raise InvalidArgument(f"{VARIABLES[name]}={value!r} is not a boolean (1 or 0)")
+        return value.strip().lower() in _TRUE
+    if name in ("ca", "cert", "key"):
+        return str(Path(os.path.expanduser(str(value))).absolute())
+    return value
+
+
+def environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The context fields the BORUTA_* variables set."""
+    env = os.environ if environ is None else environ
+    return {name: env[var] for name, var in VARIABLES.items() if env.get(var, "") != ""}
+
+
+def with_overrides(context: Context, overrides: Mapping[str, Any]) -> Context:
+    """The context with the given fields (None: not given) put over it. A token given over
+    a context with a certificate replaces the certificate, and a certificate replaces a
+    token; given both at once, the certificate counts."""
+    given = {k: _setting(k, v) for k, v in overrides.items() if v is not None}
+    unknown = set(given) - set(VARIABLES)
+    if unknown:
+        raise InvalidArgument(f"unknown connection settings {sorted(unknown)}")
+    if given.get("cert") or given.get("key"):
+        given = {**given, "bearer": "", "token_file": ""}
+    elif given.get("bearer"):
+        given = {"cert": "", "key": "", **given}
+    return replace(context, **given)
+
+
+def find_farm(
+    config: str | os.PathLike[str] | None = None,
+    context: str = "",
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[ClientConfig, Context]:
+    """Where the farm is and who you are, the way schedctl finds it: the config file
+    (``config``, else BORUTA_CONFIG, else the default path), its context (``context``,
+    else BORUTA_CONTEXT, else the file's current one), the BORUTA_* variables over it and
+    the ``overrides`` (options, arguments) over those."""
+    env = os.environ if environ is None else environ
+    loaded = load_config(config or env.get(CONFIG_VARIABLE) or None)
+    chosen = loaded.context(context or env.get(CONTEXT_VARIABLE, ""))
+    return loaded, with_overrides(with_overrides(chosen, environment(env)), overrides or {})

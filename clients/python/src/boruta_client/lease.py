@@ -1,13 +1,18 @@
-"""Leases: queue for a board, wait, keep the job alive while the block runs, give it back."""
+"""Leases: queue for a board, wait, keep the job alive while the block runs, give it back.
+The one implementation is AsyncLease; Client's Lease is a blocking facade over it."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 from boruta_client.errors import (
     BorutaError,
@@ -18,11 +23,8 @@ from boruta_client.errors import (
     Unauthenticated,
     WrongRequestState,
 )
-from boruta_client.ssh import BoardSSH
+from boruta_client.ssh import BoardSSH, CommandResult, Sink
 from boruta_client.types import Access, Acquired, Job, Request, RequestState
-
-if TYPE_CHECKING:
-    from boruta_client.client import Client
 
 log = logging.getLogger(__name__)
 
@@ -68,126 +70,244 @@ def should_retry_prolong(error: BorutaError) -> bool:
     return not isinstance(error, final)
 
 
-class Board:
-    """A board leased for a job: its access, its current job and a lazy SSH connection."""
+class Scheduler(Protocol):
+    """The calls a lease makes (AsyncClient has them)."""
+
+    async def new_request(
+        self,
+        caps: Mapping[str, str] | None = None,
+        *,
+        priority: int = 0,
+        valid_after: datetime | None = None,
+        deadline: datetime | None = None,
+        accept_unsatisfiable: bool = False,
+        no_wait: bool = False,
+        job_timeout: timedelta | None = None,
+    ) -> Request: ...
+
+    async def get_request(self, request_id: int) -> Request: ...
+
+    async def acquire_worker(
+        self,
+        request_id: int,
+        *,
+        timeout: float | None = None,
+        on_wait: Callable[[Request], None] | None = None,
+        poll_interval: float = 3.0,
+    ) -> Acquired: ...
+
+    async def close_request(self, request_id: int) -> Request: ...
+
+    async def prolong_access(self, request_id: int) -> Job: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseTerms:
+    """What a lease asks for and how it waits; see AsyncClient.lease."""
+
+    priority: int = 0
+    valid_after: datetime | None = None
+    deadline: datetime | None = None
+    accept_unsatisfiable: bool = False
+    no_wait: bool = False
+    job_timeout: timedelta | None = None
+    wait_timeout: float | None = None
+    on_wait: Callable[[Request], None] | None = None
+    auto_prolong: bool = True
+
+
+class AsyncBoardSSH:
+    """BoardSSH for asyncio: the connection opens on first use; each operation runs in a
+    thread, and a command's output sinks are called in the event loop."""
+
+    def __init__(self, access: Access) -> None:
+        self.access = access
+        self._ssh: BoardSSH | None = None
+        self._opening = threading.Lock()
+
+    @property
+    def sync(self) -> BoardSSH:
+        """The blocking connection underneath, opened on first use (blocks while it opens)."""
+        with self._opening:
+            if self._ssh is None:
+                self._ssh = BoardSSH(self.access)
+            return self._ssh
+
+    async def __call__(self) -> AsyncBoardSSH:
+        """``await board.ssh()``, as before ``board.ssh`` became a property: opens it."""
+        await asyncio.to_thread(lambda: self.sync)
+        return self
+
+    async def run(
+        self,
+        command: str | Sequence[str],
+        *,
+        stdout: Sink | None = None,
+        stderr: Sink | None = None,
+        input: bytes | None = None,
+        timeout: float | None = None,
+        pty: bool = False,
+    ) -> CommandResult:
+        """See BoardSSH.run."""
+        loop = asyncio.get_running_loop()
+
+        def in_loop(sink: Sink | None) -> Sink | None:
+            if sink is None:
+                return None
+
+            def forward(data: bytes) -> None:
+                loop.call_soon_threadsafe(sink, data)
+
+            return forward
+
+        return await asyncio.to_thread(
+            lambda: self.sync.run(
+                command,
+                stdout=in_loop(stdout),
+                stderr=in_loop(stderr),
+                input=input,
+                timeout=timeout,
+                pty=pty,
+            )
+        )
+
+    async def put(self, local: str | os.PathLike[str], remote: str) -> None:
+        """See BoardSSH.put."""
+        await asyncio.to_thread(lambda: self.sync.put(local, remote))
+
+    async def get(self, remote: str, local: str | os.PathLike[str]) -> Path:
+        """See BoardSSH.get."""
+        return await asyncio.to_thread(lambda: self.sync.get(remote, local))
+
+    async def close(self) -> None:
+        with self._opening:
+            ssh, self._ssh = self._ssh, None
+        if ssh is not None:
+            await asyncio.to_thread(ssh.close)
+
+
+class AsyncBoard:
+    """A board leased for a job: its access, its current job (kept up to date by the
+    lease's prolongs) and a lazy SSH connection."""
+
+    request: Request
+    access: Access
+    job: Job
+    prolong_error: BorutaError | None
+    ssh: AsyncBoardSSH
 
     def __init__(self, request: Request, acquired: Acquired) -> None:
         self.request = request
-        self.access: Access = acquired.access
-        self.job: Job = acquired.job
-        self.prolong_error: BorutaError | None = None
-        self._ssh: BoardSSH | None = None
+        self.access = acquired.access
+        self.job = acquired.job
+        self.prolong_error = None
+        self.ssh = AsyncBoardSSH(acquired.access)
 
     @property
     def worker_uuid(self) -> str:
         return self.job.worker_uuid
 
-    @property
-    def ssh(self) -> BoardSSH:
-        """The SSH connection to the board, opened on first use."""
-        if self._ssh is None:
-            self._ssh = BoardSSH(self.access)
-        return self._ssh
-
-    def close(self) -> None:
-        if self._ssh is not None:
-            self._ssh.close()
-            self._ssh = None
+    async def close(self) -> None:
+        """Close the SSH connection (the next use opens a new one)."""
+        await self.ssh.close()
 
 
-class Lease:
-    """``with client.lease(caps) as board:`` queues, waits, keeps the job alive with
-    ProlongAccess while the block runs, and closes the request on any way out."""
+class AsyncLease:
+    """``async with client.lease(caps) as board:`` queues, waits, keeps the job alive
+    with ProlongAccess while the block runs, and closes the request on any way out,
+    cancellation included."""
+
+    request: Request | None
+    board: AsyncBoard | None
 
     def __init__(
         self,
-        client: Client,
+        client: Scheduler,
         caps: Mapping[str, str],
-        *,
-        priority: int = 0,
-        valid_after: datetime | None = None,
-        deadline: datetime | None = None,
-        wait_timeout: float | None = None,
-        no_wait: bool = False,
-        accept_unsatisfiable: bool = False,
-        on_wait: Callable[[Request], None] | None = None,
-        auto_prolong: bool = True,
+        terms: LeaseTerms,
         existing: int | None = None,
-        job_timeout: timedelta | None = None,
     ) -> None:
         self._client = client
+        self._caps = dict(caps)
+        self._terms = terms
         # An existing request is attached to, not created, and left open on exit.
         self._existing = existing
-        self._caps = dict(caps)
-        self._new = dict(
-            priority=priority,
-            valid_after=valid_after,
-            deadline=deadline,
-            accept_unsatisfiable=accept_unsatisfiable,
-            no_wait=no_wait,
-            job_timeout=lease_job_timeout(job_timeout, auto_prolong),
-        )
-        self._wait_timeout = wait_timeout
-        self._on_wait = on_wait
-        self._auto_prolong = auto_prolong
-        self.request: Request | None = None
-        self.board: Board | None = None
-        self._stop = threading.Event()
-        self._prolonger: threading.Thread | None = None
+        self.request = None
+        self.board = None
+        self._prolonger: asyncio.Task[None] | None = None
 
-    def __enter__(self) -> Board:
-        client = self._client
+    async def __aenter__(self) -> AsyncBoard:
+        client, terms = self._client, self._terms
         if self._existing is not None:
-            self.request = request = client.get_request(self._existing)
+            self.request = request = await client.get_request(self._existing)
         else:
-            # Ctrl-C while NewRequest is in flight must not leave a request nobody closes.
-            created, interrupt = client._new_request_shielded(self._caps, **self._new)
-            self.request = request = created
-            if interrupt is not None:
-                self._give_back()
-                raise interrupt
+            request = await self._create()
         try:
-            if self._on_wait is not None and request.state is RequestState.WAITING:
-                self._on_wait(client.get_request(request.id))
-            acquired = client.acquire_worker(
-                request.id, timeout=self._wait_timeout, on_wait=self._on_wait
+            if terms.on_wait is not None and request.state is RequestState.WAITING:
+                terms.on_wait(await client.get_request(request.id))
+            acquired = await client.acquire_worker(
+                request.id, timeout=terms.wait_timeout, on_wait=terms.on_wait
             )
-            self.board = Board(request, acquired)
-            if self._auto_prolong:
-                self._prolonger = threading.Thread(
-                    target=self._keep_alive, name=f"boruta-prolong-{request.id}", daemon=True
-                )
-                self._prolonger.start()
+            self.board = board = AsyncBoard(request, acquired)
+            if terms.auto_prolong:
+                self._prolonger = asyncio.create_task(self._keep_alive(board))
         except BaseException:
-            self._give_back()
+            await asyncio.shield(self._give_back())
             raise
-        return self.board
+        return board
 
-    def __exit__(self, *exc: object) -> None:
-        self._give_back()
+    async def _create(self) -> Request:
+        terms = self._terms
+        # Shielded: if this task is cancelled (Ctrl-C) while NewRequest is in flight, the
+        # answer is still awaited so that the request it created gets closed.
+        creating = asyncio.ensure_future(
+            self._client.new_request(
+                self._caps,
+                priority=terms.priority,
+                valid_after=terms.valid_after,
+                deadline=terms.deadline,
+                accept_unsatisfiable=terms.accept_unsatisfiable,
+                no_wait=terms.no_wait,
+                job_timeout=lease_job_timeout(terms.job_timeout, terms.auto_prolong),
+            )
+        )
+        try:
+            self.request = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            with contextlib.suppress(BorutaError):
+                self.request = await creating
+                await self._give_back()
+            raise
+        return self.request
 
-    def _give_back(self) -> None:
-        self._stop.set()
+    async def __aexit__(self, *exc: object) -> None:
+        # Shielded: a cancelled task still gives its board back.
+        await asyncio.shield(self._give_back())
+
+    async def _give_back(self) -> None:
         if self._prolonger is not None:
-            self._prolonger.join()
+            self._prolonger.cancel()
+            try:
+                await self._prolonger
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # a dead prolonger must not keep the request open
+                log.exception("prolonging failed", extra={"request": self.request})
+            self._prolonger = None
         if self.board is not None:
-            self.board.close()
+            await self.board.close()
         if self.request is not None and self._existing is None:
             # It may have ended on its own (timeout, failure) or been closed elsewhere.
             with contextlib.suppress(WrongRequestState, NotFound):
-                self.request = self._client.close_request(self.request.id)
+                self.request = await self._client.close_request(self.request.id)
 
-    def _keep_alive(self) -> None:
-        board = self.board
-        assert board is not None
+    async def _keep_alive(self, board: AsyncBoard) -> None:
         lead = prolong_lead(board.job, datetime.now(UTC))
         moved = True
         while True:
-            delay = next_prolong_delay(board.job, datetime.now(UTC), lead, moved)
-            if self._stop.wait(delay):
-                return
+            await asyncio.sleep(next_prolong_delay(board.job, datetime.now(UTC), lead, moved))
             try:
-                job = self._client.prolong_access(board.request.id)
+                job = await self._client.prolong_access(board.request.id)
             except BorutaError as error:
                 if not should_retry_prolong(error):
                     board.prolong_error = error
@@ -196,8 +316,7 @@ class Lease:
                         extra={"request": board.request.id, "why": str(error)},
                     )
                     return
-                if self._stop.wait(1.0):
-                    return
+                await asyncio.sleep(1.0)
                 continue
             moved = job.timeout_at > board.job.timeout_at
             board.job = job

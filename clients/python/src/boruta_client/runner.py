@@ -17,8 +17,7 @@ from boruta_client.ssh import CommandResult, Sink
 from boruta_client.types import Request
 
 if TYPE_CHECKING:
-    from boruta_client.client import Client
-    from boruta_client.lease import Board
+    from boruta_client.client import Board, Client
 
 _JOB_KEYS = {
     "profile",

@@ -3,7 +3,6 @@ and the progress line shown while a request waits."""
 
 from __future__ import annotations
 
-import getpass
 import re
 import sys
 import time
@@ -28,21 +27,11 @@ class State:
 
     config: ClientConfig
     context: Context
-    token: str | None = None
     _client: Client | None = None
 
     def client(self) -> Client:
         if self._client is None:
-            ctx = self.context
-            self._client = Client(
-                ctx.scheduler,
-                user=ctx.user or getpass.getuser(),
-                groups=ctx.groups,
-                admin=ctx.admin,
-                tls=ctx.tls(),
-                token=self.token or ctx.token(),
-                ca=ctx.ca or None,
-            )
+            self._client = Client(context=self.context)
         return self._client
 
     def close(self) -> None:

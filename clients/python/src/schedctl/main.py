@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import signal
-from pathlib import Path
 from typing import Any
 
 import click
 from boruta_client import BorutaError
-from boruta_client.config import load_config
+from boruta_client.config import find_farm
 
 from schedctl import exits
 from schedctl.cli import State, option
@@ -121,27 +120,23 @@ def cli(
     found, 69 scheduler unavailable, 73 wrong state, 74 request ended or waited too long,
     75 busy (try later), 77 permission denied; `run` and `ssh` exit with the remote status.
     """
+    overrides = {
+        "scheduler": scheduler or None,
+        "user": user or None,
+        "groups": groups,
+        "admin": admin,
+        "ca": ca or None,
+        "cert": cert or None,
+        "key": key or None,
+        "bearer": token or None,
+    }
     try:
-        config = load_config(config_path)
-        chosen = config.context(context or "")
+        # The library's own lookup, so that Client() finds the farm schedctl finds.
+        config, chosen = find_farm(config_path, context or "", overrides)
     except BorutaError as error:
         click.echo(f"schedctl: {error}", err=True)
         raise click.exceptions.Exit(exits.exit_code_of(error)) from None
-    from dataclasses import replace
-
-    overrides: dict[str, Any] = {}
-    if scheduler:
-        overrides["scheduler"] = scheduler
-    if user:
-        overrides["user"] = user
-    if groups is not None:
-        overrides["groups"] = tuple(g.strip() for g in groups.split(",") if g.strip())
-    if admin is not None:
-        overrides["admin"] = admin
-    for name, value in (("ca", ca), ("cert", cert), ("key", key)):
-        if value:
-            overrides[name] = str(Path(value).absolute())
-    state = State(config, replace(chosen, **overrides), token or None)
+    state = State(config, chosen)
     ctx.obj = state
     ctx.call_on_close(state.close)
 
