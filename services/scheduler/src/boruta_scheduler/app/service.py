@@ -232,9 +232,22 @@ class SchedulerService:
         _check_owner(who, view)
         return view
 
-    def queue_position(self, request_id: int) -> int | None:
-        """Advisory: read straight from the core, which may be a batch ahead of the store."""
-        return self.engine.core.queue_position(request_id)
+    async def request_info(self, who: Identity, request_id: int) -> tuple[RequestView, int | None]:
+        """The request and, while it waits, how many waiting requests go before it: both
+        read in one engine command, so of one moment, and answered once that moment is
+        committed. (The store alone may be a batch behind the core's queue.)"""
+        _check_id(request_id)
+
+        def live(core: Core, now: float) -> tuple[RequestView | None, int | None]:
+            view = core.live_request(request_id)
+            if view is not None:
+                _check_owner(who, view)
+            return view, core.queue_position(request_id)
+
+        view, position = await self.engine.read(live)
+        if view is None:  # terminal (committed, since the read was) or unknown
+            return await self.get_request(who, request_id), None
+        return view, position
 
     async def list_requests(self, who: Identity, query: RequestQuery) -> Page[RequestView]:
         return await self._read(self.store.list_requests, _own_query(who, query))
