@@ -6,12 +6,13 @@ import asyncio
 import threading
 import time
 
+from boruta_scheduler.app.authz import RULES
 from boruta_scheduler.app.engine import Engine
 from boruta_scheduler.app.service import SchedulerService
 from boruta_scheduler.app.watch import WatchHub
 from boruta_scheduler.core import Changes, Core
 from boruta_scheduler.store import MemoryStore
-from boruta_scheduler.types import Access, Identity, RequestState
+from boruta_scheduler.types import Access, Identity, RequestState, Role
 
 
 class NoDryads:
@@ -62,3 +63,15 @@ async def test_queue_position_agrees_with_the_request_it_is_reported_with() -> N
     assert (view.state, position) == (RequestState.CANCELLED, None)
     assert store.get_request(first.id) == view
     await engine.stop()
+
+
+def test_refusals_name_who_may_make_the_call() -> None:
+    rules = RULES["boruta.v1.Workers"]
+    assert (
+        rules["SetState"].refusal_message(Identity("alice"))
+        == "only admins may change a worker's state; alice is a user"
+    )
+    assert (
+        RULES["boruta.v1.Requests"]["NewRequest"].refusal_message(Identity("root", role=Role.ADMIN))
+        == "only users and admins may create requests; root is an admin"
+    )

@@ -23,8 +23,6 @@ from boruta_scheduler.dryads import DryadPool
 from boruta_scheduler.rpc.audit import AuditServicer
 from boruta_scheduler.rpc.calls import (
     ANONYMOUS,
-    DRYADS,
-    PEOPLE,
     CertificateIdentities,
     CertificateOrToken,
     IdentitySource,
@@ -39,7 +37,7 @@ from boruta_scheduler.rpc.workers import WorkersServicer
 from boruta_scheduler.store import Store, open_store
 from boruta_scheduler.tunnels import Tunnels
 from boruta_scheduler.tunnels.forwarder import parse_ports
-from boruta_scheduler.types import Identity, Role
+from boruta_scheduler.types import Identity
 
 log = logging.getLogger(__name__)
 
@@ -144,23 +142,19 @@ class Scheduler:
             identify = metadata_identities
         else:
             identify = CertificateOrToken(CertificateIdentities(self.tls.read()[0]), self.tokens)
-        services: list[tuple[object, ServiceDescriptor, frozenset[Role]]] = [
-            (
-                RequestsServicer(service),
-                requests_pb2.DESCRIPTOR.services_by_name["Requests"],
-                PEOPLE,
-            ),
-            (WorkersServicer(service), workers_pb2.DESCRIPTOR.services_by_name["Workers"], PEOPLE),
+        # Who may call each method is app/authz.py's table, applied by add_service.
+        services: list[tuple[object, ServiceDescriptor]] = [
+            (RequestsServicer(service), requests_pb2.DESCRIPTOR.services_by_name["Requests"]),
+            (WorkersServicer(service), workers_pb2.DESCRIPTOR.services_by_name["Workers"]),
             (
                 SuperviserServicer(service),
                 superviser_pb2.DESCRIPTOR.services_by_name["Superviser"],
-                DRYADS,
             ),
-            (AuditServicer(audit), audit_pb2.DESCRIPTOR.services_by_name["Audit"], PEOPLE),
-            (TokensServicer(self.tokens), tokens_pb2.DESCRIPTOR.services_by_name["Tokens"], PEOPLE),
+            (AuditServicer(audit), audit_pb2.DESCRIPTOR.services_by_name["Audit"]),
+            (TokensServicer(self.tokens), tokens_pb2.DESCRIPTOR.services_by_name["Tokens"]),
         ]
-        for servicer, descriptor, roles in services:
-            add_service(server, servicer, descriptor, identify, roles, refused, self.refusal_log)
+        for servicer, descriptor in services:
+            add_service(server, servicer, descriptor, identify, refused, self.refusal_log)
         listen = self.config.server.listen
         if self.tls is None:
             self.port = server.add_insecure_port(listen)
