@@ -9,10 +9,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from boruta_scheduler.app.audit import AuditLog, clip
+from boruta_scheduler.app.authz import (
+    as_owner,
+    check_dryad,
+    check_dryad_hosts,
+    check_id,
+    check_owner,
+    own_query,
+)
 from boruta_scheduler.app.engine import Command, Engine
 from boruta_scheduler.app.watch import Subscription, WatchHub, WorkerEvent
 from boruta_scheduler.core import Core
@@ -23,7 +31,6 @@ from boruta_scheduler.errors import (
     ResourceExhausted,
     StoreUnavailable,
     WrongRequestState,
-    shown,
 )
 from boruta_scheduler.listing import (
     Page,
@@ -128,7 +135,7 @@ class SchedulerService:
         if view is None:
             return self._missing(error.request_id)
         try:
-            _check_owner(who, view)
+            check_owner(who, view)
         except PermissionDenied as denied:
             return denied
         detail = f" ({view.reason})" if view.reason else ""
@@ -176,14 +183,14 @@ class SchedulerService:
         )
 
     async def close_request(self, who: Identity, request_id: int) -> RequestView:
-        _check_id(request_id)
+        check_id(request_id)
         try:
             return await self.engine.execute(
                 self._recorded(
                     who,
                     "CloseRequest",
                     lambda v: (f"request {request_id}", v.state.name),
-                    _as_owner(
+                    as_owner(
                         who, request_id, lambda core, now: core.close_request(now, request_id)
                     ),
                 )
@@ -200,14 +207,14 @@ class SchedulerService:
         valid_after: float | None = None,
         deadline: float | None = None,
     ) -> RequestView:
-        _check_id(request_id)
+        check_id(request_id)
         try:
             return await self.engine.execute(
                 self._recorded(
                     who,
                     "UpdateRequest",
                     lambda v: (f"request {request_id}", f"priority {v.priority}"),
-                    _as_owner(
+                    as_owner(
                         who,
                         request_id,
                         lambda core, now: core.update_request(
@@ -225,28 +232,41 @@ class SchedulerService:
             raise await self._explain_missing(who, exc) from None
 
     async def get_request(self, who: Identity, request_id: int) -> RequestView:
-        _check_id(request_id)
+        check_id(request_id)
         view = await self._read(self.store.get_request, request_id)
         if view is None:
             raise self._missing(request_id)
-        _check_owner(who, view)
+        check_owner(who, view)
         return view
 
-    def queue_position(self, request_id: int) -> int | None:
-        """Advisory: read straight from the core, which may be a batch ahead of the store."""
-        return self.engine.core.queue_position(request_id)
+    async def request_info(self, who: Identity, request_id: int) -> tuple[RequestView, int | None]:
+        """The request and, while it waits, how many waiting requests go before it: both
+        read in one engine command, so of one moment, and answered once that moment is
+        committed. (The store alone may be a batch behind the core's queue.)"""
+        check_id(request_id)
+
+        def live(core: Core, now: float) -> tuple[RequestView | None, int | None]:
+            view = core.live_request(request_id)
+            if view is not None:
+                check_owner(who, view)
+            return view, core.queue_position(request_id)
+
+        view, position = await self.engine.read(live)
+        if view is None:  # terminal (committed, since the read was) or unknown
+            return await self.get_request(who, request_id), None
+        return view, position
 
     async def list_requests(self, who: Identity, query: RequestQuery) -> Page[RequestView]:
-        return await self._read(self.store.list_requests, _own_query(who, query))
+        return await self._read(self.store.list_requests, own_query(who, query))
 
     async def acquire_worker(
         self, who: Identity, request_id: int, timeout: float | None
     ) -> RequestView:
         """Wait until the request runs; returns it with its job's access."""
-        _check_id(request_id)
+        check_id(request_id)
         try:
             view = await self.engine.wait_for_job(
-                request_id, timeout, lambda live: _check_owner(who, live)
+                request_id, timeout, lambda live: check_owner(who, live)
             )
         except RequestNotFound as exc:
             raise await self._explain_missing(who, exc) from None
@@ -270,14 +290,14 @@ class SchedulerService:
         return view
 
     async def prolong_access(self, who: Identity, request_id: int) -> JobView:
-        _check_id(request_id)
+        check_id(request_id)
         try:
             return await self.engine.execute(
                 self._recorded(
                     who,
                     "ProlongAccess",
                     lambda j: (f"request {request_id}", f"prolonged {j.prolong_count} times"),
-                    _as_owner(
+                    as_owner(
                         who, request_id, lambda core, now: core.prolong_access(now, request_id)
                     ),
                 )
@@ -289,7 +309,7 @@ class SchedulerService:
         self, who: Identity, query: RequestQuery, include_current: bool
     ) -> tuple[list[RequestView], Subscription[RequestView]]:
         """Subscribe, atomically with a snapshot of the live requests that pass the query."""
-        query = _own_query(who, query)
+        query = own_query(who, query)
         self._check_watches(who)
 
         def subscribe(
@@ -327,7 +347,6 @@ class SchedulerService:
     async def set_state(
         self, who: Identity, uuid: str, state: WorkerState, reason: str
     ) -> WorkerView:
-        _require_admin(who, "change a worker's state")
         detail = f"{state.name}: {reason}".rstrip(": ")
         return await self.engine.execute(
             self._recorded(
@@ -339,7 +358,6 @@ class SchedulerService:
         )
 
     async def set_groups(self, who: Identity, uuid: str, groups: frozenset[str]) -> WorkerView:
-        _require_admin(who, "change a worker's groups")
         shown = ",".join(sorted(groups)) or "(none)"
         return await self.engine.execute(
             self._recorded(
@@ -351,7 +369,6 @@ class SchedulerService:
         )
 
     async def deregister(self, who: Identity, uuid: str) -> None:
-        _require_admin(who, "deregister a worker")
         await self.engine.execute(
             self._recorded(
                 who,
@@ -391,16 +408,8 @@ class SchedulerService:
     ) -> tuple[WorkerView, tuple[str, ...] | None]:
         """The worker as registered, and the job users its dryad may keep (see heartbeat)."""
         caps = dict(caps)
-        _check_dryad(who, caps.get("UUID", ""))
-        for what, address in (("dryad_address", dryad_address), ("ssh_address", ssh_address)):
-            host = address.rpartition(":")[0].strip("[]")
-            if who.hosts is not None and host not in who.hosts:
-                # Else a stolen dryad certificate could aim users' tunnels (and the
-                # scheduler's calls) at any host the scheduler can reach, itself included.
-                raise PermissionDenied(
-                    f"{what} {shown(address)} is not on a host the dryad's certificate names "
-                    f"({', '.join(sorted(who.hosts)) or 'none'}); issue it with -H {shown(host)}"
-                )
+        check_dryad(who, caps.get("UUID", ""))
+        check_dryad_hosts(who, {"dryad_address": dryad_address, "ssh_address": ssh_address})
 
         def command(core: Core, now: float) -> tuple[WorkerView, tuple[str, ...] | None]:
             view = core.register(
@@ -420,7 +429,7 @@ class SchedulerService:
     ) -> tuple[str, ...] | None:
         """Note the dryad is alive; return the worker's job users it may keep (None: no
         verdict now), decided in the same step, so in order with every state change."""
-        _check_dryad(who, uuid)
+        check_dryad(who, uuid)
 
         def command(core: Core, now: float) -> tuple[str, ...] | None:
             core.heartbeat(now, uuid, status)
@@ -439,61 +448,9 @@ class SchedulerService:
         return None
 
     async def set_fail(self, who: Identity, uuid: str, reason: str) -> None:
-        _check_dryad(who, uuid)
+        check_dryad(who, uuid)
         await self.engine.execute(lambda core, now: core.set_fail(now, uuid, reason))
 
 
 def _close_subscription(result: tuple[object, Subscription[Any]]) -> None:
     result[1].close()
-
-
-def _check_dryad(who: Identity, uuid: str) -> None:
-    """A dryad speaks only for the workers its certificate names."""
-    if not who.may_speak_for(uuid):
-        if who.role is Role.DRYAD:
-            raise PermissionDenied(
-                f"dryad {who.user} may not speak for worker {shown(uuid)}: its certificate names "
-                f"{', '.join(sorted(who.workers or ())) or 'no workers'}"
-            )
-        raise PermissionDenied(f"only dryads may call the Superviser service, not {who.user}")
-
-
-def _require_admin(who: Identity, what: str) -> None:
-    if who.role is not Role.ADMIN:
-        raise PermissionDenied(f"only admins may {what}; {who.user} is a {who.role.value}")
-
-
-def _as_owner(who: Identity, request_id: int, action: Command[T]) -> Command[T]:
-    """The action as an engine command that first checks the caller owns the request: the
-    check runs in order with every other command, so it sees every request created before
-    it. (A check before queueing would miss one created in the same batch.)"""
-
-    def command(core: Core, now: float) -> T:
-        view = core.live_request(request_id)
-        if view is not None:
-            _check_owner(who, view)
-        return action(core, now)
-
-    return command
-
-
-def _check_owner(who: Identity, view: RequestView) -> None:
-    if who.role is not Role.ADMIN and view.owner != who.user:
-        raise PermissionDenied(
-            f"request {view.id} is not yours; only its owner and admins may see or change it"
-        )
-
-
-def _own_query(who: Identity, query: RequestQuery) -> RequestQuery:
-    """Users list and watch their own requests only; admins everyone's."""
-    if who.role is Role.ADMIN:
-        return query
-    if query.owners - {who.user}:
-        raise PermissionDenied("you may list and watch only your own requests")
-    return replace(query, owners=frozenset({who.user}))
-
-
-def _check_id(request_id: int) -> None:
-    """Ids are signed 64-bit in the store: a larger one names no request."""
-    if not 0 < request_id < 2**63:
-        raise RequestNotFound(request_id)

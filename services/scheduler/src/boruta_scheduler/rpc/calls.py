@@ -24,6 +24,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from boruta_scheduler.app.audit import Suppressed, ThrottledRefusals
+from boruta_scheduler.app.authz import Refusal, Rule, admit, rule_of
 from boruta_scheduler.app.tokens import TokenAuthority
 from boruta_scheduler.errors import (
     BorutaError,
@@ -285,19 +286,14 @@ def _stream(
     return serve
 
 
-PEOPLE = frozenset({Role.USER, Role.ADMIN})
-DRYADS = frozenset({Role.DRYAD})
-
-
-def gate(identify: IdentitySource, roles: frozenset[Role], service: str) -> IdentitySource:
-    """An identity source that also refuses roles that have no business with a service:
-    dryads use only Superviser, people only Requests and Workers."""
+def gate(identify: IdentitySource, rule: Rule) -> IdentitySource:
+    """An identity source that also refuses callers whose role the call's rule does not
+    allow (app/authz.py): dryads use only Superviser, admins alone manage the farm."""
 
     def identify_and_check(context: Context) -> Identity:
         who = identify(context)
-        if who.role not in roles:
-            _identity.set(who)
-            raise PermissionDenied(f"a {who.role.value} may not call {service}")
+        _identity.set(who)
+        admit(who, rule)
         return who
 
     return identify_and_check
@@ -327,31 +323,33 @@ def add_service(
     servicer: Any,
     service: ServiceDescriptor,
     identify: IdentitySource = metadata_identities,
-    roles: frozenset[Role] = PEOPLE,
     refused: Refusals | None = None,
     refusal_log: RefusalLog | None = None,
 ) -> None:
-    """Serve a servicer: every call gets its caller's identity (refused if its role has no
-    business here), malformed requests are INVALID_ARGUMENT, BorutaErrors become statuses
-    and any other exception INTERNAL with an error id. Handlers are wrapped once, not per
-    call as interceptors would be. Refusals are logged through refusal_log (by default one
-    of this service's own)."""
-    identify = gate(identify, roles, service.full_name)
+    """Serve a servicer: every call gets its caller's identity (refused if the call's rule
+    in app/authz.py does not allow its role; a method without a rule is not served),
+    malformed requests are INVALID_ARGUMENT, BorutaErrors become statuses and any other
+    exception INTERNAL with an error id. Handlers are wrapped once, not per call as
+    interceptors would be. Refusals are logged through refusal_log (by default one of this
+    service's own), and go to refused where the rule says they are recorded."""
     refusal_log = refusal_log or RefusalLog()
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
+        rule = rule_of(service.full_name, method.name)
+        checked = gate(identify, rule)
+        recorded = refused if rule.refusal is Refusal.RECORDED else None
         behavior = getattr(servicer, method.name)
         parse = _lenient(message_factory.GetMessageClass(method.input_type))
         serialize = message_factory.GetMessageClass(method.output_type).SerializeToString
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _stream(behavior, identify, method.full_name, refused, refusal_log),
+                _stream(behavior, checked, method.full_name, recorded, refusal_log),
                 request_deserializer=parse,
                 response_serializer=serialize,
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary(behavior, identify, method.full_name, refused, refusal_log),
+                _unary(behavior, checked, method.full_name, recorded, refusal_log),
                 request_deserializer=parse,
                 response_serializer=serialize,
             )

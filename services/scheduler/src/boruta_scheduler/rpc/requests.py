@@ -12,7 +12,6 @@ from boruta_scheduler.app.service import SchedulerService
 from boruta_scheduler.listing import PageTokens
 from boruta_scheduler.rpc import convert
 from boruta_scheduler.rpc.calls import current_identity
-from boruta_scheduler.types import RequestState
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -58,12 +57,10 @@ class RequestsServicer(requests_pb2_grpc.RequestsServicer):
     async def GetRequestInfo(
         self, request: requests_pb2.GetRequestInfoRequest, context: Context
     ) -> requests_pb2.GetRequestInfoResponse:
-        view = await self._service.get_request(current_identity(), request.request_id)
+        view, position = await self._service.request_info(current_identity(), request.request_id)
         reply = requests_pb2.GetRequestInfoResponse(request=convert.request_info(view))
-        if view.state is RequestState.WAITING:
-            position = self._service.queue_position(view.id)
-            if position is not None:
-                reply.queue_position = position
+        if position is not None:
+            reply.queue_position = position
         return reply
 
     async def ListRequests(

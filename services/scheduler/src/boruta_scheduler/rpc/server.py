@@ -25,8 +25,6 @@ from boruta_scheduler.listing import PageTokens
 from boruta_scheduler.rpc.audit import AuditServicer
 from boruta_scheduler.rpc.calls import (
     ANONYMOUS,
-    DRYADS,
-    PEOPLE,
     CertificateIdentities,
     CertificateOrToken,
     IdentitySource,
@@ -41,7 +39,7 @@ from boruta_scheduler.rpc.workers import WorkersServicer
 from boruta_scheduler.store import Store, open_store
 from boruta_scheduler.tunnels import Tunnels
 from boruta_scheduler.tunnels.forwarder import parse_ports
-from boruta_scheduler.types import Identity, Role
+from boruta_scheduler.types import Identity
 
 log = logging.getLogger(__name__)
 
@@ -148,31 +146,25 @@ class Scheduler:
             identify = CertificateOrToken(CertificateIdentities(self.tls.read()[0]), self.tokens)
         # Kept beside the default store, so that a restart leaves clients' page tokens good.
         page_tokens = PageTokens.in_directory(self.config.server.data_dir)
-        services: list[tuple[object, ServiceDescriptor, frozenset[Role]]] = [
+        # Who may call each method is app/authz.py's table, applied by add_service.
+        services: list[tuple[object, ServiceDescriptor]] = [
             (
                 RequestsServicer(service, page_tokens),
                 requests_pb2.DESCRIPTOR.services_by_name["Requests"],
-                PEOPLE,
             ),
             (
                 WorkersServicer(service, page_tokens),
                 workers_pb2.DESCRIPTOR.services_by_name["Workers"],
-                PEOPLE,
             ),
             (
                 SuperviserServicer(service),
                 superviser_pb2.DESCRIPTOR.services_by_name["Superviser"],
-                DRYADS,
             ),
-            (
-                AuditServicer(audit, page_tokens),
-                audit_pb2.DESCRIPTOR.services_by_name["Audit"],
-                PEOPLE,
-            ),
-            (TokensServicer(self.tokens), tokens_pb2.DESCRIPTOR.services_by_name["Tokens"], PEOPLE),
+            (AuditServicer(audit, page_tokens), audit_pb2.DESCRIPTOR.services_by_name["Audit"]),
+            (TokensServicer(self.tokens), tokens_pb2.DESCRIPTOR.services_by_name["Tokens"]),
         ]
-        for servicer, descriptor, roles in services:
-            add_service(server, servicer, descriptor, identify, roles, refused, self.refusal_log)
+        for servicer, descriptor in services:
+            add_service(server, servicer, descriptor, identify, refused, self.refusal_log)
         tls = self.tls
         self.port = add_port(
             server,

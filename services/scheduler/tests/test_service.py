@@ -1,0 +1,77 @@
+"""The service's reads agree with what is committed, also while a commit is in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from boruta_scheduler.app.authz import RULES
+from boruta_scheduler.app.engine import Engine
+from boruta_scheduler.app.service import SchedulerService
+from boruta_scheduler.app.watch import WatchHub
+from boruta_scheduler.core import Changes, Core
+from boruta_scheduler.store import MemoryStore
+from boruta_scheduler.types import Access, Identity, RequestState, Role
+
+
+class NoDryads:
+    async def call(self, call: object) -> Access | None:
+        return None
+
+
+class HeldCommits(MemoryStore):
+    """A memory store whose commits wait while the test holds them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open = threading.Event()
+        self.open.set()
+
+    def commit(self, changes: Changes) -> None:
+        self.open.wait(10)
+        super().commit(changes)
+
+
+async def test_queue_position_agrees_with_the_request_it_is_reported_with() -> None:
+    store = HeldCommits()
+    engine = Engine(Core(), store, NoDryads())
+    engine.start()
+    service = SchedulerService(engine, store, WatchHub())
+    alice = Identity("alice")
+    first = await service.new_request(alice, {}, accept_unsatisfiable=True)
+    second = await service.new_request(alice, {}, accept_unsatisfiable=True)
+    assert await service.request_info(alice, second.id) == (second, 1)
+    assert store.get_request(second.id) == second  # the core's view is the stored one
+    # The close of the first request is applied to the core, its commit held.
+    store.open.clear()
+    applied = engine.commands
+    closing = asyncio.ensure_future(service.close_request(alice, first.id))
+    deadline = time.monotonic() + 10
+    while engine.commands == applied and time.monotonic() < deadline:
+        await asyncio.sleep(0.001)
+    asked = engine.commands
+    info = asyncio.ensure_future(service.request_info(alice, first.id))
+    # Until the call either answers or is queued in the engine behind the held commit.
+    while not info.done() and engine.commands == asked and time.monotonic() < deadline:
+        await asyncio.sleep(0.001)
+    store.open.set()
+    view, position = await info
+    await closing
+    # Reported WAITING with no place in the queue, or a place for a closed request, would
+    # describe two different moments; the answer is the committed state, CANCELLED.
+    assert (view.state, position) == (RequestState.CANCELLED, None)
+    assert store.get_request(first.id) == view
+    await engine.stop()
+
+
+def test_refusals_name_who_may_make_the_call() -> None:
+    rules = RULES["boruta.v1.Workers"]
+    assert (
+        rules["SetState"].refusal_message(Identity("alice"))
+        == "only admins may change a worker's state; alice is a user"
+    )
+    assert (
+        RULES["boruta.v1.Requests"]["NewRequest"].refusal_message(Identity("root", role=Role.ADMIN))
+        == "only users and admins may create requests; root is an admin"
+    )
