@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 from boruta.v1 import types_pb2, workers_pb2
-from boruta_scheduler.app.audit import SUMMARY_INTERVAL
+from boruta_scheduler.app.refusals import SUMMARY_INTERVAL
 from boruta_scheduler.core import Policy
 from boruta_scheduler.store import SQLiteStore
 from boruta_scheduler.types import Identity, Role

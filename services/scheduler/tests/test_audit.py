@@ -4,13 +4,8 @@ one, and no event carries unbounded text."""
 from __future__ import annotations
 
 import pytest
-from boruta_scheduler.app.audit import (
-    MAX_DETAIL,
-    OTHER_CALLERS,
-    SUMMARY_INTERVAL,
-    RefusalLimiter,
-    clip,
-)
+from boruta_scheduler.app.audit import MAX_DETAIL, clip
+from boruta_scheduler.app.refusals import OTHER_CALLERS, SUMMARY_INTERVAL, RefusalLimiter
 
 T0 = 1_700_000_000.0
 ALICE = ("alice", "user")

@@ -6,13 +6,14 @@ import asyncio
 import threading
 import time
 
+from boruta_scheduler.app.audit import clip
 from boruta_scheduler.app.authz import RULES
 from boruta_scheduler.app.engine import Engine
 from boruta_scheduler.app.service import SchedulerService
 from boruta_scheduler.app.watch import WatchHub
 from boruta_scheduler.core import Changes, Core
 from boruta_scheduler.store import MemoryStore
-from boruta_scheduler.types import Access, Identity, RequestState, Role
+from boruta_scheduler.types import Access, Identity, RequestState, Role, WorkerState
 
 
 class NoDryads:
@@ -75,3 +76,36 @@ def test_refusals_name_who_may_make_the_call() -> None:
         RULES["boruta.v1.Requests"]["NewRequest"].refusal_message(Identity("root", role=Role.ADMIN))
         == "only users and admins may create requests; root is an admin"
     )
+
+
+async def test_audit_events_say_what_each_change_did() -> None:
+    store = MemoryStore()
+    engine = Engine(Core(), store, NoDryads())
+    engine.start()
+    service = SchedulerService(engine, store, WatchHub())
+    alice, root = Identity("alice"), Identity("root", role=Role.ADMIN)
+    dryad = Identity("lab-pc", role=Role.DRYAD)
+    await service.register(dryad, {"UUID": "w1", "board": "rpi4"}, "127.0.0.1:1", "::1:22", "i", "")
+    await service.register(dryad, {"UUID": "w2", "board": "rpi4"}, "127.0.0.1:1", "::1:22", "i", "")
+    made = await service.new_request(
+        alice, {"board": "rpi4", "x": "y" * 250, "z": "y" * 250}, accept_unsatisfiable=True
+    )
+    await service.update_request(alice, made.id, priority=7)
+    await service.close_request(root, made.id)
+    await service.set_groups(root, "w1", frozenset({"lab", "ci"}))
+    await service.set_state(root, "w1", WorkerState.IDLE, "")
+    await service.set_state(root, "w1", WorkerState.MAINTENANCE, "new cable")
+    await service.deregister(root, "w2")
+    await engine.read(lambda core, now: None)  # commits what was recorded last
+    seen = [(e.actor, e.action, e.target, e.detail) for e in reversed(store.audit(100, None))]
+    caps = f"board=rpi4 x={'y' * 250} z={'y' * 250}"
+    assert seen == [
+        ("alice", "NewRequest", "request 1", f"caps {clip(caps, 200)}, priority 8, WAITING"),
+        ("alice", "UpdateRequest", "request 1", "priority 7"),
+        ("root", "CloseRequest", "request 1", "CANCELLED"),
+        ("root", "SetGroups", "worker w1", "ci,lab"),
+        ("root", "SetState", "worker w1", "IDLE"),
+        ("root", "SetState", "worker w1", "MAINTENANCE: new cable"),
+        ("root", "Deregister", "worker w2", ""),
+    ]
+    await engine.stop()

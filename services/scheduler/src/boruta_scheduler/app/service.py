@@ -12,7 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from boruta_scheduler.app.audit import AuditLog, clip
+from boruta_scheduler.app import audit as events
+from boruta_scheduler.app.audit import AuditLog
 from boruta_scheduler.app.authz import (
     as_owner,
     check_dryad,
@@ -21,7 +22,7 @@ from boruta_scheduler.app.authz import (
     check_owner,
     own_query,
 )
-from boruta_scheduler.app.engine import Command, Engine
+from boruta_scheduler.app.engine import Engine
 from boruta_scheduler.app.watch import Subscription, WatchHub, WorkerEvent
 from boruta_scheduler.core import Core
 from boruta_scheduler.errors import (
@@ -52,9 +53,6 @@ from boruta_scheduler.types import (
 )
 
 T = TypeVar("T")
-
-# How much of a new request's caps its audit event shows.
-CAPS_SHOWN = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,24 +91,6 @@ class SchedulerService:
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._readers, fn, *args)
-
-    def _recorded(
-        self,
-        who: Identity,
-        action: str,
-        describe: Callable[[T], tuple[str, str]],
-        command: Command[T],
-    ) -> Command[T]:
-        """The command, recording an audit event of what it did in the same batch (so in
-        the same transaction); a command that fails records nothing."""
-
-        def run(core: Core, now: float) -> T:
-            result = command(core, now)
-            target, detail = describe(result)
-            self.audit.record(who, action, target, detail)
-            return result
-
-        return run
 
     def _check_watches(self, who: Identity) -> None:
         limit = self.settings.max_watches_per_user
@@ -156,16 +136,11 @@ class SchedulerService:
         job_timeout: float = 0.0,
     ) -> RequestView:
         caps = dict(caps)
-        # The request keeps its caps; its event needs only enough of them to recognize it.
-        shown = clip(" ".join(f"{k}={v}" for k, v in sorted(caps.items())), CAPS_SHOWN)
         return await self.engine.execute(
-            self._recorded(
+            self.audit.recorded(
                 who,
                 "NewRequest",
-                lambda v: (
-                    f"request {v.id}",
-                    f"caps {shown or '(any)'}, priority {v.priority}, {v.state.name}",
-                ),
+                events.request_created(caps),
                 lambda core, now: core.new_request(
                     now,
                     who.user,
@@ -186,10 +161,10 @@ class SchedulerService:
         check_id(request_id)
         try:
             return await self.engine.execute(
-                self._recorded(
+                self.audit.recorded(
                     who,
                     "CloseRequest",
-                    lambda v: (f"request {request_id}", v.state.name),
+                    events.request_closed,
                     as_owner(
                         who, request_id, lambda core, now: core.close_request(now, request_id)
                     ),
@@ -210,10 +185,10 @@ class SchedulerService:
         check_id(request_id)
         try:
             return await self.engine.execute(
-                self._recorded(
+                self.audit.recorded(
                     who,
                     "UpdateRequest",
-                    lambda v: (f"request {request_id}", f"priority {v.priority}"),
+                    events.request_updated,
                     as_owner(
                         who,
                         request_id,
@@ -279,24 +254,17 @@ class SchedulerService:
             detail = f" ({view.reason})" if view.reason else ""
             raise WrongRequestState(f"request {request_id} is {view.state.name}{detail}")
         self.revalidate(who)
-        job = view.job
-        assert job is not None and job.access is not None
-        self.audit.record(
-            who,
-            "AcquireWorker",
-            f"request {request_id}",
-            f"access to worker {job.worker_uuid} as {job.access.username}",
-        )
+        self.audit.record(who, "AcquireWorker", *events.access_handed_out(view))
         return view
 
     async def prolong_access(self, who: Identity, request_id: int) -> JobView:
         check_id(request_id)
         try:
             return await self.engine.execute(
-                self._recorded(
+                self.audit.recorded(
                     who,
                     "ProlongAccess",
-                    lambda j: (f"request {request_id}", f"prolonged {j.prolong_count} times"),
+                    events.access_prolonged(request_id),
                     as_owner(
                         who, request_id, lambda core, now: core.prolong_access(now, request_id)
                     ),
@@ -347,33 +315,31 @@ class SchedulerService:
     async def set_state(
         self, who: Identity, uuid: str, state: WorkerState, reason: str
     ) -> WorkerView:
-        detail = f"{state.name}: {reason}".rstrip(": ")
         return await self.engine.execute(
-            self._recorded(
+            self.audit.recorded(
                 who,
                 "SetState",
-                lambda _: (f"worker {uuid}", detail),
+                events.worker_state_set(uuid, state, reason),
                 lambda core, now: core.set_state(now, uuid, state, reason),
             )
         )
 
     async def set_groups(self, who: Identity, uuid: str, groups: frozenset[str]) -> WorkerView:
-        shown = ",".join(sorted(groups)) or "(none)"
         return await self.engine.execute(
-            self._recorded(
+            self.audit.recorded(
                 who,
                 "SetGroups",
-                lambda _: (f"worker {uuid}", shown),
+                events.worker_groups_set(uuid, groups),
                 lambda core, now: core.set_groups(now, uuid, groups),
             )
         )
 
     async def deregister(self, who: Identity, uuid: str) -> None:
         await self.engine.execute(
-            self._recorded(
+            self.audit.recorded(
                 who,
                 "Deregister",
-                lambda _: (f"worker {uuid}", ""),
+                events.worker_deregistered(uuid),
                 lambda core, now: core.deregister(now, uuid),
             )
         )

@@ -23,8 +23,8 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from boruta_scheduler.app.audit import Suppressed, ThrottledRefusals
 from boruta_scheduler.app.authz import Refusal, Rule, admit, rule_of
+from boruta_scheduler.app.refusals import Suppressed, ThrottledRefusals
 from boruta_scheduler.app.tokens import TokenAuthority
 from boruta_scheduler.errors import (
     BorutaError,
