@@ -3,8 +3,8 @@
 Commands are applied in batches without waiting for earlier batches to reach the disk;
 the store writer (app/writer.py) merges batches that queue up into one transaction (group
 commit). Replies, watch events, acquirers' wake-ups (app/waiters.py) and dryad and tunnel
-calls (app/effects.py) of a batch go out only after its commit, in batch order, so nobody
-hears of a change before it is durable.
+calls (app/effects.py) of a batch go out only after its commit, in batch order
+(app/publishing.py), so nobody hears of a change before it is durable.
 
 When a commit fails (disk full, read-only, I/O error), that batch and every batch applied
 after it are lost: their callers get UNAVAILABLE with the cause (app/outage.py), and
@@ -34,11 +34,11 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from boruta_scheduler.app.effects import DryadCaller, Effects, TunnelKeeper
 from boruta_scheduler.app.outage import RETRY_FIRST, RETRY_MAX, Outage
+from boruta_scheduler.app.publishing import Pending, PublishQueue, Reply
 from boruta_scheduler.app.upkeep import UPKEEP_INTERVAL, StoreUpkeep, Upkeep
 from boruta_scheduler.app.waiters import AcquireWaiters
 from boruta_scheduler.app.writer import StoreWriter
@@ -64,28 +64,6 @@ class Publisher(Protocol):
     """Receives every committed change, e.g. to feed watch streams."""
 
     def publish(self, changes: Changes) -> None: ...
-
-
-@dataclass(slots=True)
-class _Pending(Generic[T]):
-    command: Command[T]
-    future: asyncio.Future[T] | None
-    # Releases what a result holds outside the core (e.g. a watch's subscription) when
-    # the result is thrown away because its batch was lost.
-    discard: Callable[[T], None] | None = None
-
-
-_Reply = tuple[_Pending[Any], Any, BaseException | None]
-
-
-@dataclass(slots=True)
-class _Batch:
-    commit: asyncio.Future[None] | None  # the commit to wait for, if any
-    changes: Changes
-    replies: list[_Reply]
-    # Audit events recorded outside any command (e.g. access handed out, refusals): facts
-    # that stand even if the batch is lost, so they go with the next one then.
-    carried: list[AuditEvent]
 
 
 class EngineStopped(Unavailable):
@@ -114,19 +92,17 @@ class Engine:
         self._effects = Effects(dryads, tunnels, self)
         self._waiters = AcquireWaiters(self, tunnels_used=tunnels is not None)
         self._clock = clock
-        self._pending: deque[_Pending[Any]] = deque()
+        self._pending: deque[Pending[Any]] = deque()
         self._wakeup = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._writer: StoreWriter | None = None
-        # Batches applied but not yet published, oldest first.
-        self._unpublished: deque[_Batch] = deque()
+        self._unpublished = PublishQueue(self._publish, self._store_failed)
         self._outage: Outage | None = None
         # A command failed with a bug: the core must be rebuilt before the next batch.
         self._rebuild = False
         self._stop_requested = asyncio.Event()
-        self._last_commit: asyncio.Future[None] | None = None
         # Audit events for the next batch: they commit in its transaction, so an event
         # recorded by a command is durable exactly when the change it records is.
         self._audit: list[AuditEvent] = []
@@ -198,7 +174,7 @@ class Engine:
             self._outage.refused += 1
             raise self._outage.error()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(command, future, discard))
+        self._pending.append(Pending(command, future, discard))
         self._wakeup.set()
         return await future
 
@@ -236,7 +212,7 @@ class Engine:
         """Queue a command whose result nobody waits for (e.g. a dryad call's outcome).
         While the store refuses writes it is dropped: the rebuilt core asks again."""
         if not self._stopping and self._outage is None:
-            self._pending.append(_Pending(command, None))
+            self._pending.append(Pending(command, None))
             self._wakeup.set()
 
     async def wait_for_job(
@@ -269,10 +245,11 @@ class Engine:
                 if self._pending or self._audit or (due is not None and due <= self._clock()):
                     # A batch runs for queued commands and for due timers alike: a quiet
                     # scheduler must still time out jobs and notice silent workers.
-                    if len(self._unpublished) >= MAX_UNPUBLISHED and self._last_commit:
+                    last_commit = self._unpublished.last_commit
+                    if len(self._unpublished) >= MAX_UNPUBLISHED and last_commit:
                         # Its callbacks run before this wait returns; a failure among them
                         # starts a recovery, seen at the top of the loop.
-                        await asyncio.wait([self._last_commit])
+                        await asyncio.wait([last_commit])
                         continue
                     self._run_batch()
                     # Let the loop serve I/O before the next batch.
@@ -288,8 +265,8 @@ class Engine:
                 changes = self.core.drain()
                 stored = self._to_store(changes, self._clock(), flush=True)
                 self._finish_batch(changes, [], [], stored)
-            if self._last_commit is not None:
-                await asyncio.wait([self._last_commit])
+            if self._unpublished.last_commit is not None:
+                await asyncio.wait([self._unpublished.last_commit])
         except BaseException as exc:
             self._fail(exc)
             raise
@@ -315,9 +292,9 @@ class Engine:
         now = self._clock()
         core = self.core
         carried, self._audit = self._audit, []
-        done: list[_Reply] = []
+        done: list[Reply] = []
         count = min(len(self._pending), MAX_BATCH)
-        current: _Pending[Any] | None = None
+        current: Pending[Any] | None = None
         try:
             core.tick(now)
             for _ in range(count):
@@ -375,41 +352,21 @@ class Engine:
     def _finish_batch(
         self,
         changes: Changes,
-        done: list[_Reply],
+        done: list[Reply],
         carried: list[AuditEvent],
         stored: Changes | None,
     ) -> None:
         """Commit stored (what of the batch goes to the store, if anything), and queue the
         batch for publication once it (and every batch before it) is durable."""
         assert self._writer is not None and self._upkeep is not None
-        commit: asyncio.Future[None] | None
+        commit = None
         if stored is not None:
             self._upkeep.note_commit(stored)
             commit = self._writer.submit(stored)
-            self._last_commit = commit
-            commit.add_done_callback(self._publish_ready)
-        else:
-            last = self._last_commit
-            commit = last if last is not None and not last.done() else None
-        self._unpublished.append(_Batch(commit, changes, done, carried))
-        if commit is None:
-            self._publish_ready()
+        self._unpublished.add(changes, done, carried, commit)
 
-    def _publish_ready(self, _: object = None) -> None:
-        while self._unpublished:
-            batch = self._unpublished[0]
-            commit = batch.commit
-            if commit is not None:
-                if not commit.done():
-                    return
-                error = None if commit.cancelled() else commit.exception()
-                if error is not None:
-                    self._store_failed(error)
-                    return
-            self._unpublished.popleft()
-            self._publish(batch.changes, batch.replies)
-
-    def _publish(self, changes: Changes, done: list[_Reply]) -> None:
+    def _publish(self, changes: Changes, done: list[Reply]) -> None:
+        """Hand out a durable batch: replies first, then waiters, watchers and effects."""
         for pending, result, error in done:
             future = pending.future
             if future is None or future.done():
@@ -447,16 +404,12 @@ class Engine:
         """Answer every unpublished batch with error, oldest first; keep their carried
         audit events for the next batch."""
         carried: list[AuditEvent] = []
-        for batch in self._unpublished:
+        for batch in self._unpublished.lose():
             carried.extend(batch.carried)
-            if batch.commit is not None:
-                batch.commit.add_done_callback(_seen)
             self._refuse(batch.replies, error)
-        self._unpublished.clear()
-        self._last_commit = None
         self._audit[:0] = carried
 
-    def _refuse(self, replies: list[_Reply], error: BorutaError) -> None:
+    def _refuse(self, replies: list[Reply], error: BorutaError) -> None:
         for pending, result, failure in replies:
             if failure is None and pending.discard is not None:
                 pending.discard(result)
@@ -468,8 +421,8 @@ class Engine:
     def _drop_batch(
         self,
         exc: Exception,
-        culprit: _Pending[Any] | None,
-        done: list[_Reply],
+        culprit: Pending[Any] | None,
+        done: list[Reply],
         carried: list[AuditEvent],
     ) -> None:
         """A command (or a timer) failed with a bug: its batch is dropped and the core,
@@ -492,9 +445,10 @@ class Engine:
         """Rebuild the core from the store, as a restart would, and commit what restoring
         produced; while the store refuses that, try again with backoff."""
         assert self._writer is not None and self._upkeep is not None
-        if self._last_commit is not None and not self._last_commit.done():
+        last_commit = self._unpublished.last_commit
+        if last_commit is not None and not last_commit.done():
             # Batches applied before a failed command are sound: let them commit first.
-            await asyncio.wait([self._last_commit])
+            await asyncio.wait([last_commit])
         delay = RETRY_FIRST
         while not self._stopping:
             try:
@@ -558,19 +512,9 @@ class Engine:
         self._stopping = True
         self._wakeup.set()
         error = EngineStopped("the scheduler failed and must restart; retry against the new one")
-        for batch in self._unpublished:
-            for pending, _, _ in batch.replies:
-                if pending.future is not None and not pending.future.done():
-                    pending.future.set_exception(error)
-        self._unpublished.clear()
+        self._unpublished.fail(error)
         while self._pending:
             future = self._pending.popleft().future
             if future is not None and not future.done():
                 future.set_exception(error)
         self._waiters.fail(error)
-
-
-def _seen(future: asyncio.Future[Any]) -> None:
-    """Mark a lost commit's error as handled, so asyncio does not log it as forgotten."""
-    if not future.cancelled():
-        future.exception()
