@@ -47,10 +47,6 @@ class Effects:
         # The last tunnel call started for each job, which the next one waits for.
         self._tunnel_ops: dict[int, asyncio.Task[None]] = {}
 
-    @property
-    def tunnels_used(self) -> bool:
-        return self._tunnels is not None
-
     def start(self, changes: Changes) -> None:
         """Start the tunnel calls and dryad calls of a batch that is durable."""
         for tunnel_call in changes.tunnels:
@@ -62,15 +58,15 @@ class Effects:
 
     def abandon_calls(self) -> None:
         """Cancel the dryad calls in flight: the core that asked for them was replaced, and
-        the new one asks for its own. Tunnel calls finish (the new core reopens tunnels)."""
+        the new one asks for its own. Tunnel calls are left to finish: a job's calls run one
+        after another, so the new core's calls for it wait for them."""
         for task in self._calls:
             task.cancel()
 
     async def stop(self) -> None:
         """Abandon the dryad calls, let the tunnel calls finish, then close every tunnel."""
         calls = list(self._calls)
-        for task in calls:
-            task.cancel()
+        self.abandon_calls()
         await asyncio.gather(*calls, return_exceptions=True)
         await asyncio.gather(*self._tunnel_ops.values(), return_exceptions=True)
         if self._tunnels is not None:
