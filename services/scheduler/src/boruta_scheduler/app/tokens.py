@@ -45,8 +45,9 @@ class TokenAuthority:
         clock: Callable[[], float] = time.time,
         audit: AuditLog | None = None,
     ) -> None:
-        # Create it before the engine applies a command: the core holds then exactly what
-        # the store does. Later changes come through publish().
+        # Created before the engine applies a command, the core holds exactly what the
+        # store does; later changes come through publish(), once committed.
+        assert engine.commands == 0, "create the TokenAuthority before the engine runs"
         self._engine = engine
         self._audit = audit
         self._clock = clock
