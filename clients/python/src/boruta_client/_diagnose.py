@@ -7,6 +7,8 @@ from __future__ import annotations
 import socket
 import ssl
 
+from boruta.address import AddressError, split_host_port
+
 from boruta_client.config import Context
 
 PROBE_TIMEOUT = 3.0
@@ -20,10 +22,12 @@ _SET_CERTS = (
 
 
 def _split(target: str) -> tuple[str, int] | None:
-    host, _, port = target.rpartition(":")
-    if not port.isdigit():
+    # A target gRPC understands but this probe does not (dns:///..., unix:...) is not probed.
+    try:
+        host, port = split_host_port(target, "scheduler", listen=True)
+    except AddressError:
         return None
-    return host.strip("[]") or "localhost", int(port)
+    return (host or "localhost", port) if port else None
 
 
 def _handshake(host: str, port: int, context: ssl.SSLContext) -> str:
