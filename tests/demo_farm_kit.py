@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from boruta_client import Client, WorkerState
 from system_kit import remove_users, require_sshd, unique_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +35,19 @@ class DemoFarm:
             for line in output
             if line.startswith(TOKENS_LINE)
         )
+
+    def wait_idle(self) -> None:
+        """Until every board is IDLE again, as the docs show the farm: a board given back
+        by the previous test is being wiped for a moment."""
+        with Client(config=self.config, context="farm-admin") as admin:
+            uuids = {w.uuid for w in admin.list_workers()}
+            states: dict[str, WorkerState] = {}
+            with admin.watch_workers(uuids=uuids, include_current=True) as watch:
+                for change in watch:
+                    states[change.worker.uuid] = change.worker.state
+                    if states.keys() == uuids and set(states.values()) == {WorkerState.IDLE}:
+                        return
+        raise AssertionError(f"the watch ended before every board was IDLE: {states}")
 
     def env(self, home: Path, **extra: str) -> dict[str, str]:
         """The environment of a user who followed the README: BORUTA_CONFIG set, nothing
