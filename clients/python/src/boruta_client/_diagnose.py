@@ -53,6 +53,8 @@ def _handshake(host: str, port: int, context: ssl.SSLContext) -> str:
                 answer = tls.recv(1)
             except ssl.SSLError as exc:
                 return "certificate" if "ALERT" in (exc.reason or "") else "tls"
+            except TimeoutError:
+                return "tls"  # slow, not refusing: nothing to say about certificates
             except OSError:
                 return "certificate"
     # gRPC's server answers an HTTP/2 hello with its SETTINGS; when it wanted a client
