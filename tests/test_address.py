@@ -10,6 +10,7 @@ from boruta.address import (
     join_host_port,
     split_host_port,
 )
+from boruta.tls import is_loopback
 
 
 @pytest.mark.parametrize(
@@ -82,3 +83,9 @@ def test_a_dial_address_is_read_like_any_other() -> None:
 def test_wildcards() -> None:
     assert all(is_wildcard(h) for h in ("", "0.0.0.0", "::", "[::]", "*"))
     assert not any(is_wildcard(h) for h in ("127.0.0.1", "::1", "[::1]", "farm"))
+
+
+def test_plaintext_loopback_check_reads_addresses_the_same_way() -> None:
+    assert all(is_loopback(a) for a in ("127.0.0.1:0", "[::1]:50051", "localhost:1"))
+    # Not loopback, or not an address at all: plaintext stays refused.
+    assert not any(is_loopback(a) for a in ("10.0.0.1:1", ":50051", "::1:50051", "localhost"))
