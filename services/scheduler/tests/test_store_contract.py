@@ -14,6 +14,7 @@ from boruta_scheduler.core import Changes, Core, Snapshot
 from boruta_scheduler.listing import RequestQuery, RequestSort
 from boruta_scheduler.store import MemoryStore, Purged, SQLiteStore, Store
 from boruta_scheduler.store.codec import request_row, worker_row
+from boruta_scheduler.store.postgresql import PostgreSQLStore
 from boruta_scheduler.store.sqlfile import load_migrations
 from boruta_scheduler.types import AuditEvent, HistoryEntry, RequestState, TokenRecord, WorkerState
 from core_kit import CoreKit
@@ -21,9 +22,26 @@ from core_kit import CoreKit
 NOBODY = frozenset[str]()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+def open_kind(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    """A new, empty store of a kind: memory, sqlite (a file) or postgresql (a database of
+    its own on the session's throwaway cluster)."""
+    if kind == "memory":
+        return MemoryStore()
+    if kind == "sqlite":
+        return SQLiteStore(tmp_path / "b.db")
+    return PostgreSQLStore(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    made: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "b.db")
+    made = open_kind(request.param, request, tmp_path)
+    yield made
+    made.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sql_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    made = open_kind(request.param, request, tmp_path)
     yield made
     made.close()
 
@@ -150,6 +168,12 @@ def test_a_store_from_before_host_keys_migrates_and_reads_them_as_none(tmp_path:
         snapshot = store.load()
     finally:
         store.close()
+    assert_read_as_before_host_keys(snapshot)
+
+
+def assert_read_as_before_host_keys(snapshot: Snapshot) -> None:
+    """What a store of schema version 4 with one running job (on w1) and one prepared
+    board (w2) loads as after its migration: no host keys, the policy's job timeout."""
     (running,) = snapshot.requests
     assert running.job is not None and running.job.access is not None
     assert (running.job.access.username, running.job.access.host_keys) == ("job1", ())
@@ -272,21 +296,21 @@ def test_sqlite_survives_reopen_and_is_private(tmp_path: Path) -> None:
     assert os.stat(path.parent).st_mode & 0o777 == 0o700
 
 
-def test_sqlite_commit_is_atomic(tmp_path: Path) -> None:
+def test_sql_commit_is_atomic(sql_store: Store) -> None:
     kit = CoreKit()
     farm_changes(kit)
     kit.drain()
-    store = SQLiteStore(tmp_path / "b.db")
     good = kit.changes[0]
     broken = Changes(
         requests=good.requests,
         history=[HistoryEntry("w1", 1.0, None, None, "x")],  # type: ignore[arg-type]
         last_request_id=99,
     )
-    with pytest.raises((TypeError, sqlite3.IntegrityError)):
-        store.commit(broken)
-    assert store.load() == Snapshot([], [], 0)
-    store.close()
+    with pytest.raises(TypeError):
+        sql_store.commit(broken)
+    assert sql_store.load() == Snapshot([], [], 0)
+    sql_store.commit(good)  # the failed transaction left nothing behind to trip on
+    assert sql_store.load().last_request_id == good.last_request_id
 
 
 def test_tokens_are_kept_listed_and_revoked_once(store: Store) -> None:
