@@ -53,8 +53,9 @@ Connection = psycopg.Connection[DictRow]
 class PostgreSQLStore:
     """Implements the Store contract on one PostgreSQL database (URL as libpq takes it).
 
-    Opening raises StoreUnavailable when the server cannot be reached, and CannotOpenStore
-    when it answers but refuses (no such database, privileges, read-only).
+    Opening raises StoreUnavailable when no connection can be made (the server may be on
+    its way up), and CannotOpenStore when the database refuses its migrations (privileges,
+    read-only).
     """
 
     def __init__(self, url: str, *, readers: int = READERS) -> None:
