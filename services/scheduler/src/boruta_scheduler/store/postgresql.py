@@ -146,8 +146,10 @@ class PostgreSQLStore:
         return Snapshot(requests, workers, row["value"])
 
     def commit(self, changes: Changes) -> None:
-        with self._transaction() as conn, conn.cursor() as cur:
-            for name, rows in commit_statements(changes):
+        statements = commit_statements(changes)
+        # Pipelined: the statements go out together, one wait for all their results.
+        with self._transaction() as conn, conn.pipeline(), conn.cursor() as cur:
+            for name, rows in statements:
                 cur.executemany(_Q[name], rows)
 
     def get_request(self, request_id: int) -> RequestView | None:
