@@ -170,14 +170,15 @@ def history_entry(row: Row) -> HistoryEntry:
 
 
 def token_row(token: TokenRecord) -> dict[str, Any]:
-    """A new token's row; the store gives it its id."""
     return {
+        "id": token.id,
         "user": token.user,
         "groups_json": _json_set(token.groups),
         "admin": bool(token.admin),
         "secret_hash": token.secret_hash,
         "created_at": token.created_at,
         "expires_at": token.expires_at,
+        "revoked_at": token.revoked_at,
         "issued_by": token.issued_by,
         "description": token.description,
     }
@@ -232,6 +233,7 @@ def commit_statements(changes: Changes) -> list[tuple[str, list[dict[str, Any]]]
         ("delete_worker", removed),
         ("delete_worker_history", removed),
         ("insert_history", [history_row(h) for h in changes.history]),
+        ("upsert_token", [token_row(t) for t in changes.tokens]),
         ("insert_audit", [audit_row(e) for e in changes.audit]),
         ("set_last_request_id", [{"value": changes.last_request_id}]),
     ]

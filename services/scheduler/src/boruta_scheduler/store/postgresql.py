@@ -32,11 +32,10 @@ from boruta_scheduler.store.codec import (
     request_view,
     select_requests,
     token_record,
-    token_row,
     worker_view,
 )
 from boruta_scheduler.store.sqlfile import load_migrations, load_queries
-from boruta_scheduler.types import AuditEvent, RequestView, TokenRecord
+from boruta_scheduler.types import AuditEvent, RequestView
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +141,9 @@ class PostgreSQLStore:
             requests = [request_view(row) for row in conn.execute(_Q["live_requests"])]
             workers = [worker_view(row) for row in conn.execute(_Q["all_workers"])]
             row = conn.execute(_Q["get_last_request_id"]).fetchone()
+            tokens = [token_record(r) for r in conn.execute(_Q["select_tokens"])]
         assert row is not None
-        return Snapshot(requests, workers, row["value"])
+        return Snapshot(requests, workers, row["value"], tokens)
 
     def commit(self, changes: Changes) -> None:
         statements = commit_statements(changes)
@@ -171,31 +171,6 @@ class PostgreSQLStore:
             rows = conn.execute(_Q["worker_history"], params).fetchall()
         entries = [history_entry(row) for row in rows[:limit]]
         return HistoryPage(entries, rows[limit - 1]["seq"] if len(rows) > limit else None)
-
-    def add_token(self, token: TokenRecord) -> TokenRecord:
-        with self._transaction() as conn:
-            row = conn.execute(_Q["insert_token"], token_row(token)).fetchone()
-        assert row is not None
-        return token_record(row)
-
-    def tokens(self) -> list[TokenRecord]:
-        with self._reading() as conn:
-            return [token_record(row) for row in conn.execute(_Q["select_tokens"])]
-
-    def get_token(self, token_id: int) -> TokenRecord | None:
-        if not 0 < token_id < 2**63:
-            return None
-        with self._reading() as conn:
-            row = conn.execute(_Q["select_token"], {"id": token_id}).fetchone()
-        return None if row is None else token_record(row)
-
-    def revoke_token(self, token_id: int, now: float) -> TokenRecord | None:
-        if not 0 < token_id < 2**63:
-            return None
-        with self._transaction() as conn:
-            conn.execute(_Q["revoke_token"], {"id": token_id, "now": now})
-            row = conn.execute(_Q["select_token"], {"id": token_id}).fetchone()
-        return None if row is None else token_record(row)
 
     def audit(self, limit: int, before: int | None = None) -> list[AuditEvent]:
         params = {"before": 2**63 - 1 if before is None else before, "limit": limit}

@@ -28,11 +28,10 @@ from boruta_scheduler.store.codec import (
     request_view,
     select_requests,
     token_record,
-    token_row,
     worker_view,
 )
 from boruta_scheduler.store.sqlfile import load_migrations, load_queries
-from boruta_scheduler.types import AuditEvent, RequestView, TokenRecord
+from boruta_scheduler.types import AuditEvent, RequestView
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +126,8 @@ class SQLiteStore:
         requests = [request_view(row) for row in conn.execute(_Q["live_requests"])]
         workers = [worker_view(row) for row in conn.execute(_Q["all_workers"])]
         (last_id,) = conn.execute(_Q["get_last_request_id"]).fetchone()
-        return Snapshot(requests, workers, last_id)
+        tokens = [token_record(row) for row in conn.execute(_Q["select_tokens"])]
+        return Snapshot(requests, workers, last_id, tokens)
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
@@ -178,35 +178,6 @@ class SQLiteStore:
         )
         entries = [history_entry(row) for row in rows[:limit]]
         return HistoryPage(entries, rows[limit - 1]["seq"] if len(rows) > limit else None)
-
-    def add_token(self, token: TokenRecord) -> TokenRecord:
-        # Tokens are not scheduling state: they are written here, beside the engine's
-        # writer; WAL and busy_timeout serialize the two.
-        conn = self._reader()
-        with self._writing():
-            cursor = conn.execute(
-                _Q["insert_token"],
-                token_row(token),
-            )
-        record = self.get_token(int(cursor.lastrowid or 0))
-        assert record is not None
-        return record
-
-    def tokens(self) -> list[TokenRecord]:
-        return [token_record(row) for row in self._reader().execute(_Q["select_tokens"])]
-
-    def get_token(self, token_id: int) -> TokenRecord | None:
-        if not 0 < token_id < 2**63:
-            return None
-        row = self._reader().execute(_Q["select_token"], {"id": token_id}).fetchone()
-        return None if row is None else token_record(row)
-
-    def revoke_token(self, token_id: int, now: float) -> TokenRecord | None:
-        if not 0 < token_id < 2**63:
-            return None
-        with self._writing():
-            self._reader().execute(_Q["revoke_token"], {"id": token_id, "now": now})
-        return self.get_token(token_id)
 
     def audit(self, limit: int, before: int | None = None) -> list[AuditEvent]:
         rows = self._reader().execute(

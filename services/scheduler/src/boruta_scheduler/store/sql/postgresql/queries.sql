@@ -115,23 +115,18 @@ WHERE worker_uuid = %(uuid)s AND seq < %(before)s
 ORDER BY seq DESC
 LIMIT %(limit)s;
 
--- name: insert_token
+-- name: upsert_token
+-- A token's only change after it is issued is its revocation.
 INSERT INTO tokens (
-    "user", groups_json, admin, secret_hash, created_at, expires_at, revoked_at, issued_by,
-    description
+    id, "user", groups_json, admin, secret_hash, created_at, expires_at, revoked_at,
+    issued_by, description
 ) VALUES (
-    %(user)s, %(groups_json)s, %(admin)s, %(secret_hash)s, %(created_at)s, %(expires_at)s,
-    NULL, %(issued_by)s, %(description)s
-) RETURNING *;
+    %(id)s, %(user)s, %(groups_json)s, %(admin)s, %(secret_hash)s, %(created_at)s,
+    %(expires_at)s, %(revoked_at)s, %(issued_by)s, %(description)s
+) ON CONFLICT (id) DO UPDATE SET revoked_at = EXCLUDED.revoked_at;
 
 -- name: select_tokens
 SELECT * FROM tokens ORDER BY id;
-
--- name: select_token
-SELECT * FROM tokens WHERE id = %(id)s;
-
--- name: revoke_token
-UPDATE tokens SET revoked_at = %(now)s WHERE id = %(id)s AND revoked_at IS NULL;
 
 -- name: insert_audit
 INSERT INTO audit (time, actor, role, action, target, detail)

@@ -1,6 +1,7 @@
--- Bearer tokens issued by admins. Only a hash of each secret is kept.
+-- Bearer tokens issued by admins. Only a hash of each secret is kept; ids come from the
+-- scheduler's core.
 CREATE TABLE tokens (
-    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id BIGINT PRIMARY KEY,
     "user" TEXT NOT NULL,
     groups_json TEXT NOT NULL,
     admin BOOLEAN NOT NULL,
