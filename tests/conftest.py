@@ -13,9 +13,9 @@ from boruta_scheduler.config import SchedulerConfig, ServerConfig
 from boruta_scheduler.core import Policy
 from boruta_scheduler.rpc.server import Scheduler
 from farm_kit import Farm
-from pg_kit import postgres, postgres_url
+from pg_kit import postgres_fixture, postgres_url_fixture
 
-__all__ = ["postgres", "postgres_url"]  # PostgreSQL fixtures for the tests of this folder
+__all__ = ["postgres_fixture", "postgres_url_fixture"]  # PostgreSQL, for the tests here
 
 # Client() reads schedctl's settings (the BORUTA_* variables, the config file): the tests,
 # and the clients they start, must not find the farm of whoever runs them.

@@ -48,15 +48,17 @@ def database(server: DevPostgres) -> Iterator[str]:
         server.drop_database(name)
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[DevPostgres]:
+# Fixtures: a test module or conftest imports these two and asks for `postgres` or
+# `postgres_url` by name.
+@pytest.fixture(scope="session", name="postgres")
+def postgres_fixture() -> Iterator[DevPostgres]:
     """One cluster for the whole session (started only if some test asks for it)."""
     with cluster() as server:
         yield server
 
 
-@pytest.fixture
-def postgres_url(postgres: DevPostgres) -> Iterator[str]:
+@pytest.fixture(name="postgres_url")
+def postgres_url_fixture(postgres: DevPostgres) -> Iterator[str]:
     """A fresh database of its own for each test."""
     with database(postgres) as url:
         yield url

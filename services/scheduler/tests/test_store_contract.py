@@ -19,6 +19,7 @@ from boruta_scheduler.store.postgresql import PostgreSQLStore
 from boruta_scheduler.store.sqlfile import load_migrations
 from boruta_scheduler.types import AuditEvent, HistoryEntry, RequestState, TokenRecord, WorkerState
 from core_kit import CoreKit
+from pg_kit import postgres_fixture, postgres_url_fixture  # noqa: F401 - fixtures
 
 NOBODY = frozenset[str]()
 

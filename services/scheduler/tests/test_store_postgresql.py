@@ -15,6 +15,7 @@ from boruta_scheduler.store.codec import request_row, worker_row
 from boruta_scheduler.store.postgresql import PostgreSQLStore
 from boruta_scheduler.store.sqlfile import load_migrations
 from core_kit import CoreKit
+from pg_kit import postgres_fixture, postgres_url_fixture  # noqa: F401 - fixtures
 from test_store_contract import (
     NEW_COLUMNS,
     NOBODY,
