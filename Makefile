@@ -20,11 +20,15 @@ help:
 
 venv: $(VENV)/.installed
 
+# pip is not quiet: the first build takes minutes, and its lines show it is getting on.
 $(VENV)/.installed: requirements/dev.txt $(PYPROJECTS)
+	@echo "== make venv: creating $(VENV) (a few minutes the first time)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements/dev.txt $(addprefix -e ,$(INSTALL))
+	@echo "== make venv: installing the dev tools and boruta's packages"
+	$(BIN)/pip install --progress-bar off -r requirements/dev.txt $(addprefix -e ,$(INSTALL))
 	touch $@
+	@echo "== make venv: done"
 
 # Generated code is committed so that `pip install` needs no protoc; proto-check keeps it honest.
 proto: venv
