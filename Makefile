@@ -8,7 +8,7 @@ PROTO_SRC := $(wildcard protos/boruta/v1/*.proto)
 PROTO_OUT := protos/python/src
 PACKAGES := protos/python services/scheduler services/dryad clients/python
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
-INSTALL := protos/python services/scheduler services/dryad clients/python[cli]
+INSTALL := protos/python services/scheduler[postgresql] services/dryad clients/python[cli]
 
 .PHONY: help venv system proto proto-check proto-lint lint typecheck test unit run bench clean
 
@@ -59,12 +59,13 @@ typecheck: venv
 unit: venv
 	$(BIN)/pytest services clients
 
-# As root, `make test` is exactly what CI runs: it installs OpenSSH and the user tools, and
-# the tests that need root or sshd fail instead of skipping. As another user it says that
-# those tests will be skipped, so a green run there is not CI's green run.
+# As root, `make test` is exactly what CI runs: it installs OpenSSH, the user tools and
+# PostgreSQL, and the tests that need root, sshd or PostgreSQL fail instead of skipping.
+# As another user it says that those tests may be skipped, so a green run there is not
+# CI's green run (PostgreSQL's tests run as any user where its programs are installed).
 system:
 	@if [ "$$(id -u)" -eq 0 ]; then bash tools/setup-system; \
-	else echo "not root: system packages not installed; tests that need root or sshd are SKIPPED (CI runs them as root)" >&2; fi
+	else echo "not root: system packages not installed; tests that need root, sshd or PostgreSQL may be SKIPPED (CI runs them as root)" >&2; fi
 
 test: system venv proto-check lint typecheck
 	@if [ "$$(id -u)" -eq 0 ]; then export BORUTA_REQUIRE_SYSTEM=1; fi; $(BIN)/pytest

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench import access_bench, caps_memory_bench, core_bench, grpc_bench
+from bench import access_bench, caps_memory_bench, core_bench, grpc_bench, store_bench
 from bench.machine import machine
 
 REPORT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -57,6 +57,7 @@ def render(
     access: dict[str, dict[str, float]] | None,
     caps_memory: dict[str, float],
     when: str,
+    store: dict[str, dict[str, float]] | None = None,
 ) -> str:
     scales = core["scales"]
     mid = next(s for s in scales if s["workers"] == 1000)
@@ -66,7 +67,7 @@ def render(
         "# Benchmarks",
         "",
         f"Measured {when} on {machine()}.",
-        "Run them again with `make bench` (about five minutes; as root for the access figures);",
+        "Run them again with `make bench` (about eight minutes; as root for the access figures);",
         "this file is rewritten.",
         "",
         "## Core: cost of one scheduling event",
@@ -160,6 +161,7 @@ def render(
         "reply. The row below it starts earlier, when the client closes the previous job.",
         "",
         *render_access(access),
+        *store_bench.render(store, when),
         "## Reading the figures",
         "",
         f"On this machine the three processes share {os.cpu_count()} cores, and a full cycle",
@@ -217,7 +219,9 @@ def main() -> None:
     rpc = asyncio.run(run_rpc())
     print("access benchmark ...", file=sys.stderr)
     access = access_bench.run()
-    report = render(core, rpc, access, caps_memory, when)
+    print("store benchmark ...", file=sys.stderr)
+    store = store_bench.run()
+    report = render(core, rpc, access, caps_memory, when, store)
     REPORT.write_text(report)
     print(report)
 

@@ -15,6 +15,9 @@ from boruta_scheduler.rpc.server import Scheduler
 from demo_farm_kit import DemoFarm
 from demo_farm_kit import demo_farm as start_demo_farm
 from farm_kit import Farm
+from pg_kit import postgres_fixture, postgres_url_fixture
+
+__all__ = ["postgres_fixture", "postgres_url_fixture"]  # PostgreSQL, for the tests here
 
 # Client() reads schedctl's settings (the BORUTA_* variables, the config file): the tests,
 # and the clients they start, must not find the farm of whoever runs them.

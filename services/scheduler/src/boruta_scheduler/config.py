@@ -93,7 +93,12 @@ _OPTIONS = [
     _Option("public_host", "server", "str", "host users dial for job SSH tunnels (AccessInfo)"),
     _Option("tunnel_bind", "server", "str", "address tunnels listen on (default: public host)"),
     _Option("tunnel_ports", "server", "str", "tunnel ports: 0 (any free) or LOW-HIGH"),
-    _Option("store", "server", "str", "store URL: sqlite:///path/boruta.db or memory:"),
+    _Option(
+        "store",
+        "server",
+        "str",
+        "store URL: sqlite:///path/boruta.db, postgresql://user@host/database or memory:",
+    ),
     _Option("data_dir", "server", "str", "directory of the default SQLite store"),
     _Option(
         "retention",
