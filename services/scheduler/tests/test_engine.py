@@ -4,6 +4,7 @@ failed commit costs only the batches it lost, and the engine goes on from the st
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sqlite3
 import threading
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from boruta_scheduler.app.engine import PURGE_BATCH, PURGE_PAUSE, Command, Engine, Upkeep
+from boruta_scheduler.app.restore import freeze_heap, restore_core
 from boruta_scheduler.app.service import SchedulerService, ServiceSettings
 from boruta_scheduler.app.watch import WatchHub
 from boruta_scheduler.core import Changes, Core, Policy
@@ -649,3 +651,34 @@ async def test_a_failing_purge_backs_off_and_warns_once_per_run_of_failures(
     await engine.housekeep()
     assert store.purges == purges
     await engine.stop()
+
+
+def test_restore_pauses_the_collector_and_freezing_keeps_the_core_out_of_it() -> None:
+    """No collection runs while restore_core rebuilds (2,000 requests would set off
+    several), the collector is on again after it, and freeze_heap leaves the restored core
+    out of later collections; collect=True unfreezes first, so an old core can go."""
+    store = MemoryStore()
+    original = Core()
+    for _ in range(2000):
+        original.new_request(1.0, "ann", frozenset(), {"k": "v"}, accept_unsatisfiable=True)
+    store.commit(original.drain())
+    collections: list[str] = []
+
+    def note(phase: str, info: dict[str, int]) -> None:
+        collections.append(phase)
+
+    gc.callbacks.append(note)
+    try:
+        core = restore_core(store, 2.0)
+    finally:
+        gc.callbacks.remove(note)
+    try:
+        assert collections == [] and gc.isenabled()
+        assert core.waiting_count == 2000
+        before = gc.get_freeze_count()
+        freeze_heap()
+        assert gc.get_freeze_count() >= before + 2000
+        freeze_heap(collect=True)
+        assert gc.get_freeze_count() >= 2000
+    finally:
+        gc.unfreeze()

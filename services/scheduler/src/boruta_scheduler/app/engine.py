@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -36,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+from boruta_scheduler.app.restore import freeze_heap, restore_core
 from boruta_scheduler.app.writer import StoreWriter
 from boruta_scheduler.core import Changes, CloseTunnel, Core, DryadCall, TunnelCall
 from boruta_scheduler.core.outbox import merge
@@ -733,12 +735,15 @@ class Engine:
         delay = RETRY_FIRST
         while not self._stopping:
             try:
-                snapshot = await self._writer.run(lambda store: store.load())
-                core = Core.restore(snapshot, self._clock(), self.core.policy)
+                rebuild = functools.partial(
+                    restore_core, now=self._clock(), policy=self.core.policy
+                )
+                core = await self._writer.run(rebuild)
             except Exception as exc:
                 self._still_refused(exc)
             else:
                 self._replace_core(core)
+                freeze_heap(collect=True)  # the old core goes, the new one stays
                 restored = core.drain()
                 outage = self._outage
                 if outage is not None:

@@ -37,6 +37,13 @@ class TimerQueue:
     def push(self, due: float, kind: TimerKind, target: Target) -> None:
         heapq.heappush(self._heap, (due, kind, next(self._seq), target))
 
+    def push_all(self, timers: list[tuple[float, TimerKind, Target]]) -> None:
+        """push() each timer, in one heapify (a restore's many at once)."""
+        heap = self._heap
+        seq = self._seq
+        heap.extend((due, kind, next(seq), target) for due, kind, target in timers)
+        heapq.heapify(heap)
+
     def next_due(self) -> float | None:
         return self._heap[0][0] if self._heap else None
 

@@ -43,7 +43,9 @@ class Store(Protocol):
     """
 
     def load(self) -> Snapshot:
-        """Live requests, every worker and the last request id, to rebuild the core."""
+        """Live requests, every worker and the last request id, to rebuild the core. The
+        requests may be read from the store as they are iterated: iterate them once, at
+        once, on the thread that called load()."""
         ...
 
     def commit(self, changes: Changes) -> None:

@@ -23,6 +23,7 @@ from boruta_scheduler.errors import StoreUnavailable
 from boruta_scheduler.listing import Page, RequestQuery, RequestSort
 from boruta_scheduler.store.base import CannotOpenStore, HistoryPage, Purged
 from boruta_scheduler.store.codec import (
+    Decoder,
     history_entry,
     history_row,
     request_row,
@@ -124,10 +125,19 @@ class SQLiteStore:
 
     def load(self) -> Snapshot:
         conn = self._writer
-        requests = [request_view(row) for row in conn.execute(_Q["live_requests"])]
         workers = [worker_view(row) for row in conn.execute(_Q["all_workers"])]
         (last_id,) = conn.execute(_Q["get_last_request_id"]).fetchone()
-        return Snapshot(requests, workers, last_id)
+        return Snapshot(self._live_requests(), workers, last_id)
+
+    def _live_requests(self) -> Iterator[RequestView]:
+        """Live requests read as they are restored, so that no list of them all is held."""
+        decoder = Decoder()
+        cursor = self._writer.execute(_Q["live_requests"])
+        try:
+            for row in cursor:
+                yield request_view(row, decoder)
+        finally:
+            cursor.close()
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:

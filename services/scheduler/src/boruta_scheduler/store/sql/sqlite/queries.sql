@@ -44,7 +44,8 @@ UPDATE counters SET value = MAX(value, :value) WHERE name = 'last_request_id';
 SELECT value FROM counters WHERE name = 'last_request_id';
 
 -- name: live_requests
-SELECT * FROM requests WHERE state IN (1, 2) ORDER BY id;
+-- The partial index holds exactly the live rows, in id order: no sort.
+SELECT * FROM requests INDEXED BY requests_live WHERE state IN (1, 2) ORDER BY id;
 
 -- name: all_workers
 SELECT * FROM workers ORDER BY uuid;
