@@ -108,9 +108,9 @@ class AuditLog:
             )
 
     async def events(self, who: Identity, limit: int, before: int | None) -> list[AuditEvent]:
-        # A batch of its own commits every event recorded so far, so reads see them
-        # (while the store refuses writes, those wait, and the store has the rest).
-        await self._engine.read(lambda core, now: None)
+        # Every event recorded so far is committed first, so reads see them (while the
+        # store refuses writes, those wait, and the store has the rest).
+        await self._engine.commit_audit()
         return await asyncio.to_thread(self._store.audit, limit, before)
 
 
