@@ -274,7 +274,8 @@ class Core:
         """Queue a request; it is matched at once if a worker is free. With no_wait it is
         matched at once or refused (Busy) and nothing changes."""
         policy = self.policy
-        policy.check_caps(caps)
+        pairs = cap_pairs(caps)  # the one conversion of the caller's caps
+        policy.check_caps(pairs)
         job_timeout = policy.check_job_timeout(job_timeout)
         priority = policy.check_priority(priority, None if privileged else owner_groups)
         valid_after = now if valid_after is None else valid_after
@@ -286,7 +287,7 @@ class Core:
                     f"({policy.default_deadline:g} s later) before the year 10000; give a deadline"
                 )
         self._check_times(now, valid_after, deadline)
-        sig, groups = self._queue.intern(cap_pairs(caps), owner_groups)
+        sig, groups = self._queue.intern(pairs, owner_groups)
         if not accept_unsatisfiable and not self._registered.any_capable(sig, groups):
             shown = ", ".join(sorted(groups)) or "none"
             raise NoCapableWorker(
@@ -431,7 +432,7 @@ class Core:
         dryad_version: str = "",
     ) -> WorkerView:
         """Add a worker in MAINTENANCE, or update a known one (see the Superviser API)."""
-        self.policy.check_caps(caps)
+        self.policy.check_caps(caps.items())
         uuid = check_worker_uuid(caps)
         check_dial_address(dryad_address, what="dryad_address")
         check_dial_address(ssh_address, what="ssh_address")
