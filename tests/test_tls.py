@@ -26,14 +26,11 @@ from boruta.v1 import (
     tokens_pb2,
     tokens_pb2_grpc,
 )
-from boruta_scheduler.app.tokens import TokenAuthority
 from boruta_scheduler.config import SchedulerConfig, ServerConfig
-from boruta_scheduler.errors import InvalidArgument, Unauthenticated
 from boruta_scheduler.listing import RequestQuery
 from boruta_scheduler.rpc.server import Scheduler, transport_security
-from boruta_scheduler.store import MemoryStore
-from boruta_scheduler.types import Identity, Role
 from pki_kit import FarmPki
+from test_engine import FillingStore
 
 ALL = RequestQuery()
 SPOOF = (("x-boruta-user", "mallory"), ("x-boruta-role", "admin"))
@@ -44,10 +41,10 @@ def farm_pki(tmp_path: Path) -> FarmPki:
     return FarmPki(tmp_path / "pki")
 
 
-@pytest.fixture
-async def scheduler(tmp_path: Path, farm_pki: FarmPki) -> AsyncIterator[Scheduler]:
+def tls_config(tmp_path: Path, farm_pki: FarmPki) -> SchedulerConfig:
+    """A scheduler on loopback with TLS and a token port, both on ports of its choosing."""
     files = farm_pki.scheduler()
-    config = SchedulerConfig(
+    return SchedulerConfig(
         server=ServerConfig(
             listen="127.0.0.1:0",
             data_dir=str(tmp_path / "state"),
@@ -57,7 +54,11 @@ async def scheduler(tmp_path: Path, farm_pki: FarmPki) -> AsyncIterator[Schedule
             listen_tokens="127.0.0.1:0",
         )
     )
-    running = Scheduler(config)
+
+
+@pytest.fixture
+async def scheduler(tmp_path: Path, farm_pki: FarmPki) -> AsyncIterator[Scheduler]:
+    running = Scheduler(tls_config(tmp_path, farm_pki))
     await running.start()
     yield running
     await running.stop()
@@ -68,6 +69,15 @@ def channel(scheduler: Scheduler, files: TlsFiles | None) -> grpc.aio.Channel:
     if files is None:
         return grpc.aio.insecure_channel(address)
     return grpc.aio.secure_channel(address, channel_credentials(files))
+
+
+def token_channel(scheduler: Scheduler, farm_pki: FarmPki, token: str | None) -> grpc.aio.Channel:
+    """A channel to the token port that presents token (or no token)."""
+    ca = Path(farm_pki.scheduler().ca).read_bytes()
+    creds = grpc.ssl_channel_credentials(root_certificates=ca)
+    if token is not None:
+        creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(token))
+    return grpc.aio.secure_channel(f"127.0.0.1:{scheduler.token_port}", creds)
 
 
 async def new_request(ch: grpc.aio.Channel) -> requests_pb2.NewRequestResponse:
@@ -181,7 +191,6 @@ def test_plaintext_only_when_asked_and_only_on_loopback(farm_pki: FarmPki) -> No
 
 
 async def test_bearer_tokens_on_the_token_port(scheduler: Scheduler, farm_pki: FarmPki) -> None:
-    ca = Path(farm_pki.scheduler().ca).read_bytes()
     async with channel(scheduler, farm_pki.admin()) as admin_ch:
         tokens = tokens_pb2_grpc.TokensStub(admin_ch)
         issued = await tokens.IssueToken(
@@ -191,23 +200,15 @@ async def test_bearer_tokens_on_the_token_port(scheduler: Scheduler, farm_pki: F
     secret = issued.secret
     assert secret.startswith(f"{issued.token.id}.")
 
-    def token_channel(token: str | None) -> grpc.aio.Channel:
-        creds = grpc.ssl_channel_credentials(root_certificates=ca)
-        if token is not None:
-            creds = grpc.composite_channel_credentials(
-                creds, grpc.access_token_call_credentials(token)
-            )
-        return grpc.aio.secure_channel(f"127.0.0.1:{scheduler.token_port}", creds)
-
-    async with token_channel(secret) as ch:
+    async with token_channel(scheduler, farm_pki, secret) as ch:
         reply = await new_request(ch)
         assert (reply.request.owner, list(reply.request.owner_groups)) == ("ci-bot", ["lab"])
-    watcher = token_channel(secret)
+    watcher = token_channel(scheduler, farm_pki, secret)
     watch = requests_pb2_grpc.RequestsStub(watcher).WatchRequests(
         requests_pb2.WatchRequestsRequest()
     )
     await watch.initial_metadata()
-    async with token_channel(secret) as ch:
+    async with token_channel(scheduler, farm_pki, secret) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await tokens_pb2_grpc.TokensStub(ch).ListTokens(tokens_pb2.ListTokensRequest())
         assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
@@ -216,7 +217,7 @@ async def test_bearer_tokens_on_the_token_port(scheduler: Scheduler, farm_pki: F
         (secret[:-2] + "xx", "not valid"),
         ("42.nope", "not valid"),
     ):
-        async with token_channel(bad) as ch:
+        async with token_channel(scheduler, farm_pki, bad) as ch:
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await new_request(ch)
             assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
@@ -236,21 +237,64 @@ async def test_bearer_tokens_on_the_token_port(scheduler: Scheduler, farm_pki: F
             pass
     assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
     await watcher.close()
-    async with token_channel(secret) as ch:
+    async with token_channel(scheduler, farm_pki, secret) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await new_request(ch)
         assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
         assert "was revoked" in (info.value.details() or "")
 
 
+async def test_a_token_the_store_refused_is_unavailable_and_never_usable(
+    tmp_path: Path, farm_pki: FarmPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FillingStore()
+    store.gate.set()
+    running = Scheduler(tls_config(tmp_path, farm_pki), store=store)
+    await running.start()
+    try:
+        async with channel(running, farm_pki.admin()) as admin_ch:
+            tokens = tokens_pb2_grpc.TokensStub(admin_ch)
+            store.full = True
+            # The secret the refused token would have had, so that the test can present it.
+            monkeypatch.setattr("secrets.token_urlsafe", lambda n: "refused")
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await tokens.IssueToken(tokens_pb2.IssueTokenRequest(user="ci-bot"), timeout=10)
+            monkeypatch.undo()
+            assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert "disk full" in (info.value.details() or "")
+            assert not (await tokens.ListTokens(tokens_pb2.ListTokensRequest())).tokens
+            async with token_channel(running, farm_pki, "1.refused") as ch:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await new_request(ch)
+                assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            store.full = False
+            while True:  # the scheduler retries by itself
+                try:
+                    issued = await tokens.IssueToken(
+                        tokens_pb2.IssueTokenRequest(user="ci-bot"), timeout=10
+                    )
+                    break
+                except grpc.aio.AioRpcError as error:
+                    assert error.code() is grpc.StatusCode.UNAVAILABLE, error.details()
+                    await asyncio.sleep(0.05)
+        assert issued.token.id == 1  # the refused token's id was never acknowledged
+        async with token_channel(running, farm_pki, issued.secret) as ch:
+            assert (await new_request(ch)).request.owner == "ci-bot"
+        async with token_channel(running, farm_pki, "1.refused") as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await new_request(ch)
+            assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await running.stop()
+    assert [t.user for t in store.load().tokens] == ["ci-bot"]
+
+
 async def test_unauthenticated_callers_share_one_bounded_run_of_log_lines(
     scheduler: Scheduler, farm_pki: FarmPki, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="boruta_scheduler.rpc.calls")
-    ca = Path(farm_pki.scheduler().ca).read_bytes()
-    creds = grpc.ssl_channel_credentials(root_certificates=ca)
     calls = 600  # ten times the default rate, each with a token of its own
-    async with grpc.aio.secure_channel(f"127.0.0.1:{scheduler.token_port}", creds) as ch:
+    async with token_channel(scheduler, farm_pki, None) as ch:
         stub = requests_pb2_grpc.RequestsStub(ch)
 
         async def refused(n: int) -> None:
@@ -273,30 +317,6 @@ async def test_unauthenticated_callers_share_one_bounded_run_of_log_lines(
     assert 60 <= len(lines) <= 60 + math.ceil(took), (len(lines), took)
     assert [r.caller for r in left_out] == ["(unauthenticated)"]  # type: ignore[attr-defined]
     assert len(lines) + left_out[0].count == calls  # type: ignore[attr-defined]
-
-
-async def test_token_expiry_and_validation() -> None:
-    now = [1000.0]
-    authority = TokenAuthority(MemoryStore(), clock=lambda: now[0])
-    admin = Identity("root", role=Role.ADMIN)
-    record, secret = await authority.issue(admin, "ci", ["lab"], False, 60.0, "")
-    who = authority.identify(secret)
-    assert who == Identity("ci", frozenset({"lab"}), Role.USER, token_id=record.id)
-    for odd in ("²." + secret.partition(".")[2], "9" * 5000 + ".x", "", "."):
-        with pytest.raises(Unauthenticated, match="not valid"):
-            authority.identify(odd)
-    authority.revalidate(who)
-    await authority.revoke(admin, record.id)
-    with pytest.raises(Unauthenticated, match="was revoked"):
-        authority.revalidate(who)  # e.g. before AcquireWorker hands out a key
-    record, secret = await authority.issue(admin, "ci", ["lab"], False, 60.0, "")
-    now[0] += 61
-    with pytest.raises(Unauthenticated, match="has expired"):
-        authority.identify(secret)
-    for user, ttl in (("a b", None), ("ok", 0.0), ("ok", 3651 * 86400.0), ("anonymous", None)):
-        with pytest.raises(InvalidArgument):
-            await authority.issue(admin, user, [], False, ttl, "")
-    assert [t.id for t in authority.list(admin)] == [1, record.id]
 
 
 async def test_the_audit_log_says_who_did_what(scheduler: Scheduler, farm_pki: FarmPki) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from boruta_scheduler.core import Changes, Core, Snapshot
+from boruta_scheduler.errors import InvalidArgument, StoreUnavailable
 from boruta_scheduler.listing import RequestQuery, RequestSort
 from boruta_scheduler.store import MemoryStore, Purged, SQLiteStore, Store
 from boruta_scheduler.store.codec import request_row, worker_row
@@ -295,23 +296,46 @@ def test_sqlite_commit_is_atomic(tmp_path: Path) -> None:
     store.close()
 
 
-def test_tokens_are_kept_listed_and_revoked_once(store: Store) -> None:
-    def new(user: str) -> TokenRecord:
-        return TokenRecord(
-            user, frozenset({"lab"}), False, b"h-" + user.encode(), 1.0, 99.0, "root", "ci"
-        )
+def new_token(user: str) -> TokenRecord:
+    return TokenRecord(
+        user, frozenset({"lab"}), False, b"h-" + user.encode(), 1.0, 99.0, "root", "ci"
+    )
 
-    first = store.add_token(new("ci-bot"))
-    second = store.add_token(new("alice"))
+
+def test_tokens_are_kept_and_revoked_once(store: Store) -> None:
+    core = Core()
+    first = core.issue_token(new_token("ci-bot"))
+    second = core.issue_token(new_token("alice"))
     assert (first.id, second.id) == (1, 2)
-    assert store.get_token(1) == first and first.revoked_at is None
+    store.commit(core.drain())
+    assert store.load().tokens == [first, second]
     assert first.groups == {"lab"} and first.secret_hash == b"h-ci-bot"
-    assert [t.user for t in store.tokens()] == ["ci-bot", "alice"]
-    revoked = store.revoke_token(1, 50.0)
-    assert revoked is not None and revoked.revoked_at == 50.0
-    again = store.revoke_token(1, 60.0)
-    assert again is not None and again.revoked_at == 50.0
-    assert store.revoke_token(7, 1.0) is None and store.get_token(2**64) is None
+    assert first.revoked_at is None
+    revoked = core.revoke_token(50.0, 1)
+    assert revoked.revoked_at == 50.0
+    assert core.revoke_token(60.0, 1).revoked_at == 50.0  # a second revoke keeps the first
+    store.commit(core.drain())
+    assert store.load().tokens == [revoked, second]
+    # A core restored from the store goes on with the next id.
+    again = Core.restore(store.load(), 70.0)
+    assert again.tokens() == [revoked, second]
+    assert again.issue_token(new_token("bob")).id == 3
+    with pytest.raises(InvalidArgument, match="no token 7; see ListTokens"):
+        again.revoke_token(80.0, 7)
+
+
+def test_sqlite_a_token_commits_with_its_audit_event_or_not_at_all(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "b.db")
+    core = Core()
+    core.issue_token(new_token("ci-bot"))
+    changes = core.drain()
+    # The event is written after the token: its failure must take the token with it.
+    nobody: str = None  # type: ignore[assignment]
+    changes.audit.append(AuditEvent(1.0, nobody, "admin", "IssueToken", "token 1"))
+    with pytest.raises(StoreUnavailable, match=r"NOT NULL constraint failed: audit\.actor"):
+        store.commit(changes)
+    assert store.load().tokens == [] and store.audit(10) == []
+    store.close()
 
 
 def test_audit_events_newest_first_and_paged(store: Store) -> None:

@@ -1,12 +1,14 @@
 """Bearer tokens: issued and revoked by admins, checked on every call on the token port.
 
-A token reads "<id>.<secret>"; the store keeps only sha256(secret). Tokens are held in
-memory too, so that checking one costs a dict lookup and a hash, never a store read.
+A token reads "<id>.<secret>"; the store keeps only sha256(secret). Issuing and revoking
+are engine commands: the core keeps the tokens, and the change commits with its audit
+event in the engine's batch. The tokens checked on each call are a copy fed by what the
+engine publishes after each commit, so that checking one costs a dict lookup and a hash,
+and a token counts only once it is durable.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import re
@@ -17,9 +19,9 @@ from collections.abc import Callable, Iterable
 from boruta import pki
 
 from boruta_scheduler.app.audit import AuditLog
-from boruta_scheduler.core import Policy
+from boruta_scheduler.app.engine import Command, Engine
+from boruta_scheduler.core import Changes, Core, Policy
 from boruta_scheduler.errors import InvalidArgument, Unauthenticated
-from boruta_scheduler.store import Store
 from boruta_scheduler.types import Identity, Role, TokenRecord
 
 DEFAULT_TTL = 90 * 86400.0
@@ -39,14 +41,22 @@ class TokenAuthority:
 
     def __init__(
         self,
-        store: Store,
+        engine: Engine,
         clock: Callable[[], float] = time.time,
         audit: AuditLog | None = None,
     ) -> None:
+        # Created before the engine applies a command, the core holds exactly what the
+        # store does; later changes come through publish(), once committed.
+        assert engine.commands == 0, "create the TokenAuthority before the engine runs"
+        self._engine = engine
         self._audit = audit
-        self._store = store
         self._clock = clock
-        self._tokens = {t.id: t for t in store.tokens()}
+        self._tokens = {t.id: t for t in engine.core.tokens()}
+
+    def publish(self, changes: Changes) -> None:
+        """Take the tokens a commit issued or revoked (the engine's Publisher protocol)."""
+        for record in changes.tokens:
+            self._tokens[record.id] = record
 
     async def issue(
         self,
@@ -70,29 +80,42 @@ class TokenAuthority:
         if not 0 < ttl <= MAX_TTL:
             raise InvalidArgument("ttl must be more than 0 and at most 3650 days")
         secret = secrets.token_urlsafe(32)
-        now = self._clock()
-        token = TokenRecord(
-            user, names, admin, _hash(secret), now, now + ttl, who.user, description
+        secret_hash = _hash(secret)
+
+        def issue(core: Core, now: float) -> TokenRecord:
+            token = TokenRecord(
+                user, names, admin, secret_hash, now, now + ttl, who.user, description
+            )
+            return core.issue_token(token)
+
+        kind = "admin" if admin else "user"
+        record = await self._engine.execute(
+            self._recorded(who, "IssueToken", issue, lambda r: f"for {kind} {r.user}")
         )
-        record = await asyncio.to_thread(self._store.add_token, token)
-        self._tokens[record.id] = record
-        if self._audit is not None:
-            kind = "admin" if admin else "user"
-            self._audit.record(who, "IssueToken", f"token {record.id}", f"for {kind} {user}")
         return record, f"{record.id}.{secret}"
 
     def list(self, who: Identity) -> list[TokenRecord]:
         return sorted(self._tokens.values(), key=lambda t: t.id)
 
     async def revoke(self, who: Identity, token_id: int) -> TokenRecord:
-        if token_id not in self._tokens:
-            raise InvalidArgument(f"no token {token_id}; see ListTokens")
-        record = await asyncio.to_thread(self._store.revoke_token, token_id, self._clock())
-        assert record is not None
-        self._tokens[token_id] = record
-        if self._audit is not None:
-            self._audit.record(who, "RevokeToken", f"token {token_id}", f"of {record.user}")
-        return record
+        def revoke(core: Core, now: float) -> TokenRecord:
+            return core.revoke_token(now, token_id)
+
+        return await self._engine.execute(
+            self._recorded(who, "RevokeToken", revoke, lambda r: f"of {r.user}")
+        )
+
+    def _recorded(
+        self,
+        who: Identity,
+        action: str,
+        command: Command[TokenRecord],
+        detail: Callable[[TokenRecord], str],
+    ) -> Command[TokenRecord]:
+        """The command, with its audit event in the same batch (if there is an audit log)."""
+        if self._audit is None:
+            return command
+        return self._audit.recorded(who, action, lambda r: (f"token {r.id}", detail(r)), command)
 
     def identify(self, bearer: str) -> Identity:
         """The identity of a presented token; Unauthenticated for anything else."""

@@ -1,4 +1,5 @@
-"""Fans committed changes out to WatchRequests and WatchWorkers streams."""
+"""Fans committed changes out to WatchRequests and WatchWorkers streams (and to whatever
+else follows the engine's commits, through Publishers)."""
 
 from __future__ import annotations
 
@@ -71,6 +72,20 @@ class Subscription(Generic[T]):
         """Stop the subscription (idempotent); the stream's server side calls it always, since
         a client that leaves early may never start iterating."""
         self._hub.unsubscribe(self)
+
+
+class Publishers:
+    """Hands each commit to several publishers in turn: the engine takes one."""
+
+    def __init__(self, *publish: Callable[[Changes], None]) -> None:
+        self._publish = list(publish)
+
+    def add(self, publish: Callable[[Changes], None]) -> None:
+        self._publish.append(publish)
+
+    def publish(self, changes: Changes) -> None:
+        for publish in self._publish:
+            publish(changes)
 
 
 class WatchHub:

@@ -6,7 +6,13 @@ import enum
 from dataclasses import dataclass, field
 
 from boruta_scheduler.core.model import Request, Worker
-from boruta_scheduler.types import AuditEvent, HistoryEntry, RequestView, WorkerView
+from boruta_scheduler.types import (
+    AuditEvent,
+    HistoryEntry,
+    RequestView,
+    TokenRecord,
+    WorkerView,
+)
 
 
 class DryadCallKind(enum.Enum):
@@ -64,6 +70,8 @@ class Changes:
     rebuildable: set[int] = field(default_factory=set)
     # Who did what, added by the engine: it commits with the changes it records.
     audit: list[AuditEvent] = field(default_factory=list)
+    # Tokens issued or revoked, each as it is now.
+    tokens: list[TokenRecord] = field(default_factory=list)
 
     @property
     def durable(self) -> bool:
@@ -75,6 +83,7 @@ class Changes:
             or self.history
             or self.last_seen
             or self.audit
+            or self.tokens
         )
 
 
@@ -92,6 +101,7 @@ def merge(batches: list[Changes]) -> Changes:
         merged.calls.extend(changes.calls)
         merged.tunnels.extend(changes.tunnels)
         merged.audit.extend(changes.audit)
+        merged.tokens.extend(changes.tokens)
     return Changes(
         requests=merged.requests,
         workers=merged.workers,
@@ -102,6 +112,7 @@ def merge(batches: list[Changes]) -> Changes:
         tunnels=merged.tunnels,
         last_request_id=max(c.last_request_id for c in batches),
         audit=merged.audit,
+        tokens=merged.tokens,
     )
 
 
@@ -120,6 +131,7 @@ class Outbox:
         self._seen: dict[str, float] = {}
         self._calls: list[DryadCall] = []
         self._tunnels: list[TunnelCall] = []
+        self._tokens: dict[int, TokenRecord] = {}
 
     def request(self, request: Request) -> None:
         self._requests[request.id] = request
@@ -148,6 +160,9 @@ class Outbox:
     def tunnel(self, call: TunnelCall) -> None:
         self._tunnels.append(call)
 
+    def token(self, record: TokenRecord) -> None:
+        self._tokens[record.id] = record
+
     def drain(self, last_request_id: int) -> Changes:
         workers = [w.view() for w in self._workers.values()]
         seen = {u: t for u, t in self._seen.items() if u not in self._workers}
@@ -167,6 +182,7 @@ class Outbox:
             tunnels=self._tunnels,
             last_request_id=last_request_id,
             rebuildable=rebuildable,
+            tokens=list(self._tokens.values()),
         )
         self._reset()
         return changes

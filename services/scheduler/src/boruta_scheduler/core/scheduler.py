@@ -8,7 +8,7 @@ WAITING request could be served by an IDLE worker (so matching is event driven).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from boruta_scheduler.core.model import Job, Request, Worker, cap_pairs
 from boruta_scheduler.core.outbox import (
@@ -29,6 +29,7 @@ from boruta_scheduler.core.policy import (
 )
 from boruta_scheduler.core.queue import Bucket, RequestQueue
 from boruta_scheduler.core.timers import Target, TimerKind, TimerQueue
+from boruta_scheduler.core.tokens import TokenTable
 from boruta_scheduler.core.workers import WorkerIndex
 from boruta_scheduler.errors import (
     Busy,
@@ -49,6 +50,7 @@ from boruta_scheduler.types import (
     JobView,
     RequestState,
     RequestView,
+    TokenRecord,
     WorkerState,
     WorkerView,
 )
@@ -58,12 +60,14 @@ HEARTBEAT_LOST = "heartbeat lost"
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """What the store holds for the core: live requests, all workers and the id counter.
-    The requests may be read as they are restored: iterate them once, in id order."""
+    """What the store holds for the core: live requests, all workers, the id counter and
+    every token issued. The requests may be read as they are restored: iterate them once,
+    in id order."""
 
     requests: Iterable[RequestView]
     workers: Sequence[WorkerView]
     last_request_id: int
+    tokens: Sequence[TokenRecord] = field(default_factory=list)
 
 
 class _SigMemo:
@@ -99,6 +103,7 @@ class Core:
         self._out = Outbox()
         self._last_request_id = 0
         self._last_op_id = 0
+        self._tokens = TokenTable()
         # Heartbeat silence is counted from here at the earliest: a worker cannot be
         # blamed for not reaching a scheduler that was down.
         self._heartbeat_epoch = 0.0
@@ -110,6 +115,7 @@ class Core:
         """Rebuild the core from stored state; overdue timers fire and free workers match."""
         core = cls(policy)
         core._last_request_id = snapshot.last_request_id
+        core._tokens = TokenTable(snapshot.tokens)
         core._heartbeat_epoch = now
         for wv in snapshot.workers:
             core._restore_worker(wv)
@@ -224,6 +230,10 @@ class Core:
     def workers(self) -> list[WorkerView]:
         return [w.view() for w in self._workers.values()]
 
+    def tokens(self) -> list[TokenRecord]:
+        """Every token issued, oldest first (revoked and expired ones too)."""
+        return self._tokens.all()
+
     @property
     def last_request_id(self) -> int:
         """The id of the newest request; every id up to it was given out."""
@@ -253,6 +263,21 @@ class Core:
     def drain(self) -> Changes:
         """Hand out and forget everything that changed since the last drain."""
         return self._out.drain(self._last_request_id)
+
+    # ------------------------------------------------------------ token commands
+
+    def issue_token(self, token: TokenRecord) -> TokenRecord:
+        """Keep a new bearer token under the next id (the caller checked its fields)."""
+        record = self._tokens.issue(token)
+        self._out.token(record)
+        return record
+
+    def revoke_token(self, now: float, token_id: int) -> TokenRecord:
+        """Revoke a token; revoking it again keeps the first time and changes nothing."""
+        record, changed = self._tokens.revoke(token_id, now)
+        if changed:
+            self._out.token(record)
+        return record
 
     # ---------------------------------------------------------- request commands
 

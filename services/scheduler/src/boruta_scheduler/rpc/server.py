@@ -18,7 +18,7 @@ from boruta_scheduler.app.engine import Engine
 from boruta_scheduler.app.restore import freeze_heap, restore_core
 from boruta_scheduler.app.service import SchedulerService, ServiceSettings
 from boruta_scheduler.app.tokens import TokenAuthority
-from boruta_scheduler.app.watch import WatchHub
+from boruta_scheduler.app.watch import Publishers, WatchHub
 from boruta_scheduler.config import SchedulerConfig, ServerConfig
 from boruta_scheduler.dryads import DryadPool
 from boruta_scheduler.listing import PageTokens
@@ -92,14 +92,22 @@ class Scheduler:
         """Restore, then serve; returns the port bound."""
         started = time.time()
         core = await asyncio.to_thread(restore_core, self.store, started, self.config.policy)
+        # Watches, and the token checks, follow what the engine publishes after commits.
+        publishers = Publishers(self.hub.publish)
         self.engine = Engine(
             core,
             self.store,
             self.dryads,
-            self.hub,
+            publishers,
             tunnels=self.tunnels,
             retention=self.config.server.retention,
         )
+        audit = self.audit = AuditLog(
+            self.engine, self.store, self.config.server.audit_refusals_per_minute
+        )
+        # Before the engine starts, while its core holds exactly what the store does.
+        self.tokens = TokenAuthority(self.engine, audit=audit)
+        publishers.add(self.tokens.publish)
         self.engine.start(core.drain())
         freeze_heap()
         log.info(
@@ -120,7 +128,7 @@ class Scheduler:
                 max_watches_per_user=self.config.server.max_watches_per_user,
                 retention=self.config.server.retention,
             ),
-            audit=AuditLog(self.engine, self.store, self.config.server.audit_refusals_per_minute),
+            audit=audit,
         )
         server = grpc.aio.server(
             options=[
@@ -128,9 +136,7 @@ class Scheduler:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        audit = self.audit = service.audit
         self.refusal_log = RefusalLog(self.config.server.audit_refusals_per_minute)
-        self.tokens = TokenAuthority(self.store, audit=audit)
         service.revalidate = self.tokens.revalidate
 
         def refused(who: Identity, call: str, why: str) -> None:

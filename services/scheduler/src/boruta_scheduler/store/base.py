@@ -7,7 +7,7 @@ from typing import Protocol
 
 from boruta_scheduler.core import Changes, Snapshot
 from boruta_scheduler.listing import Page, RequestQuery
-from boruta_scheduler.types import AuditEvent, HistoryEntry, RequestView, TokenRecord
+from boruta_scheduler.types import AuditEvent, HistoryEntry, RequestView
 
 
 class CannotOpenStore(Exception):
@@ -43,9 +43,9 @@ class Store(Protocol):
     """
 
     def load(self) -> Snapshot:
-        """Live requests, every worker and the last request id, to rebuild the core. The
-        requests may be read from the store as they are iterated: iterate them once, at
-        once, on the thread that called load()."""
+        """Live requests, every worker, the last request id and every token, to rebuild
+        the core. The requests may be read from the store as they are iterated: iterate
+        them once, at once, on the thread that called load()."""
         ...
 
     def commit(self, changes: Changes) -> None:
@@ -63,20 +63,6 @@ class Store(Protocol):
 
     def worker_history(self, uuid: str, limit: int, before: int | None = None) -> HistoryPage:
         """A worker's state changes, newest first, older than the cursor before."""
-        ...
-
-    def add_token(self, token: TokenRecord) -> TokenRecord:
-        """Keep a new token durably; returns it with its id."""
-        ...
-
-    def tokens(self) -> list[TokenRecord]:
-        """Every token ever issued, oldest first."""
-        ...
-
-    def get_token(self, token_id: int) -> TokenRecord | None: ...
-
-    def revoke_token(self, token_id: int, now: float) -> TokenRecord | None:
-        """Mark a token revoked (once; a second revoke keeps the first time)."""
         ...
 
     def audit(self, limit: int, before: int | None = None) -> list[AuditEvent]:

@@ -27,7 +27,7 @@ class MemoryStore:
         self._workers: dict[str, WorkerView] = {}
         self._history: list[tuple[int, HistoryEntry]] = []
         self._last_request_id = 0
-        self._tokens: list[TokenRecord] = []
+        self._tokens: dict[int, TokenRecord] = {}
         # Events in id order; ids are never reused, also after a purge.
         self._audit: list[AuditEvent] = []
         self._last_audit_id = 0
@@ -35,7 +35,8 @@ class MemoryStore:
     def load(self) -> Snapshot:
         with self._lock:
             live = [r for r in self._requests.values() if not r.state.is_terminal]
-            return Snapshot(live, list(self._workers.values()), self._last_request_id)
+            tokens = sorted(self._tokens.values(), key=lambda t: t.id)
+            return Snapshot(live, list(self._workers.values()), self._last_request_id, tokens)
 
     def commit(self, changes: Changes) -> None:
         with self._lock:
@@ -55,6 +56,8 @@ class MemoryStore:
                 seq += 1
                 self._history.append((seq, entry))
             self._last_request_id = max(self._last_request_id, changes.last_request_id)
+            for token in changes.tokens:
+                self._tokens[token.id] = token
             for event in changes.audit:
                 self._last_audit_id += 1
                 self._audit.append(dataclasses.replace(event, id=self._last_audit_id))
@@ -85,32 +88,6 @@ class MemoryStore:
         more = len(page) > limit
         page = page[:limit]
         return HistoryPage([e for _, e in page], page[-1][0] if more else None)
-
-    def add_token(self, token: TokenRecord) -> TokenRecord:
-        with self._lock:
-            return self._add_token(token)
-
-    def _add_token(self, token: TokenRecord) -> TokenRecord:
-        record = dataclasses.replace(token, id=len(self._tokens) + 1, revoked_at=None)
-        self._tokens.append(record)
-        return record
-
-    def tokens(self) -> list[TokenRecord]:
-        return list(self._tokens)
-
-    def get_token(self, token_id: int) -> TokenRecord | None:
-        return self._tokens[token_id - 1] if 0 < token_id <= len(self._tokens) else None
-
-    def revoke_token(self, token_id: int, now: float) -> TokenRecord | None:
-        with self._lock:
-            return self._revoke_token(token_id, now)
-
-    def _revoke_token(self, token_id: int, now: float) -> TokenRecord | None:
-        record = self.get_token(token_id)
-        if record is not None and record.revoked_at is None:
-            record = dataclasses.replace(record, revoked_at=now)
-            self._tokens[token_id - 1] = record
-        return record
 
     def audit(self, limit: int, before: int | None = None) -> list[AuditEvent]:
         with self._lock:

@@ -127,7 +127,8 @@ class SQLiteStore:
         conn = self._writer
         workers = [worker_view(row) for row in conn.execute(_Q["all_workers"])]
         (last_id,) = conn.execute(_Q["get_last_request_id"]).fetchone()
-        return Snapshot(self._live_requests(), workers, last_id)
+        tokens = [_token(row) for row in conn.execute(_Q["select_tokens"])]
+        return Snapshot(self._live_requests(), workers, last_id, tokens)
 
     def _live_requests(self) -> Iterator[RequestView]:
         """Live requests read as they are restored, so that no list of them all is held."""
@@ -171,6 +172,8 @@ class SQLiteStore:
                 conn.execute(_Q["delete_worker_history"], {"uuid": uuid})
             if changes.history:
                 conn.executemany(_Q["insert_history"], map(history_row, changes.history))
+            if changes.tokens:
+                conn.executemany(_Q["upsert_token"], map(_token_row, changes.tokens))
             if changes.audit:
                 conn.executemany(_Q["insert_audit"], map(audit_row, changes.audit))
             conn.execute(_Q["set_last_request_id"], {"value": changes.last_request_id})
@@ -230,44 +233,6 @@ class SQLiteStore:
         )
         entries = [history_entry(row) for row in rows[:limit]]
         return HistoryPage(entries, rows[limit - 1]["seq"] if len(rows) > limit else None)
-
-    def add_token(self, token: TokenRecord) -> TokenRecord:
-        # Tokens are not scheduling state: they are written here, beside the engine's
-        # writer; WAL and busy_timeout serialize the two.
-        conn = self._reader()
-        with self._writing():
-            cursor = conn.execute(
-                _Q["insert_token"],
-                {
-                    "user": token.user,
-                    "groups_json": json.dumps(sorted(token.groups)),
-                    "admin": int(token.admin),
-                    "secret_hash": token.secret_hash,
-                    "created_at": token.created_at,
-                    "expires_at": token.expires_at,
-                    "issued_by": token.issued_by,
-                    "description": token.description,
-                },
-            )
-        record = self.get_token(int(cursor.lastrowid or 0))
-        assert record is not None
-        return record
-
-    def tokens(self) -> list[TokenRecord]:
-        return [_token(row) for row in self._reader().execute(_Q["select_tokens"])]
-
-    def get_token(self, token_id: int) -> TokenRecord | None:
-        if not 0 < token_id < 2**63:
-            return None
-        row = self._reader().execute(_Q["select_token"], {"id": token_id}).fetchone()
-        return None if row is None else _token(row)
-
-    def revoke_token(self, token_id: int, now: float) -> TokenRecord | None:
-        if not 0 < token_id < 2**63:
-            return None
-        with self._writing():
-            self._reader().execute(_Q["revoke_token"], {"id": token_id, "now": now})
-        return self.get_token(token_id)
 
     def audit(self, limit: int, before: int | None = None) -> list[AuditEvent]:
         rows = self._reader().execute(
@@ -349,6 +314,21 @@ def _token(row: sqlite3.Row) -> TokenRecord:
         issued_by=row["issued_by"],
         description=row["description"],
     )
+
+
+def _token_row(t: TokenRecord) -> dict[str, object]:
+    return {
+        "id": t.id,
+        "user": t.user,
+        "groups_json": json.dumps(sorted(t.groups)),
+        "admin": int(t.admin),
+        "secret_hash": t.secret_hash,
+        "created_at": t.created_at,
+        "expires_at": t.expires_at,
+        "revoked_at": t.revoked_at,
+        "issued_by": t.issued_by,
+        "description": t.description,
+    }
 
 
 def audit_row(e: AuditEvent) -> dict[str, object]:

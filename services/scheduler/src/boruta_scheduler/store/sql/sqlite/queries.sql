@@ -98,23 +98,19 @@ WHERE worker_uuid = :uuid AND seq < :before
 ORDER BY seq DESC
 LIMIT :limit;
 
--- name: insert_token
+-- name: upsert_token
+-- A token's only change after it is issued is its revocation.
 INSERT INTO tokens (
-    user, groups_json, admin, secret_hash, created_at, expires_at, revoked_at, issued_by,
+    id, user, groups_json, admin, secret_hash, created_at, expires_at, revoked_at, issued_by,
     description
 ) VALUES (
-    :user, :groups_json, :admin, :secret_hash, :created_at, :expires_at, NULL, :issued_by,
-    :description
-);
+    :id, :user, :groups_json, :admin, :secret_hash, :created_at, :expires_at, :revoked_at,
+    :issued_by, :description
+)
+ON CONFLICT (id) DO UPDATE SET revoked_at = excluded.revoked_at;
 
 -- name: select_tokens
 SELECT * FROM tokens ORDER BY id;
-
--- name: select_token
-SELECT * FROM tokens WHERE id = :id;
-
--- name: revoke_token
-UPDATE tokens SET revoked_at = :now WHERE id = :id AND revoked_at IS NULL;
 
 -- name: insert_audit
 INSERT INTO audit (time, actor, role, action, target, detail)

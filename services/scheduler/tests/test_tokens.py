@@ -1,0 +1,168 @@
+"""Bearer tokens go through the engine like every write: a token counts once its issue is
+committed (with its audit event), and the checks on each call follow the engine's commits."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import pytest
+from boruta_scheduler.app.audit import AuditLog
+from boruta_scheduler.app.engine import Engine
+from boruta_scheduler.app.tokens import TokenAuthority
+from boruta_scheduler.app.watch import Publishers
+from boruta_scheduler.core import Core
+from boruta_scheduler.errors import InvalidArgument, StoreUnavailable, Unauthenticated
+from boruta_scheduler.store import MemoryStore, Store
+from boruta_scheduler.types import Identity, Role
+from test_engine import Dryads, FillingStore, GatedStore, settle
+
+ROOT = Identity("root", role=Role.ADMIN)
+
+
+@dataclass
+class Tokens:
+    engine: Engine
+    authority: TokenAuthority
+
+
+def start_tokens(store: Store, clock: Callable[[], float] = time.time) -> Tokens:
+    """An engine restored from store, and a token authority fed by its commits."""
+    publishers = Publishers()
+    engine = Engine(Core.restore(store.load(), clock()), store, Dryads(), publishers, clock)
+    authority = TokenAuthority(engine, clock, AuditLog(engine, store))
+    publishers.add(authority.publish)
+    engine.start()
+    return Tokens(engine, authority)
+
+
+@pytest.fixture
+async def gated() -> AsyncIterator[tuple[GatedStore, Tokens]]:
+    store = GatedStore()
+    store.gate.set()
+    tokens = start_tokens(store)
+    yield store, tokens
+    store.gate.set()
+    await tokens.engine.stop()
+
+
+async def test_a_token_counts_only_once_it_is_committed_with_its_event(
+    gated: tuple[GatedStore, Tokens],
+) -> None:
+    store, tokens = gated
+    store.gate.clear()
+    issued = asyncio.ensure_future(
+        tokens.authority.issue(ROOT, "ci", ["lab"], False, None, "nightly")
+    )
+    await settle(tokens.engine)
+    assert [t.user for t in tokens.engine.core.tokens()] == ["ci"]  # applied, not stored
+    assert not issued.done()
+    assert tokens.authority.list(ROOT) == [] and store.load().tokens == []
+    store.gate.set()
+    record, secret = await issued
+    assert secret.startswith(f"{record.id}.")
+    assert tokens.authority.identify(secret) == Identity(
+        "ci", frozenset({"lab"}), Role.USER, token_id=record.id
+    )
+    # One transaction held the token and the event that records its issue.
+    assert [(c.tokens, [(e.action, e.target) for e in c.audit]) for c in store.committed] == [
+        ([record], [("IssueToken", f"token {record.id}")])
+    ]
+    assert store.load().tokens == [record]
+
+
+async def test_the_checks_follow_the_commits_not_the_core(
+    gated: tuple[GatedStore, Tokens],
+) -> None:
+    store, tokens = gated
+    authority = tokens.authority
+    record, secret = await authority.issue(ROOT, "ci", [], False, None, "")
+    who = authority.identify(secret)
+    # Any engine command that revokes counts, once committed; TokenAuthority writes nothing.
+    store.gate.clear()
+    revoked = asyncio.ensure_future(
+        tokens.engine.execute(lambda core, now: core.revoke_token(now, record.id))
+    )
+    await settle(tokens.engine)
+    authority.revalidate(who)  # applied, not yet durable: not yet true
+    store.gate.set()
+    assert (await revoked).revoked_at is not None
+    for check in (lambda: authority.identify(secret), lambda: authority.revalidate(who)):
+        with pytest.raises(Unauthenticated, match="was revoked"):
+            check()
+    assert authority.list(ROOT)[0].revoked_at is not None
+    again = await authority.revoke(ROOT, record.id)  # as before: it keeps the first time
+    assert again.revoked_at == authority.list(ROOT)[0].revoked_at
+    with pytest.raises(InvalidArgument, match="no token 99; see ListTokens"):
+        await authority.revoke(ROOT, 99)
+    actions = [(e.action, e.target) for e in reversed(store.audit(10))]
+    assert actions == [("IssueToken", "token 1"), ("RevokeToken", "token 1")]
+    # A restart takes the tokens from the store.
+    await tokens.engine.stop()
+    restarted = start_tokens(store)
+    with pytest.raises(Unauthenticated, match="was revoked"):
+        restarted.authority.identify(secret)
+    await restarted.engine.stop()
+
+
+async def test_a_token_whose_commit_fails_is_refused_and_never_usable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = FillingStore()
+    store.gate.set()
+    tokens = start_tokens(store)
+    authority = tokens.authority
+    kept, kept_secret = await authority.issue(ROOT, "ci", [], False, None, "")
+    store.full = True
+    # The secret the lost token would have had, so that the test can present it.
+    monkeypatch.setattr("secrets.token_urlsafe", lambda n: "lost")
+    with pytest.raises(StoreUnavailable, match="disk full"):
+        await authority.issue(ROOT, "eve", [], True, None, "")
+    monkeypatch.undo()
+    lost = f"{kept.id + 1}.lost"
+    with pytest.raises(Unauthenticated, match="not valid"):
+        authority.identify(lost)
+    with pytest.raises(StoreUnavailable, match="disk full"):
+        await authority.revoke(ROOT, kept.id)
+    assert authority.list(ROOT) == [kept]
+    assert authority.identify(kept_secret).user == "ci"  # its revoke was refused
+    store.full = False
+    while tokens.engine.outage is not None:
+        await asyncio.sleep(0.01)
+    later, later_secret = await authority.issue(ROOT, "eve", [], True, None, "")
+    assert later.id == kept.id + 1  # the lost token's id was never acknowledged
+    assert authority.identify(later_secret).role is Role.ADMIN
+    with pytest.raises(Unauthenticated, match="not valid"):
+        authority.identify(lost)
+    await tokens.engine.stop()
+    assert store.load().tokens == [kept, later]
+    issued = [e.target for e in reversed(store.audit(10)) if e.action == "IssueToken"]
+    assert issued == ["token 1", "token 2"]
+
+
+async def test_token_expiry_and_validation() -> None:
+    now = [1000.0]
+    tokens = start_tokens(MemoryStore(), clock=lambda: now[0])
+    authority = tokens.authority
+    record, secret = await authority.issue(ROOT, "ci", ["lab"], False, 60.0, "")
+    assert (record.created_at, record.expires_at) == (1000.0, 1060.0)
+    who = authority.identify(secret)
+    assert who == Identity("ci", frozenset({"lab"}), Role.USER, token_id=record.id)
+    for odd in ("²." + secret.partition(".")[2], "9" * 5000 + ".x", "", "."):
+        with pytest.raises(Unauthenticated, match="not valid"):
+            authority.identify(odd)
+    authority.revalidate(who)
+    await authority.revoke(ROOT, record.id)
+    with pytest.raises(Unauthenticated, match="was revoked"):
+        authority.revalidate(who)  # e.g. before AcquireWorker hands out a key
+    record, secret = await authority.issue(ROOT, "ci", ["lab"], False, 60.0, "")
+    now[0] += 61
+    with pytest.raises(Unauthenticated, match="has expired"):
+        authority.identify(secret)
+    for user, ttl in (("a b", None), ("ok", 0.0), ("ok", 3651 * 86400.0), ("anonymous", None)):
+        with pytest.raises(InvalidArgument):
+            await authority.issue(ROOT, user, [], False, ttl, "")
+    assert [t.id for t in authority.list(ROOT)] == [1, record.id]
+    await tokens.engine.stop()
