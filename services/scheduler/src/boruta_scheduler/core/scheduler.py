@@ -727,14 +727,17 @@ class Core:
         the timers for them all."""
         queue = self._queue
         queue.add_all(requests)
-        timers: list[tuple[float, TimerKind, Target]] = []
-        for request in requests:
-            timers.append((request.deadline, TimerKind.DEADLINE, request))
-            if request.valid_after <= now:
-                queue.set_ready(request, True)
-            else:
-                timers.append((request.valid_after, TimerKind.VALID_AFTER, request))
-        self._timers.push_all(timers)
+
+        def timers() -> Iterator[tuple[float, TimerKind, Target]]:
+            # Made one at a time as they are pushed: no list of them all is held.
+            for request in requests:
+                yield request.deadline, TimerKind.DEADLINE, request
+                if request.valid_after <= now:
+                    queue.set_ready(request, True)
+                else:
+                    yield request.valid_after, TimerKind.VALID_AFTER, request
+
+        self._timers.push_all(timers())
 
     def _match_request(self, request: Request, now: float) -> None:
         worker = self._idle.best(request.sig, request.owner_groups)
