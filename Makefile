@@ -8,7 +8,7 @@ PROTO_SRC := $(wildcard protos/boruta/v1/*.proto)
 PROTO_OUT := protos/python/src
 PACKAGES := protos/python services/scheduler services/dryad clients/python
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
-INSTALL := protos/python services/scheduler services/dryad clients/python[cli]
+INSTALL := protos/python services/scheduler[postgresql] services/dryad clients/python[cli]
 
 .PHONY: help venv system proto proto-check proto-lint lint typecheck test unit run bench clean
 
@@ -20,11 +20,15 @@ help:
 
 venv: $(VENV)/.installed
 
+# pip is not quiet: the first build takes minutes, and its lines show it is getting on.
 $(VENV)/.installed: requirements/dev.txt $(PYPROJECTS)
+	@echo "== make venv: creating $(VENV) (a few minutes the first time)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements/dev.txt $(addprefix -e ,$(INSTALL))
+	@echo "== make venv: installing the dev tools and boruta's packages"
+	$(BIN)/pip install --progress-bar off -r requirements/dev.txt $(addprefix -e ,$(INSTALL))
 	touch $@
+	@echo "== make venv: done"
 
 # Generated code is committed so that `pip install` needs no protoc; proto-check keeps it honest.
 proto: venv
@@ -55,12 +59,13 @@ typecheck: venv
 unit: venv
 	$(BIN)/pytest services clients
 
-# As root, `make test` is exactly what CI runs: it installs OpenSSH and the user tools, and
-# the tests that need root or sshd fail instead of skipping. As another user it says that
-# those tests will be skipped, so a green run there is not CI's green run.
+# As root, `make test` is exactly what CI runs: it installs OpenSSH, the user tools and
+# PostgreSQL, and the tests that need root, sshd or PostgreSQL fail instead of skipping.
+# As another user it says that those tests may be skipped, so a green run there is not
+# CI's green run (PostgreSQL's tests run as any user where its programs are installed).
 system:
 	@if [ "$$(id -u)" -eq 0 ]; then bash tools/setup-system; \
-	else echo "not root: system packages not installed; tests that need root or sshd are SKIPPED (CI runs them as root)" >&2; fi
+	else echo "not root: system packages not installed; tests that need root, sshd or PostgreSQL may be SKIPPED (CI runs them as root)" >&2; fi
 
 test: system venv proto-check lint typecheck
 	@if [ "$$(id -u)" -eq 0 ]; then export BORUTA_REQUIRE_SYSTEM=1; fi; $(BIN)/pytest

@@ -9,7 +9,14 @@ import statistics
 import sys
 from typing import Any
 
-from bench import access_bench, caps_memory_bench, core_bench, grpc_bench, restart_bench
+from bench import (
+    access_bench,
+    caps_memory_bench,
+    core_bench,
+    grpc_bench,
+    restart_bench,
+    store_bench,
+)
 from bench.machine import machine
 from bench.report import REPORT
 
@@ -56,6 +63,7 @@ def render(
     caps_memory: dict[str, float],
     restart: dict[str, float],
     when: str,
+    store: dict[str, dict[str, float]] | None = None,
 ) -> str:
     scales = core["scales"]
     mid = next(s for s in scales if s["workers"] == 1000)
@@ -65,7 +73,7 @@ def render(
         "# Benchmarks",
         "",
         f"Measured {when} on {machine()}.",
-        "Run them again with `make bench` (about seven minutes; as root for the access figures);",
+        "Run them again with `make bench` (about ten minutes; as root for the access figures);",
         "this file is rewritten.",
         "",
         "## Core: cost of one scheduling event",
@@ -160,6 +168,7 @@ def render(
         "reply. The row below it starts earlier, when the client closes the previous job.",
         "",
         *render_access(access),
+        *store_bench.render(store, when),
         "## Reading the figures",
         "",
         f"On this machine the three processes share {os.cpu_count()} cores, and a full cycle",
@@ -219,7 +228,9 @@ def main() -> None:
     restart = asyncio.run(restart_bench.run())
     print("access benchmark ...", file=sys.stderr)
     access = access_bench.run()
-    report = render(core, rpc, access, caps_memory, restart, when)
+    print("store benchmark ...", file=sys.stderr)
+    store = store_bench.run()
+    report = render(core, rpc, access, caps_memory, restart, when, store)
     REPORT.write_text(report)
     print(report)
 

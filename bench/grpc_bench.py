@@ -133,9 +133,10 @@ async def stub_dryad(scheduler: str, boards: int, workdir: Path) -> Proc:
 
 @asynccontextmanager
 async def farm(
-    boards: int, *, idle: bool, bare: bool = False
+    boards: int, *, idle: bool, bare: bool = False, store: str = ""
 ) -> AsyncIterator[tuple[Proc, grpc.aio.Channel]]:
-    """A scheduler with `boards` stub boards (board=boardN), IDLE or in MAINTENANCE.
+    """A scheduler with `boards` stub boards (board=boardN), IDLE or in MAINTENANCE, on
+    the store URL given (default: SQLite in a temporary directory).
 
     With bare=True the server is bench.baseline's canned-reply server instead.
     """
@@ -146,7 +147,13 @@ async def farm(
         )
     else:
         scheduler = spawn(
-            scheduler_command(workdir, "--heartbeat-interval", "10s", *ONE_USER),
+            scheduler_command(
+                workdir,
+                "--heartbeat-interval",
+                "10s",
+                *ONE_USER,
+                *(["--store", store] if store else []),
+            ),
             SCHEDULER_READY,
             workdir / "scheduler.log",
         )
@@ -190,10 +197,10 @@ async def set_all_idle(channel: grpc.aio.Channel, boards: int) -> None:
 
 
 async def new_request_rate(
-    seconds: float = 5.0, concurrency: int = 32, bare: bool = False
+    seconds: float = 5.0, concurrency: int = 32, bare: bool = False, store: str = ""
 ) -> dict[str, float]:
     """NewRequest calls per second; the boards are in MAINTENANCE, so requests queue."""
-    async with farm(100, idle=False, bare=bare) as (scheduler, channel):
+    async with farm(100, idle=False, bare=bare, store=store) as (scheduler, channel):
         stub = requests_pb2_grpc.RequestsStub(channel)
         rss_before = scheduler.rss_bytes()
         count = 0
@@ -223,10 +230,14 @@ async def new_request_rate(
 
 
 async def cycle_rate(
-    seconds: float = 10.0, concurrency: int = 8, boards: int = 1000, bare: bool = False
+    seconds: float = 10.0,
+    concurrency: int = 8,
+    boards: int = 1000,
+    bare: bool = False,
+    store: str = "",
 ) -> dict[str, float]:
     """Full cycles per second: NewRequest -> (matched) -> AcquireWorker -> CloseRequest."""
-    async with farm(boards, idle=True, bare=bare) as (scheduler, channel):
+    async with farm(boards, idle=True, bare=bare, store=store) as (scheduler, channel):
         stub = requests_pb2_grpc.RequestsStub(channel)
         latencies: list[float] = []
         cpu_at_start = 0.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,12 @@ from boruta_client.config import CONFIG_VARIABLE, CONTEXT_VARIABLE, VARIABLES
 from boruta_scheduler.config import SchedulerConfig, ServerConfig
 from boruta_scheduler.core import Policy
 from boruta_scheduler.rpc.server import Scheduler
+from demo_farm_kit import DemoFarm
+from demo_farm_kit import demo_farm as start_demo_farm
 from farm_kit import Farm
+from pg_kit import postgres_fixture, postgres_url_fixture
+
+__all__ = ["postgres_fixture", "postgres_url_fixture"]  # PostgreSQL, for the tests here
 
 # Client() reads schedctl's settings (the BORUTA_* variables, the config file): the tests,
 # and the clients they start, must not find the farm of whoever runs them.
@@ -55,3 +60,11 @@ async def farm(tmp_path: Path, policy: Policy) -> AsyncIterator[Farm]:
     yield farm
     await farm.close()
     await scheduler.stop(grace=0)
+
+
+@pytest.fixture(scope="session")
+def demo_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoFarm]:
+    """The farm `make run` starts (tools/local_farm.py), once for every test that follows
+    the README with it."""
+    with start_demo_farm(tmp_path_factory.mktemp("demo")) as running:
+        yield running

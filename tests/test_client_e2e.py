@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -212,15 +213,29 @@ def test_request_that_ends_while_waiting_raises_request_ended(client: Client) ->
     assert info.value.state == "TIMEOUT"
 
 
-def test_async_client_lease_prolongs_and_closes_on_cancel(farm: LiveFarm) -> None:
+def test_async_client_lease_prolongs_and_closes_on_cancel(farm: LiveFarm, tmp_path: Path) -> None:
     farm.reset()
 
     async def scenario() -> None:
         async with AsyncClient(farm.address, user="bob") as client:
             async with client.lease({"board": "rpi4"}, job_timeout=SHORT_JOB) as board:
                 ssh = await board.ssh()
-                result = await ssh.run("id -un")
+                loop_thread = threading.get_ident()
+                out, err, threads = bytearray(), bytearray(), set()
+
+                def sink(into: bytearray) -> Callable[[bytes], None]:
+                    return lambda data: (into.extend(data), threads.add(threading.get_ident()))
+
+                result = await ssh.run("id -un; echo oops >&2", stdout=sink(out), stderr=sink(err))
                 assert result.output.strip() == board.access.username
+                # The sinks saw all of the output, and ran in the event loop.
+                assert (bytes(out), bytes(err)) == (result.stdout, result.stderr)
+                assert threads == {loop_thread}
+                local = tmp_path / "sent.txt"
+                local.write_text("sent and fetched\n")
+                await ssh.put(local, "sent.txt")
+                fetched = await ssh.get("sent.txt", tmp_path / "fetched.txt")
+                assert fetched.read_text() == "sent and fetched\n"
                 give_up = time.monotonic() + 60
                 while True:
                     info = await client.get_request(board.request.id)

@@ -1,4 +1,5 @@
-"""kill -9 the scheduler process and start it again: nothing acknowledged is lost."""
+"""kill -9 the scheduler process and start it again: nothing acknowledged is lost, on
+SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -23,9 +24,15 @@ def ts(seconds: float) -> Timestamp:
     return t
 
 
-@pytest.fixture
-async def process(tmp_path: Path) -> AsyncIterator[SchedulerProcess]:
-    proc = SchedulerProcess(tmp_path / "state", *OPTIONS)
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def process(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[SchedulerProcess]:
+    """A scheduler process on the default SQLite store, or on a fresh PostgreSQL database."""
+    store = []
+    if request.param == "postgresql":
+        store = ["--store", request.getfixturevalue("postgres_url")]
+    proc = SchedulerProcess(tmp_path / "state", *OPTIONS, *store)
     yield proc
     proc.stop()
 

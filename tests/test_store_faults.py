@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import grpc
+import psycopg
 import pytest
 from boruta.v1 import requests_pb2, types_pb2, workers_pb2
 from boruta_scheduler.core import Core
@@ -175,3 +176,42 @@ def test_a_purge_on_a_full_disk_names_the_cause(tmp_path: Path) -> None:
             assert store.purge(2000.0, 500) == Purged(requests=200)
         finally:
             store.close()
+
+
+def start_on(url: str, tmp_path: Path) -> tuple[int, list[str], str]:
+    """Start the scheduler on a store URL that will not open: exit code, its own lines on
+    stderr, all of stderr."""
+    options = ["--plaintext", "yes", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path)]
+    proc = subprocess.run(
+        [*SCHEDULER, *options, "--store", url], capture_output=True, text=True, check=False
+    )
+    assert not proc.stdout.startswith(READY), "the scheduler served from a store it cannot use"
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("boruta-scheduler:")]
+    return proc.returncode, ours, proc.stderr
+
+
+def test_a_postgresql_server_not_up_yet_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """Exit 1: the unit starts it again until the server is up. The password is not shown."""
+    url = f"postgresql://boruta:s3cret@/boruta?host={tmp_path}&port=1"
+    code, ours, errors = start_on(url, tmp_path)
+    assert code == 1, errors
+    assert len(ours) == 1 and ours[0].startswith("boruta-scheduler: database unreachable: ")
+    assert "s3cret" not in errors and "Traceback" not in errors
+
+
+def test_a_postgresql_database_the_scheduler_may_not_write_is_one_line_and_exit_73(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Connected, but refused (here: no right to create the tables): only an admin can fix
+    that, so the unit does not restart it."""
+    role = f"boruta_guest_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")  # type: ignore[arg-type]
+    try:
+        code, ours, errors = start_on(postgres_url.replace("postgres@", f"{role}@"), tmp_path)
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f"DROP ROLE {role}")  # type: ignore[arg-type]
+    assert code == 73, errors
+    assert len(ours) == 1 and ours[0].startswith("boruta-scheduler: cannot open the store ")
+    assert "permission denied" in ours[0] and "Traceback" not in errors

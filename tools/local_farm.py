@@ -3,7 +3,8 @@
 The scheduler (SQLite in .farm/), one dryad per board (simulated backend, real job users),
 and a private OpenSSH server the boards' job users log in to. Needs root, like a dryad.
 Secure by default: a local CA in .farm/pki gives the scheduler, every dryad, you and an
-admin certificates, and every link is TLS. Stops cleanly on Ctrl-C, removing its job
+admin certificates, and every link is TLS. A token port takes the bearer tokens an admin
+issues (schedctl -c farm-admin tokens issue NAME). Stops cleanly on Ctrl-C, removing its job
 users; state (and the CA) survive for the next run.
 """
 
@@ -21,17 +22,25 @@ import time
 from pathlib import Path
 
 from boruta import pki
+from boruta.address import AddressError, split_host_port
 from boruta.tls import TlsFiles
 from boruta_client import Client, WorkerState
 from boruta_dryad.devsshd import DevSshd
 
 DEFAULT_SCHEDULER = "127.0.0.1:50051"
+DEFAULT_TOKENS = "127.0.0.1:50052"
+TOKENS_READY = "boruta-scheduler tokens on "
 BOARD_CAPS = [
     {"board": "rpi4", "camera": "yes"},
     {"board": "rpi4"},
     {"board": "odroid-xu4"},
     {"board": "rpi4", "camera": "yes", "wifi": "yes"},
 ]
+
+
+def step(text: str) -> None:
+    """One line of progress: starting a farm takes a while, and silence looks like a hang."""
+    print(f"... {text}", flush=True)
 
 
 def spawn(argv: list[str], ready: str, log: Path) -> tuple[subprocess.Popen[str], str]:
@@ -50,15 +59,18 @@ def spawn(argv: list[str], ready: str, log: Path) -> tuple[subprocess.Popen[str]
     return proc, line[len(ready) :].strip()
 
 
-def dryad_config(scheduler: str, sshd: DevSshd, state: Path, index: int, tls: TlsFiles) -> str:
+def dryad_config(
+    scheduler: str, sshd: DevSshd, state: Path, index: int, tls: TlsFiles, name: str
+) -> str:
     caps = BOARD_CAPS[index % len(BOARD_CAPS)]
     caps_toml = ", ".join(f'{k} = "{v}"' for k, v in caps.items())
     return (
         f'scheduler = "{scheduler}"\nlisten = "127.0.0.1:0"\nstate_dir = "{state}"\n'
         f'tls_ca = "{tls.ca}"\ntls_cert = "{tls.cert}"\ntls_key = "{tls.key}"\n\n'
-        f'[[board]]\nname = "farm-{index}"\nuuid = "farm-{index}"\ncaps = {{ {caps_toml} }}\n'
+        f'[[board]]\nname = "{name}-{index}"\nuuid = "{name}-{index}"\n'
+        f"caps = {{ {caps_toml} }}\n"
         f'ssh_address = "{sshd.address}"\nssh_host_keys = ["{sshd.host_key_public}"]\n'
-        f'user_prefix = "farm{index}-job"\n'
+        f'user_prefix = "{name}{index}-job"\n'
         f'backend_options = {{ record_file = "{state}/board.record" }}\n'
     )
 
@@ -107,9 +119,10 @@ class LocalPki:
         return TlsFiles(str(self.dir / "ca.pem"), str(pem), str(key))
 
 
-def client_config(data: Path, address: str, farm_pki: LocalPki, user: str) -> Path:
-    """Contexts for schedctl: you (the default) and an admin. When run with sudo, the files
-    are handed to the user who ran it, so schedctl works without root."""
+def client_config(data: Path, address: str, tokens: str, farm_pki: LocalPki, user: str) -> Path:
+    """Contexts for schedctl: you (the default), an admin, and the token port (the token
+    comes from BORUTA_TOKEN or --token). When run with sudo, the files are handed to the
+    user who ran it, so schedctl works without root."""
     client_dir = data / "client"
     client_dir.mkdir(exist_ok=True, mode=0o700)
     mine = farm_pki.files(pki.CertIdentity(user, pki.Role.USER))
@@ -122,7 +135,8 @@ def client_config(data: Path, address: str, farm_pki: LocalPki, user: str) -> Pa
         f'context = "farm"\n\n[contexts.farm]\nscheduler = "{address}"\n'
         f'ca = "ca.pem"\ncert = "{user}.pem"\nkey = "{user}.key"\n\n'
         f'[contexts.farm-admin]\nscheduler = "{address}"\n'
-        'ca = "ca.pem"\ncert = "admin.pem"\nkey = "admin.key"\n'
+        'ca = "ca.pem"\ncert = "admin.pem"\nkey = "admin.key"\n\n'
+        f'[contexts.farm-token]\nscheduler = "{tokens}"\nca = "ca.pem"\n'
     )
     uid, gid = os.environ.get("SUDO_UID"), os.environ.get("SUDO_GID")
     if uid and gid:
@@ -130,6 +144,10 @@ def client_config(data: Path, address: str, farm_pki: LocalPki, user: str) -> Pa
         for path in [client_dir, *client_dir.iterdir()]:
             os.chown(path, int(uid), int(gid))
     return config
+
+
+def _interrupted(*_: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main() -> None:
@@ -146,6 +164,17 @@ def main() -> None:
         help="scheduler address [env: BORUTA_LISTEN]",
     )
     parser.add_argument(
+        "--listen-tokens",
+        default=os.environ.get("BORUTA_LISTEN_TOKENS", DEFAULT_TOKENS),
+        help="the scheduler's port for bearer tokens [env: BORUTA_LISTEN_TOKENS]",
+    )
+    parser.add_argument(
+        "--name",
+        default=os.environ.get("BORUTA_FARM_NAME", "farm"),
+        help="what boards (NAME-0, ...) and job users (NAME0-job1, ...) are called "
+        "[env: BORUTA_FARM_NAME]",
+    )
+    parser.add_argument(
         "--data-dir",
         default=os.environ.get("BORUTA_DATA_DIR", ".farm"),
         help="where the farm keeps its state [env: BORUTA_DATA_DIR]",
@@ -159,68 +188,82 @@ def main() -> None:
     data = Path(args.data_dir).absolute()
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
     farm_pki = LocalPki(data / "pki")
-    host = args.listen.rsplit(":", 1)[0]
-    sched_tls = farm_pki.files(pki.CertIdentity("scheduler", pki.Role.SCHEDULER, hosts=(host,)))
+    try:
+        host = split_host_port(args.listen, "--listen", listen=True)[0]
+        tokens_host = split_host_port(args.listen_tokens, "--listen-tokens", listen=True)[0]
+    except AddressError as exc:
+        parser.error(str(exc))
+    hosts = tuple(dict.fromkeys((host, tokens_host)))
+    sched_tls = farm_pki.files(pki.CertIdentity("scheduler", pki.Role.SCHEDULER, hosts=hosts))
+    # SIGTERM as Ctrl-C: either, while the farm starts or once it is up, stops it cleanly.
+    signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGTERM, _interrupted)
+    step(f"starting sshd for the job users (logs in {args.data_dir}/)")
     sshd = DevSshd(workdir=str(data / "sshd"))
     sshd.start()
-    scheduler, address = spawn(
-        [
-            sys.executable,
-            "-m",
-            "boruta_scheduler.main",
-            "--tls-ca",
-            sched_tls.ca,
-            "--tls-cert",
-            sched_tls.cert,
-            "--tls-key",
-            sched_tls.key,
-            "--listen",
-            args.listen,
-            "--data-dir",
-            str(data / "scheduler"),
-            "--public-host",
-            "127.0.0.1",
-        ],
-        "boruta-scheduler listening on ",
-        data / "scheduler.log",
-    )
-    dryads = []
-    uuids = []
-    for i in range(args.boards):
-        state = data / f"dryad-{i}"
-        config = data / f"dryad-{i}.toml"
-        dryad_tls = farm_pki.files(
-            pki.CertIdentity(
-                f"dryad-{i}", pki.Role.DRYAD, workers=frozenset({f"farm-{i}"}), hosts=("127.0.0.1",)
-            )
-        )
-        config.write_text(dryad_config(address, sshd, state, i, dryad_tls))
-        proc, _ = spawn(
-            [sys.executable, "-m", "boruta_dryad.main", "--config", str(config)],
-            "boruta-dryad listening on ",
-            data / f"dryad-{i}.log",
-        )
-        dryads.append(proc)
-        uuids.append(f"farm-{i}")
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    processes: list[subprocess.Popen[str]] = []
     try:
+        step(f"starting the scheduler on {args.listen}, tokens on {args.listen_tokens}")
+        scheduler, address = spawn(
+            [
+                sys.executable,
+                "-m",
+                "boruta_scheduler.main",
+                "--tls-ca",
+                sched_tls.ca,
+                "--tls-cert",
+                sched_tls.cert,
+                "--tls-key",
+                sched_tls.key,
+                "--listen",
+                args.listen,
+                "--listen-tokens",
+                args.listen_tokens,
+                "--data-dir",
+                str(data / "scheduler"),
+                "--public-host",
+                "127.0.0.1",
+            ],
+            "boruta-scheduler listening on ",
+            data / "scheduler.log",
+        )
+        processes.append(scheduler)
+        assert scheduler.stdout is not None
+        tokens = scheduler.stdout.readline().removeprefix(TOKENS_READY).strip()
+        uuids = [f"{args.name}-{i}" for i in range(args.boards)]
+        step(f"starting {args.boards} dryads, one per board")
+        for i, uuid in enumerate(uuids):
+            dryad_tls = farm_pki.files(
+                pki.CertIdentity(
+                    f"dryad-{i}", pki.Role.DRYAD, workers=frozenset({uuid}), hosts=("127.0.0.1",)
+                )
+            )
+            config = data / f"dryad-{i}.toml"
+            config.write_text(
+                dryad_config(address, sshd, data / f"dryad-{i}", i, dryad_tls, args.name)
+            )
+            proc, _ = spawn(
+                [sys.executable, "-m", "boruta_dryad.main", "--config", str(config)],
+                "boruta-dryad listening on ",
+                data / f"dryad-{i}.log",
+            )
+            processes.append(proc)
+        step("putting the boards into service")
         admin_tls = farm_pki.files(pki.CertIdentity("admin", pki.Role.ADMIN))
         with Client(address, tls=admin_tls) as admin:
             wait_idle(admin, uuids)
         user = os.environ.get("SUDO_USER") or getpass.getuser()
-        config = client_config(data, address, farm_pki, user)
+        client_file = client_config(data, address, tokens, farm_pki, user)
         boards = "\n".join(
-            f"    farm-{i}  "
+            f"    {uuid}  "
             + " ".join(f"{k}={v}" for k, v in BOARD_CAPS[i % len(BOARD_CAPS)].items())
-            for i in range(args.boards)
+            for i, uuid in enumerate(uuids)
         )
         print(
             f"\nboruta farm is up: scheduler on {address} (TLS), {args.boards} boards IDLE "
             f"(state and logs in {args.data_dir}/)\n{boards}\n\n"
             "Try, in another terminal (your certificate is in the config file):\n"
-            f"    export BORUTA_CONFIG={config}\n"
+            f"    export BORUTA_CONFIG={client_file}\n"
             "    .venv/bin/schedctl ssh --caps board=rpi4,camera=yes   "
             "# a shell on any rpi4 with a camera\n"
             "    .venv/bin/schedctl run -- uname -a                    "
@@ -228,17 +271,25 @@ def main() -> None:
             "    .venv/bin/schedctl status                             "
             "# the farm at a glance\n"
             "    .venv/bin/schedctl -c farm-admin workers list         "
-            "# as the admin\n\n"
+            "# as the admin\n"
+            f"Bearer tokens (for CI) work on the token port {tokens}:\n"
+            "    export BORUTA_TOKEN=$(.venv/bin/schedctl -c farm-admin tokens issue ci-bot "
+            "| tail -n 1)\n"
+            "    .venv/bin/schedctl -c farm-token status\n\n"
             "Ctrl-C stops the farm.",
             flush=True,
         )
-        stop.wait()
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)  # one clean stop, not one per keypress
         print("stopping the farm ...", flush=True)
-        for proc in [*dryads, scheduler]:
+        for proc in reversed(processes):
             if proc.poll() is None:
                 proc.terminate()
-        for proc in [*dryads, scheduler]:
+        for proc in reversed(processes):
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:

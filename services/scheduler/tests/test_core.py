@@ -538,7 +538,7 @@ def test_register_new_worker_in_maintenance(kit: CoreKit) -> None:
         ({"UUID": "w"}, "0.0.0.0:1", "h:22", "wildcard"),
         ({"UUID": "w"}, "h:1", "[::]:22", "wildcard"),
         ({"UUID": "w"}, "h", "h:22", "host:port"),
-        ({"UUID": "w"}, "h:1", "h:99999", "host:port"),
+        ({"UUID": "w"}, "h:1", "h:99999", "the port must be 1-65535"),
     ],
 )
 def test_register_refuses_bad_fields(

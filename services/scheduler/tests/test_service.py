@@ -85,8 +85,12 @@ async def test_audit_events_say_what_each_change_did() -> None:
     service = SchedulerService(engine, store, WatchHub())
     alice, root = Identity("alice"), Identity("root", role=Role.ADMIN)
     dryad = Identity("lab-pc", role=Role.DRYAD)
-    await service.register(dryad, {"UUID": "w1", "board": "rpi4"}, "127.0.0.1:1", "::1:22", "i", "")
-    await service.register(dryad, {"UUID": "w2", "board": "rpi4"}, "127.0.0.1:1", "::1:22", "i", "")
+    await service.register(
+        dryad, {"UUID": "w1", "board": "rpi4"}, "127.0.0.1:1", "[::1]:22", "i", ""
+    )
+    await service.register(
+        dryad, {"UUID": "w2", "board": "rpi4"}, "127.0.0.1:1", "[::1]:22", "i", ""
+    )
     made = await service.new_request(
         alice, {"board": "rpi4", "x": "y" * 250, "z": "y" * 250}, accept_unsatisfiable=True
     )

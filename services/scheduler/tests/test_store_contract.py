@@ -15,16 +15,35 @@ from boruta_scheduler.errors import InvalidArgument, StoreUnavailable
 from boruta_scheduler.listing import RequestQuery, RequestSort
 from boruta_scheduler.store import MemoryStore, Purged, SQLiteStore, Store
 from boruta_scheduler.store.codec import request_row, worker_row
+from boruta_scheduler.store.postgresql import PostgreSQLStore
 from boruta_scheduler.store.sqlfile import load_migrations
 from boruta_scheduler.types import AuditEvent, HistoryEntry, RequestState, TokenRecord, WorkerState
 from core_kit import CoreKit
+from pg_kit import postgres_fixture, postgres_url_fixture  # noqa: F401 - fixtures
 
 NOBODY = frozenset[str]()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+def open_kind(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    """A new, empty store of a kind: memory, sqlite (a file) or postgresql (a database of
+    its own on the session's throwaway cluster)."""
+    if kind == "memory":
+        return MemoryStore()
+    if kind == "sqlite":
+        return SQLiteStore(tmp_path / "b.db")
+    return PostgreSQLStore(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    made: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "b.db")
+    made = open_kind(request.param, request, tmp_path)
+    yield made
+    made.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sql_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    made = open_kind(request.param, request, tmp_path)
     yield made
     made.close()
 
@@ -157,6 +176,12 @@ def test_a_store_from_before_host_keys_migrates_and_reads_them_as_none(tmp_path:
         snapshot = loaded(store)
     finally:
         store.close()
+    assert_read_as_before_host_keys(snapshot)
+
+
+def assert_read_as_before_host_keys(snapshot: Snapshot) -> None:
+    """What a store of schema version 4 with one running job (on w1) and one prepared
+    board (w2) loads as after its migration: no host keys, the policy's job timeout."""
     (running,) = snapshot.requests
     assert running.job is not None and running.job.access is not None
     assert (running.job.access.username, running.job.access.host_keys) == ("job1", ())
@@ -279,21 +304,21 @@ def test_sqlite_survives_reopen_and_is_private(tmp_path: Path) -> None:
     assert os.stat(path.parent).st_mode & 0o777 == 0o700
 
 
-def test_sqlite_commit_is_atomic(tmp_path: Path) -> None:
+def test_sql_commit_is_atomic(sql_store: Store) -> None:
     kit = CoreKit()
     farm_changes(kit)
     kit.drain()
-    store = SQLiteStore(tmp_path / "b.db")
     good = kit.changes[0]
     broken = Changes(
         requests=good.requests,
         history=[HistoryEntry("w1", 1.0, None, None, "x")],  # type: ignore[arg-type]
         last_request_id=99,
     )
-    with pytest.raises((TypeError, sqlite3.IntegrityError)):
-        store.commit(broken)
-    assert loaded(store) == Snapshot([], [], 0)
-    store.close()
+    with pytest.raises(TypeError):
+        sql_store.commit(broken)
+    assert loaded(sql_store) == Snapshot([], [], 0)
+    sql_store.commit(good)  # the failed transaction left nothing behind to trip on
+    assert sql_store.load().last_request_id == good.last_request_id
 
 
 def new_token(user: str) -> TokenRecord:
@@ -324,18 +349,21 @@ def test_tokens_are_kept_and_revoked_once(store: Store) -> None:
         again.revoke_token(80.0, 7)
 
 
-def test_sqlite_a_token_commits_with_its_audit_event_or_not_at_all(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "b.db")
+def test_sql_a_token_commits_with_its_audit_event_or_not_at_all(sql_store: Store) -> None:
+    store = sql_store
     core = Core()
     core.issue_token(new_token("ci-bot"))
     changes = core.drain()
     # The event is written after the token: its failure must take the token with it.
     nobody: str = None  # type: ignore[assignment]
     changes.audit.append(AuditEvent(1.0, nobody, "admin", "IssueToken", "token 1"))
-    with pytest.raises(StoreUnavailable, match=r"NOT NULL constraint failed: audit\.actor"):
+    refused = (
+        r"NOT NULL constraint failed: audit\.actor"  # SQLite
+        r'|null value in column "actor" of relation "audit"'  # PostgreSQL
+    )
+    with pytest.raises(StoreUnavailable, match=refused):
         store.commit(changes)
     assert store.load().tokens == [] and store.audit(10) == []
-    store.close()
 
 
 def test_audit_events_newest_first_and_paged(store: Store) -> None:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import socket
 import ssl
 
+from boruta.address import AddressError, split_host_port
+
 from boruta_client.config import Context
 
 PROBE_TIMEOUT = 3.0
 # An HTTP/2 client preface and an empty SETTINGS frame: enough for a TLS server that wants
-# a client certificate to say so (TLS 1.3 sends that alert after the handshake).
+# a client certificate to say so (TLS 1.3 refuses it only after the handshake).
 _H2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 _SET_CERTS = (
     "set ca, cert and key (BORUTA_CA, BORUTA_CERT and BORUTA_KEY, or tls=TlsFiles(...)), "
@@ -20,10 +22,12 @@ _SET_CERTS = (
 
 
 def _split(target: str) -> tuple[str, int] | None:
-    host, _, port = target.rpartition(":")
-    if not port.isdigit():
+    # A target gRPC understands but this probe does not (dns:///..., unix:...) is not probed.
+    try:
+        host, port = split_host_port(target, "scheduler", listen=True)
+    except AddressError:
         return None
-    return host.strip("[]") or "localhost", int(port)
+    return (host or "localhost", port) if port else None
 
 
 def _handshake(host: str, port: int, context: ssl.SSLContext) -> str:
@@ -46,13 +50,16 @@ def _handshake(host: str, port: int, context: ssl.SSLContext) -> str:
         with tls:
             try:
                 tls.sendall(_H2_HELLO)
-                tls.recv(1)
+                answer = tls.recv(1)
             except ssl.SSLError as exc:
-                if "ALERT" in (exc.reason or ""):
-                    return "certificate"
+                return "certificate" if "ALERT" in (exc.reason or "") else "tls"
+            except TimeoutError:
+                return "tls"  # slow, not refusing: nothing to say about certificates
             except OSError:
-                pass
-    return "tls"
+                return "certificate"
+    # gRPC's server answers an HTTP/2 hello with its SETTINGS; when it wanted a client
+    # certificate and did not get one it takes, it hangs up instead, without an alert.
+    return "tls" if answer else "certificate"
 
 
 def _tls_context(ca: str = "", cert: str = "", key: str = "") -> ssl.SSLContext:

@@ -198,14 +198,22 @@ class AsyncClient(ClientBase):
                 return found[:limit]
             message.page_token = reply.next_page_token
 
-    async def _in_place(self, call: grpc.aio.UnaryStreamCall[Ask, Reply]) -> None:
-        """Wait until the watch is in place (the server's initial metadata)."""
+    async def _watch(
+        self,
+        method: grpc.aio.UnaryStreamMultiCallable[Ask, Reply],
+        message: Ask,
+        timeout: float | None,
+        convert_item: Callable[[Reply], T],
+    ) -> AsyncWatch[T]:
+        """A watch opened with message, once it is in place (the server's initial metadata)."""
+        call = method(message, metadata=self.identity.metadata(), timeout=timeout)
         try:
             await call.initial_metadata()
             if call.done() and await call.code() is not grpc.StatusCode.OK:
                 await call.read()
         except grpc.RpcError as error:
             raise await self._failure(error) from None
+        return AsyncWatch(call, convert_item, self._failure)
 
     # ----------------------------------------------------------------- requests
 
@@ -366,11 +374,8 @@ class AsyncClient(ClientBase):
             filter=convert.request_filter(ids, states, priorities, owners),
             include_current=include_current,
         )
-        call = self._rpc.requests.WatchRequests(
-            message, metadata=self.identity.metadata(), timeout=timeout
-        )
-        await self._in_place(call)
-        return AsyncWatch(call, lambda item: convert.request(item.request), self._failure)
+        watch = self._rpc.requests.WatchRequests
+        return await self._watch(watch, message, timeout, lambda r: convert.request(r.request))
 
     # -------------------------------------------------------------------- audit
 
@@ -472,8 +477,5 @@ class AsyncClient(ClientBase):
             filter=convert.worker_filter(uuids, states, groups, caps),
             include_current=include_current,
         )
-        call = self._rpc.workers.WatchWorkers(
-            message, metadata=self.identity.metadata(), timeout=timeout
-        )
-        await self._in_place(call)
-        return AsyncWatch(call, convert.worker_change, self._failure)
+        watch = self._rpc.workers.WatchWorkers
+        return await self._watch(watch, message, timeout, convert.worker_change)

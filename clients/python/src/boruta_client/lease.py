@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar, cast
 
 from boruta_client.errors import (
     BorutaError,
@@ -23,8 +22,11 @@ from boruta_client.errors import (
     Unauthenticated,
     WrongRequestState,
 )
-from boruta_client.ssh import BoardSSH, CommandResult, Sink
+from boruta_client.ssh import BoardSSH, Sink
 from boruta_client.types import Access, Acquired, Job, Request, RequestState
+
+if TYPE_CHECKING:  # the client makes leases; a lease only calls it back
+    from boruta_client.aio import AsyncClient
 
 log = logging.getLogger(__name__)
 
@@ -70,37 +72,6 @@ def should_retry_prolong(error: BorutaError) -> bool:
     return not isinstance(error, final)
 
 
-class Scheduler(Protocol):
-    """The calls a lease makes (AsyncClient has them)."""
-
-    async def new_request(
-        self,
-        caps: Mapping[str, str] | None = None,
-        *,
-        priority: int = 0,
-        valid_after: datetime | None = None,
-        deadline: datetime | None = None,
-        accept_unsatisfiable: bool = False,
-        no_wait: bool = False,
-        job_timeout: timedelta | None = None,
-    ) -> Request: ...
-
-    async def get_request(self, request_id: int) -> Request: ...
-
-    async def acquire_worker(
-        self,
-        request_id: int,
-        *,
-        timeout: float | None = None,
-        on_wait: Callable[[Request], None] | None = None,
-        poll_interval: float = 3.0,
-    ) -> Acquired: ...
-
-    async def close_request(self, request_id: int) -> Request: ...
-
-    async def prolong_access(self, request_id: int) -> Job: ...
-
-
 @dataclass(frozen=True, slots=True)
 class LeaseTerms:
     """What a lease asks for and how it waits; see AsyncClient.lease."""
@@ -114,6 +85,38 @@ class LeaseTerms:
     wait_timeout: float | None = None
     on_wait: Callable[[Request], None] | None = None
     auto_prolong: bool = True
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+# Keyword arguments of BoardSSH's operations that are output sinks.
+_SINKS = ("stdout", "stderr")
+
+
+def _called_in(loop: asyncio.AbstractEventLoop, sink: Sink) -> Sink:
+    def forward(data: bytes) -> None:
+        loop.call_soon_threadsafe(sink, data)
+
+    return forward
+
+
+def _in_thread(
+    operation: Callable[Concatenate[BoardSSH, P], R],
+) -> Callable[Concatenate[AsyncBoardSSH, P], Awaitable[R]]:
+    """A BoardSSH operation as a coroutine of AsyncBoardSSH, with the same signature and
+    docs: it runs in a thread (opening the connection there on first use), and calls its
+    output sinks in the event loop."""
+
+    @functools.wraps(operation)
+    async def in_thread(board: AsyncBoardSSH, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        loop = asyncio.get_running_loop()
+        for name in _SINKS:
+            sink = cast("Sink | None", kwargs.get(name))
+            if sink is not None:
+                kwargs[name] = _called_in(loop, sink)
+        return await asyncio.to_thread(lambda: operation(board.sync, *args, **kwargs))
+
+    return in_thread
 
 
 class AsyncBoardSSH:
@@ -138,46 +141,9 @@ class AsyncBoardSSH:
         await asyncio.to_thread(lambda: self.sync)
         return self
 
-    async def run(
-        self,
-        command: str | Sequence[str],
-        *,
-        stdout: Sink | None = None,
-        stderr: Sink | None = None,
-        input: bytes | None = None,
-        timeout: float | None = None,
-        pty: bool = False,
-    ) -> CommandResult:
-        """See BoardSSH.run."""
-        loop = asyncio.get_running_loop()
-
-        def in_loop(sink: Sink | None) -> Sink | None:
-            if sink is None:
-                return None
-
-            def forward(data: bytes) -> None:
-                loop.call_soon_threadsafe(sink, data)
-
-            return forward
-
-        return await asyncio.to_thread(
-            lambda: self.sync.run(
-                command,
-                stdout=in_loop(stdout),
-                stderr=in_loop(stderr),
-                input=input,
-                timeout=timeout,
-                pty=pty,
-            )
-        )
-
-    async def put(self, local: str | os.PathLike[str], remote: str) -> None:
-        """See BoardSSH.put."""
-        await asyncio.to_thread(lambda: self.sync.put(local, remote))
-
-    async def get(self, remote: str, local: str | os.PathLike[str]) -> Path:
-        """See BoardSSH.get."""
-        return await asyncio.to_thread(lambda: self.sync.get(remote, local))
+    run = _in_thread(BoardSSH.run)
+    put = _in_thread(BoardSSH.put)
+    get = _in_thread(BoardSSH.get)
 
     async def close(self) -> None:
         with self._opening:
@@ -222,7 +188,7 @@ class AsyncLease:
 
     def __init__(
         self,
-        client: Scheduler,
+        client: AsyncClient,
         caps: Mapping[str, str],
         terms: LeaseTerms,
         existing: int | None = None,

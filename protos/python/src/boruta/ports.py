@@ -8,6 +8,8 @@ import socket
 
 import grpc
 
+from boruta.address import AddressError, split_host_port
+
 
 class CannotListen(Exception):
     """A port could not be bound; the message names the address, the setting and why."""
@@ -40,12 +42,12 @@ def add_port(
 def bind_failure(address: str) -> str | None:
     """Why address cannot be bound, found by trying it with a plain socket; None when at
     least one of the addresses it resolves to can be bound (gRPC needs only one)."""
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit():
-        return "not a host:port address"
-    host = host.strip("[]")
     try:
-        infos = socket.getaddrinfo(host or None, int(port_text), type=socket.SOCK_STREAM)
+        host, port = split_host_port(address, listen=True)
+    except AddressError as exc:
+        return str(exc)
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
         return f"cannot resolve {host!r} ({exc})"
     reasons = []

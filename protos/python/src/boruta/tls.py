@@ -14,6 +14,7 @@ import grpc
 from cryptography import x509
 
 from boruta import pki
+from boruta.address import AddressError, split_host_port
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +86,10 @@ def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
 
 def is_loopback(address: str) -> bool:
     """Whether host:port (or [v6]:port) names this machine only."""
-    host = address.rsplit(":", 1)[0].strip("[]")
+    try:
+        host = split_host_port(address, listen=True)[0]
+    except AddressError:
+        return False
     if host == "localhost":
         return True
     try:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from boruta.address import AddressError, check_dial_address, is_wildcard, split_host_port
 from boruta.pki import PkiError
 from boruta.tls import TlsFiles, choose_transport
 
@@ -87,16 +88,26 @@ class DryadConfig:
     uid_mark_dir: str = DEFAULT_MARK_DIR
 
 
-def _host_port(value: str, what: str, *, port_zero: bool = False) -> str:
-    host, sep, port = value.rpartition(":")
-    ok = sep and host and port.isdigit() and (port_zero or int(port) > 0) and int(port) < 65536
-    if not ok:
-        raise ConfigError(f"{what} must be host:port, got {value!r}")
+def _host_port(value: str, what: str, *, listen: bool = False, dial: bool = False) -> str:
+    """value, checked to be host:port (a listen address may have port 0, a dial address
+    no wildcard host)."""
+    try:
+        if dial:
+            check_dial_address(value, what)
+        else:
+            split_host_port(value, what, listen=listen)
+    except AddressError as exc:
+        raise ConfigError(str(exc)) from None
     return value
 
 
-def _is_wildcard(host: str) -> bool:
-    return host.strip("[]") in ("0.0.0.0", "::", "", "*")
+def advertised_host(advertise: str) -> str:
+    """The host of an advertise setting, which is host:port, host:0 or a host alone (the
+    port is then the one the dryad listens on)."""
+    try:
+        return split_host_port(advertise, "advertise", listen=True)[0]
+    except AddressError:
+        return advertise.removeprefix("[").removesuffix("]")
 
 
 def _board(index: int, data: Mapping[str, Any]) -> BoardConfig:
@@ -133,9 +144,7 @@ def _board(index: int, data: Mapping[str, Any]) -> BoardConfig:
     ssh_address = data.get("ssh_address")
     if not isinstance(ssh_address, str):
         raise ConfigError(f"{where}: ssh_address (host:port the scheduler can dial) is required")
-    _host_port(ssh_address, f"{where}: ssh_address")
-    if _is_wildcard(ssh_address.rpartition(":")[0]):
-        raise ConfigError(f"{where}: ssh_address must not be a wildcard address")
+    _host_port(ssh_address, f"{where}: ssh_address", dial=True)
     host_keys = data.get("ssh_host_keys", list(DEFAULT_HOST_KEYS))
     if (
         not isinstance(host_keys, list)
@@ -212,14 +221,13 @@ def parse_config(data: Mapping[str, Any]) -> DryadConfig:
     scheduler = data.get("scheduler")
     if not isinstance(scheduler, str):
         raise ConfigError("scheduler (host:port of the boruta scheduler) is required")
-    _host_port(scheduler, "scheduler")
-    listen = _host_port(str(data.get("listen", "0.0.0.0:7175")), "listen", port_zero=True)
+    _host_port(scheduler, "scheduler", dial=True)
+    listen = _host_port(str(data.get("listen", "0.0.0.0:7175")), "listen", listen=True)
     advertise = str(data.get("advertise", ""))
     if advertise:
-        host = advertise.rpartition(":")[0] if ":" in advertise else advertise
-        if _is_wildcard(host):
+        if is_wildcard(advertised_host(advertise)):
             raise ConfigError("advertise must be a host the scheduler can dial, not a wildcard")
-    elif _is_wildcard(listen.rpartition(":")[0]):
+    elif is_wildcard(split_host_port(listen, listen=True)[0]):
         raise ConfigError(
             "listen is a wildcard address: set advertise to the host:port the scheduler "
             "should dial (it is never guessed)"

@@ -25,6 +25,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from boruta.address import AddressError, split_host_port
+
 from boruta_dryad.sessions import pam_line
 
 log = logging.getLogger(__name__)
@@ -165,8 +167,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="where host key and config live [env: BORUTA_WORKDIR]",
     )
     args = parser.parse_args(argv)
-    host, _, port = args.listen.rpartition(":")
-    server = DevSshd(host, int(port), args.workdir)
+    try:
+        host, port = split_host_port(args.listen, "--listen", listen=True)
+    except AddressError as exc:
+        parser.error(str(exc))
+    server = DevSshd(host, port, args.workdir)
     print(f"{READY}{server.start()}", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

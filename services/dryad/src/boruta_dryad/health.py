@@ -9,6 +9,8 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from boruta.address import split_host_port
+
 from boruta_dryad.backends import BackendError, BoardBackend
 from boruta_dryad.config import BoardConfig
 from boruta_dryad.hostkeys import HostKeyError, parse_public_key, read_host_keys
@@ -24,11 +26,9 @@ class Check:
 
 
 async def check_sshd(address: str, timeout: float) -> Check:
-    host, _, port = address.rpartition(":")
+    host, port = split_host_port(address, "ssh_address")
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host.strip("[]"), int(port)), timeout
-        )
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
         try:
             banner = await asyncio.wait_for(reader.readline(), timeout)
         finally:
@@ -61,10 +61,10 @@ async def check_host_keys(address: str, patterns: Sequence[str], timeout: float)
     scanner = shutil.which("ssh-keyscan")
     if scanner is None:
         return Check("host_keys", True, f"{len(keys)} keys (no ssh-keyscan to compare them)")
-    host, _, port = address.rpartition(":")
-    argv = [scanner, "-T", str(max(1, round(timeout))), *_scan_type(keys), "-p", port]
+    host, port = split_host_port(address, "ssh_address")
+    argv = [scanner, "-T", str(max(1, round(timeout))), *_scan_type(keys), "-p", str(port)]
     proc = await asyncio.create_subprocess_exec(
-        *argv, host.strip("[]"), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        *argv, host, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
     )
     try:
         output, _ = await asyncio.wait_for(proc.communicate(), timeout + 5)

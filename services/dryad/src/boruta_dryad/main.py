@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import grpc
 from boruta import logs
+from boruta.address import AddressError, join_host_port, split_host_port
 from boruta.ports import CannotListen, add_port
 from boruta.tls import PeerCertificates, channel_credentials, server_credentials
 from boruta.v1 import dryad_pb2_grpc
@@ -21,7 +22,7 @@ from boruta_dryad import __version__, sessions
 from boruta_dryad.agent import BoardRegistration, SchedulerLink
 from boruta_dryad.backends import make_backend
 from boruta_dryad.cgroups import CgroupError, JobCgroups, detect
-from boruta_dryad.config import ConfigError, DryadConfig, load_config
+from boruta_dryad.config import ConfigError, DryadConfig, advertised_host, load_config
 from boruta_dryad.hoststatus import host_status
 from boruta_dryad.servicer import Board, DryadServicer
 from boruta_dryad.state import dryad_id, ensure_uuids
@@ -97,11 +98,13 @@ class Dryad:
     def _advertised(self, port: int) -> str:
         advertise = self.config.advertise
         if not advertise:
-            return f"{self.config.listen.rpartition(':')[0]}:{port}"
-        host, sep, configured = advertise.rpartition(":")
-        if not sep:
-            return f"{advertise}:{port}"
-        return advertise if configured not in ("", "0") else f"{host}:{port}"
+            return join_host_port(split_host_port(self.config.listen, listen=True)[0], port)
+        try:
+            if split_host_port(advertise, "advertise", listen=True)[1]:
+                return advertise
+        except AddressError:
+            pass  # a host alone: the port is the one bound
+        return join_host_port(advertised_host(advertise), port)
 
     async def stop(self) -> None:
         """Stop serving and remove the job users: nobody may use a board without its dryad."""

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from boruta.address import join_host_port, split_host_port
 from boruta.v1 import dryad_pb2, dryad_pb2_grpc, types_pb2
 
 from boruta_dryad.agent import BoardRegistration, SchedulerLink
@@ -164,11 +165,11 @@ class StubDryad:
         dryad_pb2_grpc.add_DryadServicer_to_server(
             StubDryadServicer(self.boards, self.keys, self.user_prefix), server
         )
-        host = self.listen.rpartition(":")[0]
+        host = split_host_port(self.listen, "--listen", listen=True)[0]
         port = server.add_insecure_port(self.listen)
         await server.start()
         self._server = server
-        self.address = f"{host}:{port}"
+        self.address = join_host_port(host, port)
         self.link = SchedulerLink(
             self.scheduler_address,
             self.address,

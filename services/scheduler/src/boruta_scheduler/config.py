@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from boruta.address import split_host_port
+
 from boruta_scheduler.core import Policy
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -91,7 +93,12 @@ _OPTIONS = [
     _Option("public_host", "server", "str", "host users dial for job SSH tunnels (AccessInfo)"),
     _Option("tunnel_bind", "server", "str", "address tunnels listen on (default: public host)"),
     _Option("tunnel_ports", "server", "str", "tunnel ports: 0 (any free) or LOW-HIGH"),
-    _Option("store", "server", "str", "store URL: sqlite:///path/boruta.db or memory:"),
+    _Option(
+        "store",
+        "server",
+        "str",
+        "store URL: sqlite:///path/boruta.db, postgresql://user@host/database or memory:",
+    ),
     _Option("data_dir", "server", "str", "directory of the default SQLite store"),
     _Option(
         "retention",
@@ -205,7 +212,10 @@ def load_config(
                 raise ValueError(f"unknown setting {section}.{name}")
             spec = known.get(name)
             converted[section][name] = _convert(spec, value) if spec else value
-    return SchedulerConfig(
-        server=replace(ServerConfig(), **converted["server"]),
-        policy=replace(Policy(), **converted["policy"]),
-    )
+    server = replace(ServerConfig(), **converted["server"])
+    # Checked here so that a typo costs one line naming the setting, not a bind error.
+    split_host_port(server.listen, f"--listen (or {env_name('listen')})", listen=True)
+    if server.listen_tokens:
+        what = f"--listen-tokens (or {env_name('listen_tokens')})"
+        split_host_port(server.listen_tokens, what, listen=True)
+    return SchedulerConfig(server=server, policy=replace(Policy(), **converted["policy"]))

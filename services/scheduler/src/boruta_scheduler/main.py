@@ -10,17 +10,19 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from boruta import logs
+from boruta.address import join_host_port, split_host_port
 from boruta.ports import CannotListen
 
 from boruta_scheduler.config import SchedulerConfig, load_config
+from boruta_scheduler.errors import StoreUnavailable
 from boruta_scheduler.rpc.server import Scheduler
-from boruta_scheduler.store import CannotOpenStore
+from boruta_scheduler.store import CannotOpenStore, safe_url
 
 log = logging.getLogger(__name__)
 
 # Exit codes (docs/install.md): a unit should restart the scheduler only after FAILED.
 EXIT_STOPPED = 0  # stopped by SIGTERM or SIGINT
-EXIT_FAILED = 1  # the engine failed; a restart rebuilds the state from the store
+EXIT_FAILED = 1  # the engine failed, or the database server is not reachable: restart
 EXIT_USAGE = 2  # bad options or configuration, or a port that cannot be bound
 EXIT_CANNOT_WRITE = 73  # the store cannot be opened for writing (read-only, permissions)
 
@@ -42,14 +44,17 @@ async def serve(config: SchedulerConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    host = config.server.listen.rpartition(":")[0] or "0.0.0.0"
+    host = split_host_port(config.server.listen, listen=True)[0] or "0.0.0.0"
+    address = join_host_port(host, port)
     # The readiness line: tests and scripts wait for it and read the port from it.
-    print(f"boruta-scheduler listening on {host}:{port}", flush=True)
+    print(f"boruta-scheduler listening on {address}", flush=True)
     if scheduler.token_port:
         # Both ports are bound already; this line follows the readiness line.
-        tokens_host = config.server.listen_tokens.rpartition(":")[0]
-        print(f"boruta-scheduler tokens on {tokens_host}:{scheduler.token_port}", flush=True)
-    log.info("serving", extra={"address": f"{host}:{port}", "store": config.server.store_url})
+        tokens_host = split_host_port(config.server.listen_tokens, listen=True)[0]
+        tokens = join_host_port(tokens_host, scheduler.token_port)
+        print(f"boruta-scheduler tokens on {tokens}", flush=True)
+    store = safe_url(config.server.store_url)  # a PostgreSQL URL may hold a password
+    log.info("serving", extra={"address": address, "store": store})
     waiter = asyncio.ensure_future(scheduler.wait())
     stopper = asyncio.ensure_future(stop.wait())
     await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -79,6 +84,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         # One line that says which path and why; a traceback would add nothing.
         print(f"boruta-scheduler: {exc}", file=sys.stderr)
         code = EXIT_CANNOT_WRITE
+    except StoreUnavailable as exc:
+        # A database server that is not up yet: worth a restart, unlike the above.
+        print(f"boruta-scheduler: {exc}", file=sys.stderr)
+        code = EXIT_FAILED
     sys.exit(code)
 
 

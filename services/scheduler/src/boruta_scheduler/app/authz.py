@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import TYPE_CHECKING, TypeVar
 
+from boruta_scheduler.core.policy import check_dial_address
 from boruta_scheduler.errors import PermissionDenied, RequestNotFound, shown
 from boruta_scheduler.listing import RequestQuery
 from boruta_scheduler.types import Identity, RequestView, Role
@@ -194,7 +195,7 @@ def check_dryad_hosts(who: Identity, addresses: Mapping[str, str]) -> None:
     tunnels (and the scheduler's calls) at any host the scheduler can reach, itself
     included."""
     for what, address in addresses.items():
-        host = address.rpartition(":")[0].strip("[]")
+        host = check_dial_address(address, what=what)[0]
         if who.hosts is not None and host not in who.hosts:
             raise PermissionDenied(
                 f"{what} {shown(address)} is not on a host the dryad's certificate names "

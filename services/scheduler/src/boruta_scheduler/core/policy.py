@@ -6,7 +6,9 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from boruta_scheduler.errors import InvalidArgument, PermissionDenied, shown
+from boruta import address as address_rules
+
+from boruta_scheduler.errors import InvalidArgument, PermissionDenied
 from boruta_scheduler.types import UUID_CAP
 
 HOUR = 3600.0
@@ -183,19 +185,13 @@ def check_worker_uuid(caps: Mapping[str, str]) -> str:
     return uuid
 
 
-def check_dial_address(address: str, *, what: str) -> str:
-    """Refuse an address that a scheduler could not dial: no port, or a wildcard host."""
-    host, sep, port = address.rpartition(":")
-    host = host.strip("[]")
-    # ASCII digits only, and few: int() refuses thousands of digits, and "²" isdigit().
-    port_ok = port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536
-    if not sep or not host or not port_ok:
-        raise InvalidArgument(f"{what} must be host:port, got {shown(address)}")
-    if host in ("0.0.0.0", "::", "*"):
-        raise InvalidArgument(
-            f"{what} {shown(address)} is a wildcard; advertise a host the scheduler can dial"
-        )
-    return address
+def check_dial_address(address: str, *, what: str) -> tuple[str, int]:
+    """(host, port) of an address the scheduler is to dial; refuses one without a port or
+    with a wildcard host."""
+    try:
+        return address_rules.check_dial_address(address, what)
+    except address_rules.AddressError as exc:
+        raise InvalidArgument(str(exc)) from None
 
 
 def format_caps(caps: Iterable[tuple[str, str]]) -> str:

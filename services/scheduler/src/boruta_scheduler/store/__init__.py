@@ -1,8 +1,9 @@
-"""Durable state of the scheduler: one small interface, in-memory and SQLite implementations."""
+"""Durable state of the scheduler: one small interface; in-memory, SQLite and PostgreSQL
+implementations."""
 
 from __future__ import annotations
 
-from boruta_scheduler.store.base import CannotOpenStore, HistoryPage, Purged, Store
+from boruta_scheduler.store.base import CannotOpenStore, HistoryPage, Purged, Store, safe_url
 from boruta_scheduler.store.memory import MemoryStore
 from boruta_scheduler.store.sqlite import SQLiteStore
 
@@ -14,11 +15,16 @@ __all__ = [
     "SQLiteStore",
     "Store",
     "open_store",
+    "safe_url",
 ]
 
 
+POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
+
+
 def open_store(url: str) -> Store:
-    """Open a store from a URL: ``memory:`` or ``sqlite:///path/to/file.db``."""
+    """Open a store from a URL: ``memory:``, ``sqlite:///path/to/file.db`` or
+    ``postgresql://user@host/database`` (any URL libpq takes)."""
     if url == "memory:":
         return MemoryStore()
     if url.startswith("sqlite://"):
@@ -26,4 +32,15 @@ def open_store(url: str) -> Store:
         if not path:
             raise ValueError("sqlite store URL needs a path: sqlite:///var/lib/boruta/boruta.db")
         return SQLiteStore(path)
-    raise ValueError(f"unknown store URL {url!r}; use memory: or sqlite:///path")
+    if url.startswith(POSTGRESQL_SCHEMES):
+        try:
+            from boruta_scheduler.store.postgresql import PostgreSQLStore
+        except ImportError as exc:
+            raise ValueError(
+                f"a PostgreSQL store needs psycopg ({exc.name} is missing): "
+                "pip install 'boruta-scheduler[postgresql]'"
+            ) from None
+        return PostgreSQLStore(url)
+    raise ValueError(
+        f"unknown store URL {safe_url(url)!r}; use memory:, sqlite:///path or postgresql://..."
+    )

@@ -1,18 +1,23 @@
-"""Conversions between views and flat rows, shared by the SQL stores."""
+"""Conversions between views and flat rows, and the request list query, shared by the SQL
+stores."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from boruta_scheduler.core import Changes
+from boruta_scheduler.listing import Page, RequestQuery, RequestSort
 from boruta_scheduler.types import (
     Access,
+    AuditEvent,
     HistoryEntry,
     JobView,
     RequestState,
     RequestView,
+    TokenRecord,
     WorkerState,
     WorkerView,
 )
@@ -204,3 +209,114 @@ def history_entry(row: Row) -> HistoryEntry:
         to_state=WorkerState(row["to_state"]),
         reason=row["reason"],
     )
+
+
+def token_row(token: TokenRecord) -> dict[str, Any]:
+    return {
+        "id": token.id,
+        "user": token.user,
+        "groups_json": _json_set(token.groups),
+        "admin": bool(token.admin),
+        "secret_hash": token.secret_hash,
+        "created_at": token.created_at,
+        "expires_at": token.expires_at,
+        "revoked_at": token.revoked_at,
+        "issued_by": token.issued_by,
+        "description": token.description,
+    }
+
+
+def token_record(row: Row) -> TokenRecord:
+    return TokenRecord(
+        id=row["id"],
+        user=row["user"],
+        groups=frozenset(json.loads(row["groups_json"])),
+        admin=bool(row["admin"]),
+        secret_hash=bytes(row["secret_hash"]),
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        revoked_at=row["revoked_at"],
+        issued_by=row["issued_by"],
+        description=row["description"],
+    )
+
+
+def audit_row(e: AuditEvent) -> dict[str, Any]:
+    return {
+        "time": e.time,
+        "actor": e.actor,
+        "role": e.role,
+        "action": e.action,
+        "target": e.target,
+        "detail": e.detail,
+    }
+
+
+def audit_event(row: Row) -> AuditEvent:
+    return AuditEvent(
+        row["time"],
+        row["actor"],
+        row["role"],
+        row["action"],
+        row["target"],
+        row["detail"],
+        row["id"],
+    )
+
+
+def commit_statements(changes: Changes) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The named statements that make changes durable, in order, each with its rows: the
+    same for every SQL store, which runs them all in one transaction."""
+    removed = [{"uuid": w.uuid} for w in changes.removed_workers]
+    steps = [
+        ("upsert_request", [request_row(r) for r in changes.requests]),
+        ("upsert_worker", [worker_row(w) for w in changes.workers]),
+        ("touch_worker", [{"uuid": u, "last_seen": t} for u, t in changes.last_seen.items()]),
+        ("delete_worker", removed),
+        ("delete_worker_history", removed),
+        ("insert_history", [history_row(h) for h in changes.history]),
+        ("upsert_token", [token_row(t) for t in changes.tokens]),
+        ("insert_audit", [audit_row(e) for e in changes.audit]),
+        ("set_last_request_id", [{"value": changes.last_request_id}]),
+    ]
+    return [(name, rows) for name, rows in steps if rows]
+
+
+_SORT_COLUMNS = {sort: sort.value for sort in RequestSort}
+
+
+def select_requests(query: RequestQuery, mark: str) -> tuple[str, list[Any]]:
+    """SQL and parameters for one page of a request list, one row more than the page to
+    tell whether another follows; mark is the dialect's placeholder ("?" or "%s")."""
+    where: list[str] = []
+    params: list[Any] = []
+    for column, values in (
+        ("id", query.ids),
+        ("state", {int(s) for s in query.states}),
+        ("priority", query.priorities),
+        ("owner", query.owners),
+    ):
+        if values:
+            where.append(f"{column} IN ({','.join([mark] * len(values))})")
+            params.extend(sorted(values))
+    column = _SORT_COLUMNS[query.sort]
+    direction = "DESC" if query.descending else "ASC"
+    if query.after is not None:
+        where.append(f"({column}, id) {'<' if query.descending else '>'} ({mark}, {mark})")
+        params.extend(query.after)
+    sql = "SELECT * FROM requests"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY {column} {direction}, id {direction} LIMIT {mark}"
+    params.append(query.limit + 1)
+    return sql, params
+
+
+def request_page(query: RequestQuery, rows: Sequence[Row]) -> Page[RequestView]:
+    """The page that rows, as select_requests fetched them, make."""
+    items = [request_view(row) for row in rows[: query.limit]]
+    next_after = None
+    if len(rows) > query.limit:
+        last = rows[query.limit - 1]
+        next_after = (last[_SORT_COLUMNS[query.sort]], last["id"])
+    return Page(items, next_after)

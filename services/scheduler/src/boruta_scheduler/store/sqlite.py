@@ -8,7 +8,6 @@ whose old frames would otherwise keep copies of keys long gone from the tables.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sqlite3
@@ -16,28 +15,28 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from boruta_scheduler.core import Changes, Snapshot
 from boruta_scheduler.errors import StoreUnavailable
-from boruta_scheduler.listing import Page, RequestQuery, RequestSort
+from boruta_scheduler.listing import Page, RequestQuery
 from boruta_scheduler.store.base import CannotOpenStore, HistoryPage, Purged
 from boruta_scheduler.store.codec import (
     Decoder,
+    audit_event,
+    commit_statements,
     history_entry,
-    history_row,
-    request_row,
+    request_page,
     request_view,
-    worker_row,
+    select_requests,
+    token_record,
     worker_view,
 )
 from boruta_scheduler.store.sqlfile import load_migrations, load_queries
-from boruta_scheduler.types import AuditEvent, RequestView, TokenRecord
+from boruta_scheduler.types import AuditEvent, RequestView
 
 log = logging.getLogger(__name__)
 
 _Q = load_queries("sqlite")
-_SORT_COLUMNS = {sort: sort.value for sort in RequestSort}
 # Files written before this version may hold deleted keys in free space: rewrite them once.
 _SECURE_DELETE_VERSION = 5
 BUSY_TIMEOUT_MS = 10_000
@@ -127,7 +126,7 @@ class SQLiteStore:
         conn = self._writer
         workers = [worker_view(row) for row in conn.execute(_Q["all_workers"])]
         (last_id,) = conn.execute(_Q["get_last_request_id"]).fetchone()
-        tokens = [_token(row) for row in conn.execute(_Q["select_tokens"])]
+        tokens = [token_record(row) for row in conn.execute(_Q["select_tokens"])]
         return Snapshot(self._live_requests(), workers, last_id, tokens)
 
     def _live_requests(self) -> Iterator[RequestView]:
@@ -157,26 +156,8 @@ class SQLiteStore:
         conn = self._writer
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if changes.requests:
-                conn.executemany(_Q["upsert_request"], map(request_row, changes.requests))
-            if changes.workers:
-                conn.executemany(_Q["upsert_worker"], map(worker_row, changes.workers))
-            if changes.last_seen:
-                conn.executemany(
-                    _Q["touch_worker"],
-                    ({"uuid": u, "last_seen": t} for u, t in changes.last_seen.items()),
-                )
-            for removed in changes.removed_workers:
-                uuid = removed.uuid
-                conn.execute(_Q["delete_worker"], {"uuid": uuid})
-                conn.execute(_Q["delete_worker_history"], {"uuid": uuid})
-            if changes.history:
-                conn.executemany(_Q["insert_history"], map(history_row, changes.history))
-            if changes.tokens:
-                conn.executemany(_Q["upsert_token"], map(_token_row, changes.tokens))
-            if changes.audit:
-                conn.executemany(_Q["insert_audit"], map(audit_row, changes.audit))
-            conn.execute(_Q["set_last_request_id"], {"value": changes.last_request_id})
+            for name, rows in commit_statements(changes):
+                conn.executemany(_Q[name], rows)
             conn.execute("COMMIT")
         except BaseException:
             # On a full disk or an I/O error SQLite may have rolled back by itself.
@@ -189,34 +170,8 @@ class SQLiteStore:
         return request_view(row) if row else None
 
     def list_requests(self, query: RequestQuery) -> Page[RequestView]:
-        where: list[str] = []
-        params: list[Any] = []
-        for column, values in (
-            ("id", query.ids),
-            ("state", {int(s) for s in query.states}),
-            ("priority", query.priorities),
-            ("owner", query.owners),
-        ):
-            if values:
-                where.append(f"{column} IN ({','.join('?' * len(values))})")
-                params.extend(sorted(values))
-        column = _SORT_COLUMNS[query.sort]
-        direction = "DESC" if query.descending else "ASC"
-        if query.after is not None:
-            where.append(f"({column}, id) {'<' if query.descending else '>'} (?, ?)")
-            params.extend(query.after)
-        sql = "SELECT * FROM requests"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY {column} {direction}, id {direction} LIMIT ?"
-        params.append(query.limit + 1)
-        rows = self._reader().execute(sql, params).fetchall()
-        items = [request_view(row) for row in rows[: query.limit]]
-        next_after = None
-        if len(rows) > query.limit:
-            last = rows[query.limit - 1]
-            next_after = (last[column], last["id"])
-        return Page(items, next_after)
+        sql, params = select_requests(query, "?")
+        return request_page(query, self._reader().execute(sql, params).fetchall())
 
     def worker_history(self, uuid: str, limit: int, before: int | None = None) -> HistoryPage:
         rows = (
@@ -239,12 +194,7 @@ class SQLiteStore:
             _Q["select_audit"],
             {"before": before if before is not None else 2**63 - 1, "limit": limit},
         )
-        return [
-            AuditEvent(
-                r["time"], r["actor"], r["role"], r["action"], r["target"], r["detail"], r["id"]
-            )
-            for r in rows
-        ]
+        return [audit_event(r) for r in rows]
 
     def purge(self, before: float, limit: int) -> Purged:
         with self._writing():
@@ -299,44 +249,3 @@ def _cause(exc: sqlite3.Error) -> str:
     if name.startswith("SQLITE_CANTOPEN"):
         return "cannot open the file"
     return "store error"
-
-
-def _token(row: sqlite3.Row) -> TokenRecord:
-    return TokenRecord(
-        id=row["id"],
-        user=row["user"],
-        groups=frozenset(json.loads(row["groups_json"])),
-        admin=bool(row["admin"]),
-        secret_hash=bytes(row["secret_hash"]),
-        created_at=row["created_at"],
-        expires_at=row["expires_at"],
-        revoked_at=row["revoked_at"],
-        issued_by=row["issued_by"],
-        description=row["description"],
-    )
-
-
-def _token_row(t: TokenRecord) -> dict[str, object]:
-    return {
-        "id": t.id,
-        "user": t.user,
-        "groups_json": json.dumps(sorted(t.groups)),
-        "admin": int(t.admin),
-        "secret_hash": t.secret_hash,
-        "created_at": t.created_at,
-        "expires_at": t.expires_at,
-        "revoked_at": t.revoked_at,
-        "issued_by": t.issued_by,
-        "description": t.description,
-    }
-
-
-def audit_row(e: AuditEvent) -> dict[str, object]:
-    return {
-        "time": e.time,
-        "actor": e.actor,
-        "role": e.role,
-        "action": e.action,
-        "target": e.target,
-        "detail": e.detail,
-    }

@@ -9,6 +9,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from boruta.address import split_host_port
+
 log = logging.getLogger(__name__)
 
 _CHUNK = 64 * 1024
@@ -41,11 +43,6 @@ def parse_ports(spec: str) -> range | None:
     return range(first, last + 1)
 
 
-def _split(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 class Tunnels:
     """Opens and closes the tunnels of jobs, keyed by request id."""
 
@@ -61,10 +58,10 @@ class Tunnels:
         """Listen for the job and return the port; tries `port` first if given."""
         old = self._tunnels.get(request_id)
         if old is not None:
-            if old.target == _split(ssh_address):
+            if old.target == split_host_port(ssh_address, "ssh_address"):
                 return int(old.server.sockets[0].getsockname()[1])
             await self.close(request_id)
-        target = _split(ssh_address)
+        target = split_host_port(ssh_address, "ssh_address")
         tunnel_ref: list[_Tunnel] = []
 
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -1,0 +1,155 @@
+-- Named queries of the PostgreSQL store; each starts with a "-- name:" line. Parameters
+-- are psycopg's %(name)s.
+
+-- name: lock_schema
+-- Schedulers starting together against one database migrate one after another.
+SELECT pg_advisory_xact_lock(7291046512);
+
+-- name: create_schema_version
+CREATE TABLE IF NOT EXISTS schema_version (
+    only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
+    version  INTEGER NOT NULL
+);
+INSERT INTO schema_version (only_row, version) VALUES (TRUE, 0) ON CONFLICT DO NOTHING;
+
+-- name: get_schema_version
+SELECT version FROM schema_version;
+
+-- name: set_schema_version
+UPDATE schema_version SET version = %(version)s;
+
+-- name: upsert_request
+INSERT INTO requests (
+    id, owner, owner_groups, caps, priority, valid_after, deadline, state, reason,
+    created_at, updated_at, job_worker_uuid, job_started_at, job_timeout_at,
+    job_max_timeout_at, job_prolong_count, job_ssh_address, access_username, access_key,
+    access_host_keys, job_tunnel_port, job_timeout
+) VALUES (
+    %(id)s, %(owner)s, %(owner_groups)s, %(caps)s, %(priority)s, %(valid_after)s,
+    %(deadline)s, %(state)s, %(reason)s, %(created_at)s, %(updated_at)s,
+    %(job_worker_uuid)s, %(job_started_at)s, %(job_timeout_at)s, %(job_max_timeout_at)s,
+    %(job_prolong_count)s, %(job_ssh_address)s, %(access_username)s, %(access_key)s,
+    %(access_host_keys)s, %(job_tunnel_port)s, %(job_timeout)s
+) ON CONFLICT (id) DO UPDATE SET
+    owner = EXCLUDED.owner,
+    owner_groups = EXCLUDED.owner_groups,
+    caps = EXCLUDED.caps,
+    priority = EXCLUDED.priority,
+    valid_after = EXCLUDED.valid_after,
+    deadline = EXCLUDED.deadline,
+    state = EXCLUDED.state,
+    reason = EXCLUDED.reason,
+    created_at = EXCLUDED.created_at,
+    updated_at = EXCLUDED.updated_at,
+    job_worker_uuid = EXCLUDED.job_worker_uuid,
+    job_started_at = EXCLUDED.job_started_at,
+    job_timeout_at = EXCLUDED.job_timeout_at,
+    job_max_timeout_at = EXCLUDED.job_max_timeout_at,
+    job_prolong_count = EXCLUDED.job_prolong_count,
+    job_ssh_address = EXCLUDED.job_ssh_address,
+    access_username = EXCLUDED.access_username,
+    access_key = EXCLUDED.access_key,
+    access_host_keys = EXCLUDED.access_host_keys,
+    job_tunnel_port = EXCLUDED.job_tunnel_port,
+    job_timeout = EXCLUDED.job_timeout;
+
+-- name: upsert_worker
+INSERT INTO workers (
+    uuid, state, groups_json, caps, dryad_address, ssh_address, instance_id, dryad_version,
+    reason, request_id, registered_at, last_seen, jobs_done, failures, prepared_username,
+    prepared_key, prepared_host_keys
+) VALUES (
+    %(uuid)s, %(state)s, %(groups_json)s, %(caps)s, %(dryad_address)s, %(ssh_address)s,
+    %(instance_id)s, %(dryad_version)s, %(reason)s, %(request_id)s, %(registered_at)s,
+    %(last_seen)s, %(jobs_done)s, %(failures)s, %(prepared_username)s, %(prepared_key)s,
+    %(prepared_host_keys)s
+) ON CONFLICT (uuid) DO UPDATE SET
+    state = EXCLUDED.state,
+    groups_json = EXCLUDED.groups_json,
+    caps = EXCLUDED.caps,
+    dryad_address = EXCLUDED.dryad_address,
+    ssh_address = EXCLUDED.ssh_address,
+    instance_id = EXCLUDED.instance_id,
+    dryad_version = EXCLUDED.dryad_version,
+    reason = EXCLUDED.reason,
+    request_id = EXCLUDED.request_id,
+    registered_at = EXCLUDED.registered_at,
+    last_seen = EXCLUDED.last_seen,
+    jobs_done = EXCLUDED.jobs_done,
+    failures = EXCLUDED.failures,
+    prepared_username = EXCLUDED.prepared_username,
+    prepared_key = EXCLUDED.prepared_key,
+    prepared_host_keys = EXCLUDED.prepared_host_keys;
+
+-- name: touch_worker
+UPDATE workers SET last_seen = %(last_seen)s WHERE uuid = %(uuid)s;
+
+-- name: delete_worker
+DELETE FROM workers WHERE uuid = %(uuid)s;
+
+-- name: delete_worker_history
+DELETE FROM worker_history WHERE worker_uuid = %(uuid)s;
+
+-- name: insert_history
+INSERT INTO worker_history (worker_uuid, time, from_state, to_state, reason)
+VALUES (%(worker_uuid)s, %(time)s, %(from_state)s, %(to_state)s, %(reason)s);
+
+-- name: set_last_request_id
+UPDATE counters SET value = GREATEST(value, %(value)s) WHERE name = 'last_request_id';
+
+-- name: get_last_request_id
+SELECT value FROM counters WHERE name = 'last_request_id';
+
+-- name: live_requests
+SELECT * FROM requests WHERE state IN (1, 2) ORDER BY id;
+
+-- name: all_workers
+SELECT * FROM workers ORDER BY uuid;
+
+-- name: get_request
+SELECT * FROM requests WHERE id = %(id)s;
+
+-- name: worker_history
+SELECT * FROM worker_history
+WHERE worker_uuid = %(uuid)s AND seq < %(before)s
+ORDER BY seq DESC
+LIMIT %(limit)s;
+
+-- name: upsert_token
+-- A token's only change after it is issued is its revocation.
+INSERT INTO tokens (
+    id, "user", groups_json, admin, secret_hash, created_at, expires_at, revoked_at,
+    issued_by, description
+) VALUES (
+    %(id)s, %(user)s, %(groups_json)s, %(admin)s, %(secret_hash)s, %(created_at)s,
+    %(expires_at)s, %(revoked_at)s, %(issued_by)s, %(description)s
+) ON CONFLICT (id) DO UPDATE SET revoked_at = EXCLUDED.revoked_at;
+
+-- name: select_tokens
+SELECT * FROM tokens ORDER BY id;
+
+-- name: insert_audit
+INSERT INTO audit (time, actor, role, action, target, detail)
+VALUES (%(time)s, %(actor)s, %(role)s, %(action)s, %(target)s, %(detail)s);
+
+-- name: select_audit
+SELECT * FROM audit WHERE id < %(before)s ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: purge_requests
+DELETE FROM requests WHERE id IN (
+    SELECT id FROM requests WHERE state > 2 AND updated_at < %(before)s LIMIT %(limit)s
+);
+
+-- name: purge_history
+-- Entries are added in time order, so the oldest are the first by seq (and by id): only
+-- the first `limit` rows are looked at, however long the table.
+DELETE FROM worker_history WHERE seq IN (
+    SELECT seq FROM (SELECT seq, time FROM worker_history ORDER BY seq LIMIT %(limit)s) AS oldest
+    WHERE time < %(before)s
+);
+
+-- name: purge_audit
+DELETE FROM audit WHERE id IN (
+    SELECT id FROM (SELECT id, time FROM audit ORDER BY id LIMIT %(limit)s) AS oldest
+    WHERE time < %(before)s
+);

@@ -1,0 +1,54 @@
+"""The demo farm (`make run`) as the README's reader meets it: it says what it is doing
+while it starts, and a token an admin issues there works on its token port."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from demo_farm_kit import DemoFarm
+
+SCHEDCTL = [sys.executable, "-m", "schedctl.main"]
+
+
+def schedctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SCHEDCTL, *args], env=env, capture_output=True, text=True)
+
+
+def test_the_demo_farm_shows_each_step_while_it_starts(demo_farm: DemoFarm) -> None:
+    steps = [line for line in demo_farm.output if line.startswith("... ")]
+    assert [s.split(" ")[1:3] for s in steps] == [
+        ["starting", "sshd"],
+        ["starting", "the"],
+        ["starting", "3"],
+        ["putting", "the"],
+    ]
+    assert f"    {demo_farm.name}-0  board=rpi4 camera=yes\n" in demo_farm.output
+
+
+def test_a_token_issued_on_the_demo_farm_works_on_its_token_port(
+    demo_farm: DemoFarm, tmp_path: Path
+) -> None:
+    env = demo_farm.env(tmp_path)
+    issued = schedctl(env, "-c", "farm-admin", "tokens", "issue", "ci-bot", "-g", "ci")
+    assert issued.returncode == 0, issued.stderr
+    secret = issued.stdout.splitlines()[-1]
+    # As the farm's message says: BORUTA_TOKEN and the farm-token context.
+    with_token = {**env, "BORUTA_TOKEN": secret}
+    status = schedctl(with_token, "-c", "farm-token", "status")
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.startswith(f"scheduler {demo_farm.token_address}, ")
+    made = schedctl(with_token, "-c", "farm-token", "requests", "new", "board=rpi4", "-o", "json")
+    assert made.returncode == 0, made.stderr
+    request = json.loads(made.stdout)
+    assert (request["owner"], request["owner_groups"]) == ("ci-bot", ["ci"])
+    closed = schedctl(with_token, "-c", "farm-token", "requests", "close", str(request["id"]))
+    assert closed.returncode == 0, closed.stderr
+    # Without the token, the token port says what is missing rather than "cannot reach".
+    bare = schedctl(env, "-c", "farm-token", "status")
+    assert bare.returncode == 69
+    assert "requires TLS (it is a token port), and this client called it in plaintext" in (
+        bare.stderr
+    )
