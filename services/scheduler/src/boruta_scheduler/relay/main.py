@@ -34,11 +34,9 @@ async def serve(config: RelayConfig) -> int:
     # The readiness line: the scheduler's --relay is this path; tunnels are on public_host.
     print(f"{READY}{path} tunnels on {config.public_host}", flush=True)
     log.info("serving", extra={"socket": path, "public_host": config.public_host})
-    waiter = asyncio.ensure_future(relay.wait())
-    stopper = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    waiter.cancel()
-    stopper.cancel()
+    # Only a signal ends the server (cancelling a wait for its termination would cancel
+    # its shutdown too).
+    await stop.wait()
     log.info("stopping", extra={"tunnels": len(relay.tunnels)})
     await relay.stop()
     return EXIT_STOPPED

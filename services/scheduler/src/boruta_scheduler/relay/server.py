@@ -143,10 +143,6 @@ class Relay:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.config.socket)
 
-    async def wait(self) -> None:
-        assert self.server is not None
-        await self.server.wait_for_termination()
-
 
 def prepare_socket(path: Path) -> None:
     """Make room for the socket: its directory exists and is its owner's alone, and a socket
