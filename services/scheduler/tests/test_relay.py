@@ -209,3 +209,20 @@ def test_config_refuses_a_wildcard_public_host() -> None:
         "lab",
         "lab",
     )
+
+
+async def test_a_takeover_replaces_the_tunnels_wanted(socket_dir: Path, board: str) -> None:
+    relay = await started_relay(socket_dir)
+    client = RelayTunnels(relay.config.socket)
+    try:
+        await client.start([])
+        await client.open(1, board)
+        second = await client.open(2, board)
+        # The new leader's running jobs: 2 (still on its port) and 3 (not opened yet).
+        await client.reconcile([(2, board, second), (3, board, 0)])
+        held = relay.tunnels.held()
+        assert set(held) == {2, 3} and held[2] == (board, second)
+        assert len(client) == 2
+    finally:
+        await client.close_all()
+        await relay.stop()

@@ -63,22 +63,32 @@ class RelayTunnels:
         from now on; returns whether the relay was reconciled within wait seconds (if not,
         it is as soon as it answers)."""
         self._wanted = {rid: (address, port) for rid, address, port in wanted}
-        self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="relay")
-        try:
-            await asyncio.wait_for(asyncio.shield(self._reconciled.wait()), wait)
-        except TimeoutError:
-            log.warning(
-                "the relay does not answer yet; its tunnels are reconciled when it does",
-                extra={"socket": self.socket_path},
-            )
-            return False
-        return True
+        loop = asyncio.get_running_loop()
+        self._watcher = loop.create_task(self._watch(), name="relay")
+        reconciled = loop.create_task(self._reconciled.wait())
+        await asyncio.wait(
+            {reconciled, self._watcher}, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+        )
+        if reconciled.done():
+            return True
+        reconciled.cancel()
+        log.warning(
+            "the relay does not answer yet; its tunnels are reconciled when it does",
+            extra={"socket": self.socket_path},
+        )
+        return False
 
     async def reconcile(self, wanted: Iterable[Wanted]) -> None:
         """Replace the tunnels wanted (e.g. after a takeover) and tell the relay at once."""
         async with self._lock:
             self._wanted = {rid: (address, port) for rid, address, port in wanted}
-        await self._reconcile()
+        try:
+            await self._reconcile()
+        except grpc.aio.AioRpcError as exc:
+            # The watch reconciles with this set as soon as the relay answers again.
+            log.warning(
+                "the relay is away; reconciled when it is back", extra={"why": exc.code().name}
+            )
 
     async def open(self, request_id: int, ssh_address: str, port: int = 0) -> int:
         async with self._lock:
@@ -140,6 +150,8 @@ class RelayTunnels:
                     "the relay went away",
                     extra={"socket": self.socket_path, "why": exc.code().name},
                 )
+            except Exception:  # a bug must not end the watch: the next relay needs it
+                log.exception("watching the relay failed")
             finally:
                 call.cancel()
             await asyncio.sleep(_REWATCH_PAUSE)
