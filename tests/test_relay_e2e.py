@@ -75,6 +75,8 @@ async def until_refused(port: int, *, refused: bool = True) -> None:
         except ConnectionRefusedError:
             if refused:
                 return
+        except ConnectionResetError:
+            pass  # taken into a backlog just as the listener closed: try again
         else:
             writer.close()
             if not refused:
