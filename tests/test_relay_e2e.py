@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import socket
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +20,10 @@ import pytest
 from access_kit import Login, running_sshd
 from boruta.v1 import types_pb2
 from boruta_dryad.devsshd import DevSshd
-from farm_kit import Farm, SchedulerProcess
+from boruta_scheduler.relay.config import RelayConfig
+from boruta_scheduler.relay.server import Relay
+from conftest import start_scheduler
+from farm_kit import Farm, SchedulerProcess, board
 from relay_kit import RELAY, RelayProcess
 from system_kit import remove_users, require_root, unique_prefix
 from test_access_e2e import farm_processes
@@ -204,3 +210,37 @@ def test_a_second_relay_on_a_served_socket_exits_2_in_one_line(
     assert second.returncode == 2
     assert second.stderr.count("\n") == 1
     assert "another relay serves it" in second.stderr
+
+
+async def test_a_tunnel_the_relay_reopens_elsewhere_is_handed_out_there(tmp_path: Path) -> None:
+    """In-process scheduler and relay, a stub dryad: the port a job's tunnel moved to (its
+    old one taken while the relay was away) is stored and handed out from then on."""
+    socket_dir = Path(tempfile.mkdtemp(prefix="relay-"))  # short, for a Unix socket's path
+    relay = Relay(RelayConfig(socket=str(socket_dir / "relay.sock")))
+    await relay.start()
+    scheduler = await start_scheduler(tmp_path, relay=relay.config.socket)
+    farm = Farm(f"127.0.0.1:{scheduler.port}")
+    board_ssh = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    squatter: socket.socket | None = None
+    try:
+        ssh_address = f"127.0.0.1:{board_ssh.sockets[0].getsockname()[1]}"
+        await farm.add_dryad([board("w1", board="rpi4")], ssh_address=ssh_address)
+        alice = farm.client("alice")
+        request = await alice.new({"board": "rpi4"})
+        port = (await alice.acquire(request.id)).access.port
+        await relay.stop()
+        squatter = socket.create_server(("127.0.0.1", port))
+        relay = Relay(relay.config)
+        await relay.start()
+        while (await alice.acquire(request.id)).access.port == port:
+            await asyncio.sleep(0.05)
+        moved = (await alice.acquire(request.id)).access.port
+        assert relay.tunnels.held() == {request.id: (ssh_address, moved)}
+    finally:
+        if squatter is not None:
+            squatter.close()
+        await farm.close()
+        await scheduler.stop(grace=0)
+        await relay.stop()
+        board_ssh.close()
+        shutil.rmtree(socket_dir)

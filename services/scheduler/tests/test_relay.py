@@ -226,3 +226,29 @@ async def test_a_takeover_replaces_the_tunnels_wanted(socket_dir: Path, board: s
     finally:
         await client.close_all()
         await relay.stop()
+
+
+async def test_a_tunnel_reopened_on_another_port_is_reported(socket_dir: Path, board: str) -> None:
+    relay = await started_relay(socket_dir)
+    moved: list[tuple[int, int]] = []
+    client = RelayTunnels(relay.config.socket, on_moved=lambda rid, port: moved.append((rid, port)))
+    squatter: socket.socket | None = None
+    try:
+        await client.start([])
+        port = await client.open(4, board)
+        reconciles = client.reconciles
+        await relay.stop()
+        # While the relay is away, someone else takes the tunnel's port.
+        squatter = socket.create_server(("127.0.0.1", port))
+        relay = await started_relay(socket_dir)
+        while client.reconciles == reconciles:
+            await asyncio.sleep(0.02)
+        (new_port,) = [p for _, p in relay.tunnels.held().values()]
+        assert new_port != port and moved == [(4, new_port)]
+        assert await round_trip(new_port) == b"ping"
+        assert await client.open(4, board) == new_port
+    finally:
+        if squatter is not None:
+            squatter.close()
+        await client.close_all()
+        await relay.stop()
