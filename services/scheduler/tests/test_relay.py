@@ -252,3 +252,21 @@ async def test_a_tunnel_reopened_on_another_port_is_reported(socket_dir: Path, b
             squatter.close()
         await client.close_all()
         await relay.stop()
+
+
+@pytest.mark.parametrize(
+    ("where", "why"),
+    [
+        ("/proc/no-such-dir/relay.sock", "No such file or directory"),
+        ("/tmp/" + "x" * 120 + ".sock", "at most 107 bytes"),
+        ("FILE", "exists and is no socket"),
+    ],
+)
+async def test_a_socket_that_cannot_be_served_costs_one_line(
+    socket_dir: Path, where: str, why: str
+) -> None:
+    if where == "FILE":
+        where = str(socket_dir / "plain-file")
+        Path(where).write_text("")
+    with pytest.raises(CannotServe, match=why):
+        await Relay(RelayConfig(socket=where)).start()

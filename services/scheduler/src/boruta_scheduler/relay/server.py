@@ -32,6 +32,10 @@ _STATUS: dict[type[Exception], grpc.StatusCode] = {
 }
 
 
+# sockaddr_un's sun_path holds 108 bytes with the terminating NUL.
+MAX_SOCKET_PATH = 107
+
+
 class CannotServe(Exception):
     """The control socket cannot be served; the message says why and what to do."""
 
@@ -145,8 +149,20 @@ class Relay:
 
 
 def prepare_socket(path: Path) -> None:
-    """Make room for the socket: its directory exists and is its owner's alone, and a socket
+    """Make room for the socket: its directory exists (made its owner's alone), and a socket
     left by a relay that died is removed; one a live relay serves is a busy port."""
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise CannotServe(
+            f"cannot listen on {path}: a Unix socket's path has at most {MAX_SOCKET_PATH} "
+            "bytes; choose a shorter one (--socket or BORUTA_RELAY)"
+        )
+    try:
+        _make_room(path)
+    except OSError as exc:
+        raise CannotServe(f"cannot listen on {path}: {exc.strerror or exc}") from None
+
+
+def _make_room(path: Path) -> None:
     if not path.parent.exists():
         path.parent.mkdir(mode=0o700, parents=True)
     if not path.exists() and not path.is_symlink():
