@@ -81,6 +81,28 @@ def spawn(args: list[str], ready: str, log: Path) -> Proc:
     return Proc(popen, line[len(ready) :].split()[0])
 
 
+def spawn_scheduler(data_dir: Path, log: Path, *options: str) -> Proc:
+    """A plaintext boruta-scheduler on a free loopback port, logging warnings to log."""
+    return spawn(
+        [
+            sys.executable,
+            "-m",
+            "boruta_scheduler.main",
+            "--plaintext",
+            "yes",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(data_dir),
+            "--log-level",
+            "WARNING",
+            *options,
+        ],
+        "boruta-scheduler listening on ",
+        log,
+    )
+
+
 @asynccontextmanager
 async def farm(
     boards: int, *, idle: bool, bare: bool = False, store: str = ""
@@ -96,27 +118,14 @@ async def farm(
             [sys.executable, "-m", "bench.baseline"], baseline.READY, workdir / "bare.log"
         )
     else:
-        scheduler = spawn(
-            [
-                sys.executable,
-                "-m",
-                "boruta_scheduler.main",
-                "--plaintext",
-                "yes",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                str(workdir),
-                "--log-level",
-                "WARNING",
-                "--heartbeat-interval",
-                "10s",
-                "--max-waiting-per-user",
-                "1000000000",  # the benchmark queues everything as one user
-                *(["--store", store] if store else []),
-            ],
-            "boruta-scheduler listening on ",
+        scheduler = spawn_scheduler(
+            workdir,
             workdir / "scheduler.log",
+            "--heartbeat-interval",
+            "10s",
+            "--max-waiting-per-user",
+            "1000000000",  # the benchmark queues everything as one user
+            *(["--store", store] if store else []),
         )
     dryad = spawn(
         [
@@ -275,23 +284,7 @@ async def acquire_latency(waiting: int = 10_000, rounds: int = 300) -> dict[str,
     adds the after-job Healthcheck and Prepare calls.
     """
     workdir = Path(tempfile.mkdtemp(prefix="boruta-bench-"))
-    scheduler = spawn(
-        [
-            sys.executable,
-            "-m",
-            "boruta_scheduler.main",
-            "--plaintext",
-            "yes",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            str(workdir),
-            "--log-level",
-            "WARNING",
-        ],
-        "boruta-scheduler listening on ",
-        workdir / "scheduler.log",
-    )
+    scheduler = spawn_scheduler(workdir, workdir / "scheduler.log")
     board = StubBoard("b0", {"board": "board0"})
     dryad = StubDryad(scheduler.address, [board], keys=KeySource(pool_size=4))
     await dryad.start()

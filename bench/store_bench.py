@@ -13,7 +13,6 @@ ROUNDS times, and the report gives medians: `python -m bench.store_bench`.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import os
 import statistics
 import sys
@@ -29,7 +28,7 @@ from boruta_scheduler.store import SQLiteStore, Store
 from boruta_scheduler.types import AuditEvent
 
 from bench import grpc_bench
-from bench.machine import machine
+from bench.machine import print_report
 
 ROUNDS = 5
 GRPC_ROUNDS = 3
@@ -211,10 +210,7 @@ def _verdict(ok: bool) -> str:
 
 
 def main() -> None:
-    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    results = run()
-    print(f"Measured {when} on {machine()}.\n")
-    print("\n".join(render(results, when)))
+    print_report(run, render)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 Every write goes through one method, _transaction: one transaction on the one writer
 connection, committed with synchronous_commit on (durable, and replicated where the
-server is told to, before the call returns). That is where a leader's epoch will fence its
-writes. Reads take a connection from a small pool, so a server restart costs the reads in
+server is told to, before the call returns). That is where a leader's epoch fences its
+writes: once another scheduler has taken the lease (store/leader.py), each raises NotLeader.
+Reads take a connection from a small pool, so a server restart costs the reads in
 flight, not the process.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -21,7 +22,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
 from boruta_scheduler.core import Changes, Snapshot
-from boruta_scheduler.errors import StoreUnavailable
+from boruta_scheduler.errors import NotLeader, StoreUnavailable
 from boruta_scheduler.listing import Page, RequestQuery
 from boruta_scheduler.store.base import CannotOpenStore, HistoryPage, Purged, safe_url
 from boruta_scheduler.store.codec import (
@@ -45,6 +46,9 @@ _PURGES = ("purge_requests", "purge_history", "purge_audit")
 READERS = 8
 # A connection the pool hands out is checked first; one a server restart broke is replaced.
 CONNECT_TIMEOUT_S = 10
+# The server ends a session that sits this long inside a transaction: a leader paused there
+# (SIGSTOP, a frozen VM) would otherwise hold the lease row, and with it the takeover.
+IDLE_IN_TRANSACTION_MS = 2000
 
 Connection = psycopg.Connection[DictRow]
 
@@ -62,6 +66,10 @@ class PostgreSQLStore:
         self._url = url
         self._lock = threading.Lock()  # the writer connection, for one transaction at a time
         self._writer: Connection | None = None
+        # Set once this scheduler leads (app/leadership.py): every write checks it.
+        self.epoch: int | None = None
+        # Told (from the writer's thread) when a commit is fenced, so the leader steps down.
+        self.on_fenced: Callable[[], None] | None = None
         try:
             self._writer = self._connect()
         except psycopg.OperationalError as exc:
@@ -94,24 +102,39 @@ class PostgreSQLStore:
         # once it is flushed (and, where configured, on a synchronous standby).
         if conn.execute("SHOW synchronous_commit").fetchone() == {"synchronous_commit": "off"}:
             conn.execute("SET synchronous_commit = on")
+        conn.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}")
         return conn
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Connection]:
+    def _transaction(self, *, fenced: bool = True) -> Iterator[Connection]:
         """The one way anything is written: one transaction on the writer connection, whose
         errors come out as StoreUnavailable naming the cause. A connection that broke is
-        dropped and the next transaction opens a new one."""
+        dropped and the next transaction opens a new one. A leader's transaction first checks
+        its epoch, under a lock that a takeover waits for."""
         with self._lock:
             try:
                 if self._writer is None or self._writer.closed:
                     self._writer = self._connect()
                 conn = self._writer
                 with conn.transaction():
+                    if fenced and self.epoch is not None:
+                        self._fence(conn, self.epoch)
                     yield conn
             except psycopg.Error as exc:
                 if self._writer is not None and self._writer.broken:
                     self._close_writer()
                 raise _unavailable(exc, self.where) from exc
+
+    def _fence(self, conn: Connection, epoch: int) -> None:
+        row = conn.execute(_Q["leader_fence"]).fetchone()
+        if row is None or row["epoch"] != epoch:
+            current = None if row is None else row["epoch"]
+            if self.on_fenced is not None:
+                self.on_fenced()
+            raise NotLeader(
+                f"another scheduler leads {self.where} (epoch {current}, ours {epoch}): "
+                "this one writes nothing more"
+            )
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[Connection]:
@@ -135,7 +158,7 @@ class PostgreSQLStore:
                 conn.execute(_Q["set_schema_version"], {"version": number})
 
     def load(self) -> Snapshot:
-        with self._transaction() as conn:
+        with self._transaction(fenced=False) as conn:  # a read: the writes are fenced
             # One snapshot of all three, whatever commits meanwhile.
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             requests = [request_view(row) for row in conn.execute(_Q["live_requests"])]
