@@ -10,7 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench import access_bench, caps_memory_bench, core_bench, grpc_bench, store_bench
+from bench import (
+    access_bench,
+    caps_memory_bench,
+    core_bench,
+    grpc_bench,
+    store_bench,
+    takeover_bench,
+)
 from bench.machine import machine
 
 REPORT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -58,6 +65,7 @@ def render(
     caps_memory: dict[str, float],
     when: str,
     store: dict[str, dict[str, float]] | None = None,
+    takeover: dict[str, float] | None = None,
 ) -> str:
     scales = core["scales"]
     mid = next(s for s in scales if s["workers"] == 1000)
@@ -162,6 +170,7 @@ def render(
         "",
         *render_access(access),
         *store_bench.render(store, when),
+        *takeover_bench.render(takeover, when),
         "## Reading the figures",
         "",
         f"On this machine the three processes share {os.cpu_count()} cores, and a full cycle",
@@ -221,7 +230,9 @@ def main() -> None:
     access = access_bench.run()
     print("store benchmark ...", file=sys.stderr)
     store = store_bench.run()
-    report = render(core, rpc, access, caps_memory, when, store)
+    print("takeover benchmark ...", file=sys.stderr)
+    takeover = takeover_bench.run()
+    report = render(core, rpc, access, caps_memory, when, store, takeover)
     REPORT.write_text(report)
     print(report)
 

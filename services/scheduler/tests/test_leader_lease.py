@@ -4,6 +4,7 @@ leader at a time, by the database's clock; a leader whose epoch is gone writes n
 from __future__ import annotations
 
 import pytest
+from boruta_scheduler.config import load_config
 from boruta_scheduler.errors import NotLeader
 from boruta_scheduler.store.leader import Candidate, LeaderLease
 from boruta_scheduler.store.postgresql import PostgreSQLStore
@@ -59,3 +60,10 @@ def test_a_fenced_leader_commits_nothing(postgres_url: str) -> None:
     assert new.load().requests == []
     for closing in (old, new, old_lease, new_lease):
         closing.close()
+
+
+def test_lease_settings_come_from_options_and_environment() -> None:
+    config = load_config(["--lease", "3s"], {"BORUTA_LEASE_RENEW": "1s"})
+    assert (config.server.lease, config.server.lease_renew) == (3.0, 1.0)
+    with pytest.raises(ValueError, match="lease_renew"):
+        load_config(["--lease", "1s", "--lease-renew", "1s"], {})
