@@ -7,7 +7,6 @@ import datetime
 import os
 import statistics
 import sys
-from pathlib import Path
 from typing import Any
 
 from bench import (
@@ -15,12 +14,12 @@ from bench import (
     caps_memory_bench,
     core_bench,
     grpc_bench,
+    restart_bench,
     store_bench,
     takeover_bench,
 )
 from bench.machine import machine
-
-REPORT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+from bench.report import REPORT
 
 
 def verdict(ok: bool) -> str:
@@ -63,6 +62,7 @@ def render(
     rpc: dict[str, dict[str, float]],
     access: dict[str, dict[str, float]] | None,
     caps_memory: dict[str, float],
+    restart: dict[str, float],
     when: str,
     store: dict[str, dict[str, float]] | None = None,
     takeover: dict[str, float] | None = None,
@@ -75,7 +75,7 @@ def render(
         "# Benchmarks",
         "",
         f"Measured {when} on {machine()}.",
-        "Run them again with `make bench` (about eight minutes; as root for the access figures);",
+        "Run them again with `make bench` (about ten minutes; as root for the access figures);",
         "this file is rewritten.",
         "",
         "## Core: cost of one scheduling event",
@@ -115,6 +115,7 @@ def render(
         "allocator's and gRPC's own growth).",
         "",
         *caps_memory_bench.render(caps_memory, when),
+        *restart_bench.render(restart, when),
         "## Over gRPC on loopback, durable SQLite store",
         "",
         "`bench/grpc_bench.py`. Three processes: the scheduler (SQLite, WAL,",
@@ -226,13 +227,15 @@ def main() -> None:
     caps_memory = caps_memory_bench.run()
     print("gRPC benchmarks ...", file=sys.stderr)
     rpc = asyncio.run(run_rpc())
+    print("restart benchmark ...", file=sys.stderr)
+    restart = asyncio.run(restart_bench.run())
     print("access benchmark ...", file=sys.stderr)
     access = access_bench.run()
     print("store benchmark ...", file=sys.stderr)
     store = store_bench.run()
     print("takeover benchmark ...", file=sys.stderr)
     takeover = takeover_bench.run()
-    report = render(core, rpc, access, caps_memory, when, store, takeover)
+    report = render(core, rpc, access, caps_memory, restart, when, store, takeover)
     REPORT.write_text(report)
     print(report)
 

@@ -30,7 +30,7 @@ from boruta.v1 import (
 )
 from boruta_dryad.devsshd import DevSshd
 
-from bench.grpc_bench import spawn, spawn_scheduler
+from bench.grpc_bench import SCHEDULER_READY, scheduler_command, spawn
 
 USER = (("x-boruta-user", "bench"),)
 ADMIN = (("x-boruta-user", "root"), ("x-boruta-role", "admin"))
@@ -91,7 +91,9 @@ def first_line_over_ssh(access: types_pb2.AccessInfo) -> str:
 
 
 def access_latency(workdir: Path, sshd: DevSshd, rounds: int = 30) -> dict[str, float]:
-    scheduler = spawn_scheduler(workdir / "scheduler", workdir / "scheduler.log")
+    scheduler = spawn(
+        scheduler_command(workdir / "scheduler"), SCHEDULER_READY, workdir / "scheduler.log"
+    )
     address = scheduler.address
     config = workdir / "dryad.toml"
     config.write_text(dryad_toml(address, sshd, workdir / "dryad", 3072, "bacc-"))

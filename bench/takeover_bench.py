@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 from boruta.v1 import requests_pb2, requests_pb2_grpc
 
-from bench.grpc_bench import USER, Proc, spawn_scheduler
+from bench.grpc_bench import SCHEDULER_READY, USER, Proc, scheduler_command, spawn
 from bench.machine import print_report
 
 KILLS = 12
@@ -32,16 +32,10 @@ LEADING = "boruta-scheduler leading as epoch "
 
 
 def start(workdir: Path, name: str, store: str) -> Proc:
-    return spawn_scheduler(
-        workdir / name,
-        workdir / f"{name}.log",
-        "--store",
-        store,
-        "--lease",
-        LEASE,
-        "--lease-renew",
-        RENEW,
+    command = scheduler_command(
+        workdir / name, "--store", store, "--lease", LEASE, "--lease-renew", RENEW
     )
+    return spawn(command, SCHEDULER_READY, workdir / f"{name}.log")
 
 
 def wait_leading(proc: Proc) -> None:

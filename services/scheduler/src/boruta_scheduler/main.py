@@ -116,13 +116,14 @@ async def serve_shared(config: SchedulerConfig) -> int:
     took = time.monotonic()
     store.epoch = epoch
     store.on_fenced = leadership.fenced
-    keeping = asyncio.ensure_future(leadership.keep())
+    leadership.keep()
     scheduler = Scheduler(bound, store=store)
     try:
         await scheduler.start(before_bind=standby.stop)
     except CannotListen as exc:  # someone took our port in the instant it was free
         print(f"boruta-scheduler: {exc}", file=sys.stderr)
         await scheduler.stop()
+        leadership.stop()
         lease.close()
         return EXIT_FAILED
     if not announced:
@@ -134,16 +135,17 @@ async def serve_shared(config: SchedulerConfig) -> int:
         extra={"epoch": store.epoch, "seconds": round(time.monotonic() - took, 3)},
     )
     await first(scheduler.wait(), stop.wait(), leadership.lost.wait())
-    keeping.cancel()
     failed = scheduler.engine is not None and scheduler.engine.failure is not None
     if leadership.lost.is_set():
         # Nothing more can commit (fenced); stop serving at once rather than answer with
         # a state another leader has moved on from.
         await scheduler.stop(grace=0)
+        leadership.stop()
         lease.close()
         return EXIT_STEPPED_DOWN
     log.info("stopping")
     await scheduler.stop()
+    leadership.stop()
     await leadership.release()
     lease.close()
     return EXIT_FAILED if failed else EXIT_STOPPED

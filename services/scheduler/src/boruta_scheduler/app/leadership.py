@@ -2,16 +2,18 @@
 rule 10), through the lease row of store/leader.py.
 
 A standby tries to take the lease every POLL_S and meanwhile keeps the row it read, to name
-the leader to callers. A leader renews every renew seconds; it has lost once a renewal finds
-a later epoch, once a commit is fenced (NotLeader), or once it could not renew for a whole
-lease (the database may have given the lease away meanwhile). Then `lost` is set and the
-process steps down (main.py).
+the leader to callers. A leader renews every renew seconds, from a thread of its own (a
+busy event loop must not cost the lead); it has lost once a renewal finds a later epoch,
+once a commit is fenced (NotLeader), or once it could not renew for a whole lease (the
+database may have given the lease away meanwhile). Then `lost` is set and the process
+steps down (main.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -39,6 +41,8 @@ class Leadership:
         self.why_lost = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unreachable = False
+        self._stopping = threading.Event()
+        self._keeper: threading.Thread | None = None
 
     def leader_address(self, tokens: bool) -> str:
         """The live leader's address of the kind asked (token port or not), or ""."""
@@ -77,21 +81,38 @@ class Leadership:
             self._unreachable = True
         return None
 
-    async def keep(self) -> None:
-        """Renew until the lease is lost; then set lost and return."""
-        assert self.epoch is not None
+    def keep(self) -> None:
+        """Renew from a thread of our own until the lease is lost (then set lost) or stop()
+        is called: a busy or blocked event loop (a long restore) must not cost the lead."""
+        assert self.epoch is not None and self._loop is not None
+        self._keeper = threading.Thread(
+            target=self._renewing, args=(self.epoch, self._loop), name="boruta-lease", daemon=True
+        )
+        self._keeper.start()
+
+    def _renewing(self, epoch: int, loop: asyncio.AbstractEventLoop) -> None:
         renewed = time.monotonic()
-        while True:
-            await asyncio.sleep(self._renew)
+        while not self._stopping.wait(self._renew):
             try:
-                if not await asyncio.to_thread(self._lease.renew, self.epoch):
-                    return self.lose("another scheduler took the lease")
+                if not self._lease.renew(epoch):
+                    return self._lose_from_thread(loop, "another scheduler took the lease")
                 renewed = time.monotonic()
             except StoreUnavailable as exc:
                 # Until the lease has run out nobody can have taken over: keep trying.
                 if time.monotonic() - renewed >= self._lease.lease:
-                    return self.lose(f"could not renew the lease for a whole lease ({exc})")
+                    why = f"could not renew the lease for a whole lease ({exc})"
+                    return self._lose_from_thread(loop, why)
                 log.warning("lease renewal failed", extra={"error": str(exc)})
+
+    def _lose_from_thread(self, loop: asyncio.AbstractEventLoop, why: str) -> None:
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(self.lose, why)
+
+    def stop(self) -> None:
+        """Stop renewing (the lease then runs out, unless released)."""
+        self._stopping.set()
+        if self._keeper is not None:
+            self._keeper.join()
 
     def lose(self, why: str) -> None:
         if not self.lost.is_set():
@@ -101,9 +122,8 @@ class Leadership:
 
     def fenced(self) -> None:
         """From the store's writer thread: a commit found a later epoch."""
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self.lose, "a commit was fenced: another scheduler leads")
+        if self._loop is not None:
+            self._lose_from_thread(self._loop, "a commit was fenced: another scheduler leads")
 
     async def release(self) -> None:
         """Hand the lease over at once (a clean stop), rather than after it runs out."""

@@ -135,12 +135,13 @@ class SchedulerService:
         no_wait: bool = False,
         job_timeout: float = 0.0,
     ) -> RequestView:
-        caps = dict(caps)
+        # The core converts the caps (the message's own map) once; the event reads them
+        # from the request it made.
         return await self.engine.execute(
             self.audit.recorded(
                 who,
                 "NewRequest",
-                events.request_created(caps),
+                events.request_created,
                 lambda core, now: core.new_request(
                     now,
                     who.user,

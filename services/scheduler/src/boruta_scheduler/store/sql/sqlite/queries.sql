@@ -1,7 +1,9 @@
 -- Named queries of the SQLite store; each starts with a "-- name:" line.
 
 -- name: upsert_request
-INSERT OR REPLACE INTO requests (
+-- An update in place, not REPLACE's delete and insert: indexes on columns that did not
+-- change (the owner's, the id's) are left alone.
+INSERT INTO requests (
     id, owner, owner_groups, caps, priority, valid_after, deadline, state, reason,
     created_at, updated_at, job_worker_uuid, job_started_at, job_timeout_at,
     job_max_timeout_at, job_prolong_count, job_ssh_address, access_username, access_key,
@@ -11,10 +13,31 @@ INSERT OR REPLACE INTO requests (
     :created_at, :updated_at, :job_worker_uuid, :job_started_at, :job_timeout_at,
     :job_max_timeout_at, :job_prolong_count, :job_ssh_address, :access_username, :access_key,
     :access_host_keys, :job_tunnel_port, :job_timeout
-);
+) ON CONFLICT (id) DO UPDATE SET
+    owner = excluded.owner,
+    owner_groups = excluded.owner_groups,
+    caps = excluded.caps,
+    priority = excluded.priority,
+    valid_after = excluded.valid_after,
+    deadline = excluded.deadline,
+    state = excluded.state,
+    reason = excluded.reason,
+    created_at = excluded.created_at,
+    updated_at = excluded.updated_at,
+    job_worker_uuid = excluded.job_worker_uuid,
+    job_started_at = excluded.job_started_at,
+    job_timeout_at = excluded.job_timeout_at,
+    job_max_timeout_at = excluded.job_max_timeout_at,
+    job_prolong_count = excluded.job_prolong_count,
+    job_ssh_address = excluded.job_ssh_address,
+    access_username = excluded.access_username,
+    access_key = excluded.access_key,
+    access_host_keys = excluded.access_host_keys,
+    job_tunnel_port = excluded.job_tunnel_port,
+    job_timeout = excluded.job_timeout;
 
 -- name: upsert_worker
-INSERT OR REPLACE INTO workers (
+INSERT INTO workers (
     uuid, state, groups_json, caps, dryad_address, ssh_address, instance_id, dryad_version,
     reason, request_id, registered_at, last_seen, jobs_done, failures, prepared_username,
     prepared_key, prepared_host_keys
@@ -22,7 +45,23 @@ INSERT OR REPLACE INTO workers (
     :uuid, :state, :groups_json, :caps, :dryad_address, :ssh_address, :instance_id,
     :dryad_version, :reason, :request_id, :registered_at, :last_seen, :jobs_done, :failures,
     :prepared_username, :prepared_key, :prepared_host_keys
-);
+) ON CONFLICT (uuid) DO UPDATE SET
+    state = excluded.state,
+    groups_json = excluded.groups_json,
+    caps = excluded.caps,
+    dryad_address = excluded.dryad_address,
+    ssh_address = excluded.ssh_address,
+    instance_id = excluded.instance_id,
+    dryad_version = excluded.dryad_version,
+    reason = excluded.reason,
+    request_id = excluded.request_id,
+    registered_at = excluded.registered_at,
+    last_seen = excluded.last_seen,
+    jobs_done = excluded.jobs_done,
+    failures = excluded.failures,
+    prepared_username = excluded.prepared_username,
+    prepared_key = excluded.prepared_key,
+    prepared_host_keys = excluded.prepared_host_keys;
 
 -- name: touch_worker
 UPDATE workers SET last_seen = :last_seen WHERE uuid = :uuid;
@@ -44,7 +83,8 @@ UPDATE counters SET value = MAX(value, :value) WHERE name = 'last_request_id';
 SELECT value FROM counters WHERE name = 'last_request_id';
 
 -- name: live_requests
-SELECT * FROM requests WHERE state IN (1, 2) ORDER BY id;
+-- The partial index holds exactly the live rows, in id order: no sort.
+SELECT * FROM requests INDEXED BY requests_live WHERE state IN (1, 2) ORDER BY id;
 
 -- name: all_workers
 SELECT * FROM workers ORDER BY uuid;
