@@ -12,9 +12,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from boruta.v1 import requests_pb2, types_pb2
+from boruta.tls import channel_credentials
+from boruta.v1 import requests_pb2, requests_pb2_grpc, types_pb2
 from farm_kit import Client, Farm, SchedulerProcess, board
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pki_kit import FarmPki
 from test_crash_restart import snapshot
 
 S = types_pb2
@@ -148,3 +150,37 @@ async def test_a_leader_paused_past_its_lease_commits_nothing_and_steps_down(
     )
     await old_farm.close()
     await new_farm.close()
+
+
+async def test_over_tls_a_standby_names_the_leaders_port_of_the_same_kind(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    farm_pki = FarmPki(tmp_path / "pki")
+    files = farm_pki.scheduler()
+    options = ["--tls-ca", files.ca, "--tls-cert", files.cert, "--tls-key", files.key]
+    options += ["--listen-tokens", "127.0.0.1:0", "--store", postgres_url, *OPTIONS]
+    first = SchedulerProcess(tmp_path / "first", *options)
+    second = SchedulerProcess(tmp_path / "second", *options)
+    try:
+        first.start()
+        await asyncio.to_thread(first.wait_leading)
+        second.start()
+        user = channel_credentials(farm_pki.user("alice"))
+        server_only = grpc.ssl_channel_credentials(root_certificates=Path(files.ca).read_bytes())
+        for address, credentials, leader in (
+            (second.address, user, first.address),
+            (second.token_address, server_only, first.token_address),
+        ):
+            async with grpc.aio.secure_channel(address, credentials) as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await requests_pb2_grpc.RequestsStub(channel).ListRequests(
+                        requests_pb2.ListRequestsRequest()
+                    )
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert dict(caught.value.trailing_metadata() or ())["boruta-leader"] == leader
+                health = health_pb2_grpc.HealthStub(channel)
+                reply = await health.Check(health_pb2.HealthCheckRequest())
+                assert reply.status == NOT_SERVING
+    finally:
+        first.stop()
+        second.stop()
