@@ -31,6 +31,7 @@ EXIT_FAILED = 1  # the engine failed, or the database server is not reachable: r
 EXIT_USAGE = 2  # bad options or configuration, or a port that cannot be bound
 EXIT_CANNOT_WRITE = 73  # the store cannot be opened for writing (read-only, permissions)
 EXIT_STEPPED_DOWN = 75  # lost the lead of a shared store: restart, as a standby
+STEP_DOWN_GRACE_S = 0.5
 
 
 async def serve(config: SchedulerConfig) -> int:
@@ -137,9 +138,10 @@ async def serve_shared(config: SchedulerConfig) -> int:
     await first(scheduler.wait(), stop.wait(), leadership.lost.wait())
     failed = scheduler.engine is not None and scheduler.engine.failure is not None
     if leadership.lost.is_set():
-        # Nothing more can commit (fenced); stop serving at once rather than answer with
-        # a state another leader has moved on from.
-        await scheduler.stop(grace=0)
+        # Nothing more can commit (fenced). Calls in flight get their answer (a write:
+        # UNAVAILABLE, which clients retry elsewhere, not CANCELLED) for a moment; then the
+        # rest are cut rather than answered from a state another leader has moved on from.
+        await scheduler.stop(grace=STEP_DOWN_GRACE_S)
         leadership.stop()
         lease.close()
         return EXIT_STEPPED_DOWN
