@@ -162,6 +162,8 @@ class PostgreSQLStore:
         with self._transaction(fenced=False) as conn:  # a read: the writes are fenced
             # One snapshot of all three, whatever commits meanwhile.
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            # Decoding a long queue between the statements is no pause to be cut short.
+            conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
             decoder = Decoder()  # equal caps, groups and owners come back shared
             requests = [request_view(row, decoder) for row in conn.execute(_Q["live_requests"])]
             workers = [worker_view(row) for row in conn.execute(_Q["all_workers"])]
