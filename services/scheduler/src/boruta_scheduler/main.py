@@ -141,6 +141,7 @@ async def serve_shared(config: SchedulerConfig) -> int:
         # Nothing more can commit (fenced). Calls in flight get their answer (a write:
         # UNAVAILABLE, which clients retry elsewhere, not CANCELLED) for a moment; then the
         # rest are cut rather than answered from a state another leader has moved on from.
+        await scheduler.not_serving()
         await scheduler.stop(grace=STEP_DOWN_GRACE_S)
         leadership.stop()
         lease.close()

@@ -48,17 +48,22 @@ LeaderAddress = Callable[[bool], str]
 
 
 async def add_health(server: grpc.aio.Server, serving: bool) -> Any:
-    """Serve grpc.health.v1 on server, for the whole scheduler ("") and each service."""
+    """Serve grpc.health.v1 on server; returns the servicer, for set_serving."""
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    await set_serving(servicer, serving)
+    return servicer
+
+
+async def set_serving(servicer: Any, serving: bool) -> None:
+    """SERVING or NOT_SERVING, for the whole scheduler ("") and each service."""
     status = (
         health_pb2.HealthCheckResponse.SERVING
         if serving
-        else (health_pb2.HealthCheckResponse.NOT_SERVING)
+        else health_pb2.HealthCheckResponse.NOT_SERVING
     )
     for name in ("", *SERVICE_NAMES):
         await servicer.set(name, status)
-    return servicer
 
 
 class _Refuse(grpc.GenericRpcHandler):

@@ -107,27 +107,34 @@ class PostgreSQLStore:
         return conn
 
     @contextlib.contextmanager
-    def _transaction(self, *, fenced: bool = True) -> Iterator[Connection]:
+    def _transaction(self, *, fenced: bool = True, pipelined: bool = False) -> Iterator[Connection]:
         """The one way anything is written: one transaction on the writer connection, whose
         errors come out as StoreUnavailable naming the cause. A connection that broke is
-        dropped and the next transaction opens a new one. A leader's transaction first checks
-        its epoch, under a lock that a takeover waits for."""
+        dropped and the next transaction opens a new one. A leader's transaction first takes
+        the lease row's lock, which a takeover waits for, and checks its epoch before it
+        commits. Pipelined, BEGIN, that check and the body go out together: one round trip
+        before COMMIT."""
         with self._lock:
             try:
                 if self._writer is None or self._writer.closed:
                     self._writer = self._connect()
                 conn = self._writer
-                with conn.transaction():
-                    if fenced and self.epoch is not None:
-                        self._fence(conn, self.epoch)
+                epoch = self.epoch if fenced else None
+                with contextlib.ExitStack() as stack:
+                    if pipelined:
+                        stack.enter_context(conn.pipeline())
+                    stack.enter_context(conn.transaction())
+                    fence = None if epoch is None else conn.execute(_Q["leader_fence"])
                     yield conn
+                    if fence is not None:
+                        assert epoch is not None
+                        self._check_fence(fence.fetchone(), epoch)
             except psycopg.Error as exc:
                 if self._writer is not None and self._writer.broken:
                     self._close_writer()
                 raise _unavailable(exc, self.where) from exc
 
-    def _fence(self, conn: Connection, epoch: int) -> None:
-        row = conn.execute(_Q["leader_fence"]).fetchone()
+    def _check_fence(self, row: DictRow | None, epoch: int) -> None:
         if row is None or row["epoch"] != epoch:
             current = None if row is None else row["epoch"]
             if self.on_fenced is not None:
@@ -175,7 +182,7 @@ class PostgreSQLStore:
     def commit(self, changes: Changes) -> None:
         statements = commit_statements(changes)
         # Pipelined: the statements go out together, one wait for all their results.
-        with self._transaction() as conn, conn.pipeline(), conn.cursor() as cur:
+        with self._transaction(pipelined=True) as conn, conn.cursor() as cur:
             for name, rows in statements:
                 cur.executemany(_Q[name], rows)
 
