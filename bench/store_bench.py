@@ -183,10 +183,11 @@ def render(results: dict[str, dict[str, float]] | None, when: str) -> list[str]:
     new, cycles = results["new_request"], results["cycles"]
     lines += [
         "",
-        "A lone PostgreSQL commit pays round trips to another process (BEGIN, the pipelined",
-        "statements, COMMIT) on top of a write-ahead log flush like SQLite's; through the",
-        "scheduler, group commit and gRPC's own per-call work hide most of that. The same",
-        "through a whole scheduler process over gRPC, as `bench/grpc_bench.py`",
+        "A lone PostgreSQL commit pays a round trip to another process (BEGIN, the",
+        "statements and COMMIT go out in one pipeline) on top of a write-ahead log flush",
+        "like SQLite's; through the scheduler, group commit and gRPC's own per-call work hide",
+        "most of that. The same through a whole scheduler process over gRPC (on PostgreSQL",
+        "it runs as the leader, every commit fenced by its epoch), as `bench/grpc_bench.py`",
         "measures it (32 client tasks sending NewRequest; 8 running full cycles on 1,000",
         "boards), on the default SQLite store and on a fresh PostgreSQL database, "
         f"median of {GRPC_ROUNDS}:",
