@@ -56,6 +56,9 @@ class LeaderLease:
                 autocommit=True,
                 row_factory=dict_row,
                 connect_timeout=max(1, round(self.lease)),
+                # Over TCP, a peer gone silent fails the call within the lease rather than
+                # never (ignored on a Unix socket).
+                tcp_user_timeout=max(100, int(self.lease * 1000)),
                 application_name="boruta-scheduler-lease",
             )
             millis = max(100, int(self.lease * 500))
