@@ -82,6 +82,14 @@ async def test_standby_refuses_then_takes_over_a_kill_9_with_everything(
     # The standby names the leader, and says it does not serve; the leader serves.
     other = Farm(standby)
     assert await refusal(other.client("carol")) == (grpc.StatusCode.UNAVAILABLE, leader)
+    carol = other.client("carol")
+    with pytest.raises(grpc.aio.AioRpcError) as watch:  # a stream is refused alike
+        async for _ in carol.requests.WatchRequests(
+            requests_pb2.WatchRequestsRequest(), metadata=carol.metadata
+        ):
+            pass
+    assert watch.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert dict(watch.value.trailing_metadata() or ())["boruta-leader"] == leader
     assert await health(standby) == NOT_SERVING
     assert await health(leader) == SERVING
 
