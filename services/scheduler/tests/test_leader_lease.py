@@ -53,7 +53,7 @@ def test_a_fenced_leader_commits_nothing(postgres_url: str) -> None:
     new.epoch = new_lease.acquire(B)
     assert new.epoch == 2
     farm_changes(kit)
-    with pytest.raises(NotLeader):
+    with pytest.raises(NotLeader, match="epoch 2 leads, not 1"):
         commit_all(old, kit)
     assert fenced == [True]
     assert [w.uuid for w in new.load().workers] == ["w1"]  # nothing of the fenced commit

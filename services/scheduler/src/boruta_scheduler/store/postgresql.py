@@ -50,6 +50,8 @@ CONNECT_TIMEOUT_S = 10
 # The server ends a session that sits this long inside a transaction: a leader paused there
 # (SIGSTOP, a frozen VM) would otherwise hold the lease row, and with it the takeover.
 IDLE_IN_TRANSACTION_MS = 2000
+# What boruta_fence raises (queries.sql) when another scheduler holds the lease.
+FENCED = "BR001"
 
 Connection = psycopg.Connection[DictRow]
 
@@ -110,39 +112,32 @@ class PostgreSQLStore:
     def _transaction(self, *, fenced: bool = True, pipelined: bool = False) -> Iterator[Connection]:
         """The one way anything is written: one transaction on the writer connection, whose
         errors come out as StoreUnavailable naming the cause. A connection that broke is
-        dropped and the next transaction opens a new one. A leader's transaction first takes
-        the lease row's lock, which a takeover waits for, and checks its epoch before it
-        commits. Pipelined, BEGIN, that check and the body go out together: one round trip
-        before COMMIT."""
+        dropped and the next transaction opens a new one. A leader's transaction starts
+        with the fence (boruta_fence: NotLeader once another scheduler took the lease).
+        Pipelined, BEGIN, the fence, the body and COMMIT go out together: one round trip."""
         with self._lock:
             try:
                 if self._writer is None or self._writer.closed:
                     self._writer = self._connect()
                 conn = self._writer
-                epoch = self.epoch if fenced else None
                 with contextlib.ExitStack() as stack:
                     if pipelined:
                         stack.enter_context(conn.pipeline())
                     stack.enter_context(conn.transaction())
-                    fence = None if epoch is None else conn.execute(_Q["leader_fence"])
+                    if fenced and self.epoch is not None:
+                        conn.execute(_Q["leader_fence"], {"epoch": self.epoch})
                     yield conn
-                    if fence is not None:
-                        assert epoch is not None
-                        self._check_fence(fence.fetchone(), epoch)
             except psycopg.Error as exc:
+                if exc.sqlstate == FENCED:
+                    if self.on_fenced is not None:
+                        self.on_fenced()
+                    raise NotLeader(
+                        f"another scheduler leads {self.where} ({exc.diag.message_primary}): "
+                        "this one writes nothing more"
+                    ) from exc
                 if self._writer is not None and self._writer.broken:
                     self._close_writer()
                 raise _unavailable(exc, self.where) from exc
-
-    def _check_fence(self, row: DictRow | None, epoch: int) -> None:
-        if row is None or row["epoch"] != epoch:
-            current = None if row is None else row["epoch"]
-            if self.on_fenced is not None:
-                self.on_fenced()
-            raise NotLeader(
-                f"another scheduler leads {self.where} (epoch {current}, ours {epoch}): "
-                "this one writes nothing more"
-            )
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[Connection]:

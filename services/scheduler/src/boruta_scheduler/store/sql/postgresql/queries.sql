@@ -168,6 +168,17 @@ CREATE TABLE IF NOT EXISTS leader (
 );
 INSERT INTO leader (only_row, epoch, holder, address, token_address, expires)
 VALUES (TRUE, 0, '', '', '', '-infinity') ON CONFLICT DO NOTHING;
+-- The fence, first in every transaction of a leader: the row's shared lock makes a takeover
+-- wait for the commit, and unless the epoch is still ours the transaction fails (SQLSTATE
+-- BR001), on the server, so the check costs no round trip of its own.
+CREATE OR REPLACE FUNCTION boruta_fence(ours BIGINT) RETURNS VOID LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM leader WHERE epoch = ours FOR SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'epoch % leads, not %', (SELECT epoch FROM leader), ours
+            USING ERRCODE = 'BR001';
+    END IF;
+END $$;
 
 -- name: leader_acquire
 -- Once the lease has run out by the server's clock, or at once from our own previous
@@ -193,6 +204,6 @@ UPDATE leader SET expires = '-infinity' WHERE epoch = %(epoch)s RETURNING epoch;
 SELECT epoch, holder, address, token_address, expires > now() AS live FROM leader;
 
 -- name: leader_fence
--- In every transaction of a leader: the shared lock makes a takeover wait for the commit,
--- so whatever commits under an epoch is in the new leader's load.
-SELECT epoch FROM leader FOR SHARE;
+-- In every transaction of a leader (boruta_fence above): whatever commits under an epoch is
+-- in the next leader's load, and nothing commits under it after.
+SELECT boruta_fence(%(epoch)s);
