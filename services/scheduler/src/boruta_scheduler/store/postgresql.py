@@ -114,7 +114,7 @@ class PostgreSQLStore:
         errors come out as StoreUnavailable naming the cause. A connection that broke is
         dropped and the next transaction opens a new one. A leader's transaction starts
         with the fence (boruta_fence: NotLeader once another scheduler took the lease).
-        Pipelined, BEGIN, the fence, the body and COMMIT go out together: one round trip."""
+        Pipelined, BEGIN, the fence, the body and COMMIT go out together."""
         with self._lock:
             try:
                 if self._writer is None or self._writer.closed:
