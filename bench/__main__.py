@@ -16,6 +16,7 @@ from bench import (
     grpc_bench,
     restart_bench,
     store_bench,
+    takeover_bench,
 )
 from bench.machine import machine
 from bench.report import REPORT
@@ -64,6 +65,7 @@ def render(
     restart: dict[str, float],
     when: str,
     store: dict[str, dict[str, float]] | None = None,
+    takeover: dict[str, float] | None = None,
 ) -> str:
     scales = core["scales"]
     mid = next(s for s in scales if s["workers"] == 1000)
@@ -176,6 +178,7 @@ def render(
         "",
         *render_access(access),
         *store_bench.render(store, when),
+        *takeover_bench.render(takeover, when),
         "## Reading the figures",
         "",
         f"On this machine the three processes share {os.cpu_count()} cores, and a full cycle",
@@ -237,7 +240,9 @@ def main() -> None:
     access = access_bench.run()
     print("store benchmark ...", file=sys.stderr)
     store = store_bench.run()
-    report = render(core, rpc, access, caps_memory, restart, when, store)
+    print("takeover benchmark ...", file=sys.stderr)
+    takeover = takeover_bench.run()
+    report = render(core, rpc, access, caps_memory, restart, when, store, takeover)
     REPORT.write_text(report)
     print(report)
 
