@@ -70,6 +70,8 @@ def request_row(r: RequestView) -> dict[str, Any]:
         "access_host_keys": _json_keys(access),
         "job_tunnel_port": job.tunnel_port if job else None,
         "job_timeout": r.job_timeout,
+        "idempotency_key": r.idempotency_key or None,
+        "arguments_hash": r.arguments_hash or None,
     }
 
 
@@ -101,6 +103,8 @@ def request_view(row: Row) -> RequestView:
         updated_at=row["updated_at"],
         job=job,
         job_timeout=row["job_timeout"],
+        idempotency_key=row["idempotency_key"] or "",
+        arguments_hash=row["arguments_hash"] or "",
     )
 
 

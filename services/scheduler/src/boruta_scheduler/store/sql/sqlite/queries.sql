@@ -1,17 +1,42 @@
 -- Named queries of the SQLite store; each starts with a "-- name:" line.
 
 -- name: upsert_request
-INSERT OR REPLACE INTO requests (
+-- ON CONFLICT (id), not INSERT OR REPLACE: a clash on another unique index (one request
+-- per owner and idempotency key) must fail the commit, not delete the other row.
+INSERT INTO requests (
     id, owner, owner_groups, caps, priority, valid_after, deadline, state, reason,
     created_at, updated_at, job_worker_uuid, job_started_at, job_timeout_at,
     job_max_timeout_at, job_prolong_count, job_ssh_address, access_username, access_key,
-    access_host_keys, job_tunnel_port, job_timeout
+    access_host_keys, job_tunnel_port, job_timeout, idempotency_key, arguments_hash
 ) VALUES (
     :id, :owner, :owner_groups, :caps, :priority, :valid_after, :deadline, :state, :reason,
     :created_at, :updated_at, :job_worker_uuid, :job_started_at, :job_timeout_at,
     :job_max_timeout_at, :job_prolong_count, :job_ssh_address, :access_username, :access_key,
-    :access_host_keys, :job_tunnel_port, :job_timeout
-);
+    :access_host_keys, :job_tunnel_port, :job_timeout, :idempotency_key, :arguments_hash
+) ON CONFLICT (id) DO UPDATE SET
+    owner = excluded.owner,
+    owner_groups = excluded.owner_groups,
+    caps = excluded.caps,
+    priority = excluded.priority,
+    valid_after = excluded.valid_after,
+    deadline = excluded.deadline,
+    state = excluded.state,
+    reason = excluded.reason,
+    created_at = excluded.created_at,
+    updated_at = excluded.updated_at,
+    job_worker_uuid = excluded.job_worker_uuid,
+    job_started_at = excluded.job_started_at,
+    job_timeout_at = excluded.job_timeout_at,
+    job_max_timeout_at = excluded.job_max_timeout_at,
+    job_prolong_count = excluded.job_prolong_count,
+    job_ssh_address = excluded.job_ssh_address,
+    access_username = excluded.access_username,
+    access_key = excluded.access_key,
+    access_host_keys = excluded.access_host_keys,
+    job_tunnel_port = excluded.job_tunnel_port,
+    job_timeout = excluded.job_timeout,
+    idempotency_key = excluded.idempotency_key,
+    arguments_hash = excluded.arguments_hash;
 
 -- name: upsert_worker
 INSERT OR REPLACE INTO workers (
@@ -51,6 +76,9 @@ SELECT * FROM workers ORDER BY uuid;
 
 -- name: get_request
 SELECT * FROM requests WHERE id = :id;
+
+-- name: find_request
+SELECT * FROM requests WHERE owner = :owner AND idempotency_key = :key;
 
 -- name: worker_history
 SELECT * FROM worker_history
