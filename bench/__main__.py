@@ -7,13 +7,18 @@ import datetime
 import os
 import statistics
 import sys
-from pathlib import Path
 from typing import Any
 
-from bench import access_bench, caps_memory_bench, core_bench, grpc_bench, store_bench
+from bench import (
+    access_bench,
+    caps_memory_bench,
+    core_bench,
+    grpc_bench,
+    restart_bench,
+    store_bench,
+)
 from bench.machine import machine
-
-REPORT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+from bench.report import REPORT
 
 
 def verdict(ok: bool) -> str:
@@ -56,6 +61,7 @@ def render(
     rpc: dict[str, dict[str, float]],
     access: dict[str, dict[str, float]] | None,
     caps_memory: dict[str, float],
+    restart: dict[str, float],
     when: str,
     store: dict[str, dict[str, float]] | None = None,
 ) -> str:
@@ -67,7 +73,7 @@ def render(
         "# Benchmarks",
         "",
         f"Measured {when} on {machine()}.",
-        "Run them again with `make bench` (about eight minutes; as root for the access figures);",
+        "Run them again with `make bench` (about ten minutes; as root for the access figures);",
         "this file is rewritten.",
         "",
         "## Core: cost of one scheduling event",
@@ -107,6 +113,7 @@ def render(
         "allocator's and gRPC's own growth).",
         "",
         *caps_memory_bench.render(caps_memory, when),
+        *restart_bench.render(restart, when),
         "## Over gRPC on loopback, durable SQLite store",
         "",
         "`bench/grpc_bench.py`. Three processes: the scheduler (SQLite, WAL,",
@@ -217,11 +224,13 @@ def main() -> None:
     caps_memory = caps_memory_bench.run()
     print("gRPC benchmarks ...", file=sys.stderr)
     rpc = asyncio.run(run_rpc())
+    print("restart benchmark ...", file=sys.stderr)
+    restart = asyncio.run(restart_bench.run())
     print("access benchmark ...", file=sys.stderr)
     access = access_bench.run()
     print("store benchmark ...", file=sys.stderr)
     store = store_bench.run()
-    report = render(core, rpc, access, caps_memory, when, store)
+    report = render(core, rpc, access, caps_memory, restart, when, store)
     REPORT.write_text(report)
     print(report)
 

@@ -30,7 +30,7 @@ from boruta.v1 import (
 )
 from boruta_dryad.devsshd import DevSshd
 
-from bench.grpc_bench import spawn
+from bench.grpc_bench import SCHEDULER_READY, scheduler_command, spawn
 
 USER = (("x-boruta-user", "bench"),)
 ADMIN = (("x-boruta-user", "root"), ("x-boruta-role", "admin"))
@@ -92,21 +92,7 @@ def first_line_over_ssh(access: types_pb2.AccessInfo) -> str:
 
 def access_latency(workdir: Path, sshd: DevSshd, rounds: int = 30) -> dict[str, float]:
     scheduler = spawn(
-        [
-            sys.executable,
-            "-m",
-            "boruta_scheduler.main",
-            "--plaintext",
-            "yes",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            str(workdir / "scheduler"),
-            "--log-level",
-            "WARNING",
-        ],
-        "boruta-scheduler listening on ",
-        workdir / "scheduler.log",
+        scheduler_command(workdir / "scheduler"), SCHEDULER_READY, workdir / "scheduler.log"
     )
     address = scheduler.address
     config = workdir / "dryad.toml"

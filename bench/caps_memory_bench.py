@@ -12,15 +12,14 @@ import datetime
 import random
 import string
 from collections.abc import Callable
-from pathlib import Path
 
 from boruta.v1 import requests_pb2
 from boruta_scheduler.core import Core, Policy
 
 from bench.core_bench import traced_bytes
 from bench.machine import machine
+from bench.report import replace_section
 
-REPORT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 HEADING = "## Memory per waiting request with unique caps"
 T0 = 1_800_000_000.0
 COUNT = 2_000
@@ -118,18 +117,7 @@ def render(result: dict[str, float], when: str) -> list[str]:
 
 def update_report(result: dict[str, float], when: str) -> None:
     """Replace this benchmark's section of the report (or add it)."""
-    text = REPORT.read_text()
-    section = "\n".join(render(result, when))
-    start = text.find(HEADING)
-    if start < 0:
-        # Where `python -m bench` puts it: before the gRPC figures.
-        at = text.find("## Over gRPC")
-        at = at if at >= 0 else len(text)
-        text = text[:at] + section + "\n" + text[at:]
-    else:
-        end = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
-    REPORT.write_text(text)
+    replace_section(HEADING, render(result, when))
 
 
 def main() -> None:

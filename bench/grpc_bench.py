@@ -65,6 +65,29 @@ class Proc:
                 self.popen.wait()
 
 
+SCHEDULER_READY = "boruta-scheduler listening on "
+# The benchmarks queue everything as one user.
+ONE_USER = ("--max-waiting-per-user", "1000000000")
+
+
+def scheduler_command(workdir: Path, *options: str) -> list[str]:
+    """A plaintext scheduler on a free loopback port with its store in workdir."""
+    return [
+        sys.executable,
+        "-m",
+        "boruta_scheduler.main",
+        "--plaintext",
+        "yes",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        str(workdir),
+        "--log-level",
+        "WARNING",
+        *options,
+    ]
+
+
 def spawn(args: list[str], ready: str, log: Path) -> Proc:
     popen = subprocess.Popen(
         args,
@@ -79,6 +102,33 @@ def spawn(args: list[str], ready: str, log: Path) -> Proc:
         popen.kill()
         raise RuntimeError(f"{args[2]} did not start: {line!r}; see {log}")
     return Proc(popen, line[len(ready) :].split()[0])
+
+
+async def stub_dryad(scheduler: str, boards: int, workdir: Path) -> Proc:
+    """One stub dryad serving boards b0... (board=boardN), once it has registered them."""
+    dryad = spawn(
+        [
+            sys.executable,
+            "-m",
+            "boruta_dryad.stub",
+            "--scheduler",
+            scheduler,
+            "--boards",
+            str(boards),
+            "--key-pool",
+            "8",
+            "--prefix",
+            "b",
+            "--round-robin",
+            "board=" + ",".join(f"board{i}" for i in range(BOARD_TYPES)),
+        ],
+        "boruta-stub-dryad listening on ",
+        workdir / "dryad.log",
+    )
+    assert dryad.popen.stdout is not None
+    line = await asyncio.to_thread(dryad.popen.stdout.readline)
+    assert "registered" in line, line
+    return dryad
 
 
 @asynccontextmanager
@@ -97,49 +147,17 @@ async def farm(
         )
     else:
         scheduler = spawn(
-            [
-                sys.executable,
-                "-m",
-                "boruta_scheduler.main",
-                "--plaintext",
-                "yes",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                str(workdir),
-                "--log-level",
-                "WARNING",
+            scheduler_command(
+                workdir,
                 "--heartbeat-interval",
                 "10s",
-                "--max-waiting-per-user",
-                "1000000000",  # the benchmark queues everything as one user
+                *ONE_USER,
                 *(["--store", store] if store else []),
-            ],
-            "boruta-scheduler listening on ",
+            ),
+            SCHEDULER_READY,
             workdir / "scheduler.log",
         )
-    dryad = spawn(
-        [
-            sys.executable,
-            "-m",
-            "boruta_dryad.stub",
-            "--scheduler",
-            scheduler.address,
-            "--boards",
-            str(boards),
-            "--key-pool",
-            "8",
-            "--prefix",
-            "b",
-            "--round-robin",
-            "board=" + ",".join(f"board{i}" for i in range(BOARD_TYPES)),
-        ],
-        "boruta-stub-dryad listening on ",
-        workdir / "dryad.log",
-    )
-    assert dryad.popen.stdout is not None
-    line = await asyncio.to_thread(dryad.popen.stdout.readline)
-    assert "registered" in line, line
+    dryad = await stub_dryad(scheduler.address, boards, workdir)
     channel = grpc.aio.insecure_channel(scheduler.address)
     try:
         if idle and not bare:
@@ -275,23 +293,7 @@ async def acquire_latency(waiting: int = 10_000, rounds: int = 300) -> dict[str,
     adds the after-job Healthcheck and Prepare calls.
     """
     workdir = Path(tempfile.mkdtemp(prefix="boruta-bench-"))
-    scheduler = spawn(
-        [
-            sys.executable,
-            "-m",
-            "boruta_scheduler.main",
-            "--plaintext",
-            "yes",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            str(workdir),
-            "--log-level",
-            "WARNING",
-        ],
-        "boruta-scheduler listening on ",
-        workdir / "scheduler.log",
-    )
+    scheduler = spawn(scheduler_command(workdir), SCHEDULER_READY, workdir / "scheduler.log")
     board = StubBoard("b0", {"board": "board0"})
     dryad = StubDryad(scheduler.address, [board], keys=KeySource(pool_size=4))
     await dryad.start()

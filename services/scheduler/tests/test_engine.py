@@ -4,6 +4,7 @@ failed commit costs only the batches it lost, and the engine goes on from the st
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sqlite3
 import threading
@@ -11,7 +12,15 @@ import time
 from pathlib import Path
 
 import pytest
-from boruta_scheduler.app.engine import PURGE_BATCH, PURGE_PAUSE, Command, Engine, Upkeep
+from boruta_scheduler.app.engine import (
+    AUDIT_RIDE,
+    PURGE_BATCH,
+    PURGE_PAUSE,
+    Command,
+    Engine,
+    Upkeep,
+)
+from boruta_scheduler.app.restore import freeze_heap, restore_core
 from boruta_scheduler.app.service import SchedulerService, ServiceSettings
 from boruta_scheduler.app.watch import WatchHub
 from boruta_scheduler.core import Changes, Core, Policy
@@ -242,6 +251,42 @@ async def test_heartbeats_cost_no_commit_each_and_are_stored_in_batches() -> Non
         "w1": clock[0] - 1,
         "w2": clock[0],
     }
+
+
+async def test_events_recorded_outside_commands_ride_the_next_commit() -> None:
+    """An event recorded outside a command (AcquireWorker's access handed out) costs no
+    commit of its own: it rides the next batch that commits anyway, or commits by itself
+    once AUDIT_RIDE has passed, or when the audit log is read; it comes before the events of
+    the batch it rides."""
+    clock = [1_700_000_000.0]
+    store = GatedStore()
+    store.gate.set()
+    engine = Engine(Core(), store, Dryads(), clock=lambda: clock[0])
+    engine.start()
+    commits = len(store.committed)
+
+    def event(action: str) -> AuditEvent:
+        return AuditEvent(clock[0], "ann", "user", action, "request 1")
+
+    engine.audit(event("AcquireWorker"))
+    await engine.read(lambda c, t: c.waiting_count)  # a batch that stores nothing
+    assert len(store.committed) == commits
+    await engine.execute(
+        lambda c, t: (engine.audit(event("NewRequest")), new_request()(c, t))  # type: ignore[operator]
+    )
+    assert [e.action for e in store.committed[-1].audit] == ["AcquireWorker", "NewRequest"]
+    assert len(store.committed) == commits + 1
+    engine.audit(event("refused"))
+    clock[0] += AUDIT_RIDE  # due: the next batch commits it, though it stores nothing else
+    await engine.read(lambda c, t: c.waiting_count)
+    assert len(store.committed) == commits + 2
+    assert [e.action for e in store.committed[-1].audit] == ["refused"]
+    engine.audit(event("AcquireWorker"))
+    await engine.commit_audit()  # what readers of the log call first
+    assert [e.action for e in store.committed[-1].audit] == ["AcquireWorker"]
+    engine.audit(event("refused"))
+    await engine.stop()  # a clean stop commits what is carried
+    assert [e.action for e in store.committed[-1].audit] == ["refused"]
 
 
 async def test_restart_from_a_stale_last_seen_fails_dead_workers_only() -> None:
@@ -586,9 +631,10 @@ async def test_a_recovery_that_rewrites_rows_asks_for_a_scrub() -> None:
     assert not (await engine.housekeep()).scrubbed
     # The batch the full disk refuses holds only an event: no row that may drop a key.
     store.full = True
-    engine.audit(AuditEvent(T0, "u", "user", "Test", "x", ""))
     with pytest.raises(StoreUnavailable):
-        await engine.execute(lambda core, now: None)
+        await engine.execute(
+            lambda core, now: engine.audit(AuditEvent(T0, "u", "user", "Test", "x", ""))
+        )
     clock[0] += 120  # the request's deadline passes during the outage
     store.full = False
     while engine.outage is not None:
@@ -649,3 +695,34 @@ async def test_a_failing_purge_backs_off_and_warns_once_per_run_of_failures(
     await engine.housekeep()
     assert store.purges == purges
     await engine.stop()
+
+
+def test_restore_pauses_the_collector_and_freezing_keeps_the_core_out_of_it() -> None:
+    """No collection runs while restore_core rebuilds (2,000 requests would set off
+    several), the collector is on again after it, and freeze_heap leaves the restored core
+    out of later collections; collect=True unfreezes first, so an old core can go."""
+    store = MemoryStore()
+    original = Core()
+    for _ in range(2000):
+        original.new_request(1.0, "ann", frozenset(), {"k": "v"}, accept_unsatisfiable=True)
+    store.commit(original.drain())
+    collections: list[str] = []
+
+    def note(phase: str, info: dict[str, int]) -> None:
+        collections.append(phase)
+
+    gc.callbacks.append(note)
+    try:
+        core = restore_core(store, 2.0)
+    finally:
+        gc.callbacks.remove(note)
+    try:
+        assert collections == [] and gc.isenabled()
+        assert core.waiting_count == 2000
+        before = gc.get_freeze_count()
+        freeze_heap()
+        assert gc.get_freeze_count() >= before + 2000
+        freeze_heap(collect=True)
+        assert gc.get_freeze_count() >= 2000
+    finally:
+        gc.unfreeze()

@@ -61,6 +61,12 @@ def farm_changes(kit: CoreKit) -> None:
     kit.core.new_request(kit.now + 1, "bob", frozenset({"lab"}), {"board": "y"}, priority=1)
 
 
+def loaded(store: Store) -> Snapshot:
+    """The store's snapshot with its requests read at once (a store may stream them)."""
+    snapshot = store.load()
+    return Snapshot(list(snapshot.requests), snapshot.workers, snapshot.last_request_id)
+
+
 def commit_all(store: Store, kit: CoreKit) -> None:
     kit.drain()
     for changes in kit.changes:
@@ -69,7 +75,7 @@ def commit_all(store: Store, kit: CoreKit) -> None:
 
 
 def test_empty_store_loads_empty(store: Store) -> None:
-    assert store.load() == Snapshot([], [], 0)
+    assert loaded(store) == Snapshot([], [], 0)
     assert store.get_request(1) is None
     assert store.list_requests(RequestQuery()).items == []
 
@@ -78,7 +84,7 @@ def test_load_returns_live_requests_and_all_workers(store: Store) -> None:
     kit = CoreKit()
     farm_changes(kit)
     commit_all(store, kit)
-    snapshot = store.load()
+    snapshot = loaded(store)
     assert sorted(r.id for r in snapshot.requests) == [1, 2, 4]
     assert {w.uuid for w in snapshot.workers} == {"w1", "w2"}
     assert snapshot.last_request_id == 4
@@ -97,7 +103,7 @@ def test_core_restored_from_store_equals_original(store: Store) -> None:
     kit = CoreKit()
     farm_changes(kit)
     commit_all(store, kit)
-    restored = Core.restore(store.load(), kit.now, kit.core.policy)
+    restored = Core.restore(loaded(store), kit.now, kit.core.policy)
     assert sorted(map(_fields, restored.live_requests()), key=lambda f: f["id"]) == sorted(
         map(_fields, kit.core.live_requests()), key=lambda f: f["id"]
     )
@@ -121,7 +127,7 @@ def test_prepared_access_survives_for_idle_workers(store: Store) -> None:
     kit = CoreKit()
     kit.add_worker("w1")
     commit_all(store, kit)
-    (worker,) = store.load().workers
+    (worker,) = loaded(store).workers
     assert worker.state is WorkerState.IDLE and worker.prepared is not None
     assert worker.prepared.host_keys == ("ssh-ed25519 HOST1",)
 
@@ -132,7 +138,7 @@ def test_host_keys_and_job_timeout_survive_a_restart(store: Store) -> None:
     kit.add_worker("w2")
     kit.core.new_request(kit.now, "ann", NOBODY, {"UUID": "w1"}, job_timeout=90)
     commit_all(store, kit)
-    restored = Core.restore(store.load(), kit.now, kit.core.policy)
+    restored = Core.restore(loaded(store), kit.now, kit.core.policy)
     running = restored.request(1)
     assert running.job_timeout == 90
     assert running.job is not None and running.job.access is not None
@@ -169,7 +175,7 @@ def test_a_store_from_before_host_keys_migrates_and_reads_them_as_none(tmp_path:
     conn.close()
     store = SQLiteStore(path)
     try:
-        snapshot = store.load()
+        snapshot = loaded(store)
     finally:
         store.close()
     assert_read_as_before_host_keys(snapshot)
@@ -204,7 +210,7 @@ def test_last_seen_and_removal(store: Store) -> None:
     kit.core.heartbeat(kit.now + 7, "w1")
     kit.core.deregister(kit.now + 7, "w2")
     commit_all(store, kit)
-    (worker,) = store.load().workers
+    (worker,) = loaded(store).workers
     assert (worker.uuid, worker.last_seen) == ("w1", kit.now + 7)
     assert store.worker_history("w2", 10).entries == []
 
@@ -289,7 +295,7 @@ def test_list_filters(store: Store) -> None:
 def test_last_request_id_never_goes_back(store: Store) -> None:
     store.commit(Changes(last_request_id=7))
     store.commit(Changes(last_request_id=3))
-    assert store.load().last_request_id == 7
+    assert loaded(store).last_request_id == 7
 
 
 def test_sqlite_survives_reopen_and_is_private(tmp_path: Path) -> None:
@@ -298,10 +304,10 @@ def test_sqlite_survives_reopen_and_is_private(tmp_path: Path) -> None:
     path = tmp_path / "state" / "boruta.db"
     first = SQLiteStore(path)
     commit_all(first, kit)
-    before = first.load()
+    before = loaded(first)
     first.close()
     second = SQLiteStore(path)
-    assert second.load() == before
+    assert loaded(second) == before
     second.close()
     assert os.stat(path).st_mode & 0o777 == 0o600
     assert os.stat(path.parent).st_mode & 0o777 == 0o700
@@ -319,7 +325,7 @@ def test_sql_commit_is_atomic(sql_store: Store) -> None:
     )
     with pytest.raises(TypeError):
         sql_store.commit(broken)
-    assert sql_store.load() == Snapshot([], [], 0)
+    assert loaded(sql_store) == Snapshot([], [], 0)
     sql_store.commit(good)  # the failed transaction left nothing behind to trip on
     assert sql_store.load().last_request_id == good.last_request_id
 
@@ -411,8 +417,8 @@ def test_purge_takes_old_finished_rows_in_batches_and_keeps_live_and_recent_ones
     left = {r.id for r in store.list_requests(RequestQuery(limit=100)).items}
     assert left == {running.id, waiting.id, recent}
     assert all(store.get_request(i) is None for i in old)
-    assert sorted(r.id for r in store.load().requests) == [running.id, waiting.id]
-    assert {w.uuid for w in store.load().workers} == {"w1", "w2"}
+    assert sorted(r.id for r in loaded(store).requests) == [running.id, waiting.id]
+    assert {w.uuid for w in loaded(store).workers} == {"w1", "w2"}
     assert store.worker_history("w1", 100).entries == []  # all of it was older
     assert w1_history > 0 and len(store.worker_history("w2", 100).entries) == w2_history
     assert [(e.id, e.action) for e in store.audit(100)] == [(7, "y"), (6, "y")]
@@ -472,7 +478,7 @@ def run_jobs(store: SQLiteStore) -> set[str]:
     kit.answer_calls()
     commit_all(store, kit)
     assert running.job is not None and running.job.access is not None
-    snapshot = store.load()
+    snapshot = loaded(store)
     live = {w.prepared.private_key_pem for w in snapshot.workers if w.prepared}
     live.add(running.job.access.private_key_pem)
     assert len(live) == 2
@@ -564,3 +570,28 @@ def test_sql_one_request_per_owner_and_key(sql_store: Store) -> None:
     with pytest.raises(StoreUnavailable):
         sql_store.commit(Changes(requests=[twin], last_request_id=2))
     assert sql_store.get_request(2) is None
+
+
+def test_a_long_queue_restores_in_serving_order(store: Store) -> None:
+    """Restoring queues every waiting request at once (one sort, one heapify): each keeps
+    its place in the queue, and equal caps come back as one shared value."""
+    kit = CoreKit()
+    ids = [
+        kit.core.new_request(
+            kit.now + i % 7,
+            "ann",
+            NOBODY,
+            {"board": f"b{i % 3}"},
+            priority=1 + i % 16,
+            valid_after=kit.now + 3600 * (i % 5 == 0),
+            accept_unsatisfiable=True,
+        ).id
+        for i in range(200)
+    ]
+    commit_all(store, kit)
+    restored = Core.restore(store.load(), kit.now + 10, kit.core.policy)
+    assert [restored.queue_position(i) for i in ids] == [kit.core.queue_position(i) for i in ids]
+    assert sorted(map(_fields, restored.live_requests()), key=lambda f: f["id"]) == sorted(
+        map(_fields, kit.core.live_requests()), key=lambda f: f["id"]
+    )
+    assert restored.next_timer() == kit.core.next_timer()

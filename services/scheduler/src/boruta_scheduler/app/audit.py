@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from boruta_scheduler.app.refusals import Suppressed, ThrottledRefusals
@@ -108,22 +108,22 @@ class AuditLog:
             )
 
     async def events(self, who: Identity, limit: int, before: int | None) -> list[AuditEvent]:
-        # A batch of its own commits every event recorded so far, so reads see them
-        # (while the store refuses writes, those wait, and the store has the rest).
-        await self._engine.read(lambda core, now: None)
+        # Every event recorded so far is committed first, so reads see them (while the
+        # store refuses writes, those wait, and the store has the rest).
+        await self._engine.commit_audit()
         return await asyncio.to_thread(self._store.audit, limit, before)
 
 
 # ------------------------------------------------------------ what each event says
 
 
-def request_created(caps: Mapping[str, str]) -> Describe[RequestView]:
+def request_created(view: RequestView) -> tuple[str, str]:
     """NewRequest: the request keeps its caps; its event needs only enough of them to
     recognize it."""
-    shown = clip(" ".join(f"{k}={v}" for k, v in sorted(caps.items())), CAPS_SHOWN)
-    return lambda v: (
-        f"request {v.id}",
-        f"caps {shown or '(any)'}, priority {v.priority}, {v.state.name}",
+    shown = clip(" ".join(f"{k}={v}" for k, v in sorted(view.caps.items())), CAPS_SHOWN)
+    return (
+        f"request {view.id}",
+        f"caps {shown or '(any)'}, priority {view.priority}, {view.state.name}",
     )
 
 

@@ -18,7 +18,9 @@ worker's last-seen time: those are kept in memory and stored at most once per
 LAST_SEEN_FLUSH, so an idle farm's heartbeats cost no commit each; a stale stored time is
 harmless, since after a restart or a recovery silence is counted from the rebuild. The
 port a job's tunnel opened on rides with the next batch that commits anyway: a restart
-opens every tunnel again (on the stored port when it is free).
+opens every tunnel again (on the stored port when it is free). Audit events recorded
+outside a command (the access AcquireWorker hands out, refusals) ride with the next batch
+that commits anyway too, AUDIT_RIDE later at the latest.
 
 Between commits, at a low rate, the same writer keeps the store small and clean: it purges
 what is older than the retention in small batches and scrubs the store's files of keys
@@ -29,13 +31,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+from boruta_scheduler.app.restore import freeze_heap, restore_core
 from boruta_scheduler.app.writer import StoreWriter
 from boruta_scheduler.core import Changes, CloseTunnel, Core, DryadCall, TunnelCall
 from boruta_scheduler.core.outbox import merge
@@ -63,6 +68,9 @@ PURGE_BATCH = 500
 PURGE_PAUSE = 1.0
 PURGE_INTERVAL = 600.0
 UPKEEP_INTERVAL = 10.0
+# Audit events recorded outside a command ride the next batch that commits anyway; one
+# waits at most this many seconds for it before it is committed on its own.
+AUDIT_RIDE = 1.0
 # How often heartbeats' last-seen times are stored at most, in seconds.
 LAST_SEEN_FLUSH = 60.0  # and tunnel ports, if no batch commits meanwhile
 # Backoff between attempts to write to a store that refused a commit, in seconds.
@@ -189,6 +197,12 @@ class Engine:
         # Audit events for the next batch: they commit in its transaction, so an event
         # recorded by a command is durable exactly when the change it records is.
         self._audit: list[AuditEvent] = []
+        # Whether a batch's commands are being applied (so an event is a command's).
+        self._applying = False
+        # Events recorded outside any command (access handed out, refusals), and when they
+        # are committed at the latest: they cost no commit of their own while others run.
+        self._carried: list[AuditEvent] = []
+        self._carried_due = math.inf
         # Finished requests, history and audit events older than this are purged (0: never).
         self._retention = retention
         self._upkeep_interval = upkeep_interval
@@ -289,9 +303,23 @@ class Engine:
         return self._clock()
 
     def audit(self, event: AuditEvent) -> None:
-        """Record an event with the current batch (from a command) or the next one."""
-        self._audit.append(event)
-        self._wakeup.set()
+        """Record an event: from a command, with its batch (in the transaction of the change
+        it records); from elsewhere, with the next batch that commits anyway, AUDIT_RIDE
+        seconds later at the latest."""
+        if self._applying:
+            self._audit.append(event)
+            return
+        if not self._carried:
+            self._carried_due = self._clock() + AUDIT_RIDE
+            self._wakeup.set()  # to arm the timer for it
+        self._carried.append(event)
+
+    async def commit_audit(self) -> None:
+        """Return once every event recorded so far is committed (while the store refuses
+        writes, at once: they wait for it)."""
+        if self._carried:
+            self._carried_due = -math.inf
+        await self.read(lambda core, now: None)
 
     def submit(self, command: Command[Any]) -> None:
         """Queue a command whose result nobody waits for (e.g. a dryad call's outcome).
@@ -423,8 +451,8 @@ class Engine:
                         break
                     await self._recover()
                     continue
-                due = self.core.next_timer()
-                if self._pending or self._audit or (due is not None and due <= self._clock()):
+                due = self._next_due()
+                if self._pending or (due is not None and due <= self._clock()):
                     # A batch runs for queued commands and for due timers alike: a quiet
                     # scheduler must still time out jobs and notice silent workers.
                     if len(self._unpublished) >= MAX_UNPUBLISHED and self._last_commit:
@@ -443,17 +471,26 @@ class Engine:
                 self._wakeup.clear()
             if self._outage is None and not self._rebuild and self.failure is None:
                 # What was held back is stored at a clean stop, so a restart starts from it.
-                changes = self.core.drain()
-                stored = self._to_store(changes, self._clock(), flush=True)
-                self._finish_batch(changes, [], [], stored)
+                changes, now = self.core.drain(), self._clock()
+                stored, carried = self._with_carried(
+                    changes, self._to_store(changes, now, flush=True), now, flush=True
+                )
+                self._finish_batch(changes, [], carried, stored)
             if self._last_commit is not None:
                 await asyncio.wait([self._last_commit])
         except BaseException as exc:
             self._fail(exc)
             raise
 
-    def _arm_timer(self) -> None:
+    def _next_due(self) -> float | None:
+        """When a batch is next due without commands: a core timer, or carried events."""
         due = self.core.next_timer()
+        if self._carried and (due is None or self._carried_due < due):
+            return self._carried_due
+        return due
+
+    def _arm_timer(self) -> None:
+        due = self._next_due()
         if due == self._timer_due and self._timer is not None:
             return  # already armed for that time
         if self._timer is not None:
@@ -472,10 +509,10 @@ class Engine:
     def _run_batch(self) -> None:
         now = self._clock()
         core = self.core
-        carried, self._audit = self._audit, []
         done: list[_Reply] = []
         count = min(len(self._pending), MAX_BATCH)
         current: _Pending[Any] | None = None
+        self._applying = True
         try:
             core.tick(now)
             for _ in range(count):
@@ -488,15 +525,31 @@ class Engine:
                     done.append((current, result, None))
                 current = None
         except Exception as exc:  # a bug: the core may be half changed
-            self._drop_batch(exc, current, done, carried)
+            self._drop_batch(exc, current, done)
             return
+        finally:
+            self._applying = False
         self.batches += 1
         self.commands += count
         changes = core.drain()
-        changes.audit[:0] = carried
         changes.audit.extend(self._audit)
         self._audit = []
-        self._finish_batch(changes, done, carried, self._to_store(changes, now))
+        stored, carried = self._with_carried(changes, self._to_store(changes, now), now)
+        self._finish_batch(changes, done, carried, stored)
+
+    def _with_carried(
+        self, changes: Changes, stored: Changes | None, now: float, *, flush: bool = False
+    ) -> tuple[Changes | None, list[AuditEvent]]:
+        """Add the carried events to what a batch commits, if it commits anyway or they are
+        due (then with a commit of their own); returns what to commit and the events."""
+        carried = self._carried
+        if not carried or (stored is None and not flush and now < self._carried_due):
+            return stored, []
+        self._carried, self._carried_due = [], math.inf
+        if stored is None:
+            stored = Changes(last_request_id=changes.last_request_id)
+        stored.audit[:0] = carried
+        return stored, carried
 
     def _to_store(self, changes: Changes, now: float, *, flush: bool = False) -> Changes | None:
         """What of a batch to commit, if anything: facts a restart rebuilds (last-seen
@@ -689,7 +742,9 @@ class Engine:
             self._refuse(batch.replies, error)
         self._unpublished.clear()
         self._last_commit = None
-        self._audit[:0] = carried
+        if carried:
+            self._carried[:0] = carried
+            self._carried_due = self._clock()
 
     def _refuse(self, replies: list[_Reply], error: BorutaError) -> None:
         for pending, result, failure in replies:
@@ -705,7 +760,6 @@ class Engine:
         exc: Exception,
         culprit: _Pending[Any] | None,
         done: list[_Reply],
-        carried: list[AuditEvent],
     ) -> None:
         """A command (or a timer) failed with a bug: its batch is dropped and the core,
         which may be half changed, is rebuilt from the store before the next batch."""
@@ -719,7 +773,7 @@ class Engine:
                 f"internal error (id {internal.error_id}); retry"
             ),
         )
-        self._audit = carried  # events recorded by the dropped commands are void
+        self._audit = []  # events recorded by the dropped commands are void
         self._rebuild = True
         self._wakeup.set()
 
@@ -733,12 +787,15 @@ class Engine:
         delay = RETRY_FIRST
         while not self._stopping:
             try:
-                snapshot = await self._writer.run(lambda store: store.load())
-                core = Core.restore(snapshot, self._clock(), self.core.policy)
+                rebuild = functools.partial(
+                    restore_core, now=self._clock(), policy=self.core.policy
+                )
+                core = await self._writer.run(rebuild)
             except Exception as exc:
                 self._still_refused(exc)
             else:
                 self._replace_core(core)
+                freeze_heap(collect=True)  # the old core goes, the new one stays
                 restored = core.drain()
                 outage = self._outage
                 if outage is not None:

@@ -145,7 +145,6 @@ class SchedulerService:
     ) -> RequestView:
         """Queue a request; with an idempotency key the owner used before, return the
         request it made instead (IdempotencyKeyReused if this call asks otherwise)."""
-        caps = dict(caps)
         idem: Idempotency | None = None
         core = self.engine.core
         if idempotency_key:
@@ -168,10 +167,12 @@ class SchedulerService:
             stored = await self._read(self.store.find_request, who.user, idempotency_key)
             if stored is not None:
                 return same_arguments(stored, who.user, idem)
+        # The core converts the caps (the message's own map) once; the event reads them
+        # from the request it made.
         create = self.audit.recorded(
             who,
             "NewRequest",
-            events.request_created(caps),
+            events.request_created,
             lambda core, now: core.new_request(
                 now,
                 who.user,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from boruta import address as address_rules
@@ -126,11 +126,12 @@ class Policy:
             self.check_allowed_priority(priority, groups)
         return priority
 
-    def check_caps(self, caps: Mapping[str, str], *, what: str = "caps") -> None:
-        """Refuse caps over the size limits or with unprintable keys and values."""
+    def check_caps(self, caps: Collection[tuple[str, str]], *, what: str = "caps") -> None:
+        """Refuse caps (key-value pairs) over the size limits or with unprintable keys and
+        values."""
         if len(caps) > self.max_caps:
             raise InvalidArgument(f"{what} has {len(caps)} entries; at most {self.max_caps}")
-        for key, value in caps.items():
+        for key, value in caps:
             if not 0 < len(key) <= self.max_cap_key_len or not _NAME.fullmatch(key):
                 raise InvalidArgument(
                     f"{what} key {key[:80]!r} must be 1 to {self.max_cap_key_len} characters "

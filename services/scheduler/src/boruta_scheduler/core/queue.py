@@ -137,6 +137,16 @@ class RequestQueue:
 
     def add(self, request: Request) -> None:
         """Put a WAITING request into its bucket (not ready yet)."""
+        self._place(request)
+        self._order.add((request.priority, request.id))
+
+    def add_all(self, requests: list[Request]) -> None:
+        """add() each request, ordering them all in one sort (a restore's many at once)."""
+        for request in requests:
+            self._place(request)
+        self._order.update((r.priority, r.id) for r in requests)
+
+    def _place(self, request: Request) -> None:
         key = (request.sig, request.owner_groups)
         bucket = self._buckets.get(key)
         if bucket is None:
@@ -153,7 +163,6 @@ class RequestQueue:
         bucket.waiting.add(request)
         request.bucket = bucket
         request.ready = False
-        self._order.add((request.priority, request.id))
         owner = request.owner
         self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
         self._caps_bytes_per_owner[owner] = self.caps_bytes_of(owner) + bucket.caps_bytes

@@ -7,7 +7,7 @@ WAITING request could be served by an IDLE worker (so matching is event driven).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from boruta_scheduler.core.idempotency import Idempotency, KeyMemory, same_arguments
@@ -45,6 +45,7 @@ from boruta_scheduler.errors import (
 )
 from boruta_scheduler.types import (
     Access,
+    CapPair,
     HistoryEntry,
     HostStatus,
     JobView,
@@ -61,12 +62,32 @@ HEARTBEAT_LOST = "heartbeat lost"
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """What the store holds for the core: live requests, all workers, the id counter and
-    every token issued."""
+    every token issued. The requests may be read as they are restored: iterate them once,
+    in id order."""
 
-    requests: Sequence[RequestView]
+    requests: Iterable[RequestView]
     workers: Sequence[WorkerView]
     last_request_id: int
     tokens: Sequence[TokenRecord] = field(default_factory=list)
+
+
+class _SigMemo:
+    """Caps converted once per mapping while restoring: a store hands requests of equal
+    caps the same mapping. Holds the mappings it knows, so that no id is reused meanwhile."""
+
+    ROOM = 4096
+
+    def __init__(self) -> None:
+        self._known: dict[int, tuple[Mapping[str, str], frozenset[CapPair]]] = {}
+
+    def of(self, caps: Mapping[str, str]) -> frozenset[CapPair]:
+        known = self._known.get(id(caps))
+        if known is not None and known[0] is caps:
+            return known[1]
+        sig = cap_pairs(caps)
+        if len(self._known) < self.ROOM:
+            self._known[id(caps)] = (caps, sig)
+        return sig
 
 
 class Core:
@@ -100,8 +121,11 @@ class Core:
         core._heartbeat_epoch = now
         for wv in snapshot.workers:
             core._restore_worker(wv)
+        sigs = _SigMemo()
+        waiting: list[Request] = []
         for rv in snapshot.requests:
-            core._restore_request(rv, now)
+            core._restore_request(rv, now, sigs, waiting)
+        core._enqueue_all(waiting, now)
         for worker in list(core._workers.values()):
             core._resume_worker(worker, now)
         core.tick(now)
@@ -133,8 +157,12 @@ class Core:
         if worker.state is WorkerState.IDLE:
             self._idle.add(worker)
 
-    def _restore_request(self, view: RequestView, now: float) -> None:
-        sig, groups = self._queue.intern(cap_pairs(view.caps), view.owner_groups)
+    def _restore_request(
+        self, view: RequestView, now: float, sigs: _SigMemo, waiting: list[Request]
+    ) -> None:
+        """Restore one request; a WAITING one is added to waiting, to be queued with the
+        rest at once."""
+        sig, groups = self._queue.intern(sigs.of(view.caps), view.owner_groups)
         request = Request(
             view.id,
             view.owner,
@@ -155,7 +183,7 @@ class Core:
         request.state = view.state
         self._requests[request.id] = request
         if request.state is RequestState.WAITING:
-            self._enqueue(request, now)
+            waiting.append(request)
             return
         assert view.job is not None, f"request {view.id} is IN_PROGRESS without a job"
         request.job = Job.from_view(view.job)
@@ -216,6 +244,15 @@ class Core:
     def last_request_id(self) -> int:
         """The id of the newest request; every id up to it was given out."""
         return self._last_request_id
+
+    @property
+    def live_count(self) -> int:
+        """Requests WAITING or IN_PROGRESS."""
+        return len(self._requests)
+
+    @property
+    def worker_count(self) -> int:
+        return len(self._workers)
 
     @property
     def waiting_count(self) -> int:
@@ -279,7 +316,8 @@ class Core:
         matched at once or refused (Busy) and nothing changes. A request with an
         idempotency key is remembered under it (the caller checked keyed_request first)."""
         policy = self.policy
-        policy.check_caps(caps)
+        pairs = cap_pairs(caps)  # the one conversion of the caller's caps
+        policy.check_caps(pairs)
         job_timeout = policy.check_job_timeout(job_timeout)
         priority = policy.check_priority(priority, None if privileged else owner_groups)
         valid_after = now if valid_after is None else valid_after
@@ -291,7 +329,7 @@ class Core:
                     f"({policy.default_deadline:g} s later) before the year 10000; give a deadline"
                 )
         self._check_times(now, valid_after, deadline)
-        sig, groups = self._queue.intern(cap_pairs(caps), owner_groups)
+        sig, groups = self._queue.intern(pairs, owner_groups)
         if not accept_unsatisfiable and not self._registered.any_capable(sig, groups):
             shown = ", ".join(sorted(groups)) or "none"
             raise NoCapableWorker(
@@ -440,7 +478,7 @@ class Core:
         dryad_version: str = "",
     ) -> WorkerView:
         """Add a worker in MAINTENANCE, or update a known one (see the Superviser API)."""
-        self.policy.check_caps(caps)
+        self.policy.check_caps(caps.items())
         uuid = check_worker_uuid(caps)
         check_dial_address(dryad_address, what="dryad_address")
         check_dial_address(ssh_address, what="ssh_address")
@@ -704,6 +742,23 @@ class Core:
             self._queue.set_ready(request, True)
         else:
             self._push_timer(request.valid_after, TimerKind.VALID_AFTER, request)
+
+    def _enqueue_all(self, requests: list[Request], now: float) -> None:
+        """_enqueue() each request, with one sort of the queue's order and one heapify of
+        the timers for them all."""
+        queue = self._queue
+        queue.add_all(requests)
+
+        def timers() -> Iterator[tuple[float, TimerKind, Target]]:
+            # Made one at a time as they are pushed: no list of them all is held.
+            for request in requests:
+                yield request.deadline, TimerKind.DEADLINE, request
+                if request.valid_after <= now:
+                    queue.set_ready(request, True)
+                else:
+                    yield request.valid_after, TimerKind.VALID_AFTER, request
+
+        self._timers.push_all(timers())
 
     def _match_request(self, request: Request, now: float) -> None:
         worker = self._idle.best(request.sig, request.owner_groups)

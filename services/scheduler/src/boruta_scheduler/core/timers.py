@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from boruta_scheduler.core.model import Request, Worker
 
@@ -36,6 +36,13 @@ class TimerQueue:
 
     def push(self, due: float, kind: TimerKind, target: Target) -> None:
         heapq.heappush(self._heap, (due, kind, next(self._seq), target))
+
+    def push_all(self, timers: Iterable[tuple[float, TimerKind, Target]]) -> None:
+        """push() each timer, in one heapify (a restore's many at once)."""
+        heap = self._heap
+        seq = self._seq
+        heap.extend((due, kind, next(seq), target) for due, kind, target in timers)
+        heapq.heapify(heap)
 
     def next_due(self) -> float | None:
         return self._heap[0][0] if self._heap else None

@@ -4,9 +4,9 @@ stores."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from boruta_scheduler.core import Changes
 from boruta_scheduler.listing import Page, RequestQuery, RequestSort
@@ -23,6 +23,41 @@ from boruta_scheduler.types import (
 )
 
 Row = Mapping[str, Any]
+V = TypeVar("V")
+_REQUEST_STATES = {int(state): state for state in RequestState}
+# Distinct caps and groups texts one Decoder keeps: enough for the shapes a farm has, few
+# enough that a queue of unique caps does not hold them all while it loads.
+DECODER_ROOM = 4096
+
+
+class Decoder:
+    """Decodes the JSON columns of request rows, once per distinct text while it has room:
+    the rows of one load then share their caps, groups and owners (memory and time)."""
+
+    __slots__ = ("_caps", "_groups", "_owners")
+
+    def __init__(self) -> None:
+        self._caps: dict[str, Mapping[str, str]] = {}
+        self._groups: dict[str, frozenset[str]] = {}
+        self._owners: dict[str, str] = {}
+
+    def caps(self, text: str) -> Mapping[str, str]:
+        return _shared(self._caps, text, lambda t: MappingProxyType(json.loads(t)))
+
+    def groups(self, text: str) -> frozenset[str]:
+        return _shared(self._groups, text, lambda t: frozenset(json.loads(t)))
+
+    def owner(self, text: str) -> str:
+        return _shared(self._owners, text, str)
+
+
+def _shared(known: dict[str, V], text: str, decode: Callable[[str], V]) -> V:
+    value = known.get(text)
+    if value is None:
+        value = decode(text)
+        if len(known) < DECODER_ROOM:
+            known[text] = value
+    return value
 
 
 def _json_set(values: frozenset[str]) -> str:
@@ -75,7 +110,9 @@ def request_row(r: RequestView) -> dict[str, Any]:
     }
 
 
-def request_view(row: Row) -> RequestView:
+def request_view(row: Row, decoder: Decoder | None = None) -> RequestView:
+    """The view of a request row; rows decoded with one decoder share equal values."""
+    decoder = decoder or Decoder()
     job = None
     if row["job_worker_uuid"] is not None:
         access = _access(row["access_username"], row["access_key"], row["access_host_keys"])
@@ -89,20 +126,25 @@ def request_view(row: Row) -> RequestView:
             access=access,
             tunnel_port=row["job_tunnel_port"] or 0,
         )
+    # Times that are equal are one object, as they were in the core that stored them.
+    created_at = row["created_at"]
+    valid_after = row["valid_after"]
+    updated_at = row["updated_at"]
+    job_timeout = row["job_timeout"]
     return RequestView(
         id=row["id"],
         priority=row["priority"],
-        owner=row["owner"],
-        owner_groups=frozenset(json.loads(row["owner_groups"])),
-        caps=MappingProxyType(json.loads(row["caps"])),
-        valid_after=row["valid_after"],
+        owner=decoder.owner(row["owner"]),
+        owner_groups=decoder.groups(row["owner_groups"]),
+        caps=decoder.caps(row["caps"]),
+        valid_after=created_at if valid_after == created_at else valid_after,
         deadline=row["deadline"],
-        state=RequestState(row["state"]),
+        state=_REQUEST_STATES[row["state"]],
         reason=row["reason"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
+        created_at=created_at,
+        updated_at=created_at if updated_at == created_at else updated_at,
         job=job,
-        job_timeout=row["job_timeout"],
+        job_timeout=job_timeout or 0.0,
         idempotency_key=row["idempotency_key"] or "",
         arguments_hash=row["arguments_hash"] or "",
     )

@@ -25,6 +25,7 @@ from boruta_scheduler.errors import StoreUnavailable
 from boruta_scheduler.listing import Page, RequestQuery
 from boruta_scheduler.store.base import CannotOpenStore, HistoryPage, Purged, safe_url
 from boruta_scheduler.store.codec import (
+    Decoder,
     audit_event,
     commit_statements,
     history_entry,
@@ -138,7 +139,8 @@ class PostgreSQLStore:
         with self._transaction() as conn:
             # One snapshot of all three, whatever commits meanwhile.
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            requests = [request_view(row) for row in conn.execute(_Q["live_requests"])]
+            decoder = Decoder()  # equal caps, groups and owners come back shared
+            requests = [request_view(row, decoder) for row in conn.execute(_Q["live_requests"])]
             workers = [worker_view(row) for row in conn.execute(_Q["all_workers"])]
             row = conn.execute(_Q["get_last_request_id"]).fetchone()
             tokens = [token_record(r) for r in conn.execute(_Q["select_tokens"])]

@@ -21,6 +21,7 @@ from boruta_scheduler.errors import StoreUnavailable
 from boruta_scheduler.listing import Page, RequestQuery
 from boruta_scheduler.store.base import CannotOpenStore, HistoryPage, Purged
 from boruta_scheduler.store.codec import (
+    Decoder,
     audit_event,
     commit_statements,
     history_entry,
@@ -123,11 +124,20 @@ class SQLiteStore:
 
     def load(self) -> Snapshot:
         conn = self._writer
-        requests = [request_view(row) for row in conn.execute(_Q["live_requests"])]
         workers = [worker_view(row) for row in conn.execute(_Q["all_workers"])]
         (last_id,) = conn.execute(_Q["get_last_request_id"]).fetchone()
         tokens = [token_record(row) for row in conn.execute(_Q["select_tokens"])]
-        return Snapshot(requests, workers, last_id, tokens)
+        return Snapshot(self._live_requests(), workers, last_id, tokens)
+
+    def _live_requests(self) -> Iterator[RequestView]:
+        """Live requests read as they are restored, so that no list of them all is held."""
+        decoder = Decoder()
+        cursor = self._writer.execute(_Q["live_requests"])
+        try:
+            for row in cursor:
+                yield request_view(row, decoder)
+        finally:
+            cursor.close()
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:

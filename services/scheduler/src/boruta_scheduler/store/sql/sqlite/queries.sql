@@ -1,8 +1,9 @@
 -- Named queries of the SQLite store; each starts with a "-- name:" line.
 
 -- name: upsert_request
--- ON CONFLICT (id), not INSERT OR REPLACE: a clash on another unique index (one request
--- per owner and idempotency key) must fail the commit, not delete the other row.
+-- An update in place, not REPLACE's delete and insert: indexes on columns that did not
+-- change (the owner's, the id's) are left alone, and a clash on another unique index (one
+-- request per owner and idempotency key) fails the commit instead of deleting the other row.
 INSERT INTO requests (
     id, owner, owner_groups, caps, priority, valid_after, deadline, state, reason,
     created_at, updated_at, job_worker_uuid, job_started_at, job_timeout_at,
@@ -39,7 +40,7 @@ INSERT INTO requests (
     arguments_hash = excluded.arguments_hash;
 
 -- name: upsert_worker
-INSERT OR REPLACE INTO workers (
+INSERT INTO workers (
     uuid, state, groups_json, caps, dryad_address, ssh_address, instance_id, dryad_version,
     reason, request_id, registered_at, last_seen, jobs_done, failures, prepared_username,
     prepared_key, prepared_host_keys
@@ -47,7 +48,23 @@ INSERT OR REPLACE INTO workers (
     :uuid, :state, :groups_json, :caps, :dryad_address, :ssh_address, :instance_id,
     :dryad_version, :reason, :request_id, :registered_at, :last_seen, :jobs_done, :failures,
     :prepared_username, :prepared_key, :prepared_host_keys
-);
+) ON CONFLICT (uuid) DO UPDATE SET
+    state = excluded.state,
+    groups_json = excluded.groups_json,
+    caps = excluded.caps,
+    dryad_address = excluded.dryad_address,
+    ssh_address = excluded.ssh_address,
+    instance_id = excluded.instance_id,
+    dryad_version = excluded.dryad_version,
+    reason = excluded.reason,
+    request_id = excluded.request_id,
+    registered_at = excluded.registered_at,
+    last_seen = excluded.last_seen,
+    jobs_done = excluded.jobs_done,
+    failures = excluded.failures,
+    prepared_username = excluded.prepared_username,
+    prepared_key = excluded.prepared_key,
+    prepared_host_keys = excluded.prepared_host_keys;
 
 -- name: touch_worker
 UPDATE workers SET last_seen = :last_seen WHERE uuid = :uuid;
@@ -69,7 +86,8 @@ UPDATE counters SET value = MAX(value, :value) WHERE name = 'last_request_id';
 SELECT value FROM counters WHERE name = 'last_request_id';
 
 -- name: live_requests
-SELECT * FROM requests WHERE state IN (1, 2) ORDER BY id;
+-- The partial index holds exactly the live rows, in id order: no sort.
+SELECT * FROM requests INDEXED BY requests_live WHERE state IN (1, 2) ORDER BY id;
 
 -- name: all_workers
 SELECT * FROM workers ORDER BY uuid;

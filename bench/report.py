@@ -1,0 +1,23 @@
+"""docs/benchmarks.md, where the benchmarks write their figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPORT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+
+def replace_section(heading: str, lines: list[str], before: str = "## Over gRPC") -> None:
+    """Replace the report's section under heading with lines, or add it before the
+    section `before` (where `python -m bench` puts it)."""
+    text = REPORT.read_text()
+    section = "\n".join(lines)
+    start = text.find(heading)
+    if start < 0:
+        at = text.find(before)
+        at = at if at >= 0 else len(text)
+        text = text[:at] + section + "\n" + text[at:]
+    else:
+        end = text.find("\n## ", start + len(heading))
+        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
+    REPORT.write_text(text)
