@@ -16,7 +16,7 @@ import grpc
 import pytest
 from boruta.schedulers import LEADER_KEY
 from boruta.v1 import types_pb2
-from boruta_client import AsyncClient, AsyncWatch, Request, RequestState
+from boruta_client import AsyncClient, AsyncWatch, IdempotencyKeyReused, Request, RequestState
 from boruta_dryad.stub import StubDryad
 from farm_kit import SHARED_KEYS, Farm, SchedulerProcess, board, schedctl_env
 from test_schedctl_e2e import as_json
@@ -73,9 +73,16 @@ class _Refuse(grpc.GenericRpcHandler):
         return grpc.unary_unary_rpc_method_handler(refuse)
 
 
-@pytest.fixture
-async def scheduler(tmp_path: Path) -> AsyncIterator[SchedulerProcess]:
-    process = SchedulerProcess(tmp_path / "state", *OPTIONS)
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def scheduler(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[SchedulerProcess]:
+    """A scheduler process on SQLite in its data directory, or on a fresh PostgreSQL
+    database (where a standby would share it)."""
+    store = []
+    if request.param == "postgresql":
+        store = ["--store", request.getfixturevalue("postgres_url")]
+    process = SchedulerProcess(tmp_path / "state", *OPTIONS, *store)
     yield process
     process.stop()
 
@@ -127,6 +134,8 @@ async def test_everything_carries_on_across_a_kill_and_a_start_on_another_port(
     # A NewRequest retried after the change: one request, the same answer.
     made = await client.new_request({"board": "x"}, idempotency_key="once")
     assert await client.new_request({"board": "x"}, idempotency_key="once") == made
+    with pytest.raises(IdempotencyKeyReused, match="new key for a new request"):
+        await client.new_request({"board": "x"}, priority=2, idempotency_key="once")
     assert client.scheduler == second
     assert [r.id for r in await client.list_requests()] == [1, 2, 3]
     # The lease's job goes on: prolonged on the new scheduler, then given back, and the
