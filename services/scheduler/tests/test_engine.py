@@ -12,16 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from boruta_scheduler.app.engine import (
-    AUDIT_RIDE,
-    PURGE_BATCH,
-    PURGE_PAUSE,
-    Command,
-    Engine,
-    Upkeep,
-)
+from boruta_scheduler.app.engine import AUDIT_RIDE, Command, Engine
 from boruta_scheduler.app.restore import freeze_heap, restore_core
 from boruta_scheduler.app.service import SchedulerService, ServiceSettings
+from boruta_scheduler.app.upkeep import PURGE_BATCH, PURGE_PAUSE, Upkeep
 from boruta_scheduler.app.watch import WatchHub
 from boruta_scheduler.core import Changes, Core, Policy
 from boruta_scheduler.errors import (
@@ -663,7 +657,7 @@ class BrokenPurge(ScrubCounter):
 async def test_a_failing_purge_backs_off_and_warns_once_per_run_of_failures(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="boruta_scheduler.app.engine")
+    caplog.set_level(logging.INFO, logger="boruta_scheduler.app.upkeep")
     clock = [T0]
     store = BrokenPurge()
     engine = Engine(

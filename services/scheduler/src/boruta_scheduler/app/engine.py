@@ -1,17 +1,19 @@
 """The one owner of scheduling state: applies commands to the core in order, commits, replies.
 
 Commands are applied in batches without waiting for earlier batches to reach the disk;
-the store writer merges batches that queue up into one transaction (group commit).
-Replies, watch events and dryad calls of a batch go out only after its commit, in batch
-order, so nobody hears of a change before it is durable.
+the store writer (app/writer.py) merges batches that queue up into one transaction (group
+commit). Replies, watch events, acquirers' wake-ups (app/waiters.py) and dryad and tunnel
+calls (app/effects.py) of a batch go out only after its commit, in batch order
+(app/publishing.py), so nobody hears of a change before it is durable.
 
 When a commit fails (disk full, read-only, I/O error), that batch and every batch applied
-after it are lost: their callers get UNAVAILABLE with the cause, and nothing of them goes
-out. The engine then does in-process what a restart would do: it rebuilds the core from
-the store, which holds exactly what was acknowledged, and commits what restoring produced.
-Until that commit succeeds (it is retried with backoff), writes are refused at once and
-reads are answered from the rebuilt core. A command that fails with an exception that is
-no BorutaError (a bug) costs its batch the same way, but the store is not blamed.
+after it are lost: their callers get UNAVAILABLE with the cause (app/outage.py), and
+nothing of them goes out. The engine then does in-process what a restart would do: it
+rebuilds the core from the store, which holds exactly what was acknowledged, and commits
+what restoring produced. Until that commit succeeds (it is retried with backoff), writes
+are refused at once and reads are answered from the rebuilt core. A command that fails
+with an exception that is no BorutaError (a bug) costs its batch the same way, but the
+store is not blamed.
 
 Facts a restart rebuilds cost no commit of their own. A heartbeat changes nothing but a
 worker's last-seen time: those are kept in memory and stored at most once per
@@ -22,9 +24,8 @@ opens every tunnel again (on the stored port when it is free). Audit events reco
 outside a command (the access AcquireWorker hands out, refusals) ride with the next batch
 that commits anyway too, AUDIT_RIDE later at the latest.
 
-Between commits, at a low rate, the same writer keeps the store small and clean: it purges
-what is older than the retention in small batches and scrubs the store's files of keys
-that are gone from its tables (see housekeep()).
+Between commits, at a low rate, the same writer keeps the store small and clean
+(app/upkeep.py).
 """
 
 from __future__ import annotations
@@ -37,21 +38,20 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
+from boruta_scheduler.app.effects import DryadCaller, Effects, TunnelKeeper
+from boruta_scheduler.app.outage import RETRY_FIRST, RETRY_MAX, Outage
+from boruta_scheduler.app.publishing import Pending, PublishQueue, Reply
 from boruta_scheduler.app.restore import freeze_heap, restore_core
+from boruta_scheduler.app.upkeep import UPKEEP_INTERVAL, StoreUpkeep, Upkeep
+from boruta_scheduler.app.waiters import AcquireWaiters
 from boruta_scheduler.app.writer import StoreWriter
-from boruta_scheduler.core import Changes, CloseTunnel, Core, DryadCall, TunnelCall
+from boruta_scheduler.core import Changes, Core
 from boruta_scheduler.core.outbox import merge
-from boruta_scheduler.errors import (
-    BorutaError,
-    InternalError,
-    StoreUnavailable,
-    Unavailable,
-)
-from boruta_scheduler.store import Purged, Store
-from boruta_scheduler.types import Access, AuditEvent, RequestState, RequestView, WorkerState
+from boruta_scheduler.errors import BorutaError, InternalError, StoreUnavailable, Unavailable
+from boruta_scheduler.store import Store
+from boruta_scheduler.types import AuditEvent, RequestView, WorkerState
 
 log = logging.getLogger(__name__)
 
@@ -61,39 +61,11 @@ Command = Callable[[Core, float], T]
 MAX_BATCH = 2000
 # Applied batches allowed to wait for the disk before the engine waits too.
 MAX_UNPUBLISHED = 1000
-# Store upkeep: rows of each kind one purge deletes (one short transaction), how often a
-# purge runs while a backlog lasts and when there is none, and how often the files are
-# scrubbed of dropped keys (if any may have been dropped).
-PURGE_BATCH = 500
-PURGE_PAUSE = 1.0
-PURGE_INTERVAL = 600.0
-UPKEEP_INTERVAL = 10.0
 # Audit events recorded outside a command ride the next batch that commits anyway; one
 # waits at most this many seconds for it before it is committed on its own.
 AUDIT_RIDE = 1.0
 # How often heartbeats' last-seen times are stored at most, in seconds.
 LAST_SEEN_FLUSH = 60.0  # and tunnel ports, if no batch commits meanwhile
-# Backoff between attempts to write to a store that refused a commit, in seconds.
-RETRY_FIRST = 0.1
-RETRY_MAX = 5.0
-# Who the audit log names for what the scheduler did by itself.
-SCHEDULER_ACTOR = "boruta-scheduler"
-
-
-class DryadCaller(Protocol):
-    """Makes the dryad calls the core asks for; raises DryadCallError on failure."""
-
-    async def call(self, call: DryadCall) -> Access | None: ...
-
-
-class TunnelKeeper(Protocol):
-    """Opens and closes the per-job SSH tunnels; open() raises on failure."""
-
-    async def open(self, request_id: int, ssh_address: str, port: int = 0) -> int: ...
-
-    async def close(self, request_id: int) -> None: ...
-
-    async def close_all(self) -> None: ...
 
 
 class Publisher(Protocol):
@@ -102,56 +74,8 @@ class Publisher(Protocol):
     def publish(self, changes: Changes) -> None: ...
 
 
-@dataclass(slots=True)
-class _Pending(Generic[T]):
-    command: Command[T]
-    future: asyncio.Future[T] | None
-    # Releases what a result holds outside the core (e.g. a watch's subscription) when
-    # the result is thrown away because its batch was lost.
-    discard: Callable[[T], None] | None = None
-
-
-_Reply = tuple[_Pending[Any], Any, BaseException | None]
-
-
-@dataclass(slots=True)
-class _Batch:
-    commit: asyncio.Future[None] | None  # the commit to wait for, if any
-    changes: Changes
-    replies: list[_Reply]
-    # Audit events recorded outside any command (e.g. access handed out, refusals): facts
-    # that stand even if the batch is lost, so they go with the next one then.
-    carried: list[AuditEvent]
-
-
-@dataclass(slots=True)
-class _Outage:
-    """The store refuses writes: why, since when, and whether reads may use the core yet."""
-
-    cause: str  # for callers, e.g. "disk full"
-    detail: str  # for admins: with the file and the store's own words
-    since: float
-    refused: int = 0
-    rebuilt: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def error(self) -> StoreUnavailable:
-        return StoreUnavailable(
-            f"the scheduler cannot store changes now ({self.cause}); nothing of this call "
-            "was kept. It keeps answering reads and retries by itself: retry later"
-        )
-
-
 class EngineStopped(Unavailable):
     """The engine is not running; the scheduler is shutting down or failed."""
-
-
-@dataclass(frozen=True, slots=True)
-class Upkeep:
-    """What one round of store upkeep did."""
-
-    purged: Purged
-    scrubbed: bool
-    purge_error: str = ""  # why the purge failed, if it did
 
 
 class Engine:
@@ -172,28 +96,21 @@ class Engine:
     ) -> None:
         self.core = core
         self._store = store
-        self._dryads = dryads
         self._publisher = publisher
-        self._tunnels = tunnels
-        self._tunnel_ops: dict[int, asyncio.Task[None]] = {}
+        self._effects = Effects(dryads, tunnels, self)
+        self._waiters = AcquireWaiters(self, tunnels_used=tunnels is not None)
         self._clock = clock
-        self._pending: deque[_Pending[Any]] = deque()
+        self._pending: deque[Pending[Any]] = deque()
         self._wakeup = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._writer: StoreWriter | None = None
-        # Batches applied but not yet published, oldest first.
-        self._unpublished: deque[_Batch] = deque()
-        self._outage: _Outage | None = None
+        self._unpublished = PublishQueue(self._publish, self._store_failed)
+        self._outage: Outage | None = None
         # A command failed with a bug: the core must be rebuilt before the next batch.
         self._rebuild = False
         self._stop_requested = asyncio.Event()
-        self._last_commit: asyncio.Future[None] | None = None
-        # Dryad calls in flight: void, and cancelled, when the core is rebuilt.
-        self._background: set[asyncio.Task[None]] = set()
-        self._upkeep: asyncio.Task[None] | None = None
-        self._acquire_waiters: dict[int, set[asyncio.Future[RequestView]]] = {}
         # Audit events for the next batch: they commit in its transaction, so an event
         # recorded by a command is durable exactly when the change it records is.
         self._audit: list[AuditEvent] = []
@@ -203,14 +120,9 @@ class Engine:
         # are committed at the latest: they cost no commit of their own while others run.
         self._carried: list[AuditEvent] = []
         self._carried_due = math.inf
-        # Finished requests, history and audit events older than this are purged (0: never).
+        self._upkeep: StoreUpkeep | None = None  # made with the writer, at start()
         self._retention = retention
         self._upkeep_interval = upkeep_interval
-        self._next_purge = 0.0
-        self._purge_failures = 0  # in a row
-        self._upkeep_lock = asyncio.Lock()  # one round at a time, whoever starts it
-        # Whether a commit since the last scrub may have dropped a key (so may a restart).
-        self._scrub_wanted = True
         self._stopping = False
         # Last-seen times heard since they were last stored, and when they are stored next.
         self._seen: dict[str, float] = {}
@@ -227,11 +139,13 @@ class Engine:
         """Start the loop; initial holds what restoring the core produced, committed first."""
         loop = asyncio.get_running_loop()
         self._writer = StoreWriter(self._store, loop)
+        self._upkeep = StoreUpkeep(
+            self._writer, self, retention=self._retention, interval=self._upkeep_interval
+        )
         if initial is not None:
             self._finish_batch(initial, [], [], initial if initial.durable else None)
         self._task = loop.create_task(self._run(), name="engine")
-        if self._upkeep_interval > 0:
-            self._upkeep = loop.create_task(self._upkeep_loop(), name="store-upkeep")
+        self._upkeep.start()
 
     async def stop(self) -> None:
         """Finish queued commands, then stop; in-flight dryad calls are abandoned."""
@@ -242,19 +156,20 @@ class Engine:
         self._wakeup.set()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
-        background = [*self._background, *([self._upkeep] if self._upkeep else [])]
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
-        await asyncio.gather(*self._tunnel_ops.values(), return_exceptions=True)
-        if self._tunnels is not None:
-            await self._tunnels.close_all()
+        if self._upkeep is not None:
+            await self._upkeep.stop()
+        await self._effects.stop()
         if self._writer is not None:
             await asyncio.to_thread(self._writer.close)
 
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the engine stops or stopped: stop() was called, or it failed."""
+        return self._stopping
 
     async def wait_closed(self) -> None:
         """Return when the loop ends (after stop() or a fatal failure)."""
@@ -273,7 +188,7 @@ class Engine:
             self._outage.refused += 1
             raise self._outage.error()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(command, future, discard))
+        self._pending.append(Pending(command, future, discard))
         self._wakeup.set()
         return await future
 
@@ -325,7 +240,7 @@ class Engine:
         """Queue a command whose result nobody waits for (e.g. a dryad call's outcome).
         While the store refuses writes it is dropped: the rebuilt core asks again."""
         if not self._stopping and self._outage is None:
-            self._pending.append(_Pending(command, None))
+            self._pending.append(Pending(command, None))
             self._wakeup.set()
 
     async def wait_for_job(
@@ -334,112 +249,15 @@ class Engine:
         timeout: float | None,
         authorize: Callable[[RequestView], None] | None = None,
     ) -> RequestView:
-        """The request once it is IN_PROGRESS or terminal; raises TimeoutError after timeout.
-        authorize sees the request inside the engine, in order with every other command, so
-        no request created after a check can slip past it."""
-        future: asyncio.Future[RequestView] = asyncio.get_running_loop().create_future()
-
-        def check(core: Core, now: float) -> RequestView | None:
-            view = core.request(request_id)
-            if authorize is not None:
-                authorize(view)
-            if self._job_ready(view):
-                return view
-            self._acquire_waiters.setdefault(request_id, set()).add(future)
-            return None
-
-        try:
-            view = await self.execute(check)
-        except BaseException:
-            self._forget_waiter(request_id, future)
-            raise
-        if view is not None:
-            return view
-        try:
-            return await asyncio.wait_for(future, timeout)
-        finally:
-            self._forget_waiter(request_id, future)
-
-    def _forget_waiter(self, request_id: int, future: asyncio.Future[RequestView]) -> None:
-        waiters = self._acquire_waiters.get(request_id)
-        if waiters is not None:
-            waiters.discard(future)
-            if not waiters:
-                del self._acquire_waiters[request_id]
-
-    # ---------------------------------------------------------------------- upkeep
+        """The request once its job can be handed out, or it ended (AcquireWorker); see
+        AcquireWaiters.wait_for_job."""
+        return await self._waiters.wait_for_job(request_id, timeout, authorize)
 
     async def housekeep(self) -> Upkeep:
-        """One round of store upkeep, run by the writer between commits: purge one batch of
-        what is older than the retention (when due), and scrub the store's files if a
-        commit since the last scrub may have dropped a key."""
-        async with self._upkeep_lock:
-            return await self._housekeep()
-
-    async def _housekeep(self) -> Upkeep:
-        assert self._writer is not None
-        if self._outage is not None:
-            return Upkeep(Purged(), scrubbed=False)  # purges and scrubs are writes too
-        now = self._clock()
-        purged = Purged()
-        purge_error = ""
-        if self._retention > 0 and now >= self._next_purge:
-            before, retention = now - self._retention, self._retention
-            try:
-                purged = await self._writer.run(lambda store: store.purge(before, PURGE_BATCH))
-            except Exception as exc:  # retried later; the scrub below does not depend on it
-                purge_error = self._purge_failed(exc, now)
-            else:
-                self._purge_worked()
-                more = purged.reached(PURGE_BATCH)
-                self._next_purge = now + (PURGE_PAUSE if more else PURGE_INTERVAL)
-            if purged != Purged():
-                log.info(
-                    "purged what is older than the retention",
-                    extra={
-                        "retention_days": round(retention / 86400, 2),
-                        "requests": purged.requests,
-                        "history": purged.history,
-                        "audit": purged.audit,
-                    },
-                )
-        scrubbed = False
-        if self._scrub_wanted:
-            self._scrub_wanted = False
-            scrubbed = await self._writer.run(lambda store: store.scrub())
-            if not scrubbed:
-                self._scrub_wanted = True  # (commits meanwhile have set it already)
-        return Upkeep(purged, scrubbed, purge_error)
-
-    def _purge_failed(self, exc: Exception, now: float) -> str:
-        """Retry a failed purge later and later (up to the normal interval), and warn once
-        per run of failures rather than every round; returns the cause."""
-        self._purge_failures += 1
-        delay = min(PURGE_PAUSE * 2**self._purge_failures, PURGE_INTERVAL)
-        self._next_purge = now + delay
-        cause = f"{type(exc).__name__}: {exc}"
-        if self._purge_failures == 1:
-            log.warning(
-                "purging what is older than the retention failed; retrying with backoff",
-                extra={"cause": cause, "retry_in": delay},
-            )
-        return cause
-
-    def _purge_worked(self) -> None:
-        if self._purge_failures:
-            log.warning("purging works again", extra={"failures": self._purge_failures})
-            self._purge_failures = 0
-
-    async def _upkeep_loop(self) -> None:
-        while not self._stopping:
-            try:
-                await self.housekeep()
-            except Exception:  # a failed purge or scrub is retried; commits decide fatality
-                log.warning("store upkeep failed; retrying later", exc_info=True)
-            wait = self._upkeep_interval
-            if self._retention > 0:
-                wait = min(wait, max(PURGE_PAUSE, self._next_purge - self._clock()))
-            await asyncio.sleep(wait)
+        """One round of store upkeep (see StoreUpkeep.housekeep); the loop runs one every
+        upkeep_interval by itself."""
+        assert self._upkeep is not None
+        return await self._upkeep.housekeep()
 
     # ------------------------------------------------------------------------ loop
 
@@ -455,10 +273,11 @@ class Engine:
                 if self._pending or (due is not None and due <= self._clock()):
                     # A batch runs for queued commands and for due timers alike: a quiet
                     # scheduler must still time out jobs and notice silent workers.
-                    if len(self._unpublished) >= MAX_UNPUBLISHED and self._last_commit:
+                    last_commit = self._unpublished.last_commit
+                    if len(self._unpublished) >= MAX_UNPUBLISHED and last_commit:
                         # Its callbacks run before this wait returns; a failure among them
                         # starts a recovery, seen at the top of the loop.
-                        await asyncio.wait([self._last_commit])
+                        await asyncio.wait([last_commit])
                         continue
                     self._run_batch()
                     # Let the loop serve I/O before the next batch.
@@ -476,8 +295,8 @@ class Engine:
                     changes, self._to_store(changes, now, flush=True), now, flush=True
                 )
                 self._finish_batch(changes, [], carried, stored)
-            if self._last_commit is not None:
-                await asyncio.wait([self._last_commit])
+            if self._unpublished.last_commit is not None:
+                await asyncio.wait([self._unpublished.last_commit])
         except BaseException as exc:
             self._fail(exc)
             raise
@@ -509,9 +328,9 @@ class Engine:
     def _run_batch(self) -> None:
         now = self._clock()
         core = self.core
-        done: list[_Reply] = []
+        done: list[Reply] = []
         count = min(len(self._pending), MAX_BATCH)
-        current: _Pending[Any] | None = None
+        current: Pending[Any] | None = None
         self._applying = True
         try:
             core.tick(now)
@@ -586,47 +405,21 @@ class Engine:
     def _finish_batch(
         self,
         changes: Changes,
-        done: list[_Reply],
+        done: list[Reply],
         carried: list[AuditEvent],
         stored: Changes | None,
     ) -> None:
         """Commit stored (what of the batch goes to the store, if anything), and queue the
         batch for publication once it (and every batch before it) is durable."""
-        assert self._writer is not None
-        commit: asyncio.Future[None] | None
+        assert self._writer is not None and self._upkeep is not None
+        commit = None
         if stored is not None:
-            self._note_dropped_keys(stored)
+            self._upkeep.note_commit(stored)
             commit = self._writer.submit(stored)
-            self._last_commit = commit
-            commit.add_done_callback(self._publish_ready)
-        else:
-            last = self._last_commit
-            commit = last if last is not None and not last.done() else None
-        self._unpublished.append(_Batch(commit, changes, done, carried))
-        if commit is None:
-            self._publish_ready()
+        self._unpublished.add(changes, done, carried, commit)
 
-    def _note_dropped_keys(self, changes: Changes) -> None:
-        """Want a scrub if committing changes may leave a dropped key in the files."""
-        if changes.requests or changes.workers or changes.removed_workers:
-            # A job's end or a new prepared key drops the key the rows held before.
-            self._scrub_wanted = True
-
-    def _publish_ready(self, _: object = None) -> None:
-        while self._unpublished:
-            batch = self._unpublished[0]
-            commit = batch.commit
-            if commit is not None:
-                if not commit.done():
-                    return
-                error = None if commit.cancelled() else commit.exception()
-                if error is not None:
-                    self._store_failed(error)
-                    return
-            self._unpublished.popleft()
-            self._publish(batch.changes, batch.replies)
-
-    def _publish(self, changes: Changes, done: list[_Reply]) -> None:
+    def _publish(self, changes: Changes, done: list[Reply]) -> None:
+        """Hand out a durable batch: replies first, then waiters, watchers and effects."""
         for pending, result, error in done:
             future = pending.future
             if future is None or future.done():
@@ -635,79 +428,14 @@ class Engine:
                 future.set_exception(error)
             else:
                 future.set_result(result)
-        self._wake_acquirers(changes)
+        self._waiters.wake(changes)
         for worker in changes.workers:
             if worker.state is WorkerState.FAILED:
                 # An admin must act on a FAILED board: say so where admins look.
                 log.warning("worker failed", extra={"worker": worker.uuid, "why": worker.reason})
         if self._publisher is not None:
             self._publisher.publish(changes)
-        for tunnel_call in changes.tunnels:
-            self._run_tunnel_call(tunnel_call)
-        for call in changes.calls:
-            task = asyncio.get_running_loop().create_task(self._call_dryad(call))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-
-    def _wake_acquirers(self, changes: Changes) -> None:
-        if not self._acquire_waiters:
-            return
-        for view in changes.requests:
-            if view.state is RequestState.WAITING or (
-                view.state is RequestState.IN_PROGRESS and not self._job_ready(view)
-            ):
-                continue
-            for future in self._acquire_waiters.pop(view.id, ()):
-                if not future.done():
-                    future.set_result(view)
-
-    def _job_ready(self, view: RequestView) -> bool:
-        """A running job can be handed out once its tunnel is open (if tunnels are used)."""
-        if view.state is not RequestState.IN_PROGRESS:
-            return False
-        return self._tunnels is None or (view.job is not None and view.job.tunnel_port != 0)
-
-    def _run_tunnel_call(self, call: TunnelCall) -> None:
-        """Start a tunnel call after the previous one for the same job, so they never race."""
-        if self._tunnels is None:
-            return
-        request_id = call.request_id
-        previous = self._tunnel_ops.get(request_id)
-        task = asyncio.get_running_loop().create_task(self._tunnel_call(call, previous))
-        self._tunnel_ops[request_id] = task
-
-        def forget(done: asyncio.Task[None]) -> None:
-            if self._tunnel_ops.get(request_id) is done:
-                del self._tunnel_ops[request_id]
-
-        task.add_done_callback(forget)
-
-    async def _tunnel_call(self, call: TunnelCall, previous: asyncio.Task[None] | None) -> None:
-        assert self._tunnels is not None
-        if previous is not None:
-            await asyncio.wait([previous])
-        request_id = call.request_id
-        if isinstance(call, CloseTunnel):
-            await self._tunnels.close(request_id)
-            return
-        try:
-            port = await self._tunnels.open(request_id, call.ssh_address, call.port)
-        except Exception as exc:  # any failure to open fails the job, not the scheduler
-            error = str(exc) or exc.__class__.__name__
-            self.submit(lambda core, now: core.tunnel_failed(now, request_id, error))
-        else:
-            self.submit(lambda core, now: core.tunnel_opened(now, request_id, port))
-
-    async def _call_dryad(self, call: DryadCall) -> None:
-        try:
-            access = await self._dryads.call(call)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # every failure of a dryad call fails the worker
-            error = str(exc) or exc.__class__.__name__
-            self.submit(lambda core, now: core.dryad_call_failed(now, call, error))
-        else:
-            self.submit(lambda core, now: core.dryad_call_succeeded(now, call, access))
+        self._effects.start(changes)
 
     # ------------------------------------------------------------------ recovery
 
@@ -715,13 +443,7 @@ class Engine:
         """A commit failed: it and every batch applied after it are lost. Their callers
         hear why, nothing of them goes out, and writes are refused until recovery."""
         if self._outage is None:
-            cause, detail = self._cause_of(error)
-            log.error(
-                "the store refuses writes; refusing them too until it accepts them again, "
-                "answering reads meanwhile",
-                extra={"cause": detail},
-            )
-            self._outage = _Outage(cause, detail, self._clock())
+            self._outage = Outage.begin(error, self._clock())
         outage = self._outage
         self._lose_batches(outage.error())
         while self._pending:
@@ -735,18 +457,14 @@ class Engine:
         """Answer every unpublished batch with error, oldest first; keep their carried
         audit events for the next batch."""
         carried: list[AuditEvent] = []
-        for batch in self._unpublished:
+        for batch in self._unpublished.lose():
             carried.extend(batch.carried)
-            if batch.commit is not None:
-                batch.commit.add_done_callback(_seen)
             self._refuse(batch.replies, error)
-        self._unpublished.clear()
-        self._last_commit = None
         if carried:
             self._carried[:0] = carried
             self._carried_due = self._clock()
 
-    def _refuse(self, replies: list[_Reply], error: BorutaError) -> None:
+    def _refuse(self, replies: list[Reply], error: BorutaError) -> None:
         for pending, result, failure in replies:
             if failure is None and pending.discard is not None:
                 pending.discard(result)
@@ -758,8 +476,8 @@ class Engine:
     def _drop_batch(
         self,
         exc: Exception,
-        culprit: _Pending[Any] | None,
-        done: list[_Reply],
+        culprit: Pending[Any] | None,
+        done: list[Reply],
     ) -> None:
         """A command (or a timer) failed with a bug: its batch is dropped and the core,
         which may be half changed, is rebuilt from the store before the next batch."""
@@ -780,10 +498,11 @@ class Engine:
     async def _recover(self) -> None:
         """Rebuild the core from the store, as a restart would, and commit what restoring
         produced; while the store refuses that, try again with backoff."""
-        assert self._writer is not None
-        if self._last_commit is not None and not self._last_commit.done():
+        assert self._writer is not None and self._upkeep is not None
+        last_commit = self._unpublished.last_commit
+        if last_commit is not None and not last_commit.done():
             # Batches applied before a failed command are sound: let them commit first.
-            await asyncio.wait([self._last_commit])
+            await asyncio.wait([last_commit])
         delay = RETRY_FIRST
         while not self._stopping:
             try:
@@ -800,8 +519,8 @@ class Engine:
                 outage = self._outage
                 if outage is not None:
                     # A real write, and the admins' record of the outage.
-                    restored.audit.append(self._outage_event(outage))
-                self._note_dropped_keys(restored)
+                    restored.audit.append(outage.event(self._clock()))
+                self._upkeep.note_commit(restored)
                 try:
                     await self._writer.submit(restored, resume=True)
                 except Exception as exc:
@@ -817,29 +536,14 @@ class Engine:
         if self._outage is None:
             self._store_failed(exc)  # the store refused the rebuild after a bug
             return
-        cause, detail = self._cause_of(exc)
-        if detail != self._outage.detail:
-            log.warning("the store still refuses writes", extra={"cause": detail})
-        self._outage.cause, self._outage.detail = cause, detail
-
-    @staticmethod
-    def _cause_of(error: BaseException) -> tuple[str, str]:
-        """(for callers, for admins): why the store refused. Anything but StoreUnavailable
-        is a bug, logged with its traceback under an error id."""
-        if isinstance(error, StoreUnavailable):
-            return error.cause, str(error)
-        if isinstance(error, BorutaError):
-            return str(error), str(error)
-        internal = str(InternalError.logged(log, "the store failed", error))
-        return internal, internal
+        self._outage.still_refused(exc)
 
     def _replace_core(self, core: Core) -> None:
         """Serve from core, rebuilt from the store: what was in flight for the old one is
         void (the new one asks for its dryad calls and tunnels itself)."""
         self.core = core
         self._held.clear()  # the new core opens its tunnels again
-        for task in self._background:
-            task.cancel()
+        self._effects.abandon_calls()
         kept = [p for p in self._pending if p.future is not None]
         self._pending = deque(kept)
         if self._timer is not None:
@@ -849,30 +553,11 @@ class Engine:
         if self._outage is not None:
             self._outage.rebuilt.set()
 
-    def _outage_event(self, outage: _Outage) -> AuditEvent:
-        now = self._clock()
-        return AuditEvent(
-            now,
-            SCHEDULER_ACTOR,
-            "scheduler",
-            "StoreOutage",
-            "store",
-            f"refused writes for {now - outage.since:.0f} s ({outage.detail}); "
-            f"{outage.refused} calls were answered UNAVAILABLE",
-        )
-
     def _recovered(self, restored: Changes) -> None:
         outage, self._outage = self._outage, None
         self._rebuild = False
         if outage is not None:
-            log.warning(
-                "the store accepts writes again",
-                extra={
-                    "seconds": round(self._clock() - outage.since, 1),
-                    "cause": outage.detail,
-                    "refused_calls": outage.refused,
-                },
-            )
+            outage.ended(self._clock())
         self._publish(restored, [])
         self._wakeup.set()
 
@@ -884,23 +569,9 @@ class Engine:
         self._stopping = True
         self._wakeup.set()
         error = EngineStopped("the scheduler failed and must restart; retry against the new one")
-        for batch in self._unpublished:
-            for pending, _, _ in batch.replies:
-                if pending.future is not None and not pending.future.done():
-                    pending.future.set_exception(error)
-        self._unpublished.clear()
+        self._unpublished.fail(error)
         while self._pending:
             future = self._pending.popleft().future
             if future is not None and not future.done():
                 future.set_exception(error)
-        for waiters in self._acquire_waiters.values():
-            for future in waiters:
-                if not future.done():
-                    future.set_exception(error)
-        self._acquire_waiters.clear()
-
-
-def _seen(future: asyncio.Future[Any]) -> None:
-    """Mark a lost commit's error as handled, so asyncio does not log it as forgotten."""
-    if not future.cancelled():
-        future.exception()
+        self._waiters.fail(error)

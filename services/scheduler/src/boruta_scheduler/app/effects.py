@@ -1,0 +1,115 @@
+"""Runs the slow effects of committed batches: dryad calls and tunnel calls, as tasks whose
+outcomes come back to the core as commands."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from boruta_scheduler.core import Changes, CloseTunnel, Core, DryadCall, TunnelCall
+from boruta_scheduler.types import Access
+
+
+class DryadCaller(Protocol):
+    """Makes the dryad calls the core asks for; raises DryadCallError on failure."""
+
+    async def call(self, call: DryadCall) -> Access | None: ...
+
+
+class TunnelKeeper(Protocol):
+    """Opens and closes the per-job SSH tunnels; open() raises on failure."""
+
+    async def open(self, request_id: int, ssh_address: str, port: int = 0) -> int: ...
+
+    async def close(self, request_id: int) -> None: ...
+
+    async def close_all(self) -> None: ...
+
+
+class CommandSink(Protocol):
+    """Where an effect's outcome goes: a command nobody waits for (Engine.submit)."""
+
+    def submit(self, command: Callable[[Core, float], Any]) -> None: ...
+
+
+class Effects:
+    """Starts the dryad and tunnel calls of each committed batch; never blocks the engine."""
+
+    def __init__(
+        self, dryads: DryadCaller, tunnels: TunnelKeeper | None, outcomes: CommandSink
+    ) -> None:
+        self._dryads = dryads
+        self._tunnels = tunnels
+        self._outcomes = outcomes
+        # Dryad calls in flight: void, and cancelled, when the core is rebuilt.
+        self._calls: set[asyncio.Task[None]] = set()
+        # The last tunnel call started for each job, which the next one waits for.
+        self._tunnel_ops: dict[int, asyncio.Task[None]] = {}
+
+    def start(self, changes: Changes) -> None:
+        """Start the tunnel calls and dryad calls of a batch that is durable."""
+        for tunnel_call in changes.tunnels:
+            self._run_tunnel_call(tunnel_call)
+        for call in changes.calls:
+            task = asyncio.get_running_loop().create_task(self._call_dryad(call))
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
+
+    def abandon_calls(self) -> None:
+        """Cancel the dryad calls in flight: the core that asked for them was replaced, and
+        the new one asks for its own. Tunnel calls are left to finish: a job's calls run one
+        after another, so the new core's calls for it wait for them."""
+        for task in self._calls:
+            task.cancel()
+
+    async def stop(self) -> None:
+        """Abandon the dryad calls, let the tunnel calls finish, then close every tunnel."""
+        calls = list(self._calls)
+        self.abandon_calls()
+        await asyncio.gather(*calls, return_exceptions=True)
+        await asyncio.gather(*self._tunnel_ops.values(), return_exceptions=True)
+        if self._tunnels is not None:
+            await self._tunnels.close_all()
+
+    def _run_tunnel_call(self, call: TunnelCall) -> None:
+        """Start a tunnel call after the previous one for the same job, so they never race."""
+        if self._tunnels is None:
+            return
+        request_id = call.request_id
+        previous = self._tunnel_ops.get(request_id)
+        task = asyncio.get_running_loop().create_task(self._tunnel_call(call, previous))
+        self._tunnel_ops[request_id] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._tunnel_ops.get(request_id) is done:
+                del self._tunnel_ops[request_id]
+
+        task.add_done_callback(forget)
+
+    async def _tunnel_call(self, call: TunnelCall, previous: asyncio.Task[None] | None) -> None:
+        assert self._tunnels is not None
+        if previous is not None:
+            await asyncio.wait([previous])
+        request_id = call.request_id
+        if isinstance(call, CloseTunnel):
+            await self._tunnels.close(request_id)
+            return
+        try:
+            port = await self._tunnels.open(request_id, call.ssh_address, call.port)
+        except Exception as exc:  # any failure to open fails the job, not the scheduler
+            error = str(exc) or exc.__class__.__name__
+            self._outcomes.submit(lambda core, now: core.tunnel_failed(now, request_id, error))
+        else:
+            self._outcomes.submit(lambda core, now: core.tunnel_opened(now, request_id, port))
+
+    async def _call_dryad(self, call: DryadCall) -> None:
+        try:
+            access = await self._dryads.call(call)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # every failure of a dryad call fails the worker
+            error = str(exc) or exc.__class__.__name__
+            self._outcomes.submit(lambda core, now: core.dryad_call_failed(now, call, error))
+        else:
+            self._outcomes.submit(lambda core, now: core.dryad_call_succeeded(now, call, access))
