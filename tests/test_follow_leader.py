@@ -19,7 +19,8 @@ from boruta.v1 import types_pb2
 from boruta_client import AsyncClient, AsyncWatch, IdempotencyKeyReused, Request, RequestState
 from boruta_dryad.stub import StubDryad
 from farm_kit import SHARED_KEYS, Farm, SchedulerProcess, board, schedctl_env
-from test_schedctl_e2e import as_json
+from schedctl import exits
+from test_schedctl_e2e import as_json, schedctl
 
 OPTIONS = ("--heartbeat-interval", "0.2s", "--heartbeat-timeout", "30s")
 # Generous: a loaded machine may take a while to start a scheduler process.
@@ -210,6 +211,12 @@ async def test_a_standby_sends_clients_schedctl_and_dryads_to_the_leader(
         made_by_schedctl = await asyncio.to_thread(as_json, env, "requests", "new", "board=x")
         assert isinstance(made_by_schedctl, dict) and made_by_schedctl["owner"] == "carol"
         assert "/boruta.v1.Requests/NewRequest" in standby.calls
+        # A CI step run twice with its job's key makes one request.
+        new = ("requests", "new", "board=x", "--idempotency-key", "ci-job-7")
+        once = await asyncio.to_thread(as_json, env, *new)
+        assert await asyncio.to_thread(as_json, env, *new) == once
+        refused = await asyncio.to_thread(schedctl, env, *new, "-p", "3", check=exits.WRONG_STATE)
+        assert "already used --idempotency-key 'ci-job-7' for request" in refused.stderr
         await dryad.stop()
     finally:
         await standby.stop()
