@@ -19,11 +19,12 @@ def schedctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str
 
 def test_the_demo_farm_shows_each_step_while_it_starts(demo_farm: DemoFarm) -> None:
     steps = [line for line in demo_farm.output if line.startswith("... ")]
-    assert [s.split(" ")[1:3] for s in steps] == [
-        ["starting", "sshd"],
-        ["starting", "the"],
-        ["starting", "3"],
-        ["putting", "the"],
+    assert [s.split(" ")[1:4] for s in steps] == [
+        ["starting", "sshd", "for"],
+        ["starting", "the", "relay"],
+        ["starting", "the", "scheduler"],
+        ["starting", "3", "dryads,"],
+        ["putting", "the", "boards"],
     ]
     assert f"    {demo_farm.name}-0  board=rpi4 camera=yes\n" in demo_farm.output
 

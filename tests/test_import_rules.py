@@ -19,7 +19,19 @@ SOURCES = {
     "boruta_client": ROOT / "clients/python/src/boruta_client",
     "boruta": ROOT / "protos/python/src/boruta",
 }
-SCHEDULER_ADAPTERS = ("app", "store", "rpc", "dryads", "tunnels", "config", "main", "listing")
+SCHEDULER_ADAPTERS = (
+    "app",
+    "store",
+    "rpc",
+    "dryads",
+    "tunnels",
+    "relay",
+    "config",
+    "main",
+    "listing",
+)
+# What the relay process may not hold: it forwards bytes and knows nothing of scheduling.
+RELAY_FORBIDDEN = ("core", "app", "store", "rpc", "dryads", "config", "main", "listing")
 
 
 def scheduler(*names: str) -> tuple[str, ...]:
@@ -69,6 +81,11 @@ RULES = (
         "boruta_scheduler.store",
         ("grpc", "asyncio", *scheduler("app", "rpc", "dryads", "tunnels")),
         "the store is an adapter the application uses, never the other way round",
+    ),
+    Rule(
+        "boruta_scheduler.relay",
+        ("sqlite3", "psycopg", *scheduler(*RELAY_FORBIDDEN)),
+        "the relay is a small process of its own: tunnels only, no scheduling state",
     ),
     Rule("boruta_dryad", ("boruta_scheduler", "boruta_client"), "the dryad runs on boards alone"),
     Rule(
@@ -176,3 +193,17 @@ def test_importing_a_package_pulls_in_nothing_forbidden(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
     assert result.stdout.split() == [], f"importing {package} loads {result.stdout.strip()}"
+
+
+def test_the_relay_process_loads_no_scheduling() -> None:
+    """boruta-relay runs beside the scheduler for days: it holds the tunnels and nothing of
+    the scheduler's core, store or servicers."""
+    forbidden = ("sqlite3", "psycopg", *scheduler(*RELAY_FORBIDDEN))
+    probe = (
+        "import sys, boruta_scheduler.relay.main\n"
+        f"print(' '.join(sorted(m for m in sys.modules if m.startswith({forbidden!r}))))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == [], f"the relay loads {result.stdout.strip()}"

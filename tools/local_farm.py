@@ -1,6 +1,7 @@
 """A real boruta farm on this machine: `make run`.
 
-The scheduler (SQLite in .farm/), one dryad per board (simulated backend, real job users),
+The scheduler (SQLite in .farm/), the relay that holds the SSH tunnels (so a session
+survives a restart of the scheduler), one dryad per board (simulated backend, real job users),
 and a private OpenSSH server the boards' job users log in to. Needs root, like a dryad.
 Secure by default: a local CA in .farm/pki gives the scheduler, every dryad, you and an
 admin certificates, and every link is TLS. A token port takes the bearer tokens an admin
@@ -17,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -202,7 +204,28 @@ def main() -> None:
     sshd = DevSshd(workdir=str(data / "sshd"))
     sshd.start()
     processes: list[subprocess.Popen[str]] = []
+    socket_dir = ""
     try:
+        # The tunnels live in boruta-relay, so SSH sessions survive a restart of the scheduler.
+        relay_socket = data / "relay.sock"
+        if len(str(relay_socket)) > 100:  # a Unix socket's path has at most 107 bytes
+            socket_dir = tempfile.mkdtemp(prefix="boruta-relay-")
+            relay_socket = Path(socket_dir) / "relay.sock"
+        step(f"starting the relay (tunnels for SSH) on {relay_socket}")
+        relay, _ = spawn(
+            [
+                sys.executable,
+                "-m",
+                "boruta_scheduler.relay.main",
+                "--socket",
+                str(relay_socket),
+                "--public-host",
+                "127.0.0.1",
+            ],
+            "boruta-relay listening on ",
+            data / "relay.log",
+        )
+        processes.append(relay)
         step(f"starting the scheduler on {args.listen}, tokens on {args.listen_tokens}")
         scheduler, address = spawn(
             [
@@ -221,8 +244,8 @@ def main() -> None:
                 args.listen_tokens,
                 "--data-dir",
                 str(data / "scheduler"),
-                "--public-host",
-                "127.0.0.1",
+                "--relay",
+                str(relay_socket),
             ],
             "boruta-scheduler listening on ",
             data / "scheduler.log",
@@ -275,7 +298,9 @@ def main() -> None:
             f"Bearer tokens (for CI) work on the token port {tokens}:\n"
             "    export BORUTA_TOKEN=$(.venv/bin/schedctl -c farm-admin tokens issue ci-bot "
             "| tail -n 1)\n"
-            "    .venv/bin/schedctl -c farm-token status\n\n"
+            "    .venv/bin/schedctl -c farm-token status\n"
+            "The SSH tunnels are boruta-relay's: an ssh session stays up while the scheduler\n"
+            "restarts.\n\n"
             "Ctrl-C stops the farm.",
             flush=True,
         )
@@ -294,6 +319,8 @@ def main() -> None:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        if socket_dir:
+            shutil.rmtree(socket_dir, ignore_errors=True)
         sshd.stop()
 
 

@@ -41,6 +41,8 @@ class ServerConfig:
     tunnel_bind: str = ""
     # "0": any free port; "LOW-HIGH": a range the firewall lets through.
     tunnel_ports: str = "0"
+    # Unix socket of boruta-relay, which then holds the tunnels (empty: this process does).
+    relay: str = ""
     store: str = ""
     data_dir: str = "/var/lib/boruta"
     # Finished requests, worker history and audit events are deleted this long after
@@ -93,6 +95,7 @@ _OPTIONS = [
     _Option("public_host", "server", "str", "host users dial for job SSH tunnels (AccessInfo)"),
     _Option("tunnel_bind", "server", "str", "address tunnels listen on (default: public host)"),
     _Option("tunnel_ports", "server", "str", "tunnel ports: 0 (any free) or LOW-HIGH"),
+    _Option("relay", "server", "str", "Unix socket of boruta-relay, which then holds the tunnels"),
     _Option(
         "store",
         "server",

@@ -122,6 +122,7 @@ RULES: Mapping[str, Mapping[str, Rule]] = {
 # Services of the API that the scheduler does not serve, and who may call them there.
 SERVED_ELSEWHERE: Mapping[str, str] = {
     "boruta.v1.Dryad": "served by each dryad, to the scheduler's certificate only",
+    "boruta.v1.Relay": "served by boruta-relay, on a Unix socket only the scheduler's user opens",
 }
 
 

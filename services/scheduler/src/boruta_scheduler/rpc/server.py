@@ -20,8 +20,10 @@ from boruta_scheduler.app.service import SchedulerService, ServiceSettings
 from boruta_scheduler.app.tokens import TokenAuthority
 from boruta_scheduler.app.watch import Publishers, WatchHub
 from boruta_scheduler.config import SchedulerConfig, ServerConfig
+from boruta_scheduler.core import Changes, OpenTunnel
 from boruta_scheduler.dryads import DryadPool
 from boruta_scheduler.listing import PageTokens
+from boruta_scheduler.relay.client import RelayTunnels, Wanted
 from boruta_scheduler.rpc.audit import AuditServicer
 from boruta_scheduler.rpc.calls import (
     ANONYMOUS,
@@ -77,9 +79,14 @@ class Scheduler:
             timeout=config.server.dryad_call_timeout,
             credentials=None if self.tls is None else channel_credentials(self.tls),
         )
-        self.tunnels = Tunnels(
-            config.server.tunnel_bind_host, parse_ports(config.server.tunnel_ports)
-        )
+        # With a relay, the tunnels (and users' sessions) outlive this process.
+        self.tunnels: Tunnels | RelayTunnels
+        if config.server.relay:
+            self.tunnels = RelayTunnels(config.server.relay)
+        else:
+            self.tunnels = Tunnels(
+                config.server.tunnel_bind_host, parse_ports(config.server.tunnel_ports)
+            )
         self.engine: Engine | None = None
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -110,7 +117,11 @@ class Scheduler:
         # Before the engine starts, while its core holds exactly what the store does.
         self.tokens = TokenAuthority(self.engine, audit=audit)
         publishers.add(self.tokens.publish)
-        self.engine.start(core.drain())
+        initial = core.drain()
+        public_host = self.config.server.public_host
+        if isinstance(self.tunnels, RelayTunnels):
+            public_host = await self._start_relay(self.tunnels, self.engine, initial)
+        self.engine.start(initial)
         freeze_heap()
         log.info(
             "state restored",
@@ -126,7 +137,7 @@ class Scheduler:
             self.hub,
             ServiceSettings(
                 heartbeat_interval=self.config.server.heartbeat_interval,
-                public_host=self.config.server.public_host,
+                public_host=public_host,
                 max_watches_per_user=self.config.server.max_watches_per_user,
                 retention=self.config.server.retention,
             ),
@@ -193,6 +204,26 @@ class Scheduler:
         self.server = server
         return self.port
 
+    async def _start_relay(self, relay: RelayTunnels, engine: Engine, initial: Changes) -> str:
+        """Reconcile the relay with the running jobs' tunnels; returns the host AccessInfo
+        names: the relay's public host when it answered, else the configured one."""
+
+        def moved(request_id: int, port: int) -> None:
+            engine.submit(lambda core, now: core.tunnel_opened(now, request_id, port))
+
+        def failed(request_id: int, why: str) -> None:
+            engine.submit(lambda core, now: core.tunnel_failed(now, request_id, why))
+
+        relay.on_moved, relay.on_failed = moved, failed
+        await relay.start(restored_tunnels(initial))
+        configured = self.config.server.public_host
+        if relay.public_host and relay.public_host != configured:
+            log.warning(
+                "AccessInfo names the relay's public host, not this scheduler's",
+                extra={"relay": relay.public_host, "configured": configured},
+            )
+        return relay.public_host or configured
+
     async def stop(self, grace: float = 2.0) -> None:
         if self.server is not None:
             await self.server.stop(grace)
@@ -213,3 +244,12 @@ class Scheduler:
         await asyncio.wait({server_done, engine_done}, return_when=asyncio.FIRST_COMPLETED)
         server_done.cancel()
         engine_done.cancel()
+
+
+def restored_tunnels(initial: Changes) -> list[Wanted]:
+    """The tunnels restoring the core asks for: those of every running job."""
+    return [
+        (call.request_id, call.ssh_address, call.port)
+        for call in initial.tunnels
+        if isinstance(call, OpenTunnel)
+    ]

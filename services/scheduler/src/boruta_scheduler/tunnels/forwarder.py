@@ -23,6 +23,7 @@ class TunnelError(Exception):
 @dataclass
 class _Tunnel:
     server: asyncio.Server
+    address: str  # as given, e.g. "board1:22"
     target: tuple[str, int]
     writers: set[asyncio.StreamWriter] = field(default_factory=set)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -54,12 +55,16 @@ class Tunnels:
     def __len__(self) -> int:
         return len(self._tunnels)
 
+    def held(self) -> dict[int, tuple[str, int]]:
+        """Every open tunnel: request id -> (SSH address it leads to, port it listens on)."""
+        return {rid: (t.address, _port_of(t)) for rid, t in self._tunnels.items()}
+
     async def open(self, request_id: int, ssh_address: str, port: int = 0) -> int:
         """Listen for the job and return the port; tries `port` first if given."""
         old = self._tunnels.get(request_id)
         if old is not None:
             if old.target == split_host_port(ssh_address, "ssh_address"):
-                return int(old.server.sockets[0].getsockname()[1])
+                return _port_of(old)
             await self.close(request_id)
         target = split_host_port(ssh_address, "ssh_address")
         tunnel_ref: list[_Tunnel] = []
@@ -68,10 +73,10 @@ class Tunnels:
             await self._forward(tunnel_ref[0], reader, writer)
 
         server = await self._listen(serve, port)
-        tunnel = _Tunnel(server, target)
+        tunnel = _Tunnel(server, ssh_address, target)
         tunnel_ref.append(tunnel)
         self._tunnels[request_id] = tunnel
-        bound = int(server.sockets[0].getsockname()[1])
+        bound = _port_of(tunnel)
         log.info("tunnel opened", extra={"request": request_id, "port": bound, "to": ssh_address})
         return bound
 
@@ -86,7 +91,7 @@ class Tunnels:
         if self._ports is None:
             candidates.append(0)
         else:
-            used = {int(t.server.sockets[0].getsockname()[1]) for t in self._tunnels.values()}
+            used = {_port_of(t) for t in self._tunnels.values()}
             candidates.extend(p for p in self._ports if p not in used and p != port)
         last_error: OSError | None = None
         for candidate in candidates:
@@ -146,6 +151,10 @@ class Tunnels:
     async def close_all(self) -> None:
         for request_id in list(self._tunnels):
             await self.close(request_id)
+
+
+def _port_of(tunnel: _Tunnel) -> int:
+    return int(tunnel.server.sockets[0].getsockname()[1])
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
