@@ -215,7 +215,9 @@ class AsyncClient(ClientBase):
         """The client's exception for a failed call; an unreachable scheduler that is there
         but speaks another TLS than we do is named as such."""
         address = address or self._schedulers.current
-        failure = translate(error, address)
+        known = self._schedulers.addresses
+        named = address if known == (address,) else f"{address} (of {', '.join(known)})"
+        failure = translate(error, named)
         if type(failure) is Unavailable:
             why = await asyncio.to_thread(explain, address, self.context)
             if why is not None:
