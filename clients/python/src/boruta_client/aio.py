@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
-from boruta.schedulers import Backoff, SchedulerList, leader_of
+from boruta.schedulers import CHANNEL_OPTIONS, Backoff, SchedulerList, leader_of
 from boruta.v1 import (
     audit_pb2,
     audit_pb2_grpc,
@@ -189,9 +189,9 @@ class AsyncClient(ClientBase):
         if stubs is None:
             credentials = self._credentials()
             if credentials is None:
-                channel = grpc.aio.insecure_channel(address)
+                channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
             else:
-                channel = grpc.aio.secure_channel(address, credentials)
+                channel = grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
             stubs = self._channels[address] = _Stubs(channel)
         return stubs
 

@@ -17,6 +17,14 @@ LEADER_KEY = "boruta-leader"
 # Backoff between attempts after an UNAVAILABLE answer, in seconds.
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 1.0
+# Options of a channel to a scheduler: gRPC's own reconnect backoff (1 s, growing to 120 s)
+# would make calls fail at once for that long after the scheduler came back; the caller's
+# backoff paces the attempts instead.
+CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
 
 
 def parse_schedulers(value: str | Iterable[str]) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import grpc
-from boruta.schedulers import Backoff, SchedulerList, leader_of
+from boruta.schedulers import CHANNEL_OPTIONS, Backoff, SchedulerList, leader_of
 from boruta.v1 import superviser_pb2, superviser_pb2_grpc, types_pb2
 
 if TYPE_CHECKING:
@@ -92,9 +92,11 @@ class SchedulerLink:
         channel = self._channels.get(address)
         if channel is None:
             if self._credentials is None:
-                channel = grpc.aio.insecure_channel(address)
+                channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
             else:
-                channel = grpc.aio.secure_channel(address, self._credentials)
+                channel = grpc.aio.secure_channel(
+                    address, self._credentials, options=CHANNEL_OPTIONS
+                )
             self._channels[address] = channel
         stub: SuperviserAsyncStub = superviser_pb2_grpc.SuperviserStub(channel)
         return stub
