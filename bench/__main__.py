@@ -16,6 +16,7 @@ from bench import (
     grpc_bench,
     restart_bench,
     store_bench,
+    takeover_bench,
 )
 from bench.machine import machine
 from bench.report import REPORT
@@ -64,6 +65,7 @@ def render(
     restart: dict[str, float],
     when: str,
     store: dict[str, dict[str, float]] | None = None,
+    takeover: dict[str, float] | None = None,
 ) -> str:
     scales = core["scales"]
     mid = next(s for s in scales if s["workers"] == 1000)
@@ -126,12 +128,18 @@ def render(
         "turns; the table gives the median and, in brackets, the range of the three runs",
         "(this shared machine varies by 10-20 % from minute to minute).",
         "",
-        "| measure | boruta | bare gRPC | ratio | target |",
-        "|---|---|---|---|---|",
+        "*Ratio before* is the same ratio from the run of 2026-12-02 03:07 (AMD EPYC, 2",
+        "cores), before issue 10's changes to the engine, store and restore; each ratio comes",
+        "from one run, boruta and bare side by side.",
+        "",
+        "| measure | boruta | bare gRPC | ratio | ratio before | target |",
+        "|---|---|---|---|---|---|",
     ]
     new, bare_new = rpc["new_request"], rpc["bare_new_request"]
     cyc, bare_cyc = rpc["cycles"], rpc["bare_cycles"]
     lat = rpc["acquire_latency"]
+    new_ratio = new["per_second"] / bare_new["per_second"]
+    cycle_ratio = cyc["per_second"] / bare_cyc["per_second"]
 
     def rate(r: dict[str, float]) -> str:
         return f"{r['per_second']:,.0f} ({r['per_second_min']:,.0f}-{r['per_second_max']:,.0f})"
@@ -139,23 +147,24 @@ def render(
     lines += [
         f"| NewRequest per second ({new['concurrency']:.0f} client tasks) | "
         f"{rate(new)} | {rate(bare_new)} | "
-        f"{new['per_second'] / bare_new['per_second']:.2f} | >= 2,000: "
-        f"{verdict(new['per_second'] >= 2000)} |",
+        f"{new_ratio:.2f} | 0.55 | ratio >= 0.85: {verdict(new_ratio >= 0.85)} |",
         f"| full cycles per second ({cyc['concurrency']:.0f} tasks, "
         f"{cyc['workers']:,.0f} workers) | {rate(cyc)} | "
-        f"{rate(bare_cyc)} | {cyc['per_second'] / bare_cyc['per_second']:.2f} | "
-        f">= 1,000: {verdict(cyc['per_second'] >= 1000)} |",
+        f"{rate(bare_cyc)} | {cycle_ratio:.2f} | 0.39 | ratio >= 0.7: "
+        f"{verdict(cycle_ratio >= 0.7)} |",
         f"| cycle latency p50 / p99 (ms) | {cyc['cycle_ms_p50']:.1f} / {cyc['cycle_ms_p99']:.1f}"
-        f" | {bare_cyc['cycle_ms_p50']:.1f} / {bare_cyc['cycle_ms_p99']:.1f} | | |",
+        f" | {bare_cyc['cycle_ms_p50']:.1f} / {bare_cyc['cycle_ms_p99']:.1f} | | 35.2 / 109.5 |"
+        f" p99 < 100 ms: {verdict(cyc['cycle_ms_p99'] < 100)} |",
         f"| scheduler CPU per NewRequest / per cycle (ms) | "
         f"{new['scheduler_cpu_ms_per_request']:.2f} / {cyc['scheduler_cpu_ms_per_cycle']:.2f}"
         f" | {bare_new['scheduler_cpu_ms_per_request']:.2f} / "
-        f"{bare_cyc['scheduler_cpu_ms_per_cycle']:.2f} | | |",
+        f"{bare_cyc['scheduler_cpu_ms_per_cycle']:.2f} | | 0.72 / 4.53 (bare 0.44 / 1.64) | |",
         f"| worker frees -> blocked AcquireWorker returns, {lat['waiting']:,.0f} waiting: "
-        f"p50 / p99 (ms) | {lat['ms_p50']:.2f} / {lat['ms_p99']:.2f} | | | median < 5 ms: "
-        f"{verdict(lat['ms_p50'] < 5)} |",
+        f"p50 / p99 (ms) | {lat['ms_p50']:.2f} / {lat['ms_p99']:.2f} | | | 2.53 / 5.61 |"
+        f" median < 5 ms: {verdict(lat['ms_p50'] < 5)} |",
         f"| the same from the client's CloseRequest (adds Healthcheck and Prepare): p50 / p99"
-        f" (ms) | {lat['from_close_ms_p50']:.2f} / {lat['from_close_ms_p99']:.2f} | | | |",
+        f" (ms) | {lat['from_close_ms_p50']:.2f} / {lat['from_close_ms_p99']:.2f} | | |"
+        " 6.05 / 10.93 | |",
         "",
         "A full cycle is NewRequest (matched at once to an idle board), AcquireWorker,",
         "CloseRequest; after the close the scheduler calls Dryad.Healthcheck and",
@@ -169,6 +178,7 @@ def render(
         "",
         *render_access(access),
         *store_bench.render(store, when),
+        *takeover_bench.render(takeover, when),
         "## Reading the figures",
         "",
         f"On this machine the three processes share {os.cpu_count()} cores, and a full cycle",
@@ -230,7 +240,9 @@ def main() -> None:
     access = access_bench.run()
     print("store benchmark ...", file=sys.stderr)
     store = store_bench.run()
-    report = render(core, rpc, access, caps_memory, restart, when, store)
+    print("takeover benchmark ...", file=sys.stderr)
+    takeover = takeover_bench.run()
+    report = render(core, rpc, access, caps_memory, restart, when, store, takeover)
     REPORT.write_text(report)
     print(report)
 

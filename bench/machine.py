@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import platform
+from collections.abc import Callable
+from typing import TypeVar
 
 import grpc
+
+Results = TypeVar("Results")
 
 
 def machine() -> str:
@@ -22,3 +27,11 @@ def machine() -> str:
         f"{model}, {os.cpu_count()} cores; {platform.system()} {platform.release()}; "
         f"Python {platform.python_version()}, grpcio {grpc.__version__}"
     )
+
+
+def print_report(run: Callable[[], Results], render: Callable[[Results, str], list[str]]) -> None:
+    """Run one benchmark and print its section of docs/benchmarks.md, dated, with the machine."""
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    results = run()
+    print(f"Measured {when} on {machine()}.\n")
+    print("\n".join(render(results, when)))

@@ -13,7 +13,6 @@ ROUNDS times, and the report gives medians: `python -m bench.store_bench`.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import os
 import statistics
 import sys
@@ -29,7 +28,7 @@ from boruta_scheduler.store import SQLiteStore, Store
 from boruta_scheduler.types import AuditEvent
 
 from bench import grpc_bench
-from bench.machine import machine
+from bench.machine import print_report
 
 ROUNDS = 5
 GRPC_ROUNDS = 3
@@ -184,10 +183,11 @@ def render(results: dict[str, dict[str, float]] | None, when: str) -> list[str]:
     new, cycles = results["new_request"], results["cycles"]
     lines += [
         "",
-        "A lone PostgreSQL commit pays round trips to another process (BEGIN, the pipelined",
-        "statements, COMMIT) on top of a write-ahead log flush like SQLite's; through the",
-        "scheduler, group commit and gRPC's own per-call work hide most of that. The same",
-        "through a whole scheduler process over gRPC, as `bench/grpc_bench.py`",
+        "A lone PostgreSQL commit pays a round trip to another process (BEGIN, the",
+        "statements and COMMIT go out in one pipeline) on top of a write-ahead log flush",
+        "like SQLite's; through the scheduler, group commit and gRPC's own per-call work hide",
+        "most of that. The same through a whole scheduler process over gRPC (on PostgreSQL",
+        "it runs as the leader, every commit fenced by its epoch), as `bench/grpc_bench.py`",
         "measures it (32 client tasks sending NewRequest; 8 running full cycles on 1,000",
         "boards), on the default SQLite store and on a fresh PostgreSQL database, "
         f"median of {GRPC_ROUNDS}:",
@@ -211,10 +211,7 @@ def _verdict(ok: bool) -> str:
 
 
 def main() -> None:
-    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    results = run()
-    print(f"Measured {when} on {machine()}.\n")
-    print("\n".join(render(results, when)))
+    print_report(run, render)
 
 
 if __name__ == "__main__":

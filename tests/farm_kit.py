@@ -23,6 +23,7 @@ from boruta.v1 import (
 from boruta_dryad.stub import KeySource, StubBoard, StubDryad
 
 READY = "boruta-scheduler listening on "
+LEADING = "boruta-scheduler leading as epoch "
 SCHEDULER = [sys.executable, "-m", "boruta_scheduler.main"]
 
 
@@ -73,6 +74,14 @@ class SchedulerProcess:
             tokens = self.proc.stdout.readline()
             self.token_address = tokens.rpartition(" on ")[2].strip()
         return self.address
+
+    def wait_leading(self) -> int:
+        """Block until the scheduler (on a shared store) says it leads; returns its epoch."""
+        assert self.proc is not None and self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith(LEADING):
+            raise RuntimeError(f"scheduler did not lead: {line!r}\n{self.log_path.read_text()}")
+        return int(line[len(LEADING) :])
 
     def kill(self) -> None:
         """kill -9: no chance to flush or say goodbye."""

@@ -127,6 +127,7 @@ CALLS: dict[str, Call] = {
     "Workers.WatchWorkers": lambda s, r: first_of(
         s.workers.WatchWorkers(W.WatchWorkersRequest(include_current=True))
     ),
+    "Workers.WhoAmI": lambda s, r: s.workers.WhoAmI(W.WhoAmIRequest()),
     "Workers.SetGroups": lambda s, r: s.workers.SetGroups(W.SetGroupsRequest(worker_uuid="w1")),
     "Workers.SetState": lambda s, r: s.workers.SetState(
         W.SetStateRequest(worker_uuid="w1", state=types_pb2.WORKER_STATE_MAINTENANCE)

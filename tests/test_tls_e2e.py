@@ -15,7 +15,7 @@ import grpc
 import pytest
 from boruta.tls import channel_credentials
 from boruta.v1 import dryad_pb2, dryad_pb2_grpc
-from boruta_client import Client, RequestState
+from boruta_client import Caller, Client, RequestState
 from live_farm import LiveFarm, live_farm
 from pki_kit import FarmPki
 from system_kit import unique_uuid
@@ -61,6 +61,10 @@ def test_a_user_runs_a_job_over_tls_as_their_certificate_says(
         request = client.get_request(result["request_id"])
     assert (request.owner, request.owner_groups) == ("alice", frozenset({"lab"}))
     assert request.state is RequestState.DONE
+    status = subprocess.run(
+        [*SCHEDCTL, "status", "-o", "json"], env=env, capture_output=True, text=True, check=True
+    )
+    assert json.loads(status.stdout)["user"] == "alice"  # not mallory
     denied = subprocess.run(
         [*SCHEDCTL, "workers", "maintenance", BOARD], env=env, capture_output=True, text=True
     )
@@ -148,6 +152,10 @@ def test_a_ci_system_works_with_a_token_until_it_is_revoked(farm: LiveFarm, tmp_
     with farm.admin() as client:
         request = client.get_request(json.loads(ran.stdout)["request_id"])
     assert (request.owner, request.owner_groups) == ("ci-bot", frozenset({"lab"}))
+    with Client(farm.token_address, ca=admin.ca, token=token["secret"]) as ci:
+        assert ci.whoami() == Caller("ci-bot", frozenset({"lab"}), False, token["token"]["id"])
+    with farm.admin() as client:
+        assert client.whoami().token_id is None and client.whoami().admin
     listed = schedctl(as_admin, "tokens", "list")
     assert "ci-bot" in listed.stdout and "nightly" in listed.stdout
     assert token["secret"] not in listed.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import pwd
 import shutil
@@ -16,9 +17,9 @@ from pathlib import Path
 
 import pytest
 from access_kit import Login, running_sshd
-from boruta_dryad import sessions
+from boruta_dryad import remains, sessions
 from boruta_dryad.config import BoardConfig
-from boruta_dryad.devsshd import DevSshd
+from boruta_dryad.devsshd import PAM_DIR, DevSshd
 from boruta_dryad.users import JobHost, JobUsers
 from system_kit import (
     processes_of,
@@ -175,11 +176,14 @@ async def test_every_login_runs_in_its_jobs_cgroup_or_not_at_all(
     assert host.cgroups.remove(job.username)
     refused = await login.openssh_run("echo in")
     assert "in" not in refused.stdout.splitlines() and refused.returncode != 0
+    # sshd forked nothing as the user for it (the hook ended the connection's sshd).
+    assert remains.processes_of(uid) == []
     # Nor when the job has ended, whatever its cgroup.
     sessions.unregister(job.username)
     host.cgroups.create(job.username)
     refused = await login.openssh_run("echo in")
     assert "in" not in refused.stdout.splitlines() and refused.returncode != 0
+    assert remains.processes_of(uid) == []
     assert (cgroup / "cgroup.procs").read_text() == ""
 
 
@@ -212,9 +216,73 @@ async def test_a_job_ends_for_good_even_if_a_login_races_it(
     finally:
         stop.set()
         await asyncio.gather(*racers)
-    assert processes_of(uid) == []
+    # Nothing of the uid: not what the logins started, nor sshd's processes for them.
+    assert processes_of(uid) == [] and remains.processes_of(uid) == []
     with pytest.raises(KeyError):
         pwd.getpwnam(job.username)
+
+
+class SessionGate:
+    """A step in the sshd's PAM session stack, before the dryad's hook, that holds every
+    session opening until the test lets it through: a login that authenticated while its
+    job was live, and whose session opens only after the job has ended."""
+
+    def __init__(self, sshd: DevSshd, workdir: Path) -> None:
+        workdir.mkdir(mode=0o700)
+        self.waiting = workdir / "waiting"
+        self._release = workdir / "release"
+        os.mkfifo(self._release, 0o600)
+        script = workdir / "gate"
+        # The FIFO is open (read-write: no wait for a writer) before the gate says it waits.
+        script.write_text(
+            f"#!/bin/sh\nexec 3<> {self._release}\necho > {self.waiting}\nread go <&3\n"
+        )
+        script.chmod(0o700)
+        pam = PAM_DIR / sshd.pam_service
+        lines = pam.read_text().splitlines(keepends=True)
+        hook = next(i for i, line in enumerate(lines) if line.startswith("session "))
+        lines.insert(hook, f"session required pam_exec.so type=open_session {script}\n")
+        pam.write_text("".join(lines))
+
+    def open(self) -> None:
+        """Let the held session go on to the dryad's hook (if one is held)."""
+        try:
+            fd = os.open(self._release, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: nothing holds the other end
+                raise
+            return
+        try:
+            os.write(fd, b"go\n")
+        finally:
+            os.close(fd)
+
+
+async def test_a_login_whose_session_opens_after_its_job_ended_runs_nothing(
+    sshd: DevSshd, board: BoardConfig, host: JobHost, uids: list[int], tmp_path: Path
+) -> None:
+    """sshd authenticates a login (account live) and opens its session later, in a process
+    of its own: if the job ends, user and all, in between, the session must not open."""
+    users = JobUsers(board, 2048, str(tmp_path / "state"), host)
+    job = await users.prepare()
+    uid = pwd.getpwnam(job.username).pw_uid
+    uids.append(uid)
+    gate = SessionGate(sshd, tmp_path / "gate")
+    login = login_of(sshd, job.username, job.private_key_pem)
+    attempt = asyncio.create_task(
+        login.openssh_run("setsid sleep 600 </dev/null >/dev/null 2>&1 & echo started")
+    )
+    try:
+        while not gate.waiting.exists():
+            assert not attempt.done(), attempt.result()
+            await asyncio.sleep(0.05)
+        assert await users.remove_all() == [job.username]
+    finally:
+        gate.open()
+        result = await attempt
+    assert "started" not in result.stdout and result.returncode != 0
+    # Not even sshd's own process for the connection ran as the uid.
+    assert processes_of(uid) == [] and remains.processes_of(uid) == []
 
 
 async def test_two_dryads_on_one_host_never_remove_each_others_users(
@@ -304,5 +372,14 @@ def test_people_who_are_no_job_users_pass_the_session_hook() -> None:
     require_root()
     before = Path("/proc/self/cgroup").read_text()
     assert sessions.open_session("root", os.getpid()) is None
-    assert sessions.open_session("no-such-user-here", os.getpid()) is None
+    assert Path("/proc/self/cgroup").read_text() == before
+
+
+def test_a_user_the_host_no_longer_knows_gets_no_session() -> None:
+    # sshd asks for a user it looked up before: one gone since may be a job user whose job
+    # ended meanwhile, and nothing tells it from anyone else any more.
+    require_root()
+    before = Path("/proc/self/cgroup").read_text()
+    refusal = sessions.open_session(f"{unique_prefix()}gone", os.getpid())
+    assert refusal is not None and "no longer exists" in refusal
     assert Path("/proc/self/cgroup").read_text() == before

@@ -41,6 +41,7 @@ from boruta_client.lease import AsyncBoard, AsyncBoardSSH, AsyncLease, LeaseTerm
 from boruta_client.types import (
     Acquired,
     AuditEvent,
+    Caller,
     HistoryEntry,
     IssuedToken,
     Job,
@@ -579,6 +580,11 @@ class AsyncClient(ClientBase):
             lambda s: s.workers.ListWorkers, message, lambda r: r.workers, None
         )
         return [convert.worker(w) for w in found]
+
+    async def whoami(self) -> Caller:
+        """Who the scheduler takes us for: with a token, its user, not the local login."""
+        reply = await self._call(self._rpc.workers.WhoAmI, workers_pb2.WhoAmIRequest())
+        return Caller(reply.user, frozenset(reply.groups), reply.admin, reply.token_id or None)
 
     async def get_worker(self, uuid: str) -> Worker:
         """One worker, by its UUID."""

@@ -148,6 +148,7 @@ class Client(ClientBase, Facade[AsyncClient]):
     list_tokens = blocking(AsyncClient.list_tokens)
     revoke_token = blocking(AsyncClient.revoke_token)
     list_workers = blocking(AsyncClient.list_workers)
+    whoami = blocking(AsyncClient.whoami)
     get_worker = blocking(AsyncClient.get_worker)
     worker_history = blocking(AsyncClient.worker_history)
     set_worker_state = blocking(AsyncClient.set_worker_state)

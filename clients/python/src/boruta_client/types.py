@@ -166,6 +166,17 @@ class HistoryEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class Caller:
+    """Who the scheduler takes this client to be (from its certificate or token)."""
+
+    user: str
+    groups: frozenset[str]
+    admin: bool
+    # The bearer token's id; None when the client came with a certificate.
+    token_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Token:
     """A bearer token as admins see it; never its secret."""
 

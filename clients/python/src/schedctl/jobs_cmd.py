@@ -280,7 +280,8 @@ def status(state: State, fmt: str) -> None:
     client = state.client()
     workers = client.list_workers()
     live = client.list_requests(states=[RequestState.WAITING, RequestState.IN_PROGRESS])
-    me = client.identity.user
+    # With a token the local login says nothing: ask the scheduler who we are.
+    me = client.whoami().user
     by_state = Counter(w.state.name for w in workers)
     mine = [r for r in live if r.owner == me]
     data = {

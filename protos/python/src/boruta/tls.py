@@ -76,6 +76,12 @@ def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
     )
 
 
+def token_server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
+    """Server-only TLS, for the token port: callers show a bearer token, not a certificate."""
+    _, cert, key = files.read()
+    return grpc.ssl_server_credentials([(key, cert)])
+
+
 def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
     """Client TLS that checks the server against the farm's CA and shows our certificate."""
     ca, cert, key = files.read()

@@ -4,8 +4,11 @@ sshd runs the hook as root when it opens a session (pam_exec, ``type=open_sessio
 for a job user it writes sshd's privileged session process, the parent of the hook, into
 the job's cgroup, so the shell, commands, sftp and forwardings, all forked from it later,
 live and die there. A job user whose job has no entry here (it ended, or never began) or
-whose cgroup cannot be joined is refused; sshd then runs nothing for it. Users who are no
-job users pass untouched.
+whose cgroup cannot be joined is refused, and so is a user the host no longer knows (sshd
+looks the user up as the login begins and opens the session only after authenticating it,
+so a job may end, user and all, in between). A refused login ends there: the hook kills
+its parent, so sshd forks nothing as the user for it. Users who are no job users pass
+untouched.
 
 The dryad keeps one entry per live job user in SESSIONS_DIR (root only): a file named
 after the user holding the path of its cgroup, or nothing on a host without cgroup v2.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import signal
 import stat
 import sys
 from pathlib import Path
@@ -85,7 +89,9 @@ def open_session(username: str, parent: int, directory: Path = SESSIONS_DIR) -> 
     try:
         entry = pwd.getpwnam(username)
     except KeyError:
-        return None
+        # Deleted since sshd looked it up (a job that ended while its login was under way):
+        # sshd would run the command as the old uid, in no cgroup, after the job's sweep.
+        return f"user {username} no longer exists on this host"
     if not is_job_user(entry.pw_gecos):
         return None
     try:
@@ -114,9 +120,16 @@ def main() -> None:
         sys.exit(0)
     if os.environ.get("PAM_TYPE") != "open_session":
         sys.exit(0)
-    refusal = open_session(os.environ.get("PAM_USER", ""), os.getppid())
+    parent = os.getppid()
+    refusal = open_session(os.environ.get("PAM_USER", ""), parent)
     if refusal is not None:
         print(f"boruta: {refusal}", file=sys.stderr)
+        # sshd forks its unprivileged process as the user even after PAM refused the
+        # session (only to run nothing in it), outside every cgroup and for as long as
+        # the client keeps the connection: end the connection's sshd before it can.
+        if parent > 1:
+            with contextlib.suppress(OSError):
+                os.kill(parent, signal.SIGKILL)
         sys.exit(1)
     sys.exit(0)
 

@@ -64,6 +64,14 @@ class ServerConfig:
     tls_cert: str = ""
     tls_key: str = ""
     plaintext: bool = False
+    # Several schedulers on one PostgreSQL store (design rule 10): how long a leader's lease
+    # runs by the database's clock, and how often the leader renews it.
+    lease: float = 2.0
+    lease_renew: float = 0.5
+    # host:port clients are told to dial for the leader when this one leads (trailing
+    # metadata of a standby's refusals); empty: public_host and the bound port.
+    advertise: str = ""
+    advertise_tokens: str = ""
 
     @property
     def tunnel_bind_host(self) -> str:
@@ -124,6 +132,22 @@ _OPTIONS = [
     _Option("tls_cert", "server", "str", "this scheduler's certificate (PEM)"),
     _Option("tls_key", "server", "str", "this scheduler's private key (PEM)"),
     _Option("plaintext", "server", "bool", "no TLS, identities taken as given (loopback only)"),
+    _Option(
+        "lease",
+        "server",
+        "duration",
+        "PostgreSQL store: a leader's lease, after which a standby takes over",
+    ),
+    _Option("lease_renew", "server", "duration", "PostgreSQL store: how often a leader renews"),
+    _Option(
+        "advertise",
+        "server",
+        "str",
+        "host:port standbys name for this leader (default: public host)",
+    ),
+    _Option(
+        "advertise_tokens", "server", "str", "host:port of this leader's token port for standbys"
+    ),
     _Option("default_priority", "policy", "int", "priority of requests that give none (1-16)"),
     _Option("max_priority", "policy", "int", "most important priority users may use (1-16)"),
     _Option("max_waiting_per_user", "policy", "int", "most waiting requests of one user"),
@@ -221,4 +245,9 @@ def load_config(
     if server.listen_tokens:
         what = f"--listen-tokens (or {env_name('listen_tokens')})"
         split_host_port(server.listen_tokens, what, listen=True)
+    if not 0 < server.lease_renew < server.lease:
+        raise ValueError(
+            f"lease_renew ({server.lease_renew:g}s) must be shorter than lease "
+            f"({server.lease:g}s): a leader renews several times within its lease"
+        )
     return SchedulerConfig(server=server, policy=replace(Policy(), **converted["policy"]))

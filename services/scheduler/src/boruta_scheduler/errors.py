@@ -142,6 +142,14 @@ class StoreUnavailable(Unavailable):
         self.cause = cause or message
 
 
+class NotLeader(StoreUnavailable):
+    """Another scheduler took over the shared store (a higher epoch): this one may write
+    nothing more and steps down."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "not the leader")
+
+
 class InternalError(BorutaError):
     """Something failed that no caller's input explains: a bug. The caller gets only the
     error id; the log line with that id holds the traceback."""

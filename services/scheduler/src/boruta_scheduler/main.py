@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
+import socket
 import sys
+import time
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
@@ -13,10 +16,12 @@ from boruta import logs
 from boruta.address import join_host_port, split_host_port
 from boruta.ports import CannotListen
 
-from boruta_scheduler.config import SchedulerConfig, load_config
+from boruta_scheduler.app.leadership import Leadership
+from boruta_scheduler.config import SchedulerConfig, ServerConfig, load_config
 from boruta_scheduler.errors import StoreUnavailable
-from boruta_scheduler.rpc.server import Scheduler
-from boruta_scheduler.store import CannotOpenStore, safe_url
+from boruta_scheduler.rpc.server import Scheduler, transport_security
+from boruta_scheduler.rpc.standby import Standby
+from boruta_scheduler.store import POSTGRESQL_SCHEMES, CannotOpenStore, open_store, safe_url
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +30,19 @@ EXIT_STOPPED = 0  # stopped by SIGTERM or SIGINT
 EXIT_FAILED = 1  # the engine failed, or the database server is not reachable: restart
 EXIT_USAGE = 2  # bad options or configuration, or a port that cannot be bound
 EXIT_CANNOT_WRITE = 73  # the store cannot be opened for writing (read-only, permissions)
+EXIT_STEPPED_DOWN = 75  # lost the lead of a shared store: restart, as a standby
+STEP_DOWN_GRACE_S = 0.5
 
 
 async def serve(config: SchedulerConfig) -> int:
+    """Serve on the configured store; several schedulers on one PostgreSQL store elect a
+    leader among them, a scheduler on SQLite or in memory is on its own."""
+    if config.server.store_url.startswith(POSTGRESQL_SCHEMES):
+        return await serve_shared(config)
+    return await serve_alone(config)
+
+
+async def serve_alone(config: SchedulerConfig) -> int:
     try:
         scheduler = Scheduler(config)
     except ValueError as exc:  # e.g. plaintext asked for on an address other than loopback
@@ -40,30 +55,144 @@ async def serve(config: SchedulerConfig) -> int:
         await scheduler.stop()
         return usage_error(exc)
     # Before the readiness line: whoever reads it may stop us at once, and cleanly.
+    stop = stop_on_signals()
+    announce(config.server, port, scheduler.token_port)
+    await first(scheduler.wait(), stop.wait())
+    failed = scheduler.engine is not None and scheduler.engine.failure is not None
+    log.info("stopping")
+    await scheduler.stop()
+    return EXIT_FAILED if failed else EXIT_STOPPED
+
+
+async def serve_shared(config: SchedulerConfig) -> int:
+    """One of several schedulers on a PostgreSQL store: a standby on the configured ports
+    until it takes the lease, then the leader on the same ports until it stops or loses the
+    lease (then it exits EXIT_STEPPED_DOWN, and comes back as a standby when restarted: a
+    fresh process holds nothing of the lost lead)."""
+    server = config.server
+    try:
+        tls = transport_security(server)
+    except ValueError as exc:
+        return usage_error(exc)
+    store = open_store(server.store_url)  # migrates, as every scheduler does at start
+    from boruta_scheduler.store.leader import Candidate, LeaderLease
+    from boruta_scheduler.store.postgresql import PostgreSQLStore
+
+    assert isinstance(store, PostgreSQLStore)
+    lease = LeaderLease(server.store_url, server.lease)
+    leadership = Leadership(lease, server.lease_renew)
+    standby = Standby(server, tls, leadership.leader_address)
+    try:
+        await standby.start()
+    except CannotListen as exc:
+        await standby.stop()
+        lease.close()
+        store.close()
+        return usage_error(exc)
+    bound = same_ports(config, standby.port, standby.token_port)
+    me = Candidate(
+        # Only one process can have these ports bound: one that finds the lease under this
+        # name took it over from its own previous process, which is gone (a restart).
+        f"{socket.gethostname()} {bound.server.listen}",
+        server.advertise or join_host_port(server.public_host, standby.port),
+        server.advertise_tokens
+        or (join_host_port(server.public_host, standby.token_port) if standby.token_port else ""),
+    )
+    stop = stop_on_signals()
+    # A standby is ready once it has read the lease and can name the leader; a scheduler
+    # that takes the lease at once (e.g. after its own restart) once it serves as leader.
+    epoch = await leadership.try_acquire(me)
+    announced = epoch is None
+    if epoch is None:
+        announce(server, standby.port, standby.token_port)
+        acquiring = asyncio.ensure_future(leadership.acquire(me))
+        await first(acquiring, stop.wait())
+        if not acquiring.done() or acquiring.cancelled():
+            log.info("stopping")
+            await standby.stop()
+            lease.close()
+            store.close()
+            return EXIT_STOPPED
+        epoch = acquiring.result()
+    took = time.monotonic()
+    store.epoch = epoch
+    store.on_fenced = leadership.fenced
+    leadership.keep()
+    scheduler = Scheduler(bound, store=store)
+    try:
+        await scheduler.start(before_bind=standby.stop)
+    except CannotListen as exc:  # someone took our port in the instant it was free
+        print(f"boruta-scheduler: {exc}", file=sys.stderr)
+        await scheduler.stop()
+        leadership.stop()
+        lease.close()
+        return EXIT_FAILED
+    if not announced:
+        announce(server, scheduler.port, scheduler.token_port)
+    # Tests and scripts wait for this line; it follows the readiness line.
+    print(f"boruta-scheduler leading as epoch {store.epoch}", flush=True)
+    log.info(
+        "serving as leader",
+        extra={"epoch": store.epoch, "seconds": round(time.monotonic() - took, 3)},
+    )
+    await first(scheduler.wait(), stop.wait(), leadership.lost.wait())
+    failed = scheduler.engine is not None and scheduler.engine.failure is not None
+    if leadership.lost.is_set():
+        # Nothing more can commit (fenced). Calls in flight get their answer (a write:
+        # UNAVAILABLE, which clients retry elsewhere, not CANCELLED) for a moment; then the
+        # rest are cut rather than answered from a state another leader has moved on from.
+        await scheduler.not_serving()
+        await scheduler.stop(grace=STEP_DOWN_GRACE_S)
+        leadership.stop()
+        lease.close()
+        return EXIT_STEPPED_DOWN
+    log.info("stopping")
+    await scheduler.stop()
+    leadership.stop()
+    await leadership.release()
+    lease.close()
+    return EXIT_FAILED if failed else EXIT_STOPPED
+
+
+def same_ports(config: SchedulerConfig, port: int, token_port: int) -> SchedulerConfig:
+    """config with the ports the standby bound (a port 0 made concrete)."""
+    server = config.server
+    listen = join_host_port(split_host_port(server.listen, listen=True)[0], port)
+    listen_tokens = server.listen_tokens
+    if listen_tokens:
+        listen_tokens = join_host_port(split_host_port(listen_tokens, listen=True)[0], token_port)
+    same = dataclasses.replace(server, listen=listen, listen_tokens=listen_tokens)
+    return dataclasses.replace(config, server=same)
+
+
+def stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    host = split_host_port(config.server.listen, listen=True)[0] or "0.0.0.0"
+    return stop
+
+
+def announce(server: ServerConfig, port: int, token_port: int) -> None:
+    """The readiness line: tests and scripts wait for it and read the port from it."""
+    host = split_host_port(server.listen, listen=True)[0] or "0.0.0.0"
     address = join_host_port(host, port)
-    # The readiness line: tests and scripts wait for it and read the port from it.
     print(f"boruta-scheduler listening on {address}", flush=True)
-    if scheduler.token_port:
+    if token_port:
         # Both ports are bound already; this line follows the readiness line.
-        tokens_host = split_host_port(config.server.listen_tokens, listen=True)[0]
-        tokens = join_host_port(tokens_host, scheduler.token_port)
+        tokens_host = split_host_port(server.listen_tokens, listen=True)[0]
+        tokens = join_host_port(tokens_host, token_port)
         print(f"boruta-scheduler tokens on {tokens}", flush=True)
-    store = safe_url(config.server.store_url)  # a PostgreSQL URL may hold a password
+    store = safe_url(server.store_url)  # a PostgreSQL URL may hold a password
     log.info("serving", extra={"address": address, "store": store})
-    waiter = asyncio.ensure_future(scheduler.wait())
-    stopper = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    failed = scheduler.engine is not None and scheduler.engine.failure is not None
-    waiter.cancel()
-    stopper.cancel()
-    log.info("stopping")
-    await scheduler.stop()
-    return EXIT_FAILED if failed else EXIT_STOPPED
+
+
+async def first(*waits: Coroutine[Any, Any, Any] | asyncio.Future[Any]) -> None:
+    """Wait until the first of waits is done; cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in tasks:
+        task.cancel()
 
 
 def usage_error(error: Exception) -> int:

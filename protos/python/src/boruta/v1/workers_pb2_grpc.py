@@ -70,6 +70,11 @@ class WorkersStub:
                 request_serializer=boruta_dot_v1_dot_workers__pb2.WatchWorkersRequest.SerializeToString,
                 response_deserializer=boruta_dot_v1_dot_workers__pb2.WatchWorkersResponse.FromString,
                 _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/boruta.v1.Workers/WhoAmI',
+                request_serializer=boruta_dot_v1_dot_workers__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=boruta_dot_v1_dot_workers__pb2.WhoAmIResponse.FromString,
+                _registered_method=True)
 
 
 class WorkersServicer:
@@ -128,6 +133,14 @@ class WorkersServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WhoAmI(self, request, context):
+        """WhoAmI returns who the scheduler takes the caller to be, from its certificate or its
+        bearer token: the name its requests are owned by, its groups and whether it is an admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkersServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -165,6 +178,11 @@ def add_WorkersServicer_to_server(servicer, server):
                     servicer.WatchWorkers,
                     request_deserializer=boruta_dot_v1_dot_workers__pb2.WatchWorkersRequest.FromString,
                     response_serializer=boruta_dot_v1_dot_workers__pb2.WatchWorkersResponse.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=boruta_dot_v1_dot_workers__pb2.WhoAmIRequest.FromString,
+                    response_serializer=boruta_dot_v1_dot_workers__pb2.WhoAmIResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -357,6 +375,33 @@ class Workers:
             '/boruta.v1.Workers/WatchWorkers',
             boruta_dot_v1_dot_workers__pb2.WatchWorkersRequest.SerializeToString,
             boruta_dot_v1_dot_workers__pb2.WatchWorkersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/boruta.v1.Workers/WhoAmI',
+            boruta_dot_v1_dot_workers__pb2.WhoAmIRequest.SerializeToString,
+            boruta_dot_v1_dot_workers__pb2.WhoAmIResponse.FromString,
             options,
             channel_credentials,
             insecure,

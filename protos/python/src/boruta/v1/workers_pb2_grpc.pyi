@@ -53,6 +53,10 @@ class WorkersStub:
     """WatchWorkers streams each change of a worker that passes the filter, as it happens.
     The server sends initial metadata once the watch is in place: no later change is missed.
     """
+    WhoAmI: _grpc.UnaryUnaryMultiCallable[_workers_pb2.WhoAmIRequest, _workers_pb2.WhoAmIResponse]
+    """WhoAmI returns who the scheduler takes the caller to be, from its certificate or its
+    bearer token: the name its requests are owned by, its groups and whether it is an admin.
+    """
 
 @_typing.type_check_only
 class WorkersAsyncStub(WorkersStub):
@@ -78,6 +82,10 @@ class WorkersAsyncStub(WorkersStub):
     WatchWorkers: _aio.UnaryStreamMultiCallable[_workers_pb2.WatchWorkersRequest, _workers_pb2.WatchWorkersResponse]  # type: ignore[assignment]
     """WatchWorkers streams each change of a worker that passes the filter, as it happens.
     The server sends initial metadata once the watch is in place: no later change is missed.
+    """
+    WhoAmI: _aio.UnaryUnaryMultiCallable[_workers_pb2.WhoAmIRequest, _workers_pb2.WhoAmIResponse]  # type: ignore[assignment]
+    """WhoAmI returns who the scheduler takes the caller to be, from its certificate or its
+    bearer token: the name its requests are owned by, its groups and whether it is an admin.
     """
 
 class WorkersServicer(metaclass=_abc_1.ABCMeta):
@@ -143,6 +151,16 @@ class WorkersServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_workers_pb2.WatchWorkersResponse], _abc.AsyncIterator[_workers_pb2.WatchWorkersResponse]]:
         """WatchWorkers streams each change of a worker that passes the filter, as it happens.
         The server sends initial metadata once the watch is in place: no later change is missed.
+        """
+
+    @_abc_1.abstractmethod
+    def WhoAmI(
+        self,
+        request: _workers_pb2.WhoAmIRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workers_pb2.WhoAmIResponse, _abc.Awaitable[_workers_pb2.WhoAmIResponse]]:
+        """WhoAmI returns who the scheduler takes the caller to be, from its certificate or its
+        bearer token: the name its requests are owned by, its groups and whether it is an admin.
         """
 
 def add_WorkersServicer_to_server(servicer: WorkersServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -103,6 +103,7 @@ RULES: Mapping[str, Mapping[str, Rule]] = {
         "SetGroups": Rule(ADMINS, "change a worker's groups", recorded=Recorded.CHANGE),
         "Deregister": Rule(ADMINS, "deregister a worker", recorded=Recorded.CHANGE),
         "WatchWorkers": Rule(PEOPLE, "watch workers"),
+        "WhoAmI": Rule(PEOPLE, "ask who they are"),
     },
     "boruta.v1.Superviser": {
         "Register": Rule(DRYADS, "register boards", Scope.OWN_WORKER),

@@ -44,6 +44,8 @@ class DryadPool:
         self._backoff = backoff
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, DryadAsyncStub] = {}
+        # Workers already reported for sending no host keys: said once, not after every job.
+        self._without_host_keys: set[str] = set()
 
     def _stub(self, address: str) -> DryadAsyncStub:
         stub = self._stubs.get(address)
@@ -80,8 +82,9 @@ class DryadPool:
             )
             if not reply.username or not reply.private_key_pem:
                 raise DryadCallError(f"Prepare on {call.address} returned no username or key")
-            if not reply.ssh_host_keys:
+            if not reply.ssh_host_keys and call.worker_uuid not in self._without_host_keys:
                 # A dryad older than host keys: jobs on it work, but nothing proves the board.
+                self._without_host_keys.add(call.worker_uuid)
                 log.warning(
                     "dryad sent no SSH host keys; clients cannot check the board's identity",
                     extra={"worker": call.worker_uuid, "dryad": call.address},

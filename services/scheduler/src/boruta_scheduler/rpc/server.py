@@ -5,11 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 from boruta.pki import PkiError
 from boruta.ports import add_port
-from boruta.tls import TlsFiles, channel_credentials, choose_transport, server_credentials
+from boruta.tls import (
+    TlsFiles,
+    channel_credentials,
+    choose_transport,
+    server_credentials,
+    token_server_credentials,
+)
 from boruta.v1 import audit_pb2, requests_pb2, superviser_pb2, tokens_pb2, workers_pb2
 from google.protobuf.descriptor import ServiceDescriptor
 
@@ -35,6 +43,7 @@ from boruta_scheduler.rpc.calls import (
     metadata_identities,
 )
 from boruta_scheduler.rpc.requests import RequestsServicer
+from boruta_scheduler.rpc.standby import add_health, set_serving
 from boruta_scheduler.rpc.superviser import SuperviserServicer
 from boruta_scheduler.rpc.tokens import TokensServicer
 from boruta_scheduler.rpc.workers import WorkersServicer
@@ -94,9 +103,11 @@ class Scheduler:
         self.audit: AuditLog | None = None
         self.refusal_log: RefusalLog | None = None
         self.service: SchedulerService | None = None
+        self.health: Any = None  # grpc.health.v1, SERVING once started
 
-    async def start(self) -> int:
-        """Restore, then serve; returns the port bound."""
+    async def start(self, before_bind: Callable[[], Awaitable[None]] | None = None) -> int:
+        """Restore, then serve; returns the port bound. before_bind runs just before the
+        ports are bound (a standby hands them over: the gap is not the restore's length)."""
         started = time.time()
         # On the loop's thread: nothing is served yet, and a thread of its own would keep
         # its allocator arena's leftovers (a megabyte at 100,000 waiting requests).
@@ -185,6 +196,8 @@ class Scheduler:
         for servicer, descriptor in services:
             add_service(server, servicer, descriptor, identify, refused, self.refusal_log)
         tls = self.tls
+        if before_bind is not None:
+            await before_bind()
         self.port = add_port(
             server,
             self.config.server.listen,
@@ -193,13 +206,14 @@ class Scheduler:
         )
         if self.config.server.listen_tokens:
             assert tls is not None  # checked by transport_security
-            _, cert, key = tls.read()
             self.token_port = add_port(
                 server,
                 self.config.server.listen_tokens,
-                grpc.ssl_server_credentials([(key, cert)]),
+                token_server_credentials(tls),
                 "--listen-tokens or BORUTA_LISTEN_TOKENS",
             )
+        # A leader (and a scheduler on its own store) serves; a standby does not (rpc/standby.py).
+        self.health = await add_health(server, serving=True)
         await server.start()
         self.server = server
         return self.port
@@ -235,6 +249,11 @@ class Scheduler:
             await self.engine.stop()
         await self.dryads.close()
         self.store.close()
+
+    async def not_serving(self) -> None:
+        """Say NOT_SERVING on grpc.health.v1 (a leader that lost the lead, on its way out)."""
+        if self.health is not None:
+            await set_serving(self.health, serving=False)
 
     async def wait(self) -> None:
         """Return when the server stops or the engine fails."""

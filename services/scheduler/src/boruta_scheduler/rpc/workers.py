@@ -13,7 +13,7 @@ from boruta_scheduler.errors import InvalidArgument
 from boruta_scheduler.listing import PageTokens
 from boruta_scheduler.rpc import convert
 from boruta_scheduler.rpc.calls import current_identity
-from boruta_scheduler.types import WorkerState
+from boruta_scheduler.types import Role, WorkerState
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -31,6 +31,17 @@ class WorkersServicer(workers_pb2_grpc.WorkersServicer):
         return workers_pb2.ListWorkersResponse(
             workers=[convert.worker_info(w) for w in page.items],
             next_page_token=self._tokens.encode(scope, page.next_after),
+        )
+
+    async def WhoAmI(
+        self, request: workers_pb2.WhoAmIRequest, context: Context
+    ) -> workers_pb2.WhoAmIResponse:
+        who = current_identity()
+        return workers_pb2.WhoAmIResponse(
+            user=who.user,
+            groups=sorted(who.groups),
+            admin=who.role is Role.ADMIN,
+            token_id=who.token_id or 0,
         )
 
     async def GetWorkerInfo(

@@ -2,8 +2,9 @@
 
 Every write goes through one method, _transaction: one transaction on the one writer
 connection, committed with synchronous_commit on (durable, and replicated where the
-server is told to, before the call returns). That is where a leader's epoch will fence its
-writes. Reads take a connection from a small pool, so a server restart costs the reads in
+server is told to, before the call returns). That is where a leader's epoch fences its
+writes: once another scheduler has taken the lease (store/leader.py), each raises NotLeader.
+Reads take a connection from a small pool, so a server restart costs the reads in
 flight, not the process.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -21,7 +22,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
 from boruta_scheduler.core import Changes, Snapshot
-from boruta_scheduler.errors import StoreUnavailable
+from boruta_scheduler.errors import NotLeader, StoreUnavailable
 from boruta_scheduler.listing import Page, RequestQuery
 from boruta_scheduler.store.base import CannotOpenStore, HistoryPage, Purged, safe_url
 from boruta_scheduler.store.codec import (
@@ -46,6 +47,11 @@ _PURGES = ("purge_requests", "purge_history", "purge_audit")
 READERS = 8
 # A connection the pool hands out is checked first; one a server restart broke is replaced.
 CONNECT_TIMEOUT_S = 10
+# The server ends a session that sits this long inside a transaction: a leader paused there
+# (SIGSTOP, a frozen VM) would otherwise hold the lease row, and with it the takeover.
+IDLE_IN_TRANSACTION_MS = 2000
+# What boruta_fence raises (queries.sql) when another scheduler holds the lease.
+FENCED = "BR001"
 
 Connection = psycopg.Connection[DictRow]
 
@@ -63,6 +69,10 @@ class PostgreSQLStore:
         self._url = url
         self._lock = threading.Lock()  # the writer connection, for one transaction at a time
         self._writer: Connection | None = None
+        # Set once this scheduler leads (app/leadership.py): every write checks it.
+        self.epoch: int | None = None
+        # Told (from the writer's thread) when a commit is fenced, so the leader steps down.
+        self.on_fenced: Callable[[], None] | None = None
         try:
             self._writer = self._connect()
         except psycopg.OperationalError as exc:
@@ -95,21 +105,36 @@ class PostgreSQLStore:
         # once it is flushed (and, where configured, on a synchronous standby).
         if conn.execute("SHOW synchronous_commit").fetchone() == {"synchronous_commit": "off"}:
             conn.execute("SET synchronous_commit = on")
+        conn.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}")
         return conn
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Connection]:
+    def _transaction(self, *, fenced: bool = True, pipelined: bool = False) -> Iterator[Connection]:
         """The one way anything is written: one transaction on the writer connection, whose
         errors come out as StoreUnavailable naming the cause. A connection that broke is
-        dropped and the next transaction opens a new one."""
+        dropped and the next transaction opens a new one. A leader's transaction starts
+        with the fence (boruta_fence: NotLeader once another scheduler took the lease).
+        Pipelined, BEGIN, the fence, the body and COMMIT go out together."""
         with self._lock:
             try:
                 if self._writer is None or self._writer.closed:
                     self._writer = self._connect()
                 conn = self._writer
-                with conn.transaction():
+                with contextlib.ExitStack() as stack:
+                    if pipelined:
+                        stack.enter_context(conn.pipeline())
+                    stack.enter_context(conn.transaction())
+                    if fenced and self.epoch is not None:
+                        conn.execute(_Q["leader_fence"], {"epoch": self.epoch})
                     yield conn
             except psycopg.Error as exc:
+                if exc.sqlstate == FENCED:
+                    if self.on_fenced is not None:
+                        self.on_fenced()
+                    raise NotLeader(
+                        f"another scheduler leads {self.where} ({exc.diag.message_primary}): "
+                        "this one writes nothing more"
+                    ) from exc
                 if self._writer is not None and self._writer.broken:
                     self._close_writer()
                 raise _unavailable(exc, self.where) from exc
@@ -136,9 +161,11 @@ class PostgreSQLStore:
                 conn.execute(_Q["set_schema_version"], {"version": number})
 
     def load(self) -> Snapshot:
-        with self._transaction() as conn:
+        with self._transaction(fenced=False) as conn:  # a read: the writes are fenced
             # One snapshot of all three, whatever commits meanwhile.
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            # Decoding a long queue between the statements is no pause to be cut short.
+            conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
             decoder = Decoder()  # equal caps, groups and owners come back shared
             requests = [request_view(row, decoder) for row in conn.execute(_Q["live_requests"])]
             workers = [worker_view(row) for row in conn.execute(_Q["all_workers"])]
@@ -150,7 +177,7 @@ class PostgreSQLStore:
     def commit(self, changes: Changes) -> None:
         statements = commit_statements(changes)
         # Pipelined: the statements go out together, one wait for all their results.
-        with self._transaction() as conn, conn.pipeline(), conn.cursor() as cur:
+        with self._transaction(pipelined=True) as conn, conn.cursor() as cur:
             for name, rows in statements:
                 cur.executemany(_Q[name], rows)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -50,6 +52,12 @@ class Tunnels:
     def __init__(self, bind_host: str, ports: range | None = None) -> None:
         self.bind_host = bind_host
         self._ports = ports
+        # An address literal is bound directly: asyncio would resolve it again for every
+        # job (a host name still goes through asyncio, which binds each of its addresses).
+        self._family: socket.AddressFamily | None = None
+        with contextlib.suppress(ValueError):
+            literal = ipaddress.ip_address(bind_host)
+            self._family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
         self._tunnels: dict[int, _Tunnel] = {}
 
     def __len__(self) -> int:
@@ -96,12 +104,30 @@ class Tunnels:
         last_error: OSError | None = None
         for candidate in candidates:
             try:
-                return await asyncio.start_server(
-                    serve, self.bind_host, candidate, reuse_address=True
-                )
+                if self._family is None:
+                    return await asyncio.start_server(
+                        serve, self.bind_host, candidate, reuse_address=True
+                    )
+                return await asyncio.start_server(serve, sock=self._bound(candidate))
             except OSError as exc:
                 last_error = exc
         raise TunnelError(f"no free port on {self.bind_host}: {last_error}")
+
+    def _bound(self, port: int) -> socket.socket:
+        """A listening socket on the literal bind address, as start_server would make it."""
+        assert self._family is not None
+        sock = socket.socket(self._family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self._family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((self.bind_host, port))
+            sock.listen(100)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
     async def _forward(
         self, tunnel: _Tunnel, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

@@ -159,3 +159,57 @@ DELETE FROM audit WHERE id IN (
     SELECT id FROM (SELECT id, time FROM audit ORDER BY id LIMIT %(limit)s) AS oldest
     WHERE time < %(before)s
 );
+
+-- name: create_leader
+-- The leader's lease (design rule 10): one row, made by the first scheduler that asks (not a
+-- migration: SQLite has no leader). A scheduler leads while the row's epoch is its own;
+-- taking over bumps the epoch. Times are the server's clock (now()), never a scheduler's.
+CREATE TABLE IF NOT EXISTS leader (
+    only_row      BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
+    epoch         BIGINT NOT NULL,
+    holder        TEXT NOT NULL,
+    address       TEXT NOT NULL,
+    token_address TEXT NOT NULL,
+    expires       TIMESTAMPTZ NOT NULL
+);
+INSERT INTO leader (only_row, epoch, holder, address, token_address, expires)
+VALUES (TRUE, 0, '', '', '', '-infinity') ON CONFLICT DO NOTHING;
+-- The fence, first in every transaction of a leader: the row's shared lock makes a takeover
+-- wait for the commit, and unless the epoch is still ours the transaction fails (SQLSTATE
+-- BR001), on the server, so the check costs no round trip of its own.
+CREATE OR REPLACE FUNCTION boruta_fence(ours BIGINT) RETURNS VOID LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM leader WHERE epoch = ours FOR SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'epoch % leads, not %', (SELECT epoch FROM leader), ours
+            USING ERRCODE = 'BR001';
+    END IF;
+END $$;
+
+-- name: leader_acquire
+-- Once the lease has run out by the server's clock, or at once from our own previous
+-- process (the holder names the host and port we have bound, so that one is gone); the new
+-- epoch is the fence either way.
+UPDATE leader
+SET epoch = epoch + 1, holder = %(holder)s, address = %(address)s,
+    token_address = %(token_address)s, expires = now() + make_interval(secs => %(lease)s)
+WHERE expires < now() OR holder = %(holder)s
+RETURNING epoch;
+
+-- name: leader_renew
+-- Whether or not the lease ran out: while nobody took over, our epoch is still the fence.
+UPDATE leader SET expires = now() + make_interval(secs => %(lease)s)
+WHERE epoch = %(epoch)s
+RETURNING epoch;
+
+-- name: leader_release
+-- A leader stopping cleanly hands over at once rather than after its lease.
+UPDATE leader SET expires = '-infinity' WHERE epoch = %(epoch)s RETURNING epoch;
+
+-- name: leader_get
+SELECT epoch, holder, address, token_address, expires > now() AS live FROM leader;
+
+-- name: leader_fence
+-- In every transaction of a leader (boruta_fence above): whatever commits under an epoch is
+-- in the next leader's load, and nothing commits under it after.
+SELECT boruta_fence(%(epoch)s);
