@@ -221,3 +221,26 @@ async def test_a_standby_sends_clients_schedctl_and_dryads_to_the_leader(
     finally:
         await standby.stop()
         await lost.stop()
+
+
+async def test_everything_carries_on_across_a_takeover(tmp_path: Path, postgres_url: str) -> None:
+    """Two schedulers on one PostgreSQL database: the client and the dryad list the standby
+    first, are sent to the leader, and follow the standby when it takes over a kill -9."""
+    first, second = (
+        SchedulerProcess(tmp_path / name, *OPTIONS, "--store", postgres_url)
+        for name in ("first", "second")
+    )
+    try:
+        leader = first.start()
+        await asyncio.to_thread(first.wait_leading)
+        standby = second.start()
+
+        async def take_over() -> str:
+            first.kill()
+            await asyncio.to_thread(second.wait_leading)
+            return standby
+
+        await carry_on_across(f"{standby},{leader}", take_over, setup_at=leader)
+    finally:
+        first.stop()
+        second.stop()

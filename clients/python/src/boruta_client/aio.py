@@ -583,7 +583,7 @@ class AsyncClient(ClientBase):
 
     async def whoami(self) -> Caller:
         """Who the scheduler takes us for: with a token, its user, not the local login."""
-        reply = await self._call(self._rpc.workers.WhoAmI, workers_pb2.WhoAmIRequest())
+        reply = await self._call(lambda s: s.workers.WhoAmI, workers_pb2.WhoAmIRequest())
         return Caller(reply.user, frozenset(reply.groups), reply.admin, reply.token_id or None)
 
     async def get_worker(self, uuid: str) -> Worker:
