@@ -32,7 +32,7 @@ from schedctl.output import jsonable, span, table
 EXPECTED_ALL = [
     "LEASE_JOB_TIMEOUT",
     "Access", "Acquired", "AsyncBoard", "AsyncBoardSSH", "AsyncClient", "AsyncLease",
-    "AsyncWatch", "AuditEvent", "Board", "BoardSSH", "BorutaError", "Busy", "Client",
+    "AsyncWatch", "AuditEvent", "Board", "BoardSSH", "BorutaError", "Busy", "Caller", "Client",
     "ClientConfig",
     "CommandResult", "CommandTimeout", "Context", "DeadlineExceeded", "FailedPrecondition",
     "HistoryEntry", "HostKeyMismatch",
