@@ -8,7 +8,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from boruta_client.config import CONFIG_VARIABLE, CONTEXT_VARIABLE, VARIABLES
+from boruta_client.config import (
+    CONFIG_VARIABLE,
+    CONTEXT_VARIABLE,
+    SCHEDULERS_VARIABLE,
+    VARIABLES,
+)
 from boruta_scheduler.config import SchedulerConfig, ServerConfig
 from boruta_scheduler.core import Policy
 from boruta_scheduler.rpc.server import Scheduler
@@ -21,7 +26,7 @@ __all__ = ["postgres_fixture", "postgres_url_fixture"]  # PostgreSQL, for the te
 
 # Client() reads schedctl's settings (the BORUTA_* variables, the config file): the tests,
 # and the clients they start, must not find the farm of whoever runs them.
-for _variable in (CONFIG_VARIABLE, CONTEXT_VARIABLE, *VARIABLES.values()):
+for _variable in (CONFIG_VARIABLE, CONTEXT_VARIABLE, SCHEDULERS_VARIABLE, *VARIABLES.values()):
     os.environ.pop(_variable, None)
 os.environ["XDG_CONFIG_HOME"] = os.path.join(tempfile.gettempdir(), "boruta-tests-no-config")
 

@@ -12,9 +12,10 @@ import boruta_client
 import click
 import grpc
 import pytest
+from boruta.schedulers import LEADER_KEY, SchedulerList, leader_of
 from boruta_client import errors
 from boruta_client._rpc import translate
-from boruta_client.config import ClientConfig, Context, load_config, parse_config
+from boruta_client.config import ClientConfig, Context, find_farm, load_config, parse_config
 from boruta_client.lease import (
     LEASE_JOB_TIMEOUT,
     lease_job_timeout,
@@ -35,8 +36,8 @@ EXPECTED_ALL = [
     "ClientConfig",
     "CommandResult", "CommandTimeout", "Context", "DeadlineExceeded", "FailedPrecondition",
     "HistoryEntry", "HostKeyMismatch",
-    "HostStatus", "InternalError", "InvalidArgument", "IssuedToken", "Job", "JobResult",
-    "JobSpec", "JobStatus",
+    "HostStatus", "IdempotencyKeyReused", "InternalError", "InvalidArgument", "IssuedToken",
+    "Job", "JobResult", "JobSpec", "JobStatus",
     "Lease",
     "NoSuchWorker", "NotFound", "PermissionDenied", "Phase", "PortForward",
     "ProlongLimitReached", "Request", "RequestEnded", "RequestNotFound", "RequestSort",
@@ -242,3 +243,38 @@ def test_schedctl_helpers() -> None:
         {"s": RequestState.DONE, "t": datetime(2026, 1, 1, tzinfo=UTC), "g": {"b", "a"}}
     )
     assert json.dumps(data) == '{"s": "DONE", "t": "2026-01-01T00:00:00Z", "g": ["a", "b"]}'
+
+
+def test_several_schedulers_from_the_config_file_and_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "empty"))
+    config = parse_config(
+        {"contexts": {"ha": {"schedulers": ["a:1", "b:2"]}, "one": {"scheduler": "a:1, b:2"}}}
+    )
+    assert config.context("ha").schedulers() == ("a:1", "b:2")
+    assert config.context("one").schedulers() == ("a:1", "b:2")
+    with pytest.raises(errors.InvalidArgument, match="not both"):
+        parse_config({"contexts": {"x": {"scheduler": "a:1", "schedulers": ["b:2"]}}})
+    env = {"BORUTA_SCHEDULER": "a:1", "BORUTA_SCHEDULERS": "b:2,c:3"}
+    _, found = find_farm(environ=env)
+    assert found.schedulers() == ("b:2", "c:3")
+    _, given = find_farm(environ=env, overrides={"scheduler": ["d:4", "e:5"]})
+    assert given.schedulers() == ("d:4", "e:5")
+
+
+def test_a_scheduler_list_follows_the_named_leader_else_the_next_address() -> None:
+    schedulers = SchedulerList(["a:1", "b:2", "c:3"])
+    assert schedulers.current == "a:1"
+    assert not schedulers.failed("a:1")  # nothing named: the next one
+    assert schedulers.current == "b:2"
+    assert schedulers.failed("b:2", "x:9")  # a standby named a leader outside the list
+    assert schedulers.current == "x:9"
+    assert not schedulers.failed("b:2", "c:3")  # an old answer changes nothing
+    assert schedulers.current == "x:9"
+    assert not schedulers.failed("x:9")  # the leader went away: back to the list
+    assert schedulers.current == "a:1"
+    assert not schedulers.failed("a:1", "a:1")  # naming itself is naming nobody
+    assert schedulers.current == "b:2"
+    assert leader_of([("other", "v"), (LEADER_KEY, b"c:3")]) == "c:3"
+    assert leader_of(None) == ""

@@ -161,3 +161,20 @@ def test_uuids_are_generated_once_and_kept(tmp_path: Path) -> None:
         ConfigError, match=r"board 'b0' \(saved in uuids.json\): uuid must be 1-64 letters"
     ):
         ensure_uuids(parse_config(data))
+
+
+def test_several_schedulers() -> None:
+    listed = parse_config(minimal(schedulers=["s1.lab:50051", "s2.lab:50051"]))
+    assert listed.scheduler == "s1.lab:50051,s2.lab:50051"
+    # As BORUTA_SCHEDULERS or --schedulers give it; it wins over scheduler.
+    joined = parse_config(minimal(schedulers="s1.lab:50051, s2.lab:50051"))
+    assert joined.scheduler == listed.scheduler
+    with pytest.raises(ConfigError, match="scheduler"):
+        parse_config(minimal(schedulers=[]))
+    with pytest.raises(ConfigError, match="plaintext is only allowed on loopback; scheduler 2"):
+        parse_config(
+            {
+                **minimal(schedulers="127.0.0.1:1,s2.lab:50051", listen="127.0.0.1:7175"),
+                **{"plaintext": True, "tls_ca": "", "tls_cert": "", "tls_key": ""},
+            }
+        )

@@ -9,14 +9,23 @@ import tracemalloc
 
 import pytest
 from boruta_scheduler.core import Core, DryadCallKind, Policy, Snapshot
+from boruta_scheduler.core.idempotency import (
+    FINISHED_KEPT,
+    LOOKUP_FRESH,
+    Idempotency,
+    arguments_hash,
+    check_key,
+)
 from boruta_scheduler.errors import (
     Busy,
+    IdempotencyKeyReused,
     InvalidArgument,
     NoCapableWorker,
     PermissionDenied,
     ProlongLimitReached,
     RequestNotFound,
     ResourceExhausted,
+    Unavailable,
     WorkerNotFound,
     WrongRequestState,
     WrongWorkerState,
@@ -829,3 +838,27 @@ def test_restore_rebuilds_state_and_timers(kit: CoreKit) -> None:
     restored.tick(kit.now + kit.core.policy.job_timeout + 1)
     with pytest.raises(RequestNotFound):
         restored.request(run.id)
+
+
+def test_the_core_knows_keys_of_live_and_recently_finished_requests(kit: CoreKit) -> None:
+    asked = Idempotency("k", arguments_hash({}, 0, None, None, True, False, 0.0), kit.now)
+    assert kit.core.keyed_request(kit.now, "ann", asked) is None
+    made = kit.core.new_request(
+        kit.now, "ann", NOBODY, {}, accept_unsatisfiable=True, idempotency=asked
+    )
+    assert kit.core.keyed_request(kit.now, "ann", asked) == made
+    assert kit.core.keyed_request(kit.now, "bob", asked) is None  # keys are per owner
+    other = Idempotency("k", arguments_hash({}, 3, None, None, True, False, 0.0), kit.now)
+    with pytest.raises(IdempotencyKeyReused, match="used idempotency_key 'k' for request 1"):
+        kit.core.keyed_request(kit.now, "ann", other)
+    closed = kit.core.close_request(kit.now + 1, made.id)
+    # Finished, it is remembered for a while: its creation may not be committed yet.
+    assert kit.core.keyed_request(kit.now + 2, "ann", asked) == closed
+    later = kit.now + 1 + FINISHED_KEPT + 1
+    fresh = Idempotency("k", asked.arguments_hash, later)
+    assert kit.core.keyed_request(later, "ann", fresh) is None  # the store holds it by then
+    # A look-up too old for the core's memory to cover is answered "retry".
+    with pytest.raises(Unavailable, match="retry"):
+        kit.core.keyed_request(later, "ann", Idempotency("k2", "h", later - LOOKUP_FRESH - 1))
+    with pytest.raises(InvalidArgument, match="printable"):
+        check_key("a\nb")

@@ -6,12 +6,14 @@ import asyncio
 import threading
 import time
 
+import pytest
 from boruta_scheduler.app.audit import clip
 from boruta_scheduler.app.authz import RULES
 from boruta_scheduler.app.engine import Engine
 from boruta_scheduler.app.service import SchedulerService
 from boruta_scheduler.app.watch import WatchHub
 from boruta_scheduler.core import Changes, Core
+from boruta_scheduler.errors import IdempotencyKeyReused, InvalidArgument
 from boruta_scheduler.store import MemoryStore
 from boruta_scheduler.types import Access, Identity, RequestState, Role, WorkerState
 
@@ -112,4 +114,73 @@ async def test_audit_events_say_what_each_change_did() -> None:
         ("root", "SetState", "worker w1", "MAINTENANCE: new cable"),
         ("root", "Deregister", "worker w2", ""),
     ]
+    await engine.stop()
+
+
+async def _applied(engine: Engine, before: int) -> None:
+    """Wait until the engine applied a command after the count before (its commit may wait)."""
+    deadline = time.monotonic() + 10
+    while engine.commands == before and time.monotonic() < deadline:
+        await asyncio.sleep(0.001)
+    assert engine.commands > before
+
+
+async def test_a_retried_new_request_returns_the_request_its_key_made() -> None:
+    store = HeldCommits()
+    engine = Engine(Core(), store, NoDryads())
+    engine.start()
+    service = SchedulerService(engine, store, WatchHub())
+    alice, bob = Identity("alice"), Identity("bob")
+    first = await service.new_request(
+        alice, {"b": "x"}, accept_unsatisfiable=True, idempotency_key="k"
+    )
+    again = await service.new_request(
+        alice, {"b": "x"}, accept_unsatisfiable=True, idempotency_key="k"
+    )
+    assert again == first
+    # Another owner's key is another key; another key is another request.
+    assert (
+        await service.new_request(bob, {"b": "x"}, accept_unsatisfiable=True, idempotency_key="k")
+    ).id == 2
+    assert (await service.new_request(alice, {"b": "x"}, accept_unsatisfiable=True)).id == 3
+    with pytest.raises(IdempotencyKeyReused, match="request 1, with other arguments"):
+        await service.new_request(alice, {"b": "y"}, accept_unsatisfiable=True, idempotency_key="k")
+    with pytest.raises(IdempotencyKeyReused):
+        await service.new_request(
+            alice, {"b": "x"}, accept_unsatisfiable=True, priority=3, idempotency_key="k"
+        )
+    with pytest.raises(InvalidArgument, match="at most 128"):
+        await service.new_request(alice, {}, accept_unsatisfiable=True, idempotency_key="k" * 129)
+    # A retry that comes while the first call's commit is still on its way (the first
+    # answer lost, the client retrying) finds it in the core.
+    store.open.clear()
+    applied = engine.commands
+    one = asyncio.ensure_future(
+        service.new_request(alice, {}, accept_unsatisfiable=True, idempotency_key="k2")
+    )
+    await _applied(engine, applied)
+    two = asyncio.ensure_future(
+        service.new_request(alice, {}, accept_unsatisfiable=True, idempotency_key="k2")
+    )
+    # Even if the request ended before the retry reached the core.
+    applied = engine.commands
+    closing = asyncio.ensure_future(service.close_request(alice, 4))
+    await _applied(engine, applied)
+    store.open.set()
+    made, retried, closed = await one, await two, await closing
+    assert made.id == 4 and made.state is RequestState.WAITING
+    assert (retried.id, retried.state) == (4, RequestState.CANCELLED) and retried == closed
+    assert store.load().last_request_id == 4
+    # After a restart the key is read back from the store.
+    await engine.stop()
+    engine = Engine(Core.restore(store.load(), time.time()), store, NoDryads())
+    engine.start()
+    service = SchedulerService(engine, store, WatchHub())
+    assert (
+        await service.new_request(alice, {}, accept_unsatisfiable=True, idempotency_key="k2")
+    ) == closed
+    kept = await service.new_request(
+        alice, {"b": "x"}, accept_unsatisfiable=True, idempotency_key="k"
+    )
+    assert kept.id == 1 and kept.state is RequestState.WAITING
     await engine.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import re
 import sqlite3
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from boruta_scheduler.core import Changes, Core, Snapshot
+from boruta_scheduler.core.idempotency import Idempotency
 from boruta_scheduler.errors import InvalidArgument, StoreUnavailable
 from boruta_scheduler.listing import RequestQuery, RequestSort
 from boruta_scheduler.store import MemoryStore, Purged, SQLiteStore, Store
@@ -190,7 +192,14 @@ def assert_read_as_before_host_keys(snapshot: Snapshot) -> None:
     assert prepared is not None and (prepared.username, prepared.host_keys) == ("job2", ())
 
 
-NEW_COLUMNS = {"prepared_host_keys", "access_host_keys", "job_timeout"}
+# Columns added after schema version 4.
+NEW_COLUMNS = {
+    "prepared_host_keys",
+    "access_host_keys",
+    "job_timeout",
+    "idempotency_key",
+    "arguments_hash",
+}
 
 
 def test_last_seen_and_removal(store: Store) -> None:
@@ -499,8 +508,11 @@ def test_a_store_from_before_secure_delete_is_cleared_of_dead_keys_once(tmp_path
     # As a version-4 store wrote it: deleted content left where it was.
     store._writer.execute("PRAGMA secure_delete=OFF")
     live = run_jobs(store)
-    # Undo migrations 5 and 6, so that opening it again runs them as an upgrade would.
+    # Undo migrations 5 to 7, so that opening it again runs them as an upgrade would.
     for statement in (
+        "DROP INDEX requests_by_idempotency_key",
+        "ALTER TABLE requests DROP COLUMN idempotency_key",
+        "ALTER TABLE requests DROP COLUMN arguments_hash",
         "DROP INDEX requests_finished",
         "ALTER TABLE workers DROP COLUMN prepared_host_keys",
         "ALTER TABLE requests DROP COLUMN access_host_keys",
@@ -513,6 +525,51 @@ def test_a_store_from_before_secure_delete_is_cleared_of_dead_keys_once(tmp_path
     assert markers > len(live)  # dead keys in free space: what an upgrade finds
     SQLiteStore(path).close()
     assert_only_live_keys(path, live)
+
+
+def test_idempotency_keys_find_their_request_in_any_state_until_it_is_purged(
+    store: Store,
+) -> None:
+    kit = CoreKit()
+    kit.add_worker("w1")
+    once = Idempotency("k-1", "hash-1", kit.now)
+    kit.core.new_request(kit.now, "ann", NOBODY, {}, idempotency=once)  # 1 runs
+    kit.core.new_request(kit.now, "ann", NOBODY, {}, accept_unsatisfiable=True)  # 2: no key
+    commit_all(store, kit)
+    found = store.find_request("ann", "k-1")
+    assert found is not None and (found.id, found.arguments_hash) == (1, "hash-1")
+    assert found.state is RequestState.IN_PROGRESS
+    assert store.find_request("bob", "k-1") is None  # keys are the owner's
+    assert store.find_request("ann", "k-2") is None
+    assert store.get_request(2) is not None and store.get_request(2).idempotency_key == ""  # type: ignore[union-attr]
+    # A core rebuilt from the store knows the live request's key.
+    restored = Core.restore(store.load(), kit.now, kit.core.policy)
+    again = restored.keyed_request(kit.now, "ann", once)
+    assert again is not None and again.id == 1
+    kit.core.close_request(kit.now + 1, 1)
+    commit_all(store, kit)
+    found = store.find_request("ann", "k-1")
+    assert found is not None and found.state is RequestState.DONE
+    # The retention purge takes the key with its request.
+    assert store.purge(kit.now + 2, 100).requests == 1
+    assert store.find_request("ann", "k-1") is None
+
+
+def test_sql_one_request_per_owner_and_key(sql_store: Store) -> None:
+    kit = CoreKit()
+    kit.core.new_request(
+        kit.now,
+        "ann",
+        NOBODY,
+        {},
+        accept_unsatisfiable=True,
+        idempotency=Idempotency("k", "h", kit.now),
+    )
+    commit_all(store=sql_store, kit=kit)
+    twin = dataclasses.replace(sql_store.get_request(1), id=2)  # type: ignore[type-var]
+    with pytest.raises(StoreUnavailable):
+        sql_store.commit(Changes(requests=[twin], last_request_id=2))
+    assert sql_store.get_request(2) is None
 
 
 def test_a_long_queue_restores_in_serving_order(store: Store) -> None:

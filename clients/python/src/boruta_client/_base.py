@@ -4,7 +4,7 @@ schedctl does, and the channel credentials that follow from what it found."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -14,20 +14,27 @@ from boruta_client._rpc import Identity, login_name
 from boruta_client.config import Context, find_farm, with_overrides
 from boruta_client.errors import InvalidArgument
 
+# How long a client keeps retrying a call answered UNAVAILABLE, at most: long enough for a
+# standby to take over or a scheduler to restart, short enough to report a farm that is down.
+FAILOVER_TIMEOUT = 10.0
+
 
 class ClientBase:
     """The connection settings of a client: ``context`` (where the scheduler is and who
-    you are, after the config file, environment and arguments), ``identity``, ``tls``."""
+    you are, after the config file, environment and arguments), ``identity``, ``tls``.
+    ``target`` is one scheduler address or several (a list, or separated by commas): the
+    client calls the leader among them and follows it when another takes over."""
 
     context: Context
     target: str
     identity: Identity
     tls: TlsFiles | None
     call_timeout: float
+    failover_timeout: float
 
     def __init__(
         self,
-        target: str | None = None,
+        target: str | Sequence[str] | None = None,
         *,
         user: str | None = None,
         groups: Iterable[str] | None = None,
@@ -36,13 +43,18 @@ class ClientBase:
         token: str | None = None,
         ca: str | None = None,
         call_timeout: float = 30.0,
+        failover_timeout: float = FAILOVER_TIMEOUT,
         context: str | Context = "",
         config: str | os.PathLike[str] | None = None,
     ) -> None:
         """Settings not given come from where schedctl takes them: the config file
         (``config``, else BORUTA_CONFIG, else ~/.config/boruta/config.toml), its context
         (``context``, else BORUTA_CONTEXT, else the file's current one) and the BORUTA_*
-        variables over it. A Context given as ``context`` is used as it is."""
+        variables over it. A Context given as ``context`` is used as it is.
+
+        A call answered UNAVAILABLE (no scheduler reachable, a standby, a restart) is
+        retried on the leader or the next address, with backoff, for up to
+        ``failover_timeout`` seconds (and within the call's own timeout)."""
         given: dict[str, Any] = {
             "scheduler": target,
             "user": user or None,
@@ -69,6 +81,7 @@ class ClientBase:
             )
         )
         self.call_timeout = call_timeout
+        self.failover_timeout = failover_timeout
         self._open()
 
     def _open(self) -> None:

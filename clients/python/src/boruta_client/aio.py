@@ -4,12 +4,16 @@ facade over it (see _bridge)."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
+from boruta.schedulers import CHANNEL_OPTIONS, Backoff, SchedulerList, leader_of
 from boruta.v1 import (
     audit_pb2,
     audit_pb2_grpc,
@@ -24,7 +28,8 @@ from boruta.v1 import (
 from boruta_client import _convert as convert
 from boruta_client._base import ClientBase
 from boruta_client._diagnose import explain
-from boruta_client._rpc import code_of, translate
+from boruta_client._resume import RequestResume, Resume, WorkerResume
+from boruta_client._rpc import code_of, reason_of, translate
 from boruta_client.errors import (
     BorutaError,
     RequestEnded,
@@ -52,6 +57,8 @@ from boruta_client.types import (
 
 __all__ = ["AsyncBoard", "AsyncBoardSSH", "AsyncClient", "AsyncLease", "AsyncWatch"]
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
 Ask = TypeVar("Ask")
 Reply = TypeVar("Reply")
@@ -74,37 +81,69 @@ PageAsk = TypeVar("PageAsk", bound=_PageAsk)
 Page = TypeVar("Page", bound=_Page)
 
 
+class _Attempt:
+    """One attempt at a call, on one scheduler address; error is set if it failed."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.error: grpc.RpcError | None = None
+
+    def failed(self, error: grpc.RpcError) -> None:
+        self.error = error
+
+
+def _trailing(error: grpc.RpcError) -> Any:
+    trailing = getattr(error, "trailing_metadata", None)
+    return trailing() if callable(trailing) else None
+
+
 class AsyncWatch(Generic[T]):
     """A stream of changes; ``async for`` over it, and close it (or ``async with``) when
-    done. It ends when closed or when the watch's timeout passes."""
+    done. It ends when closed or when the watch's timeout passes. When its scheduler goes
+    away (a restart, a takeover by a standby) the watch opens again on the leader and
+    catches up (see Resume): no change is lost and none comes twice."""
 
     def __init__(
         self,
         call: grpc.aio.UnaryStreamCall[Ask, Reply],
         convert_item: Callable[[Reply], T],
         failure: Callable[[grpc.RpcError], Awaitable[BorutaError]],
+        resume: Resume[T, Reply] | None = None,
     ) -> None:
-        self._call = call
+        self._call: grpc.aio.UnaryStreamCall[Any, Reply] = call
         self._convert = convert_item
         self._failure = failure
+        self._resume = resume
         self._closed = False
 
     async def __aiter__(self) -> AsyncIterator[T]:
-        try:
-            async for item in self._call:
-                yield self._convert(item)
-        except asyncio.CancelledError:
-            self._call.cancel()
-            task = asyncio.current_task()
-            # close() from elsewhere ends the stream; only a cancellation of this task
-            # itself propagates.
-            if self._closed and task is not None and not task.cancelling():
+        resume = self._resume
+        while True:
+            try:
+                async for reply in self._call:
+                    item = self._convert(reply)
+                    if resume is None or resume.fresh(item):
+                        yield item
                 return
-            raise
-        except grpc.RpcError as error:
-            if code_of(error) in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED):
-                return
-            raise await self._failure(error) from None
+            except asyncio.CancelledError:
+                self._call.cancel()
+                task = asyncio.current_task()
+                # close() from elsewhere ends the stream; only a cancellation of this task
+                # itself propagates.
+                if self._closed and task is not None and not task.cancelling():
+                    return
+                raise
+            except grpc.RpcError as error:
+                code = code_of(error)
+                if code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    return
+                if code is not grpc.StatusCode.UNAVAILABLE or resume is None or self._closed:
+                    raise await self._failure(error) from None
+            assert resume is not None
+            self._call, missed = await resume.reopen()
+            for item in missed:
+                if resume.fresh(item):
+                    yield item
 
     def close(self) -> None:
         self._closed = True
@@ -128,31 +167,44 @@ class _Stubs:
         self.audit: audit_pb2_grpc.AuditAsyncStub = audit_pb2_grpc.AuditStub(channel)
 
 
+# Which method of a scheduler's stubs a call makes.
+Pick = Callable[[_Stubs], grpc.aio.UnaryUnaryMultiCallable[Ask, Reply]]
+PickStream = Callable[[_Stubs], grpc.aio.UnaryStreamMultiCallable[Ask, Reply]]
+
+
 class AsyncClient(ClientBase):
-    """A connection to the scheduler for asyncio code; its coroutines return the client's
-    typed values. ``AsyncClient()`` finds the farm as schedctl does (see ClientBase).
+    """A connection to the farm's scheduler for asyncio code; its coroutines return the
+    client's typed values. ``AsyncClient()`` finds the farm as schedctl does (see
+    ClientBase). Given several scheduler addresses it calls the leader and follows it.
 
     Errors are :class:`boruta_client.BorutaError` subclasses carrying the scheduler's message.
     """
 
     def _open(self) -> None:
-        # The channel is opened in the loop of the first call: grpc.aio binds it to a loop.
-        self._stubs: _Stubs | None = None
+        # Channels are opened in the loop of the first call: grpc.aio binds them to a loop.
+        self._channels: dict[str, _Stubs] = {}
+        self._schedulers = SchedulerList(self.context.schedulers())
 
-    @property
-    def _rpc(self) -> _Stubs:
-        if self._stubs is None:
+    def _stubs(self, address: str) -> _Stubs:
+        stubs = self._channels.get(address)
+        if stubs is None:
             credentials = self._credentials()
             if credentials is None:
-                channel = grpc.aio.insecure_channel(self.target)
+                channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
             else:
-                channel = grpc.aio.secure_channel(self.target, credentials)
-            self._stubs = _Stubs(channel)
-        return self._stubs
+                channel = grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+            stubs = self._channels[address] = _Stubs(channel)
+        return stubs
+
+    @property
+    def scheduler(self) -> str:
+        """The address of the scheduler the client calls now (the leader, as far as known)."""
+        return self._schedulers.current
 
     async def close(self) -> None:
-        if self._stubs is not None:
-            await self._stubs.channel.close()
+        channels, self._channels = self._channels, {}
+        for stubs in channels.values():
+            await stubs.channel.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -160,32 +212,86 @@ class AsyncClient(ClientBase):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _failure(self, error: grpc.RpcError) -> BorutaError:
+    async def _failure(self, error: grpc.RpcError, address: str | None = None) -> BorutaError:
         """The client's exception for a failed call; an unreachable scheduler that is there
         but speaks another TLS than we do is named as such."""
-        failure = translate(error, self.target)
+        address = address or self._schedulers.current
+        known = self._schedulers.addresses
+        named = address if known == (address,) else f"{address} (of {', '.join(known)})"
+        failure = translate(error, named)
         if type(failure) is Unavailable:
-            why = await asyncio.to_thread(explain, self.target, self.context)
+            why = await asyncio.to_thread(explain, address, self.context)
             if why is not None:
                 return type(failure)(why)
         return failure
 
-    async def _call(
+    async def _attempts(self, deadline: float | None) -> AsyncIterator[_Attempt]:
+        """Attempts at a call, each on the scheduler to call now: after an UNAVAILABLE
+        answer, on the leader it names or the next address, with backoff, until deadline
+        (monotonic) or the failover timeout after the first failure. The caller reports
+        each failure with attempt.failed(error), and stops iterating once it succeeded."""
+        backoff = Backoff()
+        give_up: float | None = None
+        while True:
+            attempt = _Attempt(self._schedulers.current)
+            yield attempt
+            error = attempt.error
+            if error is None or code_of(error) is not grpc.StatusCode.UNAVAILABLE:
+                return
+            now = time.monotonic()
+            if give_up is None:
+                give_up = now + self.failover_timeout
+                if deadline is not None:
+                    give_up = min(give_up, deadline)
+                if not leader_of(_trailing(error)) and not reason_of(error):
+                    # Nothing answered as a scheduler: a TLS mismatch does not heal.
+                    why = await asyncio.to_thread(explain, attempt.address, self.context)
+                    if why is not None:
+                        raise Unavailable(why) from None
+            leader = leader_of(_trailing(error))
+            delay = 0.0 if self._schedulers.failed(attempt.address, leader) else backoff.next()
+            if now + delay >= give_up:
+                raise error
+            log.info(
+                "scheduler unavailable; trying another",
+                extra={"scheduler": attempt.address, "next": self._schedulers.current},
+            )
+            await asyncio.sleep(delay)
+
+    async def _invoke(
         self,
-        method: grpc.aio.UnaryUnaryMultiCallable[Ask, Reply],
+        pick: Pick[Ask, Reply],
         message: Ask,
         timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> Reply:
+        """Make a unary call on the leader, following it (see _attempts); each attempt
+        waits up to timeout, all of them together until deadline (monotonic; default now
+        plus timeout). Raises the last attempt's grpc.RpcError."""
+        timeout = timeout or self.call_timeout
+        deadline = time.monotonic() + timeout if deadline is None else deadline
+        async for attempt in self._attempts(deadline):
+            left = max(0.001, min(timeout, deadline - time.monotonic()))
+            method = pick(self._stubs(attempt.address))
+            try:
+                return await method(message, timeout=left, metadata=self.identity.metadata())
+            except grpc.RpcError as error:
+                attempt.failed(error)
+                if code_of(error) is not grpc.StatusCode.UNAVAILABLE:
+                    raise
+        raise AssertionError("unreachable: _attempts ends only after a success or an error")
+
+    async def _call(
+        self, pick: Pick[Ask, Reply], message: Ask, timeout: float | None = None
     ) -> Reply:
         try:
-            return await method(
-                message, timeout=timeout or self.call_timeout, metadata=self.identity.metadata()
-            )
+            return await self._invoke(pick, message, timeout)
         except grpc.RpcError as error:
             raise await self._failure(error) from None
 
     async def _pages(
         self,
-        method: grpc.aio.UnaryUnaryMultiCallable[PageAsk, Page],
+        pick: Pick[PageAsk, Page],
         message: PageAsk,
         items: Callable[[Page], Sequence[T]],
         limit: int | None,
@@ -193,28 +299,56 @@ class AsyncClient(ClientBase):
         """The items of every page a list call returns, up to limit."""
         found: list[T] = []
         while True:
-            reply = await self._call(method, message)
+            reply = await self._call(pick, message)
             found.extend(items(reply))
             if not reply.next_page_token or (limit is not None and len(found) >= limit):
                 return found[:limit]
             message.page_token = reply.next_page_token
 
+    async def _open_stream(
+        self, pick: PickStream[Ask, Reply], message: Ask, deadline: float | None
+    ) -> grpc.aio.UnaryStreamCall[Ask, Reply]:
+        """A stream call on the leader, once it is in place (the server's initial metadata)."""
+        async for attempt in self._attempts(deadline):
+            timeout = None if deadline is None else max(0.001, deadline - time.monotonic())
+            method = pick(self._stubs(attempt.address))
+            call = method(message, metadata=self.identity.metadata(), timeout=timeout)
+            try:
+                await call.initial_metadata()
+                if call.done() and await call.code() is not grpc.StatusCode.OK:
+                    await call.read()
+                return call
+            except grpc.RpcError as error:
+                attempt.failed(error)
+                if code_of(error) is not grpc.StatusCode.UNAVAILABLE:
+                    raise await self._failure(error) from None
+        raise AssertionError("unreachable: _attempts ends only after a success or an error")
+
     async def _watch(
         self,
-        method: grpc.aio.UnaryStreamMultiCallable[Ask, Reply],
+        pick: PickStream[Ask, Reply],
         message: Ask,
         timeout: float | None,
         convert_item: Callable[[Reply], T],
+        resume: Resume[T, Reply],
     ) -> AsyncWatch[T]:
-        """A watch opened with message, once it is in place (the server's initial metadata)."""
-        call = method(message, metadata=self.identity.metadata(), timeout=timeout)
+        """A watch opened with message, once it is in place; it follows the leader."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            await call.initial_metadata()
-            if call.done() and await call.code() is not grpc.StatusCode.OK:
-                await call.read()
+            call = await self._open_stream(pick, message, deadline)
         except grpc.RpcError as error:
             raise await self._failure(error) from None
-        return AsyncWatch(call, convert_item, self._failure)
+
+        async def reopen() -> tuple[grpc.aio.UnaryStreamCall[Any, Reply], list[T]]:
+            again = resume.message_again(message)
+            try:
+                stream = await self._open_stream(pick, again, deadline)
+            except grpc.RpcError as error:
+                raise await self._failure(error) from None
+            return stream, await resume.missed()
+
+        resume.reopen = reopen
+        return AsyncWatch(call, convert_item, self._failure, resume)
 
     # ----------------------------------------------------------------- requests
 
@@ -228,18 +362,23 @@ class AsyncClient(ClientBase):
         accept_unsatisfiable: bool = False,
         no_wait: bool = False,
         job_timeout: timedelta | None = None,
+        idempotency_key: str | None = None,
     ) -> Request:
         """Queue a request for a board with these caps (``no_wait``: run now or raise Busy);
-        ``job_timeout``: how long its job may go without a prolong (None: the scheduler's)."""
+        ``job_timeout``: how long its job may go without a prolong (None: the scheduler's).
+
+        The call carries an idempotency key (a new random one unless given), so that its
+        retries after a dropped connection or a takeover make no second request."""
         message = convert.new_request(
             caps or {}, priority, valid_after, deadline, accept_unsatisfiable, no_wait, job_timeout
         )
-        return convert.request((await self._call(self._rpc.requests.NewRequest, message)).request)
+        message.idempotency_key = idempotency_key or str(uuid.uuid4())
+        return convert.request((await self._call(lambda s: s.requests.NewRequest, message)).request)
 
     async def get_request(self, request_id: int) -> Request:
         """One request; a WAITING one comes with its queue position."""
         message = requests_pb2.GetRequestInfoRequest(request_id=request_id)
-        return convert.request_reply(await self._call(self._rpc.requests.GetRequestInfo, message))
+        return convert.request_reply(await self._call(lambda s: s.requests.GetRequestInfo, message))
 
     async def list_requests(
         self,
@@ -256,7 +395,7 @@ class AsyncClient(ClientBase):
         flt = convert.request_filter(ids, states, priorities, owners)
         message = convert.list_requests(flt, sort_by, descending, PAGE_SIZE)
         found = await self._pages(
-            self._rpc.requests.ListRequests, message, lambda r: r.requests, limit
+            lambda s: s.requests.ListRequests, message, lambda r: r.requests, limit
         )
         return [convert.request(r) for r in found]
 
@@ -270,19 +409,19 @@ class AsyncClient(ClientBase):
     ) -> Request:
         """Change a WAITING request; fields left None stay as they are."""
         message = convert.update_request(request_id, priority, valid_after, deadline)
-        reply = await self._call(self._rpc.requests.UpdateRequest, message)
+        reply = await self._call(lambda s: s.requests.UpdateRequest, message)
         return convert.request(reply.request)
 
     async def close_request(self, request_id: int) -> Request:
         """Cancel a waiting request or end its job; returns it in its final state."""
         message = requests_pb2.CloseRequestRequest(request_id=request_id)
-        reply = await self._call(self._rpc.requests.CloseRequest, message)
+        reply = await self._call(lambda s: s.requests.CloseRequest, message)
         return convert.request(reply.request)
 
     async def prolong_access(self, request_id: int) -> Job:
         """Push the job's timeout further, within the scheduler's limits."""
         message = requests_pb2.ProlongAccessRequest(request_id=request_id)
-        return convert.job((await self._call(self._rpc.requests.ProlongAccess, message)).job)
+        return convert.job((await self._call(lambda s: s.requests.ProlongAccess, message)).job)
 
     async def acquire_worker(
         self,
@@ -310,8 +449,9 @@ class AsyncClient(ClientBase):
                     )
                 slice_ = min(slice_, left)
             try:
-                reply = await self._rpc.requests.AcquireWorker(
-                    message, timeout=slice_, metadata=self.identity.metadata()
+                # Each slice follows the leader; retries stop at the caller's own timeout.
+                reply = await self._invoke(
+                    lambda s: s.requests.AcquireWorker, message, slice_, give_up or math.inf
                 )
                 return convert.acquired(reply)
             except grpc.RpcError as error:
@@ -371,12 +511,15 @@ class AsyncClient(ClientBase):
     ) -> AsyncWatch[Request]:
         """Stream each change of a request that passes the filter; it is in place on return
         and ends after ``timeout`` seconds if one is given."""
-        message = requests_pb2.WatchRequestsRequest(
-            filter=convert.request_filter(ids, states, priorities, owners),
-            include_current=include_current,
+        flt = convert.request_filter(ids, states, priorities, owners)
+        message = requests_pb2.WatchRequestsRequest(filter=flt, include_current=include_current)
+        return await self._watch(
+            lambda s: s.requests.WatchRequests,
+            message,
+            timeout,
+            lambda r: convert.request(r.request),
+            RequestResume(self, flt),
         )
-        watch = self._rpc.requests.WatchRequests
-        return await self._watch(watch, message, timeout, lambda r: convert.request(r.request))
 
     # -------------------------------------------------------------------- audit
 
@@ -384,7 +527,7 @@ class AsyncClient(ClientBase):
         """The latest audit events, newest first (admins only)."""
         message = audit_pb2.ListAuditEventsRequest(page_size=min(limit, 1000))
         found = await self._pages(
-            self._rpc.audit.ListAuditEvents, message, lambda r: r.events, limit
+            lambda s: s.audit.ListAuditEvents, message, lambda r: r.events, limit
         )
         return [convert.audit_event(e) for e in found]
 
@@ -405,18 +548,18 @@ class AsyncClient(ClientBase):
         )
         if ttl is not None:
             message.ttl.FromNanoseconds(round(ttl * 1e9))
-        reply = await self._call(self._rpc.tokens.IssueToken, message)
+        reply = await self._call(lambda s: s.tokens.IssueToken, message)
         return IssuedToken(convert.token(reply.token), reply.secret)
 
     async def list_tokens(self) -> list[Token]:
         """Every token, revoked ones too, without their secrets (admins only)."""
-        reply = await self._call(self._rpc.tokens.ListTokens, tokens_pb2.ListTokensRequest())
+        reply = await self._call(lambda s: s.tokens.ListTokens, tokens_pb2.ListTokensRequest())
         return [convert.token(t) for t in reply.tokens]
 
     async def revoke_token(self, token_id: int) -> Token:
         """Revoke a token at once; calls made with it are refused from now on (admins only)."""
         message = tokens_pb2.RevokeTokenRequest(token_id=token_id)
-        return convert.token((await self._call(self._rpc.tokens.RevokeToken, message)).token)
+        return convert.token((await self._call(lambda s: s.tokens.RevokeToken, message)).token)
 
     # ------------------------------------------------------------------ workers
 
@@ -433,39 +576,41 @@ class AsyncClient(ClientBase):
         """Every worker that passes the filter, sorted."""
         flt = convert.worker_filter(uuids, states, groups, caps)
         message = convert.list_workers(flt, sort_by, descending, PAGE_SIZE)
-        found = await self._pages(self._rpc.workers.ListWorkers, message, lambda r: r.workers, None)
+        found = await self._pages(
+            lambda s: s.workers.ListWorkers, message, lambda r: r.workers, None
+        )
         return [convert.worker(w) for w in found]
 
     async def whoami(self) -> Caller:
         """Who the scheduler takes us for: with a token, its user, not the local login."""
-        reply = await self._call(self._rpc.workers.WhoAmI, workers_pb2.WhoAmIRequest())
+        reply = await self._call(lambda s: s.workers.WhoAmI, workers_pb2.WhoAmIRequest())
         return Caller(reply.user, frozenset(reply.groups), reply.admin, reply.token_id or None)
 
     async def get_worker(self, uuid: str) -> Worker:
         """One worker, by its UUID."""
         message = workers_pb2.GetWorkerInfoRequest(worker_uuid=uuid)
-        return convert.worker((await self._call(self._rpc.workers.GetWorkerInfo, message)).worker)
+        return convert.worker((await self._call(lambda s: s.workers.GetWorkerInfo, message)).worker)
 
     async def worker_history(self, uuid: str, *, limit: int = 100) -> list[HistoryEntry]:
         """The worker's latest state changes, newest first."""
         message = workers_pb2.ListWorkerHistoryRequest(worker_uuid=uuid, page_size=limit)
-        reply = await self._call(self._rpc.workers.ListWorkerHistory, message)
+        reply = await self._call(lambda s: s.workers.ListWorkerHistory, message)
         return [convert.history_entry(e) for e in reply.entries]
 
     async def set_worker_state(self, uuid: str, state: WorkerState, reason: str = "") -> Worker:
         """Put a worker into service (IDLE) or take it out (MAINTENANCE). Admins only."""
         message = convert.set_state(uuid, state, reason)
-        return convert.worker((await self._call(self._rpc.workers.SetState, message)).worker)
+        return convert.worker((await self._call(lambda s: s.workers.SetState, message)).worker)
 
     async def set_worker_groups(self, uuid: str, groups: Iterable[str]) -> Worker:
         """Replace the worker's groups; none opens it to everyone. Admins only."""
         message = workers_pb2.SetGroupsRequest(worker_uuid=uuid, groups=list(groups))
-        return convert.worker((await self._call(self._rpc.workers.SetGroups, message)).worker)
+        return convert.worker((await self._call(lambda s: s.workers.SetGroups, message)).worker)
 
     async def deregister_worker(self, uuid: str) -> None:
         """Remove a worker in MAINTENANCE or FAILED. Admins only."""
         message = workers_pb2.DeregisterRequest(worker_uuid=uuid)
-        await self._call(self._rpc.workers.Deregister, message)
+        await self._call(lambda s: s.workers.Deregister, message)
 
     async def watch_workers(
         self,
@@ -483,5 +628,10 @@ class AsyncClient(ClientBase):
             filter=convert.worker_filter(uuids, states, groups, caps),
             include_current=include_current,
         )
-        watch = self._rpc.workers.WatchWorkers
-        return await self._watch(watch, message, timeout, convert.worker_change)
+        return await self._watch(
+            lambda s: s.workers.WatchWorkers,
+            message,
+            timeout,
+            convert.worker_change,
+            WorkerResume(),
+        )

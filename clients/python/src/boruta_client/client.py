@@ -112,7 +112,16 @@ class Client(ClientBase, Facade[AsyncClient]):
 
     def _open(self) -> None:
         self._portal = Portal(f"boruta-client {self.target}")
-        self._inner = AsyncClient(context=self.context, call_timeout=self.call_timeout)
+        self._inner = AsyncClient(
+            context=self.context,
+            call_timeout=self.call_timeout,
+            failover_timeout=self.failover_timeout,
+        )
+
+    @property
+    def scheduler(self) -> str:
+        """The address of the scheduler the client calls now (the leader, as far as known)."""
+        return self._inner.scheduler
 
     def close(self) -> None:
         self._portal.run(self._inner.close())

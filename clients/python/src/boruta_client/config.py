@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from boruta.pki import PkiError
+from boruta.schedulers import parse_schedulers
 from boruta.tls import TlsFiles
 
 from boruta_client.errors import InvalidArgument
@@ -27,6 +28,8 @@ def default_config_path() -> Path:
 class Context:
     """Where the scheduler is and who to call it as."""
 
+    # One address, or several separated by commas: the schedulers of a farm with a standby,
+    # of which the client finds and follows the leader.
     scheduler: str = DEFAULT_SCHEDULER
     user: str = ""
     groups: tuple[str, ...] = ()
@@ -39,6 +42,10 @@ class Context:
     token_file: str = ""
     # A bearer token given as such (BORUTA_TOKEN, --token, Client(token=...)); never in a file.
     bearer: str = ""
+
+    def schedulers(self) -> tuple[str, ...]:
+        """The scheduler addresses, in the order they are tried."""
+        return parse_schedulers(self.scheduler) or (DEFAULT_SCHEDULER,)
 
     def token(self) -> str | None:
         if self.bearer:
@@ -104,12 +111,22 @@ def parse_config(
         raise InvalidArgument(f"{source}: unknown keys {', '.join(sorted(unknown))}")
     contexts = {}
     for name, entry in dict(data.get("contexts", {})).items():
-        known = {"scheduler", "user", "groups", "admin", "ca", "cert", "key", "token_file"}
+        known = {
+            *("scheduler", "schedulers", "user", "groups", "admin"),
+            *("ca", "cert", "key", "token_file"),
+        }
         extra = set(entry) - known
         if extra:
             raise InvalidArgument(f"{source}: context {name}: unknown keys {sorted(extra)}")
+        if "scheduler" in entry and "schedulers" in entry:
+            raise InvalidArgument(
+                f"{source}: context {name}: give scheduler (one address) or schedulers "
+                "(a list), not both"
+            )
+        where = f"{source}: context {name}: schedulers"
+        listed = _strings(entry["schedulers"], where) if "schedulers" in entry else ()
         contexts[name] = Context(
-            scheduler=str(entry.get("scheduler", DEFAULT_SCHEDULER)),
+            scheduler=",".join(listed) or str(entry.get("scheduler", DEFAULT_SCHEDULER)),
             user=str(entry.get("user", "")),
             groups=_strings(entry.get("groups", []), f"{source}: context {name}: groups"),
             admin=bool(entry.get("admin", False)),
@@ -144,9 +161,11 @@ def load_config(path: str | os.PathLike[str] | None = None) -> ClientConfig:
 
 
 # Where the client looks for its settings, as schedctl does; each variable overrides the
-# context's field of the same name.
+# context's field of the same name. BORUTA_SCHEDULERS (comma-separated) is read as
+# BORUTA_SCHEDULER, and wins over it when both are set.
 CONFIG_VARIABLE = "BORUTA_CONFIG"
 CONTEXT_VARIABLE = "BORUTA_CONTEXT"
+SCHEDULERS_VARIABLE = "BORUTA_SCHEDULERS"
 VARIABLES = {
     "scheduler": "BORUTA_SCHEDULER",
     "user": "BORUTA_USER",
@@ -172,13 +191,18 @@ def _setting(name: str, value: Any) -> Any:
         return value.strip().lower() in _TRUE
     if name in ("ca", "cert", "key"):
         return str(Path(os.path.expanduser(str(value))).absolute())
+    if name == "scheduler" and not isinstance(value, str):
+        return ",".join(parse_schedulers(value))  # a list of addresses
     return value
 
 
 def environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The context fields the BORUTA_* variables set."""
     env = os.environ if environ is None else environ
-    return {name: env[var] for name, var in VARIABLES.items() if env.get(var, "") != ""}
+    found = {name: env[var] for name, var in VARIABLES.items() if env.get(var, "") != ""}
+    if env.get(SCHEDULERS_VARIABLE, ""):
+        found["scheduler"] = env[SCHEDULERS_VARIABLE]
+    return found
 
 
 def with_overrides(context: Context, overrides: Mapping[str, Any]) -> Context:

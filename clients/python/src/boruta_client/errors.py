@@ -46,6 +46,10 @@ class ProlongLimitReached(FailedPrecondition):
     """The job cannot be prolonged any more."""
 
 
+class IdempotencyKeyReused(FailedPrecondition):
+    """new_request's idempotency key was used before, by you, with other arguments."""
+
+
 class ResourceExhausted(BorutaError):
     """A limit on size or count was hit."""
 
@@ -119,6 +123,7 @@ BY_REASON: dict[Reason, type[BorutaError]] = {
     ErrorReason.ERROR_REASON_DEADLINE_EXCEEDED: DeadlineExceeded,
     ErrorReason.ERROR_REASON_UNAVAILABLE: Unavailable,
     ErrorReason.ERROR_REASON_INTERNAL: InternalError,
+    ErrorReason.ERROR_REASON_IDEMPOTENCY_KEY_REUSED: IdempotencyKeyReused,
 }
 
 # Raised by the client itself, never named by a scheduler's reason.

@@ -52,9 +52,10 @@ class _Root(click.Group):
 @option(
     "-s",
     "--scheduler",
-    envvar="BORUTA_SCHEDULER",
-    metavar="HOST:PORT",
-    help="Scheduler address (overrides the context).",
+    envvar=["BORUTA_SCHEDULERS", "BORUTA_SCHEDULER"],
+    metavar="HOST:PORT[,...]",
+    help="Scheduler address, or several separated by commas: the schedulers of a farm with "
+    "a standby, whose leader schedctl finds and follows (overrides the context).",
 )
 @option(
     "-u",

@@ -100,6 +100,12 @@ def requests_group() -> None:
     help="End the job this long after it starts or was last prolonged (e.g. 5m); "
     "default: the scheduler's.",
 )
+@option(
+    "--idempotency-key",
+    metavar="KEY",
+    help="Make at most one request for this key (e.g. a CI job's id): the command run again "
+    "with it and the same arguments shows that request; default: a new key.",
+)
 @output_option
 @pass_state
 def new_request(
@@ -111,6 +117,7 @@ def new_request(
     accept_unsatisfiable: bool,
     no_wait: bool,
     job_timeout: timedelta | None,
+    idempotency_key: str | None,
     fmt: str,
 ) -> None:
     """Queue a request for a board with these caps (none: any board)."""
@@ -122,6 +129,7 @@ def new_request(
         accept_unsatisfiable=accept_unsatisfiable,
         no_wait=no_wait,
         job_timeout=job_timeout,
+        idempotency_key=idempotency_key,
     )
     emit(fmt, request, lambda: table([request], REQUEST_COLUMNS))
 

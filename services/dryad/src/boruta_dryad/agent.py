@@ -1,7 +1,9 @@
 """The dryad's side of the Superviser service: register each board, then keep it alive.
 
 If the scheduler is down or restarts, the link retries with backoff and registers again;
-it never gives up. Each reply may carry the scheduler's verdict on the board's job users;
+it never gives up. Given several scheduler addresses it follows the leader: after an
+UNAVAILABLE answer it goes to the address a standby names (boruta.schedulers), else to the
+next one. Each reply may carry the scheduler's verdict on the board's job users;
 the link has users it no longer counts on removed (e.g. after the dryad was cut off long
 enough for the scheduler to fail the board and its job).
 """
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import grpc
+from boruta.schedulers import CHANNEL_OPTIONS, Backoff, SchedulerList, leader_of
 from boruta.v1 import superviser_pb2, superviser_pb2_grpc, types_pb2
 
 if TYPE_CHECKING:
@@ -45,7 +48,8 @@ class JobUserKeeper(Protocol):
 
 
 class SchedulerLink:
-    """Registers boards with the scheduler and sends their heartbeats."""
+    """Registers boards with the scheduler and sends their heartbeats; scheduler_address
+    may name several schedulers, separated by commas."""
 
     def __init__(
         self,
@@ -74,24 +78,39 @@ class SchedulerLink:
         self.registered: set[str] = set()
         self.heartbeats: dict[str, int] = dict.fromkeys(self.boards, 0)
         self._changed = asyncio.Event()
-        self._channel: grpc.aio.Channel | None = None
+        self._schedulers = SchedulerList(scheduler_address.split(","))
+        self._channels: dict[str, grpc.aio.Channel] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
+    @property
+    def scheduler(self) -> str:
+        """The address of the scheduler the link calls now (the leader, as far as known)."""
+        return self._schedulers.current
+
+    def _stub(self) -> SuperviserAsyncStub:
+        address = self._schedulers.current
+        channel = self._channels.get(address)
+        if channel is None:
+            if self._credentials is None:
+                channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            else:
+                channel = grpc.aio.secure_channel(
+                    address, self._credentials, options=CHANNEL_OPTIONS
+                )
+            self._channels[address] = channel
+        stub: SuperviserAsyncStub = superviser_pb2_grpc.SuperviserStub(channel)
+        return stub
+
     def start(self) -> None:
-        if self._credentials is None:
-            self._channel = grpc.aio.insecure_channel(self.scheduler_address)
-        else:
-            self._channel = grpc.aio.secure_channel(self.scheduler_address, self._credentials)
-        stub = superviser_pb2_grpc.SuperviserStub(self._channel)
         for board in self.boards.values():
-            self._tasks.append(asyncio.create_task(self._keep_alive(stub, board)))
+            self._tasks.append(asyncio.create_task(self._keep_alive(board)))
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._channel is not None:
-            await self._channel.close()
+        for channel in self._channels.values():
+            await channel.close()
 
     async def _wait_until(self, done: Callable[[], bool], timeout: float) -> None:
         async def loop() -> None:
@@ -111,19 +130,19 @@ class SchedulerLink:
 
     async def set_fail(self, uuid: str, reason: str) -> None:
         """Tell the scheduler a board has failed."""
-        assert self._channel is not None
-        stub = superviser_pb2_grpc.SuperviserStub(self._channel)
-        await stub.SetFail(
+        await self._stub().SetFail(
             superviser_pb2.SetFailRequest(worker_uuid=uuid, reason=reason),
             metadata=self._metadata,
             timeout=10,
         )
 
-    async def _keep_alive(self, stub: SuperviserAsyncStub, board: BoardRegistration) -> None:
-        backoff = 0.05
+    async def _keep_alive(self, board: BoardRegistration) -> None:
+        backoff = Backoff(0.05, MAX_BACKOFF)
         interval = 10.0
         while True:
             keeper = self._keepers.get(board.uuid)
+            address = self._schedulers.current
+            stub = self._stub()
             try:
                 # Taken before the call: the verdict in its reply is about these users
                 # only, never about one a Prepare makes meanwhile.
@@ -143,7 +162,7 @@ class SchedulerLink:
                     interval = reply.heartbeat_interval.ToNanoseconds() / 1e9 or interval
                     self.registered.add(board.uuid)
                     self._changed.set()
-                    backoff = 0.05
+                    backoff.reset()
                     log.info("registered", extra={"worker": board.uuid})
                     if reply.HasField("live_job_users"):
                         await _reconcile(board.uuid, keeper, before, reply.live_job_users)
@@ -165,15 +184,22 @@ class SchedulerLink:
                     # The scheduler forgot the worker (e.g. it was deregistered): register again.
                     self.registered.discard(board.uuid)
                     continue
+                # A standby names the leader: go there at once; else try the next scheduler.
+                named = self._schedulers.failed(address, leader_of(exc.trailing_metadata()))
                 if board.uuid in self.registered:
                     log.warning(
                         "scheduler unreachable; will register again",
-                        extra={"worker": board.uuid, "code": exc.code().name},
+                        extra={
+                            "worker": board.uuid,
+                            "code": exc.code().name,
+                            "scheduler": address,
+                            "next": self._schedulers.current,
+                        },
                     )
                 self.registered.discard(board.uuid)
                 self._changed.set()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+                if not named:
+                    await asyncio.sleep(backoff.next())
 
 
 async def _reconcile(

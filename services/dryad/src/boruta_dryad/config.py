@@ -15,6 +15,7 @@ from typing import Any
 
 from boruta.address import AddressError, check_dial_address, is_wildcard, split_host_port
 from boruta.pki import PkiError
+from boruta.schedulers import parse_schedulers
 from boruta.tls import TlsFiles, choose_transport
 
 from boruta_dryad.hostkeys import DEFAULT_HOST_KEYS
@@ -73,6 +74,7 @@ class BoardConfig:
 class DryadConfig:
     """Everything a dryad process needs."""
 
+    # One address, or several separated by commas (the leader is followed).
     scheduler: str
     boards: tuple[BoardConfig, ...]
     listen: str = "0.0.0.0:7175"
@@ -203,6 +205,7 @@ def parse_config(data: Mapping[str, Any]) -> DryadConfig:
     """Validate a parsed TOML document."""
     known = {
         "scheduler",
+        "schedulers",
         "listen",
         "advertise",
         "state_dir",
@@ -218,10 +221,8 @@ def parse_config(data: Mapping[str, Any]) -> DryadConfig:
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"unknown settings {', '.join(sorted(unknown))}")
-    scheduler = data.get("scheduler")
-    if not isinstance(scheduler, str):
-        raise ConfigError("scheduler (host:port of the boruta scheduler) is required")
-    _host_port(scheduler, "scheduler", dial=True)
+    schedulers = _schedulers(data)
+    scheduler = ",".join(schedulers)
     listen = _host_port(str(data.get("listen", "0.0.0.0:7175")), "listen", listen=True)
     advertise = str(data.get("advertise", ""))
     if advertise:
@@ -245,7 +246,7 @@ def parse_config(data: Mapping[str, Any]) -> DryadConfig:
         raise ConfigError("board names must be unique")
     if len(set(prefixes)) != len(prefixes):
         raise ConfigError("each board needs its own user_prefix")
-    tls, plaintext = _transport(data, scheduler, listen)
+    tls, plaintext = _transport(data, schedulers, listen)
     try:
         job_uids = UidRange.parse(str(data.get("job_uids", DEFAULT_JOB_UIDS)))
     except ValueError as exc:
@@ -266,8 +267,25 @@ def parse_config(data: Mapping[str, Any]) -> DryadConfig:
     )
 
 
+def _schedulers(data: Mapping[str, Any]) -> tuple[str, ...]:
+    """The scheduler addresses: schedulers (a list, or comma-separated: a farm with
+    standbys, whose leader the dryad follows), else scheduler (one, or comma-separated)."""
+    given = data.get("schedulers", data.get("scheduler"))
+    if isinstance(given, list) and all(isinstance(a, str) for a in given):
+        given = ",".join(given)
+    if not isinstance(given, str) or not parse_schedulers(given):
+        raise ConfigError(
+            "scheduler (host:port of the boruta scheduler) or schedulers (a list of them) "
+            "is required"
+        )
+    found = parse_schedulers(given)
+    for address in found:
+        _host_port(address, "scheduler", dial=True)
+    return found
+
+
 def _transport(
-    data: Mapping[str, Any], scheduler: str, listen: str
+    data: Mapping[str, Any], schedulers: tuple[str, ...], listen: str
 ) -> tuple[TlsFiles | None, bool]:
     """TLS files, or plaintext: only when asked for and only on loopback both ways, since
     without TLS anyone who reaches the dryad could have it create users."""
@@ -279,7 +297,10 @@ def _transport(
             str(data.get("tls_key", "")),
             "dryad",
         )
-        chosen = choose_transport(tls, plaintext, {"listen": listen, "scheduler": scheduler})
+        addresses = {"listen": listen}
+        for i, address in enumerate(schedulers):
+            addresses["scheduler" if i == 0 else f"scheduler {i + 1}"] = address
+        chosen = choose_transport(tls, plaintext, addresses)
     except PkiError as exc:
         raise ConfigError(str(exc)) from None
     return chosen, chosen is None
@@ -287,6 +308,7 @@ def _transport(
 
 _CLI = [
     ("scheduler", "host:port of the scheduler"),
+    ("schedulers", "host:port of each scheduler, comma-separated (a farm with standbys)"),
     ("listen", "host:port to serve the Dryad service on"),
     ("advertise", "host:port the scheduler dials to reach this dryad"),
     ("state_dir", "where board UUIDs, job counters and the dryad's id are kept"),

@@ -90,6 +90,12 @@ class ProlongLimitReached(FailedPrecondition):
     reason = ErrorReason.ERROR_REASON_PROLONG_LIMIT_REACHED
 
 
+class IdempotencyKeyReused(FailedPrecondition):
+    """NewRequest's idempotency key was used before by the same owner with other arguments."""
+
+    reason = ErrorReason.ERROR_REASON_IDEMPOTENCY_KEY_REUSED
+
+
 class PermissionDenied(BorutaError):
     """The caller is known but may not do this."""
 

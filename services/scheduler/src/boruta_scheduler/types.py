@@ -128,6 +128,10 @@ class RequestView:
     job: JobView | None
     # Seconds the job may go without a prolong, as asked for; 0: the policy's.
     job_timeout: float = 0.0
+    # The key its owner created it with ("": none) and a hash of the arguments it was
+    # asked with, so that a retried NewRequest finds it and checks it asks the same.
+    idempotency_key: str = ""
+    arguments_hash: str = ""
 
 
 @dataclass(frozen=True, slots=True)

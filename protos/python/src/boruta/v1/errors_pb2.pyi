@@ -60,6 +60,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A bug in the scheduler; the message holds an id that finds the traceback in its log.
     INTERNAL.
     """
+    ERROR_REASON_IDEMPOTENCY_KEY_REUSED: _ErrorReason.ValueType  # 17
+    """NewRequest's idempotency_key was already used by the same owner for a request with
+    other arguments: use a new key for a new request, or repeat the first call's
+    arguments exactly. FAILED_PRECONDITION.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason names why a call failed, finer than its gRPC status code. A failed call of any
@@ -105,5 +110,10 @@ backoff. UNAVAILABLE.
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 16
 """A bug in the scheduler; the message holds an id that finds the traceback in its log.
 INTERNAL.
+"""
+ERROR_REASON_IDEMPOTENCY_KEY_REUSED: ErrorReason.ValueType  # 17
+"""NewRequest's idempotency_key was already used by the same owner for a request with
+other arguments: use a new key for a new request, or repeat the first call's
+arguments exactly. FAILED_PRECONDITION.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -95,6 +95,7 @@ class NewRequestRequest(_message.Message):
     ACCEPT_UNSATISFIABLE_FIELD_NUMBER: _builtins.int
     NO_WAIT_FIELD_NUMBER: _builtins.int
     JOB_TIMEOUT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     priority: _builtins.int
     """1 (most important) to 16 (least); 0 means the scheduler's default priority."""
     accept_unsatisfiable: _builtins.bool
@@ -102,6 +103,15 @@ class NewRequestRequest(_message.Message):
     no_wait: _builtins.bool
     """Do not queue: start the job at once on a free worker, or fail with RESOURCE_EXHAUSTED
     (error reason ERROR_REASON_BUSY) and create nothing. valid_after must then be unset or not in the future.
+    """
+    idempotency_key: _builtins.str
+    """A key the client makes up for this request (e.g. a random UUID), at most 128
+    characters; empty means none. A call retried with the same key by the same owner
+    (after a dropped connection or a failover to another scheduler) creates no second
+    request: it returns the request the key was first used for, as it is now. The same key
+    with other arguments fails with FAILED_PRECONDITION (error reason
+    ERROR_REASON_IDEMPOTENCY_KEY_REUSED). A key is kept as long as its request: once a
+    finished request is purged (the scheduler's retention), its key may make a new one.
     """
     @_builtins.property
     def caps(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -134,10 +144,11 @@ class NewRequestRequest(_message.Message):
         accept_unsatisfiable: _builtins.bool = ...,
         no_wait: _builtins.bool = ...,
         job_timeout: _duration_pb2.Duration | None = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "job_timeout", b"job_timeout", "valid_after", b"valid_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_unsatisfiable", b"accept_unsatisfiable", "caps", b"caps", "deadline", b"deadline", "job_timeout", b"job_timeout", "no_wait", b"no_wait", "priority", b"priority", "valid_after", b"valid_after"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_unsatisfiable", b"accept_unsatisfiable", "caps", b"caps", "deadline", b"deadline", "idempotency_key", b"idempotency_key", "job_timeout", b"job_timeout", "no_wait", b"no_wait", "priority", b"priority", "valid_after", b"valid_after"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

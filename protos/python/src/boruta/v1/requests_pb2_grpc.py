@@ -90,7 +90,9 @@ class RequestsServicer:
     def NewRequest(self, request, context):
         """NewRequest queues a request for a worker with the given caps. It fails with
         FAILED_PRECONDITION when no registered worker could ever satisfy it, unless
-        accept_unsatisfiable is set, and with INVALID_ARGUMENT for bad fields.
+        accept_unsatisfiable is set, and with INVALID_ARGUMENT for bad fields. Called again
+        with the same idempotency_key by the same owner, it creates nothing and returns the
+        request the key was first used for.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -40,7 +40,9 @@ class RequestsStub:
     NewRequest: _grpc.UnaryUnaryMultiCallable[_requests_pb2.NewRequestRequest, _requests_pb2.NewRequestResponse]
     """NewRequest queues a request for a worker with the given caps. It fails with
     FAILED_PRECONDITION when no registered worker could ever satisfy it, unless
-    accept_unsatisfiable is set, and with INVALID_ARGUMENT for bad fields.
+    accept_unsatisfiable is set, and with INVALID_ARGUMENT for bad fields. Called again
+    with the same idempotency_key by the same owner, it creates nothing and returns the
+    request the key was first used for.
     """
     CloseRequest: _grpc.UnaryUnaryMultiCallable[_requests_pb2.CloseRequestRequest, _requests_pb2.CloseRequestResponse]
     """CloseRequest cancels a waiting request (CANCELLED) or ends a running job (DONE)."""
@@ -77,7 +79,9 @@ class RequestsAsyncStub(RequestsStub):
     NewRequest: _aio.UnaryUnaryMultiCallable[_requests_pb2.NewRequestRequest, _requests_pb2.NewRequestResponse]  # type: ignore[assignment]
     """NewRequest queues a request for a worker with the given caps. It fails with
     FAILED_PRECONDITION when no registered worker could ever satisfy it, unless
-    accept_unsatisfiable is set, and with INVALID_ARGUMENT for bad fields.
+    accept_unsatisfiable is set, and with INVALID_ARGUMENT for bad fields. Called again
+    with the same idempotency_key by the same owner, it creates nothing and returns the
+    request the key was first used for.
     """
     CloseRequest: _aio.UnaryUnaryMultiCallable[_requests_pb2.CloseRequestRequest, _requests_pb2.CloseRequestResponse]  # type: ignore[assignment]
     """CloseRequest cancels a waiting request (CANCELLED) or ends a running job (DONE)."""
@@ -117,7 +121,9 @@ class RequestsServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_requests_pb2.NewRequestResponse, _abc.Awaitable[_requests_pb2.NewRequestResponse]]:
         """NewRequest queues a request for a worker with the given caps. It fails with
         FAILED_PRECONDITION when no registered worker could ever satisfy it, unless
-        accept_unsatisfiable is set, and with INVALID_ARGUMENT for bad fields.
+        accept_unsatisfiable is set, and with INVALID_ARGUMENT for bad fields. Called again
+        with the same idempotency_key by the same owner, it creates nothing and returns the
+        request the key was first used for.
         """
 
     @_abc_1.abstractmethod

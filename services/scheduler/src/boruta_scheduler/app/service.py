@@ -25,12 +25,19 @@ from boruta_scheduler.app.authz import (
 from boruta_scheduler.app.engine import Engine
 from boruta_scheduler.app.watch import Subscription, WatchHub, WorkerEvent
 from boruta_scheduler.core import Core
+from boruta_scheduler.core.idempotency import (
+    Idempotency,
+    arguments_hash,
+    check_key,
+    same_arguments,
+)
 from boruta_scheduler.errors import (
     DeadlineExceeded,
     PermissionDenied,
     RequestNotFound,
     ResourceExhausted,
     StoreUnavailable,
+    Unavailable,
     WrongRequestState,
 )
 from boruta_scheduler.listing import (
@@ -134,29 +141,66 @@ class SchedulerService:
         accept_unsatisfiable: bool = False,
         no_wait: bool = False,
         job_timeout: float = 0.0,
+        idempotency_key: str = "",
     ) -> RequestView:
+        """Queue a request; with an idempotency key the owner used before, return the
+        request it made instead (IdempotencyKeyReused if this call asks otherwise)."""
+        idem: Idempotency | None = None
+        core = self.engine.core
+        if idempotency_key:
+            check_key(idempotency_key)
+            idem = Idempotency(
+                idempotency_key,
+                arguments_hash(
+                    caps,
+                    priority,
+                    valid_after,
+                    deadline,
+                    accept_unsatisfiable,
+                    no_wait,
+                    job_timeout,
+                ),
+                self.engine.now(),
+            )
+            # Requests committed before now are in the store, whatever state they are in;
+            # the core knows those created since (see KeyMemory).
+            stored = await self._read(self.store.find_request, who.user, idempotency_key)
+            if stored is not None:
+                return same_arguments(stored, who.user, idem)
         # The core converts the caps (the message's own map) once; the event reads them
         # from the request it made.
-        return await self.engine.execute(
-            self.audit.recorded(
-                who,
-                "NewRequest",
-                events.request_created,
-                lambda core, now: core.new_request(
-                    now,
-                    who.user,
-                    who.groups,
-                    caps,
-                    priority=priority,
-                    valid_after=valid_after,
-                    deadline=deadline,
-                    accept_unsatisfiable=accept_unsatisfiable,
-                    no_wait=no_wait,
-                    privileged=who.role is Role.ADMIN,
-                    job_timeout=job_timeout,
-                ),
-            )
+        create = self.audit.recorded(
+            who,
+            "NewRequest",
+            events.request_created,
+            lambda core, now: core.new_request(
+                now,
+                who.user,
+                who.groups,
+                caps,
+                priority=priority,
+                valid_after=valid_after,
+                deadline=deadline,
+                accept_unsatisfiable=accept_unsatisfiable,
+                no_wait=no_wait,
+                privileged=who.role is Role.ADMIN,
+                job_timeout=job_timeout,
+                idempotency=idem,
+            ),
         )
+        if idem is None:
+            return await self.engine.execute(create)
+
+        def create_once(current: Core, now: float) -> RequestView:
+            assert idem is not None
+            if current is not core:
+                # The core was rebuilt from the store since the look-up: what the look-up
+                # missed may have been forgotten with the old core.
+                raise Unavailable("the scheduler recovered while this call waited; retry it")
+            found = current.keyed_request(now, who.user, idem)
+            return found if found is not None else create(current, now)
+
+        return await self.engine.execute(create_once)
 
     async def close_request(self, who: Identity, request_id: int) -> RequestView:
         check_id(request_id)

@@ -100,10 +100,12 @@ class Request:
     """A live (WAITING or IN_PROGRESS) request. Its caps are an interned frozenset of pairs."""
 
     __slots__ = (
+        "arguments_hash",
         "bucket",
         "created_at",
         "deadline",
         "id",
+        "idempotency_key",
         "job",
         "job_timeout",
         "owner",
@@ -128,6 +130,8 @@ class Request:
         deadline: float,
         created_at: float,
         job_timeout: float = 0.0,
+        idempotency_key: str = "",
+        arguments_hash: str = "",
     ) -> None:
         self.id = id
         self.owner = owner
@@ -140,6 +144,8 @@ class Request:
         self.updated_at = created_at
         # Seconds the job may go without a prolong, as asked; 0: the policy's.
         self.job_timeout = job_timeout
+        self.idempotency_key = idempotency_key
+        self.arguments_hash = arguments_hash
         self.state = RequestState.WAITING
         self.reason = ""
         self.job: Job | None = None
@@ -162,6 +168,8 @@ class Request:
             updated_at=self.updated_at,
             job=self.job.view() if self.job else None,
             job_timeout=self.job_timeout,
+            idempotency_key=self.idempotency_key,
+            arguments_hash=self.arguments_hash,
         )
 
 

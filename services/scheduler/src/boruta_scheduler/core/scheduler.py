@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from boruta_scheduler.core.idempotency import Idempotency, KeyMemory, same_arguments
 from boruta_scheduler.core.model import Job, Request, Worker, cap_pairs
 from boruta_scheduler.core.outbox import (
     Changes,
@@ -104,6 +105,7 @@ class Core:
         self._last_request_id = 0
         self._last_op_id = 0
         self._tokens = TokenTable()
+        self._keys = KeyMemory()
         # Heartbeat silence is counted from here at the earliest: a worker cannot be
         # blamed for not reaching a scheduler that was down.
         self._heartbeat_epoch = 0.0
@@ -171,7 +173,11 @@ class Core:
             view.deadline,
             view.created_at,
             view.job_timeout,
+            view.idempotency_key,
+            view.arguments_hash,
         )
+        if request.idempotency_key:
+            self._keys.add(request.owner, request.idempotency_key, request.id)
         request.updated_at = view.updated_at
         request.reason = view.reason
         request.state = view.state
@@ -281,6 +287,15 @@ class Core:
 
     # ---------------------------------------------------------- request commands
 
+    def keyed_request(self, now: float, owner: str, idem: Idempotency) -> RequestView | None:
+        """The request owner's key made, live or finished in the last minutes, if the call
+        asks the same (else IdempotencyKeyReused); None if the core knows no such key."""
+        found = self._keys.find(owner, idem, now)
+        if found is None:
+            return None
+        view = self._requests[found].view() if isinstance(found, int) else found
+        return same_arguments(view, owner, idem)
+
     def new_request(
         self,
         now: float,
@@ -295,9 +310,11 @@ class Core:
         no_wait: bool = False,
         privileged: bool = False,
         job_timeout: float = 0.0,
+        idempotency: Idempotency | None = None,
     ) -> RequestView:
         """Queue a request; it is matched at once if a worker is free. With no_wait it is
-        matched at once or refused (Busy) and nothing changes."""
+        matched at once or refused (Busy) and nothing changes. A request with an
+        idempotency key is remembered under it (the caller checked keyed_request first)."""
         policy = self.policy
         pairs = cap_pairs(caps)  # the one conversion of the caller's caps
         policy.check_caps(pairs)
@@ -352,6 +369,10 @@ class Core:
             now,
             job_timeout,
         )
+        if idempotency is not None:
+            request.idempotency_key = idempotency.key
+            request.arguments_hash = idempotency.arguments_hash
+            self._keys.add(owner, idempotency.key, request.id)
         self._requests[request.id] = request
         self._out.request(request)
         self._enqueue(request, now)
@@ -782,6 +803,8 @@ class Core:
             request.job.access = None
         del self._requests[request.id]
         self._out.request(request)
+        if request.idempotency_key:
+            self._keys.finished(request.view(), now)
 
     def _end_job(self, request: Request, now: float, state: RequestState, reason: str) -> None:
         """End a running job; after a normal end (DONE) its worker is prepared again."""

@@ -33,6 +33,7 @@ class RequestsServicer(requests_pb2_grpc.RequestsServicer):
             accept_unsatisfiable=request.accept_unsatisfiable,
             no_wait=request.no_wait,
             job_timeout=convert.optional_duration(request, "job_timeout") or 0.0,
+            idempotency_key=request.idempotency_key,
         )
         return requests_pb2.NewRequestResponse(request=convert.request_info(view))
 

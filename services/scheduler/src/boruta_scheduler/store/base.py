@@ -58,6 +58,10 @@ class Store(Protocol):
         """One request in any state, or None."""
         ...
 
+    def find_request(self, owner: str, idempotency_key: str) -> RequestView | None:
+        """The request, in any state, that owner created with this idempotency key, or None."""
+        ...
+
     def list_requests(self, query: RequestQuery) -> Page[RequestView]:
         """Requests in any state that pass the query, one page."""
         ...

@@ -105,6 +105,8 @@ def request_row(r: RequestView) -> dict[str, Any]:
         "access_host_keys": _json_keys(access),
         "job_tunnel_port": job.tunnel_port if job else None,
         "job_timeout": r.job_timeout,
+        "idempotency_key": r.idempotency_key or None,
+        "arguments_hash": r.arguments_hash or None,
     }
 
 
@@ -143,6 +145,8 @@ def request_view(row: Row, decoder: Decoder | None = None) -> RequestView:
         updated_at=created_at if updated_at == created_at else updated_at,
         job=job,
         job_timeout=job_timeout or 0.0,
+        idempotency_key=row["idempotency_key"] or "",
+        arguments_hash=row["arguments_hash"] or "",
     )
 
 

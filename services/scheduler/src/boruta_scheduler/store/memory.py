@@ -24,6 +24,8 @@ class MemoryStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._requests: dict[int, RequestView] = {}
+        # Requests by (owner, idempotency key), for those created with one.
+        self._keys: dict[tuple[str, str], RequestView] = {}
         self._workers: dict[str, WorkerView] = {}
         self._history: list[tuple[int, HistoryEntry]] = []
         self._last_request_id = 0
@@ -42,6 +44,8 @@ class MemoryStore:
         with self._lock:
             for request in changes.requests:
                 self._requests[request.id] = request
+                if request.idempotency_key:
+                    self._keys[(request.owner, request.idempotency_key)] = request
             for worker in changes.workers:
                 self._workers[worker.uuid] = dataclasses.replace(worker, host_status=None)
             for uuid, seen in changes.last_seen.items():
@@ -65,6 +69,10 @@ class MemoryStore:
     def get_request(self, request_id: int) -> RequestView | None:
         with self._lock:
             return self._requests.get(request_id)
+
+    def find_request(self, owner: str, idempotency_key: str) -> RequestView | None:
+        with self._lock:
+            return self._keys.get((owner, idempotency_key))
 
     def list_requests(self, query: RequestQuery) -> Page[RequestView]:
         with self._lock:
@@ -103,7 +111,8 @@ class MemoryStore:
                 if r.state.is_terminal and r.updated_at < before
             ][:limit]
             for request_id in old:
-                del self._requests[request_id]
+                gone = self._requests.pop(request_id)
+                self._keys.pop((gone.owner, gone.idempotency_key), None)
             # Like the SQL store: the oldest entries first, by when they were added.
             history = sum(1 for _, e in self._history[:limit] if e.time < before)
             self._history = [

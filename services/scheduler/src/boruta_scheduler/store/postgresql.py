@@ -188,6 +188,12 @@ class PostgreSQLStore:
             row = conn.execute(_Q["get_request"], {"id": request_id}).fetchone()
         return request_view(row) if row else None
 
+    def find_request(self, owner: str, idempotency_key: str) -> RequestView | None:
+        params = {"owner": owner, "key": idempotency_key}
+        with self._reading() as conn:
+            row = conn.execute(_Q["find_request"], params).fetchone()
+        return request_view(row) if row else None
+
     def list_requests(self, query: RequestQuery) -> Page[RequestView]:
         sql, params = select_requests(query, "%s")
         with self._reading() as conn:

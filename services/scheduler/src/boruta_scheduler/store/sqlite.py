@@ -169,6 +169,11 @@ class SQLiteStore:
         row = self._reader().execute(_Q["get_request"], {"id": request_id}).fetchone()
         return request_view(row) if row else None
 
+    def find_request(self, owner: str, idempotency_key: str) -> RequestView | None:
+        params = {"owner": owner, "key": idempotency_key}
+        row = self._reader().execute(_Q["find_request"], params).fetchone()
+        return request_view(row) if row else None
+
     def list_requests(self, query: RequestQuery) -> Page[RequestView]:
         sql, params = select_requests(query, "?")
         return request_page(query, self._reader().execute(sql, params).fetchall())

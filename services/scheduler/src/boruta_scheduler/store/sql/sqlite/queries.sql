@@ -2,17 +2,18 @@
 
 -- name: upsert_request
 -- An update in place, not REPLACE's delete and insert: indexes on columns that did not
--- change (the owner's, the id's) are left alone.
+-- change (the owner's, the id's) are left alone, and a clash on another unique index (one
+-- request per owner and idempotency key) fails the commit instead of deleting the other row.
 INSERT INTO requests (
     id, owner, owner_groups, caps, priority, valid_after, deadline, state, reason,
     created_at, updated_at, job_worker_uuid, job_started_at, job_timeout_at,
     job_max_timeout_at, job_prolong_count, job_ssh_address, access_username, access_key,
-    access_host_keys, job_tunnel_port, job_timeout
+    access_host_keys, job_tunnel_port, job_timeout, idempotency_key, arguments_hash
 ) VALUES (
     :id, :owner, :owner_groups, :caps, :priority, :valid_after, :deadline, :state, :reason,
     :created_at, :updated_at, :job_worker_uuid, :job_started_at, :job_timeout_at,
     :job_max_timeout_at, :job_prolong_count, :job_ssh_address, :access_username, :access_key,
-    :access_host_keys, :job_tunnel_port, :job_timeout
+    :access_host_keys, :job_tunnel_port, :job_timeout, :idempotency_key, :arguments_hash
 ) ON CONFLICT (id) DO UPDATE SET
     owner = excluded.owner,
     owner_groups = excluded.owner_groups,
@@ -34,7 +35,9 @@ INSERT INTO requests (
     access_key = excluded.access_key,
     access_host_keys = excluded.access_host_keys,
     job_tunnel_port = excluded.job_tunnel_port,
-    job_timeout = excluded.job_timeout;
+    job_timeout = excluded.job_timeout,
+    idempotency_key = excluded.idempotency_key,
+    arguments_hash = excluded.arguments_hash;
 
 -- name: upsert_worker
 INSERT INTO workers (
@@ -91,6 +94,9 @@ SELECT * FROM workers ORDER BY uuid;
 
 -- name: get_request
 SELECT * FROM requests WHERE id = :id;
+
+-- name: find_request
+SELECT * FROM requests WHERE owner = :owner AND idempotency_key = :key;
 
 -- name: worker_history
 SELECT * FROM worker_history
