@@ -25,7 +25,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF = 30.0
+# The default heartbeat interval: a scheduler back after a long outage counts silence from its
+# restart (30 s by default), so the dryad must try again well within that, or its boards fail
+# just before they would have registered again.
+MAX_BACKOFF = 10.0
 
 
 @dataclass(frozen=True)
