@@ -270,3 +270,20 @@ async def test_a_socket_that_cannot_be_served_costs_one_line(
         Path(where).write_text("")
     with pytest.raises(CannotServe, match=why):
         await Relay(RelayConfig(socket=where)).start()
+
+
+async def test_a_bad_order_gets_the_status_of_the_one_table(socket_dir: Path) -> None:
+    """The relay codes its refusals through the scheduler's status table: a malformed SSH
+    address is INVALID_ARGUMENT with a message saying what is wrong, and nothing is opened."""
+    relay = await started_relay(socket_dir)
+    try:
+        async with grpc.aio.insecure_channel(f"unix:{relay.config.socket}") as channel:
+            stub = relay_pb2_grpc.RelayStub(channel)
+            wanted = relay_pb2.Tunnel(request_id=7, ssh_address="no-port-here")
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.OpenTunnel(relay_pb2.OpenTunnelRequest(tunnel=wanted))
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "no-port-here" in (refused.value.details() or "")
+        assert relay.tunnels.held() == {}
+    finally:
+        await relay.stop()

@@ -18,18 +18,21 @@ import grpc
 from boruta.address import AddressError
 from boruta.v1 import relay_pb2, relay_pb2_grpc
 
+from boruta_scheduler.errors import BorutaError, InvalidArgument, ResourceExhausted
 from boruta_scheduler.relay.config import RelayConfig
+from boruta_scheduler.rpc.status import status_of
 from boruta_scheduler.tunnels.forwarder import TunnelError, Tunnels, parse_ports
 
 log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-# The relay's own small table from its errors to status codes.
-_STATUS: dict[type[Exception], grpc.StatusCode] = {
-    AddressError: grpc.StatusCode.INVALID_ARGUMENT,
-    TunnelError: grpc.StatusCode.RESOURCE_EXHAUSTED,
-}
+
+def _as_boruta_error(exc: AddressError | TunnelError) -> BorutaError:
+    """The tunnels' errors in the scheduler's hierarchy, so the one status table codes them."""
+    if isinstance(exc, AddressError):
+        return InvalidArgument(str(exc))
+    return ResourceExhausted(str(exc))
 
 
 # sockaddr_un's sun_path holds 108 bytes with the terminating NUL.
@@ -58,7 +61,8 @@ class RelayServicer(relay_pb2_grpc.RelayServicer):
             try:
                 port = await self.tunnels.open(wanted.request_id, wanted.ssh_address, wanted.port)
             except (AddressError, TunnelError) as exc:
-                await context.abort(_STATUS[type(exc)], str(exc))
+                error = _as_boruta_error(exc)
+                await context.abort(status_of(error), str(error))
         return relay_pb2.OpenTunnelResponse(port=port)
 
     async def CloseTunnel(
