@@ -10,10 +10,10 @@ import pytest
 from boruta_scheduler.core import Core, Snapshot
 from boruta_scheduler.core.caps import Need, board_items, check_request_caps, need_of
 from boruta_scheduler.core.model import Request, Worker, cap_pairs
-from boruta_scheduler.core.queue import RequestQueue
-from boruta_scheduler.core.workers import WorkerIndex
+from boruta_scheduler.core.queue import Bucket, RequestQueue
+from boruta_scheduler.core.workers import Rank, WorkerIndex
 from boruta_scheduler.errors import Busy, InvalidArgument, NoCapableWorker
-from boruta_scheduler.types import RequestState, WorkerState
+from boruta_scheduler.types import CapPair, RequestState, WorkerState
 from core_kit import T0, CoreKit, caps_match
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -194,42 +194,54 @@ def test_a_waiting_request_with_alternatives_survives_a_restore(kit: CoreKit) ->
 
 
 def test_an_event_looks_only_at_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A new request and a freed worker check a handful of workers and buckets, however
-    many others wait or idle; counted by the matcher's one test, Need.met_by."""
-    checks = 0
-    met_by = Need.met_by
+    """A new request walks a handful of workers and a freed worker a handful of buckets,
+    however many other workers idle and requests wait (with alternatives and lists too):
+    counted where the indexes hand out what is then checked one by one."""
+    walked = 0
+    candidates = WorkerIndex._candidates
+    servable = RequestQueue.buckets_servable_by
 
-    def counting(need: Need, items: frozenset[tuple[str, str]]) -> bool:
-        nonlocal checks
-        checks += 1
-        return met_by(need, items)
+    def counted_candidates(index: WorkerIndex, need: Need) -> Iterator[Rank]:
+        nonlocal walked
+        for rank in candidates(index, need):
+            walked += 1
+            yield rank
 
-    def event_checks(others: int) -> tuple[int, int]:
-        nonlocal checks
+    def counted_buckets(
+        queue: RequestQueue, items: frozenset[CapPair], groups: frozenset[str]
+    ) -> list[Bucket]:
+        nonlocal walked
+        walked += sum(len(queue._by_pair.get(pair, ())) for pair in items)
+        walked += len(queue._no_caps)
+        return servable(queue, items, groups)
+
+    monkeypatch.setattr(WorkerIndex, "_candidates", counted_candidates)
+    monkeypatch.setattr(RequestQueue, "buckets_servable_by", counted_buckets)
+
+    def event_costs(others: int) -> tuple[int, int]:
+        nonlocal walked
         kit = CoreKit()
         for i in range(others):
             kit.add_worker(f"other{i}", {"os": f"os{i}", "circuits": f"c{i},vcc{i}"})
             kit.core.new_request(kit.now, "u", NOBODY, {"os": f"os{i}|none"})
-            for asked in (f"c{i}", f"x{i}|y{i}"):
+            for asked in (f"c{i}", f"x{i}|y{i}", f"c{i},vcc{i}|z{i}"):
                 kit.core.new_request(
                     kit.now, "u", NOBODY, {"circuits": asked}, accept_unsatisfiable=True
                 )
         kit.add_worker("relay", {"os": "linux", "circuits": "vcc,battery"}, idle=False)
         kit.answer_calls()
-        monkeypatch.setattr(Need, "met_by", counting)
-        checks = 0
+        walked = 0
         r = kit.core.new_request(kit.now, "u", NOBODY, {"os": "linux|android"})
         kit.core.new_request(kit.now, "u", NOBODY, {"circuits": "battery,vcc|usb"})
-        arrive = checks
-        checks = 0
+        arrive = walked
+        walked = 0
         kit.core.set_state(kit.now, "relay", WorkerState.IDLE)
         kit.answer_calls()
-        free = checks
-        monkeypatch.setattr(Need, "met_by", met_by)
+        free = walked
         assert kit.core.request(r.id).state is RequestState.IN_PROGRESS
         return arrive, free
 
-    small, large = event_checks(5), event_checks(200)
+    small, large = event_costs(5), event_costs(200)
     assert small == large
     assert max(large) <= 4, large
 

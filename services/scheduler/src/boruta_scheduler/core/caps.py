@@ -15,7 +15,7 @@ of such sets (`Need.choices`).
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from boruta_scheduler.errors import InvalidArgument, shown
@@ -56,9 +56,18 @@ def _items(text: str) -> list[str]:
     return [item for item in items if item] or [text]
 
 
+def _plain(caps: Iterable[CapPair]) -> bool:
+    """Whether no value has a `|` or `,`: the common case, on every NewRequest."""
+    # A plain loop, not all() of a generator: half the cost on the hot path.
+    for _, value in caps:  # noqa: SIM110
+        if ALTERNATIVES in value or ITEMS in value:
+            return False
+    return True
+
+
 def board_items(caps: frozenset[CapPair]) -> frozenset[CapPair]:
     """A board's caps as (key, item) pairs; the caps themselves when no value has a comma."""
-    if not any(ITEMS in value for _, value in caps):
+    if _plain(caps):
         return caps
     intern = sys.intern
     return frozenset((key, intern(item)) for key, value in caps for item in _items(value))
@@ -68,7 +77,7 @@ def need_of(caps: frozenset[CapPair]) -> Need:
     """What a request with these caps needs of a board. Reads any stored value, so a
     request restored from the store needs no check; new ones are checked by
     check_request_caps first."""
-    if not any(ALTERNATIVES in value or ITEMS in value for _, value in caps):
+    if _plain(caps):
         return Need(caps)
     intern = sys.intern
     required: set[CapPair] = set()
@@ -86,9 +95,11 @@ def need_of(caps: frozenset[CapPair]) -> Need:
     return Need(frozenset(required), tuple(choices))
 
 
-def check_request_caps(caps: Iterable[CapPair], *, what: str = "caps") -> None:
+def check_request_caps(caps: Collection[CapPair], *, what: str = "caps") -> None:
     """Refuse a request value with an empty alternative or item, or with spaces around
     `|` or `,` (a value without them is taken as it is)."""
+    if _plain(caps):
+        return
     for key, value in caps:
         if ALTERNATIVES not in value and ITEMS not in value:
             continue

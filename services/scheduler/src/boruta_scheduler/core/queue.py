@@ -56,12 +56,14 @@ class Bucket:
 
     __slots__ = (
         "caps_bytes",
+        "choices",
         "groups",
         "heap",
         "index_pairs",
         "key",
         "need",
         "ready_count",
+        "required",
         "sig",
         "waiting",
     )
@@ -72,6 +74,9 @@ class Bucket:
         self.key: BucketKey = (sig, groups)
         self.caps_bytes = caps_size(sig)
         self.need: Need = need_of(sig)
+        # The need's parts, read in the hot loop of buckets_servable_by.
+        self.required = self.need.required
+        self.choices = self.need.choices
         # The pairs the queue indexes this bucket under (none for no caps).
         self.index_pairs: tuple[CapPair, ...] = ()
         self.waiting: set[Request] = set()
@@ -110,6 +115,8 @@ class RequestQueue:
         self._buckets: dict[BucketKey, Bucket] = {}
         self._by_pair: dict[CapPair, set[Bucket]] = {}
         self._no_caps: set[Bucket] = set()
+        # Buckets indexed under more than one pair, which a worker may find twice.
+        self._multi_indexed = 0
         self._sigs: Interner[frozenset[CapPair]] = Interner()
         self._groups: Interner[frozenset[str]] = Interner()
         # Every waiting request in serving order, so a request's place in the queue costs
@@ -158,6 +165,7 @@ class RequestQueue:
             bucket = Bucket(self._sigs.hold(request.sig), self._groups.hold(request.owner_groups))
             self._buckets[key] = bucket
             bucket.index_pairs = self._index_pairs(bucket.need)
+            self._multi_indexed += len(bucket.index_pairs) > 1
             if bucket.index_pairs:
                 by_pair = self._by_pair
                 for pair in bucket.index_pairs:
@@ -233,6 +241,7 @@ class RequestQueue:
         self._size -= 1
         if not bucket.waiting:
             del self._buckets[bucket.key]
+            self._multi_indexed -= len(bucket.index_pairs) > 1
             for pair in bucket.index_pairs:
                 holders = self._by_pair[pair]
                 holders.discard(bucket)
@@ -249,9 +258,15 @@ class RequestQueue:
         """Buckets whose requests a worker with these (key, item) pairs and groups could
         serve, each once."""
         by_pair = self._by_pair
-        found = {b: None for pair in items for b in by_pair.get(pair, ())}
-        found.update(dict.fromkeys(self._no_caps))
-        return [b for b in found if groups_compatible(groups, b.groups) and b.need.met_by(items)]
+        found = [b for pair in items for b in by_pair.get(pair, ()) if b.required <= items]
+        found.extend(self._no_caps)
+        if self._multi_indexed:
+            found = list(dict.fromkeys(found))
+        return [
+            b
+            for b in found
+            if groups_compatible(groups, b.groups) and (not b.choices or b.need.met_by(items))
+        ]
 
     def best_for(self, items: frozenset[CapPair], groups: frozenset[str]) -> Request | None:
         """The ready request a worker with these (key, item) pairs and groups should serve

@@ -107,11 +107,14 @@ class WorkerIndex:
     ) -> Iterator[Worker]:
         """Members that meet need and serve owner_groups, least capable first."""
         members = self._members
+        required, choices = need.required, need.choices
         for _, uuid in self._candidates(need):
             worker = members[uuid]
+            items = worker.items
             if (
                 uuid != exclude
-                and need.met_by(worker.items)
+                and required <= items
+                and (not choices or need.met_by(items))
                 and groups_compatible(worker.groups, owner_groups)
             ):
                 yield worker
