@@ -364,7 +364,9 @@ class AsyncClient(ClientBase):
         job_timeout: timedelta | None = None,
         idempotency_key: str | None = None,
     ) -> Request:
-        """Queue a request for a board with these caps (``no_wait``: run now or raise Busy);
+        """Queue a request for a board with these caps (a value may name alternatives,
+        ``"linux|android"``, or items of a board's list, ``"vcc,battery"``: docs/api.md;
+        ``no_wait``: run now or raise Busy);
         ``job_timeout``: how long its job may go without a prolong (None: the scheduler's).
 
         The call carries an idempotency key (a new random one unless given), so that its
