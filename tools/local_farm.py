@@ -129,9 +129,9 @@ class SchedulerUnit:
 
     def start(self, listen: str, listen_tokens: str) -> subprocess.Popen[str]:
         proc, self.address = spawn(self._argv(listen, listen_tokens), SCHEDULER_READY, self.log)
+        self.proc = proc
         assert proc.stdout is not None
         self.token_address = proc.stdout.readline().removeprefix(TOKENS_READY).strip()
-        self.proc = proc
         return proc
 
     def restart(self) -> subprocess.Popen[str]:
@@ -151,8 +151,8 @@ class HaSchedulers:
         self._stopping = False
 
     def start(self, unit: SchedulerUnit, listen: str, listen_tokens: str) -> None:
+        self.units.append(unit)  # from here on, stopped with the farm
         unit.start(listen, listen_tokens)
-        self.units.append(unit)
         threading.Thread(target=self._supervise, args=(unit,), daemon=True).start()
 
     def wait_leader(self, timeout: float = 120) -> SchedulerUnit:
@@ -172,14 +172,13 @@ class HaSchedulers:
             assert proc is not None and proc.stdout is not None
             for line in proc.stdout:
                 if line.startswith(LEADING):
-                    with self._changed:
+                    with self._changed:  # said before the other is said to be back
                         self.leader = unit
                         self._changed.notify_all()
-                    epoch = line.removeprefix(LEADING).strip()
-                    self._say(
-                        f"scheduler {unit.name} ({unit.address}, pid {proc.pid}) leads now, "
-                        f"as epoch {epoch}"
-                    )
+                        self._say(
+                            f"scheduler {unit.name} ({unit.address}, pid {proc.pid}) leads "
+                            f"now, as epoch {line.removeprefix(LEADING).strip()}"
+                        )
             code = proc.wait()
             with self._changed:
                 if self.leader is unit:
