@@ -1,7 +1,8 @@
 """The HA demo farm (`make run-ha`) as the README's reader meets it: two schedulers on a
 throwaway PostgreSQL cluster, one leading by its health; kill -9 the leader it names, the
 other takes over and the killed one comes back as its standby, a request gets a board
-before and after; stopped, it leaves no process, cluster or job user behind."""
+before and after; stopped, it leaves no process, cluster or job user behind (and a cluster
+that a killed farm left is removed when the next one starts)."""
 
 from __future__ import annotations
 
@@ -79,7 +80,14 @@ def processes_naming(text: str) -> list[str]:
 def test_kill_9_the_leader_the_ha_demo_farm_names_and_the_other_takes_over(
     state_dir: Path,
 ) -> None:
+    # What a farm killed with -9 leaves: a cluster whose server is gone.
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    stale = state_dir / "farm" / "boruta-pg-stale"
+    (stale / "data").mkdir(parents=True)
+    (stale / "data" / "postmaster.pid").write_text(f"{ended.pid}\n")
     with demo_farm(state_dir, ha=True) as farm:
+        assert not stale.exists()
         rows = [Row(m[1], m[2], int(m[4]), m[5]) for m in map(ROW.match, farm.output) if m]
         assert [(r.name, r.health) for r in rows] == [("A", "SERVING"), ("B", "NOT_SERVING")]
         leader, standby = rows

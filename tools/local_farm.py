@@ -36,6 +36,7 @@ from boruta.address import AddressError, split_host_port
 from boruta.tls import TlsFiles, channel_credentials
 from boruta_client import Client, WorkerState
 from boruta_dryad.devsshd import DevSshd
+from boruta_scheduler.store.devpg import PREFIX as PG_PREFIX
 from boruta_scheduler.store.devpg import DevPostgres
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -262,11 +263,27 @@ def ha_message(schedulers: HaSchedulers, tls: TlsFiles) -> tuple[str, str, str]:
     return "2 schedulers on one PostgreSQL database", where, takeover
 
 
+def remove_stale_clusters(data: Path) -> None:
+    """Remove the clusters of farms that were killed rather than stopped (kill -9 leaves
+    its cluster behind); refuse to start beside one whose server still runs."""
+    for old in data.glob(f"{PG_PREFIX}*"):
+        try:
+            pid = int((old / "data" / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pid = 0
+        if pid and Path(f"/proc/{pid}").exists():
+            sys.exit(
+                f"the PostgreSQL server of an earlier farm still runs in {old} (pid {pid}): "
+                "stop that farm's processes first"
+            )
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def cluster_parent(data: Path) -> Path | None:
     """Where the throwaway PostgreSQL cluster goes: in the farm's state directory, unless the
     postgres user (the server refuses to run as root) cannot pass through the directories
     above it, or its socket's path would be too long; then in the system's temporary one."""
-    socket = data / "boruta-pg-12345678" / ".s.PGSQL.5432"
+    socket = data / f"{PG_PREFIX}12345678" / ".s.PGSQL.5432"
     if len(str(socket)) > MAX_SOCKET_PATH:
         return None
     if not all(os.stat(parent).st_mode & stat.S_IXOTH for parent in data.parents):
@@ -467,6 +484,7 @@ def main() -> None:
         )
         processes.append(relay)
         if args.ha:
+            remove_stale_clusters(data)
             postgres = DevPostgres(durable=True, parent=cluster_parent(data), own_session=True)
             step(f"starting PostgreSQL for both schedulers in {postgres.dir}")
             postgres.start()

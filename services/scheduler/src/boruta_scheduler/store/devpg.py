@@ -25,6 +25,8 @@ import psycopg
 
 READY = "database system is ready to accept connections"
 SUPERUSER = "postgres"
+# What a cluster's directory is called: PREFIX and a random part.
+PREFIX = "boruta-pg-"
 # The socket is named after the port; nothing listens on TCP.
 PORT = 5432
 
@@ -60,7 +62,7 @@ class DevPostgres:
         self.durable = durable
         self.own_session = own_session
         self.bindir = bindir or find_bindir()
-        self.dir = Path(tempfile.mkdtemp(prefix="boruta-pg-", dir=parent))
+        self.dir = Path(tempfile.mkdtemp(prefix=PREFIX, dir=parent))
         self._process: subprocess.Popen[str] | None = None
         self._log: collections.deque[str] = collections.deque(maxlen=200)
         self._as: list[str] = []
