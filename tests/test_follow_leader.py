@@ -18,6 +18,8 @@ from boruta.schedulers import LEADER_KEY
 from boruta.v1 import types_pb2
 from boruta_client import AsyncClient, AsyncWatch, IdempotencyKeyReused, Request, RequestState
 from boruta_dryad.stub import StubDryad
+from boruta_scheduler.config import ServerConfig
+from boruta_scheduler.rpc.standby import Standby as RealStandby
 from farm_kit import SHARED_KEYS, Farm, SchedulerProcess, board, schedctl_env
 from schedctl import exits
 from test_schedctl_e2e import as_json, schedctl
@@ -244,3 +246,30 @@ async def test_everything_carries_on_across_a_takeover(tmp_path: Path, postgres_
     finally:
         first.stop()
         second.stop()
+
+
+async def test_calls_a_standby_took_in_as_it_hands_its_ports_over_carry_on(farm: Farm) -> None:
+    """A standby stops its gRPC servers when it takes over; calls they had taken in but not
+    yet handled end CANCELLED (not UNAVAILABLE), and the client goes on to the next."""
+    standby = RealStandby(
+        ServerConfig(listen="127.0.0.1:0", plaintext=True), None, lambda tokens: farm.address
+    )
+    await standby.start()
+    addresses = [f"127.0.0.1:{standby.port}", farm.address]
+    stopped = asyncio.Event()
+    made: list[Request] = []
+
+    async def keep_calling() -> None:
+        # Fresh clients, each calling the standby first, until after it stopped.
+        while not stopped.is_set():
+            client = AsyncClient(addresses, user="alice")
+            made.append(await client.new_request({"board": "x"}, accept_unsatisfiable=True))
+            await client.close()
+
+    callers = [asyncio.ensure_future(keep_calling()) for _ in range(20)]
+    while len(made) < 20:  # calls flow
+        await asyncio.sleep(0.01)
+    await standby.stop()
+    stopped.set()
+    await asyncio.gather(*callers)
+    assert len({r.id for r in made}) == len(made)
