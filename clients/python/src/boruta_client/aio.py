@@ -266,10 +266,12 @@ class AsyncClient(ClientBase):
         message: Ask,
         timeout: float | None = None,
         deadline: float | None = None,
+        retried: list[grpc.RpcError] | None = None,
     ) -> Reply:
         """Make a unary call on the leader, following it (see _attempts); each attempt
         waits up to timeout, all of them together until deadline (monotonic; default now
-        plus timeout). Raises the last attempt's grpc.RpcError."""
+        plus timeout). Raises the last attempt's grpc.RpcError. retried collects the
+        errors of the attempts that were tried again."""
         timeout = timeout or self.call_timeout
         deadline = time.monotonic() + timeout if deadline is None else deadline
         async for attempt in self._attempts(deadline):
@@ -281,6 +283,8 @@ class AsyncClient(ClientBase):
                 attempt.failed(error)
                 if not went_away(error):
                     raise
+                if retried is not None:
+                    retried.append(error)
         raise AssertionError("unreachable: _attempts ends only after a success or an error")
 
     async def _call(
@@ -417,7 +421,18 @@ class AsyncClient(ClientBase):
     async def close_request(self, request_id: int) -> Request:
         """Cancel a waiting request or end its job; returns it in its final state."""
         message = requests_pb2.CloseRequestRequest(request_id=request_id)
-        reply = await self._call(lambda s: s.requests.CloseRequest, message)
+        retried: list[grpc.RpcError] = []
+        try:
+            reply = await self._invoke(lambda s: s.requests.CloseRequest, message, retried=retried)
+        except grpc.RpcError as error:
+            failure = await self._failure(error)
+            if retried and isinstance(failure, WrongRequestState):
+                # An earlier attempt may have closed it, its answer lost with the scheduler
+                # (a kill, a takeover): a request ended as a close ends it is what we asked.
+                request = await self.get_request(request_id)
+                if request.state in (RequestState.DONE, RequestState.CANCELLED):
+                    return request
+            raise failure from None
         return convert.request(reply.request)
 
     async def prolong_access(self, request_id: int) -> Job:
