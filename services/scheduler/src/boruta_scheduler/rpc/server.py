@@ -6,11 +6,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import grpc
 from boruta.pki import PkiError
 from boruta.ports import add_port
+from boruta.probes import Probes, add_probes
 from boruta.tls import (
     TlsFiles,
     channel_credentials,
@@ -43,11 +43,11 @@ from boruta_scheduler.rpc.calls import (
     metadata_identities,
 )
 from boruta_scheduler.rpc.requests import RequestsServicer
-from boruta_scheduler.rpc.standby import add_health, set_serving
+from boruta_scheduler.rpc.standby import SERVICE_NAMES
 from boruta_scheduler.rpc.superviser import SuperviserServicer
 from boruta_scheduler.rpc.tokens import TokensServicer
 from boruta_scheduler.rpc.workers import WorkersServicer
-from boruta_scheduler.store import Store, open_store
+from boruta_scheduler.store import POSTGRESQL_SCHEMES, Store, open_store
 from boruta_scheduler.tunnels import Tunnels
 from boruta_scheduler.tunnels.forwarder import parse_ports
 from boruta_scheduler.types import Identity
@@ -74,6 +74,18 @@ def transport_security(server: ServerConfig) -> TlsFiles | None:
         extra={"listen": server.listen},
     )
     return None
+
+
+def page_tokens_for(store: Store, server: ServerConfig) -> PageTokens:
+    """Page tokens signed with the key of every scheduler on a PostgreSQL store (a list
+    paged across a takeover goes on), else with the key kept beside the default store (a
+    restart leaves clients' page tokens good)."""
+    if server.store_url.startswith(POSTGRESQL_SCHEMES):
+        from boruta_scheduler.store.postgresql import PostgreSQLStore  # needs psycopg
+
+        if isinstance(store, PostgreSQLStore):
+            return PageTokens(store.page_token_key())
+    return PageTokens.in_directory(server.data_dir)
 
 
 class Scheduler:
@@ -103,7 +115,7 @@ class Scheduler:
         self.audit: AuditLog | None = None
         self.refusal_log: RefusalLog | None = None
         self.service: SchedulerService | None = None
-        self.health: Any = None  # grpc.health.v1, SERVING once started
+        self.health: Probes | None = None  # grpc.health.v1, SERVING once started
 
     async def start(self, before_bind: Callable[[], Awaitable[None]] | None = None) -> int:
         """Restore, then serve; returns the port bound. before_bind runs just before the
@@ -174,8 +186,7 @@ class Scheduler:
             identify = metadata_identities
         else:
             identify = CertificateOrToken(CertificateIdentities(self.tls.read()[0]), self.tokens)
-        # Kept beside the default store, so that a restart leaves clients' page tokens good.
-        page_tokens = PageTokens.in_directory(self.config.server.data_dir)
+        page_tokens = page_tokens_for(self.store, self.config.server)
         # Who may call each method is app/authz.py's table, applied by add_service.
         services: list[tuple[object, ServiceDescriptor]] = [
             (
@@ -213,7 +224,7 @@ class Scheduler:
                 "--listen-tokens or BORUTA_LISTEN_TOKENS",
             )
         # A leader (and a scheduler on its own store) serves; a standby does not (rpc/standby.py).
-        self.health = await add_health(server, serving=True)
+        self.health = await add_probes(server, SERVICE_NAMES, serving=True)
         await server.start()
         self.server = server
         return self.port
@@ -253,7 +264,7 @@ class Scheduler:
     async def not_serving(self) -> None:
         """Say NOT_SERVING on grpc.health.v1 (a leader that lost the lead, on its way out)."""
         if self.health is not None:
-            await set_serving(self.health, serving=False)
+            await self.health.set_serving(False)
 
     async def wait(self) -> None:
         """Return when the server stops or the engine fails."""
