@@ -178,6 +178,39 @@ def test_request_lifecycle_and_json_matches_the_api(env: dict[str, str], farm: L
     assert isinstance(closed, dict) and closed["state"] == "DONE"
 
 
+def test_several_boards_in_one_request(env: dict[str, str], farm: LiveFarm) -> None:
+    created = as_json(
+        env, "requests", "new", "--profile", "cam:camera=yes", "--profile", "plain:board=rpi4"
+    )
+    assert isinstance(created, dict) and created["state"] == "IN_PROGRESS"
+    assert [p["name"] for p in created["profiles"]] == ["cam", "plain"]
+    assert [j["worker_uuid"] for j in created["jobs"]] == [CAMERA_BOARD, PLAIN_BOARD]
+    rid = str(created["id"])
+    shown = schedctl(env, "requests", "show", rid).stdout
+    assert "board cam" in shown and f"camera=yes on {CAMERA_BOARD}" in shown
+    assert "board plain" in shown and f"board=rpi4 on {PLAIN_BOARD}" in shown
+    access = as_json(env, "requests", "acquire", rid)
+    assert isinstance(access, dict)
+    assert [b["name"] for b in access["boards"]] == ["cam", "plain"]
+    keys = [Path(b["key_file"]) for b in access["boards"]]
+    assert [k.name for k in keys] == [f"request-{rid}-cam.pem", f"request-{rid}-plain.pem"]
+    assert all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in keys)
+    for index, name in enumerate(("cam", "plain")):
+        for pick in (name, str(index)):
+            who = schedctl(env, "ssh", rid, "--board", pick, "--", "id", "-un")
+            assert who.stdout.strip() == access["boards"][index]["username"]
+    schedctl(env, "ssh", rid, "--board", "nope", "--", "true", check=exits.USAGE)
+    closed = as_json(env, "requests", "close", rid)
+    assert isinstance(closed, dict) and closed["state"] == "DONE"
+    done = schedctl(env, "requests", "new", "board=rpi4", "--profile", "a:", check=exits.USAGE)
+    assert "not both" in done.stderr
+    done = schedctl(
+        env, "requests", "new", "--profile", "camera=yes", "--profile", "camera=yes",
+        check=exits.NO_SUCH_BOARD,
+    )  # fmt: skip
+    assert "a different one for each of the 2 profiles" in done.stderr
+
+
 def test_ssh_with_caps_leases_a_board_for_the_session(env: dict[str, str], farm: LiveFarm) -> None:
     done = schedctl(env, "ssh", "--caps", "camera=yes", "--", "echo", "on the board")
     assert done.stdout == "on the board\n"
