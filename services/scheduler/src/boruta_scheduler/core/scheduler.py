@@ -879,7 +879,10 @@ class Core:
         needs only it, or one of several profiles for which the idle workers, it among
         them, make a whole set."""
         request = self._queue.best_for(worker.items, worker.groups)
-        multis = self._queue.multis_servable_by(worker.items, worker.groups)
+        idle = len(self._idle)
+        # A set needs two idle workers at least, this one among them: on a busy farm a
+        # freed worker does not even look at the sets.
+        multis = self._queue.multis_servable_by(worker.items, worker.groups) if idle > 1 else ()
         if multis:
             tops = sorted(
                 ((top.priority, top.id), top, bucket)
@@ -889,6 +892,8 @@ class Core:
             for order, top, bucket in tops:
                 if request is not None and (request.priority, request.id) < order:
                     break
+                if len(bucket.needs) > idle:
+                    continue
                 # Every request of a bucket asks the same: if its first gets no set, none does.
                 boards = self._boards(bucket.needs, top.owner_groups, self._idle)
                 if boards is not None:

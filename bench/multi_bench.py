@@ -1,0 +1,174 @@
+"""Cost of one scheduling event in the pure core when a tenth of the requests ask for 2-4
+boards at once: `python -m bench.multi_bench` (writes its section of docs/benchmarks.md).
+
+The farm and the one-board requests are core_bench's. A tenth of the queued and arriving
+requests instead ask for a set of 2-4 boards, drawn from a catalogue of set shapes (a
+phone and its relay, a client and a server, ...), as users ask for a few shapes, not for
+every combination. Every worker runs a job, so a freed worker finds the sets it could
+give a board to but can complete none: the case where every free event looks at them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import random
+import time
+
+from boruta_scheduler.core import Core
+from boruta_scheduler.types import RequestState, WorkerState
+
+from bench.core_bench import POLICY, T0, EventTimes, answer_prepares
+from bench.farmgen import BOARDS, FEATURES, GROUP_SETS, request_specs, worker_specs
+from bench.machine import machine
+from bench.report import replace_section
+
+HEADING = "## Core: cost of one event with requests of several boards"
+SCALES = [(100, 1_000), (1_000, 10_000), (10_000, 100_000)]
+MULTI_SHARE = 0.1
+SHAPES = 50
+
+Profiles = list[tuple[str, dict[str, str]]]
+
+
+def set_shapes(count: int = SHAPES, seed: int = 5) -> list[Profiles]:
+    """A catalogue of sets of 2-4 boards, each board a board type and maybe a feature."""
+    rng = random.Random(seed)
+    shapes = []
+    for _ in range(count):
+        profiles: Profiles = []
+        for index in range(rng.randint(2, 4)):
+            caps = {"board": rng.choice(BOARDS)}
+            if rng.random() < 0.3:
+                caps[rng.choice(FEATURES)] = "yes"
+            profiles.append((f"b{index}", caps))
+        shapes.append(profiles)
+    return shapes
+
+
+class Mix:
+    """Requests as core_bench makes them, a tenth of them sets of boards instead."""
+
+    def __init__(self, count: int, seed: int) -> None:
+        self.singles = request_specs(count, seed)
+        self.shapes = set_shapes()
+        self.rng = random.Random(seed)
+
+    def new(self, core: Core, now: float, i: int) -> tuple[bool, float]:
+        """Queue the i-th request; whether it was a set, and what it cost in microseconds."""
+        spec = self.singles[i]
+        multi = self.rng.random() < MULTI_SHARE
+        caps = {} if multi else spec.caps
+        profiles = self.rng.choice(self.shapes) if multi else ()
+        groups = GROUP_SETS[i % len(GROUP_SETS)]
+        t = time.perf_counter_ns()
+        core.new_request(
+            now,
+            spec.owner,
+            groups,
+            caps,
+            priority=spec.priority,
+            accept_unsatisfiable=True,
+            profiles=profiles,
+        )
+        return multi, (time.perf_counter_ns() - t) / 1000
+
+
+def build_farm(workers: int, waiting: int) -> tuple[Core, list[int]]:
+    core = Core(POLICY)
+    for spec in worker_specs(workers):
+        core.register(T0, {**spec.caps, "UUID": spec.uuid}, "d:1", "s:22", instance_id="i")
+        if spec.groups:
+            core.set_groups(T0, spec.uuid, spec.groups)
+        core.set_state(T0, spec.uuid, WorkerState.IDLE)
+    answer_prepares(core, T0)
+    running = [
+        core.new_request(T0, "owner", w.groups, {"UUID": w.uuid}, priority=1).id
+        for w in core.workers()
+    ]
+    mix = Mix(waiting, seed=7)
+    for i in range(waiting):
+        mix.new(core, T0, i)
+    core.drain()
+    return core, running
+
+
+def measure(workers: int, waiting: int, events: int = 2000) -> dict[str, list[float]]:
+    core, running = build_farm(workers, waiting)
+    mix = Mix(events, seed=99)
+    now = T0 + 1
+    times: dict[str, list[float]] = {"arrive": [], "arrive_set": [], "free": []}
+    gc.disable()
+    try:
+        for i in range(events):
+            multi, cost = mix.new(core, now, i)
+            times["arrive_set" if multi else "arrive"].append(cost)
+            core.drain()
+            slot = i % len(running)
+            t = time.perf_counter_ns()
+            view = core.close_request(now, running[slot])
+            answer_prepares(core, now)
+            times["free"].append((time.perf_counter_ns() - t) / 1000)
+            assert view.job is not None
+            worker = core.worker(view.job.worker_uuid)
+            if worker.state is WorkerState.RUNNING:
+                running[slot] = worker.request_id
+            else:
+                r = core.new_request(now, "owner", worker.groups, {"UUID": worker.uuid}, priority=1)
+                assert r.state is RequestState.IN_PROGRESS
+                running[slot] = r.id
+            core.drain()
+    finally:
+        gc.enable()
+    return times
+
+
+def run() -> list[dict[str, object]]:
+    results = []
+    for workers, waiting in SCALES:
+        times = measure(workers, waiting)
+        results.append(
+            {
+                "workers": workers,
+                "waiting": waiting,
+                **{name: EventTimes.summary(values) for name, values in times.items()},
+            }
+        )
+    return results
+
+
+def render(results: list[dict[str, object]], when: str) -> list[str]:
+    lines = [
+        HEADING,
+        "",
+        f"Measured {when} on {machine()}.",
+        "`bench/multi_bench.py`: core_bench's farm and requests, but a tenth of the queued",
+        f"and arriving requests ask for a set of 2-4 boards, from {SHAPES} set shapes. Every",
+        "worker runs a job, so a freed worker looks at every set it could give a board to",
+        "and completes none (the sets' cost without their benefit). *Arrive set*: a request",
+        "of several boards arrives (checked against the registered workers by a matching,",
+        "queued). Times in microseconds.",
+        "",
+        "| workers x waiting | arrive p50 | arrive p99 | arrive set p50 | arrive set p99 "
+        "| free p50 | free p99 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        a, s, f = r["arrive"], r["arrive_set"], r["free"]
+        assert isinstance(a, dict) and isinstance(s, dict) and isinstance(f, dict)
+        lines.append(
+            f"| {r['workers']:,} x {r['waiting']:,} | {a['p50']:.1f} | {a['p99']:.1f} "
+            f"| {s['p50']:.1f} | {s['p99']:.1f} | {f['p50']:.1f} | {f['p99']:.1f} |"
+        )
+    return [*lines, ""]
+
+
+def main() -> None:
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    results = run()
+    replace_section(HEADING, render(results, when), before="## Memory per waiting request")
+    print("\n".join(render(results, when)))
+
+
+if __name__ == "__main__":
+    main()
