@@ -8,7 +8,14 @@ import asyncio
 from pathlib import Path
 
 import grpc
-from boruta.v1 import requests_pb2, superviser_pb2, types_pb2, workers_pb2
+from boruta.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    requests_pb2,
+    superviser_pb2,
+    types_pb2,
+    workers_pb2,
+)
 from conftest import farm_on
 from farm_kit import Client, Farm, board
 from test_requests_grpc import all_requests, expect_error, fake_sshd, reason_of
@@ -69,6 +76,15 @@ async def test_two_boards_each_with_their_own_access_and_tunnel(farm: Farm) -> N
     assert [j.prolong_count for j in info.jobs] == [1, 1]
     done = await alice.close(created.id)
     assert done.state == S.REQUEST_STATE_DONE and len(done.jobs) == 2
+    admin = farm.admin
+    events = await audit_pb2_grpc.AuditStub(admin.channel).ListAuditEvents(
+        audit_pb2.ListAuditEventsRequest(page_size=100), metadata=admin.metadata
+    )
+    details = {e.action: e.detail for e in events.events if e.target == f"request {created.id}"}
+    assert details["NewRequest"].startswith("profiles dut: board=phone; relay: board=relay")
+    assert details["AcquireWorker"] == (
+        f"access to worker p1 as {dut.username}, worker r1 as {relay.username}"
+    )
     for reader, writer in connections:
         assert await reader.read() == b""
         writer.close()

@@ -147,10 +147,14 @@ def access_prolonged(request_id: int) -> Describe[JobView]:
 
 
 def access_handed_out(view: RequestView) -> tuple[str, str]:
-    """AcquireWorker: which worker, as which job user (never the key)."""
-    job = view.job
-    assert job is not None and job.access is not None
-    return f"request {view.id}", f"access to worker {job.worker_uuid} as {job.access.username}"
+    """AcquireWorker: which workers, as which job users (never the keys)."""
+    jobs = view.all_jobs
+    assert jobs and all(job.access is not None for job in jobs)
+    shown = ", ".join(
+        f"worker {job.worker_uuid} as {job.access.username}"  # type: ignore[union-attr]
+        for job in jobs
+    )
+    return f"request {view.id}", f"access to {shown}"
 
 
 def worker_state_set(uuid: str, state: WorkerState, reason: str) -> Describe[object]:
