@@ -52,6 +52,7 @@ class SchedulerProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.address = ""
         self.token_address = ""
+        self.metrics_address = ""
         self.log_path = data_dir / "scheduler.log"
 
     def start(self, listen: str = "127.0.0.1:0") -> str:
@@ -73,6 +74,9 @@ class SchedulerProcess:
         if "--listen-tokens" in self.options:
             tokens = self.proc.stdout.readline()
             self.token_address = tokens.rpartition(" on ")[2].strip()
+        if "--metrics-listen" in self.options:
+            metrics = self.proc.stdout.readline()
+            self.metrics_address = metrics.rpartition(" on ")[2].strip()
         return self.address
 
     def wait_leading(self) -> int:

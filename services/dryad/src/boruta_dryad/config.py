@@ -88,6 +88,10 @@ class DryadConfig:
     # Uids (and gids) of job users, handed out in turn by every dryad of the host.
     job_uids: UidRange = field(default_factory=lambda: UidRange.parse(DEFAULT_JOB_UIDS))
     uid_mark_dir: str = DEFAULT_MARK_DIR
+    # host:port of the HTTP port with Prometheus metrics; empty: none.
+    metrics_listen: str = ""
+    # Serve metrics to scrapes that show no certificate (loopback demos, tests).
+    metrics_anonymous: bool = False
 
 
 def _host_port(value: str, what: str, *, listen: bool = False, dial: bool = False) -> str:
@@ -217,6 +221,8 @@ def parse_config(data: Mapping[str, Any]) -> DryadConfig:
         "tls_key",
         "plaintext",
         "job_uids",
+        "metrics_listen",
+        "metrics_anonymous",
     }
     unknown = set(data) - known
     if unknown:
@@ -247,6 +253,9 @@ def parse_config(data: Mapping[str, Any]) -> DryadConfig:
     if len(set(prefixes)) != len(prefixes):
         raise ConfigError("each board needs its own user_prefix")
     tls, plaintext = _transport(data, schedulers, listen)
+    metrics_listen = str(data.get("metrics_listen", ""))
+    if metrics_listen:
+        _host_port(metrics_listen, "metrics_listen", listen=True)
     try:
         job_uids = UidRange.parse(str(data.get("job_uids", DEFAULT_JOB_UIDS)))
     except ValueError as exc:
@@ -264,6 +273,8 @@ def parse_config(data: Mapping[str, Any]) -> DryadConfig:
         tls=tls,
         plaintext=plaintext,
         job_uids=job_uids,
+        metrics_listen=metrics_listen,
+        metrics_anonymous=_flag(data.get("metrics_anonymous", False)),
     )
 
 
@@ -284,12 +295,16 @@ def _schedulers(data: Mapping[str, Any]) -> tuple[str, ...]:
     return found
 
 
+def _flag(value: object) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
 def _transport(
     data: Mapping[str, Any], schedulers: tuple[str, ...], listen: str
 ) -> tuple[TlsFiles | None, bool]:
     """TLS files, or plaintext: only when asked for and only on loopback both ways, since
     without TLS anyone who reaches the dryad could have it create users."""
-    plaintext = str(data.get("plaintext", False)).strip().lower() in ("1", "true", "yes", "on")
+    plaintext = _flag(data.get("plaintext", False))
     try:
         tls = TlsFiles.given(
             str(data.get("tls_ca", "")),
@@ -318,6 +333,8 @@ _CLI = [
     ("tls_key", "this dryad's private key (PEM)"),
     ("plaintext", "no TLS (loopback only: demos and tests)"),
     ("job_uids", f"FIRST-LAST uids of job users, taken in turn (default {DEFAULT_JOB_UIDS})"),
+    ("metrics_listen", "host:port of the HTTP port with Prometheus metrics (port 0 picks one)"),
+    ("metrics_anonymous", "serve metrics to scrapes without a certificate (needed without TLS)"),
 ]
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import grpc
 from boruta import logs
 from boruta.address import AddressError, join_host_port, split_host_port
+from boruta.metrics import MetricsServer
 from boruta.ports import CannotListen, add_port
 from boruta.probes import Probes, add_probes
 from boruta.tls import PeerCertificates, channel_credentials, server_credentials
@@ -25,6 +26,7 @@ from boruta_dryad.backends import make_backend
 from boruta_dryad.cgroups import CgroupError, JobCgroups, detect
 from boruta_dryad.config import ConfigError, DryadConfig, advertised_host, load_config
 from boruta_dryad.hoststatus import host_status
+from boruta_dryad.metrics import DryadMetrics
 from boruta_dryad.servicer import Board, DryadServicer
 from boruta_dryad.state import dryad_id, ensure_uuids
 from boruta_dryad.uids import UidAllocator
@@ -33,6 +35,7 @@ from boruta_dryad.users import JobHost, JobUsers, UserError
 log = logging.getLogger(__name__)
 
 READY = "boruta-dryad listening on "
+METRICS_READY = "boruta-dryad metrics on "
 DRYAD_SERVICE = dryad_pb2.DESCRIPTOR.services_by_name["Dryad"].full_name
 
 
@@ -55,6 +58,22 @@ class Dryad:
         self.link: SchedulerLink | None = None
         self._server: grpc.aio.Server | None = None
         self._probes: Probes | None = None
+        self.metrics = DryadMetrics() if self.config.metrics_listen else None
+        # The HTTP port with the metrics, if configured; its address once started.
+        self.http: MetricsServer | None = None
+        if self.metrics is not None:
+            try:
+                self.http = MetricsServer(
+                    self.metrics.registry,
+                    self.config.metrics_listen,
+                    self.config.tls,
+                    anonymous=self.config.metrics_anonymous,
+                    setting="metrics_listen in the config file, --metrics-listen or "
+                    "BORUTA_METRICS_LISTEN",
+                )
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        self.metrics_address = ""
 
     async def start(self) -> str:
         """Remove job users left from before, serve, and start registering."""
@@ -69,7 +88,9 @@ class Dryad:
         server = grpc.aio.server()
         tls = self.config.tls
         peers = None if tls is None else PeerCertificates(tls.read()[0])
-        dryad_pb2_grpc.add_DryadServicer_to_server(DryadServicer(self.boards, peers), server)
+        dryad_pb2_grpc.add_DryadServicer_to_server(
+            DryadServicer(self.boards, peers, self.metrics), server
+        )
         self._probes = await add_probes(server, (DRYAD_SERVICE,), serving=True)
         if tls is None:
             log.warning("PLAINTEXT: no TLS; anyone on this machine can call this dryad")
@@ -82,6 +103,10 @@ class Dryad:
         await server.start()
         self._server = server
         self.address = self._advertised(port)
+        if self.http is not None:
+            metrics_port = await self.http.start()
+            host = split_host_port(self.config.metrics_listen, listen=True)[0] or "0.0.0.0"
+            self.metrics_address = join_host_port(host, metrics_port)
         disk = self.config.boards[0].checks.disk_path
         self.link = SchedulerLink(
             self.config.scheduler,
@@ -118,6 +143,8 @@ class Dryad:
             await self.link.stop()
         if self._server is not None:
             await self._server.stop(2)
+        if self.http is not None:
+            await self.http.stop()
         for board in self.boards.values():
             await board.users.remove_all()
         if self.host.cgroups is not None:
@@ -169,6 +196,8 @@ async def serve(config: DryadConfig) -> None:
         await dryad.stop()
         raise
     print(f"{READY}{address}", flush=True)
+    if dryad.metrics_address:
+        print(f"{METRICS_READY}{dryad.metrics_address}", flush=True)
     log.info("serving", extra={"address": address, "scheduler": config.scheduler})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

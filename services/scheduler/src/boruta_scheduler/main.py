@@ -14,9 +14,12 @@ from typing import Any
 
 from boruta import logs
 from boruta.address import join_host_port, split_host_port
+from boruta.metrics import MetricsServer
 from boruta.ports import CannotListen
+from boruta.tls import TlsFiles
 
 from boruta_scheduler.app.leadership import Leadership
+from boruta_scheduler.app.metrics import SchedulerMetrics
 from boruta_scheduler.config import SchedulerConfig, ServerConfig, load_config
 from boruta_scheduler.errors import StoreUnavailable
 from boruta_scheduler.rpc.server import Scheduler, transport_security
@@ -43,12 +46,17 @@ async def serve(config: SchedulerConfig) -> int:
 
 
 async def serve_alone(config: SchedulerConfig) -> int:
+    metrics = SchedulerMetrics() if config.server.metrics_listen else None
     try:
-        scheduler = Scheduler(config)
+        scheduler = Scheduler(config, metrics=metrics)
+        http = metrics_server(config.server, scheduler.tls, metrics)
     except ValueError as exc:  # e.g. plaintext asked for on an address other than loopback
         return usage_error(exc)
     try:
         port = await scheduler.start()
+        if http is not None:
+            await http.start()
+            http.tokens = scheduler.tokens.identify
     except CannotListen as exc:
         # A restart would find the port as busy as now, so this is a configuration error;
         # the engine has started, and is stopped cleanly rather than torn down as a crash.
@@ -56,12 +64,29 @@ async def serve_alone(config: SchedulerConfig) -> int:
         return usage_error(exc)
     # Before the readiness line: whoever reads it may stop us at once, and cleanly.
     stop = stop_on_signals()
-    announce(config.server, port, scheduler.token_port)
+    announce(config.server, port, scheduler.token_port, http)
     await first(scheduler.wait(), stop.wait())
     failed = scheduler.engine is not None and scheduler.engine.failure is not None
     log.info("stopping")
     await scheduler.stop()
+    if http is not None:
+        await http.stop()
     return EXIT_FAILED if failed else EXIT_STOPPED
+
+
+def metrics_server(
+    server: ServerConfig, tls: TlsFiles | None, metrics: SchedulerMetrics | None
+) -> MetricsServer | None:
+    """The HTTP port with the metrics, if one is configured (ValueError: options to fix)."""
+    if metrics is None:
+        return None
+    return MetricsServer(
+        metrics.registry,
+        server.metrics_listen,
+        tls,
+        anonymous=server.metrics_anonymous,
+        setting="--metrics-listen or BORUTA_METRICS_LISTEN",
+    )
 
 
 async def serve_shared(config: SchedulerConfig) -> int:
@@ -70,8 +95,11 @@ async def serve_shared(config: SchedulerConfig) -> int:
     lease (then it exits EXIT_STEPPED_DOWN, and comes back as a standby when restarted: a
     fresh process holds nothing of the lost lead)."""
     server = config.server
+    metrics = SchedulerMetrics() if server.metrics_listen else None
     try:
         tls = transport_security(server)
+        # A standby serves its metrics too: boruta_leader says it is one.
+        http = metrics_server(server, tls, metrics)
     except ValueError as exc:
         return usage_error(exc)
     store = open_store(server.store_url)  # migrates, as every scheduler does at start
@@ -84,6 +112,8 @@ async def serve_shared(config: SchedulerConfig) -> int:
     standby = Standby(server, tls, leadership.leader_address)
     try:
         await standby.start()
+        if http is not None:
+            await http.start()
     except CannotListen as exc:
         await standby.stop()
         lease.close()
@@ -104,11 +134,13 @@ async def serve_shared(config: SchedulerConfig) -> int:
     epoch = await leadership.try_acquire(me)
     announced = epoch is None
     if epoch is None:
-        announce(server, standby.port, standby.token_port)
+        announce(server, standby.port, standby.token_port, http)
         acquiring = asyncio.ensure_future(leadership.acquire(me))
         await first(acquiring, stop.wait())
         if not acquiring.done() or acquiring.cancelled():
             log.info("stopping")
+            if http is not None:
+                await http.stop()
             await standby.stop()
             lease.close()
             store.close()
@@ -118,7 +150,7 @@ async def serve_shared(config: SchedulerConfig) -> int:
     store.epoch = epoch
     store.on_fenced = leadership.fenced
     leadership.keep()
-    scheduler = Scheduler(bound, store=store)
+    scheduler = Scheduler(bound, store=store, metrics=metrics)
     try:
         await scheduler.start(before_bind=standby.stop)
     except CannotListen as exc:  # someone took our port in the instant it was free
@@ -127,8 +159,10 @@ async def serve_shared(config: SchedulerConfig) -> int:
         leadership.stop()
         lease.close()
         return EXIT_FAILED
+    if http is not None:
+        http.tokens = scheduler.tokens.identify
     if not announced:
-        announce(server, scheduler.port, scheduler.token_port)
+        announce(server, scheduler.port, scheduler.token_port, http)
     # Tests and scripts wait for this line; it follows the readiness line.
     print(f"boruta-scheduler leading as epoch {store.epoch}", flush=True)
     log.info(
@@ -143,11 +177,15 @@ async def serve_shared(config: SchedulerConfig) -> int:
         # rest are cut rather than answered from a state another leader has moved on from.
         await scheduler.not_serving()
         await scheduler.stop(grace=STEP_DOWN_GRACE_S)
+        if http is not None:
+            await http.stop()
         leadership.stop()
         lease.close()
         return EXIT_STEPPED_DOWN
     log.info("stopping")
     await scheduler.stop()
+    if http is not None:
+        await http.stop()
     leadership.stop()
     await leadership.release()
     lease.close()
@@ -173,7 +211,9 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
-def announce(server: ServerConfig, port: int, token_port: int) -> None:
+def announce(
+    server: ServerConfig, port: int, token_port: int, http: MetricsServer | None = None
+) -> None:
     """The readiness line: tests and scripts wait for it and read the port from it."""
     host = split_host_port(server.listen, listen=True)[0] or "0.0.0.0"
     address = join_host_port(host, port)
@@ -183,6 +223,10 @@ def announce(server: ServerConfig, port: int, token_port: int) -> None:
         tokens_host = split_host_port(server.listen_tokens, listen=True)[0]
         tokens = join_host_port(tokens_host, token_port)
         print(f"boruta-scheduler tokens on {tokens}", flush=True)
+    if http is not None:
+        # Bound already too; after the tokens line, if there is one.
+        metrics_host = split_host_port(server.metrics_listen, listen=True)[0] or "0.0.0.0"
+        print(f"boruta-scheduler metrics on {join_host_port(metrics_host, http.port)}", flush=True)
     store = safe_url(server.store_url)  # a PostgreSQL URL may hold a password
     log.info("serving", extra={"address": address, "store": store})
 

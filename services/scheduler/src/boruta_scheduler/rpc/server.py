@@ -23,6 +23,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from boruta_scheduler.app.audit import AuditLog
 from boruta_scheduler.app.engine import Engine
+from boruta_scheduler.app.metrics import FarmMetrics, SchedulerMetrics
 from boruta_scheduler.app.restore import freeze_heap, restore_core
 from boruta_scheduler.app.service import SchedulerService, ServiceSettings
 from boruta_scheduler.app.tokens import TokenAuthority
@@ -79,14 +80,21 @@ def transport_security(server: ServerConfig) -> TlsFiles | None:
 class Scheduler:
     """A running scheduler; start() restores state from the store and begins serving."""
 
-    def __init__(self, config: SchedulerConfig, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        store: Store | None = None,
+        metrics: SchedulerMetrics | None = None,
+    ) -> None:
         self.config = config
+        self.metrics = metrics
         self.tls = transport_security(config.server)
         self.store = store or open_store(config.server.store_url)
         self.hub = WatchHub()
         self.dryads = DryadPool(
             timeout=config.server.dryad_call_timeout,
             credentials=None if self.tls is None else channel_credentials(self.tls),
+            timings=None if metrics is None else metrics.dryad_calls,
         )
         # With a relay, the tunnels (and users' sessions) outlive this process.
         self.tunnels: Tunnels | RelayTunnels
@@ -114,6 +122,12 @@ class Scheduler:
         core = restore_core(self.store, started, self.config.policy)
         # Watches, and the token checks, follow what the engine publishes after commits.
         publishers = Publishers(self.hub.publish)
+        metrics = self.metrics
+        if metrics is not None:
+            farm = FarmMetrics(lambda: None if self.engine is None else self.engine.core)
+            farm.seed(core, started)
+            publishers.add(farm.publish)
+            metrics.follow(farm)
         self.engine = Engine(
             core,
             self.store,
@@ -121,6 +135,7 @@ class Scheduler:
             publishers,
             tunnels=self.tunnels,
             retention=self.config.server.retention,
+            on_commit=None if metrics is None else metrics.observe_commit,
         )
         audit = self.audit = AuditLog(
             self.engine, self.store, self.config.server.audit_refusals_per_minute
@@ -194,7 +209,15 @@ class Scheduler:
             (TokensServicer(self.tokens), tokens_pb2.DESCRIPTOR.services_by_name["Tokens"]),
         ]
         for servicer, descriptor in services:
-            add_service(server, servicer, descriptor, identify, refused, self.refusal_log)
+            add_service(
+                server,
+                servicer,
+                descriptor,
+                identify,
+                refused,
+                self.refusal_log,
+                None if metrics is None else metrics.calls,
+            )
         tls = self.tls
         if before_bind is not None:
             await before_bind()
@@ -216,6 +239,8 @@ class Scheduler:
         self.health = await add_probes(server, SERVICE_NAMES, serving=True)
         await server.start()
         self.server = server
+        if metrics is not None:
+            metrics.leader.leading = True
         return self.port
 
     async def _start_relay(self, relay: RelayTunnels, engine: Engine, initial: Changes) -> str:
@@ -252,6 +277,8 @@ class Scheduler:
 
     async def not_serving(self) -> None:
         """Say NOT_SERVING on grpc.health.v1 (a leader that lost the lead, on its way out)."""
+        if self.metrics is not None:
+            self.metrics.leader.leading = False
         if self.health is not None:
             await self.health.set_serving(False)
 
