@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from boruta.address import AddressError, check_dial_address, is_wildcard, split_host_port
+from boruta.metrics import check_options
 from boruta.pki import PkiError
 from boruta.schedulers import parse_schedulers
 from boruta.tls import TlsFiles, choose_transport
@@ -254,8 +255,13 @@ def parse_config(data: Mapping[str, Any]) -> DryadConfig:
         raise ConfigError("each board needs its own user_prefix")
     tls, plaintext = _transport(data, schedulers, listen)
     metrics_listen = str(data.get("metrics_listen", ""))
+    metrics_anonymous = _flag(data.get("metrics_anonymous", False))
     if metrics_listen:
         _host_port(metrics_listen, "metrics_listen", listen=True)
+        try:
+            check_options(metrics_listen, tls, metrics_anonymous, "metrics_listen")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     try:
         job_uids = UidRange.parse(str(data.get("job_uids", DEFAULT_JOB_UIDS)))
     except ValueError as exc:
@@ -274,7 +280,7 @@ def parse_config(data: Mapping[str, Any]) -> DryadConfig:
         plaintext=plaintext,
         job_uids=job_uids,
         metrics_listen=metrics_listen,
-        metrics_anonymous=_flag(data.get("metrics_anonymous", False)),
+        metrics_anonymous=metrics_anonymous,
     )
 
 

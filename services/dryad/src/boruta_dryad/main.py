@@ -10,11 +10,11 @@ import signal
 import sys
 import uuid as uuidlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import grpc
 from boruta import logs
 from boruta.address import AddressError, join_host_port, split_host_port
-from boruta.metrics import MetricsServer
 from boruta.ports import CannotListen, add_port
 from boruta.probes import Probes, add_probes
 from boruta.tls import PeerCertificates, channel_credentials, server_credentials
@@ -26,11 +26,15 @@ from boruta_dryad.backends import make_backend
 from boruta_dryad.cgroups import CgroupError, JobCgroups, detect
 from boruta_dryad.config import ConfigError, DryadConfig, advertised_host, load_config
 from boruta_dryad.hoststatus import host_status
-from boruta_dryad.metrics import DryadMetrics
 from boruta_dryad.servicer import Board, DryadServicer
 from boruta_dryad.state import dryad_id, ensure_uuids
 from boruta_dryad.uids import UidAllocator
 from boruta_dryad.users import JobHost, JobUsers, UserError
+
+if TYPE_CHECKING:  # loaded only when a metrics port is configured: they take 0.6 s
+    from boruta.metrics_http import MetricsServer
+
+    from boruta_dryad.metrics import DryadMetrics
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +62,15 @@ class Dryad:
         self.link: SchedulerLink | None = None
         self._server: grpc.aio.Server | None = None
         self._probes: Probes | None = None
-        self.metrics = DryadMetrics() if self.config.metrics_listen else None
-        # The HTTP port with the metrics, if configured; its address once started.
+        # The metrics and their HTTP port, if configured; its address once started.
+        self.metrics: DryadMetrics | None = None
         self.http: MetricsServer | None = None
-        if self.metrics is not None:
+        if self.config.metrics_listen:
+            from boruta.metrics_http import MetricsServer
+
+            from boruta_dryad.metrics import DryadMetrics
+
+            self.metrics = DryadMetrics()
             try:
                 self.http = MetricsServer(
                     self.metrics.registry,

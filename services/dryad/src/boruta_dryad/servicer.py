@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from boruta.pki import PkiError, Role
@@ -17,8 +17,10 @@ from boruta_dryad.backends import BackendError, BoardBackend
 from boruta_dryad.config import BoardConfig
 from boruta_dryad.health import run_checks
 from boruta_dryad.hostkeys import HostKeyError, read_host_keys
-from boruta_dryad.metrics import DryadMetrics
 from boruta_dryad.users import JobUsers, UserError
+
+if TYPE_CHECKING:
+    from boruta_dryad.metrics import DryadMetrics
 
 log = logging.getLogger(__name__)
 

@@ -10,21 +10,24 @@ import socket
 import sys
 import time
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from boruta import logs
 from boruta.address import join_host_port, split_host_port
-from boruta.metrics import MetricsServer
 from boruta.ports import CannotListen
 from boruta.tls import TlsFiles
 
 from boruta_scheduler.app.leadership import Leadership
-from boruta_scheduler.app.metrics import SchedulerMetrics
 from boruta_scheduler.config import SchedulerConfig, ServerConfig, load_config
 from boruta_scheduler.errors import StoreUnavailable
 from boruta_scheduler.rpc.server import Scheduler, transport_security
 from boruta_scheduler.rpc.standby import Standby
 from boruta_scheduler.store import POSTGRESQL_SCHEMES, CannotOpenStore, open_store, safe_url
+
+if TYPE_CHECKING:  # loaded only when a metrics port is configured: they take 0.6 s
+    from boruta.metrics_http import MetricsServer
+
+    from boruta_scheduler.app.metrics import SchedulerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ async def serve(config: SchedulerConfig) -> int:
 
 
 async def serve_alone(config: SchedulerConfig) -> int:
-    metrics = SchedulerMetrics() if config.server.metrics_listen else None
+    metrics = scheduler_metrics(config.server)
     try:
         scheduler = Scheduler(config, metrics=metrics)
         http = metrics_server(config.server, scheduler.tls, metrics)
@@ -74,12 +77,23 @@ async def serve_alone(config: SchedulerConfig) -> int:
     return EXIT_FAILED if failed else EXIT_STOPPED
 
 
+def scheduler_metrics(server: ServerConfig) -> SchedulerMetrics | None:
+    """The process's metrics, if a metrics port is configured."""
+    if not server.metrics_listen:
+        return None
+    from boruta_scheduler.app.metrics import SchedulerMetrics
+
+    return SchedulerMetrics()
+
+
 def metrics_server(
     server: ServerConfig, tls: TlsFiles | None, metrics: SchedulerMetrics | None
 ) -> MetricsServer | None:
     """The HTTP port with the metrics, if one is configured (ValueError: options to fix)."""
     if metrics is None:
         return None
+    from boruta.metrics_http import MetricsServer
+
     return MetricsServer(
         metrics.registry,
         server.metrics_listen,
@@ -95,7 +109,7 @@ async def serve_shared(config: SchedulerConfig) -> int:
     lease (then it exits EXIT_STEPPED_DOWN, and comes back as a standby when restarted: a
     fresh process holds nothing of the lost lead)."""
     server = config.server
-    metrics = SchedulerMetrics() if server.metrics_listen else None
+    metrics = scheduler_metrics(server)
     try:
         tls = transport_security(server)
         # A standby serves its metrics too: boruta_leader says it is one.

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import grpc
 from boruta.pki import PkiError
@@ -23,7 +24,6 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from boruta_scheduler.app.audit import AuditLog
 from boruta_scheduler.app.engine import Engine
-from boruta_scheduler.app.metrics import FarmMetrics, SchedulerMetrics
 from boruta_scheduler.app.restore import freeze_heap, restore_core
 from boruta_scheduler.app.service import SchedulerService, ServiceSettings
 from boruta_scheduler.app.tokens import TokenAuthority
@@ -52,6 +52,9 @@ from boruta_scheduler.store import Store, open_store
 from boruta_scheduler.tunnels import Tunnels
 from boruta_scheduler.tunnels.forwarder import parse_ports
 from boruta_scheduler.types import Identity
+
+if TYPE_CHECKING:  # prometheus-client is loaded only when metrics are kept
+    from boruta_scheduler.app.metrics import SchedulerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +127,8 @@ class Scheduler:
         publishers = Publishers(self.hub.publish)
         metrics = self.metrics
         if metrics is not None:
+            from boruta_scheduler.app.metrics import FarmMetrics
+
             farm = FarmMetrics(lambda: None if self.engine is None else self.engine.core)
             farm.seed(core, started)
             publishers.add(farm.publish)
