@@ -105,6 +105,25 @@ class SchedulerProcess:
         return self.proc.returncode
 
 
+class Schedulers:
+    """Makes scheduler processes with the same options, each in a folder of its own under
+    base; stop_all() stops every one it made."""
+
+    def __init__(self, base: Path, *options: str) -> None:
+        self.base = base
+        self.options = options
+        self.made: list[SchedulerProcess] = []
+
+    def __call__(self, name: str) -> SchedulerProcess:
+        proc = SchedulerProcess(self.base / name, *self.options)
+        self.made.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.made:
+            proc.stop()
+
+
 @dataclass
 class Client:
     """Stubs of the public services, calling as one identity."""
