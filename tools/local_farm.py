@@ -31,7 +31,9 @@ from boruta_dryad.devsshd import DevSshd
 
 DEFAULT_SCHEDULER = "127.0.0.1:50051"
 DEFAULT_TOKENS = "127.0.0.1:50052"
+DEFAULT_METRICS = "127.0.0.1:9101"
 TOKENS_READY = "boruta-scheduler tokens on "
+METRICS_READY = "boruta-scheduler metrics on "
 BOARD_CAPS = [
     {"board": "rpi4", "camera": "yes"},
     {"board": "rpi4"},
@@ -68,7 +70,8 @@ def dryad_config(
     caps_toml = ", ".join(f'{k} = "{v}"' for k, v in caps.items())
     return (
         f'scheduler = "{scheduler}"\nlisten = "127.0.0.1:0"\nstate_dir = "{state}"\n'
-        f'tls_ca = "{tls.ca}"\ntls_cert = "{tls.cert}"\ntls_key = "{tls.key}"\n\n'
+        f'tls_ca = "{tls.ca}"\ntls_cert = "{tls.cert}"\ntls_key = "{tls.key}"\n'
+        'metrics_listen = "127.0.0.1:0"\n\n'
         f'[[board]]\nname = "{name}-{index}"\nuuid = "{name}-{index}"\n'
         f"caps = {{ {caps_toml} }}\n"
         f'ssh_address = "{sshd.address}"\nssh_host_keys = ["{sshd.host_key_public}"]\n'
@@ -171,6 +174,11 @@ def main() -> None:
         help="the scheduler's port for bearer tokens [env: BORUTA_LISTEN_TOKENS]",
     )
     parser.add_argument(
+        "--metrics-listen",
+        default=os.environ.get("BORUTA_METRICS_LISTEN", DEFAULT_METRICS),
+        help="the scheduler's Prometheus metrics port [env: BORUTA_METRICS_LISTEN]",
+    )
+    parser.add_argument(
         "--name",
         default=os.environ.get("BORUTA_FARM_NAME", "farm"),
         help="what boards (NAME-0, ...) and job users (NAME0-job1, ...) are called "
@@ -242,6 +250,8 @@ def main() -> None:
                 args.listen,
                 "--listen-tokens",
                 args.listen_tokens,
+                "--metrics-listen",
+                args.metrics_listen,
                 "--data-dir",
                 str(data / "scheduler"),
                 "--relay",
@@ -253,6 +263,7 @@ def main() -> None:
         processes.append(scheduler)
         assert scheduler.stdout is not None
         tokens = scheduler.stdout.readline().removeprefix(TOKENS_READY).strip()
+        metrics = scheduler.stdout.readline().removeprefix(METRICS_READY).strip()
         uuids = [f"{args.name}-{i}" for i in range(args.boards)]
         step(f"starting {args.boards} dryads, one per board")
         for i, uuid in enumerate(uuids):
@@ -271,6 +282,8 @@ def main() -> None:
                 data / f"dryad-{i}.log",
             )
             processes.append(proc)
+            assert proc.stdout is not None
+            proc.stdout.readline()  # where its metrics are (shown in its log as well)
         step("putting the boards into service")
         admin_tls = farm_pki.files(pki.CertIdentity("admin", pki.Role.ADMIN))
         with Client(address, tls=admin_tls) as admin:
@@ -300,7 +313,10 @@ def main() -> None:
             "| tail -n 1)\n"
             "    .venv/bin/schedctl -c farm-token status\n"
             "The SSH tunnels are boruta-relay's: an ssh session stays up while the scheduler\n"
-            "restarts.\n\n"
+            "restarts.\n"
+            "Prometheus metrics (docs/metrics.md), shown to the farm's certificates:\n"
+            f"    curl --cacert {admin_tls.ca} --cert {admin_tls.cert} --key {admin_tls.key} "
+            f"https://{metrics}/metrics\n\n"
             "Ctrl-C stops the farm.",
             flush=True,
         )

@@ -207,7 +207,14 @@ async def serve(config: DryadConfig) -> None:
     print(f"{READY}{address}", flush=True)
     if dryad.metrics_address:
         print(f"{METRICS_READY}{dryad.metrics_address}", flush=True)
-    log.info("serving", extra={"address": address, "scheduler": config.scheduler})
+    log.info(
+        "serving",
+        extra={
+            "address": address,
+            "scheduler": config.scheduler,
+            "metrics": dryad.metrics_address or "none",
+        },
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
