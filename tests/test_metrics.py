@@ -13,6 +13,8 @@ from uuid import uuid4
 import pytest
 import yaml
 from boruta_client import NotFound, PermissionDenied, WorkerState
+from boruta_dryad.config import load_config as dryad_config
+from boruta_scheduler.config import load_config as scheduler_config
 from live_farm import LiveFarm, live_farm
 from metrics_kit import Samples, families, poll, scrape, total
 
@@ -171,3 +173,12 @@ def test_deploy_files_name_only_exported_metrics(
     named = {name for expr in expressions for name in METRIC_NAME.findall(expr)}
     assert named, where
     assert named <= exported, f"{where} name metrics nobody exports: {named - exported}"
+
+
+def test_the_deploy_examples_serve_metrics() -> None:
+    scheduler = scheduler_config(["--config", str(ROOT / "deploy/scheduler.toml")], environ={})
+    assert scheduler.server.metrics_listen == "0.0.0.0:9101"
+    assert not scheduler.server.metrics_anonymous
+    dryad = dryad_config(["--config", str(ROOT / "deploy/dryad.toml")], environ={})
+    assert dryad.metrics_listen == "0.0.0.0:9102"
+    assert dryad.tls is not None and not dryad.metrics_anonymous
