@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Callable
 
 from aiohttp import web
@@ -30,6 +31,8 @@ from boruta.tls import PeerCertificates, TlsFiles
 
 log = logging.getLogger(__name__)
 
+# Seconds between two log lines about refused scrapes.
+REFUSAL_LOG_INTERVAL = 60.0
 # Raises (any exception) when the token is not one the process accepts.
 TokenCheck = Callable[[str], object]
 
@@ -68,6 +71,8 @@ class MetricsServer:
         # The *_created series of counters and histograms say only when the process started.
         disable_created_metrics()
         self._runner: web.AppRunner | None = None
+        self._refused = 0  # refusals since the last line logged about them
+        self._next_refusal_log = 0.0
         self.port = 0
 
     def _ssl_context(self) -> ssl.SSLContext | None:
@@ -151,13 +156,24 @@ class MetricsServer:
             headers={"WWW-Authenticate": 'Bearer realm="boruta"'},
         )
 
+    def _log_refusal(self, peer: str, status: int) -> None:
+        """One line a minute at most: anyone who reaches the port could otherwise write a
+        line per request. The first refusal of a quiet spell is logged at once."""
+        self._refused += 1
+        now = time.monotonic()
+        if now < self._next_refusal_log:
+            return
+        log.warning(
+            "metrics scrape refused",
+            extra={"peer": peer, "status": status, "refusals": self._refused},
+        )
+        self._refused = 0
+        self._next_refusal_log = now + REFUSAL_LOG_INTERVAL
+
     async def _metrics(self, request: web.Request) -> web.Response:
         refused = self.refusal(request)
         if refused is not None:
-            log.warning(
-                "metrics scrape refused",
-                extra={"peer": request.remote, "status": refused.status},
-            )
+            self._log_refusal(request.remote or "", refused.status)
             return refused
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
