@@ -5,6 +5,7 @@ allowed, and only on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import subprocess
 import urllib.error
@@ -156,3 +157,29 @@ def anonymous_metrics(data_dir: Path) -> Iterator[SchedulerProcess]:
         yield process
     finally:
         process.stop()
+
+
+async def test_without_tokens_only_a_certificate_may_scrape(farm_pki: FarmPki) -> None:
+    """The dryad's case: its port checks certificates and has no tokens to offer."""
+    from boruta.metrics_http import MetricsServer
+    from prometheus_client import CollectorRegistry, Counter
+
+    registry = CollectorRegistry(auto_describe=False)
+    Counter("boruta_probe", "a figure to read", registry=registry).inc()
+    files = farm_pki.dryad("lab-pc", "board-1")
+    server = MetricsServer(registry, "127.0.0.1:0", files)
+    port = await server.start()
+    try:
+        address = f"127.0.0.1:{port}"
+        ca = str(farm_pki.dir / "ca.pem")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            await asyncio.to_thread(scrape, address, context=https(ca))
+        assert refused.value.code == 401
+        assert "Bearer" not in refused.value.read().decode()
+        # A token means nothing here.
+        assert await asyncio.to_thread(status_of, address, https(ca), "1.secret") == 401
+        admin = farm_pki.admin()
+        text = await asyncio.to_thread(scrape, address, context=https(ca, admin))
+        assert total(samples(text), "boruta_probe_total") == 1
+    finally:
+        await server.stop()

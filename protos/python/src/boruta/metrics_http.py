@@ -148,12 +148,12 @@ class MetricsServer:
                 return web.Response(status=401, text="the bearer token is not valid\n")
             return None
         what = "a client certificate from the farm's CA"
+        headers = {}
         if self.tokens is not None:
             what += " or a bearer token (Authorization: Bearer <token>)"
+            headers["WWW-Authenticate"] = 'Bearer realm="boruta"'
         return web.Response(
-            status=401,
-            text=f"scraping these metrics needs {what}\n",
-            headers={"WWW-Authenticate": 'Bearer realm="boruta"'},
+            status=401, text=f"scraping these metrics needs {what}\n", headers=headers
         )
 
     def _log_refusal(self, peer: str, status: int) -> None:
