@@ -128,7 +128,7 @@ class MetricsServer:
             await self._runner.cleanup()
             self._runner = None
 
-    def refusal(self, request: web.Request) -> web.Response | None:
+    def _refusal(self, request: web.Request) -> web.Response | None:
         """None when the scrape may read the metrics, else the answer that refuses it."""
         if self._anonymous:
             return None
@@ -171,7 +171,7 @@ class MetricsServer:
         self._next_refusal_log = now + REFUSAL_LOG_INTERVAL
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        refused = self.refusal(request)
+        refused = self._refusal(request)
         if refused is not None:
             self._log_refusal(request.remote or "", refused.status)
             return refused
