@@ -53,12 +53,16 @@ def total(found: Samples, name: str, **labels: str) -> float:
 
 
 def poll(
-    address: str, until: Callable[[Samples], bool], what: str, timeout: float = 120
+    address: str,
+    until: Callable[[Samples], bool],
+    what: str,
+    timeout: float = 120,
+    context: ssl.SSLContext | None = None,
 ) -> Samples:
     """Scrape until until(samples) holds; fails after timeout with the last figures."""
     give_up = time.monotonic() + timeout
     while True:
-        found = samples(scrape(address))
+        found = samples(scrape(address, context=context))
         if until(found):
             return found
         if time.monotonic() > give_up:

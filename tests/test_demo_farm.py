@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from demo_farm_kit import DemoFarm
-from metrics_kit import samples, scrape, total
+from metrics_kit import poll, total
 
 SCHEDCTL = [sys.executable, "-m", "schedctl.main"]
 
@@ -61,13 +61,19 @@ def test_a_token_issued_on_the_demo_farm_works_on_its_token_port(
 
 def test_the_metrics_scrape_the_demo_farm_shows_works(demo_farm: DemoFarm) -> None:
     """The curl line of the farm's message, done in Python with the same files: the
-    admin's certificate reads the metrics, and they show every board IDLE."""
+    admin's certificate reads the metrics, and they show every board IDLE (once the
+    other tests' jobs on this farm have ended and their boards are prepared again)."""
     line = next(line for line in demo_farm.output if line.strip().startswith("curl "))
     argv = shlex.split(line)
     ca, cert, key = (argv[argv.index(flag) + 1] for flag in ("--cacert", "--cert", "--key"))
     context = ssl.create_default_context(cafile=ca)
     context.load_cert_chain(cert, key)
     address = argv[-1].removeprefix("https://").removesuffix("/metrics")
-    found = samples(scrape(address, context=context))
-    assert total(found, "boruta_boards", state="IDLE") == 3
+    found = poll(
+        address,
+        lambda s: total(s, "boruta_boards", state="IDLE") == 3,
+        "every board IDLE",
+        context=context,
+    )
+    assert total(found, "boruta_boards") == 3
     assert total(found, "boruta_leader") == 1
