@@ -14,7 +14,7 @@ import pytest
 from boruta.v1 import audit_pb2, audit_pb2_grpc, requests_pb2, types_pb2, workers_pb2
 from boruta_scheduler.errors import InvalidArgument
 from boruta_scheduler.listing import PageTokens
-from conftest import start_scheduler
+from conftest import farm_on
 from farm_kit import Client, Farm, SchedulerProcess, board
 from test_requests_grpc import expect_error
 
@@ -179,27 +179,17 @@ async def test_a_token_from_another_list_or_query_or_forged_is_invalid_argument(
 
 
 async def test_a_restart_keeps_page_tokens_good(tmp_path: Path) -> None:
-    scheduler = await start_scheduler(tmp_path)
-    farm = Farm(f"127.0.0.1:{scheduler.port}")
-    try:
+    async with farm_on(tmp_path) as farm:
         alice = farm.client("alice")
         for _ in range(5):
             await alice.new({"board": "none"}, accept_unsatisfiable=True)
         first, token = await _lists(alice)["ListRequests"]("")
         assert first == [1, 2] and token
-    finally:
-        await farm.close()
-        await scheduler.stop(grace=0)
-    scheduler = await start_scheduler(tmp_path)
-    farm = Farm(f"127.0.0.1:{scheduler.port}")
-    try:
+    async with farm_on(tmp_path) as farm:
         rest = await _all_pages(_lists(farm.client("alice"))["ListRequests"])
         page = await _lists(farm.client("alice"))["ListRequests"](token)
         assert page[0] == [3, 4]
         assert rest == [1, 2, 3, 4, 5]
-    finally:
-        await farm.close()
-        await scheduler.stop(grace=0)
 
 
 async def test_a_list_paged_across_a_takeover_goes_on_at_the_new_leader(
