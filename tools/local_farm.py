@@ -122,23 +122,26 @@ class SchedulerUnit:
     """One scheduler of the HA farm: its process now, and how to start it (again on the
     ports it bound first, which clients and dryads know)."""
 
-    def __init__(self, name: str, argv: Callable[[str, str], list[str]], log: Path) -> None:
+    def __init__(self, name: str, argv: Callable[[str, str, str], list[str]], log: Path) -> None:
         self.name = name
         self.log = log
         self._argv = argv
         self.address = ""
         self.token_address = ""
+        self.metrics_address = ""
         self.proc: subprocess.Popen[str] | None = None
 
-    def start(self, listen: str, listen_tokens: str) -> subprocess.Popen[str]:
-        proc, self.address = spawn(self._argv(listen, listen_tokens), SCHEDULER_READY, self.log)
+    def start(self, listen: str, listen_tokens: str, metrics: str) -> subprocess.Popen[str]:
+        argv = self._argv(listen, listen_tokens, metrics)
+        proc, self.address = spawn(argv, SCHEDULER_READY, self.log)
         self.proc = proc
         assert proc.stdout is not None
         self.token_address = proc.stdout.readline().removeprefix(TOKENS_READY).strip()
+        self.metrics_address = proc.stdout.readline().removeprefix(METRICS_READY).strip()
         return proc
 
     def restart(self) -> subprocess.Popen[str]:
-        return self.start(self.address, self.token_address)
+        return self.start(self.address, self.token_address, self.metrics_address)
 
 
 class HaSchedulers:
@@ -153,9 +156,9 @@ class HaSchedulers:
         self._changed = threading.Condition()
         self._stopping = False
 
-    def start(self, unit: SchedulerUnit, listen: str, listen_tokens: str) -> None:
+    def start(self, unit: SchedulerUnit, listen: str, listen_tokens: str, metrics: str) -> None:
         self.units.append(unit)  # from here on, stopped with the farm
-        unit.start(listen, listen_tokens)
+        unit.start(listen, listen_tokens, metrics)
         threading.Thread(target=self._supervise, args=(unit,), daemon=True).start()
 
     def wait_leader(self, timeout: float = 120) -> SchedulerUnit:
@@ -407,7 +410,8 @@ def main() -> None:
     parser.add_argument(
         "--metrics-listen",
         default=os.environ.get("BORUTA_METRICS_LISTEN", DEFAULT_METRICS),
-        help="the scheduler's Prometheus metrics port [env: BORUTA_METRICS_LISTEN]",
+        help="the scheduler's Prometheus metrics port (with --ha, scheduler A's; B's is "
+        "any free port) [env: BORUTA_METRICS_LISTEN]",
     )
     parser.add_argument(
         "--name",
@@ -491,28 +495,40 @@ def main() -> None:
             data / "relay.log",
         )
         processes.append(relay)
-        metrics = ""  # the scheduler's metrics port (make run-ha serves none)
+        metrics: list[str] = []  # where the schedulers serve their metrics
         if args.ha:
             remove_stale_clusters(data)
             postgres = DevPostgres(durable=True, parent=cluster_parent(data), own_session=True)
             step(f"starting PostgreSQL for both schedulers in {postgres.dir}")
             postgres.start()
             store = ["--store", postgres.create_database("boruta")]
-            for name, listen, listen_tokens in (
-                ("A", args.listen, args.listen_tokens),
-                ("B", args.second_listen, args.second_listen_tokens),
+            # B's metrics port is any free one (kept across its restarts), so that the
+            # farm needs no third well-known port.
+            for name, listen, listen_tokens, metrics_listen in (
+                ("A", args.listen, args.listen_tokens, args.metrics_listen),
+                ("B", args.second_listen, args.second_listen_tokens, "127.0.0.1:0"),
             ):
                 role = "leader" if name == "A" else "standby"
                 step(f"starting scheduler {name} ({role}) on {listen}, tokens on {listen_tokens}")
                 directory = data / f"scheduler-{name.lower()}"
 
-                def argv(listen: str, tokens: str, directory: Path = directory) -> list[str]:
+                def argv(
+                    listen: str, tokens: str, metrics: str, directory: Path = directory
+                ) -> list[str]:
                     return scheduler_argv(
-                        sched_tls, listen, tokens, directory, relay_socket, *store
+                        sched_tls,
+                        listen,
+                        tokens,
+                        directory,
+                        relay_socket,
+                        *store,
+                        "--metrics-listen",
+                        metrics,
                     )
 
                 unit = SchedulerUnit(name, argv, data / f"{directory.name}.log")
-                schedulers.start(unit, listen, listen_tokens)
+                schedulers.start(unit, listen, listen_tokens, metrics_listen)
+                metrics.append(unit.metrics_address)
                 schedulers.wait_leader()  # A leads a fresh database; B is its standby
             address = ",".join(u.address for u in schedulers.units)
             tokens = ",".join(u.token_address for u in schedulers.units)
@@ -534,7 +550,7 @@ def main() -> None:
             processes.append(scheduler)
             assert scheduler.stdout is not None
             tokens = scheduler.stdout.readline().removeprefix(TOKENS_READY).strip()
-            metrics = scheduler.stdout.readline().removeprefix(METRICS_READY).strip()
+            metrics.append(scheduler.stdout.readline().removeprefix(METRICS_READY).strip())
         uuids = [f"{args.name}-{i}" for i in range(args.boards)]
         step(f"starting {args.boards} dryads, one per board")
         for i, uuid in enumerate(uuids):
@@ -571,8 +587,11 @@ def main() -> None:
         if metrics:
             scrape = (
                 "Prometheus metrics (docs/metrics.md), shown to the farm's certificates:\n"
-                f"    curl --cacert {admin_tls.ca} --cert {admin_tls.cert} "
-                f"--key {admin_tls.key} https://{metrics}/metrics\n"
+                + "".join(
+                    f"    curl --cacert {admin_tls.ca} --cert {admin_tls.cert} "
+                    f"--key {admin_tls.key} https://{where}/metrics\n"
+                    for where in metrics
+                )
             )
         if args.ha:
             up, where, takeover = ha_message(schedulers, admin_tls)
