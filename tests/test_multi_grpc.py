@@ -208,3 +208,18 @@ async def test_a_restart_keeps_running_and_waiting_sets(tmp_path: Path) -> None:
         await alice.close(running.id)
         started = await alice.wait_request(waiting.id, IN_PROGRESS)
         assert [j.worker_uuid for j in started.jobs] == ["p1", "r1"]
+
+
+async def test_a_retried_request_of_profiles_makes_one_request(farm: Farm) -> None:
+    await farm.add_dryad([board("p1", board="phone"), board("r1", board="relay")], idle=False)
+    alice = farm.client("alice")
+    first = await new(alice, PHONE_AND_RELAY, idempotency_key="ci-42")
+    again = await new(alice, PHONE_AND_RELAY, idempotency_key="ci-42")
+    assert again.id == first.id and [r.id for r in await all_requests(alice)] == [first.id]
+    try:
+        await new(alice, PHONE_AND_RELAY[::-1], idempotency_key="ci-42")
+    except grpc.aio.AioRpcError as error:
+        assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert reason_of(error) == "IDEMPOTENCY_KEY_REUSED"
+    else:
+        raise AssertionError("the key was taken again for other profiles")

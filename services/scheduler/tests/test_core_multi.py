@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 from boruta_scheduler.core import CloseTunnel, Core, OpenTunnel, Snapshot
+from boruta_scheduler.core.idempotency import arguments_hash
 from boruta_scheduler.core.matching import match, shortlist
 from boruta_scheduler.errors import Busy, InvalidArgument, NoCapableWorker, RequestNotFound
 from boruta_scheduler.types import Access, RequestState, WorkerState
@@ -307,3 +308,16 @@ def test_restore_fails_a_set_whose_board_is_gone_and_frees_the_rest(kit: CoreKit
     with pytest.raises(RequestNotFound):
         restored.request(running.id)
     assert restored.worker("p1").state is WorkerState.PREPARE
+
+
+def test_the_arguments_hash_covers_profiles_and_keeps_the_hashes_of_caps() -> None:
+    def hashed(profiles: list[tuple[str, dict[str, str]]]) -> str:
+        return arguments_hash({}, 0, None, None, False, False, 0.0, profiles)
+
+    # A request of caps hashes as before profiles existed (stored hashes stay valid).
+    assert hashed([]) == arguments_hash({}, 0, None, None, False, False, 0.0)
+    # The hash of these arguments as stored before profiles existed.
+    assert hashed([]) == "07c4bccbe83e7baa2ad59d718f7c853ebf68b83bf56c62b6207acb29a0524a9d"
+    assert len({hashed([]), hashed(PHONE_AND_RELAY), hashed(PHONE_AND_RELAY[::-1])}) == 3
+    renamed = [("phone", {"board": "phone"}), ("relay", {"board": "relay"})]
+    assert hashed(renamed) != hashed(PHONE_AND_RELAY)
