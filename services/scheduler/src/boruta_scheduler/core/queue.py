@@ -331,18 +331,24 @@ class RequestQueue:
             self._sigs.release(sig)
         self._groups.release(bucket.groups)
 
-    def multis_servable_by(
-        self, items: frozenset[CapPair], groups: frozenset[str]
-    ) -> list[MultiBucket]:
-        """Buckets of several-profile requests a worker with these (key, item) pairs and
-        groups could take a board of, each once; none at the cost of one test when there
+    def multis_near(self, items: frozenset[CapPair]) -> list[MultiBucket]:
+        """Buckets of several-profile requests indexed under one of these (key, item) pairs
+        or under none, each once: among them every one a worker with these pairs could take
+        a board of (check with MultiBucket.serves); none at the cost of one test when there
         are none."""
         if not self._multis:
             return []
         by_pair = self._multi_by_pair
         found = [b for pair in items for b in by_pair.get(pair, ())]
         found.extend(self._multi_no_caps)
-        return [b for b in dict.fromkeys(found) if b.serves(items, groups)]
+        return list(dict.fromkeys(found))
+
+    def multis_servable_by(
+        self, items: frozenset[CapPair], groups: frozenset[str]
+    ) -> list[MultiBucket]:
+        """Buckets of several-profile requests a worker with these (key, item) pairs and
+        groups could take a board of, each once."""
+        return [b for b in self.multis_near(items) if b.serves(items, groups)]
 
     def buckets_servable_by(
         self, items: frozenset[CapPair], groups: frozenset[str]

@@ -894,17 +894,22 @@ class Core:
         idle = len(self._idle)
         # A set needs two idle workers at least, this one among them: on a busy farm a
         # freed worker does not even look at the sets.
-        multis = self._queue.multis_servable_by(worker.items, worker.groups) if idle > 1 else ()
-        if multis:
-            tops = sorted(
-                ((top.priority, top.id), top, bucket)
-                for bucket in multis
-                if (top := bucket.peek()) is not None
-            )
-            for order, top, bucket in tops:
-                if request is not None and (request.priority, request.id) < order:
-                    break
-                if len(bucket.needs) > idle:
+        if idle > 1 and (near := self._queue.multis_near(worker.items)):
+            best = None if request is None else (request.priority, request.id)
+            tops = []
+            for bucket in near:
+                top = bucket.peek()
+                if top is None or len(bucket.needs) > idle:
+                    continue
+                # Only a set more important than the best one-board request is worth a
+                # closer look.
+                order = (top.priority, top.id)
+                if best is None or order < best:
+                    tops.append((order, top, bucket))
+            tops.sort()
+            items, groups = worker.items, worker.groups
+            for _, top, bucket in tops:
+                if not bucket.serves(items, groups):
                     continue
                 # Every request of a bucket asks the same: if its first gets no set, none does.
                 boards = self._boards(bucket.needs, top.owner_groups, self._idle)
