@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import gc
+import os
 import random
 import time
 
@@ -154,7 +155,7 @@ def render(results: list[dict[str, object]], when: str) -> list[str]:
     lines = [
         HEADING,
         "",
-        f"Measured {when} on {machine()}.",
+        f"Measured {when} on {machine()}; load average {os.getloadavg()[0]:.1f} at the end.",
         "`bench/multi_bench.py`: core_bench's farm and requests, but a tenth of the queued",
         f"and arriving requests ask for a set of 2-4 boards, from {SHAPES} set shapes.",
         "*Arrive set*: a request of several boards arrives (checked against the registered",
