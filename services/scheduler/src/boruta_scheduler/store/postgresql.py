@@ -24,7 +24,14 @@ from psycopg_pool import ConnectionPool
 from boruta_scheduler.core import Changes, Snapshot
 from boruta_scheduler.errors import NotLeader, StoreUnavailable
 from boruta_scheduler.listing import Page, RequestQuery
-from boruta_scheduler.store.base import CannotOpenStore, HistoryPage, Purged, safe_url
+from boruta_scheduler.store import pgfollow
+from boruta_scheduler.store.base import (
+    CannotOpenStore,
+    ChangedSince,
+    HistoryPage,
+    Purged,
+    safe_url,
+)
 from boruta_scheduler.store.codec import (
     Decoder,
     audit_event,
@@ -73,6 +80,8 @@ class PostgreSQLStore:
         self.epoch: int | None = None
         # Told (from the writer's thread) when a commit is fenced, so the leader steps down.
         self.on_fenced: Callable[[], None] | None = None
+        # A standby's following (live_state, changes_since) shares decoded caps and groups.
+        self._follow_decoder = Decoder()
         try:
             self._writer = self._connect()
         except psycopg.OperationalError as exc:
@@ -173,6 +182,17 @@ class PostgreSQLStore:
             tokens = [token_record(r) for r in conn.execute(_Q["select_tokens"])]
         assert row is not None
         return Snapshot(requests, workers, row["value"], tokens)
+
+    def live_state(self) -> tuple[Snapshot, int]:
+        """What load() gives, as lists, and the change number it is as of (for a standby's
+        warm copy, app/warm.py)."""
+        with self._reading() as conn:
+            return pgfollow.read_live(conn, self._follow_decoder)
+
+    def changes_since(self, since: int) -> ChangedSince:
+        """Every change committed after the change number since, as of one snapshot."""
+        with self._reading() as conn:
+            return pgfollow.read_changes(conn, since, self._follow_decoder)
 
     def commit(self, changes: Changes) -> None:
         statements = commit_statements(changes)

@@ -1,0 +1,318 @@
+"""A standby's warm copy (app/warm.py) against a real PostgreSQL store: after any sequence of
+commits it equals what a cold Store.load gives, and when it cannot (the purge took a
+request it had not seen finish, a read failed) it says so and the takeover loads cold."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from boruta_scheduler.app.warm import Follower, Gap, WarmCopy
+from boruta_scheduler.core import Snapshot
+from boruta_scheduler.errors import BorutaError
+from boruta_scheduler.store.postgresql import PostgreSQLStore
+from boruta_scheduler.types import TokenRecord, WorkerState
+from core_kit import CoreKit, caps_of
+from hypothesis import note, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_state_machine_as_test
+from pg_kit import postgres_fixture, postgres_url_fixture  # noqa: F401 - fixtures
+from test_core_properties import POLICY  # short timeouts: requests and workers fail soon
+
+NOBODY = frozenset[str]()
+POOL = ("w1", "w2", "w3", "w4")
+BOARDS = ("a", "b")
+LIVE_TABLES = "requests, workers, worker_history, tokens, audit, change_tombstones"
+
+
+@pytest.fixture
+def store(postgres_url: str) -> Iterator[PostgreSQLStore]:
+    made = PostgreSQLStore(postgres_url)
+    yield made
+    made.close()
+
+
+def assert_same(warm: Snapshot, cold: Snapshot) -> None:
+    assert list(warm.requests) == list(cold.requests)
+    assert list(warm.workers) == list(cold.workers)
+    assert list(warm.tokens) == list(cold.tokens)
+    assert warm.last_request_id == cold.last_request_id
+
+
+def warm_copy(store: PostgreSQLStore) -> WarmCopy:
+    return WarmCopy(*store.live_state())
+
+
+def empty(url: str) -> None:
+    """Every table the copy follows emptied (the change numbers keep growing)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {LIVE_TABLES}")
+        conn.execute("UPDATE counters SET value = 0")
+
+
+class FollowMachine(RuleBasedStateMachine):
+    """A farm driven at random through the core, every change committed to the store; one
+    copy follows after every commit (and must never miss anything), another now and then
+    (and may find a gap after a purge: then it loads again)."""
+
+    def __init__(self, store: PostgreSQLStore, url: str) -> None:
+        super().__init__()
+        empty(url)
+        self.store = store
+        self.kit = CoreKit(POLICY)
+        self.tokens: list[int] = []
+        self.eager = warm_copy(store)
+        self.lazy = warm_copy(store)
+
+    def _do(self, command: object) -> None:
+        """Run a core command (one the core refuses changes nothing), commit what changed,
+        and bring the eager copy up to date."""
+        with contextlib.suppress(BorutaError):
+            assert callable(command)
+            command()
+        self.kit.drain()
+        for changes in self.kit.changes:
+            self.store.commit(changes)
+        self.kit.changes.clear()
+        self._follow_eagerly()
+
+    def _follow_eagerly(self) -> None:
+        changed = self.store.changes_since(self.eager.seq)
+        note(f"eager copy: {changed.rows} rows after {changed.since}, to {changed.seq}")
+        self.eager.apply(changed)  # never a Gap: it saw every request finish
+        assert_same(self.eager.snapshot(), self.store.load())
+
+    @rule(uuid=st.sampled_from(POOL), board=st.sampled_from(BOARDS), idle=st.booleans())
+    def register(self, uuid: str, board: str, idle: bool) -> None:
+        kit = self.kit
+
+        def register() -> None:
+            kit.core.register(
+                kit.now, caps_of(uuid, board=board), f"{uuid}.lab:7175", f"{uuid}.lab:22"
+            )
+            if idle:
+                kit.core.set_state(kit.now, uuid, WorkerState.IDLE)
+
+        self._do(register)
+
+    @rule()
+    def answer_dryad_calls(self) -> None:
+        self._do(self.kit.answer_calls)
+
+    @rule(
+        uuid=st.sampled_from(POOL),
+        action=st.sampled_from(("maintenance", "idle", "fail", "deregister", "heartbeat")),
+    )
+    def worker(self, uuid: str, action: str) -> None:
+        core, now = self.kit.core, self.kit.now
+        self._do(
+            {
+                "maintenance": lambda: core.set_state(now, uuid, WorkerState.MAINTENANCE),
+                "idle": lambda: core.set_state(now, uuid, WorkerState.IDLE),
+                "fail": lambda: core.set_fail(now, uuid, "board on fire"),
+                "deregister": lambda: core.deregister(now, uuid),
+                "heartbeat": lambda: core.heartbeat(now, uuid),
+            }[action]
+        )
+
+    @rule(
+        owner=st.sampled_from(("ann", "bob")),
+        board=st.sampled_from(BOARDS),
+        priority=st.integers(1, 16),
+        count=st.integers(1, 3),
+    )
+    def new_requests(self, owner: str, board: str, priority: int, count: int) -> None:
+        kit = self.kit
+
+        def new() -> None:
+            for _ in range(count):
+                kit.core.new_request(
+                    kit.now,
+                    owner,
+                    NOBODY,
+                    {"board": board},
+                    priority=priority,
+                    accept_unsatisfiable=True,
+                )
+
+        self._do(new)
+
+    @rule(index=st.integers(0, 50))
+    def close_request(self, index: int) -> None:
+        live = [r.id for r in self.kit.core.live_requests()]
+        if live:
+            self._do(lambda: self.kit.core.close_request(self.kit.now, live[index % len(live)]))
+
+    @rule(seconds=st.sampled_from((1, 20, 45, 120)), heartbeats=st.booleans())
+    def advance(self, seconds: int, heartbeats: bool) -> None:
+        self._do(lambda: self.kit.advance(seconds, heartbeats=heartbeats))
+
+    @rule(user=st.sampled_from(("ci", "alice")))
+    def issue_token(self, user: str) -> None:
+        token = TokenRecord(
+            user, frozenset({"lab"}), False, b"h-" + user.encode(), self.kit.now, 1e10, "root", ""
+        )
+        self._do(lambda: self.tokens.append(self.kit.core.issue_token(token).id))
+
+    @precondition(lambda self: bool(self.tokens))
+    @rule(index=st.integers(0, 50))
+    def revoke_token(self, index: int) -> None:
+        token_id = self.tokens[index % len(self.tokens)]
+        self._do(lambda: self.kit.core.revoke_token(self.kit.now, token_id))
+
+    @rule(limit=st.sampled_from((1, 3, 500)), close=st.booleans(), index=st.integers(0, 50))
+    def purge(self, limit: int, close: bool, index: int) -> None:
+        """Finished requests go (all of them are old enough here), one perhaps just closed:
+        a copy that saw them finish does not care; one that did not cannot know what it
+        missed."""
+        if close:
+            self.close_request(index)
+        self.store.purge(self.kit.now + 1, limit)
+        self._follow_eagerly()
+
+    @rule()
+    def follow_lazily(self) -> None:
+        changed = self.store.changes_since(self.lazy.seq)
+        try:
+            self.lazy.apply(changed)
+        except Gap:
+            # Only a purge of a request changed after the copy's number makes one.
+            assert changed.purged_unseen
+            note("lazy copy: gap, loaded again")
+            self.lazy = warm_copy(self.store)
+        assert_same(self.lazy.snapshot(), self.store.load())
+
+    @rule()
+    def load_lazily_again(self) -> None:
+        self.lazy = warm_copy(self.store)
+        assert_same(self.lazy.snapshot(), self.store.load())
+
+
+@pytest.mark.slow
+def test_a_copy_following_random_commits_equals_a_cold_load(
+    store: PostgreSQLStore, postgres_url: str
+) -> None:
+    run_state_machine_as_test(
+        lambda: FollowMachine(store, postgres_url),
+        settings=settings(max_examples=60, stateful_step_count=40, deadline=None),
+    )
+
+
+def busy_farm(kit: CoreKit) -> None:
+    """Workers idle, running and deregistered, requests waiting, running and finished, a
+    token issued and one revoked."""
+    kit.add_worker("w1", {"board": "x"})
+    kit.add_worker("w2", {"board": "y"})
+    kit.add_worker("gone", {"board": "x"}, idle=False)
+    kit.core.deregister(kit.now, "gone")
+    for priority in (3, 5, 5):
+        kit.core.new_request(kit.now, "ann", NOBODY, {"board": "x"}, priority=priority)
+    kit.core.close_request(kit.now, 3)
+    kit.answer_calls()
+    for user in ("ci", "alice"):
+        kit.core.issue_token(TokenRecord(user, NOBODY, False, b"h", kit.now, 1e10, "root", ""))
+    kit.core.revoke_token(kit.now, 1)
+
+
+def commit(store: PostgreSQLStore, kit: CoreKit) -> None:
+    kit.drain()
+    for changes in kit.changes:
+        store.commit(changes)
+    kit.changes.clear()
+
+
+def finish_and_purge(store: PostgreSQLStore, kit: CoreKit) -> int:
+    """A live request finished and purged at once; returns its id."""
+    request_id = next(iter(kit.core.live_requests())).id
+    kit.core.close_request(kit.now, request_id)
+    commit(store, kit)
+    assert store.purge(kit.now + 1, 500).requests >= 1
+    return request_id
+
+
+async def following(store: PostgreSQLStore) -> tuple[CoreKit, Follower]:
+    """A busy farm committed, and a follower that has loaded its copy of it."""
+    kit = CoreKit()
+    busy_farm(kit)
+    commit(store, kit)
+    follower = Follower(store)
+    await follower.step()
+    return kit, follower
+
+
+async def test_a_takeover_restores_from_the_copy_and_reads_only_what_changed(
+    store: PostgreSQLStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    kit, follower = await following(store)
+    # What commits after the last poll, as the old leader's last batch would.
+    kit.core.new_request(kit.now, "bob", NOBODY, {"board": "y"}, priority=1)
+    kit.core.register(kit.now, caps_of("gone", board="x"), "gone.lab:7175", "gone.lab:22")
+    commit(store, kit)
+    with caplog.at_level(logging.INFO, "boruta_scheduler.app.warm"):
+        snapshot = await follower.takeover()
+    assert snapshot is not None
+    assert_same(snapshot, store.load())
+    assert follower.copy is None  # handed over, not kept
+    took = [r for r in caplog.records if r.message == "taking over from the warm copy"]
+    # The new request, the worker registered again (and its running request's board) only.
+    assert len(took) == 1 and 0 < took[0].rows_read <= 4
+
+
+async def test_a_purge_the_copy_did_not_see_coming_is_a_gap_and_it_loads_again(
+    store: PostgreSQLStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    kit, follower = await following(store)
+    assert follower.copy is not None
+    purged = finish_and_purge(store, kit)
+    assert purged in follower.copy.requests  # as the copy last saw it: live
+    await follower.step()
+    assert follower.copy is None
+    assert "warm copy dropped, loading it again" in caplog.text
+    await follower.step()
+    assert follower.copy is not None and purged not in follower.copy.requests
+    assert_same(follower.copy.snapshot(), store.load())
+
+
+async def test_a_takeover_after_a_gap_loads_the_store_cold(
+    store: PostgreSQLStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    kit, follower = await following(store)
+    finish_and_purge(store, kit)
+    assert await follower.takeover() is None
+    assert "warm copy unusable, loading the store" in caplog.text
+
+
+async def test_a_takeover_whose_last_read_fails_loads_the_store_cold(
+    store: PostgreSQLStore, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, follower = await following(store)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        # The read of the changes fails on the server; a cold load does not need the table.
+        conn.execute("ALTER TABLE change_tombstones RENAME TO moved_away")
+    assert await follower.takeover() is None
+    assert "warm copy unusable, loading the store" in caplog.text
+    assert len(list(store.load().requests)) == 2
+
+
+async def test_without_a_copy_a_takeover_loads_the_store_cold(store: PostgreSQLStore) -> None:
+    """A scheduler that took the lease at once never followed."""
+    assert await Follower(store).takeover() is None
+
+
+def test_rows_any_writer_changes_are_followed(store: PostgreSQLStore, postgres_url: str) -> None:
+    """The change numbers come from the database, not from our statements: a writer of
+    another version (or an operator's UPDATE) is followed too."""
+    kit = CoreKit()
+    busy_farm(kit)
+    commit(store, kit)
+    copy = warm_copy(store)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("UPDATE requests SET priority = 1 WHERE id = 2")
+        conn.execute("UPDATE workers SET reason = 'noted' WHERE uuid = 'w2'")
+        conn.execute("DELETE FROM tokens WHERE id = 2")
+    copy.apply(store.changes_since(copy.seq))
+    assert_same(copy.snapshot(), store.load())
+    assert copy.requests[2].priority == 1 and 2 not in copy.tokens
