@@ -65,7 +65,7 @@ def render(
     restart: dict[str, float],
     when: str,
     store: dict[str, dict[str, float]] | None = None,
-    takeover: dict[str, float] | None = None,
+    takeover: dict[str, Any] | None = None,
 ) -> str:
     scales = core["scales"]
     mid = next(s for s in scales if s["workers"] == 1000)
