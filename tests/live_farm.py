@@ -60,6 +60,7 @@ class LiveFarm:
         self.pki = pki
         self.log_files: list[Path] = []
         self.token_address = ""
+        self.dryad_address = ""
 
     def client(self, user: str = "alice", groups: Sequence[str] = ()) -> Client:
         if self.pki is not None:
@@ -171,6 +172,7 @@ def live_farm(
         farm = LiveFarm(address, list(boards), sshd, pki)
         farm.log_files = [scheduler.log_path, dryad.log]
         farm.token_address = scheduler.token_address
+        farm.dryad_address = dryad.address
         with farm.admin() as admin:
             give_up = time.monotonic() + 30
             while {w.uuid for w in admin.list_workers()} < set(boards):

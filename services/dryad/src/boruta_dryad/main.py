@@ -15,8 +15,9 @@ import grpc
 from boruta import logs
 from boruta.address import AddressError, join_host_port, split_host_port
 from boruta.ports import CannotListen, add_port
+from boruta.probes import Probes, add_probes
 from boruta.tls import PeerCertificates, channel_credentials, server_credentials
-from boruta.v1 import dryad_pb2_grpc
+from boruta.v1 import dryad_pb2, dryad_pb2_grpc
 
 from boruta_dryad import __version__, sessions
 from boruta_dryad.agent import BoardRegistration, SchedulerLink
@@ -32,6 +33,7 @@ from boruta_dryad.users import JobHost, JobUsers, UserError
 log = logging.getLogger(__name__)
 
 READY = "boruta-dryad listening on "
+DRYAD_SERVICE = dryad_pb2.DESCRIPTOR.services_by_name["Dryad"].full_name
 
 
 class Dryad:
@@ -52,6 +54,7 @@ class Dryad:
         self.address = ""
         self.link: SchedulerLink | None = None
         self._server: grpc.aio.Server | None = None
+        self._probes: Probes | None = None
 
     async def start(self) -> str:
         """Remove job users left from before, serve, and start registering."""
@@ -67,6 +70,7 @@ class Dryad:
         tls = self.config.tls
         peers = None if tls is None else PeerCertificates(tls.read()[0])
         dryad_pb2_grpc.add_DryadServicer_to_server(DryadServicer(self.boards, peers), server)
+        self._probes = await add_probes(server, (DRYAD_SERVICE,), serving=True)
         if tls is None:
             log.warning("PLAINTEXT: no TLS; anyone on this machine can call this dryad")
         port = add_port(
@@ -108,6 +112,8 @@ class Dryad:
 
     async def stop(self) -> None:
         """Stop serving and remove the job users: nobody may use a board without its dryad."""
+        if self._probes is not None:
+            await self._probes.set_serving(False)
         if self.link is not None:
             await self.link.stop()
         if self._server is not None:

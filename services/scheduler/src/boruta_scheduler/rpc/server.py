@@ -6,11 +6,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import grpc
 from boruta.pki import PkiError
 from boruta.ports import add_port
+from boruta.probes import Probes, add_probes
 from boruta.tls import (
     TlsFiles,
     channel_credentials,
@@ -43,7 +43,7 @@ from boruta_scheduler.rpc.calls import (
     metadata_identities,
 )
 from boruta_scheduler.rpc.requests import RequestsServicer
-from boruta_scheduler.rpc.standby import add_health, set_serving
+from boruta_scheduler.rpc.standby import SERVICE_NAMES
 from boruta_scheduler.rpc.superviser import SuperviserServicer
 from boruta_scheduler.rpc.tokens import TokensServicer
 from boruta_scheduler.rpc.workers import WorkersServicer
@@ -103,7 +103,7 @@ class Scheduler:
         self.audit: AuditLog | None = None
         self.refusal_log: RefusalLog | None = None
         self.service: SchedulerService | None = None
-        self.health: Any = None  # grpc.health.v1, SERVING once started
+        self.health: Probes | None = None  # grpc.health.v1, SERVING once started
 
     async def start(
         self,
@@ -221,7 +221,7 @@ class Scheduler:
                 "--listen-tokens or BORUTA_LISTEN_TOKENS",
             )
         # A leader (and a scheduler on its own store) serves; a standby does not (rpc/standby.py).
-        self.health = await add_health(server, serving=True)
+        self.health = await add_probes(server, SERVICE_NAMES, serving=True)
         await server.start()
         self.server = server
         return self.port
@@ -261,7 +261,7 @@ class Scheduler:
     async def not_serving(self) -> None:
         """Say NOT_SERVING on grpc.health.v1 (a leader that lost the lead, on its way out)."""
         if self.health is not None:
-            await set_serving(self.health, serving=False)
+            await self.health.set_serving(False)
 
     async def wait(self) -> None:
         """Return when the server stops or the engine fails."""

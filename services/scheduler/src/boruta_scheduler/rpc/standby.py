@@ -14,10 +14,10 @@ from typing import Any
 
 import grpc
 from boruta.ports import add_port
+from boruta.probes import add_probes
 from boruta.reasons import ERROR_REASON_KEY, wire_name
 from boruta.tls import TlsFiles, server_credentials, token_server_credentials
 from boruta.v1 import audit_pb2, requests_pb2, superviser_pb2, tokens_pb2, workers_pb2
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from boruta_scheduler.config import ServerConfig
 from boruta_scheduler.errors import NotLeader
@@ -45,25 +45,6 @@ SERVICE_NAMES = tuple(service.full_name for service in SERVICES)
 Context = grpc.aio.ServicerContext[Any, Any]
 # Which of the leader's addresses to name: False for the certificate port, True for tokens.
 LeaderAddress = Callable[[bool], str]
-
-
-async def add_health(server: grpc.aio.Server, serving: bool) -> Any:
-    """Serve grpc.health.v1 on server; returns the servicer, for set_serving."""
-    servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    await set_serving(servicer, serving)
-    return servicer
-
-
-async def set_serving(servicer: Any, serving: bool) -> None:
-    """SERVING or NOT_SERVING, for the whole scheduler ("") and each service."""
-    status = (
-        health_pb2.HealthCheckResponse.SERVING
-        if serving
-        else health_pb2.HealthCheckResponse.NOT_SERVING
-    )
-    for name in ("", *SERVICE_NAMES):
-        await servicer.set(name, status)
 
 
 class _Refuse(grpc.GenericRpcHandler):
@@ -145,7 +126,7 @@ class Standby:
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         self._servers.append(server)
         server.add_generic_rpc_handlers((_Refuse(self._leader, tokens),))
-        await add_health(server, serving=False)
+        await add_probes(server, SERVICE_NAMES, serving=False)
         port = add_port(server, address, credentials, setting)
         await server.start()
         return port
