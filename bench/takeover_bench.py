@@ -38,7 +38,7 @@ from bench.grpc_bench import (
     scheduler_command,
     spawn,
 )
-from bench.machine import print_report
+from bench.machine import machine, print_report
 
 KILLS = 12
 WAITING = 2000
@@ -229,7 +229,8 @@ def render(results: dict[str, Any] | None, when: str) -> list[str]:
     met = "met" if results["median"] < 3 else "**missed**"
     return [
         *lines,
-        f"`bench/takeover_bench.py`, {when}. Two scheduler processes on one durable",
+        f"`bench/takeover_bench.py`, {when}, on {machine()}.",
+        "Two scheduler processes on one durable",
         f"PostgreSQL 15 database (Unix socket, same machine), lease {LEASE} renewed every {RENEW};",
         f"about {results['live_requests']:,.0f} live WAITING requests for the new leader to",
         f"load. The leader is killed with SIGKILL {results['kills']:.0f} times (the killed one",
@@ -275,7 +276,20 @@ def render_long(long: list[dict[str, float]]) -> list[str]:
                 f"({r[f'{mode}_max']:.2f} s) | {r[f'{mode}_own_median']:.2f} s "
                 f"({r[f'{mode}_own_max']:.2f} s) | {r[f'{mode}_rss_mb']:.0f} MB |"
             )
-    return [*lines, ""]
+    longest = long[-1]
+    return [
+        *lines,
+        "",
+        "Warm, the new leader's own part grows far less with the queue: at "
+        f"{longest['waiting']:,.0f} waiting",
+        f"requests {longest['warm_own_median']:.2f} s from the lease to serving against "
+        f"{longest['cold_own_median']:.2f} s cold, which is the load of the",
+        "live state it no longer does (decoding every live row); what is left is mostly",
+        "`Core.restore` itself. The copy costs the standby about "
+        f"{longest['warm_rss_mb'] - longest['cold_rss_mb']:.0f} MB at "
+        f"{longest['waiting']:,.0f} live requests.",
+        "",
+    ]
 
 
 def main() -> None:

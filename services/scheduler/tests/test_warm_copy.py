@@ -14,6 +14,7 @@ from boruta_scheduler.app.warm import Follower, Gap, WarmCopy
 from boruta_scheduler.core import Snapshot
 from boruta_scheduler.errors import BorutaError
 from boruta_scheduler.store.postgresql import PostgreSQLStore
+from boruta_scheduler.store.sqlfile import load_queries
 from boruta_scheduler.types import TokenRecord, WorkerState
 from core_kit import CoreKit, caps_of
 from hypothesis import note, settings
@@ -316,3 +317,21 @@ def test_rows_any_writer_changes_are_followed(store: PostgreSQLStore, postgres_u
     copy.apply(store.changes_since(copy.seq))
     assert_same(copy.snapshot(), store.load())
     assert copy.requests[2].priority == 1 and 2 not in copy.tokens
+
+
+def test_a_poll_reads_requests_through_the_change_index(
+    store: PostgreSQLStore, postgres_url: str
+) -> None:
+    """Polled ten times a second, the read of changed requests must not scan a long
+    queue, even before the server has statistics on the column (just migrated)."""
+    core = CoreKit().core
+    for n in range(20):
+        for _ in range(100):
+            core.new_request(1.0, f"u{n}", NOBODY, {"board": "x"}, accept_unsatisfiable=True)
+        store.commit(core.drain())
+    since = store.live_state()[1]
+    query = load_queries("postgresql", "follow.sql")["changed_requests"]
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        plan = conn.execute("EXPLAIN " + query, {"since": since}).fetchall()
+    text = "\n".join(str(row[0]) for row in plan)
+    assert "requests_by_change" in text and "Seq Scan on requests" not in text, text
