@@ -183,8 +183,8 @@ def render(results: dict[str, dict[str, float]] | None, when: str) -> list[str]:
     if results is None:
         return [*lines, "Not measured on this run: PostgreSQL is not installed.", ""]
     lines += [
-        f"`bench/store_bench.py`, {when}, on {machine()}. `Store.commit` alone (no gRPC, no",
-        "engine) of",
+        f"`bench/store_bench.py`, {when}, on {machine()}.",
+        "`Store.commit` alone (no gRPC, no engine) of",
         "batches of new requests with their audit events, as the writer thread commits",
         "them for NewRequest. Both durable: SQLite WAL with synchronous=FULL; PostgreSQL 15",
         "with fsync and synchronous_commit on, over a Unix socket on the same machine and",
