@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+import random
+import threading
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
@@ -26,6 +28,7 @@ from test_core_properties import POLICY  # short timeouts: requests and workers 
 NOBODY = frozenset[str]()
 POOL = ("w1", "w2", "w3", "w4")
 BOARDS = ("a", "b")
+WORKER_ACTIONS = ("maintenance", "idle", "fail", "deregister", "heartbeat")
 LIVE_TABLES = "requests, workers, worker_history, tokens, audit, change_tombstones"
 
 
@@ -67,6 +70,8 @@ class FollowMachine(RuleBasedStateMachine):
         self.tokens: list[int] = []
         self.eager = warm_copy(store)
         self.lazy = warm_copy(store)
+        self.on_commit: Callable[[], None] = lambda: None  # after every single commit
+        self.note: Callable[[str], None] = note  # hypothesis's, while it runs the machine
 
     def _do(self, command: object) -> None:
         """Run a core command (one the core refuses changes nothing), commit what changed,
@@ -77,12 +82,13 @@ class FollowMachine(RuleBasedStateMachine):
         self.kit.drain()
         for changes in self.kit.changes:
             self.store.commit(changes)
+            self.on_commit()
         self.kit.changes.clear()
         self._follow_eagerly()
 
     def _follow_eagerly(self) -> None:
         changed = self.store.changes_since(self.eager.seq)
-        note(f"eager copy: {changed.rows} rows after {changed.since}, to {changed.seq}")
+        self.note(f"eager copy: {changed.rows} rows after {changed.since}, to {changed.seq}")
         self.eager.apply(changed)  # never a Gap: it saw every request finish
         assert_same(self.eager.snapshot(), self.store.load())
 
@@ -105,7 +111,7 @@ class FollowMachine(RuleBasedStateMachine):
 
     @rule(
         uuid=st.sampled_from(POOL),
-        action=st.sampled_from(("maintenance", "idle", "fail", "deregister", "heartbeat")),
+        action=st.sampled_from(WORKER_ACTIONS),
     )
     def worker(self, uuid: str, action: str) -> None:
         core, now = self.kit.core, self.kit.now
@@ -172,6 +178,7 @@ class FollowMachine(RuleBasedStateMachine):
         if close:
             self.close_request(index)
         self.store.purge(self.kit.now + 1, limit)
+        self.on_commit()
         self._follow_eagerly()
 
     @rule()
@@ -182,7 +189,7 @@ class FollowMachine(RuleBasedStateMachine):
         except Gap:
             # Only a purge of a request changed after the copy's number makes one.
             assert changed.purged_unseen
-            note("lazy copy: gap, loaded again")
+            self.note("lazy copy: gap, loaded again")
             self.lazy = warm_copy(self.store)
         assert_same(self.lazy.snapshot(), self.store.load())
 
@@ -190,6 +197,71 @@ class FollowMachine(RuleBasedStateMachine):
     def load_lazily_again(self) -> None:
         self.lazy = warm_copy(self.store)
         assert_same(self.lazy.snapshot(), self.store.load())
+
+
+def as_lists(snapshot: Snapshot) -> tuple[list[object], ...]:
+    return (
+        list(snapshot.requests),
+        list(snapshot.workers),
+        list(snapshot.tokens),
+        [snapshot.last_request_id],
+    )
+
+
+@pytest.mark.slow
+def test_a_copy_read_while_commits_go_on_is_always_as_of_one_commit(
+    store: PostgreSQLStore, postgres_url: str
+) -> None:
+    """Reads race the commits (another thread, other connections): every state the copy
+    passes through is the state after some one commit, never a mix of two."""
+    machine = FollowMachine(store, postgres_url)
+    machine.note = lambda text: None
+    committed = [as_lists(store.load())]  # the main thread commits, then records
+    machine.on_commit = lambda: committed.append(as_lists(store.load()))
+    seen: list[tuple[list[object], ...]] = []
+    done = threading.Event()
+    failed: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            copy = warm_copy(store)
+            seen.append(as_lists(copy.snapshot()))
+            while not done.is_set():
+                seq = copy.seq
+                try:
+                    copy.apply(store.changes_since(seq))
+                except Gap:
+                    copy = warm_copy(store)
+                if copy.seq != seq:
+                    seen.append(as_lists(copy.snapshot()))
+        except BaseException as exc:
+            failed.append(exc)
+
+    rng = random.Random(20261202)
+    steps: list[Callable[[], None]] = [
+        lambda: machine.register(rng.choice(POOL), rng.choice(BOARDS), rng.random() < 0.7),
+        machine.answer_dryad_calls,
+        lambda: machine.worker(rng.choice(POOL), rng.choice(WORKER_ACTIONS)),
+        lambda: machine.new_requests(
+            rng.choice(("ann", "bob")), rng.choice(BOARDS), rng.randint(1, 16), rng.randint(1, 3)
+        ),
+        lambda: machine.close_request(rng.randrange(50)),
+        lambda: machine.advance(rng.choice((1, 20, 45, 120)), rng.random() < 0.5),
+        lambda: machine.issue_token(rng.choice(("ci", "alice"))),
+        lambda: machine.purge(rng.choice((1, 3, 500)), rng.random() < 0.5, rng.randrange(50)),
+    ]
+    follower = threading.Thread(target=follow)
+    follower.start()
+    try:
+        for _ in range(200):
+            rng.choice(steps)()
+    finally:
+        done.set()
+        follower.join()
+    assert failed == []
+    assert len(committed) > 100 and len(seen) > 10, (len(committed), len(seen))
+    for state in seen:
+        assert state in committed
 
 
 @pytest.mark.slow
