@@ -10,10 +10,11 @@ PACKAGES := protos/python services/scheduler services/dryad clients/python
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 INSTALL := protos/python services/scheduler[postgresql] services/dryad clients/python[cli]
 
-.PHONY: help venv system proto proto-check proto-lint lint typecheck test unit run bench clean
+.PHONY: help venv system proto proto-check proto-lint lint typecheck test unit run run-ha bench clean
 
 help:
 	@echo "make run      start a local farm (scheduler, dryads, sshd; needs root) and print what to try"
+	@echo "make run-ha   the same with two schedulers on a local PostgreSQL: kill the leader, see the other take over"
 	@echo "make test     every check CI runs: generated code, lint, types, tests"
 	@echo "make proto    regenerate Python code and type stubs from protos/"
 	@echo "make bench    run the benchmarks and write docs/benchmarks.md"
@@ -74,8 +75,12 @@ test: system venv proto-check lint typecheck
 run: system venv
 	$(BIN)/python tools/local_farm.py
 
+# Two schedulers (leader and standby) on a throwaway PostgreSQL cluster, the relay, 3 boards.
+run-ha: system venv
+	$(BIN)/python tools/local_farm.py --ha
+
 bench: venv
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .proto-check .farm .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .proto-check .farm .farm-ha .pytest_cache .mypy_cache .ruff_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -50,6 +51,20 @@ async def start_scheduler(
     return scheduler
 
 
+@contextlib.asynccontextmanager
+async def farm_on(tmp_path: Path, policy: Policy | None = None) -> AsyncIterator[Farm]:
+    """A scheduler on the state under tmp_path and its farm, both stopped on leaving; use
+    it again with the same tmp_path for a restart."""
+    scheduler = await start_scheduler(tmp_path, policy)
+    farm = Farm(f"127.0.0.1:{scheduler.port}")
+    farm.scheduler = scheduler  # type: ignore[attr-defined]
+    try:
+        yield farm
+    finally:
+        await farm.close()
+        await scheduler.stop(grace=0)
+
+
 @pytest.fixture
 def policy() -> Policy:
     """Override in a test module to run the scheduler with other rules."""
@@ -59,12 +74,8 @@ def policy() -> Policy:
 @pytest.fixture
 async def farm(tmp_path: Path, policy: Policy) -> AsyncIterator[Farm]:
     """An in-process scheduler (real gRPC on loopback, SQLite in tmp_path) and its farm."""
-    scheduler = await start_scheduler(tmp_path, policy)
-    farm = Farm(f"127.0.0.1:{scheduler.port}")
-    farm.scheduler = scheduler  # type: ignore[attr-defined]
-    yield farm
-    await farm.close()
-    await scheduler.stop(grace=0)
+    async with farm_on(tmp_path, policy) as farm:
+        yield farm
 
 
 @pytest.fixture(scope="session")

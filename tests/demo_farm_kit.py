@@ -1,5 +1,6 @@
-"""The demo farm as `make run` starts it (tools/local_farm.py), for tests that follow the
-README: on free ports, under unique board and job user names, in a temporary directory."""
+"""The demo farm as `make run` (or, with ha=True, `make run-ha`) starts it
+(tools/local_farm.py), for tests that follow the README: on free ports, under unique board
+and job user names, in a temporary directory."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from boruta_client import Client, WorkerState
-from system_kit import remove_users, require_sshd, unique_prefix
+from system_kit import remove_users, require_sshd, unique_prefix, users_with_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
 UP = "boruta farm is up: "
@@ -23,10 +24,15 @@ TOKENS_LINE = "Bearer tokens (for CI) work on the token port "
 class DemoFarm:
     """A running demo farm: its output so far, the config file it wrote, its board names."""
 
-    def __init__(self, data_dir: Path, name: str, output: list[str]) -> None:
+    def __init__(
+        self, data_dir: Path, name: str, output: list[str], proc: subprocess.Popen[str]
+    ) -> None:
         self.data_dir = data_dir
         self.name = name
         self.output = output
+        self.proc = proc
+        # Job users the farm left behind when it stopped: it should leave none.
+        self.leftover_users: list[str] = []
         self.config = next(
             line.strip().removeprefix(CONFIG_LINE) for line in output if CONFIG_LINE in line
         )
@@ -35,6 +41,15 @@ class DemoFarm:
             for line in output
             if line.startswith(TOKENS_LINE)
         )
+
+    def read_until(self, prefix: str) -> str:
+        """The farm's next line that starts with prefix (what it says while it runs)."""
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
+            if line.startswith(prefix):
+                return line
+        raise AssertionError(f"the farm ended before saying {prefix!r}:\n{''.join(self.output)}")
 
     def wait_idle(self) -> None:
         """Until every board is IDLE again, as the docs show the farm: a board given back
@@ -57,14 +72,16 @@ class DemoFarm:
 
 
 @contextmanager
-def demo_farm(tmp: Path, boards: int = 3) -> Iterator[DemoFarm]:
-    """Start tools/local_farm.py and wait for its "farm is up" message; stop it with
-    SIGTERM (as Ctrl-C) afterwards and check it stopped cleanly."""
+def demo_farm(tmp: Path, boards: int = 3, *, ha: bool = False) -> Iterator[DemoFarm]:
+    """Start tools/local_farm.py (with --ha: make run-ha) and wait for its "farm is up"
+    message; stop it with SIGTERM (as Ctrl-C) afterwards and check it stopped cleanly."""
     require_sshd()
     name = unique_prefix().rstrip("-")
     argv = [sys.executable, str(ROOT / "tools" / "local_farm.py")]
     argv += ["--listen", "127.0.0.1:0", "--listen-tokens", "127.0.0.1:0"]
     argv += ["--name", name, "--boards", str(boards), "--data-dir", str(tmp / "farm")]
+    if ha:
+        argv += ["--ha", "--second-listen", "127.0.0.1:0", "--second-listen-tokens", "127.0.0.1:0"]
     proc = subprocess.Popen(
         argv,
         stdout=subprocess.PIPE,
@@ -75,6 +92,7 @@ def demo_farm(tmp: Path, boards: int = 3) -> Iterator[DemoFarm]:
     )
     assert proc.stdout is not None
     output: list[str] = []
+    farm: DemoFarm | None = None
     try:
         for line in proc.stdout:
             output.append(line)
@@ -87,11 +105,15 @@ def demo_farm(tmp: Path, boards: int = 3) -> Iterator[DemoFarm]:
             output.append(line)
             if line.startswith("Ctrl-C stops the farm"):
                 break
-        yield DemoFarm(tmp / "farm", name, output)
+        farm = DemoFarm(tmp / "farm", name, output, proc)
+        yield farm
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
         rest = proc.stdout.read()
         proc.wait()
+        if farm is not None:
+            farm.output.append(rest)
+            farm.leftover_users = users_with_prefix(name)
         remove_users(name)
     assert proc.returncode == 0, f"the demo farm did not stop cleanly:\n{''.join(output)}{rest}"

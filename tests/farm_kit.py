@@ -41,6 +41,19 @@ def schedctl_env(address: str, home: Path, user: str = "alice") -> dict[str, str
     }
 
 
+def stop_process(proc: subprocess.Popen[str]) -> int:
+    """SIGTERM, as systemd stops a unit, then SIGKILL if it has not ended in 20 s; returns
+    its exit status."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 class SchedulerProcess:
     """A boruta-scheduler process; its port is read from the readiness line."""
 
@@ -91,14 +104,7 @@ class SchedulerProcess:
 
     def stop(self) -> int:
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc)
 
 
 @dataclass

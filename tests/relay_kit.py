@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 from boruta.v1 import relay_pb2, relay_pb2_grpc
 from boruta_scheduler.relay.main import READY
+from farm_kit import stop_process
 
 RELAY = [sys.executable, "-m", "boruta_scheduler.relay.main"]
 
@@ -52,14 +53,7 @@ class RelayProcess:
         self.proc.wait()
 
     def stop(self) -> int:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return -1 if self.proc is None else self.proc.returncode
+        return -1 if self.proc is None else stop_process(self.proc)
 
     def remove(self) -> None:
         self.stop()

@@ -16,8 +16,17 @@ import grpc
 import pytest
 from boruta.schedulers import LEADER_KEY
 from boruta.v1 import types_pb2
-from boruta_client import AsyncClient, AsyncWatch, IdempotencyKeyReused, Request, RequestState
+from boruta_client import (
+    AsyncClient,
+    AsyncWatch,
+    IdempotencyKeyReused,
+    Request,
+    RequestState,
+    WrongRequestState,
+)
 from boruta_dryad.stub import StubDryad
+from boruta_scheduler.config import ServerConfig
+from boruta_scheduler.rpc.standby import Standby as RealStandby
 from farm_kit import SHARED_KEYS, Farm, SchedulerProcess, board, schedctl_env
 from schedctl import exits
 from test_schedctl_e2e import as_json, schedctl
@@ -244,3 +253,75 @@ async def test_everything_carries_on_across_a_takeover(tmp_path: Path, postgres_
     finally:
         first.stop()
         second.stop()
+
+
+async def test_calls_a_standby_took_in_as_it_hands_its_ports_over_carry_on(farm: Farm) -> None:
+    """A standby stops its gRPC servers when it takes over; calls they had taken in but not
+    yet handled end CANCELLED (not UNAVAILABLE), and the client goes on to the next."""
+    standby = RealStandby(
+        ServerConfig(listen="127.0.0.1:0", plaintext=True), None, lambda tokens: farm.address
+    )
+    await standby.start()
+    addresses = [f"127.0.0.1:{standby.port}", farm.address]
+    stopped = asyncio.Event()
+    made: list[Request] = []
+
+    async def keep_calling() -> None:
+        # Fresh clients, each calling the standby first, until after it stopped.
+        while not stopped.is_set():
+            client = AsyncClient(addresses, user="alice")
+            made.append(await client.new_request({"board": "x"}, accept_unsatisfiable=True))
+            await client.close()
+
+    callers = [asyncio.ensure_future(keep_calling()) for _ in range(20)]
+    while len(made) < 20:  # calls flow
+        await asyncio.sleep(0.01)
+    await standby.stop()
+    stopped.set()
+    await asyncio.gather(*callers)
+    assert len({r.id for r in made}) == len(made)
+
+
+class AnswerLost(grpc.GenericRpcHandler):
+    """A gRPC server in front of a scheduler that passes a call on, then drops the answer
+    as a connection cut (UNAVAILABLE) would: the scheduler acted, the caller never heard."""
+
+    def __init__(self, scheduler: str) -> None:
+        self.scheduler = scheduler
+        self.passed: list[str] = []
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        method = str(details.method)
+
+        async def pass_on(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            async with grpc.aio.insecure_channel(self.scheduler) as channel:
+                call = channel.unary_unary(method)
+                await call(request, metadata=context.invocation_metadata())
+            self.passed.append(method)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset by peer")
+
+        return grpc.unary_unary_rpc_method_handler(pass_on)
+
+
+async def test_a_close_whose_answer_was_lost_answers_the_closed_request(farm: Farm) -> None:
+    """CloseRequest retried after its answer was lost finds the request closed (by the
+    first attempt) and returns it, rather than raising that it is no longer open."""
+    lossy = grpc.aio.server()
+    losing = AnswerLost(farm.address)
+    lossy.add_generic_rpc_handlers((losing,))
+    port = lossy.add_insecure_port("127.0.0.1:0")
+    await lossy.start()
+    try:
+        direct = AsyncClient(farm.address, user="alice")
+        waiting = await direct.new_request({"board": "x"}, accept_unsatisfiable=True)
+        client = AsyncClient([f"127.0.0.1:{port}", farm.address], user="alice")
+        closed = await client.close_request(waiting.id)
+        assert losing.passed == ["/boruta.v1.Requests/CloseRequest"]
+        assert (closed.id, closed.state) == (waiting.id, RequestState.CANCELLED)
+        # Without a lost answer, closing a closed request is still an error.
+        with pytest.raises(WrongRequestState, match="is CANCELLED"):
+            await direct.close_request(waiting.id)
+        await client.close()
+        await direct.close()
+    finally:
+        await lossy.stop(0)

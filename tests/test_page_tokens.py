@@ -1,8 +1,10 @@
 """One page-token scheme for every list: opaque, signed, bound to its list and query, and
-kept good across a restart; paging through each list returns every item once."""
+kept good across a restart and, on a PostgreSQL store, a takeover; paging through each list
+returns every item once."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -12,8 +14,8 @@ import pytest
 from boruta.v1 import audit_pb2, audit_pb2_grpc, requests_pb2, types_pb2, workers_pb2
 from boruta_scheduler.errors import InvalidArgument
 from boruta_scheduler.listing import PageTokens
-from conftest import start_scheduler
-from farm_kit import Client, Farm, board
+from conftest import farm_on
+from farm_kit import Client, Farm, SchedulerProcess, board
 from test_requests_grpc import expect_error
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -177,24 +179,52 @@ async def test_a_token_from_another_list_or_query_or_forged_is_invalid_argument(
 
 
 async def test_a_restart_keeps_page_tokens_good(tmp_path: Path) -> None:
-    scheduler = await start_scheduler(tmp_path)
-    farm = Farm(f"127.0.0.1:{scheduler.port}")
-    try:
+    async with farm_on(tmp_path) as farm:
         alice = farm.client("alice")
         for _ in range(5):
             await alice.new({"board": "none"}, accept_unsatisfiable=True)
         first, token = await _lists(alice)["ListRequests"]("")
         assert first == [1, 2] and token
-    finally:
-        await farm.close()
-        await scheduler.stop(grace=0)
-    scheduler = await start_scheduler(tmp_path)
-    farm = Farm(f"127.0.0.1:{scheduler.port}")
-    try:
+    async with farm_on(tmp_path) as farm:
         rest = await _all_pages(_lists(farm.client("alice"))["ListRequests"])
         page = await _lists(farm.client("alice"))["ListRequests"](token)
         assert page[0] == [3, 4]
         assert rest == [1, 2, 3, 4, 5]
+
+
+async def test_a_list_paged_across_a_takeover_goes_on_at_the_new_leader(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Schedulers on one PostgreSQL database sign with the database's key, not a file of
+    their own data directory: the next page comes from whichever leads now."""
+    first = SchedulerProcess(tmp_path / "first", "--store", postgres_url)
+    second = SchedulerProcess(tmp_path / "second", "--store", postgres_url)
+    try:
+        old = Farm(first.start())
+        await asyncio.to_thread(first.wait_leading)
+        new = Farm(second.start())  # a standby, with a data directory of its own
+        alice = old.client("alice")
+        for _ in range(5):
+            await alice.new({"board": "none"}, accept_unsatisfiable=True)
+        page, token = await _lists(alice)["ListRequests"]("")
+        assert page == [1, 2] and token
+        audit_page, audit_token = await _lists(old.admin)["ListAuditEvents"]("")
+        assert len(audit_page) == 2 and audit_token
+
+        first.kill()
+        assert await asyncio.to_thread(second.wait_leading) == 2
+        lists = _lists(new.client("alice"))
+        page, token_after = await lists["ListRequests"](token)
+        assert page == [3, 4]
+        assert await lists["ListRequests"](token_after) == ([5], "")
+        assert (await _lists(new.admin)["ListAuditEvents"](audit_token))[0]
+        # Still only the database's key signs: an altered token is refused.
+        body, _, mac = token.partition(".")
+        await expect_error(lists["ListRequests"](f"{body}.{mac[::-1]}"), INVALID, "was altered")
+        assert not (tmp_path / "first" / PageTokens.KEY_FILE).exists()
+        assert not (tmp_path / "second" / PageTokens.KEY_FILE).exists()
+        await old.close()
+        await new.close()
     finally:
-        await farm.close()
-        await scheduler.stop(grace=0)
+        first.stop()
+        second.stop()

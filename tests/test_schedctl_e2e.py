@@ -186,6 +186,22 @@ def test_ssh_with_caps_leases_a_board_for_the_session(env: dict[str, str], farm:
     assert mine[0].state is RequestState.DONE and mine[0].caps == {"camera": "yes"}
 
 
+def test_caps_with_alternatives_and_lists(env: dict[str, str], farm: LiveFarm) -> None:
+    new = schedctl(env, "requests", "new", "--help").stdout
+    assert "'os=linux|android'" in new and "circuits=usb.pc.vcc,handset.battery" in new
+    created = as_json(env, "requests", "new", "board=rpi5|rpi4,camera=yes", "--no-wait")
+    assert isinstance(created, dict) and created["state"] == "IN_PROGRESS"
+    assert created["caps"] == {"board": "rpi5|rpi4", "camera": "yes"}
+    assert created["job"]["worker_uuid"] == CAMERA_BOARD
+    with Client(farm.address, user="alice") as client:
+        before = client.list_requests(owners=["alice"])
+    done = schedctl(env, "requests", "new", "board=rpi4||rpi5", check=exits.INVALID)
+    assert "empty alternative" in done.stderr and "as in os=linux|android" in done.stderr
+    with Client(farm.address, user="alice") as client:
+        assert client.list_requests(owners=["alice"]) == before
+    schedctl(env, "requests", "close", str(created["id"]))
+
+
 def test_admin_takes_a_board_out_of_service_and_back(env: dict[str, str]) -> None:
     admin = {**env, "BORUTA_USER": "root", "BORUTA_ADMIN": "1"}
     out = schedctl(admin, "workers", "maintenance", PLAIN_BOARD, "-r", "swap the SD card").stdout

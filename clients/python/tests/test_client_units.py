@@ -230,6 +230,17 @@ def test_schedctl_helpers() -> None:
         "camera": "yes",
         "x": "a=b",
     }
+    # A comma not followed by KEY= is part of the value: a list the board's value must hold.
+    assert parse_caps(["circuits=usb.pc.vcc,handset.battery,os=linux|android"]) == {
+        "circuits": "usb.pc.vcc,handset.battery",
+        "os": "linux|android",
+    }
+    assert parse_caps(["circuits=vcc, battery", "x=a,,b"]) == {
+        "circuits": "vcc,battery",
+        "x": "a,,b",  # passed on, for the scheduler to refuse with what to fix
+    }
+    with pytest.raises(click.BadParameter, match="not KEY=VALUE"):
+        parse_caps(["vcc,circuits=x"])
     soon = TIME.convert("+5m", None, None)
     assert timedelta(minutes=4) < soon - datetime.now(UTC) <= timedelta(minutes=5)
     assert TIME.convert("2026-01-01T10:00:00", None, None).tzinfo is UTC

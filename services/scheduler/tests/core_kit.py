@@ -14,6 +14,21 @@ def caps_of(uuid: str, **caps: str) -> dict[str, str]:
     return {"UUID": uuid, **caps}
 
 
+def caps_match(board: Mapping[str, str], asked: Mapping[str, str]) -> bool:
+    """docs/api.md's rule read literally, on the strings, as a reference for the core's
+    indexes: for every asked key, the `,`-items of some `|`-alternative are all among the
+    board value's `,`-items (spaces around a board's items do not count; a value without
+    a comma is its only item)."""
+    for key, value in asked.items():
+        if key not in board:
+            return False
+        have = board[key]
+        have_items = {i.strip() for i in have.split(",")} - {""} if "," in have else {have}
+        if not any(set(alt.split(",")) <= have_items for alt in value.split("|")):
+            return False
+    return True
+
+
 class CoreKit:
     """A core plus the bookkeeping a test needs: pending dryad calls and a clock."""
 

@@ -8,7 +8,8 @@ the core's reads and against a model built only from what ``Core.drain`` handed 
 
 1. a worker runs at most one job;
 2. RUNNING workers and IN_PROGRESS requests point at each other, one to one;
-3. a request is only ever matched, once ready, to a worker with its caps and open to its owner;
+3. a request is only ever matched, once ready, to a worker with its caps (alternatives and
+   list-valued caps as docs/api.md says, checked on the strings) and open to its owner;
 4. a match never passes over a more important ready request the worker could serve;
 5. terminal requests never change again and are gone from the core;
 6. no ready WAITING request could be served by an IDLE worker;
@@ -37,7 +38,7 @@ from boruta_scheduler.types import (
     WorkerState,
     WorkerView,
 )
-from core_kit import T0, caps_of
+from core_kit import T0, caps_match, caps_of
 from hypothesis import note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -72,12 +73,21 @@ GROUP_SETS = (
 )
 boards = st.sampled_from(("a", "b"))
 cams = st.sampled_from(("y", "n"))
-worker_caps = st.fixed_dictionaries({"board": boards}, optional={"cam": cams})
+# A list-valued cap (a relay's circuits), and requests asking for alternatives and subsets.
+circuits = st.sampled_from(("v", "v,b", "b,u", "v, b, u"))
+worker_caps = st.fixed_dictionaries({"board": boards}, optional={"cam": cams, "circ": circuits})
 # One request in four names its worker by UUID, as Boruta users may.
 uuid_pins = st.sampled_from((None, None, None) * len(POOL) + POOL)
 request_caps = st.builds(
     lambda caps, uuid: caps if uuid is None else {**caps, "UUID": uuid},
-    st.fixed_dictionaries({}, optional={"board": boards, "cam": cams}),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "board": st.sampled_from(("a", "b", "a", "b", "a|b")),
+            "cam": cams,
+            "circ": st.sampled_from(("v", "b", "b,v", "u|v", "b,u|v")),
+        },
+    ),
     uuid_pins,
 )
 group_sets = st.sampled_from(GROUP_SETS)
@@ -92,7 +102,7 @@ deadlines = st.sampled_from((None, None, None, None, 5, 10, 30, 60, 120, 0))  # 
 
 def can_serve(worker: WorkerView, request: RequestView) -> bool:
     """Whether the worker has every cap of the request and is open to its owner's groups."""
-    has_caps = all(worker.caps.get(key) == value for key, value in request.caps.items())
+    has_caps = caps_match(worker.caps, request.caps)
     open_to = not worker.groups or not worker.groups.isdisjoint(request.owner_groups)
     return has_caps and open_to
 

@@ -83,6 +83,22 @@ def test_schedulers_starting_together_migrate_once(postgres_url: str) -> None:
     assert schema_version(postgres_url) == len(load_migrations("postgresql"))
 
 
+def test_schedulers_asking_together_share_one_page_token_key(postgres_url: str) -> None:
+    """Whichever asks first makes the key; every other scheduler, then or later, reads it."""
+    stores = [PostgreSQLStore(postgres_url, readers=1) for _ in range(4)]
+    keys: list[bytes] = []
+    threads = [threading.Thread(target=lambda s=s: keys.append(s.page_token_key())) for s in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    later = PostgreSQLStore(postgres_url, readers=1)
+    keys.append(later.page_token_key())
+    for store in [*stores, later]:
+        store.close()
+    assert len(keys) == 5 and len(set(keys)) == 1 and len(keys[0]) == 32
+
+
 def test_a_database_from_before_host_keys_migrates_and_reads_them_as_none(
     postgres_url: str,
 ) -> None:

@@ -60,6 +60,14 @@ def code_of(error: grpc.RpcError) -> grpc.StatusCode:
     return code() if callable(code) else grpc.StatusCode.UNKNOWN
 
 
+def went_away(error: grpc.RpcError) -> bool:
+    """Whether the scheduler was not there to answer: UNAVAILABLE (unreachable, a standby,
+    a restart), or CANCELLED, which a client gets not for a call it cancelled itself
+    (asyncio cancels those) but for one a gRPC server took in and then stopped before
+    handling it (a standby handing its ports to the new leader stops its servers)."""
+    return code_of(error) in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+
+
 def reason_of(error: grpc.RpcError) -> str:
     trailing = getattr(error, "trailing_metadata", None)
     for key, value in (trailing() if callable(trailing) else None) or ():

@@ -29,7 +29,7 @@ from boruta_client import _convert as convert
 from boruta_client._base import ClientBase
 from boruta_client._diagnose import explain
 from boruta_client._resume import RequestResume, Resume, WorkerResume
-from boruta_client._rpc import code_of, reason_of, translate
+from boruta_client._rpc import code_of, reason_of, translate, went_away
 from boruta_client.errors import (
     BorutaError,
     RequestEnded,
@@ -226,24 +226,26 @@ class AsyncClient(ClientBase):
         return failure
 
     async def _attempts(self, deadline: float | None) -> AsyncIterator[_Attempt]:
-        """Attempts at a call, each on the scheduler to call now: after an UNAVAILABLE
-        answer, on the leader it names or the next address, with backoff, until deadline
-        (monotonic) or the failover timeout after the first failure. The caller reports
-        each failure with attempt.failed(error), and stops iterating once it succeeded."""
+        """Attempts at a call, each on the scheduler to call now: after an answer that the
+        scheduler went away (UNAVAILABLE, or CANCELLED: see went_away), on the leader it
+        names or the next address, with backoff, until deadline (monotonic) or the failover
+        timeout after the first failure. The caller reports each failure with
+        attempt.failed(error), and stops iterating once it succeeded."""
         backoff = Backoff()
         give_up: float | None = None
         while True:
             attempt = _Attempt(self._schedulers.current)
             yield attempt
             error = attempt.error
-            if error is None or code_of(error) is not grpc.StatusCode.UNAVAILABLE:
+            if error is None or not went_away(error):
                 return
             now = time.monotonic()
             if give_up is None:
                 give_up = now + self.failover_timeout
                 if deadline is not None:
                     give_up = min(give_up, deadline)
-                if not leader_of(_trailing(error)) and not reason_of(error):
+                unavailable = code_of(error) is grpc.StatusCode.UNAVAILABLE
+                if unavailable and not leader_of(_trailing(error)) and not reason_of(error):
                     # Nothing answered as a scheduler: a TLS mismatch does not heal.
                     why = await asyncio.to_thread(explain, attempt.address, self.context)
                     if why is not None:
@@ -264,10 +266,12 @@ class AsyncClient(ClientBase):
         message: Ask,
         timeout: float | None = None,
         deadline: float | None = None,
+        retried: list[grpc.RpcError] | None = None,
     ) -> Reply:
         """Make a unary call on the leader, following it (see _attempts); each attempt
         waits up to timeout, all of them together until deadline (monotonic; default now
-        plus timeout). Raises the last attempt's grpc.RpcError."""
+        plus timeout). Raises the last attempt's grpc.RpcError. retried collects the
+        errors of the attempts that were tried again."""
         timeout = timeout or self.call_timeout
         deadline = time.monotonic() + timeout if deadline is None else deadline
         async for attempt in self._attempts(deadline):
@@ -277,8 +281,10 @@ class AsyncClient(ClientBase):
                 return await method(message, timeout=left, metadata=self.identity.metadata())
             except grpc.RpcError as error:
                 attempt.failed(error)
-                if code_of(error) is not grpc.StatusCode.UNAVAILABLE:
+                if not went_away(error):
                     raise
+                if retried is not None:
+                    retried.append(error)
         raise AssertionError("unreachable: _attempts ends only after a success or an error")
 
     async def _call(
@@ -320,7 +326,7 @@ class AsyncClient(ClientBase):
                 return call
             except grpc.RpcError as error:
                 attempt.failed(error)
-                if code_of(error) is not grpc.StatusCode.UNAVAILABLE:
+                if not went_away(error):
                     raise await self._failure(error) from None
         raise AssertionError("unreachable: _attempts ends only after a success or an error")
 
@@ -364,7 +370,9 @@ class AsyncClient(ClientBase):
         job_timeout: timedelta | None = None,
         idempotency_key: str | None = None,
     ) -> Request:
-        """Queue a request for a board with these caps (``no_wait``: run now or raise Busy);
+        """Queue a request for a board with these caps (a value may name alternatives,
+        ``"linux|android"``, or items of a board's list, ``"vcc,battery"``: docs/api.md;
+        ``no_wait``: run now or raise Busy);
         ``job_timeout``: how long its job may go without a prolong (None: the scheduler's).
 
         The call carries an idempotency key (a new random one unless given), so that its
@@ -415,7 +423,18 @@ class AsyncClient(ClientBase):
     async def close_request(self, request_id: int) -> Request:
         """Cancel a waiting request or end its job; returns it in its final state."""
         message = requests_pb2.CloseRequestRequest(request_id=request_id)
-        reply = await self._call(lambda s: s.requests.CloseRequest, message)
+        retried: list[grpc.RpcError] = []
+        try:
+            reply = await self._invoke(lambda s: s.requests.CloseRequest, message, retried=retried)
+        except grpc.RpcError as error:
+            failure = await self._failure(error)
+            if retried and isinstance(failure, WrongRequestState):
+                # An earlier attempt may have closed it, its answer lost with the scheduler
+                # (a kill, a takeover): a request ended as a close ends it is what we asked.
+                request = await self.get_request(request_id)
+                if request.state in (RequestState.DONE, RequestState.CANCELLED):
+                    return request
+            raise failure from None
         return convert.request(reply.request)
 
     async def prolong_access(self, request_id: int) -> Job:

@@ -62,17 +62,33 @@ def output_option(fn: F) -> F:
     )(fn)
 
 
+# A comma followed by KEY= starts another cap; any other comma is part of the value, a list.
+_CAP_START = re.compile(r"\s*([A-Za-z0-9._:/-]+)=(.*)", re.DOTALL)
+
+CAPS_HELP = (
+    "KEY=VALUE: the board's KEY has this value. VALUE may name alternatives, "
+    "'os=linux|android' (either; quote the | from the shell), and items of a list the "
+    "board's value must hold, circuits=usb.pc.vcc,handset.battery (a relay wired for both; "
+    "a plain circuits=usb.pc.vcc matches it too); 'a,b|c' is a and b, or c. Several caps: "
+    "repeat, or join them with commas (board=rpi4,camera=yes)."
+)
+
+
 def parse_caps(items: Iterable[str]) -> dict[str, str]:
-    """KEY=VALUE words (or comma-separated lists of them) into a caps mapping."""
+    """KEY=VALUE words (or comma-separated lists of them) into a caps mapping; a comma not
+    followed by KEY= belongs to the value (a list of items, passed on as written)."""
     caps: dict[str, str] = {}
     for item in items:
-        for pair in item.split(","):
-            if not pair.strip():
-                continue
-            key, sep, value = pair.partition("=")
-            if not sep or not key.strip():
-                raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="caps")
-            caps[key.strip()] = value.strip()
+        key: str | None = None
+        for piece in item.split(","):
+            start = _CAP_START.fullmatch(piece)
+            if start is not None:
+                key = start.group(1)
+                caps[key] = start.group(2).strip()
+            elif key is not None:
+                caps[key] += "," + piece.strip()
+            elif piece.strip():
+                raise click.BadParameter(f"{piece!r} is not KEY=VALUE", param_hint="caps")
     return caps
 
 

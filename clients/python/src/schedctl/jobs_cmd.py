@@ -19,6 +19,7 @@ from boruta_client import Access, Board, Request, RequestState, WorkerState
 from boruta_client.runner import JobStatus, Phase, Transfer, parse_job, read_job_file, run_job
 
 from schedctl.cli import (
+    CAPS_HELP,
     PRIORITY,
     UNSET_PRIORITY,
     Progress,
@@ -59,7 +60,12 @@ def _transfers(items: tuple[str, ...], what: str) -> tuple[Transfer, ...]:
 
 @click.command("run")
 @click.argument("args", nargs=-1, metavar="JOBFILE.toml | -- CMD...")
-@option("--caps", multiple=True, metavar="KEY=VALUE", help="Caps of the board (command mode).")
+@option(
+    "--caps",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help=f"Caps of the board (command mode). {CAPS_HELP}",
+)
 @option("--profile", help="Runner profile from the config file to start from.")
 @option("-p", "--priority", type=PRIORITY, help="1 (most important) to 16.")
 @option(
@@ -210,7 +216,7 @@ def _openssh(board: Board, command: tuple[str, ...]) -> int:
     "--caps",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Lease a board with these caps for the session instead of REQ.",
+    help=f"Lease a board with these caps for the session instead of REQ. {CAPS_HELP}",
 )
 @option("-p", "--priority", type=PRIORITY, help="Priority of that lease: 1 (most important) to 16.")
 @option(

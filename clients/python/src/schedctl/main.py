@@ -117,6 +117,10 @@ def cli(
     """Use and run a boruta device farm: get a board by its caps, a shell on it, run jobs;
     admins put boards into service and out of it.
 
+    Caps are KEY=VALUE; a VALUE may name alternatives, 'os=linux|android' (either one;
+    quote the |), or items a board's list must hold, circuits=usb.pc.vcc,handset.battery
+    (both); see `requests new --help`.
+
     Exit codes: 0 ok, 1 error, 2 usage, 64 invalid argument, 65 no such board, 66 not
     found, 69 scheduler unavailable, 73 wrong state, 74 request ended or waited too long,
     75 busy (try later), 77 permission denied; `run` and `ssh` exit with the remote status.

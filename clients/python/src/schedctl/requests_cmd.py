@@ -120,7 +120,20 @@ def new_request(
     idempotency_key: str | None,
     fmt: str,
 ) -> None:
-    """Queue a request for a board with these caps (none: any board)."""
+    """Queue a request for a board with these caps (none: any board).
+
+    Each cap is KEY=VALUE, and the board must have them all. A VALUE may name
+    alternatives or list items:
+
+    \b
+      'os=linux|android'                   a board whose os is either
+      circuits=usb.pc.vcc,handset.battery  a board whose circuits list holds both
+                                           (circuits=usb.pc.vcc matches it too)
+      'circuits=vcc,battery|vcc,usb'       vcc and battery, or vcc and usb
+
+    Quote | from the shell. An empty alternative or item (linux||android, vcc,)
+    or spaces around | or , are refused (exit 64).
+    """
     request = state.client().new_request(
         parse_caps(caps),
         priority=priority or UNSET_PRIORITY,

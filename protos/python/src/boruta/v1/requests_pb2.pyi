@@ -115,7 +115,14 @@ class NewRequestRequest(_message.Message):
     """
     @_builtins.property
     def caps(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Capabilities the worker must have, each with an equal value. Empty means any worker."""
+        """Capabilities the worker must have; empty means any worker. A value is one or more
+        alternatives separated by '|', each one or more items separated by ','; the worker's
+        value for the key, read as a ','-separated set of items, must hold every item of at
+        least one alternative: "os": "linux|android" takes either, "circuits":
+        "usb.pc.vcc,handset.battery" a board wired for both, a value with neither separator
+        an equal value (or a board listing it). An empty alternative or item, or spaces
+        around '|' or ',', is INVALID_ARGUMENT. See docs/api.md.
+        """
 
     @_builtins.property
     def valid_after(self) -> _timestamp_pb2.Timestamp:

@@ -62,7 +62,9 @@ class RegisterRequest(_message.Message):
     @_builtins.property
     def caps(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Capabilities of the board. Must contain the key "UUID", the worker's identifier
-        (1 to 64 characters of letters, digits, '.', '_', ':' and '-').
+        (1 to 64 characters of letters, digits, '.', '_', ':' and '-'). A value with ',' is
+        a list (e.g. a relay's "circuits": "usb.pc.vcc,handset.battery"): requests match
+        any subset of its items (spaces around them do not count).
         """
 
     def __init__(

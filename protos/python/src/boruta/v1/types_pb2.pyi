@@ -208,7 +208,9 @@ class RequestInfo(_message.Message):
 
     @_builtins.property
     def caps(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Capabilities a worker must have, each with an equal value (key=value)."""
+        """Capabilities a worker must have (key=value), as asked: with alternatives ('|') and
+        items (',') as NewRequestRequest.caps describes.
+        """
 
     @_builtins.property
     def valid_after(self) -> _timestamp_pb2.Timestamp:

@@ -96,7 +96,9 @@ class WorkerFilter(_message.Message):
 
     @_builtins.property
     def caps(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """The worker must have every one of these caps with an equal value."""
+        """The worker must have every one of these caps with an equal value (compared as
+        strings: '|' and ',' have no meaning here, unlike in a request's caps).
+        """
 
     def __init__(
         self,

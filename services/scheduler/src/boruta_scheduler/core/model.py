@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from boruta_scheduler.core.caps import board_items
 from boruta_scheduler.types import (
     Access,
     CapPair,
@@ -187,6 +188,7 @@ class Worker:
         "health_op",
         "host_status",
         "instance_id",
+        "items",
         "jobs_done",
         "last_seen",
         "pending_op",
@@ -212,6 +214,8 @@ class Worker:
     ) -> None:
         self.uuid = uuid
         self.caps_sig = caps_sig
+        # Caps as (key, item) pairs, what requests are matched against (caps.py).
+        self.items = board_items(caps_sig)
         self.groups = groups
         self.state = state
         self.dryad_address = dryad_address
@@ -235,7 +239,7 @@ class Worker:
 
     def compute_rank(self) -> tuple[int, str]:
         """Order among matching idle workers: least capable first, then by UUID."""
-        return (len(self.caps_sig) + len(self.groups), self.uuid)
+        return (len(self.items) + len(self.groups), self.uuid)
 
     def view(self) -> WorkerView:
         return WorkerView(

@@ -1,11 +1,13 @@
 """Waiting requests, indexed so that a freed worker finds its best request without a scan.
 
 Requests with the same caps and the same owner groups share a bucket; each bucket keeps a
-heap of its ready requests ordered by (priority, id). A worker finds the buckets whose caps
-it has through a pair index, so the cost depends on the number of distinct cap sets and
-group sets, not on the number of waiting requests. Each bucket is indexed under one of its
-pairs only (any one will do: a worker that can serve the bucket has them all), which keeps
-the index to one entry per bucket however many caps it has.
+heap of its ready requests ordered by (priority, id). A worker finds the buckets it can
+serve through a pair index, so the cost depends on the number of distinct cap sets and
+group sets, not on the number of waiting requests. A bucket is indexed under one pair its
+requests require (any one will do: a worker that can serve the bucket holds them all), or,
+if they require none outright, under one pair of each alternative of one of their caps
+with alternatives (a worker that can serve it holds one of those): one entry, or one per
+alternative, however many caps it has.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Generic, TypeVar
 
 from sortedcontainers import SortedList
 
+from boruta_scheduler.core.caps import Need, need_of
 from boruta_scheduler.core.model import Request, groups_compatible
 from boruta_scheduler.core.policy import caps_size
 from boruta_scheduler.types import CapPair, RequestState
@@ -53,11 +56,14 @@ class Bucket:
 
     __slots__ = (
         "caps_bytes",
+        "choices",
         "groups",
         "heap",
-        "index_pair",
+        "index_pairs",
         "key",
+        "need",
         "ready_count",
+        "required",
         "sig",
         "waiting",
     )
@@ -67,8 +73,12 @@ class Bucket:
         self.groups = groups
         self.key: BucketKey = (sig, groups)
         self.caps_bytes = caps_size(sig)
-        # The pair of sig the queue indexes this bucket under (None for no caps).
-        self.index_pair: CapPair | None = None
+        self.need: Need = need_of(sig)
+        # The need's parts, read in the hot loop of buckets_servable_by.
+        self.required = self.need.required
+        self.choices = self.need.choices
+        # The pairs the queue indexes this bucket under (none for no caps).
+        self.index_pairs: tuple[CapPair, ...] = ()
         self.waiting: set[Request] = set()
         # Lazy-deletion heap: entries whose request left, changed priority or is not ready
         # any more are dropped when they reach the top.
@@ -105,6 +115,8 @@ class RequestQueue:
         self._buckets: dict[BucketKey, Bucket] = {}
         self._by_pair: dict[CapPair, set[Bucket]] = {}
         self._no_caps: set[Bucket] = set()
+        # Buckets indexed under more than one pair, which a worker may find twice.
+        self._multi_indexed = 0
         self._sigs: Interner[frozenset[CapPair]] = Interner()
         self._groups: Interner[frozenset[str]] = Interner()
         # Every waiting request in serving order, so a request's place in the queue costs
@@ -152,12 +164,12 @@ class RequestQueue:
         if bucket is None:
             bucket = Bucket(self._sigs.hold(request.sig), self._groups.hold(request.owner_groups))
             self._buckets[key] = bucket
-            if request.sig:
+            bucket.index_pairs = self._index_pairs(bucket.need)
+            self._multi_indexed += len(bucket.index_pairs) > 1
+            if bucket.index_pairs:
                 by_pair = self._by_pair
-                # The pair fewest buckets are indexed under, so that workers walk short lists.
-                pair = min(request.sig, key=lambda p: len(by_pair.get(p, ())))
-                bucket.index_pair = pair
-                by_pair.setdefault(pair, set()).add(bucket)
+                for pair in bucket.index_pairs:
+                    by_pair.setdefault(pair, set()).add(bucket)
             else:
                 self._no_caps.add(bucket)
         bucket.waiting.add(request)
@@ -167,6 +179,23 @@ class RequestQueue:
         self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
         self._caps_bytes_per_owner[owner] = self.caps_bytes_of(owner) + bucket.caps_bytes
         self._size += 1
+
+    def _index_pairs(self, need: Need) -> tuple[CapPair, ...]:
+        """Pairs to index a new bucket under, one of which every worker that can serve it
+        holds: those fewest buckets are indexed under, so that workers walk short lists."""
+        by_pair = self._by_pair
+
+        def rarest(pairs: frozenset[CapPair]) -> CapPair:
+            return min(pairs, key=lambda p: len(by_pair.get(p, ())))
+
+        if need.required:
+            return (rarest(need.required),)
+        best: tuple[CapPair, ...] = ()
+        for choice in need.choices:
+            pairs = tuple(dict.fromkeys(rarest(alternative) for alternative in choice))
+            if not best or len(pairs) < len(best):
+                best = pairs
+        return best
 
     def set_ready(self, request: Request, ready: bool) -> None:
         """Move a queued request into or out of its bucket's ready heap."""
@@ -212,28 +241,38 @@ class RequestQueue:
         self._size -= 1
         if not bucket.waiting:
             del self._buckets[bucket.key]
-            pair = bucket.index_pair
-            if pair is not None:
+            self._multi_indexed -= len(bucket.index_pairs) > 1
+            for pair in bucket.index_pairs:
                 holders = self._by_pair[pair]
                 holders.discard(bucket)
                 if not holders:
                     del self._by_pair[pair]
-            else:
+            if not bucket.index_pairs:
                 self._no_caps.discard(bucket)
             self._sigs.release(bucket.sig)
             self._groups.release(bucket.groups)
 
-    def buckets_servable_by(self, caps: frozenset[CapPair], groups: frozenset[str]) -> list[Bucket]:
-        """Buckets whose requests a worker with these caps and groups could serve."""
+    def buckets_servable_by(
+        self, items: frozenset[CapPair], groups: frozenset[str]
+    ) -> list[Bucket]:
+        """Buckets whose requests a worker with these (key, item) pairs and groups could
+        serve, each once."""
         by_pair = self._by_pair
-        result = [b for pair in caps for b in by_pair.get(pair, ()) if b.sig <= caps]
-        result.extend(self._no_caps)
-        return [b for b in result if groups_compatible(groups, b.groups)]
+        found = [b for pair in items for b in by_pair.get(pair, ()) if b.required <= items]
+        found.extend(self._no_caps)
+        if self._multi_indexed:
+            found = list(dict.fromkeys(found))
+        return [
+            b
+            for b in found
+            if groups_compatible(groups, b.groups) and (not b.choices or b.need.met_by(items))
+        ]
 
-    def best_for(self, caps: frozenset[CapPair], groups: frozenset[str]) -> Request | None:
-        """The ready request a worker with these caps and groups should serve next."""
+    def best_for(self, items: frozenset[CapPair], groups: frozenset[str]) -> Request | None:
+        """The ready request a worker with these (key, item) pairs and groups should serve
+        next."""
         best: Request | None = None
-        for bucket in self.buckets_servable_by(caps, groups):
+        for bucket in self.buckets_servable_by(items, groups):
             top = bucket.peek()
             if top is not None and (
                 best is None or (top.priority, top.id) < (best.priority, best.id)

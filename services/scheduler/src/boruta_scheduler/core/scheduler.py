@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from boruta_scheduler.core.caps import board_items, check_request_caps, need_of
 from boruta_scheduler.core.idempotency import Idempotency, KeyMemory, same_arguments
 from boruta_scheduler.core.model import Job, Request, Worker, cap_pairs
 from boruta_scheduler.core.outbox import (
@@ -318,6 +319,7 @@ class Core:
         policy = self.policy
         pairs = cap_pairs(caps)  # the one conversion of the caller's caps
         policy.check_caps(pairs)
+        check_request_caps(pairs)
         job_timeout = policy.check_job_timeout(job_timeout)
         priority = policy.check_priority(priority, None if privileged else owner_groups)
         valid_after = now if valid_after is None else valid_after
@@ -330,7 +332,8 @@ class Core:
                 )
         self._check_times(now, valid_after, deadline)
         sig, groups = self._queue.intern(pairs, owner_groups)
-        if not accept_unsatisfiable and not self._registered.any_capable(sig, groups):
+        need = need_of(sig)
+        if not accept_unsatisfiable and not self._registered.any_capable(need, groups):
             shown = ", ".join(sorted(groups)) or "none"
             raise NoCapableWorker(
                 f"no registered worker has caps {format_caps(sig)} and is open to your "
@@ -352,7 +355,7 @@ class Core:
         if no_wait:
             if valid_after > now:
                 raise InvalidArgument("no_wait asks for a board now; leave valid_after unset")
-            if self._idle.best(sig, groups) is None:
+            if self._idle.best(need, groups) is None:
                 raise Busy(
                     f"every worker with caps {format_caps(sig)} open to your groups is busy; "
                     "try again later, or queue the request without no_wait"
@@ -502,7 +505,7 @@ class Core:
 
         orphan_candidates: list[Bucket] = []
         if sig != worker.caps_sig:
-            orphan_candidates = self._queue.buckets_servable_by(worker.caps_sig, worker.groups)
+            orphan_candidates = self._queue.buckets_servable_by(worker.items, worker.groups)
             self._reindex(worker, sig, worker.groups)
         worker.dryad_address = dryad_address
         worker.ssh_address = ssh_address
@@ -596,7 +599,7 @@ class Core:
         groups = self.policy.check_groups(groups)
         worker = self._known_worker(uuid)
         if groups != worker.groups:
-            before = self._queue.buckets_servable_by(worker.caps_sig, worker.groups)
+            before = self._queue.buckets_servable_by(worker.items, worker.groups)
             self._reindex(worker, worker.caps_sig, groups)
             self._out.worker(worker)
             self._invalidate_orphans(before, now, f"worker {uuid} changed groups")
@@ -612,7 +615,7 @@ class Core:
                 f"worker {uuid} is {worker.state.name}; put it in MAINTENANCE before "
                 "deregistering it"
             )
-        before = self._queue.buckets_servable_by(worker.caps_sig, worker.groups)
+        before = self._queue.buckets_servable_by(worker.items, worker.groups)
         self._registered.remove(worker)
         del self._workers[uuid]
         self._out.removed(worker)
@@ -761,12 +764,14 @@ class Core:
         self._timers.push_all(timers())
 
     def _match_request(self, request: Request, now: float) -> None:
-        worker = self._idle.best(request.sig, request.owner_groups)
+        bucket = request.bucket
+        assert bucket is not None, f"request {request.id} is matched but not queued"
+        worker = self._idle.best(bucket.need, request.owner_groups)
         if worker is not None:
             self._start_job(request, worker, now)
 
     def _match_worker(self, worker: Worker, now: float) -> None:
-        request = self._queue.best_for(worker.caps_sig, worker.groups)
+        request = self._queue.best_for(worker.items, worker.groups)
         if request is not None:
             self._start_job(request, worker, now)
 
@@ -877,6 +882,7 @@ class Core:
         if idle:
             self._idle.remove(worker)
         worker.caps_sig = sig
+        worker.items = board_items(sig)
         worker.groups = groups
         worker.rank = worker.compute_rank()
         self._registered.add(worker)
@@ -886,7 +892,7 @@ class Core:
     def _invalidate_orphans(self, buckets: list[Bucket], now: float, why: str) -> None:
         """Requests of these buckets that no registered worker can serve become INVALID."""
         for bucket in buckets:
-            if not bucket.waiting or self._registered.any_capable(bucket.sig, bucket.groups):
+            if not bucket.waiting or self._registered.any_capable(bucket.need, bucket.groups):
                 continue
             reason = f"no registered worker can satisfy it any more: {why}"
             for request in sorted(bucket.waiting, key=lambda r: r.id):

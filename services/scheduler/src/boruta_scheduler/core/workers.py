@@ -1,19 +1,32 @@
 """Workers indexed by their caps, kept in rank order (least capable first).
 
 The core keeps two indexes: one of every registered worker (to tell whether a request
-could ever be satisfied) and one of IDLE workers (to pick a worker for a request).
+could ever be satisfied) and one of IDLE workers (to pick a worker for a request). A
+worker is indexed under each (key, item) pair of its caps (caps.py), so a list-valued cap
+puts it under each of its items.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import heapq
+from collections.abc import Iterable, Iterator
 
 from sortedcontainers import SortedSet
 
+from boruta_scheduler.core.caps import Alternative, Need
 from boruta_scheduler.core.model import Worker, groups_compatible
 from boruta_scheduler.types import CapPair
 
 Rank = tuple[int, str]
+
+
+def _union(parts: list[SortedSet[Rank]]) -> Iterator[Rank]:
+    """The ranks of several sorted sets, in order, each once."""
+    last: Rank | None = None
+    for rank in heapq.merge(*parts):
+        if rank != last:
+            yield rank
+            last = rank
 
 
 class WorkerIndex:
@@ -38,7 +51,7 @@ class WorkerIndex:
     def add(self, worker: Worker) -> None:
         self._members[worker.uuid] = worker
         self._ranked.add(worker.rank)
-        for pair in worker.caps_sig:
+        for pair in worker.items:
             holders = self._by_pair.get(pair)
             if holders is None:
                 holders = self._by_pair[pair] = SortedSet()
@@ -49,40 +62,66 @@ class WorkerIndex:
         if self._members.pop(worker.uuid, None) is None:
             return
         self._ranked.discard(worker.rank)
-        for pair in worker.caps_sig:
+        for pair in worker.items:
             holders = self._by_pair[pair]
             holders.discard(worker.rank)
             if not holders:
                 del self._by_pair[pair]
 
+    def _rarest(self, pairs: Alternative) -> SortedSet[Rank] | None:
+        """The holders of the pair fewest members hold, or None if some pair has none."""
+        rarest: SortedSet[Rank] | None = None
+        for pair in pairs:
+            holders = self._by_pair.get(pair)
+            if holders is None:
+                return None
+            if rarest is None or len(holders) < len(rarest):
+                rarest = holders
+        return rarest
+
+    def _candidates(self, need: Need) -> Iterable[Rank]:
+        """Ranks, in order, of a few members among which are all that meet need: the
+        holders of its rarest required pair, or the union over the alternatives of its
+        smallest choice of each alternative's rarest pair, whichever is fewer."""
+        best: SortedSet[Rank] = self._ranked
+        if need.required:
+            rarest = self._rarest(need.required)
+            if rarest is None:
+                return ()
+            best = rarest
+        best_parts: list[SortedSet[Rank]] | None = None
+        size = len(best)
+        for choice in need.choices:
+            parts = [p for p in map(self._rarest, choice) if p is not None]
+            if not parts:
+                return ()
+            total = sum(map(len, parts))
+            if total < size:
+                best_parts, size = parts, total
+        if best_parts is None:
+            return best
+        return best_parts[0] if len(best_parts) == 1 else _union(best_parts)
+
     def capable(
-        self, sig: frozenset[CapPair], owner_groups: frozenset[str], exclude: str = ""
+        self, need: Need, owner_groups: frozenset[str], exclude: str = ""
     ) -> Iterator[Worker]:
-        """Members with every pair of sig that serve owner_groups, least capable first."""
-        ranks = self._ranked
-        if sig:
-            # Walk the rarest pair's holders; the others are checked per worker.
-            for i, pair in enumerate(sig):
-                holders = self._by_pair.get(pair)
-                if holders is None:
-                    return
-                if i == 0 or len(holders) < len(ranks):
-                    ranks = holders
+        """Members that meet need and serve owner_groups, least capable first."""
         members = self._members
-        for _, uuid in ranks:
+        required, choices = need.required, need.choices
+        for _, uuid in self._candidates(need):
             worker = members[uuid]
+            items = worker.items
             if (
                 uuid != exclude
-                and sig <= worker.caps_sig
+                and required <= items
+                and (not choices or need.met_by(items))
                 and groups_compatible(worker.groups, owner_groups)
             ):
                 yield worker
 
-    def best(self, sig: frozenset[CapPair], owner_groups: frozenset[str]) -> Worker | None:
-        """The least capable member that satisfies sig for owner_groups."""
-        return next(self.capable(sig, owner_groups), None)
+    def best(self, need: Need, owner_groups: frozenset[str]) -> Worker | None:
+        """The least capable member that meets need for owner_groups."""
+        return next(self.capable(need, owner_groups), None)
 
-    def any_capable(
-        self, sig: frozenset[CapPair], owner_groups: frozenset[str], exclude: str = ""
-    ) -> bool:
-        return next(self.capable(sig, owner_groups, exclude), None) is not None
+    def any_capable(self, need: Need, owner_groups: frozenset[str], exclude: str = "") -> bool:
+        return next(self.capable(need, owner_groups, exclude), None) is not None

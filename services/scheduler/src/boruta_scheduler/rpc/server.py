@@ -47,7 +47,7 @@ from boruta_scheduler.rpc.standby import SERVICE_NAMES
 from boruta_scheduler.rpc.superviser import SuperviserServicer
 from boruta_scheduler.rpc.tokens import TokensServicer
 from boruta_scheduler.rpc.workers import WorkersServicer
-from boruta_scheduler.store import Store, open_store
+from boruta_scheduler.store import POSTGRESQL_SCHEMES, Store, open_store
 from boruta_scheduler.tunnels import Tunnels
 from boruta_scheduler.tunnels.forwarder import parse_ports
 from boruta_scheduler.types import Identity
@@ -74,6 +74,18 @@ def transport_security(server: ServerConfig) -> TlsFiles | None:
         extra={"listen": server.listen},
     )
     return None
+
+
+def page_tokens_for(store: Store, server: ServerConfig) -> PageTokens:
+    """Page tokens signed with the key of every scheduler on a PostgreSQL store (a list
+    paged across a takeover goes on), else with the key kept beside the default store (a
+    restart leaves clients' page tokens good)."""
+    if server.store_url.startswith(POSTGRESQL_SCHEMES):
+        from boruta_scheduler.store.postgresql import PostgreSQLStore  # needs psycopg
+
+        if isinstance(store, PostgreSQLStore):
+            return PageTokens(store.page_token_key())
+    return PageTokens.in_directory(server.data_dir)
 
 
 class Scheduler:
@@ -182,8 +194,7 @@ class Scheduler:
             identify = metadata_identities
         else:
             identify = CertificateOrToken(CertificateIdentities(self.tls.read()[0]), self.tokens)
-        # Kept beside the default store, so that a restart leaves clients' page tokens good.
-        page_tokens = PageTokens.in_directory(self.config.server.data_dir)
+        page_tokens = page_tokens_for(self.store, self.config.server)
         # Who may call each method is app/authz.py's table, applied by add_service.
         services: list[tuple[object, ServiceDescriptor]] = [
             (

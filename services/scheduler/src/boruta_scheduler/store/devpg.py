@@ -25,6 +25,8 @@ import psycopg
 
 READY = "database system is ready to accept connections"
 SUPERUSER = "postgres"
+# What a cluster's directory is called: PREFIX and a random part.
+PREFIX = "boruta-pg-"
 # The socket is named after the port; nothing listens on TCP.
 PORT = 5432
 
@@ -44,13 +46,23 @@ def find_bindir() -> Path:
 
 
 class DevPostgres:
-    """One PostgreSQL cluster in a temporary directory; durable=False turns fsync off,
-    which tests may do (they do not cut power) and benchmarks must not."""
+    """One PostgreSQL cluster in a temporary directory (in parent, else the system's);
+    durable=False turns fsync off, which tests may do (they do not cut power) and benchmarks
+    must not. own_session keeps the server out of the caller's process group, so that a
+    terminal's Ctrl-C leaves it up for the clients' clean stop, and to stop()."""
 
-    def __init__(self, *, durable: bool = False, bindir: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        durable: bool = False,
+        bindir: Path | None = None,
+        parent: Path | None = None,
+        own_session: bool = False,
+    ) -> None:
         self.durable = durable
+        self.own_session = own_session
         self.bindir = bindir or find_bindir()
-        self.dir = Path(tempfile.mkdtemp(prefix="boruta-pg-"))
+        self.dir = Path(tempfile.mkdtemp(prefix=PREFIX, dir=parent))
         self._process: subprocess.Popen[str] | None = None
         self._log: collections.deque[str] = collections.deque(maxlen=200)
         self._as: list[str] = []
@@ -103,6 +115,7 @@ class DevPostgres:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=self.own_session,
         )
         stderr = self._process.stderr
         assert stderr is not None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -237,6 +238,17 @@ class PostgreSQLStore:
         with self._transaction() as conn:
             counts = [conn.execute(_Q[name], params).rowcount for name in _PURGES]
         return Purged(*counts)
+
+    def page_token_key(self) -> bytes:
+        """The key that signs list page tokens, the same for every scheduler on this
+        database: the first to ask makes it, under the schema lock; the others read it."""
+        with self._transaction(fenced=False) as conn:  # no state: any scheduler may make it
+            conn.execute(_Q["lock_schema"])
+            conn.execute(_Q["create_page_token_key"])
+            conn.execute(_Q["insert_page_token_key"], {"key": secrets.token_bytes(32)})
+            row = conn.execute(_Q["get_page_token_key"]).fetchone()
+        assert row is not None
+        return bytes(row["key"])
 
     def scrub(self) -> bool:
         # Old row versions and write-ahead log segments are the server's to reuse; keys at

@@ -213,3 +213,18 @@ SELECT epoch, holder, address, token_address, expires > now() AS live FROM leade
 -- In every transaction of a leader (boruta_fence above): whatever commits under an epoch is
 -- in the next leader's load, and nothing commits under it after.
 SELECT boruta_fence(%(epoch)s);
+
+-- name: create_page_token_key
+-- The key that signs list page tokens (listing.py), one for every scheduler on the database,
+-- so that a list paged across a takeover goes on (not a migration: SQLite and memory keep
+-- theirs in a file of the data directory). The first scheduler to ask makes it.
+CREATE TABLE IF NOT EXISTS page_token_key (
+    only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
+    key      BYTEA NOT NULL
+);
+
+-- name: insert_page_token_key
+INSERT INTO page_token_key (only_row, key) VALUES (TRUE, %(key)s) ON CONFLICT DO NOTHING;
+
+-- name: get_page_token_key
+SELECT key FROM page_token_key;
