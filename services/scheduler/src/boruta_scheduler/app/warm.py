@@ -62,8 +62,8 @@ class WarmCopy:
         """Bring the copy to changed.seq; raises Gap (changing nothing) if it cannot."""
         if changed.since != self.seq:
             raise Gap(f"changes since {changed.since} applied to a copy as of {self.seq}")
-        if changed.purged_unseen:
-            raise Gap(f"the purge deleted a request changed after {self.seq}")
+        if changed.gap:
+            raise Gap(changed.gap)
         # Rows read are as they stand now; a tombstone of a key that has a row again is of
         # an earlier deletion (the row came back later), so tombstones go first.
         for uuid in changed.removed_workers:

@@ -55,8 +55,10 @@ class ChangedSince:
     tokens: list[TokenRecord]
     removed_tokens: list[int]
     last_request_id: int
-    # The purge deleted a request changed after since: whether it was live then is lost.
-    purged_unseen: bool
+    # Why these changes cannot bring a copy as of since up to date ("": they can): the
+    # purge deleted a request changed after since (whether it was live then is lost), or
+    # the database server is not the one the copy was loaded from.
+    gap: str
 
     @property
     def rows(self) -> int:

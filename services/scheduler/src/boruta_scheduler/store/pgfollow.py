@@ -29,21 +29,26 @@ def _snapshot(conn: Connection) -> None:
     conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
 
 
-def read_live(conn: Connection, decoder: Decoder) -> tuple[Snapshot, int]:
-    """The live state as Store.load gives it (lists, in its order), and its change number."""
+def read_live(conn: Connection, decoder: Decoder) -> tuple[Snapshot, int, float]:
+    """The live state as Store.load gives it (lists, in its order), its change number and
+    when the server it was read from started."""
     with conn.transaction():
         _snapshot(conn)
         requests = [request_view(row, decoder) for row in conn.execute(_Q["live_requests"])]
         workers = [worker_view(row) for row in conn.execute(_Q["all_workers"])]
         tokens = [token_record(row) for row in conn.execute(_Q["select_tokens"])]
-        last = conn.execute(_Q["get_last_request_id"]).fetchone()
+        counters = conn.execute(_F["counters"]).fetchone()
         seq = conn.execute(_F["high_water"]).fetchone()
-    assert last is not None and seq is not None
-    return Snapshot(requests, workers, last["value"], tokens), int(seq["seq"])
+    assert counters is not None and seq is not None
+    snapshot = Snapshot(requests, workers, counters["last_request_id"], tokens)
+    return snapshot, int(seq["seq"]), float(counters["origin"])
 
 
-def read_changes(conn: Connection, since: int, decoder: Decoder) -> ChangedSince:
-    """Every change committed after since, as of one snapshot."""
+def read_changes(
+    conn: Connection, since: int, decoder: Decoder, origin: float | None
+) -> ChangedSince:
+    """Every change committed after since, as of one snapshot; origin is when the server
+    the copy was loaded from started (None: unknown)."""
     params = {"since": since}
     # Pipelined: the five reads go out together, one wait for all of them.
     with conn.pipeline(), conn.transaction():
@@ -73,5 +78,14 @@ def read_changes(conn: Connection, since: int, decoder: Decoder) -> ChangedSince
         tokens=[token_record(row) for row in token_rows],
         removed_tokens=[int(row["key"]) for row in tombstones if row["kind"] == "token"],
         last_request_id=int(counters["last_request_id"]),
-        purged_unseen=int(counters["purged_change_seq"]) > since,
+        gap=_gap(since, counters, origin),
     )
+
+
+def _gap(since: int, counters: DictRow, origin: float | None) -> str:
+    """Why changes read after since cannot bring a copy up to date, or ""."""
+    if origin is not None and float(counters["origin"]) != origin:
+        return "the database server restarted or is another one since the copy was loaded"
+    if int(counters["purged_change_seq"]) > since:
+        return f"the purge deleted a request changed after {since}"
+    return ""

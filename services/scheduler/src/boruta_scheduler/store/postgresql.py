@@ -81,8 +81,10 @@ class PostgreSQLStore:
         self.epoch: int | None = None
         # Told (from the writer's thread) when a commit is fenced, so the leader steps down.
         self.on_fenced: Callable[[], None] | None = None
-        # A standby's following (live_state, changes_since) shares decoded caps and groups.
+        # A standby's following (live_state, changes_since) shares decoded caps and groups,
+        # and knows when the server its copy was loaded from started.
         self._follow_decoder = Decoder()
+        self._follow_origin: float | None = None
         try:
             self._writer = self._connect()
         except psycopg.OperationalError as exc:
@@ -188,12 +190,14 @@ class PostgreSQLStore:
         """What load() gives, as lists, and the change number it is as of (for a standby's
         warm copy, app/warm.py)."""
         with self._reading() as conn:
-            return pgfollow.read_live(conn, self._follow_decoder)
+            snapshot, seq, self._follow_origin = pgfollow.read_live(conn, self._follow_decoder)
+        return snapshot, seq
 
     def changes_since(self, since: int) -> ChangedSince:
-        """Every change committed after the change number since, as of one snapshot."""
+        """Every change committed after the change number since, as of one snapshot; a gap
+        where the server is not the one the last live_state was read from."""
         with self._reading() as conn:
-            return pgfollow.read_changes(conn, since, self._follow_decoder)
+            return pgfollow.read_changes(conn, since, self._follow_decoder, self._follow_origin)
 
     def commit(self, changes: Changes) -> None:
         statements = commit_statements(changes)

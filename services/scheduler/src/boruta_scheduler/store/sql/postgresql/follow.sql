@@ -32,6 +32,9 @@ SELECT kind, key, change_seq FROM change_tombstones
 WHERE change_seq > %(since)s AND change_seq <= (SELECT last_value FROM boruta_change_seq);
 
 -- name: counters
+-- With when the server started: a copy read from a server since restarted, or from another
+-- one (a failover to a replica, which may lack the last commits), is loaded again.
 SELECT
     (SELECT value FROM counters WHERE name = 'last_request_id') AS last_request_id,
-    (SELECT value FROM counters WHERE name = 'purged_change_seq') AS purged_change_seq;
+    (SELECT value FROM counters WHERE name = 'purged_change_seq') AS purged_change_seq,
+    extract(epoch FROM pg_postmaster_start_time())::DOUBLE PRECISION AS origin;
