@@ -50,6 +50,7 @@ LEADING = "boruta-scheduler leading as epoch "
 # INFO, for the lines read below: the copy loaded, and the lease-to-serving time.
 LOGGED = ("--log-level", "INFO", *ONE_USER)
 SERVING = re.compile(r"serving as leader .*seconds=([0-9.]+)")
+SETTLE = 1.0  # seconds the new leader is left alone before its RSS is read
 
 
 def start(workdir: Path, name: str, store: str, *options: str) -> Proc:
@@ -137,7 +138,7 @@ def long_queue(server: Any, workdir: Path, waiting: int) -> dict[str, float]:
     url = server.create_database(f"boruta_takeover_{waiting}")
     fill_store(url, waiting)
     runs: dict[str, list[float]] = {"cold": [], "warm": [], "cold_own": [], "warm_own": []}
-    rss: dict[str, list[float]] = {"cold": [], "warm": []}
+    rss: dict[str, list[float]] = {"cold": [], "warm": [], "cold_leader": [], "warm_leader": []}
     names = iter(f"q{waiting}-{n}" for n in range(100))
     name = next(names)
     leader = start(workdir, name, url, *LOGGED)
@@ -164,6 +165,8 @@ def long_queue(server: Any, workdir: Path, waiting: int) -> dict[str, float]:
                 wait_leading(standby)
                 own = wait_in_log(workdir / f"{name}.log", SERVING)
                 runs[f"{mode}_own"].append(float(own.group(1)))
+                time.sleep(SETTLE)
+                rss[f"{mode}_leader"].append(standby.rss_bytes() / 2**20)
                 leader = standby
     finally:
         for proc in procs:
@@ -263,18 +266,20 @@ def render_long(long: list[dict[str, float]]) -> list[str]:
         f"`--standby-copy false`, it loads the live state at takeover. {ROUNDS} kills each,",
         "taking turns. *Lease to serving*: the new leader's own time from taking the lease",
         "to serving (catching up, restoring the core, binding the ports), from its log.",
-        "*Standby RSS*: the standby's memory just before the kill.",
+        "*Standby RSS*: the standby's memory just before the kill; *leader RSS*, the same",
+        f"process's {SETTLE:.0f} s after it serves as the leader.",
         "",
         "| waiting | standby | kill to first answer, median (max) | lease to serving, median "
-        "(max) | standby RSS |",
-        "|---|---|---|---|---|",
+        "(max) | standby RSS | leader RSS |",
+        "|---|---|---|---|---|---|",
     ]
     for r in long:
         for mode in ("cold", "warm"):
             lines.append(
                 f"| {r['waiting']:,.0f} | {mode} | {r[f'{mode}_median']:.2f} s "
                 f"({r[f'{mode}_max']:.2f} s) | {r[f'{mode}_own_median']:.2f} s "
-                f"({r[f'{mode}_own_max']:.2f} s) | {r[f'{mode}_rss_mb']:.0f} MB |"
+                f"({r[f'{mode}_own_max']:.2f} s) | {r[f'{mode}_rss_mb']:.0f} MB | "
+                f"{r[f'{mode}_leader_rss_mb']:.0f} MB |"
             )
     longest = long[-1]
     return [
@@ -287,7 +292,9 @@ def render_long(long: list[dict[str, float]]) -> list[str]:
         "live state it no longer does (decoding every live row); what is left is mostly",
         "`Core.restore` itself. The copy costs the standby about "
         f"{longest['warm_rss_mb'] - longest['cold_rss_mb']:.0f} MB at "
-        f"{longest['waiting']:,.0f} live requests.",
+        f"{longest['waiting']:,.0f} live requests; the new leader holds "
+        f"{longest['warm_leader_rss_mb']:.0f} MB after a warm takeover,",
+        f"{longest['cold_leader_rss_mb']:.0f} MB after a cold one.",
         "",
     ]
 
