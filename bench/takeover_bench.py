@@ -292,8 +292,8 @@ def render_long(long: list[dict[str, float]]) -> list[str]:
         "live state it no longer does (decoding every live row); what is left is mostly",
         "`Core.restore` itself. The copy costs the standby about "
         f"{longest['warm_rss_mb'] - longest['cold_rss_mb']:.0f} MB at "
-        f"{longest['waiting']:,.0f} live requests; the new leader holds "
-        f"{longest['warm_leader_rss_mb']:.0f} MB after a warm takeover,",
+        f"{longest['waiting']:,.0f} live requests;",
+        f"the new leader holds {longest['warm_leader_rss_mb']:.0f} MB after a warm takeover, "
         f"{longest['cold_leader_rss_mb']:.0f} MB after a cold one.",
         "",
     ]
