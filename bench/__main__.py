@@ -14,6 +14,7 @@ from bench import (
     caps_memory_bench,
     core_bench,
     grpc_bench,
+    metrics_bench,
     restart_bench,
     store_bench,
     takeover_bench,
@@ -66,6 +67,7 @@ def render(
     when: str,
     store: dict[str, dict[str, float]] | None = None,
     takeover: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
 ) -> str:
     scales = core["scales"]
     mid = next(s for s in scales if s["workers"] == 1000)
@@ -182,6 +184,7 @@ def render(
         *render_access(access),
         *store_bench.render(store, when),
         *takeover_bench.render(takeover, when),
+        *metrics_bench.render(metrics, when),
         "## Reading the figures",
         "",
         f"On this machine the three processes share {os.cpu_count()} cores, and a full cycle",
@@ -245,7 +248,9 @@ def main() -> None:
     store = store_bench.run()
     print("takeover benchmark ...", file=sys.stderr)
     takeover = takeover_bench.run()
-    report = render(core, rpc, access, caps_memory, restart, when, store, takeover)
+    print("metrics benchmark ...", file=sys.stderr)
+    metrics = asyncio.run(metrics_bench.run())
+    report = render(core, rpc, access, caps_memory, restart, when, store, takeover, metrics)
     REPORT.write_text(report)
     print(report)
 

@@ -68,6 +68,8 @@ class Proc:
 SCHEDULER_READY = "boruta-scheduler listening on "
 # The benchmarks queue everything as one user.
 ONE_USER = ("--max-waiting-per-user", "1000000000")
+# The metrics port, as bench/metrics_bench.py compares with and without it.
+METRICS = ("--metrics-listen", "127.0.0.1:0", "--metrics-anonymous", "yes")
 
 
 def scheduler_command(workdir: Path, *options: str) -> list[str]:
@@ -133,10 +135,11 @@ async def stub_dryad(scheduler: str, boards: int, workdir: Path) -> Proc:
 
 @asynccontextmanager
 async def farm(
-    boards: int, *, idle: bool, bare: bool = False, store: str = ""
+    boards: int, *, idle: bool, bare: bool = False, store: str = "", metrics: bool = False
 ) -> AsyncIterator[tuple[Proc, grpc.aio.Channel]]:
     """A scheduler with `boards` stub boards (board=boardN), IDLE or in MAINTENANCE, on
-    the store URL given (default: SQLite in a temporary directory).
+    the store URL given (default: SQLite in a temporary directory); with metrics, it
+    keeps them and serves its metrics port.
 
     With bare=True the server is bench.baseline's canned-reply server instead.
     """
@@ -153,6 +156,7 @@ async def farm(
                 "10s",
                 *ONE_USER,
                 *(["--store", store] if store else []),
+                *(METRICS if metrics else ()),
             ),
             SCHEDULER_READY,
             workdir / "scheduler.log",
@@ -197,10 +201,17 @@ async def set_all_idle(channel: grpc.aio.Channel, boards: int) -> None:
 
 
 async def new_request_rate(
-    seconds: float = 5.0, concurrency: int = 32, bare: bool = False, store: str = ""
+    seconds: float = 5.0,
+    concurrency: int = 32,
+    bare: bool = False,
+    store: str = "",
+    metrics: bool = False,
 ) -> dict[str, float]:
     """NewRequest calls per second; the boards are in MAINTENANCE, so requests queue."""
-    async with farm(100, idle=False, bare=bare, store=store) as (scheduler, channel):
+    async with farm(100, idle=False, bare=bare, store=store, metrics=metrics) as (
+        scheduler,
+        channel,
+    ):
         stub = requests_pb2_grpc.RequestsStub(channel)
         rss_before = scheduler.rss_bytes()
         count = 0
@@ -235,9 +246,13 @@ async def cycle_rate(
     boards: int = 1000,
     bare: bool = False,
     store: str = "",
+    metrics: bool = False,
 ) -> dict[str, float]:
     """Full cycles per second: NewRequest -> (matched) -> AcquireWorker -> CloseRequest."""
-    async with farm(boards, idle=True, bare=bare, store=store) as (scheduler, channel):
+    async with farm(boards, idle=True, bare=bare, store=store, metrics=metrics) as (
+        scheduler,
+        channel,
+    ):
         stub = requests_pb2_grpc.RequestsStub(channel)
         latencies: list[float] = []
         cpu_at_start = 0.0

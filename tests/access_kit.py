@@ -65,6 +65,7 @@ class DryadProcess:
         self.config = config
         self.proc: subprocess.Popen[str] | None = None
         self.address = ""
+        self.metrics_address = ""  # host:port of its metrics, when the config has them
         self.log = config.with_suffix(".log")
 
     def start(self) -> str:
@@ -81,6 +82,9 @@ class DryadProcess:
             self.proc.kill()
             raise RuntimeError(f"dryad did not start: {line!r}\n{self.log.read_text()}")
         self.address = line[len(DRYAD_READY) :].strip()
+        if "metrics_listen" in self.config.read_text():
+            metrics = self.proc.stdout.readline()
+            self.metrics_address = metrics.rpartition(" on ")[2].strip()
         return self.address
 
     def kill(self) -> None:

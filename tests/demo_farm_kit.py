@@ -79,6 +79,7 @@ def demo_farm(tmp: Path, boards: int = 3, *, ha: bool = False) -> Iterator[DemoF
     name = unique_prefix().rstrip("-")
     argv = [sys.executable, str(ROOT / "tools" / "local_farm.py")]
     argv += ["--listen", "127.0.0.1:0", "--listen-tokens", "127.0.0.1:0"]
+    argv += ["--metrics-listen", "127.0.0.1:0"]
     argv += ["--name", name, "--boards", str(boards), "--data-dir", str(tmp / "farm")]
     if ha:
         argv += ["--ha", "--second-listen", "127.0.0.1:0", "--second-listen-tokens", "127.0.0.1:0"]

@@ -65,6 +65,7 @@ class SchedulerProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.address = ""
         self.token_address = ""
+        self.metrics_address = ""
         self.log_path = data_dir / "scheduler.log"
 
     def start(self, listen: str = "127.0.0.1:0") -> str:
@@ -86,6 +87,9 @@ class SchedulerProcess:
         if "--listen-tokens" in self.options:
             tokens = self.proc.stdout.readline()
             self.token_address = tokens.rpartition(" on ")[2].strip()
+        if "--metrics-listen" in self.options:
+            metrics = self.proc.stdout.readline()
+            self.metrics_address = metrics.rpartition(" on ")[2].strip()
         return self.address
 
     def wait_leading(self) -> int:
@@ -105,6 +109,25 @@ class SchedulerProcess:
     def stop(self) -> int:
         assert self.proc is not None
         return stop_process(self.proc)
+
+
+class Schedulers:
+    """Makes scheduler processes with the same options, each in a folder of its own under
+    base; stop_all() stops every one it made."""
+
+    def __init__(self, base: Path, *options: str) -> None:
+        self.base = base
+        self.options = options
+        self.made: list[SchedulerProcess] = []
+
+    def __call__(self, name: str) -> SchedulerProcess:
+        proc = SchedulerProcess(self.base / name, *self.options)
+        self.made.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.made:
+            proc.stop()
 
 
 @dataclass

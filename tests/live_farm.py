@@ -30,8 +30,11 @@ def boards_toml(
     boards: Mapping[str, Mapping[str, str]],
     host_keys: Path,
     tls: TlsFiles | None = None,
+    settings: str = "",
 ) -> str:
+    """The dryad's TOML; settings are more top-level lines of it."""
     text = f'scheduler = "{scheduler}"\nlisten = "127.0.0.1:0"\nstate_dir = "{state}"\n'
+    text += settings
     if tls is None:
         text += "plaintext = true\n"
     else:
@@ -61,6 +64,8 @@ class LiveFarm:
         self.log_files: list[Path] = []
         self.token_address = ""
         self.dryad_address = ""
+        self.metrics_address = ""
+        self.dryad_metrics_address = ""
 
     def client(self, user: str = "alice", groups: Sequence[str] = ()) -> Client:
         if self.pki is not None:
@@ -135,9 +140,11 @@ def live_farm(
     boards: Mapping[str, Mapping[str, str]],
     *scheduler_options: str,
     pki: FarmPki | None = None,
+    dryad_settings: str = "",
 ) -> Iterator[LiveFarm]:
     """Start the farm, put every board into service, and tear it all down afterwards.
-    With a PKI, every link is TLS: the scheduler, the dryad and the clients get certificates."""
+    With a PKI, every link is TLS: the scheduler, the dryad and the clients get certificates.
+    dryad_settings are more top-level lines of the dryad's TOML."""
     require_sshd()
     prefix = unique_prefix()
     sshd = DevSshd(workdir=str(tmp / "sshd"))
@@ -165,6 +172,7 @@ def live_farm(
                 boards,
                 sshd.host_key_public,
                 dryad_tls,
+                dryad_settings,
             )
         )
         dryad = DryadProcess(config)
@@ -173,6 +181,8 @@ def live_farm(
         farm.log_files = [scheduler.log_path, dryad.log]
         farm.token_address = scheduler.token_address
         farm.dryad_address = dryad.address
+        farm.metrics_address = scheduler.metrics_address
+        farm.dryad_metrics_address = dryad.metrics_address
         with farm.admin() as admin:
             give_up = time.monotonic() + 30
             while {w.uuid for w in admin.list_workers()} < set(boards):

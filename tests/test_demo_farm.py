@@ -4,11 +4,14 @@ while it starts, and a token an admin issues there works on its token port."""
 from __future__ import annotations
 
 import json
+import shlex
+import ssl
 import subprocess
 import sys
 from pathlib import Path
 
 from demo_farm_kit import DemoFarm
+from metrics_kit import poll, total
 
 SCHEDCTL = [sys.executable, "-m", "schedctl.main"]
 
@@ -54,3 +57,23 @@ def test_a_token_issued_on_the_demo_farm_works_on_its_token_port(
     assert "requires TLS (it is a token port), and this client called it in plaintext" in (
         bare.stderr
     )
+
+
+def test_the_metrics_scrape_the_demo_farm_shows_works(demo_farm: DemoFarm) -> None:
+    """The curl line of the farm's message, done in Python with the same files: the
+    admin's certificate reads the metrics, and they show every board IDLE (once the
+    other tests' jobs on this farm have ended and their boards are prepared again)."""
+    line = next(line for line in demo_farm.output if line.strip().startswith("curl "))
+    argv = shlex.split(line)
+    ca, cert, key = (argv[argv.index(flag) + 1] for flag in ("--cacert", "--cert", "--key"))
+    context = ssl.create_default_context(cafile=ca)
+    context.load_cert_chain(cert, key)
+    address = argv[-1].removeprefix("https://").removesuffix("/metrics")
+    found = poll(
+        address,
+        lambda s: total(s, "boruta_boards", state="IDLE") == 3,
+        "every board IDLE",
+        context=context,
+    )
+    assert total(found, "boruta_boards") == 3
+    assert total(found, "boruta_leader") == 1

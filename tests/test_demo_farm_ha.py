@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -21,6 +23,7 @@ import pytest
 from boruta.tls import TlsFiles, channel_credentials
 from demo_farm_kit import DemoFarm, demo_farm
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from metrics_kit import poll, total
 
 SCHEDCTL = [sys.executable, "-m", "schedctl.main"]
 ROW = re.compile(r"^    ([AB])  (\S+)  tokens (\S+)  pid (\d+)  health (\w+) \((leads|standby)\)$")
@@ -52,6 +55,28 @@ def health(address: str, tls: TlsFiles) -> str:
     with grpc.secure_channel(address, channel_credentials(tls)) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+def metrics_addresses(farm: DemoFarm) -> tuple[list[str], ssl.SSLContext]:
+    """The schedulers' metrics ports from the message's curl lines (A's, then B's), and the
+    admin's TLS context they name."""
+    lines = [shlex.split(line) for line in farm.output if line.strip().startswith("curl ")]
+    argv = lines[0]
+    ca, cert, key = (argv[argv.index(flag) + 1] for flag in ("--cacert", "--cert", "--key"))
+    context = ssl.create_default_context(cafile=ca)
+    context.load_cert_chain(cert, key)
+    return [a[-1].removeprefix("https://").removesuffix("/metrics") for a in lines], context
+
+
+def leads_by_metrics(address: str, context: ssl.SSLContext, leads: bool) -> None:
+    """Until the scheduler's boruta_leader gauge says it leads (1) or stands by (0)."""
+    want = 1 if leads else 0
+    poll(
+        address,
+        lambda s: total(s, "boruta_leader") == want,
+        f"boruta_leader {want}",
+        context=context,
+    )
 
 
 def runs_a_job(farm: DemoFarm, home: Path) -> None:
@@ -102,6 +127,9 @@ def test_kill_9_the_leader_the_ha_demo_farm_names_and_the_other_takes_over(
             *(str(farm.data_dir / "client" / name) for name in ("ca.pem", "admin.pem", "admin.key"))
         )
         runs_a_job(farm, state_dir)
+        (metrics_a, metrics_b), context = metrics_addresses(farm)
+        leads_by_metrics(metrics_a, context, leads=True)
+        leads_by_metrics(metrics_b, context, leads=False)
 
         os.kill(leader.pid, 9)
         took = farm.read_until(f"*** scheduler B ({standby.address}, pid {standby.pid}) leads")
@@ -111,6 +139,9 @@ def test_kill_9_the_leader_the_ha_demo_farm_names_and_the_other_takes_over(
         assert back.startswith(f"*** scheduler A is back on {leader.address}, pid ")
         # Restarted, as systemd would, on the same ports: now the standby.
         assert health(leader.address, admin) == "NOT_SERVING"
+        # Both metrics ports say so too; A's came back on the same port.
+        leads_by_metrics(metrics_b, context, leads=True)
+        leads_by_metrics(metrics_a, context, leads=False)
         farm.wait_idle()
         runs_a_job(farm, state_dir)
 

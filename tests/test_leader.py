@@ -14,7 +14,7 @@ import grpc
 import pytest
 from boruta.tls import channel_credentials
 from boruta.v1 import requests_pb2, requests_pb2_grpc, types_pb2
-from farm_kit import Client, Farm, SchedulerProcess, board
+from farm_kit import Client, Farm, SchedulerProcess, Schedulers, board
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pki_kit import FarmPki
 from test_crash_restart import snapshot
@@ -34,16 +34,9 @@ async def schedulers(
     tmp_path: Path, postgres_url: str
 ) -> AsyncIterator[Callable[[str], SchedulerProcess]]:
     """Makes scheduler processes on one fresh PostgreSQL database; stops them all after."""
-    made: list[SchedulerProcess] = []
-
-    def make(name: str) -> SchedulerProcess:
-        proc = SchedulerProcess(tmp_path / name, *OPTIONS, "--store", postgres_url)
-        made.append(proc)
-        return proc
-
-    yield make
-    for proc in made:
-        proc.stop()
+    made = Schedulers(tmp_path, *OPTIONS, "--store", postgres_url)
+    yield made
+    made.stop_all()
 
 
 async def health(address: str) -> int:

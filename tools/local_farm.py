@@ -42,7 +42,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 DEFAULT_SCHEDULER = "127.0.0.1:50051"
 DEFAULT_TOKENS = "127.0.0.1:50052"
+DEFAULT_METRICS = "127.0.0.1:9101"
 TOKENS_READY = "boruta-scheduler tokens on "
+METRICS_READY = "boruta-scheduler metrics on "
 SCHEDULER_READY = "boruta-scheduler listening on "
 LEADING = "boruta-scheduler leading as epoch "
 # The second scheduler of `make run-ha`.
@@ -120,23 +122,26 @@ class SchedulerUnit:
     """One scheduler of the HA farm: its process now, and how to start it (again on the
     ports it bound first, which clients and dryads know)."""
 
-    def __init__(self, name: str, argv: Callable[[str, str], list[str]], log: Path) -> None:
+    def __init__(self, name: str, argv: Callable[[str, str, str], list[str]], log: Path) -> None:
         self.name = name
         self.log = log
         self._argv = argv
         self.address = ""
         self.token_address = ""
+        self.metrics_address = ""
         self.proc: subprocess.Popen[str] | None = None
 
-    def start(self, listen: str, listen_tokens: str) -> subprocess.Popen[str]:
-        proc, self.address = spawn(self._argv(listen, listen_tokens), SCHEDULER_READY, self.log)
+    def start(self, listen: str, listen_tokens: str, metrics: str) -> subprocess.Popen[str]:
+        argv = self._argv(listen, listen_tokens, metrics)
+        proc, self.address = spawn(argv, SCHEDULER_READY, self.log)
         self.proc = proc
         assert proc.stdout is not None
         self.token_address = proc.stdout.readline().removeprefix(TOKENS_READY).strip()
+        self.metrics_address = proc.stdout.readline().removeprefix(METRICS_READY).strip()
         return proc
 
     def restart(self) -> subprocess.Popen[str]:
-        return self.start(self.address, self.token_address)
+        return self.start(self.address, self.token_address, self.metrics_address)
 
 
 class HaSchedulers:
@@ -151,9 +156,9 @@ class HaSchedulers:
         self._changed = threading.Condition()
         self._stopping = False
 
-    def start(self, unit: SchedulerUnit, listen: str, listen_tokens: str) -> None:
+    def start(self, unit: SchedulerUnit, listen: str, listen_tokens: str, metrics: str) -> None:
         self.units.append(unit)  # from here on, stopped with the farm
-        unit.start(listen, listen_tokens)
+        unit.start(listen, listen_tokens, metrics)
         threading.Thread(target=self._supervise, args=(unit,), daemon=True).start()
 
     def wait_leader(self, timeout: float = 120) -> SchedulerUnit:
@@ -299,7 +304,8 @@ def dryad_config(
     caps_toml = ", ".join(f'{k} = "{v}"' for k, v in caps.items())
     return (
         f'scheduler = "{scheduler}"\nlisten = "127.0.0.1:0"\nstate_dir = "{state}"\n'
-        f'tls_ca = "{tls.ca}"\ntls_cert = "{tls.cert}"\ntls_key = "{tls.key}"\n\n'
+        f'tls_ca = "{tls.ca}"\ntls_cert = "{tls.cert}"\ntls_key = "{tls.key}"\n'
+        'metrics_listen = "127.0.0.1:0"\n\n'
         f'[[board]]\nname = "{name}-{index}"\nuuid = "{name}-{index}"\n'
         f"caps = {{ {caps_toml} }}\n"
         f'ssh_address = "{sshd.address}"\nssh_host_keys = ["{sshd.host_key_public}"]\n'
@@ -402,6 +408,12 @@ def main() -> None:
         help="the scheduler's port for bearer tokens [env: BORUTA_LISTEN_TOKENS]",
     )
     parser.add_argument(
+        "--metrics-listen",
+        default=os.environ.get("BORUTA_METRICS_LISTEN", DEFAULT_METRICS),
+        help="the scheduler's Prometheus metrics port (with --ha, scheduler A's; B's is "
+        "any free port) [env: BORUTA_METRICS_LISTEN]",
+    )
+    parser.add_argument(
         "--name",
         default=os.environ.get("BORUTA_FARM_NAME", "farm"),
         help="what boards (NAME-0, ...) and job users (NAME0-job1, ...) are called "
@@ -483,27 +495,40 @@ def main() -> None:
             data / "relay.log",
         )
         processes.append(relay)
+        metrics: list[str] = []  # where the schedulers serve their metrics
         if args.ha:
             remove_stale_clusters(data)
             postgres = DevPostgres(durable=True, parent=cluster_parent(data), own_session=True)
             step(f"starting PostgreSQL for both schedulers in {postgres.dir}")
             postgres.start()
             store = ["--store", postgres.create_database("boruta")]
-            for name, listen, listen_tokens in (
-                ("A", args.listen, args.listen_tokens),
-                ("B", args.second_listen, args.second_listen_tokens),
+            # B's metrics port is any free one (kept across its restarts), so that the
+            # farm needs no third well-known port.
+            for name, listen, listen_tokens, metrics_listen in (
+                ("A", args.listen, args.listen_tokens, args.metrics_listen),
+                ("B", args.second_listen, args.second_listen_tokens, "127.0.0.1:0"),
             ):
                 role = "leader" if name == "A" else "standby"
                 step(f"starting scheduler {name} ({role}) on {listen}, tokens on {listen_tokens}")
                 directory = data / f"scheduler-{name.lower()}"
 
-                def argv(listen: str, tokens: str, directory: Path = directory) -> list[str]:
+                def argv(
+                    listen: str, tokens: str, metrics: str, directory: Path = directory
+                ) -> list[str]:
                     return scheduler_argv(
-                        sched_tls, listen, tokens, directory, relay_socket, *store
+                        sched_tls,
+                        listen,
+                        tokens,
+                        directory,
+                        relay_socket,
+                        *store,
+                        "--metrics-listen",
+                        metrics,
                     )
 
                 unit = SchedulerUnit(name, argv, data / f"{directory.name}.log")
-                schedulers.start(unit, listen, listen_tokens)
+                schedulers.start(unit, listen, listen_tokens, metrics_listen)
+                metrics.append(unit.metrics_address)
                 schedulers.wait_leader()  # A leads a fresh database; B is its standby
             address = ",".join(u.address for u in schedulers.units)
             tokens = ",".join(u.token_address for u in schedulers.units)
@@ -516,6 +541,8 @@ def main() -> None:
                     args.listen_tokens,
                     data / "scheduler",
                     relay_socket,
+                    "--metrics-listen",
+                    args.metrics_listen,
                 ),
                 SCHEDULER_READY,
                 data / "scheduler.log",
@@ -523,6 +550,7 @@ def main() -> None:
             processes.append(scheduler)
             assert scheduler.stdout is not None
             tokens = scheduler.stdout.readline().removeprefix(TOKENS_READY).strip()
+            metrics.append(scheduler.stdout.readline().removeprefix(METRICS_READY).strip())
         uuids = [f"{args.name}-{i}" for i in range(args.boards)]
         step(f"starting {args.boards} dryads, one per board")
         for i, uuid in enumerate(uuids):
@@ -541,6 +569,8 @@ def main() -> None:
                 data / f"dryad-{i}.log",
             )
             processes.append(proc)
+            assert proc.stdout is not None
+            proc.stdout.readline()  # where its metrics are (shown in its log as well)
         step("putting the boards into service")
         admin_tls = farm_pki.files(pki.CertIdentity("admin", pki.Role.ADMIN))
         with Client(address, tls=admin_tls) as admin:
@@ -553,6 +583,16 @@ def main() -> None:
             for i, uuid in enumerate(uuids)
         )
         up, where, takeover = f"scheduler on {address}", "", ""
+        scrape = ""
+        if metrics:
+            scrape = (
+                "Prometheus metrics (docs/metrics.md), shown to the farm's certificates:\n"
+                + "".join(
+                    f"    curl --cacert {admin_tls.ca} --cert {admin_tls.cert} "
+                    f"--key {admin_tls.key} https://{where}/metrics\n"
+                    for where in metrics
+                )
+            )
         if args.ha:
             up, where, takeover = ha_message(schedulers, admin_tls)
         print(
@@ -574,7 +614,8 @@ def main() -> None:
             "    .venv/bin/schedctl -c farm-token status\n"
             f"{takeover}"
             "The SSH tunnels are boruta-relay's: an ssh session stays up while the scheduler\n"
-            "restarts.\n\n"
+            "restarts.\n"
+            f"{scrape}\n"
             "Ctrl-C stops the farm.",
             flush=True,
         )

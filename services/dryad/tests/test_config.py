@@ -178,3 +178,23 @@ def test_several_schedulers() -> None:
                 **{"plaintext": True, "tls_ca": "", "tls_cert": "", "tls_key": ""},
             }
         )
+
+
+def test_metrics_need_tls_or_anonymous_scrapes_on_loopback() -> None:
+    with_tls = parse_config(minimal(metrics_listen="0.0.0.0:9102"))
+    assert (with_tls.metrics_listen, with_tls.metrics_anonymous) == ("0.0.0.0:9102", False)
+    plain = {
+        "tls_ca": "",
+        "tls_cert": "",
+        "tls_key": "",
+        "plaintext": True,
+        "listen": "127.0.0.1:0",
+        "advertise": "",
+        "scheduler": "127.0.0.1:50051",
+    }
+    with pytest.raises(ConfigError, match="metrics_anonymous"):
+        parse_config(minimal(**plain, metrics_listen="127.0.0.1:0"))
+    with pytest.raises(ConfigError, match="loopback"):
+        parse_config(minimal(**plain, metrics_listen="0.0.0.0:9102", metrics_anonymous=True))
+    demo = parse_config(minimal(**plain, metrics_listen="127.0.0.1:0", metrics_anonymous="yes"))
+    assert demo.metrics_anonymous

@@ -24,6 +24,7 @@ changes nothing at all.
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TypeVar
@@ -519,6 +520,10 @@ class CoreMachine(RuleBasedStateMachine):
             assert worker == self.worker_views[uuid], f"{uuid} changed without being drained"
             assert core.worker(uuid) == worker
             assert self.history_state[uuid] is worker.state, uuid
+
+        # The live tally (what metrics read) counts what a walk of the requests finds.
+        walked = Counter((view.state, view.priority) for view in live.values())
+        assert core.live_tally() == dict(walked)
 
         # 5. Terminal requests are gone from the core.
         for rid in self.terminal:

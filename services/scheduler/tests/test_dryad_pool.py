@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from boruta.metrics import LoopHistograms
 from boruta.v1 import dryad_pb2_grpc
+from boruta_dryad.backends import BackendError
 from boruta_dryad.stub import KeySource, StubBoard, StubDryadServicer
 from boruta_scheduler.core import DryadCall, DryadCallKind
-from boruta_scheduler.dryads.pool import DryadPool
+from boruta_scheduler.dryads.pool import DryadCallError, DryadPool
 
 
 @pytest.fixture
@@ -43,3 +45,39 @@ async def test_missing_host_keys_are_reported_once_per_worker(
     warned = [r for r in caplog.records if "no SSH host keys" in r.getMessage()]
     assert [r.worker for r in warned] == ["pool-a", "pool-b"]  # type: ignore[attr-defined]
     assert boards["pool-a"].prepared == 3
+
+
+async def test_each_call_is_timed_by_kind_and_result(
+    dryad: tuple[str, dict[str, StubBoard]],
+) -> None:
+    """What boruta_dryad_call_duration_seconds counts: every call once (its retries
+    inside it), with ok, the gRPC code, or unhealthy for a failed check."""
+    address, boards = dryad
+    boards["pool-b"].unhealthy = "the camera is gone"
+    boards["pool-b"].fail_prepare = BackendError("the board does not answer")
+    timings = LoopHistograms("calls", "dryad calls", ("kind", "result"))
+    pool = DryadPool(timeout=30, retries=0, timings=timings)
+    calls = [
+        (DryadCall(1, "pool-a", DryadCallKind.PREPARE, address), None),
+        (DryadCall(2, "pool-a", DryadCallKind.HEALTHCHECK, address), None),
+        (DryadCall(3, "pool-b", DryadCallKind.HEALTHCHECK, address), "healthcheck failed"),
+        (DryadCall(4, "pool-b", DryadCallKind.PREPARE, address), "FAILED_PRECONDITION"),
+        (DryadCall(5, "nowhere", DryadCallKind.HEALTHCHECK, address), "NOT_FOUND"),
+    ]
+    try:
+        for call, error in calls:
+            if error is None:
+                await pool.call(call)
+                continue
+            with pytest.raises(DryadCallError, match=error):
+                await pool.call(call)
+    finally:
+        await pool.close()
+    counted = {values: sum(child.counts) for values, child in timings.children.items()}
+    assert counted == {
+        ("Prepare", "ok"): 1,
+        ("Healthcheck", "ok"): 1,
+        ("Healthcheck", "unhealthy"): 1,
+        ("Prepare", "FAILED_PRECONDITION"): 1,
+        ("Healthcheck", "NOT_FOUND"): 1,
+    }

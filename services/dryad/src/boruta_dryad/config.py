@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from boruta.address import AddressError, check_dial_address, is_wildcard, split_host_port
+from boruta.metrics import check_options
 from boruta.pki import PkiError
 from boruta.schedulers import parse_schedulers
 from boruta.tls import TlsFiles, choose_transport
@@ -88,6 +89,10 @@ class DryadConfig:
     # Uids (and gids) of job users, handed out in turn by every dryad of the host.
     job_uids: UidRange = field(default_factory=lambda: UidRange.parse(DEFAULT_JOB_UIDS))
     uid_mark_dir: str = DEFAULT_MARK_DIR
+    # host:port of the HTTP port with Prometheus metrics; empty: none.
+    metrics_listen: str = ""
+    # Serve metrics to scrapes that show no certificate (loopback demos, tests).
+    metrics_anonymous: bool = False
 
 
 def _host_port(value: str, what: str, *, listen: bool = False, dial: bool = False) -> str:
@@ -217,6 +222,8 @@ def parse_config(data: Mapping[str, Any]) -> DryadConfig:
         "tls_key",
         "plaintext",
         "job_uids",
+        "metrics_listen",
+        "metrics_anonymous",
     }
     unknown = set(data) - known
     if unknown:
@@ -247,6 +254,14 @@ def parse_config(data: Mapping[str, Any]) -> DryadConfig:
     if len(set(prefixes)) != len(prefixes):
         raise ConfigError("each board needs its own user_prefix")
     tls, plaintext = _transport(data, schedulers, listen)
+    metrics_listen = str(data.get("metrics_listen", ""))
+    metrics_anonymous = _flag(data.get("metrics_anonymous", False))
+    if metrics_listen:
+        _host_port(metrics_listen, "metrics_listen", listen=True)
+        try:
+            check_options(metrics_listen, tls, metrics_anonymous, "metrics_listen")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     try:
         job_uids = UidRange.parse(str(data.get("job_uids", DEFAULT_JOB_UIDS)))
     except ValueError as exc:
@@ -264,6 +279,8 @@ def parse_config(data: Mapping[str, Any]) -> DryadConfig:
         tls=tls,
         plaintext=plaintext,
         job_uids=job_uids,
+        metrics_listen=metrics_listen,
+        metrics_anonymous=metrics_anonymous,
     )
 
 
@@ -284,12 +301,16 @@ def _schedulers(data: Mapping[str, Any]) -> tuple[str, ...]:
     return found
 
 
+def _flag(value: object) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
 def _transport(
     data: Mapping[str, Any], schedulers: tuple[str, ...], listen: str
 ) -> tuple[TlsFiles | None, bool]:
     """TLS files, or plaintext: only when asked for and only on loopback both ways, since
     without TLS anyone who reaches the dryad could have it create users."""
-    plaintext = str(data.get("plaintext", False)).strip().lower() in ("1", "true", "yes", "on")
+    plaintext = _flag(data.get("plaintext", False))
     try:
         tls = TlsFiles.given(
             str(data.get("tls_ca", "")),
@@ -318,6 +339,8 @@ _CLI = [
     ("tls_key", "this dryad's private key (PEM)"),
     ("plaintext", "no TLS (loopback only: demos and tests)"),
     ("job_uids", f"FIRST-LAST uids of job users, taken in turn (default {DEFAULT_JOB_UIDS})"),
+    ("metrics_listen", "host:port of the HTTP port with Prometheus metrics (port 0 picks one)"),
+    ("metrics_anonymous", "serve metrics to scrapes without a certificate (needed without TLS)"),
 ]
 
 

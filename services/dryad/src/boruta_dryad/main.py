@@ -10,6 +10,7 @@ import signal
 import sys
 import uuid as uuidlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import grpc
 from boruta import logs
@@ -30,9 +31,15 @@ from boruta_dryad.state import dryad_id, ensure_uuids
 from boruta_dryad.uids import UidAllocator
 from boruta_dryad.users import JobHost, JobUsers, UserError
 
+if TYPE_CHECKING:  # loaded only when a metrics port is configured: they take 0.6 s
+    from boruta.metrics_http import MetricsServer
+
+    from boruta_dryad.metrics import DryadMetrics
+
 log = logging.getLogger(__name__)
 
 READY = "boruta-dryad listening on "
+METRICS_READY = "boruta-dryad metrics on "
 DRYAD_SERVICE = dryad_pb2.DESCRIPTOR.services_by_name["Dryad"].full_name
 
 
@@ -55,6 +62,27 @@ class Dryad:
         self.link: SchedulerLink | None = None
         self._server: grpc.aio.Server | None = None
         self._probes: Probes | None = None
+        # The metrics and their HTTP port, if configured; its address once started.
+        self.metrics: DryadMetrics | None = None
+        self.http: MetricsServer | None = None
+        if self.config.metrics_listen:
+            from boruta.metrics_http import MetricsServer
+
+            from boruta_dryad.metrics import DryadMetrics
+
+            self.metrics = DryadMetrics()
+            try:
+                self.http = MetricsServer(
+                    self.metrics.registry,
+                    self.config.metrics_listen,
+                    self.config.tls,
+                    anonymous=self.config.metrics_anonymous,
+                    setting="metrics_listen in the config file, --metrics-listen or "
+                    "BORUTA_METRICS_LISTEN",
+                )
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        self.metrics_address = ""
 
     async def start(self) -> str:
         """Remove job users left from before, serve, and start registering."""
@@ -69,7 +97,9 @@ class Dryad:
         server = grpc.aio.server()
         tls = self.config.tls
         peers = None if tls is None else PeerCertificates(tls.read()[0])
-        dryad_pb2_grpc.add_DryadServicer_to_server(DryadServicer(self.boards, peers), server)
+        dryad_pb2_grpc.add_DryadServicer_to_server(
+            DryadServicer(self.boards, peers, self.metrics), server
+        )
         self._probes = await add_probes(server, (DRYAD_SERVICE,), serving=True)
         if tls is None:
             log.warning("PLAINTEXT: no TLS; anyone on this machine can call this dryad")
@@ -82,6 +112,10 @@ class Dryad:
         await server.start()
         self._server = server
         self.address = self._advertised(port)
+        if self.http is not None:
+            metrics_port = await self.http.start()
+            host = split_host_port(self.config.metrics_listen, listen=True)[0] or "0.0.0.0"
+            self.metrics_address = join_host_port(host, metrics_port)
         disk = self.config.boards[0].checks.disk_path
         self.link = SchedulerLink(
             self.config.scheduler,
@@ -118,6 +152,8 @@ class Dryad:
             await self.link.stop()
         if self._server is not None:
             await self._server.stop(2)
+        if self.http is not None:
+            await self.http.stop()
         for board in self.boards.values():
             await board.users.remove_all()
         if self.host.cgroups is not None:
@@ -169,7 +205,16 @@ async def serve(config: DryadConfig) -> None:
         await dryad.stop()
         raise
     print(f"{READY}{address}", flush=True)
-    log.info("serving", extra={"address": address, "scheduler": config.scheduler})
+    if dryad.metrics_address:
+        print(f"{METRICS_READY}{dryad.metrics_address}", flush=True)
+    log.info(
+        "serving",
+        extra={
+            "address": address,
+            "scheduler": config.scheduler,
+            "metrics": dryad.metrics_address or "none",
+        },
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

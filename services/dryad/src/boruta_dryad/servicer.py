@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from boruta.pki import PkiError, Role
@@ -17,6 +18,9 @@ from boruta_dryad.config import BoardConfig
 from boruta_dryad.health import run_checks
 from boruta_dryad.hostkeys import HostKeyError, read_host_keys
 from boruta_dryad.users import JobUsers, UserError
+
+if TYPE_CHECKING:
+    from boruta_dryad.metrics import DryadMetrics
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +68,14 @@ class Board:
 
 
 class DryadServicer(dryad_pb2_grpc.DryadServicer):
-    def __init__(self, boards: Mapping[str, Board], peers: PeerCertificates | None = None) -> None:
+    def __init__(
+        self,
+        boards: Mapping[str, Board],
+        peers: PeerCertificates | None = None,
+        metrics: DryadMetrics | None = None,
+    ) -> None:
         self._boards = boards
+        self._metrics = metrics
         # With TLS, only the scheduler's certificate may have users created or boards
         # taken out of service; None on a plaintext loopback demo.
         self._peers = peers
@@ -99,6 +109,7 @@ class DryadServicer(dryad_pb2_grpc.DryadServicer):
         self, request: dryad_pb2.PrepareRequest, context: Context
     ) -> dryad_pb2.PrepareResponse:
         board = await self._board(request.worker_uuid, context)
+        began = time.perf_counter()
         try:
             # Read at every Prepare, so that rotated host keys reach the next job; first,
             # since a board whose identity cannot be shown must not be handed out.
@@ -106,8 +117,12 @@ class DryadServicer(dryad_pb2_grpc.DryadServicer):
             await board.backend.prepare()
             prepared = await board.users.prepare()
         except _CALL_ERRORS as exc:
+            if self._metrics is not None:
+                self._metrics.prepared(board.config.uuid, time.perf_counter() - began, ok=False)
             await self._fail(context, "prepare", exc)
             raise AssertionError("unreachable") from exc
+        if self._metrics is not None:
+            self._metrics.prepared(board.config.uuid, time.perf_counter() - began, ok=True)
         return dryad_pb2.PrepareResponse(
             username=prepared.username,
             private_key_pem=prepared.private_key_pem,
@@ -131,6 +146,8 @@ class DryadServicer(dryad_pb2_grpc.DryadServicer):
     ) -> dryad_pb2.HealthcheckResponse:
         board = await self._board(request.worker_uuid, context)
         checks = await run_checks(board.config, board.backend)
+        if self._metrics is not None:
+            self._metrics.checked(board.config.uuid, checks)
         return dryad_pb2.HealthcheckResponse(
             healthy=all(c.ok for c in checks),
             checks=[dryad_pb2.CheckResult(name=c.name, ok=c.ok, detail=c.detail) for c in checks],

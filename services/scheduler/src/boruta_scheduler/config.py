@@ -75,6 +75,10 @@ class ServerConfig:
     # metadata of a standby's refusals); empty: public_host and the bound port.
     advertise: str = ""
     advertise_tokens: str = ""
+    # host:port of the HTTP port with Prometheus metrics (docs/metrics.md); empty: none.
+    metrics_listen: str = ""
+    # Serve metrics to scrapes that show no certificate or token (loopback demos, tests).
+    metrics_anonymous: bool = False
 
     @property
     def tunnel_bind_host(self) -> str:
@@ -156,6 +160,18 @@ _OPTIONS = [
     ),
     _Option(
         "advertise_tokens", "server", "str", "host:port of this leader's token port for standbys"
+    ),
+    _Option(
+        "metrics_listen",
+        "server",
+        "str",
+        "host:port of the HTTP port with Prometheus metrics at /metrics (port 0 picks one)",
+    ),
+    _Option(
+        "metrics_anonymous",
+        "server",
+        "bool",
+        "serve metrics to scrapes without a certificate or token (needed without TLS)",
     ),
     _Option("default_priority", "policy", "int", "priority of requests that give none (1-16)"),
     _Option("max_priority", "policy", "int", "most important priority users may use (1-16)"),
@@ -254,6 +270,12 @@ def load_config(
     if server.listen_tokens:
         what = f"--listen-tokens (or {env_name('listen_tokens')})"
         split_host_port(server.listen_tokens, what, listen=True)
+    if server.metrics_listen:
+        split_host_port(
+            server.metrics_listen,
+            f"--metrics-listen (or {env_name('metrics_listen')})",
+            listen=True,
+        )
     if not 0 < server.lease_renew < server.lease:
         raise ValueError(
             f"lease_renew ({server.lease_renew:g}s) must be shorter than lease "

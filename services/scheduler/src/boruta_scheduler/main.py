@@ -10,11 +10,12 @@ import socket
 import sys
 import time
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from boruta import logs
 from boruta.address import join_host_port, split_host_port
 from boruta.ports import CannotListen
+from boruta.tls import TlsFiles
 
 from boruta_scheduler.app.leadership import Leadership
 from boruta_scheduler.app.warm import Follower
@@ -23,6 +24,11 @@ from boruta_scheduler.errors import StoreUnavailable
 from boruta_scheduler.rpc.server import Scheduler, transport_security
 from boruta_scheduler.rpc.standby import Standby
 from boruta_scheduler.store import POSTGRESQL_SCHEMES, CannotOpenStore, open_store, safe_url
+
+if TYPE_CHECKING:  # loaded only when a metrics port is configured: they take 0.6 s
+    from boruta.metrics_http import MetricsServer
+
+    from boruta_scheduler.app.metrics import SchedulerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +50,17 @@ async def serve(config: SchedulerConfig) -> int:
 
 
 async def serve_alone(config: SchedulerConfig) -> int:
+    metrics = scheduler_metrics(config.server)
     try:
-        scheduler = Scheduler(config)
+        scheduler = Scheduler(config, metrics=metrics)
+        http = metrics_server(config.server, scheduler.tls, metrics)
     except ValueError as exc:  # e.g. plaintext asked for on an address other than loopback
         return usage_error(exc)
     try:
         port = await scheduler.start()
+        if http is not None:
+            await http.start()
+            http.tokens = scheduler.tokens.identify
     except CannotListen as exc:
         # A restart would find the port as busy as now, so this is a configuration error;
         # the engine has started, and is stopped cleanly rather than torn down as a crash.
@@ -57,12 +68,40 @@ async def serve_alone(config: SchedulerConfig) -> int:
         return usage_error(exc)
     # Before the readiness line: whoever reads it may stop us at once, and cleanly.
     stop = stop_on_signals()
-    announce(config.server, port, scheduler.token_port)
+    announce(config.server, port, scheduler.token_port, http)
     await first(scheduler.wait(), stop.wait())
     failed = scheduler.engine is not None and scheduler.engine.failure is not None
     log.info("stopping")
     await scheduler.stop()
+    if http is not None:
+        await http.stop()
     return EXIT_FAILED if failed else EXIT_STOPPED
+
+
+def scheduler_metrics(server: ServerConfig) -> SchedulerMetrics | None:
+    """The process's metrics, if a metrics port is configured."""
+    if not server.metrics_listen:
+        return None
+    from boruta_scheduler.app.metrics import SchedulerMetrics
+
+    return SchedulerMetrics()
+
+
+def metrics_server(
+    server: ServerConfig, tls: TlsFiles | None, metrics: SchedulerMetrics | None
+) -> MetricsServer | None:
+    """The HTTP port with the metrics, if one is configured (ValueError: options to fix)."""
+    if metrics is None:
+        return None
+    from boruta.metrics_http import MetricsServer
+
+    return MetricsServer(
+        metrics.registry,
+        server.metrics_listen,
+        tls,
+        anonymous=server.metrics_anonymous,
+        setting="--metrics-listen or BORUTA_METRICS_LISTEN",
+    )
 
 
 async def serve_shared(config: SchedulerConfig) -> int:
@@ -71,8 +110,11 @@ async def serve_shared(config: SchedulerConfig) -> int:
     lease (then it exits EXIT_STEPPED_DOWN, and comes back as a standby when restarted: a
     fresh process holds nothing of the lost lead)."""
     server = config.server
+    metrics = scheduler_metrics(server)
     try:
         tls = transport_security(server)
+        # A standby serves its metrics too: boruta_leader says it is one.
+        http = metrics_server(server, tls, metrics)
     except ValueError as exc:
         return usage_error(exc)
     store = open_store(server.store_url)  # migrates, as every scheduler does at start
@@ -85,6 +127,8 @@ async def serve_shared(config: SchedulerConfig) -> int:
     standby = Standby(server, tls, leadership.leader_address)
     try:
         await standby.start()
+        if http is not None:
+            await http.start()
     except CannotListen as exc:
         await standby.stop()
         lease.close()
@@ -108,7 +152,7 @@ async def serve_shared(config: SchedulerConfig) -> int:
     epoch = await leadership.try_acquire(me)
     announced = epoch is None
     if epoch is None:
-        announce(server, standby.port, standby.token_port)
+        announce(server, standby.port, standby.token_port, http)
         if server.standby_copy:
             follower.start()
         acquiring = asyncio.ensure_future(leadership.acquire(me))
@@ -116,6 +160,8 @@ async def serve_shared(config: SchedulerConfig) -> int:
         if not acquiring.done() or acquiring.cancelled():
             log.info("stopping")
             await follower.stop()
+            if http is not None:
+                await http.stop()
             await standby.stop()
             lease.close()
             store.close()
@@ -125,7 +171,7 @@ async def serve_shared(config: SchedulerConfig) -> int:
     store.epoch = epoch
     store.on_fenced = leadership.fenced
     leadership.keep()
-    scheduler = Scheduler(bound, store=store)
+    scheduler = Scheduler(bound, store=store, metrics=metrics)
     try:
         # The lease UPDATE waited for a commit of the old leader in flight, and nothing
         # commits under its epoch after it: the copy's last read misses nothing.
@@ -136,8 +182,10 @@ async def serve_shared(config: SchedulerConfig) -> int:
         leadership.stop()
         lease.close()
         return EXIT_FAILED
+    if http is not None:
+        http.tokens = scheduler.tokens.identify
     if not announced:
-        announce(server, scheduler.port, scheduler.token_port)
+        announce(server, scheduler.port, scheduler.token_port, http)
     # Tests and scripts wait for this line; it follows the readiness line.
     print(f"boruta-scheduler leading as epoch {store.epoch}", flush=True)
     log.info(
@@ -152,11 +200,15 @@ async def serve_shared(config: SchedulerConfig) -> int:
         # rest are cut rather than answered from a state another leader has moved on from.
         await scheduler.not_serving()
         await scheduler.stop(grace=STEP_DOWN_GRACE_S)
+        if http is not None:
+            await http.stop()
         leadership.stop()
         lease.close()
         return EXIT_STEPPED_DOWN
     log.info("stopping")
     await scheduler.stop()
+    if http is not None:
+        await http.stop()
     leadership.stop()
     await leadership.release()
     lease.close()
@@ -182,7 +234,9 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
-def announce(server: ServerConfig, port: int, token_port: int) -> None:
+def announce(
+    server: ServerConfig, port: int, token_port: int, http: MetricsServer | None = None
+) -> None:
     """The readiness line: tests and scripts wait for it and read the port from it."""
     host = split_host_port(server.listen, listen=True)[0] or "0.0.0.0"
     address = join_host_port(host, port)
@@ -192,6 +246,10 @@ def announce(server: ServerConfig, port: int, token_port: int) -> None:
         tokens_host = split_host_port(server.listen_tokens, listen=True)[0]
         tokens = join_host_port(tokens_host, token_port)
         print(f"boruta-scheduler tokens on {tokens}", flush=True)
+    if http is not None:
+        # Bound already too; after the tokens line, if there is one.
+        metrics_host = split_host_port(server.metrics_listen, listen=True)[0] or "0.0.0.0"
+        print(f"boruta-scheduler metrics on {join_host_port(metrics_host, http.port)}", flush=True)
     store = safe_url(server.store_url)  # a PostgreSQL URL may hold a password
     log.info("serving", extra={"address": address, "store": store})
 

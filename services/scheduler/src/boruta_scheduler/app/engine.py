@@ -46,7 +46,7 @@ from boruta_scheduler.app.publishing import Pending, PublishQueue, Reply
 from boruta_scheduler.app.restore import freeze_heap, restore_core
 from boruta_scheduler.app.upkeep import UPKEEP_INTERVAL, StoreUpkeep, Upkeep
 from boruta_scheduler.app.waiters import AcquireWaiters
-from boruta_scheduler.app.writer import StoreWriter
+from boruta_scheduler.app.writer import CommitObserver, StoreWriter
 from boruta_scheduler.core import Changes, Core
 from boruta_scheduler.core.outbox import merge
 from boruta_scheduler.errors import BorutaError, InternalError, StoreUnavailable, Unavailable
@@ -93,8 +93,10 @@ class Engine:
         retention: float = 0.0,
         upkeep_interval: float = UPKEEP_INTERVAL,
         last_seen_flush: float = LAST_SEEN_FLUSH,
+        on_commit: CommitObserver | None = None,
     ) -> None:
         self.core = core
+        self._on_commit = on_commit
         self._store = store
         self._publisher = publisher
         self._effects = Effects(dryads, tunnels, self)
@@ -138,7 +140,7 @@ class Engine:
     def start(self, initial: Changes | None = None) -> None:
         """Start the loop; initial holds what restoring the core produced, committed first."""
         loop = asyncio.get_running_loop()
-        self._writer = StoreWriter(self._store, loop)
+        self._writer = StoreWriter(self._store, loop, self._on_commit)
         self._upkeep = StoreUpkeep(
             self._writer, self, retention=self._retention, interval=self._upkeep_interval
         )

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -17,6 +18,8 @@ from boruta_scheduler.store import Store
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Told of each commit, on the writer's thread: its seconds and how many batches it merged.
+CommitObserver = Callable[[float, int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +48,14 @@ class StoreWriter:
     (each was built on the lost one) until a commit submitted with resume succeeds.
     """
 
-    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        store: Store,
+        loop: asyncio.AbstractEventLoop,
+        on_commit: CommitObserver | None = None,
+    ) -> None:
         self._store = store
+        self._on_commit = on_commit
         self._loop = loop
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._failed: BaseException | None = None  # owned by the writer thread
@@ -96,12 +105,15 @@ class StoreWriter:
     def _commit(self, commits: list[_Commit]) -> None:
         error = self._failed
         if error is None or commits[0].resume:
+            began = time.perf_counter()
             try:
                 self._store.commit(merge([c.changes for c in commits]))
             except BaseException as exc:  # reported to every waiter; the engine recovers
                 error = self._failed = exc
             else:
                 error = self._failed = None
+                if self._on_commit is not None:
+                    self._on_commit(time.perf_counter() - began, len(commits))
             self.commits += 1
             self.batches += len(commits)
         self._loop.call_soon_threadsafe(_resolve, [c.future for c in commits], error)

@@ -7,6 +7,7 @@ WAITING request could be served by an IDLE worker (so matching is event driven).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -107,6 +108,9 @@ class Core:
         self._last_op_id = 0
         self._tokens = TokenTable()
         self._keys = KeyMemory()
+        # Live requests by (state, priority), kept as they change, so that metrics never
+        # walk the queue.
+        self._live_tally: Counter[tuple[RequestState, int]] = Counter()
         # Heartbeat silence is counted from here at the earliest: a worker cannot be
         # blamed for not reaching a scheduler that was down.
         self._heartbeat_epoch = 0.0
@@ -183,6 +187,7 @@ class Core:
         request.reason = view.reason
         request.state = view.state
         self._requests[request.id] = request
+        self._live_tally[request.state, request.priority] += 1
         if request.state is RequestState.WAITING:
             waiting.append(request)
             return
@@ -250,6 +255,10 @@ class Core:
     def live_count(self) -> int:
         """Requests WAITING or IN_PROGRESS."""
         return len(self._requests)
+
+    def live_tally(self) -> dict[tuple[RequestState, int], int]:
+        """How many live requests there are of each (state, priority), without a walk."""
+        return {key: count for key, count in self._live_tally.items() if count}
 
     @property
     def worker_count(self) -> int:
@@ -377,6 +386,7 @@ class Core:
             request.arguments_hash = idempotency.arguments_hash
             self._keys.add(owner, idempotency.key, request.id)
         self._requests[request.id] = request
+        self._live_tally[RequestState.WAITING, priority] += 1
         self._out.request(request)
         self._enqueue(request, now)
         if request.ready:
@@ -421,6 +431,8 @@ class Core:
         if new_priority != request.priority:
             old_priority, request.priority = request.priority, new_priority
             self._queue.reprioritize(request, old_priority)
+            self._live_tally[RequestState.WAITING, old_priority] -= 1
+            self._live_tally[RequestState.WAITING, new_priority] += 1
         if new_deadline != request.deadline:
             request.deadline = new_deadline
             self._push_timer(new_deadline, TimerKind.DEADLINE, request)
@@ -788,6 +800,8 @@ class Core:
         )
         worker.prepared = None
         request.state = RequestState.IN_PROGRESS
+        self._live_tally[RequestState.WAITING, request.priority] -= 1
+        self._live_tally[RequestState.IN_PROGRESS, request.priority] += 1
         request.updated_at = now
         worker.request_id = request.id
         self._transition(worker, WorkerState.RUNNING, now, f"running request {request.id}")
@@ -801,6 +815,7 @@ class Core:
             self._queue.remove(request)
         elif request.state is RequestState.IN_PROGRESS:
             self._out.tunnel(CloseTunnel(request.id))
+        self._live_tally[request.state, request.priority] -= 1
         request.state = state
         request.reason = reason
         request.updated_at = now

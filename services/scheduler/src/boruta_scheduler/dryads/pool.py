@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import grpc
+from boruta.metrics import LoopHistograms
 from boruta.v1 import dryad_pb2, dryad_pb2_grpc
 
 from boruta_scheduler.core import DryadCall, DryadCallKind
@@ -24,6 +26,11 @@ _RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 class DryadCallError(Exception):
     """A Dryad call failed; the message becomes part of the worker's FAILED reason."""
 
+    def __init__(self, message: str, result: str) -> None:
+        super().__init__(message)
+        # Why, in a word, for metrics: a gRPC status code's name, "unhealthy" or "bad_reply".
+        self.result = result
+
 
 class DryadPool:
     """Dials dryads at their advertised addresses and makes the calls the core asks for."""
@@ -35,6 +42,7 @@ class DryadPool:
         retries: int = 2,
         backoff: float = 0.5,
         credentials: grpc.ChannelCredentials | None = None,
+        timings: LoopHistograms | None = None,
     ) -> None:
         # With credentials, a dryad must show a certificate from the farm's CA that names
         # its advertised host, and sees ours: neither side can be impersonated.
@@ -46,6 +54,8 @@ class DryadPool:
         self._stubs: dict[str, DryadAsyncStub] = {}
         # Workers already reported for sending no host keys: said once, not after every job.
         self._without_host_keys: set[str] = set()
+        # Latency by (kind, result), when the scheduler keeps metrics.
+        self._timings = timings
 
     def _stub(self, address: str) -> DryadAsyncStub:
         stub = self._stubs.get(address)
@@ -59,6 +69,25 @@ class DryadPool:
         return stub
 
     async def call(self, call: DryadCall) -> Access | None:
+        if self._timings is None:
+            return await self._call(call)
+        began = time.perf_counter()
+        result = "ok"
+        try:
+            return await self._call(call)
+        except DryadCallError as error:
+            result = error.result
+            raise
+        except asyncio.CancelledError:
+            result = "cancelled"  # e.g. superseded, or the scheduler stopping
+            raise
+        except Exception:
+            result = "error"
+            raise
+        finally:
+            self._timings.child(call.kind.value, result).observe(time.perf_counter() - began)
+
+    async def _call(self, call: DryadCall) -> Access | None:
         stub = self._stub(call.address)
         attempt = 0
         while True:
@@ -72,7 +101,7 @@ class DryadPool:
                     continue
                 detail = exc.details() or ""
                 message = f"{code.name} from {call.address}: {detail}".rstrip(": ")
-                raise DryadCallError(message) from None
+                raise DryadCallError(message, code.name) from None
 
     async def _once(self, stub: DryadAsyncStub, call: DryadCall) -> Access | None:
         timeout = self._timeout
@@ -81,7 +110,9 @@ class DryadPool:
                 dryad_pb2.PrepareRequest(worker_uuid=call.worker_uuid), timeout=timeout
             )
             if not reply.username or not reply.private_key_pem:
-                raise DryadCallError(f"Prepare on {call.address} returned no username or key")
+                raise DryadCallError(
+                    f"Prepare on {call.address} returned no username or key", "bad_reply"
+                )
             if not reply.ssh_host_keys and call.worker_uuid not in self._without_host_keys:
                 # A dryad older than host keys: jobs on it work, but nothing proves the board.
                 self._without_host_keys.add(call.worker_uuid)
@@ -103,7 +134,7 @@ class DryadPool:
         )
         if not health.healthy:
             failed = "; ".join(f"{c.name}: {c.detail}" for c in health.checks if not c.ok)
-            raise DryadCallError(f"healthcheck failed: {failed or 'no detail'}")
+            raise DryadCallError(f"healthcheck failed: {failed or 'no detail'}", "unhealthy")
         return None
 
     async def close(self) -> None:

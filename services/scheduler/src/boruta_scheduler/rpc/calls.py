@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import grpc
 from boruta import pki
+from boruta.metrics import LoopHistogram, LoopHistograms
 from boruta.reasons import ERROR_REASON_KEY, wire_name
 from boruta.tls import PeerCertificates
 from google.protobuf import message_factory
@@ -226,6 +227,31 @@ def _cancelled(call: str) -> None:
     log.info("stream cancelled", extra={"call": call, "caller": _identity.get().user})
 
 
+class MethodTimings:
+    """One method's latency histograms by status code, for the calls metric; the child of
+    each code is looked up once, so a call costs a dict lookup and an observe."""
+
+    __slots__ = ("_children", "_family", "_method", "_service")
+
+    def __init__(self, family: LoopHistograms, service: str, method: str) -> None:
+        self._family = family
+        self._service = service
+        self._method = method
+        self._children: dict[str, LoopHistogram] = {}
+
+    def observe(self, code: str, seconds: float) -> None:
+        child = self._children.get(code)
+        if child is None:
+            child = self._children[code] = self._family.child(self._service, self._method, code)
+        child.observe(seconds)
+
+
+def _aborted_code(context: Context) -> str:
+    """The code of a call something else already aborted."""
+    code = context.code()
+    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+
+
 def _check_parsed(request: Any) -> None:
     if isinstance(request, _Malformed):
         raise InvalidArgument(f"the request is not a valid {request.type_name}: {request.error}")
@@ -237,8 +263,11 @@ def _unary(
     call: str,
     refused: Refusals | None,
     refusal_log: RefusalLog,
+    timings: MethodTimings | None = None,
 ) -> Callable[[Any, Context], Awaitable[Any]]:
     async def serve(request: Any, context: Context) -> Any:
+        began = time.perf_counter()
+        code = "OK"
         # Each RPC runs in its own task and context, so the value needs no reset.
         _identity.set(ANONYMOUS)
         try:
@@ -246,11 +275,20 @@ def _unary(
             _check_parsed(request)
             return await behavior(request, context)
         except BorutaError as error:
+            code = status_of(error).name
             await _abort(context, error, call, refused, refusal_log)
         except grpc.aio.AbortError:
+            code = _aborted_code(context)
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
             raise
         except Exception as error:
+            code = "INTERNAL"
             await _abort(context, _unexpected(error, context, call), call, refused, refusal_log)
+        finally:
+            if timings is not None:
+                timings.observe(code, time.perf_counter() - began)
 
     return serve
 
@@ -261,8 +299,11 @@ def _stream(
     call: str,
     refused: Refusals | None,
     refusal_log: RefusalLog,
+    timings: MethodTimings | None = None,
 ) -> Callable[[Any, Context], AsyncIterator[Any]]:
     async def serve(request: Any, context: Context) -> AsyncIterator[Any]:
+        began = time.perf_counter()
+        code = "OK"
         _identity.set(ANONYMOUS)
         try:
             _identity.set(identify(context))
@@ -270,18 +311,26 @@ def _stream(
             async for item in behavior(request, context):
                 yield item
         except BorutaError as error:
+            code = status_of(error).name
             await _abort(context, error, call, refused, refusal_log)
         except (asyncio.CancelledError, GeneratorExit):
             # GeneratorExit: gRPC closed the stream while a message of it was on its way.
+            code = "CANCELLED"
             _cancelled(call)
             raise
         except grpc.aio.AbortError:
+            code = _aborted_code(context)
             raise
         except Exception as error:
             if context.cancelled() or context.done():
+                code = "CANCELLED"
                 _cancelled(call)  # e.g. sending to a client that has gone
                 return
+            code = "INTERNAL"
             await _abort(context, _unexpected(error, context, call), call, refused, refusal_log)
+        finally:
+            if timings is not None:
+                timings.observe(code, time.perf_counter() - began)
 
     return serve
 
@@ -325,13 +374,15 @@ def add_service(
     identify: IdentitySource = metadata_identities,
     refused: Refusals | None = None,
     refusal_log: RefusalLog | None = None,
+    timings: LoopHistograms | None = None,
 ) -> None:
     """Serve a servicer: every call gets its caller's identity (refused if the call's rule
     in app/authz.py does not allow its role; a method without a rule is not served),
     malformed requests are INVALID_ARGUMENT, BorutaErrors become statuses and any other
     exception INTERNAL with an error id. Handlers are wrapped once, not per call as
     interceptors would be. Refusals are logged through refusal_log (by default one of this
-    service's own), and go to refused where the rule says they are recorded."""
+    service's own), and go to refused where the rule says they are recorded. With timings,
+    every call is counted and timed by method and status code."""
     refusal_log = refusal_log or RefusalLog()
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
@@ -341,15 +392,16 @@ def add_service(
         behavior = getattr(servicer, method.name)
         parse = _lenient(message_factory.GetMessageClass(method.input_type))
         serialize = message_factory.GetMessageClass(method.output_type).SerializeToString
+        timed = None if timings is None else MethodTimings(timings, service.full_name, method.name)
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _stream(behavior, checked, method.full_name, recorded, refusal_log),
+                _stream(behavior, checked, method.full_name, recorded, refusal_log, timed),
                 request_deserializer=parse,
                 response_serializer=serialize,
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary(behavior, checked, method.full_name, recorded, refusal_log),
+                _unary(behavior, checked, method.full_name, recorded, refusal_log, timed),
                 request_deserializer=parse,
                 response_serializer=serialize,
             )

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import grpc
 from boruta.pki import PkiError
@@ -52,6 +53,9 @@ from boruta_scheduler.tunnels import Tunnels
 from boruta_scheduler.tunnels.forwarder import parse_ports
 from boruta_scheduler.types import Identity
 
+if TYPE_CHECKING:  # prometheus-client is loaded only when metrics are kept
+    from boruta_scheduler.app.metrics import SchedulerMetrics
+
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 1 << 20
@@ -91,14 +95,21 @@ def page_tokens_for(store: Store, server: ServerConfig) -> PageTokens:
 class Scheduler:
     """A running scheduler; start() restores state from the store and begins serving."""
 
-    def __init__(self, config: SchedulerConfig, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        store: Store | None = None,
+        metrics: SchedulerMetrics | None = None,
+    ) -> None:
         self.config = config
+        self.metrics = metrics
         self.tls = transport_security(config.server)
         self.store = store or open_store(config.server.store_url)
         self.hub = WatchHub()
         self.dryads = DryadPool(
             timeout=config.server.dryad_call_timeout,
             credentials=None if self.tls is None else channel_credentials(self.tls),
+            timings=None if metrics is None else metrics.dryad_calls,
         )
         # With a relay, the tunnels (and users' sessions) outlive this process.
         self.tunnels: Tunnels | RelayTunnels
@@ -133,6 +144,14 @@ class Scheduler:
         snapshot = None  # its views are the core's garbage now, not to be frozen below
         # Watches, and the token checks, follow what the engine publishes after commits.
         publishers = Publishers(self.hub.publish)
+        metrics = self.metrics
+        if metrics is not None:
+            from boruta_scheduler.app.metrics import FarmMetrics
+
+            farm = FarmMetrics(lambda: None if self.engine is None else self.engine.core)
+            farm.seed(core, started)
+            publishers.add(farm.publish)
+            metrics.follow(farm)
         self.engine = Engine(
             core,
             self.store,
@@ -140,6 +159,7 @@ class Scheduler:
             publishers,
             tunnels=self.tunnels,
             retention=self.config.server.retention,
+            on_commit=None if metrics is None else metrics.observe_commit,
         )
         audit = self.audit = AuditLog(
             self.engine, self.store, self.config.server.audit_refusals_per_minute
@@ -213,7 +233,15 @@ class Scheduler:
             (TokensServicer(self.tokens), tokens_pb2.DESCRIPTOR.services_by_name["Tokens"]),
         ]
         for servicer, descriptor in services:
-            add_service(server, servicer, descriptor, identify, refused, self.refusal_log)
+            add_service(
+                server,
+                servicer,
+                descriptor,
+                identify,
+                refused,
+                self.refusal_log,
+                None if metrics is None else metrics.calls,
+            )
         tls = self.tls
         if before_bind is not None:
             await before_bind()
@@ -235,6 +263,8 @@ class Scheduler:
         self.health = await add_probes(server, SERVICE_NAMES, serving=True)
         await server.start()
         self.server = server
+        if metrics is not None:
+            metrics.leader.leading = True
         return self.port
 
     async def _start_relay(self, relay: RelayTunnels, engine: Engine, initial: Changes) -> str:
@@ -271,6 +301,8 @@ class Scheduler:
 
     async def not_serving(self) -> None:
         """Say NOT_SERVING on grpc.health.v1 (a leader that lost the lead, on its way out)."""
+        if self.metrics is not None:
+            self.metrics.leader.leading = False
         if self.health is not None:
             await self.health.set_serving(False)
 

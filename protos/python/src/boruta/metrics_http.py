@@ -1,0 +1,179 @@
+"""The HTTP port of the scheduler and the dryad: Prometheus metrics at /metrics.
+
+It runs on the process's own asyncio loop (aiohttp), so collectors that read state kept on
+that loop need no locks: a scrape and the code that counts never run at once. With TLS
+the port is HTTPS with the process's certificate, and a scrape must show a client
+certificate from the farm's CA or (where the process checks them) a bearer token; without
+TLS it serves only on loopback and only when anonymous scrapes are allowed.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    disable_created_metrics,
+    generate_latest,
+)
+
+from boruta import pki
+from boruta.address import split_host_port
+from boruta.metrics import check_options
+from boruta.ports import CannotListen, bind_failure
+from boruta.tls import PeerCertificates, TlsFiles
+
+log = logging.getLogger(__name__)
+
+# Seconds between two log lines about refused scrapes.
+REFUSAL_LOG_INTERVAL = 60.0
+# Raises (any exception) when the token is not one the process accepts.
+TokenCheck = Callable[[str], object]
+
+
+class _PeerContext:
+    """What PeerCertificates reads a gRPC context for, from an HTTPS connection."""
+
+    def __init__(self, der: bytes) -> None:
+        self._pem = ssl.DER_cert_to_PEM_cert(der).encode()
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {"x509_pem_cert": [self._pem]}
+
+
+class MetricsServer:
+    """Serves registry at /metrics on listen; port once started."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        listen: str,
+        tls: TlsFiles | None,
+        *,
+        anonymous: bool = False,
+        tokens: TokenCheck | None = None,
+        setting: str = "metrics_listen",
+    ) -> None:
+        check_options(listen, tls, anonymous, setting)
+        self.registry = registry
+        self.tokens = tokens
+        self._listen = listen
+        self._tls = tls
+        self._anonymous = anonymous
+        self._setting = setting
+        self._peers = None if tls is None else PeerCertificates(tls.read()[0])
+        # The *_created series of counters and histograms say only when the process started.
+        disable_created_metrics()
+        self._runner: web.AppRunner | None = None
+        self._refused = 0  # refusals since the last line logged about them
+        self._next_refusal_log = 0.0
+        self.port = 0
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self._tls is None:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self._tls.cert, self._tls.key)
+        context.load_verify_locations(self._tls.ca)
+        # Optional: a scraper with a bearer token shows no certificate; one that shows a
+        # certificate must show one the CA signed, or the handshake fails.
+        context.verify_mode = ssl.CERT_OPTIONAL
+        return context
+
+    async def start(self) -> int:
+        """Bind and serve; raises CannotListen naming the setting and the reason."""
+        sock = self._bind()
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.SockSite(runner, sock, ssl_context=self._ssl_context()).start()
+        self._runner = runner
+        self.port = sock.getsockname()[1]
+        return self.port
+
+    def _bind(self) -> socket.socket:
+        """The listening socket, bound here so that port 0 tells which port it got."""
+        host, port = split_host_port(self._listen, self._setting, listen=True)
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            sock = socket.socket(family, kind, proto)
+        except OSError as exc:
+            raise CannotListen(
+                f"cannot listen on {self._listen} ({self._setting}): {exc}"
+            ) from None
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            reason = bind_failure(self._listen) or "the address cannot be bound"
+            raise CannotListen(
+                f"cannot listen on {self._listen} ({self._setting}): {reason}"
+            ) from None
+        return sock
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def _refusal(self, request: web.Request) -> web.Response | None:
+        """None when the scrape may read the metrics, else the answer that refuses it."""
+        if self._anonymous:
+            return None
+        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if der and self._peers is not None:
+            try:
+                self._peers.identity(_PeerContext(der))
+            except pki.PkiError as error:
+                return web.Response(status=403, text=f"{error}\n")
+            return None
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if self.tokens is not None and scheme.lower() == "bearer" and token.strip():
+            try:
+                self.tokens(token.strip())
+            except Exception:  # any refusal: the token's text is never logged or echoed
+                return web.Response(status=401, text="the bearer token is not valid\n")
+            return None
+        what = "a client certificate from the farm's CA"
+        headers = {}
+        if self.tokens is not None:
+            what += " or a bearer token (Authorization: Bearer <token>)"
+            headers["WWW-Authenticate"] = 'Bearer realm="boruta"'
+        return web.Response(
+            status=401, text=f"scraping these metrics needs {what}\n", headers=headers
+        )
+
+    def _log_refusal(self, peer: str, status: int) -> None:
+        """One line a minute at most: anyone who reaches the port could otherwise write a
+        line per request. The first refusal of a quiet spell is logged at once."""
+        self._refused += 1
+        now = time.monotonic()
+        if now < self._next_refusal_log:
+            return
+        log.warning(
+            "metrics scrape refused",
+            extra={"peer": peer, "status": status, "refusals": self._refused},
+        )
+        self._refused = 0
+        self._next_refusal_log = now + REFUSAL_LOG_INTERVAL
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        refused = self._refusal(request)
+        if refused is not None:
+            self._log_refusal(request.remote or "", refused.status)
+            return refused
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

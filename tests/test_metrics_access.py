@@ -1,0 +1,185 @@
+"""Who may read the metrics port (issue 13): with TLS it is HTTPS, and a scrape shows a
+client certificate from the farm's CA or one of the scheduler's bearer tokens; anything
+else is refused. Without TLS a scheduler serves metrics only when anonymous scrapes are
+allowed, and only on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import subprocess
+import urllib.error
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from boruta import pki
+from boruta.tls import TlsFiles
+from boruta_client import Client
+from farm_kit import SCHEDULER, SchedulerProcess
+from metrics_kit import samples, scrape, total
+from pki_kit import FarmPki
+
+
+@pytest.fixture(scope="module")
+def farm_pki(tmp_path_factory: pytest.TempPathFactory) -> FarmPki:
+    return FarmPki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def scheduler(
+    tmp_path_factory: pytest.TempPathFactory, farm_pki: FarmPki
+) -> Iterator[SchedulerProcess]:
+    files = farm_pki.scheduler()
+    process = SchedulerProcess(
+        tmp_path_factory.mktemp("scheduler"),
+        *("--tls-ca", files.ca, "--tls-cert", files.cert, "--tls-key", files.key),
+        *("--listen-tokens", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"),
+    )
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def https(ca: str, client: TlsFiles | None = None) -> ssl.SSLContext:
+    """A scraper's TLS: it checks the scheduler against the farm's CA, and shows client's
+    certificate if given."""
+    context = ssl.create_default_context(cafile=ca)
+    if client is not None:
+        context.load_cert_chain(client.cert, client.key)
+    return context
+
+
+def status_of(address: str, context: ssl.SSLContext, token: str = "") -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        scrape(address, context=context, headers=headers)
+    except urllib.error.HTTPError as error:
+        return error.code
+    return 200
+
+
+def test_a_scrape_without_credentials_is_refused(
+    scheduler: SchedulerProcess, farm_pki: FarmPki
+) -> None:
+    context = https(str(farm_pki.dir / "ca.pem"))
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        scrape(scheduler.metrics_address, context=context)
+    assert refused.value.code == 401
+    assert "Bearer" in refused.value.headers["WWW-Authenticate"]
+    assert "certificate" in refused.value.read().decode()
+
+
+@pytest.mark.parametrize("role", ["admin", "user"])
+def test_a_farm_certificate_may_scrape(
+    scheduler: SchedulerProcess, farm_pki: FarmPki, role: str
+) -> None:
+    files = farm_pki.admin() if role == "admin" else farm_pki.user("grafana")
+    found = samples(scrape(scheduler.metrics_address, context=https(files.ca, files)))
+    assert total(found, "boruta_leader") == 1
+
+
+def test_a_certificate_of_another_ca_gets_no_connection(
+    scheduler: SchedulerProcess, farm_pki: FarmPki
+) -> None:
+    foreign = farm_pki.files("mallory", pki.Role.USER, foreign=True)
+    with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+        scrape(scheduler.metrics_address, context=https(foreign.ca, foreign))
+
+
+def test_plain_http_gets_nothing_from_a_tls_port(scheduler: SchedulerProcess) -> None:
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        scrape(scheduler.metrics_address)
+
+
+def test_a_bearer_token_may_scrape_until_revoked(
+    scheduler: SchedulerProcess, farm_pki: FarmPki
+) -> None:
+    ca = str(farm_pki.dir / "ca.pem")
+    with Client(scheduler.address, tls=farm_pki.admin()) as admin:
+        issued = admin.issue_token("prometheus", description="scrapes")
+        assert status_of(scheduler.metrics_address, https(ca), issued.secret) == 200
+        wrong = issued.secret[:-1] + ("0" if issued.secret[-1] != "0" else "1")
+        assert status_of(scheduler.metrics_address, https(ca), wrong) == 401
+        admin.revoke_token(issued.token.id)
+    # A revocation counts once it is committed, which the call's answer waited for.
+    assert status_of(scheduler.metrics_address, https(ca), issued.secret) == 401
+
+
+def refusal_of(tmp_path: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*SCHEDULER, "--data-dir", str(tmp_path), "--listen", "127.0.0.1:0", *options],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_plaintext_metrics_need_anonymous_scrapes_allowed(tmp_path: Path) -> None:
+    ran = refusal_of(tmp_path, "--plaintext", "yes", "--metrics-listen", "127.0.0.1:0")
+    assert ran.returncode == 2, ran.stderr
+    assert "metrics_anonymous" in ran.stderr
+    assert ran.stdout == ""  # no readiness line
+
+
+def test_plaintext_metrics_only_on_loopback(tmp_path: Path) -> None:
+    ran = refusal_of(
+        tmp_path,
+        *("--plaintext", "yes", "--metrics-listen", "0.0.0.0:0", "--metrics-anonymous", "yes"),
+    )
+    assert ran.returncode == 2, ran.stderr
+    assert "loopback" in ran.stderr
+
+
+def test_a_busy_metrics_port_is_one_line(tmp_path: Path) -> None:
+    with anonymous_metrics(tmp_path / "first") as first:
+        ran = refusal_of(
+            tmp_path / "second",
+            *("--plaintext", "yes", "--metrics-anonymous", "yes"),
+            *("--metrics-listen", first.metrics_address),
+        )
+    assert ran.returncode == 2, ran.stderr
+    assert f"cannot listen on {first.metrics_address}" in ran.stderr
+    assert "in use" in ran.stderr
+
+
+@contextmanager
+def anonymous_metrics(data_dir: Path) -> Iterator[SchedulerProcess]:
+    """A plaintext scheduler with anonymous metrics, for as long as a with block."""
+    process = SchedulerProcess(
+        data_dir, "--metrics-listen", "127.0.0.1:0", "--metrics-anonymous", "yes"
+    )
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+async def test_without_tokens_only_a_certificate_may_scrape(farm_pki: FarmPki) -> None:
+    """The dryad's case: its port checks certificates and has no tokens to offer."""
+    from boruta.metrics_http import MetricsServer
+    from prometheus_client import CollectorRegistry, Counter
+
+    registry = CollectorRegistry(auto_describe=False)
+    Counter("boruta_probe", "a figure to read", registry=registry).inc()
+    files = farm_pki.dryad("lab-pc", "board-1")
+    server = MetricsServer(registry, "127.0.0.1:0", files)
+    port = await server.start()
+    try:
+        address = f"127.0.0.1:{port}"
+        ca = str(farm_pki.dir / "ca.pem")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            await asyncio.to_thread(scrape, address, context=https(ca))
+        assert refused.value.code == 401
+        assert "Bearer" not in refused.value.read().decode()
+        # A token means nothing here.
+        assert await asyncio.to_thread(status_of, address, https(ca), "1.secret") == 401
+        admin = farm_pki.admin()
+        text = await asyncio.to_thread(scrape, address, context=https(ca, admin))
+        assert total(samples(text), "boruta_probe_total") == 1
+    finally:
+        await server.stop()
