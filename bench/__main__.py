@@ -67,7 +67,7 @@ def render(
     restart: dict[str, float],
     when: str,
     store: dict[str, dict[str, float]] | None = None,
-    takeover: dict[str, float] | None = None,
+    takeover: dict[str, Any] | None = None,
     metrics: dict[str, float] | None = None,
     multi: list[dict[str, object]] | None = None,
 ) -> str:

@@ -28,7 +28,7 @@ from boruta_scheduler.store import SQLiteStore, Store
 from boruta_scheduler.types import AuditEvent
 
 from bench import grpc_bench
-from bench.machine import print_report
+from bench.machine import machine, print_report
 
 ROUNDS = 5
 GRPC_ROUNDS = 3
@@ -76,13 +76,27 @@ def sqlite_store() -> Iterator[Store]:
             store.close()
 
 
-def postgresql_store(server: Any, name: str) -> Callable[[], Any]:
+# What migration 8 adds to a commit for standbys to follow (app/warm.py): turned off, the
+# cost of following shows as the difference.
+UNFOLLOWED = (
+    "ALTER TABLE requests DISABLE TRIGGER requests_change",
+    "DROP INDEX requests_by_change",
+)
+
+
+def postgresql_store(server: Any, name: str, *, followed: bool = True) -> Callable[[], Any]:
     @contextmanager
     def opened() -> Iterator[Store]:
+        import psycopg
         from boruta_scheduler.store.postgresql import PostgreSQLStore
 
         server.drop_database(name)
-        store = PostgreSQLStore(server.create_database(name))
+        url = server.create_database(name)
+        store = PostgreSQLStore(url)
+        if not followed:
+            with psycopg.connect(url, autocommit=True) as conn:
+                for statement in UNFOLLOWED:
+                    conn.execute(statement)
         try:
             yield store
         finally:
@@ -106,6 +120,7 @@ def run() -> dict[str, dict[str, float]] | None:
         kinds: dict[str, Callable[[], Any]] = {
             "sqlite": sqlite_store,
             "postgresql": postgresql_store(server, "boruta_bench"),
+            "unfollowed": postgresql_store(server, "boruta_bench_unfollowed", followed=False),
         }
         for size in BATCH_SIZES:
             work = batches(size, REQUESTS // size)
@@ -115,7 +130,13 @@ def run() -> dict[str, dict[str, float]] | None:
                     with opened() as store:
                         store.commit(work[0])  # warm up: schema, caches, connections
                         rates[kind].append(commits_per_second(store, work[1:]))
-            results[f"batch_{size}"] = {"batch": size, **compared(rates)}
+            unfollowed = statistics.median(rates.pop("unfollowed"))
+            results[f"batch_{size}"] = {
+                "batch": size,
+                **compared(rates),
+                "unfollowed": unfollowed,
+                "followed_ratio": statistics.median(rates["postgresql"]) / unfollowed,
+            }
         results.update(asyncio.run(through_grpc(server)))
     results["load"]["after"] = os.getloadavg()[0]
     return results
@@ -162,7 +183,8 @@ def render(results: dict[str, dict[str, float]] | None, when: str) -> list[str]:
     if results is None:
         return [*lines, "Not measured on this run: PostgreSQL is not installed.", ""]
     lines += [
-        f"`bench/store_bench.py`, {when}. `Store.commit` alone (no gRPC, no engine) of",
+        f"`bench/store_bench.py`, {when}, on {machine()}.",
+        "`Store.commit` alone (no gRPC, no engine) of",
         "batches of new requests with their audit events, as the writer thread commits",
         "them for NewRequest. Both durable: SQLite WAL with synchronous=FULL; PostgreSQL 15",
         "with fsync and synchronous_commit on, over a Unix socket on the same machine and",
@@ -170,15 +192,21 @@ def render(results: dict[str, dict[str, float]] | None, when: str) -> list[str]:
         "(range in brackets). The machine is shared: its load average was "
         f"{results['load']['before']:.1f} before and {results['load']['after']:.1f} after.",
         "",
-        "| batch | SQLite | PostgreSQL | PostgreSQL / SQLite |",
-        "|---|---|---|---|",
+        "*Unfollowed*: PostgreSQL without what migration 8 adds to each commit for",
+        "standbys to follow (the trigger that numbers each request row and its index),",
+        "to show what following costs the leader.",
+        "",
+        "| batch | SQLite | PostgreSQL | PostgreSQL / SQLite | unfollowed "
+        "| PostgreSQL / unfollowed |",
+        "|---|---|---|---|---|---|",
     ]
     for key, r in results.items():
         if not key.startswith("batch_"):
             continue
         lines.append(
             f"| {r['batch']:.0f} request(s) per commit | {_rate(r, 'sqlite')} | "
-            f"{_rate(r, 'postgresql')} | {r['ratio']:.2f} |"
+            f"{_rate(r, 'postgresql')} | {r['ratio']:.2f} | {r['unfollowed']:,.0f} | "
+            f"{r['followed_ratio']:.2f} |"
         )
     new, cycles = results["new_request"], results["cycles"]
     lines += [

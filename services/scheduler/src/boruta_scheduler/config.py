@@ -68,6 +68,9 @@ class ServerConfig:
     # runs by the database's clock, and how often the leader renews it.
     lease: float = 2.0
     lease_renew: float = 0.5
+    # A standby keeps a warm copy of the live state (app/warm.py), so that taking over reads
+    # only the latest changes; off, it holds no copy and a takeover loads the store.
+    standby_copy: bool = True
     # host:port clients are told to dial for the leader when this one leads (trailing
     # metadata of a standby's refusals); empty: public_host and the bound port.
     advertise: str = ""
@@ -143,6 +146,12 @@ _OPTIONS = [
         "PostgreSQL store: a leader's lease, after which a standby takes over",
     ),
     _Option("lease_renew", "server", "duration", "PostgreSQL store: how often a leader renews"),
+    _Option(
+        "standby_copy",
+        "server",
+        "bool",
+        "PostgreSQL store: a standby keeps the live state warm, so takeover reads only changes",
+    ),
     _Option(
         "advertise",
         "server",

@@ -18,6 +18,7 @@ from boruta.ports import CannotListen
 from boruta.tls import TlsFiles
 
 from boruta_scheduler.app.leadership import Leadership
+from boruta_scheduler.app.warm import Follower
 from boruta_scheduler.config import SchedulerConfig, ServerConfig, load_config
 from boruta_scheduler.errors import StoreUnavailable
 from boruta_scheduler.rpc.server import Scheduler, transport_security
@@ -143,16 +144,22 @@ async def serve_shared(config: SchedulerConfig) -> int:
         or (join_host_port(server.public_host, standby.token_port) if standby.token_port else ""),
     )
     stop = stop_on_signals()
+    # A standby keeps a warm copy of the live state, so that taking over reads only the
+    # changes since its last poll (app/warm.py).
+    follower = Follower(store)
     # A standby is ready once it has read the lease and can name the leader; a scheduler
     # that takes the lease at once (e.g. after its own restart) once it serves as leader.
     epoch = await leadership.try_acquire(me)
     announced = epoch is None
     if epoch is None:
         announce(server, standby.port, standby.token_port, http)
+        if server.standby_copy:
+            follower.start()
         acquiring = asyncio.ensure_future(leadership.acquire(me))
         await first(acquiring, stop.wait())
         if not acquiring.done() or acquiring.cancelled():
             log.info("stopping")
+            await follower.stop()
             if http is not None:
                 await http.stop()
             await standby.stop()
@@ -166,7 +173,9 @@ async def serve_shared(config: SchedulerConfig) -> int:
     leadership.keep()
     scheduler = Scheduler(bound, store=store, metrics=metrics)
     try:
-        await scheduler.start(before_bind=standby.stop)
+        # The lease UPDATE waited for a commit of the old leader in flight, and nothing
+        # commits under its epoch after it: the copy's last read misses nothing.
+        await scheduler.start(before_bind=standby.stop, snapshot=await follower.takeover())
     except CannotListen as exc:  # someone took our port in the instant it was free
         print(f"boruta-scheduler: {exc}", file=sys.stderr)
         await scheduler.stop()

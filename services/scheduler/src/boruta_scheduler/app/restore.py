@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import gc
 
-from boruta_scheduler.core import Core, Policy
+from boruta_scheduler.core import Core, Policy, Snapshot
 from boruta_scheduler.store import Store
 
 
-def restore_core(store: Store, now: float, policy: Policy | None = None) -> Core:
+def restore_core(
+    store: Store, now: float, policy: Policy | None = None, snapshot: Snapshot | None = None
+) -> Core:
     """Load and restore in one go, on the caller's thread (the store may read requests as
-    they are restored). The cyclic collector is paused meanwhile: restoring allocates and
-    keeps, and each full collection would walk the growing heap again for nothing."""
+    they are restored), or restore the snapshot given (a standby's warm copy). The cyclic
+    collector is paused meanwhile: restoring allocates and keeps, and each full collection
+    would walk the growing heap again for nothing."""
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return Core.restore(store.load(), now, policy)
+        return Core.restore(store.load() if snapshot is None else snapshot, now, policy)
     finally:
         if enabled:
             gc.enable()

@@ -30,7 +30,7 @@ from boruta_scheduler.app.service import SchedulerService, ServiceSettings
 from boruta_scheduler.app.tokens import TokenAuthority
 from boruta_scheduler.app.watch import Publishers, WatchHub
 from boruta_scheduler.config import SchedulerConfig, ServerConfig
-from boruta_scheduler.core import Changes, OpenTunnel
+from boruta_scheduler.core import Changes, OpenTunnel, Snapshot
 from boruta_scheduler.dryads import DryadPool
 from boruta_scheduler.listing import PageTokens
 from boruta_scheduler.relay.client import RelayTunnels, Wanted
@@ -129,13 +129,20 @@ class Scheduler:
         self.service: SchedulerService | None = None
         self.health: Probes | None = None  # grpc.health.v1, SERVING once started
 
-    async def start(self, before_bind: Callable[[], Awaitable[None]] | None = None) -> int:
-        """Restore, then serve; returns the port bound. before_bind runs just before the
-        ports are bound (a standby hands them over: the gap is not the restore's length)."""
+    async def start(
+        self,
+        before_bind: Callable[[], Awaitable[None]] | None = None,
+        snapshot: Snapshot | None = None,
+    ) -> int:
+        """Restore (from snapshot, a standby's warm copy, if given; else from the store),
+        then serve; returns the port bound. before_bind runs just before the ports are
+        bound (a standby hands them over: the gap is not the restore's length)."""
         started = time.time()
         # On the loop's thread: nothing is served yet, and a thread of its own would keep
         # its allocator arena's leftovers (a megabyte at 100,000 waiting requests).
-        core = restore_core(self.store, started, self.config.policy)
+        source = "store" if snapshot is None else "warm copy"
+        core = restore_core(self.store, started, self.config.policy, snapshot)
+        snapshot = None  # its views are the core's garbage now, not to be frozen below
         # Watches, and the token checks, follow what the engine publishes after commits.
         publishers = Publishers(self.hub.publish)
         metrics = self.metrics
@@ -170,6 +177,7 @@ class Scheduler:
         log.info(
             "state restored",
             extra={
+                "source": source,
                 "live_requests": core.live_count,
                 "workers": core.worker_count,
                 "seconds": round(time.time() - started, 3),

@@ -8,7 +8,13 @@ from typing import Protocol
 
 from boruta_scheduler.core import Changes, Snapshot
 from boruta_scheduler.listing import Page, RequestQuery
-from boruta_scheduler.types import AuditEvent, HistoryEntry, RequestView
+from boruta_scheduler.types import (
+    AuditEvent,
+    HistoryEntry,
+    RequestView,
+    TokenRecord,
+    WorkerView,
+)
 
 
 class CannotOpenStore(Exception):
@@ -34,6 +40,36 @@ class Purged:
     def reached(self, limit: int) -> bool:
         """Whether some kind hit the limit, so that more may be left to purge."""
         return max(self.requests, self.history, self.audit) >= limit
+
+
+@dataclass(frozen=True, slots=True)
+class ChangedSince:
+    """What commits changed after the change number since, read in one snapshot of a
+    store that numbers its changes (PostgreSQL), for a standby's copy (app/warm.py)."""
+
+    since: int
+    seq: int  # the highest change number read: since, if nothing changed
+    requests: list[RequestView]  # in any state: a finished one leaves the live state
+    workers: list[WorkerView]
+    removed_workers: list[str]
+    tokens: list[TokenRecord]
+    removed_tokens: list[int]
+    last_request_id: int
+    # Why these changes cannot bring a copy as of since up to date ("": they can): the
+    # purge deleted a request changed after since (whether it was live then is lost), or
+    # the database server is not the one the copy was loaded from.
+    gap: str
+
+    @property
+    def rows(self) -> int:
+        """Rows read, tombstones included."""
+        return (
+            len(self.requests)
+            + len(self.workers)
+            + len(self.removed_workers)
+            + len(self.tokens)
+            + len(self.removed_tokens)
+        )
 
 
 class Store(Protocol):

@@ -96,6 +96,21 @@ class DevPostgres:
         )
         if initdb.returncode != 0:
             raise RuntimeError(f"initdb failed: {initdb.stderr.strip() or initdb.stdout.strip()}")
+        self._launch()
+        return self
+
+    def restart(self) -> None:
+        """Stop the server (fast shutdown: every session is cut) and start it again on the
+        same data, as an operator's restart does."""
+        process, self._process = self._process, None
+        if process is not None:
+            process.send_signal(signal.SIGINT)
+            process.wait()
+        self._launch()
+
+    def _launch(self) -> None:
+        """Start the server on the initialised data; return once it accepts connections."""
+        data = self.dir / "data"
         settings = {
             "listen_addresses": "",
             "unix_socket_directories": str(self.dir),
@@ -129,7 +144,6 @@ class DevPostgres:
             raise RuntimeError("postgres did not start:\n" + "\n".join(self._log))
         # Keep reading, or the server blocks once the pipe is full.
         threading.Thread(target=self._drain, args=(stderr,), daemon=True).start()
-        return self
 
     def _drain(self, stream: IO[str]) -> None:
         for line in stream:

@@ -25,7 +25,14 @@ from psycopg_pool import ConnectionPool
 from boruta_scheduler.core import Changes, Snapshot
 from boruta_scheduler.errors import NotLeader, StoreUnavailable
 from boruta_scheduler.listing import Page, RequestQuery
-from boruta_scheduler.store.base import CannotOpenStore, HistoryPage, Purged, safe_url
+from boruta_scheduler.store import pgfollow
+from boruta_scheduler.store.base import (
+    CannotOpenStore,
+    ChangedSince,
+    HistoryPage,
+    Purged,
+    safe_url,
+)
 from boruta_scheduler.store.codec import (
     Decoder,
     audit_event,
@@ -74,6 +81,10 @@ class PostgreSQLStore:
         self.epoch: int | None = None
         # Told (from the writer's thread) when a commit is fenced, so the leader steps down.
         self.on_fenced: Callable[[], None] | None = None
+        # A standby's following (live_state, changes_since) shares decoded caps and groups,
+        # and knows when the server its copy was loaded from started.
+        self._follow_decoder = Decoder()
+        self._follow_origin: float | None = None
         try:
             self._writer = self._connect()
         except psycopg.OperationalError as exc:
@@ -174,6 +185,19 @@ class PostgreSQLStore:
             tokens = [token_record(r) for r in conn.execute(_Q["select_tokens"])]
         assert row is not None
         return Snapshot(requests, workers, row["value"], tokens)
+
+    def live_state(self) -> tuple[Snapshot, int]:
+        """What load() gives, as lists, and the change number it is as of (for a standby's
+        warm copy, app/warm.py)."""
+        with self._reading() as conn:
+            snapshot, seq, self._follow_origin = pgfollow.read_live(conn, self._follow_decoder)
+        return snapshot, seq
+
+    def changes_since(self, since: int) -> ChangedSince:
+        """Every change committed after the change number since, as of one snapshot; a gap
+        where the server is not the one the last live_state was read from."""
+        with self._reading() as conn:
+            return pgfollow.read_changes(conn, since, self._follow_decoder, self._follow_origin)
 
     def commit(self, changes: Changes) -> None:
         statements = commit_statements(changes)

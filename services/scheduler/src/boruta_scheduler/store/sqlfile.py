@@ -8,9 +8,9 @@ from importlib import resources
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
-def load_queries(dialect: str) -> dict[str, str]:
-    """Statements of sql/<dialect>/queries.sql, by the name on their '-- name:' line."""
-    text = resources.files(__package__).joinpath("sql", dialect, "queries.sql").read_text()
+def load_queries(dialect: str, file: str = "queries.sql") -> dict[str, str]:
+    """Statements of sql/<dialect>/<file>, by the name on their '-- name:' line."""
+    text = resources.files(__package__).joinpath("sql", dialect, file).read_text()
     parts = _NAME.split(text)
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
 

@@ -1,0 +1,2 @@
+-- PostgreSQL's version 8 numbers every change for standby schedulers to follow. A SQLite
+-- store has one scheduler and no standby: nothing to do here.
