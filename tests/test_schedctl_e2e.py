@@ -4,6 +4,7 @@ boards, watches stream, and every -o json output parses and matches the API."""
 from __future__ import annotations
 
 import json
+import re
 import stat
 import subprocess
 import sys
@@ -349,3 +350,18 @@ def test_workers_watch_yaml_and_deregister_errors(env: dict[str, str]) -> None:
     schedctl(admin, "workers", "deregister", "-y", "no-such-board", check=exits.NOT_FOUND)
     done = schedctl(admin, "workers", "deregister", "-y", CAMERA_BOARD, check=exits.WRONG_STATE)
     assert "IDLE" in done.stderr
+
+
+# gRPC's C-core log line prefix: severity letter, MMDD, time.
+CORE_LOG_LINE = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d", re.MULTILINE)
+
+
+def test_grpc_core_log_lines_stay_off_schedctls_stderr(env: dict[str, str]) -> None:
+    """With gRPC's API tracing on (it logs at INFO whenever grpc is used), schedctl's stderr
+    still holds only its own lines, unless the user asks for gRPC's log."""
+    traced = {k: v for k, v in env.items() if k != "GRPC_VERBOSITY"} | {"GRPC_TRACE": "api"}
+    quiet = schedctl(traced, "run", "--caps", "board=rpi4", "--", "true")
+    assert "job done" in quiet.stderr
+    assert not CORE_LOG_LINE.search(quiet.stderr), quiet.stderr
+    loud = schedctl(traced | {"GRPC_VERBOSITY": "INFO"}, "status")
+    assert CORE_LOG_LINE.search(loud.stderr), loud.stderr
