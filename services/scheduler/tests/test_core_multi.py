@@ -95,7 +95,8 @@ def test_no_board_is_held_while_another_is_missing(kit: CoreKit) -> None:
     view = kit.core.new_request(kit.now, "u", NOBODY, {}, profiles=PHONE_AND_RELAY)
     assert view.state is RequestState.WAITING and view.job is None
     assert kit.core.worker("p1").state is WorkerState.IDLE
-    # A one-board request takes the phone meanwhile: nothing is reserved.
+    # The phone is reserved for the pair, but the relay is out of service, so the pair has
+    # no expected start and a one-board request may use the phone meanwhile (backfill).
     single = kit.core.new_request(kit.now, "u", NOBODY, {"board": "phone"})
     assert single.state is RequestState.IN_PROGRESS
     kit.core.close_request(kit.now, single.id)

@@ -13,9 +13,12 @@ the core's reads and against a model built only from what ``Core.drain`` handed 
 4. a match never passes over a more important ready request the worker could serve;
 5. terminal requests never change again and are gone from the core;
 6. no ready WAITING request could be served by IDLE workers (a request of several profiles:
-   by a set of distinct IDLE workers, one per profile);
+   by a set of distinct IDLE workers, one per profile) not reserved for a more important
+   request;
 7. a request of several profiles holds all its boards or none: one job per profile, each on
    a worker that satisfies that profile, no worker in two jobs;
+8. workers are reserved only for ready waiting requests of several profiles, each for one,
+   and a job backfilled on a reserved worker ends before that request's expected start;
 
 plus some bookkeeping the store relies on: every change is drained (the drained views equal
 the core's), worker histories chain, timers fire on time, a job gets a fresh access that is
@@ -563,8 +566,9 @@ class CoreMachine(RuleBasedStateMachine):
                     )
                 # 4. No more important one-board request, still waiting and ready, that the
                 # worker could serve. (One matched in this same step is no longer WAITING,
-                # so it is skipped.) Requests of several boards may be passed over: boards
-                # are not reserved for them yet.
+                # so it is skipped.) Requests of several boards may be passed over while
+                # they cannot complete a set, within the reservation rules (invariant 8,
+                # test_core_reservations.py).
                 for other in self.requests.values():
                     if (
                         other.state is RequestState.WAITING
@@ -646,13 +650,45 @@ class CoreMachine(RuleBasedStateMachine):
                 heard = max(worker.last_seen, self.heartbeat_epoch)
                 assert heard + POLICY.heartbeat_timeout > now, worker
 
-        # 6. No ready WAITING request could be served by an IDLE worker.
+        # 8. Workers are reserved only for ready waiting requests of several profiles, one
+        # request each, while idle or running a backfilled job that ends before the
+        # request is expected to start.
+        holder_of: dict[str, RequestView] = {}
+        for view in live.values():
+            reservation = core.reservation(now, view.id)
+            if reservation is None:
+                continue
+            assert view.state is RequestState.WAITING and len(view.all_profiles) > 1, view
+            uuids, start = reservation
+            assert len(uuids) <= len(view.all_profiles), (view.id, uuids)
+            for uuid in uuids:
+                assert uuid not in holder_of, f"{uuid} reserved for two requests"
+                holder_of[uuid] = view
+                reserved = workers[uuid]
+                assert reserved.state in (
+                    WorkerState.IDLE,
+                    WorkerState.RUNNING,
+                    WorkerState.PREPARE,
+                ), reserved
+                if reserved.state is WorkerState.RUNNING:
+                    job = next(
+                        j for j in live[reserved.request_id].all_jobs if j.worker_uuid == uuid
+                    )
+                    assert job.max_timeout_at <= start, (view.id, uuid, job, start)
+
+        # 6. No ready WAITING request could be served by IDLE workers not reserved for a
+        # more important request.
         idle = [w for w in workers.values() if w.state is WorkerState.IDLE]
         for view in live.values():
             if view.state is not RequestState.WAITING:
                 continue
             if view.valid_after <= now:
-                assert not has_set(idle, view), (
+                free = [
+                    w
+                    for w in idle
+                    if w.uuid not in holder_of or rank(holder_of[w.uuid]) >= rank(view)
+                ]
+                assert not has_set(free, view), (
                     f"ready request {view.id} waits while IDLE workers could serve it"
                 )
             # A request some workers could serve when queued is invalidated once none can.

@@ -121,6 +121,7 @@ class Request:
         "profiles",
         "ready",
         "reason",
+        "reserved",
         "sig",
         "state",
         "updated_at",
@@ -163,6 +164,9 @@ class Request:
         # ready: valid_after has come, so the request sits in its bucket's ready heap.
         self.ready = False
         self.bucket: BucketBase | None = None
+        # Workers reserved for this waiting request of several profiles (derived state,
+        # never stored: see Core._reserve).
+        self.reserved: tuple[Worker, ...] = ()
 
     @property
     def job(self) -> Job | None:
@@ -223,6 +227,7 @@ class Worker:
         "reason",
         "registered_at",
         "request_id",
+        "reserved_for",
         "ssh_address",
         "state",
         "uuid",
@@ -252,6 +257,9 @@ class Worker:
         self.dryad_version = ""
         self.reason = ""
         self.request_id = 0
+        # The waiting request of several profiles this worker is kept for, if any: while
+        # IDLE, or while it runs a backfilled job (and prepares after it).
+        self.reserved_for: Request | None = None
         self.jobs_done = 0
         self.failures = 0
         self.prepared: Access | None = None

@@ -7,8 +7,9 @@ WAITING request could be served by an IDLE worker (so matching is event driven).
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from boruta_scheduler.core.caps import Need, board_items, check_request_caps, need_of
@@ -60,6 +61,11 @@ from boruta_scheduler.types import (
 )
 
 HEARTBEAT_LOST = "heartbeat lost"
+
+
+def order_of(request: Request) -> tuple[int, int]:
+    """Serving order: the smaller, the more important (priority, then age)."""
+    return (request.priority, request.id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,12 +141,11 @@ class Core:
         for worker in list(core._workers.values()):
             core._resume_worker(worker, now)
         core.tick(now)
-        # One-board requests first, so that a set of boards for a request of several
-        # profiles takes none a more important one-board request could have had.
+        # One-board requests first (and reservations for the sets more important than
+        # them), so that a set of boards for a request of several profiles takes none a
+        # more important one-board request could have had.
         for worker in list(core._idle):
-            request = core._queue.best_for(worker.items, worker.groups)
-            if request is not None:
-                core._start_jobs(request, (worker,), now)
+            core._match_worker(worker, now, sets=False)
         for worker in list(core._idle):
             if worker.state is WorkerState.IDLE:
                 core._match_worker(worker, now)
@@ -249,6 +254,20 @@ class Core:
         if request is None or request.state is not RequestState.WAITING:
             return None
         return self._queue.position(request)
+
+    def reservation(self, now: float, request_id: int) -> tuple[tuple[str, ...], float] | None:
+        """For a ready waiting request of several profiles: the UUIDs of the IDLE workers
+        reserved for it, and the latest time its whole set is expected to be free (the
+        limit backfilled jobs must end by); None for any other request."""
+        request = self._requests.get(request_id)
+        if (
+            request is None
+            or not request.ready
+            or request.state is not RequestState.WAITING
+            or not isinstance(request.bucket, MultiBucket)
+        ):
+            return None
+        return tuple(w.uuid for w in request.reserved), self._reserved_start(request, now)
 
     def live_requests(self) -> Iterator[RequestView]:
         return (r.view() for r in self._requests.values())
@@ -411,12 +430,18 @@ class Core:
         if no_wait:
             if valid_after > now:
                 raise InvalidArgument("no_wait asks for a board now; leave valid_after unset")
-            if multi and self._boards(needs, groups, self._idle) is None:
+            usable = self._usable(
+                (priority, self._last_request_id + 1),
+                now + policy.job_timeouts(job_timeout)[0],
+                now,
+            )
+            if multi and self._boards(needs, groups, self._idle, usable) is None:
                 raise Busy(
                     f"some of the workers that could serve the {len(needs)} profiles together "
                     "are busy; try again later, or queue the request without no_wait"
                 )
-            if not multi and self._idle.best(needs[0], groups) is None:
+            free = filter(usable, self._idle.capable(needs[0], groups))
+            if not multi and next(free, None) is None:
                 raise Busy(
                     f"every worker with caps {format_caps(sig)} open to your groups is busy; "
                     "try again later, or queue the request without no_wait"
@@ -497,8 +522,11 @@ class Core:
                 self._push_timer(new_valid_after, TimerKind.VALID_AFTER, request)
         request.updated_at = now
         self._out.request(request)
+        # Its reservations are made again for its new priority and times (or not at all).
+        released = self._release_reserved(request)
         if request.ready:
             self._match_request(request, now)
+        self._rematch(released, now)
         return request.view()
 
     def prolong_access(self, now: float, request_id: int) -> JobView:
@@ -521,6 +549,13 @@ class Core:
             if job.timeout_at < job.max_timeout_at:
                 # The job already runs longer than a prolong would give; nothing to do.
                 return job.view()
+            if job.max_timeout_at < job.started_at + self.policy.max_job_duration:
+                raise ProlongLimitReached(
+                    f"the job of request {request_id} was started on boards reserved for a "
+                    "waiting request of several boards, so it must end before that request "
+                    f"can start, {job.max_timeout_at - now:.0f} s from now; open a new "
+                    "request to go on"
+                )
             raise ProlongLimitReached(
                 f"the job of request {request_id} already runs until its limit of "
                 f"{self.policy.max_job_duration:.0f} s after it started; open a new request "
@@ -859,12 +894,142 @@ class Core:
 
     @staticmethod
     def _boards(
-        needs: Sequence[Need], groups: frozenset[str], index: WorkerIndex
+        needs: Sequence[Need],
+        groups: frozenset[str],
+        index: WorkerIndex,
+        usable: Callable[[Worker], bool] | None = None,
     ) -> list[Worker] | None:
-        """A different member of index for each need, open to groups, least capable first
-        where there is a choice; None if there is no such set."""
+        """A different member of index for each need, open to groups (and usable), least
+        capable first where there is a choice; None if there is no such set."""
         count = len(needs)
-        return match([shortlist(index.capable(need, groups), count) for need in needs])
+        return match(
+            [shortlist(filter(usable, index.capable(need, groups)), count) for need in needs]
+        )
+
+    # ------------------------------------------------------------ reservations
+    #
+    # An IDLE worker may be reserved for one waiting request of several profiles (the most
+    # important one it adds a board to when it comes free, or that finds it idle when it
+    # is queued). A less important request may take it only if its job's first timeout
+    # ends before the reserved request's set is expected to be free (backfill), and the
+    # job may then not be prolonged past that time; the worker stays reserved meanwhile.
+    # A more important request takes it outright. Derived state: never stored, rebuilt
+    # as a restore matches the idle workers.
+
+    def _usable(self, rank: tuple[int, int], ends: float, now: float) -> Callable[[Worker], bool]:
+        """Whether a request of this (priority, id) whose jobs end by ends may take an idle
+        worker: it is not reserved, or reserved for this request or a less important one,
+        or the job ends before the reserved request could start."""
+
+        def usable(worker: Worker) -> bool:
+            holder = worker.reserved_for
+            return (
+                holder is None
+                or rank <= (holder.priority, holder.id)
+                or ends <= self._reserved_start(holder, now)
+            )
+
+        return usable
+
+    def _usable_for(self, request: Request, now: float) -> Callable[[Worker], bool]:
+        first = self.policy.job_timeouts(request.job_timeout)[0]
+        return self._usable((request.priority, request.id), now + first, now)
+
+    def _reserve(self, request: Request, worker: Worker) -> bool:
+        """Reserve an idle worker for a waiting request of several profiles if it adds a
+        board to those already reserved for it (distinct boards for distinct profiles)."""
+        if worker.reserved_for is request:
+            return True
+        bucket = request.bucket
+        assert isinstance(bucket, MultiBucket)
+        held = (*request.reserved, worker)
+        if len(held) > len(bucket.needs):
+            return False
+        fits = [[i for i, need in enumerate(bucket.needs) if need.met_by(w.items)] for w in held]
+        if match(fits) is None:
+            return False
+        self._unreserve(worker)
+        worker.reserved_for = request
+        request.reserved = held
+        return True
+
+    def _reserve_idle(self, request: Request, bucket: MultiBucket) -> None:
+        """Reserve for a request that found no whole set the idle workers it can use that are
+        not kept for a more important request."""
+        rank = (request.priority, request.id)
+        count = len(bucket.needs)
+        for need in bucket.needs:
+            free = (
+                w
+                for w in self._idle.capable(need, request.owner_groups)
+                if w.reserved_for is None or rank < (w.reserved_for.priority, w.reserved_for.id)
+            )
+            for worker in shortlist(free, count):
+                self._reserve(request, worker)
+
+    @staticmethod
+    def _unreserve(worker: Worker) -> None:
+        holder = worker.reserved_for
+        if holder is not None:
+            worker.reserved_for = None
+            holder.reserved = tuple(w for w in holder.reserved if w is not worker)
+
+    @staticmethod
+    def _release_reserved(request: Request) -> tuple[Worker, ...]:
+        """Drop every reservation of a request; the workers are to be matched again."""
+        released = request.reserved
+        request.reserved = ()
+        for worker in released:
+            worker.reserved_for = None
+        return released
+
+    def _rematch(self, workers: Iterable[Worker], now: float) -> None:
+        for worker in workers:
+            if worker.state is WorkerState.IDLE and worker.reserved_for is None:
+                self._match_worker(worker, now)
+
+    def _free_at(self, worker: Worker, request: Request, now: float) -> float | None:
+        """When a worker is expected to be free for a request at the latest (None: not to be
+        counted on: out of service, or kept for a more important request)."""
+        holder = worker.reserved_for
+        if holder is not None and order_of(holder) < order_of(request):
+            return None
+        state = worker.state
+        if state in (WorkerState.IDLE, WorkerState.PREPARE):
+            return now
+        if state is WorkerState.RUNNING:
+            running = self._requests.get(worker.request_id)
+            return running.jobs[0].timeout_at if running is not None and running.jobs else None
+        return None
+
+    def _reserved_start(self, request: Request, now: float) -> float:
+        """The earliest time by which a set of boards for the request is expected to be
+        free: the boards reserved for it now, others when their jobs time out, the least
+        late set (a bottleneck matching over the first few candidates of each profile:
+        an upper bound that costs k^2 candidate reads, not a look at every worker)."""
+        bucket = request.bucket
+        assert isinstance(bucket, MultiBucket)
+        count = len(bucket.needs)
+        timed: list[list[tuple[float, Worker]]] = []
+        for need in bucket.needs:
+            options = [
+                (at, w)
+                for w in request.reserved
+                if need.met_by(w.items) and (at := self._free_at(w, request, now)) is not None
+            ]
+            found = 0
+            for worker in self._registered.capable(need, request.owner_groups):
+                at = self._free_at(worker, request, now)
+                if at is not None:
+                    options.append((at, worker))
+                    found += 1
+                    if found == count:
+                        break
+            timed.append(options)
+        for at in sorted({at for options in timed for at, _ in options}):
+            if match([[w for t, w in options if t <= at] for options in timed]) is not None:
+                return at
+        return math.inf
 
     def _servable_by(self, worker: Worker) -> list[BucketBase]:
         """Buckets of waiting requests the worker could serve (a board of)."""
@@ -876,30 +1041,30 @@ class Core:
     def _match_request(self, request: Request, now: float) -> None:
         bucket = request.bucket
         assert bucket is not None, f"request {request.id} is matched but not queued"
+        usable = self._usable_for(request, now)
         if isinstance(bucket, MultiBucket):
-            boards = self._boards(bucket.needs, request.owner_groups, self._idle)
+            boards = self._boards(bucket.needs, request.owner_groups, self._idle, usable)
             if boards is not None:
                 self._start_jobs(request, boards, now)
+            else:
+                self._reserve_idle(request, bucket)
             return
         assert isinstance(bucket, Bucket)
-        worker = self._idle.best(bucket.need, request.owner_groups)
+        worker = next(filter(usable, self._idle.capable(bucket.need, request.owner_groups)), None)
         if worker is not None:
             self._start_jobs(request, (worker,), now)
 
-    def _match_worker(self, worker: Worker, now: float) -> None:
+    def _match_worker(self, worker: Worker, now: float, *, sets: bool = True) -> None:
         """Give an idle worker the most important ready request it can serve: one that
         needs only it, or one of several profiles for which the idle workers, it among
-        them, make a whole set."""
+        them, make a whole set (unless not sets: then it is only reserved for one)."""
         request = self._queue.best_for(worker.items, worker.groups)
-        idle = len(self._idle)
-        # A set needs two idle workers at least, this one among them: on a busy farm a
-        # freed worker does not even look at the sets.
-        if idle > 1 and (near := self._queue.multis_near(worker.items)):
+        if near := self._queue.multis_near(worker.items):
             best = None if request is None else (request.priority, request.id)
             tops = []
             for bucket in near:
                 top = bucket.peek()
-                if top is None or len(bucket.needs) > idle:
+                if top is None:
                     continue
                 # Only a set more important than the best one-board request is worth a
                 # closer look.
@@ -908,25 +1073,49 @@ class Core:
                     tops.append((order, top, bucket))
             tops.sort()
             items, groups = worker.items, worker.groups
+            idle = len(self._idle)
             for _, top, bucket in tops:
                 if not bucket.serves(items, groups):
                     continue
-                # Every request of a bucket asks the same: if its first gets no set, none does.
-                boards = self._boards(bucket.needs, top.owner_groups, self._idle)
-                if boards is not None:
-                    self._start_jobs(top, boards, now)
-                    if worker.state is WorkerState.IDLE:
-                        # Only while restoring can a set leave out the worker that was freed.
-                        self._match_worker(worker, now)
-                    return
-        if request is not None:
+                usable = self._usable_for(top, now)
+                if not usable(worker):
+                    continue  # kept for a more important set, which this one cannot backfill
+                # Every request of a bucket asks the same: if its first gets no set, none
+                # does. A set needs as many idle workers as it has profiles.
+                if sets and len(bucket.needs) <= idle:
+                    boards = self._boards(bucket.needs, top.owner_groups, self._idle, usable)
+                    if boards is not None:
+                        self._start_jobs(top, boards, now)
+                        if worker.state is WorkerState.IDLE:
+                            # The set left this worker out (it is kept for another set, or
+                            # a restore matches): offer it again.
+                            self._match_worker(worker, now)
+                        return
+                # The most important set this worker adds a board to keeps it; the less
+                # important ones after it may only backfill it.
+                holder = worker.reserved_for
+                if holder is None or order_of(top) < order_of(holder):
+                    self._reserve(top, worker)
+        if request is not None and self._usable_for(request, now)(worker):
             self._start_jobs(request, (worker,), now)
 
     def _start_jobs(self, request: Request, workers: Sequence[Worker], now: float) -> None:
-        """Start one job per profile, on the worker given for it; they share their times."""
-        self._queue.remove(request)
-        timeout = now + self.policy.job_timeouts(request.job_timeout)[0]
+        """Start one job per profile, on the worker given for it; they share their times.
+        A job on a worker reserved for a more important request (backfill) may not run, nor
+        be prolonged, past the time that request is expected to start."""
         max_timeout = now + self.policy.max_job_duration
+        for worker in workers:
+            holder = worker.reserved_for
+            if holder is None or holder is request:
+                continue
+            if order_of(holder) < order_of(request):
+                # Backfill: the worker stays reserved, for when this job has ended.
+                max_timeout = min(max_timeout, self._reserved_start(holder, now))
+            else:
+                self._unreserve(worker)  # a more important request takes it
+        released = self._release_reserved(request)
+        self._queue.remove(request)
+        timeout = min(now + self.policy.job_timeouts(request.job_timeout)[0], max_timeout)
         request.jobs = tuple(
             Job(worker.uuid, now, timeout, max_timeout, worker.ssh_address, worker.prepared)
             for worker in workers
@@ -942,10 +1131,13 @@ class Core:
             self._out.tunnel(OpenTunnel(request.id, worker.ssh_address, index=index))
         self._push_timer(timeout, TimerKind.JOB_TIMEOUT, request)
         self._out.request(request)
+        self._rematch(released, now)
 
     def _finish(self, request: Request, state: RequestState, now: float, reason: str) -> None:
         """Move a live request to a terminal state; the core forgets it after the drain."""
+        released: tuple[Worker, ...] = ()
         if request.state is RequestState.WAITING:
+            released = self._release_reserved(request)
             self._queue.remove(request)
         elif request.state is RequestState.IN_PROGRESS:
             for index in range(len(request.jobs)):
@@ -960,6 +1152,7 @@ class Core:
         self._out.request(request)
         if request.idempotency_key:
             self._keys.finished(request.view(), now)
+        self._rematch(released, now)
 
     def _end_job(
         self,
@@ -1029,6 +1222,9 @@ class Core:
         old = worker.state
         if old is WorkerState.IDLE:
             self._idle.remove(worker)
+        if state not in (WorkerState.IDLE, WorkerState.RUNNING, WorkerState.PREPARE):
+            # Out of service: the request it was kept for counts on it no more.
+            self._unreserve(worker)
         worker.state = state
         worker.reason = reason
         if state not in (WorkerState.IDLE, WorkerState.RUNNING):
@@ -1046,6 +1242,7 @@ class Core:
         self, worker: Worker, sig: frozenset[tuple[str, str]], groups: frozenset[str]
     ) -> None:
         idle = worker in self._idle
+        self._unreserve(worker)  # it may no longer suit the request; it is matched again
         self._registered.remove(worker)
         if idle:
             self._idle.remove(worker)
