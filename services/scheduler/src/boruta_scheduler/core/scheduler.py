@@ -256,9 +256,9 @@ class Core:
         return self._queue.position(request)
 
     def reservation(self, now: float, request_id: int) -> tuple[tuple[str, ...], float] | None:
-        """For a ready waiting request of several profiles: the UUIDs of the IDLE workers
-        reserved for it, and the latest time its whole set is expected to be free (the
-        limit backfilled jobs must end by); None for any other request."""
+        """For a ready waiting request of several profiles: the UUIDs of the workers
+        reserved for it (idle, or running a backfilled job) and the time its whole set is
+        expected to be free by (what backfilled jobs must end by); None for any other."""
         request = self._requests.get(request_id)
         if (
             request is None
@@ -916,24 +916,35 @@ class Core:
     # A more important request takes it outright. Derived state: never stored, rebuilt
     # as a restore matches the idle workers.
 
-    def _usable(self, rank: tuple[int, int], ends: float, now: float) -> Callable[[Worker], bool]:
+    def _usable(
+        self,
+        rank: tuple[int, int],
+        ends: float,
+        now: float,
+        starts: dict[int, float] | None = None,
+    ) -> Callable[[Worker], bool]:
         """Whether a request of this (priority, id) whose jobs end by ends may take an idle
         worker: it is not reserved, or reserved for this request or a less important one,
-        or the job ends before the reserved request could start."""
+        or the job ends before the reserved request could start. starts memoizes expected
+        starts by request id while nothing changes."""
+        known = {} if starts is None else starts
 
         def usable(worker: Worker) -> bool:
             holder = worker.reserved_for
-            return (
-                holder is None
-                or rank <= (holder.priority, holder.id)
-                or ends <= self._reserved_start(holder, now)
-            )
+            if holder is None or rank <= (holder.priority, holder.id):
+                return True
+            start = known.get(holder.id)
+            if start is None:
+                start = known[holder.id] = self._reserved_start(holder, now)
+            return ends <= start
 
         return usable
 
-    def _usable_for(self, request: Request, now: float) -> Callable[[Worker], bool]:
+    def _usable_for(
+        self, request: Request, now: float, starts: dict[int, float] | None = None
+    ) -> Callable[[Worker], bool]:
         first = self.policy.job_timeouts(request.job_timeout)[0]
-        return self._usable((request.priority, request.id), now + first, now)
+        return self._usable((request.priority, request.id), now + first, now, starts)
 
     def _reserve(self, request: Request, worker: Worker) -> bool:
         """Reserve an idle worker for a waiting request of several profiles if it adds a
@@ -1059,6 +1070,7 @@ class Core:
         needs only it, or one of several profiles for which the idle workers, it among
         them, make a whole set (unless not sets: then it is only reserved for one)."""
         request = self._queue.best_for(worker.items, worker.groups)
+        starts: dict[int, float] = {}
         if near := self._queue.multis_near(worker.items):
             best = None if request is None else (request.priority, request.id)
             tops = []
@@ -1077,7 +1089,7 @@ class Core:
             for _, top, bucket in tops:
                 if not bucket.serves(items, groups):
                     continue
-                usable = self._usable_for(top, now)
+                usable = self._usable_for(top, now, starts)
                 if not usable(worker):
                     continue  # kept for a more important set, which this one cannot backfill
                 # Every request of a bucket asks the same: if its first gets no set, none
@@ -1094,9 +1106,13 @@ class Core:
                 # The most important set this worker adds a board to keeps it; the less
                 # important ones after it may only backfill it.
                 holder = worker.reserved_for
-                if holder is None or order_of(top) < order_of(holder):
-                    self._reserve(top, worker)
-        if request is not None and self._usable_for(request, now)(worker):
+                if (holder is None or order_of(top) < order_of(holder)) and self._reserve(
+                    top, worker
+                ):
+                    starts.clear()  # the expected starts of both requests may move
+        if request is not None and (
+            worker.reserved_for is None or self._usable_for(request, now, starts)(worker)
+        ):
             self._start_jobs(request, (worker,), now)
 
     def _start_jobs(self, request: Request, workers: Sequence[Worker], now: float) -> None:
