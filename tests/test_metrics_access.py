@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 from boruta import pki
-from boruta.tls import TlsFiles
 from boruta_client import Client
 from farm_kit import SCHEDULER, SchedulerProcess
-from metrics_kit import samples, scrape, total
+from metrics_kit import https, samples, scrape, total
 from pki_kit import FarmPki
 
 
@@ -42,15 +41,6 @@ def scheduler(
         yield process
     finally:
         process.stop()
-
-
-def https(ca: str, client: TlsFiles | None = None) -> ssl.SSLContext:
-    """A scraper's TLS: it checks the scheduler against the farm's CA, and shows client's
-    certificate if given."""
-    context = ssl.create_default_context(cafile=ca)
-    if client is not None:
-        context.load_cert_chain(client.cert, client.key)
-    return context
 
 
 def status_of(address: str, context: ssl.SSLContext, token: str = "") -> int:

@@ -352,9 +352,7 @@ class Dashboard:
             html = self._templates.get_template("login.html").render(failed=True, title="Log in")
             return web.Response(status=401, text=html, content_type="text/html")
         response = web.HTTPSeeOther("/")
-        response.set_cookie(
-            COOKIE, token, httponly=True, secure=True, samesite="Strict", path="/"
-        )
+        response.set_cookie(COOKIE, token, httponly=True, secure=True, samesite="Strict", path="/")
         return response
 
     async def _logout(self, request: web.Request) -> web.Response:
@@ -380,5 +378,3 @@ def _same_origin(request: web.Request) -> bool:
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
-
-

@@ -50,7 +50,9 @@ def pending_reason(view: RequestView, position: int | None, now: float) -> str:
 
 def queue_rows(live: Iterable[tuple[RequestView, int | None]], now: float) -> list[QueueRow]:
     """Running requests first (by id), then waiting ones in the order they would be served."""
-    rows = [QueueRow(view, position, pending_reason(view, position, now)) for view, position in live]
+    rows = [
+        QueueRow(view, position, pending_reason(view, position, now)) for view, position in live
+    ]
 
     def order(row: QueueRow) -> tuple[int, int, int]:
         if row.view.state is RequestState.IN_PROGRESS:
