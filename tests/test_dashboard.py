@@ -5,18 +5,22 @@ the event stream tells of a new request."""
 
 from __future__ import annotations
 
+import os
 import re
 import ssl
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from uuid import uuid4
 
 import pytest
 from boruta_client import Client
+from browser_kit import chromium
 from dashboard_kit import event_stream, get, poll_page
 from live_farm import LiveFarm, live_farm
 from metrics_kit import https
 from pki_kit import FarmPki
+from system_kit import require_chromium
 
 BOARDS = {str(uuid4()): {"board": "rpi4"}, str(uuid4()): {"board": "rpi4"}}
 GROUP = f"lab-{uuid4().hex[:8]}"
@@ -232,3 +236,50 @@ def test_a_token_logs_a_browser_in_with_a_strict_cookie(farm: LiveFarm, farm_pki
     with farm.admin() as admin:
         admin.revoke_token(issued.token.id)
     assert get(farm.metrics_address, "/", context, {"Cookie": pair}).status == 401
+
+
+def test_a_browser_logs_in_and_sees_the_farm_live(
+    clean: LiveFarm, farm_pki: FarmPki, tmp_path: Path
+) -> None:
+    """Real headless Chromium: refused without a token, logs in through the form over
+    HTTPS, shows the boards, and shows a new request without a reload. Screenshots go to
+    $BORUTA_SCREENSHOTS (or the test's temporary directory)."""
+    chromium_binary, driver = require_chromium()
+    farm = clean
+    shots = Path(os.environ.get("BORUTA_SCREENSHOTS") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    site = f"https://{farm.metrics_address}"
+    with farm.admin() as admin:
+        issued = admin.issue_token("ann", admin=True, description="browser test")
+    later = datetime.now(UTC) + timedelta(hours=1)
+    with chromium(chromium_binary, driver, tmp_path / "chromium") as browser:
+        browser.open(f"{site}/")
+        browser.wait_for(lambda text: "reading this needs" in text, "the refusal")
+        browser.open(f"{site}/login")
+        browser.type_into("#token", issued.secret)
+        browser.click("button[type=submit]")
+        browser.wait_for(lambda text: "ann (admin)" in text and "Queue" in text, "the queue")
+        browser.open(f"{site}/boards")
+        browser.wait_for(lambda text: all(uuid in text for uuid in BOARDS), "every board")
+        browser.screenshot(shots / "boards.png")
+        browser.open(f"{site}/")
+        browser.wait_for(lambda text: "· live" in text, "the event stream open")
+        with farm.client("alice", groups=[GROUP]) as alice:
+            request = alice.new_request(
+                {"board": "rpi4", "camera": "yes"}, valid_after=later, accept_unsatisfiable=True
+            )
+            # No reload: the event stream tells the page, which fetches its live part.
+            browser.wait_for(
+                lambda text: re.search(rf"^{request.id}\s+WAITING", text, re.M) is not None,
+                f"request {request.id} on the queue",
+            )
+            browser.screenshot(shots / "queue.png")
+            browser.open(f"{site}/utilisation")
+            browser.wait_for(lambda text: "busy now" in text, "the chart's legend")
+            browser.screenshot(shots / "utilisation.png")
+            browser.open(f"{site}/")
+            alice.close_request(request.id)
+        browser.wait_for(
+            lambda text: f"\n{request.id}\t" not in text and "No live requests" in text,
+            "the closed request gone",
+        )

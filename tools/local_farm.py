@@ -595,8 +595,7 @@ def main() -> None:
                 + "The dashboard (docs/admin-guide.md#the-dashboard), in a browser that trusts\n"
                 f"{admin_tls.ca} (or after accepting its warning), with a token to log in:\n"
                 "    .venv/bin/schedctl -c farm-admin tokens issue dashboard --admin --days 1 "
-                "| tail -n 1\n"
-                + "".join(f"    https://{where}/login\n" for where in metrics)
+                "| tail -n 1\n" + "".join(f"    https://{where}/login\n" for where in metrics)
             )
         if args.ha:
             up, where, takeover = ha_message(schedulers, admin_tls)

@@ -64,7 +64,7 @@ SECURITY_HEADERS = {
         "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 
@@ -115,6 +115,8 @@ class Dashboard:
         self.series.start(sample)
 
     async def close(self) -> None:
+        """Stop serving pages (503 again) and end every event stream: the engine stops."""
+        self.service = None
         await self.series.stop()
         await self._end_streams(None)
 

@@ -36,7 +36,8 @@
   ["request", "worker", "reset"].forEach(function (kind) {
     source.addEventListener(kind, soon);
   });
-  if (location.pathname === "/utilisation") {
-    setInterval(refresh, 60000); // samples come on a timer, not with events
+  if (live.dataset.every) {
+    // Utilisation samples come on a timer, not with events.
+    setInterval(refresh, Math.max(Number(live.dataset.every), 1) * 1000);
   }
 })();
