@@ -9,6 +9,7 @@ import asyncio
 import ssl
 import subprocess
 import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -173,3 +174,19 @@ async def test_without_tokens_only_a_certificate_may_scrape(farm_pki: FarmPki) -
         assert total(samples(text), "boruta_probe_total") == 1
     finally:
         await server.stop()
+
+
+def test_a_scheduler_may_serve_metrics_without_the_dashboard(tmp_path: Path) -> None:
+    process = SchedulerProcess(
+        tmp_path,
+        *("--metrics-listen", "127.0.0.1:0", "--metrics-anonymous", "yes"),
+        *("--dashboard", "no"),
+    )
+    process.start()
+    try:
+        assert total(samples(scrape(process.metrics_address)), "boruta_leader") == 1
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"http://{process.metrics_address}/", timeout=60)
+        assert missing.value.code == 404
+    finally:
+        process.stop()
