@@ -68,6 +68,10 @@ def test_nothing_is_readable_without_credentials(farm: LiveFarm, farm_pki: FarmP
     login = get(farm.metrics_address, "/login", anonymous)
     assert login.status == 200 and 'name="token"' in login.body
     assert get(farm.metrics_address, "/", anonymous, bearer("not-a-token")).status == 401
+    # A browser is shown the login form, still refused.
+    browser = get(farm.metrics_address, "/", anonymous, {"Accept": "text/html"})
+    assert browser.status == 401 and 'name="token"' in browser.body
+    assert "Queue" not in browser.body
 
 
 def test_an_admin_sees_the_queue_boards_and_a_running_job(
@@ -253,9 +257,9 @@ def test_a_browser_logs_in_and_sees_the_farm_live(
         issued = admin.issue_token("ann", admin=True, description="browser test")
     later = datetime.now(UTC) + timedelta(hours=1)
     with chromium(chromium_binary, driver, tmp_path / "chromium") as browser:
-        browser.open(f"{site}/")
-        browser.wait_for(lambda text: "reading this needs" in text, "the refusal")
-        browser.open(f"{site}/login")
+        # Refused: the browser gets the login form instead of the page.
+        browser.open(f"{site}/boards")
+        browser.wait_for(lambda text: "Bearer token" in text and "Boards" not in text, "login")
         browser.type_into("#token", issued.secret)
         browser.click("button[type=submit]")
         browser.wait_for(lambda text: "ann (admin)" in text and "Queue" in text, "the queue")

@@ -133,6 +133,15 @@ class Dashboard:
         )
         if isinstance(found, web.Response):
             self.http.log_refusal(request.remote or "", found.status)
+            if found.status == 401 and "text/html" in request.headers.get("Accept", ""):
+                # A browser: the login form, still with the refusal's status and header.
+                html = self._templates.get_template("login.html").render(
+                    failed=False, title="Log in"
+                )
+                challenge = {k: v for k, v in found.headers.items() if k == "WWW-Authenticate"}
+                return web.Response(
+                    status=401, text=html, content_type="text/html", headers=challenge
+                )
             if found.status == 401:
                 found.text = (found.text or "") + "or log in with a token at /login\n"
             return found
