@@ -57,6 +57,8 @@ AUDIT_SEARCHED = 1000
 STREAM_BACKLOG = 100
 # A comment line this often finds a reader that went away while nothing happened.
 KEEPALIVE_S = 15.0
+# A reader that takes longer than this to take one event is dropped.
+SLOW_READER_S = 60.0
 # No inline script or style: what a user wrote cannot run even if escaping failed.
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -302,7 +304,10 @@ class Dashboard:
                 async for item in items:
                     await backlog.put((kind, _event_of(kind, item)))
             except ResourceExhausted:
-                await backlog.put(("reset", {}))
+                # What is queued is stale now: the page fetches everything again.
+                while not backlog.empty():
+                    backlog.get_nowait()
+                backlog.put_nowait(("reset", {}))
 
         pumps = [
             asyncio.ensure_future(pump("request", aiter(requests))),
@@ -323,16 +328,25 @@ class Dashboard:
                     if getting not in done:
                         getting.cancel()
                         if not ended.is_set():
-                            await response.write(b": keepalive\n\n")
+                            await asyncio.wait_for(
+                                response.write(b": keepalive\n\n"), SLOW_READER_S
+                            )
                         continue
                     kind, data = getting.result()
-                    await response.write(f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode())
+                    event = f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+                    await asyncio.wait_for(response.write(event), SLOW_READER_S)
                     if kind == "reset":
                         break
             finally:
                 ending.cancel()
         except (ConnectionResetError, asyncio.CancelledError):
             pass  # the reader went away
+        except TimeoutError:
+            if request.transport is not None:
+                request.transport.abort()  # a write stuck on it would block the end too
+            log.info(
+                "dashboard event stream dropped: its reader fell behind", extra={"user": who.user}
+            )
         finally:
             self._streams.discard(ended)
             for task in pumps:
