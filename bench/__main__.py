@@ -15,6 +15,7 @@ from bench import (
     core_bench,
     grpc_bench,
     metrics_bench,
+    multi_bench,
     restart_bench,
     store_bench,
     takeover_bench,
@@ -68,6 +69,7 @@ def render(
     store: dict[str, dict[str, float]] | None = None,
     takeover: dict[str, Any] | None = None,
     metrics: dict[str, float] | None = None,
+    multi: list[dict[str, object]] | None = None,
 ) -> str:
     scales = core["scales"]
     mid = next(s for s in scales if s["workers"] == 1000)
@@ -109,6 +111,7 @@ def render(
         f"Target: p99 under 1 ms at 1,000 x 10,000: {worst_p99:.0f} us, "
         f"{verdict(worst_p99 < 1000)}. Flat from 100 x 1,000 to 10,000 x 100,000.",
         "",
+        *(multi_bench.render(multi, when) if multi is not None else []),
         "## Memory per waiting request",
         "",
         f"- Core, measured with tracemalloc over 100,000 waiting requests: "
@@ -238,6 +241,7 @@ def main() -> None:
     print("core benchmark ...", file=sys.stderr)
     core = core_bench.run()
     caps_memory = caps_memory_bench.run()
+    multi = multi_bench.run()
     print("gRPC benchmarks ...", file=sys.stderr)
     rpc = asyncio.run(run_rpc())
     print("restart benchmark ...", file=sys.stderr)
@@ -250,7 +254,7 @@ def main() -> None:
     takeover = takeover_bench.run()
     print("metrics benchmark ...", file=sys.stderr)
     metrics = asyncio.run(metrics_bench.run())
-    report = render(core, rpc, access, caps_memory, restart, when, store, takeover, metrics)
+    report = render(core, rpc, access, caps_memory, restart, when, store, takeover, metrics, multi)
     REPORT.write_text(report)
     print(report)
 

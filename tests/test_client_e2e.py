@@ -88,6 +88,40 @@ def test_lease_runs_commands_streams_output_and_copies_files(
     assert closed.state is RequestState.DONE
 
 
+def test_lease_boards_gives_a_real_shell_on_each_board_at_once(client: Client) -> None:
+    profiles = {"cam": {"camera": "yes"}, "plain": {"board": "rpi4"}}
+    with client.lease_boards(profiles) as boards:
+        assert boards.names == ("cam", "plain") and len(boards) == 2
+        assert boards["cam"].worker_uuid == CAMERA_BOARD
+        assert boards["plain"].worker_uuid != CAMERA_BOARD
+        assert [b.index for b in boards] == [0, 1] and boards[1].name == "plain"
+        users = {b.name: b.ssh.run("id -un").output.strip() for b in boards}
+        assert users == {b.name: b.access.username for b in boards}
+        assert users["cam"] != users["plain"]
+        request_id = boards["cam"].request.id
+        info = client.get_request(request_id)
+        assert [p.name for p in info.profiles] == ["cam", "plain"]
+        assert [j.worker_uuid for j in info.jobs] == [b.worker_uuid for b in boards]
+    assert client.get_request(request_id).state is RequestState.DONE
+
+
+def test_async_lease_boards_and_an_impossible_set(farm: LiveFarm) -> None:
+    farm.reset()
+
+    async def scenario() -> None:
+        async with AsyncClient(farm.address, user="bob") as client:
+            with pytest.raises(NoSuchWorker, match="a different one for each of the 2"):
+                await client.new_request(profiles=[{"camera": "yes"}, {"camera": "yes"}])
+            async with client.lease_boards([{"board": "rpi4"}, {"board": "rpi4"}]) as boards:
+                assert boards.names == ("", "")
+                outputs = [(await b.ssh.run("id -un")).output.strip() for b in boards]
+                assert outputs == [b.access.username for b in boards]
+                request_id = boards[0].request.id
+            assert (await client.get_request(request_id)).state is RequestState.DONE
+
+    asyncio.run(scenario())
+
+
 def test_large_output_arrives_whole_every_time(client: Client) -> None:
     expected = "".join(f"{i}\n" for i in range(1, 50001)).encode()
     with client.lease({"board": "rpi4"}) as board:

@@ -18,7 +18,7 @@ import grpc
 import paramiko
 import pytest
 from access_kit import Login, running_sshd
-from boruta.v1 import types_pb2
+from boruta.v1 import requests_pb2, types_pb2
 from boruta_dryad.devsshd import DevSshd
 from boruta_scheduler.relay.config import RelayConfig
 from boruta_scheduler.relay.server import Relay
@@ -169,6 +169,51 @@ async def test_a_restarted_relay_gets_its_tunnels_back_on_the_same_ports(
     await alice.close(request.id)
     await until_refused(login.port)
     await farm.admin.wait_worker(uuid, S.WORKER_STATE_IDLE)
+
+
+async def banner(port: int) -> bytes:
+    """The first line whatever answers on the relay's port sends (an sshd's banner)."""
+    reader, writer = await asyncio.open_connection(RELAY_HOST, port)
+    try:
+        return await reader.readline()
+    finally:
+        writer.close()
+
+
+async def test_each_board_of_a_request_has_its_own_relay_tunnel(relayed: RelayedFarm) -> None:
+    relay, farm = relayed.relay, relayed.farm
+    # A second board, served by a stub dryad, leads to the same sshd: only its banner is read.
+    await farm.add_dryad([board("relay-board", board="relay")], ssh_address=relayed.sshd.address)
+    alice = farm.client("alice")
+    profiles = [
+        S.Profile(name="dut", caps={"board": "rpi4"}),
+        S.Profile(name="relay", caps={"board": "relay"}),
+    ]
+    created = await alice.requests.NewRequest(
+        requests_pb2.NewRequestRequest(profiles=profiles), metadata=alice.metadata
+    )
+    request_id = created.request.id
+    acquired = await alice.acquire(request_id)
+    ports = [b.access.port for b in acquired.boards]
+    assert len(set(ports)) == 2 and all(b.access.host == RELAY_HOST for b in acquired.boards)
+    for port in ports:
+        assert (await banner(port)).startswith(b"SSH-2.0-")
+
+    relay.kill()
+    for port in ports:
+        await until_refused(port)
+    relay.start()
+    # The scheduler asks the new relay for both tunnels again, each on its port.
+    for port in ports:
+        await until_refused(port, refused=False)
+        assert (await banner(port)).startswith(b"SSH-2.0-")
+    again = await alice.acquire(request_id)
+    assert [b.access.port for b in again.boards] == ports
+    await alice.close(request_id)
+    for port in ports:
+        await until_refused(port)
+    await farm.admin.wait_worker(relayed.uuid, S.WORKER_STATE_IDLE)
+    await farm.admin.wait_worker("relay-board", S.WORKER_STATE_IDLE)
 
 
 AS_NOBODY = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")

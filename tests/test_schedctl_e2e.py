@@ -4,6 +4,7 @@ boards, watches stream, and every -o json output parses and matches the API."""
 from __future__ import annotations
 
 import json
+import re
 import stat
 import subprocess
 import sys
@@ -178,6 +179,39 @@ def test_request_lifecycle_and_json_matches_the_api(env: dict[str, str], farm: L
     assert isinstance(closed, dict) and closed["state"] == "DONE"
 
 
+def test_several_boards_in_one_request(env: dict[str, str], farm: LiveFarm) -> None:
+    created = as_json(
+        env, "requests", "new", "--profile", "cam:camera=yes", "--profile", "plain:board=rpi4"
+    )
+    assert isinstance(created, dict) and created["state"] == "IN_PROGRESS"
+    assert [p["name"] for p in created["profiles"]] == ["cam", "plain"]
+    assert [j["worker_uuid"] for j in created["jobs"]] == [CAMERA_BOARD, PLAIN_BOARD]
+    rid = str(created["id"])
+    shown = schedctl(env, "requests", "show", rid).stdout
+    assert "board cam" in shown and f"camera=yes on {CAMERA_BOARD}" in shown
+    assert "board plain" in shown and f"board=rpi4 on {PLAIN_BOARD}" in shown
+    access = as_json(env, "requests", "acquire", rid)
+    assert isinstance(access, dict)
+    assert [b["name"] for b in access["boards"]] == ["cam", "plain"]
+    keys = [Path(b["key_file"]) for b in access["boards"]]
+    assert [k.name for k in keys] == [f"request-{rid}-cam.pem", f"request-{rid}-plain.pem"]
+    assert all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in keys)
+    for index, name in enumerate(("cam", "plain")):
+        for pick in (name, str(index)):
+            who = schedctl(env, "ssh", rid, "--board", pick, "--", "id", "-un")
+            assert who.stdout.strip() == access["boards"][index]["username"]
+    schedctl(env, "ssh", rid, "--board", "nope", "--", "true", check=exits.USAGE)
+    closed = as_json(env, "requests", "close", rid)
+    assert isinstance(closed, dict) and closed["state"] == "DONE"
+    done = schedctl(env, "requests", "new", "board=rpi4", "--profile", "a:", check=exits.USAGE)
+    assert "not both" in done.stderr
+    done = schedctl(
+        env, "requests", "new", "--profile", "camera=yes", "--profile", "camera=yes",
+        check=exits.NO_SUCH_BOARD,
+    )  # fmt: skip
+    assert "a different one for each of the 2 profiles" in done.stderr
+
+
 def test_ssh_with_caps_leases_a_board_for_the_session(env: dict[str, str], farm: LiveFarm) -> None:
     done = schedctl(env, "ssh", "--caps", "camera=yes", "--", "echo", "on the board")
     assert done.stdout == "on the board\n"
@@ -316,3 +350,18 @@ def test_workers_watch_yaml_and_deregister_errors(env: dict[str, str]) -> None:
     schedctl(admin, "workers", "deregister", "-y", "no-such-board", check=exits.NOT_FOUND)
     done = schedctl(admin, "workers", "deregister", "-y", CAMERA_BOARD, check=exits.WRONG_STATE)
     assert "IDLE" in done.stderr
+
+
+# gRPC's C-core log line prefix: severity letter, MMDD, time.
+CORE_LOG_LINE = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d", re.MULTILINE)
+
+
+def test_grpc_core_log_lines_stay_off_schedctls_stderr(env: dict[str, str]) -> None:
+    """With gRPC's API tracing on (it logs at INFO whenever grpc is used), schedctl's stderr
+    still holds only its own lines, unless the user asks for gRPC's log."""
+    traced = {k: v for k, v in env.items() if k != "GRPC_VERBOSITY"} | {"GRPC_TRACE": "api"}
+    quiet = schedctl(traced, "run", "--caps", "board=rpi4", "--", "true")
+    assert "job done" in quiet.stderr
+    assert not CORE_LOG_LINE.search(quiet.stderr), quiet.stderr
+    loud = schedctl(traced | {"GRPC_VERBOSITY": "INFO"}, "status")
+    assert CORE_LOG_LINE.search(loud.stderr), loud.stderr

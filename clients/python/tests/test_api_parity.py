@@ -11,18 +11,29 @@ from typing import Any
 import pytest
 from boruta_client import (
     AsyncBoard,
+    AsyncBoards,
+    AsyncBoardsLease,
     AsyncBoardSSH,
     AsyncClient,
     AsyncLease,
     AsyncWatch,
     Board,
+    Boards,
+    BoardsLease,
     BoardSSH,
     Client,
     Lease,
     Watch,
 )
 
-PAIRS = [(Client, AsyncClient), (Lease, AsyncLease), (Board, AsyncBoard), (Watch, AsyncWatch)]
+PAIRS = [
+    (Client, AsyncClient),
+    (Lease, AsyncLease),
+    (Board, AsyncBoard),
+    (Watch, AsyncWatch),
+    (BoardsLease, AsyncBoardsLease),
+    (Boards, AsyncBoards),
+]
 # The async protocol methods and their blocking twins.
 TWINS = {"__aenter__": "__enter__", "__aexit__": "__exit__", "__aiter__": "__iter__"}
 # Facades are made by their client, so only the clients' constructors must agree.

@@ -31,8 +31,10 @@ from schedctl.output import jsonable, span, table
 
 EXPECTED_ALL = [
     "LEASE_JOB_TIMEOUT",
-    "Access", "Acquired", "AsyncBoard", "AsyncBoardSSH", "AsyncClient", "AsyncLease",
-    "AsyncWatch", "AuditEvent", "Board", "BoardSSH", "BorutaError", "Busy", "Caller", "Client",
+    "Access", "Acquired", "AcquiredBoard", "AsyncBoard", "AsyncBoardSSH", "AsyncBoards",
+    "AsyncBoardsLease", "AsyncClient", "AsyncLease",
+    "AsyncWatch", "AuditEvent", "Board", "BoardSSH", "Boards", "BoardsLease", "BorutaError",
+    "Busy", "Caller", "Client",
     "ClientConfig",
     "CommandResult", "CommandTimeout", "Context", "DeadlineExceeded", "FailedPrecondition",
     "HistoryEntry", "HostKeyMismatch",
@@ -40,6 +42,7 @@ EXPECTED_ALL = [
     "Job", "JobResult", "JobSpec", "JobStatus",
     "Lease",
     "NoSuchWorker", "NotFound", "PermissionDenied", "Phase", "PortForward",
+    "Profile",
     "ProlongLimitReached", "Request", "RequestEnded", "RequestNotFound", "RequestSort",
     "RequestState", "ResourceExhausted", "SSHError", "ScheduleTimeout", "Token", "Transfer",
     "Unauthenticated", "Unavailable", "Watch", "Worker", "WorkerChange", "WorkerNotFound",

@@ -12,7 +12,10 @@ the core's reads and against a model built only from what ``Core.drain`` handed 
    list-valued caps as docs/api.md says, checked on the strings) and open to its owner;
 4. a match never passes over a more important ready request the worker could serve;
 5. terminal requests never change again and are gone from the core;
-6. no ready WAITING request could be served by an IDLE worker;
+6. no ready WAITING request could be served by IDLE workers (a request of several profiles:
+   by a set of distinct IDLE workers, one per profile);
+7. a request of several profiles holds all its boards or none: one job per profile, each on
+   a worker that satisfies that profile, no worker in two jobs;
 
 plus some bookkeeping the store relies on: every change is drained (the drained views equal
 the core's), worker histories chain, timers fire on time, a job gets a fresh access that is
@@ -24,8 +27,9 @@ changes nothing at all.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TypeVar
 
@@ -92,6 +96,13 @@ request_caps = st.builds(
     uuid_pins,
 )
 group_sets = st.sampled_from(GROUP_SETS)
+# Requests of two or three boards, named or not (a name once only).
+profile_sets = st.lists(
+    st.tuples(st.sampled_from(("", "", "dut", "relay", "peer")), request_caps),
+    min_size=2,
+    max_size=3,
+    unique_by=lambda profile: profile[0] or object(),
+)
 # Mostly the same dryad registering again; "" counts as a restart every time.
 instance_ids = st.sampled_from(("i1", "i1", "i1", "i2", ""))
 request_picks = st.integers(0, 1000)
@@ -106,6 +117,23 @@ def can_serve(worker: WorkerView, request: RequestView) -> bool:
     has_caps = caps_match(worker.caps, request.caps)
     open_to = not worker.groups or not worker.groups.isdisjoint(request.owner_groups)
     return has_caps and open_to
+
+
+def serves(worker: WorkerView, caps: dict[str, str] | object, request: RequestView) -> bool:
+    """Whether the worker satisfies one profile's caps and is open to the owner's groups."""
+    assert isinstance(caps, dict | type(request.caps))
+    open_to = not worker.groups or not worker.groups.isdisjoint(request.owner_groups)
+    return open_to and caps_match(worker.caps, caps)  # type: ignore[arg-type]
+
+
+def has_set(workers: Sequence[WorkerView], request: RequestView) -> bool:
+    """Whether distinct workers, one per profile, could serve the request: every ordered
+    choice tried, as a reference for the core's matching."""
+    profiles = request.all_profiles
+    return any(
+        all(serves(w, p.caps, request) for w, p in zip(choice, profiles, strict=True))
+        for choice in itertools.permutations(workers, len(profiles))
+    )
 
 
 def rank(request: RequestView) -> tuple[int, int]:
@@ -318,6 +346,47 @@ class CoreMachine(RuleBasedStateMachine):
                 assert view.id == self.last_request_id
                 assert self.requests.get(view.id) == view
 
+    @rule(
+        owner_groups=group_sets,
+        profiles=profile_sets,
+        priority=st.integers(0, 17),
+        valid_after=valid_afters,
+        accept_unsatisfiable=st.booleans(),
+        no_wait=st.sampled_from((False, False, False, True)),
+    )
+    def new_multi_request(
+        self,
+        owner_groups: frozenset[str],
+        profiles: list[tuple[str, dict[str, str]]],
+        priority: int,
+        valid_after: int | None,
+        accept_unsatisfiable: bool,
+        no_wait: bool,
+    ) -> None:
+        """An owner asks for several boards at once."""
+        now = self.now
+        view = self._command(
+            f"new_request profiles={profiles} groups={sorted(owner_groups)} priority={priority} "
+            f"valid_after={valid_after} accept={accept_unsatisfiable} no_wait={no_wait}",
+            functools.partial(
+                self.core.new_request,
+                now,
+                "owner",
+                owner_groups,
+                {},
+                priority=priority,
+                valid_after=None if valid_after is None or no_wait else now + valid_after,
+                accept_unsatisfiable=accept_unsatisfiable,
+                no_wait=no_wait,
+                profiles=profiles,
+            ),
+        )
+        if view is not None:
+            assert self.requests.get(view.id) == view
+            assert [p.name for p in view.all_profiles] == [name for name, _ in profiles]
+            if no_wait:
+                assert view.state is RequestState.IN_PROGRESS, view
+
     @precondition(lambda self: self._has())
     @rule(index=request_picks, stale=stale_picks)
     def close_request(self, index: int, stale: bool) -> None:
@@ -447,13 +516,16 @@ class CoreMachine(RuleBasedStateMachine):
             before = self.requests.get(view.id)
             if before is None and old_terminal is None:
                 assert view.id <= self.last_request_id
-                if not any(can_serve(w, view) for w in self.worker_views.values()):
+                if not has_set(list(self.worker_views.values()), view):
                     self.unsatisfiable_at_birth.add(view.id)
             if view.job is not None and (before is None or before.state is RequestState.WAITING):
                 matched.append(view)
             if before is not None and before.job is not None:
                 assert view.job is not None
-                assert view.job.worker_uuid == before.job.worker_uuid
+                # A request's boards stay the same until it ends.
+                assert [j.worker_uuid for j in view.all_jobs] == [
+                    j.worker_uuid for j in before.all_jobs
+                ]
                 assert view.job.started_at == before.job.started_at
             if view.state.is_terminal:
                 self.terminal[view.id] = view.state
@@ -464,38 +536,46 @@ class CoreMachine(RuleBasedStateMachine):
                 self.requests[view.id] = view
 
         for view in matched:
-            assert view.job is not None
-            uuid = view.job.worker_uuid
-            # The worker became RUNNING in this step, so it was drained with it.
-            assert uuid in drained_workers, f"request {view.id} matched to undrained {uuid}"
-            worker = drained_workers[uuid]
-            assert view.job.started_at == now
-            assert view.job.ssh_address == worker.ssh_address
-            assert view.valid_after <= now, f"request {view.id} matched before valid_after"
-            # 3. Only to a worker with every cap and open to the owner's groups.
-            assert can_serve(worker, view), (
-                f"request {view.id} (caps {dict(view.caps)}, groups {set(view.owner_groups)}) "
-                f"matched to {uuid} (caps {dict(worker.caps)}, groups {set(worker.groups)})"
-            )
-            # A fresh access of ours, never handed to another job.
-            access = view.job.access
-            if view.state is RequestState.IN_PROGRESS:
-                assert access is not None and access in self.issued, view
-                assert self.job_access.setdefault(access, view.id) == view.id, (
-                    f"request {view.id} got the access of request {self.job_access[access]}"
+            jobs, profiles = view.all_jobs, view.all_profiles
+            # 7. All boards at once: one job per profile, on distinct workers.
+            assert len(jobs) == len(profiles), view
+            assert len({job.worker_uuid for job in jobs}) == len(jobs), view
+            for job, profile in zip(jobs, profiles, strict=True):
+                uuid = job.worker_uuid
+                # The worker became RUNNING in this step, so it was drained with it.
+                assert uuid in drained_workers, f"request {view.id} matched to undrained {uuid}"
+                worker = drained_workers[uuid]
+                assert job.started_at == now
+                assert job.timeout_at == view.job.timeout_at  # type: ignore[union-attr]
+                assert job.ssh_address == worker.ssh_address
+                assert view.valid_after <= now, f"request {view.id} matched before valid_after"
+                # 3. Only to a worker with every cap and open to the owner's groups.
+                assert serves(worker, profile.caps, view), (
+                    f"request {view.id} profile {profile} (groups {set(view.owner_groups)}) "
+                    f"matched to {uuid} (caps {dict(worker.caps)}, groups {set(worker.groups)})"
                 )
-            # 4. No more important request, still waiting and ready, that the worker could
-            # serve. (One matched in this same step is no longer WAITING, so it is skipped.)
-            for other in self.requests.values():
-                if (
-                    other.state is RequestState.WAITING
-                    and other.valid_after <= now
-                    and can_serve(worker, other)
-                ):
-                    assert rank(view) < rank(other), (
-                        f"request {view.id} {rank(view)} matched to {uuid} while request "
-                        f"{other.id} {rank(other)} was ready and waiting for it"
+                # A fresh access of ours, never handed to another job.
+                access = job.access
+                if view.state is RequestState.IN_PROGRESS:
+                    assert access is not None and access in self.issued, view
+                    assert self.job_access.setdefault(access, view.id) == view.id, (
+                        f"request {view.id} got the access of request {self.job_access[access]}"
                     )
+                # 4. No more important one-board request, still waiting and ready, that the
+                # worker could serve. (One matched in this same step is no longer WAITING,
+                # so it is skipped.) Requests of several boards may be passed over: boards
+                # are not reserved for them yet.
+                for other in self.requests.values():
+                    if (
+                        other.state is RequestState.WAITING
+                        and len(other.all_profiles) == 1
+                        and other.valid_after <= now
+                        and can_serve(worker, other)
+                    ):
+                        assert rank(view) < rank(other), (
+                            f"request {view.id} {rank(view)} matched to {uuid} while request "
+                            f"{other.id} {rank(other)} was ready and waiting for it"
+                        )
 
         for call in changes.calls:
             callee = self.worker_views.get(call.worker_uuid)
@@ -541,15 +621,18 @@ class CoreMachine(RuleBasedStateMachine):
                 continue
             assert view.state is RequestState.IN_PROGRESS, view
             assert view.job is not None, view
-            assert view.job.timeout_at > now, view
-            assert view.job.timeout_at <= view.job.max_timeout_at, view
-            uuid = view.job.worker_uuid
-            assert uuid not in job_of, f"{uuid} runs requests {job_of[uuid]} and {view.id}"
-            job_of[uuid] = view.id
-            runner = workers.get(uuid)
-            assert runner is not None, f"request {view.id} runs on unknown worker {uuid}"
-            assert runner.state is WorkerState.RUNNING, (view.id, runner.state)
-            assert runner.request_id == view.id, (view.id, runner.request_id)
+            # 7. All boards or none.
+            assert len(view.all_jobs) == len(view.all_profiles), view
+            for job in view.all_jobs:
+                assert job.timeout_at == view.job.timeout_at > now, view
+                assert job.timeout_at <= job.max_timeout_at, view
+                uuid = job.worker_uuid
+                assert uuid not in job_of, f"{uuid} runs requests {job_of[uuid]} and {view.id}"
+                job_of[uuid] = view.id
+                runner = workers.get(uuid)
+                assert runner is not None, f"request {view.id} runs on unknown worker {uuid}"
+                assert runner.state is WorkerState.RUNNING, (view.id, runner.state)
+                assert runner.request_id == view.id, (view.id, runner.request_id)
         for worker in workers.values():
             if worker.state is WorkerState.RUNNING:
                 assert job_of.get(worker.uuid) == worker.request_id != 0, worker
@@ -569,14 +652,13 @@ class CoreMachine(RuleBasedStateMachine):
             if view.state is not RequestState.WAITING:
                 continue
             if view.valid_after <= now:
-                for worker in idle:
-                    assert not can_serve(worker, view), (
-                        f"ready request {view.id} waits while {worker.uuid} is IDLE"
-                    )
-            # A request some worker could serve when queued is invalidated once none can.
+                assert not has_set(idle, view), (
+                    f"ready request {view.id} waits while IDLE workers could serve it"
+                )
+            # A request some workers could serve when queued is invalidated once none can.
             if view.id not in self.unsatisfiable_at_birth:
-                assert any(can_serve(w, view) for w in workers.values()), (
-                    f"request {view.id} waits but no registered worker can serve it"
+                assert has_set(list(workers.values()), view), (
+                    f"request {view.id} waits but no registered workers can serve it"
                 )
         assert core.waiting_count == sum(v.state is RequestState.WAITING for v in live.values())
         assert core.idle_count == len(idle)

@@ -147,6 +147,38 @@ def test_host_keys_and_job_timeout_survive_a_restart(store: Store) -> None:
     assert prepared is not None and prepared.host_keys == ("ssh-ed25519 HOST2",)
 
 
+def test_requests_of_several_boards_survive_a_restart(store: Store) -> None:
+    kit = CoreKit()
+    for uuid, board in (("p1", "phone"), ("r1", "relay"), ("p2", "phone")):
+        kit.add_worker(uuid, {"board": board})
+    kit.core.set_state(kit.now, "p2", WorkerState.MAINTENANCE)
+    kit.answer_calls()
+    profiles = [("dut", {"board": "phone"}), ("relay", {"board": "relay|usb"})]
+    running = kit.core.new_request(kit.now, "ann", NOBODY, {}, profiles=profiles)
+    kit.core.tunnel_opened(kit.now, running.id, 40002, 1)
+    waiting = kit.core.new_request(kit.now, "ann", NOBODY, {}, profiles=profiles)
+    named = kit.core.new_request(
+        kit.now, "ann", NOBODY, {}, profiles=[("solo", {"board": "phone"})]
+    )
+    commit_all(store, kit)
+    snapshot = loaded(store)
+    for view in snapshot.requests:
+        assert view == kit.core.request(view.id)
+    restored = Core.restore(snapshot, kit.now, kit.core.policy)
+    jobs = restored.request(running.id).jobs
+    assert [j.worker_uuid for j in jobs] == ["p1", "r1"]
+    assert all(j.access is not None for j in jobs) and jobs[1].tunnel_port == 40002
+    assert [p.name for p in restored.request(waiting.id).profiles] == ["dut", "relay"]
+    assert [p.name for p in restored.request(named.id).profiles] == ["solo"]
+    # The end of a request of several boards drops every job's secret from the store.
+    kit.core.close_request(kit.now, running.id)
+    commit_all(store, kit)
+    done = store.get_request(running.id)
+    assert done is not None and done.state is RequestState.DONE
+    assert [j.worker_uuid for j in done.jobs] == ["p1", "r1"]
+    assert all(j.access is None for j in done.jobs)
+
+
 def test_a_store_from_before_host_keys_migrates_and_reads_them_as_none(tmp_path: Path) -> None:
     """A file written at schema version 4 (no host keys, no job timeouts) is migrated, and
     its rows read as no host keys and the policy's job timeout."""
@@ -199,6 +231,8 @@ NEW_COLUMNS = {
     "job_timeout",
     "idempotency_key",
     "arguments_hash",
+    "profiles",
+    "more_jobs",
 }
 
 
@@ -508,8 +542,10 @@ def test_a_store_from_before_secure_delete_is_cleared_of_dead_keys_once(tmp_path
     # As a version-4 store wrote it: deleted content left where it was.
     store._writer.execute("PRAGMA secure_delete=OFF")
     live = run_jobs(store)
-    # Undo migrations 5 to 7, so that opening it again runs them as an upgrade would.
+    # Undo migrations 5 and later, so that opening it again runs them as an upgrade would.
     for statement in (
+        "ALTER TABLE requests DROP COLUMN profiles",
+        "ALTER TABLE requests DROP COLUMN more_jobs",
         "DROP INDEX requests_by_idempotency_key",
         "ALTER TABLE requests DROP COLUMN idempotency_key",
         "ALTER TABLE requests DROP COLUMN arguments_hash",

@@ -276,8 +276,8 @@ def test_a_copy_following_random_commits_equals_a_cold_load(
 
 
 def busy_farm(kit: CoreKit) -> None:
-    """Workers idle, running and deregistered, requests waiting, running and finished, a
-    token issued and one revoked."""
+    """Workers idle, running and deregistered, requests waiting, running and finished (of
+    one board and of two), a token issued and one revoked."""
     kit.add_worker("w1", {"board": "x"})
     kit.add_worker("w2", {"board": "y"})
     kit.add_worker("gone", {"board": "x"}, idle=False)
@@ -285,6 +285,13 @@ def busy_farm(kit: CoreKit) -> None:
     for priority in (3, 5, 5):
         kit.core.new_request(kit.now, "ann", NOBODY, {"board": "x"}, priority=priority)
     kit.core.close_request(kit.now, 3)
+    kit.answer_calls()
+    # Requests of two boards, one running (its later job is kept apart) and one waiting.
+    kit.add_worker("w3", {"board": "y"})
+    kit.add_worker("w4", {"board": "x"})
+    pair = [("one", {"board": "y"}), ("two", {"board": "x"})]
+    kit.core.new_request(kit.now, "bob", NOBODY, {}, profiles=pair)
+    kit.core.new_request(kit.now, "bob", NOBODY, {}, profiles=pair)
     kit.answer_calls()
     for user in ("ci", "alice"):
         kit.core.issue_token(TokenRecord(user, NOBODY, False, b"h", kit.now, 1e10, "root", ""))
@@ -368,7 +375,7 @@ async def test_a_takeover_whose_last_read_fails_loads_the_store_cold(
         conn.execute("ALTER TABLE change_tombstones RENAME TO moved_away")
     assert await follower.takeover() is None
     assert "warm copy unusable, loading the store" in caplog.text
-    assert len(list(store.load().requests)) == 2
+    assert len(list(store.load().requests)) == 4  # busy_farm's live requests
 
 
 async def test_without_a_copy_a_takeover_loads_the_store_cold(store: PostgreSQLStore) -> None:

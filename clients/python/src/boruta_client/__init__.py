@@ -7,8 +7,16 @@ with Client() as client:  # the farm of schedctl's config (BORUTA_CONFIG, contex
         print(board.ssh.run("uname -a").output)
 """
 
-from boruta_client.aio import AsyncBoard, AsyncBoardSSH, AsyncClient, AsyncLease, AsyncWatch
-from boruta_client.client import Board, Client, Lease, Watch
+from boruta_client.aio import (
+    AsyncBoard,
+    AsyncBoards,
+    AsyncBoardsLease,
+    AsyncBoardSSH,
+    AsyncClient,
+    AsyncLease,
+    AsyncWatch,
+)
+from boruta_client.client import Board, Boards, BoardsLease, Client, Lease, Watch
 from boruta_client.config import ClientConfig, Context, load_config
 from boruta_client.errors import (
     BorutaError,
@@ -50,12 +58,14 @@ from boruta_client.ssh import BoardSSH, CommandResult, PortForward
 from boruta_client.types import (
     Access,
     Acquired,
+    AcquiredBoard,
     AuditEvent,
     Caller,
     HistoryEntry,
     HostStatus,
     IssuedToken,
     Job,
+    Profile,
     Request,
     RequestSort,
     RequestState,
@@ -72,14 +82,19 @@ __all__ = [
     "LEASE_JOB_TIMEOUT",
     "Access",
     "Acquired",
+    "AcquiredBoard",
     "AsyncBoard",
     "AsyncBoardSSH",
+    "AsyncBoards",
+    "AsyncBoardsLease",
     "AsyncClient",
     "AsyncLease",
     "AsyncWatch",
     "AuditEvent",
     "Board",
     "BoardSSH",
+    "Boards",
+    "BoardsLease",
     "BorutaError",
     "Busy",
     "Caller",
@@ -107,6 +122,7 @@ __all__ = [
     "PermissionDenied",
     "Phase",
     "PortForward",
+    "Profile",
     "ProlongLimitReached",
     "Request",
     "RequestEnded",

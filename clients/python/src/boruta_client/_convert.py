@@ -12,10 +12,13 @@ from boruta_client.errors import InvalidArgument
 from boruta_client.types import (
     Access,
     Acquired,
+    AcquiredBoard,
     AuditEvent,
     HistoryEntry,
     HostStatus,
     Job,
+    Profile,
+    Profiles,
     Request,
     RequestSort,
     RequestState,
@@ -68,6 +71,8 @@ def request(info: types_pb2.RequestInfo, queue_position: int | None = None) -> R
         job=job(info.job) if info.HasField("job") else None,
         queue_position=queue_position,
         job_timeout=info.job_timeout.ToTimedelta() if info.HasField("job_timeout") else None,
+        profiles=tuple(Profile(p.name, dict(p.caps)) for p in info.profiles),
+        jobs=tuple(map(job, info.jobs)),
     )
 
 
@@ -76,10 +81,20 @@ def request_reply(reply: requests_pb2.GetRequestInfoResponse) -> Request:
     return request(reply.request, position)
 
 
+def access(a: types_pb2.AccessInfo) -> Access:
+    return Access(a.host, a.port, a.username, a.private_key_pem, tuple(a.ssh_host_keys))
+
+
 def acquired(reply: requests_pb2.AcquireWorkerResponse) -> Acquired:
-    a = reply.access
-    access = Access(a.host, a.port, a.username, a.private_key_pem, tuple(a.ssh_host_keys))
-    return Acquired(access, job(reply.job))
+    boards = tuple(AcquiredBoard(b.name, access(b.access), job(b.job)) for b in reply.boards)
+    return Acquired(access(reply.access), job(reply.job), boards)
+
+
+def profiles(asked: Profiles) -> list[types_pb2.Profile]:
+    """Profiles as NewRequest takes them: named ones from a mapping, unnamed from a list."""
+    if isinstance(asked, Mapping):
+        return [types_pb2.Profile(name=name, caps=dict(caps)) for name, caps in asked.items()]
+    return [types_pb2.Profile(caps=dict(caps)) for caps in asked]
 
 
 def worker(info: types_pb2.WorkerInfo) -> Worker:

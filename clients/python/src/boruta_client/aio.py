@@ -37,7 +37,14 @@ from boruta_client.errors import (
     Unavailable,
     WrongRequestState,
 )
-from boruta_client.lease import AsyncBoard, AsyncBoardSSH, AsyncLease, LeaseTerms
+from boruta_client.lease import (
+    AsyncBoard,
+    AsyncBoards,
+    AsyncBoardsLease,
+    AsyncBoardSSH,
+    AsyncLease,
+    LeaseTerms,
+)
 from boruta_client.types import (
     Acquired,
     AuditEvent,
@@ -45,6 +52,7 @@ from boruta_client.types import (
     HistoryEntry,
     IssuedToken,
     Job,
+    Profiles,
     Request,
     RequestSort,
     RequestState,
@@ -55,7 +63,15 @@ from boruta_client.types import (
     WorkerState,
 )
 
-__all__ = ["AsyncBoard", "AsyncBoardSSH", "AsyncClient", "AsyncLease", "AsyncWatch"]
+__all__ = [
+    "AsyncBoard",
+    "AsyncBoardSSH",
+    "AsyncBoards",
+    "AsyncBoardsLease",
+    "AsyncClient",
+    "AsyncLease",
+    "AsyncWatch",
+]
 
 log = logging.getLogger(__name__)
 
@@ -369,11 +385,14 @@ class AsyncClient(ClientBase):
         no_wait: bool = False,
         job_timeout: timedelta | None = None,
         idempotency_key: str | None = None,
+        profiles: Profiles | None = None,
     ) -> Request:
         """Queue a request for a board with these caps (a value may name alternatives,
         ``"linux|android"``, or items of a board's list, ``"vcc,battery"``: docs/api.md;
         ``no_wait``: run now or raise Busy);
         ``job_timeout``: how long its job may go without a prolong (None: the scheduler's).
+        ``profiles`` instead of caps asks for several boards, all at once or none: caps per
+        name (``{"dut": {...}, "relay": {...}}``) or a list of caps.
 
         The call carries an idempotency key (a new random one unless given), so that its
         retries after a dropped connection or a takeover make no second request."""
@@ -381,6 +400,8 @@ class AsyncClient(ClientBase):
             caps or {}, priority, valid_after, deadline, accept_unsatisfiable, no_wait, job_timeout
         )
         message.idempotency_key = idempotency_key or str(uuid.uuid4())
+        if profiles is not None:
+            message.profiles.extend(convert.profiles(profiles))
         return convert.request((await self._call(lambda s: s.requests.NewRequest, message)).request)
 
     async def get_request(self, request_id: int) -> Request:
@@ -512,6 +533,37 @@ class AsyncClient(ClientBase):
             auto_prolong=auto_prolong,
         )
         return AsyncLease(self, caps or {}, terms)
+
+    def lease_boards(
+        self,
+        profiles: Profiles,
+        *,
+        priority: int = 0,
+        valid_after: datetime | None = None,
+        deadline: datetime | None = None,
+        wait_timeout: float | None = None,
+        no_wait: bool = False,
+        accept_unsatisfiable: bool = False,
+        on_wait: Callable[[Request], None] | None = None,
+        auto_prolong: bool = True,
+        job_timeout: timedelta | None = None,
+    ) -> AsyncBoardsLease:
+        """``async with client.lease_boards({"dut": {"board": "rpi4"}, "relay": {"board":
+        "relay"}}) as boards:`` (``with`` for a Client): several boards for the block's
+        run, taken all at once; ``boards["relay"]`` or ``boards[1]`` is one. A list of caps
+        asks for unnamed boards. The rest is as lease()."""
+        terms = LeaseTerms(
+            priority=priority,
+            valid_after=valid_after,
+            deadline=deadline,
+            accept_unsatisfiable=accept_unsatisfiable,
+            no_wait=no_wait,
+            job_timeout=job_timeout,
+            wait_timeout=wait_timeout,
+            on_wait=on_wait,
+            auto_prolong=auto_prolong,
+        )
+        return AsyncBoardsLease(AsyncLease(self, {}, terms, profiles=profiles))
 
     def attach(self, request_id: int, *, auto_prolong: bool = True) -> AsyncLease:
         """``async with client.attach(42) as board:``: a lease on a request that already

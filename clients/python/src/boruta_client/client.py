@@ -10,7 +10,7 @@ from boruta_client._base import ClientBase
 from boruta_client._bridge import Facade, Portal, blocking, blocking_as, in_loop
 from boruta_client.aio import AsyncClient, AsyncWatch
 from boruta_client.errors import BorutaError
-from boruta_client.lease import AsyncBoard, AsyncLease
+from boruta_client.lease import AsyncBoard, AsyncBoards, AsyncBoardsLease, AsyncLease
 from boruta_client.ssh import BoardSSH
 from boruta_client.types import Access, Job, Request
 
@@ -63,6 +63,14 @@ class Board(Facade[AsyncBoard]):
         return self._inner.worker_uuid
 
     @property
+    def name(self) -> str:
+        return self._inner.name
+
+    @property
+    def index(self) -> int:
+        return self._inner.index
+
+    @property
     def ssh(self) -> BoardSSH:
         """The SSH connection to the board, opened on first use."""
         return self._inner.ssh.sync
@@ -70,10 +78,29 @@ class Board(Facade[AsyncBoard]):
     close = blocking(AsyncBoard.close)
 
 
+class Boards(Facade[AsyncBoards]):
+    """The boards of a request of several profiles, in profile order: ``boards[0]`` or
+    ``boards["relay"]`` (by the profile's name), and iteration in order."""
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self._inner.names
+
+    def __getitem__(self, key: int | str) -> Board:
+        return Board(self._portal, self._inner[key])
+
+    def __iter__(self) -> Iterator[Board]:
+        return (Board(self._portal, board) for board in self._inner)
+
+    def __len__(self) -> int:
+        return len(self._inner)
+
+
 class Lease(Facade[AsyncLease]):
     """``with client.lease(caps) as board:`` queues, waits, keeps the job alive with
     ProlongAccess while the block runs, and closes the request on any way out, Ctrl-C
-    included (even one that comes while the request is being created)."""
+    included (even one that comes while the request is being created). With profiles,
+    board is the first profile's and boards holds them all."""
 
     _board: Board | None = None
 
@@ -87,6 +114,10 @@ class Lease(Facade[AsyncLease]):
             self._board = Board(self._portal, self._inner.board)
         return self._board
 
+    @property
+    def boards(self) -> tuple[Board, ...]:
+        return tuple(Board(self._portal, board) for board in self._inner.boards)
+
     def __enter__(self) -> Board:
         try:
             self._portal.run(self._inner.__aenter__())
@@ -97,6 +128,29 @@ class Lease(Facade[AsyncLease]):
         board = self.board
         assert board is not None
         return board
+
+    def __exit__(self, *exc: object) -> None:
+        self._portal.run(self._inner.__aexit__(*exc))
+
+
+class BoardsLease(Facade[AsyncBoardsLease]):
+    """``with client.lease_boards({"dut": caps, "relay": caps}) as boards:`` is Lease for
+    several boards at once: the request gets them all or waits holding none, and the block
+    gets every board, by name or place."""
+
+    @property
+    def request(self) -> Request | None:
+        return self._inner.request
+
+    @property
+    def lease(self) -> Lease:
+        """The lease underneath (its board is the first profile's)."""
+        return Lease(self._portal, self._inner.lease)
+
+    def __enter__(self) -> Boards:
+        lease = self.lease
+        lease.__enter__()
+        return Boards(self._portal, AsyncBoards(self._inner.lease.boards))
 
     def __exit__(self, *exc: object) -> None:
         self._portal.run(self._inner.__aexit__(*exc))
@@ -141,6 +195,7 @@ class Client(ClientBase, Facade[AsyncClient]):
     prolong_access = blocking(AsyncClient.prolong_access)
     acquire_worker = blocking(AsyncClient.acquire_worker)
     lease = blocking_as(in_loop(AsyncClient.lease), Lease)
+    lease_boards = blocking_as(in_loop(AsyncClient.lease_boards), BoardsLease)
     attach = blocking_as(in_loop(AsyncClient.attach), Lease)
     watch_requests = blocking_as(AsyncClient.watch_requests, Watch)
     audit_events = blocking(AsyncClient.audit_events)

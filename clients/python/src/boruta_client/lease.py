@@ -1,5 +1,6 @@
-"""Leases: queue for a board, wait, keep the job alive while the block runs, give it back.
-The one implementation is AsyncLease; Client's Lease is a blocking facade over it."""
+"""Leases: queue for a board (or several at once), wait, keep the jobs alive while the block
+runs, give them back. The one implementation is AsyncLease; Client's Lease is a blocking
+facade over it, and AsyncBoardsLease (BoardsLease) the same lease handing out every board."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import contextlib
 import functools
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar, cast
 
@@ -23,7 +24,7 @@ from boruta_client.errors import (
     WrongRequestState,
 )
 from boruta_client.ssh import BoardSSH, Sink
-from boruta_client.types import Access, Acquired, Job, Request, RequestState
+from boruta_client.types import Access, Acquired, Job, Profiles, Request, RequestState
 
 if TYPE_CHECKING:  # the client makes leases; a lease only calls it back
     from boruta_client.aio import AsyncClient
@@ -154,20 +155,27 @@ class AsyncBoardSSH:
 
 class AsyncBoard:
     """A board leased for a job: its access, its current job (kept up to date by the
-    lease's prolongs) and a lazy SSH connection."""
+    lease's prolongs), a lazy SSH connection, and its profile's name and place (one board
+    of a request of caps: "" and 0)."""
 
     request: Request
     access: Access
     job: Job
     prolong_error: BorutaError | None
     ssh: AsyncBoardSSH
+    name: str
+    index: int
 
-    def __init__(self, request: Request, acquired: Acquired) -> None:
+    def __init__(
+        self, request: Request, access: Access, job: Job, name: str = "", index: int = 0
+    ) -> None:
         self.request = request
-        self.access = acquired.access
-        self.job = acquired.job
+        self.access = access
+        self.job = job
         self.prolong_error = None
-        self.ssh = AsyncBoardSSH(acquired.access)
+        self.ssh = AsyncBoardSSH(access)
+        self.name = name
+        self.index = index
 
     @property
     def worker_uuid(self) -> str:
@@ -178,13 +186,53 @@ class AsyncBoard:
         await self.ssh.close()
 
 
+def boards_of(request: Request, acquired: Acquired) -> tuple[AsyncBoard, ...]:
+    """A board per profile, in profile order (one for a request of caps alone)."""
+    if not acquired.boards:
+        return (AsyncBoard(request, acquired.access, acquired.job),)
+    return tuple(
+        AsyncBoard(request, each.access, each.job, each.name, index)
+        for index, each in enumerate(acquired.boards)
+    )
+
+
+class AsyncBoards:
+    """The boards of a request of several profiles, in profile order: ``boards[0]`` or
+    ``boards["relay"]`` (by the profile's name), and iteration in order."""
+
+    def __init__(self, boards: tuple[AsyncBoard, ...]) -> None:
+        self._boards = boards
+        self._named = {board.name: board for board in boards if board.name}
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Each board's profile name ("" for an unnamed one), in profile order."""
+        return tuple(board.name for board in self._boards)
+
+    def __getitem__(self, key: int | str) -> AsyncBoard:
+        if isinstance(key, str):
+            found = self._named.get(key)
+            if found is None:
+                raise KeyError(f"no board named {key!r}; the names are {self.names}")
+            return found
+        return self._boards[key]
+
+    def __iter__(self) -> Iterator[AsyncBoard]:
+        return iter(self._boards)
+
+    def __len__(self) -> int:
+        return len(self._boards)
+
+
 class AsyncLease:
     """``async with client.lease(caps) as board:`` queues, waits, keeps the job alive
     with ProlongAccess while the block runs, and closes the request on any way out,
-    cancellation included."""
+    cancellation included. With profiles, board is the first profile's and boards holds
+    them all."""
 
     request: Request | None
     board: AsyncBoard | None
+    boards: tuple[AsyncBoard, ...]
 
     def __init__(
         self,
@@ -192,14 +240,17 @@ class AsyncLease:
         caps: Mapping[str, str],
         terms: LeaseTerms,
         existing: int | None = None,
+        profiles: Profiles | None = None,
     ) -> None:
         self._client = client
         self._caps = dict(caps)
+        self._profiles = profiles
         self._terms = terms
         # An existing request is attached to, not created, and left open on exit.
         self._existing = existing
         self.request = None
         self.board = None
+        self.boards = ()
         self._prolonger: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> AsyncBoard:
@@ -214,7 +265,8 @@ class AsyncLease:
             acquired = await client.acquire_worker(
                 request.id, timeout=terms.wait_timeout, on_wait=terms.on_wait
             )
-            self.board = board = AsyncBoard(request, acquired)
+            self.boards = boards_of(request, acquired)
+            self.board = board = self.boards[0]
             if terms.auto_prolong:
                 self._prolonger = asyncio.create_task(self._keep_alive(board))
         except BaseException:
@@ -235,6 +287,7 @@ class AsyncLease:
                 accept_unsatisfiable=terms.accept_unsatisfiable,
                 no_wait=terms.no_wait,
                 job_timeout=lease_job_timeout(terms.job_timeout, terms.auto_prolong),
+                profiles=self._profiles,
             )
         )
         try:
@@ -260,8 +313,8 @@ class AsyncLease:
             except Exception:  # a dead prolonger must not keep the request open
                 log.exception("prolonging failed", extra={"request": self.request})
             self._prolonger = None
-        if self.board is not None:
-            await self.board.close()
+        for board in self.boards:
+            await board.close()
         if self.request is not None and self._existing is None:
             # It may have ended on its own (timeout, failure) or been closed elsewhere.
             with contextlib.suppress(WrongRequestState, NotFound):
@@ -286,5 +339,35 @@ class AsyncLease:
                 continue
             moved = job.timeout_at > board.job.timeout_at
             board.job = job
+            for other in self.boards[1:]:
+                # The jobs of one request share their timeout; the answer is the first's.
+                other.job = replace(
+                    other.job, timeout_at=job.timeout_at, prolong_count=job.prolong_count
+                )
             if moved:
                 lead = prolong_lead(job, datetime.now(UTC))
+
+
+class AsyncBoardsLease:
+    """``async with client.lease_boards({"dut": caps, "relay": caps}) as boards:`` is
+    AsyncLease for several boards at once: the request gets them all or waits holding
+    none, and the block gets every board, by name or place."""
+
+    def __init__(self, lease: AsyncLease) -> None:
+        self._lease = lease
+
+    @property
+    def request(self) -> Request | None:
+        return self._lease.request
+
+    @property
+    def lease(self) -> AsyncLease:
+        """The lease underneath (its board is the first profile's)."""
+        return self._lease
+
+    async def __aenter__(self) -> AsyncBoards:
+        await self._lease.__aenter__()
+        return AsyncBoards(self._lease.boards)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._lease.__aexit__(*exc)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -67,6 +67,19 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True)
+class Profile:
+    """One board a request asks for: the name its owner gave it ("": none) and its caps."""
+
+    name: str
+    caps: Mapping[str, str]
+
+
+# Boards to ask for in one request: caps per name ({"dut": {...}, "relay": {...}}), in
+# order, or a sequence of caps for unnamed boards.
+Profiles = Mapping[str, Mapping[str, str]] | Sequence[Mapping[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
 class Request:
     """A request as the scheduler knows it (queue_position only from get_request)."""
 
@@ -85,6 +98,10 @@ class Request:
     queue_position: int | None = None
     # The job timeout the request asked for; None: the scheduler's.
     job_timeout: timedelta | None = None
+    # A request made with profiles: every profile, and once matched one job per profile
+    # (job is jobs[0]); both empty for a request of caps alone.
+    profiles: tuple[Profile, ...] = ()
+    jobs: tuple[Job, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,11 +126,22 @@ class Access:
 
 
 @dataclass(frozen=True, slots=True)
+class AcquiredBoard:
+    """The access to, and the job of, one profile's board."""
+
+    name: str
+    access: Access
+    job: Job
+
+
+@dataclass(frozen=True, slots=True)
 class Acquired:
-    """What AcquireWorker returns: the access and the job."""
+    """What AcquireWorker returns: the access and the job (the first profile's), and for a
+    request made with profiles each board's, in profile order."""
 
     access: Access
     job: Job
+    boards: tuple[AcquiredBoard, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,6 +92,37 @@ def parse_caps(items: Iterable[str]) -> dict[str, str]:
     return caps
 
 
+_PROFILE_NAME = re.compile(r"([^=:]*):(.*)")
+_HINT = "--profile"
+
+
+def parse_profiles(items: Iterable[str]) -> dict[str, dict[str, str]] | list[dict[str, str]]:
+    """--profile values, [NAME:]KEY=VALUE,..., into profiles: named (a mapping) when every
+    one has a NAME, unnamed (a list) when none has; a mix is refused."""
+    named: dict[str, dict[str, str]] = {}
+    unnamed: list[dict[str, str]] = []
+    for item in items:
+        found = _PROFILE_NAME.fullmatch(item)
+        if found is None:
+            unnamed.append(parse_caps([item]))
+            continue
+        name = found.group(1).strip()
+        if not name:
+            raise click.BadParameter(
+                f"{item!r} has an empty NAME before ':'", param_hint="--profile"
+            )
+        if name in named:
+            raise click.BadParameter(
+                f"profile name {name!r} is given twice", param_hint="--profile"
+            )
+        named[name] = parse_caps([found.group(2)])
+    if named and unnamed:
+        raise click.BadParameter(
+            "name every --profile (NAME:KEY=VALUE,...) or none of them", param_hint=_HINT
+        )
+    return named or unnamed
+
+
 _RELATIVE = re.compile(r"^\+(\d+(?:\.\d+)?)([smhd])$")
 _SPAN = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
@@ -210,6 +210,17 @@ def _openssh(board: Board, command: tuple[str, ...]) -> int:
         return subprocess.call(argv)
 
 
+def pick_board(boards: Sequence[Board], key: str) -> Board:
+    """The board of that profile name, or at that place."""
+    for board in boards:
+        if board.name == key:
+            return board
+    if key.isdigit() and int(key) < len(boards):
+        return boards[int(key)]
+    names = ", ".join(b.name or str(b.index) for b in boards)
+    raise click.UsageError(f"--board {key!r} names none of the request's boards ({names})")
+
+
 @click.command("ssh")
 @click.argument("args", nargs=-1, metavar="[REQ] [-- CMD...]")
 @option(
@@ -219,6 +230,13 @@ def _openssh(board: Board, command: tuple[str, ...]) -> int:
     help=f"Lease a board with these caps for the session instead of REQ. {CAPS_HELP}",
 )
 @option("-p", "--priority", type=PRIORITY, help="Priority of that lease: 1 (most important) to 16.")
+@option(
+    "--board",
+    "board_key",
+    metavar="NAME|INDEX",
+    help="Of a request of several boards, the one to log in to: its profile's name, or its "
+    "place from 0 (default: the first).",
+)
 @option(
     "--paramiko",
     "use_paramiko",
@@ -231,6 +249,7 @@ def ssh(
     args: tuple[str, ...],
     caps: tuple[str, ...],
     priority: int | None,
+    board_key: str | None,
     use_paramiko: bool,
 ) -> None:
     """A shell (or one command) on the board of request REQ, or of a new lease with --caps.
@@ -258,6 +277,8 @@ def ssh(
     else:
         lease = client.lease(parse_caps(caps), priority=priority or UNSET_PRIORITY, on_wait=waiting)
     with lease as board:
+        if board_key is not None:
+            board = pick_board(lease.boards, board_key)
         message = f"request {board.request.id} on {board.worker_uuid} as {board.access.username}"
         if progress:
             progress[0].done(message)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
-from boruta_client import Acquired, Request, RequestSort, RequestState
+from boruta_client import Access, Job, Request, RequestSort, RequestState
 
 from schedctl.cli import (
     DURATION,
@@ -20,19 +20,33 @@ from schedctl.cli import (
     option,
     output_option,
     parse_caps,
+    parse_profiles,
     pass_state,
     request_id_arg,
 )
 from schedctl.jobs_cmd import openssh_host_key_options, warn_if_unchecked
 from schedctl.output import Column, ago, caps_text, details, emit, emit_event, span, table, when
 
+
+def profiles_text(r: Request) -> str:
+    """The caps asked for: of the one board, or each profile's as NAME: CAPS; ..."""
+    if not r.profiles:
+        return caps_text(r.caps)
+    return "; ".join(f"{p.name or i}: {caps_text(p.caps)}" for i, p in enumerate(r.profiles))
+
+
+def workers_text(r: Request) -> str | None:
+    jobs = r.jobs or ((r.job,) if r.job else ())
+    return ",".join(j.worker_uuid for j in jobs) or None
+
+
 REQUEST_COLUMNS: list[Column] = [
     ("ID", lambda r: r.id),
     ("STATE", lambda r: r.state),
     ("PRI", lambda r: r.priority),
     ("OWNER", lambda r: r.owner),
-    ("CAPS", lambda r: caps_text(r.caps)),
-    ("WORKER", lambda r: r.job.worker_uuid if r.job else None),
+    ("CAPS", profiles_text),
+    ("WORKER", workers_text),
     ("AGE", lambda r: ago(r.created_at)),
     ("REASON", lambda r: r.reason),
 ]
@@ -47,7 +61,7 @@ def request_details(r: Request) -> str:
         ("priority", r.priority),
         ("owner", r.owner),
         ("groups", r.owner_groups),
-        ("caps", caps_text(r.caps)),
+        ("caps", profiles_text(r)),
         ("created", f"{when(r.created_at)} ({ago(r.created_at, now)} ago)"),
         ("valid after", when(r.valid_after)),
         ("deadline", when(r.deadline)),
@@ -56,9 +70,13 @@ def request_details(r: Request) -> str:
         pairs.append(("job timeout asked", span(r.job_timeout)))
     if r.queue_position is not None:
         pairs.append(("queue position", f"{r.queue_position} ahead"))
+    for index, profile in enumerate(r.profiles):
+        board = f"board {profile.name or index}"
+        worker = r.jobs[index].worker_uuid if index < len(r.jobs) else "(waiting)"
+        pairs.append((board, f"{caps_text(profile.caps)} on {worker}"))
     if job is not None:
         pairs += [
-            ("worker", job.worker_uuid),
+            ("worker", workers_text(r)),
             ("job started", when(job.started_at)),
             ("job timeout", when(job.timeout_at)),
             ("prolonged", f"{job.prolong_count} times (until {when(job.max_timeout_at)} at most)"),
@@ -69,9 +87,9 @@ def request_details(r: Request) -> str:
 def request_line(r: Request) -> str:
     """One change of a request, for a person watching."""
     line = f"{when(datetime.now(UTC))}  {r.id:>6}  {r.state.name:<11}  {r.owner}  "
-    line += caps_text(r.caps)
+    line += profiles_text(r)
     if r.job is not None:
-        line += f"  on {r.job.worker_uuid}"
+        line += f"  on {workers_text(r)}"
     return line + (f"  ({r.reason})" if r.reason else "")
 
 
@@ -82,6 +100,13 @@ def requests_group() -> None:
 
 @requests_group.command("new")
 @click.argument("caps", nargs=-1, metavar="KEY=VALUE...")
+@option(
+    "--profile",
+    "profiles",
+    multiple=True,
+    metavar="[NAME:]KEY=VALUE,...",
+    help="One board of several to take at once (repeat for each); instead of KEY=VALUE.",
+)
 @option(
     "-p",
     "--priority",
@@ -111,6 +136,7 @@ def requests_group() -> None:
 def new_request(
     state: State,
     caps: tuple[str, ...],
+    profiles: tuple[str, ...],
     priority: int | None,
     valid_after: datetime | None,
     deadline: datetime | None,
@@ -133,9 +159,19 @@ def new_request(
 
     Quote | from the shell. An empty alternative or item (linux||android, vcc,)
     or spaces around | or , are refused (exit 64).
+
+    Several boards at once (all or none; each a different board, none held
+    while another is missing): one --profile per board, each an optional
+    NAME: and its caps, in place of KEY=VALUE arguments:
+
+    \b
+      --profile dut:board=rpi4,camera=yes --profile relay:circuits=vcc,battery
     """
+    if caps and profiles:
+        raise click.UsageError("give KEY=VALUE caps or --profile options, not both")
     request = state.client().new_request(
         parse_caps(caps),
+        profiles=parse_profiles(profiles) if profiles else None,
         priority=priority or UNSET_PRIORITY,
         valid_after=valid_after,
         deadline=deadline,
@@ -278,15 +314,14 @@ def _write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
-def save_key(acquired: Acquired, path: Path) -> None:
+def save_key(access: Access, path: Path) -> None:
     """Write the job's private key readable by its owner only, and never print it; and
     the board's host keys beside it, for ssh to check the board with."""
-    _write_private(path, acquired.access.private_key_pem)
-    _write_private(known_hosts_path(path), acquired.access.known_hosts())
+    _write_private(path, access.private_key_pem)
+    _write_private(known_hosts_path(path), access.known_hosts())
 
 
-def ssh_command(acquired: Acquired, key: Path) -> str:
-    a = acquired.access
+def ssh_command(a: Access, key: Path) -> str:
     options = openssh_host_key_options(a, str(known_hosts_path(key)))
     login = f"{a.username}@{a.host}"
     return shlex.join(
@@ -316,29 +351,50 @@ def acquire(
     acquired = state.client().acquire_worker(
         request_id, timeout=timeout, on_wait=progress, poll_interval=1.0
     )
-    progress.done(f"request {request_id} runs on {acquired.job.worker_uuid}")
-    warn_if_unchecked(acquired.access)
+    boards = acquired.boards
+    workers = ", ".join(b.job.worker_uuid for b in boards) or acquired.job.worker_uuid
+    progress.done(f"request {request_id} runs on {workers}")
     path = key_path(request_id, key_file)
-    save_key(acquired, path)
-    data = {
-        "host": acquired.access.host,
-        "port": acquired.access.port,
-        "username": acquired.access.username,
+    if not boards:
+        data = login_data(acquired.access, acquired.job, path)
+        emit(fmt, data, lambda: details(login_lines(data, acquired.access, acquired.job, path)))
+        return
+    # One key per board: request-7-dut.pem, request-7-relay.pem (or -0, -1 if unnamed).
+    paths = [
+        path.with_name(f"{path.stem}-{b.name or i}{path.suffix}") for i, b in enumerate(boards)
+    ]
+    each = [login_data(b.access, b.job, p) for b, p in zip(boards, paths, strict=True)]
+    for board, data in zip(boards, each, strict=True):
+        data["name"] = board.name
+    lines: list[tuple[str, object]] = []
+    for index, (board, board_path) in enumerate(zip(boards, paths, strict=True)):
+        lines.append((f"board {board.name or index}", board.job.worker_uuid))
+        lines += login_lines(each[index], board.access, board.job, board_path)
+    emit(fmt, {"boards": each}, lambda: details(lines))
+
+
+def login_data(access: Access, job: Job, path: Path) -> dict[str, object]:
+    """Save one board's key and host keys; what to show about logging in to it."""
+    warn_if_unchecked(access)
+    save_key(access, path)
+    return {
+        "host": access.host,
+        "port": access.port,
+        "username": access.username,
         "key_file": str(path),
         "known_hosts_file": str(known_hosts_path(path)),
-        "job": acquired.job,
+        "job": job,
     }
-    emit(
-        fmt,
-        data,
-        lambda: details(
-            [
-                *((k, v) for k, v in data.items() if k != "job"),
-                ("timeout", when(acquired.job.timeout_at)),
-                ("login", ssh_command(acquired, path)),
-            ]
-        ),
-    )
+
+
+def login_lines(
+    data: dict[str, object], access: Access, job: Job, path: Path
+) -> list[tuple[str, object]]:
+    return [
+        *((k, v) for k, v in data.items() if k not in ("job", "name")),
+        ("timeout", when(job.timeout_at)),
+        ("login", ssh_command(access, path)),
+    ]
 
 
 @requests_group.command("watch")

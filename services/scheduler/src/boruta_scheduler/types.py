@@ -111,6 +111,14 @@ class JobView:
 
 
 @dataclass(frozen=True, slots=True)
+class ProfileView:
+    """One board a request asks for: the name its owner gave it ("": none) and its caps."""
+
+    name: str
+    caps: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
 class RequestView:
     """An immutable snapshot of a request."""
 
@@ -132,6 +140,23 @@ class RequestView:
     # asked with, so that a retried NewRequest finds it and checks it asks the same.
     idempotency_key: str = ""
     arguments_hash: str = ""
+    # Every profile, in the owner's order, when there is more than one or the one is named;
+    # empty for a request of one unnamed profile (its caps). caps is profiles[0]'s.
+    profiles: tuple[ProfileView, ...] = ()
+    # Every job, one per profile in profile order, when there are profiles; job is jobs[0].
+    jobs: tuple[JobView, ...] = ()
+
+    @property
+    def all_profiles(self) -> tuple[ProfileView, ...]:
+        """The profiles, the one unnamed profile of caps included."""
+        return self.profiles or (ProfileView("", self.caps),)
+
+    @property
+    def all_jobs(self) -> tuple[JobView, ...]:
+        """The jobs in profile order: none while the request waits."""
+        if self.jobs:
+            return self.jobs
+        return () if self.job is None else (self.job,)
 
 
 @dataclass(frozen=True, slots=True)

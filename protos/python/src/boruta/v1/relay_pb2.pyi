@@ -28,7 +28,9 @@ class Tunnel(_message.Message):
     SSH_ADDRESS_FIELD_NUMBER: _builtins.int
     PORT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
-    """Request whose job the tunnel serves."""
+    """The job the tunnel serves: its request's id, plus its profile's index times 2^56 for
+    a later profile's job of a request of several boards.
+    """
     ssh_address: _builtins.str
     """Address of the board's SSH server (host:port), as its dryad advertised it."""
     port: _builtins.int
@@ -102,7 +104,7 @@ class CloseTunnelRequest(_message.Message):
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
-    """Request whose job's tunnel is closed."""
+    """The job whose tunnel is closed, numbered as Tunnel.request_id."""
     def __init__(
         self,
         *,
@@ -142,7 +144,7 @@ class ReconcileRequest(_message.Message):
     TUNNELS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def tunnels(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tunnel]:
-        """Every tunnel to hold, at most one per request."""
+        """Every tunnel to hold, at most one per job."""
 
     def __init__(
         self,
@@ -196,7 +198,7 @@ class TunnelFailure(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
-    """Request whose job's tunnel failed."""
+    """The job whose tunnel failed, numbered as Tunnel.request_id."""
     reason: _builtins.str
     """Why, e.g. that no port was free."""
     def __init__(

@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62oruta/v1/requests.proto\x12\tboruta.v1\x1a\x15\x62oruta/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\x02\n\x11NewRequestRequest\x12\x34\n\x04\x63\x61ps\x18\x01 \x03(\x0b\x32&.boruta.v1.NewRequestRequest.CapsEntry\x12\x10\n\x08priority\x18\x02 \x01(\r\x12/\n\x0bvalid_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x61\x63\x63\x65pt_unsatisfiable\x18\x05 \x01(\x08\x12\x0f\n\x07no_wait\x18\x06 \x01(\x08\x12.\n\x0bjob_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x1a+\n\tCapsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"=\n\x12NewRequestResponse\x12\'\n\x07request\x18\x01 \x01(\x0b\x32\x16.boruta.v1.RequestInfo\")\n\x13\x43loseRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\"?\n\x14\x43loseRequestResponse\x12\'\n\x07request\x18\x01 \x01(\x0b\x32\x16.boruta.v1.RequestInfo\"\xad\x01\n\x14UpdateRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x15\n\x08priority\x18\x02 \x01(\rH\x00\x88\x01\x01\x12/\n\x0bvalid_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x0b\n\t_priority\"@\n\x15UpdateRequestResponse\x12\'\n\x07request\x18\x01 \x01(\x0b\x32\x16.boruta.v1.RequestInfo\"+\n\x15GetRequestInfoRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\"q\n\x16GetRequestInfoResponse\x12\'\n\x07request\x18\x01 \x01(\x0b\x32\x16.boruta.v1.RequestInfo\x12\x1b\n\x0equeue_position\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\x11\n\x0f_queue_position\"i\n\rRequestFilter\x12\x0b\n\x03ids\x18\x01 \x03(\x04\x12\'\n\x06states\x18\x02 \x03(\x0e\x32\x17.boruta.v1.RequestState\x12\x12\n\npriorities\x18\x03 \x03(\r\x12\x0e\n\x06owners\x18\x04 \x03(\t\"\xa8\x01\n\x13ListRequestsRequest\x12(\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x18.boruta.v1.RequestFilter\x12,\n\x07sort_by\x18\x02 \x01(\x0e\x32\x1b.boruta.v1.RequestSortField\x12\x12\n\ndescending\x18\x03 \x01(\x08\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"Y\n\x14ListRequestsResponse\x12(\n\x08requests\x18\x01 \x03(\x0b\x32\x16.boruta.v1.RequestInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x14\x41\x63quireWorkerRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\"_\n\x15\x41\x63quireWorkerResponse\x12%\n\x06\x61\x63\x63\x65ss\x18\x01 \x01(\x0b\x32\x15.boruta.v1.AccessInfo\x12\x1f\n\x03job\x18\x02 \x01(\x0b\x32\x12.boruta.v1.JobInfo\"*\n\x14ProlongAccessRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\"8\n\x15ProlongAccessResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.boruta.v1.JobInfo\"Y\n\x14WatchRequestsRequest\x12(\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x18.boruta.v1.RequestFilter\x12\x17\n\x0finclude_current\x18\x02 \x01(\x08\"@\n\x15WatchRequestsResponse\x12\'\n\x07request\x18\x01 \x01(\x0b\x32\x16.boruta.v1.RequestInfo*\xf8\x01\n\x10RequestSortField\x12\"\n\x1eREQUEST_SORT_FIELD_UNSPECIFIED\x10\x00\x12\x19\n\x15REQUEST_SORT_FIELD_ID\x10\x01\x12\x1f\n\x1bREQUEST_SORT_FIELD_PRIORITY\x10\x02\x12\x1c\n\x18REQUEST_SORT_FIELD_STATE\x10\x03\x12\"\n\x1eREQUEST_SORT_FIELD_VALID_AFTER\x10\x04\x12\x1f\n\x1bREQUEST_SORT_FIELD_DEADLINE\x10\x05\x12!\n\x1dREQUEST_SORT_FIELD_UPDATED_AT\x10\x06\x32\xa0\x05\n\x08Requests\x12I\n\nNewRequest\x12\x1c.boruta.v1.NewRequestRequest\x1a\x1d.boruta.v1.NewRequestResponse\x12O\n\x0c\x43loseRequest\x12\x1e.boruta.v1.CloseRequestRequest\x1a\x1f.boruta.v1.CloseRequestResponse\x12R\n\rUpdateRequest\x12\x1f.boruta.v1.UpdateRequestRequest\x1a .boruta.v1.UpdateRequestResponse\x12U\n\x0eGetRequestInfo\x12 .boruta.v1.GetRequestInfoRequest\x1a!.boruta.v1.GetRequestInfoResponse\x12O\n\x0cListRequests\x12\x1e.boruta.v1.ListRequestsRequest\x1a\x1f.boruta.v1.ListRequestsResponse\x12R\n\rAcquireWorker\x12\x1f.boruta.v1.AcquireWorkerRequest\x1a .boruta.v1.AcquireWorkerResponse\x12R\n\rProlongAccess\x12\x1f.boruta.v1.ProlongAccessRequest\x1a .boruta.v1.ProlongAccessResponse\x12T\n\rWatchRequests\x12\x1f.boruta.v1.WatchRequestsRequest\x1a .boruta.v1.WatchRequestsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62oruta/v1/requests.proto\x12\tboruta.v1\x1a\x15\x62oruta/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x85\x03\n\x11NewRequestRequest\x12\x34\n\x04\x63\x61ps\x18\x01 \x03(\x0b\x32&.boruta.v1.NewRequestRequest.CapsEntry\x12\x10\n\x08priority\x18\x02 \x01(\r\x12/\n\x0bvalid_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x61\x63\x63\x65pt_unsatisfiable\x18\x05 \x01(\x08\x12\x0f\n\x07no_wait\x18\x06 \x01(\x08\x12.\n\x0bjob_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12$\n\x08profiles\x18\t \x03(\x0b\x32\x12.boruta.v1.Profile\x1a+\n\tCapsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"=\n\x12NewRequestResponse\x12\'\n\x07request\x18\x01 \x01(\x0b\x32\x16.boruta.v1.RequestInfo\")\n\x13\x43loseRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\"?\n\x14\x43loseRequestResponse\x12\'\n\x07request\x18\x01 \x01(\x0b\x32\x16.boruta.v1.RequestInfo\"\xad\x01\n\x14UpdateRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x15\n\x08priority\x18\x02 \x01(\rH\x00\x88\x01\x01\x12/\n\x0bvalid_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x0b\n\t_priority\"@\n\x15UpdateRequestResponse\x12\'\n\x07request\x18\x01 \x01(\x0b\x32\x16.boruta.v1.RequestInfo\"+\n\x15GetRequestInfoRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\"q\n\x16GetRequestInfoResponse\x12\'\n\x07request\x18\x01 \x01(\x0b\x32\x16.boruta.v1.RequestInfo\x12\x1b\n\x0equeue_position\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\x11\n\x0f_queue_position\"i\n\rRequestFilter\x12\x0b\n\x03ids\x18\x01 \x03(\x04\x12\'\n\x06states\x18\x02 \x03(\x0e\x32\x17.boruta.v1.RequestState\x12\x12\n\npriorities\x18\x03 \x03(\r\x12\x0e\n\x06owners\x18\x04 \x03(\t\"\xa8\x01\n\x13ListRequestsRequest\x12(\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x18.boruta.v1.RequestFilter\x12,\n\x07sort_by\x18\x02 \x01(\x0e\x32\x1b.boruta.v1.RequestSortField\x12\x12\n\ndescending\x18\x03 \x01(\x08\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"Y\n\x14ListRequestsResponse\x12(\n\x08requests\x18\x01 \x03(\x0b\x32\x16.boruta.v1.RequestInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x14\x41\x63quireWorkerRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\"\x87\x01\n\x15\x41\x63quireWorkerResponse\x12%\n\x06\x61\x63\x63\x65ss\x18\x01 \x01(\x0b\x32\x15.boruta.v1.AccessInfo\x12\x1f\n\x03job\x18\x02 \x01(\x0b\x32\x12.boruta.v1.JobInfo\x12&\n\x06\x62oards\x18\x03 \x03(\x0b\x32\x16.boruta.v1.BoardAccess\"c\n\x0b\x42oardAccess\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x06\x61\x63\x63\x65ss\x18\x02 \x01(\x0b\x32\x15.boruta.v1.AccessInfo\x12\x1f\n\x03job\x18\x03 \x01(\x0b\x32\x12.boruta.v1.JobInfo\"*\n\x14ProlongAccessRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\"8\n\x15ProlongAccessResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.boruta.v1.JobInfo\"Y\n\x14WatchRequestsRequest\x12(\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x18.boruta.v1.RequestFilter\x12\x17\n\x0finclude_current\x18\x02 \x01(\x08\"@\n\x15WatchRequestsResponse\x12\'\n\x07request\x18\x01 \x01(\x0b\x32\x16.boruta.v1.RequestInfo*\xf8\x01\n\x10RequestSortField\x12\"\n\x1eREQUEST_SORT_FIELD_UNSPECIFIED\x10\x00\x12\x19\n\x15REQUEST_SORT_FIELD_ID\x10\x01\x12\x1f\n\x1bREQUEST_SORT_FIELD_PRIORITY\x10\x02\x12\x1c\n\x18REQUEST_SORT_FIELD_STATE\x10\x03\x12\"\n\x1eREQUEST_SORT_FIELD_VALID_AFTER\x10\x04\x12\x1f\n\x1bREQUEST_SORT_FIELD_DEADLINE\x10\x05\x12!\n\x1dREQUEST_SORT_FIELD_UPDATED_AT\x10\x06\x32\xa0\x05\n\x08Requests\x12I\n\nNewRequest\x12\x1c.boruta.v1.NewRequestRequest\x1a\x1d.boruta.v1.NewRequestResponse\x12O\n\x0c\x43loseRequest\x12\x1e.boruta.v1.CloseRequestRequest\x1a\x1f.boruta.v1.CloseRequestResponse\x12R\n\rUpdateRequest\x12\x1f.boruta.v1.UpdateRequestRequest\x1a .boruta.v1.UpdateRequestResponse\x12U\n\x0eGetRequestInfo\x12 .boruta.v1.GetRequestInfoRequest\x1a!.boruta.v1.GetRequestInfoResponse\x12O\n\x0cListRequests\x12\x1e.boruta.v1.ListRequestsRequest\x1a\x1f.boruta.v1.ListRequestsResponse\x12R\n\rAcquireWorker\x12\x1f.boruta.v1.AcquireWorkerRequest\x1a .boruta.v1.AcquireWorkerResponse\x12R\n\rProlongAccess\x12\x1f.boruta.v1.ProlongAccessRequest\x1a .boruta.v1.ProlongAccessResponse\x12T\n\rWatchRequests\x12\x1f.boruta.v1.WatchRequestsRequest\x1a .boruta.v1.WatchRequestsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,44 +36,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_NEWREQUESTREQUEST_CAPSENTRY']._loaded_options = None
   _globals['_NEWREQUESTREQUEST_CAPSENTRY']._serialized_options = b'8\001'
-  _globals['_REQUESTSORTFIELD']._serialized_start=1824
-  _globals['_REQUESTSORTFIELD']._serialized_end=2072
+  _globals['_REQUESTSORTFIELD']._serialized_start=2004
+  _globals['_REQUESTSORTFIELD']._serialized_end=2252
   _globals['_NEWREQUESTREQUEST']._serialized_start=128
-  _globals['_NEWREQUESTREQUEST']._serialized_end=479
-  _globals['_NEWREQUESTREQUEST_CAPSENTRY']._serialized_start=436
-  _globals['_NEWREQUESTREQUEST_CAPSENTRY']._serialized_end=479
-  _globals['_NEWREQUESTRESPONSE']._serialized_start=481
-  _globals['_NEWREQUESTRESPONSE']._serialized_end=542
-  _globals['_CLOSEREQUESTREQUEST']._serialized_start=544
-  _globals['_CLOSEREQUESTREQUEST']._serialized_end=585
-  _globals['_CLOSEREQUESTRESPONSE']._serialized_start=587
-  _globals['_CLOSEREQUESTRESPONSE']._serialized_end=650
-  _globals['_UPDATEREQUESTREQUEST']._serialized_start=653
-  _globals['_UPDATEREQUESTREQUEST']._serialized_end=826
-  _globals['_UPDATEREQUESTRESPONSE']._serialized_start=828
-  _globals['_UPDATEREQUESTRESPONSE']._serialized_end=892
-  _globals['_GETREQUESTINFOREQUEST']._serialized_start=894
-  _globals['_GETREQUESTINFOREQUEST']._serialized_end=937
-  _globals['_GETREQUESTINFORESPONSE']._serialized_start=939
-  _globals['_GETREQUESTINFORESPONSE']._serialized_end=1052
-  _globals['_REQUESTFILTER']._serialized_start=1054
-  _globals['_REQUESTFILTER']._serialized_end=1159
-  _globals['_LISTREQUESTSREQUEST']._serialized_start=1162
-  _globals['_LISTREQUESTSREQUEST']._serialized_end=1330
-  _globals['_LISTREQUESTSRESPONSE']._serialized_start=1332
-  _globals['_LISTREQUESTSRESPONSE']._serialized_end=1421
-  _globals['_ACQUIREWORKERREQUEST']._serialized_start=1423
-  _globals['_ACQUIREWORKERREQUEST']._serialized_end=1465
-  _globals['_ACQUIREWORKERRESPONSE']._serialized_start=1467
-  _globals['_ACQUIREWORKERRESPONSE']._serialized_end=1562
-  _globals['_PROLONGACCESSREQUEST']._serialized_start=1564
-  _globals['_PROLONGACCESSREQUEST']._serialized_end=1606
-  _globals['_PROLONGACCESSRESPONSE']._serialized_start=1608
-  _globals['_PROLONGACCESSRESPONSE']._serialized_end=1664
-  _globals['_WATCHREQUESTSREQUEST']._serialized_start=1666
-  _globals['_WATCHREQUESTSREQUEST']._serialized_end=1755
-  _globals['_WATCHREQUESTSRESPONSE']._serialized_start=1757
-  _globals['_WATCHREQUESTSRESPONSE']._serialized_end=1821
-  _globals['_REQUESTS']._serialized_start=2075
-  _globals['_REQUESTS']._serialized_end=2747
+  _globals['_NEWREQUESTREQUEST']._serialized_end=517
+  _globals['_NEWREQUESTREQUEST_CAPSENTRY']._serialized_start=474
+  _globals['_NEWREQUESTREQUEST_CAPSENTRY']._serialized_end=517
+  _globals['_NEWREQUESTRESPONSE']._serialized_start=519
+  _globals['_NEWREQUESTRESPONSE']._serialized_end=580
+  _globals['_CLOSEREQUESTREQUEST']._serialized_start=582
+  _globals['_CLOSEREQUESTREQUEST']._serialized_end=623
+  _globals['_CLOSEREQUESTRESPONSE']._serialized_start=625
+  _globals['_CLOSEREQUESTRESPONSE']._serialized_end=688
+  _globals['_UPDATEREQUESTREQUEST']._serialized_start=691
+  _globals['_UPDATEREQUESTREQUEST']._serialized_end=864
+  _globals['_UPDATEREQUESTRESPONSE']._serialized_start=866
+  _globals['_UPDATEREQUESTRESPONSE']._serialized_end=930
+  _globals['_GETREQUESTINFOREQUEST']._serialized_start=932
+  _globals['_GETREQUESTINFOREQUEST']._serialized_end=975
+  _globals['_GETREQUESTINFORESPONSE']._serialized_start=977
+  _globals['_GETREQUESTINFORESPONSE']._serialized_end=1090
+  _globals['_REQUESTFILTER']._serialized_start=1092
+  _globals['_REQUESTFILTER']._serialized_end=1197
+  _globals['_LISTREQUESTSREQUEST']._serialized_start=1200
+  _globals['_LISTREQUESTSREQUEST']._serialized_end=1368
+  _globals['_LISTREQUESTSRESPONSE']._serialized_start=1370
+  _globals['_LISTREQUESTSRESPONSE']._serialized_end=1459
+  _globals['_ACQUIREWORKERREQUEST']._serialized_start=1461
+  _globals['_ACQUIREWORKERREQUEST']._serialized_end=1503
+  _globals['_ACQUIREWORKERRESPONSE']._serialized_start=1506
+  _globals['_ACQUIREWORKERRESPONSE']._serialized_end=1641
+  _globals['_BOARDACCESS']._serialized_start=1643
+  _globals['_BOARDACCESS']._serialized_end=1742
+  _globals['_PROLONGACCESSREQUEST']._serialized_start=1744
+  _globals['_PROLONGACCESSREQUEST']._serialized_end=1786
+  _globals['_PROLONGACCESSRESPONSE']._serialized_start=1788
+  _globals['_PROLONGACCESSRESPONSE']._serialized_end=1844
+  _globals['_WATCHREQUESTSREQUEST']._serialized_start=1846
+  _globals['_WATCHREQUESTSREQUEST']._serialized_end=1935
+  _globals['_WATCHREQUESTSRESPONSE']._serialized_start=1937
+  _globals['_WATCHREQUESTSRESPONSE']._serialized_end=2001
+  _globals['_REQUESTS']._serialized_start=2255
+  _globals['_REQUESTS']._serialized_end=2927
 # @@protoc_insertion_point(module_scope)

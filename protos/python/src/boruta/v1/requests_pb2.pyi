@@ -96,6 +96,7 @@ class NewRequestRequest(_message.Message):
     NO_WAIT_FIELD_NUMBER: _builtins.int
     JOB_TIMEOUT_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    PROFILES_FIELD_NUMBER: _builtins.int
     priority: _builtins.int
     """1 (most important) to 16 (least); 0 means the scheduler's default priority."""
     accept_unsatisfiable: _builtins.bool
@@ -141,6 +142,14 @@ class NewRequestRequest(_message.Message):
         asks for a few minutes, so that the board of a client that died comes free soon.
         """
 
+    @_builtins.property
+    def profiles(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Profile]:
+        """The boards wanted, one worker each, all taken at once or none (1 to 16 profiles);
+        instead of caps, which is then left empty (both set: INVALID_ARGUMENT). Each worker
+        must be open to the owner's groups; no worker serves two profiles. One unnamed
+        profile is the same as caps. See docs/api.md.
+        """
+
     def __init__(
         self,
         *,
@@ -152,10 +161,11 @@ class NewRequestRequest(_message.Message):
         no_wait: _builtins.bool = ...,
         job_timeout: _duration_pb2.Duration | None = ...,
         idempotency_key: _builtins.str = ...,
+        profiles: _abc.Iterable[_types_pb2.Profile] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "job_timeout", b"job_timeout", "valid_after", b"valid_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_unsatisfiable", b"accept_unsatisfiable", "caps", b"caps", "deadline", b"deadline", "idempotency_key", b"idempotency_key", "job_timeout", b"job_timeout", "no_wait", b"no_wait", "priority", b"priority", "valid_after", b"valid_after"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_unsatisfiable", b"accept_unsatisfiable", "caps", b"caps", "deadline", b"deadline", "idempotency_key", b"idempotency_key", "job_timeout", b"job_timeout", "no_wait", b"no_wait", "priority", b"priority", "profiles", b"profiles", "valid_after", b"valid_after"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -491,27 +501,69 @@ class AcquireWorkerResponse(_message.Message):
 
     ACCESS_FIELD_NUMBER: _builtins.int
     JOB_FIELD_NUMBER: _builtins.int
+    BOARDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def access(self) -> _types_pb2.AccessInfo:
-        """How to log in to the worker."""
+        """How to log in to the worker; for a request of profiles, the first profile's worker."""
 
     @_builtins.property
     def job(self) -> _types_pb2.JobInfo:
-        """The job, with its timeout."""
+        """The job, with its timeout; for a request of profiles, the first profile's job."""
+
+    @_builtins.property
+    def boards(self) -> _containers.RepeatedCompositeFieldContainer[Global___BoardAccess]:
+        """For a request made with profiles: how to log in to each worker, in profile order.
+        Empty for a request made with caps alone (access is its one worker).
+        """
 
     def __init__(
         self,
         *,
         access: _types_pb2.AccessInfo | None = ...,
         job: _types_pb2.JobInfo | None = ...,
+        boards: _abc.Iterable[Global___BoardAccess] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "job", b"job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "job", b"job"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "boards", b"boards", "job", b"job"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AcquireWorkerResponse: _TypeAlias = AcquireWorkerResponse  # noqa: Y015
+
+@_typing.final
+class BoardAccess(_message.Message):
+    """BoardAccess is the access to the worker of one profile of a request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ACCESS_FIELD_NUMBER: _builtins.int
+    JOB_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The profile's name (empty if it has none)."""
+    @_builtins.property
+    def access(self) -> _types_pb2.AccessInfo:
+        """How to log in to the profile's worker."""
+
+    @_builtins.property
+    def job(self) -> _types_pb2.JobInfo:
+        """The profile's job."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        access: _types_pb2.AccessInfo | None = ...,
+        job: _types_pb2.JobInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "job", b"job", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BoardAccess: _TypeAlias = BoardAccess  # noqa: Y015
 
 @_typing.final
 class ProlongAccessRequest(_message.Message):

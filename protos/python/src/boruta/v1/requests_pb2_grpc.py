@@ -88,8 +88,9 @@ class RequestsServicer:
     """
 
     def NewRequest(self, request, context):
-        """NewRequest queues a request for a worker with the given caps. It fails with
-        FAILED_PRECONDITION when no registered worker could ever satisfy it, unless
+        """NewRequest queues a request for a worker with the given caps, or for one worker per
+        profile, all taken at once. It fails with FAILED_PRECONDITION when no registered
+        workers could ever satisfy it (a different one for each profile), unless
         accept_unsatisfiable is set, and with INVALID_ARGUMENT for bad fields. Called again
         with the same idempotency_key by the same owner, it creates nothing and returns the
         request the key was first used for.
@@ -99,7 +100,7 @@ class RequestsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CloseRequest(self, request, context):
-        """CloseRequest cancels a waiting request (CANCELLED) or ends a running job (DONE).
+        """CloseRequest cancels a waiting request (CANCELLED) or ends its running jobs (DONE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -128,7 +129,7 @@ class RequestsServicer:
 
     def AcquireWorker(self, request, context):
         """AcquireWorker waits until the request is IN_PROGRESS (bounded by the call's deadline)
-        and returns how to log in to its worker. For a request in a terminal state it fails
+        and returns how to log in to its worker, or to each of its workers. For a request in a terminal state it fails
         with FAILED_PRECONDITION naming the state.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -136,7 +137,7 @@ class RequestsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ProlongAccess(self, request, context):
-        """ProlongAccess pushes the job's timeout to now plus the step (the request's job_timeout,
+        """ProlongAccess pushes the job's timeout (all jobs' of a request of profiles) to now plus the step (the request's job_timeout,
         or the configured prolong_step), within the configured limits on count and total time;
         past them it fails with FAILED_PRECONDITION.
         """

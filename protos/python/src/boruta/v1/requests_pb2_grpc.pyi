@@ -38,14 +38,15 @@ class RequestsStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RequestsAsyncStub: ...
     NewRequest: _grpc.UnaryUnaryMultiCallable[_requests_pb2.NewRequestRequest, _requests_pb2.NewRequestResponse]
-    """NewRequest queues a request for a worker with the given caps. It fails with
-    FAILED_PRECONDITION when no registered worker could ever satisfy it, unless
+    """NewRequest queues a request for a worker with the given caps, or for one worker per
+    profile, all taken at once. It fails with FAILED_PRECONDITION when no registered
+    workers could ever satisfy it (a different one for each profile), unless
     accept_unsatisfiable is set, and with INVALID_ARGUMENT for bad fields. Called again
     with the same idempotency_key by the same owner, it creates nothing and returns the
     request the key was first used for.
     """
     CloseRequest: _grpc.UnaryUnaryMultiCallable[_requests_pb2.CloseRequestRequest, _requests_pb2.CloseRequestResponse]
-    """CloseRequest cancels a waiting request (CANCELLED) or ends a running job (DONE)."""
+    """CloseRequest cancels a waiting request (CANCELLED) or ends its running jobs (DONE)."""
     UpdateRequest: _grpc.UnaryUnaryMultiCallable[_requests_pb2.UpdateRequestRequest, _requests_pb2.UpdateRequestResponse]
     """UpdateRequest changes priority, valid_after or deadline of a WAITING request."""
     GetRequestInfo: _grpc.UnaryUnaryMultiCallable[_requests_pb2.GetRequestInfoRequest, _requests_pb2.GetRequestInfoResponse]
@@ -54,11 +55,11 @@ class RequestsStub:
     """ListRequests returns requests that pass a filter, sorted and paged."""
     AcquireWorker: _grpc.UnaryUnaryMultiCallable[_requests_pb2.AcquireWorkerRequest, _requests_pb2.AcquireWorkerResponse]
     """AcquireWorker waits until the request is IN_PROGRESS (bounded by the call's deadline)
-    and returns how to log in to its worker. For a request in a terminal state it fails
+    and returns how to log in to its worker, or to each of its workers. For a request in a terminal state it fails
     with FAILED_PRECONDITION naming the state.
     """
     ProlongAccess: _grpc.UnaryUnaryMultiCallable[_requests_pb2.ProlongAccessRequest, _requests_pb2.ProlongAccessResponse]
-    """ProlongAccess pushes the job's timeout to now plus the step (the request's job_timeout,
+    """ProlongAccess pushes the job's timeout (all jobs' of a request of profiles) to now plus the step (the request's job_timeout,
     or the configured prolong_step), within the configured limits on count and total time;
     past them it fails with FAILED_PRECONDITION.
     """
@@ -77,14 +78,15 @@ class RequestsAsyncStub(RequestsStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     NewRequest: _aio.UnaryUnaryMultiCallable[_requests_pb2.NewRequestRequest, _requests_pb2.NewRequestResponse]  # type: ignore[assignment]
-    """NewRequest queues a request for a worker with the given caps. It fails with
-    FAILED_PRECONDITION when no registered worker could ever satisfy it, unless
+    """NewRequest queues a request for a worker with the given caps, or for one worker per
+    profile, all taken at once. It fails with FAILED_PRECONDITION when no registered
+    workers could ever satisfy it (a different one for each profile), unless
     accept_unsatisfiable is set, and with INVALID_ARGUMENT for bad fields. Called again
     with the same idempotency_key by the same owner, it creates nothing and returns the
     request the key was first used for.
     """
     CloseRequest: _aio.UnaryUnaryMultiCallable[_requests_pb2.CloseRequestRequest, _requests_pb2.CloseRequestResponse]  # type: ignore[assignment]
-    """CloseRequest cancels a waiting request (CANCELLED) or ends a running job (DONE)."""
+    """CloseRequest cancels a waiting request (CANCELLED) or ends its running jobs (DONE)."""
     UpdateRequest: _aio.UnaryUnaryMultiCallable[_requests_pb2.UpdateRequestRequest, _requests_pb2.UpdateRequestResponse]  # type: ignore[assignment]
     """UpdateRequest changes priority, valid_after or deadline of a WAITING request."""
     GetRequestInfo: _aio.UnaryUnaryMultiCallable[_requests_pb2.GetRequestInfoRequest, _requests_pb2.GetRequestInfoResponse]  # type: ignore[assignment]
@@ -93,11 +95,11 @@ class RequestsAsyncStub(RequestsStub):
     """ListRequests returns requests that pass a filter, sorted and paged."""
     AcquireWorker: _aio.UnaryUnaryMultiCallable[_requests_pb2.AcquireWorkerRequest, _requests_pb2.AcquireWorkerResponse]  # type: ignore[assignment]
     """AcquireWorker waits until the request is IN_PROGRESS (bounded by the call's deadline)
-    and returns how to log in to its worker. For a request in a terminal state it fails
+    and returns how to log in to its worker, or to each of its workers. For a request in a terminal state it fails
     with FAILED_PRECONDITION naming the state.
     """
     ProlongAccess: _aio.UnaryUnaryMultiCallable[_requests_pb2.ProlongAccessRequest, _requests_pb2.ProlongAccessResponse]  # type: ignore[assignment]
-    """ProlongAccess pushes the job's timeout to now plus the step (the request's job_timeout,
+    """ProlongAccess pushes the job's timeout (all jobs' of a request of profiles) to now plus the step (the request's job_timeout,
     or the configured prolong_step), within the configured limits on count and total time;
     past them it fails with FAILED_PRECONDITION.
     """
@@ -119,8 +121,9 @@ class RequestsServicer(metaclass=_abc_1.ABCMeta):
         request: _requests_pb2.NewRequestRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_requests_pb2.NewRequestResponse, _abc.Awaitable[_requests_pb2.NewRequestResponse]]:
-        """NewRequest queues a request for a worker with the given caps. It fails with
-        FAILED_PRECONDITION when no registered worker could ever satisfy it, unless
+        """NewRequest queues a request for a worker with the given caps, or for one worker per
+        profile, all taken at once. It fails with FAILED_PRECONDITION when no registered
+        workers could ever satisfy it (a different one for each profile), unless
         accept_unsatisfiable is set, and with INVALID_ARGUMENT for bad fields. Called again
         with the same idempotency_key by the same owner, it creates nothing and returns the
         request the key was first used for.
@@ -132,7 +135,7 @@ class RequestsServicer(metaclass=_abc_1.ABCMeta):
         request: _requests_pb2.CloseRequestRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_requests_pb2.CloseRequestResponse, _abc.Awaitable[_requests_pb2.CloseRequestResponse]]:
-        """CloseRequest cancels a waiting request (CANCELLED) or ends a running job (DONE)."""
+        """CloseRequest cancels a waiting request (CANCELLED) or ends its running jobs (DONE)."""
 
     @_abc_1.abstractmethod
     def UpdateRequest(
@@ -165,7 +168,7 @@ class RequestsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_requests_pb2.AcquireWorkerResponse, _abc.Awaitable[_requests_pb2.AcquireWorkerResponse]]:
         """AcquireWorker waits until the request is IN_PROGRESS (bounded by the call's deadline)
-        and returns how to log in to its worker. For a request in a terminal state it fails
+        and returns how to log in to its worker, or to each of its workers. For a request in a terminal state it fails
         with FAILED_PRECONDITION naming the state.
         """
 
@@ -175,7 +178,7 @@ class RequestsServicer(metaclass=_abc_1.ABCMeta):
         request: _requests_pb2.ProlongAccessRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_requests_pb2.ProlongAccessResponse, _abc.Awaitable[_requests_pb2.ProlongAccessResponse]]:
-        """ProlongAccess pushes the job's timeout to now plus the step (the request's job_timeout,
+        """ProlongAccess pushes the job's timeout (all jobs' of a request of profiles) to now plus the step (the request's job_timeout,
         or the configured prolong_step), within the configured limits on count and total time;
         past them it fails with FAILED_PRECONDITION.
         """

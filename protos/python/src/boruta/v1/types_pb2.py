@@ -26,35 +26,41 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62oruta/v1/types.proto\x12\tboruta.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc9\x01\n\x07JobInfo\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\x12.\n\nstarted_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ntimeout_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rprolong_count\x18\x04 \x01(\r\x12\x32\n\x0emax_timeout_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf5\x03\n\x0bRequestInfo\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x10\n\x08priority\x18\x02 \x01(\r\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x14\n\x0cowner_groups\x18\x04 \x03(\t\x12.\n\x04\x63\x61ps\x18\x05 \x03(\x0b\x32 .boruta.v1.RequestInfo.CapsEntry\x12/\n\x0bvalid_after\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x05state\x18\x08 \x01(\x0e\x32\x17.boruta.v1.RequestState\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x1f\n\x03job\x18\n \x01(\x0b\x32\x12.boruta.v1.JobInfo\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x0bjob_timeout\x18\r \x01(\x0b\x32\x19.google.protobuf.Duration\x1a+\n\tCapsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"j\n\nAccessInfo\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x10\n\x08username\x18\x03 \x01(\t\x12\x17\n\x0fprivate_key_pem\x18\x04 \x01(\t\x12\x15\n\rssh_host_keys\x18\x05 \x03(\t\"\x9d\x01\n\nHostStatus\x12\x0f\n\x07load_1m\x18\x01 \x01(\x01\x12\x1a\n\x12memory_total_bytes\x18\x02 \x01(\x04\x12\x1e\n\x16memory_available_bytes\x18\x03 \x01(\x04\x12\x17\n\x0f\x64isk_free_bytes\x18\x04 \x01(\x04\x12)\n\x06uptime\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xc7\x03\n\nWorkerInfo\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.boruta.v1.WorkerState\x12\x0e\n\x06groups\x18\x03 \x03(\t\x12-\n\x04\x63\x61ps\x18\x04 \x03(\x0b\x32\x1f.boruta.v1.WorkerInfo.CapsEntry\x12\x15\n\rdryad_address\x18\x05 \x01(\t\x12\x13\n\x0bssh_address\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\x04\x12\x31\n\rregistered_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tjobs_done\x18\x0b \x01(\x04\x12\x10\n\x08\x66\x61ilures\x18\x0c \x01(\x04\x12*\n\x0bhost_status\x18\r \x01(\x0b\x32\x15.boruta.v1.HostStatus\x12\x15\n\rdryad_version\x18\x0e \x01(\t\x1a+\n\tCapsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa4\x01\n\x12WorkerHistoryEntry\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\nfrom_state\x18\x02 \x01(\x0e\x32\x16.boruta.v1.WorkerState\x12(\n\x08to_state\x18\x03 \x01(\x0e\x32\x16.boruta.v1.WorkerState\x12\x0e\n\x06reason\x18\x04 \x01(\t*\xec\x01\n\x0cRequestState\x12\x1d\n\x19REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15REQUEST_STATE_WAITING\x10\x01\x12\x1d\n\x19REQUEST_STATE_IN_PROGRESS\x10\x02\x12\x1b\n\x17REQUEST_STATE_CANCELLED\x10\x03\x12\x19\n\x15REQUEST_STATE_TIMEOUT\x10\x04\x12\x19\n\x15REQUEST_STATE_INVALID\x10\x05\x12\x16\n\x12REQUEST_STATE_DONE\x10\x06\x12\x18\n\x14REQUEST_STATE_FAILED\x10\x07*\xc4\x01\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18WORKER_STATE_MAINTENANCE\x10\x01\x12\x15\n\x11WORKER_STATE_IDLE\x10\x02\x12\x18\n\x14WORKER_STATE_RUNNING\x10\x03\x12\x17\n\x13WORKER_STATE_FAILED\x10\x04\x12\x18\n\x14WORKER_STATE_PREPARE\x10\x05\x12\x15\n\x11WORKER_STATE_BUSY\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62oruta/v1/types.proto\x12\tboruta.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc9\x01\n\x07JobInfo\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\x12.\n\nstarted_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ntimeout_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rprolong_count\x18\x04 \x01(\r\x12\x32\n\x0emax_timeout_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"p\n\x07Profile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x04\x63\x61ps\x18\x02 \x03(\x0b\x32\x1c.boruta.v1.Profile.CapsEntry\x1a+\n\tCapsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbd\x04\n\x0bRequestInfo\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x10\n\x08priority\x18\x02 \x01(\r\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x14\n\x0cowner_groups\x18\x04 \x03(\t\x12.\n\x04\x63\x61ps\x18\x05 \x03(\x0b\x32 .boruta.v1.RequestInfo.CapsEntry\x12/\n\x0bvalid_after\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x05state\x18\x08 \x01(\x0e\x32\x17.boruta.v1.RequestState\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x1f\n\x03job\x18\n \x01(\x0b\x32\x12.boruta.v1.JobInfo\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x0bjob_timeout\x18\r \x01(\x0b\x32\x19.google.protobuf.Duration\x12$\n\x08profiles\x18\x0e \x03(\x0b\x32\x12.boruta.v1.Profile\x12 \n\x04jobs\x18\x0f \x03(\x0b\x32\x12.boruta.v1.JobInfo\x1a+\n\tCapsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"j\n\nAccessInfo\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x10\n\x08username\x18\x03 \x01(\t\x12\x17\n\x0fprivate_key_pem\x18\x04 \x01(\t\x12\x15\n\rssh_host_keys\x18\x05 \x03(\t\"\x9d\x01\n\nHostStatus\x12\x0f\n\x07load_1m\x18\x01 \x01(\x01\x12\x1a\n\x12memory_total_bytes\x18\x02 \x01(\x04\x12\x1e\n\x16memory_available_bytes\x18\x03 \x01(\x04\x12\x17\n\x0f\x64isk_free_bytes\x18\x04 \x01(\x04\x12)\n\x06uptime\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xc7\x03\n\nWorkerInfo\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.boruta.v1.WorkerState\x12\x0e\n\x06groups\x18\x03 \x03(\t\x12-\n\x04\x63\x61ps\x18\x04 \x03(\x0b\x32\x1f.boruta.v1.WorkerInfo.CapsEntry\x12\x15\n\rdryad_address\x18\x05 \x01(\t\x12\x13\n\x0bssh_address\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\x04\x12\x31\n\rregistered_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tjobs_done\x18\x0b \x01(\x04\x12\x10\n\x08\x66\x61ilures\x18\x0c \x01(\x04\x12*\n\x0bhost_status\x18\r \x01(\x0b\x32\x15.boruta.v1.HostStatus\x12\x15\n\rdryad_version\x18\x0e \x01(\t\x1a+\n\tCapsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa4\x01\n\x12WorkerHistoryEntry\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\nfrom_state\x18\x02 \x01(\x0e\x32\x16.boruta.v1.WorkerState\x12(\n\x08to_state\x18\x03 \x01(\x0e\x32\x16.boruta.v1.WorkerState\x12\x0e\n\x06reason\x18\x04 \x01(\t*\xec\x01\n\x0cRequestState\x12\x1d\n\x19REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15REQUEST_STATE_WAITING\x10\x01\x12\x1d\n\x19REQUEST_STATE_IN_PROGRESS\x10\x02\x12\x1b\n\x17REQUEST_STATE_CANCELLED\x10\x03\x12\x19\n\x15REQUEST_STATE_TIMEOUT\x10\x04\x12\x19\n\x15REQUEST_STATE_INVALID\x10\x05\x12\x16\n\x12REQUEST_STATE_DONE\x10\x06\x12\x18\n\x14REQUEST_STATE_FAILED\x10\x07*\xc4\x01\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18WORKER_STATE_MAINTENANCE\x10\x01\x12\x15\n\x11WORKER_STATE_IDLE\x10\x02\x12\x18\n\x14WORKER_STATE_RUNNING\x10\x03\x12\x17\n\x13WORKER_STATE_FAILED\x10\x04\x12\x18\n\x14WORKER_STATE_PREPARE\x10\x05\x12\x15\n\x11WORKER_STATE_BUSY\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'boruta.v1.types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PROFILE_CAPSENTRY']._loaded_options = None
+  _globals['_PROFILE_CAPSENTRY']._serialized_options = b'8\001'
   _globals['_REQUESTINFO_CAPSENTRY']._loaded_options = None
   _globals['_REQUESTINFO_CAPSENTRY']._serialized_options = b'8\001'
   _globals['_WORKERINFO_CAPSENTRY']._loaded_options = None
   _globals['_WORKERINFO_CAPSENTRY']._serialized_options = b'8\001'
-  _globals['_REQUESTSTATE']._serialized_start=1703
-  _globals['_REQUESTSTATE']._serialized_end=1939
-  _globals['_WORKERSTATE']._serialized_start=1942
-  _globals['_WORKERSTATE']._serialized_end=2138
+  _globals['_REQUESTSTATE']._serialized_start=1889
+  _globals['_REQUESTSTATE']._serialized_end=2125
+  _globals['_WORKERSTATE']._serialized_start=2128
+  _globals['_WORKERSTATE']._serialized_end=2324
   _globals['_JOBINFO']._serialized_start=102
   _globals['_JOBINFO']._serialized_end=303
-  _globals['_REQUESTINFO']._serialized_start=306
-  _globals['_REQUESTINFO']._serialized_end=807
-  _globals['_REQUESTINFO_CAPSENTRY']._serialized_start=764
-  _globals['_REQUESTINFO_CAPSENTRY']._serialized_end=807
-  _globals['_ACCESSINFO']._serialized_start=809
-  _globals['_ACCESSINFO']._serialized_end=915
-  _globals['_HOSTSTATUS']._serialized_start=918
-  _globals['_HOSTSTATUS']._serialized_end=1075
-  _globals['_WORKERINFO']._serialized_start=1078
-  _globals['_WORKERINFO']._serialized_end=1533
-  _globals['_WORKERINFO_CAPSENTRY']._serialized_start=764
-  _globals['_WORKERINFO_CAPSENTRY']._serialized_end=807
-  _globals['_WORKERHISTORYENTRY']._serialized_start=1536
-  _globals['_WORKERHISTORYENTRY']._serialized_end=1700
+  _globals['_PROFILE']._serialized_start=305
+  _globals['_PROFILE']._serialized_end=417
+  _globals['_PROFILE_CAPSENTRY']._serialized_start=374
+  _globals['_PROFILE_CAPSENTRY']._serialized_end=417
+  _globals['_REQUESTINFO']._serialized_start=420
+  _globals['_REQUESTINFO']._serialized_end=993
+  _globals['_REQUESTINFO_CAPSENTRY']._serialized_start=374
+  _globals['_REQUESTINFO_CAPSENTRY']._serialized_end=417
+  _globals['_ACCESSINFO']._serialized_start=995
+  _globals['_ACCESSINFO']._serialized_end=1101
+  _globals['_HOSTSTATUS']._serialized_start=1104
+  _globals['_HOSTSTATUS']._serialized_end=1261
+  _globals['_WORKERINFO']._serialized_start=1264
+  _globals['_WORKERINFO']._serialized_end=1719
+  _globals['_WORKERINFO_CAPSENTRY']._serialized_start=374
+  _globals['_WORKERINFO_CAPSENTRY']._serialized_end=417
+  _globals['_WORKERHISTORYENTRY']._serialized_start=1722
+  _globals['_WORKERHISTORYENTRY']._serialized_end=1886
 # @@protoc_insertion_point(module_scope)

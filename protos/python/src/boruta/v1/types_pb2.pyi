@@ -154,6 +154,57 @@ class JobInfo(_message.Message):
 Global___JobInfo: _TypeAlias = JobInfo  # noqa: Y015
 
 @_typing.final
+class Profile(_message.Message):
+    """Profile is one board a request asks for."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class CapsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CAPS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Name the owner gives the board, to tell the boards of a request apart (e.g. "dut",
+    "relay"): at most 64 letters, digits and . _ -, unique within the request; empty
+    means none (the board is then known by its place among the profiles).
+    """
+    @_builtins.property
+    def caps(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Capabilities the board must have, as NewRequestRequest.caps describes; empty means any."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        caps: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caps", b"caps", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Profile: _TypeAlias = Profile  # noqa: Y015
+
+@_typing.final
 class RequestInfo(_message.Message):
     """RequestInfo is everything the scheduler knows about a request, except access secrets."""
 
@@ -192,6 +243,8 @@ class RequestInfo(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     JOB_TIMEOUT_FIELD_NUMBER: _builtins.int
+    PROFILES_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Identifier given by the scheduler; larger for later requests."""
     priority: _builtins.int
@@ -209,7 +262,8 @@ class RequestInfo(_message.Message):
     @_builtins.property
     def caps(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Capabilities a worker must have (key=value), as asked: with alternatives ('|') and
-        items (',') as NewRequestRequest.caps describes.
+        items (',') as NewRequestRequest.caps describes. For a request of profiles, the
+        first profile's.
         """
 
     @_builtins.property
@@ -222,7 +276,9 @@ class RequestInfo(_message.Message):
 
     @_builtins.property
     def job(self) -> Global___JobInfo:
-        """The job, once the request has been matched; kept after the job ends."""
+        """The job, once the request has been matched; kept after the job ends. For a request of
+        profiles, the first profile's job (jobs[0]).
+        """
 
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
@@ -236,6 +292,20 @@ class RequestInfo(_message.Message):
     def job_timeout(self) -> _duration_pb2.Duration:
         """The job timeout asked for in NewRequest, cut down to the longer of the scheduler's
         job_timeout and prolong_step; unset when the request asked for none and those apply.
+        """
+
+    @_builtins.property
+    def profiles(self) -> _containers.RepeatedCompositeFieldContainer[Global___Profile]:
+        """Every board asked for, in the order asked, when the request was made with profiles
+        (NewRequestRequest.profiles); empty for a request made with caps alone, whose one
+        unnamed profile is caps.
+        """
+
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobInfo]:
+        """One job per profile, in profile order, once the request has been matched (a request
+        gets all its boards at once or none); empty when the request has no profiles, whose
+        one job is job. Kept after the jobs end.
         """
 
     def __init__(
@@ -254,10 +324,12 @@ class RequestInfo(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         job_timeout: _duration_pb2.Duration | None = ...,
+        profiles: _abc.Iterable[Global___Profile] | None = ...,
+        jobs: _abc.Iterable[Global___JobInfo] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline", "job", b"job", "job_timeout", b"job_timeout", "updated_at", b"updated_at", "valid_after", b"valid_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caps", b"caps", "created_at", b"created_at", "deadline", b"deadline", "id", b"id", "job", b"job", "job_timeout", b"job_timeout", "owner", b"owner", "owner_groups", b"owner_groups", "priority", b"priority", "reason", b"reason", "state", b"state", "updated_at", b"updated_at", "valid_after", b"valid_after"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caps", b"caps", "created_at", b"created_at", "deadline", b"deadline", "id", b"id", "job", b"job", "job_timeout", b"job_timeout", "jobs", b"jobs", "owner", b"owner", "owner_groups", b"owner_groups", "priority", b"priority", "profiles", b"profiles", "reason", b"reason", "state", b"state", "updated_at", b"updated_at", "valid_after", b"valid_after"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, TypeVar
 
 from boruta_scheduler.app.refusals import Suppressed, ThrottledRefusals
@@ -117,14 +117,21 @@ class AuditLog:
 # ------------------------------------------------------------ what each event says
 
 
+def _caps_text(caps: Mapping[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(caps.items())) or "(any)"
+
+
 def request_created(view: RequestView) -> tuple[str, str]:
     """NewRequest: the request keeps its caps; its event needs only enough of them to
     recognize it."""
-    shown = clip(" ".join(f"{k}={v}" for k, v in sorted(view.caps.items())), CAPS_SHOWN)
-    return (
-        f"request {view.id}",
-        f"caps {shown or '(any)'}, priority {view.priority}, {view.state.name}",
-    )
+    if view.profiles:
+        text = "; ".join(
+            f"{p.name or index}: {_caps_text(p.caps)}" for index, p in enumerate(view.profiles)
+        )
+        what = f"profiles {clip(text, CAPS_SHOWN)}"
+    else:
+        what = f"caps {clip(_caps_text(view.caps), CAPS_SHOWN)}"
+    return f"request {view.id}", f"{what}, priority {view.priority}, {view.state.name}"
 
 
 def request_closed(view: RequestView) -> tuple[str, str]:
@@ -140,10 +147,14 @@ def access_prolonged(request_id: int) -> Describe[JobView]:
 
 
 def access_handed_out(view: RequestView) -> tuple[str, str]:
-    """AcquireWorker: which worker, as which job user (never the key)."""
-    job = view.job
-    assert job is not None and job.access is not None
-    return f"request {view.id}", f"access to worker {job.worker_uuid} as {job.access.username}"
+    """AcquireWorker: which workers, as which job users (never the keys)."""
+    jobs = view.all_jobs
+    assert jobs and all(job.access is not None for job in jobs)
+    shown = ", ".join(
+        f"worker {job.worker_uuid} as {job.access.username}"  # type: ignore[union-attr]
+        for job in jobs
+    )
+    return f"request {view.id}", f"access to {shown}"
 
 
 def worker_state_set(uuid: str, state: WorkerState, reason: str) -> Describe[object]:

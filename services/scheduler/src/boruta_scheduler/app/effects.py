@@ -10,6 +10,21 @@ from typing import Any, Protocol
 from boruta_scheduler.core import Changes, CloseTunnel, Core, DryadCall, TunnelCall
 from boruta_scheduler.types import Access
 
+# The tunnels (forwarder, relay) know a job's tunnel by one number: its request's id for
+# the first profile's job, and the id plus index * 2**TUNNEL_INDEX_SHIFT for a later
+# profile's, above any request id the scheduler gives out (they count up from 1).
+TUNNEL_INDEX_SHIFT = 56
+
+
+def tunnel_key(request_id: int, index: int) -> int:
+    """The number the tunnels know the job of profile index of a request by."""
+    return request_id | index << TUNNEL_INDEX_SHIFT
+
+
+def tunnel_job(key: int) -> tuple[int, int]:
+    """(request id, profile index) of a tunnel's number."""
+    return key & ((1 << TUNNEL_INDEX_SHIFT) - 1), key >> TUNNEL_INDEX_SHIFT
+
 
 class DryadCaller(Protocol):
     """Makes the dryad calls the core asks for; raises DryadCallError on failure."""
@@ -20,9 +35,9 @@ class DryadCaller(Protocol):
 class TunnelKeeper(Protocol):
     """Opens and closes the per-job SSH tunnels; open() raises on failure."""
 
-    async def open(self, request_id: int, ssh_address: str, port: int = 0) -> int: ...
+    async def open(self, key: int, ssh_address: str, port: int = 0) -> int: ...
 
-    async def close(self, request_id: int) -> None: ...
+    async def close(self, key: int) -> None: ...
 
     async def close_all(self) -> None: ...
 
@@ -44,7 +59,8 @@ class Effects:
         self._outcomes = outcomes
         # Dryad calls in flight: void, and cancelled, when the core is rebuilt.
         self._calls: set[asyncio.Task[None]] = set()
-        # The last tunnel call started for each job, which the next one waits for.
+        # The last tunnel call started for each job (by tunnel_key), which the next one
+        # waits for.
         self._tunnel_ops: dict[int, asyncio.Task[None]] = {}
 
     def start(self, changes: Changes) -> None:
@@ -76,14 +92,14 @@ class Effects:
         """Start a tunnel call after the previous one for the same job, so they never race."""
         if self._tunnels is None:
             return
-        request_id = call.request_id
-        previous = self._tunnel_ops.get(request_id)
+        key = tunnel_key(call.request_id, call.index)
+        previous = self._tunnel_ops.get(key)
         task = asyncio.get_running_loop().create_task(self._tunnel_call(call, previous))
-        self._tunnel_ops[request_id] = task
+        self._tunnel_ops[key] = task
 
         def forget(done: asyncio.Task[None]) -> None:
-            if self._tunnel_ops.get(request_id) is done:
-                del self._tunnel_ops[request_id]
+            if self._tunnel_ops.get(key) is done:
+                del self._tunnel_ops[key]
 
         task.add_done_callback(forget)
 
@@ -91,17 +107,22 @@ class Effects:
         assert self._tunnels is not None
         if previous is not None:
             await asyncio.wait([previous])
-        request_id = call.request_id
+        request_id, index = call.request_id, call.index
+        key = tunnel_key(request_id, index)
         if isinstance(call, CloseTunnel):
-            await self._tunnels.close(request_id)
+            await self._tunnels.close(key)
             return
         try:
-            port = await self._tunnels.open(request_id, call.ssh_address, call.port)
+            port = await self._tunnels.open(key, call.ssh_address, call.port)
         except Exception as exc:  # any failure to open fails the job, not the scheduler
             error = str(exc) or exc.__class__.__name__
-            self._outcomes.submit(lambda core, now: core.tunnel_failed(now, request_id, error))
+            self._outcomes.submit(
+                lambda core, now: core.tunnel_failed(now, request_id, error, index)
+            )
         else:
-            self._outcomes.submit(lambda core, now: core.tunnel_opened(now, request_id, port))
+            self._outcomes.submit(
+                lambda core, now: core.tunnel_opened(now, request_id, port, index)
+            )
 
     async def _call_dryad(self, call: DryadCall) -> None:
         try:

@@ -7,7 +7,7 @@ store, which holds exactly what has been committed; worker reads ask the core.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -142,9 +142,11 @@ class SchedulerService:
         no_wait: bool = False,
         job_timeout: float = 0.0,
         idempotency_key: str = "",
+        profiles: Sequence[tuple[str, Mapping[str, str]]] = (),
     ) -> RequestView:
-        """Queue a request; with an idempotency key the owner used before, return the
-        request it made instead (IdempotencyKeyReused if this call asks otherwise)."""
+        """Queue a request (of caps, or of profiles: one board each); with an idempotency
+        key the owner used before, return the request it made instead
+        (IdempotencyKeyReused if this call asks otherwise)."""
         idem: Idempotency | None = None
         core = self.engine.core
         if idempotency_key:
@@ -159,6 +161,7 @@ class SchedulerService:
                     accept_unsatisfiable,
                     no_wait,
                     job_timeout,
+                    profiles,
                 ),
                 self.engine.now(),
             )
@@ -186,6 +189,7 @@ class SchedulerService:
                 privileged=who.role is Role.ADMIN,
                 job_timeout=job_timeout,
                 idempotency=idem,
+                profiles=profiles,
             ),
         )
         if idem is None:

@@ -81,10 +81,12 @@ class AcquireWaiters:
         self._waiters.clear()
 
     def _job_ready(self, view: RequestView) -> bool:
-        """A running job can be handed out once its tunnel is open (if tunnels are used)."""
+        """A running request can be handed out once the tunnels of all its jobs are open (if
+        tunnels are used)."""
         if view.state is not RequestState.IN_PROGRESS:
             return False
-        return not self._tunnels_used or (view.job is not None and view.job.tunnel_port != 0)
+        jobs = view.all_jobs
+        return not self._tunnels_used or (bool(jobs) and all(j.tunnel_port != 0 for j in jobs))
 
     def _forget(self, request_id: int, future: asyncio.Future[RequestView]) -> None:
         waiters = self._waiters.get(request_id)

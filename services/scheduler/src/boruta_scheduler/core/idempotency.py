@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from boruta_scheduler.errors import IdempotencyKeyReused, InvalidArgument, Unavailable, shown
@@ -47,21 +47,23 @@ def arguments_hash(
     accept_unsatisfiable: bool,
     no_wait: bool,
     job_timeout: float,
+    profiles: Sequence[tuple[str, Mapping[str, str]]] = (),
 ) -> str:
     """A hash of NewRequest's arguments as sent (unset times stay unset), so that a retry
     is recognised however much later it comes."""
-    text = json.dumps(
-        [
-            sorted(caps.items()),
-            priority,
-            valid_after,
-            deadline,
-            accept_unsatisfiable,
-            no_wait,
-            job_timeout,
-        ],
-        separators=(",", ":"),
-    )
+    arguments: list[object] = [
+        sorted(caps.items()),
+        priority,
+        valid_after,
+        deadline,
+        accept_unsatisfiable,
+        no_wait,
+        job_timeout,
+    ]
+    if profiles:
+        # Only when given, so that the hashes of requests of caps stay as they were.
+        arguments.append([[name, sorted(p.items())] for name, p in profiles])
+    text = json.dumps(arguments, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 

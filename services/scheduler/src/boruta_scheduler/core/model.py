@@ -13,6 +13,7 @@ from boruta_scheduler.types import (
     CapPair,
     HostStatus,
     JobView,
+    ProfileView,
     RequestState,
     RequestView,
     WorkerState,
@@ -20,7 +21,7 @@ from boruta_scheduler.types import (
 )
 
 if TYPE_CHECKING:
-    from boruta_scheduler.core.queue import Bucket
+    from boruta_scheduler.core.queue import BucketBase
 
 
 def cap_pairs(caps: Mapping[str, str]) -> frozenset[CapPair]:
@@ -97,8 +98,13 @@ class Job:
         )
 
 
+Profile = tuple[str, frozenset[CapPair]]
+
+
 class Request:
-    """A live (WAITING or IN_PROGRESS) request. Its caps are an interned frozenset of pairs."""
+    """A live (WAITING or IN_PROGRESS) request. Its caps are an interned frozenset of pairs:
+    sig, its first profile's; profiles holds (name, caps) of every profile when there is more
+    than one or the one is named (empty for one unnamed profile, the common case)."""
 
     __slots__ = (
         "arguments_hash",
@@ -107,11 +113,12 @@ class Request:
         "deadline",
         "id",
         "idempotency_key",
-        "job",
         "job_timeout",
+        "jobs",
         "owner",
         "owner_groups",
         "priority",
+        "profiles",
         "ready",
         "reason",
         "sig",
@@ -133,11 +140,13 @@ class Request:
         job_timeout: float = 0.0,
         idempotency_key: str = "",
         arguments_hash: str = "",
+        profiles: tuple[Profile, ...] = (),
     ) -> None:
         self.id = id
         self.owner = owner
         self.owner_groups = owner_groups
         self.sig = sig
+        self.profiles = profiles
         self.priority = priority
         self.valid_after = valid_after
         self.deadline = deadline
@@ -149,12 +158,25 @@ class Request:
         self.arguments_hash = arguments_hash
         self.state = RequestState.WAITING
         self.reason = ""
-        self.job: Job | None = None
+        # One job per profile, in profile order, while IN_PROGRESS.
+        self.jobs: tuple[Job, ...] = ()
         # ready: valid_after has come, so the request sits in its bucket's ready heap.
         self.ready = False
-        self.bucket: Bucket | None = None
+        self.bucket: BucketBase | None = None
+
+    @property
+    def job(self) -> Job | None:
+        """The first profile's job (the only one of a one-profile request)."""
+        return self.jobs[0] if self.jobs else None
+
+    @property
+    def sigs(self) -> tuple[frozenset[CapPair], ...]:
+        """The caps of every profile, in order."""
+        return tuple(sig for _, sig in self.profiles) if self.profiles else (self.sig,)
 
     def view(self) -> RequestView:
+        profiles = self.profiles
+        jobs = self.jobs
         return RequestView(
             id=self.id,
             priority=self.priority,
@@ -167,10 +189,14 @@ class Request:
             reason=self.reason,
             created_at=self.created_at,
             updated_at=self.updated_at,
-            job=self.job.view() if self.job else None,
+            job=jobs[0].view() if jobs else None,
             job_timeout=self.job_timeout,
             idempotency_key=self.idempotency_key,
             arguments_hash=self.arguments_hash,
+            profiles=tuple(ProfileView(name, MappingProxyType(dict(sig))) for name, sig in profiles)
+            if profiles
+            else (),
+            jobs=tuple(job.view() for job in jobs) if profiles and jobs else (),
         )
 
 

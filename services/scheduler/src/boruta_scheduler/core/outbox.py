@@ -36,11 +36,13 @@ class DryadCall:
 
 @dataclass(frozen=True, slots=True)
 class OpenTunnel:
-    """Open a job's tunnel to the board's SSH address, on port if it is free (0: any)."""
+    """Open a job's tunnel to the board's SSH address, on port if it is free (0: any);
+    index is the job's profile (0 for a request of one board)."""
 
     request_id: int
     ssh_address: str
     port: int = 0
+    index: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,7 @@ class CloseTunnel:
     """Close a job's tunnel and cut its open connections."""
 
     request_id: int
+    index: int = 0
 
 
 TunnelCall = OpenTunnel | CloseTunnel

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from boruta import address as address_rules
@@ -21,6 +21,7 @@ MAX_PRIORITY = 16
 
 _NAME = re.compile(r"[A-Za-z0-9._:/-]+")
 _UUID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_PROFILE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,9 @@ class Policy:
     max_groups: int = 32
     max_group_len: int = 64
     max_reason_len: int = 1024
+    # Boards one request may ask for (its profiles), and how long a profile's name may be.
+    max_profiles: int = 16
+    max_profile_name_len: int = 64
     # Who may use the most important priorities (Boruta's TODO): users may ask for
     # max_priority or less important, members of a group in group_max_priority for that
     # group's value. Admins may use any priority.
@@ -142,6 +146,30 @@ class Policy:
                     f"{what} value of {key!r} must be 1 to {self.max_cap_value_len} "
                     "printable characters"
                 )
+
+    def check_profile_names(self, names: Sequence[str]) -> None:
+        """Refuse too many profiles, or names that are too long, malformed or given twice
+        (a name may be empty: the profile is then known by its place only)."""
+        if not 0 < len(names) <= self.max_profiles:
+            raise InvalidArgument(
+                f"a request asks for 1 to {self.max_profiles} boards (profiles), not "
+                f"{len(names)}; split a larger set into several requests"
+            )
+        seen: set[str] = set()
+        for index, name in enumerate(names):
+            if not name:
+                continue
+            if len(name) > self.max_profile_name_len or not _PROFILE_NAME.fullmatch(name):
+                raise InvalidArgument(
+                    f"profile {index} name {name[:80]!r} must be at most "
+                    f"{self.max_profile_name_len} characters of letters, digits and . _ -"
+                )
+            if name in seen:
+                raise InvalidArgument(
+                    f"profile name {name!r} is given twice; give each profile its own name "
+                    "(or none)"
+                )
+            seen.add(name)
 
     def check_groups(self, groups: Iterable[str]) -> frozenset[str]:
         """Return groups as a set, refusing too many, too long or malformed names."""

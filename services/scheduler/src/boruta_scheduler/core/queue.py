@@ -8,11 +8,17 @@ requests require (any one will do: a worker that can serve the bucket holds them
 if they require none outright, under one pair of each alternative of one of their caps
 with alternatives (a worker that can serve it holds one of those): one entry, or one per
 alternative, however many caps it has.
+
+Requests of several profiles wait in buckets of their own (MultiBucket: the same profiles
+and owner groups), indexed as above under pairs of each profile, in an index of their own,
+so that a worker finds those it could serve a board of; one-profile requests never pay for
+them.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Collection, Mapping
 from typing import Generic, TypeVar
 
 from sortedcontainers import SortedList
@@ -24,6 +30,7 @@ from boruta_scheduler.types import CapPair, RequestState
 
 T = TypeVar("T")
 BucketKey = tuple[frozenset[CapPair], frozenset[str]]
+MultiKey = tuple[tuple[frozenset[CapPair], ...], frozenset[str]]
 HeapEntry = tuple[int, int, Request]
 
 
@@ -51,32 +58,14 @@ class Interner(Generic[T]):
             del self._shared[value]
 
 
-class Bucket:
-    """Waiting requests that share caps and owner groups."""
+class BucketBase:
+    """Waiting requests that ask the same of the same workers, with a heap of the ready ones."""
 
-    __slots__ = (
-        "caps_bytes",
-        "choices",
-        "groups",
-        "heap",
-        "index_pairs",
-        "key",
-        "need",
-        "ready_count",
-        "required",
-        "sig",
-        "waiting",
-    )
+    __slots__ = ("caps_bytes", "groups", "heap", "index_pairs", "ready_count", "waiting")
 
-    def __init__(self, sig: frozenset[CapPair], groups: frozenset[str]) -> None:
-        self.sig = sig
+    def __init__(self, groups: frozenset[str], caps_bytes: int) -> None:
         self.groups = groups
-        self.key: BucketKey = (sig, groups)
-        self.caps_bytes = caps_size(sig)
-        self.need: Need = need_of(sig)
-        # The need's parts, read in the hot loop of buckets_servable_by.
-        self.required = self.need.required
-        self.choices = self.need.choices
+        self.caps_bytes = caps_bytes
         # The pairs the queue indexes this bucket under (none for no caps).
         self.index_pairs: tuple[CapPair, ...] = ()
         self.waiting: set[Request] = set()
@@ -108,6 +97,40 @@ class Bucket:
             heapq.heapify(self.heap)
 
 
+class Bucket(BucketBase):
+    """Waiting one-profile requests that share caps and owner groups."""
+
+    __slots__ = ("choices", "key", "need", "required", "sig")
+
+    def __init__(self, sig: frozenset[CapPair], groups: frozenset[str]) -> None:
+        super().__init__(groups, caps_size(sig))
+        self.sig = sig
+        self.key: BucketKey = (sig, groups)
+        self.need: Need = need_of(sig)
+        # The need's parts, read in the hot loop of buckets_servable_by.
+        self.required = self.need.required
+        self.choices = self.need.choices
+
+
+class MultiBucket(BucketBase):
+    """Waiting requests of several profiles that share their profiles' caps (in order) and
+    owner groups."""
+
+    __slots__ = ("key", "needs", "sigs")
+
+    def __init__(self, sigs: tuple[frozenset[CapPair], ...], groups: frozenset[str]) -> None:
+        super().__init__(groups, sum(map(caps_size, sigs)))
+        self.sigs = sigs
+        self.key: MultiKey = (sigs, groups)
+        self.needs: tuple[Need, ...] = tuple(map(need_of, sigs))
+
+    def serves(self, items: frozenset[CapPair], groups: frozenset[str]) -> bool:
+        """Whether a worker with these pairs and groups could take one of its boards."""
+        return groups_compatible(groups, self.groups) and any(
+            need.met_by(items) for need in self.needs
+        )
+
+
 class RequestQueue:
     """All WAITING requests, ready or not, grouped into buckets."""
 
@@ -117,6 +140,10 @@ class RequestQueue:
         self._no_caps: set[Bucket] = set()
         # Buckets indexed under more than one pair, which a worker may find twice.
         self._multi_indexed = 0
+        # Requests of several profiles: their buckets and the index workers find them by.
+        self._multis: dict[MultiKey, MultiBucket] = {}
+        self._multi_by_pair: dict[CapPair, set[MultiBucket]] = {}
+        self._multi_no_caps: set[MultiBucket] = set()
         self._sigs: Interner[frozenset[CapPair]] = Interner()
         self._groups: Interner[frozenset[str]] = Interner()
         # Every waiting request in serving order, so a request's place in the queue costs
@@ -147,6 +174,9 @@ class RequestQueue:
         """Share one frozenset among requests with equal caps or groups, to save memory."""
         return self._sigs.get(sig), self._groups.get(groups)
 
+    def intern_sig(self, sig: frozenset[CapPair]) -> frozenset[CapPair]:
+        return self._sigs.get(sig)
+
     def add(self, request: Request) -> None:
         """Put a WAITING request into its bucket (not ready yet)."""
         self._place(request)
@@ -159,6 +189,9 @@ class RequestQueue:
         self._order.update((r.priority, r.id) for r in requests)
 
     def _place(self, request: Request) -> None:
+        if len(request.profiles) > 1:
+            self._place_multi(request)
+            return
         key = (request.sig, request.owner_groups)
         bucket = self._buckets.get(key)
         if bucket is None:
@@ -172,6 +205,33 @@ class RequestQueue:
                     by_pair.setdefault(pair, set()).add(bucket)
             else:
                 self._no_caps.add(bucket)
+        self._count_in(request, bucket)
+
+    def _place_multi(self, request: Request) -> None:
+        sigs = request.sigs
+        key = (sigs, request.owner_groups)
+        bucket = self._multis.get(key)
+        if bucket is None:
+            held = tuple(self._sigs.hold(sig) for sig in sigs)
+            bucket = MultiBucket(held, self._groups.hold(request.owner_groups))
+            self._multis[key] = bucket
+            pairs: list[CapPair] = []
+            for need in bucket.needs:
+                found = self._index_pairs(need, self._multi_by_pair)
+                if not found:
+                    # A profile any worker meets: every worker must find the bucket.
+                    pairs = []
+                    break
+                pairs.extend(found)
+            bucket.index_pairs = tuple(dict.fromkeys(pairs))
+            if bucket.index_pairs:
+                for pair in bucket.index_pairs:
+                    self._multi_by_pair.setdefault(pair, set()).add(bucket)
+            else:
+                self._multi_no_caps.add(bucket)
+        self._count_in(request, bucket)
+
+    def _count_in(self, request: Request, bucket: BucketBase) -> None:
         bucket.waiting.add(request)
         request.bucket = bucket
         request.ready = False
@@ -180,10 +240,13 @@ class RequestQueue:
         self._caps_bytes_per_owner[owner] = self.caps_bytes_of(owner) + bucket.caps_bytes
         self._size += 1
 
-    def _index_pairs(self, need: Need) -> tuple[CapPair, ...]:
+    def _index_pairs(
+        self, need: Need, by_pair: Mapping[CapPair, Collection[BucketBase]] | None = None
+    ) -> tuple[CapPair, ...]:
         """Pairs to index a new bucket under, one of which every worker that can serve it
         holds: those fewest buckets are indexed under, so that workers walk short lists."""
-        by_pair = self._by_pair
+        if by_pair is None:
+            by_pair = self._by_pair
 
         def rarest(pairs: frozenset[CapPair]) -> CapPair:
             return min(pairs, key=lambda p: len(by_pair.get(p, ())))
@@ -240,6 +303,10 @@ class RequestQueue:
             del self._caps_bytes_per_owner[owner]
         self._size -= 1
         if not bucket.waiting:
+            if isinstance(bucket, MultiBucket):
+                self._drop_multi(bucket)
+                return
+            assert isinstance(bucket, Bucket)
             del self._buckets[bucket.key]
             self._multi_indexed -= len(bucket.index_pairs) > 1
             for pair in bucket.index_pairs:
@@ -251,6 +318,37 @@ class RequestQueue:
                 self._no_caps.discard(bucket)
             self._sigs.release(bucket.sig)
             self._groups.release(bucket.groups)
+
+    def _drop_multi(self, bucket: MultiBucket) -> None:
+        del self._multis[bucket.key]
+        for pair in bucket.index_pairs:
+            holders = self._multi_by_pair[pair]
+            holders.discard(bucket)
+            if not holders:
+                del self._multi_by_pair[pair]
+        self._multi_no_caps.discard(bucket)
+        for sig in bucket.sigs:
+            self._sigs.release(sig)
+        self._groups.release(bucket.groups)
+
+    def multis_near(self, items: frozenset[CapPair]) -> list[MultiBucket]:
+        """Buckets of several-profile requests indexed under one of these (key, item) pairs
+        or under none, each once: among them every one a worker with these pairs could take
+        a board of (check with MultiBucket.serves); none at the cost of one test when there
+        are none."""
+        if not self._multis:
+            return []
+        by_pair = self._multi_by_pair
+        found = [b for pair in items for b in by_pair.get(pair, ())]
+        found.extend(self._multi_no_caps)
+        return list(dict.fromkeys(found))
+
+    def multis_servable_by(
+        self, items: frozenset[CapPair], groups: frozenset[str]
+    ) -> list[MultiBucket]:
+        """Buckets of several-profile requests a worker with these (key, item) pairs and
+        groups could take a board of, each once."""
+        return [b for b in self.multis_near(items) if b.serves(items, groups)]
 
     def buckets_servable_by(
         self, items: frozenset[CapPair], groups: frozenset[str]

@@ -11,9 +11,10 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from boruta_scheduler.core.caps import board_items, check_request_caps, need_of
+from boruta_scheduler.core.caps import Need, board_items, check_request_caps, need_of
 from boruta_scheduler.core.idempotency import Idempotency, KeyMemory, same_arguments
-from boruta_scheduler.core.model import Job, Request, Worker, cap_pairs
+from boruta_scheduler.core.matching import match, shortlist
+from boruta_scheduler.core.model import Job, Profile, Request, Worker, cap_pairs
 from boruta_scheduler.core.outbox import (
     Changes,
     CloseTunnel,
@@ -30,7 +31,7 @@ from boruta_scheduler.core.policy import (
     check_worker_uuid,
     format_caps,
 )
-from boruta_scheduler.core.queue import Bucket, RequestQueue
+from boruta_scheduler.core.queue import Bucket, BucketBase, MultiBucket, RequestQueue
 from boruta_scheduler.core.timers import Target, TimerKind, TimerQueue
 from boruta_scheduler.core.tokens import TokenTable
 from boruta_scheduler.core.workers import WorkerIndex
@@ -134,6 +135,12 @@ class Core:
         for worker in list(core._workers.values()):
             core._resume_worker(worker, now)
         core.tick(now)
+        # One-board requests first, so that a set of boards for a request of several
+        # profiles takes none a more important one-board request could have had.
+        for worker in list(core._idle):
+            request = core._queue.best_for(worker.items, worker.groups)
+            if request is not None:
+                core._start_jobs(request, (worker,), now)
         for worker in list(core._idle):
             if worker.state is WorkerState.IDLE:
                 core._match_worker(worker, now)
@@ -168,6 +175,12 @@ class Core:
         """Restore one request; a WAITING one is added to waiting, to be queued with the
         rest at once."""
         sig, groups = self._queue.intern(sigs.of(view.caps), view.owner_groups)
+        profiles: tuple[Profile, ...] = ()
+        if view.profiles:
+            profiles = tuple(
+                (p.name, self._queue.intern_sig(sigs.of(p.caps))) for p in view.profiles
+            )
+            sig = profiles[0][1]
         request = Request(
             view.id,
             view.owner,
@@ -180,6 +193,7 @@ class Core:
             view.job_timeout,
             view.idempotency_key,
             view.arguments_hash,
+            profiles,
         )
         if request.idempotency_key:
             self._keys.add(request.owner, request.idempotency_key, request.id)
@@ -192,13 +206,16 @@ class Core:
             waiting.append(request)
             return
         assert view.job is not None, f"request {view.id} is IN_PROGRESS without a job"
-        request.job = Job.from_view(view.job)
-        worker = self._workers.get(request.job.worker_uuid)
-        if worker is None or worker.request_id != request.id:
-            self._finish(request, RequestState.FAILED, now, "its worker was lost")
-            return
-        self._push_timer(request.job.timeout_at, TimerKind.JOB_TIMEOUT, request)
-        self._out.tunnel(OpenTunnel(request.id, request.job.ssh_address, request.job.tunnel_port))
+        request.jobs = tuple(map(Job.from_view, view.all_jobs))
+        for job in request.jobs:
+            worker = self._workers.get(job.worker_uuid)
+            if worker is None or worker.request_id != request.id:
+                # Its other boards are released as workers whose job was lost.
+                self._finish(request, RequestState.FAILED, now, "its worker was lost")
+                return
+        self._push_timer(request.jobs[0].timeout_at, TimerKind.JOB_TIMEOUT, request)
+        for index, job in enumerate(request.jobs):
+            self._out.tunnel(OpenTunnel(request.id, job.ssh_address, job.tunnel_port, index))
 
     def _resume_worker(self, worker: Worker, now: float) -> None:
         """Re-issue the dryad call a worker was waiting for, and check stored consistency."""
@@ -321,14 +338,28 @@ class Core:
         privileged: bool = False,
         job_timeout: float = 0.0,
         idempotency: Idempotency | None = None,
+        profiles: Sequence[tuple[str, Mapping[str, str]]] = (),
     ) -> RequestView:
-        """Queue a request; it is matched at once if a worker is free. With no_wait it is
-        matched at once or refused (Busy) and nothing changes. A request with an
-        idempotency key is remembered under it (the caller checked keyed_request first)."""
+        """Queue a request; it is matched at once if workers are free, one per profile
+        (caps alone: one unnamed profile). With no_wait it is matched at once or refused
+        (Busy) and nothing changes. A request with an idempotency key is remembered under
+        it (the caller checked keyed_request first)."""
         policy = self.policy
-        pairs = cap_pairs(caps)  # the one conversion of the caller's caps
-        policy.check_caps(pairs)
-        check_request_caps(pairs)
+        named: tuple[Profile, ...] = ()
+        if profiles:
+            if caps:
+                raise InvalidArgument(
+                    "give either caps (one board) or profiles (one or more boards), not both; "
+                    "put the caps into a profile"
+                )
+            named = self._check_profiles(profiles)
+            pairs = named[0][1]
+            if len(named) == 1 and not named[0][0]:
+                named = ()  # one unnamed profile is a request of caps, as before profiles
+        else:
+            pairs = cap_pairs(caps)  # the one conversion of the caller's caps
+            policy.check_caps(pairs)
+            check_request_caps(pairs)
         job_timeout = policy.check_job_timeout(job_timeout)
         priority = policy.check_priority(priority, None if privileged else owner_groups)
         valid_after = now if valid_after is None else valid_after
@@ -341,9 +372,24 @@ class Core:
                 )
         self._check_times(now, valid_after, deadline)
         sig, groups = self._queue.intern(pairs, owner_groups)
-        need = need_of(sig)
-        if not accept_unsatisfiable and not self._registered.any_capable(need, groups):
+        if named:
+            named = tuple((name, self._queue.intern_sig(p)) for name, p in named)
+            sig = named[0][1]
+        multi = len(named) > 1
+        needs = tuple(need_of(p) for _, p in named) if multi else (need_of(sig),)
+        if not accept_unsatisfiable and not (
+            self._boards(needs, groups, self._registered) is not None
+            if multi
+            else self._registered.any_capable(needs[0], groups)
+        ):
             shown = ", ".join(sorted(groups)) or "none"
+            if multi:
+                raise NoCapableWorker(
+                    f"no set of registered workers, a different one for each of the "
+                    f"{len(needs)} profiles ({self._format_profiles(named)}), is open to your "
+                    f"groups ({shown}); check the profiles, or set accept_unsatisfiable to "
+                    "queue anyway"
+                )
             raise NoCapableWorker(
                 f"no registered worker has caps {format_caps(sig)} and is open to your "
                 f"groups ({shown}); check the caps, or set accept_unsatisfiable to queue anyway"
@@ -353,7 +399,8 @@ class Core:
                 f"{owner} already has {policy.max_waiting_per_user} waiting requests, the most "
                 "allowed; close some or wait for them to run"
             )
-        size, used = caps_size(sig), self._queue.caps_bytes_of(owner)
+        size = sum(caps_size(p) for _, p in named) if multi else caps_size(sig)
+        used = self._queue.caps_bytes_of(owner)
         if used + size > policy.max_waiting_caps_bytes_per_user:
             raise ResourceExhausted(
                 f"{owner}'s waiting requests already carry {used:,} bytes of caps and this one "
@@ -364,7 +411,12 @@ class Core:
         if no_wait:
             if valid_after > now:
                 raise InvalidArgument("no_wait asks for a board now; leave valid_after unset")
-            if self._idle.best(need, groups) is None:
+            if multi and self._boards(needs, groups, self._idle) is None:
+                raise Busy(
+                    f"some of the workers that could serve the {len(needs)} profiles together "
+                    "are busy; try again later, or queue the request without no_wait"
+                )
+            if not multi and self._idle.best(needs[0], groups) is None:
                 raise Busy(
                     f"every worker with caps {format_caps(sig)} open to your groups is busy; "
                     "try again later, or queue the request without no_wait"
@@ -380,6 +432,7 @@ class Core:
             deadline,
             now,
             job_timeout,
+            profiles=named,
         )
         if idempotency is not None:
             request.idempotency_key = idempotency.key
@@ -473,8 +526,9 @@ class Core:
                 f"{self.policy.max_job_duration:.0f} s after it started; open a new request "
                 "to go on"
             )
-        job.timeout_at = new_timeout
-        job.prolong_count += 1
+        for each in request.jobs:  # the boards of a request run and end together
+            each.timeout_at = new_timeout
+            each.prolong_count += 1
         request.updated_at = now
         self._push_timer(new_timeout, TimerKind.JOB_TIMEOUT, request)
         self._out.request(request)
@@ -515,9 +569,9 @@ class Core:
             self._arm_heartbeat(worker)
             return worker.view()
 
-        orphan_candidates: list[Bucket] = []
+        orphan_candidates: list[BucketBase] = []
         if sig != worker.caps_sig:
-            orphan_candidates = self._queue.buckets_servable_by(worker.items, worker.groups)
+            orphan_candidates = self._servable_by(worker)
             self._reindex(worker, sig, worker.groups)
         worker.dryad_address = dryad_address
         worker.ssh_address = ssh_address
@@ -553,7 +607,8 @@ class Core:
             return () if worker.prepared is None else (worker.prepared.username,)
         if worker.state is WorkerState.RUNNING:
             request = self._requests.get(worker.request_id)
-            access = None if request is None or request.job is None else request.job.access
+            jobs = () if request is None else request.jobs
+            access = next((job.access for job in jobs if job.worker_uuid == uuid), None)
             return None if access is None else (access.username,)
         if worker.state in (WorkerState.MAINTENANCE, WorkerState.FAILED):
             return ()
@@ -595,6 +650,7 @@ class Core:
                     now,
                     RequestState.FAILED,
                     f"worker {uuid} put into maintenance: {reason}",
+                    worker,
                 )
             worker.prepared = None
             self._transition(worker, WorkerState.BUSY, now, reason)
@@ -611,7 +667,7 @@ class Core:
         groups = self.policy.check_groups(groups)
         worker = self._known_worker(uuid)
         if groups != worker.groups:
-            before = self._queue.buckets_servable_by(worker.items, worker.groups)
+            before = self._servable_by(worker)
             self._reindex(worker, worker.caps_sig, groups)
             self._out.worker(worker)
             self._invalidate_orphans(before, now, f"worker {uuid} changed groups")
@@ -627,7 +683,7 @@ class Core:
                 f"worker {uuid} is {worker.state.name}; put it in MAINTENANCE before "
                 "deregistering it"
             )
-        before = self._queue.buckets_servable_by(worker.items, worker.groups)
+        before = self._servable_by(worker)
         self._registered.remove(worker)
         del self._workers[uuid]
         self._out.removed(worker)
@@ -672,31 +728,37 @@ class Core:
         reason = f"{call.kind.value} failed: {error}"
         self._fail_worker(worker, now, reason[: self.policy.max_reason_len])
 
-    def tunnel_opened(self, now: float, request_id: int, port: int) -> None:
-        """The job's tunnel listens on port; AcquireWorker can now answer."""
+    def tunnel_opened(self, now: float, request_id: int, port: int, index: int = 0) -> None:
+        """The tunnel of the job of profile index listens on port; AcquireWorker can answer
+        once every job's has."""
         request = self._requests.get(request_id)
-        if request is None or request.job is None or request.state is not RequestState.IN_PROGRESS:
+        if (
+            request is None
+            or index >= len(request.jobs)
+            or request.state is not RequestState.IN_PROGRESS
+        ):
             # The job ended while its tunnel was being opened.
-            self._out.tunnel(CloseTunnel(request_id))
+            self._out.tunnel(CloseTunnel(request_id, index))
             return
-        if request.job.tunnel_port != port:
-            request.job.tunnel_port = port
+        job = request.jobs[index]
+        if job.tunnel_port != port:
+            job.tunnel_port = port
             request.updated_at = now
             # A restart opens the tunnel again (on this port if it is stored and free).
             self._out.rebuildable(request)
 
-    def tunnel_failed(self, now: float, request_id: int, error: str) -> None:
-        """The job's tunnel could not be opened: the job fails, its board is prepared again."""
+    def tunnel_failed(self, now: float, request_id: int, error: str, index: int = 0) -> None:
+        """A job's tunnel could not be opened: the request fails, its boards are prepared
+        again."""
         request = self._requests.get(request_id)
-        if request is None or request.job is None or request.state is not RequestState.IN_PROGRESS:
+        if request is None or not request.jobs or request.state is not RequestState.IN_PROGRESS:
             return
-        worker = self._workers.get(request.job.worker_uuid)
         self._end_job(
-            request, now, RequestState.FAILED, f"the job's SSH tunnel could not be opened: {error}"
+            request,
+            now,
+            RequestState.FAILED,
+            f"the SSH tunnel of the job of profile {index} could not be opened: {error}",
         )
-        if worker is not None and worker.state is WorkerState.RUNNING:
-            self._transition(worker, WorkerState.PREPARE, now, "its job's tunnel failed")
-            self._issue_prepare(worker)
 
     def tick(self, now: float) -> None:
         """Fire every timer due at or before now."""
@@ -775,71 +837,158 @@ class Core:
 
         self._timers.push_all(timers())
 
+    def _check_profiles(
+        self, profiles: Sequence[tuple[str, Mapping[str, str]]]
+    ) -> tuple[Profile, ...]:
+        """Profiles as (name, caps pairs), refusing bad names and caps."""
+        self.policy.check_profile_names([name for name, _ in profiles])
+        checked: list[Profile] = []
+        for index, (name, caps) in enumerate(profiles):
+            pairs = cap_pairs(caps)
+            what = f"profile {name or index} caps"
+            self.policy.check_caps(pairs, what=what)
+            check_request_caps(pairs, what=what)
+            checked.append((name, pairs))
+        return tuple(checked)
+
+    @staticmethod
+    def _format_profiles(profiles: Sequence[Profile]) -> str:
+        return "; ".join(
+            f"{name or index}: {format_caps(sig)}" for index, (name, sig) in enumerate(profiles)
+        )
+
+    @staticmethod
+    def _boards(
+        needs: Sequence[Need], groups: frozenset[str], index: WorkerIndex
+    ) -> list[Worker] | None:
+        """A different member of index for each need, open to groups, least capable first
+        where there is a choice; None if there is no such set."""
+        count = len(needs)
+        return match([shortlist(index.capable(need, groups), count) for need in needs])
+
+    def _servable_by(self, worker: Worker) -> list[BucketBase]:
+        """Buckets of waiting requests the worker could serve (a board of)."""
+        found: list[BucketBase] = []
+        found.extend(self._queue.buckets_servable_by(worker.items, worker.groups))
+        found.extend(self._queue.multis_servable_by(worker.items, worker.groups))
+        return found
+
     def _match_request(self, request: Request, now: float) -> None:
         bucket = request.bucket
         assert bucket is not None, f"request {request.id} is matched but not queued"
+        if isinstance(bucket, MultiBucket):
+            boards = self._boards(bucket.needs, request.owner_groups, self._idle)
+            if boards is not None:
+                self._start_jobs(request, boards, now)
+            return
+        assert isinstance(bucket, Bucket)
         worker = self._idle.best(bucket.need, request.owner_groups)
         if worker is not None:
-            self._start_job(request, worker, now)
+            self._start_jobs(request, (worker,), now)
 
     def _match_worker(self, worker: Worker, now: float) -> None:
+        """Give an idle worker the most important ready request it can serve: one that
+        needs only it, or one of several profiles for which the idle workers, it among
+        them, make a whole set."""
         request = self._queue.best_for(worker.items, worker.groups)
+        idle = len(self._idle)
+        # A set needs two idle workers at least, this one among them: on a busy farm a
+        # freed worker does not even look at the sets.
+        if idle > 1 and (near := self._queue.multis_near(worker.items)):
+            best = None if request is None else (request.priority, request.id)
+            tops = []
+            for bucket in near:
+                top = bucket.peek()
+                if top is None or len(bucket.needs) > idle:
+                    continue
+                # Only a set more important than the best one-board request is worth a
+                # closer look.
+                order = (top.priority, top.id)
+                if best is None or order < best:
+                    tops.append((order, top, bucket))
+            tops.sort()
+            items, groups = worker.items, worker.groups
+            for _, top, bucket in tops:
+                if not bucket.serves(items, groups):
+                    continue
+                # Every request of a bucket asks the same: if its first gets no set, none does.
+                boards = self._boards(bucket.needs, top.owner_groups, self._idle)
+                if boards is not None:
+                    self._start_jobs(top, boards, now)
+                    if worker.state is WorkerState.IDLE:
+                        # Only while restoring can a set leave out the worker that was freed.
+                        self._match_worker(worker, now)
+                    return
         if request is not None:
-            self._start_job(request, worker, now)
+            self._start_jobs(request, (worker,), now)
 
-    def _start_job(self, request: Request, worker: Worker, now: float) -> None:
+    def _start_jobs(self, request: Request, workers: Sequence[Worker], now: float) -> None:
+        """Start one job per profile, on the worker given for it; they share their times."""
         self._queue.remove(request)
         timeout = now + self.policy.job_timeouts(request.job_timeout)[0]
-        request.job = Job(
-            worker.uuid,
-            now,
-            timeout,
-            now + self.policy.max_job_duration,
-            worker.ssh_address,
-            worker.prepared,
+        max_timeout = now + self.policy.max_job_duration
+        request.jobs = tuple(
+            Job(worker.uuid, now, timeout, max_timeout, worker.ssh_address, worker.prepared)
+            for worker in workers
         )
-        worker.prepared = None
         request.state = RequestState.IN_PROGRESS
         self._live_tally[RequestState.WAITING, request.priority] -= 1
         self._live_tally[RequestState.IN_PROGRESS, request.priority] += 1
         request.updated_at = now
-        worker.request_id = request.id
-        self._transition(worker, WorkerState.RUNNING, now, f"running request {request.id}")
+        for index, worker in enumerate(workers):
+            worker.prepared = None
+            worker.request_id = request.id
+            self._transition(worker, WorkerState.RUNNING, now, f"running request {request.id}")
+            self._out.tunnel(OpenTunnel(request.id, worker.ssh_address, index=index))
         self._push_timer(timeout, TimerKind.JOB_TIMEOUT, request)
         self._out.request(request)
-        self._out.tunnel(OpenTunnel(request.id, worker.ssh_address))
 
     def _finish(self, request: Request, state: RequestState, now: float, reason: str) -> None:
         """Move a live request to a terminal state; the core forgets it after the drain."""
         if request.state is RequestState.WAITING:
             self._queue.remove(request)
         elif request.state is RequestState.IN_PROGRESS:
-            self._out.tunnel(CloseTunnel(request.id))
+            for index in range(len(request.jobs)):
+                self._out.tunnel(CloseTunnel(request.id, index))
         self._live_tally[request.state, request.priority] -= 1
         request.state = state
         request.reason = reason
         request.updated_at = now
-        if request.job is not None:
-            request.job.access = None
+        for job in request.jobs:
+            job.access = None
         del self._requests[request.id]
         self._out.request(request)
         if request.idempotency_key:
             self._keys.finished(request.view(), now)
 
-    def _end_job(self, request: Request, now: float, state: RequestState, reason: str) -> None:
-        """End a running job; after a normal end (DONE) its worker is prepared again."""
-        assert request.job is not None
-        worker = self._workers.get(request.job.worker_uuid)
+    def _end_job(
+        self,
+        request: Request,
+        now: float,
+        state: RequestState,
+        reason: str,
+        failed: Worker | None = None,
+    ) -> None:
+        """End a running request's jobs: every board but failed (which the caller moves on)
+        is released and prepared again."""
+        assert request.jobs
+        workers = [self._workers.get(job.worker_uuid) for job in request.jobs]
         self._finish(request, state, now, reason)
-        if worker is None or worker.request_id != request.id:
-            return
-        worker.request_id = 0
-        worker.jobs_done += 1
-        if state is RequestState.DONE:
-            self._transition(worker, WorkerState.PREPARE, now, f"job of request {request.id} ended")
-            self._issue_prepare(worker)
-        else:
-            self._out.worker(worker)
+        why = (
+            f"job of request {request.id} ended"
+            if state is RequestState.DONE
+            else f"request {request.id} {state.name}: {reason}"[: self.policy.max_reason_len]
+        )
+        for worker in workers:
+            if worker is None or worker.request_id != request.id:
+                continue
+            worker.request_id = 0
+            worker.jobs_done += 1
+            if worker is failed:
+                self._out.worker(worker)
+            else:
+                self._transition(worker, WorkerState.PREPARE, now, why)
+                self._issue_prepare(worker)
 
     def _fail_worker(self, worker: Worker, now: float, reason: str) -> None:
         if worker.state is WorkerState.FAILED:
@@ -847,7 +996,7 @@ class Core:
         if worker.state is WorkerState.RUNNING:
             request = self._requests[worker.request_id]
             self._end_job(
-                request, now, RequestState.FAILED, f"worker {worker.uuid} failed: {reason}"
+                request, now, RequestState.FAILED, f"worker {worker.uuid} failed: {reason}", worker
             )
         worker.prepared = None
         worker.pending_op = 0
@@ -859,7 +1008,11 @@ class Core:
         if state is WorkerState.RUNNING:
             request = self._requests[worker.request_id]
             self._end_job(
-                request, now, RequestState.FAILED, f"the dryad of worker {worker.uuid} restarted"
+                request,
+                now,
+                RequestState.FAILED,
+                f"the dryad of worker {worker.uuid} restarted",
+                worker,
             )
             worker.prepared = None
             self._transition(worker, WorkerState.PREPARE, now, "dryad restarted")
@@ -904,10 +1057,17 @@ class Core:
         if idle:
             self._idle.add(worker)
 
-    def _invalidate_orphans(self, buckets: list[Bucket], now: float, why: str) -> None:
-        """Requests of these buckets that no registered worker can serve become INVALID."""
+    def _satisfiable(self, bucket: BucketBase) -> bool:
+        """Whether registered workers (in any state) could serve the bucket's requests."""
+        if isinstance(bucket, MultiBucket):
+            return self._boards(bucket.needs, bucket.groups, self._registered) is not None
+        assert isinstance(bucket, Bucket)
+        return self._registered.any_capable(bucket.need, bucket.groups)
+
+    def _invalidate_orphans(self, buckets: list[BucketBase], now: float, why: str) -> None:
+        """Requests of these buckets that registered workers cannot serve become INVALID."""
         for bucket in buckets:
-            if not bucket.waiting or self._registered.any_capable(bucket.need, bucket.groups):
+            if not bucket.waiting or self._satisfiable(bucket):
                 continue
             reason = f"no registered worker can satisfy it any more: {why}"
             for request in sorted(bucket.waiting, key=lambda r: r.id):
@@ -988,7 +1148,5 @@ class Core:
                 and not target.ready
                 and target.valid_after == due
             )
-        job = target.job
-        return (
-            target.state is RequestState.IN_PROGRESS and job is not None and job.timeout_at == due
-        )
+        jobs = target.jobs
+        return target.state is RequestState.IN_PROGRESS and bool(jobs) and jobs[0].timeout_at == due

@@ -251,6 +251,9 @@ def request_info(r: RequestView) -> types_pb2.RequestInfo:
     )
     if r.job is not None:
         info.job.CopyFrom(job_info(r.job))
+    if r.profiles:
+        info.profiles.extend(types_pb2.Profile(name=p.name, caps=dict(p.caps)) for p in r.profiles)
+        info.jobs.extend(job_info(job) for job in r.jobs)
     if r.job_timeout:
         info.job_timeout.FromNanoseconds(round(r.job_timeout * 1e9))
     return info

@@ -34,6 +34,7 @@ class RequestsServicer(requests_pb2_grpc.RequestsServicer):
             no_wait=request.no_wait,
             job_timeout=convert.optional_duration(request, "job_timeout") or 0.0,
             idempotency_key=request.idempotency_key,
+            profiles=[(p.name, p.caps) for p in request.profiles],
         )
         return requests_pb2.NewRequestResponse(request=convert.request_info(view))
 
@@ -82,8 +83,20 @@ class RequestsServicer(requests_pb2_grpc.RequestsServicer):
         )
         job = view.job
         assert job is not None
-        access = convert.access_info(job, self._service.settings.public_host)
-        return requests_pb2.AcquireWorkerResponse(access=access, job=convert.job_info(job))
+        host = self._service.settings.public_host
+        reply = requests_pb2.AcquireWorkerResponse(
+            access=convert.access_info(job, host), job=convert.job_info(job)
+        )
+        if view.profiles:
+            reply.boards.extend(
+                requests_pb2.BoardAccess(
+                    name=profile.name,
+                    access=convert.access_info(each, host),
+                    job=convert.job_info(each),
+                )
+                for profile, each in zip(view.profiles, view.jobs, strict=True)
+            )
+        return reply
 
     async def ProlongAccess(
         self, request: requests_pb2.ProlongAccessRequest, context: Context

@@ -23,6 +23,7 @@ from boruta.v1 import audit_pb2, requests_pb2, superviser_pb2, tokens_pb2, worke
 from google.protobuf.descriptor import ServiceDescriptor
 
 from boruta_scheduler.app.audit import AuditLog
+from boruta_scheduler.app.effects import tunnel_job, tunnel_key
 from boruta_scheduler.app.engine import Engine
 from boruta_scheduler.app.restore import freeze_heap, restore_core
 from boruta_scheduler.app.service import SchedulerService, ServiceSettings
@@ -271,11 +272,13 @@ class Scheduler:
         """Reconcile the relay with the running jobs' tunnels; returns the host AccessInfo
         names: the relay's public host when it answered, else the configured one."""
 
-        def moved(request_id: int, port: int) -> None:
-            engine.submit(lambda core, now: core.tunnel_opened(now, request_id, port))
+        def moved(key: int, port: int) -> None:
+            request_id, index = tunnel_job(key)
+            engine.submit(lambda core, now: core.tunnel_opened(now, request_id, port, index))
 
-        def failed(request_id: int, why: str) -> None:
-            engine.submit(lambda core, now: core.tunnel_failed(now, request_id, why))
+        def failed(key: int, why: str) -> None:
+            request_id, index = tunnel_job(key)
+            engine.submit(lambda core, now: core.tunnel_failed(now, request_id, why, index))
 
         relay.on_moved, relay.on_failed = moved, failed
         await relay.start(restored_tunnels(initial))
@@ -319,7 +322,7 @@ class Scheduler:
 def restored_tunnels(initial: Changes) -> list[Wanted]:
     """The tunnels restoring the core asks for: those of every running job."""
     return [
-        (call.request_id, call.ssh_address, call.port)
+        (tunnel_key(call.request_id, call.index), call.ssh_address, call.port)
         for call in initial.tunnels
         if isinstance(call, OpenTunnel)
     ]

@@ -15,6 +15,7 @@ from boruta_scheduler.types import (
     AuditEvent,
     HistoryEntry,
     JobView,
+    ProfileView,
     RequestState,
     RequestView,
     TokenRecord,
@@ -79,6 +80,48 @@ def _access(username: str | None, key: str | None, host_keys: str | None) -> Acc
     return Access(username, key or "", tuple(json.loads(host_keys or "[]")))
 
 
+def _json_profiles(profiles: Sequence[ProfileView]) -> str | None:
+    if not profiles:
+        return None
+    return json.dumps([[p.name, dict(sorted(p.caps.items()))] for p in profiles])
+
+
+def _json_jobs(jobs: Sequence[JobView]) -> str | None:
+    """The jobs of a request's later profiles (the first has columns of its own)."""
+    if not jobs:
+        return None
+    return json.dumps(
+        [
+            {
+                "worker_uuid": j.worker_uuid,
+                "started_at": j.started_at,
+                "timeout_at": j.timeout_at,
+                "max_timeout_at": j.max_timeout_at,
+                "prolong_count": j.prolong_count,
+                "ssh_address": j.ssh_address,
+                "tunnel_port": j.tunnel_port,
+                "access": None
+                if j.access is None
+                else [j.access.username, j.access.private_key_pem, list(j.access.host_keys)],
+            }
+            for j in jobs
+        ]
+    )
+
+
+def _jobs(text: str) -> list[JobView]:
+    jobs = []
+    for j in json.loads(text):
+        access = j.pop("access")
+        jobs.append(
+            JobView(
+                **j,
+                access=None if access is None else Access(access[0], access[1], tuple(access[2])),
+            )
+        )
+    return jobs
+
+
 def request_row(r: RequestView) -> dict[str, Any]:
     job = r.job
     access = job.access if job else None
@@ -107,6 +150,8 @@ def request_row(r: RequestView) -> dict[str, Any]:
         "job_timeout": r.job_timeout,
         "idempotency_key": r.idempotency_key or None,
         "arguments_hash": r.arguments_hash or None,
+        "profiles": _json_profiles(r.profiles),
+        "more_jobs": _json_jobs(r.jobs[1:]),
     }
 
 
@@ -131,6 +176,15 @@ def request_view(row: Row, decoder: Decoder | None = None) -> RequestView:
     valid_after = row["valid_after"]
     updated_at = row["updated_at"]
     job_timeout = row["job_timeout"]
+    profiles: tuple[ProfileView, ...] = ()
+    jobs: tuple[JobView, ...] = ()
+    if row["profiles"] is not None:
+        profiles = tuple(
+            ProfileView(name, decoder.caps(json.dumps(caps, sort_keys=True)))
+            for name, caps in json.loads(row["profiles"])
+        )
+        if job is not None:
+            jobs = (job, *_jobs(row["more_jobs"] or "[]"))
     return RequestView(
         id=row["id"],
         priority=row["priority"],
@@ -147,6 +201,8 @@ def request_view(row: Row, decoder: Decoder | None = None) -> RequestView:
         job_timeout=job_timeout or 0.0,
         idempotency_key=row["idempotency_key"] or "",
         arguments_hash=row["arguments_hash"] or "",
+        profiles=profiles,
+        jobs=jobs,
     )
 
 

@@ -8,12 +8,14 @@ INSERT INTO requests (
     id, owner, owner_groups, caps, priority, valid_after, deadline, state, reason,
     created_at, updated_at, job_worker_uuid, job_started_at, job_timeout_at,
     job_max_timeout_at, job_prolong_count, job_ssh_address, access_username, access_key,
-    access_host_keys, job_tunnel_port, job_timeout, idempotency_key, arguments_hash
+    access_host_keys, job_tunnel_port, job_timeout, idempotency_key, arguments_hash,
+    profiles, more_jobs
 ) VALUES (
     :id, :owner, :owner_groups, :caps, :priority, :valid_after, :deadline, :state, :reason,
     :created_at, :updated_at, :job_worker_uuid, :job_started_at, :job_timeout_at,
     :job_max_timeout_at, :job_prolong_count, :job_ssh_address, :access_username, :access_key,
-    :access_host_keys, :job_tunnel_port, :job_timeout, :idempotency_key, :arguments_hash
+    :access_host_keys, :job_tunnel_port, :job_timeout, :idempotency_key, :arguments_hash,
+    :profiles, :more_jobs
 ) ON CONFLICT (id) DO UPDATE SET
     owner = excluded.owner,
     owner_groups = excluded.owner_groups,
@@ -37,7 +39,9 @@ INSERT INTO requests (
     job_tunnel_port = excluded.job_tunnel_port,
     job_timeout = excluded.job_timeout,
     idempotency_key = excluded.idempotency_key,
-    arguments_hash = excluded.arguments_hash;
+    arguments_hash = excluded.arguments_hash,
+    profiles = excluded.profiles,
+    more_jobs = excluded.more_jobs;
 
 -- name: upsert_worker
 INSERT INTO workers (
