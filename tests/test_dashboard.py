@@ -287,3 +287,20 @@ def test_a_browser_logs_in_and_sees_the_farm_live(
             lambda text: f"\n{request.id}\t" not in text and "No live requests" in text,
             "the closed request gone",
         )
+
+
+def test_a_request_for_two_boards_shows_both(clean: LiveFarm, farm_pki: FarmPki) -> None:
+    farm, context = clean, as_admin(farm_pki)
+    with farm.client("alice", groups=[GROUP]) as alice:
+        pair = alice.new_request(profiles={"dut": {"board": "rpi4"}, "peer": {"board": "rpi4"}})
+        alice.acquire_worker(pair.id, timeout=120)
+        queue = get(farm.metrics_address, "/", context)
+        assert queue.status == 200
+        assert "<b>dut</b>: <span>board=rpi4</span>" in queue.body
+        assert "<b>peer</b>: <span>board=rpi4</span>" in queue.body
+        row = queue.body.split(f'href="/requests/{pair.id}"')[1].split("</tr>")[0]
+        assert all(uuid in row for uuid in BOARDS), row
+        timeline = get(farm.metrics_address, f"/requests/{pair.id}", context)
+        for uuid in BOARDS:
+            assert f"started on board {uuid}" in timeline.body
+        alice.close_request(pair.id)

@@ -95,8 +95,8 @@ def timeline(view: RequestView, audit: Iterable[AuditEvent]) -> list[Moment]:
     moments = [Moment(view.created_at, f"created with priority {view.priority}")]
     if view.valid_after > view.created_at:
         moments.append(Moment(view.valid_after, "valid from"))
-    if view.job is not None:
-        moments.append(Moment(view.job.started_at, f"started on board {view.job.worker_uuid}"))
+    for job in view.all_jobs:  # one per board of a multi-board request
+        moments.append(Moment(job.started_at, f"started on board {job.worker_uuid}"))
     events = list(audit)
     if view.job is not None and view.job.prolong_count and not events:
         # Without the audit log (admins only) the times of the prolongs are not known.
