@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 from boruta_scheduler.core import Core, Policy, Snapshot
-from boruta_scheduler.errors import ProlongLimitReached
+from boruta_scheduler.errors import Busy, ProlongLimitReached
 from boruta_scheduler.types import RequestState, RequestView, WorkerState
 from core_kit import CoreKit
 from hypothesis import example, given, settings
@@ -110,6 +110,30 @@ def test_a_more_important_request_takes_a_reserved_board() -> None:
     urgent = core.new_request(kit.now, "u", NOBODY, {"board": "phone"}, priority=1)
     assert urgent.state is RequestState.IN_PROGRESS
     assert core.reservation(kit.now, pair.id) == ((), kit.now + LONGEST)
+
+
+def test_no_wait_respects_reservations() -> None:
+    kit, pair = pair_behind_relay()
+    core = kit.core
+    with pytest.raises(Busy):
+        core.new_request(kit.now, "u", NOBODY, {"board": "phone"}, no_wait=True)
+    short = core.new_request(kit.now, "u", NOBODY, {"board": "phone"}, no_wait=True, job_timeout=20)
+    assert short.state is RequestState.IN_PROGRESS
+    assert core.reservation(kit.now, pair.id) == (("p0",), kit.now + 50)
+
+
+def test_an_update_makes_the_reservations_again() -> None:
+    kit, pair = pair_behind_relay()
+    core = kit.core
+    single = core.new_request(kit.now, "u", NOBODY, {"board": "phone"}, priority=7)
+    assert single.state is RequestState.WAITING
+    # The pair falls behind the one-board request, which now gets the phone.
+    core.update_request(kit.now, pair.id, priority=9)
+    assert core.request(single.id).state is RequestState.IN_PROGRESS
+    assert core.reservation(kit.now, pair.id) == ((), kit.now + LONGEST)
+    # A board that leaves service is no longer counted on or kept.
+    core.set_state(kit.now, "p0", WorkerState.MAINTENANCE)
+    assert core.reservation(kit.now, pair.id) == ((), float("inf"))
 
 
 def test_reservations_are_released_when_the_request_ends_and_rebuilt_on_restore() -> None:

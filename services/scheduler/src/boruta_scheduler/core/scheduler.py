@@ -522,11 +522,11 @@ class Core:
                 self._push_timer(new_valid_after, TimerKind.VALID_AFTER, request)
         request.updated_at = now
         self._out.request(request)
-        # Its reservations are made again for its new priority and times (or not at all).
-        released = self._release_reserved(request)
-        if request.ready:
+        # Its reservations are made again for its new priority and times (or not at all):
+        # its boards go to whoever now comes first for them, it among the others.
+        self._rematch(self._release_reserved(request), now)
+        if request.state is RequestState.WAITING and request.ready:
             self._match_request(request, now)
-        self._rematch(released, now)
         return request.view()
 
     def prolong_access(self, now: float, request_id: int) -> JobView:
