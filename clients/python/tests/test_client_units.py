@@ -44,7 +44,7 @@ EXPECTED_ALL = [
     "NoSuchWorker", "NotFound", "PermissionDenied", "Phase", "PortForward",
     "Profile",
     "ProlongLimitReached", "Request", "RequestEnded", "RequestNotFound", "RequestSort",
-    "RequestState", "ResourceExhausted", "SSHError", "ScheduleTimeout", "Token", "Transfer",
+    "RequestState", "ResourceExhausted", "SSHError", "ScheduleTimeout", "Stack", "Token", "Transfer",
     "Unauthenticated", "Unavailable", "Watch", "Worker", "WorkerChange", "WorkerNotFound",
     "WorkerSort", "WorkerState", "WrongRequestState", "WrongWorkerState", "load_config",
     "load_job", "parse_job", "run_job",
