@@ -262,6 +262,8 @@ def test_stacks_hold_collateral_for_their_holder(env: dict[str, str]) -> None:
     assert isinstance(made, dict) and made["worker_uuids"] == [CAMERA_BOARD, PLAIN_BOARD]
     done = schedctl(admin, "stacks", "create", "bench2", PLAIN_BOARD, CAMERA_BOARD, check=None)
     assert done.returncode == exits.WRONG_STATE and "bench1" in done.stderr
+    done = schedctl(admin, "stacks", "create", "bench1", PLAIN_BOARD, CAMERA_BOARD, check=None)
+    assert done.returncode == exits.WRONG_STATE and "exists" in done.stderr
     done = schedctl(env, "stacks", "list", check=exits.DENIED)
     assert "only admins may manage stacks" in done.stderr
     created = as_json(env, "requests", "new", "camera=yes")

@@ -77,6 +77,9 @@ async def test_stack_refusals_say_what_to_fix(farm: Farm) -> None:
         create(admin, "bench2", "r1", "p1"), grpc.StatusCode.FAILED_PRECONDITION, "bench1"
     )
     await expect_error(
+        create(admin, "bench1", "r1", "p1"), grpc.StatusCode.ALREADY_EXISTS, "delete it first"
+    )
+    await expect_error(
         admin.workers.DeleteStack(
             workers_pb2.DeleteStackRequest(name="nope"), metadata=admin.metadata
         ),

@@ -31,7 +31,8 @@ from schedctl.output import jsonable, span, table
 
 EXPECTED_ALL = [
     "LEASE_JOB_TIMEOUT",
-    "Access", "Acquired", "AcquiredBoard", "AsyncBoard", "AsyncBoardSSH", "AsyncBoards",
+    "Access", "Acquired", "AcquiredBoard", "AlreadyExists", "AsyncBoard", "AsyncBoardSSH",
+    "AsyncBoards",
     "AsyncBoardsLease", "AsyncClient", "AsyncLease",
     "AsyncWatch", "AuditEvent", "Board", "BoardSSH", "Boards", "BoardsLease", "BorutaError",
     "Busy", "Caller", "Client",

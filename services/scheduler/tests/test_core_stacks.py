@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from boruta_scheduler.core import Core, Snapshot
 from boruta_scheduler.errors import (
+    AlreadyExists,
     Busy,
     FailedPrecondition,
     InvalidArgument,
@@ -62,7 +63,7 @@ def test_a_worker_is_in_one_stack_and_a_name_is_taken_once(kit: CoreKit) -> None
     kit.core.create_stack(kit.now, "bench1", ["p1", "r1"])
     with pytest.raises(FailedPrecondition, match="in stack 'bench1'"):
         kit.core.create_stack(kit.now, "bench2", ["r1", "p2"])
-    with pytest.raises(FailedPrecondition, match="exists"):
+    with pytest.raises(AlreadyExists, match="exists"):
         kit.core.create_stack(kit.now, "bench1", ["p2", "x"])
     with pytest.raises(NotFound, match="no stack"):
         kit.core.delete_stack(kit.now, "bench2")

@@ -19,6 +19,7 @@ from boruta_client.aio import (
 from boruta_client.client import Board, Boards, BoardsLease, Client, Lease, Watch
 from boruta_client.config import ClientConfig, Context, load_config
 from boruta_client.errors import (
+    AlreadyExists,
     BorutaError,
     Busy,
     CommandTimeout,
@@ -84,6 +85,7 @@ __all__ = [
     "Access",
     "Acquired",
     "AcquiredBoard",
+    "AlreadyExists",
     "AsyncBoard",
     "AsyncBoardSSH",
     "AsyncBoards",

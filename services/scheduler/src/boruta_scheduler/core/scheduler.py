@@ -36,6 +36,7 @@ from boruta_scheduler.core.timers import Target, TimerKind, TimerQueue
 from boruta_scheduler.core.tokens import TokenTable
 from boruta_scheduler.core.workers import WorkerIndex
 from boruta_scheduler.errors import (
+    AlreadyExists,
     Busy,
     FailedPrecondition,
     InvalidArgument,
@@ -342,7 +343,7 @@ class Core:
         most. If a request already runs on some of them, it holds the others as collateral."""
         members = self.policy.check_stack(name, workers)
         if name in self._stacks:
-            raise FailedPrecondition(
+            raise AlreadyExists(
                 f"a stack named {name!r} exists; delete it first or pick another name"
             )
         for uuid in members:
