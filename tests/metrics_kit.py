@@ -7,11 +7,21 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping
 
+from boruta.tls import TlsFiles
 from prometheus_client.parser import text_string_to_metric_families
 
 # (sample name, sorted label pairs) -> value
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+
+
+def https(ca: str, client: TlsFiles | None = None) -> ssl.SSLContext:
+    """A scraper's (or browser's) TLS: it checks the scheduler against the farm's CA, and
+    shows client's certificate if given."""
+    context = ssl.create_default_context(cafile=ca)
+    if client is not None:
+        context.load_cert_chain(client.cert, client.key)
+    return context
 
 
 def scrape(

@@ -41,6 +41,15 @@ def require_sshd() -> None:
         _missing("needs the OpenSSH ssh client")
 
 
+def require_chromium() -> tuple[str, str]:
+    """Debian's chromium and its chromedriver (tools/setup-system installs both)."""
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium is None or driver is None:
+        _missing("needs chromium and chromedriver (install chromium and chromium-driver)")
+    assert chromium is not None and driver is not None
+    return chromium, driver
+
+
 def unique_prefix() -> str:
     """A job user prefix no other test run uses."""
     return f"bt{secrets.token_hex(3)}-"

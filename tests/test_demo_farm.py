@@ -10,8 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dashboard_kit import get
 from demo_farm_kit import DemoFarm
-from metrics_kit import poll, total
+from metrics_kit import https, poll, total
 
 SCHEDCTL = [sys.executable, "-m", "schedctl.main"]
 
@@ -77,3 +78,27 @@ def test_the_metrics_scrape_the_demo_farm_shows_works(demo_farm: DemoFarm) -> No
     )
     assert total(found, "boruta_boards") == 3
     assert total(found, "boruta_leader") == 1
+
+
+def test_the_dashboard_login_the_demo_farm_shows_works(demo_farm: DemoFarm, tmp_path: Path) -> None:
+    """As the farm's message says: an admin's token from schedctl, pasted into the login
+    form at the printed address, opens the dashboard, which shows the farm's boards."""
+    command = next(line for line in demo_farm.output if "tokens issue dashboard" in line)
+    login = next(line.strip() for line in demo_farm.output if line.strip().endswith("/login"))
+    argv = shlex.split(command.split("|")[0])[1:]  # without .venv/bin/schedctl and the pipe
+    issued = schedctl(demo_farm.env(tmp_path), *argv)
+    assert issued.returncode == 0, issued.stderr
+    secret = issued.stdout.splitlines()[-1]
+    ca = next(
+        shlex.split(line)[shlex.split(line).index("--cacert") + 1]
+        for line in demo_farm.output
+        if line.strip().startswith("curl ")
+    )
+    address = login.removeprefix("https://").removesuffix("/login")
+    reply = get(address, "/login", https(ca), form={"token": secret})
+    assert reply.status == 303, reply.body
+    cookie = reply.headers["Set-Cookie"].split(";")[0]
+    boards = get(address, "/boards", https(ca), {"Cookie": cookie})
+    assert boards.status == 200
+    assert "dashboard (admin)" in boards.body
+    assert f"{demo_farm.name}-0" in boards.body

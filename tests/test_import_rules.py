@@ -29,9 +29,10 @@ SCHEDULER_ADAPTERS = (
     "config",
     "main",
     "listing",
+    "web",
 )
 # What the relay process may not hold: it forwards bytes and knows nothing of scheduling.
-RELAY_FORBIDDEN = ("core", "app", "store", "rpc", "dryads", "config", "main", "listing")
+RELAY_FORBIDDEN = ("core", "app", "store", "rpc", "dryads", "config", "main", "listing", "web")
 RELAY_ALLOWED = ("boruta_scheduler.rpc.status",)
 
 
@@ -80,12 +81,12 @@ RULES = (
     ),
     Rule(
         "boruta_scheduler.app",
-        ("grpc", *scheduler("rpc", "main")),
+        ("grpc", "aiohttp", *scheduler("rpc", "main", "web")),
         "use cases know nothing of the transport that calls them",
     ),
     Rule(
         "boruta_scheduler.store",
-        ("grpc", "asyncio", *scheduler("app", "rpc", "dryads", "tunnels")),
+        ("grpc", "asyncio", *scheduler("app", "rpc", "dryads", "tunnels", "web")),
         "the store is an adapter the application uses, never the other way round",
     ),
     Rule(
@@ -190,7 +191,7 @@ def test_the_checker_sees_relative_and_nested_imports(tmp_path: Path) -> None:
         ("boruta_dryad", ("boruta_scheduler", "boruta_client")),
         ("boruta_client", ("boruta_scheduler", "boruta_dryad")),
         # Metrics cost 0.6 s of imports: loaded only when a metrics port is configured.
-        ("boruta_scheduler.main", ("prometheus_client", "aiohttp")),
+        ("boruta_scheduler.main", ("prometheus_client", "aiohttp", "jinja2")),
         ("boruta_dryad.main", ("prometheus_client", "aiohttp")),
     ],
 )

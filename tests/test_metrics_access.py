@@ -9,16 +9,16 @@ import asyncio
 import ssl
 import subprocess
 import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from boruta import pki
-from boruta.tls import TlsFiles
 from boruta_client import Client
 from farm_kit import SCHEDULER, SchedulerProcess
-from metrics_kit import samples, scrape, total
+from metrics_kit import https, samples, scrape, total
 from pki_kit import FarmPki
 
 
@@ -42,15 +42,6 @@ def scheduler(
         yield process
     finally:
         process.stop()
-
-
-def https(ca: str, client: TlsFiles | None = None) -> ssl.SSLContext:
-    """A scraper's TLS: it checks the scheduler against the farm's CA, and shows client's
-    certificate if given."""
-    context = ssl.create_default_context(cafile=ca)
-    if client is not None:
-        context.load_cert_chain(client.cert, client.key)
-    return context
 
 
 def status_of(address: str, context: ssl.SSLContext, token: str = "") -> int:
@@ -183,3 +174,19 @@ async def test_without_tokens_only_a_certificate_may_scrape(farm_pki: FarmPki) -
         assert total(samples(text), "boruta_probe_total") == 1
     finally:
         await server.stop()
+
+
+def test_a_scheduler_may_serve_metrics_without_the_dashboard(tmp_path: Path) -> None:
+    process = SchedulerProcess(
+        tmp_path,
+        *("--metrics-listen", "127.0.0.1:0", "--metrics-anonymous", "yes"),
+        *("--dashboard", "no"),
+    )
+    process.start()
+    try:
+        assert total(samples(scrape(process.metrics_address)), "boruta_leader") == 1
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"http://{process.metrics_address}/", timeout=60)
+        assert missing.value.code == 404
+    finally:
+        process.stop()

@@ -5,6 +5,8 @@ leader, it leads and its figures are the restored farm's."""
 from __future__ import annotations
 
 import asyncio
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -48,6 +50,9 @@ async def test_a_standby_says_so_and_leads_with_the_restored_figures(
 
     standby = samples(await asyncio.to_thread(scrape, second.metrics_address))
     assert total(standby, "boruta_leader") == 0
+    # A standby's dashboard has nothing to show: it sends people to the leader's.
+    status, text = await asyncio.to_thread(page, second.metrics_address, "/boards")
+    assert status == 503 and "standby" in text
     assert not any(name == "boruta_requests" for name, _ in standby)
     led = await asyncio.to_thread(
         poll,
@@ -68,4 +73,15 @@ async def test_a_standby_says_so_and_leads_with_the_restored_figures(
     assert total(took_over, "boruta_requests", state="WAITING", priority="7") == 1
     assert total(took_over, "boruta_queue_depth") == 1
     assert total(took_over, "boruta_boards", state="RUNNING") == 2
+    status, text = await asyncio.to_thread(page, second.metrics_address, "/boards")
+    assert status == 200 and "m1" in text and "m2" in text
     await farm.close()
+
+
+def page(address: str, path: str) -> tuple[int, str]:
+    """A dashboard page over plain HTTP (loopback, anonymous): status and text."""
+    try:
+        with urllib.request.urlopen(f"http://{address}{path}", timeout=60) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()

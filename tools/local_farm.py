@@ -410,8 +410,8 @@ def main() -> None:
     parser.add_argument(
         "--metrics-listen",
         default=os.environ.get("BORUTA_METRICS_LISTEN", DEFAULT_METRICS),
-        help="the scheduler's Prometheus metrics port (with --ha, scheduler A's; B's is "
-        "any free port) [env: BORUTA_METRICS_LISTEN]",
+        help="the scheduler's HTTP port: Prometheus metrics and the dashboard (with --ha, "
+        "scheduler A's; B's is any free port) [env: BORUTA_METRICS_LISTEN]",
     )
     parser.add_argument(
         "--name",
@@ -592,6 +592,10 @@ def main() -> None:
                     f"--key {admin_tls.key} https://{where}/metrics\n"
                     for where in metrics
                 )
+                + "The dashboard (docs/admin-guide.md#the-dashboard), in a browser that trusts\n"
+                f"{admin_tls.ca} (or after accepting its warning), with a token to log in:\n"
+                "    .venv/bin/schedctl -c farm-admin tokens issue dashboard --admin --days 1 "
+                "| tail -n 1\n" + "".join(f"    https://{where}/login\n" for where in metrics)
             )
         if args.ha:
             up, where, takeover = ha_message(schedulers, admin_tls)

@@ -1,4 +1,5 @@
-"""The HTTP port of the scheduler and the dryad: Prometheus metrics at /metrics.
+"""The HTTP port of the scheduler and the dryad: Prometheus metrics at /metrics (and, on
+the scheduler, the dashboard's pages, which it adds with `extend`).
 
 It runs on the process's own asyncio loop (aiohttp), so collectors that read state kept on
 that loop need no locks: a scrape and the code that counts never run at once. With TLS
@@ -14,6 +15,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import (
@@ -47,8 +49,17 @@ class _PeerContext:
         return {"x509_pem_cert": [self._pem]}
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who an HTTP request proved to be: a farm certificate's identity, or what the token
+    check returned for its bearer token; neither when it was let in anonymously."""
+
+    certificate: pki.CertIdentity | None = None
+    token: object = None
+
+
 class MetricsServer:
-    """Serves registry at /metrics on listen; port once started."""
+    """Serves registry at /metrics on listen, and whatever extend adds; port once started."""
 
     def __init__(
         self,
@@ -59,6 +70,7 @@ class MetricsServer:
         anonymous: bool = False,
         tokens: TokenCheck | None = None,
         setting: str = "metrics_listen",
+        extend: Callable[[web.Application], None] | None = None,
     ) -> None:
         check_options(listen, tls, anonymous, setting)
         self.registry = registry
@@ -67,6 +79,7 @@ class MetricsServer:
         self._tls = tls
         self._anonymous = anonymous
         self._setting = setting
+        self._extend = extend
         self._peers = None if tls is None else PeerCertificates(tls.read()[0])
         # The *_created series of counters and histograms say only when the process started.
         disable_created_metrics()
@@ -91,6 +104,8 @@ class MetricsServer:
         sock = self._bind()
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
+        if self._extend is not None:
+            self._extend(app)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         await web.SockSite(runner, sock, ssl_context=self._ssl_context()).start()
@@ -128,35 +143,41 @@ class MetricsServer:
             await self._runner.cleanup()
             self._runner = None
 
-    def _refusal(self, request: web.Request) -> web.Response | None:
-        """None when the scrape may read the metrics, else the answer that refuses it."""
-        if self._anonymous:
-            return None
+    def caller(
+        self, request: web.Request, *, anonymous: bool, token: str = ""
+    ) -> Caller | web.Response:
+        """Who request comes from, or the answer that refuses it. token is a bearer token
+        found elsewhere than the Authorization header (the dashboard's cookie)."""
+        if anonymous:
+            return Caller()
         ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         if der and self._peers is not None:
             try:
-                self._peers.identity(_PeerContext(der))
+                return Caller(certificate=self._peers.identity(_PeerContext(der)))
             except pki.PkiError as error:
                 return web.Response(status=403, text=f"{error}\n")
-            return None
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if self.tokens is not None and scheme.lower() == "bearer" and token.strip():
+        scheme, _, header = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and header.strip():
+            token = header.strip()
+        if self.tokens is not None and token:
             try:
-                self.tokens(token.strip())
+                return Caller(token=self.tokens(token))
             except Exception:  # any refusal: the token's text is never logged or echoed
                 return web.Response(status=401, text="the bearer token is not valid\n")
-            return None
         what = "a client certificate from the farm's CA"
         headers = {}
         if self.tokens is not None:
             what += " or a bearer token (Authorization: Bearer <token>)"
             headers["WWW-Authenticate"] = 'Bearer realm="boruta"'
-        return web.Response(
-            status=401, text=f"scraping these metrics needs {what}\n", headers=headers
-        )
+        return web.Response(status=401, text=f"reading this needs {what}\n", headers=headers)
 
-    def _log_refusal(self, peer: str, status: int) -> None:
+    def _refusal(self, request: web.Request) -> web.Response | None:
+        """None when the scrape may read the metrics, else the answer that refuses it."""
+        found = self.caller(request, anonymous=self._anonymous)
+        return found if isinstance(found, web.Response) else None
+
+    def log_refusal(self, peer: str, status: int) -> None:
         """One line a minute at most: anyone who reaches the port could otherwise write a
         line per request. The first refusal of a quiet spell is logged at once."""
         self._refused += 1
@@ -164,7 +185,7 @@ class MetricsServer:
         if now < self._next_refusal_log:
             return
         log.warning(
-            "metrics scrape refused",
+            "HTTP request refused",
             extra={"peer": peer, "status": status, "refusals": self._refused},
         )
         self._refused = 0
@@ -173,7 +194,7 @@ class MetricsServer:
     async def _metrics(self, request: web.Request) -> web.Response:
         refused = self._refusal(request)
         if refused is not None:
-            self._log_refusal(request.remote or "", refused.status)
+            self.log_refusal(request.remote or "", refused.status)
             return refused
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

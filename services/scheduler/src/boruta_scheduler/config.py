@@ -75,10 +75,14 @@ class ServerConfig:
     # metadata of a standby's refusals); empty: public_host and the bound port.
     advertise: str = ""
     advertise_tokens: str = ""
-    # host:port of the HTTP port with Prometheus metrics (docs/metrics.md); empty: none.
+    # host:port of the scheduler's HTTP port: Prometheus metrics (docs/metrics.md) and the
+    # dashboard (docs/admin-guide.md); empty: none.
     metrics_listen: str = ""
     # Serve metrics to scrapes that show no certificate or token (loopback demos, tests).
     metrics_anonymous: bool = False
+    # Serve the read-only dashboard on the HTTP port, and how often it samples utilisation.
+    dashboard: bool = True
+    dashboard_sample_interval: float = 60.0
 
     @property
     def tunnel_bind_host(self) -> str:
@@ -165,13 +169,21 @@ _OPTIONS = [
         "metrics_listen",
         "server",
         "str",
-        "host:port of the HTTP port with Prometheus metrics at /metrics (port 0 picks one)",
+        "host:port of the scheduler's HTTP port: metrics at /metrics, the dashboard at / "
+        "(port 0 picks one)",
     ),
     _Option(
         "metrics_anonymous",
         "server",
         "bool",
         "serve metrics to scrapes without a certificate or token (needed without TLS)",
+    ),
+    _Option("dashboard", "server", "bool", "serve the read-only dashboard on the HTTP port"),
+    _Option(
+        "dashboard_sample_interval",
+        "server",
+        "duration",
+        "how often the dashboard samples each group's busy boards for its chart",
     ),
     _Option("default_priority", "policy", "int", "priority of requests that give none (1-16)"),
     _Option("max_priority", "policy", "int", "most important priority users may use (1-16)"),

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # loaded only when a metrics port is configured: they take 0.
     from boruta.metrics_http import MetricsServer
 
     from boruta_scheduler.app.metrics import SchedulerMetrics
+    from boruta_scheduler.web.dashboard import Dashboard
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ async def serve_alone(config: SchedulerConfig) -> int:
     metrics = scheduler_metrics(config.server)
     try:
         scheduler = Scheduler(config, metrics=metrics)
-        http = metrics_server(config.server, scheduler.tls, metrics)
+        http, dashboard = http_port(config.server, scheduler.tls, metrics)
     except ValueError as exc:  # e.g. plaintext asked for on an address other than loopback
         return usage_error(exc)
     try:
@@ -61,6 +62,8 @@ async def serve_alone(config: SchedulerConfig) -> int:
         if http is not None:
             await http.start()
             http.tokens = scheduler.tokens.identify
+        if dashboard is not None and scheduler.service is not None:
+            dashboard.attach(scheduler.service)
     except CannotListen as exc:
         # A restart would find the port as busy as now, so this is a configuration error;
         # the engine has started, and is stopped cleanly rather than torn down as a crash.
@@ -72,6 +75,8 @@ async def serve_alone(config: SchedulerConfig) -> int:
     await first(scheduler.wait(), stop.wait())
     failed = scheduler.engine is not None and scheduler.engine.failure is not None
     log.info("stopping")
+    if dashboard is not None:
+        await dashboard.close()
     await scheduler.stop()
     if http is not None:
         await http.stop()
@@ -87,21 +92,33 @@ def scheduler_metrics(server: ServerConfig) -> SchedulerMetrics | None:
     return SchedulerMetrics()
 
 
-def metrics_server(
+def http_port(
     server: ServerConfig, tls: TlsFiles | None, metrics: SchedulerMetrics | None
-) -> MetricsServer | None:
-    """The HTTP port with the metrics, if one is configured (ValueError: options to fix)."""
+) -> tuple[MetricsServer | None, Dashboard | None]:
+    """The HTTP port with the metrics and (unless turned off) the dashboard, if a port is
+    configured (ValueError: options to fix)."""
     if metrics is None:
-        return None
+        return None, None
     from boruta.metrics_http import MetricsServer
 
-    return MetricsServer(
+    dashboard = None
+    if server.dashboard:
+        from boruta_scheduler.web.dashboard import Dashboard
+
+        dashboard = Dashboard(
+            anonymous=tls is None, sample_interval=server.dashboard_sample_interval
+        )
+    http = MetricsServer(
         metrics.registry,
         server.metrics_listen,
         tls,
         anonymous=server.metrics_anonymous,
         setting="--metrics-listen or BORUTA_METRICS_LISTEN",
+        extend=None if dashboard is None else dashboard.routes,
     )
+    if dashboard is not None:
+        dashboard.http = http
+    return http, dashboard
 
 
 async def serve_shared(config: SchedulerConfig) -> int:
@@ -114,7 +131,7 @@ async def serve_shared(config: SchedulerConfig) -> int:
     try:
         tls = transport_security(server)
         # A standby serves its metrics too: boruta_leader says it is one.
-        http = metrics_server(server, tls, metrics)
+        http, dashboard = http_port(server, tls, metrics)
     except ValueError as exc:
         return usage_error(exc)
     store = open_store(server.store_url)  # migrates, as every scheduler does at start
@@ -161,7 +178,7 @@ async def serve_shared(config: SchedulerConfig) -> int:
             log.info("stopping")
             await follower.stop()
             if http is not None:
-                await http.stop()
+                await http.stop()  # a standby's dashboard has nothing to close
             await standby.stop()
             lease.close()
             store.close()
@@ -184,6 +201,8 @@ async def serve_shared(config: SchedulerConfig) -> int:
         return EXIT_FAILED
     if http is not None:
         http.tokens = scheduler.tokens.identify
+    if dashboard is not None and scheduler.service is not None:
+        dashboard.attach(scheduler.service)
     if not announced:
         announce(server, scheduler.port, scheduler.token_port, http)
     # Tests and scripts wait for this line; it follows the readiness line.
@@ -199,6 +218,8 @@ async def serve_shared(config: SchedulerConfig) -> int:
         # UNAVAILABLE, which clients retry elsewhere, not CANCELLED) for a moment; then the
         # rest are cut rather than answered from a state another leader has moved on from.
         await scheduler.not_serving()
+        if dashboard is not None:
+            await dashboard.close()
         await scheduler.stop(grace=STEP_DOWN_GRACE_S)
         if http is not None:
             await http.stop()
@@ -206,6 +227,8 @@ async def serve_shared(config: SchedulerConfig) -> int:
         lease.close()
         return EXIT_STEPPED_DOWN
     log.info("stopping")
+    if dashboard is not None:
+        await dashboard.close()
     await scheduler.stop()
     if http is not None:
         await http.stop()

@@ -281,6 +281,20 @@ class SchedulerService:
             return await self.get_request(who, request_id), None
         return view, position
 
+    async def live_requests(self, who: Identity) -> list[tuple[RequestView, int | None]]:
+        """The live requests who may see (as ListRequests shows them), each with its queue
+        position while it waits, all of one moment: one engine read."""
+        query = own_query(who, RequestQuery())
+
+        def live(core: Core, now: float) -> list[tuple[RequestView, int | None]]:
+            return [
+                (view, core.queue_position(view.id))
+                for view in core.live_requests()
+                if query.matches(view)
+            ]
+
+        return await self.engine.read(live)
+
     async def list_requests(self, who: Identity, query: RequestQuery) -> Page[RequestView]:
         return await self._read(self.store.list_requests, own_query(who, query))
 

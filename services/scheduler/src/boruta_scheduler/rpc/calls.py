@@ -103,11 +103,12 @@ class CertificateIdentities:
             cert = self._peers.identity(context)
         except pki.PkiError as error:
             raise Unauthenticated(str(error)) from None
-        return self._identity(cert)
+        return self.of_certificate(cert)
 
     @staticmethod
     @functools.lru_cache(maxsize=1024)
-    def _identity(cert: pki.CertIdentity) -> Identity:
+    def of_certificate(cert: pki.CertIdentity) -> Identity:
+        """The identity a verified farm certificate names (the dashboard's HTTPS too)."""
         role = _ROLE_OF_CERT.get(cert.role)
         if role is None:
             raise PermissionDenied(f"a {cert.role.value} certificate cannot call the scheduler")

@@ -1,0 +1,114 @@
+"""What the dashboard's pages show, worked out from the service's views: pure functions of
+their arguments (callers pass now), so they are tested without a server."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from boruta_scheduler.types import (
+    AuditEvent,
+    HistoryEntry,
+    RequestState,
+    RequestView,
+    WorkerState,
+    WorkerView,
+)
+
+# The window over which a board's failure rate is counted.
+FAILURE_WINDOW_S = 7 * 86400.0
+# Failures listed per board.
+FAILURES_SHOWN = 5
+
+
+def when(t: float) -> str:
+    """A time as the pages print it: UTC, to the second."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + " UTC" if t else ""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRow:
+    """One live request on the queue page."""
+
+    view: RequestView
+    position: int | None
+    why: str
+
+
+def pending_reason(view: RequestView, position: int | None, now: float) -> str:
+    """Why a waiting request waits, as far as the core tells today. The one place to show
+    the richer reasons of issue 13 point 3 once the core gives them."""
+    if view.state is not RequestState.WAITING:
+        return ""
+    if view.valid_after > now:
+        return f"not valid yet (until {when(view.valid_after)})"
+    if position:
+        return f"waiting for a board ({position} waiting requests go first)"
+    return "waiting for a board"
+
+
+def queue_rows(live: Iterable[tuple[RequestView, int | None]], now: float) -> list[QueueRow]:
+    """Running requests first (by id), then waiting ones in the order they would be served."""
+    rows = [
+        QueueRow(view, position, pending_reason(view, position, now)) for view, position in live
+    ]
+
+    def order(row: QueueRow) -> tuple[int, int, int]:
+        if row.view.state is RequestState.IN_PROGRESS:
+            return (0, 0, row.view.id)
+        return (1, row.position or 0, row.view.id)
+
+    return sorted(rows, key=order)
+
+
+@dataclass(frozen=True, slots=True)
+class BoardRow:
+    """One board on the boards page."""
+
+    view: WorkerView
+    failures: list[HistoryEntry]
+    failures_in_window: int
+    # Failures per day over the window (or over the board's life, if shorter).
+    failures_per_day: float
+
+
+def board_row(view: WorkerView, history: Sequence[HistoryEntry], now: float) -> BoardRow:
+    """A board with its latest failures and failure rate, from its history (newest first)."""
+    failed = [e for e in history if e.to_state is WorkerState.FAILED]
+    since = max(now - FAILURE_WINDOW_S, view.registered_at)
+    recent = sum(1 for e in failed if e.time >= since)
+    days = max((now - since) / 86400.0, 1.0)
+    return BoardRow(view, failed[:FAILURES_SHOWN], recent, recent / days)
+
+
+@dataclass(frozen=True, slots=True)
+class Moment:
+    """One line of a request's timeline."""
+
+    time: float
+    what: str
+
+
+def timeline(view: RequestView, audit: Iterable[AuditEvent]) -> list[Moment]:
+    """A request's life from its record and (for admins) the audit events that name it."""
+    moments = [Moment(view.created_at, f"created with priority {view.priority}")]
+    if view.valid_after > view.created_at:
+        moments.append(Moment(view.valid_after, "valid from"))
+    for job in view.all_jobs:  # one per board of a multi-board request
+        moments.append(Moment(job.started_at, f"started on board {job.worker_uuid}"))
+    events = list(audit)
+    if view.job is not None and view.job.prolong_count and not events:
+        # Without the audit log (admins only) the times of the prolongs are not known.
+        count = view.job.prolong_count
+        moments.append(Moment(view.updated_at, f"last change; prolonged {count} times in all"))
+    for event in events:
+        moments.append(Moment(event.time, f"{event.action} by {event.actor}: {event.detail}"))
+    if view.state.is_terminal:
+        reason = f" ({view.reason})" if view.reason else ""
+        moments.append(Moment(view.updated_at, f"ended {view.state.name}{reason}"))
+    elif view.state is RequestState.WAITING:
+        moments.append(Moment(view.deadline, "deadline: it times out if still waiting"))
+    elif view.job is not None:
+        moments.append(Moment(view.job.timeout_at, "the job ends unless prolonged"))
+    return sorted(moments, key=lambda m: m.time)
