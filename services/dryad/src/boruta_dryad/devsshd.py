@@ -105,6 +105,11 @@ class DevSshd:
         session = pam_line().replace(" type=", f" log={self.workdir}/session-hook.log type=")
         (PAM_DIR / self.pam_service).write_text(_PAM.format(workdir=self.workdir, session=session))
         self.address = f"{listen_host}:{self._listener.getsockname()[1]}"
+        # Each sshd gets this copy, not the live environment: without env=, Popen's vfork()ed
+        # child execs with the process's environ array itself, and a thread that changes the
+        # environment meanwhile (pytest unsets PYTEST_CURRENT_TEST after every test) shrinks
+        # that array while the kernel copies it, so execve fails with EFAULT (Bad address).
+        self._env = dict(os.environ)
         self._children: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
         self._stopped = False
@@ -122,14 +127,20 @@ class DevSshd:
             except OSError:
                 return
             with conn:
-                child = subprocess.Popen(
-                    [self.pam_service, "-i", "-e", "-f", str(self.config)],
-                    executable=self.sshd,
-                    stdin=conn.fileno(),
-                    stdout=conn.fileno(),
-                    stderr=stderr,
-                    start_new_session=True,
-                )
+                try:
+                    child = subprocess.Popen(
+                        [self.pam_service, "-i", "-e", "-f", str(self.config)],
+                        executable=self.sshd,
+                        stdin=conn.fileno(),
+                        stdout=conn.fileno(),
+                        stderr=stderr,
+                        start_new_session=True,
+                        env=self._env,
+                    )
+                except OSError as exc:
+                    # That one connection is closed unserved; the later ones still get theirs.
+                    log.error("cannot start %s for a connection: %s", self.sshd, exc)
+                    continue
             with self._lock:
                 self._children = {c for c in self._children if c.poll() is None}
                 self._children.add(child)
