@@ -78,10 +78,13 @@ class LiveFarm:
         return Client(self.address, user="root", admin=True)
 
     def reset(self) -> None:
-        """End whatever a test left open (a failed test may leave a job RUNNING), so the
-        next test starts on idle boards instead of waiting for a job timeout."""
+        """End whatever a test left open (a failed test may leave a job RUNNING, or a
+        stack), so the next test starts on idle boards instead of waiting for a job
+        timeout."""
         live = (RequestState.WAITING, RequestState.IN_PROGRESS)
         with self.admin() as admin:
+            for stack in admin.list_stacks():
+                admin.delete_stack(stack.name)
             for request in admin.list_requests(states=live):
                 with contextlib.suppress(BorutaError):
                     admin.close_request(request.id)

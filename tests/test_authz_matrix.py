@@ -135,6 +135,13 @@ CALLS: dict[str, Call] = {
     "Workers.Deregister": lambda s, r: s.workers.Deregister(
         W.DeregisterRequest(worker_uuid="no-such-worker")
     ),
+    "Workers.CreateStack": lambda s, r: s.workers.CreateStack(
+        W.CreateStackRequest(name="bench", worker_uuids=["w1", "no-such-worker"])
+    ),
+    "Workers.ListStacks": lambda s, r: s.workers.ListStacks(W.ListStacksRequest()),
+    "Workers.DeleteStack": lambda s, r: s.workers.DeleteStack(
+        W.DeleteStackRequest(name="no-such-stack")
+    ),
     "Tokens.IssueToken": lambda s, r: s.tokens.IssueToken(T.IssueTokenRequest(user="ci")),
     "Tokens.ListTokens": lambda s, r: s.tokens.ListTokens(T.ListTokensRequest()),
     "Tokens.RevokeToken": lambda s, r: s.tokens.RevokeToken(T.RevokeTokenRequest(token_id=99)),

@@ -304,3 +304,19 @@ def test_a_request_for_two_boards_shows_both(clean: LiveFarm, farm_pki: FarmPki)
         for uuid in BOARDS:
             assert f"started on board {uuid}" in timeline.body
         alice.close_request(pair.id)
+
+
+def test_a_stacks_collateral_shows_whose_it_is(clean: LiveFarm, farm_pki: FarmPki) -> None:
+    farm, context = clean, as_admin(farm_pki)
+    with farm.admin() as admin, farm.client("alice", groups=[GROUP]) as alice:
+        admin.create_stack("bench1", list(BOARDS))
+        running = alice.new_request({"board": "rpi4"})
+        held = next(w for w in admin.list_workers(uuids=list(BOARDS)) if w.collateral_of)
+        assert held.collateral_of == running.id
+        boards = get(farm.metrics_address, "/boards", context)
+        assert boards.status == 200
+        row = boards.body.split(held.uuid)[1].split("</tr>")[0]
+        assert f'collateral of <a href="/requests/{running.id}">' in row, row
+        assert "stack bench1" in row
+        alice.close_request(running.id)
+        admin.delete_stack("bench1")

@@ -254,6 +254,37 @@ def test_admin_takes_a_board_out_of_service_and_back(env: dict[str, str]) -> Non
     assert as_json(admin, "workers", "groups", PLAIN_BOARD, "--none")["groups"] == []  # type: ignore[index]
 
 
+def test_stacks_hold_collateral_for_their_holder(env: dict[str, str]) -> None:
+    admin = {**env, "BORUTA_USER": "root", "BORUTA_ADMIN": "1"}
+    assert "collateral" in schedctl(admin, "stacks", "--help").stdout
+    assert "schedctl stacks create bench1" in schedctl(admin, "stacks", "create", "--help").stdout
+    made = as_json(admin, "stacks", "create", "bench1", CAMERA_BOARD, PLAIN_BOARD)
+    assert isinstance(made, dict) and made["worker_uuids"] == [CAMERA_BOARD, PLAIN_BOARD]
+    done = schedctl(admin, "stacks", "create", "bench2", PLAIN_BOARD, CAMERA_BOARD, check=None)
+    assert done.returncode == exits.WRONG_STATE and "bench1" in done.stderr
+    done = schedctl(admin, "stacks", "create", "bench1", PLAIN_BOARD, CAMERA_BOARD, check=None)
+    assert done.returncode == exits.WRONG_STATE and "exists" in done.stderr
+    done = schedctl(env, "stacks", "list", check=exits.DENIED)
+    assert "only admins may manage stacks" in done.stderr
+    created = as_json(env, "requests", "new", "camera=yes")
+    assert isinstance(created, dict) and created["job"]["worker_uuid"] == CAMERA_BOARD
+    rid = created["id"]
+    # The plain board is IDLE, but the collateral of the camera board's request.
+    bob = {**env, "BORUTA_USER": "bob"}
+    done = schedctl(bob, "requests", "new", "board=rpi4", "--no-wait", check=exits.BUSY)
+    shown = schedctl(admin, "workers", "show", PLAIN_BOARD).stdout
+    assert f"{rid} (collateral)" in shown and "bench1" in shown
+    assert f"{rid} (collateral)" in schedctl(admin, "workers", "list").stdout
+    listed = as_json(admin, "stacks", "list")
+    assert isinstance(listed, list) and [(s["name"], s["holder"]) for s in listed] == [
+        ("bench1", rid)
+    ]
+    schedctl(env, "requests", "close", str(rid))
+    assert schedctl(admin, "stacks", "delete", "-y", "bench1").stdout == "stack bench1 deleted\n"
+    assert as_json(admin, "stacks", "list") == []
+    schedctl(admin, "stacks", "delete", "-y", "bench1", check=exits.NOT_FOUND)
+
+
 def test_watch_shows_changes_as_they_happen(env: dict[str, str]) -> None:
     created = as_json(env, "requests", "new", "board=rpi4")
     assert isinstance(created, dict)

@@ -31,7 +31,8 @@ from schedctl.output import jsonable, span, table
 
 EXPECTED_ALL = [
     "LEASE_JOB_TIMEOUT",
-    "Access", "Acquired", "AcquiredBoard", "AsyncBoard", "AsyncBoardSSH", "AsyncBoards",
+    "Access", "Acquired", "AcquiredBoard", "AlreadyExists", "AsyncBoard", "AsyncBoardSSH",
+    "AsyncBoards",
     "AsyncBoardsLease", "AsyncClient", "AsyncLease",
     "AsyncWatch", "AuditEvent", "Board", "BoardSSH", "Boards", "BoardsLease", "BorutaError",
     "Busy", "Caller", "Client",
@@ -44,7 +45,8 @@ EXPECTED_ALL = [
     "NoSuchWorker", "NotFound", "PermissionDenied", "Phase", "PortForward",
     "Profile",
     "ProlongLimitReached", "Request", "RequestEnded", "RequestNotFound", "RequestSort",
-    "RequestState", "ResourceExhausted", "SSHError", "ScheduleTimeout", "Token", "Transfer",
+    "RequestState", "ResourceExhausted", "SSHError", "ScheduleTimeout", "Stack", "Token",
+    "Transfer",
     "Unauthenticated", "Unavailable", "Watch", "Worker", "WorkerChange", "WorkerNotFound",
     "WorkerSort", "WorkerState", "WrongRequestState", "WrongWorkerState", "load_config",
     "load_job", "parse_job", "run_job",

@@ -17,7 +17,10 @@ the core's reads and against a model built only from what ``Core.drain`` handed 
    request;
 7. a request of several profiles holds all its boards or none: one job per profile, each on
    a worker that satisfies that profile, no worker in two jobs;
-8. workers are reserved only for ready waiting requests of several profiles, each for one,
+8. collateral is never given to another request: while a request runs on a worker of a
+   stack, every other worker of the stack runs for that request or is held as its
+   collateral, and a held IDLE worker is not counted idle;
+9. workers are reserved only for ready waiting requests of several profiles, each for one,
    and run only less important requests' jobs (backfill) while reserved;
 
 plus some bookkeeping the store relies on: every change is drained (the drained views equal
@@ -43,6 +46,7 @@ from boruta_scheduler.types import (
     Access,
     RequestState,
     RequestView,
+    StackView,
     WorkerState,
     WorkerView,
 )
@@ -165,6 +169,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.heartbeat_epoch = T0  # silence counts from here at the earliest
         # Requests no registered worker could serve when they were queued.
         self.unsatisfiable_at_birth: set[int] = set()
+        self.stack_views: dict[str, StackView] = {}
 
     # ------------------------------------------------------------ the driver
 
@@ -274,6 +279,20 @@ class CoreMachine(RuleBasedStateMachine):
             f"set_state {uuid} {state.name}",
             lambda: self.core.set_state(self.now, uuid, state, "by the test"),
         )
+
+    @rule(
+        name=st.sampled_from(("s1", "s2")),
+        members=st.lists(st.sampled_from(POOL), min_size=2, max_size=3, unique=True),
+    )
+    def create_stack(self, name: str, members: list[str]) -> None:
+        self._command(
+            f"create_stack {name} {members}",
+            lambda: self.core.create_stack(self.now, name, members),
+        )
+
+    @rule(name=st.sampled_from(("s1", "s2", "s3")))
+    def delete_stack(self, name: str) -> None:
+        self._command(f"delete_stack {name}", lambda: self.core.delete_stack(self.now, name))
 
     @rule(uuid=workers, groups=group_sets)
     def set_groups(self, uuid: str, groups: frozenset[str]) -> None:
@@ -474,7 +493,10 @@ class CoreMachine(RuleBasedStateMachine):
         Dryad calls in flight are lost with the old process; the new core issues its own.
         """
         snapshot = Snapshot(
-            list(self.requests.values()), list(self.worker_views.values()), self.last_request_id
+            list(self.requests.values()),
+            list(self.worker_views.values()),
+            self.last_request_id,
+            stacks=list(self.stack_views.values()),
         )
         self.now += downtime
         self.heartbeat_epoch = self.now
@@ -492,6 +514,10 @@ class CoreMachine(RuleBasedStateMachine):
         now = self.now
         assert changes.last_request_id >= self.last_request_id
         self.last_request_id = changes.last_request_id
+        for name in changes.removed_stacks:
+            self.stack_views.pop(name, None)
+        for stack in changes.stacks:
+            self.stack_views[stack.name] = stack
 
         for gone in changes.removed_workers:
             assert gone.uuid in self.worker_views, f"removed unknown worker {gone.uuid}"
@@ -650,7 +676,27 @@ class CoreMachine(RuleBasedStateMachine):
                 heard = max(worker.last_seen, self.heartbeat_epoch)
                 assert heard + POLICY.heartbeat_timeout > now, worker
 
-        # 8. Workers are reserved only for ready waiting requests of several profiles, one
+        # 8. Collateral: a stack is held by one request at most, all of it.
+        assert {s.name: s.workers for s in core.stacks()} == {
+            s.name: s.workers for s in self.stack_views.values()
+        }
+        for stack in core.stacks():
+            members = [workers[u] for u in stack.workers if u in workers]
+            runners = {w.request_id for w in members if w.state is WorkerState.RUNNING}
+            assert len(runners) <= 1, f"stack {stack.name} runs requests {runners}"
+            for worker in members:
+                assert worker.stack == stack.name, worker
+                if runners and worker.state is not WorkerState.RUNNING:
+                    assert worker.collateral_of in runners, (stack, worker)
+            held = {w.collateral_of for w in members} - {0}
+            assert len(held) <= 1, f"stack {stack.name} is collateral of requests {held}"
+            assert stack.holder == min(runners | held, default=0), stack
+        for worker in workers.values():
+            if worker.collateral_of:
+                assert worker.stack, worker
+                assert live[worker.collateral_of].state is RequestState.IN_PROGRESS, worker
+
+        # 9. Workers are reserved only for ready waiting requests of several profiles, one
         # request each, at most one per profile, while idle or running a backfilled job
         # (of a less important request) or preparing after it. (That backfilled jobs end
         # in time is test_core_reservations.py's.)
@@ -676,7 +722,7 @@ class CoreMachine(RuleBasedStateMachine):
 
         # 6. No ready WAITING request could be served by IDLE workers not reserved for a
         # more important request.
-        idle = [w for w in workers.values() if w.state is WorkerState.IDLE]
+        idle = [w for w in workers.values() if w.state is WorkerState.IDLE and not w.collateral_of]
         for view in live.values():
             if view.state is not RequestState.WAITING:
                 continue

@@ -392,6 +392,27 @@ def test_tokens_are_kept_and_revoked_once(store: Store) -> None:
         again.revoke_token(80.0, 7)
 
 
+def test_stacks_are_kept_deleted_and_restored(store: Store) -> None:
+    core = Core()
+    for uuid, board in (("p1", "phone"), ("r1", "relay"), ("p2", "phone"), ("r2", "relay")):
+        core.register(0.0, {"UUID": uuid, "board": board}, f"{uuid}.lab:1", f"{uuid}.lab:22")
+    core.create_stack(1.0, "bench1", ["p1", "r1"])
+    core.create_stack(1.0, "bench2", ["p2", "r2"])
+    store.commit(core.drain())
+    assert [(s.name, s.workers, s.created_at) for s in store.load().stacks] == [
+        ("bench1", ("p1", "r1"), 1.0),
+        ("bench2", ("p2", "r2"), 1.0),
+    ]
+    # Deleted and made again with other workers in one commit: the last one wins.
+    core.delete_stack(2.0, "bench2")
+    core.delete_stack(2.0, "bench1")
+    core.create_stack(3.0, "bench1", ["p1", "r2"])
+    store.commit(core.drain())
+    assert [(s.name, s.workers) for s in store.load().stacks] == [("bench1", ("p1", "r2"))]
+    again = Core.restore(store.load(), 4.0)
+    assert again.worker("r2").stack == "bench1" and again.worker("r1").stack == ""
+
+
 def test_sql_a_token_commits_with_its_audit_event_or_not_at_all(sql_store: Store) -> None:
     store = sql_store
     core = Core()
@@ -544,6 +565,7 @@ def test_a_store_from_before_secure_delete_is_cleared_of_dead_keys_once(tmp_path
     live = run_jobs(store)
     # Undo migrations 5 and later, so that opening it again runs them as an upgrade would.
     for statement in (
+        "DROP TABLE stacks",
         "ALTER TABLE requests DROP COLUMN profiles",
         "ALTER TABLE requests DROP COLUMN more_jobs",
         "DROP INDEX requests_by_idempotency_key",

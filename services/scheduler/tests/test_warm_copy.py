@@ -30,7 +30,7 @@ NOBODY = frozenset[str]()
 POOL = ("w1", "w2", "w3", "w4")
 BOARDS = ("a", "b")
 WORKER_ACTIONS = ("maintenance", "idle", "fail", "deregister", "heartbeat")
-LIVE_TABLES = "requests, workers, worker_history, tokens, audit, change_tombstones"
+LIVE_TABLES = "requests, workers, worker_history, tokens, stacks, audit, change_tombstones"
 
 
 @pytest.fixture
@@ -44,6 +44,7 @@ def assert_same(warm: Snapshot, cold: Snapshot) -> None:
     assert list(warm.requests) == list(cold.requests)
     assert list(warm.workers) == list(cold.workers)
     assert list(warm.tokens) == list(cold.tokens)
+    assert list(warm.stacks) == list(cold.stacks)
     assert warm.last_request_id == cold.last_request_id
 
 
@@ -171,6 +172,17 @@ class FollowMachine(RuleBasedStateMachine):
         token_id = self.tokens[index % len(self.tokens)]
         self._do(lambda: self.kit.core.revoke_token(self.kit.now, token_id))
 
+    @rule(
+        name=st.sampled_from(("s1", "s2")),
+        members=st.lists(st.sampled_from(POOL), min_size=2, max_size=3, unique=True),
+    )
+    def create_stack(self, name: str, members: list[str]) -> None:
+        self._do(lambda: self.kit.core.create_stack(self.kit.now, name, members))
+
+    @rule(name=st.sampled_from(("s1", "s2")))
+    def delete_stack(self, name: str) -> None:
+        self._do(lambda: self.kit.core.delete_stack(self.kit.now, name))
+
     @rule(limit=st.sampled_from((1, 3, 500)), close=st.booleans(), index=st.integers(0, 50))
     def purge(self, limit: int, close: bool, index: int) -> None:
         """Finished requests go (all of them are old enough here), one perhaps just closed:
@@ -205,6 +217,7 @@ def as_lists(snapshot: Snapshot) -> tuple[list[object], ...]:
         list(snapshot.requests),
         list(snapshot.workers),
         list(snapshot.tokens),
+        list(snapshot.stacks),
         [snapshot.last_request_id],
     )
 
@@ -249,6 +262,8 @@ def test_a_copy_read_while_commits_go_on_is_always_as_of_one_commit(
         lambda: machine.close_request(rng.randrange(50)),
         lambda: machine.advance(rng.choice((1, 20, 45, 120)), rng.random() < 0.5),
         lambda: machine.issue_token(rng.choice(("ci", "alice"))),
+        lambda: machine.create_stack(rng.choice(("s1", "s2")), rng.sample(POOL, 2)),
+        lambda: machine.delete_stack(rng.choice(("s1", "s2"))),
         lambda: machine.purge(rng.choice((1, 3, 500)), rng.random() < 0.5, rng.randrange(50)),
     ]
     follower = threading.Thread(target=follow)
@@ -277,7 +292,7 @@ def test_a_copy_following_random_commits_equals_a_cold_load(
 
 def busy_farm(kit: CoreKit) -> None:
     """Workers idle, running and deregistered, requests waiting, running and finished (of
-    one board and of two), a token issued and one revoked."""
+    one board and of two), a token issued and one revoked, a stack made and one deleted."""
     kit.add_worker("w1", {"board": "x"})
     kit.add_worker("w2", {"board": "y"})
     kit.add_worker("gone", {"board": "x"}, idle=False)
@@ -296,6 +311,9 @@ def busy_farm(kit: CoreKit) -> None:
     for user in ("ci", "alice"):
         kit.core.issue_token(TokenRecord(user, NOBODY, False, b"h", kit.now, 1e10, "root", ""))
     kit.core.revoke_token(kit.now, 1)
+    kit.core.create_stack(kit.now, "gone", ["w1", "w2"])
+    kit.core.delete_stack(kit.now, "gone")
+    kit.core.create_stack(kit.now, "bench", ["w2", "w3"])
 
 
 def commit(store: PostgreSQLStore, kit: CoreKit) -> None:

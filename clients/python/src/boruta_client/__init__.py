@@ -19,6 +19,7 @@ from boruta_client.aio import (
 from boruta_client.client import Board, Boards, BoardsLease, Client, Lease, Watch
 from boruta_client.config import ClientConfig, Context, load_config
 from boruta_client.errors import (
+    AlreadyExists,
     BorutaError,
     Busy,
     CommandTimeout,
@@ -69,6 +70,7 @@ from boruta_client.types import (
     Request,
     RequestSort,
     RequestState,
+    Stack,
     Token,
     Worker,
     WorkerChange,
@@ -83,6 +85,7 @@ __all__ = [
     "Access",
     "Acquired",
     "AcquiredBoard",
+    "AlreadyExists",
     "AsyncBoard",
     "AsyncBoardSSH",
     "AsyncBoards",
@@ -132,6 +135,7 @@ __all__ = [
     "ResourceExhausted",
     "SSHError",
     "ScheduleTimeout",
+    "Stack",
     "Token",
     "Transfer",
     "Unauthenticated",

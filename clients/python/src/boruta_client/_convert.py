@@ -22,6 +22,7 @@ from boruta_client.types import (
     Request,
     RequestSort,
     RequestState,
+    Stack,
     Token,
     Worker,
     WorkerChange,
@@ -123,6 +124,8 @@ def worker(info: types_pb2.WorkerInfo) -> Worker:
         failures=info.failures,
         dryad_version=info.dryad_version,
         host_status=status,
+        stack=info.stack,
+        collateral_of=info.collateral_of or None,
     )
 
 
@@ -258,3 +261,12 @@ def token(info: tokens_pb2.TokenInfo) -> Token:
 
 def audit_event(e: audit_pb2.AuditEvent) -> AuditEvent:
     return AuditEvent(e.id, when(e.time), e.actor, e.role, e.action, e.target, e.detail)
+
+
+def stack(info: workers_pb2.StackInfo) -> Stack:
+    return Stack(
+        name=info.name,
+        worker_uuids=tuple(info.worker_uuids),
+        created_at=when(info.created_at),
+        holder=info.holder or None,
+    )

@@ -56,6 +56,7 @@ from boruta_client.types import (
     Request,
     RequestSort,
     RequestState,
+    Stack,
     Token,
     Worker,
     WorkerChange,
@@ -682,6 +683,23 @@ class AsyncClient(ClientBase):
         """Remove a worker in MAINTENANCE or FAILED. Admins only."""
         message = workers_pb2.DeregisterRequest(worker_uuid=uuid)
         await self._call(lambda s: s.workers.Deregister, message)
+
+    async def create_stack(self, name: str, worker_uuids: Iterable[str]) -> Stack:
+        """Name two or more registered workers wired together, none in another stack. Admins
+        only."""
+        message = workers_pb2.CreateStackRequest(name=name, worker_uuids=list(worker_uuids))
+        return convert.stack((await self._call(lambda s: s.workers.CreateStack, message)).stack)
+
+    async def list_stacks(self) -> list[Stack]:
+        """Every stack by name, with the request holding it. Admins only."""
+        message = workers_pb2.ListStacksRequest()
+        reply = await self._call(lambda s: s.workers.ListStacks, message)
+        return [convert.stack(info) for info in reply.stacks]
+
+    async def delete_stack(self, name: str) -> None:
+        """Forget a stack; its collateral is free at once. Admins only."""
+        message = workers_pb2.DeleteStackRequest(name=name)
+        await self._call(lambda s: s.workers.DeleteStack, message)
 
     async def watch_workers(
         self,

@@ -210,3 +210,6 @@ class Client(ClientBase, Facade[AsyncClient]):
     set_worker_groups = blocking(AsyncClient.set_worker_groups)
     deregister_worker = blocking(AsyncClient.deregister_worker)
     watch_workers = blocking_as(AsyncClient.watch_workers, Watch)
+    create_stack = blocking(AsyncClient.create_stack)
+    list_stacks = blocking(AsyncClient.list_stacks)
+    delete_stack = blocking(AsyncClient.delete_stack)

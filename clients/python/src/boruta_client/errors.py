@@ -26,6 +26,10 @@ class WorkerNotFound(NotFound):
     """No registered worker has this UUID."""
 
 
+class AlreadyExists(BorutaError):
+    """What the call would make exists already (ALREADY_EXISTS): a stack of that name."""
+
+
 class FailedPrecondition(BorutaError):
     """The call is well formed but the farm is not in a state that allows it."""
 
@@ -124,6 +128,7 @@ BY_REASON: dict[Reason, type[BorutaError]] = {
     ErrorReason.ERROR_REASON_UNAVAILABLE: Unavailable,
     ErrorReason.ERROR_REASON_INTERNAL: InternalError,
     ErrorReason.ERROR_REASON_IDEMPOTENCY_KEY_REUSED: IdempotencyKeyReused,
+    ErrorReason.ERROR_REASON_ALREADY_EXISTS: AlreadyExists,
 }
 
 # Raised by the client itself, never named by a scheduler's reason.

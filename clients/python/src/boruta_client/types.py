@@ -173,6 +173,20 @@ class Worker:
     failures: int
     dryad_version: str
     host_status: HostStatus | None = None
+    # Its stack ("" for none), and the request holding it as collateral (None for none).
+    stack: str = ""
+    collateral_of: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stack:
+    """Workers wired together (admins make stacks): while a request runs on one of them,
+    holder, the others are its collateral and no other request is given them."""
+
+    name: str
+    worker_uuids: tuple[str, ...]
+    created_at: datetime
+    holder: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ docs/user-guide.md). `run` and `ssh` exit with the remote command's status once 
 from __future__ import annotations
 
 from boruta_client import (
+    AlreadyExists,
     BorutaError,
     Busy,
     FailedPrecondition,
@@ -40,6 +41,7 @@ EXIT_CODES: list[tuple[type[BorutaError], int]] = [
     (InvalidArgument, INVALID),
     (NotFound, NOT_FOUND),
     (FailedPrecondition, WRONG_STATE),
+    (AlreadyExists, WRONG_STATE),
     (PermissionDenied, DENIED),
     (Unauthenticated, DENIED),
     (Unavailable, UNAVAILABLE),

@@ -15,6 +15,7 @@ from schedctl.flags import command_options, name_options
 from schedctl.jobs_cmd import audit, run, ssh, status
 from schedctl.pki_cmd import pki_group
 from schedctl.requests_cmd import requests_group
+from schedctl.stacks_cmd import stacks_group
 from schedctl.tokens_cmd import tokens_group
 from schedctl.workers_cmd import workers_group
 
@@ -159,6 +160,7 @@ def completion(shell: str) -> None:
 
 cli.add_command(requests_group)
 cli.add_command(workers_group)
+cli.add_command(stacks_group)
 cli.add_command(run)
 cli.add_command(ssh)
 cli.add_command(status)

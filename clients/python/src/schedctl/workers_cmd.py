@@ -15,12 +15,17 @@ WORKER_COLUMNS: list[Column] = [
     ("STATE", lambda w: w.state),
     ("GROUPS", lambda w: w.groups),
     ("CAPS", lambda w: caps_text(w.caps)),
-    ("REQUEST", lambda w: w.request_id),
+    ("REQUEST", lambda w: w.request_id or held(w)),
     ("JOBS", lambda w: w.jobs_done),
     ("SEEN", lambda w: ago(w.last_seen) + " ago"),
     ("REASON", lambda w: w.reason),
 ]
 SETTLED = {WorkerState.IDLE, WorkerState.MAINTENANCE, WorkerState.FAILED}
+
+
+def held(w: Worker) -> str | None:
+    """The request holding the board as collateral of its stack, marked as such."""
+    return f"{w.collateral_of} (collateral)" if w.collateral_of else None
 
 
 def worker_details(w: Worker) -> str:
@@ -29,7 +34,8 @@ def worker_details(w: Worker) -> str:
         ("state", w.state.name + (f" ({w.reason})" if w.reason else "")),
         ("groups", w.groups),
         ("caps", caps_text(w.caps)),
-        ("request", w.request_id),
+        ("request", w.request_id or held(w)),
+        ("stack", w.stack),
         ("dryad", f"{w.dryad_address} (version {w.dryad_version or '?'})"),
         ("ssh", w.ssh_address),
         ("registered", when(w.registered_at)),

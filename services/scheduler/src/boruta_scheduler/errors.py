@@ -60,6 +60,12 @@ class WorkerNotFound(NotFound):
         self.worker_uuid = worker_uuid
 
 
+class AlreadyExists(BorutaError):
+    """What the call would make exists already (a stack of that name)."""
+
+    reason = ErrorReason.ERROR_REASON_ALREADY_EXISTS
+
+
 class FailedPrecondition(BorutaError):
     """The call is well formed but the farm is not in a state that allows it."""
 

@@ -179,6 +179,21 @@ class WorkerView:
     failures: int
     prepared: Access | None = field(default=None, repr=False)
     host_status: HostStatus | None = None
+    # The stack the worker belongs to ("" for none) and the request that holds it as
+    # collateral (0 for none): not matched to any other request until that one ends.
+    stack: str = ""
+    collateral_of: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StackView:
+    """A named set of workers wired together; holder is the request that has a board of it
+    (0 for none), which holds the others as collateral."""
+
+    name: str
+    workers: tuple[str, ...]
+    created_at: float
+    holder: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,6 +65,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     other arguments: use a new key for a new request, or repeat the first call's
     arguments exactly. FAILED_PRECONDITION.
     """
+    ERROR_REASON_ALREADY_EXISTS: _ErrorReason.ValueType  # 18
+    """The thing the call would make exists already, e.g. a stack of that name: pick another
+    name or delete the one there. ALREADY_EXISTS.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason names why a call failed, finer than its gRPC status code. A failed call of any
@@ -115,5 +119,9 @@ ERROR_REASON_IDEMPOTENCY_KEY_REUSED: ErrorReason.ValueType  # 17
 """NewRequest's idempotency_key was already used by the same owner for a request with
 other arguments: use a new key for a new request, or repeat the first call's
 arguments exactly. FAILED_PRECONDITION.
+"""
+ERROR_REASON_ALREADY_EXISTS: ErrorReason.ValueType  # 18
+"""The thing the call would make exists already, e.g. a stack of that name: pick another
+name or delete the one there. ALREADY_EXISTS.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

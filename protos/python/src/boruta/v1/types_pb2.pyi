@@ -460,6 +460,8 @@ class WorkerInfo(_message.Message):
     FAILURES_FIELD_NUMBER: _builtins.int
     HOST_STATUS_FIELD_NUMBER: _builtins.int
     DRYAD_VERSION_FIELD_NUMBER: _builtins.int
+    STACK_FIELD_NUMBER: _builtins.int
+    COLLATERAL_OF_FIELD_NUMBER: _builtins.int
     uuid: _builtins.str
     """Worker's identifier, also found in its caps under the key "UUID"."""
     state: Global___WorkerState.ValueType
@@ -478,6 +480,12 @@ class WorkerInfo(_message.Message):
     """Times the worker entered FAILED."""
     dryad_version: _builtins.str
     """Version string the dryad reported when it registered."""
+    stack: _builtins.str
+    """Stack the worker belongs to; empty when none."""
+    collateral_of: _builtins.int
+    """Request that holds the worker as collateral (it runs on another worker of the stack):
+    no other request is given the worker until that one ends; 0 when none.
+    """
     @_builtins.property
     def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Groups the worker belongs to; a worker with no groups is open to all users."""
@@ -515,10 +523,12 @@ class WorkerInfo(_message.Message):
         failures: _builtins.int = ...,
         host_status: Global___HostStatus | None = ...,
         dryad_version: _builtins.str = ...,
+        stack: _builtins.str = ...,
+        collateral_of: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["host_status", b"host_status", "last_seen", b"last_seen", "registered_at", b"registered_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caps", b"caps", "dryad_address", b"dryad_address", "dryad_version", b"dryad_version", "failures", b"failures", "groups", b"groups", "host_status", b"host_status", "jobs_done", b"jobs_done", "last_seen", b"last_seen", "reason", b"reason", "registered_at", b"registered_at", "request_id", b"request_id", "ssh_address", b"ssh_address", "state", b"state", "uuid", b"uuid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caps", b"caps", "collateral_of", b"collateral_of", "dryad_address", b"dryad_address", "dryad_version", b"dryad_version", "failures", b"failures", "groups", b"groups", "host_status", b"host_status", "jobs_done", b"jobs_done", "last_seen", b"last_seen", "reason", b"reason", "registered_at", b"registered_at", "request_id", b"request_id", "ssh_address", b"ssh_address", "stack", b"stack", "state", b"state", "uuid", b"uuid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from boruta.v1 import types_pb2 as boruta_dot_v1_dot_types__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x62oruta/v1/workers.proto\x12\tboruta.v1\x1a\x15\x62oruta/v1/types.proto\"\xb3\x01\n\x0cWorkerFilter\x12\r\n\x05uuids\x18\x01 \x03(\t\x12&\n\x06states\x18\x02 \x03(\x0e\x32\x16.boruta.v1.WorkerState\x12\x0e\n\x06groups\x18\x03 \x03(\t\x12/\n\x04\x63\x61ps\x18\x04 \x03(\x0b\x32!.boruta.v1.WorkerFilter.CapsEntry\x1a+\n\tCapsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa5\x01\n\x12ListWorkersRequest\x12\'\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x17.boruta.v1.WorkerFilter\x12+\n\x07sort_by\x18\x02 \x01(\x0e\x32\x1a.boruta.v1.WorkerSortField\x12\x12\n\ndescending\x18\x03 \x01(\x08\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"V\n\x13ListWorkersResponse\x12&\n\x07workers\x18\x01 \x03(\x0b\x32\x15.boruta.v1.WorkerInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x14GetWorkerInfoRequest\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\">\n\x15GetWorkerInfoResponse\x12%\n\x06worker\x18\x01 \x01(\x0b\x32\x15.boruta.v1.WorkerInfo\"V\n\x18ListWorkerHistoryRequest\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"d\n\x19ListWorkerHistoryResponse\x12.\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1d.boruta.v1.WorkerHistoryEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"]\n\x0fSetStateRequest\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.boruta.v1.WorkerState\x12\x0e\n\x06reason\x18\x03 \x01(\t\"9\n\x10SetStateResponse\x12%\n\x06worker\x18\x01 \x01(\x0b\x32\x15.boruta.v1.WorkerInfo\"7\n\x10SetGroupsRequest\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\x12\x0e\n\x06groups\x18\x02 \x03(\t\":\n\x11SetGroupsResponse\x12%\n\x06worker\x18\x01 \x01(\x0b\x32\x15.boruta.v1.WorkerInfo\"(\n\x11\x44\x65registerRequest\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\"\x14\n\x12\x44\x65registerResponse\"W\n\x13WatchWorkersRequest\x12\'\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x17.boruta.v1.WorkerFilter\x12\x17\n\x0finclude_current\x18\x02 \x01(\x08\"N\n\x14WatchWorkersResponse\x12%\n\x06worker\x18\x01 \x01(\x0b\x32\x15.boruta.v1.WorkerInfo\x12\x0f\n\x07removed\x18\x02 \x01(\x08\"\x0f\n\rWhoAmIRequest\"O\n\x0eWhoAmIResponse\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0e\n\x06groups\x18\x02 \x03(\t\x12\r\n\x05\x61\x64min\x18\x03 \x01(\x08\x12\x10\n\x08token_id\x18\x04 \x01(\x04*\xb3\x01\n\x0fWorkerSortField\x12!\n\x1dWORKER_SORT_FIELD_UNSPECIFIED\x10\x00\x12\x1a\n\x16WORKER_SORT_FIELD_UUID\x10\x01\x12\x1b\n\x17WORKER_SORT_FIELD_STATE\x10\x02\x12#\n\x1fWORKER_SORT_FIELD_REGISTERED_AT\x10\x03\x12\x1f\n\x1bWORKER_SORT_FIELD_LAST_SEEN\x10\x04\x32\xf5\x04\n\x07Workers\x12L\n\x0bListWorkers\x12\x1d.boruta.v1.ListWorkersRequest\x1a\x1e.boruta.v1.ListWorkersResponse\x12R\n\rGetWorkerInfo\x12\x1f.boruta.v1.GetWorkerInfoRequest\x1a .boruta.v1.GetWorkerInfoResponse\x12^\n\x11ListWorkerHistory\x12#.boruta.v1.ListWorkerHistoryRequest\x1a$.boruta.v1.ListWorkerHistoryResponse\x12\x43\n\x08SetState\x12\x1a.boruta.v1.SetStateRequest\x1a\x1b.boruta.v1.SetStateResponse\x12\x46\n\tSetGroups\x12\x1b.boruta.v1.SetGroupsRequest\x1a\x1c.boruta.v1.SetGroupsResponse\x12I\n\nDeregister\x12\x1c.boruta.v1.DeregisterRequest\x1a\x1d.boruta.v1.DeregisterResponse\x12Q\n\x0cWatchWorkers\x12\x1e.boruta.v1.WatchWorkersRequest\x1a\x1f.boruta.v1.WatchWorkersResponse0\x01\x12=\n\x06WhoAmI\x12\x18.boruta.v1.WhoAmIRequest\x1a\x19.boruta.v1.WhoAmIResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x62oruta/v1/workers.proto\x12\tboruta.v1\x1a\x15\x62oruta/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x01\n\x0cWorkerFilter\x12\r\n\x05uuids\x18\x01 \x03(\t\x12&\n\x06states\x18\x02 \x03(\x0e\x32\x16.boruta.v1.WorkerState\x12\x0e\n\x06groups\x18\x03 \x03(\t\x12/\n\x04\x63\x61ps\x18\x04 \x03(\x0b\x32!.boruta.v1.WorkerFilter.CapsEntry\x1a+\n\tCapsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa5\x01\n\x12ListWorkersRequest\x12\'\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x17.boruta.v1.WorkerFilter\x12+\n\x07sort_by\x18\x02 \x01(\x0e\x32\x1a.boruta.v1.WorkerSortField\x12\x12\n\ndescending\x18\x03 \x01(\x08\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"V\n\x13ListWorkersResponse\x12&\n\x07workers\x18\x01 \x03(\x0b\x32\x15.boruta.v1.WorkerInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x14GetWorkerInfoRequest\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\">\n\x15GetWorkerInfoResponse\x12%\n\x06worker\x18\x01 \x01(\x0b\x32\x15.boruta.v1.WorkerInfo\"V\n\x18ListWorkerHistoryRequest\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"d\n\x19ListWorkerHistoryResponse\x12.\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1d.boruta.v1.WorkerHistoryEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"]\n\x0fSetStateRequest\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.boruta.v1.WorkerState\x12\x0e\n\x06reason\x18\x03 \x01(\t\"9\n\x10SetStateResponse\x12%\n\x06worker\x18\x01 \x01(\x0b\x32\x15.boruta.v1.WorkerInfo\"7\n\x10SetGroupsRequest\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\x12\x0e\n\x06groups\x18\x02 \x03(\t\":\n\x11SetGroupsResponse\x12%\n\x06worker\x18\x01 \x01(\x0b\x32\x15.boruta.v1.WorkerInfo\"(\n\x11\x44\x65registerRequest\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\"\x14\n\x12\x44\x65registerResponse\"o\n\tStackInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cworker_uuids\x18\x02 \x03(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06holder\x18\x04 \x01(\x04\"8\n\x12\x43reateStackRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cworker_uuids\x18\x02 \x03(\t\":\n\x13\x43reateStackResponse\x12#\n\x05stack\x18\x01 \x01(\x0b\x32\x14.boruta.v1.StackInfo\"\x13\n\x11ListStacksRequest\":\n\x12ListStacksResponse\x12$\n\x06stacks\x18\x01 \x03(\x0b\x32\x14.boruta.v1.StackInfo\"\"\n\x12\x44\x65leteStackRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteStackResponse\"W\n\x13WatchWorkersRequest\x12\'\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x17.boruta.v1.WorkerFilter\x12\x17\n\x0finclude_current\x18\x02 \x01(\x08\"N\n\x14WatchWorkersResponse\x12%\n\x06worker\x18\x01 \x01(\x0b\x32\x15.boruta.v1.WorkerInfo\x12\x0f\n\x07removed\x18\x02 \x01(\x08\"\x0f\n\rWhoAmIRequest\"O\n\x0eWhoAmIResponse\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0e\n\x06groups\x18\x02 \x03(\t\x12\r\n\x05\x61\x64min\x18\x03 \x01(\x08\x12\x10\n\x08token_id\x18\x04 \x01(\x04*\xb3\x01\n\x0fWorkerSortField\x12!\n\x1dWORKER_SORT_FIELD_UNSPECIFIED\x10\x00\x12\x1a\n\x16WORKER_SORT_FIELD_UUID\x10\x01\x12\x1b\n\x17WORKER_SORT_FIELD_STATE\x10\x02\x12#\n\x1fWORKER_SORT_FIELD_REGISTERED_AT\x10\x03\x12\x1f\n\x1bWORKER_SORT_FIELD_LAST_SEEN\x10\x04\x32\xdc\x06\n\x07Workers\x12L\n\x0bListWorkers\x12\x1d.boruta.v1.ListWorkersRequest\x1a\x1e.boruta.v1.ListWorkersResponse\x12R\n\rGetWorkerInfo\x12\x1f.boruta.v1.GetWorkerInfoRequest\x1a .boruta.v1.GetWorkerInfoResponse\x12^\n\x11ListWorkerHistory\x12#.boruta.v1.ListWorkerHistoryRequest\x1a$.boruta.v1.ListWorkerHistoryResponse\x12\x43\n\x08SetState\x12\x1a.boruta.v1.SetStateRequest\x1a\x1b.boruta.v1.SetStateResponse\x12\x46\n\tSetGroups\x12\x1b.boruta.v1.SetGroupsRequest\x1a\x1c.boruta.v1.SetGroupsResponse\x12I\n\nDeregister\x12\x1c.boruta.v1.DeregisterRequest\x1a\x1d.boruta.v1.DeregisterResponse\x12Q\n\x0cWatchWorkers\x12\x1e.boruta.v1.WatchWorkersRequest\x1a\x1f.boruta.v1.WatchWorkersResponse0\x01\x12=\n\x06WhoAmI\x12\x18.boruta.v1.WhoAmIRequest\x1a\x19.boruta.v1.WhoAmIResponse\x12L\n\x0b\x43reateStack\x12\x1d.boruta.v1.CreateStackRequest\x1a\x1e.boruta.v1.CreateStackResponse\x12I\n\nListStacks\x12\x1c.boruta.v1.ListStacksRequest\x1a\x1d.boruta.v1.ListStacksResponse\x12L\n\x0b\x44\x65leteStack\x12\x1d.boruta.v1.DeleteStackRequest\x1a\x1e.boruta.v1.DeleteStackResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,44 +35,58 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WORKERFILTER_CAPSENTRY']._loaded_options = None
   _globals['_WORKERFILTER_CAPSENTRY']._serialized_options = b'8\001'
-  _globals['_WORKERSORTFIELD']._serialized_start=1401
-  _globals['_WORKERSORTFIELD']._serialized_end=1580
-  _globals['_WORKERFILTER']._serialized_start=62
-  _globals['_WORKERFILTER']._serialized_end=241
-  _globals['_WORKERFILTER_CAPSENTRY']._serialized_start=198
-  _globals['_WORKERFILTER_CAPSENTRY']._serialized_end=241
-  _globals['_LISTWORKERSREQUEST']._serialized_start=244
-  _globals['_LISTWORKERSREQUEST']._serialized_end=409
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=411
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=497
-  _globals['_GETWORKERINFOREQUEST']._serialized_start=499
-  _globals['_GETWORKERINFOREQUEST']._serialized_end=542
-  _globals['_GETWORKERINFORESPONSE']._serialized_start=544
-  _globals['_GETWORKERINFORESPONSE']._serialized_end=606
-  _globals['_LISTWORKERHISTORYREQUEST']._serialized_start=608
-  _globals['_LISTWORKERHISTORYREQUEST']._serialized_end=694
-  _globals['_LISTWORKERHISTORYRESPONSE']._serialized_start=696
-  _globals['_LISTWORKERHISTORYRESPONSE']._serialized_end=796
-  _globals['_SETSTATEREQUEST']._serialized_start=798
-  _globals['_SETSTATEREQUEST']._serialized_end=891
-  _globals['_SETSTATERESPONSE']._serialized_start=893
-  _globals['_SETSTATERESPONSE']._serialized_end=950
-  _globals['_SETGROUPSREQUEST']._serialized_start=952
-  _globals['_SETGROUPSREQUEST']._serialized_end=1007
-  _globals['_SETGROUPSRESPONSE']._serialized_start=1009
-  _globals['_SETGROUPSRESPONSE']._serialized_end=1067
-  _globals['_DEREGISTERREQUEST']._serialized_start=1069
-  _globals['_DEREGISTERREQUEST']._serialized_end=1109
-  _globals['_DEREGISTERRESPONSE']._serialized_start=1111
-  _globals['_DEREGISTERRESPONSE']._serialized_end=1131
-  _globals['_WATCHWORKERSREQUEST']._serialized_start=1133
-  _globals['_WATCHWORKERSREQUEST']._serialized_end=1220
-  _globals['_WATCHWORKERSRESPONSE']._serialized_start=1222
-  _globals['_WATCHWORKERSRESPONSE']._serialized_end=1300
-  _globals['_WHOAMIREQUEST']._serialized_start=1302
-  _globals['_WHOAMIREQUEST']._serialized_end=1317
-  _globals['_WHOAMIRESPONSE']._serialized_start=1319
-  _globals['_WHOAMIRESPONSE']._serialized_end=1398
-  _globals['_WORKERS']._serialized_start=1583
-  _globals['_WORKERS']._serialized_end=2212
+  _globals['_WORKERSORTFIELD']._serialized_start=1805
+  _globals['_WORKERSORTFIELD']._serialized_end=1984
+  _globals['_WORKERFILTER']._serialized_start=95
+  _globals['_WORKERFILTER']._serialized_end=274
+  _globals['_WORKERFILTER_CAPSENTRY']._serialized_start=231
+  _globals['_WORKERFILTER_CAPSENTRY']._serialized_end=274
+  _globals['_LISTWORKERSREQUEST']._serialized_start=277
+  _globals['_LISTWORKERSREQUEST']._serialized_end=442
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=444
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=530
+  _globals['_GETWORKERINFOREQUEST']._serialized_start=532
+  _globals['_GETWORKERINFOREQUEST']._serialized_end=575
+  _globals['_GETWORKERINFORESPONSE']._serialized_start=577
+  _globals['_GETWORKERINFORESPONSE']._serialized_end=639
+  _globals['_LISTWORKERHISTORYREQUEST']._serialized_start=641
+  _globals['_LISTWORKERHISTORYREQUEST']._serialized_end=727
+  _globals['_LISTWORKERHISTORYRESPONSE']._serialized_start=729
+  _globals['_LISTWORKERHISTORYRESPONSE']._serialized_end=829
+  _globals['_SETSTATEREQUEST']._serialized_start=831
+  _globals['_SETSTATEREQUEST']._serialized_end=924
+  _globals['_SETSTATERESPONSE']._serialized_start=926
+  _globals['_SETSTATERESPONSE']._serialized_end=983
+  _globals['_SETGROUPSREQUEST']._serialized_start=985
+  _globals['_SETGROUPSREQUEST']._serialized_end=1040
+  _globals['_SETGROUPSRESPONSE']._serialized_start=1042
+  _globals['_SETGROUPSRESPONSE']._serialized_end=1100
+  _globals['_DEREGISTERREQUEST']._serialized_start=1102
+  _globals['_DEREGISTERREQUEST']._serialized_end=1142
+  _globals['_DEREGISTERRESPONSE']._serialized_start=1144
+  _globals['_DEREGISTERRESPONSE']._serialized_end=1164
+  _globals['_STACKINFO']._serialized_start=1166
+  _globals['_STACKINFO']._serialized_end=1277
+  _globals['_CREATESTACKREQUEST']._serialized_start=1279
+  _globals['_CREATESTACKREQUEST']._serialized_end=1335
+  _globals['_CREATESTACKRESPONSE']._serialized_start=1337
+  _globals['_CREATESTACKRESPONSE']._serialized_end=1395
+  _globals['_LISTSTACKSREQUEST']._serialized_start=1397
+  _globals['_LISTSTACKSREQUEST']._serialized_end=1416
+  _globals['_LISTSTACKSRESPONSE']._serialized_start=1418
+  _globals['_LISTSTACKSRESPONSE']._serialized_end=1476
+  _globals['_DELETESTACKREQUEST']._serialized_start=1478
+  _globals['_DELETESTACKREQUEST']._serialized_end=1512
+  _globals['_DELETESTACKRESPONSE']._serialized_start=1514
+  _globals['_DELETESTACKRESPONSE']._serialized_end=1535
+  _globals['_WATCHWORKERSREQUEST']._serialized_start=1537
+  _globals['_WATCHWORKERSREQUEST']._serialized_end=1624
+  _globals['_WATCHWORKERSRESPONSE']._serialized_start=1626
+  _globals['_WATCHWORKERSRESPONSE']._serialized_end=1704
+  _globals['_WHOAMIREQUEST']._serialized_start=1706
+  _globals['_WHOAMIREQUEST']._serialized_end=1721
+  _globals['_WHOAMIRESPONSE']._serialized_start=1723
+  _globals['_WHOAMIRESPONSE']._serialized_end=1802
+  _globals['_WORKERS']._serialized_start=1987
+  _globals['_WORKERS']._serialized_end=2847
 # @@protoc_insertion_point(module_scope)

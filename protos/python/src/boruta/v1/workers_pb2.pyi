@@ -7,6 +7,7 @@ from boruta.v1 import types_pb2 as _types_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -432,6 +433,176 @@ class DeregisterResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeregisterResponse: _TypeAlias = DeregisterResponse  # noqa: Y015
+
+@_typing.final
+class StackInfo(_message.Message):
+    """StackInfo is one stack: workers wired together, held whole by one request at a time."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    WORKER_UUIDS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    HOLDER_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Name the admin gave it: 1 to 64 letters, digits and . _ -"""
+    holder: _builtins.int
+    """Request that runs on one of its workers and holds the others as collateral; 0 when none."""
+    @_builtins.property
+    def worker_uuids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """UUIDs of its workers, in the order given (some may be deregistered since)."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was created."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        worker_uuids: _abc.Iterable[_builtins.str] | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        holder: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "holder", b"holder", "name", b"name", "worker_uuids", b"worker_uuids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StackInfo: _TypeAlias = StackInfo  # noqa: Y015
+
+@_typing.final
+class CreateStackRequest(_message.Message):
+    """CreateStackRequest names a new stack and its workers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    WORKER_UUIDS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Name of the stack, unique: 1 to 64 letters, digits and . _ -"""
+    @_builtins.property
+    def worker_uuids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Two or more registered workers, none in another stack."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        worker_uuids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "worker_uuids", b"worker_uuids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateStackRequest: _TypeAlias = CreateStackRequest  # noqa: Y015
+
+@_typing.final
+class CreateStackResponse(_message.Message):
+    """CreateStackResponse is the new stack."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STACK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def stack(self) -> Global___StackInfo:
+        """The stack as created."""
+
+    def __init__(
+        self,
+        *,
+        stack: Global___StackInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["stack", b"stack"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["stack", b"stack"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateStackResponse: _TypeAlias = CreateStackResponse  # noqa: Y015
+
+@_typing.final
+class ListStacksRequest(_message.Message):
+    """ListStacksRequest asks for every stack."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStacksRequest: _TypeAlias = ListStacksRequest  # noqa: Y015
+
+@_typing.final
+class ListStacksResponse(_message.Message):
+    """ListStacksResponse is every stack, by name."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STACKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def stacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___StackInfo]:
+        """Stacks in name order."""
+
+    def __init__(
+        self,
+        *,
+        stacks: _abc.Iterable[Global___StackInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["stacks", b"stacks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStacksResponse: _TypeAlias = ListStacksResponse  # noqa: Y015
+
+@_typing.final
+class DeleteStackRequest(_message.Message):
+    """DeleteStackRequest names the stack to forget."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Name of the stack."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteStackRequest: _TypeAlias = DeleteStackRequest  # noqa: Y015
+
+@_typing.final
+class DeleteStackResponse(_message.Message):
+    """DeleteStackResponse confirms the deletion."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteStackResponse: _TypeAlias = DeleteStackResponse  # noqa: Y015
 
 @_typing.final
 class WatchWorkersRequest(_message.Message):

@@ -75,6 +75,21 @@ class WorkersStub:
                 request_serializer=boruta_dot_v1_dot_workers__pb2.WhoAmIRequest.SerializeToString,
                 response_deserializer=boruta_dot_v1_dot_workers__pb2.WhoAmIResponse.FromString,
                 _registered_method=True)
+        self.CreateStack = channel.unary_unary(
+                '/boruta.v1.Workers/CreateStack',
+                request_serializer=boruta_dot_v1_dot_workers__pb2.CreateStackRequest.SerializeToString,
+                response_deserializer=boruta_dot_v1_dot_workers__pb2.CreateStackResponse.FromString,
+                _registered_method=True)
+        self.ListStacks = channel.unary_unary(
+                '/boruta.v1.Workers/ListStacks',
+                request_serializer=boruta_dot_v1_dot_workers__pb2.ListStacksRequest.SerializeToString,
+                response_deserializer=boruta_dot_v1_dot_workers__pb2.ListStacksResponse.FromString,
+                _registered_method=True)
+        self.DeleteStack = channel.unary_unary(
+                '/boruta.v1.Workers/DeleteStack',
+                request_serializer=boruta_dot_v1_dot_workers__pb2.DeleteStackRequest.SerializeToString,
+                response_deserializer=boruta_dot_v1_dot_workers__pb2.DeleteStackResponse.FromString,
+                _registered_method=True)
 
 
 class WorkersServicer:
@@ -141,6 +156,29 @@ class WorkersServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateStack(self, request, context):
+        """CreateStack names a set of registered workers wired together (a stack). A worker is in
+        one stack at most. While a request runs on a worker of a stack, the stack's other
+        workers are its collateral: no other request is given them until it ends. Admins only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListStacks(self, request, context):
+        """ListStacks returns every stack, by name, with the request that holds it. Admins only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteStack(self, request, context):
+        """DeleteStack forgets a stack; its collateral is free at once. Admins only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkersServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -183,6 +221,21 @@ def add_WorkersServicer_to_server(servicer, server):
                     servicer.WhoAmI,
                     request_deserializer=boruta_dot_v1_dot_workers__pb2.WhoAmIRequest.FromString,
                     response_serializer=boruta_dot_v1_dot_workers__pb2.WhoAmIResponse.SerializeToString,
+            ),
+            'CreateStack': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateStack,
+                    request_deserializer=boruta_dot_v1_dot_workers__pb2.CreateStackRequest.FromString,
+                    response_serializer=boruta_dot_v1_dot_workers__pb2.CreateStackResponse.SerializeToString,
+            ),
+            'ListStacks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStacks,
+                    request_deserializer=boruta_dot_v1_dot_workers__pb2.ListStacksRequest.FromString,
+                    response_serializer=boruta_dot_v1_dot_workers__pb2.ListStacksResponse.SerializeToString,
+            ),
+            'DeleteStack': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteStack,
+                    request_deserializer=boruta_dot_v1_dot_workers__pb2.DeleteStackRequest.FromString,
+                    response_serializer=boruta_dot_v1_dot_workers__pb2.DeleteStackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -402,6 +455,87 @@ class Workers:
             '/boruta.v1.Workers/WhoAmI',
             boruta_dot_v1_dot_workers__pb2.WhoAmIRequest.SerializeToString,
             boruta_dot_v1_dot_workers__pb2.WhoAmIResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateStack(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/boruta.v1.Workers/CreateStack',
+            boruta_dot_v1_dot_workers__pb2.CreateStackRequest.SerializeToString,
+            boruta_dot_v1_dot_workers__pb2.CreateStackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStacks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/boruta.v1.Workers/ListStacks',
+            boruta_dot_v1_dot_workers__pb2.ListStacksRequest.SerializeToString,
+            boruta_dot_v1_dot_workers__pb2.ListStacksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteStack(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/boruta.v1.Workers/DeleteStack',
+            boruta_dot_v1_dot_workers__pb2.DeleteStackRequest.SerializeToString,
+            boruta_dot_v1_dot_workers__pb2.DeleteStackResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,15 @@ class WorkersStub:
     """WhoAmI returns who the scheduler takes the caller to be, from its certificate or its
     bearer token: the name its requests are owned by, its groups and whether it is an admin.
     """
+    CreateStack: _grpc.UnaryUnaryMultiCallable[_workers_pb2.CreateStackRequest, _workers_pb2.CreateStackResponse]
+    """CreateStack names a set of registered workers wired together (a stack). A worker is in
+    one stack at most. While a request runs on a worker of a stack, the stack's other
+    workers are its collateral: no other request is given them until it ends. Admins only.
+    """
+    ListStacks: _grpc.UnaryUnaryMultiCallable[_workers_pb2.ListStacksRequest, _workers_pb2.ListStacksResponse]
+    """ListStacks returns every stack, by name, with the request that holds it. Admins only."""
+    DeleteStack: _grpc.UnaryUnaryMultiCallable[_workers_pb2.DeleteStackRequest, _workers_pb2.DeleteStackResponse]
+    """DeleteStack forgets a stack; its collateral is free at once. Admins only."""
 
 @_typing.type_check_only
 class WorkersAsyncStub(WorkersStub):
@@ -87,6 +96,15 @@ class WorkersAsyncStub(WorkersStub):
     """WhoAmI returns who the scheduler takes the caller to be, from its certificate or its
     bearer token: the name its requests are owned by, its groups and whether it is an admin.
     """
+    CreateStack: _aio.UnaryUnaryMultiCallable[_workers_pb2.CreateStackRequest, _workers_pb2.CreateStackResponse]  # type: ignore[assignment]
+    """CreateStack names a set of registered workers wired together (a stack). A worker is in
+    one stack at most. While a request runs on a worker of a stack, the stack's other
+    workers are its collateral: no other request is given them until it ends. Admins only.
+    """
+    ListStacks: _aio.UnaryUnaryMultiCallable[_workers_pb2.ListStacksRequest, _workers_pb2.ListStacksResponse]  # type: ignore[assignment]
+    """ListStacks returns every stack, by name, with the request that holds it. Admins only."""
+    DeleteStack: _aio.UnaryUnaryMultiCallable[_workers_pb2.DeleteStackRequest, _workers_pb2.DeleteStackResponse]  # type: ignore[assignment]
+    """DeleteStack forgets a stack; its collateral is free at once. Admins only."""
 
 class WorkersServicer(metaclass=_abc_1.ABCMeta):
     """Workers lets users see the boards of the farm and lets admins run them."""
@@ -162,5 +180,32 @@ class WorkersServicer(metaclass=_abc_1.ABCMeta):
         """WhoAmI returns who the scheduler takes the caller to be, from its certificate or its
         bearer token: the name its requests are owned by, its groups and whether it is an admin.
         """
+
+    @_abc_1.abstractmethod
+    def CreateStack(
+        self,
+        request: _workers_pb2.CreateStackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workers_pb2.CreateStackResponse, _abc.Awaitable[_workers_pb2.CreateStackResponse]]:
+        """CreateStack names a set of registered workers wired together (a stack). A worker is in
+        one stack at most. While a request runs on a worker of a stack, the stack's other
+        workers are its collateral: no other request is given them until it ends. Admins only.
+        """
+
+    @_abc_1.abstractmethod
+    def ListStacks(
+        self,
+        request: _workers_pb2.ListStacksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workers_pb2.ListStacksResponse, _abc.Awaitable[_workers_pb2.ListStacksResponse]]:
+        """ListStacks returns every stack, by name, with the request that holds it. Admins only."""
+
+    @_abc_1.abstractmethod
+    def DeleteStack(
+        self,
+        request: _workers_pb2.DeleteStackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workers_pb2.DeleteStackResponse, _abc.Awaitable[_workers_pb2.DeleteStackResponse]]:
+        """DeleteStack forgets a stack; its collateral is free at once. Admins only."""
 
 def add_WorkersServicer_to_server(servicer: WorkersServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

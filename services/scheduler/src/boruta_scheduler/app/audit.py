@@ -169,3 +169,11 @@ def worker_groups_set(uuid: str, groups: frozenset[str]) -> Describe[object]:
 
 def worker_deregistered(uuid: str) -> Describe[object]:
     return lambda _: (f"worker {uuid}", "")
+
+
+def stack_created(name: str, workers: tuple[str, ...]) -> Describe[object]:
+    return lambda _: (f"stack {name}", f"workers {','.join(workers)}")
+
+
+def stack_deleted(name: str) -> Describe[object]:
+    return lambda _: (f"stack {name}", "")

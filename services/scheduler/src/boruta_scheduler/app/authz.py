@@ -104,6 +104,9 @@ RULES: Mapping[str, Mapping[str, Rule]] = {
         "Deregister": Rule(ADMINS, "deregister a worker", recorded=Recorded.CHANGE),
         "WatchWorkers": Rule(PEOPLE, "watch workers"),
         "WhoAmI": Rule(PEOPLE, "ask who they are"),
+        "CreateStack": Rule(ADMINS, "manage stacks", recorded=Recorded.CHANGE),
+        "ListStacks": Rule(ADMINS, "manage stacks"),
+        "DeleteStack": Rule(ADMINS, "manage stacks", recorded=Recorded.CHANGE),
     },
     "boruta.v1.Superviser": {
         "Register": Rule(DRYADS, "register boards", Scope.OWN_WORKER),

@@ -55,6 +55,7 @@ from boruta_scheduler.types import (
     RequestState,
     RequestView,
     Role,
+    StackView,
     WorkerState,
     WorkerView,
 )
@@ -404,6 +405,29 @@ class SchedulerService:
                 "Deregister",
                 events.worker_deregistered(uuid),
                 lambda core, now: core.deregister(now, uuid),
+            )
+        )
+
+    async def create_stack(self, who: Identity, name: str, workers: tuple[str, ...]) -> StackView:
+        return await self.engine.execute(
+            self.audit.recorded(
+                who,
+                "CreateStack",
+                events.stack_created(name, workers),
+                lambda core, now: core.create_stack(now, name, workers),
+            )
+        )
+
+    async def list_stacks(self, who: Identity) -> list[StackView]:
+        return await self.engine.read(lambda core, now: core.stacks())
+
+    async def delete_stack(self, who: Identity, name: str) -> None:
+        await self.engine.execute(
+            self.audit.recorded(
+                who,
+                "DeleteStack",
+                events.stack_deleted(name),
+                lambda core, now: core.delete_stack(now, name),
             )
         )
 

@@ -22,7 +22,7 @@ from typing import Protocol
 from boruta_scheduler.core import Snapshot
 from boruta_scheduler.errors import StoreUnavailable
 from boruta_scheduler.store.base import ChangedSince
-from boruta_scheduler.types import RequestView, TokenRecord, WorkerView
+from boruta_scheduler.types import RequestView, StackView, TokenRecord, WorkerView
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class WarmCopy:
         self.requests: dict[int, RequestView] = {r.id: r for r in snapshot.requests}
         self.workers: dict[str, WorkerView] = {w.uuid: w for w in snapshot.workers}
         self.tokens: dict[int, TokenRecord] = {t.id: t for t in snapshot.tokens}
+        self.stacks: dict[str, StackView] = {s.name: s for s in snapshot.stacks}
         self.last_request_id = snapshot.last_request_id
         self.seq = seq
 
@@ -74,6 +75,10 @@ class WarmCopy:
             self.tokens.pop(token_id, None)
         for token in changed.tokens:
             self.tokens[token.id] = token
+        for name in changed.removed_stacks:
+            self.stacks.pop(name, None)
+        for stack in changed.stacks:
+            self.stacks[stack.name] = stack
         for request in changed.requests:
             if request.state.is_terminal:
                 self.requests.pop(request.id, None)
@@ -83,13 +88,15 @@ class WarmCopy:
         self.seq = changed.seq
 
     def snapshot(self) -> Snapshot:
-        """The copy as Store.load gives it: requests and tokens by id, workers by UUID."""
+        """The copy as Store.load gives it: requests and tokens by id, workers by UUID,
+        stacks by name."""
         requests = self.requests
         return Snapshot(
             [requests[i] for i in sorted(requests)],
             [self.workers[u] for u in sorted(self.workers)],
             self.last_request_id,
             [self.tokens[i] for i in sorted(self.tokens)],
+            [self.stacks[name] for name in sorted(self.stacks)],
         )
 
 

@@ -209,6 +209,7 @@ class Worker:
 
     __slots__ = (
         "caps_sig",
+        "collateral_of",
         "dryad_address",
         "dryad_version",
         "failures",
@@ -229,6 +230,7 @@ class Worker:
         "request_id",
         "reserved_for",
         "ssh_address",
+        "stack",
         "state",
         "uuid",
     )
@@ -266,6 +268,9 @@ class Worker:
         self.pending_op = 0
         self.host_status: HostStatus | None = None
         self.hb_armed = False
+        # Its stack ("" for none), and the request holding it as collateral (0 for none).
+        self.stack = ""
+        self.collateral_of = 0
         # Periodic healthcheck: when the next is due (0: none planned) and the one in flight.
         self.health_due = 0.0
         self.health_op = 0
@@ -293,4 +298,6 @@ class Worker:
             failures=self.failures,
             prepared=self.prepared,
             host_status=self.host_status,
+            stack=self.stack,
+            collateral_of=self.collateral_of,
         )

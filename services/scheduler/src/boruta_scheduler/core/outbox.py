@@ -10,6 +10,7 @@ from boruta_scheduler.types import (
     AuditEvent,
     HistoryEntry,
     RequestView,
+    StackView,
     TokenRecord,
     WorkerView,
 )
@@ -75,6 +76,9 @@ class Changes:
     audit: list[AuditEvent] = field(default_factory=list)
     # Tokens issued or revoked, each as it is now.
     tokens: list[TokenRecord] = field(default_factory=list)
+    # Stacks deleted (by name) and stacks created: a store deletes first, then creates.
+    stacks: list[StackView] = field(default_factory=list)
+    removed_stacks: list[str] = field(default_factory=list)
 
     @property
     def durable(self) -> bool:
@@ -87,6 +91,8 @@ class Changes:
             or self.last_seen
             or self.audit
             or self.tokens
+            or self.stacks
+            or self.removed_stacks
         )
 
 
@@ -95,6 +101,7 @@ def merge(batches: list[Changes]) -> Changes:
     if len(batches) == 1:
         return batches[0]
     merged = Changes()
+    stacks: dict[str, StackView] = {}
     for changes in batches:
         merged.requests.extend(changes.requests)
         merged.workers.extend(changes.workers)
@@ -105,6 +112,12 @@ def merge(batches: list[Changes]) -> Changes:
         merged.tunnels.extend(changes.tunnels)
         merged.audit.extend(changes.audit)
         merged.tokens.extend(changes.tokens)
+        # Within a batch deletions come first; a later batch's undoes an earlier creation.
+        for name in changes.removed_stacks:
+            stacks.pop(name, None)
+            merged.removed_stacks.append(name)
+        for stack in changes.stacks:
+            stacks[stack.name] = stack
     return Changes(
         requests=merged.requests,
         workers=merged.workers,
@@ -116,6 +129,8 @@ def merge(batches: list[Changes]) -> Changes:
         last_request_id=max(c.last_request_id for c in batches),
         audit=merged.audit,
         tokens=merged.tokens,
+        stacks=list(stacks.values()),
+        removed_stacks=merged.removed_stacks,
     )
 
 
@@ -135,6 +150,8 @@ class Outbox:
         self._calls: list[DryadCall] = []
         self._tunnels: list[TunnelCall] = []
         self._tokens: dict[int, TokenRecord] = {}
+        self._stacks: dict[str, StackView] = {}
+        self._removed_stacks: list[str] = []
 
     def request(self, request: Request) -> None:
         self._requests[request.id] = request
@@ -166,6 +183,13 @@ class Outbox:
     def token(self, record: TokenRecord) -> None:
         self._tokens[record.id] = record
 
+    def stack(self, view: StackView) -> None:
+        self._stacks[view.name] = view
+
+    def removed_stack(self, name: str) -> None:
+        self._stacks.pop(name, None)
+        self._removed_stacks.append(name)
+
     def drain(self, last_request_id: int) -> Changes:
         workers = [w.view() for w in self._workers.values()]
         seen = {u: t for u, t in self._seen.items() if u not in self._workers}
@@ -186,6 +210,8 @@ class Outbox:
             last_request_id=last_request_id,
             rebuildable=rebuildable,
             tokens=list(self._tokens.values()),
+            stacks=list(self._stacks.values()),
+            removed_stacks=self._removed_stacks,
         )
         self._reset()
         return changes

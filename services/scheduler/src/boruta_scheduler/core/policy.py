@@ -50,6 +50,8 @@ class Policy:
     # Boards one request may ask for (its profiles), and how long a profile's name may be.
     max_profiles: int = 16
     max_profile_name_len: int = 64
+    # Workers one stack may name.
+    max_stack_workers: int = 64
     # Who may use the most important priorities (Boruta's TODO): users may ask for
     # max_priority or less important, members of a group in group_max_priority for that
     # group's value. Admins may use any priority.
@@ -146,6 +148,22 @@ class Policy:
                     f"{what} value of {key!r} must be 1 to {self.max_cap_value_len} "
                     "printable characters"
                 )
+
+    def check_stack(self, name: str, workers: Sequence[str]) -> tuple[str, ...]:
+        """A stack's name and its distinct worker UUIDs, in the order given, refusing a
+        malformed name or too few or too many workers."""
+        if not 0 < len(name) <= self.max_profile_name_len or not _PROFILE_NAME.fullmatch(name):
+            raise InvalidArgument(
+                f"stack name {name[:80]!r} must be 1 to {self.max_profile_name_len} "
+                "characters of letters, digits and . _ -"
+            )
+        members = tuple(dict.fromkeys(workers))
+        if not 2 <= len(members) <= self.max_stack_workers:
+            raise InvalidArgument(
+                f"a stack names 2 to {self.max_stack_workers} distinct workers, not "
+                f"{len(members)}; a board wired to nothing needs no stack"
+            )
+        return members
 
     def check_profile_names(self, names: Sequence[str]) -> None:
         """Refuse too many profiles, or names that are too long, malformed or given twice

@@ -37,9 +37,12 @@ from boruta_scheduler.core.timers import Target, TimerKind, TimerQueue
 from boruta_scheduler.core.tokens import TokenTable
 from boruta_scheduler.core.workers import WorkerIndex
 from boruta_scheduler.errors import (
+    AlreadyExists,
     Busy,
+    FailedPrecondition,
     InvalidArgument,
     NoCapableWorker,
+    NotFound,
     ProlongLimitReached,
     RequestNotFound,
     ResourceExhausted,
@@ -55,6 +58,7 @@ from boruta_scheduler.types import (
     JobView,
     RequestState,
     RequestView,
+    StackView,
     TokenRecord,
     WorkerState,
     WorkerView,
@@ -78,6 +82,7 @@ class Snapshot:
     workers: Sequence[WorkerView]
     last_request_id: int
     tokens: Sequence[TokenRecord] = field(default_factory=list)
+    stacks: Sequence[StackView] = field(default_factory=list)
 
 
 class _SigMemo:
@@ -115,6 +120,9 @@ class Core:
         self._last_op_id = 0
         self._tokens = TokenTable()
         self._keys = KeyMemory()
+        # Stacks by name, and the stack of each member's UUID (registered or not).
+        self._stacks: dict[str, StackView] = {}
+        self._stack_of: dict[str, str] = {}
         # Live requests by (state, priority), kept as they change, so that metrics never
         # walk the queue.
         self._live_tally: Counter[tuple[RequestState, int]] = Counter()
@@ -131,6 +139,10 @@ class Core:
         core._last_request_id = snapshot.last_request_id
         core._tokens = TokenTable(snapshot.tokens)
         core._heartbeat_epoch = now
+        for stack in snapshot.stacks:
+            core._stacks[stack.name] = stack
+            for uuid in stack.workers:
+                core._stack_of[uuid] = stack.name
         for wv in snapshot.workers:
             core._restore_worker(wv)
         sigs = _SigMemo()
@@ -169,6 +181,7 @@ class Core:
         worker.jobs_done = view.jobs_done
         worker.failures = view.failures
         worker.prepared = view.prepared
+        worker.stack = self._stack_of.get(worker.uuid, "")
         self._workers[worker.uuid] = worker
         self._registered.add(worker)
         if worker.state is WorkerState.IDLE:
@@ -221,6 +234,8 @@ class Core:
         self._push_timer(request.jobs[0].timeout_at, TimerKind.JOB_TIMEOUT, request)
         for index, job in enumerate(request.jobs):
             self._out.tunnel(OpenTunnel(request.id, job.ssh_address, job.tunnel_port, index))
+        # Collateral is not stored: it follows from the running jobs and the stacks.
+        self._hold_collateral(request, [self._workers[job.worker_uuid] for job in request.jobs])
 
     def _resume_worker(self, worker: Worker, now: float) -> None:
         """Re-issue the dryad call a worker was waiting for, and check stored consistency."""
@@ -330,6 +345,133 @@ class Core:
         if changed:
             self._out.token(record)
         return record
+
+    # ------------------------------------------------------------ stack commands
+
+    def stacks(self) -> list[StackView]:
+        """Every stack by name, each with the request holding it (0 for none)."""
+        return [self._stack_view(name) for name in sorted(self._stacks)]
+
+    def stack(self, name: str) -> StackView:
+        if name not in self._stacks:
+            raise NotFound(f"no stack is named {name[:80]!r}; list them with schedctl stacks list")
+        return self._stack_view(name)
+
+    def create_stack(self, now: float, name: str, workers: Sequence[str]) -> StackView:
+        """Name a set of registered workers wired together. A worker is in one stack at
+        most. If a request already runs on some of them, it holds the others as collateral."""
+        members = self.policy.check_stack(name, workers)
+        if name in self._stacks:
+            raise AlreadyExists(
+                f"a stack named {name!r} exists; delete it first or pick another name"
+            )
+        for uuid in members:
+            if uuid not in self._workers:
+                raise WorkerNotFound(uuid)
+            if uuid in self._stack_of:
+                raise FailedPrecondition(
+                    f"worker {uuid} is in stack {self._stack_of[uuid]!r}; a worker is in one "
+                    "stack at most: delete that stack first"
+                )
+        holders = {self._holder_of(self._workers[uuid]) for uuid in members} - {0}
+        if len(holders) > 1:
+            raise FailedPrecondition(
+                f"workers of the stack are in use by requests {sorted(holders)}; create it "
+                "once at most one request holds its workers"
+            )
+        view = StackView(name, members, now)
+        self._stacks[name] = view
+        for uuid in members:
+            self._stack_of[uuid] = name
+            worker = self._workers[uuid]
+            worker.stack = name
+            self._out.worker(worker)
+        if holders:
+            request = self._requests[holders.pop()]
+            self._hold_collateral(request, self._request_workers(request))
+        self._out.stack(view)
+        return self._stack_view(name)
+
+    def delete_stack(self, now: float, name: str) -> StackView:
+        """Forget a stack; its collateral is free at once."""
+        view = self.stack(name)
+        del self._stacks[name]
+        freed: list[Worker] = []
+        for uuid in view.workers:
+            del self._stack_of[uuid]
+            worker = self._workers.get(uuid)
+            if worker is None:
+                continue
+            worker.stack = ""
+            if worker.collateral_of:
+                self._free_collateral(worker, freed)
+            self._out.worker(worker)
+        self._out.removed_stack(name)
+        self._match_freed(freed, now)
+        return view
+
+    def _stack_view(self, name: str) -> StackView:
+        view = self._stacks[name]
+        holder = 0
+        for uuid in view.workers:
+            worker = self._workers.get(uuid)
+            if worker is not None and (holder := self._holder_of(worker)):
+                break
+        return StackView(view.name, view.workers, view.created_at, holder)
+
+    @staticmethod
+    def _holder_of(worker: Worker) -> int:
+        """The request that runs on the worker or holds it as collateral (0 for none)."""
+        if worker.state is WorkerState.RUNNING and worker.request_id:
+            return worker.request_id
+        return worker.collateral_of
+
+    def _request_workers(self, request: Request) -> list[Worker]:
+        return [w for job in request.jobs if (w := self._workers.get(job.worker_uuid))]
+
+    def _hold_collateral(self, request: Request, workers: Sequence[Worker]) -> None:
+        """Hold the other workers of each stack the request runs on, so that no other
+        request is matched to them: the cost is the size of those stacks."""
+        for taken in workers:
+            if not taken.stack:
+                continue
+            for uuid in self._stacks[taken.stack].workers:
+                worker = self._workers.get(uuid)
+                if worker is None or worker.collateral_of == request.id:
+                    continue
+                if worker.state is WorkerState.RUNNING and worker.request_id:
+                    continue  # a board of the request itself
+                worker.collateral_of = request.id
+                self._idle.remove(worker)
+                self._unreserve(worker)  # held until the request ends: kept for no one
+                self._out.worker(worker)
+
+    def _release_collateral(
+        self, request: Request, workers: Sequence[Worker | None]
+    ) -> list[Worker]:
+        """Free what the ended request held as collateral; the freed IDLE workers."""
+        freed: list[Worker] = []
+        for taken in workers:
+            if taken is None or not taken.stack:
+                continue
+            for uuid in self._stacks[taken.stack].workers:
+                worker = self._workers.get(uuid)
+                if worker is not None and worker.collateral_of == request.id:
+                    self._free_collateral(worker, freed)
+                    self._out.worker(worker)
+        return freed
+
+    def _free_collateral(self, worker: Worker, freed: list[Worker]) -> None:
+        worker.collateral_of = 0
+        if worker.state is WorkerState.IDLE:
+            self._idle.add(worker)
+            freed.append(worker)
+
+    def _match_freed(self, freed: Sequence[Worker], now: float) -> None:
+        for worker in freed:
+            # An earlier one's match may have taken it, or held it as collateral again.
+            if worker.state is WorkerState.IDLE and worker in self._idle:
+                self._match_worker(worker, now)
 
     # ---------------------------------------------------------- request commands
 
@@ -597,6 +739,12 @@ class Core:
             worker.instance_id = instance_id
             worker.dryad_version = dryad_version
             worker.reason = "registered"
+            stack = self._stack_of.get(uuid, "")
+            if stack:
+                # A stack may name a worker that was deregistered: it comes back into it,
+                # as collateral if a request holds the stack.
+                worker.stack = stack
+                worker.collateral_of = self._stack_view(stack).holder
             self._workers[uuid] = worker
             self._registered.add(worker)
             self._out.history(HistoryEntry(uuid, now, None, worker.state, worker.reason))
@@ -1006,12 +1154,14 @@ class Core:
         if holder is not None and order_of(holder) < order_of(request):
             return None
         state = worker.state
-        if state in (WorkerState.IDLE, WorkerState.PREPARE):
+        if state not in (WorkerState.IDLE, WorkerState.PREPARE, WorkerState.RUNNING):
+            return None
+        # Collateral comes free with the request that holds it, a running board with its job.
+        user = worker.collateral_of or (worker.request_id if state is WorkerState.RUNNING else 0)
+        if not user:
             return now
-        if state is WorkerState.RUNNING:
-            running = self._requests.get(worker.request_id)
-            return running.jobs[0].timeout_at if running is not None and running.jobs else None
-        return None
+        running = self._requests.get(user)
+        return running.jobs[0].timeout_at if running is not None and running.jobs else None
 
     def _reserved_start(self, request: Request, now: float) -> float:
         """The earliest time by which a set of boards for the request is expected to be
@@ -1068,7 +1218,10 @@ class Core:
     def _match_worker(self, worker: Worker, now: float, *, sets: bool = True) -> None:
         """Give an idle worker the most important ready request it can serve: one that
         needs only it, or one of several profiles for which the idle workers, it among
-        them, make a whole set (unless not sets: then it is only reserved for one)."""
+        them, make a whole set (unless not sets: then it is only reserved for one).
+        Collateral serves no one."""
+        if worker.collateral_of:
+            return
         request = self._queue.best_for(worker.items, worker.groups)
         starts: dict[int, float] = {}
         if near := self._queue.multis_near(worker.items):
@@ -1145,6 +1298,7 @@ class Core:
             worker.request_id = request.id
             self._transition(worker, WorkerState.RUNNING, now, f"running request {request.id}")
             self._out.tunnel(OpenTunnel(request.id, worker.ssh_address, index=index))
+        self._hold_collateral(request, workers)
         self._push_timer(timeout, TimerKind.JOB_TIMEOUT, request)
         self._out.request(request)
         self._rematch(released, now)
@@ -1198,6 +1352,7 @@ class Core:
             else:
                 self._transition(worker, WorkerState.PREPARE, now, why)
                 self._issue_prepare(worker)
+        self._match_freed(self._release_collateral(request, workers), now)
 
     def _fail_worker(self, worker: Worker, now: float, reason: str) -> None:
         if worker.state is WorkerState.FAILED:
@@ -1247,7 +1402,8 @@ class Core:
             # A periodic check of an idle board says nothing about it in its new state.
             worker.health_op = 0
         if state is WorkerState.IDLE:
-            self._idle.add(worker)
+            if not worker.collateral_of:
+                self._idle.add(worker)
             self._arm_healthcheck(worker, now)
         elif state is WorkerState.FAILED:
             worker.failures += 1

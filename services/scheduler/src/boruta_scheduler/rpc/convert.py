@@ -27,6 +27,7 @@ from boruta_scheduler.types import (
     JobView,
     RequestState,
     RequestView,
+    StackView,
     TokenRecord,
     WorkerState,
     WorkerView,
@@ -312,10 +313,21 @@ def worker_info(w: WorkerView) -> types_pb2.WorkerInfo:
         jobs_done=w.jobs_done,
         failures=w.failures,
         dryad_version=w.dryad_version,
+        stack=w.stack,
+        collateral_of=w.collateral_of,
     )
     if w.host_status is not None:
         info.host_status.CopyFrom(host_status_info(w.host_status))
     return info
+
+
+def stack_info(s: StackView) -> workers_pb2.StackInfo:
+    return workers_pb2.StackInfo(
+        name=s.name,
+        worker_uuids=list(s.workers),
+        created_at=timestamp(s.created_at),
+        holder=s.holder,
+    )
 
 
 def history_entry(e: HistoryEntry) -> types_pb2.WorkerHistoryEntry:

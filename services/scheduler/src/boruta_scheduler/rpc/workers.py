@@ -33,6 +33,26 @@ class WorkersServicer(workers_pb2_grpc.WorkersServicer):
             next_page_token=self._tokens.encode(scope, page.next_after),
         )
 
+    async def CreateStack(
+        self, request: workers_pb2.CreateStackRequest, context: Context
+    ) -> workers_pb2.CreateStackResponse:
+        view = await self._service.create_stack(
+            current_identity(), request.name, tuple(request.worker_uuids)
+        )
+        return workers_pb2.CreateStackResponse(stack=convert.stack_info(view))
+
+    async def ListStacks(
+        self, request: workers_pb2.ListStacksRequest, context: Context
+    ) -> workers_pb2.ListStacksResponse:
+        views = await self._service.list_stacks(current_identity())
+        return workers_pb2.ListStacksResponse(stacks=[convert.stack_info(s) for s in views])
+
+    async def DeleteStack(
+        self, request: workers_pb2.DeleteStackRequest, context: Context
+    ) -> workers_pb2.DeleteStackResponse:
+        await self._service.delete_stack(current_identity(), request.name)
+        return workers_pb2.DeleteStackResponse()
+
     async def WhoAmI(
         self, request: workers_pb2.WhoAmIRequest, context: Context
     ) -> workers_pb2.WhoAmIResponse:

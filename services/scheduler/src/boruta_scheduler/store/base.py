@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from boruta_scheduler.core import Changes, Snapshot
@@ -12,6 +12,7 @@ from boruta_scheduler.types import (
     AuditEvent,
     HistoryEntry,
     RequestView,
+    StackView,
     TokenRecord,
     WorkerView,
 )
@@ -59,6 +60,8 @@ class ChangedSince:
     # purge deleted a request changed after since (whether it was live then is lost), or
     # the database server is not the one the copy was loaded from.
     gap: str
+    stacks: list[StackView] = field(default_factory=list)
+    removed_stacks: list[str] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
@@ -69,6 +72,8 @@ class ChangedSince:
             + len(self.removed_workers)
             + len(self.tokens)
             + len(self.removed_tokens)
+            + len(self.stacks)
+            + len(self.removed_stacks)
         )
 
 

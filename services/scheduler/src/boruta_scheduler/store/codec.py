@@ -18,6 +18,7 @@ from boruta_scheduler.types import (
     ProfileView,
     RequestState,
     RequestView,
+    StackView,
     TokenRecord,
     WorkerState,
     WorkerView,
@@ -301,6 +302,18 @@ def token_record(row: Row) -> TokenRecord:
     )
 
 
+def stack_row(stack: StackView) -> dict[str, Any]:
+    return {
+        "name": stack.name,
+        "workers_json": json.dumps(list(stack.workers)),
+        "created_at": stack.created_at,
+    }
+
+
+def stack_view(row: Row) -> StackView:
+    return StackView(row["name"], tuple(json.loads(row["workers_json"])), row["created_at"])
+
+
 def audit_row(e: AuditEvent) -> dict[str, Any]:
     return {
         "time": e.time,
@@ -336,6 +349,9 @@ def commit_statements(changes: Changes) -> list[tuple[str, list[dict[str, Any]]]
         ("delete_worker_history", removed),
         ("insert_history", [history_row(h) for h in changes.history]),
         ("upsert_token", [token_row(t) for t in changes.tokens]),
+        # Deletions first: a stack deleted and made again in one commit is made again.
+        ("delete_stack", [{"name": name} for name in changes.removed_stacks]),
+        ("upsert_stack", [stack_row(s) for s in changes.stacks]),
         ("insert_audit", [audit_row(e) for e in changes.audit]),
         ("set_last_request_id", [{"value": changes.last_request_id}]),
     ]

@@ -13,6 +13,7 @@ from boruta_scheduler.types import (
     AuditEvent,
     HistoryEntry,
     RequestView,
+    StackView,
     TokenRecord,
     WorkerView,
 )
@@ -30,6 +31,7 @@ class MemoryStore:
         self._history: list[tuple[int, HistoryEntry]] = []
         self._last_request_id = 0
         self._tokens: dict[int, TokenRecord] = {}
+        self._stacks: dict[str, StackView] = {}
         # Events in id order; ids are never reused, also after a purge.
         self._audit: list[AuditEvent] = []
         self._last_audit_id = 0
@@ -38,7 +40,10 @@ class MemoryStore:
         with self._lock:
             live = [r for r in self._requests.values() if not r.state.is_terminal]
             tokens = sorted(self._tokens.values(), key=lambda t: t.id)
-            return Snapshot(live, list(self._workers.values()), self._last_request_id, tokens)
+            stacks = [self._stacks[name] for name in sorted(self._stacks)]
+            return Snapshot(
+                live, list(self._workers.values()), self._last_request_id, tokens, stacks
+            )
 
     def commit(self, changes: Changes) -> None:
         with self._lock:
@@ -47,7 +52,11 @@ class MemoryStore:
                 if request.idempotency_key:
                     self._keys[(request.owner, request.idempotency_key)] = request
             for worker in changes.workers:
-                self._workers[worker.uuid] = dataclasses.replace(worker, host_status=None)
+                # As the SQL stores: a heartbeat's host status, the stack and the collateral
+                # are not kept (the core rebuilds the last two from the stacks and the jobs).
+                self._workers[worker.uuid] = dataclasses.replace(
+                    worker, host_status=None, stack="", collateral_of=0
+                )
             for uuid, seen in changes.last_seen.items():
                 if uuid in self._workers:
                     self._workers[uuid] = dataclasses.replace(self._workers[uuid], last_seen=seen)
@@ -62,6 +71,10 @@ class MemoryStore:
             self._last_request_id = max(self._last_request_id, changes.last_request_id)
             for token in changes.tokens:
                 self._tokens[token.id] = token
+            for name in changes.removed_stacks:
+                self._stacks.pop(name, None)
+            for stack in changes.stacks:
+                self._stacks[stack.name] = dataclasses.replace(stack, holder=0)
             for event in changes.audit:
                 self._last_audit_id += 1
                 self._audit.append(dataclasses.replace(event, id=self._last_audit_id))

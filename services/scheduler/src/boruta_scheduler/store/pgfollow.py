@@ -16,7 +16,13 @@ from psycopg.rows import DictRow
 
 from boruta_scheduler.core import Snapshot
 from boruta_scheduler.store.base import ChangedSince
-from boruta_scheduler.store.codec import Decoder, request_view, token_record, worker_view
+from boruta_scheduler.store.codec import (
+    Decoder,
+    request_view,
+    stack_view,
+    token_record,
+    worker_view,
+)
 from boruta_scheduler.store.sqlfile import load_queries
 
 _Q = load_queries("postgresql")
@@ -37,10 +43,11 @@ def read_live(conn: Connection, decoder: Decoder) -> tuple[Snapshot, int, float]
         requests = [request_view(row, decoder) for row in conn.execute(_Q["live_requests"])]
         workers = [worker_view(row) for row in conn.execute(_Q["all_workers"])]
         tokens = [token_record(row) for row in conn.execute(_Q["select_tokens"])]
+        stacks = [stack_view(row) for row in conn.execute(_Q["select_stacks"])]
         counters = conn.execute(_F["counters"]).fetchone()
         seq = conn.execute(_F["high_water"]).fetchone()
     assert counters is not None and seq is not None
-    snapshot = Snapshot(requests, workers, counters["last_request_id"], tokens)
+    snapshot = Snapshot(requests, workers, counters["last_request_id"], tokens, stacks)
     return snapshot, int(seq["seq"]), float(counters["origin"])
 
 
@@ -50,21 +57,29 @@ def read_changes(
     """Every change committed after since, as of one snapshot; origin is when the server
     the copy was loaded from started (None: unknown)."""
     params = {"since": since}
-    # Pipelined: the five reads go out together, one wait for all of them.
+    # Pipelined: the six reads go out together, one wait for all of them.
     with conn.pipeline(), conn.transaction():
         _snapshot(conn)
         cursors = [
             conn.execute(_F[name], params)
-            for name in ("changed_requests", "changed_workers", "changed_tokens", "tombstones")
+            for name in (
+                "changed_requests",
+                "changed_workers",
+                "changed_tokens",
+                "changed_stacks",
+                "tombstones",
+            )
         ]
         counting = conn.execute(_F["counters"])
-        request_rows, worker_rows, token_rows, tombstones = [c.fetchall() for c in cursors]
+        request_rows, worker_rows, token_rows, stack_rows, tombstones = [
+            c.fetchall() for c in cursors
+        ]
         counters = counting.fetchone()
     assert counters is not None
     seq = max(
         (
             row["change_seq"]
-            for rows in (request_rows, worker_rows, token_rows, tombstones)
+            for rows in (request_rows, worker_rows, token_rows, stack_rows, tombstones)
             for row in rows
         ),
         default=since,
@@ -77,6 +92,8 @@ def read_changes(
         removed_workers=[row["key"] for row in tombstones if row["kind"] == "worker"],
         tokens=[token_record(row) for row in token_rows],
         removed_tokens=[int(row["key"]) for row in tombstones if row["kind"] == "token"],
+        stacks=[stack_view(row) for row in stack_rows],
+        removed_stacks=[row["key"] for row in tombstones if row["kind"] == "stack"],
         last_request_id=int(counters["last_request_id"]),
         gap=_gap(since, counters, origin),
     )

@@ -41,6 +41,7 @@ from boruta_scheduler.store.codec import (
     request_page,
     request_view,
     select_requests,
+    stack_view,
     token_record,
     worker_view,
 )
@@ -183,8 +184,9 @@ class PostgreSQLStore:
             workers = [worker_view(row) for row in conn.execute(_Q["all_workers"])]
             row = conn.execute(_Q["get_last_request_id"]).fetchone()
             tokens = [token_record(r) for r in conn.execute(_Q["select_tokens"])]
+            stacks = [stack_view(r) for r in conn.execute(_Q["select_stacks"])]
         assert row is not None
-        return Snapshot(requests, workers, row["value"], tokens)
+        return Snapshot(requests, workers, row["value"], tokens, stacks)
 
     def live_state(self) -> tuple[Snapshot, int]:
         """What load() gives, as lists, and the change number it is as of (for a standby's

@@ -28,6 +28,7 @@ from boruta_scheduler.store.codec import (
     request_page,
     request_view,
     select_requests,
+    stack_view,
     token_record,
     worker_view,
 )
@@ -127,7 +128,8 @@ class SQLiteStore:
         workers = [worker_view(row) for row in conn.execute(_Q["all_workers"])]
         (last_id,) = conn.execute(_Q["get_last_request_id"]).fetchone()
         tokens = [token_record(row) for row in conn.execute(_Q["select_tokens"])]
-        return Snapshot(self._live_requests(), workers, last_id, tokens)
+        stacks = [stack_view(row) for row in conn.execute(_Q["select_stacks"])]
+        return Snapshot(self._live_requests(), workers, last_id, tokens, stacks)
 
     def _live_requests(self) -> Iterator[RequestView]:
         """Live requests read as they are restored, so that no list of them all is held."""

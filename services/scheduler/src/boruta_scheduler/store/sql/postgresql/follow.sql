@@ -8,6 +8,7 @@ SELECT GREATEST(
     (SELECT COALESCE(max(change_seq), 0) FROM requests),
     (SELECT COALESCE(max(change_seq), 0) FROM workers),
     (SELECT COALESCE(max(change_seq), 0) FROM tokens),
+    (SELECT COALESCE(max(change_seq), 0) FROM stacks),
     (SELECT COALESCE(max(change_seq), 0) FROM change_tombstones),
     (SELECT value FROM counters WHERE name = 'purged_change_seq')
 ) AS seq;
@@ -25,6 +26,10 @@ SELECT * FROM workers WHERE change_seq > %(since)s;
 
 -- name: changed_tokens
 SELECT * FROM tokens
+WHERE change_seq > %(since)s AND change_seq <= (SELECT last_value FROM boruta_change_seq);
+
+-- name: changed_stacks
+SELECT * FROM stacks
 WHERE change_seq > %(since)s AND change_seq <= (SELECT last_value FROM boruta_change_seq);
 
 -- name: tombstones

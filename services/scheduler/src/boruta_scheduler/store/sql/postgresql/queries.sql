@@ -137,6 +137,18 @@ INSERT INTO tokens (
 -- name: select_tokens
 SELECT * FROM tokens ORDER BY id;
 
+-- name: upsert_stack
+INSERT INTO stacks (name, workers_json, created_at)
+VALUES (%(name)s, %(workers_json)s, %(created_at)s)
+ON CONFLICT (name) DO UPDATE SET workers_json = EXCLUDED.workers_json,
+    created_at = EXCLUDED.created_at;
+
+-- name: delete_stack
+DELETE FROM stacks WHERE name = %(name)s;
+
+-- name: select_stacks
+SELECT * FROM stacks ORDER BY name;
+
 -- name: insert_audit
 INSERT INTO audit (time, actor, role, action, target, detail)
 VALUES (%(time)s, %(actor)s, %(role)s, %(action)s, %(target)s, %(detail)s);

@@ -122,6 +122,17 @@ ON CONFLICT (id) DO UPDATE SET revoked_at = excluded.revoked_at;
 -- name: select_tokens
 SELECT * FROM tokens ORDER BY id;
 
+-- name: upsert_stack
+INSERT INTO stacks (name, workers_json, created_at) VALUES (:name, :workers_json, :created_at)
+ON CONFLICT (name) DO UPDATE SET workers_json = excluded.workers_json,
+    created_at = excluded.created_at;
+
+-- name: delete_stack
+DELETE FROM stacks WHERE name = :name;
+
+-- name: select_stacks
+SELECT * FROM stacks ORDER BY name;
+
 -- name: insert_audit
 INSERT INTO audit (time, actor, role, action, target, detail)
 VALUES (:time, :actor, :role, :action, :target, :detail);
