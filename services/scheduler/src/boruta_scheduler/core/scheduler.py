@@ -150,6 +150,8 @@ class Core:
         # One-board requests first, so that a set of boards for a request of several
         # profiles takes none a more important one-board request could have had.
         for worker in list(core._idle):
+            if worker.collateral_of or worker.state is not WorkerState.IDLE:
+                continue  # a job started above made it another request's collateral
             request = core._queue.best_for(worker.items, worker.groups)
             if request is not None:
                 core._start_jobs(request, (worker,), now)
