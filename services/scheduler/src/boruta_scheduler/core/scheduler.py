@@ -542,6 +542,15 @@ class Core:
                 f"{owner} already has {policy.max_waiting_per_user} waiting requests, the most "
                 "allowed; close some or wait for them to run"
             )
+        sets = self._queue.cap_sets_of(owner)
+        if sets >= policy.max_waiting_cap_sets_per_user and not self._queue.in_cap_set(
+            owner, tuple(p for _, p in named) if multi else (sig,), groups
+        ):
+            raise ResourceExhausted(
+                f"{owner}'s waiting requests already ask for {sets:,} different sets of caps, "
+                "the most allowed per user (max_waiting_cap_sets_per_user); close waiting "
+                "requests you no longer need, or ask for caps your other requests ask for"
+            )
         size = sum(caps_size(p) for _, p in named) if multi else caps_size(sig)
         used = self._queue.caps_bytes_of(owner)
         if used + size > policy.max_waiting_caps_bytes_per_user:
