@@ -6,11 +6,12 @@ allowed, and only on loopback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -190,3 +191,104 @@ def test_a_scheduler_may_serve_metrics_without_the_dashboard(tmp_path: Path) -> 
         assert missing.value.code == 404
     finally:
         process.stop()
+
+
+TIMEOUT = 0.5  # the request deadline of the servers below, in seconds
+
+
+@contextlib.asynccontextmanager
+async def guarded_server(farm_pki: FarmPki) -> AsyncIterator[tuple[int, asyncio.Event]]:
+    """A TLS metrics port with a short request deadline and a /stream route that answers
+    a first line at once and its last once the test sets the event."""
+    from aiohttp import web
+    from boruta.metrics_http import MetricsServer
+    from prometheus_client import CollectorRegistry
+
+    finish = asyncio.Event()
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        reply = web.StreamResponse()
+        await reply.prepare(request)
+        await reply.write(b"first\n")
+        await finish.wait()
+        await reply.write(b"last\n")
+        await reply.write_eof()
+        return reply
+
+    def extend(app: web.Application) -> None:
+        app.router.add_get("/stream", stream)
+
+    server = MetricsServer(
+        CollectorRegistry(),
+        "127.0.0.1:0",
+        farm_pki.dryad("lab-pc", "board-1"),
+        anonymous=True,
+        extend=extend,
+        request_timeout=TIMEOUT,
+    )
+    port = await server.start()
+    try:
+        yield port, finish
+    finally:
+        finish.set()
+        await server.stop()
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> None:
+    """Return once the server has ended the connection; a server that keeps it fails the
+    test after a generous deadline (a slow machine only makes the end come later)."""
+    with contextlib.suppress(ConnectionResetError):
+        while await asyncio.wait_for(reader.read(1024), 60):
+            pass
+
+
+async def test_a_connection_that_sends_nothing_is_closed(farm_pki: FarmPki) -> None:
+    """Unauthenticated, it could otherwise hold a file descriptor of the scheduler for
+    ever: in the TLS handshake, or after it with no request."""
+    async with guarded_server(farm_pki) as (port, _):
+        raw_reader, raw_writer = await asyncio.open_connection("127.0.0.1", port)
+        tls_reader, tls_writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=https(str(farm_pki.dir / "ca.pem"))
+        )
+        await closed_by_server(raw_reader)
+        await closed_by_server(tls_reader)
+        raw_writer.close()
+        tls_writer.close()
+
+
+async def test_a_request_sent_a_byte_at_a_time_is_cut(farm_pki: FarmPki) -> None:
+    async with guarded_server(farm_pki) as (port, _):
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=https(str(farm_pki.dir / "ca.pem"))
+        )
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        loop = asyncio.get_running_loop()
+        cut = loop.create_task(closed_by_server(reader))
+        # Trickle a header for three deadlines' time; the server must end it meanwhile.
+        give_up = loop.time() + 3 * TIMEOUT
+        while not cut.done() and loop.time() < give_up:
+            with contextlib.suppress(ConnectionError):
+                writer.write(b"X")
+                await writer.drain()
+            await asyncio.sleep(TIMEOUT / 10)
+        await cut
+        writer.close()
+
+
+async def test_answers_and_streams_outlast_the_deadline(farm_pki: FarmPki) -> None:
+    """A scrape is answered; an answer being streamed (the dashboard's live events) is a
+    request in progress, not cut however long it runs."""
+    async with guarded_server(farm_pki) as (port, finish):
+        address = f"127.0.0.1:{port}"
+        context = https(str(farm_pki.dir / "ca.pem"))
+        await asyncio.to_thread(scrape, address, context=context)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+        writer.write(b"GET /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"first\n"), 60)
+        assert head.startswith(b"HTTP/1.1 200")
+        await asyncio.sleep(3 * TIMEOUT)  # three deadlines pass while the answer streams
+        finish.set()
+        rest = await asyncio.wait_for(reader.read(), 60)
+        assert b"last\n" in rest
+        writer.close()

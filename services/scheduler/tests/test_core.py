@@ -862,3 +862,51 @@ def test_the_core_knows_keys_of_live_and_recently_finished_requests(kit: CoreKit
         kit.core.keyed_request(later, "ann", Idempotency("k2", "h", later - LOOKUP_FRESH - 1))
     with pytest.raises(InvalidArgument, match="printable"):
         check_key("a\nb")
+
+
+def test_different_cap_sets_of_waiting_requests_per_user_are_limited() -> None:
+    """What a freed worker walks grows with the number of distinct waiting cap sets; one
+    user may not grow it past the limit. Requests in a set the user has already are not
+    limited by it (other limits apply), and the set counts again once it empties."""
+    kit = CoreKit(Policy(max_waiting_cap_sets_per_user=2))
+    kit.add_worker("w1", {"os": "linux"}, idle=False)
+    kit.drain()
+    first = kit.core.new_request(
+        kit.now, "u", NOBODY, {"os": "linux", "n": "1"}, accept_unsatisfiable=True
+    )
+    kit.core.new_request(
+        kit.now, "u", NOBODY, {"os": "linux|android", "n": "2"}, accept_unsatisfiable=True
+    )
+    kit.drain()
+    with pytest.raises(
+        ResourceExhausted, match=r"2 different sets of caps.*max_waiting_cap_sets_per_user"
+    ):
+        kit.core.new_request(
+            kit.now, "u", NOBODY, {"os": "linux", "n": "3"}, accept_unsatisfiable=True
+        )
+    with pytest.raises(ResourceExhausted, match="max_waiting_cap_sets_per_user"):
+        kit.core.new_request(
+            kit.now, "u", NOBODY, {}, profiles=[("a", {"os": "linux"}), ("b", {"os": "linux"})],
+            accept_unsatisfiable=True,
+        )  # fmt: skip
+    assert not kit.drain().durable
+    # The same sets again, and another user's, are welcome.
+    kit.core.new_request(kit.now, "u", NOBODY, {"os": "linux", "n": "1"}, accept_unsatisfiable=True)
+    kit.core.new_request(
+        kit.now, "other", NOBODY, {"os": "linux", "n": "3"}, accept_unsatisfiable=True
+    )
+    # One of both requests of the first set leaving keeps the set; both leaving frees it.
+    kit.core.close_request(kit.now, first.id)
+    with pytest.raises(ResourceExhausted):
+        kit.core.new_request(
+            kit.now, "u", NOBODY, {"os": "linux", "n": "3"}, accept_unsatisfiable=True
+        )
+    for view in list(kit.core.live_requests()):
+        if view.owner == "u" and dict(view.caps).get("n") == "1":
+            kit.core.close_request(kit.now, view.id)
+    kit.core.new_request(kit.now, "u", NOBODY, {"os": "linux", "n": "3"}, accept_unsatisfiable=True)
+
+
+def test_a_limit_on_cap_sets_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_waiting_cap_sets_per_user"):
+        Policy(max_waiting_cap_sets_per_user=0)

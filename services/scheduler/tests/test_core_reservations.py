@@ -84,9 +84,10 @@ def test_a_reserved_board_is_backfilled_only_by_a_job_that_ends_in_time() -> Non
     start = kit.now + 50  # when the relay comes free at the latest
     assert core.reservation(kit.now, pair.id) == (("p0",), start)
     # Too long to end before the pair could start: it waits.
-    long = core.new_request(kit.now, "u", NOBODY, {"board": "phone"}, job_timeout=60)
+    long = core.new_request(kit.now, "u", NOBODY, {"board": "phone"}, job_timeout=60, priority=9)
     assert long.state is RequestState.WAITING
-    # Short enough: it runs on the reserved phone, and may not be prolonged past the start.
+    # Short enough, and no more important one-board request waits for the phone: it runs
+    # on the reserved phone, and may not be prolonged past the start.
     short = core.new_request(kit.now, "u", NOBODY, {"board": "phone"}, job_timeout=30)
     assert short.state is RequestState.IN_PROGRESS
     assert short.job is not None and short.job.max_timeout_at == start

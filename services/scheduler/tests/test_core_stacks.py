@@ -175,3 +175,27 @@ def test_collateral_follows_from_the_stored_state_on_restore(kit: CoreKit) -> No
     assert restored.stack("bench1").holder == first
     restored.close_request(kit.now, first)
     assert restored.request(second).state is RequestState.IN_PROGRESS
+
+
+def test_a_restore_matches_no_request_to_another_requests_collateral() -> None:
+    """Two requests became ready while the scheduler was down; after the restore the first
+    takes a board of a stack and the stack's other board is its collateral, not the
+    second request's (found by the state machine: the restore matched from a list of the
+    idle workers taken before the first job started)."""
+    kit = CoreKit()
+    kit.add_worker("w0", {"board": "a"})
+    kit.add_worker("w1", {"board": "a"})
+    first = kit.core.new_request(kit.now, "u", NOBODY, {}, valid_after=kit.now + 5).id
+    second = kit.core.new_request(kit.now, "u", NOBODY, {}, valid_after=kit.now + 5).id
+    kit.core.create_stack(kit.now, "s1", ["w0", "w1"])
+    kit.drain()
+    snapshot = Snapshot(
+        requests=list(kit.core.live_requests()),
+        workers=kit.core.workers(),
+        last_request_id=kit.core.last_request_id,
+        stacks=kit.core.stacks(),
+    )
+    restored = Core.restore(snapshot, kit.now + 30)
+    assert restored.request(first).state is RequestState.IN_PROGRESS
+    assert restored.request(second).state is RequestState.WAITING
+    assert restored.stack("s1").holder == first

@@ -10,12 +10,14 @@ TLS it serves only on loopback and only when anonymous scrapes are allowed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import (
@@ -37,6 +39,51 @@ log = logging.getLogger(__name__)
 REFUSAL_LOG_INTERVAL = 60.0
 # Raises (any exception) when the token is not one the process accepts.
 TokenCheck = Callable[[str], object]
+# Seconds a connection may take to finish its TLS handshake, to send a whole request after
+# it opened or after its last answer: anyone who reaches the port could otherwise hold
+# connections (and the process's file descriptors) open for ever without authenticating,
+# by sending nothing or a header a byte at a time. An answer being streamed (the
+# dashboard's live events) is a request in progress and is not cut.
+REQUEST_TIMEOUT = 10.0
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _Deadlines:
+    """Aborts a connection with no request in progress request_timeout seconds after it
+    opened or after its last answer."""
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+        self._timers: dict[Any, asyncio.TimerHandle] = {}
+
+    def arm(self, connection: Any) -> None:
+        old = self._timers.pop(connection, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._timers[connection] = loop.call_later(self._timeout, self._expire, connection)
+
+    def _expire(self, connection: Any) -> None:
+        del self._timers[connection]
+        transport = connection.transport
+        if transport is None:
+            # Still in its TLS handshake (which has a deadline of its own): look again.
+            self.arm(connection)
+        elif not transport.is_closing():
+            transport.abort()
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        connection = request.protocol
+        timer = self._timers.pop(connection, None)
+        if timer is not None:
+            timer.cancel()
+        try:
+            return await handler(request)
+        finally:
+            transport = connection.transport
+            if transport is not None and not transport.is_closing():
+                self.arm(connection)
 
 
 class _PeerContext:
@@ -71,6 +118,7 @@ class MetricsServer:
         tokens: TokenCheck | None = None,
         setting: str = "metrics_listen",
         extend: Callable[[web.Application], None] | None = None,
+        request_timeout: float = REQUEST_TIMEOUT,
     ) -> None:
         check_options(listen, tls, anonymous, setting)
         self.registry = registry
@@ -84,6 +132,9 @@ class MetricsServer:
         # The *_created series of counters and histograms say only when the process started.
         disable_created_metrics()
         self._runner: web.AppRunner | None = None
+        self._deadlines = _Deadlines(request_timeout)
+        self._request_timeout = request_timeout
+        self._listener: asyncio.AbstractServer | None = None
         self._refused = 0  # refusals since the last line logged about them
         self._next_refusal_log = 0.0
         self.port = 0
@@ -102,14 +153,28 @@ class MetricsServer:
     async def start(self) -> int:
         """Bind and serve; raises CannotListen naming the setting and the reason."""
         sock = self._bind()
-        app = web.Application()
+        app = web.Application(middlewares=[self._deadlines.middleware])
         app.router.add_get("/metrics", self._metrics)
         if self._extend is not None:
             self._extend(app)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        await web.SockSite(runner, sock, ssl_context=self._ssl_context()).start()
         self._runner = runner
+        serve = runner.server
+        assert serve is not None
+
+        def connection() -> Any:
+            handler = serve()
+            self._deadlines.arm(handler)
+            return handler
+
+        # Served here rather than by aiohttp's SockSite, which sets no handshake deadline
+        # and no deadline for a request to arrive.
+        ssl_context = self._ssl_context()
+        handshake = {} if ssl_context is None else {"ssl_handshake_timeout": self._request_timeout}
+        self._listener = await asyncio.get_running_loop().create_server(
+            connection, sock=sock, ssl=ssl_context, **handshake
+        )
         self.port = sock.getsockname()[1]
         return self.port
 
@@ -139,9 +204,14 @@ class MetricsServer:
         return sock
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._listener is not None:
+            await self._listener.wait_closed()
+            self._listener = None
 
     def caller(
         self, request: web.Request, *, anonymous: bool, token: str = ""

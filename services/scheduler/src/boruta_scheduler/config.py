@@ -194,6 +194,12 @@ _OPTIONS = [
         "int",
         "most bytes of caps one user's waiting requests may carry in all",
     ),
+    _Option(
+        "max_waiting_cap_sets_per_user",
+        "policy",
+        "int",
+        "most different sets of caps (or of profiles) among one user's waiting requests",
+    ),
     _Option("default_deadline", "policy", "duration", "deadline of requests that give none"),
     _Option("job_timeout", "policy", "duration", "how long a job runs unless prolonged"),
     _Option("prolong_step", "policy", "duration", "how far ProlongAccess pushes the timeout"),

@@ -60,6 +60,10 @@ class Policy:
     # of waiting requests, and the bytes of caps they carry in all (keys and values, UTF-8).
     max_waiting_per_user: int = 100_000
     max_waiting_caps_bytes_per_user: int = 16 * MIB
+    # Different sets of caps (or of profiles) among one user's waiting requests: a freed
+    # worker looks at each set that shares a cap with it, so without a bound one user could
+    # make every freed worker walk all their requests.
+    max_waiting_cap_sets_per_user: int = 1_000
     group_max_priority: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -74,7 +78,11 @@ class Policy:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("max_waiting_per_user", "max_waiting_caps_bytes_per_user"):
+        for name in (
+            "max_waiting_per_user",
+            "max_waiting_caps_bytes_per_user",
+            "max_waiting_cap_sets_per_user",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.healthcheck_interval < 0:

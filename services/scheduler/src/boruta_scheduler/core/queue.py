@@ -151,6 +151,10 @@ class RequestQueue:
         self._order: SortedList[tuple[int, int]] = SortedList()
         self._per_owner: dict[str, int] = {}
         self._caps_bytes_per_owner: dict[str, int] = {}
+        # Each owner's buckets, with how many of the owner's requests each holds: what a
+        # freed worker walks grows with the number of buckets, which one user must not
+        # be able to grow without bound (Policy.max_waiting_cap_sets_per_user).
+        self._buckets_per_owner: dict[str, dict[BucketBase, int]] = {}
         self._size = 0
 
     def __len__(self) -> int:
@@ -163,6 +167,23 @@ class RequestQueue:
     def caps_bytes_of(self, owner: str) -> int:
         """Bytes of caps this owner's waiting requests carry in all."""
         return self._caps_bytes_per_owner.get(owner, 0)
+
+    def cap_sets_of(self, owner: str) -> int:
+        """How many different buckets (caps or profiles, with owner groups) this owner's
+        waiting requests are in."""
+        return len(self._buckets_per_owner.get(owner, ()))
+
+    def in_cap_set(
+        self, owner: str, sigs: tuple[frozenset[CapPair], ...], groups: frozenset[str]
+    ) -> bool:
+        """Whether owner has a waiting request in the bucket a request with these
+        profiles' caps (one for a single-board request) and groups would join."""
+        bucket: BucketBase | None = (
+            self._buckets.get((sigs[0], groups))
+            if len(sigs) == 1
+            else self._multis.get((sigs, groups))
+        )
+        return bucket is not None and bucket in self._buckets_per_owner.get(owner, ())
 
     def position(self, request: Request) -> int:
         """How many waiting requests (of any caps) come before this one in serving order."""
@@ -238,6 +259,8 @@ class RequestQueue:
         owner = request.owner
         self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
         self._caps_bytes_per_owner[owner] = self.caps_bytes_of(owner) + bucket.caps_bytes
+        held = self._buckets_per_owner.setdefault(owner, {})
+        held[bucket] = held.get(bucket, 0) + 1
         self._size += 1
 
     def _index_pairs(
@@ -301,6 +324,13 @@ class RequestQueue:
         else:
             del self._per_owner[owner]
             del self._caps_bytes_per_owner[owner]
+        held = self._buckets_per_owner[owner]
+        if held[bucket] > 1:
+            held[bucket] -= 1
+        elif len(held) > 1:
+            del held[bucket]
+        else:
+            del self._buckets_per_owner[owner]
         self._size -= 1
         if not bucket.waiting:
             if isinstance(bucket, MultiBucket):

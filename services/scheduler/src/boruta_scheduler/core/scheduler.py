@@ -157,6 +157,8 @@ class Core:
         # them), so that a set of boards for a request of several profiles takes none a
         # more important one-board request could have had.
         for worker in list(core._idle):
+            if worker.collateral_of or worker.state is not WorkerState.IDLE:
+                continue  # a job started above made it another request's collateral
             core._match_worker(worker, now, sets=False)
         for worker in list(core._idle):
             if worker.state is WorkerState.IDLE:
@@ -559,6 +561,15 @@ class Core:
             raise ResourceExhausted(
                 f"{owner} already has {policy.max_waiting_per_user} waiting requests, the most "
                 "allowed; close some or wait for them to run"
+            )
+        sets = self._queue.cap_sets_of(owner)
+        if sets >= policy.max_waiting_cap_sets_per_user and not self._queue.in_cap_set(
+            owner, tuple(p for _, p in named) if multi else (sig,), groups
+        ):
+            raise ResourceExhausted(
+                f"{owner}'s waiting requests already ask for {sets:,} different sets of caps, "
+                "the most allowed per user (max_waiting_cap_sets_per_user); close waiting "
+                "requests you no longer need, or ask for caps your other requests ask for"
             )
         size = sum(caps_size(p) for _, p in named) if multi else caps_size(sig)
         used = self._queue.caps_bytes_of(owner)
@@ -1073,8 +1084,9 @@ class Core:
     ) -> Callable[[Worker], bool]:
         """Whether a request of this (priority, id) whose jobs end by ends may take an idle
         worker: it is not reserved, or reserved for this request or a less important one,
-        or the job ends before the reserved request could start. starts memoizes expected
-        starts by request id while nothing changes."""
+        or the job ends before the reserved request could start and no more important
+        one-board request waits for it. starts memoizes expected starts by request id while
+        nothing changes."""
         known = {} if starts is None else starts
 
         def usable(worker: Worker) -> bool:
@@ -1084,7 +1096,12 @@ class Core:
             start = known.get(holder.id)
             if start is None:
                 start = known[holder.id] = self._reserved_start(holder, now)
-            return ends <= start
+            if ends > start:
+                return False
+            # A backfill keeps the order among the others: the board goes to no request
+            # while a more important one-board request that could use it waits.
+            first = self._queue.best_for(worker.items, worker.groups)
+            return first is None or (first.priority, first.id) >= rank
 
         return usable
 
