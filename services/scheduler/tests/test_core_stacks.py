@@ -158,17 +158,22 @@ def test_a_reregistered_member_comes_back_as_collateral(kit: CoreKit) -> None:
     assert kit.core.request(second).state is RequestState.WAITING
 
 
-def test_collateral_follows_from_the_stored_state_on_restore(kit: CoreKit) -> None:
-    kit.core.create_stack(kit.now, "bench1", ["p1", "r1"])
-    first = ask(kit, "phone")
-    second = ask(kit, "relay")
-    kit.drain()
-    snapshot = Snapshot(
+def stored(kit: CoreKit) -> Snapshot:
+    """What the store would hold of kit's core now."""
+    return Snapshot(
         requests=list(kit.core.live_requests()),
         workers=kit.core.workers(),
         last_request_id=kit.core.last_request_id,
         stacks=kit.core.stacks(),
     )
+
+
+def test_collateral_follows_from_the_stored_state_on_restore(kit: CoreKit) -> None:
+    kit.core.create_stack(kit.now, "bench1", ["p1", "r1"])
+    first = ask(kit, "phone")
+    second = ask(kit, "relay")
+    kit.drain()
+    snapshot = stored(kit)
     restored = Core.restore(snapshot, kit.now)
     assert restored.worker("r1").collateral_of == first
     assert restored.request(second).state is RequestState.WAITING
@@ -189,12 +194,7 @@ def test_a_restore_matches_no_request_to_another_requests_collateral() -> None:
     second = kit.core.new_request(kit.now, "u", NOBODY, {}, valid_after=kit.now + 5).id
     kit.core.create_stack(kit.now, "s1", ["w0", "w1"])
     kit.drain()
-    snapshot = Snapshot(
-        requests=list(kit.core.live_requests()),
-        workers=kit.core.workers(),
-        last_request_id=kit.core.last_request_id,
-        stacks=kit.core.stacks(),
-    )
+    snapshot = stored(kit)
     restored = Core.restore(snapshot, kit.now + 30)
     assert restored.request(first).state is RequestState.IN_PROGRESS
     assert restored.request(second).state is RequestState.WAITING
