@@ -75,11 +75,7 @@ async def serve_alone(config: SchedulerConfig) -> int:
     await first(scheduler.wait(), stop.wait())
     failed = scheduler.engine is not None and scheduler.engine.failure is not None
     log.info("stopping")
-    if dashboard is not None:
-        await dashboard.close()
-    await scheduler.stop()
-    if http is not None:
-        await http.stop()
+    await stop_serving(scheduler, http, dashboard)
     return EXIT_FAILED if failed else EXIT_STOPPED
 
 
@@ -119,6 +115,24 @@ def http_port(
     if dashboard is not None:
         dashboard.http = http
     return http, dashboard
+
+
+async def stop_serving(
+    scheduler: Scheduler,
+    http: MetricsServer | None,
+    dashboard: Dashboard | None,
+    grace: float | None = None,
+) -> None:
+    """Stop what a leader (or a scheduler alone) serves: the dashboard's live streams
+    first, so that the HTTP port's stop does not wait for them, then gRPC, then HTTP."""
+    if dashboard is not None:
+        await dashboard.close()
+    if grace is None:
+        await scheduler.stop()
+    else:
+        await scheduler.stop(grace=grace)
+    if http is not None:
+        await http.stop()
 
 
 async def serve_shared(config: SchedulerConfig) -> int:
@@ -218,20 +232,12 @@ async def serve_shared(config: SchedulerConfig) -> int:
         # UNAVAILABLE, which clients retry elsewhere, not CANCELLED) for a moment; then the
         # rest are cut rather than answered from a state another leader has moved on from.
         await scheduler.not_serving()
-        if dashboard is not None:
-            await dashboard.close()
-        await scheduler.stop(grace=STEP_DOWN_GRACE_S)
-        if http is not None:
-            await http.stop()
+        await stop_serving(scheduler, http, dashboard, grace=STEP_DOWN_GRACE_S)
         leadership.stop()
         lease.close()
         return EXIT_STEPPED_DOWN
     log.info("stopping")
-    if dashboard is not None:
-        await dashboard.close()
-    await scheduler.stop()
-    if http is not None:
-        await http.stop()
+    await stop_serving(scheduler, http, dashboard)
     leadership.stop()
     await leadership.release()
     lease.close()
