@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from boruta import pki
@@ -197,7 +198,9 @@ TIMEOUT = 0.5  # the request deadline of the servers below, in seconds
 
 
 @contextlib.asynccontextmanager
-async def guarded_server(farm_pki: FarmPki) -> AsyncIterator[tuple[int, asyncio.Event]]:
+async def guarded_server(
+    farm_pki: FarmPki,
+) -> AsyncIterator[tuple[int, asyncio.Event, Any]]:
     """A TLS metrics port with a short request deadline and a /stream route that answers
     a first line at once and its last once the test sets the event."""
     from aiohttp import web
@@ -228,7 +231,7 @@ async def guarded_server(farm_pki: FarmPki) -> AsyncIterator[tuple[int, asyncio.
     )
     port = await server.start()
     try:
-        yield port, finish
+        yield port, finish, server
     finally:
         finish.set()
         await server.stop()
@@ -244,8 +247,9 @@ async def closed_by_server(reader: asyncio.StreamReader) -> None:
 
 async def test_a_connection_that_sends_nothing_is_closed(farm_pki: FarmPki) -> None:
     """Unauthenticated, it could otherwise hold a file descriptor of the scheduler for
-    ever: in the TLS handshake, or after it with no request."""
-    async with guarded_server(farm_pki) as (port, _):
+    ever: in the TLS handshake, or after it with no request. Nothing of either is kept
+    once they are gone (a failed handshake leaves no deadline behind, re-armed for ever)."""
+    async with guarded_server(farm_pki) as (port, _, server):
         raw_reader, raw_writer = await asyncio.open_connection("127.0.0.1", port)
         tls_reader, tls_writer = await asyncio.open_connection(
             "127.0.0.1", port, ssl=https(str(farm_pki.dir / "ca.pem"))
@@ -254,10 +258,15 @@ async def test_a_connection_that_sends_nothing_is_closed(farm_pki: FarmPki) -> N
         await closed_by_server(tls_reader)
         raw_writer.close()
         tls_writer.close()
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + 60
+        while server.pending_deadlines() and loop.time() < give_up:
+            await asyncio.sleep(TIMEOUT / 5)
+        assert server.pending_deadlines() == 0
 
 
 async def test_a_request_sent_a_byte_at_a_time_is_cut(farm_pki: FarmPki) -> None:
-    async with guarded_server(farm_pki) as (port, _):
+    async with guarded_server(farm_pki) as (port, _, _server):
         reader, writer = await asyncio.open_connection(
             "127.0.0.1", port, ssl=https(str(farm_pki.dir / "ca.pem"))
         )
@@ -278,7 +287,7 @@ async def test_a_request_sent_a_byte_at_a_time_is_cut(farm_pki: FarmPki) -> None
 async def test_answers_and_streams_outlast_the_deadline(farm_pki: FarmPki) -> None:
     """A scrape is answered; an answer being streamed (the dashboard's live events) is a
     request in progress, not cut however long it runs."""
-    async with guarded_server(farm_pki) as (port, finish):
+    async with guarded_server(farm_pki) as (port, finish, _server):
         address = f"127.0.0.1:{port}"
         context = https(str(farm_pki.dir / "ca.pem"))
         await asyncio.to_thread(scrape, address, context=context)

@@ -56,19 +56,28 @@ class _Deadlines:
         self._timeout = timeout
         self._timers: dict[Any, asyncio.TimerHandle] = {}
 
-    def arm(self, connection: Any) -> None:
+    def arm(self, connection: Any, *, handshaking: bool = False) -> None:
         old = self._timers.pop(connection, None)
         if old is not None:
             old.cancel()
         loop = asyncio.get_running_loop()
-        self._timers[connection] = loop.call_later(self._timeout, self._expire, connection)
+        self._timers[connection] = loop.call_later(
+            self._timeout, self._expire, connection, handshaking
+        )
 
-    def _expire(self, connection: Any) -> None:
+    def __len__(self) -> int:
+        """Connections with a deadline pending."""
+        return len(self._timers)
+
+    def _expire(self, connection: Any, handshaking: bool) -> None:
         del self._timers[connection]
         transport = connection.transport
         if transport is None:
-            # Still in its TLS handshake (which has a deadline of its own): look again.
-            self.arm(connection)
+            # Still in its TLS handshake, which has a deadline of the same length: look
+            # once more. A handshake that failed never gives the handler a transport (nor
+            # tells it the connection is gone), so a second look is the last.
+            if not handshaking:
+                self.arm(connection, handshaking=True)
         elif not transport.is_closing():
             transport.abort()
 
@@ -138,6 +147,10 @@ class MetricsServer:
         self._refused = 0  # refusals since the last line logged about them
         self._next_refusal_log = 0.0
         self.port = 0
+
+    def pending_deadlines(self) -> int:
+        """Connections whose request deadline is still to come (for tests)."""
+        return len(self._deadlines)
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         if self._tls is None:
