@@ -44,6 +44,56 @@ class WorkerState(enum.IntEnum):
     BUSY = 6
 
 
+class PendingCode(enum.IntEnum):
+    """Why a WAITING request waits (docs/api.md, "Pending reasons"); the first that applies,
+    in this order of precedence."""
+
+    NO_MATCHING_BOARD = 1
+    NO_BOARD_IN_GROUPS = 2
+    NOT_VALID_YET = 3
+    BOARDS_UNAVAILABLE = 4
+    HIGHER_PRIORITY = 5
+    WAITING_FOR_SET = 6
+    BOARDS_BUSY = 7
+
+
+@dataclass(frozen=True, slots=True)
+class PendingBoard:
+    """A board a waiting request could use, and when it is expected to come free."""
+
+    uuid: str
+    state: WorkerState
+    # The request running on it, or holding it as collateral (0: none).
+    held_by: int = 0
+    collateral: bool = False
+    # The waiting request of several boards it is reserved for (0: none).
+    reserved_for: int = 0
+    # When the job holding it times out unless prolonged, and at the latest (its
+    # max_timeout_at); 0 when no job holds it.
+    frees_at: float = 0.0
+    frees_at_latest: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class PendingReason:
+    """Why a WAITING request waits, of one moment of the core."""
+
+    code: PendingCode
+    message: str
+    # Waiting requests served before it that could use a board it could use.
+    requests_ahead: int = 0
+    # The boards it could use (at most MAX_BOARDS_LISTED, soonest free first), and how
+    # many there are among those looked at.
+    boards: tuple[PendingBoard, ...] = ()
+    boards_total: int = 0
+    # The boards reserved for it (a request of several boards).
+    reserved: tuple[str, ...] = ()
+    # When it is expected to start if no running job is prolonged, and when at the latest
+    # (jobs' max_timeout_at); 0: no estimate is given.
+    expected_start: float = 0.0
+    latest_start: float = 0.0
+
+
 class Role(enum.Enum):
     """What kind of caller an identity is."""
 

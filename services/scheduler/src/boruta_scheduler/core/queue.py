@@ -61,7 +61,15 @@ class Interner(Generic[T]):
 class BucketBase:
     """Waiting requests that ask the same of the same workers, with a heap of the ready ones."""
 
-    __slots__ = ("caps_bytes", "groups", "heap", "index_pairs", "ready_count", "waiting")
+    __slots__ = (
+        "caps_bytes",
+        "groups",
+        "heap",
+        "index_pairs",
+        "order",
+        "ready_count",
+        "waiting",
+    )
 
     def __init__(self, groups: frozenset[str], caps_bytes: int) -> None:
         self.groups = groups
@@ -69,6 +77,9 @@ class BucketBase:
         # The pairs the queue indexes this bucket under (none for no caps).
         self.index_pairs: tuple[CapPair, ...] = ()
         self.waiting: set[Request] = set()
+        # Every waiting request of the bucket, ready or not, in serving order: how many of
+        # them go before a given request is a bisection (RequestQueue.ahead_in).
+        self.order: SortedList[tuple[int, int]] = SortedList()
         # Lazy-deletion heap: entries whose request left, changed priority or is not ready
         # any more are dropped when they reach the top.
         self.heap: list[HeapEntry] = []
@@ -146,9 +157,6 @@ class RequestQueue:
         self._multi_no_caps: set[MultiBucket] = set()
         self._sigs: Interner[frozenset[CapPair]] = Interner()
         self._groups: Interner[frozenset[str]] = Interner()
-        # Every waiting request in serving order, so a request's place in the queue costs
-        # O(log n) to tell.
-        self._order: SortedList[tuple[int, int]] = SortedList()
         self._per_owner: dict[str, int] = {}
         self._caps_bytes_per_owner: dict[str, int] = {}
         # Each owner's buckets, with how many of the owner's requests each holds: what a
@@ -185,9 +193,15 @@ class RequestQueue:
         )
         return bucket is not None and bucket in self._buckets_per_owner.get(owner, ())
 
-    def position(self, request: Request) -> int:
-        """How many waiting requests (of any caps) come before this one in serving order."""
-        return int(self._order.bisect_left((request.priority, request.id)))
+    @property
+    def bucket_count(self) -> int:
+        """How many buckets (one-board and several-board) there are."""
+        return len(self._buckets) + len(self._multis)
+
+    @staticmethod
+    def ahead_in(bucket: BucketBase, request: Request) -> int:
+        """How many waiting requests of the bucket come before this one in serving order."""
+        return int(bucket.order.bisect_left((request.priority, request.id)))
 
     def intern(
         self, sig: frozenset[CapPair], groups: frozenset[str]
@@ -201,17 +215,20 @@ class RequestQueue:
     def add(self, request: Request) -> None:
         """Put a WAITING request into its bucket (not ready yet)."""
         self._place(request)
-        self._order.add((request.priority, request.id))
 
     def add_all(self, requests: list[Request]) -> None:
         """add() each request, ordering them all in one sort (a restore's many at once)."""
+        keys: dict[BucketBase, list[tuple[int, int]]] = {}
         for request in requests:
-            self._place(request)
-        self._order.update((r.priority, r.id) for r in requests)
+            self._place(request, ordered=False)
+            assert request.bucket is not None
+            keys.setdefault(request.bucket, []).append((request.priority, request.id))
+        for bucket, order in keys.items():
+            bucket.order.update(order)
 
-    def _place(self, request: Request) -> None:
+    def _place(self, request: Request, *, ordered: bool = True) -> None:
         if len(request.profiles) > 1:
-            self._place_multi(request)
+            self._place_multi(request, ordered=ordered)
             return
         key = (request.sig, request.owner_groups)
         bucket = self._buckets.get(key)
@@ -226,9 +243,9 @@ class RequestQueue:
                     by_pair.setdefault(pair, set()).add(bucket)
             else:
                 self._no_caps.add(bucket)
-        self._count_in(request, bucket)
+        self._count_in(request, bucket, ordered)
 
-    def _place_multi(self, request: Request) -> None:
+    def _place_multi(self, request: Request, *, ordered: bool) -> None:
         sigs = request.sigs
         key = (sigs, request.owner_groups)
         bucket = self._multis.get(key)
@@ -250,10 +267,12 @@ class RequestQueue:
                     self._multi_by_pair.setdefault(pair, set()).add(bucket)
             else:
                 self._multi_no_caps.add(bucket)
-        self._count_in(request, bucket)
+        self._count_in(request, bucket, ordered)
 
-    def _count_in(self, request: Request, bucket: BucketBase) -> None:
+    def _count_in(self, request: Request, bucket: BucketBase, ordered: bool) -> None:
         bucket.waiting.add(request)
+        if ordered:
+            bucket.order.add((request.priority, request.id))
         request.bucket = bucket
         request.ready = False
         owner = request.owner
@@ -300,8 +319,9 @@ class RequestQueue:
         """Re-order a request after its priority changed."""
         if request.bucket is None:
             return
-        self._order.remove((old_priority, request.id))
-        self._order.add((request.priority, request.id))
+        order = request.bucket.order
+        order.remove((old_priority, request.id))
+        order.add((request.priority, request.id))
         if request.ready:
             request.bucket.push(request)
 
@@ -314,8 +334,8 @@ class RequestQueue:
             bucket.ready_count -= 1
             request.ready = False
         bucket.waiting.discard(request)
+        bucket.order.remove((request.priority, request.id))
         request.bucket = None
-        self._order.remove((request.priority, request.id))
         owner = request.owner
         left = self._per_owner[owner] - 1
         if left:

@@ -24,6 +24,7 @@ from boruta_scheduler.core.outbox import (
     OpenTunnel,
     Outbox,
 )
+from boruta_scheduler.core.pending import Explainer
 from boruta_scheduler.core.policy import (
     LATEST_TIME,
     Policy,
@@ -56,6 +57,7 @@ from boruta_scheduler.types import (
     HistoryEntry,
     HostStatus,
     JobView,
+    PendingReason,
     RequestState,
     RequestView,
     StackView,
@@ -266,11 +268,32 @@ class Core:
         return None if request is None else request.view()
 
     def queue_position(self, request_id: int) -> int | None:
-        """How many waiting requests would be served before this one; None if not waiting."""
+        """How many waiting requests that could use a board this one could use would be
+        served before it (docs/api.md, "Pending reasons"); None if it is not waiting."""
         request = self._requests.get(request_id)
         if request is None or request.state is not RequestState.WAITING:
             return None
-        return self._queue.position(request)
+        return self.explainer(0.0).ahead(request)
+
+    def explainer(self, now: float) -> Explainer:
+        """Pending reasons and queue positions of this moment: use it only until the next
+        command (it memoizes what requests of one bucket share)."""
+        return Explainer(
+            self._queue,
+            self._registered,
+            self._requests,
+            lambda request, latest: self._reserved_start(request, now, latest=latest),
+            now,
+        )
+
+    def pending_reason(
+        self, now: float, request_id: int, explainer: Explainer | None = None
+    ) -> PendingReason | None:
+        """Why a waiting request waits; None if it is not waiting (or unknown)."""
+        request = self._requests.get(request_id)
+        if request is None or request.state is not RequestState.WAITING:
+            return None
+        return (explainer or self.explainer(now)).reason(request)
 
     def reservation(self, now: float, request_id: int) -> tuple[tuple[str, ...], float] | None:
         """For a ready waiting request of several profiles: the UUIDs of the workers
@@ -1164,9 +1187,12 @@ class Core:
             if worker.state is WorkerState.IDLE and worker.reserved_for is None:
                 self._match_worker(worker, now)
 
-    def _free_at(self, worker: Worker, request: Request, now: float) -> float | None:
-        """When a worker is expected to be free for a request at the latest (None: not to be
-        counted on: out of service, or kept for a more important request)."""
+    def _free_at(
+        self, worker: Worker, request: Request, now: float, latest: bool = False
+    ) -> float | None:
+        """When a worker is expected to be free for a request if no job is prolonged, or
+        with latest, at the latest (None: not to be counted on: out of service, or kept for a
+        more important request)."""
         holder = worker.reserved_for
         if holder is not None and order_of(holder) < order_of(request):
             return None
@@ -1178,13 +1204,17 @@ class Core:
         if not user:
             return now
         running = self._requests.get(user)
-        return running.jobs[0].timeout_at if running is not None and running.jobs else None
+        if running is None or not running.jobs:
+            return None
+        job = running.jobs[0]
+        return job.max_timeout_at if latest else job.timeout_at
 
-    def _reserved_start(self, request: Request, now: float) -> float:
+    def _reserved_start(self, request: Request, now: float, *, latest: bool = False) -> float:
         """The earliest time by which a set of boards for the request is expected to be
-        free: the boards reserved for it now, others when their jobs time out, the least
-        late set (a bottleneck matching over the first few candidates of each profile:
-        an upper bound that costs k^2 candidate reads, not a look at every worker)."""
+        free: the boards reserved for it now, others when their jobs time out (with latest:
+        at their max_timeout_at), the least late set (a bottleneck matching over the first
+        few candidates of each profile: an upper bound that costs k^2 candidate reads, not
+        a look at every worker)."""
         bucket = request.bucket
         assert isinstance(bucket, MultiBucket)
         count = len(bucket.needs)
@@ -1193,11 +1223,12 @@ class Core:
             options = [
                 (at, w)
                 for w in request.reserved
-                if need.met_by(w.items) and (at := self._free_at(w, request, now)) is not None
+                if need.met_by(w.items)
+                and (at := self._free_at(w, request, now, latest)) is not None
             ]
             found = 0
             for worker in self._registered.capable(need, request.owner_groups):
-                at = self._free_at(worker, request, now)
+                at = self._free_at(worker, request, now, latest)
                 if at is not None:
                     options.append((at, worker))
                     found += 1

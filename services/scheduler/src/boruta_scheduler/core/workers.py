@@ -119,6 +119,14 @@ class WorkerIndex:
             ):
                 yield worker
 
+    def meeting(self, need: Need) -> Worker | None:
+        """The least capable member that meets need, whatever its groups."""
+        members = self._members
+        for _, uuid in self._candidates(need):
+            if need.met_by(members[uuid].items):
+                return members[uuid]
+        return None
+
     def best(self, need: Need, owner_groups: frozenset[str]) -> Worker | None:
         """The least capable member that meets need for owner_groups."""
         return next(self.capable(need, owner_groups), None)
