@@ -22,11 +22,14 @@ from boruta_client import (
     CommandTimeout,
     JobSpec,
     NoSuchWorker,
+    PendingCode,
+    PendingReason,
     Phase,
     RequestEnded,
     RequestState,
     ScheduleTimeout,
     Transfer,
+    WorkerState,
     run_job,
 )
 from live_farm import LiveFarm, lease_holder, live_farm
@@ -235,6 +238,31 @@ def test_busy_no_such_worker_and_schedule_timeout(client: Client) -> None:
         assert seen[0].queue_position == 0
     timed_out = client.get_request(seen[0].id)
     assert timed_out.state is RequestState.CANCELLED
+
+
+def test_both_clients_say_why_a_request_waits(client: Client, farm: LiveFarm) -> None:
+    with client.lease({"camera": "yes"}):
+        (running,) = client.list_requests(states=[RequestState.IN_PROGRESS])
+        waiting = client.new_request({"camera": "yes"})
+        why = client.get_request(waiting.id).pending_reason
+        assert why is not None and why.code is PendingCode.BOARDS_BUSY
+        assert why.requests_ahead == 0 and why.boards_total == 1
+        (board,) = why.boards
+        assert (board.uuid, board.state, board.held_by) == (
+            CAMERA_BOARD,
+            WorkerState.RUNNING,
+            running.id,
+        )
+        assert why.expected_start is not None and why.expected_start == board.frees_at
+        assert why.latest_start is not None and why.latest_start == board.frees_at_latest
+
+        async def listed() -> dict[int, PendingReason | None]:
+            async with AsyncClient(farm.address, user="alice") as aio:
+                found = await aio.list_requests(states=[RequestState.WAITING])
+                return {r.id: r.pending_reason for r in found}
+
+        assert asyncio.run(listed()) == {waiting.id: why}
+        client.close_request(waiting.id)
 
 
 def test_request_that_ends_while_waiting_raises_request_ended(client: Client) -> None:

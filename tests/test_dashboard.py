@@ -88,6 +88,9 @@ def test_an_admin_sees_the_queue_boards_and_a_running_job(
         assert f'href="/requests/{running.id}"' in queue.body
         assert f'href="/requests/{waiting.id}"' in queue.body
         assert "not valid yet" in queue.body
+        # The core's pending reason, on the queue and on the request's page.
+        page = get(farm.metrics_address, f"/requests/{waiting.id}", context)
+        assert "not valid yet: it is matched from its valid_after on (until " in page.body
         busy = alice.get_request(running.id).job
         assert busy is not None
         assert f"on {busy.worker_uuid}" in queue.body

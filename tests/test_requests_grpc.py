@@ -11,7 +11,7 @@ import pytest
 from boruta.v1 import requests_pb2, types_pb2, workers_pb2
 from boruta_scheduler.core import Policy
 from boruta_scheduler.errors import PermissionDenied, RequestNotFound
-from boruta_scheduler.types import Identity
+from boruta_scheduler.types import Identity, PendingCode
 from conftest import start_scheduler
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -264,6 +264,65 @@ async def test_get_request_info_tells_the_queue_position(farm: Farm) -> None:
         return reply.queue_position if reply.HasField("queue_position") else None
 
     assert [await position(r.id) for r in (running, low, high)] == [None, 1, 0]
+
+
+def test_pending_reason_codes_are_the_core_s() -> None:
+    for code in PendingCode:
+        assert S.PendingReasonCode.Value(f"PENDING_REASON_CODE_{code.name}") == code.value
+    assert len(S.PendingReasonCode.keys()) == len(PendingCode) + 1  # and UNSPECIFIED
+
+
+async def test_get_request_info_and_list_requests_say_why_requests_wait(farm: Farm) -> None:
+    await farm.add_dryad([board("w1", board="rpi4"), board("w2", board="x86")], idle=False)
+    admin = farm.admin
+    await admin.workers.SetState(
+        workers_pb2.SetStateRequest(worker_uuid="w1", state=S.WORKER_STATE_IDLE),
+        metadata=admin.metadata,
+    )
+    c = farm.client()
+    running = await c.new({"board": "rpi4"})
+    for _ in range(200):  # preparing w1 takes a dryad call
+        if (await c.info(running.id)).state == IN_PROGRESS:
+            break
+        await asyncio.sleep(0.05)
+    first = await c.new({"board": "rpi4"})
+    second = await c.new({"board": "rpi4"})
+    x86 = await c.new({"board": "x86"})  # w2 stays in MAINTENANCE
+    later = await c.new({"board": "rpi4"}, valid_after=ts(time.time() + 3600))
+    nothing = await c.new({"board": "riscv"}, accept_unsatisfiable=True)
+    job = (await c.info(running.id)).job
+    expected = {
+        first.id: (S.PENDING_REASON_CODE_BOARDS_BUSY, 0),
+        second.id: (S.PENDING_REASON_CODE_HIGHER_PRIORITY, 1),
+        x86.id: (S.PENDING_REASON_CODE_BOARDS_UNAVAILABLE, 0),
+        later.id: (S.PENDING_REASON_CODE_NOT_VALID_YET, 2),
+        nothing.id: (S.PENDING_REASON_CODE_NO_MATCHING_BOARD, 0),
+    }
+    for request_id, (code, ahead) in expected.items():
+        reply = await c.requests.GetRequestInfo(
+            requests_pb2.GetRequestInfoRequest(request_id=request_id), metadata=c.metadata
+        )
+        why = reply.request.pending_reason
+        assert (why.code, why.requests_ahead, reply.queue_position) == (code, ahead, ahead)
+        assert why.message
+    busy = (await c.info(first.id)).pending_reason
+    assert busy.expected_start == job.timeout_at and busy.latest_start == job.max_timeout_at
+    assert [(b.uuid, b.state, b.held_by) for b in busy.boards] == [
+        ("w1", S.WORKER_STATE_RUNNING, running.id)
+    ]
+    assert busy.boards[0].frees_at == job.timeout_at and busy.boards_total == 1
+    unavailable = (await c.info(x86.id)).pending_reason
+    assert [(b.uuid, b.state) for b in unavailable.boards] == [("w2", S.WORKER_STATE_MAINTENANCE)]
+    assert not unavailable.HasField("expected_start")
+    # ListRequests gives the same reasons, and none for the running request.
+    listed = {r.id: r for r in await all_requests(c)}
+    assert not listed[running.id].HasField("pending_reason")
+    for request_id, (code, ahead) in expected.items():
+        why = listed[request_id].pending_reason
+        assert (why.code, why.requests_ahead) == (code, ahead)
+    # Other answers (CloseRequest here) carry none.
+    closed = await c.close(first.id)
+    assert not closed.HasField("pending_reason")
 
 
 async def test_deregistering_last_worker_makes_waiting_request_invalid(farm: Farm) -> None:

@@ -179,6 +179,37 @@ def test_request_lifecycle_and_json_matches_the_api(env: dict[str, str], farm: L
     assert isinstance(closed, dict) and closed["state"] == "DONE"
 
 
+def test_show_and_list_say_why_a_request_waits(env: dict[str, str], farm: LiveFarm) -> None:
+    running = as_json(env, "requests", "new", "camera=yes")
+    assert isinstance(running, dict) and running["state"] == "IN_PROGRESS"
+    first, second = (as_json(env, "requests", "new", "camera=yes") for _ in range(2))
+    assert isinstance(first, dict) and isinstance(second, dict)
+    shown = schedctl(env, "requests", "show", str(first["id"])).stdout
+    why = re.search(r"^why it waits: +(.*)$", shown, re.M)
+    assert (
+        why and why.group(1) == "first in line; every board it could use is taken (1 running a job)"
+    )
+    assert re.search(r"^expected start: +\S+ \S+ unless jobs are prolonged$", shown, re.M), shown
+    assert re.search(r"^latest start: +\S+ \S+ unless boards fail$", shown, re.M), shown
+    board = re.search(r"^boards: +(.*)$", shown, re.M)
+    assert board, shown
+    assert board.group(1).startswith(f"{CAMERA_BOARD} RUNNING, running request {running['id']}")
+    assert re.search(r"^queue position: +0 ahead$", shown, re.M), shown
+    behind = schedctl(env, "requests", "show", str(second["id"])).stdout
+    assert "1 waiting request that could use the same boards goes first" in behind
+    assert "expected start" not in behind
+    detail = as_json(env, "requests", "show", str(first["id"]))
+    assert isinstance(detail, dict)
+    assert detail["pending_reason"]["code"] == "BOARDS_BUSY"
+    assert detail["pending_reason"]["boards"][0]["uuid"] == CAMERA_BOARD
+    rows = schedctl(env, "requests", "list", "--mine", "--live").stdout.splitlines()
+    reasons = {line.split()[0]: line for line in rows[1:]}
+    assert reasons[str(first["id"])].endswith("boards busy")
+    assert reasons[str(second["id"])].endswith("1 ahead")
+    for rid in (second["id"], first["id"], running["id"]):
+        schedctl(env, "requests", "close", str(rid))
+
+
 def test_several_boards_in_one_request(env: dict[str, str], farm: LiveFarm) -> None:
     created = as_json(
         env, "requests", "new", "--profile", "cam:camera=yes", "--profile", "plain:board=rpi4"

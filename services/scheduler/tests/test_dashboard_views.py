@@ -9,6 +9,8 @@ from boruta_scheduler.types import (
     AuditEvent,
     HistoryEntry,
     JobView,
+    PendingCode,
+    PendingReason,
     RequestState,
     RequestView,
     WorkerState,
@@ -62,25 +64,39 @@ def worker(uuid: str, state: WorkerState, groups: frozenset[str] = frozenset()) 
 
 
 def test_a_request_not_valid_yet_says_until_when() -> None:
-    why = views.pending_reason(request(1, valid_after=NOW + 3600), 0, NOW)
-    assert why.startswith("not valid yet (until ")
+    reason = PendingReason(PendingCode.NOT_VALID_YET, "not valid yet: it is matched from ...")
+    why = views.pending_text(request(1, valid_after=NOW + 3600), reason)
+    assert why.startswith("not valid yet: it is matched from ... (until ")
     assert views.when(NOW + 3600) in why
 
 
-def test_a_ready_request_waits_for_a_board_behind_those_ahead() -> None:
-    assert views.pending_reason(request(1), 0, NOW) == "waiting for a board"
-    assert "3 waiting requests go first" in views.pending_reason(request(1), 3, NOW)
-    assert views.pending_reason(request(1, RequestState.IN_PROGRESS), None, NOW) == ""
+def test_the_scheduler_s_reason_is_shown_with_its_start_times() -> None:
+    reason = PendingReason(
+        PendingCode.BOARDS_BUSY,
+        "first in line; every board it could use is taken (1 running a job)",
+        expected_start=NOW + 60,
+        latest_start=NOW + 600,
+    )
+    assert views.pending_text(request(1), reason) == (
+        f"first in line; every board it could use is taken (1 running a job); expected to "
+        f"start by {views.when(NOW + 60)} unless jobs are prolonged, by "
+        f"{views.when(NOW + 600)} at the latest"
+    )
+    ahead = PendingReason(PendingCode.HIGHER_PRIORITY, "3 waiting requests ... go first")
+    assert views.pending_text(request(1), ahead) == "3 waiting requests ... go first"
+    assert views.pending_text(request(1, RequestState.IN_PROGRESS), None) == ""
+    assert views.pending_text(request(1), None) == ""  # no longer waiting when asked
 
 
-def test_the_queue_shows_running_first_then_waiting_in_serving_order() -> None:
+def test_the_queue_keeps_the_service_s_order() -> None:
+    busy = PendingReason(PendingCode.BOARDS_BUSY, "first in line")
     live = [
-        (request(4), 1),
         (request(2, RequestState.IN_PROGRESS), None),
-        (request(3), 0),
-        (request(1, RequestState.IN_PROGRESS), None),
+        (request(4, priority=1), busy),
+        (request(3), None),
     ]
-    assert [row.view.id for row in views.queue_rows(live, NOW)] == [1, 2, 3, 4]
+    rows = views.queue_rows(live)
+    assert [(row.view.id, row.why) for row in rows] == [(2, ""), (4, "first in line"), (3, "")]
 
 
 def test_failure_rate_counts_failures_in_the_window_only() -> None:

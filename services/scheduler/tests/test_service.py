@@ -15,7 +15,7 @@ from boruta_scheduler.app.watch import WatchHub
 from boruta_scheduler.core import Changes, Core
 from boruta_scheduler.errors import IdempotencyKeyReused, InvalidArgument
 from boruta_scheduler.store import MemoryStore
-from boruta_scheduler.types import Access, Identity, RequestState, Role, WorkerState
+from boruta_scheduler.types import Access, Identity, PendingCode, RequestState, Role, WorkerState
 
 
 class NoDryads:
@@ -36,7 +36,7 @@ class HeldCommits(MemoryStore):
         super().commit(changes)
 
 
-async def test_queue_position_agrees_with_the_request_it_is_reported_with() -> None:
+async def test_the_pending_reason_agrees_with_the_request_it_is_reported_with() -> None:
     store = HeldCommits()
     engine = Engine(Core(), store, NoDryads())
     engine.start()
@@ -44,7 +44,10 @@ async def test_queue_position_agrees_with_the_request_it_is_reported_with() -> N
     alice = Identity("alice")
     first = await service.new_request(alice, {}, accept_unsatisfiable=True)
     second = await service.new_request(alice, {}, accept_unsatisfiable=True)
-    assert await service.request_info(alice, second.id) == (second, 1)
+    view, reason = await service.request_info(alice, second.id)
+    # No board is registered: none could serve it, and no request competes for one.
+    assert view == second and reason is not None
+    assert (reason.code, reason.requests_ahead) == (PendingCode.NO_MATCHING_BOARD, 0)
     assert store.get_request(second.id) == second  # the core's view is the stored one
     # The close of the first request is applied to the core, its commit held.
     store.open.clear()
@@ -59,11 +62,11 @@ async def test_queue_position_agrees_with_the_request_it_is_reported_with() -> N
     while not info.done() and engine.commands == asked and time.monotonic() < deadline:
         await asyncio.sleep(0.001)
     store.open.set()
-    view, position = await info
+    view, reason = await info
     await closing
-    # Reported WAITING with no place in the queue, or a place for a closed request, would
-    # describe two different moments; the answer is the committed state, CANCELLED.
-    assert (view.state, position) == (RequestState.CANCELLED, None)
+    # Reported WAITING with no reason, or a reason for a closed request, would describe
+    # two different moments; the answer is the committed state, CANCELLED.
+    assert (view.state, reason) == (RequestState.CANCELLED, None)
     assert store.get_request(first.id) == view
     await engine.stop()
 

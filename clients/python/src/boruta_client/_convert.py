@@ -17,6 +17,9 @@ from boruta_client.types import (
     HistoryEntry,
     HostStatus,
     Job,
+    PendingBoard,
+    PendingCode,
+    PendingReason,
     Profile,
     Profiles,
     Request,
@@ -56,6 +59,38 @@ def job(info: types_pb2.JobInfo) -> Job:
     )
 
 
+def pending_reason(info: types_pb2.PendingReason) -> PendingReason:
+    def optional(ts: Timestamp, present: bool) -> datetime | None:
+        return when(ts) if present else None
+
+    try:
+        code = PendingCode(info.code)
+    except ValueError:
+        code = PendingCode.UNKNOWN
+    boards = tuple(
+        PendingBoard(
+            uuid=b.uuid,
+            state=WorkerState(b.state),
+            held_by=b.held_by or None,
+            collateral=b.collateral,
+            reserved_for=b.reserved_for or None,
+            frees_at=optional(b.frees_at, b.HasField("frees_at")),
+            frees_at_latest=optional(b.frees_at_latest, b.HasField("frees_at_latest")),
+        )
+        for b in info.boards
+    )
+    return PendingReason(
+        code=code,
+        message=info.message,
+        requests_ahead=info.requests_ahead,
+        boards=boards,
+        boards_total=info.boards_total,
+        reserved=tuple(info.reserved),
+        expected_start=optional(info.expected_start, info.HasField("expected_start")),
+        latest_start=optional(info.latest_start, info.HasField("latest_start")),
+    )
+
+
 def request(info: types_pb2.RequestInfo, queue_position: int | None = None) -> Request:
     return Request(
         id=info.id,
@@ -74,6 +109,9 @@ def request(info: types_pb2.RequestInfo, queue_position: int | None = None) -> R
         job_timeout=info.job_timeout.ToTimedelta() if info.HasField("job_timeout") else None,
         profiles=tuple(Profile(p.name, dict(p.caps)) for p in info.profiles),
         jobs=tuple(map(job, info.jobs)),
+        pending_reason=pending_reason(info.pending_reason)
+        if info.HasField("pending_reason")
+        else None,
     )
 
 

@@ -35,6 +35,19 @@ class WorkerState(enum.Enum):
     BUSY = 6
 
 
+class PendingCode(enum.Enum):
+    """Why a WAITING request waits; when several apply, the first of this list."""
+
+    NO_MATCHING_BOARD = 1  # no registered board (or set of boards) has the caps
+    NO_BOARD_IN_GROUPS = 2  # boards with the caps exist, none open to the owner's groups
+    NOT_VALID_YET = 3  # its valid_after has not come
+    BOARDS_UNAVAILABLE = 4  # no board it could use is IDLE or RUNNING
+    HIGHER_PRIORITY = 5  # requests that could use the same boards go first
+    WAITING_FOR_SET = 6  # first in line, a request of several boards waits for a set
+    BOARDS_BUSY = 7  # first in line, every board it could use is taken
+    UNKNOWN = 0  # a code this client does not know (a newer scheduler)
+
+
 class RequestSort(enum.Enum):
     """Fields a request list can be sorted by."""
 
@@ -80,8 +93,38 @@ Profiles = Mapping[str, Mapping[str, str]] | Sequence[Mapping[str, str]]
 
 
 @dataclass(frozen=True, slots=True)
+class PendingBoard:
+    """A board a waiting request could use: who holds it and when it comes free (None: no
+    job holds it)."""
+
+    uuid: str
+    state: WorkerState
+    held_by: int | None = None  # the request running on it or holding it as collateral
+    collateral: bool = False
+    reserved_for: int | None = None  # the request of several boards it is kept for
+    frees_at: datetime | None = None  # the job's timeout, unless prolonged
+    frees_at_latest: datetime | None = None  # the job's max_timeout_at
+
+
+@dataclass(frozen=True, slots=True)
+class PendingReason:
+    """Why a WAITING request waits (docs/api.md, "Pending reasons")."""
+
+    code: PendingCode
+    message: str
+    requests_ahead: int
+    boards: tuple[PendingBoard, ...] = ()
+    boards_total: int = 0
+    reserved: tuple[str, ...] = ()
+    # When it should start if no job is prolonged, and at the latest; None: no estimate.
+    expected_start: datetime | None = None
+    latest_start: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Request:
-    """A request as the scheduler knows it (queue_position only from get_request)."""
+    """A request as the scheduler knows it (queue_position only from get_request; the
+    pending reason from get_request and list_requests, for a waiting request)."""
 
     id: int
     priority: int
@@ -102,6 +145,7 @@ class Request:
     # (job is jobs[0]); both empty for a request of caps alone.
     profiles: tuple[Profile, ...] = ()
     jobs: tuple[Job, ...] = ()
+    pending_reason: PendingReason | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,10 +86,10 @@ def _cell(value: object) -> str:
 
 
 def details(pairs: Iterable[tuple[str, object]]) -> str:
-    """A record as aligned 'key: value' lines."""
+    """A record as aligned 'key: value' lines; an empty key goes on with the line above."""
     items = [(k, _cell(v)) for k, v in pairs]
     width = max((len(k) for k, _ in items), default=0)
-    return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in items)
+    return "\n".join(f"{k + ':' if k else '':<{width + 1}} {v}" for k, v in items)
 
 
 def emit(fmt: str, data: Any, human: Callable[[], str]) -> None:

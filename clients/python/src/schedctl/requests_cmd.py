@@ -8,7 +8,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
-from boruta_client import Access, Job, Request, RequestSort, RequestState
+from boruta_client import (
+    Access,
+    Job,
+    PendingBoard,
+    PendingCode,
+    PendingReason,
+    Request,
+    RequestSort,
+    RequestState,
+)
 
 from schedctl.cli import (
     DURATION,
@@ -40,6 +49,57 @@ def workers_text(r: Request) -> str | None:
     return ",".join(j.worker_uuid for j in jobs) or None
 
 
+# The REASON column of a waiting request: its pending reason in a word or two.
+PENDING_SHORT = {
+    PendingCode.NO_MATCHING_BOARD: "no such board",
+    PendingCode.NO_BOARD_IN_GROUPS: "no board in groups",
+    PendingCode.NOT_VALID_YET: "not valid yet",
+    PendingCode.BOARDS_UNAVAILABLE: "boards unavailable",
+    PendingCode.WAITING_FOR_SET: "waiting for set",
+    PendingCode.BOARDS_BUSY: "boards busy",
+}
+
+
+def reason_text(r: Request) -> str:
+    """Why the request is in its state: the stored reason, or why a waiting one waits."""
+    why = r.pending_reason
+    if r.reason or why is None:
+        return r.reason
+    if why.code is PendingCode.HIGHER_PRIORITY:
+        return f"{why.requests_ahead} ahead"
+    return PENDING_SHORT.get(why.code, why.code.name.lower())
+
+
+def board_text(board: PendingBoard) -> str:
+    """One board a request waits for: its state, who holds it and until when."""
+    text = f"{board.uuid} {board.state.name}"
+    if board.held_by:
+        text += f", {'collateral of' if board.collateral else 'running'} request {board.held_by}"
+    if board.reserved_for:
+        text += f", reserved for request {board.reserved_for}"
+    if board.frees_at is not None:
+        text += f", free by {when(board.frees_at)} unless prolonged"
+    if board.frees_at_latest is not None:
+        text += f" ({when(board.frees_at_latest)} at the latest)"
+    return text
+
+
+def pending_pairs(why: PendingReason) -> list[tuple[str, object]]:
+    """The lines of `requests show` about why a request waits."""
+    pairs: list[tuple[str, object]] = [("why it waits", why.message)]
+    if why.expected_start is not None:
+        pairs.append(("expected start", f"{when(why.expected_start)} unless jobs are prolonged"))
+    if why.latest_start is not None:
+        pairs.append(("latest start", f"{when(why.latest_start)} unless boards fail"))
+    if why.reserved:
+        pairs.append(("reserved boards", ", ".join(why.reserved)))
+    for index, board in enumerate(why.boards):
+        pairs.append(("boards" if index == 0 else "", board_text(board)))
+    if why.boards_total > len(why.boards):
+        pairs.append(("", f"and {why.boards_total - len(why.boards)} more"))
+    return pairs
+
+
 REQUEST_COLUMNS: list[Column] = [
     ("ID", lambda r: r.id),
     ("STATE", lambda r: r.state),
@@ -48,7 +108,7 @@ REQUEST_COLUMNS: list[Column] = [
     ("CAPS", profiles_text),
     ("WORKER", workers_text),
     ("AGE", lambda r: ago(r.created_at)),
-    ("REASON", lambda r: r.reason),
+    ("REASON", reason_text),
 ]
 
 
@@ -70,6 +130,8 @@ def request_details(r: Request) -> str:
         pairs.append(("job timeout asked", span(r.job_timeout)))
     if r.queue_position is not None:
         pairs.append(("queue position", f"{r.queue_position} ahead"))
+    if r.pending_reason is not None:
+        pairs += pending_pairs(r.pending_reason)
     for index, profile in enumerate(r.profiles):
         board = f"board {profile.name or index}"
         worker = r.jobs[index].worker_uuid if index < len(r.jobs) else "(waiting)"
@@ -237,7 +299,8 @@ def list_requests(
 @output_option
 @pass_state
 def show_request(state: State, request_id: int, fmt: str) -> None:
-    """Everything about one request (a waiting one with its queue position)."""
+    """Everything about one request (a waiting one with its queue position, why it waits
+    and when it should start)."""
     request = state.client().get_request(request_id)
     emit(fmt, request, lambda: request_details(request))
 

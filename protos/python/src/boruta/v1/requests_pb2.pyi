@@ -336,8 +336,10 @@ class GetRequestInfoResponse(_message.Message):
     REQUEST_FIELD_NUMBER: _builtins.int
     QUEUE_POSITION_FIELD_NUMBER: _builtins.int
     queue_position: _builtins.int
-    """For a WAITING request: how many waiting requests (of any caps) the scheduler would
-    serve before it, by priority and then age; 0 means it is first. Unset otherwise.
+    """For a WAITING request: how many waiting requests the scheduler would serve before it
+    (by priority, then age) that could use a board it could use (among the first 256
+    boards it could use); 0 means it is first in line. Unset otherwise.
+    request.pending_reason says why it waits.
     """
     @_builtins.property
     def request(self) -> _types_pb2.RequestInfo:

@@ -114,14 +114,16 @@ class RequestsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetRequestInfo(self, request, context):
-        """GetRequestInfo returns one request.
+        """GetRequestInfo returns one request and, while it waits, its queue position and why it
+        waits (RequestInfo.pending_reason).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListRequests(self, request, context):
-        """ListRequests returns requests that pass a filter, sorted and paged.
+        """ListRequests returns requests that pass a filter, sorted and paged; a WAITING one with
+        why it waits (RequestInfo.pending_reason).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

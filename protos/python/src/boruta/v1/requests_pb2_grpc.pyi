@@ -50,9 +50,13 @@ class RequestsStub:
     UpdateRequest: _grpc.UnaryUnaryMultiCallable[_requests_pb2.UpdateRequestRequest, _requests_pb2.UpdateRequestResponse]
     """UpdateRequest changes priority, valid_after or deadline of a WAITING request."""
     GetRequestInfo: _grpc.UnaryUnaryMultiCallable[_requests_pb2.GetRequestInfoRequest, _requests_pb2.GetRequestInfoResponse]
-    """GetRequestInfo returns one request."""
+    """GetRequestInfo returns one request and, while it waits, its queue position and why it
+    waits (RequestInfo.pending_reason).
+    """
     ListRequests: _grpc.UnaryUnaryMultiCallable[_requests_pb2.ListRequestsRequest, _requests_pb2.ListRequestsResponse]
-    """ListRequests returns requests that pass a filter, sorted and paged."""
+    """ListRequests returns requests that pass a filter, sorted and paged; a WAITING one with
+    why it waits (RequestInfo.pending_reason).
+    """
     AcquireWorker: _grpc.UnaryUnaryMultiCallable[_requests_pb2.AcquireWorkerRequest, _requests_pb2.AcquireWorkerResponse]
     """AcquireWorker waits until the request is IN_PROGRESS (bounded by the call's deadline)
     and returns how to log in to its worker, or to each of its workers. For a request in a terminal state it fails
@@ -90,9 +94,13 @@ class RequestsAsyncStub(RequestsStub):
     UpdateRequest: _aio.UnaryUnaryMultiCallable[_requests_pb2.UpdateRequestRequest, _requests_pb2.UpdateRequestResponse]  # type: ignore[assignment]
     """UpdateRequest changes priority, valid_after or deadline of a WAITING request."""
     GetRequestInfo: _aio.UnaryUnaryMultiCallable[_requests_pb2.GetRequestInfoRequest, _requests_pb2.GetRequestInfoResponse]  # type: ignore[assignment]
-    """GetRequestInfo returns one request."""
+    """GetRequestInfo returns one request and, while it waits, its queue position and why it
+    waits (RequestInfo.pending_reason).
+    """
     ListRequests: _aio.UnaryUnaryMultiCallable[_requests_pb2.ListRequestsRequest, _requests_pb2.ListRequestsResponse]  # type: ignore[assignment]
-    """ListRequests returns requests that pass a filter, sorted and paged."""
+    """ListRequests returns requests that pass a filter, sorted and paged; a WAITING one with
+    why it waits (RequestInfo.pending_reason).
+    """
     AcquireWorker: _aio.UnaryUnaryMultiCallable[_requests_pb2.AcquireWorkerRequest, _requests_pb2.AcquireWorkerResponse]  # type: ignore[assignment]
     """AcquireWorker waits until the request is IN_PROGRESS (bounded by the call's deadline)
     and returns how to log in to its worker, or to each of its workers. For a request in a terminal state it fails
@@ -151,7 +159,9 @@ class RequestsServicer(metaclass=_abc_1.ABCMeta):
         request: _requests_pb2.GetRequestInfoRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_requests_pb2.GetRequestInfoResponse, _abc.Awaitable[_requests_pb2.GetRequestInfoResponse]]:
-        """GetRequestInfo returns one request."""
+        """GetRequestInfo returns one request and, while it waits, its queue position and why it
+        waits (RequestInfo.pending_reason).
+        """
 
     @_abc_1.abstractmethod
     def ListRequests(
@@ -159,7 +169,9 @@ class RequestsServicer(metaclass=_abc_1.ABCMeta):
         request: _requests_pb2.ListRequestsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_requests_pb2.ListRequestsResponse, _abc.Awaitable[_requests_pb2.ListRequestsResponse]]:
-        """ListRequests returns requests that pass a filter, sorted and paged."""
+        """ListRequests returns requests that pass a filter, sorted and paged; a WAITING one with
+        why it waits (RequestInfo.pending_reason).
+        """
 
     @_abc_1.abstractmethod
     def AcquireWorker(

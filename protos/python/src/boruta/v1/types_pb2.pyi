@@ -107,6 +107,70 @@ WORKER_STATE_BUSY: WorkerState.ValueType  # 6
 """The scheduler asked the dryad to enter maintenance; MAINTENANCE follows."""
 Global___WorkerState: _TypeAlias = WorkerState  # noqa: Y015
 
+class _PendingReasonCode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PendingReasonCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PendingReasonCode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PENDING_REASON_CODE_UNSPECIFIED: _PendingReasonCode.ValueType  # 0
+    """Not set (an older scheduler, or a request that is not waiting)."""
+    PENDING_REASON_CODE_NO_MATCHING_BOARD: _PendingReasonCode.ValueType  # 1
+    """No registered board has the caps it asks for (of one of its profiles), or no set of
+    different boards serves all its profiles; queued with accept_unsatisfiable.
+    """
+    PENDING_REASON_CODE_NO_BOARD_IN_GROUPS: _PendingReasonCode.ValueType  # 2
+    """Boards with the caps are registered, but none is open to the owner's groups."""
+    PENDING_REASON_CODE_NOT_VALID_YET: _PendingReasonCode.ValueType  # 3
+    """Its valid_after has not come yet."""
+    PENDING_REASON_CODE_BOARDS_UNAVAILABLE: _PendingReasonCode.ValueType  # 4
+    """No board (or set of boards) it could use is IDLE or RUNNING: every one is in
+    MAINTENANCE, FAILED, BUSY (going into maintenance) or PREPARE.
+    """
+    PENDING_REASON_CODE_HIGHER_PRIORITY: _PendingReasonCode.ValueType  # 5
+    """requests_ahead waiting requests that could use a board it could use go first."""
+    PENDING_REASON_CODE_WAITING_FOR_SET: _PendingReasonCode.ValueType  # 6
+    """First in line, a request of several boards waits for a whole set: reserved holds the
+    boards kept for it so far; expected_start and latest_start say when the set comes free.
+    """
+    PENDING_REASON_CODE_BOARDS_BUSY: _PendingReasonCode.ValueType  # 7
+    """First in line, every board it could use is taken (running a job, held as collateral
+    of a request on its stack, or preparing); expected_start and latest_start say when
+    the first comes free.
+    """
+
+class PendingReasonCode(_PendingReasonCode, metaclass=_PendingReasonCodeEnumTypeWrapper):
+    """PendingReasonCode says why a WAITING request is not running yet. When several apply,
+    the request gets the first of this list (the enum's order).
+    """
+
+PENDING_REASON_CODE_UNSPECIFIED: PendingReasonCode.ValueType  # 0
+"""Not set (an older scheduler, or a request that is not waiting)."""
+PENDING_REASON_CODE_NO_MATCHING_BOARD: PendingReasonCode.ValueType  # 1
+"""No registered board has the caps it asks for (of one of its profiles), or no set of
+different boards serves all its profiles; queued with accept_unsatisfiable.
+"""
+PENDING_REASON_CODE_NO_BOARD_IN_GROUPS: PendingReasonCode.ValueType  # 2
+"""Boards with the caps are registered, but none is open to the owner's groups."""
+PENDING_REASON_CODE_NOT_VALID_YET: PendingReasonCode.ValueType  # 3
+"""Its valid_after has not come yet."""
+PENDING_REASON_CODE_BOARDS_UNAVAILABLE: PendingReasonCode.ValueType  # 4
+"""No board (or set of boards) it could use is IDLE or RUNNING: every one is in
+MAINTENANCE, FAILED, BUSY (going into maintenance) or PREPARE.
+"""
+PENDING_REASON_CODE_HIGHER_PRIORITY: PendingReasonCode.ValueType  # 5
+"""requests_ahead waiting requests that could use a board it could use go first."""
+PENDING_REASON_CODE_WAITING_FOR_SET: PendingReasonCode.ValueType  # 6
+"""First in line, a request of several boards waits for a whole set: reserved holds the
+boards kept for it so far; expected_start and latest_start say when the set comes free.
+"""
+PENDING_REASON_CODE_BOARDS_BUSY: PendingReasonCode.ValueType  # 7
+"""First in line, every board it could use is taken (running a job, held as collateral
+of a request on its stack, or preparing); expected_start and latest_start say when
+the first comes free.
+"""
+Global___PendingReasonCode: _TypeAlias = PendingReasonCode  # noqa: Y015
+
 @_typing.final
 class JobInfo(_message.Message):
     """JobInfo describes the job of an IN_PROGRESS request: the worker reserved for it and
@@ -245,6 +309,7 @@ class RequestInfo(_message.Message):
     JOB_TIMEOUT_FIELD_NUMBER: _builtins.int
     PROFILES_FIELD_NUMBER: _builtins.int
     JOBS_FIELD_NUMBER: _builtins.int
+    PENDING_REASON_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Identifier given by the scheduler; larger for later requests."""
     priority: _builtins.int
@@ -308,6 +373,13 @@ class RequestInfo(_message.Message):
         one job is job. Kept after the jobs end.
         """
 
+    @_builtins.property
+    def pending_reason(self) -> Global___PendingReason:
+        """Why the request waits: set for a WAITING request in the answers of GetRequestInfo and
+        ListRequests only (unset in other answers and in watch streams, which send a request
+        when it changes, not when the farm around it does). See docs/api.md, "Pending reasons".
+        """
+
     def __init__(
         self,
         *,
@@ -326,14 +398,141 @@ class RequestInfo(_message.Message):
         job_timeout: _duration_pb2.Duration | None = ...,
         profiles: _abc.Iterable[Global___Profile] | None = ...,
         jobs: _abc.Iterable[Global___JobInfo] | None = ...,
+        pending_reason: Global___PendingReason | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline", "job", b"job", "job_timeout", b"job_timeout", "updated_at", b"updated_at", "valid_after", b"valid_after"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline", "job", b"job", "job_timeout", b"job_timeout", "pending_reason", b"pending_reason", "updated_at", b"updated_at", "valid_after", b"valid_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caps", b"caps", "created_at", b"created_at", "deadline", b"deadline", "id", b"id", "job", b"job", "job_timeout", b"job_timeout", "jobs", b"jobs", "owner", b"owner", "owner_groups", b"owner_groups", "priority", b"priority", "profiles", b"profiles", "reason", b"reason", "state", b"state", "updated_at", b"updated_at", "valid_after", b"valid_after"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caps", b"caps", "created_at", b"created_at", "deadline", b"deadline", "id", b"id", "job", b"job", "job_timeout", b"job_timeout", "jobs", b"jobs", "owner", b"owner", "owner_groups", b"owner_groups", "pending_reason", b"pending_reason", "priority", b"priority", "profiles", b"profiles", "reason", b"reason", "state", b"state", "updated_at", b"updated_at", "valid_after", b"valid_after"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RequestInfo: _TypeAlias = RequestInfo  # noqa: Y015
+
+@_typing.final
+class PendingBoard(_message.Message):
+    """PendingBoard is one board a waiting request could use, as it is now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UUID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    HELD_BY_FIELD_NUMBER: _builtins.int
+    COLLATERAL_FIELD_NUMBER: _builtins.int
+    RESERVED_FOR_FIELD_NUMBER: _builtins.int
+    FREES_AT_FIELD_NUMBER: _builtins.int
+    FREES_AT_LATEST_FIELD_NUMBER: _builtins.int
+    uuid: _builtins.str
+    """The board's UUID."""
+    state: Global___WorkerState.ValueType
+    """The board's state."""
+    held_by: _builtins.int
+    """The request running on the board or holding it as collateral; 0 for none."""
+    collateral: _builtins.bool
+    """Whether held_by holds the board as collateral (a board of the stack it runs on)."""
+    reserved_for: _builtins.int
+    """The waiting request of several boards the board is reserved for; 0 for none."""
+    @_builtins.property
+    def frees_at(self) -> _timestamp_pb2.Timestamp:
+        """When the job holding the board times out unless it is prolonged; unset when no job
+        holds it.
+        """
+
+    @_builtins.property
+    def frees_at_latest(self) -> _timestamp_pb2.Timestamp:
+        """When the job holding the board ends at the latest (its max_timeout_at: no prolong
+        goes past it); unset when no job holds it.
+        """
+
+    def __init__(
+        self,
+        *,
+        uuid: _builtins.str = ...,
+        state: Global___WorkerState.ValueType = ...,
+        held_by: _builtins.int = ...,
+        collateral: _builtins.bool = ...,
+        reserved_for: _builtins.int = ...,
+        frees_at: _timestamp_pb2.Timestamp | None = ...,
+        frees_at_latest: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["frees_at", b"frees_at", "frees_at_latest", b"frees_at_latest"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collateral", b"collateral", "frees_at", b"frees_at", "frees_at_latest", b"frees_at_latest", "held_by", b"held_by", "reserved_for", b"reserved_for", "state", b"state", "uuid", b"uuid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PendingBoard: _TypeAlias = PendingBoard  # noqa: Y015
+
+@_typing.final
+class PendingReason(_message.Message):
+    """PendingReason says why a WAITING request waits, as of the moment of the answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    REQUESTS_AHEAD_FIELD_NUMBER: _builtins.int
+    BOARDS_FIELD_NUMBER: _builtins.int
+    BOARDS_TOTAL_FIELD_NUMBER: _builtins.int
+    RESERVED_FIELD_NUMBER: _builtins.int
+    EXPECTED_START_FIELD_NUMBER: _builtins.int
+    LATEST_START_FIELD_NUMBER: _builtins.int
+    code: Global___PendingReasonCode.ValueType
+    """The reason (the first that applies, in the enum's order)."""
+    message: _builtins.str
+    """The reason in words, for people; programs should read code and the fields."""
+    requests_ahead: _builtins.int
+    """Waiting requests the scheduler would serve before this one (more important, or as
+    important and older) that could use a board it could use; the same as
+    GetRequestInfoResponse.queue_position.
+    """
+    boards_total: _builtins.int
+    """How many boards it could use: at most the first 256 (least capable first, shared
+    among its profiles) are looked at, and counted here.
+    """
+    @_builtins.property
+    def boards(self) -> _containers.RepeatedCompositeFieldContainer[Global___PendingBoard]:
+        """The boards it could use, at most 8: those expected free soonest first, then those
+        out of service. Empty when no board could serve it.
+        """
+
+    @_builtins.property
+    def reserved(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """For a request of several boards: the UUIDs of the boards reserved for it."""
+
+    @_builtins.property
+    def expected_start(self) -> _timestamp_pb2.Timestamp:
+        """When it is expected to start if no running job is prolonged (the earliest job
+        timeout among its boards; for a set, the time a whole set is free); unset when no
+        estimate can be given (it is not first in line, or nothing it waits for has a time).
+        Preparing a board (seconds) is not counted.
+        """
+
+    @_builtins.property
+    def latest_start(self) -> _timestamp_pb2.Timestamp:
+        """When it starts at the latest, as expected_start with each job's max_timeout_at for
+        its timeout: a bound that holds unless boards fail or leave service or more important
+        requests come; unset as expected_start.
+        """
+
+    def __init__(
+        self,
+        *,
+        code: Global___PendingReasonCode.ValueType = ...,
+        message: _builtins.str = ...,
+        requests_ahead: _builtins.int = ...,
+        boards: _abc.Iterable[Global___PendingBoard] | None = ...,
+        boards_total: _builtins.int = ...,
+        reserved: _abc.Iterable[_builtins.str] | None = ...,
+        expected_start: _timestamp_pb2.Timestamp | None = ...,
+        latest_start: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expected_start", b"expected_start", "latest_start", b"latest_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["boards", b"boards", "boards_total", b"boards_total", "code", b"code", "expected_start", b"expected_start", "latest_start", b"latest_start", "message", b"message", "requests_ahead", b"requests_ahead", "reserved", b"reserved"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PendingReason: _TypeAlias = PendingReason  # noqa: Y015
 
 @_typing.final
 class AccessInfo(_message.Message):

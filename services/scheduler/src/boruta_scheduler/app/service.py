@@ -52,6 +52,7 @@ from boruta_scheduler.types import (
     HostStatus,
     Identity,
     JobView,
+    PendingReason,
     RequestState,
     RequestView,
     Role,
@@ -61,6 +62,10 @@ from boruta_scheduler.types import (
 )
 
 T = TypeVar("T")
+
+# Waiting requests whose pending reasons one engine read works out (ListRequests, the
+# dashboard): what bounds how long one page holds the engine.
+REASONS_PER_READ = 25
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,36 +269,70 @@ class SchedulerService:
         check_owner(who, view)
         return view
 
-    async def request_info(self, who: Identity, request_id: int) -> tuple[RequestView, int | None]:
-        """The request and, while it waits, how many waiting requests go before it: both
-        read in one engine command, so of one moment, and answered once that moment is
-        committed. (The store alone may be a batch behind the core's queue.)"""
+    async def request_info(
+        self, who: Identity, request_id: int
+    ) -> tuple[RequestView, PendingReason | None]:
+        """The request and, while it waits, why (its queue position is the reason's
+        requests_ahead): both read in one engine command, so of one moment, and answered
+        once that moment is committed. (The store alone may be a batch behind the core's
+        queue.)"""
         check_id(request_id)
 
-        def live(core: Core, now: float) -> tuple[RequestView | None, int | None]:
+        def live(core: Core, now: float) -> tuple[RequestView | None, PendingReason | None]:
             view = core.live_request(request_id)
             if view is not None:
                 check_owner(who, view)
-            return view, core.queue_position(request_id)
+            return view, core.pending_reason(now, request_id)
 
-        view, position = await self.engine.read(live)
+        view, reason = await self.engine.read(live)
         if view is None:  # terminal (committed, since the read was) or unknown
             return await self.get_request(who, request_id), None
-        return view, position
+        return view, reason
 
-    async def live_requests(self, who: Identity) -> list[tuple[RequestView, int | None]]:
-        """The live requests who may see (as ListRequests shows them), each with its queue
-        position while it waits, all of one moment: one engine read."""
+    async def pending_reasons(
+        self, who: Identity, views: Sequence[RequestView]
+    ) -> dict[int, PendingReason]:
+        """Why each of these requests that still waits waits, by id: engine reads of at
+        most REASONS_PER_READ requests each, so that a long page never holds the engine
+        for long (each read is of one moment; the page's requests may be of several)."""
+        for view in views:
+            check_owner(who, view)
+        waiting = [v.id for v in views if v.state is RequestState.WAITING]
+        reasons: dict[int, PendingReason] = {}
+        for start in range(0, len(waiting), REASONS_PER_READ):
+            chunk = waiting[start : start + REASONS_PER_READ]
+
+            def explain(core: Core, now: float, chunk: list[int] = chunk) -> None:
+                explainer = core.explainer(now)
+                for request_id in chunk:
+                    reason = core.pending_reason(now, request_id, explainer)
+                    if reason is not None:
+                        reasons[request_id] = reason
+
+            await self.engine.read(explain)
+        return reasons
+
+    async def live_requests(
+        self, who: Identity, limit: int
+    ) -> tuple[list[tuple[RequestView, PendingReason | None]], int]:
+        """The first limit live requests who may see (as ListRequests shows them): running
+        ones by id, then waiting ones in serving order (priority, then age), each waiting
+        one with why it waits; and how many there are in all."""
         query = own_query(who, RequestQuery())
 
-        def live(core: Core, now: float) -> list[tuple[RequestView, int | None]]:
-            return [
-                (view, core.queue_position(view.id))
-                for view in core.live_requests()
-                if query.matches(view)
-            ]
+        def live(core: Core, now: float) -> list[RequestView]:
+            return [view for view in core.live_requests() if query.matches(view)]
 
-        return await self.engine.read(live)
+        found = await self.engine.read(live)
+
+        def order(view: RequestView) -> tuple[int, int, int]:
+            if view.state is RequestState.IN_PROGRESS:
+                return (0, 0, view.id)
+            return (1, view.priority, view.id)
+
+        shown = sorted(found, key=order)[:limit]
+        reasons = await self.pending_reasons(who, shown)
+        return [(view, reasons.get(view.id)) for view in shown], len(found)
 
     async def list_requests(self, who: Identity, query: RequestQuery) -> Page[RequestView]:
         return await self._read(self.store.list_requests, own_query(who, query))

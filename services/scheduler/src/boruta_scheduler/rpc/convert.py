@@ -25,6 +25,7 @@ from boruta_scheduler.types import (
     HistoryEntry,
     HostStatus,
     JobView,
+    PendingReason,
     RequestState,
     RequestView,
     StackView,
@@ -236,7 +237,34 @@ def job_info(job: JobView) -> types_pb2.JobInfo:
     )
 
 
-def request_info(r: RequestView) -> types_pb2.RequestInfo:
+def pending_reason(reason: PendingReason) -> types_pb2.PendingReason:
+    info = types_pb2.PendingReason(
+        code=int(reason.code),  # type: ignore[arg-type]
+        message=reason.message,
+        requests_ahead=reason.requests_ahead,
+        boards_total=reason.boards_total,
+        reserved=reason.reserved,
+    )
+    for board in reason.boards:
+        shown = info.boards.add(
+            uuid=board.uuid,
+            state=int(board.state),
+            held_by=board.held_by,
+            collateral=board.collateral,
+            reserved_for=board.reserved_for,
+        )
+        if board.frees_at:
+            shown.frees_at.CopyFrom(timestamp(board.frees_at))
+        if board.frees_at_latest:
+            shown.frees_at_latest.CopyFrom(timestamp(board.frees_at_latest))
+    if reason.expected_start:
+        info.expected_start.CopyFrom(timestamp(reason.expected_start))
+    if reason.latest_start:
+        info.latest_start.CopyFrom(timestamp(reason.latest_start))
+    return info
+
+
+def request_info(r: RequestView, pending: PendingReason | None = None) -> types_pb2.RequestInfo:
     info = types_pb2.RequestInfo(
         id=r.id,
         priority=r.priority,
@@ -257,6 +285,8 @@ def request_info(r: RequestView) -> types_pb2.RequestInfo:
         info.jobs.extend(job_info(job) for job in r.jobs)
     if r.job_timeout:
         info.job_timeout.FromNanoseconds(round(r.job_timeout * 1e9))
+    if pending is not None:
+        info.pending_reason.CopyFrom(pending_reason(pending))
     return info
 
 

@@ -59,19 +59,21 @@ class RequestsServicer(requests_pb2_grpc.RequestsServicer):
     async def GetRequestInfo(
         self, request: requests_pb2.GetRequestInfoRequest, context: Context
     ) -> requests_pb2.GetRequestInfoResponse:
-        view, position = await self._service.request_info(current_identity(), request.request_id)
-        reply = requests_pb2.GetRequestInfoResponse(request=convert.request_info(view))
-        if position is not None:
-            reply.queue_position = position
+        view, reason = await self._service.request_info(current_identity(), request.request_id)
+        reply = requests_pb2.GetRequestInfoResponse(request=convert.request_info(view, reason))
+        if reason is not None:
+            reply.queue_position = reason.requests_ahead
         return reply
 
     async def ListRequests(
         self, request: requests_pb2.ListRequestsRequest, context: Context
     ) -> requests_pb2.ListRequestsResponse:
         query, scope = convert.request_query(request, self._tokens)
-        page = await self._service.list_requests(current_identity(), query)
+        who = current_identity()
+        page = await self._service.list_requests(who, query)
+        reasons = await self._service.pending_reasons(who, page.items)
         return requests_pb2.ListRequestsResponse(
-            requests=[convert.request_info(v) for v in page.items],
+            requests=[convert.request_info(v, reasons.get(v.id)) for v in page.items],
             next_page_token=self._tokens.encode(scope, page.next_after),
         )
 

@@ -195,14 +195,15 @@ class Dashboard:
     async def _queue(self, request: web.Request, who: Identity) -> web.Response:
         assert self.service is not None
         admit(who, rule_of("boruta.v1.Requests", "ListRequests"))
-        rows = views.queue_rows(await self.service.live_requests(who), time.time())
+        live, total = await self.service.live_requests(who, QUEUE_SHOWN)
+        rows = views.queue_rows(live)
         return self._render(
             request,
             who,
             "queue.html",
             title="Queue",
-            rows=rows[:QUEUE_SHOWN],
-            more=max(len(rows) - QUEUE_SHOWN, 0),
+            rows=rows,
+            more=max(total - len(rows), 0),
         )
 
     async def _all_workers(self, who: Identity) -> list[WorkerView]:
@@ -259,7 +260,7 @@ class Dashboard:
             request_id = int(request.match_info["id"])
         except ValueError:
             return web.Response(status=400, text="a request id is a number\n")
-        view, position = await self.service.request_info(who, request_id)
+        view, reason = await self.service.request_info(who, request_id)
         events = []
         try:
             admit(who, rule_of("boruta.v1.Audit", "ListAuditEvents"))
@@ -275,7 +276,7 @@ class Dashboard:
             "request.html",
             title=f"Request {view.id}",
             view=view,
-            why=views.pending_reason(view, position, time.time()),
+            why=views.pending_text(view, reason),
             moments=views.timeline(view, events),
             audited=who.role is Role.ADMIN,
         )

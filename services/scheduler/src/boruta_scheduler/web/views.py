@@ -1,5 +1,6 @@
-"""What the dashboard's pages show, worked out from the service's views: pure functions of
-their arguments (callers pass now), so they are tested without a server."""
+"""What the dashboard's pages show, worked out from the service's views and the core's
+pending reasons: pure functions of their arguments (callers pass now), so they are tested
+without a server."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 from boruta_scheduler.types import (
     AuditEvent,
     HistoryEntry,
+    PendingCode,
+    PendingReason,
     RequestState,
     RequestView,
     WorkerState,
@@ -32,34 +35,29 @@ class QueueRow:
     """One live request on the queue page."""
 
     view: RequestView
-    position: int | None
+    reason: PendingReason | None
     why: str
 
 
-def pending_reason(view: RequestView, position: int | None, now: float) -> str:
-    """Why a waiting request waits, as far as the core tells today. The one place to show
-    the richer reasons of issue 13 point 3 once the core gives them."""
-    if view.state is not RequestState.WAITING:
+def pending_text(view: RequestView, reason: PendingReason | None) -> str:
+    """Why a waiting request waits, as the pages print it: the scheduler's reason, with the
+    times it gives."""
+    if view.state is not RequestState.WAITING or reason is None:
         return ""
-    if view.valid_after > now:
-        return f"not valid yet (until {when(view.valid_after)})"
-    if position:
-        return f"waiting for a board ({position} waiting requests go first)"
-    return "waiting for a board"
+    text = reason.message
+    if reason.code is PendingCode.NOT_VALID_YET:
+        text += f" (until {when(view.valid_after)})"
+    if reason.expected_start:
+        text += f"; expected to start by {when(reason.expected_start)} unless jobs are prolonged"
+    if reason.latest_start:
+        text += f", by {when(reason.latest_start)} at the latest"
+    return text
 
 
-def queue_rows(live: Iterable[tuple[RequestView, int | None]], now: float) -> list[QueueRow]:
-    """Running requests first (by id), then waiting ones in the order they would be served."""
-    rows = [
-        QueueRow(view, position, pending_reason(view, position, now)) for view, position in live
-    ]
-
-    def order(row: QueueRow) -> tuple[int, int, int]:
-        if row.view.state is RequestState.IN_PROGRESS:
-            return (0, 0, row.view.id)
-        return (1, row.position or 0, row.view.id)
-
-    return sorted(rows, key=order)
+def queue_rows(live: Iterable[tuple[RequestView, PendingReason | None]]) -> list[QueueRow]:
+    """The rows of the queue page, in the order given (the service's: running requests
+    first, then waiting ones in serving order)."""
+    return [QueueRow(view, reason, pending_text(view, reason)) for view, reason in live]
 
 
 @dataclass(frozen=True, slots=True)
