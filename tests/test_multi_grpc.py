@@ -112,6 +112,29 @@ async def test_one_failed_board_fails_the_request_and_frees_the_other(farm: Farm
     assert (await alice.new({"board": "phone"})).job.worker_uuid == "p1"
 
 
+async def test_a_waiting_set_says_which_boards_are_reserved_for_it(farm: Farm) -> None:
+    await farm.add_dryad([board("p1", board="phone"), board("r1", board="relay")])
+    alice = farm.client("alice")
+    relay = await alice.new({"board": "relay"})
+    assert relay.state == IN_PROGRESS
+    pair = await new(alice, PHONE_AND_RELAY, priority=5)
+    why = (await alice.info(pair.id)).pending_reason
+    assert why.code == S.PENDING_REASON_CODE_WAITING_FOR_SET
+    assert list(why.reserved) == ["p1"] and why.requests_ahead == 0
+    assert "1 of them reserved for it" in why.message
+    job = relay.job
+    assert why.expected_start == job.timeout_at and why.latest_start == job.max_timeout_at
+    boards = {b.uuid: (b.state, b.held_by, b.reserved_for) for b in why.boards}
+    assert boards == {
+        "p1": (S.WORKER_STATE_IDLE, 0, pair.id),
+        "r1": (S.WORKER_STATE_RUNNING, relay.id, 0),
+    }
+    listed = {r.id: r for r in await all_requests(alice)}
+    assert listed[pair.id].pending_reason == why
+    await alice.close(relay.id)
+    assert not (await alice.wait_request(pair.id, IN_PROGRESS)).HasField("pending_reason")
+
+
 async def test_impossible_sets_are_refused_at_once_and_busy_ones_with_no_wait(
     farm: Farm,
 ) -> None:

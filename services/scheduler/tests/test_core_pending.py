@@ -52,7 +52,7 @@ def test_no_registered_board_has_the_caps(kit: CoreKit) -> None:
     why = reason(kit, r)
     assert why.code is PendingCode.NO_MATCHING_BOARD
     assert "no registered board has the caps" in why.message
-    assert why.boards == () and why.requests_ahead == 0
+    assert why.boards == () and why.boards_total == 0 and why.requests_ahead == 0
     # A set whose profiles have boards, but not different ones, has none either.
     pair = kit.core.new_request(
         kit.now,
@@ -159,6 +159,19 @@ def test_first_in_line_waits_for_the_earliest_job_to_end(kit: CoreKit) -> None:
         (long_job.worker_uuid, long.id, long_job.timeout_at),
     ]
     assert why.boards[0].frees_at_latest == short_job.max_timeout_at
+
+
+def test_boards_out_of_service_are_listed_after_the_busy_ones(kit: CoreKit) -> None:
+    kit.add_worker("w1", {"board": "rpi4"}, idle=False)  # MAINTENANCE
+    kit.add_worker("w2", {"board": "rpi4"})
+    running = kit.core.new_request(kit.now, "u", NOBODY, {"board": "rpi4"})
+    waiting = kit.core.new_request(kit.now, "u", NOBODY, {"board": "rpi4"})
+    why = reason(kit, waiting)
+    assert why.code is PendingCode.BOARDS_BUSY
+    assert why.message.endswith("taken (1 out of service, 1 running a job)")
+    assert [(b.uuid, b.held_by) for b in why.boards] == [("w2", running.id), ("w1", 0)]
+    job = kit.core.request(running.id).job
+    assert job is not None and why.latest_start == job.max_timeout_at
 
 
 def test_a_board_held_as_collateral_frees_with_its_holder(kit: CoreKit) -> None:

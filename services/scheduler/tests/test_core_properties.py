@@ -44,6 +44,7 @@ from boruta_scheduler.core import Changes, Core, DryadCall, DryadCallKind, Polic
 from boruta_scheduler.errors import BorutaError, RequestNotFound
 from boruta_scheduler.types import (
     Access,
+    PendingCode,
     RequestState,
     RequestView,
     StackView,
@@ -740,7 +741,41 @@ class CoreMachine(RuleBasedStateMachine):
                 assert has_set(list(workers.values()), view), (
                     f"request {view.id} waits but no registered workers can serve it"
                 )
-        assert core.waiting_count == sum(v.state is RequestState.WAITING for v in live.values())
+        # 10. Pending reasons: the queue position counts the waiting requests ahead that
+        # could use a board this one could use; the reason agrees with the farm.
+        explainer = core.explainer(now)
+        waiting = [v for v in live.values() if v.state is RequestState.WAITING]
+        for view in waiting:
+            mine = [
+                w
+                for w in workers.values()
+                if any(serves(w, p.caps, view) for p in view.all_profiles)
+            ]
+            ahead = sum(
+                1
+                for other in waiting
+                if rank(other) < rank(view)
+                and any(serves(w, p.caps, other) for w in mine for p in other.all_profiles)
+            )
+            why = core.pending_reason(now, view.id, explainer)
+            assert why is not None and why.requests_ahead == ahead, (view.id, why, ahead)
+            assert core.queue_position(view.id) == ahead
+            assert why.boards_total == len(mine), (view.id, why)
+            if why.code is PendingCode.NOT_VALID_YET:
+                assert view.valid_after > now, view
+            elif why.code in (PendingCode.BOARDS_BUSY, PendingCode.WAITING_FOR_SET):
+                assert ahead == 0 and view.valid_after <= now, (view, why)
+            elif why.code is PendingCode.HIGHER_PRIORITY:
+                assert ahead > 0, why
+            if why.code is PendingCode.BOARDS_BUSY:
+                # First in line, no board it could use is free for it.
+                for board in why.boards:
+                    shown = workers[board.uuid]
+                    assert shown.collateral_of or shown.state is not WorkerState.IDLE, (
+                        view.id,
+                        shown,
+                    )
+        assert core.waiting_count == len(waiting)
         assert core.idle_count == len(idle)
         if ticked:
             next_timer = core.next_timer()

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import Any
 
 import pytest
 from boruta_scheduler.app.audit import clip
 from boruta_scheduler.app.authz import RULES
 from boruta_scheduler.app.engine import Engine
-from boruta_scheduler.app.service import SchedulerService
+from boruta_scheduler.app.service import REASONS_PER_READ, SchedulerService
 from boruta_scheduler.app.watch import WatchHub
 from boruta_scheduler.core import Changes, Core
 from boruta_scheduler.errors import IdempotencyKeyReused, InvalidArgument
@@ -68,6 +69,35 @@ async def test_the_pending_reason_agrees_with_the_request_it_is_reported_with() 
     # two different moments; the answer is the committed state, CANCELLED.
     assert (view.state, reason) == (RequestState.CANCELLED, None)
     assert store.get_request(first.id) == view
+    await engine.stop()
+
+
+async def test_reasons_of_a_long_page_are_worked_out_a_few_requests_per_engine_read() -> None:
+    store = MemoryStore()
+    engine = Engine(Core(), store, NoDryads())
+    engine.start()
+    service = SchedulerService(engine, store, WatchHub())
+    alice = Identity("alice")
+    made = [
+        await service.new_request(alice, {"n": str(i % 3)}, accept_unsatisfiable=True)
+        for i in range(2 * REASONS_PER_READ + 1)
+    ]
+    closed = await service.close_request(alice, made[0].id)
+    reads = 0
+    read = engine.read
+
+    async def counted(query: Any, discard: Any = None) -> Any:
+        nonlocal reads
+        reads += 1
+        return await read(query, discard)
+
+    engine.read = counted  # type: ignore[method-assign]
+    # The page as the store had it: the closed request still WAITING there.
+    reasons = await service.pending_reasons(alice, made)
+    assert reads == 3  # 51 waiting requests, 25 per read
+    assert closed.state is RequestState.CANCELLED and made[0].id not in reasons
+    assert sorted(reasons) == [r.id for r in made[1:]]
+    assert {r.code for r in reasons.values()} == {PendingCode.NO_MATCHING_BOARD}
     await engine.stop()
 
 

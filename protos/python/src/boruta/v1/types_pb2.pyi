@@ -135,8 +135,8 @@ class _PendingReasonCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Pen
     """
     PENDING_REASON_CODE_BOARDS_BUSY: _PendingReasonCode.ValueType  # 7
     """First in line, every board it could use is taken (running a job, held as collateral
-    of a request on its stack, or preparing); expected_start and latest_start say when
-    the first comes free.
+    of a request on its stack, or preparing) or out of service; expected_start and
+    latest_start say when the first taken one comes free.
     """
 
 class PendingReasonCode(_PendingReasonCode, metaclass=_PendingReasonCodeEnumTypeWrapper):
@@ -166,8 +166,8 @@ boards kept for it so far; expected_start and latest_start say when the set come
 """
 PENDING_REASON_CODE_BOARDS_BUSY: PendingReasonCode.ValueType  # 7
 """First in line, every board it could use is taken (running a job, held as collateral
-of a request on its stack, or preparing); expected_start and latest_start say when
-the first comes free.
+of a request on its stack, or preparing) or out of service; expected_start and
+latest_start say when the first taken one comes free.
 """
 Global___PendingReasonCode: _TypeAlias = PendingReasonCode  # noqa: Y015
 

@@ -175,12 +175,6 @@ class Explainer:
         assert bucket is not None
         survey = self._survey(bucket)
         ahead = self.ahead(request)
-        if survey.never is not None:
-            code, message, index = survey.never
-            if index >= 0:
-                name = request.profiles[index][0] or str(index)
-                message = message.replace("{profile}", repr(name))
-            return PendingReason(code, message, requests_ahead=ahead)
         total = len(survey.boards)
 
         def answer(
@@ -201,6 +195,12 @@ class Explainer:
                 latest_start=0.0 if math.isinf(latest) else latest,
             )
 
+        if survey.never is not None:
+            code, message, index = survey.never
+            if index >= 0:
+                name = request.profiles[index][0] or str(index)
+                message = message.replace("{profile}", repr(name))
+            return answer(code, message)
         if not request.ready:
             return answer(
                 PendingCode.NOT_VALID_YET, "not valid yet: it is matched from its valid_after on"
@@ -235,6 +235,8 @@ class Explainer:
         for worker in survey.boards:
             times = self._frees(worker)
             if times is None:
+                if worker.state in OUT_OF_SERVICE:
+                    held["out of service"] += 1
                 continue
             expected, latest = min(expected, times[0]), min(latest, times[1])
             held_by, collateral = self._holder(worker)
