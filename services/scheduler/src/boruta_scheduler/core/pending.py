@@ -73,9 +73,6 @@ class Explainer:
         self._requests = requests
         self._set_start = set_start
         self._surveys: dict[BucketBase, _Survey] = {}
-        # Boards looked at, and buckets of waiting requests checked (cost tests read them).
-        self.boards_looked_at = 0
-        self.buckets_looked_at = 0
 
     # ------------------------------------------------------------------ surveys
 
@@ -97,7 +94,6 @@ class Explainer:
         candidates: list[list[Worker]] = []
         for index, need in enumerate(needs):
             found = list(islice(self._registered.capable(need, bucket.groups), per_profile))
-            self.boards_looked_at += len(found)
             if not found and survey.never is None:
                 survey.never = self._never(need, bucket.groups, index, count)
             candidates.append(found)
@@ -155,7 +151,6 @@ class Explainer:
                 found[bucket] = None
             for multi in queue.multis_servable_by(worker.items, worker.groups):
                 found[multi] = None
-        self.buckets_looked_at += len(found)
         return list(found)
 
     # ------------------------------------------------------------------ answers
