@@ -11,11 +11,8 @@ import random
 import resource
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from boruta_scheduler.core import Changes
@@ -24,6 +21,7 @@ from boruta_scheduler.types import JobUsage, RequestState, UsageBy, UsageQuery
 
 from bench.machine import machine
 from bench.report import replace_section
+from bench.store_bench import sqlite_store
 
 HEADING = "## Usage: sums over 90 days of records"
 DAY = 86400.0
@@ -106,23 +104,14 @@ def measure(store: Store) -> dict[str, float]:
     return result
 
 
-@contextmanager
-def sqlite_store() -> Iterator[Store]:
-    with tempfile.TemporaryDirectory(prefix="boruta-bench-") as tmp:
-        store = SQLiteStore(Path(tmp) / "boruta.db")
-        try:
-            yield store
-        finally:
-            store.close()
-            size = sum(p.stat().st_size for p in Path(tmp).iterdir())
-            print(f"sqlite file: {size / 1e6:.0f} MB", file=sys.stderr)
-
-
 def run() -> dict[str, dict[str, float]]:
     """Figures per store; PostgreSQL only where its server programs are installed."""
     results: dict[str, dict[str, float]] = {}
     with sqlite_store() as store:
         results["sqlite"] = measure(store)
+        assert isinstance(store, SQLiteStore)
+        files = store.path.parent.iterdir()
+        results["sqlite"]["size_mb"] = sum(f.stat().st_size for f in files) / 1e6
     try:
         from boruta_scheduler.store.devpg import DevPostgres, find_bindir
 
@@ -130,6 +119,7 @@ def run() -> dict[str, dict[str, float]]:
     except (ImportError, FileNotFoundError) as exc:
         print(f"PostgreSQL part skipped: {exc}", file=sys.stderr)
         return results
+    import psycopg
     from boruta_scheduler.store.postgresql import PostgreSQLStore
 
     with DevPostgres(durable=True) as server:
@@ -139,6 +129,10 @@ def run() -> dict[str, dict[str, float]]:
             results["postgresql"] = measure(pg)
         finally:
             pg.close()
+        with psycopg.connect(url) as conn:
+            row = conn.execute("SELECT pg_total_relation_size('job_usage')").fetchone()
+        assert row is not None
+        results["postgresql"]["size_mb"] = row[0] / 1e6
     return results
 
 
@@ -174,6 +168,7 @@ def render(result: dict[str, dict[str, float]] | None, when: str) -> list[str]:
         "|---|" + "---|" * len(kinds),
         *rows,
         f"| loading all records (s) | {cells('load_s', lambda v: f'{v:,.0f}')} |",
+        f"| records on disk, indexes included (MB) | {cells('size_mb', lambda v: f'{v:,.0f}')} |",
         f"| peak memory growth while querying (MB) | "
         f"{cells('query_rss_growth_mb', lambda v: f'{v:,.1f}')} |",
         "",
