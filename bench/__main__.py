@@ -19,6 +19,7 @@ from bench import (
     restart_bench,
     store_bench,
     takeover_bench,
+    usage_bench,
 )
 from bench.machine import machine
 from bench.report import REPORT
@@ -70,6 +71,7 @@ def render(
     takeover: dict[str, Any] | None = None,
     metrics: dict[str, float] | None = None,
     multi: list[dict[str, object]] | None = None,
+    usage: dict[str, dict[str, float]] | None = None,
 ) -> str:
     scales = core["scales"]
     mid = next(s for s in scales if s["workers"] == 1000)
@@ -188,6 +190,7 @@ def render(
         *store_bench.render(store, when),
         *takeover_bench.render(takeover, when),
         *metrics_bench.render(metrics, when),
+        *usage_bench.render(usage, when),
         "## Reading the figures",
         "",
         f"On this machine the three processes share {os.cpu_count()} cores, and a full cycle",
@@ -254,7 +257,11 @@ def main() -> None:
     takeover = takeover_bench.run()
     print("metrics benchmark ...", file=sys.stderr)
     metrics = asyncio.run(metrics_bench.run())
-    report = render(core, rpc, access, caps_memory, restart, when, store, takeover, metrics, multi)
+    print("usage benchmark ...", file=sys.stderr)
+    usage = usage_bench.run()
+    report = render(
+        core, rpc, access, caps_memory, restart, when, store, takeover, metrics, multi, usage
+    )
     REPORT.write_text(report)
     print(report)
 

@@ -37,6 +37,7 @@ from boruta_scheduler.app.authz import (
 )
 from boruta_scheduler.config import SchedulerConfig, ServerConfig
 from boruta_scheduler.rpc.server import Scheduler
+from google.protobuf.timestamp_pb2 import Timestamp
 from pki_kit import FarmPki
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,6 +114,9 @@ CALLS: dict[str, Call] = {
         s.requests.WatchRequests(
             R.WatchRequestsRequest(filter=R.RequestFilter(owners=["alice"]), include_current=True)
         )
+    ),
+    "Requests.GetUsage": lambda s, r: s.requests.GetUsage(
+        R.GetUsageRequest(since=Timestamp(seconds=1), owner="alice")
     ),
     "Requests.CloseRequest": lambda s, r: s.requests.CloseRequest(
         R.CloseRequestRequest(request_id=r)

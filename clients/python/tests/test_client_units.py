@@ -48,7 +48,8 @@ EXPECTED_ALL = [
     "ProlongLimitReached", "Request", "RequestEnded", "RequestNotFound", "RequestSort",
     "RequestState", "ResourceExhausted", "SSHError", "ScheduleTimeout", "Stack", "Token",
     "Transfer",
-    "Unauthenticated", "Unavailable", "Watch", "Worker", "WorkerChange", "WorkerNotFound",
+    "Unauthenticated", "Unavailable", "Usage", "UsageBy", "UsageTotals", "Watch", "Worker",
+    "WorkerChange", "WorkerNotFound",
     "WorkerSort", "WorkerState", "WrongRequestState", "WrongWorkerState", "load_config",
     "load_job", "parse_job", "run_job",
 ]  # fmt: skip

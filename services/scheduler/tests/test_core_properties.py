@@ -26,8 +26,9 @@ the core's reads and against a model built only from what ``Core.drain`` handed 
 plus some bookkeeping the store relies on: every change is drained (the drained views equal
 the core's), worker histories chain, timers fire on time, a job gets a fresh access that is
 dropped when it ends, a request satisfiable when queued is invalidated rather than left
-waiting once no registered worker can serve it, and a command that raises a BorutaError
-changes nothing at all.
+waiting once no registered worker can serve it, usage records come with exactly the
+starts and ends they record (the group by the rule of docs/api.md), and a command that
+raises a BorutaError changes nothing at all.
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ import pytest
 from boruta_scheduler.core import Changes, Core, DryadCall, DryadCallKind, Policy, Snapshot
 from boruta_scheduler.errors import BorutaError, RequestNotFound
 from boruta_scheduler.types import (
+    NO_GROUP,
+    OPEN_GROUP,
     Access,
+    JobUsage,
     PendingCode,
     RequestState,
     RequestView,
@@ -536,6 +540,7 @@ class CoreMachine(RuleBasedStateMachine):
         for uuid, seen in changes.last_seen.items():
             self.worker_views[uuid] = replace(self.worker_views[uuid], last_seen=seen)
 
+        self._check_usage(changes, dict(self.requests), drained_workers)
         matched: list[RequestView] = []
         for view in changes.requests:
             old_terminal = self.terminal.get(view.id)
@@ -613,6 +618,53 @@ class CoreMachine(RuleBasedStateMachine):
             assert callee is not None, f"call to unknown worker: {call}"
             assert call.address == callee.dryad_address, call
         self.pending.extend(changes.calls)
+
+    def _check_usage(
+        self,
+        changes: Changes,
+        live_before: dict[int, RequestView],
+        drained_workers: dict[str, WorkerView],
+    ) -> None:
+        """A start record for each job of each request that started in this drain, an end
+        record for each job (or one with no board) of each that ended, and nothing else."""
+        now = self.now
+        expected: list[JobUsage] = []
+        for view in changes.requests:
+            before = live_before.get(view.id)
+            if view.state is RequestState.IN_PROGRESS and (
+                before is None or before.state is RequestState.WAITING
+            ):
+                for index, job in enumerate(view.all_jobs):
+                    groups = drained_workers[job.worker_uuid].groups
+                    shared = groups & view.owner_groups
+                    group = OPEN_GROUP if not groups else min(shared, default=NO_GROUP)
+                    assert group != NO_GROUP, f"request {view.id} ran on a board of no group of its"
+                    expected.append(
+                        JobUsage(view.id, index, view.owner, group, job.worker_uuid,
+                                 view.created_at, now, None, RequestState.IN_PROGRESS)
+                    )  # fmt: skip
+            if view.state.is_terminal and view.id not in self.terminal:
+                jobs = view.all_jobs
+                for index, job in enumerate(jobs):
+                    expected.append(
+                        JobUsage(view.id, index, view.owner, "", job.worker_uuid,
+                                 view.created_at, job.started_at, now, view.state)
+                    )  # fmt: skip
+                if not jobs:
+                    expected.append(
+                        JobUsage(view.id, 0, view.owner, NO_GROUP, "", view.created_at, None,
+                                 now, view.state)
+                    )  # fmt: skip
+
+        def key(u: JobUsage) -> tuple[int, int, bool]:
+            return u.request_id, u.index, u.ended_at is not None
+
+        # An end record's group only fills in for a missing start: the store keeps the start's.
+        got = [
+            replace(u, group="") if u.ended_at is not None and u.started_at else u
+            for u in changes.usage
+        ]
+        assert sorted(expected, key=key) == sorted(got, key=key), changes.usage
 
     # ------------------------------------------------------------ invariants
 

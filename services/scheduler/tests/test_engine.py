@@ -26,7 +26,14 @@ from boruta_scheduler.errors import (
     Unavailable,
 )
 from boruta_scheduler.store import MemoryStore, Purged, SQLiteStore
-from boruta_scheduler.types import Access, AuditEvent, Identity, RequestState, WorkerState
+from boruta_scheduler.types import (
+    Access,
+    AuditEvent,
+    Identity,
+    RequestState,
+    UsageQuery,
+    WorkerState,
+)
 
 
 class Dryads:
@@ -443,6 +450,48 @@ async def test_upkeep_purges_what_is_older_than_the_retention_in_small_batches(
     assert [e.action for e in store.audit(10)] == ["recent"]
     # With nothing left, the next purge waits for its interval.
     assert (await engine.housekeep()).purged == Purged()
+    await engine.stop()
+    store.close()
+
+
+async def test_usage_records_outlive_the_requests_and_go_by_their_own_retention(
+    tmp_path: Path,
+) -> None:
+    clock = [T0]
+    store = SQLiteStore(tmp_path / "b.db")
+    engine = Engine(
+        Core(),
+        store,
+        Dryads(),
+        clock=lambda: clock[0],
+        retention=90 * DAY,
+        usage_retention=400 * DAY,
+        upkeep_interval=0,
+    )
+    engine.start()
+
+    def cancelled(core: Core, now: float) -> None:
+        for _ in range(600):
+            view = core.new_request(now, "u", frozenset(), {}, accept_unsatisfiable=True)
+            core.close_request(now, view.id)
+
+    await engine.execute(cancelled)
+    year = UsageQuery(T0, T0 + DAY, T0 + 500 * DAY)
+    assert [t.unstarted for t in store.usage(year)] == [600]
+
+    async def purge_all() -> list[Purged]:
+        rounds = [(await engine.housekeep()).purged]
+        while rounds[-1].reached(PURGE_BATCH):
+            clock[0] += PURGE_PAUSE
+            rounds.append((await engine.housekeep()).purged)
+        return rounds
+
+    clock[0] = T0 + 91 * DAY
+    assert [(p.requests, p.usage) for p in await purge_all()] == [(500, 0), (100, 0)]
+    assert [t.unstarted for t in store.usage(year)] == [600]
+    clock[0] = T0 + 401 * DAY
+    assert [(p.requests, p.usage) for p in await purge_all()] == [(0, 500), (0, 100)]
+    assert store.usage(year) == []
     await engine.stop()
     store.close()
 

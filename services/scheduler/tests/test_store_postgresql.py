@@ -41,7 +41,10 @@ def test_migrations_are_numbered_and_named_as_sqlites() -> None:
         for dialect in ("sqlite", "postgresql")
     }
     assert names["postgresql"] == names["sqlite"]
-    assert [n for n, _ in load_migrations("postgresql")] == list(range(1, len(names["sqlite"]) + 1))
+    # Increasing, with no number used twice; a number may be missing for a while, since
+    # work in parallel is given numbers ahead (docs/architecture.md, the store).
+    numbers = [n for n, _ in load_migrations("postgresql")]
+    assert numbers == sorted(set(numbers)) and numbers[0] == 1
 
 
 def test_survives_reopen(postgres_url: str) -> None:
@@ -57,7 +60,7 @@ def test_survives_reopen(postgres_url: str) -> None:
     assert second.load() == before
     assert waiting is not None and second.get_request(2) == waiting
     second.close()
-    assert schema_version(postgres_url) == len(load_migrations("postgresql"))
+    assert schema_version(postgres_url) == load_migrations("postgresql")[-1][0]
 
 
 def test_schedulers_starting_together_migrate_once(postgres_url: str) -> None:
@@ -80,7 +83,7 @@ def test_schedulers_starting_together_migrate_once(postgres_url: str) -> None:
     assert all(s.load().last_request_id == 5 for s in stores)
     for store in stores:
         store.close()
-    assert schema_version(postgres_url) == len(load_migrations("postgresql"))
+    assert schema_version(postgres_url) == load_migrations("postgresql")[-1][0]
 
 
 def test_schedulers_asking_together_share_one_page_token_key(postgres_url: str) -> None:

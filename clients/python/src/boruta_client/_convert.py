@@ -27,6 +27,9 @@ from boruta_client.types import (
     RequestState,
     Stack,
     Token,
+    Usage,
+    UsageBy,
+    UsageTotals,
     Worker,
     WorkerChange,
     WorkerSort,
@@ -307,4 +310,41 @@ def stack(info: workers_pb2.StackInfo) -> Stack:
         worker_uuids=tuple(info.worker_uuids),
         created_at=when(info.created_at),
         holder=info.holder or None,
+    )
+
+
+def usage_request(
+    since: datetime, until: datetime | None, by: UsageBy, owner: str
+) -> requests_pb2.GetUsageRequest:
+    message = requests_pb2.GetUsageRequest(since=timestamp(since), by=_GROUPING[by], owner=owner)
+    if until is not None:
+        message.until.CopyFrom(timestamp(until))
+    return message
+
+
+_GROUPING = {
+    UsageBy.USER: requests_pb2.USAGE_GROUPING_USER,
+    UsageBy.GROUP: requests_pb2.USAGE_GROUPING_GROUP,
+}
+_USAGE_BY = {grouping: by for by, grouping in _GROUPING.items()}
+
+
+def usage(reply: requests_pb2.GetUsageResponse) -> Usage:
+    return Usage(
+        since=when(reply.since),
+        until=when(reply.until),
+        by=_USAGE_BY.get(reply.by, UsageBy.USER),
+        totals=tuple(
+            UsageTotals(
+                key=t.key,
+                board_time=t.board_time.ToTimedelta(),
+                jobs=t.jobs,
+                requests=t.requests,
+                wait_time=t.wait_time.ToTimedelta(),
+                max_wait=t.max_wait.ToTimedelta(),
+                unstarted=t.unstarted,
+                unstarted_wait_time=t.unstarted_wait_time.ToTimedelta(),
+            )
+            for t in reply.totals
+        ),
     )

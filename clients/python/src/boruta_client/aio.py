@@ -58,6 +58,8 @@ from boruta_client.types import (
     RequestState,
     Stack,
     Token,
+    Usage,
+    UsageBy,
     Worker,
     WorkerChange,
     WorkerSort,
@@ -428,6 +430,20 @@ class AsyncClient(ClientBase):
             lambda s: s.requests.ListRequests, message, lambda r: r.requests, limit
         )
         return [convert.request(r) for r in found]
+
+    async def usage(
+        self,
+        since: datetime,
+        until: datetime | None = None,
+        *,
+        by: UsageBy = UsageBy.USER,
+        owner: str = "",
+    ) -> Usage:
+        """Board time, jobs and waits over [since, until) (None: now), per owner or per
+        group that granted the boards. Users get their own usage; admins everyone's, or
+        ``owner``'s."""
+        message = convert.usage_request(since, until, by, owner)
+        return convert.usage(await self._call(lambda s: s.requests.GetUsage, message))
 
     async def update_request(
         self,

@@ -190,6 +190,7 @@ class Client(ClientBase, Facade[AsyncClient]):
     new_request = blocking(AsyncClient.new_request)
     get_request = blocking(AsyncClient.get_request)
     list_requests = blocking(AsyncClient.list_requests)
+    usage = blocking(AsyncClient.usage)
     update_request = blocking(AsyncClient.update_request)
     close_request = blocking(AsyncClient.close_request)
     prolong_access = blocking(AsyncClient.prolong_access)

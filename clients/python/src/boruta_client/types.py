@@ -59,6 +59,13 @@ class RequestSort(enum.Enum):
     UPDATED_AT = 6
 
 
+class UsageBy(enum.Enum):
+    """What usage is summed by: the requests' owner, or the group that granted each board."""
+
+    USER = 1
+    GROUP = 2
+
+
 class WorkerSort(enum.Enum):
     """Fields a worker list can be sorted by."""
 
@@ -296,3 +303,32 @@ class AuditEvent:
     action: str
     target: str
     detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class UsageTotals:
+    """One owner's or group's usage over a period (docs/api.md, "Usage")."""
+
+    key: str  # the owner, or the group ("(open)": boards with no group; "(none)": unstarted)
+    board_time: timedelta  # job time inside the period, summed over boards
+    jobs: int  # jobs (one per board) that started in the period
+    requests: int  # requests that started in the period
+    wait_time: timedelta  # their waits (created to started), summed
+    max_wait: timedelta
+    unstarted: int  # requests that ended in the period without starting
+    unstarted_wait_time: timedelta  # their waits (created to ended), summed
+
+    @property
+    def mean_wait(self) -> timedelta:
+        """The mean wait of the requests that started (zero if none did)."""
+        return self.wait_time / self.requests if self.requests else timedelta(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Usage over [since, until), one entry per owner or group with any, by key."""
+
+    since: datetime
+    until: datetime
+    by: UsageBy
+    totals: tuple[UsageTotals, ...]

@@ -158,23 +158,40 @@ class TimeParam(click.ParamType):  # type: ignore[type-arg]
     """A moment: ISO 8601 (UTC unless it names a zone) or +N[s|m|h|d] from now."""
 
     name = "TIME"
+    # A span from now, forward (+10m) or back (7d ago), and what else the text may be.
+    _span = _RELATIVE
+    _sign = 1
+    _forms = "neither ISO 8601 nor +N[s|m|h|d]"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, datetime):
             return value
         text = str(value).strip()
-        match = _RELATIVE.match(text)
+        match = self._span.match(text)
         if match:
             seconds = float(match.group(1)) * _UNIT[match.group(2)]
-            return datetime.now(UTC) + timedelta(seconds=seconds)
+            return datetime.now(UTC) + timedelta(seconds=self._sign * seconds)
         try:
             moment = datetime.fromisoformat(text)
         except ValueError:
-            self.fail(f"{text!r} is neither ISO 8601 nor +N[s|m|h|d]", param, ctx)
+            self.fail(f"{text!r} is {self._forms}", param, ctx)
         return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 TIME = TimeParam()
+
+
+class PastParam(TimeParam):
+    """A moment in the past: N[s|m|h|d] ago (7d, 12h) or ISO 8601 (UTC unless it names a
+    zone)."""
+
+    name = "AGO|TIME"
+    _span = _SPAN
+    _sign = -1
+    _forms = "neither N[s|m|h|d] ago (7d, 12h) nor ISO 8601"
+
+
+PAST = PastParam()
 
 
 def request_id_arg(fn: F) -> F:

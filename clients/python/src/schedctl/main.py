@@ -17,6 +17,7 @@ from schedctl.pki_cmd import pki_group
 from schedctl.requests_cmd import requests_group
 from schedctl.stacks_cmd import stacks_group
 from schedctl.tokens_cmd import tokens_group
+from schedctl.usage_cmd import usage
 from schedctl.workers_cmd import workers_group
 
 
@@ -165,6 +166,7 @@ cli.add_command(run)
 cli.add_command(ssh)
 cli.add_command(status)
 cli.add_command(audit)
+cli.add_command(usage)
 cli.add_command(pki_group)
 cli.add_command(tokens_group)
 

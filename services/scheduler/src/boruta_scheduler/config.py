@@ -48,6 +48,9 @@ class ServerConfig:
     # Finished requests, worker history and audit events are deleted this long after
     # they were last written (0: kept for ever).
     retention: float = 90 * 86400.0
+    # Usage records (schedctl usage) are deleted this long after their job ended (0: kept
+    # for ever); longer than the retention, so a year can be compared with the last.
+    usage_retention: float = 400 * 86400.0
     heartbeat_interval: float = 10.0
     dryad_call_timeout: float = 60.0
     log_level: str = "INFO"
@@ -127,6 +130,12 @@ _OPTIONS = [
         "server",
         "duration",
         "age after which finished requests, worker history and audit events are deleted (0: never)",
+    ),
+    _Option(
+        "usage_retention",
+        "server",
+        "duration",
+        "age after which usage records of ended jobs are deleted (0: never)",
     ),
     _Option("heartbeat_interval", "server", "duration", "how often dryads should heartbeat"),
     _Option("dryad_call_timeout", "server", "duration", "timeout of one call to a dryad"),

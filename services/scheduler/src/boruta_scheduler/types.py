@@ -285,3 +285,69 @@ class AuditEvent:
     target: str
     detail: str = ""
     id: int = 0
+
+
+OPEN_GROUP = "(open)"
+"""The group a job counts for in usage when its board has no groups (open to everyone)."""
+NO_GROUP = "(none)"
+"""The group of usage no group granted: requests that never got a board, and jobs whose
+board no longer shares a group with their owner when their record is first written."""
+
+
+def granting_group(worker_groups: frozenset[str], owner_groups: frozenset[str]) -> str:
+    """The one group a job on a board counts for in usage: the first (by name) of the
+    board's groups that its owner is in, OPEN_GROUP for a board with no groups."""
+    if not worker_groups:
+        return OPEN_GROUP
+    shared = worker_groups & owner_groups
+    return min(shared) if shared else NO_GROUP
+
+
+@dataclass(frozen=True, slots=True)
+class JobUsage:
+    """The usage record of one job (index: its profile), written when it starts and again
+    when it ends; a request that ended without starting has one record of index 0, with no
+    worker and no start. Kept apart from the request, with a retention of its own."""
+
+    request_id: int
+    index: int
+    owner: str
+    group: str  # the group that granted the board (granting_group), fixed at the start
+    worker_uuid: str  # "" for a request that never started
+    submitted_at: float  # when the request was created
+    started_at: float | None
+    ended_at: float | None  # None while the job runs
+    state: RequestState  # the request's state when the record was written
+
+
+class UsageBy(enum.Enum):
+    """What usage figures are summed by."""
+
+    USER = "user"
+    GROUP = "group"
+
+
+@dataclass(frozen=True, slots=True)
+class UsageQuery:
+    """Usage over [since, until), summed by user or group; now is when running jobs end for
+    the sums; owner, if set, keeps only that owner's records."""
+
+    since: float
+    until: float
+    now: float
+    by: UsageBy = UsageBy.USER
+    owner: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UsageTotals:
+    """The usage of one user or group over a period (docs/api.md, "Usage")."""
+
+    key: str  # the user, or the group
+    board_seconds: float = 0.0  # every board's job time inside the period
+    jobs: int = 0  # jobs (one per board) that started in the period
+    requests: int = 0  # requests that started in the period
+    wait_seconds: float = 0.0  # their waits, created to started, summed
+    max_wait_seconds: float = 0.0
+    unstarted: int = 0  # requests that ended in the period without ever starting
+    unstarted_wait_seconds: float = 0.0  # their waits, created to ended, summed

@@ -62,6 +62,36 @@ REQUEST_SORT_FIELD_UPDATED_AT: RequestSortField.ValueType  # 6
 """Sort by the time of the last change."""
 Global___RequestSortField: _TypeAlias = RequestSortField  # noqa: Y015
 
+class _UsageGrouping:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UsageGroupingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UsageGrouping.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    USAGE_GROUPING_UNSPECIFIED: _UsageGrouping.ValueType  # 0
+    """By owner."""
+    USAGE_GROUPING_USER: _UsageGrouping.ValueType  # 1
+    """By owner (the user who created the requests)."""
+    USAGE_GROUPING_GROUP: _UsageGrouping.ValueType  # 2
+    """By the group that granted each board: the first, by name, of the board's groups its
+    owner is in; "(open)" for a board with no groups; "(none)" for requests that never
+    got a board. Each job counts for one group only.
+    """
+
+class UsageGrouping(_UsageGrouping, metaclass=_UsageGroupingEnumTypeWrapper):
+    """UsageGrouping is what usage is summed by."""
+
+USAGE_GROUPING_UNSPECIFIED: UsageGrouping.ValueType  # 0
+"""By owner."""
+USAGE_GROUPING_USER: UsageGrouping.ValueType  # 1
+"""By owner (the user who created the requests)."""
+USAGE_GROUPING_GROUP: UsageGrouping.ValueType  # 2
+"""By the group that granted each board: the first, by name, of the board's groups its
+owner is in; "(open)" for a board with no groups; "(none)" for requests that never
+got a board. Each job counts for one group only.
+"""
+Global___UsageGrouping: _TypeAlias = UsageGrouping  # noqa: Y015
+
 @_typing.final
 class NewRequestRequest(_message.Message):
     """NewRequestRequest describes the board wanted and when."""
@@ -664,3 +694,148 @@ class WatchRequestsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchRequestsResponse: _TypeAlias = WatchRequestsResponse  # noqa: Y015
+
+@_typing.final
+class GetUsageRequest(_message.Message):
+    """GetUsageRequest names the period and the grouping."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    BY_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    by: Global___UsageGrouping.ValueType
+    """What to sum by; unset means by owner."""
+    owner: _builtins.str
+    """Only this owner's usage; empty means everyone's for admins and the caller's own for
+    users (a user naming another owner gets PERMISSION_DENIED).
+    """
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Start of the period (included); required."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """End of the period (excluded); unset means now. Must be after since."""
+
+    def __init__(
+        self,
+        *,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        by: Global___UsageGrouping.ValueType = ...,
+        owner: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "owner", b"owner", "since", b"since", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageRequest: _TypeAlias = GetUsageRequest  # noqa: Y015
+
+@_typing.final
+class UsageTotals(_message.Message):
+    """UsageTotals is the usage of one owner or group over the period."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    BOARD_TIME_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    WAIT_TIME_FIELD_NUMBER: _builtins.int
+    MAX_WAIT_FIELD_NUMBER: _builtins.int
+    UNSTARTED_FIELD_NUMBER: _builtins.int
+    UNSTARTED_WAIT_TIME_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The owner's user name, or the group (see UsageGrouping)."""
+    jobs: _builtins.int
+    """Jobs (one per board) that started in the period."""
+    requests: _builtins.int
+    """Requests that started in the period."""
+    unstarted: _builtins.int
+    """Requests that ended in the period without ever starting (CANCELLED, TIMEOUT or
+    INVALID while waiting); not part of requests or wait_time.
+    """
+    @_builtins.property
+    def board_time(self) -> _duration_pb2.Duration:
+        """Time boards spent on jobs inside the period, summed over boards (a request of two
+        boards for an hour is two hours). A job still running counts up to now; jobs that
+        began before the period or end after it count their part inside it.
+        """
+
+    @_builtins.property
+    def wait_time(self) -> _duration_pb2.Duration:
+        """Those requests' waits (created to started), summed; by group, a request's wait counts
+        for the group of its first profile's board.
+        """
+
+    @_builtins.property
+    def max_wait(self) -> _duration_pb2.Duration:
+        """The longest of those waits."""
+
+    @_builtins.property
+    def unstarted_wait_time(self) -> _duration_pb2.Duration:
+        """Those requests' waits (created to ended), summed."""
+
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        board_time: _duration_pb2.Duration | None = ...,
+        jobs: _builtins.int = ...,
+        requests: _builtins.int = ...,
+        wait_time: _duration_pb2.Duration | None = ...,
+        max_wait: _duration_pb2.Duration | None = ...,
+        unstarted: _builtins.int = ...,
+        unstarted_wait_time: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["board_time", b"board_time", "max_wait", b"max_wait", "unstarted_wait_time", b"unstarted_wait_time", "wait_time", b"wait_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["board_time", b"board_time", "jobs", b"jobs", "key", b"key", "max_wait", b"max_wait", "requests", b"requests", "unstarted", b"unstarted", "unstarted_wait_time", b"unstarted_wait_time", "wait_time", b"wait_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageTotals: _TypeAlias = UsageTotals  # noqa: Y015
+
+@_typing.final
+class GetUsageResponse(_message.Message):
+    """GetUsageResponse is the usage of every owner or group with any in the period."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTALS_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    BY_FIELD_NUMBER: _builtins.int
+    by: Global___UsageGrouping.ValueType
+    """What the totals are summed by."""
+    @_builtins.property
+    def totals(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageTotals]:
+        """One entry per owner or group, by key in code point order; none without usage."""
+
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """The period summed: since as asked, until as asked or the time of the call."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """End of the period summed (excluded)."""
+
+    def __init__(
+        self,
+        *,
+        totals: _abc.Iterable[Global___UsageTotals] | None = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        by: Global___UsageGrouping.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "since", b"since", "totals", b"totals", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageResponse: _TypeAlias = GetUsageResponse  # noqa: Y015

@@ -78,6 +78,11 @@ class RequestsStub:
                 request_serializer=boruta_dot_v1_dot_requests__pb2.WatchRequestsRequest.SerializeToString,
                 response_deserializer=boruta_dot_v1_dot_requests__pb2.WatchRequestsResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/boruta.v1.Requests/GetUsage',
+                request_serializer=boruta_dot_v1_dot_requests__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=boruta_dot_v1_dot_requests__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
 
 
 class RequestsServicer:
@@ -155,6 +160,16 @@ class RequestsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """GetUsage sums board time, jobs and waiting time over a period, per owner or per group,
+        from the scheduler's usage records (kept apart from requests, under their own
+        retention). Users get their own usage only; admins everyone's. A period that is not
+        one (no since, until not after since, since in the future) is INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RequestsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -197,6 +212,11 @@ def add_RequestsServicer_to_server(servicer, server):
                     servicer.WatchRequests,
                     request_deserializer=boruta_dot_v1_dot_requests__pb2.WatchRequestsRequest.FromString,
                     response_serializer=boruta_dot_v1_dot_requests__pb2.WatchRequestsResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=boruta_dot_v1_dot_requests__pb2.GetUsageRequest.FromString,
+                    response_serializer=boruta_dot_v1_dot_requests__pb2.GetUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -419,6 +439,33 @@ class Requests:
             '/boruta.v1.Requests/WatchRequests',
             boruta_dot_v1_dot_requests__pb2.WatchRequestsRequest.SerializeToString,
             boruta_dot_v1_dot_requests__pb2.WatchRequestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/boruta.v1.Requests/GetUsage',
+            boruta_dot_v1_dot_requests__pb2.GetUsageRequest.SerializeToString,
+            boruta_dot_v1_dot_requests__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -71,6 +71,12 @@ class RequestsStub:
     """WatchRequests streams each change of a request that passes the filter, as it happens.
     The server sends initial metadata once the watch is in place: no later change is missed.
     """
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_requests_pb2.GetUsageRequest, _requests_pb2.GetUsageResponse]
+    """GetUsage sums board time, jobs and waiting time over a period, per owner or per group,
+    from the scheduler's usage records (kept apart from requests, under their own
+    retention). Users get their own usage only; admins everyone's. A period that is not
+    one (no since, until not after since, since in the future) is INVALID_ARGUMENT.
+    """
 
 @_typing.type_check_only
 class RequestsAsyncStub(RequestsStub):
@@ -114,6 +120,12 @@ class RequestsAsyncStub(RequestsStub):
     WatchRequests: _aio.UnaryStreamMultiCallable[_requests_pb2.WatchRequestsRequest, _requests_pb2.WatchRequestsResponse]  # type: ignore[assignment]
     """WatchRequests streams each change of a request that passes the filter, as it happens.
     The server sends initial metadata once the watch is in place: no later change is missed.
+    """
+    GetUsage: _aio.UnaryUnaryMultiCallable[_requests_pb2.GetUsageRequest, _requests_pb2.GetUsageResponse]  # type: ignore[assignment]
+    """GetUsage sums board time, jobs and waiting time over a period, per owner or per group,
+    from the scheduler's usage records (kept apart from requests, under their own
+    retention). Users get their own usage only; admins everyone's. A period that is not
+    one (no since, until not after since, since in the future) is INVALID_ARGUMENT.
     """
 
 class RequestsServicer(metaclass=_abc_1.ABCMeta):
@@ -203,6 +215,18 @@ class RequestsServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_requests_pb2.WatchRequestsResponse], _abc.AsyncIterator[_requests_pb2.WatchRequestsResponse]]:
         """WatchRequests streams each change of a request that passes the filter, as it happens.
         The server sends initial metadata once the watch is in place: no later change is missed.
+        """
+
+    @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _requests_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_requests_pb2.GetUsageResponse, _abc.Awaitable[_requests_pb2.GetUsageResponse]]:
+        """GetUsage sums board time, jobs and waiting time over a period, per owner or per group,
+        from the scheduler's usage records (kept apart from requests, under their own
+        retention). Users get their own usage only; admins everyone's. A period that is not
+        one (no since, until not after since, since in the future) is INVALID_ARGUMENT.
         """
 
 def add_RequestsServicer_to_server(servicer: RequestsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -94,6 +94,7 @@ RULES: Mapping[str, Mapping[str, Rule]] = {
             PEOPLE, "prolong access", Scope.OWN_REQUEST, recorded=Recorded.CHANGE
         ),
         "WatchRequests": Rule(PEOPLE, "watch requests", Scope.OWN_REQUESTS),
+        "GetUsage": Rule(PEOPLE, "read usage", Scope.OWN_REQUESTS),
     },
     "boruta.v1.Workers": {
         "ListWorkers": Rule(PEOPLE, "list workers"),
@@ -181,6 +182,18 @@ def own_query(who: Identity, query: RequestQuery) -> RequestQuery:
     if query.owners - {who.user}:
         raise PermissionDenied("you may list and watch only your own requests")
     return replace(query, owners=frozenset({who.user}))
+
+
+def own_usage(who: Identity, owner: str) -> str:
+    """Scope.OWN_REQUESTS for usage: the owner whose usage to sum ("": everyone's), which
+    for a user is always themselves."""
+    if who.role is Role.ADMIN:
+        return owner
+    if owner and owner != who.user:
+        raise PermissionDenied(
+            f"you may see only your own usage, not {shown(owner)}'s; leave owner empty"
+        )
+    return who.user
 
 
 def check_dryad(who: Identity, uuid: str) -> None:

@@ -91,6 +91,7 @@ class Engine:
         tunnels: TunnelKeeper | None = None,
         *,
         retention: float = 0.0,
+        usage_retention: float = 0.0,
         upkeep_interval: float = UPKEEP_INTERVAL,
         last_seen_flush: float = LAST_SEEN_FLUSH,
         on_commit: CommitObserver | None = None,
@@ -124,6 +125,7 @@ class Engine:
         self._carried_due = math.inf
         self._upkeep: StoreUpkeep | None = None  # made with the writer, at start()
         self._retention = retention
+        self._usage_retention = usage_retention
         self._upkeep_interval = upkeep_interval
         self._stopping = False
         # Last-seen times heard since they were last stored, and when they are stored next.
@@ -142,7 +144,11 @@ class Engine:
         loop = asyncio.get_running_loop()
         self._writer = StoreWriter(self._store, loop, self._on_commit)
         self._upkeep = StoreUpkeep(
-            self._writer, self, retention=self._retention, interval=self._upkeep_interval
+            self._writer,
+            self,
+            retention=self._retention,
+            interval=self._upkeep_interval,
+            usage_retention=self._usage_retention,
         )
         if initial is not None:
             self._finish_batch(initial, [], [], initial if initial.durable else None)

@@ -21,6 +21,7 @@ from boruta_scheduler.app.authz import (
     check_id,
     check_owner,
     own_query,
+    own_usage,
 )
 from boruta_scheduler.app.engine import Engine
 from boruta_scheduler.app.watch import Subscription, WatchHub, WorkerEvent
@@ -33,6 +34,7 @@ from boruta_scheduler.core.idempotency import (
 )
 from boruta_scheduler.errors import (
     DeadlineExceeded,
+    InvalidArgument,
     PermissionDenied,
     RequestNotFound,
     ResourceExhausted,
@@ -57,6 +59,9 @@ from boruta_scheduler.types import (
     RequestView,
     Role,
     StackView,
+    UsageBy,
+    UsageQuery,
+    UsageTotals,
     WorkerState,
     WorkerView,
 )
@@ -336,6 +341,33 @@ class SchedulerService:
 
     async def list_requests(self, who: Identity, query: RequestQuery) -> Page[RequestView]:
         return await self._read(self.store.list_requests, own_query(who, query))
+
+    async def usage(
+        self,
+        who: Identity,
+        since: float | None,
+        until: float | None = None,
+        by: UsageBy = UsageBy.USER,
+        owner: str = "",
+    ) -> tuple[UsageQuery, list[UsageTotals]]:
+        """Usage over [since, until) (until None: now), by user or group, from the store's
+        usage records; users see their own only. Returns the query as summed."""
+        owner = own_usage(who, owner)
+        now = self.engine.now()
+        if since is None:
+            raise InvalidArgument("since is required: give the start of the period")
+        if until is None:
+            until = now
+        if since > now:
+            raise InvalidArgument(
+                f"since is {since - now:.0f} s in the future; give a start before now"
+            )
+        if until <= since:
+            raise InvalidArgument(
+                "until must be after since; give an end after the start, or none for now"
+            )
+        query = UsageQuery(since, until, now, by, owner)
+        return query, await self._read(self.store.usage, query)
 
     async def acquire_worker(
         self, who: Identity, request_id: int, timeout: float | None

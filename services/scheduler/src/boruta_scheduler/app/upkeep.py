@@ -4,6 +4,7 @@ and scrubs the store's files of keys that are gone from its tables."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,12 +58,20 @@ class StoreUpkeep:
     called) and a purge pause apart while a purge backlog lasts."""
 
     def __init__(
-        self, store: StoreCalls, host: UpkeepHost, *, retention: float, interval: float
+        self,
+        store: StoreCalls,
+        host: UpkeepHost,
+        *,
+        retention: float,
+        interval: float,
+        usage_retention: float = 0.0,
     ) -> None:
         self._store = store
         self._host = host
         # Finished requests, history and audit events older than this are purged (0: never).
         self._retention = retention
+        # Usage records of jobs that ended longer ago than this are purged (0: never).
+        self._usage_retention = usage_retention
         self._interval = interval
         self._next_purge = 0.0
         self._purge_failures = 0  # in a row
@@ -99,10 +108,20 @@ class StoreUpkeep:
         now = self._host.now()
         purged = Purged()
         purge_error = ""
-        if self._retention > 0 and now >= self._next_purge:
-            before, retention = now - self._retention, self._retention
+        if self._purges and now >= self._next_purge:
+            retention, usage_retention = self._retention, self._usage_retention
+
+            def purge(store: Store) -> Purged:
+                done = Purged()
+                if retention > 0:
+                    done = store.purge(now - retention, PURGE_BATCH)
+                if usage_retention > 0:
+                    usage = store.purge_usage(now - usage_retention, PURGE_BATCH)
+                    done = dataclasses.replace(done, usage=usage)
+                return done
+
             try:
-                purged = await self._store.run(lambda store: store.purge(before, PURGE_BATCH))
+                purged = await self._store.run(purge)
             except Exception as exc:  # retried later; the scrub below does not depend on it
                 purge_error = self._purge_failed(exc, now)
             else:
@@ -117,6 +136,8 @@ class StoreUpkeep:
                         "requests": purged.requests,
                         "history": purged.history,
                         "audit": purged.audit,
+                        "usage_retention_days": round(usage_retention / 86400, 2),
+                        "usage": purged.usage,
                     },
                 )
         scrubbed = False
@@ -126,6 +147,10 @@ class StoreUpkeep:
             if not scrubbed:
                 self._scrub_wanted = True  # (commits meanwhile have set it already)
         return Upkeep(purged, scrubbed, purge_error)
+
+    @property
+    def _purges(self) -> bool:
+        return self._retention > 0 or self._usage_retention > 0
 
     def _purge_failed(self, exc: Exception, now: float) -> str:
         """Retry a failed purge later and later (up to the normal interval), and warn once
@@ -153,6 +178,6 @@ class StoreUpkeep:
             except Exception:  # a failed purge or scrub is retried; commits decide fatality
                 log.warning("store upkeep failed; retrying later", exc_info=True)
             wait = self._interval
-            if self._retention > 0:
+            if self._purges:
                 wait = min(wait, max(PURGE_PAUSE, self._next_purge - self._host.now()))
             await asyncio.sleep(wait)

@@ -9,6 +9,7 @@ from boruta_scheduler.core.model import Request, Worker
 from boruta_scheduler.types import (
     AuditEvent,
     HistoryEntry,
+    JobUsage,
     RequestView,
     StackView,
     TokenRecord,
@@ -79,6 +80,8 @@ class Changes:
     # Stacks deleted (by name) and stacks created: a store deletes first, then creates.
     stacks: list[StackView] = field(default_factory=list)
     removed_stacks: list[str] = field(default_factory=list)
+    # Usage records of jobs that started or ended, and of requests that ended unstarted.
+    usage: list[JobUsage] = field(default_factory=list)
 
     @property
     def durable(self) -> bool:
@@ -93,6 +96,7 @@ class Changes:
             or self.tokens
             or self.stacks
             or self.removed_stacks
+            or self.usage
         )
 
 
@@ -112,6 +116,7 @@ def merge(batches: list[Changes]) -> Changes:
         merged.tunnels.extend(changes.tunnels)
         merged.audit.extend(changes.audit)
         merged.tokens.extend(changes.tokens)
+        merged.usage.extend(changes.usage)
         # Within a batch deletions come first; a later batch's undoes an earlier creation.
         for name in changes.removed_stacks:
             stacks.pop(name, None)
@@ -131,6 +136,7 @@ def merge(batches: list[Changes]) -> Changes:
         tokens=merged.tokens,
         stacks=list(stacks.values()),
         removed_stacks=merged.removed_stacks,
+        usage=merged.usage,
     )
 
 
@@ -152,6 +158,7 @@ class Outbox:
         self._tokens: dict[int, TokenRecord] = {}
         self._stacks: dict[str, StackView] = {}
         self._removed_stacks: list[str] = []
+        self._usage: list[JobUsage] = []
 
     def request(self, request: Request) -> None:
         self._requests[request.id] = request
@@ -190,6 +197,9 @@ class Outbox:
         self._stacks.pop(name, None)
         self._removed_stacks.append(name)
 
+    def usage(self, record: JobUsage) -> None:
+        self._usage.append(record)
+
     def drain(self, last_request_id: int) -> Changes:
         workers = [w.view() for w in self._workers.values()]
         seen = {u: t for u, t in self._seen.items() if u not in self._workers}
@@ -212,6 +222,7 @@ class Outbox:
             tokens=list(self._tokens.values()),
             stacks=list(self._stacks.values()),
             removed_stacks=self._removed_stacks,
+            usage=self._usage,
         )
         self._reset()
         return changes

@@ -52,10 +52,12 @@ from boruta_scheduler.errors import (
     WrongWorkerState,
 )
 from boruta_scheduler.types import (
+    NO_GROUP,
     Access,
     CapPair,
     HistoryEntry,
     HostStatus,
+    JobUsage,
     JobView,
     PendingReason,
     RequestState,
@@ -64,6 +66,7 @@ from boruta_scheduler.types import (
     TokenRecord,
     WorkerState,
     WorkerView,
+    granting_group,
 )
 
 HEARTBEAT_LOST = "heartbeat lost"
@@ -1344,6 +1347,7 @@ class Core:
         for index, worker in enumerate(workers):
             worker.prepared = None
             worker.request_id = request.id
+            self._out.usage(self._usage_of(request, index, worker, now))
             self._transition(worker, WorkerState.RUNNING, now, f"running request {request.id}")
             self._out.tunnel(OpenTunnel(request.id, worker.ssh_address, index=index))
         self._hold_collateral(request, workers)
@@ -1366,11 +1370,63 @@ class Core:
         request.updated_at = now
         for job in request.jobs:
             job.access = None
+        self._record_end(request, now)
         del self._requests[request.id]
         self._out.request(request)
         if request.idempotency_key:
             self._keys.finished(request.view(), now)
         self._rematch(released, now)
+
+    def _usage_of(self, request: Request, index: int, worker: Worker, now: float) -> JobUsage:
+        """The usage record of a job that starts now on worker."""
+        return JobUsage(
+            request.id,
+            index,
+            request.owner,
+            granting_group(worker.groups, request.owner_groups),
+            worker.uuid,
+            request.created_at,
+            now,
+            None,
+            RequestState.IN_PROGRESS,
+        )
+
+    def _record_end(self, request: Request, now: float) -> None:
+        """Usage records of a request that ends now: one per job, or one of a request
+        that never started. A store keeps the group of a job's first record; the group
+        given here counts only where the start left none (a job that ran across an
+        upgrade from a version without usage records)."""
+        if not request.jobs:
+            self._out.usage(
+                JobUsage(
+                    request.id,
+                    0,
+                    request.owner,
+                    NO_GROUP,
+                    "",
+                    request.created_at,
+                    None,
+                    now,
+                    request.state,
+                )
+            )
+            return
+        for index, job in enumerate(request.jobs):
+            worker = self._workers.get(job.worker_uuid)
+            group = granting_group(worker.groups, request.owner_groups) if worker else NO_GROUP
+            self._out.usage(
+                JobUsage(
+                    request.id,
+                    index,
+                    request.owner,
+                    group,
+                    job.worker_uuid,
+                    request.created_at,
+                    job.started_at,
+                    now,
+                    request.state,
+                )
+            )
 
     def _end_job(
         self,

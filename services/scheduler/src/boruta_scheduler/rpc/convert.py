@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import TypeVar
 
 from boruta.v1 import audit_pb2, requests_pb2, tokens_pb2, types_pb2, workers_pb2
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from boruta_scheduler.errors import InvalidArgument
@@ -30,6 +31,9 @@ from boruta_scheduler.types import (
     RequestView,
     StackView,
     TokenRecord,
+    UsageBy,
+    UsageQuery,
+    UsageTotals,
     WorkerState,
     WorkerView,
 )
@@ -395,3 +399,49 @@ def token_info(t: TokenRecord) -> tokens_pb2.TokenInfo:
     if t.revoked_at is not None:
         info.revoked_at.CopyFrom(timestamp(t.revoked_at))
     return info
+
+
+USAGE_BY: dict[int, UsageBy] = {
+    requests_pb2.USAGE_GROUPING_UNSPECIFIED: UsageBy.USER,
+    requests_pb2.USAGE_GROUPING_USER: UsageBy.USER,
+    requests_pb2.USAGE_GROUPING_GROUP: UsageBy.GROUP,
+}
+_GROUPING_OF = {
+    UsageBy.USER: requests_pb2.USAGE_GROUPING_USER,
+    UsageBy.GROUP: requests_pb2.USAGE_GROUPING_GROUP,
+}
+
+
+def usage_by(value: int) -> UsageBy:
+    """The grouping of a GetUsage call; an unknown value is refused."""
+    by = USAGE_BY.get(value)
+    if by is None:
+        raise InvalidArgument(f"by has no grouping {value}; use USAGE_GROUPING_USER or _GROUP")
+    return by
+
+
+def _duration(seconds: float) -> Duration:
+    d = Duration()
+    d.FromNanoseconds(round(seconds * 1e9))
+    return d
+
+
+def usage_response(query: UsageQuery, totals: list[UsageTotals]) -> requests_pb2.GetUsageResponse:
+    return requests_pb2.GetUsageResponse(
+        totals=[
+            requests_pb2.UsageTotals(
+                key=t.key,
+                board_time=_duration(t.board_seconds),
+                jobs=t.jobs,
+                requests=t.requests,
+                wait_time=_duration(t.wait_seconds),
+                max_wait=_duration(t.max_wait_seconds),
+                unstarted=t.unstarted,
+                unstarted_wait_time=_duration(t.unstarted_wait_seconds),
+            )
+            for t in totals
+        ],
+        since=timestamp(query.since),
+        until=timestamp(query.until),
+        by=_GROUPING_OF[query.by],
+    )

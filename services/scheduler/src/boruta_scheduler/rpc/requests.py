@@ -122,3 +122,15 @@ class RequestsServicer(requests_pb2_grpc.RequestsServicer):
                 yield requests_pb2.WatchRequestsResponse(request=convert.request_info(view))
         finally:
             changes.close()
+
+    async def GetUsage(
+        self, request: requests_pb2.GetUsageRequest, context: Context
+    ) -> requests_pb2.GetUsageResponse:
+        query, totals = await self._service.usage(
+            current_identity(),
+            convert.optional_seconds(request, "since"),
+            convert.optional_seconds(request, "until"),
+            convert.usage_by(request.by),
+            request.owner,
+        )
+        return convert.usage_response(query, totals)

@@ -160,6 +160,7 @@ class Scheduler:
             publishers,
             tunnels=self.tunnels,
             retention=self.config.server.retention,
+            usage_retention=self.config.server.usage_retention,
             on_commit=None if metrics is None else metrics.observe_commit,
         )
         audit = self.audit = AuditLog(

@@ -14,6 +14,8 @@ from boruta_scheduler.types import (
     RequestView,
     StackView,
     TokenRecord,
+    UsageQuery,
+    UsageTotals,
     WorkerView,
 )
 
@@ -37,10 +39,11 @@ class Purged:
     requests: int = 0
     history: int = 0
     audit: int = 0
+    usage: int = 0
 
     def reached(self, limit: int) -> bool:
         """Whether some kind hit the limit, so that more may be left to purge."""
-        return max(self.requests, self.history, self.audit) >= limit
+        return max(self.requests, self.history, self.audit, self.usage) >= limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +122,16 @@ class Store(Protocol):
         """Delete up to limit rows of each kind older than before, in one transaction:
         finished requests (with their jobs) last changed before it, worker history
         entries and audit events. Live requests and workers are never purged."""
+        ...
+
+    def usage(self, query: UsageQuery) -> list[UsageTotals]:
+        """Usage over the query's period, one row per user or group with any, by key
+        (code point order); summed by the store, so memory does not grow with the records."""
+        ...
+
+    def purge_usage(self, before: float, limit: int) -> int:
+        """Delete up to limit usage records of jobs (or unstarted requests) that ended
+        before before, in one transaction; the number deleted. Running jobs are kept."""
         ...
 
     def scrub(self) -> bool:

@@ -14,12 +14,15 @@ from boruta_scheduler.types import (
     Access,
     AuditEvent,
     HistoryEntry,
+    JobUsage,
     JobView,
     ProfileView,
     RequestState,
     RequestView,
     StackView,
     TokenRecord,
+    UsageQuery,
+    UsageTotals,
     WorkerState,
     WorkerView,
 )
@@ -337,12 +340,52 @@ def audit_event(row: Row) -> AuditEvent:
     )
 
 
+def usage_row(u: JobUsage) -> dict[str, Any]:
+    return {
+        "request_id": u.request_id,
+        "job_index": u.index,
+        "owner": u.owner,
+        "grp": u.group,
+        "worker_uuid": u.worker_uuid,
+        "submitted_at": u.submitted_at,
+        "started_at": u.started_at,
+        "ended_at": u.ended_at,
+        "state": int(u.state),
+    }
+
+
+def usage_params(query: UsageQuery) -> dict[str, Any]:
+    """The parameters of the usage_totals statement."""
+    return {
+        "since": query.since,
+        "until": query.until,
+        "now": query.now,
+        "by": query.by.value,
+        "owner": query.owner,
+    }
+
+
+def usage_totals(row: Row) -> UsageTotals:
+    return UsageTotals(
+        key=row["key"],
+        board_seconds=float(row["board_seconds"]),
+        jobs=int(row["jobs"]),
+        requests=int(row["requests"]),
+        wait_seconds=float(row["wait_seconds"]),
+        max_wait_seconds=float(row["max_wait_seconds"]),
+        unstarted=int(row["unstarted"]),
+        unstarted_wait_seconds=float(row["unstarted_wait_seconds"]),
+    )
+
+
 def commit_statements(changes: Changes) -> list[tuple[str, list[dict[str, Any]]]]:
     """The named statements that make changes durable, in order, each with its rows: the
     same for every SQL store, which runs them all in one transaction."""
     removed = [{"uuid": w.uuid} for w in changes.removed_workers]
     steps = [
         ("upsert_request", [request_row(r) for r in changes.requests]),
+        # In the order the core made them: a job's start before its end.
+        ("record_usage", [usage_row(u) for u in changes.usage]),
         ("upsert_worker", [worker_row(w) for w in changes.workers]),
         ("touch_worker", [{"uuid": u, "last_seen": t} for u, t in changes.last_seen.items()]),
         ("delete_worker", removed),

@@ -12,9 +12,13 @@ from boruta_scheduler.store.base import HistoryPage, Purged
 from boruta_scheduler.types import (
     AuditEvent,
     HistoryEntry,
+    JobUsage,
     RequestView,
     StackView,
     TokenRecord,
+    UsageBy,
+    UsageQuery,
+    UsageTotals,
     WorkerView,
 )
 
@@ -35,6 +39,8 @@ class MemoryStore:
         # Events in id order; ids are never reused, also after a purge.
         self._audit: list[AuditEvent] = []
         self._last_audit_id = 0
+        # Usage records by (request id, job index), as the SQL stores' job_usage table.
+        self._usage: dict[tuple[int, int], JobUsage] = {}
 
     def load(self) -> Snapshot:
         with self._lock:
@@ -75,6 +81,12 @@ class MemoryStore:
                 self._stacks.pop(name, None)
             for stack in changes.stacks:
                 self._stacks[stack.name] = dataclasses.replace(stack, holder=0)
+            for record in changes.usage:
+                key = (record.request_id, record.index)
+                first = self._usage.get(key)
+                if first is not None:  # the group stays the one fixed at the start
+                    record = dataclasses.replace(record, group=first.group)
+                self._usage[key] = record
             for event in changes.audit:
                 self._last_audit_id += 1
                 self._audit.append(dataclasses.replace(event, id=self._last_audit_id))
@@ -135,6 +147,22 @@ class MemoryStore:
             self._audit = [e for i, e in enumerate(self._audit) if i >= limit or e.time >= before]
         return Purged(len(old), history, audit)
 
+    def usage(self, query: UsageQuery) -> list[UsageTotals]:
+        with self._lock:
+            records = list(self._usage.values())
+        return sum_usage(records, query)
+
+    def purge_usage(self, before: float, limit: int) -> int:
+        with self._lock:
+            old = [
+                key
+                for key, record in self._usage.items()
+                if record.ended_at is not None and record.ended_at < before
+            ][:limit]
+            for key in old:
+                del self._usage[key]
+        return len(old)
+
     def scrub(self) -> bool:
         return True  # nothing outlives its Python objects here
 
@@ -144,3 +172,58 @@ class MemoryStore:
 
 def _id(event: AuditEvent) -> int:
     return event.id
+
+
+def sum_usage(records: list[JobUsage], query: UsageQuery) -> list[UsageTotals]:
+    """What the SQL stores' usage_totals statement computes, over records in memory."""
+    since, until = query.since, query.until
+    sums: dict[str, dict[str, float]] = {}
+    for r in records:
+        if query.owner and r.owner != query.owner:
+            continue
+        if r.ended_at is not None and r.ended_at < since:
+            continue
+        first = r.started_at if r.started_at is not None else r.ended_at
+        if first is None or first >= until:
+            continue
+        key = r.group if query.by is UsageBy.GROUP else r.owner
+        s = sums.setdefault(key, dict.fromkeys(_SUMS, 0.0))
+        if r.started_at is None:
+            assert r.ended_at is not None
+            if since <= r.ended_at < until:
+                s["unstarted"] += 1
+                s["unstarted_wait_seconds"] += r.ended_at - r.submitted_at
+            continue
+        end = min(query.now if r.ended_at is None else r.ended_at, until)
+        s["board_seconds"] += max(0.0, end - max(r.started_at, since))
+        if since <= r.started_at < until:
+            s["jobs"] += 1
+            if r.index == 0:
+                wait = r.started_at - r.submitted_at
+                s["requests"] += 1
+                s["wait_seconds"] += wait
+                s["max_wait_seconds"] = max(s["max_wait_seconds"], wait)
+    return [
+        UsageTotals(
+            key=key,
+            board_seconds=s["board_seconds"],
+            jobs=int(s["jobs"]),
+            requests=int(s["requests"]),
+            wait_seconds=s["wait_seconds"],
+            max_wait_seconds=s["max_wait_seconds"],
+            unstarted=int(s["unstarted"]),
+            unstarted_wait_seconds=s["unstarted_wait_seconds"],
+        )
+        for key, s in sorted(sums.items())
+    ]
+
+
+_SUMS = (
+    "board_seconds",
+    "jobs",
+    "requests",
+    "wait_seconds",
+    "max_wait_seconds",
+    "unstarted",
+    "unstarted_wait_seconds",
+)

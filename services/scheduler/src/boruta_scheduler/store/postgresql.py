@@ -43,10 +43,12 @@ from boruta_scheduler.store.codec import (
     select_requests,
     stack_view,
     token_record,
+    usage_params,
+    usage_totals,
     worker_view,
 )
 from boruta_scheduler.store.sqlfile import load_migrations, load_queries
-from boruta_scheduler.types import AuditEvent, RequestView
+from boruta_scheduler.types import AuditEvent, RequestView, UsageQuery, UsageTotals
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +246,16 @@ class PostgreSQLStore:
         with self._transaction() as conn:
             counts = [conn.execute(_Q[name], params).rowcount for name in _PURGES]
         return Purged(*counts)
+
+    def usage(self, query: UsageQuery) -> list[UsageTotals]:
+        with self._reading() as conn:
+            return [
+                usage_totals(row) for row in conn.execute(_Q["usage_totals"], usage_params(query))
+            ]
+
+    def purge_usage(self, before: float, limit: int) -> int:
+        with self._transaction() as conn:
+            return conn.execute(_Q["purge_usage"], {"before": before, "limit": limit}).rowcount
 
     def page_token_key(self) -> bytes:
         """The key that signs list page tokens, the same for every scheduler on this

@@ -30,10 +30,12 @@ from boruta_scheduler.store.codec import (
     select_requests,
     stack_view,
     token_record,
+    usage_params,
+    usage_totals,
     worker_view,
 )
 from boruta_scheduler.store.sqlfile import load_migrations, load_queries
-from boruta_scheduler.types import AuditEvent, RequestView
+from boruta_scheduler.types import AuditEvent, RequestView, UsageQuery, UsageTotals
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +222,23 @@ class SQLiteStore:
                 conn.execute("ROLLBACK")
             raise
         return Purged(*counts)
+
+    def usage(self, query: UsageQuery) -> list[UsageTotals]:
+        rows = self._reader().execute(_Q["usage_totals"], usage_params(query))
+        return [usage_totals(row) for row in rows]
+
+    def purge_usage(self, before: float, limit: int) -> int:
+        with self._writing():
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                count = conn.execute(_Q["purge_usage"], {"before": before, "limit": limit}).rowcount
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:  # on a full disk SQLite may have rolled back itself
+                    conn.execute("ROLLBACK")
+                raise
+        return count
 
     def scrub(self) -> bool:
         conn = self._writer

@@ -243,3 +243,60 @@ INSERT INTO page_token_key (only_row, key) VALUES (TRUE, %(key)s) ON CONFLICT DO
 
 -- name: get_page_token_key
 SELECT key FROM page_token_key;
+
+-- name: record_usage
+-- A job's first record (its start, or its end if it started before usage was recorded)
+-- is inserted; its end updates the record, keeping the group fixed at the start.
+INSERT INTO job_usage (
+    request_id, job_index, owner, grp, worker_uuid, submitted_at, started_at, ended_at, state
+) VALUES (
+    %(request_id)s, %(job_index)s, %(owner)s, %(grp)s, %(worker_uuid)s, %(submitted_at)s,
+    %(started_at)s, %(ended_at)s, %(state)s
+) ON CONFLICT (request_id, job_index) DO UPDATE SET
+    ended_at = excluded.ended_at,
+    state = excluded.state;
+
+-- name: usage_totals
+-- Sums over [since, until) by owner or group (by), rows of owner only unless it is ''.
+-- Board time is each job's time inside the period, a running job's up to now; jobs and
+-- requests count those that started in it; waits are created to started (index 0: once
+-- per request); unstarted requests count where they ended. Only rows that may touch the
+-- period are read: those running or ended since it began (the index on ended_at). Keys
+-- sort by code point (C collation), as the other stores sort them.
+SELECT key,
+    SUM(board) AS board_seconds,
+    SUM(started_in) AS jobs,
+    SUM(CASE WHEN job_index = 0 THEN started_in ELSE 0 END) AS requests,
+    SUM(CASE WHEN job_index = 0 AND started_in = 1 THEN started_at - submitted_at ELSE 0.0 END)
+        AS wait_seconds,
+    MAX(CASE WHEN job_index = 0 AND started_in = 1 THEN started_at - submitted_at ELSE 0.0 END)
+        AS max_wait_seconds,
+    SUM(unstarted) AS unstarted,
+    SUM(CASE WHEN unstarted = 1 THEN ended_at - submitted_at ELSE 0.0 END)
+        AS unstarted_wait_seconds
+FROM (
+    SELECT
+        CASE WHEN %(by)s = 'group' THEN grp ELSE owner END COLLATE "C" AS key,
+        job_index, submitted_at, started_at, ended_at,
+        CASE WHEN started_at IS NULL THEN 0.0
+            ELSE GREATEST(
+                0.0,
+                LEAST(COALESCE(ended_at, %(now)s), %(until)s) - GREATEST(started_at, %(since)s)
+            )
+        END AS board,
+        CASE WHEN started_at >= %(since)s AND started_at < %(until)s THEN 1 ELSE 0 END
+            AS started_in,
+        CASE WHEN started_at IS NULL AND ended_at >= %(since)s AND ended_at < %(until)s
+            THEN 1 ELSE 0 END AS unstarted
+    FROM job_usage
+    WHERE (ended_at IS NULL OR ended_at >= %(since)s)
+        AND COALESCE(started_at, ended_at) < %(until)s
+        AND (%(owner)s = '' OR owner = %(owner)s)
+) AS touching
+GROUP BY key
+ORDER BY key;
+
+-- name: purge_usage
+DELETE FROM job_usage WHERE (request_id, job_index) IN (
+    SELECT request_id, job_index FROM job_usage WHERE ended_at < %(before)s LIMIT %(limit)s
+);

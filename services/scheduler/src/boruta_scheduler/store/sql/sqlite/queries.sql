@@ -158,3 +158,55 @@ DELETE FROM audit WHERE id IN (
     SELECT id FROM (SELECT id, time FROM audit ORDER BY id LIMIT :limit)
     WHERE time < :before
 );
+
+-- name: record_usage
+-- A job's first record (its start, or its end if it started before usage was recorded)
+-- is inserted; its end updates the record, keeping the group fixed at the start.
+INSERT INTO job_usage (
+    request_id, job_index, owner, grp, worker_uuid, submitted_at, started_at, ended_at, state
+) VALUES (
+    :request_id, :job_index, :owner, :grp, :worker_uuid, :submitted_at, :started_at,
+    :ended_at, :state
+) ON CONFLICT (request_id, job_index) DO UPDATE SET
+    ended_at = excluded.ended_at,
+    state = excluded.state;
+
+-- name: usage_totals
+-- Sums over [:since, :until) by owner or group (:by), rows of :owner only unless it is ''.
+-- Board time is each job's time inside the period, a running job's up to :now; jobs and
+-- requests count those that started in it; waits are created to started (index 0: once
+-- per request); unstarted requests count where they ended. Only rows that may touch the
+-- period are read: those running or ended since it began (the index on ended_at).
+SELECT key,
+    SUM(board) AS board_seconds,
+    SUM(started_in) AS jobs,
+    SUM(CASE WHEN job_index = 0 THEN started_in ELSE 0 END) AS requests,
+    SUM(CASE WHEN job_index = 0 AND started_in = 1 THEN started_at - submitted_at ELSE 0.0 END)
+        AS wait_seconds,
+    MAX(CASE WHEN job_index = 0 AND started_in = 1 THEN started_at - submitted_at ELSE 0.0 END)
+        AS max_wait_seconds,
+    SUM(unstarted) AS unstarted,
+    SUM(CASE WHEN unstarted = 1 THEN ended_at - submitted_at ELSE 0.0 END)
+        AS unstarted_wait_seconds
+FROM (
+    SELECT
+        CASE WHEN :by = 'group' THEN grp ELSE owner END AS key,
+        job_index, submitted_at, started_at, ended_at,
+        CASE WHEN started_at IS NULL THEN 0.0
+            ELSE MAX(0.0, MIN(COALESCE(ended_at, :now), :until) - MAX(started_at, :since))
+        END AS board,
+        CASE WHEN started_at >= :since AND started_at < :until THEN 1 ELSE 0 END AS started_in,
+        CASE WHEN started_at IS NULL AND ended_at >= :since AND ended_at < :until THEN 1 ELSE 0
+        END AS unstarted
+    FROM job_usage
+    WHERE (ended_at IS NULL OR ended_at >= :since)
+        AND COALESCE(started_at, ended_at) < :until
+        AND (:owner = '' OR owner = :owner)
+)
+GROUP BY key
+ORDER BY key;
+
+-- name: purge_usage
+DELETE FROM job_usage WHERE rowid IN (
+    SELECT rowid FROM job_usage WHERE ended_at < :before LIMIT :limit
+);
