@@ -9,9 +9,10 @@ idle one, so it can complete no set, but it is reserved for the most important s
 important than its best one-board request, if any, which may then take it only as a
 backfill (docs/api.md): that costs the set's expected start, a bottleneck matching over
 the first few registered candidates of each profile. (A worker left idle gets a short job
-of its own, a backfill, to keep every worker busy.) *Free beside spares*: the same with
-four idle spare boards no request asks for, so the freed worker tries every set it could
-give a board to, and completes none: the sets' whole cost without their benefit.
+of its own, of a priority above every queued request's, to keep every worker busy.)
+*Free beside spares*: the same with four idle spare boards no request asks for, so the
+freed worker tries every set it could give a board to, and completes none: the sets'
+whole cost without their benefit.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ SCALES = [(100, 1_000), (1_000, 10_000), (10_000, 100_000)]
 MULTI_SHARE = 0.1
 SHAPES = 50
 SPARES = 4
+# The priority of the jobs that keep every worker busy, above every queued request's: a
+# worker the core keeps idle (reserved for a set, and wanted by a more important one-board
+# request that cannot backfill it) must still take one (docs/api.md, reservations).
+FILLER_PRIORITY = 1
 
 Profiles = list[tuple[str, dict[str, str]]]
 
@@ -75,7 +80,8 @@ class Mix:
             spec.owner,
             groups,
             caps,
-            priority=spec.priority,
+            # Priority 1 is kept for the bench's own jobs (FILLER_PRIORITY).
+            priority=max(spec.priority, FILLER_PRIORITY + 1),
             accept_unsatisfiable=True,
             profiles=profiles,
         )
@@ -91,7 +97,7 @@ def build_farm(workers: int, waiting: int, spares: int = 0) -> tuple[Core, list[
         core.set_state(T0, spec.uuid, WorkerState.IDLE)
     answer_prepares(core, T0)
     running = [
-        core.new_request(T0, "owner", w.groups, {"UUID": w.uuid}, priority=1).id
+        core.new_request(T0, "owner", w.groups, {"UUID": w.uuid}, priority=FILLER_PRIORITY).id
         for w in core.workers()
     ]
     for i in range(spares):
@@ -129,13 +135,15 @@ def measure(
             if worker.state is WorkerState.RUNNING:
                 running[slot] = worker.request_id
             else:
-                # A short job, so that it may also backfill a worker kept for a set.
+                # A short job of the top priority: it takes a worker kept for a set outright
+                # (a backfill must keep the order among the waiting requests, and those
+                # more important than the filler may be unable to backfill).
                 r = core.new_request(
                     now,
                     "owner",
                     worker.groups,
                     {"UUID": worker.uuid},
-                    priority=1,
+                    priority=FILLER_PRIORITY,
                     job_timeout=POLICY.min_job_timeout,
                 )
                 assert r.state is RequestState.IN_PROGRESS
@@ -175,7 +183,8 @@ def render(results: list[dict[str, object]], when: str) -> list[str]:
         "worker is reserved for the most important set more important than its best",
         "one-board request, which then takes it only as a backfill, after the set's expected",
         "start is computed (docs/api.md, reservations). A worker left idle gets a short job",
-        f"of its own (a backfill). *Free beside spares*: the same with {SPARES} idle spare boards",
+        "of its own, of a priority above the queued requests' (1; they have 2-16).",
+        f"*Free beside spares*: the same with {SPARES} idle spare boards",
         "that no request asks for, so the freed worker tries every set it could give a board",
         "to, and completes none: the sets' whole cost without their benefit. Times in",
         "microseconds.",
