@@ -35,6 +35,13 @@ from boruta_scheduler.core.policy import (
 )
 from boruta_scheduler.core.queue import Bucket, BucketBase, MultiBucket, RequestQueue
 from boruta_scheduler.core.timers import Target, TimerKind, TimerQueue
+from boruta_scheduler.core.together import (
+    Group,
+    check_together,
+    describe,
+    find_set,
+    fits_reserved,
+)
 from boruta_scheduler.core.tokens import TokenTable
 from boruta_scheduler.core.workers import WorkerIndex
 from boruta_scheduler.errors import (
@@ -55,11 +62,13 @@ from boruta_scheduler.types import (
     NO_GROUP,
     Access,
     CapPair,
+    Colocation,
     HistoryEntry,
     HostStatus,
     JobUsage,
     JobView,
     PendingReason,
+    Placement,
     RequestState,
     RequestView,
     StackView,
@@ -128,6 +137,8 @@ class Core:
         # Stacks by name, and the stack of each member's UUID (registered or not).
         self._stacks: dict[str, StackView] = {}
         self._stack_of: dict[str, str] = {}
+        # Registered workers by host (dryad address), for co-located groups of profiles.
+        self._by_host: dict[str, dict[str, Worker]] = {}
         # Live requests by (state, priority), kept as they change, so that metrics never
         # walk the queue.
         self._live_tally: Counter[tuple[RequestState, int]] = Counter()
@@ -191,6 +202,7 @@ class Core:
         worker.stack = self._stack_of.get(worker.uuid, "")
         self._workers[worker.uuid] = worker
         self._registered.add(worker)
+        self._add_to_host(worker)
         if worker.state is WorkerState.IDLE:
             self._idle.add(worker)
 
@@ -201,11 +213,14 @@ class Core:
         rest at once."""
         sig, groups = self._queue.intern(sigs.of(view.caps), view.owner_groups)
         profiles: tuple[Profile, ...] = ()
+        together: tuple[Colocation, ...] = ()
+        colocated: tuple[Group, ...] = ()
         if view.profiles:
             profiles = tuple(
                 (p.name, self._queue.intern_sig(sigs.of(p.caps))) for p in view.profiles
             )
             sig = profiles[0][1]
+            together, colocated = check_together(view.together, [p.name for p in view.profiles])
         request = Request(
             view.id,
             view.owner,
@@ -219,6 +234,8 @@ class Core:
             view.idempotency_key,
             view.arguments_hash,
             profiles,
+            together,
+            colocated,
         )
         if request.idempotency_key:
             self._keys.add(request.owner, request.idempotency_key, request.id)
@@ -287,6 +304,10 @@ class Core:
             self._requests,
             lambda request, latest: self._reserved_start(request, now, latest=latest),
             now,
+            lambda bucket, test: (
+                self._boards(bucket.needs, bucket.groups, self._registered, test, bucket.colocated)
+                is not None
+            ),
         )
 
     def pending_reason(
@@ -423,6 +444,9 @@ class Core:
     def delete_stack(self, now: float, name: str) -> StackView:
         """Forget a stack; its collateral is free at once."""
         view = self.stack(name)
+        members = [w for uuid in view.workers if (w := self._workers.get(uuid)) is not None]
+        # Requests whose co-located group could use this stack may have no other.
+        before = list(dict.fromkeys(b for w in members for b in self._servable_by(w)))
         del self._stacks[name]
         freed: list[Worker] = []
         for uuid in view.workers:
@@ -435,6 +459,11 @@ class Core:
                 self._free_collateral(worker, freed)
             self._out.worker(worker)
         self._out.removed_stack(name)
+        self._invalidate_orphans(
+            [b for b in before if isinstance(b, MultiBucket) and b.colocated],
+            now,
+            f"stack {name!r} was deleted",
+        )
         self._match_freed(freed, now)
         return view
 
@@ -528,13 +557,21 @@ class Core:
         job_timeout: float = 0.0,
         idempotency: Idempotency | None = None,
         profiles: Sequence[tuple[str, Mapping[str, str]]] = (),
+        together: Sequence[Colocation] = (),
     ) -> RequestView:
         """Queue a request; it is matched at once if workers are free, one per profile
-        (caps alone: one unnamed profile). With no_wait it is matched at once or refused
-        (Busy) and nothing changes. A request with an idempotency key is remembered under
-        it (the caller checked keyed_request first)."""
+        (caps alone: one unnamed profile), each group of together on one host or stack.
+        With no_wait it is matched at once or refused (Busy) and nothing changes. A request
+        with an idempotency key is remembered under it (the caller checked keyed_request
+        first)."""
         policy = self.policy
         named: tuple[Profile, ...] = ()
+        asked: tuple[Colocation, ...] = ()
+        colocated: tuple[Group, ...] = ()
+        if together and not profiles:
+            raise InvalidArgument(
+                "together groups profiles; give the boards as two or more profiles, not caps"
+            )
         if profiles:
             if caps:
                 raise InvalidArgument(
@@ -542,6 +579,7 @@ class Core:
                     "put the caps into a profile"
                 )
             named = self._check_profiles(profiles)
+            asked, colocated = check_together(together, [name for name, _ in named])
             pairs = named[0][1]
             if len(named) == 1 and not named[0][0]:
                 named = ()  # one unnamed profile is a request of caps, as before profiles
@@ -567,11 +605,20 @@ class Core:
         multi = len(named) > 1
         needs = tuple(need_of(p) for _, p in named) if multi else (need_of(sig),)
         if not accept_unsatisfiable and not (
-            self._boards(needs, groups, self._registered) is not None
+            self._boards(needs, groups, self._registered, colocated=colocated) is not None
             if multi
             else self._registered.any_capable(needs[0], groups)
         ):
             shown = ", ".join(sorted(groups)) or "none"
+            if colocated:
+                raise NoCapableWorker(
+                    f"no set of registered workers, a different one for each of the "
+                    f"{len(needs)} profiles ({self._format_profiles(named)}) with "
+                    f"{describe(colocated, [name for name, _ in named])}, is open to your "
+                    f"groups ({shown}); check the profiles, their groups (hosts and stacks: "
+                    "schedctl workers list, schedctl stacks list), or set "
+                    "accept_unsatisfiable to queue anyway"
+                )
             if multi:
                 raise NoCapableWorker(
                     f"no set of registered workers, a different one for each of the "
@@ -590,7 +637,7 @@ class Core:
             )
         sets = self._queue.cap_sets_of(owner)
         if sets >= policy.max_waiting_cap_sets_per_user and not self._queue.in_cap_set(
-            owner, tuple(p for _, p in named) if multi else (sig,), groups
+            owner, tuple(p for _, p in named) if multi else (sig,), groups, colocated
         ):
             raise ResourceExhausted(
                 f"{owner}'s waiting requests already ask for {sets:,} different sets of caps, "
@@ -614,10 +661,11 @@ class Core:
                 now + policy.job_timeouts(job_timeout)[0],
                 now,
             )
-            if multi and self._boards(needs, groups, self._idle, usable) is None:
+            if multi and self._boards(needs, groups, self._idle, usable, colocated) is None:
+                where = f"({describe(colocated, [n for n, _ in named])}) " if colocated else ""
                 raise Busy(
                     f"some of the workers that could serve the {len(needs)} profiles together "
-                    "are busy; try again later, or queue the request without no_wait"
+                    f"{where}are busy; try again later, or queue the request without no_wait"
                 )
             free = filter(usable, self._idle.capable(needs[0], groups))
             if not multi and next(free, None) is None:
@@ -637,6 +685,8 @@ class Core:
             now,
             job_timeout,
             profiles=named,
+            together=asked,
+            colocated=colocated,
         )
         if idempotency is not None:
             request.idempotency_key = idempotency.key
@@ -784,16 +834,22 @@ class Core:
                 worker.collateral_of = self._stack_view(stack).holder
             self._workers[uuid] = worker
             self._registered.add(worker)
+            self._add_to_host(worker)
             self._out.history(HistoryEntry(uuid, now, None, worker.state, worker.reason))
             self._out.worker(worker)
             self._arm_heartbeat(worker)
             return worker.view()
 
         orphan_candidates: list[BucketBase] = []
-        if sig != worker.caps_sig:
+        if sig != worker.caps_sig or dryad_address != worker.dryad_address:
+            # Another host may leave a co-located group without a host to run on.
             orphan_candidates = self._servable_by(worker)
+        if sig != worker.caps_sig:
             self._reindex(worker, sig, worker.groups)
-        worker.dryad_address = dryad_address
+        if dryad_address != worker.dryad_address:
+            self._remove_from_host(worker)
+            worker.dryad_address = dryad_address
+            self._add_to_host(worker)
         worker.ssh_address = ssh_address
         worker.dryad_version = dryad_version
         worker.last_seen = now
@@ -803,7 +859,7 @@ class Core:
         if restarted:
             self._dryad_restarted(worker, now)
         self._invalidate_orphans(
-            orphan_candidates, now, f"worker {uuid} registered again with other caps"
+            orphan_candidates, now, f"worker {uuid} registered again with other caps or host"
         )
         if worker.state is WorkerState.IDLE:
             self._match_worker(worker, now)
@@ -905,6 +961,7 @@ class Core:
             )
         before = self._servable_by(worker)
         self._registered.remove(worker)
+        self._remove_from_host(worker)
         del self._workers[uuid]
         self._out.removed(worker)
         self._invalidate_orphans(before, now, f"worker {uuid} was deregistered")
@@ -1077,15 +1134,19 @@ class Core:
             f"{name or index}: {format_caps(sig)}" for index, (name, sig) in enumerate(profiles)
         )
 
-    @staticmethod
     def _boards(
+        self,
         needs: Sequence[Need],
         groups: frozenset[str],
         index: WorkerIndex,
         usable: Callable[[Worker], bool] | None = None,
+        colocated: Sequence[Group] = (),
     ) -> list[Worker] | None:
-        """A different member of index for each need, open to groups (and usable), least
-        capable first where there is a choice; None if there is no such set."""
+        """A different member of index for each need, open to groups (and usable), each
+        co-located group on one host or stack, least capable first where there is a choice;
+        None if there is no such set."""
+        if colocated:
+            return find_set(needs, colocated, groups, index, self._members_at, usable)
         count = len(needs)
         return match(
             [shortlist(filter(usable, index.capable(need, groups)), count) for need in needs]
@@ -1147,9 +1208,16 @@ class Core:
         held = (*request.reserved, worker)
         if len(held) > len(bucket.needs):
             return False
-        fits = [[i for i, need in enumerate(bucket.needs) if need.met_by(w.items)] for w in held]
-        if match(fits) is None:
-            return False
+        if bucket.colocated:
+            # A co-located group's reserved boards share its place.
+            if not fits_reserved(held, bucket.needs, bucket.colocated):
+                return False
+        else:
+            fits = [
+                [i for i, need in enumerate(bucket.needs) if need.met_by(w.items)] for w in held
+            ]
+            if match(fits) is None:
+                return False
         self._unreserve(worker)
         worker.reserved_for = request
         request.reserved = held
@@ -1220,6 +1288,8 @@ class Core:
         a look at every worker)."""
         bucket = request.bucket
         assert isinstance(bucket, MultiBucket)
+        if bucket.colocated:
+            return self._colocated_start(request, bucket, now, latest)
         count = len(bucket.needs)
         timed: list[list[tuple[float, Worker]]] = []
         for need in bucket.needs:
@@ -1243,6 +1313,66 @@ class Core:
                 return at
         return math.inf
 
+    # Places of each co-located group looked at for an expected start (an upper bound).
+    MAX_PLACES_ESTIMATED = 64
+
+    def _colocated_start(
+        self, request: Request, bucket: MultiBucket, now: float, latest: bool
+    ) -> float:
+        """_reserved_start for a request with co-located groups: the earliest of the times
+        its candidate boards come free at which a co-located set of them is free (whether
+        one is, is monotonic in time: a bisection over those times)."""
+        known: dict[str, float | None] = {}
+
+        def free_at(worker: Worker) -> float | None:
+            if worker.uuid not in known:
+                known[worker.uuid] = self._free_at(worker, request, now, latest)
+            return known[worker.uuid]
+
+        def by(at: float) -> list[Worker] | None:
+            return find_set(
+                bucket.needs,
+                bucket.colocated,
+                request.owner_groups,
+                self._registered,
+                self._members_at,
+                lambda w: (t := free_at(w)) is not None and t <= at,
+                self.MAX_PLACES_ESTIMATED,
+            )
+
+        # Every free time a set could need is among those of the workers the search with no
+        # limit in time reads.
+        if by(math.inf) is None:
+            return math.inf
+        times = sorted({t for t in known.values() if t is not None})
+        low, high = 0, len(times) - 1
+        while low < high:
+            middle = (low + high) // 2
+            if by(times[middle]) is not None:
+                high = middle
+            else:
+                low = middle + 1
+        return times[low]
+
+    def _add_to_host(self, worker: Worker) -> None:
+        self._by_host.setdefault(worker.dryad_address, {})[worker.uuid] = worker
+
+    def _remove_from_host(self, worker: Worker) -> None:
+        on_host = self._by_host.get(worker.dryad_address)
+        if on_host is not None:
+            on_host.pop(worker.uuid, None)
+            if not on_host:
+                del self._by_host[worker.dryad_address]
+
+    def _members_at(self, placement: Placement, place: str) -> Iterable[Worker]:
+        """The registered workers on a host (dryad address) or in a stack."""
+        if placement is Placement.HOST:
+            return self._by_host.get(place, {}).values()
+        view = self._stacks.get(place)
+        if view is None:
+            return ()
+        return [w for uuid in view.workers if (w := self._workers.get(uuid)) is not None]
+
     def _servable_by(self, worker: Worker) -> list[BucketBase]:
         """Buckets of waiting requests the worker could serve (a board of)."""
         found: list[BucketBase] = []
@@ -1255,7 +1385,9 @@ class Core:
         assert bucket is not None, f"request {request.id} is matched but not queued"
         usable = self._usable_for(request, now)
         if isinstance(bucket, MultiBucket):
-            boards = self._boards(bucket.needs, request.owner_groups, self._idle, usable)
+            boards = self._boards(
+                bucket.needs, request.owner_groups, self._idle, usable, bucket.colocated
+            )
             if boards is not None:
                 self._start_jobs(request, boards, now)
             else:
@@ -1299,7 +1431,9 @@ class Core:
                 # Every request of a bucket asks the same: if its first gets no set, none
                 # does. A set needs as many idle workers as it has profiles.
                 if sets and len(bucket.needs) <= idle:
-                    boards = self._boards(bucket.needs, top.owner_groups, self._idle, usable)
+                    boards = self._boards(
+                        bucket.needs, top.owner_groups, self._idle, usable, bucket.colocated
+                    )
                     if boards is not None:
                         self._start_jobs(top, boards, now)
                         if worker.state is WorkerState.IDLE:
@@ -1533,7 +1667,12 @@ class Core:
     def _satisfiable(self, bucket: BucketBase) -> bool:
         """Whether registered workers (in any state) could serve the bucket's requests."""
         if isinstance(bucket, MultiBucket):
-            return self._boards(bucket.needs, bucket.groups, self._registered) is not None
+            return (
+                self._boards(
+                    bucket.needs, bucket.groups, self._registered, colocated=bucket.colocated
+                )
+                is not None
+            )
         assert isinstance(bucket, Bucket)
         return self._registered.any_capable(bucket.need, bucket.groups)
 
