@@ -14,18 +14,21 @@ from boruta_client.types import (
     Acquired,
     AcquiredBoard,
     AuditEvent,
+    Colocation,
     HistoryEntry,
     HostStatus,
     Job,
     PendingBoard,
     PendingCode,
     PendingReason,
+    Placement,
     Profile,
     Profiles,
     Request,
     RequestSort,
     RequestState,
     Stack,
+    Together,
     Token,
     Usage,
     UsageBy,
@@ -115,6 +118,51 @@ def request(info: types_pb2.RequestInfo, queue_position: int | None = None) -> R
         pending_reason=pending_reason(info.pending_reason)
         if info.HasField("pending_reason")
         else None,
+        together=tuple(
+            Colocation(tuple(c.profiles), Placement(c.placement))
+            for c in info.together
+            if c.placement in _PLACEMENT_NUMBERS
+        ),
+    )
+
+
+_PLACEMENT_NUMBERS = frozenset(p.value for p in Placement)
+_PLACEMENT_WORDS = {p.name.lower(): p for p in Placement}
+
+
+def parse_together(text: str) -> tuple[Colocation, ...]:
+    """Groups from their written form: "host" or "stack" (every profile), or groups of
+    named profiles separated by ";", each "host:dut,relay" or "stack:a,b"."""
+    groups = []
+    for part in text.split(";"):
+        word, _, names = part.strip().partition(":")
+        placement = _PLACEMENT_WORDS.get(word.strip().lower())
+        if placement is None:
+            raise InvalidArgument(
+                f"together group {part.strip()!r} must start with host or stack (e.g. "
+                "'host', 'stack', 'host:dut,relay' or 'host:dut,relay;stack:a,b')"
+            )
+        listed = tuple(n.strip() for n in names.split(",")) if names.strip() else ()
+        if any(not n for n in listed):
+            raise InvalidArgument(f"together group {part.strip()!r} has an empty profile name")
+        groups.append(Colocation(listed, placement))
+    return tuple(groups)
+
+
+def colocations(together: Together) -> list[types_pb2.Colocation]:
+    """Groups as NewRequest takes them."""
+    groups = parse_together(together) if isinstance(together, str) else tuple(together)
+    return [
+        types_pb2.Colocation(profiles=list(g.profiles), placement=g.placement.value)  # type: ignore[arg-type]
+        for g in groups
+    ]
+
+
+def together_text(groups: Iterable[Colocation]) -> str:
+    """Groups in the form parse_together reads ("" for none)."""
+    return ";".join(
+        g.placement.name.lower() + (":" + ",".join(g.profiles) if g.profiles else "")
+        for g in groups
     )
 
 

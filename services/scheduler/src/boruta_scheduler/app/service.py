@@ -51,6 +51,7 @@ from boruta_scheduler.listing import (
 )
 from boruta_scheduler.store import HistoryPage, Store
 from boruta_scheduler.types import (
+    Colocation,
     HostStatus,
     Identity,
     JobView,
@@ -154,8 +155,10 @@ class SchedulerService:
         job_timeout: float = 0.0,
         idempotency_key: str = "",
         profiles: Sequence[tuple[str, Mapping[str, str]]] = (),
+        together: Sequence[Colocation] = (),
     ) -> RequestView:
-        """Queue a request (of caps, or of profiles: one board each); with an idempotency
+        """Queue a request (of caps, or of profiles: one board each, maybe co-located
+        groups of them); with an idempotency
         key the owner used before, return the request it made instead
         (IdempotencyKeyReused if this call asks otherwise)."""
         idem: Idempotency | None = None
@@ -173,6 +176,7 @@ class SchedulerService:
                     no_wait,
                     job_timeout,
                     profiles,
+                    together,
                 ),
                 self.engine.now(),
             )
@@ -201,6 +205,7 @@ class SchedulerService:
                 job_timeout=job_timeout,
                 idempotency=idem,
                 profiles=profiles,
+                together=together,
             ),
         )
         if idem is None:
