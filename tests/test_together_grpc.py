@@ -95,6 +95,24 @@ async def test_a_stack_group_holds_the_rest_of_the_stack_and_no_wait_is_busy(far
     # On one host it is served at once by the third dryad.
     other = await new(bob, ON_HOST, no_wait=True)
     assert [j.worker_uuid for j in other.jobs] == ["p2", "r2"]
+    # Admins see what each running request holds; users may not ask.
+    reply = await admin.workers.ListAllocations(
+        workers_pb2.ListAllocationsRequest(), metadata=admin.metadata
+    )
+    held = {a.request_id: a for a in reply.allocations}
+    assert sorted(held) == [first.id, other.id]
+    assert [(b.profile, b.worker_uuid, b.stack) for b in held[first.id].boards] == [
+        ("dut", "p1", "bench"),
+        ("relay", "r1", "bench"),
+    ]
+    assert list(held[first.id].collateral) == ["psu"] and held[first.id].owner == "alice"
+    pair = held[other.id].boards
+    assert pair[0].dryad_address == pair[1].dryad_address != held[first.id].boards[1].dryad_address
+    await expect_error(
+        bob.workers.ListAllocations(workers_pb2.ListAllocationsRequest(), metadata=bob.metadata),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "only admins may list allocations",
+    )
     await alice.close(first.id)
     await bob.close(other.id)
 

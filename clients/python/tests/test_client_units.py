@@ -31,7 +31,8 @@ from schedctl.output import jsonable, span, table
 
 EXPECTED_ALL = [
     "LEASE_JOB_TIMEOUT",
-    "Access", "Acquired", "AcquiredBoard", "AlreadyExists", "AsyncBoard", "AsyncBoardSSH",
+    "Access", "Acquired", "AcquiredBoard", "AllocatedBoard", "Allocation", "AlreadyExists",
+    "AsyncBoard", "AsyncBoardSSH",
     "AsyncBoards",
     "AsyncBoardsLease", "AsyncClient", "AsyncLease",
     "AsyncWatch", "AuditEvent", "Board", "BoardSSH", "Boards", "BoardsLease", "BorutaError",

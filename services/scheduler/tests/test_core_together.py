@@ -93,6 +93,12 @@ def test_a_group_in_a_stack_and_the_stacks_other_boards_become_collateral(kit: C
     request = ask(kit, IN_STACK)
     assert boards_of(kit, request) == ["p2", "r2"]
     assert kit.core.worker("psu").collateral_of == request
+    (held,) = kit.core.allocations()
+    assert (held.request_id, held.collateral) == (request, ("psu",))
+    assert [(b.profile, b.worker_uuid, b.stack) for b in held.boards] == [
+        ("dut", "p2", "bench"),
+        ("relay", "r2", "bench"),
+    ]
     # The stack's collateral is refused to another request: it waits.
     other = kit.core.new_request(kit.now, "v", NOBODY, {"board": "psu"}).id
     assert kit.core.request(other).state is RequestState.WAITING
@@ -212,6 +218,15 @@ def test_a_waiting_group_whose_last_host_goes_becomes_invalid(kit: CoreKit) -> N
     kit.core.deregister(kit.now, "r1")
     assert state_of(kit, waiting) is RequestState.INVALID
     assert kit.core.request(busy).state is RequestState.IN_PROGRESS
+
+
+def test_a_new_stack_serves_a_waiting_stack_group(kit: CoreKit) -> None:
+    """Found by the state machine: the request waited beside a whole idle stack."""
+    kit.add_worker("p1", {"board": "phone"})
+    kit.add_worker("r1", {"board": "relay"})
+    waiting = ask(kit, IN_STACK, accept_unsatisfiable=True)
+    kit.core.create_stack(kit.now, "bench", ["p1", "r1"])
+    assert boards_of(kit, waiting) == ["p1", "r1"]
 
 
 def test_a_waiting_stack_group_becomes_invalid_when_its_stack_is_deleted(kit: CoreKit) -> None:

@@ -13,6 +13,8 @@ from boruta_client.types import (
     Access,
     Acquired,
     AcquiredBoard,
+    AllocatedBoard,
+    Allocation,
     AuditEvent,
     Colocation,
     HistoryEntry,
@@ -350,6 +352,19 @@ def token(info: tokens_pb2.TokenInfo) -> Token:
 
 def audit_event(e: audit_pb2.AuditEvent) -> AuditEvent:
     return AuditEvent(e.id, when(e.time), e.actor, e.role, e.action, e.target, e.detail)
+
+
+def allocation(info: workers_pb2.Allocation) -> Allocation:
+    return Allocation(
+        request_id=info.request_id,
+        owner=info.owner,
+        boards=tuple(
+            AllocatedBoard(b.profile, b.worker_uuid, b.dryad_address, b.stack) for b in info.boards
+        ),
+        collateral=tuple(info.collateral),
+        started_at=when(info.started_at),
+        timeout_at=when(info.timeout_at),
+    )
 
 
 def stack(info: workers_pb2.StackInfo) -> Stack:

@@ -48,6 +48,7 @@ from boruta_client.lease import (
 )
 from boruta_client.types import (
     Acquired,
+    Allocation,
     AuditEvent,
     Caller,
     HistoryEntry,
@@ -764,6 +765,13 @@ class AsyncClient(ClientBase):
         message = workers_pb2.ListStacksRequest()
         reply = await self._call(lambda s: s.workers.ListStacks, message)
         return [convert.stack(info) for info in reply.stacks]
+
+    async def list_allocations(self) -> list[Allocation]:
+        """Every running request with its boards (profile, worker, host, stack) and its
+        collateral, by request id. Admins only."""
+        message = workers_pb2.ListAllocationsRequest()
+        reply = await self._call(lambda s: s.workers.ListAllocations, message)
+        return [convert.allocation(info) for info in reply.allocations]
 
     async def delete_stack(self, name: str) -> None:
         """Forget a stack; its collateral is free at once. Admins only."""

@@ -276,3 +276,4 @@ class Client(ClientBase, Facade[AsyncClient]):
     create_stack = blocking(AsyncClient.create_stack)
     list_stacks = blocking(AsyncClient.list_stacks)
     delete_stack = blocking(AsyncClient.delete_stack)
+    list_allocations = blocking(AsyncClient.list_allocations)

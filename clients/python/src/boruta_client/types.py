@@ -265,6 +265,30 @@ class Stack:
 
 
 @dataclass(frozen=True, slots=True)
+class AllocatedBoard:
+    """One board a running request holds for one profile: its worker, host (the dryad's
+    address) and stack ("": none)."""
+
+    profile: str
+    worker_uuid: str
+    dryad_address: str
+    stack: str
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """What a running request holds: a board per profile, and the collateral of their
+    stacks (worker UUIDs)."""
+
+    request_id: int
+    owner: str
+    boards: tuple[AllocatedBoard, ...]
+    collateral: tuple[str, ...]
+    started_at: datetime
+    timeout_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerChange:
     """One change of a worker seen by a watch; removed means it was deregistered."""
 

@@ -10,6 +10,7 @@ from boruta_client import BorutaError
 from boruta_client.config import find_farm
 
 from schedctl import exits
+from schedctl.allocations_cmd import allocations
 from schedctl.cli import State, option
 from schedctl.flags import command_options, name_options
 from schedctl.jobs_cmd import audit, run, ssh, status
@@ -166,6 +167,7 @@ def completion(shell: str) -> None:
 cli.add_command(requests_group)
 cli.add_command(workers_group)
 cli.add_command(stacks_group)
+cli.add_command(allocations)
 cli.add_command(run)
 cli.add_command(ssh)
 cli.add_command(status)

@@ -265,6 +265,28 @@ class StackView:
 
 
 @dataclass(frozen=True, slots=True)
+class AllocatedBoard:
+    """One board a running request holds for one profile, with its host and stack."""
+
+    profile: str
+    worker_uuid: str
+    dryad_address: str
+    stack: str
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """What a running request holds: a board per profile and its stacks' collateral."""
+
+    request_id: int
+    owner: str
+    boards: tuple[AllocatedBoard, ...]
+    collateral: tuple[str, ...]
+    started_at: float
+    timeout_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class HistoryEntry:
     """One change of a worker's state; from_state is None for the first registration."""
 

@@ -51,6 +51,7 @@ from boruta_scheduler.listing import (
 )
 from boruta_scheduler.store import HistoryPage, Store
 from boruta_scheduler.types import (
+    Allocation,
     Colocation,
     HostStatus,
     Identity,
@@ -496,6 +497,9 @@ class SchedulerService:
 
     async def list_stacks(self, who: Identity) -> list[StackView]:
         return await self.engine.read(lambda core, now: core.stacks())
+
+    async def list_allocations(self, who: Identity) -> list[Allocation]:
+        return await self.engine.read(lambda core, now: core.allocations())
 
     async def delete_stack(self, who: Identity, name: str) -> None:
         await self.engine.execute(

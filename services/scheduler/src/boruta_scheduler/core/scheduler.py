@@ -61,6 +61,8 @@ from boruta_scheduler.errors import (
 from boruta_scheduler.types import (
     NO_GROUP,
     Access,
+    AllocatedBoard,
+    Allocation,
     CapPair,
     Colocation,
     HistoryEntry,
@@ -401,6 +403,44 @@ class Core:
         """Every stack by name, each with the request holding it (0 for none)."""
         return [self._stack_view(name) for name in sorted(self._stacks)]
 
+    def allocations(self) -> list[Allocation]:
+        """Every running request's boards and collateral, by request id: one walk of the
+        workers (an admin's read, not a matching)."""
+        collateral: dict[int, list[str]] = {}
+        running: set[int] = set()
+        for worker in self._workers.values():
+            if worker.collateral_of:
+                collateral.setdefault(worker.collateral_of, []).append(worker.uuid)
+            elif worker.state is WorkerState.RUNNING and worker.request_id:
+                running.add(worker.request_id)
+        found = []
+        for request_id in sorted(running):
+            request = self._requests[request_id]
+            names = [name for name, _ in request.profiles] or [""]
+            boards = []
+            for name, job in zip(names, request.jobs, strict=True):
+                runner = self._workers.get(job.worker_uuid)
+                boards.append(
+                    AllocatedBoard(
+                        name,
+                        job.worker_uuid,
+                        runner.dryad_address if runner else "",
+                        runner.stack if runner else "",
+                    )
+                )
+            first = request.jobs[0]
+            found.append(
+                Allocation(
+                    request_id,
+                    request.owner,
+                    tuple(boards),
+                    tuple(sorted(collateral.get(request_id, ()))),
+                    first.started_at,
+                    first.timeout_at,
+                )
+            )
+        return found
+
     def stack(self, name: str) -> StackView:
         if name not in self._stacks:
             raise NotFound(f"no stack is named {name[:80]!r}; list them with schedctl stacks list")
@@ -439,6 +479,8 @@ class Core:
             request = self._requests[holders.pop()]
             self._hold_collateral(request, self._request_workers(request))
         self._out.stack(view)
+        # A waiting request whose group must be in one stack may find its set in this one.
+        self._match_freed([w for uuid in members if (w := self._workers[uuid]) in self._idle], now)
         return self._stack_view(name)
 
     def delete_stack(self, now: float, name: str) -> StackView:

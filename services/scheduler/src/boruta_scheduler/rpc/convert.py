@@ -22,6 +22,7 @@ from boruta_scheduler.listing import (
     page_size,
 )
 from boruta_scheduler.types import (
+    Allocation,
     AuditEvent,
     Colocation,
     HistoryEntry,
@@ -284,6 +285,25 @@ def colocations(groups: Iterable[types_pb2.Colocation]) -> tuple[Colocation, ...
 
 
 _PLACEMENTS = frozenset(int(p) for p in Placement)
+
+
+def allocation(a: Allocation) -> workers_pb2.Allocation:
+    return workers_pb2.Allocation(
+        request_id=a.request_id,
+        owner=a.owner,
+        boards=[
+            workers_pb2.AllocatedBoard(
+                profile=b.profile,
+                worker_uuid=b.worker_uuid,
+                dryad_address=b.dryad_address,
+                stack=b.stack,
+            )
+            for b in a.boards
+        ],
+        collateral=a.collateral,
+        started_at=timestamp(a.started_at),
+        timeout_at=timestamp(a.timeout_at),
+    )
 
 
 def request_info(r: RequestView, pending: PendingReason | None = None) -> types_pb2.RequestInfo:
