@@ -24,7 +24,7 @@ import random
 import time
 
 from boruta_scheduler.core import Core
-from boruta_scheduler.types import RequestState, WorkerState
+from boruta_scheduler.types import Colocation, Placement, RequestState, WorkerState
 
 from bench.core_bench import POLICY, T0, EventTimes, answer_prepares
 from bench.farmgen import BOARDS, FEATURES, GROUP_SETS, request_specs, worker_specs
@@ -60,19 +60,25 @@ def set_shapes(count: int = SHAPES, seed: int = 5) -> list[Profiles]:
 
 
 class Mix:
-    """Requests as core_bench makes them, a tenth of them sets of boards instead."""
+    """Requests as core_bench makes them, a tenth of them sets of boards instead, and of
+    those a share (colocated) with groups on one host: every board, or the first two."""
 
-    def __init__(self, count: int, seed: int) -> None:
+    def __init__(self, count: int, seed: int, colocated: float = 0.0) -> None:
         self.singles = request_specs(count, seed)
         self.shapes = set_shapes()
         self.rng = random.Random(seed)
+        self.colocated = colocated
 
     def new(self, core: Core, now: float, i: int) -> tuple[bool, float]:
         """Queue the i-th request; whether it was a set, and what it cost in microseconds."""
         spec = self.singles[i]
         multi = self.rng.random() < MULTI_SHARE
         caps = {} if multi else spec.caps
-        profiles = self.rng.choice(self.shapes) if multi else ()
+        profiles: Profiles = self.rng.choice(self.shapes) if multi else []
+        together: tuple[Colocation, ...] = ()
+        if multi and self.rng.random() < self.colocated:
+            names = () if self.rng.random() < 0.5 else (profiles[0][0], profiles[1][0])
+            together = (Colocation(names, Placement.HOST),)
         groups = GROUP_SETS[i % len(GROUP_SETS)]
         t = time.perf_counter_ns()
         core.new_request(
@@ -84,14 +90,20 @@ class Mix:
             priority=max(spec.priority, FILLER_PRIORITY + 1),
             accept_unsatisfiable=True,
             profiles=profiles,
+            together=together,
         )
         return multi, (time.perf_counter_ns() - t) / 1000
 
 
-def build_farm(workers: int, waiting: int, spares: int = 0) -> tuple[Core, list[int]]:
+def build_farm(
+    workers: int, waiting: int, spares: int = 0, host_size: int = 0, colocated: float = 0.0
+) -> tuple[Core, list[int]]:
+    """The farm (its workers host_size to a dryad address, if given, else all on one) and
+    its queue, every worker running a job."""
     core = Core(POLICY)
-    for spec in worker_specs(workers):
-        core.register(T0, {**spec.caps, "UUID": spec.uuid}, "d:1", "s:22", instance_id="i")
+    for n, spec in enumerate(worker_specs(workers)):
+        host = f"h{n // host_size}:1" if host_size else "d:1"
+        core.register(T0, {**spec.caps, "UUID": spec.uuid}, host, "s:22", instance_id="i")
         if spec.groups:
             core.set_groups(T0, spec.uuid, spec.groups)
         core.set_state(T0, spec.uuid, WorkerState.IDLE)
@@ -104,7 +116,7 @@ def build_farm(workers: int, waiting: int, spares: int = 0) -> tuple[Core, list[
         core.register(T0, {"board": "spare", "UUID": f"spare{i}"}, "d:1", "s:22", instance_id="i")
         core.set_state(T0, f"spare{i}", WorkerState.IDLE)
     answer_prepares(core, T0)
-    mix = Mix(waiting, seed=7)
+    mix = Mix(waiting, seed=7, colocated=colocated)
     for i in range(waiting):
         mix.new(core, T0, i)
     core.drain()
@@ -112,11 +124,16 @@ def build_farm(workers: int, waiting: int, spares: int = 0) -> tuple[Core, list[
 
 
 def measure(
-    workers: int, waiting: int, events: int = 2000, spares: int = 0
+    workers: int,
+    waiting: int,
+    events: int = 2000,
+    spares: int = 0,
+    host_size: int = 0,
+    colocated: float = 0.0,
 ) -> dict[str, list[float]]:
-    core, running = build_farm(workers, waiting, spares)
+    core, running = build_farm(workers, waiting, spares, host_size, colocated)
     assert core.idle_count == spares
-    mix = Mix(events, seed=99)
+    mix = Mix(events, seed=99, colocated=colocated)
     now = T0 + 1
     times: dict[str, list[float]] = {"arrive": [], "arrive_set": [], "free": []}
     gc.disable()
@@ -154,11 +171,14 @@ def measure(
     return times
 
 
-def run() -> list[dict[str, object]]:
+def run(host_size: int = 0, colocated: float = 0.0) -> list[dict[str, object]]:
+    """Every scale measured, alone and beside spares (see measure)."""
     results = []
     for workers, waiting in SCALES:
-        times = measure(workers, waiting)
-        beside = measure(workers, waiting, spares=SPARES)["free"]
+        times = measure(workers, waiting, host_size=host_size, colocated=colocated)
+        beside = measure(workers, waiting, spares=SPARES, host_size=host_size, colocated=colocated)[
+            "free"
+        ]
         results.append(
             {
                 "workers": workers,
@@ -168,6 +188,25 @@ def run() -> list[dict[str, object]]:
             }
         )
     return results
+
+
+def table(results: list[dict[str, object]]) -> list[str]:
+    """The figures of run() as a Markdown table."""
+    lines = [
+        "| workers x waiting | arrive p50 | arrive p99 | arrive set p50 | arrive set p99 "
+        "| free p50 | free p99 | free beside spares p50 | p99 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        a, s, f, b = r["arrive"], r["arrive_set"], r["free"], r["free_beside_spares"]
+        assert isinstance(a, dict) and isinstance(s, dict)
+        assert isinstance(f, dict) and isinstance(b, dict)
+        lines.append(
+            f"| {r['workers']:,} x {r['waiting']:,} | {a['p50']:.1f} | {a['p99']:.1f} "
+            f"| {s['p50']:.1f} | {s['p99']:.1f} | {f['p50']:.1f} | {f['p99']:.1f} "
+            f"| {b['p50']:.1f} | {b['p99']:.1f} |"
+        )
+    return lines
 
 
 def render(results: list[dict[str, object]], when: str) -> list[str]:
@@ -189,19 +228,8 @@ def render(results: list[dict[str, object]], when: str) -> list[str]:
         "to, and completes none: the sets' whole cost without their benefit. Times in",
         "microseconds.",
         "",
-        "| workers x waiting | arrive p50 | arrive p99 | arrive set p50 | arrive set p99 "
-        "| free p50 | free p99 | free beside spares p50 | p99 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        *table(results),
     ]
-    for r in results:
-        a, s, f, b = r["arrive"], r["arrive_set"], r["free"], r["free_beside_spares"]
-        assert isinstance(a, dict) and isinstance(s, dict)
-        assert isinstance(f, dict) and isinstance(b, dict)
-        lines.append(
-            f"| {r['workers']:,} x {r['waiting']:,} | {a['p50']:.1f} | {a['p99']:.1f} "
-            f"| {s['p50']:.1f} | {s['p99']:.1f} | {f['p50']:.1f} | {f['p99']:.1f} "
-            f"| {b['p50']:.1f} | {b['p99']:.1f} |"
-        )
     return [
         *lines,
         "",

@@ -10,7 +10,7 @@ import pytest
 from boruta_scheduler.core import Core, Snapshot
 from boruta_scheduler.core.caps import need_of
 from boruta_scheduler.core.model import cap_pairs
-from boruta_scheduler.core.together import find_set
+from boruta_scheduler.core.together import find_set, from_index
 from boruta_scheduler.core.workers import WorkerIndex
 from boruta_scheduler.errors import Busy, InvalidArgument, NoCapableWorker
 from boruta_scheduler.types import (
@@ -332,12 +332,9 @@ def test_the_finder_finds_a_co_located_set_exactly_when_one_exists(
     for view in core.workers():
         index.add(core._workers[view.uuid])
     needs = [need_of(cap_pairs({"kind": kind})) for kind in kinds]
+    capable, candidate = from_index(index, NOBODY, None)
     found = find_set(
-        needs,
-        [(g, Placement.HOST) for g in groups],
-        NOBODY,
-        index,
-        core._members_at,
+        needs, [(g, Placement.HOST) for g in groups], capable, candidate, core._members_at
     )
     assert (found is not None) == brute_force(boards, kinds, groups)
     if found is not None:

@@ -11,11 +11,19 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 
 from boruta_scheduler.core.caps import Need, board_items, check_request_caps, need_of
 from boruta_scheduler.core.idempotency import Idempotency, KeyMemory, same_arguments
 from boruta_scheduler.core.matching import match, shortlist
-from boruta_scheduler.core.model import Job, Profile, Request, Worker, cap_pairs
+from boruta_scheduler.core.model import (
+    Job,
+    Profile,
+    Request,
+    Worker,
+    cap_pairs,
+    groups_compatible,
+)
 from boruta_scheduler.core.outbox import (
     Changes,
     CloseTunnel,
@@ -41,6 +49,8 @@ from boruta_scheduler.core.together import (
     describe,
     find_set,
     fits_reserved,
+    from_index,
+    place_of,
 )
 from boruta_scheduler.core.tokens import TokenTable
 from boruta_scheduler.core.workers import WorkerIndex
@@ -1188,7 +1198,8 @@ class Core:
         co-located group on one host or stack, least capable first where there is a choice;
         None if there is no such set."""
         if colocated:
-            return find_set(needs, colocated, groups, index, self._members_at, usable)
+            capable, candidate = from_index(index, groups, usable)
+            return find_set(needs, colocated, capable, candidate, self._members_at)
         count = len(needs)
         return match(
             [shortlist(filter(usable, index.capable(need, groups)), count) for need in needs]
@@ -1355,42 +1366,64 @@ class Core:
                 return at
         return math.inf
 
-    # Places of each co-located group looked at for an expected start (an upper bound).
-    MAX_PLACES_ESTIMATED = 64
+    # Places per co-located group looked at for an expected start (what bounds its cost;
+    # the start is an upper bound).
+    MAX_PLACES_ESTIMATED = 4
 
     def _colocated_start(
         self, request: Request, bucket: MultiBucket, now: float, latest: bool
     ) -> float:
-        """_reserved_start for a request with co-located groups: the earliest of the times
-        its candidate boards come free at which a co-located set of them is free (whether
-        one is, is monotonic in time: a bisection over those times)."""
-        known: dict[str, float | None] = {}
+        """_reserved_start for a request with co-located groups: among a few candidates
+        (its reserved boards, the first few of each profile that may come free for it, and
+        the boards of the first few places of each group), the earliest time a co-located
+        set of them is free (whether one is, is monotonic in time: a bisection over their
+        times)."""
+        needs, groups, owner = bucket.needs, bucket.colocated, request.owner_groups
+        count = len(needs)
+        timed: dict[Worker, float] = {}
 
-        def free_at(worker: Worker) -> float | None:
-            if worker.uuid not in known:
-                known[worker.uuid] = self._free_at(worker, request, now, latest)
-            return known[worker.uuid]
+        def consider(worker: Worker) -> bool:
+            if worker in timed:
+                return True
+            at = self._free_at(worker, request, now, latest)
+            if at is None or not groups_compatible(worker.groups, owner):
+                return False
+            timed[worker] = at
+            return True
 
-        def by(at: float) -> list[Worker] | None:
-            return find_set(
-                bucket.needs,
-                bucket.colocated,
-                request.owner_groups,
-                self._registered,
-                self._members_at,
-                lambda w: (t := free_at(w)) is not None and t <= at,
-                self.MAX_PLACES_ESTIMATED,
-            )
+        for worker in request.reserved:
+            consider(worker)
+        for need in needs:
+            taken = 0
+            for worker in islice(self._registered.capable(need, owner), 4 * count):
+                if consider(worker):
+                    taken += 1
+                    if taken == count:
+                        break
+        for indexes, placement in groups:
+            anchors = [w for w in list(timed) if needs[indexes[0]].met_by(w.items)]
+            places = dict.fromkeys(p for w in anchors if (p := place_of(w, placement)))
+            for place in islice(places, self.MAX_PLACES_ESTIMATED):
+                for worker in self._members_at(placement, place):
+                    consider(worker)
+        ranked = sorted(timed, key=lambda w: w.rank)
 
-        # Every free time a set could need is among those of the workers the search with no
-        # limit in time reads.
-        if by(math.inf) is None:
+        def by(at: float) -> bool:
+            free = [w for w in ranked if timed[w] <= at]
+            kept = set(free)
+
+            def capable(need: Need) -> Iterable[Worker]:
+                return (w for w in free if need.met_by(w.items))
+
+            return find_set(needs, groups, capable, kept.__contains__, self._members_at) is not None
+
+        times = sorted(set(timed.values()))
+        if not times or not by(times[-1]):
             return math.inf
-        times = sorted({t for t in known.values() if t is not None})
         low, high = 0, len(times) - 1
         while low < high:
             middle = (low + high) // 2
-            if by(times[middle]) is not None:
+            if by(times[middle]):
                 high = middle
             else:
                 low = middle + 1

@@ -95,25 +95,48 @@ def describe(groups: Sequence[Group], names: Sequence[str]) -> str:
     )
 
 
+# Candidates of a need, least capable first, and whether a worker is a candidate at all
+# (of the pool, open to the owner, usable).
+Capable = Callable[[Need], Iterable[Worker]]
+Candidate = Callable[[Worker], bool]
+
+
+def from_index(
+    pool: WorkerIndex, owner_groups: frozenset[str], usable: Callable[[Worker], bool] | None
+) -> tuple[Capable, Candidate]:
+    """find_set's view of an index of workers, open to owner_groups and usable."""
+
+    def capable(need: Need) -> Iterable[Worker]:
+        found = pool.capable(need, owner_groups)
+        return found if usable is None else filter(usable, found)
+
+    def candidate(worker: Worker) -> bool:
+        return (
+            worker in pool
+            and groups_compatible(worker.groups, owner_groups)
+            and (usable is None or usable(worker))
+        )
+
+    return capable, candidate
+
+
 def find_set(
     needs: Sequence[Need],
     groups: Sequence[Group],
-    owner_groups: frozenset[str],
-    pool: WorkerIndex,
+    capable: Capable,
+    candidate: Candidate,
     members_at: MembersAt,
-    usable: Callable[[Worker], bool] | None = None,
     max_places: int = 0,
 ) -> list[Worker] | None:
-    """A different member of pool for each need, open to owner_groups (and usable), each
-    group's on one place, least capable first where there is a choice; None if there is
-    none (or none among the first max_places places of each group, if max_places)."""
+    """A different candidate for each need, each group's on one place, least capable
+    first where there is a choice; None if there is none (or none among the first
+    max_places places of each group, if max_places)."""
     count = len(needs)
-    allowed: Callable[[Worker], bool] = usable or (lambda _: True)
     grouped = {i for indexes, _ in groups for i in indexes}
     candidates: list[list[Worker]] = [[] for _ in range(count)]
     for i in range(count):
         if i not in grouped:
-            candidates[i] = shortlist(filter(allowed, pool.capable(needs[i], owner_groups)), count)
+            candidates[i] = shortlist(capable(needs[i]), count)
             if not candidates[i]:
                 return None
 
@@ -121,22 +144,14 @@ def find_set(
         """Per place, the candidates of the group's profiles there, if they match."""
         indexes, placement = group
         seen: set[str] = set()
-        anchors = filter(allowed, pool.capable(needs[indexes[0]], owner_groups))
-        for anchor in anchors:
+        for anchor in capable(needs[indexes[0]]):
             place = place_of(anchor, placement)
             if not place or place in seen:
                 continue
             seen.add(place)
             if max_places and len(seen) > max_places:
                 return
-            members = sorted(
-                (
-                    w
-                    for w in members_at(placement, place)
-                    if w in pool and groups_compatible(w.groups, owner_groups) and allowed(w)
-                ),
-                key=lambda w: w.rank,
-            )
+            members = sorted(filter(candidate, members_at(placement, place)), key=lambda w: w.rank)
             here = [
                 list(islice((w for w in members if needs[i].met_by(w.items)), count))
                 for i in indexes
