@@ -35,6 +35,7 @@ from boruta_client.errors import (
     RequestEnded,
     ScheduleTimeout,
     Unavailable,
+    WorkerNotFound,
     WrongRequestState,
 )
 from boruta_client.lease import (
@@ -696,9 +697,19 @@ class AsyncClient(ClientBase):
         return convert.worker((await self._call(lambda s: s.workers.SetGroups, message)).worker)
 
     async def deregister_worker(self, uuid: str) -> None:
-        """Remove a worker in MAINTENANCE or FAILED. Admins only."""
+        """Remove a worker in MAINTENANCE or FAILED. Admins only.
+
+        A call retried after its connection dropped takes NOT_FOUND as done: the first
+        attempt may have removed the worker, its answer lost. So a mistyped UUID raises
+        WorkerNotFound, except in that rare case, where it returns as if removed."""
         message = workers_pb2.DeregisterRequest(worker_uuid=uuid)
-        await self._call(lambda s: s.workers.Deregister, message)
+        retried: list[grpc.RpcError] = []
+        try:
+            await self._invoke(lambda s: s.workers.Deregister, message, retried=retried)
+        except grpc.RpcError as error:
+            failure = await self._failure(error)
+            if not (retried and isinstance(failure, WorkerNotFound)):
+                raise failure from None
 
     async def create_stack(self, name: str, worker_uuids: Iterable[str]) -> Stack:
         """Name two or more registered workers wired together, none in another stack. Admins

@@ -1,0 +1,49 @@
+"""Calls the Python client retries after a dropped connection change the farm once: the
+connection (a real TCP proxy in front of a real scheduler) is closed after the scheduler
+applied the call and before its answer reached the client, which then calls again."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import pytest
+from boruta_client import AsyncClient, WorkerNotFound
+from drop_kit import DroppingProxy, dropping_proxy, until
+from farm_kit import Farm, board
+
+T = TypeVar("T")
+
+
+async def lose_first_answer(
+    proxy: DroppingProxy, call: Awaitable[T], applied: Callable[[], Awaitable[bool]]
+) -> T:
+    """Make call through proxy, losing its first answer once applied() sees its effect;
+    returns what the client's retry answered."""
+    proxy.hold()
+    task = asyncio.ensure_future(call)
+    await until(applied, "the first attempt took effect")
+    assert not task.done()
+    proxy.drop()
+    result = await task
+    assert proxy.held > 0
+    return result
+
+
+async def test_deregister_retried_after_its_answer_was_lost_succeeds(farm: Farm) -> None:
+    await farm.add_dryad([board("gone-1")], idle=False)
+    direct = AsyncClient(farm.address, user="root", admin=True)
+    async with dropping_proxy(farm.address) as proxy:
+        client = AsyncClient(proxy.address, user="root", admin=True)
+        await client.whoami()  # the connection is up before its answers are held
+
+        async def removed() -> bool:
+            return "gone-1" not in {w.uuid for w in await direct.list_workers()}
+
+        await lose_first_answer(proxy, client.deregister_worker("gone-1"), removed)
+        # Without a retry, a UUID no worker has is still an error.
+        with pytest.raises(WorkerNotFound):
+            await client.deregister_worker("gone-1")
+        await client.close()
+    await direct.close()
