@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pytest
-from boruta_client import AsyncClient, WorkerNotFound
+from boruta_client import AsyncClient, InvalidArgument, WorkerNotFound
 from drop_kit import DroppingProxy, dropping_proxy, until
 from farm_kit import Farm, board
 
@@ -46,4 +46,38 @@ async def test_deregister_retried_after_its_answer_was_lost_succeeds(farm: Farm)
         with pytest.raises(WorkerNotFound):
             await client.deregister_worker("gone-1")
         await client.close()
+    await direct.close()
+
+
+async def test_prolong_retried_after_its_answer_was_lost_counts_once(farm: Farm) -> None:
+    await farm.add_dryad([board("prolonged-1")])
+    direct = AsyncClient(farm.address, user="alice")
+    request = await direct.new_request({})
+    await direct.acquire_worker(request.id)
+    async with dropping_proxy(farm.address) as proxy:
+        client = AsyncClient(proxy.address, user="alice")
+        await client.whoami()
+
+        async def count() -> int:
+            job = (await direct.get_request(request.id)).job
+            assert job is not None
+            return job.prolong_count
+
+        async def prolonged() -> bool:
+            return await count() == 1
+
+        # As a lease prolongs: with the count of the job it holds.
+        first = client.prolong_access(request.id, prolong_count=0)
+        job = await lose_first_answer(proxy, first, prolonged)
+        assert job.prolong_count == await count() == 1
+        # The next prolong (which reads the count first when given none) counts again.
+        again = await client.prolong_access(request.id)
+        assert again.prolong_count == 2 and again.timeout_at >= job.timeout_at
+        # A count from before that is a prolong already done: it changes nothing.
+        stale = await client.prolong_access(request.id, prolong_count=1)
+        assert stale == again
+        with pytest.raises(InvalidArgument, match="prolong_count 99 is more than the 2 times"):
+            await client.prolong_access(request.id, prolong_count=99)
+        await client.close()
+    await direct.close_request(request.id)
     await direct.close()

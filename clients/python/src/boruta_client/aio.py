@@ -476,9 +476,18 @@ class AsyncClient(ClientBase):
             raise failure from None
         return convert.request(reply.request)
 
-    async def prolong_access(self, request_id: int) -> Job:
-        """Push the job's timeout further, within the scheduler's limits."""
-        message = requests_pb2.ProlongAccessRequest(request_id=request_id)
+    async def prolong_access(self, request_id: int, *, prolong_count: int | None = None) -> Job:
+        """Push the job's timeout further, within the scheduler's limits.
+
+        The call sends the job's prolong_count as last seen (given, else read first), so a
+        retry after a dropped connection, or a prolong by someone else meanwhile, does not
+        count twice: it returns the job as it is."""
+        if prolong_count is None:
+            job = (await self.get_request(request_id)).job
+            prolong_count = None if job is None else job.prolong_count
+        message = requests_pb2.ProlongAccessRequest(
+            request_id=request_id, prolong_count=prolong_count
+        )
         return convert.job((await self._call(lambda s: s.requests.ProlongAccess, message)).job)
 
     async def acquire_worker(

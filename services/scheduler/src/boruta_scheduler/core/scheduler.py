@@ -708,8 +708,10 @@ class Core:
             self._match_request(request, now)
         return request.view()
 
-    def prolong_access(self, now: float, request_id: int) -> JobView:
-        """Push the job's timeout to now + its step, within the prolong limits."""
+    def prolong_access(self, now: float, request_id: int, seen_count: int | None = None) -> JobView:
+        """Push the job's timeout to now + its step, within the prolong limits; given the
+        prolong count the caller saw, a job prolonged since (a retry's first attempt) is
+        returned as it is."""
         request = self._live_request(request_id)
         job = request.job
         if request.state is not RequestState.IN_PROGRESS or job is None:
@@ -717,6 +719,15 @@ class Core:
                 f"request {request_id} is {request.state.name}; only a request IN_PROGRESS "
                 "has a job to prolong"
             )
+        if seen_count is not None:
+            if seen_count > job.prolong_count:
+                raise InvalidArgument(
+                    f"prolong_count {seen_count} is more than the {job.prolong_count} times "
+                    f"the job of request {request_id} was prolonged; send the prolong_count "
+                    "the scheduler last returned, or none"
+                )
+            if seen_count < job.prolong_count:
+                return job.view()  # prolonged since the caller looked: this call is done
         if job.prolong_count >= self.policy.max_prolongs:
             raise ProlongLimitReached(
                 f"the job of request {request_id} was prolonged {job.prolong_count} times, "
