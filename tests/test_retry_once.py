@@ -10,6 +10,7 @@ from typing import TypeVar
 
 import pytest
 from boruta_client import AsyncClient, InvalidArgument, WorkerNotFound
+from boruta_scheduler.rpc.server import Scheduler
 from drop_kit import DroppingProxy, dropping_proxy, until
 from farm_kit import Farm, board
 
@@ -80,4 +81,25 @@ async def test_prolong_retried_after_its_answer_was_lost_counts_once(farm: Farm)
             await client.prolong_access(request.id, prolong_count=99)
         await client.close()
     await direct.close_request(request.id)
+    await direct.close()
+
+
+async def test_issue_token_retried_after_its_answer_was_lost_issues_one_token(farm: Farm) -> None:
+    direct = AsyncClient(farm.address, user="root", admin=True)
+    before = len(await direct.list_tokens())
+    async with dropping_proxy(farm.address) as proxy:
+        client = AsyncClient(proxy.address, user="root", admin=True)
+        await client.whoami()
+
+        async def issued() -> bool:
+            return len(await direct.list_tokens()) == before + 1
+
+        first = client.issue_token("ci-bot", groups=["lab"], description="nightly")
+        token = await lose_first_answer(proxy, first, issued)
+        tokens = await direct.list_tokens()
+        assert [t.id for t in tokens[before:]] == [token.token.id]
+        # The retry's secret is the token's: the scheduler takes it for ci-bot.
+        scheduler: Scheduler = farm.scheduler  # type: ignore[attr-defined]
+        assert scheduler.tokens.identify(token.secret).user == "ci-bot"
+        await client.close()
     await direct.close()

@@ -639,10 +639,19 @@ class AsyncClient(ClientBase):
         admin: bool = False,
         ttl: float | None = None,
         description: str = "",
+        idempotency_key: str | None = None,
     ) -> IssuedToken:
-        """A bearer token for user (admins only); its secret is shown this once."""
+        """A bearer token for user (admins only); its secret is shown this once.
+
+        The call carries an idempotency key (a new random one unless given), so that a
+        retry after a dropped connection gets the same token and secret instead of a
+        second token (within 10 minutes of the first attempt; see docs/security.md)."""
         message = tokens_pb2.IssueTokenRequest(
-            user=user, groups=list(groups), admin=admin, description=description
+            user=user,
+            groups=list(groups),
+            admin=admin,
+            description=description,
+            idempotency_key=idempotency_key or str(uuid.uuid4()),
         )
         if ttl is not None:
             message.ttl.FromNanoseconds(round(ttl * 1e9))

@@ -353,7 +353,8 @@ class Core:
 
     def next_timer(self) -> float | None:
         """When tick() next has work to do, or None."""
-        return self._timers.next_due()
+        due = [t for t in (self._timers.next_due(), self._tokens.next_unseal()) if t is not None]
+        return min(due, default=None)
 
     def drain(self) -> Changes:
         """Hand out and forget everything that changed since the last drain."""
@@ -362,9 +363,11 @@ class Core:
     # ------------------------------------------------------------ token commands
 
     def issue_token(self, token: TokenRecord) -> TokenRecord:
-        """Keep a new bearer token under the next id (the caller checked its fields)."""
-        record = self._tokens.issue(token)
-        self._out.token(record)
+        """Keep a new bearer token under the next id (the caller checked its fields), or
+        return the one its idempotency key issued (see TokenTable.issue)."""
+        record, new = self._tokens.issue(token)
+        if new:
+            self._out.token(record)
         return record
 
     def revoke_token(self, now: float, token_id: int) -> TokenRecord:
@@ -993,6 +996,8 @@ class Core:
 
     def tick(self, now: float) -> None:
         """Fire every timer due at or before now."""
+        for token in self._tokens.unseal(now):
+            self._out.token(token)
         newly_ready: list[Request] = []
         while (item := self._timers.pop_due(now)) is not None:
             due, kind, target = item
