@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pytest
-from boruta_client import AsyncClient, InvalidArgument, WorkerNotFound
+from boruta_client import AlreadyExists, AsyncClient, InvalidArgument, NotFound, WorkerNotFound
 from boruta_scheduler.rpc.server import Scheduler
 from drop_kit import DroppingProxy, dropping_proxy, until
 from farm_kit import Farm, board
@@ -101,5 +101,35 @@ async def test_issue_token_retried_after_its_answer_was_lost_issues_one_token(fa
         # The retry's secret is the token's: the scheduler takes it for ci-bot.
         scheduler: Scheduler = farm.scheduler  # type: ignore[attr-defined]
         assert scheduler.tokens.identify(token.secret).user == "ci-bot"
+        await client.close()
+    await direct.close()
+
+
+async def test_stack_calls_retried_after_their_answers_were_lost_succeed(farm: Farm) -> None:
+    uuids = [f"stacked-{i}" for i in range(3)]
+    await farm.add_dryad([board(u) for u in uuids], idle=False)
+    direct = AsyncClient(farm.address, user="root", admin=True)
+    async with dropping_proxy(farm.address) as proxy:
+        client = AsyncClient(proxy.address, user="root", admin=True)
+        await client.whoami()
+
+        async def names() -> set[str]:
+            return {s.name for s in await direct.list_stacks()}
+
+        async def made() -> bool:
+            return "bench" in await names()
+
+        stack = await lose_first_answer(proxy, client.create_stack("bench", uuids[:2]), made)
+        assert (stack.name, set(stack.worker_uuids)) == ("bench", set(uuids[:2]))
+        # Without a retry, a name in use is still an error.
+        with pytest.raises(AlreadyExists):
+            await client.create_stack("bench", uuids[:2])
+
+        async def gone() -> bool:
+            return "bench" not in await names()
+
+        await lose_first_answer(proxy, client.delete_stack("bench"), gone)
+        with pytest.raises(NotFound):
+            await client.delete_stack("bench")
         await client.close()
     await direct.close()
