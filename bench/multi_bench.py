@@ -242,6 +242,13 @@ def render(results: list[dict[str, object]], when: str) -> list[str]:
         "162, 216 and 209 us at these scales (one run each, the same hour): a freed worker",
         "now always looks at the sets it could join, and a backfill computes the set's",
         "expected start. One-board farms (the section above) are unchanged: 97-118 us.",
+        "Since 2026-12-03 the bench's own jobs (the fillers) run at priority 1, above every",
+        "queued request (2-16): backfill keeps the order among waiting requests, so a board",
+        "kept for a set stays idle while a more important one-board request that cannot",
+        "backfill it waits, and a filler of the old priority could be refused. A filler now",
+        "takes such a board outright (its set reserves again later), which makes more",
+        "reservation changes per event than before: figures from before that day are not",
+        "comparable.",
         "",
     ]
 

@@ -333,6 +333,9 @@ def test_boards_together_on_one_host_and_bad_groups(env: dict[str, str]) -> None
     shown = schedctl(env, "requests", "show", str(created["id"])).stdout
     assert "cam, plain on one host" in shown
     schedctl(env, "requests", "close", str(created["id"]))
+    # A lease of both boards on one host for one command on the plain one, closed after.
+    who = schedctl(env, "ssh", *pair, "--together", "host", "--board", "plain", "--", "id", "-un")
+    assert who.stdout.strip() and PLAIN_BOARD in who.stderr
     done = schedctl(env, "requests", "new", *pair, "--together", "stack", check=exits.NO_SUCH_BOARD)
     assert "on one stack" in done.stderr
     done = schedctl(env, "requests", "new", *pair, "--together", "rack", check=exits.USAGE)
