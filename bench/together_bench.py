@@ -6,8 +6,8 @@ multi_bench's farm, queue and events, with the workers eight to a host (dryad ad
 and a third of the requests of several boards co-located on one host (half of them every
 board, half the first two). A set with a group is found place by place: the hosts of the
 candidates of one of the group's profiles, a matching against each host's boards
-(core/together.py); its expected start (for backfill) is a bisection over the times its
-candidates come free.
+(core/together.py); its expected start (for backfill) is one such search over a few
+candidates, the soonest free first.
 """
 
 from __future__ import annotations
@@ -58,11 +58,11 @@ def verdict(results: list[dict[str, object]]) -> list[str]:
         "quarter in peeking at the top of every set bucket the freed board's caps lead to",
         "(multi_bench's cost; co-location multiplies the buckets, since a bucket is one set",
         "shape, owner groups and grouping: up to 600 here, fewer at 100 x 1,000 where not",
-        "every combination is queued, so that scale is cheaper), and about a third in the",
+        "every combination is queued, so that scale is cheaper), and about a quarter in the",
         "expected start of co-located sets, computed when a less important one-board request",
         "could backfill a board kept for one (a few candidates per profile and the boards of",
-        "the first four hosts of each group, then a bisection over their free times, each",
-        "step a search of those hosts). Neither grows with the waiting requests or the",
+        "the first four hosts of each group, their free times, and one search over them, the",
+        "soonest free first). Neither grows with the waiting requests or the",
         "workers as such, but both grow with the distinct set shapes queued. The p99 figures",
         "of 2,000 events on this shared 2-core machine (other sessions' tests and benches ran",
         "beside it) move by several times between runs; the one-board arrive p99 of the same",

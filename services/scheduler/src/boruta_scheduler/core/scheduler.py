@@ -1395,9 +1395,8 @@ class Core:
     ) -> float:
         """_reserved_start for a request with co-located groups: among a few candidates
         (its reserved boards, the first few of each profile that may come free for it, and
-        the boards of the first few places of each group), the earliest time a co-located
-        set of them is free (whether one is, is monotonic in time: a bisection over their
-        times)."""
+        the boards of the first few places of each group), when the co-located set a search
+        that prefers the soonest free boards finds is free."""
         needs, groups, owner = bucket.needs, bucket.colocated, request.owner_groups
         count = len(needs)
         timed: dict[Worker, float] = {}
@@ -1426,28 +1425,21 @@ class Core:
             for place in islice(places, self.MAX_PLACES_ESTIMATED):
                 for worker in self._members_at(placement, place):
                     consider(worker)
-        ranked = sorted(timed, key=lambda w: w.rank)
 
-        def by(at: float) -> bool:
-            free = [w for w in ranked if timed[w] <= at]
-            kept = set(free)
+        # Soonest free first: the set found is the least late one the search meets first
+        # (an upper bound of the least late set, at the cost of one search).
+        def soonest(worker: Worker) -> tuple[float, tuple[int, str]]:
+            return timed[worker], worker.rank
 
-            def capable(need: Need) -> Iterable[Worker]:
-                return (w for w in free if need.met_by(w.items))
+        ordered = sorted(timed, key=soonest)
 
-            return find_set(needs, groups, capable, kept.__contains__, self._members_at) is not None
+        def capable(need: Need) -> Iterable[Worker]:
+            return (w for w in ordered if need.met_by(w.items))
 
-        times = sorted(set(timed.values()))
-        if not times or not by(times[-1]):
-            return math.inf
-        low, high = 0, len(times) - 1
-        while low < high:
-            middle = (low + high) // 2
-            if by(times[middle]):
-                high = middle
-            else:
-                low = middle + 1
-        return times[low]
+        found = find_set(
+            needs, groups, capable, timed.__contains__, self._members_at, order=soonest
+        )
+        return math.inf if found is None else max(timed[w] for w in found)
 
     def _add_to_host(self, worker: Worker) -> None:
         self._by_host.setdefault(worker.dryad_address, {})[worker.uuid] = worker

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice, product
+from typing import Any
 
 from boruta_scheduler.core.caps import Need
 from boruta_scheduler.core.matching import match, shortlist
@@ -127,10 +128,12 @@ def find_set(
     candidate: Candidate,
     members_at: MembersAt,
     max_places: int = 0,
+    order: Callable[[Worker], Any] = lambda worker: worker.rank,
 ) -> list[Worker] | None:
-    """A different candidate for each need, each group's on one place, least capable
-    first where there is a choice; None if there is none (or none among the first
-    max_places places of each group, if max_places)."""
+    """A different candidate for each need, each group's on one place, the first in
+    order (capable's, and at a place by order: least capable first) where there is a
+    choice; None if there is none (or none among the first max_places places of each
+    group, if max_places)."""
     count = len(needs)
     grouped = {i for indexes, _ in groups for i in indexes}
     candidates: list[list[Worker]] = [[] for _ in range(count)]
@@ -151,7 +154,7 @@ def find_set(
             seen.add(place)
             if max_places and len(seen) > max_places:
                 return
-            members = sorted(filter(candidate, members_at(placement, place)), key=lambda w: w.rank)
+            members = sorted(filter(candidate, members_at(placement, place)), key=order)
             here = [
                 list(islice((w for w in members if needs[i].met_by(w.items)), count))
                 for i in indexes
