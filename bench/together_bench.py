@@ -40,6 +40,7 @@ def render(results: list[dict[str, object]], when: str) -> list[str]:
         "",
         *verdict(results),
         "",
+        "",
     ]
 
 
@@ -62,8 +63,9 @@ def verdict(results: list[dict[str, object]]) -> list[str]:
         "expected start of co-located sets, computed when a less important one-board request",
         "could backfill a board kept for one (a few candidates per profile and the boards of",
         "the first four hosts of each group, their free times, and one search over them, the",
-        "soonest free first). Neither grows with the waiting requests or the",
-        "workers as such, but both grow with the distinct set shapes queued. The p99 figures",
+        "soonest free first). Neither grows with the number of waiting requests; both grow",
+        "with the distinct set shapes queued, and the candidate walks with the share of",
+        "boards kept for other sets. The p99 figures",
         "of 2,000 events on this shared 2-core machine (other sessions' tests and benches ran",
         "beside it) move by several times between runs; the one-board arrive p99 of the same",
         "runs shows the noise floor.",
