@@ -9,7 +9,7 @@ import asyncio
 from pathlib import Path
 
 import grpc
-from boruta.v1 import requests_pb2, types_pb2, workers_pb2
+from boruta.v1 import audit_pb2, audit_pb2_grpc, requests_pb2, types_pb2, workers_pb2
 from boruta_client import AsyncClient, Client, Colocation, Placement
 from conftest import farm_on
 from farm_kit import Client as FarmClient
@@ -50,6 +50,12 @@ async def test_a_pair_on_one_host_skips_a_lone_phone(farm: Farm) -> None:
     assert [j.worker_uuid for j in created.jobs] == ["p2", "r2"]
     assert [(list(c.profiles), c.placement) for c in created.together] == [([], S.PLACEMENT_HOST)]
     assert list((await alice.info(created.id)).together) == list(created.together)
+    admin = farm.admin
+    events = await audit_pb2_grpc.AuditStub(admin.channel).ListAuditEvents(
+        audit_pb2.ListAuditEventsRequest(page_size=100), metadata=admin.metadata
+    )
+    (made,) = [e for e in events.events if e.action == "NewRequest"]
+    assert "together all on one host" in made.detail, made.detail
 
 
 async def test_bad_groups_and_impossible_sets_are_refused_saying_what_to_fix(farm: Farm) -> None:

@@ -198,6 +198,20 @@ def test_an_impossible_set_is_refused_at_once_and_busy_boards_with_no_wait(kit: 
     assert boards_of(kit, waiting) == ["p1", "r2"]
 
 
+def test_the_pending_reason_counts_only_co_located_sets(kit: CoreKit) -> None:
+    """A free phone and relay on two hosts make no set: lab1's relay is out of service."""
+    kit.add_worker("p1", {"board": "phone"}, host="lab1")
+    kit.add_worker("r1", {"board": "relay"}, host="lab1", idle=False)
+    kit.add_worker("r2", {"board": "relay"}, host="lab2")
+    waiting = ask(kit)
+    assert kit.core.request(waiting).state is RequestState.WAITING
+    reason = kit.core.pending_reason(kit.now, waiting)
+    assert reason is not None and reason.code is PendingCode.BOARDS_UNAVAILABLE, reason
+    # Without the group the same boards serve it at once.
+    loose = kit.core.new_request(kit.now, "u", NOBODY, {}, profiles=PAIR).id
+    assert boards_of(kit, loose) == ["p1", "r2"]
+
+
 def test_a_waiting_group_whose_last_host_goes_becomes_invalid(kit: CoreKit) -> None:
     kit.add_worker("p1", {"board": "phone"}, host="lab1")
     kit.add_worker("r1", {"board": "relay"}, host="lab1")
