@@ -204,6 +204,8 @@ class CoreMachine(RuleBasedStateMachine):
         # Requests no registered worker could serve when they were queued.
         self.unsatisfiable_at_birth: set[int] = set()
         self.stack_views: dict[str, StackView] = {}
+        # The stack each stack group of a running request started in, by request.
+        self.started_in: dict[int, list[tuple[list[int], StackView]]] = {}
 
     # ------------------------------------------------------------ the driver
 
@@ -646,6 +648,11 @@ class CoreMachine(RuleBasedStateMachine):
             if all(job.worker_uuid in self.worker_views for job in jobs):
                 chosen = [self.worker_views[job.worker_uuid] for job in jobs]
                 assert colocated(chosen, view), (view, chosen)
+                self.started_in[view.id] = [
+                    (indexes, self.stack_views[chosen[indexes[0]].stack])
+                    for indexes, placement in colocated_groups(view)
+                    if placement is Placement.STACK
+                ]
             for job, profile in zip(jobs, profiles, strict=True):
                 uuid = job.worker_uuid
                 # The worker became RUNNING in this step, so it was drained with it.
@@ -777,11 +784,20 @@ class CoreMachine(RuleBasedStateMachine):
             assert view.job is not None, view
             # 7. All boards or none.
             assert len(view.all_jobs) == len(view.all_profiles), view
-            # 11. A host group stays on its host while it runs.
+            # 11. A host group stays on its host while it runs, a stack group in its stack
+            # while that stack lasts (deleting it frees the collateral, not the boards).
             for indexes, placement in colocated_groups(view):
                 if placement is Placement.HOST:
                     hosts = {workers[view.all_jobs[i].worker_uuid].dryad_address for i in indexes}
                     assert len(hosts) == 1, (view, hosts)
+            for indexes, stack in self.started_in.get(view.id, ()):
+                now_named = self.stack_views.get(stack.name)
+                if now_named is not None and (now_named.created_at, now_named.workers) == (
+                    stack.created_at,
+                    stack.workers,
+                ):
+                    stacks = {workers[view.all_jobs[i].worker_uuid].stack for i in indexes}
+                    assert stacks == {stack.name}, (view, stacks)
             for job in view.all_jobs:
                 assert job.timeout_at == view.job.timeout_at > now, view
                 assert job.timeout_at <= job.max_timeout_at, view
