@@ -127,13 +127,11 @@ def find_set(
     capable: Capable,
     candidate: Candidate,
     members_at: MembersAt,
-    max_places: int = 0,
     order: Callable[[Worker], Any] = lambda worker: worker.rank,
 ) -> list[Worker] | None:
     """A different candidate for each need, each group's on one place, the first in
     order (capable's, and at a place by order: least capable first) where there is a
-    choice; None if there is none (or none among the first max_places places of each
-    group, if max_places)."""
+    choice; None if there is none."""
     count = len(needs)
     grouped = {i for indexes, _ in groups for i in indexes}
     candidates: list[list[Worker]] = [[] for _ in range(count)]
@@ -152,8 +150,6 @@ def find_set(
             if not place or place in seen:
                 continue
             seen.add(place)
-            if max_places and len(seen) > max_places:
-                return
             members = sorted(filter(candidate, members_at(placement, place)), key=order)
             here = [
                 list(islice((w for w in members if needs[i].met_by(w.items)), count))
