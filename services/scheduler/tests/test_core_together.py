@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import pytest
 from boruta_scheduler.core import Core, Snapshot
 from boruta_scheduler.core.caps import need_of
-from boruta_scheduler.core.model import cap_pairs
-from boruta_scheduler.core.together import find_set, from_index
+from boruta_scheduler.core.model import Worker, cap_pairs
+from boruta_scheduler.core.together import MAX_PLACES_SEARCHED, find_set, from_index
 from boruta_scheduler.core.workers import WorkerIndex
 from boruta_scheduler.errors import Busy, InvalidArgument, NoCapableWorker
 from boruta_scheduler.types import (
@@ -308,6 +308,43 @@ def test_groups_survive_a_restore(kit: CoreKit) -> None:
 
 
 # --------------------------------------------------------------- the set finder
+
+
+def test_many_groups_on_many_small_hosts_cost_a_bounded_search() -> None:
+    """Pairs that must each be on one host, from twelve hosts of two boards: with more
+    pairs than hosts, every assignment of places would be tried (12! of them); the search
+    stops after MAX_PLACES_SEARCHED places and says no set."""
+    core = Core()
+    index = WorkerIndex()
+    for host in range(12):
+        for n in range(2):
+            core.register(0.0, {"UUID": f"w{host}-{n}", "kind": "x"}, f"h{host}:1", "s:22")
+    core.register(0.0, {"UUID": "lone", "kind": "y"}, "h99:1", "s:22")
+    for view in core.workers():
+        index.add(core._workers[view.uuid])
+    needs = [need_of(cap_pairs({"kind": "x"}))] * 16 + [need_of(cap_pairs({"kind": "z"}))]
+    groups = [((2 * g, 2 * g + 1), Placement.HOST) for g in range(8)]
+    looked = 0
+
+    def members_at(placement: Placement, place: str) -> list[Worker]:
+        nonlocal looked
+        looked += 1
+        return list(core._members_at(placement, place))
+
+    capable, candidate = from_index(index, NOBODY, None)
+    # A profile nobody serves: no set, found out before any place is looked at.
+    assert find_set(needs, groups, capable, candidate, members_at) is None
+    assert looked == 0
+    # Eight pairs and one more board: 17 of the 24 boards, a set exists.
+    needs = [need_of(cap_pairs({"kind": "x"}))] * 17
+    found = find_set(needs, groups, capable, candidate, members_at)
+    assert found is not None and len({w.uuid for w in found}) == 17
+    # Thirteen pairs on twelve hosts: none; the search gives up within its bound.
+    looked = 0
+    pairs = [((2 * g, 2 * g + 1), Placement.HOST) for g in range(13)]
+    needs = [need_of(cap_pairs({"kind": "x"}))] * 26
+    assert find_set(needs, pairs, capable, candidate, members_at) is None
+    assert looked <= MAX_PLACES_SEARCHED + 1
 
 
 def brute_force(

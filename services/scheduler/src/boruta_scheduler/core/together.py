@@ -28,6 +28,10 @@ Group = tuple[tuple[int, ...], Placement]
 MembersAt = Callable[[Placement, str], Iterable[Worker]]
 # Place assignments tried when checking a reservation (a heuristic: see fits_reserved).
 MAX_RESERVATION_TRIES = 256
+# Places a search of find_set looks at, over all its groups, before it gives up: what bounds
+# a request of many groups on a farm of many small hosts, whose places would otherwise be
+# tried in every combination.
+MAX_PLACES_SEARCHED = 4096
 
 PLACE_WORDS = {Placement.HOST: "one host", Placement.STACK: "one stack"}
 
@@ -131,8 +135,10 @@ def find_set(
 ) -> list[Worker] | None:
     """A different candidate for each need, each group's on one place, the first in
     order (capable's, and at a place by order: least capable first) where there is a
-    choice; None if there is none."""
+    choice; None if there is none (or if the search looked at MAX_PLACES_SEARCHED places
+    without finding one)."""
     count = len(needs)
+    searched = 0
     grouped = {i for indexes, _ in groups for i in indexes}
     candidates: list[list[Worker]] = [[] for _ in range(count)]
     for i in range(count):
@@ -150,6 +156,10 @@ def find_set(
             if not place or place in seen:
                 continue
             seen.add(place)
+            nonlocal searched
+            searched += 1
+            if searched > MAX_PLACES_SEARCHED:
+                raise _GaveUp
             members = sorted(filter(candidate, members_at(placement, place)), key=order)
             here = [
                 list(islice((w for w in members if needs[i].met_by(w.items)), count))
@@ -162,15 +172,26 @@ def find_set(
         if number == len(groups):
             return match(candidates)
         indexes = groups[number][0]
+        placed = [i for g in groups[: number + 1] for i in g[0]]
         for here in at_places(groups[number]):
             for i, found in zip(indexes, here, strict=True):
                 candidates[i] = found
+            # The groups placed so far must fit together before the next is placed.
+            if number and match([candidates[i] for i in placed]) is None:
+                continue
             chosen = search(number + 1)
             if chosen is not None:
                 return chosen
         return None
 
-    return search(0)
+    try:
+        return search(0)
+    except _GaveUp:
+        return None
+
+
+class _GaveUp(Exception):
+    """find_set looked at too many places."""
 
 
 def fits_reserved(held: Sequence[Worker], needs: Sequence[Need], groups: Sequence[Group]) -> bool:
