@@ -164,6 +164,9 @@ class RequestQueue:
         # be able to grow without bound (Policy.max_waiting_cap_sets_per_user).
         self._buckets_per_owner: dict[str, dict[BucketBase, int]] = {}
         self._size = 0
+        # Buckets the lookups for a worker have looked at, ever: what tests of the cost
+        # of an event count (tests/test_core_index.py).
+        self.visits = 0
 
     def __len__(self) -> int:
         return self._size
@@ -391,6 +394,7 @@ class RequestQueue:
         by_pair = self._multi_by_pair
         found = [b for pair in items for b in by_pair.get(pair, ())]
         found.extend(self._multi_no_caps)
+        self.visits += len(found)
         return list(dict.fromkeys(found))
 
     def multis_servable_by(
@@ -408,6 +412,7 @@ class RequestQueue:
         by_pair = self._by_pair
         found = [b for pair in items for b in by_pair.get(pair, ()) if b.required <= items]
         found.extend(self._no_caps)
+        self.visits += sum(len(by_pair.get(pair, ())) for pair in items) + len(self._no_caps)
         if self._multi_indexed:
             found = list(dict.fromkeys(found))
         return [

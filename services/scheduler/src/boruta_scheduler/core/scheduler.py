@@ -340,6 +340,12 @@ class Core:
         return {key: count for key, count in self._live_tally.items() if count}
 
     @property
+    def index_visits(self) -> int:
+        """Waiting-request buckets and workers the core's index lookups have looked at, ever:
+        the cost of an event is the difference across it."""
+        return self._queue.visits + self._idle.visits + self._registered.visits
+
+    @property
     def worker_count(self) -> int:
         return len(self._workers)
 

@@ -36,6 +36,9 @@ class WorkerIndex:
         self._members: dict[str, Worker] = {}
         self._ranked: SortedSet[Rank] = SortedSet()
         self._by_pair: dict[CapPair, SortedSet[Rank]] = {}
+        # Members the walks have looked at, ever: what tests of the cost of an event count
+        # (tests/test_core_index.py).
+        self.visits = 0
 
     def __len__(self) -> int:
         return len(self._members)
@@ -109,6 +112,7 @@ class WorkerIndex:
         members = self._members
         required, choices = need.required, need.choices
         for _, uuid in self._candidates(need):
+            self.visits += 1
             worker = members[uuid]
             items = worker.items
             if (
@@ -123,6 +127,7 @@ class WorkerIndex:
         """The least capable member that meets need, whatever its groups."""
         members = self._members
         for _, uuid in self._candidates(need):
+            self.visits += 1
             if need.met_by(members[uuid].items):
                 return members[uuid]
         return None

@@ -1,0 +1,217 @@
+"""Hostile workloads for the core's indexes: does one event's cost grow with the queue or
+the farm?
+
+Each workload builds a core with N waiting requests (or N workers) shaped to defeat an
+index, then times one event and counts what the indexes looked at for it
+(`Core.index_visits`: buckets of waiting requests and workers). It runs at N and 10 N:
+if the event only touches its few candidates, both stay flat.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from boruta_scheduler.core import Core, Policy
+from boruta_scheduler.types import WorkerState
+
+from bench.core_bench import answer_prepares
+
+T0 = 1_800_000_000.0
+POLICY = Policy(
+    default_deadline=1e9,
+    heartbeat_timeout=1e9,
+    job_timeout=1e8,
+    max_job_duration=1e8,
+    max_waiting_per_user=10**9,
+    max_waiting_cap_sets_per_user=10**9,
+)
+Event = Callable[[], object]
+
+
+def _farm(workers: int, caps: dict[str, str], groups: frozenset[str] = frozenset()) -> Core:
+    core = Core(POLICY)
+    for i in range(workers):
+        uuid = f"w{i}"
+        core.register(T0, {**caps, "UUID": uuid}, "d:1", "s:22", instance_id="i")
+        if groups:
+            core.set_groups(T0, uuid, groups)
+        core.set_state(T0, uuid, WorkerState.IDLE)
+    answer_prepares(core, T0)
+    return core
+
+
+def _busy(core: Core) -> list[int]:
+    """Give every idle worker a job of its own; the ids of those requests."""
+    return [
+        core.new_request(T0, "owner", view.groups, {"UUID": view.uuid}, priority=1).id
+        for view in core.workers()
+    ]
+
+
+def _freeing(core: Core, running: list[int]) -> Event:
+    """An event that ends one running job: its board comes free and looks for a request."""
+
+    def free() -> None:
+        request_id = running.pop()
+        view = core.close_request(T0, request_id)
+        answer_prepares(core, T0)
+        assert view.job is not None
+        worker = core.worker(view.job.worker_uuid)
+        if worker.state is WorkerState.IDLE:
+            # Nothing took it: keep it busy, so the next event frees a board again.
+            running.insert(0, core.new_request(T0, "owner", worker.groups, {"UUID": worker.uuid}).id)
+        elif worker.request_id:
+            running.insert(0, worker.request_id)
+
+    return free
+
+
+def _queue(core: Core, count: int, caps: Callable[[int], dict[str, str]], **kw: object) -> None:
+    groups = kw.pop("groups", None)
+    for i in range(count):
+        owner_groups = frozenset({f"team{i}"}) if groups is None else groups
+        core.new_request(
+            T0, f"user{i}", owner_groups, caps(i), accept_unsatisfiable=True, **kw  # type: ignore[arg-type]
+        )
+    core.drain()
+
+
+def not_valid_yet(n: int) -> Event:
+    """N requests (of N teams) for any arm board that may only start tomorrow; a board frees."""
+    core = _farm(10, {"arch": "arm"})
+    running = _busy(core)
+    _queue(core, n, lambda i: {"arch": "arm"}, valid_after=T0 + 86400)
+    return _freeing(core, running)
+
+
+def common_plus_rare(n: int) -> Event:
+    """N requests (of N teams) for a cap every board has plus one no board has; a board frees."""
+    core = _farm(10, {"arch": "arm"})
+    running = _busy(core)
+    _queue(core, n, lambda i: {"arch": "arm", "gpu": "yes"})
+    return _freeing(core, running)
+
+
+def common_plus_alternatives(n: int) -> Event:
+    """N requests for a cap every board has plus a choice of two serials no board has."""
+    core = _farm(10, {"arch": "arm"})
+    running = _busy(core)
+    _queue(core, n, lambda i: {"arch": "arm", "serial": f"s{i}|t{i}"}, groups=frozenset())
+    return _freeing(core, running)
+
+
+def empty_caps_other_groups(n: int) -> Event:
+    """N any-board requests of N teams, none of which may use the lab's boards; a lab board
+    frees."""
+    core = _farm(10, {"arch": "arm"}, frozenset({"lab"}))
+    running = _busy(core)
+    _queue(core, n, lambda i: {})
+    return _freeing(core, running)
+
+
+def empty_caps_not_valid_yet(n: int) -> Event:
+    """N any-board requests of N teams that may only start tomorrow; a board frees."""
+    core = _farm(10, {"arch": "arm"})
+    running = _busy(core)
+    _queue(core, n, lambda i: {}, valid_after=T0 + 86400)
+    return _freeing(core, running)
+
+
+def identical_sets(n: int) -> Event:
+    """N identical requests for two arm boards; a board frees (half a set)."""
+    core = _farm(10, {"arch": "arm"})
+    running = _busy(core)
+    for i in range(n):
+        core.new_request(
+            T0,
+            f"user{i}",
+            frozenset(),
+            {},
+            profiles=[("a", {"arch": "arm"}), ("b", {"arch": "arm"})],
+        )
+    core.drain()
+    return _freeing(core, running)
+
+
+def other_groups_farm(n: int) -> Event:
+    """N idle lab boards; a request of another team for an arm board arrives."""
+    core = _farm(n, {"arch": "arm"}, frozenset({"lab"}))
+    ids = iter(range(10**9))
+
+    def arrive() -> None:
+        core.new_request(
+            T0, f"user{next(ids)}", frozenset({"outsiders"}), {"arch": "arm"},
+            accept_unsatisfiable=True,
+        )
+        core.drain()
+
+    return arrive
+
+
+WORKLOADS: dict[str, Callable[[int], Event]] = {
+    "requests not valid yet, a board frees": not_valid_yet,
+    "common cap + one no board has, a board frees": common_plus_rare,
+    "common cap + alternatives no board has, a board frees": common_plus_alternatives,
+    "any-board requests of other teams, a lab board frees": empty_caps_other_groups,
+    "any-board requests not valid yet, a board frees": empty_caps_not_valid_yet,
+    "identical two-board requests, a board frees": identical_sets,
+    "N idle boards of another team, a request arrives": other_groups_farm,
+}
+
+
+@dataclass(frozen=True)
+class Cost:
+    n: int
+    visits: float
+    us: float
+
+
+def measure(build: Callable[[int], Event], n: int, events: int = 50) -> Cost:
+    event = build(n)
+    core = _core_of(event)
+    visits: list[int] = []
+    times: list[float] = []
+    gc.disable()
+    try:
+        for _ in range(events):
+            before = core.index_visits
+            t = time.perf_counter_ns()
+            event()
+            times.append((time.perf_counter_ns() - t) / 1000)
+            visits.append(core.index_visits - before)
+    finally:
+        gc.enable()
+    return Cost(n, statistics.fmean(visits), statistics.median(times))
+
+
+def _core_of(event: Event) -> Core:
+    closure = event.__closure__ or ()
+    return next(c.cell_contents for c in closure if isinstance(c.cell_contents, Core))
+
+
+SIZES = (1_000, 10_000)
+
+
+def run(sizes: tuple[int, ...] = SIZES) -> list[dict[str, object]]:
+    rows = []
+    for name, build in WORKLOADS.items():
+        costs = [measure(build, n) for n in sizes]
+        rows.append(
+            {
+                "workload": name,
+                "costs": [{"n": c.n, "visits": c.visits, "us": c.us} for c in costs],
+            }
+        )
+    return rows
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    sizes = tuple(int(a) for a in sys.argv[1:]) or SIZES
+    print(json.dumps(run(sizes), indent=1))
