@@ -30,6 +30,7 @@ POLICY = Policy(
     max_waiting_cap_sets_per_user=10**9,
 )
 Event = Callable[[], object]
+Workload = tuple[Core, Event]
 
 
 def _farm(workers: int, caps: dict[str, str], groups: frozenset[str] = frozenset()) -> Core:
@@ -63,65 +64,78 @@ def _freeing(core: Core, running: list[int]) -> Event:
         worker = core.worker(view.job.worker_uuid)
         if worker.state is WorkerState.IDLE:
             # Nothing took it: keep it busy, so the next event frees a board again.
-            running.insert(0, core.new_request(T0, "owner", worker.groups, {"UUID": worker.uuid}).id)
+            again = core.new_request(T0, "owner", worker.groups, {"UUID": worker.uuid})
+            running.insert(0, again.id)
         elif worker.request_id:
             running.insert(0, worker.request_id)
 
     return free
 
 
-def _queue(core: Core, count: int, caps: Callable[[int], dict[str, str]], **kw: object) -> None:
-    groups = kw.pop("groups", None)
+def _queue(
+    core: Core,
+    count: int,
+    caps: Callable[[int], dict[str, str]],
+    *,
+    own_team: bool = True,
+    valid_after: float | None = None,
+) -> None:
+    """Queue requests of these caps, each of a team of its own (a bucket each) or all of no
+    team."""
     for i in range(count):
-        owner_groups = frozenset({f"team{i}"}) if groups is None else groups
         core.new_request(
-            T0, f"user{i}", owner_groups, caps(i), accept_unsatisfiable=True, **kw  # type: ignore[arg-type]
+            T0,
+            f"user{i}",
+            frozenset({f"team{i}"}) if own_team else frozenset(),
+            caps(i),
+            valid_after=valid_after,
+            accept_unsatisfiable=True,
         )
     core.drain()
 
 
-def not_valid_yet(n: int) -> Event:
+def not_valid_yet(n: int) -> Workload:
     """N requests (of N teams) for any arm board that may only start tomorrow; a board frees."""
     core = _farm(10, {"arch": "arm"})
     running = _busy(core)
     _queue(core, n, lambda i: {"arch": "arm"}, valid_after=T0 + 86400)
-    return _freeing(core, running)
+    return core, _freeing(core, running)
 
 
-def common_plus_rare(n: int) -> Event:
+def common_plus_rare(n: int) -> Workload:
     """N requests (of N teams) for a cap every board has plus one no board has; a board frees."""
     core = _farm(10, {"arch": "arm"})
     running = _busy(core)
     _queue(core, n, lambda i: {"arch": "arm", "gpu": "yes"})
-    return _freeing(core, running)
+    return core, _freeing(core, running)
 
 
-def common_plus_alternatives(n: int) -> Event:
+def common_plus_alternatives(n: int) -> Workload:
     """N requests for a cap every board has plus a choice of two serials no board has."""
     core = _farm(10, {"arch": "arm"})
     running = _busy(core)
-    _queue(core, n, lambda i: {"arch": "arm", "serial": f"s{i}|t{i}"}, groups=frozenset())
-    return _freeing(core, running)
+    _queue(core, n, lambda i: {"arch": "arm", "serial": f"s{i}|t{i}"}, own_team=False)
+    return core, _freeing(core, running)
 
 
-def empty_caps_other_groups(n: int) -> Event:
+def empty_caps_other_groups(n: int) -> Workload:
     """N any-board requests of N teams, none of which may use the lab's boards; a lab board
     frees."""
     core = _farm(10, {"arch": "arm"}, frozenset({"lab"}))
     running = _busy(core)
     _queue(core, n, lambda i: {})
-    return _freeing(core, running)
+    return core, _freeing(core, running)
 
 
-def empty_caps_not_valid_yet(n: int) -> Event:
+def empty_caps_not_valid_yet(n: int) -> Workload:
     """N any-board requests of N teams that may only start tomorrow; a board frees."""
     core = _farm(10, {"arch": "arm"})
     running = _busy(core)
     _queue(core, n, lambda i: {}, valid_after=T0 + 86400)
-    return _freeing(core, running)
+    return core, _freeing(core, running)
 
 
-def identical_sets(n: int) -> Event:
+def identical_sets(n: int) -> Workload:
     """N identical requests for two arm boards; a board frees (half a set)."""
     core = _farm(10, {"arch": "arm"})
     running = _busy(core)
@@ -134,25 +148,28 @@ def identical_sets(n: int) -> Event:
             profiles=[("a", {"arch": "arm"}), ("b", {"arch": "arm"})],
         )
     core.drain()
-    return _freeing(core, running)
+    return core, _freeing(core, running)
 
 
-def other_groups_farm(n: int) -> Event:
+def other_groups_farm(n: int) -> Workload:
     """N idle lab boards; a request of another team for an arm board arrives."""
     core = _farm(n, {"arch": "arm"}, frozenset({"lab"}))
     ids = iter(range(10**9))
 
     def arrive() -> None:
         core.new_request(
-            T0, f"user{next(ids)}", frozenset({"outsiders"}), {"arch": "arm"},
+            T0,
+            f"user{next(ids)}",
+            frozenset({"outsiders"}),
+            {"arch": "arm"},
             accept_unsatisfiable=True,
         )
         core.drain()
 
-    return arrive
+    return core, arrive
 
 
-WORKLOADS: dict[str, Callable[[int], Event]] = {
+WORKLOADS: dict[str, Callable[[int], Workload]] = {
     "requests not valid yet, a board frees": not_valid_yet,
     "common cap + one no board has, a board frees": common_plus_rare,
     "common cap + alternatives no board has, a board frees": common_plus_alternatives,
@@ -170,9 +187,8 @@ class Cost:
     us: float
 
 
-def measure(build: Callable[[int], Event], n: int, events: int = 50) -> Cost:
-    event = build(n)
-    core = _core_of(event)
+def measure(build: Callable[[int], Workload], n: int, events: int = 50) -> Cost:
+    core, event = build(n)
     visits: list[int] = []
     times: list[float] = []
     gc.disable()
@@ -188,16 +204,11 @@ def measure(build: Callable[[int], Event], n: int, events: int = 50) -> Cost:
     return Cost(n, statistics.fmean(visits), statistics.median(times))
 
 
-def _core_of(event: Event) -> Core:
-    closure = event.__closure__ or ()
-    return next(c.cell_contents for c in closure if isinstance(c.cell_contents, Core))
-
-
 SIZES = (1_000, 10_000)
 
 
 def run(sizes: tuple[int, ...] = SIZES) -> list[dict[str, object]]:
-    rows = []
+    rows: list[dict[str, object]] = []
     for name, build in WORKLOADS.items():
         costs = [measure(build, n) for n in sizes]
         rows.append(

@@ -18,7 +18,7 @@ them.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Generic, TypeVar
 
 from sortedcontainers import SortedList
@@ -29,6 +29,8 @@ from boruta_scheduler.core.policy import caps_size
 from boruta_scheduler.types import CapPair, RequestState
 
 T = TypeVar("T")
+K = TypeVar("K")
+B = TypeVar("B")
 BucketKey = tuple[frozenset[CapPair], frozenset[str]]
 MultiKey = tuple[tuple[frozenset[CapPair], ...], frozenset[str]]
 HeapEntry = tuple[int, int, Request]
@@ -143,9 +145,16 @@ class MultiBucket(BucketBase):
 
 
 class RequestQueue:
-    """All WAITING requests, ready or not, grouped into buckets."""
+    """All WAITING requests, ready or not, grouped into buckets.
 
-    def __init__(self) -> None:
+    Two indexes find buckets for a worker: one of every bucket (what a worker could ever
+    serve: orphans, pending reasons) and one of the buckets with a ready request (what a
+    freed worker may take now), so that requests not valid yet cost a freed worker
+    nothing. holders(pair) says how many registered workers hold a pair: a bucket is
+    indexed under pairs few workers hold, so that few workers' events walk it."""
+
+    def __init__(self, holders: Callable[[CapPair], int] | None = None) -> None:
+        self._holders = holders or (lambda pair: 0)
         self._buckets: dict[BucketKey, Bucket] = {}
         self._by_pair: dict[CapPair, set[Bucket]] = {}
         self._no_caps: set[Bucket] = set()
@@ -155,6 +164,13 @@ class RequestQueue:
         self._multis: dict[MultiKey, MultiBucket] = {}
         self._multi_by_pair: dict[CapPair, set[MultiBucket]] = {}
         self._multi_no_caps: set[MultiBucket] = set()
+        # The buckets with a ready request, indexed the same way; any-board buckets also
+        # by owner group (a worker with groups serves only owners sharing one).
+        self._ready_by_pair: dict[CapPair, set[Bucket]] = {}
+        self._ready_no_caps: set[Bucket] = set()
+        self._ready_no_caps_by_group: dict[str, set[Bucket]] = {}
+        self._ready_multi_by_pair: dict[CapPair, set[MultiBucket]] = {}
+        self._ready_multi_no_caps: set[MultiBucket] = set()
         self._sigs: Interner[frozenset[CapPair]] = Interner()
         self._groups: Interner[frozenset[str]] = Interner()
         self._per_owner: dict[str, int] = {}
@@ -289,20 +305,30 @@ class RequestQueue:
         self, need: Need, by_pair: Mapping[CapPair, Collection[BucketBase]] | None = None
     ) -> tuple[CapPair, ...]:
         """Pairs to index a new bucket under, one of which every worker that can serve it
-        holds: those fewest buckets are indexed under, so that workers walk short lists."""
+        holds: those fewest registered workers hold (then fewest buckets are indexed
+        under), so that few workers walk it and workers walk short lists. One required
+        pair, or one pair per alternative of a choice if those are held by fewer."""
         if by_pair is None:
             by_pair = self._by_pair
+        holders = self._holders
+
+        def weight(pair: CapPair) -> tuple[int, int]:
+            return holders(pair), len(by_pair.get(pair, ()))
 
         def rarest(pairs: frozenset[CapPair]) -> CapPair:
-            return min(pairs, key=lambda p: len(by_pair.get(p, ())))
+            return min(pairs, key=weight)
 
-        if need.required:
-            return (rarest(need.required),)
         best: tuple[CapPair, ...] = ()
+        best_weight = (0, 0)
+        if need.required:
+            best = (rarest(need.required),)
+            best_weight = weight(best[0])
         for choice in need.choices:
             pairs = tuple(dict.fromkeys(rarest(alternative) for alternative in choice))
-            if not best or len(pairs) < len(best):
-                best = pairs
+            weights = [weight(pair) for pair in pairs]
+            total = (sum(w[0] for w in weights), sum(w[1] for w in weights) + len(pairs))
+            if not best or total < best_weight:
+                best, best_weight = pairs, total
         return best
 
     def set_ready(self, request: Request, ready: bool) -> None:
@@ -315,8 +341,48 @@ class RequestQueue:
         if ready:
             bucket.ready_count += 1
             bucket.push(request)
+            if bucket.ready_count == 1:
+                self._arm(bucket)
         else:
-            bucket.ready_count -= 1
+            self._unready(bucket)
+
+    def _unready(self, bucket: BucketBase) -> None:
+        bucket.ready_count -= 1
+        if not bucket.ready_count:
+            self._disarm(bucket)
+
+    def _arm(self, bucket: BucketBase) -> None:
+        """Index a bucket that has a ready request for the workers that look for one."""
+        if isinstance(bucket, MultiBucket):
+            if bucket.index_pairs:
+                for pair in bucket.index_pairs:
+                    self._ready_multi_by_pair.setdefault(pair, set()).add(bucket)
+            else:
+                self._ready_multi_no_caps.add(bucket)
+            return
+        assert isinstance(bucket, Bucket)
+        if bucket.index_pairs:
+            for pair in bucket.index_pairs:
+                self._ready_by_pair.setdefault(pair, set()).add(bucket)
+        else:
+            self._ready_no_caps.add(bucket)
+            for group in bucket.groups:
+                self._ready_no_caps_by_group.setdefault(group, set()).add(bucket)
+
+    def _disarm(self, bucket: BucketBase) -> None:
+        """Take a bucket without ready requests out of the ready index."""
+        if isinstance(bucket, MultiBucket):
+            self._ready_multi_no_caps.discard(bucket)
+            for pair in bucket.index_pairs:
+                _discard(self._ready_multi_by_pair, pair, bucket)
+            return
+        assert isinstance(bucket, Bucket)
+        if not bucket.index_pairs:
+            self._ready_no_caps.discard(bucket)
+            for group in bucket.groups:
+                _discard(self._ready_no_caps_by_group, group, bucket)
+        for pair in bucket.index_pairs:
+            _discard(self._ready_by_pair, pair, bucket)
 
     def reprioritize(self, request: Request, old_priority: int) -> None:
         """Re-order a request after its priority changed."""
@@ -334,8 +400,8 @@ class RequestQueue:
         if bucket is None:
             return
         if request.ready:
-            bucket.ready_count -= 1
             request.ready = False
+            self._unready(bucket)
         bucket.waiting.discard(request)
         bucket.order.remove((request.priority, request.id))
         request.bucket = None
@@ -363,10 +429,7 @@ class RequestQueue:
             del self._buckets[bucket.key]
             self._multi_indexed -= len(bucket.index_pairs) > 1
             for pair in bucket.index_pairs:
-                holders = self._by_pair[pair]
-                holders.discard(bucket)
-                if not holders:
-                    del self._by_pair[pair]
+                _discard(self._by_pair, pair, bucket)
             if not bucket.index_pairs:
                 self._no_caps.discard(bucket)
             self._sigs.release(bucket.sig)
@@ -375,45 +438,51 @@ class RequestQueue:
     def _drop_multi(self, bucket: MultiBucket) -> None:
         del self._multis[bucket.key]
         for pair in bucket.index_pairs:
-            holders = self._multi_by_pair[pair]
-            holders.discard(bucket)
-            if not holders:
-                del self._multi_by_pair[pair]
+            _discard(self._multi_by_pair, pair, bucket)
         self._multi_no_caps.discard(bucket)
         for sig in bucket.sigs:
             self._sigs.release(sig)
         self._groups.release(bucket.groups)
 
-    def multis_near(self, items: frozenset[CapPair]) -> list[MultiBucket]:
-        """Buckets of several-profile requests indexed under one of these (key, item) pairs
-        or under none, each once: among them every one a worker with these pairs could take
-        a board of (check with MultiBucket.serves); none at the cost of one test when there
-        are none."""
+    def _multis_near(
+        self,
+        items: frozenset[CapPair],
+        by_pair: Mapping[CapPair, Collection[MultiBucket]],
+        no_caps: Collection[MultiBucket],
+    ) -> list[MultiBucket]:
         if not self._multis:
             return []
-        by_pair = self._multi_by_pair
         found = [b for pair in items for b in by_pair.get(pair, ())]
-        found.extend(self._multi_no_caps)
+        found.extend(no_caps)
         self.visits += len(found)
         return list(dict.fromkeys(found))
+
+    def multis_near(self, items: frozenset[CapPair]) -> list[MultiBucket]:
+        """Buckets of several-profile requests with a ready request, indexed under one of
+        these (key, item) pairs or under none, each once: among them every one a worker
+        with these pairs could take a board of now (check with MultiBucket.serves); none at
+        the cost of one test when there are none."""
+        return self._multis_near(items, self._ready_multi_by_pair, self._ready_multi_no_caps)
 
     def multis_servable_by(
         self, items: frozenset[CapPair], groups: frozenset[str]
     ) -> list[MultiBucket]:
-        """Buckets of several-profile requests a worker with these (key, item) pairs and
-        groups could take a board of, each once."""
-        return [b for b in self.multis_near(items) if b.serves(items, groups)]
+        """Buckets of several-profile requests (ready or not) a worker with these (key,
+        item) pairs and groups could take a board of, each once."""
+        near = self._multis_near(items, self._multi_by_pair, self._multi_no_caps)
+        return [b for b in near if b.serves(items, groups)]
 
-    def buckets_servable_by(
-        self, items: frozenset[CapPair], groups: frozenset[str]
+    def _servable(
+        self,
+        items: frozenset[CapPair],
+        groups: frozenset[str],
+        by_pair: Mapping[CapPair, Collection[Bucket]],
+        no_caps: Collection[Bucket],
     ) -> list[Bucket]:
-        """Buckets whose requests a worker with these (key, item) pairs and groups could
-        serve, each once."""
-        by_pair = self._by_pair
         found = [b for pair in items for b in by_pair.get(pair, ()) if b.required <= items]
-        found.extend(self._no_caps)
-        self.visits += sum(len(by_pair.get(pair, ())) for pair in items) + len(self._no_caps)
-        if self._multi_indexed:
+        found.extend(no_caps)
+        self.visits += sum(len(by_pair.get(pair, ())) for pair in items) + len(no_caps)
+        if self._multi_indexed or len(groups) > 1:
             found = list(dict.fromkeys(found))
         return [
             b
@@ -421,14 +490,42 @@ class RequestQueue:
             if groups_compatible(groups, b.groups) and (not b.choices or b.need.met_by(items))
         ]
 
+    def buckets_servable_by(
+        self, items: frozenset[CapPair], groups: frozenset[str]
+    ) -> list[Bucket]:
+        """Buckets whose requests (ready or not) a worker with these (key, item) pairs and
+        groups could serve, each once."""
+        return self._servable(items, groups, self._by_pair, self._no_caps)
+
+    def ready_buckets_servable_by(
+        self, items: frozenset[CapPair], groups: frozenset[str]
+    ) -> list[Bucket]:
+        """Buckets with a ready request that a worker with these (key, item) pairs and
+        groups could serve, each once; of the any-board ones, only those of owners it
+        serves are looked at."""
+        no_caps: Collection[Bucket] = self._ready_no_caps
+        if groups:
+            by_group = self._ready_no_caps_by_group
+            no_caps = [b for group in groups for b in by_group.get(group, ())]
+        return self._servable(items, groups, self._ready_by_pair, no_caps)
+
     def best_for(self, items: frozenset[CapPair], groups: frozenset[str]) -> Request | None:
         """The ready request a worker with these (key, item) pairs and groups should serve
         next."""
         best: Request | None = None
-        for bucket in self.buckets_servable_by(items, groups):
+        for bucket in self.ready_buckets_servable_by(items, groups):
             top = bucket.peek()
             if top is not None and (
                 best is None or (top.priority, top.id) < (best.priority, best.id)
             ):
                 best = top
         return best
+
+
+def _discard(index: dict[K, set[B]], key: K, bucket: B) -> None:
+    """Take a bucket out of one list of an index, and the list out once empty."""
+    holders = index.get(key)
+    if holders is not None:
+        holders.discard(bucket)
+        if not holders:
+            del index[key]

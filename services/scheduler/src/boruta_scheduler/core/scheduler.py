@@ -116,8 +116,8 @@ class Core:
         self.policy = policy or Policy()
         self._requests: dict[int, Request] = {}
         self._workers: dict[str, Worker] = {}
-        self._queue = RequestQueue()
         self._registered = WorkerIndex()
+        self._queue = RequestQueue(self._registered.holders)
         self._idle = WorkerIndex()
         self._timers = TimerQueue()
         self._out = Outbox()

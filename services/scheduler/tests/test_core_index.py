@@ -1,0 +1,137 @@
+"""The cost of an event depends on its few candidates, not on how many requests wait or
+workers there are, even for workloads shaped to defeat the indexes.
+
+Cost is counted where the indexes hand out buckets of waiting requests and workers
+(Core.index_visits), never timed: each workload runs at two sizes ten times apart, and the
+event must look at the same few things at both (bench/hostile_bench.py times them)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from boruta_scheduler.core import Policy
+from boruta_scheduler.types import RequestState, WorkerState
+from core_kit import CoreKit
+
+POLICY = Policy(max_waiting_per_user=10**6, max_waiting_cap_sets_per_user=10**6)
+ARM = {"arch": "arm"}
+Queue = Callable[[CoreKit, int], None]
+
+
+def queue_each(
+    caps: Callable[[int], dict[str, str]], *, own_team: bool = True, later: bool = False
+) -> Queue:
+    """Queue n requests of these caps, each of a team of its own (a bucket each), or all
+    of no team, valid now or only tomorrow."""
+
+    def queue(kit: CoreKit, n: int) -> None:
+        for i in range(n):
+            kit.core.new_request(
+                kit.now,
+                f"user{i}",
+                frozenset({f"team{i}"}) if own_team else frozenset(),
+                caps(i),
+                valid_after=kit.now + 86400 if later else None,
+                accept_unsatisfiable=True,
+            )
+        kit.drain()
+
+    return queue
+
+
+def board_frees(queue: Queue, n: int, groups: frozenset[str] = frozenset()) -> int:
+    """What the indexes look at when a busy arm board frees with n hostile requests queued."""
+    kit = CoreKit(POLICY)
+    kit.add_worker("board", ARM, groups)
+    job = kit.core.new_request(kit.now, "owner", groups, {"UUID": "board"})
+    queue(kit, n)
+    before = kit.core.index_visits
+    kit.core.close_request(kit.now, job.id)
+    kit.answer_calls()
+    return kit.core.index_visits - before
+
+
+HOSTILE_QUEUES: dict[str, tuple[Queue, frozenset[str]]] = {
+    # Requests a board could serve, but not yet: only ready ones are to be looked at.
+    "not valid yet": (queue_each(lambda i: ARM, later=True), frozenset()),
+    # A cap every board has and one no board has: to be indexed under the rare one.
+    "common cap plus a rare one": (queue_each(lambda i: {**ARM, "gpu": "yes"}), frozenset()),
+    # A cap every board has and alternatives no board has: under the alternatives.
+    "common cap plus rare alternatives": (
+        queue_each(lambda i: {**ARM, "serial": f"s{i}|t{i}"}, own_team=False),
+        frozenset(),
+    ),
+    # Any board, but of other teams than the board's.
+    "any board, other teams": (queue_each(lambda i: {}), frozenset({"lab"})),
+    # Any board, but not yet.
+    "any board, not valid yet": (queue_each(lambda i: {}, later=True), frozenset()),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_QUEUES))
+def test_a_freed_board_looks_at_few_buckets_however_many_wait(name: str) -> None:
+    queue, groups = HOSTILE_QUEUES[name]
+    small, large = board_frees(queue, 30, groups), board_frees(queue, 300, groups)
+    assert small == large, (small, large)
+    assert large <= 4, large
+
+
+def identical_sets(kit: CoreKit, n: int) -> None:
+    for i in range(n):
+        kit.core.new_request(
+            kit.now,
+            f"user{i}",
+            frozenset(),
+            {},
+            profiles=[("a", ARM), ("b", ARM)],
+            accept_unsatisfiable=True,
+        )
+    kit.drain()
+
+
+def test_identical_sets_share_one_walk() -> None:
+    """Requests for the same boards wait in one bucket: a freed board looks at it once."""
+    small, large = board_frees(identical_sets, 30), board_frees(identical_sets, 300)
+    assert small == large, (small, large)
+
+
+def arrival_among(boards: int) -> int:
+    """What the indexes look at when an outsider asks for an arm board among `boards` idle
+    and registered arm boards of the lab, and one open to all."""
+    kit = CoreKit(POLICY)
+    for i in range(boards):
+        kit.add_worker(f"lab{i}", ARM, frozenset({"lab"}))
+    kit.add_worker("open", ARM)
+    busy = kit.core.new_request(kit.now, "owner", frozenset(), {"UUID": "open"})
+    before = kit.core.index_visits
+    waiting = kit.core.new_request(kit.now, "outsider", frozenset({"guests"}), ARM)
+    assert waiting.state is RequestState.WAITING
+    cost = kit.core.index_visits - before
+    kit.core.close_request(kit.now, busy.id)
+    kit.answer_calls()
+    assert kit.core.request(waiting.id).state is RequestState.IN_PROGRESS
+    return cost
+
+
+def test_a_request_looks_at_few_boards_however_large_the_farm() -> None:
+    """Boards closed to the owner's groups are not walked: growing the farm tenfold with
+    them leaves the cost of an arrival as it was."""
+    small, large = arrival_among(20), arrival_among(200)
+    assert small == large, (small, large)
+    assert large <= 4, large
+
+
+def test_a_request_valid_later_is_served_when_it_is_due() -> None:
+    """A request kept out of the ready index is found by the board waiting for it once its
+    time comes, and a board freeing meanwhile does not take it early."""
+    kit = CoreKit(POLICY)
+    kit.add_worker("board", ARM, frozenset({"lab"}))
+    job = kit.core.new_request(kit.now, "owner", frozenset({"lab"}), {"UUID": "board"})
+    later = kit.core.new_request(kit.now, "u", frozenset({"lab"}), {}, valid_after=kit.now + 60)
+    kit.core.close_request(kit.now, job.id)
+    kit.answer_calls()
+    assert kit.core.worker("board").state is WorkerState.IDLE
+    assert kit.core.request(later.id).state is RequestState.WAITING
+    kit.advance(61)
+    assert kit.core.request(later.id).state is RequestState.IN_PROGRESS
