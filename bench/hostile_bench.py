@@ -151,6 +151,26 @@ def identical_sets(n: int) -> Workload:
     return core, _freeing(core, running)
 
 
+def identical_sets_arrive(n: int) -> Workload:
+    """N idle arm boards and a busy x86 one; requests for an arm and an x86 board keep
+    arriving (each but the first could only reserve an arm board)."""
+    core = _farm(n, {"arch": "arm"})
+    core.register(T0, {"arch": "x86", "UUID": "x86"}, "d:1", "s:22", instance_id="i")
+    core.set_state(T0, "x86", WorkerState.IDLE)
+    answer_prepares(core, T0)
+    core.new_request(T0, "owner", frozenset(), {"UUID": "x86"})
+    ids = iter(range(10**9))
+
+    def arrive() -> None:
+        profiles = [("a", {"arch": "arm"}), ("b", {"arch": "x86"})]
+        core.new_request(T0, f"user{next(ids)}", frozenset(), {}, profiles=profiles)
+        core.drain()
+
+    for _ in range(n // 2):
+        arrive()
+    return core, arrive
+
+
 def other_groups_farm(n: int) -> Workload:
     """N idle lab boards; a request of another team for an arm board arrives."""
     core = _farm(n, {"arch": "arm"}, frozenset({"lab"}))
@@ -176,6 +196,9 @@ WORKLOADS: dict[str, Callable[[int], Workload]] = {
     "any-board requests of other teams, a lab board frees": empty_caps_other_groups,
     "any-board requests not valid yet, a board frees": empty_caps_not_valid_yet,
     "identical two-board requests, a board frees": identical_sets,
+    "N idle boards, N/2 two-board requests wait for a busy one, one more arrives": (
+        identical_sets_arrive
+    ),
     "N idle boards of another team, a request arrives": other_groups_farm,
 }
 

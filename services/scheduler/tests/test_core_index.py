@@ -96,6 +96,32 @@ def test_identical_sets_share_one_walk() -> None:
     assert small == large, (small, large)
 
 
+def set_arrivals(boards: int) -> int:
+    """What the indexes look at when a request for an arm and an x86 board arrives, with
+    `boards` idle arm boards, the x86 board busy and as many such requests waiting."""
+    kit = CoreKit(POLICY)
+    for i in range(boards):
+        kit.add_worker(f"arm{i}", ARM)
+    kit.add_worker("x86", {"arch": "x86"})
+    kit.core.new_request(kit.now, "owner", frozenset(), {"UUID": "x86"})
+    profiles = [("a", ARM), ("b", {"arch": "x86"})]
+    for i in range(boards):
+        kit.core.new_request(kit.now, f"user{i}", frozenset(), {}, profiles=profiles)
+    before = kit.core.index_visits
+    late = kit.core.new_request(kit.now, "late", frozenset(), {}, profiles=profiles)
+    assert late.state is RequestState.WAITING
+    return kit.core.index_visits - before
+
+
+def test_requests_with_equal_profiles_share_one_walk() -> None:
+    """A request that asks what a more important ready one asks, which got no set, is not
+    walked again: it neither passes the arm boards reserved for the others one by one
+    nor reserves one itself."""
+    small, large = set_arrivals(20), set_arrivals(200)
+    assert small == large, (small, large)
+    assert large <= 4, large
+
+
 def arrival_among(boards: int) -> int:
     """What the indexes look at when an outsider asks for an arm board among `boards` idle
     and registered arm boards of the lab, and one open to all."""

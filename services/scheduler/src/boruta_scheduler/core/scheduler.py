@@ -1259,6 +1259,11 @@ class Core:
     def _match_request(self, request: Request, now: float) -> None:
         bucket = request.bucket
         assert bucket is not None, f"request {request.id} is matched but not queued"
+        if bucket.peek() is not request:
+            # A more important ready request asks the same and got nothing: neither would
+            # this one (nor reserve boards). Requests with equal profiles share one walk,
+            # as a freed worker tries only a bucket's first.
+            return
         usable = self._usable_for(request, now)
         if isinstance(bucket, MultiBucket):
             boards = self._boards(bucket.needs, request.owner_groups, self._idle, usable)
