@@ -118,6 +118,15 @@ def common_plus_alternatives(n: int) -> Workload:
     return core, _freeing(core, running)
 
 
+def other_groups(n: int) -> Workload:
+    """N requests of N teams for arm boards, none of which may use the lab's; a lab board
+    frees."""
+    core = _farm(10, {"arch": "arm"}, frozenset({"lab"}))
+    running = _busy(core)
+    _queue(core, n, lambda i: {"arch": "arm"})
+    return core, _freeing(core, running)
+
+
 def empty_caps_other_groups(n: int) -> Workload:
     """N any-board requests of N teams, none of which may use the lab's boards; a lab board
     frees."""
@@ -193,6 +202,7 @@ WORKLOADS: dict[str, Callable[[int], Workload]] = {
     "requests not valid yet, a board frees": not_valid_yet,
     "common cap + one no board has, a board frees": common_plus_rare,
     "common cap + alternatives no board has, a board frees": common_plus_alternatives,
+    "arm requests of other teams, a lab arm board frees": other_groups,
     "any-board requests of other teams, a lab board frees": empty_caps_other_groups,
     "any-board requests not valid yet, a board frees": empty_caps_not_valid_yet,
     "identical two-board requests, a board frees": identical_sets,

@@ -62,6 +62,8 @@ HOSTILE_QUEUES: dict[str, tuple[Queue, frozenset[str]]] = {
         queue_each(lambda i: {**ARM, "serial": f"s{i}|t{i}"}, own_team=False),
         frozenset(),
     ),
+    # The board's caps, but of other teams than the board's.
+    "its caps, other teams": (queue_each(lambda i: ARM), frozenset({"lab"})),
     # Any board, but of other teams than the board's.
     "any board, other teams": (queue_each(lambda i: {}), frozenset({"lab"})),
     # Any board, but not yet.

@@ -31,6 +31,7 @@ from boruta_scheduler.types import CapPair, RequestState
 T = TypeVar("T")
 K = TypeVar("K")
 B = TypeVar("B")
+BucketT = TypeVar("BucketT", bound="BucketBase")
 BucketKey = tuple[frozenset[CapPair], frozenset[str]]
 MultiKey = tuple[tuple[frozenset[CapPair], ...], frozenset[str]]
 HeapEntry = tuple[int, int, Request]
@@ -164,13 +165,9 @@ class RequestQueue:
         self._multis: dict[MultiKey, MultiBucket] = {}
         self._multi_by_pair: dict[CapPair, set[MultiBucket]] = {}
         self._multi_no_caps: set[MultiBucket] = set()
-        # The buckets with a ready request, indexed the same way; any-board buckets also
-        # by owner group (a worker with groups serves only owners sharing one).
-        self._ready_by_pair: dict[CapPair, set[Bucket]] = {}
-        self._ready_no_caps: set[Bucket] = set()
-        self._ready_no_caps_by_group: dict[str, set[Bucket]] = {}
-        self._ready_multi_by_pair: dict[CapPair, set[MultiBucket]] = {}
-        self._ready_multi_no_caps: set[MultiBucket] = set()
+        # The buckets with a ready request, under the same pairs and by owner group.
+        self._ready: ReadyIndex[Bucket] = ReadyIndex()
+        self._ready_multis: ReadyIndex[MultiBucket] = ReadyIndex()
         self._sigs: Interner[frozenset[CapPair]] = Interner()
         self._groups: Interner[frozenset[str]] = Interner()
         self._per_owner: dict[str, int] = {}
@@ -354,35 +351,18 @@ class RequestQueue:
     def _arm(self, bucket: BucketBase) -> None:
         """Index a bucket that has a ready request for the workers that look for one."""
         if isinstance(bucket, MultiBucket):
-            if bucket.index_pairs:
-                for pair in bucket.index_pairs:
-                    self._ready_multi_by_pair.setdefault(pair, set()).add(bucket)
-            else:
-                self._ready_multi_no_caps.add(bucket)
-            return
-        assert isinstance(bucket, Bucket)
-        if bucket.index_pairs:
-            for pair in bucket.index_pairs:
-                self._ready_by_pair.setdefault(pair, set()).add(bucket)
+            self._ready_multis.add(bucket)
         else:
-            self._ready_no_caps.add(bucket)
-            for group in bucket.groups:
-                self._ready_no_caps_by_group.setdefault(group, set()).add(bucket)
+            assert isinstance(bucket, Bucket)
+            self._ready.add(bucket)
 
     def _disarm(self, bucket: BucketBase) -> None:
         """Take a bucket without ready requests out of the ready index."""
         if isinstance(bucket, MultiBucket):
-            self._ready_multi_no_caps.discard(bucket)
-            for pair in bucket.index_pairs:
-                _discard(self._ready_multi_by_pair, pair, bucket)
-            return
-        assert isinstance(bucket, Bucket)
-        if not bucket.index_pairs:
-            self._ready_no_caps.discard(bucket)
-            for group in bucket.groups:
-                _discard(self._ready_no_caps_by_group, group, bucket)
-        for pair in bucket.index_pairs:
-            _discard(self._ready_by_pair, pair, bucket)
+            self._ready_multis.remove(bucket)
+        else:
+            assert isinstance(bucket, Bucket)
+            self._ready.remove(bucket)
 
     def reprioritize(self, request: Request, old_priority: int) -> None:
         """Re-order a request after its priority changed."""
@@ -444,50 +424,43 @@ class RequestQueue:
             self._sigs.release(sig)
         self._groups.release(bucket.groups)
 
-    def _multis_near(
-        self,
-        items: frozenset[CapPair],
-        by_pair: Mapping[CapPair, Collection[MultiBucket]],
-        no_caps: Collection[MultiBucket],
-    ) -> list[MultiBucket]:
+    def multis_near(self, items: frozenset[CapPair], groups: frozenset[str]) -> list[MultiBucket]:
+        """Buckets of several-profile requests with a ready request, indexed under one of
+        these (key, item) pairs or under none, of owners a worker with these groups serves,
+        each once: among them every one such a worker could take a board of now (check
+        with MultiBucket.serves); none at the cost of one test when there are none."""
         if not self._multis:
             return []
-        found = [b for pair in items for b in by_pair.get(pair, ())]
-        found.extend(no_caps)
+        found = self._ready_multis.near(items, groups)
         self.visits += len(found)
         return list(dict.fromkeys(found))
-
-    def multis_near(self, items: frozenset[CapPair]) -> list[MultiBucket]:
-        """Buckets of several-profile requests with a ready request, indexed under one of
-        these (key, item) pairs or under none, each once: among them every one a worker
-        with these pairs could take a board of now (check with MultiBucket.serves); none at
-        the cost of one test when there are none."""
-        return self._multis_near(items, self._ready_multi_by_pair, self._ready_multi_no_caps)
 
     def multis_servable_by(
         self, items: frozenset[CapPair], groups: frozenset[str]
     ) -> list[MultiBucket]:
         """Buckets of several-profile requests (ready or not) a worker with these (key,
         item) pairs and groups could take a board of, each once."""
-        near = self._multis_near(items, self._multi_by_pair, self._multi_no_caps)
-        return [b for b in near if b.serves(items, groups)]
+        if not self._multis:
+            return []
+        by_pair = self._multi_by_pair
+        found = [b for pair in items for b in by_pair.get(pair, ())]
+        found.extend(self._multi_no_caps)
+        self.visits += len(found)
+        return [b for b in dict.fromkeys(found) if b.serves(items, groups)]
 
     def _servable(
-        self,
-        items: frozenset[CapPair],
-        groups: frozenset[str],
-        by_pair: Mapping[CapPair, Collection[Bucket]],
-        no_caps: Collection[Bucket],
+        self, found: list[Bucket], items: frozenset[CapPair], groups: frozenset[str]
     ) -> list[Bucket]:
-        found = [b for pair in items for b in by_pair.get(pair, ()) if b.required <= items]
-        found.extend(no_caps)
-        self.visits += sum(len(by_pair.get(pair, ())) for pair in items) + len(no_caps)
+        """The buckets found that a worker with these pairs and groups could serve, once."""
+        self.visits += len(found)
         if self._multi_indexed or len(groups) > 1:
             found = list(dict.fromkeys(found))
         return [
             b
             for b in found
-            if groups_compatible(groups, b.groups) and (not b.choices or b.need.met_by(items))
+            if b.required <= items
+            and groups_compatible(groups, b.groups)
+            and (not b.choices or b.need.met_by(items))
         ]
 
     def buckets_servable_by(
@@ -495,19 +468,17 @@ class RequestQueue:
     ) -> list[Bucket]:
         """Buckets whose requests (ready or not) a worker with these (key, item) pairs and
         groups could serve, each once."""
-        return self._servable(items, groups, self._by_pair, self._no_caps)
+        by_pair = self._by_pair
+        found = [b for pair in items for b in by_pair.get(pair, ())]
+        found.extend(self._no_caps)
+        return self._servable(found, items, groups)
 
     def ready_buckets_servable_by(
         self, items: frozenset[CapPair], groups: frozenset[str]
     ) -> list[Bucket]:
         """Buckets with a ready request that a worker with these (key, item) pairs and
-        groups could serve, each once; of the any-board ones, only those of owners it
-        serves are looked at."""
-        no_caps: Collection[Bucket] = self._ready_no_caps
-        if groups:
-            by_group = self._ready_no_caps_by_group
-            no_caps = [b for group in groups for b in by_group.get(group, ())]
-        return self._servable(items, groups, self._ready_by_pair, no_caps)
+        groups could serve, each once; only those of owners it serves are looked at."""
+        return self._servable(self._ready.near(items, groups), items, groups)
 
     def best_for(self, items: frozenset[CapPair], groups: frozenset[str]) -> Request | None:
         """The ready request a worker with these (key, item) pairs and groups should serve
@@ -520,6 +491,42 @@ class RequestQueue:
             ):
                 best = top
         return best
+
+
+class ReadyIndex(Generic[BucketT]):
+    """Buckets with a ready request, under their index pairs (None: any board), all of them
+    and by each owner group: a worker with groups serves only owners sharing one, so it
+    looks only under its groups."""
+
+    def __init__(self) -> None:
+        self._all: dict[CapPair | None, set[BucketT]] = {}
+        self._by_group: dict[tuple[CapPair | None, str], set[BucketT]] = {}
+
+    @staticmethod
+    def _keys(bucket: BucketT) -> tuple[CapPair | None, ...]:
+        return bucket.index_pairs or (None,)
+
+    def add(self, bucket: BucketT) -> None:
+        for key in self._keys(bucket):
+            self._all.setdefault(key, set()).add(bucket)
+            for group in bucket.groups:
+                self._by_group.setdefault((key, group), set()).add(bucket)
+
+    def remove(self, bucket: BucketT) -> None:
+        for key in self._keys(bucket):
+            _discard(self._all, key, bucket)
+            for group in bucket.groups:
+                _discard(self._by_group, (key, group), bucket)
+
+    def near(self, items: frozenset[CapPair], groups: frozenset[str]) -> list[BucketT]:
+        """Buckets under one of these pairs or under none, of owners a worker with these
+        groups serves (a bucket may come once per pair and group it is found under)."""
+        keys = (*items, None)
+        if not groups:
+            everyone = self._all
+            return [b for key in keys for b in everyone.get(key, ())]
+        by_group = self._by_group
+        return [b for key in keys for group in groups for b in by_group.get((key, group), ())]
 
 
 def _discard(index: dict[K, set[B]], key: K, bucket: B) -> None:

@@ -1286,7 +1286,7 @@ class Core:
             return
         request = self._queue.best_for(worker.items, worker.groups)
         starts: dict[int, float] = {}
-        if near := self._queue.multis_near(worker.items):
+        if near := self._queue.multis_near(worker.items, worker.groups):
             best = None if request is None else (request.priority, request.id)
             tops = []
             for bucket in near:
