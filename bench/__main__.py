@@ -14,6 +14,7 @@ from bench import (
     caps_memory_bench,
     core_bench,
     grpc_bench,
+    hostile_bench,
     metrics_bench,
     multi_bench,
     restart_bench,
@@ -72,6 +73,7 @@ def render(
     metrics: dict[str, float] | None = None,
     multi: list[dict[str, object]] | None = None,
     usage: dict[str, dict[str, float]] | None = None,
+    hostile: list[dict[str, object]] | None = None,
 ) -> str:
     scales = core["scales"]
     mid = next(s for s in scales if s["workers"] == 1000)
@@ -114,6 +116,7 @@ def render(
         f"{verdict(worst_p99 < 1000)}. Flat from 100 x 1,000 to 10,000 x 100,000.",
         "",
         *(multi_bench.render(multi, when) if multi is not None else []),
+        *(hostile_bench.render(hostile, when) if hostile is not None else []),
         "## Memory per waiting request",
         "",
         f"- Core, measured with tracemalloc over 100,000 waiting requests: "
@@ -245,6 +248,7 @@ def main() -> None:
     core = core_bench.run()
     caps_memory = caps_memory_bench.run()
     multi = multi_bench.run()
+    hostile = hostile_bench.run()
     print("gRPC benchmarks ...", file=sys.stderr)
     rpc = asyncio.run(run_rpc())
     print("restart benchmark ...", file=sys.stderr)
@@ -260,7 +264,18 @@ def main() -> None:
     print("usage benchmark ...", file=sys.stderr)
     usage = usage_bench.run()
     report = render(
-        core, rpc, access, caps_memory, restart, when, store, takeover, metrics, multi, usage
+        core,
+        rpc,
+        access,
+        caps_memory,
+        restart,
+        when,
+        store,
+        takeover,
+        metrics,
+        multi,
+        usage,
+        hostile,
     )
     REPORT.write_text(report)
     print(report)

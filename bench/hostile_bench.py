@@ -10,6 +10,7 @@ if the event only touches its few candidates, both stay flat.
 from __future__ import annotations
 
 import gc
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from boruta_scheduler.core import Core, Policy
 from boruta_scheduler.types import WorkerState
 
 from bench.core_bench import answer_prepares
+from bench.machine import machine
 
 T0 = 1_800_000_000.0
 POLICY = Policy(
@@ -213,6 +215,50 @@ WORKLOADS: dict[str, Callable[[int], Workload]] = {
 }
 
 
+# The same workloads on main before issue 12's index changes (commit b3699da, which only
+# adds the counters), measured 2026-12-03 06:20 UTC on the machine of docs/benchmarks.md:
+# (visits, median us) at 1,000 and at 10,000.
+BEFORE: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
+    "requests not valid yet, a board frees": (
+        (1002, 272),
+        (10002, 8928),
+    ),
+    "common cap + one no board has, a board frees": (
+        (502, 128),
+        (5002, 333),
+    ),
+    "common cap + alternatives no board has, a board frees": (
+        (1002, 1677),
+        (10002, 53854),
+    ),
+    "arm requests of other teams, a lab arm board frees": (
+        (1002, 241),
+        (10002, 8087),
+    ),
+    "any-board requests of other teams, a lab board frees": (
+        (1002, 183),
+        (10002, 7319),
+    ),
+    "any-board requests not valid yet, a board frees": (
+        (1002, 235),
+        (10002, 12105),
+    ),
+    "identical two-board requests, a board frees": (
+        (5, 115),
+        (5, 185),
+    ),
+    "N idle boards, N/2 two-board requests wait for a busy one, one more arrives": (
+        (538, 218),
+        (5038, 6391),
+    ),
+    "N idle boards of another team, a request arrives": (
+        (1000, 370),
+        (10000, 19759),
+    ),
+}
+BEFORE_WHEN = "2026-12-03 06:20 UTC"
+
+
 @dataclass(frozen=True)
 class Cost:
     n: int
@@ -251,6 +297,53 @@ def run(sizes: tuple[int, ...] = SIZES) -> list[dict[str, object]]:
             }
         )
     return rows
+
+
+HEADING = "## Core: hostile workloads for the indexes"
+
+
+def render(results: list[dict[str, object]], when: str) -> list[str]:
+    lines = [
+        HEADING,
+        "",
+        f"Measured {when} on {machine()}; load average {os.getloadavg()[0]:.1f} at the end.",
+        "`bench/hostile_bench.py`: workloads shaped so that one event would cost in",
+        "proportion to the waiting requests or the workers, each at N and 10 N (N waiting",
+        "requests, or N boards for the last two). *Visits*: buckets of waiting requests and",
+        "workers the indexes handed out for the event (`Core.index_visits`, mean of 50",
+        "events), the measure the unit test (`test_core_index.py`) holds flat; *us*: the",
+        "event's median time, which on this shared machine moves by 2-3 times between runs.",
+        f"*Before*: the same on main before issue 12's index changes ({BEFORE_WHEN}).",
+        "",
+        "| workload | visits before | visits | us before | us |",
+        "|---|---|---|---|---|",
+    ]
+    for row in results:
+        name = row["workload"]
+        costs = row["costs"]
+        assert isinstance(name, str) and isinstance(costs, list)
+        small, large = BEFORE.get(name, ((0.0, 0.0), (0.0, 0.0)))
+        lines.append(
+            f"| {name} | {small[0]:,.0f} / {large[0]:,.0f} "
+            f"| {costs[0]['visits']:,.0f} / {costs[1]['visits']:,.0f} "
+            f"| {small[1]:,.0f} / {large[1]:,.0f} "
+            f"| {costs[0]['us']:,.0f} / {costs[1]['us']:,.0f} |"
+        )
+    return [
+        *lines,
+        "",
+        "Each pair is N / 10 N, N = 1,000. What made the cost grow, and what keeps it flat",
+        "now (docs/architecture.md, waiting requests): requests not valid yet sat in the",
+        "index a freed board walks (now only buckets with a ready request are in it);",
+        "buckets were indexed under the pair fewest *buckets* were under, which half the",
+        "time was a cap every board has (now the pair fewest registered *boards* hold, an",
+        "alternative's pairs too); a board walked the requests of owners it does not serve",
+        "(the ready index is also by owner group) and a request the boards closed to its",
+        "owner (the worker index is also by group); and each of many identical set requests",
+        "walked past the boards reserved for those before it (now a request whose bucket",
+        "has a more important ready request is not walked again).",
+        "",
+    ]
 
 
 if __name__ == "__main__":
