@@ -10,7 +10,6 @@ if the event only touches its few candidates, both stay flat.
 from __future__ import annotations
 
 import gc
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from boruta_scheduler.core import Core, Policy
 from boruta_scheduler.types import WorkerState
 
 from bench.core_bench import answer_prepares
-from bench.machine import machine
+from bench.machine import measured
 
 T0 = 1_800_000_000.0
 POLICY = Policy(
@@ -304,9 +303,7 @@ HEADING = "## Core: hostile workloads for the indexes"
 
 def render(results: list[dict[str, object]], when: str) -> list[str]:
     lines = [
-        HEADING,
-        "",
-        f"Measured {when} on {machine()}; load average {os.getloadavg()[0]:.1f} at the end.",
+        *measured(HEADING, when),
         "`bench/hostile_bench.py`: workloads shaped so that one event would cost in",
         "proportion to the waiting requests or the workers, each at N and 10 N (N waiting",
         "requests, or N boards for the last two). *Visits*: buckets of waiting requests and",
