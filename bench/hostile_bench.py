@@ -181,6 +181,28 @@ def identical_sets_arrive(n: int) -> Workload:
     return core, arrive
 
 
+def beside_reserved(n: int) -> Workload:
+    """N idle arm boards, each reserved for the set (an arm and the x86 board, busy) of
+    another team; one-board requests arrive that could backfill none of them."""
+    core = _farm(n, {"arch": "arm"})
+    core.register(T0, {"arch": "x86", "UUID": "x86"}, "d:1", "s:22", instance_id="i")
+    core.set_state(T0, "x86", WorkerState.IDLE)
+    answer_prepares(core, T0)
+    core.new_request(T0, "owner", frozenset(), {"UUID": "x86"}, job_timeout=10)
+    profiles = [("a", {"arch": "arm"}), ("b", {"arch": "x86"})]
+    for i in range(n):
+        core.new_request(T0, f"user{i}", frozenset({f"team{i}"}), {}, profiles=profiles)
+    ids = iter(range(10**9))
+
+    def arrive() -> None:
+        # A team of its own each: no request asks what one before it asked.
+        late = next(ids)
+        core.new_request(T0, f"late{late}", frozenset({f"late{late}"}), {"arch": "arm"})
+        core.drain()
+
+    return core, arrive
+
+
 def other_groups_farm(n: int) -> Workload:
     """N idle lab boards; a request of another team for an arm board arrives."""
     core = _farm(n, {"arch": "arm"}, frozenset({"lab"}))
@@ -210,6 +232,7 @@ WORKLOADS: dict[str, Callable[[int], Workload]] = {
     "N idle boards, N/2 two-board requests wait for a busy one, one more arrives": (
         identical_sets_arrive
     ),
+    "N idle boards reserved for N sets, a one-board request arrives": beside_reserved,
     "N idle boards of another team, a request arrives": other_groups_farm,
 }
 
@@ -306,7 +329,7 @@ def render(results: list[dict[str, object]], when: str) -> list[str]:
         *measured(HEADING, when),
         "`bench/hostile_bench.py`: workloads shaped so that one event would cost in",
         "proportion to the waiting requests or the workers, each at N and 10 N (N waiting",
-        "requests, or N boards for the last two). *Visits*: buckets of waiting requests and",
+        "requests, or N boards for the last three). *Visits*: buckets of waiting requests and",
         "workers the indexes handed out for the event (`Core.index_visits`, mean of 50",
         "events), the measure the unit test (`test_core_index.py`) holds flat; *us*: the",
         "event's median time, which on this shared machine moves by 2-3 times between runs.",

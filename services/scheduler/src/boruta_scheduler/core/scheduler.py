@@ -72,6 +72,12 @@ from boruta_scheduler.types import (
 HEARTBEAT_LOST = "heartbeat lost"
 
 
+# How many expected starts of other requests' sets one walk for a request works out to
+# backfill their reserved boards: the cost of an event must not grow with the number of
+# boards reserved for others (tests/test_core_index.py).
+BACKFILL_LOOKS = 8
+
+
 def order_of(request: Request) -> tuple[int, int]:
     """Serving order: the smaller, the more important (priority, then age)."""
     return (request.priority, request.id)
@@ -1118,15 +1124,21 @@ class Core:
         worker: it is not reserved, or reserved for this request or a less important one,
         or the job ends before the reserved request could start and no more important
         one-board request waits for it. starts memoizes expected starts by request id while
-        nothing changes."""
+        nothing changes. Backfill is a chance, not a search: past BACKFILL_LOOKS expected
+        starts worked out, other boards kept for a more important request are not used."""
         known = {} if starts is None else starts
+        looks = BACKFILL_LOOKS
 
         def usable(worker: Worker) -> bool:
+            nonlocal looks
             holder = worker.reserved_for
             if holder is None or rank <= (holder.priority, holder.id):
                 return True
             start = known.get(holder.id)
             if start is None:
+                if not looks:
+                    return False
+                looks -= 1
                 start = known[holder.id] = self._reserved_start(holder, now)
             if ends > start:
                 return False
