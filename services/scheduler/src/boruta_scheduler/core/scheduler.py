@@ -120,6 +120,8 @@ class Core:
 
     def __init__(self, policy: Policy | None = None) -> None:
         self.policy = policy or Policy()
+        # While heartbeat timers fire, freed workers wait here to be matched (tick()).
+        self._held_matches: list[Worker] | None = None
         self._requests: dict[int, Request] = {}
         self._workers: dict[str, Worker] = {}
         self._registered = WorkerIndex()
@@ -365,7 +367,8 @@ class Core:
 
     def next_timer(self) -> float | None:
         """When tick() next has work to do, or None."""
-        return self._timers.next_due()
+        due = [t for t in (self._timers.next_due(), self._tokens.next_unseal()) if t is not None]
+        return min(due, default=None)
 
     def drain(self) -> Changes:
         """Hand out and forget everything that changed since the last drain."""
@@ -374,9 +377,11 @@ class Core:
     # ------------------------------------------------------------ token commands
 
     def issue_token(self, token: TokenRecord) -> TokenRecord:
-        """Keep a new bearer token under the next id (the caller checked its fields)."""
-        record = self._tokens.issue(token)
-        self._out.token(record)
+        """Keep a new bearer token under the next id (the caller checked its fields), or
+        return the one its idempotency key issued (see TokenTable.issue)."""
+        record, new = self._tokens.issue(token)
+        if new:
+            self._out.token(record)
         return record
 
     def revoke_token(self, now: float, token_id: int) -> TokenRecord:
@@ -720,8 +725,10 @@ class Core:
             self._match_request(request, now)
         return request.view()
 
-    def prolong_access(self, now: float, request_id: int) -> JobView:
-        """Push the job's timeout to now + its step, within the prolong limits."""
+    def prolong_access(self, now: float, request_id: int, seen_count: int | None = None) -> JobView:
+        """Push the job's timeout to now + its step, within the prolong limits; given the
+        prolong count the caller saw, a job prolonged since (a retry's first attempt) is
+        returned as it is."""
         request = self._live_request(request_id)
         job = request.job
         if request.state is not RequestState.IN_PROGRESS or job is None:
@@ -729,6 +736,15 @@ class Core:
                 f"request {request_id} is {request.state.name}; only a request IN_PROGRESS "
                 "has a job to prolong"
             )
+        if seen_count is not None:
+            if seen_count > job.prolong_count:
+                raise InvalidArgument(
+                    f"prolong_count {seen_count} is more than the {job.prolong_count} times "
+                    f"the job of request {request_id} was prolonged; send the prolong_count "
+                    "the scheduler last returned, or none"
+                )
+            if seen_count < job.prolong_count:
+                return job.view()  # prolonged since the caller looked: this call is done
         if job.prolong_count >= self.policy.max_prolongs:
             raise ProlongLimitReached(
                 f"the job of request {request_id} was prolonged {job.prolong_count} times, "
@@ -994,13 +1010,17 @@ class Core:
 
     def tick(self, now: float) -> None:
         """Fire every timer due at or before now."""
+        for token in self._tokens.unseal(now):
+            self._out.token(token)
         newly_ready: list[Request] = []
+        due_now: list[tuple[float, TimerKind, Target]] = []
         while (item := self._timers.pop_due(now)) is not None:
+            due_now.append(item)
+        self._check_heartbeats(due_now, now)
+        timers = iter(due_now)
+        while (item := next(timers, None) or self._timers.pop_due(now)) is not None:
             due, kind, target = item
             if kind is TimerKind.HEARTBEAT:
-                assert isinstance(target, Worker)
-                if self._workers.get(target.uuid) is target:
-                    self._check_heartbeat(target, now)
                 continue
             if kind is TimerKind.HEALTHCHECK:
                 assert isinstance(target, Worker)
@@ -1295,6 +1315,9 @@ class Core:
         them, make a whole set (unless not sets: then it is only reserved for one).
         Collateral serves no one."""
         if worker.collateral_of:
+            return
+        if self._held_matches is not None:
+            self._held_matches.append(worker)
             return
         request = self._queue.best_for(worker.items, worker.groups)
         starts: dict[int, float] = {}
@@ -1609,6 +1632,22 @@ class Core:
         due = max(worker.last_seen, self._heartbeat_epoch) + self.policy.heartbeat_timeout
         worker.hb_armed = True
         self._push_timer(due, TimerKind.HEARTBEAT, worker)
+
+    def _check_heartbeats(self, due: list[tuple[float, TimerKind, Target]], now: float) -> None:
+        """Fail every worker whose heartbeat timer is due and silent before any freed board is
+        matched: boards that went silent together must not be handed out by the failure of
+        one of them (their request would start and fail in the same tick)."""
+        held: list[Worker] = []
+        self._held_matches = held
+        try:
+            for _, kind, target in due:
+                if kind is TimerKind.HEARTBEAT:
+                    assert isinstance(target, Worker)
+                    if self._workers.get(target.uuid) is target:
+                        self._check_heartbeat(target, now)
+        finally:
+            self._held_matches = None
+        self._match_freed(held, now)
 
     def _check_heartbeat(self, worker: Worker, now: float) -> None:
         worker.hb_armed = False
