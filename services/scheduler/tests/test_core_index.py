@@ -189,3 +189,31 @@ def test_a_request_valid_later_is_served_when_it_is_due() -> None:
     assert kit.core.request(later.id).state is RequestState.WAITING
     kit.advance(61)
     assert kit.core.request(later.id).state is RequestState.IN_PROGRESS
+
+
+def test_a_shorter_job_is_still_walked_behind_its_bucket() -> None:
+    """The shared walk is skipped only for a request whose job is no shorter than that of
+    the more important one: a shorter one may backfill what the first may not, and with
+    no_wait it must then start at once, not wait."""
+    kit = CoreKit(POLICY)
+    for uuid in ("phone1", "phone2"):
+        kit.add_worker(uuid, {"board": "phone"})
+    kit.add_worker("relay", {"board": "relay"})
+    kit.core.new_request(kit.now, "o", frozenset(), {"UUID": "relay"}, job_timeout=100)
+    phone = {"board": "phone"}
+    held = kit.core.new_request(
+        kit.now,
+        "u",
+        frozenset(),
+        {},
+        profiles=[("p", phone), ("r", {"board": "relay"})],
+        priority=1,
+    )
+    assert held.state is RequestState.WAITING
+    pair = [("a", phone), ("b", phone)]
+    first = kit.core.new_request(kit.now, "u", frozenset(), {}, profiles=pair, priority=2)
+    assert first.state is RequestState.WAITING
+    short = kit.core.new_request(
+        kit.now, "u", frozenset(), {}, profiles=pair, priority=2, job_timeout=10, no_wait=True
+    )
+    assert short.state is RequestState.IN_PROGRESS

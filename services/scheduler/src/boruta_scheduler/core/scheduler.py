@@ -1169,11 +1169,15 @@ class Core:
 
         return usable
 
+    def _first_timeout(self, request: Request) -> float:
+        """How long the request's jobs run before their first timeout."""
+        return self.policy.job_timeouts(request.job_timeout)[0]
+
     def _usable_for(
         self, request: Request, now: float, starts: dict[int, float] | None = None
     ) -> Callable[[Worker], bool]:
-        first = self.policy.job_timeouts(request.job_timeout)[0]
-        return self._usable((request.priority, request.id), now + first, now, starts)
+        ends = now + self._first_timeout(request)
+        return self._usable((request.priority, request.id), ends, now, starts)
 
     def _reserve(self, request: Request, worker: Worker) -> bool:
         """Reserve an idle worker for a waiting request of several profiles if it adds a
@@ -1291,10 +1295,15 @@ class Core:
     def _match_request(self, request: Request, now: float) -> None:
         bucket = request.bucket
         assert bucket is not None, f"request {request.id} is matched but not queued"
-        if bucket.peek() is not request:
-            # A more important ready request asks the same and got nothing: neither would
-            # this one (nor reserve boards). Requests with equal profiles share one walk,
-            # as a freed worker tries only a bucket's first.
+        top = bucket.peek()
+        if (
+            top is not request
+            and top is not None
+            and self._first_timeout(top) <= self._first_timeout(request)
+        ):
+            # A more important ready request asks the same, with a job no longer, and got
+            # nothing: neither would this one (nor reserve boards). Requests with equal
+            # profiles share one walk, as a freed worker tries only a bucket's first.
             return
         usable = self._usable_for(request, now)
         if isinstance(bucket, MultiBucket):
