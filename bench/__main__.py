@@ -15,6 +15,7 @@ from bench import (
     core_bench,
     grpc_bench,
     heartbeat_bench,
+    hostile_bench,
     metrics_bench,
     multi_bench,
     restart_bench,
@@ -75,6 +76,7 @@ def render(
     multi: list[dict[str, object]] | None = None,
     usage: dict[str, dict[str, float]] | None = None,
     heartbeat: dict[str, float] | None = None,
+    hostile: list[dict[str, object]] | None = None,
     together: list[dict[str, object]] | None = None,
 ) -> str:
     scales = core["scales"]
@@ -119,6 +121,7 @@ def render(
         "",
         *(multi_bench.render(multi, when) if multi is not None else []),
         *(together_bench.render(together, when) if together is not None else []),
+        *(hostile_bench.render(hostile, when) if hostile is not None else []),
         "## Memory per waiting request",
         "",
         f"- Core, measured with tracemalloc over 100,000 waiting requests: "
@@ -259,6 +262,7 @@ def main() -> None:
     core = core_bench.run()
     caps_memory = caps_memory_bench.run()
     multi = multi_bench.run()
+    hostile = hostile_bench.run()
     together = multi_bench.run(together_bench.HOST_SIZE, together_bench.COLOCATED)
     print("gRPC benchmarks ...", file=sys.stderr)
     rpc = asyncio.run(run_rpc())
@@ -289,6 +293,7 @@ def main() -> None:
         multi,
         usage,
         heartbeat,
+        hostile,
         together,
     )
     REPORT.write_text(report)
