@@ -79,7 +79,8 @@ def flatness(growth: float) -> str:
     return (
         f"not flat ({growth:.1f}x), as the section above's free event is not: at 10,000"
         " workers the expected starts of sets walk more of the worker index (workers.py"
-        " capable), since more candidates are kept for other sets."
+        " capable passes over more boards of other owner groups before it yields the few it"
+        " is asked for)."
     )
 
 
