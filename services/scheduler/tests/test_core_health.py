@@ -4,8 +4,7 @@ and the return of a board that failed only because its heartbeats stopped."""
 from __future__ import annotations
 
 import pytest
-from boruta_scheduler.core import Core, DryadCallKind, Policy, Snapshot
-from boruta_scheduler.core import health
+from boruta_scheduler.core import Core, DryadCallKind, Policy, Snapshot, health
 from boruta_scheduler.core.scheduler import RECOVERING
 from boruta_scheduler.types import Failure, FailureKind, Health, RequestState, WorkerState
 from core_kit import T0, CoreKit, state_of
