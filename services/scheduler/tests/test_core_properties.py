@@ -56,6 +56,7 @@ from boruta_scheduler.types import (
     NO_GROUP,
     OPEN_GROUP,
     Access,
+    FailureKind,
     HistoryEntry,
     JobUsage,
     PendingCode,
@@ -798,7 +799,10 @@ class CoreMachine(RuleBasedStateMachine):
             assert (worker.state is WorkerState.IDLE) == (worker.prepared is not None), worker
             # Heartbeat timers fire on time. (A command may arm one that is already due,
             # e.g. putting a long silent worker back into service; the next tick fires it.)
-            if ticked and worker.state is not WorkerState.FAILED:
+            # A worker quarantined for its silence stays in MAINTENANCE, silent or not.
+            failures = worker.health.failures
+            silenced = worker.health.quarantined and failures[-1].kind is FailureKind.HEARTBEAT
+            if ticked and worker.state is not WorkerState.FAILED and not silenced:
                 heard = max(worker.last_seen, self.heartbeat_epoch)
                 assert heard + POLICY.heartbeat_timeout > now, worker
 
