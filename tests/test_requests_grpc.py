@@ -325,6 +325,22 @@ async def test_get_request_info_and_list_requests_say_why_requests_wait(farm: Fa
     assert not closed.HasField("pending_reason")
 
 
+async def test_a_request_no_board_of_whose_groups_has_its_caps_says_so(farm: Farm) -> None:
+    await farm.add_dryad([board("w1", board="rpi4")])
+    admin = farm.admin
+    await admin.workers.SetGroups(
+        workers_pb2.SetGroupsRequest(worker_uuid="w1", groups=["lab-a"]), metadata=admin.metadata
+    )
+    outsider = farm.client("bob", groups=["lab-b"])
+    waiting = await outsider.new({"board": "rpi4"}, accept_unsatisfiable=True)
+    why = (await outsider.info(waiting.id)).pending_reason
+    assert why.code == S.PENDING_REASON_CODE_NO_BOARD_IN_GROUPS, why
+    assert "group" in why.message and not why.HasField("expected_start")
+    # A member of the board's group is served at once.
+    member = await farm.client("carol", groups=["lab-a"]).new({"board": "rpi4"})
+    assert member.state == IN_PROGRESS
+
+
 async def test_deregistering_last_worker_makes_waiting_request_invalid(farm: Farm) -> None:
     await farm.add_dryad([board("w1", board="rpi4")], idle=False)
     c = farm.client()

@@ -296,3 +296,24 @@ def test_a_scheduler_list_follows_the_named_leader_else_the_next_address() -> No
     assert schedulers.current == "b:2"
     assert leader_of([("other", "v"), (LEADER_KEY, b"c:3")]) == "c:3"
     assert leader_of(None) == ""
+
+
+def test_the_progress_line_says_why_a_request_waits(capsys: pytest.CaptureFixture[str]) -> None:
+    from datetime import UTC, datetime
+
+    from boruta_client import PendingCode, PendingReason, Request, RequestState
+    from schedctl.cli import Progress
+
+    now = datetime.now(UTC)
+
+    def waiting(code: PendingCode, ahead: int) -> Request:
+        why = PendingReason(code, "explained", ahead)
+        return Request(7, 4, "alice", frozenset(), {}, now, now, RequestState.WAITING, "",
+                       now, now, queue_position=ahead, pending_reason=why)  # fmt: skip
+
+    progress = Progress(7)
+    progress(waiting(PendingCode.BOARDS_BUSY, 0))
+    progress(waiting(PendingCode.HIGHER_PRIORITY, 2))
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("request 7 WAITING, 0 ahead (boards busy), waiting "), lines
+    assert lines[1].startswith("request 7 WAITING, 2 ahead, waiting "), lines

@@ -199,3 +199,26 @@ def test_a_restore_matches_no_request_to_another_requests_collateral() -> None:
     assert restored.request(first).state is RequestState.IN_PROGRESS
     assert restored.request(second).state is RequestState.WAITING
     assert restored.stack("s1").holder == first
+
+
+def test_boards_that_went_silent_together_are_not_given_out_in_the_tick_that_fails_them() -> None:
+    # All three boards of a stack stop heartbeating. The tick that fails the running board
+    # frees its collateral; the waiting two-board request must not be started on boards
+    # whose heartbeat was lost in that same tick (it would start and fail at once).
+    kit = CoreKit()
+    for uuid in ("w0", "w1", "w2"):
+        kit.add_worker(uuid, {"board": "b"})
+    kit.core.create_stack(kit.now, "s", ["w0", "w1", "w2"])
+    first = ask(kit, "b")
+    kit.answer_calls()
+    second = kit.core.new_request(
+        kit.now, "v", NOBODY, {}, profiles=[("a", {"board": "b"}), ("c", {"board": "b"})]
+    ).id
+    assert kit.core.request(second).state is RequestState.WAITING
+    kit.silent.update({"w0", "w1", "w2"})
+    kit.advance(kit.core.policy.heartbeat_timeout + 5, heartbeats=False)
+    assert kit.core.request(second).state is RequestState.WAITING
+    assert {w.state for w in kit.core.workers()} == {WorkerState.FAILED}
+    ended = [c for c in kit.changes[-1].usage if c.request_id == second]
+    assert ended == [], ended
+    assert first not in {v.id for v in kit.core.live_requests()}

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import click
-from boruta_client import Client, Request
+from boruta_client import Client, PendingCode, Request
 from boruta_client.config import ClientConfig, Context
 
 from schedctl.flags import records_command
@@ -198,8 +198,30 @@ def request_id_arg(fn: F) -> F:
     return click.argument("request_id", type=click.IntRange(min=1), metavar="REQ")(fn)
 
 
+# The REASON column of a waiting request: its pending reason in a word or two.
+PENDING_SHORT = {
+    PendingCode.NO_MATCHING_BOARD: "no such board",
+    PendingCode.NO_BOARD_IN_GROUPS: "no board in groups",
+    PendingCode.NOT_VALID_YET: "not valid yet",
+    PendingCode.BOARDS_UNAVAILABLE: "boards unavailable",
+    PendingCode.WAITING_FOR_SET: "waiting for set",
+    PendingCode.BOARDS_BUSY: "boards busy",
+}
+
+
+def reason_text(r: Request) -> str:
+    """Why the request is in its state: the stored reason, or why a waiting one waits."""
+    why = r.pending_reason
+    if r.reason or why is None:
+        return r.reason
+    if why.code is PendingCode.HIGHER_PRIORITY:
+        return f"{why.requests_ahead} ahead"
+    return PENDING_SHORT.get(why.code, why.code.name.lower())
+
+
 class Progress:
-    """The live line on stderr while a request waits: state, queue position, time waited."""
+    """The live line on stderr while a request waits: state, queue position, why it
+    waits, time waited."""
 
     def __init__(self, request_id: int) -> None:
         self.request_id = request_id
@@ -209,6 +231,9 @@ class Progress:
 
     def __call__(self, request: Request) -> None:
         position = "" if request.queue_position is None else f", {request.queue_position} ahead"
+        why = request.pending_reason
+        if why is not None and why.code is not PendingCode.HIGHER_PRIORITY:
+            position += f" ({reason_text(request)})"
         waited = span(timedelta(seconds=time.monotonic() - self.started))
         line = f"request {request.id} {request.state.name}{position}, waiting {waited}"
         if self.tty:

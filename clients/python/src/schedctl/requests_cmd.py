@@ -12,7 +12,6 @@ from boruta_client import (
     Access,
     Job,
     PendingBoard,
-    PendingCode,
     PendingReason,
     Request,
     RequestSort,
@@ -31,6 +30,7 @@ from schedctl.cli import (
     parse_caps,
     parse_profiles,
     pass_state,
+    reason_text,
     request_id_arg,
 )
 from schedctl.jobs_cmd import openssh_host_key_options, warn_if_unchecked
@@ -47,27 +47,6 @@ def profiles_text(r: Request) -> str:
 def workers_text(r: Request) -> str | None:
     jobs = r.jobs or ((r.job,) if r.job else ())
     return ",".join(j.worker_uuid for j in jobs) or None
-
-
-# The REASON column of a waiting request: its pending reason in a word or two.
-PENDING_SHORT = {
-    PendingCode.NO_MATCHING_BOARD: "no such board",
-    PendingCode.NO_BOARD_IN_GROUPS: "no board in groups",
-    PendingCode.NOT_VALID_YET: "not valid yet",
-    PendingCode.BOARDS_UNAVAILABLE: "boards unavailable",
-    PendingCode.WAITING_FOR_SET: "waiting for set",
-    PendingCode.BOARDS_BUSY: "boards busy",
-}
-
-
-def reason_text(r: Request) -> str:
-    """Why the request is in its state: the stored reason, or why a waiting one waits."""
-    why = r.pending_reason
-    if r.reason or why is None:
-        return r.reason
-    if why.code is PendingCode.HIGHER_PRIORITY:
-        return f"{why.requests_ahead} ahead"
-    return PENDING_SHORT.get(why.code, why.code.name.lower())
 
 
 def board_text(board: PendingBoard) -> str:

@@ -122,6 +122,8 @@ class Core:
 
     def __init__(self, policy: Policy | None = None) -> None:
         self.policy = policy or Policy()
+        # While heartbeat timers fire, freed workers wait here to be matched (tick()).
+        self._held_matches: list[Worker] | None = None
         self._requests: dict[int, Request] = {}
         self._workers: dict[str, Worker] = {}
         self._queue = RequestQueue()
@@ -994,12 +996,14 @@ class Core:
     def tick(self, now: float) -> None:
         """Fire every timer due at or before now."""
         newly_ready: list[Request] = []
+        due_now: list[tuple[float, TimerKind, Target]] = []
         while (item := self._timers.pop_due(now)) is not None:
+            due_now.append(item)
+        self._check_heartbeats(due_now, now)
+        timers = iter(due_now)
+        while (item := next(timers, None) or self._timers.pop_due(now)) is not None:
             due, kind, target = item
             if kind is TimerKind.HEARTBEAT:
-                assert isinstance(target, Worker)
-                if self._workers.get(target.uuid) is target:
-                    self._check_heartbeat(target, now)
                 continue
             if kind is TimerKind.HEALTHCHECK:
                 assert isinstance(target, Worker)
@@ -1283,6 +1287,9 @@ class Core:
         them, make a whole set (unless not sets: then it is only reserved for one).
         Collateral serves no one."""
         if worker.collateral_of:
+            return
+        if self._held_matches is not None:
+            self._held_matches.append(worker)
             return
         request = self._queue.best_for(worker.items, worker.groups)
         starts: dict[int, float] = {}
@@ -1625,6 +1632,22 @@ class Core:
         due = max(worker.last_seen, self._heartbeat_epoch) + self.policy.heartbeat_timeout
         worker.hb_armed = True
         self._push_timer(due, TimerKind.HEARTBEAT, worker)
+
+    def _check_heartbeats(self, due: list[tuple[float, TimerKind, Target]], now: float) -> None:
+        """Fail every worker whose heartbeat timer is due and silent before any freed board is
+        matched: boards that went silent together must not be handed out by the failure of
+        one of them (their request would start and fail in the same tick)."""
+        held: list[Worker] = []
+        self._held_matches = held
+        try:
+            for _, kind, target in due:
+                if kind is TimerKind.HEARTBEAT:
+                    assert isinstance(target, Worker)
+                    if self._workers.get(target.uuid) is target:
+                        self._check_heartbeat(target, now)
+        finally:
+            self._held_matches = None
+        self._match_freed(held, now)
 
     def _check_heartbeat(self, worker: Worker, now: float) -> None:
         worker.hb_armed = False
