@@ -557,8 +557,8 @@ class SchedulerService:
         check_dryad(who, uuid)
 
         def command(core: Core, now: float) -> tuple[tuple[str, ...] | None, WorkerState]:
-            core.heartbeat(now, uuid, status)
-            return core.live_job_users(uuid), core.worker(uuid).state
+            state = core.heartbeat(now, uuid, status)
+            return core.live_job_users(uuid), state
 
         if self.engine.outage is None:
             try:

@@ -822,8 +822,10 @@ class Core:
         self._arm_heartbeat(worker)
         return worker.view()
 
-    def heartbeat(self, now: float, uuid: str, host_status: HostStatus | None = None) -> None:
-        """Note that the worker's dryad is alive."""
+    def heartbeat(
+        self, now: float, uuid: str, host_status: HostStatus | None = None
+    ) -> WorkerState:
+        """Note that the worker's dryad is alive; returns the worker's state after it."""
         worker = self._known_worker(uuid)
         worker.last_seen = now
         if host_status is not None:
@@ -831,6 +833,7 @@ class Core:
         self._out.seen(worker)
         self._recover_if_back(worker, now)
         self._arm_heartbeat(worker)
+        return worker.state
 
     def live_job_users(self, uuid: str) -> tuple[str, ...] | None:
         """The job users of the worker that must stay, or None while a dryad call in flight
