@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,8 @@ async def carry_on_across(
 ) -> None:
     """A dryad, a lease, a blocked AcquireWorker and a watch of a client given addresses;
     change() moves the farm to another scheduler and returns its address: all of them
-    carry on there, and a keyed NewRequest retried across the change makes one request.
+    carry on there, and a keyed NewRequest (or IssueToken) retried across the change makes
+    one request (token).
     setup_at is where the board is put into service (default: the first address)."""
     farm = Farm(setup_at or addresses.split(",")[0])
     dryad = StubDryad(addresses, [board("w1", board="x")], keys=SHARED_KEYS)
@@ -139,8 +141,15 @@ async def carry_on_across(
     board_ = await lease.__aenter__()  # runs on w1
     waiting = await client.new_request({"board": "x"})
     acquiring = asyncio.ensure_future(client.acquire_worker(waiting.id))
+    admin = AsyncClient(addresses, user="root", admin=True, failover_timeout=FAILOVER)
+    token_key = str(uuid.uuid4())
+    issued = await admin.issue_token("ci-bot", idempotency_key=token_key)
 
     now_serving = await change()
+    # An IssueToken retried after the change: the same token, and its secret again.
+    assert await admin.issue_token("ci-bot", idempotency_key=token_key) == issued
+    assert len(await admin.list_tokens()) == 1
+    await admin.close()
     # A NewRequest retried after the change: one request, the same answer.
     made = await client.new_request({"board": "x"}, idempotency_key="once")
     assert await client.new_request({"board": "x"}, idempotency_key="once") == made

@@ -20,7 +20,7 @@ import pytest
 from boruta import pki
 from boruta_client import Client
 from farm_kit import SCHEDULER, SchedulerProcess
-from metrics_kit import https, samples, scrape, total
+from metrics_kit import https, poll, samples, scrape, total
 from pki_kit import FarmPki
 
 
@@ -86,6 +86,25 @@ def test_a_certificate_of_another_ca_gets_no_connection(
 def test_plain_http_gets_nothing_from_a_tls_port(scheduler: SchedulerProcess) -> None:
     with pytest.raises((urllib.error.URLError, ConnectionError)):
         scrape(scheduler.metrics_address)
+
+
+def test_connections_closed_after_a_scrape_or_a_failed_handshake_are_not_held(
+    scheduler: SchedulerProcess, farm_pki: FarmPki
+) -> None:
+    """The port's count of open connections (which its limits use) follows TLS
+    connections to their end, whether they were served or failed their handshake."""
+    files = farm_pki.admin()
+    for _ in range(5):
+        samples(scrape(scheduler.metrics_address, context=https(files.ca, files)))
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            scrape(scheduler.metrics_address)
+    found = poll(
+        scheduler.metrics_address,
+        lambda s: total(s, "boruta_http_connections") == 1,  # this scrape's own
+        "the closed connections forgotten",
+        context=https(files.ca, files),
+    )
+    assert total(found, "boruta_http_connections_refused_total") == 0
 
 
 def test_a_bearer_token_may_scrape_until_revoked(

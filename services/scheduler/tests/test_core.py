@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import statistics
 import sys
@@ -16,8 +17,10 @@ from boruta_scheduler.core.idempotency import (
     arguments_hash,
     check_key,
 )
+from boruta_scheduler.core.tokens import SEAL_KEPT
 from boruta_scheduler.errors import (
     Busy,
+    FailedPrecondition,
     IdempotencyKeyReused,
     InvalidArgument,
     NoCapableWorker,
@@ -30,7 +33,7 @@ from boruta_scheduler.errors import (
     WrongRequestState,
     WrongWorkerState,
 )
-from boruta_scheduler.types import RequestState, WorkerState
+from boruta_scheduler.types import RequestState, TokenRecord, WorkerState
 from core_kit import T0, CoreKit, caps_of, state_of
 
 NOBODY = frozenset[str]()
@@ -902,3 +905,40 @@ def test_different_cap_sets_of_waiting_requests_per_user_are_limited() -> None:
 def test_a_limit_on_cap_sets_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_waiting_cap_sets_per_user"):
         Policy(max_waiting_cap_sets_per_user=0)
+
+
+def test_a_sealed_token_secret_is_cleared_by_its_timer() -> None:
+    """A token issued with an idempotency key keeps its sealed secret SEAL_KEPT seconds:
+    the core's next timer is then, and the tick clears it (a change to store), and a retry
+    of the key is refused from then on; a restored core goes on with the same timer."""
+    core = Core()
+    token = TokenRecord(
+        "ci",
+        frozenset(),
+        False,
+        b"h",
+        T0,
+        T0 + 3600,
+        "root",
+        "",
+        idempotency_key_hash=b"k",
+        arguments_hash="a",
+        sealed_secret=b"s",
+    )
+    issued = core.issue_token(token)
+    core.drain()
+    assert core.next_timer() == T0 + SEAL_KEPT
+    restored = Core.restore(Snapshot([], [], 0, [issued]), T0)
+    assert restored.next_timer() == T0 + SEAL_KEPT
+    retry = dataclasses.replace(token, created_at=T0 + 1)
+    assert core.issue_token(retry) == issued and not core.drain().tokens
+    core.tick(T0 + SEAL_KEPT - 1)
+    assert not core.drain().tokens
+    core.tick(T0 + SEAL_KEPT)
+    cleared = core.drain().tokens
+    assert [(t.id, t.sealed_secret) for t in cleared] == [(issued.id, None)]
+    assert core.next_timer() is None
+    with pytest.raises(FailedPrecondition, match="revoke token 1"):
+        core.issue_token(dataclasses.replace(token, created_at=T0 + SEAL_KEPT))
+    with pytest.raises(IdempotencyKeyReused):
+        core.issue_token(dataclasses.replace(token, arguments_hash="other"))

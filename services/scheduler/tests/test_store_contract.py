@@ -599,6 +599,10 @@ def test_a_store_from_before_secure_delete_is_cleared_of_dead_keys_once(tmp_path
     live = run_jobs(store)
     # Undo migrations 5 and later, so that opening it again runs them as an upgrade would.
     for statement in (
+        "DROP INDEX tokens_by_idempotency_key",
+        "ALTER TABLE tokens DROP COLUMN idempotency_key_hash",
+        "ALTER TABLE tokens DROP COLUMN arguments_hash",
+        "ALTER TABLE tokens DROP COLUMN sealed_secret",
         "DROP TABLE job_usage",
         "ALTER TABLE workers DROP COLUMN health",
         "DROP TABLE stacks",

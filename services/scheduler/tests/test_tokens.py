@@ -4,9 +4,12 @@ committed (with its audit event), and the checks on each call follow the engine'
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from boruta_scheduler.app.audit import AuditLog
@@ -14,12 +17,21 @@ from boruta_scheduler.app.engine import Engine
 from boruta_scheduler.app.tokens import TokenAuthority
 from boruta_scheduler.app.watch import Publishers
 from boruta_scheduler.core import Core
-from boruta_scheduler.errors import InvalidArgument, StoreUnavailable, Unauthenticated
-from boruta_scheduler.store import MemoryStore, Store
+from boruta_scheduler.core.tokens import SEAL_KEPT
+from boruta_scheduler.errors import (
+    FailedPrecondition,
+    IdempotencyKeyReused,
+    InvalidArgument,
+    StoreUnavailable,
+    Unauthenticated,
+)
+from boruta_scheduler.store import MemoryStore, Store, open_store
 from boruta_scheduler.types import Identity, Role
+from pg_kit import postgres_fixture, postgres_url_fixture  # noqa: F401 - fixtures
 from test_engine import Dryads, FillingStore, GatedStore, settle
 
 ROOT = Identity("root", role=Role.ADMIN)
+ADMIN = Identity("other-admin", role=Role.ADMIN)
 
 
 @dataclass
@@ -165,4 +177,69 @@ async def test_token_expiry_and_validation() -> None:
         with pytest.raises(InvalidArgument):
             await authority.issue(ROOT, user, [], False, ttl, "")
     assert [t.id for t in authority.list(ROOT)] == [1, record.id]
+    await tokens.engine.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a store lives: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("postgres_url"))
+    return f"sqlite://{tmp_path / 'boruta.db'}"
+
+
+async def test_a_retried_issue_gets_the_same_token_and_secret_across_a_restart(
+    store_url: str,
+) -> None:
+    """The idempotency key is stored with its token: a retry after a restart (or a
+    takeover, which loads the same database) finds it, and the secret sealed with it."""
+    now = [1_700_000_000.0]
+    key = str(uuid.uuid4())
+    store = open_store(store_url)
+    tokens = start_tokens(store, clock=lambda: now[0])
+    record, secret = await tokens.authority.issue(ROOT, "ci", ["lab"], False, None, "", key)
+    again = await tokens.authority.issue(ROOT, "ci", ["lab"], False, None, "", key)
+    assert again == (record, secret)
+    with pytest.raises(IdempotencyKeyReused, match=f"for token {record.id}, with other"):
+        await tokens.authority.issue(ROOT, "ci", ["lab"], False, None, "other", key)
+    # Keys are per admin: another admin's call with the same key is another token.
+    other, _ = await tokens.authority.issue(ADMIN, "ci", ["lab"], False, None, "", key)
+    assert other.id == record.id + 1
+    await tokens.engine.stop()
+    store.close()
+
+    now[0] += SEAL_KEPT - 1
+    store = open_store(store_url)
+    tokens = start_tokens(store, clock=lambda: now[0])
+    retried = await tokens.authority.issue(ROOT, "ci", ["lab"], False, None, "", key)
+    assert retried == (record, secret)
+    assert tokens.authority.identify(secret).user == "ci"
+    assert [t.id for t in tokens.authority.list(ROOT)] == [record.id, other.id]
+    # After SEAL_KEPT the store no longer holds the sealed secret, and a retry is refused.
+    now[0] += 1
+    with pytest.raises(FailedPrecondition, match=f"revoke token {record.id} and issue"):
+        await tokens.authority.issue(ROOT, "ci", ["lab"], False, None, "", key)
+    assert [t.sealed_secret for t in store.load().tokens] == [None, None]
+    assert len(tokens.authority.list(ROOT)) == 2
+    await tokens.engine.stop()
+    store.close()
+
+
+async def test_a_stored_key_and_seal_do_not_give_the_secret() -> None:
+    """What the store keeps of a key-issued token: hashes of the key and the secret, and
+    the secret sealed with a pad the key gives; none of them is the key or the secret."""
+    store = MemoryStore()
+    tokens = start_tokens(store)
+    key = str(uuid.uuid4())
+    _, secret = await tokens.authority.issue(ROOT, "ci", [], False, None, "", key)
+    stored = store.load().tokens[0]
+    raw = base64.urlsafe_b64decode(secret.partition(".")[2] + "=")
+    kept = (stored.idempotency_key_hash, stored.sealed_secret, stored.secret_hash)
+    assert stored.sealed_secret is not None and stored.sealed_secret != raw
+    for value in kept:
+        assert key.encode() not in value and secret.encode() not in value and raw not in value
+    for short in ("too-short", "x" * 129, "tab\there-and-longer"):
+        with pytest.raises(InvalidArgument, match="idempotency_key"):
+            await tokens.authority.issue(ROOT, "ci", [], False, None, "", short)
+    assert len(store.load().tokens) == 1
     await tokens.engine.stop()

@@ -31,10 +31,13 @@ from boruta_client._diagnose import explain
 from boruta_client._resume import RequestResume, Resume, WorkerResume
 from boruta_client._rpc import code_of, reason_of, translate, went_away
 from boruta_client.errors import (
+    AlreadyExists,
     BorutaError,
+    NotFound,
     RequestEnded,
     ScheduleTimeout,
     Unavailable,
+    WorkerNotFound,
     WrongRequestState,
 )
 from boruta_client.lease import (
@@ -314,6 +317,21 @@ class AsyncClient(ClientBase):
         except grpc.RpcError as error:
             raise await self._failure(error) from None
 
+    async def _call_or_done(
+        self, pick: Pick[Ask, Reply], message: Ask, done: type[BorutaError]
+    ) -> Reply | BorutaError:
+        """Make the call; a failure of type done met only by a retry after a lost
+        connection is returned rather than raised: the first attempt may have done what
+        was asked, its answer lost (docs/api.md, "Calls safe to retry")."""
+        retried: list[grpc.RpcError] = []
+        try:
+            return await self._invoke(pick, message, retried=retried)
+        except grpc.RpcError as error:
+            failure = await self._failure(error)
+            if retried and isinstance(failure, done):
+                return failure
+            raise failure from None
+
     async def _pages(
         self,
         pick: Pick[PageAsk, Page],
@@ -461,23 +479,30 @@ class AsyncClient(ClientBase):
     async def close_request(self, request_id: int) -> Request:
         """Cancel a waiting request or end its job; returns it in its final state."""
         message = requests_pb2.CloseRequestRequest(request_id=request_id)
-        retried: list[grpc.RpcError] = []
-        try:
-            reply = await self._invoke(lambda s: s.requests.CloseRequest, message, retried=retried)
-        except grpc.RpcError as error:
-            failure = await self._failure(error)
-            if retried and isinstance(failure, WrongRequestState):
-                # An earlier attempt may have closed it, its answer lost with the scheduler
-                # (a kill, a takeover): a request ended as a close ends it is what we asked.
-                request = await self.get_request(request_id)
-                if request.state in (RequestState.DONE, RequestState.CANCELLED):
-                    return request
-            raise failure from None
+        reply = await self._call_or_done(
+            lambda s: s.requests.CloseRequest, message, WrongRequestState
+        )
+        if isinstance(reply, BorutaError):
+            # An earlier attempt may have closed it, its answer lost with the scheduler
+            # (a kill, a takeover): a request ended as a close ends it is what we asked.
+            request = await self.get_request(request_id)
+            if request.state in (RequestState.DONE, RequestState.CANCELLED):
+                return request
+            raise reply
         return convert.request(reply.request)
 
-    async def prolong_access(self, request_id: int) -> Job:
-        """Push the job's timeout further, within the scheduler's limits."""
-        message = requests_pb2.ProlongAccessRequest(request_id=request_id)
+    async def prolong_access(self, request_id: int, *, prolong_count: int | None = None) -> Job:
+        """Push the job's timeout further, within the scheduler's limits.
+
+        The call sends the job's prolong_count as last seen (given, else read first), so a
+        retry after a dropped connection, or a prolong by someone else meanwhile, does not
+        count twice: it returns the job as it is."""
+        if prolong_count is None:
+            job = (await self.get_request(request_id)).job
+            prolong_count = None if job is None else job.prolong_count
+        message = requests_pb2.ProlongAccessRequest(
+            request_id=request_id, prolong_count=prolong_count
+        )
         return convert.job((await self._call(lambda s: s.requests.ProlongAccess, message)).job)
 
     async def acquire_worker(
@@ -629,10 +654,19 @@ class AsyncClient(ClientBase):
         admin: bool = False,
         ttl: float | None = None,
         description: str = "",
+        idempotency_key: str | None = None,
     ) -> IssuedToken:
-        """A bearer token for user (admins only); its secret is shown this once."""
+        """A bearer token for user (admins only); its secret is shown this once.
+
+        The call carries an idempotency key (a new random one unless given), so that a
+        retry after a dropped connection gets the same token and secret instead of a
+        second token (within 10 minutes of the first attempt; see docs/security.md)."""
         message = tokens_pb2.IssueTokenRequest(
-            user=user, groups=list(groups), admin=admin, description=description
+            user=user,
+            groups=list(groups),
+            admin=admin,
+            description=description,
+            idempotency_key=idempotency_key or str(uuid.uuid4()),
         )
         if ttl is not None:
             message.ttl.FromNanoseconds(round(ttl * 1e9))
@@ -696,15 +730,27 @@ class AsyncClient(ClientBase):
         return convert.worker((await self._call(lambda s: s.workers.SetGroups, message)).worker)
 
     async def deregister_worker(self, uuid: str) -> None:
-        """Remove a worker in MAINTENANCE or FAILED. Admins only."""
+        """Remove a worker in MAINTENANCE or FAILED. Admins only.
+
+        A call retried after its connection dropped takes NOT_FOUND as done: the first
+        attempt may have removed the worker, its answer lost. So a mistyped UUID raises
+        WorkerNotFound, except in that rare case, where it returns as if removed."""
         message = workers_pb2.DeregisterRequest(worker_uuid=uuid)
-        await self._call(lambda s: s.workers.Deregister, message)
+        await self._call_or_done(lambda s: s.workers.Deregister, message, WorkerNotFound)
 
     async def create_stack(self, name: str, worker_uuids: Iterable[str]) -> Stack:
         """Name two or more registered workers wired together, none in another stack. Admins
-        only."""
+        only. A retry after a dropped connection that finds the stack made, of the same
+        workers, returns it (the first attempt made it, its answer lost)."""
         message = workers_pb2.CreateStackRequest(name=name, worker_uuids=list(worker_uuids))
-        return convert.stack((await self._call(lambda s: s.workers.CreateStack, message)).stack)
+        reply = await self._call_or_done(lambda s: s.workers.CreateStack, message, AlreadyExists)
+        if isinstance(reply, BorutaError):
+            wanted = set(message.worker_uuids)
+            for stack in await self.list_stacks():
+                if stack.name == name and set(stack.worker_uuids) == wanted:
+                    return stack
+            raise reply
+        return convert.stack(reply.stack)
 
     async def list_stacks(self) -> list[Stack]:
         """Every stack by name, with the request holding it. Admins only."""
@@ -713,9 +759,11 @@ class AsyncClient(ClientBase):
         return [convert.stack(info) for info in reply.stacks]
 
     async def delete_stack(self, name: str) -> None:
-        """Forget a stack; its collateral is free at once. Admins only."""
+        """Forget a stack; its collateral is free at once. Admins only. A retry after a
+        dropped connection takes NOT_FOUND as done, as deregister_worker does (so a
+        mistyped name passes silently in that rare case)."""
         message = workers_pb2.DeleteStackRequest(name=name)
-        await self._call(lambda s: s.workers.DeleteStack, message)
+        await self._call_or_done(lambda s: s.workers.DeleteStack, message, NotFound)
 
     async def watch_workers(
         self,

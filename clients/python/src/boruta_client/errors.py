@@ -51,7 +51,8 @@ class ProlongLimitReached(FailedPrecondition):
 
 
 class IdempotencyKeyReused(FailedPrecondition):
-    """new_request's idempotency key was used before, by you, with other arguments."""
+    """An idempotency key (new_request's, issue_token's) was used before, by you, with
+    other arguments."""
 
 
 class ResourceExhausted(BorutaError):

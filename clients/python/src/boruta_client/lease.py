@@ -326,7 +326,9 @@ class AsyncLease:
         while True:
             await asyncio.sleep(next_prolong_delay(board.job, datetime.now(UTC), lead, moved))
             try:
-                job = await self._client.prolong_access(board.request.id)
+                job = await self._client.prolong_access(
+                    board.request.id, prolong_count=board.job.prolong_count
+                )
             except BorutaError as error:
                 if not should_retry_prolong(error):
                     board.prolong_error = error

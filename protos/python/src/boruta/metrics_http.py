@@ -11,11 +11,12 @@ TLS it serves only on loopback and only when anonymous scrapes are allowed.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,8 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from boruta import pki
 from boruta.address import split_host_port
@@ -46,6 +49,16 @@ TokenCheck = Callable[[str], object]
 # dashboard's live events) is a request in progress and is not cut.
 REQUEST_TIMEOUT = 10.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Connections held open at most, in all and from one client address; beyond, a new one is
+# closed as soon as it is accepted. Each open connection holds a file descriptor, which the
+# process's other ports (gRPC) need too.
+MAX_CONNECTIONS = 256
+MAX_CONNECTIONS_PER_ADDRESS = 64
+# Pauses of the accept loop while the process has no file descriptor to spare (EMFILE):
+# the connection waits in the listen backlog instead of the loop trying again at once.
+ACCEPT_PAUSE_FIRST = 0.05
+ACCEPT_PAUSE_MOST = 1.0
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class _Deadlines:
@@ -95,6 +108,73 @@ class _Deadlines:
                 self.arm(connection)
 
 
+class _Throttle:
+    """Counts events, and says when one is to be logged: the first of a quiet spell, then
+    at most one every REFUSAL_LOG_INTERVAL seconds."""
+
+    def __init__(self) -> None:
+        self._count = 0  # events since the last one logged
+        self._next_log = 0.0
+
+    def count(self) -> int:
+        """Count one event; the events to log now (this one included), or 0: not yet."""
+        self._count += 1
+        now = time.monotonic()
+        if now < self._next_log:
+            return 0
+        counted, self._count = self._count, 0
+        self._next_log = now + REFUSAL_LOG_INTERVAL
+        return counted
+
+
+class _Connections(Collector):
+    """The connections the port holds open (each until its socket is closed, whoever closes
+    it), which it admits within its limits; a collector of their metrics."""
+
+    def __init__(self, most: int, most_per_address: int) -> None:
+        self._most = most
+        self._most_per_address = most_per_address
+        self._open: dict[socket.socket, str] = {}
+        self.refused = {"total": 0, "per_address": 0}
+
+    def admit(self, conn: socket.socket, address: str) -> str:
+        """ "" if conn may be served (and it is counted from now on), else the limit it
+        would pass: "total" or "per_address"."""
+        self._forget_closed()
+        if len(self._open) >= self._most:
+            limit = "total"
+        elif sum(1 for a in self._open.values() if a == address) >= self._most_per_address:
+            limit = "per_address"
+        else:
+            self._open[conn] = address
+            return ""
+        self.refused[limit] += 1
+        return limit
+
+    def __len__(self) -> int:
+        self._forget_closed()
+        return len(self._open)
+
+    def _forget_closed(self) -> None:
+        # A socket is closed by its transport when its connection ends (an answer, a
+        # deadline, a failed handshake): no callback is needed to see it go.
+        for conn in [c for c in self._open if c.fileno() == -1]:
+            del self._open[conn]
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "boruta_http_connections", "Connections the HTTP port holds open.", value=len(self)
+        )
+        refused = CounterMetricFamily(
+            "boruta_http_connections_refused",
+            "Connections the HTTP port closed at once, over a limit on open connections.",
+            labels=["limit"],
+        )
+        for limit, count in sorted(self.refused.items()):
+            refused.add_metric([limit], count)
+        yield refused
+
+
 class _PeerContext:
     """What PeerCertificates reads a gRPC context for, from an HTTPS connection."""
 
@@ -128,6 +208,8 @@ class MetricsServer:
         setting: str = "metrics_listen",
         extend: Callable[[web.Application], None] | None = None,
         request_timeout: float = REQUEST_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+        max_connections_per_address: int = MAX_CONNECTIONS_PER_ADDRESS,
     ) -> None:
         check_options(listen, tls, anonymous, setting)
         self.registry = registry
@@ -143,9 +225,12 @@ class MetricsServer:
         self._runner: web.AppRunner | None = None
         self._deadlines = _Deadlines(request_timeout)
         self._request_timeout = request_timeout
-        self._listener: asyncio.AbstractServer | None = None
-        self._refused = 0  # refusals since the last line logged about them
-        self._next_refusal_log = 0.0
+        self._connections = _Connections(max_connections, max_connections_per_address)
+        self._sock: socket.socket | None = None
+        self._acceptor: asyncio.Task[None] | None = None
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self._refusals = _Throttle()
+        self._pauses = _Throttle()
         self.port = 0
 
     def pending_deadlines(self) -> int:
@@ -181,15 +266,70 @@ class MetricsServer:
             self._deadlines.arm(handler)
             return handler
 
-        # Served here rather than by aiohttp's SockSite, which sets no handshake deadline
-        # and no deadline for a request to arrive.
-        ssl_context = self._ssl_context()
-        handshake = {} if ssl_context is None else {"ssl_handshake_timeout": self._request_timeout}
-        self._listener = await asyncio.get_running_loop().create_server(
-            connection, sock=sock, ssl=ssl_context, **handshake
+        # Served here rather than by aiohttp's SockSite (or loop.create_server), which set
+        # no handshake deadline, no deadline for a request to arrive and no limit on the
+        # connections held open.
+        self.registry.register(self._connections)
+        self._sock = sock
+        self._acceptor = asyncio.get_running_loop().create_task(
+            self._accept(sock, connection, self._ssl_context()), name="http-accept"
         )
         self.port = sock.getsockname()[1]
         return self.port
+
+    async def _accept(
+        self, sock: socket.socket, connection: Callable[[], Any], tls: ssl.SSLContext | None
+    ) -> None:
+        """Accept connections for ever: each within the limits is served, the others are
+        closed at once; out of file descriptors, wait (growing pauses) rather than spin."""
+        loop = asyncio.get_running_loop()
+        pause = ACCEPT_PAUSE_FIRST
+        while True:
+            try:
+                conn, peer = await loop.sock_accept(sock)
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    if sock.fileno() == -1:
+                        return
+                    continue  # that one connection failed (e.g. reset while queued)
+                self._log_pause(exc)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, ACCEPT_PAUSE_MOST)
+                continue
+            pause = ACCEPT_PAUSE_FIRST
+            address = peer[0] if isinstance(peer, tuple) else str(peer)
+            if self._connections.admit(conn, address):
+                conn.close()
+                continue
+            task = loop.create_task(self._serve(conn, connection, tls))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _serve(
+        self, conn: socket.socket, connection: Callable[[], Any], tls: ssl.SSLContext | None
+    ) -> None:
+        """Hand an accepted connection to aiohttp, after its TLS handshake if any."""
+        conn.setblocking(False)
+        handshake = {} if tls is None else {"ssl_handshake_timeout": self._request_timeout}
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                connection, conn, ssl=tls, **handshake
+            )
+        except (OSError, TimeoutError):  # SSLError and ConnectionError are OSErrors
+            conn.close()  # a failed or slow handshake: nothing to serve
+
+    def _log_pause(self, error: OSError) -> None:
+        """One line a minute at most about accepting paused for want of resources."""
+        pauses = self._pauses.count()
+        if pauses:
+            log.warning(
+                "HTTP port cannot accept: out of file descriptors; accepting paused",
+                extra={"error": error.strerror, "pauses": pauses},
+            )
+
+    def open_connections(self) -> int:
+        """Connections the port holds open (for tests)."""
+        return len(self._connections)
 
     def _bind(self) -> socket.socket:
         """The listening socket, bound here so that port 0 tells which port it got."""
@@ -217,14 +357,18 @@ class MetricsServer:
         return sock
 
     async def stop(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
+        tasks = [t for t in (self._acceptor, *self._handshakes) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._acceptor = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+            self.registry.unregister(self._connections)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self._listener is not None:
-            await self._listener.wait_closed()
-            self._listener = None
 
     def caller(
         self, request: web.Request, *, anonymous: bool, token: str = ""
@@ -263,16 +407,11 @@ class MetricsServer:
     def log_refusal(self, peer: str, status: int) -> None:
         """One line a minute at most: anyone who reaches the port could otherwise write a
         line per request. The first refusal of a quiet spell is logged at once."""
-        self._refused += 1
-        now = time.monotonic()
-        if now < self._next_refusal_log:
-            return
-        log.warning(
-            "HTTP request refused",
-            extra={"peer": peer, "status": status, "refusals": self._refused},
-        )
-        self._refused = 0
-        self._next_refusal_log = now + REFUSAL_LOG_INTERVAL
+        refusals = self._refusals.count()
+        if refusals:
+            log.warning(
+                "HTTP request refused", extra={"peer": peer, "status": status, "refusals": refusals}
+            )
 
     async def _metrics(self, request: web.Request) -> web.Response:
         refused = self._refusal(request)

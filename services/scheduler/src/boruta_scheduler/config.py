@@ -83,6 +83,11 @@ class ServerConfig:
     metrics_listen: str = ""
     # Serve metrics to scrapes that show no certificate or token (loopback demos, tests).
     metrics_anonymous: bool = False
+    # Connections the HTTP port holds open at most, in all and from one address: beyond,
+    # it closes new ones at once, so that nobody can take the file descriptors the gRPC
+    # ports need.
+    metrics_max_connections: int = 256
+    metrics_max_connections_per_address: int = 64
     # Serve the read-only dashboard on the HTTP port, and how often it samples utilisation.
     dashboard: bool = True
     dashboard_sample_interval: float = 60.0
@@ -186,6 +191,18 @@ _OPTIONS = [
         "server",
         "bool",
         "serve metrics to scrapes without a certificate or token (needed without TLS)",
+    ),
+    _Option(
+        "metrics_max_connections",
+        "server",
+        "int",
+        "most connections the HTTP port holds open; it closes new ones beyond",
+    ),
+    _Option(
+        "metrics_max_connections_per_address",
+        "server",
+        "int",
+        "most connections the HTTP port holds open from one client address",
     ),
     _Option("dashboard", "server", "bool", "serve the read-only dashboard on the HTTP port"),
     _Option(
@@ -314,6 +331,12 @@ def load_config(
             server.metrics_listen,
             f"--metrics-listen (or {env_name('metrics_listen')})",
             listen=True,
+        )
+    if not 0 < server.metrics_max_connections_per_address <= server.metrics_max_connections:
+        raise ValueError(
+            "metrics_max_connections_per_address "
+            f"({server.metrics_max_connections_per_address}) must be at least 1 and at most "
+            f"metrics_max_connections ({server.metrics_max_connections})"
         )
     if not 0 < server.lease_renew < server.lease:
         raise ValueError(

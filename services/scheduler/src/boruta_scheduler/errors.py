@@ -97,7 +97,8 @@ class ProlongLimitReached(FailedPrecondition):
 
 
 class IdempotencyKeyReused(FailedPrecondition):
-    """NewRequest's idempotency key was used before by the same owner with other arguments."""
+    """An idempotency key (NewRequest's, IssueToken's) was used before by the same caller with
+    other arguments."""
 
     reason = ErrorReason.ERROR_REASON_IDEMPOTENCY_KEY_REUSED
 

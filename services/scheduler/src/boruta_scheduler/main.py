@@ -111,6 +111,8 @@ def http_port(
         anonymous=server.metrics_anonymous,
         setting="--metrics-listen or BORUTA_METRICS_LISTEN",
         extend=None if dashboard is None else dashboard.routes,
+        max_connections=server.metrics_max_connections,
+        max_connections_per_address=server.metrics_max_connections_per_address,
     )
     if dashboard is not None:
         dashboard.http = http

@@ -307,6 +307,12 @@ class TokenRecord:
     description: str
     revoked_at: float | None = None
     id: int = 0
+    # IssueToken's idempotency key, hashed with the issuer's name (empty: none), a hash of
+    # the call's arguments, and the secret sealed with a pad only the key gives, kept for
+    # SEAL_KEPT seconds after issuing (app/tokens.py; None: cleared, or no key).
+    idempotency_key_hash: bytes = b""
+    arguments_hash: str = ""
+    sealed_secret: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,9 +61,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     INTERNAL.
     """
     ERROR_REASON_IDEMPOTENCY_KEY_REUSED: _ErrorReason.ValueType  # 17
-    """NewRequest's idempotency_key was already used by the same owner for a request with
-    other arguments: use a new key for a new request, or repeat the first call's
-    arguments exactly. FAILED_PRECONDITION.
+    """An idempotency_key (NewRequest's, or IssueToken's) was already used by the same caller
+    for a call with other arguments: use a new key for a new call, or repeat the first
+    call's arguments exactly. FAILED_PRECONDITION.
     """
     ERROR_REASON_ALREADY_EXISTS: _ErrorReason.ValueType  # 18
     """The thing the call would make exists already, e.g. a stack of that name: pick another
@@ -116,9 +116,9 @@ ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 16
 INTERNAL.
 """
 ERROR_REASON_IDEMPOTENCY_KEY_REUSED: ErrorReason.ValueType  # 17
-"""NewRequest's idempotency_key was already used by the same owner for a request with
-other arguments: use a new key for a new request, or repeat the first call's
-arguments exactly. FAILED_PRECONDITION.
+"""An idempotency_key (NewRequest's, or IssueToken's) was already used by the same caller
+for a call with other arguments: use a new key for a new call, or repeat the first
+call's arguments exactly. FAILED_PRECONDITION.
 """
 ERROR_REASON_ALREADY_EXISTS: ErrorReason.ValueType  # 18
 """The thing the call would make exists already, e.g. a stack of that name: pick another

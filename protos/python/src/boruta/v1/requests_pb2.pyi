@@ -604,18 +604,29 @@ class ProlongAccessRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PROLONG_COUNT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     """Request whose job to prolong; it must be IN_PROGRESS."""
+    prolong_count: _builtins.int
+    """The job's prolong_count as the caller last saw it (JobInfo.prolong_count), which makes
+    the call safe to retry. When set and the job was already prolonged more times than
+    this (by an earlier attempt of this call whose answer was lost, or by another caller
+    since), the call changes nothing and returns the job as it is. More than the job's
+    count is INVALID_ARGUMENT. Unset: prolong whatever the count, as before this field.
+    """
     def __init__(
         self,
         *,
         request_id: _builtins.int = ...,
+        prolong_count: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_prolong_count", b"_prolong_count", "prolong_count", b"prolong_count"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_prolong_count", b"_prolong_count", "prolong_count", b"prolong_count", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__prolong_count: _TypeAlias = _typing.Literal["prolong_count"]  # noqa: Y015
+    _WhichOneofArgType__prolong_count: _TypeAlias = _typing.Literal["_prolong_count", b"_prolong_count"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__prolong_count) -> _WhichOneofReturnType__prolong_count | None: ...
 
 Global___ProlongAccessRequest: _TypeAlias = ProlongAccessRequest  # noqa: Y015
 

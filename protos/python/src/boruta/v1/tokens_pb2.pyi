@@ -93,12 +93,21 @@ class IssueTokenRequest(_message.Message):
     ADMIN_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     user: _builtins.str
     """User name (1 to 64 letters, digits and . _ - @)."""
     admin: _builtins.bool
     """Make the token an admin's."""
     description: _builtins.str
     """What the token is for (at most 200 characters)."""
+    idempotency_key: _builtins.str
+    """Makes the call safe to retry (16 to 128 printable characters; a random UUID, new for
+    each token). An IssueToken whose key the same admin already used issues nothing: within
+    10 minutes of the first call it returns the same token and secret again; later it fails
+    with FAILED_PRECONDITION (the secret is no longer kept; revoke that token). The same
+    key with other arguments is FAILED_PRECONDITION, reason IDEMPOTENCY_KEY_REUSED. Empty:
+    every call issues a new token. See docs/security.md, "Retried IssueToken".
+    """
     @_builtins.property
     def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The user's groups."""
@@ -115,10 +124,11 @@ class IssueTokenRequest(_message.Message):
         admin: _builtins.bool = ...,
         ttl: _duration_pb2.Duration | None = ...,
         description: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin", b"admin", "description", b"description", "groups", b"groups", "ttl", b"ttl", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin", b"admin", "description", b"description", "groups", b"groups", "idempotency_key", b"idempotency_key", "ttl", b"ttl", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

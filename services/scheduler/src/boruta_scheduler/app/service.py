@@ -392,7 +392,9 @@ class SchedulerService:
         self.audit.record(who, "AcquireWorker", *events.access_handed_out(view))
         return view
 
-    async def prolong_access(self, who: Identity, request_id: int) -> JobView:
+    async def prolong_access(
+        self, who: Identity, request_id: int, seen_count: int | None = None
+    ) -> JobView:
         check_id(request_id)
         try:
             return await self.engine.execute(
@@ -401,7 +403,9 @@ class SchedulerService:
                     "ProlongAccess",
                     events.access_prolonged(request_id),
                     as_owner(
-                        who, request_id, lambda core, now: core.prolong_access(now, request_id)
+                        who,
+                        request_id,
+                        lambda core, now: core.prolong_access(now, request_id, seen_count),
                     ),
                 )
             )

@@ -9,8 +9,10 @@ and a token counts only once it is durable.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import json
 import re
 import secrets
 import time
@@ -21,10 +23,14 @@ from boruta import pki
 from boruta_scheduler.app.audit import AuditLog
 from boruta_scheduler.app.engine import Command, Engine
 from boruta_scheduler.core import Changes, Core, Policy
+from boruta_scheduler.core.idempotency import check_key
 from boruta_scheduler.errors import InvalidArgument, Unauthenticated
 from boruta_scheduler.types import Identity, Role, TokenRecord
 
 DEFAULT_TTL = 90 * 86400.0
+SECRET_BYTES = 32  # the size of the pad (sha256)
+# An IssueToken idempotency key seals the secret kept for a retry: a short one is guessable.
+MIN_KEY_CHARS = 16
 MAX_TTL = 3650 * 86400.0
 # Only its name rules are used; they do not depend on the farm's scheduling policy.
 NAME_RULES = Policy()
@@ -33,6 +39,35 @@ _TOKEN_ID = re.compile(r"[0-9]{1,19}")  # ASCII digits only: str.isdigit() also 
 
 def _hash(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
+
+
+def _text(raw: bytes) -> str:
+    """A secret's text: its bytes in URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _key_hash(issuer: str, key: str) -> bytes:
+    """What the store keeps of an IssueToken idempotency key: a hash, per issuer."""
+    return hashlib.sha256(
+        b"boruta IssueToken key\0" + issuer.encode() + b"\0" + key.encode()
+    ).digest()
+
+
+def _pad(key: str, key_hash: bytes) -> bytes:
+    """The pad that seals a secret: it takes the key itself, which the store never holds."""
+    return hmac.new(key.encode(), b"boruta IssueToken seal\0" + key_hash, hashlib.sha256).digest()
+
+
+def _xor(data: bytes, pad: bytes) -> bytes:
+    return bytes(a ^ b for a, b in zip(data, pad, strict=True))
+
+
+def _arguments_hash(
+    user: str, groups: Iterable[str], admin: bool, ttl: float | None, description: str
+) -> str:
+    """A hash of IssueToken's arguments as sent (an unset ttl stays unset)."""
+    text = json.dumps([user, sorted(set(groups)), admin, ttl, description])
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class TokenAuthority:
@@ -66,8 +101,19 @@ class TokenAuthority:
         admin: bool,
         ttl: float | None,
         description: str,
+        idempotency_key: str = "",
     ) -> tuple[TokenRecord, str]:
-        """A new token and its secret, which is never stored or shown again."""
+        """A new token and its secret, which is never stored or shown again; with an
+        idempotency key who used before, the token it issued and the same secret (see
+        docs/security.md, "Retried IssueToken")."""
+        if idempotency_key:
+            check_key(idempotency_key)
+            if len(idempotency_key) < MIN_KEY_CHARS:
+                raise InvalidArgument(
+                    f"idempotency_key must be at least {MIN_KEY_CHARS} characters (it seals "
+                    "the secret kept for a retry); a random UUID is a good key"
+                )
+        asked = _arguments_hash(user, groups, admin, ttl, description)
         # The same rules as a certificate's name and a worker's groups, defined there once.
         try:
             pki.check_name(user)
@@ -79,12 +125,27 @@ class TokenAuthority:
         ttl = DEFAULT_TTL if ttl is None else ttl
         if not 0 < ttl <= MAX_TTL:
             raise InvalidArgument("ttl must be more than 0 and at most 3650 days")
-        secret = secrets.token_urlsafe(32)
-        secret_hash = _hash(secret)
+        raw = secrets.token_bytes(SECRET_BYTES)
+        secret = _text(raw)
+        key_hash = b""
+        sealed = None
+        if idempotency_key:
+            key_hash = _key_hash(who.user, idempotency_key)
+            sealed = _xor(raw, _pad(idempotency_key, key_hash))
 
         def issue(core: Core, now: float) -> TokenRecord:
             token = TokenRecord(
-                user, names, admin, secret_hash, now, now + ttl, who.user, description
+                user,
+                names,
+                admin,
+                _hash(secret),
+                now,
+                now + ttl,
+                who.user,
+                description,
+                idempotency_key_hash=key_hash,
+                arguments_hash=asked if idempotency_key else "",
+                sealed_secret=sealed,
             )
             return core.issue_token(token)
 
@@ -92,6 +153,11 @@ class TokenAuthority:
         record = await self._engine.execute(
             self._recorded(who, "IssueToken", issue, lambda r: f"for {kind} {r.user}")
         )
+        if record.secret_hash != _hash(secret):
+            # A retry: the token the key issued before, whose secret only the key unseals.
+            assert record.sealed_secret is not None  # else the core refused the retry
+            secret = _text(_xor(record.sealed_secret, _pad(idempotency_key, key_hash)))
+            assert hmac.compare_digest(record.secret_hash, _hash(secret))
         return record, f"{record.id}.{secret}"
 
     def list(self, who: Identity) -> list[TokenRecord]:

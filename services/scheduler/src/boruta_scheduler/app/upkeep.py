@@ -91,8 +91,9 @@ class StoreUpkeep:
 
     def note_commit(self, changes: Changes) -> None:
         """Want a scrub if committing changes may leave a dropped key in the files."""
-        if changes.requests or changes.workers or changes.removed_workers:
-            # A job's end or a new prepared key drops the key the rows held before.
+        if changes.requests or changes.workers or changes.removed_workers or changes.tokens:
+            # A job's end or a new prepared key drops the key the rows held before; a
+            # token's sealed secret is cleared a while after its issue.
             self._scrub_wanted = True
 
     async def housekeep(self) -> Upkeep:

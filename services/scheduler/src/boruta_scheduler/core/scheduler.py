@@ -364,7 +364,8 @@ class Core:
 
     def next_timer(self) -> float | None:
         """When tick() next has work to do, or None."""
-        return self._timers.next_due()
+        due = [t for t in (self._timers.next_due(), self._tokens.next_unseal()) if t is not None]
+        return min(due, default=None)
 
     def drain(self) -> Changes:
         """Hand out and forget everything that changed since the last drain."""
@@ -373,9 +374,11 @@ class Core:
     # ------------------------------------------------------------ token commands
 
     def issue_token(self, token: TokenRecord) -> TokenRecord:
-        """Keep a new bearer token under the next id (the caller checked its fields)."""
-        record = self._tokens.issue(token)
-        self._out.token(record)
+        """Keep a new bearer token under the next id (the caller checked its fields), or
+        return the one its idempotency key issued (see TokenTable.issue)."""
+        record, new = self._tokens.issue(token)
+        if new:
+            self._out.token(record)
         return record
 
     def revoke_token(self, now: float, token_id: int) -> TokenRecord:
@@ -719,8 +722,10 @@ class Core:
             self._match_request(request, now)
         return request.view()
 
-    def prolong_access(self, now: float, request_id: int) -> JobView:
-        """Push the job's timeout to now + its step, within the prolong limits."""
+    def prolong_access(self, now: float, request_id: int, seen_count: int | None = None) -> JobView:
+        """Push the job's timeout to now + its step, within the prolong limits; given the
+        prolong count the caller saw, a job prolonged since (a retry's first attempt) is
+        returned as it is."""
         request = self._live_request(request_id)
         job = request.job
         if request.state is not RequestState.IN_PROGRESS or job is None:
@@ -728,6 +733,15 @@ class Core:
                 f"request {request_id} is {request.state.name}; only a request IN_PROGRESS "
                 "has a job to prolong"
             )
+        if seen_count is not None:
+            if seen_count > job.prolong_count:
+                raise InvalidArgument(
+                    f"prolong_count {seen_count} is more than the {job.prolong_count} times "
+                    f"the job of request {request_id} was prolonged; send the prolong_count "
+                    "the scheduler last returned, or none"
+                )
+            if seen_count < job.prolong_count:
+                return job.view()  # prolonged since the caller looked: this call is done
         if job.prolong_count >= self.policy.max_prolongs:
             raise ProlongLimitReached(
                 f"the job of request {request_id} was prolonged {job.prolong_count} times, "
@@ -998,6 +1012,8 @@ class Core:
 
     def tick(self, now: float) -> None:
         """Fire every timer due at or before now."""
+        for token in self._tokens.unseal(now):
+            self._out.token(token)
         newly_ready: list[Request] = []
         due_now: list[tuple[float, TimerKind, Target]] = []
         while (item := self._timers.pop_due(now)) is not None:

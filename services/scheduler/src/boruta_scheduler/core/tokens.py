@@ -4,10 +4,15 @@ commands like any other, committed with their audit event in the engine's batch.
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from collections.abc import Iterable
 
-from boruta_scheduler.errors import InvalidArgument
+from boruta_scheduler.errors import FailedPrecondition, IdempotencyKeyReused, InvalidArgument
 from boruta_scheduler.types import TokenRecord
+
+# How long after issuing a token with an idempotency key its sealed secret is kept, so that
+# a retry of the call can be answered with it (docs/security.md, "Retried IssueToken").
+SEAL_KEPT = 600.0
 
 
 class TokenTable:
@@ -17,13 +22,67 @@ class TokenTable:
     def __init__(self, records: Iterable[TokenRecord] = ()) -> None:
         self._records = {t.id: t for t in records}
         self._last_id = max(self._records, default=0)
+        self._by_key = {
+            (t.issued_by, t.idempotency_key_hash): t.id
+            for t in self._records.values()
+            if t.idempotency_key_hash
+        }
+        # Tokens whose secret is still sealed, oldest first.
+        self._sealed = deque(
+            sorted(t.id for t in self._records.values() if t.sealed_secret is not None)
+        )
 
-    def issue(self, token: TokenRecord) -> TokenRecord:
-        """Keep a new token (its id is ignored) under the next id."""
+    def issue(self, token: TokenRecord) -> tuple[TokenRecord, bool]:
+        """Keep a new token (its id is ignored) under the next id, or find the one its
+        idempotency key issued before; and whether it is new. A key reused with other
+        arguments, or past SEAL_KEPT, is refused."""
+        if token.idempotency_key_hash:
+            earlier_id = self._by_key.get((token.issued_by, token.idempotency_key_hash))
+            if earlier_id is not None:
+                return self._retried(self._records[earlier_id], token), False
         self._last_id += 1
         record = dataclasses.replace(token, id=self._last_id, revoked_at=None)
         self._records[record.id] = record
-        return record
+        if record.idempotency_key_hash:
+            self._by_key[(record.issued_by, record.idempotency_key_hash)] = record.id
+        if record.sealed_secret is not None:
+            self._sealed.append(record.id)
+        return record, True
+
+    @staticmethod
+    def _retried(earlier: TokenRecord, token: TokenRecord) -> TokenRecord:
+        """The token a retried IssueToken gets: the one its key issued, if still sealed."""
+        if earlier.arguments_hash != token.arguments_hash:
+            raise IdempotencyKeyReused(
+                f"{token.issued_by} already used this idempotency_key for token "
+                f"{earlier.id}, with other arguments; use a new key for a new token, or "
+                "repeat the first call's arguments exactly"
+            )
+        now = token.created_at
+        if earlier.sealed_secret is None or now >= earlier.created_at + SEAL_KEPT:
+            raise FailedPrecondition(
+                f"token {earlier.id} was issued for this idempotency_key "
+                f"{now - earlier.created_at:.0f} s ago, and its secret is kept for a retry "
+                f"only {SEAL_KEPT:.0f} s: revoke token {earlier.id} and issue a new one "
+                "with a new key"
+            )
+        return earlier
+
+    def next_unseal(self) -> float | None:
+        """When the oldest sealed secret is to be cleared, or None."""
+        return self._records[self._sealed[0]].created_at + SEAL_KEPT if self._sealed else None
+
+    def unseal(self, now: float) -> list[TokenRecord]:
+        """Clear the sealed secrets kept SEAL_KEPT seconds; the tokens changed."""
+        changed = []
+        while self._sealed:
+            record = self._records[self._sealed[0]]
+            if now < record.created_at + SEAL_KEPT:
+                break
+            self._sealed.popleft()
+            record = self._records[record.id] = dataclasses.replace(record, sealed_secret=None)
+            changed.append(record)
+        return changed
 
     def revoke(self, token_id: int, now: float) -> tuple[TokenRecord, bool]:
         """The token marked revoked at now, and whether it changed: a second revoke keeps

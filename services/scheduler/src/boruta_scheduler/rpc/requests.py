@@ -103,7 +103,8 @@ class RequestsServicer(requests_pb2_grpc.RequestsServicer):
     async def ProlongAccess(
         self, request: requests_pb2.ProlongAccessRequest, context: Context
     ) -> requests_pb2.ProlongAccessResponse:
-        job = await self._service.prolong_access(current_identity(), request.request_id)
+        seen = request.prolong_count if request.HasField("prolong_count") else None
+        job = await self._service.prolong_access(current_identity(), request.request_id, seen)
         return requests_pb2.ProlongAccessResponse(job=convert.job_info(job))
 
     async def WatchRequests(

@@ -29,6 +29,7 @@ class TokensServicer(tokens_pb2_grpc.TokensServicer):
             request.admin,
             ttl,
             request.description,
+            request.idempotency_key,
         )
         return tokens_pb2.IssueTokenResponse(token=convert.token_info(record), secret=secret)
 

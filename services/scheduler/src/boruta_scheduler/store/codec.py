@@ -316,6 +316,9 @@ def token_row(token: TokenRecord) -> dict[str, Any]:
         "revoked_at": token.revoked_at,
         "issued_by": token.issued_by,
         "description": token.description,
+        "idempotency_key_hash": token.idempotency_key_hash or None,
+        "arguments_hash": token.arguments_hash or None,
+        "sealed_secret": token.sealed_secret,
     }
 
 
@@ -331,6 +334,9 @@ def token_record(row: Row) -> TokenRecord:
         revoked_at=row["revoked_at"],
         issued_by=row["issued_by"],
         description=row["description"],
+        idempotency_key_hash=bytes(row["idempotency_key_hash"] or b""),
+        arguments_hash=row["arguments_hash"] or "",
+        sealed_secret=None if row["sealed_secret"] is None else bytes(row["sealed_secret"]),
     )
 
 

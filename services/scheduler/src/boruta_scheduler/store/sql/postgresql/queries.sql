@@ -126,14 +126,17 @@ ORDER BY seq DESC
 LIMIT %(limit)s;
 
 -- name: upsert_token
--- A token's only change after it is issued is its revocation.
+-- A token's only changes after it is issued are its revocation and its sealed secret's
+-- clearing.
 INSERT INTO tokens (
     id, "user", groups_json, admin, secret_hash, created_at, expires_at, revoked_at,
-    issued_by, description
+    issued_by, description, idempotency_key_hash, arguments_hash, sealed_secret
 ) VALUES (
     %(id)s, %(user)s, %(groups_json)s, %(admin)s, %(secret_hash)s, %(created_at)s,
-    %(expires_at)s, %(revoked_at)s, %(issued_by)s, %(description)s
-) ON CONFLICT (id) DO UPDATE SET revoked_at = EXCLUDED.revoked_at;
+    %(expires_at)s, %(revoked_at)s, %(issued_by)s, %(description)s,
+    %(idempotency_key_hash)s, %(arguments_hash)s, %(sealed_secret)s
+) ON CONFLICT (id) DO UPDATE SET
+    revoked_at = EXCLUDED.revoked_at, sealed_secret = EXCLUDED.sealed_secret;
 
 -- name: select_tokens
 SELECT * FROM tokens ORDER BY id;

@@ -110,15 +110,17 @@ ORDER BY seq DESC
 LIMIT :limit;
 
 -- name: upsert_token
--- A token's only change after it is issued is its revocation.
+-- A token's only changes after it is issued are its revocation and its sealed secret's
+-- clearing.
 INSERT INTO tokens (
     id, user, groups_json, admin, secret_hash, created_at, expires_at, revoked_at, issued_by,
-    description
+    description, idempotency_key_hash, arguments_hash, sealed_secret
 ) VALUES (
     :id, :user, :groups_json, :admin, :secret_hash, :created_at, :expires_at, :revoked_at,
-    :issued_by, :description
+    :issued_by, :description, :idempotency_key_hash, :arguments_hash, :sealed_secret
 )
-ON CONFLICT (id) DO UPDATE SET revoked_at = excluded.revoked_at;
+ON CONFLICT (id) DO UPDATE SET
+    revoked_at = excluded.revoked_at, sealed_secret = excluded.sealed_secret;
 
 -- name: select_tokens
 SELECT * FROM tokens ORDER BY id;
