@@ -16,10 +16,12 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 from access_kit import DryadProcess, dryad_toml
+from boruta.v1 import types_pb2
 from boruta_client import AsyncClient, FailureKind, Worker, WorkerState
 from boruta_dryad.devsshd import DevSshd
-from farm_kit import SchedulerProcess, schedctl_env
-from test_access_e2e import FAST_HEARTBEATS, farm_processes, prefix, sshd
+from conftest import start_scheduler
+from farm_kit import Farm, SchedulerProcess, schedctl_env
+from test_access_e2e import FAST_HEARTBEATS, farm_processes, one_board_dryad, prefix, sshd
 
 __all__ = ["prefix", "sshd"]  # fixtures: a private sshd, a unique job user prefix
 
@@ -234,3 +236,30 @@ async def test_a_board_that_fails_too_often_is_quarantined(
         await admin.set_worker_state(uuid, WorkerState.IDLE, "fixed for real")
         back = await until_state(admin, uuid, WorkerState.IDLE)
         assert not back.quarantined
+
+
+async def test_a_board_taken_out_of_service_is_not_reported_by_its_dryad(
+    sshd: DevSshd, prefix: str, tmp_path: Path
+) -> None:
+    """PutInMaintenance tells the dryad's own checks at once that the board is out, before
+    any heartbeat reply could (here none comes: the interval is an hour)."""
+    scheduler = await start_scheduler(tmp_path, heartbeat_interval=3600.0)
+    farm = Farm(f"127.0.0.1:{scheduler.port}")
+    dryad = one_board_dryad(farm, sshd, prefix, tmp_path / "dryad", sshd.host_key_public)
+    try:
+        await dryad.start()
+        assert dryad.link is not None
+        await dryad.link.wait_registered()
+        uuid = dryad.config.boards[0].uuid
+        await farm.admin.set_state(uuid, types_pb2.WORKER_STATE_IDLE)
+        await farm.admin.wait_worker(uuid, types_pb2.WORKER_STATE_IDLE)
+        # As the next heartbeat's reply would say.
+        dryad.link.states[uuid] = types_pb2.WORKER_STATE_IDLE
+        assert dryad.link.in_service(uuid)
+        await farm.admin.set_state(uuid, types_pb2.WORKER_STATE_MAINTENANCE)
+        await farm.admin.wait_worker(uuid, types_pb2.WORKER_STATE_MAINTENANCE)
+        assert not dryad.link.in_service(uuid)
+    finally:
+        await dryad.stop()
+        await farm.close()
+        await scheduler.stop(grace=0)

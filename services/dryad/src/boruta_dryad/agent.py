@@ -136,6 +136,10 @@ class SchedulerLink:
         """Return once the scheduler has acknowledged count heartbeats of the board."""
         await self._wait_until(lambda: self.heartbeats[uuid] >= count, timeout)
 
+    def left_service(self, uuid: str) -> None:
+        """The scheduler is taking the board out of service (PutInMaintenance came)."""
+        self.states[uuid] = types_pb2.WORKER_STATE_BUSY
+
     def in_service(self, uuid: str) -> bool:
         """Whether the scheduler last said the board is in service (IDLE, PREPARE, RUNNING)."""
         return self.states[uuid] in IN_SERVICE
