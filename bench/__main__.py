@@ -15,6 +15,7 @@ from bench import (
     core_bench,
     grpc_bench,
     heartbeat_bench,
+    hostile_bench,
     metrics_bench,
     multi_bench,
     restart_bench,
@@ -74,6 +75,7 @@ def render(
     multi: list[dict[str, object]] | None = None,
     usage: dict[str, dict[str, float]] | None = None,
     heartbeat: dict[str, float] | None = None,
+    hostile: list[dict[str, object]] | None = None,
 ) -> str:
     scales = core["scales"]
     mid = next(s for s in scales if s["workers"] == 1000)
@@ -116,6 +118,7 @@ def render(
         f"{verdict(worst_p99 < 1000)}. Flat from 100 x 1,000 to 10,000 x 100,000.",
         "",
         *(multi_bench.render(multi, when) if multi is not None else []),
+        *(hostile_bench.render(hostile, when) if hostile is not None else []),
         "## Memory per waiting request",
         "",
         f"- Core, measured with tracemalloc over 100,000 waiting requests: "
@@ -256,6 +259,7 @@ def main() -> None:
     core = core_bench.run()
     caps_memory = caps_memory_bench.run()
     multi = multi_bench.run()
+    hostile = hostile_bench.run()
     print("gRPC benchmarks ...", file=sys.stderr)
     rpc = asyncio.run(run_rpc())
     print("restart benchmark ...", file=sys.stderr)
@@ -285,6 +289,7 @@ def main() -> None:
         multi,
         usage,
         heartbeat,
+        hostile,
     )
     REPORT.write_text(report)
     print(report)

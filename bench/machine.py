@@ -29,6 +29,15 @@ def machine() -> str:
     )
 
 
+def measured(heading: str, when: str) -> list[str]:
+    """A section's first lines: its heading, when and where it was measured, under what load."""
+    return [
+        heading,
+        "",
+        f"Measured {when} on {machine()}; load average {os.getloadavg()[0]:.1f} at the end.",
+    ]
+
+
 def print_report(run: Callable[[], Results], render: Callable[[Results, str], list[str]]) -> None:
     """Run one benchmark and print its section of docs/benchmarks.md, dated, with the machine."""
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")

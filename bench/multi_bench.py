@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime
 import gc
-import os
 import random
 import time
 
@@ -27,7 +26,7 @@ from boruta_scheduler.types import RequestState, WorkerState
 
 from bench.core_bench import POLICY, T0, EventTimes, answer_prepares
 from bench.farmgen import BOARDS, FEATURES, GROUP_SETS, request_specs, worker_specs
-from bench.machine import machine
+from bench.machine import measured
 from bench.report import replace_section
 
 HEADING = "## Core: cost of one event with requests of several boards"
@@ -164,9 +163,7 @@ def run() -> list[dict[str, object]]:
 
 def render(results: list[dict[str, object]], when: str) -> list[str]:
     lines = [
-        HEADING,
-        "",
-        f"Measured {when} on {machine()}; load average {os.getloadavg()[0]:.1f} at the end.",
+        *measured(HEADING, when),
         "`bench/multi_bench.py`: core_bench's farm and requests, but a tenth of the queued",
         f"and arriving requests ask for a set of 2-4 boards, from {SHAPES} set shapes.",
         "*Arrive set*: a request of several boards arrives (checked against the registered",

@@ -10,10 +10,10 @@ import pytest
 from boruta_scheduler.core import Core, Snapshot
 from boruta_scheduler.core.caps import Need, board_items, check_request_caps, need_of
 from boruta_scheduler.core.model import Request, Worker, cap_pairs
-from boruta_scheduler.core.queue import Bucket, RequestQueue
-from boruta_scheduler.core.workers import Rank, WorkerIndex
+from boruta_scheduler.core.queue import RequestQueue
+from boruta_scheduler.core.workers import WorkerIndex
 from boruta_scheduler.errors import Busy, InvalidArgument, NoCapableWorker
-from boruta_scheduler.types import CapPair, RequestState, WorkerState
+from boruta_scheduler.types import RequestState, WorkerState
 from core_kit import T0, CoreKit, caps_match
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -193,33 +193,12 @@ def test_a_waiting_request_with_alternatives_survives_a_restore(kit: CoreKit) ->
 # ------------------------------------------------------------------ indexes
 
 
-def test_an_event_looks_only_at_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_event_looks_only_at_candidates() -> None:
     """A new request walks a handful of workers and a freed worker a handful of buckets,
     however many other workers idle and requests wait (with alternatives and lists too):
-    counted where the indexes hand out what is then checked one by one."""
-    walked = 0
-    candidates = WorkerIndex._candidates
-    servable = RequestQueue.buckets_servable_by
-
-    def counted_candidates(index: WorkerIndex, need: Need) -> Iterator[Rank]:
-        nonlocal walked
-        for rank in candidates(index, need):
-            walked += 1
-            yield rank
-
-    def counted_buckets(
-        queue: RequestQueue, items: frozenset[CapPair], groups: frozenset[str]
-    ) -> list[Bucket]:
-        nonlocal walked
-        walked += sum(len(queue._by_pair.get(pair, ())) for pair in items)
-        walked += len(queue._no_caps)
-        return servable(queue, items, groups)
-
-    monkeypatch.setattr(WorkerIndex, "_candidates", counted_candidates)
-    monkeypatch.setattr(RequestQueue, "buckets_servable_by", counted_buckets)
+    counted where the indexes hand out what is then checked one by one (Core.index_visits)."""
 
     def event_costs(others: int) -> tuple[int, int]:
-        nonlocal walked
         kit = CoreKit()
         for i in range(others):
             kit.add_worker(f"other{i}", {"os": f"os{i}", "circuits": f"c{i},vcc{i}"})
@@ -230,14 +209,14 @@ def test_an_event_looks_only_at_candidates(monkeypatch: pytest.MonkeyPatch) -> N
                 )
         kit.add_worker("relay", {"os": "linux", "circuits": "vcc,battery"}, idle=False)
         kit.answer_calls()
-        walked = 0
+        before = kit.core.index_visits
         r = kit.core.new_request(kit.now, "u", NOBODY, {"os": "linux|android"})
         kit.core.new_request(kit.now, "u", NOBODY, {"circuits": "battery,vcc|usb"})
-        arrive = walked
-        walked = 0
+        arrive = kit.core.index_visits - before
+        before = kit.core.index_visits
         kit.core.set_state(kit.now, "relay", WorkerState.IDLE)
         kit.answer_calls()
-        free = walked
+        free = kit.core.index_visits - before
         assert kit.core.request(r.id).state is RequestState.IN_PROGRESS
         return arrive, free
 

@@ -4,14 +4,12 @@ against a brute-force count), and what working them out costs. Pure core."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import pytest
 from boruta_scheduler.core import Policy
-from boruta_scheduler.core.caps import Need
 from boruta_scheduler.core.pending import MAX_BOARDS_LISTED
-from boruta_scheduler.core.queue import MultiBucket, RequestQueue
-from boruta_scheduler.core.workers import Rank, WorkerIndex
+from boruta_scheduler.core.queue import RequestQueue
 from boruta_scheduler.types import (
     PendingCode,
     PendingReason,
@@ -372,45 +370,19 @@ def test_queue_position_counts_the_competing_requests_ahead(
 def test_a_reason_looks_only_at_its_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
     """A reason and a queue position cost what the request's candidate boards and the
     buckets they serve cost, however many other boards there are and requests wait: counted
-    where the indexes hand out boards and buckets, and per bisection."""
-    looked = 0
-    candidates = WorkerIndex._candidates
-    servable = RequestQueue.buckets_servable_by
-    near = RequestQueue.multis_near
+    where the indexes hand out boards and buckets (Core.index_visits), and per bisection."""
+    bisections = 0
     ahead_in = RequestQueue.ahead_in
 
-    def counted_candidates(index: WorkerIndex, need: Need) -> Iterator[Rank]:
-        nonlocal looked
-        for rank in candidates(index, need):
-            looked += 1
-            yield rank
-
-    def counted_buckets(
-        queue: RequestQueue, items: frozenset[tuple[str, str]], groups: frozenset[str]
-    ) -> object:
-        nonlocal looked
-        looked += sum(len(queue._by_pair.get(pair, ())) for pair in items)
-        looked += len(queue._no_caps)
-        return servable(queue, items, groups)
-
-    def counted_near(queue: RequestQueue, items: frozenset[tuple[str, str]]) -> list[MultiBucket]:
-        nonlocal looked
-        found = near(queue, items)
-        looked += len(found)
-        return found
-
     def counted_ahead(bucket: object, request: object) -> int:
-        nonlocal looked
-        looked += 1
+        nonlocal bisections
+        bisections += 1
         return ahead_in(bucket, request)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(WorkerIndex, "_candidates", counted_candidates)
-    monkeypatch.setattr(RequestQueue, "buckets_servable_by", counted_buckets)
-    monkeypatch.setattr(RequestQueue, "multis_near", counted_near)
     monkeypatch.setattr(RequestQueue, "ahead_in", staticmethod(counted_ahead))
 
     def costs(others: int) -> tuple[int, int, PendingReason]:
-        nonlocal looked
+        nonlocal bisections
         kit = CoreKit(POLICY)
         for i in range(others):
             kit.add_worker(f"x{i}", {"board": "x86", "slot": str(i % 7)})
@@ -427,11 +399,12 @@ def test_a_reason_looks_only_at_its_candidates(monkeypatch: pytest.MonkeyPatch) 
             kit.core.new_request(kit.now, "u", NOBODY, {"board": "rpi4"}, priority=3)
         mine = kit.core.new_request(kit.now, "u", NOBODY, {"board": "rpi4"}, priority=2)
         kit.drain()
-        looked = 0
+        bisections = 0
+        before = kit.core.index_visits
         position = kit.core.queue_position(mine.id)
         assert position == 0
         why = reason(kit, mine)
-        return looked, kit.core.waiting_count, why
+        return kit.core.index_visits - before + bisections, kit.core.waiting_count, why
 
     small, small_waiting, _ = costs(5)
     large, large_waiting, large_why = costs(200)

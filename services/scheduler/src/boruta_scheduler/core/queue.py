@@ -18,7 +18,7 @@ them.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Generic, TypeVar
 
 from sortedcontainers import SortedList
@@ -29,6 +29,9 @@ from boruta_scheduler.core.policy import caps_size
 from boruta_scheduler.types import CapPair, RequestState
 
 T = TypeVar("T")
+K = TypeVar("K")
+B = TypeVar("B")
+BucketT = TypeVar("BucketT", bound="BucketBase")
 BucketKey = tuple[frozenset[CapPair], frozenset[str]]
 MultiKey = tuple[tuple[frozenset[CapPair], ...], frozenset[str]]
 HeapEntry = tuple[int, int, Request]
@@ -143,9 +146,16 @@ class MultiBucket(BucketBase):
 
 
 class RequestQueue:
-    """All WAITING requests, ready or not, grouped into buckets."""
+    """All WAITING requests, ready or not, grouped into buckets.
 
-    def __init__(self) -> None:
+    Two indexes find buckets for a worker: one of every bucket (what a worker could ever
+    serve: orphans, pending reasons) and one of the buckets with a ready request (what a
+    freed worker may take now), so that requests not valid yet cost a freed worker
+    nothing. holders(pair) says how many registered workers hold a pair: a bucket is
+    indexed under pairs few workers hold, so that few workers' events walk it."""
+
+    def __init__(self, holders: Callable[[CapPair], int] | None = None) -> None:
+        self._holders = holders or (lambda pair: 0)
         self._buckets: dict[BucketKey, Bucket] = {}
         self._by_pair: dict[CapPair, set[Bucket]] = {}
         self._no_caps: set[Bucket] = set()
@@ -155,6 +165,9 @@ class RequestQueue:
         self._multis: dict[MultiKey, MultiBucket] = {}
         self._multi_by_pair: dict[CapPair, set[MultiBucket]] = {}
         self._multi_no_caps: set[MultiBucket] = set()
+        # The buckets with a ready request, under the same pairs and by owner group.
+        self._ready: ReadyIndex[Bucket] = ReadyIndex()
+        self._ready_multis: ReadyIndex[MultiBucket] = ReadyIndex()
         self._sigs: Interner[frozenset[CapPair]] = Interner()
         self._groups: Interner[frozenset[str]] = Interner()
         self._per_owner: dict[str, int] = {}
@@ -164,6 +177,9 @@ class RequestQueue:
         # be able to grow without bound (Policy.max_waiting_cap_sets_per_user).
         self._buckets_per_owner: dict[str, dict[BucketBase, int]] = {}
         self._size = 0
+        # Buckets the lookups for a worker have looked at, ever: what tests of the cost
+        # of an event count (tests/test_core_index.py).
+        self.visits = 0
 
     def __len__(self) -> int:
         return self._size
@@ -286,20 +302,30 @@ class RequestQueue:
         self, need: Need, by_pair: Mapping[CapPair, Collection[BucketBase]] | None = None
     ) -> tuple[CapPair, ...]:
         """Pairs to index a new bucket under, one of which every worker that can serve it
-        holds: those fewest buckets are indexed under, so that workers walk short lists."""
+        holds: those fewest registered workers hold (then fewest buckets are indexed
+        under), so that few workers walk it and workers walk short lists. One required
+        pair, or one pair per alternative of a choice if those are held by fewer."""
         if by_pair is None:
             by_pair = self._by_pair
+        holders = self._holders
+
+        def weight(pair: CapPair) -> tuple[int, int]:
+            return holders(pair), len(by_pair.get(pair, ()))
 
         def rarest(pairs: frozenset[CapPair]) -> CapPair:
-            return min(pairs, key=lambda p: len(by_pair.get(p, ())))
+            return min(pairs, key=weight)
 
-        if need.required:
-            return (rarest(need.required),)
         best: tuple[CapPair, ...] = ()
+        best_weight = (0, 0)
+        if need.required:
+            best = (rarest(need.required),)
+            best_weight = weight(best[0])
         for choice in need.choices:
             pairs = tuple(dict.fromkeys(rarest(alternative) for alternative in choice))
-            if not best or len(pairs) < len(best):
-                best = pairs
+            weights = [weight(pair) for pair in pairs]
+            total = (sum(w[0] for w in weights), sum(w[1] for w in weights) + len(pairs))
+            if not best or total < best_weight:
+                best, best_weight = pairs, total
         return best
 
     def set_ready(self, request: Request, ready: bool) -> None:
@@ -312,8 +338,31 @@ class RequestQueue:
         if ready:
             bucket.ready_count += 1
             bucket.push(request)
+            if bucket.ready_count == 1:
+                self._arm(bucket)
         else:
-            bucket.ready_count -= 1
+            self._unready(bucket)
+
+    def _unready(self, bucket: BucketBase) -> None:
+        bucket.ready_count -= 1
+        if not bucket.ready_count:
+            self._disarm(bucket)
+
+    def _arm(self, bucket: BucketBase) -> None:
+        """Index a bucket that has a ready request for the workers that look for one."""
+        if isinstance(bucket, MultiBucket):
+            self._ready_multis.add(bucket)
+        else:
+            assert isinstance(bucket, Bucket)
+            self._ready.add(bucket)
+
+    def _disarm(self, bucket: BucketBase) -> None:
+        """Take a bucket without ready requests out of the ready index."""
+        if isinstance(bucket, MultiBucket):
+            self._ready_multis.remove(bucket)
+        else:
+            assert isinstance(bucket, Bucket)
+            self._ready.remove(bucket)
 
     def reprioritize(self, request: Request, old_priority: int) -> None:
         """Re-order a request after its priority changed."""
@@ -331,8 +380,8 @@ class RequestQueue:
         if bucket is None:
             return
         if request.ready:
-            bucket.ready_count -= 1
             request.ready = False
+            self._unready(bucket)
         bucket.waiting.discard(request)
         bucket.order.remove((request.priority, request.id))
         request.bucket = None
@@ -360,10 +409,7 @@ class RequestQueue:
             del self._buckets[bucket.key]
             self._multi_indexed -= len(bucket.index_pairs) > 1
             for pair in bucket.index_pairs:
-                holders = self._by_pair[pair]
-                holders.discard(bucket)
-                if not holders:
-                    del self._by_pair[pair]
+                _discard(self._by_pair, pair, bucket)
             if not bucket.index_pairs:
                 self._no_caps.discard(bucket)
             self._sigs.release(bucket.sig)
@@ -372,58 +418,121 @@ class RequestQueue:
     def _drop_multi(self, bucket: MultiBucket) -> None:
         del self._multis[bucket.key]
         for pair in bucket.index_pairs:
-            holders = self._multi_by_pair[pair]
-            holders.discard(bucket)
-            if not holders:
-                del self._multi_by_pair[pair]
+            _discard(self._multi_by_pair, pair, bucket)
         self._multi_no_caps.discard(bucket)
         for sig in bucket.sigs:
             self._sigs.release(sig)
         self._groups.release(bucket.groups)
 
-    def multis_near(self, items: frozenset[CapPair]) -> list[MultiBucket]:
-        """Buckets of several-profile requests indexed under one of these (key, item) pairs
-        or under none, each once: among them every one a worker with these pairs could take
-        a board of (check with MultiBucket.serves); none at the cost of one test when there
-        are none."""
+    def multis_near(self, items: frozenset[CapPair], groups: frozenset[str]) -> list[MultiBucket]:
+        """Buckets of several-profile requests with a ready request, indexed under one of
+        these (key, item) pairs or under none, of owners a worker with these groups serves,
+        each once: among them every one such a worker could take a board of now (check
+        with MultiBucket.serves); none at the cost of one test when there are none."""
         if not self._multis:
             return []
-        by_pair = self._multi_by_pair
-        found = [b for pair in items for b in by_pair.get(pair, ())]
-        found.extend(self._multi_no_caps)
+        found = self._ready_multis.near(items, groups)
+        self.visits += len(found)
         return list(dict.fromkeys(found))
 
     def multis_servable_by(
         self, items: frozenset[CapPair], groups: frozenset[str]
     ) -> list[MultiBucket]:
-        """Buckets of several-profile requests a worker with these (key, item) pairs and
-        groups could take a board of, each once."""
-        return [b for b in self.multis_near(items) if b.serves(items, groups)]
+        """Buckets of several-profile requests (ready or not) a worker with these (key,
+        item) pairs and groups could take a board of, each once."""
+        if not self._multis:
+            return []
+        by_pair = self._multi_by_pair
+        found = [b for pair in items for b in by_pair.get(pair, ())]
+        found.extend(self._multi_no_caps)
+        self.visits += len(found)
+        return [b for b in dict.fromkeys(found) if b.serves(items, groups)]
 
-    def buckets_servable_by(
-        self, items: frozenset[CapPair], groups: frozenset[str]
+    def _servable(
+        self, found: list[Bucket], items: frozenset[CapPair], groups: frozenset[str]
     ) -> list[Bucket]:
-        """Buckets whose requests a worker with these (key, item) pairs and groups could
-        serve, each once."""
-        by_pair = self._by_pair
-        found = [b for pair in items for b in by_pair.get(pair, ()) if b.required <= items]
-        found.extend(self._no_caps)
-        if self._multi_indexed:
+        """The buckets found that a worker with these pairs and groups could serve, once."""
+        self.visits += len(found)
+        if self._multi_indexed or len(groups) > 1:
             found = list(dict.fromkeys(found))
         return [
             b
             for b in found
-            if groups_compatible(groups, b.groups) and (not b.choices or b.need.met_by(items))
+            if b.required <= items
+            and groups_compatible(groups, b.groups)
+            and (not b.choices or b.need.met_by(items))
         ]
+
+    def buckets_servable_by(
+        self, items: frozenset[CapPair], groups: frozenset[str]
+    ) -> list[Bucket]:
+        """Buckets whose requests (ready or not) a worker with these (key, item) pairs and
+        groups could serve, each once."""
+        by_pair = self._by_pair
+        found = [b for pair in items for b in by_pair.get(pair, ())]
+        found.extend(self._no_caps)
+        return self._servable(found, items, groups)
+
+    def ready_buckets_servable_by(
+        self, items: frozenset[CapPair], groups: frozenset[str]
+    ) -> list[Bucket]:
+        """Buckets with a ready request that a worker with these (key, item) pairs and
+        groups could serve, each once; only those of owners it serves are looked at."""
+        return self._servable(self._ready.near(items, groups), items, groups)
 
     def best_for(self, items: frozenset[CapPair], groups: frozenset[str]) -> Request | None:
         """The ready request a worker with these (key, item) pairs and groups should serve
         next."""
         best: Request | None = None
-        for bucket in self.buckets_servable_by(items, groups):
+        for bucket in self.ready_buckets_servable_by(items, groups):
             top = bucket.peek()
             if top is not None and (
                 best is None or (top.priority, top.id) < (best.priority, best.id)
             ):
                 best = top
         return best
+
+
+class ReadyIndex(Generic[BucketT]):
+    """Buckets with a ready request, under their index pairs (None: any board), all of them
+    and by each owner group: a worker with groups serves only owners sharing one, so it
+    looks only under its groups."""
+
+    def __init__(self) -> None:
+        self._all: dict[CapPair | None, set[BucketT]] = {}
+        self._by_group: dict[tuple[CapPair | None, str], set[BucketT]] = {}
+
+    @staticmethod
+    def _keys(bucket: BucketT) -> tuple[CapPair | None, ...]:
+        return bucket.index_pairs or (None,)
+
+    def add(self, bucket: BucketT) -> None:
+        for key in self._keys(bucket):
+            self._all.setdefault(key, set()).add(bucket)
+            for group in bucket.groups:
+                self._by_group.setdefault((key, group), set()).add(bucket)
+
+    def remove(self, bucket: BucketT) -> None:
+        for key in self._keys(bucket):
+            _discard(self._all, key, bucket)
+            for group in bucket.groups:
+                _discard(self._by_group, (key, group), bucket)
+
+    def near(self, items: frozenset[CapPair], groups: frozenset[str]) -> list[BucketT]:
+        """Buckets under one of these pairs or under none, of owners a worker with these
+        groups serves (a bucket may come once per pair and group it is found under)."""
+        keys = (*items, None)
+        if not groups:
+            everyone = self._all
+            return [b for key in keys for b in everyone.get(key, ())]
+        by_group = self._by_group
+        return [b for key in keys for group in groups for b in by_group.get((key, group), ())]
+
+
+def _discard(index: dict[K, set[B]], key: K, bucket: B) -> None:
+    """Take a bucket out of one list of an index, and the list out once empty."""
+    holders = index.get(key)
+    if holders is not None:
+        holders.discard(bucket)
+        if not holders:
+            del index[key]

@@ -80,6 +80,12 @@ RECOVERING = "dryad heard again after a heartbeat loss"
 IN_SERVICE = frozenset((WorkerState.IDLE, WorkerState.PREPARE, WorkerState.RUNNING))
 
 
+# How many expected starts of other requests' sets one walk for a request works out to
+# backfill their reserved boards: the cost of an event must not grow with the number of
+# boards reserved for others (tests/test_core_index.py).
+BACKFILL_LOOKS = 8
+
+
 def order_of(request: Request) -> tuple[int, int]:
     """Serving order: the smaller, the more important (priority, then age)."""
     return (request.priority, request.id)
@@ -126,8 +132,8 @@ class Core:
         self._held_matches: list[Worker] | None = None
         self._requests: dict[int, Request] = {}
         self._workers: dict[str, Worker] = {}
-        self._queue = RequestQueue()
         self._registered = WorkerIndex()
+        self._queue = RequestQueue(self._registered.holders)
         self._idle = WorkerIndex()
         self._timers = TimerQueue()
         self._out = Outbox()
@@ -349,6 +355,12 @@ class Core:
     def live_tally(self) -> dict[tuple[RequestState, int], int]:
         """How many live requests there are of each (state, priority), without a walk."""
         return {key: count for key, count in self._live_tally.items() if count}
+
+    @property
+    def index_visits(self) -> int:
+        """Waiting-request buckets and workers the core's index lookups have looked at, ever:
+        the cost of an event is the difference across it."""
+        return self._queue.visits + self._idle.visits + self._registered.visits
 
     @property
     def worker_count(self) -> int:
@@ -1146,15 +1158,21 @@ class Core:
         worker: it is not reserved, or reserved for this request or a less important one,
         or the job ends before the reserved request could start and no more important
         one-board request waits for it. starts memoizes expected starts by request id while
-        nothing changes."""
+        nothing changes. Backfill is a chance, not a search: past BACKFILL_LOOKS expected
+        starts worked out, other boards kept for a more important request are not used."""
         known = {} if starts is None else starts
+        looks = BACKFILL_LOOKS
 
         def usable(worker: Worker) -> bool:
+            nonlocal looks
             holder = worker.reserved_for
             if holder is None or rank <= (holder.priority, holder.id):
                 return True
             start = known.get(holder.id)
             if start is None:
+                if not looks:
+                    return False
+                looks -= 1
                 start = known[holder.id] = self._reserved_start(holder, now)
             if ends > start:
                 return False
@@ -1165,11 +1183,15 @@ class Core:
 
         return usable
 
+    def _first_timeout(self, request: Request) -> float:
+        """How long the request's jobs run before their first timeout."""
+        return self.policy.job_timeouts(request.job_timeout)[0]
+
     def _usable_for(
         self, request: Request, now: float, starts: dict[int, float] | None = None
     ) -> Callable[[Worker], bool]:
-        first = self.policy.job_timeouts(request.job_timeout)[0]
-        return self._usable((request.priority, request.id), now + first, now, starts)
+        ends = now + self._first_timeout(request)
+        return self._usable((request.priority, request.id), ends, now, starts)
 
     def _reserve(self, request: Request, worker: Worker) -> bool:
         """Reserve an idle worker for a waiting request of several profiles if it adds a
@@ -1287,6 +1309,16 @@ class Core:
     def _match_request(self, request: Request, now: float) -> None:
         bucket = request.bucket
         assert bucket is not None, f"request {request.id} is matched but not queued"
+        top = bucket.peek()
+        if (
+            top is not request
+            and top is not None
+            and self._first_timeout(top) <= self._first_timeout(request)
+        ):
+            # A more important ready request asks the same, with a job no longer, and got
+            # nothing: neither would this one (nor reserve boards). Requests with equal
+            # profiles share one walk, as a freed worker tries only a bucket's first.
+            return
         usable = self._usable_for(request, now)
         if isinstance(bucket, MultiBucket):
             boards = self._boards(bucket.needs, request.owner_groups, self._idle, usable)
@@ -1312,7 +1344,7 @@ class Core:
             return
         request = self._queue.best_for(worker.items, worker.groups)
         starts: dict[int, float] = {}
-        if near := self._queue.multis_near(worker.items):
+        if near := self._queue.multis_near(worker.items, worker.groups):
             best = None if request is None else (request.priority, request.id)
             tops = []
             for bucket in near:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 from sortedcontainers import SortedSet
 
@@ -18,6 +19,7 @@ from boruta_scheduler.core.model import Worker, groups_compatible
 from boruta_scheduler.types import CapPair
 
 Rank = tuple[int, str]
+K = TypeVar("K")
 
 
 def _union(parts: list[SortedSet[Rank]]) -> Iterator[Rank]:
@@ -29,6 +31,24 @@ def _union(parts: list[SortedSet[Rank]]) -> Iterator[Rank]:
             last = rank
 
 
+def _file(index: dict[K, SortedSet[Rank]], keys: Iterable[K], rank: Rank) -> None:
+    """Put a rank into the list of each key."""
+    for key in keys:
+        ranks = index.get(key)
+        if ranks is None:
+            ranks = index[key] = SortedSet()
+        ranks.add(rank)
+
+
+def _unfile(index: dict[K, SortedSet[Rank]], keys: Iterable[K], rank: Rank) -> None:
+    """Take a rank out of the list of each key, and empty lists out of the index."""
+    for key in keys:
+        ranks = index[key]
+        ranks.discard(rank)
+        if not ranks:
+            del index[key]
+
+
 class WorkerIndex:
     """A set of workers with, for each cap pair, the workers that have it in rank order."""
 
@@ -36,6 +56,13 @@ class WorkerIndex:
         self._members: dict[str, Worker] = {}
         self._ranked: SortedSet[Rank] = SortedSet()
         self._by_pair: dict[CapPair, SortedSet[Rank]] = {}
+        # Members by group, and those without groups (they serve every owner): an owner's
+        # request walks only the boards open to it when those are fewer.
+        self._by_group: dict[str, SortedSet[Rank]] = {}
+        self._ungrouped: SortedSet[Rank] = SortedSet()
+        # Members the walks have looked at, ever: what tests of the cost of an event count
+        # (tests/test_core_index.py).
+        self.visits = 0
 
     def __len__(self) -> int:
         return len(self._members)
@@ -51,22 +78,23 @@ class WorkerIndex:
     def add(self, worker: Worker) -> None:
         self._members[worker.uuid] = worker
         self._ranked.add(worker.rank)
-        for pair in worker.items:
-            holders = self._by_pair.get(pair)
-            if holders is None:
-                holders = self._by_pair[pair] = SortedSet()
-            holders.add(worker.rank)
+        _file(self._by_pair, worker.items, worker.rank)
+        _file(self._by_group, worker.groups, worker.rank)
+        if not worker.groups:
+            self._ungrouped.add(worker.rank)
+
+    def holders(self, pair: CapPair) -> int:
+        """How many members hold this pair."""
+        return len(self._by_pair.get(pair, ()))
 
     def remove(self, worker: Worker) -> None:
         """Remove a worker; its rank and caps must be those it was added with."""
         if self._members.pop(worker.uuid, None) is None:
             return
         self._ranked.discard(worker.rank)
-        for pair in worker.items:
-            holders = self._by_pair[pair]
-            holders.discard(worker.rank)
-            if not holders:
-                del self._by_pair[pair]
+        _unfile(self._by_pair, worker.items, worker.rank)
+        _unfile(self._by_group, worker.groups, worker.rank)
+        self._ungrouped.discard(worker.rank)
 
     def _rarest(self, pairs: Alternative) -> SortedSet[Rank] | None:
         """The holders of the pair fewest members hold, or None if some pair has none."""
@@ -79,10 +107,11 @@ class WorkerIndex:
                 rarest = holders
         return rarest
 
-    def _candidates(self, need: Need) -> Iterable[Rank]:
-        """Ranks, in order, of a few members among which are all that meet need: the
-        holders of its rarest required pair, or the union over the alternatives of its
-        smallest choice of each alternative's rarest pair, whichever is fewer."""
+    def _candidates(self, need: Need, owner_groups: frozenset[str] | None = None) -> Iterable[Rank]:
+        """Ranks, in order, of a few members among which are all that meet need (for
+        owner_groups, if given): the holders of its rarest required pair, or the union over
+        the alternatives of its smallest choice of each alternative's rarest pair, or the
+        members open to owner_groups, whichever is fewest."""
         best: SortedSet[Rank] = self._ranked
         if need.required:
             rarest = self._rarest(need.required)
@@ -98,6 +127,11 @@ class WorkerIndex:
             total = sum(map(len, parts))
             if total < size:
                 best_parts, size = parts, total
+        if owner_groups is not None:
+            by_group = self._by_group
+            parts = [self._ungrouped, *(by_group[g] for g in owner_groups if g in by_group)]
+            if sum(map(len, parts)) < size:
+                best_parts = parts
         if best_parts is None:
             return best
         return best_parts[0] if len(best_parts) == 1 else _union(best_parts)
@@ -108,7 +142,8 @@ class WorkerIndex:
         """Members that meet need and serve owner_groups, least capable first."""
         members = self._members
         required, choices = need.required, need.choices
-        for _, uuid in self._candidates(need):
+        for _, uuid in self._candidates(need, owner_groups):
+            self.visits += 1
             worker = members[uuid]
             items = worker.items
             if (
@@ -123,6 +158,7 @@ class WorkerIndex:
         """The least capable member that meets need, whatever its groups."""
         members = self._members
         for _, uuid in self._candidates(need):
+            self.visits += 1
             if need.met_by(members[uuid].items):
                 return members[uuid]
         return None

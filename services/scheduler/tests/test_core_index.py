@@ -1,0 +1,219 @@
+"""The cost of an event depends on its few candidates, not on how many requests wait or
+workers there are, even for workloads shaped to defeat the indexes.
+
+Cost is counted where the indexes hand out buckets of waiting requests and workers
+(Core.index_visits), never timed: each workload runs at two sizes ten times apart, and the
+event must look at the same few things at both (bench/hostile_bench.py times them)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from boruta_scheduler.core import Policy
+from boruta_scheduler.types import RequestState, WorkerState
+from core_kit import CoreKit
+
+POLICY = Policy(max_waiting_per_user=10**6, max_waiting_cap_sets_per_user=10**6)
+ARM = {"arch": "arm"}
+Queue = Callable[[CoreKit, int], None]
+
+
+def queue_each(
+    caps: Callable[[int], dict[str, str]], *, own_team: bool = True, later: bool = False
+) -> Queue:
+    """Queue n requests of these caps, each of a team of its own (a bucket each), or all
+    of no team, valid now or only tomorrow."""
+
+    def queue(kit: CoreKit, n: int) -> None:
+        for i in range(n):
+            kit.core.new_request(
+                kit.now,
+                f"user{i}",
+                frozenset({f"team{i}"}) if own_team else frozenset(),
+                caps(i),
+                valid_after=kit.now + 86400 if later else None,
+                accept_unsatisfiable=True,
+            )
+        kit.drain()
+
+    return queue
+
+
+def board_frees(queue: Queue, n: int, groups: frozenset[str] = frozenset()) -> int:
+    """What the indexes look at when a busy arm board frees with n hostile requests queued."""
+    kit = CoreKit(POLICY)
+    kit.add_worker("board", ARM, groups)
+    job = kit.core.new_request(kit.now, "owner", groups, {"UUID": "board"})
+    queue(kit, n)
+    before = kit.core.index_visits
+    kit.core.close_request(kit.now, job.id)
+    kit.answer_calls()
+    return kit.core.index_visits - before
+
+
+HOSTILE_QUEUES: dict[str, tuple[Queue, frozenset[str]]] = {
+    # Requests a board could serve, but not yet: only ready ones are to be looked at.
+    "not valid yet": (queue_each(lambda i: ARM, later=True), frozenset()),
+    # A cap every board has and one no board has: to be indexed under the rare one.
+    "common cap plus a rare one": (queue_each(lambda i: {**ARM, "gpu": "yes"}), frozenset()),
+    # A cap every board has and alternatives no board has: under the alternatives.
+    "common cap plus rare alternatives": (
+        queue_each(lambda i: {**ARM, "serial": f"s{i}|t{i}"}, own_team=False),
+        frozenset(),
+    ),
+    # The board's caps, but of other teams than the board's.
+    "its caps, other teams": (queue_each(lambda i: ARM), frozenset({"lab"})),
+    # Any board, but of other teams than the board's.
+    "any board, other teams": (queue_each(lambda i: {}), frozenset({"lab"})),
+    # Any board, but not yet.
+    "any board, not valid yet": (queue_each(lambda i: {}, later=True), frozenset()),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_QUEUES))
+def test_a_freed_board_looks_at_few_buckets_however_many_wait(name: str) -> None:
+    queue, groups = HOSTILE_QUEUES[name]
+    small, large = board_frees(queue, 30, groups), board_frees(queue, 300, groups)
+    assert small == large, (small, large)
+    assert large <= 4, large
+
+
+def identical_sets(kit: CoreKit, n: int) -> None:
+    for i in range(n):
+        kit.core.new_request(
+            kit.now,
+            f"user{i}",
+            frozenset(),
+            {},
+            profiles=[("a", ARM), ("b", ARM)],
+            accept_unsatisfiable=True,
+        )
+    kit.drain()
+
+
+def test_identical_sets_share_one_walk() -> None:
+    """Requests for the same boards wait in one bucket: a freed board looks at it once."""
+    small, large = board_frees(identical_sets, 30), board_frees(identical_sets, 300)
+    assert small == large, (small, large)
+
+
+def set_arrivals(boards: int) -> int:
+    """What the indexes look at when a request for an arm and an x86 board arrives, with
+    `boards` idle arm boards, the x86 board busy and as many such requests waiting."""
+    kit = CoreKit(POLICY)
+    for i in range(boards):
+        kit.add_worker(f"arm{i}", ARM)
+    kit.add_worker("x86", {"arch": "x86"})
+    kit.core.new_request(kit.now, "owner", frozenset(), {"UUID": "x86"})
+    profiles = [("a", ARM), ("b", {"arch": "x86"})]
+    for i in range(boards):
+        kit.core.new_request(kit.now, f"user{i}", frozenset(), {}, profiles=profiles)
+    before = kit.core.index_visits
+    late = kit.core.new_request(kit.now, "late", frozenset(), {}, profiles=profiles)
+    assert late.state is RequestState.WAITING
+    return kit.core.index_visits - before
+
+
+def test_requests_with_equal_profiles_share_one_walk() -> None:
+    """A request that asks what a more important ready one asks, which got no set, is not
+    walked again: it neither passes the arm boards reserved for the others one by one
+    nor reserves one itself."""
+    small, large = set_arrivals(20), set_arrivals(200)
+    assert small == large, (small, large)
+    assert large <= 4, large
+
+
+def arrival_beside_reserved(boards: int) -> int:
+    """What the indexes look at when a one-board request arrives that could backfill none
+    of `boards` idle arm boards, each reserved for the set of another team (an arm board
+    and the x86 one, busy for 10 s more)."""
+    kit = CoreKit(POLICY)
+    for i in range(boards):
+        kit.add_worker(f"arm{i}", ARM)
+    kit.add_worker("x86", {"arch": "x86"})
+    kit.core.new_request(kit.now, "owner", frozenset(), {"UUID": "x86"}, job_timeout=10)
+    profiles = [("a", ARM), ("b", {"arch": "x86"})]
+    for i in range(boards):
+        kit.core.new_request(kit.now, f"user{i}", frozenset({f"team{i}"}), {}, profiles=profiles)
+    before = kit.core.index_visits
+    late = kit.core.new_request(kit.now, "late", frozenset(), ARM)
+    assert late.state is RequestState.WAITING
+    return kit.core.index_visits - before
+
+
+def test_backfill_looks_at_a_few_reserved_boards_sets() -> None:
+    """A request works out the expected start of a few reserved boards' sets, not of every
+    one it passes (which made its cost grow with the square of the reserved boards). It
+    still walks past the reserved boards themselves: linear, not flat (docs/benchmarks.md)."""
+    small, large = arrival_beside_reserved(20), arrival_beside_reserved(200)
+    assert large <= 12 * small, (small, large)
+
+
+def arrival_among(boards: int) -> int:
+    """What the indexes look at when an outsider asks for an arm board among `boards` idle
+    and registered arm boards of the lab, and one open to all."""
+    kit = CoreKit(POLICY)
+    for i in range(boards):
+        kit.add_worker(f"lab{i}", ARM, frozenset({"lab"}))
+    kit.add_worker("open", ARM)
+    busy = kit.core.new_request(kit.now, "owner", frozenset(), {"UUID": "open"})
+    before = kit.core.index_visits
+    waiting = kit.core.new_request(kit.now, "outsider", frozenset({"guests"}), ARM)
+    assert waiting.state is RequestState.WAITING
+    cost = kit.core.index_visits - before
+    kit.core.close_request(kit.now, busy.id)
+    kit.answer_calls()
+    assert kit.core.request(waiting.id).state is RequestState.IN_PROGRESS
+    return cost
+
+
+def test_a_request_looks_at_few_boards_however_large_the_farm() -> None:
+    """Boards closed to the owner's groups are not walked: growing the farm tenfold with
+    them leaves the cost of an arrival as it was."""
+    small, large = arrival_among(20), arrival_among(200)
+    assert small == large, (small, large)
+    assert large <= 4, large
+
+
+def test_a_request_valid_later_is_served_when_it_is_due() -> None:
+    """A request kept out of the ready index is found by the board waiting for it once its
+    time comes, and a board freeing meanwhile does not take it early."""
+    kit = CoreKit(POLICY)
+    kit.add_worker("board", ARM, frozenset({"lab"}))
+    job = kit.core.new_request(kit.now, "owner", frozenset({"lab"}), {"UUID": "board"})
+    later = kit.core.new_request(kit.now, "u", frozenset({"lab"}), {}, valid_after=kit.now + 60)
+    kit.core.close_request(kit.now, job.id)
+    kit.answer_calls()
+    assert kit.core.worker("board").state is WorkerState.IDLE
+    assert kit.core.request(later.id).state is RequestState.WAITING
+    kit.advance(61)
+    assert kit.core.request(later.id).state is RequestState.IN_PROGRESS
+
+
+def test_a_shorter_job_is_still_walked_behind_its_bucket() -> None:
+    """The shared walk is skipped only for a request whose job is no shorter than that of
+    the more important one: a shorter one may backfill what the first may not, and with
+    no_wait it must then start at once, not wait."""
+    kit = CoreKit(POLICY)
+    for uuid in ("phone1", "phone2"):
+        kit.add_worker(uuid, {"board": "phone"})
+    kit.add_worker("relay", {"board": "relay"})
+    kit.core.new_request(kit.now, "o", frozenset(), {"UUID": "relay"}, job_timeout=100)
+    phone = {"board": "phone"}
+    held = kit.core.new_request(
+        kit.now,
+        "u",
+        frozenset(),
+        {},
+        profiles=[("p", phone), ("r", {"board": "relay"})],
+        priority=1,
+    )
+    assert held.state is RequestState.WAITING
+    pair = [("a", phone), ("b", phone)]
+    first = kit.core.new_request(kit.now, "u", frozenset(), {}, profiles=pair, priority=2)
+    assert first.state is RequestState.WAITING
+    short = kit.core.new_request(
+        kit.now, "u", frozenset(), {}, profiles=pair, priority=2, job_timeout=10, no_wait=True
+    )
+    assert short.state is RequestState.IN_PROGRESS
