@@ -38,7 +38,7 @@ EXPECTED_ALL = [
     "Busy", "Caller", "Client",
     "ClientConfig",
     "CommandResult", "CommandTimeout", "Context", "DeadlineExceeded", "FailedPrecondition",
-    "HistoryEntry", "HostKeyMismatch",
+    "FailureKind", "HistoryEntry", "HostKeyMismatch",
     "HostStatus", "IdempotencyKeyReused", "InternalError", "InvalidArgument", "IssuedToken",
     "Job", "JobResult", "JobSpec", "JobStatus",
     "Lease",
@@ -49,7 +49,7 @@ EXPECTED_ALL = [
     "RequestState", "ResourceExhausted", "SSHError", "ScheduleTimeout", "Stack", "Token",
     "Transfer",
     "Unauthenticated", "Unavailable", "Usage", "UsageBy", "UsageTotals", "Watch", "Worker",
-    "WorkerChange", "WorkerNotFound",
+    "WorkerChange", "WorkerFailure", "WorkerNotFound",
     "WorkerSort", "WorkerState", "WrongRequestState", "WrongWorkerState", "load_config",
     "load_job", "parse_job", "run_job",
 ]  # fmt: skip

@@ -13,6 +13,9 @@ from boruta_scheduler.listing import Page, RequestQuery, RequestSort
 from boruta_scheduler.types import (
     Access,
     AuditEvent,
+    Failure,
+    FailureKind,
+    Health,
     HistoryEntry,
     JobUsage,
     JobView,
@@ -33,6 +36,7 @@ _REQUEST_STATES = {int(state): state for state in RequestState}
 # Distinct caps and groups texts one Decoder keeps: enough for the shapes a farm has, few
 # enough that a queue of unique caps does not hold them all while it loads.
 DECODER_ROOM = 4096
+_NO_HEALTH = Health()
 
 
 class Decoder:
@@ -230,6 +234,7 @@ def worker_row(w: WorkerView) -> dict[str, Any]:
         "prepared_username": prepared.username if prepared else None,
         "prepared_key": prepared.private_key_pem if prepared else None,
         "prepared_host_keys": _json_keys(prepared),
+        "health": _json_health(w.health),
     }
 
 
@@ -251,6 +256,30 @@ def worker_view(row: Row) -> WorkerView:
         jobs_done=row["jobs_done"],
         failures=row["failures"],
         prepared=prepared,
+        health=_health(row["health"]),
+    )
+
+
+def _json_health(health: Health) -> str:
+    if health == _NO_HEALTH:
+        return "{}"
+    return json.dumps(
+        {
+            "failures": [[f.time, f.kind.value, f.reason] for f in health.failures],
+            "quarantined": health.quarantined,
+            "recoverable": health.recoverable,
+        }
+    )
+
+
+def _health(text: str) -> Health:
+    data = json.loads(text)
+    if not data:
+        return _NO_HEALTH
+    return Health(
+        tuple(Failure(t, reason, FailureKind(kind)) for t, kind, reason in data["failures"]),
+        quarantined=data["quarantined"],
+        recoverable=data["recoverable"],
     )
 
 
