@@ -230,7 +230,7 @@ def assert_read_as_before_host_keys(snapshot: Snapshot) -> None:
     assert running.job_timeout == 0.0
     prepared = {w.uuid: w.prepared for w in snapshot.workers}["w2"]
     assert prepared is not None and (prepared.username, prepared.host_keys) == ("job2", ())
-    # Migration 0011: no failures kept from before.
+    # Migration 0015: no failures kept from before.
     assert all(w.health == Health() for w in snapshot.workers)
 
 

@@ -182,7 +182,7 @@ def test_purge_usage_takes_only_records_of_jobs_ended_before(store: Store) -> No
 
 def _old_rows(kit: CoreKit) -> tuple[dict[str, dict[str, object]], dict[int, dict[str, object]]]:
     """The last row of every worker and request the scenario wrote (without the column of
-    migration 0011, which comes after)."""
+    migration 0015, which comes after)."""
     workers: dict[str, dict[str, object]] = {}
     requests: dict[int, dict[str, object]] = {}
     for changes in kit.changes:
