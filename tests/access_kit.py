@@ -33,8 +33,11 @@ def dryad_toml(
     caps: str = 'board = "rpi4"',
     key_bits: int = 2048,
     uuid: str = "",
+    checks: str = "",
 ) -> str:
+    """The TOML of a dryad with one board; checks are lines of the board's checks table."""
     uuid_line = f'uuid = "{uuid}"\n' if uuid else ""
+    checks_table = f"[board.checks]\n{checks}" if checks else ""
     return (
         f'scheduler = "{scheduler}"\nlisten = "127.0.0.1:0"\n'
         f'plaintext = true\nstate_dir = "{state_dir}"\n'
@@ -43,6 +46,7 @@ def dryad_toml(
         f'ssh_address = "{ssh_address}"\nssh_host_keys = ["{host_keys}"]\n'
         f'user_prefix = "{prefix}"\n'
         f'backend_options = {{ record_file = "{state_dir}/{name}.record" }}\n'
+        f"{checks_table}"
     )
 
 

@@ -35,14 +35,14 @@ os.environ["XDG_CONFIG_HOME"] = os.path.join(tempfile.gettempdir(), "boruta-test
 async def start_scheduler(
     tmp_path: Path, policy: Policy | None = None, **server: object
 ) -> Scheduler:
+    settings: dict[str, object] = {"heartbeat_interval": 0.2, **server}
     config = SchedulerConfig(
         server=ServerConfig(
             listen="127.0.0.1:0",
             data_dir=str(tmp_path / "state"),
-            heartbeat_interval=0.2,
             dryad_call_timeout=10,
             plaintext=True,
-            **server,  # type: ignore[arg-type]
+            **settings,  # type: ignore[arg-type]
         ),
         policy=policy or Policy(),
     )

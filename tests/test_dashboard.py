@@ -13,8 +13,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
 
+import grpc
 import pytest
-from boruta_client import Client
+from boruta.tls import channel_credentials
+from boruta.v1 import superviser_pb2, superviser_pb2_grpc
+from boruta_client import Client, WorkerState
 from browser_kit import chromium
 from dashboard_kit import event_stream, get, poll_page
 from live_farm import LiveFarm, live_farm
@@ -245,11 +248,21 @@ def test_a_token_logs_a_browser_in_with_a_strict_cookie(farm: LiveFarm, farm_pki
     assert get(farm.metrics_address, "/", context, {"Cookie": pair}).status == 401
 
 
+def report_failed(farm: LiveFarm, farm_pki: FarmPki, uuid: str, reason: str) -> None:
+    """SetFail for a board, as its dryad would call it (with a dryad certificate naming it)."""
+    credentials = channel_credentials(farm_pki.dryad("lab-pc", uuid))
+    with grpc.secure_channel(farm.address, credentials) as channel:
+        superviser_pb2_grpc.SuperviserStub(channel).SetFail(
+            superviser_pb2.SetFailRequest(worker_uuid=uuid, reason=reason), timeout=60
+        )
+
+
 def test_a_browser_logs_in_and_sees_the_farm_live(
     clean: LiveFarm, farm_pki: FarmPki, tmp_path: Path
 ) -> None:
     """Real headless Chromium: refused without a token, logs in through the form over
-    HTTPS, shows the boards, and shows a new request without a reload. Screenshots go to
+    HTTPS, shows the boards with their latest failures, and shows a new request without a
+    reload. Screenshots go to
     $BORUTA_SCREENSHOTS (or the test's temporary directory)."""
     chromium_binary, driver = require_chromium()
     farm = clean
@@ -266,9 +279,17 @@ def test_a_browser_logs_in_and_sees_the_farm_live(
         browser.type_into("#token", issued.secret)
         browser.click("button[type=submit]")
         browser.wait_for(lambda text: "ann (admin)" in text and "Queue" in text, "the queue")
+        failing = sorted(BOARDS)[0]
+        report_failed(farm, farm_pki, failing, "camera unplugged")
         browser.open(f"{site}/boards")
         browser.wait_for(lambda text: all(uuid in text for uuid in BOARDS), "every board")
+        browser.wait_for(
+            lambda text: "(reported by its dryad): camera unplugged" in text, "the failure"
+        )
         browser.screenshot(shots / "boards.png")
+        with farm.admin() as admin:
+            admin.set_worker_state(failing, WorkerState.IDLE, "camera back")
+        farm.wait_idle()
         browser.open(f"{site}/")
         browser.wait_for(lambda text: "· live" in text, "the event stream open")
         with farm.client("alice", groups=[GROUP]) as alice:

@@ -39,7 +39,7 @@ EXPECTED_ALL = [
     "Busy", "Caller", "Client",
     "ClientConfig", "Colocation",
     "CommandResult", "CommandTimeout", "Context", "DeadlineExceeded", "FailedPrecondition",
-    "HistoryEntry", "HostKeyMismatch",
+    "FailureKind", "HistoryEntry", "HostKeyMismatch",
     "HostStatus", "IdempotencyKeyReused", "InternalError", "InvalidArgument", "IssuedToken",
     "Job", "JobResult", "JobSpec", "JobStatus",
     "Lease",
@@ -51,7 +51,7 @@ EXPECTED_ALL = [
     "Token",
     "Transfer",
     "Unauthenticated", "Unavailable", "Usage", "UsageBy", "UsageTotals", "Watch", "Worker",
-    "WorkerChange", "WorkerNotFound",
+    "WorkerChange", "WorkerFailure", "WorkerNotFound",
     "WorkerSort", "WorkerState", "WrongRequestState", "WrongWorkerState", "load_config",
     "load_job", "parse_job", "run_job",
 ]  # fmt: skip

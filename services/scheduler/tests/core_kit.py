@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from boruta_scheduler.core import Changes, Core, DryadCall, DryadCallKind, Policy
-from boruta_scheduler.types import Access, WorkerState
+from boruta_scheduler.types import Access, RequestState, WorkerState
 
 T0 = 1_700_000_000.0
 
@@ -101,3 +101,12 @@ class CoreKit:
                         self.core.heartbeat(self.now, worker.uuid)
             self.core.tick(self.now)
         self.drain()
+
+
+def state_of(kit: CoreKit, request_id: int) -> RequestState:
+    """The state a request was last drained in (terminal ones are gone from the core)."""
+    for changes in reversed([*kit.changes, kit.drain()]):
+        for view in reversed(changes.requests):
+            if view.id == request_id:
+                return view.state
+    raise AssertionError(f"request {request_id} never changed")

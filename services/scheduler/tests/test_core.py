@@ -34,7 +34,7 @@ from boruta_scheduler.errors import (
     WrongWorkerState,
 )
 from boruta_scheduler.types import RequestState, TokenRecord, WorkerState
-from core_kit import T0, CoreKit, caps_of
+from core_kit import T0, CoreKit, caps_of, state_of
 
 NOBODY = frozenset[str]()
 
@@ -42,14 +42,6 @@ NOBODY = frozenset[str]()
 @pytest.fixture
 def kit() -> CoreKit:
     return CoreKit()
-
-
-def state_of(kit: CoreKit, request_id: int) -> RequestState:
-    for changes in reversed([*kit.changes, kit.drain()]):
-        for view in reversed(changes.requests):
-            if view.id == request_id:
-                return view.state
-    raise AssertionError(f"request {request_id} never changed")
 
 
 def worker_state(kit: CoreKit, uuid: str) -> WorkerState:

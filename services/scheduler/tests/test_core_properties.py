@@ -22,9 +22,17 @@ the core's reads and against a model built only from what ``Core.drain`` handed 
    collateral, and a held IDLE worker is not counted idle;
 9. workers are reserved only for ready waiting requests of several profiles, each for one,
    and run only less important requests' jobs (backfill) while reserved;
-11. every co-located group of a request sits on one host (dryad address) or in one stack
-   when it starts, and a host group stays on one host while it runs (invariants 6 and the
-   invalidation check count only co-located sets for such requests);
+10. pending reasons agree with a brute-force count of the queue and with the farm;
+11. board health: every failure is kept in the worker's record (time and reason, the
+    latest 64); a worker in service that fails for the K-th time within the window is
+    quarantined (MAINTENANCE, "quarantined: ...") in the same command, and only then; a
+    worker leaves FAILED or MAINTENANCE only by an admin's hand, or, FAILED by a heartbeat
+    loss while in service, by its dryad's next heartbeat or registration (PREPARE, with a
+    healthcheck issued), which always brings it back;
+12. every co-located group of a request sits on one host (dryad address) or in one stack
+    when it starts, a host group stays on its host while it runs, a stack group in its
+    stack while that lasts (invariant 6 and the invalidation check count only co-located
+    sets for such requests);
 
 plus some bookkeeping the store relies on: every change is drained (the drained views equal
 the core's), worker histories chain, timers fire on time, a job gets a fresh access that is
@@ -45,12 +53,16 @@ from typing import TypeVar
 
 import pytest
 from boruta_scheduler.core import Changes, Core, DryadCall, DryadCallKind, Policy, Snapshot
+from boruta_scheduler.core.health import KEPT, QUARANTINED
+from boruta_scheduler.core.scheduler import HEARTBEAT_LOST, IN_SERVICE, RECOVERING
 from boruta_scheduler.errors import BorutaError, RequestNotFound
 from boruta_scheduler.types import (
     NO_GROUP,
     OPEN_GROUP,
     Access,
     Colocation,
+    FailureKind,
+    HistoryEntry,
     JobUsage,
     PendingCode,
     Placement,
@@ -84,6 +96,9 @@ POLICY = Policy(
     max_job_duration=75,
     heartbeat_timeout=40,
     default_deadline=200,
+    # A window a few heartbeat losses or failed calls fill, and many steps leave.
+    quarantine_failures=3,
+    quarantine_window=150,
 )
 
 POOL = tuple(f"w{i}" for i in range(6))
@@ -206,6 +221,11 @@ class CoreMachine(RuleBasedStateMachine):
         self.stack_views: dict[str, StackView] = {}
         # The stack each stack group of a running request started in, by request.
         self.started_in: dict[int, list[tuple[list[int], StackView]]] = {}
+        # Health as the history tells it: each worker's failure times and reasons, and
+        # whether its last failure was a heartbeat loss while in service.
+        self.failures: dict[str, list[tuple[float, str]]] = {}
+        self.recoverable: dict[str, bool] = {}
+        self.what = ""  # the command running
 
     # ------------------------------------------------------------ the driver
 
@@ -230,8 +250,14 @@ class CoreMachine(RuleBasedStateMachine):
             self._check_core()
             return None
         note(f"t+{self.now - T0:g} {what}")
+        self.what = what
         self._absorb(self.core.drain())  # a restart replaces the core
         self._check_core(ticked=tick)
+        verb, _, uuid = what.partition(" ")
+        if verb in ("heartbeat", "register"):
+            uuid = uuid.split(" ")[0]
+            # 11. A worker failed by a heartbeat loss in service is back once heard.
+            assert not self.recoverable.get(uuid), f"{uuid} heard but not recovering"
         return result
 
     def _pick_request(self, index: int, stale: bool, state: RequestState | None = None) -> int:
@@ -599,16 +625,30 @@ class CoreMachine(RuleBasedStateMachine):
             assert gone.state in (WorkerState.MAINTENANCE, WorkerState.FAILED), gone
             del self.worker_views[gone.uuid]
             del self.history_state[gone.uuid]
+            self.failures.pop(gone.uuid, None)
+            self.recoverable.pop(gone.uuid, None)
+        quarantine_due: set[str] = set()
         for entry in changes.history:
             # Histories chain: each entry starts where the last one of that worker ended.
             assert entry.from_state == self.history_state.get(entry.worker_uuid), entry
             assert entry.time == now, entry
             self.history_state[entry.worker_uuid] = entry.to_state
+            self._check_health_entry(entry, quarantine_due, changes.calls)
+        assert not quarantine_due, f"{quarantine_due} failed too often but are not quarantined"
         drained_workers = {w.uuid: w for w in changes.workers}
         self.worker_views.update(drained_workers)
         for uuid, seen in changes.last_seen.items():
             self.worker_views[uuid] = replace(self.worker_views[uuid], last_seen=seen)
 
+        for uuid, view in drained_workers.items():
+            # 11. The record holds the latest failures, as the history tells them.
+            kept = [(f.time, f.reason) for f in view.health.failures]
+            assert kept == self.failures.get(uuid, [])[-KEPT:], (uuid, view.health)
+            assert view.health.recoverable == self.recoverable.get(uuid, False), view
+            quarantined = view.state is WorkerState.MAINTENANCE and view.reason.startswith(
+                QUARANTINED
+            )
+            assert view.health.quarantined == quarantined, view
         self._check_usage(changes, dict(self.requests), drained_workers)
         matched: list[RequestView] = []
         for view in changes.requests:
@@ -644,7 +684,7 @@ class CoreMachine(RuleBasedStateMachine):
             # 7. All boards at once: one job per profile, on distinct workers.
             assert len(jobs) == len(profiles), view
             assert len({job.worker_uuid for job in jobs}) == len(jobs), view
-            # 11. Each co-located group on one host or in one stack.
+            # 12. Each co-located group on one host or in one stack.
             if all(job.worker_uuid in self.worker_views for job in jobs):
                 chosen = [self.worker_views[job.worker_uuid] for job in jobs]
                 assert colocated(chosen, view), (view, chosen)
@@ -744,6 +784,41 @@ class CoreMachine(RuleBasedStateMachine):
         ]
         assert sorted(expected, key=key) == sorted(got, key=key), changes.usage
 
+    def _check_health_entry(
+        self, entry: HistoryEntry, quarantine_due: set[str], calls: Sequence[DryadCall]
+    ) -> None:
+        """11. Fold one history entry into the health model and check what it may do."""
+        uuid, old, new = entry.worker_uuid, entry.from_state, entry.to_state
+        admin = self.what.startswith(f"set_state {uuid} ")
+        if uuid in quarantine_due:
+            # The failure that made it due is followed at once by the quarantine.
+            assert (old, new) == (WorkerState.FAILED, WorkerState.MAINTENANCE), entry
+            assert entry.reason.startswith(QUARANTINED), entry
+            quarantine_due.discard(uuid)
+            self.recoverable[uuid] = False
+            return
+        if new is WorkerState.FAILED:
+            failures = self.failures.setdefault(uuid, [])
+            failures.append((entry.time, entry.reason))
+            in_service = old in IN_SERVICE
+            self.recoverable[uuid] = in_service and entry.reason.startswith(HEARTBEAT_LOST)
+            window = [t for t, _ in failures if t >= self.now - POLICY.quarantine_window]
+            if in_service and len(window) >= POLICY.quarantine_failures:
+                quarantine_due.add(uuid)
+            return
+        assert not entry.reason.startswith(QUARANTINED) or admin, entry
+        if old in (WorkerState.FAILED, WorkerState.MAINTENANCE):
+            if entry.reason == RECOVERING:
+                assert old is WorkerState.FAILED and new is WorkerState.PREPARE, entry
+                assert self.recoverable.get(uuid), f"{uuid} recovered from another failure"
+                assert self.what.startswith((f"heartbeat {uuid}", f"register {uuid} ")), entry
+                assert any(
+                    c.worker_uuid == uuid and c.kind is DryadCallKind.HEALTHCHECK for c in calls
+                ), f"{uuid} recovers without a healthcheck"
+            else:
+                assert admin, f"{uuid} left {old} by itself: {entry}"
+        self.recoverable[uuid] = False
+
     # ------------------------------------------------------------ invariants
 
     def _check_core(self, *, ticked: bool = False) -> None:
@@ -784,7 +859,7 @@ class CoreMachine(RuleBasedStateMachine):
             assert view.job is not None, view
             # 7. All boards or none.
             assert len(view.all_jobs) == len(view.all_profiles), view
-            # 11. A host group stays on its host while it runs, a stack group in its stack
+            # 12. A host group stays on its host while it runs, a stack group in its stack
             # while that stack lasts (deleting it frees the collateral, not the boards).
             for indexes, placement in colocated_groups(view):
                 if placement is Placement.HOST:
@@ -817,7 +892,10 @@ class CoreMachine(RuleBasedStateMachine):
             assert (worker.state is WorkerState.IDLE) == (worker.prepared is not None), worker
             # Heartbeat timers fire on time. (A command may arm one that is already due,
             # e.g. putting a long silent worker back into service; the next tick fires it.)
-            if ticked and worker.state is not WorkerState.FAILED:
+            # A worker quarantined for its silence stays in MAINTENANCE, silent or not.
+            failures = worker.health.failures
+            silenced = worker.health.quarantined and failures[-1].kind is FailureKind.HEARTBEAT
+            if ticked and worker.state is not WorkerState.FAILED and not silenced:
                 heard = max(worker.last_seen, self.heartbeat_epoch)
                 assert heard + POLICY.heartbeat_timeout > now, worker
 

@@ -7,7 +7,9 @@ from dataclasses import replace
 
 from boruta_scheduler.types import (
     AuditEvent,
-    HistoryEntry,
+    Failure,
+    FailureKind,
+    Health,
     JobView,
     PendingCode,
     PendingReason,
@@ -100,22 +102,27 @@ def test_the_queue_keeps_the_service_s_order() -> None:
 
 
 def test_failure_rate_counts_failures_in_the_window_only() -> None:
-    history = [
-        HistoryEntry("w", NOW - 1 * DAY, WorkerState.RUNNING, WorkerState.FAILED, "lost"),
-        HistoryEntry("w", NOW - 2 * DAY, WorkerState.IDLE, WorkerState.RUNNING, ""),
-        HistoryEntry("w", NOW - 3 * DAY, WorkerState.PREPARE, WorkerState.FAILED, "prepare"),
-        HistoryEntry("w", NOW - 20 * DAY, WorkerState.IDLE, WorkerState.FAILED, "old"),
-    ]
-    row = views.board_row(worker("w", WorkerState.IDLE), history, NOW)
+    kept = Health(
+        (
+            Failure(NOW - 20 * DAY, "old", FailureKind.OTHER),
+            Failure(NOW - 3 * DAY, "prepare", FailureKind.DRYAD_CALL),
+            Failure(NOW - 1 * DAY, "lost", FailureKind.HEARTBEAT),
+        )
+    )
+    row = views.board_row(replace(worker("w", WorkerState.IDLE), health=kept), NOW)
     assert row.failures_in_window == 2
     assert row.failures_per_day == 2 / 7
-    assert [f.reason for f in row.failures] == ["lost", "prepare", "old"]
+    assert [(f.reason, kind) for f, kind in row.failures] == [
+        ("lost", "heartbeat lost"),
+        ("prepare", "dryad call failed"),
+        ("old", "other"),
+    ]
 
 
 def test_a_new_board_rate_is_over_at_least_a_day() -> None:
-    young = replace(worker("w", WorkerState.IDLE), registered_at=NOW - 60)
-    history = [HistoryEntry("w", NOW - 30, WorkerState.IDLE, WorkerState.FAILED, "x")]
-    assert views.board_row(young, history, NOW).failures_per_day == 1.0
+    kept = Health((Failure(NOW - 30, "x", FailureKind.REPORTED),))
+    young = replace(worker("w", WorkerState.IDLE), registered_at=NOW - 60, health=kept)
+    assert views.board_row(young, NOW).failures_per_day == 1.0
 
 
 def test_the_timeline_runs_from_creation_to_the_end() -> None:

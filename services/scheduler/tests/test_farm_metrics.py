@@ -108,6 +108,35 @@ def test_cancelled_and_failed_requests_and_board_failures(scraped: Scraped) -> N
     assert scraped.value("boruta_requests", state="IN_PROGRESS", priority="5") == 1
 
 
+def test_quarantines_and_recoveries_per_board(scraped: Scraped) -> None:
+    kit = scraped.kit
+    # w1 loses its heartbeats and comes back; a failed recovery is no recovery.
+    kit.silent.add("w1")
+    kit.advance(kit.core.policy.heartbeat_timeout + 1)
+    kit.core.heartbeat(kit.now, "w1")
+    assert scraped.value("boruta_board_recoveries_total", worker="w1") == 0
+    kit.answer_calls()
+    assert scraped.value("boruta_board_recoveries_total", worker="w1") == 1
+    kit.advance(kit.core.policy.heartbeat_timeout + 1)
+    kit.core.heartbeat(kit.now, "w1")
+    kit.answer_calls(fail=True)
+    assert scraped.value("boruta_board_recoveries_total", worker="w1") == 1
+    # That was its third failure within the hour (two heartbeat losses, a healthcheck).
+    assert scraped.value("boruta_board_quarantined", worker="w1") == 1
+    # w2 fails three times within the hour: quarantined until an admin acts.
+    for _ in range(3):
+        kit.core.set_fail(kit.now, "w2", "flaky")
+        if kit.core.worker("w2").state is WorkerState.FAILED:
+            kit.core.set_state(kit.now, "w2", WorkerState.IDLE)
+            kit.answer_calls()
+    assert scraped.value("boruta_board_quarantines_total", worker="w2") == 1
+    assert scraped.value("boruta_board_quarantined", worker="w2") == 1
+    kit.core.set_state(kit.now, "w2", WorkerState.IDLE)
+    kit.answer_calls()
+    assert scraped.value("boruta_board_quarantined", worker="w2") == 0
+    assert scraped.value("boruta_board_quarantines_total", worker="w2") == 1
+
+
 def test_a_deregistered_board_leaves_the_figures(scraped: Scraped) -> None:
     kit = scraped.kit
     kit.core.set_state(kit.now, "w1", WorkerState.MAINTENANCE)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from boruta_scheduler.core import Changes, Core, Snapshot
+from boruta_scheduler.core import Changes, Core, Policy, Snapshot
 from boruta_scheduler.core.idempotency import Idempotency
 from boruta_scheduler.errors import InvalidArgument, StoreUnavailable
 from boruta_scheduler.listing import RequestQuery, RequestSort
@@ -24,6 +24,9 @@ from boruta_scheduler.types import (
     Colocation,
     HistoryEntry,
     Placement,
+    FailureKind,
+    Health,
+    HistoryEntry,
     RequestState,
     TokenRecord,
     WorkerState,
@@ -262,6 +265,31 @@ def assert_read_as_before_host_keys(snapshot: Snapshot) -> None:
     assert running.job_timeout == 0.0
     prepared = {w.uuid: w.prepared for w in snapshot.workers}["w2"]
     assert prepared is not None and (prepared.username, prepared.host_keys) == ("job2", ())
+    # Migration 0015: no failures kept from before.
+    assert all(w.health == Health() for w in snapshot.workers)
+
+
+def test_health_survives_a_restart(store: Store) -> None:
+    """Failures with their kinds, a quarantine and a pending recovery come back as stored."""
+    kit = CoreKit(Policy(quarantine_failures=2))
+    kit.add_worker("w1")
+    kit.add_worker("w2")
+    kit.core.set_fail(kit.now, "w1", "camera gone")
+    kit.core.set_state(kit.now, "w1", WorkerState.IDLE)
+    kit.answer_calls()
+    kit.core.set_fail(kit.now, "w1", "camera gone again")
+    kit.silent.add("w2")
+    kit.advance(kit.core.policy.heartbeat_timeout + 1)
+    commit_all(store, kit)
+    workers = {w.uuid: w for w in loaded(store).workers}
+    assert workers["w1"].state is WorkerState.MAINTENANCE and workers["w1"].health.quarantined
+    assert [f.kind for f in workers["w1"].health.failures] == [FailureKind.REPORTED] * 2
+    assert workers["w2"].health.recoverable
+    for uuid in workers:
+        assert workers[uuid].health == kit.core.worker(uuid).health
+    restored = Core.restore(loaded(store), kit.now, kit.core.policy)
+    restored.heartbeat(kit.now + 1, "w2")
+    assert restored.worker("w2").state is WorkerState.PREPARE
 
 
 # Columns added after schema version 4.
@@ -274,6 +302,7 @@ NEW_COLUMNS = {
     "profiles",
     "more_jobs",
     "together",
+    "health",
 }
 
 
@@ -611,6 +640,7 @@ def test_a_store_from_before_secure_delete_is_cleared_of_dead_keys_once(tmp_path
         "ALTER TABLE tokens DROP COLUMN arguments_hash",
         "ALTER TABLE tokens DROP COLUMN sealed_secret",
         "DROP TABLE job_usage",
+        "ALTER TABLE workers DROP COLUMN health",
         "DROP TABLE stacks",
         "ALTER TABLE requests DROP COLUMN together",
         "ALTER TABLE requests DROP COLUMN profiles",

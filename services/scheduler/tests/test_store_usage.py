@@ -185,12 +185,13 @@ LATER_COLUMNS = {"together"}
 
 
 def _old_rows(kit: CoreKit) -> tuple[dict[str, dict[str, object]], dict[int, dict[str, object]]]:
-    """The last row of every worker and request the scenario wrote, as version 10 has them."""
+    """The last row of every worker and request the scenario wrote, as version 10 has them
+    (without the columns of later migrations)."""
     workers: dict[str, dict[str, object]] = {}
     requests: dict[int, dict[str, object]] = {}
     for changes in kit.changes:
         for w in changes.workers:
-            workers[w.uuid] = worker_row(w)
+            workers[w.uuid] = {k: v for k, v in worker_row(w).items() if k != "health"}
         for r in changes.requests:
             row = request_row(r)
             assert all(row[k] is None for k in LATER_COLUMNS)

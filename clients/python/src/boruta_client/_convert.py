@@ -17,6 +17,7 @@ from boruta_client.types import (
     Allocation,
     AuditEvent,
     Colocation,
+    FailureKind,
     HistoryEntry,
     HostStatus,
     Job,
@@ -37,6 +38,7 @@ from boruta_client.types import (
     UsageTotals,
     Worker,
     WorkerChange,
+    WorkerFailure,
     WorkerSort,
     WorkerState,
 )
@@ -217,7 +219,21 @@ def worker(info: types_pb2.WorkerInfo) -> Worker:
         host_status=status,
         stack=info.stack,
         collateral_of=info.collateral_of or None,
+        recent_failures=tuple(
+            WorkerFailure(when(f.time), f.reason, _failure_kind(f.kind))
+            for f in info.recent_failures
+        ),
+        failures_per_day=info.failures_per_day,
+        quarantined=info.quarantined,
     )
+
+
+def _failure_kind(number: int) -> FailureKind:
+    """A kind this client knows, else UNSPECIFIED (a newer scheduler may send others)."""
+    try:
+        return FailureKind(number)
+    except ValueError:
+        return FailureKind.UNSPECIFIED
 
 
 def worker_change(reply: workers_pb2.WatchWorkersResponse) -> WorkerChange:

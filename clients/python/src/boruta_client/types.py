@@ -35,6 +35,25 @@ class WorkerState(enum.Enum):
     BUSY = 6
 
 
+class FailureKind(enum.Enum):
+    """What made a worker FAILED."""
+
+    UNSPECIFIED = 0  # not known
+    HEARTBEAT = 1  # its dryad went silent for longer than the heartbeat timeout
+    DRYAD_CALL = 2  # a call to its dryad (Prepare, Healthcheck, PutInMaintenance) failed
+    REPORTED = 3  # its dryad reported it failed (a local check failed)
+    OTHER = 4  # something else the scheduler found wrong
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerFailure:
+    """One time a worker entered FAILED."""
+
+    time: datetime
+    reason: str
+    kind: FailureKind
+
+
 class PendingCode(enum.Enum):
     """Why a WAITING request waits; when several apply, the first of this list."""
 
@@ -251,6 +270,12 @@ class Worker:
     # Its stack ("" for none), and the request holding it as collateral (None for none).
     stack: str = ""
     collateral_of: int | None = None
+    # Its latest failures, newest first; failures per day over the last week; and whether
+    # the scheduler quarantined it (MAINTENANCE after too many failures, until an admin
+    # sets it IDLE).
+    recent_failures: tuple[WorkerFailure, ...] = ()
+    failures_per_day: float = 0.0
+    quarantined: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,8 @@ WORKER_COLUMNS: list[Column] = [
     ("REASON", lambda w: w.reason),
 ]
 SETTLED = {WorkerState.IDLE, WorkerState.MAINTENANCE, WorkerState.FAILED}
+# Failures `workers show` lists (the scheduler keeps more; -o json gives them all).
+RECENT_SHOWN = 5
 
 
 def held(w: Worker) -> str | None:
@@ -41,8 +43,15 @@ def worker_details(w: Worker) -> str:
         ("registered", when(w.registered_at)),
         ("last seen", f"{when(w.last_seen)} ({ago(w.last_seen)} ago)"),
         ("jobs done", w.jobs_done),
-        ("failures", w.failures),
+        ("failures", f"{w.failures} in all, {w.failures_per_day:.2f} per day over the last week"),
     ]
+    if w.quarantined:
+        pairs.append(("quarantined", "yes: set it IDLE once it is fixed"))
+    for n, failure in enumerate(w.recent_failures[:RECENT_SHOWN]):
+        kind = failure.kind.name.lower().replace("_", " ")
+        pairs.append(
+            ("recent failures" if n == 0 else "", f"{when(failure.time)} ({kind}) {failure.reason}")
+        )
     s = w.host_status
     if s is not None:
         gib = 1024**3

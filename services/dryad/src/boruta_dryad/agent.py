@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 # restart (30 s by default), so the dryad must try again well within that, or its boards fail
 # just before they would have registered again.
 MAX_BACKOFF = 10.0
+IN_SERVICE = frozenset(
+    (types_pb2.WORKER_STATE_IDLE, types_pb2.WORKER_STATE_PREPARE, types_pb2.WORKER_STATE_RUNNING)
+)
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,8 @@ class SchedulerLink:
         self._silent = silent or (lambda uuid: False)
         self.registered: set[str] = set()
         self.heartbeats: dict[str, int] = dict.fromkeys(self.boards, 0)
+        # Each board's worker state as the scheduler last told it (UNSPECIFIED: not known).
+        self.states: dict[str, int] = dict.fromkeys(self.boards, types_pb2.WORKER_STATE_UNSPECIFIED)
         self._changed = asyncio.Event()
         self._schedulers = SchedulerList(scheduler_address.split(","))
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -131,6 +136,14 @@ class SchedulerLink:
         """Return once the scheduler has acknowledged count heartbeats of the board."""
         await self._wait_until(lambda: self.heartbeats[uuid] >= count, timeout)
 
+    def left_service(self, uuid: str) -> None:
+        """The scheduler is taking the board out of service (PutInMaintenance came)."""
+        self.states[uuid] = types_pb2.WORKER_STATE_BUSY
+
+    def in_service(self, uuid: str) -> bool:
+        """Whether the scheduler last said the board is in service (IDLE, PREPARE, RUNNING)."""
+        return self.states[uuid] in IN_SERVICE
+
     async def set_fail(self, uuid: str, reason: str) -> None:
         """Tell the scheduler a board has failed."""
         await self._stub().SetFail(
@@ -163,6 +176,7 @@ class SchedulerLink:
                         timeout=10,
                     )
                     interval = reply.heartbeat_interval.ToNanoseconds() / 1e9 or interval
+                    self.states[board.uuid] = reply.worker.state
                     self.registered.add(board.uuid)
                     self._changed.set()
                     backoff.reset()
@@ -177,6 +191,7 @@ class SchedulerLink:
                         timeout=10,
                     )
                     interval = reply_hb.heartbeat_interval.ToNanoseconds() / 1e9 or interval
+                    self.states[board.uuid] = reply_hb.worker_state
                     if reply_hb.HasField("live_job_users"):
                         await _reconcile(board.uuid, keeper, before, reply_hb.live_job_users)
                     self.heartbeats[board.uuid] += 1
@@ -200,6 +215,7 @@ class SchedulerLink:
                         },
                     )
                 self.registered.discard(board.uuid)
+                self.states[board.uuid] = types_pb2.WORKER_STATE_UNSPECIFIED
                 self._changed.set()
                 if not named:
                     await asyncio.sleep(backoff.next())

@@ -51,6 +51,11 @@ class ChecksConfig:
     min_disk_free_mb: int = 200
     commands: tuple[tuple[str, ...], ...] = ()
     timeout: float = 20.0
+    # The dryad runs the checks itself every interval seconds while its board is in
+    # service (0: never) and reports the board failed (SetFail) after fail_after failing
+    # rounds in a row.
+    interval: float = 60.0
+    fail_after: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +195,13 @@ def _board(index: int, data: Mapping[str, Any]) -> BoardConfig:
         min_disk_free_mb=int(checks_data.get("min_disk_free_mb", 200)),
         commands=commands,
         timeout=float(checks_data.get("timeout", 20.0)),
+        interval=float(checks_data.get("interval", 60.0)),
+        fail_after=int(checks_data.get("fail_after", 2)),
     )
+    if checks.interval < 0:
+        raise ConfigError(f"{where}: checks.interval must be 0 (never) or a number of seconds")
+    if checks.fail_after < 1:
+        raise ConfigError(f"{where}: checks.fail_after must be at least 1 (failing rounds)")
     return BoardConfig(
         name=name,
         caps=dict(caps),

@@ -26,6 +26,7 @@ from boruta_dryad.backends import make_backend
 from boruta_dryad.cgroups import CgroupError, JobCgroups, detect
 from boruta_dryad.config import ConfigError, DryadConfig, advertised_host, load_config
 from boruta_dryad.hoststatus import host_status
+from boruta_dryad.selfcheck import SelfChecks
 from boruta_dryad.servicer import Board, DryadServicer
 from boruta_dryad.state import dryad_id, ensure_uuids
 from boruta_dryad.uids import UidAllocator
@@ -60,6 +61,7 @@ class Dryad:
         }
         self.address = ""
         self.link: SchedulerLink | None = None
+        self.selfchecks: SelfChecks | None = None
         self._server: grpc.aio.Server | None = None
         self._probes: Probes | None = None
         # The metrics and their HTTP port, if configured; its address once started.
@@ -98,7 +100,7 @@ class Dryad:
         tls = self.config.tls
         peers = None if tls is None else PeerCertificates(tls.read()[0])
         dryad_pb2_grpc.add_DryadServicer_to_server(
-            DryadServicer(self.boards, peers, self.metrics), server
+            DryadServicer(self.boards, peers, self.metrics, self._left_service), server
         )
         self._probes = await add_probes(server, (DRYAD_SERVICE,), serving=True)
         if tls is None:
@@ -131,7 +133,13 @@ class Dryad:
             keepers={uuid: board.users for uuid, board in self.boards.items()},
         )
         self.link.start()
+        self.selfchecks = SelfChecks(self.boards, self.link, self.metrics)
+        self.selfchecks.start()
         return self.address
+
+    def _left_service(self, uuid: str) -> None:
+        if self.link is not None:
+            self.link.left_service(uuid)
 
     def _advertised(self, port: int) -> str:
         advertise = self.config.advertise
@@ -148,6 +156,8 @@ class Dryad:
         """Stop serving and remove the job users: nobody may use a board without its dryad."""
         if self._probes is not None:
             await self._probes.set_serving(False)
+        if self.selfchecks is not None:
+            await self.selfchecks.stop()
         if self.link is not None:
             await self.link.stop()
         if self._server is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -73,9 +73,13 @@ class DryadServicer(dryad_pb2_grpc.DryadServicer):
         boards: Mapping[str, Board],
         peers: PeerCertificates | None = None,
         metrics: DryadMetrics | None = None,
+        leaving_service: Callable[[str], None] | None = None,
     ) -> None:
         self._boards = boards
         self._metrics = metrics
+        # Told of each board PutInMaintenance takes out, before the next heartbeat says so:
+        # the dryad's own checks must not report a board an admin is taking out.
+        self._leaving_service = leaving_service or (lambda uuid: None)
         # With TLS, only the scheduler's certificate may have users created or boards
         # taken out of service; None on a plaintext loopback demo.
         self._peers = peers
@@ -133,6 +137,7 @@ class DryadServicer(dryad_pb2_grpc.DryadServicer):
         self, request: dryad_pb2.PutInMaintenanceRequest, context: Context
     ) -> dryad_pb2.PutInMaintenanceResponse:
         board = await self._board(request.worker_uuid, context)
+        self._leaving_service(board.config.uuid)
         try:
             # Nobody may keep using the board: the job user goes with its processes.
             await board.users.remove_all()

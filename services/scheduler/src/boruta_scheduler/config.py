@@ -235,6 +235,18 @@ _OPTIONS = [
     _Option("heartbeat_timeout", "policy", "duration", "silence after which a worker FAILS"),
     _Option("healthcheck_interval", "policy", "duration", "how often IDLE workers are checked"),
     _Option("healthcheck_before_prepare", "policy", "bool", "check a worker before each Prepare"),
+    _Option(
+        "quarantine_failures",
+        "policy",
+        "int",
+        "failures within quarantine_window that put a board into MAINTENANCE (0: never)",
+    ),
+    _Option(
+        "quarantine_window",
+        "policy",
+        "duration",
+        "how far back failures count towards quarantine_failures",
+    ),
 ]
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -227,6 +227,40 @@ class RequestView:
         return () if self.job is None else (self.job,)
 
 
+class FailureKind(enum.Enum):
+    """What made a worker FAILED (core/health.py)."""
+
+    # Its dryad went silent for longer than the heartbeat timeout.
+    HEARTBEAT = "heartbeat"
+    # A call to its dryad (Prepare, Healthcheck, PutInMaintenance) failed.
+    DRYAD_CALL = "dryad_call"
+    # Its dryad reported it with SetFail (a local check failed).
+    REPORTED = "reported"
+    # Anything else the scheduler found wrong (e.g. Prepare returned no access).
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One time a worker entered FAILED."""
+
+    time: float
+    reason: str
+    kind: FailureKind
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """A worker's latest failures (oldest first, at most health.KEPT of them) and what
+    they led to: quarantined, put into MAINTENANCE by the scheduler after too many;
+    recoverable, FAILED only because its heartbeats stopped while it was in service, so it
+    goes back into service once its dryad is heard again and a healthcheck passes."""
+
+    failures: tuple[Failure, ...] = ()
+    quarantined: bool = False
+    recoverable: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerView:
     """An immutable snapshot of a worker."""
@@ -251,6 +285,7 @@ class WorkerView:
     # collateral (0 for none): not matched to any other request until that one ends.
     stack: str = ""
     collateral_of: int = 0
+    health: Health = Health()
 
 
 @dataclass(frozen=True, slots=True)

@@ -156,6 +156,12 @@ class HeartbeatResponse(_message.Message):
 
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     LIVE_JOB_USERS_FIELD_NUMBER: _builtins.int
+    WORKER_STATE_FIELD_NUMBER: _builtins.int
+    worker_state: _types_pb2.WorkerState.ValueType
+    """The worker's state after this heartbeat; UNSPECIFIED when the scheduler cannot tell
+    now. A dryad reports its board's failing local checks with SetFail only while the
+    worker is in service (IDLE, PREPARE or RUNNING), never one in MAINTENANCE.
+    """
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:
         """How often the dryad should send heartbeats."""
@@ -169,10 +175,11 @@ class HeartbeatResponse(_message.Message):
         *,
         heartbeat_interval: _duration_pb2.Duration | None = ...,
         live_job_users: Global___LiveJobUsers | None = ...,
+        worker_state: _types_pb2.WorkerState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "live_job_users", b"live_job_users"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "live_job_users", b"live_job_users"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "live_job_users", b"live_job_users", "worker_state", b"worker_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -82,7 +82,10 @@ class _WorkerStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WorkerSta
     WORKER_STATE_RUNNING: _WorkerState.ValueType  # 3
     """Running the job of exactly one request."""
     WORKER_STATE_FAILED: _WorkerState.ValueType  # 4
-    """Something went wrong; see the worker's reason and history. An admin must act."""
+    """Something went wrong; see the worker's reason, recent failures and history. An admin
+    must act, except after a heartbeat loss of a worker in service: once its dryad is
+    heard again the scheduler healthchecks it and puts it back into service (PREPARE).
+    """
     WORKER_STATE_PREPARE: _WorkerState.ValueType  # 5
     """The scheduler asked the dryad to prepare a fresh job user and key; IDLE follows."""
     WORKER_STATE_BUSY: _WorkerState.ValueType  # 6
@@ -100,7 +103,10 @@ WORKER_STATE_IDLE: WorkerState.ValueType  # 2
 WORKER_STATE_RUNNING: WorkerState.ValueType  # 3
 """Running the job of exactly one request."""
 WORKER_STATE_FAILED: WorkerState.ValueType  # 4
-"""Something went wrong; see the worker's reason and history. An admin must act."""
+"""Something went wrong; see the worker's reason, recent failures and history. An admin
+must act, except after a heartbeat loss of a worker in service: once its dryad is
+heard again the scheduler healthchecks it and puts it back into service (PREPARE).
+"""
 WORKER_STATE_PREPARE: WorkerState.ValueType  # 5
 """The scheduler asked the dryad to prepare a fresh job user and key; IDLE follows."""
 WORKER_STATE_BUSY: WorkerState.ValueType  # 6
@@ -202,6 +208,38 @@ of a request on its stack, or preparing) or out of service; expected_start and
 latest_start say when the first taken one comes free.
 """
 Global___PendingReasonCode: _TypeAlias = PendingReasonCode  # noqa: Y015
+
+class _FailureKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FailureKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FailureKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FAILURE_KIND_UNSPECIFIED: _FailureKind.ValueType  # 0
+    """Not known (never sent by this scheduler)."""
+    FAILURE_KIND_HEARTBEAT: _FailureKind.ValueType  # 1
+    """Its dryad sent no heartbeat for longer than the heartbeat timeout."""
+    FAILURE_KIND_DRYAD_CALL: _FailureKind.ValueType  # 2
+    """A call to its dryad (Prepare, Healthcheck, PutInMaintenance) failed."""
+    FAILURE_KIND_REPORTED: _FailureKind.ValueType  # 3
+    """Its dryad reported it with Superviser.SetFail (e.g. a local check failed)."""
+    FAILURE_KIND_OTHER: _FailureKind.ValueType  # 4
+    """Something else the scheduler found wrong."""
+
+class FailureKind(_FailureKind, metaclass=_FailureKindEnumTypeWrapper):
+    """FailureKind says what made a worker FAILED."""
+
+FAILURE_KIND_UNSPECIFIED: FailureKind.ValueType  # 0
+"""Not known (never sent by this scheduler)."""
+FAILURE_KIND_HEARTBEAT: FailureKind.ValueType  # 1
+"""Its dryad sent no heartbeat for longer than the heartbeat timeout."""
+FAILURE_KIND_DRYAD_CALL: FailureKind.ValueType  # 2
+"""A call to its dryad (Prepare, Healthcheck, PutInMaintenance) failed."""
+FAILURE_KIND_REPORTED: FailureKind.ValueType  # 3
+"""Its dryad reported it with Superviser.SetFail (e.g. a local check failed)."""
+FAILURE_KIND_OTHER: FailureKind.ValueType  # 4
+"""Something else the scheduler found wrong."""
+Global___FailureKind: _TypeAlias = FailureKind  # noqa: Y015
 
 @_typing.final
 class JobInfo(_message.Message):
@@ -733,6 +771,9 @@ class WorkerInfo(_message.Message):
     DRYAD_VERSION_FIELD_NUMBER: _builtins.int
     STACK_FIELD_NUMBER: _builtins.int
     COLLATERAL_OF_FIELD_NUMBER: _builtins.int
+    RECENT_FAILURES_FIELD_NUMBER: _builtins.int
+    FAILURES_PER_DAY_FIELD_NUMBER: _builtins.int
+    QUARANTINED_FIELD_NUMBER: _builtins.int
     uuid: _builtins.str
     """Worker's identifier, also found in its caps under the key "UUID"."""
     state: Global___WorkerState.ValueType
@@ -757,6 +798,15 @@ class WorkerInfo(_message.Message):
     """Request that holds the worker as collateral (it runs on another worker of the stack):
     no other request is given the worker until that one ends; 0 when none.
     """
+    failures_per_day: _builtins.float
+    """Failures per day over the last 7 days, or over the worker's life if shorter (counted
+    as at least one day).
+    """
+    quarantined: _builtins.bool
+    """Whether the scheduler quarantined the worker: it failed too often within a short time
+    (the scheduler's quarantine_failures within quarantine_window) and is in MAINTENANCE,
+    with a reason that starts "quarantined: ", until an admin sets it IDLE.
+    """
     @_builtins.property
     def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Groups the worker belongs to; a worker with no groups is open to all users."""
@@ -777,6 +827,10 @@ class WorkerInfo(_message.Message):
     def host_status(self) -> Global___HostStatus:
         """Resource usage from the latest heartbeat; unset until one arrives after a scheduler start."""
 
+    @_builtins.property
+    def recent_failures(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkerFailure]:
+        """The worker's latest failures, newest first (the scheduler keeps the latest 64)."""
+
     def __init__(
         self,
         *,
@@ -796,14 +850,49 @@ class WorkerInfo(_message.Message):
         dryad_version: _builtins.str = ...,
         stack: _builtins.str = ...,
         collateral_of: _builtins.int = ...,
+        recent_failures: _abc.Iterable[Global___WorkerFailure] | None = ...,
+        failures_per_day: _builtins.float = ...,
+        quarantined: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["host_status", b"host_status", "last_seen", b"last_seen", "registered_at", b"registered_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caps", b"caps", "collateral_of", b"collateral_of", "dryad_address", b"dryad_address", "dryad_version", b"dryad_version", "failures", b"failures", "groups", b"groups", "host_status", b"host_status", "jobs_done", b"jobs_done", "last_seen", b"last_seen", "reason", b"reason", "registered_at", b"registered_at", "request_id", b"request_id", "ssh_address", b"ssh_address", "stack", b"stack", "state", b"state", "uuid", b"uuid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caps", b"caps", "collateral_of", b"collateral_of", "dryad_address", b"dryad_address", "dryad_version", b"dryad_version", "failures", b"failures", "failures_per_day", b"failures_per_day", "groups", b"groups", "host_status", b"host_status", "jobs_done", b"jobs_done", "last_seen", b"last_seen", "quarantined", b"quarantined", "reason", b"reason", "recent_failures", b"recent_failures", "registered_at", b"registered_at", "request_id", b"request_id", "ssh_address", b"ssh_address", "stack", b"stack", "state", b"state", "uuid", b"uuid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkerInfo: _TypeAlias = WorkerInfo  # noqa: Y015
+
+@_typing.final
+class WorkerFailure(_message.Message):
+    """WorkerFailure is one time a worker entered FAILED."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """Why, as the worker's reason said then."""
+    kind: Global___FailureKind.ValueType
+    """What made it fail."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When it failed."""
+
+    def __init__(
+        self,
+        *,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+        kind: Global___FailureKind.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "reason", b"reason", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkerFailure: _TypeAlias = WorkerFailure  # noqa: Y015
 
 @_typing.final
 class WorkerHistoryEntry(_message.Message):

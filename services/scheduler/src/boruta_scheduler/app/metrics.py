@@ -21,7 +21,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from boruta_scheduler.core import Changes, Core
-from boruta_scheduler.types import RequestState, RequestView, WorkerState, WorkerView
+from boruta_scheduler.core.health import QUARANTINED
+from boruta_scheduler.core.scheduler import RECOVERING
+from boruta_scheduler.types import (
+    HistoryEntry,
+    RequestState,
+    RequestView,
+    WorkerState,
+    WorkerView,
+)
 
 LIVE_STATES = (RequestState.WAITING, RequestState.IN_PROGRESS)
 TERMINAL_STATES = tuple(s for s in RequestState if s not in LIVE_STATES)
@@ -41,6 +49,12 @@ class _Board:
     busy_seconds: float = 0.0
     running_since: float | None = None  # wall-clock time the current job started
     failures: int = 0
+    # Quarantines and recoveries since the scheduler started; whether it is quarantined
+    # now; whether it is on its way back from a heartbeat loss (FAILED -> PREPARE -> IDLE).
+    quarantines: int = 0
+    recoveries: int = 0
+    quarantined: bool = False
+    recovering: bool = False
 
 
 @dataclass(slots=True)
@@ -74,7 +88,9 @@ class FarmMetrics(Collector):
         """Start from a restored core: its boards, and its running jobs (counted as busy
         from now: this process saw nothing before)."""
         for view in core.workers():
-            self._boards[view.uuid] = _Board(view.state, view.groups)
+            self._boards[view.uuid] = _Board(
+                view.state, view.groups, quarantined=view.health.quarantined
+            )
             if view.state is WorkerState.RUNNING:
                 self._boards[view.uuid].running_since = now
                 if view.request_id:
@@ -95,12 +111,31 @@ class FarmMetrics(Collector):
                 board.running_since = entry.time
             elif entry.to_state is WorkerState.FAILED:
                 board.failures += 1
+            self._health(board, entry)
         for worker in changes.workers:
             self._worker(worker)
         for worker in changes.removed_workers:
             removed = self._boards.pop(worker.uuid, None)
             if removed is not None and removed.running_since is not None:
                 self._add_busy(removed, self._clock() - removed.running_since)
+
+    @staticmethod
+    def _health(board: _Board, entry: HistoryEntry) -> None:
+        """Count a quarantine, and a recovery once the board it brings back is IDLE."""
+        came_from, went_to = entry.from_state, entry.to_state
+        if (
+            came_from is WorkerState.FAILED
+            and went_to is WorkerState.MAINTENANCE
+            and entry.reason.startswith(QUARANTINED)
+        ):
+            board.quarantines += 1
+        if board.recovering and went_to is WorkerState.IDLE:
+            board.recoveries += 1
+        board.recovering = (
+            came_from is WorkerState.FAILED
+            and went_to is WorkerState.PREPARE
+            and entry.reason == RECOVERING
+        ) or (board.recovering and went_to is WorkerState.PREPARE)
 
     def _worker(self, view: WorkerView) -> None:
         board = self._boards.get(view.uuid)
@@ -112,6 +147,7 @@ class FarmMetrics(Collector):
                 board.running_since = view.last_seen
         board.state = view.state
         board.groups = view.groups
+        board.quarantined = view.health.quarantined
 
     def _request(self, view: RequestView) -> None:
         state = view.state
@@ -191,12 +227,32 @@ class FarmMetrics(Collector):
             "Times each board went FAILED since the scheduler started",
             labels=("worker",),
         )
+        quarantines = CounterMetricFamily(
+            "boruta_board_quarantines",
+            "Times each board was quarantined (put into MAINTENANCE after too many failures) "
+            "since the scheduler started",
+            labels=("worker",),
+        )
+        recoveries = CounterMetricFamily(
+            "boruta_board_recoveries",
+            "Times each board came back IDLE by itself after a heartbeat loss since the "
+            "scheduler started",
+            labels=("worker",),
+        )
+        quarantined = GaugeMetricFamily(
+            "boruta_board_quarantined",
+            "1 while a board is quarantined (until an admin puts it back into service)",
+            labels=("worker",),
+        )
         group_busy = dict(self._tallies.group_busy)
         for uuid, board in sorted(self._boards.items()):
             counts[board.state] += 1
             running = now - board.running_since if board.running_since is not None else 0.0
             busy.add_metric([uuid], board.busy_seconds + max(0.0, running))
             failures.add_metric([uuid], board.failures)
+            quarantines.add_metric([uuid], board.quarantines)
+            recoveries.add_metric([uuid], board.recoveries)
+            quarantined.add_metric([uuid], 1 if board.quarantined else 0)
             if running > 0:
                 for group in board.groups:
                     group_busy[group] = group_busy.get(group, 0.0) + running
@@ -205,6 +261,9 @@ class FarmMetrics(Collector):
         yield states
         yield busy
         yield failures
+        yield quarantines
+        yield recoveries
+        yield quarantined
         groups = CounterMetricFamily(
             "boruta_group_busy_seconds",
             "Seconds the boards of each group spent RUNNING a job (a board in two groups "

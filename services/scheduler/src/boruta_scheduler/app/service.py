@@ -563,14 +563,15 @@ class SchedulerService:
 
     async def heartbeat(
         self, who: Identity, uuid: str, status: HostStatus | None
-    ) -> tuple[str, ...] | None:
+    ) -> tuple[tuple[str, ...] | None, WorkerState | None]:
         """Note the dryad is alive; return the worker's job users it may keep (None: no
-        verdict now), decided in the same step, so in order with every state change."""
+        verdict now) and its state (None: not known now), decided in the same step, so in
+        order with every state change."""
         check_dryad(who, uuid)
 
-        def command(core: Core, now: float) -> tuple[str, ...] | None:
-            core.heartbeat(now, uuid, status)
-            return core.live_job_users(uuid)
+        def command(core: Core, now: float) -> tuple[tuple[str, ...] | None, WorkerState]:
+            state = core.heartbeat(now, uuid, status)
+            return core.live_job_users(uuid), state
 
         if self.engine.outage is None:
             try:
@@ -582,7 +583,7 @@ class SchedulerService:
         # an error would only send it to register again. No verdict on its job users: the
         # next heartbeat after the recovery gives one.
         await self.engine.read(lambda core, now: core.worker(uuid))
-        return None
+        return None, None
 
     async def set_fail(self, who: Identity, uuid: str, reason: str) -> None:
         check_dryad(who, uuid)

@@ -12,6 +12,7 @@ from boruta_scheduler.types import (
     Access,
     CapPair,
     Colocation,
+    Health,
     HostStatus,
     JobView,
     ProfileView,
@@ -225,6 +226,7 @@ class Worker:
         "failures",
         "groups",
         "hb_armed",
+        "health",
         "health_due",
         "health_op",
         "host_status",
@@ -284,6 +286,8 @@ class Worker:
         # Periodic healthcheck: when the next is due (0: none planned) and the one in flight.
         self.health_due = 0.0
         self.health_op = 0
+        # Latest failures, quarantine and recovery (core/health.py).
+        self.health = Health()
         self.rank = self.compute_rank()
 
     def compute_rank(self) -> tuple[int, str]:
@@ -310,4 +314,5 @@ class Worker:
             host_status=self.host_status,
             stack=self.stack,
             collateral_of=self.collateral_of,
+            health=self.health,
         )

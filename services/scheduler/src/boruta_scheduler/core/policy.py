@@ -41,6 +41,10 @@ class Policy:
     # into service), and every healthcheck_interval while it is IDLE (0: never).
     healthcheck_before_prepare: bool = True
     healthcheck_interval: float = 300.0
+    # Quarantine (core/health.py): a worker that fails quarantine_failures times within
+    # quarantine_window goes into MAINTENANCE until an admin puts it back (0: never).
+    quarantine_failures: int = 3
+    quarantine_window: float = 1 * HOUR
     max_caps: int = 32
     max_cap_key_len: int = 64
     max_cap_value_len: int = 256
@@ -85,8 +89,9 @@ class Policy:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        if self.healthcheck_interval < 0:
-            raise ValueError("healthcheck_interval must not be negative")
+        for name in ("healthcheck_interval", "quarantine_failures", "quarantine_window"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
         if self.max_job_duration < self.job_timeout:
             raise ValueError("max_job_duration must be at least job_timeout")
         for name, value in [("max_priority", self.max_priority), *self.group_max_priority.items()]:

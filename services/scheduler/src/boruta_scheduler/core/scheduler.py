@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 
+from boruta_scheduler.core import health
 from boruta_scheduler.core.caps import Need, board_items, check_request_caps, need_of
 from boruta_scheduler.core.idempotency import Idempotency, KeyMemory, same_arguments
 from boruta_scheduler.core.matching import match, shortlist
@@ -75,6 +76,8 @@ from boruta_scheduler.types import (
     Allocation,
     CapPair,
     Colocation,
+    Failure,
+    FailureKind,
     HistoryEntry,
     HostStatus,
     JobUsage,
@@ -91,6 +94,11 @@ from boruta_scheduler.types import (
 )
 
 HEARTBEAT_LOST = "heartbeat lost"
+# The reason of a worker going back into service by itself after a heartbeat loss.
+RECOVERING = "dryad heard again after a heartbeat loss"
+# States of a worker in service: a failure in them counts towards quarantine, and a
+# heartbeat loss in them is recovered from.
+IN_SERVICE = frozenset((WorkerState.IDLE, WorkerState.PREPARE, WorkerState.RUNNING))
 
 
 # How many expected starts of other requests' sets one walk for a request works out to
@@ -219,6 +227,7 @@ class Core:
         worker.jobs_done = view.jobs_done
         worker.failures = view.failures
         worker.prepared = view.prepared
+        worker.health = view.health
         worker.stack = self._stack_of.get(worker.uuid, "")
         self._workers[worker.uuid] = worker
         self._registered.add(worker)
@@ -938,6 +947,7 @@ class Core:
         self._out.worker(worker)
         if restarted:
             self._dryad_restarted(worker, now)
+        self._recover_if_back(worker, now)
         self._invalidate_orphans(
             orphan_candidates, now, f"worker {uuid} registered again with other caps or host"
         )
@@ -946,14 +956,18 @@ class Core:
         self._arm_heartbeat(worker)
         return worker.view()
 
-    def heartbeat(self, now: float, uuid: str, host_status: HostStatus | None = None) -> None:
-        """Note that the worker's dryad is alive."""
+    def heartbeat(
+        self, now: float, uuid: str, host_status: HostStatus | None = None
+    ) -> WorkerState:
+        """Note that the worker's dryad is alive; returns the worker's state after it."""
         worker = self._known_worker(uuid)
         worker.last_seen = now
         if host_status is not None:
             worker.host_status = host_status
         self._out.seen(worker)
+        self._recover_if_back(worker, now)
         self._arm_heartbeat(worker)
+        return worker.state
 
     def live_job_users(self, uuid: str) -> tuple[str, ...] | None:
         """The job users of the worker that must stay, or None while a dryad call in flight
@@ -973,7 +987,7 @@ class Core:
     def set_fail(self, now: float, uuid: str, reason: str) -> None:
         """The dryad reports its worker failed."""
         reason = self.policy.check_reason(reason) or "failure reported by the dryad"
-        self._fail_worker(self._known_worker(uuid), now, reason)
+        self._fail_worker(self._known_worker(uuid), now, reason, FailureKind.REPORTED)
 
     def set_state(self, now: float, uuid: str, state: WorkerState, reason: str = "") -> WorkerView:
         """Admin puts a worker into service (IDLE) or takes it out (MAINTENANCE)."""
@@ -1083,7 +1097,7 @@ class Core:
         else:
             return
         reason = f"{call.kind.value} failed: {error}"
-        self._fail_worker(worker, now, reason[: self.policy.max_reason_len])
+        self._fail_worker(worker, now, reason[: self.policy.max_reason_len], FailureKind.DRYAD_CALL)
 
     def tunnel_opened(self, now: float, request_id: int, port: int, index: int = 0) -> None:
         """The tunnel of the job of profile index listens on port; AcquireWorker can answer
@@ -1714,9 +1728,14 @@ class Core:
                 self._issue_prepare(worker)
         self._match_freed(self._release_collateral(request, workers), now)
 
-    def _fail_worker(self, worker: Worker, now: float, reason: str) -> None:
+    def _fail_worker(
+        self, worker: Worker, now: float, reason: str, kind: FailureKind = FailureKind.OTHER
+    ) -> None:
+        """The worker becomes FAILED (its job fails); the failure is kept in its record, and
+        one too many for a worker in service puts it into quarantine."""
         if worker.state is WorkerState.FAILED:
             return
+        in_service = worker.state in IN_SERVICE
         if worker.state is WorkerState.RUNNING:
             request = self._requests[worker.request_id]
             self._end_job(
@@ -1725,6 +1744,25 @@ class Core:
         worker.prepared = None
         worker.pending_op = 0
         self._transition(worker, WorkerState.FAILED, now, reason)
+        failure = Failure(now, reason, kind)
+        worker.health = health.record(worker.health, failure, in_service=in_service)
+        policy = self.policy
+        if in_service and health.should_quarantine(
+            worker.health, now, policy.quarantine_failures, policy.quarantine_window
+        ):
+            why = health.quarantine_reason(
+                failure, policy.quarantine_failures, policy.quarantine_window
+            )
+            self._transition(worker, WorkerState.MAINTENANCE, now, why[: policy.max_reason_len])
+            worker.health = health.quarantined(worker.health)
+
+    def _recover_if_back(self, worker: Worker, now: float) -> None:
+        """A worker FAILED only by a heartbeat loss while in service goes back into service
+        now that its dryad is heard: healthcheck, then Prepare (PREPARE), then IDLE."""
+        if worker.state is not WorkerState.FAILED or not worker.health.recoverable:
+            return
+        self._transition(worker, WorkerState.PREPARE, now, RECOVERING)
+        self._issue(worker, DryadCallKind.HEALTHCHECK)
 
     def _dryad_restarted(self, worker: Worker, now: float) -> None:
         """The dryad lost its job users: a running job fails and the worker is prepared again."""
@@ -1756,6 +1794,10 @@ class Core:
         if state not in (WorkerState.IDLE, WorkerState.RUNNING, WorkerState.PREPARE):
             # Out of service: the request it was kept for counts on it no more.
             self._unreserve(worker)
+        if state not in (WorkerState.FAILED, WorkerState.MAINTENANCE):
+            # Back in service (or on the way out by an admin's hand): whatever the last
+            # failure led to is over.
+            worker.health = health.settled(worker.health)
         worker.state = state
         worker.reason = reason
         if state not in (WorkerState.IDLE, WorkerState.RUNNING):
@@ -1873,7 +1915,10 @@ class Core:
             self._arm_heartbeat(worker)
         else:
             self._fail_worker(
-                worker, now, f"{HEARTBEAT_LOST}: nothing heard for {now - heard:.0f} s"
+                worker,
+                now,
+                f"{HEARTBEAT_LOST}: nothing heard for {now - heard:.0f} s",
+                FailureKind.HEARTBEAT,
             )
 
     def _push_timer(self, due: float, kind: TimerKind, target: Target) -> None:

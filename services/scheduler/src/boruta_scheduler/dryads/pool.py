@@ -134,7 +134,7 @@ class DryadPool:
         )
         if not health.healthy:
             failed = "; ".join(f"{c.name}: {c.detail}" for c in health.checks if not c.ok)
-            raise DryadCallError(f"healthcheck failed: {failed or 'no detail'}", "unhealthy")
+            raise DryadCallError(f"failing checks: {failed or 'none named'}", "unhealthy")
         return None
 
     async def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterable
 from typing import TypeVar, cast
 
@@ -10,6 +11,7 @@ from boruta.v1 import audit_pb2, requests_pb2, tokens_pb2, types_pb2, workers_pb
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from boruta_scheduler.core import health
 from boruta_scheduler.errors import InvalidArgument
 from boruta_scheduler.listing import (
     INT64_MAX,
@@ -25,6 +27,7 @@ from boruta_scheduler.types import (
     Allocation,
     AuditEvent,
     Colocation,
+    FailureKind,
     HistoryEntry,
     HostStatus,
     JobView,
@@ -375,7 +378,9 @@ def host_status(info: types_pb2.HostStatus) -> HostStatus:
     )
 
 
-def worker_info(w: WorkerView) -> types_pb2.WorkerInfo:
+def worker_info(w: WorkerView, now: float | None = None) -> types_pb2.WorkerInfo:
+    """The worker as the API shows it; its failure rate is as of now (default: the clock)."""
+    record = w.health
     info = types_pb2.WorkerInfo(
         uuid=w.uuid,
         state=int(w.state),  # type: ignore[arg-type]
@@ -392,10 +397,30 @@ def worker_info(w: WorkerView) -> types_pb2.WorkerInfo:
         dryad_version=w.dryad_version,
         stack=w.stack,
         collateral_of=w.collateral_of,
+        recent_failures=[
+            types_pb2.WorkerFailure(
+                time=timestamp(f.time),
+                reason=f.reason,
+                kind=_FAILURE_KINDS[f.kind],
+            )
+            for f in reversed(record.failures)
+        ],
+        failures_per_day=health.failures_per_day(
+            record, time.time() if now is None else now, w.registered_at
+        ),
+        quarantined=record.quarantined,
     )
     if w.host_status is not None:
         info.host_status.CopyFrom(host_status_info(w.host_status))
     return info
+
+
+_FAILURE_KINDS = {
+    FailureKind.HEARTBEAT: types_pb2.FAILURE_KIND_HEARTBEAT,
+    FailureKind.DRYAD_CALL: types_pb2.FAILURE_KIND_DRYAD_CALL,
+    FailureKind.REPORTED: types_pb2.FAILURE_KIND_REPORTED,
+    FailureKind.OTHER: types_pb2.FAILURE_KIND_OTHER,
+}
 
 
 def stack_info(s: StackView) -> workers_pb2.StackInfo:

@@ -47,9 +47,11 @@ class SuperviserServicer(superviser_pb2_grpc.SuperviserServicer):
         status = (
             convert.host_status(request.host_status) if request.HasField("host_status") else None
         )
-        live = await self._service.heartbeat(current_identity(), request.worker_uuid, status)
+        live, state = await self._service.heartbeat(current_identity(), request.worker_uuid, status)
         return superviser_pb2.HeartbeatResponse(
-            heartbeat_interval=self._interval(), live_job_users=_verdict(live)
+            heartbeat_interval=self._interval(),
+            live_job_users=_verdict(live),
+            worker_state=0 if state is None else int(state),  # type: ignore[arg-type]
         )
 
     async def SetFail(

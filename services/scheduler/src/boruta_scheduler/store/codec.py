@@ -14,6 +14,9 @@ from boruta_scheduler.types import (
     Access,
     AuditEvent,
     Colocation,
+    Failure,
+    FailureKind,
+    Health,
     HistoryEntry,
     JobUsage,
     JobView,
@@ -35,6 +38,7 @@ _REQUEST_STATES = {int(state): state for state in RequestState}
 # Distinct caps and groups texts one Decoder keeps: enough for the shapes a farm has, few
 # enough that a queue of unique caps does not hold them all while it loads.
 DECODER_ROOM = 4096
+_NO_HEALTH = Health()
 
 
 class Decoder:
@@ -248,6 +252,7 @@ def worker_row(w: WorkerView) -> dict[str, Any]:
         "prepared_username": prepared.username if prepared else None,
         "prepared_key": prepared.private_key_pem if prepared else None,
         "prepared_host_keys": _json_keys(prepared),
+        "health": _json_health(w.health),
     }
 
 
@@ -269,6 +274,30 @@ def worker_view(row: Row) -> WorkerView:
         jobs_done=row["jobs_done"],
         failures=row["failures"],
         prepared=prepared,
+        health=_health(row["health"]),
+    )
+
+
+def _json_health(health: Health) -> str:
+    if health == _NO_HEALTH:
+        return "{}"
+    return json.dumps(
+        {
+            "failures": [[f.time, f.kind.value, f.reason] for f in health.failures],
+            "quarantined": health.quarantined,
+            "recoverable": health.recoverable,
+        }
+    )
+
+
+def _health(text: str) -> Health:
+    data = json.loads(text)
+    if not data:
+        return _NO_HEALTH
+    return Health(
+        tuple(Failure(t, reason, FailureKind(kind)) for t, kind, reason in data["failures"]),
+        quarantined=data["quarantined"],
+        recoverable=data["recoverable"],
     )
 
 

@@ -5,22 +5,23 @@ without a server."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from boruta_scheduler.core import health
 from boruta_scheduler.types import (
     AuditEvent,
-    HistoryEntry,
+    Failure,
+    FailureKind,
     PendingCode,
     PendingReason,
     RequestState,
     RequestView,
-    WorkerState,
     WorkerView,
 )
 
-# The window over which a board's failure rate is counted.
-FAILURE_WINDOW_S = 7 * 86400.0
+# The window over which a board's failure rate is counted (the API's, core/health.py).
+FAILURE_WINDOW_S = health.RATE_WINDOW
 # Failures listed per board.
 FAILURES_SHOWN = 5
 
@@ -65,19 +66,33 @@ class BoardRow:
     """One board on the boards page."""
 
     view: WorkerView
-    failures: list[HistoryEntry]
+    # The latest failures, newest first, with their kinds as the page words them.
+    failures: list[tuple[Failure, str]]
     failures_in_window: int
     # Failures per day over the window (or over the board's life, if shorter).
     failures_per_day: float
 
 
-def board_row(view: WorkerView, history: Sequence[HistoryEntry], now: float) -> BoardRow:
-    """A board with its latest failures and failure rate, from its history (newest first)."""
-    failed = [e for e in history if e.to_state is WorkerState.FAILED]
+FAILURE_KIND_WORDS = {
+    FailureKind.HEARTBEAT: "heartbeat lost",
+    FailureKind.DRYAD_CALL: "dryad call failed",
+    FailureKind.REPORTED: "reported by its dryad",
+    FailureKind.OTHER: "other",
+}
+
+
+def board_row(view: WorkerView, now: float) -> BoardRow:
+    """A board with its latest failures and failure rate, from the record the scheduler
+    keeps of it (the API's recent_failures and failures_per_day)."""
+    record = view.health
     since = max(now - FAILURE_WINDOW_S, view.registered_at)
-    recent = sum(1 for e in failed if e.time >= since)
-    days = max((now - since) / 86400.0, 1.0)
-    return BoardRow(view, failed[:FAILURES_SHOWN], recent, recent / days)
+    latest = list(reversed(record.failures[-FAILURES_SHOWN:]))
+    return BoardRow(
+        view,
+        [(failure, FAILURE_KIND_WORDS[failure.kind]) for failure in latest],
+        health.failures_since(record, since),
+        health.failures_per_day(record, now, view.registered_at),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,11 +48,11 @@ INSERT INTO requests (
 INSERT INTO workers (
     uuid, state, groups_json, caps, dryad_address, ssh_address, instance_id, dryad_version,
     reason, request_id, registered_at, last_seen, jobs_done, failures, prepared_username,
-    prepared_key, prepared_host_keys
+    prepared_key, prepared_host_keys, health
 ) VALUES (
     :uuid, :state, :groups_json, :caps, :dryad_address, :ssh_address, :instance_id,
     :dryad_version, :reason, :request_id, :registered_at, :last_seen, :jobs_done, :failures,
-    :prepared_username, :prepared_key, :prepared_host_keys
+    :prepared_username, :prepared_key, :prepared_host_keys, :health
 ) ON CONFLICT (uuid) DO UPDATE SET
     state = excluded.state,
     groups_json = excluded.groups_json,
@@ -69,7 +69,8 @@ INSERT INTO workers (
     failures = excluded.failures,
     prepared_username = excluded.prepared_username,
     prepared_key = excluded.prepared_key,
-    prepared_host_keys = excluded.prepared_host_keys;
+    prepared_host_keys = excluded.prepared_host_keys,
+    health = excluded.health;
 
 -- name: touch_worker
 UPDATE workers SET last_seen = :last_seen WHERE uuid = :uuid;

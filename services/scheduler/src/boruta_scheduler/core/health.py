@@ -1,0 +1,75 @@
+"""Board health as pure functions of a worker's failure record: the record kept, the failure
+rate shown, and when a board that fails too often is quarantined.
+
+The scheduler keeps each worker's latest failures with their times, reasons and kinds
+(types.Health, stored with the worker). A worker that fails quarantine_failures times within
+quarantine_window seconds is taken out of service (MAINTENANCE, reason "quarantined: ...")
+until an admin puts it back; a worker FAILED only because its heartbeats stopped while it was
+in service comes back by itself once its dryad is heard again and a healthcheck passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from boruta_scheduler.types import Failure, FailureKind, Health
+
+# Failures kept per worker: enough for any quarantine window an admin would set and for the
+# pages, bounded so that a flapping board's record stays small.
+KEPT = 64
+# The window over which the failure rate is counted.
+RATE_WINDOW = 7 * 86400.0
+DAY = 86400.0
+QUARANTINED = "quarantined: "
+
+
+def record(health: Health, failure: Failure, *, in_service: bool) -> Health:
+    """The record after failure; a heartbeat loss of a worker that was in service makes it
+    recoverable, any other failure makes it not."""
+    failures = (*health.failures, failure)[-KEPT:]
+    recoverable = in_service and failure.kind is FailureKind.HEARTBEAT
+    return Health(failures, quarantined=False, recoverable=recoverable)
+
+
+def settled(health: Health) -> Health:
+    """The record once the worker left FAILED or MAINTENANCE by any way (an admin's
+    decision, or a recovery): neither quarantined nor recoverable any more."""
+    if not health.quarantined and not health.recoverable:
+        return health
+    return replace(health, quarantined=False, recoverable=False)
+
+
+def failures_since(health: Health, since: float) -> int:
+    """How many kept failures happened at or after since."""
+    count = 0
+    for failure in reversed(health.failures):
+        if failure.time < since:
+            break
+        count += 1
+    return count
+
+
+def failures_per_day(health: Health, now: float, registered_at: float) -> float:
+    """Failures per day over the last week, or over the worker's life if it is younger
+    (counted as at least one day, so that a new board's first failure is not a storm)."""
+    since = max(now - RATE_WINDOW, registered_at)
+    days = max((now - since) / DAY, 1.0)
+    return failures_since(health, since) / days
+
+
+def should_quarantine(health: Health, now: float, count: int, window: float) -> bool:
+    """Whether the latest failures call for quarantine: count of them (0: never) within
+    window seconds up to now."""
+    if count <= 0 or window <= 0:
+        return False
+    return failures_since(health, now - window) >= count
+
+
+def quarantine_reason(failure: Failure, count: int, window: float) -> str:
+    """The MAINTENANCE reason of a quarantined worker: what failed last, and why it is out."""
+    return f"{QUARANTINED}{failure.reason} ({count} failures within {window:g} s)"
+
+
+def quarantined(health: Health) -> Health:
+    """The record of a worker just quarantined (which no heartbeat brings back)."""
+    return replace(health, quarantined=True, recoverable=False)

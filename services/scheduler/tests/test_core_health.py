@@ -1,0 +1,224 @@
+"""Board health in the pure core: the failure record, quarantine after too many failures,
+and the return of a board that failed only because its heartbeats stopped."""
+
+from __future__ import annotations
+
+import pytest
+from boruta_scheduler.core import Core, DryadCallKind, Policy, Snapshot, health
+from boruta_scheduler.core.scheduler import RECOVERING
+from boruta_scheduler.types import Failure, FailureKind, Health, RequestState, WorkerState
+from core_kit import T0, CoreKit, state_of
+from hypothesis import given
+from hypothesis import strategies as st
+
+NOBODY = frozenset[str]()
+
+
+@pytest.fixture
+def kit() -> CoreKit:
+    return CoreKit(Policy(quarantine_failures=3, quarantine_window=3600.0))
+
+
+def fail(at: float, kind: FailureKind = FailureKind.REPORTED) -> Failure:
+    return Failure(at, f"failure at {at:g}", kind)
+
+
+# ----------------------------------------------------------------- pure functions
+
+
+def test_record_keeps_the_latest_failures_oldest_first() -> None:
+    record = Health()
+    for n in range(health.KEPT + 5):
+        record = health.record(record, fail(float(n)), in_service=True)
+    assert len(record.failures) == health.KEPT
+    assert [f.time for f in record.failures] == [float(n) for n in range(5, health.KEPT + 5)]
+
+
+def test_only_a_heartbeat_loss_in_service_is_recoverable() -> None:
+    lost = fail(1.0, FailureKind.HEARTBEAT)
+    assert health.record(Health(), lost, in_service=True).recoverable
+    assert not health.record(Health(), lost, in_service=False).recoverable
+    for kind in (FailureKind.REPORTED, FailureKind.DRYAD_CALL, FailureKind.OTHER):
+        assert not health.record(Health(), fail(1.0, kind), in_service=True).recoverable
+
+
+def test_failure_rate_is_per_day_over_the_last_week() -> None:
+    now = T0 + 30 * health.DAY
+    record = Health(tuple(fail(now - days * health.DAY) for days in (10, 6, 3, 1)))
+    # Three within the week, over seven days.
+    assert health.failures_per_day(record, now, T0) == pytest.approx(3 / 7)
+    # A board two days old: its two days.
+    assert health.failures_per_day(record, now, now - 2 * health.DAY) == pytest.approx(1 / 2)
+    # A board an hour old counts as a day old.
+    assert health.failures_per_day(Health((fail(now),)), now, now - 3600) == 1.0
+    assert health.failures_per_day(Health(), now, T0) == 0.0
+
+
+times = st.lists(st.floats(0, 10_000, allow_nan=False), max_size=80).map(sorted)
+
+
+@given(times, st.integers(0, 6), st.floats(0, 5_000, allow_nan=False))
+def test_quarantine_counts_failures_within_the_window(
+    at: list[float], count: int, window: float
+) -> None:
+    """Against a count of every failure kept: count failures in the window, 0 turns it off."""
+    record = Health()
+    for t in at:
+        record = health.record(record, fail(t), in_service=True)
+    now = at[-1] if at else 0.0
+    kept = [f.time for f in record.failures]
+    expected = count > 0 and window > 0 and sum(1 for t in kept if t >= now - window) >= count
+    assert health.should_quarantine(record, now, count, window) == expected
+
+
+# ---------------------------------------------------------------------- the core
+
+
+def test_failures_are_kept_with_time_reason_and_kind(kit: CoreKit) -> None:
+    kit.add_worker("w1")
+    kit.core.set_fail(kit.now, "w1", "USB hub died")
+    record = kit.core.worker("w1").health
+    assert record.failures == (Failure(kit.now, "USB hub died", FailureKind.REPORTED),)
+    assert not record.quarantined and not record.recoverable
+
+
+def test_the_third_failure_within_the_window_quarantines(kit: CoreKit) -> None:
+    kit.add_worker("w1")
+    for n in range(2):
+        kit.core.set_fail(kit.now, "w1", f"check {n} failed")
+        kit.core.set_state(kit.now, "w1", WorkerState.IDLE)
+        kit.answer_calls()
+        kit.advance(600)
+    assert kit.core.worker("w1").state is WorkerState.IDLE
+    kit.answer_calls()
+    r = kit.core.new_request(kit.now, "u", NOBODY, {})
+    kit.core.set_fail(kit.now, "w1", "camera gone")
+    w = kit.core.worker("w1")
+    assert w.state is WorkerState.MAINTENANCE
+    assert w.reason.startswith("quarantined: camera gone")
+    assert w.health.quarantined and len(w.health.failures) == 3
+    assert state_of(kit, r.id) is RequestState.FAILED
+    history = [(h.from_state, h.to_state) for c in [*kit.changes, kit.drain()] for h in c.history]
+    assert history[-2:] == [
+        (WorkerState.RUNNING, WorkerState.FAILED),
+        (WorkerState.FAILED, WorkerState.MAINTENANCE),
+    ]
+    # No dryad call: a quarantined board is left as it is for an admin to look at.
+    assert not [c for c in kit.pending if c.worker_uuid == "w1"]
+    # Its dryad's heartbeats do not bring it back; an admin does.
+    kit.advance(120)
+    assert kit.core.worker("w1").state is WorkerState.MAINTENANCE
+    kit.core.set_state(kit.now, "w1", WorkerState.IDLE)
+    kit.answer_calls()
+    w = kit.core.worker("w1")
+    assert w.state is WorkerState.IDLE and not w.health.quarantined
+
+
+def test_failures_spread_beyond_the_window_do_not_quarantine(kit: CoreKit) -> None:
+    kit.add_worker("w1")
+    for n in range(4):
+        kit.core.set_fail(kit.now, "w1", f"check {n} failed")
+        kit.core.set_state(kit.now, "w1", WorkerState.IDLE)
+        kit.answer_calls()
+        kit.advance(1900)  # two failures in any hour at most
+    assert kit.core.worker("w1").state is WorkerState.IDLE
+
+
+def test_quarantine_can_be_turned_off() -> None:
+    kit = CoreKit(Policy(quarantine_failures=0))
+    kit.add_worker("w1")
+    for _ in range(5):
+        kit.core.set_fail(kit.now, "w1", "flaky")
+        kit.core.set_state(kit.now, "w1", WorkerState.IDLE)
+        kit.answer_calls()
+    assert kit.core.worker("w1").state is WorkerState.IDLE
+
+
+def test_a_board_out_of_service_is_not_quarantined(kit: CoreKit) -> None:
+    """Failures of a board an admin took out count in its record but quarantine nothing."""
+    kit.add_worker("w1", idle=False)
+    for _ in range(4):
+        kit.core.set_fail(kit.now, "w1", "bench power off")
+        kit.core.set_state(kit.now, "w1", WorkerState.MAINTENANCE)
+        kit.answer_calls()
+    w = kit.core.worker("w1")
+    assert w.state is WorkerState.MAINTENANCE and len(w.health.failures) == 4
+    assert not w.health.quarantined
+
+
+def test_heartbeat_loss_recovers_when_the_dryad_is_heard_again(kit: CoreKit) -> None:
+    kit.add_worker("w1")
+    r = kit.core.new_request(kit.now, "u", NOBODY, {})
+    kit.silent.add("w1")
+    kit.advance(kit.core.policy.heartbeat_timeout + 1)
+    w = kit.core.worker("w1")
+    assert w.state is WorkerState.FAILED and w.health.recoverable
+    assert state_of(kit, r.id) is RequestState.FAILED
+    kit.silent.discard("w1")
+    kit.core.heartbeat(kit.now, "w1")
+    w = kit.core.worker("w1")
+    assert (w.state, w.reason) == (WorkerState.PREPARE, RECOVERING)
+    assert [c.kind for c in kit.drain().calls] == [DryadCallKind.HEALTHCHECK]
+    kit.answer_calls()
+    w = kit.core.worker("w1")
+    assert w.state is WorkerState.IDLE and not w.health.recoverable
+    assert len(w.health.failures) == 1
+
+
+def test_recovery_needs_a_passing_healthcheck(kit: CoreKit) -> None:
+    kit.add_worker("w1")
+    kit.silent.add("w1")
+    kit.advance(kit.core.policy.heartbeat_timeout + 1)
+    kit.core.heartbeat(kit.now, "w1")
+    kit.answer_calls(fail=DryadCallKind.HEALTHCHECK)
+    w = kit.core.worker("w1")
+    assert w.state is WorkerState.FAILED and w.reason.startswith("Healthcheck failed")
+    # A failed healthcheck is no heartbeat loss: the next heartbeat leaves it FAILED.
+    kit.core.heartbeat(kit.now, "w1")
+    assert kit.core.worker("w1").state is WorkerState.FAILED
+
+
+def test_recovery_even_without_healthchecks_before_prepare() -> None:
+    kit = CoreKit(Policy(healthcheck_before_prepare=False))
+    kit.add_worker("w1")
+    kit.silent.add("w1")
+    kit.advance(kit.core.policy.heartbeat_timeout + 1)
+    kit.drain()
+    kit.core.register(kit.now, {"UUID": "w1"}, "w1.lab:7175", "w1.lab:22", instance_id="i2")
+    assert [c.kind for c in kit.drain().calls] == [DryadCallKind.HEALTHCHECK]
+    kit.answer_calls()
+    assert kit.core.worker("w1").state is WorkerState.IDLE
+
+
+def test_a_board_in_maintenance_does_not_come_back_after_a_heartbeat_loss(kit: CoreKit) -> None:
+    kit.add_worker("w1", idle=False)
+    kit.silent.add("w1")
+    kit.advance(kit.core.policy.heartbeat_timeout + 1)
+    assert kit.core.worker("w1").state is WorkerState.FAILED
+    kit.core.heartbeat(kit.now, "w1")
+    assert kit.core.worker("w1").state is WorkerState.FAILED
+
+
+def test_an_admin_decision_ends_the_recovery(kit: CoreKit) -> None:
+    kit.add_worker("w1")
+    kit.silent.add("w1")
+    kit.advance(kit.core.policy.heartbeat_timeout + 1)
+    kit.core.set_state(kit.now, "w1", WorkerState.MAINTENANCE)
+    kit.answer_calls()
+    kit.core.heartbeat(kit.now, "w1")
+    assert kit.core.worker("w1").state is WorkerState.MAINTENANCE
+
+
+def test_health_survives_a_restart_and_recovery_follows_it(kit: CoreKit) -> None:
+    kit.add_worker("w1")
+    kit.add_worker("w2")
+    kit.core.set_fail(kit.now, "w2", "sd card")
+    kit.silent.add("w1")
+    kit.advance(kit.core.policy.heartbeat_timeout + 1)
+    views = kit.core.workers()
+    core = Core.restore(Snapshot([], views, 0), kit.now + 5, kit.core.policy)
+    assert [w.health for w in core.workers()] == [w.health for w in views]
+    core.heartbeat(kit.now + 6, "w1")
+    core.heartbeat(kit.now + 6, "w2")
+    assert core.worker("w1").state is WorkerState.PREPARE
+    assert core.worker("w2").state is WorkerState.FAILED
