@@ -22,11 +22,10 @@ from boruta_scheduler.store.sqlfile import load_migrations
 from boruta_scheduler.types import (
     AuditEvent,
     Colocation,
-    HistoryEntry,
-    Placement,
     FailureKind,
     Health,
     HistoryEntry,
+    Placement,
     RequestState,
     TokenRecord,
     WorkerState,
