@@ -21,6 +21,7 @@ from bench import (
     restart_bench,
     store_bench,
     takeover_bench,
+    together_bench,
     usage_bench,
 )
 from bench.machine import machine
@@ -76,6 +77,7 @@ def render(
     usage: dict[str, dict[str, float]] | None = None,
     heartbeat: dict[str, float] | None = None,
     hostile: list[dict[str, object]] | None = None,
+    together: list[dict[str, object]] | None = None,
 ) -> str:
     scales = core["scales"]
     mid = next(s for s in scales if s["workers"] == 1000)
@@ -118,6 +120,7 @@ def render(
         f"{verdict(worst_p99 < 1000)}. Flat from 100 x 1,000 to 10,000 x 100,000.",
         "",
         *(multi_bench.render(multi, when) if multi is not None else []),
+        *(together_bench.render(together, when) if together is not None else []),
         *(hostile_bench.render(hostile, when) if hostile is not None else []),
         "## Memory per waiting request",
         "",
@@ -260,6 +263,7 @@ def main() -> None:
     caps_memory = caps_memory_bench.run()
     multi = multi_bench.run()
     hostile = hostile_bench.run()
+    together = multi_bench.run(together_bench.HOST_SIZE, together_bench.COLOCATED)
     print("gRPC benchmarks ...", file=sys.stderr)
     rpc = asyncio.run(run_rpc())
     print("restart benchmark ...", file=sys.stderr)
@@ -290,6 +294,7 @@ def main() -> None:
         usage,
         heartbeat,
         hostile,
+        together,
     )
     REPORT.write_text(report)
     print(report)

@@ -9,9 +9,10 @@ idle one, so it can complete no set, but it is reserved for the most important s
 important than its best one-board request, if any, which may then take it only as a
 backfill (docs/api.md): that costs the set's expected start, a bottleneck matching over
 the first few registered candidates of each profile. (A worker left idle gets a short job
-of its own, a backfill, to keep every worker busy.) *Free beside spares*: the same with
-four idle spare boards no request asks for, so the freed worker tries every set it could
-give a board to, and completes none: the sets' whole cost without their benefit.
+of its own, of a priority above every queued request's, to keep every worker busy.)
+*Free beside spares*: the same with four idle spare boards no request asks for, so the
+freed worker tries every set it could give a board to, and completes none: the sets'
+whole cost without their benefit.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import random
 import time
 
 from boruta_scheduler.core import Core
-from boruta_scheduler.types import RequestState, WorkerState
+from boruta_scheduler.types import Colocation, Placement, RequestState, WorkerState
 
 from bench.core_bench import POLICY, T0, EventTimes, answer_prepares
 from bench.farmgen import BOARDS, FEATURES, GROUP_SETS, request_specs, worker_specs
@@ -34,6 +35,10 @@ SCALES = [(100, 1_000), (1_000, 10_000), (10_000, 100_000)]
 MULTI_SHARE = 0.1
 SHAPES = 50
 SPARES = 4
+# The priority of the jobs that keep every worker busy, above every queued request's: a
+# worker the core keeps idle (reserved for a set, and wanted by a more important one-board
+# request that cannot backfill it) must still take one (docs/api.md, reservations).
+FILLER_PRIORITY = 1
 
 Profiles = list[tuple[str, dict[str, str]]]
 
@@ -54,19 +59,25 @@ def set_shapes(count: int = SHAPES, seed: int = 5) -> list[Profiles]:
 
 
 class Mix:
-    """Requests as core_bench makes them, a tenth of them sets of boards instead."""
+    """Requests as core_bench makes them, a tenth of them sets of boards instead, and of
+    those a share (colocated) with groups on one host: every board, or the first two."""
 
-    def __init__(self, count: int, seed: int) -> None:
+    def __init__(self, count: int, seed: int, colocated: float = 0.0) -> None:
         self.singles = request_specs(count, seed)
         self.shapes = set_shapes()
         self.rng = random.Random(seed)
+        self.colocated = colocated
 
     def new(self, core: Core, now: float, i: int) -> tuple[bool, float]:
         """Queue the i-th request; whether it was a set, and what it cost in microseconds."""
         spec = self.singles[i]
         multi = self.rng.random() < MULTI_SHARE
         caps = {} if multi else spec.caps
-        profiles = self.rng.choice(self.shapes) if multi else ()
+        profiles: Profiles = self.rng.choice(self.shapes) if multi else []
+        together: tuple[Colocation, ...] = ()
+        if multi and self.rng.random() < self.colocated:
+            names = () if self.rng.random() < 0.5 else (profiles[0][0], profiles[1][0])
+            together = (Colocation(names, Placement.HOST),)
         groups = GROUP_SETS[i % len(GROUP_SETS)]
         t = time.perf_counter_ns()
         core.new_request(
@@ -74,30 +85,37 @@ class Mix:
             spec.owner,
             groups,
             caps,
-            priority=spec.priority,
+            # Priority 1 is kept for the bench's own jobs (FILLER_PRIORITY).
+            priority=max(spec.priority, FILLER_PRIORITY + 1),
             accept_unsatisfiable=True,
             profiles=profiles,
+            together=together,
         )
         return multi, (time.perf_counter_ns() - t) / 1000
 
 
-def build_farm(workers: int, waiting: int, spares: int = 0) -> tuple[Core, list[int]]:
+def build_farm(
+    workers: int, waiting: int, spares: int = 0, host_size: int = 0, colocated: float = 0.0
+) -> tuple[Core, list[int]]:
+    """The farm (its workers host_size to a dryad address, if given, else all on one) and
+    its queue, every worker running a job."""
     core = Core(POLICY)
-    for spec in worker_specs(workers):
-        core.register(T0, {**spec.caps, "UUID": spec.uuid}, "d:1", "s:22", instance_id="i")
+    for n, spec in enumerate(worker_specs(workers)):
+        host = f"h{n // host_size}:1" if host_size else "d:1"
+        core.register(T0, {**spec.caps, "UUID": spec.uuid}, host, "s:22", instance_id="i")
         if spec.groups:
             core.set_groups(T0, spec.uuid, spec.groups)
         core.set_state(T0, spec.uuid, WorkerState.IDLE)
     answer_prepares(core, T0)
     running = [
-        core.new_request(T0, "owner", w.groups, {"UUID": w.uuid}, priority=1).id
+        core.new_request(T0, "owner", w.groups, {"UUID": w.uuid}, priority=FILLER_PRIORITY).id
         for w in core.workers()
     ]
     for i in range(spares):
         core.register(T0, {"board": "spare", "UUID": f"spare{i}"}, "d:1", "s:22", instance_id="i")
         core.set_state(T0, f"spare{i}", WorkerState.IDLE)
     answer_prepares(core, T0)
-    mix = Mix(waiting, seed=7)
+    mix = Mix(waiting, seed=7, colocated=colocated)
     for i in range(waiting):
         mix.new(core, T0, i)
     core.drain()
@@ -105,11 +123,16 @@ def build_farm(workers: int, waiting: int, spares: int = 0) -> tuple[Core, list[
 
 
 def measure(
-    workers: int, waiting: int, events: int = 2000, spares: int = 0
+    workers: int,
+    waiting: int,
+    events: int = 2000,
+    spares: int = 0,
+    host_size: int = 0,
+    colocated: float = 0.0,
 ) -> dict[str, list[float]]:
-    core, running = build_farm(workers, waiting, spares)
+    core, running = build_farm(workers, waiting, spares, host_size, colocated)
     assert core.idle_count == spares
-    mix = Mix(events, seed=99)
+    mix = Mix(events, seed=99, colocated=colocated)
     now = T0 + 1
     times: dict[str, list[float]] = {"arrive": [], "arrive_set": [], "free": []}
     gc.disable()
@@ -128,13 +151,15 @@ def measure(
             if worker.state is WorkerState.RUNNING:
                 running[slot] = worker.request_id
             else:
-                # A short job, so that it may also backfill a worker kept for a set.
+                # A short job of the top priority: it takes a worker kept for a set outright
+                # (a backfill must keep the order among the waiting requests, and those
+                # more important than the filler may be unable to backfill).
                 r = core.new_request(
                     now,
                     "owner",
                     worker.groups,
                     {"UUID": worker.uuid},
-                    priority=1,
+                    priority=FILLER_PRIORITY,
                     job_timeout=POLICY.min_job_timeout,
                 )
                 assert r.state is RequestState.IN_PROGRESS
@@ -145,11 +170,14 @@ def measure(
     return times
 
 
-def run() -> list[dict[str, object]]:
+def run(host_size: int = 0, colocated: float = 0.0) -> list[dict[str, object]]:
+    """Every scale measured, alone and beside spares (see measure)."""
     results = []
     for workers, waiting in SCALES:
-        times = measure(workers, waiting)
-        beside = measure(workers, waiting, spares=SPARES)["free"]
+        times = measure(workers, waiting, host_size=host_size, colocated=colocated)
+        beside = measure(workers, waiting, spares=SPARES, host_size=host_size, colocated=colocated)[
+            "free"
+        ]
         results.append(
             {
                 "workers": workers,
@@ -161,22 +189,9 @@ def run() -> list[dict[str, object]]:
     return results
 
 
-def render(results: list[dict[str, object]], when: str) -> list[str]:
+def table(results: list[dict[str, object]]) -> list[str]:
+    """The figures of run() as a Markdown table."""
     lines = [
-        *measured(HEADING, when),
-        "`bench/multi_bench.py`: core_bench's farm and requests, but a tenth of the queued",
-        f"and arriving requests ask for a set of 2-4 boards, from {SHAPES} set shapes.",
-        "*Arrive set*: a request of several boards arrives (checked against the registered",
-        "workers by a matching, queued). *Free*: a job ends and its worker, the only idle",
-        "one, takes the best request; no set can be completed with one idle worker, but the",
-        "worker is reserved for the most important set more important than its best",
-        "one-board request, which then takes it only as a backfill, after the set's expected",
-        "start is computed (docs/api.md, reservations). A worker left idle gets a short job",
-        f"of its own (a backfill). *Free beside spares*: the same with {SPARES} idle spare boards",
-        "that no request asks for, so the freed worker tries every set it could give a board",
-        "to, and completes none: the sets' whole cost without their benefit. Times in",
-        "microseconds.",
-        "",
         "| workers x waiting | arrive p50 | arrive p99 | arrive set p50 | arrive set p99 "
         "| free p50 | free p99 | free beside spares p50 | p99 |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -190,6 +205,28 @@ def render(results: list[dict[str, object]], when: str) -> list[str]:
             f"| {s['p50']:.1f} | {s['p99']:.1f} | {f['p50']:.1f} | {f['p99']:.1f} "
             f"| {b['p50']:.1f} | {b['p99']:.1f} |"
         )
+    return lines
+
+
+def render(results: list[dict[str, object]], when: str) -> list[str]:
+    lines = [
+        *measured(HEADING, when),
+        "`bench/multi_bench.py`: core_bench's farm and requests, but a tenth of the queued",
+        f"and arriving requests ask for a set of 2-4 boards, from {SHAPES} set shapes.",
+        "*Arrive set*: a request of several boards arrives (checked against the registered",
+        "workers by a matching, queued). *Free*: a job ends and its worker, the only idle",
+        "one, takes the best request; no set can be completed with one idle worker, but the",
+        "worker is reserved for the most important set more important than its best",
+        "one-board request, which then takes it only as a backfill, after the set's expected",
+        "start is computed (docs/api.md, reservations). A worker left idle gets a short job",
+        "of its own, of a priority above the queued requests' (1; they have 2-16).",
+        f"*Free beside spares*: the same with {SPARES} idle spare boards",
+        "that no request asks for, so the freed worker tries every set it could give a board",
+        "to, and completes none: the sets' whole cost without their benefit. Times in",
+        "microseconds.",
+        "",
+        *table(results),
+    ]
     return [
         *lines,
         "",
@@ -202,6 +239,13 @@ def render(results: list[dict[str, object]], when: str) -> list[str]:
         "162, 216 and 209 us at these scales (one run each, the same hour): a freed worker",
         "now always looks at the sets it could join, and a backfill computes the set's",
         "expected start. One-board farms (the section above) are unchanged: 97-118 us.",
+        "Since 2026-12-03 the bench's own jobs (the fillers) run at priority 1, above every",
+        "queued request (2-16): backfill keeps the order among waiting requests, so a board",
+        "kept for a set stays idle while a more important one-board request that cannot",
+        "backfill it waits, and a filler of the old priority could be refused. A filler now",
+        "takes such a board outright (its set reserves again later), which makes more",
+        "reservation changes per event than before: figures from before that day are not",
+        "comparable.",
         "",
     ]
 

@@ -143,6 +143,7 @@ CALLS: dict[str, Call] = {
         W.CreateStackRequest(name="bench", worker_uuids=["w1", "no-such-worker"])
     ),
     "Workers.ListStacks": lambda s, r: s.workers.ListStacks(W.ListStacksRequest()),
+    "Workers.ListAllocations": lambda s, r: s.workers.ListAllocations(W.ListAllocationsRequest()),
     "Workers.DeleteStack": lambda s, r: s.workers.DeleteStack(
         W.DeleteStackRequest(name="no-such-stack")
     ),

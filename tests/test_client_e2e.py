@@ -19,12 +19,14 @@ from boruta_client import (
     AsyncClient,
     Busy,
     Client,
+    Colocation,
     CommandTimeout,
     JobSpec,
     NoSuchWorker,
     PendingCode,
     PendingReason,
     Phase,
+    Placement,
     RequestEnded,
     RequestState,
     ScheduleTimeout,
@@ -123,6 +125,30 @@ def test_async_lease_boards_and_an_impossible_set(farm: LiveFarm) -> None:
             assert (await client.get_request(request_id)).state is RequestState.DONE
 
     asyncio.run(scenario())
+
+
+def test_boards_together_on_one_host_get_real_shells_and_a_stack_holds_its_rest(
+    client: Client, farm: LiveFarm
+) -> None:
+    """Both boards are served by the farm's one dryad process: on one host. A stack
+    group is impossible while there is no stack (refused at once); once the boards are a
+    stack, the board a request leaves is its collateral, refused to another user."""
+    with client.lease([{"board": "rpi4"}, {"board": "rpi4"}], together="host") as boards:
+        assert {b.worker_uuid for b in boards} == set(farm.boards)
+        users = [b.ssh.run("id -un").output.strip() for b in boards]
+        assert users == [b.access.username for b in boards] and users[0] != users[1]
+        request = client.get_request(boards[0].request.id)
+        assert request.together == (Colocation((), Placement.HOST),)
+    with pytest.raises(NoSuchWorker, match="on one stack"):
+        client.new_request(profiles=[{"board": "rpi4"}, {"board": "rpi4"}], together="stack")
+    with farm.admin() as admin:
+        admin.create_stack(unique_uuid("bench"), farm.boards)
+    with client.lease({"camera": "yes"}) as board, farm.client("bob") as bob:
+        other = next(b for b in farm.boards if b != board.worker_uuid)
+        assert bob.get_worker(other).collateral_of == board.request.id
+        with pytest.raises(Busy):
+            bob.new_request({"board": "rpi4"}, no_wait=True)
+    farm.reset()
 
 
 def test_large_output_arrives_whole_every_time(client: Client) -> None:

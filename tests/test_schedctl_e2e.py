@@ -310,10 +310,39 @@ def test_stacks_hold_collateral_for_their_holder(env: dict[str, str]) -> None:
     assert isinstance(listed, list) and [(s["name"], s["holder"]) for s in listed] == [
         ("bench1", rid)
     ]
+    # Admins list what each running request holds: its board and its collateral.
+    (held,) = as_json(admin, "allocations")  # type: ignore[misc]
+    assert (held["request_id"], held["owner"], held["collateral"]) == (rid, "alice", [PLAIN_BOARD])
+    assert [(b["worker_uuid"], b["stack"]) for b in held["boards"]] == [(CAMERA_BOARD, "bench1")]
+    table = schedctl(admin, "allocations").stdout
+    assert f"0={CAMERA_BOARD}@" in table and "[bench1]" in table and PLAIN_BOARD in table
+    done = schedctl(env, "allocations", check=exits.DENIED)
+    assert "only admins may list allocations" in done.stderr
     schedctl(env, "requests", "close", str(rid))
     assert schedctl(admin, "stacks", "delete", "-y", "bench1").stdout == "stack bench1 deleted\n"
     assert as_json(admin, "stacks", "list") == []
     schedctl(admin, "stacks", "delete", "-y", "bench1", check=exits.NOT_FOUND)
+
+
+def test_boards_together_on_one_host_and_bad_groups(env: dict[str, str]) -> None:
+    """Both boards are served by the farm's one dryad: together on one host."""
+    pair = ["--profile", "cam:camera=yes", "--profile", "plain:board=rpi4"]
+    created = as_json(env, "requests", "new", *pair, "--together", "host:cam,plain")
+    assert isinstance(created, dict) and created["state"] == "IN_PROGRESS"
+    assert created["together"] == [{"profiles": ["cam", "plain"], "placement": "HOST"}]
+    shown = schedctl(env, "requests", "show", str(created["id"])).stdout
+    assert "cam, plain on one host" in shown
+    schedctl(env, "requests", "close", str(created["id"]))
+    # A lease of both boards on one host for one command on the plain one, closed after.
+    who = schedctl(env, "ssh", *pair, "--together", "host", "--board", "plain", "--", "id", "-un")
+    assert who.stdout.strip() and PLAIN_BOARD in who.stderr
+    done = schedctl(env, "requests", "new", *pair, "--together", "stack", check=exits.NO_SUCH_BOARD)
+    assert "on one stack" in done.stderr
+    done = schedctl(env, "requests", "new", *pair, "--together", "rack", check=exits.USAGE)
+    assert "must start with host or stack" in done.stderr
+    done = schedctl(env, "requests", "new", *pair, "--together", "host:cam", check=exits.INVALID)
+    assert "only one profile" in done.stderr
+    assert "--together" in schedctl(env, "--help").stdout
 
 
 def test_watch_shows_changes_as_they_happen(env: dict[str, str]) -> None:

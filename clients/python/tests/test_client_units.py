@@ -31,22 +31,24 @@ from schedctl.output import jsonable, span, table
 
 EXPECTED_ALL = [
     "LEASE_JOB_TIMEOUT",
-    "Access", "Acquired", "AcquiredBoard", "AlreadyExists", "AsyncBoard", "AsyncBoardSSH",
+    "Access", "Acquired", "AcquiredBoard", "AllocatedBoard", "Allocation", "AlreadyExists",
+    "AsyncBoard", "AsyncBoardSSH",
     "AsyncBoards",
     "AsyncBoardsLease", "AsyncClient", "AsyncLease",
     "AsyncWatch", "AuditEvent", "Board", "BoardSSH", "Boards", "BoardsLease", "BorutaError",
     "Busy", "Caller", "Client",
-    "ClientConfig",
+    "ClientConfig", "Colocation",
     "CommandResult", "CommandTimeout", "Context", "DeadlineExceeded", "FailedPrecondition",
     "FailureKind", "HistoryEntry", "HostKeyMismatch",
     "HostStatus", "IdempotencyKeyReused", "InternalError", "InvalidArgument", "IssuedToken",
     "Job", "JobResult", "JobSpec", "JobStatus",
     "Lease",
     "NoSuchWorker", "NotFound", "PendingBoard", "PendingCode", "PendingReason", "PermissionDenied",
-    "Phase", "PortForward",
+    "Phase", "Placement", "PortForward",
     "Profile",
     "ProlongLimitReached", "Request", "RequestEnded", "RequestNotFound", "RequestSort",
-    "RequestState", "ResourceExhausted", "SSHError", "ScheduleTimeout", "Stack", "Token",
+    "RequestState", "ResourceExhausted", "SSHError", "ScheduleTimeout", "Stack", "Together",
+    "Token",
     "Transfer",
     "Unauthenticated", "Unavailable", "Usage", "UsageBy", "UsageTotals", "Watch", "Worker",
     "WorkerChange", "WorkerFailure", "WorkerNotFound",
@@ -296,6 +298,23 @@ def test_a_scheduler_list_follows_the_named_leader_else_the_next_address() -> No
     assert schedulers.current == "b:2"
     assert leader_of([("other", "v"), (LEADER_KEY, b"c:3")]) == "c:3"
     assert leader_of(None) == ""
+
+
+def test_together_syntax_reads_groups_and_refuses_what_it_cannot() -> None:
+    from boruta_client import Colocation, Placement
+    from boruta_client._convert import colocations, parse_together, together_text
+
+    assert parse_together("host") == (Colocation((), Placement.HOST),)
+    both = parse_together("host:dut, relay;stack:a,b")
+    assert both == (
+        Colocation(("dut", "relay"), Placement.HOST),
+        Colocation(("a", "b"), Placement.STACK),
+    )
+    assert together_text(both) == "host:dut,relay;stack:a,b"
+    assert [(list(c.profiles), c.placement) for c in colocations("stack")] == [([], 2)]
+    for bad in ("rack", "host:dut,,relay", ""):
+        with pytest.raises(errors.InvalidArgument):
+            parse_together(bad)
 
 
 def test_the_progress_line_says_why_a_request_waits(capsys: pytest.CaptureFixture[str]) -> None:

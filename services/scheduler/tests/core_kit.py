@@ -56,11 +56,13 @@ class CoreKit:
         groups: frozenset[str] = frozenset(),
         *,
         idle: bool = True,
+        host: str = "",
     ) -> None:
+        """Register a worker (its dryad on host, if given, else on a host of its own)."""
         self.core.register(
             self.now,
             caps_of(uuid, **(caps or {})),
-            f"{uuid}.lab:7175",
+            f"{host or uuid + '.lab'}:7175",
             f"{uuid}.lab:22",
             instance_id="i1",
         )

@@ -29,6 +29,10 @@ the core's reads and against a model built only from what ``Core.drain`` handed 
     worker leaves FAILED or MAINTENANCE only by an admin's hand, or, FAILED by a heartbeat
     loss while in service, by its dryad's next heartbeat or registration (PREPARE, with a
     healthcheck issued), which always brings it back;
+12. every co-located group of a request sits on one host (dryad address) or in one stack
+    when it starts, a host group stays on its host while it runs, a stack group in its
+    stack while that lasts (invariant 6 and the invalidation check count only co-located
+    sets for such requests);
 
 plus some bookkeeping the store relies on: every change is drained (the drained views equal
 the core's), worker histories chain, timers fire on time, a job gets a fresh access that is
@@ -56,10 +60,12 @@ from boruta_scheduler.types import (
     NO_GROUP,
     OPEN_GROUP,
     Access,
+    Colocation,
     FailureKind,
     HistoryEntry,
     JobUsage,
     PendingCode,
+    Placement,
     RequestState,
     RequestView,
     StackView,
@@ -152,12 +158,36 @@ def serves(worker: WorkerView, caps: dict[str, str] | object, request: RequestVi
     return open_to and caps_match(worker.caps, caps)  # type: ignore[arg-type]
 
 
+def colocated_groups(request: RequestView) -> list[tuple[list[int], Placement]]:
+    """The request's co-located groups as profile indexes, read from its names."""
+    names = [p.name for p in request.all_profiles]
+    return [
+        ([names.index(n) for n in c.profiles] if c.profiles else list(range(len(names))),
+         c.placement)
+        for c in request.together
+    ]  # fmt: skip
+
+
+def colocated(chosen: Sequence[WorkerView], request: RequestView) -> bool:
+    """Whether workers chosen in profile order keep each group on one host or stack."""
+    for indexes, placement in colocated_groups(request):
+        places = {
+            chosen[i].dryad_address if placement is Placement.HOST else chosen[i].stack
+            for i in indexes
+        }
+        if len(places) != 1 or "" in places:
+            return False
+    return True
+
+
 def has_set(workers: Sequence[WorkerView], request: RequestView) -> bool:
-    """Whether distinct workers, one per profile, could serve the request: every ordered
-    choice tried, as a reference for the core's matching."""
+    """Whether distinct workers, one per profile, could serve the request, its co-located
+    groups on one host or stack: every ordered choice tried, as a reference for the core's
+    matching."""
     profiles = request.all_profiles
     return any(
         all(serves(w, p.caps, request) for w, p in zip(choice, profiles, strict=True))
+        and colocated(choice, request)
         for choice in itertools.permutations(workers, len(profiles))
     )
 
@@ -189,6 +219,8 @@ class CoreMachine(RuleBasedStateMachine):
         # Requests no registered worker could serve when they were queued.
         self.unsatisfiable_at_birth: set[int] = set()
         self.stack_views: dict[str, StackView] = {}
+        # The stack each stack group of a running request started in, by request.
+        self.started_in: dict[int, list[tuple[list[int], StackView]]] = {}
         # Health as the history tells it: each worker's failure times and reasons, and
         # whether its last failure was a heartbeat loss while in service.
         self.failures: dict[str, list[tuple[float, str]]] = {}
@@ -267,15 +299,19 @@ class CoreMachine(RuleBasedStateMachine):
             max_size=4,
             unique_by=lambda spec: spec[0],
         ),
+        stack=st.sampled_from(((), (), ("w0", "w1"), ("w0", "w2", "w3"), ("w1", "w3"))),
     )
     def start_farm(
-        self, farm: list[tuple[str, dict[str, str], frozenset[str]]]
+        self, farm: list[tuple[str, dict[str, str], frozenset[str]]], stack: tuple[str, ...]
     ) -> MultipleResults[str]:
         for uuid, caps, groups in farm:
             self.register(uuid, caps, "i1")
             if groups:
                 self.set_groups(uuid, groups)
             self.set_state(uuid, WorkerState.IDLE)
+        if stack:
+            # A stack from the start, so that requests for one often find it.
+            self.create_stack("s1", list(stack))
         self._answer_all()
         return multiple(*(uuid for uuid, _, _ in farm))
 
@@ -286,7 +322,8 @@ class CoreMachine(RuleBasedStateMachine):
             lambda: self.core.register(
                 self.now,
                 caps_of(uuid, **caps),
-                f"{uuid}{instance}.lab:7175",  # a restarted dryad may move
+                # Two workers to a host; a restarted dryad may move to another.
+                f"h{int(uuid[1:]) // 2}{instance}.lab:7175",
                 f"{uuid}{instance}.lab:22",
                 instance_id=instance,
             ),
@@ -405,6 +442,7 @@ class CoreMachine(RuleBasedStateMachine):
         valid_after=valid_afters,
         accept_unsatisfiable=st.booleans(),
         no_wait=st.sampled_from((False, False, False, True)),
+        together=st.sampled_from(("", "", "", "host", "stack", "pair-host", "pair-stack")),
     )
     def new_multi_request(
         self,
@@ -414,12 +452,20 @@ class CoreMachine(RuleBasedStateMachine):
         valid_after: int | None,
         accept_unsatisfiable: bool,
         no_wait: bool,
+        together: str,
     ) -> None:
-        """An owner asks for several boards at once."""
+        """An owner asks for several boards at once, maybe some or all of them on one host
+        or in one stack (a pair of unnamed profiles is refused)."""
         now = self.now
+        groups: tuple[Colocation, ...] = ()
+        if together:
+            placement = Placement.HOST if together.endswith("host") else Placement.STACK
+            pair = tuple(name for name, _ in profiles[:2]) if together.startswith("pair") else ()
+            groups = (Colocation(pair, placement),)
         view = self._command(
             f"new_request profiles={profiles} groups={sorted(owner_groups)} priority={priority} "
-            f"valid_after={valid_after} accept={accept_unsatisfiable} no_wait={no_wait}",
+            f"valid_after={valid_after} accept={accept_unsatisfiable} no_wait={no_wait} "
+            f"together={groups}",
             functools.partial(
                 self.core.new_request,
                 now,
@@ -431,13 +477,37 @@ class CoreMachine(RuleBasedStateMachine):
                 accept_unsatisfiable=accept_unsatisfiable,
                 no_wait=no_wait,
                 profiles=profiles,
+                together=groups,
             ),
         )
         if view is not None:
             assert self.requests.get(view.id) == view
             assert [p.name for p in view.all_profiles] == [name for name, _ in profiles]
+            assert view.together == groups
             if no_wait:
                 assert view.state is RequestState.IN_PROGRESS, view
+
+    @rule(
+        owner_groups=group_sets,
+        boards=st.lists(st.sampled_from(("a", "b", "", "a|b")), min_size=2, max_size=3),
+        priority=st.integers(1, 16),
+        accept_unsatisfiable=st.booleans(),
+        together=st.sampled_from(("host", "stack", "pair-host", "pair-stack")),
+    )
+    def new_together_request(
+        self,
+        owner_groups: frozenset[str],
+        boards: list[str],
+        priority: int,
+        accept_unsatisfiable: bool,
+        together: str,
+    ) -> None:
+        """An owner asks for boards on one host or in one stack (simple caps, so that such
+        sets often exist)."""
+        profiles = [(f"p{i}", {"board": b} if b else {}) for i, b in enumerate(boards)]
+        self.new_multi_request(
+            owner_groups, profiles, priority, None, accept_unsatisfiable, False, together
+        )
 
     @precondition(lambda self: self._has())
     @rule(index=request_picks, stale=stale_picks)
@@ -614,6 +684,15 @@ class CoreMachine(RuleBasedStateMachine):
             # 7. All boards at once: one job per profile, on distinct workers.
             assert len(jobs) == len(profiles), view
             assert len({job.worker_uuid for job in jobs}) == len(jobs), view
+            # 12. Each co-located group on one host or in one stack.
+            if all(job.worker_uuid in self.worker_views for job in jobs):
+                chosen = [self.worker_views[job.worker_uuid] for job in jobs]
+                assert colocated(chosen, view), (view, chosen)
+                self.started_in[view.id] = [
+                    (indexes, self.stack_views[chosen[indexes[0]].stack])
+                    for indexes, placement in colocated_groups(view)
+                    if placement is Placement.STACK
+                ]
             for job, profile in zip(jobs, profiles, strict=True):
                 uuid = job.worker_uuid
                 # The worker became RUNNING in this step, so it was drained with it.
@@ -780,6 +859,20 @@ class CoreMachine(RuleBasedStateMachine):
             assert view.job is not None, view
             # 7. All boards or none.
             assert len(view.all_jobs) == len(view.all_profiles), view
+            # 12. A host group stays on its host while it runs, a stack group in its stack
+            # while that stack lasts (deleting it frees the collateral, not the boards).
+            for indexes, placement in colocated_groups(view):
+                if placement is Placement.HOST:
+                    hosts = {workers[view.all_jobs[i].worker_uuid].dryad_address for i in indexes}
+                    assert len(hosts) == 1, (view, hosts)
+            for indexes, stack in self.started_in.get(view.id, ()):
+                now_named = self.stack_views.get(stack.name)
+                if now_named is not None and (now_named.created_at, now_named.workers) == (
+                    stack.created_at,
+                    stack.workers,
+                ):
+                    stacks = {workers[view.all_jobs[i].worker_uuid].stack for i in indexes}
+                    assert stacks == {stack.name}, (view, stacks)
             for job in view.all_jobs:
                 assert job.timeout_at == view.job.timeout_at > now, view
                 assert job.timeout_at <= job.max_timeout_at, view

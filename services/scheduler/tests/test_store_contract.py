@@ -21,9 +21,11 @@ from boruta_scheduler.store.postgresql import PostgreSQLStore
 from boruta_scheduler.store.sqlfile import load_migrations
 from boruta_scheduler.types import (
     AuditEvent,
+    Colocation,
     FailureKind,
     Health,
     HistoryEntry,
+    Placement,
     RequestState,
     TokenRecord,
     WorkerState,
@@ -187,6 +189,38 @@ def test_requests_of_several_boards_survive_a_restart(store: Store) -> None:
     assert all(j.access is None for j in done.jobs)
 
 
+def test_co_located_groups_survive_a_restart(store: Store) -> None:
+    kit = CoreKit()
+    kit.add_worker("p1", {"board": "phone"}, host="lab1")
+    kit.add_worker("r1", {"board": "relay"}, host="lab1")
+    kit.add_worker("s1", {"board": "server"}, host="lab2")
+    kit.add_worker("r2", {"board": "relay"}, host="lab2")
+    profiles = [("dut", {"board": "phone"}), ("relay", {"board": "relay"})]
+    together = (Colocation((), Placement.HOST),)
+    running = kit.core.new_request(kit.now, "ann", NOBODY, {}, profiles=profiles, together=together)
+    partial = (Colocation(("relay", "server"), Placement.STACK),)
+    waiting = kit.core.new_request(
+        kit.now,
+        "ann",
+        NOBODY,
+        {},
+        profiles=[*profiles, ("server", {"board": "server"})],
+        together=partial,
+        accept_unsatisfiable=True,
+    )
+    commit_all(store, kit)
+    snapshot = loaded(store)
+    for view in snapshot.requests:
+        assert view == kit.core.request(view.id)
+    restored = Core.restore(snapshot, kit.now, kit.core.policy)
+    assert restored.request(running.id).together == together
+    assert restored.request(waiting.id).together == partial
+    kit.core.close_request(kit.now, running.id)
+    commit_all(store, kit)
+    done = store.get_request(running.id)
+    assert done is not None and done.together == together
+
+
 def test_a_store_from_before_host_keys_migrates_and_reads_them_as_none(tmp_path: Path) -> None:
     """A file written at schema version 4 (no host keys, no job timeouts) is migrated, and
     its rows read as no host keys and the policy's job timeout."""
@@ -266,6 +300,7 @@ NEW_COLUMNS = {
     "arguments_hash",
     "profiles",
     "more_jobs",
+    "together",
     "health",
 }
 
@@ -606,6 +641,7 @@ def test_a_store_from_before_secure_delete_is_cleared_of_dead_keys_once(tmp_path
         "DROP TABLE job_usage",
         "ALTER TABLE workers DROP COLUMN health",
         "DROP TABLE stacks",
+        "ALTER TABLE requests DROP COLUMN together",
         "ALTER TABLE requests DROP COLUMN profiles",
         "ALTER TABLE requests DROP COLUMN more_jobs",
         "DROP INDEX requests_by_idempotency_key",

@@ -18,7 +18,7 @@ from boruta_scheduler.core import Snapshot
 from boruta_scheduler.errors import BorutaError, StoreUnavailable
 from boruta_scheduler.store.postgresql import PostgreSQLStore
 from boruta_scheduler.store.sqlfile import load_queries
-from boruta_scheduler.types import TokenRecord, WorkerState
+from boruta_scheduler.types import Colocation, Placement, TokenRecord, WorkerState
 from core_kit import CoreKit, caps_of
 from hypothesis import note, settings
 from hypothesis import strategies as st
@@ -307,6 +307,11 @@ def busy_farm(kit: CoreKit) -> None:
     pair = [("one", {"board": "y"}), ("two", {"board": "x"})]
     kit.core.new_request(kit.now, "bob", NOBODY, {}, profiles=pair)
     kit.core.new_request(kit.now, "bob", NOBODY, {}, profiles=pair)
+    # And one whose boards must be on one host (none has both: it waits).
+    together = (Colocation((), Placement.HOST),)
+    kit.core.new_request(
+        kit.now, "bob", NOBODY, {}, profiles=pair, together=together, accept_unsatisfiable=True
+    )
     kit.answer_calls()
     for user in ("ci", "alice"):
         kit.core.issue_token(TokenRecord(user, NOBODY, False, b"h", kit.now, 1e10, "root", ""))

@@ -13,7 +13,10 @@ from boruta_client.types import (
     Access,
     Acquired,
     AcquiredBoard,
+    AllocatedBoard,
+    Allocation,
     AuditEvent,
+    Colocation,
     FailureKind,
     HistoryEntry,
     HostStatus,
@@ -21,12 +24,14 @@ from boruta_client.types import (
     PendingBoard,
     PendingCode,
     PendingReason,
+    Placement,
     Profile,
     Profiles,
     Request,
     RequestSort,
     RequestState,
     Stack,
+    Together,
     Token,
     Usage,
     UsageBy,
@@ -117,6 +122,51 @@ def request(info: types_pb2.RequestInfo, queue_position: int | None = None) -> R
         pending_reason=pending_reason(info.pending_reason)
         if info.HasField("pending_reason")
         else None,
+        together=tuple(
+            Colocation(tuple(c.profiles), Placement(c.placement))
+            for c in info.together
+            if c.placement in _PLACEMENT_NUMBERS
+        ),
+    )
+
+
+_PLACEMENT_NUMBERS = frozenset(p.value for p in Placement)
+_PLACEMENT_WORDS = {p.name.lower(): p for p in Placement}
+
+
+def parse_together(text: str) -> tuple[Colocation, ...]:
+    """Groups from their written form: "host" or "stack" (every profile), or groups of
+    named profiles separated by ";", each "host:dut,relay" or "stack:a,b"."""
+    groups = []
+    for part in text.split(";"):
+        word, _, names = part.strip().partition(":")
+        placement = _PLACEMENT_WORDS.get(word.strip().lower())
+        if placement is None:
+            raise InvalidArgument(
+                f"together group {part.strip()!r} must start with host or stack (e.g. "
+                "'host', 'stack', 'host:dut,relay' or 'host:dut,relay;stack:a,b')"
+            )
+        listed = tuple(n.strip() for n in names.split(",")) if names.strip() else ()
+        if any(not n for n in listed):
+            raise InvalidArgument(f"together group {part.strip()!r} has an empty profile name")
+        groups.append(Colocation(listed, placement))
+    return tuple(groups)
+
+
+def colocations(together: Together) -> list[types_pb2.Colocation]:
+    """Groups as NewRequest takes them."""
+    groups = parse_together(together) if isinstance(together, str) else tuple(together)
+    return [
+        types_pb2.Colocation(profiles=list(g.profiles), placement=g.placement.value)  # type: ignore[arg-type]
+        for g in groups
+    ]
+
+
+def together_text(groups: Iterable[Colocation]) -> str:
+    """Groups in the form parse_together reads ("" for none)."""
+    return ";".join(
+        g.placement.name.lower() + (":" + ",".join(g.profiles) if g.profiles else "")
+        for g in groups
     )
 
 
@@ -318,6 +368,19 @@ def token(info: tokens_pb2.TokenInfo) -> Token:
 
 def audit_event(e: audit_pb2.AuditEvent) -> AuditEvent:
     return AuditEvent(e.id, when(e.time), e.actor, e.role, e.action, e.target, e.detail)
+
+
+def allocation(info: workers_pb2.Allocation) -> Allocation:
+    return Allocation(
+        request_id=info.request_id,
+        owner=info.owner,
+        boards=tuple(
+            AllocatedBoard(b.profile, b.worker_uuid, b.dryad_address, b.stack) for b in info.boards
+        ),
+        collateral=tuple(info.collateral),
+        started_at=when(info.started_at),
+        timeout_at=when(info.timeout_at),
+    )
 
 
 def stack(info: workers_pb2.StackInfo) -> Stack:

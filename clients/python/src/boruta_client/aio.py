@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, overload
 
 import grpc
 from boruta.schedulers import CHANNEL_OPTIONS, Backoff, SchedulerList, leader_of
@@ -33,6 +33,7 @@ from boruta_client._rpc import code_of, reason_of, translate, went_away
 from boruta_client.errors import (
     AlreadyExists,
     BorutaError,
+    InvalidArgument,
     NotFound,
     RequestEnded,
     ScheduleTimeout,
@@ -50,6 +51,7 @@ from boruta_client.lease import (
 )
 from boruta_client.types import (
     Acquired,
+    Allocation,
     AuditEvent,
     Caller,
     HistoryEntry,
@@ -60,6 +62,7 @@ from boruta_client.types import (
     RequestSort,
     RequestState,
     Stack,
+    Together,
     Token,
     Usage,
     UsageBy,
@@ -407,13 +410,16 @@ class AsyncClient(ClientBase):
         job_timeout: timedelta | None = None,
         idempotency_key: str | None = None,
         profiles: Profiles | None = None,
+        together: Together | None = None,
     ) -> Request:
         """Queue a request for a board with these caps (a value may name alternatives,
         ``"linux|android"``, or items of a board's list, ``"vcc,battery"``: docs/api.md;
         ``no_wait``: run now or raise Busy);
         ``job_timeout``: how long its job may go without a prolong (None: the scheduler's).
         ``profiles`` instead of caps asks for several boards, all at once or none: caps per
-        name (``{"dut": {...}, "relay": {...}}``) or a list of caps.
+        name (``{"dut": {...}, "relay": {...}}``) or a list of caps; ``together`` keeps
+        boards on one host or in one stack: ``"host"``, ``"stack"`` (every board),
+        ``"host:dut,relay;stack:a,b"`` or Colocation values (docs/api.md, co-location).
 
         The call carries an idempotency key (a new random one unless given), so that its
         retries after a dropped connection or a takeover make no second request."""
@@ -423,6 +429,8 @@ class AsyncClient(ClientBase):
         message.idempotency_key = idempotency_key or str(uuid.uuid4())
         if profiles is not None:
             message.profiles.extend(convert.profiles(profiles))
+        if together:
+            message.together.extend(convert.colocations(together))
         return convert.request((await self._call(lambda s: s.requests.NewRequest, message)).request)
 
     async def get_request(self, request_id: int) -> Request:
@@ -546,6 +554,7 @@ class AsyncClient(ClientBase):
             if on_wait is not None:
                 on_wait(await self.get_request(request_id))
 
+    @overload
     def lease(
         self,
         caps: Mapping[str, str] | None = None,
@@ -559,10 +568,50 @@ class AsyncClient(ClientBase):
         on_wait: Callable[[Request], None] | None = None,
         auto_prolong: bool = True,
         job_timeout: timedelta | None = None,
-    ) -> AsyncLease:
+        together: Together | None = None,
+    ) -> AsyncLease: ...
+
+    @overload
+    def lease(
+        self,
+        caps: Sequence[Mapping[str, str]],
+        *,
+        priority: int = 0,
+        valid_after: datetime | None = None,
+        deadline: datetime | None = None,
+        wait_timeout: float | None = None,
+        no_wait: bool = False,
+        accept_unsatisfiable: bool = False,
+        on_wait: Callable[[Request], None] | None = None,
+        auto_prolong: bool = True,
+        job_timeout: timedelta | None = None,
+        together: Together | None = None,
+    ) -> AsyncBoardsLease: ...
+
+    def lease(
+        self,
+        caps: Mapping[str, str] | Sequence[Mapping[str, str]] | None = None,
+        *,
+        priority: int = 0,
+        valid_after: datetime | None = None,
+        deadline: datetime | None = None,
+        wait_timeout: float | None = None,
+        no_wait: bool = False,
+        accept_unsatisfiable: bool = False,
+        on_wait: Callable[[Request], None] | None = None,
+        auto_prolong: bool = True,
+        job_timeout: timedelta | None = None,
+        together: Together | None = None,
+    ) -> AsyncLease | AsyncBoardsLease:
         """``async with client.lease({"board": "rpi4"}) as board:`` (``with`` for a Client):
         a board for the block's run. ``job_timeout`` defaults to LEASE_JOB_TIMEOUT while the
-        lease prolongs by itself (see lease_job_timeout)."""
+        lease prolongs by itself (see lease_job_timeout). A list of caps asks for several
+        boards, as lease_boards: ``client.lease([{"board": "rpi4"}, {"board": "relay"}],
+        together="host")`` gets both on one host."""
+        if together and (caps is None or isinstance(caps, Mapping)):
+            raise InvalidArgument(
+                "together groups several boards; give a list of caps (one per board)"
+            )
         terms = LeaseTerms(
             priority=priority,
             valid_after=valid_after,
@@ -574,6 +623,8 @@ class AsyncClient(ClientBase):
             on_wait=on_wait,
             auto_prolong=auto_prolong,
         )
+        if caps is not None and not isinstance(caps, Mapping):
+            return AsyncBoardsLease(AsyncLease(self, {}, terms, profiles=caps, together=together))
         return AsyncLease(self, caps or {}, terms)
 
     def lease_boards(
@@ -589,11 +640,13 @@ class AsyncClient(ClientBase):
         on_wait: Callable[[Request], None] | None = None,
         auto_prolong: bool = True,
         job_timeout: timedelta | None = None,
+        together: Together | None = None,
     ) -> AsyncBoardsLease:
         """``async with client.lease_boards({"dut": {"board": "rpi4"}, "relay": {"board":
         "relay"}}) as boards:`` (``with`` for a Client): several boards for the block's
         run, taken all at once; ``boards["relay"]`` or ``boards[1]`` is one. A list of caps
-        asks for unnamed boards. The rest is as lease()."""
+        asks for unnamed boards. ``together`` keeps boards on one host or in one stack (as
+        new_request). The rest is as lease()."""
         terms = LeaseTerms(
             priority=priority,
             valid_after=valid_after,
@@ -605,7 +658,8 @@ class AsyncClient(ClientBase):
             on_wait=on_wait,
             auto_prolong=auto_prolong,
         )
-        return AsyncBoardsLease(AsyncLease(self, {}, terms, profiles=profiles))
+        lease = AsyncLease(self, {}, terms, profiles=profiles, together=together)
+        return AsyncBoardsLease(lease)
 
     def attach(self, request_id: int, *, auto_prolong: bool = True) -> AsyncLease:
         """``async with client.attach(42) as board:``: a lease on a request that already
@@ -757,6 +811,13 @@ class AsyncClient(ClientBase):
         message = workers_pb2.ListStacksRequest()
         reply = await self._call(lambda s: s.workers.ListStacks, message)
         return [convert.stack(info) for info in reply.stacks]
+
+    async def list_allocations(self) -> list[Allocation]:
+        """Every running request with its boards (profile, worker, host, stack) and its
+        collateral, by request id. Admins only."""
+        message = workers_pb2.ListAllocationsRequest()
+        reply = await self._call(lambda s: s.workers.ListAllocations, message)
+        return [convert.allocation(info) for info in reply.allocations]
 
     async def delete_stack(self, name: str) -> None:
         """Forget a stack; its collateral is free at once. Admins only. A retry after a

@@ -3,8 +3,9 @@ in an event loop thread the Client owns (see _bridge); Lease, Board and Watch li
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Generic, TypeVar, overload
 
 from boruta_client._base import ClientBase
 from boruta_client._bridge import Facade, Portal, blocking, blocking_as, in_loop
@@ -12,7 +13,7 @@ from boruta_client.aio import AsyncClient, AsyncWatch
 from boruta_client.errors import BorutaError
 from boruta_client.lease import AsyncBoard, AsyncBoards, AsyncBoardsLease, AsyncLease
 from boruta_client.ssh import BoardSSH
-from boruta_client.types import Access, Job, Request
+from boruta_client.types import Access, Job, Request, Together
 
 T = TypeVar("T")
 
@@ -156,6 +157,13 @@ class BoardsLease(Facade[AsyncBoardsLease]):
         self._portal.run(self._inner.__aexit__(*exc))
 
 
+def lease_facade(portal: Portal, inner: AsyncLease | AsyncBoardsLease) -> Lease | BoardsLease:
+    """The blocking twin of what AsyncClient.lease returned (one board or several)."""
+    if isinstance(inner, AsyncBoardsLease):
+        return BoardsLease(portal, inner)
+    return Lease(portal, inner)
+
+
 class Client(ClientBase, Facade[AsyncClient]):
     """A connection to the scheduler; methods block and return the client's typed values.
     ``Client()`` finds the farm as schedctl does (see ClientBase). Each method is the
@@ -195,7 +203,61 @@ class Client(ClientBase, Facade[AsyncClient]):
     close_request = blocking(AsyncClient.close_request)
     prolong_access = blocking(AsyncClient.prolong_access)
     acquire_worker = blocking(AsyncClient.acquire_worker)
-    lease = blocking_as(in_loop(AsyncClient.lease), Lease)
+    if TYPE_CHECKING:
+        # What the blocking twin of AsyncClient.lease returns, by its first argument.
+
+        @overload
+        def lease(
+            self,
+            caps: Mapping[str, str] | None = None,
+            *,
+            priority: int = 0,
+            valid_after: datetime | None = None,
+            deadline: datetime | None = None,
+            wait_timeout: float | None = None,
+            no_wait: bool = False,
+            accept_unsatisfiable: bool = False,
+            on_wait: Callable[[Request], None] | None = None,
+            auto_prolong: bool = True,
+            job_timeout: timedelta | None = None,
+            together: Together | None = None,
+        ) -> Lease: ...
+
+        @overload
+        def lease(
+            self,
+            caps: Sequence[Mapping[str, str]],
+            *,
+            priority: int = 0,
+            valid_after: datetime | None = None,
+            deadline: datetime | None = None,
+            wait_timeout: float | None = None,
+            no_wait: bool = False,
+            accept_unsatisfiable: bool = False,
+            on_wait: Callable[[Request], None] | None = None,
+            auto_prolong: bool = True,
+            job_timeout: timedelta | None = None,
+            together: Together | None = None,
+        ) -> BoardsLease: ...
+
+        def lease(
+            self,
+            caps: Mapping[str, str] | Sequence[Mapping[str, str]] | None = None,
+            *,
+            priority: int = 0,
+            valid_after: datetime | None = None,
+            deadline: datetime | None = None,
+            wait_timeout: float | None = None,
+            no_wait: bool = False,
+            accept_unsatisfiable: bool = False,
+            on_wait: Callable[[Request], None] | None = None,
+            auto_prolong: bool = True,
+            job_timeout: timedelta | None = None,
+            together: Together | None = None,
+        ) -> Lease | BoardsLease: ...
+
+    else:
+        lease = blocking_as(in_loop(AsyncClient.lease), lease_facade)
     lease_boards = blocking_as(in_loop(AsyncClient.lease_boards), BoardsLease)
     attach = blocking_as(in_loop(AsyncClient.attach), Lease)
     watch_requests = blocking_as(AsyncClient.watch_requests, Watch)
@@ -214,3 +276,4 @@ class Client(ClientBase, Facade[AsyncClient]):
     create_stack = blocking(AsyncClient.create_stack)
     list_stacks = blocking(AsyncClient.list_stacks)
     delete_stack = blocking(AsyncClient.delete_stack)
+    list_allocations = blocking(AsyncClient.list_allocations)

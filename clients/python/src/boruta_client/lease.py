@@ -24,7 +24,15 @@ from boruta_client.errors import (
     WrongRequestState,
 )
 from boruta_client.ssh import BoardSSH, Sink
-from boruta_client.types import Access, Acquired, Job, Profiles, Request, RequestState
+from boruta_client.types import (
+    Access,
+    Acquired,
+    Job,
+    Profiles,
+    Request,
+    RequestState,
+    Together,
+)
 
 if TYPE_CHECKING:  # the client makes leases; a lease only calls it back
     from boruta_client.aio import AsyncClient
@@ -241,10 +249,12 @@ class AsyncLease:
         terms: LeaseTerms,
         existing: int | None = None,
         profiles: Profiles | None = None,
+        together: Together | None = None,
     ) -> None:
         self._client = client
         self._caps = dict(caps)
         self._profiles = profiles
+        self._together = together
         self._terms = terms
         # An existing request is attached to, not created, and left open on exit.
         self._existing = existing
@@ -288,6 +298,7 @@ class AsyncLease:
                 no_wait=terms.no_wait,
                 job_timeout=lease_job_timeout(terms.job_timeout, terms.auto_prolong),
                 profiles=self._profiles,
+                together=self._together,
             )
         )
         try:

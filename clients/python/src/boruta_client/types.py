@@ -118,6 +118,28 @@ class Profile:
 Profiles = Mapping[str, Mapping[str, str]] | Sequence[Mapping[str, str]]
 
 
+class Placement(enum.Enum):
+    """Where the boards of a co-located group must be: on one host (one dryad process) or
+    in one stack."""
+
+    HOST = 1
+    STACK = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Colocation:
+    """Profiles of a request whose boards must share one place: their names (empty: every
+    profile of the request)."""
+
+    profiles: tuple[str, ...]
+    placement: Placement
+
+
+# Co-located groups to ask for: "host" or "stack" (every board of the request), the
+# schedctl syntax ("host:dut,relay;stack:a,b"), or Colocation values.
+Together = str | Sequence[Colocation]
+
+
 @dataclass(frozen=True, slots=True)
 class PendingBoard:
     """A board a waiting request could use: who holds it and when it comes free (None: no
@@ -172,6 +194,8 @@ class Request:
     profiles: tuple[Profile, ...] = ()
     jobs: tuple[Job, ...] = ()
     pending_reason: PendingReason | None = None
+    # Groups of profiles whose boards share one host or stack, as asked for.
+    together: tuple[Colocation, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +287,30 @@ class Stack:
     worker_uuids: tuple[str, ...]
     created_at: datetime
     holder: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AllocatedBoard:
+    """One board a running request holds for one profile: its worker, host (the dryad's
+    address) and stack ("": none)."""
+
+    profile: str
+    worker_uuid: str
+    dryad_address: str
+    stack: str
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """What a running request holds: a board per profile, and the collateral of their
+    stacks (worker UUIDs)."""
+
+    request_id: int
+    owner: str
+    boards: tuple[AllocatedBoard, ...]
+    collateral: tuple[str, ...]
+    started_at: datetime
+    timeout_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

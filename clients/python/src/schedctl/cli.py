@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import click
-from boruta_client import Client, PendingCode, Request
+from boruta_client import Client, Colocation, InvalidArgument, PendingCode, Request
+from boruta_client._convert import parse_together
 from boruta_client.config import ClientConfig, Context
 
 from schedctl.flags import records_command
@@ -48,6 +49,23 @@ def option(*names: str, **kwargs: Any) -> Callable[[F], F]:
     """click.option that shows its BORUTA_* environment variable in --help."""
     kwargs.setdefault("show_envvar", True)
     return click.option(*names, **kwargs)
+
+
+def profile_options(help_text: str) -> Callable[[F], F]:
+    """--profile (one board of several, repeated) and --together (which of them share a
+    host or stack)."""
+
+    def add(fn: F) -> F:
+        fn = option("--together", metavar="GROUPS", help=TOGETHER_HELP)(fn)
+        return option(
+            "--profile",
+            "profiles",
+            multiple=True,
+            metavar="[NAME:]KEY=VALUE,...",
+            help=help_text,
+        )(fn)
+
+    return add
 
 
 def output_option(fn: F) -> F:
@@ -121,6 +139,22 @@ def parse_profiles(items: Iterable[str]) -> dict[str, dict[str, str]] | list[dic
             "name every --profile (NAME:KEY=VALUE,...) or none of them", param_hint=_HINT
         )
     return named or unnamed
+
+
+TOGETHER_HELP = (
+    "Keep boards together: 'host' (every board on one host, one dryad) or 'stack' (in one "
+    "stack), or groups of named profiles, 'host:dut,relay;stack:a,b'."
+)
+
+
+def parse_together_option(text: str | None) -> tuple[Colocation, ...] | None:
+    """--together as groups; a malformed value is a usage error naming what to fix."""
+    if text is None:
+        return None
+    try:
+        return parse_together(text)
+    except InvalidArgument as error:
+        raise click.BadParameter(str(error), param_hint="--together") from None
 
 
 _RELATIVE = re.compile(r"^\+(\d+(?:\.\d+)?)([smhd])$")

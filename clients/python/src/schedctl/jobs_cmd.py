@@ -27,7 +27,10 @@ from schedctl.cli import (
     option,
     output_option,
     parse_caps,
+    parse_profiles,
+    parse_together_option,
     pass_state,
+    profile_options,
 )
 from schedctl.output import Column, emit, span, table, when
 
@@ -229,6 +232,7 @@ def pick_board(boards: Sequence[Board], key: str) -> Board:
     metavar="KEY=VALUE",
     help=f"Lease a board with these caps for the session instead of REQ. {CAPS_HELP}",
 )
+@profile_options("Lease several boards at once instead (repeat for each); log in to --board.")
 @option("-p", "--priority", type=PRIORITY, help="Priority of that lease: 1 (most important) to 16.")
 @option(
     "--board",
@@ -248,20 +252,27 @@ def ssh(
     state: State,
     args: tuple[str, ...],
     caps: tuple[str, ...],
+    profiles: tuple[str, ...],
+    together: str | None,
     priority: int | None,
     board_key: str | None,
     use_paramiko: bool,
 ) -> None:
-    """A shell (or one command) on the board of request REQ, or of a new lease with --caps.
+    """A shell (or one command) on the board of request REQ, or of a new lease with --caps
+    (or --profile, for several boards, maybe --together on one host or stack).
 
-    The job is prolonged while the session lasts; a lease made with --caps is closed at
-    the end, an existing request is left running. One command word is a shell command
-    line; several are quoted one by one.
+    The job is prolonged while the session lasts; a lease made with --caps or --profile
+    is closed at the end, an existing request is left running. One command word is a
+    shell command line; several are quoted one by one.
     """
     client = state.client()
     request_id: int | None = None
     command = args
-    if not caps:
+    if caps and profiles:
+        raise click.UsageError("give --caps or --profile options, not both")
+    if together is not None and not profiles:
+        raise click.UsageError("--together groups boards: give them as --profile options")
+    if not caps and not profiles:
         if not args or not args[0].isdigit():
             raise click.UsageError("give a request id, or --caps for a new lease")
         request_id, command = int(args[0]), args[1:]
@@ -274,6 +285,13 @@ def ssh(
 
     if request_id is not None:
         lease = client.attach(request_id)
+    elif profiles:
+        lease = client.lease_boards(
+            parse_profiles(profiles),
+            together=parse_together_option(together),
+            priority=priority or UNSET_PRIORITY,
+            on_wait=waiting,
+        ).lease
     else:
         lease = client.lease(parse_caps(caps), priority=priority or UNSET_PRIORITY, on_wait=waiting)
     with lease as board:

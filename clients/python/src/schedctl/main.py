@@ -10,6 +10,7 @@ from boruta_client import BorutaError
 from boruta_client.config import find_farm
 
 from schedctl import exits
+from schedctl.allocations_cmd import allocations
 from schedctl.cli import State, option
 from schedctl.flags import command_options, name_options
 from schedctl.jobs_cmd import audit, run, ssh, status
@@ -123,6 +124,10 @@ def cli(
     quote the |), or items a board's list must hold, circuits=usb.pc.vcc,handset.battery
     (both); see `requests new --help`.
 
+    Several boards at once: one --profile [NAME:]KEY=VALUE,... per board; --together
+    host (all on one host, one dryad) or stack (all in one stack), or named groups,
+    'host:dut,relay;stack:a,b' (requests new, ssh).
+
     Exit codes: 0 ok, 1 error, 2 usage, 64 invalid argument, 65 no such board, 66 not
     found, 69 scheduler unavailable, 73 wrong state, 74 request ended or waited too long,
     75 busy (try later), 77 permission denied; `run` and `ssh` exit with the remote status.
@@ -162,6 +167,7 @@ def completion(shell: str) -> None:
 cli.add_command(requests_group)
 cli.add_command(workers_group)
 cli.add_command(stacks_group)
+cli.add_command(allocations)
 cli.add_command(run)
 cli.add_command(ssh)
 cli.add_command(status)

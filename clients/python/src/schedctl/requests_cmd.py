@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
 from boruta_client import (
     Access,
+    Colocation,
     Job,
     PendingBoard,
     PendingReason,
@@ -29,12 +31,22 @@ from schedctl.cli import (
     output_option,
     parse_caps,
     parse_profiles,
+    parse_together_option,
     pass_state,
+    profile_options,
     reason_text,
     request_id_arg,
 )
 from schedctl.jobs_cmd import openssh_host_key_options, warn_if_unchecked
 from schedctl.output import Column, ago, caps_text, details, emit, emit_event, span, table, when
+
+
+def together_words(groups: Iterable[Colocation]) -> str:
+    """Co-located groups as a person reads them: "dut, relay on one host"."""
+    return "; ".join(
+        (", ".join(g.profiles) or "every board") + f" on one {g.placement.name.lower()}"
+        for g in groups
+    )
 
 
 def profiles_text(r: Request) -> str:
@@ -111,6 +123,8 @@ def request_details(r: Request) -> str:
         pairs.append(("queue position", f"{r.queue_position} ahead"))
     if r.pending_reason is not None:
         pairs += pending_pairs(r.pending_reason)
+    if r.together:
+        pairs.append(("together", together_words(r.together)))
     for index, profile in enumerate(r.profiles):
         board = f"board {profile.name or index}"
         worker = r.jobs[index].worker_uuid if index < len(r.jobs) else "(waiting)"
@@ -141,13 +155,7 @@ def requests_group() -> None:
 
 @requests_group.command("new")
 @click.argument("caps", nargs=-1, metavar="KEY=VALUE...")
-@option(
-    "--profile",
-    "profiles",
-    multiple=True,
-    metavar="[NAME:]KEY=VALUE,...",
-    help="One board of several to take at once (repeat for each); instead of KEY=VALUE.",
-)
+@profile_options("One board of several to take at once (repeat for each); instead of KEY=VALUE.")
 @option(
     "-p",
     "--priority",
@@ -178,6 +186,7 @@ def new_request(
     state: State,
     caps: tuple[str, ...],
     profiles: tuple[str, ...],
+    together: str | None,
     priority: int | None,
     valid_after: datetime | None,
     deadline: datetime | None,
@@ -207,12 +216,24 @@ def new_request(
 
     \b
       --profile dut:board=rpi4,camera=yes --profile relay:circuits=vcc,battery
+
+    --together keeps such boards together (docs/api.md, co-location): 'host'
+    puts every board on one host (served by one dryad), 'stack' in one stack;
+    groups of named profiles, separated by ';', keep only those together:
+
+    \b
+      --profile dut:board=phone --profile relay:board=relay --together host
+      --profile a:board=x --profile b:board=y --profile c:board=z \\
+          --together 'host:a,b'        a and b on one host, c anywhere
     """
     if caps and profiles:
         raise click.UsageError("give KEY=VALUE caps or --profile options, not both")
+    if together is not None and not profiles:
+        raise click.UsageError("--together groups boards: give them as --profile options")
     request = state.client().new_request(
         parse_caps(caps),
         profiles=parse_profiles(profiles) if profiles else None,
+        together=parse_together_option(together),
         priority=priority or UNSET_PRIORITY,
         valid_after=valid_after,
         deadline=deadline,

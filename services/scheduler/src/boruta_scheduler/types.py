@@ -160,6 +160,22 @@ class JobView:
     tunnel_port: int = 0
 
 
+class Placement(enum.IntEnum):
+    """Where the boards of a co-located group of profiles must be (docs/api.md)."""
+
+    HOST = 1  # one host: the same dryad address, one dryad process
+    STACK = 2  # one stack
+
+
+@dataclass(frozen=True, slots=True)
+class Colocation:
+    """Profiles of a request whose boards must share a place: their names, in the owner's
+    order (empty: every profile of the request)."""
+
+    profiles: tuple[str, ...]
+    placement: Placement
+
+
 @dataclass(frozen=True, slots=True)
 class ProfileView:
     """One board a request asks for: the name its owner gave it ("": none) and its caps."""
@@ -195,6 +211,8 @@ class RequestView:
     profiles: tuple[ProfileView, ...] = ()
     # Every job, one per profile in profile order, when there are profiles; job is jobs[0].
     jobs: tuple[JobView, ...] = ()
+    # Groups of profiles whose boards must share a host or a stack, as asked for.
+    together: tuple[Colocation, ...] = ()
 
     @property
     def all_profiles(self) -> tuple[ProfileView, ...]:
@@ -279,6 +297,28 @@ class StackView:
     workers: tuple[str, ...]
     created_at: float
     holder: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AllocatedBoard:
+    """One board a running request holds for one profile, with its host and stack."""
+
+    profile: str
+    worker_uuid: str
+    dryad_address: str
+    stack: str
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """What a running request holds: a board per profile and its stacks' collateral."""
+
+    request_id: int
+    owner: str
+    boards: tuple[AllocatedBoard, ...]
+    collateral: tuple[str, ...]
+    started_at: float
+    timeout_at: float
 
 
 @dataclass(frozen=True, slots=True)

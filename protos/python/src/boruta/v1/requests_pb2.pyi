@@ -127,6 +127,7 @@ class NewRequestRequest(_message.Message):
     JOB_TIMEOUT_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     PROFILES_FIELD_NUMBER: _builtins.int
+    TOGETHER_FIELD_NUMBER: _builtins.int
     priority: _builtins.int
     """1 (most important) to 16 (least); 0 means the scheduler's default priority."""
     accept_unsatisfiable: _builtins.bool
@@ -180,6 +181,16 @@ class NewRequestRequest(_message.Message):
         profile is the same as caps. See docs/api.md.
         """
 
+    @_builtins.property
+    def together(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Colocation]:
+        """Groups of profiles whose boards must share one host (one dryad process) or one stack;
+        a profile in at most one group, a group of at least two profiles (a bad group:
+        INVALID_ARGUMENT naming what to fix). With no set of registered boards that keeps
+        every group together and is open to the owner: FAILED_PRECONDITION (error reason
+        ERROR_REASON_NO_CAPABLE_WORKER) unless accept_unsatisfiable. See docs/api.md,
+        "Co-location".
+        """
+
     def __init__(
         self,
         *,
@@ -192,10 +203,11 @@ class NewRequestRequest(_message.Message):
         job_timeout: _duration_pb2.Duration | None = ...,
         idempotency_key: _builtins.str = ...,
         profiles: _abc.Iterable[_types_pb2.Profile] | None = ...,
+        together: _abc.Iterable[_types_pb2.Colocation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "job_timeout", b"job_timeout", "valid_after", b"valid_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_unsatisfiable", b"accept_unsatisfiable", "caps", b"caps", "deadline", b"deadline", "idempotency_key", b"idempotency_key", "job_timeout", b"job_timeout", "no_wait", b"no_wait", "priority", b"priority", "profiles", b"profiles", "valid_after", b"valid_after"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_unsatisfiable", b"accept_unsatisfiable", "caps", b"caps", "deadline", b"deadline", "idempotency_key", b"idempotency_key", "job_timeout", b"job_timeout", "no_wait", b"no_wait", "priority", b"priority", "profiles", b"profiles", "together", b"together", "valid_after", b"valid_after"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -113,6 +113,38 @@ WORKER_STATE_BUSY: WorkerState.ValueType  # 6
 """The scheduler asked the dryad to enter maintenance; MAINTENANCE follows."""
 Global___WorkerState: _TypeAlias = WorkerState  # noqa: Y015
 
+class _Placement:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PlacementEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Placement.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PLACEMENT_UNSPECIFIED: _Placement.ValueType  # 0
+    """Not set: refused (INVALID_ARGUMENT)."""
+    PLACEMENT_HOST: _Placement.ValueType  # 1
+    """On one host: every board of the group is served by one dryad process (the same
+    dryad address), e.g. phones on the USB ports of one lab PC.
+    """
+    PLACEMENT_STACK: _Placement.ValueType  # 2
+    """In one stack: every board of the group is a member of one stack (Workers.CreateStack);
+    the stack's other boards become the request's collateral.
+    """
+
+class Placement(_Placement, metaclass=_PlacementEnumTypeWrapper):
+    """Placement says where the boards of a co-located group must be."""
+
+PLACEMENT_UNSPECIFIED: Placement.ValueType  # 0
+"""Not set: refused (INVALID_ARGUMENT)."""
+PLACEMENT_HOST: Placement.ValueType  # 1
+"""On one host: every board of the group is served by one dryad process (the same
+dryad address), e.g. phones on the USB ports of one lab PC.
+"""
+PLACEMENT_STACK: Placement.ValueType  # 2
+"""In one stack: every board of the group is a member of one stack (Workers.CreateStack);
+the stack's other boards become the request's collateral.
+"""
+Global___Placement: _TypeAlias = Placement  # noqa: Y015
+
 class _PendingReasonCode:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -348,6 +380,7 @@ class RequestInfo(_message.Message):
     PROFILES_FIELD_NUMBER: _builtins.int
     JOBS_FIELD_NUMBER: _builtins.int
     PENDING_REASON_FIELD_NUMBER: _builtins.int
+    TOGETHER_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Identifier given by the scheduler; larger for later requests."""
     priority: _builtins.int
@@ -418,6 +451,12 @@ class RequestInfo(_message.Message):
         when it changes, not when the farm around it does). See docs/api.md, "Pending reasons".
         """
 
+    @_builtins.property
+    def together(self) -> _containers.RepeatedCompositeFieldContainer[Global___Colocation]:
+        """Groups of profiles whose boards must share one host or one stack, as asked for in
+        NewRequestRequest.together; empty for none.
+        """
+
     def __init__(
         self,
         *,
@@ -437,14 +476,47 @@ class RequestInfo(_message.Message):
         profiles: _abc.Iterable[Global___Profile] | None = ...,
         jobs: _abc.Iterable[Global___JobInfo] | None = ...,
         pending_reason: Global___PendingReason | None = ...,
+        together: _abc.Iterable[Global___Colocation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline", "job", b"job", "job_timeout", b"job_timeout", "pending_reason", b"pending_reason", "updated_at", b"updated_at", "valid_after", b"valid_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caps", b"caps", "created_at", b"created_at", "deadline", b"deadline", "id", b"id", "job", b"job", "job_timeout", b"job_timeout", "jobs", b"jobs", "owner", b"owner", "owner_groups", b"owner_groups", "pending_reason", b"pending_reason", "priority", b"priority", "profiles", b"profiles", "reason", b"reason", "state", b"state", "updated_at", b"updated_at", "valid_after", b"valid_after"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caps", b"caps", "created_at", b"created_at", "deadline", b"deadline", "id", b"id", "job", b"job", "job_timeout", b"job_timeout", "jobs", b"jobs", "owner", b"owner", "owner_groups", b"owner_groups", "pending_reason", b"pending_reason", "priority", b"priority", "profiles", b"profiles", "reason", b"reason", "state", b"state", "together", b"together", "updated_at", b"updated_at", "valid_after", b"valid_after"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RequestInfo: _TypeAlias = RequestInfo  # noqa: Y015
+
+@_typing.final
+class Colocation(_message.Message):
+    """Colocation is a group of a request's profiles whose boards must share one place. See
+    docs/api.md, "Co-location".
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROFILES_FIELD_NUMBER: _builtins.int
+    PLACEMENT_FIELD_NUMBER: _builtins.int
+    placement: Global___Placement.ValueType
+    """Where the group's boards must be."""
+    @_builtins.property
+    def profiles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names of the profiles of the group (Profile.name), at least two, each in one group at
+        most; empty means every profile of the request (the profiles need no names then).
+        """
+
+    def __init__(
+        self,
+        *,
+        profiles: _abc.Iterable[_builtins.str] | None = ...,
+        placement: Global___Placement.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["placement", b"placement", "profiles", b"profiles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Colocation: _TypeAlias = Colocation  # noqa: Y015
 
 @_typing.final
 class PendingBoard(_message.Message):

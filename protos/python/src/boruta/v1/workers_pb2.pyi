@@ -542,6 +542,131 @@ class ListStacksRequest(_message.Message):
 Global___ListStacksRequest: _TypeAlias = ListStacksRequest  # noqa: Y015
 
 @_typing.final
+class ListAllocationsRequest(_message.Message):
+    """ListAllocationsRequest asks for every running request's boards."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAllocationsRequest: _TypeAlias = ListAllocationsRequest  # noqa: Y015
+
+@_typing.final
+class AllocatedBoard(_message.Message):
+    """AllocatedBoard is one board a running request holds for one of its profiles."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROFILE_FIELD_NUMBER: _builtins.int
+    WORKER_UUID_FIELD_NUMBER: _builtins.int
+    DRYAD_ADDRESS_FIELD_NUMBER: _builtins.int
+    STACK_FIELD_NUMBER: _builtins.int
+    profile: _builtins.str
+    """The profile's name ("": unnamed; the board is then known by its place)."""
+    worker_uuid: _builtins.str
+    """The worker running the profile's job."""
+    dryad_address: _builtins.str
+    """Its dryad's address: boards with the same one are on one host, served by one dryad."""
+    stack: _builtins.str
+    """Its stack ("": none)."""
+    def __init__(
+        self,
+        *,
+        profile: _builtins.str = ...,
+        worker_uuid: _builtins.str = ...,
+        dryad_address: _builtins.str = ...,
+        stack: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dryad_address", b"dryad_address", "profile", b"profile", "stack", b"stack", "worker_uuid", b"worker_uuid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AllocatedBoard: _TypeAlias = AllocatedBoard  # noqa: Y015
+
+@_typing.final
+class Allocation(_message.Message):
+    """Allocation is what one running request holds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    BOARDS_FIELD_NUMBER: _builtins.int
+    COLLATERAL_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    TIMEOUT_AT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
+    """The request."""
+    owner: _builtins.str
+    """Its owner."""
+    @_builtins.property
+    def boards(self) -> _containers.RepeatedCompositeFieldContainer[Global___AllocatedBoard]:
+        """One board per profile, in profile order."""
+
+    @_builtins.property
+    def collateral(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The workers it holds as collateral (the other boards of its stacks), by UUID."""
+
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """When its jobs started, and when they time out unless prolonged."""
+
+    @_builtins.property
+    def timeout_at(self) -> _timestamp_pb2.Timestamp:
+        """See started_at."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.int = ...,
+        owner: _builtins.str = ...,
+        boards: _abc.Iterable[Global___AllocatedBoard] | None = ...,
+        collateral: _abc.Iterable[_builtins.str] | None = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        timeout_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at", "timeout_at", b"timeout_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["boards", b"boards", "collateral", b"collateral", "owner", b"owner", "request_id", b"request_id", "started_at", b"started_at", "timeout_at", b"timeout_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Allocation: _TypeAlias = Allocation  # noqa: Y015
+
+@_typing.final
+class ListAllocationsResponse(_message.Message):
+    """ListAllocationsResponse is every running request's allocation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOCATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def allocations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Allocation]:
+        """Allocations by request id."""
+
+    def __init__(
+        self,
+        *,
+        allocations: _abc.Iterable[Global___Allocation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocations", b"allocations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAllocationsResponse: _TypeAlias = ListAllocationsResponse  # noqa: Y015
+
+@_typing.final
 class ListStacksResponse(_message.Message):
     """ListStacksResponse is every stack, by name."""
 

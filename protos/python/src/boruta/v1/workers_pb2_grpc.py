@@ -90,6 +90,11 @@ class WorkersStub:
                 request_serializer=boruta_dot_v1_dot_workers__pb2.DeleteStackRequest.SerializeToString,
                 response_deserializer=boruta_dot_v1_dot_workers__pb2.DeleteStackResponse.FromString,
                 _registered_method=True)
+        self.ListAllocations = channel.unary_unary(
+                '/boruta.v1.Workers/ListAllocations',
+                request_serializer=boruta_dot_v1_dot_workers__pb2.ListAllocationsRequest.SerializeToString,
+                response_deserializer=boruta_dot_v1_dot_workers__pb2.ListAllocationsResponse.FromString,
+                _registered_method=True)
 
 
 class WorkersServicer:
@@ -179,6 +184,15 @@ class WorkersServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAllocations(self, request, context):
+        """ListAllocations returns every running request with what it holds: its boards (one per
+        profile, with each board's host and stack) and the collateral of those stacks. Admins
+        only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkersServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -236,6 +250,11 @@ def add_WorkersServicer_to_server(servicer, server):
                     servicer.DeleteStack,
                     request_deserializer=boruta_dot_v1_dot_workers__pb2.DeleteStackRequest.FromString,
                     response_serializer=boruta_dot_v1_dot_workers__pb2.DeleteStackResponse.SerializeToString,
+            ),
+            'ListAllocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAllocations,
+                    request_deserializer=boruta_dot_v1_dot_workers__pb2.ListAllocationsRequest.FromString,
+                    response_serializer=boruta_dot_v1_dot_workers__pb2.ListAllocationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -536,6 +555,33 @@ class Workers:
             '/boruta.v1.Workers/DeleteStack',
             boruta_dot_v1_dot_workers__pb2.DeleteStackRequest.SerializeToString,
             boruta_dot_v1_dot_workers__pb2.DeleteStackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAllocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/boruta.v1.Workers/ListAllocations',
+            boruta_dot_v1_dot_workers__pb2.ListAllocationsRequest.SerializeToString,
+            boruta_dot_v1_dot_workers__pb2.ListAllocationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

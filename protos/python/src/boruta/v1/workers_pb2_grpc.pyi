@@ -66,6 +66,11 @@ class WorkersStub:
     """ListStacks returns every stack, by name, with the request that holds it. Admins only."""
     DeleteStack: _grpc.UnaryUnaryMultiCallable[_workers_pb2.DeleteStackRequest, _workers_pb2.DeleteStackResponse]
     """DeleteStack forgets a stack; its collateral is free at once. Admins only."""
+    ListAllocations: _grpc.UnaryUnaryMultiCallable[_workers_pb2.ListAllocationsRequest, _workers_pb2.ListAllocationsResponse]
+    """ListAllocations returns every running request with what it holds: its boards (one per
+    profile, with each board's host and stack) and the collateral of those stacks. Admins
+    only.
+    """
 
 @_typing.type_check_only
 class WorkersAsyncStub(WorkersStub):
@@ -105,6 +110,11 @@ class WorkersAsyncStub(WorkersStub):
     """ListStacks returns every stack, by name, with the request that holds it. Admins only."""
     DeleteStack: _aio.UnaryUnaryMultiCallable[_workers_pb2.DeleteStackRequest, _workers_pb2.DeleteStackResponse]  # type: ignore[assignment]
     """DeleteStack forgets a stack; its collateral is free at once. Admins only."""
+    ListAllocations: _aio.UnaryUnaryMultiCallable[_workers_pb2.ListAllocationsRequest, _workers_pb2.ListAllocationsResponse]  # type: ignore[assignment]
+    """ListAllocations returns every running request with what it holds: its boards (one per
+    profile, with each board's host and stack) and the collateral of those stacks. Admins
+    only.
+    """
 
 class WorkersServicer(metaclass=_abc_1.ABCMeta):
     """Workers lets users see the boards of the farm and lets admins run them."""
@@ -207,5 +217,16 @@ class WorkersServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_workers_pb2.DeleteStackResponse, _abc.Awaitable[_workers_pb2.DeleteStackResponse]]:
         """DeleteStack forgets a stack; its collateral is free at once. Admins only."""
+
+    @_abc_1.abstractmethod
+    def ListAllocations(
+        self,
+        request: _workers_pb2.ListAllocationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workers_pb2.ListAllocationsResponse, _abc.Awaitable[_workers_pb2.ListAllocationsResponse]]:
+        """ListAllocations returns every running request with what it holds: its boards (one per
+        profile, with each board's host and stack) and the collateral of those stacks. Admins
+        only.
+        """
 
 def add_WorkersServicer_to_server(servicer: WorkersServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

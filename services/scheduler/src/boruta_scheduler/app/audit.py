@@ -129,6 +129,12 @@ def request_created(view: RequestView) -> tuple[str, str]:
             f"{p.name or index}: {_caps_text(p.caps)}" for index, p in enumerate(view.profiles)
         )
         what = f"profiles {clip(text, CAPS_SHOWN)}"
+        if view.together:
+            groups = "; ".join(
+                f"{', '.join(c.profiles) or 'all'} on one {c.placement.name.lower()}"
+                for c in view.together
+            )
+            what += f", together {clip(groups, CAPS_SHOWN)}"
     else:
         what = f"caps {clip(_caps_text(view.caps), CAPS_SHOWN)}"
     return f"request {view.id}", f"{what}, priority {view.priority}, {view.state.name}"

@@ -108,6 +108,7 @@ RULES: Mapping[str, Mapping[str, Rule]] = {
         "CreateStack": Rule(ADMINS, "manage stacks", recorded=Recorded.CHANGE),
         "ListStacks": Rule(ADMINS, "manage stacks"),
         "DeleteStack": Rule(ADMINS, "manage stacks", recorded=Recorded.CHANGE),
+        "ListAllocations": Rule(ADMINS, "list allocations"),
     },
     "boruta.v1.Superviser": {
         "Register": Rule(DRYADS, "register boards", Scope.OWN_WORKER),

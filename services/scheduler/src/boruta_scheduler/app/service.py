@@ -51,6 +51,8 @@ from boruta_scheduler.listing import (
 )
 from boruta_scheduler.store import HistoryPage, Store
 from boruta_scheduler.types import (
+    Allocation,
+    Colocation,
     HostStatus,
     Identity,
     JobView,
@@ -154,8 +156,10 @@ class SchedulerService:
         job_timeout: float = 0.0,
         idempotency_key: str = "",
         profiles: Sequence[tuple[str, Mapping[str, str]]] = (),
+        together: Sequence[Colocation] = (),
     ) -> RequestView:
-        """Queue a request (of caps, or of profiles: one board each); with an idempotency
+        """Queue a request (of caps, or of profiles: one board each, maybe co-located
+        groups of them); with an idempotency
         key the owner used before, return the request it made instead
         (IdempotencyKeyReused if this call asks otherwise)."""
         idem: Idempotency | None = None
@@ -173,6 +177,7 @@ class SchedulerService:
                     no_wait,
                     job_timeout,
                     profiles,
+                    together,
                 ),
                 self.engine.now(),
             )
@@ -201,6 +206,7 @@ class SchedulerService:
                 job_timeout=job_timeout,
                 idempotency=idem,
                 profiles=profiles,
+                together=together,
             ),
         )
         if idem is None:
@@ -495,6 +501,9 @@ class SchedulerService:
 
     async def list_stacks(self, who: Identity) -> list[StackView]:
         return await self.engine.read(lambda core, now: core.stacks())
+
+    async def list_allocations(self, who: Identity) -> list[Allocation]:
+        return await self.engine.read(lambda core, now: core.allocations())
 
     async def delete_stack(self, who: Identity, name: str) -> None:
         await self.engine.execute(

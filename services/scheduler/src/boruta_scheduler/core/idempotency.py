@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from boruta_scheduler.errors import IdempotencyKeyReused, InvalidArgument, Unavailable, shown
-from boruta_scheduler.types import RequestView
+from boruta_scheduler.types import Colocation, RequestView
 
 MAX_KEY_CHARS = 128
 # How long the core remembers the key of a request after it finished, in seconds. A retry
@@ -48,6 +48,7 @@ def arguments_hash(
     no_wait: bool,
     job_timeout: float,
     profiles: Sequence[tuple[str, Mapping[str, str]]] = (),
+    together: Sequence[Colocation] = (),
 ) -> str:
     """A hash of NewRequest's arguments as sent (unset times stay unset), so that a retry
     is recognised however much later it comes."""
@@ -63,6 +64,8 @@ def arguments_hash(
     if profiles:
         # Only when given, so that the hashes of requests of caps stay as they were.
         arguments.append([[name, sorted(p.items())] for name, p in profiles])
+    if together:
+        arguments.append([[list(c.profiles), int(c.placement)] for c in together])
     text = json.dumps(arguments, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 

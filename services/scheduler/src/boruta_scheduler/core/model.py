@@ -11,6 +11,7 @@ from boruta_scheduler.core.caps import board_items
 from boruta_scheduler.types import (
     Access,
     CapPair,
+    Colocation,
     Health,
     HostStatus,
     JobView,
@@ -23,6 +24,7 @@ from boruta_scheduler.types import (
 
 if TYPE_CHECKING:
     from boruta_scheduler.core.queue import BucketBase
+    from boruta_scheduler.core.together import Group
 
 
 def cap_pairs(caps: Mapping[str, str]) -> frozenset[CapPair]:
@@ -110,6 +112,7 @@ class Request:
     __slots__ = (
         "arguments_hash",
         "bucket",
+        "colocated",
         "created_at",
         "deadline",
         "id",
@@ -125,6 +128,7 @@ class Request:
         "reserved",
         "sig",
         "state",
+        "together",
         "updated_at",
         "valid_after",
     )
@@ -143,12 +147,17 @@ class Request:
         idempotency_key: str = "",
         arguments_hash: str = "",
         profiles: tuple[Profile, ...] = (),
+        together: tuple[Colocation, ...] = (),
+        colocated: tuple[Group, ...] = (),
     ) -> None:
         self.id = id
         self.owner = owner
         self.owner_groups = owner_groups
         self.sig = sig
         self.profiles = profiles
+        # Co-located groups of profiles: as asked for (shown), and as profile indexes.
+        self.together = together
+        self.colocated = colocated
         self.priority = priority
         self.valid_after = valid_after
         self.deadline = deadline
@@ -202,6 +211,7 @@ class Request:
             if profiles
             else (),
             jobs=tuple(job.view() for job in jobs) if profiles and jobs else (),
+            together=self.together,
         )
 
 

@@ -37,6 +37,8 @@ OUT_OF_SERVICE = frozenset({WorkerState.MAINTENANCE, WorkerState.FAILED, WorkerS
 # Starts a request of several boards is expected by: (request, latest) -> time, math.inf
 # when no set is expected to come free.
 SetStart = Callable[[Request, bool], float]
+# Whether registered boards that pass a test make a set of a bucket with co-located groups.
+ColocatedSet = Callable[[MultiBucket, Callable[[Worker], bool]], bool]
 
 
 @dataclass(slots=True)
@@ -66,12 +68,14 @@ class Explainer:
         requests: Mapping[int, Request],
         set_start: SetStart,
         now: float,
+        colocated_set: ColocatedSet | None = None,
     ) -> None:
         self._now = now
         self._queue = queue
         self._registered = registered
         self._requests = requests
         self._set_start = set_start
+        self._colocated_set = colocated_set
         self._surveys: dict[BucketBase, _Survey] = {}
 
     # ------------------------------------------------------------------ surveys
@@ -103,13 +107,24 @@ class Explainer:
         survey.competing = self._competing(survey.boards)
         if survey.never is not None:
             return survey
-        if count > 1 and match([found[:count] for found in candidates]) is None:
+        colocated = isinstance(bucket, MultiBucket) and bool(bucket.colocated)
+        if colocated:
+            assert isinstance(bucket, MultiBucket) and self._colocated_set is not None
+            settled = not self._colocated_set(bucket, lambda w: True)
+        else:
+            settled = count > 1 and match([found[:count] for found in candidates]) is None
+        if settled:
+            where = " with each co-located group on one host or stack" if colocated else ""
             survey.never = (
                 PendingCode.NO_MATCHING_BOARD,
                 f"no set of {count} different registered boards serves its profiles (one "
-                "board each); it waits until boards that make one register",
+                f"board each){where}; it waits until boards that make one register",
                 -1,
             )
+            return survey
+        if colocated:
+            assert isinstance(bucket, MultiBucket) and self._colocated_set is not None
+            survey.in_service = self._colocated_set(bucket, lambda w: w.state in IN_SERVICE)
             return survey
         serving = [[w for w in found if w.state in IN_SERVICE][:count] for found in candidates]
         survey.in_service = match(serving) is not None

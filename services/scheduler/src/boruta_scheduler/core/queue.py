@@ -26,6 +26,7 @@ from sortedcontainers import SortedList
 from boruta_scheduler.core.caps import Need, need_of
 from boruta_scheduler.core.model import Request, groups_compatible
 from boruta_scheduler.core.policy import caps_size
+from boruta_scheduler.core.together import Group
 from boruta_scheduler.types import CapPair, RequestState
 
 T = TypeVar("T")
@@ -33,7 +34,7 @@ K = TypeVar("K")
 B = TypeVar("B")
 BucketT = TypeVar("BucketT", bound="BucketBase")
 BucketKey = tuple[frozenset[CapPair], frozenset[str]]
-MultiKey = tuple[tuple[frozenset[CapPair], ...], frozenset[str]]
+MultiKey = tuple[tuple[frozenset[CapPair], ...], frozenset[str], tuple[Group, ...]]
 HeapEntry = tuple[int, int, Request]
 
 
@@ -127,15 +128,21 @@ class Bucket(BucketBase):
 
 
 class MultiBucket(BucketBase):
-    """Waiting requests of several profiles that share their profiles' caps (in order) and
-    owner groups."""
+    """Waiting requests of several profiles that share their profiles' caps (in order),
+    owner groups and co-located groups of profiles."""
 
-    __slots__ = ("key", "needs", "sigs")
+    __slots__ = ("colocated", "key", "needs", "sigs")
 
-    def __init__(self, sigs: tuple[frozenset[CapPair], ...], groups: frozenset[str]) -> None:
+    def __init__(
+        self,
+        sigs: tuple[frozenset[CapPair], ...],
+        groups: frozenset[str],
+        colocated: tuple[Group, ...] = (),
+    ) -> None:
         super().__init__(groups, sum(map(caps_size, sigs)))
         self.sigs = sigs
-        self.key: MultiKey = (sigs, groups)
+        self.colocated = colocated
+        self.key: MultiKey = (sigs, groups, colocated)
         self.needs: tuple[Need, ...] = tuple(map(need_of, sigs))
 
     def serves(self, items: frozenset[CapPair], groups: frozenset[str]) -> bool:
@@ -198,14 +205,19 @@ class RequestQueue:
         return len(self._buckets_per_owner.get(owner, ()))
 
     def in_cap_set(
-        self, owner: str, sigs: tuple[frozenset[CapPair], ...], groups: frozenset[str]
+        self,
+        owner: str,
+        sigs: tuple[frozenset[CapPair], ...],
+        groups: frozenset[str],
+        colocated: tuple[Group, ...] = (),
     ) -> bool:
         """Whether owner has a waiting request in the bucket a request with these
-        profiles' caps (one for a single-board request) and groups would join."""
+        profiles' caps (one for a single-board request), groups and co-located groups
+        would join."""
         bucket: BucketBase | None = (
             self._buckets.get((sigs[0], groups))
             if len(sigs) == 1
-            else self._multis.get((sigs, groups))
+            else self._multis.get((sigs, groups, colocated))
         )
         return bucket is not None and bucket in self._buckets_per_owner.get(owner, ())
 
@@ -263,11 +275,11 @@ class RequestQueue:
 
     def _place_multi(self, request: Request, *, ordered: bool) -> None:
         sigs = request.sigs
-        key = (sigs, request.owner_groups)
+        key = (sigs, request.owner_groups, request.colocated)
         bucket = self._multis.get(key)
         if bucket is None:
             held = tuple(self._sigs.hold(sig) for sig in sigs)
-            bucket = MultiBucket(held, self._groups.hold(request.owner_groups))
+            bucket = MultiBucket(held, self._groups.hold(request.owner_groups), request.colocated)
             self._multis[key] = bucket
             pairs: list[CapPair] = []
             for need in bucket.needs:

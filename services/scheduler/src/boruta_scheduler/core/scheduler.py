@@ -11,12 +11,20 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 
 from boruta_scheduler.core import health
 from boruta_scheduler.core.caps import Need, board_items, check_request_caps, need_of
 from boruta_scheduler.core.idempotency import Idempotency, KeyMemory, same_arguments
 from boruta_scheduler.core.matching import match, shortlist
-from boruta_scheduler.core.model import Job, Profile, Request, Worker, cap_pairs
+from boruta_scheduler.core.model import (
+    Job,
+    Profile,
+    Request,
+    Worker,
+    cap_pairs,
+    groups_compatible,
+)
 from boruta_scheduler.core.outbox import (
     Changes,
     CloseTunnel,
@@ -36,6 +44,15 @@ from boruta_scheduler.core.policy import (
 )
 from boruta_scheduler.core.queue import Bucket, BucketBase, MultiBucket, RequestQueue
 from boruta_scheduler.core.timers import Target, TimerKind, TimerQueue
+from boruta_scheduler.core.together import (
+    Group,
+    check_together,
+    describe,
+    find_set,
+    fits_reserved,
+    from_index,
+    place_of,
+)
 from boruta_scheduler.core.tokens import TokenTable
 from boruta_scheduler.core.workers import WorkerIndex
 from boruta_scheduler.errors import (
@@ -55,7 +72,10 @@ from boruta_scheduler.errors import (
 from boruta_scheduler.types import (
     NO_GROUP,
     Access,
+    AllocatedBoard,
+    Allocation,
     CapPair,
+    Colocation,
     Failure,
     FailureKind,
     HistoryEntry,
@@ -63,6 +83,7 @@ from boruta_scheduler.types import (
     JobUsage,
     JobView,
     PendingReason,
+    Placement,
     RequestState,
     RequestView,
     StackView,
@@ -144,6 +165,8 @@ class Core:
         # Stacks by name, and the stack of each member's UUID (registered or not).
         self._stacks: dict[str, StackView] = {}
         self._stack_of: dict[str, str] = {}
+        # Registered workers by host (dryad address), for co-located groups of profiles.
+        self._by_host: dict[str, dict[str, Worker]] = {}
         # Live requests by (state, priority), kept as they change, so that metrics never
         # walk the queue.
         self._live_tally: Counter[tuple[RequestState, int]] = Counter()
@@ -208,6 +231,7 @@ class Core:
         worker.stack = self._stack_of.get(worker.uuid, "")
         self._workers[worker.uuid] = worker
         self._registered.add(worker)
+        self._add_to_host(worker)
         if worker.state is WorkerState.IDLE:
             self._idle.add(worker)
 
@@ -218,11 +242,14 @@ class Core:
         rest at once."""
         sig, groups = self._queue.intern(sigs.of(view.caps), view.owner_groups)
         profiles: tuple[Profile, ...] = ()
+        together: tuple[Colocation, ...] = ()
+        colocated: tuple[Group, ...] = ()
         if view.profiles:
             profiles = tuple(
                 (p.name, self._queue.intern_sig(sigs.of(p.caps))) for p in view.profiles
             )
             sig = profiles[0][1]
+            together, colocated = check_together(view.together, [p.name for p in view.profiles])
         request = Request(
             view.id,
             view.owner,
@@ -236,6 +263,8 @@ class Core:
             view.idempotency_key,
             view.arguments_hash,
             profiles,
+            together,
+            colocated,
         )
         if request.idempotency_key:
             self._keys.add(request.owner, request.idempotency_key, request.id)
@@ -304,6 +333,10 @@ class Core:
             self._requests,
             lambda request, latest: self._reserved_start(request, now, latest=latest),
             now,
+            lambda bucket, test: (
+                self._boards(bucket.needs, bucket.groups, self._registered, test, bucket.colocated)
+                is not None
+            ),
         )
 
     def pending_reason(
@@ -406,6 +439,44 @@ class Core:
         """Every stack by name, each with the request holding it (0 for none)."""
         return [self._stack_view(name) for name in sorted(self._stacks)]
 
+    def allocations(self) -> list[Allocation]:
+        """Every running request's boards and collateral, by request id: one walk of the
+        workers (an admin's read, not a matching)."""
+        collateral: dict[int, list[str]] = {}
+        running: set[int] = set()
+        for worker in self._workers.values():
+            if worker.collateral_of:
+                collateral.setdefault(worker.collateral_of, []).append(worker.uuid)
+            elif worker.state is WorkerState.RUNNING and worker.request_id:
+                running.add(worker.request_id)
+        found = []
+        for request_id in sorted(running):
+            request = self._requests[request_id]
+            names = [name for name, _ in request.profiles] or [""]
+            boards = []
+            for name, job in zip(names, request.jobs, strict=True):
+                runner = self._workers.get(job.worker_uuid)
+                boards.append(
+                    AllocatedBoard(
+                        name,
+                        job.worker_uuid,
+                        runner.dryad_address if runner else "",
+                        runner.stack if runner else "",
+                    )
+                )
+            first = request.jobs[0]
+            found.append(
+                Allocation(
+                    request_id,
+                    request.owner,
+                    tuple(boards),
+                    tuple(sorted(collateral.get(request_id, ()))),
+                    first.started_at,
+                    first.timeout_at,
+                )
+            )
+        return found
+
     def stack(self, name: str) -> StackView:
         if name not in self._stacks:
             raise NotFound(f"no stack is named {name[:80]!r}; list them with schedctl stacks list")
@@ -444,11 +515,16 @@ class Core:
             request = self._requests[holders.pop()]
             self._hold_collateral(request, self._request_workers(request))
         self._out.stack(view)
+        # A waiting request whose group must be in one stack may find its set in this one.
+        self._match_freed([w for uuid in members if (w := self._workers[uuid]) in self._idle], now)
         return self._stack_view(name)
 
     def delete_stack(self, now: float, name: str) -> StackView:
         """Forget a stack; its collateral is free at once."""
         view = self.stack(name)
+        members = [w for uuid in view.workers if (w := self._workers.get(uuid)) is not None]
+        # Requests whose co-located group could use this stack may have no other.
+        before = list(dict.fromkeys(b for w in members for b in self._servable_by(w)))
         del self._stacks[name]
         freed: list[Worker] = []
         for uuid in view.workers:
@@ -461,6 +537,11 @@ class Core:
                 self._free_collateral(worker, freed)
             self._out.worker(worker)
         self._out.removed_stack(name)
+        self._invalidate_orphans(
+            [b for b in before if isinstance(b, MultiBucket) and b.colocated],
+            now,
+            f"stack {name!r} was deleted",
+        )
         self._match_freed(freed, now)
         return view
 
@@ -554,13 +635,21 @@ class Core:
         job_timeout: float = 0.0,
         idempotency: Idempotency | None = None,
         profiles: Sequence[tuple[str, Mapping[str, str]]] = (),
+        together: Sequence[Colocation] = (),
     ) -> RequestView:
         """Queue a request; it is matched at once if workers are free, one per profile
-        (caps alone: one unnamed profile). With no_wait it is matched at once or refused
-        (Busy) and nothing changes. A request with an idempotency key is remembered under
-        it (the caller checked keyed_request first)."""
+        (caps alone: one unnamed profile), each group of together on one host or stack.
+        With no_wait it is matched at once or refused (Busy) and nothing changes. A request
+        with an idempotency key is remembered under it (the caller checked keyed_request
+        first)."""
         policy = self.policy
         named: tuple[Profile, ...] = ()
+        asked: tuple[Colocation, ...] = ()
+        colocated: tuple[Group, ...] = ()
+        if together and not profiles:
+            raise InvalidArgument(
+                "together groups profiles; give the boards as two or more profiles, not caps"
+            )
         if profiles:
             if caps:
                 raise InvalidArgument(
@@ -568,6 +657,7 @@ class Core:
                     "put the caps into a profile"
                 )
             named = self._check_profiles(profiles)
+            asked, colocated = check_together(together, [name for name, _ in named])
             pairs = named[0][1]
             if len(named) == 1 and not named[0][0]:
                 named = ()  # one unnamed profile is a request of caps, as before profiles
@@ -593,11 +683,20 @@ class Core:
         multi = len(named) > 1
         needs = tuple(need_of(p) for _, p in named) if multi else (need_of(sig),)
         if not accept_unsatisfiable and not (
-            self._boards(needs, groups, self._registered) is not None
+            self._boards(needs, groups, self._registered, colocated=colocated) is not None
             if multi
             else self._registered.any_capable(needs[0], groups)
         ):
             shown = ", ".join(sorted(groups)) or "none"
+            if colocated:
+                raise NoCapableWorker(
+                    f"no set of registered workers, a different one for each of the "
+                    f"{len(needs)} profiles ({self._format_profiles(named)}) with "
+                    f"{describe(colocated, [name for name, _ in named])}, is open to your "
+                    f"groups ({shown}); check the profiles, their groups (hosts and stacks: "
+                    "schedctl workers list, schedctl stacks list), or set "
+                    "accept_unsatisfiable to queue anyway"
+                )
             if multi:
                 raise NoCapableWorker(
                     f"no set of registered workers, a different one for each of the "
@@ -616,7 +715,7 @@ class Core:
             )
         sets = self._queue.cap_sets_of(owner)
         if sets >= policy.max_waiting_cap_sets_per_user and not self._queue.in_cap_set(
-            owner, tuple(p for _, p in named) if multi else (sig,), groups
+            owner, tuple(p for _, p in named) if multi else (sig,), groups, colocated
         ):
             raise ResourceExhausted(
                 f"{owner}'s waiting requests already ask for {sets:,} different sets of caps, "
@@ -640,10 +739,11 @@ class Core:
                 now + policy.job_timeouts(job_timeout)[0],
                 now,
             )
-            if multi and self._boards(needs, groups, self._idle, usable) is None:
+            if multi and self._boards(needs, groups, self._idle, usable, colocated) is None:
+                where = f"({describe(colocated, [n for n, _ in named])}) " if colocated else ""
                 raise Busy(
                     f"some of the workers that could serve the {len(needs)} profiles together "
-                    "are busy; try again later, or queue the request without no_wait"
+                    f"{where}are busy; try again later, or queue the request without no_wait"
                 )
             free = filter(usable, self._idle.capable(needs[0], groups))
             if not multi and next(free, None) is None:
@@ -663,6 +763,8 @@ class Core:
             now,
             job_timeout,
             profiles=named,
+            together=asked,
+            colocated=colocated,
         )
         if idempotency is not None:
             request.idempotency_key = idempotency.key
@@ -821,16 +923,22 @@ class Core:
                 worker.collateral_of = self._stack_view(stack).holder
             self._workers[uuid] = worker
             self._registered.add(worker)
+            self._add_to_host(worker)
             self._out.history(HistoryEntry(uuid, now, None, worker.state, worker.reason))
             self._out.worker(worker)
             self._arm_heartbeat(worker)
             return worker.view()
 
         orphan_candidates: list[BucketBase] = []
-        if sig != worker.caps_sig:
+        if sig != worker.caps_sig or dryad_address != worker.dryad_address:
+            # Another host may leave a co-located group without a host to run on.
             orphan_candidates = self._servable_by(worker)
+        if sig != worker.caps_sig:
             self._reindex(worker, sig, worker.groups)
-        worker.dryad_address = dryad_address
+        if dryad_address != worker.dryad_address:
+            self._remove_from_host(worker)
+            worker.dryad_address = dryad_address
+            self._add_to_host(worker)
         worker.ssh_address = ssh_address
         worker.dryad_version = dryad_version
         worker.last_seen = now
@@ -841,7 +949,7 @@ class Core:
             self._dryad_restarted(worker, now)
         self._recover_if_back(worker, now)
         self._invalidate_orphans(
-            orphan_candidates, now, f"worker {uuid} registered again with other caps"
+            orphan_candidates, now, f"worker {uuid} registered again with other caps or host"
         )
         if worker.state is WorkerState.IDLE:
             self._match_worker(worker, now)
@@ -947,6 +1055,7 @@ class Core:
             )
         before = self._servable_by(worker)
         self._registered.remove(worker)
+        self._remove_from_host(worker)
         del self._workers[uuid]
         self._out.removed(worker)
         self._invalidate_orphans(before, now, f"worker {uuid} was deregistered")
@@ -1123,15 +1232,20 @@ class Core:
             f"{name or index}: {format_caps(sig)}" for index, (name, sig) in enumerate(profiles)
         )
 
-    @staticmethod
     def _boards(
+        self,
         needs: Sequence[Need],
         groups: frozenset[str],
         index: WorkerIndex,
         usable: Callable[[Worker], bool] | None = None,
+        colocated: Sequence[Group] = (),
     ) -> list[Worker] | None:
-        """A different member of index for each need, open to groups (and usable), least
-        capable first where there is a choice; None if there is no such set."""
+        """A different member of index for each need, open to groups (and usable), each
+        co-located group on one host or stack, least capable first where there is a choice;
+        None if there is no such set."""
+        if colocated:
+            capable, candidate = from_index(index, groups, usable)
+            return find_set(needs, colocated, capable, candidate, self._members_at)
         count = len(needs)
         return match(
             [shortlist(filter(usable, index.capable(need, groups)), count) for need in needs]
@@ -1203,9 +1317,16 @@ class Core:
         held = (*request.reserved, worker)
         if len(held) > len(bucket.needs):
             return False
-        fits = [[i for i, need in enumerate(bucket.needs) if need.met_by(w.items)] for w in held]
-        if match(fits) is None:
-            return False
+        if bucket.colocated:
+            # A co-located group's reserved boards share its place.
+            if not fits_reserved(held, bucket.needs, bucket.colocated):
+                return False
+        else:
+            fits = [
+                [i for i, need in enumerate(bucket.needs) if need.met_by(w.items)] for w in held
+            ]
+            if match(fits) is None:
+                return False
         self._unreserve(worker)
         worker.reserved_for = request
         request.reserved = held
@@ -1276,6 +1397,8 @@ class Core:
         a look at every worker)."""
         bucket = request.bucket
         assert isinstance(bucket, MultiBucket)
+        if bucket.colocated:
+            return self._colocated_start(request, bucket, now, latest)
         count = len(bucket.needs)
         timed: list[list[tuple[float, Worker]]] = []
         for need in bucket.needs:
@@ -1299,6 +1422,80 @@ class Core:
                 return at
         return math.inf
 
+    # Places per co-located group looked at for an expected start (what bounds its cost;
+    # the start is an upper bound).
+    MAX_PLACES_ESTIMATED = 4
+
+    def _colocated_start(
+        self, request: Request, bucket: MultiBucket, now: float, latest: bool
+    ) -> float:
+        """_reserved_start for a request with co-located groups: among a few candidates
+        (its reserved boards, the first few of each profile that may come free for it, and
+        the boards of the first few places of each group), when the co-located set a search
+        that prefers the soonest free boards finds is free."""
+        needs, groups, owner = bucket.needs, bucket.colocated, request.owner_groups
+        count = len(needs)
+        timed: dict[Worker, float] = {}
+
+        def consider(worker: Worker) -> bool:
+            if worker in timed:
+                return True
+            at = self._free_at(worker, request, now, latest)
+            if at is None or not groups_compatible(worker.groups, owner):
+                return False
+            timed[worker] = at
+            return True
+
+        for worker in request.reserved:
+            consider(worker)
+        for need in needs:
+            taken = 0
+            for worker in islice(self._registered.capable(need, owner), 4 * count):
+                if consider(worker):
+                    taken += 1
+                    if taken == count:
+                        break
+        for indexes, placement in groups:
+            anchors = [w for w in list(timed) if needs[indexes[0]].met_by(w.items)]
+            places = dict.fromkeys(p for w in anchors if (p := place_of(w, placement)))
+            for place in islice(places, self.MAX_PLACES_ESTIMATED):
+                for worker in self._members_at(placement, place):
+                    consider(worker)
+
+        # Soonest free first: the set found is the least late one the search meets first
+        # (an upper bound of the least late set, at the cost of one search).
+        def soonest(worker: Worker) -> tuple[float, tuple[int, str]]:
+            return timed[worker], worker.rank
+
+        ordered = sorted(timed, key=soonest)
+
+        def capable(need: Need) -> Iterable[Worker]:
+            return (w for w in ordered if need.met_by(w.items))
+
+        found = find_set(
+            needs, groups, capable, timed.__contains__, self._members_at, order=soonest
+        )
+        return math.inf if found is None else max(timed[w] for w in found)
+
+    def _add_to_host(self, worker: Worker) -> None:
+        self._by_host.setdefault(worker.dryad_address, {})[worker.uuid] = worker
+
+    def _remove_from_host(self, worker: Worker) -> None:
+        on_host = self._by_host.get(worker.dryad_address)
+        if on_host is not None:
+            on_host.pop(worker.uuid, None)
+            if not on_host:
+                del self._by_host[worker.dryad_address]
+
+    def _members_at(self, placement: Placement, place: str) -> Iterable[Worker]:
+        """The registered workers on a host (dryad address) or in a stack."""
+        if placement is Placement.HOST:
+            return self._by_host.get(place, {}).values()
+        view = self._stacks.get(place)
+        if view is None:
+            return ()
+        return [w for uuid in view.workers if (w := self._workers.get(uuid)) is not None]
+
     def _servable_by(self, worker: Worker) -> list[BucketBase]:
         """Buckets of waiting requests the worker could serve (a board of)."""
         found: list[BucketBase] = []
@@ -1321,7 +1518,9 @@ class Core:
             return
         usable = self._usable_for(request, now)
         if isinstance(bucket, MultiBucket):
-            boards = self._boards(bucket.needs, request.owner_groups, self._idle, usable)
+            boards = self._boards(
+                bucket.needs, request.owner_groups, self._idle, usable, bucket.colocated
+            )
             if boards is not None:
                 self._start_jobs(request, boards, now)
             else:
@@ -1368,7 +1567,9 @@ class Core:
                 # Every request of a bucket asks the same: if its first gets no set, none
                 # does. A set needs as many idle workers as it has profiles.
                 if sets and len(bucket.needs) <= idle:
-                    boards = self._boards(bucket.needs, top.owner_groups, self._idle, usable)
+                    boards = self._boards(
+                        bucket.needs, top.owner_groups, self._idle, usable, bucket.colocated
+                    )
                     if boards is not None:
                         self._start_jobs(top, boards, now)
                         if worker.state is WorkerState.IDLE:
@@ -1630,7 +1831,12 @@ class Core:
     def _satisfiable(self, bucket: BucketBase) -> bool:
         """Whether registered workers (in any state) could serve the bucket's requests."""
         if isinstance(bucket, MultiBucket):
-            return self._boards(bucket.needs, bucket.groups, self._registered) is not None
+            return (
+                self._boards(
+                    bucket.needs, bucket.groups, self._registered, colocated=bucket.colocated
+                )
+                is not None
+            )
         assert isinstance(bucket, Bucket)
         return self._registered.any_capable(bucket.need, bucket.groups)
 

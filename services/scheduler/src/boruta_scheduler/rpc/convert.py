@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from boruta.v1 import audit_pb2, requests_pb2, tokens_pb2, types_pb2, workers_pb2
 from google.protobuf.duration_pb2 import Duration
@@ -24,12 +24,15 @@ from boruta_scheduler.listing import (
     page_size,
 )
 from boruta_scheduler.types import (
+    Allocation,
     AuditEvent,
+    Colocation,
     FailureKind,
     HistoryEntry,
     HostStatus,
     JobView,
     PendingReason,
+    Placement,
     RequestState,
     RequestView,
     StackView,
@@ -271,6 +274,41 @@ def pending_reason(reason: PendingReason) -> types_pb2.PendingReason:
     return info
 
 
+def colocations(groups: Iterable[types_pb2.Colocation]) -> tuple[Colocation, ...]:
+    """NewRequest's groups; an unknown placement stays a number the core refuses."""
+    return tuple(
+        Colocation(
+            tuple(group.profiles),
+            Placement(group.placement)
+            if group.placement in _PLACEMENTS
+            else cast(Placement, int(group.placement)),
+        )
+        for group in groups
+    )
+
+
+_PLACEMENTS = frozenset(int(p) for p in Placement)
+
+
+def allocation(a: Allocation) -> workers_pb2.Allocation:
+    return workers_pb2.Allocation(
+        request_id=a.request_id,
+        owner=a.owner,
+        boards=[
+            workers_pb2.AllocatedBoard(
+                profile=b.profile,
+                worker_uuid=b.worker_uuid,
+                dryad_address=b.dryad_address,
+                stack=b.stack,
+            )
+            for b in a.boards
+        ],
+        collateral=a.collateral,
+        started_at=timestamp(a.started_at),
+        timeout_at=timestamp(a.timeout_at),
+    )
+
+
 def request_info(r: RequestView, pending: PendingReason | None = None) -> types_pb2.RequestInfo:
     info = types_pb2.RequestInfo(
         id=r.id,
@@ -290,6 +328,11 @@ def request_info(r: RequestView, pending: PendingReason | None = None) -> types_
     if r.profiles:
         info.profiles.extend(types_pb2.Profile(name=p.name, caps=dict(p.caps)) for p in r.profiles)
         info.jobs.extend(job_info(job) for job in r.jobs)
+    if r.together:
+        info.together.extend(
+            types_pb2.Colocation(profiles=c.profiles, placement=int(c.placement))  # type: ignore[arg-type]
+            for c in r.together
+        )
     if r.job_timeout:
         info.job_timeout.FromNanoseconds(round(r.job_timeout * 1e9))
     if pending is not None:

@@ -35,6 +35,7 @@ class RequestsServicer(requests_pb2_grpc.RequestsServicer):
             job_timeout=convert.optional_duration(request, "job_timeout") or 0.0,
             idempotency_key=request.idempotency_key,
             profiles=[(p.name, p.caps) for p in request.profiles],
+            together=convert.colocations(request.together),
         )
         return requests_pb2.NewRequestResponse(request=convert.request_info(view))
 

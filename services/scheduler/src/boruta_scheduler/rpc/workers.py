@@ -47,6 +47,14 @@ class WorkersServicer(workers_pb2_grpc.WorkersServicer):
         views = await self._service.list_stacks(current_identity())
         return workers_pb2.ListStacksResponse(stacks=[convert.stack_info(s) for s in views])
 
+    async def ListAllocations(
+        self, request: workers_pb2.ListAllocationsRequest, context: Context
+    ) -> workers_pb2.ListAllocationsResponse:
+        views = await self._service.list_allocations(current_identity())
+        return workers_pb2.ListAllocationsResponse(
+            allocations=[convert.allocation(a) for a in views]
+        )
+
     async def DeleteStack(
         self, request: workers_pb2.DeleteStackRequest, context: Context
     ) -> workers_pb2.DeleteStackResponse:

@@ -13,12 +13,14 @@ from boruta_scheduler.listing import Page, RequestQuery, RequestSort
 from boruta_scheduler.types import (
     Access,
     AuditEvent,
+    Colocation,
     Failure,
     FailureKind,
     Health,
     HistoryEntry,
     JobUsage,
     JobView,
+    Placement,
     ProfileView,
     RequestState,
     RequestView,
@@ -94,6 +96,20 @@ def _json_profiles(profiles: Sequence[ProfileView]) -> str | None:
     return json.dumps([[p.name, dict(sorted(p.caps.items()))] for p in profiles])
 
 
+def _json_together(together: Sequence[Colocation]) -> str | None:
+    if not together:
+        return None
+    return json.dumps([[list(c.profiles), int(c.placement)] for c in together])
+
+
+def _together(text: str | None) -> tuple[Colocation, ...]:
+    if text is None:
+        return ()
+    return tuple(
+        Colocation(tuple(names), Placement(placement)) for names, placement in json.loads(text)
+    )
+
+
 def _json_jobs(jobs: Sequence[JobView]) -> str | None:
     """The jobs of a request's later profiles (the first has columns of its own)."""
     if not jobs:
@@ -160,6 +176,7 @@ def request_row(r: RequestView) -> dict[str, Any]:
         "arguments_hash": r.arguments_hash or None,
         "profiles": _json_profiles(r.profiles),
         "more_jobs": _json_jobs(r.jobs[1:]),
+        "together": _json_together(r.together),
     }
 
 
@@ -211,6 +228,7 @@ def request_view(row: Row, decoder: Decoder | None = None) -> RequestView:
         arguments_hash=row["arguments_hash"] or "",
         profiles=profiles,
         jobs=jobs,
+        together=_together(row["together"]),
     )
 
 

@@ -24,14 +24,15 @@ INSERT INTO requests (
     created_at, updated_at, job_worker_uuid, job_started_at, job_timeout_at,
     job_max_timeout_at, job_prolong_count, job_ssh_address, access_username, access_key,
     access_host_keys, job_tunnel_port, job_timeout, idempotency_key, arguments_hash,
-    profiles, more_jobs
+    profiles, more_jobs, together
 ) VALUES (
     %(id)s, %(owner)s, %(owner_groups)s, %(caps)s, %(priority)s, %(valid_after)s,
     %(deadline)s, %(state)s, %(reason)s, %(created_at)s, %(updated_at)s,
     %(job_worker_uuid)s, %(job_started_at)s, %(job_timeout_at)s, %(job_max_timeout_at)s,
     %(job_prolong_count)s, %(job_ssh_address)s, %(access_username)s, %(access_key)s,
     %(access_host_keys)s, %(job_tunnel_port)s, %(job_timeout)s,
-    %(idempotency_key)s, %(arguments_hash)s, %(profiles)s, %(more_jobs)s
+    %(idempotency_key)s, %(arguments_hash)s, %(profiles)s, %(more_jobs)s,
+    %(together)s
 ) ON CONFLICT (id) DO UPDATE SET
     owner = EXCLUDED.owner,
     owner_groups = EXCLUDED.owner_groups,
@@ -57,7 +58,8 @@ INSERT INTO requests (
     idempotency_key = EXCLUDED.idempotency_key,
     arguments_hash = EXCLUDED.arguments_hash,
     profiles = EXCLUDED.profiles,
-    more_jobs = EXCLUDED.more_jobs;
+    more_jobs = EXCLUDED.more_jobs,
+    together = EXCLUDED.together;
 
 -- name: upsert_worker
 INSERT INTO workers (

@@ -9,13 +9,13 @@ INSERT INTO requests (
     created_at, updated_at, job_worker_uuid, job_started_at, job_timeout_at,
     job_max_timeout_at, job_prolong_count, job_ssh_address, access_username, access_key,
     access_host_keys, job_tunnel_port, job_timeout, idempotency_key, arguments_hash,
-    profiles, more_jobs
+    profiles, more_jobs, together
 ) VALUES (
     :id, :owner, :owner_groups, :caps, :priority, :valid_after, :deadline, :state, :reason,
     :created_at, :updated_at, :job_worker_uuid, :job_started_at, :job_timeout_at,
     :job_max_timeout_at, :job_prolong_count, :job_ssh_address, :access_username, :access_key,
     :access_host_keys, :job_tunnel_port, :job_timeout, :idempotency_key, :arguments_hash,
-    :profiles, :more_jobs
+    :profiles, :more_jobs, :together
 ) ON CONFLICT (id) DO UPDATE SET
     owner = excluded.owner,
     owner_groups = excluded.owner_groups,
@@ -41,7 +41,8 @@ INSERT INTO requests (
     idempotency_key = excluded.idempotency_key,
     arguments_hash = excluded.arguments_hash,
     profiles = excluded.profiles,
-    more_jobs = excluded.more_jobs;
+    more_jobs = excluded.more_jobs,
+    together = excluded.together;
 
 -- name: upsert_worker
 INSERT INTO workers (
