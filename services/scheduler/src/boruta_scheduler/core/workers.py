@@ -9,7 +9,7 @@ puts it under each of its items.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeVar
 
 from sortedcontainers import SortedSet
@@ -22,7 +22,7 @@ Rank = tuple[int, str]
 K = TypeVar("K")
 
 
-def _union(parts: list[SortedSet[Rank]]) -> Iterator[Rank]:
+def _union(parts: Sequence[Iterable[Rank]]) -> Iterator[Rank]:
     """The ranks of several sorted sets, in order, each once."""
     last: Rank | None = None
     for rank in heapq.merge(*parts):
@@ -109,32 +109,61 @@ class WorkerIndex:
 
     def _candidates(self, need: Need, owner_groups: frozenset[str] | None = None) -> Iterable[Rank]:
         """Ranks, in order, of a few members among which are all that meet need (for
-        owner_groups, if given): the holders of its rarest required pair, or the union over
-        the alternatives of its smallest choice of each alternative's rarest pair, or the
-        members open to owner_groups, whichever is fewest."""
-        best: SortedSet[Rank] = self._ranked
-        if need.required:
-            rarest = self._rarest(need.required)
-            if rarest is None:
+        owner_groups, if given): those of the fewest among the holders of its rarest
+        required pair, the union over the alternatives of its smallest choice of each
+        alternative's rarest pair, and the members open to owner_groups, that are also
+        among the holders of every required pair and open to owner_groups."""
+        required: list[SortedSet[Rank]] = []
+        for pair in need.required:
+            holders = self._by_pair.get(pair)
+            if holders is None:
                 return ()
-            best = rarest
-        best_parts: list[SortedSet[Rank]] | None = None
-        size = len(best)
+            required.append(holders)
+        required.sort(key=len)
+        walked: list[SortedSet[Rank]] = required[:1] or [self._ranked]
+        size = len(walked[0])
         for choice in need.choices:
             parts = [p for p in map(self._rarest, choice) if p is not None]
             if not parts:
                 return ()
             total = sum(map(len, parts))
             if total < size:
-                best_parts, size = parts, total
-        if owner_groups is not None:
+                walked, size = parts, total
+        # Sets a candidate must be in (each a union of its parts), besides those walked.
+        filters = [[h] for h in required if not (len(walked) == 1 and walked[0] is h)]
+        if owner_groups is not None and len(self._ungrouped) < len(self._members):
             by_group = self._by_group
-            parts = [self._ungrouped, *(by_group[g] for g in owner_groups if g in by_group)]
-            if sum(map(len, parts)) < size:
-                best_parts = parts
-        if best_parts is None:
-            return best
-        return best_parts[0] if len(best_parts) == 1 else _union(best_parts)
+            open_to = [self._ungrouped, *(by_group[g] for g in owner_groups if g in by_group)]
+            if sum(map(len, open_to)) < size:
+                walked = open_to
+            else:
+                filters.append(open_to)
+        if filters:
+            return self._leap(walked, filters)
+        return walked[0] if len(walked) == 1 else _union(walked)
+
+    def _leap(
+        self, walked: list[SortedSet[Rank]], filters: list[list[SortedSet[Rank]]]
+    ) -> Iterator[Rank]:
+        """The ranks of the union of walked that are in every filter, in order: a rank
+        missing from a filter skips the walk to that filter's next rank, so members that
+        hold the rarest pair but not the others (or are closed to the owner), however many
+        rank before the first that fits, cost one look per skip, not one each."""
+        start: Rank | None = None
+        while True:
+            for rank in _union([part.irange(minimum=start) for part in walked]):
+                missed = next((f for f in filters if not any(rank in p for p in f)), None)
+                if missed is None:
+                    yield rank
+                    continue
+                self.visits += 1
+                nexts = [p[i] for p in missed if (i := p.bisect_left(rank)) < len(p)]
+                if not nexts:
+                    return
+                start = min(nexts)
+                break
+            else:
+                return
 
     def capable(
         self, need: Need, owner_groups: frozenset[str], exclude: str = ""
