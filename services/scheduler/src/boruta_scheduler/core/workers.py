@@ -19,6 +19,9 @@ from boruta_scheduler.core.model import Worker, groups_compatible
 from boruta_scheduler.types import CapPair
 
 Rank = tuple[int, str]
+# Members in a row a walk steps past, missing from one of the sets a candidate must be in,
+# before it leaps to that set's next member instead.
+LEAP_AFTER = 8
 K = TypeVar("K")
 
 
@@ -109,10 +112,10 @@ class WorkerIndex:
 
     def _candidates(self, need: Need, owner_groups: frozenset[str] | None = None) -> Iterable[Rank]:
         """Ranks, in order, of a few members among which are all that meet need (for
-        owner_groups, if given): those of the fewest among the holders of its rarest
-        required pair, the union over the alternatives of its smallest choice of each
-        alternative's rarest pair, and the members open to owner_groups, that are also
-        among the holders of every required pair and open to owner_groups."""
+        owner_groups, if given): a walk of the holders of its rarest required pair, of the
+        union over the alternatives of its smallest choice of each alternative's rarest
+        pair, or of the members open to owner_groups, whichever is fewest, that keeps only
+        members that also hold every required pair and are open to owner_groups."""
         required: list[SortedSet[Rank]] = []
         for pair in need.required:
             holders = self._by_pair.get(pair)
@@ -129,15 +132,16 @@ class WorkerIndex:
             total = sum(map(len, parts))
             if total < size:
                 walked, size = parts, total
-        # Sets a candidate must be in (each a union of its parts), besides those walked.
-        filters = [[h] for h in required if not (len(walked) == 1 and walked[0] is h)]
+        open_to: list[SortedSet[Rank]] | None = None
         if owner_groups is not None and len(self._ungrouped) < len(self._members):
             by_group = self._by_group
             open_to = [self._ungrouped, *(by_group[g] for g in owner_groups if g in by_group)]
             if sum(map(len, open_to)) < size:
                 walked = open_to
-            else:
-                filters.append(open_to)
+        # Sets a candidate must be in (each a union of its parts), besides those walked.
+        filters = [[h] for h in required if not (len(walked) == 1 and walked[0] is h)]
+        if open_to is not None and walked is not open_to:
+            filters.append(open_to)
         if filters:
             return self._leap(walked, filters)
         return walked[0] if len(walked) == 1 else _union(walked)
@@ -145,19 +149,28 @@ class WorkerIndex:
     def _leap(
         self, walked: list[SortedSet[Rank]], filters: list[list[SortedSet[Rank]]]
     ) -> Iterator[Rank]:
-        """The ranks of the union of walked that are in every filter, in order: a rank
-        missing from a filter skips the walk to that filter's next rank, so members that
-        hold the rarest pair but not the others (or are closed to the owner), however many
-        rank before the first that fits, cost one look per skip, not one each."""
+        """The ranks of the union of walked that are in every filter, in order. Past
+        LEAP_AFTER members in a row missing from some filter, the walk leaps to that
+        filter's next rank (a bisection, dearer than a step): members that hold the rarest
+        pair but not the others (or are closed to the owner), however many rank before
+        the first that fits, cost a few steps per leap, not one each."""
         start: Rank | None = None
         while True:
-            for rank in _union([part.irange(minimum=start) for part in walked]):
-                missed = next((f for f in filters if not any(rank in p for p in f)), None)
-                if missed is None:
+            parts = [part.irange(minimum=start) for part in walked]
+            misses = 0
+            for rank in parts[0] if len(parts) == 1 else _union(parts):
+                for f in filters:
+                    if rank not in f[0] and not any(rank in p for p in f[1:]):
+                        break
+                else:
+                    misses = 0
                     yield rank
                     continue
                 self.visits += 1
-                nexts = [p[i] for p in missed if (i := p.bisect_left(rank)) < len(p)]
+                misses += 1
+                if misses < LEAP_AFTER:
+                    continue
+                nexts = [p[i] for p in f if (i := p.bisect_left(rank)) < len(p)]
                 if not nexts:
                     return
                 start = min(nexts)
