@@ -344,3 +344,37 @@ def test_a_stacks_collateral_shows_whose_it_is(clean: LiveFarm, farm_pki: FarmPk
         assert "stack bench1" in row
         alice.close_request(running.id)
         admin.delete_stack("bench1")
+
+
+def test_a_quarantined_board_is_marked_and_an_admin_brings_it_back(
+    clean: LiveFarm, farm_pki: FarmPki
+) -> None:
+    """Three failures within the scheduler's default window (3 in 1 h) quarantine a board:
+    the boards page marks it beside its reason; setting it IDLE clears the mark."""
+    farm, context = clean, as_admin(farm_pki)
+    board = sorted(BOARDS)[-1]
+
+    def back_in_service(why: str) -> None:
+        with farm.admin() as admin:
+            admin.set_worker_state(board, WorkerState.IDLE, why)
+        farm.wait_idle()
+
+    def row_of(body: str) -> str:
+        return body.split(board, 1)[1].split("</tr>", 1)[0]
+
+    try:
+        for n in range(3):
+            if n:
+                back_in_service("try again")
+            report_failed(farm, farm_pki, board, f"relay stuck {n}")
+        with farm.admin() as admin:
+            (worker,) = admin.list_workers(uuids=[board])
+        assert worker.state is WorkerState.MAINTENANCE and worker.quarantined, worker
+        assert worker.reason.startswith("quarantined: "), worker.reason
+        page = get(farm.metrics_address, "/boards", context)
+        assert page.status == 200
+        row = row_of(page.body)
+        assert 'class="quarantined">quarantined<' in row and "relay stuck 2" in row, row
+    finally:
+        back_in_service("relay replaced")  # also when the test failed: the next tests need it
+    assert 'class="quarantined"' not in row_of(get(farm.metrics_address, "/boards", context).body)
