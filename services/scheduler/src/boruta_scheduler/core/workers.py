@@ -9,7 +9,7 @@ puts it under each of its items.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeVar
 
 from sortedcontainers import SortedSet
@@ -19,10 +19,13 @@ from boruta_scheduler.core.model import Worker, groups_compatible
 from boruta_scheduler.types import CapPair
 
 Rank = tuple[int, str]
+# Members in a row a walk steps past, missing from one of the sets a candidate must be in,
+# before it leaps to that set's next member instead.
+LEAP_AFTER = 8
 K = TypeVar("K")
 
 
-def _union(parts: list[SortedSet[Rank]]) -> Iterator[Rank]:
+def _union(parts: Sequence[Iterable[Rank]]) -> Iterator[Rank]:
     """The ranks of several sorted sets, in order, each once."""
     last: Rank | None = None
     for rank in heapq.merge(*parts):
@@ -109,32 +112,71 @@ class WorkerIndex:
 
     def _candidates(self, need: Need, owner_groups: frozenset[str] | None = None) -> Iterable[Rank]:
         """Ranks, in order, of a few members among which are all that meet need (for
-        owner_groups, if given): the holders of its rarest required pair, or the union over
-        the alternatives of its smallest choice of each alternative's rarest pair, or the
-        members open to owner_groups, whichever is fewest."""
-        best: SortedSet[Rank] = self._ranked
-        if need.required:
-            rarest = self._rarest(need.required)
-            if rarest is None:
+        owner_groups, if given): a walk of the holders of its rarest required pair, of the
+        union over the alternatives of its smallest choice of each alternative's rarest
+        pair, or of the members open to owner_groups, whichever is fewest, that keeps only
+        members that also hold every required pair and are open to owner_groups."""
+        required: list[SortedSet[Rank]] = []
+        for pair in need.required:
+            holders = self._by_pair.get(pair)
+            if holders is None:
                 return ()
-            best = rarest
-        best_parts: list[SortedSet[Rank]] | None = None
-        size = len(best)
+            required.append(holders)
+        required.sort(key=len)
+        walked: list[SortedSet[Rank]] = required[:1] or [self._ranked]
+        size = len(walked[0])
         for choice in need.choices:
             parts = [p for p in map(self._rarest, choice) if p is not None]
             if not parts:
                 return ()
             total = sum(map(len, parts))
             if total < size:
-                best_parts, size = parts, total
-        if owner_groups is not None:
+                walked, size = parts, total
+        open_to: list[SortedSet[Rank]] | None = None
+        if owner_groups is not None and len(self._ungrouped) < len(self._members):
             by_group = self._by_group
-            parts = [self._ungrouped, *(by_group[g] for g in owner_groups if g in by_group)]
-            if sum(map(len, parts)) < size:
-                best_parts = parts
-        if best_parts is None:
-            return best
-        return best_parts[0] if len(best_parts) == 1 else _union(best_parts)
+            open_to = [self._ungrouped, *(by_group[g] for g in owner_groups if g in by_group)]
+            if sum(map(len, open_to)) < size:
+                walked = open_to
+        # Sets a candidate must be in (each a union of its parts), besides those walked.
+        filters = [[h] for h in required if not (len(walked) == 1 and walked[0] is h)]
+        if open_to is not None and walked is not open_to:
+            filters.append(open_to)
+        if filters:
+            return self._leap(walked, filters)
+        return walked[0] if len(walked) == 1 else _union(walked)
+
+    def _leap(
+        self, walked: list[SortedSet[Rank]], filters: list[list[SortedSet[Rank]]]
+    ) -> Iterator[Rank]:
+        """The ranks of the union of walked that are in every filter, in order. Past
+        LEAP_AFTER members in a row missing from some filter, the walk leaps to that
+        filter's next rank (a bisection, dearer than a step): members that hold the rarest
+        pair but not the others (or are closed to the owner), however many rank before
+        the first that fits, cost a few steps per leap, not one each."""
+        start: Rank | None = None
+        while True:
+            parts = [part.irange(minimum=start) for part in walked]
+            misses = 0
+            for rank in parts[0] if len(parts) == 1 else _union(parts):
+                for f in filters:
+                    if rank not in f[0] and not any(rank in p for p in f[1:]):
+                        break
+                else:
+                    misses = 0
+                    yield rank
+                    continue
+                self.visits += 1
+                misses += 1
+                if misses < LEAP_AFTER:
+                    continue
+                nexts = [p[i] for p in f if (i := p.bisect_left(rank)) < len(p)]
+                if not nexts:
+                    return
+                start = min(nexts)
+                break
+            else:
+                return
 
     def capable(
         self, need: Need, owner_groups: frozenset[str], exclude: str = ""
