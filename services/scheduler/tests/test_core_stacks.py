@@ -222,3 +222,25 @@ def test_boards_that_went_silent_together_are_not_given_out_in_the_tick_that_fai
     ended = [c for c in kit.changes[-1].usage if c.request_id == second]
     assert ended == [], ended
     assert first not in {v.id for v in kit.core.live_requests()}
+
+
+def test_a_board_freed_in_a_tick_goes_to_the_best_request_ready_by_the_end_of_it() -> None:
+    # w0's heartbeat is lost a little before C's valid_after; one tick fires both. Freeing
+    # w0's collateral w1 must not hand it to B before C, more important, is ready.
+    kit = CoreKit()
+    for uuid in ("w0", "w1"):
+        kit.add_worker(uuid, {"board": "b"})
+    kit.core.create_stack(kit.now, "s", ["w0", "w1"])
+    a = ask(kit, "b", priority=8)
+    kit.answer_calls()
+    assert kit.core.request(a).job.worker_uuid == "w0"  # type: ignore[union-attr]
+    b = ask(kit, "b", priority=4)
+    timeout = kit.core.policy.heartbeat_timeout
+    c = ask(kit, "b", priority=1, valid_after=kit.now + timeout + 2)
+    kit.now += timeout + 5  # one tick, in which w1 was heard and w0 was not
+    kit.core.heartbeat(kit.now, "w1")
+    kit.core.tick(kit.now)
+    kit.drain()
+    assert kit.core.worker("w0").state is WorkerState.FAILED
+    assert kit.core.request(c).state is RequestState.IN_PROGRESS
+    assert kit.core.request(b).state is RequestState.WAITING

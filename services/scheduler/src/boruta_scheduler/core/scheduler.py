@@ -149,7 +149,7 @@ class Core:
 
     def __init__(self, policy: Policy | None = None) -> None:
         self.policy = policy or Policy()
-        # While heartbeat timers fire, freed workers wait here to be matched (tick()).
+        # While timers fire, freed workers wait here to be matched (tick()).
         self._held_matches: list[Worker] | None = None
         self._requests: dict[int, Request] = {}
         self._workers: dict[str, Worker] = {}
@@ -1135,36 +1135,50 @@ class Core:
         """Fire every timer due at or before now."""
         for token in self._tokens.unseal(now):
             self._out.token(token)
+        # Every timer due fires before any freed board is matched: boards that went silent
+        # together must not be handed out by the failure of one of them (their request
+        # would start and fail in the same tick), nor before a request whose valid_after
+        # has come is ready, whatever the order of their due times.
         newly_ready: list[Request] = []
-        due_now: list[tuple[float, TimerKind, Target]] = []
-        while (item := self._timers.pop_due(now)) is not None:
-            due_now.append(item)
-        self._check_heartbeats(due_now, now)
-        timers = iter(due_now)
-        while (item := next(timers, None) or self._timers.pop_due(now)) is not None:
-            due, kind, target = item
-            if kind is TimerKind.HEARTBEAT:
-                continue
-            if kind is TimerKind.HEALTHCHECK:
-                assert isinstance(target, Worker)
-                if self._timer_applies(due, kind, target):
-                    self._periodic_healthcheck(target, now)
-                continue
-            assert isinstance(target, Request)
-            if not self._timer_applies(due, kind, target):
-                continue
-            if kind is TimerKind.DEADLINE:
-                self._finish(target, RequestState.TIMEOUT, now, "deadline passed while waiting")
-            elif kind is TimerKind.VALID_AFTER:
-                self._queue.set_ready(target, True)
-                newly_ready.append(target)
-            elif kind is TimerKind.JOB_TIMEOUT:
-                self._end_job(target, now, RequestState.DONE, "job timed out")
+        held: list[Worker] = []
+        self._held_matches = held
+        try:
+            while (item := self._timers.pop_due(now)) is not None:
+                self._fire(item, now, newly_ready)
+        finally:
+            self._held_matches = None
+        self._match_freed(held, now)
         # Requests that became ready together are matched most important first.
         newly_ready.sort(key=lambda r: (r.priority, r.id))
         for request in newly_ready:
             if request.state is RequestState.WAITING and request.ready:
                 self._match_request(request, now)
+
+    def _fire(
+        self, item: tuple[float, TimerKind, Target], now: float, newly_ready: list[Request]
+    ) -> None:
+        """One due timer's effect; matches are tick()'s, once every timer has fired."""
+        due, kind, target = item
+        if kind is TimerKind.HEARTBEAT:
+            assert isinstance(target, Worker)
+            if self._workers.get(target.uuid) is target:
+                self._check_heartbeat(target, now)
+            return
+        if kind is TimerKind.HEALTHCHECK:
+            assert isinstance(target, Worker)
+            if self._timer_applies(due, kind, target):
+                self._periodic_healthcheck(target, now)
+            return
+        assert isinstance(target, Request)
+        if not self._timer_applies(due, kind, target):
+            return
+        if kind is TimerKind.DEADLINE:
+            self._finish(target, RequestState.TIMEOUT, now, "deadline passed while waiting")
+        elif kind is TimerKind.VALID_AFTER:
+            self._queue.set_ready(target, True)
+            newly_ready.append(target)
+        elif kind is TimerKind.JOB_TIMEOUT:
+            self._end_job(target, now, RequestState.DONE, "job timed out")
 
     # ----------------------------------------------------------------- helpers
 
@@ -1889,22 +1903,6 @@ class Core:
         due = max(worker.last_seen, self._heartbeat_epoch) + self.policy.heartbeat_timeout
         worker.hb_armed = True
         self._push_timer(due, TimerKind.HEARTBEAT, worker)
-
-    def _check_heartbeats(self, due: list[tuple[float, TimerKind, Target]], now: float) -> None:
-        """Fail every worker whose heartbeat timer is due and silent before any freed board is
-        matched: boards that went silent together must not be handed out by the failure of
-        one of them (their request would start and fail in the same tick)."""
-        held: list[Worker] = []
-        self._held_matches = held
-        try:
-            for _, kind, target in due:
-                if kind is TimerKind.HEARTBEAT:
-                    assert isinstance(target, Worker)
-                    if self._workers.get(target.uuid) is target:
-                        self._check_heartbeat(target, now)
-        finally:
-            self._held_matches = None
-        self._match_freed(held, now)
 
     def _check_heartbeat(self, worker: Worker, now: float) -> None:
         worker.hb_armed = False
