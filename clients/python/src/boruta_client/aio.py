@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Generic, Protocol, TypeVar, overload
+from typing import Any, Generic, Protocol, TypeVar, Unpack, overload
 
 import grpc
 from boruta.schedulers import CHANNEL_OPTIONS, Backoff, SchedulerList, leader_of
@@ -47,6 +47,7 @@ from boruta_client.lease import (
     AsyncBoardsLease,
     AsyncBoardSSH,
     AsyncLease,
+    LeaseOptions,
     LeaseTerms,
 )
 from boruta_client.types import (
@@ -556,36 +557,12 @@ class AsyncClient(ClientBase):
 
     @overload
     def lease(
-        self,
-        caps: Mapping[str, str] | None = None,
-        *,
-        priority: int = 0,
-        valid_after: datetime | None = None,
-        deadline: datetime | None = None,
-        wait_timeout: float | None = None,
-        no_wait: bool = False,
-        accept_unsatisfiable: bool = False,
-        on_wait: Callable[[Request], None] | None = None,
-        auto_prolong: bool = True,
-        job_timeout: timedelta | None = None,
-        together: Together | None = None,
+        self, caps: Mapping[str, str] | None = None, **options: Unpack[LeaseOptions]
     ) -> AsyncLease: ...
 
     @overload
     def lease(
-        self,
-        caps: Sequence[Mapping[str, str]],
-        *,
-        priority: int = 0,
-        valid_after: datetime | None = None,
-        deadline: datetime | None = None,
-        wait_timeout: float | None = None,
-        no_wait: bool = False,
-        accept_unsatisfiable: bool = False,
-        on_wait: Callable[[Request], None] | None = None,
-        auto_prolong: bool = True,
-        job_timeout: timedelta | None = None,
-        together: Together | None = None,
+        self, caps: Sequence[Mapping[str, str]], **options: Unpack[LeaseOptions]
     ) -> AsyncBoardsLease: ...
 
     def lease(

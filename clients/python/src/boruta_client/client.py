@@ -3,17 +3,22 @@ in an event loop thread the Client owns (see _bridge); Lease, Board and Watch li
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Generic, TypeVar, overload
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Generic, TypeVar, Unpack, overload
 
 from boruta_client._base import ClientBase
 from boruta_client._bridge import Facade, Portal, blocking, blocking_as, in_loop
 from boruta_client.aio import AsyncClient, AsyncWatch
 from boruta_client.errors import BorutaError
-from boruta_client.lease import AsyncBoard, AsyncBoards, AsyncBoardsLease, AsyncLease
+from boruta_client.lease import (
+    AsyncBoard,
+    AsyncBoards,
+    AsyncBoardsLease,
+    AsyncLease,
+    LeaseOptions,
+)
 from boruta_client.ssh import BoardSSH
-from boruta_client.types import Access, Job, Request, Together
+from boruta_client.types import Access, Job, Request
 
 T = TypeVar("T")
 
@@ -208,52 +213,18 @@ class Client(ClientBase, Facade[AsyncClient]):
 
         @overload
         def lease(
-            self,
-            caps: Mapping[str, str] | None = None,
-            *,
-            priority: int = 0,
-            valid_after: datetime | None = None,
-            deadline: datetime | None = None,
-            wait_timeout: float | None = None,
-            no_wait: bool = False,
-            accept_unsatisfiable: bool = False,
-            on_wait: Callable[[Request], None] | None = None,
-            auto_prolong: bool = True,
-            job_timeout: timedelta | None = None,
-            together: Together | None = None,
+            self, caps: Mapping[str, str] | None = None, **options: Unpack[LeaseOptions]
         ) -> Lease: ...
 
         @overload
         def lease(
-            self,
-            caps: Sequence[Mapping[str, str]],
-            *,
-            priority: int = 0,
-            valid_after: datetime | None = None,
-            deadline: datetime | None = None,
-            wait_timeout: float | None = None,
-            no_wait: bool = False,
-            accept_unsatisfiable: bool = False,
-            on_wait: Callable[[Request], None] | None = None,
-            auto_prolong: bool = True,
-            job_timeout: timedelta | None = None,
-            together: Together | None = None,
+            self, caps: Sequence[Mapping[str, str]], **options: Unpack[LeaseOptions]
         ) -> BoardsLease: ...
 
         def lease(
             self,
             caps: Mapping[str, str] | Sequence[Mapping[str, str]] | None = None,
-            *,
-            priority: int = 0,
-            valid_after: datetime | None = None,
-            deadline: datetime | None = None,
-            wait_timeout: float | None = None,
-            no_wait: bool = False,
-            accept_unsatisfiable: bool = False,
-            on_wait: Callable[[Request], None] | None = None,
-            auto_prolong: bool = True,
-            job_timeout: timedelta | None = None,
-            together: Together | None = None,
+            **options: Unpack[LeaseOptions],
         ) -> Lease | BoardsLease: ...
 
     else:

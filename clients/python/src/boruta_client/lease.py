@@ -12,7 +12,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypedDict, TypeVar, cast
 
 from boruta_client.errors import (
     BorutaError,
@@ -94,6 +94,21 @@ class LeaseTerms:
     wait_timeout: float | None = None
     on_wait: Callable[[Request], None] | None = None
     auto_prolong: bool = True
+
+
+class LeaseOptions(TypedDict, total=False):
+    """The keyword arguments of AsyncClient.lease and Client.lease, for their overloads."""
+
+    priority: int
+    valid_after: datetime | None
+    deadline: datetime | None
+    wait_timeout: float | None
+    no_wait: bool
+    accept_unsatisfiable: bool
+    on_wait: Callable[[Request], None] | None
+    auto_prolong: bool
+    job_timeout: timedelta | None
+    together: Together | None
 
 
 P = ParamSpec("P")
