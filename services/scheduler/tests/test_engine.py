@@ -362,6 +362,49 @@ async def test_a_tunnel_port_rides_with_the_next_commit() -> None:
     await engine.stop()
 
 
+async def prepared_board() -> tuple[GatedStore, Engine, int]:
+    """An engine whose board w1 was just prepared (IDLE), and the commits made before."""
+    store = GatedStore()
+    store.gate.set()
+    engine = Engine(Core(), store, Dryads())
+    engine.start()
+    await engine.execute(lambda c, t: c.register(t, {"UUID": "w1"}, "h:1", "h:2"))
+    await engine.execute(lambda c, t: c.set_state(t, "w1", WorkerState.IDLE))
+    commits = len(store.committed)
+    while (await engine.read(lambda c, t: c.worker("w1"))).state is not WorkerState.IDLE:
+        await asyncio.sleep(0.01)
+    assert len(store.committed) == commits
+    return store, engine, commits
+
+
+async def test_reading_a_worker_s_history_commits_what_is_held() -> None:
+    store, engine, commits = await prepared_board()
+    await engine.commit_history()
+    assert len(store.committed) == commits + 1
+    assert [w.state for w in store.load().workers] == [WorkerState.IDLE]
+    assert store.worker_history("w1", 1).entries[0].to_state is WorkerState.IDLE
+    await engine.stop()
+
+
+async def test_a_board_prepared_again_rides_with_the_next_commit() -> None:
+    """A board's move to IDLE once its dryad answered Prepare costs no commit of its own: a
+    restart prepares every board it finds in PREPARE again. The move and its history entry
+    are stored with the next batch that commits, before that batch's own."""
+    store, engine, commits = await prepared_board()
+    left = store.load()  # what a kill -9 now leaves: the board is prepared again
+    assert [w.state for w in left.workers] == [WorkerState.PREPARE]
+    restored = Core.restore(left, time.time(), Policy()).drain()
+    assert [c.worker_uuid for c in restored.calls] == ["w1"]
+    await engine.execute(new_request())  # matched to w1, and takes the move along
+    assert len(store.committed) == commits + 1
+    moves = [(h.from_state, h.to_state) for h in store.committed[-1].history]
+    assert moves == [
+        (WorkerState.PREPARE, WorkerState.IDLE),
+        (WorkerState.IDLE, WorkerState.RUNNING),
+    ]
+    await engine.stop()
+
+
 async def test_a_command_that_raises_a_bug_costs_only_its_batch() -> None:
     store = GatedStore()
     store.gate.set()

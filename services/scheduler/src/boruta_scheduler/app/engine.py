@@ -20,8 +20,10 @@ worker's last-seen time: those are kept in memory and stored at most once per
 LAST_SEEN_FLUSH, so an idle farm's heartbeats cost no commit each; a stale stored time is
 harmless, since after a restart or a recovery silence is counted from the rebuild. The
 port a job's tunnel opened on rides with the next batch that commits anyway: a restart
-opens every tunnel again (on the stored port when it is free). Audit events recorded
-outside a command (the access AcquireWorker hands out, refusals) ride with the next batch
+opens every tunnel again (on the stored port when it is free). So does a board's move to
+IDLE once its dryad answered Prepare, with its history entry: a restart prepares every
+board it finds in PREPARE again (reading a worker's history commits it first). Audit events
+recorded outside a command (the access AcquireWorker hands out, refusals) ride with the next batch
 that commits anyway too, AUDIT_RIDE later at the latest.
 
 Between commits, at a low rate, the same writer keeps the store small and clean
@@ -51,7 +53,13 @@ from boruta_scheduler.core import Changes, Core
 from boruta_scheduler.core.outbox import merge
 from boruta_scheduler.errors import BorutaError, InternalError, StoreUnavailable, Unavailable
 from boruta_scheduler.store import Store
-from boruta_scheduler.types import AuditEvent, RequestView, WorkerState
+from boruta_scheduler.types import (
+    AuditEvent,
+    HistoryEntry,
+    RequestView,
+    WorkerState,
+    WorkerView,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +138,11 @@ class Engine:
         self._stopping = False
         # Last-seen times heard since they were last stored, and when they are stored next.
         self._seen: dict[str, float] = {}
+        # Rebuildable views and history entries held back until a batch commits anyway.
         self._held: dict[int, RequestView] = {}
+        self._held_workers: dict[str, WorkerView] = {}
+        self._held_history: list[HistoryEntry] = []
+        self._store_held = False  # commit what is held with the next batch, even alone
         self._seen_flush = last_seen_flush
         self._next_seen_flush = clock() + last_seen_flush
         self.failure: BaseException | None = None
@@ -242,6 +254,14 @@ class Engine:
         writes, at once: they wait for it)."""
         if self._carried:
             self._carried_due = -math.inf
+        await self.read(lambda core, now: None)
+
+    async def commit_history(self) -> None:
+        """Return once every worker history entry recorded so far is committed (a board's
+        move to IDLE once prepared is held back, see _to_store): what readers of a worker's
+        history call first."""
+        if self._held_history:
+            self._store_held = True
         await self.read(lambda core, now: None)
 
     def submit(self, command: Command[Any]) -> None:
@@ -380,35 +400,52 @@ class Engine:
 
     def _to_store(self, changes: Changes, now: float, *, flush: bool = False) -> Changes | None:
         """What of a batch to commit, if anything: facts a restart rebuilds (last-seen
-        times, tunnel ports) are held back, and stored with the next batch that commits
-        anyway, or on their own once LAST_SEEN_FLUSH has passed (or flush is set)."""
-        seen, held = self._seen, self._held
+        times, tunnel ports, boards IDLE once prepared) are held back, and stored with the
+        next batch that commits anyway, or on their own once LAST_SEEN_FLUSH has passed
+        (or flush is set)."""
+        seen, held, held_workers = self._seen, self._held, self._held_workers
         seen.update(changes.last_seen)
         changes.last_seen.clear()
-        if changes.durable:
+        durable = changes.durable
+        if durable:
             for view in changes.requests:  # the batch stores a newer view of its own
                 held.pop(view.id, None)
-            for worker in (*changes.workers, *changes.removed_workers):
+            for worker in changes.workers:
+                held_workers.pop(worker.uuid, None)
+                seen.pop(worker.uuid, None)
+            for worker in changes.removed_workers:
                 seen.pop(worker.uuid, None)
         else:
+            # Everything such a batch changed is rebuildable: it is all held.
             for view in changes.requests:
                 if view.id in changes.rebuildable:
                     held[view.id] = view
-        flush = (flush or now >= self._next_seen_flush) and bool(seen or held)
-        if not changes.durable and not flush:
+            for worker in changes.workers:
+                held_workers[worker.uuid] = worker
+            self._held_history.extend(changes.history)
+        holding = bool(held or held_workers or self._held_history)
+        flush = (flush or self._store_held or now >= self._next_seen_flush) and (
+            holding or bool(seen)
+        )
+        if not durable and not flush:
             return None
-        if not held and not (flush and seen):
+        if not holding and not (flush and seen):
             return changes
         extra = Changes(
             requests=list(held.values()),
+            workers=list(held_workers.values()),
+            history=self._held_history,
             last_seen=dict(seen) if flush else {},
             last_request_id=changes.last_request_id,
         )
         held.clear()
+        held_workers.clear()
+        self._held_history = []
+        self._store_held = False
         if flush:
             seen.clear()
             self._next_seen_flush = now + self._seen_flush
-        return merge([extra, changes])
+        return merge([extra, changes]) if durable else extra
 
     def _finish_batch(
         self,
@@ -550,7 +587,10 @@ class Engine:
         """Serve from core, rebuilt from the store: what was in flight for the old one is
         void (the new one asks for its dryad calls and tunnels itself)."""
         self.core = core
-        self._held.clear()  # the new core opens its tunnels again
+        # The new core opens its tunnels again and prepares its PREPARE boards again.
+        self._held.clear()
+        self._held_workers.clear()
+        self._held_history = []
         self._effects.abandon_calls()
         kept = [p for p in self._pending if p.future is not None]
         self._pending = deque(kept)

@@ -455,6 +455,7 @@ class SchedulerService:
         self, who: Identity, uuid: str, limit: int, before: int | None
     ) -> HistoryPage:
         await self.get_worker(who, uuid)
+        await self.engine.commit_history()
         return await self._read(self.store.worker_history, uuid, limit, before)
 
     async def set_state(

@@ -58,6 +58,10 @@ class CloseTunnel:
 TunnelCall = OpenTunnel | CloseTunnel
 
 
+# One empty set for every batch without rebuildable workers (most), not one each.
+NO_WORKERS: frozenset[str] = frozenset()
+
+
 @dataclass(frozen=True, slots=True)
 class Changes:
     """Everything that changed since the last drain, in the order it happened."""
@@ -73,6 +77,11 @@ class Changes:
     # Requests (by id) among `requests` whose only change is a fact a restart rebuilds (the
     # port their tunnel opened on): published like the rest, but no reason for a commit.
     rebuildable: set[int] = field(default_factory=set)
+    # Workers (by UUID) among `workers` whose only change is one a restart rebuilds (IDLE
+    # once Prepare answered: a restart prepares a board in PREPARE again), and how many of
+    # `history` are their entries: published like the rest, but no reason for a commit.
+    rebuildable_workers: frozenset[str] = NO_WORKERS
+    rebuildable_history: int = 0
     # Who did what, added by the engine: it commits with the changes it records.
     audit: list[AuditEvent] = field(default_factory=list)
     # Tokens issued or revoked, each as it is now.
@@ -88,9 +97,9 @@ class Changes:
         """Whether anything here must reach the store before callers hear of it."""
         return bool(
             len(self.requests) > len(self.rebuildable)
-            or self.workers
+            or len(self.workers) > len(self.rebuildable_workers)
+            or len(self.history) > self.rebuildable_history
             or self.removed_workers
-            or self.history
             or self.last_seen
             or self.audit
             or self.tokens
@@ -150,6 +159,7 @@ class Outbox:
         self._requests: dict[int, Request] = {}
         self._rebuildable: dict[int, Request] = {}
         self._workers: dict[str, Worker] = {}
+        self._rebuildable_workers: dict[str, Worker] = {}
         self._removed: list[WorkerView] = []
         self._history: list[HistoryEntry] = []
         self._seen: dict[str, float] = {}
@@ -170,8 +180,14 @@ class Outbox:
     def worker(self, worker: Worker) -> None:
         self._workers[worker.uuid] = worker
 
+    def rebuildable_worker(self, worker: Worker) -> None:
+        """The worker changed only in what a restart rebuilds (see
+        Changes.rebuildable_workers)."""
+        self._rebuildable_workers[worker.uuid] = worker
+
     def removed(self, worker: Worker) -> None:
         self._workers.pop(worker.uuid, None)
+        self._rebuildable_workers.pop(worker.uuid, None)
         self._seen.pop(worker.uuid, None)
         self._removed.append(worker.view())
 
@@ -202,7 +218,21 @@ class Outbox:
 
     def drain(self, last_request_id: int) -> Changes:
         workers = [w.view() for w in self._workers.values()]
-        seen = {u: t for u, t in self._seen.items() if u not in self._workers}
+        rebuildable_workers: frozenset[str] = NO_WORKERS
+        rebuildable_history = 0
+        if self._rebuildable_workers:
+            rebuildable_workers = frozenset(
+                uuid for uuid in self._rebuildable_workers if uuid not in self._workers
+            )
+            workers.extend(self._rebuildable_workers[uuid].view() for uuid in rebuildable_workers)
+            rebuildable_history = sum(
+                1 for h in self._history if h.worker_uuid in rebuildable_workers
+            )
+        seen = {
+            u: t
+            for u, t in self._seen.items()
+            if u not in self._workers and u not in rebuildable_workers
+        }
         requests = [r.view() for r in self._requests.values()]
         rebuildable = set()
         for request_id, request in self._rebuildable.items():
@@ -219,6 +249,8 @@ class Outbox:
             tunnels=self._tunnels,
             last_request_id=last_request_id,
             rebuildable=rebuildable,
+            rebuildable_workers=rebuildable_workers,
+            rebuildable_history=rebuildable_history,
             tokens=list(self._tokens.values()),
             stacks=list(self._stacks.values()),
             removed_stacks=self._removed_stacks,

@@ -1080,7 +1080,8 @@ class Core:
                 self._fail_worker(worker, now, "Prepare returned no access")
                 return
             worker.prepared = access
-            self._transition(worker, WorkerState.IDLE, now, "prepared")
+            # A restart prepares a board it finds in PREPARE again: this needs no commit.
+            self._transition(worker, WorkerState.IDLE, now, "prepared", rebuildable=True)
             self._match_worker(worker, now)
         elif call.kind is DryadCallKind.PUT_IN_MAINTENANCE and worker.state is WorkerState.BUSY:
             self._transition(worker, WorkerState.MAINTENANCE, now, worker.reason)
@@ -1801,7 +1802,17 @@ class Core:
         elif state is WorkerState.BUSY:
             self._issue(worker, DryadCallKind.PUT_IN_MAINTENANCE, worker.reason)
 
-    def _transition(self, worker: Worker, state: WorkerState, now: float, reason: str) -> None:
+    def _transition(
+        self,
+        worker: Worker,
+        state: WorkerState,
+        now: float,
+        reason: str,
+        *,
+        rebuildable: bool = False,
+    ) -> None:
+        """Move worker to state; rebuildable: a restart would rebuild the change (see
+        Changes.rebuildable_workers)."""
         old = worker.state
         if old is WorkerState.IDLE:
             self._idle.remove(worker)
@@ -1824,7 +1835,10 @@ class Core:
         elif state is WorkerState.FAILED:
             worker.failures += 1
         self._out.history(HistoryEntry(worker.uuid, now, old, state, reason))
-        self._out.worker(worker)
+        if rebuildable:
+            self._out.rebuildable_worker(worker)
+        else:
+            self._out.worker(worker)
 
     def _reindex(
         self, worker: Worker, sig: frozenset[tuple[str, str]], groups: frozenset[str]
