@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from boruta_scheduler.core import Changes, Core, Policy, Snapshot
 from boruta_scheduler.core.idempotency import Idempotency
+from boruta_scheduler.core.outbox import merge
 from boruta_scheduler.errors import InvalidArgument, StoreUnavailable
 from boruta_scheduler.listing import RequestQuery, RequestSort
 from boruta_scheduler.store import MemoryStore, Purged, SQLiteStore, Store
@@ -28,6 +29,7 @@ from boruta_scheduler.types import (
     Placement,
     RequestState,
     TokenRecord,
+    UsageQuery,
     WorkerState,
 )
 from core_kit import CoreKit
@@ -316,6 +318,37 @@ def test_last_seen_and_removal(store: Store) -> None:
     (worker,) = loaded(store).workers
     assert (worker.uuid, worker.last_seen) == ("w1", kit.now + 7)
     assert store.worker_history("w2", 10).entries == []
+
+
+def test_a_merged_commit_stores_what_its_batches_would_one_at_a_time(store: Store) -> None:
+    """Group commit merges batches: rows written several times in one commit (a request
+    created and closed, a job's usage started and ended) and more rows of a kind than one
+    statement takes end as they would, committed one batch at a time."""
+    kit = CoreKit()
+    kit.add_worker("w1", {"board": "x"})
+    for n in range(1, 301):  # each runs on w1 in turn: 3 history entries each
+        kit.core.new_request(kit.now, "ann", NOBODY, {"board": "x"})
+        kit.core.close_request(kit.now, n)
+        kit.answer_calls()
+        kit.now += 1
+    kit.drain()
+    events = [
+        AuditEvent(kit.now, "ann", "user", "CloseRequest", f"request {n}") for n in range(300)
+    ]
+    kit.changes[-1].audit.extend(events)
+    reference = MemoryStore()
+    for changes in kit.changes:
+        reference.commit(changes)
+    store.commit(merge(kit.changes))
+    assert [store.get_request(n) for n in range(1, 301)] == [
+        reference.get_request(n) for n in range(1, 301)
+    ]
+    assert loaded(store) == loaded(reference)
+    history = store.worker_history("w1", 2000).entries
+    assert len(history) > 900 and history == reference.worker_history("w1", 2000).entries
+    assert store.audit(1000) == reference.audit(1000)
+    query = UsageQuery(since=0, until=kit.now + 1, now=kit.now)
+    assert store.usage(query) == reference.usage(query)
 
 
 def test_history_newest_first_and_paged(store: Store) -> None:
