@@ -294,7 +294,7 @@ async def run_rpc() -> dict[str, dict[str, float]]:
 def rerun_rpc() -> None:
     """`python -m bench grpc`: rerun the gRPC benchmarks alone and rewrite their sections."""
     rpc = asyncio.run(run_rpc())
-    replace_section(RPC_HEADING, render_rpc(rpc))
+    replace_section(RPC_HEADING, [*render_rpc(rpc), ""])  # a blank line before the next
     replace_section(READING_HEADING, render_reading(rpc))
     print("\n".join([*render_rpc(rpc), *render_reading(rpc)]))
 
