@@ -79,12 +79,16 @@ RPC_HEADING = "## Over gRPC on loopback, durable SQLite store"
 READING_HEADING = "## Reading the figures"
 
 
-def render_rpc(rpc: dict[str, dict[str, float]]) -> list[str]:
-    """The gRPC section of docs/benchmarks.md."""
+def render_rpc(
+    rpc: dict[str, dict[str, float]], when: str, load: tuple[float, float] | None = None
+) -> list[str]:
+    """The gRPC section of docs/benchmarks.md; load: the machine's load average before
+    and after the runs, if known."""
     before = RPC_BEFORE
     lines = [
         RPC_HEADING,
         "",
+        f"Measured {when} on {machine()}.",
         "`bench/grpc_bench.py`. Three processes: the scheduler (SQLite, WAL,",
         "synchronous=FULL), one stub dryad serving every board (Prepare answers at once with",
         "keys from a pre-generated pool), and the clients. Beside each figure, the same",
@@ -97,7 +101,16 @@ def render_rpc(rpc: dict[str, dict[str, float]]) -> list[str]:
         "rises with the load other work puts on it).",
         "",
         f"*Before* is the same figure from the run before this one, {before['when']}.",
-        "`python -m bench grpc` reruns this section alone.",
+        "CPU per call rises with the machine's load for boruta and bare alike: compare each",
+        "with bare's of the same run. `python -m bench grpc` reruns this section alone.",
+        *(
+            [
+                f"The machine is shared: its load average was {load[0]:.1f} before and "
+                f"{load[1]:.1f} after."
+            ]
+            if load is not None
+            else []
+        ),
         "",
         "| measure | boruta | bare gRPC | ratio | before | target |",
         "|---|---|---|---|---|---|",
@@ -248,7 +261,7 @@ def render(
         "",
         *caps_memory_bench.render(caps_memory, when),
         *restart_bench.render(restart, when),
-        *render_rpc(rpc),
+        *render_rpc(rpc, when),
         *render_access(access),
         *store_bench.render(store, when),
         *takeover_bench.render(takeover, when),
@@ -293,10 +306,13 @@ async def run_rpc() -> dict[str, dict[str, float]]:
 
 def rerun_rpc() -> None:
     """`python -m bench grpc`: rerun the gRPC benchmarks alone and rewrite their sections."""
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    before = os.getloadavg()[0]
     rpc = asyncio.run(run_rpc())
-    replace_section(RPC_HEADING, [*render_rpc(rpc), ""])  # a blank line before the next
+    section = render_rpc(rpc, when, (before, os.getloadavg()[0]))
+    replace_section(RPC_HEADING, [*section, ""])  # a blank line before the next
     replace_section(READING_HEADING, render_reading(rpc))
-    print("\n".join([*render_rpc(rpc), *render_reading(rpc)]))
+    print("\n".join([*section, *render_reading(rpc)]))
 
 
 def main() -> None:
