@@ -22,9 +22,9 @@ harmless, since after a restart or a recovery silence is counted from the rebuil
 port a job's tunnel opened on rides with the next batch that commits anyway: a restart
 opens every tunnel again (on the stored port when it is free). So does a board's move to
 IDLE once its dryad answered Prepare, with its history entry: a restart prepares every
-board it finds in PREPARE again (reading a worker's history commits it first). Audit events
-recorded outside a command (the access AcquireWorker hands out, refusals) ride with the next batch
-that commits anyway too, AUDIT_RIDE later at the latest.
+board it finds in PREPARE again (reading a worker's history commits it first). Audit
+events recorded outside a command (the access AcquireWorker hands out, refusals) ride
+with the next batch that commits anyway too, AUDIT_RIDE later at the latest.
 
 Between commits, at a low rate, the same writer keeps the store small and clean
 (app/upkeep.py).
