@@ -133,6 +133,9 @@ async def test_after_many_jobs_the_store_files_hold_only_the_keys_in_use(
             await alice.close(job.id)
         for b in boards:
             await farm.admin.wait_worker(b.uuid, types_pb2.WORKER_STATE_IDLE)
+    # A board's move to IDLE (with its next key) rides with the next commit: make it now,
+    # as any later call that commits would.
+    await farm.scheduler.engine.commit_history()  # type: ignore[attr-defined]
     # One round of what the scheduler does every few seconds by itself (if its own round
     # came first, this one waits for it).
     await farm.scheduler.engine.housekeep()  # type: ignore[attr-defined]
