@@ -222,3 +222,33 @@ def test_health_survives_a_restart_and_recovery_follows_it(kit: CoreKit) -> None
     core.heartbeat(kit.now + 6, "w2")
     assert core.worker("w1").state is WorkerState.PREPARE
     assert core.worker("w2").state is WorkerState.FAILED
+
+
+def quarantine_by_hand(kit: CoreKit, uuid: str) -> None:
+    """Fail the worker until it is quarantined, an admin putting it back after each."""
+    while not kit.core.worker(uuid).health.quarantined:
+        kit.core.set_fail(kit.now, uuid, "camera gone")
+        if not kit.core.worker(uuid).health.quarantined:
+            kit.core.set_state(kit.now, uuid, WorkerState.IDLE)
+            kit.answer_calls()
+        kit.advance(60)
+
+
+def test_a_quarantined_board_whose_dryad_goes_silent_stays_quarantined(kit: CoreKit) -> None:
+    """Its heartbeat loss is no admin's decision: the flag (and the alert) stays until one."""
+    kit.add_worker("w1")
+    quarantine_by_hand(kit, "w1")
+    kit.silent.add("w1")
+    kit.advance(kit.core.policy.heartbeat_timeout + 1)
+    w = kit.core.worker("w1")
+    assert w.state is WorkerState.FAILED
+    assert w.health.quarantined and not w.health.recoverable
+    # Heard again, it stays out, still quarantined.
+    kit.silent.discard("w1")
+    kit.advance(60)
+    w = kit.core.worker("w1")
+    assert w.state is WorkerState.FAILED and w.health.quarantined
+    kit.core.set_state(kit.now, "w1", WorkerState.IDLE)
+    kit.answer_calls()
+    w = kit.core.worker("w1")
+    assert w.state is WorkerState.IDLE and not w.health.quarantined

@@ -25,10 +25,11 @@ QUARANTINED = "quarantined: "
 
 def record(health: Health, failure: Failure, *, in_service: bool) -> Health:
     """The record after failure; a heartbeat loss of a worker that was in service makes it
-    recoverable, any other failure makes it not."""
+    recoverable, any other failure makes it not. A quarantined worker stays quarantined
+    (only an admin ends that), whatever else befalls it."""
     failures = (*health.failures, failure)[-KEPT:]
     recoverable = in_service and failure.kind is FailureKind.HEARTBEAT
-    return Health(failures, quarantined=False, recoverable=recoverable)
+    return replace(health, failures=failures, recoverable=recoverable)
 
 
 def settled(health: Health) -> Health:
