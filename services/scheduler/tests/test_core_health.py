@@ -252,3 +252,31 @@ def test_a_quarantined_board_whose_dryad_goes_silent_stays_quarantined(kit: Core
     kit.answer_calls()
     w = kit.core.worker("w1")
     assert w.state is WorkerState.IDLE and not w.health.quarantined
+
+
+def test_a_board_an_admin_takes_out_of_quarantine_starts_afresh(kit: CoreKit) -> None:
+    """The failures that quarantined it were looked at: the next one alone, within the
+    same window, must not quarantine it again at once."""
+    kit.add_worker("w1")
+    quarantine_by_hand(kit, "w1")
+    kit.core.set_state(kit.now, "w1", WorkerState.IDLE, "cable replaced")
+    kit.answer_calls()
+    kit.advance(60)
+    kit.core.set_fail(kit.now, "w1", "camera gone")
+    w = kit.core.worker("w1")
+    assert w.state is WorkerState.FAILED and not w.health.quarantined
+    # Enough failures after the admin's return quarantine it again.
+    quarantine_by_hand(kit, "w1")
+    assert kit.core.worker("w1").state is WorkerState.MAINTENANCE
+
+
+def test_a_fresh_start_survives_a_restart(kit: CoreKit) -> None:
+    kit.add_worker("w1")
+    quarantine_by_hand(kit, "w1")
+    kit.core.set_state(kit.now, "w1", WorkerState.IDLE)
+    kit.answer_calls()
+    views = kit.core.workers()
+    core = Core.restore(Snapshot([], views, 0), kit.now + 5, kit.core.policy)
+    assert core.worker("w1").health == views[0].health
+    core.set_fail(kit.now + 6, "w1", "camera gone")
+    assert not core.worker("w1").health.quarantined

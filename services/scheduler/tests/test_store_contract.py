@@ -291,6 +291,19 @@ def test_health_survives_a_restart(store: Store) -> None:
     assert restored.worker("w2").state is WorkerState.PREPARE
 
 
+def test_a_board_taken_out_of_quarantine_is_stored_as_starting_afresh(store: Store) -> None:
+    kit = CoreKit(Policy(quarantine_failures=2))
+    kit.add_worker("w1")
+    for _ in range(2):
+        kit.core.set_fail(kit.now, "w1", "camera gone")
+        kit.core.set_state(kit.now, "w1", WorkerState.IDLE)
+        kit.answer_calls()
+    commit_all(store, kit)
+    (stored,) = loaded(store).workers
+    assert stored.health == kit.core.worker("w1").health
+    assert stored.health.counted_from == kit.now and not stored.health.quarantined
+
+
 # Columns added after schema version 4.
 NEW_COLUMNS = {
     "prepared_host_keys",

@@ -32,12 +32,16 @@ def record(health: Health, failure: Failure, *, in_service: bool) -> Health:
     return replace(health, failures=failures, recoverable=recoverable)
 
 
-def settled(health: Health) -> Health:
+def settled(health: Health, now: float) -> Health:
     """The record once the worker left FAILED or MAINTENANCE by any way (an admin's
-    decision, or a recovery): neither quarantined nor recoverable any more."""
-    if not health.quarantined and not health.recoverable:
-        return health
-    return replace(health, quarantined=False, recoverable=False)
+    decision, or a recovery): neither quarantined nor recoverable any more. A worker taken
+    out of quarantine starts afresh: the failures an admin has looked at count towards no
+    other quarantine."""
+    if health.quarantined:
+        return replace(health, quarantined=False, recoverable=False, counted_from=now)
+    if health.recoverable:
+        return replace(health, recoverable=False)
+    return health
 
 
 def failures_since(health: Health, since: float) -> int:
@@ -60,10 +64,10 @@ def failures_per_day(health: Health, now: float, registered_at: float) -> float:
 
 def should_quarantine(health: Health, now: float, count: int, window: float) -> bool:
     """Whether the latest failures call for quarantine: count of them (0: never) within
-    window seconds up to now."""
+    window seconds up to now, since the worker last left quarantine."""
     if count <= 0 or window <= 0:
         return False
-    return failures_since(health, now - window) >= count
+    return failures_since(health, max(now - window, health.counted_from)) >= count
 
 
 def quarantine_reason(failure: Failure, count: int, window: float) -> str:

@@ -1811,7 +1811,7 @@ class Core:
         if state not in (WorkerState.FAILED, WorkerState.MAINTENANCE):
             # Back in service (or on the way out by an admin's hand): whatever the last
             # failure led to is over.
-            worker.health = health.settled(worker.health)
+            worker.health = health.settled(worker.health, now)
         worker.state = state
         worker.reason = reason
         if state not in (WorkerState.IDLE, WorkerState.RUNNING):
