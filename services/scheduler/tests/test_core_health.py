@@ -280,3 +280,22 @@ def test_a_fresh_start_survives_a_restart(kit: CoreKit) -> None:
     assert core.worker("w1").health == views[0].health
     core.set_fail(kit.now + 6, "w1", "camera gone")
     assert not core.worker("w1").health.quarantined
+
+
+def test_heartbeat_losses_do_not_quarantine(kit: CoreKit) -> None:
+    """A network blip loses every board's heartbeats at once, and the board comes back by
+    itself: losses are kept and shown, but only a board's own failures quarantine it."""
+    kit.add_worker("w1")
+    for _ in range(kit.core.policy.quarantine_failures + 1):
+        kit.silent.add("w1")
+        kit.advance(kit.core.policy.heartbeat_timeout + 1)
+        assert kit.core.worker("w1").state is WorkerState.FAILED
+        kit.silent.discard("w1")
+        kit.advance(1)
+        kit.answer_calls()
+        assert kit.core.worker("w1").state is WorkerState.IDLE
+    kit.core.set_fail(kit.now, "w1", "camera gone")
+    w = kit.core.worker("w1")
+    assert w.state is WorkerState.FAILED and not w.health.quarantined
+    kinds = [f.kind for f in w.health.failures]
+    assert kinds == [FailureKind.HEARTBEAT] * 4 + [FailureKind.REPORTED]

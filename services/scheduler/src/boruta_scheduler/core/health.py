@@ -3,7 +3,7 @@ rate shown, and when a board that fails too often is quarantined.
 
 The scheduler keeps each worker's latest failures with their times, reasons and kinds
 (types.Health, stored with the worker). A worker that fails quarantine_failures times within
-quarantine_window seconds is taken out of service (MAINTENANCE, reason "quarantined: ...")
+quarantine_window seconds (heartbeat losses aside) is taken out of service (MAINTENANCE, reason "quarantined: ...")
 until an admin puts it back; a worker FAILED only because its heartbeats stopped while it was
 in service comes back by itself once its dryad is heard again and a healthcheck passes.
 """
@@ -44,13 +44,14 @@ def settled(health: Health, now: float) -> Health:
     return health
 
 
-def failures_since(health: Health, since: float) -> int:
-    """How many kept failures happened at or after since."""
+def failures_since(health: Health, since: float, *, heartbeats: bool = True) -> int:
+    """How many kept failures happened at or after since (heartbeat losses only if
+    heartbeats)."""
     count = 0
     for failure in reversed(health.failures):
         if failure.time < since:
             break
-        count += 1
+        count += heartbeats or failure.kind is not FailureKind.HEARTBEAT
     return count
 
 
@@ -64,10 +65,13 @@ def failures_per_day(health: Health, now: float, registered_at: float) -> float:
 
 def should_quarantine(health: Health, now: float, count: int, window: float) -> bool:
     """Whether the latest failures call for quarantine: count of them (0: never) within
-    window seconds up to now, since the worker last left quarantine."""
+    window seconds up to now, since the worker last left quarantine. Heartbeat losses do
+    not count: a blip of the network (or of the scheduler) loses every board's at once,
+    and a board FAILED by one comes back by itself (docs/admin-guide.md)."""
     if count <= 0 or window <= 0:
         return False
-    return failures_since(health, max(now - window, health.counted_from)) >= count
+    since = max(now - window, health.counted_from)
+    return failures_since(health, since, heartbeats=False) >= count
 
 
 def quarantine_reason(failure: Failure, count: int, window: float) -> str:
