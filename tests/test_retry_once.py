@@ -101,6 +101,12 @@ async def test_issue_token_retried_after_its_answer_was_lost_issues_one_token(fa
         # The retry's secret is the token's: the scheduler takes it for ci-bot.
         scheduler: Scheduler = farm.scheduler  # type: ignore[attr-defined]
         assert scheduler.tokens.identify(token.secret).user == "ci-bot"
+        # The audit log tells the issue from the retry that handed its secret out again.
+        events = [e for e in await direct.audit_events() if e.target == f"token {token.token.id}"]
+        assert [e.detail for e in reversed(events)] == [
+            "for user ci-bot",
+            "for user ci-bot; a retry: the same token and secret handed out again",
+        ]
         await client.close()
     await direct.close()
 
