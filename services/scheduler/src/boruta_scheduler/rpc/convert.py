@@ -52,8 +52,9 @@ V = TypeVar("V")
 M = TypeVar("M", bound=Message)
 
 # The most bytes of items one list reply carries, well under the 4 MiB a gRPC client
-# accepts by default: boards keep up to 64 failures of up to 1 KiB each, so a page of them
-# is cut short, at an item, rather than refused whole by the client.
+# accepts by default: a board keeps up to 64 failures of up to 1 KiB each, a request may
+# carry 16 profiles of 8 KiB of caps, so a page of them is cut short, at an item, rather
+# than refused whole by the client.
 PAGE_BYTES = 2 << 20
 
 
