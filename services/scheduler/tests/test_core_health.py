@@ -54,6 +54,15 @@ def test_failure_rate_is_per_day_over_the_last_week() -> None:
     assert health.failures_per_day(Health(), now, T0) == 0.0
 
 
+def test_failure_rate_of_a_board_failing_faster_than_its_record_keeps() -> None:
+    """A board that failed every 10 minutes for a week keeps only its latest 64 failures;
+    its rate is worked out over the time they span, not understated over the week."""
+    now = T0 + 30 * health.DAY
+    record = Health(tuple(fail(now - n * 600.0) for n in reversed(range(7 * 144))))
+    record = Health(record.failures[-health.KEPT :])
+    assert health.failures_per_day(record, now, T0) == pytest.approx(144, rel=0.03)
+
+
 times = st.lists(st.floats(0, 10_000, allow_nan=False), max_size=80).map(sorted)
 
 

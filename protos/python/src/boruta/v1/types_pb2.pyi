@@ -800,7 +800,8 @@ class WorkerInfo(_message.Message):
     """
     failures_per_day: _builtins.float
     """Failures per day over the last 7 days, or over the worker's life if shorter (counted
-    as at least one day).
+    as at least one day); over the time the kept failures span if more failed meanwhile
+    than the scheduler keeps.
     """
     quarantined: _builtins.bool
     """Whether the scheduler quarantined the worker: it failed too often within a short time

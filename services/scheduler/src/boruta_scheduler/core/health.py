@@ -57,8 +57,13 @@ def failures_since(health: Health, since: float, *, heartbeats: bool = True) -> 
 
 def failures_per_day(health: Health, now: float, registered_at: float) -> float:
     """Failures per day over the last week, or over the worker's life if it is younger
-    (counted as at least one day, so that a new board's first failure is not a storm)."""
+    (counted as at least one day, so that a new board's first failure is not a storm); over
+    the time its kept failures span if it failed more often than the record keeps."""
     since = max(now - RATE_WINDOW, registered_at)
+    kept = health.failures
+    if len(kept) >= KEPT and kept[0].time > since and now > kept[0].time:
+        # Failures before the oldest kept one fell out of the record: count over what is.
+        return len(kept) / ((now - kept[0].time) / DAY)
     days = max((now - since) / DAY, 1.0)
     return failures_since(health, since) / days
 
