@@ -308,3 +308,10 @@ def test_heartbeat_losses_do_not_quarantine(kit: CoreKit) -> None:
     assert w.state is WorkerState.FAILED and not w.health.quarantined
     kinds = [f.kind for f in w.health.failures]
     assert kinds == [FailureKind.HEARTBEAT] * 4 + [FailureKind.REPORTED]
+
+
+def test_quarantine_failures_beyond_the_record_are_refused() -> None:
+    """A count the record cannot hold would quietly never quarantine."""
+    Policy(quarantine_failures=health.KEPT)
+    with pytest.raises(ValueError, match=f"quarantine_failures must be at most {health.KEPT}"):
+        Policy(quarantine_failures=health.KEPT + 1)
