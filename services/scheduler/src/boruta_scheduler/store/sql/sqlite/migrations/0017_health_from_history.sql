@@ -3,6 +3,10 @@
 -- told by its reason as the scheduler words it ("heartbeat lost: ...", "<call> failed:
 -- ...", "Prepare returned no access"; anything else came from the dryad's SetFail). Records
 -- written since 0015 are left alone; every failure of their board is already in them.
+-- The partial index, made for this update alone, lets it read only the failures: walking
+-- each board's whole history would read every row of a long-lived farm's history once,
+-- in index order.
+CREATE INDEX worker_history_failed ON worker_history (worker_uuid, seq) WHERE to_state = 4;
 UPDATE workers SET health = json_object(
     'failures', (
         -- SQLite 3.40 has no ORDER BY in an aggregate: it takes the rows in the order
@@ -27,3 +31,4 @@ UPDATE workers SET health = json_object(
 )
 WHERE health = '{}'
     AND EXISTS (SELECT 1 FROM worker_history WHERE worker_uuid = workers.uuid AND to_state = 4);
+DROP INDEX worker_history_failed;
