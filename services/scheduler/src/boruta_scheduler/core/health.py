@@ -3,9 +3,10 @@ rate shown, and when a board that fails too often is quarantined.
 
 The scheduler keeps each worker's latest failures with their times, reasons and kinds
 (types.Health, stored with the worker). A worker that fails quarantine_failures times within
-quarantine_window seconds (heartbeat losses aside) is taken out of service (MAINTENANCE, reason "quarantined: ...")
-until an admin puts it back; a worker FAILED only because its heartbeats stopped while it was
-in service comes back by itself once its dryad is heard again and a healthcheck passes.
+quarantine_window seconds (heartbeat losses aside) is taken out of service (MAINTENANCE,
+reason "quarantined: ...") until an admin puts it back; a worker FAILED only because its
+heartbeats stopped while it was in service comes back by itself once its dryad is heard
+again and a healthcheck passes.
 """
 
 from __future__ import annotations
