@@ -1131,6 +1131,12 @@ class Core:
             f"the SSH tunnel of the job of profile {index} could not be opened: {error}",
         )
 
+    def deaf_until(self, now: float) -> None:
+        """The scheduler heard nothing for a while up to now (its process stalled, or its
+        clock stepped forward): every worker's heartbeat silence is counted from now, as
+        after a restart."""
+        self._heartbeat_epoch = max(self._heartbeat_epoch, now)
+
     def tick(self, now: float) -> None:
         """Fire every timer due at or before now."""
         for token in self._tokens.unseal(now):
