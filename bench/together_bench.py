@@ -31,9 +31,10 @@ def render(results: list[dict[str, object]], when: str) -> list[str]:
         "",
         f"Measured {when} on {machine()}; load average {os.getloadavg()[0]:.1f} at the end.",
         "`bench/together_bench.py`: the section above's farm and events, with the workers",
-        f"{HOST_SIZE} to a host and {COLOCATED:.0%} of the requests of several boards (which are",
-        f"{MULTI_SHARE:.0%} of all) co-located on one host, half every board, half the first two",
-        "(docs/api.md, co-location). Times in microseconds; the target is a p99 under",
+        f"{HOST_SIZE} to a host and {COLOCATED:.0%} of the set shapes (sets are",
+        f"{MULTI_SHARE:.0%} of the requests) co-located on one host, every board or the first",
+        "two by turns (docs/api.md, co-location); a grouping belongs to a shape, so the",
+        "catalogue has as many entries as there. Times in microseconds; the target is a p99 under",
         f"{TARGET_US / 1000:g} ms, flat across the scales.",
         "",
         *table(results),
@@ -57,14 +58,12 @@ def verdict(results: list[dict[str, object]]) -> list[str]:
         f"{p50(high, 'free'):.0f} us: {flatness(p50(high, 'free') / p50(low, 'free'))}",
         "Where a free event's time goes (cProfile of 1,000 events at 1,000 x 10,000): about a",
         "quarter in peeking at the top of every set bucket the freed board's caps lead to",
-        "(multi_bench's cost; co-location multiplies the buckets, since a bucket is one set",
-        "shape, owner groups and grouping: up to 600 here, fewer at 100 x 1,000 where not",
-        "every combination is queued, so that scale is cheaper), and about a quarter in the",
+        "(multi_bench's cost: one bucket per catalogue entry), and about a quarter in the",
         "expected start of co-located sets, computed when a less important one-board request",
         "could backfill a board kept for one (a few candidates per profile and the boards of",
         "the first four hosts of each group, their free times, and one search over them, the",
         "soonest free first). Neither grows with the number of waiting requests; both grow",
-        "with the distinct set shapes queued, and the candidate walks with the share of",
+        "with the catalogue entries queued, and the candidate walks with the share of",
         "boards kept for other sets. The p99 figures",
         "of 2,000 events on this shared 2-core machine (other sessions' tests and benches ran",
         "beside it) move by several times between runs; the one-board arrive p99 of the same",
@@ -77,11 +76,9 @@ def flatness(growth: float) -> str:
     if growth < 1.5:
         return f"flat ({growth:.1f}x)."
     return (
-        f"not flat ({growth:.1f}x), as the section above's free event is not. Counted"
-        " (Core.index_visits, 300 events, 2026-12-03): the set buckets a freed board peeks"
-        " at grow, 64, 156 and 196 per free event at these scales (more combinations of"
-        " shape, owner groups and grouping are queued), while the worker-index visits are"
-        " 12, 36 and 41 (150 at 10,000 before the walk learnt to leap, workers.py)."
+        f"not flat ({growth:.1f}x); the index visits per free event (last column) say whether"
+        " the indexes handed out more candidates or each cost more (this shared machine's"
+        " load moves single runs by up to 2x)."
     )
 
 

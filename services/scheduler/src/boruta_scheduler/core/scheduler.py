@@ -1287,14 +1287,17 @@ class Core:
         ends: float,
         now: float,
         starts: dict[int, float] | None = None,
+        firsts: dict[str, Request | None] | None = None,
     ) -> Callable[[Worker], bool]:
         """Whether a request of this (priority, id) whose jobs end by ends may take an idle
         worker: it is not reserved, or reserved for this request or a less important one,
         or the job ends before the reserved request could start and no more important
         one-board request waits for it. starts memoizes expected starts by request id while
-        nothing changes. Backfill is a chance, not a search: past BACKFILL_LOOKS expected
+        nothing changes, firsts the best one-board request by worker uuid while the queue
+        does not change. Backfill is a chance, not a search: past BACKFILL_LOOKS expected
         starts worked out, other boards kept for a more important request are not used."""
         known = {} if starts is None else starts
+        bests = {} if firsts is None else firsts
         looks = BACKFILL_LOOKS
 
         def usable(worker: Worker) -> bool:
@@ -1312,7 +1315,11 @@ class Core:
                 return False
             # A backfill keeps the order among the others: the board goes to no request
             # while a more important one-board request that could use it waits.
-            first = self._queue.best_for(worker.items, worker.groups)
+            uuid = worker.uuid
+            if uuid in bests:
+                first = bests[uuid]
+            else:
+                first = bests[uuid] = self._queue.best_for(worker.items, worker.groups)
             return first is None or (first.priority, first.id) >= rank
 
         return usable
@@ -1322,10 +1329,14 @@ class Core:
         return self.policy.job_timeouts(request.job_timeout)[0]
 
     def _usable_for(
-        self, request: Request, now: float, starts: dict[int, float] | None = None
+        self,
+        request: Request,
+        now: float,
+        starts: dict[int, float] | None = None,
+        firsts: dict[str, Request | None] | None = None,
     ) -> Callable[[Worker], bool]:
         ends = now + self._first_timeout(request)
-        return self._usable((request.priority, request.id), ends, now, starts)
+        return self._usable((request.priority, request.id), ends, now, starts, firsts)
 
     def _reserve(self, request: Request, worker: Worker) -> bool:
         """Reserve an idle worker for a waiting request of several profiles if it adds a
@@ -1563,6 +1574,10 @@ class Core:
             return
         request = self._queue.best_for(worker.items, worker.groups)
         starts: dict[int, float] = {}
+        # The queue does not change before this returns: each worker's best one-board
+        # request (what a backfill of it must not overtake) is looked up once, not once
+        # per set that could use the worker.
+        firsts: dict[str, Request | None] = {worker.uuid: request}
         if near := self._queue.multis_near(worker.items, worker.groups):
             best = None if request is None else (request.priority, request.id)
             tops = []
@@ -1581,7 +1596,7 @@ class Core:
             for _, top, bucket in tops:
                 if not bucket.serves(items, groups):
                     continue
-                usable = self._usable_for(top, now, starts)
+                usable = self._usable_for(top, now, starts, firsts)
                 if not usable(worker):
                     continue  # kept for a more important set, which this one cannot backfill
                 # Every request of a bucket asks the same: if its first gets no set, none
@@ -1605,7 +1620,7 @@ class Core:
                 ):
                     starts.clear()  # the expected starts of both requests may move
         if request is not None and (
-            worker.reserved_for is None or self._usable_for(request, now, starts)(worker)
+            worker.reserved_for is None or self._usable_for(request, now, starts, firsts)(worker)
         ):
             self._start_jobs(request, (worker,), now)
 
