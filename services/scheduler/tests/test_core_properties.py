@@ -30,7 +30,8 @@ the core's reads and against a model built only from what ``Core.drain`` handed 
     quarantine; it stays quarantined, FAILED or in MAINTENANCE, until an admin acts; a
     worker leaves FAILED or MAINTENANCE only by an admin's hand, or, FAILED by a heartbeat
     loss while in service, by its dryad's next heartbeat or registration (PREPARE, with a
-    healthcheck issued), which always brings it back;
+    healthcheck issued), which always brings it back; a heartbeat loss needs a timeout of
+    silence since the worker was last heard, a restart or the scheduler's own deafness;
 12. every co-located group of a request sits on one host (dryad address) or in one stack
     when it starts, a host group stays on its host while it runs, a stack group in its
     stack while that lasts (invariant 6 and the invalidation check count only co-located
@@ -611,6 +612,19 @@ class CoreMachine(RuleBasedStateMachine):
 
         self._command(f"restart after {downtime} s", restore, tick=True)
 
+    @rule(deaf=st.sampled_from((10, 60)))
+    def deaf_for(self, deaf: int) -> None:
+        """The scheduler itself heard nothing for a while (held, or its clock stepped):
+        silence counts from then, and the timers due meanwhile fire."""
+        self.now += deaf
+        self.heartbeat_epoch = self.now
+
+        def deaf_then_tick() -> None:
+            self.core.deaf_until(self.now)
+            self.core.tick(self.now)
+
+        self._command(f"deaf for {deaf} s", deaf_then_tick, tick=True)
+
     # ------------------------------------------------------- the drained model
 
     def _absorb(self, changes: Changes) -> None:
@@ -808,6 +822,11 @@ class CoreMachine(RuleBasedStateMachine):
             self.quarantined[uuid] = True
             return
         if new is WorkerState.FAILED:
+            if entry.reason.startswith(HEARTBEAT_LOST) and uuid in self.worker_views:
+                # Only silence the scheduler could have heard fails a worker.
+                seen = self.worker_views[uuid].last_seen
+                heard = max(seen, self.heartbeat_epoch)
+                assert heard + POLICY.heartbeat_timeout <= entry.time, (entry, heard)
             failures = self.failures.setdefault(uuid, [])
             failures.append((entry.time, entry.reason))
             in_service = old in IN_SERVICE
