@@ -215,6 +215,19 @@ def test_an_unreserved_board_is_taken_before_one_kept_for_a_less_important_set()
     assert kit.core.worker("p000").state is WorkerState.IDLE
 
 
+def test_a_set_reserves_a_free_board_before_one_kept_for_a_less_important_set() -> None:
+    """A set that finds no whole set reserves as a one-board request takes: a free board
+    before one kept for a less important set, which keeps its own."""
+    kit = CoreKit(LONGER)
+    kit.add_worker("p000", {"board": "phone"})
+    kit.add_worker("rich", RICH_PHONE)
+    kit.add_worker("r0", {"board": "relay"})
+    [minor] = sets_behind_relay(kit, 1, priority=9)
+    major = kit.core.new_request(kit.now, "M", NOBODY, {}, profiles=PHONE_AND_RELAY, priority=5)
+    assert kit.core.reservation(kit.now, major.id) == (("rich",), kit.now + LONGEST)
+    assert kit.core.reservation(kit.now, minor) == (("p000",), kit.now + LONGEST)
+
+
 def test_a_board_kept_for_a_more_important_set_is_backfilled_past_many() -> None:
     """With many boards kept for more important sets, a job that ends before they could
     start still backfills one of them (the first set it looks at), and no more."""
