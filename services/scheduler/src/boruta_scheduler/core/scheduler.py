@@ -1679,6 +1679,10 @@ class Core:
         be prolonged, past the time that request is expected to start."""
         max_timeout = now + self.policy.max_job_duration
         for worker in workers:
+            # Out of the idle index before their reservations end, so that ending them
+            # moves no board between its parts (IdleWorkers.keep) only to take it out.
+            self._idle.remove(worker)
+        for worker in workers:
             holder = worker.reserved_for
             if holder is None or holder is request:
                 continue

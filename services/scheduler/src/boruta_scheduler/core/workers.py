@@ -92,7 +92,7 @@ class WorkerIndex:
         return self._members.get(worker.uuid) is worker
 
     def __iter__(self) -> Iterator[Worker]:
-        """Members in rank order."""
+        """Members in order."""
         members = self._members
         return (members[place[-1]] for place in self._ranked)
 
