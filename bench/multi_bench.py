@@ -271,7 +271,7 @@ def render(results: list[dict[str, object]], when: str) -> list[str]:
         "workers the indexes handed out per free event (`Core.index_visits`, the mean), the",
         "count test_core_index.py holds flat. p99 figures of 200 set arrivals per scale, and",
         "of the free events, move by several times between runs on this shared machine.",
-        "Until 2026-12-03 10:00 UTC the sets came from 50 shapes with one of the 4 owner group",
+        "Until 2026-12-03 09:30 UTC the sets came from 50 shapes with one of the 4 owner group",
         "sets drawn at random (200 entries), and a random tenth of the requests were sets: the",
         "100 sets of the smallest scale held about half the entries, so a freed board there",
         "peeked at fewer buckets and the free event looked cheaper than at the larger scales",

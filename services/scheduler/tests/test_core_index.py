@@ -270,3 +270,56 @@ def test_a_sets_expected_start_skips_boards_it_cannot_use(shape: str) -> None:
     expected start of a set costs the same in a farm ten times larger."""
     small, large = set_start_on_free(20, shape), set_start_on_free(200, shape)
     assert small == large, (small, large)
+
+
+def test_a_freed_board_looks_up_each_reserved_boards_best_request_once() -> None:
+    """A freed arm board could join many less important sets, each of which could backfill
+    the same idle arm boards kept for more important sets: whether a backfill would pass a
+    more important one-board request is looked up once per kept board, not once per set
+    and board (which made a free event at the smallest benchmark farm cost 2,000 visits)."""
+    kit = CoreKit(POLICY)
+    kept, sets = 10, 12
+    for i in range(kept + 1):
+        kit.add_worker(f"arm{i}", ARM)
+    kit.add_worker("x86", {"arch": "x86"})
+    # The x86 board is busy for long, so the important sets wait for it with an arm board
+    # kept each, and the short jobs of the others could backfill those.
+    kit.core.new_request(kit.now, "owner", frozenset(), {"UUID": "x86"}, job_timeout=3600)
+    busy = kit.core.new_request(kit.now, "owner", frozenset(), {"UUID": f"arm{kept}"})
+    for i in range(kept):
+        kit.core.new_request(
+            kit.now,
+            f"important{i}",
+            frozenset({f"team{i}"}),
+            {},
+            profiles=[("a", ARM), ("b", {"arch": "x86"})],
+            priority=2,
+        )
+    for i in range(sets):
+        # Three arm boards with a feature of its own each: no set can be completed, each
+        # looks at the kept boards.
+        kit.core.new_request(
+            kit.now,
+            f"other{i}",
+            frozenset(),
+            {},
+            profiles=[("a", ARM), ("b", ARM), ("c", {**ARM, "slot": f"s{i}"})],
+            priority=5,
+            job_timeout=60,
+            accept_unsatisfiable=True,
+        )
+    kit.drain()
+    assert sum(1 for w in kit.core.workers() if w.state is WorkerState.IDLE) == kept
+    queue = kit.core._queue
+    looked: list[str] = []
+    best_for = queue.best_for
+
+    def counting(items: frozenset[tuple[str, str]], groups: frozenset[str]) -> object:
+        looked.append(next(v for k, v in items if k == "UUID"))
+        return best_for(items, groups)
+
+    queue.best_for = counting  # type: ignore[method-assign,assignment]
+    kit.core.close_request(kit.now, busy.id)
+    kit.answer_calls()
+    assert looked, "the free event looked up no board's best request: the test proves nothing"
+    assert len(looked) == len(set(looked)), sorted(looked)

@@ -1371,14 +1371,25 @@ class Core:
         ends: float,
         now: float,
         starts: dict[int, float] | None = None,
+        firsts: dict[str, Request | None] | None = None,
     ) -> Usable:
         """Whether a request of this (priority, id) whose jobs end by ends may take an idle
-        worker now (see Usable)."""
+        worker now (see Usable). firsts memoizes the best one-board request by worker uuid
+        while the queue does not change."""
+        bests = {} if firsts is None else firsts
+
+        def first_for(worker: Worker) -> Request | None:
+            uuid = worker.uuid
+            if uuid in bests:
+                return bests[uuid]
+            first = bests[uuid] = self._queue.best_for(worker.items, worker.groups)
+            return first
+
         return Usable(
             rank,
             ends,
             lambda holder: self._reserved_start(holder, now),
-            lambda worker: self._queue.best_for(worker.items, worker.groups),
+            first_for,
             {} if starts is None else starts,
         )
 
@@ -1387,10 +1398,14 @@ class Core:
         return self.policy.job_timeouts(request.job_timeout)[0]
 
     def _usable_for(
-        self, request: Request, now: float, starts: dict[int, float] | None = None
+        self,
+        request: Request,
+        now: float,
+        starts: dict[int, float] | None = None,
+        firsts: dict[str, Request | None] | None = None,
     ) -> Usable:
         ends = now + self._first_timeout(request)
-        return self._usable((request.priority, request.id), ends, now, starts)
+        return self._usable((request.priority, request.id), ends, now, starts, firsts)
 
     def _reserve(self, request: Request, worker: Worker) -> bool:
         """Reserve an idle worker for a waiting request of several profiles if it adds a
@@ -1625,6 +1640,10 @@ class Core:
             return
         request = self._queue.best_for(worker.items, worker.groups)
         starts: dict[int, float] = {}
+        # The queue does not change before this returns: each worker's best one-board
+        # request (what a backfill of it must not overtake) is looked up once, not once
+        # per set that could use the worker.
+        firsts: dict[str, Request | None] = {worker.uuid: request}
         if near := self._queue.multis_near(worker.items, worker.groups):
             best = None if request is None else (request.priority, request.id)
             tops = []
@@ -1643,7 +1662,7 @@ class Core:
             for _, top, bucket in tops:
                 if not bucket.serves(items, groups):
                     continue
-                usable = self._usable_for(top, now, starts)
+                usable = self._usable_for(top, now, starts, firsts)
                 if not usable(worker):
                     continue  # kept for a more important set, which this one cannot backfill
                 # Every request of a bucket asks the same: if its first gets no set, none
@@ -1669,7 +1688,7 @@ class Core:
                 ):
                     starts.clear()  # the expected starts of both requests may move
         if request is not None and (
-            worker.reserved_for is None or self._usable_for(request, now, starts)(worker)
+            worker.reserved_for is None or self._usable_for(request, now, starts, firsts)(worker)
         ):
             self._start_jobs(request, (worker,), now)
 
