@@ -2,7 +2,8 @@
 a board whose dryad was paused past its heartbeat timeout fails and comes back IDLE by
 itself once the dryad resumes, also across a kill -9 of the scheduler and a PostgreSQL
 takeover; the dryad reports its board failed when a local check fails; a board that fails
-too often is quarantined until an admin puts it back."""
+too often is quarantined until an admin puts it back; boards with long failure records
+still list."""
 
 from __future__ import annotations
 
@@ -19,7 +20,12 @@ from access_kit import DryadProcess, dryad_toml
 from boruta.v1 import types_pb2
 from boruta_client import AsyncClient, FailureKind, Worker, WorkerState
 from boruta_dryad.devsshd import DevSshd
+from boruta_scheduler.core import Changes, Policy
+from boruta_scheduler.core.health import KEPT
+from boruta_scheduler.store import SQLiteStore
+from boruta_scheduler.types import WorkerState as ServerWorkerState
 from conftest import start_scheduler
+from core_kit import CoreKit
 from farm_kit import Farm, SchedulerProcess, schedctl_env
 from test_access_e2e import FAST_HEARTBEATS, farm_processes, one_board_dryad, prefix, sshd
 
@@ -262,4 +268,29 @@ async def test_a_board_taken_out_of_service_is_not_reported_by_its_dryad(
     finally:
         await dryad.stop()
         await farm.close()
+        await scheduler.stop(grace=0)
+
+
+async def test_boards_with_long_failure_records_are_listed(tmp_path: Path) -> None:
+    """Every WorkerInfo carries its board's kept failures: a farm that ran long enough to
+    fill them with long reasons must still list in pages a client can receive (gRPC's
+    default limit is 4 MiB a message), all boards, every failure kept."""
+    kit = CoreKit(Policy(quarantine_failures=0))
+    boards = [f"long-{n:03}" for n in range(100)]
+    for uuid in boards:
+        kit.add_worker(uuid, idle=False)
+        for n in range(KEPT):
+            kit.core.set_fail(kit.now, uuid, f"local checks failed {n}: " + "x" * 1000)
+            kit.core.set_state(kit.now, uuid, ServerWorkerState.MAINTENANCE)
+            kit.answer_calls()
+    store = SQLiteStore(tmp_path / "state" / "boruta.db")
+    store.commit(Changes(workers=kit.core.workers()))  # the rows as they end up
+    store.close()
+    scheduler = await start_scheduler(tmp_path)
+    try:
+        async with admin_of(f"127.0.0.1:{scheduler.port}") as admin:
+            listed = await admin.list_workers()
+            assert [w.uuid for w in listed] == boards
+            assert all(len(w.recent_failures) == KEPT for w in listed)
+    finally:
         await scheduler.stop(grace=0)

@@ -13,6 +13,7 @@ import pytest
 from boruta.v1 import requests_pb2, types_pb2, workers_pb2
 from farm_kit import Client, Farm, SchedulerProcess, board
 from google.protobuf.timestamp_pb2 import Timestamp
+from test_together_grpc import PAIR, bench_farm
 
 S = types_pb2
 OPTIONS = ("--heartbeat-interval", "0.2s", "--heartbeat-timeout", "5s")
@@ -158,4 +159,56 @@ async def test_every_acknowledged_request_survives_a_kill_during_a_burst(
     assert all(r.state == S.REQUEST_STATE_WAITING for r in reply.requests)
     # Ids go on from the highest stored one.
     assert (await client.new()).id == max(stored) + 1
+    await farm.close()
+
+
+async def test_co_located_sets_and_their_collateral_survive_a_kill_9(
+    process: SchedulerProcess,
+) -> None:
+    """A stack group running with its stack's other board held, a host group running on
+    one host and one waiting for a host: after kill -9 the same boards are held, the
+    waiting group still waits for one host and gets one, and the collateral goes free when
+    its request ends."""
+    address = process.start()
+    farm = Farm(address)
+    await bench_farm(farm)
+    in_stack = [S.Colocation(placement=S.PLACEMENT_STACK)]
+    on_host = [S.Colocation(profiles=["relay", "dut"], placement=S.PLACEMENT_HOST)]
+    alice, bob, carol = farm.client("alice"), farm.client("bob"), farm.client("carol")
+    stacked = await alice.new(profiles=PAIR, together=in_stack)
+    hosted = await bob.new(profiles=PAIR, together=on_host)
+    waiting = await carol.new(profiles=PAIR, together=on_host)
+    assert [j.worker_uuid for j in stacked.jobs] == ["p1", "r1"]
+    assert [j.worker_uuid for j in hosted.jobs] == ["p2", "r2"]
+    assert waiting.state == S.REQUEST_STATE_WAITING
+
+    async def allocations() -> list[workers_pb2.Allocation]:
+        reply = await farm.admin.workers.ListAllocations(
+            workers_pb2.ListAllocationsRequest(), metadata=farm.admin.metadata
+        )
+        return list(reply.allocations)
+
+    before = await allocations()
+    assert [list(a.collateral) for a in before] == [["psu"], []]
+
+    process.kill()
+    await farm.channel.close()
+    process.start(listen=address)
+    farm.channel = grpc.aio.insecure_channel(address)
+    admin = farm.admin
+    alice, bob, carol = farm.client("alice"), farm.client("bob"), farm.client("carol")
+
+    assert await allocations() == before
+    restored = await carol.info(waiting.id)
+    assert restored.state == S.REQUEST_STATE_WAITING
+    assert list(restored.together) == on_host
+    # The host group that waited gets the freed host, both boards of it.
+    await bob.close(hosted.id)
+    started = await carol.wait_request(waiting.id, S.REQUEST_STATE_IN_PROGRESS)
+    assert [j.worker_uuid for j in started.jobs] == ["p2", "r2"]
+    # The stack's collateral goes free with the request that held it.
+    await alice.close(stacked.id)
+    assert (await admin.worker("psu")).collateral_of == 0
+    assert [a.request_id for a in await allocations()] == [waiting.id]
+    await carol.close(waiting.id)
     await farm.close()

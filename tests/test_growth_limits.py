@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 from boruta.v1 import types_pb2, workers_pb2
+from boruta_client import AsyncClient
 from boruta_scheduler.app.refusals import SUMMARY_INTERVAL
 from boruta_scheduler.core import Policy
 from boruta_scheduler.store import SQLiteStore
@@ -113,6 +114,28 @@ async def test_caps_of_waiting_requests_are_limited_per_user_and_events_stay_sma
     new_requests = [e for e in events if e.action == "NewRequest"]
     assert new_requests and all(len(e.detail) < 400 for e in new_requests)
     assert dict((await bob.info(after.id)).caps) == largest
+
+
+async def test_requests_with_the_largest_caps_are_listed(tmp_path: Path) -> None:
+    """What one user may queue (16 profiles of the largest caps, within the default caps
+    quota) must not stop anyone listing requests: a page of them would pass the 4 MiB a
+    gRPC client accepts, so the scheduler cuts pages shorter."""
+    scheduler = await start_scheduler(tmp_path, Policy())
+    farm = Farm(f"127.0.0.1:{scheduler.port}")
+    suffix = uuid.uuid4().hex[:8]
+    alice = farm.client(f"alice-{suffix}")
+    largest = {f"k{i:02d}": f"{i:02d}".ljust(256, "v") for i in range(32)}
+    profiles = [types_pb2.Profile(name=f"p{n}", caps=largest) for n in range(16)]
+    made = [(await alice.new(profiles=profiles, accept_unsatisfiable=True)).id for _ in range(40)]
+    admin = AsyncClient(farm.address, user="root", admin=True)
+    try:
+        listed = await admin.list_requests(owners=[f"alice-{suffix}"])
+    finally:
+        await admin.close()
+        await farm.close()
+        await scheduler.stop(grace=0)
+    assert [r.id for r in listed] == made
+    assert all(len(r.profiles) == 16 for r in listed)
 
 
 PEM_BEGIN = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----")

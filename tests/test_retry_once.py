@@ -101,6 +101,12 @@ async def test_issue_token_retried_after_its_answer_was_lost_issues_one_token(fa
         # The retry's secret is the token's: the scheduler takes it for ci-bot.
         scheduler: Scheduler = farm.scheduler  # type: ignore[attr-defined]
         assert scheduler.tokens.identify(token.secret).user == "ci-bot"
+        # The audit log tells the issue from the retry that handed its secret out again.
+        events = [e for e in await direct.audit_events() if e.target == f"token {token.token.id}"]
+        assert [e.detail for e in reversed(events)] == [
+            "for user ci-bot",
+            "for user ci-bot; a retry: the same token and secret handed out again",
+        ]
         await client.close()
     await direct.close()
 
@@ -133,3 +139,32 @@ async def test_stack_calls_retried_after_their_answers_were_lost_succeed(farm: F
             await client.delete_stack("bench")
         await client.close()
     await direct.close()
+
+
+async def lose_first_refusal(proxy: DroppingProxy, call: Awaitable[T]) -> T:
+    """Make call through proxy, losing the scheduler's first answer (a refusal that changed
+    nothing) once it has come; returns what the client's retry answered."""
+    proxy.hold()
+    task = asyncio.ensure_future(call)
+
+    async def answered() -> bool:
+        return proxy.held > 0
+
+    await until(answered, "the first attempt was answered")
+    proxy.drop()
+    return await task
+
+
+async def test_a_mistyped_name_stays_not_found_when_its_answer_was_lost(farm: Farm) -> None:
+    """A retry's NOT_FOUND is taken as done only if the first attempt did remove the
+    worker or stack (its event is in the audit log); a name nobody removed stays an error."""
+    await farm.add_dryad([board("typo-1")], idle=False)
+    async with dropping_proxy(farm.address) as proxy:
+        client = AsyncClient(proxy.address, user="root", admin=True)
+        await client.whoami()
+        with pytest.raises(WorkerNotFound):
+            await lose_first_refusal(proxy, client.deregister_worker("typo-2"))
+        with pytest.raises(NotFound):
+            await lose_first_refusal(proxy, client.delete_stack("no-such-bench"))
+        assert "typo-1" in {w.uuid for w in await client.list_workers()}
+        await client.close()

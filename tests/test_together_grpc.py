@@ -82,15 +82,21 @@ async def test_bad_groups_and_impossible_sets_are_refused_saying_what_to_fix(far
     ).requests
 
 
-async def test_a_stack_group_holds_the_rest_of_the_stack_and_no_wait_is_busy(farm: Farm) -> None:
+async def bench_farm(farm: Farm) -> None:
+    """Three dryads: p1 and psu on one, r1 on the next, the stack "bench" of p1, r1 and psu
+    across them; p2 and r2 together on the third."""
     await farm.add_dryad([board("p1", board="phone"), board("psu", board="psu")])
     await farm.add_dryad([board("r1", board="relay")])
     await farm.add_dryad([board("p2", board="phone"), board("r2", board="relay")])
-    admin = farm.admin
-    await admin.workers.CreateStack(
+    await farm.admin.workers.CreateStack(
         workers_pb2.CreateStackRequest(name="bench", worker_uuids=["p1", "r1", "psu"]),
-        metadata=admin.metadata,
+        metadata=farm.admin.metadata,
     )
+
+
+async def test_a_stack_group_holds_the_rest_of_the_stack_and_no_wait_is_busy(farm: Farm) -> None:
+    await bench_farm(farm)
+    admin = farm.admin
     alice, bob = farm.client("alice"), farm.client("bob")
     stacked = [S.Colocation(placement=S.PLACEMENT_STACK)]
     first = await new(alice, stacked)

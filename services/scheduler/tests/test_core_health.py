@@ -54,6 +54,15 @@ def test_failure_rate_is_per_day_over_the_last_week() -> None:
     assert health.failures_per_day(Health(), now, T0) == 0.0
 
 
+def test_failure_rate_of_a_board_failing_faster_than_its_record_keeps() -> None:
+    """A board that failed every 10 minutes for a week keeps only its latest 64 failures;
+    its rate is worked out over the time they span, not understated over the week."""
+    now = T0 + 30 * health.DAY
+    record = Health(tuple(fail(now - n * 600.0) for n in reversed(range(7 * 144))))
+    record = Health(record.failures[-health.KEPT :])
+    assert health.failures_per_day(record, now, T0) == pytest.approx(144, rel=0.03)
+
+
 times = st.lists(st.floats(0, 10_000, allow_nan=False), max_size=80).map(sorted)
 
 
@@ -222,3 +231,87 @@ def test_health_survives_a_restart_and_recovery_follows_it(kit: CoreKit) -> None
     core.heartbeat(kit.now + 6, "w2")
     assert core.worker("w1").state is WorkerState.PREPARE
     assert core.worker("w2").state is WorkerState.FAILED
+
+
+def quarantine_by_hand(kit: CoreKit, uuid: str) -> None:
+    """Fail the worker until it is quarantined, an admin putting it back after each."""
+    while not kit.core.worker(uuid).health.quarantined:
+        kit.core.set_fail(kit.now, uuid, "camera gone")
+        if not kit.core.worker(uuid).health.quarantined:
+            kit.core.set_state(kit.now, uuid, WorkerState.IDLE)
+            kit.answer_calls()
+        kit.advance(60)
+
+
+def test_a_quarantined_board_whose_dryad_goes_silent_stays_quarantined(kit: CoreKit) -> None:
+    """Its heartbeat loss is no admin's decision: the flag (and the alert) stays until one."""
+    kit.add_worker("w1")
+    quarantine_by_hand(kit, "w1")
+    kit.silent.add("w1")
+    kit.advance(kit.core.policy.heartbeat_timeout + 1)
+    w = kit.core.worker("w1")
+    assert w.state is WorkerState.FAILED
+    assert w.health.quarantined and not w.health.recoverable
+    # Heard again, it stays out, still quarantined.
+    kit.silent.discard("w1")
+    kit.advance(60)
+    w = kit.core.worker("w1")
+    assert w.state is WorkerState.FAILED and w.health.quarantined
+    kit.core.set_state(kit.now, "w1", WorkerState.IDLE)
+    kit.answer_calls()
+    w = kit.core.worker("w1")
+    assert w.state is WorkerState.IDLE and not w.health.quarantined
+
+
+def test_a_board_an_admin_takes_out_of_quarantine_starts_afresh(kit: CoreKit) -> None:
+    """The failures that quarantined it were looked at: the next one alone, within the
+    same window, must not quarantine it again at once."""
+    kit.add_worker("w1")
+    quarantine_by_hand(kit, "w1")
+    kit.core.set_state(kit.now, "w1", WorkerState.IDLE, "cable replaced")
+    kit.answer_calls()
+    kit.advance(60)
+    kit.core.set_fail(kit.now, "w1", "camera gone")
+    w = kit.core.worker("w1")
+    assert w.state is WorkerState.FAILED and not w.health.quarantined
+    # Enough failures after the admin's return quarantine it again.
+    quarantine_by_hand(kit, "w1")
+    assert kit.core.worker("w1").state is WorkerState.MAINTENANCE
+
+
+def test_a_fresh_start_survives_a_restart(kit: CoreKit) -> None:
+    kit.add_worker("w1")
+    quarantine_by_hand(kit, "w1")
+    kit.core.set_state(kit.now, "w1", WorkerState.IDLE)
+    kit.answer_calls()
+    views = kit.core.workers()
+    core = Core.restore(Snapshot([], views, 0), kit.now + 5, kit.core.policy)
+    assert core.worker("w1").health == views[0].health
+    core.set_fail(kit.now + 6, "w1", "camera gone")
+    assert not core.worker("w1").health.quarantined
+
+
+def test_heartbeat_losses_do_not_quarantine(kit: CoreKit) -> None:
+    """A network blip loses every board's heartbeats at once, and the board comes back by
+    itself: losses are kept and shown, but only a board's own failures quarantine it."""
+    kit.add_worker("w1")
+    for _ in range(kit.core.policy.quarantine_failures + 1):
+        kit.silent.add("w1")
+        kit.advance(kit.core.policy.heartbeat_timeout + 1)
+        assert kit.core.worker("w1").state is WorkerState.FAILED
+        kit.silent.discard("w1")
+        kit.advance(1)
+        kit.answer_calls()
+        assert kit.core.worker("w1").state is WorkerState.IDLE
+    kit.core.set_fail(kit.now, "w1", "camera gone")
+    w = kit.core.worker("w1")
+    assert w.state is WorkerState.FAILED and not w.health.quarantined
+    kinds = [f.kind for f in w.health.failures]
+    assert kinds == [FailureKind.HEARTBEAT] * 4 + [FailureKind.REPORTED]
+
+
+def test_quarantine_failures_beyond_the_record_are_refused() -> None:
+    """A count the record cannot hold would quietly never quarantine."""
+    Policy(quarantine_failures=health.KEPT)
+    with pytest.raises(ValueError, match=f"quarantine_failures must be at most {health.KEPT}"):
+        Policy(quarantine_failures=health.KEPT + 1)

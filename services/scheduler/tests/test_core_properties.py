@@ -25,10 +25,13 @@ the core's reads and against a model built only from what ``Core.drain`` handed 
 10. pending reasons agree with a brute-force count of the queue and with the farm;
 11. board health: every failure is kept in the worker's record (time and reason, the
     latest 64); a worker in service that fails for the K-th time within the window is
-    quarantined (MAINTENANCE, "quarantined: ...") in the same command, and only then; a
+    quarantined (MAINTENANCE, "quarantined: ...") in the same command, and only then,
+    counting neither heartbeat losses nor failures before an admin last ended its
+    quarantine; it stays quarantined, FAILED or in MAINTENANCE, until an admin acts; a
     worker leaves FAILED or MAINTENANCE only by an admin's hand, or, FAILED by a heartbeat
     loss while in service, by its dryad's next heartbeat or registration (PREPARE, with a
-    healthcheck issued), which always brings it back;
+    healthcheck issued), which always brings it back; a heartbeat loss needs a timeout of
+    silence since the worker was last heard, a restart or the scheduler's own deafness;
 12. every co-located group of a request sits on one host (dryad address) or in one stack
     when it starts, a host group stays on its host while it runs, a stack group in its
     stack while that lasts (invariant 6 and the invalidation check count only co-located
@@ -61,7 +64,6 @@ from boruta_scheduler.types import (
     OPEN_GROUP,
     Access,
     Colocation,
-    FailureKind,
     HistoryEntry,
     JobUsage,
     PendingCode,
@@ -222,9 +224,12 @@ class CoreMachine(RuleBasedStateMachine):
         # The stack each stack group of a running request started in, by request.
         self.started_in: dict[int, list[tuple[list[int], StackView]]] = {}
         # Health as the history tells it: each worker's failure times and reasons, and
-        # whether its last failure was a heartbeat loss while in service.
+        # whether its last failure was a heartbeat loss while in service, whether it is
+        # quarantined, and since when its failures count towards quarantine.
         self.failures: dict[str, list[tuple[float, str]]] = {}
         self.recoverable: dict[str, bool] = {}
+        self.quarantined: dict[str, bool] = {}
+        self.counted_from: dict[str, float] = {}
         self.what = ""  # the command running
 
     # ------------------------------------------------------------ the driver
@@ -607,6 +612,19 @@ class CoreMachine(RuleBasedStateMachine):
 
         self._command(f"restart after {downtime} s", restore, tick=True)
 
+    @rule(deaf=st.sampled_from((10, 60)))
+    def deaf_for(self, deaf: int) -> None:
+        """The scheduler itself heard nothing for a while (held, or its clock stepped):
+        silence counts from then, and the timers due meanwhile fire."""
+        self.now += deaf
+        self.heartbeat_epoch = self.now
+
+        def deaf_then_tick() -> None:
+            self.core.deaf_until(self.now)
+            self.core.tick(self.now)
+
+        self._command(f"deaf for {deaf} s", deaf_then_tick, tick=True)
+
     # ------------------------------------------------------- the drained model
 
     def _absorb(self, changes: Changes) -> None:
@@ -627,6 +645,8 @@ class CoreMachine(RuleBasedStateMachine):
             del self.history_state[gone.uuid]
             self.failures.pop(gone.uuid, None)
             self.recoverable.pop(gone.uuid, None)
+            self.quarantined.pop(gone.uuid, None)
+            self.counted_from.pop(gone.uuid, None)
         quarantine_due: set[str] = set()
         for entry in changes.history:
             # Histories chain: each entry starts where the last one of that worker ended.
@@ -645,10 +665,13 @@ class CoreMachine(RuleBasedStateMachine):
             kept = [(f.time, f.reason) for f in view.health.failures]
             assert kept == self.failures.get(uuid, [])[-KEPT:], (uuid, view.health)
             assert view.health.recoverable == self.recoverable.get(uuid, False), view
-            quarantined = view.state is WorkerState.MAINTENANCE and view.reason.startswith(
-                QUARANTINED
-            )
-            assert view.health.quarantined == quarantined, view
+            if view.state is WorkerState.MAINTENANCE and view.reason.startswith(QUARANTINED):
+                assert view.health.quarantined, view
+            # Only an admin ends a quarantine, whatever befalls the board meanwhile.
+            assert view.health.quarantined == self.quarantined.get(uuid, False), view
+            if view.health.quarantined:
+                assert view.state in (WorkerState.MAINTENANCE, WorkerState.FAILED), view
+            assert view.health.counted_from == self.counted_from.get(uuid, 0.0), view
         self._check_usage(changes, dict(self.requests), drained_workers)
         matched: list[RequestView] = []
         for view in changes.requests:
@@ -796,13 +819,22 @@ class CoreMachine(RuleBasedStateMachine):
             assert entry.reason.startswith(QUARANTINED), entry
             quarantine_due.discard(uuid)
             self.recoverable[uuid] = False
+            self.quarantined[uuid] = True
             return
         if new is WorkerState.FAILED:
+            if entry.reason.startswith(HEARTBEAT_LOST) and uuid in self.worker_views:
+                # Only silence the scheduler could have heard fails a worker.
+                seen = self.worker_views[uuid].last_seen
+                heard = max(seen, self.heartbeat_epoch)
+                assert heard + POLICY.heartbeat_timeout <= entry.time, (entry, heard)
             failures = self.failures.setdefault(uuid, [])
             failures.append((entry.time, entry.reason))
             in_service = old in IN_SERVICE
             self.recoverable[uuid] = in_service and entry.reason.startswith(HEARTBEAT_LOST)
-            window = [t for t, _ in failures if t >= self.now - POLICY.quarantine_window]
+            # Heartbeat losses do not count, nor failures before an admin's end of the
+            # last quarantine.
+            since = max(self.now - POLICY.quarantine_window, self.counted_from.get(uuid, 0.0))
+            window = [t for t, why in failures if t >= since and not why.startswith(HEARTBEAT_LOST)]
             if in_service and len(window) >= POLICY.quarantine_failures:
                 quarantine_due.add(uuid)
             return
@@ -817,6 +849,9 @@ class CoreMachine(RuleBasedStateMachine):
                 ), f"{uuid} recovers without a healthcheck"
             else:
                 assert admin, f"{uuid} left {old} by itself: {entry}"
+        if new not in (WorkerState.FAILED, WorkerState.MAINTENANCE) and self.quarantined.get(uuid):
+            self.quarantined[uuid] = False
+            self.counted_from[uuid] = entry.time
         self.recoverable[uuid] = False
 
     # ------------------------------------------------------------ invariants
@@ -892,10 +927,7 @@ class CoreMachine(RuleBasedStateMachine):
             assert (worker.state is WorkerState.IDLE) == (worker.prepared is not None), worker
             # Heartbeat timers fire on time. (A command may arm one that is already due,
             # e.g. putting a long silent worker back into service; the next tick fires it.)
-            # A worker quarantined for its silence stays in MAINTENANCE, silent or not.
-            failures = worker.health.failures
-            silenced = worker.health.quarantined and failures[-1].kind is FailureKind.HEARTBEAT
-            if ticked and worker.state is not WorkerState.FAILED and not silenced:
+            if ticked and worker.state is not WorkerState.FAILED:
                 heard = max(worker.last_seen, self.heartbeat_epoch)
                 assert heard + POLICY.heartbeat_timeout > now, worker
 

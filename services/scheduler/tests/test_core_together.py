@@ -144,7 +144,7 @@ def test_two_groups_each_find_their_own_host(kit: CoreKit) -> None:
             (Colocation(("dut", "relay"), Placement.HOST), Colocation((), Placement.STACK)),
             "in one group at most",
         ),
-        ((Colocation(("dut", "dut"), Placement.HOST),), "in one group at most"),
+        ((Colocation(("dut", "dut"), Placement.HOST),), "group 0 names profile 'dut' twice"),
         ((Colocation((), Placement.HOST),), None),
     ],
 )

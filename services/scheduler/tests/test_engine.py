@@ -206,7 +206,10 @@ async def test_silence_during_an_outage_fails_no_worker() -> None:
     store = FillingStore()
     store.gate.set()
     policy = Policy(heartbeat_timeout=30)
-    engine = Engine(Core(policy), store, Dryads(), clock=lambda: clock[0])
+    # Time passes (both clocks move), unlike a step of the wall clock.
+    engine = Engine(
+        Core(policy), store, Dryads(), clock=lambda: clock[0], monotonic=lambda: clock[0]
+    )
     engine.start()
     caps = {"UUID": "w1"}
     await engine.execute(lambda c, t: c.register(t, caps, "127.0.0.1:1", "127.0.0.1:2"))
@@ -223,6 +226,54 @@ async def test_silence_during_an_outage_fails_no_worker() -> None:
     worker = await engine.execute(lambda c, t: c.worker("w1"))
     assert worker.state is WorkerState.FAILED
     await engine.stop()
+
+
+async def silent_while_deaf(wall: float, steady: float) -> tuple[WorkerState, WorkerState]:
+    """w1's state after the wall clock moved by wall and the monotonic clock by steady while
+    the engine, idle, heard nothing (not even its own timer), and after a true silence of a
+    heartbeat timeout that follows."""
+    policy = Policy(heartbeat_timeout=30)
+    clock, mono = [1_700_000_000.0], [1_000.0]
+    engine = Engine(
+        Core(policy), MemoryStore(), Dryads(), clock=lambda: clock[0], monotonic=lambda: mono[0]
+    )
+    engine.start()
+    caps = {"UUID": "w1"}
+    await engine.execute(lambda c, t: c.register(t, caps, "127.0.0.1:1", "127.0.0.1:2"))
+    await asyncio.sleep(0)  # the engine idles, its heartbeat timer armed
+    clock[0] += wall
+    mono[0] += steady
+    deaf = await engine.execute(lambda c, t: c.worker("w1"))
+    clock[0] += policy.heartbeat_timeout + 1
+    mono[0] += policy.heartbeat_timeout + 1
+    later = await engine.execute(lambda c, t: c.worker("w1"))
+    await engine.stop()
+    return deaf.state, later.state
+
+
+async def test_a_forward_step_of_the_clock_is_no_silence_of_the_dryads() -> None:
+    """NTP stepping the clock, or a host resumed from suspend, moves the wall clock past
+    every heartbeat timeout at once: the scheduler heard nothing meanwhile, so it counts the
+    dryads' silence from then on, as after a restart (every running job failed before)."""
+    assert await silent_while_deaf(wall=300, steady=0) == (
+        WorkerState.MAINTENANCE,
+        WorkerState.FAILED,
+    )
+
+
+async def test_a_stall_of_the_scheduler_is_no_silence_of_the_dryads() -> None:
+    """The process paused (SIGSTOP, a frozen VM) well past its own timer: the same."""
+    assert await silent_while_deaf(wall=300, steady=300) == (
+        WorkerState.MAINTENANCE,
+        WorkerState.FAILED,
+    )
+
+
+async def test_the_dryads_silence_counts_when_the_scheduler_was_listening() -> None:
+    assert await silent_while_deaf(wall=31, steady=31) == (
+        WorkerState.FAILED,
+        WorkerState.FAILED,
+    )
 
 
 async def test_heartbeats_cost_no_commit_each_and_are_stored_in_batches() -> None:

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from boruta_scheduler.core import Changes, Core, Policy, Snapshot
+from boruta_scheduler.core import Changes, Core, DryadCallKind, Policy, Snapshot
+from boruta_scheduler.core.health import KEPT
 from boruta_scheduler.core.idempotency import Idempotency
 from boruta_scheduler.errors import InvalidArgument, StoreUnavailable
 from boruta_scheduler.listing import RequestQuery, RequestSort
@@ -289,6 +290,66 @@ def test_health_survives_a_restart(store: Store) -> None:
     restored = Core.restore(loaded(store), kit.now, kit.core.policy)
     restored.heartbeat(kit.now + 1, "w2")
     assert restored.worker("w2").state is WorkerState.PREPARE
+
+
+def test_a_board_taken_out_of_quarantine_is_stored_as_starting_afresh(store: Store) -> None:
+    kit = CoreKit(Policy(quarantine_failures=2))
+    kit.add_worker("w1")
+    for _ in range(2):
+        kit.core.set_fail(kit.now, "w1", "camera gone")
+        kit.core.set_state(kit.now, "w1", WorkerState.IDLE)
+        kit.answer_calls()
+    commit_all(store, kit)
+    (stored,) = loaded(store).workers
+    assert stored.health == kit.core.worker("w1").health
+    assert stored.health.counted_from == kit.now and not stored.health.quarantined
+
+
+def as_before_health(store: Store, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    """The store closed with its health records emptied, as migration 0015 left those of a
+    store it upgraded, its version set back to 16, and opened again, as an upgrade would."""
+    if isinstance(store, SQLiteStore):
+        store._writer.execute("UPDATE workers SET health = '{}'")
+        store._writer.execute("PRAGMA user_version=16")
+        store.close()
+        return SQLiteStore(tmp_path / "b.db")
+    assert isinstance(store, PostgreSQLStore)
+    with store._transaction(fenced=False) as conn:
+        conn.execute("UPDATE workers SET health = '{}'")
+        conn.execute("UPDATE schema_version SET version = 16")
+    store.close()
+    return PostgreSQLStore(request.getfixturevalue("postgres_url"))
+
+
+def test_an_upgrade_rebuilds_health_records_from_the_history(
+    sql_store: Store, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Boards that failed before the scheduler kept health records show those failures
+    after the upgrade (their latest 64, kinds told by their reasons), not none."""
+    kit = CoreKit(Policy(quarantine_failures=0))
+    for uuid in ("w1", "w2", "w3", "w4"):
+        kit.add_worker(uuid)
+    for n in range(KEPT + 2):
+        kit.core.set_fail(kit.now + n, "w1", f"camera gone {n}")
+        kit.core.set_state(kit.now + n, "w1", WorkerState.IDLE)
+        kit.answer_calls()
+    kit.silent.add("w2")
+    kit.core.set_state(kit.now, "w3", WorkerState.MAINTENANCE)
+    kit.answer_calls(fail=DryadCallKind.PUT_IN_MAINTENANCE)
+    kit.advance(kit.core.policy.heartbeat_timeout + 1)
+    commit_all(sql_store, kit)
+    store = as_before_health(sql_store, request, tmp_path)
+    try:
+        workers = {w.uuid: w for w in loaded(store).workers}
+    finally:
+        store.close()
+    for uuid in ("w1", "w2", "w3"):
+        kept = kit.core.worker(uuid).health.failures
+        assert workers[uuid].health == Health(kept), uuid
+    assert [f.kind for f in workers["w2"].health.failures] == [FailureKind.HEARTBEAT]
+    assert [f.kind for f in workers["w3"].health.failures] == [FailureKind.DRYAD_CALL]
+    assert len(workers["w1"].health.failures) == KEPT
+    assert workers["w4"].health == Health()
 
 
 # Columns added after schema version 4.

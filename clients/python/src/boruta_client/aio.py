@@ -89,6 +89,11 @@ T = TypeVar("T")
 Ask = TypeVar("Ask")
 Reply = TypeVar("Reply")
 PAGE_SIZE = 500
+# How far a retried Deregister or DeleteStack looks back in the audit log for its first
+# attempt's event: the scheduler's clock may differ from ours by this much, and a busy
+# farm's log is read no further than this many events.
+AUDIT_CLOCK_SLACK = 300.0
+AUDIT_LOOKS = 10_000
 # AcquireWorker is called in slices so that a dead connection is noticed and the caller's
 # progress callback runs between them.
 ACQUIRE_SLICE = 30.0
@@ -322,19 +327,49 @@ class AsyncClient(ClientBase):
             raise await self._failure(error) from None
 
     async def _call_or_done(
-        self, pick: Pick[Ask, Reply], message: Ask, done: type[BorutaError]
+        self,
+        pick: Pick[Ask, Reply],
+        message: Ask,
+        done: type[BorutaError],
+        audited: tuple[str, str] | None = None,
     ) -> Reply | BorutaError:
         """Make the call; a failure of type done met only by a retry after a lost
         connection is returned rather than raised: the first attempt may have done what
-        was asked, its answer lost (docs/api.md, "Calls safe to retry")."""
+        was asked, its answer lost (docs/api.md, "Calls safe to retry"). With audited (an
+        action and its target), only if the audit log has that event since the call began:
+        else the first attempt did nothing either, and the failure is raised."""
         retried: list[grpc.RpcError] = []
+        began = time.time()
         try:
             return await self._invoke(pick, message, retried=retried)
         except grpc.RpcError as error:
             failure = await self._failure(error)
-            if retried and isinstance(failure, done):
+            if (
+                retried
+                and isinstance(failure, done)
+                and (audited is None or await self._audited(*audited, since=began))
+            ):
                 return failure
             raise failure from None
+
+    async def _audited(self, action: str, target: str, *, since: float) -> bool:
+        """Whether the audit log has an event of action on target at or after since (this
+        machine's clock, AUDIT_CLOCK_SLACK allowed for the scheduler's), among its latest
+        AUDIT_LOOKS events."""
+        message = audit_pb2.ListAuditEventsRequest(page_size=1000)
+        looked = 0
+        while looked < AUDIT_LOOKS:
+            reply = await self._call(lambda s: s.audit.ListAuditEvents, message)
+            for event in reply.events:
+                if event.action == action and event.target == target:
+                    return True
+                if event.time.ToNanoseconds() / 1e9 < since - AUDIT_CLOCK_SLACK:
+                    return False
+            looked += len(reply.events)
+            if not reply.next_page_token:
+                return False
+            message.page_token = reply.next_page_token
+        return False
 
     async def _pages(
         self,
@@ -763,11 +798,16 @@ class AsyncClient(ClientBase):
     async def deregister_worker(self, uuid: str) -> None:
         """Remove a worker in MAINTENANCE or FAILED. Admins only.
 
-        A call retried after its connection dropped takes NOT_FOUND as done: the first
-        attempt may have removed the worker, its answer lost. So a mistyped UUID raises
-        WorkerNotFound, except in that rare case, where it returns as if removed."""
+        A call retried after its connection dropped takes NOT_FOUND as done if the audit
+        log shows the worker deregistered since the call began (the first attempt did it,
+        its answer lost); a mistyped UUID raises WorkerNotFound either way."""
         message = workers_pb2.DeregisterRequest(worker_uuid=uuid)
-        await self._call_or_done(lambda s: s.workers.Deregister, message, WorkerNotFound)
+        await self._call_or_done(
+            lambda s: s.workers.Deregister,
+            message,
+            WorkerNotFound,
+            ("Deregister", f"worker {uuid}"),
+        )
 
     async def create_stack(self, name: str, worker_uuids: Iterable[str]) -> Stack:
         """Name two or more registered workers wired together, none in another stack. Admins
@@ -798,10 +838,12 @@ class AsyncClient(ClientBase):
 
     async def delete_stack(self, name: str) -> None:
         """Forget a stack; its collateral is free at once. Admins only. A retry after a
-        dropped connection takes NOT_FOUND as done, as deregister_worker does (so a
-        mistyped name passes silently in that rare case)."""
+        dropped connection takes NOT_FOUND as done only if the audit log shows the stack
+        deleted since the call began, as deregister_worker does."""
         message = workers_pb2.DeleteStackRequest(name=name)
-        await self._call_or_done(lambda s: s.workers.DeleteStack, message, NotFound)
+        await self._call_or_done(
+            lambda s: s.workers.DeleteStack, message, NotFound, ("DeleteStack", f"stack {name}")
+        )
 
     async def watch_workers(
         self,

@@ -239,7 +239,8 @@ _OPTIONS = [
         "quarantine_failures",
         "policy",
         "int",
-        "failures within quarantine_window that put a board into MAINTENANCE (0: never)",
+        "failures within quarantine_window, heartbeat losses aside, that put a board into "
+        "MAINTENANCE (0: never; at most 64)",
     ),
     _Option(
         "quarantine_window",

@@ -254,11 +254,14 @@ class Health:
     """A worker's latest failures (oldest first, at most health.KEPT of them) and what
     they led to: quarantined, put into MAINTENANCE by the scheduler after too many;
     recoverable, FAILED only because its heartbeats stopped while it was in service, so it
-    goes back into service once its dryad is heard again and a healthcheck passes."""
+    goes back into service once its dryad is heard again and a healthcheck passes;
+    counted_from, when an admin last took it out of quarantine: failures before it no longer
+    count towards another."""
 
     failures: tuple[Failure, ...] = ()
     quarantined: bool = False
     recoverable: bool = False
+    counted_from: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -499,7 +499,9 @@ class ListRequestsResponse(_message.Message):
     """Token to fetch the next page; empty on the last page."""
     @_builtins.property
     def requests(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.RequestInfo]:
-        """Requests of this page, in order."""
+        """Requests of this page, in order. A page ends early once its requests pass 2 MiB, so
+        it may hold fewer than page_size with more to come.
+        """
 
     def __init__(
         self,

@@ -800,12 +800,15 @@ class WorkerInfo(_message.Message):
     """
     failures_per_day: _builtins.float
     """Failures per day over the last 7 days, or over the worker's life if shorter (counted
-    as at least one day).
+    as at least one day); over the time the kept failures span if more failed meanwhile
+    than the scheduler keeps.
     """
     quarantined: _builtins.bool
     """Whether the scheduler quarantined the worker: it failed too often within a short time
-    (the scheduler's quarantine_failures within quarantine_window) and is in MAINTENANCE,
-    with a reason that starts "quarantined: ", until an admin sets it IDLE.
+    (the scheduler's quarantine_failures within quarantine_window, heartbeat losses not
+    counted) and is in MAINTENANCE, with a reason that starts "quarantined: ", until an
+    admin sets it IDLE or MAINTENANCE; FAILED, and still quarantined, if its dryad went
+    silent meanwhile.
     """
     @_builtins.property
     def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:

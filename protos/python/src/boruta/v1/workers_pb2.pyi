@@ -169,7 +169,9 @@ class ListWorkersResponse(_message.Message):
     """Token to fetch the next page; empty on the last page."""
     @_builtins.property
     def workers(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.WorkerInfo]:
-        """Workers of this page, in order."""
+        """Workers of this page, in order. A page ends early once its workers pass 2 MiB (each
+        carries its recent failures), so it may hold fewer than page_size with more to come.
+        """
 
     def __init__(
         self,

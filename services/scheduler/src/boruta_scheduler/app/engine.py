@@ -66,6 +66,11 @@ MAX_UNPUBLISHED = 1000
 AUDIT_RIDE = 1.0
 # How often heartbeats' last-seen times are stored at most, in seconds.
 LAST_SEEN_FLUSH = 60.0  # and tunnel ports, if no batch commits meanwhile
+# The engine heard nothing for longer than this without knowing it: its wall clock stepped
+# forward (NTP, a host resumed from suspend) or its process was held (SIGSTOP, a frozen VM)
+# past the time it meant to run. The dryads' silence is then counted from after it, as
+# after a restart, rather than failing every board (and job) at once.
+DEAF_AFTER = 5.0
 
 
 class Publisher(Protocol):
@@ -90,6 +95,7 @@ class Engine:
         clock: Callable[[], float] = time.time,
         tunnels: TunnelKeeper | None = None,
         *,
+        monotonic: Callable[[], float] = time.monotonic,
         retention: float = 0.0,
         usage_retention: float = 0.0,
         upkeep_interval: float = UPKEEP_INTERVAL,
@@ -103,6 +109,11 @@ class Engine:
         self._effects = Effects(dryads, tunnels, self)
         self._waiters = AcquireWaiters(self, tunnels_used=tunnels is not None)
         self._clock = clock
+        self._monotonic = monotonic
+        # The clocks at the last batch, and (monotonic) when the engine meant to run next
+        # at the latest: see DEAF_AFTER.
+        self._last_clocks: tuple[float, float] | None = None
+        self._expected_by: float | None = None
         self._pending: deque[Pending[Any]] = deque()
         self._wakeup = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
@@ -341,6 +352,13 @@ class Engine:
         current: Pending[Any] | None = None
         self._applying = True
         try:
+            deaf = self._deaf_for(now)
+            if deaf > DEAF_AFTER:
+                log.warning(
+                    "heard nothing while the clock moved on; counting heartbeats from now",
+                    extra={"seconds": round(deaf, 1)},
+                )
+                core.deaf_until(now)
             core.tick(now)
             for _ in range(count):
                 current = self._pending.popleft()
@@ -356,6 +374,7 @@ class Engine:
             return
         finally:
             self._applying = False
+        self._expect_next(now)
         self.batches += 1
         self.commands += count
         changes = core.drain()
@@ -363,6 +382,29 @@ class Engine:
         self._audit = []
         stored, carried = self._with_carried(changes, self._to_store(changes, now), now)
         self._finish_batch(changes, done, carried, stored)
+
+    def _deaf_for(self, now: float) -> float:
+        """How long before now the engine heard nothing without meaning to: how far the wall
+        clock moved beyond the monotonic one since the last batch, or how late this batch
+        runs after the time the engine meant to run by."""
+        steady = self._monotonic()
+        deaf = 0.0
+        if self._last_clocks is not None:
+            wall, last_steady = self._last_clocks
+            deaf = (now - wall) - (steady - last_steady)
+        if self._expected_by is not None:
+            deaf = max(deaf, steady - self._expected_by)
+        self._last_clocks = (now, steady)
+        return deaf
+
+    def _expect_next(self, now: float) -> None:
+        """Note when the next batch is due at the latest: at once while commands wait,
+        else at the core's next timer."""
+        steady = self._monotonic()
+        due = None if self._pending else self._next_due()
+        self._expected_by = steady if self._pending else None
+        if due is not None:
+            self._expected_by = steady + max(0.0, due - now)
 
     def _with_carried(
         self, changes: Changes, stored: Changes | None, now: float, *, flush: bool = False

@@ -127,6 +127,7 @@ class TokenAuthority:
             raise InvalidArgument("ttl must be more than 0 and at most 3650 days")
         raw = secrets.token_bytes(SECRET_BYTES)
         secret = _text(raw)
+        secret_hash = _hash(secret)
         key_hash = b""
         sealed = None
         if idempotency_key:
@@ -138,7 +139,7 @@ class TokenAuthority:
                 user,
                 names,
                 admin,
-                _hash(secret),
+                secret_hash,
                 now,
                 now + ttl,
                 who.user,
@@ -150,10 +151,15 @@ class TokenAuthority:
             return core.issue_token(token)
 
         kind = "admin" if admin else "user"
-        record = await self._engine.execute(
-            self._recorded(who, "IssueToken", issue, lambda r: f"for {kind} {r.user}")
-        )
-        if record.secret_hash != _hash(secret):
+
+        def detail(record: TokenRecord) -> str:
+            # A retry issues nothing, but hands a secret out again: worth its own event.
+            if record.secret_hash == secret_hash:
+                return f"for {kind} {record.user}"
+            return f"for {kind} {record.user}; a retry: the same token and secret handed out again"
+
+        record = await self._engine.execute(self._recorded(who, "IssueToken", issue, detail))
+        if record.secret_hash != secret_hash:
             # A retry: the token the key issued before, whose secret only the key unseals.
             assert record.sealed_secret is not None  # else the core refused the retry
             secret = _text(_xor(record.sealed_secret, _pad(idempotency_key, key_hash)))

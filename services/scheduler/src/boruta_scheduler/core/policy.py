@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from boruta import address as address_rules
 
+from boruta_scheduler.core.health import KEPT
 from boruta_scheduler.errors import InvalidArgument, PermissionDenied
 from boruta_scheduler.types import UUID_CAP
 
@@ -92,6 +93,11 @@ class Policy:
         for name in ("healthcheck_interval", "quarantine_failures", "quarantine_window"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        if self.quarantine_failures > KEPT:
+            raise ValueError(
+                f"quarantine_failures must be at most {KEPT}, the failures kept per board "
+                "(0 turns quarantine off)"
+            )
         if self.max_job_duration < self.job_timeout:
             raise ValueError("max_job_duration must be at least job_timeout")
         for name, value in [("max_priority", self.max_priority), *self.group_max_priority.items()]:

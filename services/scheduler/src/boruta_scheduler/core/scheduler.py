@@ -1184,6 +1184,12 @@ class Core:
             f"the SSH tunnel of the job of profile {index} could not be opened: {error}",
         )
 
+    def deaf_until(self, now: float) -> None:
+        """The scheduler heard nothing for a while up to now (its process stalled, or its
+        clock stepped forward): every worker's heartbeat silence is counted from now, as
+        after a restart."""
+        self._heartbeat_epoch = max(self._heartbeat_epoch, now)
+
     def tick(self, now: float) -> None:
         """Fire every timer due at or before now."""
         for token in self._tokens.unseal(now):
@@ -1904,7 +1910,7 @@ class Core:
         if state not in (WorkerState.FAILED, WorkerState.MAINTENANCE):
             # Back in service (or on the way out by an admin's hand): whatever the last
             # failure led to is over.
-            worker.health = health.settled(worker.health)
+            worker.health = health.settled(worker.health, now)
         worker.state = state
         worker.reason = reason
         if state not in (WorkerState.IDLE, WorkerState.RUNNING):

@@ -75,6 +75,11 @@ def check_together(
         else:
             indexes = list(range(len(names)))  # an empty group is every profile
         for index in indexes:
+            if taken.get(index) == number:
+                raise InvalidArgument(
+                    f"together group {number} names profile {names[index]!r} twice; name "
+                    "each of its profiles once"
+                )
             if index in taken:
                 shown = names[index] or str(index)
                 raise InvalidArgument(

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TypeVar, cast
 
 from boruta.v1 import audit_pb2, requests_pb2, tokens_pb2, types_pb2, workers_pb2
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from boruta_scheduler.core import health
 from boruta_scheduler.errors import InvalidArgument
 from boruta_scheduler.listing import (
     INT64_MAX,
+    Page,
     PageTokens,
     RequestQuery,
     RequestSort,
     Scope,
+    SortKey,
     WorkerQuery,
     WorkerSort,
     page_size,
@@ -45,6 +48,31 @@ from boruta_scheduler.types import (
 )
 
 E = TypeVar("E", RequestState, WorkerState)
+V = TypeVar("V")
+M = TypeVar("M", bound=Message)
+
+# The most bytes of items one list reply carries, well under the 4 MiB a gRPC client
+# accepts by default: a board keeps up to 64 failures of up to 1 KiB each, a request may
+# carry 16 profiles of 8 KiB of caps, so a page of them is cut short, at an item, rather
+# than refused whole by the client.
+PAGE_BYTES = 2 << 20
+
+
+def fitted(
+    page: Page[V], make: Callable[[V], M], key: Callable[[V], SortKey]
+) -> tuple[list[M], SortKey | None]:
+    """The page's items as messages, up to the last that keeps them within PAGE_BYTES (the
+    first always), and the sort key to go on after."""
+    made: list[M] = []
+    size = 0
+    for index, item in enumerate(page.items):
+        message = make(item)
+        size += message.ByteSize()
+        if made and size > PAGE_BYTES:
+            return made, key(page.items[index - 1])
+        made.append(message)
+    return made, page.next_after
+
 
 _REQUEST_SORT = {
     requests_pb2.REQUEST_SORT_FIELD_UNSPECIFIED: RequestSort.ID,

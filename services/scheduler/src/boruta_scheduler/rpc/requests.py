@@ -9,7 +9,7 @@ import grpc
 from boruta.v1 import requests_pb2, requests_pb2_grpc
 
 from boruta_scheduler.app.service import SchedulerService
-from boruta_scheduler.listing import PageTokens
+from boruta_scheduler.listing import PageTokens, request_sort_key
 from boruta_scheduler.rpc import convert
 from boruta_scheduler.rpc.calls import current_identity
 
@@ -73,9 +73,13 @@ class RequestsServicer(requests_pb2_grpc.RequestsServicer):
         who = current_identity()
         page = await self._service.list_requests(who, query)
         reasons = await self._service.pending_reasons(who, page.items)
+        infos, after = convert.fitted(
+            page,
+            lambda v: convert.request_info(v, reasons.get(v.id)),
+            lambda v: request_sort_key(query.sort, v),
+        )
         return requests_pb2.ListRequestsResponse(
-            requests=[convert.request_info(v, reasons.get(v.id)) for v in page.items],
-            next_page_token=self._tokens.encode(scope, page.next_after),
+            requests=infos, next_page_token=self._tokens.encode(scope, after)
         )
 
     async def AcquireWorker(

@@ -10,7 +10,7 @@ from boruta.v1 import workers_pb2, workers_pb2_grpc
 
 from boruta_scheduler.app.service import SchedulerService
 from boruta_scheduler.errors import InvalidArgument
-from boruta_scheduler.listing import PageTokens
+from boruta_scheduler.listing import PageTokens, worker_sort_key
 from boruta_scheduler.rpc import convert
 from boruta_scheduler.rpc.calls import current_identity
 from boruta_scheduler.types import Role, WorkerState
@@ -28,9 +28,11 @@ class WorkersServicer(workers_pb2_grpc.WorkersServicer):
     ) -> workers_pb2.ListWorkersResponse:
         query, scope = convert.worker_query(request, self._tokens)
         page = await self._service.list_workers(current_identity(), query)
+        infos, after = convert.fitted(
+            page, convert.worker_info, lambda w: worker_sort_key(query.sort, w)
+        )
         return workers_pb2.ListWorkersResponse(
-            workers=[convert.worker_info(w) for w in page.items],
-            next_page_token=self._tokens.encode(scope, page.next_after),
+            workers=infos, next_page_token=self._tokens.encode(scope, after)
         )
 
     async def CreateStack(

@@ -281,13 +281,14 @@ def worker_view(row: Row) -> WorkerView:
 def _json_health(health: Health) -> str:
     if health == _NO_HEALTH:
         return "{}"
-    return json.dumps(
-        {
-            "failures": [[f.time, f.kind.value, f.reason] for f in health.failures],
-            "quarantined": health.quarantined,
-            "recoverable": health.recoverable,
-        }
-    )
+    data: dict[str, Any] = {
+        "failures": [[f.time, f.kind.value, f.reason] for f in health.failures],
+        "quarantined": health.quarantined,
+        "recoverable": health.recoverable,
+    }
+    if health.counted_from:
+        data["counted_from"] = health.counted_from
+    return json.dumps(data)
 
 
 def _health(text: str) -> Health:
@@ -298,6 +299,8 @@ def _health(text: str) -> Health:
         tuple(Failure(t, reason, FailureKind(kind)) for t, kind, reason in data["failures"]),
         quarantined=data["quarantined"],
         recoverable=data["recoverable"],
+        # Absent in records written before quarantines were ended afresh: count them all.
+        counted_from=data.get("counted_from", 0.0),
     )
 
 
