@@ -4,7 +4,7 @@ their jobs end before it could start. Pure core, simulated time."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from boruta_scheduler.core import Core, Policy, Snapshot
@@ -151,6 +151,103 @@ def test_reservations_are_released_when_the_request_ends_and_rebuilt_on_restore(
     assert restored.reservation(kit.now, pair.id) == core.reservation(kit.now, pair.id)
     core.close_request(kit.now, pair.id)
     assert core.request(waiting.id).state is RequestState.IN_PROGRESS
+
+
+# A phone with one more cap than the others: it ranks after them (less capable first).
+RICH_PHONE = {"board": "phone", "camera": "yes"}
+
+
+# Jobs of one-board requests run twice as long as the relay's below, so they can backfill
+# no board kept for a pair unless they ask for a shorter job.
+LONGER = replace(POLICY, job_timeout=2 * LONGEST, prolong_step=2 * LONGEST)
+
+
+def sets_behind_relay(
+    kit: CoreKit, count: int, priority: int, relay_timeout: float = LONGEST
+) -> list[int]:
+    """The relay runs a job; count pairs (phone and relay), each of a team of its own so
+    that each is walked and keeps a phone of its own, wait for it. Their ids."""
+    kit.core.new_request(kit.now, "u", NOBODY, {"board": "relay"}, job_timeout=relay_timeout)
+    pairs = []
+    for i in range(count):
+        pair = kit.core.new_request(
+            kit.now,
+            f"u{i}",
+            frozenset({f"team{i}"}),
+            {},
+            profiles=PHONE_AND_RELAY,
+            priority=priority,
+        )
+        assert kit.core.reservation(kit.now, pair.id) == ((f"p{i:03d}",), kit.now + relay_timeout)
+        pairs.append(pair.id)
+    return pairs
+
+
+def test_a_board_kept_for_a_less_important_set_is_taken_past_many_kept_for_more() -> None:
+    """The boards kept for sets more important than a one-board request are the ones it
+    may only backfill; a board kept for a less important set it takes outright, however
+    many of the others rank before it."""
+    kit = CoreKit(LONGER)
+    for i in range(40):
+        kit.add_worker(f"p{i:03d}", {"board": "phone"})
+    kit.add_worker("r0", {"board": "relay"})
+    sets_behind_relay(kit, 40, priority=2)
+    kit.add_worker("z", {"board": "phone"})
+    minor = kit.core.new_request(kit.now, "m", NOBODY, {}, profiles=PHONE_AND_RELAY, priority=9)
+    assert kit.core.reservation(kit.now, minor.id) == (("z",), kit.now + LONGEST)
+    single = kit.core.new_request(kit.now, "s", NOBODY, {"board": "phone"}, priority=5)
+    assert single.state is RequestState.IN_PROGRESS
+    assert single.job is not None and single.job.worker_uuid == "z"
+    assert kit.core.reservation(kit.now, minor.id) == ((), kit.now + 2 * LONGEST)
+
+
+def test_an_unreserved_board_is_taken_before_one_kept_for_a_less_important_set() -> None:
+    """Taking a board kept for a set delays that set: a request takes a free board first,
+    even one more capable than the kept one."""
+    kit = CoreKit(LONGER)
+    kit.add_worker("p000", {"board": "phone"})
+    kit.add_worker("rich", RICH_PHONE)
+    kit.add_worker("r0", {"board": "relay"})
+    sets_behind_relay(kit, 1, priority=9)
+    single = kit.core.new_request(kit.now, "s", NOBODY, {"board": "phone"}, priority=5)
+    assert single.state is RequestState.IN_PROGRESS
+    assert single.job is not None and single.job.worker_uuid == "rich"
+    assert kit.core.worker("p000").state is WorkerState.IDLE
+
+
+def test_a_set_reserves_a_free_board_before_one_kept_for_a_less_important_set() -> None:
+    """A set that finds no whole set reserves as a one-board request takes: a free board
+    before one kept for a less important set, which keeps its own."""
+    kit = CoreKit(LONGER)
+    kit.add_worker("p000", {"board": "phone"})
+    kit.add_worker("rich", RICH_PHONE)
+    kit.add_worker("r0", {"board": "relay"})
+    [minor] = sets_behind_relay(kit, 1, priority=9)
+    major = kit.core.new_request(kit.now, "M", NOBODY, {}, profiles=PHONE_AND_RELAY, priority=5)
+    assert kit.core.reservation(kit.now, major.id) == (("rich",), kit.now + LONGEST)
+    assert kit.core.reservation(kit.now, minor) == (("p000",), kit.now + LONGEST)
+
+
+def test_a_board_kept_for_a_more_important_set_is_backfilled_past_many() -> None:
+    """With many boards kept for more important sets, a job that ends before they could
+    start still backfills one of them (the first set it looks at), and no more."""
+    kit = CoreKit(LONGER)
+    for i in range(40):
+        kit.add_worker(f"p{i:03d}", {"board": "phone"})
+    kit.add_worker("r0", {"board": "relay"})
+    pairs = sets_behind_relay(kit, 40, priority=2, relay_timeout=50)
+    # Less important than the next one (a backfill keeps the order among the others).
+    long = kit.core.new_request(
+        kit.now, "l", NOBODY, {"board": "phone"}, job_timeout=60, priority=9
+    )
+    assert long.state is RequestState.WAITING
+    short = kit.core.new_request(kit.now, "s", NOBODY, {"board": "phone"}, job_timeout=20)
+    assert short.state is RequestState.IN_PROGRESS
+    assert short.job is not None and short.job.max_timeout_at == kit.now + 50
+    # The board stays kept for its set, for when the short job has ended.
+    kept = {kit.core.reservation(kit.now, pair)[0] for pair in pairs}  # type: ignore[index]
+    assert (short.job.worker_uuid,) in kept
+    assert kit.core.worker(short.job.worker_uuid).state is WorkerState.RUNNING
 
 
 # -------------------------------------------------------------- property test

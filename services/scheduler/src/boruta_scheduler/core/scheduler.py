@@ -11,7 +11,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 
 from boruta_scheduler.core import health
 from boruta_scheduler.core.caps import Need, board_items, check_request_caps, need_of
@@ -45,6 +45,8 @@ from boruta_scheduler.core.policy import (
 from boruta_scheduler.core.queue import Bucket, BucketBase, MultiBucket, RequestQueue
 from boruta_scheduler.core.timers import Target, TimerKind, TimerQueue
 from boruta_scheduler.core.together import (
+    Candidate,
+    Capable,
     Group,
     check_together,
     describe,
@@ -54,7 +56,7 @@ from boruta_scheduler.core.together import (
     place_of,
 )
 from boruta_scheduler.core.tokens import TokenTable
-from boruta_scheduler.core.workers import WorkerIndex
+from boruta_scheduler.core.workers import IdleWorkers, WorkerIndex
 from boruta_scheduler.errors import (
     AlreadyExists,
     Busy,
@@ -112,6 +114,55 @@ def order_of(request: Request) -> tuple[int, int]:
     return (request.priority, request.id)
 
 
+class Usable:
+    """Whether a request of order (priority, id) whose jobs end by ends may take an idle
+    worker: it is not reserved, or reserved for this request or a less important one, or
+    the job ends before the reserved request could start and no more important one-board
+    request (first_for: the most important that could use a worker) waits for it. starts
+    memoizes expected starts (start_of) by request id while nothing changes. Backfill is a
+    chance, not a search: past BACKFILL_LOOKS expected starts worked out, other boards
+    kept for a more important request are not used."""
+
+    __slots__ = ("_ends", "_first_for", "_known", "_start_of", "looks", "order")
+
+    def __init__(
+        self,
+        order: tuple[int, int],
+        ends: float,
+        start_of: Callable[[Request], float],
+        first_for: Callable[[Worker], Request | None],
+        starts: dict[int, float],
+    ) -> None:
+        self.order = order
+        self._ends = ends
+        self._start_of = start_of
+        self._first_for = first_for
+        self._known = starts
+        self.looks = BACKFILL_LOOKS
+
+    def spent(self, holder: Request) -> bool:
+        """Whether the boards kept for holder are out of reach: its expected start is not
+        known and no look is left to work it out."""
+        return not self.looks and holder.id not in self._known
+
+    def __call__(self, worker: Worker) -> bool:
+        holder = worker.reserved_for
+        if holder is None or self.order <= order_of(holder):
+            return True
+        start = self._known.get(holder.id)
+        if start is None:
+            if not self.looks:
+                return False
+            self.looks -= 1
+            start = self._known[holder.id] = self._start_of(holder)
+        if self._ends > start:
+            return False
+        # A backfill keeps the order among the others: the board goes to no request while a
+        # more important one-board request that could use it waits.
+        first = self._first_for(worker)
+        return first is None or order_of(first) >= self.order
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """What the store holds for the core: live requests, all workers, the id counter and
@@ -155,7 +206,7 @@ class Core:
         self._workers: dict[str, Worker] = {}
         self._registered = WorkerIndex()
         self._queue = RequestQueue(self._registered.holders)
-        self._idle = WorkerIndex()
+        self._idle = IdleWorkers()
         self._timers = TimerQueue()
         self._out = Outbox()
         self._last_request_id = 0
@@ -334,7 +385,9 @@ class Core:
             lambda request, latest: self._reserved_start(request, now, latest=latest),
             now,
             lambda bucket, test: (
-                self._boards(bucket.needs, bucket.groups, self._registered, test, bucket.colocated)
+                self._boards(
+                    bucket.needs, self._registered_view(bucket.groups, test), bucket.colocated
+                )
                 is not None
             ),
         )
@@ -683,7 +736,7 @@ class Core:
         multi = len(named) > 1
         needs = tuple(need_of(p) for _, p in named) if multi else (need_of(sig),)
         if not accept_unsatisfiable and not (
-            self._boards(needs, groups, self._registered, colocated=colocated) is not None
+            self._boards(needs, self._registered_view(groups), colocated) is not None
             if multi
             else self._registered.any_capable(needs[0], groups)
         ):
@@ -739,14 +792,14 @@ class Core:
                 now + policy.job_timeouts(job_timeout)[0],
                 now,
             )
-            if multi and self._boards(needs, groups, self._idle, usable, colocated) is None:
+            capable, candidate = self._idle_view(groups, usable)
+            if multi and self._boards(needs, (capable, candidate), colocated) is None:
                 where = f"({describe(colocated, [n for n, _ in named])}) " if colocated else ""
                 raise Busy(
                     f"some of the workers that could serve the {len(needs)} profiles together "
                     f"{where}are busy; try again later, or queue the request without no_wait"
                 )
-            free = filter(usable, self._idle.capable(needs[0], groups))
-            if not multi and next(free, None) is None:
+            if not multi and next(iter(capable(needs[0])), None) is None:
                 raise Busy(
                     f"every worker with caps {format_caps(sig)} open to your groups is busy; "
                     "try again later, or queue the request without no_wait"
@@ -1255,21 +1308,58 @@ class Core:
     def _boards(
         self,
         needs: Sequence[Need],
-        groups: frozenset[str],
-        index: WorkerIndex,
-        usable: Callable[[Worker], bool] | None = None,
+        view: tuple[Capable, Candidate],
         colocated: Sequence[Group] = (),
     ) -> list[Worker] | None:
-        """A different member of index for each need, open to groups (and usable), each
-        co-located group on one host or stack, least capable first where there is a choice;
-        None if there is no such set."""
+        """A different worker of view (its candidates for a need, in the order they are to be
+        taken, and whether a worker is one) for each need, each co-located group on one
+        host or stack, the first in that order where there is a choice; None if there is
+        no such set."""
+        capable, candidate = view
         if colocated:
-            capable, candidate = from_index(index, groups, usable)
             return find_set(needs, colocated, capable, candidate, self._members_at)
         count = len(needs)
-        return match(
-            [shortlist(filter(usable, index.capable(need, groups)), count) for need in needs]
-        )
+        return match([shortlist(capable(need), count) for need in needs])
+
+    def _registered_view(
+        self, groups: frozenset[str], usable: Callable[[Worker], bool] | None = None
+    ) -> tuple[Capable, Candidate]:
+        """The registered workers open to groups (and usable), least capable first."""
+        return from_index(self._registered, groups, usable)
+
+    def _idle_view(
+        self, groups: frozenset[str], usable: Usable, own: Sequence[Worker] = ()
+    ) -> tuple[Capable, Candidate]:
+        """The idle workers a request (of usable's order, owner groups groups, holding own)
+        may take for a need, in the order it takes them: those reserved for it; the free
+        ones, least capable first; those reserved for less important requests (taken
+        outright); then those reserved for more important ones it may backfill, the most
+        important holder first, until its looks are spent. Boards kept for others are
+        never walked one by one past their holders (docs/architecture.md)."""
+        idle = self._idle
+
+        def capable(need: Need) -> Iterator[Worker]:
+            for worker in own:
+                if (
+                    worker in idle
+                    and need.met_by(worker.items)
+                    and groups_compatible(worker.groups, groups)
+                ):
+                    yield worker
+            yield from idle.free.capable(need, groups)
+            yield from idle.kept_after(need, groups, usable.order)
+            for worker in idle.kept.capable(need, groups):
+                holder = worker.reserved_for
+                assert holder is not None
+                if order_of(holder) >= usable.order or usable.spent(holder):
+                    return
+                if usable(worker):
+                    yield worker
+
+        def candidate(worker: Worker) -> bool:
+            return worker in idle and groups_compatible(worker.groups, groups) and usable(worker)
+
+        return capable, candidate
 
     # ------------------------------------------------------------ reservations
     #
@@ -1288,41 +1378,26 @@ class Core:
         now: float,
         starts: dict[int, float] | None = None,
         firsts: dict[str, Request | None] | None = None,
-    ) -> Callable[[Worker], bool]:
+    ) -> Usable:
         """Whether a request of this (priority, id) whose jobs end by ends may take an idle
-        worker: it is not reserved, or reserved for this request or a less important one,
-        or the job ends before the reserved request could start and no more important
-        one-board request waits for it. starts memoizes expected starts by request id while
-        nothing changes, firsts the best one-board request by worker uuid while the queue
-        does not change. Backfill is a chance, not a search: past BACKFILL_LOOKS expected
-        starts worked out, other boards kept for a more important request are not used."""
-        known = {} if starts is None else starts
+        worker now (see Usable). firsts memoizes the best one-board request by worker uuid
+        while the queue does not change."""
         bests = {} if firsts is None else firsts
-        looks = BACKFILL_LOOKS
 
-        def usable(worker: Worker) -> bool:
-            nonlocal looks
-            holder = worker.reserved_for
-            if holder is None or rank <= (holder.priority, holder.id):
-                return True
-            start = known.get(holder.id)
-            if start is None:
-                if not looks:
-                    return False
-                looks -= 1
-                start = known[holder.id] = self._reserved_start(holder, now)
-            if ends > start:
-                return False
-            # A backfill keeps the order among the others: the board goes to no request
-            # while a more important one-board request that could use it waits.
+        def first_for(worker: Worker) -> Request | None:
             uuid = worker.uuid
             if uuid in bests:
-                first = bests[uuid]
-            else:
-                first = bests[uuid] = self._queue.best_for(worker.items, worker.groups)
-            return first is None or (first.priority, first.id) >= rank
+                return bests[uuid]
+            first = bests[uuid] = self._queue.best_for(worker.items, worker.groups)
+            return first
 
-        return usable
+        return Usable(
+            rank,
+            ends,
+            lambda holder: self._reserved_start(holder, now),
+            first_for,
+            {} if starts is None else starts,
+        )
 
     def _first_timeout(self, request: Request) -> float:
         """How long the request's jobs run before their first timeout."""
@@ -1334,7 +1409,7 @@ class Core:
         now: float,
         starts: dict[int, float] | None = None,
         firsts: dict[str, Request | None] | None = None,
-    ) -> Callable[[Worker], bool]:
+    ) -> Usable:
         ends = now + self._first_timeout(request)
         return self._usable((request.priority, request.id), ends, now, starts, firsts)
 
@@ -1359,38 +1434,35 @@ class Core:
             if match(fits) is None:
                 return False
         self._unreserve(worker)
-        worker.reserved_for = request
+        self._idle.keep(worker, request)
         request.reserved = held
         return True
 
     def _reserve_idle(self, request: Request, bucket: MultiBucket) -> None:
         """Reserve for a request that found no whole set the idle workers it can use that are
-        not kept for a more important request."""
-        rank = (request.priority, request.id)
+        not kept for a more important request: free ones first, then those kept for less
+        important requests."""
         count = len(bucket.needs)
+        idle, groups = self._idle, request.owner_groups
         for need in bucket.needs:
-            free = (
-                w
-                for w in self._idle.capable(need, request.owner_groups)
-                if w.reserved_for is None or rank < (w.reserved_for.priority, w.reserved_for.id)
+            free = chain(
+                idle.free.capable(need, groups), idle.kept_after(need, groups, order_of(request))
             )
             for worker in shortlist(free, count):
                 self._reserve(request, worker)
 
-    @staticmethod
-    def _unreserve(worker: Worker) -> None:
+    def _unreserve(self, worker: Worker) -> None:
         holder = worker.reserved_for
         if holder is not None:
-            worker.reserved_for = None
+            self._idle.keep(worker, None)
             holder.reserved = tuple(w for w in holder.reserved if w is not worker)
 
-    @staticmethod
-    def _release_reserved(request: Request) -> tuple[Worker, ...]:
+    def _release_reserved(self, request: Request) -> tuple[Worker, ...]:
         """Drop every reservation of a request; the workers are to be matched again."""
         released = request.reserved
         request.reserved = ()
         for worker in released:
-            worker.reserved_for = None
+            self._idle.keep(worker, None)
         return released
 
     def _rematch(self, workers: Iterable[Worker], now: float) -> None:
@@ -1547,18 +1619,18 @@ class Core:
             # nothing: neither would this one (nor reserve boards). Requests with equal
             # profiles share one walk, as a freed worker tries only a bucket's first.
             return
-        usable = self._usable_for(request, now)
+        capable, candidate = self._idle_view(
+            request.owner_groups, self._usable_for(request, now), request.reserved
+        )
         if isinstance(bucket, MultiBucket):
-            boards = self._boards(
-                bucket.needs, request.owner_groups, self._idle, usable, bucket.colocated
-            )
+            boards = self._boards(bucket.needs, (capable, candidate), bucket.colocated)
             if boards is not None:
                 self._start_jobs(request, boards, now)
             else:
                 self._reserve_idle(request, bucket)
             return
         assert isinstance(bucket, Bucket)
-        worker = next(filter(usable, self._idle.capable(bucket.need, request.owner_groups)), None)
+        worker = next(iter(capable(bucket.need)), None)
         if worker is not None:
             self._start_jobs(request, (worker,), now)
 
@@ -1603,7 +1675,9 @@ class Core:
                 # does. A set needs as many idle workers as it has profiles.
                 if sets and len(bucket.needs) <= idle:
                     boards = self._boards(
-                        bucket.needs, top.owner_groups, self._idle, usable, bucket.colocated
+                        bucket.needs,
+                        self._idle_view(top.owner_groups, usable, top.reserved),
+                        bucket.colocated,
                     )
                     if boards is not None:
                         self._start_jobs(top, boards, now)
@@ -1629,6 +1703,10 @@ class Core:
         A job on a worker reserved for a more important request (backfill) may not run, nor
         be prolonged, past the time that request is expected to start."""
         max_timeout = now + self.policy.max_job_duration
+        for worker in workers:
+            # Out of the idle index before their reservations end, so that ending them
+            # moves no board between its parts (IdleWorkers.keep) only to take it out.
+            self._idle.remove(worker)
         for worker in workers:
             holder = worker.reserved_for
             if holder is None or holder is request:
@@ -1867,9 +1945,7 @@ class Core:
         """Whether registered workers (in any state) could serve the bucket's requests."""
         if isinstance(bucket, MultiBucket):
             return (
-                self._boards(
-                    bucket.needs, bucket.groups, self._registered, colocated=bucket.colocated
-                )
+                self._boards(bucket.needs, self._registered_view(bucket.groups), bucket.colocated)
                 is not None
             )
         assert isinstance(bucket, Bucket)

@@ -1,28 +1,43 @@
-"""Workers indexed by their caps, kept in rank order (least capable first).
+"""Workers indexed by their caps, kept in an order (rank order: least capable first).
 
 The core keeps two indexes: one of every registered worker (to tell whether a request
-could ever be satisfied) and one of IDLE workers (to pick a worker for a request). A
-worker is indexed under each (key, item) pair of its caps (caps.py), so a list-valued cap
-puts it under each of its items.
+could ever be satisfied) and one of IDLE workers (to pick a worker for a request), the
+latter in two parts: the workers kept for no request, in rank order, and those reserved
+for a waiting request, by their holder's serving order. A worker is indexed under each
+(key, item) pair of its caps (caps.py), so a list-valued cap puts it under each of its
+items.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from sortedcontainers import SortedSet
 
 from boruta_scheduler.core.caps import Alternative, Need
-from boruta_scheduler.core.model import Worker, groups_compatible
+from boruta_scheduler.core.model import Request, Worker, groups_compatible
 from boruta_scheduler.types import CapPair
 
-Rank = tuple[int, str]
+# Where a member sorts in an index: a tuple that ends with its UUID (its rank, or its
+# holder's serving order and then its rank).
+Rank = tuple[Any, ...]
 # Members in a row a walk steps past, missing from one of the sets a candidate must be in,
 # before it leaps to that set's next member instead.
 LEAP_AFTER = 8
 K = TypeVar("K")
+
+
+def rank_of(worker: Worker) -> Rank:
+    return worker.rank
+
+
+def holder_rank(worker: Worker) -> Rank:
+    """A reserved worker's place: its holder's serving order (priority, id), then its rank."""
+    holder = worker.reserved_for
+    assert holder is not None, f"worker {worker.uuid} is not reserved"
+    return (holder.priority, holder.id, *worker.rank)
 
 
 def _union(parts: Sequence[Iterable[Rank]]) -> Iterator[Rank]:
@@ -53,10 +68,13 @@ def _unfile(index: dict[K, SortedSet[Rank]], keys: Iterable[K], rank: Rank) -> N
 
 
 class WorkerIndex:
-    """A set of workers with, for each cap pair, the workers that have it in rank order."""
+    """A set of workers with, for each cap pair, the workers that have it in order (by
+    rank unless another key is given; a member keeps the place it was added at)."""
 
-    def __init__(self) -> None:
+    def __init__(self, key: Callable[[Worker], Rank] = rank_of) -> None:
+        self._key = key
         self._members: dict[str, Worker] = {}
+        self._places: dict[str, Rank] = {}
         self._ranked: SortedSet[Rank] = SortedSet()
         self._by_pair: dict[CapPair, SortedSet[Rank]] = {}
         # Members by group, and those without groups (they serve every owner): an owner's
@@ -74,30 +92,32 @@ class WorkerIndex:
         return self._members.get(worker.uuid) is worker
 
     def __iter__(self) -> Iterator[Worker]:
-        """Members in rank order."""
+        """Members in order."""
         members = self._members
-        return (members[uuid] for _, uuid in self._ranked)
+        return (members[place[-1]] for place in self._ranked)
 
     def add(self, worker: Worker) -> None:
+        place = self._places[worker.uuid] = self._key(worker)
         self._members[worker.uuid] = worker
-        self._ranked.add(worker.rank)
-        _file(self._by_pair, worker.items, worker.rank)
-        _file(self._by_group, worker.groups, worker.rank)
+        self._ranked.add(place)
+        _file(self._by_pair, worker.items, place)
+        _file(self._by_group, worker.groups, place)
         if not worker.groups:
-            self._ungrouped.add(worker.rank)
+            self._ungrouped.add(place)
 
     def holders(self, pair: CapPair) -> int:
         """How many members hold this pair."""
         return len(self._by_pair.get(pair, ()))
 
     def remove(self, worker: Worker) -> None:
-        """Remove a worker; its rank and caps must be those it was added with."""
+        """Remove a worker; its caps and groups must be those it was added with."""
         if self._members.pop(worker.uuid, None) is None:
             return
-        self._ranked.discard(worker.rank)
-        _unfile(self._by_pair, worker.items, worker.rank)
-        _unfile(self._by_group, worker.groups, worker.rank)
-        self._ungrouped.discard(worker.rank)
+        place = self._places.pop(worker.uuid)
+        self._ranked.discard(place)
+        _unfile(self._by_pair, worker.items, place)
+        _unfile(self._by_group, worker.groups, place)
+        self._ungrouped.discard(place)
 
     def _rarest(self, pairs: Alternative) -> SortedSet[Rank] | None:
         """The holders of the pair fewest members hold, or None if some pair has none."""
@@ -110,12 +130,15 @@ class WorkerIndex:
                 rarest = holders
         return rarest
 
-    def _candidates(self, need: Need, owner_groups: frozenset[str] | None = None) -> Iterable[Rank]:
-        """Ranks, in order, of a few members among which are all that meet need (for
-        owner_groups, if given): a walk of the holders of its rarest required pair, of the
-        union over the alternatives of its smallest choice of each alternative's rarest
-        pair, or of the members open to owner_groups, whichever is fewest, that keeps only
-        members that also hold every required pair and are open to owner_groups."""
+    def _candidates(
+        self, need: Need, owner_groups: frozenset[str] | None = None, start: Rank | None = None
+    ) -> Iterable[Rank]:
+        """Places, in order from start on, of a few members among which are all that meet
+        need (for owner_groups, if given): a walk of the holders of its rarest required
+        pair, of the union over the alternatives of its smallest choice of each
+        alternative's rarest pair, or of the members open to owner_groups, whichever is
+        fewest, that keeps only members that also hold every required pair and are open to
+        owner_groups."""
         required: list[SortedSet[Rank]] = []
         for pair in need.required:
             holders = self._by_pair.get(pair)
@@ -143,18 +166,23 @@ class WorkerIndex:
         if open_to is not None and walked is not open_to:
             filters.append(open_to)
         if filters:
-            return self._leap(walked, filters)
+            return self._leap(walked, filters, start)
+        if start is not None:
+            after = [part.irange(minimum=start) for part in walked]
+            return after[0] if len(after) == 1 else _union(after)
         return walked[0] if len(walked) == 1 else _union(walked)
 
     def _leap(
-        self, walked: list[SortedSet[Rank]], filters: list[list[SortedSet[Rank]]]
+        self,
+        walked: list[SortedSet[Rank]],
+        filters: list[list[SortedSet[Rank]]],
+        start: Rank | None = None,
     ) -> Iterator[Rank]:
         """The ranks of the union of walked that are in every filter, in order. Past
         LEAP_AFTER members in a row missing from some filter, the walk leaps to that
         filter's next rank (a bisection, dearer than a step): members that hold the rarest
         pair but not the others (or are closed to the owner), however many rank before
         the first that fits, cost a few steps per leap, not one each."""
-        start: Rank | None = None
         while True:
             parts = [part.irange(minimum=start) for part in walked]
             misses = 0
@@ -179,13 +207,18 @@ class WorkerIndex:
                 return
 
     def capable(
-        self, need: Need, owner_groups: frozenset[str], exclude: str = ""
+        self,
+        need: Need,
+        owner_groups: frozenset[str],
+        exclude: str = "",
+        start: Rank | None = None,
     ) -> Iterator[Worker]:
-        """Members that meet need and serve owner_groups, least capable first."""
+        """Members that meet need and serve owner_groups, in order (from start on)."""
         members = self._members
         required, choices = need.required, need.choices
-        for _, uuid in self._candidates(need, owner_groups):
+        for place in self._candidates(need, owner_groups, start):
             self.visits += 1
+            uuid = place[-1]
             worker = members[uuid]
             items = worker.items
             if (
@@ -199,10 +232,11 @@ class WorkerIndex:
     def meeting(self, need: Need) -> Worker | None:
         """The least capable member that meets need, whatever its groups."""
         members = self._members
-        for _, uuid in self._candidates(need):
+        for place in self._candidates(need):
             self.visits += 1
-            if need.met_by(members[uuid].items):
-                return members[uuid]
+            worker = members[place[-1]]
+            if need.met_by(worker.items):
+                return worker
         return None
 
     def best(self, need: Need, owner_groups: frozenset[str]) -> Worker | None:
@@ -211,3 +245,53 @@ class WorkerIndex:
 
     def any_capable(self, need: Need, owner_groups: frozenset[str], exclude: str = "") -> bool:
         return next(self.capable(need, owner_groups, exclude), None) is not None
+
+
+class IdleWorkers:
+    """The IDLE workers in two indexes: those kept for no request, least capable first,
+    and those reserved for a waiting request (Worker.reserved_for), by their holder's
+    serving order, most important first, then least capable first. A request walks the
+    free ones apart from those kept for others, and those by their holder's place beside
+    its own (docs/architecture.md, reservations)."""
+
+    def __init__(self) -> None:
+        self.free = WorkerIndex()
+        self.kept = WorkerIndex(holder_rank)
+
+    @property
+    def visits(self) -> int:
+        return self.free.visits + self.kept.visits
+
+    def __len__(self) -> int:
+        return len(self.free) + len(self.kept)
+
+    def __contains__(self, worker: Worker) -> bool:
+        return worker in self.free or worker in self.kept
+
+    def __iter__(self) -> Iterator[Worker]:
+        """Members in rank order."""
+        return heapq.merge(self.free, sorted(self.kept, key=rank_of), key=rank_of)
+
+    def add(self, worker: Worker) -> None:
+        (self.free if worker.reserved_for is None else self.kept).add(worker)
+
+    def remove(self, worker: Worker) -> None:
+        self.free.remove(worker)
+        self.kept.remove(worker)
+
+    def keep(self, worker: Worker, holder: Request | None) -> None:
+        """Reserve a worker for holder (None: for no one), moving it between the indexes
+        if it is idle."""
+        idle = worker in self
+        if idle:
+            self.remove(worker)
+        worker.reserved_for = holder
+        if idle:
+            self.add(worker)
+
+    def kept_after(
+        self, need: Need, owner_groups: frozenset[str], order: tuple[int, int]
+    ) -> Iterator[Worker]:
+        """Members reserved for requests less important than order (priority, id) that
+        meet need and serve owner_groups, the most important holder first."""
+        return self.kept.capable(need, owner_groups, start=(order[0], order[1] + 1))
