@@ -68,8 +68,13 @@ system:
 	@if [ "$$(id -u)" -eq 0 ]; then bash tools/setup-system; \
 	else echo "not root: system packages not installed; tests that need root, sshd or PostgreSQL may be SKIPPED (CI runs them as root)" >&2; fi
 
+# Two workers (CI has 2 cores; most of a test's time is waiting on processes, sockets and
+# disks), each given whole files so that a module's fixtures start once. Every test already
+# has to pass beside another run of the suite (unique names, users, ports and paths).
+TEST_WORKERS ?= 2
 test: system venv proto-check lint typecheck
-	@if [ "$$(id -u)" -eq 0 ]; then export BORUTA_REQUIRE_SYSTEM=1; fi; $(BIN)/pytest
+	@if [ "$$(id -u)" -eq 0 ]; then export BORUTA_REQUIRE_SYSTEM=1; fi; \
+		$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 # A real farm on this machine: scheduler, dryads with real job users, a private sshd.
 run: system venv
