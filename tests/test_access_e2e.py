@@ -290,10 +290,14 @@ async def test_restarted_scheduler_gets_its_dryads_back(
         scheduler.start(listen=farm.address)
         farm.channel = grpc.aio.insecure_channel(farm.address)
         admin = farm.admin
-        # Nobody touches the dryad: it reconnects and heartbeats by itself.
-        for _ in range(300):
+        # Nobody touches the dryad: it reconnects and heartbeats by itself. A board's move to
+        # IDLE after Prepare is no commit of its own (docs/architecture.md), so the restarted
+        # scheduler may find it in PREPARE and prepare it again; it must never fail meanwhile.
+        for _ in range(600):
             worker = await admin.worker(uuid)
-            if worker.last_seen.ToNanoseconds() / 1e9 > restarted_at:
+            assert worker.state != S.WORKER_STATE_FAILED, worker
+            heard = worker.last_seen.ToNanoseconds() / 1e9 > restarted_at
+            if heard and worker.state == S.WORKER_STATE_IDLE:
                 break
             await asyncio.sleep(0.05)
         assert worker.last_seen.ToNanoseconds() / 1e9 > restarted_at
