@@ -288,15 +288,31 @@ def test_indexes_find_what_a_scan_finds(
     def open_to(worker: Worker, owner_groups: frozenset[str]) -> bool:
         return not worker.groups or not worker.groups.isdisjoint(owner_groups)
 
-    ranked = sorted(workers, key=lambda wc: wc[0].rank)
-    for request, asked in requests:
-        expected = [
+    def scan(members: list[tuple[Worker, dict[str, str]]], request: Request) -> list[str]:
+        asked = dict(requests[request.id - 1][1])
+        return [
             w.uuid
-            for w, caps in ranked
+            for w, caps in sorted(members, key=lambda wc: wc[0].rank)
             if caps_match(caps, asked) and open_to(w, request.owner_groups)
         ]
+
+    for request, asked in requests:
+        expected = scan(workers, request)
         need = need_of(request.sig)
         assert [w.uuid for w in index.capable(need, request.owner_groups)] == expected, asked
+        firsts = index.firsts(need, request.owner_groups, 2)
+        assert [w.uuid for w in firsts] == expected[:2], asked
+    if workers:
+        # firsts() forgets what it remembered once a member leaves, and again once it is back.
+        gone = workers[0][0]
+        index.remove(gone)
+        for request, asked in requests:
+            firsts = index.firsts(need_of(request.sig), request.owner_groups, 2)
+            assert [w.uuid for w in firsts] == scan(workers[1:], request)[:2], asked
+        index.add(gone)
+        for request, asked in requests:
+            firsts = index.firsts(need_of(request.sig), request.owner_groups, 2)
+            assert [w.uuid for w in firsts] == scan(workers, request)[:2], asked
     for worker, caps in workers:
         servable = {
             r.id

@@ -7,10 +7,13 @@ event must look at the same few things at both (bench/hostile_bench.py times the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 from boruta_scheduler.core import Policy
+from boruta_scheduler.core.caps import Need
+from boruta_scheduler.core.model import Request, Worker
 from boruta_scheduler.types import RequestState, WorkerState
 from core_kit import CoreKit
 
@@ -238,10 +241,10 @@ def add_others(kit: CoreKit, n: int, shape: str) -> None:
         kit.add_worker(f"m{i:05d}", {"arch": "mips", "camera": "yes"})
 
 
-def set_start_on_free(n: int, shape: str) -> int:
-    """What the indexes look at when a busy x86 board frees that a set (an arm board with
-    a camera, and an x86 one) keeps, and a less important x86 request must know when the
-    set is expected to start before it may backfill it."""
+def set_waits_for_x86(n: int, shape: str) -> tuple[CoreKit, int, int]:
+    """A farm whose busy x86 board, once free, a set (an arm board with a camera, and an
+    x86 one) keeps, and a less important x86 request may backfill: the kit, the x86
+    board's job and the one-board request."""
     kit = CoreKit(POLICY)
     kit.add_worker("x86", {"arch": "x86"})
     for i in range(4):
@@ -255,11 +258,18 @@ def set_start_on_free(n: int, shape: str) -> int:
         kit.now, "single", frozenset(), {"arch": "x86"}, priority=5, job_timeout=10
     )
     kit.drain()
+    return kit, job.id, single.id
+
+
+def set_start_on_free(n: int, shape: str) -> int:
+    """What the indexes look at when the x86 board of set_waits_for_x86 frees and the
+    one-board request must know when the set is expected to start before it may backfill."""
+    kit, job, single = set_waits_for_x86(n, shape)
     before = kit.core.index_visits
-    kit.core.close_request(kit.now, job.id)
+    kit.core.close_request(kit.now, job)
     kit.answer_calls()
     # The set starts in 60 s: the 10 s job backfills the board kept for it.
-    assert kit.core.request(single.id).state is RequestState.IN_PROGRESS
+    assert kit.core.request(single).state is RequestState.IN_PROGRESS
     return kit.core.index_visits - before
 
 
@@ -323,3 +333,60 @@ def test_a_freed_board_looks_up_each_reserved_boards_best_request_once() -> None
     kit.answer_calls()
     assert looked, "the free event looked up no board's best request: the test proves nothing"
     assert len(looked) == len(set(looked)), sorted(looked)
+
+
+def test_a_backfill_works_out_the_sets_expected_start_once() -> None:
+    """The backfill check and the cap on the backfilled job's time share one working out
+    of the set's expected start (it cost two, the dearest part of a free event)."""
+    kit, job, single = set_waits_for_x86(5, "other caps")
+    worked_out: list[int] = []
+    reserved_start = kit.core._reserved_start
+
+    def counting(request: Request, now: float, *, latest: bool = False) -> float:
+        worked_out.append(request.id)
+        return reserved_start(request, now, latest=latest)
+
+    kit.core._reserved_start = counting  # type: ignore[method-assign]
+    kit.core.close_request(kit.now, job)
+    kit.answer_calls()
+    backfill = kit.core.request(single)
+    assert backfill.state is RequestState.IN_PROGRESS
+    assert backfill.job is not None and backfill.job.max_timeout_at == reserved_start(
+        kit.core._requests[worked_out[0]], kit.now
+    ), "the backfilled job may run past the set's expected start"
+    assert len(worked_out) == 1, worked_out
+
+
+def test_a_freed_board_tries_no_set_the_idle_boards_cannot_complete() -> None:
+    """An arm board frees beside idle boards of another kind; many sets want it and an x86
+    board, and no x86 board is idle: the free event tries none of them (each cost a walk of
+    the idle indexes per profile), though there are as many idle boards as each needs."""
+    kit = CoreKit(POLICY)
+    kit.add_worker("arm", ARM)
+    kit.add_worker("x86", {"arch": "x86"})
+    for i in range(4):
+        kit.add_worker(f"spare{i}", {"arch": "spare"})
+    kit.core.new_request(kit.now, "owner", frozenset(), {"UUID": "x86"}, job_timeout=3600)
+    job = kit.core.new_request(kit.now, "owner", frozenset(), {"UUID": "arm"})
+    for i in range(20):
+        kit.core.new_request(
+            kit.now,
+            f"setter{i}",
+            frozenset({f"team{i}"}),
+            {},
+            profiles=[("a", ARM), ("b", {"arch": "x86"})],
+            priority=2,
+        )
+    kit.drain()
+    tried: list[int] = []
+    boards = kit.core._boards
+
+    def counting(needs: Sequence[Need], *args: Any) -> list[Worker] | None:
+        tried.append(len(needs))
+        return boards(needs, *args)
+
+    kit.core._boards = counting  # type: ignore[method-assign]
+    kit.core.close_request(kit.now, job.id)
+    kit.answer_calls()
+    assert kit.core.worker("arm").state is WorkerState.IDLE
+    assert tried == []

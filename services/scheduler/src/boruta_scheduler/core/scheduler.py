@@ -1320,7 +1320,13 @@ class Core:
         if colocated:
             return find_set(needs, colocated, capable, candidate, self._members_at)
         count = len(needs)
-        return match([shortlist(capable(need), count) for need in needs])
+        candidates = []
+        for need in needs:
+            found = shortlist(capable(need), count)
+            if not found:
+                return None
+            candidates.append(found)
+        return match(candidates)
 
     def _registered_view(
         self, groups: frozenset[str], usable: Callable[[Worker], bool] | None = None
@@ -1554,7 +1560,8 @@ class Core:
             consider(worker)
         for need in needs:
             taken = 0
-            for worker in islice(self._registered.capable(need, owner), 4 * count):
+            # The registered index changes seldom: its first candidates are remembered.
+            for worker in self._registered.firsts(need, owner, 4 * count):
                 if consider(worker):
                     taken += 1
                     if taken == count:
@@ -1620,20 +1627,23 @@ class Core:
             # nothing: neither would this one (nor reserve boards). Requests with equal
             # profiles share one walk, as a freed worker tries only a bucket's first.
             return
+        starts: dict[int, float] = {}
         capable, candidate = self._idle_view(
-            request.owner_groups, self._usable_for(request, now), request.reserved
+            request.owner_groups, self._usable_for(request, now, starts), request.reserved
         )
         if isinstance(bucket, MultiBucket):
-            boards = self._boards(bucket.needs, (capable, candidate), bucket.colocated)
+            boards = None
+            if self._idle.may_serve(bucket.needs):
+                boards = self._boards(bucket.needs, (capable, candidate), bucket.colocated)
             if boards is not None:
-                self._start_jobs(request, boards, now)
+                self._start_jobs(request, boards, now, starts)
             else:
                 self._reserve_idle(request, bucket)
             return
         assert isinstance(bucket, Bucket)
         worker = next(iter(capable(bucket.need)), None)
         if worker is not None:
-            self._start_jobs(request, (worker,), now)
+            self._start_jobs(request, (worker,), now, starts)
 
     def _match_worker(self, worker: Worker, now: float, *, sets: bool = True) -> None:
         """Give an idle worker the most important ready request it can serve: one that
@@ -1674,14 +1684,14 @@ class Core:
                     continue  # kept for a more important set, which this one cannot backfill
                 # Every request of a bucket asks the same: if its first gets no set, none
                 # does. A set needs as many idle workers as it has profiles.
-                if sets and len(bucket.needs) <= idle:
+                if sets and len(bucket.needs) <= idle and self._idle.may_serve(bucket.needs):
                     boards = self._boards(
                         bucket.needs,
                         self._idle_view(top.owner_groups, usable, top.reserved),
                         bucket.colocated,
                     )
                     if boards is not None:
-                        self._start_jobs(top, boards, now)
+                        self._start_jobs(top, boards, now, starts)
                         if worker.state is WorkerState.IDLE:
                             # The set left this worker out (it is kept for another set, or
                             # a restore matches): offer it again.
@@ -1697,12 +1707,19 @@ class Core:
         if request is not None and (
             worker.reserved_for is None or self._usable_for(request, now, starts, firsts)(worker)
         ):
-            self._start_jobs(request, (worker,), now)
+            self._start_jobs(request, (worker,), now, starts)
 
-    def _start_jobs(self, request: Request, workers: Sequence[Worker], now: float) -> None:
+    def _start_jobs(
+        self,
+        request: Request,
+        workers: Sequence[Worker],
+        now: float,
+        starts: Mapping[int, float] | None = None,
+    ) -> None:
         """Start one job per profile, on the worker given for it; they share their times.
         A job on a worker reserved for a more important request (backfill) may not run, nor
-        be prolonged, past the time that request is expected to start."""
+        be prolonged, past the time that request is expected to start (starts: those the
+        backfill check worked out, by request id)."""
         max_timeout = now + self.policy.max_job_duration
         for worker in workers:
             # Out of the idle index before their reservations end, so that ending them
@@ -1714,7 +1731,10 @@ class Core:
                 continue
             if order_of(holder) < order_of(request):
                 # Backfill: the worker stays reserved, for when this job has ended.
-                max_timeout = min(max_timeout, self._reserved_start(holder, now))
+                start = None if starts is None else starts.get(holder.id)
+                if start is None:
+                    start = self._reserved_start(holder, now)
+                max_timeout = min(max_timeout, start)
             else:
                 self._unreserve(worker)  # a more important request takes it
         released = self._release_reserved(request)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import islice
 from typing import Any, TypeVar
 
 from sortedcontainers import SortedSet
@@ -26,6 +27,9 @@ Rank = tuple[Any, ...]
 # Members in a row a walk steps past, missing from one of the sets a candidate must be in,
 # before it leaps to that set's next member instead.
 LEAP_AFTER = 8
+# Walks firsts() remembers before it forgets them all: a bound on memory, reached only by
+# a farm with that many distinct (need, owner groups) pairs asked about between changes.
+FIRSTS_KEPT = 4096
 K = TypeVar("K")
 
 
@@ -84,6 +88,8 @@ class WorkerIndex:
         # Members the walks have looked at, ever: what tests of the cost of an event count
         # (tests/test_core_index.py).
         self.visits = 0
+        # firsts()'s answers while no member is added or removed.
+        self._firsts: dict[tuple[Need, frozenset[str], int], tuple[Worker, ...]] = {}
 
     def __len__(self) -> int:
         return len(self._members)
@@ -97,6 +103,7 @@ class WorkerIndex:
         return (members[place[-1]] for place in self._ranked)
 
     def add(self, worker: Worker) -> None:
+        self._firsts.clear()
         place = self._places[worker.uuid] = self._key(worker)
         self._members[worker.uuid] = worker
         self._ranked.add(place)
@@ -113,6 +120,7 @@ class WorkerIndex:
         """Remove a worker; its caps and groups must be those it was added with."""
         if self._members.pop(worker.uuid, None) is None:
             return
+        self._firsts.clear()
         place = self._places.pop(worker.uuid)
         self._ranked.discard(place)
         _unfile(self._by_pair, worker.items, place)
@@ -229,6 +237,18 @@ class WorkerIndex:
             ):
                 yield worker
 
+    def firsts(self, need: Need, owner_groups: frozenset[str], limit: int) -> tuple[Worker, ...]:
+        """The first limit members capable() yields, remembered until a member is added
+        or removed: for an index that changes seldom (every registered worker) and is
+        asked the same often (the expected start of a set, on every free event)."""
+        key = (need, owner_groups, limit)
+        found = self._firsts.get(key)
+        if found is None:
+            if len(self._firsts) >= FIRSTS_KEPT:
+                self._firsts.clear()
+            found = self._firsts[key] = tuple(islice(self.capable(need, owner_groups), limit))
+        return found
+
     def meeting(self, need: Need) -> Worker | None:
         """The least capable member that meets need, whatever its groups."""
         members = self._members
@@ -288,6 +308,18 @@ class IdleWorkers:
         worker.reserved_for = holder
         if idle:
             self.add(worker)
+
+    def may_serve(self, needs: Iterable[Need]) -> bool:
+        """Whether, for each need, some member holds every pair it requires: what a set of
+        idle boards needs at least, checked in a few lookups before any walk (a freed
+        board offered to every set it could join, beside idle boards of other kinds,
+        would otherwise walk for each set's other profiles in vain)."""
+        free, kept = self.free, self.kept
+        for need in needs:
+            for pair in need.required:
+                if not free.holders(pair) and not kept.holders(pair):
+                    return False
+        return True
 
     def kept_after(
         self, need: Need, owner_groups: frozenset[str], order: tuple[int, int]
