@@ -302,6 +302,8 @@ def test_indexes_find_what_a_scan_finds(
         assert [w.uuid for w in index.capable(need, request.owner_groups)] == expected, asked
         firsts = index.firsts(need, request.owner_groups, 2)
         assert [w.uuid for w in firsts] == expected[:2], asked
+        walked = index.capable_remembered(need, request.owner_groups, 2)
+        assert [w.uuid for w in walked] == expected, asked
     if workers:
         # firsts() forgets what it remembered once a member leaves, and again once it is back.
         gone = workers[0][0]

@@ -1519,7 +1519,9 @@ class Core:
                 and (at := self._free_at(w, request, now, latest)) is not None
             ]
             found = 0
-            for worker in self._registered.capable(need, request.owner_groups):
+            # The registered index changes seldom: its first candidates are remembered.
+            walk = self._registered.capable_remembered(need, request.owner_groups, 2 * count)
+            for worker in walk:
                 at = self._free_at(worker, request, now, latest)
                 if at is not None:
                     options.append((at, worker))

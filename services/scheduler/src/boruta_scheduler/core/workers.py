@@ -53,22 +53,33 @@ def _union(parts: Sequence[Iterable[Rank]]) -> Iterator[Rank]:
             last = rank
 
 
-def _file(index: dict[K, SortedSet[Rank]], keys: Iterable[K], rank: Rank) -> None:
+# Emptied lists an index keeps to fill again (a new SortedSet costs more than the add):
+# the small index of reserved boards empties and refills lists on most events.
+SPARE_LISTS = 64
+
+
+def _file(
+    index: dict[K, SortedSet[Rank]], keys: Iterable[K], rank: Rank, spare: list[SortedSet[Rank]]
+) -> None:
     """Put a rank into the list of each key."""
     for key in keys:
         ranks = index.get(key)
         if ranks is None:
-            ranks = index[key] = SortedSet()
+            ranks = index[key] = spare.pop() if spare else SortedSet()
         ranks.add(rank)
 
 
-def _unfile(index: dict[K, SortedSet[Rank]], keys: Iterable[K], rank: Rank) -> None:
+def _unfile(
+    index: dict[K, SortedSet[Rank]], keys: Iterable[K], rank: Rank, spare: list[SortedSet[Rank]]
+) -> None:
     """Take a rank out of the list of each key, and empty lists out of the index."""
     for key in keys:
         ranks = index[key]
         ranks.discard(rank)
         if not ranks:
             del index[key]
+            if len(spare) < SPARE_LISTS:
+                spare.append(ranks)
 
 
 class WorkerIndex:
@@ -85,6 +96,7 @@ class WorkerIndex:
         # request walks only the boards open to it when those are fewer.
         self._by_group: dict[str, SortedSet[Rank]] = {}
         self._ungrouped: SortedSet[Rank] = SortedSet()
+        self._spare: list[SortedSet[Rank]] = []
         # Members the walks have looked at, ever: what tests of the cost of an event count
         # (tests/test_core_index.py).
         self.visits = 0
@@ -107,8 +119,8 @@ class WorkerIndex:
         place = self._places[worker.uuid] = self._key(worker)
         self._members[worker.uuid] = worker
         self._ranked.add(place)
-        _file(self._by_pair, worker.items, place)
-        _file(self._by_group, worker.groups, place)
+        _file(self._by_pair, worker.items, place, self._spare)
+        _file(self._by_group, worker.groups, place, self._spare)
         if not worker.groups:
             self._ungrouped.add(place)
 
@@ -123,8 +135,8 @@ class WorkerIndex:
         self._firsts.clear()
         place = self._places.pop(worker.uuid)
         self._ranked.discard(place)
-        _unfile(self._by_pair, worker.items, place)
-        _unfile(self._by_group, worker.groups, place)
+        _unfile(self._by_pair, worker.items, place, self._spare)
+        _unfile(self._by_group, worker.groups, place, self._spare)
         self._ungrouped.discard(place)
 
     def _rarest(self, pairs: Alternative) -> SortedSet[Rank] | None:
@@ -248,6 +260,17 @@ class WorkerIndex:
                 self._firsts.clear()
             found = self._firsts[key] = tuple(islice(self.capable(need, owner_groups), limit))
         return found
+
+    def capable_remembered(
+        self, need: Need, owner_groups: frozenset[str], limit: int
+    ) -> Iterator[Worker]:
+        """capable(), its first limit members from firsts(), the rest walked as needed."""
+        found = self.firsts(need, owner_groups, limit)
+        yield from found
+        if len(found) == limit:
+            last = found[-1]
+            start = self._places[last.uuid]
+            yield from self.capable(need, owner_groups, exclude=last.uuid, start=start)
 
     def meeting(self, need: Need) -> Worker | None:
         """The least capable member that meets need, whatever its groups."""
