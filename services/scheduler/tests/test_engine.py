@@ -228,6 +228,30 @@ async def test_silence_during_an_outage_fails_no_worker() -> None:
     await engine.stop()
 
 
+async def test_a_heartbeat_queued_before_the_deadline_keeps_its_board() -> None:
+    """A heartbeat that reached the scheduler before its board's deadline but waited past it
+    (a busy engine, a slow commit) counts: due timers fire in order with the commands'
+    arrival, not all before the commands of the batch."""
+    policy = Policy(heartbeat_timeout=30)
+    clock = [1_700_000_000.0]
+    engine = Engine(
+        Core(policy), MemoryStore(), Dryads(), clock=lambda: clock[0], monotonic=lambda: clock[0]
+    )
+    engine.start()
+    caps = {"UUID": "w1"}
+    await engine.execute(lambda c, t: c.register(t, caps, "127.0.0.1:1", "127.0.0.1:2"))
+    await asyncio.sleep(0)  # the engine idles, its heartbeat timer armed
+    clock[0] += policy.heartbeat_timeout - 1
+    engine.submit(lambda c, t: c.heartbeat(t, "w1"))  # 1 s before the deadline
+    clock[0] += 2  # the batch runs 1 s after it
+    worker = await engine.execute(lambda c, t: c.worker("w1"))
+    assert worker.state is WorkerState.MAINTENANCE
+    clock[0] += policy.heartbeat_timeout  # silence from the heartbeat on still counts
+    worker = await engine.execute(lambda c, t: c.worker("w1"))
+    assert worker.state is WorkerState.FAILED
+    await engine.stop()
+
+
 async def silent_while_deaf(wall: float, steady: float) -> tuple[WorkerState, WorkerState]:
     """w1's state after the wall clock moved by wall and the monotonic clock by steady while
     the engine, idle, heard nothing (not even its own timer), and after a true silence of a
