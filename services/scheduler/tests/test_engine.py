@@ -228,19 +228,26 @@ async def test_silence_during_an_outage_fails_no_worker() -> None:
     await engine.stop()
 
 
+async def engine_with_w1(policy: Policy, clock: list[float], mono: list[float]) -> Engine:
+    """A started engine on these wall and monotonic clocks, worker w1 registered, idle with
+    its heartbeat timer armed."""
+    engine = Engine(
+        Core(policy), MemoryStore(), Dryads(), clock=lambda: clock[0], monotonic=lambda: mono[0]
+    )
+    engine.start()
+    caps = {"UUID": "w1"}
+    await engine.execute(lambda c, t: c.register(t, caps, "127.0.0.1:1", "127.0.0.1:2"))
+    await asyncio.sleep(0)  # the engine idles, its heartbeat timer armed
+    return engine
+
+
 async def test_a_heartbeat_queued_before_the_deadline_keeps_its_board() -> None:
     """A heartbeat that reached the scheduler before its board's deadline but waited past it
     (a busy engine, a slow commit) counts: due timers fire in order with the commands'
     arrival, not all before the commands of the batch."""
     policy = Policy(heartbeat_timeout=30)
     clock = [1_700_000_000.0]
-    engine = Engine(
-        Core(policy), MemoryStore(), Dryads(), clock=lambda: clock[0], monotonic=lambda: clock[0]
-    )
-    engine.start()
-    caps = {"UUID": "w1"}
-    await engine.execute(lambda c, t: c.register(t, caps, "127.0.0.1:1", "127.0.0.1:2"))
-    await asyncio.sleep(0)  # the engine idles, its heartbeat timer armed
+    engine = await engine_with_w1(policy, clock, clock)
     clock[0] += policy.heartbeat_timeout - 1
     engine.submit(lambda c, t: c.heartbeat(t, "w1"))  # 1 s before the deadline
     clock[0] += 2  # the batch runs 1 s after it
@@ -258,13 +265,7 @@ async def silent_while_deaf(wall: float, steady: float) -> tuple[WorkerState, Wo
     heartbeat timeout that follows."""
     policy = Policy(heartbeat_timeout=30)
     clock, mono = [1_700_000_000.0], [1_000.0]
-    engine = Engine(
-        Core(policy), MemoryStore(), Dryads(), clock=lambda: clock[0], monotonic=lambda: mono[0]
-    )
-    engine.start()
-    caps = {"UUID": "w1"}
-    await engine.execute(lambda c, t: c.register(t, caps, "127.0.0.1:1", "127.0.0.1:2"))
-    await asyncio.sleep(0)  # the engine idles, its heartbeat timer armed
+    engine = await engine_with_w1(policy, clock, mono)
     clock[0] += wall
     mono[0] += steady
     deaf = await engine.execute(lambda c, t: c.worker("w1"))
