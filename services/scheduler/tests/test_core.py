@@ -17,6 +17,7 @@ from boruta_scheduler.core.idempotency import (
     arguments_hash,
     check_key,
 )
+from boruta_scheduler.core.timers import TimerKind, TimerQueue
 from boruta_scheduler.core.tokens import SEAL_KEPT
 from boruta_scheduler.errors import (
     Busy,
@@ -426,6 +427,37 @@ def test_close_waiting_cancels_and_close_running_is_done(kit: CoreKit) -> None:
     assert worker_state(kit, "w1") is WorkerState.PREPARE
     with pytest.raises(RequestNotFound):
         kit.core.close_request(kit.now, run.id)
+
+
+def test_a_finished_request_is_not_kept_by_its_timers(kit: CoreKit) -> None:
+    """Its deadline, valid_after and job timeout stay in the timer heap until due (or a
+    compaction): they must not keep the request, its job and caps alive meanwhile, for
+    the garbage collector to walk at every full collection."""
+    kit.add_worker("w1")
+    run = kit.core.new_request(kit.now, "u", NOBODY, {}, deadline=kit.now + 1000)
+    wait = kit.core.new_request(
+        kit.now, "u", NOBODY, {}, deadline=kit.now + 1000, valid_after=kit.now + 10
+    )
+    finished = [kit.core._requests[r.id] for r in (run, wait)]  # the core's own objects
+    for r in (run, wait):
+        kit.core.close_request(kit.now, r.id)
+    kit.answer_calls()
+    for request in finished:
+        assert [type(o) for o in gc.get_referrers(request) if o is not finished] == []
+    kit.advance(2000)  # the stale timers come due and change nothing
+    assert state_of(kit, run.id) is RequestState.DONE
+    assert state_of(kit, wait.id) is RequestState.CANCELLED
+
+
+def test_a_request_timer_is_left_out_of_garbage_collections() -> None:
+    """A request's timer is numbers only (its kind too), which a collection stops tracking:
+    thousands of stale ones cost a full collection nothing."""
+    timers = TimerQueue()
+    timers.push(T0 + 10, TimerKind.DEADLINE, 7)
+    timers.push_all([(T0 + 20, TimerKind.VALID_AFTER, 8)])
+    gc.collect()
+    assert len(timers) == 2
+    assert not any(gc.is_tracked(entry) for entry in timers._heap)
 
 
 def test_job_timeout_ends_job_and_reprepares_worker(kit: CoreKit) -> None:

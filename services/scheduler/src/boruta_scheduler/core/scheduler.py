@@ -1229,16 +1229,17 @@ class Core:
             if self._timer_applies(due, kind, target):
                 self._periodic_healthcheck(target, now)
             return
-        assert isinstance(target, Request)
-        if not self._timer_applies(due, kind, target):
+        assert isinstance(target, int)
+        request = self._requests.get(target)
+        if request is None or not self._request_timer_applies(due, kind, request):
             return
         if kind is TimerKind.DEADLINE:
-            self._finish(target, RequestState.TIMEOUT, now, "deadline passed while waiting")
+            self._finish(request, RequestState.TIMEOUT, now, "deadline passed while waiting")
         elif kind is TimerKind.VALID_AFTER:
-            self._queue.set_ready(target, True)
-            newly_ready.append(target)
+            self._queue.set_ready(request, True)
+            newly_ready.append(request)
         elif kind is TimerKind.JOB_TIMEOUT:
-            self._end_job(target, now, RequestState.DONE, "job timed out")
+            self._end_job(request, now, RequestState.DONE, "job timed out")
 
     # ----------------------------------------------------------------- helpers
 
@@ -1278,11 +1279,11 @@ class Core:
         def timers() -> Iterator[tuple[float, TimerKind, Target]]:
             # Made one at a time as they are pushed: no list of them all is held.
             for request in requests:
-                yield request.deadline, TimerKind.DEADLINE, request
+                yield request.deadline, TimerKind.DEADLINE, request.id
                 if request.valid_after <= now:
                     queue.set_ready(request, True)
                 else:
-                    yield request.valid_after, TimerKind.VALID_AFTER, request
+                    yield request.valid_after, TimerKind.VALID_AFTER, request.id
 
         self._timers.push_all(timers())
 
@@ -2052,8 +2053,9 @@ class Core:
                 FailureKind.HEARTBEAT,
             )
 
-    def _push_timer(self, due: float, kind: TimerKind, target: Target) -> None:
-        self._timers.push(due, kind, target)
+    def _push_timer(self, due: float, kind: TimerKind, target: Request | Worker) -> None:
+        # A request by id: see core/timers.py.
+        self._timers.push(due, kind, target.id if isinstance(target, Request) else target)
         if len(self._timers) > 4 * (len(self._requests) + len(self._workers)) + 4096:
             self._timers.compact(self._timer_applies)
 
@@ -2064,8 +2066,11 @@ class Core:
             if kind is TimerKind.HEALTHCHECK:
                 return target.health_due == due
             return target.hb_armed
-        if self._requests.get(target.id) is not target:
-            return False
+        request = self._requests.get(target)
+        return request is not None and self._request_timer_applies(due, kind, request)
+
+    @staticmethod
+    def _request_timer_applies(due: float, kind: TimerKind, target: Request) -> bool:
         if kind is TimerKind.DEADLINE:
             return target.state is RequestState.WAITING and target.deadline == due
         if kind is TimerKind.VALID_AFTER:

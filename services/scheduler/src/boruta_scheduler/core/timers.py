@@ -1,4 +1,10 @@
-"""One heap of every timer of the core, with lazy deletion of timers that no longer apply."""
+"""One heap of every timer of the core, with lazy deletion of timers that no longer apply.
+
+A request's timers name it by id, not by object: a timer outlives the request it was for
+until it comes due or the heap is compacted, and an entry of plain numbers neither keeps
+the finished request (its job, caps and views) alive nor gives the garbage collector
+anything to walk (a tuple of numbers only, its kind stored as a plain int, is left out of
+collections)."""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import heapq
 import itertools
 from collections.abc import Callable, Iterable
 
-from boruta_scheduler.core.model import Request, Worker
+from boruta_scheduler.core.model import Worker
 
 
 class TimerKind(enum.IntEnum):
@@ -20,7 +26,8 @@ class TimerKind(enum.IntEnum):
     VALID_AFTER = 4
 
 
-Target = Request | Worker
+# A request's id, or a worker.
+Target = int | Worker
 Entry = tuple[float, int, int, Target]
 
 
@@ -35,13 +42,13 @@ class TimerQueue:
         return len(self._heap)
 
     def push(self, due: float, kind: TimerKind, target: Target) -> None:
-        heapq.heappush(self._heap, (due, kind, next(self._seq), target))
+        heapq.heappush(self._heap, (due, int(kind), next(self._seq), target))
 
     def push_all(self, timers: Iterable[tuple[float, TimerKind, Target]]) -> None:
         """push() each timer, in one heapify (a restore's many at once)."""
         heap = self._heap
         seq = self._seq
-        heap.extend((due, kind, next(seq), target) for due, kind, target in timers)
+        heap.extend((due, int(kind), next(seq), target) for due, kind, target in timers)
         heapq.heapify(heap)
 
     def next_due(self) -> float | None:
