@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -29,6 +30,32 @@ log = logging.getLogger(__name__)
 # restart (30 s by default), so the dryad must try again well within that, or its boards fail
 # just before they would have registered again.
 MAX_BACKOFF = 10.0
+# Boards that register together (a dryad's, or a whole farm's after the scheduler restarts)
+# would heartbeat together from then on: a burst of every board's call once an interval,
+# stalling everyone else's calls meanwhile. The first heartbeat after a registration comes
+# after a random part of the interval, and each later one up to this share of it early (or
+# again after a random part, if its call took longer than that share): a stall answering
+# many heartbeats at once does not line them up again.
+HEARTBEAT_JITTER = 0.1
+_RNG = random.Random()
+
+
+def first_heartbeat_pause(interval: float, rng: random.Random = _RNG) -> float:
+    """How long after a registration the board's first heartbeat goes: a random part of
+    the interval (see HEARTBEAT_JITTER)."""
+    return rng.uniform(0.0, interval)
+
+
+def heartbeat_pause(interval: float, took: float, rng: random.Random = _RNG) -> float:
+    """How long after a heartbeat the next one goes, given how long its call took: the
+    interval, up to HEARTBEAT_JITTER of it early; after a call that took longer than that
+    share (the scheduler stalled, and answered the heartbeats that queued meanwhile all
+    at once), a random part of the interval, as after a registration."""
+    if took > interval * HEARTBEAT_JITTER:
+        return first_heartbeat_pause(interval, rng)
+    return interval * rng.uniform(1.0 - HEARTBEAT_JITTER, 1.0)
+
+
 IN_SERVICE = frozenset(
     (types_pb2.WORKER_STATE_IDLE, types_pb2.WORKER_STATE_PREPARE, types_pb2.WORKER_STATE_RUNNING)
 )
@@ -156,6 +183,7 @@ class SchedulerLink:
         backoff = Backoff(0.05, MAX_BACKOFF)
         interval = 10.0
         while True:
+            pause = interval
             keeper = self._keepers.get(board.uuid)
             address = self._schedulers.current
             stub = self._stub()
@@ -176,6 +204,7 @@ class SchedulerLink:
                         timeout=10,
                     )
                     interval = reply.heartbeat_interval.ToNanoseconds() / 1e9 or interval
+                    pause = first_heartbeat_pause(interval)
                     self.states[board.uuid] = reply.worker.state
                     self.registered.add(board.uuid)
                     self._changed.set()
@@ -185,18 +214,21 @@ class SchedulerLink:
                         await _reconcile(board.uuid, keeper, before, reply.live_job_users)
                 elif not self._silent(board.uuid):
                     status = self._host_status() if self._host_status else None
+                    sent = asyncio.get_running_loop().time()
                     reply_hb = await stub.Heartbeat(
                         superviser_pb2.HeartbeatRequest(worker_uuid=board.uuid, host_status=status),
                         metadata=self._metadata,
                         timeout=10,
                     )
                     interval = reply_hb.heartbeat_interval.ToNanoseconds() / 1e9 or interval
+                    late = asyncio.get_running_loop().time() - sent
+                    pause = heartbeat_pause(interval, late)
                     self.states[board.uuid] = reply_hb.worker_state
                     if reply_hb.HasField("live_job_users"):
                         await _reconcile(board.uuid, keeper, before, reply_hb.live_job_users)
                     self.heartbeats[board.uuid] += 1
                     self._changed.set()
-                await asyncio.sleep(interval)
+                await asyncio.sleep(pause)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() is grpc.StatusCode.NOT_FOUND:
                     # The scheduler forgot the worker (e.g. it was deregistered): register again.
