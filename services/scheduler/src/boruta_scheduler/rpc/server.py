@@ -25,7 +25,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from boruta_scheduler.app.audit import AuditLog
 from boruta_scheduler.app.effects import tunnel_job, tunnel_key
 from boruta_scheduler.app.engine import Engine
-from boruta_scheduler.app.restore import freeze_heap, restore_core
+from boruta_scheduler.app.restore import SurvivorFreezer, freeze_heap, restore_core
 from boruta_scheduler.app.service import SchedulerService, ServiceSettings
 from boruta_scheduler.app.tokens import TokenAuthority
 from boruta_scheduler.app.watch import Publishers, WatchHub
@@ -128,6 +128,7 @@ class Scheduler:
         self.refusal_log: RefusalLog | None = None
         self.service: SchedulerService | None = None
         self.health: Probes | None = None  # grpc.health.v1, SERVING once started
+        self._freezing = False  # SurvivorFreezer installed by start()
 
     async def start(
         self,
@@ -175,6 +176,8 @@ class Scheduler:
             public_host = await self._start_relay(self.tunnels, self.engine, initial)
         self.engine.start(initial)
         freeze_heap()
+        SurvivorFreezer.install()
+        self._freezing = True
         log.info(
             "state restored",
             extra={
@@ -302,6 +305,9 @@ class Scheduler:
             await self.engine.stop()
         await self.dryads.close()
         self.store.close()
+        if self._freezing:
+            self._freezing = False
+            SurvivorFreezer.uninstall()
 
     async def not_serving(self) -> None:
         """Say NOT_SERVING on grpc.health.v1 (a leader that lost the lead, on its way out)."""
