@@ -176,8 +176,6 @@ class Scheduler:
             public_host = await self._start_relay(self.tunnels, self.engine, initial)
         self.engine.start(initial)
         freeze_heap()
-        SurvivorFreezer.install()
-        self._freezing = True
         log.info(
             "state restored",
             extra={
@@ -268,6 +266,9 @@ class Scheduler:
         self.health = await add_probes(server, SERVICE_NAMES, serving=True)
         await server.start()
         self.server = server
+        # Once serving, so that a start that failed leaves no hook behind.
+        SurvivorFreezer.install()
+        self._freezing = True
         if metrics is not None:
             metrics.leader.leading = True
         return self.port
