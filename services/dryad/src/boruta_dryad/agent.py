@@ -34,8 +34,8 @@ MAX_BACKOFF = 10.0
 # would heartbeat together from then on: a burst of every board's call once an interval,
 # stalling everyone else's calls meanwhile. The first heartbeat after a registration comes
 # after a random part of the interval, and each later one up to this share of it early (or
-# again after a random part, if its call took longer than that share): a stall answering
-# many heartbeats at once does not line them up again.
+# again after a random part, if its reply came later than that share after it was due): a
+# stall that lets many heartbeats through at once does not line them up again.
 HEARTBEAT_JITTER = 0.1
 _RNG = random.Random()
 
@@ -46,12 +46,13 @@ def first_heartbeat_pause(interval: float, rng: random.Random = _RNG) -> float:
     return rng.uniform(0.0, interval)
 
 
-def heartbeat_pause(interval: float, took: float, rng: random.Random = _RNG) -> float:
-    """How long after a heartbeat the next one goes, given how long its call took: the
-    interval, up to HEARTBEAT_JITTER of it early; after a call that took longer than that
-    share (the scheduler stalled, and answered the heartbeats that queued meanwhile all
-    at once), a random part of the interval, as after a registration."""
-    if took > interval * HEARTBEAT_JITTER:
+def heartbeat_pause(interval: float, late: float, rng: random.Random = _RNG) -> float:
+    """How long after a heartbeat the next one goes, given how late its reply came after
+    the time the heartbeat was due: the interval, up to HEARTBEAT_JITTER of it early; after
+    a reply later than that share (the scheduler, or the dryad, stalled, and the heartbeats
+    due meanwhile went or were answered all at once), a random part of the interval, as
+    after a registration."""
+    if late > interval * HEARTBEAT_JITTER:
         return first_heartbeat_pause(interval, rng)
     return interval * rng.uniform(1.0 - HEARTBEAT_JITTER, 1.0)
 
@@ -182,6 +183,8 @@ class SchedulerLink:
     async def _keep_alive(self, board: BoardRegistration) -> None:
         backoff = Backoff(0.05, MAX_BACKOFF)
         interval = 10.0
+        loop = asyncio.get_running_loop()
+        due = loop.time()  # when the next call was meant to go
         while True:
             pause = interval
             keeper = self._keepers.get(board.uuid)
@@ -214,20 +217,21 @@ class SchedulerLink:
                         await _reconcile(board.uuid, keeper, before, reply.live_job_users)
                 elif not self._silent(board.uuid):
                     status = self._host_status() if self._host_status else None
-                    sent = asyncio.get_running_loop().time()
                     reply_hb = await stub.Heartbeat(
                         superviser_pb2.HeartbeatRequest(worker_uuid=board.uuid, host_status=status),
                         metadata=self._metadata,
                         timeout=10,
                     )
                     interval = reply_hb.heartbeat_interval.ToNanoseconds() / 1e9 or interval
-                    late = asyncio.get_running_loop().time() - sent
-                    pause = heartbeat_pause(interval, late)
+                    # Late by its own call, or by this loop's (a dryad busy with many
+                    # Prepares wakes its boards late, and together).
+                    pause = heartbeat_pause(interval, loop.time() - due)
                     self.states[board.uuid] = reply_hb.worker_state
                     if reply_hb.HasField("live_job_users"):
                         await _reconcile(board.uuid, keeper, before, reply_hb.live_job_users)
                     self.heartbeats[board.uuid] += 1
                     self._changed.set()
+                due = loop.time() + pause
                 await asyncio.sleep(pause)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() is grpc.StatusCode.NOT_FOUND:
