@@ -8,13 +8,17 @@ import functools
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
-from cryptography import x509
 
 from boruta import pki
 from boruta.address import AddressError, split_host_port
+
+# Servers parse their callers' certificates; clients, which import this module for
+# TlsFiles, do not, and leave cryptography unloaded (see boruta.pki).
+if TYPE_CHECKING:
+    from cryptography import x509
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +113,8 @@ class PeerCertificates:
     checked again against the CA and for expiry (cheap: parsing is cached)."""
 
     def __init__(self, ca_pem: bytes) -> None:
+        from cryptography import x509
+
         self._ca = x509.load_pem_x509_certificate(ca_pem)
 
     def identity(self, context: Any, now: dt.datetime | None = None) -> pki.CertIdentity:
@@ -125,6 +131,8 @@ class PeerCertificates:
     @functools.lru_cache(maxsize=1024)  # noqa: B019 - one instance per process
     def _parse(self, pem: bytes) -> tuple[x509.Certificate, pki.CertIdentity | str]:
         """Signature and identity, once per certificate (a verify costs ~0.1 ms)."""
+        from cryptography import x509
+
         cert = x509.load_pem_x509_certificate(pem)
         try:
             pki.check_signature(cert, self._ca)
