@@ -183,8 +183,10 @@ def test_the_checker_sees_relative_and_nested_imports(tmp_path: Path) -> None:
 
 
 # Users start schedctl and scripts many times a day: SSH (paramiko, which loads invoke)
-# and certificate parsing (cryptography) load only for the commands that use them.
+# and certificate parsing (cryptography) load only for the commands that use them, and
+# gRPC and asyncio once a command calls the scheduler (not for --help or a usage error).
 CLIENT_HEAVY = ("paramiko", "invoke", "cryptography")
+CLIENT_CALLS = ("grpc", "asyncio")
 
 
 @pytest.mark.parametrize(
@@ -195,8 +197,8 @@ CLIENT_HEAVY = ("paramiko", "invoke", "cryptography")
             ("grpc", "sqlite3", "asyncio", "psycopg", "prometheus_client", "aiohttp"),
         ),
         ("boruta_dryad", ("boruta_scheduler", "boruta_client")),
-        ("boruta_client", ("boruta_scheduler", "boruta_dryad", *CLIENT_HEAVY)),
-        ("schedctl.main", CLIENT_HEAVY),
+        ("boruta_client", ("boruta_scheduler", "boruta_dryad", *CLIENT_HEAVY, *CLIENT_CALLS)),
+        ("schedctl.main", (*CLIENT_HEAVY, *CLIENT_CALLS, "yaml")),
         # Metrics cost 0.6 s of imports: loaded only when a metrics port is configured.
         ("boruta_scheduler.main", ("prometheus_client", "aiohttp", "jinja2")),
         ("boruta_dryad.main", ("prometheus_client", "aiohttp")),
@@ -212,8 +214,8 @@ def test_importing_a_package_pulls_in_nothing_forbidden(
 
 
 @pytest.mark.parametrize("args", [("--help",), ("requests", "--help"), ("ssh", "--help")])
-def test_schedctl_help_loads_no_ssh_or_certificates(args: tuple[str, ...]) -> None:
-    loaded = loaded_after(schedctl_code(*args), CLIENT_HEAVY)
+def test_schedctl_help_loads_no_client(args: tuple[str, ...]) -> None:
+    loaded = loaded_after(schedctl_code(*args), (*CLIENT_HEAVY, *CLIENT_CALLS, "yaml"))
     assert loaded == [], f"schedctl {' '.join(args)} loads {' '.join(loaded)}"
 
 

@@ -10,14 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import grpc
-
 from boruta import pki
 from boruta.address import AddressError, split_host_port
 
 # Servers parse their callers' certificates; clients, which import this module for
-# TlsFiles, do not, and leave cryptography unloaded (see boruta.pki).
+# TlsFiles, do not, and leave cryptography unloaded (see boruta.pki). grpc loads with the
+# credentials, so that reading a client's config (schedctl --help) does not load it.
 if TYPE_CHECKING:
+    import grpc
     from cryptography import x509
 
 
@@ -74,6 +74,8 @@ def choose_transport(
 
 def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
     """Server TLS that requires a client certificate from the farm's CA."""
+    import grpc
+
     ca, cert, key = files.read()
     return grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=ca, require_client_auth=True
@@ -82,12 +84,16 @@ def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
 
 def token_server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
     """Server-only TLS, for the token port: callers show a bearer token, not a certificate."""
+    import grpc
+
     _, cert, key = files.read()
     return grpc.ssl_server_credentials([(key, cert)])
 
 
 def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
     """Client TLS that checks the server against the farm's CA and shows our certificate."""
+    import grpc
+
     ca, cert, key = files.read()
     return grpc.ssl_channel_credentials(
         root_certificates=ca, private_key=key, certificate_chain=cert
