@@ -206,7 +206,7 @@ def render(
     heartbeat: dict[str, float] | None = None,
     hostile: list[dict[str, object]] | None = None,
     together: list[dict[str, object]] | None = None,
-    startup: dict[str, object] | None = None,
+    startup: startup_bench.Result | None = None,
 ) -> str:
     scales = core["scales"]
     mid = next(s for s in scales if s["workers"] == 1000)
