@@ -186,7 +186,8 @@ def main() -> None:
     args = parser.parse_args()
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = render(run(args.before), when)
-    replace_section(HEADING, lines, before="## Reading the figures")
+    # A blank line more: the section replaced runs up to the next heading.
+    replace_section(HEADING, [*lines, ""], before="## Reading the figures")
     print("\n".join(lines))
 
 
