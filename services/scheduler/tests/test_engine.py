@@ -228,12 +228,9 @@ async def test_silence_during_an_outage_fails_no_worker() -> None:
     await engine.stop()
 
 
-async def silent_while_deaf(wall: float, steady: float) -> tuple[WorkerState, WorkerState]:
-    """w1's state after the wall clock moved by wall and the monotonic clock by steady while
-    the engine, idle, heard nothing (not even its own timer), and after a true silence of a
-    heartbeat timeout that follows."""
-    policy = Policy(heartbeat_timeout=30)
-    clock, mono = [1_700_000_000.0], [1_000.0]
+async def engine_with_w1(policy: Policy, clock: list[float], mono: list[float]) -> Engine:
+    """A started engine on these wall and monotonic clocks, worker w1 registered, idle with
+    its heartbeat timer armed."""
     engine = Engine(
         Core(policy), MemoryStore(), Dryads(), clock=lambda: clock[0], monotonic=lambda: mono[0]
     )
@@ -241,6 +238,34 @@ async def silent_while_deaf(wall: float, steady: float) -> tuple[WorkerState, Wo
     caps = {"UUID": "w1"}
     await engine.execute(lambda c, t: c.register(t, caps, "127.0.0.1:1", "127.0.0.1:2"))
     await asyncio.sleep(0)  # the engine idles, its heartbeat timer armed
+    return engine
+
+
+async def test_a_heartbeat_queued_before_the_deadline_keeps_its_board() -> None:
+    """A heartbeat that reached the scheduler before its board's deadline but waited past it
+    (a busy engine, a slow commit) counts: due timers fire in order with the commands'
+    arrival, not all before the commands of the batch."""
+    policy = Policy(heartbeat_timeout=30)
+    clock = [1_700_000_000.0]
+    engine = await engine_with_w1(policy, clock, clock)
+    clock[0] += policy.heartbeat_timeout - 1
+    engine.submit(lambda c, t: c.heartbeat(t, "w1"))  # 1 s before the deadline
+    clock[0] += 2  # the batch runs 1 s after it
+    worker = await engine.execute(lambda c, t: c.worker("w1"))
+    assert worker.state is WorkerState.MAINTENANCE
+    clock[0] += policy.heartbeat_timeout  # silence from the heartbeat on still counts
+    worker = await engine.execute(lambda c, t: c.worker("w1"))
+    assert worker.state is WorkerState.FAILED
+    await engine.stop()
+
+
+async def silent_while_deaf(wall: float, steady: float) -> tuple[WorkerState, WorkerState]:
+    """w1's state after the wall clock moved by wall and the monotonic clock by steady while
+    the engine, idle, heard nothing (not even its own timer), and after a true silence of a
+    heartbeat timeout that follows."""
+    policy = Policy(heartbeat_timeout=30)
+    clock, mono = [1_700_000_000.0], [1_000.0]
+    engine = await engine_with_w1(policy, clock, mono)
     clock[0] += wall
     mono[0] += steady
     deaf = await engine.execute(lambda c, t: c.worker("w1"))

@@ -122,6 +122,8 @@ class Engine:
         # at the latest: see DEAF_AFTER.
         self._last_clocks: tuple[float, float] | None = None
         self._expected_by: float | None = None
+        # The time the last batch applied its commands and timers up to (never goes back).
+        self._applied_at = -math.inf
         self._pending: deque[Pending[Any]] = deque()
         self._wakeup = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
@@ -219,7 +221,7 @@ class Engine:
             self._outage.refused += 1
             raise self._outage.error()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append(Pending(command, future, discard))
+        self._pending.append(Pending(command, future, discard, self._clock()))
         self._wakeup.set()
         return await future
 
@@ -279,7 +281,7 @@ class Engine:
         """Queue a command whose result nobody waits for (e.g. a dryad call's outcome).
         While the store refuses writes it is dropped: the rebuilt core asks again."""
         if not self._stopping and self._outage is None:
-            self._pending.append(Pending(command, None))
+            self._pending.append(Pending(command, None, None, self._clock()))
             self._wakeup.set()
 
     async def wait_for_job(
@@ -379,16 +381,26 @@ class Engine:
                     extra={"seconds": round(deaf, 1)},
                 )
                 core.deaf_until(now)
-            core.tick(now)
+                self._applied_at = now
+            # Each command applies at the time it arrived, after the timers due before it: a
+            # heartbeat that came before its board's deadline counts however long it waited
+            # (a busy loop, a slow commit), and a prolong after a job's timeout does not.
+            at = self._applied_at
             for _ in range(count):
                 current = self._pending.popleft()
+                at = min(now, max(at, current.received))
+                due = core.next_timer()
+                if due is not None and due <= at:
+                    core.tick(at)
                 try:
-                    result = current.command(core, now)
+                    result = current.command(core, at)
                 except BorutaError as exc:
                     done.append((current, None, exc))
                 else:
                     done.append((current, result, None))
                 current = None
+            core.tick(now)
+            self._applied_at = now
         except Exception as exc:  # a bug: the core may be half changed
             self._drop_batch(exc, current, done)
             return

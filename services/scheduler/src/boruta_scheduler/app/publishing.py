@@ -4,6 +4,7 @@ before it is durable, in batch order, so nobody hears of a change before it is s
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ class Pending(Generic[T]):
     # Releases what a result holds outside the core (e.g. a watch's subscription) when
     # the result is thrown away because its batch was lost.
     discard: Callable[[T], None] | None = None
+    # When the engine received it (its clock): what it is applied at.
+    received: float = -math.inf
 
 
 # A command's result or the BorutaError it raised, for its caller once the batch is durable.
