@@ -845,7 +845,10 @@ class CoreMachine(RuleBasedStateMachine):
                 assert self.recoverable.get(uuid), f"{uuid} recovered from another failure"
                 assert self.what.startswith((f"heartbeat {uuid}", f"register {uuid} ")), entry
                 assert any(
-                    c.worker_uuid == uuid and c.kind is DryadCallKind.HEALTHCHECK for c in calls
+                    c.worker_uuid == uuid
+                    and c.kind is DryadCallKind.PREPARE
+                    and c.healthcheck_first
+                    for c in calls
                 ), f"{uuid} recovers without a healthcheck"
             else:
                 assert admin, f"{uuid} left {old} by itself: {entry}"
