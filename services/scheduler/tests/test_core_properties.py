@@ -64,6 +64,7 @@ from boruta_scheduler.types import (
     OPEN_GROUP,
     Access,
     Colocation,
+    FailedChecks,
     HistoryEntry,
     JobUsage,
     PendingCode,
@@ -281,6 +282,10 @@ class CoreMachine(RuleBasedStateMachine):
             fn: Callable[[], None] = functools.partial(
                 core.dryad_call_failed, now, call, "connection refused"
             )
+        elif call.kind is DryadCallKind.PREPARE and outcome == "unhealthy":
+            fn = functools.partial(
+                core.dryad_call_succeeded, now, call, FailedChecks("failing checks: disk: full")
+            )
         elif call.kind is DryadCallKind.PREPARE and outcome == "ok":
             self.keys += 1
             access = Access(f"job{self.keys}", f"KEY-{self.keys}")
@@ -384,7 +389,7 @@ class CoreMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.pending))
     @rule(
         index=st.integers(0, 1000),
-        outcome=st.sampled_from(("ok",) * 6 + ("fail", "empty")),
+        outcome=st.sampled_from(("ok",) * 6 + ("fail", "empty", "unhealthy")),
         forget=st.sampled_from((True, True, True, False)),
     )
     def answer_call(self, index: int, outcome: str, forget: bool) -> None:
