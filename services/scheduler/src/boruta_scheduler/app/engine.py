@@ -604,15 +604,14 @@ class Engine:
             await asyncio.wait([last_commit])
         delay = RETRY_FIRST
         while not self._stopping:
+            now = self._clock()
             try:
-                rebuild = functools.partial(
-                    restore_core, now=self._clock(), policy=self.core.policy
-                )
+                rebuild = functools.partial(restore_core, now=now, policy=self.core.policy)
                 core = await self._writer.run(rebuild)
             except Exception as exc:
                 self._still_refused(exc)
             else:
-                self._replace_core(core)
+                self._replace_core(core, now)
                 freeze_heap(collect=True)  # the old core goes, the new one stays
                 restored = core.drain()
                 outage = self._outage
@@ -637,10 +636,12 @@ class Engine:
             return
         self._outage.still_refused(exc)
 
-    def _replace_core(self, core: Core) -> None:
-        """Serve from core, rebuilt from the store: what was in flight for the old one is
-        void (the new one asks for its dryad calls and tunnels itself)."""
+    def _replace_core(self, core: Core, restored_at: float) -> None:
+        """Serve from core, rebuilt from the store at restored_at: what was in flight for the
+        old one is void (the new one asks for its dryad calls and tunnels itself), and the
+        commands still queued apply no earlier than the timers it fired by then."""
         self.core = core
+        self._applied_at = max(self._applied_at, restored_at)
         # The new core opens its tunnels again and prepares its PREPARE boards again.
         self._held.clear()
         self._held_workers.clear()
