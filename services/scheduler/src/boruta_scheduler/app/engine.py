@@ -122,7 +122,8 @@ class Engine:
         # at the latest: see DEAF_AFTER.
         self._last_clocks: tuple[float, float] | None = None
         self._expected_by: float | None = None
-        # The time the last batch applied its commands and timers up to (never goes back).
+        # The time the last batch (or a rebuild of the core) applied commands and timers up
+        # to: later commands apply no earlier. It goes back only if the wall clock does.
         self._applied_at = -math.inf
         self._pending: deque[Pending[Any]] = deque()
         self._wakeup = asyncio.Event()
