@@ -386,13 +386,15 @@ class Engine:
             # Each command applies at the time it arrived, after the timers due before it: a
             # heartbeat that came before its board's deadline counts however long it waited
             # (a busy loop, a slow commit), and a prolong after a job's timeout does not.
+            # The timers fire before the command leaves the queue: a bug in one blames no
+            # command, and those not yet applied wait for the rebuilt core.
             at = self._applied_at
             for _ in range(count):
-                current = self._pending.popleft()
-                at = min(now, max(at, current.received))
+                at = min(now, max(at, self._pending[0].received))
                 due = core.next_timer()
                 if due is not None and due <= at:
                     core.tick(at)
+                current = self._pending.popleft()
                 try:
                     result = current.command(core, at)
                 except BorutaError as exc:
