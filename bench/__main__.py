@@ -20,6 +20,7 @@ from bench import (
     metrics_bench,
     multi_bench,
     restart_bench,
+    startup_bench,
     store_bench,
     takeover_bench,
     together_bench,
@@ -205,6 +206,7 @@ def render(
     heartbeat: dict[str, float] | None = None,
     hostile: list[dict[str, object]] | None = None,
     together: list[dict[str, object]] | None = None,
+    startup: startup_bench.Result | None = None,
 ) -> str:
     scales = core["scales"]
     mid = next(s for s in scales if s["workers"] == 1000)
@@ -268,6 +270,7 @@ def render(
         *metrics_bench.render(metrics, when),
         *heartbeat_bench.render(heartbeat, when),
         *usage_bench.render(usage, when),
+        *(startup_bench.render(startup, when) if startup is not None else []),
         *render_reading(rpc),
     ]
     return "\n".join(lines)
@@ -342,6 +345,8 @@ def main() -> None:
     heartbeat = heartbeat_bench.run()
     print("usage benchmark ...", file=sys.stderr)
     usage = usage_bench.run()
+    print("start-up benchmark ...", file=sys.stderr)
+    startup = startup_bench.run()
     report = render(
         core,
         rpc,
@@ -357,6 +362,7 @@ def main() -> None:
         heartbeat,
         hostile,
         together,
+        startup,
     )
     REPORT.write_text(report)
     print(report)

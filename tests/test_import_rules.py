@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from import_kit import loaded_after, schedctl_code
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = {
@@ -181,6 +182,13 @@ def test_the_checker_sees_relative_and_nested_imports(tmp_path: Path) -> None:
     assert {"boruta_scheduler.app", "boruta_scheduler.store.sqlite", "asyncio"} <= found
 
 
+# Users start schedctl and scripts many times a day: SSH (paramiko, which loads invoke)
+# and certificate parsing (cryptography) load only for the commands that use them, and
+# gRPC and asyncio once a command calls the scheduler (not for --help or a usage error).
+CLIENT_HEAVY = ("paramiko", "invoke", "cryptography")
+CLIENT_CALLS = ("grpc", "asyncio")
+
+
 @pytest.mark.parametrize(
     ("package", "forbidden"),
     [
@@ -189,7 +197,8 @@ def test_the_checker_sees_relative_and_nested_imports(tmp_path: Path) -> None:
             ("grpc", "sqlite3", "asyncio", "psycopg", "prometheus_client", "aiohttp"),
         ),
         ("boruta_dryad", ("boruta_scheduler", "boruta_client")),
-        ("boruta_client", ("boruta_scheduler", "boruta_dryad")),
+        ("boruta_client", ("boruta_scheduler", "boruta_dryad", *CLIENT_HEAVY, *CLIENT_CALLS)),
+        ("schedctl.main", (*CLIENT_HEAVY, *CLIENT_CALLS, "yaml")),
         # Metrics cost 0.6 s of imports: loaded only when a metrics port is configured.
         ("boruta_scheduler.main", ("prometheus_client", "aiohttp", "jinja2")),
         ("boruta_dryad.main", ("prometheus_client", "aiohttp")),
@@ -200,14 +209,14 @@ def test_importing_a_package_pulls_in_nothing_forbidden(
 ) -> None:
     """What a fresh interpreter holds after the import, so a forbidden module reached through
     a third-party package counts too."""
-    probe = (
-        f"import sys, {package}\n"
-        f"print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in {forbidden!r})))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
-    )
-    assert result.stdout.split() == [], f"importing {package} loads {result.stdout.strip()}"
+    loaded = loaded_after(f"import {package}", forbidden)
+    assert loaded == [], f"importing {package} loads {' '.join(loaded)}"
+
+
+@pytest.mark.parametrize("args", [("--help",), ("requests", "--help"), ("ssh", "--help")])
+def test_schedctl_help_loads_no_client(args: tuple[str, ...]) -> None:
+    loaded = loaded_after(schedctl_code(*args), (*CLIENT_HEAVY, *CLIENT_CALLS, "yaml"))
+    assert loaded == [], f"schedctl {' '.join(args)} loads {' '.join(loaded)}"
 
 
 def test_the_relay_process_loads_no_scheduling() -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from boruta_client import Busy, Client, RequestState, WorkerState
 from farm_kit import schedctl_env
+from import_kit import loaded_after, schedctl_code
 from live_farm import LiveFarm, live_farm
 from pipe_kit import LineReader
 from schedctl import exits
@@ -378,6 +379,16 @@ def test_help_shows_environment_variables_and_completion_works(env: dict[str, st
     new = schedctl(env, "requests", "new", "--help").stdout
     assert "BORUTA_REQUESTS_NEW_PRIORITY" in new and "BORUTA_OUTPUT" in new
     assert "_SCHEDCTL_COMPLETE" in schedctl(env, "completion", "bash").stdout
+
+
+def test_commands_load_ssh_only_when_they_open_it(env: dict[str, str]) -> None:
+    """A command that only calls the scheduler loads no paramiko or cryptography (on a
+    plaintext farm no certificate is read); one that runs on a board loads paramiko."""
+    heavy = ("paramiko", "cryptography", "grpc")
+    listed = loaded_after(schedctl_code("requests", "list"), heavy, env)
+    assert {m.split(".")[0] for m in listed} == {"grpc"}, listed
+    ran = loaded_after(schedctl_code("run", "--caps", "board=rpi4", "--", "true"), heavy, env)
+    assert {m.split(".")[0] for m in ran} == set(heavy), ran
 
 
 def test_contexts_from_the_config_file(env: dict[str, str], farm: LiveFarm, tmp_path: Path) -> None:

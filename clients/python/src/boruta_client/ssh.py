@@ -3,10 +3,7 @@ and port forwards, all with the job's key and through the scheduler's tunnel."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import hashlib
 import io
 import logging
 import os
@@ -20,12 +17,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
-
-import paramiko
+from typing import IO, TYPE_CHECKING, Any
 
 from boruta_client.errors import CommandTimeout, HostKeyMismatch, SSHError
 from boruta_client.types import Access
+
+# paramiko (and the invoke and cryptography it loads) costs a tenth of a second or more at
+# start-up: it is imported where a connection is made or used, so that programs and
+# schedctl commands that never open SSH do not load it.
+if TYPE_CHECKING:
+    import paramiko
 
 log = logging.getLogger(__name__)
 
@@ -53,57 +54,6 @@ class CommandResult:
         return self.stdout.decode(errors="replace")
 
 
-def _fingerprint(key: paramiko.PKey) -> str:
-    digest = base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
-    return f"{key.get_name()} SHA256:{digest}"
-
-
-def _not_the_board(where: str, key: paramiko.PKey) -> HostKeyMismatch:
-    return HostKeyMismatch(
-        f"the SSH server at {where} showed host key {_fingerprint(key)}, which is not "
-        "one the board's dryad reported: it is not the board (or the board's host keys "
-        "changed without its dryad knowing); not logging in"
-    )
-
-
-class _RefuseUnlistedHostKey(paramiko.MissingHostKeyPolicy):
-    """Called for a host key of a type none of the board's has: not the board."""
-
-    def missing_host_key(
-        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
-    ) -> None:
-        raise _not_the_board(hostname, key)
-
-
-class _AcceptUncheckedHostKey(paramiko.MissingHostKeyPolicy):
-    """For boards whose dryad predates host keys: nothing to check against, so the key is
-    taken, and the connection logs a warning saying so."""
-
-    def missing_host_key(
-        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
-    ) -> None:
-        log.warning(
-            "the board's host key is not checked: its dryad reported none (upgrade the dryad)",
-            extra={"host": hostname, "host_key": _fingerprint(key)},
-        )
-
-
-def _trust_board_host_keys(client: paramiko.SSHClient, access: Access) -> None:
-    """Make the board's reported host keys the only ones the client accepts for it."""
-    if not access.host_keys:
-        client.set_missing_host_key_policy(_AcceptUncheckedHostKey())
-        return
-    known = client.get_host_keys()
-    for line in access.host_keys:
-        kind, _, encoded = line.partition(" ")
-        try:
-            key = paramiko.PKey.from_type_string(kind, base64.b64decode(encoded))
-        except (ValueError, binascii.Error, paramiko.SSHException) as exc:
-            raise SSHError(f"the board's host key {kind} cannot be read: {exc}") from None
-        known.add(access.known_hosts_name, key.get_name(), key)
-    client.set_missing_host_key_policy(_RefuseUnlistedHostKey())
-
-
 def command_line(command: str | Sequence[str]) -> str:
     """A command for the remote shell; a sequence is quoted word by word."""
     return command if isinstance(command, str) else shlex.join(command)
@@ -113,13 +63,17 @@ class BoardSSH:
     """One SSH connection to a job's board; close it (or use ``with``) when done."""
 
     def __init__(self, access: Access, *, connect_timeout: float = 15.0) -> None:
+        import paramiko
+
+        from boruta_client._host_keys import not_the_board, trust_board_host_keys
+
         self.access = access
         try:
             key = paramiko.RSAKey.from_private_key(io.StringIO(access.private_key_pem))
         except paramiko.SSHException as exc:
             raise SSHError(f"the job's private key cannot be read: {exc}") from None
         self._client = paramiko.SSHClient()
-        _trust_board_host_keys(self._client, access)
+        trust_board_host_keys(self._client, access)
         try:
             self._client.connect(
                 access.host,
@@ -138,7 +92,7 @@ class BoardSSH:
         except paramiko.BadHostKeyException as exc:
             # A key of a type the board has, but not the board's key of that type.
             self._client.close()
-            raise _not_the_board(access.known_hosts_name, exc.key) from None
+            raise not_the_board(access.known_hosts_name, exc.key) from None
         except (OSError, paramiko.SSHException) as exc:
             self._client.close()  # paramiko keeps the transport of a failed login open
             raise SSHError(
@@ -181,6 +135,8 @@ class BoardSSH:
     ) -> CommandResult:
         """Run a command, streaming its output to the sinks as it comes; never raises for a
         non-zero exit status (see ``CommandResult.ok``). CommandTimeout after ``timeout``."""
+        import paramiko
+
         line = command_line(command)
         started = time.monotonic()
         give_up = None if timeout is None else started + timeout
@@ -227,6 +183,8 @@ class BoardSSH:
 
     def shell(self, stdin: IO[Any] | None = None, stdout: IO[Any] | None = None) -> int:
         """An interactive shell bridged to this terminal; returns its exit status."""
+        import paramiko
+
         try:
             return self._shell(stdin or sys.stdin, stdout or sys.stdout)
         except (OSError, paramiko.SSHException) as exc:
@@ -291,6 +249,8 @@ class BoardSSH:
 
     def put(self, local: str | os.PathLike[str], remote: str) -> None:
         """Copy a local file to the board, keeping its mode bits."""
+        import paramiko
+
         path = Path(local)
         if not path.is_file():
             raise SSHError(f"{path} is not a file; only files can be copied")
@@ -302,6 +262,8 @@ class BoardSSH:
 
     def get(self, remote: str, local: str | os.PathLike[str]) -> Path:
         """Copy a file from the board; local directories are created as needed."""
+        import paramiko
+
         path = Path(local)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -338,6 +300,8 @@ class PortForward:
         threading.Thread(target=self._accept, name="boruta-forward", daemon=True).start()
 
     def _accept(self) -> None:
+        import paramiko
+
         while not self._closed.is_set():
             try:
                 conn, peer = self._server.accept()

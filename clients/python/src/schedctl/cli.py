@@ -9,15 +9,19 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from boruta_client import Client, Colocation, InvalidArgument, PendingCode, Request
-from boruta_client._convert import parse_together
+from boruta_client import Colocation, InvalidArgument, PendingCode, Request
 from boruta_client.config import ClientConfig, Context
 
 from schedctl.flags import records_command
 from schedctl.output import FORMATS, span
+
+# The client (gRPC, asyncio, the generated code of every service) loads when a command first
+# calls the scheduler, not for --help, completion or a usage error.
+if TYPE_CHECKING:
+    from boruta_client import Client
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,6 +36,8 @@ class State:
 
     def client(self) -> Client:
         if self._client is None:
+            from boruta_client import Client
+
             self._client = Client(context=self.context)
         return self._client
 
@@ -151,6 +157,8 @@ def parse_together_option(text: str | None) -> tuple[Colocation, ...] | None:
     """--together as groups; a malformed value is a usage error naming what to fix."""
     if text is None:
         return None
+    from boruta_client._convert import parse_together
+
     try:
         return parse_together(text)
     except InvalidArgument as error:

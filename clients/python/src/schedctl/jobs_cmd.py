@@ -12,10 +12,10 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import click
-from boruta_client import Access, Board, Request, RequestState, WorkerState
+from boruta_client import Access, Request, RequestState, WorkerState
 from boruta_client.runner import JobStatus, Phase, Transfer, parse_job, read_job_file, run_job
 
 from schedctl.cli import (
@@ -33,6 +33,9 @@ from schedctl.cli import (
     profile_options,
 )
 from schedctl.output import Column, emit, span, table, when
+
+if TYPE_CHECKING:
+    from boruta_client import Board
 
 
 def write_to(stream: TextIO) -> Callable[[bytes], None]:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
 FORMATS = ("table", "json", "yaml")
 Column = tuple[str, Callable[[Any], object]]
@@ -92,12 +91,19 @@ def details(pairs: Iterable[tuple[str, object]]) -> str:
     return "\n".join(f"{k + ':' if k else '':<{width + 1}} {v}" for k, v in items)
 
 
+def _yaml(data: Any) -> str:
+    # PyYAML loads only for -o yaml: most runs never print YAML.
+    import yaml
+
+    return yaml.safe_dump(jsonable(data), sort_keys=True).rstrip()
+
+
 def emit(fmt: str, data: Any, human: Callable[[], str]) -> None:
     """Print data in the chosen format; `human` renders the table form."""
     if fmt == "json":
         click.echo(json.dumps(jsonable(data), indent=2, sort_keys=True))
     elif fmt == "yaml":
-        click.echo(yaml.safe_dump(jsonable(data), sort_keys=True).rstrip())
+        click.echo(_yaml(data))
     else:
         click.echo(human())
 
@@ -107,6 +113,6 @@ def emit_event(fmt: str, data: Any, human: str) -> None:
     if fmt == "json":
         click.echo(json.dumps(jsonable(data), sort_keys=True))
     elif fmt == "yaml":
-        click.echo("---\n" + yaml.safe_dump(jsonable(data), sort_keys=True).rstrip())
+        click.echo("---\n" + _yaml(data))
     else:
         click.echo(human)

@@ -13,12 +13,14 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+# cryptography takes a large share of a client's start-up: the functions that work on
+# certificates import it, so that schedctl and the client library, which import this module
+# for PkiError and Role, load it only once they read or issue a certificate.
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 URI_PREFIX = "boruta://"
 DEFAULT_CA_DAYS = 3650
@@ -50,6 +52,8 @@ class CertIdentity:
 
 
 def _uris(identity: CertIdentity) -> list[x509.GeneralName]:
+    from cryptography import x509
+
     uris = [f"{URI_PREFIX}role/{identity.role.value}"]
     uris += [f"{URI_PREFIX}group/{g}" for g in sorted(identity.groups)]
     uris += [f"{URI_PREFIX}worker/{w}" for w in sorted(identity.workers)]
@@ -57,6 +61,8 @@ def _uris(identity: CertIdentity) -> list[x509.GeneralName]:
 
 
 def _hosts(hosts: Iterable[str]) -> list[x509.GeneralName]:
+    from cryptography import x509
+
     names: list[x509.GeneralName] = []
     for host in hosts:
         try:
@@ -67,6 +73,8 @@ def _hosts(hosts: Iterable[str]) -> list[x509.GeneralName]:
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -75,6 +83,8 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _pem(cert: x509.Certificate) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
@@ -82,6 +92,11 @@ def create_ca(
     name: str, days: int = DEFAULT_CA_DAYS, now: dt.datetime | None = None
 ) -> tuple[bytes, bytes]:
     """A new CA: (private key PEM, certificate PEM)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     now = now or dt.datetime.now(dt.UTC)
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
@@ -125,6 +140,11 @@ def issue(
 
     It serves both as a TLS client certificate and, with hosts, as a server certificate
     (a dryad is both: it dials the scheduler and is dialled by it)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     now = now or dt.datetime.now(dt.UTC)
     ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
     ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
@@ -183,6 +203,9 @@ def check_name(name: str) -> None:
 
 def identity_of(cert: x509.Certificate) -> CertIdentity:
     """The identity a farm certificate carries; PkiError when it carries none."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if not names:
         raise PkiError("the certificate has no common name")
@@ -222,6 +245,8 @@ def verify_issued_by(cert: x509.Certificate, ca_cert: x509.Certificate, now: dt.
 
 
 def check_signature(cert: x509.Certificate, ca_cert: x509.Certificate) -> None:
+    from cryptography.exceptions import InvalidSignature
+
     try:
         cert.verify_directly_issued_by(ca_cert)
     except (InvalidSignature, ValueError, TypeError) as exc:
@@ -257,6 +282,8 @@ def write_public(path: Path, data: bytes) -> None:
 
 
 def load_pem_cert(path: str | Path) -> x509.Certificate:
+    from cryptography import x509
+
     try:
         return x509.load_pem_x509_certificate(Path(path).read_bytes())
     except (OSError, ValueError) as exc:

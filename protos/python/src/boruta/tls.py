@@ -8,13 +8,17 @@ import functools
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import grpc
-from cryptography import x509
+from typing import TYPE_CHECKING, Any
 
 from boruta import pki
 from boruta.address import AddressError, split_host_port
+
+# Servers parse their callers' certificates; clients, which import this module for
+# TlsFiles, do not, and leave cryptography unloaded (see boruta.pki). grpc loads with the
+# credentials, so that reading a client's config (schedctl --help) does not load it.
+if TYPE_CHECKING:
+    import grpc
+    from cryptography import x509
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +74,8 @@ def choose_transport(
 
 def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
     """Server TLS that requires a client certificate from the farm's CA."""
+    import grpc
+
     ca, cert, key = files.read()
     return grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=ca, require_client_auth=True
@@ -78,12 +84,16 @@ def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
 
 def token_server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
     """Server-only TLS, for the token port: callers show a bearer token, not a certificate."""
+    import grpc
+
     _, cert, key = files.read()
     return grpc.ssl_server_credentials([(key, cert)])
 
 
 def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
     """Client TLS that checks the server against the farm's CA and shows our certificate."""
+    import grpc
+
     ca, cert, key = files.read()
     return grpc.ssl_channel_credentials(
         root_certificates=ca, private_key=key, certificate_chain=cert
@@ -109,6 +119,8 @@ class PeerCertificates:
     checked again against the CA and for expiry (cheap: parsing is cached)."""
 
     def __init__(self, ca_pem: bytes) -> None:
+        from cryptography import x509
+
         self._ca = x509.load_pem_x509_certificate(ca_pem)
 
     def identity(self, context: Any, now: dt.datetime | None = None) -> pki.CertIdentity:
@@ -125,6 +137,8 @@ class PeerCertificates:
     @functools.lru_cache(maxsize=1024)  # noqa: B019 - one instance per process
     def _parse(self, pem: bytes) -> tuple[x509.Certificate, pki.CertIdentity | str]:
         """Signature and identity, once per certificate (a verify costs ~0.1 ms)."""
+        from cryptography import x509
+
         cert = x509.load_pem_x509_certificate(pem)
         try:
             pki.check_signature(cert, self._ca)
