@@ -1,10 +1,11 @@
 """Property test of the pure core: a random farm driven through every command.
 
 A hypothesis state machine registers, serves, fails and removes workers from a small pool,
-opens, updates, prolongs and closes requests, answers dryad calls in any order (stale ones
-too), moves the clock and now and then restarts the scheduler from what it drained
-(``Core.restore``). After every single command it checks the scheduling invariants against
-the core's reads and against a model built only from what ``Core.drain`` handed out:
+opens (some with a short job timeout, which may backfill boards kept for a set), updates,
+prolongs and closes requests, answers dryad calls in any order (stale ones too), moves the
+clock and now and then restarts the scheduler from what it drained (``Core.restore``).
+After every single command it checks the scheduling invariants against the core's reads
+and against a model built only from what ``Core.drain`` handed out:
 
 1. a worker runs at most one job;
 2. RUNNING workers and IN_PROGRESS requests point at each other, one to one;
@@ -145,6 +146,8 @@ stale_picks = st.sampled_from((False, False, False, True))
 # Times relative to now; few distinct values, so that timers often fall due together.
 valid_afters = st.sampled_from((None, None, None, None, -5, 0, 5, 10, 30))
 deadlines = st.sampled_from((None, None, None, None, 5, 10, 30, 60, 120, 0))  # 0 is refused
+# Mostly the policy's job timeout; a shorter one lets a job backfill a board kept for a set.
+job_timeouts = st.sampled_from((0, 0, 0, 5, 20))
 
 
 def can_serve(worker: WorkerView, request: RequestView) -> bool:
@@ -413,6 +416,7 @@ class CoreMachine(RuleBasedStateMachine):
         valid_after=valid_afters,
         deadline=deadlines,
         accept_unsatisfiable=st.booleans(),
+        job_timeout=job_timeouts,
     )
     def new_requests(
         self,
@@ -422,13 +426,15 @@ class CoreMachine(RuleBasedStateMachine):
         valid_after: int | None,
         deadline: int | None,
         accept_unsatisfiable: bool,
+        job_timeout: int,
     ) -> None:
         """An owner queues a burst of alike requests, one per priority (0: the default)."""
         now = self.now
         for priority in priorities:
             view = self._command(
                 f"new_request caps={caps} groups={sorted(owner_groups)} priority={priority} "
-                f"valid_after={valid_after} deadline={deadline} accept={accept_unsatisfiable}",
+                f"valid_after={valid_after} deadline={deadline} accept={accept_unsatisfiable} "
+                f"job_timeout={job_timeout}",
                 functools.partial(
                     self.core.new_request,
                     now,
@@ -439,6 +445,7 @@ class CoreMachine(RuleBasedStateMachine):
                     valid_after=None if valid_after is None else now + valid_after,
                     deadline=None if deadline is None else now + deadline,
                     accept_unsatisfiable=accept_unsatisfiable,
+                    job_timeout=job_timeout,
                 ),
             )
             if view is not None:
