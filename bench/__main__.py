@@ -94,7 +94,7 @@ def render_rpc(
         "synchronous=FULL), one stub dryad serving every board (Prepare answers at once with",
         "keys from a pre-generated pool), and the clients. Beside each figure, the same",
         "client against `bench/baseline.py`: a bare gRPC server with the same messages and",
-        "call pattern (including Healthcheck and Prepare after each close) but no scheduling,",
+        "call pattern (including the Prepare after each close) but no scheduling,",
         "store or engine; the ratio is the share of plain Python gRPC's ceiling on this",
         "machine that boruta reaches. Throughput runs three times, boruta and bare taking",
         "turns; the table gives the median and, in brackets, the range of the three runs",
@@ -144,13 +144,13 @@ def render_rpc(
         f"| worker frees -> blocked AcquireWorker returns, {lat['waiting']:,.0f} waiting: "
         f"p50 / p99 (ms) | {lat['ms_p50']:.2f} / {lat['ms_p99']:.2f} | | | "
         f"{before['acquire_ms']} | median < 5 ms: {verdict(lat['ms_p50'] < 5)} |",
-        f"| the same from the client's CloseRequest (adds Healthcheck and Prepare): p50 / p99"
+        f"| the same from the client's CloseRequest (adds the Prepare): p50 / p99"
         f" (ms) | {lat['from_close_ms_p50']:.2f} / {lat['from_close_ms_p99']:.2f} | | |"
         f" {before['from_close_ms']} | |",
         "",
         "A full cycle is NewRequest (matched at once to an idle board), AcquireWorker,",
-        "CloseRequest; after the close the scheduler calls Dryad.Healthcheck and",
-        "Dryad.Prepare, and the board is IDLE again when they answer.",
+        "CloseRequest; after the close the scheduler calls Dryad.Prepare, which runs the",
+        "board's health checks first, and the board is IDLE again when it answers.",
         "",
         "A worker frees when its dryad answers Prepare after the previous job. The latency",
         "figure runs from that moment (stamped by the stub dryad, which runs in the client's",
@@ -191,7 +191,7 @@ def render_reading(rpc: dict[str, dict[str, float]]) -> list[str]:
         READING_HEADING,
         "",
         f"On this machine the three processes share {os.cpu_count()} cores, and a full cycle",
-        "is five gRPC calls for the scheduler (three served; Healthcheck and Prepare made).",
+        "is four gRPC calls for the scheduler (three served; Prepare made).",
         f"The bare server, which does nothing but answer, reaches "
         f"{bare_cyc['per_second']:,.0f} cycles",
         "per second here: the 1,000-cycle target is above what Python gRPC itself gives on",

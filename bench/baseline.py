@@ -83,12 +83,11 @@ class BareSuperviser(superviser_pb2_grpc.SuperviserServicer):
         self._dryad: Any = None
 
     async def prepare(self, uuid: str) -> None:
-        """The calls the scheduler makes after a job: Healthcheck, then Prepare."""
+        """The call the scheduler makes after a job: Prepare, with the checks first."""
         if self._dryad is not None:
-            await self._dryad.Healthcheck(
-                dryad_pb2.HealthcheckRequest(worker_uuid=uuid), timeout=30
+            await self._dryad.Prepare(
+                dryad_pb2.PrepareRequest(worker_uuid=uuid, run_healthcheck=True), timeout=30
             )
-            await self._dryad.Prepare(dryad_pb2.PrepareRequest(worker_uuid=uuid), timeout=30)
 
     async def Register(
         self, request: superviser_pb2.RegisterRequest, context: Context

@@ -49,7 +49,7 @@ class EventTimes:
 
 
 def answer_prepares(core: Core, now: float) -> None:
-    """Answer the dryad calls at once, like a dryad would: Healthcheck, then Prepare."""
+    """Answer the dryad calls at once, like a dryad would: a Prepare that checks first."""
     calls = core.drain().calls
     while calls:
         for call in calls:

@@ -305,7 +305,7 @@ async def acquire_latency(waiting: int = 10_000, rounds: int = 300) -> dict[str,
     runs in this process and stamps that moment, so both ends use one clock. The path:
     Prepare result committed, match among `waiting` requests the worker could serve,
     tunnel opened, commit, reply. Also reported: from the client's CloseRequest, which
-    adds the after-job Healthcheck and Prepare calls.
+    adds the after-job Prepare call (which runs the board's checks first).
     """
     workdir = Path(tempfile.mkdtemp(prefix="boruta-bench-"))
     scheduler = spawn(scheduler_command(workdir), SCHEDULER_READY, workdir / "scheduler.log")

@@ -21,7 +21,7 @@ from uuid import uuid4
 import grpc
 import pytest
 from access_kit import DryadProcess, Login, dryad_toml, running_sshd
-from boruta.v1 import types_pb2, workers_pb2
+from boruta.v1 import dryad_pb2, dryad_pb2_grpc, types_pb2, workers_pb2
 from boruta_client import Access, BoardSSH, HostKeyMismatch
 from boruta_dryad.config import parse_config
 from boruta_dryad.devsshd import DevSshd
@@ -48,23 +48,32 @@ def prefix() -> Iterator[str]:
     remove_users(chosen)
 
 
-def one_board_dryad(farm: Farm, sshd: DevSshd, prefix: str, state: Path, host_keys: Path) -> Dryad:
-    """An in-process dryad with one board behind sshd, handing out host_keys."""
+def one_board_dryad(
+    farm: Farm,
+    sshd: DevSshd,
+    prefix: str,
+    state: Path,
+    host_keys: Path,
+    checks: dict[str, object] | None = None,
+) -> Dryad:
+    """An in-process dryad with one board behind sshd, handing out host_keys; checks is
+    the board's checks table, if any."""
+    board: dict[str, object] = {
+        "name": "b0",
+        "caps": {"board": "rpi4"},
+        "ssh_address": sshd.address,
+        "ssh_host_keys": [str(host_keys)],
+        "user_prefix": prefix,
+    }
+    if checks is not None:
+        board["checks"] = checks
     config = parse_config(
         {
             "scheduler": farm.address,
             "listen": "127.0.0.1:0",
             "plaintext": True,
             "state_dir": str(state),
-            "board": [
-                {
-                    "name": "b0",
-                    "caps": {"board": "rpi4"},
-                    "ssh_address": sshd.address,
-                    "ssh_host_keys": [str(host_keys)],
-                    "user_prefix": prefix,
-                }
-            ],
+            "board": [board],
         }
     )
     return Dryad(config)  # default key size: 3072 bits
@@ -143,6 +152,63 @@ async def test_the_dryad_healthchecks_the_real_sshd(
     reasons.append(failed.reason)
     assert failed.reason.startswith("Healthcheck failed:")
     assert "sshd: cannot reach sshd" in failed.reason
+
+
+async def test_prepare_with_a_failing_check_prepares_nothing(
+    farm: Farm, sshd: DevSshd, prefix: str, tmp_path: Path
+) -> None:
+    """Prepare asked to run the health checks first refuses a board that fails one: no
+    user is made or removed, and the failed check comes back; once the board passes, the
+    same call prepares it, as often as it is asked."""
+    broken = tmp_path / "camera-broken"
+    broken.touch()
+    checks = {"commands": [["sh", "-c", f"! test -e {broken} || {{ echo no camera; exit 1; }}"]]}
+    running = one_board_dryad(
+        farm, sshd, prefix, tmp_path / "dryad", sshd.host_key_public, {**checks, "interval": 0}
+    )
+    await running.start()
+    # Calls come from the test alone: no scheduler may have the users it does not count on
+    # removed.
+    assert running.link is not None
+    await running.link.stop()
+    try:
+        uuid = uuid_of(running)
+        ask = dryad_pb2.PrepareRequest(worker_uuid=uuid, run_healthcheck=True)
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            dryad = dryad_pb2_grpc.DryadStub(channel)
+            refused = await dryad.Prepare(ask, timeout=60)
+            assert refused.HasField("healthcheck") and not refused.healthcheck.healthy
+            failed = [(c.name, c.detail) for c in refused.healthcheck.checks if not c.ok]
+            assert failed == [("sh", "exit status 1: no camera")]
+            assert (refused.username, refused.private_key_pem) == ("", "")
+            assert list(refused.ssh_host_keys) == []
+            assert users_with_prefix(prefix) == []
+
+            broken.unlink()
+            first = await dryad.Prepare(ask, timeout=60)
+            assert first.healthcheck.healthy and {c.name for c in first.healthcheck.checks} >= {
+                "sshd",
+                "host_keys",
+                "disk",
+                "backend",
+                "sh",
+            }
+            assert users_with_prefix(prefix) == [first.username]
+            again = await dryad.Prepare(ask, timeout=60)
+            assert users_with_prefix(prefix) == [again.username] != [first.username]
+
+            # Failing again: the board keeps the user it had, and gets no other.
+            broken.touch()
+            refused = await dryad.Prepare(ask, timeout=60)
+            assert not refused.healthcheck.healthy and refused.username == ""
+            assert users_with_prefix(prefix) == [again.username]
+
+            # Not asked, the dryad prepares without checking, as it always did.
+            plain = await dryad.Prepare(dryad_pb2.PrepareRequest(worker_uuid=uuid), timeout=60)
+            assert not plain.HasField("healthcheck") and plain.username
+            assert users_with_prefix(prefix) == [plain.username]
+    finally:
+        await running.stop()
 
 
 class TestJobTimeout:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from boruta_scheduler.core import Changes, Core, DryadCall, DryadCallKind, Policy
-from boruta_scheduler.types import Access, RequestState, WorkerState
+from boruta_scheduler.types import Access, FailedChecks, RequestState, WorkerState
 
 T0 = 1_700_000_000.0
+# What a dryad says of a board whose sshd is down, as the scheduler words a failed check.
+SSHD_DOWN = "failing checks: sshd: cannot reach sshd at 127.0.0.1:22: connection refused"
 
 
 def caps_of(uuid: str, **caps: str) -> dict[str, str]:
@@ -73,12 +75,15 @@ class CoreKit:
             self.answer_calls()
 
     def answer_calls(self, *, fail: bool | DryadCallKind = False) -> None:
-        """Let every dryad call made so far succeed, or fail (all, or those of one kind)."""
+        """Let every dryad call made so far succeed, or fail (all, or those of one kind);
+        failing HEALTHCHECK also fails the checks that Prepare calls run first."""
         self.drain()
         while self.pending:
             call = self.pending.pop(0)
             if fail is True or fail == call.kind:
                 self.core.dryad_call_failed(self.now, call, "connection refused")
+            elif fail is DryadCallKind.HEALTHCHECK and call.healthcheck_first:
+                self.core.dryad_call_succeeded(self.now, call, FailedChecks(SSHD_DOWN))
             elif call.kind is DryadCallKind.PREPARE:
                 self.keys += 1
                 access = Access(

@@ -4,6 +4,7 @@ find exactly what a scan of everything would."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +18,7 @@ from boruta_scheduler.types import RequestState, WorkerState
 from core_kit import T0, CoreKit, caps_match
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 NOBODY = frozenset[str]()
 
@@ -251,6 +253,12 @@ def asked_caps(draw: st.DrawFn) -> dict[str, str]:
 
 
 group_sets = st.sampled_from((NOBODY, frozenset({"g1"}), frozenset({"g2"})))
+# More boards than LEAP_AFTER, so that walks leap as well as step.
+CHURN_UUIDS = tuple(f"w{i:02d}" for i in range(24))
+
+
+def open_to(worker: Worker, owner_groups: frozenset[str]) -> bool:
+    return not worker.groups or not worker.groups.isdisjoint(owner_groups)
 
 
 def indexed(
@@ -284,9 +292,6 @@ def test_indexes_find_what_a_scan_finds(
         queue.add(request)
         queue.set_ready(request, True)
         requests.append((request, asked))
-
-    def open_to(worker: Worker, owner_groups: frozenset[str]) -> bool:
-        return not worker.groups or not worker.groups.isdisjoint(owner_groups)
 
     def scan(members: list[tuple[Worker, dict[str, str]]], request: Request) -> list[str]:
         asked = dict(requests[request.id - 1][1])
@@ -327,6 +332,65 @@ def test_indexes_find_what_a_scan_finds(
         assert found == servable, caps
         best = queue.best_for(worker.items, worker.groups)
         assert (best.id if best else None) == min(servable, default=None)
+
+
+class IndexChurn(RuleBasedStateMachine):
+    """A WorkerIndex whose members come, go and change caps or groups (out and back in, as
+    the core reindexes them) between asks: its walks, the first candidates it remembers
+    and the lists of holders it refills find what a scan of the members finds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.index = WorkerIndex()
+        self.members: dict[str, tuple[Worker, dict[str, str]]] = {}
+
+    @rule(uuid=st.sampled_from(CHURN_UUIDS), caps=board_caps(), groups=group_sets)
+    def add(self, uuid: str, caps: dict[str, str], groups: frozenset[str]) -> None:
+        if uuid not in self.members:
+            worker = Worker(uuid, cap_pairs(caps), groups, WorkerState.IDLE, "d:1", "s:22", T0)
+            self.members[uuid] = (worker, caps)
+            self.index.add(worker)
+
+    @rule(uuid=st.sampled_from(CHURN_UUIDS))
+    def remove(self, uuid: str) -> None:
+        if uuid in self.members:
+            self.index.remove(self.members.pop(uuid)[0])
+
+    @rule(uuid=st.sampled_from(CHURN_UUIDS), caps=board_caps(), groups=group_sets)
+    def change(self, uuid: str, caps: dict[str, str], groups: frozenset[str]) -> None:
+        if uuid in self.members:
+            worker = self.members[uuid][0]
+            self.index.remove(worker)
+            worker.caps_sig = cap_pairs(caps)
+            worker.items = board_items(worker.caps_sig)
+            worker.groups = groups
+            worker.rank = worker.compute_rank()
+            self.members[uuid] = (worker, caps)
+            self.index.add(worker)
+
+    @rule(asked=asked_caps(), owner_groups=group_sets, limit=st.integers(1, 5))
+    def ask(self, asked: dict[str, str], owner_groups: frozenset[str], limit: int) -> None:
+        need = need_of(cap_pairs(asked))
+        expected = [
+            w.uuid
+            for w, caps in sorted(self.members.values(), key=lambda wc: wc[0].rank)
+            if caps_match(caps, asked) and open_to(w, owner_groups)
+        ]
+        assert [w.uuid for w in self.index.capable(need, owner_groups)] == expected, asked
+        firsts = self.index.firsts(need, owner_groups, limit)
+        assert [w.uuid for w in firsts] == expected[:limit], asked
+        walked = self.index.capable_remembered(need, owner_groups, limit)
+        assert [w.uuid for w in walked] == expected, asked
+
+    @invariant()
+    def holders_counted(self) -> None:
+        held = Counter(pair for w, _ in self.members.values() for pair in w.items)
+        for pair, holding in held.items():
+            assert self.index.holders(pair) == holding, pair
+
+
+IndexChurn.TestCase.settings = settings(max_examples=60, stateful_step_count=60, deadline=None)
+TestIndexChurn = IndexChurn.TestCase
 
 
 def test_board_items_keep_plain_caps_as_they_are() -> None:

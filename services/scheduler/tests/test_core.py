@@ -34,8 +34,14 @@ from boruta_scheduler.errors import (
     WrongRequestState,
     WrongWorkerState,
 )
-from boruta_scheduler.types import RequestState, TokenRecord, WorkerState
-from core_kit import T0, CoreKit, caps_of, state_of
+from boruta_scheduler.types import (
+    FailedChecks,
+    FailureKind,
+    RequestState,
+    TokenRecord,
+    WorkerState,
+)
+from core_kit import SSHD_DOWN, T0, CoreKit, caps_of, state_of
 
 NOBODY = frozenset[str]()
 
@@ -590,16 +596,26 @@ def test_set_idle_prepares_then_idles(kit: CoreKit) -> None:
     kit.core.set_state(kit.now, "w1", WorkerState.IDLE)
     assert worker_state(kit, "w1") is WorkerState.PREPARE
     calls = kit.drain().calls
-    # A healthcheck first, then Prepare.
-    assert [(c.kind, c.worker_uuid, c.address) for c in calls] == [
-        (DryadCallKind.HEALTHCHECK, "w1", "w1.lab:7175")
+    # One Prepare, which has the dryad run the board's health checks first.
+    assert [(c.kind, c.worker_uuid, c.address, c.healthcheck_first) for c in calls] == [
+        (DryadCallKind.PREPARE, "w1", "w1.lab:7175", True)
     ]
-    kit.pending.clear()
-    kit.core.dryad_call_succeeded(kit.now, calls[0])
-    assert [c.kind for c in kit.drain().calls] == [DryadCallKind.PREPARE]
-    assert worker_state(kit, "w1") is WorkerState.PREPARE
     kit.answer_calls()
     assert worker_state(kit, "w1") is WorkerState.IDLE
+    assert list(kit.drain().calls) == []
+
+
+def test_a_job_end_makes_one_dryad_call(kit: CoreKit) -> None:
+    kit.add_worker("w1")
+    r = kit.core.new_request(kit.now, "u", NOBODY, {})
+    kit.drain()
+    kit.core.close_request(kit.now, r.id)
+    calls = kit.drain().calls
+    assert [(c.kind, c.healthcheck_first) for c in calls] == [(DryadCallKind.PREPARE, True)]
+    kit.answer_calls()
+    w = kit.core.worker("w1")
+    assert (w.state, w.prepared is not None) == (WorkerState.IDLE, True)
+    assert list(kit.drain().calls) == []
 
 
 def test_failed_dryad_call_fails_worker_with_reason(kit: CoreKit) -> None:
@@ -614,21 +630,32 @@ def test_failed_dryad_call_fails_worker_with_reason(kit: CoreKit) -> None:
     )
 
 
-def test_failed_healthcheck_after_a_job_keeps_the_worker_out_of_service(kit: CoreKit) -> None:
+def test_failed_checks_in_prepares_answer_keep_the_worker_out_of_service(kit: CoreKit) -> None:
+    """A board whose checks fail at the Prepare after a job fails as a failed Healthcheck
+    failed it, with the same reason, in its history and its health record."""
     kit.add_worker("w1")
     r = kit.core.new_request(kit.now, "u", NOBODY, {})
     kit.core.close_request(kit.now, r.id)
-    assert [c.kind for c in kit.drain().calls] == [DryadCallKind.HEALTHCHECK]
-    kit.answer_calls(fail=DryadCallKind.HEALTHCHECK)
+    kit.drain()
+    (call,) = kit.pending
+    kit.pending.clear()
+    kit.core.dryad_call_succeeded(kit.now, call, FailedChecks(SSHD_DOWN))
+    changes = kit.drain()
     w = kit.core.worker("w1")
-    assert (w.state, w.reason) == (WorkerState.FAILED, "Healthcheck failed: connection refused")
+    reason = f"Healthcheck failed: {SSHD_DOWN}"
+    assert (w.state, w.reason, w.prepared) == (WorkerState.FAILED, reason, None)
+    assert [(h.to_state, h.reason) for h in changes.history] == [(WorkerState.FAILED, reason)]
+    assert [(f.reason, f.kind) for f in w.health.failures] == [(reason, FailureKind.DRYAD_CALL)]
+    assert list(changes.calls) == []
 
 
 def test_healthcheck_before_prepare_can_be_turned_off() -> None:
     kit = CoreKit(Policy(healthcheck_before_prepare=False))
     kit.add_worker("w1", idle=False)
     kit.core.set_state(kit.now, "w1", WorkerState.IDLE)
-    assert [c.kind for c in kit.drain().calls] == [DryadCallKind.PREPARE]
+    assert [(c.kind, c.healthcheck_first) for c in kit.drain().calls] == [
+        (DryadCallKind.PREPARE, False)
+    ]
 
 
 def test_idle_worker_is_healthchecked_periodically() -> None:

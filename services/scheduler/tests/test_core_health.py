@@ -167,7 +167,9 @@ def test_heartbeat_loss_recovers_when_the_dryad_is_heard_again(kit: CoreKit) -> 
     kit.core.heartbeat(kit.now, "w1")
     w = kit.core.worker("w1")
     assert (w.state, w.reason) == (WorkerState.PREPARE, RECOVERING)
-    assert [c.kind for c in kit.drain().calls] == [DryadCallKind.HEALTHCHECK]
+    assert [(c.kind, c.healthcheck_first) for c in kit.drain().calls] == [
+        (DryadCallKind.PREPARE, True)
+    ]
     kit.answer_calls()
     w = kit.core.worker("w1")
     assert w.state is WorkerState.IDLE and not w.health.recoverable
@@ -194,7 +196,9 @@ def test_recovery_even_without_healthchecks_before_prepare() -> None:
     kit.advance(kit.core.policy.heartbeat_timeout + 1)
     kit.drain()
     kit.core.register(kit.now, {"UUID": "w1"}, "w1.lab:7175", "w1.lab:22", instance_id="i2")
-    assert [c.kind for c in kit.drain().calls] == [DryadCallKind.HEALTHCHECK]
+    assert [(c.kind, c.healthcheck_first) for c in kit.drain().calls] == [
+        (DryadCallKind.PREPARE, True)
+    ]
     kit.answer_calls()
     assert kit.core.worker("w1").state is WorkerState.IDLE
 

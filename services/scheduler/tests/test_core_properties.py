@@ -1,10 +1,11 @@
 """Property test of the pure core: a random farm driven through every command.
 
 A hypothesis state machine registers, serves, fails and removes workers from a small pool,
-opens, updates, prolongs and closes requests, answers dryad calls in any order (stale ones
-too), moves the clock and now and then restarts the scheduler from what it drained
-(``Core.restore``). After every single command it checks the scheduling invariants against
-the core's reads and against a model built only from what ``Core.drain`` handed out:
+opens (some with a short job timeout, which may backfill boards kept for a set), updates,
+prolongs and closes requests, answers dryad calls in any order (stale ones too), moves the
+clock and now and then restarts the scheduler from what it drained (``Core.restore``).
+After every single command it checks the scheduling invariants against the core's reads
+and against a model built only from what ``Core.drain`` handed out:
 
 1. a worker runs at most one job;
 2. RUNNING workers and IN_PROGRESS requests point at each other, one to one;
@@ -64,6 +65,7 @@ from boruta_scheduler.types import (
     OPEN_GROUP,
     Access,
     Colocation,
+    FailedChecks,
     HistoryEntry,
     JobUsage,
     PendingCode,
@@ -144,6 +146,8 @@ stale_picks = st.sampled_from((False, False, False, True))
 # Times relative to now; few distinct values, so that timers often fall due together.
 valid_afters = st.sampled_from((None, None, None, None, -5, 0, 5, 10, 30))
 deadlines = st.sampled_from((None, None, None, None, 5, 10, 30, 60, 120, 0))  # 0 is refused
+# Mostly the policy's job timeout; a shorter one lets a job backfill a board kept for a set.
+job_timeouts = st.sampled_from((0, 0, 0, 5, 20))
 
 
 def can_serve(worker: WorkerView, request: RequestView) -> bool:
@@ -281,6 +285,10 @@ class CoreMachine(RuleBasedStateMachine):
             fn: Callable[[], None] = functools.partial(
                 core.dryad_call_failed, now, call, "connection refused"
             )
+        elif call.kind is DryadCallKind.PREPARE and outcome == "unhealthy":
+            fn = functools.partial(
+                core.dryad_call_succeeded, now, call, FailedChecks("failing checks: disk: full")
+            )
         elif call.kind is DryadCallKind.PREPARE and outcome == "ok":
             self.keys += 1
             access = Access(f"job{self.keys}", f"KEY-{self.keys}")
@@ -384,7 +392,7 @@ class CoreMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.pending))
     @rule(
         index=st.integers(0, 1000),
-        outcome=st.sampled_from(("ok",) * 6 + ("fail", "empty")),
+        outcome=st.sampled_from(("ok",) * 6 + ("fail", "empty", "unhealthy")),
         forget=st.sampled_from((True, True, True, False)),
     )
     def answer_call(self, index: int, outcome: str, forget: bool) -> None:
@@ -408,6 +416,7 @@ class CoreMachine(RuleBasedStateMachine):
         valid_after=valid_afters,
         deadline=deadlines,
         accept_unsatisfiable=st.booleans(),
+        job_timeout=job_timeouts,
     )
     def new_requests(
         self,
@@ -417,13 +426,15 @@ class CoreMachine(RuleBasedStateMachine):
         valid_after: int | None,
         deadline: int | None,
         accept_unsatisfiable: bool,
+        job_timeout: int,
     ) -> None:
         """An owner queues a burst of alike requests, one per priority (0: the default)."""
         now = self.now
         for priority in priorities:
             view = self._command(
                 f"new_request caps={caps} groups={sorted(owner_groups)} priority={priority} "
-                f"valid_after={valid_after} deadline={deadline} accept={accept_unsatisfiable}",
+                f"valid_after={valid_after} deadline={deadline} accept={accept_unsatisfiable} "
+                f"job_timeout={job_timeout}",
                 functools.partial(
                     self.core.new_request,
                     now,
@@ -434,6 +445,7 @@ class CoreMachine(RuleBasedStateMachine):
                     valid_after=None if valid_after is None else now + valid_after,
                     deadline=None if deadline is None else now + deadline,
                     accept_unsatisfiable=accept_unsatisfiable,
+                    job_timeout=job_timeout,
                 ),
             )
             if view is not None:
@@ -845,7 +857,10 @@ class CoreMachine(RuleBasedStateMachine):
                 assert self.recoverable.get(uuid), f"{uuid} recovered from another failure"
                 assert self.what.startswith((f"heartbeat {uuid}", f"register {uuid} ")), entry
                 assert any(
-                    c.worker_uuid == uuid and c.kind is DryadCallKind.HEALTHCHECK for c in calls
+                    c.worker_uuid == uuid
+                    and c.kind is DryadCallKind.PREPARE
+                    and c.healthcheck_first
+                    for c in calls
                 ), f"{uuid} recovers without a healthcheck"
             else:
                 assert admin, f"{uuid} left {old} by itself: {entry}"

@@ -13,6 +13,7 @@ from boruta_dryad.backends import BackendError
 from boruta_dryad.stub import KeySource, StubBoard, StubDryadServicer
 from boruta_scheduler.core import DryadCall, DryadCallKind
 from boruta_scheduler.dryads.pool import DryadCallError, DryadPool
+from boruta_scheduler.types import Access, FailedChecks
 
 
 @pytest.fixture
@@ -47,6 +48,32 @@ async def test_missing_host_keys_are_reported_once_per_worker(
     assert boards["pool-a"].prepared == 3
 
 
+@pytest.mark.parametrize("old_dryad", [False, True], ids=["checks-in-prepare", "old-dryad"])
+async def test_prepare_checks_the_board_first(
+    dryad: tuple[str, dict[str, StubBoard]], old_dryad: bool
+) -> None:
+    """A Prepare asked to check the board first: one call to a dryad that runs the checks
+    within Prepare; a dryad older than that (which ignores the flag) gets a Healthcheck
+    call after it, so that its board is checked all the same."""
+    address, boards = dryad
+    for board in boards.values():
+        board.ignores_healthcheck_flag = old_dryad
+    boards["pool-b"].unhealthy = "the camera is gone"
+    pool = DryadPool(timeout=30)
+    try:
+        healthy = await pool.call(DryadCall(1, "pool-a", DryadCallKind.PREPARE, address, "", True))
+        sick = await pool.call(DryadCall(2, "pool-b", DryadCallKind.PREPARE, address, "", True))
+    finally:
+        await pool.close()
+    assert isinstance(healthy, Access) and healthy.username == boards["pool-a"].last_username
+    assert sick == FailedChecks("failing checks: stub: the camera is gone")
+    calls = {uuid: (b.prepared, b.healthchecks) for uuid, b in boards.items()}
+    if old_dryad:
+        assert calls == {"pool-a": (1, 1), "pool-b": (1, 1)}
+    else:
+        assert calls == {"pool-a": (1, 0), "pool-b": (0, 0)}
+
+
 async def test_each_call_is_timed_by_kind_and_result(
     dryad: tuple[str, dict[str, StubBoard]],
 ) -> None:
@@ -66,6 +93,7 @@ async def test_each_call_is_timed_by_kind_and_result(
         ),
         (DryadCall(4, "pool-b", DryadCallKind.PREPARE, address), "FAILED_PRECONDITION"),
         (DryadCall(5, "nowhere", DryadCallKind.HEALTHCHECK, address), "NOT_FOUND"),
+        (DryadCall(6, "pool-b", DryadCallKind.PREPARE, address, "", True), None),
     ]
     try:
         for call, error in calls:
@@ -83,4 +111,5 @@ async def test_each_call_is_timed_by_kind_and_result(
         ("Healthcheck", "unhealthy"): 1,
         ("Prepare", "FAILED_PRECONDITION"): 1,
         ("Healthcheck", "NOT_FOUND"): 1,
+        ("Prepare", "unhealthy"): 1,
     }

@@ -259,6 +259,69 @@ async def test_a_heartbeat_queued_before_the_deadline_keeps_its_board() -> None:
     await engine.stop()
 
 
+async def test_a_command_queued_behind_a_bug_applies_after_the_rebuilt_core_s_time() -> None:
+    """The core rebuilt after a bug has fired its timers due by the time it was rebuilt at:
+    a command that arrived before then, queued behind the bug, applies at that time, not
+    at its arrival (it would find a request timed out before its deadline)."""
+    clock = [1_700_000_000.0]
+    store = GatedStore()
+    store.gate.set()
+    engine = Engine(Core(), store, Dryads(), clock=lambda: clock[0], monotonic=lambda: clock[0])
+    engine.start()
+    deadline = clock[0] + 2
+    view = await engine.execute(
+        lambda c, t: c.new_request(
+            t, "u", frozenset(), {}, deadline=deadline, accept_unsatisfiable=True
+        )
+    )
+
+    def bug(core: Core, now: float) -> None:
+        raise KeyError("a bug")
+
+    store.gate.clear()
+    held = asyncio.ensure_future(engine.execute(new_request()))  # the rebuild waits for it
+    await settle(engine)
+    failing = asyncio.ensure_future(engine.execute(bug))
+    after = asyncio.ensure_future(
+        engine.execute(lambda c, t: (t, c.live_request(view.id) is not None))
+    )
+    await settle(engine)
+    clock[0] = deadline + 1  # the core is rebuilt past the deadline
+    store.gate.set()
+    await held
+    with pytest.raises(InternalError):
+        await failing
+    applied_at, live = await after
+    assert not live
+    assert applied_at >= deadline  # what it saw was so by the time it applied at
+    await engine.stop()
+
+
+async def test_a_timer_that_raises_a_bug_blames_no_command() -> None:
+    """Timers due before a command fire before it is taken from the queue: a bug in one
+    costs the command nothing (it applies on the rebuilt core), as when they all fired
+    before the batch's commands."""
+    clock = [1_700_000_000.0]
+    store = MemoryStore()
+    engine = Engine(Core(), store, Dryads(), clock=lambda: clock[0], monotonic=lambda: clock[0])
+    engine.start()
+    deadline = clock[0] + 2
+    await engine.execute(
+        lambda c, t: c.new_request(
+            t, "u", frozenset(), {}, deadline=deadline, accept_unsatisfiable=True
+        )
+    )
+
+    def bug(now: float) -> None:
+        raise KeyError("a bug in a timer")
+
+    engine.core.tick = bug  # type: ignore[method-assign]
+    clock[0] = deadline + 1
+    # Not blamed for the timer's bug: applied on the rebuilt core, which times it out.
+    assert await engine.execute(lambda c, t: c.live_count) == 0
+    await engine.stop()
+
+
 async def silent_while_deaf(wall: float, steady: float) -> tuple[WorkerState, WorkerState]:
     """w1's state after the wall clock moved by wall and the monotonic clock by steady while
     the engine, idle, heard nothing (not even its own timer), and after a true silence of a

@@ -113,6 +113,17 @@ class DryadServicer(dryad_pb2_grpc.DryadServicer):
         self, request: dryad_pb2.PrepareRequest, context: Context
     ) -> dryad_pb2.PrepareResponse:
         board = await self._board(request.worker_uuid, context)
+        health = None
+        if request.run_healthcheck:
+            # Checked first, so that a board failing its checks keeps its last user and gets
+            # no new one: nobody could use it, and the scheduler fails it.
+            health = await self._check(board)
+            if not health.healthy:
+                log.warning(
+                    "board failed its checks; not prepared",
+                    extra={"worker": board.config.uuid, "failed": _failed_names(health)},
+                )
+                return dryad_pb2.PrepareResponse(healthcheck=health)
         began = time.perf_counter()
         try:
             # Read at every Prepare, so that rotated host keys reach the next job; first,
@@ -131,6 +142,7 @@ class DryadServicer(dryad_pb2_grpc.DryadServicer):
             username=prepared.username,
             private_key_pem=prepared.private_key_pem,
             ssh_host_keys=host_keys,
+            healthcheck=health,
         )
 
     async def PutInMaintenance(
@@ -150,6 +162,10 @@ class DryadServicer(dryad_pb2_grpc.DryadServicer):
         self, request: dryad_pb2.HealthcheckRequest, context: Context
     ) -> dryad_pb2.HealthcheckResponse:
         board = await self._board(request.worker_uuid, context)
+        return await self._check(board)
+
+    async def _check(self, board: Board) -> dryad_pb2.HealthcheckResponse:
+        """Run the board's checks, as Healthcheck and a Prepare that asks for them do."""
         checks = await run_checks(board.config, board.backend)
         if self._metrics is not None:
             self._metrics.checked(board.config.uuid, checks)
@@ -157,3 +173,7 @@ class DryadServicer(dryad_pb2_grpc.DryadServicer):
             healthy=all(c.ok for c in checks),
             checks=[dryad_pb2.CheckResult(name=c.name, ok=c.ok, detail=c.detail) for c in checks],
         )
+
+
+def _failed_names(health: dryad_pb2.HealthcheckResponse) -> str:
+    return ", ".join(c.name for c in health.checks if not c.ok)

@@ -64,7 +64,12 @@ class StubBoard:
     fail_maintenance: Exception | None = None
     unhealthy: str | None = None
     silent: bool = False
+    # Answer Prepare as a dryad older than PrepareRequest.run_healthcheck would: prepare
+    # without checking, and send no checks back.
+    ignores_healthcheck_flag: bool = False
     prepared: int = 0
+    # Healthcheck calls answered (a Prepare that runs the checks counts none).
+    healthchecks: int = 0
     # When the last Prepare answer left (time.time()): the moment the board became free.
     prepared_at: float = 0.0
     maintenance_messages: list[str] = field(default_factory=list)
@@ -99,6 +104,12 @@ class StubDryadServicer(dryad_pb2_grpc.DryadServicer):
         self, request: dryad_pb2.PrepareRequest, context: Context
     ) -> dryad_pb2.PrepareResponse:
         board = await self._board(request.worker_uuid, context)
+        health = None
+        if request.run_healthcheck and not board.ignores_healthcheck_flag:
+            # As the real dryad: checked first, and an unhealthy board is not prepared.
+            health = self._check(board)
+            if not health.healthy:
+                return dryad_pb2.PrepareResponse(healthcheck=health)
         if board.fail_prepare is not None:
             await abort_for_error(context, board.fail_prepare, f"prepare: {board.fail_prepare}")
         key = await self._keys.next_key()
@@ -110,6 +121,7 @@ class StubDryadServicer(dryad_pb2_grpc.DryadServicer):
             username=board.last_username,
             private_key_pem=key.private_pem,
             ssh_host_keys=board.ssh_host_keys,
+            healthcheck=health,
         )
 
     async def PutInMaintenance(
@@ -126,6 +138,11 @@ class StubDryadServicer(dryad_pb2_grpc.DryadServicer):
         self, request: dryad_pb2.HealthcheckRequest, context: Context
     ) -> dryad_pb2.HealthcheckResponse:
         board = await self._board(request.worker_uuid, context)
+        board.healthchecks += 1
+        return self._check(board)
+
+    @staticmethod
+    def _check(board: StubBoard) -> dryad_pb2.HealthcheckResponse:
         check = dryad_pb2.CheckResult(
             name="stub", ok=board.unhealthy is None, detail=board.unhealthy or "fine"
         )

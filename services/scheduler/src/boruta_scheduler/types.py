@@ -136,6 +136,14 @@ class Access:
 
 
 @dataclass(frozen=True, slots=True)
+class FailedChecks:
+    """A Prepare asked to run the board's health checks first found one failing and
+    prepared nothing; what names the failed checks, worded as a failed Healthcheck's error."""
+
+    what: str
+
+
+@dataclass(frozen=True, slots=True)
 class HostStatus:
     """Resource usage a dryad reports with its heartbeats."""
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62oruta/v1/dryad.proto\x12\tboruta.v1\"%\n\x0ePrepareRequest\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\"S\n\x0fPrepareResponse\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x17\n\x0fprivate_key_pem\x18\x02 \x01(\t\x12\x15\n\rssh_host_keys\x18\x03 \x03(\t\"?\n\x17PutInMaintenanceRequest\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x1a\n\x18PutInMaintenanceResponse\")\n\x12HealthcheckRequest\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\"7\n\x0b\x43heckResult\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"N\n\x13HealthcheckResponse\x12\x0f\n\x07healthy\x18\x01 \x01(\x08\x12&\n\x06\x63hecks\x18\x02 \x03(\x0b\x32\x16.boruta.v1.CheckResult2\xf4\x01\n\x05\x44ryad\x12@\n\x07Prepare\x12\x19.boruta.v1.PrepareRequest\x1a\x1a.boruta.v1.PrepareResponse\x12[\n\x10PutInMaintenance\x12\".boruta.v1.PutInMaintenanceRequest\x1a#.boruta.v1.PutInMaintenanceResponse\x12L\n\x0bHealthcheck\x12\x1d.boruta.v1.HealthcheckRequest\x1a\x1e.boruta.v1.HealthcheckResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62oruta/v1/dryad.proto\x12\tboruta.v1\">\n\x0ePrepareRequest\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\x12\x17\n\x0frun_healthcheck\x18\x02 \x01(\x08\"\x88\x01\n\x0fPrepareResponse\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x17\n\x0fprivate_key_pem\x18\x02 \x01(\t\x12\x15\n\rssh_host_keys\x18\x03 \x03(\t\x12\x33\n\x0bhealthcheck\x18\x04 \x01(\x0b\x32\x1e.boruta.v1.HealthcheckResponse\"?\n\x17PutInMaintenanceRequest\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x1a\n\x18PutInMaintenanceResponse\")\n\x12HealthcheckRequest\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\"7\n\x0b\x43heckResult\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"N\n\x13HealthcheckResponse\x12\x0f\n\x07healthy\x18\x01 \x01(\x08\x12&\n\x06\x63hecks\x18\x02 \x03(\x0b\x32\x16.boruta.v1.CheckResult2\xf4\x01\n\x05\x44ryad\x12@\n\x07Prepare\x12\x19.boruta.v1.PrepareRequest\x1a\x1a.boruta.v1.PrepareResponse\x12[\n\x10PutInMaintenance\x12\".boruta.v1.PutInMaintenanceRequest\x1a#.boruta.v1.PutInMaintenanceResponse\x12L\n\x0bHealthcheck\x12\x1d.boruta.v1.HealthcheckRequest\x1a\x1e.boruta.v1.HealthcheckResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,19 +32,19 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'boruta.v1.dryad_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PREPAREREQUEST']._serialized_start=36
-  _globals['_PREPAREREQUEST']._serialized_end=73
-  _globals['_PREPARERESPONSE']._serialized_start=75
-  _globals['_PREPARERESPONSE']._serialized_end=158
-  _globals['_PUTINMAINTENANCEREQUEST']._serialized_start=160
-  _globals['_PUTINMAINTENANCEREQUEST']._serialized_end=223
-  _globals['_PUTINMAINTENANCERESPONSE']._serialized_start=225
-  _globals['_PUTINMAINTENANCERESPONSE']._serialized_end=251
-  _globals['_HEALTHCHECKREQUEST']._serialized_start=253
-  _globals['_HEALTHCHECKREQUEST']._serialized_end=294
-  _globals['_CHECKRESULT']._serialized_start=296
-  _globals['_CHECKRESULT']._serialized_end=351
-  _globals['_HEALTHCHECKRESPONSE']._serialized_start=353
-  _globals['_HEALTHCHECKRESPONSE']._serialized_end=431
-  _globals['_DRYAD']._serialized_start=434
-  _globals['_DRYAD']._serialized_end=678
+  _globals['_PREPAREREQUEST']._serialized_end=98
+  _globals['_PREPARERESPONSE']._serialized_start=101
+  _globals['_PREPARERESPONSE']._serialized_end=237
+  _globals['_PUTINMAINTENANCEREQUEST']._serialized_start=239
+  _globals['_PUTINMAINTENANCEREQUEST']._serialized_end=302
+  _globals['_PUTINMAINTENANCERESPONSE']._serialized_start=304
+  _globals['_PUTINMAINTENANCERESPONSE']._serialized_end=330
+  _globals['_HEALTHCHECKREQUEST']._serialized_start=332
+  _globals['_HEALTHCHECKREQUEST']._serialized_end=373
+  _globals['_CHECKRESULT']._serialized_start=375
+  _globals['_CHECKRESULT']._serialized_end=430
+  _globals['_HEALTHCHECKRESPONSE']._serialized_start=432
+  _globals['_HEALTHCHECKRESPONSE']._serialized_end=510
+  _globals['_DRYAD']._serialized_start=513
+  _globals['_DRYAD']._serialized_end=757
 # @@protoc_insertion_point(module_scope)

@@ -25,16 +25,24 @@ class PrepareRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     WORKER_UUID_FIELD_NUMBER: _builtins.int
+    RUN_HEALTHCHECK_FIELD_NUMBER: _builtins.int
     worker_uuid: _builtins.str
     """Worker to prepare."""
+    run_healthcheck: _builtins.bool
+    """Run the board's health checks (the same as Healthcheck's) before anything else, and
+    prepare the board only if every check passes; the results come back in
+    PrepareResponse.healthcheck. This saves the scheduler a Healthcheck call before each
+    Prepare. Dryads that predate this field ignore it: see PrepareResponse.healthcheck.
+    """
     def __init__(
         self,
         *,
         worker_uuid: _builtins.str = ...,
+        run_healthcheck: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["worker_uuid", b"worker_uuid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_healthcheck", b"run_healthcheck", "worker_uuid", b"worker_uuid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -49,6 +57,7 @@ class PrepareResponse(_message.Message):
     USERNAME_FIELD_NUMBER: _builtins.int
     PRIVATE_KEY_PEM_FIELD_NUMBER: _builtins.int
     SSH_HOST_KEYS_FIELD_NUMBER: _builtins.int
+    HEALTHCHECK_FIELD_NUMBER: _builtins.int
     username: _builtins.str
     """Login name of the fresh job user."""
     private_key_pem: _builtins.str
@@ -60,16 +69,26 @@ class PrepareResponse(_message.Message):
         key against them. Empty from dryads that predate this field.
         """
 
+    @_builtins.property
+    def healthcheck(self) -> Global___HealthcheckResponse:
+        """The health checks' results, present exactly when the request set run_healthcheck and
+        the dryad ran the checks. When healthcheck.healthy is false the board was not prepared:
+        username, private_key_pem and ssh_host_keys are empty, and the board is as it was
+        before the call. Absent from dryads that predate run_healthcheck, which prepare without
+        checking: a caller that asked for the checks then calls Healthcheck itself.
+        """
+
     def __init__(
         self,
         *,
         username: _builtins.str = ...,
         private_key_pem: _builtins.str = ...,
         ssh_host_keys: _abc.Iterable[_builtins.str] | None = ...,
+        healthcheck: Global___HealthcheckResponse | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["healthcheck", b"healthcheck"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["private_key_pem", b"private_key_pem", "ssh_host_keys", b"ssh_host_keys", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["healthcheck", b"healthcheck", "private_key_pem", b"private_key_pem", "ssh_host_keys", b"ssh_host_keys", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

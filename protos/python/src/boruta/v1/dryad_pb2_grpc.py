@@ -61,7 +61,8 @@ class DryadServicer:
     def Prepare(self, request, context):
         """Prepare removes the previous job user of the board, creates a fresh one with a new
         RSA key, installs the public half for SSH and returns the private half, with the host
-        keys of the board's SSH server. Idempotent.
+        keys of the board's SSH server. Asked to (run_healthcheck), it first runs the checks
+        Healthcheck runs, and prepares nothing if one fails. Idempotent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

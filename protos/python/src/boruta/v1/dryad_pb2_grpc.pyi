@@ -38,7 +38,8 @@ class DryadStub:
     Prepare: _grpc.UnaryUnaryMultiCallable[_dryad_pb2.PrepareRequest, _dryad_pb2.PrepareResponse]
     """Prepare removes the previous job user of the board, creates a fresh one with a new
     RSA key, installs the public half for SSH and returns the private half, with the host
-    keys of the board's SSH server. Idempotent.
+    keys of the board's SSH server. Asked to (run_healthcheck), it first runs the checks
+    Healthcheck runs, and prepares nothing if one fails. Idempotent.
     """
     PutInMaintenance: _grpc.UnaryUnaryMultiCallable[_dryad_pb2.PutInMaintenanceRequest, _dryad_pb2.PutInMaintenanceResponse]
     """PutInMaintenance readies the board for administrative work and shows the message on it."""
@@ -55,7 +56,8 @@ class DryadAsyncStub(DryadStub):
     Prepare: _aio.UnaryUnaryMultiCallable[_dryad_pb2.PrepareRequest, _dryad_pb2.PrepareResponse]  # type: ignore[assignment]
     """Prepare removes the previous job user of the board, creates a fresh one with a new
     RSA key, installs the public half for SSH and returns the private half, with the host
-    keys of the board's SSH server. Idempotent.
+    keys of the board's SSH server. Asked to (run_healthcheck), it first runs the checks
+    Healthcheck runs, and prepares nothing if one fails. Idempotent.
     """
     PutInMaintenance: _aio.UnaryUnaryMultiCallable[_dryad_pb2.PutInMaintenanceRequest, _dryad_pb2.PutInMaintenanceResponse]  # type: ignore[assignment]
     """PutInMaintenance readies the board for administrative work and shows the message on it."""
@@ -75,7 +77,8 @@ class DryadServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_dryad_pb2.PrepareResponse, _abc.Awaitable[_dryad_pb2.PrepareResponse]]:
         """Prepare removes the previous job user of the board, creates a fresh one with a new
         RSA key, installs the public half for SSH and returns the private half, with the host
-        keys of the board's SSH server. Idempotent.
+        keys of the board's SSH server. Asked to (run_healthcheck), it first runs the checks
+        Healthcheck runs, and prepares nothing if one fails. Idempotent.
         """
 
     @_abc_1.abstractmethod

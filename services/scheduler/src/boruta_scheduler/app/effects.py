@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from boruta_scheduler.core import Changes, CloseTunnel, Core, DryadCall, TunnelCall
-from boruta_scheduler.types import Access
+from boruta_scheduler.types import Access, FailedChecks
 
 # The tunnels (forwarder, relay) know a job's tunnel by one number: its request's id for
 # the first profile's job, and the id plus index * 2**TUNNEL_INDEX_SHIFT for a later
@@ -27,9 +27,10 @@ def tunnel_job(key: int) -> tuple[int, int]:
 
 
 class DryadCaller(Protocol):
-    """Makes the dryad calls the core asks for; raises DryadCallError on failure."""
+    """Makes the dryad calls the core asks for; raises DryadCallError on failure. Returns
+    what a Prepare made, or FailedChecks when the checks it ran first failed."""
 
-    async def call(self, call: DryadCall) -> Access | None: ...
+    async def call(self, call: DryadCall) -> Access | FailedChecks | None: ...
 
 
 class TunnelKeeper(Protocol):
@@ -126,11 +127,11 @@ class Effects:
 
     async def _call_dryad(self, call: DryadCall) -> None:
         try:
-            access = await self._dryads.call(call)
+            result = await self._dryads.call(call)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # every failure of a dryad call fails the worker
             error = str(exc) or exc.__class__.__name__
             self._outcomes.submit(lambda core, now: core.dryad_call_failed(now, call, error))
         else:
-            self._outcomes.submit(lambda core, now: core.dryad_call_succeeded(now, call, access))
+            self._outcomes.submit(lambda core, now: core.dryad_call_succeeded(now, call, result))

@@ -122,7 +122,8 @@ class Engine:
         # at the latest: see DEAF_AFTER.
         self._last_clocks: tuple[float, float] | None = None
         self._expected_by: float | None = None
-        # The time the last batch applied its commands and timers up to (never goes back).
+        # The time the last batch (or a rebuild of the core) applied commands and timers up
+        # to: later commands apply no earlier. It goes back only if the wall clock does.
         self._applied_at = -math.inf
         self._pending: deque[Pending[Any]] = deque()
         self._wakeup = asyncio.Event()
@@ -385,13 +386,15 @@ class Engine:
             # Each command applies at the time it arrived, after the timers due before it: a
             # heartbeat that came before its board's deadline counts however long it waited
             # (a busy loop, a slow commit), and a prolong after a job's timeout does not.
+            # The timers fire before the command leaves the queue: a bug in one blames no
+            # command, and those not yet applied wait for the rebuilt core.
             at = self._applied_at
             for _ in range(count):
-                current = self._pending.popleft()
-                at = min(now, max(at, current.received))
+                at = min(now, max(at, self._pending[0].received))
                 due = core.next_timer()
                 if due is not None and due <= at:
                     core.tick(at)
+                current = self._pending.popleft()
                 try:
                     result = current.command(core, at)
                 except BorutaError as exc:
@@ -604,15 +607,14 @@ class Engine:
             await asyncio.wait([last_commit])
         delay = RETRY_FIRST
         while not self._stopping:
+            now = self._clock()
             try:
-                rebuild = functools.partial(
-                    restore_core, now=self._clock(), policy=self.core.policy
-                )
+                rebuild = functools.partial(restore_core, now=now, policy=self.core.policy)
                 core = await self._writer.run(rebuild)
             except Exception as exc:
                 self._still_refused(exc)
             else:
-                self._replace_core(core)
+                self._replace_core(core, now)
                 freeze_heap(collect=True)  # the old core goes, the new one stays
                 restored = core.drain()
                 outage = self._outage
@@ -637,10 +639,12 @@ class Engine:
             return
         self._outage.still_refused(exc)
 
-    def _replace_core(self, core: Core) -> None:
-        """Serve from core, rebuilt from the store: what was in flight for the old one is
-        void (the new one asks for its dryad calls and tunnels itself)."""
+    def _replace_core(self, core: Core, restored_at: float) -> None:
+        """Serve from core, rebuilt from the store at restored_at: what was in flight for the
+        old one is void (the new one asks for its dryad calls and tunnels itself), and the
+        commands still queued apply no earlier than the timers it fired by then."""
         self.core = core
+        self._applied_at = max(self._applied_at, restored_at)
         # The new core opens its tunnels again and prepares its PREPARE boards again.
         self._held.clear()
         self._held_workers.clear()

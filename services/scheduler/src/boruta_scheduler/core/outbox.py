@@ -34,6 +34,9 @@ class DryadCall:
     kind: DryadCallKind
     address: str
     message: str = ""
+    # Prepare only: the dryad runs the board's health checks first and prepares only a
+    # healthy board, so that no Healthcheck call of its own is needed.
+    healthcheck_first: bool = False
 
 
 @dataclass(frozen=True, slots=True)

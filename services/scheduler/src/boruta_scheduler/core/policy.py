@@ -38,8 +38,9 @@ class Policy:
     max_prolongs: int = 1000
     max_job_duration: float = 24 * HOUR
     heartbeat_timeout: float = 30.0
-    # Healthcheck a worker before each Prepare (so after every job and before it goes
-    # into service), and every healthcheck_interval while it is IDLE (0: never).
+    # Check a worker's health at each Prepare (so after every job and before it goes into
+    # service: the dryad runs the checks within the Prepare call), and with a Healthcheck
+    # call every healthcheck_interval while it is IDLE (0: never).
     healthcheck_before_prepare: bool = True
     healthcheck_interval: float = 300.0
     # Quarantine (core/health.py): a worker that fails quarantine_failures times within

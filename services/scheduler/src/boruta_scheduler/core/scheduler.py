@@ -78,6 +78,7 @@ from boruta_scheduler.types import (
     Allocation,
     CapPair,
     Colocation,
+    FailedChecks,
     Failure,
     FailureKind,
     HistoryEntry,
@@ -1114,9 +1115,10 @@ class Core:
         self._invalidate_orphans(before, now, f"worker {uuid} was deregistered")
 
     def dryad_call_succeeded(
-        self, now: float, call: DryadCall, access: Access | None = None
+        self, now: float, call: DryadCall, result: Access | FailedChecks | None = None
     ) -> None:
-        """A dryad call finished; results of superseded calls are ignored."""
+        """A dryad call finished, with the access a Prepare made or the checks it found
+        failing; results of superseded calls are ignored."""
         worker = self._workers.get(call.worker_uuid)
         if worker is None:
             return
@@ -1126,13 +1128,18 @@ class Core:
         if worker.pending_op != call.op_id:
             return
         worker.pending_op = 0
-        if call.kind is DryadCallKind.HEALTHCHECK and worker.state is WorkerState.PREPARE:
-            self._issue(worker, DryadCallKind.PREPARE)
-        elif call.kind is DryadCallKind.PREPARE and worker.state is WorkerState.PREPARE:
-            if access is None:
+        if call.kind is DryadCallKind.PREPARE and worker.state is WorkerState.PREPARE:
+            if isinstance(result, FailedChecks):
+                # Worded as a failed Healthcheck call was before Prepare ran the checks.
+                reason = f"{DryadCallKind.HEALTHCHECK.value} failed: {result.what}"
+                self._fail_worker(
+                    worker, now, reason[: self.policy.max_reason_len], FailureKind.DRYAD_CALL
+                )
+                return
+            if result is None:
                 self._fail_worker(worker, now, "Prepare returned no access")
                 return
-            worker.prepared = access
+            worker.prepared = result
             # A restart prepares a board it finds in PREPARE again: this needs no commit.
             self._transition(worker, WorkerState.IDLE, now, "prepared", rebuildable=True)
             self._match_worker(worker, now)
@@ -1895,11 +1902,12 @@ class Core:
 
     def _recover_if_back(self, worker: Worker, now: float) -> None:
         """A worker FAILED only by a heartbeat loss while in service goes back into service
-        now that its dryad is heard: healthcheck, then Prepare (PREPARE), then IDLE."""
+        now that its dryad is heard: PREPARE (a Prepare that runs the health checks first,
+        whatever the policy), then IDLE."""
         if worker.state is not WorkerState.FAILED or not worker.health.recoverable:
             return
         self._transition(worker, WorkerState.PREPARE, now, RECOVERING)
-        self._issue(worker, DryadCallKind.HEALTHCHECK)
+        self._issue(worker, DryadCallKind.PREPARE, healthcheck_first=True)
 
     def _dryad_restarted(self, worker: Worker, now: float) -> None:
         """The dryad lost its job users: a running job fails and the worker is prepared again."""
@@ -1997,19 +2005,35 @@ class Core:
             for request in sorted(bucket.waiting, key=lambda r: r.id):
                 self._finish(request, RequestState.INVALID, now, reason)
 
-    def _issue(self, worker: Worker, kind: DryadCallKind, message: str = "") -> None:
+    def _issue(
+        self,
+        worker: Worker,
+        kind: DryadCallKind,
+        message: str = "",
+        *,
+        healthcheck_first: bool = False,
+    ) -> None:
         self._last_op_id += 1
         worker.pending_op = self._last_op_id
         self._out.call(
-            DryadCall(self._last_op_id, worker.uuid, kind, worker.dryad_address, message)
+            DryadCall(
+                self._last_op_id,
+                worker.uuid,
+                kind,
+                worker.dryad_address,
+                message,
+                healthcheck_first,
+            )
         )
 
     def _issue_prepare(self, worker: Worker) -> None:
-        """Start the PREPARE calls: a healthcheck first (if configured), then Prepare."""
-        if self.policy.healthcheck_before_prepare:
-            self._issue(worker, DryadCallKind.HEALTHCHECK)
-        else:
-            self._issue(worker, DryadCallKind.PREPARE)
+        """Start PREPARE: one Prepare call, which runs the board's health checks first
+        (if configured)."""
+        self._issue(
+            worker,
+            DryadCallKind.PREPARE,
+            healthcheck_first=self.policy.healthcheck_before_prepare,
+        )
 
     def _arm_healthcheck(self, worker: Worker, now: float) -> None:
         interval = self.policy.healthcheck_interval

@@ -12,7 +12,7 @@ from boruta.metrics import LoopHistograms
 from boruta.v1 import dryad_pb2, dryad_pb2_grpc
 
 from boruta_scheduler.core import DryadCall, DryadCallKind
-from boruta_scheduler.types import Access
+from boruta_scheduler.types import Access, FailedChecks
 
 if TYPE_CHECKING:
     from boruta.v1.dryad_pb2_grpc import DryadAsyncStub
@@ -21,6 +21,14 @@ log = logging.getLogger(__name__)
 
 # Every Dryad call is idempotent, so a call that never reached the dryad is retried.
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+# The result of a call that found the board failing its checks, in the call metrics.
+UNHEALTHY = "unhealthy"
+
+
+def failing_checks(health: dryad_pb2.HealthcheckResponse) -> str:
+    """The failed checks of an unhealthy board, as its worker's FAILED reason shows them."""
+    failed = "; ".join(f"{c.name}: {c.detail}" for c in health.checks if not c.ok)
+    return f"failing checks: {failed or 'none named'}"
 
 
 class DryadCallError(Exception):
@@ -68,13 +76,18 @@ class DryadPool:
             stub = self._stubs[address] = dryad_pb2_grpc.DryadStub(channel)
         return stub
 
-    async def call(self, call: DryadCall) -> Access | None:
+    async def call(self, call: DryadCall) -> Access | FailedChecks | None:
+        """Make the call; a Prepare that runs the checks first returns FailedChecks when
+        one fails (a failed Healthcheck call raises DryadCallError)."""
         if self._timings is None:
             return await self._call(call)
         began = time.perf_counter()
         result = "ok"
         try:
-            return await self._call(call)
+            reply = await self._call(call)
+            if isinstance(reply, FailedChecks):
+                result = UNHEALTHY
+            return reply
         except DryadCallError as error:
             result = error.result
             raise
@@ -87,7 +100,7 @@ class DryadPool:
         finally:
             self._timings.child(call.kind.value, result).observe(time.perf_counter() - began)
 
-    async def _call(self, call: DryadCall) -> Access | None:
+    async def _call(self, call: DryadCall) -> Access | FailedChecks | None:
         stub = self._stub(call.address)
         attempt = 0
         while True:
@@ -103,12 +116,24 @@ class DryadPool:
                 message = f"{code.name} from {call.address}: {detail}".rstrip(": ")
                 raise DryadCallError(message, code.name) from None
 
-    async def _once(self, stub: DryadAsyncStub, call: DryadCall) -> Access | None:
+    async def _once(self, stub: DryadAsyncStub, call: DryadCall) -> Access | FailedChecks | None:
         timeout = self._timeout
         if call.kind is DryadCallKind.PREPARE:
             reply = await stub.Prepare(
-                dryad_pb2.PrepareRequest(worker_uuid=call.worker_uuid), timeout=timeout
+                dryad_pb2.PrepareRequest(
+                    worker_uuid=call.worker_uuid, run_healthcheck=call.healthcheck_first
+                ),
+                timeout=timeout,
             )
+            if call.healthcheck_first:
+                if reply.HasField("healthcheck"):
+                    health = reply.healthcheck
+                else:
+                    # A dryad older than run_healthcheck prepared without checking: the
+                    # board is checked now, before it is handed out.
+                    health = await self._healthcheck(stub, call)
+                if not health.healthy:
+                    return FailedChecks(failing_checks(health))
             if not reply.username or not reply.private_key_pem:
                 raise DryadCallError(
                     f"Prepare on {call.address} returned no username or key", "bad_reply"
@@ -129,13 +154,17 @@ class DryadPool:
                 timeout=timeout,
             )
             return None
-        health = await stub.Healthcheck(
-            dryad_pb2.HealthcheckRequest(worker_uuid=call.worker_uuid), timeout=timeout
-        )
+        health = await self._healthcheck(stub, call)
         if not health.healthy:
-            failed = "; ".join(f"{c.name}: {c.detail}" for c in health.checks if not c.ok)
-            raise DryadCallError(f"failing checks: {failed or 'none named'}", "unhealthy")
+            raise DryadCallError(failing_checks(health), UNHEALTHY)
         return None
+
+    async def _healthcheck(
+        self, stub: DryadAsyncStub, call: DryadCall
+    ) -> dryad_pb2.HealthcheckResponse:
+        return await stub.Healthcheck(
+            dryad_pb2.HealthcheckRequest(worker_uuid=call.worker_uuid), timeout=self._timeout
+        )
 
     async def close(self) -> None:
         await asyncio.gather(*(ch.close() for ch in self._channels.values()))
