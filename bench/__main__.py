@@ -172,10 +172,13 @@ def render_rpc(
         "a commit takes 2-3 ms at the median but 10-30 ms at p99 on this shared disk (its",
         "fdatasync); the 1.8 % of commits that run SQLite's automatic WAL checkpoint take",
         "7 ms at the median and are 7 % of the commits over 30 ms.",
-        "Spreading the heartbeats has a price here: the scheduler answers about 100 a second",
-        "all along instead of 1,000 in one burst, and in alternated runs (load average 3-5) the",
-        "cycle p50 rose from 36-49 to 51-57 ms and cycles per second fell from 145-200 to 135-152,",
-        "while p99 went from 108-200 to 99-136 ms.",
+        "Spreading the heartbeats may have a price: the scheduler answers about 100 a second",
+        "all along instead of 1,000 in one burst. With a cycle client of the tracing's own, in",
+        "alternated runs at a load average of 3-5, the cycle p50 rose from 36-49 to 51-57 ms",
+        "and cycles per second fell from 145-200 to 135-152, while p99 went from 108-200 to",
+        "99-136 ms; with this bench's cycle client (load about 2.5, runs A B B A) it did not",
+        "show: p50 33 and 42 ms with spreading, 39 and 31 without, p99 67 and 89 against 81",
+        "and 76, 226 and 178 cycles per second against 192 and 236. Not explained yet.",
         "",
     ]
     return lines
