@@ -92,10 +92,13 @@ async def dropping_proxy(target: str) -> AsyncIterator[DroppingProxy]:
         await proxy.close()
 
 
-async def until(check: object, what: str, attempts: int = 2000) -> None:
+async def until(check: object, what: str, give_up_after: float = 120.0) -> None:
     """Await check() (a coroutine function returning bool) until it is true, yielding to the
-    loop between looks; fails after attempts looks."""
-    for _ in range(attempts):
+    loop between looks. give_up_after only keeps a broken test from hanging the suite: far
+    beyond anything a loaded machine needs (it was 2,000 looks, ~10 s, before)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + give_up_after
+    while loop.time() < deadline:
         if await check():  # type: ignore[operator]
             return
         await asyncio.sleep(0.005)
