@@ -282,6 +282,19 @@ def test_a_sets_expected_start_skips_boards_it_cannot_use(shape: str) -> None:
     assert small == large, (small, large)
 
 
+def queue_arm_x86_sets(kit: CoreKit, n: int, owner: str) -> None:
+    """Queue n sets of an arm and an x86 board at priority 2, each of a team of its own."""
+    for i in range(n):
+        kit.core.new_request(
+            kit.now,
+            f"{owner}{i}",
+            frozenset({f"team{i}"}),
+            {},
+            profiles=[("a", ARM), ("b", {"arch": "x86"})],
+            priority=2,
+        )
+
+
 def test_a_freed_board_looks_up_each_reserved_boards_best_request_once() -> None:
     """A freed arm board could join many less important sets, each of which could backfill
     the same idle arm boards kept for more important sets: whether a backfill would pass a
@@ -296,15 +309,7 @@ def test_a_freed_board_looks_up_each_reserved_boards_best_request_once() -> None
     # kept each, and the short jobs of the others could backfill those.
     kit.core.new_request(kit.now, "owner", frozenset(), {"UUID": "x86"}, job_timeout=3600)
     busy = kit.core.new_request(kit.now, "owner", frozenset(), {"UUID": f"arm{kept}"})
-    for i in range(kept):
-        kit.core.new_request(
-            kit.now,
-            f"important{i}",
-            frozenset({f"team{i}"}),
-            {},
-            profiles=[("a", ARM), ("b", {"arch": "x86"})],
-            priority=2,
-        )
+    queue_arm_x86_sets(kit, kept, "important")
     for i in range(sets):
         # Three arm boards with a feature of its own each: no set can be completed, each
         # looks at the kept boards.
@@ -368,15 +373,7 @@ def test_a_freed_board_tries_no_set_the_idle_boards_cannot_complete() -> None:
         kit.add_worker(f"spare{i}", {"arch": "spare"})
     kit.core.new_request(kit.now, "owner", frozenset(), {"UUID": "x86"}, job_timeout=3600)
     job = kit.core.new_request(kit.now, "owner", frozenset(), {"UUID": "arm"})
-    for i in range(20):
-        kit.core.new_request(
-            kit.now,
-            f"setter{i}",
-            frozenset({f"team{i}"}),
-            {},
-            profiles=[("a", ARM), ("b", {"arch": "x86"})],
-            priority=2,
-        )
+    queue_arm_x86_sets(kit, 20, "setter")
     kit.drain()
     tried: list[int] = []
     boards = kit.core._boards
