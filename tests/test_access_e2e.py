@@ -158,8 +158,8 @@ async def test_prepare_with_a_failing_check_prepares_nothing(
     farm: Farm, sshd: DevSshd, prefix: str, tmp_path: Path
 ) -> None:
     """Prepare asked to run the health checks first refuses a board that fails one: no
-    user is made or removed, and the failed check comes back; once the board passes, the
-    same call prepares it, as often as it is asked."""
+    user is made (the last job's goes, with its processes), and the failed check comes
+    back; once the board passes, the same call prepares it, as often as it is asked."""
     broken = tmp_path / "camera-broken"
     broken.touch()
     checks = {"commands": [["sh", "-c", f"! test -e {broken} || {{ echo no camera; exit 1; }}"]]}
@@ -197,11 +197,32 @@ async def test_prepare_with_a_failing_check_prepares_nothing(
             again = await dryad.Prepare(ask, timeout=60)
             assert users_with_prefix(prefix) == [again.username] != [first.username]
 
-            # Failing again: the board keeps the user it had, and gets no other.
-            broken.touch()
-            refused = await dryad.Prepare(ask, timeout=60)
-            assert not refused.healthcheck.healthy and refused.username == ""
-            assert users_with_prefix(prefix) == [again.username]
+            # Failing again after a job that left a process behind (a hostile job could
+            # fail a check on purpose, e.g. fill the disk): the last job still ends, its
+            # user and processes go, and the board gets no new user.
+            left = subprocess.Popen(
+                [
+                    "setpriv",
+                    f"--reuid={again.username}",
+                    f"--regid={again.username}",
+                    "--clear-groups",
+                    *("sh", "-c", "echo ready; exec sleep 600"),
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                assert left.stdout is not None and left.stdout.readline() == "ready\n"
+                assert processes_of(pwd.getpwnam(again.username).pw_uid) == [left.pid]
+                broken.touch()
+                refused = await dryad.Prepare(ask, timeout=60)
+                assert not refused.healthcheck.healthy and refused.username == ""
+                assert users_with_prefix(prefix) == []
+                # Killed by the dryad: the wait only reaps it.
+                assert left.wait(timeout=60) == -signal.SIGKILL
+            finally:
+                left.kill()
+                left.wait()
 
             # Not asked, the dryad prepares without checking, as it always did.
             plain = await dryad.Prepare(dryad_pb2.PrepareRequest(worker_uuid=uuid), timeout=60)

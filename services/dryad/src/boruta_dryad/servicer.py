@@ -115,14 +115,19 @@ class DryadServicer(dryad_pb2_grpc.DryadServicer):
         board = await self._board(request.worker_uuid, context)
         health = None
         if request.run_healthcheck:
-            # Checked first, so that a board failing its checks keeps its last user and gets
-            # no new one: nobody could use it, and the scheduler fails it.
+            # Checked first, so that a board failing its checks gets no new user: nobody
+            # could use it, and the scheduler fails it. The last job still ends, with its
+            # processes: a hostile job must not outlive it by failing a check (a full disk).
             health = await self._check(board)
             if not health.healthy:
                 log.warning(
                     "board failed its checks; not prepared",
                     extra={"worker": board.config.uuid, "failed": _failed_names(health)},
                 )
+                try:
+                    await board.users.remove_all()
+                except _CALL_ERRORS as exc:
+                    await self._fail(context, "prepare", exc)
                 return dryad_pb2.PrepareResponse(healthcheck=health)
         began = time.perf_counter()
         try:
