@@ -33,7 +33,11 @@ async def lose_first_answer(
 
 
 async def test_deregister_retried_after_its_answer_was_lost_succeeds(farm: Farm) -> None:
-    await farm.add_dryad([board("gone-1")], idle=False)
+    dryad = await farm.add_dryad([board("gone-1")], idle=False)
+    # A board whose dryad is gone, as an admin deregisters one: a live dryad registers its
+    # board again at its next heartbeat (NOT_FOUND), before the test could see it gone.
+    assert dryad.link is not None
+    await dryad.link.stop()
     direct = AsyncClient(farm.address, user="root", admin=True)
     async with dropping_proxy(farm.address) as proxy:
         client = AsyncClient(proxy.address, user="root", admin=True)

@@ -149,7 +149,9 @@ async def test_groups_decide_who_gets_a_worker(farm: Farm) -> None:
 
 
 async def test_deregister_and_watch_sees_the_removal(farm: Farm) -> None:
-    await farm.add_dryad([board("w1")], idle=False)
+    dryad = await farm.add_dryad([board("w1")], idle=False)
+    assert dryad.link is not None
+    await dryad.link.stop()  # a live dryad would register w1 again at its next heartbeat
     admin = farm.admin
     stream = admin.workers.WatchWorkers(W.WatchWorkersRequest(), metadata=admin.metadata)
     await stream.initial_metadata()
