@@ -188,10 +188,12 @@ async def test_bad_profiles_are_invalid_argument(farm: Farm) -> None:
 async def test_deregistering_the_last_possible_set_makes_the_request_invalid(
     farm: Farm,
 ) -> None:
-    await farm.add_dryad(
+    dryad = await farm.add_dryad(
         [board("p1", board="phone"), board("r1", board="relay"), board("r2", board="relay")],
         idle=False,
     )
+    assert dryad.link is not None
+    await dryad.link.stop()  # a live dryad would register r1 and r2 again at a heartbeat
     alice = farm.client("alice")
     waiting = await new(alice, PHONE_AND_RELAY)
     admin = farm.admin

@@ -342,7 +342,9 @@ async def test_a_request_no_board_of_whose_groups_has_its_caps_says_so(farm: Far
 
 
 async def test_deregistering_last_worker_makes_waiting_request_invalid(farm: Farm) -> None:
-    await farm.add_dryad([board("w1", board="rpi4")], idle=False)
+    dryad = await farm.add_dryad([board("w1", board="rpi4")], idle=False)
+    assert dryad.link is not None
+    await dryad.link.stop()  # a live dryad would register w1 again at its next heartbeat
     c = farm.client()
     r = await c.new({"board": "rpi4"})
     admin = farm.admin
