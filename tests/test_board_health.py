@@ -244,6 +244,51 @@ async def test_a_board_that_fails_too_often_is_quarantined(
         assert not back.quarantined
 
 
+def slow_failing_check(marker: Path, seconds: float) -> str:
+    """Checks every 0.2 s, reported after one failing round; the command tests the marker
+    first and answers only after the given seconds, as a slow check on a busy host would."""
+    script = f"test ! -e {marker}; failed=$?; sleep {seconds}; exit $failed"
+    command = f'["/bin/sh", "-c", "{script}"]'
+    return f"interval = 0.2\nfail_after = 1\ntimeout = 30\ncommands = [{command}]\n"
+
+
+async def test_a_check_begun_before_the_board_was_fixed_does_not_fail_it_again(
+    sshd: DevSshd, prefix: str, tmp_path: Path
+) -> None:
+    """A round of the dryad's own checks that began while the board was broken answers
+    after the admin fixed it and put it back: the Prepare's fresher checks decide, so the
+    board comes back IDLE, not quarantined again by the stale report."""
+    marker = tmp_path / "broken"
+    quarantine = ("--quarantine-failures", "2", "--quarantine-window", "1h")
+    async with (
+        farm_processes(
+            tmp_path,
+            sshd,
+            prefix,
+            *FAST_HEARTBEATS,
+            *quarantine,
+            checks=slow_failing_check(marker, 1.0),
+        ) as (_, _, farm, uuid),
+        admin_of(farm.address) as admin,
+    ):
+        marker.touch()
+        await until_state(admin, uuid, WorkerState.FAILED)  # 1: the dryad's report
+        # Put back too soon: while its Prepare's checks run (a second), the heartbeats say
+        # PREPARE and the dryad's own rounds begin, each testing the marker at once.
+        await admin.set_worker_state(uuid, WorkerState.IDLE, "try again")
+        quarantined = await until_state(admin, uuid, WorkerState.MAINTENANCE)  # 2
+        assert quarantined.quarantined
+        os.unlink(marker)
+        watch = await admin.watch_workers(uuids=[uuid], include_current=False, timeout=PATIENCE)
+        async with watch:
+            await admin.set_worker_state(uuid, WorkerState.IDLE, "fixed for real")
+            async for change in watch:
+                if change.worker.state in (WorkerState.IDLE, WorkerState.FAILED):
+                    break
+        assert change.worker.state is WorkerState.IDLE, change.worker.reason
+        assert not change.worker.quarantined
+
+
 async def test_a_board_taken_out_of_service_is_not_reported_by_its_dryad(
     sshd: DevSshd, prefix: str, tmp_path: Path
 ) -> None:

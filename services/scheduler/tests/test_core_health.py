@@ -319,3 +319,40 @@ def test_quarantine_failures_beyond_the_record_are_refused() -> None:
     Policy(quarantine_failures=health.KEPT)
     with pytest.raises(ValueError, match=f"quarantine_failures must be at most {health.KEPT}"):
         Policy(quarantine_failures=health.KEPT + 1)
+
+
+# ------------------------------------------- reports of the dryad's own checks
+
+
+def test_a_local_checks_report_waits_for_the_prepare_running_the_same_checks(
+    kit: CoreKit,
+) -> None:
+    """A report of the dryad's own checks that comes while a Prepare runs the same checks
+    is older than their verdict (an admin fixed the board and put it back): dropped, and
+    the Prepare decides. A report of anything else still fails the board."""
+    kit.add_worker("w1", idle=False)
+    kit.core.set_state(kit.now, "w1", WorkerState.IDLE, "fixed")
+    kit.drain()
+    assert [c.healthcheck_first for c in kit.pending] == [True]
+    assert not kit.core.set_fail(kit.now, "w1", "local checks failed", local_checks=True)
+    assert kit.core.worker("w1").state is WorkerState.PREPARE
+    assert not kit.core.worker("w1").health.failures
+    kit.answer_calls()
+    assert kit.core.worker("w1").state is WorkerState.IDLE
+    # Once IDLE, a report counts.
+    assert kit.core.set_fail(kit.now, "w1", "local checks failed", local_checks=True)
+    assert kit.core.worker("w1").state is WorkerState.FAILED
+    # A report that is not of those checks (a power monitor's) counts during a Prepare too.
+    kit.core.set_state(kit.now, "w1", WorkerState.IDLE, "fixed")
+    assert kit.core.set_fail(kit.now, "w1", "board power lost")
+    assert kit.core.worker("w1").state is WorkerState.FAILED
+
+
+def test_a_local_checks_report_counts_during_a_prepare_without_checks() -> None:
+    kit = CoreKit(Policy(healthcheck_before_prepare=False))
+    kit.add_worker("w1", idle=False)
+    kit.core.set_state(kit.now, "w1", WorkerState.IDLE, "fixed")
+    kit.drain()
+    assert [c.healthcheck_first for c in kit.pending] == [False]
+    assert kit.core.set_fail(kit.now, "w1", "local checks failed", local_checks=True)
+    assert kit.core.worker("w1").state is WorkerState.FAILED

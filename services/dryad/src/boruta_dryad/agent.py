@@ -113,6 +113,9 @@ class SchedulerLink:
         self.heartbeats: dict[str, int] = dict.fromkeys(self.boards, 0)
         # Each board's worker state as the scheduler last told it (UNSPECIFIED: not known).
         self.states: dict[str, int] = dict.fromkeys(self.boards, types_pb2.WORKER_STATE_UNSPECIFIED)
+        # Moves on whenever a round of the dryad's own checks begun before would be stale:
+        # the board entered or left service, or a Prepare or Healthcheck ran its checks.
+        self._check_epochs: dict[str, int] = dict.fromkeys(self.boards, 0)
         self._changed = asyncio.Event()
         self._schedulers = SchedulerList(scheduler_address.split(","))
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -164,18 +167,33 @@ class SchedulerLink:
         """Return once the scheduler has acknowledged count heartbeats of the board."""
         await self._wait_until(lambda: self.heartbeats[uuid] >= count, timeout)
 
+    def told(self, uuid: str, state: int) -> None:
+        """The scheduler said the board is in this state (a reply, or no scheduler: UNSPECIFIED)."""
+        if (state in IN_SERVICE) != (self.states[uuid] in IN_SERVICE):
+            self._check_epochs[uuid] += 1
+        self.states[uuid] = state
+
     def left_service(self, uuid: str) -> None:
         """The scheduler is taking the board out of service (PutInMaintenance came)."""
-        self.states[uuid] = types_pb2.WORKER_STATE_BUSY
+        self.told(uuid, types_pb2.WORKER_STATE_BUSY)
+
+    def checks_ran(self, uuid: str) -> None:
+        """A Prepare or Healthcheck is running the board's checks: they decide now, and a
+        round of the dryad's own begun earlier is stale."""
+        self._check_epochs[uuid] += 1
+
+    def check_epoch(self, uuid: str) -> int:
+        """Changes whenever a round of checks begun before would be stale (see checks_ran)."""
+        return self._check_epochs[uuid]
 
     def in_service(self, uuid: str) -> bool:
         """Whether the scheduler last said the board is in service (IDLE, PREPARE, RUNNING)."""
         return self.states[uuid] in IN_SERVICE
 
     async def set_fail(self, uuid: str, reason: str) -> None:
-        """Tell the scheduler a board has failed."""
+        """Tell the scheduler the board's own checks failed."""
         await self._stub().SetFail(
-            superviser_pb2.SetFailRequest(worker_uuid=uuid, reason=reason),
+            superviser_pb2.SetFailRequest(worker_uuid=uuid, reason=reason, local_checks=True),
             metadata=self._metadata,
             timeout=10,
         )
@@ -208,7 +226,7 @@ class SchedulerLink:
                     )
                     interval = reply.heartbeat_interval.ToNanoseconds() / 1e9 or interval
                     pause = first_heartbeat_pause(interval)
-                    self.states[board.uuid] = reply.worker.state
+                    self.told(board.uuid, reply.worker.state)
                     self.registered.add(board.uuid)
                     self._changed.set()
                     backoff.reset()
@@ -226,7 +244,7 @@ class SchedulerLink:
                     # Late by its own call, or by this loop's (a dryad busy with many
                     # Prepares wakes its boards late, and together).
                     pause = heartbeat_pause(interval, loop.time() - due)
-                    self.states[board.uuid] = reply_hb.worker_state
+                    self.told(board.uuid, reply_hb.worker_state)
                     if reply_hb.HasField("live_job_users"):
                         await _reconcile(board.uuid, keeper, before, reply_hb.live_job_users)
                     self.heartbeats[board.uuid] += 1
@@ -251,7 +269,7 @@ class SchedulerLink:
                         },
                     )
                 self.registered.discard(board.uuid)
-                self.states[board.uuid] = types_pb2.WORKER_STATE_UNSPECIFIED
+                self.told(board.uuid, types_pb2.WORKER_STATE_UNSPECIFIED)
                 self._changed.set()
                 if not named:
                     await asyncio.sleep(backoff.next())

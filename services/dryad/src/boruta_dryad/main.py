@@ -100,7 +100,8 @@ class Dryad:
         tls = self.config.tls
         peers = None if tls is None else PeerCertificates(tls.read()[0])
         dryad_pb2_grpc.add_DryadServicer_to_server(
-            DryadServicer(self.boards, peers, self.metrics, self._left_service), server
+            DryadServicer(self.boards, peers, self.metrics, self._left_service, self._checks_ran),
+            server,
         )
         self._probes = await add_probes(server, (DRYAD_SERVICE,), serving=True)
         if tls is None:
@@ -140,6 +141,10 @@ class Dryad:
     def _left_service(self, uuid: str) -> None:
         if self.link is not None:
             self.link.left_service(uuid)
+
+    def _checks_ran(self, uuid: str) -> None:
+        if self.link is not None:
+            self.link.checks_ran(uuid)
 
     def _advertised(self, port: int) -> str:
         advertise = self.config.advertise

@@ -84,10 +84,17 @@ class SelfChecks:
             if not self._link.in_service(uuid):
                 counter.failing = 0
                 continue
+            epoch = self._link.check_epoch(uuid)
             try:
                 checks = await self._run(board)
             except Exception as exc:  # a bug in a check must not end the watch
                 log.error("local checks could not run", extra={"worker": uuid, "error": str(exc)})
+                continue
+            if self._link.check_epoch(uuid) != epoch:
+                # Begun before the board left or entered service, or before a Prepare ran
+                # the checks anew: a board fixed meanwhile must not be failed by it.
+                counter.failing = 0
+                log.info("local checks superseded", extra={"worker": uuid})
                 continue
             if self._metrics is not None:
                 self._metrics.checked(uuid, checks)

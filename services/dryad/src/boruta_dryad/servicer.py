@@ -74,12 +74,16 @@ class DryadServicer(dryad_pb2_grpc.DryadServicer):
         peers: PeerCertificates | None = None,
         metrics: DryadMetrics | None = None,
         leaving_service: Callable[[str], None] | None = None,
+        checks_ran: Callable[[str], None] | None = None,
     ) -> None:
         self._boards = boards
         self._metrics = metrics
         # Told of each board PutInMaintenance takes out, before the next heartbeat says so:
         # the dryad's own checks must not report a board an admin is taking out.
         self._leaving_service = leaving_service or (lambda uuid: None)
+        # Told when a call runs a board's checks: a round of the dryad's own begun before
+        # is stale (the board may have been fixed since) and must not report it.
+        self._checks_ran = checks_ran or (lambda uuid: None)
         # With TLS, only the scheduler's certificate may have users created or boards
         # taken out of service; None on a plaintext loopback demo.
         self._peers = peers
@@ -171,6 +175,7 @@ class DryadServicer(dryad_pb2_grpc.DryadServicer):
 
     async def _check(self, board: Board) -> dryad_pb2.HealthcheckResponse:
         """Run the board's checks, as Healthcheck and a Prepare that asks for them do."""
+        self._checks_ran(board.config.uuid)
         checks = await run_checks(board.config, board.backend)
         if self._metrics is not None:
             self._metrics.checked(board.config.uuid, checks)

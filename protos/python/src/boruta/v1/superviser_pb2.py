@@ -26,7 +26,7 @@ from boruta.v1 import types_pb2 as boruta_dot_v1_dot_types__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62oruta/v1/superviser.proto\x12\tboruta.v1\x1a\x15\x62oruta/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\"\xca\x01\n\x0fRegisterRequest\x12\x32\n\x04\x63\x61ps\x18\x01 \x03(\x0b\x32$.boruta.v1.RegisterRequest.CapsEntry\x12\x15\n\rdryad_address\x18\x02 \x01(\t\x12\x13\n\x0bssh_address\x18\x03 \x01(\t\x12\x13\n\x0binstance_id\x18\x04 \x01(\t\x12\x15\n\rdryad_version\x18\x05 \x01(\t\x1a+\n\tCapsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa1\x01\n\x10RegisterResponse\x12%\n\x06worker\x18\x01 \x01(\x0b\x32\x15.boruta.v1.WorkerInfo\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0elive_job_users\x18\x03 \x01(\x0b\x32\x17.boruta.v1.LiveJobUsers\"S\n\x10HeartbeatRequest\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\x12*\n\x0bhost_status\x18\x02 \x01(\x0b\x32\x15.boruta.v1.HostStatus\"\xa9\x01\n\x11HeartbeatResponse\x12\x35\n\x12heartbeat_interval\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0elive_job_users\x18\x02 \x01(\x0b\x32\x17.boruta.v1.LiveJobUsers\x12,\n\x0cworker_state\x18\x03 \x01(\x0e\x32\x16.boruta.v1.WorkerState\"!\n\x0cLiveJobUsers\x12\x11\n\tusernames\x18\x01 \x03(\t\"5\n\x0eSetFailRequest\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x11\n\x0fSetFailResponse2\xdb\x01\n\nSuperviser\x12\x43\n\x08Register\x12\x1a.boruta.v1.RegisterRequest\x1a\x1b.boruta.v1.RegisterResponse\x12\x46\n\tHeartbeat\x12\x1b.boruta.v1.HeartbeatRequest\x1a\x1c.boruta.v1.HeartbeatResponse\x12@\n\x07SetFail\x12\x19.boruta.v1.SetFailRequest\x1a\x1a.boruta.v1.SetFailResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62oruta/v1/superviser.proto\x12\tboruta.v1\x1a\x15\x62oruta/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\"\xca\x01\n\x0fRegisterRequest\x12\x32\n\x04\x63\x61ps\x18\x01 \x03(\x0b\x32$.boruta.v1.RegisterRequest.CapsEntry\x12\x15\n\rdryad_address\x18\x02 \x01(\t\x12\x13\n\x0bssh_address\x18\x03 \x01(\t\x12\x13\n\x0binstance_id\x18\x04 \x01(\t\x12\x15\n\rdryad_version\x18\x05 \x01(\t\x1a+\n\tCapsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa1\x01\n\x10RegisterResponse\x12%\n\x06worker\x18\x01 \x01(\x0b\x32\x15.boruta.v1.WorkerInfo\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0elive_job_users\x18\x03 \x01(\x0b\x32\x17.boruta.v1.LiveJobUsers\"S\n\x10HeartbeatRequest\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\x12*\n\x0bhost_status\x18\x02 \x01(\x0b\x32\x15.boruta.v1.HostStatus\"\xa9\x01\n\x11HeartbeatResponse\x12\x35\n\x12heartbeat_interval\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0elive_job_users\x18\x02 \x01(\x0b\x32\x17.boruta.v1.LiveJobUsers\x12,\n\x0cworker_state\x18\x03 \x01(\x0e\x32\x16.boruta.v1.WorkerState\"!\n\x0cLiveJobUsers\x12\x11\n\tusernames\x18\x01 \x03(\t\"K\n\x0eSetFailRequest\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x14\n\x0clocal_checks\x18\x03 \x01(\x08\"\x11\n\x0fSetFailResponse2\xdb\x01\n\nSuperviser\x12\x43\n\x08Register\x12\x1a.boruta.v1.RegisterRequest\x1a\x1b.boruta.v1.RegisterResponse\x12\x46\n\tHeartbeat\x12\x1b.boruta.v1.HeartbeatRequest\x1a\x1c.boruta.v1.HeartbeatResponse\x12@\n\x07SetFail\x12\x19.boruta.v1.SetFailRequest\x1a\x1a.boruta.v1.SetFailResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,9 +48,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LIVEJOBUSERS']._serialized_start=722
   _globals['_LIVEJOBUSERS']._serialized_end=755
   _globals['_SETFAILREQUEST']._serialized_start=757
-  _globals['_SETFAILREQUEST']._serialized_end=810
-  _globals['_SETFAILRESPONSE']._serialized_start=812
-  _globals['_SETFAILRESPONSE']._serialized_end=829
-  _globals['_SUPERVISER']._serialized_start=832
-  _globals['_SUPERVISER']._serialized_end=1051
+  _globals['_SETFAILREQUEST']._serialized_end=832
+  _globals['_SETFAILRESPONSE']._serialized_start=834
+  _globals['_SETFAILRESPONSE']._serialized_end=851
+  _globals['_SUPERVISER']._serialized_start=854
+  _globals['_SUPERVISER']._serialized_end=1073
 # @@protoc_insertion_point(module_scope)

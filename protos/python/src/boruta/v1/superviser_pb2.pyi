@@ -222,19 +222,27 @@ class SetFailRequest(_message.Message):
 
     WORKER_UUID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    LOCAL_CHECKS_FIELD_NUMBER: _builtins.int
     worker_uuid: _builtins.str
     """Worker that failed."""
     reason: _builtins.str
     """What went wrong, kept in the worker's history."""
+    local_checks: _builtins.bool
+    """Set when the report comes from the dryad's own periodic checks. Such a report that
+    arrives while a Prepare running the same checks is under way is dropped: it is older
+    than their verdict (the board may have been fixed and put back meanwhile), and the
+    Prepare decides. Any other report fails the worker whatever it is doing.
+    """
     def __init__(
         self,
         *,
         worker_uuid: _builtins.str = ...,
         reason: _builtins.str = ...,
+        local_checks: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "worker_uuid", b"worker_uuid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["local_checks", b"local_checks", "reason", b"reason", "worker_uuid", b"worker_uuid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -242,7 +250,7 @@ Global___SetFailRequest: _TypeAlias = SetFailRequest  # noqa: Y015
 
 @_typing.final
 class SetFailResponse(_message.Message):
-    """SetFailResponse confirms the report."""
+    """SetFailResponse confirms the report (also one dropped as older than a Prepare's checks)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -7,6 +7,7 @@ store, which holds exactly what has been committed; worker reads ask the core.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -73,6 +74,8 @@ T = TypeVar("T")
 # Waiting requests whose pending reasons one engine read works out (ListRequests, the
 # dashboard): what bounds how long one page holds the engine.
 REASONS_PER_READ = 25
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -586,9 +589,18 @@ class SchedulerService:
         await self.engine.read(lambda core, now: core.worker(uuid))
         return None, None
 
-    async def set_fail(self, who: Identity, uuid: str, reason: str) -> None:
+    async def set_fail(
+        self, who: Identity, uuid: str, reason: str, *, local_checks: bool = False
+    ) -> None:
         check_dryad(who, uuid)
-        await self.engine.execute(lambda core, now: core.set_fail(now, uuid, reason))
+        taken = await self.engine.execute(
+            lambda core, now: core.set_fail(now, uuid, reason, local_checks=local_checks)
+        )
+        if not taken:
+            log.info(
+                "report of local checks dropped: a Prepare is running them",
+                extra={"worker": uuid, "reason": reason},
+            )
 
 
 def _close_subscription(result: tuple[object, Subscription[Any]]) -> None:

@@ -220,6 +220,7 @@ class Worker:
 
     __slots__ = (
         "caps_sig",
+        "checking",
         "collateral_of",
         "dryad_address",
         "dryad_version",
@@ -278,6 +279,8 @@ class Worker:
         self.failures = 0
         self.prepared: Access | None = None
         self.pending_op = 0
+        # Whether the call pending_op names is a Prepare that runs the board's checks.
+        self.checking = False
         self.host_status: HostStatus | None = None
         self.hb_armed = False
         # Its stack ("" for none), and the request holding it as collateral (0 for none).

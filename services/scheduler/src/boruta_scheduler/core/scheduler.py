@@ -1038,10 +1038,15 @@ class Core:
             return ()
         return None
 
-    def set_fail(self, now: float, uuid: str, reason: str) -> None:
-        """The dryad reports its worker failed."""
+    def set_fail(self, now: float, uuid: str, reason: str, *, local_checks: bool = False) -> bool:
+        """The dryad reports its worker failed; False when the report was dropped: one of
+        its own checks, while a Prepare runs the same checks (their verdict is newer)."""
         reason = self.policy.check_reason(reason) or "failure reported by the dryad"
-        self._fail_worker(self._known_worker(uuid), now, reason, FailureKind.REPORTED)
+        worker = self._known_worker(uuid)
+        if local_checks and worker.state is WorkerState.PREPARE and worker.checking:
+            return False
+        self._fail_worker(worker, now, reason, FailureKind.REPORTED)
+        return True
 
     def set_state(self, now: float, uuid: str, state: WorkerState, reason: str = "") -> WorkerView:
         """Admin puts a worker into service (IDLE) or takes it out (MAINTENANCE)."""
@@ -2015,6 +2020,7 @@ class Core:
     ) -> None:
         self._last_op_id += 1
         worker.pending_op = self._last_op_id
+        worker.checking = kind is DryadCallKind.PREPARE and healthcheck_first
         self._out.call(
             DryadCall(
                 self._last_op_id,

@@ -57,7 +57,12 @@ class SuperviserServicer(superviser_pb2_grpc.SuperviserServicer):
     async def SetFail(
         self, request: superviser_pb2.SetFailRequest, context: Context
     ) -> superviser_pb2.SetFailResponse:
-        await self._service.set_fail(current_identity(), request.worker_uuid, request.reason)
+        await self._service.set_fail(
+            current_identity(),
+            request.worker_uuid,
+            request.reason,
+            local_checks=request.local_checks,
+        )
         return superviser_pb2.SetFailResponse()
 
 
