@@ -1041,9 +1041,9 @@ def test_only_tokens_stopped_longer_ago_than_the_retention_are_purged() -> None:
     assert core.purge_tokens(T0 + 13 * day + 1, retention, limit=10) == [revoked_lately]
     assert core.purge_tokens(T0 + 14 * day + 1, retention, limit=10) == [expired_lately]
     assert core.next_token_purge(retention) == T0 + 95 * day
-    with pytest.raises(InvalidArgument, match="no token 6: .* token retention .*token_retention"):
+    with pytest.raises(InvalidArgument, match=r"no token 6: .* token retention .*token_retention"):
         core.revoke_token(now, newest)
-    with pytest.raises(InvalidArgument, match="^no token 7; see ListTokens$"):
+    with pytest.raises(InvalidArgument, match=r"^no token 7; see ListTokens$"):
         core.revoke_token(now, 7)
     assert core.issue_token(short_token("g", now, day)).id == 7
     core.drain()
