@@ -65,6 +65,7 @@ class ChangedSince:
     gap: str
     stacks: list[StackView] = field(default_factory=list)
     removed_stacks: list[str] = field(default_factory=list)
+    last_token_id: int = 0
 
     @property
     def rows(self) -> int:
