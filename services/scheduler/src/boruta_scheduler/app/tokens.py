@@ -89,9 +89,12 @@ class TokenAuthority:
         self._tokens = {t.id: t for t in engine.core.tokens()}
 
     def publish(self, changes: Changes) -> None:
-        """Take the tokens a commit issued or revoked (the engine's Publisher protocol)."""
+        """Take the tokens a commit issued, revoked or purged (the engine's Publisher
+        protocol)."""
         for record in changes.tokens:
             self._tokens[record.id] = record
+        for token_id in changes.removed_tokens:
+            self._tokens.pop(token_id, None)
 
     async def issue(
         self,
