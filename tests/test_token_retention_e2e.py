@@ -48,9 +48,9 @@ def test_a_short_lived_token_is_forgotten_and_its_id_never_comes_back(tmp_path: 
                 "the expired token leaves ListTokens", lambda: short.token.id not in listed()
             )
             assert listed() == [lasting.token.id]  # still working: kept
-            with Client(scheduler.token_address, ca=files.ca, token=short.secret) as ci:
-                with pytest.raises(Unauthenticated, match="not valid"):
-                    ci.whoami()
+            ci = Client(scheduler.token_address, ca=files.ca, token=short.secret)
+            with ci, pytest.raises(Unauthenticated, match="not valid"):
+                ci.whoami()
             with Client(scheduler.token_address, ca=files.ca, token=lasting.secret) as dashboard:
                 assert dashboard.whoami().user == "dashboard"
             purges = [e for e in admin.audit_events() if e.action == "PurgeTokens"]
