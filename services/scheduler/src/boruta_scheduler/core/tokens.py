@@ -155,5 +155,5 @@ class TokenTable:
         return purged
 
     def all(self) -> list[TokenRecord]:
-        """Every token, oldest first."""
+        """Every token kept (not purged), oldest first."""
         return sorted(self._records.values(), key=lambda t: t.id)

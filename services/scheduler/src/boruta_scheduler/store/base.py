@@ -89,9 +89,9 @@ class Store(Protocol):
     """
 
     def load(self) -> Snapshot:
-        """Live requests, every worker, the last request id and every token, to rebuild
-        the core. The requests may be read from the store as they are iterated: iterate
-        them once, at once, on the thread that called load()."""
+        """Live requests, every worker, the last request and token ids and every token kept
+        (not purged), to rebuild the core. The requests may be read from the store as they
+        are iterated: iterate them once, at once, on the thread that called load()."""
         ...
 
     def commit(self, changes: Changes) -> None:
