@@ -1030,7 +1030,7 @@ def test_only_tokens_stopped_longer_ago_than_the_retention_are_purged() -> None:
     now = T0 + 10 * day
     assert core.purge_tokens(now, retention, limit=2) == [expired_long_ago, revoked_long_ago]
     changes = core.drain()
-    assert changes.removed_tokens == [1, 3] and changes.tokens == [] and changes.durable
+    assert changes.removed_tokens == (1, 3) and changes.tokens == [] and changes.durable
     assert core.next_token_purge(retention) == T0 + 8 * day + 1
     assert core.purge_tokens(now, retention, limit=2) == [newest]
     assert core.purge_tokens(now, retention, limit=2) == []
@@ -1068,6 +1068,6 @@ def test_a_token_purged_while_its_secret_is_sealed_leaves_no_timer_behind() -> N
     assert core.purge_tokens(T0 + 3, 1.0, limit=10) == [issued.id]
     assert core.next_timer() is None
     core.tick(T0 + SEAL_KEPT)
-    assert core.drain().removed_tokens == [issued.id]
+    assert core.drain().removed_tokens == (issued.id,)
     # The key is forgotten with its token: a call with it issues a new one.
     assert core.issue_token(dataclasses.replace(token, created_at=T0 + 4)).id == issued.id + 1
