@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -209,8 +208,10 @@ class StoreUpkeep:
             )
             self._next_token_purge = later
             return 0
-        more = len(purged) >= TOKEN_PURGE_BATCH
-        self._next_token_purge = now + PURGE_PAUSE if more else min(due or math.inf, later)
+        if len(purged) >= TOKEN_PURGE_BATCH:  # more may be due: soon, but not at once
+            self._next_token_purge = now + PURGE_PAUSE
+        else:
+            self._next_token_purge = later if due is None else min(due, later)
         if purged:
             log.info(
                 "forgot tokens that stopped working longer ago than the token retention",

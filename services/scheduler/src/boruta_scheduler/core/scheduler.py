@@ -432,11 +432,6 @@ class Core:
         too)."""
         return self._tokens.all()
 
-    @property
-    def last_token_id(self) -> int:
-        """The id of the newest token issued, purged or not."""
-        return self._tokens.last_id
-
     def next_token_purge(self, retention: float) -> float | None:
         """When purge_tokens with this retention next has a token to forget, or None."""
         return self._tokens.next_purge(retention)

@@ -119,11 +119,6 @@ class TokenTable:
         heapq.heappush(self._by_stop, (now, token_id))
         return record, True
 
-    @property
-    def last_id(self) -> int:
-        """The highest id handed out (the stored counter's value once committed)."""
-        return self._last_id
-
     def next_purge(self, retention: float) -> float | None:
         """When purge(..., retention, ...) next has a token to forget, or None."""
         by_stop = self._by_stop
