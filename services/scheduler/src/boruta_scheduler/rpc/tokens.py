@@ -16,9 +16,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class TokensServicer(tokens_pb2_grpc.TokensServicer):
-    def __init__(self, authority: TokenAuthority, tokens: PageTokens) -> None:
+    def __init__(self, authority: TokenAuthority, page_tokens: PageTokens) -> None:
         self._authority = authority
-        self._tokens = tokens
+        self._page_tokens = page_tokens
 
     async def IssueToken(
         self, request: tokens_pb2.IssueTokenRequest, context: Context
@@ -38,7 +38,7 @@ class TokensServicer(tokens_pb2_grpc.TokensServicer):
     async def ListTokens(
         self, request: tokens_pb2.ListTokensRequest, context: Context
     ) -> tokens_pb2.ListTokensResponse:
-        query, scope = convert.token_query(request, self._tokens)
+        query, scope = convert.token_query(request, self._page_tokens)
         # Read from the authority's copy of the committed tokens (see TokenAuthority.select),
         # lazily and before any await: a page costs what it returns, not every token.
         records = self._authority.select(current_identity(), query)
@@ -46,7 +46,7 @@ class TokensServicer(tokens_pb2_grpc.TokensServicer):
             records, convert.token_info, lambda t: (t.id, 0), query.limit
         )
         return tokens_pb2.ListTokensResponse(
-            tokens=infos, next_page_token=self._tokens.encode(scope, after)
+            tokens=infos, next_page_token=self._page_tokens.encode(scope, after)
         )
 
     async def RevokeToken(
