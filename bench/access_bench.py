@@ -90,7 +90,24 @@ def first_line_over_ssh(access: types_pb2.AccessInfo) -> str:
         client.close()
 
 
-def access_latency(workdir: Path, sshd: DevSshd, rounds: int = 30) -> dict[str, float]:
+def login_time(access: types_pb2.AccessInfo) -> float:
+    """Seconds from connecting to the first line of `echo ready`."""
+    started = time.perf_counter()
+    line = first_line_over_ssh(access)
+    assert line == "ready", line
+    return time.perf_counter() - started
+
+
+def straight_to(access: types_pb2.AccessInfo, address: str) -> types_pb2.AccessInfo:
+    """The same access, to the board's sshd itself instead of the scheduler's tunnel."""
+    host, port = address.rsplit(":", 1)
+    direct = types_pb2.AccessInfo()
+    direct.CopyFrom(access)
+    direct.host, direct.port = host, int(port)
+    return direct
+
+
+def access_latency(workdir: Path, sshd: DevSshd, rounds: int = 30) -> dict[str, dict[str, float]]:
     scheduler = spawn(
         scheduler_command(workdir / "scheduler"), SCHEDULER_READY, workdir / "scheduler.log"
     )
@@ -112,8 +129,8 @@ def access_latency(workdir: Path, sshd: DevSshd, rounds: int = 30) -> dict[str, 
                 metadata=ADMIN,
             )
             requests = requests_pb2_grpc.RequestsStub(channel)
-            samples = []
-            for _ in range(rounds):
+            samples, granted, direct = [], [], []
+            for round_ in range(rounds):
                 wait_state(channel, "bench-bacc-", types_pb2.WORKER_STATE_IDLE)
                 started = time.perf_counter()
                 request = requests.NewRequest(
@@ -124,13 +141,22 @@ def access_latency(workdir: Path, sshd: DevSshd, rounds: int = 30) -> dict[str, 
                     metadata=USER,
                     timeout=30,
                 ).access
-                line = first_line_over_ssh(access)
-                samples.append(time.perf_counter() - started)
-                assert line == "ready", line
+                granted.append(time.perf_counter() - started)
+                # The same login straight to sshd, first in every other round, so that
+                # neither of the two always meets the caches the other warmed.
+                if round_ % 2:
+                    direct.append(login_time(straight_to(access, sshd.address)))
+                samples.append(granted[-1] + login_time(access))
+                if not round_ % 2:
+                    direct.append(login_time(straight_to(access, sshd.address)))
                 requests.CloseRequest(
                     requests_pb2.CloseRequestRequest(request_id=request.id), metadata=USER
                 )
-        return summary(samples)
+        return {
+            "access": summary(samples),
+            "granted": summary(granted),
+            "direct": summary(direct),
+        }
     finally:
         dryad.stop()
         scheduler.stop()
@@ -177,7 +203,7 @@ def run() -> dict[str, dict[str, float]] | None:
     sshd.start()
     try:
         return {
-            "access": access_latency(workdir, sshd),
+            **access_latency(workdir, sshd),
             "prepare_3072": prepare_time(workdir, sshd, 3072),
             "prepare_2048": prepare_time(workdir, sshd, 2048),
         }
