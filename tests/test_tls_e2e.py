@@ -33,20 +33,27 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveFarm]:
         yield running
 
 
-def test_a_user_runs_a_job_over_tls_as_their_certificate_says(
-    farm: LiveFarm, tmp_path: Path
-) -> None:
+def alice_env(farm: LiveFarm, home: Path) -> dict[str, str]:
+    """schedctl's environment as alice of group lab, with her certificate."""
     assert farm.pki is not None
     alice = farm.pki.user("alice", "lab")
-    env = {
+    return {
         **{k: v for k, v in os.environ.items() if not k.startswith("BORUTA_")},
         "BORUTA_SCHEDULER": farm.address,
         "BORUTA_CA": alice.ca,
         "BORUTA_CERT": alice.cert,
         "BORUTA_KEY": alice.key,
+        "HOME": str(home),
+    }
+
+
+def test_a_user_runs_a_job_over_tls_as_their_certificate_says(
+    farm: LiveFarm, tmp_path: Path
+) -> None:
+    env = {
+        **alice_env(farm, tmp_path),
         "BORUTA_USER": "mallory",  # ignored: the certificate says who this is
         "BORUTA_ADMIN": "1",
-        "HOME": str(tmp_path),
     }
     done = subprocess.run(
         [*SCHEDCTL, "run", "-o", "json", "--caps", "board=rpi4", "--", "id -un"],
@@ -179,16 +186,7 @@ def test_a_command_that_needs_no_identity_reads_no_certificate(
     """Over TLS the certificate says who calls: a command that never asks who we are
     (a list) loads no cryptography, which costs a tenth of a second; one that needs our
     name (a list of our own requests) reads the certificate."""
-    assert farm.pki is not None
-    alice = farm.pki.user("alice", "lab")
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("BORUTA_")},
-        "BORUTA_SCHEDULER": farm.address,
-        "BORUTA_CA": alice.ca,
-        "BORUTA_CERT": alice.cert,
-        "BORUTA_KEY": alice.key,
-        "HOME": str(tmp_path),
-    }
+    env = alice_env(farm, tmp_path)
     listed = loaded_after(schedctl_code("requests", "list"), ("cryptography",), env)
     assert listed == [], listed
     mine = loaded_after(schedctl_code("requests", "list", "--mine"), ("cryptography",), env)
