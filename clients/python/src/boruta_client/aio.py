@@ -309,7 +309,7 @@ class AsyncClient(ClientBase):
             left = max(0.001, min(timeout, deadline - time.monotonic()))
             method = pick(self._stubs(attempt.address))
             try:
-                return await method(message, timeout=left, metadata=self.identity.metadata())
+                return await method(message, timeout=left, metadata=self._metadata())
             except grpc.RpcError as error:
                 attempt.failed(error)
                 if not went_away(error):
@@ -394,7 +394,7 @@ class AsyncClient(ClientBase):
         async for attempt in self._attempts(deadline):
             timeout = None if deadline is None else max(0.001, deadline - time.monotonic())
             method = pick(self._stubs(attempt.address))
-            call = method(message, metadata=self.identity.metadata(), timeout=timeout)
+            call = method(message, metadata=self._metadata(), timeout=timeout)
             try:
                 await call.initial_metadata()
                 if call.done() and await call.code() is not grpc.StatusCode.OK:
