@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from boruta_scheduler.app.audit import AuditLog
 from boruta_scheduler.app.engine import AUDIT_RIDE, Command, Engine
 from boruta_scheduler.app.restore import freeze_heap, restore_core
 from boruta_scheduler.app.service import SchedulerService, ServiceSettings
@@ -31,6 +32,7 @@ from boruta_scheduler.types import (
     AuditEvent,
     Identity,
     RequestState,
+    Role,
     UsageQuery,
     WorkerState,
 )
@@ -951,3 +953,26 @@ def test_restore_pauses_the_collector_and_freezing_keeps_the_core_out_of_it() ->
         assert gc.get_freeze_count() >= 2000
     finally:
         gc.unfreeze()
+
+
+async def test_an_audit_event_carries_the_time_its_command_applied_at() -> None:
+    """A command applies at the time it arrived (not its batch's): the event it records
+    says the same time as the change it records, e.g. a request's created_at."""
+    clock = [1_700_000_000.0]
+    store = MemoryStore()
+    engine = Engine(Core(), store, Dryads(), clock=lambda: clock[0], monotonic=lambda: clock[0])
+    audit = AuditLog(engine, store)
+    engine.start()
+    arrived = clock[0]
+    who = Identity("alice", frozenset(), Role.USER)
+    command = audit.recorded(
+        who, "request.create", lambda v: (f"request {v.id}", ""), new_request()
+    )
+    submitted = asyncio.ensure_future(engine.execute(command))
+    await asyncio.sleep(0)  # queued: it arrived now
+    clock[0] += 2  # the batch runs 2 s after the command arrived
+    view = await submitted
+    await engine.stop()
+    (event,) = [e for e in store.audit(10) if e.action == "request.create"]
+    assert view.created_at == arrived
+    assert event.time == view.created_at

@@ -48,9 +48,12 @@ class AuditLog:
         self._refusals = ThrottledRefusals(refusals_per_minute, engine.now, self._write)
         self._rate = refusals_per_minute
 
-    def record(self, who: Identity, action: str, target: str, detail: str = "") -> None:
-        """Call inside an engine command to commit with it; elsewhere it joins the next batch."""
-        now = self._engine.now()
+    def record(
+        self, who: Identity, action: str, target: str, detail: str = "", at: float | None = None
+    ) -> None:
+        """Call inside an engine command to commit with it (at: the time it applies at);
+        elsewhere it joins the next batch."""
+        now = self._engine.now() if at is None else at
         self._engine.audit(
             AuditEvent(
                 now,
@@ -71,7 +74,7 @@ class AuditLog:
         def run(core: Core, now: float) -> T:
             result = command(core, now)
             target, detail = describe(result)
-            self.record(who, action, target, detail)
+            self.record(who, action, target, detail, at=now)
             return result
 
         return run
