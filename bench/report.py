@@ -11,13 +11,15 @@ def replace_section(heading: str, lines: list[str], before: str = "## Over gRPC"
     """Replace the report's section under heading with lines, or add it before the
     section `before` (where `python -m bench` puts it)."""
     text = REPORT.read_text()
-    section = "\n".join(lines)
+    # One blank line between sections, however many the lines end with.
+    section = "\n".join(lines).rstrip("\n") + "\n\n"
     start = text.find(heading)
     if start < 0:
         at = text.find(before)
         at = at if at >= 0 else len(text)
-        text = text[:at] + section + "\n" + text[at:]
+        text = text[:at] + section + text[at:]
     else:
         end = text.find("\n## ", start + len(heading))
         text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
+    text = text.rstrip("\n") + "\n"
     REPORT.write_text(text)

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-from boruta.v1 import audit_pb2, audit_pb2_grpc, requests_pb2, types_pb2, workers_pb2
+from boruta.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    requests_pb2,
+    tokens_pb2,
+    tokens_pb2_grpc,
+    types_pb2,
+    workers_pb2,
+)
 from boruta_scheduler.errors import InvalidArgument
 from boruta_scheduler.listing import PageTokens
 from conftest import farm_on
@@ -74,6 +82,7 @@ async def _all_pages(
 def _lists(admin: Client) -> dict[str, Callable[[str], Awaitable[Page]]]:
     """Every paged list, two items (one for the history) a page, as the admin."""
     audit = audit_pb2_grpc.AuditStub(admin.channel)
+    bearer = tokens_pb2_grpc.TokensStub(admin.channel)
     md = admin.metadata
 
     async def requests(token: str) -> Page:
@@ -101,11 +110,18 @@ def _lists(admin: Client) -> dict[str, Callable[[str], Awaitable[Page]]]:
         )
         return [x.id for x in r.events], r.next_page_token
 
+    async def tokens(token: str) -> Page:
+        r = await bearer.ListTokens(
+            tokens_pb2.ListTokensRequest(page_size=2, page_token=token), metadata=md
+        )
+        return [x.id for x in r.tokens], r.next_page_token
+
     return {
         "ListRequests": requests,
         "ListWorkers": workers,
         "ListWorkerHistory": history,
         "ListAuditEvents": events,
+        "ListTokens": tokens,
     }
 
 
@@ -118,6 +134,11 @@ async def _fill(farm: Farm) -> None:
     await farm.admin.wait_worker("w1", types_pb2.WORKER_STATE_MAINTENANCE)
     await farm.admin.set_state("w1", types_pb2.WORKER_STATE_IDLE, "back")
     await farm.admin.wait_worker("w1", types_pb2.WORKER_STATE_IDLE)
+    bearer = tokens_pb2_grpc.TokensStub(farm.admin.channel)
+    for user in ("ci-a", "ci-b", "ci-c"):
+        await bearer.IssueToken(
+            tokens_pb2.IssueTokenRequest(user=user), metadata=farm.admin.metadata
+        )
 
 
 async def test_paging_through_every_list_returns_every_item_once(farm: Farm) -> None:
@@ -131,6 +152,7 @@ async def test_paging_through_every_list_returns_every_item_once(farm: Farm) -> 
     assert history == sorted(history, reverse=True)  # newest first
     events = seen["ListAuditEvents"]
     assert len(events) >= 7 and events == sorted(set(events), reverse=True)
+    assert seen["ListTokens"] == [1, 2, 3]
     whole = await farm.admin.workers.ListWorkerHistory(
         workers_pb2.ListWorkerHistoryRequest(worker_uuid="w1", page_size=1000),
         metadata=farm.admin.metadata,

@@ -16,6 +16,7 @@ import pytest
 from boruta.tls import channel_credentials
 from boruta.v1 import dryad_pb2, dryad_pb2_grpc
 from boruta_client import Caller, Client, RequestState
+from import_kit import loaded_after, schedctl_code
 from live_farm import LiveFarm, live_farm
 from pki_kit import FarmPki
 from system_kit import unique_uuid
@@ -32,20 +33,27 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveFarm]:
         yield running
 
 
-def test_a_user_runs_a_job_over_tls_as_their_certificate_says(
-    farm: LiveFarm, tmp_path: Path
-) -> None:
+def alice_env(farm: LiveFarm, home: Path) -> dict[str, str]:
+    """schedctl's environment as alice of group lab, with her certificate."""
     assert farm.pki is not None
     alice = farm.pki.user("alice", "lab")
-    env = {
+    return {
         **{k: v for k, v in os.environ.items() if not k.startswith("BORUTA_")},
         "BORUTA_SCHEDULER": farm.address,
         "BORUTA_CA": alice.ca,
         "BORUTA_CERT": alice.cert,
         "BORUTA_KEY": alice.key,
+        "HOME": str(home),
+    }
+
+
+def test_a_user_runs_a_job_over_tls_as_their_certificate_says(
+    farm: LiveFarm, tmp_path: Path
+) -> None:
+    env = {
+        **alice_env(farm, tmp_path),
         "BORUTA_USER": "mallory",  # ignored: the certificate says who this is
         "BORUTA_ADMIN": "1",
-        "HOME": str(tmp_path),
     }
     done = subprocess.run(
         [*SCHEDCTL, "run", "-o", "json", "--caps", "board=rpi4", "--", "id -un"],
@@ -170,3 +178,16 @@ def test_a_ci_system_works_with_a_token_until_it_is_revoked(farm: LiveFarm, tmp_
     assert denied.returncode == 77
     logs = "\n".join(path.read_text() for path in farm.log_files)
     assert token["secret"].partition(".")[2] not in logs  # the token never reaches a log
+
+
+def test_a_command_that_needs_no_identity_reads_no_certificate(
+    farm: LiveFarm, tmp_path: Path
+) -> None:
+    """Over TLS the certificate says who calls: a command that never asks who we are
+    (a list) loads no cryptography, which costs a tenth of a second; one that needs our
+    name (a list of our own requests) reads the certificate."""
+    env = alice_env(farm, tmp_path)
+    listed = loaded_after(schedctl_code("requests", "list"), ("cryptography",), env)
+    assert listed == [], listed
+    mine = loaded_after(schedctl_code("requests", "list", "--mine"), ("cryptography",), env)
+    assert "cryptography.x509" in mine, mine

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from boruta_scheduler.app.audit import AuditLog
 from boruta_scheduler.app.engine import Engine
-from boruta_scheduler.app.tokens import TokenAuthority
+from boruta_scheduler.app.tokens import TokenAuthority, TokenOrder
 from boruta_scheduler.app.watch import Publishers
 from boruta_scheduler.core import Core
 from boruta_scheduler.core.tokens import SEAL_KEPT
@@ -25,8 +25,9 @@ from boruta_scheduler.errors import (
     StoreUnavailable,
     Unauthenticated,
 )
+from boruta_scheduler.listing import TokenQuery
 from boruta_scheduler.store import MemoryStore, Store, open_store
-from boruta_scheduler.types import Identity, Role
+from boruta_scheduler.types import Identity, Role, TokenRecord
 from pg_kit import postgres_fixture, postgres_url_fixture  # noqa: F401 - fixtures
 from test_engine import Dryads, FillingStore, GatedStore, settle
 
@@ -50,6 +51,13 @@ def start_tokens(store: Store, clock: Callable[[], float] = time.time) -> Tokens
     return Tokens(engine, authority)
 
 
+def listed(
+    authority: TokenAuthority, user: str = "", active_only: bool = False, after: int = 0
+) -> list[TokenRecord]:
+    """Every token the query selects, oldest first."""
+    return list(authority.select(ROOT, TokenQuery(user, active_only, None, after)))
+
+
 @pytest.fixture
 async def gated() -> AsyncIterator[tuple[GatedStore, Tokens]]:
     store = GatedStore()
@@ -71,7 +79,7 @@ async def test_a_token_counts_only_once_it_is_committed_with_its_event(
     await settle(tokens.engine)
     assert [t.user for t in tokens.engine.core.tokens()] == ["ci"]  # applied, not stored
     assert not issued.done()
-    assert tokens.authority.list(ROOT) == [] and store.load().tokens == []
+    assert listed(tokens.authority) == [] and store.load().tokens == []
     store.gate.set()
     record, secret = await issued
     assert secret.startswith(f"{record.id}.")
@@ -104,9 +112,9 @@ async def test_the_checks_follow_the_commits_not_the_core(
     for check in (lambda: authority.identify(secret), lambda: authority.revalidate(who)):
         with pytest.raises(Unauthenticated, match="was revoked"):
             check()
-    assert authority.list(ROOT)[0].revoked_at is not None
+    assert listed(authority)[0].revoked_at is not None
     again = await authority.revoke(ROOT, record.id)  # as before: it keeps the first time
-    assert again.revoked_at == authority.list(ROOT)[0].revoked_at
+    assert again.revoked_at == listed(authority)[0].revoked_at
     with pytest.raises(InvalidArgument, match="no token 99; see ListTokens"):
         await authority.revoke(ROOT, 99)
     actions = [(e.action, e.target) for e in reversed(store.audit(10))]
@@ -138,7 +146,7 @@ async def test_a_token_whose_commit_fails_is_refused_and_never_usable(
         authority.identify(lost)
     with pytest.raises(StoreUnavailable, match="disk full"):
         await authority.revoke(ROOT, kept.id)
-    assert authority.list(ROOT) == [kept]
+    assert listed(authority) == [kept]
     assert authority.identify(kept_secret).user == "ci"  # its revoke was refused
     store.full = False
     while tokens.engine.outage is not None:
@@ -176,7 +184,7 @@ async def test_token_expiry_and_validation() -> None:
     for user, ttl in (("a b", None), ("ok", 0.0), ("ok", 3651 * 86400.0), ("anonymous", None)):
         with pytest.raises(InvalidArgument):
             await authority.issue(ROOT, user, [], False, ttl, "")
-    assert [t.id for t in authority.list(ROOT)] == [1, record.id]
+    assert [t.id for t in listed(authority)] == [1, record.id]
     await tokens.engine.stop()
 
 
@@ -214,13 +222,13 @@ async def test_a_retried_issue_gets_the_same_token_and_secret_across_a_restart(
     retried = await tokens.authority.issue(ROOT, "ci", ["lab"], False, None, "", key)
     assert retried == (record, secret)
     assert tokens.authority.identify(secret).user == "ci"
-    assert [t.id for t in tokens.authority.list(ROOT)] == [record.id, other.id]
+    assert [t.id for t in listed(tokens.authority)] == [record.id, other.id]
     # After SEAL_KEPT the store no longer holds the sealed secret, and a retry is refused.
     now[0] += 1
     with pytest.raises(FailedPrecondition, match=f"revoke token {record.id} and issue"):
         await tokens.authority.issue(ROOT, "ci", ["lab"], False, None, "", key)
     assert [t.sealed_secret for t in store.load().tokens] == [None, None]
-    assert len(tokens.authority.list(ROOT)) == 2
+    assert len(listed(tokens.authority)) == 2
     await tokens.engine.stop()
     store.close()
 
@@ -242,4 +250,49 @@ async def test_a_stored_key_and_seal_do_not_give_the_secret() -> None:
         with pytest.raises(InvalidArgument, match="idempotency_key"):
             await tokens.authority.issue(ROOT, "ci", [], False, None, "", short)
     assert len(store.load().tokens) == 1
+    await tokens.engine.stop()
+
+
+def test_the_token_order_keeps_ids_in_order_overall_and_per_user() -> None:
+    order = TokenOrder()
+    for token_id, user in ((3, "ci"), (1, "ci"), (2, "bob"), (5, "ci"), (4, "bob"), (3, "ci")):
+        order.add(token_id, user)  # restored out of order, and 3 once more (a revoke)
+    assert list(order.after(0)) == [1, 2, 3, 4, 5]
+    assert list(order.after(2)) == [3, 4, 5]
+    assert list(order.after(0, "ci")) == [1, 3, 5]
+    assert list(order.after(3, "ci")) == [5]
+    assert list(order.after(5)) == [] and list(order.after(0, "nobody")) == []
+    # A purge drops ids; a page token that continues after a dropped id still works.
+    order.remove(3, "ci")
+    order.remove(2, "bob")
+    order.remove(9, "ci")  # never kept: nothing changes
+    assert list(order.after(2)) == [4, 5] and list(order.after(3, "ci")) == [5]
+    order.remove(4, "bob")
+    assert list(order.after(0, "bob")) == [] and list(order.after(0)) == [1, 5]
+
+
+async def test_select_filters_by_user_and_live_tokens_and_goes_on_after_an_id() -> None:
+    now = [1000.0]
+    tokens = start_tokens(MemoryStore(), clock=lambda: now[0])
+    authority = tokens.authority
+    issued = [
+        (await authority.issue(ROOT, user, [], False, ttl, ""))[0]
+        for user, ttl in (("ci", 60.0), ("bob", None), ("ci", None), ("bob", 60.0), ("ci", None))
+    ]
+    ids = [t.id for t in issued]
+    await authority.revoke(ROOT, ids[2])
+    assert [t.id for t in listed(authority)] == ids
+    assert [t.id for t in listed(authority, "ci")] == [ids[0], ids[2], ids[4]]
+    assert [t.id for t in listed(authority, after=ids[1])] == ids[2:]
+    assert [t.id for t in listed(authority, "ci", after=ids[0])] == [ids[2], ids[4]]
+    assert [t.id for t in listed(authority, active_only=True)] == [ids[0], ids[1], ids[3], ids[4]]
+    now[0] += 60  # at expires_at a token still works (identify), so it is still live
+    assert len(listed(authority, active_only=True)) == 4
+    now[0] += 1
+    assert [t.id for t in listed(authority, active_only=True)] == [ids[1], ids[4]]
+    assert [t.id for t in listed(authority, "ci", True)] == [ids[4]]
+    assert listed(authority, "nobody") == []
+    for bad in ("a b", "x" * 65, "anonymous"):
+        with pytest.raises(InvalidArgument, match="user: "):
+            authority.select(ROOT, TokenQuery(user=bad))
     await tokens.engine.stop()

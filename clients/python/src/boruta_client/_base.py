@@ -27,7 +27,6 @@ class ClientBase:
 
     context: Context
     target: str
-    identity: Identity
     tls: TlsFiles | None
     call_timeout: float
     failover_timeout: float
@@ -73,8 +72,8 @@ class ClientBase:
         self.tls = self.context.tls()
         # With TLS the scheduler knows the caller by its certificate, and user, groups
         # and admin are ignored; without, it takes them as given (loopback demos only).
-        self.identity = (
-            Identity.of_certificate(self.tls.cert)
+        self._identity = (
+            None
             if self.tls is not None
             else Identity(
                 self.context.user or login_name(), self.context.groups, self.context.admin
@@ -83,6 +82,20 @@ class ClientBase:
         self.call_timeout = call_timeout
         self.failover_timeout = failover_timeout
         self._open()
+
+    @property
+    def identity(self) -> Identity:
+        """Who the scheduler takes this client for. With TLS it is read from the
+        certificate when first asked (reading one loads cryptography, a tenth of a second
+        that commands which never ask need not pay)."""
+        if self._identity is None:
+            assert self.tls is not None
+            self._identity = Identity.of_certificate(self.tls.cert)
+        return self._identity
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        """The identity a call states: none with TLS, where the certificate says it."""
+        return () if self.tls is not None else self.identity.metadata()
 
     def _open(self) -> None:
         """Set up what the subclass needs once the settings are known."""

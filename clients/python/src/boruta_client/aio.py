@@ -309,7 +309,7 @@ class AsyncClient(ClientBase):
             left = max(0.001, min(timeout, deadline - time.monotonic()))
             method = pick(self._stubs(attempt.address))
             try:
-                return await method(message, timeout=left, metadata=self.identity.metadata())
+                return await method(message, timeout=left, metadata=self._metadata())
             except grpc.RpcError as error:
                 attempt.failed(error)
                 if not went_away(error):
@@ -394,7 +394,7 @@ class AsyncClient(ClientBase):
         async for attempt in self._attempts(deadline):
             timeout = None if deadline is None else max(0.001, deadline - time.monotonic())
             method = pick(self._stubs(attempt.address))
-            call = method(message, metadata=self.identity.metadata(), timeout=timeout)
+            call = method(message, metadata=self._metadata(), timeout=timeout)
             try:
                 await call.initial_metadata()
                 if call.done() and await call.code() is not grpc.StatusCode.OK:
@@ -739,10 +739,14 @@ class AsyncClient(ClientBase):
         reply = await self._call(lambda s: s.tokens.IssueToken, message)
         return IssuedToken(convert.token(reply.token), reply.secret)
 
-    async def list_tokens(self) -> list[Token]:
-        """Every token, revoked ones too, without their secrets (admins only)."""
-        reply = await self._call(lambda s: s.tokens.ListTokens, tokens_pb2.ListTokensRequest())
-        return [convert.token(t) for t in reply.tokens]
+    async def list_tokens(self, *, user: str = "", active_only: bool = False) -> list[Token]:
+        """Every token, oldest first, without their secrets (admins only): only user's if
+        given, and only the live ones (neither expired nor revoked) with active_only."""
+        message = tokens_pb2.ListTokensRequest(
+            page_size=PAGE_SIZE, user=user, active_only=active_only
+        )
+        found = await self._pages(lambda s: s.tokens.ListTokens, message, lambda r: r.tokens, None)
+        return [convert.token(t) for t in found]
 
     async def revoke_token(self, token_id: int) -> Token:
         """Revoke a token at once; calls made with it are refused from now on (admins only)."""

@@ -62,11 +62,13 @@ def issue(
 
 
 @tokens_group.command("list")
+@option("--user", default="", help="Only the tokens of this user.")
+@option("--active", is_flag=True, help="Only tokens that work: not expired, not revoked.")
 @output_option
 @pass_state
-def list_tokens(state: State, fmt: str) -> None:
-    """Every token issued, oldest first (never their secrets)."""
-    found: list[Token] = state.client().list_tokens()
+def list_tokens(state: State, user: str, active: bool, fmt: str) -> None:
+    """The tokens issued, oldest first (never their secrets)."""
+    found: list[Token] = state.client().list_tokens(user=user, active_only=active)
     emit(fmt, found, lambda: table(found, TOKEN_COLUMNS))
 
 

@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from boruta_scheduler.errors import InvalidArgument
-from boruta_scheduler.types import RequestState, RequestView, WorkerState, WorkerView
+from boruta_scheduler.types import (
+    RequestState,
+    RequestView,
+    TokenRecord,
+    WorkerState,
+    WorkerView,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +99,23 @@ class WorkerQuery:
             and (not self.states or w.state in self.states)
             and (not self.groups or not self.groups.isdisjoint(w.groups))
             and all(w.caps.get(k) == v for k, v in self.caps.items())
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TokenQuery:
+    """Which bearer tokens to list (one user's or everyone's, live ones or all), from after
+    which id, and how many (None: as many as fit one reply). Tokens are listed by id."""
+
+    user: str = ""
+    active_only: bool = False
+    limit: int | None = DEFAULT_PAGE_SIZE
+    after: int = 0
+
+    def matches(self, t: TokenRecord, now: float) -> bool:
+        # Live as TokenAuthority.identify takes it: not revoked, and not past expires_at.
+        return (not self.user or t.user == self.user) and (
+            not self.active_only or (t.revoked_at is None and now <= t.expires_at)
         )
 
 

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x62oruta/v1/tokens.proto\x12\tboruta.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfc\x01\n\tTokenInfo\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0e\n\x06groups\x18\x03 \x03(\t\x12\r\n\x05\x61\x64min\x18\x04 \x01(\x08\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tissued_by\x18\x08 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\t \x01(\t\"\x96\x01\n\x11IssueTokenRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0e\n\x06groups\x18\x02 \x03(\t\x12\r\n\x05\x61\x64min\x18\x03 \x01(\x08\x12&\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\"I\n\x12IssueTokenResponse\x12#\n\x05token\x18\x01 \x01(\x0b\x32\x14.boruta.v1.TokenInfo\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x13\n\x11ListTokensRequest\":\n\x12ListTokensResponse\x12$\n\x06tokens\x18\x01 \x03(\x0b\x32\x14.boruta.v1.TokenInfo\"&\n\x12RevokeTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\x04\":\n\x13RevokeTokenResponse\x12#\n\x05token\x18\x01 \x01(\x0b\x32\x14.boruta.v1.TokenInfo2\xec\x01\n\x06Tokens\x12I\n\nIssueToken\x12\x1c.boruta.v1.IssueTokenRequest\x1a\x1d.boruta.v1.IssueTokenResponse\x12I\n\nListTokens\x12\x1c.boruta.v1.ListTokensRequest\x1a\x1d.boruta.v1.ListTokensResponse\x12L\n\x0bRevokeToken\x12\x1d.boruta.v1.RevokeTokenRequest\x1a\x1e.boruta.v1.RevokeTokenResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x62oruta/v1/tokens.proto\x12\tboruta.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfc\x01\n\tTokenInfo\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0e\n\x06groups\x18\x03 \x03(\t\x12\r\n\x05\x61\x64min\x18\x04 \x01(\x08\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tissued_by\x18\x08 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\t \x01(\t\"\x96\x01\n\x11IssueTokenRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0e\n\x06groups\x18\x02 \x03(\t\x12\r\n\x05\x61\x64min\x18\x03 \x01(\x08\x12&\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\"I\n\x12IssueTokenResponse\x12#\n\x05token\x18\x01 \x01(\x0b\x32\x14.boruta.v1.TokenInfo\x12\x0e\n\x06secret\x18\x02 \x01(\t\"]\n\x11ListTokensRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0c\n\x04user\x18\x03 \x01(\t\x12\x13\n\x0b\x61\x63tive_only\x18\x04 \x01(\x08\"S\n\x12ListTokensResponse\x12$\n\x06tokens\x18\x01 \x03(\x0b\x32\x14.boruta.v1.TokenInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x12RevokeTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\x04\":\n\x13RevokeTokenResponse\x12#\n\x05token\x18\x01 \x01(\x0b\x32\x14.boruta.v1.TokenInfo2\xec\x01\n\x06Tokens\x12I\n\nIssueToken\x12\x1c.boruta.v1.IssueTokenRequest\x1a\x1d.boruta.v1.IssueTokenResponse\x12I\n\nListTokens\x12\x1c.boruta.v1.ListTokensRequest\x1a\x1d.boruta.v1.ListTokensResponse\x12L\n\x0bRevokeToken\x12\x1d.boruta.v1.RevokeTokenRequest\x1a\x1e.boruta.v1.RevokeTokenResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,13 +40,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ISSUETOKENRESPONSE']._serialized_start=510
   _globals['_ISSUETOKENRESPONSE']._serialized_end=583
   _globals['_LISTTOKENSREQUEST']._serialized_start=585
-  _globals['_LISTTOKENSREQUEST']._serialized_end=604
-  _globals['_LISTTOKENSRESPONSE']._serialized_start=606
-  _globals['_LISTTOKENSRESPONSE']._serialized_end=664
-  _globals['_REVOKETOKENREQUEST']._serialized_start=666
-  _globals['_REVOKETOKENREQUEST']._serialized_end=704
-  _globals['_REVOKETOKENRESPONSE']._serialized_start=706
-  _globals['_REVOKETOKENRESPONSE']._serialized_end=764
-  _globals['_TOKENS']._serialized_start=767
-  _globals['_TOKENS']._serialized_end=1003
+  _globals['_LISTTOKENSREQUEST']._serialized_end=678
+  _globals['_LISTTOKENSRESPONSE']._serialized_start=680
+  _globals['_LISTTOKENSRESPONSE']._serialized_end=763
+  _globals['_REVOKETOKENREQUEST']._serialized_start=765
+  _globals['_REVOKETOKENREQUEST']._serialized_end=803
+  _globals['_REVOKETOKENRESPONSE']._serialized_start=805
+  _globals['_REVOKETOKENRESPONSE']._serialized_end=863
+  _globals['_TOKENS']._serialized_start=866
+  _globals['_TOKENS']._serialized_end=1102
 # @@protoc_insertion_point(module_scope)

@@ -164,16 +164,38 @@ Global___IssueTokenResponse: _TypeAlias = IssueTokenResponse  # noqa: Y015
 
 @_typing.final
 class ListTokensRequest(_message.Message):
-    """ListTokensRequest asks for every token."""
+    """ListTokensRequest selects and pages the tokens, in the order they were issued."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    ACTIVE_ONLY_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Most tokens to return; larger values are capped at 1000. 0 (what a client written
+    before paging sends) means as many as fit one response: a response stops short of
+    2 MiB, under gRPC's default 4 MiB message limit, with a next_page_token if more remain.
+    """
+    page_token: _builtins.str
+    """Token from a previous response's next_page_token, with the same user and active_only,
+    to go on from there; empty for the first page.
+    """
+    user: _builtins.str
+    """Only the tokens of this user (a user name, as in IssueTokenRequest); empty: every user's."""
+    active_only: _builtins.bool
+    """Leave out tokens that have expired or were revoked; false lists them too."""
     def __init__(
         self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        user: _builtins.str = ...,
+        active_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_only", b"active_only", "page_size", b"page_size", "page_token", b"page_token", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -181,23 +203,29 @@ Global___ListTokensRequest: _TypeAlias = ListTokensRequest  # noqa: Y015
 
 @_typing.final
 class ListTokensResponse(_message.Message):
-    """ListTokensResponse lists the tokens."""
+    """ListTokensResponse is one page of tokens."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKENS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token to fetch the next page; empty on the last page."""
     @_builtins.property
     def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenInfo]:
-        """Every token, oldest first."""
+        """Tokens of this page, oldest first. A page ends early once its tokens pass 2 MiB, so
+        it may hold fewer than page_size with more to come.
+        """
 
     def __init__(
         self,
         *,
         tokens: _abc.Iterable[Global___TokenInfo] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["tokens", b"tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "tokens", b"tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -70,7 +70,7 @@ class TokensServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListTokens(self, request, context):
-        """ListTokens returns every token ever issued, without secrets, oldest first.
+        """ListTokens returns one page of the tokens issued, without secrets, oldest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -40,7 +40,7 @@ class TokensStub:
     IssueToken: _grpc.UnaryUnaryMultiCallable[_tokens_pb2.IssueTokenRequest, _tokens_pb2.IssueTokenResponse]
     """IssueToken creates a token for a user and returns it, the only time it is shown."""
     ListTokens: _grpc.UnaryUnaryMultiCallable[_tokens_pb2.ListTokensRequest, _tokens_pb2.ListTokensResponse]
-    """ListTokens returns every token ever issued, without secrets, oldest first."""
+    """ListTokens returns one page of the tokens issued, without secrets, oldest first."""
     RevokeToken: _grpc.UnaryUnaryMultiCallable[_tokens_pb2.RevokeTokenRequest, _tokens_pb2.RevokeTokenResponse]
     """RevokeToken makes a token useless at once; calls with it are UNAUTHENTICATED."""
 
@@ -56,7 +56,7 @@ class TokensAsyncStub(TokensStub):
     IssueToken: _aio.UnaryUnaryMultiCallable[_tokens_pb2.IssueTokenRequest, _tokens_pb2.IssueTokenResponse]  # type: ignore[assignment]
     """IssueToken creates a token for a user and returns it, the only time it is shown."""
     ListTokens: _aio.UnaryUnaryMultiCallable[_tokens_pb2.ListTokensRequest, _tokens_pb2.ListTokensResponse]  # type: ignore[assignment]
-    """ListTokens returns every token ever issued, without secrets, oldest first."""
+    """ListTokens returns one page of the tokens issued, without secrets, oldest first."""
     RevokeToken: _aio.UnaryUnaryMultiCallable[_tokens_pb2.RevokeTokenRequest, _tokens_pb2.RevokeTokenResponse]  # type: ignore[assignment]
     """RevokeToken makes a token useless at once; calls with it are UNAUTHENTICATED."""
 
@@ -81,7 +81,7 @@ class TokensServicer(metaclass=_abc_1.ABCMeta):
         request: _tokens_pb2.ListTokensRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tokens_pb2.ListTokensResponse, _abc.Awaitable[_tokens_pb2.ListTokensResponse]]:
-        """ListTokens returns every token ever issued, without secrets, oldest first."""
+        """ListTokens returns one page of the tokens issued, without secrets, oldest first."""
 
     @_abc_1.abstractmethod
     def RevokeToken(

@@ -10,13 +10,14 @@ and a token counts only once it is durable.
 from __future__ import annotations
 
 import base64
+import bisect
 import hashlib
 import hmac
 import json
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from boruta import pki
 
@@ -25,6 +26,7 @@ from boruta_scheduler.app.engine import Command, Engine
 from boruta_scheduler.core import Changes, Core, Policy
 from boruta_scheduler.core.idempotency import check_key
 from boruta_scheduler.errors import InvalidArgument, Unauthenticated
+from boruta_scheduler.listing import TokenQuery
 from boruta_scheduler.types import Identity, Role, TokenRecord
 
 DEFAULT_TTL = 90 * 86400.0
@@ -70,6 +72,50 @@ def _arguments_hash(
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _check_user(user: str) -> None:
+    """Refuse a user name no token can carry: the rules of a certificate's name."""
+    try:
+        pki.check_name(user)
+    except pki.PkiError as exc:
+        raise InvalidArgument(f"user: {exc}") from None
+
+
+class TokenOrder:
+    """The ids of the tokens in increasing order, of all of them and of each user's, so that
+    a page of ListTokens starts at a bisect rather than a sort of every token. Ids are issued
+    in increasing order, so adding one is mostly an append."""
+
+    def __init__(self) -> None:
+        self._all: list[int] = []
+        self._by_user: dict[str, list[int]] = {}
+
+    def add(self, token_id: int, user: str) -> None:
+        """Keep token_id in order (again: nothing changes)."""
+        for ids in (self._all, self._by_user.setdefault(user, [])):
+            if not ids or ids[-1] < token_id:
+                ids.append(token_id)
+            else:
+                at = bisect.bisect_left(ids, token_id)
+                if at == len(ids) or ids[at] != token_id:
+                    ids.insert(at, token_id)
+
+    def remove(self, token_id: int, user: str) -> None:
+        """Forget token_id (not kept: nothing changes)."""
+        mine = self._by_user.get(user, [])
+        for ids in (self._all, mine):
+            at = bisect.bisect_left(ids, token_id)
+            if at < len(ids) and ids[at] == token_id:
+                del ids[at]
+        if not mine:
+            self._by_user.pop(user, None)
+
+    def after(self, token_id: int, user: str = "") -> Iterator[int]:
+        """The ids above token_id, in order: every user's, or only user's."""
+        ids = self._by_user.get(user, []) if user else self._all
+        for at in range(bisect.bisect_right(ids, token_id), len(ids)):
+            yield ids[at]
+
+
 class TokenAuthority:
     """Issues, lists and revokes tokens, and tells who a presented token belongs to. Only
     admins reach it: app/authz.py's table refuses everyone else before."""
@@ -86,12 +132,18 @@ class TokenAuthority:
         self._engine = engine
         self._audit = audit
         self._clock = clock
-        self._tokens = {t.id: t for t in engine.core.tokens()}
+        self._tokens: dict[int, TokenRecord] = {}
+        self._order = TokenOrder()
+        self._keep(engine.core.tokens())
 
     def publish(self, changes: Changes) -> None:
         """Take the tokens a commit issued or revoked (the engine's Publisher protocol)."""
-        for record in changes.tokens:
+        self._keep(changes.tokens)
+
+    def _keep(self, records: Iterable[TokenRecord]) -> None:
+        for record in records:
             self._tokens[record.id] = record
+            self._order.add(record.id, record.user)
 
     async def issue(
         self,
@@ -115,10 +167,7 @@ class TokenAuthority:
                 )
         asked = _arguments_hash(user, groups, admin, ttl, description)
         # The same rules as a certificate's name and a worker's groups, defined there once.
-        try:
-            pki.check_name(user)
-        except pki.PkiError as exc:
-            raise InvalidArgument(f"user: {exc}") from None
+        _check_user(user)
         names = NAME_RULES.check_groups(groups)
         if len(description) > 200:
             raise InvalidArgument("description: at most 200 characters")
@@ -166,8 +215,24 @@ class TokenAuthority:
             assert hmac.compare_digest(record.secret_hash, _hash(secret))
         return record, f"{record.id}.{secret}"
 
-    def list(self, who: Identity) -> list[TokenRecord]:
-        return sorted(self._tokens.values(), key=lambda t: t.id)
+    def select(self, who: Identity, query: TokenQuery) -> Iterator[TokenRecord]:
+        """The tokens query selects with ids above query.after, oldest first, read lazily
+        (the caller takes a page and stops; take them before the next await, as publish()
+        changes what is read). query.limit is the caller's to apply.
+
+        This reads the copy of committed tokens this authority keeps for identify(), not
+        the core through the engine: the tokens are the only core state it touches, a list
+        then shows exactly the tokens that count on the token port, and it costs the
+        engine's queue nothing."""
+        if query.user:
+            _check_user(query.user)
+        return self._selected(query, self._clock())
+
+    def _selected(self, query: TokenQuery, now: float) -> Iterator[TokenRecord]:
+        for token_id in self._order.after(query.after, query.user):
+            record = self._tokens[token_id]
+            if query.matches(record, now):
+                yield record
 
     async def revoke(self, who: Identity, token_id: int) -> TokenRecord:
         def revoke(core: Core, now: float) -> TokenRecord:

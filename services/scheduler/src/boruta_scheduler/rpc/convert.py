@@ -22,6 +22,7 @@ from boruta_scheduler.listing import (
     RequestSort,
     Scope,
     SortKey,
+    TokenQuery,
     WorkerQuery,
     WorkerSort,
     page_size,
@@ -63,15 +64,32 @@ def fitted(
 ) -> tuple[list[M], SortKey | None]:
     """The page's items as messages, up to the last that keeps them within PAGE_BYTES (the
     first always), and the sort key to go on after."""
+    made, after = fitted_run(page.items, make, key)
+    return made, after if len(made) < len(page.items) else page.next_after
+
+
+def fitted_run(
+    items: Iterable[V],
+    make: Callable[[V], M],
+    key: Callable[[V], SortKey],
+    limit: int | None = None,
+) -> tuple[list[M], SortKey | None]:
+    """The first items as messages, read lazily: at most limit (None: no count limit) and
+    up to the last that keeps them within PAGE_BYTES (the first always); and the sort key
+    to go on after, None once no item is left."""
     made: list[M] = []
     size = 0
-    for index, item in enumerate(page.items):
+    taken: list[V] = []
+    for item in items:
+        if len(made) == limit:
+            return made, key(taken[-1])
         message = make(item)
         size += message.ByteSize()
         if made and size > PAGE_BYTES:
-            return made, key(page.items[index - 1])
+            return made, key(taken[-1])
         made.append(message)
-    return made, page.next_after
+        taken.append(item)
+    return made, None
 
 
 _REQUEST_SORT = {
@@ -240,6 +258,22 @@ def worker_query(
     first = (str,) if sort is WorkerSort.UUID else (int, float)
     after = tokens.decode(scope, msg.page_token, first=first, second=(str,))
     return dataclasses.replace(query, after=after), scope
+
+
+def token_query(msg: tokens_pb2.ListTokensRequest, tokens: PageTokens) -> tuple[TokenQuery, Scope]:
+    """The query a ListTokens call asks for, and the scope of its page tokens. A page_size
+    of 0, what clients from before paging send, is as many tokens as fit one reply."""
+    scope = PageTokens.scope("ListTokens", msg.user, msg.active_only)
+    after = tokens.decode(scope, msg.page_token, first=(int,), second=(int,))
+    return (
+        TokenQuery(
+            user=msg.user,
+            active_only=msg.active_only,
+            limit=page_size(msg.page_size) if msg.page_size else None,
+            after=int(after[0]) if after else 0,
+        ),
+        scope,
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

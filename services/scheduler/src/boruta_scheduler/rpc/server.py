@@ -233,7 +233,10 @@ class Scheduler:
                 superviser_pb2.DESCRIPTOR.services_by_name["Superviser"],
             ),
             (AuditServicer(audit, page_tokens), audit_pb2.DESCRIPTOR.services_by_name["Audit"]),
-            (TokensServicer(self.tokens), tokens_pb2.DESCRIPTOR.services_by_name["Tokens"]),
+            (
+                TokensServicer(self.tokens, page_tokens),
+                tokens_pb2.DESCRIPTOR.services_by_name["Tokens"],
+            ),
         ]
         for servicer, descriptor in services:
             add_service(
