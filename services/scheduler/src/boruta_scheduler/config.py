@@ -301,6 +301,23 @@ def _convert(opt: _Option, value: Any) -> Any:
     return str(value)
 
 
+def _file_only(name: str, value: Any, default: Any) -> Any:
+    """A setting only the TOML file sets (no option to convert it), checked against its
+    default's type, so that a wrong one is refused at start rather than at first use."""
+    if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if isinstance(default, Mapping):
+        if isinstance(value, Mapping) and all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+            for k, v in value.items()
+        ):
+            return dict(value)
+        raise ValueError(f"{name} must map names to whole numbers, e.g. {{ lab = 4 }}")
+    raise ValueError(f"{name} cannot be set in the file")  # no such setting today
+
+
 def load_config(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> SchedulerConfig:
@@ -329,7 +346,11 @@ def load_config(
             if name not in allowed:
                 raise ValueError(f"unknown setting {section}.{name}")
             spec = known.get(name)
-            converted[section][name] = _convert(spec, value) if spec else value
+            if spec is not None:
+                converted[section][name] = _convert(spec, value)
+            else:
+                default = getattr(ServerConfig() if section == "server" else Policy(), name)
+                converted[section][name] = _file_only(f"{section}.{name}", value, default)
     server = replace(ServerConfig(), **converted["server"])
     # Checked here so that a typo costs one line naming the setting, not a bind error.
     split_host_port(server.listen, f"--listen (or {env_name('listen')})", listen=True)

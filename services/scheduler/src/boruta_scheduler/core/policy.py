@@ -91,6 +91,19 @@ class Policy:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        for name in (
+            "max_caps",
+            "max_cap_key_len",
+            "max_cap_value_len",
+            "max_groups",
+            "max_group_len",
+            "max_reason_len",
+            "max_profiles",
+            "max_profile_name_len",
+            "max_stack_workers",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
         for name in ("healthcheck_interval", "quarantine_failures", "quarantine_window"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
