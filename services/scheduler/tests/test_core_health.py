@@ -356,3 +356,20 @@ def test_a_local_checks_report_counts_during_a_prepare_without_checks() -> None:
     assert [c.healthcheck_first for c in kit.pending] == [False]
     assert kit.core.set_fail(kit.now, "w1", "local checks failed", local_checks=True)
     assert kit.core.worker("w1").state is WorkerState.FAILED
+
+
+def test_a_local_checks_report_of_a_board_out_of_service_is_dropped(kit: CoreKit) -> None:
+    """The dryad checks only boards in service: a report of its checks about a board in
+    MAINTENANCE (or going there) began before an admin took it out, and leaves it there."""
+    kit.add_worker("w1")
+    kit.core.set_state(kit.now, "w1", WorkerState.MAINTENANCE, "new SD card")
+    assert kit.core.worker("w1").state is WorkerState.BUSY
+    assert not kit.core.set_fail(kit.now, "w1", "local checks failed", local_checks=True)
+    kit.answer_calls()
+    assert kit.core.worker("w1").state is WorkerState.MAINTENANCE
+    assert not kit.core.set_fail(kit.now, "w1", "local checks failed", local_checks=True)
+    w = kit.core.worker("w1")
+    assert w.state is WorkerState.MAINTENANCE and not w.health.failures
+    # Any other report still counts: the board is broken, whatever state it is in.
+    assert kit.core.set_fail(kit.now, "w1", "board power lost")
+    assert kit.core.worker("w1").state is WorkerState.FAILED

@@ -228,10 +228,11 @@ class SetFailRequest(_message.Message):
     reason: _builtins.str
     """What went wrong, kept in the worker's history."""
     local_checks: _builtins.bool
-    """Set when the report comes from the dryad's own periodic checks. Such a report that
-    arrives while a Prepare running the same checks is under way is dropped: it is older
-    than their verdict (the board may have been fixed and put back meanwhile), and the
-    Prepare decides. Any other report fails the worker whatever it is doing.
+    """Set when the report comes from the dryad's own periodic checks, which run only while
+    the worker is in service. Such a report is dropped when it arrives once the worker is
+    out of service (it began before an admin took the board out), or while a Prepare
+    running the same checks is under way (the board may have been fixed and put back
+    meanwhile, and the Prepare decides). Any other report fails the worker in any state.
     """
     def __init__(
         self,

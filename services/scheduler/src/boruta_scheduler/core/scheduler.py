@@ -1055,10 +1055,14 @@ class Core:
 
     def set_fail(self, now: float, uuid: str, reason: str, *, local_checks: bool = False) -> bool:
         """The dryad reports its worker failed; False when the report was dropped: one of
-        its own checks, while a Prepare runs the same checks (their verdict is newer)."""
+        its own checks, which began before the worker left service (the dryad checks only
+        workers in service), or while a Prepare runs the same checks (a newer verdict)."""
         reason = self.policy.check_reason(reason) or "failure reported by the dryad"
         worker = self._known_worker(uuid)
-        if local_checks and worker.state is WorkerState.PREPARE and worker.checking:
+        if local_checks and (
+            worker.state not in IN_SERVICE
+            or (worker.state is WorkerState.PREPARE and worker.checking)
+        ):
             return False
         self._fail_worker(worker, now, reason, FailureKind.REPORTED)
         return True
