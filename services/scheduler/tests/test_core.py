@@ -1001,3 +1001,73 @@ def test_a_sealed_token_secret_is_cleared_by_its_timer() -> None:
         core.issue_token(dataclasses.replace(token, created_at=T0 + SEAL_KEPT))
     with pytest.raises(IdempotencyKeyReused):
         core.issue_token(dataclasses.replace(token, arguments_hash="other"))
+
+
+def short_token(user: str, issued: float, ttl: float) -> TokenRecord:
+    secret_hash = b"h-" + user.encode()
+    return TokenRecord(user, frozenset(), False, secret_hash, issued, issued + ttl, "root", "")
+
+
+def test_only_tokens_stopped_longer_ago_than_the_retention_are_purged() -> None:
+    """Expired or revoked longer ago than the retention: forgotten, in the batch's changes,
+    earliest stopped first and at most limit at a time; working tokens and those stopped
+    within the retention stay; ids go on after the newest was purged, also once restored."""
+    day = 86400.0
+    core = Core()
+    expired_long_ago = core.issue_token(short_token("a", T0, 1 * day)).id  # 1, stops T0+1d
+    working = core.issue_token(short_token("b", T0, 90 * day)).id  # 2
+    revoked_long_ago = core.issue_token(short_token("c", T0, 90 * day)).id  # 3
+    core.revoke_token(T0 + 2 * day, revoked_long_ago)
+    expired_lately = core.issue_token(short_token("d", T0, 9 * day)).id  # 4, stops T0+9d
+    revoked_lately = core.issue_token(short_token("e", T0, 90 * day)).id  # 5
+    core.revoke_token(T0 + 8 * day, revoked_lately)
+    # Revoked after it had expired: it stopped working at its expiry.
+    newest = core.issue_token(short_token("f", T0 + 1, 3 * day)).id  # 6, stops T0+3d+1
+    core.revoke_token(T0 + 8 * day, newest)
+    core.drain()
+    retention = 5 * day
+    assert core.next_token_purge(retention) == T0 + 6 * day
+    now = T0 + 10 * day
+    assert core.purge_tokens(now, retention, limit=2) == [expired_long_ago, revoked_long_ago]
+    changes = core.drain()
+    assert changes.removed_tokens == (1, 3) and changes.tokens == [] and changes.durable
+    assert core.next_token_purge(retention) == T0 + 8 * day + 1
+    assert core.purge_tokens(now, retention, limit=2) == [newest]
+    assert core.purge_tokens(now, retention, limit=2) == []
+    assert [t.id for t in core.tokens()] == [working, expired_lately, revoked_lately]
+    # Stopped exactly the retention ago: not yet longer ago.
+    assert core.next_token_purge(retention) == T0 + 13 * day
+    assert core.purge_tokens(T0 + 13 * day, retention, limit=10) == []
+    assert core.purge_tokens(T0 + 13 * day + 1, retention, limit=10) == [revoked_lately]
+    assert core.purge_tokens(T0 + 14 * day + 1, retention, limit=10) == [expired_lately]
+    assert core.next_token_purge(retention) == T0 + 95 * day
+    with pytest.raises(InvalidArgument, match=r"no token 6: .* token retention .*token_retention"):
+        core.revoke_token(now, newest)
+    with pytest.raises(InvalidArgument, match=r"^no token 7; see ListTokens$"):
+        core.revoke_token(now, 7)
+    assert core.issue_token(short_token("g", now, day)).id == 7
+    core.drain()
+    # Restored with the last id but without the newest token (purged), ids go on.
+    core.purge_tokens(now + 7 * day, 0.0, limit=10)
+    restored = Core.restore(Snapshot([], [], 0, core.tokens(), last_token_id=7), now)
+    assert [t.id for t in restored.tokens()] == [working]
+    assert restored.issue_token(short_token("h", now, day)).id == 8
+    empty = Core.restore(Snapshot([], [], 0, [], last_token_id=8), now)
+    assert empty.issue_token(short_token("i", now, day)).id == 9
+
+
+def test_a_token_purged_while_its_secret_is_sealed_leaves_no_timer_behind() -> None:
+    core = Core()
+    token = dataclasses.replace(
+        short_token("ci", T0, 1.0),
+        idempotency_key_hash=b"k",
+        arguments_hash="a",
+        sealed_secret=b"s",
+    )
+    issued = core.issue_token(token)
+    assert core.purge_tokens(T0 + 3, 1.0, limit=10) == [issued.id]
+    assert core.next_timer() is None
+    core.tick(T0 + SEAL_KEPT)
+    assert core.drain().removed_tokens == (issued.id,)
+    # The key is forgotten with its token: a call with it issues a new one.
+    assert core.issue_token(dataclasses.replace(token, created_at=T0 + 4)).id == issued.id + 1

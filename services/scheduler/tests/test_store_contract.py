@@ -555,6 +555,80 @@ def test_tokens_are_kept_and_revoked_once(store: Store) -> None:
         again.revoke_token(80.0, 7)
 
 
+def test_purged_tokens_are_deleted_and_their_ids_never_come_back(
+    store: Store, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    core = Core()
+    for user in ("ci-1", "ci-2", "ci-3"):
+        core.issue_token(new_token(user))  # 1, 2, 3: expire at 99
+    core.revoke_token(50.0, 2)
+    store.commit(core.drain())
+    # Revoked 2 at 50 and the rest expired at 99: at 160, with a retention of 100, only 2 goes.
+    assert core.purge_tokens(160.0, 100.0, limit=10) == [2]
+    store.commit(core.drain())
+    assert [t.id for t in store.load().tokens] == [1, 3]
+    # Every token purged, the newest (3) too: the store still knows ids up to 3 were used.
+    assert core.purge_tokens(200.0, 100.0, limit=10) == [1, 3]
+    store.commit(core.drain())
+    snapshot = store.load()
+    assert (snapshot.tokens, snapshot.last_token_id) == ([], 3)
+    if isinstance(store, MemoryStore):
+        reopened = store
+    else:  # a store opened again reads the same
+        store.close()
+        reopened = open_again(store, request, tmp_path)
+    try:
+        snapshot = reopened.load()
+        assert (snapshot.tokens, snapshot.last_token_id) == ([], 3)
+        again = Core.restore(snapshot, 300.0)
+        assert again.issue_token(new_token("ci-4")).id == 4
+        reopened.commit(again.drain())
+        snapshot = reopened.load()
+        assert ([t.id for t in snapshot.tokens], snapshot.last_token_id) == ([4], 4)
+        # Issued and purged in one merged commit: nothing of it is left but its id.
+        again.issue_token(new_token("ci-5"))
+        issued = again.drain()
+        again.purge_tokens(300.0, 0.0, limit=10)
+        reopened.commit(merge([issued, again.drain()]))
+        snapshot = reopened.load()
+        assert (snapshot.tokens, snapshot.last_token_id) == ([], 5)
+    finally:
+        if reopened is not store:
+            reopened.close()
+
+
+def open_again(store: Store, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    """A closed SQL store of open_kind's opened again."""
+    if isinstance(store, SQLiteStore):
+        return SQLiteStore(tmp_path / "b.db")
+    return PostgreSQLStore(request.getfixturevalue("postgres_url"))
+
+
+def test_the_upgrade_counts_token_ids_from_the_tokens_kept(
+    sql_store: Store, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Migration 0018 sets the token id counter from the highest id stored (0 for none)."""
+    core = Core()
+    for user in ("ci-1", "ci-2", "ci-3"):
+        core.issue_token(new_token(user))
+    sql_store.commit(core.drain())
+    # Back to version 17, without the counter, as before the upgrade.
+    if isinstance(sql_store, SQLiteStore):
+        sql_store._writer.execute("DELETE FROM counters WHERE name = 'last_token_id'")
+        sql_store._writer.execute("PRAGMA user_version=17")
+    else:
+        assert isinstance(sql_store, PostgreSQLStore)
+        with sql_store._transaction(fenced=False) as conn:
+            conn.execute("DELETE FROM counters WHERE name = 'last_token_id'")
+            conn.execute("UPDATE schema_version SET version = 17")
+    sql_store.close()
+    upgraded = open_again(sql_store, request, tmp_path)
+    try:
+        assert upgraded.load().last_token_id == 3
+    finally:
+        upgraded.close()
+
+
 def test_stacks_are_kept_deleted_and_restored(store: Store) -> None:
     core = Core()
     for uuid, board in (("p1", "phone"), ("r1", "relay"), ("p2", "phone"), ("r2", "relay")):

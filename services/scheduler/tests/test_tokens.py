@@ -15,6 +15,7 @@ import pytest
 from boruta_scheduler.app.audit import AuditLog
 from boruta_scheduler.app.engine import Engine
 from boruta_scheduler.app.tokens import TokenAuthority, TokenOrder
+from boruta_scheduler.app.upkeep import UPKEEP_INTERVAL
 from boruta_scheduler.app.watch import Publishers
 from boruta_scheduler.core import Core
 from boruta_scheduler.core.tokens import SEAL_KEPT
@@ -26,7 +27,7 @@ from boruta_scheduler.errors import (
     Unauthenticated,
 )
 from boruta_scheduler.listing import TokenQuery
-from boruta_scheduler.store import MemoryStore, Store, open_store
+from boruta_scheduler.store import MemoryStore, SQLiteStore, Store, open_store
 from boruta_scheduler.types import Identity, Role, TokenRecord
 from pg_kit import postgres_fixture, postgres_url_fixture  # noqa: F401 - fixtures
 from test_engine import Dryads, FillingStore, GatedStore, settle
@@ -41,10 +42,21 @@ class Tokens:
     authority: TokenAuthority
 
 
-def start_tokens(store: Store, clock: Callable[[], float] = time.time) -> Tokens:
-    """An engine restored from store, and a token authority fed by its commits."""
+def start_tokens(
+    store: Store, clock: Callable[[], float] = time.time, token_retention: float = 0.0
+) -> Tokens:
+    """An engine restored from store, and a token authority fed by its commits (with a
+    token retention, upkeep runs only when the test calls housekeep())."""
     publishers = Publishers()
-    engine = Engine(Core.restore(store.load(), clock()), store, Dryads(), publishers, clock)
+    engine = Engine(
+        Core.restore(store.load(), clock()),
+        store,
+        Dryads(),
+        publishers,
+        clock,
+        token_retention=token_retention,
+        upkeep_interval=0 if token_retention else UPKEEP_INTERVAL,
+    )
     authority = TokenAuthority(engine, clock, AuditLog(engine, store))
     publishers.add(authority.publish)
     engine.start()
@@ -251,6 +263,52 @@ async def test_a_stored_key_and_seal_do_not_give_the_secret() -> None:
             await tokens.authority.issue(ROOT, "ci", [], False, None, "", short)
     assert len(store.load().tokens) == 1
     await tokens.engine.stop()
+
+
+async def test_tokens_stopped_longer_ago_than_the_retention_are_forgotten_through_the_engine(
+    tmp_path: Path,
+) -> None:
+    """Upkeep purges them with a core command: their rows go in the batch's commit with one
+    audit event (no secret in it), the checks forget them, RevokeToken says why, and a
+    scheduler restarted on the store gives the next token a new id."""
+    now = [1000.0]
+    path = tmp_path / "tokens.db"
+    store = SQLiteStore(path)
+    tokens = start_tokens(store, clock=lambda: now[0], token_retention=100.0)
+    authority = tokens.authority
+    expiring, expiring_secret = await authority.issue(ROOT, "ci", [], False, 60.0, "")  # 1
+    lasting, _ = await authority.issue(ROOT, "dashboard", [], False, 3600.0, "")  # 2
+    revoked, _ = await authority.issue(ROOT, "ci", [], False, 3600.0, "")  # 3
+    now[0] = 1010.0
+    await authority.revoke(ROOT, revoked.id)
+    now[0] = 1100.0  # revoked 90 s ago, expired 40 s ago: both within the retention
+    assert (await tokens.engine.housekeep()).tokens_purged == 0
+    now[0] = 1170.0
+    assert (await tokens.engine.housekeep()).tokens_purged == 2
+    assert [t.id for t in listed(authority)] == [lasting.id]
+    assert listed(authority, user="ci") == [] and listed(authority, after=lasting.id) == []
+    assert [t.id for t in store.load().tokens] == [lasting.id]
+    (event,) = [e for e in store.audit(10) if e.action == "PurgeTokens"]
+    assert (event.actor, event.target, event.time) == ("boruta-scheduler", "tokens", 1170.0)
+    assert event.detail == (
+        "2 tokens forgotten: expired or revoked more than 100s ago (token_retention); ids 3, 1"
+    )
+    with pytest.raises(Unauthenticated, match="not valid"):
+        authority.identify(expiring_secret)
+    with pytest.raises(InvalidArgument, match="forgotten"):
+        await authority.revoke(ROOT, expiring.id)
+    await authority.revoke(ROOT, lasting.id)
+    now[0] = 1300.0
+    assert (await tokens.engine.housekeep()).tokens_purged == 1
+    await tokens.engine.stop()
+    store.close()
+    store = SQLiteStore(path)
+    again = start_tokens(store, clock=lambda: now[0], token_retention=100.0)
+    assert listed(again.authority) == []
+    newest, _ = await again.authority.issue(ROOT, "ci", [], False, 60.0, "")
+    assert newest.id == revoked.id + 1
+    await again.engine.stop()
+    store.close()
 
 
 def test_the_token_order_keeps_ids_in_order_overall_and_per_user() -> None:

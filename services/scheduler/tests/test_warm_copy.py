@@ -46,6 +46,7 @@ def assert_same(warm: Snapshot, cold: Snapshot) -> None:
     assert list(warm.tokens) == list(cold.tokens)
     assert list(warm.stacks) == list(cold.stacks)
     assert warm.last_request_id == cold.last_request_id
+    assert warm.last_token_id == cold.last_token_id
 
 
 def warm_copy(store: PostgreSQLStore) -> WarmCopy:
@@ -172,6 +173,13 @@ class FollowMachine(RuleBasedStateMachine):
         token_id = self.tokens[index % len(self.tokens)]
         self._do(lambda: self.kit.core.revoke_token(self.kit.now, token_id))
 
+    @precondition(lambda self: bool(self.tokens))
+    @rule(limit=st.sampled_from((1, 500)))
+    def purge_tokens(self, limit: int) -> None:
+        """Revoked tokens go (the newest perhaps): a delete the copy follows, while the id
+        counter keeps the newest id."""
+        self._do(lambda: self.kit.core.purge_tokens(self.kit.now + 1, 0.0, limit))
+
     @rule(
         name=st.sampled_from(("s1", "s2")),
         members=st.lists(st.sampled_from(POOL), min_size=2, max_size=3, unique=True),
@@ -218,7 +226,7 @@ def as_lists(snapshot: Snapshot) -> tuple[list[object], ...]:
         list(snapshot.workers),
         list(snapshot.tokens),
         list(snapshot.stacks),
-        [snapshot.last_request_id],
+        [snapshot.last_request_id, snapshot.last_token_id],
     )
 
 

@@ -51,6 +51,9 @@ class ServerConfig:
     # Usage records (schedctl usage) are deleted this long after their job ended (0: kept
     # for ever); longer than the retention, so a year can be compared with the last.
     usage_retention: float = 400 * 86400.0
+    # Bearer tokens are forgotten (deleted, and dropped from ListTokens) this long after
+    # they stopped working, expired or revoked (0: kept for ever).
+    token_retention: float = 30 * 86400.0
     heartbeat_interval: float = 10.0
     dryad_call_timeout: float = 60.0
     log_level: str = "INFO"
@@ -141,6 +144,12 @@ _OPTIONS = [
         "server",
         "duration",
         "age after which usage records of ended jobs are deleted (0: never)",
+    ),
+    _Option(
+        "token_retention",
+        "server",
+        "duration",
+        "time after which tokens that expired or were revoked are forgotten (0: never)",
     ),
     _Option("heartbeat_interval", "server", "duration", "how often dryads should heartbeat"),
     _Option("dryad_call_timeout", "server", "duration", "timeout of one call to a dryad"),

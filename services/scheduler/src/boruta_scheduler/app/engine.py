@@ -106,6 +106,7 @@ class Engine:
         monotonic: Callable[[], float] = time.monotonic,
         retention: float = 0.0,
         usage_retention: float = 0.0,
+        token_retention: float = 0.0,
         upkeep_interval: float = UPKEEP_INTERVAL,
         last_seen_flush: float = LAST_SEEN_FLUSH,
         on_commit: CommitObserver | None = None,
@@ -148,6 +149,7 @@ class Engine:
         self._upkeep: StoreUpkeep | None = None  # made with the writer, at start()
         self._retention = retention
         self._usage_retention = usage_retention
+        self._token_retention = token_retention
         self._upkeep_interval = upkeep_interval
         self._stopping = False
         # Last-seen times heard since they were last stored, and when they are stored next.
@@ -175,6 +177,7 @@ class Engine:
             retention=self._retention,
             interval=self._upkeep_interval,
             usage_retention=self._usage_retention,
+            token_retention=self._token_retention,
         )
         if initial is not None:
             self._finish_batch(initial, [], [], initial if initial.durable else None)

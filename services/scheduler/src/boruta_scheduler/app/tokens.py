@@ -137,8 +137,13 @@ class TokenAuthority:
         self._keep(engine.core.tokens())
 
     def publish(self, changes: Changes) -> None:
-        """Take the tokens a commit issued or revoked (the engine's Publisher protocol)."""
+        """Take the tokens a commit issued, revoked or purged (the engine's Publisher
+        protocol)."""
         self._keep(changes.tokens)
+        for token_id in changes.removed_tokens:
+            record = self._tokens.pop(token_id, None)
+            if record is not None:
+                self._order.remove(token_id, record.user)
 
     def _keep(self, records: Iterable[TokenRecord]) -> None:
         for record in records:

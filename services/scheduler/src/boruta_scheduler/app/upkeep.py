@@ -1,5 +1,7 @@
 """Store upkeep between commits: purges what is older than the retention in small batches,
-and scrubs the store's files of keys that are gone from its tables."""
+forgets tokens that stopped working longer ago than the token retention (a core command,
+since the core keeps the tokens), and scrubs the store's files of keys that are gone from
+its tables."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from boruta_scheduler.core import Changes
+from boruta_scheduler.app.outage import SCHEDULER_ACTOR
+from boruta_scheduler.core import Changes, Core
 from boruta_scheduler.store import Purged, Store
+from boruta_scheduler.types import AuditEvent
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +28,8 @@ PURGE_BATCH = 500
 PURGE_PAUSE = 1.0
 PURGE_INTERVAL = 600.0
 UPKEEP_INTERVAL = 10.0
+# Tokens one purge forgets: a short engine batch however long the backlog.
+TOKEN_PURGE_BATCH = 200
 
 
 class StoreCalls(Protocol):
@@ -43,6 +49,10 @@ class UpkeepHost(Protocol):
 
     def now(self) -> float: ...
 
+    async def execute(self, command: Callable[[Core, float], T]) -> T: ...
+
+    def audit(self, event: AuditEvent) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Upkeep:
@@ -51,6 +61,7 @@ class Upkeep:
     purged: Purged
     scrubbed: bool
     purge_error: str = ""  # why the purge failed, if it did
+    tokens_purged: int = 0
 
 
 class StoreUpkeep:
@@ -65,6 +76,7 @@ class StoreUpkeep:
         retention: float,
         interval: float,
         usage_retention: float = 0.0,
+        token_retention: float = 0.0,
     ) -> None:
         self._store = store
         self._host = host
@@ -72,8 +84,11 @@ class StoreUpkeep:
         self._retention = retention
         # Usage records of jobs that ended longer ago than this are purged (0: never).
         self._usage_retention = usage_retention
+        # Tokens that stopped working longer ago than this are forgotten (0: never).
+        self._token_retention = token_retention
         self._interval = interval
         self._next_purge = 0.0
+        self._next_token_purge = 0.0
         self._purge_failures = 0  # in a row
         self._lock = asyncio.Lock()  # one round at a time, whoever starts it
         # Whether a commit since the last scrub may have dropped a key (so may a restart).
@@ -91,9 +106,15 @@ class StoreUpkeep:
 
     def note_commit(self, changes: Changes) -> None:
         """Want a scrub if committing changes may leave a dropped key in the files."""
-        if changes.requests or changes.workers or changes.removed_workers or changes.tokens:
+        if (
+            changes.requests
+            or changes.workers
+            or changes.removed_workers
+            or changes.tokens
+            or changes.removed_tokens
+        ):
             # A job's end or a new prepared key drops the key the rows held before; a
-            # token's sealed secret is cleared a while after its issue.
+            # token's sealed secret is cleared a while after its issue, or with its token.
             self._scrub_wanted = True
 
     async def housekeep(self) -> Upkeep:
@@ -141,13 +162,62 @@ class StoreUpkeep:
                         "usage": purged.usage,
                     },
                 )
+        tokens_purged = 0
+        if self._token_retention > 0 and now >= self._next_token_purge and not self._host.stopping:
+            tokens_purged = await self._purge_tokens(now)
         scrubbed = False
         if self._scrub_wanted:
             self._scrub_wanted = False
             scrubbed = await self._store.run(lambda store: store.scrub())
             if not scrubbed:
                 self._scrub_wanted = True  # (commits meanwhile have set it already)
-        return Upkeep(purged, scrubbed, purge_error)
+        return Upkeep(purged, scrubbed, purge_error, tokens_purged)
+
+    async def _purge_tokens(self, now: float) -> int:
+        """Forget one batch of the tokens that stopped working longer ago than the token
+        retention, through the engine (the core keeps the tokens; the batch deletes their
+        rows), with one audit event; plan the next purge. The number forgotten."""
+        retention = self._token_retention
+        host = self._host
+
+        def purge(core: Core, at: float) -> tuple[list[int], float | None]:
+            purged = core.purge_tokens(at, retention, TOKEN_PURGE_BATCH)
+            if purged:
+                ids = ", ".join(str(i) for i in purged)
+                host.audit(
+                    AuditEvent(
+                        at,
+                        SCHEDULER_ACTOR,
+                        "scheduler",
+                        "PurgeTokens",
+                        "tokens",
+                        f"{len(purged)} tokens forgotten: expired or revoked more than "
+                        f"{_duration(retention)} ago (token_retention); ids {ids}",
+                    )
+                )
+            return purged, core.next_token_purge(retention)
+
+        # A token issued or revoked later may be due before the next one known now.
+        later = now + min(PURGE_INTERVAL, retention)
+        try:
+            purged, due = await host.execute(purge)
+        except Exception as exc:  # retried later; the rest of upkeep does not depend on it
+            log.warning(
+                "purging old tokens failed; retrying later",
+                extra={"cause": f"{type(exc).__name__}: {exc}", "retry_in": later - now},
+            )
+            self._next_token_purge = later
+            return 0
+        if len(purged) >= TOKEN_PURGE_BATCH:  # more may be due: soon, but not at once
+            self._next_token_purge = now + PURGE_PAUSE
+        else:
+            self._next_token_purge = later if due is None else min(due, later)
+        if purged:
+            log.info(
+                "forgot tokens that stopped working longer ago than the token retention",
+                extra={"token_retention_days": round(retention / 86400, 2), "tokens": len(purged)},
+            )
+        return len(purged)
 
     @property
     def _purges(self) -> bool:
@@ -181,4 +251,14 @@ class StoreUpkeep:
             wait = self._interval
             if self._purges:
                 wait = min(wait, max(PURGE_PAUSE, self._next_purge - self._host.now()))
+            if self._token_retention > 0:
+                wait = min(wait, max(PURGE_PAUSE, self._next_token_purge - self._host.now()))
             await asyncio.sleep(wait)
+
+
+def _duration(seconds: float) -> str:
+    """A retention as admins set it: in days, hours or seconds."""
+    for unit, size in (("d", 86400.0), ("h", 3600.0)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"

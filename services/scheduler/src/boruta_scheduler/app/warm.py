@@ -57,6 +57,7 @@ class WarmCopy:
         self.tokens: dict[int, TokenRecord] = {t.id: t for t in snapshot.tokens}
         self.stacks: dict[str, StackView] = {s.name: s for s in snapshot.stacks}
         self.last_request_id = snapshot.last_request_id
+        self.last_token_id = snapshot.last_token_id
         self.seq = seq
 
     def apply(self, changed: ChangedSince) -> None:
@@ -85,6 +86,7 @@ class WarmCopy:
             else:
                 self.requests[request.id] = request
         self.last_request_id = changed.last_request_id
+        self.last_token_id = changed.last_token_id
         self.seq = changed.seq
 
     def snapshot(self) -> Snapshot:
@@ -97,6 +99,7 @@ class WarmCopy:
             self.last_request_id,
             [self.tokens[i] for i in sorted(self.tokens)],
             [self.stacks[name] for name in sorted(self.stacks)],
+            self.last_token_id,
         )
 
 

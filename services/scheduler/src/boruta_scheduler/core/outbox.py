@@ -87,8 +87,10 @@ class Changes:
     rebuildable_history: int = 0
     # Who did what, added by the engine: it commits with the changes it records.
     audit: list[AuditEvent] = field(default_factory=list)
-    # Tokens issued or revoked, each as it is now.
+    # Tokens issued or revoked, each as it is now, and the ids of tokens purged (a tuple:
+    # the empty one is shared by every batch, which most purge nothing).
     tokens: list[TokenRecord] = field(default_factory=list)
+    removed_tokens: tuple[int, ...] = ()
     # Stacks deleted (by name) and stacks created: a store deletes first, then creates.
     stacks: list[StackView] = field(default_factory=list)
     removed_stacks: list[str] = field(default_factory=list)
@@ -106,6 +108,7 @@ class Changes:
             or self.last_seen
             or self.audit
             or self.tokens
+            or self.removed_tokens
             or self.stacks
             or self.removed_stacks
             or self.usage
@@ -117,6 +120,7 @@ def merge(batches: list[Changes]) -> Changes:
     if len(batches) == 1:
         return batches[0]
     merged = Changes()
+    removed_tokens: list[int] = []
     stacks: dict[str, StackView] = {}
     for changes in batches:
         merged.requests.extend(changes.requests)
@@ -128,6 +132,7 @@ def merge(batches: list[Changes]) -> Changes:
         merged.tunnels.extend(changes.tunnels)
         merged.audit.extend(changes.audit)
         merged.tokens.extend(changes.tokens)
+        removed_tokens.extend(changes.removed_tokens)
         merged.usage.extend(changes.usage)
         # Within a batch deletions come first; a later batch's undoes an earlier creation.
         for name in changes.removed_stacks:
@@ -146,6 +151,7 @@ def merge(batches: list[Changes]) -> Changes:
         last_request_id=max(c.last_request_id for c in batches),
         audit=merged.audit,
         tokens=merged.tokens,
+        removed_tokens=tuple(removed_tokens),
         stacks=list(stacks.values()),
         removed_stacks=merged.removed_stacks,
         usage=merged.usage,
@@ -169,6 +175,7 @@ class Outbox:
         self._calls: list[DryadCall] = []
         self._tunnels: list[TunnelCall] = []
         self._tokens: dict[int, TokenRecord] = {}
+        self._removed_tokens: list[int] = []
         self._stacks: dict[str, StackView] = {}
         self._removed_stacks: list[str] = []
         self._usage: list[JobUsage] = []
@@ -208,6 +215,10 @@ class Outbox:
 
     def token(self, record: TokenRecord) -> None:
         self._tokens[record.id] = record
+
+    def removed_token(self, token_id: int) -> None:
+        self._tokens.pop(token_id, None)
+        self._removed_tokens.append(token_id)
 
     def stack(self, view: StackView) -> None:
         self._stacks[view.name] = view
@@ -255,6 +266,7 @@ class Outbox:
             rebuildable_workers=rebuildable_workers,
             rebuildable_history=rebuildable_history,
             tokens=list(self._tokens.values()),
+            removed_tokens=tuple(self._removed_tokens),
             stacks=list(self._stacks.values()),
             removed_stacks=self._removed_stacks,
             usage=self._usage,

@@ -166,15 +166,17 @@ class Usable:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """What the store holds for the core: live requests, all workers, the id counter and
-    every token issued. The requests may be read as they are restored: iterate them once,
-    in id order."""
+    """What the store holds for the core: live requests, all workers, the id counters and
+    every token not yet purged. The requests may be read as they are restored: iterate
+    them once, in id order."""
 
     requests: Iterable[RequestView]
     workers: Sequence[WorkerView]
     last_request_id: int
     tokens: Sequence[TokenRecord] = field(default_factory=list)
     stacks: Sequence[StackView] = field(default_factory=list)
+    # The highest token id ever handed out: kept apart from the tokens, which are purged.
+    last_token_id: int = 0
 
 
 class _SigMemo:
@@ -233,7 +235,7 @@ class Core:
         """Rebuild the core from stored state; overdue timers fire and free workers match."""
         core = cls(policy)
         core._last_request_id = snapshot.last_request_id
-        core._tokens = TokenTable(snapshot.tokens)
+        core._tokens = TokenTable(snapshot.tokens, snapshot.last_token_id)
         core._heartbeat_epoch = now
         for stack in snapshot.stacks:
             core._stacks[stack.name] = stack
@@ -426,8 +428,13 @@ class Core:
         return [w.view() for w in self._workers.values()]
 
     def tokens(self) -> list[TokenRecord]:
-        """Every token issued, oldest first (revoked and expired ones too)."""
+        """Every token issued and not yet purged, oldest first (revoked and expired ones
+        too)."""
         return self._tokens.all()
+
+    def next_token_purge(self, retention: float) -> float | None:
+        """When purge_tokens with this retention next has a token to forget, or None."""
+        return self._tokens.next_purge(retention)
 
     @property
     def last_request_id(self) -> int:
@@ -486,6 +493,14 @@ class Core:
         if changed:
             self._out.token(record)
         return record
+
+    def purge_tokens(self, now: float, retention: float, limit: int) -> list[int]:
+        """Forget up to limit tokens that stopped working (expired or revoked) more than
+        retention seconds before now; their ids, which the store deletes in the batch."""
+        purged = self._tokens.purge(now, retention, limit)
+        for token_id in purged:
+            self._out.removed_token(token_id)
+        return purged
 
     # ------------------------------------------------------------ stack commands
 

@@ -4,6 +4,7 @@ commands like any other, committed with their audit event in the engine's batch.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 from collections import deque
 from collections.abc import Iterable
 
@@ -15,13 +16,28 @@ from boruta_scheduler.types import TokenRecord
 SEAL_KEPT = 600.0
 
 
-class TokenTable:
-    """Every token ever issued, by id; ids continue from the highest one restored (tokens
-    are never deleted, so an id is never handed out twice once it is committed)."""
+def stopped_at(token: TokenRecord) -> float:
+    """When a token stopped (or will stop) working: the earlier of its expiry and revocation."""
+    if token.revoked_at is None:
+        return token.expires_at
+    return min(token.expires_at, token.revoked_at)
 
-    def __init__(self, records: Iterable[TokenRecord] = ()) -> None:
+
+class TokenTable:
+    """The tokens issued and not yet purged, by id. Ids continue from the stored counter
+    last_id or the highest id restored, whichever is higher, so an id is never handed out
+    twice once it is committed, even after its token was purged."""
+
+    def __init__(self, records: Iterable[TokenRecord] = (), last_id: int = 0) -> None:
         self._records = {t.id: t for t in records}
-        self._last_id = max(self._records, default=0)
+        self._last_id = max(last_id, max(self._records, default=0))
+        # (when it stopped working, id) of every token, earliest first; a revoked token
+        # has a second, earlier entry, and an entry of a token already purged is skipped.
+        self._by_stop = [(t.expires_at, t.id) for t in self._records.values()]
+        self._by_stop.extend(
+            (t.revoked_at, t.id) for t in self._records.values() if t.revoked_at is not None
+        )
+        heapq.heapify(self._by_stop)
         self._by_key = {
             (t.issued_by, t.idempotency_key_hash): t.id
             for t in self._records.values()
@@ -47,6 +63,7 @@ class TokenTable:
             self._by_key[(record.issued_by, record.idempotency_key_hash)] = record.id
         if record.sealed_secret is not None:
             self._sealed.append(record.id)
+        heapq.heappush(self._by_stop, (record.expires_at, record.id))
         return record, True
 
     @staticmethod
@@ -89,12 +106,49 @@ class TokenTable:
         the first time."""
         record = self._records.get(token_id)
         if record is None:
+            if 0 < token_id <= self._last_id:
+                raise InvalidArgument(
+                    f"no token {token_id}: it was issued, but it expired or was revoked "
+                    "longer ago than the token retention (the scheduler's token_retention "
+                    "setting), so it was forgotten; see ListTokens"
+                )
             raise InvalidArgument(f"no token {token_id}; see ListTokens")
         if record.revoked_at is not None:
             return record, False
         record = self._records[token_id] = dataclasses.replace(record, revoked_at=now)
+        heapq.heappush(self._by_stop, (now, token_id))
         return record, True
 
+    def next_purge(self, retention: float) -> float | None:
+        """When purge(..., retention, ...) next has a token to forget, or None."""
+        by_stop = self._by_stop
+        while by_stop:
+            stop, token_id = by_stop[0]
+            record = self._records.get(token_id)
+            if record is not None and stopped_at(record) == stop:
+                return stop + retention
+            heapq.heappop(by_stop)  # its token was purged, or it stopped earlier
+        return None
+
+    def purge(self, now: float, retention: float, limit: int) -> list[int]:
+        """Forget up to limit tokens that stopped working more than retention seconds
+        before now, earliest stopped first; their ids. Tokens still working, and those
+        stopped within the retention, stay."""
+        purged: list[int] = []
+        while len(purged) < limit:
+            due = self.next_purge(retention)
+            if due is None or due >= now:
+                break
+            _, token_id = heapq.heappop(self._by_stop)
+            record = self._records.pop(token_id)
+            if record.idempotency_key_hash:
+                self._by_key.pop((record.issued_by, record.idempotency_key_hash), None)
+            purged.append(token_id)
+        if purged and self._sealed:
+            # A secret is sealed only minutes after its issue, so this is rare and short.
+            self._sealed = deque(i for i in self._sealed if i in self._records)
+        return purged
+
     def all(self) -> list[TokenRecord]:
-        """Every token, oldest first."""
+        """Every token kept (not purged), oldest first."""
         return sorted(self._records.values(), key=lambda t: t.id)

@@ -162,6 +162,7 @@ class Scheduler:
             tunnels=self.tunnels,
             retention=self.config.server.retention,
             usage_retention=self.config.server.usage_retention,
+            token_retention=self.config.server.token_retention,
             on_commit=None if metrics is None else metrics.observe_commit,
         )
         audit = self.audit = AuditLog(

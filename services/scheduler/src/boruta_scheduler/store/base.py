@@ -65,6 +65,7 @@ class ChangedSince:
     gap: str
     stacks: list[StackView] = field(default_factory=list)
     removed_stacks: list[str] = field(default_factory=list)
+    last_token_id: int = 0
 
     @property
     def rows(self) -> int:
@@ -88,9 +89,9 @@ class Store(Protocol):
     """
 
     def load(self) -> Snapshot:
-        """Live requests, every worker, the last request id and every token, to rebuild
-        the core. The requests may be read from the store as they are iterated: iterate
-        them once, at once, on the thread that called load()."""
+        """Live requests, every worker, the last request and token ids and every token kept
+        (not purged), to rebuild the core. The requests may be read from the store as they
+        are iterated: iterate them once, at once, on the thread that called load()."""
         ...
 
     def commit(self, changes: Changes) -> None:

@@ -448,6 +448,13 @@ def commit_statements(changes: Changes) -> list[tuple[str, list[dict[str, Any]]]
         ("delete_worker_history", removed),
         ("insert_history", [history_row(h) for h in changes.history]),
         ("upsert_token", [token_row(t) for t in changes.tokens]),
+        # After the upserts: a token issued and purged in one (merged) commit goes.
+        ("delete_token", [{"id": token_id} for token_id in changes.removed_tokens]),
+        # Kept apart from the rows, which the purge deletes, so that no id is handed out twice.
+        (
+            "set_last_token_id",
+            [{"value": max(t.id for t in changes.tokens)}] if changes.tokens else [],
+        ),
         # Deletions first: a stack deleted and made again in one commit is made again.
         ("delete_stack", [{"name": name} for name in changes.removed_stacks]),
         ("upsert_stack", [stack_row(s) for s in changes.stacks]),

@@ -34,6 +34,7 @@ class MemoryStore:
         self._workers: dict[str, WorkerView] = {}
         self._history: list[tuple[int, HistoryEntry]] = []
         self._last_request_id = 0
+        self._last_token_id = 0
         self._tokens: dict[int, TokenRecord] = {}
         self._stacks: dict[str, StackView] = {}
         # Events in id order; ids are never reused, also after a purge.
@@ -47,8 +48,9 @@ class MemoryStore:
             live = [r for r in self._requests.values() if not r.state.is_terminal]
             tokens = sorted(self._tokens.values(), key=lambda t: t.id)
             stacks = [self._stacks[name] for name in sorted(self._stacks)]
+            workers = list(self._workers.values())
             return Snapshot(
-                live, list(self._workers.values()), self._last_request_id, tokens, stacks
+                live, workers, self._last_request_id, tokens, stacks, self._last_token_id
             )
 
     def commit(self, changes: Changes) -> None:
@@ -77,6 +79,9 @@ class MemoryStore:
             self._last_request_id = max(self._last_request_id, changes.last_request_id)
             for token in changes.tokens:
                 self._tokens[token.id] = token
+                self._last_token_id = max(self._last_token_id, token.id)
+            for token_id in changes.removed_tokens:
+                self._tokens.pop(token_id, None)
             for name in changes.removed_stacks:
                 self._stacks.pop(name, None)
             for stack in changes.stacks:

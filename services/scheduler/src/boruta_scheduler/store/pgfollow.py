@@ -47,7 +47,9 @@ def read_live(conn: Connection, decoder: Decoder) -> tuple[Snapshot, int, float]
         counters = conn.execute(_F["counters"]).fetchone()
         seq = conn.execute(_F["high_water"]).fetchone()
     assert counters is not None and seq is not None
-    snapshot = Snapshot(requests, workers, counters["last_request_id"], tokens, stacks)
+    snapshot = Snapshot(
+        requests, workers, counters["last_request_id"], tokens, stacks, counters["last_token_id"]
+    )
     return snapshot, int(seq["seq"]), float(counters["origin"])
 
 
@@ -95,6 +97,7 @@ def read_changes(
         stacks=[stack_view(row) for row in stack_rows],
         removed_stacks=[row["key"] for row in tombstones if row["kind"] == "stack"],
         last_request_id=int(counters["last_request_id"]),
+        last_token_id=int(counters["last_token_id"]),
         gap=_gap(since, counters, origin),
     )
 

@@ -185,10 +185,11 @@ class PostgreSQLStore:
             requests = [request_view(row, decoder) for row in conn.execute(_Q["live_requests"])]
             workers = [worker_view(row) for row in conn.execute(_Q["all_workers"])]
             row = conn.execute(_Q["get_last_request_id"]).fetchone()
+            last_token = conn.execute(_Q["get_last_token_id"]).fetchone()
             tokens = [token_record(r) for r in conn.execute(_Q["select_tokens"])]
             stacks = [stack_view(r) for r in conn.execute(_Q["select_stacks"])]
-        assert row is not None
-        return Snapshot(requests, workers, row["value"], tokens, stacks)
+        assert row is not None and last_token is not None
+        return Snapshot(requests, workers, row["value"], tokens, stacks, last_token["value"])
 
     def live_state(self) -> tuple[Snapshot, int]:
         """What load() gives, as lists, and the change number it is as of (for a standby's

@@ -129,9 +129,10 @@ class SQLiteStore:
         conn = self._writer
         workers = [worker_view(row) for row in conn.execute(_Q["all_workers"])]
         (last_id,) = conn.execute(_Q["get_last_request_id"]).fetchone()
+        (last_token_id,) = conn.execute(_Q["get_last_token_id"]).fetchone()
         tokens = [token_record(row) for row in conn.execute(_Q["select_tokens"])]
         stacks = [stack_view(row) for row in conn.execute(_Q["select_stacks"])]
-        return Snapshot(self._live_requests(), workers, last_id, tokens, stacks)
+        return Snapshot(self._live_requests(), workers, last_id, tokens, stacks, last_token_id)
 
     def _live_requests(self) -> Iterator[RequestView]:
         """Live requests read as they are restored, so that no list of them all is held."""

@@ -41,5 +41,6 @@ WHERE change_seq > %(since)s AND change_seq <= (SELECT last_value FROM boruta_ch
 -- one (a failover to a replica, which may lack the last commits), is loaded again.
 SELECT
     (SELECT value FROM counters WHERE name = 'last_request_id') AS last_request_id,
+    (SELECT value FROM counters WHERE name = 'last_token_id') AS last_token_id,
     (SELECT value FROM counters WHERE name = 'purged_change_seq') AS purged_change_seq,
     extract(epoch FROM pg_postmaster_start_time())::DOUBLE PRECISION AS origin;

@@ -140,6 +140,15 @@ INSERT INTO tokens (
 ) ON CONFLICT (id) DO UPDATE SET
     revoked_at = EXCLUDED.revoked_at, sealed_secret = EXCLUDED.sealed_secret;
 
+-- name: delete_token
+DELETE FROM tokens WHERE id = %(id)s;
+
+-- name: set_last_token_id
+UPDATE counters SET value = GREATEST(value, %(value)s) WHERE name = 'last_token_id';
+
+-- name: get_last_token_id
+SELECT value FROM counters WHERE name = 'last_token_id';
+
 -- name: select_tokens
 SELECT * FROM tokens ORDER BY id;
 

@@ -123,6 +123,15 @@ INSERT INTO tokens (
 ON CONFLICT (id) DO UPDATE SET
     revoked_at = excluded.revoked_at, sealed_secret = excluded.sealed_secret;
 
+-- name: delete_token
+DELETE FROM tokens WHERE id = :id;
+
+-- name: set_last_token_id
+UPDATE counters SET value = MAX(value, :value) WHERE name = 'last_token_id';
+
+-- name: get_last_token_id
+SELECT value FROM counters WHERE name = 'last_token_id';
+
 -- name: select_tokens
 SELECT * FROM tokens ORDER BY id;
 
