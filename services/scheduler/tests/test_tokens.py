@@ -17,7 +17,7 @@ from boruta_scheduler.app.engine import Engine
 from boruta_scheduler.app.tokens import TokenAuthority, TokenOrder
 from boruta_scheduler.app.upkeep import UPKEEP_INTERVAL
 from boruta_scheduler.app.watch import Publishers
-from boruta_scheduler.core import Core
+from boruta_scheduler.core import Core, Policy
 from boruta_scheduler.core.tokens import SEAL_KEPT
 from boruta_scheduler.errors import (
     FailedPrecondition,
@@ -43,13 +43,16 @@ class Tokens:
 
 
 def start_tokens(
-    store: Store, clock: Callable[[], float] = time.time, token_retention: float = 0.0
+    store: Store,
+    clock: Callable[[], float] = time.time,
+    token_retention: float = 0.0,
+    policy: Policy | None = None,
 ) -> Tokens:
     """An engine restored from store, and a token authority fed by its commits (with a
     token retention, upkeep runs only when the test calls housekeep())."""
     publishers = Publishers()
     engine = Engine(
-        Core.restore(store.load(), clock()),
+        Core.restore(store.load(), clock(), policy),
         store,
         Dryads(),
         publishers,
@@ -354,3 +357,19 @@ async def test_select_filters_by_user_and_live_tokens_and_goes_on_after_an_id() 
         with pytest.raises(InvalidArgument, match="user: "):
             authority.select(ROOT, TokenQuery(user=bad))
     await tokens.engine.stop()
+
+
+async def test_a_token_s_groups_obey_the_farm_s_configured_limits() -> None:
+    """The groups a token carries are checked as the farm is configured (the [policy]
+    limits), as a board's groups are, not against the defaults."""
+    tokens = start_tokens(MemoryStore(), policy=Policy(max_groups=2, max_group_len=4))
+    with pytest.raises(InvalidArgument, match="3 groups given; at most 2"):
+        await tokens.authority.issue(ROOT, "ci", ["a", "b", "c"], False, None, "")
+    with pytest.raises(InvalidArgument, match="lab-long"):
+        await tokens.authority.issue(ROOT, "ci", ["lab-long"], False, None, "")
+    await tokens.engine.stop()
+    roomy = start_tokens(MemoryStore(), policy=Policy(max_groups=40))
+    many = [f"g{n}" for n in range(35)]  # more than the default 32
+    record, _ = await roomy.authority.issue(ROOT, "ci", many, False, None, "")
+    assert len(record.groups) == 35
+    await roomy.engine.stop()

@@ -23,7 +23,7 @@ from boruta import pki
 
 from boruta_scheduler.app.audit import AuditLog
 from boruta_scheduler.app.engine import Command, Engine
-from boruta_scheduler.core import Changes, Core, Policy
+from boruta_scheduler.core import Changes, Core
 from boruta_scheduler.core.idempotency import check_key
 from boruta_scheduler.errors import InvalidArgument, Unauthenticated
 from boruta_scheduler.listing import TokenQuery
@@ -34,8 +34,6 @@ SECRET_BYTES = 32  # the size of the pad (sha256)
 # An IssueToken idempotency key seals the secret kept for a retry: a short one is guessable.
 MIN_KEY_CHARS = 16
 MAX_TTL = 3650 * 86400.0
-# Only its name rules are used; they do not depend on the farm's scheduling policy.
-NAME_RULES = Policy()
 _TOKEN_ID = re.compile(r"[0-9]{1,19}")  # ASCII digits only: str.isdigit() also takes "²"
 
 
@@ -173,7 +171,7 @@ class TokenAuthority:
         asked = _arguments_hash(user, groups, admin, ttl, description)
         # The same rules as a certificate's name and a worker's groups, defined there once.
         _check_user(user)
-        names = NAME_RULES.check_groups(groups)
+        names = self._engine.core.policy.check_groups(groups)  # the farm's own limits
         if len(description) > 200:
             raise InvalidArgument("description: at most 200 characters")
         ttl = DEFAULT_TTL if ttl is None else ttl
