@@ -247,6 +247,8 @@ class Explainer:
             if times is None:
                 if worker.state in OUT_OF_SERVICE:
                     held["out of service"] += 1
+                elif worker.drain_reason:
+                    held["going into maintenance after its job"] += 1
                 continue
             expected, latest = min(expected, times[0]), min(latest, times[1])
             held_by, collateral = self._holder(worker)
@@ -285,8 +287,9 @@ class Explainer:
 
     def _frees(self, worker: Worker) -> tuple[float, float] | None:
         """When the board is expected to be free, unless jobs are prolonged and at the latest
-        (preparing ones: now, preparing not counted); None for a board out of service."""
-        if worker.state in OUT_OF_SERVICE:
+        (preparing ones: now, preparing not counted); None for a board out of service or
+        going out of it after its job (draining)."""
+        if worker.state in OUT_OF_SERVICE or worker.drain_reason:
             return None
         held_by, _ = self._holder(worker)
         if not held_by:
@@ -307,7 +310,7 @@ class Explainer:
 
     def _board(self, worker: Worker) -> PendingBoard:
         held_by, collateral = self._holder(worker)
-        times = self._job_times(worker) if held_by else None
+        times = self._job_times(worker) if held_by and not worker.drain_reason else None
         reserved = worker.reserved_for
         return PendingBoard(
             uuid=worker.uuid,
