@@ -774,6 +774,7 @@ class WorkerInfo(_message.Message):
     RECENT_FAILURES_FIELD_NUMBER: _builtins.int
     FAILURES_PER_DAY_FIELD_NUMBER: _builtins.int
     QUARANTINED_FIELD_NUMBER: _builtins.int
+    DRAIN_REASON_FIELD_NUMBER: _builtins.int
     uuid: _builtins.str
     """Worker's identifier, also found in its caps under the key "UUID"."""
     state: Global___WorkerState.ValueType
@@ -809,6 +810,11 @@ class WorkerInfo(_message.Message):
     counted) and is in MAINTENANCE, with a reason that starts "quarantined: ", until an
     admin sets it IDLE or MAINTENANCE; FAILED, and still quarantined, if its dryad went
     silent meanwhile.
+    """
+    drain_reason: _builtins.str
+    """Non-empty while the worker is draining: it is RUNNING, takes no new job, and goes into
+    MAINTENANCE with this reason when its job ends (SetState with after_job); empty
+    otherwise. A waiting request never counts on a draining worker.
     """
     @_builtins.property
     def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -856,10 +862,11 @@ class WorkerInfo(_message.Message):
         recent_failures: _abc.Iterable[Global___WorkerFailure] | None = ...,
         failures_per_day: _builtins.float = ...,
         quarantined: _builtins.bool = ...,
+        drain_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["host_status", b"host_status", "last_seen", b"last_seen", "registered_at", b"registered_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caps", b"caps", "collateral_of", b"collateral_of", "dryad_address", b"dryad_address", "dryad_version", b"dryad_version", "failures", b"failures", "failures_per_day", b"failures_per_day", "groups", b"groups", "host_status", b"host_status", "jobs_done", b"jobs_done", "last_seen", b"last_seen", "quarantined", b"quarantined", "reason", b"reason", "recent_failures", b"recent_failures", "registered_at", b"registered_at", "request_id", b"request_id", "ssh_address", b"ssh_address", "stack", b"stack", "state", b"state", "uuid", b"uuid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caps", b"caps", "collateral_of", b"collateral_of", "drain_reason", b"drain_reason", "dryad_address", b"dryad_address", "dryad_version", b"dryad_version", "failures", b"failures", "failures_per_day", b"failures_per_day", "groups", b"groups", "host_status", b"host_status", "jobs_done", b"jobs_done", "last_seen", b"last_seen", "quarantined", b"quarantined", "reason", b"reason", "recent_failures", b"recent_failures", "registered_at", b"registered_at", "request_id", b"request_id", "ssh_address", b"ssh_address", "stack", b"stack", "state", b"state", "uuid", b"uuid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
