@@ -352,17 +352,20 @@ def test_a_draining_board_is_marked_with_the_reason_it_will_get(
     farm, context = clean, as_admin(farm_pki)
     with farm.client("alice", groups=[GROUP]) as alice, farm.admin() as admin:
         running = alice.new_request({"board": "rpi4"})
-        job = alice.acquire_worker(running.id, timeout=120)
+        alice.acquire_worker(running.id, timeout=120)
         board = alice.get_request(running.id).job
-        assert job is not None and board is not None
-        admin.set_worker_state(
-            board.worker_uuid, WorkerState.MAINTENANCE, "new relay", after_job=True
-        )
-        row = get(farm.metrics_address, "/boards", context).body.split(board.worker_uuid, 1)[1]
-        row = row.split("</tr>", 1)[0]
-        assert 'class="draining">draining<' in row and "new relay" in row, row
-        admin.set_worker_state(board.worker_uuid, WorkerState.IDLE, "not now")
-        alice.close_request(running.id)
+        assert board is not None
+        try:
+            admin.set_worker_state(
+                board.worker_uuid, WorkerState.MAINTENANCE, "new relay", after_job=True
+            )
+            page = get(farm.metrics_address, "/boards", context).body
+            row = page.split(board.worker_uuid, 1)[1].split("</tr>", 1)[0]
+            assert 'class="draining">draining<' in row and "new relay" in row, row
+        finally:
+            # Called off, so that the board comes back IDLE for the next tests.
+            admin.set_worker_state(board.worker_uuid, WorkerState.IDLE, "not now")
+            alice.close_request(running.id)
     farm.wait_idle()
 
 
