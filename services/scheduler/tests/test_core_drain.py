@@ -4,7 +4,7 @@ after_job takes no new job, and goes into MAINTENANCE when its job ends. Pure co
 from __future__ import annotations
 
 from boruta_scheduler.core import Core, DryadCallKind, Policy, Snapshot
-from boruta_scheduler.types import RequestState, WorkerState
+from boruta_scheduler.types import PendingCode, RequestState, WorkerState
 from core_kit import CoreKit, state_of
 
 NOBODY = frozenset[str]()
@@ -221,3 +221,16 @@ def test_a_worker_whose_job_was_lost_in_a_restore_still_drains() -> None:
     view = restored.worker("w1")
     assert (view.state, view.reason) == (WorkerState.BUSY, "reflash")
     assert [c.kind for c in restored.drain().calls] == [DryadCallKind.PUT_IN_MAINTENANCE]
+
+
+def test_a_request_whose_only_board_drains_says_no_board_is_in_service() -> None:
+    kit = CoreKit()
+    request_id = running(kit)
+    waiting = kit.core.new_request(kit.now, "u", NOBODY, {"UUID": "w1"})
+    why = kit.core.pending_reason(kit.now, waiting.id)
+    assert why is not None and why.code is PendingCode.BOARDS_BUSY
+    kit.core.set_state(kit.now, "w1", WorkerState.MAINTENANCE, "reflash", after_job=True)
+    why = kit.core.pending_reason(kit.now, waiting.id)
+    assert why is not None and why.code is PendingCode.BOARDS_UNAVAILABLE
+    assert "1 RUNNING (draining)" in why.message
+    assert kit.core.request(request_id).state is RequestState.IN_PROGRESS

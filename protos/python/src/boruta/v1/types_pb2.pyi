@@ -162,8 +162,9 @@ class _PendingReasonCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Pen
     PENDING_REASON_CODE_NOT_VALID_YET: _PendingReasonCode.ValueType  # 3
     """Its valid_after has not come yet."""
     PENDING_REASON_CODE_BOARDS_UNAVAILABLE: _PendingReasonCode.ValueType  # 4
-    """No board (or set of boards) it could use is IDLE or RUNNING: every one is in
-    MAINTENANCE, FAILED, BUSY (going into maintenance) or PREPARE.
+    """No board (or set of boards) it could use is IDLE or RUNNING and not draining: every
+    one is in MAINTENANCE, FAILED, BUSY (going into maintenance), PREPARE, or RUNNING a
+    job after which it goes into maintenance (WorkerInfo.drain_reason).
     """
     PENDING_REASON_CODE_HIGHER_PRIORITY: _PendingReasonCode.ValueType  # 5
     """requests_ahead waiting requests that could use a board it could use go first."""
@@ -193,8 +194,9 @@ PENDING_REASON_CODE_NO_BOARD_IN_GROUPS: PendingReasonCode.ValueType  # 2
 PENDING_REASON_CODE_NOT_VALID_YET: PendingReasonCode.ValueType  # 3
 """Its valid_after has not come yet."""
 PENDING_REASON_CODE_BOARDS_UNAVAILABLE: PendingReasonCode.ValueType  # 4
-"""No board (or set of boards) it could use is IDLE or RUNNING: every one is in
-MAINTENANCE, FAILED, BUSY (going into maintenance) or PREPARE.
+"""No board (or set of boards) it could use is IDLE or RUNNING and not draining: every
+one is in MAINTENANCE, FAILED, BUSY (going into maintenance), PREPARE, or RUNNING a
+job after which it goes into maintenance (WorkerInfo.drain_reason).
 """
 PENDING_REASON_CODE_HIGHER_PRIORITY: PendingReasonCode.ValueType  # 5
 """requests_ahead waiting requests that could use a board it could use go first."""

@@ -54,6 +54,15 @@ class _Survey:
     shown: tuple[PendingBoard, ...] | None = None
 
 
+def _stays_in_service(worker: Worker) -> bool:
+    """In service and not draining (a draining board goes into maintenance after its job)."""
+    return worker.state in IN_SERVICE and not worker.drain_reason
+
+
+def _state_shown(worker: Worker) -> str:
+    return f"{worker.state.name} (draining)" if worker.drain_reason else worker.state.name
+
+
 def _plural(count: int, one: str, many: str | None = None) -> str:
     return f"{count} {one if count == 1 else (many or one + 's')}"
 
@@ -124,9 +133,9 @@ class Explainer:
             return survey
         if colocated:
             assert isinstance(bucket, MultiBucket) and self._colocated_set is not None
-            survey.in_service = self._colocated_set(bucket, lambda w: w.state in IN_SERVICE)
+            survey.in_service = self._colocated_set(bucket, _stays_in_service)
             return survey
-        serving = [[w for w in found if w.state in IN_SERVICE][:count] for found in candidates]
+        serving = [[w for w in found if _stays_in_service(w)][:count] for found in candidates]
         survey.in_service = match(serving) is not None
         return survey
 
@@ -216,12 +225,12 @@ class Explainer:
                 PendingCode.NOT_VALID_YET, "not valid yet: it is matched from its valid_after on"
             )
         if not survey.in_service:
-            states = Counter(w.state.name for w in survey.boards)
+            states = Counter(map(_state_shown, survey.boards))
             parts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
             what = "set of boards" if len(survey.needs) > 1 else "board"
             return answer(
                 PendingCode.BOARDS_UNAVAILABLE,
-                f"no {what} it could use is in service (IDLE or RUNNING): of "
+                f"no {what} it could use is in service (IDLE or RUNNING, not draining): of "
                 f"{_plural(total, 'board')} it could use, {parts}",
             )
         if ahead:
