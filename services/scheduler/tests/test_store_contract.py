@@ -758,7 +758,8 @@ def keys_in_files(path: Path) -> tuple[int, set[bytes]]:
     markers, keys = 0, set()
     for name in (path, Path(f"{path}-wal"), Path(f"{path}-journal")):
         if name.exists():
-            data = name.read_bytes()
+            # Keys in a JSON column (a request's later boards) have their newlines escaped.
+            data = name.read_bytes().replace(b"\\n", b"\n")
             markers += data.count(PEM_BEGIN)
             keys.update(PEM_KEY.findall(data))
     return markers, keys
@@ -812,6 +813,35 @@ def test_sqlite_files_keep_no_key_of_an_ended_job(tmp_path: Path) -> None:
     store = SQLiteStore(path)
     live = run_jobs(store)
     assert store.scrub()  # what the engine's upkeep does after such commits
+    assert_only_live_keys(path, live)
+    store.close()
+
+
+def test_sqlite_files_keep_no_key_of_an_ended_job_of_several_boards(tmp_path: Path) -> None:
+    """The same for requests of two boards, whose second board's key is kept in a column
+    of its own (requests.more_jobs): none outlives its job either."""
+    path = tmp_path / "keys.db"
+    store = SQLiteStore(path)
+    kit = CoreKit(key=pem_key)
+    caps = {f"feature{i}": f"{i}".ljust(250, "x") for i in range(12)}
+    for uuid, board in (("p1", "phone"), ("r1", "relay")):
+        kit.add_worker(uuid, {**caps, "board": board})
+        commit_all(store, kit)
+    profiles = [("dut", {"board": "phone"}), ("relay", {"board": "relay"})]
+    for _ in range(20):
+        job = kit.core.new_request(kit.now, "ann", NOBODY, {}, profiles=profiles)
+        commit_all(store, kit)
+        kit.core.prolong_access(kit.now, job.id)  # a running job's row is rewritten
+        commit_all(store, kit)
+        kit.core.close_request(kit.now, job.id)
+        commit_all(store, kit)
+        kit.answer_calls()
+        commit_all(store, kit)
+    running = kit.core.new_request(kit.now, "ann", NOBODY, {}, profiles=profiles)
+    commit_all(store, kit)
+    live = {j.access.private_key_pem for j in running.all_jobs if j.access is not None}
+    assert len(live) == 2
+    assert store.scrub()
     assert_only_live_keys(path, live)
     store.close()
 

@@ -254,6 +254,12 @@ class SchedulerLink:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() is grpc.StatusCode.NOT_FOUND:
                     # The scheduler forgot the worker (e.g. it was deregistered): register again.
+                    log.warning(
+                        "the scheduler does not know this board (deregistered?); registering "
+                        "it again: stop this dryad, or remove the board from its config, to "
+                        "retire it",
+                        extra={"worker": board.uuid, "scheduler": address},
+                    )
                     self.registered.discard(board.uuid)
                     continue
                 # A standby names the leader: go there at once; else try the next scheduler.
