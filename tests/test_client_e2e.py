@@ -203,6 +203,40 @@ def test_lease_outlives_several_job_timeouts_by_prolonging(client: Client) -> No
         assert board.prolong_error is None
 
 
+def test_a_draining_board_keeps_its_job_and_ssh_then_goes_into_maintenance(
+    client: Client, farm: LiveFarm
+) -> None:
+    with farm.admin() as admin:
+        try:
+            with client.lease({"board": "rpi4", "camera": "yes"}) as board:
+                draining = admin.set_worker_state(
+                    CAMERA_BOARD, WorkerState.MAINTENANCE, "new camera", after_job=True
+                )
+                assert (draining.state, draining.drain_reason) == (
+                    WorkerState.RUNNING,
+                    "new camera",
+                )
+                # The job goes on: its board, its user and the SSH tunnel stay.
+                whoami = board.ssh.run("id -un")
+                assert whoami.ok and whoami.output.strip() == board.access.username
+                shown = admin.get_worker(CAMERA_BOARD)
+                assert (shown.state, shown.request_id) == (WorkerState.RUNNING, board.request.id)
+                assert shown.drain_reason == "new camera"
+                assert client.get_request(board.request.id).state is RequestState.IN_PROGRESS
+                assert board.ssh.run("true").ok
+                request_id = board.request.id
+            assert client.get_request(request_id).state is RequestState.DONE
+            wait_for(
+                "maintenance after the job",
+                lambda: admin.get_worker(CAMERA_BOARD).state is WorkerState.MAINTENANCE,
+            )
+            after = admin.get_worker(CAMERA_BOARD)
+            assert (after.reason, after.drain_reason) == ("new camera", "")
+        finally:
+            admin.set_worker_state(CAMERA_BOARD, WorkerState.IDLE, "back from the test")
+            farm.wait_idle()
+
+
 def test_without_auto_prolong_the_job_times_out(client: Client) -> None:
     with client.lease({"board": "rpi4"}, auto_prolong=False, job_timeout=SHORT_JOB) as board:
         wait_for(

@@ -122,6 +122,41 @@ async def test_kill_9_loses_nothing_and_farm_carries_on(process: SchedulerProces
     await farm.close()
 
 
+async def test_a_drain_survives_a_kill_9(process: SchedulerProcess) -> None:
+    """A board asked to go into maintenance after its job is still draining after a kill -9
+    and restart, and goes when the job ends."""
+    address = process.start()
+    farm = Farm(address)
+    dryad = await farm.add_dryad([board("w1")])
+    alice = farm.client("alice")
+    running = await alice.new()
+    admin = farm.admin
+    await admin.workers.SetState(
+        workers_pb2.SetStateRequest(
+            worker_uuid="w1",
+            state=S.WORKER_STATE_MAINTENANCE,
+            reason="new camera",
+            after_job=True,
+        ),
+        metadata=admin.metadata,
+    )
+
+    process.kill()
+    await farm.channel.close()
+    process.start(listen=address)
+    farm.channel = grpc.aio.insecure_channel(address)
+    admin, alice = farm.admin, farm.client("alice")
+
+    info = await admin.worker("w1")
+    assert (info.state, info.drain_reason) == (S.WORKER_STATE_RUNNING, "new camera")
+    assert (await alice.info(running.id)).state == S.REQUEST_STATE_IN_PROGRESS
+    await alice.close(running.id)
+    info = await admin.wait_worker("w1", S.WORKER_STATE_MAINTENANCE)
+    assert (info.reason, info.drain_reason) == ("new camera", "")
+    assert dryad.boards["w1"].maintenance_messages == ["new camera"]
+    await farm.close()
+
+
 async def test_every_acknowledged_request_survives_a_kill_during_a_burst(
     process: SchedulerProcess,
 ) -> None:

@@ -346,6 +346,29 @@ def test_a_stacks_collateral_shows_whose_it_is(clean: LiveFarm, farm_pki: FarmPk
         admin.delete_stack("bench1")
 
 
+def test_a_draining_board_is_marked_with_the_reason_it_will_get(
+    clean: LiveFarm, farm_pki: FarmPki
+) -> None:
+    farm, context = clean, as_admin(farm_pki)
+    with farm.client("alice", groups=[GROUP]) as alice, farm.admin() as admin:
+        running = alice.new_request({"board": "rpi4"})
+        alice.acquire_worker(running.id, timeout=120)
+        board = alice.get_request(running.id).job
+        assert board is not None
+        try:
+            admin.set_worker_state(
+                board.worker_uuid, WorkerState.MAINTENANCE, "new relay", after_job=True
+            )
+            page = get(farm.metrics_address, "/boards", context).body
+            row = page.split(board.worker_uuid, 1)[1].split("</tr>", 1)[0]
+            assert 'class="draining">draining<' in row and "new relay" in row, row
+        finally:
+            # Called off, so that the board comes back IDLE for the next tests.
+            admin.set_worker_state(board.worker_uuid, WorkerState.IDLE, "not now")
+            alice.close_request(running.id)
+    farm.wait_idle()
+
+
 def test_a_quarantined_board_is_marked_and_an_admin_brings_it_back(
     clean: LiveFarm, farm_pki: FarmPki
 ) -> None:

@@ -8,6 +8,7 @@ import re
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -284,6 +285,50 @@ def test_admin_takes_a_board_out_of_service_and_back(env: dict[str, str]) -> Non
     grouped = as_json(admin, "workers", "groups", PLAIN_BOARD, "lab", "ci")
     assert isinstance(grouped, dict) and grouped["groups"] == ["ci", "lab"]
     assert as_json(admin, "workers", "groups", PLAIN_BOARD, "--none")["groups"] == []  # type: ignore[index]
+
+
+def test_maintenance_after_the_job_returns_at_once_and_shows_the_drain(
+    env: dict[str, str], farm: LiveFarm
+) -> None:
+    admin = {**env, "BORUTA_USER": "root", "BORUTA_ADMIN": "1"}
+    created = as_json(env, "requests", "new", f"UUID={PLAIN_BOARD}")
+    assert isinstance(created, dict) and created["state"] == "IN_PROGRESS"
+    rid = created["id"]
+    try:
+        # --after-job read from the environment, as every option is.
+        done = schedctl(
+            {**admin, "BORUTA_WORKERS_MAINTENANCE_AFTER_JOB": "1"},
+            "workers",
+            "maintenance",
+            PLAIN_BOARD,
+            "-r",
+            "new SD card",
+        )
+        assert "RUNNING" in done.stdout and "draining: new SD card" in done.stdout
+        assert f"will go into maintenance when request {rid} ends" in done.stderr
+        listed = schedctl(admin, "workers", "list").stdout
+        assert "draining: new SD card" in listed
+        shown = schedctl(admin, "workers", "show", PLAIN_BOARD).stdout
+        assert f"into MAINTENANCE when request {rid} ends: new SD card" in shown
+        as_shown = as_json(admin, "workers", "show", PLAIN_BOARD)
+        assert isinstance(as_shown, dict) and as_shown["drain_reason"] == "new SD card"
+        assert schedctl(env, "ssh", str(rid), "--", "true").returncode == 0
+        schedctl(env, "requests", "close", str(rid))
+        with farm.admin() as client:
+            give_up = time.monotonic() + 60
+            while client.get_worker(PLAIN_BOARD).state is not WorkerState.MAINTENANCE:
+                assert time.monotonic() < give_up, "the board did not go into maintenance"
+                time.sleep(0.05)
+        shown = as_json(admin, "workers", "show", PLAIN_BOARD)
+        assert isinstance(shown, dict)
+        assert (shown["state"], shown["reason"], shown["drain_reason"]) == (
+            "MAINTENANCE",
+            "new SD card",
+            "",
+        )
+    finally:
+        schedctl(admin, "workers", "idle", PLAIN_BOARD, check=None)
+        farm.wait_idle()
 
 
 def test_stacks_hold_collateral_for_their_holder(env: dict[str, str]) -> None:

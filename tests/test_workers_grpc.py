@@ -6,7 +6,7 @@ import asyncio
 
 import grpc
 import pytest
-from boruta.v1 import superviser_pb2, types_pb2, workers_pb2
+from boruta.v1 import audit_pb2, audit_pb2_grpc, superviser_pb2, types_pb2, workers_pb2
 from boruta_dryad.backends import BackendError
 from boruta_dryad.stub import StubDryad
 from boruta_dryad.users import UserError
@@ -98,6 +98,45 @@ async def test_maintenance_reaches_the_board_and_fails_the_running_request(farm:
     info = await c.info(r.id)
     assert info.state == S.REQUEST_STATE_FAILED
     assert "put into maintenance: reflashing the DUT" in info.reason
+
+
+async def test_maintenance_after_the_job_waits_for_the_request_to_end(farm: Farm) -> None:
+    dryad = await farm.add_dryad([board("w1")])
+    c = farm.client()
+    r = await c.new()
+    admin = farm.admin
+    reply = await admin.workers.SetState(
+        W.SetStateRequest(
+            worker_uuid="w1",
+            state=S.WORKER_STATE_MAINTENANCE,
+            reason="new camera",
+            after_job=True,
+        ),
+        metadata=admin.metadata,
+    )
+    assert (reply.worker.state, reply.worker.drain_reason) == (S.WORKER_STATE_RUNNING, "new camera")
+    assert (await c.info(r.id)).state == S.REQUEST_STATE_IN_PROGRESS
+    assert dryad.boards["w1"].maintenance_messages == []
+    # IDLE calls the drain off; asked again, it drains again.
+    assert (await admin.set_state("w1", S.WORKER_STATE_IDLE)).drain_reason == ""
+    await admin.workers.SetState(
+        W.SetStateRequest(
+            worker_uuid="w1",
+            state=S.WORKER_STATE_MAINTENANCE,
+            reason="new camera",
+            after_job=True,
+        ),
+        metadata=admin.metadata,
+    )
+    assert (await c.close(r.id)).state == S.REQUEST_STATE_DONE
+    info = await admin.wait_worker("w1", S.WORKER_STATE_MAINTENANCE)
+    assert (info.reason, info.drain_reason) == ("new camera", "")
+    assert dryad.boards["w1"].maintenance_messages == ["new camera"]
+    events = await audit_pb2_grpc.AuditStub(admin.channel).ListAuditEvents(
+        audit_pb2.ListAuditEventsRequest(page_size=100), metadata=admin.metadata
+    )
+    details = [e.detail for e in events.events if e.action == "SetState"]
+    assert "MAINTENANCE after its job: new camera" in details
 
 
 async def test_set_state_errors(farm: Farm) -> None:

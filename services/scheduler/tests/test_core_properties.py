@@ -345,19 +345,24 @@ class CoreMachine(RuleBasedStateMachine):
 
     @rule(
         uuid=workers,
-        action=st.sampled_from(("IDLE", "IDLE", "MAINTENANCE", "deregister", "RUNNING")),
+        action=st.sampled_from(
+            ("IDLE", "IDLE", "MAINTENANCE", "deregister", "RUNNING", "after_job", "after_job")
+        ),
     )
     def admin(self, uuid: str, action: str) -> None:
-        """An admin puts a worker into service or out of it (RUNNING is refused), or removes it."""
+        """An admin puts a worker into service or out of it, at once or after its job (a
+        drain; RUNNING is refused), or removes it."""
         if action == "deregister":
             self._command(f"deregister {uuid}", lambda: self.core.deregister(self.now, uuid))
+        elif action == "after_job":
+            self.set_state(uuid, WorkerState.MAINTENANCE, after_job=True)
         else:
             self.set_state(uuid, WorkerState[action])
 
-    def set_state(self, uuid: str, state: WorkerState) -> None:
+    def set_state(self, uuid: str, state: WorkerState, *, after_job: bool = False) -> None:
         self._command(
             f"set_state {uuid} {state.name}",
-            lambda: self.core.set_state(self.now, uuid, state, "by the test"),
+            lambda: self.core.set_state(self.now, uuid, state, "by the test", after_job=after_job),
         )
 
     @rule(
@@ -665,6 +670,12 @@ class CoreMachine(RuleBasedStateMachine):
             assert entry.from_state == self.history_state.get(entry.worker_uuid), entry
             assert entry.time == now, entry
             self.history_state[entry.worker_uuid] = entry.to_state
+            if (entry.from_state, entry.to_state) == (WorkerState.RUNNING, WorkerState.BUSY):
+                # Out of a job into maintenance: by an admin's hand, or as the drain asked.
+                before = self.worker_views[entry.worker_uuid]
+                assert self.what.startswith(f"set_state {entry.worker_uuid} ") or (
+                    before.drain_reason and entry.reason == before.drain_reason
+                ), (entry, before)
             self._check_health_entry(entry, quarantine_due, changes.calls)
         assert not quarantine_due, f"{quarantine_due} failed too often but are not quarantined"
         drained_workers = {w.uuid: w for w in changes.workers}
@@ -938,6 +949,8 @@ class CoreMachine(RuleBasedStateMachine):
                 assert job_of.get(worker.uuid) == worker.request_id != 0, worker
             else:
                 assert worker.request_id == 0, worker
+            # Only a running worker waits for its job to end to go into maintenance.
+            assert not worker.drain_reason or worker.state is WorkerState.RUNNING, worker
             # Only an IDLE worker holds a prepared access.
             assert (worker.state is WorkerState.IDLE) == (worker.prepared is not None), worker
             # Heartbeat timers fire on time. (A command may arm one that is already due,
@@ -987,6 +1000,8 @@ class CoreMachine(RuleBasedStateMachine):
                     WorkerState.RUNNING,
                     WorkerState.PREPARE,
                 ), reserved
+                # A draining board will not serve it: it is kept for no one.
+                assert not reserved.drain_reason, reserved
                 if reserved.state is WorkerState.RUNNING:
                     assert rank(view) < rank(live[reserved.request_id]), (view.id, uuid)
 

@@ -124,6 +124,22 @@ def test_core_restored_from_store_equals_original(store: Store) -> None:
     assert running.job is not None and running.job.access is not None
 
 
+def test_a_drain_is_stored_with_the_worker_and_called_off(store: Store) -> None:
+    """A worker going into maintenance after its job keeps the reason across a reload (a
+    restart), and loses it when an admin calls the drain off."""
+    kit = CoreKit()
+    farm_changes(kit)
+    kit.core.set_state(kit.now, "w1", WorkerState.MAINTENANCE, "reflash after", after_job=True)
+    commit_all(store, kit)
+    running = next(w for w in loaded(store).workers if w.uuid == "w1")
+    assert (running.state, running.drain_reason) == (WorkerState.RUNNING, "reflash after")
+    restored = Core.restore(loaded(store), kit.now, kit.core.policy)
+    assert restored.worker("w1").drain_reason == "reflash after"
+    kit.core.set_state(kit.now, "w1", WorkerState.IDLE)
+    commit_all(store, kit)
+    assert next(w for w in loaded(store).workers if w.uuid == "w1").drain_reason == ""
+
+
 def test_terminal_requests_stay_readable_without_secrets(store: Store) -> None:
     kit = CoreKit()
     farm_changes(kit)
@@ -309,15 +325,18 @@ def test_a_board_taken_out_of_quarantine_is_stored_as_starting_afresh(store: Sto
 
 def as_before_health(store: Store, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     """The store closed with its health records emptied, as migration 0015 left those of a
-    store it upgraded, its version set back to 16, and opened again, as an upgrade would."""
+    store it upgraded, its version set back to 16 (without the column of migration 0019),
+    and opened again, as an upgrade would."""
     if isinstance(store, SQLiteStore):
         store._writer.execute("UPDATE workers SET health = '{}'")
+        store._writer.execute("ALTER TABLE workers DROP COLUMN drain_reason")
         store._writer.execute("PRAGMA user_version=16")
         store.close()
         return SQLiteStore(tmp_path / "b.db")
     assert isinstance(store, PostgreSQLStore)
     with store._transaction(fenced=False) as conn:
         conn.execute("UPDATE workers SET health = '{}'")
+        conn.execute("ALTER TABLE workers DROP COLUMN drain_reason")
         conn.execute("UPDATE schema_version SET version = 16")
     store.close()
     return PostgreSQLStore(request.getfixturevalue("postgres_url"))
@@ -365,6 +384,7 @@ NEW_COLUMNS = {
     "more_jobs",
     "together",
     "health",
+    "drain_reason",
 }
 
 
@@ -612,14 +632,16 @@ def test_the_upgrade_counts_token_ids_from_the_tokens_kept(
     for user in ("ci-1", "ci-2", "ci-3"):
         core.issue_token(new_token(user))
     sql_store.commit(core.drain())
-    # Back to version 17, without the counter, as before the upgrade.
+    # Back to version 17, without the counter (and migration 0019's column), as before.
     if isinstance(sql_store, SQLiteStore):
         sql_store._writer.execute("DELETE FROM counters WHERE name = 'last_token_id'")
+        sql_store._writer.execute("ALTER TABLE workers DROP COLUMN drain_reason")
         sql_store._writer.execute("PRAGMA user_version=17")
     else:
         assert isinstance(sql_store, PostgreSQLStore)
         with sql_store._transaction(fenced=False) as conn:
             conn.execute("DELETE FROM counters WHERE name = 'last_token_id'")
+            conn.execute("ALTER TABLE workers DROP COLUMN drain_reason")
             conn.execute("UPDATE schema_version SET version = 17")
     sql_store.close()
     upgraded = open_again(sql_store, request, tmp_path)
@@ -832,6 +854,7 @@ def test_a_store_from_before_secure_delete_is_cleared_of_dead_keys_once(tmp_path
     live = run_jobs(store)
     # Undo migrations 5 and later, so that opening it again runs them as an upgrade would.
     for statement in (
+        "ALTER TABLE workers DROP COLUMN drain_reason",
         "DROP INDEX tokens_by_idempotency_key",
         "ALTER TABLE tokens DROP COLUMN idempotency_key_hash",
         "ALTER TABLE tokens DROP COLUMN arguments_hash",

@@ -191,7 +191,9 @@ def _old_rows(kit: CoreKit) -> tuple[dict[str, dict[str, object]], dict[int, dic
     requests: dict[int, dict[str, object]] = {}
     for changes in kit.changes:
         for w in changes.workers:
-            workers[w.uuid] = {k: v for k, v in worker_row(w).items() if k != "health"}
+            workers[w.uuid] = {
+                k: v for k, v in worker_row(w).items() if k not in ("health", "drain_reason")
+            }
         for r in changes.requests:
             row = request_row(r)
             assert all(row[k] is None for k in LATER_COLUMNS)

@@ -225,6 +225,7 @@ def worker(info: types_pb2.WorkerInfo) -> Worker:
         ),
         failures_per_day=info.failures_per_day,
         quarantined=info.quarantined,
+        drain_reason=info.drain_reason,
     )
 
 
@@ -342,13 +343,16 @@ def list_workers(
     )
 
 
-def set_state(uuid: str, state: WorkerState, reason: str) -> workers_pb2.SetStateRequest:
+def set_state(
+    uuid: str, state: WorkerState, reason: str, after_job: bool = False
+) -> workers_pb2.SetStateRequest:
     if state not in (WorkerState.IDLE, WorkerState.MAINTENANCE):
         raise InvalidArgument(f"a worker can be set IDLE or MAINTENANCE, not {state.name}")
     return workers_pb2.SetStateRequest(
         worker_uuid=uuid,
         state=state.value,
         reason=reason,
+        after_job=after_job,
     )
 
 

@@ -789,9 +789,12 @@ class AsyncClient(ClientBase):
         reply = await self._call(lambda s: s.workers.ListWorkerHistory, message)
         return [convert.history_entry(e) for e in reply.entries]
 
-    async def set_worker_state(self, uuid: str, state: WorkerState, reason: str = "") -> Worker:
-        """Put a worker into service (IDLE) or take it out (MAINTENANCE). Admins only."""
-        message = convert.set_state(uuid, state, reason)
+    async def set_worker_state(
+        self, uuid: str, state: WorkerState, reason: str = "", after_job: bool = False
+    ) -> Worker:
+        """Put a worker into service (IDLE) or take it out (MAINTENANCE); with after_job, a
+        RUNNING worker goes when its job ends (IDLE calls that off). Admins only."""
+        message = convert.set_state(uuid, state, reason, after_job)
         return convert.worker((await self._call(lambda s: s.workers.SetState, message)).worker)
 
     async def set_worker_groups(self, uuid: str, groups: Iterable[str]) -> Worker:

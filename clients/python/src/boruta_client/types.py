@@ -276,6 +276,9 @@ class Worker:
     recent_failures: tuple[WorkerFailure, ...] = ()
     failures_per_day: float = 0.0
     quarantined: bool = False
+    # Non-empty while it is draining: RUNNING, it takes no new job and goes into
+    # MAINTENANCE with this reason when its job ends (set_worker_state with after_job).
+    drain_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,11 +18,16 @@ WORKER_COLUMNS: list[Column] = [
     ("REQUEST", lambda w: w.request_id or held(w)),
     ("JOBS", lambda w: w.jobs_done),
     ("SEEN", lambda w: ago(w.last_seen) + " ago"),
-    ("REASON", lambda w: w.reason),
+    ("REASON", lambda w: reason_shown(w)),
 ]
 SETTLED = {WorkerState.IDLE, WorkerState.MAINTENANCE, WorkerState.FAILED}
 # Failures `workers show` lists (the scheduler keeps more; -o json gives them all).
 RECENT_SHOWN = 5
+
+
+def reason_shown(w: Worker) -> str:
+    """The board's reason, or, while it drains, the reason it will go into maintenance with."""
+    return f"draining: {w.drain_reason}" if w.drain_reason else w.reason
 
 
 def held(w: Worker) -> str | None:
@@ -45,6 +50,10 @@ def worker_details(w: Worker) -> str:
         ("jobs done", w.jobs_done),
         ("failures", f"{w.failures} in all, {w.failures_per_day:.2f} per day over the last week"),
     ]
+    if w.drain_reason:
+        pairs.append(
+            ("draining", f"into MAINTENANCE when request {w.request_id} ends: {w.drain_reason}")
+        )
     if w.quarantined:
         pairs.append(("quarantined", "yes: set it IDLE once it is fixed"))
     for n, failure in enumerate(w.recent_failures[:RECENT_SHOWN]):
@@ -158,9 +167,22 @@ def wait_settled(state: State, uuid: str, target: WorkerState, timeout: float) -
 
 
 def _set_state(
-    state: State, uuid: str, target: WorkerState, reason: str, wait: bool, fmt: str
+    state: State,
+    uuid: str,
+    target: WorkerState,
+    reason: str,
+    wait: bool,
+    fmt: str,
+    after_job: bool = False,
 ) -> None:
-    worker = state.client().set_worker_state(uuid, target, reason)
+    worker = state.client().set_worker_state(uuid, target, reason, after_job)
+    if worker.drain_reason:
+        # Its job may run for hours: waiting for MAINTENANCE is not worth it.
+        emit(fmt, worker, lambda: table([worker], WORKER_COLUMNS))
+        click.echo(
+            f"{uuid} will go into maintenance when request {worker.request_id} ends", err=True
+        )
+        return
     if wait and not settled(worker, target):
         worker = wait_settled(state, uuid, target, 120)
     emit(fmt, worker, lambda: table([worker], WORKER_COLUMNS))
@@ -174,12 +196,21 @@ _WAIT = option("--wait/--no-wait", default=True, help="Wait until the board's dr
 @workers_group.command("maintenance")
 @click.argument("uuid")
 @option("-r", "--reason", default="", help="Why; shown on the board and kept in its history.")
+@option(
+    "--after-job",
+    is_flag=True,
+    help="A running board takes no new job and goes when its job ends (its job goes on); "
+    "`workers idle` calls that off.",
+)
 @_WAIT
 @output_option
 @pass_state
-def maintenance(state: State, uuid: str, reason: str, wait: bool, fmt: str) -> None:
-    """Take a board out of service (a running job on it FAILS). Admins only."""
-    _set_state(state, uuid, WorkerState.MAINTENANCE, reason, wait, fmt)
+def maintenance(
+    state: State, uuid: str, reason: str, after_job: bool, wait: bool, fmt: str
+) -> None:
+    """Take a board out of service (a running job on it FAILS, unless --after-job). Admins
+    only."""
+    _set_state(state, uuid, WorkerState.MAINTENANCE, reason, wait, fmt, after_job)
 
 
 @workers_group.command("idle")
@@ -189,7 +220,8 @@ def maintenance(state: State, uuid: str, reason: str, wait: bool, fmt: str) -> N
 @output_option
 @pass_state
 def idle(state: State, uuid: str, reason: str, wait: bool, fmt: str) -> None:
-    """Put a board into service: prepare it, then IDLE. Admins only."""
+    """Put a board into service: prepare it, then IDLE (a draining board keeps its job and
+    stays in service). Admins only."""
     _set_state(state, uuid, WorkerState.IDLE, reason, wait, fmt)
 
 

@@ -297,6 +297,9 @@ class WorkerView:
     stack: str = ""
     collateral_of: int = 0
     health: Health = Health()
+    # While RUNNING: the reason it goes into MAINTENANCE with when its job ends (an admin
+    # asked for maintenance after the job); "" when it is prepared again after the job.
+    drain_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)

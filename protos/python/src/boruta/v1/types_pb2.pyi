@@ -162,8 +162,9 @@ class _PendingReasonCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Pen
     PENDING_REASON_CODE_NOT_VALID_YET: _PendingReasonCode.ValueType  # 3
     """Its valid_after has not come yet."""
     PENDING_REASON_CODE_BOARDS_UNAVAILABLE: _PendingReasonCode.ValueType  # 4
-    """No board (or set of boards) it could use is IDLE or RUNNING: every one is in
-    MAINTENANCE, FAILED, BUSY (going into maintenance) or PREPARE.
+    """No board (or set of boards) it could use is IDLE or RUNNING and not draining: every
+    one is in MAINTENANCE, FAILED, BUSY (going into maintenance), PREPARE, or RUNNING a
+    job after which it goes into maintenance (WorkerInfo.drain_reason).
     """
     PENDING_REASON_CODE_HIGHER_PRIORITY: _PendingReasonCode.ValueType  # 5
     """requests_ahead waiting requests that could use a board it could use go first."""
@@ -193,8 +194,9 @@ PENDING_REASON_CODE_NO_BOARD_IN_GROUPS: PendingReasonCode.ValueType  # 2
 PENDING_REASON_CODE_NOT_VALID_YET: PendingReasonCode.ValueType  # 3
 """Its valid_after has not come yet."""
 PENDING_REASON_CODE_BOARDS_UNAVAILABLE: PendingReasonCode.ValueType  # 4
-"""No board (or set of boards) it could use is IDLE or RUNNING: every one is in
-MAINTENANCE, FAILED, BUSY (going into maintenance) or PREPARE.
+"""No board (or set of boards) it could use is IDLE or RUNNING and not draining: every
+one is in MAINTENANCE, FAILED, BUSY (going into maintenance), PREPARE, or RUNNING a
+job after which it goes into maintenance (WorkerInfo.drain_reason).
 """
 PENDING_REASON_CODE_HIGHER_PRIORITY: PendingReasonCode.ValueType  # 5
 """requests_ahead waiting requests that could use a board it could use go first."""
@@ -774,6 +776,7 @@ class WorkerInfo(_message.Message):
     RECENT_FAILURES_FIELD_NUMBER: _builtins.int
     FAILURES_PER_DAY_FIELD_NUMBER: _builtins.int
     QUARANTINED_FIELD_NUMBER: _builtins.int
+    DRAIN_REASON_FIELD_NUMBER: _builtins.int
     uuid: _builtins.str
     """Worker's identifier, also found in its caps under the key "UUID"."""
     state: Global___WorkerState.ValueType
@@ -809,6 +812,11 @@ class WorkerInfo(_message.Message):
     counted) and is in MAINTENANCE, with a reason that starts "quarantined: ", until an
     admin sets it IDLE or MAINTENANCE; FAILED, and still quarantined, if its dryad went
     silent meanwhile.
+    """
+    drain_reason: _builtins.str
+    """Non-empty while the worker is draining: it is RUNNING, takes no new job, and goes into
+    MAINTENANCE with this reason when its job ends (SetState with after_job); empty
+    otherwise. A waiting request never counts on a draining worker.
     """
     @_builtins.property
     def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -856,10 +864,11 @@ class WorkerInfo(_message.Message):
         recent_failures: _abc.Iterable[Global___WorkerFailure] | None = ...,
         failures_per_day: _builtins.float = ...,
         quarantined: _builtins.bool = ...,
+        drain_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["host_status", b"host_status", "last_seen", b"last_seen", "registered_at", b"registered_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caps", b"caps", "collateral_of", b"collateral_of", "dryad_address", b"dryad_address", "dryad_version", b"dryad_version", "failures", b"failures", "failures_per_day", b"failures_per_day", "groups", b"groups", "host_status", b"host_status", "jobs_done", b"jobs_done", "last_seen", b"last_seen", "quarantined", b"quarantined", "reason", b"reason", "recent_failures", b"recent_failures", "registered_at", b"registered_at", "request_id", b"request_id", "ssh_address", b"ssh_address", "stack", b"stack", "state", b"state", "uuid", b"uuid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caps", b"caps", "collateral_of", b"collateral_of", "drain_reason", b"drain_reason", "dryad_address", b"dryad_address", "dryad_version", b"dryad_version", "failures", b"failures", "failures_per_day", b"failures_per_day", "groups", b"groups", "host_status", b"host_status", "jobs_done", b"jobs_done", "last_seen", b"last_seen", "quarantined", b"quarantined", "reason", b"reason", "recent_failures", b"recent_failures", "registered_at", b"registered_at", "request_id", b"request_id", "ssh_address", b"ssh_address", "stack", b"stack", "state", b"state", "uuid", b"uuid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,7 +26,7 @@ from boruta.v1 import types_pb2 as boruta_dot_v1_dot_types__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x62oruta/v1/workers.proto\x12\tboruta.v1\x1a\x15\x62oruta/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x01\n\x0cWorkerFilter\x12\r\n\x05uuids\x18\x01 \x03(\t\x12&\n\x06states\x18\x02 \x03(\x0e\x32\x16.boruta.v1.WorkerState\x12\x0e\n\x06groups\x18\x03 \x03(\t\x12/\n\x04\x63\x61ps\x18\x04 \x03(\x0b\x32!.boruta.v1.WorkerFilter.CapsEntry\x1a+\n\tCapsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa5\x01\n\x12ListWorkersRequest\x12\'\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x17.boruta.v1.WorkerFilter\x12+\n\x07sort_by\x18\x02 \x01(\x0e\x32\x1a.boruta.v1.WorkerSortField\x12\x12\n\ndescending\x18\x03 \x01(\x08\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"V\n\x13ListWorkersResponse\x12&\n\x07workers\x18\x01 \x03(\x0b\x32\x15.boruta.v1.WorkerInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x14GetWorkerInfoRequest\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\">\n\x15GetWorkerInfoResponse\x12%\n\x06worker\x18\x01 \x01(\x0b\x32\x15.boruta.v1.WorkerInfo\"V\n\x18ListWorkerHistoryRequest\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"d\n\x19ListWorkerHistoryResponse\x12.\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1d.boruta.v1.WorkerHistoryEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"]\n\x0fSetStateRequest\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.boruta.v1.WorkerState\x12\x0e\n\x06reason\x18\x03 \x01(\t\"9\n\x10SetStateResponse\x12%\n\x06worker\x18\x01 \x01(\x0b\x32\x15.boruta.v1.WorkerInfo\"7\n\x10SetGroupsRequest\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\x12\x0e\n\x06groups\x18\x02 \x03(\t\":\n\x11SetGroupsResponse\x12%\n\x06worker\x18\x01 \x01(\x0b\x32\x15.boruta.v1.WorkerInfo\"(\n\x11\x44\x65registerRequest\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\"\x14\n\x12\x44\x65registerResponse\"o\n\tStackInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cworker_uuids\x18\x02 \x03(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06holder\x18\x04 \x01(\x04\"8\n\x12\x43reateStackRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cworker_uuids\x18\x02 \x03(\t\":\n\x13\x43reateStackResponse\x12#\n\x05stack\x18\x01 \x01(\x0b\x32\x14.boruta.v1.StackInfo\"\x13\n\x11ListStacksRequest\"\x18\n\x16ListAllocationsRequest\"\\\n\x0e\x41llocatedBoard\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\x13\n\x0bworker_uuid\x18\x02 \x01(\t\x12\x15\n\rdryad_address\x18\x03 \x01(\t\x12\r\n\x05stack\x18\x04 \x01(\t\"\xce\x01\n\nAllocation\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\r\n\x05owner\x18\x02 \x01(\t\x12)\n\x06\x62oards\x18\x03 \x03(\x0b\x32\x19.boruta.v1.AllocatedBoard\x12\x12\n\ncollateral\x18\x04 \x03(\t\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ntimeout_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x17ListAllocationsResponse\x12*\n\x0b\x61llocations\x18\x01 \x03(\x0b\x32\x15.boruta.v1.Allocation\":\n\x12ListStacksResponse\x12$\n\x06stacks\x18\x01 \x03(\x0b\x32\x14.boruta.v1.StackInfo\"\"\n\x12\x44\x65leteStackRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteStackResponse\"W\n\x13WatchWorkersRequest\x12\'\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x17.boruta.v1.WorkerFilter\x12\x17\n\x0finclude_current\x18\x02 \x01(\x08\"N\n\x14WatchWorkersResponse\x12%\n\x06worker\x18\x01 \x01(\x0b\x32\x15.boruta.v1.WorkerInfo\x12\x0f\n\x07removed\x18\x02 \x01(\x08\"\x0f\n\rWhoAmIRequest\"O\n\x0eWhoAmIResponse\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0e\n\x06groups\x18\x02 \x03(\t\x12\r\n\x05\x61\x64min\x18\x03 \x01(\x08\x12\x10\n\x08token_id\x18\x04 \x01(\x04*\xb3\x01\n\x0fWorkerSortField\x12!\n\x1dWORKER_SORT_FIELD_UNSPECIFIED\x10\x00\x12\x1a\n\x16WORKER_SORT_FIELD_UUID\x10\x01\x12\x1b\n\x17WORKER_SORT_FIELD_STATE\x10\x02\x12#\n\x1fWORKER_SORT_FIELD_REGISTERED_AT\x10\x03\x12\x1f\n\x1bWORKER_SORT_FIELD_LAST_SEEN\x10\x04\x32\xb6\x07\n\x07Workers\x12L\n\x0bListWorkers\x12\x1d.boruta.v1.ListWorkersRequest\x1a\x1e.boruta.v1.ListWorkersResponse\x12R\n\rGetWorkerInfo\x12\x1f.boruta.v1.GetWorkerInfoRequest\x1a .boruta.v1.GetWorkerInfoResponse\x12^\n\x11ListWorkerHistory\x12#.boruta.v1.ListWorkerHistoryRequest\x1a$.boruta.v1.ListWorkerHistoryResponse\x12\x43\n\x08SetState\x12\x1a.boruta.v1.SetStateRequest\x1a\x1b.boruta.v1.SetStateResponse\x12\x46\n\tSetGroups\x12\x1b.boruta.v1.SetGroupsRequest\x1a\x1c.boruta.v1.SetGroupsResponse\x12I\n\nDeregister\x12\x1c.boruta.v1.DeregisterRequest\x1a\x1d.boruta.v1.DeregisterResponse\x12Q\n\x0cWatchWorkers\x12\x1e.boruta.v1.WatchWorkersRequest\x1a\x1f.boruta.v1.WatchWorkersResponse0\x01\x12=\n\x06WhoAmI\x12\x18.boruta.v1.WhoAmIRequest\x1a\x19.boruta.v1.WhoAmIResponse\x12L\n\x0b\x43reateStack\x12\x1d.boruta.v1.CreateStackRequest\x1a\x1e.boruta.v1.CreateStackResponse\x12I\n\nListStacks\x12\x1c.boruta.v1.ListStacksRequest\x1a\x1d.boruta.v1.ListStacksResponse\x12L\n\x0b\x44\x65leteStack\x12\x1d.boruta.v1.DeleteStackRequest\x1a\x1e.boruta.v1.DeleteStackResponse\x12X\n\x0fListAllocations\x12!.boruta.v1.ListAllocationsRequest\x1a\".boruta.v1.ListAllocationsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x62oruta/v1/workers.proto\x12\tboruta.v1\x1a\x15\x62oruta/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x01\n\x0cWorkerFilter\x12\r\n\x05uuids\x18\x01 \x03(\t\x12&\n\x06states\x18\x02 \x03(\x0e\x32\x16.boruta.v1.WorkerState\x12\x0e\n\x06groups\x18\x03 \x03(\t\x12/\n\x04\x63\x61ps\x18\x04 \x03(\x0b\x32!.boruta.v1.WorkerFilter.CapsEntry\x1a+\n\tCapsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa5\x01\n\x12ListWorkersRequest\x12\'\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x17.boruta.v1.WorkerFilter\x12+\n\x07sort_by\x18\x02 \x01(\x0e\x32\x1a.boruta.v1.WorkerSortField\x12\x12\n\ndescending\x18\x03 \x01(\x08\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"V\n\x13ListWorkersResponse\x12&\n\x07workers\x18\x01 \x03(\x0b\x32\x15.boruta.v1.WorkerInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x14GetWorkerInfoRequest\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\">\n\x15GetWorkerInfoResponse\x12%\n\x06worker\x18\x01 \x01(\x0b\x32\x15.boruta.v1.WorkerInfo\"V\n\x18ListWorkerHistoryRequest\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"d\n\x19ListWorkerHistoryResponse\x12.\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1d.boruta.v1.WorkerHistoryEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"p\n\x0fSetStateRequest\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.boruta.v1.WorkerState\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tafter_job\x18\x04 \x01(\x08\"9\n\x10SetStateResponse\x12%\n\x06worker\x18\x01 \x01(\x0b\x32\x15.boruta.v1.WorkerInfo\"7\n\x10SetGroupsRequest\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\x12\x0e\n\x06groups\x18\x02 \x03(\t\":\n\x11SetGroupsResponse\x12%\n\x06worker\x18\x01 \x01(\x0b\x32\x15.boruta.v1.WorkerInfo\"(\n\x11\x44\x65registerRequest\x12\x13\n\x0bworker_uuid\x18\x01 \x01(\t\"\x14\n\x12\x44\x65registerResponse\"o\n\tStackInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cworker_uuids\x18\x02 \x03(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06holder\x18\x04 \x01(\x04\"8\n\x12\x43reateStackRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cworker_uuids\x18\x02 \x03(\t\":\n\x13\x43reateStackResponse\x12#\n\x05stack\x18\x01 \x01(\x0b\x32\x14.boruta.v1.StackInfo\"\x13\n\x11ListStacksRequest\"\x18\n\x16ListAllocationsRequest\"\\\n\x0e\x41llocatedBoard\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\x13\n\x0bworker_uuid\x18\x02 \x01(\t\x12\x15\n\rdryad_address\x18\x03 \x01(\t\x12\r\n\x05stack\x18\x04 \x01(\t\"\xce\x01\n\nAllocation\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\r\n\x05owner\x18\x02 \x01(\t\x12)\n\x06\x62oards\x18\x03 \x03(\x0b\x32\x19.boruta.v1.AllocatedBoard\x12\x12\n\ncollateral\x18\x04 \x03(\t\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ntimeout_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x17ListAllocationsResponse\x12*\n\x0b\x61llocations\x18\x01 \x03(\x0b\x32\x15.boruta.v1.Allocation\":\n\x12ListStacksResponse\x12$\n\x06stacks\x18\x01 \x03(\x0b\x32\x14.boruta.v1.StackInfo\"\"\n\x12\x44\x65leteStackRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteStackResponse\"W\n\x13WatchWorkersRequest\x12\'\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x17.boruta.v1.WorkerFilter\x12\x17\n\x0finclude_current\x18\x02 \x01(\x08\"N\n\x14WatchWorkersResponse\x12%\n\x06worker\x18\x01 \x01(\x0b\x32\x15.boruta.v1.WorkerInfo\x12\x0f\n\x07removed\x18\x02 \x01(\x08\"\x0f\n\rWhoAmIRequest\"O\n\x0eWhoAmIResponse\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0e\n\x06groups\x18\x02 \x03(\t\x12\r\n\x05\x61\x64min\x18\x03 \x01(\x08\x12\x10\n\x08token_id\x18\x04 \x01(\x04*\xb3\x01\n\x0fWorkerSortField\x12!\n\x1dWORKER_SORT_FIELD_UNSPECIFIED\x10\x00\x12\x1a\n\x16WORKER_SORT_FIELD_UUID\x10\x01\x12\x1b\n\x17WORKER_SORT_FIELD_STATE\x10\x02\x12#\n\x1fWORKER_SORT_FIELD_REGISTERED_AT\x10\x03\x12\x1f\n\x1bWORKER_SORT_FIELD_LAST_SEEN\x10\x04\x32\xb6\x07\n\x07Workers\x12L\n\x0bListWorkers\x12\x1d.boruta.v1.ListWorkersRequest\x1a\x1e.boruta.v1.ListWorkersResponse\x12R\n\rGetWorkerInfo\x12\x1f.boruta.v1.GetWorkerInfoRequest\x1a .boruta.v1.GetWorkerInfoResponse\x12^\n\x11ListWorkerHistory\x12#.boruta.v1.ListWorkerHistoryRequest\x1a$.boruta.v1.ListWorkerHistoryResponse\x12\x43\n\x08SetState\x12\x1a.boruta.v1.SetStateRequest\x1a\x1b.boruta.v1.SetStateResponse\x12\x46\n\tSetGroups\x12\x1b.boruta.v1.SetGroupsRequest\x1a\x1c.boruta.v1.SetGroupsResponse\x12I\n\nDeregister\x12\x1c.boruta.v1.DeregisterRequest\x1a\x1d.boruta.v1.DeregisterResponse\x12Q\n\x0cWatchWorkers\x12\x1e.boruta.v1.WatchWorkersRequest\x1a\x1f.boruta.v1.WatchWorkersResponse0\x01\x12=\n\x06WhoAmI\x12\x18.boruta.v1.WhoAmIRequest\x1a\x19.boruta.v1.WhoAmIResponse\x12L\n\x0b\x43reateStack\x12\x1d.boruta.v1.CreateStackRequest\x1a\x1e.boruta.v1.CreateStackResponse\x12I\n\nListStacks\x12\x1c.boruta.v1.ListStacksRequest\x1a\x1d.boruta.v1.ListStacksResponse\x12L\n\x0b\x44\x65leteStack\x12\x1d.boruta.v1.DeleteStackRequest\x1a\x1e.boruta.v1.DeleteStackResponse\x12X\n\x0fListAllocations\x12!.boruta.v1.ListAllocationsRequest\x1a\".boruta.v1.ListAllocationsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WORKERFILTER_CAPSENTRY']._loaded_options = None
   _globals['_WORKERFILTER_CAPSENTRY']._serialized_options = b'8\001'
-  _globals['_WORKERSORTFIELD']._serialized_start=2205
-  _globals['_WORKERSORTFIELD']._serialized_end=2384
+  _globals['_WORKERSORTFIELD']._serialized_start=2224
+  _globals['_WORKERSORTFIELD']._serialized_end=2403
   _globals['_WORKERFILTER']._serialized_start=95
   _globals['_WORKERFILTER']._serialized_end=274
   _globals['_WORKERFILTER_CAPSENTRY']._serialized_start=231
@@ -54,47 +54,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTWORKERHISTORYRESPONSE']._serialized_start=729
   _globals['_LISTWORKERHISTORYRESPONSE']._serialized_end=829
   _globals['_SETSTATEREQUEST']._serialized_start=831
-  _globals['_SETSTATEREQUEST']._serialized_end=924
-  _globals['_SETSTATERESPONSE']._serialized_start=926
-  _globals['_SETSTATERESPONSE']._serialized_end=983
-  _globals['_SETGROUPSREQUEST']._serialized_start=985
-  _globals['_SETGROUPSREQUEST']._serialized_end=1040
-  _globals['_SETGROUPSRESPONSE']._serialized_start=1042
-  _globals['_SETGROUPSRESPONSE']._serialized_end=1100
-  _globals['_DEREGISTERREQUEST']._serialized_start=1102
-  _globals['_DEREGISTERREQUEST']._serialized_end=1142
-  _globals['_DEREGISTERRESPONSE']._serialized_start=1144
-  _globals['_DEREGISTERRESPONSE']._serialized_end=1164
-  _globals['_STACKINFO']._serialized_start=1166
-  _globals['_STACKINFO']._serialized_end=1277
-  _globals['_CREATESTACKREQUEST']._serialized_start=1279
-  _globals['_CREATESTACKREQUEST']._serialized_end=1335
-  _globals['_CREATESTACKRESPONSE']._serialized_start=1337
-  _globals['_CREATESTACKRESPONSE']._serialized_end=1395
-  _globals['_LISTSTACKSREQUEST']._serialized_start=1397
-  _globals['_LISTSTACKSREQUEST']._serialized_end=1416
-  _globals['_LISTALLOCATIONSREQUEST']._serialized_start=1418
-  _globals['_LISTALLOCATIONSREQUEST']._serialized_end=1442
-  _globals['_ALLOCATEDBOARD']._serialized_start=1444
-  _globals['_ALLOCATEDBOARD']._serialized_end=1536
-  _globals['_ALLOCATION']._serialized_start=1539
-  _globals['_ALLOCATION']._serialized_end=1745
-  _globals['_LISTALLOCATIONSRESPONSE']._serialized_start=1747
-  _globals['_LISTALLOCATIONSRESPONSE']._serialized_end=1816
-  _globals['_LISTSTACKSRESPONSE']._serialized_start=1818
-  _globals['_LISTSTACKSRESPONSE']._serialized_end=1876
-  _globals['_DELETESTACKREQUEST']._serialized_start=1878
-  _globals['_DELETESTACKREQUEST']._serialized_end=1912
-  _globals['_DELETESTACKRESPONSE']._serialized_start=1914
-  _globals['_DELETESTACKRESPONSE']._serialized_end=1935
-  _globals['_WATCHWORKERSREQUEST']._serialized_start=1937
-  _globals['_WATCHWORKERSREQUEST']._serialized_end=2024
-  _globals['_WATCHWORKERSRESPONSE']._serialized_start=2026
-  _globals['_WATCHWORKERSRESPONSE']._serialized_end=2104
-  _globals['_WHOAMIREQUEST']._serialized_start=2106
-  _globals['_WHOAMIREQUEST']._serialized_end=2121
-  _globals['_WHOAMIRESPONSE']._serialized_start=2123
-  _globals['_WHOAMIRESPONSE']._serialized_end=2202
-  _globals['_WORKERS']._serialized_start=2387
-  _globals['_WORKERS']._serialized_end=3337
+  _globals['_SETSTATEREQUEST']._serialized_end=943
+  _globals['_SETSTATERESPONSE']._serialized_start=945
+  _globals['_SETSTATERESPONSE']._serialized_end=1002
+  _globals['_SETGROUPSREQUEST']._serialized_start=1004
+  _globals['_SETGROUPSREQUEST']._serialized_end=1059
+  _globals['_SETGROUPSRESPONSE']._serialized_start=1061
+  _globals['_SETGROUPSRESPONSE']._serialized_end=1119
+  _globals['_DEREGISTERREQUEST']._serialized_start=1121
+  _globals['_DEREGISTERREQUEST']._serialized_end=1161
+  _globals['_DEREGISTERRESPONSE']._serialized_start=1163
+  _globals['_DEREGISTERRESPONSE']._serialized_end=1183
+  _globals['_STACKINFO']._serialized_start=1185
+  _globals['_STACKINFO']._serialized_end=1296
+  _globals['_CREATESTACKREQUEST']._serialized_start=1298
+  _globals['_CREATESTACKREQUEST']._serialized_end=1354
+  _globals['_CREATESTACKRESPONSE']._serialized_start=1356
+  _globals['_CREATESTACKRESPONSE']._serialized_end=1414
+  _globals['_LISTSTACKSREQUEST']._serialized_start=1416
+  _globals['_LISTSTACKSREQUEST']._serialized_end=1435
+  _globals['_LISTALLOCATIONSREQUEST']._serialized_start=1437
+  _globals['_LISTALLOCATIONSREQUEST']._serialized_end=1461
+  _globals['_ALLOCATEDBOARD']._serialized_start=1463
+  _globals['_ALLOCATEDBOARD']._serialized_end=1555
+  _globals['_ALLOCATION']._serialized_start=1558
+  _globals['_ALLOCATION']._serialized_end=1764
+  _globals['_LISTALLOCATIONSRESPONSE']._serialized_start=1766
+  _globals['_LISTALLOCATIONSRESPONSE']._serialized_end=1835
+  _globals['_LISTSTACKSRESPONSE']._serialized_start=1837
+  _globals['_LISTSTACKSRESPONSE']._serialized_end=1895
+  _globals['_DELETESTACKREQUEST']._serialized_start=1897
+  _globals['_DELETESTACKREQUEST']._serialized_end=1931
+  _globals['_DELETESTACKRESPONSE']._serialized_start=1933
+  _globals['_DELETESTACKRESPONSE']._serialized_end=1954
+  _globals['_WATCHWORKERSREQUEST']._serialized_start=1956
+  _globals['_WATCHWORKERSREQUEST']._serialized_end=2043
+  _globals['_WATCHWORKERSRESPONSE']._serialized_start=2045
+  _globals['_WATCHWORKERSRESPONSE']._serialized_end=2123
+  _globals['_WHOAMIREQUEST']._serialized_start=2125
+  _globals['_WHOAMIREQUEST']._serialized_end=2140
+  _globals['_WHOAMIRESPONSE']._serialized_start=2142
+  _globals['_WHOAMIRESPONSE']._serialized_end=2221
+  _globals['_WORKERS']._serialized_start=2406
+  _globals['_WORKERS']._serialized_end=3356
 # @@protoc_insertion_point(module_scope)

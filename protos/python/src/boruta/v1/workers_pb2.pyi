@@ -300,22 +300,33 @@ class SetStateRequest(_message.Message):
     WORKER_UUID_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    AFTER_JOB_FIELD_NUMBER: _builtins.int
     worker_uuid: _builtins.str
     """Worker to change."""
     state: _types_pb2.WorkerState.ValueType
     """WORKER_STATE_IDLE or WORKER_STATE_MAINTENANCE; other states are refused."""
     reason: _builtins.str
     """Why, for the worker's history; for MAINTENANCE it is also shown on the board."""
+    after_job: _builtins.bool
+    """With WORKER_STATE_MAINTENANCE: a RUNNING worker takes no new job, its job runs on to its
+    end (closed, timed out or failed), and then it goes into MAINTENANCE (through BUSY)
+    with this reason; meanwhile it stays RUNNING and WorkerInfo.drain_reason says so
+    (asking again replaces the reason; without after_job, its job fails at once as usual).
+    A worker without a job goes at once, as without after_job. Setting a draining worker
+    WORKER_STATE_IDLE calls the drain off and its job goes on (IDLE on a RUNNING worker
+    that is not draining is FAILED_PRECONDITION). Ignored with WORKER_STATE_IDLE.
+    """
     def __init__(
         self,
         *,
         worker_uuid: _builtins.str = ...,
         state: _types_pb2.WorkerState.ValueType = ...,
         reason: _builtins.str = ...,
+        after_job: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "state", b"state", "worker_uuid", b"worker_uuid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_job", b"after_job", "reason", b"reason", "state", b"state", "worker_uuid", b"worker_uuid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -124,7 +124,8 @@ class WorkersServicer:
 
     def SetState(self, request, context):
         """SetState puts a worker into service (IDLE, through PREPARE) or takes it out
-        (MAINTENANCE, through BUSY). Taking out a RUNNING worker fails its request. Admins only.
+        (MAINTENANCE, through BUSY). Taking out a RUNNING worker fails its request, unless
+        after_job asks it to go when its job ends. Admins only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -41,7 +41,8 @@ class WorkersStub:
     """ListWorkerHistory returns a worker's state changes, newest first, paged."""
     SetState: _grpc.UnaryUnaryMultiCallable[_workers_pb2.SetStateRequest, _workers_pb2.SetStateResponse]
     """SetState puts a worker into service (IDLE, through PREPARE) or takes it out
-    (MAINTENANCE, through BUSY). Taking out a RUNNING worker fails its request. Admins only.
+    (MAINTENANCE, through BUSY). Taking out a RUNNING worker fails its request, unless
+    after_job asks it to go when its job ends. Admins only.
     """
     SetGroups: _grpc.UnaryUnaryMultiCallable[_workers_pb2.SetGroupsRequest, _workers_pb2.SetGroupsResponse]
     """SetGroups replaces the groups of a worker. Admins only."""
@@ -85,7 +86,8 @@ class WorkersAsyncStub(WorkersStub):
     """ListWorkerHistory returns a worker's state changes, newest first, paged."""
     SetState: _aio.UnaryUnaryMultiCallable[_workers_pb2.SetStateRequest, _workers_pb2.SetStateResponse]  # type: ignore[assignment]
     """SetState puts a worker into service (IDLE, through PREPARE) or takes it out
-    (MAINTENANCE, through BUSY). Taking out a RUNNING worker fails its request. Admins only.
+    (MAINTENANCE, through BUSY). Taking out a RUNNING worker fails its request, unless
+    after_job asks it to go when its job ends. Admins only.
     """
     SetGroups: _aio.UnaryUnaryMultiCallable[_workers_pb2.SetGroupsRequest, _workers_pb2.SetGroupsResponse]  # type: ignore[assignment]
     """SetGroups replaces the groups of a worker. Admins only."""
@@ -150,7 +152,8 @@ class WorkersServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_workers_pb2.SetStateResponse, _abc.Awaitable[_workers_pb2.SetStateResponse]]:
         """SetState puts a worker into service (IDLE, through PREPARE) or takes it out
-        (MAINTENANCE, through BUSY). Taking out a RUNNING worker fails its request. Admins only.
+        (MAINTENANCE, through BUSY). Taking out a RUNNING worker fails its request, unless
+        after_job asks it to go when its job ends. Admins only.
         """
 
     @_abc_1.abstractmethod

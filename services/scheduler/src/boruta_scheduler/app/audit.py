@@ -166,8 +166,11 @@ def access_handed_out(view: RequestView) -> tuple[str, str]:
     return f"request {view.id}", f"access to {shown}"
 
 
-def worker_state_set(uuid: str, state: WorkerState, reason: str) -> Describe[object]:
-    detail = f"{state.name}: {reason}".rstrip(": ")
+def worker_state_set(
+    uuid: str, state: WorkerState, reason: str, after_job: bool = False
+) -> Describe[object]:
+    when = " after its job" if after_job and state is WorkerState.MAINTENANCE else ""
+    detail = f"{state.name}{when}: {reason}".rstrip(": ")
     return lambda _: (f"worker {uuid}", detail)
 
 

@@ -462,14 +462,16 @@ class SchedulerService:
         return await self._read(self.store.worker_history, uuid, limit, before)
 
     async def set_state(
-        self, who: Identity, uuid: str, state: WorkerState, reason: str
+        self, who: Identity, uuid: str, state: WorkerState, reason: str, after_job: bool = False
     ) -> WorkerView:
+        """An admin's SetState; with after_job, a RUNNING worker goes into maintenance when
+        its job ends."""
         return await self.engine.execute(
             self.audit.recorded(
                 who,
                 "SetState",
-                events.worker_state_set(uuid, state, reason),
-                lambda core, now: core.set_state(now, uuid, state, reason),
+                events.worker_state_set(uuid, state, reason, after_job),
+                lambda core, now: core.set_state(now, uuid, state, reason, after_job=after_job),
             )
         )
 

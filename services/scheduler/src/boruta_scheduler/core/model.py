@@ -222,6 +222,7 @@ class Worker:
         "caps_sig",
         "checking",
         "collateral_of",
+        "drain_reason",
         "dryad_address",
         "dryad_version",
         "failures",
@@ -272,6 +273,9 @@ class Worker:
         self.dryad_version = ""
         self.reason = ""
         self.request_id = 0
+        # While RUNNING: the reason it goes into MAINTENANCE with when its job ends ("" for
+        # none: it is prepared again).
+        self.drain_reason = ""
         # The waiting request of several profiles this worker is kept for, if any: while
         # IDLE, or while it runs a backfilled job (and prepares after it).
         self.reserved_for: Request | None = None
@@ -318,4 +322,5 @@ class Worker:
             stack=self.stack,
             collateral_of=self.collateral_of,
             health=self.health,
+            drain_reason=self.drain_reason,
         )

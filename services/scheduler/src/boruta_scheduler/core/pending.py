@@ -54,6 +54,15 @@ class _Survey:
     shown: tuple[PendingBoard, ...] | None = None
 
 
+def _stays_in_service(worker: Worker) -> bool:
+    """In service and not draining (a draining board goes into maintenance after its job)."""
+    return worker.state in IN_SERVICE and not worker.drain_reason
+
+
+def _state_shown(worker: Worker) -> str:
+    return f"{worker.state.name} (draining)" if worker.drain_reason else worker.state.name
+
+
 def _plural(count: int, one: str, many: str | None = None) -> str:
     return f"{count} {one if count == 1 else (many or one + 's')}"
 
@@ -124,9 +133,9 @@ class Explainer:
             return survey
         if colocated:
             assert isinstance(bucket, MultiBucket) and self._colocated_set is not None
-            survey.in_service = self._colocated_set(bucket, lambda w: w.state in IN_SERVICE)
+            survey.in_service = self._colocated_set(bucket, _stays_in_service)
             return survey
-        serving = [[w for w in found if w.state in IN_SERVICE][:count] for found in candidates]
+        serving = [[w for w in found if _stays_in_service(w)][:count] for found in candidates]
         survey.in_service = match(serving) is not None
         return survey
 
@@ -216,12 +225,12 @@ class Explainer:
                 PendingCode.NOT_VALID_YET, "not valid yet: it is matched from its valid_after on"
             )
         if not survey.in_service:
-            states = Counter(w.state.name for w in survey.boards)
+            states = Counter(map(_state_shown, survey.boards))
             parts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
             what = "set of boards" if len(survey.needs) > 1 else "board"
             return answer(
                 PendingCode.BOARDS_UNAVAILABLE,
-                f"no {what} it could use is in service (IDLE or RUNNING): of "
+                f"no {what} it could use is in service (IDLE or RUNNING, not draining): of "
                 f"{_plural(total, 'board')} it could use, {parts}",
             )
         if ahead:
@@ -247,6 +256,8 @@ class Explainer:
             if times is None:
                 if worker.state in OUT_OF_SERVICE:
                     held["out of service"] += 1
+                elif worker.drain_reason:
+                    held["going into maintenance after its job"] += 1
                 continue
             expected, latest = min(expected, times[0]), min(latest, times[1])
             held_by, collateral = self._holder(worker)
@@ -285,8 +296,9 @@ class Explainer:
 
     def _frees(self, worker: Worker) -> tuple[float, float] | None:
         """When the board is expected to be free, unless jobs are prolonged and at the latest
-        (preparing ones: now, preparing not counted); None for a board out of service."""
-        if worker.state in OUT_OF_SERVICE:
+        (preparing ones: now, preparing not counted); None for a board out of service or
+        going out of it after its job (draining)."""
+        if worker.state in OUT_OF_SERVICE or worker.drain_reason:
             return None
         held_by, _ = self._holder(worker)
         if not held_by:
@@ -307,7 +319,7 @@ class Explainer:
 
     def _board(self, worker: Worker) -> PendingBoard:
         held_by, collateral = self._holder(worker)
-        times = self._job_times(worker) if held_by else None
+        times = self._job_times(worker) if held_by and not worker.drain_reason else None
         reserved = worker.reserved_for
         return PendingBoard(
             uuid=worker.uuid,

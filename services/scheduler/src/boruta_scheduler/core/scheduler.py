@@ -282,6 +282,7 @@ class Core:
         worker.failures = view.failures
         worker.prepared = view.prepared
         worker.health = view.health
+        worker.drain_reason = view.drain_reason if view.state is WorkerState.RUNNING else ""
         worker.stack = self._stack_of.get(worker.uuid, "")
         self._workers[worker.uuid] = worker
         self._registered.add(worker)
@@ -348,7 +349,9 @@ class Core:
         """Re-issue the dryad call a worker was waiting for, and check stored consistency."""
         if worker.state is WorkerState.RUNNING and worker.request_id not in self._requests:
             worker.request_id = 0
-            self._transition(worker, WorkerState.PREPARE, now, "its job was lost")
+            self._after_job(worker, now, "its job was lost")
+            self._arm_heartbeat(worker)
+            return
         if worker.state is WorkerState.IDLE and worker.prepared is None:
             self._transition(worker, WorkerState.PREPARE, now, "no prepared access")
         if worker.state is WorkerState.PREPARE:
@@ -1067,13 +1070,27 @@ class Core:
         self._fail_worker(worker, now, reason, FailureKind.REPORTED)
         return True
 
-    def set_state(self, now: float, uuid: str, state: WorkerState, reason: str = "") -> WorkerView:
-        """Admin puts a worker into service (IDLE) or takes it out (MAINTENANCE)."""
+    def set_state(
+        self,
+        now: float,
+        uuid: str,
+        state: WorkerState,
+        reason: str = "",
+        *,
+        after_job: bool = False,
+    ) -> WorkerView:
+        """Admin puts a worker into service (IDLE) or takes it out (MAINTENANCE): with
+        after_job, a RUNNING worker takes no new job and goes once its job ends (a drain,
+        which IDLE cancels)."""
         self.policy.check_reason(reason)
         worker = self._known_worker(uuid)
         current = worker.state
         if state is WorkerState.IDLE:
             if current in (WorkerState.IDLE, WorkerState.PREPARE):
+                return worker.view()
+            if current is WorkerState.RUNNING and worker.drain_reason:
+                worker.drain_reason = ""  # the drain is called off; the job goes on
+                self._out.worker(worker)
                 return worker.view()
             if current is WorkerState.RUNNING:
                 raise WrongWorkerState(
@@ -1091,6 +1108,12 @@ class Core:
             if current in (WorkerState.MAINTENANCE, WorkerState.BUSY):
                 return worker.view()
             reason = reason or "put into maintenance by an admin"
+            if current is WorkerState.RUNNING and after_job:
+                worker.drain_reason = reason
+                # Kept for no waiting request: it will not come back into service.
+                self._unreserve(worker)
+                self._out.worker(worker)
+                return worker.view()
             if current is WorkerState.RUNNING:
                 request = self._requests[worker.request_id]
                 self._end_job(
@@ -1516,7 +1539,7 @@ class Core:
         with latest, at the latest (None: not to be counted on: out of service, or kept for a
         more important request)."""
         holder = worker.reserved_for
-        if holder is not None and order_of(holder) < order_of(request):
+        if (holder is not None and order_of(holder) < order_of(request)) or worker.drain_reason:
             return None
         state = worker.state
         if state not in (WorkerState.IDLE, WorkerState.PREPARE, WorkerState.RUNNING):
@@ -1892,9 +1915,20 @@ class Core:
             if worker is failed:
                 self._out.worker(worker)
             else:
-                self._transition(worker, WorkerState.PREPARE, now, why)
-                self._issue_prepare(worker)
+                self._after_job(worker, now, why)
         self._match_freed(self._release_collateral(request, workers), now)
+
+    def _after_job(self, worker: Worker, now: float, why: str) -> None:
+        """A worker whose job ended is prepared again, or, if draining, goes into
+        MAINTENANCE (BUSY first) with the reason the admin gave."""
+        drain_reason = worker.drain_reason
+        if not drain_reason:
+            self._transition(worker, WorkerState.PREPARE, now, why)
+            self._issue_prepare(worker)
+            return
+        worker.prepared = None
+        self._transition(worker, WorkerState.BUSY, now, drain_reason)
+        self._issue(worker, DryadCallKind.PUT_IN_MAINTENANCE, drain_reason)
 
     def _fail_worker(
         self, worker: Worker, now: float, reason: str, kind: FailureKind = FailureKind.OTHER
@@ -1946,8 +1980,7 @@ class Core:
                 worker,
             )
             worker.prepared = None
-            self._transition(worker, WorkerState.PREPARE, now, "dryad restarted")
-            self._issue_prepare(worker)
+            self._after_job(worker, now, "dryad restarted")
         elif state in (WorkerState.IDLE, WorkerState.PREPARE):
             worker.prepared = None
             if state is WorkerState.IDLE:
@@ -1979,6 +2012,8 @@ class Core:
             worker.health = health.settled(worker.health, now)
         worker.state = state
         worker.reason = reason
+        if state is not WorkerState.RUNNING:
+            worker.drain_reason = ""  # its job is over: whatever it drained for happened
         if state not in (WorkerState.IDLE, WorkerState.RUNNING):
             # A periodic check of an idle board says nothing about it in its new state.
             worker.health_op = 0

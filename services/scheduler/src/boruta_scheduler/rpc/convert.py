@@ -471,6 +471,7 @@ def worker_info(w: WorkerView, now: float | None = None) -> types_pb2.WorkerInfo
             record, time.time() if now is None else now, w.registered_at
         ),
         quarantined=record.quarantined,
+        drain_reason=w.drain_reason,
     )
     if w.host_status is not None:
         info.host_status.CopyFrom(host_status_info(w.host_status))

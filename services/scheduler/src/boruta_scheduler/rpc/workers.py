@@ -107,7 +107,7 @@ class WorkersServicer(workers_pb2_grpc.WorkersServicer):
                 f"state must be WORKER_STATE_IDLE or WORKER_STATE_MAINTENANCE, got {request.state}"
             ) from None
         view = await self._service.set_state(
-            current_identity(), request.worker_uuid, state, request.reason
+            current_identity(), request.worker_uuid, state, request.reason, request.after_job
         )
         return workers_pb2.SetStateResponse(worker=convert.worker_info(view))
 

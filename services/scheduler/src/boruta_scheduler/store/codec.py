@@ -253,6 +253,7 @@ def worker_row(w: WorkerView) -> dict[str, Any]:
         "prepared_key": prepared.private_key_pem if prepared else None,
         "prepared_host_keys": _json_keys(prepared),
         "health": _json_health(w.health),
+        "drain_reason": w.drain_reason,
     }
 
 
@@ -275,6 +276,7 @@ def worker_view(row: Row) -> WorkerView:
         failures=row["failures"],
         prepared=prepared,
         health=_health(row["health"]),
+        drain_reason=row["drain_reason"],
     )
 
 

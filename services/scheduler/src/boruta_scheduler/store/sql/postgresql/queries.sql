@@ -65,12 +65,12 @@ INSERT INTO requests (
 INSERT INTO workers (
     uuid, state, groups_json, caps, dryad_address, ssh_address, instance_id, dryad_version,
     reason, request_id, registered_at, last_seen, jobs_done, failures, prepared_username,
-    prepared_key, prepared_host_keys, health
+    prepared_key, prepared_host_keys, health, drain_reason
 ) VALUES (
     %(uuid)s, %(state)s, %(groups_json)s, %(caps)s, %(dryad_address)s, %(ssh_address)s,
     %(instance_id)s, %(dryad_version)s, %(reason)s, %(request_id)s, %(registered_at)s,
     %(last_seen)s, %(jobs_done)s, %(failures)s, %(prepared_username)s, %(prepared_key)s,
-    %(prepared_host_keys)s, %(health)s
+    %(prepared_host_keys)s, %(health)s, %(drain_reason)s
 ) ON CONFLICT (uuid) DO UPDATE SET
     state = EXCLUDED.state,
     groups_json = EXCLUDED.groups_json,
@@ -88,7 +88,8 @@ INSERT INTO workers (
     prepared_username = EXCLUDED.prepared_username,
     prepared_key = EXCLUDED.prepared_key,
     prepared_host_keys = EXCLUDED.prepared_host_keys,
-    health = EXCLUDED.health;
+    health = EXCLUDED.health,
+    drain_reason = EXCLUDED.drain_reason;
 
 -- name: touch_worker
 UPDATE workers SET last_seen = %(last_seen)s WHERE uuid = %(uuid)s;

@@ -48,11 +48,11 @@ INSERT INTO requests (
 INSERT INTO workers (
     uuid, state, groups_json, caps, dryad_address, ssh_address, instance_id, dryad_version,
     reason, request_id, registered_at, last_seen, jobs_done, failures, prepared_username,
-    prepared_key, prepared_host_keys, health
+    prepared_key, prepared_host_keys, health, drain_reason
 ) VALUES (
     :uuid, :state, :groups_json, :caps, :dryad_address, :ssh_address, :instance_id,
     :dryad_version, :reason, :request_id, :registered_at, :last_seen, :jobs_done, :failures,
-    :prepared_username, :prepared_key, :prepared_host_keys, :health
+    :prepared_username, :prepared_key, :prepared_host_keys, :health, :drain_reason
 ) ON CONFLICT (uuid) DO UPDATE SET
     state = excluded.state,
     groups_json = excluded.groups_json,
@@ -70,7 +70,8 @@ INSERT INTO workers (
     prepared_username = excluded.prepared_username,
     prepared_key = excluded.prepared_key,
     prepared_host_keys = excluded.prepared_host_keys,
-    health = excluded.health;
+    health = excluded.health,
+    drain_reason = excluded.drain_reason;
 
 -- name: touch_worker
 UPDATE workers SET last_seen = :last_seen WHERE uuid = :uuid;
