@@ -137,6 +137,21 @@ def test_quarantines_and_recoveries_per_board(scraped: Scraped) -> None:
     assert scraped.value("boruta_board_quarantines_total", worker="w2") == 1
 
 
+def test_a_draining_board_is_counted_until_its_job_ends(scraped: Scraped) -> None:
+    """boruta_board_draining is 1 while a board finishes its job before going into
+    MAINTENANCE (SetState with after_job), 0 before and after."""
+    kit = scraped.kit
+    request = kit.core.new_request(kit.now, "alice", frozenset({"qa"}), {"board": "rpi4"})
+    assert scraped.value("boruta_board_draining", worker="w2") == 0
+    kit.core.set_state(kit.now, "w2", WorkerState.MAINTENANCE, "new SD card", after_job=True)
+    assert scraped.value("boruta_board_draining", worker="w2") == 1
+    assert scraped.value("boruta_board_draining", worker="w1") == 0
+    kit.core.close_request(kit.now, request.id)
+    kit.answer_calls()
+    assert kit.core.worker("w2").state is WorkerState.MAINTENANCE
+    assert scraped.value("boruta_board_draining", worker="w2") == 0
+
+
 def test_a_deregistered_board_leaves_the_figures(scraped: Scraped) -> None:
     kit = scraped.kit
     kit.core.set_state(kit.now, "w1", WorkerState.MAINTENANCE)

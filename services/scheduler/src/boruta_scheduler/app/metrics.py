@@ -55,6 +55,7 @@ class _Board:
     recoveries: int = 0
     quarantined: bool = False
     recovering: bool = False
+    draining: bool = False  # finishing its job before going into MAINTENANCE
 
 
 @dataclass(slots=True)
@@ -89,7 +90,10 @@ class FarmMetrics(Collector):
         from now: this process saw nothing before)."""
         for view in core.workers():
             self._boards[view.uuid] = _Board(
-                view.state, view.groups, quarantined=view.health.quarantined
+                view.state,
+                view.groups,
+                quarantined=view.health.quarantined,
+                draining=bool(view.drain_reason),
             )
             if view.state is WorkerState.RUNNING:
                 self._boards[view.uuid].running_since = now
@@ -148,6 +152,7 @@ class FarmMetrics(Collector):
         board.state = view.state
         board.groups = view.groups
         board.quarantined = view.health.quarantined
+        board.draining = bool(view.drain_reason)
 
     def _request(self, view: RequestView) -> None:
         state = view.state
@@ -244,6 +249,12 @@ class FarmMetrics(Collector):
             "1 while a board is quarantined (until an admin puts it back into service)",
             labels=("worker",),
         )
+        draining = GaugeMetricFamily(
+            "boruta_board_draining",
+            "1 while a board finishes its job before going into MAINTENANCE (an admin's "
+            "SetState with after_job)",
+            labels=("worker",),
+        )
         group_busy = dict(self._tallies.group_busy)
         for uuid, board in sorted(self._boards.items()):
             counts[board.state] += 1
@@ -253,6 +264,7 @@ class FarmMetrics(Collector):
             quarantines.add_metric([uuid], board.quarantines)
             recoveries.add_metric([uuid], board.recoveries)
             quarantined.add_metric([uuid], 1 if board.quarantined else 0)
+            draining.add_metric([uuid], 1 if board.draining else 0)
             if running > 0:
                 for group in board.groups:
                     group_busy[group] = group_busy.get(group, 0.0) + running
@@ -264,6 +276,7 @@ class FarmMetrics(Collector):
         yield quarantines
         yield recoveries
         yield quarantined
+        yield draining
         groups = CounterMetricFamily(
             "boruta_group_busy_seconds",
             "Seconds the boards of each group spent RUNNING a job (a board in two groups "
