@@ -172,3 +172,30 @@ async def test_a_mistyped_name_stays_not_found_when_its_answer_was_lost(farm: Fa
             await lose_first_refusal(proxy, client.delete_stack("no-such-bench"))
         assert "typo-1" in {w.uuid for w in await client.list_workers()}
         await client.close()
+
+
+async def test_calling_off_a_drain_retried_after_its_answer_was_lost_succeeds(
+    farm: Farm,
+) -> None:
+    from boruta_client import WorkerState
+
+    await farm.add_dryad([board("drained-1")])
+    direct = AsyncClient(farm.address, user="root", admin=True)
+    user = AsyncClient(farm.address, user="alice")
+    request = await user.new_request({"UUID": "drained-1"})
+    await user.acquire_worker(request.id)
+    await direct.set_worker_state("drained-1", WorkerState.MAINTENANCE, "later", after_job=True)
+    async with dropping_proxy(farm.address) as proxy:
+        client = AsyncClient(proxy.address, user="root", admin=True)
+        await client.whoami()
+
+        async def called_off() -> bool:
+            return (await direct.get_worker("drained-1")).drain_reason == ""
+
+        off = client.set_worker_state("drained-1", WorkerState.IDLE)
+        worker = await lose_first_answer(proxy, off, called_off)
+        assert (worker.state, worker.drain_reason) == (WorkerState.RUNNING, "")
+        await client.close()
+    await user.close_request(request.id)
+    await user.close()
+    await direct.close()

@@ -70,3 +70,17 @@ def test_clip_bounds_text_and_says_how_long_it_was() -> None:
     assert clip("short", 10) == "short"
     clipped = clip("x" * 50_000, MAX_DETAIL)
     assert len(clipped) == MAX_DETAIL and clipped.endswith("... (50,000 characters)")
+
+
+def test_the_set_state_event_says_what_the_call_did() -> None:
+    from boruta_scheduler.app.audit import worker_state_set
+    from boruta_scheduler.types import WorkerState
+    from core_kit import CoreKit
+
+    kit = CoreKit()
+    kit.add_worker("w1")
+    # No job: after_job changes nothing, the board goes into maintenance at once.
+    view = kit.core.set_state(kit.now, "w1", WorkerState.MAINTENANCE, "reflash", after_job=True)
+    assert view.state is WorkerState.BUSY and view.drain_reason == ""
+    _, detail = worker_state_set("w1", WorkerState.MAINTENANCE, "reflash", True)(view)
+    assert detail == "MAINTENANCE: reflash"

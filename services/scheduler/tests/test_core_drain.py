@@ -3,7 +3,9 @@ after_job takes no new job, and goes into MAINTENANCE when its job ends. Pure co
 
 from __future__ import annotations
 
+import pytest
 from boruta_scheduler.core import Core, DryadCallKind, Policy, Snapshot
+from boruta_scheduler.errors import WrongWorkerState
 from boruta_scheduler.types import PendingCode, RequestState, WorkerState
 from core_kit import CoreKit, state_of
 
@@ -234,3 +236,66 @@ def test_a_request_whose_only_board_drains_says_no_board_is_in_service() -> None
     assert why is not None and why.code is PendingCode.BOARDS_UNAVAILABLE
     assert "1 RUNNING (draining)" in why.message
     assert kit.core.request(request_id).state is RequestState.IN_PROGRESS
+
+
+def test_calling_off_a_drain_twice_is_refused_by_the_core_as_documented() -> None:
+    """The core refuses IDLE on a RUNNING board that is not draining (FAILED_PRECONDITION,
+    docs/api.md): a retried call-off is recognised by the client, which reads the board
+    (tests/test_retry_once.py)."""
+    kit = CoreKit()
+    running(kit)
+    kit.core.set_state(kit.now, "w1", WorkerState.MAINTENANCE, "reflash", after_job=True)
+    view = kit.core.set_state(kit.now, "w1", WorkerState.IDLE)
+    assert (view.state, view.drain_reason) == (WorkerState.RUNNING, "")
+    with pytest.raises(WrongWorkerState, match="RUNNING the job of request"):
+        kit.core.set_state(kit.now, "w1", WorkerState.IDLE)  # the retry
+
+
+def test_a_draining_board_back_from_a_heartbeat_loss_stays_out_of_service() -> None:
+    policy = Policy(
+        job_timeout=100.0,
+        prolong_step=100.0,
+        min_job_timeout=10.0,
+        heartbeat_timeout=30.0,
+        healthcheck_interval=0.0,
+    )
+    kit = CoreKit(policy)
+    request_id = running(kit)
+    kit.core.set_state(kit.now, "w1", WorkerState.MAINTENANCE, "reflash", after_job=True)
+    kit.silent.add("w1")
+    kit.advance(31)  # a network blip: the job fails with the heartbeat
+    assert state_of(kit, request_id) is RequestState.FAILED
+    kit.silent.discard("w1")
+    kit.core.heartbeat(kit.now, "w1")
+    kit.answer_calls()
+    # The admin asked it out of service: it does not come back IDLE by itself.
+    assert kit.core.worker("w1").state is not WorkerState.IDLE
+    waiting = kit.core.new_request(kit.now, "u", NOBODY, {"UUID": "w1"})
+    assert waiting.state is RequestState.WAITING
+
+
+def test_a_set_losing_its_reserved_board_to_a_drain_keeps_an_idle_one() -> None:
+    kit = CoreKit(POLICY)
+    core = kit.core
+    for uuid in ("p0", "p1"):
+        kit.add_worker(uuid, {"board": "phone"})
+    kit.add_worker("r0", {"board": "relay"})
+    core.new_request(kit.now, "u", NOBODY, {"board": "relay"}, job_timeout=50)
+    pair = core.new_request(kit.now, "u", NOBODY, {}, profiles=PHONE_AND_RELAY, priority=5)
+    found = core.reservation(kit.now, pair.id)
+    assert found is not None
+    (kept,), _ = found
+    other = "p1" if kept == "p0" else "p0"
+    # A short job takes the free phone, a second one backfills the kept one; the first ends.
+    q1 = core.new_request(kit.now, "u", NOBODY, {"UUID": other}, job_timeout=30, priority=6)
+    q2 = core.new_request(kit.now, "u", NOBODY, {"UUID": kept}, job_timeout=30, priority=6)
+    assert q1.state is q2.state is RequestState.IN_PROGRESS
+    core.close_request(kit.now, q1.id)
+    kit.answer_calls()
+    assert core.reservation(kit.now, pair.id) == ((kept,), kit.now + 50)
+    core.set_state(kit.now, kept, WorkerState.MAINTENANCE, "reflash", after_job=True)
+    # The other phone is idle and free: the pair keeps it now...
+    assert core.reservation(kit.now, pair.id) == ((other,), kit.now + 50)
+    # ...so a less important job longer than the pair's wait does not take it.
+    long = core.new_request(kit.now, "u", NOBODY, {"board": "phone"}, job_timeout=100, priority=6)
+    assert long.state is RequestState.WAITING

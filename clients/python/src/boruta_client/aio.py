@@ -40,6 +40,7 @@ from boruta_client.errors import (
     Unavailable,
     WorkerNotFound,
     WrongRequestState,
+    WrongWorkerState,
 )
 from boruta_client.lease import (
     AsyncBoard,
@@ -795,7 +796,19 @@ class AsyncClient(ClientBase):
         """Put a worker into service (IDLE) or take it out (MAINTENANCE); with after_job, a
         RUNNING worker goes when its job ends (IDLE calls that off). Admins only."""
         message = convert.set_state(uuid, state, reason, after_job)
-        return convert.worker((await self._call(lambda s: s.workers.SetState, message)).worker)
+        if state is not WorkerState.IDLE:
+            return convert.worker((await self._call(lambda s: s.workers.SetState, message)).worker)
+        # An IDLE that called a drain off finds, on its own retry, the board RUNNING with
+        # no drain: the first attempt did it.
+        reply = await self._call_or_done(
+            lambda s: s.workers.SetState, message, WrongWorkerState, ("SetState", f"worker {uuid}")
+        )
+        if isinstance(reply, BorutaError):
+            worker = await self.get_worker(uuid)
+            if worker.state is not WorkerState.RUNNING or worker.drain_reason:
+                raise reply
+            return worker
+        return convert.worker(reply.worker)
 
     async def set_worker_groups(self, uuid: str, groups: Iterable[str]) -> Worker:
         """Replace the worker's groups; none opens it to everyone. Admins only."""

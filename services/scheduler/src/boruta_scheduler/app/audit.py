@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, TypeVar
 
 from boruta_scheduler.app.refusals import Suppressed, ThrottledRefusals
 from boruta_scheduler.store import Store
-from boruta_scheduler.types import AuditEvent, Identity, JobView, RequestView, WorkerState
+from boruta_scheduler.types import (
+    AuditEvent,
+    Identity,
+    JobView,
+    RequestView,
+    WorkerState,
+    WorkerView,
+)
 
 if TYPE_CHECKING:
     from boruta_scheduler.app.engine import Command, Engine
@@ -168,10 +175,19 @@ def access_handed_out(view: RequestView) -> tuple[str, str]:
 
 def worker_state_set(
     uuid: str, state: WorkerState, reason: str, after_job: bool = False
-) -> Describe[object]:
-    when = " after its job" if after_job and state is WorkerState.MAINTENANCE else ""
-    detail = f"{state.name}{when}: {reason}".rstrip(": ")
-    return lambda _: (f"worker {uuid}", detail)
+) -> Describe[WorkerView]:
+    """What SetState did, from the board it left: a drain set (the board still RUNNING with
+    a drain reason) or called off (IDLE on a board that stays RUNNING)."""
+
+    def describe(view: WorkerView) -> tuple[str, str]:
+        when = ""
+        if state is WorkerState.MAINTENANCE and view.drain_reason:
+            when = " after its job"
+        elif state is WorkerState.IDLE and view.state is WorkerState.RUNNING:
+            when = " (drain called off; its job goes on)"
+        return f"worker {uuid}", f"{state.name}{when}: {reason}".rstrip(": ")
+
+    return describe
 
 
 def worker_groups_set(uuid: str, groups: frozenset[str]) -> Describe[object]:

@@ -7,6 +7,7 @@ WAITING request could be served by an IDLE worker (so matching is event driven).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -1111,7 +1112,10 @@ class Core:
             if current is WorkerState.RUNNING and after_job:
                 worker.drain_reason = reason
                 # Kept for no waiting request: it will not come back into service.
+                holder = worker.reserved_for
                 self._unreserve(worker)
+                if holder is not None and holder.state is RequestState.WAITING and holder.ready:
+                    self._match_request(holder, now)  # another idle board may be kept for it
                 self._out.worker(worker)
                 return worker.view()
             if current is WorkerState.RUNNING:
@@ -1938,6 +1942,7 @@ class Core:
         if worker.state is WorkerState.FAILED:
             return
         in_service = worker.state in IN_SERVICE
+        draining = bool(worker.drain_reason)
         if worker.state is WorkerState.RUNNING:
             request = self._requests[worker.request_id]
             self._end_job(
@@ -1948,6 +1953,10 @@ class Core:
         self._transition(worker, WorkerState.FAILED, now, reason)
         failure = Failure(now, reason, kind)
         worker.health = health.record(worker.health, failure, in_service=in_service)
+        if draining:
+            # An admin asked it out of service: a heartbeat that comes back does not bring
+            # it back (an admin sets it IDLE or it stays FAILED).
+            worker.health = dataclasses.replace(worker.health, recoverable=False)
         policy = self.policy
         if in_service and health.should_quarantine(
             worker.health, now, policy.quarantine_failures, policy.quarantine_window
