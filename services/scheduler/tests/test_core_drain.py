@@ -3,6 +3,8 @@ after_job takes no new job, and goes into MAINTENANCE when its job ends. Pure co
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from boruta_scheduler.core import Core, DryadCallKind, Policy, Snapshot
 from boruta_scheduler.errors import WrongWorkerState
@@ -252,14 +254,7 @@ def test_calling_off_a_drain_twice_is_refused_by_the_core_as_documented() -> Non
 
 
 def test_a_draining_board_back_from_a_heartbeat_loss_stays_out_of_service() -> None:
-    policy = Policy(
-        job_timeout=100.0,
-        prolong_step=100.0,
-        min_job_timeout=10.0,
-        heartbeat_timeout=30.0,
-        healthcheck_interval=0.0,
-    )
-    kit = CoreKit(policy)
+    kit = CoreKit(dataclasses.replace(POLICY, heartbeat_timeout=30.0))
     request_id = running(kit)
     kit.core.set_state(kit.now, "w1", WorkerState.MAINTENANCE, "reflash", after_job=True)
     kit.silent.add("w1")
