@@ -185,9 +185,16 @@ class Client:
         )
         return reply.worker
 
-    async def set_state(self, uuid: str, state: int, reason: str = "") -> types_pb2.WorkerInfo:
+    async def set_state(
+        self, uuid: str, state: int, reason: str = "", *, after_job: bool = False
+    ) -> types_pb2.WorkerInfo:
         reply = await self.workers.SetState(
-            workers_pb2.SetStateRequest(worker_uuid=uuid, state=state, reason=reason),  # type: ignore[arg-type]
+            workers_pb2.SetStateRequest(
+                worker_uuid=uuid,
+                state=state,  # type: ignore[arg-type]
+                reason=reason,
+                after_job=after_job,
+            ),
             metadata=self.metadata,
         )
         return reply.worker

@@ -131,15 +131,7 @@ async def test_a_drain_survives_a_kill_9(process: SchedulerProcess) -> None:
     alice = farm.client("alice")
     running = await alice.new()
     admin = farm.admin
-    await admin.workers.SetState(
-        workers_pb2.SetStateRequest(
-            worker_uuid="w1",
-            state=S.WORKER_STATE_MAINTENANCE,
-            reason="new camera",
-            after_job=True,
-        ),
-        metadata=admin.metadata,
-    )
+    await admin.set_state("w1", S.WORKER_STATE_MAINTENANCE, "new camera", after_job=True)
 
     process.kill()
     await farm.channel.close()

@@ -105,29 +105,13 @@ async def test_maintenance_after_the_job_waits_for_the_request_to_end(farm: Farm
     c = farm.client()
     r = await c.new()
     admin = farm.admin
-    reply = await admin.workers.SetState(
-        W.SetStateRequest(
-            worker_uuid="w1",
-            state=S.WORKER_STATE_MAINTENANCE,
-            reason="new camera",
-            after_job=True,
-        ),
-        metadata=admin.metadata,
-    )
-    assert (reply.worker.state, reply.worker.drain_reason) == (S.WORKER_STATE_RUNNING, "new camera")
+    worker = await admin.set_state("w1", S.WORKER_STATE_MAINTENANCE, "new camera", after_job=True)
+    assert (worker.state, worker.drain_reason) == (S.WORKER_STATE_RUNNING, "new camera")
     assert (await c.info(r.id)).state == S.REQUEST_STATE_IN_PROGRESS
     assert dryad.boards["w1"].maintenance_messages == []
     # IDLE calls the drain off; asked again, it drains again.
     assert (await admin.set_state("w1", S.WORKER_STATE_IDLE)).drain_reason == ""
-    await admin.workers.SetState(
-        W.SetStateRequest(
-            worker_uuid="w1",
-            state=S.WORKER_STATE_MAINTENANCE,
-            reason="new camera",
-            after_job=True,
-        ),
-        metadata=admin.metadata,
-    )
+    await admin.set_state("w1", S.WORKER_STATE_MAINTENANCE, "new camera", after_job=True)
     assert (await c.close(r.id)).state == S.REQUEST_STATE_DONE
     info = await admin.wait_worker("w1", S.WORKER_STATE_MAINTENANCE)
     assert (info.reason, info.drain_reason) == ("new camera", "")
